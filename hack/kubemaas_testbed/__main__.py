@@ -1,0 +1,51 @@
+"""hack/cluster: up | down | status | env | nodes — the local control plane."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import binaries
+from .cluster import Cluster, ClusterError, default_state_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hack/cluster", description=__doc__)
+    parser.add_argument("--state", type=str, default=None,
+                        help="state directory (default $KUBEMAAS_STATE_DIR or .state/cluster)")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    up = sub.add_parser("up", help="build what is missing, start everything, create the nodes")
+    up.add_argument("--topology", default="default", help="a topology name or YAML file")
+    up.add_argument("--timeout", type=float, default=120.0)
+    sub.add_parser("down", help="stop exactly what `up` started and remove the state")
+    sub.add_parser("status", help="print what runs, as JSON; exit 1 if not up")
+    sub.add_parser("env", help="print `export KUBECONFIG=...` for a shell to eval")
+    sub.add_parser("binaries", help="print where the binaries are, building missing ones")
+    args = parser.parse_args(argv)
+
+    cluster = Cluster(Path(args.state) if args.state else default_state_dir())
+    try:
+        if args.verb == "up":
+            cluster.up(args.topology, timeout=args.timeout,
+                       log=lambda msg: print(msg, file=sys.stderr))
+            print(f"export KUBECONFIG={cluster.kubeconfig}")
+        elif args.verb == "down":
+            cluster.down()
+        elif args.verb == "status":
+            status = cluster.status()
+            print(json.dumps(status, indent=2))
+            return 0 if status["up"] else 1
+        elif args.verb == "env":
+            print(f"export KUBECONFIG={cluster.kubeconfig}")
+        elif args.verb == "binaries":
+            print(binaries.ensure().kube_apiserver.parent)
+    except (ClusterError, binaries.MissingBinaryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

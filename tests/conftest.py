@@ -1,0 +1,87 @@
+"""Fixtures for every test tier.
+
+The cluster tier stands on the local control plane (hack/kubemaas_testbed):
+a session fixture starts a private testbed once per test session, or uses an
+existing cluster when KUBEMAAS_KUBECONFIG names a kubeconfig (kind, a real
+cluster, or one started by `hack/cluster up`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+LOG_DIR_KEY = pytest.StashKey[Path]()
+
+
+@dataclass
+class Kube:
+    """A cluster the tests talk to: its kubeconfig, kubectl, and a client."""
+
+    kubeconfig: Path
+    log_dir: Path | None = None
+    _api: Any = field(default=None, repr=False)
+
+    @property
+    def api(self) -> Any:
+        """A kubernetes.client.ApiClient for the admin identity."""
+        if self._api is None:
+            from kubernetes import config
+
+            self._api = config.new_client_from_config(str(self.kubeconfig))
+        return self._api
+
+    def kubectl(self, *args: str, check: bool = True,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
+        from kubemaas_testbed.binaries import kubectl
+
+        result = subprocess.run([kubectl(), f"--kubeconfig={self.kubeconfig}", *args],
+                                capture_output=True, text=True, input=input)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stderr}{result.stdout}")
+        return result
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory,
+         request: pytest.FixtureRequest) -> Iterator[Kube]:
+    existing = os.environ.get("KUBEMAAS_KUBECONFIG")
+    if existing:
+        yield Kube(Path(existing))
+        return
+    from kubemaas_testbed.cluster import Cluster
+
+    cluster = Cluster(tmp_path_factory.mktemp("testbed"))
+    request.config.stash[LOG_DIR_KEY] = cluster.state / "logs"
+    try:
+        cluster.up(log=lambda msg: print(f"[testbed] {msg}"))
+        yield Kube(cluster.kubeconfig, log_dir=cluster.state / "logs")
+    finally:
+        cluster.processes.stop_all(["kwok", "kube-scheduler", "kube-controller-manager",
+                                    "kube-apiserver", "etcd"])
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("create", "namespace", name)
+    yield name
+    kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    log_dir = item.config.stash.get(LOG_DIR_KEY, None)
+    if report.failed and log_dir is not None and "kube" in getattr(item, "fixturenames", ()):
+        report.sections.append(("testbed logs", f"control-plane logs: {log_dir}"))
+    return report
