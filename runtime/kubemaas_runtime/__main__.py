@@ -1,0 +1,187 @@
+"""CLI: settings -> HTTP server (live at once) -> storage -> backend -> warm-up -> ready.
+
+``python -m kubemaas_runtime --model-uri model.onnx`` (or the KUBEMAAS_* variables). The listener
+starts before the model loads, so liveness answers during a long download and readiness turns
+200 only when the model is loaded and warmed up. SIGTERM: readiness goes 503, in-flight requests
+finish (up to the drain timeout), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .errors import StartupError
+from .settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from .backends.base import Model
+
+log = logging.getLogger("kubemaas.runtime")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            doc.update(fields)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return text
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))
+
+
+async def serve(settings: Settings) -> int:
+    # imports here keep `--help` and settings errors fast
+    from aiohttp import web
+
+    from .batching import Batcher
+    from .dataplane import DataPlane
+    from .metrics import Metrics
+    from .protocol.rest import RestServer
+
+    started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    metrics = Metrics()
+    label = (settings.model_name,)
+    metrics.model_ready.set(label, 0)
+    dataplane = DataPlane(settings.model_name, settings.model_version,
+                          settings.request_timeout_s)
+    rest = RestServer(dataplane, metrics, settings.max_request_bytes)
+    runner = web.ServerRunner(rest.server, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: "
+                           f"{exc.strerror or exc}") from None
+    port = runner.addresses[0][1] if runner.addresses else settings.port
+    log.info("listening", extra={"fields": {"host": settings.host, "port": port}})
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    batcher: Batcher | None = None
+    exit_code = 0
+    load_task = asyncio.ensure_future(asyncio.to_thread(_load, settings))
+    stop_task = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({load_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if load_task.done():
+            model = load_task.result()  # raises StartupError
+            batcher = Batcher(model, model_name=settings.model_name, metrics=metrics,
+                              max_batch_size=settings.max_batch_size,
+                              max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
+                              max_queue_size=settings.max_queue_size,
+                              instances=settings.instances)
+            dataplane.set_model(model, batcher)
+            took = time.perf_counter() - started
+            metrics.model_ready.set(label, 1)
+            metrics.load_seconds.set(label, took)
+            log.info("ready", extra={"fields": {
+                "model": settings.model_name, "version": settings.model_version,
+                "format": settings.model_format, "device": model.device,
+                "batching": batcher.batching, "port": port,
+                "seconds_to_ready": round(took, 3)}})
+            await stop_task
+        else:
+            load_task.cancel()
+        log.info("draining", extra={"fields": {"inflight": rest.inflight}})
+        dataplane.draining = True
+        metrics.model_ready.set(label, 0)
+        deadline = loop.time() + settings.drain_timeout_s
+        while rest.inflight > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if rest.inflight:
+            log.warning("drain timeout; exiting with requests in flight",
+                        extra={"fields": {"inflight": rest.inflight}})
+    except StartupError as exc:
+        log.error(str(exc))
+        exit_code = 1
+    finally:
+        stop_task.cancel()
+        await runner.cleanup()
+        if batcher is not None:
+            batcher.close()
+    log.info("stopped", extra={"fields": {"exit_code": exit_code}})
+    return exit_code
+
+
+def _load(settings: Settings) -> Model:
+    """Blocking: fetch, load and warm the model (runs in a thread)."""
+    from .backends import load_model
+    from .storage import S3Config, fetch_model
+
+    t0 = time.perf_counter()
+    s3 = S3Config.from_env(os.environ, settings.s3_endpoint, settings.s3_credentials_dir)
+    path = fetch_model(settings.model_uri, settings.cache_dir, sha256=settings.model_sha256,
+                       s3=s3, timeout_s=settings.download_timeout_s)
+    t1 = time.perf_counter()
+    model = load_model(path, settings.model_format, device=settings.device,
+                       intra_op_threads=settings.intra_op_threads,
+                       inter_op_threads=settings.inter_op_threads)
+    t2 = time.perf_counter()
+    if settings.warmup:
+        try:
+            model.warmup()
+        except Exception as exc:  # a model may reject zeros; serving can still work
+            log.warning("warm-up failed; serving anyway",
+                        extra={"fields": {"error": str(exc).splitlines()[0] if str(exc) else
+                                          type(exc).__name__}})
+    log.info("model loaded", extra={"fields": {
+        "path": str(path), "fetch_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3),
+        "warmup_s": round(time.perf_counter() - t2, 3)}})
+    return model
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except StartupError as exc:
+        print(f"kubemaas-runtime: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(serve(settings))
+    except StartupError as exc:
+        log.error(str(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""onnxruntime backend: CPU by default, the CUDA execution provider when asked or available."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StartupError
+from .base import TensorSpec, batch_dim_dynamic, warmup_inputs
+
+log = logging.getLogger("kubemaas.runtime.onnx")
+
+_ONNX_TO_DATATYPE = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def _spec(arg: object) -> TensorSpec:
+    name: str = getattr(arg, "name")  # noqa: B009 - onnxruntime NodeArg has no stubs
+    onnx_type: str = getattr(arg, "type")  # noqa: B009
+    datatype = _ONNX_TO_DATATYPE.get(onnx_type)
+    if datatype is None:
+        raise StartupError(f"ONNX tensor {name!r} has unsupported type {onnx_type}")
+    raw_shape = getattr(arg, "shape")  # noqa: B009
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in raw_shape)
+    return TensorSpec(name=name, datatype=datatype, shape=shape)
+
+
+class OnnxModel:
+    """One onnxruntime InferenceSession; ``run`` is thread-safe (onnxruntime guarantees it)."""
+
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, path: Path, *, device: str = "auto", intra_op_threads: int = 0,
+                 inter_op_threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        if inter_op_threads:
+            options.inter_op_num_threads = inter_op_threads
+            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        options.log_severity_level = 3
+        available = ort.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise StartupError("device=cuda but this onnxruntime build has no "
+                               "CUDAExecutionProvider (install onnxruntime-gpu)")
+        use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda
+                     else ["CPUExecutionProvider"])
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options,
+                                                 providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StartupError(f"corrupt or unsupported ONNX model {path.name}: {first}") from None
+        self.device = "cuda" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
+        self.inputs: list[TensorSpec] = [_spec(a) for a in self._session.get_inputs()]
+        self.outputs: list[TensorSpec] = [_spec(a) for a in self._session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+        self._batchable = batch_dim_dynamic(self.inputs) and batch_dim_dynamic(self.outputs)
+        log.info("onnx model loaded", extra={"fields": {
+            "providers": self._session.get_providers(), "batchable": self._batchable}})
+
+    @property
+    def batchable(self) -> bool:
+        return self._batchable
+
+    def run(self, inputs: Mapping[str, np.ndarray],
+            output_names: Sequence[str] | None) -> dict[str, np.ndarray]:
+        names = list(output_names) if output_names else self._output_names
+        results = self._session.run(names, dict(inputs))
+        return dict(zip(names, results, strict=True))
+
+    def warmup(self) -> None:
+        feeds = warmup_inputs(self.inputs)
+        if feeds is not None:
+            self.run(feeds, None)
+
+    def close(self) -> None:
+        del self._session

@@ -1,0 +1,267 @@
+"""Admission, dynamic batching and off-loop execution: the async face of a ``Model``.
+
+* Admission is bounded: at most ``max_queue_size`` requests are waiting or running; the next one
+  gets ``Unavailable`` (503 + Retry-After) instead of growing memory.
+* With ``max_batch_size > 1`` and a model whose first dimension is dynamic, requests whose inputs
+  agree on names, datatypes and every dimension but the first (and that ask for the same outputs)
+  are merged along axis 0, up to ``max_batch_size`` rows, and split back per request. Incompatible
+  requests are never mixed: they wait in their own group.
+* A group is launched when it is full, or when its oldest request has waited ``max_batch_delay``,
+  and only when one of the ``instances`` worker slots is free. With a delay of 0 nothing waits on
+  purpose, but requests that arrive while the model is busy are merged into the next call: batch
+  size adapts to load.
+* Model calls run in a thread pool; the event loop only moves futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.base import Model
+from .errors import InferenceFailed, InvalidInput, RuntimeErrorBase, Unavailable
+from .metrics import Metrics
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(slots=True)
+class _Item:
+    inputs: Mapping[str, np.ndarray]
+    output_names: Sequence[str] | None
+    rows: int
+    future: asyncio.Future[Outputs]
+    enqueued: float
+    deadline: float
+
+
+def translate_model_error(exc: Exception) -> RuntimeErrorBase:
+    """A model exception -> a client error when the backend says the input was invalid."""
+    if isinstance(exc, RuntimeErrorBase):
+        return exc
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    if type(exc).__name__ in ("InvalidArgument", "InvalidInput"):
+        return InvalidInput(f"the model rejected the input: {first}")
+    return InferenceFailed(f"inference failed: {type(exc).__name__}: {first}")
+
+
+class Batcher:
+    def __init__(self, model: Model, *, model_name: str, metrics: Metrics,
+                 max_batch_size: int = 1, max_batch_delay_s: float = 0.0,
+                 max_queue_size: int = 256, instances: int = 1) -> None:
+        self.model = model
+        self.batching = max_batch_size > 1 and model.batchable
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_batch_delay_s
+        self.max_queue = max_queue_size
+        self.instances = instances
+        self.executor = ThreadPoolExecutor(max_workers=instances,
+                                           thread_name_prefix="kubemaas-model")
+        self.admitted = 0
+        self._metrics = metrics
+        self._label = (model_name,)
+        self._pending: dict[Hashable, list[_Item]] = {}
+        self._busy = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- public ---------------------------------------------------------------------------
+    async def infer(self, inputs: Mapping[str, np.ndarray],
+                    output_names: Sequence[str] | None) -> Outputs:
+        if self.admitted >= self.max_queue:
+            self._metrics.queue_rejections.inc(self._label)
+            raise Unavailable(f"the queue is full ({self.max_queue} requests admitted); "
+                              "retry later", retry_after_s=1)
+        self.admitted += 1
+        self._metrics.inflight.set(self._label, self.admitted)
+        try:
+            if self.batching:
+                key = self._batch_key(inputs, output_names)
+                if key is not None:
+                    return await self._enqueue(key, inputs, output_names)
+            return await self._run_alone(inputs, output_names)
+        finally:
+            self.admitted -= 1
+            self._metrics.inflight.set(self._label, self.admitted)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    # -- unbatched ------------------------------------------------------------------------
+    def _call(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None,
+              enqueued: float) -> tuple[Outputs, float, float]:
+        start = time.perf_counter()
+        out = self.model.run(inputs, output_names)
+        return out, start - enqueued, time.perf_counter() - start
+
+    async def _run_alone(self, inputs: Mapping[str, np.ndarray],
+                         output_names: Sequence[str] | None) -> Outputs:
+        loop = asyncio.get_running_loop()
+        try:
+            out, queued, took = await loop.run_in_executor(
+                self.executor, self._call, inputs, output_names, time.perf_counter())
+        except RuntimeError as exc:
+            if "shutdown" in str(exc):
+                raise Unavailable("the runtime is shutting down") from None
+            raise translate_model_error(exc) from None
+        except Exception as exc:
+            raise translate_model_error(exc) from None
+        self._metrics.queue_duration.observe(self._label, queued)
+        self._metrics.inference_duration.observe(self._label, took)
+        self._metrics.batch_size.observe(self._label, self._rows_of(inputs) or 1)
+        return out
+
+    # -- batched --------------------------------------------------------------------------
+    @staticmethod
+    def _rows_of(inputs: Mapping[str, np.ndarray]) -> int | None:
+        rows: int | None = None
+        for arr in inputs.values():
+            if arr.ndim == 0:
+                return None
+            if rows is None:
+                rows = arr.shape[0]
+            elif arr.shape[0] != rows:
+                return None
+        return rows
+
+    def _batch_key(self, inputs: Mapping[str, np.ndarray],
+                   output_names: Sequence[str] | None) -> Hashable | None:
+        rows = self._rows_of(inputs)
+        if rows is None or rows == 0 or rows > self.max_batch_size:
+            return None
+        if any(arr.dtype == np.object_ for arr in inputs.values()):
+            return None
+        sig = tuple(sorted((name, arr.dtype.str, arr.shape[1:]) for name, arr in inputs.items()))
+        return (sig, tuple(output_names) if output_names is not None else None)
+
+    async def _enqueue(self, key: Hashable, inputs: Mapping[str, np.ndarray],
+                       output_names: Sequence[str] | None) -> Outputs:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        now = time.perf_counter()
+        rows = self._rows_of(inputs) or 1
+        item = _Item(inputs, output_names, rows, loop.create_future(), now, now + self.max_delay)
+        self._pending.setdefault(key, []).append(item)
+        self._schedule()
+        return await item.future
+
+    def _schedule(self) -> None:
+        now = time.perf_counter()
+        while self._busy < self.instances and self._pending:
+            chosen: Hashable | None = None
+            oldest = float("inf")
+            earliest_deadline = float("inf")
+            for key, items in self._pending.items():
+                # drop requests that were cancelled (timeout, client gone) while waiting
+                live = [it for it in items if not it.future.done()]
+                if len(live) != len(items):
+                    items[:] = live
+                if not items:
+                    continue
+                head = items[0]
+                due = head.deadline <= now or sum(it.rows for it in items) >= self.max_batch_size
+                if due and head.enqueued < oldest:
+                    chosen, oldest = key, head.enqueued
+                earliest_deadline = min(earliest_deadline, head.deadline)
+            for key in [k for k, v in self._pending.items() if not v]:
+                del self._pending[key]
+            if chosen is None:
+                if self._pending:
+                    self._arm_timer(earliest_deadline)
+                return
+            self._launch(self._take(chosen))
+
+    def _take(self, key: Hashable) -> list[_Item]:
+        items = self._pending[key]
+        taken: list[_Item] = []
+        rows = 0
+        while items and rows + items[0].rows <= self.max_batch_size:
+            item = items.pop(0)
+            taken.append(item)
+            rows += item.rows
+        if not items:
+            del self._pending[key]
+        return taken
+
+    def _arm_timer(self, deadline: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        delay = max(0.0, deadline - time.perf_counter())
+        self._timer_at = deadline
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._schedule()
+
+    def _launch(self, items: list[_Item]) -> None:
+        self._busy += 1
+        try:
+            fut = self.executor.submit(self._execute, items)
+        except RuntimeError:
+            self._busy -= 1
+            for it in items:
+                if not it.future.done():
+                    it.future.set_exception(Unavailable("the runtime is shutting down"))
+            return
+        loop = self._loop
+        assert loop is not None
+        fut.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._on_done, items, f))
+
+    def _execute(self, items: list[_Item]) -> tuple[list[Outputs], float, float]:
+        start = time.perf_counter()
+        if len(items) == 1:
+            merged: Mapping[str, np.ndarray] = items[0].inputs
+        else:
+            merged = {name: np.concatenate([it.inputs[name] for it in items])
+                      for name in items[0].inputs}
+        # every item in a group asked for the same outputs: the key includes them
+        outputs = self.model.run(merged, items[0].output_names)
+        total = sum(it.rows for it in items)
+        if len(items) == 1:
+            return [outputs], start, time.perf_counter() - start
+        results: list[Outputs] = [{} for _ in items]
+        for name, arr in outputs.items():
+            if arr.ndim == 0 or arr.shape[0] != total:
+                raise InferenceFailed(f"output {name!r} has shape {list(arr.shape)}, which does "
+                                      f"not keep the batch of {total} rows; turn batching off "
+                                      "for this model")
+            offset = 0
+            for i, it in enumerate(items):
+                results[i][name] = arr[offset:offset + it.rows]
+                offset += it.rows
+        return results, start, time.perf_counter() - start
+
+    def _on_done(self, items: list[_Item],
+                 fut: ThreadFuture[tuple[list[Outputs], float, float]]) -> None:
+        self._busy -= 1
+        try:
+            results, start, took = fut.result()
+        except Exception as exc:
+            error = translate_model_error(exc)
+            for it in items:
+                if not it.future.done():
+                    it.future.set_exception(error)
+        else:
+            self._metrics.inference_duration.observe(self._label, took)
+            for it in items:
+                self._metrics.queue_duration.observe(self._label, start - it.enqueued)
+            self._metrics.batch_size.observe(self._label, sum(it.rows for it in items))
+            for it, result in zip(items, results, strict=True):
+                if not it.future.done():
+                    it.future.set_result(result)
+        self._schedule()

@@ -1,0 +1,319 @@
+"""Open Inference Protocol tensors <-> numpy, in JSON and with the binary tensor extension.
+
+Transport-agnostic: bytes in, bytes out. Binary inputs are zero-copy views (``np.frombuffer``) on
+the request body; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backends.base import DATATYPE_TO_NUMPY, datatype_of
+from .errors import InvalidInput
+
+_INT_KINDS = frozenset("biu")
+_MAX_RANK = 32
+
+
+@dataclass
+class InferRequest:
+    inputs: dict[str, np.ndarray]
+    input_datatypes: dict[str, str]
+    output_names: list[str] | None = None  # None: every output
+    binary_outputs: frozenset[str] = frozenset()
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_shape(raw: object, name: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or len(raw) > _MAX_RANK:
+        raise InvalidInput(f"input {name!r}: 'shape' must be a list of at most {_MAX_RANK} "
+                           "non-negative integers")
+    for d in raw:
+        if type(d) is not int or d < 0:
+            raise InvalidInput(f"input {name!r}: 'shape' must be a list of non-negative "
+                               f"integers, got {raw!r}")
+    return tuple(raw)
+
+
+def _flatten(data: object, out: list[object]) -> None:
+    if isinstance(data, list):
+        for item in data:
+            _flatten(item, out)
+    else:
+        out.append(data)
+
+
+def _bytes_from_json(data: object, name: str) -> np.ndarray:
+    flat: list[object] = []
+    _flatten(data, flat)
+    values: list[bytes] = []
+    for item in flat:
+        if isinstance(item, str):
+            values.append(item.encode("utf-8"))
+        else:
+            raise InvalidInput(f"input {name!r}: BYTES data must be strings, got "
+                               f"{type(item).__name__}")
+    arr = np.empty(len(values), dtype=np.object_)
+    arr[:] = values
+    return arr
+
+
+def _array_from_json(data: object, datatype: str, dtype: np.dtype[Any], name: str) -> np.ndarray:
+    if datatype == "BYTES":
+        return _bytes_from_json(data, name)
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        if dtype.kind in _INT_KINDS:
+            raw = np.asarray(data)
+            if raw.size == 0:
+                return np.zeros(0, dtype=dtype)
+            if raw.dtype.kind not in _INT_KINDS:
+                raise InvalidInput(f"input {name!r}: {datatype} data must be "
+                                   f"{'booleans' if datatype == 'BOOL' else 'integers'}")
+            arr = raw.astype(dtype)
+            if datatype != "BOOL" and not np.array_equal(arr, raw):
+                raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}")
+            return arr.reshape(-1)
+        arr = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidInput(f"input {name!r}: data is not a (rectangular) list of "
+                           f"{datatype} values") from None
+    return arr.reshape(-1)
+
+
+def _bytes_from_binary(buf: memoryview, count: int, name: str) -> np.ndarray:
+    values: list[bytes] = []
+    offset = 0
+    end = len(buf)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidInput(f"input {name!r}: truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", buf, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidInput(f"input {name!r}: BYTES element longer than its buffer")
+        values.append(bytes(buf[offset:offset + length]))
+        offset += length
+    if len(values) != count:
+        raise InvalidInput(f"input {name!r}: {len(values)} BYTES elements for a shape of "
+                           f"{count} elements")
+    arr = np.empty(count, dtype=np.object_)
+    arr[:] = values
+    return arr
+
+
+def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Decode an infer request body; ``header_length`` is Inference-Header-Content-Length."""
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidInput("Inference-Header-Content-Length is larger than the body")
+        header_bytes = body[:header_length]
+    else:
+        header_bytes = body
+    try:
+        header = json.loads(header_bytes)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("'inputs' must be a non-empty list")
+    view = memoryview(body)
+    offset = header_length if header_length is not None else len(body)
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    for raw in raw_inputs:
+        if not isinstance(raw, dict):
+            raise InvalidInput("each input must be an object with name, shape, datatype, data")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput("each input needs a 'name' string")
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} appears twice")
+        raw_datatype = raw.get("datatype")
+        dtype = DATATYPE_TO_NUMPY.get(raw_datatype) if isinstance(raw_datatype, str) else None
+        if dtype is None or not isinstance(raw_datatype, str):
+            raise InvalidInput(f"input {name!r}: unknown datatype {raw_datatype!r}")
+        datatype: str = raw_datatype
+        shape = _parse_shape(raw.get("shape"), name)
+        count = math.prod(shape)
+        params = raw.get("parameters")
+        binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if binary_size is not None:
+            if type(binary_size) is not int or binary_size < 0:
+                raise InvalidInput(f"input {name!r}: binary_data_size must be an integer")
+            if header_length is None:
+                raise InvalidInput(f"input {name!r}: binary_data_size without "
+                                   "Inference-Header-Content-Length")
+            if offset + binary_size > len(body):
+                raise InvalidInput(f"input {name!r}: binary_data_size {binary_size} goes past "
+                                   "the end of the body")
+            chunk = view[offset:offset + binary_size]
+            offset += binary_size
+            if datatype == "BYTES":
+                arr = _bytes_from_binary(chunk, count, name)
+            else:
+                if binary_size != count * dtype.itemsize:
+                    raise InvalidInput(f"input {name!r}: {binary_size} bytes of binary data, "
+                                       f"shape {list(shape)} of {datatype} needs "
+                                       f"{count * dtype.itemsize}")
+                arr = np.frombuffer(chunk, dtype=dtype)
+                if not arr.flags.aligned:  # an odd offset in the body: copy once, aligned
+                    arr = arr.copy()
+        else:
+            if "data" not in raw:
+                raise InvalidInput(f"input {name!r} has no 'data'")
+            arr = _array_from_json(raw["data"], datatype, dtype, name)
+            if arr.size != count:
+                raise InvalidInput(f"input {name!r}: {arr.size} data elements do not match "
+                                   f"shape {list(shape)} ({count} elements)")
+        inputs[name] = arr.reshape(shape)
+        datatypes[name] = datatype
+    if header_length is not None and offset != len(body):
+        raise InvalidInput(f"{len(body) - offset} bytes of binary data are not claimed by any "
+                           "input's binary_data_size")
+
+    req_params = header.get("parameters")
+    if req_params is not None and not isinstance(req_params, dict):
+        raise InvalidInput("'parameters' must be an object")
+    req_params = req_params or {}
+    binary_default = req_params.get("binary_data_output") is True
+    output_names: list[str] | None = None
+    binary: set[str] = set()
+    raw_outputs = header.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidInput("'outputs' must be a list")
+        output_names = []
+        for raw in raw_outputs:
+            name = raw.get("name") if isinstance(raw, dict) else None
+            if not isinstance(name, str) or not name:
+                raise InvalidInput("each requested output needs a 'name' string")
+            if name in output_names:
+                raise InvalidInput(f"output {name!r} is requested twice")
+            output_names.append(name)
+            params = raw.get("parameters")
+            flag = params.get("binary_data") if isinstance(params, dict) else None
+            if flag is True or (flag is None and binary_default):
+                binary.add(name)
+        if not output_names:
+            output_names = None
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    req = InferRequest(inputs=inputs, input_datatypes=datatypes, output_names=output_names,
+                       binary_outputs=frozenset(binary), id=request_id, parameters=req_params)
+    if binary_default and output_names is None:
+        req.binary_outputs = frozenset(["*"])
+    return req
+
+
+def _bytes_to_binary(arr: np.ndarray) -> bytes:
+    parts: list[bytes] = []
+    for item in arr.reshape(-1):
+        raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts.append(struct.pack("<I", len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _json_data(arr: np.ndarray, datatype: str) -> list[Any]:
+    flat = arr.reshape(-1)
+    if datatype == "BYTES":
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in flat]
+    data: list[Any] = flat.tolist()
+    return data
+
+
+def encode_infer_response(model_name: str, model_version: str, request_id: str | None,
+                          outputs: Mapping[str, np.ndarray],
+                          binary: frozenset[str]) -> tuple[bytes, int | None]:
+    """Encode outputs; returns (body, Inference-Header-Content-Length or None for pure JSON)."""
+    all_binary = "*" in binary
+    out_meta: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, arr in outputs.items():
+        datatype = datatype_of(arr)
+        meta: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        if all_binary or name in binary:
+            blob = (_bytes_to_binary(arr) if datatype == "BYTES"
+                    else np.ascontiguousarray(arr).tobytes())
+            meta["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            meta["data"] = _json_data(arr, datatype)
+        out_meta.append(meta)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["outputs"] = out_meta
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
+
+
+def instances_to_inputs(instances: object, specs: Sequence[Any]) -> dict[str, np.ndarray]:
+    """TensorFlow Serving v1 'instances' (row format) -> batched input arrays."""
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("'instances' must be a non-empty list")
+    if len(specs) == 1 and not all(isinstance(i, dict) for i in instances):
+        columns: dict[str, list[object]] = {specs[0].name: instances}
+    else:
+        columns = {s.name: [] for s in specs}
+        for row in instances:
+            if not isinstance(row, dict):
+                raise InvalidInput("with several inputs, each instance must be an object "
+                                   f"keyed by input name ({', '.join(columns)})")
+            for key, value in row.items():
+                if key not in columns:
+                    raise InvalidInput(f"unknown input {key!r}; the model takes "
+                                       f"{', '.join(columns)}")
+                columns[key].append(value)
+    arrays: dict[str, np.ndarray] = {}
+    for spec in specs:
+        column = columns.get(spec.name)
+        if not column or len(column) != len(instances):
+            raise InvalidInput(f"every instance must give input {spec.name!r}")
+        dtype = DATATYPE_TO_NUMPY[spec.datatype]
+        if spec.datatype == "BYTES":
+            arr = _bytes_from_json(column, spec.name).reshape(len(column), -1)
+        else:
+            try:
+                arr = np.asarray(column, dtype=dtype)
+            except (ValueError, TypeError, OverflowError):
+                raise InvalidInput(f"input {spec.name!r}: instances are not a rectangular "
+                                   f"list of {spec.datatype} values") from None
+        arrays[spec.name] = arr
+    return arrays
+
+
+def outputs_to_predictions(outputs: Mapping[str, np.ndarray]) -> list[Any]:
+    """Batched outputs -> v1 'predictions' rows (a value per row, or an object per row)."""
+    if len(outputs) == 1:
+        (arr,) = outputs.values()
+        return _json_rows(arr)
+    columns = {name: _json_rows(arr) for name, arr in outputs.items()}
+    rows = min(len(c) for c in columns.values())
+    return [{name: columns[name][i] for name in columns} for i in range(rows)]
+
+
+def _json_rows(arr: np.ndarray) -> list[Any]:
+    if arr.dtype == np.object_:
+        decoded = np.vectorize(
+            lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x),
+            otypes=[np.object_])(arr)
+        rows: list[Any] = decoded.tolist()
+        return rows
+    data: list[Any] = arr.tolist() if arr.ndim else [arr.tolist()]
+    return data

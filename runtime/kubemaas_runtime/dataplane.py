@@ -1,0 +1,159 @@
+"""Transport-agnostic dataplane: live, ready, metadata, infer (v2) and predict (v1).
+
+It decodes with ``codecs``, validates against the model's own metadata, awaits the ``Batcher`` and
+encodes the answer. Errors are raised as ``errors.RuntimeErrorBase`` subclasses; the transport maps
+them to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .backends.base import Model, TensorSpec
+from .batching import Batcher, Outputs
+from .codecs import (
+    decode_infer_request,
+    encode_infer_response,
+    instances_to_inputs,
+    outputs_to_predictions,
+)
+from .errors import InvalidInput, ModelNotFound, Unavailable
+
+SERVER_NAME = "kubemaas"
+EXTENSIONS = ["binary_tensor_data", "model_repository(read-only)", "v1_predict"]
+
+
+class DataPlane:
+    def __init__(self, model_name: str, model_version: str, request_timeout_s: float) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self.request_timeout_s = request_timeout_s
+        self.model: Model | None = None
+        self.batcher: Batcher | None = None
+        self.draining = False
+        self.load_error: str | None = None
+        self._inputs: dict[str, TensorSpec] = {}
+        self._outputs: dict[str, TensorSpec] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def set_model(self, model: Model, batcher: Batcher) -> None:
+        self.model = model
+        self.batcher = batcher
+        self._inputs = {s.name: s for s in model.inputs}
+        self._outputs = {s.name: s for s in model.outputs}
+
+    # -- health and metadata --------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.batcher is not None and not self.draining
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def check_model(self, name: str, version: str | None) -> None:
+        if name != self.model_name:
+            raise ModelNotFound(f"unknown model {name!r}; this server serves "
+                                f"{self.model_name!r}")
+        if version is not None and version != self.model_version:
+            raise ModelNotFound(f"unknown version {version!r} of model {name!r}; this server "
+                                f"serves version {self.model_version!r}")
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        self.check_model(name, version)
+        return self.ready()
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        self.check_model(name, version)
+        if self.model is None:
+            raise Unavailable(f"model {name!r} is still loading")
+        return {
+            "name": self.model_name,
+            "versions": [self.model_version],
+            "platform": self.model.platform,
+            "inputs": [s.metadata() for s in self.model.inputs],
+            "outputs": [s.metadata() for s in self.model.outputs],
+        }
+
+    # -- inference ------------------------------------------------------------------------
+    def _batcher(self) -> Batcher:
+        if self.draining:
+            raise Unavailable("the server is shutting down", retry_after_s=1)
+        if self.batcher is None:
+            raise Unavailable(f"model {self.model_name!r} is still loading", retry_after_s=1)
+        return self.batcher
+
+    def _validate(self, inputs: Mapping[str, np.ndarray], datatypes: Mapping[str, str]) -> None:
+        for name in inputs:
+            if name not in self._inputs:
+                raise InvalidInput(f"unknown input {name!r}; model {self.model_name!r} takes "
+                                   f"{', '.join(self._inputs)}")
+        for name, spec in self._inputs.items():
+            arr = inputs.get(name)
+            if arr is None:
+                raise InvalidInput(f"missing input {name!r}")
+            got = datatypes.get(name, spec.datatype)
+            if got != spec.datatype:
+                raise InvalidInput(f"input {name!r} has datatype {got}, the model expects "
+                                   f"{spec.datatype}")
+            if spec.shape is None:
+                continue
+            shape = arr.shape
+            if len(shape) != len(spec.shape) or any(
+                    want >= 0 and want != have for want, have in zip(spec.shape, shape,
+                                                                      strict=True)):
+                raise InvalidInput(f"input {name!r} has shape {list(shape)}, the model expects "
+                                   f"{list(spec.shape)} (-1 = any)")
+
+    def _check_outputs(self, names: list[str] | None) -> None:
+        if names is None or not self._outputs:
+            return
+        for name in names:
+            if name not in self._outputs:
+                raise InvalidInput(f"unknown output {name!r}; model {self.model_name!r} has "
+                                   f"{', '.join(self._outputs)}")
+
+    async def _run(self, batcher: Batcher, inputs: Mapping[str, np.ndarray],
+                   output_names: list[str] | None) -> Outputs:
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                return await batcher.infer(inputs, output_names)
+        except TimeoutError:
+            raise Unavailable(f"inference did not finish within {self.request_timeout_s:g} s",
+                              retry_after_s=1) from None
+
+    async def infer(self, name: str, version: str | None, body: bytes,
+                    header_length: int | None) -> tuple[bytes, int | None]:
+        """v2 infer: request body -> (response body, Inference-Header-Content-Length)."""
+        self.check_model(name, version)
+        batcher = self._batcher()
+        request = decode_infer_request(body, header_length)
+        self._validate(request.inputs, request.input_datatypes)
+        self._check_outputs(request.output_names)
+        outputs = await self._run(batcher, request.inputs, request.output_names)
+        return encode_infer_response(self.model_name, self.model_version, request.id, outputs,
+                                     request.binary_outputs)
+
+    async def predict_v1(self, name: str, body: bytes) -> bytes:
+        """TensorFlow Serving style: {"instances": [...]} -> {"predictions": [...]}."""
+        self.check_model(name, None)
+        batcher = self._batcher()
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"malformed JSON: {exc}") from None
+        if not isinstance(doc, dict) or "instances" not in doc:
+            raise InvalidInput('the body must be {"instances": [...]}')
+        assert self.model is not None
+        inputs = instances_to_inputs(doc["instances"], self.model.inputs)
+        self._validate(inputs, {})
+        outputs = await self._run(batcher, inputs, None)
+        return json.dumps({"predictions": outputs_to_predictions(outputs)},
+                          separators=(",", ":")).encode()

@@ -1,0 +1,134 @@
+"""Prometheus metrics in the text exposition format, with no dependency and a cheap hot path.
+
+Everything is updated from the event loop thread (or under the GIL from one worker thread), so plain
+dicts and floats are enough: no locks on the request path.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+LabelValues = tuple[str, ...]
+
+
+def _fmt(value: float) -> str:
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _labels(names: Sequence[str], values: LabelValues, extra: str = "") -> str:
+    parts = [f'{n}="{v}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+class Counter:
+    def __init__(self, name: str, help_: str, labels: Sequence[str] = ()) -> None:
+        self.name, self.help, self.label_names = name, help_, tuple(labels)
+        self.values: dict[LabelValues, float] = {}
+
+    def inc(self, labels: LabelValues = (), amount: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        for key, value in sorted(self.values.items()):
+            lines.append(f"{self.name}{_labels(self.label_names, key)} {_fmt(value)}")
+        return lines
+
+
+class Gauge(Counter):
+    def set(self, labels: LabelValues, value: float) -> None:
+        self.values[labels] = value
+
+    def render(self) -> list[str]:
+        lines = super().render()
+        lines[1] = f"# TYPE {self.name} gauge"
+        return lines
+
+
+class Histogram:
+    def __init__(self, name: str, help_: str, buckets: Sequence[float],
+                 labels: Sequence[str] = ()) -> None:
+        self.name, self.help, self.label_names = name, help_, tuple(labels)
+        self.buckets = tuple(buckets)
+        # per label set: [count per bucket..., +Inf count], sum
+        self.counts: dict[LabelValues, list[int]] = {}
+        self.sums: dict[LabelValues, float] = {}
+
+    def observe(self, labels: LabelValues, value: float) -> None:
+        counts = self.counts.get(labels)
+        if counts is None:
+            counts = self.counts[labels] = [0] * (len(self.buckets) + 1)
+            self.sums[labels] = 0.0
+        counts[bisect_left(self.buckets, value)] += 1
+        self.sums[labels] += value
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for key, counts in sorted(self.counts.items()):
+            cumulative = 0
+            for bound, count in zip(self.buckets, counts, strict=False):
+                cumulative += count
+                le = f'le="{_fmt(bound)}"'
+                lines.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} "
+                             f"{cumulative}")
+            cumulative += counts[-1]
+            inf = 'le="+Inf"'
+            lines.append(f"{self.name}_bucket{_labels(self.label_names, key, inf)} {cumulative}")
+            lines.append(f"{self.name}_sum{_labels(self.label_names, key)} "
+                         f"{_fmt(self.sums[key])}")
+            lines.append(f"{self.name}_count{_labels(self.label_names, key)} {cumulative}")
+        return lines
+
+
+class Metrics:
+    """The runtime's metrics. Label ``model`` is the served model's name."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "kubemaas_requests_total",
+            "Inference requests by endpoint and outcome (ok, client_error, not_found, "
+            "unavailable = overloaded/timeout/loading, server_error).",
+            ("model", "endpoint", "outcome"))
+        self.request_duration = Histogram(
+            "kubemaas_request_duration_seconds",
+            "Time from request received to response ready, for inference requests.",
+            LATENCY_BUCKETS, ("model", "endpoint"))
+        self.queue_duration = Histogram(
+            "kubemaas_queue_duration_seconds",
+            "Time a request waited in the batcher before its model call started.",
+            LATENCY_BUCKETS, ("model",))
+        self.inference_duration = Histogram(
+            "kubemaas_inference_duration_seconds",
+            "Duration of one model call (one batch), including merge and split.",
+            LATENCY_BUCKETS, ("model",))
+        self.batch_size = Histogram(
+            "kubemaas_batch_size", "Rows per model call (dynamic batching).",
+            BATCH_BUCKETS, ("model",))
+        self.inflight = Gauge(
+            "kubemaas_inflight_requests", "Inference requests admitted and not yet answered.",
+            ("model",))
+        self.queue_rejections = Counter(
+            "kubemaas_queue_rejections_total",
+            "Requests refused with 503 because the queue was full.", ("model",))
+        self.model_ready = Gauge(
+            "kubemaas_model_ready", "1 when the model is loaded and warmed up.", ("model",))
+        self.load_seconds = Gauge(
+            "kubemaas_model_load_seconds", "Time to fetch, load and warm up the model.",
+            ("model",))
+
+    def render(self) -> bytes:
+        lines: list[str] = []
+        for metric in (self.requests, self.request_duration, self.queue_duration,
+                       self.inference_duration, self.batch_size, self.inflight,
+                       self.queue_rejections, self.model_ready, self.load_seconds):
+            lines.extend(metric.render())
+        return ("\n".join(lines) + "\n").encode()

@@ -1,0 +1,1 @@
+"""Transports for the dataplane (HTTP/REST only, for now)."""

@@ -1,0 +1,191 @@
+"""HTTP/REST endpoints of the Open Inference Protocol v2 (+ TF Serving v1 predict and /metrics).
+
+Built on aiohttp's low-level ``web.Server``: one handler, routing by splitting the path, no
+middleware, no access log on the hot path (see bench/runtime/http_stack.py and docs/runtime.md for
+the measurement behind this choice). This layer maps errors to status codes and never touches
+tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ..dataplane import DataPlane
+from ..errors import PayloadTooLarge, RuntimeErrorBase, Unavailable
+from ..metrics import Metrics
+
+log = logging.getLogger("kubemaas.runtime.rest")
+
+_JSON = "application/json"
+_HEADER_LEN = "Inference-Header-Content-Length"
+_OUTCOME = {200: "ok", 400: "client_error", 404: "not_found", 405: "client_error",
+            413: "client_error", 500: "server_error", 503: "unavailable"}
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(doc, separators=(",", ":")).encode(), status=status,
+                        content_type=_JSON)
+
+
+def _error(status: int, message: str, retry_after: int | None = None) -> web.Response:
+    resp = _json({"error": message}, status)
+    if retry_after is not None:
+        resp.headers["Retry-After"] = str(retry_after)
+    return resp
+
+
+class RestServer:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_request_bytes: int) -> None:
+        self.dp = dataplane
+        self.metrics = metrics
+        self.max_request_bytes = max_request_bytes
+        self.inflight = 0  # HTTP inference requests being handled (for SIGTERM drain)
+        self.server = web.Server(self.handle, access_log=None)
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
+        length = request.content_length
+        if length is not None and length > self.max_request_bytes:
+            raise PayloadTooLarge(f"request body of {length} bytes is over the limit of "
+                                  f"{self.max_request_bytes} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > self.max_request_bytes:
+                raise PayloadTooLarge(f"request body is over the limit of "
+                                      f"{self.max_request_bytes} bytes")
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        parts = request.path.strip("/").split("/")
+        method = request.method
+        try:
+            if parts[0] == "v2":
+                return await self._v2(request, method, parts)
+            if parts[0] == "v1" and len(parts) == 3 and parts[1] == "models":
+                return await self._v1(request, method, parts[2])
+            if parts == ["metrics"] and method == "GET":
+                return web.Response(body=self.metrics.render(),
+                                    content_type="text/plain", charset="utf-8",
+                                    headers={"X-Content-Type-Options": "nosniff"})
+            return _error(404, f"no route for {method} {request.path}")
+        except RuntimeErrorBase as exc:
+            return self._error_response(exc)
+
+    def _error_response(self, exc: RuntimeErrorBase) -> web.Response:
+        retry = exc.retry_after_s if isinstance(exc, Unavailable) else None
+        resp = _error(exc.status, exc.message, retry)
+        if isinstance(exc, PayloadTooLarge):
+            resp.force_close()  # the unread rest of the body makes the connection unusable
+        return resp
+
+    async def _v2(self, request: web.BaseRequest, method: str,
+                  parts: list[str]) -> web.StreamResponse:
+        n = len(parts)
+        if n == 1:
+            return self._get_only(method) or _json(self.dp.server_metadata())
+        if parts[1] == "health" and n == 3:
+            if parts[2] == "live":
+                return self._get_only(method) or _json({"live": self.dp.live()})
+            if parts[2] == "ready":
+                ready = self.dp.ready()
+                return self._get_only(method) or _json({"ready": ready}, 200 if ready else 503)
+        if parts[1] == "models" and n >= 3:
+            name = parts[2]
+            version: str | None = None
+            rest = parts[3:]
+            if len(rest) >= 2 and rest[0] == "versions":
+                version = rest[1]
+                rest = rest[2:]
+            if not rest:
+                return self._get_only(method) or _json(self.dp.model_metadata(name, version))
+            if rest == ["ready"]:
+                ready = self.dp.model_ready(name, version)
+                return self._get_only(method) or _json({"name": name, "ready": ready},
+                                                       200 if ready else 503)
+            if rest == ["infer"]:
+                if method != "POST":
+                    return _error(405, "use POST for infer")
+                return await self._infer(request, name, version)
+        return _error(404, f"no route for {method} {request.path}")
+
+    @staticmethod
+    def _get_only(method: str) -> web.Response | None:
+        if method in ("GET", "HEAD"):
+            return None
+        return _error(405, f"method {method} is not allowed here; use GET")
+
+    async def _infer(self, request: web.BaseRequest, name: str,
+                     version: str | None) -> web.StreamResponse:
+        start = time.perf_counter()
+        self.inflight += 1
+        status = 200
+        try:
+            raw_len = request.headers.get(_HEADER_LEN)
+            header_length: int | None = None
+            if raw_len is not None:
+                try:
+                    header_length = int(raw_len)
+                except ValueError:
+                    status = 400
+                    return _error(400, f"{_HEADER_LEN} must be an integer, got {raw_len!r}")
+            body = await self._read_body(request)
+            out, out_header_len = await self.dp.infer(name, version, body, header_length)
+            if out_header_len is None:
+                return web.Response(body=out, content_type=_JSON)
+            return web.Response(body=out, content_type="application/octet-stream",
+                                headers={_HEADER_LEN: str(out_header_len)})
+        except RuntimeErrorBase as exc:
+            status = exc.status
+            return self._error_response(exc)
+        except Exception:
+            status = 500
+            log.exception("unexpected error in infer")
+            return _error(500, "internal error; see the server log")
+        finally:
+            self.inflight -= 1
+            self._observe(name, "infer", status, start)
+
+    async def _v1(self, request: web.BaseRequest, method: str,
+                  target: str) -> web.StreamResponse:
+        if target.endswith(":predict"):
+            if method != "POST":
+                return _error(405, "use POST for :predict")
+            name = target[: -len(":predict")]
+            start = time.perf_counter()
+            self.inflight += 1
+            status = 200
+            try:
+                body = await self._read_body(request)
+                return web.Response(body=await self.dp.predict_v1(name, body),
+                                    content_type=_JSON)
+            except RuntimeErrorBase as exc:
+                status = exc.status
+                return self._error_response(exc)
+            except Exception:
+                status = 500
+                log.exception("unexpected error in predict")
+                return _error(500, "internal error; see the server log")
+            finally:
+                self.inflight -= 1
+                self._observe(name, "predict", status, start)
+        if ":" not in target:
+            ready = self.dp.model_ready(target, None)
+            return self._get_only(method) or _json({"name": target, "ready": ready},
+                                                   200 if ready else 503)
+        return _error(404, f"no route for {method} {request.path}")
+
+    def _observe(self, name: str, endpoint: str, status: int, start: float) -> None:
+        if name != self.dp.model_name:
+            name = "_unknown"  # bounded label values: never one series per bad URL
+        self.metrics.requests.inc((name, endpoint, _OUTCOME.get(status, "client_error")))
+        self.metrics.request_duration.observe((name, endpoint), time.perf_counter() - start)

@@ -1,0 +1,229 @@
+"""Runtime settings from command-line flags and KUBEMAAS_* environment variables.
+
+Precedence: flag > environment variable > default. Every setting is validated at start and a bad
+one stops the runtime with a one-line message naming the flag and the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import StartupError
+
+FORMATS = ("onnx", "torchscript", "torch-export")
+DEVICES = ("auto", "cpu", "cuda")
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "kubemaas", "models")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, its environment variable, its default and its meaning."""
+
+    field: str
+    flag: str
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _optional_str(text: str) -> str | None:
+    return text or None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model_uri", "--model-uri", "KUBEMAAS_MODEL_URI", None, _optional_str,
+           "Where the model is: a local path, file://, http(s):// or s3://bucket/key. Required."),
+    Option("model_format", "--format", "KUBEMAAS_MODEL_FORMAT", None, _optional_str,
+           "onnx | torchscript | torch-export. Default: from the file extension "
+           "(.onnx, .pt/.pth/.ts/.torchscript, .pt2)."),
+    Option("model_name", "--name", "KUBEMAAS_MODEL_NAME", "model", str,
+           "Model name in the URL paths (/v2/models/NAME)."),
+    Option("model_version", "--version", "KUBEMAAS_MODEL_VERSION", "1", str,
+           "Model version reported in metadata and accepted in /versions/VERSION."),
+    Option("model_sha256", "--model-sha256", "KUBEMAAS_MODEL_SHA256", None, _optional_str,
+           "Expected sha256 (hex) of the model file; a mismatch stops the runtime."),
+    Option("cache_dir", "--cache-dir", "KUBEMAAS_CACHE_DIR", None, _optional_str,
+           "Directory for downloaded models (atomic writes). Default: "
+           "$XDG_CACHE_HOME/kubemaas/models or ~/.cache/kubemaas/models."),
+    Option("host", "--host", "KUBEMAAS_HOST", "0.0.0.0", str, "Address to listen on."),
+    Option("port", "--port", "KUBEMAAS_PORT", 8080, int, "HTTP port."),
+    Option("max_batch_size", "--max-batch-size", "KUBEMAAS_MAX_BATCH_SIZE", 1, int,
+           "Dynamic batching: most rows merged into one model call. 1 turns batching off."),
+    Option("max_batch_delay_ms", "--max-batch-delay-ms", "KUBEMAAS_MAX_BATCH_DELAY_MS", 0.0,
+           float, "Dynamic batching: longest a request waits for others before its batch runs. "
+           "0 = no waiting: requests that queue while the model is busy are merged."),
+    Option("max_queue_size", "--max-queue-size", "KUBEMAAS_MAX_QUEUE_SIZE", 256, int,
+           "Requests admitted (waiting or running) before new ones get 503 + Retry-After."),
+    Option("instances", "--instances", "KUBEMAAS_INSTANCES", 1, int,
+           "Model calls that may run at the same time (worker threads)."),
+    Option("intra_op_threads", "--intra-op-threads", "KUBEMAAS_INTRA_OP_THREADS", 0, int,
+           "Threads inside one operator (onnxruntime intra_op / torch set_num_threads). "
+           "0 = library default."),
+    Option("inter_op_threads", "--inter-op-threads", "KUBEMAAS_INTER_OP_THREADS", 0, int,
+           "Threads across operators (onnxruntime inter_op / torch interop). 0 = default."),
+    Option("device", "--device", "KUBEMAAS_DEVICE", "auto", str,
+           "auto | cpu | cuda. auto uses CUDA when a GPU and the CUDA build are present."),
+    Option("warmup", "--warmup", "KUBEMAAS_WARMUP", True, _bool,
+           "Run the model once on zeros before reporting ready."),
+    Option("max_request_bytes", "--max-request-bytes", "KUBEMAAS_MAX_REQUEST_BYTES",
+           64 * 1024 * 1024, int, "Largest request body accepted; larger gets 413."),
+    Option("request_timeout_s", "--request-timeout-s", "KUBEMAAS_REQUEST_TIMEOUT_S", 30.0,
+           float, "Per-request time limit for inference (queue + run); over it gets 503."),
+    Option("drain_timeout_s", "--drain-timeout-s", "KUBEMAAS_DRAIN_TIMEOUT_S", 20.0, float,
+           "On SIGTERM: longest wait for in-flight requests before exiting. Keep it below the "
+           "pod's terminationGracePeriodSeconds."),
+    Option("log_level", "--log-level", "KUBEMAAS_LOG_LEVEL", "info", str,
+           "debug | info | warning | error."),
+    Option("log_format", "--log-format", "KUBEMAAS_LOG_FORMAT", "json", str,
+           "json (one object per line) | text."),
+    Option("s3_endpoint", "--s3-endpoint", "KUBEMAAS_S3_ENDPOINT", None, _optional_str,
+           "S3-compatible endpoint URL (also read from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL). "
+           "Default: https://s3.REGION.amazonaws.com."),
+    Option("s3_credentials_dir", "--s3-credentials-dir", "KUBEMAAS_S3_CREDENTIALS_DIR", None,
+           _optional_str, "Directory of a mounted Secret with files AWS_ACCESS_KEY_ID, "
+           "AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN, AWS_REGION. "
+           "Default: the AWS_* environment variables."),
+    Option("download_timeout_s", "--download-timeout-s", "KUBEMAAS_DOWNLOAD_TIMEOUT_S", 300.0,
+           float, "Socket timeout for http(s):// and s3:// downloads."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_uri: str
+    model_format: str
+    model_name: str = "model"
+    model_version: str = "1"
+    model_sha256: str | None = None
+    cache_dir: str = ""
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_batch_size: int = 1
+    max_batch_delay_ms: float = 0.0
+    max_queue_size: int = 256
+    instances: int = 1
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    device: str = "auto"
+    warmup: bool = True
+    max_request_bytes: int = 64 * 1024 * 1024
+    request_timeout_s: float = 30.0
+    drain_timeout_s: float = 20.0
+    log_level: str = "info"
+    log_format: str = "json"
+    s3_endpoint: str | None = None
+    s3_credentials_dir: str | None = None
+    download_timeout_s: float = 300.0
+
+
+def guess_format(uri: str) -> str | None:
+    path = uri.split("?", 1)[0].lower()
+    if path.endswith(".onnx"):
+        return "onnx"
+    if path.endswith(".pt2"):
+        return "torch-export"
+    if path.endswith((".pt", ".pth", ".ts", ".torchscript")):
+        return "torchscript"
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubemaas-runtime",
+        description="Serve one model over the Open Inference Protocol v2 (HTTP/REST). "
+        "Every flag can also be set with the environment variable shown.",
+    )
+    for opt in OPTIONS:
+        default = opt.default if opt.default is not None else "-"
+        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.env,
+                            help=f"{opt.help} [env {opt.env}; default {default}]")
+    return parser
+
+
+def _fail(opt: Option, message: str) -> StartupError:
+    return StartupError(f"invalid setting {opt.flag} / {opt.env}: {message}")
+
+
+def load_settings(argv: Sequence[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse flags and environment into validated Settings, or raise StartupError."""
+    env = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    by_field = {opt.field: opt for opt in OPTIONS}
+    for opt in OPTIONS:
+        raw: str | None = getattr(args, opt.field)
+        if raw is None:
+            raw = env.get(opt.env)
+        if raw is None or (raw == "" and opt.default is None):
+            values[opt.field] = opt.default
+            continue
+        try:
+            values[opt.field] = opt.parse(raw)
+        except ValueError as exc:
+            raise _fail(opt, f"cannot parse {raw!r}: {exc}") from None
+
+    def check(name: str, ok: bool, message: str) -> None:
+        if not ok:
+            raise _fail(by_field[name], message)
+
+    uri = values["model_uri"]
+    check("model_uri", bool(uri), "the model URI is required")
+    fmt = values["model_format"] or guess_format(uri)
+    check("model_format", fmt is not None,
+          "cannot tell the format from the file name; set it (onnx|torchscript|torch-export)")
+    check("model_format", fmt in FORMATS, f"{fmt!r} is not one of {', '.join(FORMATS)}")
+    values["model_format"] = fmt
+    check("model_name", bool(_NAME_RE.match(values["model_name"])),
+          f"{values['model_name']!r} must match {_NAME_RE.pattern}")
+    check("model_version", bool(_NAME_RE.match(values["model_version"])),
+          f"{values['model_version']!r} must match {_NAME_RE.pattern}")
+    if values["model_sha256"] is not None:
+        values["model_sha256"] = values["model_sha256"].strip().lower()
+        check("model_sha256", bool(_SHA256_RE.match(values["model_sha256"])),
+              "must be 64 hexadecimal characters")
+    values["cache_dir"] = str(Path(values["cache_dir"] or _default_cache_dir()))
+    check("port", 0 <= values["port"] <= 65535, "must be between 0 and 65535")
+    check("max_batch_size", 1 <= values["max_batch_size"] <= 65536, "must be 1..65536")
+    check("max_batch_delay_ms", 0 <= values["max_batch_delay_ms"] <= 10_000,
+          "must be 0..10000 ms")
+    check("max_queue_size", values["max_queue_size"] >= 1, "must be at least 1")
+    check("instances", 1 <= values["instances"] <= 64, "must be 1..64")
+    check("intra_op_threads", values["intra_op_threads"] >= 0, "must be 0 or more")
+    check("inter_op_threads", values["inter_op_threads"] >= 0, "must be 0 or more")
+    check("device", values["device"] in DEVICES, f"must be one of {', '.join(DEVICES)}")
+    check("max_request_bytes", values["max_request_bytes"] >= 1024, "must be at least 1024")
+    check("request_timeout_s", values["request_timeout_s"] > 0, "must be positive")
+    check("drain_timeout_s", values["drain_timeout_s"] >= 0, "must be 0 or more")
+    check("download_timeout_s", values["download_timeout_s"] > 0, "must be positive")
+    values["log_level"] = values["log_level"].lower()
+    check("log_level", values["log_level"] in LOG_LEVELS,
+          f"must be one of {', '.join(LOG_LEVELS)}")
+    check("log_format", values["log_format"] in LOG_FORMATS,
+          f"must be one of {', '.join(LOG_FORMATS)}")
+    known = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in values.items() if k in known})

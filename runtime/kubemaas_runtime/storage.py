@@ -1,0 +1,206 @@
+"""Fetch the model: local path, file://, http(s):// or s3:// (S3-compatible, SigV4).
+
+Downloads go to ``<cache>/<sha256 of the URI>/<file name>`` through a temporary file in the same
+directory that is fsynced, verified and then renamed: a half-written file is never at the final
+path, so it is never loaded. A cached file is reused only when its checksum (if one is given)
+still matches. Errors are one line: not found, access denied, checksum mismatch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .errors import StartupError
+
+log = logging.getLogger("kubemaas.runtime.storage")
+
+_CHUNK = 1 << 20
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], endpoint: str | None = None,
+                 credentials_dir: str | None = None) -> S3Config:
+        values = {k: environ.get(k) for k in (
+            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+            "AWS_DEFAULT_REGION")}
+        if credentials_dir:
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                        "AWS_REGION"):
+                path = Path(credentials_dir, key)
+                if path.is_file():
+                    values[key] = path.read_text().strip()
+        region = values["AWS_REGION"] or values["AWS_DEFAULT_REGION"] or "us-east-1"
+        return cls(
+            endpoint=endpoint or environ.get("AWS_ENDPOINT_URL_S3")
+            or environ.get("AWS_ENDPOINT_URL"),
+            access_key=values["AWS_ACCESS_KEY_ID"], secret_key=values["AWS_SECRET_ACCESS_KEY"],
+            session_token=values["AWS_SESSION_TOKEN"], region=region)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_sha(path: Path, expected: str | None, uri: str) -> None:
+    if expected is None:
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise StartupError(f"checksum mismatch for {uri}: expected sha256 {expected}, "
+                           f"got {actual}")
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def sigv4_headers(method: str, url: str, *, region: str, access_key: str, secret_key: str,
+                  session_token: str | None = None, now: dt.datetime | None = None,
+                  extra_headers: Mapping[str, str] | None = None,
+                  payload_sha256: str = _EMPTY_SHA256) -> dict[str, str]:
+    """AWS Signature Version 4 headers for an S3 request (service ``s3``)."""
+    now = now or dt.datetime.now(dt.UTC)
+    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+    date = amz_date[:8]
+    parsed = urllib.parse.urlsplit(url)
+    host = parsed.netloc
+    headers = {"host": host, "x-amz-content-sha256": payload_sha256, "x-amz-date": amz_date}
+    if session_token:
+        headers["x-amz-security-token"] = session_token
+    for key, value in (extra_headers or {}).items():
+        headers[key.lower()] = value.strip()
+    signed = sorted(headers)
+    canonical_headers = "".join(f"{k}:{headers[k]}\n" for k in signed)
+    signed_headers = ";".join(signed)
+    query = urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
+    canonical_query = "&".join(
+        f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
+        for k, v in sorted(query))
+    canonical_path = urllib.parse.quote(urllib.parse.unquote(parsed.path or "/"), safe="/-_.~")
+    canonical_request = "\n".join([method, canonical_path, canonical_query, canonical_headers,
+                                   signed_headers, payload_sha256])
+    scope = f"{date}/{region}/s3/aws4_request"
+    string_to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
+                                hashlib.sha256(canonical_request.encode()).hexdigest()])
+    signing_key = _hmac(_hmac(_hmac(_hmac(f"AWS4{secret_key}".encode(), date), region), "s3"),
+                        "aws4_request")
+    signature = hmac.new(signing_key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    out = {k: v for k, v in headers.items() if k != "host"}
+    out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
+                            f"SignedHeaders={signed_headers}, Signature={signature}")
+    return out
+
+
+def _s3_request(uri: str, cfg: S3Config) -> urllib.request.Request:
+    parsed = urllib.parse.urlsplit(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if not bucket or not key:
+        raise StartupError(f"invalid S3 URI {uri!r}: expected s3://bucket/key")
+    endpoint = (cfg.endpoint or f"https://s3.{cfg.region}.amazonaws.com").rstrip("/")
+    # path-style addressing: works with AWS and every S3-compatible server
+    url = f"{endpoint}/{bucket}/{urllib.parse.quote(key, safe='/-_.~')}"
+    headers: dict[str, str] = {}
+    if cfg.access_key and cfg.secret_key:
+        headers = sigv4_headers("GET", url, region=cfg.region, access_key=cfg.access_key,
+                                secret_key=cfg.secret_key, session_token=cfg.session_token)
+    return urllib.request.Request(url, headers=headers, method="GET")
+
+
+def _download(request: urllib.request.Request, uri: str, dest: Path, timeout_s: float,
+              expected_sha256: str | None) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".partial-", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                resp: IO[bytes] = urllib.request.urlopen(request, timeout=timeout_s)
+            except urllib.error.HTTPError as exc:
+                reason = {404: "not found", 403: "access denied", 401: "unauthorized"}.get(
+                    exc.code, exc.reason)
+                raise StartupError(f"cannot fetch model {uri}: HTTP {exc.code} "
+                                   f"{reason}") from None
+            except (urllib.error.URLError, OSError) as exc:
+                why: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                raise StartupError(f"cannot fetch model {uri}: {why}") from None
+            with resp:
+                expected_len = resp.headers.get("Content-Length")  # type: ignore[attr-defined]
+                size = 0
+                try:
+                    for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                except OSError as exc:
+                    raise StartupError(f"download of {uri} broke off after {size} bytes: "
+                                       f"{exc}") from None
+            if expected_len is not None and int(expected_len) != size:
+                raise StartupError(f"download of {uri} is truncated: {size} of "
+                                   f"{expected_len} bytes")
+            out.flush()
+            os.fsync(out.fileno())
+        actual = digest.hexdigest()
+        if expected_sha256 is not None and actual != expected_sha256:
+            raise StartupError(f"checksum mismatch for {uri}: expected sha256 "
+                               f"{expected_sha256}, got {actual}")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch_model(uri: str, cache_dir: str, *, sha256: str | None = None,
+                s3: S3Config | None = None, timeout_s: float = 300.0) -> Path:
+    """Return a local path to the model file, downloading it into the cache if needed."""
+    parsed = urllib.parse.urlsplit(uri)
+    scheme = parsed.scheme.lower()
+    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+        path = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else uri)
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "not found"
+            raise StartupError(f"model file {path} {what}")
+        _check_sha(path, sha256, uri)
+        return path
+    if scheme not in ("http", "https", "s3"):
+        raise StartupError(f"unsupported model URI scheme {scheme!r} in {uri!r}; use a path, "
+                           "file://, http(s):// or s3://")
+    name = Path(urllib.parse.unquote(parsed.path)).name or "model"
+    slot = hashlib.sha256(uri.encode()).hexdigest()[:32]
+    dest = Path(cache_dir, slot, name)
+    if dest.is_file():
+        if sha256 is None or sha256_file(dest) == sha256:
+            log.info("model found in cache", extra={"fields": {"path": str(dest)}})
+            return dest
+        log.warning("cached model does not match the checksum; downloading again")
+    if scheme == "s3":
+        request = _s3_request(uri, s3 or S3Config())
+    else:
+        request = urllib.request.Request(uri, headers={"User-Agent": "kubemaas-runtime"})
+    log.info("downloading model", extra={"fields": {"uri": uri, "dest": str(dest)}})
+    _download(request, uri, dest, timeout_s, sha256)
+    return dest
