@@ -61,6 +61,7 @@ def setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))
+    logging.captureWarnings(True)  # library warnings become structured log lines too
 
 
 async def serve(settings: Settings) -> int:

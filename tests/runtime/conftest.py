@@ -1,0 +1,249 @@
+"""Fixtures for the runtime tests: real runtime processes on 127.0.0.1 and real model files."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+# shared between runs so that the resnet18 exports (~15 s) are built once per machine
+CACHE = Path(os.environ.get("KUBEMAAS_TEST_CACHE",
+                            Path(tempfile.gettempdir()) / "kubemaas-test-cache"))
+
+
+class Server:
+    """A `python -m kubemaas_runtime` process listening on 127.0.0.1 (port chosen by the OS)."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str] | None = None) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEMAAS_")}
+        full_env.update(env or {})
+        full_env.setdefault("KUBEMAAS_CACHE_DIR", str(CACHE / "runtime-cache"))
+        self.cmd = [PY, "-m", "kubemaas_runtime", "--host", "127.0.0.1", "--port", "0", *args]
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env=full_env, cwd=REPO, text=True)
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self._listening = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if self.port is None:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if doc.get("msg") == "listening":
+                    self.port = int(doc["port"])
+                    self._listening.set()
+        self._listening.set()
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in list(self.lines):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_listening(self, timeout: float = 30) -> None:
+        if not self._listening.wait(timeout) or self.port is None:
+            raise AssertionError(f"runtime did not start listening: {self.lines[-20:]}")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        self.wait_listening(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"runtime exited {self.proc.returncode}: "
+                                     f"{self.lines[-20:]}")
+            try:
+                status, _, _ = self.request("GET", "/v2/health/ready")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError(f"runtime not ready after {timeout}s: {self.lines[-20:]}")
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: Mapping[str, str] | None = None,
+                timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+        assert self.port is not None
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=dict(headers or {}))
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def post_json(self, path: str, doc: Any) -> tuple[int, Any]:
+        status, _, body = self.request("POST", path, json.dumps(doc).encode(),
+                                       {"Content-Type": "application/json"})
+        return status, json.loads(body)
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        status, _, body = self.request("GET", path)
+        return status, json.loads(body)
+
+    def metrics(self) -> str:
+        return self.request("GET", "/metrics")[2].decode()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+        finally:
+            self._reader.join(5)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+def start_server(args: list[str], env: Mapping[str, str] | None = None,
+                 ready: bool = True, timeout: float = 90) -> Server:
+    server = Server(args, env)
+    try:
+        if ready:
+            server.wait_ready(timeout)
+        else:
+            server.wait_listening(timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture
+def runtime_server() -> Iterator[Any]:
+    """Factory: start_server(...) with cleanup at the end of the test."""
+    started: list[Server] = []
+
+    def factory(args: list[str], env: Mapping[str, str] | None = None,
+                ready: bool = True, timeout: float = 90) -> Server:
+        server = start_server(args, env, ready, timeout)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+# -- models ----------------------------------------------------------------------------------
+def make_tiny_onnx(path: Path) -> None:
+    """x FP32 [batch, 4] -> y = relu(x @ W) [batch, 3], z = x @ W [batch, 3]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(
+        (np.arange(12, dtype=np.float32).reshape(4, 3) - 5) / 10, "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Relu", ["z"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 3])],
+        [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def make_seq_onnx(path: Path) -> None:
+    """ids INT64 [batch, len] and mask BOOL [batch, len] -> total INT64 [batch, 1]
+    (sum of ids where mask is true): a model whose second dimension is dynamic too."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    zero = helper.make_tensor("zero", TensorProto.INT64, [], [0])
+    graph = helper.make_graph(
+        [helper.make_node("Where", ["mask", "ids", "zero"], ["kept"]),
+         helper.make_node("ReduceSum", ["kept", "axes"], ["total"], keepdims=1)],
+        "seq",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "len"]),
+         helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", "len"])],
+        [helper.make_tensor_value_info("total", TensorProto.INT64, ["batch", 1])],
+        [axes, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(models_dir: Path) -> Path:
+    path = models_dir / "tiny.onnx"
+    make_tiny_onnx(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def seq_onnx(models_dir: Path) -> Path:
+    path = models_dir / "seq.onnx"
+    make_seq_onnx(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def light_onnx() -> Path:
+    import onnx
+
+    path = Path(onnx.__file__).parent / "backend/test/data/light/light_squeezenet.onnx"
+    assert path.is_file(), f"the onnx wheel no longer ships {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def resnet18_dir() -> Path:
+    """resnet18 (random weights) as ONNX, TorchScript and torch.export, built once and cached."""
+    import torch
+    import torchvision
+
+    out = CACHE / f"resnet18-torch{torch.__version__}-tv{torchvision.__version__}"
+    if not (out / "done").is_file():
+        subprocess.run([PY, str(Path(__file__).with_name("make_models.py")), str(out)],
+                       check=True, timeout=300)
+    return out
+
+
+def ort_run(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The reference: the same model file run by onnxruntime in this process."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, dict(feeds)), strict=True))

@@ -1,0 +1,183 @@
+"""The runtime as a real process serving real ONNX models, driven by real clients."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .conftest import Server, ort_run, start_server
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_onnx: Path) -> Iterator[Server]:
+    server = start_server(["--model-uri", str(tiny_onnx), "--name", "tiny", "--version", "3",
+                           "--max-request-bytes", "65536"])
+    yield server
+    assert server.stop() == 0
+
+
+def triton(server: Server) -> Any:
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+
+
+def test_health_and_metadata(tiny: Server) -> None:
+    assert tiny.get_json("/v2/health/live") == (200, {"live": True})
+    assert tiny.get_json("/v2/health/ready") == (200, {"ready": True})
+    status, meta = tiny.get_json("/v2")
+    assert status == 200 and meta["name"] == "kubemaas"
+    assert "binary_tensor_data" in meta["extensions"]
+    status, model = tiny.get_json("/v2/models/tiny")
+    assert status == 200
+    assert model == {
+        "name": "tiny", "versions": ["3"], "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]},
+                    {"name": "z", "datatype": "FP32", "shape": [-1, 3]}]}
+    assert tiny.get_json("/v2/models/tiny/versions/3")[1] == model
+    assert tiny.get_json("/v2/models/tiny/ready") == (200, {"name": "tiny", "ready": True})
+    assert tiny.get_json("/v2/models/tiny/versions/3/ready")[0] == 200
+    assert tiny.get_json("/v2/models/tiny/versions/4/ready")[0] == 404
+    assert tiny.get_json("/v2/models/other")[0] == 404
+
+
+def test_json_infer_matches_onnxruntime(tiny: Server, tiny_onnx: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    status, doc = tiny.post_json("/v2/models/tiny/infer", {
+        "id": "req-1",
+        "inputs": [{"name": "x", "shape": [5, 4], "datatype": "FP32", "data": x.tolist()}]})
+    assert status == 200, doc
+    assert doc["id"] == "req-1" and doc["model_name"] == "tiny" and doc["model_version"] == "3"
+    want = ort_run(tiny_onnx, {"x": x})
+    got = {o["name"]: np.array(o["data"], dtype=np.float32).reshape(o["shape"])
+           for o in doc["outputs"]}
+    assert set(got) == {"y", "z"}
+    for name in got:
+        np.testing.assert_array_equal(got[name], want[name])
+    # requested-output selection
+    status, doc = tiny.post_json("/v2/models/tiny/infer", {
+        "inputs": [{"name": "x", "shape": [5, 4], "datatype": "FP32", "data": x.ravel().tolist()}],
+        "outputs": [{"name": "z"}]})
+    assert status == 200 and [o["name"] for o in doc["outputs"]] == ["z"]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient(tiny: Server, tiny_onnx: Path, binary: bool) -> None:
+    import tritonclient.http as httpclient
+
+    client = triton(tiny)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("tiny")
+        assert client.get_model_metadata("tiny")["inputs"][0]["shape"] == [-1, 4]
+        x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+        inp = httpclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        want = ort_run(tiny_onnx, {"x": x})
+        result = client.infer("tiny", [inp], outputs=[
+            httpclient.InferRequestedOutput("y", binary_data=binary)])
+        np.testing.assert_array_equal(result.as_numpy("y"), want["y"])
+        assert result.as_numpy("z") is None
+        # no outputs named: every output comes back (binary by default in tritonclient)
+        result = client.infer("tiny", [inp], model_version="3")
+        for name in ("y", "z"):
+            np.testing.assert_array_equal(result.as_numpy(name), want[name])
+    finally:
+        client.close()
+
+
+def test_v1_predict(tiny: Server, tiny_onnx: Path) -> None:
+    rows = [[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 2.0, 0.0]]
+    status, doc = tiny.post_json("/v1/models/tiny:predict", {"instances": rows})
+    assert status == 200, doc
+    want = ort_run(tiny_onnx, {"x": np.array(rows, dtype=np.float32)})
+    assert [p["y"] for p in doc["predictions"]] == want["y"].tolist()
+    assert tiny.get_json("/v1/models/tiny") == (200, {"name": "tiny", "ready": True})
+
+
+def _x(shape: list[int], data: Any, datatype: str = "FP32", name: str = "x") -> dict[str, Any]:
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
+
+
+BAD_REQUESTS = [
+    ("wrong shape", "/v2/models/tiny/infer", _x([2, 3], [1] * 6), 400, "shape"),
+    ("wrong rank", "/v2/models/tiny/infer", _x([4], [1] * 4), 400, "shape"),
+    ("wrong datatype", "/v2/models/tiny/infer", _x([1, 4], [1] * 4, "INT64"), 400, "datatype"),
+    ("unknown datatype", "/v2/models/tiny/infer", _x([1, 4], [1] * 4, "FP8"), 400, "datatype"),
+    ("length mismatch", "/v2/models/tiny/infer", _x([2, 4], [1] * 7), 400, "elements"),
+    ("ragged data", "/v2/models/tiny/infer", _x([2, 4], [[1] * 4, [1] * 3]), 400, "data"),
+    ("strings for FP32", "/v2/models/tiny/infer", _x([1, 4], ["a"] * 4), 400, "FP32"),
+    ("missing input", "/v2/models/tiny/infer", _x([1, 4], [1] * 4, name="q"), 400, "input"),
+    ("no inputs", "/v2/models/tiny/infer", {"inputs": []}, 400, "inputs"),
+    ("unknown output", "/v2/models/tiny/infer",
+     {**_x([1, 4], [1] * 4), "outputs": [{"name": "nope"}]}, 400, "output"),
+    ("negative dim", "/v2/models/tiny/infer", _x([-1, 4], [1] * 4), 400, "shape"),
+    ("unknown model", "/v2/models/nope/infer", _x([1, 4], [1] * 4), 404, "nope"),
+    ("unknown version", "/v2/models/tiny/versions/9/infer", _x([1, 4], [1] * 4), 404, "9"),
+    ("v1 not instances", "/v1/models/tiny:predict", {"rows": []}, 400, "instances"),
+    ("v1 ragged", "/v1/models/tiny:predict", {"instances": [[1, 2], [3]]}, 400, "instances"),
+]
+
+
+@pytest.mark.parametrize(("case", "path", "doc", "status", "word"), BAD_REQUESTS,
+                         ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_requests_get_clean_4xx(tiny: Server, case: str, path: str, doc: Any, status: int,
+                                    word: str) -> None:
+    got, body = tiny.post_json(path, doc)
+    assert got == status, body
+    assert word.lower() in body["error"].lower()
+
+
+def test_malformed_bodies_and_limits(tiny: Server) -> None:
+    for raw in (b"{not json", b"", b"[1,2]", b"\xff\xfe"):
+        status, _, body = tiny.request("POST", "/v2/models/tiny/infer", raw)
+        assert status == 400 and "error" in json.loads(body)
+    status, headers, body = tiny.request("POST", "/v2/models/tiny/infer", b"x" * 70000)
+    assert status == 413 and "limit" in json.loads(body)["error"]
+    # binary extension errors: sizes that do not add up
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 16}}]}).encode()
+    for payload, hlen in ((header + b"\0" * 12, len(header)), (header + b"\0" * 20, len(header)),
+                          (header + b"\0" * 16, len(header) + 100), (header, "abc")):
+        status, _, body = tiny.request("POST", "/v2/models/tiny/infer", payload,
+                                       {"Inference-Header-Content-Length": str(hlen)})
+        assert status == 400, body
+    assert tiny.request("GET", "/v2/models/tiny/infer")[0] == 405
+    assert tiny.request("GET", "/nope")[0] == 404
+    # the server kept serving through all of it
+    status, doc = tiny.post_json("/v2/models/tiny/infer", _x([1, 4], [1, 2, 3, 4]))
+    assert status == 200, doc
+    text = tiny.metrics()
+    assert 'kubemaas_requests_total{model="tiny",endpoint="infer",outcome="client_error"}' in text
+    assert 'kubemaas_requests_total{model="tiny",endpoint="infer",outcome="ok"}' in text
+
+
+def test_light_model_from_onnx_wheel(runtime_server: Any, light_onnx: Path) -> None:
+    server = runtime_server(["--model-uri", str(light_onnx), "--name", "squeezenet"])
+    import tritonclient.http as httpclient
+
+    meta = server.get_json("/v2/models/squeezenet")[1]
+    (spec,) = meta["inputs"]
+    assert spec["shape"] == [1, 3, 224, 224]
+    x = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    client = triton(server)
+    try:
+        inp = httpclient.InferInput(spec["name"], list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        result = client.infer("squeezenet", [inp])
+        want = ort_run(light_onnx, {spec["name"]: x})
+        for name, arr in want.items():
+            np.testing.assert_allclose(result.as_numpy(name), arr, rtol=1e-5, atol=1e-6)
+    finally:
+        client.close()
+    # a fixed batch of 1: a batch of 2 is a clean 400
+    status, doc = server.post_json("/v2/models/squeezenet/infer", {"inputs": [{
+        "name": spec["name"], "shape": [2, 3, 224, 224], "datatype": "FP32",
+        "data": [0.0] * (2 * 3 * 224 * 224)}]})
+    assert status == 400 and "shape" in doc["error"]
