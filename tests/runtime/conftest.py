@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -20,9 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
-# shared between runs so that the resnet18 exports (~15 s) are built once per machine
-CACHE = Path(os.environ.get("KUBEMAAS_TEST_CACHE",
-                            Path(tempfile.gettempdir()) / "kubemaas-test-cache"))
+from .venvs import CACHE  # shared between runs: resnet18 exports and side venvs are built once
 
 
 class Server:
@@ -58,10 +56,8 @@ class Server:
     def logs(self) -> list[dict[str, Any]]:
         out = []
         for line in list(self.lines):
-            try:
+            with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
-            except ValueError:
-                pass
         return out
 
     @property

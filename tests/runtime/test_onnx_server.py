@@ -138,7 +138,7 @@ def test_malformed_bodies_and_limits(tiny: Server) -> None:
     for raw in (b"{not json", b"", b"[1,2]", b"\xff\xfe"):
         status, _, body = tiny.request("POST", "/v2/models/tiny/infer", raw)
         assert status == 400 and "error" in json.loads(body)
-    status, headers, body = tiny.request("POST", "/v2/models/tiny/infer", b"x" * 70000)
+    status, _headers, body = tiny.request("POST", "/v2/models/tiny/infer", b"x" * 70000)
     assert status == 413 and "limit" in json.loads(body)["error"]
     # binary extension errors: sizes that do not add up
     header = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",

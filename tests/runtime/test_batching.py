@@ -1,0 +1,160 @@
+"""Dynamic batching, admission control, timeouts and SIGTERM drain, on real ONNX models."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kubemaas_runtime.backends.onnx import OnnxModel
+from kubemaas_runtime.batching import Batcher
+from kubemaas_runtime.errors import Unavailable
+from kubemaas_runtime.metrics import Metrics
+
+from .conftest import Server, ort_run
+
+
+def _histogram(text: str, name: str) -> tuple[float, float]:
+    total = float(re.search(rf"^{name}_sum{{[^}}]*}} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    count = float(re.search(rf"^{name}_count{{[^}}]*}} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    return total, count
+
+
+def _infer(server: Server, name: str, inputs: dict[str, np.ndarray]) -> tuple[int, Any]:
+    dts = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.bool_): "BOOL"}
+    return server.post_json(f"/v2/models/{name}/infer", {"inputs": [
+        {"name": k, "shape": list(v.shape), "datatype": dts[v.dtype], "data": v.ravel().tolist()}
+        for k, v in inputs.items()]})
+
+
+def test_concurrent_requests_are_merged_and_split_back(runtime_server: Any,
+                                                       tiny_onnx: Path) -> None:
+    server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                             "--max-batch-size", "8", "--max-batch-delay-ms", "40"])
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((1 + i % 2, 4)).astype(np.float32) for i in range(24)]
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda x: _infer(server, "tiny", {"x": x}), xs))
+    for x, (status, doc) in zip(xs, results, strict=True):
+        assert status == 200, doc
+        want = ort_run(tiny_onnx, {"x": x})
+        for out in doc["outputs"]:
+            got = np.array(out["data"], dtype=np.float32).reshape(out["shape"])
+            np.testing.assert_allclose(got, want[out["name"]], rtol=1e-6, atol=1e-6)
+    rows, calls = _histogram(server.metrics(), "kubemaas_batch_size")
+    assert rows == sum(len(x) for x in xs)
+    assert calls < len(xs), "no request was merged with another"
+
+
+def test_incompatible_shapes_are_never_mixed(runtime_server: Any, seq_onnx: Path) -> None:
+    server = runtime_server(["--model-uri", str(seq_onnx), "--name", "seq",
+                             "--max-batch-size", "16", "--max-batch-delay-ms", "30"])
+    rng = np.random.default_rng(4)
+    reqs = []
+    for i in range(20):
+        length = 3 if i % 2 else 5
+        reqs.append({"ids": rng.integers(-50, 50, (1, length), dtype=np.int64),
+                     "mask": rng.integers(0, 2, (1, length)).astype(np.bool_)})
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda r: _infer(server, "seq", r), reqs))
+    for req, (status, doc) in zip(reqs, results, strict=True):
+        assert status == 200, doc
+        want = ort_run(seq_onnx, req)["total"]
+        assert doc["outputs"][0]["data"] == want.ravel().tolist()
+        assert doc["outputs"][0]["datatype"] == "INT64"
+
+
+class GatedModel:
+    """The real tiny ONNX model behind a gate, so that a test can hold requests in flight."""
+
+    def __init__(self, model: OnnxModel) -> None:
+        self.inner = model
+        self.gate = threading.Event()
+        self.platform, self.device = model.platform, model.device
+        self.inputs, self.outputs = model.inputs, model.outputs
+
+    @property
+    def batchable(self) -> bool:
+        return self.inner.batchable
+
+    def run(self, inputs: Any, output_names: Any) -> dict[str, np.ndarray]:
+        assert self.gate.wait(10)
+        return self.inner.run(inputs, output_names)
+
+    def warmup(self) -> None:
+        self.inner.warmup()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 4])
+def test_full_queue_answers_unavailable(tiny_onnx: Path, max_batch_size: int) -> None:
+    model = GatedModel(OnnxModel(tiny_onnx))
+    metrics = Metrics()
+    batcher = Batcher(model, model_name="tiny", metrics=metrics, max_batch_size=max_batch_size,
+                      max_queue_size=3)
+    x = np.ones((1, 4), dtype=np.float32)
+
+    async def scenario() -> None:
+        held = [asyncio.ensure_future(batcher.infer({"x": x}, None)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(Unavailable) as info:
+            await batcher.infer({"x": x}, None)
+        assert info.value.status == 503 and info.value.retry_after_s >= 1
+        model.gate.set()
+        outs = await asyncio.gather(*held)
+        want = ort_run(tiny_onnx, {"x": x})
+        for out in outs:
+            np.testing.assert_array_equal(out["y"], want["y"])
+        assert batcher.admitted == 0
+        await batcher.infer({"x": x}, None)  # room again
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert metrics.queue_rejections.values == {("tiny",): 1.0}
+
+
+def test_request_timeout_is_a_clean_503(runtime_server: Any, tiny_onnx: Path) -> None:
+    # a batch that waits 3 s for company cannot finish within a 0.3 s request timeout
+    server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                             "--max-batch-size", "4", "--max-batch-delay-ms", "3000",
+                             "--request-timeout-s", "0.3"])
+    start = time.monotonic()
+    status, headers, body = server.request(
+        "POST", "/v2/models/tiny/infer",
+        b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}')
+    assert status == 503 and b"did not finish" in body
+    assert headers["retry-after"] == "1"
+    assert time.monotonic() - start < 2.5
+
+
+def test_sigterm_drains_in_flight_requests(runtime_server: Any, tiny_onnx: Path) -> None:
+    # requests wait 1.5 s in the batcher: they are in flight when SIGTERM arrives
+    server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                                     "--max-batch-size", "64", "--max-batch-delay-ms", "1500"])
+    results: list[tuple[int, Any]] = []
+    x = np.ones((1, 4), dtype=np.float32)
+    threads = [threading.Thread(target=lambda: results.append(_infer(server, "tiny", {"x": x})))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.4)
+    server.proc.send_signal(15)
+    time.sleep(0.2)
+    assert server.request("GET", "/v2/health/ready")[0] == 503  # out of the Service at once
+    for t in threads:
+        t.join(10)
+    assert [status for status, _ in results] == [200, 200, 200]
+    assert server.proc.wait(10) == 0
+    msgs = [doc.get("msg") for doc in server.logs()]
+    assert "draining" in msgs and msgs[-1] == "stopped"
