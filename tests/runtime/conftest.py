@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from .venvs import CACHE  # shared between runs: resnet18 exports, side venvs
+
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
-from .venvs import CACHE  # shared between runs: resnet18 exports and side venvs are built once
 
 
 class Server:

@@ -115,7 +115,7 @@ def test_http_download_is_cached_and_verified(model_http: ModelHTTPServer, tiny_
         fetch_model(f"{model_http.url}/missing.onnx", str(cache))
     with pytest.raises(StartupError, match="checksum mismatch"):
         fetch_model(f"{model_http.url}/tiny.onnx?v=2", str(cache), sha256="1" * 64)
-    with pytest.raises(StartupError, match="truncated|broke off"):
+    with pytest.raises(StartupError, match=r"truncated|broke off"):
         fetch_model(f"{model_http.url}/truncated/tiny.onnx", str(cache), timeout_s=5)
     # nothing half-written was left where the loader could find it
     leftovers = [p for p in cache.rglob("*") if p.is_file() and p != path]

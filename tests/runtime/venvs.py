@@ -37,8 +37,8 @@ def ensure_venv(name: str, requirements: list[str], timeout: float = 900) -> Pat
             return python
         shutil.rmtree(root, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=120)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        *requirements], check=True, timeout=timeout)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                        "--disable-pip-version-check", *requirements], check=True, timeout=timeout)
         marker.write_text("\n".join(requirements))
     return python
 
