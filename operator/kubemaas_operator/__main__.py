@@ -1,0 +1,39 @@
+"""Start the kubemaas operator: `python -m kubemaas_operator` (or `kubemaas-operator`).
+
+Settings come from KUBEMAAS_OPERATOR_* environment variables (see config.py and
+docs/operator.md); the Kubernetes credentials from the pod's ServiceAccount, or $KUBECONFIG.
+One replica (kopf runs standalone, without peering).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import kopf
+
+from .config import Settings, SettingsError
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as err:
+        print(f"kubemaas-operator: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(
+        settings.log_level.upper()) if isinstance(logging.getLevelName(
+            settings.log_level.upper()), int) else logging.INFO))
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    from . import handlers  # noqa: F401  (registers the handlers with kopf)
+
+    endpoint = (f"http://0.0.0.0:{settings.health_port}/healthz"
+                if settings.health_port else None)
+    kopf.run(standalone=True, clusterwide=True, liveness_endpoint=endpoint)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

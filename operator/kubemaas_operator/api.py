@@ -1,0 +1,459 @@
+"""PURE: typed models of the ModelDeployment API (serving.kubemaas.io/v1alpha1).
+
+They mirror crds/serving.kubemaas.io_modeldeployments.yaml field for field; each dataclass field
+carries its JSON name in `metadata["json"]`, and tests/unit/test_api_schema.py fails when the two
+disagree. The API server validates first (schema + CEL); `parse_spec` validates again because an
+object may predate a stricter schema, and turns what it finds into a `SpecError` that names the
+field and says what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .quantity import QuantityError, parse_quantity
+
+GROUP = "serving.kubemaas.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+
+FORMATS = ("onnx", "torchscript", "torch-export")
+PHASES = ("Pending", "Progressing", "Ready", "Degraded", "Failed")
+CONDITION_TYPES = ("Ready", "Scheduled", "Available", "RolloutComplete")
+
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_URI = re.compile(
+    r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+|file:///.+|https?://[^/]+/.*|s3://[^/]+/.+)$"
+)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MIG = re.compile(r"^[1-7]g\.[0-9]+gb(\+me)?$")
+_TEMPLATE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/", "serving.kubemaas.io/")
+
+
+class SpecError(ValueError):
+    """The spec cannot be served as written; `path` names the field, the message says why."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+def _m(name: str) -> dict[str, str]:
+    """Field metadata: the field's name in the API (tests/unit/test_api_schema.py reads it)."""
+    return {"json": name}
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str = field(metadata=_m("name"))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    uri: str = field(metadata=_m("uri"))
+    format: str = field(metadata=_m("format"))
+    sha256: str | None = field(metadata=_m("sha256"), default=None)
+    name: str | None = field(metadata=_m("name"), default=None)
+    version: str | None = field(metadata=_m("version"), default=None)
+    credentials_secret_ref: SecretRef | None = field(metadata=_m("credentialsSecretRef"),
+                                                     default=None)
+
+    @property
+    def scheme(self) -> str:
+        return self.uri.split("://", 1)[0]
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str = field(metadata=_m("name"))
+    value: str = field(metadata=_m("value"), default="")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str | None = field(metadata=_m("cpu"), default=None)
+    memory: str | None = field(metadata=_m("memory"), default=None)
+    cpu_limit: str | None = field(metadata=_m("cpuLimit"), default=None)
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int = field(metadata=_m("maxBatchSize"), default=1)
+    max_delay_ms: float = field(metadata=_m("maxDelayMs"), default=0.0)
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    image: str = field(metadata=_m("image"))
+    image_pull_policy: str | None = field(metadata=_m("imagePullPolicy"), default=None)
+    template: str = field(metadata=_m("template"), default="default")
+    args: tuple[str, ...] = field(metadata=_m("args"), default=())
+    env: tuple[EnvVar, ...] = field(metadata=_m("env"), default=())
+    resources: Resources = field(metadata=_m("resources"), default_factory=Resources)
+    batching: Batching | None = field(metadata=_m("batching"), default=None)
+
+
+@dataclass(frozen=True)
+class PodMetadata:
+    labels: Mapping[str, str] = field(metadata=_m("labels"), default_factory=dict)
+    annotations: Mapping[str, str] = field(metadata=_m("annotations"), default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    count: int = field(metadata=_m("count"), default=1)
+    products: tuple[str, ...] = field(metadata=_m("products"), default=())
+    min_memory: str | None = field(metadata=_m("minMemory"), default=None)
+    mig_profile: str | None = field(metadata=_m("migProfile"), default=None)
+
+    @property
+    def resource(self) -> str:
+        """The extended resource one replica requests `count` of."""
+        return f"nvidia.com/mig-{self.mig_profile}" if self.mig_profile else "nvidia.com/gpu"
+
+    @property
+    def min_memory_mib(self) -> int | None:
+        if self.min_memory is None:
+            return None
+        return int(-(-parse_quantity(self.min_memory) // (1024 * 1024)))
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    max_replicas: int = field(metadata=_m("maxReplicas"))
+    min_replicas: int = field(metadata=_m("minReplicas"), default=1)
+    target_cpu_utilization: int = field(metadata=_m("targetCPUUtilization"), default=80)
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str | None = field(metadata=_m("key"), default=None)
+    operator: str | None = field(metadata=_m("operator"), default=None)
+    value: str | None = field(metadata=_m("value"), default=None)
+    effect: str | None = field(metadata=_m("effect"), default=None)
+    toleration_seconds: int | None = field(metadata=_m("tolerationSeconds"), default=None)
+
+    def to_k8s(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in (("key", self.key), ("operator", self.operator),
+                            ("value", self.value), ("effect", self.effect),
+                            ("tolerationSeconds", self.toleration_seconds)):
+            if value is not None:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    node_selector: Mapping[str, str] = field(metadata=_m("nodeSelector"), default_factory=dict)
+    tolerations: tuple[Toleration, ...] = field(metadata=_m("tolerations"), default=())
+    affinity: Mapping[str, Any] = field(metadata=_m("affinity"), default_factory=dict)
+    priority_class_name: str | None = field(metadata=_m("priorityClassName"), default=None)
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] = field(
+        metadata=_m("topologySpreadConstraints"), default=())
+    allow_gpu_nodes: bool = field(metadata=_m("allowGPUNodes"), default=False)
+
+
+@dataclass(frozen=True)
+class Serving:
+    port: int = field(metadata=_m("port"), default=8080)
+    protocol: Literal["v2-rest"] = field(metadata=_m("protocol"), default="v2-rest")
+
+
+@dataclass(frozen=True)
+class ModelDeploymentSpec:
+    model: ModelSource = field(metadata=_m("model"))
+    runtime: RuntimeSpec = field(metadata=_m("runtime"))
+    pod_metadata: PodMetadata = field(metadata=_m("podMetadata"), default_factory=PodMetadata)
+    gpu: GPUSpec | None = field(metadata=_m("gpu"), default=None)
+    replicas: int | None = field(metadata=_m("replicas"), default=None)
+    autoscaling: Autoscaling | None = field(metadata=_m("autoscaling"), default=None)
+    scheduling: Scheduling = field(metadata=_m("scheduling"), default_factory=Scheduling)
+    serving: Serving = field(metadata=_m("serving"), default_factory=Serving)
+
+    @property
+    def desired_replicas(self) -> int:
+        """Replicas to ask for when nobody else decides (the autoscaler's floor otherwise)."""
+        if self.autoscaling is not None:
+            return self.autoscaling.min_replicas
+        return 1 if self.replicas is None else self.replicas
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str = field(metadata=_m("type"))
+    status: Literal["True", "False", "Unknown"] = field(metadata=_m("status"))
+    reason: str = field(metadata=_m("reason"), default="")
+    message: str = field(metadata=_m("message"), default="")
+    last_transition_time: str | None = field(metadata=_m("lastTransitionTime"), default=None)
+    observed_generation: int | None = field(metadata=_m("observedGeneration"), default=None)
+
+
+@dataclass(frozen=True)
+class ModelDeploymentStatus:
+    phase: str = field(metadata=_m("phase"))
+    observed_generation: int | None = field(metadata=_m("observedGeneration"), default=None)
+    replicas: int = field(metadata=_m("replicas"), default=0)
+    ready_replicas: int = field(metadata=_m("readyReplicas"), default=0)
+    desired_replicas: int = field(metadata=_m("desiredReplicas"), default=0)
+    selector: str | None = field(metadata=_m("selector"), default=None)
+    url: str | None = field(metadata=_m("url"), default=None)
+    current_revision: str | None = field(metadata=_m("currentRevision"), default=None)
+    update_revision: str | None = field(metadata=_m("updateRevision"), default=None)
+    reason: str = field(metadata=_m("reason"), default="")
+    replica_summary: str = field(metadata=_m("replicaSummary"), default="")
+    gpu_summary: str = field(metadata=_m("gpuSummary"), default="")
+    conditions: tuple[Condition, ...] = field(metadata=_m("conditions"), default=())
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing: plain JSON (as the API server returns it) -> typed spec, or SpecError.
+
+
+def _obj(value: Any, path: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(path, f"must be an object, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any, path: str, *, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise SpecError(path, "is required")
+        return None
+    if not isinstance(value, str):
+        raise SpecError(path, f"must be a string, got {value!r}")
+    if required and not value:
+        raise SpecError(path, "must not be empty")
+    return value
+
+
+def _int(value: Any, path: str, lo: int, hi: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(path, f"must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise SpecError(path, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _list(value: Any, path: str) -> Sequence[Any]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise SpecError(path, f"must be a list, got {type(value).__name__}")
+    return value
+
+
+def _str_map(value: Any, path: str) -> dict[str, str]:
+    obj = _obj(value, path)
+    out: dict[str, str] = {}
+    for key, item in obj.items():
+        if not isinstance(item, str):
+            raise SpecError(f"{path}.{key}", f"must be a string, got {item!r}")
+        out[str(key)] = item
+    return out
+
+
+def _quantity(value: Any, path: str) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    try:
+        if parse_quantity(text) <= 0:
+            raise SpecError(path, f"must be a positive quantity, got {text!r}")
+    except QuantityError as err:
+        raise SpecError(path, str(err)) from err
+    return text
+
+
+def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
+    """Validate and type a ModelDeployment's spec; raise SpecError saying what to fix."""
+    spec = _obj(raw, "spec")
+
+    m = _obj(spec.get("model"), "spec.model")
+    if not m:
+        raise SpecError("spec.model", "is required")
+    uri = _str(m.get("uri"), "spec.model.uri", required=True) or ""
+    if not _URI.match(uri):
+        raise SpecError("spec.model.uri", f"{uri!r} is not pvc://CLAIM/PATH, file:///PATH, "
+                        "http(s)://HOST/PATH or s3://BUCKET/KEY")
+    fmt = _str(m.get("format"), "spec.model.format", required=True)
+    if fmt not in FORMATS:
+        raise SpecError("spec.model.format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+    sha = _str(m.get("sha256"), "spec.model.sha256")
+    if sha is not None and not _SHA256.match(sha):
+        raise SpecError("spec.model.sha256", "must be 64 lower-case hex digits")
+    served = _str(m.get("name"), "spec.model.name")
+    if served is not None and not _SERVED_NAME.match(served):
+        raise SpecError("spec.model.name", f"{served!r} is not a valid model name")
+    version = _str(m.get("version"), "spec.model.version")
+    if version is not None and not _SERVED_NAME.match(version):
+        raise SpecError("spec.model.version", f"{version!r} is not a valid model version")
+    cred_raw = m.get("credentialsSecretRef")
+    cred = None
+    if cred_raw is not None:
+        cred_name = _str(_obj(cred_raw, "spec.model.credentialsSecretRef").get("name"),
+                         "spec.model.credentialsSecretRef.name", required=True)
+        cred = SecretRef(name=cred_name or "")
+        if not uri.startswith("s3://"):
+            raise SpecError("spec.model.credentialsSecretRef", "is only used for s3:// URIs")
+    model = ModelSource(uri=uri, format=fmt, sha256=sha, name=served, version=version,
+                        credentials_secret_ref=cred)
+
+    r = _obj(spec.get("runtime"), "spec.runtime")
+    image = _str(r.get("image"), "spec.runtime.image", required=True) or ""
+    template = _str(r.get("template"), "spec.runtime.template") or "default"
+    if not _TEMPLATE.match(template):
+        raise SpecError("spec.runtime.template", f"{template!r} is not a valid template name")
+    pull = _str(r.get("imagePullPolicy"), "spec.runtime.imagePullPolicy")
+    if pull is not None and pull not in ("Always", "IfNotPresent", "Never"):
+        raise SpecError("spec.runtime.imagePullPolicy", f"{pull!r} is not Always, IfNotPresent "
+                        "or Never")
+    args = tuple(_str(a, f"spec.runtime.args[{i}]", required=False) or ""
+                 for i, a in enumerate(_list(r.get("args"), "spec.runtime.args")))
+    env: list[EnvVar] = []
+    for i, e in enumerate(_list(r.get("env"), "spec.runtime.env")):
+        path = f"spec.runtime.env[{i}]"
+        e_obj = _obj(e, path)
+        name = _str(e_obj.get("name"), f"{path}.name", required=True) or ""
+        if not _ENV_NAME.match(name):
+            raise SpecError(f"{path}.name", f"{name!r} is not a valid environment variable name")
+        if name.startswith("KUBEMAAS_"):
+            raise SpecError(f"{path}.name", f"{name} is rendered from the spec and cannot be set "
+                            "here")
+        env.append(EnvVar(name=name, value=_str(e_obj.get("value"), f"{path}.value") or ""))
+    res = _obj(r.get("resources"), "spec.runtime.resources")
+    resources = Resources(cpu=_quantity(res.get("cpu"), "spec.runtime.resources.cpu"),
+                          memory=_quantity(res.get("memory"), "spec.runtime.resources.memory"),
+                          cpu_limit=_quantity(res.get("cpuLimit"),
+                                              "spec.runtime.resources.cpuLimit"))
+    batching = None
+    if r.get("batching") is not None:
+        b = _obj(r.get("batching"), "spec.runtime.batching")
+        size = _int(b.get("maxBatchSize"), "spec.runtime.batching.maxBatchSize", 1, 4096)
+        delay = b.get("maxDelayMs", 0)
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not (
+                0 <= delay <= 10000):
+            raise SpecError("spec.runtime.batching.maxDelayMs",
+                            f"must be a number from 0 to 10000, got {delay!r}")
+        batching = Batching(max_batch_size=size or 1, max_delay_ms=float(delay))
+    runtime = RuntimeSpec(image=image, image_pull_policy=pull, template=template, args=args,
+                          env=tuple(env), resources=resources, batching=batching)
+
+    pm = _obj(spec.get("podMetadata"), "spec.podMetadata")
+    labels = _str_map(pm.get("labels"), "spec.podMetadata.labels")
+    for key in labels:
+        if key.startswith(RESERVED_LABEL_PREFIXES):
+            raise SpecError("spec.podMetadata.labels", f"{key} is reserved for the operator")
+    pod_metadata = PodMetadata(labels=labels,
+                               annotations=_str_map(pm.get("annotations"),
+                                                    "spec.podMetadata.annotations"))
+
+    gpu = None
+    if spec.get("gpu") is not None:
+        g = _obj(spec.get("gpu"), "spec.gpu")
+        count = _int(g.get("count"), "spec.gpu.count", 1, 16)
+        products = tuple(_str(p, f"spec.gpu.products[{i}]", required=True) or ""
+                         for i, p in enumerate(_list(g.get("products"), "spec.gpu.products")))
+        mig = _str(g.get("migProfile"), "spec.gpu.migProfile")
+        if mig is not None and not _MIG.match(mig):
+            raise SpecError("spec.gpu.migProfile", f"{mig!r} is not a MIG profile such as 1g.10gb")
+        min_memory = _quantity(g.get("minMemory"), "spec.gpu.minMemory")
+        if mig is not None and min_memory is not None:
+            raise SpecError("spec.gpu.minMemory", "does not apply to a MIG profile")
+        gpu = GPUSpec(count=count or 1, products=products, min_memory=min_memory,
+                      mig_profile=mig)
+
+    replicas = _int(spec.get("replicas"), "spec.replicas", 0, 1000)
+    autoscaling = None
+    if spec.get("autoscaling") is not None:
+        if replicas is not None:
+            raise SpecError("spec.autoscaling", "set either spec.replicas or spec.autoscaling, "
+                            "not both")
+        a = _obj(spec.get("autoscaling"), "spec.autoscaling")
+        hi = _int(a.get("maxReplicas"), "spec.autoscaling.maxReplicas", 1, 1000)
+        if hi is None:
+            raise SpecError("spec.autoscaling.maxReplicas", "is required")
+        lo = _int(a.get("minReplicas"), "spec.autoscaling.minReplicas", 1, 1000) or 1
+        if lo > hi:
+            raise SpecError("spec.autoscaling", f"minReplicas ({lo}) exceeds maxReplicas ({hi})")
+        target = _int(a.get("targetCPUUtilization"), "spec.autoscaling.targetCPUUtilization",
+                      1, 100) or 80
+        autoscaling = Autoscaling(max_replicas=hi, min_replicas=lo,
+                                  target_cpu_utilization=target)
+        if resources.cpu is None:
+            raise SpecError("spec.autoscaling", "scales on CPU utilization, which needs a CPU "
+                            "request: set spec.runtime.resources.cpu")
+
+    s = _obj(spec.get("scheduling"), "spec.scheduling")
+    tolerations = []
+    for i, t in enumerate(_list(s.get("tolerations"), "spec.scheduling.tolerations")):
+        path = f"spec.scheduling.tolerations[{i}]"
+        t_obj = _obj(t, path)
+        tolerations.append(Toleration(
+            key=_str(t_obj.get("key"), f"{path}.key"),
+            operator=_str(t_obj.get("operator"), f"{path}.operator"),
+            value=_str(t_obj.get("value"), f"{path}.value"),
+            effect=_str(t_obj.get("effect"), f"{path}.effect"),
+            toleration_seconds=_int(t_obj.get("tolerationSeconds"), f"{path}.tolerationSeconds",
+                                    0, 2**62)))
+    spreads = tuple(_obj(c, f"spec.scheduling.topologySpreadConstraints[{i}]")
+                    for i, c in enumerate(_list(s.get("topologySpreadConstraints"),
+                                                "spec.scheduling.topologySpreadConstraints")))
+    allow = s.get("allowGPUNodes", False)
+    if not isinstance(allow, bool):
+        raise SpecError("spec.scheduling.allowGPUNodes", f"must be true or false, got {allow!r}")
+    scheduling = Scheduling(
+        node_selector=_str_map(s.get("nodeSelector"), "spec.scheduling.nodeSelector"),
+        tolerations=tuple(tolerations),
+        affinity=dict(_obj(s.get("affinity"), "spec.scheduling.affinity")),
+        priority_class_name=_str(s.get("priorityClassName"), "spec.scheduling.priorityClassName"),
+        topology_spread_constraints=spreads,
+        allow_gpu_nodes=allow)
+
+    sv = _obj(spec.get("serving"), "spec.serving")
+    port = _int(sv.get("port"), "spec.serving.port", 1024, 65535) or 8080
+    protocol = sv.get("protocol", "v2-rest")
+    if protocol != "v2-rest":
+        raise SpecError("spec.serving.protocol", f"{protocol!r} is not served; use v2-rest")
+
+    return ModelDeploymentSpec(model=model, runtime=runtime, pod_metadata=pod_metadata, gpu=gpu,
+                               replicas=replicas, autoscaling=autoscaling, scheduling=scheduling,
+                               serving=Serving(port=port))
+
+
+def valid_name(name: str) -> bool:
+    """Whether a ModelDeployment name can name its Service (DNS-1035 label)."""
+    return bool(_DNS1035.match(name)) and len(name) <= 63
+
+
+def to_json(obj: Any) -> Any:
+    """A typed model back to plain JSON with the API's field names (None fields left out)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is None:
+                continue
+            out[f.metadata["json"]] = to_json(value)
+        return out
+    if isinstance(obj, Mapping):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_json(v) for v in obj]
+    return obj

@@ -1,0 +1,63 @@
+"""Operator settings from KUBEMAAS_OPERATOR_* environment variables (no kopf, no client here)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+_SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the operator cannot use; the message names the variable."""
+
+
+def _default_namespace() -> str:
+    try:
+        with open(_SA_NAMESPACE, encoding="utf-8") as fh:
+            return fh.read().strip() or "kubemaas-system"
+    except OSError:
+        return "kubemaas-system"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an administrator may tune; each field is KUBEMAAS_OPERATOR_<FIELD>."""
+
+    namespace: str = ""  # where the operator runs and reads its templates ConfigMap
+    templates_configmap: str = "kubemaas-templates"
+    templates_ttl_s: float = 10.0  # how long a read of the templates ConfigMap is reused
+    resync_s: float = 60.0  # the periodic drift check of every ModelDeployment
+    not_ready_grace_s: float = 60.0  # Running but not Ready for longer = NotReady
+    api_workers: int = 16  # threads for blocking API calls
+    max_concurrent_reconciles: int = 64
+    health_port: int = 8081  # GET /healthz (kopf liveness + api write count); 0 = off
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            var = f"KUBEMAAS_OPERATOR_{f.name.upper()}"
+            if var not in env:
+                continue
+            text = env[var]
+            try:
+                if f.type == "float":
+                    values[f.name] = float(text)
+                elif f.type == "int":
+                    values[f.name] = int(text)
+                else:
+                    values[f.name] = text
+            except ValueError as err:
+                raise SettingsError(f"{var}={text!r}: expected a {f.type}") from err
+        settings = cls(**values)  # type: ignore[arg-type]
+        if not settings.namespace:
+            settings = cls(**{**values, "namespace": _default_namespace()})  # type: ignore[arg-type]
+        if settings.resync_s <= 0 or settings.api_workers < 1 or settings.health_port < 0:
+            raise SettingsError("KUBEMAAS_OPERATOR_RESYNC_S must be > 0, "
+                                "KUBEMAAS_OPERATOR_API_WORKERS >= 1, "
+                                "KUBEMAAS_OPERATOR_HEALTH_PORT >= 0")
+        return settings

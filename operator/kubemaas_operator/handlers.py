@@ -1,0 +1,345 @@
+"""kopf decorators only: index what matters, then parse -> reconcile -> translate the result.
+
+Indexes (kept in memory by kopf from its watch streams; a reconcile lists nothing):
+  md_index          (namespace, name) -> the ModelDeployment
+  deployment_index, service_index, hpa_index, pdb_index
+                    (namespace, instance) -> the child kubemaas applied
+  pod_index         ("pod", namespace, instance) -> PodInfo of a runtime pod
+                    ("gpu", node) -> (owner key or None, {resource: count}) of every bound pod
+                    that requests nvidia.com/* resources
+  node_index        "nodes" -> NodeInfo of every node with nvidia.com/* allocatable
+
+ModelDeployment create/update/resume run the reconcile through kopf (errors become
+TemporaryError/PermanentError); every child or pod event, capacity change and the periodic resync
+enqueue the same reconcile on the work queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from .config import Settings
+from .k8s import AsyncCluster, Cluster
+from .reconcile import Memory, Outcome, Retry, Snapshot, reconcile
+from .render import INSTANCE, MANAGED_BY, MANAGER
+from .scheduling import NodeInfo
+from .status import PodInfo, pod_info
+
+log = logging.getLogger("kubemaas.handlers")
+
+MD = ("serving.kubemaas.io", "v1alpha1", "modeldeployments")
+CHILDREN = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "Service": ("", "v1", "services"),
+    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+}
+OURS = {MANAGED_BY: MANAGER}
+_INDEX_OF = {"Deployment": "deployment_index", "Service": "service_index",
+             "HorizontalPodAutoscaler": "hpa_index", "PodDisruptionBudget": "pdb_index"}
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    cluster: AsyncCluster
+    memory: Memory = field(default_factory=Memory)
+    indexes: dict[str, Any] = field(default_factory=dict)
+    queue: Any = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+_rt: Runtime | None = None
+
+
+def _runtime() -> Runtime:
+    if _rt is None:
+        raise RuntimeError("the operator has not started")
+    return _rt
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _trim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy small enough to keep: no managedFields."""
+    out: dict[str, Any] = _plain(body)
+    out.get("metadata", {}).pop("managedFields", None)
+    return out
+
+
+def _first(store: Any) -> Any:
+    return next(iter(store), None) if store else None
+
+
+def _child_key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, str] | None:
+    instance = labels.get(INSTANCE)
+    if not namespace or not instance or labels.get(MANAGED_BY) != MANAGER:
+        return None
+    return (namespace, instance)
+
+
+def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Snapshot | None:
+    """What the indexes know about one ModelDeployment (None when it is gone)."""
+    idx = _runtime().indexes
+    if body is None:
+        body = _first(idx["md_index"].get(key))
+    if body is None:
+        return None
+    children = {kind: _first(idx[index].get(key)) for kind, index in _INDEX_OF.items()}
+    nodes: list[NodeInfo] = list(idx["node_index"].get("nodes") or [])
+    used: dict[str, dict[str, int]] = {}
+    for node in nodes:
+        for owner, requests in idx["pod_index"].get(("gpu", node.name)) or []:
+            if owner == key:
+                continue
+            per = used.setdefault(node.name, {})
+            for resource, count in requests.items():
+                per[resource] = per.get(resource, 0) + count
+    pods: list[PodInfo] = list(idx["pod_index"].get(("pod", *key)) or [])
+    return Snapshot(body=body, children={k: v for k, v in children.items() if v is not None},
+                    pods=pods, nodes=nodes, used=used)
+
+
+def _log_outcome(key: tuple[str, str], outcome: Outcome) -> None:
+    if outcome.applied or outcome.deleted:
+        log.info("%s/%s: applied %s; deleted %s", *key, ", ".join(outcome.applied) or "nothing",
+                 ", ".join(outcome.deleted) or "nothing")
+    if outcome.status is not None and outcome.status.changed:
+        st = outcome.status.status
+        log.info("%s/%s: %s (%s)", *key, st.get("phase"), st.get("reason"))
+
+
+async def _reconcile(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Outcome | None:
+    rt = _runtime()
+    snap = snapshot(key, body)
+    if snap is None or (snap.body.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    outcome = await reconcile(snap, rt.settings, rt.cluster, rt.memory)
+    _log_outcome(key, outcome)
+    return outcome
+
+
+async def _queued(key: Hashable) -> float | None:
+    assert isinstance(key, tuple)
+    try:
+        outcome = await _reconcile(key)
+    except Retry as err:
+        log.warning("%s/%s: %s; retrying in %.0fs", *key, err, err.delay)
+        return err.delay
+    return outcome.requeue_after if outcome else None
+
+
+# --------------------------------------------------------------------------------- indexes
+
+
+@kopf.index(*MD)
+async def md_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    return {(namespace or "", name): _trim(body)}
+
+
+async def _child_index(body: kopf.Body, namespace: str | None, labels: Mapping[str, str],
+                       **_: Any) -> Any:
+    key = _child_key(namespace, labels)
+    return {key: _trim(body)} if key else None
+
+
+deployment_index = kopf.index(*CHILDREN["Deployment"], labels=OURS, id="deployment_index")(
+    _child_index)
+service_index = kopf.index(*CHILDREN["Service"], labels=OURS, id="service_index")(_child_index)
+hpa_index = kopf.index(*CHILDREN["HorizontalPodAutoscaler"], labels=OURS, id="hpa_index")(
+    _child_index)
+pdb_index = kopf.index(*CHILDREN["PodDisruptionBudget"], labels=OURS, id="pdb_index")(
+    _child_index)
+
+
+def _gpu_requests(spec: Mapping[str, Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in spec.get("containers") or []:
+        res = c.get("resources") or {}
+        amounts = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+        for resource, value in amounts.items():
+            if resource.startswith("nvidia.com/"):
+                try:
+                    out[resource] = out.get(resource, 0) + int(value)
+                except (TypeError, ValueError):
+                    continue
+    return out
+
+
+@kopf.index("", "v1", "pods")
+async def pod_index(body: kopf.Body, namespace: str | None, labels: Mapping[str, str],
+                    spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> Any:
+    out: dict[Any, Any] = {}
+    key = _child_key(namespace, labels)
+    if key is not None:
+        out[("pod", *key)] = pod_info(body)
+    node = spec.get("nodeName")
+    if node and status.get("phase") not in ("Succeeded", "Failed"):
+        requests = _gpu_requests(spec)
+        if requests:
+            out[("gpu", node)] = (key, requests)
+    return out or None
+
+
+@kopf.index("", "v1", "nodes")
+async def node_index(name: str, labels: Mapping[str, str], spec: Mapping[str, Any],
+                     status: Mapping[str, Any], **_: Any) -> Any:
+    allocatable: dict[str, int] = {}
+    for resource, value in (status.get("allocatable") or {}).items():
+        if resource.startswith("nvidia.com/"):
+            try:
+                allocatable[resource] = int(value)
+            except (TypeError, ValueError):
+                continue
+    if not allocatable:
+        return None
+    return {"nodes": NodeInfo(name=name, labels=dict(labels),
+                              taints=tuple(_plain(t) for t in spec.get("taints") or []),
+                              allocatable=allocatable,
+                              unschedulable=bool(spec.get("unschedulable")))}
+
+
+# --------------------------------------------------------------------------------- handlers
+
+
+@kopf.on.resume(*MD)
+@kopf.on.create(*MD)
+@kopf.on.update(*MD)
+async def model_changed(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+    rt = _runtime()
+    key = (namespace or "", name)
+    try:
+        outcome = await rt.queue.run_now(key, lambda: _reconcile(key, _trim(body)))
+    except Retry as err:
+        raise kopf.TemporaryError(str(err), delay=err.delay) from err
+    if outcome is not None and outcome.failure is not None:
+        raise kopf.PermanentError(f"{outcome.failure.reason}: {outcome.failure.message}")
+    if outcome is not None and outcome.requeue_after:
+        rt.queue.enqueue(key, outcome.requeue_after)
+
+
+@kopf.on.event(*MD)
+async def model_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    if type == "DELETED":
+        rt = _runtime()
+        rt.memory.forget_all(namespace or "", name)
+        rt.queue.forget((namespace or "", name))
+
+
+async def _child_event(type: str, body: kopf.Body, namespace: str | None, name: str,
+                       labels: Mapping[str, str], **_: Any) -> None:
+    key = _child_key(namespace, labels)
+    if key is None:
+        return
+    rt = _runtime()
+    if type == "DELETED":
+        rt.memory.forget(body.get("kind", ""), key[0], name)
+    rt.queue.enqueue(key)
+
+
+for _kind, _resource in CHILDREN.items():
+    kopf.on.event(*_resource, labels=OURS, id=f"{_kind.lower()}_event")(_child_event)
+
+
+def _blocked_models() -> list[tuple[str, str]]:
+    """Models waiting for capacity: worth a look whenever GPUs may have been freed."""
+    keys = []
+    for key, store in _runtime().indexes["md_index"].items():
+        body = _first(store)
+        for c in ((body or {}).get("status") or {}).get("conditions") or []:
+            if c.get("type") == "Scheduled" and c.get("status") == "False":
+                keys.append(key)
+    return keys
+
+
+@kopf.on.event("", "v1", "pods")
+async def pod_event(type: str, namespace: str | None, labels: Mapping[str, str],
+                    spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> None:
+    rt = _runtime()
+    key = _child_key(namespace, labels)
+    if key is not None:
+        rt.queue.enqueue(key)
+    if spec.get("nodeName") and _gpu_requests(spec) and (
+            type == "DELETED" or status.get("phase") in ("Succeeded", "Failed")):
+        for blocked in _blocked_models():
+            rt.queue.enqueue(blocked)
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(type: str, status: Mapping[str, Any], **_: Any) -> None:
+    if type is None:
+        return  # the initial listing
+    if any(r.startswith("nvidia.com/") for r in status.get("allocatable") or {}):
+        rt = _runtime()
+        for blocked in _blocked_models():
+            rt.queue.enqueue(blocked, 1.0)
+
+
+# --------------------------------------------------------------------------------- lifecycle
+
+
+async def _resync(rt: Runtime) -> None:
+    """The periodic drift check: every model, every resync_s (spread out, through the queue)."""
+    while True:
+        await asyncio.sleep(rt.settings.resync_s)
+        keys = list(rt.indexes["md_index"].keys())
+        for i, key in enumerate(keys):
+            rt.queue.enqueue(key, 0.01 + i * min(1.0, rt.settings.resync_s / 2 / max(1, len(keys))))
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    global _rt
+    from .workqueue import WorkQueue
+
+    ours = Settings.from_env()
+    settings.posting.enabled = False  # the operator posts its own Events on transitions
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubemaas.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kubemaas.io", key="last-handled-configuration")
+    settings.persistence.finalizer = "kubemaas.io/finalizer"
+    for group, _version, plural in CHILDREN.values():
+        settings.watching.label_selectors[(group, plural) if group else plural] = (
+            f"{MANAGED_BY}={MANAGER}")
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    cluster = AsyncCluster(Cluster.from_environment(pool_size=ours.api_workers),
+                           workers=ours.api_workers)
+    rt = Runtime(settings=ours, cluster=cluster,
+                 indexes={k: kwargs[k] for k in ("md_index", "deployment_index", "service_index",
+                                                 "hpa_index", "pdb_index", "pod_index",
+                                                 "node_index")})
+    rt.queue = WorkQueue(_queued, concurrency=ours.max_concurrent_reconciles)
+    rt.tasks.append(asyncio.get_running_loop().create_task(_resync(rt)))
+    _rt = rt
+    log.info("kubemaas operator started: %s", ours)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    global _rt
+    rt, _rt = _rt, None
+    if rt is None:
+        return
+    for task in rt.tasks:
+        task.cancel()
+    await rt.queue.close()
+    rt.cluster.close()
+
+
+@kopf.on.probe(id="apiWrites")
+async def api_writes(**_: Any) -> int:
+    return _runtime().cluster.writes if _rt is not None else 0

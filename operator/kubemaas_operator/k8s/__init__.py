@@ -1,0 +1,215 @@
+"""The ONLY code that talks to the API server: server-side apply, deletes, status patches,
+Events, and the one read the indexes cannot answer (an administrator's templates ConfigMap).
+
+All calls are blocking (the `kubernetes` client) and run in a bounded thread pool through
+`AsyncCluster`, so the event loop never waits on the network. Every write is counted
+(`Cluster.writes`), which the operator reports on its health endpoint and the benchmark reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import urllib3
+from kubernetes import client, config
+
+log = logging.getLogger("kubemaas.k8s")
+T = TypeVar("T")
+
+FIELD_MANAGER = "kubemaas-operator"
+MD_GROUP, MD_VERSION, MD_PLURAL = "serving.kubemaas.io", "v1alpha1", "modeldeployments"
+
+PLURALS: dict[str, str] = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "ConfigMap": "configmaps",
+    "Event": "events",
+    "ModelDeployment": MD_PLURAL,
+}
+
+
+class ApiError(Exception):
+    """The API server said no. `status` is the HTTP code, `message` its explanation."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def invalid(self) -> bool:
+        """The object itself was rejected (422 Invalid, 400 BadRequest): retrying won't help."""
+        return self.status in (400, 422)
+
+
+def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None,
+          subresource: str | None = None) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    if namespace:
+        base += f"/namespaces/{quote(namespace, safe='')}"
+    base += f"/{PLURALS[kind]}"
+    if name:
+        base += f"/{quote(name, safe='')}"
+    if subresource:
+        base += f"/{subresource}"
+    return base
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Cluster:
+    """Blocking API access with one field manager."""
+
+    def __init__(self, api: client.ApiClient, field_manager: str = FIELD_MANAGER) -> None:
+        self.api = api
+        self.field_manager = field_manager
+        self._write_total = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_environment(cls, pool_size: int = 16) -> Cluster:
+        """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+        configuration = client.Configuration()
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        else:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+        configuration.connection_pool_maxsize = pool_size
+        return cls(client.ApiClient(configuration))
+
+    @property
+    def writes(self) -> int:
+        return self._write_total
+
+    def _count_write(self) -> None:
+        with self._lock:
+            self._write_total += 1
+
+    def _call(self, method: str, path: str, *, body: Any = None,
+              query: list[tuple[str, str]] | None = None,
+              content_type: str = "application/json") -> dict[str, Any] | None:
+        if method != "GET":
+            self._count_write()
+        serialized = self.api.param_serialize(
+            method, path, query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body, auth_settings=["BearerToken"])
+        try:
+            response = self.api.call_api(*serialized, _request_timeout=30)
+            data = response.read()  # type: ignore[no-untyped-call]
+        except (client.exceptions.ApiException, urllib3.exceptions.HTTPError) as err:
+            raise ApiError(0, "Unreachable", f"{method} {path}: {err}") from err
+        text = data.decode("utf-8") if isinstance(data, bytes) else (data or "")
+        if response.status >= 400:
+            try:
+                payload = json.loads(text)
+                raise ApiError(response.status, payload.get("reason", ""),
+                               payload.get("message", text))
+            except ValueError:
+                raise ApiError(response.status, "", text) from None
+        return json.loads(text) if text else None
+
+    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply with our field manager, taking fields back from hand edits."""
+        meta = manifest["metadata"]
+        path = _path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"),
+                     meta["name"])
+        result = self._call("PATCH", path, body=dict(manifest),
+                            query=[("fieldManager", self.field_manager), ("force", "true")],
+                            content_type="application/apply-patch+yaml")
+        return result or {}
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        try:
+            self._call("DELETE", _path(api_version, kind, namespace, name),
+                       body={"propagationPolicy": "Background"})
+        except ApiError as err:
+            if err.status != 404:
+                raise
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any],
+                     previous: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch the ModelDeployment's status to exactly `status`."""
+        body: dict[str, Any] = dict(status)
+        for key in previous:
+            if key not in status:
+                body[key] = None
+        path = _path(f"{MD_GROUP}/{MD_VERSION}", "ModelDeployment", namespace, name, "status")
+        return self._call("PATCH", path, body={"status": body},
+                          content_type="application/merge-patch+json") or {}
+
+    def post_event(self, involved: Mapping[str, Any], type_: str, reason: str,
+                   message: str) -> None:
+        now = _now()
+        name = f"{involved['name']}.{uuid.uuid4().hex[:12]}"
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": involved["namespace"]},
+            "involvedObject": dict(involved), "type": type_, "reason": reason[:128],
+            "message": message[:1024], "source": {"component": self.field_manager},
+            "reportingComponent": "kubemaas.io/operator",
+            "reportingInstance": os.environ.get("HOSTNAME", "kubemaas-operator")[:128],
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        self._call("POST", _path("v1", "Event", involved["namespace"]), body=body)
+
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", _path("v1", "ConfigMap", namespace, name))
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+
+class AsyncCluster:
+    """`Cluster` for the event loop: each call runs in a bounded thread pool."""
+
+    def __init__(self, cluster: Cluster, workers: int = 16) -> None:
+        self.sync = cluster
+        self.executor = ThreadPoolExecutor(max_workers=workers,
+                                           thread_name_prefix="kubemaas-api")
+
+    @property
+    def writes(self) -> int:
+        return self.sync.writes
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._run(self.sync.apply, manifest)
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        await self._run(self.sync.delete, api_version, kind, namespace, name)
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any],
+                           previous: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._run(self.sync.patch_status, namespace, name, status, previous)
+
+    async def post_event(self, involved: Mapping[str, Any], type_: str, reason: str,
+                         message: str) -> None:
+        await self._run(self.sync.post_event, involved, type_, reason, message)
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._run(self.sync.get_configmap, namespace, name)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.sync.api.close()  # type: ignore[no-untyped-call]

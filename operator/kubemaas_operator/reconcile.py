@@ -1,0 +1,282 @@
+"""observe -> desired -> apply -> status: the one place that sequences the operator's I/O.
+
+The same `reconcile()` runs for create, update, resume, every change of a child or of one of its
+pods, and the periodic drift check. What it observes comes from the operator's in-memory indexes
+(a `Snapshot`, built by handlers.py); the pure modules decide; `k8s/` writes. A child is applied
+only when it is missing, its spec-hash differs, or it drifted from the desired manifest, and the
+status is patched only when it changed: a steady-state resync writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .api import API_VERSION, KIND, SpecError, parse_spec, valid_name
+from .config import Settings
+from .drift import drift
+from .k8s import ApiError, AsyncCluster
+from .render import (
+    BUILTIN_TEMPLATE,
+    CHILD_KINDS,
+    SPEC_HASH,
+    RenderContext,
+    RenderError,
+    render,
+    selector_string,
+    url,
+)
+from .scheduling import NodeInfo, check_capacity, gpu_summary
+from .status import (
+    DeploymentInfo,
+    Failure,
+    Observed,
+    PodInfo,
+    StatusResult,
+    compute_status,
+    deployment_info,
+    failed_status,
+)
+
+log = logging.getLogger("kubemaas.reconcile")
+
+
+class Retry(Exception):
+    """Something transient failed (the API server, a conflict); try again after `delay`."""
+
+    def __init__(self, message: str, delay: float = 5.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the indexes know about one ModelDeployment and its surroundings."""
+
+    body: Mapping[str, Any]  # the ModelDeployment: metadata, spec, status
+    children: Mapping[str, Mapping[str, Any]]  # kind -> the observed child object
+    pods: Sequence[PodInfo] = ()
+    nodes: Sequence[NodeInfo] = ()
+    used: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # others' pods
+
+
+@dataclass
+class Outcome:
+    status: StatusResult | None = None
+    failure: Failure | None = None
+    applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def _rv(obj: Mapping[str, Any] | None) -> int:
+    try:
+        return int((obj or {}).get("metadata", {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+class Memory:
+    """What this process applied, until the watch streams catch up (avoids duplicate writes)."""
+
+    def __init__(self) -> None:
+        self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._templates: dict[str, tuple[float, dict[str, str] | None]] = {}
+
+    def remember(self, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        self._applied[(obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))] = obj
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        self._applied.pop((kind, namespace, name), None)
+
+    def forget_all(self, namespace: str, name: str) -> None:
+        for _, kind in CHILD_KINDS:
+            self.forget(kind, namespace, name)
+
+    def freshest(self, kind: str, namespace: str, name: str,
+                 observed: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        mine = self._applied.get((kind, namespace, name))
+        if mine is None:
+            return observed
+        if observed is not None and _rv(observed) >= _rv(mine):
+            self._applied.pop((kind, namespace, name), None)
+            return observed
+        return mine
+
+    def templates(self, key: str, ttl: float) -> tuple[bool, dict[str, str] | None]:
+        entry = self._templates.get(key)
+        if entry is None or time.monotonic() - entry[0] > ttl:
+            return False, None
+        return True, entry[1]
+
+    def cache_templates(self, key: str, data: dict[str, str] | None) -> None:
+        self._templates[key] = (time.monotonic(), data)
+
+
+async def _template(settings: Settings, cluster: AsyncCluster, memory: Memory,
+                    name: str) -> str | None:
+    """The administrator's template source, or None for the built-in one."""
+    if name == BUILTIN_TEMPLATE:
+        return None
+    key = f"{settings.namespace}/{settings.templates_configmap}"
+    hit, data = memory.templates(key, settings.templates_ttl_s)
+    if not hit:
+        try:
+            cm = await cluster.get_configmap(settings.namespace, settings.templates_configmap)
+        except ApiError as err:
+            raise Retry(f"cannot read the templates ConfigMap {key}: {err}") from err
+        data = dict((cm or {}).get("data") or {}) if cm is not None else None
+        memory.cache_templates(key, data)
+    if data is None:
+        raise LookupError(f"template {name!r} not found: the templates ConfigMap {key} does not "
+                          f"exist; use template \"default\" or ask the cluster administrator")
+    if name not in data:
+        known = ", ".join(sorted(["default", *data])) or "default"
+        raise LookupError(f"template {name!r} not found in the ConfigMap {key}; known: {known}")
+    return data[name]
+
+
+def _involved(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta.get("name"),
+            "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion")}
+
+
+async def _write_status(cluster: AsyncCluster, body: Mapping[str, Any],
+                        result: StatusResult) -> None:
+    if not result.changed:
+        return
+    meta = body.get("metadata") or {}
+    try:
+        await cluster.patch_status(meta["namespace"], meta["name"], result.status,
+                                   body.get("status") or {})
+    except ApiError as err:
+        if err.status == 404:
+            return  # deleted meanwhile
+        raise Retry(f"cannot write the status: {err}") from err
+    for event in result.events:
+        try:
+            await cluster.post_event(_involved(body), event.type, event.reason, event.message)
+        except ApiError as err:  # an Event is a courtesy; never fail a reconcile on it
+            log.warning("cannot post an Event for %s/%s: %s", meta["namespace"], meta["name"],
+                        err)
+
+
+def _next_check(pods: Sequence[PodInfo], now: datetime, grace: float) -> float | None:
+    """Seconds until a not-ready pod's grace period ends (then the status must say so)."""
+    waits = []
+    for p in pods:
+        if p.phase == "Running" and not p.ready and p.running_since and not p.terminating:
+            try:
+                since = datetime.fromisoformat(p.running_since.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            left = grace - (now - since).total_seconds()
+            if left > 0:
+                waits.append(left + 0.5)
+    return min(waits) if waits else None
+
+
+async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
+                    memory: Memory, now: datetime | None = None) -> Outcome:
+    body = snap.body
+    meta = body.get("metadata") or {}
+    name, namespace = meta["name"], meta["namespace"]
+    now = now or datetime.now(UTC)
+    outcome = Outcome()
+    observed_children = {
+        kind: memory.freshest(kind, namespace, name, snap.children.get(kind))
+        for _, kind in CHILD_KINDS}
+    dep_obj = observed_children.get("Deployment")
+    base = Observed(
+        name=name, namespace=namespace, generation=meta.get("generation") or 0, now=now,
+        previous=body.get("status") or {},
+        deployment=deployment_info(dep_obj) if dep_obj else None, pods=snap.pods,
+        selector=selector_string(name), not_ready_grace_s=settings.not_ready_grace_s)
+
+    # 1. parse; 2. pick the template; 3. render. Any failure here needs a spec change.
+    try:
+        if not valid_name(name):
+            raise SpecError("metadata.name", "must be a DNS-1035 label of at most 63 characters "
+                            "(it names the Service)")
+        spec = parse_spec(body.get("spec") or {})
+        source = await _template(settings, cluster, memory, spec.runtime.template)
+        rendered = render(spec, RenderContext(name=name, namespace=namespace,
+                                              uid=meta.get("uid", ""),
+                                              template_name=spec.runtime.template,
+                                              template_source=source))
+    except SpecError as err:
+        outcome.failure = Failure("InvalidSpec", str(err))
+    except LookupError as err:
+        outcome.failure = Failure("TemplateNotFound", str(err))
+    except RenderError as err:
+        outcome.failure = Failure("TemplateError", str(err))
+    if outcome.failure is not None:
+        outcome.status = failed_status(outcome.failure, base)
+        await _write_status(cluster, body, outcome.status)
+        return outcome
+
+    # 4. the capacity check, from the indexes (this model's own pods do not count as used).
+    capacity = check_capacity(spec, snap.nodes, snap.used, spec.desired_replicas
+                              if spec.autoscaling is None else spec.autoscaling.min_replicas)
+
+    # 5. apply what is missing, changed or drifted; delete what is no longer wanted.
+    wanted = {child["kind"]: child for child in rendered.children}
+    for child in rendered.children:
+        kind = child["kind"]
+        have = observed_children.get(kind)
+        reason = None
+        if have is None:
+            reason = "missing"
+        elif (have.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH) != child[
+                "metadata"]["annotations"][SPEC_HASH]:
+            reason = "spec changed"
+        else:
+            reason = drift(child, have)
+            if reason is not None:
+                reason = f"drifted at {reason}"
+        if reason is None:
+            continue
+        try:
+            applied = await cluster.apply(child)
+        except ApiError as err:
+            if err.invalid:
+                outcome.failure = Failure("Rejected", f"the API server rejected the {kind}: "
+                                          f"{err.message}")
+                outcome.status = failed_status(outcome.failure, base)
+                await _write_status(cluster, body, outcome.status)
+                return outcome
+            raise Retry(f"cannot apply the {kind} {namespace}/{name}: {err}") from err
+        memory.remember(applied)
+        observed_children[kind] = applied
+        outcome.applied.append(f"{kind} ({reason})")
+    for api_version, kind in CHILD_KINDS:
+        if kind not in wanted and observed_children.get(kind) is not None:
+            try:
+                await cluster.delete(api_version, kind, namespace, name)
+            except ApiError as err:
+                raise Retry(f"cannot delete the {kind} {namespace}/{name}: {err}") from err
+            memory.forget(kind, namespace, name)
+            outcome.deleted.append(kind)
+
+    # 6. the status, from what is there now.
+    dep_obj = observed_children.get("Deployment")
+    dep: DeploymentInfo | None = deployment_info(dep_obj) if dep_obj else None
+    products = {n.name: n.product for n in snap.nodes}
+    placed = [products.get(p.node, "") for p in snap.pods if p.node and not p.terminating]
+    observed = Observed(
+        name=name, namespace=namespace, generation=base.generation, now=now,
+        previous=base.previous, desired_revision=rendered.revision, deployment=dep,
+        pods=snap.pods, node_products=products, capacity=capacity,
+        url=url(name, namespace, spec.serving.port), selector=base.selector,
+        not_ready_grace_s=settings.not_ready_grace_s)
+    outcome.status = compute_status(spec, observed, gpu_summary(spec, placed))
+    await _write_status(cluster, body, outcome.status)
+    outcome.requeue_after = _next_check(snap.pods, now, settings.not_ready_grace_s)
+    return outcome

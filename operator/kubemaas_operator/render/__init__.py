@@ -1,0 +1,325 @@
+"""PURE: a ModelDeployment spec and its context in, the children's manifests out.
+
+Jinja2 templates (package data under kubemaas_operator/templates) with StrictUndefined and one
+typed parameter object per template. Every child is labelled, owned by its ModelDeployment, and
+stamped with `serving.kubemaas.io/spec-hash` (a hash of the manifest itself) so that "nothing
+changed" costs a string comparison. The Deployment also carries `serving.kubemaas.io/revision`, a
+hash of its pod template, which the status reports and a rollout can key on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from ..api import API_VERSION, KIND, ModelDeploymentSpec
+from ..scheduling import Placement, placement
+
+SPEC_HASH = "serving.kubemaas.io/spec-hash"
+REVISION = "serving.kubemaas.io/revision"
+TRACK = "serving.kubemaas.io/track"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+INSTANCE = "app.kubernetes.io/instance"
+NAME = "app.kubernetes.io/name"
+COMPONENT = "app.kubernetes.io/component"
+PART_OF = "app.kubernetes.io/part-of"
+APP_NAME = "kubemaas-runtime"
+MANAGER = "kubemaas"
+MODEL_DIR = "/mnt/models"
+CACHE_DIR = "/var/cache/kubemaas"
+CREDENTIALS_DIR = "/var/run/secrets/kubemaas/model-credentials"
+BUILTIN_TEMPLATE = "default"
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"  # package data
+
+
+class RenderError(ValueError):
+    """A template could not be rendered into a valid manifest; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Everything besides the spec that the manifests depend on."""
+
+    name: str
+    namespace: str
+    uid: str
+    template_name: str = BUILTIN_TEMPLATE
+    template_source: str | None = None  # an administrator's Deployment template; None = built-in
+
+
+@dataclass(frozen=True)
+class DeploymentParams:
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    selector: Mapping[str, str]
+    pod_labels: Mapping[str, str]
+    pod_annotations: Mapping[str, str]
+    replicas: int | None
+    image: str
+    image_pull_policy: str | None
+    args: list[str]
+    env: list[dict[str, str]]
+    port: int
+    requests: Mapping[str, str]
+    limits: Mapping[str, str]
+    node_selector: Mapping[str, str]
+    affinity: Mapping[str, Any]
+    tolerations: list[Mapping[str, Any]]
+    priority_class_name: str | None
+    topology_spread_constraints: list[dict[str, Any]]
+    volumes: list[dict[str, Any]]
+    volume_mounts: list[dict[str, Any]]
+    model_uri: str
+    model_format: str
+    gpu_count: int
+    gpu_resource: str | None
+
+
+@dataclass(frozen=True)
+class ServiceParams:
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    selector: Mapping[str, str]
+    port: int
+
+
+@dataclass(frozen=True)
+class HPAParams:
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    min_replicas: int
+    max_replicas: int
+    target_cpu_utilization: int
+
+
+@dataclass(frozen=True)
+class PDBParams:
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    selector: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The desired children, in apply order, and the Deployment's revision."""
+
+    children: list[dict[str, Any]] = field(default_factory=list)
+    revision: str = ""
+
+
+def common_labels(name: str) -> dict[str, str]:
+    return {NAME: APP_NAME, INSTANCE: name, MANAGED_BY: MANAGER, COMPONENT: "model-server",
+            PART_OF: "kubemaas"}
+
+
+def service_selector(name: str) -> dict[str, str]:
+    """Selects every runtime pod of the model, whatever its track (a canary later)."""
+    return {NAME: APP_NAME, INSTANCE: name}
+
+
+def pod_selector(name: str) -> dict[str, str]:
+    """The main Deployment's (immutable) selector."""
+    return {**service_selector(name), TRACK: "main"}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(service_selector(name).items()))
+
+
+def url(name: str, namespace: str, port: int) -> str:
+    return f"http://{name}.{namespace}.svc.cluster.local:{port}"
+
+
+def digest(obj: Any, length: int = 16) -> str:
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(data.encode()).hexdigest()[:length]
+
+
+def owner_reference(ctx: RenderContext) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": ctx.name, "uid": ctx.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
+                              keep_trailing_newline=True)
+
+
+@lru_cache(maxsize=16)
+def builtin_template(filename: str) -> str:
+    return (TEMPLATES_DIR / filename).read_text("utf-8")
+
+
+@lru_cache(maxsize=64)
+def _compiled(source: str) -> jinja2.Template:
+    return _environment().from_string(source)
+
+
+def _render(source: str, what: str, params: object) -> dict[str, Any]:
+    try:
+        text = _compiled(source).render(p=params)
+        manifest = yaml.safe_load(text)
+    except jinja2.TemplateError as err:
+        raise RenderError(f"{what}: {type(err).__name__}: {err}") from err
+    except yaml.YAMLError as err:
+        raise RenderError(f"{what} did not render valid YAML: {err}") from err
+    if not isinstance(manifest, dict):
+        raise RenderError(f"{what} did not render a single object")
+    return manifest
+
+
+def _model_env_and_volumes(spec: ModelDeploymentSpec, name: str) -> tuple[
+        str, list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [{"name": "model-cache", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "model-cache", "mountPath": CACHE_DIR}]
+    uri = spec.model.uri
+    if uri.startswith("pvc://"):
+        claim, _, path = uri.removeprefix("pvc://").partition("/")
+        volumes.append({"name": "model-store",
+                        "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "model-store", "mountPath": MODEL_DIR, "readOnly": True})
+        uri = f"file://{MODEL_DIR}/{path}"
+    if spec.model.credentials_secret_ref is not None:
+        volumes.append({"name": "model-credentials",
+                        "secret": {"secretName": spec.model.credentials_secret_ref.name}})
+        mounts.append({"name": "model-credentials", "mountPath": CREDENTIALS_DIR,
+                       "readOnly": True})
+    return uri, volumes, mounts
+
+
+def runtime_env(spec: ModelDeploymentSpec, name: str, model_uri: str) -> list[dict[str, str]]:
+    """The runtime's settings (docs/runtime.md) followed by the user's own variables."""
+    env = [
+        {"name": "KUBEMAAS_MODEL_URI", "value": model_uri},
+        {"name": "KUBEMAAS_MODEL_FORMAT", "value": spec.model.format},
+        {"name": "KUBEMAAS_MODEL_NAME", "value": spec.model.name or name},
+        {"name": "KUBEMAAS_MODEL_VERSION", "value": spec.model.version or "1"},
+        {"name": "KUBEMAAS_PORT", "value": str(spec.serving.port)},
+        {"name": "KUBEMAAS_CACHE_DIR", "value": CACHE_DIR},
+    ]
+    if spec.model.sha256:
+        env.append({"name": "KUBEMAAS_MODEL_SHA256", "value": spec.model.sha256})
+    if spec.runtime.batching is not None:
+        b = spec.runtime.batching
+        delay = int(b.max_delay_ms) if float(b.max_delay_ms).is_integer() else b.max_delay_ms
+        env.append({"name": "KUBEMAAS_MAX_BATCH_SIZE", "value": str(b.max_batch_size)})
+        env.append({"name": "KUBEMAAS_MAX_BATCH_DELAY_MS", "value": str(delay)})
+    if spec.model.credentials_secret_ref is not None:
+        env.append({"name": "KUBEMAAS_S3_CREDENTIALS_DIR", "value": CREDENTIALS_DIR})
+    env.extend({"name": e.name, "value": e.value} for e in spec.runtime.env)
+    return env
+
+
+def deployment_params(spec: ModelDeploymentSpec, ctx: RenderContext,
+                      place: Placement) -> DeploymentParams:
+    model_uri, volumes, mounts = _model_env_and_volumes(spec, ctx.name)
+    labels = common_labels(ctx.name)
+    pod_labels = {**spec.pod_metadata.labels, **labels, **pod_selector(ctx.name)}
+    spreads = []
+    for c in spec.scheduling.topology_spread_constraints:
+        c = dict(c)
+        c.setdefault("labelSelector", {"matchLabels": service_selector(ctx.name)})
+        spreads.append(c)
+    return DeploymentParams(
+        name=ctx.name, namespace=ctx.namespace, labels=labels, selector=pod_selector(ctx.name),
+        pod_labels=pod_labels, pod_annotations=dict(spec.pod_metadata.annotations),
+        replicas=None if spec.autoscaling is not None else spec.desired_replicas,
+        image=spec.runtime.image, image_pull_policy=spec.runtime.image_pull_policy,
+        args=list(spec.runtime.args), env=runtime_env(spec, ctx.name, model_uri),
+        port=spec.serving.port, requests=place.requests, limits=place.limits,
+        node_selector=place.node_selector, affinity=place.affinity,
+        tolerations=list(place.tolerations),
+        priority_class_name=spec.scheduling.priority_class_name,
+        topology_spread_constraints=spreads, volumes=volumes, volume_mounts=mounts,
+        model_uri=model_uri, model_format=spec.model.format,
+        gpu_count=spec.gpu.count if spec.gpu else 0,
+        gpu_resource=spec.gpu.resource if spec.gpu else None)
+
+
+def _stamp(manifest: dict[str, Any], ctx: RenderContext, labels: Mapping[str, str],
+           extra_annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Enforce what no template may change: identity, ownership, labels; then the spec hash."""
+    meta = manifest.setdefault("metadata", {})
+    meta["name"] = ctx.name
+    meta["namespace"] = ctx.namespace
+    meta["labels"] = {**(meta.get("labels") or {}), **labels}
+    meta["ownerReferences"] = [owner_reference(ctx)]
+    annotations = {**(meta.get("annotations") or {}), **(extra_annotations or {})}
+    annotations.pop(SPEC_HASH, None)
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+    meta.setdefault("annotations", {})[SPEC_HASH] = digest(manifest)
+    return manifest
+
+
+def _check_deployment(manifest: dict[str, Any], ctx: RenderContext) -> None:
+    what = f"template {ctx.template_name!r}"
+    if manifest.get("apiVersion") != "apps/v1" or manifest.get("kind") != "Deployment":
+        raise RenderError(f"{what} must render an apps/v1 Deployment, got "
+                          f"{manifest.get('apiVersion')}/{manifest.get('kind')}")
+    spec = manifest.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("template"), dict):
+        raise RenderError(f"{what} must render spec.template")
+    pod = spec["template"]
+    pod_labels = (pod.get("metadata") or {}).get("labels") or {}
+    selector = pod_selector(ctx.name)
+    if any(pod_labels.get(k) != v for k, v in selector.items()):
+        raise RenderError(f"{what} must keep the pod labels {selector} (use p.pod_labels)")
+    containers = (pod.get("spec") or {}).get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise RenderError(f"{what} must render at least one container")
+
+
+def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
+    """The desired children in apply order: Deployment, Service, then HPA and PDB if wanted."""
+    place = placement(spec)
+    params = deployment_params(spec, ctx, place)
+    labels = common_labels(ctx.name)
+    source = ctx.template_source or builtin_template("deployment.yaml.j2")
+    deployment = _render(source, f"template {ctx.template_name!r}", params)
+    _check_deployment(deployment, ctx)
+    deployment["spec"]["selector"] = {"matchLabels": pod_selector(ctx.name)}
+    revision = digest(deployment["spec"]["template"], 10)
+    children = [_stamp(deployment, ctx, labels, {REVISION: revision})]
+
+    service = _render(builtin_template("service.yaml.j2"), "service template",
+                      ServiceParams(name=ctx.name, namespace=ctx.namespace, labels=labels,
+                                    selector=service_selector(ctx.name),
+                                    port=spec.serving.port))
+    children.append(_stamp(service, ctx, labels))
+    if spec.autoscaling is not None:
+        a = spec.autoscaling
+        hpa = _render(builtin_template("hpa.yaml.j2"), "autoscaler template",
+                      HPAParams(name=ctx.name, namespace=ctx.namespace, labels=labels,
+                                min_replicas=a.min_replicas, max_replicas=a.max_replicas,
+                                target_cpu_utilization=a.target_cpu_utilization))
+        children.append(_stamp(hpa, ctx, labels))
+    if spec.desired_replicas > 1:
+        pdb = _render(builtin_template("pdb.yaml.j2"), "disruption budget template",
+                      PDBParams(name=ctx.name, namespace=ctx.namespace, labels=labels,
+                                selector=service_selector(ctx.name)))
+        children.append(_stamp(pdb, ctx, labels))
+    return Rendered(children=children, revision=revision)
+
+
+# Kinds the operator may create for a ModelDeployment, in apply order.
+CHILD_KINDS: tuple[tuple[str, str], ...] = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+)

@@ -1,0 +1,215 @@
+"""PURE: GPU placement (resources, node affinity, tolerations) and a capacity check.
+
+`placement(spec)` says what a replica's pod must ask for and where it may run; `check_capacity`
+counts, from the nodes' allocatable resources minus what scheduled pods already request, how many
+replicas could be placed right now, and when that is fewer than asked says so with the numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api import ModelDeploymentSpec
+
+GPU_TAINT_KEY = "nvidia.com/gpu"
+PRODUCT_LABEL = "nvidia.com/gpu.product"
+MEMORY_LABEL = "nvidia.com/gpu.memory"
+PRESENT_LABEL = "nvidia.com/gpu.present"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the capacity check needs to know about a node (from the operator's node index)."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Mapping[str, Any], ...] = ()
+    allocatable: Mapping[str, int] = field(default_factory=dict)
+    unschedulable: bool = False
+
+    @property
+    def product(self) -> str:
+        return self.labels.get(PRODUCT_LABEL, "")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The scheduling part of a replica's pod spec."""
+
+    requests: Mapping[str, str]
+    limits: Mapping[str, str]
+    node_selector: Mapping[str, str]
+    affinity: Mapping[str, Any]
+    tolerations: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Whether the wanted replicas fit in the free capacity of matching nodes, and why not."""
+
+    fits: bool
+    wanted: int
+    room: int
+    reason: str = ""
+    message: str = ""
+    summary: str = ""
+
+
+def _gpu_affinity_terms(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    gpu = spec.gpu
+    if gpu is None:
+        if spec.scheduling.allow_gpu_nodes:
+            return []
+        return [{"key": PRESENT_LABEL, "operator": "NotIn", "values": ["true"]}]
+    exprs: list[dict[str, Any]] = []
+    if gpu.products:
+        exprs.append({"key": PRODUCT_LABEL, "operator": "In", "values": sorted(gpu.products)})
+    mib = gpu.min_memory_mib
+    if mib is not None:
+        exprs.append({"key": MEMORY_LABEL, "operator": "Gt", "values": [str(mib - 1)]})
+    return exprs
+
+
+def placement(spec: ModelDeploymentSpec) -> Placement:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    res = spec.runtime.resources
+    if res.cpu is not None:
+        requests["cpu"] = res.cpu
+    if res.cpu_limit is not None:
+        limits["cpu"] = res.cpu_limit
+    if res.memory is not None:
+        requests["memory"] = res.memory
+        limits["memory"] = res.memory
+    tolerations: list[Mapping[str, Any]] = []
+    if spec.gpu is not None:
+        requests[spec.gpu.resource] = str(spec.gpu.count)
+        limits[spec.gpu.resource] = str(spec.gpu.count)
+        tolerations.append({"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
+    tolerations.extend(t.to_k8s() for t in spec.scheduling.tolerations)
+
+    affinity: dict[str, Any] = {k: v for k, v in spec.scheduling.affinity.items()}
+    ours = _gpu_affinity_terms(spec)
+    if ours:
+        node_aff = dict(affinity.get("nodeAffinity") or {})
+        required = dict(node_aff.get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+        user_terms = list(required.get("nodeSelectorTerms") or [])
+        if user_terms:
+            terms = [{**t, "matchExpressions": [*(t.get("matchExpressions") or []), *ours]}
+                     for t in user_terms]
+        else:
+            terms = [{"matchExpressions": ours}]
+        required["nodeSelectorTerms"] = terms
+        node_aff["requiredDuringSchedulingIgnoredDuringExecution"] = required
+        affinity["nodeAffinity"] = node_aff
+    return Placement(requests=requests, limits=limits,
+                     node_selector=dict(spec.scheduling.node_selector),
+                     affinity=affinity, tolerations=tuple(tolerations))
+
+
+def _tolerates(taint: Mapping[str, Any], tolerations: Iterable[Mapping[str, Any]]) -> bool:
+    if taint.get("effect") == "PreferNoSchedule":
+        return True
+    for t in tolerations:
+        if t.get("effect") and t.get("effect") != taint.get("effect"):
+            continue
+        if t.get("operator") == "Exists":
+            if not t.get("key") or t.get("key") == taint.get("key"):
+                return True
+        elif t.get("key") == taint.get("key") and (t.get("value") or "") == (
+                taint.get("value") or ""):
+            return True
+    return False
+
+
+def _matches(node: NodeInfo, spec: ModelDeploymentSpec, place: Placement) -> bool:
+    if node.unschedulable:
+        return False
+    if any(node.labels.get(k) != v for k, v in place.node_selector.items()):
+        return False
+    if not all(_tolerates(t, place.tolerations) for t in node.taints):
+        return False
+    gpu = spec.gpu
+    if gpu is None:
+        return True
+    if gpu.products and node.product not in gpu.products:
+        return False
+    mib = gpu.min_memory_mib
+    if mib is not None:
+        try:
+            if int(node.labels.get(MEMORY_LABEL, "0")) < mib:
+                return False
+        except ValueError:
+            return False
+    return True
+
+
+def _short(product: str) -> str:
+    return product.removeprefix("NVIDIA-") or "unlabelled"
+
+
+def check_capacity(spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
+                   used: Mapping[str, Mapping[str, int]], wanted: int) -> Capacity:
+    """How many of `wanted` replicas fit now; `used` excludes this model's own pods.
+
+    Only GPU models are checked (CPU and memory are left to the scheduler, whose message reaches
+    the status when pods stay Pending). The user's own affinity terms are not evaluated here.
+    """
+    gpu = spec.gpu
+    if gpu is None or wanted == 0:
+        return Capacity(fits=True, wanted=wanted, room=wanted)
+    place = placement(spec)
+    resource, per = gpu.resource, gpu.count
+    free_by_product: dict[str, list[tuple[str, int]]] = {}
+    others: dict[str, int] = {}
+    room = 0
+    for node in sorted(nodes, key=lambda n: n.name):
+        total = node.allocatable.get(resource, 0)
+        if total <= 0:
+            continue
+        free = max(0, total - used.get(node.name, {}).get(resource, 0))
+        if not _matches(node, spec, place):
+            others[node.product] = others.get(node.product, 0) + free
+            continue
+        free_by_product.setdefault(node.product, []).append((node.name, free))
+        room += free // per
+    if room >= wanted:
+        return Capacity(fits=True, wanted=wanted, room=room)
+    needed = wanted * per
+    where = " or ".join(sorted(gpu.products)) if gpu.products else "any product"
+    if gpu.min_memory:
+        where += f" with at least {gpu.min_memory} per GPU"
+    free_total = sum(f for entries in free_by_product.values() for _, f in entries)
+    if free_by_product:
+        parts = []
+        for product, entries in sorted(free_by_product.items()):
+            detail = ", ".join(f"{name} {free}" for name, free in entries)
+            parts.append(f"{product}: {sum(f for _, f in entries)} free ({detail})")
+        have = "; ".join(parts)
+    else:
+        have = "no schedulable node offers it"
+        if others:
+            have += " (other nodes: " + ", ".join(
+                f"{p or 'unlabelled'} {f} free" for p, f in sorted(others.items())) + ")"
+    message = (f"needs {wanted} replica(s) x {per} {resource} on one node each ({needed} in all) "
+               f"on {where}; room for {room} replica(s) now. Free {resource} per product: {have}")
+    label = resource.removeprefix("nvidia.com/")
+    summary = f"InsufficientGPU: needs {wanted}x{per} {label}, {free_total} free"
+    if free_by_product:
+        summary += " on " + ", ".join(_short(p) for p in sorted(free_by_product))
+    return Capacity(fits=False, wanted=wanted, room=room, reason="InsufficientGPU",
+                    message=message, summary=summary)
+
+
+def gpu_summary(spec: ModelDeploymentSpec, placed_products: Iterable[str] = ()) -> str:
+    """The GPU column: '1xNVIDIA-H100-80GB-HBM3', '2xmig-1g.10gb', '-' for CPU."""
+    gpu = spec.gpu
+    if gpu is None:
+        return "-"
+    if gpu.mig_profile:
+        return f"{gpu.count}xmig-{gpu.mig_profile}"
+    placed = sorted({p for p in placed_products if p})
+    products = placed or sorted(gpu.products)
+    return f"{gpu.count}x{'|'.join(products) if products else 'any'}"

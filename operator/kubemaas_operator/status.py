@@ -1,0 +1,417 @@
+"""PURE: what the operator observed -> the ModelDeployment's status, and the Events to post.
+
+`compute_status` is a function of the spec, the observed children and pods, the capacity check
+and the clock; it never accumulates. Ready aggregates Scheduled, Available and RolloutComplete;
+the first reason that keeps the model from Ready becomes the Ready condition's reason, the phase
+and the Reason column. lastTransitionTime moves only when a condition's status changes, and a
+status equal to the previous one means nothing to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .api import ModelDeploymentSpec
+from .scheduling import Capacity
+
+FAILING_WAIT_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                        "CreateContainerConfigError", "CreateContainerError",
+                        "CrashLoopBackOff", "RunContainerError")
+_REASON_COLUMN_WIDTH = 120
+
+
+# ---------------------------------------------------------------------------------------------
+# Observed state (built from the operator's indexes; pure parsers of the raw objects).
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    phase: str = "Pending"
+    node: str = ""
+    ready: bool = False
+    terminating: bool = False
+    revision: str = ""
+    unschedulable_message: str = ""  # PodScheduled=False, reason Unschedulable
+    waiting_reason: str = ""  # a failing container's waiting reason (see FAILING_WAIT_REASONS)
+    waiting_message: str = ""
+    last_terminated: str = ""  # "Error (exit 1): message" of the last crash
+    running_since: str = ""  # when its containers started running (not ready)
+    not_ready_message: str = ""
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    generation: int = 0
+    observed_generation: int = 0
+    spec_replicas: int | None = None
+    revision: str = ""
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    available_replicas: int = 0
+    progress_deadline_exceeded: str = ""
+    replica_failure: str = ""
+
+
+def _ts(obj: Mapping[str, Any], *keys: str) -> Any:
+    cur: Any = obj
+    for key in keys:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(key)
+    return cur
+
+
+def pod_info(pod: Mapping[str, Any]) -> PodInfo:
+    """Summarize a raw Pod for the status (what made it fail, or wait, or not be Ready)."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    sched = conditions.get("PodScheduled") or {}
+    unschedulable = ""
+    if sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
+        unschedulable = sched.get("message") or "the scheduler found no node"
+    ready_cond = conditions.get("Ready") or {}
+    waiting_reason = waiting_message = last_terminated = running_since = ""
+    statuses = [*(status.get("initContainerStatuses") or []),
+                *(status.get("containerStatuses") or [])]
+    for cs in statuses:
+        state = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in FAILING_WAIT_REASONS and not waiting_reason:
+            waiting_reason = waiting["reason"]
+            waiting_message = waiting.get("message") or ""
+        term = _ts(cs, "lastState", "terminated") or _ts(cs, "state", "terminated")
+        if term and not last_terminated and term.get("exitCode", 0) != 0:
+            last_terminated = (f"{term.get('reason') or 'Error'} (exit {term.get('exitCode')})"
+                               + (f": {term['message']}" if term.get("message") else ""))
+        running = state.get("running") or {}
+        if running and not cs.get("ready") and not running_since:
+            running_since = running.get("startedAt") or ""
+    annotations = meta.get("annotations") or {}
+    return PodInfo(
+        name=meta.get("name", ""), phase=status.get("phase") or "Pending",
+        node=(pod.get("spec") or {}).get("nodeName") or "",
+        ready=ready_cond.get("status") == "True",
+        terminating=bool(meta.get("deletionTimestamp")),
+        revision=annotations.get("serving.kubemaas.io/revision", ""),
+        unschedulable_message=unschedulable, waiting_reason=waiting_reason,
+        waiting_message=waiting_message, last_terminated=last_terminated,
+        running_since=running_since,
+        not_ready_message=ready_cond.get("message") or "")
+
+
+def deployment_info(dep: Mapping[str, Any]) -> DeploymentInfo:
+    meta = dep.get("metadata") or {}
+    spec = dep.get("spec") or {}
+    status = dep.get("status") or {}
+    deadline = failure = ""
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+            deadline = c.get("message") or "the rollout made no progress"
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            failure = c.get("message") or c.get("reason") or "pods could not be created"
+    return DeploymentInfo(
+        generation=meta.get("generation") or 0,
+        observed_generation=status.get("observedGeneration") or 0,
+        spec_replicas=spec.get("replicas"),
+        revision=(meta.get("annotations") or {}).get("serving.kubemaas.io/revision", ""),
+        replicas=status.get("replicas") or 0, ready_replicas=status.get("readyReplicas") or 0,
+        updated_replicas=status.get("updatedReplicas") or 0,
+        available_replicas=status.get("availableReplicas") or 0,
+        progress_deadline_exceeded=deadline, replica_failure=failure)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything compute_status looks at besides the spec."""
+
+    name: str
+    namespace: str
+    generation: int
+    now: datetime
+    previous: Mapping[str, Any] = field(default_factory=dict)  # the current .status
+    desired_revision: str = ""
+    deployment: DeploymentInfo | None = None
+    pods: Sequence[PodInfo] = ()
+    node_products: Mapping[str, str] = field(default_factory=dict)
+    capacity: Capacity | None = None
+    url: str | None = None
+    selector: str | None = None
+    not_ready_grace_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The spec cannot be served: phase Failed with a condition that says what to fix."""
+
+    reason: str  # InvalidSpec, TemplateNotFound, TemplateError, Rejected
+    message: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    status: dict[str, Any]
+    events: list[Event]
+    changed: bool
+
+
+@dataclass
+class _Cond:
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _fmt_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _pod_problem(pods: Sequence[PodInfo], now: datetime,
+                 grace: float) -> tuple[str, str] | None:
+    """The most telling failure among the pods: (reason, message) or None."""
+    live = [p for p in pods if not p.terminating]
+    for p in live:
+        if p.waiting_reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+            return p.waiting_reason, f"pod {p.name}: {p.waiting_message or p.waiting_reason}"
+    for p in live:
+        if p.waiting_reason in ("CreateContainerConfigError", "CreateContainerError",
+                                "RunContainerError"):
+            return p.waiting_reason, f"pod {p.name}: {p.waiting_message or p.waiting_reason}"
+    for p in live:
+        if p.waiting_reason == "CrashLoopBackOff":
+            last = f"; last exit: {p.last_terminated}" if p.last_terminated else ""
+            return "CrashLoopBackOff", (f"pod {p.name}: the runtime keeps crashing "
+                                        f"({p.waiting_message or 'back-off'}){last}")
+    for p in live:
+        if p.phase == "Failed":
+            last = f": {p.last_terminated}" if p.last_terminated else ""
+            return "ContainerFailed", f"pod {p.name} failed{last}"
+    stuck = []
+    for p in live:
+        if p.phase == "Running" and not p.ready and p.running_since:
+            since = _parse_time(p.running_since)
+            if since is not None and (now - since).total_seconds() >= grace:
+                stuck.append(p)
+    if stuck:
+        p = stuck[0]
+        detail = f" ({p.not_ready_message})" if p.not_ready_message else ""
+        return "NotReady", (f"{_plural(len(stuck), 'pod')} running for over {grace:.0f}s but "
+                            f"not Ready: the readiness probe GET /v2/health/ready keeps failing; "
+                            f"is the model loading or failing to load? e.g. pod {p.name}{detail}")
+    return None
+
+
+def _desired(spec: ModelDeploymentSpec, dep: DeploymentInfo | None) -> int:
+    if spec.autoscaling is not None and dep is not None and dep.spec_replicas is not None:
+        return dep.spec_replicas
+    return spec.desired_replicas
+
+
+def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], str, int]:
+    dep = o.deployment
+    desired = _desired(spec, dep)
+    ready = dep.ready_replicas if dep else 0
+    live = [p for p in o.pods if not p.terminating]
+    unschedulable = [p for p in live if p.unschedulable_message]
+    problem = _pod_problem(o.pods, o.now, o.not_ready_grace_s)
+
+    # Scheduled
+    if o.capacity is not None and not o.capacity.fits:
+        scheduled = _Cond("Scheduled", "False", o.capacity.reason, o.capacity.message)
+    elif unschedulable:
+        p = unschedulable[0]
+        scheduled = _Cond("Scheduled", "False", "Unschedulable",
+                          f"{_plural(len(unschedulable), 'pod')} cannot be scheduled: "
+                          f"{p.unschedulable_message}")
+    elif dep is not None and dep.replica_failure:
+        scheduled = _Cond("Scheduled", "False", "FailedCreate", dep.replica_failure)
+    elif dep is None:
+        scheduled = _Cond("Scheduled", "Unknown", "WaitingForDeployment",
+                          "the runtime Deployment has not been observed yet")
+    else:
+        placed = len([p for p in live if p.node])
+        scheduled = _Cond("Scheduled", "True", "Scheduled",
+                          f"{placed} of {desired} replica(s) placed on nodes")
+
+    # Available
+    if desired == 0:
+        available = _Cond("Available", "False", "ScaledToZero", "replicas is 0")
+    elif ready >= desired:
+        available = _Cond("Available", "True", "MinimumReplicasReady",
+                          f"{ready}/{desired} replicas ready")
+    elif problem is not None:
+        available = _Cond("Available", "False", problem[0],
+                          f"{ready}/{desired} replicas ready; {problem[1]}")
+    elif dep is None:
+        available = _Cond("Available", "False", "WaitingForDeployment",
+                          "the runtime Deployment has not been observed yet")
+    else:
+        available = _Cond("Available", "False", "PodsNotReady",
+                          f"{ready}/{desired} replicas ready; waiting for the runtime to load "
+                          "the model and pass its readiness probe")
+
+    # RolloutComplete
+    if dep is None:
+        rollout = _Cond("RolloutComplete", "Unknown", "WaitingForDeployment",
+                        "the runtime Deployment has not been observed yet")
+    elif dep.progress_deadline_exceeded:
+        rollout = _Cond("RolloutComplete", "False", "ProgressDeadlineExceeded",
+                        dep.progress_deadline_exceeded)
+    elif (dep.observed_generation < dep.generation or dep.revision != o.desired_revision
+          or dep.updated_replicas < desired or dep.replicas > dep.updated_replicas
+          or dep.available_replicas < desired):
+        rollout = _Cond("RolloutComplete", "False", "RollingOut",
+                        f"revision {o.desired_revision}: {dep.updated_replicas}/{desired} "
+                        f"replicas updated, {dep.available_replicas} available, "
+                        f"{max(0, dep.replicas - dep.updated_replicas)} old")
+    else:
+        rollout = _Cond("RolloutComplete", "True", "RolloutComplete",
+                        f"revision {o.desired_revision} runs on {_plural(desired, 'replica')}")
+    return [scheduled, available, rollout], ("problem" if problem else ""), desired
+
+
+def _merge(prev: Mapping[str, Any], cond: _Cond, now: datetime,
+           generation: int) -> dict[str, Any]:
+    prev_time = prev.get("lastTransitionTime") if prev.get("status") == cond.status else None
+    return {"type": cond.type, "status": cond.status, "reason": cond.reason,
+            "message": cond.message, "lastTransitionTime": prev_time or _fmt_time(now),
+            "observedGeneration": generation}
+
+
+def _short(reason: str, message: str) -> str:
+    text = f"{reason}: {message}" if message else reason
+    if len(text) > _REASON_COLUMN_WIDTH:
+        text = text[: _REASON_COLUMN_WIDTH - 1] + "…"
+    return text
+
+
+def _events(prev: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
+    def ready_of(status: Mapping[str, Any]) -> tuple[str, str]:
+        for c in status.get("conditions") or []:
+            if c.get("type") == "Ready":
+                return c.get("status", ""), c.get("reason", "")
+        return "", ""
+
+    events: list[Event] = []
+    before, after = ready_of(prev), ready_of(new)
+    if before != after or prev.get("phase") != new.get("phase"):
+        ready = next(c for c in new["conditions"] if c["type"] == "Ready")
+        kind = "Normal" if new["phase"] in ("Ready", "Progressing", "Pending") else "Warning"
+        if ready["reason"] in ("InsufficientGPU", "Unschedulable", "FailedCreate"):
+            kind = "Warning"
+        events.append(Event(kind, ready["reason"],
+                            f"{prev.get('phase') or 'New'} -> {new['phase']}: {ready['message']}"))
+    return events
+
+
+def _finish(o: Observed, status: dict[str, Any]) -> StatusResult:
+    prev = dict(o.previous)
+    changed = _comparable(prev) != _comparable(status)
+    return StatusResult(status=status if changed else prev,
+                        events=_events(prev, status) if changed else [], changed=changed)
+
+
+def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def failed_status(failure: Failure, o: Observed, gpu: str = "-") -> StatusResult:
+    """phase Failed: the spec must change before the operator can serve it."""
+    prev_conds = {c.get("type"): c for c in o.previous.get("conditions") or []}
+    conds = [_Cond("Ready", "False", failure.reason, failure.message),
+             _Cond("Scheduled", "Unknown", failure.reason, "not attempted: the spec is invalid"),
+             _Cond("Available", "False", failure.reason, "not attempted: the spec is invalid"),
+             _Cond("RolloutComplete", "Unknown", failure.reason,
+                   "not attempted: the spec is invalid")]
+    dep = o.deployment
+    status: dict[str, Any] = {
+        "phase": "Failed", "observedGeneration": o.generation,
+        "replicas": dep.replicas if dep else 0,
+        "readyReplicas": dep.ready_replicas if dep else 0,
+        "desiredReplicas": 0,
+        "selector": o.selector, "url": o.url,
+        "currentRevision": o.previous.get("currentRevision"),
+        "updateRevision": o.previous.get("updateRevision"),
+        "reason": _short(failure.reason, failure.message),
+        "replicaSummary": f"{dep.ready_replicas if dep else 0}/-",
+        "gpuSummary": gpu,
+        "conditions": [_merge(prev_conds.get(c.type, {}), c, o.now, o.generation)
+                       for c in conds],
+    }
+    return _finish(o, {k: v for k, v in status.items() if v is not None})
+
+
+def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> StatusResult:
+    conds, problem, desired = _conditions(spec, o)
+    scheduled, available, rollout = conds
+    dep = o.deployment
+    ready_n = dep.ready_replicas if dep else 0
+
+    if all(c.status == "True" for c in conds):
+        ready = _Cond("Ready", "True", "Ready",
+                      f"{ready_n}/{desired} replicas serve revision {o.desired_revision} at "
+                      f"{o.url}")
+        phase = "Ready"
+    else:
+        blocking = next(
+            (c for c in (scheduled, available, rollout)
+             if c.status == "False" and c.reason not in ("RollingOut", "PodsNotReady")),
+            None) or next(c for c in (scheduled, available, rollout) if c.status != "True")
+        ready = _Cond("Ready", "False", blocking.reason, blocking.message)
+        if desired == 0:
+            phase = "Pending"
+        elif problem or scheduled.status == "False" or rollout.reason == (
+                "ProgressDeadlineExceeded"):
+            phase = "Degraded" if (problem or ready_n > 0) else "Pending"
+        elif ready_n > 0:
+            phase = "Progressing"
+        else:
+            phase = "Pending"
+
+    prev_conds = {c.get("type"): c for c in o.previous.get("conditions") or []}
+    current_revision = o.previous.get("currentRevision")
+    if rollout.status == "True" and dep is not None:
+        current_revision = dep.revision
+    status: dict[str, Any] = {
+        "phase": phase,
+        "observedGeneration": o.generation,
+        "replicas": dep.replicas if dep else 0,
+        "readyReplicas": ready_n,
+        "desiredReplicas": desired,
+        "selector": o.selector,
+        "url": o.url,
+        "currentRevision": current_revision,
+        "updateRevision": o.desired_revision or None,
+        "reason": _short(ready.reason, "" if ready.status == "True" else (
+            o.capacity.summary.removeprefix("InsufficientGPU: ")
+            if ready.reason == "InsufficientGPU" and o.capacity else ready.message)),
+        "replicaSummary": f"{ready_n}/{desired}",
+        "gpuSummary": gpu,
+        "conditions": [_merge(prev_conds.get(c.type, {}), c, o.now, o.generation)
+                       for c in (ready, *conds)],
+    }
+    return _finish(o, {k: v for k, v in status.items() if v is not None})

@@ -1,0 +1,89 @@
+"""A per-ModelDeployment work queue: coalesces bursts of events into one reconcile at a time.
+
+Many events (a Deployment's status, each of its pods, the resync timer) ask for the same model to
+be reconciled. `enqueue` queues a run unless one is already waiting (it will read the indexes when
+its turn comes, so it sees every event before it); runs of one key never overlap. `run_now` waits
+its turn on the same per-key lock (kopf's create/update/resume handlers use it to report errors
+back to kopf).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TypeVar
+
+log = logging.getLogger("kubemaas.queue")
+K = TypeVar("K", bound=Hashable)
+
+
+class WorkQueue:
+    def __init__(self, worker: Callable[[Hashable], Awaitable[float | None]],
+                 concurrency: int = 64) -> None:
+        self._worker = worker
+        self._locks: dict[Hashable, asyncio.Lock] = {}
+        self._queued: set[Hashable] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._slots = asyncio.Semaphore(concurrency)
+
+    def lock(self, key: Hashable) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    def forget(self, key: Hashable) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            self._locks.pop(key, None)
+
+    def enqueue(self, key: Hashable, delay: float = 0.0) -> None:
+        if delay > 0:
+            old = self._timers.get(key)
+            loop = asyncio.get_running_loop()
+            when = loop.time() + delay
+            if old is not None and old.when() <= when:
+                return
+            if old is not None:
+                old.cancel()
+            self._timers[key] = loop.call_at(when, self._fire, key)
+            return
+        if key in self._queued:
+            return  # a run that has not started yet will see the latest state
+        self._queued.add(key)
+        task = asyncio.get_running_loop().create_task(self._run(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fire(self, key: Hashable) -> None:
+        self._timers.pop(key, None)
+        self.enqueue(key)
+
+    async def _run(self, key: Hashable) -> None:
+        async with self._slots, self.lock(key):
+            self._queued.discard(key)  # from here on, a new event queues one more run
+            try:
+                again = await self._worker(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile of %s failed; the resync will retry", key)
+                again = None
+        if again:
+            self.enqueue(key, again)
+
+    async def run_now(self, key: Hashable, fn: Callable[[], Awaitable[K]]) -> K:
+        async with self.lock(key):
+            return await fn()
+
+    async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
