@@ -1,0 +1,57 @@
+"""torchvision resnet18 (random weights) exported to ONNX, TorchScript and torch.export, served by
+the runtime with batching off and on; outputs equal the eager torch model's."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+FILES = {"onnx": "resnet18.onnx", "torchscript": "resnet18.pt", "torch-export": "resnet18.pt2"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batching", [False, True], ids=["batching-off", "batching-on"])
+@pytest.mark.parametrize("fmt", list(FILES))
+def test_resnet18(runtime_server: Any, resnet18_dir: Path, fmt: str, batching: bool) -> None:
+    import tritonclient.http as httpclient
+
+    args = ["--model-uri", str(resnet18_dir / FILES[fmt]), "--name", "resnet18",
+            "--intra-op-threads", "1"]
+    if batching:
+        args += ["--max-batch-size", "4", "--max-batch-delay-ms", "100"]
+    server = runtime_server(args)
+    meta = server.get_json("/v2/models/resnet18")[1]
+    (inp,) = meta["inputs"]
+    (out,) = meta["outputs"]
+    assert inp["shape"] == [-1, 3, 224, 224] and inp["datatype"] == "FP32"
+    assert out["shape"] == [-1, 1000]
+    x = np.load(resnet18_dir / "input.npy")
+    want = np.load(resnet18_dir / "expected.npy")
+
+    def infer(rows: slice) -> np.ndarray:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+        try:
+            tensor = httpclient.InferInput(inp["name"], [*x[rows].shape], "FP32")
+            tensor.set_data_from_numpy(x[rows], binary_data=True)
+            result: np.ndarray = client.infer("resnet18", [tensor]).as_numpy(out["name"])
+            return result
+        finally:
+            client.close()
+
+    np.testing.assert_allclose(infer(slice(0, 3)), want, rtol=1e-3, atol=1e-3)
+    with ThreadPoolExecutor(3) as pool:
+        parts = list(pool.map(infer, [slice(i, i + 1) for i in range(3)]))
+    np.testing.assert_allclose(np.concatenate(parts), want, rtol=1e-3, atol=1e-3)
+    if batching:
+        text = server.metrics()
+        count = [line for line in text.splitlines()
+                 if line.startswith("kubemaas_batch_size_count")]
+        total = [line for line in text.splitlines() if line.startswith("kubemaas_batch_size_sum")]
+        rows = float(total[0].split()[-1])
+        calls = float(count[0].split()[-1])
+        assert rows == 6  # the warm-up does not go through the batcher
+        assert calls <= 3, "the three concurrent single-image requests were never merged"
