@@ -17,6 +17,11 @@ class Process:
     log: Path
 
 
+# Popen objects of the processes this Python process started: kept so that they
+# are reaped (and not garbage-collected while running) when stopped from here.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 class ProcessTable:
     """pids/<name>.pid and logs/<name>.log under a state directory."""
 
@@ -35,6 +40,8 @@ class ProcessTable:
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, env={**os.environ, **(env or {})},
             )
+        _CHILDREN[proc.pid] = proc
+        _await_exec(proc, argv[0])
         (self.pid_dir / f"{name}.pid").write_text(f"{proc.pid}\n{argv[0]}\n")
         return Process(name, proc.pid, log)
 
@@ -62,6 +69,15 @@ class ProcessTable:
         known = [p.stem for p in self.pid_dir.glob("*.pid")] if self.pid_dir.exists() else []
         for name in order + sorted(set(known) - set(order)):
             self.stop(name)
+
+
+def _await_exec(proc: subprocess.Popen[bytes], exe: str, timeout: float = 2.0) -> None:
+    """Wait until /proc shows the new program: the kernel sets a process's
+    command line a moment after Popen has returned, and until then the
+    process would not look like ours."""
+    deadline = time.monotonic() + timeout
+    while not _is_ours(proc.pid, exe) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _read_pid_file(path: Path) -> tuple[int, str]:
@@ -106,6 +122,10 @@ def _zombie(pid: int) -> bool:
 
 def _reap(pid: int) -> None:
     """Collect our own child's exit status so it does not linger as a zombie."""
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        child.wait()
+        return
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

@@ -62,6 +62,11 @@ def is_ready(pod: dict[str, Any]) -> bool:
     return bool(cond and cond["status"] == "True")
 
 
+def ready_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    pod = get_pod(kube, namespace, name)
+    return pod if is_ready(pod) else None
+
+
 def test_nodes_match_the_default_topology(kube: Kube) -> None:
     expected = {n["metadata"]["name"]: n
                 for n in topology.node_manifests(topology.load("default"))}
@@ -90,7 +95,7 @@ def test_nodes_match_the_default_topology(kube: Kube) -> None:
 
 def test_scheduler_places_a_gpu_pod_on_the_requested_product(kube: Kube, namespace: str) -> None:
     apply(kube, pod_manifest("two-h100", namespace, gpus=2, product=H100))
-    pod = wait_for(lambda: (p := get_pod(kube, namespace, "two-h100")) if is_ready(p) else None,
+    pod = wait_for(lambda: ready_pod(kube, namespace, "two-h100"),
                    timeout=30, what="the 2-GPU pod to become Ready")
     assert pod["spec"]["nodeName"].startswith("gpu-h100-")
     assert pod["status"]["phase"] == "Running"
@@ -112,14 +117,14 @@ def test_a_pod_larger_than_any_node_stays_pending_with_the_scheduler_reason(
 
 def test_a_mig_slice_request_lands_on_the_mig_node(kube: Kube, namespace: str) -> None:
     apply(kube, pod_manifest("mig", namespace, resources={"nvidia.com/mig-1g.10gb": "1"}))
-    pod = wait_for(lambda: (p := get_pod(kube, namespace, "mig")) if is_ready(p) else None,
+    pod = wait_for(lambda: ready_pod(kube, namespace, "mig"),
                    timeout=30, what="the MIG pod to become Ready")
     assert pod["spec"]["nodeName"] == "gpu-mig-0"
 
 
 def test_cpu_pods_stay_off_tainted_gpu_nodes(kube: Kube, namespace: str) -> None:
     apply(kube, pod_manifest("cpu-only", namespace))
-    pod = wait_for(lambda: (p := get_pod(kube, namespace, "cpu-only")) if is_ready(p) else None,
+    pod = wait_for(lambda: ready_pod(kube, namespace, "cpu-only"),
                    timeout=30, what="the CPU pod to become Ready")
     assert pod["spec"]["nodeName"].startswith("cpu-")
 
@@ -203,7 +208,7 @@ def test_rbac_is_enforced(kube: Kube, namespace: str, tmp_path: Any) -> None:
     with pytest.raises(client.ApiException) as denied:
         core.list_namespaced_pod(namespace)
     assert denied.value.status == 403
-    assert "cannot list resource \"pods\"" in denied.value.body
+    assert 'cannot list resource "pods"' in json.loads(denied.value.body)["message"]
 
     kube.kubectl("create", "role", "pod-reader", "-n", namespace, "--verb=list",
                  "--resource=pods")
