@@ -200,7 +200,7 @@ class Condition:
 
 @dataclass(frozen=True)
 class ModelDeploymentStatus:
-    phase: str = field(metadata=_m("phase"))
+    phase: str = field(metadata=_m("phase"), default="Pending")
     observed_generation: int | None = field(metadata=_m("observedGeneration"), default=None)
     replicas: int = field(metadata=_m("replicas"), default=0)
     ready_replicas: int = field(metadata=_m("readyReplicas"), default=0)

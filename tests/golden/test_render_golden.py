@@ -1,0 +1,93 @@
+"""Golden files of rendered manifests: every example in examples/ rendered to
+tests/golden/data/<example>.yaml. After an intended change, regenerate them with
+
+    KUBEMAAS_UPDATE_GOLDEN=1 .venv/bin/pytest tests/golden
+
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubemaas_operator.api import parse_spec
+from kubemaas_operator.render import RenderContext, RenderError, render
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml")
+                  if yaml.safe_load(p.read_text()).get("kind") == "ModelDeployment")
+DATA = Path(__file__).parent / "data"
+UPDATE = os.environ.get("KUBEMAAS_UPDATE_GOLDEN") == "1"
+
+
+def _render(example: Path, template: str | None = None) -> str:
+    md = yaml.safe_load(example.read_text())
+    spec = parse_spec(md["spec"])
+    ctx = RenderContext(name=md["metadata"]["name"], namespace="models",
+                        uid="00000000-0000-0000-0000-000000000001",
+                        template_name=spec.runtime.template, template_source=template)
+    return yaml.safe_dump_all(render(spec, ctx).children, sort_keys=True)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_golden(example: Path) -> None:
+    golden = DATA / f"{example.stem}.yaml"
+    text = _render(example)
+    if UPDATE:
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file {golden}; run with KUBEMAAS_UPDATE_GOLDEN=1"
+    assert text == golden.read_text(), (
+        f"rendering of {example.name} changed; if intended, KUBEMAAS_UPDATE_GOLDEN=1")
+
+
+def test_examples_exist() -> None:
+    assert {p.stem for p in EXAMPLES} >= {"cpu-model", "h100-model", "multi-gpu-model",
+                                          "mig-model", "autoscaling-model"}
+
+
+def test_render_is_deterministic_and_hash_tracks_content() -> None:
+    example = ROOT / "examples" / "h100-model.yaml"
+    assert _render(example) == _render(example)
+    md = yaml.safe_load(example.read_text())
+    ctx = RenderContext(name="m", namespace="n", uid="u")
+    a = render(parse_spec(md["spec"]), ctx)
+    md["spec"]["runtime"]["image"] = "ghcr.io/kubemaas/runtime:0.2.0"
+    b = render(parse_spec(md["spec"]), ctx)
+    hashes = [[c["metadata"]["annotations"]["serving.kubemaas.io/spec-hash"]
+               for c in r.children] for r in (a, b)]
+    assert hashes[0][0] != hashes[1][0]  # the Deployment changed
+    assert hashes[0][1] == hashes[1][1]  # the Service did not
+    assert a.revision != b.revision
+
+
+ADMIN_TEMPLATE = (ROOT / "examples" / "templates-configmap.yaml")
+
+
+def test_admin_template_renders_and_keeps_identity() -> None:
+    cm = yaml.safe_load(ADMIN_TEMPLATE.read_text())
+    source = cm["data"]["with-sidecar"]
+    example = ROOT / "examples" / "cpu-model.yaml"
+    children = yaml.safe_load_all(_render(example, template=source))
+    dep = next(iter(children))
+    containers = dep["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["runtime", "log-shipper"]
+    assert dep["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    assert dep["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == "resnet-cpu"
+
+
+@pytest.mark.parametrize(("source", "words"), [
+    ("{{ p.no_such_field }}", "UndefinedError"),
+    ("apiVersion: v1\nkind: ConfigMap\n", "must render an apps/v1 Deployment"),
+    ("kind: [", "YAML"),
+    ("apiVersion: apps/v1\nkind: Deployment\nspec:\n  template:\n    metadata: {labels: {}}\n"
+     "    spec: {containers: [{name: x}]}\n", "must keep the pod labels"),
+])
+def test_broken_admin_template_is_a_render_error(source: str, words: str) -> None:
+    md = yaml.safe_load((ROOT / "examples" / "cpu-model.yaml").read_text())
+    with pytest.raises(RenderError, match=words):
+        render(parse_spec(md["spec"]), RenderContext(name="m", namespace="n", uid="u",
+                                                     template_name="x", template_source=source))

@@ -1,0 +1,35 @@
+"""The pure modules import neither kopf nor the Kubernetes client (GUIDE sections 1-2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PURE = ["kubemaas_operator.api", "kubemaas_operator.render", "kubemaas_operator.scheduling",
+        "kubemaas_operator.status", "kubemaas_operator.drift", "kubemaas_operator.quantity",
+        "kubemaas_operator.config", "kubemaas_operator.workqueue"]
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_imports_no_io_library(module: str) -> None:
+    code = (f"import sys, {module}; bad = [m for m in ('kopf', 'kubernetes', 'urllib3', "
+            "'aiohttp') if m in sys.modules]; print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "", f"{module} pulls in {out}"
+
+
+def test_only_k8s_layer_uses_the_client() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "operator" / "kubemaas_operator"
+    offenders = []
+    for path in root.rglob("*.py"):
+        if "k8s" in path.relative_to(root).parts:
+            continue
+        text = path.read_text()
+        if "import kubernetes" in text or "from kubernetes" in text:
+            offenders.append(str(path.relative_to(root)))
+    assert not offenders, f"only k8s/ may import the kubernetes client: {offenders}"

@@ -1,0 +1,137 @@
+"""GPU placement and the capacity check (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubemaas_operator.api import parse_spec
+from kubemaas_operator.scheduling import NodeInfo, check_capacity, gpu_summary, placement
+
+TAINT = ({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},)
+
+
+def node(name: str, product: str, gpus: int, memory: int = 81559, **extra: int) -> NodeInfo:
+    return NodeInfo(name=name, labels={"nvidia.com/gpu.product": product,
+                                       "nvidia.com/gpu.memory": str(memory),
+                                       "nvidia.com/gpu.present": "true"},
+                    taints=TAINT, allocatable={"nvidia.com/gpu": gpus, **extra})
+
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+A100 = "NVIDIA-A100-SXM4-40GB"
+NODES = [node("gpu-h100-0", H100, 8), node("gpu-h100-1", H100, 8),
+         node("gpu-a100-0", A100, 8, 40960), node("gpu-a100-1", A100, 8, 40960),
+         NodeInfo(name="gpu-mig-0", labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+                  taints=TAINT, allocatable={"nvidia.com/gpu": 2, "nvidia.com/mig-1g.10gb": 28,
+                                             "nvidia.com/mig-3g.40gb": 4})]
+
+
+def spec(**extra: Any) -> Any:
+    return parse_spec({"model": {"uri": "s3://b/m.onnx", "format": "onnx"},
+                       "runtime": {"image": "img"}, **extra})
+
+
+def test_cpu_model_stays_off_gpu_nodes() -> None:
+    p = placement(spec())
+    terms = p.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [
+        {"key": "nvidia.com/gpu.present", "operator": "NotIn", "values": ["true"]}]}]
+    assert p.tolerations == ()
+    assert "nvidia.com/gpu" not in p.limits
+
+
+def test_cpu_model_allowed_on_gpu_nodes() -> None:
+    assert placement(spec(scheduling={"allowGPUNodes": True})).affinity == {}
+
+
+def test_gpu_model_placement() -> None:
+    p = placement(spec(gpu={"count": 2, "products": [H100, A100], "minMemory": "40Gi"}))
+    assert p.limits["nvidia.com/gpu"] == "2" and p.requests["nvidia.com/gpu"] == "2"
+    exprs = p.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"]
+    assert {"key": "nvidia.com/gpu.product", "operator": "In", "values": [A100, H100]} in exprs
+    assert {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["40959"]} in exprs
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in p.tolerations
+
+
+def test_mig_placement_requests_the_mig_resource() -> None:
+    p = placement(spec(gpu={"count": 1, "migProfile": "1g.10gb"}))
+    assert p.limits == {"nvidia.com/mig-1g.10gb": "1"}
+
+
+def test_user_affinity_terms_are_anded_with_ours() -> None:
+    user = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In",
+                                                     "values": ["a"]}]},
+                              {"matchExpressions": [{"key": "zone", "operator": "In",
+                                                     "values": ["b"]}]}]}}}
+    p = placement(spec(gpu={"products": [H100]}, scheduling={"affinity": user}))
+    terms = p.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert len(terms) == 2
+    for term in terms:
+        assert term["matchExpressions"][-1]["key"] == "nvidia.com/gpu.product"
+
+
+def test_fits_when_free() -> None:
+    cap = check_capacity(spec(gpu={"count": 8, "products": [H100]}), NODES, {}, 2)
+    assert cap.fits and cap.room == 2
+
+
+def test_insufficient_gpu_says_the_numbers() -> None:
+    used = {"gpu-h100-0": {"nvidia.com/gpu": 8}, "gpu-h100-1": {"nvidia.com/gpu": 4}}
+    cap = check_capacity(spec(gpu={"count": 8, "products": [H100]}), NODES, used, 2)
+    assert not cap.fits and cap.reason == "InsufficientGPU" and cap.room == 0
+    assert "needs 2 replica(s) x 8 nvidia.com/gpu" in cap.message
+    assert "16 in all" in cap.message
+    assert f"{H100}: 4 free (gpu-h100-0 0, gpu-h100-1 4)" in cap.message
+    assert cap.summary == "InsufficientGPU: needs 2x8 gpu, 4 free on H100-80GB-HBM3"
+
+
+def test_no_node_with_that_many_gpus() -> None:
+    cap = check_capacity(spec(gpu={"count": 16}), NODES, {}, 1)
+    assert not cap.fits and cap.room == 0
+
+
+def test_unknown_product_lists_other_nodes() -> None:
+    cap = check_capacity(spec(gpu={"products": ["NVIDIA-B200"]}), NODES, {}, 1)
+    assert not cap.fits
+    assert "no schedulable node offers it" in cap.message and A100 in cap.message
+
+
+def test_min_memory_excludes_small_gpus() -> None:
+    used = {"gpu-h100-0": {"nvidia.com/gpu": 8}, "gpu-h100-1": {"nvidia.com/gpu": 8}}
+    cap = check_capacity(spec(gpu={"count": 1, "minMemory": "80Gi"}), NODES, used, 1)
+    assert not cap.fits  # A100-40GB nodes are free but too small; the MIG node has no label
+
+
+def test_mig_capacity() -> None:
+    s = spec(gpu={"count": 1, "migProfile": "3g.40gb"})
+    assert check_capacity(s, NODES, {}, 4).fits
+    cap = check_capacity(s, NODES, {}, 5)
+    assert not cap.fits and "mig-3g.40gb" in cap.message
+
+
+def test_untolerated_taint_and_cordon_exclude_nodes() -> None:
+    tainted = NodeInfo(name="n", labels={"nvidia.com/gpu.product": H100},
+                       taints=({"key": "dedicated", "value": "x", "effect": "NoSchedule"},),
+                       allocatable={"nvidia.com/gpu": 8})
+    cordoned = NodeInfo(name="c", labels={"nvidia.com/gpu.product": H100},
+                        allocatable={"nvidia.com/gpu": 8}, unschedulable=True)
+    assert not check_capacity(spec(gpu={}), [tainted, cordoned], {}, 1).fits
+    tolerating = spec(gpu={}, scheduling={"tolerations": [{"key": "dedicated",
+                                                            "operator": "Exists"}]})
+    assert check_capacity(tolerating, [tainted], {}, 1).fits
+
+
+def test_cpu_model_needs_no_gpu_capacity() -> None:
+    assert check_capacity(spec(), [], {}, 3).fits
+
+
+def test_gpu_summary() -> None:
+    assert gpu_summary(spec()) == "-"
+    assert gpu_summary(spec(gpu={"products": [H100]})) == f"1x{H100}"
+    assert gpu_summary(spec(gpu={"count": 2, "products": [H100, A100]}), [H100]) == f"2x{H100}"
+    assert gpu_summary(spec(gpu={"count": 2, "products": [H100, A100]})) == f"2x{A100}|{H100}"
+    assert gpu_summary(spec(gpu={"migProfile": "1g.10gb"})) == "1xmig-1g.10gb"
