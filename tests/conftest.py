@@ -83,5 +83,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     log_dir = item.config.stash.get(LOG_DIR_KEY, None)
     if report.failed and log_dir is not None and "kube" in getattr(item, "fixturenames", ()):
-        report.sections.append(("testbed logs", f"control-plane logs: {log_dir}"))
+        # CI keeps only what is printed: show where the logs are and how they end.
+        tails = [f"control-plane logs: {log_dir}"]
+        for log in sorted(log_dir.glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-8:]
+            tails.append(f"--- {log.name} (last {len(lines)} lines)\n" + "\n".join(lines))
+        report.sections.append(("testbed logs", "\n".join(tails)))
     return report

@@ -249,11 +249,13 @@ class Cluster:
         """Create Node objects (kwok then simulates their kubelets)."""
         from kubernetes import client, config  # only here: the CLI's other verbs need none
 
-        api = client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
+        api = client.CoreV1Api(
+            config.new_client_from_config(str(self.kubeconfig)))  # type: ignore[no-untyped-call]
 
         def create(manifest: dict[str, Any]) -> None:
             try:
-                api.create_node(manifest)
+                # The client takes plain dicts as well as its V1Node models.
+                api.create_node(manifest)  # type: ignore[arg-type]
             except client.ApiException as err:
                 if err.status != 409:
                     raise
