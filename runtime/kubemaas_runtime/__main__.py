@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from .backends.base import Model
 
 log = logging.getLogger("kubemaas.runtime")
+# lifecycle lines (listening, ready, draining, stopped) are logged whatever --log-level says:
+# probes, benchmarks and people wait for them
+lifecycle = logging.getLogger("kubemaas.runtime.lifecycle")
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,6 +64,7 @@ def setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))
+    lifecycle.setLevel(logging.INFO)
     logging.captureWarnings(True)  # library warnings become structured log lines too
 
 
@@ -91,7 +95,7 @@ async def serve(settings: Settings) -> int:
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: "
                            f"{exc.strerror or exc}") from None
     port = runner.addresses[0][1] if runner.addresses else settings.port
-    log.info("listening", extra={"fields": {"host": settings.host, "port": port}})
+    lifecycle.info("listening", extra={"fields": {"host": settings.host, "port": port}})
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,7 +118,7 @@ async def serve(settings: Settings) -> int:
             took = time.perf_counter() - started
             metrics.model_ready.set(label, 1)
             metrics.load_seconds.set(label, took)
-            log.info("ready", extra={"fields": {
+            lifecycle.info("ready", extra={"fields": {
                 "model": settings.model_name, "version": settings.model_version,
                 "format": settings.model_format, "device": model.device,
                 "batching": batcher.batching, "port": port,
@@ -122,7 +126,7 @@ async def serve(settings: Settings) -> int:
             await stop_task
         else:
             load_task.cancel()
-        log.info("draining", extra={"fields": {"inflight": rest.inflight}})
+        lifecycle.info("draining", extra={"fields": {"inflight": rest.inflight}})
         dataplane.draining = True
         metrics.model_ready.set(label, 0)
         deadline = loop.time() + settings.drain_timeout_s
@@ -139,7 +143,7 @@ async def serve(settings: Settings) -> int:
         await runner.cleanup()
         if batcher is not None:
             batcher.close()
-    log.info("stopped", extra={"fields": {"exit_code": exit_code}})
+    lifecycle.info("stopped", extra={"fields": {"exit_code": exit_code}})
     return exit_code
 
 
