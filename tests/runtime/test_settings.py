@@ -1,0 +1,73 @@
+"""Settings: flags over KUBEMAAS_* variables over defaults, validated with clear messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kubemaas_runtime.errors import StartupError
+from kubemaas_runtime.settings import OPTIONS, load_settings
+
+
+def test_env_then_flags_then_defaults() -> None:
+    env = {"KUBEMAAS_MODEL_URI": "s3://b/m.onnx", "KUBEMAAS_PORT": "9000",
+           "KUBEMAAS_MAX_BATCH_SIZE": "8", "KUBEMAAS_WARMUP": "false"}
+    s = load_settings(["--port", "9100"], env)
+    assert (s.model_uri, s.model_format, s.port, s.max_batch_size, s.warmup) == (
+        "s3://b/m.onnx", "onnx", 9100, 8, False)
+    assert s.model_name == "model" and s.host == "0.0.0.0" and s.cache_dir
+    assert load_settings(["--model-uri", "m.pt2"], {}).model_format == "torch-export"
+    assert load_settings(["--model-uri", "m.pt"], {}).model_format == "torchscript"
+    assert load_settings(["--model-uri", "m", "--format", "onnx"], {}).model_format == "onnx"
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    ([], {}, "--model-uri / KUBEMAAS_MODEL_URI: the model URI is required"),
+    (["--model-uri", "m.bin"], {}, "cannot tell the format"),
+    (["--model-uri", "m.onnx", "--format", "tf"], {}, "is not one of"),
+    (["--model-uri", "m.onnx"], {"KUBEMAAS_PORT": "http"}, "KUBEMAAS_PORT: cannot parse"),
+    (["--model-uri", "m.onnx", "--port", "70000"], {}, "between 0 and 65535"),
+    (["--model-uri", "m.onnx", "--model-sha256", "abc"], {}, "64 hexadecimal"),
+    (["--model-uri", "m.onnx", "--name", "a/b"], {}, "--name / KUBEMAAS_MODEL_NAME"),
+    (["--model-uri", "m.onnx", "--device", "tpu"], {}, "auto, cpu, cuda"),
+    (["--model-uri", "m.onnx"], {"KUBEMAAS_WARMUP": "maybe"}, "true or false"),
+])
+def test_invalid_settings(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(StartupError, match="invalid setting") as info:
+        load_settings(argv, env)
+    assert message in str(info.value)
+
+
+def test_every_option_has_a_kubemaas_variable() -> None:
+    assert all(o.env.startswith("KUBEMAAS_") for o in OPTIONS)
+    assert len({o.env for o in OPTIONS}) == len(OPTIONS)
+
+
+def test_cli_help_is_fast_and_never_imports_torch() -> None:
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "kubemaas_runtime",
+                           "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "KUBEMAAS_MODEL_URI" in proc.stdout
+    assert time.monotonic() - start < 5
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()}
+    assert "torch" not in imported and "onnxruntime" not in imported
+
+
+def test_serving_onnx_never_imports_torch_and_stays_small(runtime_server: object,
+                                                          tiny_onnx: object) -> None:
+    from .conftest import Server
+
+    server: Server = runtime_server(  # type: ignore[operator]
+        ["--model-uri", str(tiny_onnx)], env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.split("|")[-1].strip() for line in server.lines if "import time:" in line}
+    assert "onnxruntime" in imported
+    assert "torch" not in imported
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    rss_kib = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+    assert rss_kib < 150 * 1024  # measured ~60-70 MiB; the target is 100 MB (docs/runtime.md)
+    ready = next(doc for doc in server.logs() if doc.get("msg") == "ready")
+    assert ready["seconds_to_ready"] < 5
