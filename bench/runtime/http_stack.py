@@ -1,0 +1,290 @@
+"""Which HTTP stack for the runtime? Measure added latency at concurrency 1 on a small model.
+
+    .venv/bin/python bench/runtime/http_stack.py [--requests 3000]
+
+Servers (each in its own process pinned to CPU 0; the client is pinned to CPU 1, talks to
+127.0.0.1 over one keep-alive connection, and sends a pre-built request):
+
+* ``onnxruntime in-process``: session.run on the same input, no server: the floor.
+* ``aiohttp web.Application``: a router + one handler that decodes JSON, runs the session inline,
+  encodes JSON.
+* ``aiohttp web.Server``: the low-level server (no router, no middleware), same handler.
+* ``asyncio raw``: a minimal asyncio.Protocol HTTP/1.1 server (Content-Length bodies only), same
+  handler: what a hand-written stack could save.
+* ``kubemaas runtime (json|binary)``: the real runtime process, batching off.
+
+Reports p50/p90/p99 in microseconds and the p50 added over in-process onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[2]
+SERVER_CPU, CLIENT_CPU = 0, 1
+
+
+def make_mlp(path: Path) -> None:
+    """A small MLP: x[batch,64] -> 128 -> 10 (per-request overhead dominates)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W1", (64, 128)), ("b1", (128,)), ("W2", (128, 10)), ("b2", (10,)))]
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 10])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+# -- the bare servers ------------------------------------------------------------------------
+def _session(model: str):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def _handle(session, body: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    doc = json.loads(body)
+    inp = doc["inputs"][0]
+    x = np.asarray(inp["data"], dtype=np.float32).reshape(inp["shape"])
+    (y,) = session.run(["y"], {"x": x})
+    return json.dumps({"model_name": "mlp", "outputs": [
+        {"name": "y", "datatype": "FP32", "shape": list(y.shape),
+         "data": y.ravel().tolist()}]}).encode()
+
+
+def serve_aiohttp(model: str, port: int, lowlevel: bool) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    session = _session(model)
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        return web.Response(body=_handle(session, await request.read()),
+                            content_type="application/json")
+
+    async def main() -> None:
+        if lowlevel:
+            runner: web.BaseRunner = web.ServerRunner(web.Server(handler, access_log=None))
+        else:
+            app = web.Application()
+            app.router.add_post("/v2/models/{name}/infer", handler)
+            runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def serve_raw(model: str, port: int) -> None:
+    import asyncio
+
+    session = _session(model)
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            while True:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = self.buf[:end].decode("latin-1").split("\r\n")
+                length = 0
+                for line in head[1:]:
+                    k, _, v = line.partition(":")
+                    if k.strip().lower() == "content-length":
+                        length = int(v)
+                if len(self.buf) < end + 4 + length:
+                    return
+                body = self.buf[end + 4:end + 4 + length]
+                self.buf = self.buf[end + 4 + length:]
+                out = _handle(session, body)
+                self.t.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"  # type: ignore[attr-defined]
+                             b"Content-Length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_server(Proto, "127.0.0.1", port)
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# -- the client ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_response(sock: socket.socket, buf: bytearray) -> None:
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            head = bytes(buf[:end]).lower()
+            i = head.find(b"\r\ncontent-length:") + 2
+            j = head.find(b"\r\n", i)
+            length = int(head[i + 15:j if j > 0 else len(head)])
+            total = end + 4 + length
+            if len(buf) >= total:
+                if not head.startswith(b"http/1.1 200"):
+                    raise RuntimeError(bytes(buf[:total])[:300])
+                del buf[:total]
+                return
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+
+
+def measure(port: int, request: bytes, n: int) -> list[float]:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray()
+    lat = []
+    try:
+        for i in range(n + n // 10):
+            t0 = time.perf_counter()
+            sock.sendall(request)
+            _read_response(sock, buf)
+            if i >= n // 10:  # the first 10 % warm up
+                lat.append(time.perf_counter() - t0)
+    finally:
+        sock.close()
+    return lat
+
+
+def wait_ready(proc: subprocess.Popen[str], port: int, runtime: bool) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if not runtime:
+                    return
+                s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+                if s.recv(100).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError("server exited")
+        time.sleep(0.05)
+    raise RuntimeError("server not ready")
+
+
+def request_bytes(body: bytes, extra: str = "") -> bytes:
+    return (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+            ).encode() + body
+
+
+def summary(lat: list[float]) -> dict[str, float]:
+    lat = sorted(lat)
+    q = statistics.quantiles(lat, n=100)
+    return {"p50_us": q[49] * 1e6, "p90_us": q[89] * 1e6, "p99_us": q[98] * 1e6,
+            "mean_us": statistics.fmean(lat) * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        os.sched_setaffinity(0, {SERVER_CPU})
+        if args.serve == "raw":
+            serve_raw(args.model, args.port)
+        else:
+            serve_aiohttp(args.model, args.port, lowlevel=args.serve == "lowlevel")
+        return
+
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    tmp = Path(tempfile.mkdtemp(prefix="kubemaas-bench-"))
+    model = tmp / "mlp.onnx"
+    make_mlp(model)
+    x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+    json_body = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
+                                        "data": x.ravel().tolist()}]}).encode()
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    binary_req = request_bytes(header + x.tobytes(),
+                               f"Inference-Header-Content-Length: {len(header)}\r\n")
+    results: dict[str, dict[str, float]] = {}
+
+    # the floor: onnxruntime in-process, one thread, same session options
+    session = _session(str(model))
+    lat = []
+    for i in range(args.requests + args.requests // 10):
+        t0 = time.perf_counter()
+        session.run(["y"], {"x": x})
+        if i >= args.requests // 10:
+            lat.append(time.perf_counter() - t0)
+    results["onnxruntime in-process"] = summary(lat)
+
+    cases = [("aiohttp web.Application", ["--serve", "app"], False, request_bytes(json_body)),
+             ("aiohttp web.Server (low-level)", ["--serve", "lowlevel"], False,
+              request_bytes(json_body)),
+             ("asyncio raw protocol", ["--serve", "raw"], False, request_bytes(json_body)),
+             ("kubemaas runtime, JSON", ["runtime"], True, request_bytes(json_body)),
+             ("kubemaas runtime, binary", ["runtime"], True, binary_req)]
+    for name, how, runtime, req in cases:
+        port = free_port()
+        if runtime:
+            cmd = [sys.executable, "-m", "kubemaas_runtime", "--model-uri", str(model),
+                   "--name", "mlp", "--host", "127.0.0.1", "--port", str(port),
+                   "--intra-op-threads", "1", "--log-level", "warning"]
+            cmd = ["taskset", "-c", str(SERVER_CPU), *cmd]
+        else:
+            cmd = [sys.executable, str(HERE), *how, "--model", str(model), "--port", str(port)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                text=True, cwd=REPO)
+        try:
+            wait_ready(proc, port, runtime)
+            results[name] = summary(measure(port, req, args.requests))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    floor = results["onnxruntime in-process"]["p50_us"]
+    print(f"{'stack':34} {'p50 us':>8} {'p90 us':>8} {'p99 us':>8} {'added p50 us':>13}")
+    for name, r in results.items():
+        print(f"{name:34} {r['p50_us']:8.1f} {r['p90_us']:8.1f} {r['p99_us']:8.1f} "
+              f"{r['p50_us'] - floor:13.1f}")
+
+
+if __name__ == "__main__":
+    main()
