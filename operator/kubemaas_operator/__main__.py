@@ -26,7 +26,8 @@ def main() -> int:
     logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(
         settings.log_level.upper()) if isinstance(logging.getLevelName(
             settings.log_level.upper()), int) else logging.INFO))
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    for noisy in ("kopf.objects", "kopf.activities.probe", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from . import handlers  # noqa: F401  (registers the handlers with kopf)
 
     endpoint = (f"http://0.0.0.0:{settings.health_port}/healthz"

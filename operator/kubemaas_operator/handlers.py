@@ -8,6 +8,7 @@ Indexes (kept in memory by kopf from its watch streams; a reconcile lists nothin
                     ("gpu", node) -> (owner key or None, {resource: count}) of every bound pod
                     that requests nvidia.com/* resources
   node_index        "nodes" -> NodeInfo of every node with nvidia.com/* allocatable
+  namespace_index   name -> True for namespaces being deleted (the operator stands down there)
 
 ModelDeployment create/update/resume run the reconcile through kopf (errors become
 TemporaryError/PermanentError); every child or pod event, capacity change and the periodic resync
@@ -93,6 +94,8 @@ def _child_key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, s
 def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Snapshot | None:
     """What the indexes know about one ModelDeployment (None when it is gone)."""
     idx = _runtime().indexes
+    if idx["namespace_index"].get(key[0]):
+        return None  # the namespace is being deleted: let the garbage collector work
     if body is None:
         body = _first(idx["md_index"].get(key))
     if body is None:
@@ -211,6 +214,11 @@ async def node_index(name: str, labels: Mapping[str, str], spec: Mapping[str, An
                               unschedulable=bool(spec.get("unschedulable")))}
 
 
+@kopf.index("", "v1", "namespaces")
+async def namespace_index(name: str, status: Mapping[str, Any], **_: Any) -> Any:
+    return {name: True} if status.get("phase") == "Terminating" else None
+
+
 # --------------------------------------------------------------------------------- handlers
 
 
@@ -321,7 +329,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     rt = Runtime(settings=ours, cluster=cluster,
                  indexes={k: kwargs[k] for k in ("md_index", "deployment_index", "service_index",
                                                  "hpa_index", "pdb_index", "pod_index",
-                                                 "node_index")})
+                                                 "node_index", "namespace_index")})
     rt.queue = WorkQueue(_queued, concurrency=ours.max_concurrent_reconciles)
     rt.tasks.append(asyncio.get_running_loop().create_task(_resync(rt)))
     _rt = rt

@@ -86,6 +86,20 @@ class Memory:
     def __init__(self) -> None:
         self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._templates: dict[str, tuple[float, dict[str, str] | None]] = {}
+        self._rejected: dict[tuple[str, str, str], tuple[str, str]] = {}
+
+    def rejected(self, child: Mapping[str, Any]) -> str | None:
+        """The API server's message if it already refused exactly this manifest."""
+        meta = child["metadata"]
+        entry = self._rejected.get((child["kind"], meta["namespace"], meta["name"]))
+        if entry is not None and entry[0] == meta["annotations"][SPEC_HASH]:
+            return entry[1]
+        return None
+
+    def reject(self, child: Mapping[str, Any], message: str) -> None:
+        meta = child["metadata"]
+        self._rejected[(child["kind"], meta["namespace"], meta["name"])] = (
+            meta["annotations"][SPEC_HASH], message)
 
     def remember(self, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -97,6 +111,7 @@ class Memory:
     def forget_all(self, namespace: str, name: str) -> None:
         for _, kind in CHILD_KINDS:
             self.forget(kind, namespace, name)
+            self._rejected.pop((kind, namespace, name), None)
 
     def freshest(self, kind: str, namespace: str, name: str,
                  observed: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -243,10 +258,14 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                 reason = f"drifted at {reason}"
         if reason is None:
             continue
+        refused = memory.rejected(child)
         try:
+            if refused is not None:  # the same manifest again: do not ask again
+                raise ApiError(422, "Invalid", refused)
             applied = await cluster.apply(child)
         except ApiError as err:
             if err.invalid:
+                memory.reject(child, err.message)
                 outcome.failure = Failure("Rejected", f"the API server rejected the {kind}: "
                                           f"{err.message}")
                 outcome.status = failed_status(outcome.failure, base)

@@ -1,0 +1,158 @@
+"""The operator under test: the CRD and RBAC installed with kubectl, and
+`python -m kubemaas_operator` run as a real process under its own ServiceAccount's token (so the
+RBAC file is tested too), its log attached to every failing test that used it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Kube
+from tests.helpers import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "serving.kubemaas.io_modeldeployments.yaml"
+RBAC = ROOT / "operator" / "kubemaas_operator" / "rbac" / "operator.yaml"
+OPERATOR_NAMESPACE = "kubemaas-system"
+LOG_KEY = pytest.StashKey[Path]()
+
+# Short periods so that the tests see resyncs and grace periods expire within seconds.
+OPERATOR_ENV = {
+    "KUBEMAAS_OPERATOR_RESYNC_S": "3",
+    "KUBEMAAS_OPERATOR_NOT_READY_GRACE_S": "5",
+    "KUBEMAAS_OPERATOR_TEMPLATES_TTL_S": "1",
+    "KUBEMAAS_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Operator:
+    """A running operator process: its log, its health endpoint, and a restart."""
+
+    kube: Kube
+    workdir: Path
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    def _kubeconfig(self) -> Path:
+        token = self.kube.kubectl("-n", OPERATOR_NAMESPACE, "create", "token",
+                                  "kubemaas-operator", "--duration=2h").stdout.strip()
+        admin = yaml.safe_load(Path(self.kube.kubeconfig).read_text())
+        current = admin.get("current-context")
+        context = next((c for c in admin["contexts"] if c["name"] == current),
+                       admin["contexts"][0])["context"]
+        cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+        config = {"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+                  "users": [{"name": "kubemaas-operator", "user": {"token": token}}],
+                  "contexts": [{"name": "operator", "context": {
+                      "cluster": cluster["name"], "user": "kubemaas-operator"}}],
+                  "current-context": "operator"}
+        path = self.workdir / "operator.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def start(self) -> None:
+        self.port = _free_port()
+        env = {**os.environ, **OPERATOR_ENV, **self.env,
+               "KUBECONFIG": str(self._kubeconfig()),
+               "KUBEMAAS_OPERATOR_HEALTH_PORT": str(self.port)}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        with self.log.open("ab") as out:
+            out.write(f"\n===== operator start {time.strftime('%H:%M:%S')} =====\n".encode())
+            out.flush()
+            self.process = subprocess.Popen([sys.executable, "-m", "kubemaas_operator"],
+                                            stdout=out, stderr=subprocess.STDOUT, env=env,
+                                            cwd=ROOT)
+        wait_for(self.health, timeout=30, what=f"operator health on :{self.port} (log {self.log})")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz",
+                                        timeout=2) as response:
+                return dict(json.loads(response.read()))
+        except OSError:
+            return None
+
+    def writes(self) -> int:
+        """API writes so far (kopf caches probe results for 10 s)."""
+        state = self.health()
+        assert state is not None, "the operator does not answer its health endpoint"
+        return int(state["apiWrites"])
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def install(kube: Kube) -> None:
+    """The CRD and the operator's RBAC, as a user would install them."""
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                 "crd/modeldeployments.serving.kubemaas.io")
+    if kube.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0:
+        kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    kube.kubectl("apply", "-f", str(RBAC))
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory,
+             request: pytest.FixtureRequest) -> Iterator[Operator]:
+    install(kube)
+    workdir = tmp_path_factory.mktemp("operator")
+    op = Operator(kube=kube, workdir=workdir, log=workdir / "operator.log")
+    request.config.stash[LOG_KEY] = op.log
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    log = item.config.stash.get(LOG_KEY, None)
+    if report.failed and log is not None and "operator" in getattr(item, "fixturenames", ()):
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        report.sections.append((f"operator log ({log}, last 150 lines)",
+                                "\n".join(lines[-150:])))
+    return report

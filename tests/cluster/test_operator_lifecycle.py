@@ -1,0 +1,144 @@
+"""Lifecycle: update, scale, autoscaling, drift repair, deletion, restart without writes, and an
+idle resync that writes nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.cluster.conftest import Operator
+from tests.cluster.test_operator import apply, condition, get, md, status, wait_phase
+from tests.conftest import Kube
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def image_of(kube: Kube, namespace: str, name: str) -> str:
+    dep = get(kube, namespace, "deployment", name)
+    return str(dep["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def exists(kube: Kube, namespace: str, kind: str, name: str) -> bool:
+    return kube.kubectl("-n", namespace, "get", kind, name, check=False).returncode == 0
+
+
+def test_update_scale_and_delete(kube: Kube, namespace: str, operator: Operator) -> None:
+    apply(kube, namespace, md("m"))
+    wait_phase(kube, namespace, "m", "Ready")
+    first = status(kube, namespace, "m")["currentRevision"]
+
+    # A spec change rolls the Deployment; the status follows the new revision.
+    apply(kube, namespace, md("m", runtime={"image": "ghcr.io/kubemaas/runtime:0.2.0"}))
+    wait_for(lambda: image_of(kube, namespace, "m") == "ghcr.io/kubemaas/runtime:0.2.0",
+             timeout=10, what="the new image in the Deployment")
+    st = wait_for(lambda: (lambda s: s if s.get("phase") == "Ready" and s.get(
+        "observedGeneration") == 2 and s.get("currentRevision") != first else None)(
+        status(kube, namespace, "m")), timeout=30, what="Ready at generation 2")
+    assert st["currentRevision"] == st["updateRevision"]
+
+    # kubectl scale works through the scale subresource; a PDB appears with 2+ replicas.
+    kube.kubectl("-n", namespace, "scale", "md", "m", "--replicas=3")
+    wait_for(lambda: get(kube, namespace, "deployment", "m")["spec"]["replicas"] == 3,
+             timeout=10, what="Deployment scaled to 3")
+    wait_for(lambda: exists(kube, namespace, "pdb", "m"), timeout=10, what="a PDB")
+    st = wait_for(lambda: (lambda s: s if s.get("readyReplicas") == 3 and s.get(
+        "phase") == "Ready" else None)(status(kube, namespace, "m")), timeout=30,
+        what="3 ready replicas")
+    assert st["replicaSummary"] == "3/3"
+    scale = json.loads(kube.kubectl("-n", namespace, "get", "md", "m", "--subresource=scale",
+                                    "-o", "json").stdout)
+    assert scale["status"]["replicas"] == 3 and "app.kubernetes.io/instance=m" in scale[
+        "status"]["selector"]
+    kube.kubectl("-n", namespace, "scale", "md", "m", "--replicas=1")
+    wait_for(lambda: not exists(kube, namespace, "pdb", "m"), timeout=10, what="the PDB gone")
+
+    # Deleting the model collects its children (ownerReferences + the garbage collector).
+    kube.kubectl("-n", namespace, "delete", "md", "m")
+    wait_for(lambda: not exists(kube, namespace, "deployment", "m")
+             and not exists(kube, namespace, "service", "m"), timeout=30,
+             what="the children garbage-collected")
+
+
+def test_autoscaling_renders_an_hpa_that_owns_replicas(kube: Kube, namespace: str,
+                                                       operator: Operator) -> None:
+    apply(kube, namespace, md("auto", runtime={"image": "i", "resources": {"cpu": "1"}},
+                              autoscaling={"minReplicas": 2, "maxReplicas": 5,
+                                           "targetCPUUtilization": 70}))
+    hpa = wait_for(lambda: get(kube, namespace, "hpa", "auto"), timeout=10, what="an HPA")
+    assert hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 5
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": "auto"}
+    dep = get(kube, namespace, "deployment", "auto")
+    ours = [m for m in dep["metadata"]["managedFields"] if m["manager"] == "kubemaas-operator"]
+    assert ours and all("f:replicas" not in m["fieldsV1"].get("f:spec", {}) for m in ours), (
+        "the operator must not own spec.replicas when an autoscaler does")
+    # What the autoscaler decides stands: the operator does not fight it.
+    kube.kubectl("-n", namespace, "scale", "deployment", "auto", "--replicas=4")
+    st = wait_for(lambda: (lambda s: s if s.get("desiredReplicas") == 4 and s.get(
+        "readyReplicas") == 4 else None)(status(kube, namespace, "auto")), timeout=30,
+        what="desiredReplicas 4 (the autoscaler's choice)")
+    assert st["phase"] == "Ready"
+    assert get(kube, namespace, "deployment", "auto")["spec"]["replicas"] == 4
+    # Back to fixed replicas: the HPA goes away, the operator owns replicas again.
+    apply(kube, namespace, md("auto", runtime={"image": "i", "resources": {"cpu": "1"}},
+                              replicas=1))
+    wait_for(lambda: not exists(kube, namespace, "hpa", "auto"), timeout=10, what="no HPA")
+    wait_for(lambda: get(kube, namespace, "deployment", "auto")["spec"]["replicas"] == 1,
+             timeout=10, what="replicas back to 1")
+
+
+def test_drift_is_repaired(kube: Kube, namespace: str, operator: Operator) -> None:
+    apply(kube, namespace, md("d", replicas=2))
+    wait_phase(kube, namespace, "d", "Ready")
+    kube.kubectl("-n", namespace, "set", "image", "deployment/d", "runtime=evil:latest")
+    wait_for(lambda: image_of(kube, namespace, "d") == "ghcr.io/kubemaas/runtime:0.1.0",
+             timeout=15, what="the hand-edited image restored")
+    uid = get(kube, namespace, "service", "d")["metadata"]["uid"]
+    kube.kubectl("-n", namespace, "delete", "service", "d")
+    wait_for(lambda: exists(kube, namespace, "service", "d")
+             and get(kube, namespace, "service", "d")["metadata"]["uid"] != uid,
+             timeout=15, what="the deleted Service recreated")
+    kube.kubectl("-n", namespace, "delete", "pdb", "d")
+    wait_for(lambda: exists(kube, namespace, "pdb", "d"), timeout=15, what="the PDB recreated")
+    wait_phase(kube, namespace, "d", "Ready")
+
+
+def _versions(kube: Kube, namespace: str) -> dict[str, str]:
+    out = {}
+    for kind in ("md", "deployment", "service", "pdb"):
+        items = json.loads(kube.kubectl("-n", namespace, "get", kind, "-o", "json").stdout)
+        for item in items["items"]:
+            out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+    return out
+
+
+def test_restart_resumes_without_writes_and_idle_resync_writes_nothing(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    for i in range(3):
+        apply(kube, namespace, md(f"r{i}", replicas=2))
+    for i in range(3):
+        wait_phase(kube, namespace, f"r{i}", "Ready")
+    # Other tests' namespaces must be gone: their teardown makes the operator react.
+    wait_for(lambda: not [line for line in kube.kubectl(
+        "get", "namespaces", "--no-headers").stdout.splitlines()
+        if line.startswith("t-") and not line.startswith(namespace)],
+        timeout=90, what="other test namespaces deleted")
+    time.sleep(2)  # let the last status writes and Deployment updates land
+    before = _versions(kube, namespace)
+
+    operator.restart()
+    time.sleep(11)  # resume + three resyncs (3 s each) + kopf's 10 s probe cache
+    assert operator.writes() == 0, "the restarted operator wrote to the API"
+    time.sleep(7)
+    assert operator.writes() == 0, "an idle resync wrote to the API"
+    assert _versions(kube, namespace) == before
+
+    # And it still works after the restart.
+    apply(kube, namespace, md("r0", replicas=1))
+    wait_for(lambda: get(kube, namespace, "deployment", "r0")["spec"]["replicas"] == 1,
+             timeout=10, what="r0 scaled down by the restarted operator")
+    assert condition(status(kube, namespace, "r1"), "Ready")["status"] == "True"
