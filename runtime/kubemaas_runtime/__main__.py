@@ -129,6 +129,8 @@ async def serve(settings: Settings) -> int:
         lifecycle.info("draining", extra={"fields": {"inflight": rest.inflight}})
         dataplane.draining = True
         metrics.model_ready.set(label, 0)
+        if settings.shutdown_delay_s and batcher is not None:
+            await asyncio.sleep(settings.shutdown_delay_s)  # readiness 503, still serving
         deadline = loop.time() + settings.drain_timeout_s
         while rest.inflight > 0 and loop.time() < deadline:
             await asyncio.sleep(0.01)

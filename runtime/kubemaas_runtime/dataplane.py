@@ -84,8 +84,8 @@ class DataPlane:
 
     # -- inference ------------------------------------------------------------------------
     def _batcher(self) -> Batcher:
-        if self.draining:
-            raise Unavailable("the server is shutting down", retry_after_s=1)
+        # while draining, requests that still arrive are served: the endpoints controller takes
+        # a moment to remove the pod, and refusing them would turn a rollout into errors
         if self.batcher is None:
             raise Unavailable(f"model {self.model_name!r} is still loading", retry_after_s=1)
         return self.batcher

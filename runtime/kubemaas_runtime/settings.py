@@ -96,6 +96,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("drain_timeout_s", "--drain-timeout-s", "KUBEMAAS_DRAIN_TIMEOUT_S", 20.0, float,
            "On SIGTERM: longest wait for in-flight requests before exiting. Keep it below the "
            "pod's terminationGracePeriodSeconds."),
+    Option("shutdown_delay_s", "--shutdown-delay-s", "KUBEMAAS_SHUTDOWN_DELAY_S", 0.0, float,
+           "On SIGTERM: keep serving this long with readiness 503 before draining, so that "
+           "Service endpoints drop the pod first (like a preStop sleep)."),
     Option("log_level", "--log-level", "KUBEMAAS_LOG_LEVEL", "info", str,
            "debug | info | warning | error."),
     Option("log_format", "--log-format", "KUBEMAAS_LOG_FORMAT", "json", str,
@@ -133,6 +136,7 @@ class Settings:
     max_request_bytes: int = 64 * 1024 * 1024
     request_timeout_s: float = 30.0
     drain_timeout_s: float = 20.0
+    shutdown_delay_s: float = 0.0
     log_level: str = "info"
     log_format: str = "json"
     s3_endpoint: str | None = None
@@ -219,6 +223,7 @@ def load_settings(argv: Sequence[str] | None = None,
     check("max_request_bytes", values["max_request_bytes"] >= 1024, "must be at least 1024")
     check("request_timeout_s", values["request_timeout_s"] > 0, "must be positive")
     check("drain_timeout_s", values["drain_timeout_s"] >= 0, "must be 0 or more")
+    check("shutdown_delay_s", 0 <= values["shutdown_delay_s"] <= 600, "must be 0..600 s")
     check("download_timeout_s", values["download_timeout_s"] > 0, "must be positive")
     values["log_level"] = values["log_level"].lower()
     check("log_level", values["log_level"] in LOG_LEVELS,

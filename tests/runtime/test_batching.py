@@ -158,3 +158,15 @@ def test_sigterm_drains_in_flight_requests(runtime_server: Any, tiny_onnx: Path)
     assert server.proc.wait(10) == 0
     msgs = [doc.get("msg") for doc in server.logs()]
     assert "draining" in msgs and msgs[-1] == "stopped"
+
+
+def test_shutdown_delay_keeps_serving_while_not_ready(runtime_server: Any,
+                                                      tiny_onnx: Path) -> None:
+    server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                                     "--shutdown-delay-s", "1.5"])
+    server.proc.send_signal(15)
+    time.sleep(0.3)
+    assert server.request("GET", "/v2/health/ready")[0] == 503
+    status, doc = _infer(server, "tiny", {"x": np.ones((1, 4), dtype=np.float32)})
+    assert status == 200, doc  # a late request from a stale endpoint list is still answered
+    assert server.proc.wait(10) == 0
