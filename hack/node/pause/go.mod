@@ -1,0 +1,3 @@
+module kubemaas.local/node/pause
+
+go 1.22
