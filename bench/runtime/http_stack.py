@@ -1,6 +1,6 @@
 """Which HTTP stack for the runtime? Measure added latency at concurrency 1 on a small model.
 
-    .venv/bin/python bench/runtime/http_stack.py [--requests 3000]
+    .venv/bin/python bench/runtime/http_stack.py [--requests 3000] [--rounds 6]
 
 Servers (each in its own process pinned to CPU 0; the client is pinned to CPU 1, talks to
 127.0.0.1 over one keep-alive connection, and sends a pre-built request):
@@ -184,7 +184,8 @@ def measure(port: int, request: bytes, n: int) -> list[float]:
     return lat
 
 
-def wait_ready(proc: subprocess.Popen[str], port: int, runtime: bool) -> None:
+def wait_ready(proc: subprocess.Popen[str], port: int, runtime: bool,
+               poll: float = 0.05) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -198,8 +199,30 @@ def wait_ready(proc: subprocess.Popen[str], port: int, runtime: bool) -> None:
             pass
         if proc.poll() is not None:
             raise RuntimeError("server exited")
-        time.sleep(0.05)
+        time.sleep(poll)
     raise RuntimeError("server not ready")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cold_start(model: Path) -> float:
+    port = free_port()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "kubemaas_runtime", "--model-uri", str(model),
+                             "--host", "127.0.0.1", "--port", str(port), "--log-level",
+                             "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            text=True, cwd=REPO)
+    try:
+        wait_ready(proc, port, True, poll=0.002)
+        return time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def request_bytes(body: bytes, extra: str = "") -> bytes:
@@ -218,7 +241,8 @@ def summary(lat: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=3000, help="per stack")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -261,29 +285,48 @@ def main() -> None:
              ("asyncio raw protocol", ["--serve", "raw"], False, request_bytes(json_body)),
              ("kubemaas runtime, JSON", ["runtime"], True, request_bytes(json_body)),
              ("kubemaas runtime, binary", ["runtime"], True, binary_req)]
-    for name, how, runtime, req in cases:
-        port = free_port()
-        if runtime:
-            cmd = [sys.executable, "-m", "kubemaas_runtime", "--model-uri", str(model),
-                   "--name", "mlp", "--host", "127.0.0.1", "--port", str(port),
-                   "--intra-op-threads", "1", "--log-level", "warning"]
-            cmd = ["taskset", "-c", str(SERVER_CPU), *cmd]
-        else:
-            cmd = [sys.executable, str(HERE), *how, "--model", str(model), "--port", str(port)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                text=True, cwd=REPO)
-        try:
+    # all servers up at once; requests interleaved in rounds, so that background load on this
+    # shared machine hits every stack alike
+    procs = []
+    try:
+        ports = []
+        for _name, how, runtime, _req in cases:
+            port = free_port()
+            if runtime:
+                cmd = ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m", "kubemaas_runtime",
+                       "--model-uri", str(model), "--name", "mlp", "--host", "127.0.0.1",
+                       "--port", str(port), "--intra-op-threads", "1", "--log-level", "warning"]
+            else:
+                cmd = [sys.executable, str(HERE), *how, "--model", str(model), "--port",
+                       str(port)]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, text=True, cwd=REPO))
+            ports.append(port)
+        for proc, port, (_n, _h, runtime, _r) in zip(procs, ports, cases, strict=True):
             wait_ready(proc, port, runtime)
-            results[name] = summary(measure(port, req, args.requests))
-        finally:
+        per_round = max(100, args.requests // args.rounds)
+        collected: dict[str, list[float]] = {name: [] for name, *_ in cases}
+        for _ in range(args.rounds):
+            for port, (name, _h, _rt, req) in zip(ports, cases, strict=True):
+                collected[name] += measure(port, req, per_round)
+        for name, lat in collected.items():
+            results[name] = summary(lat)
+        runtime_pid = procs[[c[2] for c in cases].index(True)].pid
+        rss_mib = _rss_mib(runtime_pid)
+    finally:
+        for proc in procs:
             proc.terminate()
             proc.wait(10)
 
+    cold = [cold_start(model) for _ in range(5)]
     floor = results["onnxruntime in-process"]["p50_us"]
     print(f"{'stack':34} {'p50 us':>8} {'p90 us':>8} {'p99 us':>8} {'added p50 us':>13}")
     for name, r in results.items():
         print(f"{name:34} {r['p50_us']:8.1f} {r['p90_us']:8.1f} {r['p99_us']:8.1f} "
               f"{r['p50_us'] - floor:13.1f}")
+    print(f"runtime RSS after the run: {rss_mib:.1f} MiB")
+    print("runtime cold start to ready (spawn -> first 200 on /v2/health/ready), 5 runs: "
+          + ", ".join(f"{c:.3f} s" for c in cold))
 
 
 if __name__ == "__main__":
