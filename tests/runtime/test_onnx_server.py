@@ -181,3 +181,25 @@ def test_light_model_from_onnx_wheel(runtime_server: Any, light_onnx: Path) -> N
         "name": spec["name"], "shape": [2, 3, 224, 224], "datatype": "FP32",
         "data": [0.0] * (2 * 3 * 224 * 224)}]})
     assert status == 400 and "shape" in doc["error"]
+
+
+def test_expect_100_continue_is_answered(tiny: Server) -> None:
+    import socket
+
+    body = json.dumps(_x([1, 4], [1, 2, 3, 4])).encode()
+    assert tiny.port is not None
+    with socket.create_connection(("127.0.0.1", tiny.port), timeout=0.5) as sock:
+        sock.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode()
+                     + b"\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")  # no 1 s client stall
+        sock.sendall(body)
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+
+
+def test_docs_list_every_setting() -> None:
+    from kubemaas_runtime.settings import OPTIONS
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "runtime.md").read_text()
+    missing = [o.env for o in OPTIONS if f"`{o.env}`" not in docs or f"`{o.flag}`" not in docs]
+    assert missing == [], "docs/runtime.md lacks these settings"

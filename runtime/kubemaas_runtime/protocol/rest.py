@@ -52,6 +52,12 @@ class RestServer:
         if length is not None and length > self.max_request_bytes:
             raise PayloadTooLarge(f"request body of {length} bytes is over the limit of "
                                   f"{self.max_request_bytes} bytes")
+        if request.version >= (1, 1) and \
+                request.headers.get("Expect", "").lower() == "100-continue":
+            # curl and others wait (1 s) for this before sending a larger body; the low-level
+            # server does not answer it for us like aiohttp's router does
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
         chunks: list[bytes] = []
         total = 0
         while True:
