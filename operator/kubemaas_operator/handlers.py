@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,7 +130,9 @@ async def _reconcile(key: tuple[str, str], body: Mapping[str, Any] | None = None
     snap = snapshot(key, body)
     if snap is None or (snap.body.get("metadata") or {}).get("deletionTimestamp"):
         return None
+    started = time.monotonic()
     outcome = await reconcile(snap, rt.settings, rt.cluster, rt.memory)
+    log.debug("%s/%s: reconciled in %.0f ms", *key, (time.monotonic() - started) * 1000)
     _log_outcome(key, outcome)
     return outcome
 
@@ -228,6 +231,7 @@ async def namespace_index(name: str, status: Mapping[str, Any], **_: Any) -> Any
 async def model_changed(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     rt = _runtime()
     key = (namespace or "", name)
+    log.debug("%s/%s: kopf handler called", *key)
     try:
         outcome = await rt.queue.run_now(key, lambda: _reconcile(key, _trim(body)))
     except Retry as err:

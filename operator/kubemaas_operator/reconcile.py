@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .api import API_VERSION, KIND, SpecError, parse_spec, valid_name
+from .api import API_VERSION, KIND, ModelDeploymentSpec, SpecError, parse_spec, valid_name
 from .config import Settings
 from .drift import drift
 from .k8s import ApiError, AsyncCluster
@@ -25,7 +25,9 @@ from .render import (
     CHILD_KINDS,
     SPEC_HASH,
     RenderContext,
+    Rendered,
     RenderError,
+    digest,
     render,
     selector_string,
     url,
@@ -87,6 +89,21 @@ class Memory:
         self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._templates: dict[str, tuple[float, dict[str, str] | None]] = {}
         self._rejected: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._renders: dict[str, tuple[ModelDeploymentSpec, Rendered]] = {}
+
+    def render(self, raw_spec: Mapping[str, Any], ctx: RenderContext,
+               template_name: str) -> tuple[ModelDeploymentSpec, Rendered]:
+        """parse + render, memoized: most reconciles (a pod's event, a resync) change neither."""
+        key = digest([raw_spec, ctx.name, ctx.namespace, ctx.uid, template_name,
+                      ctx.template_source], 32)
+        hit = self._renders.get(key)
+        if hit is None:
+            spec = parse_spec(raw_spec)
+            hit = (spec, render(spec, ctx))
+            if len(self._renders) >= 4096:
+                self._renders.pop(next(iter(self._renders)))
+            self._renders[key] = hit
+        return hit
 
     def rejected(self, child: Mapping[str, Any]) -> str | None:
         """The API server's message if it already refused exactly this manifest."""
@@ -220,12 +237,12 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         if not valid_name(name):
             raise SpecError("metadata.name", "must be a DNS-1035 label of at most 63 characters "
                             "(it names the Service)")
-        spec = parse_spec(body.get("spec") or {})
-        source = await _template(settings, cluster, memory, spec.runtime.template)
-        rendered = render(spec, RenderContext(name=name, namespace=namespace,
-                                              uid=meta.get("uid", ""),
-                                              template_name=spec.runtime.template,
-                                              template_source=source))
+        raw_spec = body.get("spec") or {}
+        template_name = str((raw_spec.get("runtime") or {}).get("template") or BUILTIN_TEMPLATE)
+        source = await _template(settings, cluster, memory, template_name)
+        spec, rendered = memory.render(raw_spec, RenderContext(
+            name=name, namespace=namespace, uid=meta.get("uid", ""),
+            template_name=template_name, template_source=source), template_name)
     except SpecError as err:
         outcome.failure = Failure("InvalidSpec", str(err))
     except LookupError as err:
