@@ -1,0 +1,66 @@
+"""Draw req/s and p99 against concurrency, one column per model (runs in the plot venv).
+
+    python plot.py bench/results/runtime-latest.json docs/img/runtime-benchmark.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+STYLE = {  # ours solid, peers dashed
+    "kubemaas": ("tab:blue", "-", "o"),
+    "kubemaas-batch": ("tab:cyan", "-", "s"),
+    "kubemaas-batch-bin": ("navy", "-", "^"),
+    "kserve": ("tab:orange", "--", "o"),
+    "mlserver": ("tab:green", "--", "o"),
+    "mlserver-batch": ("tab:olive", "--", "s"),
+    "pytriton": ("tab:red", "--", "o"),
+    "pytriton-batch": ("tab:purple", "--", "s"),
+}
+
+
+def main() -> None:
+    doc = json.loads(Path(sys.argv[1]).read_text())
+    models = list(doc["inprocess"])
+    fig, axes = plt.subplots(2, len(models), figsize=(5.2 * len(models), 6.4), squeeze=False)
+    for col, model in enumerate(models):
+        top, bottom = axes[0][col], axes[1][col]
+        for r in doc["results"]:
+            pts = [p for p in r["points"] if r["model"] == model and not p["error_total"]]
+            if not pts:
+                continue
+            color, ls, marker = STYLE.get(r["server"], ("grey", ":", "x"))
+            cs = [p["concurrency"] for p in pts]
+            top.plot(cs, [p["rps"] for p in pts], ls, color=color, marker=marker, ms=4,
+                     label=r["server"])
+            bottom.plot(cs, [p["p99_ms"] for p in pts], ls, color=color, marker=marker, ms=4)
+        lim = doc["inprocess"].get(model, {})
+        if "rows_per_s_at_batch1" in lim:
+            top.axhline(lim["rows_per_s_at_batch1"], color="black", lw=0.8, ls=":",
+                        label="in-process, batch 1")
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrency (connections)")
+            ax.grid(True, alpha=0.3)
+        top.set_yscale("log")
+        bottom.set_yscale("log")
+        top.set_title(f"{model}: requests/s")
+        bottom.set_title(f"{model}: p99 latency (ms)")
+    axes[0][0].legend(fontsize=7, loc="best")
+    meta = doc["meta"]
+    fig.suptitle(f"kubemaas runtime benchmark {meta['started_utc']} — server on core "
+                 f"{meta['server_core']}, wrk on core {meta['load_core']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(sys.argv[2], dpi=72)
+    print(f"plot: {sys.argv[2]}")
+
+
+if __name__ == "__main__":
+    main()
