@@ -244,3 +244,28 @@ def ort_run(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, dict(feeds)), strict=True))
+
+
+def make_strings_onnx(path: Path) -> None:
+    """text STRING [batch] -> same BYTES tensor back (Identity), and its shape as INT64."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"]),
+         helper.make_node("Shape", ["text"], ["n"])],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch"]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="session")
+def strings_onnx(models_dir: Path) -> Path:
+    path = models_dir / "strings.onnx"
+    make_strings_onnx(path)
+    return path

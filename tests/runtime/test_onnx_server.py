@@ -203,3 +203,52 @@ def test_docs_list_every_setting() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "runtime.md").read_text()
     missing = [o.env for o in OPTIONS if f"`{o.env}`" not in docs or f"`{o.flag}`" not in docs]
     assert missing == [], "docs/runtime.md lacks these settings"
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_bytes_tensors(runtime_server: Any, strings_onnx: Path, binary: bool) -> None:
+    import tritonclient.http as httpclient
+
+    server = runtime_server(["--model-uri", str(strings_onnx), "--name", "strings",
+                             "--max-batch-size", "8"])
+    meta = server.get_json("/v2/models/strings")[1]
+    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    words = np.array(["héllo".encode(), b"", b"kubemaas"], dtype=np.object_)
+    client = triton(server)
+    try:
+        tensor = httpclient.InferInput("text", [3], "BYTES")
+        tensor.set_data_from_numpy(words, binary_data=binary)
+        result = client.infer("strings", [tensor], outputs=[
+            httpclient.InferRequestedOutput("echo", binary_data=binary),
+            httpclient.InferRequestedOutput("n", binary_data=binary)])
+        assert [bytes(w) if isinstance(w, bytes) else str(w).encode()
+                for w in result.as_numpy("echo")] == list(words)
+        assert result.as_numpy("n").tolist() == [3]
+    finally:
+        client.close()
+
+
+def test_gzip_request_and_debug_access_log(runtime_server: Any, tiny_onnx: Path) -> None:
+    import gzip
+
+    import tritonclient.http as httpclient
+
+    server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                             "--log-level", "debug", "--max-request-bytes", "2048"])
+    client = triton(server)
+    try:
+        x = np.ones((2, 4), dtype=np.float32)
+        tensor = httpclient.InferInput("x", [2, 4], "FP32")
+        tensor.set_data_from_numpy(x, binary_data=False)
+        result = client.infer("tiny", [tensor], request_compression_algorithm="gzip",
+                              response_compression_algorithm="gzip")
+        assert result.as_numpy("z").shape == (2, 3)
+    finally:
+        client.close()
+    # a small gzip body that inflates past the limit is refused, not inflated without bound
+    bomb = gzip.compress(b" " * 100_000)
+    status, _, body = server.request("POST", "/v2/models/tiny/infer", bomb,
+                                     {"Content-Encoding": "gzip"})
+    assert status == 413, body
+    access = [d for d in server.logs() if d.get("msg") == "request"]
+    assert access and access[0]["status"] == 200 and access[0]["endpoint"] == "infer"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StartupError
+from ..errors import InvalidInput, StartupError
 from .base import TensorSpec, batch_dim_dynamic, warmup_inputs
 
 log = logging.getLogger("kubemaas.runtime.onnx")
@@ -39,6 +39,23 @@ def _spec(arg: object) -> TensorSpec:
     raw_shape = getattr(arg, "shape")  # noqa: B009
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in raw_shape)
     return TensorSpec(name=name, datatype=datatype, shape=shape)
+
+
+def _as_text(arr: np.ndarray, name: str) -> np.ndarray:
+    """onnxruntime string tensors hold text: BYTES elements are decoded as UTF-8 (it would
+    otherwise store the repr of a bytes object)."""
+    out = np.empty(arr.shape, dtype=np.object_)
+    flat_in, flat_out = arr.reshape(-1), out.reshape(-1)
+    for i, item in enumerate(flat_in):
+        if isinstance(item, bytes):
+            try:
+                flat_out[i] = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input {name!r}: element {i} is not valid UTF-8, which "
+                                   "ONNX string tensors require") from None
+        else:
+            flat_out[i] = str(item)
+    return out
 
 
 class OnnxModel:
@@ -75,6 +92,7 @@ class OnnxModel:
         self.inputs: list[TensorSpec] = [_spec(a) for a in self._session.get_inputs()]
         self.outputs: list[TensorSpec] = [_spec(a) for a in self._session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
+        self._string_inputs = [i.name for i in self.inputs if i.datatype == "BYTES"]
         self._batchable = batch_dim_dynamic(self.inputs) and batch_dim_dynamic(self.outputs)
         log.info("onnx model loaded", extra={"fields": {
             "providers": self._session.get_providers(), "batchable": self._batchable}})
@@ -86,7 +104,11 @@ class OnnxModel:
     def run(self, inputs: Mapping[str, np.ndarray],
             output_names: Sequence[str] | None) -> dict[str, np.ndarray]:
         names = list(output_names) if output_names else self._output_names
-        results = self._session.run(names, dict(inputs))
+        feeds = dict(inputs)
+        for name in self._string_inputs:
+            if name in feeds:
+                feeds[name] = _as_text(feeds[name], name)
+        results = self._session.run(names, feeds)
         return dict(zip(names, results, strict=True))
 
     def warmup(self) -> None:

@@ -193,5 +193,10 @@ class RestServer:
     def _observe(self, name: str, endpoint: str, status: int, start: float) -> None:
         if name != self.dp.model_name:
             name = "_unknown"  # bounded label values: never one series per bad URL
+        took = time.perf_counter() - start
         self.metrics.requests.inc((name, endpoint, _OUTCOME.get(status, "client_error")))
-        self.metrics.request_duration.observe((name, endpoint), time.perf_counter() - start)
+        self.metrics.request_duration.observe((name, endpoint), took)
+        if log.isEnabledFor(logging.DEBUG):  # access log only when asked: it costs on the hot path
+            log.debug("request", extra={"fields": {
+                "model": name, "endpoint": endpoint, "status": status,
+                "ms": round(took * 1000, 3)}})
