@@ -9,14 +9,16 @@ finish (up to the drain timeout), then the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import StartupError
 from .settings import Settings, load_settings
@@ -103,10 +105,11 @@ async def serve(settings: Settings) -> int:
 
     batcher: Batcher | None = None
     exit_code = 0
-    load_task = asyncio.ensure_future(asyncio.to_thread(_load, settings))
+    load_task = _start_load(settings, loop)
     stop_task = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({load_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        pending: set[asyncio.Future[Any]] = {load_task, stop_task}
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if load_task.done():
             model = load_task.result()  # raises StartupError
             batcher = Batcher(model, model_name=settings.model_name, metrics=metrics,
@@ -147,6 +150,34 @@ async def serve(settings: Settings) -> int:
             batcher.close()
     lifecycle.info("stopped", extra={"fields": {"exit_code": exit_code}})
     return exit_code
+
+
+def _start_load(settings: Settings, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Model]:
+    """Load in a daemon thread: a SIGTERM during a long download must not wait for it (the
+    default executor would be joined at exit)."""
+    fut: asyncio.Future[Model] = loop.create_future()
+
+    def settle(result: Model | None, error: BaseException | None) -> None:
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        try:
+            model = _load(settings)
+        except BaseException as exc:  # delivered to the event loop, which decides
+            error: BaseException | None = exc
+            model = None
+        else:
+            error = None
+        with contextlib.suppress(RuntimeError):  # a closed loop: the process is exiting
+            loop.call_soon_threadsafe(settle, model, error)
+
+    threading.Thread(target=target, name="kubemaas-load", daemon=True).start()
+    return fut
 
 
 def _load(settings: Settings) -> Model:

@@ -65,7 +65,11 @@ class ModelHTTPServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Quiet(http.server.ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a runtime that stopped mid-download leaves a broken pipe: expected
+
+        self.httpd = Quiet(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -252,3 +256,17 @@ def test_startup_failures_are_one_clear_line(model_http: ModelHTTPServer, tmp_pa
     errors = [line for line in proc.stderr.splitlines() if "ERROR" in line or "error:" in line]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_during_a_slow_download_exits_at_once(runtime_server: Any,
+                                                      model_http: ModelHTTPServer,
+                                                      tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    server = runtime_server(["--model-uri", f"{model_http.url}/slow/tiny.onnx",
+                             "--cache-dir", str(cache)], ready=False)
+    time.sleep(0.3)
+    start = time.monotonic()
+    server.proc.send_signal(15)
+    assert server.proc.wait(5) == 0
+    assert time.monotonic() - start < 3
+    assert list(cache.rglob("*.onnx")) == []  # no model file appeared from the broken download
