@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import binaries
 from .cluster import Cluster, ClusterError, default_state_dir
+from .node import NodeError, RealNode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="build what is missing, start everything, create the nodes")
     up.add_argument("--topology", default="default", help="a topology name or YAML file")
     up.add_argument("--timeout", type=float, default=120.0)
+    up.add_argument("--real-node", action="store_true",
+                    help="also start a real node (containerd + kubelet; docs/real-node.md)")
+    real = sub.add_parser("real-node", help="start or stop only the real node")
+    real.add_argument("action", choices=["up", "down"])
     sub.add_parser("down", help="stop exactly what `up` started and remove the state")
     sub.add_parser("status", help="print what runs, as JSON; exit 1 if not up")
     sub.add_parser("env", help="print `export KUBECONFIG=...` for a shell to eval")
@@ -29,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "up":
             cluster.up(args.topology, timeout=args.timeout,
-                       log=lambda msg: print(msg, file=sys.stderr))
+                       log=lambda msg: print(msg, file=sys.stderr), real_node=args.real_node)
             print(f"export KUBECONFIG={cluster.kubeconfig}")
         elif args.verb == "down":
             cluster.down()
@@ -39,9 +44,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if status["up"] else 1
         elif args.verb == "env":
             print(f"export KUBECONFIG={cluster.kubeconfig}")
+        elif args.verb == "real-node":
+            real_node = RealNode(cluster.state)
+            if args.action == "up":
+                if not cluster.is_up():
+                    raise ClusterError("the testbed is not up: hack/cluster up [--real-node]")
+                real_node.up(cluster.server, log=lambda msg: print(msg, file=sys.stderr))
+            else:
+                real_node.down(delete_node_object=cluster.is_up())
         elif args.verb == "binaries":
             print(binaries.ensure().kube_apiserver.parent)
-    except (ClusterError, binaries.MissingBinaryError) as err:
+    except (ClusterError, NodeError, binaries.MissingBinaryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from . import binaries, kubeconfig, pki, topology
+from . import binaries, kubeconfig, node, pki, topology
 from .processes import ProcessTable
 
 SERVICE_CIDR = "10.96.0.0/12"
@@ -87,9 +87,11 @@ class Cluster:
     # ---- up -----------------------------------------------------------------
 
     def up(self, topology_name: str = "default", timeout: float = 90.0,
-           log: Callable[[str], None] = print) -> None:
+           log: Callable[[str], None] = print, real_node: bool = False) -> None:
         if self.is_up():
             log(f"testbed already up: KUBECONFIG={self.kubeconfig}")
+            if real_node:  # real node hook (node.py)
+                node.RealNode(self.state).up(self.server, log=log)
             return
         if self.processes.running():
             log("a half-started testbed was found: stopping it first")
@@ -101,6 +103,7 @@ class Cluster:
             "etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")}
         (self.state / "ports.yaml").write_text(yaml.safe_dump(ports))
         pki.make_all(self.pki, SERVICE_IP)
+        node.make_apiserver_client_cert(self.pki)  # real node hook: the apiserver's kubelet client
         for identity in pki.CLIENTS:
             kubeconfig.write(self.state / f"{identity.file_stem}.kubeconfig", self.server,
                              self.pki / "ca.crt", self.pki / f"{identity.file_stem}.crt",
@@ -122,6 +125,8 @@ class Cluster:
             raise
         log(f"testbed up in {time.monotonic() - started:.1f} s: "
             f"KUBECONFIG={self.kubeconfig}")
+        if real_node:  # real node hook (node.py): containerd + kubelet beside kwok
+            node.RealNode(self.state).up(self.server, log=log)
 
     def _start_etcd(self, bins: binaries.Binaries, ports: dict[str, int]) -> None:
         self.processes.start("etcd", [
@@ -163,6 +168,8 @@ class Cluster:
             "--max-mutating-requests-inflight=500",
             "--profiling=false",
             "--v=1",
+            # Real node hook (node.py): how the apiserver reaches a real kubelet.
+            *node.apiserver_flags(p),
         ])
 
     def _component_args(self, identity: str, port: int) -> list[str]:
@@ -311,6 +318,7 @@ class Cluster:
     # ---- down / status ------------------------------------------------------
 
     def down(self) -> None:
+        node.RealNode(self.state).down()  # real node hook: no-op without one
         self.processes.stop_all(STOP_ORDER)
         if self.state.exists():
             shutil.rmtree(self.state)
@@ -321,6 +329,9 @@ class Cluster:
             "state": str(self.state),
             "up": self.is_up(),
             "processes": {name: running.get(name) for name in STOP_ORDER},
+            # Real node hook (node.py): null when not started.
+            "real_node": ({name: running.get(name) for name in node.STOP_ORDER}
+                          if (self.state / "node").exists() else None),
             "kubeconfig": str(self.kubeconfig) if self.kubeconfig.exists() else None,
         }
 

@@ -1,0 +1,644 @@
+"""A real node beside kwok's simulated ones: containerd, a CNI bridge and a kubelet.
+
+kwok's nodes only pretend to run pods. This node runs them: a kubelet v1.36.3 (built
+like the control plane by `hack/build-testbed --with-kubelet`) registers as a CPU node,
+talks CRI to a containerd started as a plain process, and gives pods addresses on a
+bridge of ours (10.250.0.0/24), reachable from this machine. docs/real-node.md explains
+every setting.
+
+Layout under <cluster state>/node/:
+    containerd/      config.toml, root/, state/, containerd.sock
+    cni/             net.d/ (the bridge network), ipam/ (host-local's leases)
+    kubelet/         config.yaml, kubeconfig, root/ (the kubelet's --root-dir),
+                     volume-plugins/
+    pod-logs/        containers' logs (`kubectl logs` reads them through the kubelet)
+    created.json     what `up` changed on the host, so that `down` undoes exactly that
+Processes (pid files and logs) sit with the control plane's: pids/, logs/.
+
+Network safety: the only addresses involved are 127.0.0.1 and our bridge's subnet. The
+bridge's own address is the node's InternalIP (the kubelet refuses a loopback node IP),
+and pods get no default route, so nothing they send leaves the bridge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import binaries, kubeconfig, pki
+from .processes import ProcessTable
+
+NODE_NAME = "real-0"
+BRIDGE = "kubemaas0"
+SUBNET = ipaddress.ip_network("10.250.0.0/24")
+GATEWAY = "10.250.0.1"  # the bridge's address on the host: the node's InternalIP
+NETWORK_NAME = "kubemaas-real-node"
+LABEL = "kubemaas.io/real-node"
+STOP_ORDER = ["kubelet", "containerd"]
+CNI_BIN = Path("/usr/lib/cni")
+NODE_CACHE = Path(os.environ.get("KUBEMAAS_NODE_CACHE",
+                                 Path.home() / ".cache" / "kubemaas" / "node"))
+BUILD_IMAGES = binaries.REPO_ROOT / "hack" / "node" / "build-images"
+# The apiserver's identity towards kubelets (for logs, exec, port-forward): the
+# kubelet authenticates it by this certificate and authorises it by a webhook.
+APISERVER_KUBELET_CLIENT = pki.Identity(
+    "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
+# Sysctls the kubelet sets on start when protectKernelDefaults is false (and refuses
+# to start over, when it is true): recorded by `up`, put back by `down`.
+KUBELET_SYSCTLS = ["vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic",
+                   "kernel/panic_on_oops", "kernel/keys/root_maxkeys",
+                   "kernel/keys/root_maxbytes"]
+
+
+class NodeError(RuntimeError):
+    """The real node could not be brought up (or down); the message says why."""
+
+
+# ---- hooks for the control plane (cluster.py) ----------------------------------------
+
+def make_apiserver_client_cert(pki_dir: Path) -> None:
+    pki.make_client(pki_dir, APISERVER_KUBELET_CLIENT)
+
+
+def apiserver_flags(pki_dir: Path) -> list[str]:
+    """What the apiserver needs to reach a real kubelet (harmless without one)."""
+    stem = APISERVER_KUBELET_CLIENT.file_stem
+    return [
+        f"--kubelet-client-certificate={pki_dir / f'{stem}.crt'}",
+        f"--kubelet-client-key={pki_dir / f'{stem}.key'}",
+        # A kubelet reports a Hostname address (its node name, which resolves
+        # nowhere) and an InternalIP (our bridge's address): use the IP. kwok's
+        # nodes report only an InternalIP, so nothing changes for them.
+        "--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalDNS,"
+        "ExternalIP",
+    ]
+
+
+# ---- images ------------------------------------------------------------------------
+
+def images_manifest(build: bool = True) -> dict[str, Any]:
+    """images.json from hack/node/build-images (which builds what is missing)."""
+    if build:
+        result = subprocess.run([str(BUILD_IMAGES)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise NodeError(f"hack/node/build-images failed:\n{result.stderr[-3000:]}")
+    path = NODE_CACHE / "images" / "images.json"
+    if not path.exists():
+        raise NodeError(f"{path} is missing: run hack/node/build-images")
+    return dict(json.loads(path.read_text()))
+
+
+# ---- the node ----------------------------------------------------------------------
+
+@dataclass
+class RealNode:
+    """The real node of the testbed whose state directory is `cluster_state`."""
+
+    cluster_state: Path
+    name: str = NODE_NAME
+
+    @property
+    def dir(self) -> Path:
+        return self.cluster_state / "node"
+
+    @property
+    def processes(self) -> ProcessTable:
+        return ProcessTable(self.cluster_state)
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.dir / "containerd" / "containerd.sock"
+
+    @property
+    def crictl_config(self) -> Path:
+        """`crictl --config THIS ps` talks to this node's containerd."""
+        path = self.dir / "crictl.yaml"
+        if not path.exists() and self.dir.exists():
+            endpoint = f"unix://{self.containerd_socket}"
+            path.write_text(yaml.safe_dump({"runtime-endpoint": endpoint,
+                                            "image-endpoint": endpoint, "timeout": 30}))
+        return path
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.cluster_state / "kubeconfig"
+
+    def is_up(self) -> bool:
+        names = {p.name for p in self.processes.running()}
+        return set(STOP_ORDER) <= names
+
+    # ---- up ------------------------------------------------------------------------
+
+    def up(self, server: str, timeout: float = 120.0,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+        """Start containerd and the kubelet; return images.json's content."""
+        if self.is_up():
+            log(f"real node {self.name} already up")
+            return images_manifest(build=False)
+        _preflight()
+        started = time.monotonic()
+        manifest = images_manifest()
+        log(f"images ready in {time.monotonic() - started:.1f} s")
+        if self.dir.exists():
+            self.down()
+        for sub in ("containerd", "cni/net.d", "cni/ipam", "kubelet/root",
+                    "kubelet/volume-plugins", "pod-logs"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        created: dict[str, Any] = {"sysctls": _read_sysctls(), "bridge": False,
+                                   "iptables_chains": _cni_chains()}
+        self._write_created(created)
+        try:
+            self._make_bridge()
+            created["bridge"] = True
+            self._write_created(created)
+            self._write_cni_config()
+            self._start_containerd(manifest)
+            self._wait(self._cri_ready, 30, "containerd's CRI", "containerd")
+            for key in ("pause", "runtime"):
+                self.import_image(Path(manifest["images"][key]["archive"]))
+            self._write_certs()
+            self._start_kubelet(server)
+            self._wait(self._node_ready, timeout, f"node {self.name} Ready", "kubelet")
+        except BaseException:
+            log(f"real node failed to start; logs: {self.cluster_state / 'logs'}"
+                "/{containerd,kubelet}.log")
+            raise
+        log(f"real node {self.name} up in {time.monotonic() - started:.1f} s")
+        return manifest
+
+    def _write_created(self, created: dict[str, Any]) -> None:
+        (self.dir / "created.json").write_text(json.dumps(created, indent=2))
+
+    def _make_bridge(self) -> None:
+        if _link_exists(BRIDGE):
+            raise NodeError(
+                f"the bridge {BRIDGE} exists already: another real node is up on this "
+                f"machine (`hack/cluster down` it), or a crashed one left it "
+                f"(`ip link del {BRIDGE}`)")
+        # Made here rather than by the CNI bridge plugin on the first pod: the
+        # kubelet needs the node's address (the bridge's) before any pod exists.
+        _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        _run("ip", "addr", "add", f"{GATEWAY}/{SUBNET.prefixlen}", "dev", BRIDGE)
+        _run("ip", "link", "set", BRIDGE, "up")
+
+    def _write_cni_config(self) -> None:
+        conflist = {
+            "cniVersion": "1.0.0",
+            "name": NETWORK_NAME,
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": BRIDGE,
+                    # The bridge keeps GATEWAY, so this host reaches pod IPs
+                    # directly over the bridge ...
+                    "isGateway": True,
+                    # ... but pods get no default route and no masquerading:
+                    # nothing they send can leave the bridge.
+                    "isDefaultGateway": False,
+                    "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": str(SUBNET), "gateway": GATEWAY}]],
+                        "routes": [{"dst": str(SUBNET)}],
+                        "dataDir": str(self.dir / "cni" / "ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+                {"type": "loopback"},
+            ],
+        }
+        (self.dir / "cni" / "net.d" / "10-kubemaas.conflist").write_text(
+            json.dumps(conflist, indent=2))
+
+    def _containerd_config(self, sandbox_image: str) -> str:
+        d = self.dir / "containerd"
+        return f'''# containerd for the kubemaas real node (hack/kubemaas_testbed/node.py):
+# everything it keeps lives under {d}; it never touches a system containerd.
+version = 2
+root = "{d / 'root'}"
+state = "{d / 'state'}"
+# Plugins that need host setup we do not have (or want).
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{self.containerd_socket}"
+
+[ttrpc]
+  address = "{self.containerd_socket}.ttrpc"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d / 'opt'}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  # No registry can be reached: the sandbox image is ours, imported from an archive.
+  sandbox_image = "{sandbox_image}"
+  # The streaming server (exec, attach, port-forward) answers the kubelet only.
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  # root here lacks CAP_SYS_RESOURCE, so no process may lower its oom_score_adj;
+  # the kubelet asks -998 for every sandbox and -997 for Guaranteed containers, and
+  # runc fails with "nsexec: failed to update /proc/self/oom_score_adj: Permission
+  # denied". This clamps every request to containerd's own score instead.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "/usr/sbin/runc"
+        # runc's state (one directory per container) under ours, not /run/containerd.
+        Root = "{d / 'runc'}"
+        # cgroupfs, as the kubelet's cgroupDriver: there is no systemd here.
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN}"
+    conf_dir = "{self.dir / 'cni' / 'net.d'}"
+    max_conf_num = 1
+'''
+
+    def _start_containerd(self, manifest: dict[str, Any]) -> None:
+        config = self.dir / "containerd" / "config.toml"
+        config.write_text(self._containerd_config(manifest["images"]["pause"]["ref"]))
+        self.processes.start("containerd", [
+            shutil.which("containerd") or "/usr/bin/containerd",
+            f"--config={config}",
+            "--log-level=info",
+        ])
+
+    def crictl(self, *args: str, check: bool = True,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        crictl = NODE_CACHE / "bin" / "crictl"
+        result = subprocess.run(
+            [str(crictl), f"--config={self.crictl_config}", *args],
+            capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise NodeError(f"crictl {' '.join(args)}: {result.stderr.strip()}")
+        return result
+
+    def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["ctr", f"--address={self.containerd_socket}", "--namespace=k8s.io", *args],
+            capture_output=True, text=True)
+        if result.returncode != 0:
+            raise NodeError(f"ctr {' '.join(args)}: {result.stderr.strip()}")
+        return result
+
+    def import_image(self, archive: Path) -> None:
+        """Put an OCI archive (podman save --format oci-archive) into containerd."""
+        # --all-platforms: nothing to select, and it skips a platform match that
+        # podman's archives (which carry no platform in their index) can fail.
+        self.ctr("images", "import", "--all-platforms", str(archive))
+
+    def _cri_ready(self) -> bool:
+        if not self.containerd_socket.exists():
+            return False
+        try:
+            info = json.loads(self.crictl("info", check=True, timeout=10).stdout)
+        except (NodeError, subprocess.TimeoutExpired, json.JSONDecodeError):
+            return False
+        conditions = {c["type"]: c["status"] for c in info["status"]["conditions"]}
+        return bool(conditions.get("RuntimeReady"))
+
+    def _write_certs(self) -> None:
+        p = self.cluster_state / "pki"
+        pki.sign(p, f"node-{self.name}", f"/CN=system:node:{self.name}/O=system:nodes",
+                 "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                 "extendedKeyUsage=clientAuth\n")
+        pki.make_serving(p, f"kubelet-{self.name}", f"system:node:{self.name}",
+                         [f"IP:{GATEWAY}", f"DNS:{self.name}"])
+
+    def _kubelet_config(self, port: int, healthz_port: int) -> dict[str, Any]:
+        p = self.cluster_state / "pki"
+        k = self.dir / "kubelet"
+        return {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            # Every setting is explained in docs/real-node.md ("The kubelet's settings").
+            "failCgroupV1": False,
+            "cgroupDriver": "cgroupfs",
+            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
+            "imageServiceEndpoint": f"unix://{self.containerd_socket}",
+            "address": GATEWAY,
+            "port": port,
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": healthz_port,
+            "tlsCertFile": str(p / f"kubelet-{self.name}.crt"),
+            "tlsPrivateKeyFile": str(p / f"kubelet-{self.name}.key"),
+            "rotateCertificates": False,
+            "serverTLSBootstrap": False,
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(p / "ca.crt")},
+            },
+            "authorization": {"mode": "Webhook"},
+            "podLogsDir": str(self.dir / "pod-logs"),
+            "volumePluginDir": str(k / "volume-plugins"),
+            "makeIPTablesUtilChains": False,
+            "failSwapOn": False,
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
+                             "nodefs.inodesFree": "1%", "imagefs.available": "1%"},
+            "resolvConf": "",
+            "clusterDomain": "cluster.local",
+            "maxPods": 16,
+            "registerNode": True,
+            "serializeImagePulls": False,
+            "syncFrequency": "10s",
+            "fileCheckFrequency": "0s",
+            "nodeStatusUpdateFrequency": "10s",
+        }
+
+    def _start_kubelet(self, server: str) -> None:
+        p = self.cluster_state / "pki"
+        k = self.dir / "kubelet"
+        kubeconfig.write(k / "kubeconfig", server, p / "ca.crt", p / f"node-{self.name}.crt",
+                         p / f"node-{self.name}.key", f"system:node:{self.name}")
+        config = k / "config.yaml"
+        config.write_text(yaml.safe_dump(self._kubelet_config(_free_port(), _free_port()),
+                                         sort_keys=False))
+        kubelet = _kubelet()
+        self.processes.start("kubelet", [
+            str(kubelet),
+            f"--config={config}",
+            f"--kubeconfig={k / 'kubeconfig'}",
+            f"--root-dir={k / 'root'}",
+            f"--hostname-override={self.name}",
+            f"--node-ip={GATEWAY}",
+            f"--node-labels={LABEL}=true,kubemaas.io/accelerator=none",
+            "--v=2",
+        ])
+
+    def _node_ready(self) -> bool:
+        result = subprocess.run(
+            [binaries.kubectl(), f"--kubeconfig={self.kubeconfig}", "get", "node", self.name,
+             "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"],
+            capture_output=True, text=True)
+        return result.returncode == 0 and result.stdout.strip() == "True"
+
+    def _wait(self, check: Callable[[], bool], timeout: float, what: str,
+              component: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = {p.name for p in self.processes.running()}
+            dead = [n for n in STOP_ORDER if (self.cluster_state / "pids" / f"{n}.pid").exists()
+                    and n not in running]
+            if dead:
+                raise NodeError(f"{dead[0]} exited; the end of its log:\n"
+                                + _tail(self.cluster_state / "logs" / f"{dead[0]}.log"))
+            if check():
+                return
+            time.sleep(0.5)
+        raise NodeError(f"timed out after {timeout:.0f} s waiting for {what}; the end of "
+                        f"{component}.log:\n"
+                        + _tail(self.cluster_state / "logs" / f"{component}.log"))
+
+    # ---- down ----------------------------------------------------------------------
+
+    def down(self, delete_node_object: bool = False) -> None:
+        """Undo `up` completely: pods, containers, netns, mounts, bridge, processes.
+
+        Order: stop the kubelet (so it restarts nothing); have containerd stop and
+        remove every pod sandbox (the CNI plugins then remove the veths, addresses
+        and netns); stop containerd and any shim it left; unmount what is still
+        mounted under our directory; remove the bridge, the CNI iptables chains that
+        were not there before, the kubelet's cgroups; put the sysctls back.
+        """
+        if not self.dir.exists():
+            return
+        created = self._read_created()
+        self.processes.stop("kubelet", timeout=20)
+        if "containerd" in {p.name for p in self.processes.running()}:
+            self._remove_all_pods()
+        self.processes.stop("containerd", timeout=20)
+        self._kill_shims()
+        netns = self._our_netns()
+        _unmount_under(self.dir)
+        for path in netns:
+            _unmount(path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if created.get("bridge") and _link_exists(BRIDGE):
+            _run("ip", "link", "del", BRIDGE)
+        _remove_cni_chains(keep=set(created.get("iptables_chains", [])))
+        _remove_kubelet_cgroups()
+        _write_sysctls(created.get("sysctls", {}))
+        if delete_node_object and self.kubeconfig.exists():
+            subprocess.run([binaries.kubectl(), f"--kubeconfig={self.kubeconfig}", "delete",
+                            "node", self.name, "--ignore-not-found", "--wait=false"],
+                           capture_output=True, text=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir.exists():
+            raise NodeError(f"could not remove {self.dir}: something is still mounted "
+                            f"under it:\n{_mounts_under(self.dir)}")
+
+    def _read_created(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.dir / "created.json").read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _remove_all_pods(self) -> None:
+        try:
+            pods = self.crictl("pods", "-q", timeout=40).stdout.split()
+            for pod in pods:
+                self.crictl("stopp", pod, check=False, timeout=60)
+                self.crictl("rmp", "--force", pod, check=False, timeout=60)
+        except (NodeError, subprocess.TimeoutExpired):
+            pass  # what is left is removed below, by pid and by path
+
+    def _our_netns(self) -> list[Path]:
+        """Network namespaces containerd made for our pods (recorded in its state)."""
+        found: list[Path] = []
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path("/proc/self/mountinfo").read_text().splitlines():
+                mount_point = line.split()[4]
+                if mount_point.startswith(("/var/run/netns/cni-", "/run/netns/cni-")):
+                    found.append(Path(mount_point))
+        ours = _netns_of_sandboxes(self.dir / "containerd")
+        return [p for p in found if p.name in ours]
+
+    def _kill_shims(self) -> None:
+        """containerd-shim processes started for our containerd (they outlive it)."""
+        needle = str(self.containerd_socket).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"containerd-shim-runc-v2") and needle in argv:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(proc.name), 9)
+
+
+# ---- host helpers --------------------------------------------------------------------
+
+def _preflight() -> None:
+    if os.geteuid() != 0:
+        raise NodeError("the real node needs root (containerd, runc, bridges, mounts)")
+    missing = [tool for tool in ("containerd", "runc", "ctr", "ip", "iptables", "podman")
+               if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+    missing += [str(CNI_BIN / p) for p in ("bridge", "host-local", "loopback", "portmap")
+                if not (CNI_BIN / p).exists()]
+    if missing:
+        raise NodeError(f"missing: {', '.join(missing)}; run hack/install-node-deps")
+
+
+def _kubelet() -> Path:
+    """The kubelet from the testbed's directories, built on first use."""
+    found = binaries.find("kubelet")
+    if found is None:
+        subprocess.run([str(binaries.BUILD_SCRIPT), "--with-kubelet"], check=True)
+        found = binaries.find("kubelet")
+    if found is None:
+        raise NodeError(f"no kubelet: run {binaries.BUILD_SCRIPT} --with-kubelet")
+    return found
+
+
+def _run(*argv: str) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NodeError(f"{' '.join(argv)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _link_exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _mounts_under(directory: Path) -> list[str]:
+    prefix = str(directory.resolve()) + "/"
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        # Mount points escape spaces as \040; ours have none.
+        point = line.split()[4]
+        if point.startswith(prefix):
+            points.append(point)
+    return points
+
+
+def _unmount(path: Path | str) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _unmount_under(directory: Path) -> None:
+    """Unmount everything under directory, deepest first (repeat: mounts stack)."""
+    for _ in range(5):
+        points = _mounts_under(directory)
+        if not points:
+            return
+        for point in sorted(points, key=len, reverse=True):
+            _unmount(point)
+
+
+def _netns_of_sandboxes(containerd_dir: Path) -> set[str]:
+    """Names of netns files referenced in our containerd's sandbox state."""
+    names: set[str] = set()
+    root = containerd_dir / "root"
+    if not root.exists():
+        return names
+    # containerd records each sandbox's netns path in its metadata (bolt db): scan
+    # the db's bytes for "/run/netns/cni-<uuid>" rather than parse bolt.
+    db = root / "io.containerd.metadata.v1.bolt" / "meta.db"
+    with contextlib.suppress(FileNotFoundError):
+        data = db.read_bytes()
+        start = 0
+        while True:
+            i = data.find(b"/netns/cni-", start)
+            if i < 0:
+                break
+            name = data[i + len(b"/netns/"):i + len(b"/netns/") + 40].decode(errors="ignore")
+            names.add(name[:40])
+            start = i + 1
+    return names
+
+
+def _cni_chains() -> list[str]:
+    """iptables chains of the CNI plugins (CNI-*) in the nat table, as they are now."""
+    result = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True)
+    return sorted(line.split()[1] for line in result.stdout.splitlines()
+                  if line.startswith("-N CNI-"))
+
+
+def _remove_cni_chains(keep: set[str]) -> None:
+    """Remove the CNI-* nat chains that appeared while the node ran (portmap's)."""
+    ours = [c for c in _cni_chains() if c not in keep]
+    if not ours:
+        return
+    rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True,
+                           text=True).stdout.splitlines()
+    for rule in rules:  # jumps into our chains from the built-in ones first
+        parts = rule.split()
+        if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1] in ours:
+            subprocess.run(["iptables", "-t", "nat", "-D", *parts[1:]], capture_output=True)
+    for chain in ours:
+        subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True)
+    for chain in ours:
+        subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True)
+
+
+def _remove_kubelet_cgroups() -> None:
+    """The kubelet's cgroupfs tree (/kubepods in each v1 hierarchy), once empty."""
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        top = hierarchy / "kubepods"
+        if not top.is_dir():
+            continue
+        for directory in sorted((p for p in top.rglob("*") if p.is_dir()),
+                                key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+
+
+def _read_sysctls() -> dict[str, str]:
+    values = {}
+    for key in KUBELET_SYSCTLS:
+        with contextlib.suppress(OSError):
+            values[key] = Path(f"/proc/sys/{key}").read_text().strip()
+    return values
+
+
+def _write_sysctls(values: dict[str, str]) -> None:
+    for key, value in values.items():
+        with contextlib.suppress(OSError):
+            current = Path(f"/proc/sys/{key}").read_text().strip()
+            if current != value:
+                Path(f"/proc/sys/{key}").write_text(value)
