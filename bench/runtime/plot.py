@@ -33,7 +33,8 @@ def main() -> None:
     for col, model in enumerate(models):
         top, bottom = axes[0][col], axes[1][col]
         for r in doc["results"]:
-            pts = [p for p in r["points"] if r["model"] == model and not p["error_total"]]
+            pts = [p for p in r["points"] if r["model"] == model and not p["error_total"]
+                   and p["requests"]]
             if not pts:
                 continue
             color, ls, marker = STYLE.get(r["server"], ("grey", ":", "x"))
@@ -42,20 +43,20 @@ def main() -> None:
                      label=r["server"])
             bottom.plot(cs, [p["p99_ms"] for p in pts], ls, color=color, marker=marker, ms=4)
         lim = doc["inprocess"].get(model, {})
-        if "rows_per_s_at_batch1" in lim:
-            top.axhline(lim["rows_per_s_at_batch1"], color="black", lw=0.8, ls=":",
-                        label="in-process, batch 1")
+        limit = (f" (in-process: {lim['rows_per_s_at_batch1']:.0f}/s at batch 1, "
+                 f"{lim['batch_rows_per_s']:.0f} rows/s at batch {lim['batch']})"
+                 if "rows_per_s_at_batch1" in lim else "")
         for ax in (top, bottom):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("concurrency (connections)")
             ax.grid(True, alpha=0.3)
         top.set_yscale("log")
         bottom.set_yscale("log")
-        top.set_title(f"{model}: requests/s")
-        bottom.set_title(f"{model}: p99 latency (ms)")
+        top.set_title(f"{model}: requests/s{limit}", fontsize=8)
+        bottom.set_title(f"{model}: p99 latency (ms)", fontsize=8)
     axes[0][0].legend(fontsize=7, loc="best")
     meta = doc["meta"]
-    fig.suptitle(f"kubemaas runtime benchmark {meta['started_utc']} — server on core "
+    fig.suptitle(f"runtime benchmark {meta['started_utc']}: server on core "
                  f"{meta['server_core']}, wrk on core {meta['load_core']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(sys.argv[2], dpi=72)

@@ -348,7 +348,63 @@ class Plan:
     server_core: str
     load_core: str
     intra: int
+    retries: int = 2
+    disturbed_pct: float = 10.0
+    max_load: float = 0.0
+    load_wait_s: float = 0.0
     results: dict[str, Any] = field(default_factory=dict)
+
+
+def settle(pid: int, limit_s: float = 60.0) -> float:
+    """Wait until the server is idle again (a closed wrk leaves requests it had sent behind:
+    a slow server is still working on them). Returns the seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit_s:
+        pids = process_tree(pid)
+        before = tree_cpu_ticks(pids)
+        time.sleep(0.3)
+        if (tree_cpu_ticks(pids) - before) / CLK_TCK / 0.3 < 0.05:
+            break
+    return round(time.perf_counter() - t0, 2)
+
+
+def measure_point(run: Running, path: str, model: bench_models.ModelFiles, body: str,
+                  conns: int, plan: Plan) -> dict[str, Any]:
+    settled = settle(run.pid)
+    pids = process_tree(run.pid)
+    cpu0 = cpu_busy_ticks(int(plan.server_core))
+    ticks0, wall0 = tree_cpu_ticks(pids), time.perf_counter()
+    with RssSampler(run.pid) as rss:
+        w = run_wrk(run.port, path, model, body, conns, plan.measure_s[model.name],
+                    plan.load_core)
+    wall = time.perf_counter() - wall0
+    ticks = tree_cpu_ticks(process_tree(run.pid)) - ticks0
+    cpu1 = cpu_busy_ticks(int(plan.server_core))
+    core_busy = (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1])
+    server_cpu = ticks / CLK_TCK / wall
+    lat = w["latency_us"]
+    return {
+        "concurrency": conns, "requests": w["requests"],
+        "rps": round(w["requests"] / (w["duration_us"] / 1e6), 1),
+        "p50_ms": lat["p50"] / 1000, "p90_ms": lat["p90"] / 1000,
+        "p99_ms": lat["p99"] / 1000, "mean_ms": round(lat["mean"] / 1000, 3),
+        "max_ms": lat["max"] / 1000, "errors": w["errors"],
+        "error_total": sum(w["errors"].values()),
+        "server_cpu_pct": round(100 * server_cpu, 1),
+        "core0_other_pct": round(100 * max(0.0, core_busy - server_cpu), 1),
+        "peak_rss_mb": round(rss.peak / 2**20, 1),
+        "loadavg": loadavg(), "settle_s": settled,
+    }
+
+
+def wait_for_quiet(plan: Plan) -> None:
+    """With --max-load: wait (bounded) until the 1-minute load average is below it."""
+    if not plan.max_load:
+        return
+    end = time.monotonic() + plan.load_wait_s
+    while loadavg()[0] > plan.max_load and time.monotonic() < end:
+        print(f"  1-minute load {loadavg()[0]:.2f} > {plan.max_load}; waiting", flush=True)
+        time.sleep(15)
 
 
 def bench_server(srv: Server, python: Path, model: bench_models.ModelFiles, plan: Plan,
@@ -359,6 +415,7 @@ def bench_server(srv: Server, python: Path, model: bench_models.ModelFiles, plan
     ready_path = f"/v2/models/{model.name}/ready"
     infer_path = f"/v2/models/{model.name}/infer"
     starts = plan.cold_starts if model.name == "mlp" else 1
+    wait_for_quiet(plan)
     run: Running | None = None
     try:
         for i in range(starts):
@@ -377,38 +434,26 @@ def bench_server(srv: Server, python: Path, model: bench_models.ModelFiles, plan
         if problem:
             raise RuntimeError(problem)
         for conns in plan.concurrency:
+            settle(run.pid)
             run_wrk(run.port, infer_path, model, srv.body, conns, plan.warm_s[model.name],
                     plan.load_core)
-            pids = process_tree(run.pid)
-            cpu0 = cpu_busy_ticks(int(plan.server_core))
-            ticks0, wall0 = tree_cpu_ticks(pids), time.perf_counter()
-            with RssSampler(run.pid) as rss:
-                w = run_wrk(run.port, infer_path, model, srv.body, conns,
-                            plan.measure_s[model.name], plan.load_core)
-            wall = time.perf_counter() - wall0
-            ticks = tree_cpu_ticks(process_tree(run.pid)) - ticks0
-            cpu1 = cpu_busy_ticks(int(plan.server_core))
-            core_busy = (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1])
-            server_cpu = ticks / CLK_TCK / wall
-            errors = sum(w["errors"].values())
-            lat = w["latency_us"]
-            point = {
-                "concurrency": conns, "requests": w["requests"],
-                "rps": round(w["requests"] / (w["duration_us"] / 1e6), 1),
-                "p50_ms": lat["p50"] / 1000, "p90_ms": lat["p90"] / 1000,
-                "p99_ms": lat["p99"] / 1000, "mean_ms": round(lat["mean"] / 1000, 3),
-                "max_ms": lat["max"] / 1000, "errors": w["errors"], "error_total": errors,
-                "server_cpu_pct": round(100 * server_cpu, 1),
-                "core0_other_pct": round(100 * max(0.0, core_busy - server_cpu), 1),
-                "peak_rss_mb": round(rss.peak / 2**20, 1),
-                "loadavg": loadavg(),
-            }
+            point: dict[str, Any] | None = None
+            for attempt in range(1 + plan.retries):
+                candidate = measure_point(run, infer_path, model, srv.body, conns, plan)
+                candidate["attempt"] = attempt + 1
+                if point is None or candidate["core0_other_pct"] < point["core0_other_pct"]:
+                    point = candidate
+                if point["core0_other_pct"] <= plan.disturbed_pct:
+                    break
+            assert point is not None
+            point["disturbed"] = point["core0_other_pct"] > plan.disturbed_pct
             res["points"].append(point)
+            errors = point["error_total"]
             print(f"  {srv.key:<20} {model.name:<9} c={conns:<3} {point['rps']:>8.1f} req/s  "
                   f"p50 {point['p50_ms']:8.3f}  p99 {point['p99_ms']:8.3f} ms  "
                   f"cpu {point['server_cpu_pct']:5.1f}%  rss {point['peak_rss_mb']:6.1f} MB  "
-                  f"other@core0 {point['core0_other_pct']:4.1f}%"
-                  + (f"  ERRORS {w['errors']}" if errors else ""), flush=True)
+                  f"other@core0 {point['core0_other_pct']:4.1f}% (try {point['attempt']})"
+                  + (f"  ERRORS {point['errors']}" if errors else ""), flush=True)
             if run.proc.poll() is not None:
                 raise RuntimeError(f"server exited during the run: {run.log_tail()}")
     except Exception as exc:
@@ -447,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-load", type=float, default=0.0,
                     help="wait (up to --load-wait-s) until the 1-minute load is below this")
     ap.add_argument("--load-wait-s", type=float, default=600)
+    ap.add_argument("--retries", type=int, default=2,
+                    help="measure a point again (keep the least disturbed) when other processes "
+                         "used more than --disturbed-pct of core 0 meanwhile")
+    ap.add_argument("--disturbed-pct", type=float, default=10.0)
     ap.add_argument("--update-doc", action="store_true",
                     help="rewrite the results section of docs/runtime-benchmark.md and the plot")
     ap.add_argument("--no-plot", action="store_true")
@@ -458,20 +507,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     ncpu = os.cpu_count() or 1
     server_core, load_core = ("0", "1") if ncpu >= 2 else ("0", "0")
+    # this process (its /proc sampler) stays off the server's core too
+    os.sched_setaffinity(0, {int(load_core)})
     quick = args.quick
     plan = Plan(
         concurrency=args.concurrency or ([1, 16] if quick else [1, 2, 4, 8, 16, 32]),
-        warm_s={"mlp": 1, "resnet18": 1 if quick else 2},
-        measure_s={"mlp": 2 if quick else 4, "resnet18": 3 if quick else 6},
+        warm_s={"mlp": 1, "resnet18": 1 if quick else 3},
+        measure_s={"mlp": 2 if quick else 4, "resnet18": 4 if quick else 8},
         cold_starts=1 if quick else args.cold_starts,
-        server_core=server_core, load_core=load_core, intra=args.threads)
+        server_core=server_core, load_core=load_core, intra=args.threads,
+        retries=args.retries, disturbed_pct=args.disturbed_pct, max_load=args.max_load,
+        load_wait_s=args.load_wait_s)
 
-    if args.max_load:
-        waited = 0.0
-        while loadavg()[0] > args.max_load and waited < args.load_wait_s:
-            print(f"1-minute load {loadavg()[0]:.2f} > {args.max_load}; waiting", flush=True)
-            time.sleep(15)
-            waited += 15
+    wait_for_quiet(plan)
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -488,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         "server_core": server_core, "load_core": load_core,
         "loadavg_start": loadavg(), "concurrency": plan.concurrency,
         "warm_s": plan.warm_s, "measure_s": plan.measure_s, "max_batch_size": MAX_BATCH,
+        "retries": plan.retries, "disturbed_pct": plan.disturbed_pct,
+        "max_load": plan.max_load,
         "load_tool": subprocess.run(["wrk", "-v"], capture_output=True,
                                     text=True).stdout.splitlines()[0:1],
     }
@@ -563,7 +613,7 @@ def _point(doc: dict[str, Any], server: str, model: str, conns: int) -> dict[str
     for r in doc["results"]:
         if r["server"] == server and r["model"] == model and not r["error"]:
             for p in r["points"]:
-                if p["concurrency"] == conns and not p["error_total"]:
+                if p["concurrency"] == conns and not p["error_total"] and p["requests"]:
                     return dict(p)
     return None
 
