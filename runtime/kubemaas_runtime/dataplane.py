@@ -26,7 +26,7 @@ from .codecs import (
 from .errors import InvalidInput, ModelNotFound, Unavailable
 
 SERVER_NAME = "kubemaas"
-EXTENSIONS = ["binary_tensor_data", "model_repository(read-only)", "v1_predict"]
+EXTENSIONS = ["binary_tensor_data", "v1_predict"]
 
 
 class DataPlane:
