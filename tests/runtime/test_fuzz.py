@@ -87,7 +87,7 @@ def check(status: int, body: bytes) -> None:
         assert "error" in json.loads(body)
 
 
-@settings(max_examples=250, deadline=None, derandomize=True,
+@settings(max_examples=250, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(doc=documents, path=st.sampled_from(PATHS), method=st.sampled_from(["POST", "GET"]),
@@ -111,7 +111,7 @@ def test_fuzz_infer_documents(fuzz_server: Server, doc: Any, path: str, method: 
         client.conn.close()
 
 
-@settings(max_examples=100, deadline=None, derandomize=True,
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=st.binary(max_size=300), path=st.sampled_from(PATHS) | st.text(
     alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=30).map(
