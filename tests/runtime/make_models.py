@@ -4,7 +4,7 @@ Run as a script in its own process (the runtime tests call it once and cache the
 torch's deprecation warnings about the exporters it still offers stay out of pytest's
 warnings-are-errors run:
 
-    python tests/runtime/make_models.py OUT_DIR
+    python tests/runtime/make_models.py OUT_DIR [small]
 
 Writes resnet18.onnx (dynamic batch axis), resnet18.pt (TorchScript with kubemaas.json metadata),
 resnet18.pt2 (torch.export, dynamic batch), and reference input.npy / expected.npy computed by the
@@ -52,5 +52,22 @@ def main(out: Path) -> None:
     (out / "done").write_text("ok")
 
 
+class AddMul(torch.nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a + b, a * b
+
+
+def small(out: Path) -> None:
+    """addmul.pt: a scripted two-input, two-output module saved without kubemaas.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.* deprecation: expected here
+        torch.jit.save(torch.jit.script(AddMul()), str(out / "addmul.pt"))
+    (out / "done").write_text("ok")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if len(sys.argv) > 2 and sys.argv[2] == "small":
+        small(Path(sys.argv[1]))
+    else:
+        main(Path(sys.argv[1]))

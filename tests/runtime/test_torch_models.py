@@ -55,3 +55,41 @@ def test_resnet18(runtime_server: Any, resnet18_dir: Path, fmt: str, batching: b
         calls = float(count[0].split()[-1])
         assert rows == 6  # the warm-up does not go through the batcher
         assert calls <= 3, "the three concurrent single-image requests were never merged"
+
+
+def test_torchscript_without_metadata(runtime_server: Any) -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    from .conftest import CACHE
+
+    out = CACHE / f"addmul-torch{torch.__version__}"
+    if not (out / "done").is_file():
+        subprocess.run([sys.executable, str(Path(__file__).with_name("make_models.py")),
+                        str(out), "small"], check=True, timeout=300)
+    server = runtime_server(["--model-uri", str(out / "addmul.pt"), "--name", "addmul",
+                             "--max-batch-size", "4"])
+    meta = server.get_json("/v2/models/addmul")[1]
+    assert [i["name"] for i in meta["inputs"]] == ["a", "b"]  # from forward's signature
+    assert meta["platform"] == "pytorch_torchscript"
+    status, doc = server.post_json("/v2/models/addmul/infer", {"inputs": [
+        {"name": "a", "shape": [2], "datatype": "FP32", "data": [1, 2]},
+        {"name": "b", "shape": [2], "datatype": "FP32", "data": [3, 4]}]})
+    assert status == 200, doc
+    assert {o["name"]: o["data"] for o in doc["outputs"]} == {
+        "output__0": [4.0, 6.0], "output__1": [3.0, 8.0]}
+    status, doc = server.post_json("/v2/models/addmul/infer", {"inputs": [
+        {"name": "a", "shape": [1], "datatype": "INT32", "data": [1]},
+        {"name": "b", "shape": [1], "datatype": "FP32", "data": [1]}]})
+    assert status == 400 and "datatype" in doc["error"]
+    ab = [{"name": "a", "shape": [1], "datatype": "FP32", "data": [2]},
+          {"name": "b", "shape": [1], "datatype": "FP32", "data": [5]}]
+    status, doc = server.post_json("/v2/models/addmul/infer", {
+        "inputs": ab, "outputs": [{"name": "output__1"}]})
+    assert status == 200 and doc["outputs"] == [
+        {"name": "output__1", "datatype": "FP32", "shape": [1], "data": [10.0]}]
+    status, doc = server.post_json("/v2/models/addmul/infer", {
+        "inputs": ab, "outputs": [{"name": "nope"}]})
+    assert status == 400 and "no output 'nope'" in doc["error"]

@@ -11,7 +11,8 @@ Metadata comes from the model file itself:
        "outputs": [{"name": "output__0", "datatype": "FP32", "shape": [-1, 1000]}]}
 
   Without it, input names come from ``forward``'s signature, datatypes are taken as FP32 and any
-  shape is accepted; outputs are ``output__N``.
+  shape is accepted; outputs are ``output__N`` (metadata lists none: they are known only once the
+  model runs).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import StartupError
+from ..errors import InvalidInput, StartupError
 from .base import DATATYPE_TO_NUMPY, TensorSpec, batch_dim_dynamic, warmup_inputs
 
 log = logging.getLogger("kubemaas.runtime.torch")
@@ -109,7 +110,7 @@ class TorchModel:
         else:
             args = module.forward.schema.arguments[1:]  # drop self
             self.inputs = [TensorSpec(a.name, "FP32", None) for a in args]
-            self.outputs = [TensorSpec("output__0", "FP32", None)]
+            self.outputs = []  # unknown until the model runs: output__0, output__1, ...
 
     def _load_export(self, path: Path) -> None:
         program = torch.export.load(str(path))
@@ -153,7 +154,8 @@ class TorchModel:
             return flat
         missing = [n for n in output_names if n not in flat]
         if missing:
-            raise KeyError(f"the model produced no output {missing[0]!r}")
+            raise InvalidInput(f"the model produced no output {missing[0]!r}; it produced "
+                               f"{', '.join(flat)}")
         return {n: flat[n] for n in output_names}
 
     def _flatten(self, result: Any) -> dict[str, np.ndarray]:
