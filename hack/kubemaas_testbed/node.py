@@ -46,6 +46,13 @@ SUBNET = ipaddress.ip_network("10.250.0.0/24")
 GATEWAY = "10.250.0.1"  # the bridge's address on the host: the node's InternalIP
 NETWORK_NAME = "kubemaas-real-node"
 LABEL = "kubemaas.io/real-node"
+# Pods land here only when they ask to (nodeSelector LABEL=true and this toleration):
+# a stray pod with a registry image would otherwise make the node try to pull it.
+TAINT = {"key": LABEL, "value": "true", "effect": "NoSchedule"}
+TOLERATION = {"key": LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+# Where containerd's registry traffic goes: a closed port on loopback. No registry is
+# reachable from these machines, and none may be tried (images come from archives).
+NO_REGISTRY_PROXY = "http://127.0.0.1:9"
 STOP_ORDER = ["kubelet", "containerd"]
 CNI_BIN = Path("/usr/lib/cni")
 NODE_CACHE = Path(os.environ.get("KUBEMAAS_NODE_CACHE",
@@ -283,7 +290,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             shutil.which("containerd") or "/usr/bin/containerd",
             f"--config={config}",
             "--log-level=info",
-        ])
+        ], env={
+            # An image missing from the node fails its pull at once, on loopback,
+            # instead of resolving and dialling a registry: containerd's HTTP client
+            # honours these, and nothing here is excluded from them.
+            "HTTPS_PROXY": NO_REGISTRY_PROXY, "HTTP_PROXY": NO_REGISTRY_PROXY,
+            "https_proxy": NO_REGISTRY_PROXY, "http_proxy": NO_REGISTRY_PROXY,
+            "NO_PROXY": "", "no_proxy": "",
+        })
 
     def crictl(self, *args: str, check: bool = True,
                timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -365,6 +379,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "clusterDomain": "cluster.local",
             "maxPods": 16,
             "registerNode": True,
+            "registerWithTaints": [TAINT],
             "serializeImagePulls": False,
             "syncFrequency": "10s",
             "fileCheckFrequency": "0s",
