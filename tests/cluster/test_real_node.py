@@ -79,7 +79,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])],
+        [helper.make_node("Mul", ["x", "two"], ["t"]),
+         helper.make_node("Add", ["t", "one"], ["y"])],
         MODEL,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
@@ -199,6 +200,7 @@ def test_pod_runs_for_real(kube: Kube, namespace: str, real_node: Node, model_di
     pod = wait_for(lambda: (lambda p: p if ready(p) else None)(
         get_json(kube, "-n", namespace, "get", "pod", "runtime")),
         timeout=120, what="the runtime pod to become Ready on the real node")
+    assert pod is not None
     assert pod["spec"]["nodeName"] == real_node.node.name
     assert pod["status"]["hostIP"] == real.GATEWAY
     ip = pod["status"]["podIP"]
@@ -244,6 +246,7 @@ def test_missing_image_is_never_pulled_from_outside(kube: Kube, namespace: str,
         return None
 
     message = wait_for(pull_error, timeout=60, what="the pull to fail")
+    assert message is not None
     assert real.NO_REGISTRY_PROXY.removeprefix("http://") in message, message
     kube.kubectl("-n", namespace, "delete", "pod", "remote", "--wait=false")
 
@@ -291,6 +294,7 @@ def test_modeldeployment_serves_from_the_real_node(kube: Kube, namespace: str, r
 
         pod = wait_for(answered, timeout=180, interval=0.1,
                        what="the ModelDeployment's pod on the real node to answer correctly")
+        assert pod is not None
         elapsed = time.monotonic() - started
         print(f"\nkubectl apply -> first correct inference: {elapsed:.2f} s")
         TIMINGS.parent.mkdir(exist_ok=True)
