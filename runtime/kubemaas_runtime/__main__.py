@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import StartupError
-from .settings import Settings, load_settings
+from .settings import Settings, guess_format, load_settings
 
 if TYPE_CHECKING:
     from .backends.base import Model
@@ -123,7 +123,7 @@ async def serve(settings: Settings) -> int:
             metrics.load_seconds.set(label, took)
             lifecycle.info("ready", extra={"fields": {
                 "model": settings.model_name, "version": settings.model_version,
-                "format": settings.model_format, "device": model.device,
+                "platform": model.platform, "device": model.device,
                 "batching": batcher.batching, "port": port,
                 "seconds_to_ready": round(took, 3)}})
             await stop_task
@@ -190,7 +190,11 @@ def _load(settings: Settings) -> Model:
     path = fetch_model(settings.model_uri, settings.cache_dir, sha256=settings.model_sha256,
                        s3=s3, timeout_s=settings.download_timeout_s)
     t1 = time.perf_counter()
-    model = load_model(path, settings.model_format, device=settings.device,
+    fmt = settings.model_format or guess_format(path.name)
+    if fmt is None:
+        raise StartupError(f"cannot tell the format of {path.name}; set --format / "
+                           "KUBEMAAS_MODEL_FORMAT")
+    model = load_model(path, fmt, device=settings.device,
                        intra_op_threads=settings.intra_op_threads,
                        inter_op_threads=settings.inter_op_threads)
     t2 = time.perf_counter()

@@ -56,7 +56,9 @@ def _optional_str(text: str) -> str | None:
 
 OPTIONS: tuple[Option, ...] = (
     Option("model_uri", "--model-uri", "KUBEMAAS_MODEL_URI", None, _optional_str,
-           "Where the model is: a local path, file://, http(s):// or s3://bucket/key. Required."),
+           "Where the model is: a local path, file://, http(s):// or s3://bucket/key. Required. "
+           "A local directory (e.g. a mounted volume) must hold exactly one model file "
+           "(.onnx, .pt, .pth, .ts, .torchscript, .pt2), searched two levels deep."),
     Option("model_format", "--format", "KUBEMAAS_MODEL_FORMAT", None, _optional_str,
            "onnx | torchscript | torch-export. Default: from the file extension "
            "(.onnx, .pt/.pth/.ts/.torchscript, .pt2)."),
@@ -144,6 +146,14 @@ class Settings:
     download_timeout_s: float = 300.0
 
 
+def _local_dir(uri: str) -> bool:
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    elif "://" in uri:
+        return False
+    return os.path.isdir(uri)
+
+
 def guess_format(uri: str) -> str | None:
     path = uri.split("?", 1)[0].lower()
     if path.endswith(".onnx"):
@@ -198,9 +208,11 @@ def load_settings(argv: Sequence[str] | None = None,
     uri = values["model_uri"]
     check("model_uri", bool(uri), "the model URI is required")
     fmt = values["model_format"] or guess_format(uri)
+    if fmt is None and _local_dir(uri):
+        fmt = ""  # a mounted directory: the format comes from the model file found in it
     check("model_format", fmt is not None,
           "cannot tell the format from the file name; set it (onnx|torchscript|torch-export)")
-    check("model_format", fmt in FORMATS, f"{fmt!r} is not one of {', '.join(FORMATS)}")
+    check("model_format", fmt in (*FORMATS, ""), f"{fmt!r} is not one of {', '.join(FORMATS)}")
     values["model_format"] = fmt
     check("model_name", bool(_NAME_RE.match(values["model_name"])),
           f"{values['model_name']!r} must match {_NAME_RE.pattern}")

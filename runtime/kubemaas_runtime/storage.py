@@ -58,6 +58,21 @@ class S3Config:
             session_token=values["AWS_SESSION_TOKEN"], region=region)
 
 
+MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".torchscript", ".pt2")
+
+
+def find_model_file(directory: Path) -> Path:
+    """The one model file in a directory (top level or one level down, hidden files skipped)."""
+    found = sorted(p for pattern in ("*", "*/*") for p in directory.glob(pattern)
+                   if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    if len(found) != 1:
+        names = ", ".join(str(p.relative_to(directory)) for p in found[:5]) or "none"
+        raise StartupError(f"model directory {directory} must hold exactly one model file "
+                           f"({', '.join(MODEL_SUFFIXES)}); found {len(found)}: {names}")
+    return found[0]
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -181,6 +196,8 @@ def fetch_model(uri: str, cache_dir: str, *, sha256: str | None = None,
     scheme = parsed.scheme.lower()
     if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
         path = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else uri)
+        if path.is_dir():
+            path = find_model_file(path)
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "not found"
             raise StartupError(f"model file {path} {what}")

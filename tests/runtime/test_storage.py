@@ -270,3 +270,21 @@ def test_sigterm_during_a_slow_download_exits_at_once(runtime_server: Any,
     assert server.proc.wait(5) == 0
     assert time.monotonic() - start < 3
     assert list(cache.rglob("*.onnx")) == []  # no model file appeared from the broken download
+
+
+def test_a_mounted_directory_with_one_model(runtime_server: Any, tiny_onnx: Path,
+                                            tmp_path: Path) -> None:
+    mount = tmp_path / "mnt" / "models"
+    (mount / "1").mkdir(parents=True)
+    (mount / "1" / "model.onnx").write_bytes(tiny_onnx.read_bytes())
+    (mount / ".hidden.onnx").write_bytes(b"ignored")
+    (mount / "README.txt").write_text("not a model")
+    assert fetch_model(str(mount), str(tmp_path)) == mount / "1" / "model.onnx"
+    server = runtime_server(["--model-uri", mount.as_uri(), "--name", "tiny"])
+    assert server.get_json("/v2/models/tiny")[1]["platform"] == "onnxruntime_onnx"
+    (mount / "other.pt2").write_bytes(b"x")
+    with pytest.raises(StartupError, match=r"exactly one model file .* found 2: 1/model.onnx, "):
+        fetch_model(str(mount), str(tmp_path))
+    (mount / "empty").mkdir()
+    with pytest.raises(StartupError, match="found 0: none"):
+        fetch_model(str(mount / "empty"), str(tmp_path))
