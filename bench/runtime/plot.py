@@ -56,8 +56,9 @@ def main() -> None:
         bottom.set_title(f"{model}: p99 latency (ms)", fontsize=8)
     axes[0][0].legend(fontsize=7, loc="best")
     meta = doc["meta"]
+    tool = meta.get("load_tool", "wrk")
     fig.suptitle(f"runtime benchmark {meta['started_utc']}: server on core "
-                 f"{meta['server_core']}, wrk on core {meta['load_core']}", fontsize=9)
+                 f"{meta['server_core']}, {tool} on core {meta['load_core']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(sys.argv[2], dpi=72)
     print(f"plot: {sys.argv[2]}")

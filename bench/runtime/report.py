@@ -41,7 +41,7 @@ def markdown_tables(doc: dict[str, Any]) -> str:
             lines.append(f"In-process onnxruntime: failed: {lim.get('error')}")
         lines.append("")
         lines.append("| server | cold start s | c | req/s | p50 ms | p99 ms | p99/p50 | "
-                     "CPU % | peak RSS MB | other load on core 0 % |")
+                     "CPU % | peak RSS MB | other CPU % core 0/1 |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in doc["results"]:
             if r["model"] != model:
@@ -59,7 +59,8 @@ def markdown_tables(doc: dict[str, Any]) -> str:
                     f"{p['concurrency']} | {p['rps']:.1f}{err} | {p['p50_ms']:.3f} | "
                     f"{p['p99_ms']:.3f} | {p['p99_ms'] / max(p['p50_ms'], 1e-9):.2f} | "
                     f"{p['server_cpu_pct']:.0f} | {p['peak_rss_mb']:.0f} | "
-                    f"{p['core0_other_pct']:.0f} |")
+                    f"{p['core0_other_pct']:.0f}/{p.get('core1_other_pct', 0):.0f}"
+                    f"{' (disturbed)' if p.get('disturbed') else ''} |")
             if r["error"]:
                 lines.append(f"| | | | **stopped**: {_escape(r['error'])[:300]} | | | | | | |")
         lines.append("")
@@ -100,7 +101,8 @@ def update_doc(doc: dict[str, Any], path: Path) -> None:
         f"{meta['cpu_count']} x {meta['cpu_model']}, kernel {meta['kernel']}, Python "
         f"{meta['python']}, onnxruntime {meta['onnxruntime']} everywhere "
         f"(intra_op_num_threads={meta['intra_op_threads']}, sequential). Servers pinned to core "
-        f"{meta['server_core']}, wrk to core {meta['load_core']}. Load average (1/5/15 min) "
+        f"{meta['server_core']}, {meta.get('load_tool', 'wrk')} to core {meta['load_core']}. "
+        f"Load average (1/5/15 min) "
         f"at start {meta['loadavg_start']}, at end {meta['loadavg_end']}. Points: "
         f"{meta['warm_s']} s warm-up then {meta['measure_s']} s measured per concurrency.",
         "",
