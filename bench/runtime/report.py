@@ -41,14 +41,14 @@ def markdown_tables(doc: dict[str, Any]) -> str:
             lines.append(f"In-process onnxruntime: failed: {lim.get('error')}")
         lines.append("")
         lines.append("| server | cold start s | c | req/s | p50 ms | p99 ms | p99/p50 | "
-                     "CPU % | peak RSS MB | other CPU % core 0/1 |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+                     "CPU % | CPU ms/req | peak RSS MB | other CPU % core 0/1 |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in doc["results"]:
             if r["model"] != model:
                 continue
             if r["error"] and not r["points"]:
                 lines.append(f"| {r['server']} | — | — | **failed**: "
-                             f"{_escape(r['error'])[:300]} | | | | | | |")
+                             f"{_escape(r['error'])[:300]} | | | | | | | |")
                 continue
             cold = r["cold_start_s"]
             cold_s = (_fmt(sorted(cold)[len(cold) // 2]) if cold else "—")
@@ -58,13 +58,20 @@ def markdown_tables(doc: dict[str, Any]) -> str:
                     f"| {r['server'] if i == 0 else ''} | {cold_s if i == 0 else ''} | "
                     f"{p['concurrency']} | {p['rps']:.1f}{err} | {p['p50_ms']:.3f} | "
                     f"{p['p99_ms']:.3f} | {p['p99_ms'] / max(p['p50_ms'], 1e-9):.2f} | "
-                    f"{p['server_cpu_pct']:.0f} | {p['peak_rss_mb']:.0f} | "
+                    f"{p['server_cpu_pct']:.0f} | {_cpu_per_req(p)} | {p['peak_rss_mb']:.0f} | "
                     f"{p['core0_other_pct']:.0f}/{p.get('core1_other_pct', 0):.0f}"
                     f"{' (disturbed)' if p.get('disturbed') else ''} |")
             if r["error"]:
-                lines.append(f"| | | | **stopped**: {_escape(r['error'])[:300]} | | | | | | |")
+                lines.append(f"| | | | **stopped**: {_escape(r['error'])[:300]} | | | | | | | |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cpu_per_req(p: dict[str, Any]) -> str:
+    """Server CPU time per answered request: robust to other load, unlike latency."""
+    if not p["rps"]:
+        return "—"
+    return f"{p['server_cpu_pct'] / 100 / p['rps'] * 1000:.3f}"
 
 
 def _escape(text: str) -> str:
