@@ -12,12 +12,13 @@ RUN apt-get update -qq \
       python3 python3-venv ca-certificates >/dev/null \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
-COPY requirements.txt /tmp/requirements.txt
-COPY wheelhouse /tmp/wheelhouse
-RUN python3 -m venv /opt/kubemaas \
- && /opt/kubemaas/bin/pip install --no-index --no-cache-dir --find-links /tmp/wheelhouse \
-      -r /tmp/requirements.txt \
- && rm -rf /tmp/wheelhouse /tmp/requirements.txt \
+# The wheelhouse is bind-mounted for this one step, so it is in no layer (a COPY would
+# leave its 48 MB in the image); pip and setuptools go once they have done their job.
+RUN --mount=type=bind,source=.,target=/ctx \
+    python3 -m venv /opt/kubemaas \
+ && /opt/kubemaas/bin/pip install --no-index --no-cache-dir --find-links /ctx/wheelhouse \
+      -r /ctx/requirements.txt \
+ && /opt/kubemaas/bin/pip uninstall -y -q pip setuptools \
  && find /opt/kubemaas -name __pycache__ -prune -exec rm -rf {} +
 
 COPY kubemaas_runtime /opt/kubemaas/src/kubemaas_runtime
