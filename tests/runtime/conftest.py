@@ -227,10 +227,10 @@ def light_onnx() -> Path:
 @pytest.fixture(scope="session")
 def resnet18_dir() -> Path:
     """resnet18 (random weights) as ONNX, TorchScript and torch.export, built once and cached."""
-    import torch
-    import torchvision
+    from importlib.metadata import version
 
-    out = CACHE / f"resnet18-torch{torch.__version__}-tv{torchvision.__version__}"
+    # versions from the metadata: importing torch here would cost seconds in the test process
+    out = CACHE / f"resnet18-torch{version('torch')}-tv{version('torchvision')}"
     if not (out / "done").is_file():
         subprocess.run([PY, str(Path(__file__).with_name("make_models.py")), str(out)],
                        check=True, timeout=300)
