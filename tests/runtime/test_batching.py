@@ -141,14 +141,17 @@ def test_request_timeout_is_a_clean_503(runtime_server: Any, tiny_onnx: Path) ->
 def test_sigterm_drains_in_flight_requests(runtime_server: Any, tiny_onnx: Path) -> None:
     # requests wait 1.5 s in the batcher: they are in flight when SIGTERM arrives
     server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
-                                     "--max-batch-size", "64", "--max-batch-delay-ms", "1500"])
+                                     "--max-batch-size", "64", "--max-batch-delay-ms", "2000"])
     results: list[tuple[int, Any]] = []
     x = np.ones((1, 4), dtype=np.float32)
     threads = [threading.Thread(target=lambda: results.append(_infer(server, "tiny", {"x": x})))
                for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.4)
+    deadline = time.monotonic() + 10
+    while 'kubemaas_inflight_requests{model="tiny"} 3' not in server.metrics():
+        assert time.monotonic() < deadline, "the requests never arrived"
+        time.sleep(0.02)
     server.proc.send_signal(15)
     time.sleep(0.2)
     assert server.request("GET", "/v2/health/ready")[0] == 503  # out of the Service at once

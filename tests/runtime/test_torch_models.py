@@ -22,7 +22,7 @@ def test_resnet18(runtime_server: Any, resnet18_dir: Path, fmt: str, batching: b
     args = ["--model-uri", str(resnet18_dir / FILES[fmt]), "--name", "resnet18",
             "--intra-op-threads", "1"]
     if batching:
-        args += ["--max-batch-size", "4", "--max-batch-delay-ms", "100"]
+        args += ["--max-batch-size", "4", "--max-batch-delay-ms", "300"]
     server = runtime_server(args)
     meta = server.get_json("/v2/models/resnet18")[1]
     (inp,) = meta["inputs"]
