@@ -23,6 +23,7 @@ and pods get no default route, so nothing they send leaves the bridge.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -30,7 +31,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,13 @@ from . import binaries, kubeconfig, pki
 from .processes import ProcessTable
 
 NODE_NAME = "real-0"
-BRIDGE = "kubemaas0"
-SUBNET = ipaddress.ip_network("10.250.0.0/24")
-GATEWAY = "10.250.0.1"  # the bridge's address on the host: the node's InternalIP
+# Several testbeds on one machine may each have a real node (engineers' test sessions
+# run side by side): each takes a slot N, which gives it the bridge kubemaasN, the
+# subnet 10.250.N.0/24 and the cgroup root /kubemaas-nodeN. Slots are claimed under a
+# lock in SLOTS_DIR (on /run: a reboot, which removes bridges too, forgets them).
+SUBNETS = ipaddress.ip_network("10.250.0.0/16")  # every real node's pods, never kwok's
+MAX_SLOTS = 32
+SLOTS_DIR = Path(os.environ.get("KUBEMAAS_NODE_SLOTS", "/run/kubemaas/real-nodes"))
 NETWORK_NAME = "kubemaas-real-node"
 LABEL = "kubemaas.io/real-node"
 # Pods land here only when they ask to (nodeSelector LABEL=true and this toleration):
@@ -107,6 +112,100 @@ def images_manifest(build: bool = True) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
+# ---- slots ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Slot:
+    """What one real node owns on this machine."""
+
+    index: int
+
+    @property
+    def bridge(self) -> str:
+        return f"kubemaas{self.index}"
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"10.250.{self.index}.0/24")
+
+    @property
+    def gateway(self) -> str:
+        """The bridge's address on the host, and the node's InternalIP."""
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def cgroup_root(self) -> str:
+        """The kubelet's cgroup root: two kubelets under one /kubepods would each
+        remove the other's pods' cgroups as orphans."""
+        return f"/kubemaas-node{self.index}"
+
+
+@contextlib.contextmanager
+def _slots_locked() -> Iterator[None]:
+    SLOTS_DIR.mkdir(parents=True, exist_ok=True)
+    with (SLOTS_DIR / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _slot_owners() -> dict[int, Path]:
+    owners = {}
+    for entry in SLOTS_DIR.glob("*.json") if SLOTS_DIR.exists() else []:
+        with contextlib.suppress(ValueError, OSError, KeyError):
+            owners[int(entry.stem)] = Path(json.loads(entry.read_text())["state"])
+    return owners
+
+
+def _claim_slot(state: Path, log: Callable[[str], None]) -> tuple[Slot, bool]:
+    """A free slot for the testbed at `state` (reclaiming those of dead nodes), and
+    whether no other real node is up on this machine."""
+    with _slots_locked():
+        owners = _slot_owners()
+        for index, owner in sorted(owners.items()):
+            if owner != state and RealNode(owner).processes_alive():
+                continue
+            log(f"reclaiming slot {index} from a real node that is gone ({owner})")
+            RealNode(owner).down(release_slot=False)
+            bridge = Slot(index).bridge
+            if _link_exists(bridge):
+                _run("ip", "link", "del", bridge)
+            _remove_cgroup_tree(Slot(index).cgroup_root)
+            (SLOTS_DIR / f"{index}.json").unlink()
+            del owners[index]
+        alone = not owners
+        for index in range(MAX_SLOTS):
+            slot = Slot(index)
+            if index in owners or _link_exists(slot.bridge) or _address_in_use(slot.subnet):
+                continue
+            (SLOTS_DIR / f"{index}.json").write_text(json.dumps({"state": str(state)}))
+            return slot, alone
+    raise NodeError(f"no free slot for a real node: {len(owners)} are up on this machine")
+
+
+def _release_slot(slot: Slot) -> bool:
+    """Give the slot back; True if it was the last one in use on this machine."""
+    with _slots_locked():
+        with contextlib.suppress(FileNotFoundError):
+            (SLOTS_DIR / f"{slot.index}.json").unlink()
+        return not _slot_owners()
+
+
+def _address_in_use(subnet: ipaddress.IPv4Network) -> bool:
+    """Whether any interface of this machine has an address in `subnet`."""
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
+                         text=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if "inet" in parts:
+            address = ipaddress.IPv4Interface(parts[parts.index("inet") + 1])
+            if address.network.overlaps(subnet):
+                return True
+    return False
+
+
 # ---- the node ----------------------------------------------------------------------
 
 @dataclass
@@ -146,6 +245,17 @@ class RealNode:
         names = {p.name for p in self.processes.running()}
         return set(STOP_ORDER) <= names
 
+    def processes_alive(self) -> bool:
+        names = {p.name for p in self.processes.running()}
+        return bool(set(STOP_ORDER) & names)
+
+    @property
+    def slot(self) -> Slot:
+        index = self._read_created().get("slot")
+        if index is None:
+            raise NodeError(f"no real node in {self.cluster_state}")
+        return Slot(int(index))
+
     # ---- up ------------------------------------------------------------------------
 
     def up(self, server: str, timeout: float = 120.0,
@@ -163,51 +273,51 @@ class RealNode:
         for sub in ("containerd", "cni/net.d", "cni/ipam", "kubelet/root",
                     "kubelet/volume-plugins", "pod-logs"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        created: dict[str, Any] = {"sysctls": _read_sysctls(), "bridge": False,
+        slot, alone = _claim_slot(self.cluster_state, log)
+        if alone:  # the first real node on the machine keeps the host's values
+            (SLOTS_DIR / "sysctls.json").write_text(json.dumps(_read_sysctls()))
+        created: dict[str, Any] = {"slot": slot.index, "bridge": False,
                                    "iptables_chains": _cni_chains()}
         self._write_created(created)
         try:
-            self._make_bridge()
+            self._make_bridge(slot)
             created["bridge"] = True
             self._write_created(created)
-            self._write_cni_config()
+            _make_cgroup_root(slot.cgroup_root)
+            self._write_cni_config(slot)
             self._start_containerd(manifest)
             self._wait(self._cri_ready, 30, "containerd's CRI", "containerd")
             for key in ("pause", "runtime"):
                 self.import_image(Path(manifest["images"][key]["archive"]))
-            self._write_certs()
-            self._start_kubelet(server)
+            self._write_certs(slot)
+            self._start_kubelet(server, slot)
             self._wait(self._node_ready, timeout, f"node {self.name} Ready", "kubelet")
         except BaseException:
             log(f"real node failed to start; logs: {self.cluster_state / 'logs'}"
                 "/{containerd,kubelet}.log")
             raise
-        log(f"real node {self.name} up in {time.monotonic() - started:.1f} s")
+        log(f"real node {self.name} up in {time.monotonic() - started:.1f} s: "
+            f"bridge {slot.bridge}, pods on {slot.subnet}")
         return manifest
 
     def _write_created(self, created: dict[str, Any]) -> None:
         (self.dir / "created.json").write_text(json.dumps(created, indent=2))
 
-    def _make_bridge(self) -> None:
-        if _link_exists(BRIDGE):
-            raise NodeError(
-                f"the bridge {BRIDGE} exists already: another real node is up on this "
-                f"machine (`hack/cluster down` it), or a crashed one left it "
-                f"(`ip link del {BRIDGE}`)")
+    def _make_bridge(self, slot: Slot) -> None:
         # Made here rather than by the CNI bridge plugin on the first pod: the
         # kubelet needs the node's address (the bridge's) before any pod exists.
-        _run("ip", "link", "add", BRIDGE, "type", "bridge")
-        _run("ip", "addr", "add", f"{GATEWAY}/{SUBNET.prefixlen}", "dev", BRIDGE)
-        _run("ip", "link", "set", BRIDGE, "up")
+        _run("ip", "link", "add", slot.bridge, "type", "bridge")
+        _run("ip", "addr", "add", f"{slot.gateway}/{slot.subnet.prefixlen}", "dev", slot.bridge)
+        _run("ip", "link", "set", slot.bridge, "up")
 
-    def _write_cni_config(self) -> None:
+    def _write_cni_config(self, slot: Slot) -> None:
         conflist = {
             "cniVersion": "1.0.0",
             "name": NETWORK_NAME,
             "plugins": [
                 {
                     "type": "bridge",
-                    "bridge": BRIDGE,
+                    "bridge": slot.bridge,
                     # The bridge keeps GATEWAY, so this host reaches pod IPs
                     # directly over the bridge ...
                     "isGateway": True,
@@ -218,8 +328,8 @@ class RealNode:
                     "hairpinMode": True,
                     "ipam": {
                         "type": "host-local",
-                        "ranges": [[{"subnet": str(SUBNET), "gateway": GATEWAY}]],
-                        "routes": [{"dst": str(SUBNET)}],
+                        "ranges": [[{"subnet": str(slot.subnet), "gateway": slot.gateway}]],
+                        "routes": [{"dst": str(slot.subnet)}],
                         "dataDir": str(self.dir / "cni" / "ipam"),
                     },
                 },
@@ -333,15 +443,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         conditions = {c["type"]: c["status"] for c in info["status"]["conditions"]}
         return bool(conditions.get("RuntimeReady"))
 
-    def _write_certs(self) -> None:
+    def _write_certs(self, slot: Slot) -> None:
         p = self.cluster_state / "pki"
         pki.sign(p, f"node-{self.name}", f"/CN=system:node:{self.name}/O=system:nodes",
                  "keyUsage=critical,digitalSignature,keyEncipherment\n"
                  "extendedKeyUsage=clientAuth\n")
         pki.make_serving(p, f"kubelet-{self.name}", f"system:node:{self.name}",
-                         [f"IP:{GATEWAY}", f"DNS:{self.name}"])
+                         [f"IP:{slot.gateway}", f"DNS:{self.name}"])
 
-    def _kubelet_config(self, port: int, healthz_port: int) -> dict[str, Any]:
+    def _kubelet_config(self, slot: Slot, port: int, healthz_port: int) -> dict[str, Any]:
         p = self.cluster_state / "pki"
         k = self.dir / "kubelet"
         return {
@@ -350,9 +460,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             # Every setting is explained in docs/real-node.md ("The kubelet's settings").
             "failCgroupV1": False,
             "cgroupDriver": "cgroupfs",
+            "cgroupRoot": slot.cgroup_root,
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
             "imageServiceEndpoint": f"unix://{self.containerd_socket}",
-            "address": GATEWAY,
+            "address": slot.gateway,
             "port": port,
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
@@ -386,13 +497,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "nodeStatusUpdateFrequency": "10s",
         }
 
-    def _start_kubelet(self, server: str) -> None:
+    def _start_kubelet(self, server: str, slot: Slot) -> None:
         p = self.cluster_state / "pki"
         k = self.dir / "kubelet"
         kubeconfig.write(k / "kubeconfig", server, p / "ca.crt", p / f"node-{self.name}.crt",
                          p / f"node-{self.name}.key", f"system:node:{self.name}")
         config = k / "config.yaml"
-        config.write_text(yaml.safe_dump(self._kubelet_config(_free_port(), _free_port()),
+        config.write_text(yaml.safe_dump(self._kubelet_config(slot, _free_port(), _free_port()),
                                          sort_keys=False))
         kubelet = _kubelet()
         self.processes.start("kubelet", [
@@ -401,7 +512,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             f"--kubeconfig={k / 'kubeconfig'}",
             f"--root-dir={k / 'root'}",
             f"--hostname-override={self.name}",
-            f"--node-ip={GATEWAY}",
+            f"--node-ip={slot.gateway}",
             f"--node-labels={LABEL}=true,kubemaas.io/accelerator=none",
             "--v=2",
         ])
@@ -432,7 +543,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     # ---- down ----------------------------------------------------------------------
 
-    def down(self, delete_node_object: bool = False) -> None:
+    def down(self, delete_node_object: bool = False, release_slot: bool = True) -> None:
         """Undo `up` completely: pods, containers, netns, mounts, bridge, processes.
 
         Order: stop the kubelet (so it restarts nothing); have containerd stop and
@@ -455,11 +566,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             _unmount(path)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        if created.get("bridge") and _link_exists(BRIDGE):
-            _run("ip", "link", "del", BRIDGE)
+        slot = Slot(int(created["slot"])) if "slot" in created else None
+        if slot is not None:
+            if created.get("bridge") and _link_exists(slot.bridge):
+                _run("ip", "link", "del", slot.bridge)
+            _remove_cgroup_tree(slot.cgroup_root)
         _remove_cni_chains(keep=set(created.get("iptables_chains", [])))
-        _remove_kubelet_cgroups()
-        _write_sysctls(created.get("sysctls", {}))
+        if slot is not None and release_slot and _release_slot(slot):
+            # The last real node on the machine puts the host's sysctls back.
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                _write_sysctls(json.loads((SLOTS_DIR / "sysctls.json").read_text()))
+                (SLOTS_DIR / "sysctls.json").unlink()
         if delete_node_object and self.kubeconfig.exists():
             subprocess.run([binaries.kubectl(), f"--kubeconfig={self.kubeconfig}", "delete",
                             "node", self.name, "--ignore-not-found", "--wait=false"],
@@ -629,10 +746,26 @@ def _remove_cni_chains(keep: set[str]) -> None:
         subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True)
 
 
-def _remove_kubelet_cgroups() -> None:
-    """The kubelet's cgroupfs tree (/kubepods in each v1 hierarchy), once empty."""
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        top = hierarchy / "kubepods"
+def _hierarchies() -> list[Path]:
+    """Every mounted cgroup hierarchy (v1 controllers, name=systemd, unified)."""
+    return [h for h in Path("/sys/fs/cgroup").iterdir()
+            if h.is_dir() and (h / "cgroup.procs").exists()]
+
+
+def _make_cgroup_root(root: str) -> None:
+    """The kubelet's cgroupRoot must exist in every hierarchy before it starts."""
+    for hierarchy in _hierarchies():
+        directory = hierarchy / root.lstrip("/")
+        directory.mkdir(exist_ok=True)
+        if hierarchy.name == "cpuset":  # a new cpuset has no CPUs until given its parent's
+            for knob in ("cpuset.cpus", "cpuset.mems"):
+                (directory / knob).write_text((hierarchy / knob).read_text())
+
+
+def _remove_cgroup_tree(root: str) -> None:
+    """A kubelet's cgroup tree, deepest first, once its processes are gone."""
+    for hierarchy in _hierarchies():
+        top = hierarchy / root.lstrip("/")
         if not top.is_dir():
             continue
         for directory in sorted((p for p in top.rglob("*") if p.is_dir()),

@@ -4,7 +4,7 @@ inference all pass through real processes, and `kubectl apply` of a ModelDeploym
 real answer from the pod's IP on our bridge.
 
 Network safety: requests go only to pod IPs inside the node's own bridge subnet
-(10.250.0.0/24, network namespaces our scripts made); `pod_url` refuses anything else.
+(10.250.N.0/24, network namespaces our scripts made); `pod_url` refuses anything else.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ TIMINGS = Path(__file__).resolve().parents[2] / ".state" / "real-node-timings.js
 @dataclass
 class Node:
     node: real.RealNode
+    slot: real.Slot  # its bridge, subnet and cgroup root on this machine
     image: str  # the runtime image, already in the node's containerd
 
 
@@ -63,13 +64,15 @@ def real_node(kube: Kube) -> Iterator[Node]:
     except real.NodeError as err:
         node.down(delete_node_object=True)
         pytest.fail(f"the real node did not start (hack/install-node-deps run?): {err}")
+    slot = node.slot
     try:
-        yield Node(node, manifest["images"]["runtime"]["ref"])
+        yield Node(node, slot, manifest["images"]["runtime"]["ref"])
     finally:
         if started_here:
             node.down(delete_node_object=True)
             assert not node.dir.exists()
-            assert not Path(f"/sys/class/net/{real.BRIDGE}").exists()
+            assert not Path(f"/sys/class/net/{slot.bridge}").exists()
+            assert not Path(f"/sys/fs/cgroup/memory{slot.cgroup_root}").exists()
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +103,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ---- helpers -------------------------------------------------------------------------
 
-def pod_url(ip: str, path: str, port: int = 8080) -> str:
+def pod_url(slot: real.Slot, ip: str, path: str, port: int = 8080) -> str:
     """A URL on a pod of the real node; any other address is refused, unsent."""
-    if ipaddress.ip_address(ip) not in real.SUBNET:
-        raise AssertionError(f"{ip} is not on the real node's bridge ({real.SUBNET}): "
+    if ipaddress.ip_address(ip) not in slot.subnet:
+        raise AssertionError(f"{ip} is not on the real node's bridge ({slot.subnet}): "
                              "no request is sent to it")
     return f"http://{ip}:{port}{path}"
 
@@ -118,10 +121,10 @@ def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         return err.code, None
 
 
-def infer(ip: str, model: str, port: int = 8080) -> list[float] | None:
+def infer(slot: real.Slot, ip: str, model: str, port: int = 8080) -> list[float] | None:
     """The model's answer for X, or None while the pod cannot answer."""
     try:
-        status, out = http(pod_url(ip, f"/v2/models/{model}/infer", port), {"inputs": [
+        status, out = http(pod_url(slot, ip, f"/v2/models/{model}/infer", port), {"inputs": [
             {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": X}]})
     except OSError:
         return None
@@ -184,7 +187,7 @@ def test_node_registers_as_a_cpu_node(kube: Kube, real_node: Node) -> None:
     assert "nvidia.com/gpu.present" not in labels
     assert "nvidia.com/gpu" not in node["status"]["allocatable"]
     assert node["spec"]["taints"] == [real.TAINT]
-    assert {"type": "InternalIP", "address": real.GATEWAY} in node["status"]["addresses"]
+    assert {"type": "InternalIP", "address": real_node.slot.gateway} in node["status"]["addresses"]
     info = node["status"]["nodeInfo"]
     assert info["kubeletVersion"] == "v1.36.3"
     assert info["containerRuntimeVersion"].startswith("containerd://")
@@ -202,12 +205,13 @@ def test_pod_runs_for_real(kube: Kube, namespace: str, real_node: Node, model_di
         timeout=120, what="the runtime pod to become Ready on the real node")
     assert pod is not None
     assert pod["spec"]["nodeName"] == real_node.node.name
-    assert pod["status"]["hostIP"] == real.GATEWAY
+    slot = real_node.slot
+    assert pod["status"]["hostIP"] == slot.gateway
     ip = pod["status"]["podIP"]
-    assert ipaddress.ip_address(ip) in real.SUBNET
+    assert ipaddress.ip_address(ip) in slot.subnet
 
-    assert infer(ip, MODEL) == Y
-    status, out = http(pod_url(ip, f"/v2/models/{MODEL}/infer"), {"inputs": [
+    assert infer(slot, ip, MODEL) == Y
+    status, out = http(pod_url(slot, ip, f"/v2/models/{MODEL}/infer"), {"inputs": [
         {"name": "x", "shape": [2, 4], "datatype": "FP32", "data": X + [0.0] * 4}]})
     assert status == 200 and out["outputs"][0]["data"] == Y + [1.0] * 4
 
@@ -288,7 +292,7 @@ def test_modeldeployment_serves_from_the_real_node(kube: Kube, namespace: str, r
             for p in pods:
                 ip = p.get("status", {}).get("podIP")
                 if ip and p["spec"].get("nodeName") == real_node.node.name \
-                        and infer(ip, MODEL) == Y:
+                        and infer(real_node.slot, ip, MODEL) == Y:
                     return dict(p)
             return None
 
