@@ -1,0 +1,28 @@
+"""runtime/Dockerfile stays in step with the tree (no Docker daemon here to build it): every COPY
+source exists, the image runs as a non-root user, and its entrypoint is the runtime's module."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "runtime" / "Dockerfile"
+
+
+def test_dockerfile_matches_the_tree() -> None:
+    text = DOCKERFILE.read_text()
+    lines = [line.strip() for line in text.splitlines() if not line.strip().startswith("#")]
+    copies = [line.split()[1:-1] for line in lines
+              if line.startswith("COPY ") and "--from=" not in line]
+    assert copies, "no COPY in the Dockerfile"
+    for sources in copies:
+        for source in sources:
+            assert (REPO / source).exists(), f"COPY source {source} is not in the repository"
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    entry = next(line for line in lines if line.startswith("ENTRYPOINT "))
+    assert json.loads(entry[len("ENTRYPOINT "):]) == ["python", "-m", "kubemaas_runtime"]
+    assert re.search(r"^EXPOSE 8080$", text, re.M)
+    assert (REPO / "runtime" / "kubemaas_runtime" / "__main__.py").is_file()
