@@ -86,7 +86,8 @@ async def serve(settings: Settings) -> int:
     metrics.model_ready.set(label, 0)
     dataplane = DataPlane(settings.model_name, settings.model_version,
                           settings.request_timeout_s)
-    rest = RestServer(dataplane, metrics, settings.max_request_bytes)
+    rest = RestServer(dataplane, metrics, settings.max_request_bytes,
+                      settings.max_inflight_bytes or None)
     runner = web.ServerRunner(rest.server, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)

@@ -7,6 +7,7 @@ class RuntimeErrorBase(Exception):
     """Base of every error the dataplane reports to a client."""
 
     status = 500
+    close_connection = False  # True when the request body was left unread
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -29,6 +30,7 @@ class PayloadTooLarge(RuntimeErrorBase):
     """The request body is larger than the configured limit (HTTP 413)."""
 
     status = 413
+    close_connection = True
 
 
 class Unavailable(RuntimeErrorBase):

@@ -93,6 +93,9 @@ OPTIONS: tuple[Option, ...] = (
            "Run the model once on zeros before reporting ready."),
     Option("max_request_bytes", "--max-request-bytes", "KUBEMAAS_MAX_REQUEST_BYTES",
            64 * 1024 * 1024, int, "Largest request body accepted; larger gets 413."),
+    Option("max_inflight_bytes", "--max-inflight-bytes", "KUBEMAAS_MAX_INFLIGHT_BYTES", 0, int,
+           "Request bodies held at once by requests in flight; past it new requests get 503 + "
+           "Retry-After before their body is read. 0 = 4 x max-request-bytes."),
     Option("request_timeout_s", "--request-timeout-s", "KUBEMAAS_REQUEST_TIMEOUT_S", 30.0,
            float, "Per-request time limit for inference (queue + run); over it gets 503."),
     Option("drain_timeout_s", "--drain-timeout-s", "KUBEMAAS_DRAIN_TIMEOUT_S", 20.0, float,
@@ -136,6 +139,7 @@ class Settings:
     device: str = "auto"
     warmup: bool = True
     max_request_bytes: int = 64 * 1024 * 1024
+    max_inflight_bytes: int = 0
     request_timeout_s: float = 30.0
     drain_timeout_s: float = 20.0
     shutdown_delay_s: float = 0.0
@@ -233,6 +237,9 @@ def load_settings(argv: Sequence[str] | None = None,
     check("inter_op_threads", values["inter_op_threads"] >= 0, "must be 0 or more")
     check("device", values["device"] in DEVICES, f"must be one of {', '.join(DEVICES)}")
     check("max_request_bytes", values["max_request_bytes"] >= 1024, "must be at least 1024")
+    check("max_inflight_bytes", values["max_inflight_bytes"] == 0
+          or values["max_inflight_bytes"] >= values["max_request_bytes"],
+          "must be 0 or at least --max-request-bytes")
     check("request_timeout_s", values["request_timeout_s"] > 0, "must be positive")
     check("drain_timeout_s", values["drain_timeout_s"] >= 0, "must be 0 or more")
     check("shutdown_delay_s", 0 <= values["shutdown_delay_s"] <= 600, "must be 0..600 s")

@@ -173,3 +173,28 @@ def test_shutdown_delay_keeps_serving_while_not_ready(runtime_server: Any,
     status, doc = _infer(server, "tiny", {"x": np.ones((1, 4), dtype=np.float32)})
     assert status == 200, doc  # a late request from a stale endpoint list is still answered
     assert server.proc.wait(10) == 0
+
+
+def test_request_bytes_in_flight_are_bounded(runtime_server: Any, tiny_onnx: Path) -> None:
+    # two 1.5 KB requests wait 1 s in the batcher; a third would put 4.5 KB in flight > 4 KB
+    server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                                     "--max-batch-size", "64", "--max-batch-delay-ms", "1000",
+                                     "--max-request-bytes", "2048",
+                                     "--max-inflight-bytes", "4096"])
+    body = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+    body = body.ljust(1500)  # JSON allows trailing whitespace
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        server.request("POST", "/v2/models/tiny/infer", body)[0])) for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while 'kubemaas_inflight_requests{model="tiny"} 2' not in server.metrics():
+        assert time.monotonic() < deadline, "the requests never arrived"
+        time.sleep(0.02)
+    status, headers, reply = server.request("POST", "/v2/models/tiny/infer", body)
+    assert status == 503 and headers["retry-after"] == "1" and b"in flight" in reply
+    for t in threads:
+        t.join(10)
+    assert results == [200, 200]
+    assert server.request("POST", "/v2/models/tiny/infer", body)[0] == 200  # budget released

@@ -40,11 +40,14 @@ def _error(status: int, message: str, retry_after: int | None = None) -> web.Res
 
 
 class RestServer:
-    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_request_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_request_bytes: int,
+                 max_inflight_bytes: int | None = None) -> None:
         self.dp = dataplane
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.max_inflight_bytes = max_inflight_bytes or 4 * max_request_bytes
         self.inflight = 0  # HTTP inference requests being handled (for SIGTERM drain)
+        self.body_bytes = 0  # request bodies held by requests in flight
         self.server = web.Server(self.handle, access_log=None)
 
     async def _read_body(self, request: web.BaseRequest) -> bytes:
@@ -52,6 +55,8 @@ class RestServer:
         if length is not None and length > self.max_request_bytes:
             raise PayloadTooLarge(f"request body of {length} bytes is over the limit of "
                                   f"{self.max_request_bytes} bytes")
+        if length is not None and self.body_bytes + length > self.max_inflight_bytes:
+            raise self._busy()
         if request.version >= (1, 1) and \
                 request.headers.get("Expect", "").lower() == "100-continue":
             # curl and others wait (1 s) for this before sending a larger body; the low-level
@@ -68,8 +73,18 @@ class RestServer:
             if total > self.max_request_bytes:
                 raise PayloadTooLarge(f"request body is over the limit of "
                                       f"{self.max_request_bytes} bytes")
+            if self.body_bytes + total > self.max_inflight_bytes:
+                raise self._busy()
             chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.body_bytes += len(body)  # the caller gives it back when the request is done
+        return body
+
+    def _busy(self) -> Unavailable:
+        exc = Unavailable(f"over {self.max_inflight_bytes} bytes of request bodies are in "
+                          "flight; retry later", retry_after_s=1)
+        exc.close_connection = True
+        return exc
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         parts = request.path.strip("/").split("/")
@@ -90,7 +105,7 @@ class RestServer:
     def _error_response(self, exc: RuntimeErrorBase) -> web.Response:
         retry = exc.retry_after_s if isinstance(exc, Unavailable) else None
         resp = _error(exc.status, exc.message, retry)
-        if isinstance(exc, PayloadTooLarge):
+        if exc.close_connection:
             resp.force_close()  # the unread rest of the body makes the connection unusable
         return resp
 
@@ -135,6 +150,7 @@ class RestServer:
         start = time.perf_counter()
         self.inflight += 1
         status = 200
+        body = b""
         try:
             raw_len = request.headers.get(_HEADER_LEN)
             header_length: int | None = None
@@ -159,6 +175,7 @@ class RestServer:
             return _error(500, "internal error; see the server log")
         finally:
             self.inflight -= 1
+            self.body_bytes -= len(body)
             self._observe(name, "infer", status, start)
 
     async def _v1(self, request: web.BaseRequest, method: str,
@@ -170,6 +187,7 @@ class RestServer:
             start = time.perf_counter()
             self.inflight += 1
             status = 200
+            body = b""
             try:
                 body = await self._read_body(request)
                 return web.Response(body=await self.dp.predict_v1(name, body),
@@ -183,6 +201,7 @@ class RestServer:
                 return _error(500, "internal error; see the server log")
             finally:
                 self.inflight -= 1
+                self.body_bytes -= len(body)
                 self._observe(name, "predict", status, start)
         if ":" not in target:
             ready = self.dp.model_ready(target, None)
