@@ -7,7 +7,9 @@ One replica (kopf runs standalone, without peering).
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import sys
 
 import kopf
@@ -15,7 +17,21 @@ import kopf
 from .config import Settings, SettingsError
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates its own malloc arena and rarely returns their
+    memory; with a pool of API threads decoding JSON that inflates RSS by 100 MB and more. Two
+    arenas cost nothing measurable here. (MALLOC_ARENA_MAX does the same from the environment.)"""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
 def main() -> int:
+    _limit_malloc_arenas()
     try:
         settings = Settings.from_env()
     except SettingsError as err:

@@ -10,9 +10,12 @@ Indexes (kept in memory by kopf from its watch streams; a reconcile lists nothin
   node_index        "nodes" -> NodeInfo of every node with nvidia.com/* allocatable
   namespace_index   name -> True for namespaces being deleted (the operator stands down there)
 
-ModelDeployment create/update/resume run the reconcile through kopf (errors become
-TemporaryError/PermanentError); every child or pod event, capacity change and the periodic resync
-enqueue the same reconcile on the work queue.
+Every event of a ModelDeployment (the initial listing included, so a restart resumes), of a child
+or of a runtime pod, a capacity change and the periodic resync enqueue the same reconcile on a
+per-model work queue (level-triggered, like controller-runtime). kopf keeps no per-object handler
+state: no annotations, no extra PATCH per change. A transient error requeues the model after the
+`Retry` delay; a spec that cannot be served is reported as phase Failed and left alone until it
+changes.
 """
 
 from __future__ import annotations
@@ -75,9 +78,16 @@ def _plain(obj: Any) -> Any:
 
 
 def _trim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy small enough to keep: no managedFields."""
+    """A copy small enough to keep: no managedFields, only the operator's own annotations."""
     out: dict[str, Any] = _plain(body)
-    out.get("metadata", {}).pop("managedFields", None)
+    meta = out.get("metadata", {})
+    meta.pop("managedFields", None)
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if k.startswith("serving.kubemaas.io/")}
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
     return out
 
 
@@ -138,13 +148,19 @@ async def _reconcile(key: tuple[str, str], body: Mapping[str, Any] | None = None
 
 
 async def _queued(key: Hashable) -> float | None:
+    """One reconcile from the work queue; the result says when to look again (if ever)."""
     assert isinstance(key, tuple)
     try:
         outcome = await _reconcile(key)
     except Retry as err:
         log.warning("%s/%s: %s; retrying in %.0fs", *key, err, err.delay)
         return err.delay
-    return outcome.requeue_after if outcome else None
+    if outcome is None:
+        return None
+    if outcome.failure is not None and outcome.status is not None and outcome.status.changed:
+        log.warning("%s/%s: %s: %s (waiting for the spec to change)", *key,
+                    outcome.failure.reason, outcome.failure.message)
+    return outcome.requeue_after
 
 
 # --------------------------------------------------------------------------------- indexes
@@ -225,29 +241,16 @@ async def namespace_index(name: str, status: Mapping[str, Any], **_: Any) -> Any
 # --------------------------------------------------------------------------------- handlers
 
 
-@kopf.on.resume(*MD)
-@kopf.on.create(*MD)
-@kopf.on.update(*MD)
-async def model_changed(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-    rt = _runtime()
-    key = (namespace or "", name)
-    log.debug("%s/%s: kopf handler called", *key)
-    try:
-        outcome = await rt.queue.run_now(key, lambda: _reconcile(key, _trim(body)))
-    except Retry as err:
-        raise kopf.TemporaryError(str(err), delay=err.delay) from err
-    if outcome is not None and outcome.failure is not None:
-        raise kopf.PermanentError(f"{outcome.failure.reason}: {outcome.failure.message}")
-    if outcome is not None and outcome.requeue_after:
-        rt.queue.enqueue(key, outcome.requeue_after)
-
-
 @kopf.on.event(*MD)
 async def model_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    """Level-triggered: any event of a model (the initial listing included) queues a reconcile."""
+    rt = _runtime()
+    key = (namespace or "", name)
     if type == "DELETED":
-        rt = _runtime()
-        rt.memory.forget_all(namespace or "", name)
-        rt.queue.forget((namespace or "", name))
+        rt.memory.forget_all(*key)
+        rt.queue.forget(key)
+        return
+    rt.queue.enqueue(key)
 
 
 async def _child_event(type: str, body: kopf.Body, namespace: str | None, name: str,
@@ -318,6 +321,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
 
     ours = Settings.from_env()
     settings.posting.enabled = False  # the operator posts its own Events on transitions
+    # No state-keeping handlers are registered; should one ever be, keep kopf's marks ours.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubemaas.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kubemaas.io", key="last-handled-configuration")

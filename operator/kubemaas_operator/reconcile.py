@@ -90,6 +90,22 @@ class Memory:
         self._templates: dict[str, tuple[float, dict[str, str] | None]] = {}
         self._rejected: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._renders: dict[str, tuple[ModelDeploymentSpec, Rendered]] = {}
+        self._statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+
+    def wrote_status(self, namespace: str, name: str, response: Mapping[str, Any],
+                     status: dict[str, Any]) -> None:
+        self._statuses[(namespace, name)] = (_rv(response), status)
+
+    def previous_status(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The model's status as last written: ours if the watch has not caught up yet."""
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        mine = self._statuses.get(key)
+        if mine is not None:
+            if _rv(body) < mine[0]:
+                return mine[1]
+            self._statuses.pop(key, None)
+        return dict(body.get("status") or {})
 
     def render(self, raw_spec: Mapping[str, Any], ctx: RenderContext,
                template_name: str) -> tuple[ModelDeploymentSpec, Rendered]:
@@ -100,7 +116,7 @@ class Memory:
         if hit is None:
             spec = parse_spec(raw_spec)
             hit = (spec, render(spec, ctx))
-            if len(self._renders) >= 4096:
+            if len(self._renders) >= 1024:
                 self._renders.pop(next(iter(self._renders)))
             self._renders[key] = hit
         return hit
@@ -120,12 +136,14 @@ class Memory:
 
     def remember(self, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
+        meta.pop("managedFields", None)
         self._applied[(obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))] = obj
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self._applied.pop((kind, namespace, name), None)
 
     def forget_all(self, namespace: str, name: str) -> None:
+        self._statuses.pop((namespace, name), None)
         for _, kind in CHILD_KINDS:
             self.forget(kind, namespace, name)
             self._rejected.pop((kind, namespace, name), None)
@@ -180,14 +198,15 @@ def _involved(body: Mapping[str, Any]) -> dict[str, Any]:
             "resourceVersion": meta.get("resourceVersion")}
 
 
-async def _write_status(cluster: AsyncCluster, body: Mapping[str, Any],
+async def _write_status(cluster: AsyncCluster, memory: Memory, body: Mapping[str, Any],
                         result: StatusResult) -> None:
     if not result.changed:
         return
     meta = body.get("metadata") or {}
     try:
-        await cluster.patch_status(meta["namespace"], meta["name"], result.status,
-                                   body.get("status") or {})
+        response = await cluster.patch_status(meta["namespace"], meta["name"], result.status,
+                                              memory.previous_status(body))
+        memory.wrote_status(meta["namespace"], meta["name"], response, result.status)
     except ApiError as err:
         if err.status == 404:
             return  # deleted meanwhile
@@ -228,7 +247,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     dep_obj = observed_children.get("Deployment")
     base = Observed(
         name=name, namespace=namespace, generation=meta.get("generation") or 0, now=now,
-        previous=body.get("status") or {},
+        previous=memory.previous_status(body),
         deployment=deployment_info(dep_obj) if dep_obj else None, pods=snap.pods,
         selector=selector_string(name), not_ready_grace_s=settings.not_ready_grace_s)
 
@@ -251,7 +270,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         outcome.failure = Failure("TemplateError", str(err))
     if outcome.failure is not None:
         outcome.status = failed_status(outcome.failure, base)
-        await _write_status(cluster, body, outcome.status)
+        await _write_status(cluster, memory, body, outcome.status)
         return outcome
 
     # 4. the capacity check, from the indexes (this model's own pods do not count as used).
@@ -286,7 +305,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                 outcome.failure = Failure("Rejected", f"the API server rejected the {kind}: "
                                           f"{err.message}")
                 outcome.status = failed_status(outcome.failure, base)
-                await _write_status(cluster, body, outcome.status)
+                await _write_status(cluster, memory, body, outcome.status)
                 return outcome
             raise Retry(f"cannot apply the {kind} {namespace}/{name}: {err}") from err
         memory.remember(applied)
@@ -313,6 +332,6 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         url=url(name, namespace, spec.serving.port), selector=base.selector,
         not_ready_grace_s=settings.not_ready_grace_s)
     outcome.status = compute_status(spec, observed, gpu_summary(spec, placed))
-    await _write_status(cluster, body, outcome.status)
+    await _write_status(cluster, memory, body, outcome.status)
     outcome.requeue_after = _next_check(snap.pods, now, settings.not_ready_grace_s)
     return outcome

@@ -309,23 +309,26 @@ def _short(reason: str, message: str) -> str:
     return text
 
 
+_NORMAL_REASONS = ("Ready", "WaitingForDeployment", "PodsNotReady", "RollingOut", "ScaledToZero",
+                   "Scheduled", "MinimumReplicasReady", "RolloutComplete")
+
+
 def _events(prev: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
+    """One Event per transition: the phase or Ready changed, or a new failure reason appeared."""
     def ready_of(status: Mapping[str, Any]) -> tuple[str, str]:
         for c in status.get("conditions") or []:
             if c.get("type") == "Ready":
                 return c.get("status", ""), c.get("reason", "")
         return "", ""
 
-    events: list[Event] = []
-    before, after = ready_of(prev), ready_of(new)
-    if before != after or prev.get("phase") != new.get("phase"):
-        ready = next(c for c in new["conditions"] if c["type"] == "Ready")
-        kind = "Normal" if new["phase"] in ("Ready", "Progressing", "Pending") else "Warning"
-        if ready["reason"] in ("InsufficientGPU", "Unschedulable", "FailedCreate"):
-            kind = "Warning"
-        events.append(Event(kind, ready["reason"],
-                            f"{prev.get('phase') or 'New'} -> {new['phase']}: {ready['message']}"))
-    return events
+    (before_status, before_reason), (after_status, after_reason) = ready_of(prev), ready_of(new)
+    warning = after_reason not in _NORMAL_REASONS
+    if (prev.get("phase") == new.get("phase") and before_status == after_status
+            and (before_reason == after_reason or not warning)):
+        return []
+    ready = next(c for c in new["conditions"] if c["type"] == "Ready")
+    return [Event("Warning" if warning else "Normal", ready["reason"],
+                  f"{prev.get('phase') or 'New'} -> {new['phase']}: {ready['message']}")]
 
 
 def _finish(o: Observed, status: dict[str, Any]) -> StatusResult:

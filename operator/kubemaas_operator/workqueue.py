@@ -2,9 +2,7 @@
 
 Many events (a Deployment's status, each of its pods, the resync timer) ask for the same model to
 be reconciled. `enqueue` queues a run unless one is already waiting (it will read the indexes when
-its turn comes, so it sees every event before it); runs of one key never overlap. `run_now` waits
-its turn on the same per-key lock (kopf's create/update/resume handlers use it to report errors
-back to kopf).
+its turn comes, so it sees every event before it); runs of one key never overlap.
 """
 
 from __future__ import annotations
@@ -12,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TypeVar
 
 log = logging.getLogger("kubemaas.queue")
-K = TypeVar("K", bound=Hashable)
 
 
 class WorkQueue:
@@ -76,10 +72,6 @@ class WorkQueue:
                 again = None
         if again:
             self.enqueue(key, again)
-
-    async def run_now(self, key: Hashable, fn: Callable[[], Awaitable[K]]) -> K:
-        async with self.lock(key):
-            return await fn()
 
     async def close(self) -> None:
         for timer in self._timers.values():

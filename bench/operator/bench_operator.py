@@ -1,0 +1,328 @@
+"""Benchmark of the kubemaas operator on the local control plane (kwok nodes, real API server,
+scheduler and controllers).
+
+    .venv/bin/python bench/operator/bench_operator.py [--count 1000] [--samples 100]
+        [--kubeconfig PATH]   # default: start a private testbed and stop it afterwards
+
+Measures, with the operator running as a real process under its own ServiceAccount:
+  1. apply -> Deployment written, and apply -> Ready (phase Ready seen in a watch), p50/p99,
+     over `--samples` ModelDeployments created one after another;
+  2. `--count` ModelDeployments created at once (16 client threads): time until every one has its
+     Deployment, and until every one is Ready;
+  3. the operator's peak RSS (VmHWM) over the whole run;
+  4. API writes during idle resyncs: the operator's own counter of write requests, and the API
+     server's apiserver_request_total for writes to ModelDeployments and their children
+     (excluding the controllers' status subresource), across two resync periods with nothing
+     changing.
+Figures go to stdout and, as JSON, to bench/results/operator.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config, watch
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "serving.kubemaas.io_modeldeployments.yaml"
+RBAC = ROOT / "operator" / "kubemaas_operator" / "rbac" / "operator.yaml"
+NS = "kubemaas-bench"
+GROUP, VERSION, PLURAL = "serving.kubemaas.io", "v1alpha1", "modeldeployments"
+BENCH_NODES = {"name": "bench-cpu", "count": 5, "cpu": "1000", "memory": "4Ti", "pods": 250,
+               "labels": {"kubemaas.io/bench": "true"},
+               "taints": [{"key": "kubemaas.io/bench", "value": "true",
+                           "effect": "NoSchedule"}]}
+WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE"}
+WATCHED = {"modeldeployments", "deployments", "services", "poddisruptionbudgets",
+           "horizontalpodautoscalers"}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
+    from kubemaas_testbed.binaries import kubectl as kubectl_bin
+
+    return subprocess.run([kubectl_bin(), f"--kubeconfig={kubeconfig}", *args], check=True,
+                          capture_output=True, text=True, input=input).stdout
+
+
+def model(name: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"model": {"uri": "s3://models/bench/model.onnx", "format": "onnx"},
+                     "runtime": {"image": "ghcr.io/kubemaas/runtime:0.1.0",
+                                 "resources": {"cpu": "10m", "memory": "16Mi"}},
+                     "scheduling": {"nodeSelector": {"kubemaas.io/bench": "true"},
+                                    "tolerations": [{"key": "kubemaas.io/bench",
+                                                     "operator": "Exists"}]}}}
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+class Watcher:
+    """Times when each Deployment first appears and each ModelDeployment first turns Ready."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.deployment_at: dict[str, float] = {}
+        self.ready_at: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self.stop = False
+        for target in (self._deployments, self._models):
+            threading.Thread(target=target, daemon=True).start()
+
+    def _loop(self, list_fn: Any, on: Any, **kwargs: Any) -> None:
+        while not self.stop:
+            w = watch.Watch()
+            try:
+                for event in w.stream(list_fn, timeout_seconds=60, **kwargs):
+                    on(event["object"])
+            except Exception as err:  # a dropped watch: start again
+                log(f"watch restarted: {err}")
+
+    def _deployments(self) -> None:
+        apps = client.AppsV1Api(self.api)
+
+        def on(obj: Any) -> None:
+            now = time.monotonic()
+            with self.cond:
+                self.deployment_at.setdefault(obj.metadata.name, now)
+                self.cond.notify_all()
+        self._loop(apps.list_namespaced_deployment, on, namespace=NS)
+
+    def _models(self) -> None:
+        custom = client.CustomObjectsApi(self.api)
+
+        def on(obj: Any) -> None:
+            now = time.monotonic()
+            if (obj.get("status") or {}).get("phase") == "Ready":
+                with self.cond:
+                    self.ready_at.setdefault(obj["metadata"]["name"], now)
+                    self.cond.notify_all()
+        self._loop(custom.list_namespaced_custom_object, on, group=GROUP, version=VERSION,
+                   namespace=NS, plural=PLURAL)
+
+    def wait(self, predicate: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # short waits, so that ^C gets through
+            with self.cond:
+                if self.cond.wait_for(predicate, timeout=1.0):
+                    return True
+        return False
+
+
+class OperatorProcess:
+    def __init__(self, admin_kubeconfig: Path, workdir: Path, env: dict[str, str]) -> None:
+        token = kubectl(admin_kubeconfig, "-n", "kubemaas-system", "create", "token",
+                        "kubemaas-operator", "--duration=2h").strip()
+        admin = yaml.safe_load(admin_kubeconfig.read_text())
+        cluster = admin["clusters"][0]
+        kubeconfig = workdir / "operator.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+            "users": [{"name": "op", "user": {"token": token}}],
+            "contexts": [{"name": "op", "context": {"cluster": cluster["name"], "user": "op"}}],
+            "current-context": "op"}))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.log = workdir / "operator.log"
+        full_env = {**os.environ, **env, "KUBECONFIG": str(kubeconfig),
+                    "KUBEMAAS_OPERATOR_HEALTH_PORT": str(self.port),
+                    "KUBEMAAS_OPERATOR_NAMESPACE": "kubemaas-system"}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "kubemaas_operator"], env=full_env,
+                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 30
+        while self.health() is None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"the operator did not start; see {self.log}")
+            time.sleep(0.2)
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return dict(json.loads(r.read()))
+        except OSError:
+            return None
+
+    def writes(self) -> int:
+        state = self.health()
+        assert state is not None
+        return int(state["apiWrites"])
+
+    def memory(self) -> dict[str, int]:
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return {key: int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1))  # type: ignore[union-attr]
+                for key in ("VmHWM", "VmRSS")}
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def apiserver_writes(kubeconfig: Path) -> int:
+    """Write requests the API server counted for ModelDeployments and their children (the
+    controllers' own status writes excluded)."""
+    total = 0
+    for line in kubectl(kubeconfig, "get", "--raw", "/metrics").splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if labels.get("verb") not in WRITE_VERBS or labels.get("resource") not in WATCHED:
+            continue
+        if labels.get("subresource") == "status" and labels.get("resource") != PLURAL:
+            continue
+        total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM: clean up (operator, private testbed) as for ^C
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--resync", type=float, default=30.0,
+                        help="the operator's KUBEMAAS_OPERATOR_RESYNC_S for this run")
+    parser.add_argument("--kubeconfig", type=Path, default=None,
+                        help="use this cluster instead of starting a private testbed")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    workdir = Path(tempfile.mkdtemp(prefix="kubemaas-bench-"))
+    testbed = None
+    if args.kubeconfig is None:
+        from kubemaas_testbed.cluster import Cluster
+
+        topo = workdir / "topology.yaml"
+        default = yaml.safe_load((ROOT / "hack" / "kubemaas_testbed" / "topologies" /
+                                  "default.yaml").read_text())
+        default["nodes"].append(BENCH_NODES)
+        topo.write_text(yaml.safe_dump(default))
+        testbed = Cluster(workdir / "testbed")
+        testbed.up(topology_name=str(topo), log=log)
+        kubeconfig = testbed.kubeconfig
+    else:
+        kubeconfig = args.kubeconfig
+    results: dict[str, Any] = {"count": args.count, "samples": args.samples,
+                               "resync_s": args.resync}
+    op = None
+    try:
+        kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        kubectl(kubeconfig, "wait", "--for=condition=Established",
+                "crd/modeldeployments.serving.kubemaas.io")
+        for ns in ("kubemaas-system", NS):
+            with contextlib.suppress(subprocess.CalledProcessError):  # already there
+                kubectl(kubeconfig, "create", "namespace", ns)
+        kubectl(kubeconfig, "apply", "-f", str(RBAC))
+        op = OperatorProcess(kubeconfig, workdir, {"KUBEMAAS_OPERATOR_RESYNC_S": str(args.resync)})
+        api = config.new_client_from_config(str(kubeconfig))
+        api.configuration.connection_pool_maxsize = 32  # type: ignore[attr-defined]
+        custom = client.CustomObjectsApi(api)
+        watcher = Watcher(api)
+        time.sleep(2)
+
+        # 1. latency, one model at a time
+        log(f"latency: {args.samples} ModelDeployments one after another")
+        to_dep, to_ready = [], []
+        for i in range(args.samples):
+            name = f"lat-{i}"
+            t0 = time.monotonic()
+            custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, model(name))
+            if not watcher.wait(lambda n=name: n in watcher.ready_at, timeout=60):
+                raise RuntimeError(f"{name} did not become Ready")
+            to_dep.append((watcher.deployment_at[name] - t0) * 1000)
+            to_ready.append((watcher.ready_at[name] - t0) * 1000)
+        results["apply_to_deployment_ms"] = {"p50": percentile(to_dep, 50),
+                                             "p99": percentile(to_dep, 99),
+                                             "mean": statistics.mean(to_dep)}
+        results["apply_to_ready_ms"] = {"p50": percentile(to_ready, 50),
+                                        "p99": percentile(to_ready, 99),
+                                        "mean": statistics.mean(to_ready)}
+        log(f"apply->Deployment p50 {results['apply_to_deployment_ms']['p50']:.0f} ms, "
+            f"p99 {results['apply_to_deployment_ms']['p99']:.0f} ms; apply->Ready p50 "
+            f"{results['apply_to_ready_ms']['p50']:.0f} ms, "
+            f"p99 {results['apply_to_ready_ms']['p99']:.0f} ms")
+        for i in range(args.samples):
+            custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, f"lat-{i}")
+        time.sleep(5)
+
+        # 2. a burst
+        log(f"burst: {args.count} ModelDeployments at once")
+        names = [f"burst-{i}" for i in range(args.count)]
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda n: custom.create_namespaced_custom_object(
+                GROUP, VERSION, NS, PLURAL, model(n)), names))
+        created = time.monotonic() - t0
+        all_deps = watcher.wait(lambda: all(n in watcher.deployment_at for n in names), 600)
+        deps_at = time.monotonic() - t0
+        all_ready = watcher.wait(lambda: all(n in watcher.ready_at for n in names), 600)
+        ready_at = time.monotonic() - t0
+        results["burst"] = {"created_s": created, "all_deployments_s": deps_at,
+                            "all_ready_s": ready_at, "complete": all_deps and all_ready,
+                            "ready": sum(n in watcher.ready_at for n in names)}
+        log(f"burst: created in {created:.1f} s, all Deployments at {deps_at:.1f} s, "
+            f"all Ready at {ready_at:.1f} s ({results['burst']['ready']}/{args.count})")
+
+        # 3. idle: nothing changes for two resync periods
+        settle = 15.0
+        log(f"idle: settling {settle:.0f} s, then two resyncs ({2 * args.resync:.0f} s)")
+        time.sleep(settle)
+        w0, a0 = op.writes(), apiserver_writes(kubeconfig)
+        time.sleep(2 * args.resync + 11)  # + kopf's 10 s probe cache
+        w1, a1 = op.writes(), apiserver_writes(kubeconfig)
+        results["idle"] = {"operator_writes": w1 - w0, "apiserver_writes": a1 - a0,
+                           "seconds": 2 * args.resync + 11}
+        log(f"idle: operator writes {w1 - w0}, API server writes to models/children {a1 - a0}")
+        mem = op.memory()
+        results["operator_rss_mb"] = {"peak": mem["VmHWM"] / 1024, "end": mem["VmRSS"] / 1024}
+        results["operator_writes_total"] = op.writes()
+        log(f"operator RSS peak {mem['VmHWM'] / 1024:.0f} MB, now {mem['VmRSS'] / 1024:.0f} MB")
+        watcher.stop = True
+    finally:
+        if op is not None:
+            op.stop()
+        if testbed is not None:
+            testbed.down()
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "operator.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    log(f"operator log: {workdir / 'operator.log'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
