@@ -149,6 +149,11 @@ def test_malformed_bodies_and_limits(tiny: Server) -> None:
                                        {"Inference-Header-Content-Length": str(hlen)})
         assert status == 400, body
     assert tiny.request("GET", "/v2/models/tiny/infer")[0] == 405
+    assert tiny.request("GET", "/v2/models/tiny/versions/3/infer")[0] == 405
+    for path in ("/v2", "/v2/health/ready", "/v2/models/tiny", "/v2/models/tiny/ready",
+                 "/v1/models/tiny"):
+        assert tiny.request("POST", path, b"{}")[0] == 405, path
+    assert tiny.request("POST", "/v2/models/tiny/x/y/infer", b"{}")[0] == 404
     assert tiny.request("GET", "/nope")[0] == 404
     # the server kept serving through all of it
     status, doc = tiny.post_json("/v2/models/tiny/infer", _x([1, 4], [1, 2, 3, 4]))
