@@ -231,10 +231,22 @@ def resnet18_dir() -> Path:
 
     # versions from the metadata: importing torch here would cost seconds in the test process
     out = CACHE / f"resnet18-torch{version('torch')}-tv{version('torchvision')}"
-    if not (out / "done").is_file():
-        subprocess.run([PY, str(Path(__file__).with_name("make_models.py")), str(out)],
-                       check=True, timeout=300)
+    build_models_once(out)
     return out
+
+
+def build_models_once(out: Path, *extra: str) -> None:
+    """Run make_models.py into ``out`` unless done; a lock keeps two test runs from racing."""
+    import fcntl
+
+    if (out / "done").is_file():
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with (out.parent / f"{out.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "done").is_file():
+            subprocess.run([PY, str(Path(__file__).with_name("make_models.py")), str(out),
+                            *extra], check=True, timeout=300)
 
 
 def ort_run(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -58,16 +58,12 @@ def test_resnet18(runtime_server: Any, resnet18_dir: Path, fmt: str, batching: b
 
 
 def test_torchscript_without_metadata(runtime_server: Any) -> None:
-    import subprocess
-    import sys
     from importlib.metadata import version
 
-    from .conftest import CACHE
+    from .conftest import CACHE, build_models_once
 
     out = CACHE / f"addmul-torch{version('torch')}"
-    if not (out / "done").is_file():
-        subprocess.run([sys.executable, str(Path(__file__).with_name("make_models.py")),
-                        str(out), "small"], check=True, timeout=300)
+    build_models_once(out, "small")
     server = runtime_server(["--model-uri", str(out / "addmul.pt"), "--name", "addmul",
                              "--max-batch-size", "4"])
     meta = server.get_json("/v2/models/addmul")[1]
