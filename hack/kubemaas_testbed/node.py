@@ -457,44 +457,60 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         return {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
-            # Every setting is explained in docs/real-node.md ("The kubelet's settings").
+            # docs/real-node.md explains each setting at more length.
+            # This machine has cgroup v1 (hybrid). By default kubelet v1.36 refuses
+            # it: "kubelet is configured to not run on a host using cgroup v1".
             "failCgroupV1": False,
+            # No systemd (PID 1 is not systemd): cgroups are written directly, as
+            # containerd's runc does (SystemdCgroup = false).
             "cgroupDriver": "cgroupfs",
+            # Our own cgroup tree per node (see Slot.cgroup_root), not /kubepods.
             "cgroupRoot": slot.cgroup_root,
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
             "imageServiceEndpoint": f"unix://{self.containerd_socket}",
+            # The kubelet's API (logs, exec, port-forward) listens on our bridge's
+            # address only: the node's InternalIP, which the apiserver dials.
             "address": slot.gateway,
-            "port": port,
-            "readOnlyPort": 0,
+            "port": port,  # a free port: several nodes may share the machine
+            "readOnlyPort": 0,  # no unauthenticated port
             "healthzBindAddress": "127.0.0.1",
             "healthzPort": healthz_port,
+            # A serving certificate from the testbed's CA (no CSR approval loop).
             "tlsCertFile": str(p / f"kubelet-{self.name}.crt"),
             "tlsPrivateKeyFile": str(p / f"kubelet-{self.name}.key"),
             "rotateCertificates": False,
             "serverTLSBootstrap": False,
+            # Callers must present a certificate from the testbed's CA (the apiserver
+            # does: apiserver_flags) and are authorised by the apiserver (SubjectAccessReview).
             "authentication": {
                 "anonymous": {"enabled": False},
                 "webhook": {"enabled": True},
                 "x509": {"clientCAFile": str(p / "ca.crt")},
             },
             "authorization": {"mode": "Webhook"},
+            # Under our directory instead of /var/log/pods and /usr/libexec/kubernetes.
             "podLogsDir": str(self.dir / "pod-logs"),
             "volumePluginDir": str(k / "volume-plugins"),
+            # No kube-proxy here, so nothing needs the kubelet's iptables chains;
+            # the host's iptables stay as they were.
             "makeIPTablesUtilChains": False,
+            # Machines with swap must still run the node (pods get no swap: the
+            # default swapBehavior is NoSwap).
             "failSwapOn": False,
+            # The disk is shared with other work: its usage says nothing about this
+            # node, and image GC would delete the images we imported (they cannot be
+            # pulled again). Eviction only when the disk or memory is really full.
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
                              "nodefs.inodesFree": "1%", "imagefs.available": "1%"},
+            # No cluster DNS and nowhere to resolve to: pods get no host resolver.
             "resolvConf": "",
             "clusterDomain": "cluster.local",
-            "maxPods": 16,
+            "maxPods": 16,  # the pod subnet is a /24; the machine has 2 cores
             "registerNode": True,
+            # Pods opt in (nodeSelector + toleration): see TAINT.
             "registerWithTaints": [TAINT],
-            "serializeImagePulls": False,
-            "syncFrequency": "10s",
-            "fileCheckFrequency": "0s",
-            "nodeStatusUpdateFrequency": "10s",
         }
 
     def _start_kubelet(self, server: str, slot: Slot) -> None:
