@@ -60,6 +60,7 @@ TOLERATION = {"key": LABEL, "operator": "Equal", "value": "true", "effect": "NoS
 NO_REGISTRY_PROXY = "http://127.0.0.1:9"
 STOP_ORDER = ["kubelet", "containerd"]
 CNI_BIN = Path("/usr/lib/cni")
+_RUNC = shutil.which("runc") or "/usr/sbin/runc"
 NODE_CACHE = Path(os.environ.get("KUBEMAAS_NODE_CACHE",
                                  Path.home() / ".cache" / "kubemaas" / "node"))
 BUILD_IMAGES = binaries.REPO_ROOT / "hack" / "node" / "build-images"
@@ -576,6 +577,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             self._remove_all_pods()
         self.processes.stop("containerd", timeout=20)
         self._kill_shims()
+        self._delete_runc_containers()
         netns = self._our_netns()
         _unmount_under(self.dir)
         for path in netns:
@@ -627,6 +629,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     found.append(Path(mount_point))
         ours = _netns_of_sandboxes(self.dir / "containerd")
         return [p for p in found if p.name in ours]
+
+    def _delete_runc_containers(self) -> None:
+        """Containers runc still knows (when containerd died before it could stop them,
+        its shims' children live on): kill and delete each, which removes its cgroups."""
+        root = self.dir / "containerd" / "runc" / "k8s.io"
+        if not root.is_dir():
+            return
+        listed = subprocess.run([_RUNC, f"--root={root}", "list", "-q"],
+                                capture_output=True, text=True)
+        for container in listed.stdout.split():
+            subprocess.run([_RUNC, f"--root={root}", "delete", "--force", container],
+                           capture_output=True)
 
     def _kill_shims(self) -> None:
         """containerd-shim processes started for our containerd (they outlive it)."""
