@@ -113,6 +113,10 @@ def update_doc(doc: dict[str, Any], path: Path) -> None:
         f"at start {meta['loadavg_start']}, at end {meta['loadavg_end']}. Points: "
         f"{meta['warm_s']} s warm-up then {meta['measure_s']} s measured per concurrency.",
         "",
+        "Busiest processes over 2 s at the start and end of the run (no server of ours runs then): "
+        + ", ".join(meta.get("busy_start", [])) + "; end: "
+        + ", ".join(meta.get("busy_end", [])) + ".",
+        "",
         "Peer versions: " + "; ".join(
             f"{impl}: " + ", ".join(f"{k} {v}" for k, v in sorted(vers.items()))
             for impl, vers in sorted(meta["peer_versions"].items())) + ".",

@@ -129,6 +129,30 @@ def loadavg() -> list[float]:
         return [float(x) for x in f.read().split()[:3]]
 
 
+def busy_processes(seconds: float = 2.0, top: int = 6) -> list[str]:
+    """The processes that used the most CPU over ``seconds`` (who else is on the machine)."""
+    def snapshot() -> dict[int, tuple[str, int]]:
+        out = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/stat") as f:
+                        stat = f.read()
+                except OSError:
+                    continue
+                comm = stat[stat.index("(") + 1:stat.rindex(")")]
+                fields = stat[stat.rindex(")") + 2:].split()
+                out[int(entry.name)] = (comm, int(fields[11]) + int(fields[12]))
+        return out
+
+    before = snapshot()
+    time.sleep(seconds)
+    after = snapshot()
+    used = sorted(((t - before.get(pid, (c, t))[1], c, pid) for pid, (c, t) in after.items()),
+                  reverse=True)[:top]
+    return [f"{c}[{pid}] {100 * d / CLK_TCK / seconds:.0f}%" for d, c, pid in used if d > 0]
+
+
 class RssSampler:
     """Peak RSS of a process tree, sampled every ``period`` seconds in a thread."""
 
@@ -585,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         "kernel": platform.release(), "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__, "intra_op_threads": plan.intra,
         "server_core": server_core, "load_core": load_core,
-        "loadavg_start": loadavg(), "concurrency": plan.concurrency,
+        "loadavg_start": loadavg(), "busy_start": busy_processes(), "concurrency": plan.concurrency,
         "warm_s": plan.warm_s, "measure_s": plan.measure_s, "max_batch_size": MAX_BATCH,
         "retries": plan.retries, "disturbed_pct": plan.disturbed_pct,
         "max_load": plan.max_load,
@@ -629,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results.append(bench_server(srv, python, model, plan, logdir))
     meta["loadavg_end"] = loadavg()
+    meta["busy_end"] = busy_processes()
     meta["finished_utc"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
     doc = {"meta": meta, "inprocess": limits, "results": results}
