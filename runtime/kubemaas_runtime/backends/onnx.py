@@ -82,6 +82,14 @@ class OnnxModel:
         use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda
                      else ["CPUExecutionProvider"])
+        if use_cuda and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu >= 1.21 finds CUDA/cuDNN from the nvidia-* wheels this way
+            # (otherwise only after `import torch`, which an ONNX server never does)
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # best effort: the session will say what is missing
+                log.warning("onnxruntime.preload_dlls failed", extra={"fields": {
+                    "error": str(exc)}})
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options,
                                                  providers=providers)
