@@ -53,9 +53,12 @@ def test_concurrent_requests_are_merged_and_split_back(runtime_server: Any,
     assert calls < len(xs), "no request was merged with another"
 
 
-def test_incompatible_shapes_are_never_mixed(runtime_server: Any, seq_onnx: Path) -> None:
+@pytest.mark.parametrize("instances", [1, 2])
+def test_incompatible_shapes_are_never_mixed(runtime_server: Any, seq_onnx: Path,
+                                             instances: int) -> None:
     server = runtime_server(["--model-uri", str(seq_onnx), "--name", "seq",
-                             "--max-batch-size", "16", "--max-batch-delay-ms", "30"])
+                             "--max-batch-size", "16", "--max-batch-delay-ms", "30",
+                             "--instances", str(instances)])
     rng = np.random.default_rng(4)
     reqs = []
     for i in range(20):
