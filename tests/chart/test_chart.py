@@ -1,0 +1,144 @@
+"""The chart without a cluster: lint, generated copies in step with their sources, the RBAC it
+grants equal to the operator's rules file, values the schema refuses, the operator pod's
+security context, and the pinned template rendered by the operator's own renderer."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubemaas_operator.api import parse_spec
+from kubemaas_operator.config import Settings
+from kubemaas_operator.render import RenderContext, render
+
+from .helm import CHART, PREVIOUS, RBAC, ROOT, find, helm, objects, template
+
+
+def test_helm_lint_strict() -> None:
+    out = helm("lint", "--strict", str(CHART)).stdout
+    assert "0 chart(s) failed" in out
+
+
+def test_generated_copies_match_their_sources() -> None:
+    """charts/kubemaas/crds/, templates/rbac.yaml and files/deployment.yaml.j2 come from
+    crds/, the operator's rules file and its built-in template (hack/chart-sync)."""
+    result = subprocess.run([sys.executable, str(ROOT / "hack" / "chart-sync"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for crd in (ROOT / "crds").glob("*.yaml"):
+        assert (CHART / "crds" / crd.name).read_bytes() == crd.read_bytes()
+
+
+def _without_labels(doc: dict[str, Any]) -> dict[str, Any]:
+    doc = yaml.safe_load(yaml.safe_dump(doc))
+    doc["metadata"].pop("labels", None)
+    return doc
+
+
+@pytest.mark.parametrize("namespace", ["kubemaas-system", "ml-platform"])
+def test_rendered_rbac_is_the_rules_file(namespace: str) -> None:
+    """Same objects, same rules, same subjects; only the namespace becomes the release's."""
+    source = yaml.safe_dump_all(list(yaml.safe_load_all(RBAC.read_text())))
+    expected = objects(source.replace("kubemaas-system", namespace))
+    rendered = objects(template(namespace=namespace))
+    for want in expected:
+        got = find(rendered, want["kind"], want["metadata"]["name"])
+        assert _without_labels(got) == _without_labels(want), want["kind"]
+    kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    assert len([d for d in rendered if d["kind"] in kinds]) == len(expected), \
+        "the chart grants RBAC that the rules file does not"
+
+
+def test_operator_pod_is_restricted_and_probed() -> None:
+    docs = objects(template())
+    deployment = find(docs, "Deployment", "kubemaas-operator")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == find(docs, "ServiceAccount")["metadata"]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBEMAAS_OPERATOR_HEALTH_PORT"] == str(port)
+
+
+def test_every_operator_variable_is_a_setting() -> None:
+    """The chart never sets a KUBEMAAS_OPERATOR_* variable the operator would ignore, and the
+    values it sets parse."""
+    container = find(objects(template()), "Deployment")["spec"]["template"]["spec"][
+        "containers"][0]
+    known = {f"KUBEMAAS_OPERATOR_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert set(env) <= known, set(env) - known
+    settings = Settings.from_env({**env, "KUBEMAAS_OPERATOR_NAMESPACE": "kubemaas-system"})
+    assert settings.health_port == 8081 and settings.resync_s == 60
+
+
+@pytest.mark.parametrize("values, message", [
+    (["--set", "replicaCount=2"], "maximum"),
+    (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
+    (["--set", "operator.healthPort=0"], "healthPort"),
+    (["--set", "surprise=1"], "surprise"),
+    (["--set", "runtime.pinnedTemplate.name=default"], "pinnedTemplate"),
+])
+def test_schema_refuses(values: list[str], message: str) -> None:
+    result = helm("template", "x", str(CHART), *values, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_pinned_template_renders_with_the_chart_image() -> None:
+    """The pinned template is the operator's built-in one with the chart's runtime image; the
+    operator's own renderer accepts it and the image of the spec no longer matters."""
+    docs = objects(template("--set", "runtime.image.repository=registry.local/kubemaas-runtime",
+                            "--set", "runtime.image.tag=9.9.9"))
+    source = find(docs, "ConfigMap", "kubemaas-templates")["data"]["pinned"]
+    md = yaml.safe_load((ROOT / "examples" / "cpu-model.yaml").read_text())
+    md["spec"]["runtime"]["template"] = "pinned"
+    spec = parse_spec(md["spec"])
+    ctx = RenderContext(name="m", namespace="n", uid="u", template_name="pinned",
+                        template_source=source)
+    deployment = render(spec, ctx).children[0]
+    builtin = render(spec, RenderContext(name="m", namespace="n", uid="u")).children[0]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.local/kubemaas-runtime:9.9.9"
+    container["image"] = spec.runtime.image
+    assert deployment["spec"] == builtin["spec"]
+
+
+def test_admin_templates_and_service_monitor(tmp_path: Path) -> None:
+    sidecar = yaml.safe_load((ROOT / "examples" / "templates-configmap.yaml").read_text())
+    source = tmp_path / "with-sidecar.j2"
+    source.write_text(sidecar["data"]["with-sidecar"])
+    docs = objects(template("--set-file", f"templates.with-sidecar={source}",
+                            "--set", "serviceMonitor.enabled=true",
+                            "--set", "runtime.pinnedTemplate.enabled=false"))
+    data = find(docs, "ConfigMap", "kubemaas-templates")["data"]
+    assert set(data) == {"with-sidecar"}
+    assert data["with-sidecar"] == sidecar["data"]["with-sidecar"]
+    monitor = find(docs, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == \
+        "kubemaas-runtime"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    none = objects(template("--set", "runtime.pinnedTemplate.enabled=false"))
+    assert not [d for d in none if d["kind"] in ("ConfigMap", "ServiceMonitor")]
+
+
+def test_chart_version_and_previous_package() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["version"] == "0.1.0"
+    assert PREVIOUS.exists(), "run hack/chart-previous"
+    shown = yaml.safe_load(helm("show", "chart", str(PREVIOUS)).stdout)
+    assert shown["version"] == "0.0.1"
