@@ -13,7 +13,10 @@ Measures, with the operator running as a real process under its own ServiceAccou
   4. API writes during idle resyncs: the operator's own counter of write requests, and the API
      server's apiserver_request_total for writes to ModelDeployments and their children
      (excluding the controllers' status subresource), across two resync periods with nothing
-     changing.
+     changing;
+  5. the floor the control plane sets on this machine: the same Deployments and Services the
+     operator renders, created directly by the client (16 threads, no operator running), until all
+     are available.
 Figures go to stdout and, as JSON, to bench/results/operator.json.
 """
 
@@ -45,7 +48,7 @@ CRD = ROOT / "crds" / "serving.kubemaas.io_modeldeployments.yaml"
 RBAC = ROOT / "operator" / "kubemaas_operator" / "rbac" / "operator.yaml"
 NS = "kubemaas-bench"
 GROUP, VERSION, PLURAL = "serving.kubemaas.io", "v1alpha1", "modeldeployments"
-BENCH_NODES = {"name": "bench-cpu", "count": 5, "cpu": "1000", "memory": "4Ti", "pods": 250,
+BENCH_NODES = {"name": "bench-cpu", "count": 9, "cpu": "1000", "memory": "4Ti", "pods": 250,
                "labels": {"kubemaas.io/bench": "true"},
                "taints": [{"key": "kubemaas.io/bench", "value": "true",
                            "effect": "NoSchedule"}]}
@@ -180,12 +183,54 @@ class OperatorProcess:
         return {key: int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1))  # type: ignore[union-attr]
                 for key in ("VmHWM", "VmRSS")}
 
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def direct_baseline(api: client.ApiClient, kubeconfig: Path, count: int) -> dict[str, float]:
+    """The same children the operator renders, created straight from the client: the floor."""
+    from kubemaas_operator.api import parse_spec
+    from kubemaas_operator.render import RenderContext, render
+
+    ns = f"{NS}-direct"
+    with contextlib.suppress(subprocess.CalledProcessError):
+        kubectl(kubeconfig, "create", "namespace", ns)
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    pairs = []
+    for i in range(count):
+        children = render(parse_spec(model(f"direct-{i}")["spec"]), RenderContext(
+            name=f"direct-{i}", namespace=ns, uid="0")).children
+        for child in children:
+            child["metadata"].pop("ownerReferences")
+            child["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "bench"
+        pairs.append((children[0], children[1]))
+    log(f"direct: {count} Deployments + Services created by the client, no operator")
+    t0 = time.monotonic()
+
+    def create(pair: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        apps.create_namespaced_deployment(ns, pair[0])
+        core.create_namespaced_service(ns, pair[1])
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(create, pairs))
+    created = time.monotonic() - t0
+    while True:
+        deps = apps.list_namespaced_deployment(ns).items
+        if sum((d.status.available_replicas or 0) >= 1 for d in deps) >= count:
+            break
+        if time.monotonic() - t0 > 900:
+            break
+        time.sleep(1)
+    available = time.monotonic() - t0
+    log(f"direct: created in {created:.1f} s, all available at {available:.1f} s")
+    return {"created_s": created, "all_available_s": available}
 
 
 def apiserver_writes(kubeconfig: Path) -> int:
@@ -309,8 +354,14 @@ def main() -> int:
         mem = op.memory()
         results["operator_rss_mb"] = {"peak": mem["VmHWM"] / 1024, "end": mem["VmRSS"] / 1024}
         results["operator_writes_total"] = op.writes()
-        log(f"operator RSS peak {mem['VmHWM'] / 1024:.0f} MB, now {mem['VmRSS'] / 1024:.0f} MB")
+        results["operator_cpu_s"] = op.cpu_seconds()
+        log(f"operator RSS peak {mem['VmHWM'] / 1024:.0f} MB, now {mem['VmRSS'] / 1024:.0f} MB; "
+            f"CPU {results['operator_cpu_s']:.0f} s")
         watcher.stop = True
+        op.stop()
+        op = None
+        results["direct"] = direct_baseline(api, kubeconfig, args.count)
+        results["load_average"] = os.getloadavg()
     finally:
         if op is not None:
             op.stop()
