@@ -170,6 +170,16 @@ class Serving:
 
 
 @dataclass(frozen=True)
+class RolloutSpec:
+    """How a new revision replaces the old one on scarce GPUs (rollout.py decides per update)."""
+
+    max_surge: int = field(metadata=_m("maxSurge"), default=1)
+    max_unavailable: int = field(metadata=_m("maxUnavailable"), default=1)
+    allow_downtime: bool = field(metadata=_m("allowDowntime"), default=False)
+    progress_deadline_seconds: int = field(metadata=_m("progressDeadlineSeconds"), default=600)
+
+
+@dataclass(frozen=True)
 class ModelDeploymentSpec:
     model: ModelSource = field(metadata=_m("model"))
     runtime: RuntimeSpec = field(metadata=_m("runtime"))
@@ -179,6 +189,7 @@ class ModelDeploymentSpec:
     autoscaling: Autoscaling | None = field(metadata=_m("autoscaling"), default=None)
     scheduling: Scheduling = field(metadata=_m("scheduling"), default_factory=Scheduling)
     serving: Serving = field(metadata=_m("serving"), default_factory=Serving)
+    rollout: RolloutSpec = field(metadata=_m("rollout"), default_factory=RolloutSpec)
 
     @property
     def desired_replicas(self) -> int:
@@ -199,6 +210,50 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class RevisionRef:
+    number: int = field(metadata=_m("number"), default=0)
+    hash: str = field(metadata=_m("hash"), default="")
+
+
+@dataclass(frozen=True)
+class UpdateRevision:
+    number: int = field(metadata=_m("number"), default=0)
+    hash: str = field(metadata=_m("hash"), default="")
+    started_at: str | None = field(metadata=_m("startedAt"), default=None)
+    progress_at: str | None = field(metadata=_m("progressAt"), default=None)
+    ready: int = field(metadata=_m("ready"), default=0)
+
+
+@dataclass(frozen=True)
+class FailedRevision:
+    number: int = field(metadata=_m("number"), default=0)
+    hash: str = field(metadata=_m("hash"), default="")
+    message: str = field(metadata=_m("message"), default="")
+
+
+@dataclass(frozen=True)
+class RevisionHistoryEntry:
+    number: int = field(metadata=_m("number"), default=0)
+    hash: str = field(metadata=_m("hash"), default="")
+    outcome: str = field(metadata=_m("outcome"), default="")
+    message: str = field(metadata=_m("message"), default="")
+    time: str | None = field(metadata=_m("time"), default=None)
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    strategy: str = field(metadata=_m("strategy"), default="")
+    reason: str = field(metadata=_m("reason"), default="")
+    message: str = field(metadata=_m("message"), default="")
+    current: RevisionRef | None = field(metadata=_m("current"), default=None)
+    previous: RevisionRef | None = field(metadata=_m("previous"), default=None)
+    update: UpdateRevision | None = field(metadata=_m("update"), default=None)
+    failed: FailedRevision | None = field(metadata=_m("failed"), default=None)
+    history: tuple[RevisionHistoryEntry, ...] = field(metadata=_m("history"), default=())
+    stable_spec: Mapping[str, Any] | None = field(metadata=_m("stableSpec"), default=None)
+
+
+@dataclass(frozen=True)
 class ModelDeploymentStatus:
     phase: str = field(metadata=_m("phase"), default="Pending")
     observed_generation: int | None = field(metadata=_m("observedGeneration"), default=None)
@@ -213,6 +268,7 @@ class ModelDeploymentStatus:
     replica_summary: str = field(metadata=_m("replicaSummary"), default="")
     gpu_summary: str = field(metadata=_m("gpuSummary"), default="")
     conditions: tuple[Condition, ...] = field(metadata=_m("conditions"), default=())
+    rollout: RolloutStatus | None = field(metadata=_m("rollout"), default=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,9 +486,25 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     if protocol != "v2-rest":
         raise SpecError("spec.serving.protocol", f"{protocol!r} is not served; use v2-rest")
 
+    ro = _obj(spec.get("rollout"), "spec.rollout")
+    surge = _int(ro.get("maxSurge"), "spec.rollout.maxSurge", 0, 1000)
+    unavailable = _int(ro.get("maxUnavailable"), "spec.rollout.maxUnavailable", 0, 1000)
+    surge = 1 if surge is None else surge
+    unavailable = 1 if unavailable is None else unavailable
+    if surge == 0 and unavailable == 0:
+        raise SpecError("spec.rollout", "maxSurge and maxUnavailable cannot both be 0: a rollout "
+                        "could neither add nor replace a replica")
+    downtime = ro.get("allowDowntime", False)
+    if not isinstance(downtime, bool):
+        raise SpecError("spec.rollout.allowDowntime", f"must be true or false, got {downtime!r}")
+    deadline = _int(ro.get("progressDeadlineSeconds"), "spec.rollout.progressDeadlineSeconds",
+                    5, 86400)
+    rollout = RolloutSpec(max_surge=surge, max_unavailable=unavailable, allow_downtime=downtime,
+                          progress_deadline_seconds=600 if deadline is None else deadline)
+
     return ModelDeploymentSpec(model=model, runtime=runtime, pod_metadata=pod_metadata, gpu=gpu,
                                replicas=replicas, autoscaling=autoscaling, scheduling=scheduling,
-                               serving=Serving(port=port))
+                               serving=Serving(port=port), rollout=rollout)
 
 
 def valid_name(name: str) -> bool:

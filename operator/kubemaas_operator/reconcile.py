@@ -31,7 +31,9 @@ from .render import (
     render,
     selector_string,
     url,
+    with_strategy,
 )
+from .rollout import plan as plan_rollout
 from .scheduling import NodeInfo, check_capacity, gpu_summary
 from .status import (
     DeploymentInfo,
@@ -234,6 +236,15 @@ def _next_check(pods: Sequence[PodInfo], now: datetime, grace: float) -> float |
     return min(waits) if waits else None
 
 
+def _live_strategy(dep: Mapping[str, Any] | None) -> tuple[int, int]:
+    """The rolling-update numbers the live Deployment has (ours), else replace one at a time."""
+    rolling = (((dep or {}).get("spec") or {}).get("strategy") or {}).get("rollingUpdate") or {}
+    surge, unavailable = rolling.get("maxSurge"), rolling.get("maxUnavailable")
+    if isinstance(surge, int) and isinstance(unavailable, int) and (surge or unavailable):
+        return surge, unavailable
+    return 0, 1
+
+
 async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                     memory: Memory, now: datetime | None = None) -> Outcome:
     body = snap.body
@@ -277,9 +288,46 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     capacity = check_capacity(spec, snap.nodes, snap.used, spec.desired_replicas
                               if spec.autoscaling is None else spec.autoscaling.min_replicas)
 
-    # 5. apply what is missing, changed or drifted; delete what is no longer wanted.
+    # 5. the rollout: which pod template the Deployment carries, and how it rolls (rollout.py).
+    live = deployment_info(dep_obj) if dep_obj else None
+    desired_n = (live.spec_replicas if spec.autoscaling is not None and live is not None
+                 and live.spec_replicas is not None else spec.desired_replicas)
+    surge_room = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge)
+    plan = plan_rollout(spec, raw_spec, rendered.revision, live, snap.pods, desired_n,
+                        max(0, surge_room.room - desired_n), base.previous.get("rollout") or {},
+                        now)
+    for note in plan.notes:
+        log.info("%s/%s: %s", namespace, name, note)
+    children = list(rendered.children)
+    target_revision = rendered.revision
+    if plan.target == "hold" and live is not None:
+        target_revision = live.revision
+        children = [c for c in children if c["kind"] != "Deployment"]
+    elif plan.target == "stable" and plan.stable_spec is not None:
+        stable_raw = {k: v for k, v in plan.stable_spec.items()
+                      if k not in ("replicas", "autoscaling")}
+        stable_raw.update({k: raw_spec[k] for k in ("replicas", "autoscaling") if k in raw_spec})
+        stable_template = str((stable_raw.get("runtime") or {}).get("template")
+                              or BUILTIN_TEMPLATE)
+        try:
+            stable_source = await _template(settings, cluster, memory, stable_template)
+            _, stable = memory.render(stable_raw, RenderContext(
+                name=name, namespace=namespace, uid=meta.get("uid", ""),
+                template_name=stable_template, template_source=stable_source),
+                stable_template)
+        except (SpecError, LookupError, RenderError) as err:
+            raise Retry(f"cannot render the last good revision to roll back to: {err}",
+                        30.0) from err
+        target_revision = stable.revision
+        children = [next(c for c in stable.children if c["kind"] == "Deployment") if c[
+            "kind"] == "Deployment" else c for c in children]
+    surge_unavailable = plan.deployment_strategy or _live_strategy(dep_obj)
+    children = [with_strategy(c, *surge_unavailable) if c["kind"] == "Deployment" else c
+                for c in children]
+
+    # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
     wanted = {child["kind"]: child for child in rendered.children}
-    for child in rendered.children:
+    for child in children:
         kind = child["kind"]
         have = observed_children.get(kind)
         reason = None
@@ -320,18 +368,20 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
             memory.forget(kind, namespace, name)
             outcome.deleted.append(kind)
 
-    # 6. the status, from what is there now.
+    # 7. the status, from what is there now.
     dep_obj = observed_children.get("Deployment")
     dep: DeploymentInfo | None = deployment_info(dep_obj) if dep_obj else None
     products = {n.name: n.product for n in snap.nodes}
     placed = [products.get(p.node, "") for p in snap.pods if p.node and not p.terminating]
     observed = Observed(
         name=name, namespace=namespace, generation=base.generation, now=now,
-        previous=base.previous, desired_revision=rendered.revision, deployment=dep,
+        previous=base.previous, desired_revision=target_revision, deployment=dep,
         pods=snap.pods, node_products=products, capacity=capacity,
         url=url(name, namespace, spec.serving.port), selector=base.selector,
-        not_ready_grace_s=settings.not_ready_grace_s)
+        not_ready_grace_s=settings.not_ready_grace_s, rollout=plan.view)
     outcome.status = compute_status(spec, observed, gpu_summary(spec, placed))
     await _write_status(cluster, memory, body, outcome.status)
-    outcome.requeue_after = _next_check(snap.pods, now, settings.not_ready_grace_s)
+    waits = [w for w in (_next_check(snap.pods, now, settings.not_ready_grace_s),
+                         plan.requeue_after) if w is not None]
+    outcome.requeue_after = min(waits) if waits else None
     return outcome

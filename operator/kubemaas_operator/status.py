@@ -98,7 +98,8 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         node=(pod.get("spec") or {}).get("nodeName") or "",
         ready=ready_cond.get("status") == "True",
         terminating=bool(meta.get("deletionTimestamp")),
-        revision=annotations.get("serving.kubemaas.io/revision", ""),
+        revision=(meta.get("labels") or {}).get("serving.kubemaas.io/revision")
+        or annotations.get("serving.kubemaas.io/revision", ""),
         unschedulable_message=unschedulable, waiting_reason=waiting_reason,
         waiting_message=waiting_message, last_terminated=last_terminated,
         running_since=running_since,
@@ -127,6 +128,17 @@ def deployment_info(dep: Mapping[str, Any]) -> DeploymentInfo:
 
 
 @dataclass(frozen=True)
+class RolloutView:
+    """What rollout.py decided, as far as the status is concerned."""
+
+    status: Mapping[str, Any] = field(default_factory=dict)  # status.rollout
+    blocked_reason: str = ""  # RolledBack | RolloutWaiting: the Ready condition says so
+    blocked_message: str = ""
+    strategy_reason: str = ""  # SurgeRollout | ReplaceRollout while a rollout runs
+    strategy_message: str = ""
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything compute_status looks at besides the spec."""
 
@@ -143,6 +155,7 @@ class Observed:
     url: str | None = None
     selector: str | None = None
     not_ready_grace_s: float = 60.0
+    rollout: RolloutView | None = None
 
 
 @dataclass(frozen=True)
@@ -284,10 +297,16 @@ def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], st
     elif (dep.observed_generation < dep.generation or dep.revision != o.desired_revision
           or dep.updated_replicas < desired or dep.replicas > dep.updated_replicas
           or dep.available_replicas < desired):
-        rollout = _Cond("RolloutComplete", "False", "RollingOut",
-                        f"revision {o.desired_revision}: {dep.updated_replicas}/{desired} "
-                        f"replicas updated, {dep.available_replicas} available, "
-                        f"{max(0, dep.replicas - dep.updated_replicas)} old")
+        progress = (f"{dep.updated_replicas}/{desired} replicas updated, "
+                    f"{dep.available_replicas} available, "
+                    f"{max(0, dep.replicas - dep.updated_replicas)} old")
+        view = o.rollout
+        if view is not None and view.strategy_reason:
+            rollout = _Cond("RolloutComplete", "False", view.strategy_reason,
+                            f"{view.strategy_message}; {progress}")
+        else:
+            rollout = _Cond("RolloutComplete", "False", "RollingOut",
+                            f"revision {o.desired_revision}: {progress}")
     else:
         rollout = _Cond("RolloutComplete", "True", "RolloutComplete",
                         f"revision {o.desired_revision} runs on {_plural(desired, 'replica')}")
@@ -309,8 +328,9 @@ def _short(reason: str, message: str) -> str:
     return text
 
 
-_NORMAL_REASONS = ("Ready", "WaitingForDeployment", "PodsNotReady", "RollingOut", "ScaledToZero",
-                   "Scheduled", "MinimumReplicasReady", "RolloutComplete")
+ROLLING_REASONS = ("RollingOut", "SurgeRollout", "ReplaceRollout")
+_NORMAL_REASONS = ("Ready", "WaitingForDeployment", "PodsNotReady", "ScaledToZero",
+                   "Scheduled", "MinimumReplicasReady", "RolloutComplete", *ROLLING_REASONS)
 
 
 def _events(prev: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
@@ -364,6 +384,7 @@ def failed_status(failure: Failure, o: Observed, gpu: str = "-") -> StatusResult
         "gpuSummary": gpu,
         "conditions": [_merge(prev_conds.get(c.type, {}), c, o.now, o.generation)
                        for c in conds],
+        "rollout": o.previous.get("rollout"),
     }
     return _finish(o, {k: v for k, v in status.items() if v is not None})
 
@@ -374,7 +395,15 @@ def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> St
     dep = o.deployment
     ready_n = dep.ready_replicas if dep else 0
 
-    if all(c.status == "True" for c in conds):
+    view = o.rollout
+    if view is not None and view.blocked_reason:
+        # The spec's revision is not what runs: rolled back, or waiting for room to roll out.
+        ready = _Cond("Ready", "False", view.blocked_reason, view.blocked_message)
+        if view.blocked_reason == "RolledBack" or problem:
+            phase = "Degraded"
+        else:
+            phase = "Progressing" if ready_n > 0 else "Pending"
+    elif all(c.status == "True" for c in conds):
         ready = _Cond("Ready", "True", "Ready",
                       f"{ready_n}/{desired} replicas serve revision {o.desired_revision} at "
                       f"{o.url}")
@@ -382,7 +411,7 @@ def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> St
     else:
         blocking = next(
             (c for c in (scheduled, available, rollout)
-             if c.status == "False" and c.reason not in ("RollingOut", "PodsNotReady")),
+             if c.status == "False" and c.reason not in (*ROLLING_REASONS, "PodsNotReady")),
             None) or next(c for c in (scheduled, available, rollout) if c.status != "True")
         ready = _Cond("Ready", "False", blocking.reason, blocking.message)
         if desired == 0:
@@ -416,5 +445,7 @@ def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> St
         "gpuSummary": gpu,
         "conditions": [_merge(prev_conds.get(c.type, {}), c, o.now, o.generation)
                        for c in (ready, *conds)],
+        "rollout": dict(view.status) if view is not None and view.status else
+        o.previous.get("rollout"),
     }
     return _finish(o, {k: v for k, v in status.items() if v is not None})

@@ -72,6 +72,22 @@ def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def _merge_patch(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning `old` into `new`: keys gone from nested objects (for example
+    status.rollout.update once a rollout completes) are set to null, lists are replaced."""
+    body: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            body[key] = _merge_patch(value, before)
+        else:
+            body[key] = value
+    for key in old:
+        if key not in new:
+            body[key] = None
+    return body
+
+
 class Cluster:
     """Blocking API access with one field manager."""
 
@@ -146,10 +162,7 @@ class Cluster:
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any],
                      previous: Mapping[str, Any]) -> dict[str, Any]:
         """Merge-patch the ModelDeployment's status to exactly `status`."""
-        body: dict[str, Any] = dict(status)
-        for key in previous:
-            if key not in status:
-                body[key] = None
+        body = _merge_patch(status, previous)
         path = _path(f"{MD_GROUP}/{MD_VERSION}", "ModelDeployment", namespace, name, "status")
         return self._call("PATCH", path, body={"status": body},
                           content_type="application/merge-patch+json") or {}

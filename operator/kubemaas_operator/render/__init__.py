@@ -9,6 +9,7 @@ hash of its pod template, which the status reports and a rollout can key on.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -297,6 +298,9 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     _check_deployment(deployment, ctx)
     deployment["spec"]["selector"] = {"matchLabels": pod_selector(ctx.name)}
     revision = digest(deployment["spec"]["template"], 10)
+    # Each pod says which revision it runs (rollout.py tells old pods from new ones with it).
+    pod_meta = deployment["spec"]["template"].setdefault("metadata", {})
+    pod_meta["labels"] = {**(pod_meta.get("labels") or {}), REVISION: revision}
     children = [_stamp(deployment, ctx, labels, {REVISION: revision})]
 
     service = _render(builtin_template("service.yaml.j2"), "service template",
@@ -317,6 +321,22 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
                                 selector=service_selector(ctx.name)))
         children.append(_stamp(pdb, ctx, labels))
     return Rendered(children=children, revision=revision)
+
+
+def with_strategy(deployment: Mapping[str, Any], max_surge: int,
+                  max_unavailable: int) -> dict[str, Any]:
+    """The Deployment with the rolling-update strategy rollout.py chose, its spec hash redone."""
+    out = copy.deepcopy(dict(deployment))
+    out["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {
+        "maxSurge": max_surge, "maxUnavailable": max_unavailable}}
+    meta = out["metadata"]
+    annotations = dict(meta.get("annotations") or {})
+    annotations.pop(SPEC_HASH, None)
+    meta["annotations"] = annotations
+    if not annotations:
+        meta.pop("annotations")
+    out["metadata"].setdefault("annotations", {})[SPEC_HASH] = digest(out)
+    return out
 
 
 # Kinds the operator may create for a ModelDeployment, in apply order.

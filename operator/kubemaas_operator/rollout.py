@@ -1,0 +1,285 @@
+"""PURE: revisions, surge-or-replace, and rollback decisions.
+
+A *revision* is a pod template: every spec change that alters the pods has a new hash (rendered
+by render.py) and gets the next number. `plan()` looks at what the operator observed — the spec's
+revision, the live Deployment's, the model's pods, how many more replicas the free GPUs of
+matching nodes can hold — and the rollout state it wrote last time (`status.rollout`), and says:
+
+- which pod template the Deployment should carry: the desired one, the last good one (a rollback,
+  or a failed revision that must not be retried until the spec changes), or whatever it carries
+  now (a rollout that waits);
+- the Deployment's rolling-update strategy: *surge* (maxSurge = what fits on free GPUs,
+  maxUnavailable 0: never below the desired ready count) when the free GPUs allow it, otherwise
+  *replace* (maxSurge 0, maxUnavailable within spec.rollout.maxUnavailable: never more pods than
+  GPUs), and for a single replica without a spare GPU *wait* unless downtime is allowed;
+- the new `status.rollout` (current, previous and update revisions, a short history of outcomes),
+  and whether the model's Ready condition must say RolledBack or RolloutWaiting.
+
+Everything here is a function of its inputs; reconcile.py does the I/O. State that must survive a
+restart lives in the status (and in the Deployment itself), so a killed operator resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from .api import ModelDeploymentSpec
+from .status import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, RolloutView
+
+HISTORY = 10
+Target = Literal["desired", "stable", "hold"]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: Literal["Surge", "Replace", "Wait"]
+    max_surge: int
+    max_unavailable: int
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    target: Target  # which pod template the Deployment gets
+    strategy: Strategy
+    status: dict[str, Any]  # the new status.rollout
+    view: RolloutView  # what compute_status needs to know
+    stable_spec: Mapping[str, Any] | None = None  # the raw spec to render for target "stable"
+    # (maxSurge, maxUnavailable) for the Deployment while it changes template; None = keep the
+    # live Deployment's (a strategy that follows free capacity must not rewrite steady models).
+    deployment_strategy: tuple[int, int] | None = None
+    requeue_after: float | None = None
+    rolled_back: bool = False  # this reconcile decided a rollback
+    notes: list[str] = field(default_factory=list)  # for the log
+
+
+def _fmt(moment: datetime) -> str:
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _parse(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int) -> Strategy:
+    """Surge if the free GPUs of matching nodes hold extra replicas, else replace, else wait.
+
+    `spare`: how many replicas beyond `desired` fit in the free capacity right now (this model's
+    own pods counted as free: they are the ones being replaced).
+    """
+    ro = spec.rollout
+    unit = (f"{spec.gpu.count} {spec.gpu.resource}" if spec.gpu is not None else "a replica")
+    if ro.max_surge > 0 and spare > 0:
+        surge = min(ro.max_surge, spare)
+        why = (f"free GPUs on matching nodes hold {_plural(spare, 'more replica')} of "
+               f"{unit}" if spec.gpu is not None else "a CPU model: the scheduler places extras")
+        return Strategy("Surge", surge, 0, "FreeGPUs",
+                        f"surge: {_plural(surge, 'extra replica')} at a time beside the "
+                        f"{desired} serving ({why}); ready replicas never drop below {desired}")
+    why = ("no free GPU on matching nodes for an extra replica of " + unit
+           if ro.max_surge > 0 else "rollout.maxSurge is 0")
+    limit = desired if ro.allow_downtime else desired - 1
+    unavailable = max(0, min(ro.max_unavailable, limit))
+    if unavailable >= 1:
+        floor = desired - unavailable
+        return Strategy("Replace", 0, unavailable, "NoFreeGPU",
+                        f"replace: {why}; replacing {_plural(unavailable, 'replica')} at a time "
+                        f"in place (at least {floor} of {desired} stay ready, never more pods "
+                        "than GPUs)")
+    if desired <= 1 and not ro.allow_downtime:
+        hint = ("set spec.rollout.allowDowntime: true to replace the only replica (downtime), "
+                "or free a GPU for a surge")
+    else:
+        hint = "raise spec.rollout.maxUnavailable, or free a GPU for a surge"
+    blocker = ("replacing the only replica would leave none serving" if desired <= 1
+               else "rollout.maxUnavailable is 0")
+    return Strategy("Wait", 0, 0, "NoFreeGPU", f"waiting: {why}, and {blocker}; {hint}")
+
+
+def failing(pods: Sequence[PodInfo], revision: str) -> tuple[str, str] | None:
+    """A pod of `revision` that cannot become Ready by waiting: crash loop, image pull, ..."""
+    for p in pods:
+        if p.terminating or p.revision != revision:
+            continue
+        if p.waiting_reason in FAILING_WAIT_REASONS:
+            last = f"; last exit: {p.last_terminated}" if p.last_terminated else ""
+            detail = p.waiting_message or p.waiting_reason
+            return p.waiting_reason, f"pod {p.name}: {p.waiting_reason} ({detail}){last}"
+        if p.phase == "Failed":
+            return "ContainerFailed", f"pod {p.name} failed: {p.last_terminated or 'exited'}"
+    return None
+
+
+def complete(dep: DeploymentInfo | None, pods: Sequence[PodInfo], revision: str,
+             desired: int) -> bool:
+    """Every replica runs `revision` and is Ready, and the Deployment agrees."""
+    if dep is None or dep.revision != revision or dep.observed_generation < dep.generation:
+        return False
+    live = [p for p in pods if not p.terminating]
+    if any(p.revision != revision for p in live):
+        return False
+    ready = sum(1 for p in live if p.ready)
+    return (ready >= desired and dep.updated_replicas >= desired
+            and dep.replicas <= dep.updated_replicas and dep.ready_replicas >= desired)
+
+
+def _ref(obj: Any) -> dict[str, Any] | None:
+    if not isinstance(obj, Mapping) or not obj.get("hash"):
+        return None
+    return dict(obj)
+
+
+def _entry(ref: Mapping[str, Any], outcome: str, message: str, now: datetime) -> dict[str, Any]:
+    return {"number": int(ref.get("number") or 0), "hash": str(ref.get("hash") or ""),
+            "outcome": outcome, "message": message, "time": _fmt(now)}
+
+
+def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: str,
+         dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int, spare: int,
+         previous: Mapping[str, Any], now: datetime) -> Plan:
+    """Decide the Deployment's template and strategy, and the new status.rollout."""
+    cur = _ref(previous.get("current"))
+    prev_good = _ref(previous.get("previous"))
+    upd = _ref(previous.get("update"))
+    failed = _ref(previous.get("failed"))
+    stable_spec = previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
+                                                           Mapping) else None
+    history: list[dict[str, Any]] = [dict(h) for h in previous.get("history") or []
+                                     if isinstance(h, Mapping)]
+    numbers = [int(r.get("number") or 0) for r in (cur, prev_good, upd, failed, *history) if r]
+    next_number = max(numbers, default=0) + 1
+    live_hash = dep.revision if dep is not None else ""
+    strategy = choose_strategy(spec, desired, spare)
+    deadline = spec.rollout.progress_deadline_seconds
+    view_reason = view_message = ""
+    blocked_reason = blocked_message = ""
+    target: Target = "desired"
+    requeue: float | None = None
+    moving = False  # the Deployment is (to be) changing template: the strategy matters
+    rolled_back = False
+    notes: list[str] = []
+
+    def state(strategy_name: str, reason: str, message: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"strategy": strategy_name, "reason": reason, "message": message,
+                               "current": cur, "previous": prev_good, "update": upd,
+                               "failed": failed, "history": history[-HISTORY:] or None,
+                               "stableSpec": stable_spec}
+        return {k: v for k, v in out.items() if v is not None}
+
+    if failed is not None and failed["hash"] == desired_hash and cur is not None and (
+            stable_spec is not None):
+        # A revision that was rolled back: keep the last good one until the spec changes.
+        target = "stable"
+        blocked_reason = "RolledBack"
+        blocked_message = (f"revision {failed.get('number')} ({desired_hash}) was rolled back to "
+                           f"revision {cur.get('number')} ({cur['hash']}): "
+                           f"{failed.get('message', '')}; change the spec to try again")
+        moving = live_hash != cur["hash"]
+        status = state(strategy.name if moving else "None", "RolledBack", blocked_message)
+    elif cur is not None and desired_hash == cur["hash"]:
+        # Steady state (or the spec went back to the good revision while another rolled out).
+        if upd is not None and upd["hash"] != desired_hash:
+            history.append(_entry(upd, "Superseded", f"the spec went back to revision "
+                                  f"{cur.get('number')}", now))
+            upd = None
+        failed = None
+        stable_spec = dict(raw_spec)
+        if live_hash and live_hash != desired_hash:
+            moving = True
+            view_reason, view_message = f"{strategy.name}Rollout", strategy.message
+            status = state(strategy.name, strategy.reason, strategy.message)
+        else:
+            status = state("None", "UpToDate", f"revision {cur.get('number')} ({desired_hash}) "
+                           "is the current revision")
+    else:
+        # A new revision (or the first one).
+        if upd is None or upd["hash"] != desired_hash:
+            if upd is not None:
+                history.append(_entry(upd, "Superseded", "the spec changed again before it "
+                                      "completed", now))
+            upd = {"number": next_number, "hash": desired_hash, "startedAt": _fmt(now),
+                   "progressAt": _fmt(now), "ready": 0}
+            failed = None
+            notes.append(f"revision {next_number} ({desired_hash}) starts")
+        mine = [p for p in pods if not p.terminating and p.revision == desired_hash]
+        ready = sum(1 for p in mine if p.ready)
+        if ready > int(upd.get("ready") or 0):
+            upd = {**upd, "ready": ready, "progressAt": _fmt(now)}
+        rolling = dep is not None and bool(live_hash)  # something runs already: a rollout
+        applied = live_hash == desired_hash
+        if rolling and not applied and strategy.name == "Wait":
+            target = "hold"
+            blocked_reason, blocked_message = "RolloutWaiting", (
+                f"revision {upd['number']} ({desired_hash}) waits: {strategy.message}")
+            requeue = 5.0
+            status = state("Wait", strategy.reason, strategy.message)
+        else:
+            problem = failing(pods, desired_hash) if applied else None
+            since = _parse(upd.get("progressAt")) or now
+            overdue = applied and (now - since) > timedelta(seconds=deadline)
+            done = applied and complete(dep, pods, desired_hash, desired)
+            can_roll_back = cur is not None and stable_spec is not None and rolling
+            if not done and can_roll_back and (problem is not None or overdue):
+                assert cur is not None
+                why = (problem[1] if problem is not None else
+                       f"{ready} of {desired} replica(s) Ready and no progress for over "
+                       f"{deadline}s (progressDeadlineSeconds)")
+                failed = {"number": upd["number"], "hash": desired_hash, "message": why}
+                history.append(_entry(upd, "RolledBack", why, now))
+                upd = None
+                target = "stable"
+                rolled_back = moving = True
+                blocked_reason = "RolledBack"
+                blocked_message = (f"revision {failed['number']} ({desired_hash}) was rolled "
+                                   f"back to revision {cur.get('number')} ({cur['hash']}): "
+                                   f"{why}; change the spec to try again")
+                status = state(strategy.name, "RolledBack", blocked_message)
+                notes.append(blocked_message)
+            elif done:
+                history.append(_entry(upd, "Complete", f"{_plural(desired, 'replica')} Ready "
+                                      f"({strategy.name.lower() if rolling else 'first'} "
+                                      "rollout)", now))
+                if cur is not None and cur["hash"] != desired_hash:
+                    prev_good = cur
+                cur = {"number": upd["number"], "hash": desired_hash}
+                upd = None
+                stable_spec = dict(raw_spec)
+                status = state("None", "UpToDate", f"revision {cur['number']} "
+                               f"({desired_hash}) is the current revision")
+                notes.append(f"revision {cur['number']} ({desired_hash}) complete")
+            else:
+                if rolling:
+                    moving = True
+                    view_reason, view_message = f"{strategy.name}Rollout", (
+                        f"revision {upd['number']} ({desired_hash}): {strategy.message}")
+                    status = state(strategy.name, strategy.reason, strategy.message)
+                else:
+                    status = state("None", "FirstRevision", f"revision {upd['number']} "
+                                   f"({desired_hash}) is the first: nothing to replace")
+                if applied and can_roll_back:
+                    left = deadline - (now - since).total_seconds()
+                    requeue = max(0.5, left + 0.5)
+    view = RolloutView(status=status, blocked_reason=blocked_reason,
+                       blocked_message=blocked_message, strategy_reason=view_reason,
+                       strategy_message=view_message)
+    chosen = None
+    if moving:
+        chosen = ((strategy.max_surge, strategy.max_unavailable) if strategy.name != "Wait"
+                  else (0, 1))  # going back to the good revision must not wait
+    return Plan(target=target, strategy=strategy, status=status, view=view,
+                stable_spec=stable_spec if target == "stable" else None,
+                deployment_strategy=chosen,
+                requeue_after=requeue, rolled_back=rolled_back, notes=notes)

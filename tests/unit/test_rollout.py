@@ -1,0 +1,182 @@
+"""rollout.py: revisions, surge-or-replace, rollback decisions (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubemaas_operator.api import SpecError, parse_spec
+from kubemaas_operator.render import with_strategy
+from kubemaas_operator.rollout import choose_strategy, complete, plan
+from kubemaas_operator.status import DeploymentInfo, PodInfo
+
+NOW = datetime(2026, 11, 23, 1, 0, 0, tzinfo=UTC)
+RAW: dict[str, Any] = {"model": {"uri": "s3://b/m.onnx", "format": "onnx"},
+                       "runtime": {"image": "img:1"}, "replicas": 4,
+                       "gpu": {"count": 1, "products": ["NVIDIA-H100-80GB-HBM3"]}}
+
+
+def spec(**rollout: Any) -> Any:
+    raw = {**RAW, "rollout": rollout} if rollout else RAW
+    return parse_spec(raw)
+
+
+def dep(revision: str, replicas: int = 4, ready: int = 4, updated: int = 4) -> DeploymentInfo:
+    return DeploymentInfo(generation=2, observed_generation=2, spec_replicas=4,
+                          revision=revision, replicas=replicas, ready_replicas=ready,
+                          updated_replicas=updated, available_replicas=ready)
+
+
+def pods(revision: str, n: int = 4, ready: bool = True, **extra: Any) -> list[PodInfo]:
+    return [PodInfo(name=f"p-{revision}-{i}", phase="Running", node="n", ready=ready,
+                    revision=revision, **extra) for i in range(n)]
+
+
+GOOD = {"current": {"number": 1, "hash": "aaa"}, "stableSpec": RAW}
+
+
+def test_surge_when_free_gpus_fit_extra_replicas() -> None:
+    s = choose_strategy(spec(maxSurge=2), 4, 5)
+    assert (s.name, s.max_surge, s.max_unavailable) == ("Surge", 2, 0)
+    assert "never drop below 4" in s.message
+    assert choose_strategy(spec(maxSurge=3), 4, 1).max_surge == 1  # only what fits
+
+
+def test_replace_within_max_unavailable_without_free_gpus() -> None:
+    s = choose_strategy(spec(maxUnavailable=2), 4, 0)
+    assert (s.name, s.max_surge, s.max_unavailable, s.reason) == ("Replace", 0, 2, "NoFreeGPU")
+    assert "at least 2 of 4 stay ready" in s.message
+    # never the last replica without allowDowntime
+    assert choose_strategy(spec(maxUnavailable=9), 4, 0).max_unavailable == 3
+
+
+def test_single_replica_waits_unless_downtime_allowed() -> None:
+    one = parse_spec({**RAW, "replicas": 1})
+    s = choose_strategy(one, 1, 0)
+    assert s.name == "Wait" and "allowDowntime" in s.message
+    s = choose_strategy(parse_spec({**RAW, "replicas": 1, "rollout": {"allowDowntime": True}}),
+                        1, 0)
+    assert (s.name, s.max_surge, s.max_unavailable) == ("Replace", 0, 1)
+    assert choose_strategy(one, 1, 1).name == "Surge"
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(SpecError, match="both be 0"):
+        parse_spec({**RAW, "rollout": {"maxSurge": 0, "maxUnavailable": 0}})
+    assert parse_spec(RAW).rollout.progress_deadline_seconds == 600
+
+
+def test_first_revision_completes_and_becomes_current() -> None:
+    p = plan(spec(), RAW, "aaa", None, [], 4, 0, {}, NOW)
+    assert p.target == "desired" and p.status["update"]["number"] == 1
+    p2 = plan(spec(), RAW, "aaa", dep("aaa"), pods("aaa"), 4, 0, p.status, NOW)
+    assert p2.status["current"] == {"number": 1, "hash": "aaa"}
+    assert "update" not in p2.status and p2.status["history"][-1]["outcome"] == "Complete"
+    assert p2.status["stableSpec"] == RAW and p2.deployment_strategy is None
+
+
+def test_new_revision_gets_next_number_and_a_strategy() -> None:
+    p = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW)
+    assert p.target == "desired" and p.status["update"]["number"] == 2
+    assert p.deployment_strategy == (0, 1) and p.view.strategy_reason == "ReplaceRollout"
+    p = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 3, GOOD, NOW)
+    assert p.deployment_strategy == (1, 0) and p.view.strategy_reason == "SurgeRollout"
+    assert p.status["strategy"] == "Surge" and p.status["reason"] == "FreeGPUs"
+
+
+def test_completion_moves_current_to_previous() -> None:
+    p = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW)
+    p = plan(spec(), RAW, "bbb", dep("bbb"), pods("bbb"), 4, 0, p.status, NOW)
+    assert p.status["current"]["number"] == 2 and p.status["previous"]["hash"] == "aaa"
+
+
+def test_single_replica_without_room_holds_the_deployment() -> None:
+    raw = {**RAW, "replicas": 1}
+    p = plan(parse_spec(raw), raw, "bbb", dep("aaa", 1, 1, 1), pods("aaa", 1), 1, 0, GOOD, NOW)
+    assert p.target == "hold" and p.view.blocked_reason == "RolloutWaiting"
+    assert "allowDowntime" in p.view.blocked_message and p.requeue_after
+
+
+@pytest.mark.parametrize("bad", [
+    {"waiting_reason": "CrashLoopBackOff", "ready": False},
+    {"waiting_reason": "ImagePullBackOff", "ready": False},
+])
+def test_failing_pods_roll_back_at_once(bad: dict[str, Any]) -> None:
+    start = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW).status
+    observed = [*pods("aaa", 3), *pods("bbb", 1, **bad)]
+    p = plan(spec(), RAW, "bbb", dep("bbb", updated=1), observed, 4, 0, start, NOW)
+    assert p.rolled_back and p.target == "stable" and p.stable_spec == RAW
+    assert p.view.blocked_reason == "RolledBack" and bad["waiting_reason"] in p.view.blocked_message
+    assert p.status["failed"]["hash"] == "bbb"
+    assert p.status["history"][-1]["outcome"] == "RolledBack"
+    # the bad spec is not retried until it changes
+    again = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, p.status, NOW)
+    assert again.target == "stable" and not again.rolled_back
+    assert again.view.blocked_reason == "RolledBack"
+    # a new spec is tried
+    fresh = plan(spec(), RAW, "ccc", dep("aaa"), pods("aaa"), 4, 0, p.status, NOW)
+    assert fresh.target == "desired" and fresh.status["update"]["number"] == 3
+    assert "failed" not in fresh.status
+
+
+def test_not_ready_past_the_progress_deadline_rolls_back() -> None:
+    s = spec(progressDeadlineSeconds=30)
+    start = plan(s, RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW).status
+    observed = [*pods("aaa", 3), *pods("bbb", 1, ready=False)]
+    p = plan(s, RAW, "bbb", dep("bbb", updated=1), observed, 4, 0, start,
+             NOW + timedelta(seconds=20))
+    assert not p.rolled_back and p.requeue_after == pytest.approx(10.5)
+    p = plan(s, RAW, "bbb", dep("bbb", updated=1), observed, 4, 0, start,
+             NOW + timedelta(seconds=31))
+    assert p.rolled_back and "progressDeadlineSeconds" in p.view.blocked_message
+
+
+def test_progress_resets_the_deadline() -> None:
+    s = spec(progressDeadlineSeconds=30)
+    start = plan(s, RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW).status
+    observed = [*pods("aaa", 2), *pods("bbb", 2)]
+    mid = plan(s, RAW, "bbb", dep("bbb", updated=2), observed, 4, 0, start,
+               NOW + timedelta(seconds=25))
+    assert mid.status["update"]["ready"] == 2
+    later = plan(s, RAW, "bbb", dep("bbb", updated=2), observed, 4, 0, mid.status,
+                 NOW + timedelta(seconds=40))
+    assert not later.rolled_back
+
+
+def test_superseded_and_reverted_revisions_enter_the_history() -> None:
+    a = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW).status
+    b = plan(spec(), RAW, "ccc", dep("bbb", updated=1), pods("aaa"), 4, 0, a, NOW).status
+    assert b["history"][-1]["outcome"] == "Superseded" and b["update"]["number"] == 3
+    c = plan(spec(), RAW, "aaa", dep("ccc", updated=1), pods("aaa"), 4, 0, b, NOW)
+    assert c.status["history"][-1]["outcome"] == "Superseded" and "update" not in c.status
+    assert c.deployment_strategy == (0, 1)  # the Deployment goes back: a rollout again
+
+
+def test_complete_needs_every_pod_on_the_revision() -> None:
+    assert complete(dep("bbb"), pods("bbb"), "bbb", 4)
+    assert not complete(dep("bbb"), [*pods("bbb"), *pods("aaa", 1)], "bbb", 4)
+    assert not complete(dep("bbb"), pods("bbb", 3), "bbb", 4)
+
+
+def test_with_strategy_rehashes() -> None:
+    base = {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "m", "annotations": {"serving.kubemaas.io/spec-hash": "x"}},
+            "spec": {"template": {}}}
+    one, two = with_strategy(base, 1, 0), with_strategy(base, 0, 1)
+    assert one["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    h1 = one["metadata"]["annotations"]["serving.kubemaas.io/spec-hash"]
+    assert h1 != two["metadata"]["annotations"]["serving.kubemaas.io/spec-hash"] != "x"
+    assert "strategy" not in base["spec"]
+
+
+def test_rollout_module_is_pure() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, kubemaas_operator.rollout; print(','.join(m for m in ('kopf', "
+            "'kubernetes', 'urllib3', 'aiohttp') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == ""
