@@ -111,11 +111,13 @@ def test_pinned_template_renders_with_the_chart_image() -> None:
     ctx = RenderContext(name="m", namespace="n", uid="u", template_name="pinned",
                         template_source=source)
     deployment = render(spec, ctx).children[0]
-    builtin = render(spec, RenderContext(name="m", namespace="n", uid="u")).children[0]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "registry.local/kubemaas-runtime:9.9.9"
-    container["image"] = spec.runtime.image
-    assert deployment["spec"] == builtin["spec"]
+    # Exactly the built-in template's Deployment for a spec that names the chart's image.
+    md["spec"]["runtime"]["image"] = "registry.local/kubemaas-runtime:9.9.9"
+    md["spec"]["runtime"]["template"] = "default"
+    builtin = render(parse_spec(md["spec"]), RenderContext(name="m", namespace="n", uid="u"))
+    assert deployment["spec"] == builtin.children[0]["spec"]
 
 
 def test_admin_templates_and_service_monitor(tmp_path: Path) -> None:

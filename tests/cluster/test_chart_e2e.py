@@ -184,7 +184,7 @@ def test_operator_holds_exactly_the_rules_file(testbed: Kube) -> None:
                    ["impersonate", "serviceaccounts"], ["*", "*"]):
         assert not _can_i(testbed, *denied), f"the operator may {' '.join(denied)}"
 
-    granted = {}
+    granted: dict[str, set[str]] = {}
     for doc in yaml.safe_load_all(RBAC.read_text()):
         if doc and doc["kind"] in ("ClusterRole", "Role"):
             for rule in doc["rules"]:
