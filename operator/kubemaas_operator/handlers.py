@@ -1,7 +1,8 @@
 """kopf decorators only: index what matters, then parse -> reconcile -> translate the result.
 
 Indexes (kept in memory by kopf from its watch streams; a reconcile lists nothing):
-  md_index          (namespace, name) -> the ModelDeployment
+  md_index          (namespace, name) -> the ModelDeployment (compact JSON, like the children)
+  blocked_index     (namespace, name) -> True while a model is not Scheduled (waits for capacity)
   deployment_index, service_index, hpa_index, pdb_index
                     (namespace, instance) -> the child kubemaas applied
   pod_index         ("pod", namespace, instance) -> PodInfo of a runtime pod
@@ -21,6 +22,7 @@ changes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Hashable, Mapping
@@ -77,8 +79,9 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _trim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy small enough to keep: no managedFields, only the operator's own annotations."""
+def _pack(body: Mapping[str, Any]) -> str:
+    """What an index keeps of an object: compact JSON without managedFields and with only the
+    operator's own annotations (a string costs a tenth of the same dicts in memory)."""
     out: dict[str, Any] = _plain(body)
     meta = out.get("metadata", {})
     meta.pop("managedFields", None)
@@ -88,7 +91,11 @@ def _trim(body: Mapping[str, Any]) -> dict[str, Any]:
         meta["annotations"] = annotations
     else:
         meta.pop("annotations", None)
-    return out
+    return json.dumps(out, separators=(",", ":"))
+
+
+def _unpack(packed: str | None) -> dict[str, Any] | None:
+    return None if packed is None else dict(json.loads(packed))
 
 
 def _first(store: Any) -> Any:
@@ -108,10 +115,10 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
     if idx["namespace_index"].get(key[0]):
         return None  # the namespace is being deleted: let the garbage collector work
     if body is None:
-        body = _first(idx["md_index"].get(key))
+        body = _unpack(_first(idx["md_index"].get(key)))
     if body is None:
         return None
-    children = {kind: _first(idx[index].get(key)) for kind, index in _INDEX_OF.items()}
+    children = {kind: _unpack(_first(idx[index].get(key))) for kind, index in _INDEX_OF.items()}
     nodes: list[NodeInfo] = list(idx["node_index"].get("nodes") or [])
     used: dict[str, dict[str, int]] = {}
     for node in nodes:
@@ -168,13 +175,23 @@ async def _queued(key: Hashable) -> float | None:
 
 @kopf.index(*MD)
 async def md_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
-    return {(namespace or "", name): _trim(body)}
+    return {(namespace or "", name): _pack(body)}
+
+
+@kopf.index(*MD)
+async def blocked_index(namespace: str | None, name: str, status: Mapping[str, Any],
+                        **_: Any) -> Any:
+    """Models waiting for capacity: worth a look whenever GPUs may have been freed."""
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Scheduled" and c.get("status") == "False":
+            return {(namespace or "", name): True}
+    return None
 
 
 async def _child_index(body: kopf.Body, namespace: str | None, labels: Mapping[str, str],
                        **_: Any) -> Any:
     key = _child_key(namespace, labels)
-    return {key: _trim(body)} if key else None
+    return {key: _pack(body)} if key else None
 
 
 deployment_index = kopf.index(*CHILDREN["Deployment"], labels=OURS, id="deployment_index")(
@@ -269,14 +286,7 @@ for _kind, _resource in CHILDREN.items():
 
 
 def _blocked_models() -> list[tuple[str, str]]:
-    """Models waiting for capacity: worth a look whenever GPUs may have been freed."""
-    keys = []
-    for key, store in _runtime().indexes["md_index"].items():
-        body = _first(store)
-        for c in ((body or {}).get("status") or {}).get("conditions") or []:
-            if c.get("type") == "Scheduled" and c.get("status") == "False":
-                keys.append(key)
-    return keys
+    return list(_runtime().indexes["blocked_index"].keys())
 
 
 @kopf.on.event("", "v1", "pods")
@@ -337,7 +347,8 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     rt = Runtime(settings=ours, cluster=cluster,
                  indexes={k: kwargs[k] for k in ("md_index", "deployment_index", "service_index",
                                                  "hpa_index", "pdb_index", "pod_index",
-                                                 "node_index", "namespace_index")})
+                                                 "node_index", "namespace_index",
+                                                 "blocked_index")})
     rt.queue = WorkQueue(_queued, concurrency=ours.max_concurrent_reconciles)
     rt.tasks.append(asyncio.get_running_loop().create_task(_resync(rt)))
     _rt = rt

@@ -118,7 +118,7 @@ class Memory:
         if hit is None:
             spec = parse_spec(raw_spec)
             hit = (spec, render(spec, ctx))
-            if len(self._renders) >= 1024:
+            if len(self._renders) >= 256:
                 self._renders.pop(next(iter(self._renders)))
             self._renders[key] = hit
         return hit

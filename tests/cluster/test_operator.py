@@ -281,3 +281,22 @@ def test_kubectl_explain_teaches_the_api(kube: Kube, operator: Operator) -> None
     assert "nvidia.com/gpu.product" in out and "migProfile" in out
     out = kube.kubectl("explain", "md.spec.model.uri").stdout
     assert "pvc://CLAIM/PATH" in out
+
+
+def test_an_administrators_template_is_used(kube: Kube, namespace: str,
+                                            operator: Operator) -> None:
+    configmap = ROOT / "examples" / "templates-configmap.yaml"
+    kube.kubectl("apply", "-f", str(configmap))
+    try:
+        apply(kube, namespace, md("sidecar", runtime={"image": "i", "template": "with-sidecar"}))
+        wait_phase(kube, namespace, "sidecar", "Ready")
+        pod = get(kube, namespace, "deployment", "sidecar")["spec"]["template"]["spec"]
+        assert [c["name"] for c in pod["containers"]] == ["runtime", "log-shipper"]
+        dep = get(kube, namespace, "deployment", "sidecar")
+        assert dep["metadata"]["ownerReferences"][0]["name"] == "sidecar"
+        # A template that names a key the ConfigMap lacks fails with the known names.
+        apply(kube, namespace, md("sidecar", runtime={"image": "i", "template": "nope"}))
+        st = wait_phase(kube, namespace, "sidecar", "Failed")
+        assert "known: default, with-sidecar" in condition(st, "Ready")["message"]
+    finally:
+        kube.kubectl("delete", "-f", str(configmap), "--wait=false", check=False)
