@@ -117,6 +117,10 @@ def update_doc(doc: dict[str, Any], path: Path) -> None:
         + ", ".join(meta.get("busy_start", [])) + "; end: "
         + ", ".join(meta.get("busy_end", [])) + ".",
         "",
+        f"Our runtime: the working tree at commit {meta.get('git_commit', '?')}"
+        + (f" with uncommitted changes in {', '.join(meta['runtime_uncommitted'])}"
+           if meta.get("runtime_uncommitted") else "") + ".",
+        "",
         "Peer versions: " + "; ".join(
             f"{impl}: " + ", ".join(f"{k} {v}" for k, v in sorted(vers.items()))
             for impl, vers in sorted(meta["peer_versions"].items())) + ".",

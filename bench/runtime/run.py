@@ -609,7 +609,10 @@ def main(argv: list[str] | None = None) -> int:
         "kernel": platform.release(), "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__, "intra_op_threads": plan.intra,
         "server_core": server_core, "load_core": load_core,
-        "loadavg_start": loadavg(), "busy_start": busy_processes(), "concurrency": plan.concurrency,
+        "loadavg_start": loadavg(), "busy_start": busy_processes(),
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "runtime_uncommitted": _git("status", "--short", "--", "runtime").splitlines(),
+        "concurrency": plan.concurrency,
         "warm_s": plan.warm_s, "measure_s": plan.measure_s, "max_batch_size": MAX_BATCH,
         "retries": plan.retries, "disturbed_pct": plan.disturbed_pct,
         "max_load": plan.max_load,
@@ -673,6 +676,11 @@ def main(argv: list[str] | None = None) -> int:
         report.update_doc(doc, DOC)
         print(f"updated {DOC.relative_to(REPO)}")
     return 0
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=str(REPO), capture_output=True, text=True)
+    return out.stdout.strip()
 
 
 def _cpu_model() -> str:
