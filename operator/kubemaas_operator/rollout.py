@@ -30,6 +30,9 @@ from .api import ModelDeploymentSpec
 from .status import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, RolloutView
 
 HISTORY = 10
+# A revision counts as complete once every replica has run it Ready for this long: a runtime
+# that crashes right after its first Ready is still rolled back.
+SETTLE_S = 5.0
 Target = Literal["desired", "stable", "hold"]
 
 
@@ -107,6 +110,11 @@ def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int) -> Stra
     blocker = ("replacing the only replica would leave none serving" if desired <= 1
                else "rollout.maxUnavailable is 0")
     return Strategy("Wait", 0, 0, "NoFreeGPU", f"waiting: {why}, and {blocker}; {hint}")
+
+
+def _rollout_reason(strategy: Strategy) -> str:
+    """The RolloutComplete reason while the Deployment changes template."""
+    return "SurgeRollout" if strategy.name == "Surge" else "ReplaceRollout"
 
 
 def failing(pods: Sequence[PodInfo], revision: str) -> tuple[str, str] | None:
@@ -199,7 +207,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         stable_spec = dict(raw_spec)
         if live_hash and live_hash != desired_hash:
             moving = True
-            view_reason, view_message = f"{strategy.name}Rollout", strategy.message
+            view_reason, view_message = _rollout_reason(strategy), strategy.message
             status = state(strategy.name, strategy.reason, strategy.message)
         else:
             status = state("None", "UpToDate", f"revision {cur.get('number')} ({desired_hash}) "
@@ -218,7 +226,10 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         ready = sum(1 for p in mine if p.ready)
         if ready > int(upd.get("ready") or 0):
             upd = {**upd, "ready": ready, "progressAt": _fmt(now)}
-        rolling = dep is not None and bool(live_hash)  # something runs already: a rollout
+        # Something else ran before: this is a rollout, not the first revision.
+        rolling = dep is not None and bool(live_hash) and (
+            cur is not None or live_hash != desired_hash
+            or any(p.revision != desired_hash for p in pods if not p.terminating))
         applied = live_hash == desired_hash
         if rolling and not applied and strategy.name == "Wait":
             target = "hold"
@@ -230,7 +241,9 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
             problem = failing(pods, desired_hash) if applied else None
             since = _parse(upd.get("progressAt")) or now
             overdue = applied and (now - since) > timedelta(seconds=deadline)
-            done = applied and complete(dep, pods, desired_hash, desired)
+            settle = min(SETTLE_S, float(deadline))
+            settled = (now - since).total_seconds() >= settle
+            done = applied and complete(dep, pods, desired_hash, desired) and settled
             can_roll_back = cur is not None and stable_spec is not None and rolling
             if not done and can_roll_back and (problem is not None or overdue):
                 assert cur is not None
@@ -263,13 +276,15 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
             else:
                 if rolling:
                     moving = True
-                    view_reason, view_message = f"{strategy.name}Rollout", (
+                    view_reason, view_message = _rollout_reason(strategy), (
                         f"revision {upd['number']} ({desired_hash}): {strategy.message}")
                     status = state(strategy.name, strategy.reason, strategy.message)
                 else:
                     status = state("None", "FirstRevision", f"revision {upd['number']} "
                                    f"({desired_hash}) is the first: nothing to replace")
-                if applied and can_roll_back:
+                if applied and complete(dep, pods, desired_hash, desired):
+                    requeue = max(0.2, settle - (now - since).total_seconds() + 0.2)
+                elif applied and can_roll_back:
                     left = deadline - (now - since).total_seconds()
                     requeue = max(0.5, left + 0.5)
     view = RolloutView(status=status, blocked_reason=blocked_reason,

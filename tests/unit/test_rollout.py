@@ -13,6 +13,7 @@ from kubemaas_operator.rollout import choose_strategy, complete, plan
 from kubemaas_operator.status import DeploymentInfo, PodInfo
 
 NOW = datetime(2026, 11, 23, 1, 0, 0, tzinfo=UTC)
+LATER = NOW + timedelta(seconds=6)
 RAW: dict[str, Any] = {"model": {"uri": "s3://b/m.onnx", "format": "onnx"},
                        "runtime": {"image": "img:1"}, "replicas": 4,
                        "gpu": {"count": 1, "products": ["NVIDIA-H100-80GB-HBM3"]}}
@@ -72,6 +73,8 @@ def test_first_revision_completes_and_becomes_current() -> None:
     p = plan(spec(), RAW, "aaa", None, [], 4, 0, {}, NOW)
     assert p.target == "desired" and p.status["update"]["number"] == 1
     p2 = plan(spec(), RAW, "aaa", dep("aaa"), pods("aaa"), 4, 0, p.status, NOW)
+    assert "current" not in p2.status and p2.requeue_after  # settling: ready for 5 s first
+    p2 = plan(spec(), RAW, "aaa", dep("aaa"), pods("aaa"), 4, 0, p2.status, LATER)
     assert p2.status["current"] == {"number": 1, "hash": "aaa"}
     assert "update" not in p2.status and p2.status["history"][-1]["outcome"] == "Complete"
     assert p2.status["stableSpec"] == RAW and p2.deployment_strategy is None
@@ -89,6 +92,7 @@ def test_new_revision_gets_next_number_and_a_strategy() -> None:
 def test_completion_moves_current_to_previous() -> None:
     p = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW)
     p = plan(spec(), RAW, "bbb", dep("bbb"), pods("bbb"), 4, 0, p.status, NOW)
+    p = plan(spec(), RAW, "bbb", dep("bbb"), pods("bbb"), 4, 0, p.status, LATER)
     assert p.status["current"]["number"] == 2 and p.status["previous"]["hash"] == "aaa"
 
 
@@ -119,6 +123,21 @@ def test_failing_pods_roll_back_at_once(bad: dict[str, Any]) -> None:
     fresh = plan(spec(), RAW, "ccc", dep("aaa"), pods("aaa"), 4, 0, p.status, NOW)
     assert fresh.target == "desired" and fresh.status["update"]["number"] == 3
     assert "failed" not in fresh.status
+
+
+def test_a_crash_right_after_ready_still_rolls_back() -> None:
+    start = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW).status
+    ready = plan(spec(), RAW, "bbb", dep("bbb"), pods("bbb"), 4, 0, start, NOW)
+    assert "update" in ready.status  # not complete yet: settling
+    crashed = pods("bbb", 4, ready=False, waiting_reason="CrashLoopBackOff")
+    p = plan(spec(), RAW, "bbb", dep("bbb", ready=0), crashed, 4, 0, ready.status,
+             NOW + timedelta(seconds=2))
+    assert p.rolled_back and p.target == "stable"
+
+
+def test_first_revision_is_not_a_rollout() -> None:
+    p = plan(spec(), RAW, "aaa", dep("aaa", ready=1), pods("aaa", 1), 4, 9, {}, NOW)
+    assert p.deployment_strategy is None and p.status["reason"] == "FirstRevision"
 
 
 def test_not_ready_past_the_progress_deadline_rolls_back() -> None:

@@ -1,0 +1,273 @@
+"""Rollouts on scarce GPUs against the real control plane: replacement on a full cluster, surge
+with free GPUs, a single replica that waits, automatic rollback of bad revisions (kwok failure
+stages via spec.podMetadata.labels), all observed through the API server as `kubectl get md -w`
+would see them."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import Operator
+from tests.cluster.test_operator import H100, apply, condition, get, status
+from tests.conftest import Kube
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+
+FAILURE_LABEL = "kubemaas.io/fake-failure"
+
+
+def model(name: str, replicas: int, image: str = "ghcr.io/kubemaas/runtime:0.1.0",
+          labels: dict[str, str] | None = None, **rollout: Any) -> str:
+    spec: dict[str, Any] = {
+        "model": {"uri": "s3://models/m.onnx", "format": "onnx"},
+        "runtime": {"image": image}, "replicas": replicas,
+        "gpu": {"count": 1, "products": [H100]},
+    }
+    if labels:
+        spec["podMetadata"] = {"labels": labels}
+    if rollout:
+        spec["rollout"] = rollout
+    return yaml.safe_dump({"apiVersion": "serving.kubemaas.io/v1alpha1",
+                           "kind": "ModelDeployment", "metadata": {"name": name}, "spec": spec})
+
+
+def pods_of(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    out = kube.kubectl("-n", namespace, "get", "pods", "-l",
+                       f"app.kubernetes.io/instance={name}", "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def h100_free(kube: Kube) -> dict[str, int]:
+    """Free nvidia.com/gpu per H100 node: allocatable minus what bound, live pods request."""
+    nodes = json.loads(kube.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    free = {n["metadata"]["name"]: int(n["status"]["allocatable"].get("nvidia.com/gpu", 0))
+            for n in nodes if n["metadata"]["labels"].get("nvidia.com/gpu.product") == H100}
+    pods = json.loads(kube.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
+    for p in pods:
+        node = p["spec"].get("nodeName")
+        if node not in free or p["status"].get("phase") in ("Succeeded", "Failed"):
+            continue
+        for c in p["spec"]["containers"]:
+            free[node] -= int(((c.get("resources") or {}).get("requests") or {}).get(
+                "nvidia.com/gpu", 0))
+    return free
+
+
+def fill_h100(kube: Kube, namespace: str, leave: int) -> None:
+    """Occupy every free H100 GPU but `leave` of them with plain pods (someone else's work)."""
+    free = h100_free(kube)
+    docs = []
+    for node, n in sorted(free.items()):
+        keep = min(n, leave)
+        leave -= keep
+        if n - keep <= 0:
+            continue
+        docs.append({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": f"filler-{node}", "namespace": namespace},
+                     "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
+                              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                              "containers": [{"name": "c", "image": "busybox", "resources": {
+                                  "requests": {"nvidia.com/gpu": str(n - keep)},
+                                  "limits": {"nvidia.com/gpu": str(n - keep)}}}]}})
+    if docs:
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+        wait_for(lambda: all(p["status"].get("phase") == "Running" for p in json.loads(
+            kube.kubectl("-n", namespace, "get", "pods", "-l", "!app.kubernetes.io/instance",
+                         "-o", "json").stdout)["items"]), timeout=30, what="filler pods Running")
+
+
+@pytest.fixture
+def quiet_h100(kube: Kube) -> None:
+    """Wait until earlier tests' GPU pods are gone, so free capacity is what this test makes."""
+    def settled() -> bool:
+        pods = json.loads(kube.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
+        return not any(p["metadata"].get("deletionTimestamp") for p in pods)
+    wait_for(settled, timeout=60, what="terminating pods of earlier tests to be gone")
+
+
+@dataclass
+class Sampler:
+    """Samples the model's pods and status through the API server until stopped."""
+
+    kube: Kube
+    namespace: str
+    name: str
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # t, ready, live pods
+    reasons: set[str] = field(default_factory=set)
+    strategies: set[str] = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.kube.api)
+        custom = client.CustomObjectsApi(self.kube.api)
+        while not self._stop.is_set():
+            pods = core.list_namespaced_pod(
+                self.namespace, label_selector=f"app.kubernetes.io/instance={self.name}").items
+            live = [p for p in pods if p.metadata.deletion_timestamp is None]
+            ready = sum(1 for p in live if any(c.type == "Ready" and c.status == "True"
+                                               for c in p.status.conditions or []))
+            self.samples.append((time.monotonic(), ready, len(live)))
+            md = custom.get_namespaced_custom_object("serving.kubemaas.io", "v1alpha1",
+                                                     self.namespace, "modeldeployments",
+                                                     self.name)
+            st = md.get("status") or {}
+            self.reasons.add(str(st.get("reason", "")).split(":")[0])
+            self.strategies.add(str((st.get("rollout") or {}).get("strategy", "")))
+            time.sleep(0.05)
+
+    def __enter__(self) -> Sampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=10)
+
+
+def wait_revision(kube: Kube, namespace: str, name: str, number: int,
+                  timeout: float = 90) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        st = status(kube, namespace, name)
+        cur = (st.get("rollout") or {}).get("current") or {}
+        return st if cur.get("number") == number and st.get("phase") == "Ready" else None
+    return wait_for(done, timeout=timeout, what=f"{namespace}/{name} at revision {number}")
+
+
+@pytest.fixture
+def ns(kube: Kube, namespace: str, operator: Operator, quiet_h100: None) -> Iterator[str]:
+    """A namespace whose GPU pods are gone before the next test counts free GPUs."""
+    yield namespace
+    kube.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=60s", check=False)
+
+
+def test_full_cluster_update_completes_by_replacement(kube: Kube, ns: str) -> None:
+    fill_h100(kube, ns, leave=4)
+    apply(kube, ns, model("m", 4))
+    wait_revision(kube, ns, "m", 1)
+    assert sum(h100_free(kube).values()) == 0, "the cluster should have no free H100 now"
+
+    started = time.monotonic()
+    with Sampler(kube, ns, "m") as sampler:
+        apply(kube, ns, model("m", 4, image="ghcr.io/kubemaas/runtime:0.2.0"))
+        st = wait_revision(kube, ns, "m", 2)
+    took = time.monotonic() - started
+    ready = [r for _, r, _ in sampler.samples]
+    live = [n for _, _, n in sampler.samples]
+    print(f"replacement rollout: {took:.1f} s, {len(ready)} samples, ready min {min(ready)}, "
+          f"pods max {max(live)}")
+    assert len(ready) > 10
+    assert min(ready) >= 4 - 1, f"ready replicas fell to {min(ready)} (maxUnavailable 1)"
+    assert max(live) <= 4, f"{max(live)} pods for 4 GPUs"
+    assert "Replace" in sampler.strategies and "ReplaceRollout" in sampler.reasons
+    ro = st["rollout"]
+    assert ro["current"]["number"] == 2 and ro["previous"]["number"] == 1
+    assert [h["outcome"] for h in ro["history"]] == ["Complete", "Complete"]
+    assert "no free GPU" in ro["history"][-1]["message"] or ro["history"][-1]["message"]
+    images = {p["spec"]["containers"][0]["image"] for p in pods_of(kube, ns, "m")}
+    assert images == {"ghcr.io/kubemaas/runtime:0.2.0"}
+
+
+def test_surge_with_free_gpus_never_drops_below_desired(kube: Kube, ns: str) -> None:
+    fill_h100(kube, ns, leave=6)  # 4 for the model, 2 spare for the surge
+    apply(kube, ns, model("m", 4, maxSurge=2))
+    wait_revision(kube, ns, "m", 1)
+    with Sampler(kube, ns, "m") as sampler:
+        apply(kube, ns, model("m", 4, image="ghcr.io/kubemaas/runtime:0.2.0", maxSurge=2))
+        wait_revision(kube, ns, "m", 2)
+    ready = [r for _, r, _ in sampler.samples]
+    live = [n for _, _, n in sampler.samples]
+    print(f"surge rollout: {len(ready)} samples, ready min {min(ready)}, pods max {max(live)}")
+    assert min(ready) >= 4, f"ready replicas fell to {min(ready)} during a surge"
+    assert max(live) <= 6, f"{max(live)} pods for 6 GPUs"
+    assert "Surge" in sampler.strategies and "SurgeRollout" in sampler.reasons
+
+
+def test_single_replica_without_room_waits_then_replaces_with_downtime(kube: Kube,
+                                                                      ns: str) -> None:
+    fill_h100(kube, ns, leave=1)
+    apply(kube, ns, model("m", 1))
+    wait_revision(kube, ns, "m", 1)
+    apply(kube, ns, model("m", 1, image="ghcr.io/kubemaas/runtime:0.2.0"))
+    st = wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("RolloutWaiting")
+                           else None)(status(kube, ns, "m")), timeout=20,
+                  what="the rollout to wait")
+    assert "allowDowntime" in condition(st, "Ready")["message"]
+    assert st["rollout"]["strategy"] == "Wait"
+    rows = kube.kubectl("-n", ns, "get", "md", "m").stdout
+    assert "RolloutWaiting" in rows
+    dep = get(kube, ns, "deployment", "m")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.1.0")
+    apply(kube, ns, model("m", 1, image="ghcr.io/kubemaas/runtime:0.2.0", allowDowntime=True))
+    st = wait_revision(kube, ns, "m", 2)
+    assert st["rollout"]["history"][-1]["outcome"] == "Complete"
+
+
+def events_of(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    out = kube.kubectl("-n", namespace, "get", "events", "--field-selector",
+                       f"involvedObject.name={name},involvedObject.kind=ModelDeployment",
+                       "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+@pytest.mark.parametrize(("failure", "reason"), [
+    ("crash", "CrashLoopBackOff"),
+    ("image-pull", "ImagePullBackOff"),
+    ("not-ready", "progressDeadlineSeconds"),
+])
+def test_bad_revision_rolls_back(kube: Kube, ns: str, failure: str, reason: str) -> None:
+    deadline = 10
+    apply(kube, ns, model("m", 2, progressDeadlineSeconds=deadline))
+    wait_revision(kube, ns, "m", 1)
+    started = time.monotonic()
+    apply(kube, ns, model("m", 2, labels={FAILURE_LABEL: failure},
+                          progressDeadlineSeconds=deadline))
+    st = wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("RolledBack")
+                           else None)(status(kube, ns, "m")), timeout=deadline + 30,
+                  what="the rollback")
+    took = time.monotonic() - started
+    print(f"{failure}: rolled back {took:.1f} s after the spec change")
+    assert took <= deadline + 10
+    ready = condition(st, "Ready")
+    assert st["phase"] == "Degraded" and ready["reason"] == "RolledBack"
+    assert reason in ready["message"] and "rolled back to revision 1" in ready["message"]
+    assert st["rollout"]["failed"]["number"] == 2
+    assert st["rollout"]["history"][-1]["outcome"] == "RolledBack"
+    event = wait_for(lambda: [e for e in events_of(kube, ns, "m") if e["reason"] == "RolledBack"],
+                     timeout=10, what="a RolledBack Event")[0]
+    assert event["type"] == "Warning" and reason in event["message"]
+
+    # The last good revision serves again, and the bad spec is not retried.
+    def good_again() -> bool:
+        pods = pods_of(kube, ns, "m")
+        return len(pods) == 2 and all(is_ready(p) and FAILURE_LABEL not in p["metadata"][
+            "labels"] for p in pods)
+    wait_for(good_again, timeout=30, what="two ready pods of the good revision")
+    time.sleep(3)
+    dep = get(kube, ns, "deployment", "m")
+    assert FAILURE_LABEL not in dep["spec"]["template"]["metadata"]["labels"]
+    assert status(kube, ns, "m")["reason"].startswith("RolledBack")
+
+    # A changed spec is tried again.
+    apply(kube, ns, model("m", 2, image="ghcr.io/kubemaas/runtime:0.2.0",
+                          progressDeadlineSeconds=deadline))
+    st = wait_revision(kube, ns, "m", 3)
+    assert "failed" not in st["rollout"]
