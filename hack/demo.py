@@ -31,7 +31,7 @@ DEMO_NS = "demo"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 # Examples that can become Ready here (the H100 one needs its PersistentVolumeClaim: made below).
 EXAMPLES = ["quickstart-model", "cpu-model", "h100-model", "mig-model", "multi-gpu-model",
-            "autoscaling-model"]
+            "autoscaling-model", "pinned-template-model"]
 MODEL_HOST = "https://raw.githubusercontent.com/kubemaas/kubemaas/main/"
 PV_AND_PVC = f"""
 apiVersion: v1

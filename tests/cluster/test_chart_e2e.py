@@ -47,6 +47,7 @@ MODELS = "models"  # the namespace of the examples, labelled restricted like the
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
               "pod-security.kubernetes.io/enforce-version": "latest"}
 MODEL_HOST = "https://raw.githubusercontent.com/kubemaas/kubemaas/main/"
+PINNED_IMAGE = "registry.test/kubemaas/runtime"
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,8 @@ def test_upgrade_keeps_the_models_ready(testbed: Kube, operator_process: Operato
     # Helm never upgrades crds/: apply the chart's CRD first, as NOTES.txt tells users to.
     testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     result = helm("upgrade", "kubemaas", str(CHART), "-n", OPERATOR_NAMESPACE, "--wait",
-                  "--timeout", "120s", kubeconfig=testbed.kubeconfig)
+                  "--timeout", "120s", "--set", f"runtime.image.repository={PINNED_IMAGE}",
+                  kubeconfig=testbed.kubeconfig)
     assert "kubectl get md" in result.stdout  # NOTES.txt says what to do next
     release = _release(testbed)
     assert release["chart"] == "kubemaas-0.1.0" and release["revision"] == "2"
@@ -161,6 +163,14 @@ def test_upgrade_keeps_the_models_ready(testbed: Kube, operator_process: Operato
     after = {d["metadata"]["name"]: d["metadata"]["uid"]
              for d in _json(testbed, "-n", MODELS, "get", "deployments")["items"]}
     assert after == before
+
+    # New in 0.1.0's values: the pinned template uses the chart's runtime image, read by the
+    # operator from the chart's ConfigMap (the one its Role may get).
+    testbed.kubectl("-n", MODELS, "apply", "-f", str(EXAMPLES / "pinned-template-model.yaml"))
+    _wait_ready(testbed, MODELS, ["plus-one-pinned"], operator_process)
+    pod = _json(testbed, "-n", MODELS, "get", "deployment", "plus-one-pinned")["spec"][
+        "template"]["spec"]
+    assert pod["containers"][0]["image"] == f"{PINNED_IMAGE}:0.1.0"
 
 
 def test_operator_holds_exactly_the_rules_file(testbed: Kube) -> None:
@@ -232,7 +242,7 @@ def test_a_missing_rule_breaks_writing_the_status(testbed: Kube,
         assert not (md.get("status") or {}).get("phase"), md.get("status")
     finally:
         helm("upgrade", "kubemaas", str(CHART), "-n", OPERATOR_NAMESPACE, "--wait",
-             kubeconfig=testbed.kubeconfig)  # puts the rule back (three-way merge)
+             "--reuse-values", kubeconfig=testbed.kubeconfig)  # puts the rule back
     assert _can_i(testbed, "patch", "modeldeployments.serving.kubemaas.io",
                   "--subresource=status", "-n", MODELS)
     _wait_ready(testbed, MODELS, ["ranker"], operator_process)
@@ -361,4 +371,4 @@ def test_uninstall_keeps_the_crd_and_the_models(testbed: Kube,
                                check=False).returncode != 0, target
     testbed.kubectl("get", "crd", "modeldeployments.serving.kubemaas.io")
     names = {m["metadata"]["name"] for m in _json(testbed, "-n", MODELS, "get", "md")["items"]}
-    assert names == set(EXAMPLE_MODELS.values()) | {"ranker"}
+    assert names == set(EXAMPLE_MODELS.values()) | {"ranker", "plus-one-pinned"}

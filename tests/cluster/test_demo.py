@@ -22,7 +22,8 @@ def test_hack_demo(tmp_path: Path) -> None:
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-6000:]
     table = out.split("kubectl get md", 1)[1]
-    for name in ("plus-one", "resnet-cpu", "llm-h100", "bert-mig", "vit-2gpu", "ranker"):
+    for name in ("plus-one", "resnet-cpu", "llm-h100", "bert-mig", "vit-2gpu", "ranker",
+                 "plus-one-pinned"):
         assert name in table
     assert '"data": [2.0, 3.0, 4.0, 5.0]' in out
     assert not (state / "cluster").exists(), "hack/demo left its control plane behind"
