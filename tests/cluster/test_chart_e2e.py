@@ -144,7 +144,11 @@ def test_upgrade_keeps_the_models_ready(testbed: Kube, operator_process: Operato
     before = {d["metadata"]["name"]: d["metadata"]["uid"]
               for d in _json(testbed, "-n", MODELS, "get", "deployments")["items"]}
     # Helm never upgrades crds/: apply the chart's CRD first, as NOTES.txt tells users to.
-    testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    # --force-conflicts: helm's install is the fields' first manager.
+    crds = helm("show", "crds", str(CHART)).stdout
+    testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crds)
+    live = _json(testbed, "get", "crd", "modeldeployments.serving.kubemaas.io")
+    assert live["spec"]["versions"] == yaml.safe_load(crds)["spec"]["versions"]
     result = helm("upgrade", "kubemaas", str(CHART), "-n", OPERATOR_NAMESPACE, "--wait",
                   "--timeout", "120s", "--set", f"runtime.image.repository={PINNED_IMAGE}",
                   kubeconfig=testbed.kubeconfig)
