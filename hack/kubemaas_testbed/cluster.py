@@ -352,3 +352,20 @@ def kubectl(kubeconfig_path: Path, *args: str, check: bool = True,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binaries.kubectl(), f"--kubeconfig={kubeconfig_path}", *args],
                           check=check, capture_output=True, text=True, input=input)
+
+
+# ---- restart (rollout tests: the operator must survive a control-plane restart) -----------
+
+
+def restart(state: Path, component: str, timeout: float = 60.0) -> float:
+    """Stop one of the testbed's processes by its pid and start it again with the same command
+    line; wait until the API server answers /readyz again. Returns the seconds it was away."""
+    cluster = Cluster(state)
+    pid_file = cluster.processes.pid_dir / f"{component}.pid"
+    pid = int(pid_file.read_text().split("\n")[0])
+    argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    started = time.monotonic()
+    cluster.processes.stop(component)
+    cluster.processes.start(component, argv)
+    cluster._wait(cluster._ready, timeout, "kube-apiserver /readyz", component)
+    return time.monotonic() - started
