@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ CHART = ROOT / "charts" / "kubemaas"
 PREVIOUS = Path(__file__).parent / "fixtures" / "kubemaas-0.0.1.tgz"
 RBAC = ROOT / "operator" / "kubemaas_operator" / "rbac" / "operator.yaml"
 KUBE_VERSION = "1.36.3"
+# helm's config, cache and data in a directory of this process: test runs side by side on one
+# machine do not share (or race on) ~/.config/helm.
+HELM_HOME = Path(tempfile.mkdtemp(prefix="kubemaas-helm-"))
 
 
 def helm_binary() -> str:
