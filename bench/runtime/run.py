@@ -574,6 +574,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="rewrite the results section of docs/runtime-benchmark.md and the plot")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    # SIGTERM (and SIGINT, which a background job may ignore) unwind through the finally
+    # blocks that stop the servers this run started
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_on_signal)
 
     for tool in (args.load_tool, "taskset"):
         if shutil.which(tool) is None:
@@ -676,6 +680,10 @@ def main(argv: list[str] | None = None) -> int:
         report.update_doc(doc, DOC)
         print(f"updated {DOC.relative_to(REPO)}")
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _git(*args: str) -> str:
