@@ -239,9 +239,10 @@ def test_a_missing_rule_breaks_writing_the_status(testbed: Kube,
         wait_for(lambda: testbed.kubectl("-n", MODELS, "get", "deployment", "ranker",
                                          check=False).returncode == 0,
                  timeout=30, what="the operator to create the Deployment (that rule remains)")
-        wait_for(lambda: "modeldeployments/status" in operator_process.log_text()
-                 and "forbidden" in operator_process.log_text().lower(),
-                 timeout=30, what=f"a 403 on modeldeployments/status in {operator_process.log}")
+        denied = 'cannot patch resource "modeldeployments/status"'
+        wait_for(lambda: any(denied in line and "ranker" in line
+                             for line in operator_process.log_text().splitlines()),
+                 timeout=30, what=f"the 403 on ranker's status in {operator_process.log}")
         md = _json(testbed, "-n", MODELS, "get", "md", "ranker")
         assert not (md.get("status") or {}).get("phase"), md.get("status")
     finally:
