@@ -170,6 +170,20 @@ class Serving:
 
 
 @dataclass(frozen=True)
+class CanaryStep:
+    weight: int = field(metadata=_m("weight"))
+    pause_seconds: int | None = field(metadata=_m("pauseSeconds"), default=None)
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    steps: tuple[CanaryStep, ...] = field(metadata=_m("steps"))
+    paused: bool = field(metadata=_m("paused"), default=False)
+    promote: int | None = field(metadata=_m("promote"), default=None)
+    abort: bool = field(metadata=_m("abort"), default=False)
+
+
+@dataclass(frozen=True)
 class RolloutSpec:
     """How a new revision replaces the old one on scarce GPUs (rollout.py decides per update)."""
 
@@ -177,6 +191,7 @@ class RolloutSpec:
     max_unavailable: int = field(metadata=_m("maxUnavailable"), default=1)
     allow_downtime: bool = field(metadata=_m("allowDowntime"), default=False)
     progress_deadline_seconds: int = field(metadata=_m("progressDeadlineSeconds"), default=600)
+    canary: CanarySpec | None = field(metadata=_m("canary"), default=None)
 
 
 @dataclass(frozen=True)
@@ -241,6 +256,18 @@ class RevisionHistoryEntry:
 
 
 @dataclass(frozen=True)
+class CanaryStatus:
+    hash: str = field(metadata=_m("hash"), default="")
+    step: int = field(metadata=_m("step"), default=0)
+    steps: int = field(metadata=_m("steps"), default=0)
+    weight: int = field(metadata=_m("weight"), default=0)
+    step_ready_at: str | None = field(metadata=_m("stepReadyAt"), default=None)
+    canary_replicas: int = field(metadata=_m("canaryReplicas"), default=0)
+    stable_replicas: int = field(metadata=_m("stableReplicas"), default=0)
+    traffic_percent: int = field(metadata=_m("trafficPercent"), default=0)
+
+
+@dataclass(frozen=True)
 class RolloutStatus:
     strategy: str = field(metadata=_m("strategy"), default="")
     reason: str = field(metadata=_m("reason"), default="")
@@ -251,6 +278,7 @@ class RolloutStatus:
     failed: FailedRevision | None = field(metadata=_m("failed"), default=None)
     history: tuple[RevisionHistoryEntry, ...] = field(metadata=_m("history"), default=())
     stable_spec: Mapping[str, Any] | None = field(metadata=_m("stableSpec"), default=None)
+    canary: CanaryStatus | None = field(metadata=_m("canary"), default=None)
 
 
 @dataclass(frozen=True)
@@ -499,8 +527,40 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         raise SpecError("spec.rollout.allowDowntime", f"must be true or false, got {downtime!r}")
     deadline = _int(ro.get("progressDeadlineSeconds"), "spec.rollout.progressDeadlineSeconds",
                     5, 86400)
+    canary = None
+    if ro.get("canary") is not None:
+        c = _obj(ro.get("canary"), "spec.rollout.canary")
+        steps = []
+        last = 0
+        for i, st in enumerate(_list(c.get("steps"), "spec.rollout.canary.steps")):
+            path = f"spec.rollout.canary.steps[{i}]"
+            st_obj = _obj(st, path)
+            weight = _int(st_obj.get("weight"), f"{path}.weight", 1, 100)
+            if weight is None:
+                raise SpecError(f"{path}.weight", "is required")
+            if weight <= last:
+                raise SpecError(f"{path}.weight", f"weights must increase: {weight} after {last}")
+            last = weight
+            steps.append(CanaryStep(weight=weight, pause_seconds=_int(
+                st_obj.get("pauseSeconds"), f"{path}.pauseSeconds", 0, 86400)))
+        if not steps:
+            raise SpecError("spec.rollout.canary.steps", "needs at least one step")
+        flags = {}
+        for flag in ("paused", "abort"):
+            value = c.get(flag, False)
+            if not isinstance(value, bool):
+                raise SpecError(f"spec.rollout.canary.{flag}", f"must be true or false, got "
+                                f"{value!r}")
+            flags[flag] = value
+        if autoscaling is not None:
+            raise SpecError("spec.rollout.canary", "does not work with spec.autoscaling (the "
+                            "autoscaler scales only the stable Deployment)")
+        canary = CanarySpec(steps=tuple(steps), paused=flags["paused"], abort=flags["abort"],
+                            promote=_int(c.get("promote"), "spec.rollout.canary.promote", 1,
+                                         2**31 - 1))
     rollout = RolloutSpec(max_surge=surge, max_unavailable=unavailable, allow_downtime=downtime,
-                          progress_deadline_seconds=600 if deadline is None else deadline)
+                          progress_deadline_seconds=600 if deadline is None else deadline,
+                          canary=canary)
 
     return ModelDeploymentSpec(model=model, runtime=runtime, pod_metadata=pod_metadata, gpu=gpu,
                                replicas=replicas, autoscaling=autoscaling, scheduling=scheduling,

@@ -34,7 +34,7 @@ import kopf
 from .config import Settings
 from .k8s import AsyncCluster, Cluster
 from .reconcile import Memory, Outcome, Retry, Snapshot, reconcile
-from .render import INSTANCE, MANAGED_BY, MANAGER
+from .render import INSTANCE, MANAGED_BY, MANAGER, canary_name
 from .scheduling import NodeInfo
 from .status import PodInfo, pod_info
 
@@ -119,6 +119,13 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
     if body is None:
         return None
     children = {kind: _unpack(_first(idx[index].get(key))) for kind, index in _INDEX_OF.items()}
+    # Two Deployments share the key during a canary: the stable one (NAME) and NAME-canary.
+    deployments = [d for d in (_unpack(p) for p in idx["deployment_index"].get(key) or [])
+                   if d is not None]
+    children["Deployment"] = next((d for d in deployments
+                                   if (d.get("metadata") or {}).get("name") == key[1]), None)
+    children["CanaryDeployment"] = next((d for d in deployments if (d.get("metadata") or {}).get(
+        "name") == canary_name(key[1])), None)
     nodes: list[NodeInfo] = list(idx["node_index"].get("nodes") or [])
     used: dict[str, dict[str, int]] = {}
     for node in nodes:

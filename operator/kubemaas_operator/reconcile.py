@@ -9,6 +9,7 @@ status is patched only when it changed: a steady-state resync writes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from .render import (
     RenderContext,
     Rendered,
     RenderError,
+    canary_name,
     digest,
     render,
     selector_string,
@@ -146,6 +148,7 @@ class Memory:
 
     def forget_all(self, namespace: str, name: str) -> None:
         self._statuses.pop((namespace, name), None)
+        self.forget("Deployment", namespace, canary_name(name))
         for _, kind in CHILD_KINDS:
             self.forget(kind, namespace, name)
             self._rejected.pop((kind, namespace, name), None)
@@ -322,14 +325,22 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         children = [next(c for c in stable.children if c["kind"] == "Deployment") if c[
             "kind"] == "Deployment" else c for c in children]
     surge_unavailable = plan.deployment_strategy or _live_strategy(dep_obj)
-    children = [with_strategy(c, *surge_unavailable) if c["kind"] == "Deployment" else c
-                for c in children]
+    children = [with_strategy(c, *surge_unavailable, replicas=plan.main_replicas)
+                if c["kind"] == "Deployment" else c for c in children]
+    canary_obj = memory.freshest("Deployment", namespace, canary_name(name),
+                                 snap.children.get("CanaryDeployment"))
+    pairs: list[tuple[dict[str, Any], Mapping[str, Any] | None]] = [
+        (c, observed_children.get(c["kind"])) for c in children]
+    if plan.canary_replicas is not None:  # the canary Deployment runs the spec's revision
+        main = next(c for c in rendered.children if c["kind"] == "Deployment")
+        pairs.append((with_strategy(main, 0, 1, replicas=plan.canary_replicas, canary=True),
+                      canary_obj))
 
     # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
     wanted = {child["kind"]: child for child in rendered.children}
-    for child in children:
+    for child, have in pairs:
         kind = child["kind"]
-        have = observed_children.get(kind)
+        is_canary = child["metadata"]["name"] != name
         reason = None
         if have is None:
             reason = "missing"
@@ -357,8 +368,19 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                 return outcome
             raise Retry(f"cannot apply the {kind} {namespace}/{name}: {err}") from err
         memory.remember(applied)
-        observed_children[kind] = applied
-        outcome.applied.append(f"{kind} ({reason})")
+        if is_canary:
+            canary_obj = applied
+        else:
+            observed_children[kind] = applied
+        outcome.applied.append(f"{'canary ' if is_canary else ''}{kind} ({reason})")
+    if plan.canary_replicas is None and canary_obj is not None:
+        try:
+            await cluster.delete("apps/v1", "Deployment", namespace, canary_name(name))
+        except ApiError as err:
+            raise Retry(f"cannot delete the canary Deployment {namespace}/{name}: {err}") from err
+        memory.forget("Deployment", namespace, canary_name(name))
+        canary_obj = None
+        outcome.deleted.append("canary Deployment")
     for api_version, kind in CHILD_KINDS:
         if kind not in wanted and observed_children.get(kind) is not None:
             try:
@@ -371,6 +393,13 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     # 7. the status, from what is there now.
     dep_obj = observed_children.get("Deployment")
     dep: DeploymentInfo | None = deployment_info(dep_obj) if dep_obj else None
+    if dep is not None and canary_obj is not None:  # the model's replicas are in both
+        can = deployment_info(canary_obj)
+        dep = dataclasses.replace(
+            dep, replicas=dep.replicas + can.replicas,
+            ready_replicas=dep.ready_replicas + can.ready_replicas,
+            updated_replicas=dep.updated_replicas + can.updated_replicas,
+            available_replicas=dep.available_replicas + can.available_replicas)
     products = {n.name: n.product for n in snap.nodes}
     placed = [products.get(p.node, "") for p in snap.pods if p.node and not p.terminating]
     observed = Observed(

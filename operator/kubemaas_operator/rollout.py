@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from .api import ModelDeploymentSpec
+from .api import CanarySpec, ModelDeploymentSpec
 from .status import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, RolloutView
 
 HISTORY = 10
@@ -55,6 +55,8 @@ class Plan:
     # (maxSurge, maxUnavailable) for the Deployment while it changes template; None = keep the
     # live Deployment's (a strategy that follows free capacity must not rewrite steady models).
     deployment_strategy: tuple[int, int] | None = None
+    main_replicas: int | None = None  # None: the spec's (a canary moves replicas between the two)
+    canary_replicas: int | None = None  # the canary Deployment's; None: there is none
     requeue_after: float | None = None
     rolled_back: bool = False  # this reconcile decided a rollback
     notes: list[str] = field(default_factory=list)  # for the log
@@ -144,6 +146,107 @@ def complete(dep: DeploymentInfo | None, pods: Sequence[PodInfo], revision: str,
             and dep.replicas <= dep.updated_replicas and dep.ready_replicas >= desired)
 
 
+@dataclass(frozen=True)
+class _Canary:
+    target: Target
+    main_replicas: int
+    canary_replicas: int
+    update: dict[str, Any]
+    state: dict[str, Any]
+    message: str
+    requeue_after: float | None
+    done: bool = False
+    aborted: bool = False
+
+
+def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: int,
+            pods: Sequence[PodInfo], upd: dict[str, Any], previous: Any, desired_hash: str,
+            strategy: Strategy, now: datetime) -> _Canary:
+    """One look at a canary rollout: how many replicas (GPUs) each Deployment gets now.
+
+    Steps move replicas from the stable Deployment (old template) to the canary (new template);
+    the canary grows only into GPUs the stable one has given back or that are free, so the two
+    never hold more pods than desired + free. After the last step the stable Deployment takes the
+    new template and the canary shrinks as the stable's new replicas become Ready.
+    """
+    steps = canary.steps
+    prev = dict(previous) if isinstance(previous, Mapping) and previous.get(
+        "hash") == desired_hash else {}
+    step = int(prev.get("step") or 1)
+    step_ready_at = _parse(prev.get("stepReadyAt"))
+    main = [p for p in pods if p.track != "canary"]
+    can = [p for p in pods if p.track == "canary"]
+    main_ready = sum(1 for p in main if p.ready and not p.terminating)
+    main_ready_new = sum(1 for p in main if p.ready and not p.terminating
+                         and p.revision == desired_hash)
+    can_ready = sum(1 for p in can if p.ready and not p.terminating
+                    and p.revision == desired_hash)
+    total_ready = main_ready + can_ready
+    traffic = round(100 * can_ready / total_ready) if total_ready else 0
+    budget = desired + spare
+    number = upd.get("number")
+    requeue: float | None = None
+    if canary.abort:
+        state = {"hash": desired_hash, "step": 0, "steps": len(steps), "weight": 0,
+                 "canaryReplicas": 0, "stableReplicas": desired, "trafficPercent": traffic}
+        return _Canary("stable", desired, 0, upd, state,
+                       "canary aborted by spec.rollout.canary.abort: every replica runs the "
+                       "current revision again; set abort to false to start the canary over",
+                       None, aborted=True)
+    if canary.promote is not None and canary.promote == number:
+        step = len(steps) + 1
+    message: str
+    if step <= len(steps):
+        weight = steps[step - 1].weight
+        want = max(1, min(desired, -(-desired * weight // 100)))
+        # The stable Deployment gives replicas up only as canary replicas become Ready (at most
+        # maxUnavailable short when no GPU is free), the canary grows into what is given up.
+        slack = 0 if spare > 0 else max(1, min(strategy.max_unavailable, max(1, desired - 1)))
+        main_n = max(desired - want, min(desired, desired - can_ready - slack))
+        can_n = min(want, max(len(can), budget - len(main)))
+        reached = can_ready >= want and len(main) <= main_n
+        pause = steps[step - 1].pause_seconds
+        gate = ""
+        if reached:
+            step_ready_at = step_ready_at or now
+            upd = {**upd, "progressAt": _fmt(now)}  # waiting at a gate is not a stall
+            waited = (now - step_ready_at).total_seconds()
+            if canary.paused:
+                gate = "; paused (spec.rollout.canary.paused)"
+            elif pause is None:
+                gate = (f"; waiting for promotion: set spec.rollout.canary.promote to {number}")
+            elif waited >= pause:
+                step, step_ready_at = step + 1, None
+                requeue = 0.05
+            else:
+                gate = f"; next step in {pause - waited:.0f}s"
+                requeue = max(0.1, pause - waited)
+        if requeue == 0.05:
+            gate = f"; step {step - 1} done, moving on"
+        if step <= len(steps) or requeue == 0.05:
+            shown = step - 1 if requeue == 0.05 else step
+            message = (f"canary step {shown}/{len(steps)}: {weight}% = {want} of {desired} "
+                       f"replica(s) on the new revision ({can_ready} Ready), traffic "
+                       f"{traffic}% by ready replicas{gate}")
+            state = {"hash": desired_hash, "step": step, "steps": len(steps), "weight": weight,
+                     "canaryReplicas": can_n, "stableReplicas": main_n,
+                     "trafficPercent": traffic}
+            if step_ready_at is not None:
+                state["stepReadyAt"] = _fmt(step_ready_at)
+            if step <= len(steps):
+                return _Canary("stable", main_n, can_n, upd, state, message, requeue)
+    # After the last step: the stable Deployment takes the new template over.
+    slack = 0 if spare > 0 else max(1, strategy.max_unavailable)
+    main_n = max(0, min(desired, budget - len(can)))
+    can_n = max(0, min(len(can), desired - main_ready_new - slack))
+    state = {"hash": desired_hash, "step": len(steps) + 1, "steps": len(steps), "weight": 100,
+             "canaryReplicas": can_n, "stableReplicas": main_n, "trafficPercent": traffic}
+    message = (f"canary promoted: the stable Deployment takes revision {number} over "
+               f"({main_ready_new} of {desired} Ready), the canary shrinks to {can_n}")
+    return _Canary("desired", main_n, can_n, upd, state, message, None,
+                   done=not can and can_n == 0)
+
+
 def _ref(obj: Any) -> dict[str, Any] | None:
     if not isinstance(obj, Mapping) or not obj.get("hash"):
         return None
@@ -158,7 +261,10 @@ def _entry(ref: Mapping[str, Any], outcome: str, message: str, now: datetime) ->
 def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: str,
          dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int, spare: int,
          previous: Mapping[str, Any], now: datetime) -> Plan:
-    """Decide the Deployment's template and strategy, and the new status.rollout."""
+    """Decide the Deployment's template and strategy, and the new status.rollout.
+
+    `dep` is the stable (main) Deployment; canary pods are told apart by their track label.
+    """
     cur = _ref(previous.get("current"))
     prev_good = _ref(previous.get("previous"))
     upd = _ref(previous.get("update"))
@@ -179,12 +285,16 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     moving = False  # the Deployment is (to be) changing template: the strategy matters
     rolled_back = False
     notes: list[str] = []
+    main_replicas: int | None = None
+    canary_replicas: int | None = None
+    canary_state: dict[str, Any] | None = None
+    canary_moving = False
 
     def state(strategy_name: str, reason: str, message: str) -> dict[str, Any]:
         out: dict[str, Any] = {"strategy": strategy_name, "reason": reason, "message": message,
                                "current": cur, "previous": prev_good, "update": upd,
                                "failed": failed, "history": history[-HISTORY:] or None,
-                               "stableSpec": stable_spec}
+                               "stableSpec": stable_spec, "canary": canary_state}
         return {k: v for k, v in out.items() if v is not None}
 
     if failed is not None and failed["hash"] == desired_hash and cur is not None and (
@@ -231,7 +341,56 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
             cur is not None or live_hash != desired_hash
             or any(p.revision != desired_hash for p in pods if not p.terminating))
         applied = live_hash == desired_hash
-        if rolling and not applied and strategy.name == "Wait":
+        canary = spec.rollout.canary
+        if (canary is not None and rolling and cur is not None and stable_spec is not None
+                and not (applied and not any(p.track == "canary" for p in pods)
+                         and (previous.get("canary") or {}).get("hash") != desired_hash)):
+            c = _canary(spec, canary, desired, spare, pods, dict(upd), previous.get("canary"),
+                        desired_hash, strategy, now)
+            upd, canary_state = c.update, c.state
+            main_replicas, canary_replicas = c.main_replicas, c.canary_replicas
+            canary_moving = True
+            target = c.target
+            requeue = c.requeue_after
+            view_reason, view_message = "CanaryRollout", (
+                f"revision {upd['number']} ({desired_hash}): {c.message}")
+            if c.aborted:
+                blocked_reason, blocked_message = "CanaryAborted", (
+                    f"revision {upd['number']} ({desired_hash}): {c.message}")
+            status = state("Canary", "CanarySteps", c.message)
+            problem = failing(pods, desired_hash)
+            since = _parse(upd.get("progressAt")) or now
+            overdue = (now - since) > timedelta(seconds=deadline)
+            if (problem is not None or overdue) and not c.aborted:
+                why = (problem[1] if problem is not None else
+                       f"no canary replica became Ready for over {deadline}s "
+                       "(progressDeadlineSeconds)")
+                failed = {"number": upd["number"], "hash": desired_hash, "message": why}
+                history.append(_entry(upd, "RolledBack", why, now))
+                upd, canary_state = None, None
+                main_replicas = canary_replicas = None
+                target = "stable"
+                rolled_back = True
+                blocked_reason = "RolledBack"
+                blocked_message = (f"revision {failed['number']} ({desired_hash}) was rolled "
+                                   f"back to revision {cur.get('number')} ({cur['hash']}): "
+                                   f"{why}; change the spec to try again")
+                view_reason = view_message = ""
+                status = state(strategy.name, "RolledBack", blocked_message)
+                notes.append(blocked_message)
+            elif c.done and applied and complete(dep, pods, desired_hash, desired):
+                history.append(_entry(upd, "Complete", f"{_plural(desired, 'replica')} Ready "
+                                      f"(canary, {len(canary.steps)} step(s))", now))
+                prev_good = cur
+                cur = {"number": upd["number"], "hash": desired_hash}
+                upd, canary_state = None, None
+                main_replicas = canary_replicas = None
+                stable_spec = dict(raw_spec)
+                view_reason = view_message = ""
+                status = state("None", "UpToDate", f"revision {cur['number']} "
+                               f"({desired_hash}) is the current revision")
+                notes.append(f"revision {cur['number']} ({desired_hash}) complete (canary)")
+        elif rolling and not applied and strategy.name == "Wait":
             target = "hold"
             blocked_reason, blocked_message = "RolloutWaiting", (
                 f"revision {upd['number']} ({desired_hash}) waits: {strategy.message}")
@@ -277,7 +436,8 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
                 if rolling:
                     moving = True
                     view_reason, view_message = _rollout_reason(strategy), (
-                        f"revision {upd['number']} ({desired_hash}): {strategy.message}")
+                        f"revision {upd['number']} ({desired_hash}): {strategy.message}; "
+                        f"{ready} of {desired} new replica(s) Ready")
                     status = state(strategy.name, strategy.reason, strategy.message)
                 else:
                     status = state("None", "FirstRevision", f"revision {upd['number']} "
@@ -294,7 +454,10 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     if moving:
         chosen = ((strategy.max_surge, strategy.max_unavailable) if strategy.name != "Wait"
                   else (0, 1))  # going back to the good revision must not wait
+    if canary_moving:  # the stable Deployment never surges beside a canary
+        chosen = (0, max(1, min(strategy.max_unavailable or 1, max(1, desired - 1))))
     return Plan(target=target, strategy=strategy, status=status, view=view,
                 stable_spec=stable_spec if target == "stable" else None,
-                deployment_strategy=chosen,
+                deployment_strategy=chosen, main_replicas=main_replicas,
+                canary_replicas=canary_replicas,
                 requeue_after=requeue, rolled_back=rolled_back, notes=notes)

@@ -35,6 +35,7 @@ class PodInfo:
     ready: bool = False
     terminating: bool = False
     revision: str = ""
+    track: str = "main"  # main (the stable Deployment) or canary
     unschedulable_message: str = ""  # PodScheduled=False, reason Unschedulable
     waiting_reason: str = ""  # a failing container's waiting reason (see FAILING_WAIT_REASONS)
     waiting_message: str = ""
@@ -100,6 +101,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         terminating=bool(meta.get("deletionTimestamp")),
         revision=(meta.get("labels") or {}).get("serving.kubemaas.io/revision")
         or annotations.get("serving.kubemaas.io/revision", ""),
+        track=(meta.get("labels") or {}).get("serving.kubemaas.io/track") or "main",
         unschedulable_message=unschedulable, waiting_reason=waiting_reason,
         waiting_message=waiting_message, last_terminated=last_terminated,
         running_since=running_since,
@@ -294,19 +296,17 @@ def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], st
     elif dep.progress_deadline_exceeded:
         rollout = _Cond("RolloutComplete", "False", "ProgressDeadlineExceeded",
                         dep.progress_deadline_exceeded)
+    elif o.rollout is not None and o.rollout.strategy_reason:
+        rollout = _Cond("RolloutComplete", "False", o.rollout.strategy_reason,
+                        o.rollout.strategy_message)
     elif (dep.observed_generation < dep.generation or dep.revision != o.desired_revision
           or dep.updated_replicas < desired or dep.replicas > dep.updated_replicas
           or dep.available_replicas < desired):
         progress = (f"{dep.updated_replicas}/{desired} replicas updated, "
                     f"{dep.available_replicas} available, "
                     f"{max(0, dep.replicas - dep.updated_replicas)} old")
-        view = o.rollout
-        if view is not None and view.strategy_reason:
-            rollout = _Cond("RolloutComplete", "False", view.strategy_reason,
-                            f"{view.strategy_message}; {progress}")
-        else:
-            rollout = _Cond("RolloutComplete", "False", "RollingOut",
-                            f"revision {o.desired_revision}: {progress}")
+        rollout = _Cond("RolloutComplete", "False", "RollingOut",
+                        f"revision {o.desired_revision}: {progress}")
     else:
         rollout = _Cond("RolloutComplete", "True", "RolloutComplete",
                         f"revision {o.desired_revision} runs on {_plural(desired, 'replica')}")
@@ -328,7 +328,7 @@ def _short(reason: str, message: str) -> str:
     return text
 
 
-ROLLING_REASONS = ("RollingOut", "SurgeRollout", "ReplaceRollout")
+ROLLING_REASONS = ("RollingOut", "SurgeRollout", "ReplaceRollout", "CanaryRollout")
 _NORMAL_REASONS = ("Ready", "WaitingForDeployment", "PodsNotReady", "ScaledToZero",
                    "Scheduled", "MinimumReplicasReady", "RolloutComplete", *ROLLING_REASONS)
 
@@ -412,7 +412,8 @@ def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> St
         blocking = next(
             (c for c in (scheduled, available, rollout)
              if c.status == "False" and c.reason not in (*ROLLING_REASONS, "PodsNotReady")),
-            None) or next(c for c in (scheduled, available, rollout) if c.status != "True")
+            None) or (rollout if rollout.reason in ROLLING_REASONS[1:] else None) or next(
+            c for c in (scheduled, available, rollout) if c.status != "True")
         ready = _Cond("Ready", "False", blocking.reason, blocking.message)
         if desired == 0:
             phase = "Pending"

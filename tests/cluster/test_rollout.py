@@ -271,3 +271,59 @@ def test_bad_revision_rolls_back(kube: Kube, ns: str, failure: str, reason: str)
                           progressDeadlineSeconds=deadline))
     st = wait_revision(kube, ns, "m", 3)
     assert "failed" not in st["rollout"]
+
+
+def test_canary_steps_on_a_full_cluster(kube: Kube, ns: str) -> None:
+    """10 -> 50 -> 100 with a pause, a manual gate and promotion through the spec, watched with
+    `kubectl get md -w`; the canary takes GPUs the stable Deployment gives back."""
+    import subprocess
+
+    from kubemaas_testbed.binaries import kubectl as kubectl_bin
+
+    steps = [{"weight": 10, "pauseSeconds": 3}, {"weight": 50}, {"weight": 100,
+                                                                 "pauseSeconds": 0}]
+    fill_h100(kube, ns, leave=10)
+    apply(kube, ns, model("m", 10, canary={"steps": steps}))
+    wait_revision(kube, ns, "m", 1)
+    watch = subprocess.Popen([kubectl_bin(), f"--kubeconfig={kube.kubeconfig}", "-n", ns, "get",
+                              "md", "m", "-w"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    seen: list[tuple[int, int, int, int]] = []  # step, weight, canary replicas, traffic
+
+    def at_manual_gate() -> dict[str, Any] | None:
+        st = status(kube, ns, "m")
+        c = (st.get("rollout") or {}).get("canary") or {}
+        if c:
+            seen.append((c["step"], c["weight"], c["canaryReplicas"], c["trafficPercent"]))
+        return st if c.get("step") == 2 and c.get("trafficPercent") == 50 and (
+            "promote to 2" in st["rollout"]["message"]) else None
+
+    try:
+        with Sampler(kube, ns, "m") as sampler:
+            apply(kube, ns, model("m", 10, image="ghcr.io/kubemaas/runtime:0.2.0",
+                                  canary={"steps": steps}))
+            st = wait_for(at_manual_gate, timeout=60, interval=0.1,
+                          what="the canary at step 2 (50%), waiting for promotion")
+            assert get(kube, ns, "deployment", "m-canary")["spec"]["replicas"] == 5
+            assert get(kube, ns, "deployment", "m")["spec"]["replicas"] == 5
+            assert st["reason"].startswith("CanaryRollout")
+            time.sleep(2)  # a manual gate holds
+            assert (status(kube, ns, "m")["rollout"]["canary"]["step"]) == 2
+            apply(kube, ns, model("m", 10, image="ghcr.io/kubemaas/runtime:0.2.0",
+                                  canary={"steps": steps, "promote": 2}))
+            st = wait_revision(kube, ns, "m", 2)
+    finally:
+        watch.terminate()
+        out, _ = watch.communicate(timeout=10)
+    print(out)
+    assert (1, 10, 1, 10) in seen, seen
+    assert "canary step 1/3: 10%" in out and "canary step 2/3: 50%" in out
+    assert st["rollout"]["history"][-1]["outcome"] == "Complete"
+    assert kube.kubectl("-n", ns, "get", "deployment", "m-canary", check=False).returncode != 0
+    images = {p["spec"]["containers"][0]["image"] for p in pods_of(kube, ns, "m")}
+    assert images == {"ghcr.io/kubemaas/runtime:0.2.0"}
+    ready = [r for _, r, _ in sampler.samples]
+    live = [n for _, _, n in sampler.samples]
+    print(f"canary: {len(ready)} samples, ready min {min(ready)}, pods max {max(live)}")
+    assert max(live) <= 10, f"{max(live)} pods for 10 GPUs"
+    assert min(ready) >= 9

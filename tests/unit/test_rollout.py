@@ -199,3 +199,72 @@ def test_rollout_module_is_pure() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == ""
+
+
+# ---------------------------------------------------------------------------- canary
+
+CANARY_RAW = {**RAW, "replicas": 10, "rollout": {"canary": {"steps": [
+    {"weight": 10, "pauseSeconds": 5}, {"weight": 50}, {"weight": 100, "pauseSeconds": 0}]}}}
+
+
+def canary_pods(old: int, new: int, new_ready: bool = True) -> list[PodInfo]:
+    return [*pods("aaa", old), *[PodInfo(name=f"c{i}", phase="Running", node="n",
+                                         ready=new_ready, revision="bbb", track="canary")
+                                 for i in range(new)]]
+
+
+def test_canary_steps_move_replicas_and_wait_for_promotion() -> None:
+    s = parse_spec(CANARY_RAW)
+    good = {**GOOD, "stableSpec": CANARY_RAW}
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa", 10, 10, 10), pods("aaa", 10), 10, 0, good, NOW)
+    assert p.target == "stable" and (p.main_replicas, p.canary_replicas) == (9, 0)
+    assert p.view.strategy_reason == "CanaryRollout" and p.status["canary"]["step"] == 1
+    # the stable Deployment gave one GPU back: the canary may take it
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa", 9, 9, 9), pods("aaa", 9), 10, 0, p.status, NOW)
+    assert p.canary_replicas == 1
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa", 9, 9, 9), canary_pods(9, 1), 10, 0, p.status, NOW)
+    assert p.status["canary"]["trafficPercent"] == 10 and "next step in 5s" in p.status["message"]
+    later = NOW + timedelta(seconds=6)
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa", 9, 9, 9), canary_pods(9, 1), 10, 0, p.status, later)
+    assert p.status["canary"]["step"] == 2
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa", 9, 9, 9), canary_pods(9, 1), 10, 0, p.status, later)
+    # the stable Deployment shrinks only as canary replicas become Ready (maxUnavailable 1)
+    assert (p.main_replicas, p.status["canary"]["weight"]) == (8, 50)
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa", 7, 7, 7), canary_pods(7, 3), 10, 0, p.status, later)
+    assert (p.main_replicas, p.canary_replicas) == (6, 3)
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa", 5, 5, 5), canary_pods(5, 5), 10, 0, p.status, later)
+    assert "set spec.rollout.canary.promote to 2" in p.status["message"]
+    assert p.status["canary"]["step"] == 2  # manual gate
+    promoted = parse_spec({**CANARY_RAW, "rollout": {"canary": {
+        **CANARY_RAW["rollout"]["canary"], "promote": 2}}})
+    p = plan(promoted, CANARY_RAW, "bbb", dep("aaa", 5, 5, 5), canary_pods(5, 5), 10, 0,
+             p.status, later)
+    assert p.target == "desired" and p.status["canary"]["step"] == 4
+    # hand-over: the stable Deployment takes the new template; the canary shrinks as it is Ready
+    assert (p.main_replicas, p.canary_replicas) == (5, 5)
+    handed = [*pods("bbb", 5), *canary_pods(0, 5)]
+    p = plan(promoted, CANARY_RAW, "bbb", dep("bbb", 5, 5, 5), handed, 10, 0, p.status, later)
+    assert (p.main_replicas, p.canary_replicas) == (5, 4)  # one at a time: 9 stay Ready
+    p = plan(promoted, CANARY_RAW, "bbb", dep("bbb", 10, 10, 10), pods("bbb", 10), 10, 0,
+             p.status, later)
+    assert p.canary_replicas is None and p.status["current"]["number"] == 2
+
+
+def test_canary_abort_and_failure() -> None:
+    s = parse_spec(CANARY_RAW)
+    good = {**GOOD, "stableSpec": CANARY_RAW}
+    aborted = parse_spec({**CANARY_RAW, "rollout": {"canary": {
+        **CANARY_RAW["rollout"]["canary"], "abort": True}}})
+    p = plan(aborted, CANARY_RAW, "bbb", dep("aaa", 9, 9, 9), canary_pods(9, 1), 10, 0, good,
+             NOW)
+    assert p.target == "stable" and p.main_replicas == 10 and p.canary_replicas == 0
+    assert p.view.blocked_reason == "CanaryAborted"
+    crashed = [*pods("aaa", 9), PodInfo(name="c", phase="Running", revision="bbb",
+                                        track="canary", waiting_reason="CrashLoopBackOff")]
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa", 9, 9, 9), crashed, 10, 0, good, NOW)
+    assert p.rolled_back and p.canary_replicas is None and p.main_replicas is None
+
+
+def test_canary_spec_validation() -> None:
+    with pytest.raises(SpecError, match="weights must increase"):
+        parse_spec({**RAW, "rollout": {"canary": {"steps": [{"weight": 50}, {"weight": 10}]}}})

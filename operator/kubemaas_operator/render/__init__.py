@@ -323,13 +323,32 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     return Rendered(children=children, revision=revision)
 
 
-def with_strategy(deployment: Mapping[str, Any], max_surge: int,
-                  max_unavailable: int) -> dict[str, Any]:
-    """The Deployment with the rolling-update strategy rollout.py chose, its spec hash redone."""
+def canary_name(name: str) -> str:
+    return f"{name}-canary"
+
+
+def canary_selector(name: str) -> dict[str, str]:
+    return {**service_selector(name), TRACK: "canary"}
+
+
+def with_strategy(deployment: Mapping[str, Any], max_surge: int, max_unavailable: int,
+                  replicas: int | None = None, canary: bool = False) -> dict[str, Any]:
+    """The Deployment with the rolling-update strategy rollout.py chose (and, during a canary,
+    its replica count), its spec hash redone. `canary` turns it into the canary Deployment:
+    NAME-canary, track canary, behind the same Service."""
     out = copy.deepcopy(dict(deployment))
     out["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {
         "maxSurge": max_surge, "maxUnavailable": max_unavailable}}
+    if replicas is not None:
+        out["spec"]["replicas"] = replicas
     meta = out["metadata"]
+    if canary:
+        instance = meta["labels"][INSTANCE]
+        meta["name"] = canary_name(instance)
+        meta["labels"] = {**meta["labels"], TRACK: "canary"}
+        out["spec"]["selector"] = {"matchLabels": canary_selector(instance)}
+        pod_meta = out["spec"]["template"]["metadata"]
+        pod_meta["labels"] = {**pod_meta["labels"], TRACK: "canary"}
     annotations = dict(meta.get("annotations") or {})
     annotations.pop(SPEC_HASH, None)
     meta["annotations"] = annotations
