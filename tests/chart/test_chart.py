@@ -84,7 +84,16 @@ def test_every_operator_variable_is_a_setting() -> None:
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert set(env) <= known, set(env) - known
     settings = Settings.from_env({**env, "KUBEMAAS_OPERATOR_NAMESPACE": "kubemaas-system"})
-    assert settings.health_port == 8081 and settings.resync_s == 60
+    assert settings.health_port == 8081
+    # Tuning is left to the operator's defaults unless the values set it.
+    assert settings.resync_s == Settings().resync_s
+    assert "KUBEMAAS_OPERATOR_RESYNC_S" not in env
+    tuned = find(objects(template("--set-json", "operator.resyncSeconds=2.5",
+                                  "--set", "operator.apiWorkers=4")), "Deployment")
+    env = {e["name"]: e["value"] for e in tuned["spec"]["template"]["spec"]["containers"][0][
+        "env"] if "value" in e}
+    settings = Settings.from_env({**env, "KUBEMAAS_OPERATOR_NAMESPACE": "kubemaas-system"})
+    assert settings.resync_s == 2.5 and settings.api_workers == 4
 
 
 @pytest.mark.parametrize("values, message", [

@@ -26,7 +26,9 @@ CASES = {
                    "--set", "serviceMonitor.labels.release=prometheus",
                    "--set", "nodeSelector.node-role\\.kubernetes\\.io/control-plane=",
                    "--set", "priorityClassName=system-cluster-critical",
-                   "--set", "operator.logLevel=DEBUG"],
+                   "--set", "operator.logLevel=DEBUG",
+                   "--set", "operator.resyncSeconds=30",
+                   "--set", "operator.maxConcurrentReconciles=128"],
 }
 
 
