@@ -275,8 +275,11 @@ class RealNode:
                     "kubelet/volume-plugins", "pod-logs"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         slot, alone = _claim_slot(self.cluster_state, log)
-        if alone:  # the first real node on the machine keeps the host's values
-            (SLOTS_DIR / "sysctls.json").write_text(json.dumps(_read_sysctls()))
+        host_sysctls = SLOTS_DIR / "sysctls.json"
+        if alone and not host_sysctls.exists():
+            # The first real node on the machine keeps the host's values (a file left
+            # by a node that died holds them already: the kubelet has changed them since).
+            host_sysctls.write_text(json.dumps(_read_sysctls()))
         created: dict[str, Any] = {"slot": slot.index, "bridge": False,
                                    "iptables_chains": _cni_chains()}
         self._write_created(created)
