@@ -268,6 +268,7 @@ class RealNode:
         _preflight()
         started = time.monotonic()
         manifest = images_manifest()
+        kubelet = _kubelet()  # built here on first use, before anything is started
         log(f"images ready in {time.monotonic() - started:.1f} s")
         if self.dir.exists():
             self.down()
@@ -294,11 +295,12 @@ class RealNode:
             for key in ("pause", "runtime"):
                 self.import_image(Path(manifest["images"][key]["archive"]))
             self._write_certs(slot)
-            self._start_kubelet(server, slot)
+            self._start_kubelet(kubelet, server, slot)
             self._wait(self._node_ready, timeout, f"node {self.name} Ready", "kubelet")
         except BaseException:
             log(f"real node failed to start; logs: {self.cluster_state / 'logs'}"
-                "/{containerd,kubelet}.log")
+                "/{containerd,kubelet}.log (kept); undoing what was started")
+            self.down()
             raise
         log(f"real node {self.name} up in {time.monotonic() - started:.1f} s: "
             f"bridge {slot.bridge}, pods on {slot.subnet}")
@@ -517,7 +519,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "registerWithTaints": [TAINT],
         }
 
-    def _start_kubelet(self, server: str, slot: Slot) -> None:
+    def _start_kubelet(self, kubelet: Path, server: str, slot: Slot) -> None:
         p = self.cluster_state / "pki"
         k = self.dir / "kubelet"
         kubeconfig.write(k / "kubeconfig", server, p / "ca.crt", p / f"node-{self.name}.crt",
@@ -525,7 +527,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         config = k / "config.yaml"
         config.write_text(yaml.safe_dump(self._kubelet_config(slot, _free_port(), _free_port()),
                                          sort_keys=False))
-        kubelet = _kubelet()
         self.processes.start("kubelet", [
             str(kubelet),
             f"--config={config}",
