@@ -31,7 +31,7 @@ class Settings:
     resync_s: float = 60.0  # the periodic drift check of every ModelDeployment
     not_ready_grace_s: float = 60.0  # Running but not Ready for longer = NotReady
     api_workers: int = 32  # threads (and connections) for blocking API calls
-    max_concurrent_reconciles: int = 64
+    max_concurrent_reconciles: int = 256
     health_port: int = 8081  # GET /healthz (kopf liveness + api write count); 0 = off
     log_level: str = "INFO"
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 PURE = ["kubemaas_operator.api", "kubemaas_operator.render", "kubemaas_operator.scheduling",
+        "kubemaas_operator.rollout",
         "kubemaas_operator.status", "kubemaas_operator.drift", "kubemaas_operator.quantity",
         "kubemaas_operator.config", "kubemaas_operator.workqueue"]
 

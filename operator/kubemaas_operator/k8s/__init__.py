@@ -192,12 +192,19 @@ class Cluster:
 
 
 class AsyncCluster:
-    """`Cluster` for the event loop: each call runs in a bounded thread pool."""
+    """`Cluster` for the event loop: each call runs in a bounded thread pool.
 
-    def __init__(self, cluster: Cluster, workers: int = 16) -> None:
+    Applies and deletes of children get a pool of their own, so that during a burst (a thousand
+    models at once) every model's Deployment goes out first and the controllers start working,
+    while status patches and Events queue in the other pool.
+    """
+
+    def __init__(self, cluster: Cluster, workers: int = 32) -> None:
         self.sync = cluster
-        self.executor = ThreadPoolExecutor(max_workers=workers,
-                                           thread_name_prefix="kubemaas-api")
+        half = max(1, workers // 2)
+        self.executor = ThreadPoolExecutor(max_workers=half, thread_name_prefix="kubemaas-apply")
+        self.status_executor = ThreadPoolExecutor(max_workers=max(1, workers - half),
+                                                  thread_name_prefix="kubemaas-status")
 
     @property
     def writes(self) -> int:
@@ -205,6 +212,9 @@ class AsyncCluster:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _run_status(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.status_executor, fn, *args)
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         return await self._run(self.sync.apply, manifest)
@@ -214,15 +224,16 @@ class AsyncCluster:
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any],
                            previous: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._run(self.sync.patch_status, namespace, name, status, previous)
+        return await self._run_status(self.sync.patch_status, namespace, name, status, previous)
 
     async def post_event(self, involved: Mapping[str, Any], type_: str, reason: str,
                          message: str) -> None:
-        await self._run(self.sync.post_event, involved, type_, reason, message)
+        await self._run_status(self.sync.post_event, involved, type_, reason, message)
 
     async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._run(self.sync.get_configmap, namespace, name)
+        return await self._run_status(self.sync.get_configmap, namespace, name)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.status_executor.shutdown(wait=False, cancel_futures=True)
         self.sync.api.close()  # type: ignore[no-untyped-call]
