@@ -1,4 +1,4 @@
-"""PURE: revisions, surge-or-replace, and rollback decisions.
+"""PURE: revisions, surge-or-replace, canary steps and rollback decisions.
 
 A *revision* is a pod template: every spec change that alters the pods has a new hash (rendered
 by render.py) and gets the next number. `plan()` looks at what the operator observed — the spec's
@@ -12,8 +12,10 @@ matching nodes can hold — and the rollout state it wrote last time (`status.ro
   maxUnavailable 0: never below the desired ready count) when the free GPUs allow it, otherwise
   *replace* (maxSurge 0, maxUnavailable within spec.rollout.maxUnavailable: never more pods than
   GPUs), and for a single replica without a spare GPU *wait* unless downtime is allowed;
+- with `spec.rollout.canary`, how many replicas the stable Deployment (old template) and the
+  canary Deployment (new template) get at the current step, and when a step's pause is over;
 - the new `status.rollout` (current, previous and update revisions, a short history of outcomes),
-  and whether the model's Ready condition must say RolledBack or RolloutWaiting.
+  and whether the model's Ready condition must say RolledBack, RolloutWaiting or CanaryAborted.
 
 Everything here is a function of its inputs; reconcile.py does the I/O. State that must survive a
 restart lives in the status (and in the Deployment itself), so a killed operator resumes.
@@ -187,12 +189,20 @@ def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: 
     number = upd.get("number")
     requeue: float | None = None
     if canary.abort:
+        # Back to the current revision: the stable Deployment grows into the GPUs the canary
+        # gives back, the canary shrinks as the stable replicas become Ready (-1 when full).
+        slack = 0 if spare > 0 else max(1, min(strategy.max_unavailable, max(1, desired - 1)))
+        old_ready = sum(1 for p in main if p.ready and not p.terminating
+                        and p.revision != desired_hash)
+        main_n = max(0, min(desired, budget - len(can)))
+        can_n = max(0, min(len(can), desired - old_ready - slack))
         state = {"hash": desired_hash, "step": 0, "steps": len(steps), "weight": 0,
-                 "canaryReplicas": 0, "stableReplicas": desired, "trafficPercent": traffic}
-        return _Canary("stable", desired, 0, upd, state,
+                 "canaryReplicas": can_n, "stableReplicas": main_n, "trafficPercent": traffic}
+        upd = {**upd, "progressAt": _fmt(now)}  # an abort is not a stall
+        return _Canary("stable", main_n, can_n, upd, state,
                        "canary aborted by spec.rollout.canary.abort: every replica runs the "
                        "current revision again; set abort to false to start the canary over",
-                       None, aborted=True)
+                       None, done=not can and can_n == 0, aborted=True)
     if canary.promote is not None and canary.promote == number:
         step = len(steps) + 1
     message: str
@@ -349,6 +359,8 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
                         desired_hash, strategy, now)
             upd, canary_state = c.update, c.state
             main_replicas, canary_replicas = c.main_replicas, c.canary_replicas
+            if c.aborted and c.done:  # every replica is back: the canary Deployment goes
+                canary_replicas = None
             canary_moving = True
             target = c.target
             requeue = c.requeue_after
@@ -378,7 +390,8 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
                 view_reason = view_message = ""
                 status = state(strategy.name, "RolledBack", blocked_message)
                 notes.append(blocked_message)
-            elif c.done and applied and complete(dep, pods, desired_hash, desired):
+            elif c.done and not c.aborted and applied and complete(dep, pods, desired_hash,
+                                                                   desired):
                 history.append(_entry(upd, "Complete", f"{_plural(desired, 'replica')} Ready "
                                       f"(canary, {len(canary.steps)} step(s))", now))
                 prev_good = cur

@@ -327,3 +327,31 @@ def test_canary_steps_on_a_full_cluster(kube: Kube, ns: str) -> None:
     print(f"canary: {len(ready)} samples, ready min {min(ready)}, pods max {max(live)}")
     assert max(live) <= 10, f"{max(live)} pods for 10 GPUs"
     assert min(ready) >= 9
+
+
+def test_canary_abort_through_the_spec(kube: Kube, ns: str) -> None:
+    steps = [{"weight": 50}, {"weight": 100}]
+    apply(kube, ns, model("m", 4, canary={"steps": steps}))
+    wait_revision(kube, ns, "m", 1)
+    new = "ghcr.io/kubemaas/runtime:0.2.0"
+    apply(kube, ns, model("m", 4, image=new, canary={"steps": steps}))
+    wait_for(lambda: "promote to 2" in (status(kube, ns, "m").get("rollout") or {}).get(
+        "message", ""), timeout=60, what="the canary at its manual gate")
+    assert sum(p["spec"]["containers"][0]["image"] == new for p in pods_of(kube, ns, "m")) == 2
+    apply(kube, ns, model("m", 4, image=new, canary={"steps": steps, "abort": True}))
+    st = wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("CanaryAborted")
+                           else None)(status(kube, ns, "m")), timeout=30, what="CanaryAborted")
+    assert "abort" in condition(st, "Ready")["message"]
+
+    def old_again() -> bool:
+        pods = pods_of(kube, ns, "m")
+        return len(pods) == 4 and all(is_ready(p) and not p["metadata"].get("deletionTimestamp")
+                                      and p["spec"]["containers"][0]["image"] != new
+                                      for p in pods)
+    wait_for(old_again, timeout=60, what="four ready pods of revision 1")
+    wait_for(lambda: kube.kubectl("-n", ns, "get", "deployment", "m-canary",
+                                  check=False).returncode != 0, timeout=30,
+             what="the canary Deployment gone")
+    # abort: false starts the canary over
+    apply(kube, ns, model("m", 4, image=new, canary={"steps": steps, "promote": 2}))
+    wait_revision(kube, ns, "m", 2)

@@ -1,0 +1,327 @@
+"""Benchmark of kubemaas rollouts on the local control plane (kwok GPU nodes, real API server,
+scheduler and controllers; the operator as a real process under its own ServiceAccount).
+
+    .venv/bin/python bench/rollout/bench_rollout.py [--models 100] [--replicas 2]
+        [--sizes 1,10,100] [--nodes 40]
+
+A private testbed with `--nodes` H100 nodes (8 GPUs each) runs `--models` ModelDeployments of
+`--replicas` x 1 H100. For each mode and each size N, the image of N models is changed at once
+(one apply each, from 16 client threads) and the clock runs from the first apply until every pod
+of the N new revisions is Ready and no pod of an old revision is left:
+
+  free  the cluster has free GPUs for a surge (the operator picks Surge);
+  none  filler pods take every free GPU first (the operator picks Replace, maxUnavailable 1).
+
+Then, with the operator stopped, the same image changes are made straight to the Deployments
+(the floor the control plane sets on this machine). Figures go to stdout and, as JSON, to
+bench/results/rollout.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "serving.kubemaas.io_modeldeployments.yaml"
+RBAC = ROOT / "operator" / "kubemaas_operator" / "rbac" / "operator.yaml"
+NS = "kubemaas-bench"
+GROUP, VERSION, PLURAL = "serving.kubemaas.io", "v1alpha1", "modeldeployments"
+H100 = "NVIDIA-H100-80GB-HBM3"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
+    from kubemaas_testbed.binaries import kubectl as kubectl_bin
+
+    return subprocess.run([kubectl_bin(), f"--kubeconfig={kubeconfig}", *args], input=input,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def model(name: str, replicas: int, tag: int) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"model": {"uri": "s3://models/m.onnx", "format": "onnx"},
+                     "runtime": {"image": f"ghcr.io/kubemaas/runtime:0.{tag}.0"},
+                     "replicas": replicas, "gpu": {"count": 1, "products": [H100]}}}
+
+
+class Operator:
+    def __init__(self, admin_kubeconfig: Path, workdir: Path) -> None:
+        token = kubectl(admin_kubeconfig, "-n", "kubemaas-system", "create", "token",
+                        "kubemaas-operator", "--duration=2h").strip()
+        admin = yaml.safe_load(admin_kubeconfig.read_text())
+        cluster = admin["clusters"][0]
+        kubeconfig = workdir / "operator.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+            "users": [{"name": "op", "user": {"token": token}}],
+            "contexts": [{"name": "op", "context": {"cluster": cluster["name"], "user": "op"}}],
+            "current-context": "op"}))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.log = workdir / "operator.log"
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+               "KUBEMAAS_OPERATOR_HEALTH_PORT": str(self.port),
+               "KUBEMAAS_OPERATOR_NAMESPACE": "kubemaas-system"}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "kubemaas_operator"], env=env,
+                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 30
+        while not self.healthy():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"the operator did not start; see {self.log}")
+            time.sleep(0.2)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def pods_by_model(core: client.CoreV1Api) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for p in core.list_namespaced_pod(NS).items:
+        instance = (p.metadata.labels or {}).get("app.kubernetes.io/instance")
+        if instance:
+            out.setdefault(instance, []).append(p)
+    return out
+
+
+def done(pods: list[Any], image: str, replicas: int) -> bool:
+    if len(pods) != replicas:
+        return False
+    for p in pods:
+        if p.metadata.deletion_timestamp is not None or p.spec.containers[0].image != image:
+            return False
+        if not any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []):
+            return False
+    return True
+
+
+def wait_all(core: client.CoreV1Api, wanted: dict[str, str], replicas: int,
+             timeout: float) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        pods = pods_by_model(core)
+        if all(done(pods.get(name, []), image, replicas) for name, image in wanted.items()):
+            return time.monotonic()
+        time.sleep(0.1)
+    return None
+
+
+def fill(core: client.CoreV1Api, kubeconfig: Path) -> int:
+    """Filler pods on every free GPU of the H100 nodes; returns how many GPUs they took."""
+    nodes = {n.metadata.name: int(n.status.allocatable.get("nvidia.com/gpu", "0"))
+             for n in core.list_node().items
+             if (n.metadata.labels or {}).get("nvidia.com/gpu.product") == H100}
+    for p in core.list_pod_for_all_namespaces().items:
+        if p.spec.node_name in nodes and p.status.phase not in ("Succeeded", "Failed"):
+            for c in p.spec.containers:
+                nodes[p.spec.node_name] -= int(((c.resources and c.resources.requests) or {}).get(
+                    "nvidia.com/gpu", "0"))
+    docs = [{"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": f"filler-{node}", "namespace": NS},
+             "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
+                      "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                      "containers": [{"name": "c", "image": "busybox", "resources": {
+                          "requests": {"nvidia.com/gpu": str(free)},
+                          "limits": {"nvidia.com/gpu": str(free)}}}]}}
+            for node, free in sorted(nodes.items()) if free > 0]
+    if docs:
+        kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    return sum(free for free in nodes.values() if free > 0)
+
+
+def settled(custom: client.CustomObjectsApi, names: list[str], timeout: float) -> None:
+    """Every model has a current revision and nothing rolling (past the 5 s settle window)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"]
+        ro = {m["metadata"]["name"]: (m.get("status") or {}).get("rollout") or {} for m in items}
+        if all(ro.get(n, {}).get("current") and "update" not in ro.get(n, {}) for n in names):
+            return
+        time.sleep(0.5)
+    raise RuntimeError("the models did not settle on a current revision")
+
+
+def floor(api: client.ApiClient, core: client.CoreV1Api, kubeconfig: Path, names: list[str],
+          sizes: list[int], replicas: int, tags: dict[str, int],
+          timeout: float) -> list[dict[str, Any]]:
+    """The same image changes made straight to the Deployments, the operator stopped: what the
+    control plane alone (Deployment controller, scheduler, kwok) takes on this machine. First on
+    the full cluster (maxSurge 0, maxUnavailable 1), then with the filler pods gone (maxSurge 1,
+    maxUnavailable 0), as the operator chose."""
+    apps = client.AppsV1Api(api)
+    out = []
+    for mode, surge, unavailable in (("none", 0, 1), ("free", 1, 0)):
+        if mode == "free":
+            kubectl(kubeconfig, "-n", NS, "delete", "pods", "-l", "!app.kubernetes.io/instance",
+                    "--wait=true")
+        for n in sizes:
+            changed = names[:n]
+            for name in changed:
+                tags[name] += 1
+            wanted = {name: f"ghcr.io/kubemaas/runtime:0.{tags[name]}.0" for name in changed}
+
+            def patch(name: str, surge: int = surge, unavailable: int = unavailable,
+                      wanted: dict[str, str] = wanted) -> None:
+                apps.patch_namespaced_deployment(name, NS, {"spec": {
+                    "strategy": {"rollingUpdate": {"maxSurge": surge,
+                                                   "maxUnavailable": unavailable}},
+                    "template": {"spec": {"containers": [
+                        {"name": "runtime", "image": wanted[name]}]}}}})
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(patch, changed))
+            t1 = wait_all(core, wanted, replicas, timeout)
+            seconds = None if t1 is None else round(t1 - t0, 2)
+            log(f"floor {mode:>4}: {n:>3} Deployments changed directly -> all new pods Ready in "
+                f"{seconds} s")
+            out.append({"mode": mode, "changed": n, "seconds": seconds})
+            time.sleep(3)
+    return out
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=int, default=100)
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--sizes", default="1,10,100")
+    parser.add_argument("--nodes", type=int, default=40, help="H100 nodes, 8 GPUs each")
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the control-plane floor (direct Deployment changes)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if max(sizes) > args.models:
+        parser.error("a size exceeds --models")
+
+    from kubemaas_testbed.cluster import Cluster
+
+    workdir = Path(tempfile.mkdtemp(prefix="kubemaas-bench-rollout-"))
+    topo = workdir / "topology.yaml"
+    topo.write_text(yaml.safe_dump({"nodes": [
+        {"name": "h100", "count": args.nodes, "cpu": "208", "memory": "2Ti", "pods": 110,
+         "gpu": {"product": H100, "memoryMiB": 81559, "count": 8}},
+        {"name": "cpu", "count": 1, "cpu": "32", "memory": "128Gi"}]}))
+    testbed = Cluster(workdir / "testbed")
+    testbed.up(topology_name=str(topo), log=log)
+    kubeconfig = testbed.kubeconfig
+    results: dict[str, Any] = {"models": args.models, "replicas": args.replicas,
+                               "h100_gpus": args.nodes * 8, "runs": [],
+                               "loadavg_before": os.getloadavg(),
+                               "cpus": os.cpu_count()}
+    op = None
+    try:
+        kubectl(kubeconfig, "apply", "--server-side", "-f", str(CRD))
+        kubectl(kubeconfig, "wait", "--for=condition=Established",
+                "crd/modeldeployments.serving.kubemaas.io")
+        for ns in ("kubemaas-system", NS):
+            kubectl(kubeconfig, "create", "namespace", ns)
+        kubectl(kubeconfig, "apply", "-f", str(RBAC))
+        op = Operator(kubeconfig, workdir)
+        api = config.new_client_from_config(str(kubeconfig))
+        api.configuration.connection_pool_maxsize = 32  # type: ignore[attr-defined]
+        custom = client.CustomObjectsApi(api)
+        core = client.CoreV1Api(api)
+        names = [f"m{i:03d}" for i in range(args.models)]
+        tags = dict.fromkeys(names, 1)
+
+        def put(name: str) -> None:
+            body = model(name, args.replicas, tags[name])
+            with contextlib.suppress(client.ApiException):
+                custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+                return
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, NS, PLURAL, name,
+                {"spec": {"runtime": {"image": body["spec"]["runtime"]["image"]}}})
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(put, names))
+        image = {n: f"ghcr.io/kubemaas/runtime:0.{tags[n]}.0" for n in names}
+        if wait_all(core, image, args.replicas, args.timeout) is None:
+            raise RuntimeError("the models did not become Ready")
+        log(f"{args.models} models x {args.replicas} replicas Ready")
+        settled(custom, names, args.timeout)
+        for mode in ("free", "none"):
+            if mode == "none":
+                took = fill(core, kubeconfig)
+                time.sleep(3)
+                log(f"filler pods took the {took} free H100 GPUs")
+            for n in sizes:
+                changed = names[:n]
+                for name in changed:
+                    tags[name] += 1
+                wanted = {name: f"ghcr.io/kubemaas/runtime:0.{tags[name]}.0" for name in changed}
+                t0 = time.monotonic()
+                with ThreadPoolExecutor(16) as pool:
+                    list(pool.map(put, changed))
+                t1 = wait_all(core, wanted, args.replicas, args.timeout)
+                settled(custom, names, args.timeout)
+                strategies: Counter[str] = Counter()
+                for name in changed:  # how each rollout went, from its history entry
+                    md = custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+                    last = (((md.get("status") or {}).get("rollout") or {}).get("history")
+                            or [{}])[-1]
+                    strategies[f"{last.get('outcome')}: {last.get('message')}"] += 1
+                seconds = None if t1 is None else round(t1 - t0, 2)
+                log(f"{mode:>4}: {n:>3} models changed at once -> all new pods Ready in "
+                    f"{seconds} s; outcomes: {dict(strategies)}")
+                results["runs"].append({"mode": mode, "changed": n, "seconds": seconds,
+                                        "outcomes": dict(strategies)})
+        if not args.no_floor:
+            op.stop()
+            op = None
+            results["floor"] = floor(api, core, kubeconfig, names, sizes, args.replicas, tags,
+                                     args.timeout)
+    finally:
+        if op is not None:
+            op.stop()
+        testbed.down()
+    results["loadavg_after"] = os.getloadavg()
+    out = ROOT / "bench" / "results" / "rollout.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
