@@ -116,6 +116,24 @@ def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int) -> Stra
     return Strategy("Wait", 0, 0, "NoFreeGPU", f"waiting: {why}, and {blocker}; {hint}")
 
 
+def sticky_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
+                    pods: Sequence[PodInfo], chosen: Any) -> Strategy:
+    """The strategy for this reconcile; a rollout keeps the one it started with.
+
+    Free capacity moves while models roll (a replacing model's old pod gives its GPU back for a
+    moment): re-deciding at every look would flip Deployments between surge and replace. A
+    replacement stays a replacement; a surge stays a surge unless one of the model's pods cannot
+    be scheduled (someone took the free GPUs), and then it becomes a replacement.
+    """
+    fresh = choose_strategy(spec, desired, spare)
+    if chosen == "Replace" and fresh.name == "Surge":
+        return choose_strategy(spec, desired, 0)
+    if chosen == "Surge" and fresh.name != "Surge" and spec.rollout.max_surge > 0 and not any(
+            p.unschedulable_message for p in pods if not p.terminating):
+        return choose_strategy(spec, desired, 1)
+    return fresh
+
+
 def _rollout_reason(strategy: Strategy) -> str:
     """The RolloutComplete reason while the Deployment changes template."""
     return "SurgeRollout" if strategy.name == "Surge" else "ReplaceRollout"
@@ -286,7 +304,9 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     numbers = [int(r.get("number") or 0) for r in (cur, prev_good, upd, failed, *history) if r]
     next_number = max(numbers, default=0) + 1
     live_hash = dep.revision if dep is not None else ""
-    strategy = choose_strategy(spec, desired, spare)
+    strategy = sticky_strategy(spec, desired, spare, pods,
+                               previous.get("strategy") if upd is not None
+                               and upd["hash"] == desired_hash else None)
     deadline = spec.rollout.progress_deadline_seconds
     view_reason = view_message = ""
     blocked_reason = blocked_message = ""

@@ -272,3 +272,21 @@ def test_canary_abort_and_failure() -> None:
 def test_canary_spec_validation() -> None:
     with pytest.raises(SpecError, match="weights must increase"):
         parse_spec({**RAW, "rollout": {"canary": {"steps": [{"weight": 50}, {"weight": 10}]}}})
+
+
+def test_a_rollout_keeps_its_strategy_while_capacity_moves() -> None:
+    replacing = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW)
+    assert replacing.status["strategy"] == "Replace"
+    # a GPU freed for a moment by someone else's replacement does not turn it into a surge
+    again = plan(spec(), RAW, "bbb", dep("bbb", updated=1), pods("aaa"), 4, 2,
+                 replacing.status, NOW)
+    assert again.status["strategy"] == "Replace" and again.deployment_strategy == (0, 1)
+    surging = plan(spec(), RAW, "ccc", dep("aaa"), pods("aaa"), 4, 2, GOOD, NOW)
+    assert surging.status["strategy"] == "Surge"
+    kept = plan(spec(), RAW, "ccc", dep("ccc", updated=1), pods("aaa"), 4, 0, surging.status,
+                NOW)
+    assert kept.status["strategy"] == "Surge"
+    stuck = [*pods("aaa"), PodInfo(name="new", revision="ccc",
+                                   unschedulable_message="0/2 nodes are available")]
+    switched = plan(spec(), RAW, "ccc", dep("ccc", updated=1), stuck, 4, 0, surging.status, NOW)
+    assert switched.status["strategy"] == "Replace"
