@@ -355,3 +355,23 @@ def test_canary_abort_through_the_spec(kube: Kube, ns: str) -> None:
     # abort: false starts the canary over
     apply(kube, ns, model("m", 4, image=new, canary={"steps": steps, "promote": 2}))
     wait_revision(kube, ns, "m", 2)
+
+
+@pytest.mark.parametrize(("rollout", "extra", "words"), [
+    ({"maxSurge": 0, "maxUnavailable": 0}, {}, "cannot both be 0"),
+    ({"canary": {"steps": [{"weight": 50}, {"weight": 10}]}}, {}, "weights must increase"),
+    ({"canary": {"steps": [{"weight": 50}, {"weight": 50}]}}, {}, "weights must increase"),
+    ({"canary": {"steps": [{"weight": 50}]}},
+     {"autoscaling": {"maxReplicas": 3}, "runtime": {"image": "i", "resources": {"cpu": "1"}}},
+     "does not work with spec.autoscaling"),
+])
+def test_the_api_server_refuses_bad_rollout_specs(kube: Kube, namespace: str, operator: Operator,
+                                                  rollout: dict[str, Any], extra: dict[str, Any],
+                                                  words: str) -> None:
+    body = yaml.safe_load(model("m", 2, **rollout))
+    body["spec"].update(extra)
+    if "autoscaling" in extra:
+        body["spec"].pop("replicas")
+    result = kube.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(body),
+                          check=False)
+    assert result.returncode != 0 and words in result.stderr, result.stderr
