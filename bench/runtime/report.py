@@ -104,6 +104,8 @@ def update_doc(doc: dict[str, Any], path: Path) -> None:
     body = [
         BEGIN,
         "",
+        "## The run's own report (written by `run.py --update-doc`)",
+        "",
         f"Run `{meta['command']}` at {meta['started_utc']} (finished {meta['finished_utc']}); "
         f"{meta['cpu_count']} x {meta['cpu_model']}, kernel {meta['kernel']}, Python "
         f"{meta['python']}, onnxruntime {meta['onnxruntime']} everywhere "
@@ -125,10 +127,10 @@ def update_doc(doc: dict[str, Any], path: Path) -> None:
             f"{impl}: " + ", ".join(f"{k} {v}" for k, v in sorted(vers.items()))
             for impl, vers in sorted(meta["peer_versions"].items())) + ".",
         "",
-        "### Targets",
+        "### Targets as the script computes them",
         "",
         targets_markdown(doc),
-        "### Measurements",
+        "### Measurements of this run",
         "",
         "![req/s and p99 against concurrency](img/runtime-benchmark.png)",
         "",
