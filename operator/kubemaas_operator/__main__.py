@@ -2,7 +2,8 @@
 
 Settings come from KUBEMAAS_OPERATOR_* environment variables (see config.py and
 docs/operator.md); the Kubernetes credentials from the pod's ServiceAccount, or $KUBECONFIG.
-One replica (kopf runs standalone, without peering).
+Standalone (one replica) unless KUBEMAAS_OPERATOR_PEERING names a ClusterKopfPeering object:
+then replicas see each other through it and only the one with the highest priority acts.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ctypes
 import logging
 import os
 import sys
+from typing import Any, cast
 
 import kopf
 
@@ -44,12 +46,34 @@ def main() -> int:
             settings.log_level.upper()), int) else logging.INFO))
     for noisy in ("kopf.objects", "kopf.activities.probe", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from . import handlers  # noqa: F401  (registers the handlers with kopf)
+    from . import (
+        handlers,  # noqa: F401  (registers the handlers with kopf)
+        standby,
+    )
+
+    standby.follow_kopf(peering=bool(settings.peering))
 
     endpoint = (f"http://0.0.0.0:{settings.health_port}/healthz"
                 if settings.health_port else None)
-    kopf.run(standalone=True, clusterwide=True, liveness_endpoint=endpoint)
+    if not settings.peering:
+        kopf.run(standalone=True, clusterwide=True, liveness_endpoint=endpoint)
+        return 0
+    identity = settings.identity()
+    priority = settings.effective_priority(identity)
+    logging.getLogger("kubemaas").info("peering %r as %s with priority %d (lifetime %d s)",
+                                       settings.peering, identity, priority,
+                                       settings.peering_lifetime_s)
+    kopf.run(clusterwide=True, liveness_endpoint=endpoint, peering_name=settings.peering,
+             priority=priority, identity=cast(Any, identity),  # kopf's Identity is a str
+             settings=_peering_settings(settings.peering_lifetime_s))
     return 0
+
+
+def _peering_settings(lifetime_s: int) -> kopf.OperatorSettings:
+    operator_settings = kopf.OperatorSettings()
+    operator_settings.peering.lifetime = lifetime_s
+    operator_settings.peering.stealth = True  # no log line for every keep-alive
+    return operator_settings
 
 
 if __name__ == "__main__":

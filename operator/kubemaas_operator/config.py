@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -34,6 +36,29 @@ class Settings:
     max_concurrent_reconciles: int = 256
     health_port: int = 8081  # GET /healthz (kopf liveness + api write count); 0 = off
     log_level: str = "INFO"
+    # kopf peering: the name of the ClusterKopfPeering object that replicas share. Empty = run
+    # standalone (one replica only). With a name, replicas with a lower priority pause while a
+    # live peer with a higher one exists; equal priorities would all pause.
+    peering: str = ""
+    # -1 = derived from the process identity (a number unique per pod, see identity()).
+    priority: int = -1
+    # Seconds a peer's keep-alive stays valid: a replica that dies (kill -9) is replaced
+    # by a paused one within about this long. Keep-alives go out every lifetime-5..10 s (>= 1 s).
+    peering_lifetime_s: int = 15
+
+    def identity(self, env: Mapping[str, str] | None = None) -> str:
+        """This process's peering identity: POD_ID or POD_NAME (the chart sets POD_NAME from
+        metadata.name), else host/pid."""
+        env = os.environ if env is None else env
+        return (env.get("POD_ID") or env.get("POD_NAME")
+                or f"{socket.gethostname()}/{os.getpid()}")
+
+    def effective_priority(self, identity: str) -> int:
+        """The configured priority, or one derived from the identity: stable for a process,
+        different (with 1 - 2^-31 certainty) between two pods, so exactly one replica acts."""
+        if self.priority >= 0:
+            return self.priority
+        return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "big") >> 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -60,4 +85,6 @@ class Settings:
             raise SettingsError("KUBEMAAS_OPERATOR_RESYNC_S must be > 0, "
                                 "KUBEMAAS_OPERATOR_API_WORKERS >= 1, "
                                 "KUBEMAAS_OPERATOR_HEALTH_PORT >= 0")
+        if settings.peering_lifetime_s < 2:
+            raise SettingsError("KUBEMAAS_OPERATOR_PEERING_LIFETIME_S must be >= 2")
         return settings

@@ -31,6 +31,7 @@ from typing import Any
 
 import kopf
 
+from . import standby
 from .config import Settings
 from .k8s import AsyncCluster, Cluster
 from .reconcile import Memory, Outcome, Retry, Snapshot, reconcile
@@ -164,6 +165,8 @@ async def _reconcile(key: tuple[str, str], body: Mapping[str, Any] | None = None
 async def _queued(key: Hashable) -> float | None:
     """One reconcile from the work queue; the result says when to look again (if ever)."""
     assert isinstance(key, tuple)
+    if standby.paused():
+        return None  # another replica is active; kopf re-lists everything when we resume
     try:
         outcome = await _reconcile(key)
     except Retry as err:
@@ -326,6 +329,8 @@ async def _resync(rt: Runtime) -> None:
     """The periodic drift check: every model, every resync_s (spread out, through the queue)."""
     while True:
         await asyncio.sleep(rt.settings.resync_s)
+        if standby.paused():
+            continue
         keys = list(rt.indexes["md_index"].keys())
         for i, key in enumerate(keys):
             rt.queue.enqueue(key, 0.01 + i * min(1.0, rt.settings.resync_s / 2 / max(1, len(keys))))

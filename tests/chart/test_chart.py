@@ -75,6 +75,37 @@ def test_operator_pod_is_restricted_and_probed() -> None:
     assert env["KUBEMAAS_OPERATOR_HEALTH_PORT"] == str(port)
 
 
+@pytest.mark.parametrize("values", [["--set", "replicaCount=2"], ["--set", "peering.enabled=true"]])
+def test_replicas_run_with_peering(values: list[str]) -> None:
+    """More than one replica (or peering.enabled): the peering object, the operator's peering
+    variables (which parse), POD_NAME for its identity, and a rolling update."""
+    docs = objects(template(*values, "--set", "peering.lifetimeSeconds=20"))
+    peering = find(docs, "ClusterKopfPeering", "kubemaas")
+    assert peering["apiVersion"] == "kopf.dev/v1"
+    deployment = find(docs, "Deployment", "kubemaas-operator")
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = Settings.from_env({**env, "KUBEMAAS_OPERATOR_NAMESPACE": "kubemaas-system"})
+    assert settings.peering == "kubemaas" and settings.peering_lifetime_s == 20
+    pod_name = next(e for e in container["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_one_replica_runs_standalone() -> None:
+    docs = objects(template())
+    assert not [d for d in docs if d["kind"] == "ClusterKopfPeering"]
+    container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert not [e for e in container["env"] if "PEERING" in e["name"]]
+
+
+def test_the_peering_crd_is_kopfs() -> None:
+    crd = yaml.safe_load((CHART / "crds" / "kopf.dev_clusterkopfpeerings.yaml").read_text())
+    assert crd["metadata"]["name"] == "clusterkopfpeerings.kopf.dev"
+    assert crd["spec"]["scope"] == "Cluster"
+    assert crd["spec"]["names"]["kind"] == "ClusterKopfPeering"
+
+
 def test_every_operator_variable_is_a_setting() -> None:
     """The chart never sets a KUBEMAAS_OPERATOR_* variable the operator would ignore, and the
     values it sets parse."""
@@ -97,7 +128,8 @@ def test_every_operator_variable_is_a_setting() -> None:
 
 
 @pytest.mark.parametrize("values, message", [
-    (["--set", "replicaCount=2"], "maximum"),
+    (["--set", "replicaCount=-1"], "minimum"),
+    (["--set", "peering.lifetimeSeconds=1"], "lifetimeSeconds"),
     (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
     (["--set", "operator.healthPort=0"], "healthPort"),
     (["--set", "surprise=1"], "surprise"),

@@ -18,6 +18,7 @@ UPDATE = os.environ.get("KUBEMAAS_UPDATE_GOLDEN") == "1"
 
 CASES = {
     "default": [],
+    "peering": ["--set", "replicaCount=2"],
     "production": ["--namespace", "ml-platform",
                    "--set", "image.digest=sha256:" + "ab" * 32,
                    "--set", "runtime.image.repository=registry.example.com/kubemaas-runtime",

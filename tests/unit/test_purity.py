@@ -10,7 +10,8 @@ import pytest
 PURE = ["kubemaas_operator.api", "kubemaas_operator.render", "kubemaas_operator.scheduling",
         "kubemaas_operator.rollout",
         "kubemaas_operator.status", "kubemaas_operator.drift", "kubemaas_operator.quantity",
-        "kubemaas_operator.config", "kubemaas_operator.workqueue"]
+        "kubemaas_operator.config", "kubemaas_operator.workqueue",
+        "kubemaas_operator.standby"]
 
 
 @pytest.mark.parametrize("module", PURE)

@@ -35,3 +35,8 @@ helm.sh/chart: {{ include "kubemaas.chart" . }}
 {{- $tag := .Values.runtime.image.tag | default .Chart.AppVersion -}}
 {{ .Values.runtime.image.repository }}:{{ $tag }}
 {{- end -}}
+
+{{/* "true" when the replicas run with kopf peering: asked for, or implied by replicaCount > 1. */}}
+{{- define "kubemaas.peering" -}}
+{{- if or .Values.peering.enabled (gt (int .Values.replicaCount) 1) -}}true{{- end -}}
+{{- end -}}

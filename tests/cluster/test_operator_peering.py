@@ -1,0 +1,133 @@
+"""Two operator replicas with kopf peering: only the one with the higher priority writes, and
+when it dies (kill -9, no goodbye) the other takes over within the peering lifetime."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import Operator, install
+from tests.conftest import Kube
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERING_CRD = (ROOT / "operator" / "kubemaas_operator" / "peering"
+               / "kopf.dev_clusterkopfpeerings.yaml")
+PEERING = "kubemaas-peering-test"
+LIFETIME_S = 6
+
+
+def _md(name: str) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"model": {"uri": "s3://models/m.onnx", "format": "onnx"},
+                 "runtime": {"image": "ghcr.io/kubemaas/runtime:0.1.0"}}})
+
+
+def _phase(kube: Kube, namespace: str, name: str) -> str:
+    out = kube.kubectl("-n", namespace, "get", "md", name, "-o", "json", check=False)
+    if out.returncode != 0:
+        return ""
+    return str((json.loads(out.stdout).get("status") or {}).get("phase", ""))
+
+
+def _uid(kube: Kube, namespace: str, deployment: str) -> str:
+    out = kube.kubectl("-n", namespace, "get", "deployment", deployment, "-o",
+                       "jsonpath={.metadata.uid}", check=False)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _peers(kube: Kube) -> dict[str, dict[str, object]]:
+    out = kube.kubectl("get", "clusterkopfpeering", PEERING, "-o", "json")
+    return dict(json.loads(out.stdout).get("status") or {})
+
+
+def test_two_replicas_one_acts_and_the_other_takes_over(
+        kube: Kube, namespace: str, operator: Operator,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    install(kube)
+    kube.kubectl("apply", "-f", str(PEERING_CRD))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                 "crd/clusterkopfpeerings.kopf.dev")
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+        "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+        "metadata": {"name": PEERING}}))
+    workdir = tmp_path_factory.mktemp("peering")
+    common = {"KUBEMAAS_OPERATOR_PEERING": PEERING,
+              "KUBEMAAS_OPERATOR_PEERING_LIFETIME_S": str(LIFETIME_S)}
+    active = Operator(kube=kube, workdir=workdir, log=workdir / "active.log",
+                      env={**common, "POD_NAME": "replica-a", "KUBEMAAS_OPERATOR_PRIORITY": "20"})
+    standby = Operator(kube=kube, workdir=workdir, log=workdir / "standby.log",
+                       env={**common, "POD_NAME": "replica-b",
+                            "KUBEMAAS_OPERATOR_PRIORITY": "10"})
+    operator.stop()  # the session's standalone operator would act on everything too
+    try:
+        active.start()
+        wait_for(lambda: "replica-a" in _peers(kube), timeout=20,
+                 what="the active replica's keep-alive in the peering object")
+        standby.start()
+        # With a peering name, kopf starts paused and resumes only when no live peer has a
+        # higher (or the same) priority: the standby announces itself and stays paused.
+        wait_for(lambda: "replica-b" in _peers(kube), timeout=20,
+                 what="the standby's keep-alive in the peering object")
+        assert {k: v["priority"] for k, v in _peers(kube).items()} == {  # type: ignore[index]
+            "replica-a": 20, "replica-b": 10}
+
+        kube.kubectl("-n", namespace, "apply", "-f", "-", input=_md("first"))
+        wait_for(lambda: _phase(kube, namespace, "first") == "Ready", timeout=20,
+                 what="the first model to become Ready (reconciled by the active replica)")
+        time.sleep(11)  # kopf caches probe results for 10 s
+        assert active.writes() > 0
+        assert standby.writes() == 0, "the paused standby wrote to the API"
+        assert "Resuming operations" not in standby.log_text()
+
+        assert active.process is not None
+        active.process.kill()  # SIGKILL: no goodbye in the peering object
+        active.process.wait(timeout=5)
+        killed = time.monotonic()
+        wait_for(lambda: "Resuming operations after the pause" in standby.log_text(),
+                 timeout=LIFETIME_S + 15, what=f"the standby to resume (log {standby.log})")
+        resumed = time.monotonic() - killed
+        kube.kubectl("-n", namespace, "apply", "-f", "-", input=_md("second"))
+        wait_for(lambda: _phase(kube, namespace, "second") == "Ready", timeout=20,
+                 what="the second model to become Ready (reconciled by the former standby)")
+        took_over = time.monotonic() - killed
+        print(f"failover: standby resumed {resumed:.1f} s after kill -9, second model Ready "
+              f"{took_over:.1f} s after (peering lifetime {LIFETIME_S} s)")
+        assert resumed <= LIFETIME_S + 5
+
+        # A replica with a higher priority joins (as in a rolling update): the one acting
+        # now stands by, and its queue and resync stop writing although its indexes still
+        # hold every model.
+        newer = Operator(kube=kube, workdir=workdir, log=workdir / "newer.log",
+                         env={**common, "POD_NAME": "replica-c",
+                              "KUBEMAAS_OPERATOR_PRIORITY": "30"})
+        try:
+            newer.start()
+            wait_for(lambda: "standing by" in standby.log_text(), timeout=LIFETIME_S + 10,
+                     what=f"the former standby to pause for the newer replica ({standby.log})")
+            time.sleep(11)  # the probe cache
+            before = standby.writes()
+            kube.kubectl("-n", namespace, "apply", "-f", "-", input=_md("third"))
+            uid = _uid(kube, namespace, "first")
+            kube.kubectl("-n", namespace, "delete", "deployment", "first")
+            wait_for(lambda: _phase(kube, namespace, "third") == "Ready", timeout=20,
+                     what="the third model to become Ready (reconciled by the newer replica)")
+            wait_for(lambda: _uid(kube, namespace, "first") not in ("", uid), timeout=20,
+                     what="the deleted Deployment to be repaired by the newer replica")
+            time.sleep(11)
+            assert standby.writes() == before, "the paused replica kept writing"
+            assert newer.writes() > 0
+        finally:
+            newer.stop()
+    finally:
+        active.stop()
+        standby.stop()
+        operator.start()
