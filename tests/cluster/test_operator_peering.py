@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.conftest import Operator, install
+from tests.cluster.conftest import OPERATOR_NAMESPACE, Operator, install
 from tests.conftest import Kube
 from tests.helpers import wait_for
 
@@ -23,12 +23,24 @@ PEERING = "kubemaas-peering-test"
 LIFETIME_S = 6
 
 
-def _md(name: str) -> str:
+def _md(name: str, **runtime: str) -> str:
     return yaml.safe_dump({
         "apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": name},
         "spec": {"model": {"uri": "s3://models/m.onnx", "format": "onnx"},
-                 "runtime": {"image": "ghcr.io/kubemaas/runtime:0.1.0"}}})
+                 "runtime": {"image": "ghcr.io/kubemaas/runtime:0.1.0", **runtime}}})
+
+
+def _templates(sidecar_tag: str) -> str:
+    text = (ROOT / "examples" / "templates-configmap.yaml").read_text()
+    assert "log-shipper:1.0" in text
+    return text.replace("log-shipper:1.0", f"log-shipper:{sidecar_tag}")
+
+
+def _sidecar_image(kube: Kube, namespace: str) -> str:
+    out = kube.kubectl("-n", namespace, "get", "deployment", "templated", "-o",
+                       "jsonpath={.spec.template.spec.containers[1].image}", check=False)
+    return out.stdout.strip()
 
 
 def _phase(kube: Kube, namespace: str, name: str) -> str:
@@ -103,6 +115,14 @@ def test_two_replicas_one_acts_and_the_other_takes_over(
               f"{took_over:.1f} s after (peering lifetime {LIFETIME_S} s)")
         assert resumed <= LIFETIME_S + 5
 
+        # A model on an administrator's template (read live, not from kopf's indexes): the
+        # input that would make a paused replica with frozen indexes write.
+        kube.kubectl("apply", "-f", "-", input=_templates("1.0"))
+        kube.kubectl("-n", namespace, "apply", "-f", "-",
+                     input=_md("templated", template="with-sidecar"))
+        wait_for(lambda: _phase(kube, namespace, "templated") == "Ready", timeout=20,
+                 what="the templated model to become Ready")
+
         # A replica with a higher priority joins (as in a rolling update): the one acting
         # now stands by, and its queue and resync stop writing although its indexes still
         # hold every model.
@@ -116,12 +136,15 @@ def test_two_replicas_one_acts_and_the_other_takes_over(
             time.sleep(11)  # the probe cache
             before = standby.writes()
             kube.kubectl("-n", namespace, "apply", "-f", "-", input=_md("third"))
+            kube.kubectl("apply", "-f", "-", input=_templates("2.0"))
             uid = _uid(kube, namespace, "first")
             kube.kubectl("-n", namespace, "delete", "deployment", "first")
             wait_for(lambda: _phase(kube, namespace, "third") == "Ready", timeout=20,
                      what="the third model to become Ready (reconciled by the newer replica)")
             wait_for(lambda: _uid(kube, namespace, "first") not in ("", uid), timeout=20,
                      what="the deleted Deployment to be repaired by the newer replica")
+            wait_for(lambda: _sidecar_image(kube, namespace).endswith(":2.0"), timeout=20,
+                     what="the newer replica to apply the changed template")
             time.sleep(11)
             assert standby.writes() == before, "the paused replica kept writing"
             assert newer.writes() > 0
@@ -130,4 +153,6 @@ def test_two_replicas_one_acts_and_the_other_takes_over(
     finally:
         active.stop()
         standby.stop()
+        kube.kubectl("-n", OPERATOR_NAMESPACE, "delete", "configmap", "kubemaas-templates",
+                     "--wait=false", check=False)
         operator.start()
