@@ -147,6 +147,7 @@ async def serve(settings: Settings) -> int:
     finally:
         stop_task.cancel()
         await runner.cleanup()
+        dataplane.close()
         if batcher is not None:
             batcher.close()
     lifecycle.info("stopped", extra={"fields": {"exit_code": exit_code}})

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .backends.base import DATATYPE_TO_NUMPY, datatype_of
 from .errors import InvalidInput
@@ -30,6 +31,16 @@ class InferRequest:
     binary_outputs: frozenset[str] = frozenset()
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def loads_json(data: bytes | memoryview) -> Any:
+    """Parse a request's JSON: orjson (3.5x faster than ``json.loads`` on a 3 MB v2 body, see
+    docs/runtime.md); what orjson refuses goes through ``json.loads`` so that its non-standard
+    extras (NaN, Infinity, UTF-16) are still accepted and errors read as before."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(bytes(data))  # raises ValueError / UnicodeDecodeError, or accepts
 
 
 def _parse_shape(raw: object, name: str) -> tuple[int, ...]:
@@ -116,11 +127,11 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise InvalidInput("Inference-Header-Content-Length is larger than the body")
-        header_bytes = body[:header_length]
+        header_bytes: bytes | memoryview = memoryview(body)[:header_length]
     else:
         header_bytes = body
     try:
-        header = json.loads(header_bytes)
+        header = loads_json(header_bytes)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
     if not isinstance(header, dict):
