@@ -382,3 +382,9 @@ async def cleanup(**_: Any) -> None:
 @kopf.on.probe(id="apiWrites")
 async def api_writes(**_: Any) -> int:
     return _runtime().cluster.writes if _rt is not None else 0
+
+
+@kopf.on.probe(id="standby")
+async def standing_by(**_: Any) -> bool:
+    """True while kopf peering has paused this replica (another one is active)."""
+    return standby.paused()

@@ -98,6 +98,8 @@ def test_two_replicas_one_acts_and_the_other_takes_over(
         time.sleep(11)  # kopf caches probe results for 10 s
         assert active.writes() > 0
         assert standby.writes() == 0, "the paused standby wrote to the API"
+        assert standby.health() == {"apiWrites": 0, "standby": True}
+        assert (active.health() or {}).get("standby") is False
         assert "Resuming operations" not in standby.log_text()
 
         assert active.process is not None
