@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -31,3 +34,20 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "con
             detail = f"; last error: {last_error!r}" if last_error else f"; last value: {last!r}"
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+def http_json(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    """GET (or POST a JSON body to) a local server: (status, decoded JSON body).
+
+    An HTTP error gives its status and no body; a connection that fails gives 0,
+    so a caller polling a server that is still starting just sees "not yet".
+    """
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, None
+    except OSError:
+        return 0, None

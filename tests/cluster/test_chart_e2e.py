@@ -20,13 +20,10 @@ import functools
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,10 +31,11 @@ from typing import Any
 import pytest
 import yaml
 
+from kubemaas_testbed.cluster import free_port
 from tests.chart.helm import CHART, PREVIOUS, RBAC, ROOT, helm
 from tests.cluster.conftest import OPERATOR_NAMESPACE, Operator
 from tests.conftest import Kube
-from tests.helpers import wait_for
+from tests.helpers import http_json, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -279,24 +277,6 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, None
-    except OSError:
-        return 0, None
-
-
 def test_runtime_from_the_written_pod_spec_answers(testbed: Kube, tmp_path: Path) -> None:
     """The operator/runtime contract: the container the operator wrote for
     examples/quickstart-model.yaml, started here. Three things are mapped, nothing else: the
@@ -317,7 +297,7 @@ def test_runtime_from_the_written_pod_spec_answers(testbed: Kube, tmp_path: Path
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(ROOT)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    local_port = _free_port()
+    local_port = free_port()
     env["KUBEMAAS_MODEL_URI"] = env["KUBEMAAS_MODEL_URI"].replace(
         MODEL_HOST, f"http://127.0.0.1:{server.server_address[1]}/")
     env["KUBEMAAS_PORT"] = str(local_port)
@@ -339,12 +319,12 @@ def test_runtime_from_the_written_pod_spec_answers(testbed: Kube, tmp_path: Path
                   for name in ("startupProbe", "livenessProbe", "readinessProbe")}
         assert all(p["port"] == "http" for p in probes.values())
         wait_for(lambda: proc.poll() is None
-                 and _http(base + probes["readinessProbe"]["path"])[0] == 200,
+                 and http_json(base + probes["readinessProbe"]["path"])[0] == 200,
                  timeout=60, what=f"the readiness probe (runtime log {log})")
         for probe in probes.values():
-            assert _http(base + probe["path"])[0] == 200
+            assert http_json(base + probe["path"])[0] == 200
         name = example["metadata"]["name"] if "metadata" in example else "plus-one"
-        status, body = _http(f"{base}/v2/models/{name}/infer", {"inputs": [
+        status, body = http_json(f"{base}/v2/models/{name}/infer", {"inputs": [
             {"name": "x", "shape": [2, 4], "datatype": "FP32",
              "data": [1, 2, 3, 4, 0.5, 0, -1, 10]}]})
         assert status == 200, log.read_text()

@@ -8,19 +8,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from kubemaas_testbed.cluster import free_port
 from tests.cluster.conftest import Operator
 from tests.cluster.test_operator import apply, get, md
 from tests.conftest import Kube
-from tests.helpers import wait_for
+from tests.helpers import http_json, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -40,28 +38,12 @@ def _tiny_onnx(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, None
-
-
 def test_runtime_starts_from_the_rendered_container(kube: Kube, namespace: str,
                                                     operator: Operator, tmp_path: Path) -> None:
     store = tmp_path / "store"
     _tiny_onnx(store / "tiny" / "model.onnx")
     sha = hashlib.sha256((store / "tiny" / "model.onnx").read_bytes()).hexdigest()
-    port = _free_port()
+    port = free_port()
     apply(kube, namespace, md("contract",
                               model={"uri": "pvc://store/tiny/model.onnx", "format": "onnx",
                                      "sha256": sha, "name": "tiny", "version": "2"},
@@ -97,12 +79,12 @@ def test_runtime_starts_from_the_rendered_container(kube: Kube, namespace: str,
         ready = container["readinessProbe"]["httpGet"]["path"]
         live = container["livenessProbe"]["httpGet"]["path"]
         startup = container["startupProbe"]["httpGet"]["path"]
-        wait_for(lambda: proc.poll() is None and _http(base + ready)[0] == 200, timeout=60,
+        wait_for(lambda: proc.poll() is None and http_json(base + ready)[0] == 200, timeout=60,
                  what=f"the runtime's readiness probe {ready} (log: {log})")
-        assert _http(base + live)[0] == 200 and _http(base + startup)[0] == 200
-        status, meta = _http(f"{base}/v2/models/tiny")
+        assert http_json(base + live)[0] == 200 and http_json(base + startup)[0] == 200
+        status, meta = http_json(f"{base}/v2/models/tiny")
         assert status == 200 and "2" in json.dumps(meta)
-        status, out = _http(f"{base}/v2/models/tiny/infer", {"inputs": [
+        status, out = http_json(f"{base}/v2/models/tiny/infer", {"inputs": [
             {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
         assert status == 200, log.read_text()
         assert out["outputs"][0]["data"] == [2.0, 3.0, 4.0, 5.0]
