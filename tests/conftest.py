@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_for
+
 LOG_DIR_KEY = pytest.StashKey[Path]()
 
 
@@ -74,6 +76,11 @@ def namespace(kube: Kube) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards (without waiting)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     kube.kubectl("create", "namespace", name)
+    # The controller-manager adds the default ServiceAccount a moment later (longer
+    # on a busy machine or after an API server restart); pods are refused until then.
+    wait_for(lambda: kube.kubectl("get", "serviceaccount", "default", "-n", name,
+                                  check=False).returncode == 0,
+             timeout=60, what=f"the default ServiceAccount in namespace {name}")
     yield name
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
