@@ -16,8 +16,6 @@ import ipaddress
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import yaml
 from kubemaas_testbed import node as real
 from tests.cluster.conftest import Operator
 from tests.conftest import Kube
-from tests.helpers import wait_for
+from tests.helpers import http_json, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -113,20 +111,10 @@ def pod_url(slot: real.Slot, ip: str, path: str, port: int = 8080) -> str:
     return f"http://{ip}:{port}{path}"
 
 
-def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, None
-
-
 def infer(slot: real.Slot, ip: str, model: str, port: int = 8080) -> list[float] | None:
     """The model's answer for X, or None while the pod cannot answer."""
     try:
-        status, out = http(pod_url(slot, ip, f"/v2/models/{model}/infer", port), {"inputs": [
+        status, out = http_json(pod_url(slot, ip, f"/v2/models/{model}/infer", port), {"inputs": [
             {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": X}]})
     except OSError:
         return None
@@ -241,7 +229,7 @@ def test_pod_runs_for_real(kube: Kube, namespace: str, real_node: Node, model_di
     assert ipaddress.ip_address(ip) in slot.subnet
 
     assert infer(slot, ip, MODEL) == Y
-    status, out = http(pod_url(slot, ip, f"/v2/models/{MODEL}/infer"), {"inputs": [
+    status, out = http_json(pod_url(slot, ip, f"/v2/models/{MODEL}/infer"), {"inputs": [
         {"name": "x", "shape": [2, 4], "datatype": "FP32", "data": X + [0.0] * 4}]})
     assert status == 200 and out["outputs"][0]["data"] == Y + [1.0] * 4
 
