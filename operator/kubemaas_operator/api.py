@@ -35,6 +35,9 @@ _SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIG = re.compile(r"^[1-7]g\.[0-9]+gb(\+me)?$")
 _TEMPLATE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/", "serving.kubemaas.io/")
 
 
@@ -164,9 +167,19 @@ class Scheduling:
 
 
 @dataclass(frozen=True)
+class GatewayRef:
+    """The Gateway (Gateway API) the model's HTTPRoute attaches to: its parentRef."""
+
+    name: str = field(metadata=_m("name"))
+    namespace: str | None = field(metadata=_m("namespace"), default=None)
+    hostnames: tuple[str, ...] = field(metadata=_m("hostnames"), default=())
+
+
+@dataclass(frozen=True)
 class Serving:
     port: int = field(metadata=_m("port"), default=8080)
     protocol: Literal["v2-rest"] = field(metadata=_m("protocol"), default="v2-rest")
+    gateway: GatewayRef | None = field(metadata=_m("gateway"), default=None)
 
 
 @dataclass(frozen=True)
@@ -265,6 +278,7 @@ class CanaryStatus:
     canary_replicas: int = field(metadata=_m("canaryReplicas"), default=0)
     stable_replicas: int = field(metadata=_m("stableReplicas"), default=0)
     traffic_percent: int = field(metadata=_m("trafficPercent"), default=0)
+    traffic_split: str = field(metadata=_m("trafficSplit"), default="ReadyReplicas")
 
 
 @dataclass(frozen=True)
@@ -513,6 +527,10 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     protocol = sv.get("protocol", "v2-rest")
     if protocol != "v2-rest":
         raise SpecError("spec.serving.protocol", f"{protocol!r} is not served; use v2-rest")
+    gateway = None
+    if sv.get("gateway") is not None:
+        gateway = parse_gateway(_obj(sv.get("gateway"), "spec.serving.gateway"),
+                                "spec.serving.gateway")
 
     ro = _obj(spec.get("rollout"), "spec.rollout")
     surge = _int(ro.get("maxSurge"), "spec.rollout.maxSurge", 0, 1000)
@@ -564,7 +582,27 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
 
     return ModelDeploymentSpec(model=model, runtime=runtime, pod_metadata=pod_metadata, gpu=gpu,
                                replicas=replicas, autoscaling=autoscaling, scheduling=scheduling,
-                               serving=Serving(port=port), rollout=rollout)
+                               serving=Serving(port=port, gateway=gateway), rollout=rollout)
+
+
+def parse_gateway(g: Mapping[str, Any], path: str) -> GatewayRef:
+    """{name, namespace?, hostnames?} -> GatewayRef, or SpecError naming the field."""
+    gw_name = _str(g.get("name"), f"{path}.name", required=True) or ""
+    if len(gw_name) > 253 or not _SUBDOMAIN.match(gw_name):
+        raise SpecError(f"{path}.name", f"{gw_name!r} is not a valid Gateway name")
+    gw_ns = _str(g.get("namespace"), f"{path}.namespace")
+    if gw_ns is not None and (len(gw_ns) > 63 or not _DNS1123.match(gw_ns)):
+        raise SpecError(f"{path}.namespace", f"{gw_ns!r} is not a valid namespace name")
+    hostnames = []
+    for i, h in enumerate(_list(g.get("hostnames"), f"{path}.hostnames")):
+        host = _str(h, f"{path}.hostnames[{i}]", required=True) or ""
+        if len(host) > 253 or not _HOSTNAME.match(host):
+            raise SpecError(f"{path}.hostnames[{i}]", f"{host!r} is not a hostname such as "
+                            "model.example.com or *.example.com")
+        hostnames.append(host)
+    if len(hostnames) > 16:
+        raise SpecError(f"{path}.hostnames", "at most 16 hostnames")
+    return GatewayRef(name=gw_name, namespace=gw_ns, hostnames=tuple(hostnames))
 
 
 def valid_name(name: str) -> bool:

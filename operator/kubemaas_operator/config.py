@@ -45,6 +45,19 @@ class Settings:
     # Seconds a peer's keep-alive stays valid: a replica that dies (kill -9) is replaced
     # by a paused one within about this long. Keep-alives go out every lifetime-5..10 s (>= 1 s).
     peering_lifetime_s: int = 15
+    # The Gateway (Gateway API) that models without spec.serving.gateway attach their HTTPRoute
+    # to, as "NAMESPACE/NAME"; empty = none (only models that name a Gateway get a route).
+    gateway: str = ""
+    # How often the operator asks API discovery whether HTTPRoute is served (the Gateway API
+    # CRDs installed or removed while it runs), seconds; it also asks once at start.
+    gateway_discovery_s: float = 30.0
+
+    def default_gateway(self) -> tuple[str, str] | None:
+        """KUBEMAAS_OPERATOR_GATEWAY as (namespace, name), or None when unset."""
+        if not self.gateway:
+            return None
+        namespace, _, name = self.gateway.partition("/")
+        return namespace, name
 
     def identity(self, env: Mapping[str, str] | None = None) -> str:
         """This process's peering identity: POD_ID or POD_NAME (the chart sets POD_NAME from
@@ -85,6 +98,13 @@ class Settings:
             raise SettingsError("KUBEMAAS_OPERATOR_RESYNC_S must be > 0, "
                                 "KUBEMAAS_OPERATOR_API_WORKERS >= 1, "
                                 "KUBEMAAS_OPERATOR_HEALTH_PORT >= 0")
+        if settings.gateway:
+            namespace, slash, name = settings.gateway.partition("/")
+            if not slash or not namespace or not name or "/" in name:
+                raise SettingsError(f"KUBEMAAS_OPERATOR_GATEWAY={settings.gateway!r}: expected "
+                                    "NAMESPACE/NAME of a Gateway")
+        if settings.gateway_discovery_s <= 0:
+            raise SettingsError("KUBEMAAS_OPERATOR_GATEWAY_DISCOVERY_S must be > 0")
         if settings.peering_lifetime_s < 2:
             raise SettingsError("KUBEMAAS_OPERATOR_PEERING_LIFETIME_S must be >= 2")
         return settings

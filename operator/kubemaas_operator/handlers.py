@@ -5,9 +5,13 @@ Indexes (kept in memory by kopf from its watch streams; a reconcile lists nothin
   blocked_index     (namespace, name) -> True while a model is not Scheduled (waits for capacity)
   deployment_index, service_index, hpa_index, pdb_index
                     (namespace, instance) -> the child kubemaas applied
+  httproute_index   (namespace, instance) -> the HTTPRoute kubemaas applied (Gateway API; kopf
+                    watches httproutes only while the API server serves them)
   pod_index         ("pod", namespace, instance) -> PodInfo of a runtime pod
                     ("gpu", node) -> (owner key or None, {resource: count}) of every bound pod
                     that requests nvidia.com/* resources
+                    ("pending",) -> (owner key or None, PendingDemand) of every unscheduled pod
+                    that requests nvidia.com/* resources (demand the free GPUs serve first)
   node_index        "nodes" -> NodeInfo of every node with nvidia.com/* allocatable
   namespace_index   name -> True for namespaces being deleted (the operator stands down there)
 
@@ -34,9 +38,9 @@ import kopf
 from . import standby
 from .config import Settings
 from .k8s import AsyncCluster, Cluster
-from .reconcile import Memory, Outcome, Retry, Snapshot, reconcile
-from .render import INSTANCE, MANAGED_BY, MANAGER, canary_name
-from .scheduling import NodeInfo
+from .reconcile import Memory, Outcome, Retry, Snapshot, gateway_children, reconcile
+from .render import HTTPROUTE_API_VERSION, INSTANCE, MANAGED_BY, MANAGER, canary_name
+from .scheduling import NodeInfo, PendingDemand, pending_demand
 from .status import PodInfo, pod_info
 
 log = logging.getLogger("kubemaas.handlers")
@@ -47,10 +51,12 @@ CHILDREN = {
     "Service": ("", "v1", "services"),
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+    "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
 }
 OURS = {MANAGED_BY: MANAGER}
 _INDEX_OF = {"Deployment": "deployment_index", "Service": "service_index",
-             "HorizontalPodAutoscaler": "hpa_index", "PodDisruptionBudget": "pdb_index"}
+             "HorizontalPodAutoscaler": "hpa_index", "PodDisruptionBudget": "pdb_index",
+             "HTTPRoute": "httproute_index"}
 
 
 @dataclass
@@ -59,6 +65,7 @@ class Runtime:
     cluster: AsyncCluster
     memory: Memory = field(default_factory=Memory)
     indexes: dict[str, Any] = field(default_factory=dict)
+    gateway_api: bool = False  # API discovery: HTTPRoute (gateway.networking.k8s.io/v1) served
     queue: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -120,6 +127,14 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
     if body is None:
         return None
     children = {kind: _unpack(_first(idx[index].get(key))) for kind, index in _INDEX_OF.items()}
+    # The model's Service NAME, and with the HTTPRoute split NAME-stable and NAME-canary.
+    services = {(s.get("metadata") or {}).get("name"): s
+                for s in (_unpack(p) for p in idx["service_index"].get(key) or [])
+                if s is not None}
+    children["Service"] = services.get(key[1])
+    for snap_key, _, kind, obj_name in gateway_children(key[1]):
+        if kind == "Service":
+            children[snap_key] = services.get(obj_name)
     # Two Deployments share the key during a canary: the stable one (NAME) and NAME-canary.
     deployments = [d for d in (_unpack(p) for p in idx["deployment_index"].get(key) or [])
                    if d is not None]
@@ -137,8 +152,11 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
             for resource, count in requests.items():
                 per[resource] = per.get(resource, 0) + count
     pods: list[PodInfo] = list(idx["pod_index"].get(("pod", *key)) or [])
+    pending: list[PendingDemand] = [demand for owner, demand in idx["pod_index"].get(
+        ("pending",)) or [] if owner != key]
     return Snapshot(body=body, children={k: v for k, v in children.items() if v is not None},
-                    pods=pods, nodes=nodes, used=used)
+                    pods=pods, nodes=nodes, used=used, pending=pending,
+                    gateway_api=_runtime().gateway_api)
 
 
 def _log_outcome(key: tuple[str, str], outcome: Outcome) -> None:
@@ -211,6 +229,8 @@ hpa_index = kopf.index(*CHILDREN["HorizontalPodAutoscaler"], labels=OURS, id="hp
     _child_index)
 pdb_index = kopf.index(*CHILDREN["PodDisruptionBudget"], labels=OURS, id="pdb_index")(
     _child_index)
+httproute_index = kopf.index(*CHILDREN["HTTPRoute"], labels=OURS, id="httproute_index")(
+    _child_index)
 
 
 def _gpu_requests(spec: Mapping[str, Any]) -> dict[str, int]:
@@ -239,6 +259,12 @@ async def pod_index(body: kopf.Body, namespace: str | None, labels: Mapping[str,
         requests = _gpu_requests(spec)
         if requests:
             out[("gpu", node)] = (key, requests)
+    elif (not node and status.get("phase", "Pending") == "Pending"
+          and not body.get("metadata", {}).get("deletionTimestamp")):
+        requests = _gpu_requests(spec)
+        if requests:
+            out[("pending",)] = (key, pending_demand(
+                f"{namespace}/{body.get('metadata', {}).get('name', '')}", spec, requests))
     return out or None
 
 
@@ -325,6 +351,29 @@ async def node_event(type: str, status: Mapping[str, Any], **_: Any) -> None:
 # --------------------------------------------------------------------------------- lifecycle
 
 
+async def _discover_gateway_api(rt: Runtime) -> None:
+    """Ask API discovery whether HTTPRoute is served every gateway_discovery_s (startup asked
+    once already); when the answer changes, every model is looked at again (its HTTPRoute
+    split is made or taken down)."""
+    while True:
+        await asyncio.sleep(rt.settings.gateway_discovery_s)
+        try:
+            served = await rt.cluster.serves(HTTPROUTE_API_VERSION, "httproutes")
+        except Exception as err:
+            log.warning("API discovery of %s failed: %s; asking again in %.0fs",
+                        HTTPROUTE_API_VERSION, err, rt.settings.gateway_discovery_s)
+        else:
+            if served != rt.gateway_api:
+                rt.gateway_api = served
+                log.info("Gateway API HTTPRoute (%s) is %s: canary traffic splits by %s",
+                         HTTPROUTE_API_VERSION, "served" if served else "not served",
+                         "HTTPRoute weights (for models with a Gateway)" if served
+                         else "ready replicas")
+                if not standby.paused():
+                    for key in list(rt.indexes["md_index"].keys()):
+                        rt.queue.enqueue(key)
+
+
 async def _resync(rt: Runtime) -> None:
     """The periodic drift check: every model, every resync_s (spread out, through the queue)."""
     while True:
@@ -358,11 +407,19 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
                            workers=ours.api_workers)
     rt = Runtime(settings=ours, cluster=cluster,
                  indexes={k: kwargs[k] for k in ("md_index", "deployment_index", "service_index",
-                                                 "hpa_index", "pdb_index", "pod_index",
-                                                 "node_index", "namespace_index",
+                                                 "hpa_index", "pdb_index", "httproute_index",
+                                                 "pod_index", "node_index", "namespace_index",
                                                  "blocked_index")})
+    try:  # before the first reconcile, so that a model never flips split at start
+        rt.gateway_api = await cluster.serves(HTTPROUTE_API_VERSION, "httproutes")
+    except Exception as err:
+        log.warning("API discovery of %s failed at start: %s", HTTPROUTE_API_VERSION, err)
+    log.info("Gateway API HTTPRoute (%s) %s", HTTPROUTE_API_VERSION,
+             "served" if rt.gateway_api else "not served: canaries split by ready replicas")
     rt.queue = WorkQueue(_queued, concurrency=ours.max_concurrent_reconciles)
-    rt.tasks.append(asyncio.get_running_loop().create_task(_resync(rt)))
+    loop = asyncio.get_running_loop()
+    rt.tasks.append(loop.create_task(_resync(rt)))
+    rt.tasks.append(loop.create_task(_discover_gateway_api(rt)))
     _rt = rt
     log.info("kubemaas operator started: %s", ours)
 

@@ -17,26 +17,40 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .api import API_VERSION, KIND, ModelDeploymentSpec, SpecError, parse_spec, valid_name
+from .api import (
+    API_VERSION,
+    KIND,
+    GatewayRef,
+    ModelDeploymentSpec,
+    SpecError,
+    parse_spec,
+    valid_name,
+)
 from .config import Settings
 from .drift import drift
 from .k8s import ApiError, AsyncCluster
 from .render import (
     BUILTIN_TEMPLATE,
+    CANARY_TRACK,
     CHILD_KINDS,
+    HTTPROUTE_API_VERSION,
     SPEC_HASH,
+    STABLE_TRACK,
     RenderContext,
     Rendered,
     RenderError,
     canary_name,
     digest,
     render,
+    render_gateway,
     selector_string,
+    track_service_name,
     url,
     with_strategy,
 )
+from .rollout import HTTP_ROUTE, READY_REPLICAS
 from .rollout import plan as plan_rollout
-from .scheduling import NodeInfo, check_capacity, gpu_summary
+from .scheduling import NodeInfo, PendingDemand, check_capacity, gpu_summary
 from .status import (
     DeploymentInfo,
     Failure,
@@ -68,6 +82,10 @@ class Snapshot:
     pods: Sequence[PodInfo] = ()
     nodes: Sequence[NodeInfo] = ()
     used: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # others' pods
+    # GPU requests of unscheduled pods (Pending, no node yet) of other models and workloads:
+    # demand that the free GPUs of matching nodes must serve first (scheduling.PendingDemand).
+    pending: Sequence[PendingDemand] = ()
+    gateway_api: bool = False  # the API server serves gateway.networking.k8s.io/v1 HTTPRoute
 
 
 @dataclass
@@ -149,6 +167,9 @@ class Memory:
     def forget_all(self, namespace: str, name: str) -> None:
         self._statuses.pop((namespace, name), None)
         self.forget("Deployment", namespace, canary_name(name))
+        self.forget("HTTPRoute", namespace, name)
+        for track in (STABLE_TRACK, CANARY_TRACK):
+            self.forget("Service", namespace, track_service_name(name, track))
         for _, kind in CHILD_KINDS:
             self.forget(kind, namespace, name)
             self._rejected.pop((kind, namespace, name), None)
@@ -239,6 +260,24 @@ def _next_check(pods: Sequence[PodInfo], now: datetime, grace: float) -> float |
     return min(waits) if waits else None
 
 
+# The children of the HTTPRoute split, as (snapshot key, kind, name of NAME).
+def gateway_children(name: str) -> list[tuple[str, str, str, str]]:
+    """(snapshot key, apiVersion, kind, object name) of the Gateway API split's children."""
+    return [("StableService", "v1", "Service", track_service_name(name, STABLE_TRACK)),
+            ("CanaryService", "v1", "Service", track_service_name(name, CANARY_TRACK)),
+            ("HTTPRoute", HTTPROUTE_API_VERSION, "HTTPRoute", name)]
+
+
+def gateway_for(spec: ModelDeploymentSpec, settings: Settings) -> GatewayRef | None:
+    """The Gateway the model's HTTPRoute attaches to: its own, else the operator's default."""
+    if spec.serving.gateway is not None:
+        return spec.serving.gateway
+    default = settings.default_gateway()
+    if default is None:
+        return None
+    return GatewayRef(name=default[1], namespace=default[0])
+
+
 def _live_strategy(dep: Mapping[str, Any] | None) -> tuple[int, int]:
     """The rolling-update numbers the live Deployment has (ours), else replace one at a time."""
     rolling = (((dep or {}).get("spec") or {}).get("strategy") or {}).get("rollingUpdate") or {}
@@ -295,10 +334,12 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     live = deployment_info(dep_obj) if dep_obj else None
     desired_n = (live.spec_replicas if spec.autoscaling is not None and live is not None
                  and live.spec_replicas is not None else spec.desired_replicas)
-    surge_room = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge)
+    surge_room = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
+                                pending=snap.pending)
+    gateway = gateway_for(spec, settings) if snap.gateway_api else None
     plan = plan_rollout(spec, raw_spec, rendered.revision, live, snap.pods, desired_n,
                         max(0, surge_room.room - desired_n), base.previous.get("rollout") or {},
-                        now)
+                        now, HTTP_ROUTE if gateway is not None else READY_REPLICAS)
     for note in plan.notes:
         log.info("%s/%s: %s", namespace, name, note)
     children = list(rendered.children)
@@ -329,18 +370,33 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                 if c["kind"] == "Deployment" else c for c in children]
     canary_obj = memory.freshest("Deployment", namespace, canary_name(name),
                                  snap.children.get("CanaryDeployment"))
-    pairs: list[tuple[dict[str, Any], Mapping[str, Any] | None]] = [
-        (c, observed_children.get(c["kind"])) for c in children]
+    # (manifest, observed, role): role "main" (the children of CHILD_KINDS), "canary" (the
+    # canary Deployment) or "route" (the HTTPRoute split's Services and HTTPRoute).
+    pairs: list[tuple[dict[str, Any], Mapping[str, Any] | None, str]] = [
+        (c, observed_children.get(c["kind"]), "main") for c in children]
     if plan.canary_replicas is not None:  # the canary Deployment runs the spec's revision
         main = next(c for c in rendered.children if c["kind"] == "Deployment")
         pairs.append((with_strategy(main, 0, 1, replicas=plan.canary_replicas, canary=True),
-                      canary_obj))
+                      canary_obj, "canary"))
+    route_children = {key: memory.freshest(kind, namespace, obj_name, snap.children.get(key))
+                      for key, _, kind, obj_name in gateway_children(name)}
+    if gateway is not None:
+        try:
+            for manifest in render_gateway(spec, RenderContext(
+                    name=name, namespace=namespace, uid=meta.get("uid", "")), gateway,
+                    plan.canary_weight):
+                key = next(k for k, _, kind, obj_name in gateway_children(name)
+                           if kind == manifest["kind"]
+                           and obj_name == manifest["metadata"]["name"])
+                pairs.append((manifest, route_children[key], "route"))
+        except RenderError as err:  # cannot happen for a parsed spec; say so if it does
+            raise Retry(f"cannot render the HTTPRoute split: {err}", 30.0) from err
 
     # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
     wanted = {child["kind"]: child for child in rendered.children}
-    for child, have in pairs:
+    for child, have, role in pairs:
         kind = child["kind"]
-        is_canary = child["metadata"]["name"] != name
+        is_canary = role == "canary"
         reason = None
         if have is None:
             reason = "missing"
@@ -370,9 +426,10 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         memory.remember(applied)
         if is_canary:
             canary_obj = applied
-        else:
+        elif role == "main":
             observed_children[kind] = applied
-        outcome.applied.append(f"{'canary ' if is_canary else ''}{kind} ({reason})")
+        what = {"canary": "canary ", "route": f"{child['metadata']['name']} "}.get(role, "")
+        outcome.applied.append(f"{what}{kind} ({reason})")
     if plan.canary_replicas is None and canary_obj is not None:
         try:
             await cluster.delete("apps/v1", "Deployment", namespace, canary_name(name))
@@ -381,6 +438,16 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         memory.forget("Deployment", namespace, canary_name(name))
         canary_obj = None
         outcome.deleted.append("canary Deployment")
+    if gateway is None:  # no HTTPRoute split (any more): its children go
+        for key, api_version, kind, obj_name in gateway_children(name):
+            if route_children.get(key) is None:
+                continue
+            try:
+                await cluster.delete(api_version, kind, namespace, obj_name)
+            except ApiError as err:
+                raise Retry(f"cannot delete the {kind} {namespace}/{obj_name}: {err}") from err
+            memory.forget(kind, namespace, obj_name)
+            outcome.deleted.append(f"{obj_name} {kind}")
     for api_version, kind in CHILD_KINDS:
         if kind not in wanted and observed_children.get(kind) is not None:
             try:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from .api import CanarySpec, ModelDeploymentSpec
+from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
 from .status import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, RolloutView
 
 HISTORY = 10
@@ -36,6 +36,11 @@ HISTORY = 10
 # that crashes right after its first Ready is still rolled back.
 SETTLE_S = 5.0
 Target = Literal["desired", "stable", "hold"]
+# How a canary's traffic splits: by the ready endpoints behind the model's one Service, or by the
+# backendRefs weights of the model's HTTPRoute (Gateway API).
+TrafficSplit = Literal["ReadyReplicas", "HTTPRoute"]
+READY_REPLICAS: TrafficSplit = "ReadyReplicas"
+HTTP_ROUTE: TrafficSplit = "HTTPRoute"
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ class Plan:
     requeue_after: float | None = None
     rolled_back: bool = False  # this reconcile decided a rollback
     notes: list[str] = field(default_factory=list)  # for the log
+    # The canary's share of the HTTPRoute's weights (0..100; the stable Service gets the rest).
+    # 0 whenever no canary serves: 100/0, stable only.
+    canary_weight: int = 0
 
 
 def _fmt(moment: datetime) -> str:
@@ -166,6 +174,37 @@ def complete(dep: DeploymentInfo | None, pods: Sequence[PodInfo], revision: str,
             and dep.replicas <= dep.updated_replicas and dep.ready_replicas >= desired)
 
 
+def step_replicas(desired: int, weight: int) -> int:
+    """Canary replicas at a step of `weight` percent: rounded up, at least one."""
+    return max(1, min(desired, -(-desired * weight // 100)))
+
+
+def route_weight(steps: Sequence[CanaryStep], step: int, desired: int, can_ready: int,
+                 stable_ready: int) -> int:
+    """The canary's HTTPRoute weight at `step` (1-based; up to len(steps)).
+
+    A step's weight goes to the route only once its canary replicas are Ready (as Argo Rollouts
+    does): until then the route keeps the weight of the last step that was reached (0 before
+    the first). A side with no Ready replica gets no traffic: a canary with none gets 0, a
+    stable Deployment with none (a 100% step, or a single replica) leaves the canary 100.
+    """
+    weight = 0
+    for s in steps[:max(0, step)]:
+        if can_ready >= step_replicas(desired, s.weight):
+            weight = s.weight
+    if can_ready <= 0:
+        return 0
+    if stable_ready <= 0:
+        return 100
+    return weight
+
+
+def ready_share(can_ready: int, stable_ready: int) -> int:
+    """The canary's share of the ready replicas, in percent (the ReadyReplicas split)."""
+    total = can_ready + stable_ready
+    return round(100 * can_ready / total) if total else 0
+
+
 @dataclass(frozen=True)
 class _Canary:
     target: Target
@@ -177,11 +216,13 @@ class _Canary:
     requeue_after: float | None
     done: bool = False
     aborted: bool = False
+    weight: int = 0  # the canary's HTTPRoute weight (HTTPRoute split)
 
 
 def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: int,
             pods: Sequence[PodInfo], upd: dict[str, Any], previous: Any, desired_hash: str,
-            strategy: Strategy, now: datetime) -> _Canary:
+            strategy: Strategy, now: datetime,
+            split: TrafficSplit = READY_REPLICAS) -> _Canary:
     """One look at a canary rollout: how many replicas (GPUs) each Deployment gets now.
 
     Steps move replicas from the stable Deployment (old template) to the canary (new template);
@@ -201,8 +242,8 @@ def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: 
                          and p.revision == desired_hash)
     can_ready = sum(1 for p in can if p.ready and not p.terminating
                     and p.revision == desired_hash)
-    total_ready = main_ready + can_ready
-    traffic = round(100 * can_ready / total_ready) if total_ready else 0
+    traffic = ready_share(can_ready, main_ready)
+    by = "by HTTPRoute weights" if split == HTTP_ROUTE else "by ready replicas"
     budget = desired + spare
     number = upd.get("number")
     requeue: float | None = None
@@ -214,19 +255,22 @@ def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: 
                         and p.revision != desired_hash)
         main_n = max(0, min(desired, budget - len(can)))
         can_n = max(0, min(len(can), desired - old_ready - slack))
+        if split == HTTP_ROUTE:  # the route sends nothing to the canary from now on
+            traffic = 0
         state = {"hash": desired_hash, "step": 0, "steps": len(steps), "weight": 0,
-                 "canaryReplicas": can_n, "stableReplicas": main_n, "trafficPercent": traffic}
+                 "canaryReplicas": can_n, "stableReplicas": main_n, "trafficPercent": traffic,
+                 "trafficSplit": split}
         upd = {**upd, "progressAt": _fmt(now)}  # an abort is not a stall
         return _Canary("stable", main_n, can_n, upd, state,
                        "canary aborted by spec.rollout.canary.abort: every replica runs the "
                        "current revision again; set abort to false to start the canary over",
-                       None, done=not can and can_n == 0, aborted=True)
+                       None, done=not can and can_n == 0, aborted=True, weight=0)
     if canary.promote is not None and canary.promote == number:
         step = len(steps) + 1
     message: str
     if step <= len(steps):
         weight = steps[step - 1].weight
-        want = max(1, min(desired, -(-desired * weight // 100)))
+        want = step_replicas(desired, weight)
         # The stable Deployment gives replicas up only as canary replicas become Ready (at most
         # maxUnavailable short when no GPU is free), the canary grows into what is given up.
         slack = 0 if spare > 0 else max(1, min(strategy.max_unavailable, max(1, desired - 1)))
@@ -253,26 +297,34 @@ def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: 
             gate = f"; step {step - 1} done, moving on"
         if step <= len(steps) or requeue == 0.05:
             shown = step - 1 if requeue == 0.05 else step
+            route = route_weight(steps, shown, desired, can_ready, main_ready)
+            if split == HTTP_ROUTE:
+                traffic = route
             message = (f"canary step {shown}/{len(steps)}: {weight}% = {want} of {desired} "
                        f"replica(s) on the new revision ({can_ready} Ready), traffic "
-                       f"{traffic}% by ready replicas{gate}")
+                       f"{traffic}% {by}{gate}")
             state = {"hash": desired_hash, "step": step, "steps": len(steps), "weight": weight,
                      "canaryReplicas": can_n, "stableReplicas": main_n,
-                     "trafficPercent": traffic}
+                     "trafficPercent": traffic, "trafficSplit": split}
             if step_ready_at is not None:
                 state["stepReadyAt"] = _fmt(step_ready_at)
             if step <= len(steps):
-                return _Canary("stable", main_n, can_n, upd, state, message, requeue)
+                return _Canary("stable", main_n, can_n, upd, state, message, requeue,
+                               weight=route)
     # After the last step: the stable Deployment takes the new template over.
     slack = 0 if spare > 0 else max(1, strategy.max_unavailable)
     main_n = max(0, min(desired, budget - len(can)))
     can_n = max(0, min(len(can), desired - main_ready_new - slack))
+    # The route follows the ready replicas now: the canary's share shrinks as the stable
+    # Deployment's new replicas become Ready, so no request goes to a canary about to be gone.
     state = {"hash": desired_hash, "step": len(steps) + 1, "steps": len(steps), "weight": 100,
-             "canaryReplicas": can_n, "stableReplicas": main_n, "trafficPercent": traffic}
+             "canaryReplicas": can_n, "stableReplicas": main_n, "trafficPercent": traffic,
+             "trafficSplit": split}
     message = (f"canary promoted: the stable Deployment takes revision {number} over "
-               f"({main_ready_new} of {desired} Ready), the canary shrinks to {can_n}")
+               f"({main_ready_new} of {desired} Ready), the canary shrinks to {can_n}, traffic "
+               f"{traffic}% to the canary {by}")
     return _Canary("desired", main_n, can_n, upd, state, message, None,
-                   done=not can and can_n == 0)
+                   done=not can and can_n == 0, weight=traffic)
 
 
 def _ref(obj: Any) -> dict[str, Any] | None:
@@ -288,10 +340,13 @@ def _entry(ref: Mapping[str, Any], outcome: str, message: str, now: datetime) ->
 
 def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: str,
          dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int, spare: int,
-         previous: Mapping[str, Any], now: datetime) -> Plan:
+         previous: Mapping[str, Any], now: datetime,
+         traffic_split: TrafficSplit = READY_REPLICAS) -> Plan:
     """Decide the Deployment's template and strategy, and the new status.rollout.
 
     `dep` is the stable (main) Deployment; canary pods are told apart by their track label.
+    `traffic_split` says whether a canary's traffic follows an HTTPRoute's weights (then
+    Plan.canary_weight is the weight to write) or the ready replicas behind one Service.
     """
     cur = _ref(previous.get("current"))
     prev_good = _ref(previous.get("previous"))
@@ -319,6 +374,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     canary_replicas: int | None = None
     canary_state: dict[str, Any] | None = None
     canary_moving = False
+    canary_weight = 0
 
     def state(strategy_name: str, reason: str, message: str) -> dict[str, Any]:
         out: dict[str, Any] = {"strategy": strategy_name, "reason": reason, "message": message,
@@ -376,8 +432,9 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
                 and not (applied and not any(p.track == "canary" for p in pods)
                          and (previous.get("canary") or {}).get("hash") != desired_hash)):
             c = _canary(spec, canary, desired, spare, pods, dict(upd), previous.get("canary"),
-                        desired_hash, strategy, now)
+                        desired_hash, strategy, now, traffic_split)
             upd, canary_state = c.update, c.state
+            canary_weight = c.weight
             main_replicas, canary_replicas = c.main_replicas, c.canary_replicas
             if c.aborted and c.done:  # every replica is back: the canary Deployment goes
                 canary_replicas = None
@@ -401,6 +458,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
                 history.append(_entry(upd, "RolledBack", why, now))
                 upd, canary_state = None, None
                 main_replicas = canary_replicas = None
+                canary_weight = 0
                 target = "stable"
                 rolled_back = True
                 blocked_reason = "RolledBack"
@@ -418,6 +476,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
                 cur = {"number": upd["number"], "hash": desired_hash}
                 upd, canary_state = None, None
                 main_replicas = canary_replicas = None
+                canary_weight = 0
                 stable_spec = dict(raw_spec)
                 view_reason = view_message = ""
                 status = state("None", "UpToDate", f"revision {cur['number']} "
@@ -493,4 +552,5 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
                 stable_spec=stable_spec if target == "stable" else None,
                 deployment_strategy=chosen, main_replicas=main_replicas,
                 canary_replicas=canary_replicas,
-                requeue_after=requeue, rolled_back=rolled_back, notes=notes)
+                requeue_after=requeue, rolled_back=rolled_back, notes=notes,
+                canary_weight=canary_weight)

@@ -146,13 +146,118 @@ def _matches(node: NodeInfo, spec: ModelDeploymentSpec, place: Placement) -> boo
     return True
 
 
+@dataclass(frozen=True)
+class PendingDemand:
+    """A pod that waits for GPUs: Pending, not bound to a node yet (from the pod index).
+
+    Its GPU requests are demand that the free GPUs of the nodes it may land on serve before any
+    surge: the scheduler places it as soon as a GPU frees up there.
+    """
+
+    name: str  # namespace/name, for a stable order
+    requests: Mapping[str, int]
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    # requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms (OR of ANDs)
+    node_terms: tuple[Mapping[str, Any], ...] = ()
+
+
+def pending_demand(name: str, pod_spec: Mapping[str, Any],
+                   requests: Mapping[str, int]) -> PendingDemand:
+    """The scheduling constraints of a Pending pod's spec, as PendingDemand."""
+    affinity = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution") or {}
+    return PendingDemand(
+        name=name, requests=dict(requests),
+        node_selector={str(k): str(v) for k, v in (pod_spec.get("nodeSelector") or {}).items()},
+        tolerations=tuple(dict(t) for t in pod_spec.get("tolerations") or []),
+        node_terms=tuple(dict(t) for t in affinity.get("nodeSelectorTerms") or []))
+
+
+def _expression_holds(expr: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    key, op = expr.get("key", ""), expr.get("operator", "")
+    values = [str(v) for v in expr.get("values") or []]
+    if op == "In":
+        return key in labels and labels[key] in values
+    if op == "NotIn":
+        return key not in labels or labels[key] not in values
+    if op == "Exists":
+        return key in labels
+    if op == "DoesNotExist":
+        return key not in labels
+    if op in ("Gt", "Lt") and key in labels and values:
+        try:
+            have, bound = int(labels[key]), int(values[0])
+        except ValueError:
+            return False
+        return have > bound if op == "Gt" else have < bound
+    return False
+
+
+def _term_holds(term: Mapping[str, Any], node: NodeInfo) -> bool:
+    fields = {"metadata.name": node.name}
+    return (all(_expression_holds(e, node.labels) for e in term.get("matchExpressions") or [])
+            and all(_expression_holds(e, fields) for e in term.get("matchFields") or []))
+
+
+def may_land_on(demand: PendingDemand, node: NodeInfo) -> bool:
+    """Whether the scheduler could bind the waiting pod to `node` (selector, taints, required
+    node affinity; CPU and memory are not considered)."""
+    if node.unschedulable:
+        return False
+    if any(node.labels.get(k) != v for k, v in demand.node_selector.items()):
+        return False
+    if not all(_tolerates(t, demand.tolerations) for t in node.taints
+               if t.get("effect") in ("NoSchedule", "NoExecute")):
+        return False
+    terms = [t for t in demand.node_terms if t.get("matchExpressions") or t.get("matchFields")]
+    return not terms or any(_term_holds(t, node) for t in terms)
+
+
+def free_after_demand(nodes: Iterable[NodeInfo], used: Mapping[str, Mapping[str, int]],
+                      pending: Iterable[PendingDemand]) -> dict[str, dict[str, int]]:
+    """Free GPU resources per node once the waiting pods have taken theirs.
+
+    Each pending pod (in name order) is placed the way the scheduler's default scoring would
+    lean, on the node it may land on with the most free of its resource, and what it asks for
+    (at most what is free there) is taken from that node. A pod that fits nowhere takes what the
+    fullest candidate has left: it waits for a GPU there, and a surge must not take it.
+    """
+    node_list = sorted(nodes, key=lambda n: n.name)
+    free: dict[str, dict[str, int]] = {}
+    for node in node_list:
+        taken = used.get(node.name, {})
+        free[node.name] = {r: max(0, total - taken.get(r, 0))
+                           for r, total in node.allocatable.items()}
+    for demand in sorted(pending, key=lambda d: d.name):
+        candidates = [n for n in node_list if may_land_on(demand, n)
+                      and all(n.allocatable.get(r, 0) >= c for r, c in demand.requests.items())]
+        if not candidates or not demand.requests:
+            continue
+        fits = [n for n in candidates if all(free[n.name].get(r, 0) >= c
+                                             for r, c in demand.requests.items())]
+        pool = fits or candidates
+
+        wants = tuple(demand.requests)
+        best = min(pool, key=lambda n: (-sum(free[n.name].get(r, 0) for r in wants), n.name))
+        for resource, count in demand.requests.items():
+            have = free[best.name].get(resource, 0)
+            free[best.name][resource] = max(0, have - count)
+    return free
+
+
 def _short(product: str) -> str:
     return product.removeprefix("NVIDIA-") or "unlabelled"
 
 
 def check_capacity(spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
-                   used: Mapping[str, Mapping[str, int]], wanted: int) -> Capacity:
+                   used: Mapping[str, Mapping[str, int]], wanted: int,
+                   pending: Iterable[PendingDemand] = ()) -> Capacity:
     """How many of `wanted` replicas fit now; `used` excludes this model's own pods.
+
+    `pending`: pods of others that wait for GPUs (unscheduled); their requests come off the free
+    capacity of the nodes they may land on first (free_after_demand), so a GPU that another
+    model's replacement just gave back is not counted as room for a surge.
 
     Only GPU models are checked (CPU and memory are left to the scheduler, whose message reaches
     the status when pods stay Pending). The user's own affinity terms are not evaluated here.
@@ -162,6 +267,12 @@ def check_capacity(spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
         return Capacity(fits=True, wanted=wanted, room=wanted)
     place = placement(spec)
     resource, per = gpu.resource, gpu.count
+    nodes = list(nodes)
+    pending = list(pending)
+    if pending:
+        after = free_after_demand(nodes, used, pending)
+        used = {n.name: {r: total - after[n.name].get(r, 0)
+                         for r, total in n.allocatable.items()} for n in nodes}
     free_by_product: dict[str, list[tuple[str, int]]] = {}
     others: dict[str, int] = {}
     room = 0

@@ -91,3 +91,26 @@ def test_broken_admin_template_is_a_render_error(source: str, words: str) -> Non
     with pytest.raises(RenderError, match=words):
         render(parse_spec(md["spec"]), RenderContext(name="m", namespace="n", uid="u",
                                                      template_name="x", template_source=source))
+
+
+def test_golden_httproute_split() -> None:
+    """The HTTPRoute split's children (NAME-stable, NAME-canary, the HTTPRoute) of the H100
+    example attached to a Gateway, at a canary weight of 10."""
+    from kubemaas_operator.render import render_gateway
+
+    md = yaml.safe_load((ROOT / "examples" / "h100-model.yaml").read_text())
+    md["spec"]["serving"] = {**md["spec"].get("serving", {}),
+                             "gateway": {"name": "inference", "namespace": "gateways"}}
+    spec = parse_spec(md["spec"])
+    assert spec.serving.gateway is not None
+    ctx = RenderContext(name=md["metadata"]["name"], namespace="models",
+                        uid="00000000-0000-0000-0000-000000000001")
+    text = yaml.safe_dump_all(render_gateway(spec, ctx, spec.serving.gateway, 10),
+                              sort_keys=True)
+    golden = DATA / "gateway" / "h100-model-httproute.yaml"
+    if UPDATE:
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file {golden}; run with KUBEMAAS_UPDATE_GOLDEN=1"
+    assert text == golden.read_text(), "HTTPRoute split rendering changed; if intended, " \
+        "KUBEMAAS_UPDATE_GOLDEN=1"

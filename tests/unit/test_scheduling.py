@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from kubemaas_operator.api import parse_spec
-from kubemaas_operator.scheduling import NodeInfo, check_capacity, gpu_summary, placement
+from kubemaas_operator.scheduling import (
+    NodeInfo,
+    PendingDemand,
+    check_capacity,
+    free_after_demand,
+    gpu_summary,
+    may_land_on,
+    pending_demand,
+    placement,
+)
 
 TAINT = ({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},)
 
@@ -135,3 +144,80 @@ def test_gpu_summary() -> None:
     assert gpu_summary(spec(gpu={"count": 2, "products": [H100, A100]}), [H100]) == f"2x{H100}"
     assert gpu_summary(spec(gpu={"count": 2, "products": [H100, A100]})) == f"2x{A100}|{H100}"
     assert gpu_summary(spec(gpu={"migProfile": "1g.10gb"})) == "1xmig-1g.10gb"
+
+
+# ------------------------------------------------------------- pending pods count as demand
+
+def _h100_pod(name: str, gpus: int = 1, **pod_spec: Any) -> PendingDemand:
+    """A Pending pod as another H100 model's replacement would render it."""
+    model = spec(gpu={"count": gpus, "products": [H100]})
+    place = placement(model)
+    return pending_demand(name, {"affinity": place.affinity,
+                                 "tolerations": list(place.tolerations), **pod_spec},
+                          {"nvidia.com/gpu": gpus})
+
+
+def test_a_gpu_freed_for_a_waiting_pod_is_no_room_for_a_surge() -> None:
+    """100 models replacing on a full cluster: model B's old pod gave its GPU back and B's new
+    pod waits for it; model A must not see that GPU as room for a surge."""
+    nodes = [node("gpu-h100-0", H100, 8), node("gpu-h100-1", H100, 8)]
+    used = {"gpu-h100-0": {"nvidia.com/gpu": 7}, "gpu-h100-1": {"nvidia.com/gpu": 8}}
+    a = spec(gpu={"count": 1, "products": [H100]})
+    assert check_capacity(a, nodes, used, 3).room == 1  # without the demand: room for one
+    waiting = [_h100_pod("models/b-new")]
+    assert check_capacity(a, nodes, used, 3, pending=waiting).room == 0
+    # two free GPUs and one waiting pod: one is still free for a surge
+    used["gpu-h100-1"] = {"nvidia.com/gpu": 7}
+    assert check_capacity(a, nodes, used, 3, pending=waiting).room == 1
+    assert check_capacity(a, nodes, used, 3, pending=[*waiting, _h100_pod("x/c")]).room == 0
+
+
+def test_waiting_pods_that_cannot_land_on_matching_nodes_take_nothing() -> None:
+    nodes = [node("gpu-h100-0", H100, 8), node("gpu-a100-0", A100, 8, 40960)]
+    used = {"gpu-h100-0": {"nvidia.com/gpu": 7}, "gpu-a100-0": {"nvidia.com/gpu": 7}}
+    a = spec(gpu={"count": 1, "products": [H100]})
+    a100_pod = pending_demand("x/a100", {
+        "tolerations": list(TAINT),
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "nvidia.com/gpu.product", "operator": "In", "values": [A100]}]}]}}}},
+        {"nvidia.com/gpu": 1})
+    untolerated = pending_demand("x/plain", {}, {"nvidia.com/gpu": 1})  # the GPU taint
+    pinned = pending_demand("x/pinned", {"nodeSelector": {"kubernetes.io/hostname": "x"},
+                                         "tolerations": list(TAINT)}, {"nvidia.com/gpu": 1})
+    mig = pending_demand("x/mig", {"tolerations": list(TAINT)}, {"nvidia.com/mig-1g.10gb": 1})
+    for demand in (a100_pod, untolerated, pinned, mig):
+        assert check_capacity(a, nodes, used, 1, pending=[demand]).room == 1, demand.name
+
+
+def test_a_waiting_pod_lands_where_most_is_free_and_waits_where_nothing_fits() -> None:
+    nodes = [node("n0", H100, 8), node("n1", H100, 8)]
+    used = {"n0": {"nvidia.com/gpu": 6}, "n1": {"nvidia.com/gpu": 7}}
+    free = free_after_demand(nodes, used, [_h100_pod("x/p")])
+    assert (free["n0"]["nvidia.com/gpu"], free["n1"]["nvidia.com/gpu"]) == (1, 1)
+    # a 4-GPU pod fits nowhere: it waits on the node with the most free and takes what is there
+    free = free_after_demand(nodes, used, [_h100_pod("x/big", 4)])
+    assert (free["n0"]["nvidia.com/gpu"], free["n1"]["nvidia.com/gpu"]) == (0, 1)
+    # a pod that asks for more than any node has can never land: no demand
+    free = free_after_demand(nodes, used, [_h100_pod("x/huge", 9)])
+    assert (free["n0"]["nvidia.com/gpu"], free["n1"]["nvidia.com/gpu"]) == (2, 1)
+
+
+def test_node_affinity_operators() -> None:
+    n = NodeInfo(name="n0", labels={"a": "1", "mem": "80"}, allocatable={"nvidia.com/gpu": 1})
+
+    def lands(*exprs: dict[str, Any], fields: list[dict[str, Any]] | None = None) -> bool:
+        term: dict[str, Any] = {"matchExpressions": list(exprs)}
+        if fields:
+            term["matchFields"] = fields
+        return may_land_on(PendingDemand("p", {"nvidia.com/gpu": 1}, node_terms=(term,)), n)
+    assert lands({"key": "a", "operator": "In", "values": ["1"]})
+    assert not lands({"key": "a", "operator": "NotIn", "values": ["1"]})
+    assert lands({"key": "b", "operator": "DoesNotExist"})
+    assert not lands({"key": "b", "operator": "Exists"})
+    assert lands({"key": "mem", "operator": "Gt", "values": ["40"]})
+    assert not lands({"key": "mem", "operator": "Lt", "values": ["40"]})
+    assert lands(fields=[{"key": "metadata.name", "operator": "In", "values": ["n0"]}])
+    assert not lands(fields=[{"key": "metadata.name", "operator": "In", "values": ["n1"]}])
+    cordoned = NodeInfo(name="n0", unschedulable=True, allocatable={"nvidia.com/gpu": 1})
+    assert not may_land_on(PendingDemand("p", {"nvidia.com/gpu": 1}), cordoned)

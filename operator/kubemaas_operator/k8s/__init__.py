@@ -34,6 +34,7 @@ PLURALS: dict[str, str] = {
     "Service": "services",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "HTTPRoute": "httproutes",
     "ConfigMap": "configmaps",
     "Event": "events",
     "ModelDeployment": MD_PLURAL,
@@ -182,6 +183,19 @@ class Cluster:
         }
         self._call("POST", _path("v1", "Event", involved["namespace"]), body=body)
 
+    def serves(self, api_version: str, plural: str) -> bool:
+        """API discovery: does the API server serve `plural` in group/version `api_version`
+        (for example httproutes in gateway.networking.k8s.io/v1)? False when the group is
+        not installed; an unreachable API server raises ApiError."""
+        base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        try:
+            found = self._call("GET", base) or {}
+        except ApiError as err:
+            if err.status in (403, 404, 503):  # not installed (503: an unavailable APIService)
+                return False
+            raise
+        return any(r.get("name") == plural for r in found.get("resources") or [])
+
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return self._call("GET", _path("v1", "ConfigMap", namespace, name))
@@ -232,6 +246,9 @@ class AsyncCluster:
 
     async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._run_status(self.sync.get_configmap, namespace, name)
+
+    async def serves(self, api_version: str, plural: str) -> bool:
+        return await self._run_status(self.sync.serves, api_version, plural)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

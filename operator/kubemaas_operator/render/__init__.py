@@ -21,12 +21,13 @@ from typing import Any
 import jinja2
 import yaml
 
-from ..api import API_VERSION, KIND, ModelDeploymentSpec
+from ..api import API_VERSION, KIND, GatewayRef, ModelDeploymentSpec
 from ..scheduling import Placement, placement
 
 SPEC_HASH = "serving.kubemaas.io/spec-hash"
 REVISION = "serving.kubemaas.io/revision"
 TRACK = "serving.kubemaas.io/track"
+TRACK_SERVICE = "serving.kubemaas.io/traffic-track"  # on the per-track Services (stable, canary)
 MANAGED_BY = "app.kubernetes.io/managed-by"
 INSTANCE = "app.kubernetes.io/instance"
 NAME = "app.kubernetes.io/name"
@@ -95,6 +96,22 @@ class ServiceParams:
     labels: Mapping[str, str]
     selector: Mapping[str, str]
     port: int
+
+
+@dataclass(frozen=True)
+class HTTPRouteParams:
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    gateway_name: str
+    gateway_namespace: str
+    hostnames: list[str]
+    path: str
+    port: int
+    stable_service: str
+    canary_service: str
+    stable_weight: int
+    canary_weight: int
 
 
 @dataclass(frozen=True)
@@ -253,10 +270,11 @@ def deployment_params(spec: ModelDeploymentSpec, ctx: RenderContext,
 
 
 def _stamp(manifest: dict[str, Any], ctx: RenderContext, labels: Mapping[str, str],
-           extra_annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+           extra_annotations: Mapping[str, str] | None = None,
+           name: str | None = None) -> dict[str, Any]:
     """Enforce what no template may change: identity, ownership, labels; then the spec hash."""
     meta = manifest.setdefault("metadata", {})
-    meta["name"] = ctx.name
+    meta["name"] = name or ctx.name
     meta["namespace"] = ctx.namespace
     meta["labels"] = {**(meta.get("labels") or {}), **labels}
     meta["ownerReferences"] = [owner_reference(ctx)]
@@ -356,6 +374,60 @@ def with_strategy(deployment: Mapping[str, Any], max_surge: int, max_unavailable
         meta.pop("annotations")
     out["metadata"].setdefault("annotations", {})[SPEC_HASH] = digest(out)
     return out
+
+
+HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
+STABLE_TRACK, CANARY_TRACK = "stable", "canary"
+
+
+def track_service_name(name: str, track: str) -> str:
+    """NAME-stable / NAME-canary, shortened with a hash to stay a 63-character DNS label."""
+    full = f"{name}-{track}"
+    if len(full) <= 63:
+        return full
+    keep = 63 - len(track) - 1 - 7
+    return f"{name[:keep].rstrip('-')}-{digest(name, 6)}-{track}"
+
+
+def track_selector(name: str, track: str) -> dict[str, str]:
+    """The pods of one Deployment: the stable one (track main) or the canary."""
+    return pod_selector(name) if track == STABLE_TRACK else canary_selector(name)
+
+
+def route_path(spec: ModelDeploymentSpec, name: str) -> str:
+    """What the HTTPRoute matches: every path on the user's hostnames, else only this model's
+    Open Inference Protocol paths (/v2/models/MODEL_NAME...) so models share a hostname."""
+    if spec.serving.gateway is not None and spec.serving.gateway.hostnames:
+        return "/"
+    return f"/v2/models/{spec.model.name or name}"
+
+
+def render_gateway(spec: ModelDeploymentSpec, ctx: RenderContext, gateway: GatewayRef,
+                   canary_weight: int) -> list[dict[str, Any]]:
+    """The traffic split by Gateway API weights: a Service per track (NAME-stable selects the
+    stable Deployment's pods, NAME-canary the canary's) and an HTTPRoute NAME attached to
+    `gateway` whose two backendRefs carry 100 - canary_weight and canary_weight."""
+    if not 0 <= canary_weight <= 100:
+        raise RenderError(f"canary weight {canary_weight} is not within 0..100")
+    labels = common_labels(ctx.name)
+    children = []
+    for track in (STABLE_TRACK, CANARY_TRACK):
+        svc_name = track_service_name(ctx.name, track)
+        service = _render(builtin_template("service.yaml.j2"), "service template",
+                          ServiceParams(name=svc_name, namespace=ctx.namespace,
+                                        labels={**labels, TRACK_SERVICE: track},
+                                        selector=track_selector(ctx.name, track),
+                                        port=spec.serving.port))
+        children.append(_stamp(service, ctx, {**labels, TRACK_SERVICE: track}, name=svc_name))
+    route = _render(builtin_template("httproute.yaml.j2"), "HTTPRoute template", HTTPRouteParams(
+        name=ctx.name, namespace=ctx.namespace, labels=labels, gateway_name=gateway.name,
+        gateway_namespace=gateway.namespace or ctx.namespace,
+        hostnames=list(gateway.hostnames), path=route_path(spec, ctx.name),
+        port=spec.serving.port, stable_service=track_service_name(ctx.name, STABLE_TRACK),
+        canary_service=track_service_name(ctx.name, CANARY_TRACK),
+        stable_weight=100 - canary_weight, canary_weight=canary_weight))
+    children.append(_stamp(route, ctx, labels))
+    return children
 
 
 # Kinds the operator may create for a ModelDeployment, in apply order.
