@@ -117,7 +117,8 @@ async def serve(settings: Settings) -> int:
                               max_batch_size=settings.max_batch_size,
                               max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
                               max_queue_size=settings.max_queue_size,
-                              instances=settings.instances)
+                              instances=settings.instances,
+                              inline_max_s=settings.inline_max_us / 1e6)
             dataplane.set_model(model, batcher)
             took = time.perf_counter() - started
             metrics.model_ready.set(label, 1)

@@ -8,10 +8,9 @@ them to status codes.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,12 +20,15 @@ from .batching import Batcher, Outputs
 from .codecs import (
     InferRequest,
     decode_infer_request,
+    dumps_json,
     encode_infer_response,
     instances_to_inputs,
     loads_json,
     outputs_to_predictions,
 )
 from .errors import InvalidInput, ModelNotFound, Unavailable
+
+T = TypeVar("T")
 
 SERVER_NAME = "kubemaas"
 EXTENSIONS = ["binary_tensor_data", "v1_predict"]
@@ -36,6 +38,9 @@ EXTENSIONS = ["binary_tensor_data", "v1_predict"]
 # small requests would wait. Below it the hop to the thread (~30 us) would add a third to the
 # decode (0.09 ms for 60 KiB with orjson). Measured figures in docs/runtime.md.
 DECODE_OFFLOAD_BYTES = 64 * 1024
+# A JSON response takes about this many bytes of text per byte of FP32 data (0.1234567 and a
+# comma for 4 bytes): responses estimated over DECODE_OFFLOAD_BYTES are encoded off the loop too.
+JSON_BYTES_PER_DATA_BYTE = 4
 
 
 class DataPlane:
@@ -57,8 +62,9 @@ class DataPlane:
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
-    async def _decode(self, size: int, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` inline for small bodies, in the decode thread for large ones."""
+    async def _decode(self, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` (a decode or an encode of ``size`` bytes) inline when small, in the
+        codec thread when large."""
         if size < DECODE_OFFLOAD_BYTES:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
@@ -160,11 +166,17 @@ class DataPlane:
         # split in Python, and the hop costs little next to moving 64 KiB
         request: InferRequest = await self._decode(len(body), decode_infer_request, body,
                                                    header_length)
+        # the JSON text is not needed once decoded (binary tensors are views that keep their
+        # part of it alive themselves): a request waiting for the model holds only its arrays
+        del body
         self._validate(request.inputs, request.input_datatypes)
         self._check_outputs(request.output_names)
         outputs = await self._run(batcher, request.inputs, request.output_names)
-        return encode_infer_response(self.model_name, self.model_version, request.id, outputs,
-                                     request.binary_outputs)
+        size = sum(arr.nbytes for name, arr in outputs.items()
+                   if "*" not in request.binary_outputs and name not in request.binary_outputs)
+        return await self._decode(size * JSON_BYTES_PER_DATA_BYTE, encode_infer_response,
+                                  self.model_name, self.model_version, request.id, outputs,
+                                  request.binary_outputs)
 
     async def predict_v1(self, name: str, body: bytes) -> bytes:
         """TensorFlow Serving style: {"instances": [...]} -> {"predictions": [...]}."""
@@ -173,10 +185,17 @@ class DataPlane:
         assert self.model is not None
         inputs: dict[str, np.ndarray] = await self._decode(len(body), _decode_predict, body,
                                                            self.model.inputs)
+        del body  # as in infer: a waiting request holds only its arrays
         self._validate(inputs, {})
         outputs = await self._run(batcher, inputs, None)
-        return json.dumps({"predictions": outputs_to_predictions(outputs)},
-                          separators=(",", ":")).encode()
+        size = sum(arr.nbytes for arr in outputs.values())
+        return await self._decode(size * JSON_BYTES_PER_DATA_BYTE, _encode_predictions, outputs)
+
+
+def _encode_predictions(outputs: Mapping[str, np.ndarray]) -> bytes:
+    finite = all(arr.dtype.kind not in "fc" or bool(np.isfinite(arr).all())
+                 for arr in outputs.values())
+    return dumps_json({"predictions": outputs_to_predictions(outputs)}, finite)
 
 
 def _decode_predict(body: bytes, specs: list[TensorSpec]) -> dict[str, np.ndarray]:

@@ -201,3 +201,83 @@ def test_request_bytes_in_flight_are_bounded(runtime_server: Any, tiny_onnx: Pat
         t.join(10)
     assert results == [200, 200]
     assert server.request("POST", "/v2/models/tiny/infer", body)[0] == 200  # budget released
+
+
+class ThreadRecordingModel:
+    """The real tiny ONNX model, recording which thread ran each call (and optionally slow)."""
+
+    def __init__(self, model: OnnxModel, delay_s: float = 0.0) -> None:
+        self.inner = model
+        self.delay_s = delay_s
+        self.threads: list[str] = []
+        self.platform, self.device = model.platform, model.device
+        self.inputs, self.outputs = model.inputs, model.outputs
+
+    @property
+    def batchable(self) -> bool:
+        return self.inner.batchable
+
+    def run(self, inputs: Any, output_names: Any) -> dict[str, np.ndarray]:
+        self.threads.append(threading.current_thread().name)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self.inner.run(inputs, output_names)
+
+    def warmup(self) -> None:
+        self.inner.warmup()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _calls_on(model: ThreadRecordingModel, inline_max_s: float,
+              shapes: list[tuple[int, int]]) -> list[str]:
+    batcher = Batcher(model, model_name="tiny", metrics=Metrics(), inline_max_s=inline_max_s)
+
+    async def scenario() -> list[str]:
+        loop_thread = threading.current_thread().name
+        for shape in shapes:
+            x = np.arange(shape[0] * shape[1], dtype=np.float32).reshape(shape)
+            out = await batcher.infer({"x": x}, None)
+            np.testing.assert_array_equal(out["y"], model.inner.run({"x": x}, None)["y"])
+        return ["loop" if name == loop_thread else "worker" for name in model.threads]
+
+    try:
+        return asyncio.run(scenario())
+    finally:
+        batcher.close()
+
+
+def test_calls_measured_cheaper_than_the_hand_off_run_on_the_loop(tiny_onnx: Path) -> None:
+    # the first call of each input shape runs in a worker and is timed; later ones of a shape
+    # that took under the limit run on the loop, and a new shape goes to a worker first again
+    model = ThreadRecordingModel(OnnxModel(tiny_onnx))
+    where = _calls_on(model, 0.05, [(1, 4), (1, 4), (1, 4), (3, 4), (3, 4)])
+    assert where == ["worker", "loop", "loop", "worker", "loop"]
+
+
+def test_slow_calls_and_a_zero_limit_always_use_a_worker(tiny_onnx: Path) -> None:
+    slow = ThreadRecordingModel(OnnxModel(tiny_onnx), delay_s=0.002)
+    assert _calls_on(slow, 0.001, [(1, 4)] * 4) == ["worker"] * 4
+    fast = ThreadRecordingModel(OnnxModel(tiny_onnx))
+    assert _calls_on(fast, 0.0, [(1, 4)] * 4) == ["worker"] * 4
+
+
+def test_a_shape_that_turns_slow_goes_back_to_a_worker(tiny_onnx: Path) -> None:
+    # inline calls are timed too: once their moving average passes the limit, a worker again
+    model = ThreadRecordingModel(OnnxModel(tiny_onnx))
+    batcher = Batcher(model, model_name="tiny", metrics=Metrics(), inline_max_s=0.001)
+    x = np.ones((1, 4), dtype=np.float32)
+
+    async def scenario() -> list[str]:
+        loop_thread = threading.current_thread().name
+        await batcher.infer({"x": x}, None)  # a worker, measured fast
+        model.delay_s = 0.02
+        for _ in range(3):
+            await batcher.infer({"x": x}, None)
+        return ["loop" if name == loop_thread else "worker" for name in model.threads]
+
+    try:
+        assert asyncio.run(scenario()) == ["worker", "loop", "worker", "worker"]
+    finally:
+        batcher.close()

@@ -51,7 +51,8 @@ class TensorSpec:
 
 
 class Model(Protocol):
-    """A loaded model. ``run`` blocks and is only ever called from a worker thread.
+    """A loaded model. ``run`` blocks; it is called from a worker thread, or on the event loop
+    when ``batching.Batcher`` measured calls of those shapes to be cheaper than the hand-off.
 
     The async side (queueing, batching, timeouts) lives in ``batching.Batcher``, which is the
     object the dataplane awaits; backends stay plain and synchronous so the same code runs in

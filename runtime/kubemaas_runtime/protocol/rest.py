@@ -150,7 +150,7 @@ class RestServer:
         start = time.perf_counter()
         self.inflight += 1
         status = 200
-        body = b""
+        charged = 0
         try:
             raw_len = request.headers.get(_HEADER_LEN)
             header_length: int | None = None
@@ -161,7 +161,11 @@ class RestServer:
                     status = 400
                     return _error(400, f"{_HEADER_LEN} must be an integer, got {raw_len!r}")
             body = await self._read_body(request)
-            out, out_header_len = await self.dp.infer(name, version, body, header_length)
+            charged = len(body)
+            # the dataplane drops the JSON text once decoded: keep no reference here
+            pending = self.dp.infer(name, version, body, header_length)
+            del body
+            out, out_header_len = await pending
             if out_header_len is None:
                 return web.Response(body=out, content_type=_JSON)
             return web.Response(body=out, content_type="application/octet-stream",
@@ -175,7 +179,7 @@ class RestServer:
             return _error(500, "internal error; see the server log")
         finally:
             self.inflight -= 1
-            self.body_bytes -= len(body)
+            self.body_bytes -= charged
             self._observe(name, "infer", status, start)
 
     async def _v1(self, request: web.BaseRequest, method: str,
@@ -187,11 +191,13 @@ class RestServer:
             start = time.perf_counter()
             self.inflight += 1
             status = 200
-            body = b""
+            charged = 0
             try:
                 body = await self._read_body(request)
-                return web.Response(body=await self.dp.predict_v1(name, body),
-                                    content_type=_JSON)
+                charged = len(body)
+                pending = self.dp.predict_v1(name, body)
+                del body
+                return web.Response(body=await pending, content_type=_JSON)
             except RuntimeErrorBase as exc:
                 status = exc.status
                 return self._error_response(exc)
@@ -201,7 +207,7 @@ class RestServer:
                 return _error(500, "internal error; see the server log")
             finally:
                 self.inflight -= 1
-                self.body_bytes -= len(body)
+                self.body_bytes -= charged
                 self._observe(name, "predict", status, start)
         if ":" not in target:
             ready = self.dp.model_ready(target, None)
