@@ -228,8 +228,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the control-plane floor (direct Deployment changes)")
+    parser.add_argument("--modes", default="free,none",
+                        help="which of free,none to run, in that order (default both)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    modes = [m for m in ("free", "none") if m in args.modes.split(",")]
+    if not modes or set(args.modes.split(",")) - {"free", "none"}:
+        parser.error("--modes takes free, none or free,none")
     if max(sizes) > args.models:
         parser.error("a size exceeds --models")
 
@@ -280,7 +285,7 @@ def main() -> int:
             raise RuntimeError("the models did not become Ready")
         log(f"{args.models} models x {args.replicas} replicas Ready")
         settled(custom, names, args.timeout)
-        for mode in ("free", "none"):
+        for mode in modes:
             if mode == "none":
                 took = fill(core, kubeconfig)
                 time.sleep(3)
@@ -302,9 +307,13 @@ def main() -> int:
                             or [{}])[-1]
                     strategies[f"{last.get('outcome')}: {last.get('message')}"] += 1
                 seconds = None if t1 is None else round(t1 - t0, 2)
+                how = {kind: sum(c for text, c in strategies.items() if f"({kind} rollout)" in text)
+                       for kind in ("surge", "replace")}
                 log(f"{mode:>4}: {n:>3} models changed at once -> all new pods Ready in "
-                    f"{seconds} s; outcomes: {dict(strategies)}")
+                    f"{seconds} s; surged {how['surge']}, replaced {how['replace']} of {n}; "
+                    f"outcomes: {dict(strategies)}")
                 results["runs"].append({"mode": mode, "changed": n, "seconds": seconds,
+                                        "surged": how["surge"], "replaced": how["replace"],
                                         "outcomes": dict(strategies)})
         if not args.no_floor:
             op.stop()

@@ -316,7 +316,9 @@ def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: 
     main_n = max(0, min(desired, budget - len(can)))
     can_n = max(0, min(len(can), desired - main_ready_new - slack))
     # The route follows the ready replicas now: the canary's share shrinks as the stable
-    # Deployment's new replicas become Ready, so no request goes to a canary about to be gone.
+    # Deployment's new replicas become Ready; replicas the canary is about to give up get none.
+    if split == HTTP_ROUTE:
+        traffic = ready_share(min(can_ready, can_n), main_ready)
     state = {"hash": desired_hash, "step": len(steps) + 1, "steps": len(steps), "weight": 100,
              "canaryReplicas": can_n, "stableReplicas": main_n, "trafficPercent": traffic,
              "trafficSplit": split}

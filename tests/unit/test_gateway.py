@@ -77,7 +77,8 @@ def test_plan_gives_the_route_90_10_then_50_50_then_0_100_and_100_0_when_done() 
     # hand-over: the route follows the Ready replicas, away from the shrinking canary
     handed = [*pods("bbb", 4), *canary_pods(0, 6)]
     p = plan(promoted, raw, "bbb", dep("bbb", 4, 4, 4), handed, 10, 0, p.status, t2, HTTP_ROUTE)
-    assert p.canary_weight == 60
+    # 4 stable Ready: the canary keeps 5 of its 6 (one at a time), the route 5 of 9 Ready
+    assert p.canary_replicas == 5 and p.canary_weight == 56
     p = plan(promoted, raw, "bbb", dep("bbb", 10, 10, 10), pods("bbb", 10), 10, 0, p.status,
              t2, HTTP_ROUTE)
     assert p.canary_replicas is None and p.canary_weight == 0 and "canary" not in p.status
