@@ -12,6 +12,9 @@ Indexes (kept in memory by kopf from its watch streams; a reconcile lists nothin
                     that requests nvidia.com/* resources
                     ("pending",) -> (owner key or None, PendingDemand) of every unscheduled pod
                     that requests nvidia.com/* resources (demand the free GPUs serve first)
+  owed_index        ("owed",) -> (owner key, track, spec.replicas, PendingDemand of its pod
+                    template) of every GPU Deployment kubemaas applied: the pods it owes (asked
+                    for, not yet created) are demand too
   node_index        "nodes" -> NodeInfo of every node with nvidia.com/* allocatable
   namespace_index   name -> True for namespaces being deleted (the operator stands down there)
 
@@ -40,7 +43,7 @@ from .config import Settings
 from .k8s import AsyncCluster, Cluster
 from .reconcile import Memory, Outcome, Retry, Snapshot, gateway_children, reconcile
 from .render import HTTPROUTE_API_VERSION, INSTANCE, MANAGED_BY, MANAGER, canary_name
-from .scheduling import NodeInfo, PendingDemand, pending_demand
+from .scheduling import NodeInfo, PendingDemand, owed_pods, pending_demand
 from .status import PodInfo, pod_info
 
 log = logging.getLogger("kubemaas.handlers")
@@ -154,6 +157,13 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
     pods: list[PodInfo] = list(idx["pod_index"].get(("pod", *key)) or [])
     pending: list[PendingDemand] = [demand for owner, demand in idx["pod_index"].get(
         ("pending",)) or [] if owner != key]
+    for owner, track, replicas, demand in idx["owed_index"].get(("owed",)) or []:
+        if owner == key or idx["namespace_index"].get(owner[0]):
+            continue
+        live = sum(1 for p in idx["pod_index"].get(("pod", *owner)) or []
+                   if not p.terminating and p.track == track)
+        if live < replicas:
+            pending.extend(owed_pods(demand, replicas, live))
     return Snapshot(body=body, children={k: v for k, v in children.items() if v is not None},
                     pods=pods, nodes=nodes, used=used, pending=pending,
                     gateway_api=_runtime().gateway_api)
@@ -245,6 +255,20 @@ def _gpu_requests(spec: Mapping[str, Any]) -> dict[str, int]:
                 except (TypeError, ValueError):
                     continue
     return out
+
+
+@kopf.index(*CHILDREN["Deployment"], labels=OURS, id="owed_index")
+async def owed_index(namespace: str | None, name: str, labels: Mapping[str, str],
+                     spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) -> Any:
+    key = _child_key(namespace, labels)
+    pod_spec = (spec.get("template") or {}).get("spec") or {}
+    requests = _gpu_requests(pod_spec)
+    if key is None or not requests or meta.get("deletionTimestamp"):
+        return None  # a Deployment being deleted owes nothing
+    track = "canary" if name == canary_name(key[1]) else "main"
+    replicas = spec.get("replicas")
+    return {("owed",): (key, track, 1 if replicas is None else int(replicas),
+                        pending_demand(f"{namespace}/{name}", pod_spec, requests))}
 
 
 @kopf.index("", "v1", "pods")
@@ -408,6 +432,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     rt = Runtime(settings=ours, cluster=cluster,
                  indexes={k: kwargs[k] for k in ("md_index", "deployment_index", "service_index",
                                                  "hpa_index", "pdb_index", "httproute_index",
+                                                 "owed_index",
                                                  "pod_index", "node_index", "namespace_index",
                                                  "blocked_index")})
     try:  # before the first reconcile, so that a model never flips split at start

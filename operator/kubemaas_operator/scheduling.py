@@ -7,6 +7,7 @@ replicas could be placed right now, and when that is fewer than asked says so wi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,6 +173,17 @@ def pending_demand(name: str, pod_spec: Mapping[str, Any],
         node_selector={str(k): str(v) for k, v in (pod_spec.get("nodeSelector") or {}).items()},
         tolerations=tuple(dict(t) for t in pod_spec.get("tolerations") or []),
         node_terms=tuple(dict(t) for t in affinity.get("nodeSelectorTerms") or []))
+
+
+def owed_pods(demand: PendingDemand, replicas: int, live: int) -> list[PendingDemand]:
+    """The pods a Deployment owes: `replicas` asked for, `live` (not terminating) exist.
+
+    While a replacement runs, the Deployment controller deletes an old pod and creates its
+    successor a moment later (seconds, when it is busy with many Deployments); in between, the
+    GPU looks free but is spoken for. Each missing pod counts as waiting demand like a Pending
+    one (its constraints are the Deployment's pod template)."""
+    return [dataclasses.replace(demand, name=f"{demand.name}#{i}")
+            for i in range(max(0, replicas - live))]
 
 
 def _expression_holds(expr: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

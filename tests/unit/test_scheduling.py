@@ -12,6 +12,7 @@ from kubemaas_operator.scheduling import (
     free_after_demand,
     gpu_summary,
     may_land_on,
+    owed_pods,
     pending_demand,
     placement,
 )
@@ -221,3 +222,16 @@ def test_node_affinity_operators() -> None:
     assert not lands(fields=[{"key": "metadata.name", "operator": "In", "values": ["n1"]}])
     cordoned = NodeInfo(name="n0", unschedulable=True, allocatable={"nvidia.com/gpu": 1})
     assert not may_land_on(PendingDemand("p", {"nvidia.com/gpu": 1}), cordoned)
+
+
+def test_pods_a_deployment_owes_count_as_demand() -> None:
+    """Between an old pod's deletion and its successor's creation the GPU is spoken for."""
+    nodes = [node("n0", H100, 8)]
+    used = {"n0": {"nvidia.com/gpu": 7}}  # the old pod is gone: one GPU looks free
+    a = spec(gpu={"count": 1, "products": [H100]})
+    template = _h100_pod("models/b")
+    assert owed_pods(template, 2, 2) == [] and owed_pods(template, 2, 3) == []
+    owed = owed_pods(template, 2, 1)
+    assert [d.name for d in owed] == ["models/b#0"]
+    assert check_capacity(a, nodes, used, 3).room == 1
+    assert check_capacity(a, nodes, used, 3, pending=owed).room == 0
