@@ -1,4 +1,4 @@
-"""hack/cluster: up | down | status | env | nodes — the local control plane."""
+"""hack/cluster: up | down | status | env | nodes | gateway-api — the local control plane."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="print what runs, as JSON; exit 1 if not up")
     sub.add_parser("env", help="print `export KUBECONFIG=...` for a shell to eval")
     sub.add_parser("binaries", help="print where the binaries are, building missing ones")
+    sub.add_parser("gateway-api", help="install the Gateway API's standard CRDs (Gateway, "
+                   "HTTPRoute, ...) from the Go module cache; idempotent")
     args = parser.parse_args(argv)
 
     cluster = Cluster(Path(args.state) if args.state else default_state_dir())
@@ -54,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
                 real_node.down(delete_node_object=cluster.is_up())
         elif args.verb == "binaries":
             print(binaries.ensure().kube_apiserver.parent)
+        elif args.verb == "gateway-api":
+            if not cluster.is_up():
+                raise ClusterError("the testbed is not up: hack/cluster up")
+            from . import gateway
+
+            for crd in gateway.install(cluster.kubeconfig):
+                print(f"installed {crd}")
     except (ClusterError, NodeError, binaries.MissingBinaryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

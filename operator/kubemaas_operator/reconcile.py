@@ -113,6 +113,15 @@ class Memory:
         self._rejected: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._renders: dict[str, tuple[ModelDeploymentSpec, Rendered]] = {}
         self._statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self._told: set[tuple[str, str, str]] = set()
+
+    def first_time(self, namespace: str, name: str, what: str) -> bool:
+        """True once per model and message (for log lines that must not repeat every look)."""
+        key = (namespace, name, what)
+        if key in self._told:
+            return False
+        self._told.add(key)
+        return True
 
     def wrote_status(self, namespace: str, name: str, response: Mapping[str, Any],
                      status: dict[str, Any]) -> None:
@@ -166,6 +175,7 @@ class Memory:
 
     def forget_all(self, namespace: str, name: str) -> None:
         self._statuses.pop((namespace, name), None)
+        self._told = {t for t in self._told if t[:2] != (namespace, name)}
         self.forget("Deployment", namespace, canary_name(name))
         self.forget("HTTPRoute", namespace, name)
         for track in (STABLE_TRACK, CANARY_TRACK):
@@ -337,6 +347,12 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     surge_room = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
                                 pending=snap.pending)
     gateway = gateway_for(spec, settings) if snap.gateway_api else None
+    if spec.serving.gateway is not None and not snap.gateway_api and memory.first_time(
+            namespace, name, "no-httproute"):
+        log.warning("%s/%s: spec.serving.gateway names %s, but the API server does not serve "
+                    "%s HTTPRoute (are the Gateway API CRDs installed?): no route; a canary "
+                    "splits by ready replicas", namespace, name, spec.serving.gateway.name,
+                    HTTPROUTE_API_VERSION)
     plan = plan_rollout(spec, raw_spec, rendered.revision, live, snap.pods, desired_n,
                         max(0, surge_room.room - desired_n), base.previous.get("rollout") or {},
                         now, HTTP_ROUTE if gateway is not None else READY_REPLICAS)
