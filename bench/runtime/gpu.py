@@ -1,20 +1,16 @@
-"""The runtime on a GPU (onnxruntime's CUDA provider, torch on CUDA) and on quiet CPU cores.
+"""The runtime on a GPU: onnxruntime's CUDA provider and torch on CUDA, beside the in-process limit.
 
-    python bench/runtime/gpu.py --out DIR            # needs a CUDA device and onnxruntime-gpu
-    python bench/runtime/gpu.py --out DIR --only cpu-tail
+    python bench/runtime/gpu.py --out DIR      # needs a CUDA device and onnxruntime-gpu
 
-Two parts, each printed as a table and written to DIR/gpu-bench.json:
-
-* **gpu**: resnet18 (the model of run.py, random weights, dynamic batch axis) served by
-  ``python -m kubemaas_runtime --device cuda`` as ONNX (CUDA execution provider) with batching off
-  and on (JSON and binary tensors), and as TorchScript on CUDA (binary, batching on); ``wrk``
-  (two threads, cores apart from the server's) POSTs one v2 request over 1..64 connections to
-  127.0.0.1. The limit beside it: the same ONNX session and the same TorchScript module called
-  in-process with host numpy arrays (per-call latency at batch 1, rows/s at batch 32), which is
-  what a server adds its HTTP, decode and batching costs to.
-* **cpu-tail**: the small MLP on one core with wrk on another core of an otherwise idle machine,
-  to read the latency tail (p99 / p50) without other work on the cores: batching off with the
-  inline path (``--inline-max-us 50``, the default), without it (``0``), and batching on.
+resnet18 (the model of run.py, random weights, dynamic batch axis) served by
+``python -m kubemaas_runtime --device cuda`` as ONNX (CUDA execution provider) with batching off
+and on (JSON and binary tensors; FP32, and TF32 with ``--tf32 true``), and as TorchScript on CUDA
+(binary, batching on). ``wrk`` (two threads, on cores apart from the server's) POSTs one v2
+request over 1..64 connections to 127.0.0.1. The limit beside it: the same ONNX session and the
+same TorchScript module called in-process with host numpy arrays (per-call latency at batch 1,
+rows/s at batch 32), to which a server adds its HTTP, decode and batching costs. Each server's
+first answer is compared with onnxruntime's on the CPU (max abs difference recorded).
+Results: a line per point, and DIR/gpu-bench.json.
 
 Peers (KServe, MLServer, PyTriton) are not run here: the GPU machine this was written for has no
 network, and PyTriton's wheel alone is over what can be carried to it; run.py compares them on CPU.
@@ -59,12 +55,9 @@ GPU_CONFIGS = [
     Config("ort-cuda", "resnet18", "onnx", "cuda", False, "json"),
     Config("ort-cuda-batch", "resnet18", "onnx", "cuda", True, "json"),
     Config("ort-cuda-batch-bin", "resnet18", "onnx", "cuda", True, "binary"),
+    Config("ort-cuda-batch-bin-tf32", "resnet18", "onnx", "cuda", True, "binary",
+           ("--tf32", "true")),
     Config("torch-cuda-batch-bin", "resnet18", "torchscript", "cuda", True, "binary"),
-]
-CPU_TAIL_CONFIGS = [
-    Config("mlp-inline", "mlp", "onnx", "cpu", False, "json", ("--inline-max-us", "50")),
-    Config("mlp-thread", "mlp", "onnx", "cpu", False, "json", ("--inline-max-us", "0")),
-    Config("mlp-batch", "mlp", "onnx", "cpu", True, "json"),
 ]
 
 
@@ -139,7 +132,9 @@ def serve(cfg: Config, model_path: Path, port: int, log: Path, core: str) -> ben
     if cfg.batching:
         cmd += ["--max-batch-size", str(MAX_BATCH), "--max-batch-delay-ms", "0"]
     cmd += list(cfg.extra)
-    env = dict(os.environ, PYTHONPATH=str(bench.REPO / "runtime"))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(bench.REPO / "runtime"), env.get("PYTHONPATH")) if p)
     return bench.Running(cmd, env, port, log, core)
 
 
@@ -230,12 +225,8 @@ def inprocess_gpu(onnx_path: Path, ts_path: Path, seconds: float) -> dict[str, A
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--only", choices=["gpu", "cpu-tail"], nargs="+",
-                    default=["gpu", "cpu-tail"])
     ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per point")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    ap.add_argument("--tail-concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    ap.add_argument("--tail-cores", default="2,4", help="server core,load core for cpu-tail")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = bench.MODEL_CACHE
@@ -250,23 +241,17 @@ def main() -> int:
     import onnxruntime
 
     doc["onnxruntime"] = onnxruntime.__version__
-    if "gpu" in args.only:
-        import torch
+    import torch
 
-        doc["torch"] = torch.__version__
-        resnet = bench_models.ensure_model("resnet18", work)
-        ts_path = torchscript_resnet18(work)
-        doc["inprocess"] = inprocess_gpu(resnet.onnx, ts_path, 3.0)
-        # server on 8 cores, wrk on 2 others: the box has 16
-        cores = ("0-7", "10-11", 2)
-        doc["gpu"] = [sweep(cfg, resnet, ts_path if cfg.fmt == "torchscript" else resnet.onnx,
-                            args.concurrency, args.seconds, cores, args.out)
-                      for cfg in GPU_CONFIGS]
-    if "cpu-tail" in args.only:
-        mlp = bench_models.ensure_model("mlp", work)
-        doc["cpu_tail"] = [sweep(cfg, mlp, mlp.onnx, args.tail_concurrency, 4.0,
-                                 (*args.tail_cores.split(","), 1), args.out)
-                           for cfg in CPU_TAIL_CONFIGS]
+    doc["torch"] = torch.__version__
+    resnet = bench_models.ensure_model("resnet18", work)
+    ts_path = torchscript_resnet18(work)
+    doc["inprocess"] = inprocess_gpu(resnet.onnx, ts_path, 3.0)
+    # server on 8 cores, wrk on 2 others: the box has 16
+    cores = ("0-7", "10-11", 2)
+    doc["gpu"] = [sweep(cfg, resnet, ts_path if cfg.fmt == "torchscript" else resnet.onnx,
+                        args.concurrency, args.seconds, cores, args.out)
+                  for cfg in GPU_CONFIGS]
     (args.out / "gpu-bench.json").write_text(json.dumps(doc, indent=1))
     return 0
 

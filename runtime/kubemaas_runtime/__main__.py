@@ -199,7 +199,7 @@ def _load(settings: Settings) -> Model:
                            "KUBEMAAS_MODEL_FORMAT")
     model = load_model(path, fmt, device=settings.device,
                        intra_op_threads=settings.intra_op_threads,
-                       inter_op_threads=settings.inter_op_threads)
+                       inter_op_threads=settings.inter_op_threads, tf32=settings.tf32)
     t2 = time.perf_counter()
     if settings.warmup:
         try:

@@ -93,6 +93,9 @@ OPTIONS: tuple[Option, ...] = (
            "Threads across operators (onnxruntime inter_op / torch interop). 0 = default."),
     Option("device", "--device", "KUBEMAAS_DEVICE", "auto", str,
            "auto | cpu | cuda. auto uses CUDA when a GPU and the CUDA build are present."),
+    Option("tf32", "--tf32", "KUBEMAAS_TF32", False, _bool,
+           "On a GPU, let matrix products and convolutions use TF32 (faster on Ampere and later, "
+           "about 1e-3 relative error). Off: results agree with the CPU's to FP32 rounding."),
     Option("warmup", "--warmup", "KUBEMAAS_WARMUP", True, _bool,
            "Run the model once on zeros before reporting ready."),
     Option("max_request_bytes", "--max-request-bytes", "KUBEMAAS_MAX_REQUEST_BYTES",
@@ -142,6 +145,7 @@ class Settings:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     device: str = "auto"
+    tf32: bool = False
     warmup: bool = True
     max_request_bytes: int = 64 * 1024 * 1024
     max_inflight_bytes: int = 0

@@ -249,6 +249,27 @@ def build_models_once(out: Path, *extra: str) -> None:
                             *extra], check=True, timeout=300)
 
 
+def _servers_use_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+# runtime servers start with --device auto: on a machine with a GPU and onnxruntime-gpu, on CUDA
+SERVED_ON_GPU = _servers_use_cuda()
+
+
+def assert_as_reference(got: np.ndarray, want: np.ndarray, exact: bool = True) -> None:
+    """A served output equals the CPU reference: bit for bit on the CPU (``exact``; else to 1e-6);
+    on a GPU, where other kernels sum in another order (TF32 stays off), to FP32 rounding."""
+    if SERVED_ON_GPU:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    elif exact:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def ort_run(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The reference: the same model file run by onnxruntime in this process."""
     import onnxruntime as ort

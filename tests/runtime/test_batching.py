@@ -18,7 +18,7 @@ from kubemaas_runtime.batching import Batcher
 from kubemaas_runtime.errors import Unavailable
 from kubemaas_runtime.metrics import Metrics
 
-from .conftest import Server, ort_run
+from .conftest import Server, assert_as_reference, ort_run
 
 
 def _histogram(text: str, name: str) -> tuple[float, float]:
@@ -47,7 +47,7 @@ def test_concurrent_requests_are_merged_and_split_back(runtime_server: Any,
         want = ort_run(tiny_onnx, {"x": x})
         for out in doc["outputs"]:
             got = np.array(out["data"], dtype=np.float32).reshape(out["shape"])
-            np.testing.assert_allclose(got, want[out["name"]], rtol=1e-6, atol=1e-6)
+            assert_as_reference(got, want[out["name"]], exact=False)
     rows, calls = _histogram(server.metrics(), "kubemaas_batch_size")
     assert rows == sum(len(x) for x in xs)
     assert calls < len(xs), "no request was merged with another"
@@ -100,7 +100,7 @@ class GatedModel:
 
 @pytest.mark.parametrize("max_batch_size", [1, 4])
 def test_full_queue_answers_unavailable(tiny_onnx: Path, max_batch_size: int) -> None:
-    model = GatedModel(OnnxModel(tiny_onnx))
+    model = GatedModel(OnnxModel(tiny_onnx, device="cpu"))
     metrics = Metrics()
     batcher = Batcher(model, model_name="tiny", metrics=metrics, max_batch_size=max_batch_size,
                       max_queue_size=3)
@@ -251,21 +251,21 @@ def _calls_on(model: ThreadRecordingModel, inline_max_s: float,
 def test_calls_measured_cheaper_than_the_hand_off_run_on_the_loop(tiny_onnx: Path) -> None:
     # the first call of each input shape runs in a worker and is timed; later ones of a shape
     # that took under the limit run on the loop, and a new shape goes to a worker first again
-    model = ThreadRecordingModel(OnnxModel(tiny_onnx))
+    model = ThreadRecordingModel(OnnxModel(tiny_onnx, device="cpu"))
     where = _calls_on(model, 0.05, [(1, 4), (1, 4), (1, 4), (3, 4), (3, 4)])
     assert where == ["worker", "loop", "loop", "worker", "loop"]
 
 
 def test_slow_calls_and_a_zero_limit_always_use_a_worker(tiny_onnx: Path) -> None:
-    slow = ThreadRecordingModel(OnnxModel(tiny_onnx), delay_s=0.002)
+    slow = ThreadRecordingModel(OnnxModel(tiny_onnx, device="cpu"), delay_s=0.002)
     assert _calls_on(slow, 0.001, [(1, 4)] * 4) == ["worker"] * 4
-    fast = ThreadRecordingModel(OnnxModel(tiny_onnx))
+    fast = ThreadRecordingModel(OnnxModel(tiny_onnx, device="cpu"))
     assert _calls_on(fast, 0.0, [(1, 4)] * 4) == ["worker"] * 4
 
 
 def test_a_shape_that_turns_slow_goes_back_to_a_worker(tiny_onnx: Path) -> None:
     # inline calls are timed too: once their moving average passes the limit, a worker again
-    model = ThreadRecordingModel(OnnxModel(tiny_onnx))
+    model = ThreadRecordingModel(OnnxModel(tiny_onnx, device="cpu"))
     batcher = Batcher(model, model_name="tiny", metrics=Metrics(), inline_max_s=0.001)
     x = np.ones((1, 4), dtype=np.float32)
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .conftest import Server, ort_run, start_server
+from .conftest import Server, assert_as_reference, ort_run, start_server
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_json_infer_matches_onnxruntime(tiny: Server, tiny_onnx: Path) -> None:
            for o in doc["outputs"]}
     assert set(got) == {"y", "z"}
     for name in got:
-        np.testing.assert_array_equal(got[name], want[name])
+        assert_as_reference(got[name], want[name])
     # requested-output selection
     status, doc = tiny.post_json("/v2/models/tiny/infer", {
         "inputs": [{"name": "x", "shape": [5, 4], "datatype": "FP32", "data": x.ravel().tolist()}],
@@ -82,12 +82,12 @@ def test_tritonclient(tiny: Server, tiny_onnx: Path, binary: bool) -> None:
         want = ort_run(tiny_onnx, {"x": x})
         result = client.infer("tiny", [inp], outputs=[
             httpclient.InferRequestedOutput("y", binary_data=binary)])
-        np.testing.assert_array_equal(result.as_numpy("y"), want["y"])
+        assert_as_reference(result.as_numpy("y"), want["y"])
         assert result.as_numpy("z") is None
         # no outputs named: every output comes back (binary by default in tritonclient)
         result = client.infer("tiny", [inp], model_version="3")
         for name in ("y", "z"):
-            np.testing.assert_array_equal(result.as_numpy(name), want[name])
+            assert_as_reference(result.as_numpy(name), want[name])
     finally:
         client.close()
 
@@ -97,7 +97,8 @@ def test_v1_predict(tiny: Server, tiny_onnx: Path) -> None:
     status, doc = tiny.post_json("/v1/models/tiny:predict", {"instances": rows})
     assert status == 200, doc
     want = ort_run(tiny_onnx, {"x": np.array(rows, dtype=np.float32)})
-    assert [p["y"] for p in doc["predictions"]] == want["y"].tolist()
+    assert_as_reference(np.array([p["y"] for p in doc["predictions"]], dtype=np.float32),
+                        want["y"])
     assert tiny.get_json("/v1/models/tiny") == (200, {"name": "tiny", "ready": True})
 
 

@@ -62,7 +62,7 @@ def test_serving_onnx_never_imports_torch_and_stays_small(runtime_server: object
     from .conftest import Server
 
     server: Server = runtime_server(  # type: ignore[operator]
-        ["--model-uri", str(tiny_onnx)], env={"PYTHONPROFILEIMPORTTIME": "1"})
+        ["--model-uri", str(tiny_onnx), "--device", "cpu"], env={"PYTHONPROFILEIMPORTTIME": "1"})
     imported = {line.split("|")[-1].strip() for line in server.lines if "import time:" in line}
     assert "onnxruntime" in imported
     assert "torch" not in imported

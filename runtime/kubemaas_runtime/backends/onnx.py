@@ -64,7 +64,7 @@ class OnnxModel:
     platform = "onnxruntime_onnx"
 
     def __init__(self, path: Path, *, device: str = "auto", intra_op_threads: int = 0,
-                 inter_op_threads: int = 0) -> None:
+                 inter_op_threads: int = 0, tf32: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -80,8 +80,15 @@ class OnnxModel:
             raise StartupError("device=cuda but this onnxruntime build has no "
                                "CUDAExecutionProvider (install onnxruntime-gpu)")
         use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda
-                     else ["CPUExecutionProvider"])
+        # TF32 off unless asked: answers then agree with the CPU's to FP32 rounding (TF32 keeps
+        # 10 bits of mantissa: 1e-4..1e-3 relative error). HEURISTIC cuDNN convolution search:
+        # the default, EXHAUSTIVE, benchmarks every algorithm on each new input shape, and with
+        # dynamic batching each batch size is a new shape (resnet18 on an H100: a 4-request
+        # batch took hundreds of ms while a new size was searched; docs/runtime-benchmark.md).
+        cuda_options = {"use_tf32": "1" if tf32 else "0", "cudnn_conv_algo_search": "HEURISTIC"}
+        providers: list[str | tuple[str, dict[str, str]]] = (
+            [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"] if use_cuda
+            else ["CPUExecutionProvider"])
         if use_cuda and hasattr(ort, "preload_dlls"):
             # onnxruntime-gpu >= 1.21 finds CUDA/cuDNN from the nvidia-* wheels this way
             # (otherwise only after `import torch`, which an ONNX server never does)

@@ -61,7 +61,7 @@ def _shape_of(val: Any) -> tuple[int, ...]:
 
 class TorchModel:
     def __init__(self, path: Path, fmt: str, *, device: str = "auto", intra_op_threads: int = 0,
-                 inter_op_threads: int = 0) -> None:
+                 inter_op_threads: int = 0, tf32: bool = False) -> None:
         if intra_op_threads:
             torch.set_num_threads(intra_op_threads)
         if inter_op_threads:
@@ -74,6 +74,9 @@ class TorchModel:
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         self._device = torch.device("cuda" if use_cuda else "cpu")
         self.device = self._device.type
+        if use_cuda:  # as for onnxruntime: IEEE FP32 unless the user trades precision for speed
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
         try:
             if fmt == "torchscript":
                 self.platform = "pytorch_torchscript"
