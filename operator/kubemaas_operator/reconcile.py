@@ -5,6 +5,10 @@ pods, and the periodic drift check. What it observes comes from the operator's i
 (a `Snapshot`, built by handlers.py); the pure modules decide; `k8s/` writes. A child is applied
 only when it is missing, its spec-hash differs, or it drifted from the desired manifest, and the
 status is patched only when it changed: a steady-state resync writes nothing.
+
+When the API server serves Gateway API HTTPRoutes and the model names a Gateway (or the operator
+has a default one), the children also include the HTTPRoute split: NAME-stable and NAME-canary
+Services and an HTTPRoute NAME whose weights rollout.py computes; otherwise they are deleted.
 """
 
 from __future__ import annotations
@@ -82,8 +86,9 @@ class Snapshot:
     pods: Sequence[PodInfo] = ()
     nodes: Sequence[NodeInfo] = ()
     used: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # others' pods
-    # GPU requests of unscheduled pods (Pending, no node yet) of other models and workloads:
-    # demand that the free GPUs of matching nodes must serve first (scheduling.PendingDemand).
+    # GPU requests of unscheduled pods (Pending, no node yet) of other models and workloads, and
+    # of the pods other models' Deployments owe (not created yet): demand that the free GPUs of
+    # matching nodes serve before a surge (scheduling.PendingDemand).
     pending: Sequence[PendingDemand] = ()
     gateway_api: bool = False  # the API server serves gateway.networking.k8s.io/v1 HTTPRoute
 
@@ -270,7 +275,6 @@ def _next_check(pods: Sequence[PodInfo], now: datetime, grace: float) -> float |
     return min(waits) if waits else None
 
 
-# The children of the HTTPRoute split, as (snapshot key, kind, name of NAME).
 def gateway_children(name: str) -> list[tuple[str, str, str, str]]:
     """(snapshot key, apiVersion, kind, object name) of the Gateway API split's children."""
     return [("StableService", "v1", "Service", track_service_name(name, STABLE_TRACK)),

@@ -199,6 +199,13 @@ def test_abort_restores_100_0_and_the_split_goes_with_the_gateway(kube: Kube,
              what="the canary Deployment gone")
     assert status(kube, ns, "a")["reason"].startswith("CanaryAborted")
 
+    # a hand edit of the weights is undone: the operator watches its HTTPRoutes (kopf started
+    # that watch when the CRD appeared) and re-applies a route that drifted
+    kube.kubectl("-n", ns, "patch", "httproute", "a", "--type=json", "-p",
+                 '[{"op": "replace", "path": "/spec/rules/0/backendRefs/1/weight", "value": 70}]')
+    wait_for(lambda: route_weights(kube, ns, "a") == (100, 0), timeout=15,
+             what="the hand-edited HTTPRoute restored to 100/0")
+
     # without a Gateway the operator takes the split down; the model's Service stays
     apply(kube, ns, gw_model("a", 4, image=NEW, gateway=False,
                              canary={"steps": steps, "abort": True}))
