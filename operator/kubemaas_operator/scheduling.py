@@ -3,6 +3,8 @@
 `placement(spec)` says what a replica's pod must ask for and where it may run; `check_capacity`
 counts, from the nodes' allocatable resources minus what scheduled pods already request, how many
 replicas could be placed right now, and when that is fewer than asked says so with the numbers.
+For the surge-or-replace decision it can first take off what waiting pods (unscheduled, or owed
+by a Deployment) will claim: `free_after_demand`, with `may_land_on` deciding where each may go.
 """
 
 from __future__ import annotations
@@ -232,8 +234,9 @@ def free_after_demand(nodes: Iterable[NodeInfo], used: Mapping[str, Mapping[str,
 
     Each pending pod (in name order) is placed the way the scheduler's default scoring would
     lean, on the node it may land on with the most free of its resource, and what it asks for
-    (at most what is free there) is taken from that node. A pod that fits nowhere takes what the
-    fullest candidate has left: it waits for a GPU there, and a surge must not take it.
+    (at most what is free there) is taken from that node. A pod that fits nowhere yet takes what
+    is left on the candidate with the most free: it waits for GPUs there, and a surge must not
+    take them. A pod that asks for more than any node has can never land and takes nothing.
     """
     node_list = sorted(nodes, key=lambda n: n.name)
     free: dict[str, dict[str, int]] = {}
