@@ -86,6 +86,11 @@ class OnnxModel:
         # dynamic batching each batch size is a new shape (resnet18 on an H100: a 4-request
         # batch took hundreds of ms while a new size was searched; docs/runtime-benchmark.md).
         cuda_options = {"use_tf32": "1" if tf32 else "0", "cudnn_conv_algo_search": "HEURISTIC"}
+        if use_cuda and not intra_op_threads:
+            # with the graph on the GPU, the CPU pool (one spinning thread per core by default)
+            # only burns the cores the event loop needs to read the next requests' bodies
+            options.intra_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[str | tuple[str, dict[str, str]]] = (
             [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"] if use_cuda
             else ["CPUExecutionProvider"])
