@@ -74,7 +74,7 @@ async def serve(settings: Settings) -> int:
     # imports here keep `--help` and settings errors fast
     from aiohttp import web
 
-    from .batching import Batcher
+    from .batching import Batcher, padded_batch_rows
     from .dataplane import DataPlane
     from .metrics import Metrics
     from .protocol.rest import RestServer
@@ -118,7 +118,9 @@ async def serve(settings: Settings) -> int:
                               max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
                               max_queue_size=settings.max_queue_size,
                               instances=settings.instances,
-                              inline_max_s=settings.inline_max_us / 1e6)
+                              inline_max_s=settings.inline_max_us / 1e6,
+                              pad_to=padded_batch_rows(model, settings.max_batch_size,
+                                                       settings.pad_batches))
             dataplane.set_model(model, batcher)
             took = time.perf_counter() - started
             metrics.model_ready.set(label, 1)
@@ -186,6 +188,7 @@ def _start_load(settings: Settings, loop: asyncio.AbstractEventLoop) -> asyncio.
 def _load(settings: Settings) -> Model:
     """Blocking: fetch, load and warm the model (runs in a thread)."""
     from .backends import load_model
+    from .batching import padded_batch_rows, warm_padded
     from .storage import S3Config, fetch_model
 
     t0 = time.perf_counter()
@@ -204,6 +207,9 @@ def _load(settings: Settings) -> Model:
     if settings.warmup:
         try:
             model.warmup()
+            rows = padded_batch_rows(model, settings.max_batch_size, settings.pad_batches)
+            if rows is not None:
+                warm_padded(model, rows)
         except Exception as exc:  # a model may reject zeros; serving can still work
             log.warning("warm-up failed; serving anyway",
                         extra={"fields": {"error": str(exc).splitlines()[0] if str(exc) else

@@ -18,6 +18,7 @@ from .errors import StartupError
 
 FORMATS = ("onnx", "torchscript", "torch-export")
 DEVICES = ("auto", "cpu", "cuda")
+PAD_BATCHES = ("auto", "always", "never")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -80,6 +81,10 @@ OPTIONS: tuple[Option, ...] = (
            "0 = no waiting: requests that queue while the model is busy are merged."),
     Option("max_queue_size", "--max-queue-size", "KUBEMAAS_MAX_QUEUE_SIZE", 256, int,
            "Requests admitted (waiting or running) before new ones get 503 + Retry-After."),
+    Option("pad_batches", "--pad-batches", "KUBEMAAS_PAD_BATCHES", "auto", str,
+           "auto | always | never. Pad every batched call with zero rows to --max-batch-size, "
+           "so the model always sees one shape. auto: for onnxruntime on CUDA, which pays tens "
+           "of ms whenever the batch size changes between calls."),
     Option("instances", "--instances", "KUBEMAAS_INSTANCES", 1, int,
            "Model calls that may run at the same time (worker threads)."),
     Option("inline_max_us", "--inline-max-us", "KUBEMAAS_INLINE_MAX_US", 50.0, float,
@@ -140,6 +145,7 @@ class Settings:
     max_batch_size: int = 1
     max_batch_delay_ms: float = 0.0
     max_queue_size: int = 256
+    pad_batches: str = "auto"
     instances: int = 1
     inline_max_us: float = 50.0
     intra_op_threads: int = 0
@@ -241,6 +247,8 @@ def load_settings(argv: Sequence[str] | None = None,
     check("max_batch_delay_ms", 0 <= values["max_batch_delay_ms"] <= 10_000,
           "must be 0..10000 ms")
     check("max_queue_size", values["max_queue_size"] >= 1, "must be at least 1")
+    check("pad_batches", values["pad_batches"] in PAD_BATCHES,
+          f"must be one of {', '.join(PAD_BATCHES)}")
     check("instances", 1 <= values["instances"] <= 64, "must be 1..64")
     check("inline_max_us", 0 <= values["inline_max_us"] <= 10_000, "must be 0..10000 us")
     check("intra_op_threads", values["intra_op_threads"] >= 0, "must be 0 or more")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from kubemaas_runtime.backends.onnx import OnnxModel
-from kubemaas_runtime.batching import Batcher
+from kubemaas_runtime.batching import Batcher, padded_batch_rows
 from kubemaas_runtime.errors import Unavailable
 from kubemaas_runtime.metrics import Metrics
 
@@ -210,6 +210,7 @@ class ThreadRecordingModel:
         self.inner = model
         self.delay_s = delay_s
         self.threads: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
         self.platform, self.device = model.platform, model.device
         self.inputs, self.outputs = model.inputs, model.outputs
 
@@ -219,6 +220,7 @@ class ThreadRecordingModel:
 
     def run(self, inputs: Any, output_names: Any) -> dict[str, np.ndarray]:
         self.threads.append(threading.current_thread().name)
+        self.shapes.append(inputs["x"].shape)
         if self.delay_s:
             time.sleep(self.delay_s)
         return self.inner.run(inputs, output_names)
@@ -281,3 +283,34 @@ def test_a_shape_that_turns_slow_goes_back_to_a_worker(tiny_onnx: Path) -> None:
         assert asyncio.run(scenario()) == ["worker", "loop", "worker", "worker"]
     finally:
         batcher.close()
+
+
+def test_padded_batches_show_the_model_one_shape(tiny_onnx: Path) -> None:
+    # requests of 1 and 2 rows, merged or alone, reach the model as 8 rows; answers are cut back
+    model = ThreadRecordingModel(OnnxModel(tiny_onnx, device="cpu"), delay_s=0.01)
+    batcher = Batcher(model, model_name="tiny", metrics=Metrics(), max_batch_size=8, pad_to=8)
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((1 + i % 2, 4)).astype(np.float32) for i in range(9)]
+
+    async def scenario() -> list[dict[str, np.ndarray]]:
+        return list(await asyncio.gather(*(batcher.infer({"x": x}, None) for x in xs)))
+
+    try:
+        outs = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(out["y"], model.inner.run({"x": x}, None)["y"])
+    assert set(model.shapes) == {(8, 4)}
+    assert len(model.shapes) < len(xs), "no request was merged with another"
+
+
+def test_which_models_get_padded_batches(tiny_onnx: Path) -> None:
+    cpu = OnnxModel(tiny_onnx, device="cpu")
+    assert padded_batch_rows(cpu, 16, "auto") is None  # the CPU provider takes any shape well
+    assert padded_batch_rows(cpu, 16, "always") == 16
+    assert padded_batch_rows(cpu, 1, "always") is None  # batching off: nothing to pad
+    cuda_like = ThreadRecordingModel(cpu)
+    cuda_like.device = "cuda"
+    assert padded_batch_rows(cuda_like, 16, "auto") == 16
+    assert padded_batch_rows(cuda_like, 16, "never") is None

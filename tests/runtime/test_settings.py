@@ -34,6 +34,7 @@ def test_env_then_flags_then_defaults() -> None:
     (["--model-uri", "m.onnx", "--model-sha256", "abc"], {}, "64 hexadecimal"),
     (["--model-uri", "m.onnx", "--name", "a/b"], {}, "--name / KUBEMAAS_MODEL_NAME"),
     (["--model-uri", "m.onnx", "--device", "tpu"], {}, "auto, cpu, cuda"),
+    (["--model-uri", "m.onnx", "--pad-batches", "sometimes"], {}, "auto, always, never"),
     (["--model-uri", "m.onnx"], {"KUBEMAAS_WARMUP": "maybe"}, "true or false"),
 ])
 def test_invalid_settings(argv: list[str], env: dict[str, str], message: str) -> None:
