@@ -122,7 +122,8 @@ def answer_error(port: int, path: str, model: bench_models.ModelFiles, body: str
     return float(np.max(np.abs(got.reshape(out["shape"]) - expected)))
 
 
-def serve(cfg: Config, model_path: Path, port: int, log: Path, core: str) -> bench.Running:
+def serve(cfg: Config, model_path: Path, port: int, log: Path, core: str,
+          extra: list[str]) -> bench.Running:
     cmd = [sys.executable, "-m", "kubemaas_runtime", "--model-uri", str(model_path),
            "--format", cfg.fmt, "--name", cfg.model, "--host", bench.HOST, "--port", str(port),
            "--device", cfg.device, "--log-format", "json",
@@ -131,7 +132,7 @@ def serve(cfg: Config, model_path: Path, port: int, log: Path, core: str) -> ben
         cmd += ["--intra-op-threads", "1", "--inter-op-threads", "0"]
     if cfg.batching:
         cmd += ["--max-batch-size", str(MAX_BATCH), "--max-batch-delay-ms", "0"]
-    cmd += list(cfg.extra)
+    cmd += [*cfg.extra, *extra]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(bench.REPO / "runtime"), env.get("PYTHONPATH")) if p)
@@ -139,10 +140,11 @@ def serve(cfg: Config, model_path: Path, port: int, log: Path, core: str) -> ben
 
 
 def sweep(cfg: Config, model: bench_models.ModelFiles, model_path: Path, concurrency: list[int],
-          seconds: float, cores: tuple[str, str, int], out_dir: Path) -> dict[str, Any]:
+          seconds: float, cores: tuple[str, str, int], out_dir: Path,
+          extra: list[str]) -> dict[str, Any]:
     server_cores, load_cores, load_threads = cores
     port = bench.free_port()
-    run = serve(cfg, model_path, port, out_dir / f"{cfg.key}.log", server_cores)
+    run = serve(cfg, model_path, port, out_dir / f"{cfg.key}.log", server_cores, extra)
     result: dict[str, Any] = {"config": cfg.__dict__ | {"extra": list(cfg.extra)}, "points": []}
     try:
         result["ready_s"] = round(run.wait_ready(f"/v2/models/{cfg.model}/ready", 180), 3)
@@ -227,6 +229,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per point")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--configs", nargs="+", choices=[c.key for c in GPU_CONFIGS],
+                    default=[c.key for c in GPU_CONFIGS])
+    ap.add_argument("--extra", nargs="+", default=[], help="more runtime flags for every server")
+    ap.add_argument("--no-inprocess", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = bench.MODEL_CACHE
@@ -246,12 +252,13 @@ def main() -> int:
     doc["torch"] = torch.__version__
     resnet = bench_models.ensure_model("resnet18", work)
     ts_path = torchscript_resnet18(work)
-    doc["inprocess"] = inprocess_gpu(resnet.onnx, ts_path, 3.0)
+    if not args.no_inprocess:
+        doc["inprocess"] = inprocess_gpu(resnet.onnx, ts_path, 3.0)
     # server on 8 cores, wrk on 2 others: the box has 16
     cores = ("0-7", "10-11", 2)
     doc["gpu"] = [sweep(cfg, resnet, ts_path if cfg.fmt == "torchscript" else resnet.onnx,
-                        args.concurrency, args.seconds, cores, args.out)
-                  for cfg in GPU_CONFIGS]
+                        args.concurrency, args.seconds, cores, args.out, args.extra)
+                  for cfg in GPU_CONFIGS if cfg.key in args.configs]
     (args.out / "gpu-bench.json").write_text(json.dumps(doc, indent=1))
     return 0
 
