@@ -210,6 +210,8 @@ SERVERS: list[Server] = [
     Server("pytriton", "pytriton", False, note="max_batch_size=1, no dynamic batcher"),
     Server("pytriton-batch", "pytriton", True,
            note=f"Triton dynamic batcher, max_batch_size={MAX_BATCH}, delay 0"),
+    Server("pytriton-batch-bin", "pytriton", True, "binary",
+           note="as pytriton-batch, binary tensor extension in and out"),
 ]
 
 
@@ -747,7 +749,23 @@ def evaluate_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         json_ours = _point(doc, "kubemaas-batch", "resnet18", conns)
         peers = [(r["server"], q) for r in doc["results"]
                  if r["impl"] != "kubemaas" and r["model"] == "resnet18"
+                 and r.get("body", "json") == "json"
                  and (q := _point(doc, r["server"], "resnet18", conns))]
+        bin_peers = [(r["server"], q) for r in doc["results"]
+                     if r["impl"] != "kubemaas" and r["model"] == "resnet18"
+                     and r.get("body") == "binary"
+                     and (q := _point(doc, r["server"], "resnet18", conns))]
+        ours_bin = _point(doc, "kubemaas-batch-bin", "resnet18", conns)
+        if ours_bin and bin_peers:
+            bname, bbest = max(bin_peers, key=lambda kq: kq[1]["rps"])
+            ratio_bb = ours_bin["rps"] / bbest["rps"]
+            add(f"resnet18 c={conns} with batching, binary against binary: >= 1.5x the best "
+                "peer", f"{ratio_bb:.2f}x ({ours_bin['rps']:.1f} vs {bname} "
+                f"{bbest['rps']:.1f} req/s)", ratio_bb >= 1.5)
+            per_cpu = (ours_bin["rps"] / ours_bin["server_cpu_pct"]) / (
+                bbest["rps"] / bbest["server_cpu_pct"])
+            add(f"resnet18 c={conns} with batching, binary against binary, per CPU-second",
+                f"{per_cpu:.2f}x", per_cpu >= 1.5)
         if json_ours and peers:
             name, best = max(peers, key=lambda kq: kq[1]["rps"])
             ratio = json_ours["rps"] / best["rps"]
