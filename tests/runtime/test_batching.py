@@ -74,12 +74,11 @@ def test_incompatible_shapes_are_never_mixed(runtime_server: Any, seq_onnx: Path
         assert doc["outputs"][0]["datatype"] == "INT64"
 
 
-class GatedModel:
-    """The real tiny ONNX model behind a gate, so that a test can hold requests in flight."""
+class WrappedModel:
+    """The real tiny ONNX model behind a wrapper whose ``run`` a test can instrument."""
 
     def __init__(self, model: OnnxModel) -> None:
         self.inner = model
-        self.gate = threading.Event()
         self.platform, self.device = model.platform, model.device
         self.inputs, self.outputs = model.inputs, model.outputs
 
@@ -88,7 +87,6 @@ class GatedModel:
         return self.inner.batchable
 
     def run(self, inputs: Any, output_names: Any) -> dict[str, np.ndarray]:
-        assert self.gate.wait(10)
         return self.inner.run(inputs, output_names)
 
     def warmup(self) -> None:
@@ -96,6 +94,18 @@ class GatedModel:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class GatedModel(WrappedModel):
+    """Calls wait at a gate, so that a test can hold requests in flight."""
+
+    def __init__(self, model: OnnxModel) -> None:
+        super().__init__(model)
+        self.gate = threading.Event()
+
+    def run(self, inputs: Any, output_names: Any) -> dict[str, np.ndarray]:
+        assert self.gate.wait(10)
+        return super().run(inputs, output_names)
 
 
 @pytest.mark.parametrize("max_batch_size", [1, 4])
@@ -203,33 +213,21 @@ def test_request_bytes_in_flight_are_bounded(runtime_server: Any, tiny_onnx: Pat
     assert server.request("POST", "/v2/models/tiny/infer", body)[0] == 200  # budget released
 
 
-class ThreadRecordingModel:
-    """The real tiny ONNX model, recording which thread ran each call (and optionally slow)."""
+class ThreadRecordingModel(WrappedModel):
+    """Records which thread ran each call and the shape it saw (and is optionally slow)."""
 
     def __init__(self, model: OnnxModel, delay_s: float = 0.0) -> None:
-        self.inner = model
+        super().__init__(model)
         self.delay_s = delay_s
         self.threads: list[str] = []
         self.shapes: list[tuple[int, ...]] = []
-        self.platform, self.device = model.platform, model.device
-        self.inputs, self.outputs = model.inputs, model.outputs
-
-    @property
-    def batchable(self) -> bool:
-        return self.inner.batchable
 
     def run(self, inputs: Any, output_names: Any) -> dict[str, np.ndarray]:
         self.threads.append(threading.current_thread().name)
         self.shapes.append(inputs["x"].shape)
         if self.delay_s:
             time.sleep(self.delay_s)
-        return self.inner.run(inputs, output_names)
-
-    def warmup(self) -> None:
-        self.inner.warmup()
-
-    def close(self) -> None:
-        self.inner.close()
+        return super().run(inputs, output_names)
 
 
 def _calls_on(model: ThreadRecordingModel, inline_max_s: float,
