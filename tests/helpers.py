@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -51,3 +52,30 @@ def http_json(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, An
         return err.code, None
     except OSError:
         return 0, None
+
+
+class Poller:
+    """Calls ``poll`` every ``period`` seconds in a background thread while its ``with`` block
+    runs (sampling what the API server says during a rollout, for example)."""
+
+    period = 0.05
+    _stop: threading.Event
+    _thread: threading.Thread
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            time.sleep(self.period)
+
+    def __enter__(self) -> Self:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

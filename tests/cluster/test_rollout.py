@@ -6,7 +6,6 @@ would see them."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import yaml
 from tests.cluster.conftest import Operator
 from tests.cluster.test_operator import H100, apply, condition, get, status
 from tests.conftest import Kube
-from tests.helpers import wait_for
+from tests.helpers import Poller, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -100,7 +99,7 @@ def quiet_h100(kube: Kube) -> None:
 
 
 @dataclass
-class Sampler:
+class Sampler(Poller):
     """Samples the model's pods and status through the API server until stopped."""
 
     kube: Kube
@@ -109,38 +108,20 @@ class Sampler:
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # t, ready, live pods
     reasons: set[str] = field(default_factory=set)
     strategies: set[str] = field(default_factory=set)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _run(self) -> None:
+    def poll(self) -> None:
         from kubernetes import client
 
-        core = client.CoreV1Api(self.kube.api)
-        custom = client.CustomObjectsApi(self.kube.api)
-        while not self._stop.is_set():
-            pods = core.list_namespaced_pod(
-                self.namespace, label_selector=f"app.kubernetes.io/instance={self.name}").items
-            live = [p for p in pods if p.metadata.deletion_timestamp is None]
-            ready = sum(1 for p in live if any(c.type == "Ready" and c.status == "True"
-                                               for c in p.status.conditions or []))
-            self.samples.append((time.monotonic(), ready, len(live)))
-            md = custom.get_namespaced_custom_object("serving.kubemaas.io", "v1alpha1",
-                                                     self.namespace, "modeldeployments",
-                                                     self.name)
-            st = md.get("status") or {}
-            self.reasons.add(str(st.get("reason", "")).split(":")[0])
-            self.strategies.add(str((st.get("rollout") or {}).get("strategy", "")))
-            time.sleep(0.05)
-
-    def __enter__(self) -> Sampler:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(timeout=10)
+        pods = client.CoreV1Api(self.kube.api).list_namespaced_pod(
+            self.namespace, label_selector=f"app.kubernetes.io/instance={self.name}").items
+        live = [p for p in pods if p.metadata.deletion_timestamp is None]
+        ready = sum(1 for p in live if any(c.type == "Ready" and c.status == "True"
+                                           for c in p.status.conditions or []))
+        self.samples.append((time.monotonic(), ready, len(live)))
+        md = client.CustomObjectsApi(self.kube.api).get_namespaced_custom_object(
+            "serving.kubemaas.io", "v1alpha1", self.namespace, "modeldeployments", self.name)
+        st = md.get("status") or {}
+        self.reasons.add(str(st.get("reason", "")).split(":")[0])
+        self.strategies.add(str((st.get("rollout") or {}).get("strategy", "")))
 
 
 def wait_revision(kube: Kube, namespace: str, name: str, number: int,

@@ -13,7 +13,6 @@ through the API server, as `kubectl get httproute -w` would; no traffic is sent 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from tests.cluster.conftest import Operator
 from tests.cluster.test_operator import apply, get, status
 from tests.cluster.test_rollout import model, wait_revision
 from tests.conftest import Kube
-from tests.helpers import wait_for
+from tests.helpers import Poller, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -78,7 +77,7 @@ def exists(kube: Kube, ns: str, kind: str, name: str) -> bool:
 
 
 @dataclass
-class RouteWatch:
+class RouteWatch(Poller):
     """Samples the HTTPRoute's weights and the canary status through the API server."""
 
     kube: Kube
@@ -89,41 +88,24 @@ class RouteWatch:
     # route weights -> the status's trafficPercent values read right after them (the two reads
     # are not atomic: a reconcile between them may have moved both on)
     status_at: dict[tuple[int, int], set[int]] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _run(self) -> None:
+    def poll(self) -> None:
         from kubernetes import client
 
         custom = client.CustomObjectsApi(self.kube.api)
-        while not self._stop.is_set():
-            try:
-                route = custom.get_namespaced_custom_object(GW, "v1", self.namespace,
-                                                            "httproutes", self.name)
-            except client.exceptions.ApiException:
-                route = None
-            if route is not None:
-                w = weights(route)
-                if not self.seen or self.seen[-1] != w:
-                    self.seen.append(w)
-                md = custom.get_namespaced_custom_object("serving.kubemaas.io", "v1alpha1",
-                                                         self.namespace, "modeldeployments",
-                                                         self.name)
-                canary = ((md.get("status") or {}).get("rollout") or {}).get("canary") or {}
-                if canary:
-                    self.splits.add(canary.get("trafficSplit", ""))
-                    self.status_at.setdefault(w, set()).add(int(canary.get("trafficPercent", -1)))
-            time.sleep(0.05)
-
-    def __enter__(self) -> RouteWatch:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(timeout=10)
+        try:
+            route = custom.get_namespaced_custom_object(GW, "v1", self.namespace,
+                                                        "httproutes", self.name)
+        except client.exceptions.ApiException:
+            return
+        w = weights(route)
+        if not self.seen or self.seen[-1] != w:
+            self.seen.append(w)
+        md = custom.get_namespaced_custom_object("serving.kubemaas.io", "v1alpha1",
+                                                 self.namespace, "modeldeployments", self.name)
+        canary = ((md.get("status") or {}).get("rollout") or {}).get("canary") or {}
+        if canary:
+            self.splits.add(canary.get("trafficSplit", ""))
+            self.status_at.setdefault(w, set()).add(int(canary.get("trafficPercent", -1)))
 
 
 def route_weights(kube: Kube, ns: str, name: str) -> tuple[int, int] | None:
