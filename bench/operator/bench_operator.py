@@ -28,20 +28,20 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes import client, config, watch
+
+from kubemaas_testbed.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "serving.kubemaas.io_modeldeployments.yaml"
@@ -136,63 +136,6 @@ class Watcher:
                 if self.cond.wait_for(predicate, timeout=1.0):
                     return True
         return False
-
-
-class OperatorProcess:
-    def __init__(self, admin_kubeconfig: Path, workdir: Path, env: dict[str, str]) -> None:
-        token = kubectl(admin_kubeconfig, "-n", "kubemaas-system", "create", "token",
-                        "kubemaas-operator", "--duration=2h").strip()
-        admin = yaml.safe_load(admin_kubeconfig.read_text())
-        cluster = admin["clusters"][0]
-        kubeconfig = workdir / "operator.kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
-            "users": [{"name": "op", "user": {"token": token}}],
-            "contexts": [{"name": "op", "context": {"cluster": cluster["name"], "user": "op"}}],
-            "current-context": "op"}))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.log = workdir / "operator.log"
-        full_env = {**os.environ, **env, "KUBECONFIG": str(kubeconfig),
-                    "KUBEMAAS_OPERATOR_HEALTH_PORT": str(self.port),
-                    "KUBEMAAS_OPERATOR_NAMESPACE": "kubemaas-system"}
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "kubemaas_operator"], env=full_env,
-                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 30
-        while self.health() is None:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"the operator did not start; see {self.log}")
-            time.sleep(0.2)
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
-                return dict(json.loads(r.read()))
-        except OSError:
-            return None
-
-    def writes(self) -> int:
-        state = self.health()
-        assert state is not None
-        return int(state["apiWrites"])
-
-    def memory(self) -> dict[str, int]:
-        text = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return {key: int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1))  # type: ignore[union-attr]
-                for key in ("VmHWM", "VmRSS")}
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def direct_baseline(api: client.ApiClient, kubeconfig: Path, count: int) -> dict[str, float]:

@@ -24,12 +24,10 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +35,8 @@ from typing import Any
 
 import yaml
 from kubernetes import client, config
+
+from kubemaas_testbed.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "serving.kubemaas.io_modeldeployments.yaml"
@@ -63,50 +63,6 @@ def model(name: str, replicas: int, tag: int) -> dict[str, Any]:
             "spec": {"model": {"uri": "s3://models/m.onnx", "format": "onnx"},
                      "runtime": {"image": f"ghcr.io/kubemaas/runtime:0.{tag}.0"},
                      "replicas": replicas, "gpu": {"count": 1, "products": [H100]}}}
-
-
-class Operator:
-    def __init__(self, admin_kubeconfig: Path, workdir: Path) -> None:
-        token = kubectl(admin_kubeconfig, "-n", "kubemaas-system", "create", "token",
-                        "kubemaas-operator", "--duration=2h").strip()
-        admin = yaml.safe_load(admin_kubeconfig.read_text())
-        cluster = admin["clusters"][0]
-        kubeconfig = workdir / "operator.kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
-            "users": [{"name": "op", "user": {"token": token}}],
-            "contexts": [{"name": "op", "context": {"cluster": cluster["name"], "user": "op"}}],
-            "current-context": "op"}))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.log = workdir / "operator.log"
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-               "KUBEMAAS_OPERATOR_HEALTH_PORT": str(self.port),
-               "KUBEMAAS_OPERATOR_NAMESPACE": "kubemaas-system"}
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "kubemaas_operator"], env=env,
-                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 30
-        while not self.healthy():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"the operator did not start; see {self.log}")
-            time.sleep(0.2)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
-                return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def pods_by_model(core: client.CoreV1Api) -> dict[str, list[Any]]:
@@ -261,7 +217,7 @@ def main() -> int:
         for ns in ("kubemaas-system", NS):
             kubectl(kubeconfig, "create", "namespace", ns)
         kubectl(kubeconfig, "apply", "-f", str(RBAC))
-        op = Operator(kubeconfig, workdir)
+        op = OperatorProcess(kubeconfig, workdir)
         api = config.new_client_from_config(str(kubeconfig))
         api.configuration.connection_pool_maxsize = 32  # type: ignore[attr-defined]
         custom = client.CustomObjectsApi(api)
