@@ -81,45 +81,11 @@ def torchscript_resnet18(workdir: Path) -> Path:
     return path
 
 
-def wrk(port: int, path: str, model: bench_models.ModelFiles, body: str, conns: int,
-        seconds: float, cores: str, threads: int) -> dict[str, Any]:
-    env = dict(os.environ)
-    if body == "binary":
-        env.update(BENCH_BODY=str(model.binary_body), BENCH_CONTENT_TYPE="application/octet-stream",
-                   BENCH_HEADER_LEN=str(model.binary_header_len))
-    else:
-        env.update(BENCH_BODY=str(model.json_body), BENCH_CONTENT_TYPE="application/json")
-    cmd = ["taskset", "-c", cores, "wrk", f"-t{min(threads, conns)}", f"-c{conns}",
-           f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(HERE / "post.lua"),
-           f"http://{bench.HOST}:{port}{path}"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 90)
-    for line in out.stdout.splitlines():
-        if line.startswith("BENCH_JSON "):
-            return dict(json.loads(line[len("BENCH_JSON "):]))
-    raise RuntimeError(f"wrk gave no summary (rc {out.returncode}): {out.stderr.strip()[:300]}")
-
-
 def answer_error(port: int, path: str, model: bench_models.ModelFiles, body: str) -> float:
     """Max abs difference between the server's answer and onnxruntime's on CPU (GPU kernels,
     TF32 included, do not give the CPU's bits)."""
     expected = np.load(model.sample)["y"]
-    if body == "binary":
-        data = model.binary_body.read_bytes()
-        headers = {"Content-Type": "application/octet-stream",
-                   "Inference-Header-Content-Length": str(model.binary_header_len)}
-    else:
-        data, headers = model.json_body.read_bytes(), {"Content-Type": "application/json"}
-    status, rh, raw = bench.http_request(port, "POST", path, data, headers)
-    if status != 200:
-        raise RuntimeError(f"HTTP {status}: {raw[:300]!r}")
-    hlen = rh.get("inference-header-content-length")
-    if hlen is not None:
-        out = json.loads(raw[:int(hlen)])["outputs"][0]
-        got = np.frombuffer(raw[int(hlen):], dtype=np.float32)
-    else:
-        out = json.loads(raw)["outputs"][0]
-        got = np.asarray(out["data"], dtype=np.float32)
-    return float(np.max(np.abs(got.reshape(out["shape"]) - expected)))
+    return float(np.max(np.abs(bench.served_output(port, path, model, body) - expected)))
 
 
 def serve(cfg: Config, model_path: Path, port: int, log: Path, core: str,
@@ -151,14 +117,16 @@ def sweep(cfg: Config, model: bench_models.ModelFiles, model_path: Path, concurr
         path = f"/v2/models/{cfg.model}/infer"
         result["max_abs_diff_vs_cpu"] = answer_error(port, path, model, cfg.body)
         # the first batched calls pick kernels (cuDNN search) for each batch size: warm them all
-        wrk(port, path, model, cfg.body, max(concurrency), 4, load_cores, load_threads)
+        bench.run_wrk(port, path, model, cfg.body, max(concurrency), 4, load_cores,
+                      load_threads)
         for conns in concurrency:
             bench.settle(run.pid)
-            wrk(port, path, model, cfg.body, conns, 1, load_cores, load_threads)
+            bench.run_wrk(port, path, model, cfg.body, conns, 1, load_cores, load_threads)
             bench.settle(run.pid)
             ticks0, wall0 = bench.tree_cpu_ticks(bench.process_tree(run.pid)), time.perf_counter()
             with bench.RssSampler(run.pid) as rss:
-                w = wrk(port, path, model, cfg.body, conns, seconds, load_cores, load_threads)
+                w = bench.run_wrk(port, path, model, cfg.body, conns, seconds, load_cores,
+                                  load_threads)
             wall = time.perf_counter() - wall0
             cpu = (bench.tree_cpu_ticks(bench.process_tree(run.pid)) - ticks0) / bench.CLK_TCK
             lat = w["latency_us"]

@@ -317,7 +317,7 @@ class Running:
 # --------------------------------------------------------------------------------------------
 # load
 def run_wrk(port: int, path: str, model: bench_models.ModelFiles, body: str, conns: int,
-            seconds: float, core: str) -> dict[str, Any]:
+            seconds: float, core: str, threads: int = 1) -> dict[str, Any]:
     env = dict(os.environ)
     if body == "binary":
         env["BENCH_BODY"] = str(model.binary_body)
@@ -326,7 +326,8 @@ def run_wrk(port: int, path: str, model: bench_models.ModelFiles, body: str, con
     else:
         env["BENCH_BODY"] = str(model.json_body)
         env["BENCH_CONTENT_TYPE"] = "application/json"
-    cmd = ["taskset", "-c", core, "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s",
+    cmd = ["taskset", "-c", core, "wrk", f"-t{min(threads, conns)}", f"-c{conns}",
+           f"-d{max(1, round(seconds))}s",
            "--timeout", "60s", "-s", str(HERE / "post.lua"), f"http://{HOST}:{port}{path}"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 90)
     for line in out.stdout.splitlines():
@@ -366,10 +367,10 @@ def run_hey(port: int, path: str, model: bench_models.ModelFiles, body: str, con
 LOAD_TOOLS = {"wrk": run_wrk, "hey": run_hey}
 
 
-def check_answer(port: int, path: str, model: bench_models.ModelFiles, body: str) -> str | None:
-    """None when the server's answer equals onnxruntime's; else what is wrong."""
-    sample = np.load(model.sample)
-    expected = sample["y"]
+def served_output(port: int, path: str, model: bench_models.ModelFiles,
+                  body: str) -> np.ndarray:
+    """The server's answer to the model's request (JSON or binary), as an array; RuntimeError
+    when it is not a 200."""
     if body == "binary":
         data = model.binary_body.read_bytes()
         headers = {"Content-Type": "application/octet-stream",
@@ -379,17 +380,24 @@ def check_answer(port: int, path: str, model: bench_models.ModelFiles, body: str
         headers = {"Content-Type": "application/json"}
     status, rh, raw = http_request(port, "POST", path, data, headers)
     if status != 200:
-        return f"HTTP {status}: {raw[:300]!r}"
+        raise RuntimeError(f"HTTP {status}: {raw[:300]!r}")
     hlen = rh.get("inference-header-content-length")
     if hlen is not None:
-        doc = json.loads(raw[:int(hlen)])
-        out = doc["outputs"][0]
+        out = json.loads(raw[:int(hlen)])["outputs"][0]
         got = np.frombuffer(raw[int(hlen):], dtype=np.float32)
     else:
-        doc = json.loads(raw)
-        out = doc["outputs"][0]
+        out = json.loads(raw)["outputs"][0]
         got = np.asarray(out["data"], dtype=np.float32)
-    got = got.reshape(out["shape"])
+    return got.reshape(out["shape"])
+
+
+def check_answer(port: int, path: str, model: bench_models.ModelFiles, body: str) -> str | None:
+    """None when the server's answer equals onnxruntime's; else what is wrong."""
+    expected = np.load(model.sample)["y"]
+    try:
+        got = served_output(port, path, model, body)
+    except RuntimeError as err:
+        return str(err)
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
         return f"answer differs from onnxruntime's: shape {got.shape}, " \
                f"max abs diff {float(np.max(np.abs(got - expected))):.3g}"

@@ -154,12 +154,6 @@ class Batcher:
             self._call_cost.clear()
         self._call_cost[signature] = took if known is None else 0.8 * known + 0.2 * took
 
-    def runs_inline(self, inputs: Mapping[str, np.ndarray],
-                    output_names: Sequence[str] | None) -> bool:
-        """True when an unbatched call of these shapes is cheap enough for the event loop."""
-        cost = self._call_cost.get(self._signature(inputs, output_names), _UNKNOWN)
-        return cost < self.inline_max_s
-
     async def _run_alone(self, inputs: Mapping[str, np.ndarray],
                          output_names: Sequence[str] | None) -> Outputs:
         signature = self._signature(inputs, output_names) if self.inline_max_s > 0 else None

@@ -57,17 +57,17 @@ class DataPlane:
         # one thread: the GIL serialises pure-Python decoding anyway, and a single worker keeps
         # at most one large request's intermediate Python lists (larger than its body) alive at
         # a time
-        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubemaas-decode")
+        self._codec_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubemaas-codec")
 
     def close(self) -> None:
-        self._decoder.shutdown(wait=False, cancel_futures=True)
+        self._codec_thread.shutdown(wait=False, cancel_futures=True)
 
-    async def _decode(self, size: int, fn: Callable[..., T], *args: Any) -> T:
+    async def _codec(self, size: int, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` (a decode or an encode of ``size`` bytes) inline when small, in the
         codec thread when large."""
         if size < DECODE_OFFLOAD_BYTES:
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._codec_thread, fn, *args)
 
     # -- lifecycle ------------------------------------------------------------------------
     def set_model(self, model: Model, batcher: Batcher) -> None:
@@ -164,7 +164,7 @@ class DataPlane:
         batcher = self._batcher()
         # by the whole body: binary FP32 data is a zero-copy view, but binary BYTES elements are
         # split in Python, and the hop costs little next to moving 64 KiB
-        request: InferRequest = await self._decode(len(body), decode_infer_request, body,
+        request: InferRequest = await self._codec(len(body), decode_infer_request, body,
                                                    header_length)
         # the JSON text is not needed once decoded (binary tensors are views that keep their
         # part of it alive themselves): a request waiting for the model holds only its arrays
@@ -174,7 +174,7 @@ class DataPlane:
         outputs = await self._run(batcher, request.inputs, request.output_names)
         size = sum(arr.nbytes for name, arr in outputs.items()
                    if "*" not in request.binary_outputs and name not in request.binary_outputs)
-        return await self._decode(size * JSON_BYTES_PER_DATA_BYTE, encode_infer_response,
+        return await self._codec(size * JSON_BYTES_PER_DATA_BYTE, encode_infer_response,
                                   self.model_name, self.model_version, request.id, outputs,
                                   request.binary_outputs)
 
@@ -183,13 +183,13 @@ class DataPlane:
         self.check_model(name, None)
         batcher = self._batcher()
         assert self.model is not None
-        inputs: dict[str, np.ndarray] = await self._decode(len(body), _decode_predict, body,
+        inputs: dict[str, np.ndarray] = await self._codec(len(body), _decode_predict, body,
                                                            self.model.inputs)
         del body  # as in infer: a waiting request holds only its arrays
         self._validate(inputs, {})
         outputs = await self._run(batcher, inputs, None)
         size = sum(arr.nbytes for arr in outputs.values())
-        return await self._decode(size * JSON_BYTES_PER_DATA_BYTE, _encode_predictions, outputs)
+        return await self._codec(size * JSON_BYTES_PER_DATA_BYTE, _encode_predictions, outputs)
 
 
 def _encode_predictions(outputs: Mapping[str, np.ndarray]) -> bytes:
