@@ -204,6 +204,9 @@ class RolloutSpec:
     max_unavailable: int = field(metadata=_m("maxUnavailable"), default=1)
     allow_downtime: bool = field(metadata=_m("allowDowntime"), default=False)
     progress_deadline_seconds: int = field(metadata=_m("progressDeadlineSeconds"), default=600)
+    # How long a new replica must stay Ready before it counts as available (the Deployment's
+    # minReadySeconds): the serving revision's replicas go only for replicas that settled.
+    settle_seconds: int = field(metadata=_m("settleSeconds"), default=5)
     canary: CanarySpec | None = field(metadata=_m("canary"), default=None)
 
 
@@ -545,6 +548,13 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         raise SpecError("spec.rollout.allowDowntime", f"must be true or false, got {downtime!r}")
     deadline = _int(ro.get("progressDeadlineSeconds"), "spec.rollout.progressDeadlineSeconds",
                     5, 86400)
+    deadline = 600 if deadline is None else deadline
+    settle = _int(ro.get("settleSeconds"), "spec.rollout.settleSeconds", 0, 300)
+    settle = 5 if settle is None else settle
+    if settle > deadline:
+        raise SpecError("spec.rollout.settleSeconds", f"({settle}) must not exceed "
+                        f"spec.rollout.progressDeadlineSeconds ({deadline}): a revision could "
+                        "never settle before it is rolled back")
     canary = None
     if ro.get("canary") is not None:
         c = _obj(ro.get("canary"), "spec.rollout.canary")
@@ -577,7 +587,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
                             promote=_int(c.get("promote"), "spec.rollout.canary.promote", 1,
                                          2**31 - 1))
     rollout = RolloutSpec(max_surge=surge, max_unavailable=unavailable, allow_downtime=downtime,
-                          progress_deadline_seconds=600 if deadline is None else deadline,
+                          progress_deadline_seconds=deadline, settle_seconds=settle,
                           canary=canary)
 
     return ModelDeploymentSpec(model=model, runtime=runtime, pod_metadata=pod_metadata, gpu=gpu,

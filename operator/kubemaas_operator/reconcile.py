@@ -32,6 +32,7 @@ from .api import (
 )
 from .config import Settings
 from .drift import drift
+from .floor import FLOOR_MANAGER, hand_over, raise_to_floor
 from .k8s import ApiError, AsyncCluster
 from .render import (
     BUILTIN_TEMPLATE,
@@ -47,6 +48,7 @@ from .render import (
     digest,
     render,
     render_gateway,
+    replicas_manifest,
     selector_string,
     track_service_name,
     url,
@@ -275,6 +277,18 @@ def _next_check(pods: Sequence[PodInfo], now: datetime, grace: float) -> float |
     return min(waits) if waits else None
 
 
+async def _pin_replicas(cluster: AsyncCluster, memory: Memory, name: str, namespace: str,
+                        replicas: int) -> dict[str, Any]:
+    """Apply only the Deployment's replicas, as the autoscaling floor's field manager."""
+    try:
+        applied = await cluster.apply(replicas_manifest(name, namespace, replicas), FLOOR_MANAGER)
+    except ApiError as err:
+        raise Retry(f"cannot set the replicas of the Deployment {namespace}/{name} to the "
+                    f"autoscaling floor ({replicas}): {err}") from err
+    memory.remember(applied)
+    return applied
+
+
 def gateway_children(name: str) -> list[tuple[str, str, str, str]]:
     """(snapshot key, apiVersion, kind, object name) of the Gateway API split's children."""
     return [("StableService", "v1", "Service", track_service_name(name, STABLE_TRACK)),
@@ -346,7 +360,8 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
 
     # 5. the rollout: which pod template the Deployment carries, and how it rolls (rollout.py).
     live = deployment_info(dep_obj) if dep_obj else None
-    desired_n = (live.spec_replicas if spec.autoscaling is not None and live is not None
+    desired_n = (max(spec.autoscaling.min_replicas, live.spec_replicas)
+                 if spec.autoscaling is not None and live is not None
                  and live.spec_replicas is not None else spec.desired_replicas)
     surge_room = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
                                 pending=snap.pending)
@@ -359,7 +374,8 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                     HTTPROUTE_API_VERSION)
     plan = plan_rollout(spec, raw_spec, rendered.revision, live, snap.pods, desired_n,
                         max(0, surge_room.room - desired_n), base.previous.get("rollout") or {},
-                        now, HTTP_ROUTE if gateway is not None else READY_REPLICAS)
+                        now, HTTP_ROUTE if gateway is not None else READY_REPLICAS,
+                        never=capacity.message if capacity.never else "")
     for note in plan.notes:
         log.info("%s/%s: %s", namespace, name, note)
     children = list(rendered.children)
@@ -433,6 +449,11 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         try:
             if refused is not None:  # the same manifest again: do not ask again
                 raise ApiError(422, "Invalid", refused)
+            if role == "main" and kind == "Deployment" and have is not None:
+                pin = hand_over(spec, deployment_info(have).spec_replicas,
+                                observed_children.get("HorizontalPodAutoscaler") is not None)
+                if pin is not None:
+                    await _pin_replicas(cluster, memory, name, namespace, pin)
             applied = await cluster.apply(child)
         except ApiError as err:
             if err.invalid:
@@ -476,6 +497,14 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                 raise Retry(f"cannot delete the {kind} {namespace}/{name}: {err}") from err
             memory.forget(kind, namespace, name)
             outcome.deleted.append(kind)
+
+    # The autoscaling floor: a new Deployment starts at minReplicas, not at the default of 1.
+    dep_obj = observed_children.get("Deployment")
+    floor = raise_to_floor(spec, deployment_info(dep_obj).spec_replicas) if dep_obj else None
+    if dep_obj is not None and floor is not None:
+        observed_children["Deployment"] = await _pin_replicas(cluster, memory, name, namespace,
+                                                              floor)
+        outcome.applied.append(f"Deployment replicas {floor} (autoscaling floor)")
 
     # 7. the status, from what is there now.
     dep_obj = observed_children.get("Deployment")

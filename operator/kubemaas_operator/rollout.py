@@ -29,12 +29,13 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
-from .status import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, RolloutView
+from .status import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, RolloutView, create_failure
 
 HISTORY = 10
-# A revision counts as complete once every replica has run it Ready for this long: a runtime
-# that crashes right after its first Ready is still rolled back.
-SETTLE_S = 5.0
+# A revision counts as complete once every replica has run it Ready for spec.rollout.settleSeconds
+# (the rendered Deployment's minReadySeconds, so the Deployment controller removes old replicas
+# only for new ones that stayed Ready that long): a runtime that crashes right after its first
+# Ready is still rolled back, and the serving revision's pods are still there to roll back to.
 Target = Literal["desired", "stable", "hold"]
 # How a canary's traffic splits: by the ready endpoints behind the model's one Service, or by the
 # backendRefs weights of the model's HTTPRoute (Gateway API).
@@ -158,6 +159,19 @@ def failing(pods: Sequence[PodInfo], revision: str) -> tuple[str, str] | None:
             return p.waiting_reason, f"pod {p.name}: {p.waiting_reason} ({detail}){last}"
         if p.phase == "Failed":
             return "ContainerFailed", f"pod {p.name} failed: {p.last_terminated or 'exited'}"
+    return None
+
+
+def blocked(dep: DeploymentInfo | None, revision: str, never: str = "") -> tuple[str, str] | None:
+    """A revision that waiting cannot bring up: no node could ever hold one of its replicas
+    (`never`, the capacity check's message), or the Deployment cannot create its pods because
+    a PriorityClass or ServiceAccount it names does not exist."""
+    if never:
+        return "NeverFits", never
+    if dep is not None and dep.revision == revision and dep.replica_failure:
+        reason, message = create_failure(dep.replica_failure)
+        if reason != "FailedCreate":
+            return reason, message
     return None
 
 
@@ -343,12 +357,15 @@ def _entry(ref: Mapping[str, Any], outcome: str, message: str, now: datetime) ->
 def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: str,
          dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int, spare: int,
          previous: Mapping[str, Any], now: datetime,
-         traffic_split: TrafficSplit = READY_REPLICAS) -> Plan:
+         traffic_split: TrafficSplit = READY_REPLICAS, never: str = "") -> Plan:
     """Decide the Deployment's template and strategy, and the new status.rollout.
 
     `dep` is the stable (main) Deployment; canary pods are told apart by their track label.
     `traffic_split` says whether a canary's traffic follows an HTTPRoute's weights (then
     Plan.canary_weight is the weight to write) or the ready replicas behind one Service.
+    `never`: why no node could ever hold a replica of the spec's revision (the capacity
+    check's GPURequestTooLarge or UnknownGPUProduct message), or empty: such a revision is
+    rolled back at once, before the serving revision gives up a replica for it.
     """
     cur = _ref(previous.get("current"))
     prev_good = _ref(previous.get("previous"))
@@ -449,7 +466,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
                 blocked_reason, blocked_message = "CanaryAborted", (
                     f"revision {upd['number']} ({desired_hash}): {c.message}")
             status = state("Canary", "CanarySteps", c.message)
-            problem = failing(pods, desired_hash)
+            problem = failing(pods, desired_hash) or blocked(dep, desired_hash, never)
             since = _parse(upd.get("progressAt")) or now
             overdue = (now - since) > timedelta(seconds=deadline)
             if (problem is not None or overdue) and not c.aborted:
@@ -484,17 +501,18 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
                 status = state("None", "UpToDate", f"revision {cur['number']} "
                                f"({desired_hash}) is the current revision")
                 notes.append(f"revision {cur['number']} ({desired_hash}) complete (canary)")
-        elif rolling and not applied and strategy.name == "Wait":
+        elif rolling and not applied and strategy.name == "Wait" and not never:
             target = "hold"
             blocked_reason, blocked_message = "RolloutWaiting", (
                 f"revision {upd['number']} ({desired_hash}) waits: {strategy.message}")
             requeue = 5.0
             status = state("Wait", strategy.reason, strategy.message)
         else:
-            problem = failing(pods, desired_hash) if applied else None
+            problem = (failing(pods, desired_hash) if applied else None) or blocked(
+                dep, desired_hash, never)
             since = _parse(upd.get("progressAt")) or now
             overdue = applied and (now - since) > timedelta(seconds=deadline)
-            settle = min(SETTLE_S, float(deadline))
+            settle = float(min(spec.rollout.settle_seconds, deadline))
             settled = (now - since).total_seconds() >= settle
             done = applied and complete(dep, pods, desired_hash, desired) and settled
             can_roll_back = cur is not None and stable_spec is not None and rolling

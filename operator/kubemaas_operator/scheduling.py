@@ -48,6 +48,11 @@ class Placement:
     tolerations: tuple[Mapping[str, Any], ...]
 
 
+# Capacity reasons that waiting cannot cure: no node the model may use is big enough for one
+# replica, or no node offers the GPU product it names. "Not now" is InsufficientGPU.
+NEVER_FIT_REASONS = ("GPURequestTooLarge", "UnknownGPUProduct")
+
+
 @dataclass(frozen=True)
 class Capacity:
     """Whether the wanted replicas fit in the free capacity of matching nodes, and why not."""
@@ -57,7 +62,12 @@ class Capacity:
     room: int
     reason: str = ""
     message: str = ""
-    summary: str = ""
+    summary: str = ""  # "Reason: short text" for the Reason column
+
+    @property
+    def never(self) -> bool:
+        """No node as the cluster is now could ever hold one replica: the spec must change."""
+        return self.reason in NEVER_FIT_REASONS
 
 
 def _gpu_affinity_terms(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
@@ -127,8 +137,9 @@ def _tolerates(taint: Mapping[str, Any], tolerations: Iterable[Mapping[str, Any]
     return False
 
 
-def _matches(node: NodeInfo, spec: ModelDeploymentSpec, place: Placement) -> bool:
-    if node.unschedulable:
+def _matches(node: NodeInfo, spec: ModelDeploymentSpec, place: Placement,
+             cordoned_too: bool = False) -> bool:
+    if node.unschedulable and not cordoned_too:
         return False
     if any(node.labels.get(k) != v for k, v in place.node_selector.items()):
         return False
@@ -303,6 +314,9 @@ def check_capacity(spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
         room += free // per
     if room >= wanted:
         return Capacity(fits=True, wanted=wanted, room=room)
+    never = _never_fits(spec, nodes, place, wanted)
+    if never is not None:
+        return never
     needed = wanted * per
     where = " or ".join(sorted(gpu.products)) if gpu.products else "any product"
     if gpu.min_memory:
@@ -327,6 +341,40 @@ def check_capacity(spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
         summary += " on " + ", ".join(_short(p) for p in sorted(free_by_product))
     return Capacity(fits=False, wanted=wanted, room=room, reason="InsufficientGPU",
                     message=message, summary=summary)
+
+
+def _never_fits(spec: ModelDeploymentSpec, nodes: list[NodeInfo], place: Placement,
+                wanted: int) -> Capacity | None:
+    """GPURequestTooLarge or UnknownGPUProduct when no node as the cluster is now could hold one
+    replica however many GPUs were freed (a cordoned node counts: it may come back); None when
+    waiting for capacity may help (then it is InsufficientGPU)."""
+    gpu = spec.gpu
+    assert gpu is not None
+    resource, per = gpu.resource, gpu.count
+    label = resource.removeprefix("nvidia.com/")
+    offered = sorted({n.product for n in nodes if n.product})
+    if gpu.products and offered and not set(gpu.products) & set(offered):
+        asked = " or ".join(sorted(gpu.products))
+        message = (f"no node offers {asked} (label {PRODUCT_LABEL}); the cluster's GPU nodes "
+                   f"offer {', '.join(offered)}: set spec.gpu.products to one of them")
+        return Capacity(fits=False, wanted=wanted, room=0, reason="UnknownGPUProduct",
+                        message=message,
+                        summary=f"UnknownGPUProduct: no node offers {asked}; nodes offer "
+                                + ", ".join(_short(p) for p in offered))
+    sizes = [(n.allocatable.get(resource, 0), n.name, n.product) for n in nodes
+             if n.allocatable.get(resource, 0) > 0 and _matches(n, spec, place, True)]
+    if not sizes:
+        return None
+    most, name, product = max(sizes, key=lambda t: (t[0], t[1]))
+    if most >= per:
+        return None
+    message = (f"one replica needs {per} {resource} on one node, but the largest node it may use "
+               f"has {most} ({name}, {product or 'unlabelled'}): lower spec.gpu.count to at "
+               f"most {most}, or allow nodes with more GPUs")
+    return Capacity(fits=False, wanted=wanted, room=0, reason="GPURequestTooLarge",
+                    message=message,
+                    summary=f"GPURequestTooLarge: needs {per} {label} per replica, the largest "
+                            f"node has {most} ({name})")
 
 
 def gpu_summary(spec: ModelDeploymentSpec, placed_products: Iterable[str] = ()) -> str:

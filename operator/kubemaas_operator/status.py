@@ -9,18 +9,45 @@ status equal to the previous one means nothing to write.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from .api import ModelDeploymentSpec
-from .scheduling import Capacity
+from .scheduling import NEVER_FIT_REASONS, Capacity
 
 FAILING_WAIT_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                         "CreateContainerConfigError", "CreateContainerError",
                         "CrashLoopBackOff", "RunContainerError")
 _REASON_COLUMN_WIDTH = 120
+# The ReplicaSet cannot create pods until something named in the spec (or the template) exists.
+_NO_PRIORITY_CLASS = re.compile(r"no PriorityClass with name (\S+) was found")
+_NO_SERVICE_ACCOUNT = re.compile(r"serviceaccount \"([^\"]+)\" not found")
+# Reasons that nothing but a change (of the spec, or of what it names) will clear: phase Failed.
+FAILED_REASONS = (*NEVER_FIT_REASONS, "PriorityClassNotFound", "ServiceAccountNotFound")
+
+
+def create_failure(message: str) -> tuple[str, str]:
+    """The Deployment's ReplicaFailure message -> (reason, message saying what to fix).
+
+    A PriorityClass or ServiceAccount that does not exist is PriorityClassNotFound or
+    ServiceAccountNotFound (the pods cannot be created until it does); anything else (a quota,
+    for example) stays FailedCreate with the API server's words."""
+    found = _NO_PRIORITY_CLASS.search(message)
+    if found:
+        return "PriorityClassNotFound", (
+            f"PriorityClass {found.group(1)} does not exist, so no pod can be created: create it "
+            "(kubectl get priorityclass lists those that exist) or change "
+            f"spec.scheduling.priorityClassName; the API server said: {message}")
+    found = _NO_SERVICE_ACCOUNT.search(message)
+    if found:
+        return "ServiceAccountNotFound", (
+            f"ServiceAccount {found.group(1)} (named by the pod template) does not exist in the "
+            "model's namespace, so no pod can be created: create it, or pick a template "
+            f"(spec.runtime.template) that names one that exists; the API server said: {message}")
+    return "FailedCreate", message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,8 +268,10 @@ def _pod_problem(pods: Sequence[PodInfo], now: datetime,
 
 
 def _desired(spec: ModelDeploymentSpec, dep: DeploymentInfo | None) -> int:
+    """The replicas the model must have Ready: the spec's, or with autoscaling what the
+    autoscaler asks for but never fewer than minReplicas (the floor the model starts at)."""
     if spec.autoscaling is not None and dep is not None and dep.spec_replicas is not None:
-        return dep.spec_replicas
+        return max(spec.autoscaling.min_replicas, dep.spec_replicas)
     return spec.desired_replicas
 
 
@@ -263,7 +292,7 @@ def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], st
                           f"{_plural(len(unschedulable), 'pod')} cannot be scheduled: "
                           f"{p.unschedulable_message}")
     elif dep is not None and dep.replica_failure:
-        scheduled = _Cond("Scheduled", "False", "FailedCreate", dep.replica_failure)
+        scheduled = _Cond("Scheduled", "False", *create_failure(dep.replica_failure))
     elif dep is None:
         scheduled = _Cond("Scheduled", "Unknown", "WaitingForDeployment",
                           "the runtime Deployment has not been observed yet")
@@ -301,7 +330,10 @@ def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], st
                         o.rollout.strategy_message)
     elif (dep.observed_generation < dep.generation or dep.revision != o.desired_revision
           or dep.updated_replicas < desired or dep.replicas > dep.updated_replicas
-          or dep.available_replicas < desired):
+          or dep.ready_replicas < desired):
+        # Ready, not available: a new pod counts as available only after the settle window
+        # (minReadySeconds), which guards the replicas a rollout removes; old pods are still
+        # counted above until the Deployment controller let them go.
         progress = (f"{dep.updated_replicas}/{desired} replicas updated, "
                     f"{dep.available_replicas} available, "
                     f"{max(0, dep.replicas - dep.updated_replicas)} old")
@@ -415,7 +447,9 @@ def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> St
             None) or (rollout if rollout.reason in ROLLING_REASONS[1:] else None) or next(
             c for c in (scheduled, available, rollout) if c.status != "True")
         ready = _Cond("Ready", "False", blocking.reason, blocking.message)
-        if desired == 0:
+        if scheduled.status == "False" and scheduled.reason in FAILED_REASONS:
+            phase = "Failed"  # waiting will not help: the message says what to change
+        elif desired == 0:
             phase = "Pending"
         elif problem or scheduled.status == "False" or rollout.reason == (
                 "ProgressDeadlineExceeded"):
@@ -440,8 +474,9 @@ def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> St
         "currentRevision": current_revision,
         "updateRevision": o.desired_revision or None,
         "reason": _short(ready.reason, "" if ready.status == "True" else (
-            o.capacity.summary.removeprefix("InsufficientGPU: ")
-            if ready.reason == "InsufficientGPU" and o.capacity else ready.message)),
+            o.capacity.summary.removeprefix(f"{ready.reason}: ")
+            if o.capacity and o.capacity.reason and ready.reason == o.capacity.reason
+            else ready.message)),
         "replicaSummary": f"{ready_n}/{desired}",
         "gpuSummary": gpu,
         "conditions": [_merge(prev_conds.get(c.type, {}), c, o.now, o.generation)

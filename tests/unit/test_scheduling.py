@@ -102,12 +102,41 @@ def test_insufficient_gpu_says_the_numbers() -> None:
 def test_no_node_with_that_many_gpus() -> None:
     cap = check_capacity(spec(gpu={"count": 16}), NODES, {}, 1)
     assert not cap.fits and cap.room == 0
+    assert cap.reason == "GPURequestTooLarge" and cap.never
+    assert "largest node it may use has 8 (gpu-h100-1" in cap.message
+    assert cap.summary == ("GPURequestTooLarge: needs 16 gpu per replica, the largest node has 8 "
+                           "(gpu-h100-1)")
+
+
+def test_too_large_counts_only_nodes_the_model_may_use() -> None:
+    # 9 H100s: the largest H100 node has 8, whatever is free; a cordoned bigger node counts
+    # (it may come back), so that is InsufficientGPU, not "never".
+    cap = check_capacity(spec(gpu={"count": 9, "products": [H100]}), NODES, {}, 1)
+    assert cap.reason == "GPURequestTooLarge" and "has 8" in cap.message
+    big = NodeInfo(name="big", labels={"nvidia.com/gpu.product": H100}, taints=TAINT,
+                   allocatable={"nvidia.com/gpu": 16}, unschedulable=True)
+    cap = check_capacity(spec(gpu={"count": 9, "products": [H100]}), [*NODES, big], {}, 1)
+    assert cap.reason == "InsufficientGPU" and not cap.never
+    # A request that fits a node but not the free GPUs now is "not now".
+    used = {n.name: {"nvidia.com/gpu": 8} for n in NODES}
+    cap = check_capacity(spec(gpu={"count": 8}), NODES, used, 1)
+    assert cap.reason == "InsufficientGPU" and not cap.never
 
 
 def test_unknown_product_lists_other_nodes() -> None:
     cap = check_capacity(spec(gpu={"products": ["NVIDIA-B200"]}), NODES, {}, 1)
-    assert not cap.fits
-    assert "no schedulable node offers it" in cap.message and A100 in cap.message
+    assert not cap.fits and cap.reason == "UnknownGPUProduct" and cap.never
+    assert "no node offers NVIDIA-B200" in cap.message
+    assert f"offer NVIDIA-A100-SXM4-40GB, NVIDIA-A100-SXM4-80GB, {H100}" in cap.message
+    assert cap.summary == ("UnknownGPUProduct: no node offers NVIDIA-B200; nodes offer "
+                           "A100-SXM4-40GB, A100-SXM4-80GB, H100-80GB-HBM3")
+    # One known product among those named is enough: then it is about capacity.
+    used = {n.name: {"nvidia.com/gpu": 8} for n in NODES}
+    cap = check_capacity(spec(gpu={"products": ["NVIDIA-B200", H100]}), NODES, used, 1)
+    assert cap.reason == "InsufficientGPU"
+    # No GPU node at all (kind without the device plugin): waiting for nodes, not "never".
+    cap = check_capacity(spec(gpu={"products": ["NVIDIA-B200"]}), [], {}, 1)
+    assert cap.reason == "InsufficientGPU"
 
 
 def test_min_memory_excludes_small_gpus() -> None:

@@ -142,13 +142,16 @@ class Cluster:
                 raise ApiError(response.status, "", text) from None
         return json.loads(text) if text else None
 
-    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply with our field manager, taking fields back from hand edits."""
+    def apply(self, manifest: Mapping[str, Any],
+              field_manager: str | None = None) -> dict[str, Any]:
+        """Server-side apply with our field manager (or `field_manager`: the autoscaling floor's
+        own), taking fields back from hand edits."""
         meta = manifest["metadata"]
         path = _path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"),
                      meta["name"])
         result = self._call("PATCH", path, body=dict(manifest),
-                            query=[("fieldManager", self.field_manager), ("force", "true")],
+                            query=[("fieldManager", field_manager or self.field_manager),
+                                   ("force", "true")],
                             content_type="application/apply-patch+yaml")
         return result or {}
 
@@ -230,8 +233,9 @@ class AsyncCluster:
     async def _run_status(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.status_executor, fn, *args)
 
-    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._run(self.sync.apply, manifest)
+    async def apply(self, manifest: Mapping[str, Any],
+                    field_manager: str | None = None) -> dict[str, Any]:
+        return await self._run(self.sync.apply, manifest, field_manager)
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         await self._run(self.sync.delete, api_version, kind, namespace, name)

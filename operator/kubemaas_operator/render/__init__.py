@@ -315,6 +315,10 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     deployment = _render(source, f"template {ctx.template_name!r}", params)
     _check_deployment(deployment, ctx)
     deployment["spec"]["selector"] = {"matchLabels": pod_selector(ctx.name)}
+    # A new pod counts as available only once it stayed Ready for the settle window, so the
+    # Deployment controller never removes a serving pod for one that crashes right after its
+    # first Ready (enforced whatever the template says; docs/rollouts.md).
+    deployment["spec"]["minReadySeconds"] = spec.rollout.settle_seconds
     revision = digest(deployment["spec"]["template"], 10)
     # Each pod says which revision it runs (rollout.py tells old pods from new ones with it).
     pod_meta = deployment["spec"]["template"].setdefault("metadata", {})
@@ -374,6 +378,14 @@ def with_strategy(deployment: Mapping[str, Any], max_surge: int, max_unavailable
         meta.pop("annotations")
     out["metadata"].setdefault("annotations", {})[SPEC_HASH] = digest(out)
     return out
+
+
+def replicas_manifest(name: str, namespace: str, replicas: int) -> dict[str, Any]:
+    """The Deployment `name` with nothing but spec.replicas: what the autoscaling floor's own
+    field manager applies (floor.py)."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas}}
 
 
 HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"

@@ -1,0 +1,45 @@
+"""PURE: the autoscaling floor. A model with spec.autoscaling starts at minReplicas and never
+runs below it, although the HorizontalPodAutoscaler, not the operator, owns the Deployment's
+replicas.
+
+The operator's server-side apply never carries `replicas` for such a model (it would fight the
+autoscaler), so a new Deployment would start at the API server's default of 1 until the
+autoscaler's first sync (15 s later). Instead, a second field manager (`FLOOR_MANAGER`) applies
+only `spec.replicas`:
+
+- after the Deployment is created (or minReplicas was raised): minReplicas, when the Deployment
+  has fewer;
+- before a Deployment that had `replicas` from the operator (spec.replicas, before autoscaling
+  was switched on) is applied without them: its current count, clamped to min..max, so that the
+  field keeps an owner and is not reset to 1 (Kubernetes' documented hand-over to an HPA).
+
+The autoscaler's own later changes take the field over from that manager (an update that changes
+a value owns it), so the floor manager never writes again unless the count falls below the floor.
+"""
+
+from __future__ import annotations
+
+from .api import ModelDeploymentSpec
+
+FLOOR_MANAGER = "kubemaas-autoscaling-floor"
+
+
+def hand_over(spec: ModelDeploymentSpec, live_replicas: int | None,
+              autoscaler_observed: bool) -> int | None:
+    """Replicas to pin before the Deployment is applied without them, or None.
+
+    Only while the model's HorizontalPodAutoscaler has not been seen yet (autoscaling was just
+    switched on): the operator may still own `replicas` from spec.replicas."""
+    a = spec.autoscaling
+    if a is None or autoscaler_observed or live_replicas is None:
+        return None
+    return min(a.max_replicas, max(a.min_replicas, live_replicas))
+
+
+def raise_to_floor(spec: ModelDeploymentSpec, live_replicas: int | None) -> int | None:
+    """minReplicas when the live Deployment asks for fewer (a new one starts at 1), else None."""
+    a = spec.autoscaling
+    if a is None:
+        return None
+    have = 1 if live_replicas is None else live_replicas
+    return a.min_replicas if have < a.min_replicas else None
