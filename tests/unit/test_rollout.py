@@ -290,3 +290,66 @@ def test_a_rollout_keeps_its_strategy_while_capacity_moves() -> None:
                                    unschedulable_message="0/2 nodes are available")]
     switched = plan(spec(), RAW, "ccc", dep("ccc", updated=1), stuck, 4, 0, surging.status, NOW)
     assert switched.status["strategy"] == "Replace"
+
+
+def test_settle_window_is_a_spec_field() -> None:
+    assert parse_spec(RAW).rollout.settle_seconds == 5
+    assert spec(settleSeconds=30).rollout.settle_seconds == 30
+    with pytest.raises(SpecError, match=r"must not exceed spec\.rollout\.progressDeadlineSeconds"):
+        spec(settleSeconds=30, progressDeadlineSeconds=20)
+    with pytest.raises(SpecError, match="settleSeconds"):
+        spec(settleSeconds=-1)
+    # A revision completes only once every replica ran it Ready for the spec's window.
+    slow = spec(settleSeconds=30)
+    start = plan(slow, RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW).status
+    p = plan(slow, RAW, "bbb", dep("bbb"), pods("bbb"), 4, 0, start, NOW)
+    p = plan(slow, RAW, "bbb", dep("bbb"), pods("bbb"), 4, 0, p.status, LATER)
+    assert "update" in p.status and p.requeue_after is not None and p.requeue_after > 20
+    p = plan(slow, RAW, "bbb", dep("bbb"), pods("bbb"), 4, 0, p.status,
+             NOW + timedelta(seconds=31))
+    assert p.status["current"]["number"] == 2
+
+
+def test_every_deployment_waits_the_settle_window_before_it_counts_a_pod() -> None:
+    from kubemaas_operator.render import RenderContext, render
+
+    ctx = RenderContext(name="m", namespace="ns", uid="u")
+    five, thirty = render(spec(), ctx), render(spec(settleSeconds=30), ctx)
+    deployment = next(c for c in five.children if c["kind"] == "Deployment")
+    assert deployment["spec"]["minReadySeconds"] == 5
+    slow = next(c for c in thirty.children if c["kind"] == "Deployment")
+    assert slow["spec"]["minReadySeconds"] == 30
+    # The window is not part of the pod template: changing it makes no new revision.
+    assert five.revision == thirty.revision
+    # The canary Deployment keeps it too.
+    assert with_strategy(slow, 0, 1, replicas=2, canary=True)["spec"]["minReadySeconds"] == 30
+
+
+def test_a_revision_that_can_never_fit_rolls_back_before_it_is_applied() -> None:
+    never = "one replica needs 9 nvidia.com/gpu on one node, but the largest node ... has 8"
+    p = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW, never=never)
+    assert p.rolled_back and p.target == "stable"
+    assert never in p.view.blocked_message and p.status["failed"]["hash"] == "bbb"
+    # The same for a single replica that would otherwise wait for room.
+    raw = {**RAW, "replicas": 1}
+    p = plan(parse_spec(raw), raw, "bbb", dep("aaa", 1, 1, 1), pods("aaa", 1), 1, 0, GOOD, NOW,
+             never=never)
+    assert p.rolled_back and p.target == "stable"
+    # A first revision has nothing to go back to: it is reported (status.py), not rolled back.
+    p = plan(spec(), RAW, "aaa", None, [], 4, 0, {}, NOW, never=never)
+    assert not p.rolled_back and p.target == "desired"
+
+
+def test_a_revision_whose_pods_cannot_be_created_rolls_back() -> None:
+    start = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW).status
+    broken = DeploymentInfo(generation=3, observed_generation=3, spec_replicas=4,
+                            revision="bbb", replicas=3, ready_replicas=3, updated_replicas=0,
+                            replica_failure='pods "m-1" is forbidden: no PriorityClass with '
+                                            'name gold was found')
+    p = plan(spec(), RAW, "bbb", broken, pods("aaa", 3), 4, 0, start, NOW)
+    assert p.rolled_back and "PriorityClass gold does not exist" in p.view.blocked_message
+    # A quota (FailedCreate) may clear by itself: the progress deadline decides.
+    quota = DeploymentInfo(generation=3, observed_generation=3, spec_replicas=4,
+                           revision="bbb", replicas=3, ready_replicas=3, updated_replicas=0,
+                           replica_failure="exceeded quota: gpus")
+    assert not plan(spec(), RAW, "bbb", quota, pods("aaa", 3), 4, 0, start, NOW).rolled_back

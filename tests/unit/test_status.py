@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from kubemaas_operator.api import parse_spec
 from kubemaas_operator.scheduling import Capacity
 from kubemaas_operator.status import (
@@ -13,6 +15,7 @@ from kubemaas_operator.status import (
     Observed,
     PodInfo,
     compute_status,
+    create_failure,
     deployment_info,
     failed_status,
     pod_info,
@@ -187,3 +190,69 @@ def test_deployment_info_reads_failures() -> None:
     assert "PriorityClass" in info.replica_failure
     st = compute_status(SPEC, observed(deployment=info)).status
     assert cond(st, "Ready")["reason"] == "FailedCreate"
+
+
+def test_autoscaling_is_not_ready_below_min_replicas() -> None:
+    # A new Deployment starts at the API server's default of 1 before the floor is applied:
+    # desired is minReplicas, not what the Deployment says, and 1 ready replica is not Ready.
+    spec = parse_spec({"model": {"uri": "s3://b/m.onnx", "format": "onnx"},
+                       "runtime": {"image": "img", "resources": {"cpu": "1"}},
+                       "autoscaling": {"minReplicas": 2, "maxReplicas": 8}})
+    st = compute_status(spec, observed(deployment=complete(ready=1, replicas=1))).status
+    assert st["desiredReplicas"] == 2 and st["replicaSummary"] == "1/2"
+    assert st["phase"] == "Progressing" and cond(st, "Ready")["status"] == "False"
+
+
+def test_ready_does_not_wait_for_the_settle_window() -> None:
+    # Every pod Ready but not yet available (minReadySeconds): a model that is not rolling
+    # anything out is Ready; the settle window guards rollouts, not the first start.
+    dep = DeploymentInfo(generation=4, observed_generation=4, spec_replicas=2, revision="rev1",
+                         replicas=2, ready_replicas=2, updated_replicas=2, available_replicas=0)
+    st = compute_status(SPEC, observed(deployment=dep)).status
+    assert st["phase"] == "Ready"
+    # ... while old pods still run beside new ones it is rolling out.
+    dep = DeploymentInfo(generation=4, observed_generation=4, spec_replicas=2, revision="rev1",
+                         replicas=4, ready_replicas=4, updated_replicas=2, available_replicas=2)
+    st = compute_status(SPEC, observed(deployment=dep)).status
+    assert cond(st, "RolloutComplete")["reason"] == "RollingOut"
+
+
+@pytest.mark.parametrize(("reason", "summary", "message"), [
+    ("GPURequestTooLarge", "GPURequestTooLarge: needs 9 gpu per replica, the largest node has 8 "
+     "(gpu-h100-1)", "one replica needs 9 nvidia.com/gpu on one node, but ..."),
+    ("UnknownGPUProduct", "UnknownGPUProduct: no node offers NVIDIA-B200; nodes offer "
+     "H100-80GB-HBM3", "no node offers NVIDIA-B200 (label nvidia.com/gpu.product); ..."),
+])
+def test_gpu_requests_that_can_never_fit_are_failed(reason: str, summary: str,
+                                                    message: str) -> None:
+    cap = Capacity(fits=False, wanted=2, room=0, reason=reason, message=message, summary=summary)
+    pending = [PodInfo(name="m-1", unschedulable_message="0/7 nodes are available: ...")]
+    st = compute_status(SPEC, observed(deployment=complete(ready=0), capacity=cap,
+                                       pods=pending)).status
+    assert st["phase"] == "Failed" and st["reason"] == summary
+    assert cond(st, "Ready")["reason"] == reason and cond(st, "Ready")["message"] == message
+    # "not now" stays Pending: waiting for capacity may help.
+    cap = Capacity(fits=False, wanted=2, room=0, reason="InsufficientGPU", message="needs ...",
+                   summary="InsufficientGPU: needs 2x1 gpu, 0 free on H100-80GB-HBM3")
+    st = compute_status(SPEC, observed(deployment=complete(ready=0), capacity=cap)).status
+    assert st["phase"] == "Pending"
+    assert st["reason"] == "InsufficientGPU: needs 2x1 gpu, 0 free on H100-80GB-HBM3"
+
+
+@pytest.mark.parametrize(("failure", "reason", "words"), [
+    ('pods "m-7d9f-" is forbidden: no PriorityClass with name gold was found',
+     "PriorityClassNotFound", "PriorityClass gold does not exist"),
+    ('pods "m-7d9f-" is forbidden: error looking up service account ns/model-sa: '
+     'serviceaccount "model-sa" not found', "ServiceAccountNotFound",
+     "ServiceAccount model-sa (named by the pod template) does not exist"),
+])
+def test_missing_priority_class_or_service_account_is_failed(failure: str, reason: str,
+                                                             words: str) -> None:
+    dep = DeploymentInfo(generation=2, observed_generation=2, spec_replicas=2, revision="rev1",
+                         replica_failure=failure)
+    st = compute_status(SPEC, observed(deployment=dep)).status
+    ready = cond(st, "Ready")
+    assert st["phase"] == "Failed" and ready["reason"] == reason
+    assert words in ready["message"] and failure in ready["message"]
+    assert st["reason"].startswith(f"{reason}: {words}")
+    assert create_failure("exceeded quota: compute-resources")[0] == "FailedCreate"
