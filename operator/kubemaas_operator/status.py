@@ -448,7 +448,9 @@ def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> St
             c for c in (scheduled, available, rollout) if c.status != "True")
         ready = _Cond("Ready", "False", blocking.reason, blocking.message)
         if scheduled.status == "False" and scheduled.reason in FAILED_REASONS:
-            phase = "Failed"  # waiting will not help: the message says what to change
+            # Waiting will not help: the message says what to change. Replicas that still
+            # serve (a pod lost later cannot be recreated) make it Degraded instead.
+            phase = "Degraded" if ready_n > 0 else "Failed"
         elif desired == 0:
             phase = "Pending"
         elif problem or scheduled.status == "False" or rollout.reason == (

@@ -256,3 +256,9 @@ def test_missing_priority_class_or_service_account_is_failed(failure: str, reaso
     assert words in ready["message"] and failure in ready["message"]
     assert st["reason"].startswith(f"{reason}: {words}")
     assert create_failure("exceeded quota: compute-resources")[0] == "FailedCreate"
+    # A replica that still serves (the PriorityClass was deleted later) makes it Degraded.
+    dep = DeploymentInfo(generation=2, observed_generation=2, spec_replicas=2, revision="rev1",
+                         replicas=1, ready_replicas=1, updated_replicas=1, available_replicas=1,
+                         replica_failure=failure)
+    st = compute_status(SPEC, observed(deployment=dep)).status
+    assert st["phase"] == "Degraded" and cond(st, "Ready")["reason"] == reason
