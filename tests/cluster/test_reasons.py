@@ -114,8 +114,9 @@ def test_never_and_not_now_are_told_apart(kube: Kube, gpu_ns: str) -> None:
                                  "A100-SXM4-40GB, A100-SXM4-80GB, H100-80GB-HBM3"), unknown
     assert unknown["PHASE"] == "Failed"
     not_now = row_where(kube, ns, "not-now", "InsufficientGPU")
+    # Two of the three replicas run: Degraded (or Pending before they do), never Failed.
     assert "needs 3x8 gpu" in not_now["REASON"] and not_now["PHASE"] in ("Pending",
-                                                                         "Progressing"), not_now
+                                                                         "Degraded"), not_now
     # The conditions carry the full story.
     st = json.loads(kube.kubectl("-n", ns, "get", "md", "no-such-gpu", "-o", "json").stdout)[
         "status"]
