@@ -75,19 +75,40 @@ class StableSampler(Poller):
     errors: list[str] = field(default_factory=list)
     strategies: set[str] = field(default_factory=set)  # status.rollout.strategy seen
 
+    def _loop(self) -> None:
+        """At a fixed rate (every 50 ms from the start, not 50 ms after each list), so that a
+        slow API server makes the gaps no longer than it must."""
+        start = time.monotonic()
+        tick = 0
+        while not self._stop.is_set():
+            self.poll()
+            tick += 1
+            if tick % 4 == 0:  # the strategy needs no 20 Hz: spare the API server
+                self.poll_strategy()
+            tick = max(tick, int((time.monotonic() - start) / self.period))
+            self._stop.wait(max(0.0, start + tick * self.period - time.monotonic()))
+
+    def poll_strategy(self) -> None:
+        from kubernetes import client
+
+        try:
+            md = client.CustomObjectsApi(self.kube.api).get_namespaced_custom_object(
+                "serving.kubemaas.io", "v1alpha1", self.namespace, "modeldeployments", "m")
+        except Exception as err:
+            self.errors.append(repr(err))
+            return
+        self.strategies.add(str(((md.get("status") or {}).get("rollout") or {}).get(
+            "strategy", "")))
+
     def poll(self) -> None:
         from kubernetes import client
 
         try:
             pods = client.CoreV1Api(self.kube.api).list_namespaced_pod(
                 self.namespace, label_selector="app.kubernetes.io/instance=m").items
-            md = client.CustomObjectsApi(self.kube.api).get_namespaced_custom_object(
-                "serving.kubemaas.io", "v1alpha1", self.namespace, "modeldeployments", "m")
         except Exception as err:  # noted, and the test fails on it: no gap goes unseen
             self.errors.append(repr(err))
             return
-        self.strategies.add(str(((md.get("status") or {}).get("rollout") or {}).get(
-            "strategy", "")))
         live = [p for p in pods if p.metadata.deletion_timestamp is None]
         stable = [p for p in live if (p.metadata.labels or {}).get(REVISION_LABEL) == self.stable]
         bad = [p for p in live if (p.metadata.labels or {}).get(REVISION_LABEL) != self.stable]
@@ -169,8 +190,9 @@ def test_a_failed_revision_never_takes_the_serving_one_down(kube: Kube, gpu_ns: 
     # replacement) must be the ones serving at the end.
     survivors = original.intersection(*(s.stable_live for s in samples))
     final = samples[-1].stable_ready
-    print(f"{failure}/{mode}: {len(samples)} samples over {took:.1f} s (largest gap "
-          f"{max(gaps) * 1000:.0f} ms), rolled back {rolled_back_after:.1f} s after the change; "
+    print(f"{failure}/{mode}: {len(samples)} samples over {took:.1f} s (mean gap "
+          f"{sum(gaps) / len(gaps) * 1000:.0f} ms, largest {max(gaps) * 1000:.0f} ms), "
+          f"rolled back {rolled_back_after:.1f} s after the change; "
           f"stable Ready min {low} (floor {floor}); bad pods seen: live max "
           f"{max(s.bad_live for s in samples)}, Ready max {max(s.bad_ready for s in samples)}; "
           f"originals kept {len(survivors)}/{REPLICAS}, serving at the end: "
