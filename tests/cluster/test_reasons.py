@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import yaml
 
 from tests.cluster.conftest import OPERATOR_NAMESPACE, Operator
 from tests.conftest import Kube
-from tests.helpers import wait_for
+from tests.helpers import Poller, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -96,6 +97,53 @@ def test_an_autoscaled_model_starts_at_min_replicas(kube: Kube, namespace: str,
     ready = [r for r in seen if r["READY"] == "True"]
     assert ready and all(r["REPLICAS"] == "3/3" for r in ready), out
     assert all(r["REPLICAS"].endswith("/3") for r in seen if r["REPLICAS"]), out
+
+
+@dataclass
+class ReplicasSampler(Poller):
+    """spec.replicas of one Deployment, every 50 ms."""
+
+    kube: Kube
+    namespace: str
+    name: str
+    seen: list[int] = field(default_factory=list)
+
+    def poll(self) -> None:
+        from kubernetes import client
+
+        try:
+            dep = client.AppsV1Api(self.kube.api).read_namespaced_deployment(self.name,
+                                                                             self.namespace)
+        except client.exceptions.ApiException:
+            return
+        self.seen.append(int(dep.spec.replicas))
+
+
+def test_switching_autoscaling_on_keeps_the_replicas(kube: Kube, namespace: str,
+                                                     operator: Operator) -> None:
+    """spec.replicas: 4 -> autoscaling 2..5: the Deployment stays at 4 (the floor's field
+    manager takes the count over before the operator's apply drops it), never reset to 1."""
+    runtime = {"image": "ghcr.io/kubemaas/runtime:0.1.0", "resources": {"cpu": "100m"}}
+    kube.kubectl("-n", namespace, "apply", "-f", "-", input=md("grow", runtime=runtime,
+                                                               replicas=4))
+    row_where(kube, namespace, "grow", "Ready")
+    with ReplicasSampler(kube, namespace, "grow") as sampler:
+        kube.kubectl("-n", namespace, "apply", "-f", "-", input=md(
+            "grow", runtime=runtime, autoscaling={"minReplicas": 2, "maxReplicas": 5}))
+        wait_for(lambda: kube.kubectl("-n", namespace, "get", "hpa", "grow",
+                                      check=False).returncode == 0, timeout=30,
+                 what="the HorizontalPodAutoscaler")
+        row = row_where(kube, namespace, "grow", "Ready")
+        last = len(sampler.seen)
+        wait_for(lambda: len(sampler.seen) >= last + 10, timeout=10, what="more samples")
+    print(f"replicas seen: {sorted(set(sampler.seen))} in {len(sampler.seen)} samples")
+    assert sampler.seen and min(sampler.seen) == 4 == sampler.seen[-1], sampler.seen
+    assert row["REPLICAS"] == "4/4", row
+    dep = json.loads(kube.kubectl("-n", namespace, "get", "deployment", "grow", "-o", "json",
+                                  "--show-managed-fields").stdout)
+    owners = [f["manager"] for f in dep["metadata"]["managedFields"]
+              if "f:replicas" in json.dumps(f.get("fieldsV1", {}).get("f:spec", {}))]
+    assert "kubemaas-operator" not in owners and "kubemaas-autoscaling-floor" in owners, owners
 
 
 def test_never_and_not_now_are_told_apart(kube: Kube, gpu_ns: str) -> None:
