@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import StartupError
 
-FORMATS = ("onnx", "torchscript", "torch-export")
+FORMATS = ("onnx", "torchscript", "torch-export", "keras")
 DEVICES = ("auto", "cpu", "cuda")
 PAD_BATCHES = ("auto", "always", "never")
 LOG_FORMATS = ("json", "text")
@@ -59,10 +59,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("model_uri", "--model-uri", "KUBEMAAS_MODEL_URI", None, _optional_str,
            "Where the model is: a local path, file://, http(s):// or s3://bucket/key. Required. "
            "A local directory (e.g. a mounted volume) must hold exactly one model file "
-           "(.onnx, .pt, .pth, .ts, .torchscript, .pt2), searched two levels deep."),
+           "(.onnx, .pt, .pth, .ts, .torchscript, .pt2, .keras, .h5), searched two levels deep."),
     Option("model_format", "--format", "KUBEMAAS_MODEL_FORMAT", None, _optional_str,
-           "onnx | torchscript | torch-export. Default: from the file extension "
-           "(.onnx, .pt/.pth/.ts/.torchscript, .pt2)."),
+           "onnx | torchscript | torch-export | keras. Default: from the file extension "
+           "(.onnx, .pt/.pth/.ts/.torchscript, .pt2, .keras/.h5)."),
     Option("model_name", "--name", "KUBEMAAS_MODEL_NAME", "model", str,
            "Model name in the URL paths (/v2/models/NAME)."),
     Option("model_version", "--version", "KUBEMAAS_MODEL_VERSION", "1", str,
@@ -179,6 +179,8 @@ def guess_format(uri: str) -> str | None:
         return "onnx"
     if path.endswith(".pt2"):
         return "torch-export"
+    if path.endswith((".keras", ".h5")):
+        return "keras"
     if path.endswith((".pt", ".pth", ".ts", ".torchscript")):
         return "torchscript"
     return None
@@ -230,7 +232,12 @@ def load_settings(argv: Sequence[str] | None = None,
     if fmt is None and _local_dir(uri):
         fmt = ""  # a mounted directory: the format comes from the model file found in it
     check("model_format", fmt is not None,
-          "cannot tell the format from the file name; set it (onnx|torchscript|torch-export)")
+          "cannot tell the format from the file name; set it (onnx|torchscript|torch-export"
+          "|keras)")
+    check("model_format", fmt != "tf-savedmodel",
+          "a TensorFlow SavedModel is converted to ONNX before the runtime starts "
+          "(python -m kubemaas_runtime.tfconvert, which the operator runs as an init "
+          "container); serve the converted model.onnx")
     check("model_format", fmt in (*FORMATS, ""), f"{fmt!r} is not one of {', '.join(FORMATS)}")
     values["model_format"] = fmt
     check("model_name", bool(_NAME_RE.match(values["model_name"])),

@@ -58,7 +58,7 @@ class S3Config:
             session_token=values["AWS_SESSION_TOKEN"], region=region)
 
 
-MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".torchscript", ".pt2")
+MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".torchscript", ".pt2", ".keras", ".h5")
 
 
 def find_model_file(directory: Path) -> Path:

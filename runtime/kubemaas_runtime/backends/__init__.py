@@ -12,7 +12,12 @@ __all__ = ["Model", "TensorSpec", "load_model"]
 
 def load_model(path: Path, fmt: str, *, device: str = "auto", intra_op_threads: int = 0,
                inter_op_threads: int = 0, tf32: bool = False) -> Model:
-    """Load a model file of the given format (onnx | torchscript | torch-export)."""
+    """Load a model file of the given format (onnx | torchscript | torch-export | keras)."""
+    if fmt == "keras":
+        from .keras import KerasModel
+
+        return KerasModel(path, device=device, intra_op_threads=intra_op_threads,
+                          inter_op_threads=inter_op_threads, tf32=tf32)
     if fmt == "onnx":
         from .onnx import OnnxModel
 

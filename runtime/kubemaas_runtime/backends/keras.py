@@ -1,0 +1,193 @@
+"""Keras backend: ``.keras`` archives and legacy ``.h5`` files, run by Keras 3 on its torch
+backend (no TensorFlow). Needs the ``keras`` extra (keras, h5py) besides ``torch``.
+
+Before Keras is loaded, the architecture is read from the file (``keras_config``) and a model
+with a layer the runtime cannot serve (a custom class, a ``Lambda``) is refused with one line
+naming that layer. Metadata comes from the model: an input is named after its ``Input`` layer,
+an output after the layer that produces it (as TensorFlow Serving names a Keras model's
+signature), datatypes and shapes from the Keras tensors (``None`` is -1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInput, StartupError
+from .base import DATATYPE_TO_NUMPY, TensorSpec, batch_dim_dynamic, warmup_inputs
+from .keras_config import KerasConfigError, drop_legacy_arguments, find_refusals, read_config
+
+log = logging.getLogger("kubemaas.runtime.keras")
+
+_DTYPE_TO_DATATYPE = {np.dtype(v).name: k for k, v in DATATYPE_TO_NUMPY.items()
+                      if k != "BYTES"}
+
+
+def _import_keras(device: str) -> Any:
+    """Import Keras on the torch backend; it reads KERAS_BACKEND once, at its first import."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    if device == "cpu":
+        os.environ.setdefault("KERAS_TORCH_DEVICE", "cpu")
+    try:
+        import keras
+    except ImportError as exc:
+        raise StartupError(f"format keras needs the runtime's keras extra (keras, h5py, "
+                           f"torch): {exc}") from None
+    backend = keras.backend.backend()
+    if backend != "torch":
+        raise StartupError(f"Keras runs on the {backend} backend here; the runtime needs "
+                           "KERAS_BACKEND=torch (unset it or set it to torch)")
+    return keras
+
+
+def builtin_classes(keras: Any) -> set[str]:
+    """Names of Keras' own layer and model classes."""
+    names = {n for n in dir(keras.layers) if isinstance(getattr(keras.layers, n), type)}
+    return names | {"Sequential", "Functional", "Model", "InputLayer"}
+
+
+def _datatype(dtype: Any, what: str) -> str:
+    name = str(getattr(dtype, "name", dtype))
+    datatype = _DTYPE_TO_DATATYPE.get(name)
+    if datatype is None:
+        raise StartupError(f"Keras tensor {what} has dtype {name}, which has no Open Inference "
+                           "Protocol datatype")
+    return datatype
+
+
+def _shape(shape: Sequence[int | None]) -> tuple[int, ...]:
+    return tuple(-1 if d is None else int(d) for d in shape)
+
+
+def _layer_name(tensor: Any, fallback: str) -> str:
+    history = getattr(tensor, "_keras_history", None)
+    op = getattr(history, "operation", None)
+    return str(getattr(op, "name", None) or fallback)
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        n = seen.get(name, 0)
+        seen[name] = n + 1
+        out.append(name if n == 0 else f"{name}_{n}")
+    return out
+
+
+def _load(keras: Any, path: Path, config: dict[str, Any]) -> Any:
+    """keras.saving.load_model; a legacy .h5 whose configuration has Keras 2 arguments is
+    loaded from a copy with them dropped (keras_config.drop_legacy_arguments)."""
+    try:
+        dropped = drop_legacy_arguments(config)
+    except KerasConfigError as exc:
+        raise StartupError(f"{path.name}: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="kubemaas-keras-") as tmp:
+        source = path
+        if dropped and not zipfile.is_zipfile(path):
+            import h5py
+
+            source = Path(tmp, path.name if path.suffix == ".h5" else f"{path.name}.h5")
+            shutil.copyfile(path, source)
+            with h5py.File(source, "r+") as h5:
+                h5.attrs["model_config"] = json.dumps(config)
+            log.info("dropped Keras 2 arguments from the legacy .h5 configuration",
+                     extra={"fields": {"arguments": dropped}})
+        try:
+            return keras.saving.load_model(str(source), compile=False, safe_mode=True)
+        except Exception as exc:  # Keras raises ValueError/TypeError/... with long messages
+            lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+            first = lines[0] if lines else type(exc).__name__
+            raise StartupError(f"Keras cannot load {path.name}: {first[:400]}") from None
+
+
+class KerasModel:
+    platform = "keras"
+
+    def __init__(self, path: Path, *, device: str = "auto", intra_op_threads: int = 0,
+                 inter_op_threads: int = 0, tf32: bool = False) -> None:
+        try:
+            config = read_config(path)
+        except KerasConfigError as exc:
+            raise StartupError(str(exc)) from None
+        keras = _import_keras(device)
+        import torch
+
+        refusals = find_refusals(config, builtin_classes(keras))
+        if refusals:
+            more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
+            raise StartupError(f"{path.name}: {refusals[0].message()}{more}")
+        if intra_op_threads:
+            torch.set_num_threads(intra_op_threads)
+        if inter_op_threads:
+            try:
+                torch.set_num_interop_threads(inter_op_threads)
+            except RuntimeError:
+                log.warning("could not set torch inter-op threads")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise StartupError("device=cuda but torch sees no CUDA device")
+        if torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+        model = _load(keras, path, config)
+        self._model = model
+        self._torch = torch
+        weights = list(model.weights)
+        self.device = weights[0].value.device.type if weights else "cpu"
+        self.inputs = [TensorSpec(_layer_name(t, f"input_{i}"), _datatype(t.dtype, t.name),
+                                  _shape(t.shape)) for i, t in enumerate(model.inputs)]
+        names = _unique([_layer_name(t, f"output_{i}") for i, t in enumerate(model.outputs)])
+        self.outputs = [TensorSpec(n, _datatype(t.dtype, n), _shape(t.shape))
+                        for n, t in zip(names, model.outputs, strict=True)]
+        self._input_names = [s.name for s in self.inputs]
+        self._batchable = batch_dim_dynamic(self.inputs) and batch_dim_dynamic(self.outputs)
+        self._tree = keras.tree
+        log.info("keras model loaded", extra={"fields": {
+            "backend": "torch", "device": self.device, "layers": len(model.layers),
+            "batchable": self._batchable}})
+
+    @property
+    def batchable(self) -> bool:
+        return self._batchable
+
+    def _tensor(self, arr: np.ndarray) -> Any:
+        if not arr.flags.writeable or not arr.flags.c_contiguous:
+            arr = np.array(arr, copy=True)  # torch.from_numpy wants writable memory
+        tensor = self._torch.from_numpy(arr)
+        return tensor.to(self.device) if self.device != "cpu" else tensor
+
+    def run(self, inputs: Mapping[str, np.ndarray],
+            output_names: Sequence[str] | None) -> dict[str, np.ndarray]:
+        args = [self._tensor(inputs[name]) for name in self._input_names]
+        with self._torch.inference_mode():
+            result = self._model(args[0] if len(args) == 1 else args, training=False)
+        flat = self._tree.flatten(result)
+        if len(flat) != len(self.outputs):
+            raise InvalidInput(f"the model produced {len(flat)} outputs, its metadata lists "
+                               f"{len(self.outputs)}")
+        out = {spec.name: value.detach().cpu().numpy()
+               for spec, value in zip(self.outputs, flat, strict=True)}
+        if output_names is None:
+            return out
+        missing = [n for n in output_names if n not in out]
+        if missing:
+            raise InvalidInput(f"the model has no output {missing[0]!r}; it has "
+                               f"{', '.join(out)}")
+        return {n: out[n] for n in output_names}
+
+    def warmup(self) -> None:
+        feeds = warmup_inputs(self.inputs)
+        if feeds is not None:
+            self.run(feeds, None)
+
+    def close(self) -> None:
+        self._model = None
