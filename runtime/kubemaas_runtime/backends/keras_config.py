@@ -93,21 +93,19 @@ def _h5_config(path: Path) -> str | bytes:
 
 def iter_layers(node: Any) -> Iterator[dict[str, Any]]:
     """Every layer configuration in the tree (nested models included), depth first."""
-    if isinstance(node, dict):
-        if isinstance(node.get("class_name"), str) and isinstance(node.get("config"), dict):
-            yield node
-            layers = node["config"].get("layers")
-            if isinstance(layers, list):
-                for child in layers:
-                    yield from iter_layers(child)
-            for key in ("layer", "forward_layer", "backward_layer", "cell"):
-                child = node["config"].get(key)  # Bidirectional, TimeDistributed, RNN(cell)
-                if isinstance(child, dict):
-                    yield from iter_layers(child)
-            cells = node["config"].get("cells")  # StackedRNNCells
-            if isinstance(cells, list):
-                for child in cells:
-                    yield from iter_layers(child)
+    if not (isinstance(node, dict) and isinstance(node.get("class_name"), str)
+            and isinstance(node.get("config"), dict)):
+        return
+    yield node
+    config = node["config"]
+    children: list[Any] = []
+    for key in ("layers", "cells"):  # models; StackedRNNCells
+        if isinstance(config.get(key), list):
+            children.extend(config[key])
+    # Bidirectional, TimeDistributed, RNN(cell)
+    children.extend(config.get(k) for k in ("layer", "forward_layer", "backward_layer", "cell"))
+    for child in children:
+        yield from iter_layers(child)
 
 
 def find_refusals(config: dict[str, Any], builtin: Set[str]) -> list[Refusal]:
@@ -129,7 +127,7 @@ def find_refusals(config: dict[str, Any], builtin: Set[str]) -> list[Refusal]:
             continue
         elif custom or foreign or cls not in builtin:
             where = f" from module {module}" if foreign else ""
-            found.append(Refusal(name, registered if custom else cls,
+            found.append(Refusal(name, str(registered) if custom else cls,
                                  f"not a built-in Keras layer{where}; the runtime serves "
                                  "built-in layers only (custom layer code is not loaded)"))
     return found
