@@ -20,6 +20,9 @@ CACHE = Path(os.environ.get("KUBEMAAS_TEST_CACHE",
 
 MOTO = ["moto[server]==5.2.5"]
 KSERVE = ["kserve==0.21.0"]
+# TensorFlow for the Keras/SavedModel tests: it builds the models and computes the reference
+# answers; tf2onnx converts SavedModels (kubemaas_runtime.tfconvert); tf-keras writes Keras 2 .h5
+TENSORFLOW = ["tensorflow-cpu==2.21.0", "tf2onnx==1.17.0", "tf-keras==2.21.0"]
 
 
 def ensure_venv(name: str, requirements: list[str], timeout: float = 900) -> Path:
@@ -44,5 +47,5 @@ def ensure_venv(name: str, requirements: list[str], timeout: float = 900) -> Pat
 
 
 if __name__ == "__main__":  # warm the cache: python tests/runtime/venvs.py
-    for name, reqs in (("moto", MOTO), ("kserve", KSERVE)):
+    for name, reqs in (("moto", MOTO), ("kserve", KSERVE), ("tensorflow", TENSORFLOW)):
         print(name, ensure_venv(name, reqs))

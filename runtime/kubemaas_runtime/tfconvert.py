@@ -1,0 +1,184 @@
+"""Convert a TensorFlow SavedModel to ONNX before the runtime starts (format ``tf-savedmodel``).
+
+``python -m kubemaas_runtime.tfconvert --model-uri URI --out DIR [--model-sha256 HEX]``
+
+Runs where TensorFlow and tf2onnx are installed: the converter image (runtime/Dockerfile.tfconvert),
+which the operator starts as the runtime pod's init container. The runtime image has no
+TensorFlow; it serves the ONNX file this writes, ``DIR/model.onnx``, with onnxruntime.
+
+The SavedModel is a directory (a local path or file://, e.g. a mounted volume) or an archive of
+one (``.tar``, ``.tar.gz``, ``.tgz``, ``.zip``) at any URI the runtime can fetch. Its checksum
+is the sha256 of the archive, or for a directory a digest of its files (``--digest DIR`` prints
+it: sha256 of the sorted lines "RELATIVE_PATH SHA256_OF_FILE"). The conversion is cached per
+checksum (``DIR/by-sha256/<checksum>/model.onnx``): a restarted init container, or a pod whose
+cache volume outlives it, converts once. Every failure is one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.parse
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import StartupError
+from .storage import S3Config, fetch_model, sha256_file
+
+ARCHIVES = (".tar", ".tar.gz", ".tgz", ".zip")
+OPSET = 17
+_UNSUPPORTED = re.compile(r"(?:Unsupported ops: .*|Tensorflow op \[[^\]]*\] is not supported"
+                          r"|.*op .* is not supported.*)")
+
+
+def tree_digest(directory: Path) -> str:
+    """sha256 over "RELATIVE_PATH SHA256\\n" of every file under ``directory``, sorted by path."""
+    lines = sorted(f"{p.relative_to(directory).as_posix()} {sha256_file(p)}\n"
+                   for p in directory.rglob("*") if p.is_file())
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _local_path(uri: str) -> Path | None:
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(urllib.parse.unquote(parsed.path) if parsed.scheme else uri)
+    return None
+
+
+def _find_saved_model(root: Path) -> Path:
+    found = sorted(p.parent for p in root.rglob("saved_model.pb"))
+    if len(found) != 1:
+        raise StartupError(f"{root} must hold exactly one SavedModel (saved_model.pb); found "
+                           f"{len(found)}")
+    return found[0]
+
+
+def _unpack(archive: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    if member.startswith("/") or ".." in Path(member).parts:
+                        raise StartupError(f"{archive.name}: unsafe path {member!r}")
+                zf.extractall(dest)
+        else:
+            with tarfile.open(archive) as tf:
+                tf.extractall(dest, filter="data")  # no absolute paths, links out, devices
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
+        raise StartupError(f"cannot unpack {archive.name}: {exc}") from None
+    return _find_saved_model(dest)
+
+
+def resolve(uri: str, work: Path, sha256: str | None, s3: S3Config,
+            timeout_s: float) -> tuple[Path, str]:
+    """The SavedModel directory and its checksum (verified against ``sha256`` if given)."""
+    local = _local_path(uri)
+    if local is not None and local.is_dir():
+        saved = _find_saved_model(local)
+        digest = tree_digest(saved)
+        if sha256 is not None and digest != sha256:
+            raise StartupError(f"checksum mismatch for {uri}: expected sha256 {sha256}, got "
+                               f"{digest} (the digest of the SavedModel's files; see --digest)")
+        return saved, digest
+    path = urllib.parse.urlsplit(uri).path.lower()
+    if not path.endswith(ARCHIVES):
+        raise StartupError(f"{uri} is neither a SavedModel directory nor an archive of one "
+                           f"({', '.join(ARCHIVES)})")
+    archive = fetch_model(uri, str(work / "download"), sha256=sha256, s3=s3,
+                          timeout_s=timeout_s)
+    digest = sha256 or sha256_file(archive)
+    return _unpack(archive, work / "unpacked" / digest), digest
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in lines:
+        match = _UNSUPPORTED.search(line)
+        if match:
+            return match.group(0)
+    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    return (errors or lines or ["no output"])[-1][:400]
+
+
+def convert(saved: Path, dest: Path, opset: int = OPSET, timeout_s: float = 1800) -> None:
+    """tf2onnx, in a child process (its logging and TensorFlow's stay out of ours); the result
+    is written next to ``dest`` and renamed into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".onnx", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved),
+             "--output", str(tmp), "--opset", str(opset)],
+            capture_output=True, text=True, timeout=timeout_s,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+        if proc.returncode != 0 or "Unsupported ops" in proc.stderr or not tmp.stat().st_size:
+            raise StartupError(f"tf2onnx cannot convert {saved.name}: "
+                               f"{_one_line(proc.stderr + proc.stdout)}")
+        os.replace(tmp, dest)
+    except subprocess.TimeoutExpired:
+        raise StartupError(f"tf2onnx did not finish within {timeout_s:.0f} s") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run(uri: str, out: Path, sha256: str | None, s3: S3Config, timeout_s: float) -> Path:
+    """Resolve, convert unless cached, and place ``out/model.onnx``; returns that path."""
+    started = time.perf_counter()
+    saved, digest = resolve(uri, out / "work", sha256, s3, timeout_s)
+    cached = out / "by-sha256" / digest / "model.onnx"
+    hit = cached.is_file()
+    if not hit:
+        convert(saved, cached)
+    final = out / "model.onnx"
+    tmp = out / f".model.onnx.{os.getpid()}"
+    shutil.copyfile(cached, tmp)
+    os.replace(tmp, final)
+    shutil.rmtree(out / "work", ignore_errors=True)
+    print(f"tfconvert: {'cached' if hit else 'converted'} {uri} (sha256 {digest}) -> {final} "
+          f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kubemaas_runtime.tfconvert",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-uri", default=os.environ.get("KUBEMAAS_MODEL_URI"))
+    parser.add_argument("--out", default=os.environ.get("KUBEMAAS_CONVERT_DIR"))
+    parser.add_argument("--model-sha256", default=os.environ.get("KUBEMAAS_MODEL_SHA256"))
+    parser.add_argument("--s3-endpoint", default=os.environ.get("KUBEMAAS_S3_ENDPOINT"))
+    parser.add_argument("--s3-credentials-dir",
+                        default=os.environ.get("KUBEMAAS_S3_CREDENTIALS_DIR"))
+    parser.add_argument("--timeout-s", type=float, default=1800.0)
+    parser.add_argument("--digest", metavar="DIR", help="print a SavedModel directory's "
+                        "checksum (what spec.model.sha256 holds for it) and exit")
+    args = parser.parse_args(argv)
+    try:
+        if args.digest:
+            print(tree_digest(_find_saved_model(Path(args.digest))))
+            return 0
+        if not args.model_uri or not args.out:
+            raise StartupError("--model-uri (KUBEMAAS_MODEL_URI) and --out "
+                               "(KUBEMAAS_CONVERT_DIR) are required")
+        sha = args.model_sha256.strip().lower() if args.model_sha256 else None
+        s3 = S3Config.from_env(os.environ, args.s3_endpoint, args.s3_credentials_dir)
+        run(args.model_uri, Path(args.out), sha, s3, args.timeout_s)
+    except StartupError as exc:
+        print(f"tfconvert: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Build the textbook Keras models with real TensorFlow (random weights, no data) and record
+TensorFlow's own answers. Runs in the TensorFlow side virtualenv (venvs.TENSORFLOW):
+
+    python make_keras_models.py OUT_DIR
+
+Writes into OUT_DIR:
+  mnist.keras, mnist.h5, mnist_savedmodel/   Flatten(28x28) -> Dense(128, relu) -> Dropout(0.2)
+                                             -> Dense(10, softmax), Keras 3 as in TensorFlow 2.21
+  text.keras, text.h5, text_savedmodel/      Embedding(1000, 32) -> LSTM(64) -> Dense(1, sigmoid)
+                                             over 20 int32 token ids
+  mnist_k2.h5, text_k2.h5, mnist_k2_savedmodel/  the same two written by Keras 2 (tf-keras,
+                                             TF_USE_LEGACY_KERAS=1): the legacy files people have
+  custom.keras                               a registered custom layer (not servable)
+  lambda.keras                               a Lambda layer (not servable)
+  mnist_x.npy, text_x.npy                    inputs; *_want.npy: model.predict on them
+  done                                       marker
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def inputs(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    mnist_x = rng.random((5, 28, 28), dtype=np.float32)
+    text_x = rng.integers(0, 1000, (4, 20)).astype(np.int32)
+    np.save(out / "mnist_x.npy", mnist_x)
+    np.save(out / "text_x.npy", text_x)
+    return mnist_x, text_x
+
+
+def keras3(out: Path) -> None:
+    import keras
+
+    mnist_x, text_x = inputs(out)
+    keras.utils.set_random_seed(1)
+    mnist = keras.Sequential([
+        keras.Input((28, 28), name="pixels"), keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu"), keras.layers.Dropout(0.2),
+        keras.layers.Dense(10, activation="softmax")], name="mnist")
+    text = keras.Sequential([
+        keras.Input((20,), dtype="int32", name="tokens"), keras.layers.Embedding(1000, 32),
+        keras.layers.LSTM(64), keras.layers.Dense(1, activation="sigmoid")], name="text")
+    for name, model, x in (("mnist", mnist, mnist_x), ("text", text, text_x)):
+        model.save(out / f"{name}.keras")
+        model.save(out / f"{name}.h5")
+        model.export(str(out / f"{name}_savedmodel"), verbose=False)
+        np.save(out / f"{name}_want.npy", model.predict(x, verbose=0))
+
+    @keras.saving.register_keras_serializable(package="demo")
+    class Scale(keras.layers.Layer):
+        def call(self, x: object) -> object:
+            return x * 2.0  # type: ignore[operator]
+
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), Scale(name="scale")]).save(
+        out / "custom.keras")
+    keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x + 1, name="plus_one")]
+                     ).save(out / "lambda.keras")
+
+
+def keras2(out: Path) -> None:
+    """In a process of its own: TF_USE_LEGACY_KERAS must be set before TensorFlow loads."""
+    import tensorflow as tf
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(2)
+    mnist = tf_keras.Sequential([
+        tf_keras.layers.Flatten(input_shape=(28, 28)),
+        tf_keras.layers.Dense(128, activation="relu"), tf_keras.layers.Dropout(0.2),
+        tf_keras.layers.Dense(10, activation="softmax")])
+    text = tf_keras.Sequential([
+        tf_keras.layers.Embedding(1000, 32, input_length=20), tf_keras.layers.LSTM(64),
+        tf_keras.layers.Dense(1, activation="sigmoid")])
+    text.build((None, 20))
+    for name, model in (("mnist", mnist), ("text", text)):
+        model.save(out / f"{name}_k2.h5")
+        x = np.load(out / f"{name}_x.npy")
+        np.save(out / f"{name}_k2_want.npy", model.predict(x, verbose=0))
+    tf.saved_model.save(mnist, str(out / "mnist_k2_savedmodel"))
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    if len(sys.argv) > 2 and sys.argv[2] == "keras2":
+        keras2(out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    keras3(out)
+    subprocess.run([sys.executable, __file__, str(out), "keras2"], check=True, timeout=300,
+                   env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    (out / "done").write_text("ok\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The textbook Keras models, built by real TensorFlow 2.21 in a side virtualenv (random weights,
+no data), served by the runtime as a real process: `.keras` and legacy `.h5` (Keras 3 on the
+torch backend), SavedModels (converted to ONNX by kubemaas_runtime.tfconvert with tf2onnx in the
+TensorFlow venv, then served by onnxruntime). Every answer, through the TF Serving v1 route and
+through Open Inference Protocol v2, equals TensorFlow's own model.predict to float tolerance."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .conftest import REPO
+from .venvs import CACHE, TENSORFLOW, ensure_venv
+
+pytestmark = pytest.mark.slow
+BUILDER = Path(__file__).with_name("make_keras_models.py")
+
+
+@pytest.fixture(scope="session")
+def tf_python() -> Path:
+    return ensure_venv("tensorflow", TENSORFLOW)
+
+
+@pytest.fixture(scope="session")
+def keras_dir(tf_python: Path) -> Path:
+    """The models and TensorFlow's answers, built once per builder version and cached."""
+    key = hashlib.sha256(BUILDER.read_bytes() + str(tf_python).encode()).hexdigest()[:12]
+    out = CACHE / f"keras-models-{key}"
+    if not (out / "done").is_file():
+        with (CACHE / f"keras-models-{key}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (out / "done").is_file():
+                subprocess.run([str(tf_python), str(BUILDER), str(out)], check=True,
+                               timeout=600)
+    return out
+
+
+def tfconvert(tf_python: Path, uri: str, out: Path,
+              *extra: str) -> subprocess.CompletedProcess[str]:
+    """The converter exactly as the init container runs it, with the TensorFlow venv's python."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "runtime")}
+    return subprocess.run([str(tf_python), "-m", "kubemaas_runtime.tfconvert", "--model-uri",
+                           uri, "--out", str(out), *extra], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+# (file, inputs, TensorFlow's answers): Keras 3 files, Keras 2 (tf-keras) legacy files, SavedModels
+CASES = [
+    ("mnist.keras", "mnist_x", "mnist_want"),
+    ("mnist.h5", "mnist_x", "mnist_want"),
+    ("mnist_k2.h5", "mnist_x", "mnist_k2_want"),
+    ("mnist_savedmodel", "mnist_x", "mnist_want"),
+    ("mnist_k2_savedmodel", "mnist_x", "mnist_k2_want"),
+    ("text.keras", "text_x", "text_want"),
+    ("text.h5", "text_x", "text_want"),
+    ("text_k2.h5", "text_x", "text_k2_want"),
+    ("text_savedmodel", "text_x", "text_want"),
+]
+
+
+def _check_answers(server: Any, name: str, x: np.ndarray, want: np.ndarray) -> None:
+    status, meta = server.get_json(f"/v2/models/{name}")
+    assert status == 200, meta
+    (inp,) = meta["inputs"]
+    (out,) = meta["outputs"]
+    assert inp["shape"] == [-1, *x.shape[1:]], meta
+    assert out["shape"] == [-1, *want.shape[1:]] and out["datatype"] == "FP32", meta
+
+    # TF Serving v1, as Keras users send it: rows of nested lists, one row per example
+    status, doc = server.post_json(f"/v1/models/{name}:predict", {"instances": x.tolist()})
+    assert status == 200, doc
+    np.testing.assert_allclose(np.asarray(doc["predictions"], np.float32), want,
+                               rtol=1e-4, atol=1e-5)
+    status, doc = server.post_json(f"/v1/models/{name}:predict", {"instances": [x[0].tolist()]})
+    assert status == 200, doc
+    np.testing.assert_allclose(np.asarray(doc["predictions"], np.float32), want[:1],
+                               rtol=1e-4, atol=1e-5)
+
+    # Open Inference Protocol v2 JSON, datatype from the metadata
+    status, doc = server.post_json(f"/v2/models/{name}/infer", {"inputs": [
+        {"name": inp["name"], "shape": list(x.shape), "datatype": inp["datatype"],
+         "data": x.reshape(-1).tolist()}]})
+    assert status == 200, doc
+    (got,) = doc["outputs"]
+    assert got["name"] == out["name"] and got["shape"] == list(want.shape)
+    np.testing.assert_allclose(np.asarray(got["data"], np.float32).reshape(want.shape), want,
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("filename", "x_name", "want_name"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_answers_equal_tensorflow(runtime_server: Any, keras_dir: Path, tf_python: Path,
+                                  tmp_path: Path, filename: str, x_name: str,
+                                  want_name: str) -> None:
+    x = np.load(keras_dir / f"{x_name}.npy")
+    want = np.load(keras_dir / f"{want_name}.npy")
+    args = ["--name", "clf", "--intra-op-threads", "1"]
+    if filename.endswith("_savedmodel"):
+        proc = tfconvert(tf_python, str(keras_dir / filename), tmp_path / "converted")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        args += ["--model-uri", str(tmp_path / "converted" / "model.onnx")]
+    else:
+        args += ["--model-uri", str(keras_dir / filename)]
+        if filename == "text.h5":  # the batcher in front of a Keras model too
+            args += ["--max-batch-size", "4", "--max-batch-delay-ms", "2"]
+    server = runtime_server(args, timeout=240)
+    assert server.get_json("/v2/models/clf")[1]["platform"] == ("onnxruntime_onnx" if filename.endswith("_savedmodel")
+                                else "keras")
+    _check_answers(server, "clf", x, want)
+
+
+@pytest.mark.parametrize(("filename", "layer", "words"), [
+    ("custom.keras", "scale", "demo>Scale"),
+    ("lambda.keras", "plus_one", "Lambda"),
+])
+def test_unservable_layer_is_refused_in_one_line(runtime_server: Any, keras_dir: Path,
+                                                 filename: str, layer: str,
+                                                 words: str) -> None:
+    server = runtime_server(["--model-uri", str(keras_dir / filename)], ready=False)
+    assert server.proc.wait(240) == 1
+    server.stop()
+    errors = [d for d in server.logs() if d.get("level") == "error"]
+    assert len(errors) == 1, server.lines
+    msg = errors[0]["msg"]
+    assert f"layer {layer!r}" in msg and words in msg and "\n" not in msg, msg
+    assert "exc" not in errors[0] and not any("Traceback" in ln for ln in server.lines)
+
+
+def test_tfconvert_caches_by_checksum_and_checks_it(keras_dir: Path, tf_python: Path,
+                                                    tmp_path: Path) -> None:
+    saved = keras_dir / "mnist_savedmodel"
+    out = tmp_path / "converted"
+    first = tfconvert(tf_python, str(saved), out)
+    assert first.returncode == 0 and "converted" in first.stderr, first.stderr[-2000:]
+    digest = tfconvert(tf_python, "", out, "--digest", str(saved)).stdout.strip()
+    assert (out / "by-sha256" / digest / "model.onnx").is_file()
+    again = tfconvert(tf_python, f"file://{saved}", out, "--model-sha256", digest)
+    assert again.returncode == 0 and "cached" in again.stderr, again.stderr[-2000:]
+    wrong = tfconvert(tf_python, str(saved), out, "--model-sha256", "0" * 64)
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip().splitlines() == [
+        f"tfconvert: error: checksum mismatch for {saved}: expected sha256 {'0' * 64}, got "
+        f"{digest} (the digest of the SavedModel's files; see --digest)"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = tfconvert(tf_python, str(empty), out)
+    assert none.returncode == 1 and len(none.stderr.strip().splitlines()) == 1, none.stderr
+    assert "saved_model.pb" in none.stderr
+
+
+def test_runtime_refuses_savedmodel_with_the_way_to_serve_it(keras_dir: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "kubemaas_runtime",
+                           "--model-uri", str(keras_dir / "mnist_savedmodel"),
+                           "--format", "tf-savedmodel"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "tf-savedmodel" in line and "kubemaas_runtime.tfconvert" in line, line
