@@ -112,8 +112,8 @@ def test_answers_equal_tensorflow(runtime_server: Any, keras_dir: Path, tf_pytho
         if filename == "text.h5":  # the batcher in front of a Keras model too
             args += ["--max-batch-size", "4", "--max-batch-delay-ms", "2"]
     server = runtime_server(args, timeout=240)
-    assert server.get_json("/v2/models/clf")[1]["platform"] == ("onnxruntime_onnx" if filename.endswith("_savedmodel")
-                                else "keras")
+    platform = "onnxruntime_onnx" if filename.endswith("_savedmodel") else "keras"
+    assert server.get_json("/v2/models/clf")[1]["platform"] == platform
     _check_answers(server, "clf", x, want)
 
 
