@@ -22,7 +22,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 
-FORMATS = ("onnx", "torchscript", "torch-export")
+FORMATS = ("onnx", "torchscript", "torch-export", "keras", "tf-savedmodel")
+DEFAULT_CONVERTER_IMAGE = "ghcr.io/kubemaas/tfconvert:0.1.0"
 PHASES = ("Pending", "Progressing", "Ready", "Degraded", "Failed")
 CONDITION_TYPES = ("Ready", "Scheduled", "Available", "RolloutComplete")
 
@@ -98,6 +99,7 @@ class Batching:
 class RuntimeSpec:
     image: str = field(metadata=_m("image"))
     image_pull_policy: str | None = field(metadata=_m("imagePullPolicy"), default=None)
+    converter_image: str = field(metadata=_m("converterImage"), default=DEFAULT_CONVERTER_IMAGE)
     template: str = field(metadata=_m("template"), default="default")
     args: tuple[str, ...] = field(metadata=_m("args"), default=())
     env: tuple[EnvVar, ...] = field(metadata=_m("env"), default=())
@@ -451,8 +453,10 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
             raise SpecError("spec.runtime.batching.maxDelayMs",
                             f"must be a number from 0 to 10000, got {delay!r}")
         batching = Batching(max_batch_size=size or 1, max_delay_ms=float(delay))
+    converter = _str(r.get("converterImage"), "spec.runtime.converterImage")
     runtime = RuntimeSpec(image=image, image_pull_policy=pull, template=template, args=args,
-                          env=tuple(env), resources=resources, batching=batching)
+                          env=tuple(env), resources=resources, batching=batching,
+                          converter_image=converter or DEFAULT_CONVERTER_IMAGE)
 
     pm = _obj(spec.get("podMetadata"), "spec.podMetadata")
     labels = _str_map(pm.get("labels"), "spec.podMetadata.labels")

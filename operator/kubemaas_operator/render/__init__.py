@@ -23,6 +23,7 @@ import yaml
 
 from ..api import API_VERSION, KIND, GatewayRef, ModelDeploymentSpec
 from ..scheduling import Placement, placement
+from . import conversion
 
 SPEC_HASH = "serving.kubemaas.io/spec-hash"
 REVISION = "serving.kubemaas.io/revision"
@@ -87,6 +88,7 @@ class DeploymentParams:
     model_format: str
     gpu_count: int
     gpu_resource: str | None
+    init_containers: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -222,16 +224,17 @@ def _model_env_and_volumes(spec: ModelDeploymentSpec, name: str) -> tuple[
 
 def runtime_env(spec: ModelDeploymentSpec, name: str, model_uri: str) -> list[dict[str, str]]:
     """The runtime's settings (docs/runtime.md) followed by the user's own variables."""
+    served = conversion.served(spec, model_uri, CACHE_DIR)
     env = [
-        {"name": "KUBEMAAS_MODEL_URI", "value": model_uri},
-        {"name": "KUBEMAAS_MODEL_FORMAT", "value": spec.model.format},
+        {"name": "KUBEMAAS_MODEL_URI", "value": served.uri},
+        {"name": "KUBEMAAS_MODEL_FORMAT", "value": served.format},
         {"name": "KUBEMAAS_MODEL_NAME", "value": spec.model.name or name},
         {"name": "KUBEMAAS_MODEL_VERSION", "value": spec.model.version or "1"},
         {"name": "KUBEMAAS_PORT", "value": str(spec.serving.port)},
         {"name": "KUBEMAAS_CACHE_DIR", "value": CACHE_DIR},
     ]
-    if spec.model.sha256:
-        env.append({"name": "KUBEMAAS_MODEL_SHA256", "value": spec.model.sha256})
+    if served.sha256:
+        env.append({"name": "KUBEMAAS_MODEL_SHA256", "value": served.sha256})
     if spec.runtime.batching is not None:
         b = spec.runtime.batching
         delay = int(b.max_delay_ms) if float(b.max_delay_ms).is_integer() else b.max_delay_ms
@@ -253,6 +256,8 @@ def deployment_params(spec: ModelDeploymentSpec, ctx: RenderContext,
         c = dict(c)
         c.setdefault("labelSelector", {"matchLabels": service_selector(ctx.name)})
         spreads.append(c)
+    served = conversion.served(spec, model_uri, CACHE_DIR)
+    credentials = CREDENTIALS_DIR if spec.model.credentials_secret_ref is not None else None
     return DeploymentParams(
         name=ctx.name, namespace=ctx.namespace, labels=labels, selector=pod_selector(ctx.name),
         pod_labels=pod_labels, pod_annotations=dict(spec.pod_metadata.annotations),
@@ -264,9 +269,12 @@ def deployment_params(spec: ModelDeploymentSpec, ctx: RenderContext,
         tolerations=list(place.tolerations),
         priority_class_name=spec.scheduling.priority_class_name,
         topology_spread_constraints=spreads, volumes=volumes, volume_mounts=mounts,
-        model_uri=model_uri, model_format=spec.model.format,
+        model_uri=served.uri, model_format=served.format,
         gpu_count=spec.gpu.count if spec.gpu else 0,
-        gpu_resource=spec.gpu.resource if spec.gpu else None)
+        gpu_resource=spec.gpu.resource if spec.gpu else None,
+        init_containers=conversion.init_containers(
+            spec, model_uri, CACHE_DIR, credentials, mounts,
+            {"requests": place.requests, "limits": place.limits}))
 
 
 def _stamp(manifest: dict[str, Any], ctx: RenderContext, labels: Mapping[str, str],
@@ -288,7 +296,8 @@ def _stamp(manifest: dict[str, Any], ctx: RenderContext, labels: Mapping[str, st
     return manifest
 
 
-def _check_deployment(manifest: dict[str, Any], ctx: RenderContext) -> None:
+def _check_deployment(manifest: dict[str, Any], ctx: RenderContext,
+                      spec_of: ModelDeploymentSpec) -> None:
     what = f"template {ctx.template_name!r}"
     if manifest.get("apiVersion") != "apps/v1" or manifest.get("kind") != "Deployment":
         raise RenderError(f"{what} must render an apps/v1 Deployment, got "
@@ -304,6 +313,14 @@ def _check_deployment(manifest: dict[str, Any], ctx: RenderContext) -> None:
     containers = (pod.get("spec") or {}).get("containers")
     if not isinstance(containers, list) or not containers:
         raise RenderError(f"{what} must render at least one container")
+    if conversion.needs_conversion(spec_of):
+        inits = (pod.get("spec") or {}).get("initContainers") or []
+        if not any(isinstance(c, dict) and c.get("name") == conversion.INIT_CONTAINER
+                   for c in inits):
+            raise RenderError(f"{what} must render p.init_containers as initContainers: model "
+                              f"format {spec_of.model.format} is converted by the "
+                              f"{conversion.INIT_CONTAINER} init container before the runtime "
+                              "starts")
 
 
 def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
@@ -313,7 +330,7 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     labels = common_labels(ctx.name)
     source = ctx.template_source or builtin_template("deployment.yaml.j2")
     deployment = _render(source, f"template {ctx.template_name!r}", params)
-    _check_deployment(deployment, ctx)
+    _check_deployment(deployment, ctx, spec)
     deployment["spec"]["selector"] = {"matchLabels": pod_selector(ctx.name)}
     # A new pod counts as available only once it stayed Ready for the settle window, so the
     # Deployment controller never removes a serving pod for one that crashes right after its
