@@ -235,7 +235,7 @@ def load_settings(argv: Sequence[str] | None = None,
           "cannot tell the format from the file name; set it (onnx|torchscript|torch-export"
           "|keras)")
     check("model_format", fmt != "tf-savedmodel",
-          "a TensorFlow SavedModel is converted to ONNX before the runtime starts "
+          "tf-savedmodel (a TensorFlow SavedModel) is converted to ONNX before the runtime starts "
           "(python -m kubemaas_runtime.tfconvert, which the operator runs as an init "
           "container); serve the converted model.onnx")
     check("model_format", fmt in (*FORMATS, ""), f"{fmt!r} is not one of {', '.join(FORMATS)}")
