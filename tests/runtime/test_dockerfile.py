@@ -26,3 +26,19 @@ def test_dockerfile_matches_the_tree() -> None:
     assert json.loads(entry[len("ENTRYPOINT "):]) == ["python", "-m", "kubemaas_runtime"]
     assert re.search(r"^EXPOSE 8080$", text, re.M)
     assert (REPO / "runtime" / "kubemaas_runtime" / "__main__.py").is_file()
+
+
+def test_converter_dockerfile_matches_the_tree() -> None:
+    """runtime/Dockerfile.tfconvert (built by hand): its COPY sources exist, it runs as the
+    runtime's non-root user, and its entrypoint is the converter the init container runs."""
+    text = (REPO / "runtime" / "Dockerfile.tfconvert").read_text()
+    lines = [line.strip() for line in text.splitlines() if not line.strip().startswith("#")]
+    for line in lines:
+        if line.startswith("COPY ") and "--from=" not in line:
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), f"COPY source {source} is not in the repository"
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users == ["10001:10001"]
+    entry = next(line for line in lines if line.startswith("ENTRYPOINT "))
+    assert json.loads(entry[len("ENTRYPOINT "):]) == ["python", "-m", "kubemaas_runtime.tfconvert"]
+    assert (REPO / "runtime" / "kubemaas_runtime" / "tfconvert.py").is_file()
