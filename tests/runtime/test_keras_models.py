@@ -6,9 +6,6 @@ through Open Inference Protocol v2, equals TensorFlow's own model.predict to flo
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,39 +14,25 @@ from typing import Any
 import numpy as np
 import pytest
 
+from . import keras_models
 from .conftest import REPO
-from .venvs import CACHE, TENSORFLOW, ensure_venv
 
 pytestmark = pytest.mark.slow
-BUILDER = Path(__file__).with_name("make_keras_models.py")
 
 
 @pytest.fixture(scope="session")
 def tf_python() -> Path:
-    return ensure_venv("tensorflow", TENSORFLOW)
+    return keras_models.tf_python()
 
 
 @pytest.fixture(scope="session")
 def keras_dir(tf_python: Path) -> Path:
-    """The models and TensorFlow's answers, built once per builder version and cached."""
-    key = hashlib.sha256(BUILDER.read_bytes() + str(tf_python).encode()).hexdigest()[:12]
-    out = CACHE / f"keras-models-{key}"
-    if not (out / "done").is_file():
-        with (CACHE / f"keras-models-{key}.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (out / "done").is_file():
-                subprocess.run([str(tf_python), str(BUILDER), str(out)], check=True,
-                               timeout=600)
-    return out
+    return keras_models.keras_models_dir()
 
 
 def tfconvert(tf_python: Path, uri: str, out: Path,
               *extra: str) -> subprocess.CompletedProcess[str]:
-    """The converter exactly as the init container runs it, with the TensorFlow venv's python."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "runtime")}
-    return subprocess.run([str(tf_python), "-m", "kubemaas_runtime.tfconvert", "--model-uri",
-                           uri, "--out", str(out), *extra], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return keras_models.tfconvert(["--model-uri", uri, "--out", str(out), *extra])
 
 
 # (file, inputs, TensorFlow's answers): Keras 3 files, Keras 2 (tf-keras) legacy files, SavedModels
