@@ -154,3 +154,13 @@ def test_a_template_without_init_containers_is_refused_for_savedmodels() -> None
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(SpecError, match=r"spec.model.format.*tf-savedmodel"):
         parse_spec(spec("tensorflow"))
+
+
+def test_the_example_admin_template_renders_the_converter() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    cm = yaml.safe_load((root / "examples" / "templates-configmap.yaml").read_text())
+    pod = pod_of(spec("tf-savedmodel"), cm["data"]["with-sidecar"])
+    assert [c["name"] for c in pod["initContainers"]] == ["tfconvert"]
+    assert "initContainers" not in pod_of(spec("keras"), cm["data"]["with-sidecar"])
