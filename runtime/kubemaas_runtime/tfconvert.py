@@ -36,8 +36,9 @@ from .storage import S3Config, fetch_model, sha256_file
 
 ARCHIVES = (".tar", ".tar.gz", ".tgz", ".zip")
 OPSET = 17
-_UNSUPPORTED = re.compile(r"(?:Unsupported ops: .*|Tensorflow op \[[^\]]*\] is not supported"
-                          r"|.*op .* is not supported.*)")
+_UNSUPPORTED_OP = re.compile(r"Tensorflow op \[(?P<node>[^\]]*?): (?P<op>[^\]:]+)\] is not "
+                             r"supported")
+_UNSUPPORTED_LIST = re.compile(r"Unsupported ops: .*")
 
 
 def tree_digest(directory: Path) -> str:
@@ -101,12 +102,19 @@ def resolve(uri: str, work: Path, sha256: str | None, s3: S3Config,
 
 
 def _one_line(text: str) -> str:
+    """tf2onnx's reason in one line: the unsupported TensorFlow op(s) when that is the cause,
+    else its last error line."""
+    ops = [m for m in map(_UNSUPPORTED_OP.search, text.splitlines()) if m]
+    if ops:
+        first = ops[0]
+        more = f" (and {len(ops) - 1} more)" if len(ops) > 1 else ""
+        return (f"TensorFlow op {first['op']} (node {first['node']}) is not supported by "
+                f"tf2onnx{more}")
+    listed = _UNSUPPORTED_LIST.search(text)
+    if listed:
+        return listed.group(0)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for line in lines:
-        match = _UNSUPPORTED.search(line)
-        if match:
-            return match.group(0)
-    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    errors = [ln for ln in lines if "Error" in ln or "ERROR" in ln]
     return (errors or lines or ["no output"])[-1][:400]
 
 

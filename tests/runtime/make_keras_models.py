@@ -12,6 +12,8 @@ Writes into OUT_DIR:
                                              TF_USE_LEGACY_KERAS=1): the legacy files people have
   custom.keras                               a registered custom layer (not servable)
   lambda.keras                               a Lambda layer (not servable)
+  unsupported_savedmodel/                    a SavedModel with an op tf2onnx cannot convert
+                                             (HistogramFixedWidth)
   mnist_x.npy, text_x.npy                    inputs; *_want.npy: model.predict on them
   done                                       marker
 """
@@ -65,6 +67,20 @@ def keras3(out: Path) -> None:
         out / "custom.keras")
     keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x + 1, name="plus_one")]
                      ).save(out / "lambda.keras")
+    unsupported(out)
+
+
+def unsupported(out: Path) -> None:
+    import tensorflow as tf
+
+    class Histogram(tf.Module):  # type: ignore[misc]
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def __call__(self, x: object) -> dict[str, object]:
+            return {"h": tf.histogram_fixed_width(x, [0.0, 1.0], nbins=5)}
+
+    module = Histogram()
+    tf.saved_model.save(module, str(out / "unsupported_savedmodel"),
+                        signatures=module.__call__)
 
 
 def keras2(out: Path) -> None:

@@ -21,17 +21,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def tf_python() -> Path:
-    return keras_models.tf_python()
-
-
-@pytest.fixture(scope="session")
-def keras_dir(tf_python: Path) -> Path:
+def keras_dir() -> Path:
+    """Built on first use with the TensorFlow venv (keras_models.tf_python), then cached."""
     return keras_models.keras_models_dir()
 
 
-def tfconvert(tf_python: Path, uri: str, out: Path,
-              *extra: str) -> subprocess.CompletedProcess[str]:
+def tfconvert(uri: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The converter as the init container runs it (TensorFlow venv, this tree's package)."""
     return keras_models.tfconvert(["--model-uri", uri, "--out", str(out), *extra])
 
 
@@ -80,14 +76,14 @@ def _check_answers(server: Any, name: str, x: np.ndarray, want: np.ndarray) -> N
 
 @pytest.mark.parametrize(("filename", "x_name", "want_name"), CASES,
                          ids=[c[0] for c in CASES])
-def test_answers_equal_tensorflow(runtime_server: Any, keras_dir: Path, tf_python: Path,
+def test_answers_equal_tensorflow(runtime_server: Any, keras_dir: Path,
                                   tmp_path: Path, filename: str, x_name: str,
                                   want_name: str) -> None:
     x = np.load(keras_dir / f"{x_name}.npy")
     want = np.load(keras_dir / f"{want_name}.npy")
     args = ["--name", "clf", "--intra-op-threads", "1"]
     if filename.endswith("_savedmodel"):
-        proc = tfconvert(tf_python, str(keras_dir / filename), tmp_path / "converted")
+        proc = tfconvert(str(keras_dir / filename), tmp_path / "converted")
         assert proc.returncode == 0, proc.stderr[-2000:]
         args += ["--model-uri", str(tmp_path / "converted" / "model.onnx")]
     else:
@@ -117,26 +113,37 @@ def test_unservable_layer_is_refused_in_one_line(runtime_server: Any, keras_dir:
     assert "exc" not in errors[0] and not any("Traceback" in ln for ln in server.lines)
 
 
-def test_tfconvert_caches_by_checksum_and_checks_it(keras_dir: Path, tf_python: Path,
+def test_tfconvert_caches_by_checksum_and_checks_it(keras_dir: Path,
                                                     tmp_path: Path) -> None:
     saved = keras_dir / "mnist_savedmodel"
     out = tmp_path / "converted"
-    first = tfconvert(tf_python, str(saved), out)
+    first = tfconvert(str(saved), out)
     assert first.returncode == 0 and "converted" in first.stderr, first.stderr[-2000:]
-    digest = tfconvert(tf_python, "", out, "--digest", str(saved)).stdout.strip()
+    digest = tfconvert("", out, "--digest", str(saved)).stdout.strip()
     assert (out / "by-sha256" / digest / "model.onnx").is_file()
-    again = tfconvert(tf_python, f"file://{saved}", out, "--model-sha256", digest)
+    again = tfconvert(f"file://{saved}", out, "--model-sha256", digest)
     assert again.returncode == 0 and "cached" in again.stderr, again.stderr[-2000:]
-    wrong = tfconvert(tf_python, str(saved), out, "--model-sha256", "0" * 64)
+    wrong = tfconvert(str(saved), out, "--model-sha256", "0" * 64)
     assert wrong.returncode == 1
     assert wrong.stderr.strip().splitlines() == [
         f"tfconvert: error: checksum mismatch for {saved}: expected sha256 {'0' * 64}, got "
         f"{digest} (the digest of the SavedModel's files; see --digest)"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    none = tfconvert(tf_python, str(empty), out)
+    none = tfconvert(str(empty), out)
     assert none.returncode == 1 and len(none.stderr.strip().splitlines()) == 1, none.stderr
     assert "saved_model.pb" in none.stderr
+
+
+def test_savedmodel_with_an_unconvertible_op_is_refused_in_one_line(keras_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    proc = tfconvert(str(keras_dir / "unsupported_savedmodel"), tmp_path / "converted")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "tfconvert: error: tf2onnx cannot convert unsupported_savedmodel: TensorFlow op "
+        "HistogramFixedWidth (node PartitionedCall/histogram_fixed_width) is not supported by "
+        "tf2onnx"], proc.stderr[-2000:]
+    assert not (tmp_path / "converted" / "model.onnx").exists()
 
 
 def test_runtime_refuses_savedmodel_with_the_way_to_serve_it(keras_dir: Path) -> None:
