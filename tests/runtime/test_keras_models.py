@@ -6,6 +6,7 @@ through Open Inference Protocol v2, equals TensorFlow's own model.predict to flo
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,25 @@ def test_tfconvert_caches_by_checksum_and_checks_it(keras_dir: Path,
     none = tfconvert(str(empty), out)
     assert none.returncode == 1 and len(none.stderr.strip().splitlines()) == 1, none.stderr
     assert "saved_model.pb" in none.stderr
+
+
+def test_tfconvert_takes_an_archive_checked_by_its_sha256(keras_dir: Path,
+                                                          tmp_path: Path) -> None:
+    import tarfile
+
+    import onnxruntime as ort
+
+    archive = tmp_path / "mnist.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(keras_dir / "mnist_savedmodel", arcname="mnist/1")
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    out = tmp_path / "converted"
+    proc = tfconvert(f"file://{archive}", out, "--model-sha256", sha)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "by-sha256" / sha / "model.onnx").is_file() and not (out / "work").exists()
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"pixels": np.load(keras_dir / "mnist_x.npy")})
+    np.testing.assert_allclose(got, np.load(keras_dir / "mnist_want.npy"), rtol=1e-4, atol=1e-5)
 
 
 def test_savedmodel_with_an_unconvertible_op_is_refused_in_one_line(keras_dir: Path,
