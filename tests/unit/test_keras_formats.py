@@ -164,3 +164,13 @@ def test_the_example_admin_template_renders_the_converter() -> None:
     pod = pod_of(spec("tf-savedmodel"), cm["data"]["with-sidecar"])
     assert [c["name"] for c in pod["initContainers"]] == ["tfconvert"]
     assert "initContainers" not in pod_of(spec("keras"), cm["data"]["with-sidecar"])
+
+
+def test_runtime_settings_know_keras_files_and_send_savedmodels_to_tfconvert() -> None:
+    from kubemaas_runtime.errors import StartupError
+    from kubemaas_runtime.settings import load_settings
+
+    assert load_settings(["--model-uri", "m.keras"], {}).model_format == "keras"
+    assert load_settings(["--model-uri", "s3://b/m.h5"], {}).model_format == "keras"
+    with pytest.raises(StartupError, match=r"python -m kubemaas_runtime\.tfconvert"):
+        load_settings(["--model-uri", "saved", "--format", "tf-savedmodel"], {})
