@@ -2,8 +2,9 @@
 Ready, and the runtime started from the container spec the operator wrote (command, env, port,
 probes, volume mounts) loads the .keras file, a real TensorFlow 2.21 build, and answers as
 TensorFlow's own model.predict does, through the v1 predict route and Open Inference Protocol
-v2. With format tf-savedmodel, the tfconvert init container the operator wrote runs first (in the
-TensorFlow side virtualenv, as in the converter image) and the runtime serves what it wrote."""
+v2. With format tf-savedmodel (a SavedModel directory on a claim) the ModelDeployment reaches
+Ready too, the tfconvert init container the operator wrote runs first (in the TensorFlow side
+virtualenv, as in the converter image) and the runtime serves what it wrote."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import pytest
 
 from kubemaas_testbed.cluster import free_port
 from tests.cluster.conftest import Operator
-from tests.cluster.test_operator import apply, get, md, wait_phase
+from tests.cluster.test_operator import PV_AND_PVC, apply, get, md, wait_phase
 from tests.conftest import Kube
 from tests.helpers import http_json, wait_for
 from tests.runtime import keras_models
@@ -152,13 +153,17 @@ def test_savedmodel_converted_by_the_rendered_init_container(
     assert proc.returncode == 0, proc.stderr
     digest = proc.stdout.strip()
     port = free_port()
-    apply(kube, namespace, md("mnist-tf", model={
-        "uri": "pvc://store/mnist_savedmodel", "format": "tf-savedmodel", "sha256": digest,
-        "name": "mnist"}, runtime={"image": "ghcr.io/kubemaas/runtime:0.1.0"},
-        serving={"port": port}))
-    wait_for(lambda: get(kube, namespace, "deployment", "mnist-tf"), timeout=30,
-             what="the Deployment")
-    pod = get(kube, namespace, "deployment", "mnist-tf")["spec"]["template"]["spec"]
+    # a real claim (statically bound PV): the pod is scheduled and kwok runs it to Ready
+    kube.kubectl("apply", "-f", "-", input=PV_AND_PVC.replace("NAMESPACE", namespace))
+    try:
+        apply(kube, namespace, md("mnist-tf", model={
+            "uri": "pvc://model-store/mnist_savedmodel", "format": "tf-savedmodel",
+            "sha256": digest, "name": "mnist"},
+            runtime={"image": "ghcr.io/kubemaas/runtime:0.1.0"}, serving={"port": port}))
+        wait_phase(kube, namespace, "mnist-tf", "Ready", timeout=120)
+        pod = get(kube, namespace, "deployment", "mnist-tf")["spec"]["template"]["spec"]
+    finally:
+        kube.kubectl("delete", "pv", f"model-store-{namespace}", "--wait=false", check=False)
     (init,) = pod["initContainers"]
     (container,) = pod["containers"]
     local = {"model-store": keras_dir, "model-cache": tmp_path / "cache"}
