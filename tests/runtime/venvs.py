@@ -20,6 +20,7 @@ CACHE = Path(os.environ.get("KUBEMAAS_TEST_CACHE",
 
 MOTO = ["moto[server]==5.2.5"]
 KSERVE = ["kserve==0.21.0"]
+GUIDELLM = ["guidellm==0.8.1"]  # an LLM load generator (OpenAI HTTP backend)
 
 
 def ensure_venv(name: str, requirements: list[str], timeout: float = 900) -> Path:
@@ -44,5 +45,5 @@ def ensure_venv(name: str, requirements: list[str], timeout: float = 900) -> Pat
 
 
 if __name__ == "__main__":  # warm the cache: python tests/runtime/venvs.py
-    for name, reqs in (("moto", MOTO), ("kserve", KSERVE)):
+    for name, reqs in (("moto", MOTO), ("kserve", KSERVE), ("guidellm", GUIDELLM)):
         print(name, ensure_venv(name, reqs))

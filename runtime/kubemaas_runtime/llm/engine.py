@@ -16,9 +16,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -190,9 +189,10 @@ class Engine:
                 seq.finish_reason = "abort"
                 self.scheduler.remove(seq)
                 if self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._deliver, [(seq, Delta(
+                    item: list[tuple[Sequence, Delta | BaseException]] = [(seq, Delta(
                         "", (), (), "abort", len(seq.prompt), len(seq.output),
-                        time.monotonic()))])
+                        time.monotonic()))]
+                    self._loop.call_soon_threadsafe(self._deliver, item)
         self._publish()
 
     def _fail_running(self, exc: Exception) -> list[tuple[Sequence, Delta | BaseException]]:
@@ -322,9 +322,3 @@ def build_inputs(rows: list[tuple[Sequence, int]], block_size: int) -> StepInput
     read = torch.where(valid, slots(torch.where(valid, read_pos, 0)), 0)
     return StepInputs(input_ids, positions, mask, write, read)
 
-
-def now_s() -> float:
-    return time.monotonic()
-
-
-Callback = Callable[[Any], None]
