@@ -70,7 +70,8 @@ class RequestStream:
         self._engine = engine
         self.seq = seq
         self.queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
-        self.done = False
+        self.done = False       # no more deltas will be read
+        self.finished = False   # the engine's last delta was read
         self.arrival = seq.arrival
 
     def cancel(self) -> None:
@@ -85,7 +86,7 @@ class RequestStream:
                 self.done = True
                 raise item
             if item.finish_reason is not None:
-                self.done = True
+                self.done = self.finished = True
             yield item
             if self.done:
                 return

@@ -207,6 +207,8 @@ class OpenAIServer:
                     return await self._stream(request, served, req, stream)
                 return await self._complete(served, req, stream, prompt)
             finally:
+                if not stream.finished:  # the client went away (or the write failed)
+                    served.metrics.success.inc((self.model_name, "abort"))
                 stream.cancel()  # a no-op when finished; frees the blocks when not
         finally:
             self.inflight -= 1
