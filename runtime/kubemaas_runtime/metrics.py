@@ -177,6 +177,8 @@ class LLMMetrics:
                                ("model_name", "finished_reason"))
         self.rejected = Counter("kubemaas_llm_requests_rejected_total",
                                 "Requests refused with 429 because the queue was full.", names)
+        self.peak_running = Gauge("kubemaas_llm_peak_running_requests",
+                                  "Most requests that were in the running batch at once.", names)
         self.preemptions = Counter("vllm:num_preemptions_total",
                                    "Sequences preempted (blocks taken back, recomputed later).",
                                    names)
@@ -186,7 +188,9 @@ class LLMMetrics:
         for reason in ("stop", "length", "abort"):
             self.success.inc((model_name, reason), 0)
 
-    def set_engine(self, waiting: int, running: int, kv_usage: float, preemptions: int) -> None:
+    def set_engine(self, waiting: int, running: int, kv_usage: float, preemptions: int,
+                   peak_running: int = 0) -> None:
+        self.peak_running.set(self.label, peak_running)
         self.waiting.set(self.label, waiting)
         self.running.set(self.label, running)
         self.kv_usage.set(self.label, kv_usage)
@@ -196,6 +200,6 @@ class LLMMetrics:
         lines: list[str] = []
         for metric in (self.waiting, self.running, self.kv_usage, self.cache_info, self.ttft,
                        self.itl, self.e2e, self.prompt_tokens, self.generation_tokens,
-                       self.success, self.preemptions, self.rejected):
+                       self.success, self.preemptions, self.rejected, self.peak_running):
             lines.extend(metric.render())
         return lines

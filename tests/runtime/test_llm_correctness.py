@@ -89,8 +89,37 @@ def test_sixteen_concurrent_requests_equal_generate(llama_server: Server,
     for text, n, body in zip(prompts, lengths, bodies, strict=True):
         assert engine_ids(body, eos) == ref.greedy_ids(tiny_llama, ref.prompt_ids(tiny_llama, text),
                                                        n), text
-    # the batch really ran together: more than one sequence was running at some step
-    assert "vllm:num_requests_running" in llama_server.metrics()
+    # the batch really ran together: several sequences were running in one step
+    peak = re.search(r'kubemaas_llm_peak_running_requests\{model_name="tiny"\} (\d+)',
+                     llama_server.metrics())
+    assert peak and int(peak.group(1)) >= 4, peak
+
+
+def test_a_full_cache_makes_requests_wait_or_recompute_not_differ(tiny_llama: Path) -> None:
+    """A KV cache of ~37 blocks of 16 tokens for 10 requests needing ~5 blocks each: admission
+    holds some back, decodes that run out of blocks preempt the newest sequence (recomputed
+    later), and every answer is still generate()'s."""
+    server = start_llm_server(tiny_llama, "--kv-cache-memory", "1200Ki", "--max-num-seqs", "10")
+    try:
+        prompts = [prompt_text(i % 4 + 4) for i in range(10)]
+        with ThreadPoolExecutor(10) as pool:
+            bodies = list(pool.map(lambda p: complete(server, p, max_tokens=40), prompts))
+        eos = ref.eos_id(tiny_llama)
+        for text, body in zip(prompts, bodies, strict=True):
+            assert engine_ids(body, eos) == ref.greedy_ids(
+                tiny_llama, ref.prompt_ids(tiny_llama, text), 40)
+        text = server.metrics()
+        assert re.search(r'vllm:cache_config_info\{model_name="tiny",block_size="16",'
+                         r'num_gpu_blocks="3\d"\} 1', text), text
+        assert 'vllm:kv_cache_usage_perc{model_name="tiny"} 0' in text
+        peak = re.search(r'kubemaas_llm_peak_running_requests\{model_name="tiny"\} (\d+)', text)
+        preempted = re.search(r'vllm:num_preemptions_total\{model_name="tiny"\} (\d+)', text)
+        assert peak and preempted
+        print("peak running", peak.group(1), "preemptions", preempted.group(1))
+        # the cache, not max-num-seqs, limited the batch: requests waited or were preempted
+        assert int(peak.group(1)) < 10 or int(preempted.group(1)) > 0
+    finally:
+        assert server.stop() == 0
 
 
 def stream_events(server: Server, path: str, doc: dict[str, Any]) -> list[Any]:

@@ -118,6 +118,7 @@ class Engine:
         self.num_running = 0
         self.kv_usage = 0.0
         self.steps = 0
+        self.peak_running = 0  # most sequences that ran in one step
 
     # ---- event-loop side -------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -208,6 +209,7 @@ class Engine:
     def _publish(self) -> None:
         self.num_waiting = len(self.scheduler.waiting)
         self.num_running = len(self.scheduler.running)
+        self.peak_running = max(self.peak_running, self.num_running)
         self.kv_usage = self.pool.usage()
 
     def step(self) -> list[tuple[Sequence, Delta | BaseException]]:

@@ -124,7 +124,7 @@ class OpenAIServer:
             return body
         eng, llm = self.served.engine, self.served.metrics
         llm.set_engine(eng.num_waiting, eng.num_running, eng.kv_usage,
-                       eng.scheduler.preemptions)
+                       eng.scheduler.preemptions, eng.peak_running)
         return body + ("\n".join(llm.render_lines()) + "\n").encode()
 
     # ---- generation ------------------------------------------------------------------------
