@@ -177,20 +177,28 @@ class LLMMetrics:
                                ("model_name", "finished_reason"))
         self.rejected = Counter("kubemaas_llm_requests_rejected_total",
                                 "Requests refused with 429 because the queue was full.", names)
+        self.prefix_queries = Counter("vllm:prefix_cache_queries_total",
+                                      "Prompt tokens looked up in the prefix cache.", names)
+        self.prefix_hits = Counter("vllm:prefix_cache_hits_total",
+                                   "Prompt tokens found in the prefix cache (not recomputed).",
+                                   names)
         self.peak_running = Gauge("kubemaas_llm_peak_running_requests",
                                   "Most requests that were in the running batch at once.", names)
         self.preemptions = Counter("vllm:num_preemptions_total",
                                    "Sequences preempted (blocks taken back, recomputed later).",
                                    names)
         # every labelled series exists from the start (scrapers see zeros, not absences)
-        for c in (self.prompt_tokens, self.generation_tokens, self.rejected, self.preemptions):
+        for c in (self.prompt_tokens, self.generation_tokens, self.rejected, self.preemptions,
+                  self.prefix_queries, self.prefix_hits):
             c.inc(self.label, 0)
         for reason in ("stop", "length", "abort"):
             self.success.inc((model_name, reason), 0)
 
     def set_engine(self, waiting: int, running: int, kv_usage: float, preemptions: int,
-                   peak_running: int = 0) -> None:
+                   peak_running: int = 0, prefix: tuple[int, int] = (0, 0)) -> None:
         self.peak_running.set(self.label, peak_running)
+        self.prefix_queries.values[self.label] = float(prefix[0])
+        self.prefix_hits.values[self.label] = float(prefix[1])
         self.waiting.set(self.label, waiting)
         self.running.set(self.label, running)
         self.kv_usage.set(self.label, kv_usage)
@@ -200,6 +208,7 @@ class LLMMetrics:
         lines: list[str] = []
         for metric in (self.waiting, self.running, self.kv_usage, self.cache_info, self.ttft,
                        self.itl, self.e2e, self.prompt_tokens, self.generation_tokens,
-                       self.success, self.preemptions, self.rejected, self.peak_running):
+                       self.success, self.preemptions, self.prefix_queries, self.prefix_hits,
+                       self.rejected, self.peak_running):
             lines.extend(metric.render())
         return lines

@@ -153,6 +153,9 @@ OPTIONS: tuple[Option, ...] = (
            "read in chunks over several steps."),
     Option("block_size", "--block-size", "KUBEMAAS_BLOCK_SIZE", 16, int,
            "hf models: tokens per KV-cache block."),
+    Option("prefix_caching", "--prefix-caching", "KUBEMAAS_PREFIX_CACHING", True, _bool,
+           "hf models: requests whose prompts share a prefix of full blocks reuse its KV-cache "
+           "blocks instead of computing them again."),
     Option("log_level", "--log-level", "KUBEMAAS_LOG_LEVEL", "info", str,
            "debug | info | warning | error."),
     Option("log_format", "--log-format", "KUBEMAAS_LOG_FORMAT", "json", str,
@@ -202,6 +205,7 @@ class Settings:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     block_size: int = 16
+    prefix_caching: bool = True
     log_level: str = "info"
     log_format: str = "json"
     s3_endpoint: str | None = None

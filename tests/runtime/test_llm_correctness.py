@@ -122,6 +122,28 @@ def test_a_full_cache_makes_requests_wait_or_recompute_not_differ(tiny_llama: Pa
         assert server.stop() == 0
 
 
+def test_shared_prefixes_reuse_cached_blocks(llama_server: Server, tiny_llama: Path) -> None:
+    base = " ".join(WORDS) + " " + " ".join(reversed(WORDS))  # several full blocks
+    assert len(ref.prompt_ids(tiny_llama, base)) > 48
+
+    def hits() -> float:
+        m = re.search(r'vllm:prefix_cache_hits_total\{model_name="tiny"\} (\S+)',
+                      llama_server.metrics())
+        assert m
+        return float(m.group(1))
+
+    before = hits()
+    complete(llama_server, base, max_tokens=2)  # computes and registers the prefix blocks
+    prompts = [f"{base} and then {w}" for w in WORDS[:8]]
+    with ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(lambda p: complete(llama_server, p, max_tokens=12), prompts))
+    assert hits() - before >= 8 * 48
+    eos = ref.eos_id(tiny_llama)
+    for text, body in zip(prompts, bodies, strict=True):
+        assert engine_ids(body, eos) == ref.greedy_ids(tiny_llama, ref.prompt_ids(tiny_llama, text),
+                                                       12), text
+
+
 def stream_events(server: Server, path: str, doc: dict[str, Any]) -> list[Any]:
     status, headers, body = server.request("POST", path, json.dumps(doc).encode(),
                                            {"Content-Type": "application/json"})

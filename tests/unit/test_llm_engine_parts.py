@@ -193,3 +193,22 @@ def test_parse_bytes() -> None:
     assert parse_bytes("1.5Gi") == 3 << 29
     with pytest.raises(ValueError):
         parse_bytes("lots")
+
+
+def test_prefix_cache_shares_full_blocks_and_evicts_the_oldest() -> None:
+    pool = BlockPool(1 + 4, 4, prefix_caching=True)
+    prompt = list(range(1, 11))  # 10 tokens: two full blocks and two tokens
+    blocks = pool.allocate(3)
+    assert pool.register(blocks, prompt, 0, 10) == 2  # the two full blocks
+    assert pool.lookup(prompt) == blocks[:2]           # shared while the first still holds them
+    assert pool.lookup(prompt[:8]) == blocks[:1]       # the last token is never covered
+    assert pool.lookup([99, *prompt[1:]]) == []        # a different first token: nothing
+    pool.release(list(blocks[:2]))
+    pool.release(list(blocks[:1]))
+    pool.release(blocks)
+    assert pool.used == 0 and pool.free == 4           # cached blocks count as free...
+    again = pool.lookup(prompt)
+    assert len(again) == 2 and pool.used == 2          # ...and are found again
+    pool.release(again)
+    taken = pool.allocate(4)                           # ...until their ids are needed
+    assert len(taken) == 4 and pool.lookup(prompt) == []

@@ -41,7 +41,8 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     block_size: int = 16
-    max_queue: int = 256  # requests held (waiting + running) before new ones are refused
+    max_queue: int = 256
+    prefix_caching: bool = True  # requests held (waiting + running) before new ones are refused
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Engine:
         self.lm = lm
         self.cfg = cfg
         num_blocks = kv_blocks_for_budget(lm, cfg.kv_cache_bytes, cfg.block_size)
-        self.pool = BlockPool(num_blocks, cfg.block_size)
+        self.pool = BlockPool(num_blocks, cfg.block_size, cfg.prefix_caching)
         if self.pool.blocks_for(cfg.max_model_len) > self.pool.usable:
             raise ValueError(
                 f"a KV cache of {cfg.kv_cache_bytes} bytes holds {self.pool.usable} blocks of "
@@ -234,6 +235,8 @@ class Engine:
                                  inputs.mask.to(dev), cache)
         for seq, n in rows:
             seq.computed += n
+            seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,
+                                                seq.computed)
         ready = [i for i, (seq, _) in enumerate(rows) if seq.remaining == 0]
         if not ready:
             return

@@ -40,6 +40,7 @@ class Sequence:
     output: list[int] = field(default_factory=list)
     blocks: list[int] = field(default_factory=list)
     computed: int = 0  # tokens whose keys and values are in the cache
+    registered: int = 0  # leading full blocks registered in the prefix cache
     sample_state: SampleState | None = None
     finish_reason: str | None = None
     first_token_at: float | None = None
@@ -87,12 +88,17 @@ class Scheduler:
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            need = self.pool.blocks_for(len(seq.ids) + 1) - len(seq.blocks)
-            if need + len(self.running) > self.pool.free and self.running:
+            cached = self.pool.lookup(seq.ids)  # shared blocks holding a prefix (referenced)
+            need = self.pool.blocks_for(len(seq.ids) + 1) - len(cached)
+            if (need + len(self.running) > self.pool.free and self.running) or \
+                    need > self.pool.free:
+                self.pool.release(cached)
                 return  # wait for blocks: never overcommit the cache
-            if need > self.pool.free:
-                return
-            seq.blocks.extend(self.pool.allocate(need))
+            self.pool.queried_tokens += len(seq.ids)
+            self.pool.hit_tokens += len(cached) * self.pool.block_size
+            seq.blocks = cached + self.pool.allocate(need)
+            seq.registered = len(cached)
+            seq.computed = len(cached) * self.pool.block_size
             self.waiting.popleft()
             self.running.append(seq)
 
@@ -102,7 +108,7 @@ class Scheduler:
             if victim is not keep:
                 self.running.remove(victim)
                 self.pool.release(victim.blocks)
-                victim.computed = 0
+                victim.computed = victim.registered = 0
                 self.waiting.appendleft(victim)
                 self.preemptions += 1
                 return True

@@ -69,7 +69,8 @@ def _load(settings: Settings) -> tuple[Any, Any]:
             kv_cache_bytes=kv_budget(settings, lm), max_model_len=max_len,
             max_num_seqs=settings.max_num_seqs,
             max_num_batched_tokens=settings.max_num_batched_tokens,
-            block_size=settings.block_size, max_queue=settings.max_queue_size))
+            block_size=settings.block_size, max_queue=settings.max_queue_size,
+            prefix_caching=settings.prefix_caching))
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     if settings.warmup:

@@ -124,7 +124,8 @@ class OpenAIServer:
             return body
         eng, llm = self.served.engine, self.served.metrics
         llm.set_engine(eng.num_waiting, eng.num_running, eng.kv_usage,
-                       eng.scheduler.preemptions, eng.peak_running)
+                       eng.scheduler.preemptions, eng.peak_running,
+                       (eng.pool.queried_tokens, eng.pool.hit_tokens))
         return body + ("\n".join(llm.render_lines()) + "\n").encode()
 
     # ---- generation ------------------------------------------------------------------------
