@@ -96,7 +96,8 @@ OPTIONS: tuple[Option, ...] = (
            float, "Dynamic batching: longest a request waits for others before its batch runs. "
            "0 = no waiting: requests that queue while the model is busy are merged."),
     Option("max_queue_size", "--max-queue-size", "KUBEMAAS_MAX_QUEUE_SIZE", 256, int,
-           "Requests admitted (waiting or running) before new ones get 503 + Retry-After."),
+           "Requests admitted (waiting or running) before new ones get 503 + Retry-After (429 on "
+           "the hf path)."),
     Option("pad_batches", "--pad-batches", "KUBEMAAS_PAD_BATCHES", "auto", str,
            "auto | always | never. Pad every batched call with zero rows to --max-batch-size, "
            "so the model always sees one shape. auto: for onnxruntime on CUDA, which pays tens "
