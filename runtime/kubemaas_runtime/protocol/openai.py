@@ -206,7 +206,14 @@ class OpenAIServer:
             try:
                 if req.stream:
                     return await self._stream(request, served, req, stream)
-                return await self._complete(served, req, stream, prompt)
+                try:
+                    return await self._complete(served, req, stream, prompt)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the engine failed this request
+                    log.error("generation failed", exc_info=exc)
+                    raise ApiError(500, f"generation failed: {type(exc).__name__}; see the "
+                                   "server log") from None
             finally:
                 if not stream.finished:  # the client went away (or the write failed)
                     served.metrics.success.inc((self.model_name, "abort"))
