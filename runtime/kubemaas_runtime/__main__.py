@@ -234,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level, settings.log_format)
     try:
+        if settings.model_format == "hf":
+            from .llm.server import serve_llm
+
+            return asyncio.run(serve_llm(settings))
         return asyncio.run(serve(settings))
     except StartupError as exc:
         log.error(str(exc))

@@ -132,3 +132,83 @@ class Metrics:
                        self.queue_rejections, self.model_ready, self.load_seconds):
             lines.extend(metric.render())
         return ("\n".join(lines) + "\n").encode()
+
+
+# vLLM's bucket bounds, so that dashboards and recording rules made for vLLM read ours unchanged
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+               10.0, 20.0, 40.0, 80.0)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+               120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+
+class LLMMetrics:
+    """Language-model metrics under vLLM's names (label ``model_name``), read by the Gateway API
+    Inference Extension's endpoint picker, llm-d, KEDA scalers and vLLM dashboards. The gauges
+    are set from the engine's counters when /metrics is scraped."""
+
+    def __init__(self, model_name: str, block_size: int, num_blocks: int) -> None:
+        self.label = (model_name,)
+        names = ("model_name",)
+        self.waiting = Gauge("vllm:num_requests_waiting",
+                             "Requests waiting to be admitted to the running batch.", names)
+        self.running = Gauge("vllm:num_requests_running",
+                             "Requests in the running batch (prefill or decode).", names)
+        self.kv_usage = Gauge("vllm:kv_cache_usage_perc",
+                              "Fraction of KV-cache blocks in use (1 = full).", names)
+        self.cache_info = Gauge("vllm:cache_config_info", "KV-cache configuration.",
+                                ("model_name", "block_size", "num_gpu_blocks"))
+        self.cache_info.set((model_name, str(block_size), str(num_blocks)), 1)
+        self.ttft = Histogram("vllm:time_to_first_token_seconds",
+                              "Time from request arrival to its first output token.",
+                              TTFT_BUCKETS, names)
+        self.itl = Histogram("vllm:inter_token_latency_seconds",
+                             "Time between two output tokens of one request.", ITL_BUCKETS, names)
+        self.e2e = Histogram("vllm:e2e_request_latency_seconds",
+                             "Time from request arrival to its last output token.",
+                             E2E_BUCKETS, names)
+        self.prompt_tokens = Counter("vllm:prompt_tokens_total", "Prompt tokens processed.",
+                                     names)
+        self.generation_tokens = Counter("vllm:generation_tokens_total",
+                                         "Output tokens generated.", names)
+        self.success = Counter("vllm:request_success_total",
+                               "Requests finished, by finish reason (stop, length, abort).",
+                               ("model_name", "finished_reason"))
+        self.rejected = Counter("kubemaas_llm_requests_rejected_total",
+                                "Requests refused with 429 because the queue was full.", names)
+        self.prefix_queries = Counter("vllm:prefix_cache_queries_total",
+                                      "Prompt tokens looked up in the prefix cache.", names)
+        self.prefix_hits = Counter("vllm:prefix_cache_hits_total",
+                                   "Prompt tokens found in the prefix cache (not recomputed).",
+                                   names)
+        self.peak_running = Gauge("kubemaas_llm_peak_running_requests",
+                                  "Most requests that were in the running batch at once.", names)
+        self.preemptions = Counter("vllm:num_preemptions_total",
+                                   "Sequences preempted (blocks taken back, recomputed later).",
+                                   names)
+        # every labelled series exists from the start (scrapers see zeros, not absences)
+        for c in (self.prompt_tokens, self.generation_tokens, self.rejected, self.preemptions,
+                  self.prefix_queries, self.prefix_hits):
+            c.inc(self.label, 0)
+        for reason in ("stop", "length", "abort"):
+            self.success.inc((model_name, reason), 0)
+
+    def set_engine(self, waiting: int, running: int, kv_usage: float, preemptions: int,
+                   peak_running: int = 0, prefix: tuple[int, int] = (0, 0)) -> None:
+        self.peak_running.set(self.label, peak_running)
+        self.prefix_queries.values[self.label] = float(prefix[0])
+        self.prefix_hits.values[self.label] = float(prefix[1])
+        self.waiting.set(self.label, waiting)
+        self.running.set(self.label, running)
+        self.kv_usage.set(self.label, kv_usage)
+        self.preemptions.values[self.label] = float(preemptions)
+
+    def render_lines(self) -> list[str]:
+        lines: list[str] = []
+        for metric in (self.waiting, self.running, self.kv_usage, self.cache_info, self.ttft,
+                       self.itl, self.e2e, self.prompt_tokens, self.generation_tokens,
+                       self.success, self.preemptions, self.prefix_queries, self.prefix_hits,
+                       self.rejected, self.peak_running):
+            lines.extend(metric.render())
+        return lines

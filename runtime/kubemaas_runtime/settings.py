@@ -16,7 +16,8 @@ from typing import Any
 
 from .errors import StartupError
 
-FORMATS = ("onnx", "torchscript", "torch-export", "keras")
+FORMATS = ("onnx", "torchscript", "torch-export", "keras", "hf")
+LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 PAD_BATCHES = ("auto", "always", "never")
 LOG_FORMATS = ("json", "text")
@@ -55,14 +56,29 @@ def _optional_str(text: str) -> str | None:
     return text or None
 
 
+_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+               "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``1073741824``, ``512Mi``, ``2G``, ``1.5Gi`` -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtKMGT]i?)?[bB]?\s*", text)
+    if not m:
+        raise ValueError("expected bytes like 1073741824, 512Mi or 2G")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("model_uri", "--model-uri", "KUBEMAAS_MODEL_URI", None, _optional_str,
            "Where the model is: a local path, file://, http(s):// or s3://bucket/key. Required. "
            "A local directory (e.g. a mounted volume) must hold exactly one model file "
            "(.onnx, .pt, .pth, .ts, .torchscript, .pt2, .keras, .h5), searched two levels deep."),
     Option("model_format", "--format", "KUBEMAAS_MODEL_FORMAT", None, _optional_str,
-           "onnx | torchscript | torch-export | keras. Default: from the file extension "
-           "(.onnx, .pt/.pth/.ts/.torchscript, .pt2, .keras/.h5)."),
+           "onnx | torchscript | torch-export | keras | hf. Default: from the file extension "
+           "(.onnx, .pt/.pth/.ts/.torchscript, .pt2, .keras/.h5), or hf for a local directory "
+           "with a config.json. hf: a Hugging Face language-model directory (config.json, "
+           "*.safetensors, tokenizer.json) served over the OpenAI API (docs/llm.md); for "
+           "s3:// and http(s):// give --format hf."),
     Option("model_name", "--name", "KUBEMAAS_MODEL_NAME", "model", str,
            "Model name in the URL paths (/v2/models/NAME)."),
     Option("model_version", "--version", "KUBEMAAS_MODEL_VERSION", "1", str,
@@ -80,7 +96,8 @@ OPTIONS: tuple[Option, ...] = (
            float, "Dynamic batching: longest a request waits for others before its batch runs. "
            "0 = no waiting: requests that queue while the model is busy are merged."),
     Option("max_queue_size", "--max-queue-size", "KUBEMAAS_MAX_QUEUE_SIZE", 256, int,
-           "Requests admitted (waiting or running) before new ones get 503 + Retry-After."),
+           "Requests admitted (waiting or running) before new ones get 503 + Retry-After (429 on "
+           "the hf path)."),
     Option("pad_batches", "--pad-batches", "KUBEMAAS_PAD_BATCHES", "auto", str,
            "auto | always | never. Pad every batched call with zero rows to --max-batch-size, "
            "so the model always sees one shape. auto: for onnxruntime on CUDA, which pays tens "
@@ -116,6 +133,30 @@ OPTIONS: tuple[Option, ...] = (
     Option("shutdown_delay_s", "--shutdown-delay-s", "KUBEMAAS_SHUTDOWN_DELAY_S", 0.0, float,
            "On SIGTERM: keep serving this long with readiness 503 before draining, so that "
            "Service endpoints drop the pod first (like a preStop sleep)."),
+    Option("dtype", "--dtype", "KUBEMAAS_DTYPE", "auto", str,
+           "hf models: auto | float32 | bfloat16 | float16. auto: float32 on CPU, bfloat16 on "
+           "CUDA."),
+    Option("kv_cache_memory", "--kv-cache-memory", "KUBEMAAS_KV_CACHE_MEMORY", 0, parse_bytes,
+           "hf models: bytes for the paged KV cache (e.g. 2Gi). 0 = on CUDA "
+           "--gpu-memory-utilization of the GPU minus what the model takes, on CPU 256Mi."),
+    Option("gpu_memory_utilization", "--gpu-memory-utilization",
+           "KUBEMAAS_GPU_MEMORY_UTILIZATION", 0.9, float,
+           "hf models on CUDA with --kv-cache-memory 0: fraction of GPU memory the process may "
+           "use (weights + KV cache)."),
+    Option("max_model_len", "--max-model-len", "KUBEMAAS_MAX_MODEL_LEN", 0, int,
+           "hf models: most tokens of prompt + completion. 0 = the model's "
+           "max_position_embeddings."),
+    Option("max_num_seqs", "--max-num-seqs", "KUBEMAAS_MAX_NUM_SEQS", 64, int,
+           "hf models: most sequences in the running batch; others wait in the queue."),
+    Option("max_num_batched_tokens", "--max-num-batched-tokens",
+           "KUBEMAAS_MAX_NUM_BATCHED_TOKENS", 512, int,
+           "hf models: tokens per engine step (decodes + prefill chunks); a longer prompt is "
+           "read in chunks over several steps."),
+    Option("block_size", "--block-size", "KUBEMAAS_BLOCK_SIZE", 16, int,
+           "hf models: tokens per KV-cache block."),
+    Option("prefix_caching", "--prefix-caching", "KUBEMAAS_PREFIX_CACHING", True, _bool,
+           "hf models: requests whose prompts share a prefix of full blocks reuse its KV-cache "
+           "blocks instead of computing them again."),
     Option("log_level", "--log-level", "KUBEMAAS_LOG_LEVEL", "info", str,
            "debug | info | warning | error."),
     Option("log_format", "--log-format", "KUBEMAAS_LOG_FORMAT", "json", str,
@@ -158,6 +199,14 @@ class Settings:
     request_timeout_s: float = 30.0
     drain_timeout_s: float = 20.0
     shutdown_delay_s: float = 0.0
+    dtype: str = "auto"
+    kv_cache_memory: int = 0
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int = 0
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    block_size: int = 16
+    prefix_caching: bool = True
     log_level: str = "info"
     log_format: str = "json"
     s3_endpoint: str | None = None
@@ -173,7 +222,17 @@ def _local_dir(uri: str) -> bool:
     return os.path.isdir(uri)
 
 
+def _hf_dir(uri: str) -> bool:
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    elif "://" in uri:
+        return False
+    return os.path.isfile(os.path.join(uri, "config.json"))
+
+
 def guess_format(uri: str) -> str | None:
+    if _hf_dir(uri):
+        return "hf"
     path = uri.split("?", 1)[0].lower()
     if path.endswith(".onnx"):
         return "onnx"
@@ -233,7 +292,7 @@ def load_settings(argv: Sequence[str] | None = None,
         fmt = ""  # a mounted directory: the format comes from the model file found in it
     check("model_format", fmt is not None,
           "cannot tell the format from the file name; set it (onnx|torchscript|torch-export"
-          "|keras)")
+          "|keras|hf)")
     check("model_format", fmt != "tf-savedmodel",
           "tf-savedmodel (a TensorFlow SavedModel) is converted to ONNX before the runtime starts "
           "(python -m kubemaas_runtime.tfconvert, which the operator runs as an init "
@@ -269,6 +328,17 @@ def load_settings(argv: Sequence[str] | None = None,
     check("drain_timeout_s", values["drain_timeout_s"] >= 0, "must be 0 or more")
     check("shutdown_delay_s", 0 <= values["shutdown_delay_s"] <= 600, "must be 0..600 s")
     check("download_timeout_s", values["download_timeout_s"] > 0, "must be positive")
+    check("dtype", values["dtype"] in LLM_DTYPES, f"must be one of {', '.join(LLM_DTYPES)}")
+    check("kv_cache_memory", values["kv_cache_memory"] >= 0, "must be 0 or more bytes")
+    check("gpu_memory_utilization", 0 < values["gpu_memory_utilization"] <= 1,
+          "must be in (0, 1]")
+    check("max_model_len", values["max_model_len"] >= 0, "must be 0 or more")
+    check("max_num_seqs", 1 <= values["max_num_seqs"] <= 4096, "must be 1..4096")
+    check("block_size", values["block_size"] in (8, 16, 32, 64, 128),
+          "must be 8, 16, 32, 64 or 128")
+    check("max_num_batched_tokens",
+          values["max_num_batched_tokens"] >= max(values["max_num_seqs"], values["block_size"]),
+          "must be at least --max-num-seqs and --block-size")
     values["log_level"] = values["log_level"].lower()
     check("log_level", values["log_level"] in LOG_LEVELS,
           f"must be one of {', '.join(LOG_LEVELS)}")

@@ -302,3 +302,26 @@ def strings_onnx(models_dir: Path) -> Path:
     path = models_dir / "strings.onnx"
     make_strings_onnx(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight ~0.85 M-parameter Llama with the repository tokenizer (no download)."""
+    from kubemaas_testbed.llm_models import build_llm
+
+    return build_llm(tmp_path_factory.mktemp("llm") / "tiny-llama", family="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kubemaas_testbed.llm_models import build_llm
+
+    return build_llm(tmp_path_factory.mktemp("llm") / "tiny-gpt2", family="gpt2")
+
+
+def start_llm_server(model_dir: Path, *args: str, name: str = "tiny") -> Server:
+    """A runtime serving a Hugging Face model directory over the OpenAI API."""
+    return start_server(["--model-uri", str(model_dir), "--format", "hf", "--name", name,
+                         "--kv-cache-memory", "16Mi", "--max-model-len", "512",
+                         "--intra-op-threads", "1",
+                         "--log-level", "warning", *args])

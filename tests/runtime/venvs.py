@@ -23,6 +23,7 @@ KSERVE = ["kserve==0.21.0"]
 # TensorFlow for the Keras/SavedModel tests: it builds the models and computes the reference
 # answers; tf2onnx converts SavedModels (kubemaas_runtime.tfconvert); tf-keras writes Keras 2 .h5
 TENSORFLOW = ["tensorflow-cpu==2.21.0", "tf2onnx==1.17.0", "tf-keras==2.21.0"]
+GUIDELLM = ["guidellm==0.8.1"]  # an LLM load generator (OpenAI HTTP backend)
 
 
 def ensure_venv(name: str, requirements: list[str], timeout: float = 900) -> Path:
@@ -47,5 +48,6 @@ def ensure_venv(name: str, requirements: list[str], timeout: float = 900) -> Pat
 
 
 if __name__ == "__main__":  # warm the cache: python tests/runtime/venvs.py
-    for name, reqs in (("moto", MOTO), ("kserve", KSERVE), ("tensorflow", TENSORFLOW)):
+    for name, reqs in (("moto", MOTO), ("kserve", KSERVE), ("tensorflow", TENSORFLOW),
+                       ("guidellm", GUIDELLM)):
         print(name, ensure_venv(name, reqs))

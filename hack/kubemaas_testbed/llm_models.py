@@ -1,0 +1,149 @@
+"""Tiny language models built offline, for the runtime's tests and the LLM benchmark.
+
+Nothing is downloaded: a byte-level BPE tokenizer is trained with ``tokenizers`` on a small corpus
+kept in the repository (``data/llm-corpus.txt``) and wrapped as a ``PreTrainedTokenizerFast`` with a
+chat template; the models are ``transformers`` architectures made from their configs with random
+weights (``torch.manual_seed(seed)``) and saved with ``save_pretrained``. The same arguments give
+the same files.
+
+    from kubemaas_testbed.llm_models import build_llm
+    model_dir = build_llm(tmp / "tiny-llama")                 # ~0.8 M parameters, < 1 s
+    model_dir = build_llm(tmp / "small", size="small")        # ~190 M parameters (Llama)
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+FAMILIES = ("llama", "gpt2", "mistral", "qwen2", "qwen3")
+SIZES = ("tiny", "small")
+DTYPES = ("float32", "bfloat16", "float16")
+
+BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>")
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, *ROLE_TOKENS)
+VOCAB_SIZE = 1024
+# every message: <|role|>\ncontent</s>\n ; the generation prompt opens the assistant's turn
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+# hidden, layers, heads, kv heads, intermediate, max positions
+_SHAPES: dict[str, tuple[int, int, int, int, int, int]] = {
+    "tiny": (128, 4, 4, 2, 256, 2048),
+    "small": (1024, 16, 16, 8, 2816, 4096),
+}
+
+
+def corpus_text() -> str:
+    """The training corpus kept in the repository."""
+    return (resources.files("kubemaas_testbed") / "data" / "llm-corpus.txt").read_text("utf-8")
+
+
+def build_tokenizer(out_dir: Path, vocab_size: int = VOCAB_SIZE) -> None:
+    """Train a byte-level BPE on the repository corpus and save it as a fast tokenizer with a chat
+    template (bos ``<s>``, eos ``</s>``, pad ``<pad>``) into ``out_dir``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    lines = corpus_text().splitlines()
+    tok.train_from_iterator(lines, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
+                                   pad_token=PAD, unk_token=UNK,
+                                   additional_special_tokens=list(ROLE_TOKENS))
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = _SHAPES["small"][5]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out_dir))
+
+
+def _config(family: str, size: str, vocab: int, ids: dict[str, int], dtype: str) -> Any:
+    import transformers
+
+    hidden, layers, heads, kv_heads, inter, max_pos = _SHAPES[size]
+    common: dict[str, Any] = {
+        "vocab_size": vocab, "bos_token_id": ids["bos"], "eos_token_id": ids["eos"],
+        "pad_token_id": ids["pad"], "tie_word_embeddings": False, "dtype": dtype,
+        # a wider spread than the default 0.02 makes the random logits peaked enough that
+        # greedy decoding has clear winners (batched and unbatched arithmetic agree on them)
+        "initializer_range": 0.1,
+    }
+    if family == "gpt2":
+        return transformers.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads,
+                                       n_inner=inter, n_positions=max_pos, **common)
+    llama_like = {
+        "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "intermediate_size": inter,
+        "max_position_embeddings": max_pos, **common,
+    }
+    if family == "llama":
+        return transformers.LlamaConfig(**llama_like)
+    if family == "mistral":
+        return transformers.MistralConfig(sliding_window=None, **llama_like)
+    if family == "qwen2":
+        return transformers.Qwen2Config(use_sliding_window=False, **llama_like)
+    if family == "qwen3":
+        return transformers.Qwen3Config(use_sliding_window=False, head_dim=hidden // heads,
+                                        **llama_like)
+    raise ValueError(f"unknown family {family!r}; one of {', '.join(FAMILIES)}")
+
+
+def build_llm(out_dir: Path, family: str = "llama", size: str = "tiny", seed: int = 0,
+              dtype: str = "float32") -> Path:
+    """Write a random-weight causal LM of ``family`` and ``size`` with the repository tokenizer into
+    ``out_dir`` (config.json, model.safetensors, generation_config.json, tokenizer files) and
+    return ``out_dir``. Deterministic for the same arguments."""
+    import torch
+    import transformers
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; one of {', '.join(FAMILIES)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; one of {', '.join(SIZES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPES)}")
+    out_dir = Path(out_dir)
+    build_tokenizer(out_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(str(out_dir))
+    ids = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
+    vocab = -(-len(tok) // 64) * 64  # room for every token, rounded up like real checkpoints
+    config = _config(family, size, vocab, ids, dtype)
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.eval()
+    model.to(getattr(torch, dtype))
+    model.generation_config = transformers.GenerationConfig(
+        bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+        do_sample=False)
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def num_parameters(model_dir: Path) -> int:
+    """Parameters stored in a model directory's safetensors files."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                shape = f.get_slice(key).get_shape()
+                n = 1
+                for d in shape:
+                    n *= d
+                total += n
+    return total

@@ -1,0 +1,56 @@
+"""Incremental detokenization with stop strings.
+
+Text is decoded from a short window of recent tokens (the prefix/read offsets of TGI and vLLM), so
+each token costs O(1) decoding; a window that ends in half a UTF-8 character yields nothing until
+the character is complete. With stop strings, the last ``len(longest stop) - 1`` characters are
+held back, so that a stop string is never half sent before it is recognised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Detokenizer:
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+        self.text = ""     # the whole decoded output so far (stop string cut off)
+        self.emitted = 0   # characters of self.text handed out
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def add(self, token: int) -> tuple[str, bool]:
+        """Add one token; return the text that can be sent now and whether a stop string was
+        found (the text then ends just before it)."""
+        self.ids.append(token)
+        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        window = self._decode(self.ids[self.prefix_offset:])
+        if len(window) <= len(prefix) or window.endswith("\ufffd"):
+            return "", False
+        new = window[len(prefix):]
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        start = max(0, len(self.text) - self.hold)
+        self.text += new
+        if self.stop:
+            found = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+            if found:
+                self.text = self.text[:min(found)]
+                return self.flush(), True
+        safe = len(self.text) - self.hold
+        if safe <= self.emitted:
+            return "", False
+        out = self.text[self.emitted:safe]
+        self.emitted = safe
+        return out, False
+
+    def flush(self) -> str:
+        """The text held back (at the end of the sequence)."""
+        out = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return out

@@ -1,0 +1,330 @@
+"""The LLM engine: one thread that owns the model and the KV cache and runs step after step.
+
+The event loop talks to it through ``submit`` (a new request; returns a ``RequestStream`` to
+iterate) and ``RequestStream.cancel`` (a client went away: its blocks are freed before the next
+step). Each step, the scheduler picks the rows; decode rows (one token each) run as one batched
+forward and prefill chunks as another; the new tokens are sampled, detokenized and handed to the
+event loop in one ``call_soon_threadsafe`` per step. Nothing here runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import torch
+
+from .detok import Detokenizer
+from .kv_cache import BlockPool, KVStore, StepCache
+from .loader import LanguageModel
+from .sampling import SamplingParams, TokenLogprobs, sample
+from .scheduler import Scheduler, Sequence
+
+log = logging.getLogger("kubemaas.runtime.llm")
+
+
+class Overloaded(Exception):
+    """The engine holds as many requests as it may (the caller answers 429)."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    kv_cache_bytes: int
+    max_model_len: int
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    block_size: int = 16
+    max_queue: int = 256
+    prefix_caching: bool = True  # requests held (waiting + running) before new ones are refused
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What one step produced for one request."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprobs, ...]
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    at: float  # time.monotonic() when produced
+
+
+def kv_blocks_for_budget(lm: LanguageModel, cfg_bytes: int, block_size: int) -> int:
+    per_block = KVStore.bytes_per_block(lm.num_layers, block_size, lm.kv_heads, lm.head_dim,
+                                        lm.dtype)
+    return cfg_bytes // per_block
+
+
+class RequestStream:
+    """The event loop's end of one request: an async iterator of Deltas."""
+
+    def __init__(self, engine: Engine, seq: Sequence) -> None:
+        self._engine = engine
+        self.seq = seq
+        self.queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        self.done = False       # no more deltas will be read
+        self.finished = False   # the engine's last delta was read
+        self.arrival = seq.arrival
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.done = True
+            self._engine.abort(self.seq)
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, BaseException):
+                self.done = True
+                raise item
+            if item.finish_reason is not None:
+                self.done = self.finished = True
+            yield item
+            if self.done:
+                return
+
+
+class Engine:
+    def __init__(self, lm: LanguageModel, cfg: EngineConfig) -> None:
+        self.lm = lm
+        self.cfg = cfg
+        num_blocks = kv_blocks_for_budget(lm, cfg.kv_cache_bytes, cfg.block_size)
+        self.pool = BlockPool(num_blocks, cfg.block_size, cfg.prefix_caching)
+        if self.pool.blocks_for(cfg.max_model_len) > self.pool.usable:
+            raise ValueError(
+                f"a KV cache of {cfg.kv_cache_bytes} bytes holds {self.pool.usable} blocks of "
+                f"{cfg.block_size} tokens, fewer than one sequence of max-model-len "
+                f"{cfg.max_model_len} needs; raise the KV cache memory or lower max-model-len")
+        self.store = KVStore(lm.num_layers, num_blocks, cfg.block_size, lm.kv_heads,
+                             lm.head_dim, lm.dtype, lm.device)
+        self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        self._ids = itertools.count(1)
+        self._inbox: deque[tuple[str, Sequence]] = deque()
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.held = 0  # requests submitted and not finished (event loop's count)
+        # read by /metrics (plain numbers, written by the engine thread)
+        self.num_waiting = 0
+        self.num_running = 0
+        self.kv_usage = 0.0
+        self.steps = 0
+        self.peak_running = 0  # most sequences that ran in one step
+
+    # ---- event-loop side -------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="kubemaas-llm-engine",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> RequestStream:
+        if self.held >= self.cfg.max_queue:
+            raise Overloaded(f"{self.held} requests are waiting or running, the limit is "
+                             f"{self.cfg.max_queue}")
+        seq = Sequence(next(self._ids), prompt, params, sink=lambda _: None,
+                       detok=Detokenizer(self.lm.tokenizer, params.stop))
+        stream = RequestStream(self, seq)
+        seq.sink = stream.queue.put_nowait
+        self.held += 1
+        self._post("add", seq)
+        return stream
+
+    def abort(self, seq: Sequence) -> None:
+        self._post("abort", seq)
+
+    def _post(self, what: str, seq: Sequence) -> None:
+        with self._wake:
+            self._inbox.append((what, seq))
+            self._wake.notify()
+
+    def _deliver(self, items: list[tuple[Sequence, Delta | BaseException]]) -> None:
+        for seq, item in items:
+            if isinstance(item, BaseException) or item.finish_reason is not None:
+                self.held -= 1
+            seq.sink(item)
+
+    # ---- engine thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopped and not self._inbox and not self._has_work():
+                    self._wake.wait()
+                if self._stopped:
+                    return
+                inbox = list(self._inbox)
+                self._inbox.clear()
+            self._apply(inbox)
+            try:
+                out = self.step()
+            except Exception as exc:  # fail the running requests, keep serving others
+                log.exception("engine step failed")
+                out = self._fail_running(exc)
+            if out and self._loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: exiting
+                    self._loop.call_soon_threadsafe(self._deliver, out)
+
+    def _has_work(self) -> bool:
+        return bool(self.scheduler.waiting or self.scheduler.running)
+
+    def _apply(self, inbox: list[tuple[str, Sequence]]) -> None:
+        for what, seq in inbox:
+            if what == "add":
+                self.scheduler.add(seq)
+            elif seq.finish_reason is None:
+                seq.finish_reason = "abort"
+                self.scheduler.remove(seq)
+                if self._loop is not None:
+                    item: list[tuple[Sequence, Delta | BaseException]] = [(seq, Delta(
+                        "", (), (), "abort", len(seq.prompt), len(seq.output),
+                        time.monotonic()))]
+                    self._loop.call_soon_threadsafe(self._deliver, item)
+        self._publish()
+
+    def _fail_running(self, exc: Exception) -> list[tuple[Sequence, Delta | BaseException]]:
+        out: list[tuple[Sequence, Delta | BaseException]] = []
+        for seq in list(self.scheduler.running):
+            seq.finish_reason = "error"
+            self.scheduler.remove(seq)
+            out.append((seq, exc))
+        self._publish()
+        return out
+
+    def _publish(self) -> None:
+        self.num_waiting = len(self.scheduler.waiting)
+        self.num_running = len(self.scheduler.running)
+        self.peak_running = max(self.peak_running, self.num_running)
+        self.kv_usage = self.pool.usage()
+
+    def step(self) -> list[tuple[Sequence, Delta | BaseException]]:
+        plan = self.scheduler.schedule()
+        out: list[tuple[Sequence, Delta | BaseException]] = []
+        if plan:
+            with torch.inference_mode():
+                if plan.decode:
+                    self._forward([(s, 1) for s in plan.decode], out)
+                if plan.prefill:
+                    self._forward(plan.prefill, out)
+            self.steps += 1
+        self._publish()
+        return out
+
+    def _forward(self, rows: list[tuple[Sequence, int]],
+                 out: list[tuple[Sequence, Delta | BaseException]]) -> None:
+        inputs = build_inputs(rows, self.cfg.block_size)
+        dev = self.lm.device
+        cache = StepCache(self.store, inputs.write_slots.to(dev), inputs.read_slots.to(dev))
+        logits = self.lm.forward(inputs.input_ids.to(dev), inputs.position_ids.to(dev),
+                                 inputs.mask.to(dev), cache)
+        for seq, n in rows:
+            seq.computed += n
+            seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,
+                                                seq.computed)
+        ready = [i for i, (seq, _) in enumerate(rows) if seq.remaining == 0]
+        if not ready:
+            return
+        seqs = [rows[i][0] for i in ready]
+        states = [s.sample_state for s in seqs]
+        tokens, infos = sample(logits[ready], states)  # type: ignore[arg-type]
+        now = time.monotonic()
+        for seq, token, info in zip(seqs, tokens, infos, strict=True):
+            out.append((seq, self._advance(seq, token, info, now)))
+
+    def _advance(self, seq: Sequence, token: int, info: TokenLogprobs | None,
+                 now: float) -> Delta:
+        params = seq.params
+        seq.first_token_at = seq.first_token_at or now
+        seq.last_token_at = now
+        reason: str | None = None
+        text = ""
+        if (token in self.lm.eos_ids and not params.ignore_eos) or \
+                token in params.stop_token_ids:
+            reason = "stop"
+        else:
+            seq.output.append(token)
+            seq.ids.append(token)
+            text, stopped = seq.detok.add(token)
+            if stopped:
+                reason = "stop"
+            elif len(seq.output) >= params.max_tokens or \
+                    len(seq.ids) >= self.cfg.max_model_len:
+                reason = "length"
+        if reason is not None:
+            text += seq.detok.flush()
+            seq.finish_reason = reason
+            self.scheduler.remove(seq)
+        return Delta(text, (token,), (info,) if info is not None else (), reason,
+                     len(seq.prompt), len(seq.output), now)
+
+    # ---- in-process use (benchmarks, tests) ------------------------------------------------
+    def generate_sync(self, prompts: list[list[int]], params: SamplingParams
+                      ) -> list[list[int]]:
+        """Run prompts to completion in the calling thread (the engine thread must not run)."""
+        outs: dict[int, list[int]] = {}
+        seqs = []
+        for p in prompts:
+            seq = Sequence(next(self._ids), p, params, sink=lambda _: None,
+                           detok=Detokenizer(self.lm.tokenizer, params.stop))
+            outs[seq.rid] = seq.output
+            seqs.append(seq)
+            self.scheduler.add(seq)
+        while self._has_work():
+            self.step()
+        return [outs[s.rid] for s in seqs]
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor     # [B, N] new tokens, left-padded
+    position_ids: torch.Tensor  # [B, N]
+    mask: torch.Tensor          # [B, 1, N, T] bool
+    write_slots: torch.Tensor   # [B * N]
+    read_slots: torch.Tensor    # [B, T]
+
+
+def build_inputs(rows: list[tuple[Sequence, int]], block_size: int) -> StepInputs:
+    """The tensors of one forward pass over ``rows`` (sequence, tokens to feed)."""
+    b = len(rows)
+    n_max = max(n for _, n in rows)
+    ctx = [seq.computed + n for seq, n in rows]
+    t_max = max(ctx)
+    input_ids = torch.zeros(b, n_max, dtype=torch.long)
+    computed = torch.tensor([seq.computed for seq, _ in rows])
+    new = torch.tensor([n for _, n in rows])
+    width = max(len(seq.blocks) for seq, _ in rows)
+    table = torch.zeros(b, width, dtype=torch.long)
+    for i, (seq, n) in enumerate(rows):
+        input_ids[i, n_max - n:] = torch.tensor(seq.ids[seq.computed:seq.computed + n])
+        table[i, :len(seq.blocks)] = torch.tensor(seq.blocks)
+    j = torch.arange(n_max)[None, :] - (n_max - new)[:, None]           # [B, N]
+    positions = torch.where(j < 0, 0, computed[:, None] + j)
+    k = torch.arange(t_max)
+    mask = (k[None, None, :] <= positions[:, :, None])[:, None]         # [B, 1, N, T]
+
+    def slots(pos: torch.Tensor) -> torch.Tensor:
+        rows_idx = torch.arange(b)[:, None].expand_as(pos)
+        return table[rows_idx, pos // block_size] * block_size + pos % block_size
+
+    write = torch.where(j < 0, 0, slots(positions)).reshape(-1)
+    read_pos = k[None, :].expand(b, t_max)
+    valid = read_pos < torch.tensor(ctx)[:, None]
+    read = torch.where(valid, slots(torch.where(valid, read_pos, 0)), 0)
+    return StepInputs(input_ids, positions, mask, write, read)
+

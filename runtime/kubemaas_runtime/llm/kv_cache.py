@@ -1,0 +1,184 @@
+"""Paged KV cache: a pool of fixed-size blocks per layer, lent to sequences block by block.
+
+Storage is one tensor per layer for keys and one for values, shaped
+``[num_blocks * block_size, kv_heads, head_dim]`` (a slot is one token's keys or values). Block 0
+is reserved as the scratch block: padded positions of a batch write there and read from there,
+masked out of attention. A sequence owns a list of block ids; its token ``i`` lives in slot
+``blocks[i // block_size] * block_size + i % block_size``.
+
+``StepCache`` is the view one forward pass sees: transformers' attention layers call
+``cache.update(keys, values, layer_idx)`` with the new tokens' keys and values; it writes them into
+their slots and returns the gathered keys and values of every row's whole context (right-padded),
+which the step's 4-D attention mask restricts to each row's own tokens causally.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+
+class OutOfBlocks(Exception):
+    """The pool has no free block left (the scheduler preempts or waits)."""
+
+
+class BlockPool:
+    """Allocator of block ids 1..num_blocks-1 (0 is the scratch block), with reference counts and
+    an optional prefix cache.
+
+    Prefix caching: a full block is registered under the hash of its tokens and of every token
+    before it (a chain hash), so a new sequence whose prompt starts with the same tokens shares
+    those blocks instead of computing them again. A block nobody references any more keeps its
+    contents and its hash as *evictable* (least recently released first) until its id is needed:
+    it counts as free.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = False) -> None:
+        if num_blocks < 2:
+            raise ValueError("the KV cache needs at least 2 blocks")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.prefix_caching = prefix_caching
+        self._free = list(range(num_blocks - 1, 0, -1))  # pop() hands out low ids first
+        self._refs = [0] * num_blocks
+        self._by_hash: dict[int, int] = {}
+        self._hash_of: dict[int, int] = {}
+        self._evictable: OrderedDict[int, None] = OrderedDict()
+        self.queried_tokens = 0  # prefix cache: prompt tokens looked up / found
+        self.hit_tokens = 0
+
+    @property
+    def usable(self) -> int:
+        return self.num_blocks - 1
+
+    @property
+    def free(self) -> int:
+        return len(self._free) + len(self._evictable)
+
+    @property
+    def used(self) -> int:
+        return self.usable - self.free
+
+    def usage(self) -> float:
+        return self.used / self.usable
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def allocate(self, n: int) -> list[int]:
+        if n > self.free:
+            raise OutOfBlocks(f"need {n} blocks, {self.free} free")
+        out = []
+        for _ in range(n):
+            if self._free:
+                block = self._free.pop()
+            else:  # reuse the least recently released cached block
+                block, _ = self._evictable.popitem(last=False)
+                del self._by_hash[self._hash_of.pop(block)]
+            self._refs[block] = 1
+            out.append(block)
+        return out
+
+    def release(self, blocks: list[int]) -> None:
+        for block in reversed(blocks):
+            self._refs[block] -= 1
+            if self._refs[block] == 0:
+                if block in self._hash_of:
+                    self._evictable[block] = None
+                else:
+                    self._free.append(block)
+        blocks.clear()
+
+    def chain_hashes(self, tokens: list[int], start: int, prev: int) -> list[int]:
+        """Chain hashes of the full blocks of ``tokens`` from block index ``start``."""
+        out = []
+        bs = self.block_size
+        for i in range(start, len(tokens) // bs):
+            prev = hash((prev, tuple(tokens[i * bs:(i + 1) * bs])))
+            out.append(prev)
+        return out
+
+    def lookup(self, prompt: list[int]) -> list[int]:
+        """Cached blocks that hold a prefix of ``prompt`` (referenced for the caller). The last
+        prompt token is never covered: its logits are needed."""
+        if not self.prefix_caching:
+            return []
+        found: list[int] = []
+        usable_tokens = len(prompt) - 1
+        for h in self.chain_hashes(prompt[:usable_tokens], 0, 0):
+            block = self._by_hash.get(h)
+            if block is None:
+                break
+            found.append(block)
+        for block in found:
+            if self._refs[block] == 0:
+                del self._evictable[block]
+            self._refs[block] += 1
+        return found
+
+    def register(self, blocks: list[int], tokens: list[int], done: int, computed: int) -> int:
+        """Register the blocks of a sequence that became full (block indexes ``done`` up to
+        ``computed // block_size``); returns the new number of registered blocks."""
+        full = computed // self.block_size
+        if not self.prefix_caching or full <= done:
+            return done
+        prev = self._hash_of.get(blocks[done - 1], 0) if done else 0
+        if done and blocks[done - 1] not in self._hash_of:
+            return full  # the chain was broken by a duplicate: later blocks stay private
+        for i, h in enumerate(self.chain_hashes(tokens[:full * self.block_size], done, prev),
+                              start=done):
+            block = blocks[i]
+            if h in self._by_hash or block in self._hash_of:
+                return full  # another block holds these tokens already
+            self._by_hash[h] = block
+            self._hash_of[block] = h
+        return full
+
+
+class KVStore:
+    """The tensors behind the pool: keys and values of every layer."""
+
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int,
+                 head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        slots = num_blocks * block_size
+        self.keys = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device)
+                     for _ in range(num_layers)]
+        self.values = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device)
+                       for _ in range(num_layers)]
+
+    @staticmethod
+    def bytes_per_block(num_layers: int, block_size: int, kv_heads: int, head_dim: int,
+                        dtype: torch.dtype) -> int:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * num_layers * block_size * kv_heads * head_dim * itemsize
+
+
+class StepCache:
+    """What one forward pass uses as its ``cache``: writes new keys and values into their slots and
+    hands back each row's whole context. Duck-typed to the part of transformers' ``Cache`` that
+    the decoder attention layers call."""
+
+    is_compileable = False
+
+    def __init__(self, store: KVStore, write_slots: torch.Tensor, read_slots: torch.Tensor
+                 ) -> None:
+        self.store = store
+        self.write_slots = write_slots  # [batch * new_len]
+        self.read_slots = read_slots    # [batch, context_len]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        # key_states: [batch, kv_heads, new_len, head_dim]
+        b, h, n, d = key_states.shape
+        k_pool, v_pool = self.store.keys[layer_idx], self.store.values[layer_idx]
+        k_pool.index_copy_(0, self.write_slots, key_states.transpose(1, 2).reshape(b * n, h, d))
+        v_pool.index_copy_(0, self.write_slots,
+                           value_states.transpose(1, 2).reshape(b * n, h, d))
+        keys = k_pool[self.read_slots].transpose(1, 2)  # [batch, kv_heads, ctx, head_dim]
+        values = v_pool[self.read_slots].transpose(1, 2)
+        return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return int(self.read_slots.shape[1])

@@ -1,0 +1,126 @@
+"""Load a Hugging Face model directory: a transformers causal LM (weights memory-mapped from
+safetensors) and its fast tokenizer with the chat template.
+
+Architectures come from transformers; the engine needs of them only that their attention layers
+write through ``cache.update`` and honour a 4-D attention mask and explicit position ids, which
+the families in ``FAMILIES`` do (tests cover each).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import StartupError
+
+log = logging.getLogger("kubemaas.runtime.llm")
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LanguageModel:
+    model: Any
+    tokenizer: Any
+    model_type: str
+    device: torch.device
+    dtype: torch.dtype
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position: int
+    eos_ids: frozenset[int] = field(default_factory=frozenset)
+    chat_template: str | None = None
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Logits of the last query position of every row: [batch, vocab]."""
+        out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]  # type: ignore[no-any-return]
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise StartupError(f"dtype {name!r} is not one of auto, {', '.join(DTYPES)}")
+    if device.type == "cpu" and name == "float16":
+        raise StartupError("float16 is for CUDA; on CPU use float32 or bfloat16")
+    return DTYPES[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise StartupError("--device cuda was asked for but CUDA is not available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _check_dir(path: Path) -> dict[str, Any]:
+    if not (path / "config.json").is_file():
+        raise StartupError(f"{path} is not a Hugging Face model directory: no config.json")
+    if not any(path.glob("*.safetensors")):
+        raise StartupError(f"{path} holds no *.safetensors weights (only safetensors are loaded: "
+                           "they are memory-mapped and cannot run code)")
+    if not (path / "tokenizer.json").is_file():
+        raise StartupError(f"{path} has no tokenizer.json (a fast tokenizer is required)")
+    try:
+        config: dict[str, Any] = json.loads((path / "config.json").read_text())
+    except ValueError as exc:
+        raise StartupError(f"{path}/config.json is not valid JSON: {exc}") from None
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        raise StartupError(f"model_type {model_type!r} in {path}/config.json is not served; "
+                           f"supported: {', '.join(FAMILIES)}")
+    return config
+
+
+def load_hf(path: Path, device: str = "auto", dtype: str = "auto") -> LanguageModel:
+    """Load the model directory (blocking)."""
+    import transformers
+
+    _check_dir(path)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch_dtype, attn_implementation="sdpa", use_safetensors=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StartupError(f"cannot load the model in {path}: {first}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise StartupError(f"{path}: the tokenizer is not a fast tokenizer")
+    model.to(dev)
+    model.eval()
+    cfg = model.config
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    max_position = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True):
+        # the engine's attention mask is full-causal: stay inside the window
+        max_position = min(max_position, int(window))
+    eos: set[int] = set()
+    gen = model.generation_config
+    for source in (getattr(gen, "eos_token_id", None), cfg.eos_token_id,
+                   tokenizer.eos_token_id):
+        if isinstance(source, int):
+            eos.add(source)
+        elif isinstance(source, list):
+            eos.update(int(x) for x in source)
+    return LanguageModel(
+        model=model, tokenizer=tokenizer, model_type=str(cfg.model_type), device=dev,
+        dtype=torch_dtype, num_layers=int(cfg.num_hidden_layers), kv_heads=kv_heads,
+        head_dim=head_dim, vocab_size=int(cfg.vocab_size), max_position=max_position,
+        eos_ids=frozenset(eos), chat_template=getattr(tokenizer, "chat_template", None))

@@ -1,0 +1,143 @@
+"""Iteration-level scheduling over the paged KV cache.
+
+Every engine step the scheduler decides which sequences run and how many of their tokens:
+
+* admission: a waiting sequence joins the running batch when ``max_num_seqs`` allows it and the
+  pool has blocks for its whole prompt plus a watermark of one free block per running sequence;
+  otherwise it waits (requests never push the cache past its budget);
+* decode rows: every running sequence whose next token is known feeds that one token;
+* prefill chunks: sequences still reading their prompt feed up to the remaining budget of
+  ``max_num_batched_tokens`` tokens, so a long prompt is read over several steps and the decodes
+  beside it keep going;
+* growth and preemption: a decode that needs a new block takes one; when none is free the most
+  recently admitted sequence gives its blocks back and waits again at the head of the queue
+  (its prompt and output so far are read again when it is readmitted: recompute).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .detok import Detokenizer
+from .kv_cache import BlockPool, OutOfBlocks
+from .sampling import SampleState, SamplingParams
+
+
+@dataclass(eq=False)
+class Sequence:
+    rid: int
+    prompt: list[int]
+    params: SamplingParams
+    sink: Callable[[Any], None]
+    detok: Detokenizer
+    arrival: float = field(default_factory=time.monotonic)
+    ids: list[int] = field(default_factory=list)  # prompt + output
+    output: list[int] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+    computed: int = 0  # tokens whose keys and values are in the cache
+    registered: int = 0  # leading full blocks registered in the prefix cache
+    sample_state: SampleState | None = None
+    finish_reason: str | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.ids = list(self.prompt)
+        self.sample_state = SampleState(self.params)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.ids) - self.computed
+
+
+@dataclass
+class Step:
+    decode: list[Sequence]
+    prefill: list[tuple[Sequence, int]]  # (sequence, tokens fed this step)
+
+    def __bool__(self) -> bool:
+        return bool(self.decode or self.prefill)
+
+
+class Scheduler:
+    def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        self.pool = pool
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a sequence out (finished or cancelled) and free its blocks at once."""
+        if seq in self.running:
+            self.running.remove(seq)
+        else:
+            with contextlib.suppress(ValueError):
+                self.waiting.remove(seq)
+        self.pool.release(seq.blocks)
+
+    def _admit(self) -> None:
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            cached = self.pool.lookup(seq.ids)  # shared blocks holding a prefix (referenced)
+            need = self.pool.blocks_for(len(seq.ids) + 1) - len(cached)
+            if (need + len(self.running) > self.pool.free and self.running) or \
+                    need > self.pool.free:
+                self.pool.release(cached)
+                return  # wait for blocks: never overcommit the cache
+            self.pool.queried_tokens += len(seq.ids)
+            self.pool.hit_tokens += len(cached) * self.pool.block_size
+            seq.blocks = cached + self.pool.allocate(need)
+            seq.registered = len(cached)
+            seq.computed = len(cached) * self.pool.block_size
+            self.waiting.popleft()
+            self.running.append(seq)
+
+    def _preempt(self, keep: Sequence) -> bool:
+        """Free the blocks of the newest running sequence other than ``keep``."""
+        for victim in reversed(self.running):
+            if victim is not keep:
+                self.running.remove(victim)
+                self.pool.release(victim.blocks)
+                victim.computed = victim.registered = 0
+                self.waiting.appendleft(victim)
+                self.preemptions += 1
+                return True
+        return False
+
+    def _grow(self, seq: Sequence, tokens: int) -> bool:
+        """Make room for ``tokens`` cached tokens; False when ``seq`` itself was preempted."""
+        while self.pool.blocks_for(tokens) > len(seq.blocks):
+            try:
+                seq.blocks.extend(self.pool.allocate(1))
+            except OutOfBlocks:
+                if not self._preempt(seq):
+                    return False
+        return True
+
+    def schedule(self) -> Step:
+        self._admit()
+        decode: list[Sequence] = []
+        for seq in list(self.running):
+            if seq.remaining == 1 and seq in self.running and self._grow(seq, seq.computed + 1):
+                decode.append(seq)
+        decode = [s for s in decode if s in self.running]  # a later grow may preempt
+        budget = self.max_num_batched_tokens - len(decode)
+        prefill: list[tuple[Sequence, int]] = []
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if seq.remaining > 1:
+                n = min(seq.remaining, budget)
+                prefill.append((seq, n))
+                budget -= n
+        return Step(decode, prefill)

@@ -1,0 +1,183 @@
+"""The process around the engine for ``--format hf``: listen at once, fetch and load the model
+directory in a thread, size the KV cache, start the engine thread, report ready; on SIGTERM,
+readiness goes 503, requests in flight finish (up to the drain timeout), then exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import StartupError
+from ..settings import Settings
+
+log = logging.getLogger("kubemaas.runtime")
+lifecycle = logging.getLogger("kubemaas.runtime.lifecycle")
+
+CPU_KV_DEFAULT = 256 << 20
+
+
+def kv_budget(settings: Settings, lm: Any) -> int:
+    """Bytes for the KV cache: the flag, or on CUDA a share of the GPU memory left."""
+    if settings.kv_cache_memory:
+        return settings.kv_cache_memory
+    if lm.device.type != "cuda":
+        return CPU_KV_DEFAULT
+    import torch
+
+    free, total = torch.cuda.mem_get_info(lm.device)
+    used_elsewhere = total - free
+    budget = int(total * settings.gpu_memory_utilization) - used_elsewhere
+    if budget <= 0:
+        raise StartupError(f"--gpu-memory-utilization {settings.gpu_memory_utilization} leaves "
+                           f"no room for the KV cache ({used_elsewhere >> 20} MiB are in use)")
+    return budget
+
+
+def _load(settings: Settings) -> tuple[Any, Any]:
+    """Blocking: fetch the directory, load the model, build the engine (runs in a thread)."""
+    from ..storage import S3Config
+    from ..storage_dir import fetch_model_dir
+    from .engine import Engine, EngineConfig
+    from .loader import load_hf
+
+    t0 = time.perf_counter()
+    s3 = S3Config.from_env(os.environ, settings.s3_endpoint, settings.s3_credentials_dir)
+    path = fetch_model_dir(settings.model_uri, settings.cache_dir, s3=s3,
+                           timeout_s=settings.download_timeout_s)
+    t1 = time.perf_counter()
+    if settings.intra_op_threads:
+        import torch
+
+        torch.set_num_threads(settings.intra_op_threads)
+    lm = load_hf(Path(path), device=settings.device, dtype=settings.dtype)
+    t2 = time.perf_counter()
+    max_len = settings.max_model_len or lm.max_position
+    if max_len > lm.max_position:
+        raise StartupError(f"--max-model-len {max_len} is over the model's limit of "
+                           f"{lm.max_position} positions")
+    try:
+        engine = Engine(lm, EngineConfig(
+            kv_cache_bytes=kv_budget(settings, lm), max_model_len=max_len,
+            max_num_seqs=settings.max_num_seqs,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            block_size=settings.block_size, max_queue=settings.max_queue_size,
+            prefix_caching=settings.prefix_caching))
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    if settings.warmup:
+        from .sampling import SamplingParams
+
+        engine.generate_sync([[0] * 4],
+                             SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+    log.info("model loaded", extra={"fields": {
+        "path": str(path), "fetch_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3),
+        "warmup_s": round(time.perf_counter() - t2, 3), "model_type": lm.model_type,
+        "dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device),
+        "kv_blocks": engine.pool.usable, "block_size": engine.pool.block_size,
+        "max_model_len": max_len}})
+    return lm, engine
+
+
+def _start_load(settings: Settings, loop: asyncio.AbstractEventLoop
+                ) -> asyncio.Future[tuple[Any, Any]]:
+    fut: asyncio.Future[tuple[Any, Any]] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    def target() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = _load(settings)
+        except BaseException as exc:  # delivered to the event loop, which decides
+            error = exc
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name="kubemaas-load", daemon=True).start()
+    return fut
+
+
+async def serve_llm(settings: Settings) -> int:
+    from aiohttp import web
+
+    from ..metrics import LLMMetrics, Metrics
+    from ..protocol.openai import OpenAIServer, Served
+
+    started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    metrics = Metrics()
+    label = (settings.model_name,)
+    metrics.model_ready.set(label, 0)
+    api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20))
+    runner = web.ServerRunner(api.server, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: "
+                           f"{exc.strerror or exc}") from None
+    port = runner.addresses[0][1] if runner.addresses else settings.port
+    lifecycle.info("listening", extra={"fields": {"host": settings.host, "port": port}})
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    engine = None
+    exit_code = 0
+    load_task = _start_load(settings, loop)
+    stop_task = asyncio.ensure_future(stop.wait())
+    try:
+        pending: set[asyncio.Future[Any]] = {load_task, stop_task}
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if load_task.done():
+            lm, engine = load_task.result()  # raises StartupError
+            engine.start(loop)
+            api.served = Served(engine, LLMMetrics(settings.model_name, engine.pool.block_size,
+                                                   engine.pool.usable),
+                                lm.tokenizer, engine.cfg.max_model_len, lm.vocab_size)
+            gc.collect()
+            gc.freeze()
+            took = time.perf_counter() - started
+            metrics.model_ready.set(label, 1)
+            metrics.load_seconds.set(label, took)
+            lifecycle.info("ready", extra={"fields": {
+                "model": settings.model_name, "platform": "transformers",
+                "device": str(lm.device), "port": port, "seconds_to_ready": round(took, 3)}})
+            await stop_task
+        else:
+            load_task.cancel()
+        lifecycle.info("draining", extra={"fields": {"inflight": api.inflight}})
+        api.draining = True
+        metrics.model_ready.set(label, 0)
+        if settings.shutdown_delay_s and engine is not None:
+            await asyncio.sleep(settings.shutdown_delay_s)
+        deadline = loop.time() + settings.drain_timeout_s
+        while api.inflight > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+    except StartupError as exc:
+        log.error(str(exc))
+        exit_code = 1
+    finally:
+        stop_task.cancel()
+        await runner.cleanup()
+        if engine is not None:
+            engine.stop()
+    lifecycle.info("stopped", extra={"fields": {"exit_code": exit_code}})
+    return exit_code

@@ -1,0 +1,350 @@
+"""OpenAI-compatible HTTP endpoints for language models.
+
+``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (the tokenizer's chat
+template), ``stream: true`` as server-sent events, ``GET /health``, ``GET /metrics``, and the OIP
+health endpoints for probes. Errors are OpenAI's error object with the status that fits: 400 bad
+input, 404 unknown model or route, 413 body too large, 429 queue full (Retry-After), 503 loading
+or draining. A client that goes away is cancelled in the engine (its KV blocks are freed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ..llm.engine import Delta, Engine, Overloaded, RequestStream
+from ..llm.sampling import TokenLogprobs
+from ..metrics import LLMMetrics, Metrics
+from .openai_schema import ApiError, GenerationRequest, parse_request
+
+log = logging.getLogger("kubemaas.runtime.openai")
+
+_JSON = "application/json"
+_TOKENIZE_OFF_LOOP_CHARS = 4096  # longer texts are tokenized in a worker thread
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(doc, separators=(",", ":")).encode(), status=status,
+                        content_type=_JSON)
+
+
+def error_response(exc: ApiError) -> web.Response:
+    resp = _json(exc.body(), exc.status)
+    if exc.retry_after is not None:
+        resp.headers["Retry-After"] = str(exc.retry_after)
+    return resp
+
+
+def _sse(doc: Any) -> bytes:
+    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
+
+
+@dataclass
+class Served:
+    """What the endpoints need once the model is loaded."""
+
+    engine: Engine
+    metrics: LLMMetrics
+    tokenizer: Any
+    max_model_len: int
+    vocab_size: int
+
+
+class OpenAIServer:
+    def __init__(self, model_name: str, metrics: Metrics, max_request_bytes: int) -> None:
+        self.model_name = model_name
+        self.metrics = metrics
+        self.max_request_bytes = max_request_bytes
+        self.served: Served | None = None
+        self.draining = False
+        self.inflight = 0
+        self.created = int(time.time())
+        self.server = web.Server(self.handle, access_log=None, handler_cancellation=True)
+
+    # ---- routing ---------------------------------------------------------------------------
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path, method = request.path.rstrip("/") or "/", request.method
+        try:
+            if path in ("/v1/completions", "/v1/chat/completions"):
+                if method != "POST":
+                    raise ApiError(405, f"use POST for {path}")
+                return await self._generate(request, chat=path.endswith("chat/completions"))
+            if method not in ("GET", "HEAD"):
+                raise ApiError(405 if path in self._get_routes() else 404,
+                               f"no route for {method} {request.path}")
+            return self._get(path)
+        except ApiError as exc:
+            return error_response(exc)
+
+    @staticmethod
+    def _get_routes() -> tuple[str, ...]:
+        return ("/health", "/v1/models", "/metrics", "/v2/health/live", "/v2/health/ready")
+
+    def _get(self, path: str) -> web.StreamResponse:
+        ready = self.served is not None and not self.draining
+        if path == "/health":
+            return _json({"status": "ok" if ready else "unavailable"}, 200 if ready else 503)
+        if path == "/v2/health/live":
+            return _json({"live": True})
+        if path == "/v2/health/ready":
+            return _json({"ready": ready}, 200 if ready else 503)
+        if path == "/metrics":
+            return web.Response(body=self._render_metrics(), content_type="text/plain",
+                                charset="utf-8")
+        if path == "/v1/models":
+            return _json({"object": "list", "data": [self._model_card()]})
+        if path.startswith("/v1/models/"):
+            if path[len("/v1/models/"):] != self.model_name:
+                raise self._unknown_model(path[len("/v1/models/"):])
+            return _json(self._model_card())
+        raise ApiError(404, f"no route for GET {path}")
+
+    def _model_card(self) -> dict[str, Any]:
+        card: dict[str, Any] = {"id": self.model_name, "object": "model",
+                                "created": self.created, "owned_by": "kubemaas"}
+        if self.served is not None:
+            card["max_model_len"] = self.served.max_model_len
+        return card
+
+    def _unknown_model(self, name: str) -> ApiError:
+        return ApiError(404, f"The model '{name}' does not exist; this server serves "
+                        f"'{self.model_name}'.", "model", "model_not_found")
+
+    def _render_metrics(self) -> bytes:
+        body = self.metrics.render()
+        if self.served is None:
+            return body
+        eng, llm = self.served.engine, self.served.metrics
+        llm.set_engine(eng.num_waiting, eng.num_running, eng.kv_usage,
+                       eng.scheduler.preemptions, eng.peak_running,
+                       (eng.pool.queried_tokens, eng.pool.hit_tokens))
+        return body + ("\n".join(llm.render_lines()) + "\n").encode()
+
+    # ---- generation ------------------------------------------------------------------------
+    async def _read_json(self, request: web.BaseRequest) -> Any:
+        length = request.content_length
+        if length is not None and length > self.max_request_bytes:
+            raise ApiError(413, f"request body of {length} bytes is over the limit of "
+                           f"{self.max_request_bytes} bytes")
+        chunks, total = [], 0
+        while chunk := await request.content.readany():
+            total += len(chunk)
+            if total > self.max_request_bytes:
+                raise ApiError(413, f"request body is over the limit of "
+                               f"{self.max_request_bytes} bytes")
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except ValueError as exc:
+            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+
+    async def _tokenize(self, served: Served, req: GenerationRequest) -> list[int]:
+        if req.prompt_ids is not None:
+            return req.prompt_ids
+        tok = served.tokenizer
+
+        def run() -> list[int]:
+            if req.chat:
+                if not getattr(tok, "chat_template", None):
+                    raise ApiError(400, "this model has no chat template; use /v1/completions")
+                try:
+                    text = tok.apply_chat_template(req.messages, add_generation_prompt=True,
+                                                   tokenize=False)
+                except Exception as exc:  # a template may raise on a message order it refuses
+                    raise ApiError(400, f"the chat template refused the messages: {exc}",
+                                   "messages") from None
+                return list(tok(text, add_special_tokens=False)["input_ids"])
+            return list(tok(req.prompt_text)["input_ids"])
+
+        size = sum(len(m["content"]) for m in req.messages or ()) + len(req.prompt_text or "")
+        if size > _TOKENIZE_OFF_LOOP_CHARS:
+            return await asyncio.get_running_loop().run_in_executor(None, run)
+        return run()
+
+    def _fit(self, served: Served, req: GenerationRequest, prompt: list[int]) -> GenerationRequest:
+        limit = served.max_model_len
+        if not prompt:
+            raise ApiError(400, "the prompt is empty", "prompt")
+        wanted = req.max_tokens if req.max_tokens is not None else max(limit - len(prompt), 0)
+        if len(prompt) + max(wanted, 1) > limit:
+            raise ApiError(400, f"This model's maximum context length is {limit} tokens. "
+                           f"However, you requested {len(prompt) + wanted} tokens "
+                           f"({len(prompt)} in the prompt, {wanted} for the completion). "
+                           "Shorten the prompt or lower max_tokens.",
+                           "messages" if req.chat else "prompt", "context_length_exceeded")
+        if req.params.max_tokens == wanted:
+            return req
+        params = req.params.__class__(**{**req.params.__dict__, "max_tokens": wanted})
+        return GenerationRequest(**{**req.__dict__, "params": params})
+
+    async def _generate(self, request: web.BaseRequest, chat: bool) -> web.StreamResponse:
+        served = self.served
+        if served is None or self.draining:
+            raise ApiError(503, "the model is loading" if served is None else
+                           "the server is shutting down", retry_after=1)
+        self.inflight += 1
+        try:
+            req = parse_request(await self._read_json(request), chat, served.vocab_size)
+            if req.model is not None and req.model != self.model_name:
+                raise self._unknown_model(req.model)
+            prompt = await self._tokenize(served, req)
+            req = self._fit(served, req, prompt)
+            try:
+                stream = served.engine.submit(prompt, req.params)
+            except Overloaded as exc:
+                served.metrics.rejected.inc(served.metrics.label)
+                raise ApiError(429, f"too many requests: {exc}; retry later",
+                               code="rate_limit_exceeded", retry_after=1) from None
+            try:
+                if req.stream:
+                    return await self._stream(request, served, req, stream)
+                try:
+                    return await self._complete(served, req, stream, prompt)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the engine failed this request
+                    log.error("generation failed", exc_info=exc)
+                    raise ApiError(500, f"generation failed: {type(exc).__name__}; see the "
+                                   "server log") from None
+            finally:
+                if not stream.finished:  # the client went away (or the write failed)
+                    served.metrics.success.inc((self.model_name, "abort"))
+                stream.cancel()  # a no-op when finished; frees the blocks when not
+        finally:
+            self.inflight -= 1
+
+    def _observe(self, served: Served, stream: RequestStream) -> Callable[[Delta], None]:
+        m = served.metrics
+        prev: list[float] = []
+
+        def observe(delta: Delta) -> None:
+            if delta.token_ids and delta.finish_reason != "abort":
+                if prev:
+                    m.itl.observe(m.label, delta.at - prev[0])
+                else:
+                    m.ttft.observe(m.label, delta.at - stream.arrival)
+                prev[:] = [delta.at]
+            if delta.finish_reason is not None:
+                m.e2e.observe(m.label, delta.at - stream.arrival)
+                m.prompt_tokens.inc(m.label, delta.prompt_tokens)
+                m.generation_tokens.inc(m.label, delta.completion_tokens)
+                m.success.inc((self.model_name, delta.finish_reason))
+        return observe
+
+    def _head(self, req: GenerationRequest) -> dict[str, Any]:
+        prefix = "chatcmpl-" if req.chat else "cmpl-"
+        return {"id": prefix + uuid.uuid4().hex, "created": int(time.time()),
+                "model": self.model_name}
+
+    async def _complete(self, served: Served, req: GenerationRequest, stream: RequestStream,
+                        prompt: list[int]) -> web.Response:
+        observe = self._observe(served, stream)
+        texts: list[str] = []
+        lps: list[TokenLogprobs] = []
+        last: Delta | None = None
+        async for delta in stream:
+            observe(delta)
+            texts.append(delta.text)
+            lps.extend(delta.logprobs)
+            last = delta
+        assert last is not None
+        text = "".join(texts)
+        usage = {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
+                 "total_tokens": last.prompt_tokens + last.completion_tokens}
+        logprobs = self._logprobs(served, req, lps, 0) if req.logprobs else None
+        if req.chat:
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant",
+                                                              "content": text},
+                                      "logprobs": logprobs, "finish_reason": last.finish_reason}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": logprobs,
+                      "finish_reason": last.finish_reason}
+            obj = "text_completion"
+        doc = {**self._head(req), "object": obj, "choices": [choice], "usage": usage}
+        if req.return_token_ids:
+            doc["prompt_token_ids"] = prompt
+            choice["token_ids"] = list(stream.seq.output)
+        return _json(doc)
+
+    async def _stream(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
+                      stream: RequestStream) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        observe = self._observe(served, stream)
+        head = self._head(req)
+        obj = "chat.completion.chunk" if req.chat else "text_completion"
+        usage_field = {"usage": None} if req.include_usage else {}
+        offset = 0
+
+        def chunk(text: str | None, reason: str | None, lps: tuple[TokenLogprobs, ...] = ()
+                  ) -> dict[str, Any]:
+            logprobs = self._logprobs(served, req, list(lps), offset) if req.logprobs else None
+            if req.chat:
+                delta: dict[str, Any] = {} if text is None else {"content": text}
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs,
+                                          "finish_reason": reason}
+            else:
+                choice = {"index": 0, "text": text or "", "logprobs": logprobs,
+                          "finish_reason": reason}
+            return {**head, "object": obj, "choices": [choice], **usage_field}
+
+        if req.chat:
+            first = chunk(None, None)
+            first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+            await resp.write(_sse(first))
+        last: Delta | None = None
+        try:
+            async for delta in stream:
+                observe(delta)
+                last = delta
+                if delta.text or (delta.logprobs and req.logprobs):
+                    await resp.write(_sse(chunk(delta.text, None, delta.logprobs)))
+                    offset += len(delta.text)
+                if delta.finish_reason is not None:
+                    await resp.write(_sse(chunk(None if req.chat else "", delta.finish_reason)))
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # the engine failed this request: say so in the stream
+            log.exception("generation failed mid-stream")
+            err = ApiError(500, f"generation failed: {type(exc).__name__}")
+            await resp.write(_sse(err.body()))
+        if req.include_usage and last is not None:
+            await resp.write(_sse({**head, "object": obj, "choices": [], "usage": {
+                "prompt_tokens": last.prompt_tokens,
+                "completion_tokens": last.completion_tokens,
+                "total_tokens": last.prompt_tokens + last.completion_tokens}}))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    @staticmethod
+    def _logprobs(served: Served, req: GenerationRequest, lps: list[TokenLogprobs],
+                  offset: int) -> dict[str, Any]:
+        def text(token: int) -> str:
+            return str(served.tokenizer.decode([token]))
+
+        if req.chat:
+            return {"content": [{
+                "token": text(lp.token), "logprob": lp.logprob,
+                "bytes": list(text(lp.token).encode()),
+                "top_logprobs": [{"token": text(t), "logprob": v,
+                                  "bytes": list(text(t).encode())} for t, v in lp.top],
+            } for lp in lps]}
+        offsets, pos = [], offset
+        for lp in lps:
+            offsets.append(pos)
+            pos += len(text(lp.token))
+        return {"tokens": [text(lp.token) for lp in lps],
+                "token_logprobs": [lp.logprob for lp in lps],
+                "top_logprobs": [{text(t): v for t, v in lp.top} for lp in lps],
+                "text_offset": offsets}

@@ -1,0 +1,238 @@
+"""OpenAI request bodies -> validated generation requests, and the response documents.
+
+Pure: no I/O, no engine. Every problem is an ``ApiError`` with the HTTP status and the
+``param`` it concerns; unknown fields are ignored (clients send extras), unsupported features that
+would change the answer (``n`` > 1, ``echo``, ``suffix``, penalties) are refused, not ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..llm.sampling import SamplingParams
+
+ROLES = ("system", "user", "assistant", "tool", "developer")
+MAX_STOP = 16
+MAX_LOGPROBS = 20
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        kind = {400: "invalid_request_error", 404: "invalid_request_error",
+                413: "invalid_request_error", 405: "invalid_request_error",
+                429: "rate_limit_error", 503: "service_unavailable_error"}.get(
+                    self.status, "server_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param,
+                          "code": self.code}}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    chat: bool
+    prompt_text: str | None        # completions with a text prompt, or the rendered chat
+    prompt_ids: list[int] | None   # completions with token ids
+    messages: list[dict[str, str]] | None
+    max_tokens: int | None         # None: up to max-model-len
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+    model: str | None
+    return_token_ids: bool = False  # vLLM's extension: the prompt's and the output's token ids
+
+
+def _bad(message: str, param: str) -> ApiError:
+    return ApiError(400, message, param)
+
+
+def _num(doc: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = doc.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(f"'{key}' must be a number, got {type(value).__name__}", key)
+    if not lo <= value <= hi:
+        raise _bad(f"'{key}' must be between {lo} and {hi}, got {value}", key)
+    return float(value)
+
+
+def _int(doc: dict[str, Any], key: str, lo: int | None = None, hi: int | None = None
+         ) -> int | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"'{key}' must be an integer, got {type(value).__name__}", key)
+    if lo is not None and value < lo:
+        raise _bad(f"'{key}' must be at least {lo}, got {value}", key)
+    if hi is not None and value > hi:
+        raise _bad(f"'{key}' must be at most {hi}, got {value}", key)
+    return value
+
+
+def _bool(doc: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = doc.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _bad(f"'{key}' must be a boolean, got {type(value).__name__}", key)
+    return value
+
+
+def _stop(doc: dict[str, Any]) -> tuple[str, ...]:
+    value = doc.get("stop")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise _bad("'stop' must be a string or a list of strings", "stop")
+    if len(value) > MAX_STOP:
+        raise _bad(f"'stop' holds at most {MAX_STOP} strings", "stop")
+    return tuple(s for s in value if s)
+
+
+def _token_ids(value: Any, key: str, vocab: int) -> list[int]:
+    if not isinstance(value, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise _bad(f"'{key}' must be a list of integers", key)
+    for t in value:
+        if not 0 <= t < vocab:
+            raise _bad(f"token id {t} in '{key}' is outside the vocabulary (0..{vocab - 1})",
+                       key)
+    return value
+
+
+def _refuse_unsupported(doc: dict[str, Any]) -> None:
+    n = _int(doc, "n", 1)
+    if n not in (None, 1):
+        raise _bad("only n=1 is supported", "n")
+    best_of = _int(doc, "best_of", 1)
+    if best_of not in (None, 1):
+        raise _bad("only best_of=1 is supported", "best_of")
+    if _bool(doc, "echo"):
+        raise _bad("echo is not supported", "echo")
+    if doc.get("suffix") not in (None, ""):
+        raise _bad("suffix is not supported", "suffix")
+    for key in ("presence_penalty", "frequency_penalty"):
+        if _num(doc, key, 0.0, -2.0, 2.0) != 0.0:
+            raise _bad(f"'{key}' is not supported (use 0)", key)
+    if _num(doc, "repetition_penalty", 1.0, 0.0, 10.0) != 1.0:
+        raise _bad("'repetition_penalty' is not supported (use 1)", "repetition_penalty")
+    if doc.get("tools") or doc.get("functions"):
+        raise _bad("tools are not supported", "tools")
+    fmt = doc.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise _bad("only response_format {\"type\": \"text\"} is supported", "response_format")
+
+
+def _messages(doc: dict[str, Any]) -> list[dict[str, str]]:
+    raw = doc.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise _bad("'messages' must be a non-empty list", "messages")
+    out = []
+    for i, msg in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise _bad(f"{where} must be an object", where)
+        role = msg.get("role")
+        if role not in ROLES:
+            raise _bad(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}",
+                       f"{where}.role")
+        content = msg.get("content")
+        if content is None and role == "assistant":
+            content = ""
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if not (isinstance(part, dict) and part.get("type") == "text"
+                        and isinstance(part.get("text"), str)):
+                    raise _bad(f"{where}.content parts must be {{\"type\": \"text\", "
+                               "\"text\": ...}} (only text is supported)", f"{where}.content")
+                parts.append(part["text"])
+            content = "".join(parts)
+        if not isinstance(content, str):
+            raise _bad(f"{where}.content must be a string or a list of text parts",
+                       f"{where}.content")
+        out.append({"role": "system" if role == "developer" else role, "content": content})
+    return out
+
+
+def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
+    """Validate a /v1/completions or /v1/chat/completions body."""
+    if not isinstance(doc, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    model = doc.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _bad("'model' must be a string", "model")
+    _refuse_unsupported(doc)
+    prompt_text: str | None = None
+    prompt_ids: list[int] | None = None
+    messages = None
+    logprobs_n: int | None
+    if chat:
+        messages = _messages(doc)
+        max_tokens = _int(doc, "max_completion_tokens", 1)
+        if max_tokens is None:
+            max_tokens = _int(doc, "max_tokens", 1)
+        want = _bool(doc, "logprobs")
+        top = _int(doc, "top_logprobs", 0, MAX_LOGPROBS)
+        if top and not want:
+            raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        logprobs_n = (top or 0) if want else None
+    else:
+        prompt = doc.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # a batch of one
+        if isinstance(prompt, str):
+            prompt_text = prompt
+        elif isinstance(prompt, list) and prompt and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            prompt_ids = _token_ids(prompt, "prompt", vocab)
+        elif isinstance(prompt, list) and len(prompt) > 1:
+            raise _bad("one prompt per request is supported (send the others separately)",
+                       "prompt")
+        else:
+            raise _bad("'prompt' must be a string or a list of token ids", "prompt")
+        max_tokens = _int(doc, "max_tokens", 1)
+        if doc.get("max_tokens", 0) is None:
+            max_tokens = None
+        elif "max_tokens" not in doc:
+            max_tokens = 16  # the OpenAI completions default
+        logprobs_n = _int(doc, "logprobs", 0, MAX_LOGPROBS)
+    stream = _bool(doc, "stream")
+    options = doc.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _bad("'stream_options' must be an object", "stream_options")
+        if not stream:
+            raise _bad("'stream_options' is only allowed with 'stream': true", "stream_options")
+        include_usage = _bool(options, "include_usage")
+    stop_ids = doc.get("stop_token_ids")
+    seed = _int(doc, "seed", -(2**63), 2**63 - 1)
+    top_k = _int(doc, "top_k", -1)
+    params = SamplingParams(
+        max_tokens=max_tokens or 1,
+        temperature=_num(doc, "temperature", 1.0, 0.0, 2.0),
+        top_p=_num(doc, "top_p", 1.0, 1e-9, 1.0),
+        top_k=0 if top_k in (None, -1) else top_k,
+        seed=None if seed is None else seed % (2**63),
+        stop=_stop(doc),
+        stop_token_ids=tuple(_token_ids(stop_ids, "stop_token_ids", vocab)) if stop_ids
+        is not None else (),
+        ignore_eos=_bool(doc, "ignore_eos"),
+        logprobs=logprobs_n,
+    )
+    return GenerationRequest(chat=chat, prompt_text=prompt_text, prompt_ids=prompt_ids,
+                             messages=messages, max_tokens=max_tokens, params=params,
+                             stream=stream, include_usage=include_usage,
+                             logprobs=logprobs_n is not None, model=model,
+                             return_token_ids=_bool(doc, "return_token_ids"))

@@ -1,0 +1,67 @@
+"""When the model fails during generation: a streamed answer ends with an ``error`` event and
+``[DONE]``, a whole answer is a 500 with OpenAI's error object, the failed sequences' blocks are
+freed, and the engine serves the next requests. In-process (the engine thread and the aiohttp
+server on 127.0.0.1 in this test's event loop), because the failure is made by breaking the
+loaded model's output layer, then mending it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import torch
+from aiohttp import web
+
+from kubemaas_runtime.llm.engine import Engine, EngineConfig
+from kubemaas_runtime.llm.loader import load_hf
+from kubemaas_runtime.metrics import LLMMetrics, Metrics
+from kubemaas_runtime.protocol.openai import OpenAIServer, Served
+
+
+def test_a_failing_model_is_reported_and_the_engine_recovers(tiny_llama: Path) -> None:
+    torch.set_num_threads(1)
+    lm = load_hf(tiny_llama, device="cpu")
+    engine = Engine(lm, EngineConfig(kv_cache_bytes=4 << 20, max_model_len=256))
+
+    async def run() -> None:
+        api = OpenAIServer("tiny", Metrics(), 1 << 20)
+        engine.start(asyncio.get_running_loop())
+        api.served = Served(engine, LLMMetrics("tiny", 16, engine.pool.usable), lm.tokenizer,
+                            256, lm.vocab_size)
+        runner = web.ServerRunner(api.server)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        doc = {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}
+        head = lm.model.lm_head
+        good = head.weight
+        try:
+            async with aiohttp.ClientSession() as http:
+                head.weight = torch.nn.Parameter(good[:, :3].clone())  # wrong shape: it raises
+                async with http.post(f"{base}/v1/chat/completions", json={
+                        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+                        "stream": True}) as resp:
+                    assert resp.status == 200
+                    events = [e[len("data: "):] for e in (await resp.text()).split("\n\n") if e]
+                assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
+                assert "generation failed" in json.loads(events[-2])["error"]["message"]
+                assert events[-1] == "[DONE]"
+                async with http.post(f"{base}/v1/completions", json=doc) as resp:
+                    assert resp.status == 500
+                    body = await resp.json()
+                assert body["error"]["type"] == "server_error"
+                assert engine.pool.used == 0 and engine.num_running == 0
+
+                head.weight = good  # mended: the same engine serves again
+                async with http.post(f"{base}/v1/completions", json=doc) as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert (await resp.json())["usage"]["completion_tokens"] >= 1
+        finally:
+            head.weight = good
+            await runner.cleanup()
+            engine.stop()
+
+    asyncio.run(run())

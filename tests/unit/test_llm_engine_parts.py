@@ -1,0 +1,214 @@
+"""The LLM engine's pure parts: block pool, scheduler (admission, chunked prefill, preemption),
+step inputs (slots and the 4-D mask), sampling, incremental detokenization with stop strings, and
+the OpenAI request validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kubemaas_runtime.llm.detok import Detokenizer
+from kubemaas_runtime.llm.engine import build_inputs
+from kubemaas_runtime.llm.kv_cache import BlockPool, OutOfBlocks
+from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, sample
+from kubemaas_runtime.llm.scheduler import Scheduler, Sequence
+from kubemaas_runtime.protocol.openai_schema import ApiError, parse_request
+from kubemaas_runtime.settings import parse_bytes
+
+
+def seq(rid: int, prompt_len: int, max_tokens: int = 8) -> Sequence:
+    return Sequence(rid, list(range(1, prompt_len + 1)), SamplingParams(max_tokens=max_tokens),
+                    sink=lambda _: None, detok=Detokenizer(None))
+
+
+def test_block_pool_lends_and_takes_back() -> None:
+    pool = BlockPool(5, 16)  # block 0 is the scratch block
+    assert (pool.usable, pool.free, pool.blocks_for(17)) == (4, 4, 2)
+    got = pool.allocate(3)
+    assert 0 not in got and pool.usage() == 0.75
+    with pytest.raises(OutOfBlocks):
+        pool.allocate(2)
+    pool.release(got)
+    assert got == [] and pool.free == 4
+
+
+def test_admission_waits_for_blocks_and_seats() -> None:
+    pool = BlockPool(1 + 6, 4)
+    sched = Scheduler(pool, max_num_seqs=2, max_num_batched_tokens=64)
+    a, b, c = seq(1, 10), seq(2, 3), seq(3, 2)
+    for s in (a, b, c):
+        sched.add(s)
+    step = sched.schedule()
+    # a takes 3 blocks (10 tokens + 1); b needs 1 + a watermark of 1 per running sequence
+    assert sched.running == [a, b] and list(sched.waiting) == [c]  # max_num_seqs = 2
+    assert [(s.rid, n) for s, n in step.prefill] == [(1, 10), (2, 3)] and step.decode == []
+    sched.remove(a)
+    assert pool.free == 5
+
+
+def test_chunked_prefill_shares_the_step_with_decodes() -> None:
+    pool = BlockPool(1 + 64, 16)
+    sched = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=16)
+    short, long = seq(1, 4), seq(2, 40)
+    sched.add(short)
+    sched.add(long)
+    step = sched.schedule()
+    assert [(s.rid, n) for s, n in step.prefill] == [(1, 4), (2, 12)]
+    short.computed, long.computed = 4, 12
+    short.ids.append(99)  # short sampled its first token: now it decodes
+    step = sched.schedule()
+    assert step.decode == [short] and [(s.rid, n) for s, n in step.prefill] == [(2, 15)]
+
+
+def test_preemption_frees_the_newest_sequence() -> None:
+    pool = BlockPool(1 + 2, 4)
+    sched = Scheduler(pool, max_num_seqs=4, max_num_batched_tokens=64)
+    a, b = seq(1, 3), seq(2, 3)
+    sched.add(a)
+    sched.add(b)
+    sched.schedule()
+    assert sched.running == [a]  # b waits: no block beyond the watermark
+    a.computed = 3
+    a.ids.append(5)
+    a.computed = 4
+    a.ids.append(6)  # a now needs a second block: the free one
+    step = sched.schedule()
+    assert step.decode == [a] and len(a.blocks) == 2 and pool.free == 0
+
+
+def test_step_inputs_address_each_rows_own_slots() -> None:
+    a, b = seq(1, 3), seq(2, 5)
+    a.blocks, b.blocks = [2], [3, 4]
+    a.computed = 2  # a feeds its last prompt token; b feeds 5 tokens
+    inp = build_inputs([(a, 1), (b, 5)], block_size=4)
+    assert inp.input_ids.tolist() == [[0, 0, 0, 0, 3], [1, 2, 3, 4, 5]]
+    assert inp.position_ids.tolist() == [[0, 0, 0, 0, 2], [0, 1, 2, 3, 4]]
+    # pads write to the scratch slot 0; real tokens to their block's slot
+    assert inp.write_slots.tolist() == [0, 0, 0, 0, 10, 12, 13, 14, 15, 16]
+    assert inp.read_slots.tolist() == [[8, 9, 10, 0, 0], [12, 13, 14, 15, 16]]
+    mask = inp.mask[:, 0]
+    assert mask[0, 4].tolist() == [True, True, True, False, False]   # a sees positions 0..2
+    assert mask[0, 0].tolist() == [True, False, False, False, False]  # a pad row: slot 0 only
+    assert mask[1].int().tolist() == torch.tril(torch.ones(5, 5)).int().tolist()
+
+
+def test_sampling_greedy_seeded_and_filtered() -> None:
+    logits = torch.tensor([[0.0, 5.0, 1.0, 0.5], [3.0, 0.0, 0.0, 2.9]])
+    greedy = SamplingParams(temperature=0.0, logprobs=2)
+    tokens, infos = sample(logits, [SampleState(greedy), SampleState(greedy)])
+    assert tokens == [1, 0]
+    assert infos[0] is not None and infos[0].top[0][0] == 1 and len(infos[0].top) == 2
+    seeded = SamplingParams(temperature=1.0, seed=3)
+    runs = [sample(logits, [SampleState(seeded), SampleState(seeded)])[0] for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    top1 = SamplingParams(temperature=1.0, top_k=1)
+    assert sample(logits, [SampleState(top1)] * 2)[0] == [1, 0]
+    nucleus = SamplingParams(temperature=1.0, top_p=0.01)
+    assert sample(logits, [SampleState(nucleus)] * 2)[0] == [1, 0]
+
+
+class CharTokenizer:
+    """One character per token id (ord); enough to drive the detokenizer."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+def feed(det: Detokenizer, text: str) -> tuple[str, bool]:
+    out = ""
+    for ch in text:
+        piece, stopped = det.add(ord(ch))
+        out += piece
+        if stopped:
+            return out, True
+    return out + det.flush(), False
+
+
+def test_detokenizer_stop_strings_are_never_half_sent() -> None:
+    det = Detokenizer(CharTokenizer(), stop=("STOP", "\n\n"))
+    sent = []
+    for ch in "hello STOP world":
+        piece, stopped = det.add(ord(ch))
+        sent.append(piece)
+        if stopped:
+            break
+    assert "".join(sent) == "hello " and stopped
+    assert all("S" not in p for p in sent)
+    assert feed(Detokenizer(CharTokenizer(), ("\n\n",)), "a\nb\n\nc") == ("a\nb", True)
+    assert feed(Detokenizer(CharTokenizer()), "plain text") == ("plain text", False)
+
+
+def test_detokenizer_waits_for_whole_utf8_characters(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from kubemaas_testbed.llm_models import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "Émilie a mangé 猫 🙂 ok"
+    ids = tok(text)["input_ids"]
+    det = Detokenizer(tok)
+    pieces = [det.add(i)[0] for i in ids]
+    assert "".join(pieces) + det.flush() == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def parse(doc: dict[str, Any], chat: bool = False) -> Any:
+    return parse_request(doc, chat, vocab=100)
+
+
+def test_openai_request_validation() -> None:
+    req = parse({"prompt": "hi"})
+    assert req.params.max_tokens == 16 and req.params.temperature == 1.0 and not req.stream
+    assert parse({"prompt": "hi", "max_tokens": None}).max_tokens is None
+    assert parse({"prompt": [1, 2, 3]}).prompt_ids == [1, 2, 3]
+    assert parse({"prompt": ["only"]}).prompt_text == "only"
+    chat = parse({"messages": [{"role": "developer", "content": [{"type": "text", "text": "a"},
+                                                                 {"type": "text", "text": "b"}]},
+                               {"role": "assistant", "content": None}],
+                  "logprobs": True, "top_logprobs": 3, "top_k": -1, "stop": "x"}, chat=True)
+    assert chat.messages == [{"role": "system", "content": "ab"},
+                             {"role": "assistant", "content": ""}]
+    assert chat.params.logprobs == 3 and chat.params.top_k == 0 and chat.params.stop == ("x",)
+    assert chat.max_tokens is None
+    for bad, param in (({"prompt": "hi", "max_tokens": True}, "max_tokens"),
+                       ({"prompt": "hi", "seed": "1"}, "seed"),
+                       ({"prompt": [1, 200]}, "prompt"),
+                       ({"prompt": "hi", "stop_token_ids": [-1]}, "stop_token_ids"),
+                       ({"prompt": "hi", "echo": True}, "echo"),
+                       ({"prompt": "hi", "presence_penalty": 1}, "presence_penalty")):
+        with pytest.raises(ApiError) as err:
+            parse(bad)
+        assert err.value.status == 400 and err.value.param == param
+    assert ApiError(429, "busy").body()["error"]["type"] == "rate_limit_error"
+
+
+def test_parse_bytes() -> None:
+    assert parse_bytes("1024") == 1024
+    assert parse_bytes("512Mi") == 512 << 20
+    assert parse_bytes("2G") == 2 * 10**9
+    assert parse_bytes("1.5Gi") == 3 << 29
+    with pytest.raises(ValueError):
+        parse_bytes("lots")
+
+
+def test_prefix_cache_shares_full_blocks_and_evicts_the_oldest() -> None:
+    pool = BlockPool(1 + 4, 4, prefix_caching=True)
+    prompt = list(range(1, 11))  # 10 tokens: two full blocks and two tokens
+    blocks = pool.allocate(3)
+    assert pool.register(blocks, prompt, 0, 10) == 2  # the two full blocks
+    assert pool.lookup(prompt) == blocks[:2]           # shared while the first still holds them
+    assert pool.lookup(prompt[:8]) == blocks[:1]       # the last token is never covered
+    assert pool.lookup([99, *prompt[1:]]) == []        # a different first token: nothing
+    pool.release(list(blocks[:2]))
+    pool.release(list(blocks[:1]))
+    pool.release(blocks)
+    assert pool.used == 0 and pool.free == 4           # cached blocks count as free...
+    again = pool.lookup(prompt)
+    assert len(again) == 2 and pool.used == 2          # ...and are found again
+    pool.release(again)
+    taken = pool.allocate(4)                           # ...until their ids are needed
+    assert len(taken) == 4 and pool.lookup(prompt) == []
