@@ -2,7 +2,7 @@
 
 Both are token buckets. Requests are charged one each on admission. Tokens (prompt + completion)
 are only known once the answer is done, so they are charged afterwards and may drive the bucket
-below zero; a key in debt is refused until the bucket refills above zero. Concurrent requests of
+below zero; a key in debt is refused until the bucket refills to zero. Concurrent requests of
 one key can therefore overshoot a tokens-per-minute limit by what they are generating at that
 moment, never for longer than the debt takes to pay back.
 """
@@ -43,9 +43,9 @@ class TokenBucket:
         return (amount - self.level) / self.rate
 
     def wait_positive(self, now: float) -> float:
-        """0.0 when the bucket is above zero, else the seconds until it is."""
+        """0.0 when the bucket is not in debt, else the seconds until it is paid back."""
         self._fill(now)
-        return 0.0 if self.level > 0 else (-self.level + 1e-9) / self.rate
+        return 0.0 if self.level >= 0 else -self.level / self.rate
 
     def charge(self, amount: float, now: float) -> None:
         """Take ``amount`` whatever the level (it may go negative: debt)."""
