@@ -7,6 +7,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from tests.runtime.secrets_helpers import write_secret
+
 from kubemaas_runtime.errors import StartupError
 from kubemaas_runtime.security.auth import (
     KeyFileError,
@@ -19,8 +21,6 @@ from kubemaas_runtime.security.auth import (
 from kubemaas_runtime.security.prompt import prompt_char_limit
 from kubemaas_runtime.security.ratelimit import Limits, RateLimiter, TokenBucket
 from kubemaas_runtime.security.secretdir import signature
-
-from tests.runtime.secrets_helpers import write_secret
 
 KEY = "k" * 16
 
