@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import pytest
 
-from .conftest import Server, start_llm_server, start_server
+from .conftest import Server
 from .secrets_helpers import request, wait_for, write_secret
 
 KEY = "hostile-suite-key-0123456789"
@@ -34,7 +34,7 @@ INFER = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32"
 COMPLETION = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 4,
                          "ignore_eos": True}).encode()
 MIB = 1 << 20
-PEAKS: dict[str, dict[str, int]] = {}  # attack -> server -> peak RSS in KiB
+PEAKS: dict[str, dict[str, tuple[int, int]]] = {}  # attack -> server -> (RSS before, peak) KiB
 
 
 def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
@@ -105,11 +105,18 @@ def targets(tiny_onnx: Path, tiny_llama: Path,
     keys = tmp_path_factory.mktemp("hostile") / "keys"
     write_secret(keys, {"suite": KEY.encode()})
     common = ["--api-keys-dir", str(keys), "--idle-timeout-s", str(IDLE_TIMEOUT_S)]
-    onnx = start_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
-                         "--max-request-bytes", str(8 * MIB), "--log-level", "warning",
-                         *common])
-    llm = start_llm_server(tiny_llama, "--max-model-len", "128", "--max-num-seqs", "4",
-                           *common)
+    onnx = Server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                   "--max-request-bytes", str(8 * MIB), "--log-level", "warning", *common])
+    llm = Server(["--model-uri", str(tiny_llama), "--format", "hf", "--name", "tiny",
+                  "--kv-cache-memory", "16Mi", "--max-model-len", "128", "--max-num-seqs", "4",
+                  "--intra-op-threads", "1", "--log-level", "warning", *common])
+    try:  # both load at once
+        onnx.wait_ready(120)
+        llm.wait_ready(120)
+    except BaseException:
+        onnx.stop()
+        llm.stop()
+        raise
     out = {"oip": Target("oip", onnx, Traffic(onnx, "/v2/models/tiny/infer", INFER)),
            "openai": Target("openai", llm, Traffic(llm, "/v1/completions", COMPLETION))}
     yield out
@@ -118,9 +125,10 @@ def targets(tiny_onnx: Path, tiny_llama: Path,
         assert target.server.proc.poll() is None, f"{target.name}: the runtime crashed"
         assert target.server.stop() == 0
     if PEAKS:
-        print("\npeak RSS (MiB) per attack:")
+        print("\nRSS before -> peak during each attack (MiB):")
         for attack, peaks in PEAKS.items():
-            print(f"  {attack}: " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in peaks.items()))
+            print(f"  {attack}: " + ", ".join(f"{k} {a / 1024:.0f} -> {b / 1024:.0f}"
+                                              for k, (a, b) in peaks.items()))
 
 
 def measured(attack: str, targets: dict[str, Target], run: Callable[[], None],
@@ -135,7 +143,7 @@ def measured(attack: str, targets: dict[str, Target], run: Callable[[], None],
     PEAKS[attack] = {}
     for t in targets.values():
         peak = rss_kib(t.pid, "VmHWM")
-        PEAKS[attack][t.name] = peak
+        PEAKS[attack][t.name] = (before[t.name], peak)
         assert peak - before[t.name] < bound_mib * 1024, (attack, t.name, before, peak)
         assert t.server.proc.poll() is None, f"{t.name} crashed during {attack}"
         status, _, _ = request(t.port, "GET", "/v2/health/ready")
@@ -216,21 +224,22 @@ def test_thousand_idle_connections(targets: dict[str, Target]) -> None:
     """1000 connections per server that send nothing: the well-behaved traffic keeps going and
     the server closes every one after the idle timeout."""
     def run() -> None:
-        for t in targets.values():
-            socks = [socket.create_connection(("127.0.0.1", t.port), timeout=30)
-                     for _ in range(1000)]
-            before = t.traffic.ok
-            status, _, _ = request(t.port, "GET", "/v2/health/ready")
-            assert status == 200
-            closed = 0
-            for s in socks:
-                try:
-                    closed += s.recv(1) == b""
-                except ConnectionResetError:
-                    closed += 1
-                s.close()
-            assert closed == len(socks)
-            assert t.traffic.ok > before or t.traffic.ok > 0
+        socks = [socket.create_connection(("127.0.0.1", t.port), timeout=30)
+                 for t in targets.values() for _ in range(1000)]
+        before = {t.name: t.traffic.ok for t in targets.values()}
+        for t in targets.values():  # still answering with 1000 idle connections held open
+            assert request(t.port, "GET", "/v2/health/ready")[0] == 200
+            status, _, doc = request(t.port, "POST", t.traffic.path, t.traffic.body, AUTH)
+            assert status == 200, doc
+        closed = 0
+        for s in socks:  # each one closed by the server after the idle timeout
+            try:
+                closed += s.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+            s.close()
+        assert closed == len(socks)
+        assert all(t.traffic.ok >= before[t.name] for t in targets.values())
     measured("1000 idle connections per server", targets, run)
 
 
@@ -266,16 +275,32 @@ def test_conflicting_length_and_chunked(targets: dict[str, Target]) -> None:
     measured("conflicting Content-Length and Transfer-Encoding", targets, run)
 
 
+def deflate_zeros(total_mib: int) -> bytes:
+    """A raw deflate stream of ``total_mib`` MiB of zeros, built without compressing them all:
+    after a full flush every further MiB of zeros compresses to the same bytes, so those bytes
+    are repeated."""
+    zero = bytes(MIB)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = c.compress(zero) + c.flush(zlib.Z_FULL_FLUSH)
+    steady = c.compress(zero) + c.flush(zlib.Z_FULL_FLUSH)
+    assert c.compress(zero) + c.flush(zlib.Z_FULL_FLUSH) == steady
+    return first + steady * (total_mib - 1) + c.flush()
+
+
 @pytest.fixture(scope="module")
 def bombs() -> dict[str, bytes]:
-    """1 GiB of zeros as gzip and as deflate (about 1 MB each)."""
+    """1 GiB of zeros as gzip and as deflate (zlib), about 1 MB each."""
+    raw = deflate_zeros(1024)
+    crc, adler = 0, 1
     zero = bytes(MIB)
-    out = {}
-    for name, wbits in (("gzip", 31), ("deflate", 15)):
-        c = zlib.compressobj(9, zlib.DEFLATED, wbits)
-        out[name] = b"".join([*(c.compress(zero) for _ in range(1024)), c.flush()])
+    for _ in range(1024):
+        crc, adler = zlib.crc32(zero, crc), zlib.adler32(zero, adler)
+    out = {"gzip": b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + raw
+           + crc.to_bytes(4, "little") + (1 << 30 & 0xFFFFFFFF).to_bytes(4, "little"),
+           "deflate": b"\x78\xda" + raw + adler.to_bytes(4, "big")}
     for name, wbits in (("gzip", 31), ("deflate", 15)):  # valid streams: they inflate
-        assert zlib.decompressobj(wbits).decompress(out[name], MIB) == zero
+        d = zlib.decompressobj(wbits)
+        assert d.decompress(out[name], MIB) == zero
     return out
 
 
