@@ -206,6 +206,56 @@ def test_slowloris(targets: dict[str, Target]) -> None:
     measured("slowloris (100 connections per server, 1 header byte / 0.2 s)", targets, run)
 
 
+def test_slow_body(targets: dict[str, Target]) -> None:
+    """20 requests per server whose headers are complete but whose body comes a byte every
+    0.2 s (slow POST): each is ended after --idle-timeout-s (OIP: 408, OpenAI: closed)."""
+    def run() -> None:
+        socks: list[tuple[socket.socket, str]] = []
+        for t in targets.values():
+            path = b"/v2/models/tiny/infer" if t.name == "oip" else b"/v1/completions"
+            for _ in range(20):
+                s = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+                s.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                          + KEY.encode() + b"\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100000\r\n\r\n{")
+                s.setblocking(False)
+                socks.append((s, t.name))
+        answers: dict[int, bytes] = {}
+        open_ = {s.fileno(): (s, name) for s, name in socks}
+        deadline = time.monotonic() + IDLE_TIMEOUT_S * 2 + 20
+        while open_ and time.monotonic() < deadline:
+            for fd, (s, _name) in list(open_.items()):
+                try:
+                    data = s.recv(65536)
+                except BlockingIOError:
+                    data = None
+                except OSError:
+                    data = b""
+                if data:
+                    answers[fd] = answers.get(fd, b"") + data
+                    continue
+                if data == b"":  # closed by the server
+                    del open_[fd]
+                    continue
+                try:
+                    s.send(b" ")
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    del open_[fd]
+            time.sleep(0.2)
+        assert not open_, f"{len(open_)} slow bodies still open"
+        for s, name in socks:
+            answer = answers.get(s.fileno(), b"")
+            status = status_of(answer)
+            if name == "oip":
+                assert status == 408, answer[:200]
+            else:
+                assert_clean(status, "slow body")
+            s.close()
+    measured("slow body (20 requests per server, 1 body byte / 0.2 s)", targets, run)
+
+
 def test_huge_headers(targets: dict[str, Target]) -> None:
     def run() -> None:
         for t in targets.values():

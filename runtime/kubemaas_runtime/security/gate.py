@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..errors import RuntimeErrorBase
 from ..metrics import Counter, Gauge, Metrics
 from ..settings import Settings
 from .auth import KeyStore, presented_key
@@ -33,6 +34,16 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/health"})
 RELOAD_EVERY_S = 1.0
 ANONYMOUS = "_anonymous"
+# a request body must keep arriving at this average rate, checked every --idle-timeout-s: a body
+# sent a byte at a time (slow POST) cannot hold a connection and a handler forever
+BODY_MIN_BYTES_PER_S = 1024
+
+
+class BodyTimeout(RuntimeErrorBase):
+    """The request body arrived too slowly (HTTP 408); the connection is closed."""
+
+    status = 408
+    close_connection = True
 
 
 class SecurityMetrics:
@@ -81,8 +92,9 @@ def _openai_error(status: int, message: str, code: str) -> bytes:
 
 class Gate:
     def __init__(self, handler: Handler, keys: KeyStore | None, limiter: RateLimiter | None,
-                 openai: bool, metrics: SecurityMetrics) -> None:
+                 openai: bool, metrics: SecurityMetrics, body_window_s: float = 30.0) -> None:
         self.handler = handler
+        self.body_window_s = body_window_s
         self.keys = keys
         self.limiter = limiter
         self.openai = openai
@@ -106,6 +118,20 @@ class Gate:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
             return await self.handler(request)
+        watchdog = self._watch_body(request) if request.body_exists else None
+        try:
+            return await self._admit(request)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    def _watch_body(self, request: web.BaseRequest) -> _BodyWatchdog | None:
+        content = request.content
+        if content.is_eof():
+            return None
+        return _BodyWatchdog(request, self.body_window_s, self.openai)
+
+    async def _admit(self, request: web.BaseRequest) -> web.StreamResponse:
         name = ANONYMOUS
         if self.keys is not None:
             headers = request.headers
@@ -143,6 +169,37 @@ class Gate:
                             refusal.retry_after_s)
 
 
+class _BodyWatchdog:
+    """Every ``window`` seconds until the body is complete: less than BODY_MIN_BYTES_PER_S on
+    average since the last check ends the request. OIP: the body read fails with BodyTimeout
+    (408, connection closed); OpenAI: the connection is closed, which cancels the handler."""
+
+    def __init__(self, request: web.BaseRequest, window: float, openai: bool) -> None:
+        self.request, self.window, self.openai = request, window, openai
+        self.seen = request.content.total_bytes
+        self.handle = asyncio.get_running_loop().call_later(window, self._check)
+
+    def _check(self) -> None:
+        content = self.request.content
+        if content.is_eof() or content.exception() is not None:
+            return
+        if content.total_bytes - self.seen < BODY_MIN_BYTES_PER_S * self.window:
+            log.warning("request body too slow; closing", extra={"fields": {
+                "path": self.request.path, "received": content.total_bytes}})
+            if self.openai:
+                if self.request.transport is not None:
+                    self.request.transport.close()
+            else:
+                content.set_exception(BodyTimeout(
+                    f"the request body arrived at under {BODY_MIN_BYTES_PER_S} bytes/s"))
+            return
+        self.seen = content.total_bytes
+        self.handle = asyncio.get_running_loop().call_later(self.window, self._check)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 class Security:
     """What serve() needs: the server to run, its TLS context, the metrics-only server, and a
     watcher that re-reads mounted Secrets."""
@@ -156,7 +213,8 @@ class Security:
         limits = Limits(settings.rate_limit_rps, settings.rate_limit_burst,
                         settings.rate_limit_tpm)
         limiter = RateLimiter(limits) if limits.enabled else None
-        self.gate = Gate(handler, self.keys, limiter, openai, self.smetrics)
+        self.gate = Gate(handler, self.keys, limiter, openai, self.smetrics,
+                         settings.idle_timeout_s)
         self._set_limit_gauges(limits)
         metrics.collectors.append(self.smetrics.lines)
         self.handler = handler
