@@ -193,9 +193,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate_limit_tpm", "--rate-limit-tpm", "KUBEMAAS_RATE_LIMIT_TPM", 0, int,
            "hf models: prompt + completion tokens per minute allowed to each API key; a key "
            "over it gets 429 + Retry-After until it is paid back. 0 = no limit."),
-    Option("idle_timeout_s", "--idle-timeout-s", "KUBEMAAS_IDLE_TIMEOUT_S", 30.0, float,
-           "A connection without a complete request for this long (slow headers, idle "
-           "keep-alive) is closed."),
+    Option("header_timeout_s", "--header-timeout-s", "KUBEMAAS_HEADER_TIMEOUT_S", 10.0, float,
+           "A request whose headers are not complete this long after its first byte is cut off "
+           "(slow headers); a request body must arrive at 1 KiB/s or more over each such "
+           "window."),
+    Option("idle_timeout_s", "--idle-timeout-s", "KUBEMAAS_IDLE_TIMEOUT_S", 300.0, float,
+           "A connection without a request for this long (idle keep-alive, or one that never "
+           "sends anything) is closed. Keep it above the idle timeout of the proxy in front."),
 )
 
 
@@ -244,7 +248,8 @@ class Settings:
     rate_limit_rps: float = 0.0
     rate_limit_burst: float = 0.0
     rate_limit_tpm: int = 0
-    idle_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
 
 
 def _local_dir(uri: str) -> bool:
@@ -370,7 +375,8 @@ def load_settings(argv: Sequence[str] | None = None,
     check("rate_limit_rps", values["rate_limit_rps"] >= 0, "must be 0 or more")
     check("rate_limit_burst", values["rate_limit_burst"] >= 0, "must be 0 or more")
     check("rate_limit_tpm", values["rate_limit_tpm"] >= 0, "must be 0 or more")
-    check("idle_timeout_s", 0 < values["idle_timeout_s"] <= 3600, "must be in (0, 3600] s")
+    check("header_timeout_s", 0 < values["header_timeout_s"] <= 600, "must be in (0, 600] s")
+    check("idle_timeout_s", 0 < values["idle_timeout_s"] <= 86400, "must be in (0, 86400] s")
     values["log_level"] = values["log_level"].lower()
     check("log_level", values["log_level"] in LOG_LEVELS,
           f"must be one of {', '.join(LOG_LEVELS)}")

@@ -1,12 +1,12 @@
 """Hostile input against both protocols while well-behaved clients keep going.
 
-Two runtimes run for the whole module, each with API keys (the attackers hold a valid key: an
-authenticated client gone bad is the harder case): an ONNX tensor model (OIP) and a tiny LLM
-(OpenAI API). Beside every attack, one thread per server loops valid requests. Each attack must
-be answered with a clean 4xx or a closed connection, the server's peak RSS during it (VmHWM,
-reset through /proc/PID/clear_refs before each attack) stays bounded, and at the end the
-well-behaved clients saw only 200s: zero 5xx, zero lost answers, zero crashes. The peaks are
-printed (``-s``) for the table in docs/security.md.
+Two runtimes run for the whole module (--header-timeout-s 2, --idle-timeout-s 3), each with API
+keys (the attackers hold a valid key: an authenticated client gone bad is the harder case): an
+ONNX tensor model (OIP) and a tiny LLM (OpenAI API). Beside every attack, one thread per server
+loops valid requests. Each attack must be answered with a clean 4xx or a closed connection, the
+server's peak RSS during it (VmHWM, reset through /proc/PID/clear_refs before each attack) stays
+bounded, and at the end the well-behaved clients saw only 200s: zero 5xx, zero lost answers, zero
+crashes. The peaks are printed (``-s``) for the table in docs/security.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from .secrets_helpers import request, wait_for, write_secret
 
 KEY = "hostile-suite-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
-IDLE_TIMEOUT_S = 2.0
+HEADER_TIMEOUT_S = 2.0
+IDLE_TIMEOUT_S = 3.0
 INFER = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
                                 "data": [1.0, 2.0, 3.0, 4.0]}]}).encode()
 COMPLETION = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 4,
@@ -104,7 +105,8 @@ def targets(tiny_onnx: Path, tiny_llama: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Target]]:
     keys = tmp_path_factory.mktemp("hostile") / "keys"
     write_secret(keys, {"suite": KEY.encode()})
-    common = ["--api-keys-dir", str(keys), "--idle-timeout-s", str(IDLE_TIMEOUT_S)]
+    common = ["--api-keys-dir", str(keys), "--header-timeout-s", str(HEADER_TIMEOUT_S),
+              "--idle-timeout-s", str(IDLE_TIMEOUT_S)]
     onnx = Server(["--model-uri", str(tiny_onnx), "--name", "tiny",
                    "--max-request-bytes", str(8 * MIB), "--log-level", "warning", *common])
     llm = Server(["--model-uri", str(tiny_llama), "--format", "hf", "--name", "tiny",
@@ -150,6 +152,15 @@ def measured(attack: str, targets: dict[str, Target], run: Callable[[], None],
         assert status == 200, f"{t.name} not serving after {attack}"
 
 
+def closed_for(target: Target, reason: str) -> float:
+    status, _, text = request(target.port, "GET", "/metrics", headers=AUTH)
+    assert status == 200
+    for line in text.decode().splitlines():
+        if line.startswith(f'kubemaas_connections_closed_total{{reason="{reason}"}} '):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def raw_exchange(port: int, data: bytes, timeout: float = 20) -> bytes:
     """Send raw bytes, read until the server closes or answers a whole response."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -177,9 +188,10 @@ def assert_clean(status: int | None, what: str) -> None:
 
 
 def test_slowloris(targets: dict[str, Target]) -> None:
-    """100 connections per server each sending a header byte every 0.2 s: every one is closed
-    by the server once it has gone --idle-timeout-s without a complete request."""
+    """100 connections per server each sending a header byte every 0.2 s: every one is cut off
+    by the server --header-timeout-s after its first byte."""
     def run() -> None:
+        before = {t.name: closed_for(t, "header_timeout") for t in targets.values()}
         socks: list[tuple[socket.socket, float]] = []
         for t in targets.values():
             for _ in range(100):
@@ -187,7 +199,7 @@ def test_slowloris(targets: dict[str, Target]) -> None:
                 s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\n")
                 socks.append((s, time.monotonic()))
         open_ = {s.fileno(): s for s, _ in socks}
-        deadline = time.monotonic() + IDLE_TIMEOUT_S + 20
+        deadline = time.monotonic() + HEADER_TIMEOUT_S + 20
         payload = b"X-Slow-Header: " + b"a" * 200
         i = 0
         while open_ and time.monotonic() < deadline:
@@ -202,14 +214,17 @@ def test_slowloris(targets: dict[str, Target]) -> None:
         left = len(open_)
         for s in open_.values():
             s.close()
-        assert left == 0, f"{left} slow connections still open after the idle timeout"
+        assert left == 0, f"{left} slow connections still open after the header timeout"
+        for t in targets.values():  # closed by the header deadline, not the keep-alive timer
+            assert closed_for(t, "header_timeout") - before[t.name] == 100
     measured("slowloris (100 connections per server, 1 header byte / 0.2 s)", targets, run)
 
 
 def test_slow_body(targets: dict[str, Target]) -> None:
     """20 requests per server whose headers are complete but whose body comes a byte every
-    0.2 s (slow POST): each is ended after --idle-timeout-s (OIP: 408, OpenAI: closed)."""
+    0.2 s (slow POST): each is ended after --header-timeout-s (OIP: 408, OpenAI: closed)."""
     def run() -> None:
+        before = {t.name: closed_for(t, "body_timeout") for t in targets.values()}
         socks: list[tuple[socket.socket, str]] = []
         for t in targets.values():
             path = b"/v2/models/tiny/infer" if t.name == "oip" else b"/v1/completions"
@@ -222,7 +237,7 @@ def test_slow_body(targets: dict[str, Target]) -> None:
                 socks.append((s, t.name))
         answers: dict[int, bytes] = {}
         open_ = {s.fileno(): (s, name) for s, name in socks}
-        deadline = time.monotonic() + IDLE_TIMEOUT_S * 2 + 20
+        deadline = time.monotonic() + HEADER_TIMEOUT_S * 2 + 20
         while open_ and time.monotonic() < deadline:
             for fd, (s, _name) in list(open_.items()):
                 try:
@@ -253,6 +268,8 @@ def test_slow_body(targets: dict[str, Target]) -> None:
             else:
                 assert_clean(status, "slow body")
             s.close()
+        for t in targets.values():
+            assert closed_for(t, "body_timeout") - before[t.name] == 20
     measured("slow body (20 requests per server, 1 body byte / 0.2 s)", targets, run)
 
 

@@ -24,6 +24,7 @@ from ..errors import RuntimeErrorBase
 from ..metrics import Counter, Gauge, Metrics
 from ..settings import Settings
 from .auth import KeyStore, presented_key
+from .connection import HardenedHandler, HardenedServer
 from .ratelimit import Limits, RateLimiter, Refusal
 from .tls import TLSFiles
 from .usage import UsageSink, current_usage
@@ -67,6 +68,11 @@ class SecurityMetrics:
             "kubemaas_rate_limit_tokens_per_minute",
             "Tokens-per-minute limit of each key (0 = none).", ("key",))
         self.keys_loaded = Gauge("kubemaas_api_keys_loaded", "API keys loaded now.")
+        self.closed = Counter(
+            "kubemaas_connections_closed_total",
+            "Connections the server closed on a client too slow: reason = header_timeout "
+            "(headers not complete in --header-timeout-s) or body_timeout (body under 1 KiB/s).",
+            ("reason",))
         self.reloads = Counter(
             "kubemaas_secret_reloads_total",
             "Reloads of a mounted Secret (secret = api_keys or tls) by outcome.",
@@ -75,7 +81,7 @@ class SecurityMetrics:
     def lines(self) -> list[str]:
         out: list[str] = []
         for metric in (self.auth, self.limited, self.tokens, self.limit_rps, self.limit_tpm,
-                       self.keys_loaded, self.reloads):
+                       self.keys_loaded, self.closed, self.reloads):
             out.extend(metric.render())
         return out
 
@@ -116,20 +122,27 @@ class Gate:
         return resp
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
-            return await self.handler(request)
-        watchdog = self._watch_body(request) if request.body_exists else None
+        proto = request.protocol if isinstance(request.protocol, HardenedHandler) else None
+        if proto is not None:
+            proto.request_started()
+        watchdog = None
         try:
+            if request.path in OPEN_PATHS:
+                return await self.handler(request)
+            if request.body_exists:
+                watchdog = self._watch_body(request)
             return await self._admit(request)
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            if proto is not None:
+                proto.request_finished()
 
     def _watch_body(self, request: web.BaseRequest) -> _BodyWatchdog | None:
         content = request.content
         if content.is_eof():
             return None
-        return _BodyWatchdog(request, self.body_window_s, self.openai)
+        return _BodyWatchdog(request, self.body_window_s, self.openai, self.metrics)
 
     async def _admit(self, request: web.BaseRequest) -> web.StreamResponse:
         name = ANONYMOUS
@@ -174,8 +187,10 @@ class _BodyWatchdog:
     average since the last check ends the request. OIP: the body read fails with BodyTimeout
     (408, connection closed); OpenAI: the connection is closed, which cancels the handler."""
 
-    def __init__(self, request: web.BaseRequest, window: float, openai: bool) -> None:
+    def __init__(self, request: web.BaseRequest, window: float, openai: bool,
+                 metrics: SecurityMetrics) -> None:
         self.request, self.window, self.openai = request, window, openai
+        self.metrics = metrics
         self.seen = request.content.total_bytes
         self.handle = asyncio.get_running_loop().call_later(window, self._check)
 
@@ -186,6 +201,7 @@ class _BodyWatchdog:
         if content.total_bytes - self.seen < BODY_MIN_BYTES_PER_S * self.window:
             log.warning("request body too slow; closing", extra={"fields": {
                 "path": self.request.path, "received": content.total_bytes}})
+            self.metrics.closed.inc(("body_timeout",))
             if self.openai:
                 if self.request.transport is not None:
                     self.request.transport.close()
@@ -214,16 +230,18 @@ class Security:
                         settings.rate_limit_tpm)
         limiter = RateLimiter(limits) if limits.enabled else None
         self.gate = Gate(handler, self.keys, limiter, openai, self.smetrics,
-                         settings.idle_timeout_s)
+                         settings.header_timeout_s)
         self._set_limit_gauges(limits)
         metrics.collectors.append(self.smetrics.lines)
         self.handler = handler
-        # keepalive_timeout also bounds a connection that never completes its first request
-        # (aiohttp arms it at connection_made and closes a connection still waiting for one)
-        self.server = web.Server(self.gate, access_log=None,
-                                 keepalive_timeout=settings.idle_timeout_s,
-                                 max_line_size=8190, max_field_size=8190, max_headers=100,
-                                 **server_kwargs)
+        # keepalive_timeout bounds a connection waiting for a request (from its start or its
+        # last response); the header timeout bounds a request that has begun arriving
+        self.server = HardenedServer(
+            self.gate, access_log=None, keepalive_timeout=settings.idle_timeout_s,
+            max_line_size=8190, max_field_size=8190, max_headers=100,
+            header_timeout_s=settings.header_timeout_s,
+            on_header_timeout=lambda: self.smetrics.closed.inc(("header_timeout",)),
+            **server_kwargs)
         self._task: asyncio.Task[None] | None = None
         self._metrics_runner: web.ServerRunner | None = None
 
