@@ -79,6 +79,7 @@ async def serve(settings: Settings) -> int:
     from .dataplane import DataPlane
     from .metrics import Metrics
     from .protocol.rest import RestServer
+    from .security.gate import Security
 
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
@@ -89,11 +90,14 @@ async def serve(settings: Settings) -> int:
                           settings.request_timeout_s)
     rest = RestServer(dataplane, metrics, settings.max_request_bytes,
                       settings.max_inflight_bytes or None)
-    runner = web.ServerRunner(rest.server, handle_signals=False)
+    security = Security(settings, metrics, rest.handle, openai=False)  # keys, TLS, limits
+    runner = web.ServerRunner(security.server, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024,
+                       ssl_context=security.ssl_context)
     try:
         await site.start()
+        await security.start()
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: "
@@ -155,6 +159,7 @@ async def serve(settings: Settings) -> int:
         exit_code = 1
     finally:
         stop_task.cancel()
+        await security.close()
         await runner.cleanup()
         dataplane.close()
         if batcher is not None:

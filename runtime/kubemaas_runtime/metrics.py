@@ -7,7 +7,7 @@ dicts and floats are enough: no locks on the request path.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0)
@@ -124,6 +124,8 @@ class Metrics:
         self.load_seconds = Gauge(
             "kubemaas_model_load_seconds", "Time to fetch, load and warm up the model.",
             ("model",))
+        # more exposition lines, rendered after the above (security/gate.py adds its own)
+        self.collectors: list[Callable[[], list[str]]] = []
 
     def render(self) -> bytes:
         lines: list[str] = []
@@ -131,6 +133,8 @@ class Metrics:
                        self.inference_duration, self.batch_size, self.inflight,
                        self.queue_rejections, self.model_ready, self.load_seconds):
             lines.extend(metric.render())
+        for collect in self.collectors:
+            lines.extend(collect())
         return ("\n".join(lines) + "\n").encode()
 
 

@@ -56,6 +56,10 @@ def _optional_str(text: str) -> str | None:
     return text or None
 
 
+def _optional_int(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
 _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
                "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
@@ -170,6 +174,32 @@ OPTIONS: tuple[Option, ...] = (
            "Default: the AWS_* environment variables."),
     Option("download_timeout_s", "--download-timeout-s", "KUBEMAAS_DOWNLOAD_TIMEOUT_S", 300.0,
            float, "Socket timeout for http(s):// and s3:// downloads."),
+    Option("api_keys_dir", "--api-keys-dir", "KUBEMAAS_API_KEYS_DIR", None, _optional_str,
+           "Directory of a mounted Secret of API keys: one file per key, the file name is the "
+           "key's name in logs and metrics. Requests then need Authorization: Bearer KEY or "
+           "x-api-key: KEY (health probes excepted); changes are picked up within a second. "
+           "Default: no keys needed (docs/security.md)."),
+    Option("tls_dir", "--tls-dir", "KUBEMAAS_TLS_DIR", None, _optional_str,
+           "Directory of a mounted kubernetes.io/tls Secret (tls.crt, tls.key): serve HTTPS, "
+           "re-reading the pair when it changes. Default: plain HTTP."),
+    Option("metrics_port", "--metrics-port", "KUBEMAAS_METRICS_PORT", None, _optional_int,
+           "Also serve GET /metrics, without a key, on this port (plain HTTP). Default: "
+           "/metrics only on the serving port, behind the API key when keys are on."),
+    Option("rate_limit_rps", "--rate-limit-rps", "KUBEMAAS_RATE_LIMIT_RPS", 0.0, float,
+           "Requests per second allowed to each API key (or to all callers together without "
+           "keys); over it gets 429 + Retry-After. 0 = no limit."),
+    Option("rate_limit_burst", "--rate-limit-burst", "KUBEMAAS_RATE_LIMIT_BURST", 0.0, float,
+           "Requests a key may make at once above its per-second rate. 0 = max(1, rate)."),
+    Option("rate_limit_tpm", "--rate-limit-tpm", "KUBEMAAS_RATE_LIMIT_TPM", 0, int,
+           "hf models: prompt + completion tokens per minute allowed to each API key; a key "
+           "over it gets 429 + Retry-After until it is paid back. 0 = no limit."),
+    Option("header_timeout_s", "--header-timeout-s", "KUBEMAAS_HEADER_TIMEOUT_S", 10.0, float,
+           "A request whose headers are not complete this long after its first byte is cut off "
+           "(slow headers); a request body must arrive at 1 KiB/s or more over each such "
+           "window."),
+    Option("idle_timeout_s", "--idle-timeout-s", "KUBEMAAS_IDLE_TIMEOUT_S", 300.0, float,
+           "A connection without a request for this long (idle keep-alive, or one that never "
+           "sends anything) is closed. Keep it above the idle timeout of the proxy in front."),
 )
 
 
@@ -212,6 +242,14 @@ class Settings:
     s3_endpoint: str | None = None
     s3_credentials_dir: str | None = None
     download_timeout_s: float = 300.0
+    api_keys_dir: str | None = None
+    tls_dir: str | None = None
+    metrics_port: int | None = None
+    rate_limit_rps: float = 0.0
+    rate_limit_burst: float = 0.0
+    rate_limit_tpm: int = 0
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
 
 
 def _local_dir(uri: str) -> bool:
@@ -339,6 +377,13 @@ def load_settings(argv: Sequence[str] | None = None,
     check("max_num_batched_tokens",
           values["max_num_batched_tokens"] >= max(values["max_num_seqs"], values["block_size"]),
           "must be at least --max-num-seqs and --block-size")
+    check("metrics_port", values["metrics_port"] is None or 0 <= values["metrics_port"] <= 65535,
+          "must be between 0 and 65535")
+    check("rate_limit_rps", values["rate_limit_rps"] >= 0, "must be 0 or more")
+    check("rate_limit_burst", values["rate_limit_burst"] >= 0, "must be 0 or more")
+    check("rate_limit_tpm", values["rate_limit_tpm"] >= 0, "must be 0 or more")
+    check("header_timeout_s", 0 < values["header_timeout_s"] <= 600, "must be in (0, 600] s")
+    check("idle_timeout_s", 0 < values["idle_timeout_s"] <= 86400, "must be in (0, 86400] s")
     values["log_level"] = values["log_level"].lower()
     check("log_level", values["log_level"] in LOG_LEVELS,
           f"must be one of {', '.join(LOG_LEVELS)}")

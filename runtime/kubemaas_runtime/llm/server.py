@@ -118,6 +118,7 @@ async def serve_llm(settings: Settings) -> int:
 
     from ..metrics import LLMMetrics, Metrics
     from ..protocol.openai import OpenAIServer, Served
+    from ..security.gate import Security
 
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
@@ -125,11 +126,14 @@ async def serve_llm(settings: Settings) -> int:
     label = (settings.model_name,)
     metrics.model_ready.set(label, 0)
     api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20))
-    runner = web.ServerRunner(api.server, handle_signals=False)
+    security = Security(settings, metrics, api.handle, openai=True, handler_cancellation=True)
+    runner = web.ServerRunner(security.server, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024,
+                       ssl_context=security.ssl_context)
     try:
         await site.start()
+        await security.start()
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: "
@@ -176,6 +180,7 @@ async def serve_llm(settings: Settings) -> int:
         exit_code = 1
     finally:
         stop_task.cancel()
+        await security.close()
         await runner.cleanup()
         if engine is not None:
             engine.stop()

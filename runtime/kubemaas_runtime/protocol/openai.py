@@ -23,6 +23,8 @@ from aiohttp import web
 from ..llm.engine import Delta, Engine, Overloaded, RequestStream
 from ..llm.sampling import TokenLogprobs
 from ..metrics import LLMMetrics, Metrics
+from ..security.prompt import prompt_char_limit
+from ..security.usage import current_usage
 from .openai_schema import ApiError, GenerationRequest, parse_request
 
 log = logging.getLogger("kubemaas.runtime.openai")
@@ -165,6 +167,10 @@ class OpenAIServer:
             return list(tok(req.prompt_text)["input_ids"])
 
         size = sum(len(m["content"]) for m in req.messages or ()) + len(req.prompt_text or "")
+        if size > prompt_char_limit(tok, served.max_model_len):  # refused before tokenizing it
+            raise ApiError(400, f"This model's maximum context length is {served.max_model_len} "
+                           f"tokens; a prompt of {size} characters cannot fit.",
+                           "messages" if req.chat else "prompt", "context_length_exceeded")
         if size > _TOKENIZE_OFF_LOOP_CHARS:
             return await asyncio.get_running_loop().run_in_executor(None, run)
         return run()
@@ -224,6 +230,7 @@ class OpenAIServer:
     def _observe(self, served: Served, stream: RequestStream) -> Callable[[Delta], None]:
         m = served.metrics
         prev: list[float] = []
+        usage = current_usage.get()  # per-key token limits (security/gate.py)
 
         def observe(delta: Delta) -> None:
             if delta.token_ids and delta.finish_reason != "abort":
@@ -236,6 +243,8 @@ class OpenAIServer:
                 m.e2e.observe(m.label, delta.at - stream.arrival)
                 m.prompt_tokens.inc(m.label, delta.prompt_tokens)
                 m.generation_tokens.inc(m.label, delta.completion_tokens)
+                if usage is not None:
+                    usage.add(delta.prompt_tokens + delta.completion_tokens)
                 m.success.inc((self.model_name, delta.finish_reason))
         return observe
 

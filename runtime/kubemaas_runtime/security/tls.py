@@ -1,0 +1,60 @@
+"""TLS from a mounted ``kubernetes.io/tls`` Secret directory (``tls.crt``, ``tls.key``: what
+cert-manager writes), re-read when it changes: ``load_cert_chain`` on the live context, so new
+handshakes present the new certificate and established connections keep theirs.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+from ..errors import StartupError
+from .secretdir import Signature, signature
+
+log = logging.getLogger("kubemaas.runtime.security")
+
+
+class TLSFiles:
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.set_alpn_protocols(["http/1.1"])
+        self.reloads = {"ok": 0, "error": 0}
+        try:
+            self._sig: Signature = signature(self.directory)
+            self._load()
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"--tls-dir {directory}: cannot load tls.crt and tls.key: "
+                               f"{exc}") from None
+        self._failed_sig: Signature | None = None
+
+    def _load(self) -> None:
+        crt, key = self.directory / "tls.crt", self.directory / "tls.key"
+        # a pair that fails half way must not leave the live context with a new certificate and
+        # the old key: try it on a scratch context first
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(crt, key)
+        self.context.load_cert_chain(crt, key)
+
+    def refresh(self) -> bool:
+        """Re-read the pair if the files changed; True when a new certificate was loaded. A pair
+        that does not load (half written, key and certificate not matching) keeps the old one."""
+        try:
+            sig = signature(self.directory)
+        except OSError as exc:
+            sig = ("unreadable", str(exc))
+        if sig == self._sig or sig == self._failed_sig:
+            return False
+        try:
+            self._load()
+        except (OSError, ssl.SSLError) as exc:
+            self._failed_sig = sig
+            self.reloads["error"] += 1
+            log.error("tls certificate not reloaded; keeping the previous one",
+                      extra={"fields": {"dir": str(self.directory), "error": str(exc)}})
+            return False
+        self._sig, self._failed_sig = sig, None
+        self.reloads["ok"] += 1
+        log.warning("tls certificate reloaded", extra={"fields": {"dir": str(self.directory)}})
+        return True
