@@ -97,3 +97,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             tails.append(f"--- {log.name} (last {len(lines)} lines)\n" + "\n".join(lines))
         report.sections.append(("testbed logs", "\n".join(tails)))
     return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """After a golden update run (KUBEMAAS_UPDATE_GOLDEN=1): the golden files it touched."""
+    from tests.goldens import summary
+
+    lines = summary(Path(__file__).resolve().parents[1])
+    if lines:
+        terminalreporter.section("golden files")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -2,19 +2,18 @@
 
     KUBEMAAS_UPDATE_GOLDEN=1 .venv/bin/pytest tests/chart/test_chart_golden.py
 
-and review the diff."""
+(refused when CI is set; the run ends with the list of files it changed) and review the diff.
+A golden file that no case produces fails test_no_stale_chart_golden_files."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
+
+from tests.goldens import check, stale
 
 from .helm import ROOT, template
 
 GOLDEN = ROOT / "tests" / "golden" / "chart"
-UPDATE = os.environ.get("KUBEMAAS_UPDATE_GOLDEN") == "1"
 
 CASES = {
     "default": [],
@@ -40,10 +39,10 @@ def test_helm_template_golden(case: str) -> None:
     if args[:1] == ["--namespace"]:
         namespace, args = args[1], args[2:]
     text = template(*args, namespace=namespace)
-    golden: Path = GOLDEN / f"{case}.yaml"
-    if UPDATE:
-        golden.write_text(text)
-    assert golden.exists(), f"no golden file {golden}; run with KUBEMAAS_UPDATE_GOLDEN=1"
-    assert text == golden.read_text(), (
-        f"helm template ({case}) changed; if intended, rerun with KUBEMAAS_UPDATE_GOLDEN=1 "
-        "and review the diff")
+    check(GOLDEN / f"{case}.yaml", text, f"helm template ({case})")
+
+
+def test_no_stale_chart_golden_files() -> None:
+    extra = stale(GOLDEN, [GOLDEN / f"{case}.yaml" for case in CASES])
+    assert not extra, (f"chart golden files that no case produces: {[str(p) for p in extra]}; "
+                       "KUBEMAAS_UPDATE_GOLDEN=1 removes them")

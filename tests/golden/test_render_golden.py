@@ -1,18 +1,20 @@
 """Golden files of rendered manifests: every example in examples/ rendered to
-tests/golden/data/<example>.yaml. After an intended change, regenerate them with
+tests/golden/data/<example>.yaml (and the HTTPRoute split to data/gateway/). After an intended
+change, regenerate them with
 
     KUBEMAAS_UPDATE_GOLDEN=1 .venv/bin/pytest tests/golden
 
-and review the diff.
+(refused when CI is set; the run ends with the list of files it changed) and review the diff.
+A golden file that no case produces fails test_no_stale_golden_files.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import yaml
+from tests.goldens import check, stale
 
 from kubemaas_operator.api import parse_spec
 from kubemaas_operator.render import RenderContext, RenderError, render
@@ -21,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml")
                   if yaml.safe_load(p.read_text()).get("kind") == "ModelDeployment")
 DATA = Path(__file__).parent / "data"
-UPDATE = os.environ.get("KUBEMAAS_UPDATE_GOLDEN") == "1"
+HTTPROUTE_GOLDEN = DATA / "gateway" / "h100-model-httproute.yaml"
 
 
 def _render(example: Path, template: str | None = None) -> str:
@@ -35,13 +37,14 @@ def _render(example: Path, template: str | None = None) -> str:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_golden(example: Path) -> None:
-    golden = DATA / f"{example.stem}.yaml"
-    text = _render(example)
-    if UPDATE:
-        golden.write_text(text)
-    assert golden.exists(), f"no golden file {golden}; run with KUBEMAAS_UPDATE_GOLDEN=1"
-    assert text == golden.read_text(), (
-        f"rendering of {example.name} changed; if intended, KUBEMAAS_UPDATE_GOLDEN=1")
+    check(DATA / f"{example.stem}.yaml", _render(example), f"the rendering of {example.name}")
+
+
+def test_no_stale_golden_files() -> None:
+    """Every golden file belongs to a case above (a removed example takes its file along)."""
+    extra = stale(DATA, [*(DATA / f"{e.stem}.yaml" for e in EXAMPLES), HTTPROUTE_GOLDEN])
+    assert not extra, (f"golden files that no case produces: {[str(p) for p in extra]}; "
+                       "KUBEMAAS_UPDATE_GOLDEN=1 removes them")
 
 
 def test_examples_exist() -> None:
@@ -107,10 +110,4 @@ def test_golden_httproute_split() -> None:
                         uid="00000000-0000-0000-0000-000000000001")
     text = yaml.safe_dump_all(render_gateway(spec, ctx, spec.serving.gateway, 10),
                               sort_keys=True)
-    golden = DATA / "gateway" / "h100-model-httproute.yaml"
-    if UPDATE:
-        golden.parent.mkdir(exist_ok=True)
-        golden.write_text(text)
-    assert golden.exists(), f"no golden file {golden}; run with KUBEMAAS_UPDATE_GOLDEN=1"
-    assert text == golden.read_text(), "HTTPRoute split rendering changed; if intended, " \
-        "KUBEMAAS_UPDATE_GOLDEN=1"
+    check(HTTPROUTE_GOLDEN, text, "the HTTPRoute split rendering")
