@@ -17,6 +17,7 @@ from kubemaas_runtime.backends.onnx import OnnxModel
 from kubemaas_runtime.batching import Batcher, padded_batch_rows
 from kubemaas_runtime.errors import Unavailable
 from kubemaas_runtime.metrics import Metrics
+from tests.helpers import wait_for
 
 from .conftest import Server, assert_as_reference, ort_run
 
@@ -151,6 +152,13 @@ def test_request_timeout_is_a_clean_503(runtime_server: Any, tiny_onnx: Path) ->
     assert time.monotonic() - start < 2.5
 
 
+def _wait_draining(server: Server) -> None:
+    """Until the runtime logs that SIGTERM reached it ("draining": readiness is 503 from the
+    same moment on)."""
+    wait_for(lambda: any(doc.get("msg") == "draining" for doc in server.logs()), timeout=10,
+             interval=0.01, what="the runtime's draining log line after SIGTERM")
+
+
 def test_sigterm_drains_in_flight_requests(runtime_server: Any, tiny_onnx: Path) -> None:
     # requests wait 1.5 s in the batcher: they are in flight when SIGTERM arrives
     server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
@@ -166,7 +174,7 @@ def test_sigterm_drains_in_flight_requests(runtime_server: Any, tiny_onnx: Path)
         assert time.monotonic() < deadline, "the requests never arrived"
         time.sleep(0.02)
     server.proc.send_signal(15)
-    time.sleep(0.2)
+    _wait_draining(server)
     assert server.request("GET", "/v2/health/ready")[0] == 503  # out of the Service at once
     for t in threads:
         t.join(10)
@@ -181,7 +189,7 @@ def test_shutdown_delay_keeps_serving_while_not_ready(runtime_server: Any,
     server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
                                      "--shutdown-delay-s", "1.5"])
     server.proc.send_signal(15)
-    time.sleep(0.3)
+    _wait_draining(server)
     assert server.request("GET", "/v2/health/ready")[0] == 503
     status, doc = _infer(server, "tiny", {"x": np.ones((1, 4), dtype=np.float32)})
     assert status == 200, doc  # a late request from a stale endpoint list is still answered
