@@ -37,6 +37,26 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "con
         time.sleep(interval)
 
 
+def holds(predicate: Callable[[], object], seconds: float, what: str,
+          interval: float = 0.2) -> int:
+    """Check that predicate() stays truthy for `seconds`: a "nothing happens" check that
+    watches the whole period (callers state why the period is long enough: longer than the
+    mechanism that would change it). Fails at the first look that is not truthy; returns
+    how many looks it took."""
+    deadline = time.monotonic() + seconds
+    looks = 0
+    while True:
+        value = predicate()
+        looks += 1
+        if not value:
+            raise AssertionError(f"{what} stopped holding after {looks} look(s) "
+                                 f"({deadline - time.monotonic():.1f} s before the end of "
+                                 f"the {seconds:.0f} s period); last value: {value!r}")
+        if time.monotonic() >= deadline:
+            return looks
+        time.sleep(interval)
+
+
 def http_json(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
     """GET (or POST a JSON body to) a local server: (status, decoded JSON body).
 
@@ -79,3 +99,4 @@ class Poller:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+

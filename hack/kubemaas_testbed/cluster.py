@@ -38,7 +38,9 @@ SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the kubernetes Servic
 POD_CIDR = "10.64.0.1/12"
 FAILURE_LABEL = "kubemaas.io/fake-failure"
 # Failure modes whose pods must never pass through kwok's default pod-ready stage.
-NEVER_READY = ["not-ready", "image-pull"]
+WAITING_REASONS = ["ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                   "CreateContainerError", "RunContainerError"]  # label value = the reason
+NEVER_READY = ["not-ready", "image-pull", *WAITING_REASONS]
 STOP_ORDER = ["kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
 DEFAULT_STATE = binaries.REPO_ROOT / ".state" / "cluster"
 

@@ -71,6 +71,7 @@ class Runtime:
     gateway_api: bool = False  # API discovery: HTTPRoute (gateway.networking.k8s.io/v1) served
     queue: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    resyncs: int = 0  # periodic resync passes started (reported on /healthz)
 
 
 _rt: Runtime | None = None
@@ -404,6 +405,7 @@ async def _resync(rt: Runtime) -> None:
         await asyncio.sleep(rt.settings.resync_s)
         if standby.paused():
             continue
+        rt.resyncs += 1
         keys = list(rt.indexes["md_index"].keys())
         for i, key in enumerate(keys):
             rt.queue.enqueue(key, 0.01 + i * min(1.0, rt.settings.resync_s / 2 / max(1, len(keys))))
@@ -464,6 +466,18 @@ async def cleanup(**_: Any) -> None:
 @kopf.on.probe(id="apiWrites")
 async def api_writes(**_: Any) -> int:
     return _runtime().cluster.writes if _rt is not None else 0
+
+
+@kopf.on.probe(id="resyncs")
+async def resyncs(**_: Any) -> int:
+    """Resync passes so far: a reader knows how many drift checks a write count spans."""
+    return _runtime().resyncs if _rt is not None else 0
+
+
+@kopf.on.probe(id="probedAt")
+async def probed_at(**_: Any) -> float:
+    """When these probe results were taken (UNIX time): kopf serves them for up to 10 s."""
+    return time.time()
 
 
 @kopf.on.probe(id="standby")

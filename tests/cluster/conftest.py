@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ OPERATOR_ENV = {
     "KUBEMAAS_OPERATOR_GATEWAY_DISCOVERY_S": "1",  # test_rollout_gateway installs the CRDs late
     "KUBEMAAS_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
 }
+RESYNC_S = float(OPERATOR_ENV["KUBEMAAS_OPERATOR_RESYNC_S"])
 
 
 def _free_port() -> int:
@@ -114,14 +116,48 @@ class Operator:
         except OSError:
             return None
 
+    def fresh_health(self, after: float | None = None, timeout: float = 30) -> dict[str, Any]:
+        """The health document of probes taken after `after` (UNIX time; default now). kopf
+        serves probe results for up to 10 s: this waits until the results it serves are newer
+        (their `probedAt`), so a counter read here is never an earlier, cached value."""
+        since = time.time() if after is None else after
+
+        def fresh() -> dict[str, Any] | None:
+            state = self.health()
+            return state if state is not None and float(state["probedAt"]) >= since else None
+        return wait_for(fresh, timeout=timeout, interval=0.5,
+                        what=f"operator probe results newer than {since:.1f} (log {self.log})")
+
     def writes(self) -> int:
-        """API writes so far (kopf caches probe results for 10 s)."""
-        state = self.health()
-        assert state is not None, "the operator does not answer its health endpoint"
-        return int(state["apiWrites"])
+        """API write requests since the process started, read after this call began."""
+        return int(self.fresh_health()["apiWrites"])
+
+    def wait_resyncs(self, passes: int, timeout: float = 60) -> dict[str, Any]:
+        """Until `passes` more periodic resync passes have started than when called (so at
+        least passes - 1 whole resync periods of reconciles lie between); the fresh health
+        document then."""
+        start = int(self.fresh_health()["resyncs"])
+        return wait_for(lambda: (lambda h: h if int(h["resyncs"]) >= start + passes else None)(
+            self.fresh_health()), timeout=timeout, interval=0.5,
+            what=f"{passes} resync passes of the operator (log {self.log})")
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@contextmanager
+def reconfigured(operator: Operator, **env: str) -> Iterator[Operator]:
+    """The session's operator restarted with `env` on top of OPERATOR_ENV for a block (a long
+    KUBEMAAS_OPERATOR_RESYNC_S, say, so that only watch events can explain what it does), and
+    restarted with its own settings afterwards."""
+    saved = operator.env
+    operator.env = {**saved, **env}
+    operator.restart()
+    try:
+        yield operator
+    finally:
+        operator.env = saved
+        operator.restart()
 
 
 def install(kube: Kube) -> None:

@@ -5,7 +5,6 @@ column, invalid specs are refused with a message, and `kubectl explain` teaches 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +153,11 @@ def test_insufficient_gpu_is_reported_within_seconds(kube: Kube, namespace: str,
                                                      operator: Operator) -> None:
     # 3 replicas x 8 H100 = 24 GPUs; the cluster has 16 H100 in all.
     apply(kube, namespace, md("too-big", gpu={"count": 8, "products": [H100]}, replicas=3))
-    start = time.monotonic()
+    # How soon (target < 5 s) is measured by bench/operator/reactions.py; this is a functional
+    # bound only.
     row = wait_for(lambda: next((r for r in get_md_table(kube, namespace)
                                  if r["REASON"].startswith("InsufficientGPU")), None),
-                   timeout=10, what="InsufficientGPU in the Reason column")
-    took = time.monotonic() - start
-    assert took < 5, f"took {took:.1f}s"
+                   timeout=30, what="InsufficientGPU in the Reason column")
     assert "needs 3x8 gpu" in row["REASON"] and "free on H100-80GB-HBM3" in row["REASON"]
     st = status(kube, namespace, "too-big")
     scheduled = condition(st, "Scheduled")
@@ -264,12 +262,14 @@ def test_invalid_specs_the_api_cannot_catch_reach_failed(kube: Kube, namespace: 
         ready = condition(st, "Ready")
         assert ready["reason"] == reason and words in ready["message"], ready
         assert st["reason"].startswith(reason)
-    # No crash, no hot loop: the operator lives and writes nothing more for them.
-    time.sleep(11)  # two resyncs, and kopf's 10 s probe cache
-    before = operator.writes()
-    time.sleep(11)
+    # No crash, no hot loop: once a resync pass has looked at them, the operator lives and
+    # writes nothing more for them through two more passes (counters from fresh probes).
+    before = operator.wait_resyncs(1)
+    after = operator.wait_resyncs(3)
     assert operator.alive()
-    assert operator.writes() == before
+    assert after["apiWrites"] == before["apiWrites"], (
+        f"{after['apiWrites'] - before['apiWrites']} write(s) during resync passes "
+        f"{before['resyncs']}..{after['resyncs']}")
     # Fixing the spec brings the model up.
     apply(kube, namespace, md("bad-affinity"))
     wait_phase(kube, namespace, "bad-affinity", "Ready")

@@ -8,12 +8,13 @@ import time
 
 import pytest
 
-from tests.cluster.conftest import Operator
+from tests.cluster.conftest import Operator, reconfigured
 from tests.cluster.test_operator import apply, condition, get, md, status, wait_phase
 from tests.conftest import Kube
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
+HOUR = 3600
 
 
 def image_of(kube: Kube, namespace: str, name: str) -> str:
@@ -91,20 +92,34 @@ def test_autoscaling_renders_an_hpa_that_owns_replicas(kube: Kube, namespace: st
              timeout=10, what="replicas back to 1")
 
 
-def test_drift_is_repaired(kube: Kube, namespace: str, operator: Operator) -> None:
-    apply(kube, namespace, md("d", replicas=2))
-    wait_phase(kube, namespace, "d", "Ready")
-    kube.kubectl("-n", namespace, "set", "image", "deployment/d", "runtime=evil:latest")
-    wait_for(lambda: image_of(kube, namespace, "d") == "ghcr.io/kubemaas/runtime:0.1.0",
-             timeout=15, what="the hand-edited image restored")
-    uid = get(kube, namespace, "service", "d")["metadata"]["uid"]
-    kube.kubectl("-n", namespace, "delete", "service", "d")
-    wait_for(lambda: exists(kube, namespace, "service", "d")
-             and get(kube, namespace, "service", "d")["metadata"]["uid"] != uid,
-             timeout=15, what="the deleted Service recreated")
-    kube.kubectl("-n", namespace, "delete", "pdb", "d")
-    wait_for(lambda: exists(kube, namespace, "pdb", "d"), timeout=15, what="the PDB recreated")
-    wait_phase(kube, namespace, "d", "Ready")
+def test_drift_is_repaired_on_the_childs_own_watch_event(kube: Kube, namespace: str,
+                                                          operator: Operator) -> None:
+    """docs/operator.md: hand edits are undone on the child's own watch event. The operator runs
+    with an hour-long resync here, so the periodic drift check cannot explain a repair."""
+    with reconfigured(operator, KUBEMAAS_OPERATOR_RESYNC_S=str(HOUR)):
+        apply(kube, namespace, md("d", replicas=2))
+        wait_phase(kube, namespace, "d", "Ready")
+        repairs: list[str] = []
+        edited = time.monotonic()
+        kube.kubectl("-n", namespace, "set", "image", "deployment/d", "runtime=evil:latest")
+        wait_for(lambda: image_of(kube, namespace, "d") == "ghcr.io/kubemaas/runtime:0.1.0",
+                 timeout=20, what="the hand-edited image restored")
+        repairs.append(f"image {time.monotonic() - edited:.1f} s")
+        uid = get(kube, namespace, "service", "d")["metadata"]["uid"]
+        edited = time.monotonic()
+        kube.kubectl("-n", namespace, "delete", "service", "d")
+        wait_for(lambda: exists(kube, namespace, "service", "d")
+                 and get(kube, namespace, "service", "d")["metadata"]["uid"] != uid,
+                 timeout=20, what="the deleted Service recreated")
+        repairs.append(f"Service {time.monotonic() - edited:.1f} s")
+        edited = time.monotonic()
+        kube.kubectl("-n", namespace, "delete", "pdb", "d")
+        wait_for(lambda: exists(kube, namespace, "pdb", "d"), timeout=20,
+                 what="the PDB recreated")
+        repairs.append(f"PDB {time.monotonic() - edited:.1f} s")
+        wait_phase(kube, namespace, "d", "Ready")
+        print("drift repaired on watch events: " + ", ".join(repairs))
+        assert operator.fresh_health()["resyncs"] == 0, "a periodic resync ran after all"
 
 
 def _versions(kube: Kube, namespace: str) -> dict[str, str]:
@@ -114,6 +129,20 @@ def _versions(kube: Kube, namespace: str) -> dict[str, str]:
         for item in items["items"]:
             out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
     return out
+
+
+def _settled(kube: Kube, namespace: str, name: str) -> bool:
+    dep = get(kube, namespace, "deployment", name)
+    ds, want = dep.get("status") or {}, dep["spec"]["replicas"]
+    st = status(kube, namespace, name)
+    md_obj = get(kube, namespace, "md", name)
+    return (ds.get("observedGeneration") == dep["metadata"]["generation"]
+            and all(ds.get(k) == want for k in ("replicas", "updatedReplicas", "readyReplicas",
+                                                "availableReplicas"))
+            and st.get("phase") == "Ready"
+            and st.get("observedGeneration") == md_obj["metadata"]["generation"]
+            and st.get("readyReplicas") == want
+            and "update" not in (st.get("rollout") or {}))
 
 
 def test_restart_resumes_without_writes_and_idle_resync_writes_nothing(
@@ -127,14 +156,19 @@ def test_restart_resumes_without_writes_and_idle_resync_writes_nothing(
         "get", "namespaces", "--no-headers").stdout.splitlines()
         if line.startswith("t-") and not line.startswith(namespace)],
         timeout=90, what="other test namespaces deleted")
-    time.sleep(2)  # let the last status writes and Deployment updates land
+    # The last status writes and Deployment updates have landed: every Deployment's status is
+    # final and every model's status is at its generation with its first revision complete.
+    wait_for(lambda: all(_settled(kube, namespace, f"r{i}") for i in range(3)), timeout=60,
+             what="the three models and their Deployments settled")
     before = _versions(kube, namespace)
 
     operator.restart()
-    time.sleep(11)  # resume + three resyncs (3 s each) + kopf's 10 s probe cache
-    assert operator.writes() == 0, "the restarted operator wrote to the API"
-    time.sleep(7)
-    assert operator.writes() == 0, "an idle resync wrote to the API"
+    # Resume (the initial listing reconciles every model) and then at least two whole resync
+    # periods (3 s each here), read from probes taken afterwards (kopf caches them for 10 s).
+    state = operator.wait_resyncs(3)
+    assert state["apiWrites"] == 0, (
+        f"the restarted operator wrote to the API {state['apiWrites']} time(s) while resuming "
+        f"and through {state['resyncs']} idle resync passes")
     assert _versions(kube, namespace) == before
 
     # And it still works after the restart.

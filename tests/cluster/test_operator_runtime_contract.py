@@ -6,7 +6,6 @@ the very probes the Deployment declares, and serve an inference."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -82,8 +81,12 @@ def test_runtime_starts_from_the_rendered_container(kube: Kube, namespace: str,
         wait_for(lambda: proc.poll() is None and http_json(base + ready)[0] == 200, timeout=60,
                  what=f"the runtime's readiness probe {ready} (log: {log})")
         assert http_json(base + live)[0] == 200 and http_json(base + startup)[0] == 200
+        # The model name and version the spec asked for are the ones served (spec.model.version
+        # reaches the runtime only through the rendered container).
         status, meta = http_json(f"{base}/v2/models/tiny")
-        assert status == 200 and "2" in json.dumps(meta)
+        assert status == 200 and meta["name"] == "tiny" and meta["versions"] == ["2"], meta
+        assert http_json(f"{base}/v2/models/tiny/versions/2")[0] == 200
+        assert http_json(f"{base}/v2/models/tiny/versions/1")[0] == 404
         status, out = http_json(f"{base}/v2/models/tiny/infer", {"inputs": [
             {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
         assert status == 200, log.read_text()

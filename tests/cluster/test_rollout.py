@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.conftest import Operator
-from tests.cluster.test_operator import H100, apply, condition, get, status
+from tests.cluster.conftest import RESYNC_S, Operator, reconfigured
+from tests.cluster.test_operator import H100, apply, condition, get, status, wait_phase
 from tests.conftest import Kube
-from tests.helpers import Poller, wait_for
+from tests.helpers import Poller, holds, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -108,6 +108,7 @@ class Sampler(Poller):
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # t, ready, live pods
     reasons: set[str] = field(default_factory=set)
     strategies: set[str] = field(default_factory=set)
+    messages: set[str] = field(default_factory=set)  # status.rollout.message
     def poll(self) -> None:
         from kubernetes import client
 
@@ -122,6 +123,7 @@ class Sampler(Poller):
         st = md.get("status") or {}
         self.reasons.add(str(st.get("reason", "")).split(":")[0])
         self.strategies.add(str((st.get("rollout") or {}).get("strategy", "")))
+        self.messages.add(str((st.get("rollout") or {}).get("message", "")))
 
 
 def wait_revision(kube: Kube, namespace: str, name: str, number: int,
@@ -162,7 +164,10 @@ def test_full_cluster_update_completes_by_replacement(kube: Kube, ns: str) -> No
     ro = st["rollout"]
     assert ro["current"]["number"] == 2 and ro["previous"]["number"] == 1
     assert [h["outcome"] for h in ro["history"]] == ["Complete", "Complete"]
-    assert "no free GPU" in ro["history"][-1]["message"] or ro["history"][-1]["message"]
+    # it completed as a replacement, and it replaced because no GPU was free for a surge
+    assert ro["history"][-1]["message"] == "4 replicas Ready (replace rollout)", ro["history"]
+    assert any(m.startswith("replace: no free GPU on matching nodes") and "1 replica at a time"
+               in m for m in sampler.messages), sampler.messages
     images = {p["spec"]["containers"][0]["image"] for p in pods_of(kube, ns, "m")}
     assert images == {"ghcr.io/kubemaas/runtime:0.2.0"}
 
@@ -213,6 +218,11 @@ def events_of(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
     ("crash", "CrashLoopBackOff"),
     ("image-pull", "ImagePullBackOff"),
     ("not-ready", "progressDeadlineSeconds"),
+    # the kwok stage that makes the label's value the container's waiting reason; the other
+    # three such reasons are covered by the unit tests of the classification
+    ("ErrImagePull", "ErrImagePull"),
+    ("CreateContainerConfigError", "CreateContainerConfigError"),
+    ("failed", "failed: Error (exit 1)"),  # pod phase Failed
 ])
 def test_bad_revision_rolls_back(kube: Kube, ns: str, failure: str, reason: str) -> None:
     deadline = 10
@@ -224,9 +234,9 @@ def test_bad_revision_rolls_back(kube: Kube, ns: str, failure: str, reason: str)
     st = wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("RolledBack")
                            else None)(status(kube, ns, "m")), timeout=deadline + 30,
                   what="the rollback")
-    took = time.monotonic() - started
-    print(f"{failure}: rolled back {took:.1f} s after the spec change")
-    assert took <= deadline + 10
+    # how soon is a figure for bench/rollout/bench_rollout.py (--rollbacks); the timeout above
+    # is only a functional bound
+    print(f"{failure}: rolled back {time.monotonic() - started:.1f} s after the spec change")
     ready = condition(st, "Ready")
     assert st["phase"] == "Degraded" and ready["reason"] == "RolledBack"
     assert reason in ready["message"] and "rolled back to revision 1" in ready["message"]
@@ -242,10 +252,14 @@ def test_bad_revision_rolls_back(kube: Kube, ns: str, failure: str, reason: str)
         return len(pods) == 2 and all(is_ready(p) and FAILURE_LABEL not in p["metadata"][
             "labels"] for p in pods)
     wait_for(good_again, timeout=30, what="two ready pods of the good revision")
-    time.sleep(3)
-    dep = get(kube, ns, "deployment", "m")
-    assert FAILURE_LABEL not in dep["spec"]["template"]["metadata"]["labels"]
-    assert status(kube, ns, "m")["reason"].startswith("RolledBack")
+
+    def still_rolled_back() -> bool:
+        dep = get(kube, ns, "deployment", "m")
+        return (FAILURE_LABEL not in dep["spec"]["template"]["metadata"]["labels"]
+                and status(kube, ns, "m")["reason"].startswith("RolledBack"))
+    # The periodic resync (every RESYNC_S; it looks at every model again) must not retry the
+    # bad spec: watched for two resync periods and a second.
+    holds(still_rolled_back, 2 * RESYNC_S + 1, "the rollback (the bad spec not retried)")
 
     # A changed spec is tried again.
     apply(kube, ns, model("m", 2, image="ghcr.io/kubemaas/runtime:0.2.0",
@@ -288,8 +302,10 @@ def test_canary_steps_on_a_full_cluster(kube: Kube, ns: str) -> None:
             assert get(kube, ns, "deployment", "m-canary")["spec"]["replicas"] == 5
             assert get(kube, ns, "deployment", "m")["spec"]["replicas"] == 5
             assert st["reason"].startswith("CanaryRollout")
-            time.sleep(2)  # a manual gate holds
-            assert (status(kube, ns, "m")["rollout"]["canary"]["step"]) == 2
+            # A manual gate holds: watched for two resync periods and a second (longer than
+            # step 1's pause too), the canary stays at step 2.
+            holds(lambda: status(kube, ns, "m")["rollout"]["canary"]["step"] == 2,
+                  2 * RESYNC_S + 1, "the manual gate at step 2")
             apply(kube, ns, model("m", 10, image="ghcr.io/kubemaas/runtime:0.2.0",
                                   canary={"steps": steps, "promote": 2}))
             st = wait_revision(kube, ns, "m", 2)
@@ -336,6 +352,73 @@ def test_canary_abort_through_the_spec(kube: Kube, ns: str) -> None:
     # abort: false starts the canary over
     apply(kube, ns, model("m", 4, image=new, canary={"steps": steps, "promote": 2}))
     wait_revision(kube, ns, "m", 2)
+
+
+def test_paused_canary_holds_its_step_until_resumed(kube: Kube, ns: str) -> None:
+    """spec.rollout.canary.paused: the canary stays at its step past the step's pause; setting
+    paused back to false lets it go on."""
+    steps = [{"weight": 50, "pauseSeconds": 1}, {"weight": 100, "pauseSeconds": 0}]
+    new = "ghcr.io/kubemaas/runtime:0.2.0"
+    apply(kube, ns, model("m", 2, canary={"steps": steps}))
+    wait_revision(kube, ns, "m", 1)
+    apply(kube, ns, model("m", 2, image=new, canary={"steps": steps, "paused": True}))
+
+    def paused_at_step_1() -> bool:
+        ro = status(kube, ns, "m").get("rollout") or {}
+        return ((ro.get("canary") or {}).get("step") == 1
+                and "paused (spec.rollout.canary.paused)" in ro.get("message", ""))
+    wait_for(paused_at_step_1, timeout=60, what="the canary paused at step 1, its replica Ready")
+    assert get(kube, ns, "deployment", "m-canary")["spec"]["replicas"] == 1
+    # Step 1's pause is 1 s: watched for two resync periods and a second (far longer than the
+    # pause, and two looks of the periodic resync), the canary stays where it is.
+    holds(paused_at_step_1, 2 * RESYNC_S + 1, "the paused canary at step 1")
+    assert {p["spec"]["containers"][0]["image"] for p in pods_of(kube, ns, "m")} == {
+        "ghcr.io/kubemaas/runtime:0.1.0", new}
+    apply(kube, ns, model("m", 2, image=new, canary={"steps": steps, "paused": False}))
+    st = wait_revision(kube, ns, "m", 2)
+    assert st["rollout"]["history"][-1]["outcome"] == "Complete"
+
+
+def _gpu_filler(name: str, namespace: str, node: str, gpus: int) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
+                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                     "containers": [{"name": "c", "image": "busybox", "resources": {
+                         "requests": {"nvidia.com/gpu": str(gpus)},
+                         "limits": {"nvidia.com/gpu": str(gpus)}}}]}}
+
+
+def test_a_blocked_model_is_rechecked_when_a_gpu_pod_ends(kube: Kube, ns: str,
+                                                          operator: Operator) -> None:
+    """docs/operator.md: models blocked on capacity are re-checked whenever a GPU pod ends. With
+    an hour-long resync, only that watch can explain the model's status following the freed
+    GPUs: first a message with more free GPUs (still too few on one node, so the model's own
+    pending pod does not change), then Ready once a node has room."""
+    free = h100_free(kube)
+    assert sorted(free.values()) == [8, 8], f"the H100 nodes are not free: {free}"
+    first, second = sorted(free)
+    with reconfigured(operator, KUBEMAAS_OPERATOR_RESYNC_S="3600"):
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+            _gpu_filler("filler-a", ns, first, 8), _gpu_filler("filler-b1", ns, second, 1),
+            _gpu_filler("filler-b2", ns, second, 7)]))
+        wait_for(lambda: sum(h100_free(kube).values()) == 0, timeout=30,
+                 what="the fillers holding every H100")
+        body = yaml.safe_load(model("big", 1))
+        body["spec"]["gpu"]["count"] = 8
+        apply(kube, ns, yaml.safe_dump(body))
+
+        def scheduled_message() -> str:
+            cond = condition(status(kube, ns, "big"), "Scheduled")
+            return str(cond["message"]) if cond.get("reason") == "InsufficientGPU" else ""
+        before = wait_for(scheduled_message, timeout=30, what="InsufficientGPU")
+        assert "0 free" in before, before
+        kube.kubectl("-n", ns, "delete", "pod", "filler-b2", "--wait=false")
+        after = wait_for(lambda: (lambda m: m if "7 free" in m else "")(scheduled_message()),
+                         timeout=30, what="the status to count the 7 freed GPUs")
+        assert f"{second} 7" in after, after
+        kube.kubectl("-n", ns, "delete", "pod", "filler-b1", "--wait=false")
+        wait_phase(kube, ns, "big", "Ready", timeout=60)
+        assert operator.fresh_health()["resyncs"] == 0, "a periodic resync ran after all"
 
 
 @pytest.mark.parametrize(("rollout", "extra", "words"), [

@@ -125,7 +125,7 @@ def test_operator_killed_at_random_points_converges(kube: Kube, namespace: str,
         wanted[name] = spec_of(name, i + 2, replicas)
         apply(kube, namespace, yaml.safe_dump(wanted[name]))
         delay = rng.uniform(0.0, 2.0)
-        time.sleep(delay)
+        time.sleep(delay)  # the random kill point itself (not a wait for anything)
         sigkill(operator)
         operator.start()
         started = time.monotonic()
@@ -155,9 +155,21 @@ def test_apiserver_restart_mid_rollout(kube: Kube, namespace: str, operator: Ope
     wait_for(lambda: converged(kube, namespace, wanted) == "", timeout=60, what="revision 1")
     wanted["m"] = spec_of("m", 2, 4)
     apply(kube, namespace, yaml.safe_dump(wanted["m"]))
-    time.sleep(0.5)
+
+    def in_progress() -> str:
+        """What shows the rollout under way: the operator has put the new image into the
+        Deployment, and its status still has an update revision (a revision counts as complete
+        only after its replicas have been Ready for a settle period, so this lasts seconds)."""
+        md = _items(kube, namespace, "md")[0]
+        ro = (md.get("status") or {}).get("rollout") or {}
+        dep = _items(kube, namespace, "deployments")[0]
+        image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+        if (ro.get("update") or {}).get("number") == 2 and image.endswith(":0.2.0"):
+            return f"revision 2 rolling out: {ro.get('message')}"
+        return ""
+    during = wait_for(in_progress, timeout=30, interval=0.1, what="the rollout under way")
     away = restart(kube.kubeconfig.parent, "kube-apiserver")
-    print(f"kube-apiserver restarted mid-rollout ({away:.1f} s away)")
+    print(f"kube-apiserver restarted mid-rollout ({away:.1f} s away); before: {during}")
     wait_for(lambda: converged(kube, namespace, wanted) == "", timeout=120, interval=0.5,
              what="convergence after the kube-apiserver restart")
     assert operator.alive()

@@ -13,7 +13,7 @@ from kubernetes import client
 
 from kubemaas_testbed import topology
 from tests.conftest import Kube
-from tests.helpers import wait_for
+from tests.helpers import holds, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -150,15 +150,22 @@ def test_failure_label_not_ready_runs_but_never_becomes_ready(
         kube: Kube, namespace: str) -> None:
     apply(kube, pod_manifest("never-ready", namespace,
                              labels={"kubemaas.io/fake-failure": "not-ready"}))
+    apply(kube, pod_manifest("healthy", namespace))
     wait_for(lambda: get_pod(kube, namespace, "never-ready")["status"].get("phase") == "Running",
              timeout=30, what="the pod to run")
-    # A healthy pod on this testbed is Ready well within a second of running;
-    # give this one several seconds and check it never got there.
-    time.sleep(3)
-    pod = get_pod(kube, namespace, "never-ready")
-    assert pod["status"]["phase"] == "Running"
-    assert not is_ready(pod)
-    assert condition(pod, "Ready")["reason"] == "ContainersNotReady"  # type: ignore[index]
+    # kwok's pod-ready stage acts at once (the testbed's "fast" stages have no delay): a healthy
+    # pod created beside it is Ready first, then the failing one must stay Running and not Ready
+    # for a period several times longer than that took.
+    started = time.monotonic()
+    wait_for(lambda: is_ready(get_pod(kube, namespace, "healthy")), timeout=30,
+             what="the healthy pod Ready (kwok's pod-ready stage at work)")
+    period = max(3.0, 3 * (time.monotonic() - started))
+
+    def running_not_ready() -> bool:
+        pod = get_pod(kube, namespace, "never-ready")
+        return pod["status"]["phase"] == "Running" and not is_ready(pod) and condition(
+            pod, "Ready")["reason"] == "ContainersNotReady"  # type: ignore[index]
+    holds(running_not_ready, period, "the not-ready pod Running and not Ready")
 
 
 def test_failure_label_crash_fails_after_running(kube: Kube, namespace: str) -> None:
@@ -187,10 +194,47 @@ def test_failure_label_image_pull_never_starts(kube: Kube, namespace: str) -> No
             statuses[0]["state"].get("waiting", {}).get("reason") == "ImagePullBackOff"
 
     wait_for(pull_backoff, timeout=30, what="ImagePullBackOff")
-    time.sleep(2)
-    pod = get_pod(kube, namespace, "no-image")
-    assert pod["status"]["phase"] == "Pending"
-    assert not is_ready(pod)
+
+    def pending_not_ready() -> bool:
+        pod = get_pod(kube, namespace, "no-image")
+        return pod["status"]["phase"] == "Pending" and not is_ready(pod) and pull_backoff()
+    # kwok's pod-ready stage (no delay) would have made it Ready within a second; watch 3 s.
+    holds(pending_not_ready, 3.0, "the image-pull pod Pending in ImagePullBackOff")
+
+
+def test_failure_label_waiting_reasons_never_start(kube: Kube, namespace: str) -> None:
+    """The label's value is the container's waiting reason: the kubelet's other reasons why a
+    container cannot start (each one a rollback trigger for the operator)."""
+    from kubemaas_testbed.cluster import WAITING_REASONS
+
+    for reason in WAITING_REASONS:
+        apply(kube, pod_manifest(reason.lower(), namespace,
+                                 labels={"kubemaas.io/fake-failure": reason}))
+
+    def waiting() -> dict[str, str]:
+        out = {}
+        for reason in WAITING_REASONS:
+            pod = get_pod(kube, namespace, reason.lower())
+            statuses = pod["status"].get("containerStatuses") or [{}]
+            state = statuses[0].get("state", {}).get("waiting", {})
+            if pod["status"].get("phase") == "Pending" and not is_ready(pod):
+                out[reason] = state.get("reason", "")
+        return out if out == {r: r for r in WAITING_REASONS} else {}
+    wait_for(waiting, timeout=30, what="every pod waiting with its label's reason")
+    pod = get_pod(kube, namespace, "runcontainererror")
+    assert "RunContainerError" in pod["status"]["containerStatuses"][0]["state"]["waiting"][
+        "message"]
+    holds(waiting, 3.0, "the pods waiting, Pending and not Ready")  # pod-ready has no delay
+
+
+def test_failure_label_failed_fails_after_running(kube: Kube, namespace: str) -> None:
+    apply(kube, pod_manifest("failing", namespace, labels={"kubemaas.io/fake-failure": "failed"}))
+    wait_for(lambda: is_ready(get_pod(kube, namespace, "failing")), timeout=30,
+             what="the pod to run and become Ready first")
+    pod = wait_for(lambda: (lambda p: p if p["status"].get("phase") == "Failed" else None)(
+        get_pod(kube, namespace, "failing")), timeout=30, what="phase Failed")
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 1 and not is_ready(pod)
 
 
 def test_rbac_is_enforced(kube: Kube, namespace: str, tmp_path: Any) -> None:

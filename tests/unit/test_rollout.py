@@ -9,8 +9,8 @@ import pytest
 
 from kubemaas_operator.api import SpecError, parse_spec
 from kubemaas_operator.render import with_strategy
-from kubemaas_operator.rollout import choose_strategy, complete, plan
-from kubemaas_operator.status import DeploymentInfo, PodInfo
+from kubemaas_operator.rollout import choose_strategy, complete, failing, plan
+from kubemaas_operator.status import DeploymentInfo, PodInfo, pod_info
 
 NOW = datetime(2026, 11, 23, 1, 0, 0, tzinfo=UTC)
 LATER = NOW + timedelta(seconds=6)
@@ -103,16 +103,66 @@ def test_single_replica_without_room_holds_the_deployment() -> None:
     assert "allowDowntime" in p.view.blocked_message and p.requeue_after
 
 
+# every waiting reason docs/rollouts.md names as a rollback trigger
+ROLLBACK_REASONS = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                    "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff",
+                    "RunContainerError"]
+
+
+def raw_pod(name: str, revision: str, phase: str = "Pending", waiting: str = "",
+            terminated: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Pod as the API server returns it, with one container in the given state."""
+    state: dict[str, Any] = {}
+    if waiting:
+        state["waiting"] = {"reason": waiting, "message": f"{waiting} for runtime"}
+    if terminated:
+        state["terminated"] = terminated
+    if not state:
+        state["running"] = {"startedAt": "2026-11-23T01:00:00Z"}
+    return {"metadata": {"name": name, "labels": {"serving.kubemaas.io/revision": revision}},
+            "spec": {"nodeName": "n"},
+            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "False"}],
+                       "containerStatuses": [{"name": "runtime", "ready": False,
+                                              "state": state}]}}
+
+
+@pytest.mark.parametrize("reason", ROLLBACK_REASONS)
+def test_each_rollback_waiting_reason_is_classified_as_failing(reason: str) -> None:
+    info = pod_info(raw_pod("p", "bbb", waiting=reason))
+    assert info.waiting_reason == reason and info.waiting_message == f"{reason} for runtime"
+    found = failing([info], "bbb")
+    assert found == (reason, f"pod p: {reason} ({reason} for runtime)")
+    assert failing([info], "aaa") is None  # only the revision being rolled out counts
+    assert failing([PodInfo(**{**info.__dict__, "terminating": True})], "bbb") is None
+
+
+@pytest.mark.parametrize("reason", ["ContainerCreating", "PodInitializing", ""])
+def test_waiting_that_can_still_end_well_is_not_failing(reason: str) -> None:
+    info = pod_info(raw_pod("p", "bbb", waiting=reason))
+    assert info.waiting_reason == "" and failing([info], "bbb") is None
+
+
+def test_a_failed_pod_is_classified_as_failing() -> None:
+    info = pod_info(raw_pod("p", "bbb", phase="Failed", terminated={
+        "exitCode": 1, "reason": "Error", "message": "model server exited with status 1"}))
+    assert info.phase == "Failed" and info.waiting_reason == ""
+    assert info.last_terminated == "Error (exit 1): model server exited with status 1"
+    assert failing([info], "bbb") == (
+        "ContainerFailed", "pod p failed: Error (exit 1): model server exited with status 1")
+
+
 @pytest.mark.parametrize("bad", [
-    {"waiting_reason": "CrashLoopBackOff", "ready": False},
-    {"waiting_reason": "ImagePullBackOff", "ready": False},
-])
+    *({"waiting_reason": r, "ready": False} for r in ROLLBACK_REASONS),
+    {"phase": "Failed", "ready": False, "last_terminated": "Error (exit 1)"},
+], ids=[*ROLLBACK_REASONS, "phase-Failed"])
 def test_failing_pods_roll_back_at_once(bad: dict[str, Any]) -> None:
     start = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 0, GOOD, NOW).status
-    observed = [*pods("aaa", 3), *pods("bbb", 1, **bad)]
+    bad_pod = PodInfo(**{**pods("bbb", 1)[0].__dict__, **bad})
+    observed = [*pods("aaa", 3), bad_pod]
     p = plan(spec(), RAW, "bbb", dep("bbb", updated=1), observed, 4, 0, start, NOW)
     assert p.rolled_back and p.target == "stable" and p.stable_spec == RAW
-    assert p.view.blocked_reason == "RolledBack" and bad["waiting_reason"] in p.view.blocked_message
+    words = bad.get("waiting_reason") or "failed: Error (exit 1)"
+    assert p.view.blocked_reason == "RolledBack" and words in p.view.blocked_message
     assert p.status["failed"]["hash"] == "bbb"
     assert p.status["history"][-1]["outcome"] == "RolledBack"
     # the bad spec is not retried until it changes
