@@ -16,7 +16,10 @@ Measures, with the operator running as a real process under its own ServiceAccou
      changing;
   5. the floor the control plane sets on this machine: the same Deployments and Services the
      operator renders, created directly by the client (16 threads, no operator running), until all
-     are available.
+     are available;
+  0. first, with operators of their own, how soon it reacts (reactions.py): an impossible GPU
+     request reported, a hand edit of a Deployment repaired, a peering failover
+     (`--reactions 0` skips them).
 Figures go to stdout and, as JSON, to bench/results/operator.json.
 """
 
@@ -42,6 +45,9 @@ import yaml
 from kubernetes import client, config, watch
 
 from kubemaas_testbed.operator_process import OperatorProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reactions
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "serving.kubemaas.io_modeldeployments.yaml"
@@ -205,6 +211,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--resync", type=float, default=30.0,
                         help="the operator's KUBEMAAS_OPERATOR_RESYNC_S for this run")
+    parser.add_argument("--reactions", type=int, default=5,
+                        help="samples of each reaction time (reactions.py); 0 skips them")
     parser.add_argument("--kubeconfig", type=Path, default=None,
                         help="use this cluster instead of starting a private testbed")
     args = parser.parse_args()
@@ -236,6 +244,9 @@ def main() -> int:
             with contextlib.suppress(subprocess.CalledProcessError):  # already there
                 kubectl(kubeconfig, "create", "namespace", ns)
         kubectl(kubeconfig, "apply", "-f", str(RBAC))
+        if args.reactions > 0:
+            log(f"reactions: {args.reactions} samples each")
+            results["reactions"] = reactions.measure(kubeconfig, workdir, args.reactions)
         op = OperatorProcess(kubeconfig, workdir, {"KUBEMAAS_OPERATOR_RESYNC_S": str(args.resync)})
         api = config.new_client_from_config(str(kubeconfig))
         api.configuration.connection_pool_maxsize = 32  # type: ignore[attr-defined]

@@ -15,6 +15,11 @@ of the N new revisions is Ready and no pod of an old revision is left:
 Then, with the operator stopped, the same image changes are made straight to the Deployments
 (the floor the control plane sets on this machine). Figures go to stdout and, as JSON, to
 bench/results/rollout.json.
+
+First, `--rollbacks` (a list of kwok failure modes, `kubemaas.io/fake-failure`): for each, a model
+of 2 replicas with progressDeadlineSeconds 10 gets the failing label in spec.podMetadata, and the
+clock runs from that apply until its status says RolledBack (tests/cluster/test_rollout.py checks
+the rollback itself; the target is the deadline + 10 s). `--only-rollbacks` stops there.
 """
 
 from __future__ import annotations
@@ -169,6 +174,45 @@ def floor(api: client.ApiClient, core: client.CoreV1Api, kubeconfig: Path, names
     return out
 
 
+ROLLBACK_NS = "kubemaas-bench-rollback"
+ROLLBACK_DEADLINE_S = 10
+
+
+def rollbacks(custom: client.CustomObjectsApi, failures: list[str],
+              timeout: float) -> list[dict[str, Any]]:
+    """Seconds from the failing spec's apply to RolledBack in the status, per failure mode."""
+    out = []
+    for i, failure in enumerate(failures):
+        name = f"rb-{i}"
+        body = model(name, 2, 1)
+        body["metadata"]["namespace"] = ROLLBACK_NS
+        body["spec"]["rollout"] = {"progressDeadlineSeconds": ROLLBACK_DEADLINE_S}
+        custom.create_namespaced_custom_object(GROUP, VERSION, ROLLBACK_NS, PLURAL, body)
+
+        def st(n: str = name) -> dict[str, Any]:
+            md = custom.get_namespaced_custom_object(GROUP, VERSION, ROLLBACK_NS, PLURAL, n)
+            return dict(md.get("status") or {})
+        deadline = time.monotonic() + timeout
+        while st().get("phase") != "Ready" or "update" in (st().get("rollout") or {}):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not become Ready")
+            time.sleep(0.2)
+        t0 = time.monotonic()
+        custom.patch_namespaced_custom_object(GROUP, VERSION, ROLLBACK_NS, PLURAL, name, {
+            "spec": {"podMetadata": {"labels": {"kubemaas.io/fake-failure": failure}}}})
+        while not str(st().get("reason", "")).startswith("RolledBack"):
+            if time.monotonic() > deadline + timeout:
+                raise RuntimeError(f"{name} ({failure}) was not rolled back")
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        target = ROLLBACK_DEADLINE_S + 10
+        log(f"rollback of {failure}: {took:.1f} s after the failing spec (target <= {target} s: "
+            f"{'met' if took <= target else 'NOT met'})")
+        out.append({"failure": failure, "seconds": round(took, 2), "target_s": target})
+        custom.delete_namespaced_custom_object(GROUP, VERSION, ROLLBACK_NS, PLURAL, name)
+    return out
+
+
 def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
@@ -184,6 +228,10 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the control-plane floor (direct Deployment changes)")
+    parser.add_argument("--rollbacks", default="crash,image-pull,not-ready,ErrImagePull,failed",
+                        help="failure modes to time a rollback for first ('' for none)")
+    parser.add_argument("--only-rollbacks", action="store_true",
+                        help="time the rollbacks, then stop")
     parser.add_argument("--modes", default="free,none",
                         help="which of free,none to run, in that order (default both)")
     args = parser.parse_args()
@@ -214,7 +262,7 @@ def main() -> int:
         kubectl(kubeconfig, "apply", "--server-side", "-f", str(CRD))
         kubectl(kubeconfig, "wait", "--for=condition=Established",
                 "crd/modeldeployments.serving.kubemaas.io")
-        for ns in ("kubemaas-system", NS):
+        for ns in ("kubemaas-system", NS, ROLLBACK_NS):
             kubectl(kubeconfig, "create", "namespace", ns)
         kubectl(kubeconfig, "apply", "-f", str(RBAC))
         op = OperatorProcess(kubeconfig, workdir)
@@ -222,6 +270,10 @@ def main() -> int:
         api.configuration.connection_pool_maxsize = 32  # type: ignore[attr-defined]
         custom = client.CustomObjectsApi(api)
         core = client.CoreV1Api(api)
+        failures = [f for f in args.rollbacks.split(",") if f]
+        results["rollbacks"] = rollbacks(custom, failures, args.timeout)
+        if args.only_rollbacks:
+            return _write(results)
         names = [f"m{i:03d}" for i in range(args.models)]
         tags = dict.fromkeys(names, 1)
 
@@ -280,6 +332,10 @@ def main() -> int:
         if op is not None:
             op.stop()
         testbed.down()
+    return _write(results)
+
+
+def _write(results: dict[str, Any]) -> int:
     results["loadavg_after"] = os.getloadavg()
     out = ROOT / "bench" / "results" / "rollout.json"
     out.parent.mkdir(parents=True, exist_ok=True)
