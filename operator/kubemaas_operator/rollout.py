@@ -177,10 +177,12 @@ def blocked(dep: DeploymentInfo | None, revision: str, never: str = "") -> tuple
 
 def complete(dep: DeploymentInfo | None, pods: Sequence[PodInfo], revision: str,
              desired: int) -> bool:
-    """Every replica runs `revision` and is Ready, and the Deployment agrees."""
+    """Every replica runs `revision` and is Ready, and the Deployment agrees. Pods that ended
+    (phase Failed or Succeeded: a failed revision's, an evicted one) are records, not replicas:
+    they stay until someone deletes them and must not hold a good revision back."""
     if dep is None or dep.revision != revision or dep.observed_generation < dep.generation:
         return False
-    live = [p for p in pods if not p.terminating]
+    live = [p for p in pods if not p.terminating and p.phase not in ("Failed", "Succeeded")]
     if any(p.revision != revision for p in live):
         return False
     ready = sum(1 for p in live if p.ready)

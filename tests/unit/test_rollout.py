@@ -229,6 +229,14 @@ def test_complete_needs_every_pod_on_the_revision() -> None:
     assert not complete(dep("bbb"), pods("bbb", 3), "bbb", 4)
 
 
+def test_ended_pods_of_another_revision_do_not_hold_completion_back() -> None:
+    # a failed revision's pods that ended (phase Failed) stay in the API as records
+    ended = [PodInfo(name="old-0", phase="Failed", node="n", revision="bad",
+                     last_terminated="Error (exit 1)")]
+    assert complete(dep("ccc"), [*pods("ccc"), *ended], "ccc", 4)
+    assert not complete(dep("ccc"), [*pods("ccc", 3), *ended], "ccc", 4)
+
+
 def test_with_strategy_rehashes() -> None:
     base = {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "m", "annotations": {"serving.kubemaas.io/spec-hash": "x"}},
