@@ -76,16 +76,12 @@ def until(predicate: Callable[[], bool], timeout: float, what: str,
 
 
 def _get(kubeconfig: Path, kind: str, name: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [_kubectl_path(), f"--kubeconfig={kubeconfig}", "-n", NS, "get", kind, name, "-o",
-         "json"], capture_output=True, text=True)
-    return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
-
-
-def _kubectl_path() -> str:
+    """The object as JSON, or {} while it does not exist."""
     from kubemaas_testbed.binaries import kubectl as kubectl_bin
 
-    return str(kubectl_bin())
+    out = subprocess.run([kubectl_bin(), f"--kubeconfig={kubeconfig}", "-n", NS, "get", kind,
+                          name, "-o", "json"], capture_output=True, text=True)
+    return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
 
 
 def insufficient_gpu(kubeconfig: Path, samples: int) -> list[float]:
