@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config, watch
 
+from kubemaas_testbed.cluster import wait_established
 from kubemaas_testbed.operator_process import OperatorProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -238,8 +239,7 @@ def main() -> int:
     op = None
     try:
         kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        kubectl(kubeconfig, "wait", "--for=condition=Established",
-                "crd/modeldeployments.serving.kubemaas.io")
+        wait_established(kubeconfig, "modeldeployments.serving.kubemaas.io")
         for ns in ("kubemaas-system", NS):
             with contextlib.suppress(subprocess.CalledProcessError):  # already there
                 kubectl(kubeconfig, "create", "namespace", ns)

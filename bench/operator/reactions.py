@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from kubemaas_testbed.cluster import wait_established
 from kubemaas_testbed.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,8 +156,7 @@ def _one_failover(kubeconfig: Path, workdir: Path, env: dict[str, str], peering:
 def peering_failover(kubeconfig: Path, workdir: Path, samples: int,
                      lifetime_s: int) -> list[float]:
     kubectl(kubeconfig, "apply", "-f", str(PEERING_CRD))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=30s",
-            "crd/clusterkopfpeerings.kopf.dev")
+    wait_established(kubeconfig, "clusterkopfpeerings.kopf.dev")
     peering = "kubemaas-bench-peering"
     kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump({
         "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
@@ -220,8 +220,7 @@ def main() -> int:
         kubeconfig = args.kubeconfig
     try:
         kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        kubectl(kubeconfig, "wait", "--for=condition=Established",
-                "crd/modeldeployments.serving.kubemaas.io")
+        wait_established(kubeconfig, "modeldeployments.serving.kubemaas.io")
         with contextlib.suppress(subprocess.CalledProcessError):
             kubectl(kubeconfig, "create", "namespace", "kubemaas-system")
         kubectl(kubeconfig, "apply", "-f", str(RBAC))

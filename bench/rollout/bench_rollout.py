@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 
+from kubemaas_testbed.cluster import wait_established
 from kubemaas_testbed.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -260,8 +261,7 @@ def main() -> int:
     op = None
     try:
         kubectl(kubeconfig, "apply", "--server-side", "-f", str(CRD))
-        kubectl(kubeconfig, "wait", "--for=condition=Established",
-                "crd/modeldeployments.serving.kubemaas.io")
+        wait_established(kubeconfig, "modeldeployments.serving.kubemaas.io")
         for ns in ("kubemaas-system", NS, ROLLBACK_NS):
             kubectl(kubeconfig, "create", "namespace", ns)
         kubectl(kubeconfig, "apply", "-f", str(RBAC))

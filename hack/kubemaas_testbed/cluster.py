@@ -356,6 +356,20 @@ def kubectl(kubeconfig_path: Path, *args: str, check: bool = True,
                           check=check, capture_output=True, text=True, input=input)
 
 
+def wait_established(kubeconfig_path: str | Path, *crds: str, timeout: float = 120.0) -> None:
+    """Wait until each CustomResourceDefinition (by name) is Established. Polled rather than
+    `kubectl wait`, which fails at once ("accessor error") when it reads a CRD before the API
+    server has written any condition, as happened on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    query = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+    for crd in crds:
+        while kubectl(Path(kubeconfig_path), "get", f"crd/{crd}", "-o", query,
+                      check=False).stdout.strip() != "True":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {crd} not Established after {timeout:.0f} s")
+            time.sleep(0.2)
+
+
 # ---- restart (rollout tests: the operator must survive a control-plane restart) -----------
 
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import binaries
+from . import binaries, cluster
 
 GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api"
 GATEWAY_API_VERSION = "v1.6.3"
@@ -53,7 +53,7 @@ def crd_files() -> list[Path]:
     return files
 
 
-def install(kubeconfig: str | Path, timeout: str = "60s") -> list[str]:
+def install(kubeconfig: str | Path, timeout: float = 60.0) -> list[str]:
     """Apply the CRDs (server-side, so a second run changes nothing) and wait until they are
     Established; return their names."""
     kubectl = binaries.kubectl()
@@ -63,8 +63,7 @@ def install(kubeconfig: str | Path, timeout: str = "60s") -> list[str]:
                     *(f"--filename={f}" for f in files)],
                    check=True, capture_output=True, text=True)
     names = [f"{kind}.gateway.networking.k8s.io" for kind in KINDS]
-    subprocess.run([*args, "wait", "--for=condition=Established", f"--timeout={timeout}",
-                    *(f"crd/{n}" for n in names)], check=True, capture_output=True, text=True)
+    cluster.wait_established(kubeconfig, *names, timeout=timeout)
     return names
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubemaas_testbed.cluster import wait_established
 from tests.conftest import Kube
 from tests.helpers import wait_for
 
@@ -163,8 +164,7 @@ def reconfigured(operator: Operator, **env: str) -> Iterator[Operator]:
 def install(kube: Kube) -> None:
     """The CRD and the operator's RBAC, as a user would install them."""
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                 "crd/modeldeployments.serving.kubemaas.io")
+    wait_established(kube.kubeconfig, "modeldeployments.serving.kubemaas.io")
     if kube.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0:
         kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
     kube.kubectl("apply", "-f", str(RBAC))

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubemaas_testbed.cluster import free_port
+from kubemaas_testbed.cluster import free_port, wait_established
 from tests.chart.helm import CHART, PREVIOUS, RBAC, ROOT, helm
 from tests.cluster.conftest import OPERATOR_NAMESPACE, Operator
 from tests.conftest import Kube
@@ -121,8 +121,7 @@ def test_install_previous_version(testbed: Kube, operator_process: Operator) -> 
          "--timeout", "120s", kubeconfig=testbed.kubeconfig)
     print(f"helm install 0.0.1 --wait: {time.monotonic() - started:.1f} s")
     assert _release(testbed)["chart"] == "kubemaas-0.0.1"
-    testbed.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                    "crd/modeldeployments.serving.kubemaas.io")
+    wait_established(testbed.kubeconfig, "modeldeployments.serving.kubemaas.io")
     # The operator's own pod passed `restricted` admission: the ReplicaSet made it, it is Ready.
     pods = _json(testbed, "-n", OPERATOR_NAMESPACE, "get", "pods",
                  "-l", "app.kubernetes.io/name=kubemaas-operator")["items"]

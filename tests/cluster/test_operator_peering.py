@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubemaas_testbed.cluster import wait_established
 from tests.cluster.conftest import OPERATOR_NAMESPACE, RESYNC_S, Operator, install
 from tests.conftest import Kube
 from tests.helpers import wait_for
@@ -66,8 +67,7 @@ def test_two_replicas_one_acts_and_the_other_takes_over(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     install(kube)
     kube.kubectl("apply", "-f", str(PEERING_CRD))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                 "crd/clusterkopfpeerings.kopf.dev")
+    wait_established(kube.kubeconfig, "clusterkopfpeerings.kopf.dev")
     kube.kubectl("apply", "-f", "-", input=yaml.safe_dump({
         "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
         "metadata": {"name": PEERING}}))
