@@ -23,6 +23,8 @@ from urllib.parse import quote
 import urllib3
 from kubernetes import client, config
 
+from ..metrics import api_error
+
 log = logging.getLogger("kubemaas.k8s")
 T = TypeVar("T")
 
@@ -131,9 +133,11 @@ class Cluster:
             response = self.api.call_api(*serialized, _request_timeout=30)
             data = response.read()  # type: ignore[no-untyped-call]
         except (client.exceptions.ApiException, urllib3.exceptions.HTTPError) as err:
+            api_error(method, 0)
             raise ApiError(0, "Unreachable", f"{method} {path}: {err}") from err
         text = data.decode("utf-8") if isinstance(data, bytes) else (data or "")
         if response.status >= 400:
+            api_error(method, response.status)
             try:
                 payload = json.loads(text)
                 raise ApiError(response.status, payload.get("reason", ""),
