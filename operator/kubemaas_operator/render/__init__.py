@@ -38,6 +38,7 @@ from .security import (
 SPEC_HASH = "serving.kubemaas.io/spec-hash"
 REVISION = "serving.kubemaas.io/revision"
 TRACK = "serving.kubemaas.io/track"
+METRICS_PORT_LABEL = "serving.kubemaas.io/metrics-port"  # on Services with a "metrics" port
 TRACK_SERVICE = "serving.kubemaas.io/traffic-track"  # on the per-track Services (stable, canary)
 MANAGED_BY = "app.kubernetes.io/managed-by"
 INSTANCE = "app.kubernetes.io/instance"
@@ -367,12 +368,15 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     pod_meta["labels"] = {**(pod_meta.get("labels") or {}), REVISION: revision}
     children = [_stamp(deployment, ctx, labels, {REVISION: revision})]
 
+    # A Service whose runtime serves /metrics on a port of its own says so: the chart's
+    # ServiceMonitors pick the port to scrape by this label.
+    svc_labels = {**labels, METRICS_PORT_LABEL: "metrics"} if params.metrics_port else labels
     service = _render(builtin_template("service.yaml.j2"), "service template",
-                      ServiceParams(name=ctx.name, namespace=ctx.namespace, labels=labels,
+                      ServiceParams(name=ctx.name, namespace=ctx.namespace, labels=svc_labels,
                                     selector=service_selector(ctx.name),
                                     port=spec.serving.port, app_protocol=app_protocol(spec),
                                     metrics_port=params.metrics_port))
-    children.append(_stamp(service, ctx, labels))
+    children.append(_stamp(service, ctx, svc_labels))
     if spec.autoscaling is not None:
         a = spec.autoscaling
         hpa = _render(builtin_template("hpa.yaml.j2"), "autoscaler template",
