@@ -37,6 +37,8 @@ PLURALS: dict[str, str] = {
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HTTPRoute": "httproutes",
+    "NetworkPolicy": "networkpolicies",
+    "Certificate": "certificates",
     "ConfigMap": "configmaps",
     "Event": "events",
     "ModelDeployment": MD_PLURAL,
