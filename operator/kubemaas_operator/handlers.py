@@ -194,7 +194,8 @@ async def _reconcile(key: tuple[str, str], body: Mapping[str, Any] | None = None
     result = "error"
     try:
         outcome = await reconcile(snap, rt.settings, rt.cluster, rt.memory)
-        result = "failed" if outcome.failure is not None else "ok"
+        phase = outcome.status.status.get("phase") if outcome.status is not None else None
+        result = "failed" if outcome.failure is not None or phase == "Failed" else "ok"
     except Retry:
         result = "retry"
         raise
