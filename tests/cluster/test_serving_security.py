@@ -6,10 +6,13 @@ server serves it (CertManagerNotInstalled in the status otherwise)."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubemaas_operator.api import parse_spec
 from kubemaas_operator.render import RenderContext, render
@@ -51,6 +54,43 @@ def _rendered(kube: Kube, namespace: str, name: str, kind: str) -> dict[str, Any
     ctx = RenderContext(name=name, namespace=namespace, uid=body["metadata"]["uid"],
                         monitoring_namespace=MONITORING)
     return next(c for c in render(parse_spec(body["spec"]), ctx).children if c["kind"] == kind)
+
+
+def _versions(kube: Kube, namespace: str, kinds: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for kind in kinds:
+        items = json.loads(kube.kubectl("-n", namespace, "get", kind, "-o", "json").stdout)
+        for item in items["items"]:
+            meta = item["metadata"]  # generation: a Deployment's status changes on its own
+            out[f"{kind}/{meta['name']}"] = str(meta.get("generation") or meta["resourceVersion"])
+    return out
+
+
+def assert_steady(kube: Kube, namespace: str, name: str, operator: Operator,
+                  kinds: tuple[str, ...]) -> None:
+    """Reconciles that find nothing to do write nothing: the children's generations (their
+    resourceVersions where they have none) stay while the operator completes several more
+    reconciles (its resync runs every 3 s here)."""
+    wait_phase(kube, namespace, name, "Ready")
+    before = _versions(kube, namespace, kinds)
+    def applies() -> list[str]:  # the operator logs "NS/NAME: applied …; deleted …"
+        return [line for line in operator.log_text().splitlines()
+                if f"{namespace}/" in line and ": applied " in line]
+
+    applied_before = applies()
+    done = reconciles(operator)
+    wait_for(lambda: reconciles(operator) >= done + 6, timeout=60,
+             what="six more reconciles (resyncs)")
+    assert _versions(kube, namespace, kinds) == before
+    assert applies() == applied_before, "a reconcile with nothing to do applied something"
+
+
+def reconciles(operator: Operator) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics",
+                                timeout=5) as response:
+        text = response.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "kubemaas_operator_reconcile_duration_seconds_count")
 
 
 def _gone(kube: Kube, namespace: str, kind: str, name: str) -> bool:
@@ -119,6 +159,8 @@ def test_api_keys_and_tls_are_mounted_and_the_probes_speak_https(
         "ports": [{"port": ports["metrics"], "protocol": "TCP"}],
         "from": [{"namespaceSelector": {"matchLabels": {
             "kubernetes.io/metadata.name": MONITORING}}}]}]
+    assert_steady(kube, namespace, "secured", operator,
+                  ("deployment", "service", "networkpolicy"))
 
 
 def test_cert_manager_certificate_only_while_its_crd_is_served(
@@ -149,6 +191,8 @@ def test_cert_manager_certificate_only_while_its_crd_is_served(
         assert volumes["tls"]["secret"]["secretName"] == "certified-tls"
         wait_for(lambda: status(kube, namespace, "certified").get("phase") != "Failed",
                  timeout=30, what="the model to leave phase Failed")
+        assert_steady(kube, namespace, "certified", operator,
+                      ("deployment", "service", "networkpolicy", "certificate"))
     finally:
         kube.kubectl("delete", "crd", "certificates.cert-manager.io", "--ignore-not-found",
                      "--wait=true", "--timeout=60s", check=False)
