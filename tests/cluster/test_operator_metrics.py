@@ -81,3 +81,22 @@ def test_reconcile_and_queue_series_move_as_models_are_applied(
                      if n == "kubemaas_operator_models" and dict(ls)["phase"] == "Failed" and v]
     assert failed_models, "the Failed model is not counted"
     assert all(m["reason"] for m in failed_models)
+
+
+def test_api_errors_are_counted_by_code(kube: Kube, namespace: str,
+                                        operator: Operator) -> None:
+    """A Deployment the API server refuses (422) is counted once: the operator does not ask
+    again with the same manifest."""
+    before = total(scrape(operator), "kubemaas_operator_api_errors_total", method="PATCH",
+                   code="422")
+    bad_affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "Sometimes"}]}]}}}
+    apply(kube, namespace, md("refused", scheduling={"affinity": bad_affinity}))
+    wait_phase(kube, namespace, "refused", "Failed")
+    def counted() -> float | None:
+        now = total(scrape(operator), "kubemaas_operator_api_errors_total", method="PATCH",
+                    code="422")
+        return now if now >= before + 1 else None
+
+    wait_for(counted, timeout=10, what="the 422 to be counted")
+
