@@ -49,6 +49,7 @@ def test_reconcile_and_queue_series_move_as_models_are_applied(
     ok_before = total(before, "kubemaas_operator_reconcile_duration_seconds_count", outcome="ok")
     adds_before = total(before, "kubemaas_operator_workqueue_adds_total")
     waits_before = total(before, "kubemaas_operator_workqueue_wait_seconds_count")
+    rollouts_before = total(before, "kubemaas_operator_rollouts_total", outcome="Complete")
 
     for i in range(3):
         apply(kube, namespace, md(f"scraped-{i}"))
@@ -77,6 +78,10 @@ def test_reconcile_and_queue_series_move_as_models_are_applied(
     assert total(after, "kubemaas_operator_workqueue_adds_total") >= adds_before + 4
     assert total(after, "kubemaas_operator_workqueue_wait_seconds_count") >= waits_before + 4
     assert total(after, "kubemaas_operator_reconcile_duration_seconds_sum") > 0
+    # Each new model's first revision completes: a rollout ended with outcome Complete.
+    wait_for(lambda: total(scrape(operator), "kubemaas_operator_rollouts_total",
+                           outcome="Complete") >= rollouts_before + 3, timeout=30,
+             what="three completed rollouts counted")
     failed_models = [dict(ls) for (n, ls), v in after.items()
                      if n == "kubemaas_operator_models" and dict(ls)["phase"] == "Failed" and v]
     assert failed_models, "the Failed model is not counted"
