@@ -15,6 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .quantity import QuantityError, parse_quantity
+from .serving_security import (
+    NetworkPolicySpec,
+    SecuritySpecError,
+    ServingAuth,
+    ServingTLS,
+    parse_auth,
+    parse_network_policy,
+    parse_tls,
+)
 
 GROUP = "serving.kubemaas.io"
 VERSION = "v1alpha1"
@@ -182,6 +191,10 @@ class Serving:
     port: int = field(metadata=_m("port"), default=8080)
     protocol: Literal["v2-rest"] = field(metadata=_m("protocol"), default="v2-rest")
     gateway: GatewayRef | None = field(metadata=_m("gateway"), default=None)
+    auth: ServingAuth | None = field(metadata=_m("auth"), default=None)
+    tls: ServingTLS | None = field(metadata=_m("tls"), default=None)
+    network_policy: NetworkPolicySpec = field(metadata=_m("networkPolicy"),
+                                              default_factory=NetworkPolicySpec)
 
 
 @dataclass(frozen=True)
@@ -538,6 +551,12 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     if sv.get("gateway") is not None:
         gateway = parse_gateway(_obj(sv.get("gateway"), "spec.serving.gateway"),
                                 "spec.serving.gateway")
+    try:
+        auth = parse_auth(sv.get("auth"))
+        tls = parse_tls(sv.get("tls"))
+        network_policy = parse_network_policy(sv.get("networkPolicy"))
+    except SecuritySpecError as err:
+        raise SpecError(err.path, err.message) from err
 
     ro = _obj(spec.get("rollout"), "spec.rollout")
     surge = _int(ro.get("maxSurge"), "spec.rollout.maxSurge", 0, 1000)
@@ -596,7 +615,9 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
 
     return ModelDeploymentSpec(model=model, runtime=runtime, pod_metadata=pod_metadata, gpu=gpu,
                                replicas=replicas, autoscaling=autoscaling, scheduling=scheduling,
-                               serving=Serving(port=port, gateway=gateway), rollout=rollout)
+                               serving=Serving(port=port, gateway=gateway, auth=auth, tls=tls,
+                                               network_policy=network_policy),
+                               rollout=rollout)
 
 
 def parse_gateway(g: Mapping[str, Any], path: str) -> GatewayRef:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -51,6 +53,11 @@ class Settings:
     # How often the operator asks API discovery whether HTTPRoute is served (the Gateway API
     # CRDs installed or removed while it runs), seconds; it also asks once at start.
     gateway_discovery_s: float = 30.0
+    # The namespace of the Prometheus that scrapes the models: each model's NetworkPolicy lets
+    # it reach the runtime's /metrics port; empty = none (docs/operator.md).
+    monitoring_namespace: str = ""
+    # The operator's own Prometheus metrics (GET /metrics, prometheus-client); 0 = off.
+    metrics_port: int = 8082
 
     def default_gateway(self) -> tuple[str, str] | None:
         """KUBEMAAS_OPERATOR_GATEWAY as (namespace, name), or None when unset."""
@@ -103,6 +110,11 @@ class Settings:
             if not slash or not namespace or not name or "/" in name:
                 raise SettingsError(f"KUBEMAAS_OPERATOR_GATEWAY={settings.gateway!r}: expected "
                                     "NAMESPACE/NAME of a Gateway")
+        if settings.monitoring_namespace and not _DNS1123.match(settings.monitoring_namespace):
+            raise SettingsError(f"KUBEMAAS_OPERATOR_MONITORING_NAMESPACE="
+                                f"{settings.monitoring_namespace!r}: not a namespace name")
+        if not 0 <= settings.metrics_port <= 65535:
+            raise SettingsError("KUBEMAAS_OPERATOR_METRICS_PORT must be within 0..65535")
         if settings.gateway_discovery_s <= 0:
             raise SettingsError("KUBEMAAS_OPERATOR_GATEWAY_DISCOVERY_S must be > 0")
         if settings.peering_lifetime_s < 2:

@@ -38,11 +38,12 @@ from typing import Any
 
 import kopf
 
-from . import standby
+from . import metrics, standby
 from .config import Settings
 from .k8s import AsyncCluster, Cluster
 from .reconcile import Memory, Outcome, Retry, Snapshot, gateway_children, reconcile
 from .render import HTTPROUTE_API_VERSION, INSTANCE, MANAGED_BY, MANAGER, canary_name
+from .render.security import CERTIFICATE_API_VERSION
 from .scheduling import NodeInfo, PendingDemand, owed_pods, pending_demand
 from .status import PodInfo, pod_info
 
@@ -55,11 +56,14 @@ CHILDREN = {
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
     "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+    "Certificate": ("cert-manager.io", "v1", "certificates"),
 }
 OURS = {MANAGED_BY: MANAGER}
 _INDEX_OF = {"Deployment": "deployment_index", "Service": "service_index",
              "HorizontalPodAutoscaler": "hpa_index", "PodDisruptionBudget": "pdb_index",
-             "HTTPRoute": "httproute_index"}
+             "HTTPRoute": "httproute_index", "NetworkPolicy": "networkpolicy_index",
+             "Certificate": "certificate_index"}
 
 
 @dataclass
@@ -69,7 +73,9 @@ class Runtime:
     memory: Memory = field(default_factory=Memory)
     indexes: dict[str, Any] = field(default_factory=dict)
     gateway_api: bool = False  # API discovery: HTTPRoute (gateway.networking.k8s.io/v1) served
+    cert_manager: bool = False  # API discovery: Certificate (cert-manager.io/v1) served
     queue: Any = None
+    metrics_server: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     resyncs: int = 0  # periodic resync passes started (reported on /healthz)
 
@@ -167,7 +173,7 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
             pending.extend(owed_pods(demand, replicas, live))
     return Snapshot(body=body, children={k: v for k, v in children.items() if v is not None},
                     pods=pods, nodes=nodes, used=used, pending=pending,
-                    gateway_api=_runtime().gateway_api)
+                    gateway_api=_runtime().gateway_api, cert_manager=_runtime().cert_manager)
 
 
 def _log_outcome(key: tuple[str, str], outcome: Outcome) -> None:
@@ -185,7 +191,16 @@ async def _reconcile(key: tuple[str, str], body: Mapping[str, Any] | None = None
     if snap is None or (snap.body.get("metadata") or {}).get("deletionTimestamp"):
         return None
     started = time.monotonic()
-    outcome = await reconcile(snap, rt.settings, rt.cluster, rt.memory)
+    result = "error"
+    try:
+        outcome = await reconcile(snap, rt.settings, rt.cluster, rt.memory)
+        phase = outcome.status.status.get("phase") if outcome.status is not None else None
+        result = "failed" if outcome.failure is not None or phase == "Failed" else "ok"
+    except Retry:
+        result = "retry"
+        raise
+    finally:
+        metrics.RECONCILE_DURATION.labels(result).observe(time.monotonic() - started)
     log.debug("%s/%s: reconciled in %.0f ms", *key, (time.monotonic() - started) * 1000)
     _log_outcome(key, outcome)
     return outcome
@@ -241,6 +256,10 @@ hpa_index = kopf.index(*CHILDREN["HorizontalPodAutoscaler"], labels=OURS, id="hp
 pdb_index = kopf.index(*CHILDREN["PodDisruptionBudget"], labels=OURS, id="pdb_index")(
     _child_index)
 httproute_index = kopf.index(*CHILDREN["HTTPRoute"], labels=OURS, id="httproute_index")(
+    _child_index)
+networkpolicy_index = kopf.index(*CHILDREN["NetworkPolicy"], labels=OURS,
+                                 id="networkpolicy_index")(_child_index)
+certificate_index = kopf.index(*CHILDREN["Certificate"], labels=OURS, id="certificate_index")(
     _child_index)
 
 
@@ -376,12 +395,30 @@ async def node_event(type: str, status: Mapping[str, Any], **_: Any) -> None:
 # --------------------------------------------------------------------------------- lifecycle
 
 
+async def _discover_cert_manager(rt: Runtime) -> None:
+    """Whether cert-manager's Certificate is served; on a change every model is looked at again
+    (a model waiting for it gets its Certificate, or reports CertManagerNotInstalled)."""
+    try:
+        served = await rt.cluster.serves(CERTIFICATE_API_VERSION, "certificates")
+    except Exception as err:
+        log.warning("API discovery of %s failed: %s", CERTIFICATE_API_VERSION, err)
+        return
+    if served != rt.cert_manager:
+        rt.cert_manager = served
+        log.info("cert-manager Certificate (%s) is %s", CERTIFICATE_API_VERSION,
+                 "served" if served else "not served")
+        if not standby.paused() and rt.queue is not None:
+            for key in list(rt.indexes["md_index"].keys()):
+                rt.queue.enqueue(key)
+
+
 async def _discover_gateway_api(rt: Runtime) -> None:
-    """Ask API discovery whether HTTPRoute is served every gateway_discovery_s (startup asked
-    once already); when the answer changes, every model is looked at again (its HTTPRoute
-    split is made or taken down)."""
+    """Ask API discovery whether HTTPRoute (and cert-manager's Certificate) is served every
+    gateway_discovery_s (startup asked once already); when the answer changes, every model is
+    looked at again (its HTTPRoute split is made or taken down)."""
     while True:
         await asyncio.sleep(rt.settings.gateway_discovery_s)
+        await _discover_cert_manager(rt)
         try:
             served = await rt.cluster.serves(HTTPROUTE_API_VERSION, "httproutes")
         except Exception as err:
@@ -434,6 +471,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     rt = Runtime(settings=ours, cluster=cluster,
                  indexes={k: kwargs[k] for k in ("md_index", "deployment_index", "service_index",
                                                  "hpa_index", "pdb_index", "httproute_index",
+                                                 "networkpolicy_index", "certificate_index",
                                                  "owed_index",
                                                  "pod_index", "node_index", "namespace_index",
                                                  "blocked_index")})
@@ -441,9 +479,15 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         rt.gateway_api = await cluster.serves(HTTPROUTE_API_VERSION, "httproutes")
     except Exception as err:
         log.warning("API discovery of %s failed at start: %s", HTTPROUTE_API_VERSION, err)
+    await _discover_cert_manager(rt)
     log.info("Gateway API HTTPRoute (%s) %s", HTTPROUTE_API_VERSION,
              "served" if rt.gateway_api else "not served: canaries split by ready replicas")
-    rt.queue = WorkQueue(_queued, concurrency=ours.max_concurrent_reconciles)
+    rt.queue = WorkQueue(_queued, concurrency=ours.max_concurrent_reconciles,
+                         on_add=metrics.QUEUE_ADDS.inc, on_start=metrics.QUEUE_WAIT.observe)
+    metrics.watch_queue(rt.queue)
+    metrics.MODELS.source = lambda: [p for packed in rt.indexes["md_index"].values()
+                                     for p in packed]
+    rt.metrics_server = metrics.serve(ours.metrics_port)
     loop = asyncio.get_running_loop()
     rt.tasks.append(loop.create_task(_resync(rt)))
     rt.tasks.append(loop.create_task(_discover_gateway_api(rt)))
@@ -461,6 +505,8 @@ async def cleanup(**_: Any) -> None:
         task.cancel()
     await rt.queue.close()
     rt.cluster.close()
+    if rt.metrics_server is not None:
+        rt.metrics_server.shutdown()
 
 
 @kopf.on.probe(id="apiWrites")

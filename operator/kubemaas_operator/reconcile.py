@@ -34,6 +34,7 @@ from .config import Settings
 from .drift import drift
 from .floor import FLOOR_MANAGER, hand_over, raise_to_floor
 from .k8s import ApiError, AsyncCluster
+from .metrics import count_rollouts
 from .render import (
     BUILTIN_TEMPLATE,
     CANARY_TRACK,
@@ -54,6 +55,7 @@ from .render import (
     url,
     with_strategy,
 )
+from .render.security import CERTIFICATE_API_VERSION
 from .rollout import HTTP_ROUTE, READY_REPLICAS
 from .rollout import plan as plan_rollout
 from .scheduling import NodeInfo, PendingDemand, check_capacity, gpu_summary
@@ -93,6 +95,7 @@ class Snapshot:
     # matching nodes serve before a surge (scheduling.PendingDemand).
     pending: Sequence[PendingDemand] = ()
     gateway_api: bool = False  # the API server serves gateway.networking.k8s.io/v1 HTTPRoute
+    cert_manager: bool = False  # the API server serves cert-manager.io/v1 Certificate
 
 
 @dataclass
@@ -149,7 +152,8 @@ class Memory:
                template_name: str) -> tuple[ModelDeploymentSpec, Rendered]:
         """parse + render, memoized: most reconciles (a pod's event, a resync) change neither."""
         key = digest([raw_spec, ctx.name, ctx.namespace, ctx.uid, template_name,
-                      ctx.template_source], 32)
+                      ctx.template_source, ctx.default_gateway_namespace,
+                      ctx.monitoring_namespace], 32)
         hit = self._renders.get(key)
         if hit is None:
             spec = parse_spec(raw_spec)
@@ -247,9 +251,11 @@ async def _write_status(cluster: AsyncCluster, memory: Memory, body: Mapping[str
         return
     meta = body.get("metadata") or {}
     try:
+        previous = memory.previous_status(body)
         response = await cluster.patch_status(meta["namespace"], meta["name"], result.status,
-                                              memory.previous_status(body))
+                                              previous)
         memory.wrote_status(meta["namespace"], meta["name"], response, result.status)
+        count_rollouts(previous, result.status)
     except ApiError as err:
         if err.status == 404:
             return  # deleted meanwhile
@@ -287,6 +293,13 @@ async def _pin_replicas(cluster: AsyncCluster, memory: Memory, name: str, namesp
                     f"autoscaling floor ({replicas}): {err}") from err
     memory.remember(applied)
     return applied
+
+
+def _security_context(settings: Settings) -> dict[str, Any]:
+    """The RenderContext fields the NetworkPolicy takes from the operator's settings."""
+    default = settings.default_gateway()
+    return {"default_gateway_namespace": default[0] if default else None,
+            "monitoring_namespace": settings.monitoring_namespace}
 
 
 def gateway_children(name: str) -> list[tuple[str, str, str, str]]:
@@ -342,7 +355,15 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         source = await _template(settings, cluster, memory, template_name)
         spec, rendered = memory.render(raw_spec, RenderContext(
             name=name, namespace=namespace, uid=meta.get("uid", ""),
-            template_name=template_name, template_source=source), template_name)
+            template_name=template_name, template_source=source,
+            **_security_context(settings)), template_name)
+        tls = spec.serving.tls
+        if tls is not None and tls.cert_manager is not None and not snap.cert_manager:
+            outcome.failure = Failure(
+                "CertManagerNotInstalled", "spec.serving.tls.certManager asks for a cert-manager "
+                f"Certificate, but the API server does not serve {CERTIFICATE_API_VERSION} "
+                "certificates: install cert-manager, or name a kubernetes.io/tls Secret in "
+                "spec.serving.tls.secretName")
     except SpecError as err:
         outcome.failure = Failure("InvalidSpec", str(err))
     except LookupError as err:
@@ -393,7 +414,8 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
             stable_source = await _template(settings, cluster, memory, stable_template)
             _, stable = memory.render(stable_raw, RenderContext(
                 name=name, namespace=namespace, uid=meta.get("uid", ""),
-                template_name=stable_template, template_source=stable_source),
+                template_name=stable_template, template_source=stable_source,
+                **_security_context(settings)),
                 stable_template)
         except (SpecError, LookupError, RenderError) as err:
             raise Retry(f"cannot render the last good revision to roll back to: {err}",

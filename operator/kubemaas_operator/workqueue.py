@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable
 
 log = logging.getLogger("kubemaas.queue")
@@ -16,8 +17,14 @@ log = logging.getLogger("kubemaas.queue")
 
 class WorkQueue:
     def __init__(self, worker: Callable[[Hashable], Awaitable[float | None]],
-                 concurrency: int = 64) -> None:
+                 concurrency: int = 64, on_add: Callable[[], None] | None = None,
+                 on_start: Callable[[float], None] | None = None) -> None:
+        """`on_add` is called for each run queued, `on_start(seconds waited)` as it starts
+        (the operator's metrics)."""
         self._worker = worker
+        self._on_add = on_add
+        self._on_start = on_start
+        self._since: dict[Hashable, float] = {}  # queued key -> monotonic time it was queued
         self._locks: dict[Hashable, asyncio.Lock] = {}
         self._queued: set[Hashable] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -52,6 +59,9 @@ class WorkQueue:
         if key in self._queued:
             return  # a run that has not started yet will see the latest state
         self._queued.add(key)
+        self._since[key] = time.monotonic()
+        if self._on_add is not None:
+            self._on_add()
         task = asyncio.get_running_loop().create_task(self._run(key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -63,6 +73,9 @@ class WorkQueue:
     async def _run(self, key: Hashable) -> None:
         async with self._slots, self.lock(key):
             self._queued.discard(key)  # from here on, a new event queues one more run
+            since = self._since.pop(key, None)
+            if self._on_start is not None and since is not None:
+                self._on_start(time.monotonic() - since)
             try:
                 again = await self._worker(key)
             except asyncio.CancelledError:
@@ -72,6 +85,15 @@ class WorkQueue:
                 again = None
         if again:
             self.enqueue(key, again)
+
+    def depth(self) -> int:
+        """Runs queued and not started yet."""
+        return len(self._queued)
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest queued, not started run has waited (0 when none)."""
+        since = [self._since[k] for k in self._queued if k in self._since]
+        return time.monotonic() - min(since) if since else 0.0
 
     async def close(self) -> None:
         for timer in self._timers.values():

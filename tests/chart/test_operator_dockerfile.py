@@ -33,4 +33,5 @@ def test_dockerfile_matches_the_tree_and_the_chart() -> None:
     assert user == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert re.search(rf"^EXPOSE {values['operator']['healthPort']}$", text, re.M)
+    assert re.search(rf"^EXPOSE {values['operator']['metricsPort']}$", text, re.M)
     assert values["image"]["repository"] == "ghcr.io/kubemaas/operator"

@@ -38,6 +38,7 @@ OPERATOR_ENV = {
     "KUBEMAAS_OPERATOR_TEMPLATES_TTL_S": "1",
     "KUBEMAAS_OPERATOR_GATEWAY_DISCOVERY_S": "1",  # test_rollout_gateway installs the CRDs late
     "KUBEMAAS_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
+    "KUBEMAAS_OPERATOR_MONITORING_NAMESPACE": "monitoring",  # in the models' NetworkPolicies
 }
 RESYNC_S = float(OPERATOR_ENV["KUBEMAAS_OPERATOR_RESYNC_S"])
 
@@ -58,6 +59,7 @@ class Operator:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
+    metrics_port: int = 0  # the operator's GET /metrics
 
     def _kubeconfig(self) -> Path:
         token = self.kube.kubectl("-n", OPERATOR_NAMESPACE, "create", "token",
@@ -78,9 +80,11 @@ class Operator:
 
     def start(self) -> None:
         self.port = _free_port()
+        self.metrics_port = _free_port()
         env = {**os.environ, **OPERATOR_ENV, **self.env,
                "KUBECONFIG": str(self._kubeconfig()),
-               "KUBEMAAS_OPERATOR_HEALTH_PORT": str(self.port)}
+               "KUBEMAAS_OPERATOR_HEALTH_PORT": str(self.port),
+               "KUBEMAAS_OPERATOR_METRICS_PORT": str(self.metrics_port)}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log.open("ab") as out:
             out.write(f"\n===== operator start {time.strftime('%H:%M:%S')} =====\n".encode())

@@ -23,6 +23,8 @@ from urllib.parse import quote
 import urllib3
 from kubernetes import client, config
 
+from ..metrics import api_error
+
 log = logging.getLogger("kubemaas.k8s")
 T = TypeVar("T")
 
@@ -35,6 +37,8 @@ PLURALS: dict[str, str] = {
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HTTPRoute": "httproutes",
+    "NetworkPolicy": "networkpolicies",
+    "Certificate": "certificates",
     "ConfigMap": "configmaps",
     "Event": "events",
     "ModelDeployment": MD_PLURAL,
@@ -120,7 +124,10 @@ class Cluster:
 
     def _call(self, method: str, path: str, *, body: Any = None,
               query: list[tuple[str, str]] | None = None,
-              content_type: str = "application/json") -> dict[str, Any] | None:
+              content_type: str = "application/json",
+              expected: tuple[int, ...] = ()) -> dict[str, Any] | None:
+        """One API call; a failure raises ApiError and counts in the operator's metrics unless
+        its status is `expected` (API discovery of a group that is not installed)."""
         if method != "GET":
             self._count_write()
         serialized = self.api.param_serialize(
@@ -131,9 +138,12 @@ class Cluster:
             response = self.api.call_api(*serialized, _request_timeout=30)
             data = response.read()  # type: ignore[no-untyped-call]
         except (client.exceptions.ApiException, urllib3.exceptions.HTTPError) as err:
+            api_error(method, 0)
             raise ApiError(0, "Unreachable", f"{method} {path}: {err}") from err
         text = data.decode("utf-8") if isinstance(data, bytes) else (data or "")
         if response.status >= 400:
+            if response.status not in expected:
+                api_error(method, response.status)
             try:
                 payload = json.loads(text)
                 raise ApiError(response.status, payload.get("reason", ""),
@@ -192,7 +202,7 @@ class Cluster:
         not installed; an unreachable API server raises ApiError."""
         base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
         try:
-            found = self._call("GET", base) or {}
+            found = self._call("GET", base, expected=(403, 404, 503)) or {}
         except ApiError as err:
             if err.status in (403, 404, 503):  # not installed (503: an unavailable APIService)
                 return False

@@ -24,10 +24,21 @@ import yaml
 from ..api import API_VERSION, KIND, GatewayRef, ModelDeploymentSpec
 from ..scheduling import Placement, placement
 from . import conversion
+from .security import (
+    CERTIFICATE_API_VERSION,
+    CertificateParams,
+    NetworkPolicyParams,
+    certificate_dns_names,
+    ingress_rules,
+    security_pod,
+    tls_secret_name,
+    use_https_probes,
+)
 
 SPEC_HASH = "serving.kubemaas.io/spec-hash"
 REVISION = "serving.kubemaas.io/revision"
 TRACK = "serving.kubemaas.io/track"
+METRICS_PORT_LABEL = "serving.kubemaas.io/metrics-port"  # on Services with a "metrics" port
 TRACK_SERVICE = "serving.kubemaas.io/traffic-track"  # on the per-track Services (stable, canary)
 MANAGED_BY = "app.kubernetes.io/managed-by"
 INSTANCE = "app.kubernetes.io/instance"
@@ -59,6 +70,10 @@ class RenderContext:
     uid: str
     template_name: str = BUILTIN_TEMPLATE
     template_source: str | None = None  # an administrator's Deployment template; None = built-in
+    # The NetworkPolicy's peers besides the spec's: the namespace of the operator's default
+    # Gateway (for models that name none) and the monitoring namespace the operator is told.
+    default_gateway_namespace: str | None = None
+    monitoring_namespace: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,7 @@ class DeploymentParams:
     gpu_count: int
     gpu_resource: str | None
     init_containers: list[dict[str, Any]] = field(default_factory=list)
+    metrics_port: int | None = None  # /metrics on a port of its own (render/security.py)
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,8 @@ class ServiceParams:
     labels: Mapping[str, str]
     selector: Mapping[str, str]
     port: int
+    app_protocol: str = "http"
+    metrics_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -249,6 +267,10 @@ def runtime_env(spec: ModelDeploymentSpec, name: str, model_uri: str) -> list[di
 def deployment_params(spec: ModelDeploymentSpec, ctx: RenderContext,
                       place: Placement) -> DeploymentParams:
     model_uri, volumes, mounts = _model_env_and_volumes(spec, ctx.name)
+    secured = security_pod(spec, ctx.name)
+    env = runtime_env(spec, ctx.name, model_uri)
+    cut = len(env) - len(spec.runtime.env)  # the runtime's settings first, the user's last
+    env = [*env[:cut], *secured.env, *env[cut:]]
     labels = common_labels(ctx.name)
     pod_labels = {**spec.pod_metadata.labels, **labels, **pod_selector(ctx.name)}
     spreads = []
@@ -263,18 +285,20 @@ def deployment_params(spec: ModelDeploymentSpec, ctx: RenderContext,
         pod_labels=pod_labels, pod_annotations=dict(spec.pod_metadata.annotations),
         replicas=None if spec.autoscaling is not None else spec.desired_replicas,
         image=spec.runtime.image, image_pull_policy=spec.runtime.image_pull_policy,
-        args=list(spec.runtime.args), env=runtime_env(spec, ctx.name, model_uri),
+        args=list(spec.runtime.args), env=env,
         port=spec.serving.port, requests=place.requests, limits=place.limits,
         node_selector=place.node_selector, affinity=place.affinity,
         tolerations=list(place.tolerations),
         priority_class_name=spec.scheduling.priority_class_name,
-        topology_spread_constraints=spreads, volumes=volumes, volume_mounts=mounts,
+        topology_spread_constraints=spreads, volumes=[*volumes, *secured.volumes],
+        volume_mounts=[*mounts, *secured.mounts],
         model_uri=served.uri, model_format=served.format,
         gpu_count=spec.gpu.count if spec.gpu else 0,
         gpu_resource=spec.gpu.resource if spec.gpu else None,
         init_containers=conversion.init_containers(
             spec, model_uri, CACHE_DIR, credentials, mounts,
-            {"requests": place.requests, "limits": place.limits}))
+            {"requests": place.requests, "limits": place.limits}),
+        metrics_port=secured.metrics_port)
 
 
 def _stamp(manifest: dict[str, Any], ctx: RenderContext, labels: Mapping[str, str],
@@ -336,17 +360,23 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     # Deployment controller never removes a serving pod for one that crashes right after its
     # first Ready (enforced whatever the template says; docs/rollouts.md).
     deployment["spec"]["minReadySeconds"] = spec.rollout.settle_seconds
+    if spec.serving.tls is not None:
+        use_https_probes(deployment)
     revision = digest(deployment["spec"]["template"], 10)
     # Each pod says which revision it runs (rollout.py tells old pods from new ones with it).
     pod_meta = deployment["spec"]["template"].setdefault("metadata", {})
     pod_meta["labels"] = {**(pod_meta.get("labels") or {}), REVISION: revision}
     children = [_stamp(deployment, ctx, labels, {REVISION: revision})]
 
+    # A Service whose runtime serves /metrics on a port of its own says so: the chart's
+    # ServiceMonitors pick the port to scrape by this label.
+    svc_labels = {**labels, METRICS_PORT_LABEL: "metrics"} if params.metrics_port else labels
     service = _render(builtin_template("service.yaml.j2"), "service template",
-                      ServiceParams(name=ctx.name, namespace=ctx.namespace, labels=labels,
+                      ServiceParams(name=ctx.name, namespace=ctx.namespace, labels=svc_labels,
                                     selector=service_selector(ctx.name),
-                                    port=spec.serving.port))
-    children.append(_stamp(service, ctx, labels))
+                                    port=spec.serving.port, app_protocol=app_protocol(spec),
+                                    metrics_port=params.metrics_port))
+    children.append(_stamp(service, ctx, svc_labels))
     if spec.autoscaling is not None:
         a = spec.autoscaling
         hpa = _render(builtin_template("hpa.yaml.j2"), "autoscaler template",
@@ -359,7 +389,44 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
                       PDBParams(name=ctx.name, namespace=ctx.namespace, labels=labels,
                                 selector=service_selector(ctx.name)))
         children.append(_stamp(pdb, ctx, labels))
+    children.extend(render_security(spec, ctx))
     return Rendered(children=children, revision=revision)
+
+
+def app_protocol(spec: ModelDeploymentSpec) -> str:
+    return "https" if spec.serving.tls is not None else "http"
+
+
+def _gateway_namespace(spec: ModelDeploymentSpec, ctx: RenderContext) -> str | None:
+    gateway = spec.serving.gateway
+    if gateway is not None:
+        return gateway.namespace or ctx.namespace
+    return ctx.default_gateway_namespace
+
+
+def render_security(spec: ModelDeploymentSpec, ctx: RenderContext) -> list[dict[str, Any]]:
+    """The NetworkPolicy (unless disabled) and the cert-manager Certificate (when asked)."""
+    labels = common_labels(ctx.name)
+    out = []
+    if spec.serving.network_policy.enabled:
+        policy = _render(builtin_template("networkpolicy.yaml.j2"), "NetworkPolicy template",
+                         NetworkPolicyParams(
+                             name=ctx.name, namespace=ctx.namespace, labels=labels,
+                             selector=service_selector(ctx.name),
+                             ingress=ingress_rules(spec, _gateway_namespace(spec, ctx),
+                                                   ctx.monitoring_namespace)))
+        out.append(_stamp(policy, ctx, labels))
+    tls = spec.serving.tls
+    if tls is not None and tls.cert_manager is not None:
+        cert = _render(builtin_template("certificate.yaml.j2"), "Certificate template",
+                       CertificateParams(
+                           name=ctx.name, namespace=ctx.namespace, labels=labels,
+                           secret_name=tls_secret_name(spec, ctx.name) or "",
+                           dns_names=certificate_dns_names(spec, ctx.name, ctx.namespace),
+                           issuer_name=tls.cert_manager.issuer_ref.name,
+                           issuer_kind=tls.cert_manager.issuer_ref.kind))
+        out.append(_stamp(cert, ctx, labels))
+    return out
 
 
 def canary_name(name: str) -> str:
@@ -446,7 +513,8 @@ def render_gateway(spec: ModelDeploymentSpec, ctx: RenderContext, gateway: Gatew
                           ServiceParams(name=svc_name, namespace=ctx.namespace,
                                         labels={**labels, TRACK_SERVICE: track},
                                         selector=track_selector(ctx.name, track),
-                                        port=spec.serving.port))
+                                        port=spec.serving.port,
+                                        app_protocol=app_protocol(spec)))
         children.append(_stamp(service, ctx, {**labels, TRACK_SERVICE: track}, name=svc_name))
     route = _render(builtin_template("httproute.yaml.j2"), "HTTPRoute template", HTTPRouteParams(
         name=ctx.name, namespace=ctx.namespace, labels=labels, gateway_name=gateway.name,
@@ -465,4 +533,6 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "Service"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    (CERTIFICATE_API_VERSION, "Certificate"),
 )
