@@ -139,6 +139,22 @@ def containers_on_node(node: real.RealNode) -> set[str]:
     return set(node.crictl("ps", "-a", "-q").stdout.split())
 
 
+def model_volume(namespace: str, pv: str, model_dir: Path) -> list[dict[str, Any]]:
+    """A PersistentVolume on model_dir (a hostPath of the real node) bound to the claim
+    `models`, so a ModelDeployment can name `pvc://models/...`."""
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+         "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadOnlyMany"],
+                  "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
+                  "hostPath": {"path": str(model_dir), "type": "Directory"},
+                  "claimRef": {"namespace": namespace, "name": "models"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "models", "namespace": namespace},
+         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": pv,
+                  "resources": {"requests": {"storage": "1Mi"}}}},
+    ]
+
+
 def runtime_pod(name: str, namespace: str, image: str, model_dir: Path) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Pod",
@@ -279,17 +295,8 @@ def test_modeldeployment_serves_from_the_real_node(kube: Kube, namespace: str, r
     node from the real image -> readiness through the kubelet -> a correct inference."""
     sha = hashlib.sha256((model_dir / MODEL / "model.onnx").read_bytes()).hexdigest()
     pv = f"{namespace}-models"
-    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-         "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadOnlyMany"],
-                  "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
-                  "hostPath": {"path": str(model_dir), "type": "Directory"},
-                  "claimRef": {"namespace": namespace, "name": "models"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": "models", "namespace": namespace},
-         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": pv,
-                  "resources": {"requests": {"storage": "1Mi"}}}},
-    ]))
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(model_volume(namespace, pv,
+                                                                              model_dir)))
     md = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
           "metadata": {"name": "affine", "namespace": namespace},
           "spec": {
@@ -346,5 +353,87 @@ def test_modeldeployment_serves_from_the_real_node(kube: Kube, namespace: str, r
                  what=f"the ModelDeployment's container {cid[:12]} to be gone from the node")
     finally:
         kube.kubectl("-n", namespace, "delete", "md", "affine", "--ignore-not-found",
+                     "--wait=false", check=False)
+        kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+
+
+@contextlib.contextmanager
+def port_forward(kube: Kube, namespace: str, pod: str, remote: int) -> Iterator[int]:
+    """`kubectl port-forward` to a pod of the real node: 127.0.0.1:PORT reaches the pod through
+    the API server and the kubelet's streaming server, as a user's laptop would."""
+    import subprocess
+
+    from kubemaas_testbed.binaries import kubectl
+    from kubemaas_testbed.cluster import free_port
+
+    local = free_port()
+    proc = subprocess.Popen(
+        [kubectl(), f"--kubeconfig={kube.kubeconfig}", "-n", namespace, "port-forward",
+         f"pod/{pod}", f"{local}:{remote}", "--address=127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:PORT -> REMOTE" once listening
+        assert "Forwarding from" in line, f"kubectl port-forward: {line}{proc.stdout.read()}"
+        yield local
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_authenticated_https_pod_answers_through_a_port_forward(
+        kube: Kube, namespace: str, real_node: Node, model_dir: Path, operator: Operator,
+        tmp_path: Path) -> None:
+    """spec.serving.auth + spec.serving.tls on the real node: the kubelet mounts both Secrets,
+    its HTTPS readiness probe passes, and a client through `kubectl port-forward` gets 401
+    without the key and the answer with it, over TLS verified against the test's CA."""
+    from tests.runtime.secrets_helpers import CA, request
+
+    ca = CA(tmp_path / "ca")
+    leaf = ca.issue(1)  # subjectAltName 127.0.0.1: what the client dials through the forward
+    (tmp_path / "tls.crt").write_bytes(leaf["tls.crt"])
+    (tmp_path / "tls.key").write_bytes(leaf["tls.key"])
+    key = hashlib.sha256(os.urandom(32)).hexdigest()
+    kube.kubectl("-n", namespace, "create", "secret", "tls", "affine-cert",
+                 f"--cert={tmp_path / 'tls.crt'}", f"--key={tmp_path / 'tls.key'}")
+    kube.kubectl("-n", namespace, "create", "secret", "generic", "affine-keys",
+                 f"--from-literal=frontend={key}")
+    pv = f"{namespace}-tls-models"
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(model_volume(namespace, pv,
+                                                                              model_dir)))
+    md = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
+          "metadata": {"name": "affine-tls", "namespace": namespace},
+          "spec": {
+              "model": {"uri": f"pvc://models/{MODEL}/model.onnx", "format": "onnx",
+                        "name": MODEL},
+              "runtime": {"image": real_node.image, "imagePullPolicy": "Never",
+                          "resources": {"cpu": "250m", "memory": "256Mi"}},
+              "scheduling": {"nodeSelector": {real.LABEL: "true"},
+                             "tolerations": [real.TOLERATION]},
+              "serving": {"auth": {"secretName": "affine-keys"},
+                          "tls": {"secretName": "affine-cert"}},
+              "replicas": 1}}
+    try:
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(md))
+        wait_for(lambda: (get_json(kube, "-n", namespace, "get", "md", "affine-tls")
+                          .get("status") or {}).get("phase") == "Ready",
+                 timeout=180, what="the authenticated HTTPS model to be Ready (HTTPS probe)")
+        (pod,) = get_json(kube, "-n", namespace, "get", "pods", "-l",
+                          "app.kubernetes.io/instance=affine-tls")["items"]
+        assert pod["spec"]["nodeName"] == real_node.node.name
+        infer_body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                             "data": X}]}).encode()
+        path = f"/v2/models/{MODEL}/infer"
+        with port_forward(kube, namespace, pod["metadata"]["name"], 8080) as local:
+            tls = ca.client_context()
+            status, _, body = request(local, "POST", path, infer_body, tls=tls)
+            assert status == 401, body
+            assert "error" in body
+            status, _, body = request(local, "POST", path, infer_body, tls=tls,
+                                      headers={"Authorization": f"Bearer {key}"})
+            assert status == 200, body
+            assert body["outputs"][0]["data"] == Y
+    finally:
+        kube.kubectl("-n", namespace, "delete", "md", "affine-tls", "--ignore-not-found",
                      "--wait=false", check=False)
         kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
