@@ -1,0 +1,202 @@
+"""Optimize a model before it serves (``spec.model.optimize``): quantize and/or convert, measure
+the result against the original, and serve the original when the accuracy guard fails.
+
+``python -m kubemaas_runtime.optimize --model-uri URI --out DIR
+[--quantize int8-dynamic|int8-static|fp16] [--convert onnx]
+[--max-abs-error X] [--max-rel-error X] [--min-top1-agreement X]``
+
+Runs before the runtime (the operator starts it as the pod's init container, from the runtime
+image). It fetches the model like the runtime does, and once per (model sha256, options) — in
+``DIR/by-key/<key>/``, under a file lock so that replicas sharing the directory do it once —
+writes the model to serve and a report. It then places the chosen file in ``DIR/serve/`` (the
+runtime serves that directory) and prints the report as one JSON line, also written to the
+termination message path (``/dev/termination-log``), where the operator reads it into the
+ModelDeployment's ``status.optimization``. Every failure to optimize is reported and the
+original is served; only a model that cannot be fetched at all stops it (exit status 1).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import StartupError
+from ..settings import guess_format
+from ..storage import S3Config, fetch_model, sha256_file
+from . import measure, transform
+from .measure import Guard
+
+log = logging.getLogger("kubemaas.runtime.optimize")
+
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Options:
+    quantize: str | None = None
+    convert: str | None = None
+    guard: Guard = field(default_factory=Guard)
+    probe_rows: int = 64
+    max_batch_size: int = 8
+    repeats: int = 10
+
+    def key(self, sha256: str) -> str:
+        doc = json.dumps({"sha256": sha256, "quantize": self.quantize, "convert": self.convert,
+                          "guard": asdict(self.guard), "probeRows": self.probe_rows,
+                          "v": REPORT_VERSION}, sort_keys=True)
+        return hashlib.sha256(doc.encode()).hexdigest()[:32]
+
+
+def validate(fmt: str, opts: Options) -> None:
+    """Refuse combinations that cannot work (the CRD's CEL rules say the same)."""
+    if opts.quantize is None and opts.convert is None:
+        raise StartupError("nothing to do: set --quantize and/or --convert")
+    if opts.quantize is not None and opts.quantize not in transform.QUANTIZE:
+        raise StartupError(f"--quantize {opts.quantize!r} is not one of "
+                           f"{', '.join(transform.QUANTIZE)}")
+    if opts.convert is not None and opts.convert not in transform.CONVERT:
+        raise StartupError(f"--convert {opts.convert!r} is not one of "
+                           f"{', '.join(transform.CONVERT)}")
+    if opts.convert == "onnx" and fmt not in ("torchscript", "torch-export"):
+        raise StartupError(f"--convert onnx takes a torchscript or torch-export model, not {fmt}")
+    if opts.quantize is not None and fmt != "onnx" and opts.convert != "onnx":
+        raise StartupError(f"--quantize {opts.quantize} works on ONNX models; a {fmt} model "
+                           "needs --convert onnx as well")
+    if not 1 <= opts.probe_rows <= 4096 or not 1 <= opts.max_batch_size <= 4096:
+        raise StartupError("--probe-rows and --max-batch-size must be 1..4096")
+
+
+def _optimize(src: Path, fmt: str, opts: Options, work: Path) -> Path:
+    """The optimized file (ONNX), built in ``work``."""
+    current = src
+    if opts.convert == "onnx":
+        from ..backends import load_model
+
+        original = load_model(src, fmt, device="cpu")
+        current = work / "converted.onnx"
+        transform.torch_to_onnx(src, fmt, original.inputs, original.outputs, current)
+        original.close()
+    if opts.quantize == "int8-dynamic":
+        dest = work / "int8.onnx"
+        transform.quantize_int8_dynamic(current, dest)
+        current = dest
+    elif opts.quantize == "int8-static":
+        from ..backends import load_model
+
+        spec_model = load_model(current, "onnx", device="cpu")
+        calibration = measure.probe_inputs(spec_model.inputs, opts.probe_rows,
+                                           seed=transform.CALIBRATION_SEED)
+        batch = opts.max_batch_size if spec_model.batchable else 1
+        spec_model.close()
+        dest = work / "int8-static.onnx"
+        transform.quantize_int8_static(current, dest, calibration, batch)
+        current = dest
+    elif opts.quantize == "fp16":
+        dest = work / "fp16.onnx"
+        transform.to_fp16(current, dest)
+        current = dest
+    return current
+
+
+def _measure(src: Path, fmt: str, cand: Path, opts: Options, device: str) -> dict[str, Any]:
+    from ..backends import load_model
+
+    original = load_model(src, fmt, device=device)
+    optimized = load_model(cand, "onnx", device=device)
+    feeds = measure.probe_inputs(original.inputs, opts.probe_rows)
+    batch = opts.max_batch_size if original.batchable and optimized.batchable else 1
+    ref = measure.run_all(original, feeds, batch)
+    got = measure.run_all(optimized, feeds, batch)
+    errs = measure.errors(ref, got)
+    latency: dict[str, dict[str, float]] = {}
+    for label, model in (("original", original), ("optimized", optimized)):
+        latency[label] = {"batch1": measure.latency_ms(model, feeds, 1, opts.repeats)}
+        if batch > 1:
+            latency[label][f"batch{batch}"] = measure.latency_ms(model, feeds, batch,
+                                                                 max(3, opts.repeats // 2))
+    original.close()
+    optimized.close()
+    return {"errors": errs, "latencyMs": latency, "device": original.device,
+            "probe": {"rows": opts.probe_rows, "seed": measure.SEED}}
+
+
+def build(src: Path, fmt: str, sha256: str, opts: Options, entry: Path,
+          device: str) -> dict[str, Any]:
+    """Optimize, measure and decide; leaves ``entry/model.<ext>`` and returns the report."""
+    work = entry / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    report: dict[str, Any] = {"version": REPORT_VERSION, "sha256": sha256,
+                              "quantize": opts.quantize, "convert": opts.convert,
+                              "guard": opts.guard.effective().as_report()}
+    started = time.perf_counter()
+    chosen = src
+    try:
+        cand = _optimize(src, fmt, opts, work)
+        report.update(_measure(src, fmt, cand, opts, device))
+        report["sizeBytes"] = {"original": src.stat().st_size, "optimized": cand.stat().st_size}
+        failed = measure.check(opts.guard, report["errors"])
+        if failed:
+            report.update(serving="original", reason="accuracy guard failed: " + "; ".join(failed))
+        else:
+            report.update(serving="optimized", reason="within the accuracy guard")
+            chosen = cand
+    except StartupError as exc:
+        report.update(serving="original", reason=f"optimization failed: {exc}")
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    served = entry / ("model.onnx" if chosen != src else f"model{src.suffix}")
+    tmp = entry / f".{served.name}.partial"
+    shutil.copyfile(chosen, tmp)
+    os.replace(tmp, served)
+    report["servedFile"] = served.name
+    if not report["reason"].startswith("optimization failed"):  # a failure may be transient
+        (entry / "report.json").write_text(json.dumps(report, sort_keys=True))
+    shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def run(uri: str, out: Path, opts: Options, *, fmt: str | None = None, sha256: str | None = None,
+        s3: S3Config | None = None, timeout_s: float = 300.0,
+        device: str = "cpu") -> dict[str, Any]:
+    """Fetch, optimize once per (sha256, options) under a lock, place ``out/serve/``."""
+    src = fetch_model(uri, str(out / "download"), sha256=sha256, s3=s3, timeout_s=timeout_s)
+    fmt = fmt or guess_format(src.name)
+    if fmt is None:
+        raise StartupError(f"cannot tell the format of {src.name}; set --format")
+    validate(fmt, opts)
+    digest = sha256 or sha256_file(src)
+    entry = out / "by-key" / opts.key(digest)
+    entry.mkdir(parents=True, exist_ok=True)
+    with (entry.parent / f"{entry.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second replica waits here, then reads the cache
+        done = entry / "report.json"
+        if done.is_file():
+            report = dict(json.loads(done.read_text()))
+            report["cached"] = True
+        else:
+            report = build(src, fmt, digest, opts, entry, device)
+            report["cached"] = False
+    serve = out / "serve"
+    staging = out / f".serve.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    name = str(report["servedFile"])
+    if _same_fs(entry, staging):
+        os.link(entry / name, staging / name)
+    else:
+        shutil.copyfile(entry / name, staging / name)
+    shutil.rmtree(serve, ignore_errors=True)
+    os.replace(staging, serve)
+    return report
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
