@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .optimize_spec import OptimizeSpec, OptimizeSpecError, parse_optimize
 from .quantity import QuantityError, parse_quantity
 from .serving_security import (
     NetworkPolicySpec,
@@ -79,6 +80,7 @@ class ModelSource:
     version: str | None = field(metadata=_m("version"), default=None)
     credentials_secret_ref: SecretRef | None = field(metadata=_m("credentialsSecretRef"),
                                                      default=None)
+    optimize: OptimizeSpec | None = field(metadata=_m("optimize"), default=None)
 
     @property
     def scheme(self) -> str:
@@ -329,6 +331,7 @@ class ModelDeploymentStatus:
     gpu_summary: str = field(metadata=_m("gpuSummary"), default="")
     conditions: tuple[Condition, ...] = field(metadata=_m("conditions"), default=())
     rollout: RolloutStatus | None = field(metadata=_m("rollout"), default=None)
+    optimization: Mapping[str, Any] | None = field(metadata=_m("optimization"), default=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,8 +429,12 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         cred = SecretRef(name=cred_name or "")
         if not uri.startswith("s3://"):
             raise SpecError("spec.model.credentialsSecretRef", "is only used for s3:// URIs")
+    try:
+        optimize = parse_optimize(m.get("optimize"), fmt or "")
+    except OptimizeSpecError as exc:
+        raise SpecError(exc.path, exc.message) from None
     model = ModelSource(uri=uri, format=fmt, sha256=sha, name=served, version=version,
-                        credentials_secret_ref=cred)
+                        credentials_secret_ref=cred, optimize=optimize)
 
     r = _obj(spec.get("runtime"), "spec.runtime")
     image = _str(r.get("image"), "spec.runtime.image", required=True) or ""

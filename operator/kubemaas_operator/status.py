@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from . import optimization_status
 from .api import ModelDeploymentSpec
 from .scheduling import NEVER_FIT_REASONS, Capacity
 
@@ -69,6 +70,7 @@ class PodInfo:
     last_terminated: str = ""  # "Error (exit 1): message" of the last crash
     running_since: str = ""  # when its containers started running (not ready)
     not_ready_message: str = ""
+    optimization_report: str = ""  # the optimize init container's termination message
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         unschedulable_message=unschedulable, waiting_reason=waiting_reason,
         waiting_message=waiting_message, last_terminated=last_terminated,
         running_since=running_since,
-        not_ready_message=ready_cond.get("message") or "")
+        not_ready_message=ready_cond.get("message") or "",
+        optimization_report=optimization_status.report_of_pod(pod))
 
 
 def deployment_info(dep: Mapping[str, Any]) -> DeploymentInfo:
@@ -386,8 +389,11 @@ def _events(prev: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
 def _finish(o: Observed, status: dict[str, Any]) -> StatusResult:
     prev = dict(o.previous)
     changed = _comparable(prev) != _comparable(status)
-    return StatusResult(status=status if changed else prev,
-                        events=_events(prev, status) if changed else [], changed=changed)
+    events = _events(prev, status) if changed else []
+    if changed:
+        events += [Event(*e) for e in optimization_status.events(prev.get("optimization"),
+                                                                 status.get("optimization"))]
+    return StatusResult(status=status if changed else prev, events=events, changed=changed)
 
 
 def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -485,5 +491,9 @@ def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> St
                        for c in (ready, *conds)],
         "rollout": dict(view.status) if view is not None and view.status else
         o.previous.get("rollout"),
+        "optimization": optimization_status.status_of(
+            [(p.name, p.revision, p.optimization_report) for p in o.pods if not p.terminating],
+            o.desired_revision) or o.previous.get("optimization")
+        if spec.model.optimize is not None else None,
     }
     return _finish(o, {k: v for k, v in status.items() if v is not None})

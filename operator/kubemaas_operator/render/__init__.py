@@ -23,7 +23,7 @@ import yaml
 
 from ..api import API_VERSION, KIND, GatewayRef, ModelDeploymentSpec
 from ..scheduling import Placement, placement
-from . import conversion
+from . import conversion, optimization
 from .security import (
     CERTIFICATE_API_VERSION,
     CertificateParams,
@@ -337,6 +337,14 @@ def _check_deployment(manifest: dict[str, Any], ctx: RenderContext,
     containers = (pod.get("spec") or {}).get("containers")
     if not isinstance(containers, list) or not containers:
         raise RenderError(f"{what} must render at least one container")
+    if spec_of.model.optimize is not None:
+        inits = (pod.get("spec") or {}).get("initContainers") or []
+        if not any(isinstance(c, dict) and c.get("name") == optimization.INIT_CONTAINER
+                   for c in inits):
+            raise RenderError(f"{what} must render p.init_containers as initContainers: "
+                              "spec.model.optimize runs in the "
+                              f"{optimization.INIT_CONTAINER} init container before the runtime "
+                              "starts")
     if conversion.needs_conversion(spec_of):
         inits = (pod.get("spec") or {}).get("initContainers") or []
         if not any(isinstance(c, dict) and c.get("name") == conversion.INIT_CONTAINER

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import ModelDeploymentSpec
+from . import optimization
 
 CONVERTED_FORMATS = {"tf-savedmodel": "onnx"}
 INIT_CONTAINER = "tfconvert"
@@ -38,7 +39,10 @@ def needs_conversion(spec: ModelDeploymentSpec) -> bool:
 
 
 def served(spec: ModelDeploymentSpec, model_uri: str, cache_dir: str) -> Served:
-    """The runtime's model URI, format and checksum: the source itself, or the converted file."""
+    """The runtime's model URI, format and checksum: the source itself, the converted file, or
+    the optimize step's directory (format from its file; the step checked the checksum)."""
+    if spec.model.optimize is not None:
+        return Served(optimization.served_uri(cache_dir), "", None)
     if not needs_conversion(spec):
         return Served(model_uri, spec.model.format, spec.model.sha256)
     return Served(f"file://{converted_dir(cache_dir)}/model.onnx",
@@ -50,9 +54,12 @@ def init_containers(spec: ModelDeploymentSpec, model_uri: str, cache_dir: str,
                     resources: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
     """The converter init container (none for formats the runtime loads itself). It gets the
     runtime's volume mounts, its CPU and memory (no GPU: the conversion runs on the CPU) and the
-    user's literal environment (an S3 endpoint, a proxy)."""
+    user's literal environment (an S3 endpoint, a proxy). Then the optimize init container, when
+    ``spec.model.optimize`` asks for it (render/optimization.py)."""
+    optimize = optimization.init_container(spec, model_uri, cache_dir, credentials_dir, mounts,
+                                           resources)
     if not needs_conversion(spec):
-        return []
+        return [optimize] if optimize else []
     env = [{"name": "KUBEMAAS_MODEL_URI", "value": model_uri},
            {"name": "KUBEMAAS_CONVERT_DIR", "value": converted_dir(cache_dir)}]
     if spec.model.sha256:
