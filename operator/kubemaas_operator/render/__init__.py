@@ -245,7 +245,9 @@ def runtime_env(spec: ModelDeploymentSpec, name: str, model_uri: str) -> list[di
     served = conversion.served(spec, model_uri, CACHE_DIR)
     env = [
         {"name": "KUBEMAAS_MODEL_URI", "value": served.uri},
-        {"name": "KUBEMAAS_MODEL_FORMAT", "value": served.format},
+        # none for the optimize step's directory: the runtime reads the format from the file
+        # it finds there (the optimized ONNX file, or the original when the guard failed)
+        *([{"name": "KUBEMAAS_MODEL_FORMAT", "value": served.format}] if served.format else []),
         {"name": "KUBEMAAS_MODEL_NAME", "value": spec.model.name or name},
         {"name": "KUBEMAAS_MODEL_VERSION", "value": spec.model.version or "1"},
         {"name": "KUBEMAAS_PORT", "value": str(spec.serving.port)},
