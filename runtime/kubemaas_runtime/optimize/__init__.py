@@ -51,6 +51,7 @@ class Options:
     def key(self, sha256: str) -> str:
         doc = json.dumps({"sha256": sha256, "quantize": self.quantize, "convert": self.convert,
                           "guard": asdict(self.guard), "probeRows": self.probe_rows,
+                          "maxBatchSize": self.max_batch_size,
                           "v": REPORT_VERSION}, sort_keys=True)
         return hashlib.sha256(doc.encode()).hexdigest()[:32]
 
