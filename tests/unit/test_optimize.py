@@ -118,3 +118,15 @@ def test_errors_and_the_guard() -> None:
     flipped = measure.errors(ref, {"scores": np.array([[3.0, 2.0], [3.0, -4.0]], np.float32)})
     assert measure.check(measure.Guard(min_top1_agreement=0.99), flipped) == [
         "scores: top-1 agreement 0.5 < 0.99"]
+
+
+def test_report_fits_a_termination_message() -> None:
+    from kubemaas_runtime.optimize.__main__ import MESSAGE_LIMIT, compact
+
+    small = {"serving": "optimized", "errors": {"y": {"maxAbsError": 0.1}}}
+    assert json.loads(compact(small)) == small
+    big = {"serving": "optimized", "reason": "r",
+           "errors": {f"out{i}": {"maxAbsError": 0.123456} for i in range(300)}}
+    text = compact(big)
+    assert len(text.encode()) <= MESSAGE_LIMIT
+    assert json.loads(text) == {"serving": "optimized", "reason": "r", "truncated": True}
