@@ -142,3 +142,20 @@ def test_guard_too_tight_warns_and_the_original_serves(kube: Kube, namespace: st
     served = list((local["model-cache"] / "optimized" / "serve").iterdir())
     assert [p.name for p in served] == ["model.onnx"]
     assert served[0].read_bytes() == (store_dir / "mlp.onnx").read_bytes()
+
+
+@pytest.mark.parametrize(("model", "says"), [
+    ({"format": "onnx", "optimize": {"convert": "onnx"}},
+     "model.optimize.convert onnx converts a torchscript or torch-export model"),
+    ({"format": "torchscript", "optimize": {"quantize": "int8-dynamic"}},
+     "model.optimize.quantize works on ONNX models"),
+    ({"format": "onnx", "optimize": {"maxAbsError": 0.1}},
+     "model.optimize needs quantize and/or convert"),
+])
+def test_the_api_server_refuses_impossible_combinations(kube: Kube, namespace: str,
+                                                        operator: Operator,  # CRDs installed
+                                                        model: dict[str, Any],
+                                                        says: str) -> None:
+    result = kube.kubectl("-n", namespace, "apply", "-f", "-", check=False, input=md(
+        "bad", model={"uri": "s3://models/m.onnx", **model}))
+    assert result.returncode != 0 and says in result.stderr, result.stderr
