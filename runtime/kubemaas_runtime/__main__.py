@@ -9,14 +9,11 @@ finish (up to the drain timeout), then the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,9 +25,7 @@ if TYPE_CHECKING:
     from .backends.base import Model
 
 log = logging.getLogger("kubemaas.runtime")
-# lifecycle lines (listening, ready, draining, stopped) are logged whatever --log-level says:
-# probes, benchmarks and people wait for them
-lifecycle = logging.getLogger("kubemaas.runtime.lifecycle")
+lifecycle = logging.getLogger("kubemaas.runtime.lifecycle")  # see serving.py
 
 
 class JsonFormatter(logging.Formatter):
@@ -73,13 +68,12 @@ def setup_logging(level: str, fmt: str) -> None:
 
 async def serve(settings: Settings) -> int:
     # imports here keep `--help` and settings errors fast
-    from aiohttp import web
-
     from .batching import Batcher, padded_batch_rows
     from .dataplane import DataPlane
     from .metrics import Metrics
     from .protocol.rest import RestServer
     from .security.gate import Security
+    from .serving import drain, listen, run_in_thread, stop_on_signals
 
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
@@ -91,27 +85,12 @@ async def serve(settings: Settings) -> int:
     rest = RestServer(dataplane, metrics, settings.max_request_bytes,
                       settings.max_inflight_bytes or None)
     security = Security(settings, metrics, rest.handle, openai=False)  # keys, TLS, limits
-    runner = web.ServerRunner(security.server, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024,
-                       ssl_context=security.ssl_context)
-    try:
-        await site.start()
-        await security.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: "
-                           f"{exc.strerror or exc}") from None
-    port = runner.addresses[0][1] if runner.addresses else settings.port
-    lifecycle.info("listening", extra={"fields": {"host": settings.host, "port": port}})
-
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    runner, port = await listen(settings, security)
+    stop = stop_on_signals(loop)
 
     batcher: Batcher | None = None
     exit_code = 0
-    load_task = _start_load(settings, loop)
+    load_task = run_in_thread(lambda: _load(settings), loop)
     stop_task = asyncio.ensure_future(stop.wait())
     try:
         pending: set[asyncio.Future[Any]] = {load_task, stop_task}
@@ -146,14 +125,7 @@ async def serve(settings: Settings) -> int:
         lifecycle.info("draining", extra={"fields": {"inflight": rest.inflight}})
         dataplane.draining = True
         metrics.model_ready.set(label, 0)
-        if settings.shutdown_delay_s and batcher is not None:
-            await asyncio.sleep(settings.shutdown_delay_s)  # readiness 503, still serving
-        deadline = loop.time() + settings.drain_timeout_s
-        while rest.inflight > 0 and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        if rest.inflight:
-            log.warning("drain timeout; exiting with requests in flight",
-                        extra={"fields": {"inflight": rest.inflight}})
+        await drain(settings, lambda: rest.inflight, serving=batcher is not None)
     except StartupError as exc:
         log.error(str(exc))
         exit_code = 1
@@ -166,34 +138,6 @@ async def serve(settings: Settings) -> int:
             batcher.close()
     lifecycle.info("stopped", extra={"fields": {"exit_code": exit_code}})
     return exit_code
-
-
-def _start_load(settings: Settings, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Model]:
-    """Load in a daemon thread: a SIGTERM during a long download must not wait for it (the
-    default executor would be joined at exit)."""
-    fut: asyncio.Future[Model] = loop.create_future()
-
-    def settle(result: Model | None, error: BaseException | None) -> None:
-        if fut.done():
-            return
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            fut.set_result(result)  # type: ignore[arg-type]
-
-    def target() -> None:
-        try:
-            model = _load(settings)
-        except BaseException as exc:  # delivered to the event loop, which decides
-            error: BaseException | None = exc
-            model = None
-        else:
-            error = None
-        with contextlib.suppress(RuntimeError):  # a closed loop: the process is exiting
-            loop.call_soon_threadsafe(settle, model, error)
-
-    threading.Thread(target=target, name="kubemaas-load", daemon=True).start()
-    return fut
 
 
 def _load(settings: Settings) -> Model:

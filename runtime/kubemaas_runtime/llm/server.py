@@ -6,12 +6,9 @@ readiness goes 503, requests in flight finish (up to the drain timeout), then ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,38 +84,11 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     return lm, engine
 
 
-def _start_load(settings: Settings, loop: asyncio.AbstractEventLoop
-                ) -> asyncio.Future[tuple[Any, Any]]:
-    fut: asyncio.Future[tuple[Any, Any]] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if fut.done():
-            return
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            fut.set_result(result)
-
-    def target() -> None:
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            result = _load(settings)
-        except BaseException as exc:  # delivered to the event loop, which decides
-            error = exc
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=target, name="kubemaas-load", daemon=True).start()
-    return fut
-
-
 async def serve_llm(settings: Settings) -> int:
-    from aiohttp import web
-
     from ..metrics import LLMMetrics, Metrics
     from ..protocol.openai import OpenAIServer, Served
     from ..security.gate import Security
+    from ..serving import drain, listen, run_in_thread, stop_on_signals
 
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
@@ -127,25 +97,11 @@ async def serve_llm(settings: Settings) -> int:
     metrics.model_ready.set(label, 0)
     api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20))
     security = Security(settings, metrics, api.handle, openai=True, handler_cancellation=True)
-    runner = web.ServerRunner(security.server, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024,
-                       ssl_context=security.ssl_context)
-    try:
-        await site.start()
-        await security.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: "
-                           f"{exc.strerror or exc}") from None
-    port = runner.addresses[0][1] if runner.addresses else settings.port
-    lifecycle.info("listening", extra={"fields": {"host": settings.host, "port": port}})
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    runner, port = await listen(settings, security)
+    stop = stop_on_signals(loop)
     engine = None
     exit_code = 0
-    load_task = _start_load(settings, loop)
+    load_task = run_in_thread(lambda: _load(settings), loop)
     stop_task = asyncio.ensure_future(stop.wait())
     try:
         pending: set[asyncio.Future[Any]] = {load_task, stop_task}
@@ -170,11 +126,7 @@ async def serve_llm(settings: Settings) -> int:
         lifecycle.info("draining", extra={"fields": {"inflight": api.inflight}})
         api.draining = True
         metrics.model_ready.set(label, 0)
-        if settings.shutdown_delay_s and engine is not None:
-            await asyncio.sleep(settings.shutdown_delay_s)
-        deadline = loop.time() + settings.drain_timeout_s
-        while api.inflight > 0 and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await drain(settings, lambda: api.inflight, serving=engine is not None)
     except StartupError as exc:
         log.error(str(exc))
         exit_code = 1

@@ -1,0 +1,98 @@
+"""The process lifecycle both servers share (tensor models in ``__main__``, language models in
+``llm/server.py``): listen before the model loads, load it in a daemon thread, stop on SIGTERM or
+SIGINT, drain requests in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from .errors import StartupError
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .security.gate import Security
+
+T = TypeVar("T")
+
+log = logging.getLogger("kubemaas.runtime")
+# lifecycle lines (listening, ready, draining, stopped) are logged whatever --log-level says:
+# probes, benchmarks and people wait for them
+lifecycle = logging.getLogger("kubemaas.runtime.lifecycle")
+
+
+async def listen(settings: Settings, security: Security) -> tuple[web.ServerRunner, int]:
+    """Start the listener (TLS when configured) and the security gate's reloads; return the
+    runner and the port it bound."""
+    from aiohttp import web
+
+    runner = web.ServerRunner(security.server, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024,
+                       ssl_context=security.ssl_context)
+    try:
+        await site.start()
+        await security.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: "
+                           f"{exc.strerror or exc}") from None
+    port = runner.addresses[0][1] if runner.addresses else settings.port
+    lifecycle.info("listening", extra={"fields": {"host": settings.host, "port": port}})
+    return runner, port
+
+
+def stop_on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def run_in_thread(work: Callable[[], T], loop: asyncio.AbstractEventLoop) -> asyncio.Future[T]:
+    """Run ``work`` in a daemon thread: a SIGTERM during a long download must not wait for it
+    (the default executor would be joined at exit)."""
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = work()
+        except BaseException as exc:  # delivered to the event loop, which decides
+            error = exc
+        with contextlib.suppress(RuntimeError):  # a closed loop: the process is exiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name="kubemaas-load", daemon=True).start()
+    return fut
+
+
+async def drain(settings: Settings, inflight: Callable[[], int], serving: bool) -> None:
+    """After readiness went 503: keep serving for --shutdown-delay-s (when a model was serving),
+    then wait up to --drain-timeout-s for the requests in flight."""
+    loop = asyncio.get_running_loop()
+    if settings.shutdown_delay_s and serving:
+        await asyncio.sleep(settings.shutdown_delay_s)  # readiness 503, still serving
+    deadline = loop.time() + settings.drain_timeout_s
+    while inflight() > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    if inflight():
+        log.warning("drain timeout; exiting with requests in flight",
+                    extra={"fields": {"inflight": inflight()}})
