@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "hack"))
 from kubemaas_testbed import binaries  # noqa: E402
 from kubemaas_testbed.cluster import Cluster  # noqa: E402
 from kubemaas_testbed.kubeconfig import write_token  # noqa: E402
+from kubemaas_testbed.processes import stop_child  # noqa: E402
 
 STATE = Path(os.environ.get("KUBEMAAS_DEMO_STATE", ROOT / ".state" / "demo"))
 OPERATOR_NS = "kubemaas-system"
@@ -226,11 +227,7 @@ class Demo:
                 raise SystemExit(f"hack/demo: unexpected answer {status} {answer} (log {log})")
             print("plus-one answered x + 1: the operator/runtime contract holds end to end")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_child(proc)
             server.shutdown()
 
     def down(self) -> None:

@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from tests.runtime import keras_models  # noqa: E402
 
+from kubemaas_testbed.processes import stop_child  # noqa: E402
+
 HOST = "127.0.0.1"
 
 
@@ -58,12 +60,7 @@ def start(model: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], f
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    stop_child(proc)
 
 
 def seconds_to_ready(log: Path) -> float:

@@ -9,6 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,16 @@ class Process:
     name: str
     pid: int
     log: Path
+
+
+def stop_child(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """SIGTERM a child this process started, wait for it to drain, SIGKILL it if it will not."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 # Popen objects of the processes this Python process started: kept so that they

@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from kubemaas_testbed.cluster import free_port, wait_established
+from kubemaas_testbed.processes import stop_child
 from tests.chart.helm import CHART, PREVIOUS, RBAC, ROOT, helm
 from tests.cluster.conftest import OPERATOR_NAMESPACE, Operator
 from tests.conftest import Kube
@@ -331,12 +332,7 @@ def test_runtime_from_the_written_pod_spec_answers(testbed: Kube, tmp_path: Path
         assert body["outputs"][0]["data"] == [2.0, 3.0, 4.0, 5.0, 1.5, 1.0, 0.0, 11.0]
         assert body["outputs"][0]["shape"] == [2, 4]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc)
         server.shutdown()
         server.server_close()
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from kubemaas_testbed.cluster import free_port
+from kubemaas_testbed.processes import stop_child
 from tests.cluster.conftest import Operator
 from tests.cluster.test_operator import PV_AND_PVC, apply, get, md, wait_phase
 from tests.conftest import Kube
@@ -92,12 +93,7 @@ def runtime_from(container: dict[str, Any], env: dict[str, str], log: Path,
                  timeout=240, what=f"the runtime's readiness probe {ready} (log: {log})")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_child(proc)
 
 
 def assert_answers_as_tensorflow(base: str, name: str, x: np.ndarray,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kubemaas_testbed.cluster import free_port
+from kubemaas_testbed.processes import stop_child
 from tests.cluster.conftest import Operator
 from tests.cluster.test_operator import apply, get, md
 from tests.conftest import Kube
@@ -92,8 +93,4 @@ def test_runtime_starts_from_the_rendered_container(kube: Kube, namespace: str,
         assert status == 200, log.read_text()
         assert out["outputs"][0]["data"] == [2.0, 3.0, 4.0, 5.0]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_child(proc)

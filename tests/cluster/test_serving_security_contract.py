@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from kubemaas_testbed.cluster import free_port
+from kubemaas_testbed.processes import stop_child
 from tests.cluster.conftest import Operator
 from tests.cluster.test_operator import apply, get, md
 from tests.cluster.test_operator_runtime_contract import _tiny_onnx
@@ -157,8 +158,4 @@ def test_runtime_from_the_written_container_serves_https_and_wants_a_key(
         assert answers(first_key) == 401
         assert proc.poll() is None, "the runtime restarted"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_child(proc)
