@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.make:
         import transformers
+
         from kubemaas_testbed.llm_models import corpus_text
 
         tok = transformers.AutoTokenizer.from_pretrained(str(a.model))

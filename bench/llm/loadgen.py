@@ -15,13 +15,15 @@ output says if not); output tokens from the final ``usage`` chunk (the count of 
 a server sends none). Per point: output tokens/s = all output tokens of the measured requests /
 (last answer - first send); percentiles over all requests (TTFT) and all gaps (ITL), as vLLM's
 benchmark client computes them. ``--warmup`` requests run first at the same concurrency and are
-not counted. Bounded in requests and in time; traffic to 127.0.0.1 only.
+not counted. Bounded in requests and in time: at ``--max-seconds`` the requests still in flight
+are cut (their tokens so far count, they are reported as ``cut``); traffic to 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import sys
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
+CUT = "cut at the point's time limit"
 
 
 @dataclass
@@ -123,8 +126,8 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], sse:
         sse.feed(b"\n\n")
 
 
-async def one_request(port: int, path: str, body: bytes, timeout: float, idx: int = 0) -> Result:
-    res = Result(start=time.perf_counter(), idx=idx)
+async def one_request(port: int, path: str, body: bytes, timeout: float,
+                      res: Result) -> Result:
     sse = _Sse(res)
     writer = None
     try:
@@ -149,8 +152,11 @@ async def one_request(port: int, path: str, body: bytes, timeout: float, idx: in
             await _read_body(reader, headers, sse)
 
         await asyncio.wait_for(read_all(), timeout)
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
         res.error = f"{type(exc).__name__}: {exc}"
+    except asyncio.CancelledError:
+        res.error = CUT
+        raise
     finally:
         res.end = time.perf_counter()
         if writer is not None:
@@ -175,39 +181,45 @@ async def run_point(port: int, path: str, model: str, prompts: list[str], concur
                     timeout: float, offset: int = 0) -> dict[str, Any]:
     bodies = [request_body(model, p, max_tokens) for p in prompts]
 
-    async def drive(n: int, start: int, deadline: float, out: list[Result]) -> None:
+    async def drive(n: int, start: int, seconds: float, out: list[Result]) -> float:
         counter = iter(range(n))  # shared by the workers: each request is taken once
 
         async def worker() -> None:
             for i in counter:
-                if time.perf_counter() > deadline:
-                    return
                 j = (start + i) % len(bodies)
-                out.append(await one_request(port, path, bodies[j], timeout, j))
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+                res = Result(start=time.perf_counter(), idx=j)
+                out.append(res)
+                await one_request(port, path, bodies[j], timeout, res)
+        # at the time limit, requests still in flight are cut (their tokens so far count)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))),
+                                   seconds)
+        return time.perf_counter()
 
     if warmup:  # prompts after the measured ones, so no measured prompt was seen before
-        await drive(warmup, offset + requests, time.perf_counter() + max_seconds, [])
+        await drive(warmup, offset + requests, max_seconds, [])
     results: list[Result] = []
     t0 = time.perf_counter()
-    await drive(requests, offset, t0 + max_seconds, results)
+    await drive(requests, offset, max_seconds, results)
     return summarize(results, t0, concurrency)
 
 
 def summarize(results: list[Result], t0: float, concurrency: int) -> dict[str, Any]:
     ok = [r for r in results if r.error is None]
-    errors = [r.error for r in results if r.error is not None]
+    cut = [r for r in results if r.error == CUT]
+    errors = [r.error for r in results if r.error not in (None, CUT)]
     t_end = max((r.end or t0) for r in results) if results else t0
     duration = t_end - t0
-    out_tokens = sum(r.output_tokens or 0 for r in ok)
-    events = sum(len(r.events) for r in ok)
-    ttft = [r.ttft for r in ok if r.ttft is not None]
-    itl = [b - a for r in ok for a, b in zip(r.events, r.events[1:], strict=False)]
+    streamed = ok + cut  # a cut request's tokens so far were produced inside the point
+    out_tokens = sum(r.output_tokens or 0 for r in ok) + sum(len(r.events) for r in cut)
+    events = sum(len(r.events) for r in streamed)
+    ttft = [r.ttft for r in streamed if r.ttft is not None]
+    itl = [b - a for r in streamed for a, b in zip(r.events, r.events[1:], strict=False)]
     tpot = [((r.end or 0) - r.start - (r.ttft or 0)) / (len(r.events) - 1)
             for r in ok if len(r.events) > 1]
     ms = 1000.0
     return {
-        "concurrency": concurrency, "requests": len(results), "ok": len(ok),
+        "concurrency": concurrency, "requests": len(results), "ok": len(ok), "cut": len(cut),
         "errors": len(errors), "error_samples": sorted(set(errors))[:3],
         "duration_s": round(duration, 3),
         "output_tokens": out_tokens,

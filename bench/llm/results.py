@@ -21,7 +21,7 @@ END = "<!-- results:end -->"
 
 def _f(v: Any, nd: int = 1) -> str:
     if v is None:
-        return "–"
+        return "-"
     if isinstance(v, float):
         return f"{v:,.{nd}f}"
     return str(v)
@@ -30,7 +30,8 @@ def _f(v: Any, nd: int = 1) -> str:
 def point_line(p: dict[str, Any]) -> str:
     return (f"{_f(p.get('output_tok_s'))} tok/s  TTFT p50 {_f(p.get('ttft_p50_ms'))} "
             f"p99 {_f(p.get('ttft_p99_ms'))} ms  ITL p50 {_f(p.get('itl_p50_ms'))} "
-            f"p99 {_f(p.get('itl_p99_ms'))} ms  ok {p['ok']}/{p['requests']}  "
+            f"p99 {_f(p.get('itl_p99_ms'))} ms  ok {p['ok']} cut {p.get('cut', 0)} "
+            f"of {p['requests']}  "
             f"load {p['loadavg'][0][0]:.1f}")
 
 
@@ -72,9 +73,9 @@ def render(doc: dict[str, Any]) -> str:
                 "|---:|---:|---:|---:|---:|"]
         out += [f"| {b['batch']} | {_f(b['decode_tok_s'])} | {_f(b['e2e_tok_s'])} | "
                 f"{b['step_ms']} | {b['prefill_ms']} |" for b in lim["batches"]]
-        out += ["", "| server | c | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | ok/sent"
-                " | answers = greedy | server CPU % | other on its core % | load 1-min | "
-                "peak RSS MB | ready s | first answer s |",
+        out += ["", "| server | c | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | "
+                "ok/cut/sent | answers = greedy | server CPU % | other on its core % | "
+                "load 1-min | peak RSS MB | ready s | first answer s |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s in entry["servers"]:
             if "points" not in s or not s["points"]:
@@ -84,7 +85,8 @@ def render(doc: dict[str, Any]) -> str:
                     f"| {s['server']} | {p['concurrency']} | {_f(p['output_tok_s'])} | "
                     f"{_f(p['ttft_p50_ms'])} / {_f(p['ttft_p99_ms'])} | "
                     f"{_f(p['itl_p50_ms'], 2)} / {_f(p['itl_p99_ms'], 2)} | "
-                    f"{p['ok']}/{p['requests']} | {p['answers_equal_inprocess_greedy']} | "
+                    f"{p['ok']}/{p.get('cut', 0)}/{p['requests']} | "
+                    f"{p['answers_equal_inprocess_greedy']} | "
                     f"{_f(p['server_cpu_pct'], 0)} | {_f(p['other_cpu_on_server_core_pct'], 0)}"
                     f" | {p['loadavg'][0][0]:.1f} | {_f(s.get('peak_rss_mb'), 0)} | "
                     f"{_f(s.get('ready_s'), 2)} | {_f(s.get('first_answer_s'), 2)} |")
@@ -118,21 +120,21 @@ def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
     if us is None or not us.get("output_tok_s"):
         peer_txt = ", ".join(f"{k} {_f(p['output_tok_s'])}" for k, p in peers.items()
                              if p and p.get("output_tok_s"))
-        row("small model, c=16: ≥ 3× transformers serve and ≥ best other peer (output tok/s)",
-            "**not measured** (our server not in this run)", peer_txt or "–")
+        row("small model, c=16: ≥ 3x transformers serve and ≥ best other peer (output tok/s)",
+            "**not measured** (our server not in this run)", peer_txt or "-")
     else:
         u = us["output_tok_s"]
         parts, ok = [], True
         if hf and hf.get("output_tok_s"):
             ratio = u / hf["output_tok_s"]
             ok &= ratio >= 3
-            parts.append(f"{_f(u)} vs hf-serve {_f(hf['output_tok_s'])} = {ratio:.2f}×")
+            parts.append(f"{_f(u)} vs hf-serve {_f(hf['output_tok_s'])} = {ratio:.2f}x")
         if best[0]:
             ratio = u / best[1]["output_tok_s"]
             ok &= ratio >= 1
             parts.append(f"best other peer {best[0]} {_f(best[1]['output_tok_s'])} = "
-                         f"{ratio:.2f}×")
-        row("small model, c=16: ≥ 3× transformers serve and ≥ best other peer (output tok/s)",
+                         f"{ratio:.2f}x")
+        row("small model, c=16: ≥ 3x transformers serve and ≥ best other peer (output tok/s)",
             "**met**" if ok else "**not met**", "; ".join(parts))
     for size, entry in doc["models"].items():
         p = _point(entry, ours, 16)
@@ -147,26 +149,26 @@ def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
                 f"{100 * r2:.0f} %)")
         else:
             row(f"{size}: c=16 ≥ 70 % of the in-process batched-decode limit",
-                "**not measured**", "–")
+                "**not measured**", "-")
         loaded = [q for c in (4, 16, 32) if (q := _point(entry, ours, c))
                   and q.get("itl_p50_ms") and q.get("itl_p99_ms")]
         if loaded:
-            ratios = [f"c={q['concurrency']} {q['itl_p99_ms'] / q['itl_p50_ms']:.2f}×"
+            ratios = [f"c={q['concurrency']} {q['itl_p99_ms'] / q['itl_p50_ms']:.2f}x"
                       for q in loaded]
             ok = all(q["itl_p99_ms"] <= 2 * q["itl_p50_ms"] for q in loaded)
-            row(f"{size}: ITL p99 ≤ 2× p50 under load (c ≥ 4)",
+            row(f"{size}: ITL p99 ≤ 2x p50 under load (c ≥ 4)",
                 "**met**" if ok else "**not met**", ", ".join(ratios))
         else:
-            row(f"{size}: ITL p99 ≤ 2× p50 under load", "**not measured**", "–")
+            row(f"{size}: ITL p99 ≤ 2x p50 under load", "**not measured**", "-")
     p1 = _point(small, ours, 1)
     if p1 and p1.get("ttft_p50_ms"):
         r = p1["ttft_p50_ms"] / small["limit"]["prefill_ms"]
-        row("small: TTFT at c=1 within 1.3× of in-process prefill",
+        row("small: TTFT at c=1 within 1.3x of in-process prefill",
             "**met**" if r <= 1.3 else "**not met**",
             f"TTFT p50 {_f(p1['ttft_p50_ms'])} ms vs prefill {small['limit']['prefill_ms']} ms"
-            f" = {r:.2f}×")
+            f" = {r:.2f}x")
     else:
-        row("small: TTFT at c=1 within 1.3× of in-process prefill", "**not measured**", "–")
+        row("small: TTFT at c=1 within 1.3x of in-process prefill", "**not measured**", "-")
     return rows
 
 

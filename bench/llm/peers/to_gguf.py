@@ -1,6 +1,7 @@
 """Convert a Hugging Face model directory to GGUF (f32) with llama.cpp's own converter.
 
-    <llamacpp venv>/bin/python bench/llm/peers/to_gguf.py --llama-cpp DIR --model HF_DIR --out F.gguf
+    <llamacpp venv>/bin/python bench/llm/peers/to_gguf.py --llama-cpp DIR --model HF_DIR \\
+        --out F.gguf
 
 ``DIR`` is llama.cpp's source tree as vendored in the llama-cpp-python sdist (the converter,
 ``convert_hf_to_gguf.py`` with its ``conversion/`` package); the ``gguf`` package from PyPI is used
