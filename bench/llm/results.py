@@ -1,6 +1,9 @@
 """Tables, target verdicts and the plot of an LLM benchmark run (bench/results/llm-*.json).
 
     .venv/bin/python bench/llm/results.py bench/results/llm-latest.json [--update-doc]
+    .venv/bin/python bench/llm/results.py RUN1/results.json RUN2/results.json --update-doc
+
+Several files are merged: the last run's limit and servers, plus servers only earlier runs have.
 """
 
 from __future__ import annotations
@@ -58,12 +61,42 @@ def _limit_batch(entry: dict[str, Any], batch: int) -> dict[str, Any] | None:
     return None
 
 
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One document from several runs: the last run's limit and servers, plus the servers that
+    only earlier runs measured (each server row keeps the run it comes from)."""
+    base = json.loads(json.dumps(docs[-1]))
+    base["runs"] = [_run_info(d) for d in docs]
+    for size, entry in base["models"].items():
+        for s in entry["servers"]:
+            s.setdefault("run", base["stamp"])
+        have = {s["server"] for s in entry["servers"] if "points" in s}
+        for d in reversed(docs[:-1]):
+            for s in d["models"].get(size, {}).get("servers", []):
+                if s["server"] not in have and "points" in s:
+                    entry["servers"].append({**s, "run": d["stamp"]})
+                    have.add(s["server"])
+        entry["servers"] = [s for s in entry["servers"] if "points" in s
+                            or s["server"] not in have]
+    return base
+
+
+def _run_info(doc: dict[str, Any]) -> dict[str, Any]:
+    m = doc["machine"]
+    return {"stamp": doc["stamp"], "git": doc["git"], "command": doc["command"],
+            "loadavg_start": m["loadavg_start"], "loadavg_end": m.get("loadavg_end"),
+            "busy_at_start": m["busy_at_start"], "cpus": m["cpus"], "cpu_model": m["cpu_model"]}
+
+
 def render(doc: dict[str, Any]) -> str:
-    out = [f"Run `{doc['stamp']}` (git {doc['git']}): `{doc['command']}`", "",
-           f"Machine: {doc['machine']['cpus']} CPUs ({doc['machine']['cpu_model']}), load "
-           f"average at start {doc['machine']['loadavg_start']}, at end "
-           f"{doc['machine'].get('loadavg_end')}; busy at start: "
-           f"{', '.join(doc['machine']['busy_at_start']) or 'nothing'}.", ""]
+    out = []
+    for r in doc.get("runs", [_run_info(doc)]):
+        out += [f"Run `{r['stamp']}` (git {r['git']}): `{r['command']}`", "",
+                f"Machine: {r['cpus']} CPUs ({r['cpu_model']}), load average at start "
+                f"{r['loadavg_start']}, at end {r['loadavg_end']}; busy at start: "
+                f"{', '.join(r['busy_at_start']) or 'nothing'}.", ""]
+    if "runs" in doc:
+        out += [f"The in-process limit is from run `{doc['stamp']}`; each server row is from the "
+                "run named in its `run` column.", ""]
     for size, entry in doc["models"].items():
         lim = entry["limit"]
         out += [f"### Model `{size}` ({entry['params'] / 1e6:.1f} M parameters, float32)", "",
@@ -75,8 +108,8 @@ def render(doc: dict[str, Any]) -> str:
                 f"{b['step_ms']} | {b['prefill_ms']} |" for b in lim["batches"]]
         out += ["", "| server | c | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | "
                 "ok/cut/sent | answers = greedy | server CPU % | other on its core % | "
-                "load 1-min | peak RSS MB | ready s | first answer s |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "load 1-min | peak RSS MB | ready s | first answer s | run |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for s in entry["servers"]:
             if "points" not in s or not s["points"]:
                 continue
@@ -89,7 +122,8 @@ def render(doc: dict[str, Any]) -> str:
                     f"{p['answers_equal_inprocess_greedy']} | "
                     f"{_f(p['server_cpu_pct'], 0)} | {_f(p['other_cpu_on_server_core_pct'], 0)}"
                     f" | {p['loadavg'][0][0]:.1f} | {_f(s.get('peak_rss_mb'), 0)} | "
-                    f"{_f(s.get('ready_s'), 2)} | {_f(s.get('first_answer_s'), 2)} |")
+                    f"{_f(s.get('ready_s'), 2)} | {_f(s.get('first_answer_s'), 2)} | "
+                    f"{s.get('run', doc['stamp'])[9:13]} |")
         failed = [s for s in entry["servers"] if "error" in s]
         if failed:
             out += ["", "Not measured on this model:", ""]
@@ -235,7 +269,8 @@ def update_doc(doc: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    doc = json.loads(Path(sys.argv[1]).read_text())
+    files = [a for a in sys.argv[1:] if not a.startswith("--")]
+    doc = merge([json.loads(Path(f).read_text()) for f in files])
     print(render(doc))
     if "--update-doc" in sys.argv:
         update_doc(doc)

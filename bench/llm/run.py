@@ -160,7 +160,7 @@ def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, prompts
     log = logs / f"{srv.key}-{name}.log"
     run = rt.Running(cmd, env, port, log, a.server_core)
     try:
-        rec["ready_s"] = round(run.wait_ready("/v1/models", a.ready_timeout), 3)
+        rec["ready_s"] = round(run.wait_ready(srv.ready_path, a.ready_timeout), 3)
         model_field = servers.request_model_name(srv, mdir, name)
         status, answer = http_json(port, "POST", "/v1/chat/completions", {
             "model": model_field, "messages": [{"role": "user", "content": "hello"}],

