@@ -161,6 +161,8 @@ async def one_request(port: int, path: str, body: bytes, timeout: float,
         res.end = time.perf_counter()
         if writer is not None:
             writer.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(writer.wait_closed(), 1)
     if res.error is None and not res.events:
         res.error = "no text in the answer"
     if res.output_tokens is None and res.error is None:

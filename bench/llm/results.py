@@ -64,7 +64,7 @@ def _limit_batch(entry: dict[str, Any], batch: int) -> dict[str, Any] | None:
 def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """One document from several runs: the last run's limit and servers, plus the servers that
     only earlier runs measured (each server row keeps the run it comes from)."""
-    base = json.loads(json.dumps(docs[-1]))
+    base: dict[str, Any] = json.loads(json.dumps(docs[-1]))
     base["runs"] = [_run_info(d) for d in docs]
     for size, entry in base["models"].items():
         for s in entry["servers"]:
@@ -163,7 +163,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
             ratio = u / hf["output_tok_s"]
             ok &= ratio >= 3
             parts.append(f"{_f(u)} vs hf-serve {_f(hf['output_tok_s'])} = {ratio:.2f}x")
-        if best[0]:
+        if best[0] and best[1]:
             ratio = u / best[1]["output_tok_s"]
             ok &= ratio >= 1
             parts.append(f"best other peer {best[0]} {_f(best[1]['output_tok_s'])} = "
