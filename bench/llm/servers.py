@@ -114,7 +114,7 @@ def llama_cpp_source() -> Path:
     """llama.cpp's converter as vendored in the llama-cpp-python sdist (downloaded once)."""
     version = envs.LLAMA_CPP.split("==")[1]
     root = envs.WHEELS / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
-    if (root / "convert_hf_to_gguf.py").is_file():
+    if (root / "convert_hf_to_gguf.py").is_file() and (root / "gguf-py").is_dir():
         return root
     envs.WHEELS.mkdir(parents=True, exist_ok=True)
     sdist = envs.WHEELS / f"llama_cpp_python-{version}.tar.gz"
@@ -125,7 +125,8 @@ def llama_cpp_source() -> Path:
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
     with tarfile.open(sdist) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(prefix) and (
-            m.name == prefix + "convert_hf_to_gguf.py" or "/conversion/" in m.name)]
+            m.name == prefix + "convert_hf_to_gguf.py" or "/conversion/" in m.name
+            or "/gguf-py/" in m.name)]
         tar.extractall(envs.WHEELS, members=members, filter="data")
     return root
 

@@ -4,8 +4,11 @@
         --out F.gguf
 
 ``DIR`` is llama.cpp's source tree as vendored in the llama-cpp-python sdist (the converter,
-``convert_hf_to_gguf.py`` with its ``conversion/`` package); the ``gguf`` package from PyPI is used
-(``NO_LOCAL_GGUF``), not the copy beside the converter (both are 0.19.0).
+``convert_hf_to_gguf.py`` with its ``conversion/`` package, and ``gguf-py``). The converter runs
+with the ``gguf-py`` beside it, as it does by default: PyPI's ``gguf`` 0.19.0 (installed in the
+venv too) lacks ``gguf.LazyChunkedTensor``, which this converter uses
+(``AttributeError: module 'gguf' has no attribute 'LazyChunkedTensor'``), although the copy in
+the sdist carries the same version number.
 
 One patch: the converter identifies a byte-level BPE's pre-tokenizer by hashing the tokens of a
 test string and refuses hashes it does not know ("BPE pre-tokenizer was not recognized"). The
@@ -28,7 +31,7 @@ def main() -> int:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
-    os.environ["NO_LOCAL_GGUF"] = "1"
+    os.environ.pop("NO_LOCAL_GGUF", None)
     sys.path.insert(0, str(a.llama_cpp))
     import convert_hf_to_gguf
     from conversion import base
