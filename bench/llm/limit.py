@@ -13,6 +13,9 @@ one torch thread (the servers get one core each). Measured:
   decode tokens/s = B * steps / decode time (the limit for output tokens/s once the batch is
   running), and end-to-end tokens/s = B * max_tokens / (prefill + decode time) (the limit when
   every request's prefill is counted, as a server under a closed loop must);
+* decode tokens per CPU-second (process CPU time over the decode steps): what the limit would
+  be with the core to itself, comparable with the servers' tokens per CPU-second on a shared
+  machine;
 * ``--make N``: N prompts of exactly ``--prompt-tokens`` tokens once templated (word runs from the
   tokenizer's training corpus, fixed seed), so that a batch needs no padding;
 * ``--screen``: which prompts reach ``max_tokens`` without an end-of-sequence token under greedy
@@ -52,8 +55,10 @@ def encode(tok: Any, prompts: list[str]) -> list[list[int]]:
     return out
 
 
-def greedy(model: Any, ids: list[list[int]], steps: int) -> tuple[float, float, list[list[int]]]:
-    """Prefill the batch, then ``steps`` decode steps; (prefill_s, decode_s, new tokens)."""
+def greedy(model: Any, ids: list[list[int]],
+           steps: int) -> tuple[float, float, list[list[int]], float]:
+    """Prefill the batch, then ``steps`` decode steps; (prefill_s, decode_s, new tokens,
+    decode CPU seconds of this process)."""
     import torch
     from transformers import DynamicCache
 
@@ -64,6 +69,7 @@ def greedy(model: Any, ids: list[list[int]], steps: int) -> tuple[float, float, 
         out = model(input_ids=x, past_key_values=cache, use_cache=True)
         nxt = out.logits[:, -1, :].argmax(-1, keepdim=True)
         t1 = time.perf_counter()
+        c1 = time.process_time()
         new = [nxt]
         pos = x.shape[1]
         for _ in range(steps):
@@ -73,8 +79,9 @@ def greedy(model: Any, ids: list[list[int]], steps: int) -> tuple[float, float, 
             new.append(nxt)
             pos += 1
         t2 = time.perf_counter()
+        c2 = time.process_time()
     tokens = torch.cat(new, dim=1).tolist()
-    return t1 - t0, t2 - t1, tokens
+    return t1 - t0, t2 - t1, tokens, c2 - c1
 
 
 def screen(model: Any, ids: list[list[int]], eos: int, max_tokens: int,
@@ -87,7 +94,7 @@ def screen(model: Any, ids: list[list[int]], eos: int, max_tokens: int,
         group = ids[i:i + batch]
         if len({len(g) for g in group}) != 1:
             raise ValueError("screen needs prompts of one token length")
-        _, _, toks = greedy(model, group, max_tokens - 1)
+        _, _, toks, _ = greedy(model, group, max_tokens - 1)
         keep += [eos not in row for row in toks]
         answers += toks
     return keep, answers
@@ -162,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     for b in (int(x) for x in a.batches.split(",")):
         group = (ids * (b // len(ids) + 1))[:b]
         runs = [greedy(model, group, steps) for _ in range(2 if b <= 4 else 1)]
-        p, d, _ = min(runs, key=lambda r: r[0] + r[1])
+        p, d, _, cpu = min(runs, key=lambda r: r[0] + r[1])
         doc["batches"].append({
             "batch": b, "prefill_ms": round(p * 1000, 2), "decode_ms": round(d * 1000, 2),
             "step_ms": round(d / steps * 1000, 3),
             "decode_tok_s": round(b * steps / d, 2),
+            "decode_tok_per_cpu_s": round(b * steps / cpu, 2) if cpu > 0 else None,
             "e2e_tok_s": round(b * a.max_tokens / (p + d), 2),
         })
         print(json.dumps(doc["batches"][-1]), flush=True)

@@ -1,13 +1,15 @@
 """Tables, target verdicts and the plot of an LLM benchmark run (bench/results/llm-*.json).
 
     .venv/bin/python bench/llm/results.py bench/results/llm-latest.json [--update-doc]
-    .venv/bin/python bench/llm/results.py RUN1/results.json RUN2/results.json --update-doc
+    .venv/bin/python bench/llm/results.py RUN/results.json --sweep RUN1/results.json \\
+        RUN2/results.json --update-doc
 
 Several files are merged: the last run's limit and servers, plus servers only earlier runs have.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -54,8 +56,36 @@ def _point(entry: dict[str, Any], server: str, conc: int) -> dict[str, Any] | No
     return None
 
 
-def _limit_batch(entry: dict[str, Any], batch: int) -> dict[str, Any] | None:
-    for b in entry.get("limit", {}).get("batches", []):
+def _limits(entry: dict[str, Any], doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return dict(entry.get("limits") or {doc["stamp"]: entry["limit"]})
+
+
+def _per_cpu(p: dict[str, Any]) -> str:
+    """Output tokens per CPU-second of the server's tree: fair when others share the core."""
+    if not p.get("output_tok_s") or not p.get("server_cpu_pct"):
+        return "-"
+    return _f(100 * p["output_tok_s"] / p["server_cpu_pct"])
+
+
+def _run_limit(entry: dict[str, Any], doc: dict[str, Any], server: str) -> dict[str, Any] | None:
+    """The in-process limit measured in the same run as ``server``'s rows."""
+    for s in entry["servers"]:
+        if s["server"] == server and "points" in s:
+            return _limits(entry, doc).get(s.get("run", doc["stamp"]))
+    return None
+
+
+def _pct_of_limit(entry: dict[str, Any], doc: dict[str, Any], s: dict[str, Any],
+                  p: dict[str, Any]) -> str:
+    lim = _limit_batch(entry, p["concurrency"], _limits(entry, doc).get(s.get("run", "")))
+    if lim is None or not p.get("output_tok_s"):
+        return "-"
+    return f"{100 * p['output_tok_s'] / lim['decode_tok_s']:.0f} %"
+
+
+def _limit_batch(entry: dict[str, Any], batch: int,
+                 limit: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    for b in (limit or entry.get("limit", {})).get("batches", []):
         if b["batch"] == batch:
             return dict(b)
     return None
@@ -67,6 +97,8 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
     base: dict[str, Any] = json.loads(json.dumps(docs[-1]))
     base["runs"] = [_run_info(d) for d in docs]
     for size, entry in base["models"].items():
+        entry["limits"] = {d["stamp"]: d["models"][size]["limit"] for d in docs
+                           if size in d["models"]}
         for s in entry["servers"]:
             s.setdefault("run", base["stamp"])
         have = {s["server"] for s in entry["servers"] if "points" in s}
@@ -95,27 +127,33 @@ def render(doc: dict[str, Any]) -> str:
                 f"{r['loadavg_start']}, at end {r['loadavg_end']}; busy at start: "
                 f"{', '.join(r['busy_at_start']) or 'nothing'}.", ""]
     if "runs" in doc:
-        out += [f"The in-process limit is from run `{doc['stamp']}`; each server row is from the "
-                "run named in its `run` column.", ""]
+        out += ["Each server row is from the run named in its `run` column (the hhmm of its "
+                "stamp); its \"% of limit\" is against the in-process limit of that run.", ""]
     for size, entry in doc["models"].items():
-        lim = entry["limit"]
-        out += [f"### Model `{size}` ({entry['params'] / 1e6:.1f} M parameters, float32)", "",
-                f"In-process limit (one torch thread, server core): prefill of one "
-                f"{lim['prompt_tokens']}-token prompt {lim['prefill_ms']} ms (median).", "",
-                "| batch | decode tok/s | tok/s incl. prefill | decode step ms | prefill ms |",
-                "|---:|---:|---:|---:|---:|"]
-        out += [f"| {b['batch']} | {_f(b['decode_tok_s'])} | {_f(b['e2e_tok_s'])} | "
-                f"{b['step_ms']} | {b['prefill_ms']} |" for b in lim["batches"]]
-        out += ["", "| server | c | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | "
+        out += [f"### Model `{size}` ({entry['params'] / 1e6:.1f} M parameters, float32)", ""]
+        for stamp, lim in _limits(entry, doc).items():
+            out += [f"In-process limit, run `{stamp}` (one torch thread, server core): prefill "
+                    f"of one {lim['prompt_tokens']}-token prompt {lim['prefill_ms']} ms "
+                    f"(median of 5).", "",
+                    "| batch | decode tok/s | decode tok per CPU-s | tok/s incl. prefill | "
+                    "decode step ms | prefill ms |",
+                    "|---:|---:|---:|---:|---:|---:|"]
+            out += [f"| {b['batch']} | {_f(b['decode_tok_s'])} | "
+                    f"{_f(b.get('decode_tok_per_cpu_s'))} | {_f(b['e2e_tok_s'])} | "
+                    f"{b['step_ms']} | {b['prefill_ms']} |" for b in lim["batches"]]
+            out.append("")
+        out += ["| server | c | output tok/s | % of limit | tok per CPU-s | TTFT p50 / p99 ms | "
+                "ITL p50 / p99 ms | "
                 "ok/cut/sent | answers = greedy | server CPU % | other on its core % | "
                 "load 1-min | peak RSS MB | ready s | first answer s | run |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for s in entry["servers"]:
             if "points" not in s or not s["points"]:
                 continue
             for p in s["points"]:
                 out.append(
                     f"| {s['server']} | {p['concurrency']} | {_f(p['output_tok_s'])} | "
+                    f"{_pct_of_limit(entry, doc, s, p)} | {_per_cpu(p)} | "
                     f"{_f(p['ttft_p50_ms'])} / {_f(p['ttft_p99_ms'])} | "
                     f"{_f(p['itl_p50_ms'], 2)} / {_f(p['itl_p99_ms'], 2)} | "
                     f"{p['ok']}/{p.get('cut', 0)}/{p['requests']} | "
@@ -172,7 +210,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
             "**met**" if ok else "**not met**", "; ".join(parts))
     for size, entry in doc["models"].items():
         p = _point(entry, ours, 16)
-        lim = _limit_batch(entry, 16)
+        lim = _limit_batch(entry, 16, _run_limit(entry, doc, ours))
         if p and p.get("output_tok_s") and lim:
             r = p["output_tok_s"] / lim["decode_tok_s"]
             r2 = p["output_tok_s"] / lim["e2e_tok_s"]
@@ -196,11 +234,11 @@ def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
             row(f"{size}: ITL p99 ≤ 2x p50 under load", "**not measured**", "-")
     p1 = _point(small, ours, 1)
     if p1 and p1.get("ttft_p50_ms"):
-        r = p1["ttft_p50_ms"] / small["limit"]["prefill_ms"]
+        prefill = (_run_limit(small, doc, ours) or small["limit"])["prefill_ms"]
+        r = p1["ttft_p50_ms"] / prefill
         row("small: TTFT at c=1 within 1.3x of in-process prefill",
             "**met**" if r <= 1.3 else "**not met**",
-            f"TTFT p50 {_f(p1['ttft_p50_ms'])} ms vs prefill {small['limit']['prefill_ms']} ms"
-            f" = {r:.2f}x")
+            f"TTFT p50 {_f(p1['ttft_p50_ms'])} ms vs prefill {prefill} ms = {r:.2f}x")
     else:
         row("small: TTFT at c=1 within 1.3x of in-process prefill", "**not measured**", "-")
     return rows
@@ -255,13 +293,20 @@ fig.savefig(sys.argv[1], dpi=90)
     return proc.stderr[-500:] if proc.returncode else None
 
 
-def update_doc(doc: dict[str, Any]) -> None:
+def update_doc(doc: dict[str, Any], sweep: dict[str, Any] | None = None) -> None:
     err = plot(doc)
     body = render(doc)
     if err:
         body += f"\n\n(plot not drawn: {err})"
     else:
         body += f"\n\n![LLM benchmark](img/{PLOT.name})"
+    if sweep is not None:
+        sweep_plot = PLOT.with_name(PLOT.stem + "-sweep.png")
+        err = plot(sweep, sweep_plot)
+        body += ("\n\n## Full concurrency sweeps (1, 4, 16, 32)\n\n"
+                 + render(sweep).replace("### ", "#### "))
+        body += (f"\n\n(plot not drawn: {err})" if err
+                 else f"\n\n![LLM benchmark, sweeps](img/{sweep_plot.name})")
     text = DOC.read_text()
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
@@ -269,11 +314,19 @@ def update_doc(doc: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    files = [a for a in sys.argv[1:] if not a.startswith("--")]
-    doc = merge([json.loads(Path(f).read_text()) for f in files])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="+", type=Path, help="runs merged into the main tables")
+    ap.add_argument("--sweep", nargs="*", type=Path, default=[],
+                    help="runs merged into a second section (full concurrency sweeps)")
+    ap.add_argument("--update-doc", action="store_true")
+    a = ap.parse_args()
+    doc = merge([json.loads(f.read_text()) for f in a.files])
+    sweep = merge([json.loads(f.read_text()) for f in a.sweep]) if a.sweep else None
     print(render(doc))
-    if "--update-doc" in sys.argv:
-        update_doc(doc)
+    if sweep:
+        print(render(sweep))
+    if a.update_doc:
+        update_doc(doc, sweep)
     return 0
 
 
