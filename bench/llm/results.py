@@ -167,8 +167,11 @@ def render(doc: dict[str, Any]) -> str:
             out += ["", "Not measured on this model:", ""]
             out += [f"* **{s['server']}**: {s['error'][:600]}" for s in failed]
         out.append("")
-    out += ["### Targets (issue 12), from this run", "", "| target | verdict | figures |",
-            "|---|---|---|"]
+    title = "### Targets (issue 12), from this run"
+    if len(doc.get("runs", [])) > 1:
+        title = ("### Targets (issue 12), computed across these runs (the rows compared may come "
+                 "from runs under different load: indicative only)")
+    out += [title, "", "| target | verdict | figures |", "|---|---|---|"]
     out += [f"| {t['target']} | {t['verdict']} | {t['figures']} |" for t in targets(doc)]
     return "\n".join(out)
 
