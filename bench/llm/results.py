@@ -1,0 +1,337 @@
+"""Tables, target verdicts and the plot of an LLM benchmark run (bench/results/llm-*.json).
+
+    .venv/bin/python bench/llm/results.py bench/results/llm-latest.json [--update-doc]
+    .venv/bin/python bench/llm/results.py RUN/results.json --sweep RUN1/results.json \\
+        RUN2/results.json --update-doc
+
+Several files are merged: the last run's limit and servers, plus servers only earlier runs have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+DOC = REPO / "docs" / "llm-benchmark.md"
+PLOT = REPO / "docs" / "img" / "llm-benchmark.png"
+BEGIN = "<!-- results:begin (bench/llm/run.py --update-doc writes this part) -->"
+END = "<!-- results:end -->"
+
+
+def _f(v: Any, nd: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    return str(v)
+
+
+def point_line(p: dict[str, Any]) -> str:
+    return (f"{_f(p.get('output_tok_s'))} tok/s  TTFT p50 {_f(p.get('ttft_p50_ms'))} "
+            f"p99 {_f(p.get('ttft_p99_ms'))} ms  ITL p50 {_f(p.get('itl_p50_ms'))} "
+            f"p99 {_f(p.get('itl_p99_ms'))} ms  ok {p['ok']} cut {p.get('cut', 0)} "
+            f"of {p['requests']}  "
+            f"load {p['loadavg'][0][0]:.1f}")
+
+
+def limit_line(lim: dict[str, Any]) -> str:
+    parts = [f"prefill {lim['prefill_ms']} ms"]
+    parts += [f"b={b['batch']}: {b['decode_tok_s']} tok/s decode, {b['e2e_tok_s']} with prefill"
+              for b in lim["batches"]]
+    return "; ".join(parts)
+
+
+def _point(entry: dict[str, Any], server: str, conc: int) -> dict[str, Any] | None:
+    for s in entry["servers"]:
+        if s["server"] == server:
+            for p in s.get("points", []):
+                if p["concurrency"] == conc:
+                    return dict(p)
+    return None
+
+
+def _limits(entry: dict[str, Any], doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return dict(entry.get("limits") or {doc["stamp"]: entry["limit"]})
+
+
+def _per_cpu(p: dict[str, Any]) -> str:
+    """Output tokens per CPU-second of the server's tree: fair when others share the core."""
+    if not p.get("output_tok_s") or not p.get("server_cpu_pct"):
+        return "-"
+    return _f(100 * p["output_tok_s"] / p["server_cpu_pct"])
+
+
+def _run_limit(entry: dict[str, Any], doc: dict[str, Any], server: str) -> dict[str, Any] | None:
+    """The in-process limit measured in the same run as ``server``'s rows."""
+    for s in entry["servers"]:
+        if s["server"] == server and "points" in s:
+            return _limits(entry, doc).get(s.get("run", doc["stamp"]))
+    return None
+
+
+def _pct_of_limit(entry: dict[str, Any], doc: dict[str, Any], s: dict[str, Any],
+                  p: dict[str, Any]) -> str:
+    lim = _limit_batch(entry, p["concurrency"], _limits(entry, doc).get(s.get("run", "")))
+    if lim is None or not p.get("output_tok_s"):
+        return "-"
+    return f"{100 * p['output_tok_s'] / lim['decode_tok_s']:.0f} %"
+
+
+def _limit_batch(entry: dict[str, Any], batch: int,
+                 limit: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    for b in (limit or entry.get("limit", {})).get("batches", []):
+        if b["batch"] == batch:
+            return dict(b)
+    return None
+
+
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One document from several runs: the last run's limit and servers, plus the servers that
+    only earlier runs measured (each server row keeps the run it comes from)."""
+    base: dict[str, Any] = json.loads(json.dumps(docs[-1]))
+    base["runs"] = [_run_info(d) for d in docs]
+    for size, entry in base["models"].items():
+        entry["limits"] = {d["stamp"]: d["models"][size]["limit"] for d in docs
+                           if size in d["models"]}
+        for s in entry["servers"]:
+            s.setdefault("run", base["stamp"])
+        have = {s["server"] for s in entry["servers"] if "points" in s}
+        for d in reversed(docs[:-1]):
+            for s in d["models"].get(size, {}).get("servers", []):
+                if s["server"] not in have and "points" in s:
+                    entry["servers"].append({**s, "run": d["stamp"]})
+                    have.add(s["server"])
+        entry["servers"] = [s for s in entry["servers"] if "points" in s
+                            or s["server"] not in have]
+    return base
+
+
+def _run_info(doc: dict[str, Any]) -> dict[str, Any]:
+    m = doc["machine"]
+    return {"stamp": doc["stamp"], "git": doc["git"], "command": doc["command"],
+            "loadavg_start": m["loadavg_start"], "loadavg_end": m.get("loadavg_end"),
+            "busy_at_start": m["busy_at_start"], "cpus": m["cpus"], "cpu_model": m["cpu_model"]}
+
+
+def render(doc: dict[str, Any]) -> str:
+    out = []
+    for r in doc.get("runs", [_run_info(doc)]):
+        out += [f"Run `{r['stamp']}` (git {r['git']}): `{r['command']}`", "",
+                f"Machine: {r['cpus']} CPUs ({r['cpu_model']}), load average at start "
+                f"{r['loadavg_start']}, at end {r['loadavg_end']}; busy at start: "
+                f"{', '.join(r['busy_at_start']) or 'nothing'}.", ""]
+    if "runs" in doc:
+        out += ["Each server row is from the run named in its `run` column (the hhmm of its "
+                "stamp); its \"% of limit\" is against the in-process limit of that run.", ""]
+    for size, entry in doc["models"].items():
+        out += [f"### Model `{size}` ({entry['params'] / 1e6:.1f} M parameters, float32)", ""]
+        for stamp, lim in _limits(entry, doc).items():
+            out += [f"In-process limit, run `{stamp}` (one torch thread, server core): prefill "
+                    f"of one {lim['prompt_tokens']}-token prompt {lim['prefill_ms']} ms "
+                    f"(median of 5).", "",
+                    "| batch | decode tok/s | decode tok per CPU-s | tok/s incl. prefill | "
+                    "decode step ms | prefill ms |",
+                    "|---:|---:|---:|---:|---:|---:|"]
+            out += [f"| {b['batch']} | {_f(b['decode_tok_s'])} | "
+                    f"{_f(b.get('decode_tok_per_cpu_s'))} | {_f(b['e2e_tok_s'])} | "
+                    f"{b['step_ms']} | {b['prefill_ms']} |" for b in lim["batches"]]
+            out.append("")
+        out += ["| server | c | output tok/s | % of limit | tok per CPU-s | TTFT p50 / p99 ms | "
+                "ITL p50 / p99 ms | "
+                "ok/cut/sent | answers = greedy | server CPU % | other on its core % | "
+                "load 1-min | peak RSS MB | ready s | first answer s | run |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for s in entry["servers"]:
+            if "points" not in s or not s["points"]:
+                continue
+            for p in s["points"]:
+                out.append(
+                    f"| {s['server']} | {p['concurrency']} | {_f(p['output_tok_s'])} | "
+                    f"{_pct_of_limit(entry, doc, s, p)} | {_per_cpu(p)} | "
+                    f"{_f(p['ttft_p50_ms'])} / {_f(p['ttft_p99_ms'])} | "
+                    f"{_f(p['itl_p50_ms'], 2)} / {_f(p['itl_p99_ms'], 2)} | "
+                    f"{p['ok']}/{p.get('cut', 0)}/{p['requests']} | "
+                    f"{p['answers_equal_inprocess_greedy']} | "
+                    f"{_f(p['server_cpu_pct'], 0)} | {_f(p['other_cpu_on_server_core_pct'], 0)}"
+                    f" | {p['loadavg'][0][0]:.1f} | {_f(s.get('peak_rss_mb'), 0)} | "
+                    f"{_f(s.get('ready_s'), 2)} | {_f(s.get('first_answer_s'), 2)} | "
+                    f"{s.get('run', doc['stamp'])[9:13]} |")
+        failed = [s for s in entry["servers"] if "error" in s]
+        if failed:
+            out += ["", "Not measured on this model:", ""]
+            out += [f"* **{s['server']}**: {s['error'][:600]}" for s in failed]
+        out.append("")
+    title = "### Targets (issue 12), from this run"
+    if len(doc.get("runs", [])) > 1:
+        title = ("### Targets (issue 12), computed across these runs (the rows compared may come "
+                 "from runs under different load: indicative only)")
+    out += [title, "", "| target | verdict | figures |", "|---|---|---|"]
+    out += [f"| {t['target']} | {t['verdict']} | {t['figures']} |" for t in targets(doc)]
+    return "\n".join(out)
+
+
+def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    small = doc["models"].get("small")
+    ours = "kubemaas"
+
+    def row(target: str, verdict: str, figures: str) -> None:
+        rows.append({"target": target, "verdict": verdict, "figures": figures})
+
+    if small is None:
+        return [{"target": "all", "verdict": "not run", "figures": "no small model in run"}]
+    us = _point(small, ours, 16)
+    hf = _point(small, "hf-serve", 16)
+    peers = {s["server"]: _point(small, s["server"], 16) for s in small["servers"]
+             if s["server"] != ours}
+    best = max(((k, p) for k, p in peers.items() if p and p.get("output_tok_s")),
+               key=lambda kp: kp[1]["output_tok_s"], default=(None, None))
+    if us is None or not us.get("output_tok_s"):
+        peer_txt = ", ".join(f"{k} {_f(p['output_tok_s'])}" for k, p in peers.items()
+                             if p and p.get("output_tok_s"))
+        row("small model, c=16: ≥ 3x transformers serve and ≥ best other peer (output tok/s)",
+            "**not measured** (our server not in this run)", peer_txt or "-")
+    else:
+        u = us["output_tok_s"]
+        parts, ok = [], True
+        if hf and hf.get("output_tok_s"):
+            ratio = u / hf["output_tok_s"]
+            ok &= ratio >= 3
+            parts.append(f"{_f(u)} vs hf-serve {_f(hf['output_tok_s'])} = {ratio:.2f}x")
+        if best[0] and best[1]:
+            ratio = u / best[1]["output_tok_s"]
+            ok &= ratio >= 1
+            parts.append(f"best other peer {best[0]} {_f(best[1]['output_tok_s'])} = "
+                         f"{ratio:.2f}x")
+        row("small model, c=16: ≥ 3x transformers serve and ≥ best other peer (output tok/s)",
+            "**met**" if ok else "**not met**", "; ".join(parts))
+    for size, entry in doc["models"].items():
+        p = _point(entry, ours, 16)
+        lim = _limit_batch(entry, 16, _run_limit(entry, doc, ours))
+        if p and p.get("output_tok_s") and lim:
+            r = p["output_tok_s"] / lim["decode_tok_s"]
+            r2 = p["output_tok_s"] / lim["e2e_tok_s"]
+            row(f"{size}: c=16 ≥ 70 % of the in-process batched-decode limit",
+                "**met**" if r >= 0.7 else "**not met**",
+                f"{_f(p['output_tok_s'])} tok/s vs batch-16 decode {_f(lim['decode_tok_s'])}"
+                f" = {100 * r:.0f} % (vs batch-16 incl. prefill {_f(lim['e2e_tok_s'])}: "
+                f"{100 * r2:.0f} %)")
+        else:
+            row(f"{size}: c=16 ≥ 70 % of the in-process batched-decode limit",
+                "**not measured**", "-")
+        loaded = [q for c in (4, 16, 32) if (q := _point(entry, ours, c))
+                  and q.get("itl_p50_ms") and q.get("itl_p99_ms")]
+        if loaded:
+            ratios = [f"c={q['concurrency']} {q['itl_p99_ms'] / q['itl_p50_ms']:.2f}x"
+                      for q in loaded]
+            ok = all(q["itl_p99_ms"] <= 2 * q["itl_p50_ms"] for q in loaded)
+            row(f"{size}: ITL p99 ≤ 2x p50 under load (c ≥ 4)",
+                "**met**" if ok else "**not met**", ", ".join(ratios))
+        else:
+            row(f"{size}: ITL p99 ≤ 2x p50 under load", "**not measured**", "-")
+    p1 = _point(small, ours, 1)
+    if p1 and p1.get("ttft_p50_ms"):
+        prefill = (_run_limit(small, doc, ours) or small["limit"])["prefill_ms"]
+        r = p1["ttft_p50_ms"] / prefill
+        row("small: TTFT at c=1 within 1.3x of in-process prefill",
+            "**met**" if r <= 1.3 else "**not met**",
+            f"TTFT p50 {_f(p1['ttft_p50_ms'])} ms vs prefill {prefill} ms = {r:.2f}x")
+    else:
+        row("small: TTFT at c=1 within 1.3x of in-process prefill", "**not measured**", "-")
+    return rows
+
+
+def plot(doc: dict[str, Any], out: Path = PLOT) -> str | None:
+    """Output tok/s and ITL p50 against concurrency per model (matplotlib from its own venv)."""
+    sys.path.insert(0, str(HERE))
+    import envs
+
+    venv = envs.ensure_venv("plot")
+    if venv.python is None:
+        return venv.error
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(doc)
+    code = r'''
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+doc = json.loads(sys.stdin.read())
+models = list(doc["models"])
+fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
+for j, size in enumerate(models):
+    e = doc["models"][size]
+    for s in e["servers"]:
+        pts = s.get("points") or []
+        if not pts:
+            continue
+        c = [p["concurrency"] for p in pts]
+        axes[0][j].plot(c, [p["output_tok_s"] or 0 for p in pts], "o-", label=s["server"])
+        axes[1][j].plot(c, [p["itl_p50_ms"] or 0 for p in pts], "o-", label=s["server"])
+    lim = e["limit"]["batches"]
+    axes[0][j].plot([b["batch"] for b in lim], [b["decode_tok_s"] for b in lim], "k--",
+                    label="in-process decode")
+    axes[0][j].plot([b["batch"] for b in lim], [b["e2e_tok_s"] for b in lim], "k:",
+                    label="in-process incl. prefill")
+    axes[0][j].set_title(f"{size} ({e['params'] / 1e6:.1f} M): output tokens/s")
+    axes[1][j].set_title(f"{size}: inter-token latency p50 (ms)")
+    for ax in (axes[0][j], axes[1][j]):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency (requests in flight)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[1][j].set_yscale("log")
+fig.suptitle(f"LLM benchmark {doc['stamp']} (server on 1 core, load on the other)")
+fig.tight_layout()
+fig.savefig(sys.argv[1], dpi=90)
+'''
+    proc = subprocess.run([str(venv.python), "-c", code, str(out)], input=data, text=True,
+                          capture_output=True, timeout=300)
+    return proc.stderr[-500:] if proc.returncode else None
+
+
+def update_doc(doc: dict[str, Any], sweep: dict[str, Any] | None = None) -> None:
+    err = plot(doc)
+    body = render(doc)
+    if err:
+        body += f"\n\n(plot not drawn: {err})"
+    else:
+        body += f"\n\n![LLM benchmark](img/{PLOT.name})"
+    if sweep is not None:
+        sweep_plot = PLOT.with_name(PLOT.stem + "-sweep.png")
+        err = plot(sweep, sweep_plot)
+        body += ("\n\n## Full concurrency sweeps (1, 4, 16, 32)\n\n"
+                 + render(sweep).replace("### ", "#### "))
+        body += (f"\n\n(plot not drawn: {err})" if err
+                 else f"\n\n![LLM benchmark, sweeps](img/{sweep_plot.name})")
+    text = DOC.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="+", type=Path, help="runs merged into the main tables")
+    ap.add_argument("--sweep", nargs="*", type=Path, default=[],
+                    help="runs merged into a second section (full concurrency sweeps)")
+    ap.add_argument("--update-doc", action="store_true")
+    a = ap.parse_args()
+    doc = merge([json.loads(f.read_text()) for f in a.files])
+    sweep = merge([json.loads(f.read_text()) for f in a.sweep]) if a.sweep else None
+    print(render(doc))
+    if sweep:
+        print(render(sweep))
+    if a.update_doc:
+        update_doc(doc, sweep)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""LLM benchmark: our runtime's OpenAI server against transformers serve, llama.cpp's server and
+vLLM's CPU build, and the model's own batched forward in-process (the limit).
+
+    .venv/bin/python bench/llm/run.py                          # both models, every server
+    .venv/bin/python bench/llm/run.py --models tiny --servers kubemaas,hf-serve --update-doc
+
+In one run, on the same model files (built offline by kubemaas_testbed.llm_models: a
+random-weight Llama, "tiny" ~0.8 M and "small" ~190 M parameters, float32) and the same machine:
+
+* the limit (limit.py): prefill time of one prompt and batched greedy decode with a KV cache at
+  batch 1..32, one torch thread, pinned to the server core;
+* every server, from its own virtualenv (envs.py), started under ``taskset -c 0`` with one
+  compute thread; time to ready (``GET /v1/models`` answers 200) and to a first answer;
+* per concurrency point the load generator (loadgen.py: streamed chat completions, greedy,
+  ``max_tokens``) under ``taskset -c 1``: output tokens/s, TTFT p50/p99, ITL p50/p99, errors;
+  the server tree's peak RSS and CPU; the load average and what else ran on the server core.
+
+Every prompt has the same token length and is one whose greedy answer has no end-of-sequence
+token in the first ``max_tokens`` tokens (checked in-process), so every server generates the same
+number of tokens; every measured request of a server run has a prompt of its own (no prefix
+cache hits between points). Bounded: requests per point = max(4, rounds x concurrency), and a
+time cap per point. Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+import envs  # noqa: E402
+import results  # noqa: E402
+import servers  # noqa: E402
+
+
+def _runtime_bench() -> Any:
+    """bench/runtime/run.py's /proc helpers and process handling (loaded by path, not copied)."""
+    spec = importlib.util.spec_from_file_location("runtime_bench_run",
+                                                  REPO / "bench" / "runtime" / "run.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    with contextlib.suppress(ValueError):
+        sys.path.remove(str(REPO / "bench" / "runtime"))
+    return mod
+
+
+rt = _runtime_bench()
+HOST = "127.0.0.1"
+MODEL_CACHE = Path.home() / ".cache" / "kubemaas" / "bench-models"
+RESULTS = REPO / "bench" / "results"
+SHARED_PY = Path(sys.executable)
+SIZES = {"tiny": "tiny", "small": "small"}
+
+
+def _py_env() -> dict[str, str]:
+    env = servers.base_env(1)
+    env["PYTHONPATH"] = os.pathsep.join(str(REPO / p) for p in ("runtime", "hack", ""))
+    return env
+
+
+def build_model(size: str, log: Path) -> Path:
+    out = MODEL_CACHE / f"llm-llama-{size}-seed0-float32"
+    if (out / ".kubemaas-ready").is_file():
+        return out
+    code = ("import sys; from pathlib import Path; from kubemaas_testbed.llm_models import "
+            f"build_llm; build_llm(Path({str(out)!r}), family='llama', size={size!r})")
+    with log.open("w") as f:
+        subprocess.run([str(SHARED_PY), "-c", code], check=True, env=_py_env(), stdout=f,
+                       stderr=subprocess.STDOUT, timeout=1800)
+    (out / ".kubemaas-ready").write_text("")
+    return out
+
+
+def limit(args: list[str], core: str, log: Path) -> dict[str, Any]:
+    out = log.with_suffix(".json")
+    with log.open("w") as f:
+        subprocess.run(["taskset", "-c", core, str(SHARED_PY), str(HERE / "limit.py"), *args,
+                        "--out", str(out)], check=True, env=_py_env(), stdout=f,
+                       stderr=subprocess.STDOUT, timeout=3600)
+    return dict(json.loads(out.read_text()))
+
+
+def prepare_prompts(mdir: Path, n: int, prompt_tokens: int, max_tokens: int, core: str,
+                    logs: Path) -> tuple[Path, list[str]]:
+    """Prompts of one token length whose greedy answers have no EOS (cached beside the model)."""
+    final = mdir.parent / f"{mdir.name}.prompts-{n}x{prompt_tokens}-{max_tokens}.json"
+    if not final.is_file():
+        cand = mdir.parent / f"{mdir.name}.candidates-{prompt_tokens}.json"
+        limit(["--model", str(mdir), "--prompts", str(cand), "--make", str(n * 5 // 4),
+               "--prompt-tokens", str(prompt_tokens)], core, logs / f"{mdir.name}-make.log")
+        screened = limit(["--model", str(mdir), "--prompts", str(cand), "--screen",
+                          "--max-tokens", str(max_tokens)], core, logs / f"{mdir.name}-screen.log")
+        prompts = json.loads(cand.read_text())
+        kept = [(p, t) for p, t, k in zip(prompts, screened["texts"], screened["keep"],
+                                          strict=True) if k]
+        if len(kept) < n:
+            raise RuntimeError(f"only {len(kept)} of {len(prompts)} prompts avoid EOS")
+        final.write_text(json.dumps({"prompts": [p for p, _ in kept[:n]],
+                                     "greedy": [t for _, t in kept[:n]]}, indent=0))
+    doc = json.loads(final.read_text())
+    plain = final.with_suffix(".list.json")
+    plain.write_text(json.dumps(doc["prompts"]))
+    return plain, doc["greedy"]
+
+
+def http_json(port: int, method: str, path: str, body: dict[str, Any] | None = None,
+              timeout: float = 600) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    status, _, raw = rt.http_request(port, method, path, data,
+                                     {"Content-Type": "application/json"}, timeout)
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")[:300]
+
+
+def run_loadgen(port: int, name: str, prompts: Path, conc: int, requests: int, warmup: int,
+                offset: int, max_tokens: int, seconds: float, core: str,
+                out: Path) -> dict[str, Any]:
+    cmd = ["taskset", "-c", core, str(SHARED_PY), str(HERE / "loadgen.py"), "--port", str(port),
+           "--model", name, "--prompts", str(prompts), "--concurrency", str(conc),
+           "--requests", str(requests), "--warmup", str(warmup), "--offset", str(offset),
+           "--max-tokens", str(max_tokens), "--max-seconds", str(seconds), "--out", str(out)]
+    subprocess.run(cmd, check=True, timeout=seconds * 2 + 600, capture_output=True)
+    return dict(json.loads(out.read_text()))
+
+
+def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, prompts: Path,
+                 greedy: list[str], logs: Path, gguf: Path | None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"server": srv.key, "note": srv.note}
+    if srv.env == "repo":
+        python = SHARED_PY
+    else:
+        venv = envs.ensure_venv(srv.env)
+        if venv.python is None:
+            return {**rec, "error": f"virtualenv: {venv.error}"}
+        python = venv.python
+    name = mdir.name
+    port = rt.free_port()
+    try:
+        cmd, env = servers.command(srv, python, mdir, name, port, a.server_core, gguf)
+    except ValueError as exc:
+        return {**rec, "error": str(exc)}
+    rec["command"] = " ".join(["taskset", "-c", a.server_core, *cmd])
+    log = logs / f"{srv.key}-{name}.log"
+    run = rt.Running(cmd, env, port, log, a.server_core)
+    try:
+        rec["ready_s"] = round(run.wait_ready(srv.ready_path, a.ready_timeout), 3)
+        model_field = servers.request_model_name(srv, mdir, name)
+        status, answer = http_json(port, "POST", "/v1/chat/completions", {
+            "model": model_field, "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 4, "temperature": 0})
+        rec["first_answer_s"] = round(time.perf_counter() - run.t0, 3)
+        if status != 200:
+            return {**rec, "error": f"first answer: HTTP {status}: {str(answer)[:300]}"}
+        rec["points"] = []
+        offset = 0
+        with rt.RssSampler(run.pid) as rss:
+            for i, conc in enumerate(a.concurrency):
+                rec["points"].append(measure(run, model_field, prompts, conc, offset,
+                                             2 if i == 0 else 0, a, logs, greedy))
+                offset += rec["points"][-1]["requests"]
+                print(f"  {srv.key:12s} c={conc:<3d} {results.point_line(rec['points'][-1])}",
+                      flush=True)
+        rec["peak_rss_mb"] = round(rss.peak / 2**20, 1)
+    except (RuntimeError, subprocess.SubprocessError, OSError, http.client.HTTPException) as exc:
+        rec["error"] = f"{type(exc).__name__}: {exc}"[:1500]
+    finally:
+        rec["log_tail"] = run.log_tail(8)
+        run.stop()
+    return rec
+
+
+def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, warmup: int,
+            a: argparse.Namespace, logs: Path, greedy: list[str]) -> dict[str, Any]:
+    requests = max(4, a.rounds * conc)
+    pids = rt.process_tree(run.pid)
+    core = int(a.server_core)
+    load_before = rt.loadavg()
+    busy0, tot0 = rt.cpu_busy_ticks(core)
+    srv0 = rt.tree_cpu_ticks(pids)
+    point = run_loadgen(run.port, model_field, prompts, conc, requests, warmup, offset,
+                        a.max_tokens, a.point_seconds, a.load_core,
+                        logs / f"point-{run.port}-{conc}.json")
+    busy1, tot1 = rt.cpu_busy_ticks(core)
+    srv_ticks = rt.tree_cpu_ticks(rt.process_tree(run.pid)) - srv0
+    wall = max(tot1 - tot0, 1)
+    point["server_cpu_pct"] = round(100 * srv_ticks / wall, 1)
+    point["other_cpu_on_server_core_pct"] = round(100 * max(busy1 - busy0 - srv_ticks, 0) / wall, 1)
+    point["loadavg"] = [load_before, rt.loadavg()]
+    texts = point.pop("texts", {})
+    same = [texts[k] == greedy[int(k)] for k in texts if int(k) < len(greedy)]
+    point["answers_equal_inprocess_greedy"] = f"{sum(same)}/{len(same)}"
+    return point
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="tiny,small")
+    ap.add_argument("--servers", default=",".join(s.key for s in servers.SERVERS))
+    ap.add_argument("--concurrency", default="1,4,16,32",
+                    type=lambda s: [int(x) for x in s.split(",")])
+    ap.add_argument("--rounds", type=int, default=2, help="requests per point = max(4, r x c)")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--prompt-tokens", type=int, default=40)
+    ap.add_argument("--point-seconds", type=float, default=120, help="time cap per point")
+    ap.add_argument("--ready-timeout", type=float, default=600)
+    ap.add_argument("--server-core", default="0")
+    ap.add_argument("--load-core", default="1")
+    ap.add_argument("--update-doc", action="store_true")
+    a = ap.parse_args(argv)
+    os.sched_setaffinity(0, {int(a.load_core)})  # the harness stays off the server core
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    logs = RESULTS / f"llm-{stamp}"
+    logs.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "stamp": stamp, "command": " ".join([".venv/bin/python", "bench/llm/run.py",
+                                             *(argv if argv is not None else sys.argv[1:])]),
+        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=REPO).stdout.strip(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "cpu_model": rt._cpu_model(), "loadavg_start": rt.loadavg(),
+                    "busy_at_start": rt.busy_processes()},
+        "settings": {k: v for k, v in vars(a).items() if k != "update_doc"},
+        "models": {},
+    }
+    n_prompts = max(120, sum(max(4, a.rounds * c) for c in a.concurrency) + 4)
+    for size in a.models.split(","):
+        mdir = build_model(SIZES[size], logs / f"build-{size}.log")
+        prompts, greedy = prepare_prompts(mdir, n_prompts, a.prompt_tokens, a.max_tokens,
+                                          a.server_core, logs)
+        entry: dict[str, Any] = {"dir": str(mdir), "servers": []}
+        entry["params"] = int(subprocess.run(
+            [str(SHARED_PY), "-c", "import sys; from kubemaas_testbed.llm_models import "
+             f"num_parameters; print(num_parameters({str(mdir)!r}))"], env=_py_env(),
+            capture_output=True, text=True, check=True).stdout)
+        print(f"model {size}: {mdir} ({entry['params'] / 1e6:.1f} M parameters)", flush=True)
+        entry["limit"] = limit(["--model", str(mdir), "--prompts", str(prompts),
+                                "--batches", ",".join(map(str, a.concurrency)),
+                                "--max-tokens", str(a.max_tokens)], a.server_core,
+                               logs / f"limit-{size}.log")
+        entry["limit"]["loadavg_after"] = rt.loadavg()
+        print(f"  limit: {results.limit_line(entry['limit'])}", flush=True)
+        gguf = None
+        for key in a.servers.split(","):
+            srv = servers.BY_KEY[key]
+            if key == "llamacpp":
+                gguf, err = _gguf(mdir, logs)
+                if err:
+                    entry["servers"].append({"server": key, "note": srv.note, "error": err})
+                    continue
+            entry["servers"].append(bench_server(srv, mdir, a, prompts, greedy, logs, gguf))
+            if "error" in entry["servers"][-1]:
+                print(f"  {key}: {entry['servers'][-1]['error'][:300]}", flush=True)
+        doc["models"][size] = entry
+        _save(doc, logs)
+    doc["machine"]["loadavg_end"] = rt.loadavg()
+    _save(doc, logs)
+    print(results.render(doc))
+    if a.update_doc:
+        results.update_doc(doc)
+    return 0
+
+
+def _gguf(mdir: Path, logs: Path) -> tuple[Path | None, str | None]:
+    if envs.build_llama_cpp_wheel() is None:
+        return None, f"llama-cpp-python did not build: see {envs.WHEELS}"
+    venv = envs.ensure_venv("llamacpp")
+    if venv.python is None:
+        return None, f"virtualenv: {venv.error}"
+    try:
+        return servers.to_gguf(venv.python, mdir, logs / f"gguf-{mdir.name}.log"), None
+    except (subprocess.SubprocessError, OSError) as exc:
+        tail = (logs / f"gguf-{mdir.name}.log").read_text(errors="replace").splitlines()[-5:]
+        return None, f"GGUF conversion failed: {exc}: {' | '.join(tail)}"
+
+
+def _save(doc: dict[str, Any], logs: Path) -> None:
+    text = json.dumps(doc, indent=1)
+    (logs / "results.json").write_text(text)
+    (RESULTS / "llm-latest.json").write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
