@@ -39,7 +39,9 @@ def drift(want: Any, have: Any, path: str = "") -> str | None:
             return f"{path or '.'}: expected an object"
         for key, value in want.items():
             if key not in have:
-                if value in ({}, [], None):
+                # the API server omits empty values (Go's omitempty): an env var rendered with
+                # value "" comes back without "value", which is the same variable
+                if value in ({}, [], None, ""):
                     continue
                 return f"{path}.{key}: missing"
             found = drift(value, have[key], f"{path}.{key}")

@@ -48,3 +48,11 @@ def test_quantities() -> None:
     assert parse_quantity("4Gi") == 4 * 2**30
     assert same_quantity("0.5", "500m") and same_quantity(2, "2") and same_quantity("1k", "1000")
     assert not same_quantity("1Gi", "1G") and not same_quantity("x", "x1")
+
+
+def test_an_empty_value_the_api_server_omitted_is_no_drift() -> None:
+    want = {"env": [{"name": "KUBEMAAS_MODEL_FORMAT", "value": ""}, {"name": "A", "value": "1"}]}
+    have = {"env": [{"name": "KUBEMAAS_MODEL_FORMAT"}, {"name": "A", "value": "1"}]}
+    assert drift(want, have) is None
+    assert drift({"env": [{"name": "A", "value": "1"}]}, {"env": [{"name": "A"}]}) == \
+        ".env[name=A].value: missing"
