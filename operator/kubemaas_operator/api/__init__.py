@@ -1,0 +1,84 @@
+"""PURE: typed models of the ModelDeployment API (serving.kubemaas.io/v1alpha1).
+
+They mirror crds/serving.kubemaas.io_modeldeployments.yaml field for field; each dataclass field
+carries its JSON name in `metadata["json"]`, and tests/unit/test_api_schema.py fails when the two
+disagree. The API server validates first (schema + CEL); `parse_spec` validates again because an
+object may predate a stricter schema, and turns what it finds into a `SpecError` that names the
+field and says what to fix.
+
+One module a part of the spec, each with its dataclasses and its `parse_*`:
+  fields.py            SpecError, the JSON-name metadata, the shared checks, to_json
+  model.py             spec.model (optimize.py: spec.model.optimize)
+  runtime.py           spec.runtime, spec.podMetadata
+  placement.py         spec.gpu, spec.scheduling
+  scaling.py           spec.replicas, spec.autoscaling
+  serving.py           spec.serving (serving_security.py: auth, tls, networkPolicy)
+  rollout.py           spec.rollout (canary included)
+  spec.py              ModelDeploymentSpec, parse_spec (the parts together), the API's names
+  status.py            ModelDeploymentStatus and its parts
+This package exports them all: callers import from `kubemaas_operator.api`.
+"""
+
+from .fields import SpecError, to_json
+from .model import FORMATS, ModelSource, SecretRef, parse_model
+from .optimize import OptimizeSpec, parse_optimize
+from .placement import GPUSpec, Scheduling, Toleration, parse_gpu, parse_scheduling
+from .rollout import CanarySpec, CanaryStep, RolloutSpec, parse_canary, parse_rollout
+from .runtime import (
+    DEFAULT_CONVERTER_IMAGE,
+    RESERVED_LABEL_PREFIXES,
+    Batching,
+    EnvVar,
+    PodMetadata,
+    Resources,
+    RuntimeSpec,
+    parse_pod_metadata,
+    parse_runtime,
+)
+from .scaling import Autoscaling, parse_autoscaling, parse_replicas
+from .serving import GatewayRef, Serving, parse_gateway, parse_serving
+from .serving_security import (
+    NetworkPolicySpec,
+    ServingAuth,
+    ServingTLS,
+    parse_auth,
+    parse_network_policy,
+    parse_tls,
+)
+from .spec import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    ModelDeploymentSpec,
+    parse_spec,
+    valid_name,
+)
+from .status import (
+    CONDITION_TYPES,
+    PHASES,
+    CanaryStatus,
+    Condition,
+    FailedRevision,
+    ModelDeploymentStatus,
+    RevisionHistoryEntry,
+    RevisionRef,
+    RolloutStatus,
+    UpdateRevision,
+)
+
+__all__ = [
+    "API_VERSION", "CONDITION_TYPES", "DEFAULT_CONVERTER_IMAGE", "FORMATS", "GROUP", "KIND",
+    "PHASES", "PLURAL", "RESERVED_LABEL_PREFIXES", "VERSION",
+    "Autoscaling", "Batching", "CanarySpec", "CanaryStatus", "CanaryStep", "Condition", "EnvVar",
+    "FailedRevision", "GPUSpec", "GatewayRef", "ModelDeploymentSpec", "ModelDeploymentStatus",
+    "ModelSource", "NetworkPolicySpec", "OptimizeSpec", "PodMetadata", "Resources",
+    "RevisionHistoryEntry", "RevisionRef", "RolloutSpec", "RolloutStatus", "RuntimeSpec",
+    "Scheduling", "SecretRef", "Serving", "ServingAuth", "ServingTLS", "SpecError", "Toleration",
+    "UpdateRevision",
+    "parse_auth", "parse_autoscaling", "parse_canary", "parse_gateway", "parse_gpu",
+    "parse_model", "parse_network_policy", "parse_optimize", "parse_pod_metadata",
+    "parse_replicas", "parse_rollout", "parse_runtime", "parse_scheduling", "parse_serving",
+    "parse_spec", "parse_tls", "to_json", "valid_name",
+]

@@ -1,0 +1,76 @@
+"""PURE: `spec.model` — where the model comes from, its format, and what to do to it before it
+serves (`spec.model.optimize`, optimize.py)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .fields import SpecError, json_name, obj, string
+from .optimize import OptimizeSpec, parse_optimize
+
+FORMATS = ("onnx", "torchscript", "torch-export", "keras", "tf-savedmodel")
+
+_URI = re.compile(
+    r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+|file:///.+|https?://[^/]+/.*|s3://[^/]+/.+)$"
+)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str = field(metadata=json_name("name"))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    uri: str = field(metadata=json_name("uri"))
+    format: str = field(metadata=json_name("format"))
+    sha256: str | None = field(metadata=json_name("sha256"), default=None)
+    name: str | None = field(metadata=json_name("name"), default=None)
+    version: str | None = field(metadata=json_name("version"), default=None)
+    credentials_secret_ref: SecretRef | None = field(metadata=json_name("credentialsSecretRef"),
+                                                     default=None)
+    optimize: OptimizeSpec | None = field(metadata=json_name("optimize"), default=None)
+
+    @property
+    def scheme(self) -> str:
+        return self.uri.split("://", 1)[0]
+
+
+def _credentials(raw: Any, uri: str) -> SecretRef | None:
+    if raw is None:
+        return None
+    name = string(obj(raw, "spec.model.credentialsSecretRef").get("name"),
+                  "spec.model.credentialsSecretRef.name", required=True)
+    if not uri.startswith("s3://"):
+        raise SpecError("spec.model.credentialsSecretRef", "is only used for s3:// URIs")
+    return SecretRef(name=name or "")
+
+
+def parse_model(raw: Any) -> ModelSource:
+    """`spec.model` -> ModelSource, or SpecError naming the field."""
+    m = obj(raw, "spec.model")
+    if not m:
+        raise SpecError("spec.model", "is required")
+    uri = string(m.get("uri"), "spec.model.uri", required=True) or ""
+    if not _URI.match(uri):
+        raise SpecError("spec.model.uri", f"{uri!r} is not pvc://CLAIM/PATH, file:///PATH, "
+                        "http(s)://HOST/PATH or s3://BUCKET/KEY")
+    fmt = string(m.get("format"), "spec.model.format", required=True)
+    if fmt not in FORMATS:
+        raise SpecError("spec.model.format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+    sha = string(m.get("sha256"), "spec.model.sha256")
+    if sha is not None and not _SHA256.match(sha):
+        raise SpecError("spec.model.sha256", "must be 64 lower-case hex digits")
+    served = string(m.get("name"), "spec.model.name")
+    if served is not None and not _SERVED_NAME.match(served):
+        raise SpecError("spec.model.name", f"{served!r} is not a valid model name")
+    version = string(m.get("version"), "spec.model.version")
+    if version is not None and not _SERVED_NAME.match(version):
+        raise SpecError("spec.model.version", f"{version!r} is not a valid model version")
+    cred = _credentials(m.get("credentialsSecretRef"), uri)
+    return ModelSource(uri=uri, format=fmt, sha256=sha, name=served, version=version,
+                       credentials_secret_ref=cred, optimize=parse_optimize(m.get("optimize"), fmt))
