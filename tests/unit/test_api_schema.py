@@ -1,4 +1,5 @@
-"""The typed models (api.py) and the CRD schema (crds/) agree, and the schema teaches the API."""
+"""The typed models (kubemaas_operator.api) and the CRD schema (crds/) agree, and the schema
+teaches the API."""
 
 from __future__ import annotations
 

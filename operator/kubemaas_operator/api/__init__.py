@@ -37,14 +37,7 @@ from .runtime import (
 )
 from .scaling import Autoscaling, parse_autoscaling, parse_replicas
 from .serving import GatewayRef, Serving, parse_gateway, parse_serving
-from .serving_security import (
-    NetworkPolicySpec,
-    ServingAuth,
-    ServingTLS,
-    parse_auth,
-    parse_network_policy,
-    parse_tls,
-)
+from .serving_security import NetworkPolicySpec, ServingAuth, ServingTLS
 from .spec import (
     API_VERSION,
     GROUP,
@@ -77,8 +70,8 @@ __all__ = [
     "RevisionHistoryEntry", "RevisionRef", "RolloutSpec", "RolloutStatus", "RuntimeSpec",
     "Scheduling", "SecretRef", "Serving", "ServingAuth", "ServingTLS", "SpecError", "Toleration",
     "UpdateRevision",
-    "parse_auth", "parse_autoscaling", "parse_canary", "parse_gateway", "parse_gpu",
-    "parse_model", "parse_network_policy", "parse_optimize", "parse_pod_metadata",
+    "parse_autoscaling", "parse_canary", "parse_gateway", "parse_gpu",
+    "parse_model", "parse_optimize", "parse_pod_metadata",
     "parse_replicas", "parse_rollout", "parse_runtime", "parse_scheduling", "parse_serving",
-    "parse_spec", "parse_tls", "to_json", "valid_name",
+    "parse_spec", "to_json", "valid_name",
 ]
