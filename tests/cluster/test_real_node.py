@@ -379,6 +379,8 @@ def port_forward(kube: Kube, namespace: str, pod: str, remote: int) -> Iterator[
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_authenticated_https_pod_answers_through_a_port_forward(
