@@ -1,0 +1,56 @@
+"""What a source holds: the files to fetch (relative paths, sizes, known checksums), the source's
+resolved revision, and the include/exclude filters (fnmatch on the relative path, as
+huggingface_hub's allow/ignore patterns: a pattern ending in ``/`` matches everything below)."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from .errors import INVALID_SOURCE, FetchError
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str                      # relative POSIX path under the destination
+    size: int | None               # None: the server will say (Content-Length)
+    sha256: str | None = None      # from the index, S3 metadata or the Hub's LFS pointer
+    md5: str | None = None         # an S3 single-part ETag
+    git_sha1: str | None = None    # the Hub's git blob id of a non-LFS file
+    locator: str = ""              # URL or object key
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: str
+    revision: str | None
+    files: tuple[RemoteFile, ...] = field(default_factory=tuple)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size or 0 for f in self.files)
+
+
+def safe_rel(path: str, where: str) -> str:
+    rel = PurePosixPath(path)
+    if not path or rel.is_absolute() or ".." in rel.parts or any(
+            p.startswith(".") for p in rel.parts):
+        raise FetchError(INVALID_SOURCE, f"unsafe file path {path!r} in the listing of {where}")
+    return str(rel)
+
+
+def _norm(pattern: str) -> str:
+    return pattern + "*" if pattern.endswith("/") else pattern
+
+
+def selected(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    if include and not any(fnmatch.fnmatch(path, _norm(p)) for p in include):
+        return False
+    return not any(fnmatch.fnmatch(path, _norm(p)) for p in exclude)
+
+
+def select(files: Iterable[RemoteFile], include: Sequence[str],
+           exclude: Sequence[str]) -> tuple[RemoteFile, ...]:
+    return tuple(f for f in files if selected(f.path, include, exclude))

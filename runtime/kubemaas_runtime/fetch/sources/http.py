@@ -1,0 +1,131 @@
+"""http(s): a single file, or a folder described by an ``index.json`` (what the runtime's
+``storage_dir`` reads: a list of paths, or ``{"files": [...]}`` of paths or
+``{"path", "sha256", "size"}``). Sizes the index does not give come from a HEAD request. Resumes
+with ``Range: bytes=N-``; a server that ignores it (200) starts the file over."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..errors import (
+    ACCESS_DENIED,
+    DOWNLOAD_ERROR,
+    INVALID_SOURCE,
+    NOT_FOUND,
+    STALLED,
+    FetchError,
+)
+from ..plan import RemoteFile, safe_rel
+from ..transfer import HashingWriter
+
+CHUNK = 1 << 20
+AGENT = {"User-Agent": "kubemaas-fetch"}
+
+
+def http_error(exc: BaseException, what: str, stall_timeout: float) -> FetchError:
+    if isinstance(exc, urllib.error.HTTPError):
+        if exc.code == 404:
+            return FetchError(NOT_FOUND, f"{what}: HTTP 404 not found")
+        if exc.code in (401, 403):
+            return FetchError(ACCESS_DENIED, f"{what}: HTTP {exc.code} access denied")
+        return FetchError(DOWNLOAD_ERROR, f"{what}: HTTP {exc.code} {exc.reason}")
+    reason: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return FetchError(STALLED, f"{what}: no data for {stall_timeout:g} s",
+                          stallTimeoutSeconds=stall_timeout)
+    return FetchError(DOWNLOAD_ERROR, f"{what}: {reason}")
+
+
+class HttpSource:
+    def __init__(self, uri: str, stall_timeout: float) -> None:
+        self.uri = uri
+        self.timeout = stall_timeout
+
+    def _open(self, url: str, headers: dict[str, str] | None = None,
+              method: str = "GET") -> Any:
+        req = urllib.request.Request(url, headers={**AGENT, **(headers or {})}, method=method)
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)
+        except (urllib.error.URLError, OSError) as exc:
+            raise http_error(exc, f"{method} {url}", self.timeout) from None
+
+    def _index(self, index_url: str) -> list[RemoteFile] | None:
+        try:
+            with self._open(index_url) as resp:
+                doc = json.loads(resp.read(64 << 20))
+        except FetchError as exc:
+            if exc.reason == NOT_FOUND and not self.uri.endswith(("/", "index.json")):
+                return None  # not a folder: a single file
+            raise
+        except ValueError as exc:
+            raise FetchError(INVALID_SOURCE, f"the index {index_url} is not JSON: {exc}") from None
+        items = doc.get("files") if isinstance(doc, dict) else doc
+        if not isinstance(items, list) or not items:
+            raise FetchError(INVALID_SOURCE, f"the index {index_url} must be a non-empty list of "
+                             'files or {"files": [...]}')
+        base = index_url.rsplit("/", 1)[0] + "/"
+        out = []
+        for item in items:
+            entry = {"path": item} if isinstance(item, str) else item
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                raise FetchError(INVALID_SOURCE, f"bad entry {item!r} in the index {index_url}")
+            rel = safe_rel(entry["path"], index_url)
+            sha, size = entry.get("sha256"), entry.get("size")
+            out.append(RemoteFile(
+                path=rel, size=size if isinstance(size, int) else None,
+                sha256=sha.lower() if isinstance(sha, str) else None,
+                locator=urllib.parse.urljoin(base, urllib.parse.quote(rel))))
+        return out
+
+    def _sized(self, spec: RemoteFile) -> RemoteFile:
+        if spec.size is not None:
+            return spec
+        with self._open(spec.locator, method="HEAD") as resp:
+            length = resp.headers.get("Content-Length")
+        return RemoteFile(spec.path, int(length) if length else None, spec.sha256,
+                          locator=spec.locator)
+
+    def plan(self) -> tuple[str | None, tuple[RemoteFile, ...]]:
+        path = urllib.parse.urlsplit(self.uri).path
+        index_url = self.uri if path.endswith("/index.json") else \
+            self.uri.rstrip("/") + "/index.json"
+        files = self._index(index_url)
+        if files is None:
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            files = [RemoteFile(safe_rel(urllib.parse.unquote(name), self.uri), None,
+                                locator=self.uri)]
+        with ThreadPoolExecutor(8) as pool:
+            return None, tuple(pool.map(self._sized, files))
+
+    def download(self, spec: RemoteFile, out: HashingWriter, offset: int,
+                 cancel: threading.Event) -> str | None:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            resp = self._open(spec.locator, headers)
+        except FetchError as exc:
+            if "HTTP 416" not in exc.message:
+                raise
+            out.seek(0)  # the partial file is longer than the object: start over
+            resp = self._open(spec.locator)
+        with resp:
+            if offset and resp.status == 200:
+                out.seek(0)  # the server ignored the Range request
+            try:
+                while chunk := resp.read(CHUNK):
+                    out.write(chunk)
+                    if cancel.is_set():
+                        break
+            except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, OSError) and exc.errno is not None and exc.errno > 0 \
+                        and not isinstance(exc, (TimeoutError, ConnectionError)):
+                    raise  # a local write error (a full disk): not the network
+                raise http_error(exc, f"GET {spec.locator}", self.timeout) from None
+        return None

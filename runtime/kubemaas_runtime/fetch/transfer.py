@@ -1,0 +1,120 @@
+"""One file: resume the partial file from its size, hash as the bytes are written, fsync, verify,
+and only then rename it to its final name. A full disk is ``DiskFull`` with the numbers."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Protocol
+
+from .errors import DISK_FULL, DOWNLOAD_ERROR, FetchError
+from .layout import partial_path
+from .plan import RemoteFile
+from .verify import Hashes, hash_prefix
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class Source(Protocol):
+    """A place files come from (http, s3, hf)."""
+
+    def plan(self) -> tuple[str | None, tuple[RemoteFile, ...]]:
+        """(resolved revision, files)."""
+
+    def download(self, spec: RemoteFile, out: HashingWriter, offset: int,
+                 cancel: threading.Event) -> str | None:
+        """Write the file's bytes from ``offset`` on into ``out``; may return a sha256 the
+        server vouched for while answering (S3 object metadata)."""
+
+
+class HashingWriter:
+    """The partial file as the sources see it: every write is hashed and counted."""
+
+    def __init__(self, raw: IO[bytes], hashes: Hashes, position: int,
+                 cancel: threading.Event) -> None:
+        self.raw = raw
+        self.hashes = hashes
+        self.position = position
+        self.cancel = cancel
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.cancel.is_set():
+            raise FetchError(DOWNLOAD_ERROR, "cancelled: another file failed")
+        view = memoryview(data)
+        while view:
+            n = self.raw.write(view)
+            if n is None:
+                continue
+            view = view[n:]
+        self.hashes.update(data)
+        self.position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        """Only a rewind to 0 is supported: a server that ignored the Range request."""
+        if whence != 0 or pos != 0:
+            raise OSError("only a rewind to the start is supported")
+        self.raw.truncate(0)
+        self.raw.seek(0)
+        self.hashes.reset()
+        self.position = 0
+        return 0
+
+    def truncate(self, size: int | None = None) -> int:
+        if size not in (None, 0) or self.position != 0:
+            raise OSError("only truncation of a rewound file is supported")
+        self.raw.truncate(0)
+        return 0
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def disk_full(dest: Path, needed: int, cause: str) -> FetchError:
+    free = shutil.disk_usage(dest).free if dest.exists() else 0
+    return FetchError(DISK_FULL, f"no space left on {dest}: {needed} more bytes needed, {free} "
+                      f"bytes free ({cause})", bytesNeeded=needed, bytesFree=free)
+
+
+def fetch_file(source: Source, spec: RemoteFile, dest: Path, cancel: threading.Event,
+               beat: Callable[[], None] | None = None) -> dict[str, object]:
+    """Download one file into ``dest``; returns its record (path, size, sha256)."""
+    part = partial_path(dest, spec.path)
+    final = dest / spec.path
+    part.parent.mkdir(parents=True, exist_ok=True)
+    offset = part.stat().st_size if part.exists() else 0
+    if spec.size is not None and offset > spec.size:
+        part.unlink()
+        offset = 0
+    hashes = Hashes(spec)
+    if offset:
+        hash_prefix(part, hashes, offset, beat)
+    try:
+        with part.open("ab", buffering=0) as raw:
+            out = HashingWriter(raw, hashes, offset, cancel)
+            vouched = None
+            if spec.size is None or offset < spec.size:  # else: all there, only not renamed
+                vouched = source.download(spec, out, offset, cancel)
+            os.fsync(raw.fileno())
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            got = part.stat().st_size if part.exists() else 0
+            raise disk_full(dest, (spec.size or got) - got, f"writing {spec.path}") from None
+        raise
+    if spec.size is not None and out.position != spec.size:
+        raise FetchError(DOWNLOAD_ERROR, f"{spec.path}: got {out.position} of {spec.size} bytes")
+    try:
+        sha = hashes.check(vouched)
+    except FetchError:
+        part.unlink(missing_ok=True)  # never resume from bytes that failed verification
+        raise
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, final)
+    return {"path": spec.path, "size": out.position, "sha256": sha}
