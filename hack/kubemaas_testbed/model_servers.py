@@ -212,7 +212,7 @@ class FileServer(_Base):
 
 
 class HfEndpoint(_Base):
-    """A Hugging Face–compatible endpoint serving one model directory as ``repo`` at every
+    """A Hugging Face-compatible endpoint serving one model directory as ``repo`` at every
     revision name in ``revisions`` (all point to one commit)."""
 
     def __init__(self, model_dir: Path, repo: str, revisions: tuple[str, ...] = ("main",),
