@@ -70,6 +70,7 @@ class _Base(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.served: dict[str, int] = defaultdict(int)     # path -> body bytes sent
         self.ranges: list[tuple[str, str | None]] = []     # (path, Range header) per GET
+        self.responses: list[dict[str, Any]] = []          # per GET: path, range, bytes sent
         self.rate: float | None = None                     # bytes/s per response
         self.stall_after: int | None = None                # stop sending after this many bytes
         self.no_length = False                             # omit Content-Length (size unknown)
@@ -138,9 +139,11 @@ class _Handler(BaseHTTPRequestHandler):
         size = file.stat().st_size
         start, end = 0, size - 1
         header = self.headers.get("Range")
+        record: dict[str, Any] = {"path": path, "range": header, "sent": 0}
         if body:
             with self.server.lock:
                 self.server.ranges.append((path, header))
+                self.server.responses.append(record)
         match = _RANGE.match(header or "")
         status = 200
         if match:
@@ -166,9 +169,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(end - start + 1))
         self.end_headers()
         if body:
-            self._send_body(path, file, start, end - start + 1)
+            self._send_body(path, file, start, end - start + 1, record)
 
-    def _send_body(self, path: str, file: Path, start: int, length: int) -> None:
+    def _send_body(self, path: str, file: Path, start: int, length: int,
+                   record: dict[str, Any]) -> None:
         srv = self.server
         sent = 0
         began = time.monotonic()
@@ -189,6 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
                 except OSError:
                     return  # the client went away (a killed download)
                 sent += len(chunk)
+                record["sent"] = sent
                 srv.count(path.rsplit("/resolve/", 1)[-1].split("/", 1)[-1]
                           if "/resolve/" in path else path.lstrip("/"), len(chunk))
                 if srv.rate:

@@ -119,7 +119,7 @@ class HttpSource:
             if offset and resp.status == 200:
                 out.seek(0)  # the server ignored the Range request
             try:
-                while chunk := resp.read(CHUNK):
+                while chunk := resp.read1(CHUNK):  # what has arrived: a stall keeps it
                     out.write(chunk)
                     if cancel.is_set():
                         break

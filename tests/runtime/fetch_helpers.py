@@ -1,0 +1,113 @@
+"""Run ``python -m kubemaas_runtime.fetch`` as a real process and read what it says."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Fetch:
+    """A running fetch: stdout JSON lines collected as they come, stderr kept."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str] | None = None) -> None:
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("AWS_", "HF_"))}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen([sys.executable, "-m", "kubemaas_runtime.fetch", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=full_env, cwd=REPO)
+        self.events: list[dict[str, Any]] = []
+        self.stderr = ""
+        self._cond = threading.Condition()
+        self._out = threading.Thread(target=self._read_out, daemon=True)
+        self._err = threading.Thread(target=self._read_err, daemon=True)
+        self._out.start()
+        self._err.start()
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError as exc:
+                raise AssertionError(f"stdout line is not JSON: {line!r}") from exc
+            with self._cond:
+                self.events.append(event)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        self.stderr = self.proc.stderr.read()
+
+    def wait_event(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 60) -> \
+            dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for ev in self.events:
+                    if pred(ev):
+                        return ev
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._out.is_alive()):
+                    raise AssertionError(f"no such event; got {self.events[-5:]}, "
+                                         f"stderr {self.stderr[-2000:]}")
+                self._cond.wait(min(left, 0.5))
+
+    def finish(self, timeout: float = 120) -> dict[str, Any]:
+        """Wait for the exit; the final report (the last stdout line)."""
+        self.proc.wait(timeout)
+        self._close()
+        assert self.events and self.events[-1]["event"] == "result", \
+            f"no final report: {self.events[-3:]}, stderr {self.stderr[-2000:]}"
+        return self.events[-1]
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._close()
+
+    def _close(self) -> None:
+        self._out.join(10)
+        self._err.join(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    @property
+    def progress(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == "progress"]
+
+
+def run_fetch(args: list[str], env: Mapping[str, str] | None = None,
+              timeout: float = 120) -> tuple[int, dict[str, Any], Fetch]:
+    fetch = Fetch(args, env)
+    report = fetch.finish(timeout)
+    return fetch.proc.returncode, report, fetch
+
+
+def workers_of(dest: Path) -> list[int]:
+    """Pids of worker processes still fetching into ``dest`` (ours: matched by the unique dest)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kubemaas_runtime.fetch.worker" in cmd and any(
+                str(dest).encode() in part for part in cmd):
+            pids.append(int(proc.name))
+    return pids
