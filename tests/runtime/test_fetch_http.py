@@ -165,7 +165,7 @@ def test_killed_half_way_resumes_without_fetching_bytes_twice(
 
 def test_server_that_stops_sending_is_stalled(model_root: tuple[Path, dict[str, bytes]],
                                               tmp_path: Path) -> None:
-    root, files = model_root
+    root, _ = model_root
     dest = tmp_path / "dest"
     with FileServer(root.parent) as server:
         server.stall_after = 256 << 10

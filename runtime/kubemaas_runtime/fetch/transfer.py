@@ -77,10 +77,15 @@ class HashingWriter:
         self.raw.flush()
 
 
-def disk_full(dest: Path, needed: int, cause: str) -> FetchError:
-    free = shutil.disk_usage(dest).free if dest.exists() else 0
-    return FetchError(DISK_FULL, f"no space left on {dest}: {needed} more bytes needed, {free} "
-                      f"bytes free ({cause})", bytesNeeded=needed, bytesFree=free)
+def disk_full(dest: Path, needed: int | None, cause: str) -> FetchError:
+    """DiskFull with the numbers: bytes still needed (None: the server did not say) and free."""
+    usage = shutil.disk_usage(dest) if dest.exists() else None
+    free = usage.free if usage else 0
+    size = f", filesystem size {usage.total} bytes" if usage else ""
+    need = f"{needed} more bytes needed" if needed is not None else "size not known in advance"
+    return FetchError(DISK_FULL, f"no space left on {dest}: {need}, {free} bytes free{size} "
+                      f"({cause})", bytesNeeded=needed, bytesFree=free,
+                      bytesCapacity=usage.total if usage else None)
 
 
 def fetch_file(source: Source, spec: RemoteFile, dest: Path, cancel: threading.Event,
@@ -106,7 +111,8 @@ def fetch_file(source: Source, spec: RemoteFile, dest: Path, cancel: threading.E
     except OSError as exc:
         if exc.errno in NO_SPACE:
             got = part.stat().st_size if part.exists() else 0
-            raise disk_full(dest, (spec.size or got) - got, f"writing {spec.path}") from None
+            needed = spec.size - got if spec.size is not None else None
+            raise disk_full(dest, needed, f"writing {spec.path} after {got} bytes") from None
         raise
     if spec.size is not None and out.position != spec.size:
         raise FetchError(DOWNLOAD_ERROR, f"{spec.path}: got {out.position} of {spec.size} bytes")

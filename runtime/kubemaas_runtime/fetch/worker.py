@@ -148,7 +148,7 @@ def main(argv: list[str]) -> int:
         return 1
     except OSError as exc:
         if exc.errno in NO_SPACE:
-            err = disk_full(Path(opts.dest), 0, str(exc))
+            err = disk_full(Path(opts.dest), None, str(exc))
             emit({"event": "result", "ok": False, **err.to_json()})
         else:
             emit({"event": "result", "ok": False, "reason": DOWNLOAD_ERROR,
