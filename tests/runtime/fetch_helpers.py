@@ -111,3 +111,27 @@ def workers_of(dest: Path) -> list[int]:
                 str(dest).encode() in part for part in cmd):
             pids.append(int(proc.name))
     return pids
+
+
+UPLOAD = """
+import json, sys, boto3
+from boto3.s3.transfer import TransferConfig
+endpoint, spec = sys.argv[1], json.loads(sys.argv[2])
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  aws_access_key_id="testing", aws_secret_access_key="testing")
+multipart = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+single = TransferConfig(multipart_threshold=1 << 40)
+for item in spec:
+    if item.get("bucket_only"):
+        s3.create_bucket(Bucket=item["bucket"])
+        continue
+    s3.upload_file(item["path"], item["bucket"], item["key"],
+                   ExtraArgs={"Metadata": item.get("metadata", {})},
+                   Config=multipart if item.get("multipart") else single)
+"""
+
+
+def s3_upload(python: Path, endpoint: str, items: list[dict[str, Any]]) -> None:
+    """Create buckets and upload files with moto's venv's boto3 (the test's client, not ours)."""
+    subprocess.run([str(python), "-c", UPLOAD, endpoint, json.dumps(items)], check=True,
+                   timeout=120)
