@@ -139,7 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
         size = file.stat().st_size
         start, end = 0, size - 1
         header = self.headers.get("Range")
-        record: dict[str, Any] = {"path": path, "range": header, "sent": 0}
+        record: dict[str, Any] = {"path": path, "range": header, "sent": 0,
+                                  "authorization": self.headers.get("Authorization")}
         if body:
             with self.server.lock:
                 self.server.ranges.append((path, header))
@@ -245,7 +246,14 @@ class HfEndpoint(_Base):
 
     def api(self, handler: _Handler, path: str) -> dict[str, Any] | list[Any] | None:
         prefix = f"/api/models/{self.repo}"
-        if not path.startswith(prefix):
+        if not path.startswith(prefix + "/") and path != prefix:
+            if path.startswith("/api/models/"):  # another repository: what the Hub answers
+                handler.send_response(404)
+                handler.send_header("X-Error-Code", "RepoNotFound")
+                handler.send_header("X-Error-Message", "Repository not found")
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return {}
             return None
         rest = path[len(prefix):]
         if rest.startswith("/tree/"):  # snapshot_download's listing (one page, no Link header)

@@ -37,6 +37,8 @@ def hf_error(exc: BaseException, what: str, stall_timeout: float) -> FetchError:
         code = exc.response.status_code if exc.response is not None else None
         if code in (401, 403):
             return FetchError(ACCESS_DENIED, f"{what}: HTTP {code} access denied")
+        if code == 404:
+            return FetchError(NOT_FOUND, f"{what}: HTTP 404 not found")
     name = type(exc).__name__
     if "Timeout" in name:
         return FetchError(STALLED, f"{what}: no data for {stall_timeout:g} s",
@@ -55,6 +57,12 @@ class HfSource:
         self.revision = revision or "main"
         self.timeout = stall_timeout
         self.commit: str | None = None
+        from huggingface_hub import constants
+
+        # http_get hands over bytes in chunks of this size (10 MiB by default): smaller chunks
+        # put the bytes that arrived into the partial file sooner, so a kill or a stall loses at
+        # most 1 MiB and the progress the supervisor reads from the disk moves smoothly
+        constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, 1 << 20)
 
     def plan(self) -> tuple[str | None, tuple[RemoteFile, ...]]:
         from huggingface_hub import HfApi, hf_hub_url
