@@ -90,3 +90,22 @@ def test_a_damaged_partial_file_is_never_loaded(served: Path, tmp_path: Path) ->
     assert (dest / "weights.bin").read_bytes() == data
     assert {f["path"]: f["sha256"] for f in report["files"]}["weights.bin"] == \
         hashlib.sha256(data).hexdigest()
+
+
+def test_a_read_only_destination_is_not_retried(served: Path, tmp_path: Path) -> None:
+    write_index(served)
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"this test mounts a read-only tmpfs and needs root: {done.stderr.strip()}")
+    try:
+        with FileServer(served.parent) as server:
+            rc, report, fetch = run_fetch(["--source", f"{server.url}/m/", "--dest",
+                                           str(mnt / "cache"), "--retries", "3"])
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    assert rc == 1, fetch.stderr
+    assert (report["reason"], report["attempts"]) == ("NotWritable", 1), report
+    assert "Read-only file system" in report["message"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,21 @@ def test_termination_log_is_capped(tmp_path: Path) -> None:
     assert doc["phase"] == "Ready" and doc["filesTotal"] == 120
     assert doc["filesOmitted"] == 120 - len(doc["files"]) > 0
     assert doc["files"] == report["files"][: len(doc["files"])]
+
+
+def test_sigterm_stops_the_fetch_and_keeps_the_partial_files(
+        model_root: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    """A deleted pod: its PID 1 gets SIGTERM (which has no default action for PID 1)."""
+    root, _ = model_root
+    dest = tmp_path / "dest"
+    with FileServer(root.parent) as server:
+        server.rate = 1 << 20
+        fetch = Fetch(["--source", f"{server.url}/llm/", "--dest", str(dest),
+                       "--progress-interval", "0.1"])
+        fetch.wait_event(lambda e: e["event"] == "progress" and e["bytesDone"] > 0)
+        fetch.proc.send_signal(signal.SIGTERM)
+        assert fetch.proc.wait(30) == 128 + signal.SIGTERM
+        fetch.kill()  # closes the pipes; the process is already gone
+        wait_for(lambda: not workers_of(dest), timeout=30, what="the worker to stop")
+        parts = list((dest / ".kubemaas-fetch" / "partial").rglob("*.part"))
+        assert parts and not (dest / MANIFEST).exists()

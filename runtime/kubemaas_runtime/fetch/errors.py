@@ -12,6 +12,7 @@ NOT_FOUND = "NotFound"
 ACCESS_DENIED = "AccessDenied"
 INVALID_SOURCE = "InvalidSource"
 DOWNLOAD_ERROR = "DownloadError"
+NOT_WRITABLE = "NotWritable"
 
 # worth another attempt (with backoff); the others fail at once
 TRANSIENT = frozenset({STALLED, DOWNLOAD_ERROR})

@@ -97,6 +97,8 @@ class Attempt:
         now = time.monotonic()
         live, last_bytes, next_progress = now, -1, now
         tick = min(0.25, opts.progress_interval)
+        look = min(1.0, opts.stall_timeout / 4)
+        next_look = now
         while True:
             try:
                 event = q.get(timeout=tick)
@@ -120,16 +122,15 @@ class Attempt:
                     event.get("reason") or DOWNLOAD_ERROR, event.get("message") or "failed",
                     **{k: v for k, v in event.items()
                        if k not in ("event", "ok", "reason", "message")})
-            if self.files and now >= next_progress:
+            if self.files and (now >= next_progress or now >= next_look):
+                # the disk is read at most every `look` seconds (a stat per file)
                 done, _ = bytes_on_disk(Path(opts.dest), self.files)
                 if done != last_bytes:
                     last_bytes, live = done, now
-                self.emit_progress(now)
-                next_progress = now + opts.progress_interval
-            elif self.files:
-                done, _ = bytes_on_disk(Path(opts.dest), self.files)
-                if done != last_bytes:
-                    last_bytes, live = done, now
+                next_look = now + look
+                if now >= next_progress:
+                    self.emit_progress(now)
+                    next_progress = now + opts.progress_interval
             if now - live > opts.stall_timeout:
                 proc.kill()
                 return FetchError(STALLED, f"no progress for {opts.stall_timeout:g} s "
@@ -151,8 +152,9 @@ def run(opts: Options, out: IO[str] = sys.stdout) -> int:
     start = time.monotonic()
     manifest = complete(opts)
     if manifest is not None:
-        log(f"{opts.dest} already complete: {len(manifest.get('files', []))} files, "
-            f"{manifest.get('bytesTotal')} bytes from {opts.source}")
+        n, total = len(manifest.get("files", [])), int(manifest.get("bytesTotal") or 0)
+        log(f"{opts.dest} already complete: {n} files, {total} bytes from {opts.source}")
+        out.write(dumps(progress_event(total, total, n, n, 0.0)) + "\n")
         finish(opts, ready_report(manifest, "already complete", attempts=0,
                                   durationSeconds=0.0), out)
         return 0

@@ -8,6 +8,7 @@ fetch the rest in parallel, write the manifest. Speaks JSON lines on stdout: ``p
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from .errors import DOWNLOAD_ERROR, NOT_FOUND, FetchError
+from .errors import DOWNLOAD_ERROR, NOT_FOUND, NOT_WRITABLE, FetchError
 from .layout import MANIFEST, WORK, append_journal, partial_path, read_journal, write_json_atomic
 from .options import Options
 from .plan import RemoteFile, select
@@ -150,6 +151,9 @@ def main(argv: list[str]) -> int:
         if exc.errno in NO_SPACE:
             err = disk_full(Path(opts.dest), None, str(exc))
             emit({"event": "result", "ok": False, **err.to_json()})
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            emit({"event": "result", "ok": False, "reason": NOT_WRITABLE,
+                  "message": f"cannot write into {opts.dest}: {exc}"})
         else:
             emit({"event": "result", "ok": False, "reason": DOWNLOAD_ERROR,
                   "message": f"{type(exc).__name__}: {exc}"})
