@@ -58,6 +58,19 @@ class S3Config:
             session_token=values["AWS_SESSION_TOKEN"], region=region)
 
 
+# written by kubemaas_runtime.fetch (the model cache's downloader): see fetch/layout.py
+FETCHING = ".kubemaas-fetch"
+FETCHED = ".kubemaas-manifest.json"
+
+
+def refuse_unfinished(path: Path) -> None:
+    """A directory that ``python -m kubemaas_runtime.fetch`` is still filling (its work folder is
+    there, its manifest is not) is never loaded: some of its files are missing."""
+    if (path / FETCHING).is_dir() and not (path / FETCHED).is_file():
+        raise StartupError(f"model directory {path} is still being downloaded (it has "
+                           f"{FETCHING}/ and no {FETCHED}); wait for the download to finish")
+
+
 MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".torchscript", ".pt2", ".keras", ".h5")
 
 
@@ -197,6 +210,7 @@ def fetch_model(uri: str, cache_dir: str, *, sha256: str | None = None,
     if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
         path = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else uri)
         if path.is_dir():
+            refuse_unfinished(path)
             path = find_model_file(path)
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "not found"

@@ -21,7 +21,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 
 from .errors import StartupError
-from .storage import S3Config, _download, _s3_request, sha256_file, sigv4_headers
+from .storage import (
+    S3Config,
+    _download,
+    _s3_request,
+    refuse_unfinished,
+    sha256_file,
+    sigv4_headers,
+)
 
 log = logging.getLogger("kubemaas.runtime.storage")
 
@@ -120,6 +127,7 @@ def fetch_model_dir(uri: str, cache_dir: str, *, s3: S3Config | None = None,
         path = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else uri)
         if not path.is_dir():
             raise StartupError(f"model directory {path} not found")
+        refuse_unfinished(path)
         return path
     if scheme not in ("http", "https", "s3"):
         raise StartupError(f"unsupported model URI scheme {scheme!r} in {uri!r}; use a path, "

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from kubemaas_runtime.errors import StartupError
+from kubemaas_runtime.storage_dir import fetch_model_dir
 from kubemaas_testbed.model_servers import FileServer, write_index
 from tests.helpers import wait_for
 
@@ -149,6 +151,9 @@ def test_killed_half_way_resumes_without_fetching_bytes_twice(
         assert not (dest / MANIFEST).exists()
         have = partial.stat().st_size
         before = len(server.responses)
+        # the runtime refuses to load a directory the downloader has not finished
+        with pytest.raises(StartupError, match="still being downloaded"):
+            fetch_model_dir(str(dest), str(tmp_path / "cache"))
 
         server.rate = None
         rc, report, fetch = run_fetch(args)
@@ -158,6 +163,7 @@ def test_killed_half_way_resumes_without_fetching_bytes_twice(
         again = [r for r in server.responses[before:] if r["path"] == f"/llm/{big}"]
         assert [(r["range"], r["sent"]) for r in again] == [
             (f"bytes={have}-", len(files[big]) - have)]
+        assert fetch_model_dir(str(dest), str(tmp_path / "cache")) == dest
         # and every other file was fetched once: in full by one run, or resumed by the second
         for rel, data in files.items():
             sent = [r["sent"] for r in server.responses[before:] if r["path"] == f"/llm/{rel}"]
@@ -243,3 +249,17 @@ def test_sigterm_stops_the_fetch_and_keeps_the_partial_files(
         wait_for(lambda: not workers_of(dest), timeout=30, what="the worker to stop")
         parts = list((dest / ".kubemaas-fetch" / "partial").rglob("*.part"))
         assert parts and not (dest / MANIFEST).exists()
+
+
+def test_another_source_into_a_complete_dir_fetches_again(
+        model_root: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    root, files = model_root
+    dest = tmp_path / "dest"
+    with FileServer(root.parent) as server:
+        rc, _, _ = run_fetch(["--source", f"{server.url}/llm/", "--dest", str(dest),
+                              "--include", "*.json"])
+        assert rc == 0
+        rc, report, fetch = run_fetch(["--source", f"{server.url}/llm/", "--dest", str(dest)])
+    assert rc == 0 and report["message"] != "already complete", fetch.stderr
+    assert "another fetch's manifest" in fetch.stderr
+    assert_fetched(dest, files, report)

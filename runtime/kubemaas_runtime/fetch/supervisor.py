@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import DOWNLOAD_ERROR, STALLED, FetchError
-from .layout import read_manifest
+from .layout import MANIFEST, read_manifest
 from .options import Options
 from .plan import RemoteFile
 from .progress import RateMeter, bytes_on_disk, progress_event
@@ -158,6 +158,10 @@ def run(opts: Options, out: IO[str] = sys.stdout) -> int:
         finish(opts, ready_report(manifest, "already complete", attempts=0,
                                   durationSeconds=0.0), out)
         return 0
+    stale = Path(opts.dest, MANIFEST)
+    if stale.is_file():  # another source, revision or set of files: no longer complete
+        log(f"{opts.dest} holds another fetch's manifest; fetching {opts.source} again")
+        stale.unlink()
     attempt = 0
     while True:
         attempt += 1
