@@ -64,6 +64,7 @@ def write_index(root: Path, *, sizes: bool = True, sums: bool = True,
 class _Base(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    name = "origin"
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -95,8 +96,13 @@ class _Base(ThreadingHTTPServer):
         with self.lock:
             self.served[path] += n
 
-    # what subclasses answer: (file on disk, extra headers) or None for 404
-    def resolve(self, handler: _Handler, path: str) -> tuple[Path, dict[str, str]] | None:
+    # what subclasses answer: (file on disk, extra headers); None for 404; False when resolve
+    # answered by itself (a redirect)
+    def resolve(self, handler: _Handler, path: str) -> tuple[Path, dict[str, str]] | bool | None:
+        raise NotImplementedError
+
+    def key_of(self, file: Path) -> str:
+        """The name bytes are counted under in ``served`` (the file's relative path)."""
         raise NotImplementedError
 
     def api(self, handler: _Handler, path: str) -> dict[str, Any] | list[Any] | None:
@@ -132,14 +138,18 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(doc)
             return
         found = self.server.resolve(self, path)
-        if found is None:
+        if found is False:
+            return
+        if found is None or found is True:
             self.send_error(404)
             return
         file, headers = found
         size = file.stat().st_size
         start, end = 0, size - 1
         header = self.headers.get("Range")
-        record: dict[str, Any] = {"path": path, "range": header, "sent": 0,
+        record: dict[str, Any] = {"server": self.server.name, "path": path,
+                                  "file": self.server.key_of(file),
+                                  "range": header, "sent": 0,
                                   "authorization": self.headers.get("Authorization")}
         if body:
             with self.server.lock:
@@ -195,8 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
                     return  # the client went away (a killed download)
                 sent += len(chunk)
                 record["sent"] = sent
-                srv.count(path.rsplit("/resolve/", 1)[-1].split("/", 1)[-1]
-                          if "/resolve/" in path else path.lstrip("/"), len(chunk))
+                srv.count(record["file"], len(chunk))
                 if srv.rate:
                     ahead = sent / srv.rate - (time.monotonic() - began)
                     if ahead > 0:
@@ -210,7 +219,10 @@ class FileServer(_Base):
         super().__init__()
         self.root = root.resolve()
 
-    def resolve(self, handler: _Handler, path: str) -> tuple[Path, dict[str, str]] | None:
+    def key_of(self, file: Path) -> str:
+        return file.relative_to(self.root).as_posix()
+
+    def resolve(self, handler: _Handler, path: str) -> tuple[Path, dict[str, str]] | bool | None:
         file = (self.root / path.lstrip("/")).resolve()
         if not file.is_relative_to(self.root) or not file.is_file():
             return None
@@ -219,11 +231,20 @@ class FileServer(_Base):
 
 class HfEndpoint(_Base):
     """A Hugging Face-compatible endpoint serving one model directory as ``repo`` at every
-    revision name in ``revisions`` (all point to one commit)."""
+    revision name in ``revisions`` (all point to one commit). As the Hub does, ``resolve/`` of an
+    LFS file answers ``302`` to a content address on another origin (``cdn``: a second server on
+    its own port, sharing this one's counters and knobs) with the file's
+    ``X-Linked-Etag``/``X-Linked-Size``, so huggingface_hub reads the metadata from the 302 and
+    does not send the token there; ``redirect_lfs=False`` serves LFS files in place."""
 
     def __init__(self, model_dir: Path, repo: str, revisions: tuple[str, ...] = ("main",),
-                 commit: str = "0123456789abcdef0123456789abcdef01234567") -> None:
+                 commit: str = "0123456789abcdef0123456789abcdef01234567",
+                 redirect_lfs: bool = True) -> None:
         super().__init__()
+        self.redirect_lfs = redirect_lfs
+        self.blobs: dict[str, str] = {}    # content address -> relative path of the LFS files
+        self.address: dict[str, str] = {}  # relative path -> content address
+        self.cdn = _Cdn(self)
         self.model_dir = model_dir.resolve()
         self.repo = repo
         self.revisions = {*revisions, commit}
@@ -237,6 +258,8 @@ class HfEndpoint(_Base):
             if len(data) >= LFS_THRESHOLD:
                 sha = hashlib.sha256(data).hexdigest()
                 entry["lfs"] = {"sha256": sha, "size": len(data), "pointerSize": 134}
+                self.blobs[sha] = rel
+                self.address[rel] = sha
                 # the Hub lists an LFS file by its pointer's size and blob
                 entry["size"] = len(data)
                 entry["blobId"] = git_blob_sha1(
@@ -275,7 +298,19 @@ class HfEndpoint(_Base):
         return {"id": self.repo, "modelId": self.repo, "sha": self.commit, "private": False,
                 "tags": [], "siblings": list(self.files.values())}
 
-    def resolve(self, handler: _Handler, path: str) -> tuple[Path, dict[str, str]] | None:
+    def key_of(self, file: Path) -> str:
+        return file.relative_to(self.model_dir).as_posix()
+
+    def __enter__(self) -> HfEndpoint:
+        super().__enter__()
+        self.cdn.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cdn.__exit__(*exc)
+        super().__exit__(*exc)
+
+    def resolve(self, handler: _Handler, path: str) -> tuple[Path, dict[str, str]] | bool | None:
         prefix = f"/{self.repo}/resolve/"
         if not path.startswith(prefix):
             return None
@@ -288,6 +323,41 @@ class HfEndpoint(_Base):
             sha = entry["lfs"]["sha256"]
             headers.update({"ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"',
                             "X-Linked-Size": str(entry["lfs"]["size"])})
+            if self.redirect_lfs:
+                handler.send_response(302)
+                for key, value in headers.items():
+                    handler.send_header(key, value)
+                handler.send_header("Location", f"{self.cdn.url}/{self.address[rel]}")
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return False
         else:
             headers["ETag"] = f'"{entry["blobId"]}"'
         return self.model_dir / rel, headers
+
+
+class _Cdn(_Base):
+    """Where HfEndpoint redirects LFS files: another origin, same counters and knobs."""
+
+    name = "cdn"
+
+    def __init__(self, hub: HfEndpoint) -> None:
+        super().__init__()
+        self.hub = hub
+        self.lock, self.served, self.ranges = hub.lock, hub.served, hub.ranges
+        self.responses, self.released = hub.responses, hub.released
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("rate", "stall_after", "no_length"):  # the endpoint's knobs rule
+            return getattr(object.__getattribute__(self, "hub"), name)
+        return object.__getattribute__(self, name)
+
+    def key_of(self, file: Path) -> str:
+        return self.hub.key_of(file)
+
+    def resolve(self, handler: _Handler, path: str) -> tuple[Path, dict[str, str]] | bool | None:
+        rel = self.hub.blobs.get(path.lstrip("/"))
+        if rel is None:
+            return None
+        return self.hub.model_dir / rel, {"ETag": f'"{path.lstrip("/")}"',
+                                          "Content-Type": "application/octet-stream"}

@@ -118,7 +118,8 @@ def test_single_file_and_filters(model_root: tuple[Path, dict[str, bytes]],
         assert rc == 0, fetch.stderr
         assert sorted(f["path"] for f in report["files"]) == [
             "config.json", "tokenizer.json", "weights/model-00001.bin"]
-        assert "weights/model-00002.bin" not in server.served
+        assert "llm/weights/model-00002.bin" not in server.served
+        assert server.served["llm/weights/model-00001.bin"] == len(files["weights/model-00001.bin"])
 
         rc, report, _ = run_fetch(["--source", f"{server.url}/llm/", "--dest",
                                    str(tmp_path / "none"), "--include", "*.gguf"])
