@@ -67,7 +67,9 @@ def test_disk_full_mid_write(served: Path, small_disk: Path) -> None:
                                        str(small_disk / "cache"), "--retries", "3"])
     assert rc == 1, fetch.stderr
     assert report["reason"] == "DiskFull" and report["attempts"] == 1, report
-    assert "weights.bin" in report["message"] and "no space left" in report["message"]
+    # the disk fills while weights.bin is written; which write meets ENOSPC first (its bytes,
+    # or another file's bookkeeping) is a race, so the message is checked for the numbers
+    assert "no space left" in report["message"]
     assert report["bytesCapacity"] == MIB and report["bytesFree"] < 64 << 10
     assert f"{report['bytesFree']} bytes free" in report["message"]
     assert not (small_disk / "cache" / "weights.bin").exists()

@@ -135,7 +135,7 @@ def test_killed_half_way_resumes_without_fetching_bytes_twice(
     dest = tmp_path / "dest"
     big = "weights/model-00001.bin"
     with FileServer(root.parent) as server:
-        server.rate = 2 << 20  # 2 MiB/s per response: the 4 MiB file takes about 2 s
+        server.rate = 1 << 20  # 1 MiB/s per response: the 4 MiB file takes about 4 s
         args = ["--source", f"{server.url}/llm/", "--dest", str(dest), "--parallel", "2",
                 "--progress-interval", "0.1"]
         first = Fetch(args)

@@ -149,7 +149,8 @@ def main(argv: list[str]) -> int:
         return 1
     except OSError as exc:
         if exc.errno in NO_SPACE:
-            err = disk_full(Path(opts.dest), None, str(exc))
+            where = f" writing {exc.filename}" if exc.filename else ""
+            err = disk_full(Path(opts.dest), None, f"{exc.strerror}{where}")
             emit({"event": "result", "ok": False, **err.to_json()})
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             emit({"event": "result", "ok": False, "reason": NOT_WRITABLE,
