@@ -92,6 +92,11 @@ BAD: list[tuple[str, Any, int, str]] = [
     (CHAT, {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, 400,
      "logprobs"),
     (CHAT, [1, 2], 400, "JSON object"),
+    (COMPL, {"prompt": "hi", "logit_bias": [1, 2]}, 400, "'logit_bias' must be"),
+    (COMPL, {"prompt": "hi", "logit_bias": {"x": 1}}, 400, "not a token id"),
+    (COMPL, {"prompt": "hi", "logit_bias": {"99999": 1}}, 400, "outside the vocabulary"),
+    (CHAT, {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 101}}, 400,
+     "-100..100"),
 ]
 
 

@@ -55,11 +55,11 @@ def complete(server: Server, prompt: str | list[int], **extra: Any) -> dict[str,
 
 
 def engine_ids(body: dict[str, Any], eos: int) -> list[int]:
-    """The output ids as generate() reports them: EOS included when the model chose it."""
+    """The output ids, which like generate()'s (and vLLM's) end with the EOS that stopped them."""
     choice = body["choices"][0]
     ids = list(choice["token_ids"])
     if choice["finish_reason"] == "stop":
-        ids.append(eos)
+        assert ids and ids[-1] == eos, f"a sequence stopped by EOS must return it: {ids}"
     return ids
 
 
@@ -223,7 +223,9 @@ def test_stop_strings_and_stop_token_ids(llama_server: Server) -> None:
     assert cut["choices"][0]["text"] == text[:text.index(stop)]
     by_id = complete(llama_server, "Once upon a time", max_tokens=30, ignore_eos=True,
                      stop_token_ids=[ids[5]])
-    assert by_id["choices"][0]["token_ids"] == ids[:ids.index(ids[5])]
+    # the stop token is returned and counted (as vLLM does), never part of the text
+    assert by_id["choices"][0]["token_ids"] == ids[:ids.index(ids[5]) + 1]
+    assert by_id["usage"]["completion_tokens"] == ids.index(ids[5]) + 1
     assert by_id["choices"][0]["finish_reason"] == "stop"
     length = complete(llama_server, "Once upon a time", max_tokens=3, ignore_eos=True)
     assert length["choices"][0]["finish_reason"] == "length"
@@ -243,6 +245,16 @@ def test_logprobs(llama_server: Server) -> None:
     assert status == 200
     content = chat["choices"][0]["logprobs"]["content"]
     assert len(content) == 4 and all(len(c["top_logprobs"]) == 2 for c in content)
+
+
+def test_logit_bias_steers_greedy_tokens(llama_server: Server) -> None:
+    base = complete(llama_server, "Once upon a time", max_tokens=6, ignore_eos=True)
+    favoured = next(t for t in range(5, 100) if t not in base["choices"][0]["token_ids"])
+    body = complete(llama_server, "Once upon a time", max_tokens=6, ignore_eos=True,
+                    logit_bias={str(favoured): 100})
+    assert body["choices"][0]["token_ids"] == [favoured] * 6
+    assert complete(llama_server, "Once upon a time", max_tokens=6, ignore_eos=True)[
+        "choices"][0]["token_ids"] == base["choices"][0]["token_ids"]  # no bias left behind
 
 
 def test_models_health_and_metrics(llama_server: Server) -> None:

@@ -143,3 +143,45 @@ def test_bad_model_directories_fail_with_one_line(tiny_llama: Path, tmp_path: Pa
         shutil.copytree(tiny_llama, odd)
         (odd / "config.json").write_text(json.dumps({**cfg, "model_type": "mamba"}))
         load_hf(odd)
+
+
+def test_models_list_waits_for_the_model(tiny_llama: Path, tmp_path: Path) -> None:
+    """While the weights are still arriving the server listens, but neither lists its model
+    nor answers: /v1/models, /health and chat are 503 until the load ends, then 200."""
+    root = tmp_path / "www"
+    shutil.copytree(tiny_llama, root / "tiny")
+    write_index(root / "tiny")
+    release = threading.Event()
+
+    class Gated(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.endswith(".safetensors"):
+                release.wait(60)
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Gated, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    server = start_server(["--model-uri", f"http://127.0.0.1:{httpd.server_address[1]}/tiny/",
+                           "--cache-dir", str(tmp_path / "cache"), "--format", "hf",
+                           "--name", "tiny", "--kv-cache-memory", "16Mi", "--max-model-len",
+                           "512", "--intra-op-threads", "1", "--log-level", "warning"],
+                          ready=False)
+    try:
+        for path in ("/v1/models", "/v1/models/tiny", "/health"):
+            status, _, body = server.request("GET", path)
+            assert status == 503, (path, body)
+        status, doc = server.get_json("/v1/models")
+        assert "not ready" in doc["error"]["message"]
+        release.set()
+        server.wait_ready()
+        status, doc = server.get_json("/v1/models")
+        assert status == 200 and [m["id"] for m in doc["data"]] == ["tiny"]
+    finally:
+        release.set()
+        assert server.stop() == 0
+        httpd.shutdown()
+        httpd.server_close()

@@ -13,6 +13,7 @@ import torch
 from kubemaas_runtime.llm.detok import Detokenizer
 from kubemaas_runtime.llm.engine import build_inputs
 from kubemaas_runtime.llm.kv_cache import BlockPool, OutOfBlocks
+from kubemaas_runtime.llm.pacing import PrefillPacer
 from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, sample
 from kubemaas_runtime.llm.scheduler import Scheduler, Sequence
 from kubemaas_runtime.protocol.openai_schema import ApiError, parse_request
@@ -63,6 +64,40 @@ def test_chunked_prefill_shares_the_step_with_decodes() -> None:
     assert step.decode == [short] and [(s.rid, n) for s, n in step.prefill] == [(2, 15)]
 
 
+def test_prefill_cap_applies_only_beside_decodes() -> None:
+    pool = BlockPool(1 + 64, 16)
+    sched = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=256)
+    sched.prefill_cap = 16
+    first = seq(1, 100)
+    sched.add(first)
+    step = sched.schedule()
+    assert [(s.rid, n) for s, n in step.prefill] == [(1, 100)]  # nobody decodes: no cap
+    first.computed = 100
+    first.ids.append(7)
+    second = seq(2, 100)
+    sched.add(second)
+    step = sched.schedule()
+    assert step.decode == [first] and [(s.rid, n) for s, n in step.prefill] == [(2, 16)]
+
+
+def test_prefill_pacer_follows_measured_step_times() -> None:
+    pacer = PrefillPacer(share=0.5, floor=16, ceiling=512)
+    assert pacer.observe(0.100, None, 0) == 512  # decode only: the average is seeded
+    cap = pacer.observe(0.100, 0.200, 512)  # the chunk took 2x a decode step: down 20 %
+    assert cap == 409
+    for _ in range(40):  # a chunk's time proportional to its tokens: 1 ms per token
+        cap = pacer.observe(0.100, cap / 1000, cap)
+    assert cap is not None and 40 <= cap <= 55  # near 0.5 x 100 ms at 1 ms per token
+    for _ in range(40):
+        cap = pacer.observe(0.100, 10.0, cap or 0)
+    assert cap == 16  # never below one block: a prompt always advances
+    assert pacer.observe(0.100, 0.001, 3) == 16  # under, but the cap did not limit: unchanged
+    for _ in range(200):
+        cap = pacer.observe(0.100, 0.001, cap or 0)
+    assert cap == 512  # never above the step's token budget
+    assert PrefillPacer(share=0, floor=16, ceiling=512).observe(0.1, 9.0, 512) is None
+
+
 def test_preemption_frees_the_newest_sequence() -> None:
     pool = BlockPool(1 + 2, 4)
     sched = Scheduler(pool, max_num_seqs=4, max_num_batched_tokens=64)
@@ -108,6 +143,10 @@ def test_sampling_greedy_seeded_and_filtered() -> None:
     assert sample(logits, [SampleState(top1)] * 2)[0] == [1, 0]
     nucleus = SamplingParams(temperature=1.0, top_p=0.01)
     assert sample(logits, [SampleState(nucleus)] * 2)[0] == [1, 0]
+    biased = SamplingParams(temperature=0.0, logprobs=0, logit_bias=((3, 100.0), (1, -100.0)))
+    tokens, infos = sample(logits, [SampleState(biased), SampleState(greedy)])
+    assert tokens == [3, 0]  # the bias moves greedy choices, in its own row only
+    assert infos[0] is not None and infos[0].logprob > -0.01
 
 
 class CharTokenizer:

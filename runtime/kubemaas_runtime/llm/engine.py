@@ -24,6 +24,7 @@ import torch
 from .detok import Detokenizer
 from .kv_cache import BlockPool, KVStore, StepCache
 from .loader import LanguageModel
+from .pacing import PrefillPacer
 from .sampling import SamplingParams, TokenLogprobs, sample
 from .scheduler import Scheduler, Sequence
 
@@ -41,8 +42,9 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     block_size: int = 16
-    max_queue: int = 256
-    prefix_caching: bool = True  # requests held (waiting + running) before new ones are refused
+    max_queue: int = 256  # requests held (waiting + running) before new ones are refused
+    prefix_caching: bool = True
+    prefill_share: float = 0.5  # a mixed step's prefill may take this share of a decode step's time
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class Engine:
         self.store = KVStore(lm.num_layers, num_blocks, cfg.block_size, lm.kv_heads,
                              lm.head_dim, lm.dtype, lm.device)
         self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        self.pacer = PrefillPacer(cfg.prefill_share, floor=cfg.block_size,
+                                  ceiling=cfg.max_num_batched_tokens)
         self._ids = itertools.count(1)
         self._inbox: deque[tuple[str, Sequence]] = deque()
         self._wake = threading.Condition()
@@ -217,11 +221,18 @@ class Engine:
         plan = self.scheduler.schedule()
         out: list[tuple[Sequence, Delta | BaseException]] = []
         if plan:
+            decode_s = prefill_s = None
             with torch.inference_mode():
                 if plan.decode:
+                    t0 = time.perf_counter()
                     self._forward([(s, 1) for s in plan.decode], out)
+                    decode_s = time.perf_counter() - t0
                 if plan.prefill:
+                    t0 = time.perf_counter()
                     self._forward(plan.prefill, out)
+                    prefill_s = time.perf_counter() - t0
+            self.scheduler.prefill_cap = self.pacer.observe(
+                decode_s, prefill_s, sum(n for _, n in plan.prefill))
             self.steps += 1
         self._publish()
         return out
@@ -257,6 +268,7 @@ class Engine:
         if (token in self.lm.eos_ids and not params.ignore_eos) or \
                 token in params.stop_token_ids:
             reason = "stop"
+            seq.output.append(token)  # counted and returned (token_ids), never in the text
         else:
             seq.output.append(token)
             seq.ids.append(token)

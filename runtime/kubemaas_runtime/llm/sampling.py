@@ -1,7 +1,8 @@
 """Sampling: the next token of every row from the last logits.
 
-Greedy rows (temperature 0) are one ``argmax`` for the whole batch; the others are sampled one
-by one with temperature, top-k and top-p, each from its own ``torch.Generator`` (seeded from the
+A request's ``logit_bias`` is added to its row first (so it shifts greedy choices and logprobs
+too, as OpenAI's does). Greedy rows (temperature 0) are one ``argmax`` for the whole batch; the
+others are sampled one by one with temperature, top-k and top-p, each from its own ``torch.Generator`` (seeded from the
 request's ``seed``, so the same seed gives the same tokens whatever else is in the batch).
 """
 
@@ -24,6 +25,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; n >= 0: the chosen token's and the n most likely
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), OpenAI's
 
     @property
     def greedy(self) -> bool:
@@ -74,6 +76,10 @@ def sample(logits: torch.Tensor, states: list[SampleState]
            ) -> tuple[list[int], list[TokenLogprobs | None]]:
     """One token per row of ``logits`` ([batch, vocab])."""
     logits = logits.float()
+    for i, state in enumerate(states):
+        if state.params.logit_bias:
+            biased, bias = zip(*state.params.logit_bias, strict=True)
+            logits[i, list(biased)] += torch.tensor(bias, device=logits.device)
     tokens = logits.argmax(dim=-1).tolist()
     for i, state in enumerate(states):
         if not state.params.greedy:

@@ -8,7 +8,10 @@ Every engine step the scheduler decides which sequences run and how many of thei
 * decode rows: every running sequence whose next token is known feeds that one token;
 * prefill chunks: sequences still reading their prompt feed up to the remaining budget of
   ``max_num_batched_tokens`` tokens, so a long prompt is read over several steps and the decodes
-  beside it keep going;
+  beside it keep going; while decodes run, the chunk is also held to ``prefill_cap`` tokens
+  (set by the engine's ``PrefillPacer`` from measured step times) so that a step with a prefill
+  is never much slower than a decode step: that step's time is every running stream's gap
+  between two tokens;
 * growth and preemption: a decode that needs a new block takes one; when none is free the most
   recently admitted sequence gives its blocks back and waits again at the head of the queue
   (its prompt and output so far are read again when it is readmitted: recompute).
@@ -69,6 +72,7 @@ class Scheduler:
         self.pool = pool
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.prefill_cap: int | None = None  # prefill tokens per step beside decodes (None: no cap)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
@@ -132,6 +136,8 @@ class Scheduler:
                 decode.append(seq)
         decode = [s for s in decode if s in self.running]  # a later grow may preempt
         budget = self.max_num_batched_tokens - len(decode)
+        if decode and self.prefill_cap is not None:
+            budget = min(budget, self.prefill_cap)
         prefill: list[tuple[Sequence, int]] = []
         for seq in self.running:
             if budget <= 0:

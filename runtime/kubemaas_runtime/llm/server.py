@@ -67,7 +67,7 @@ def _load(settings: Settings) -> tuple[Any, Any]:
             max_num_seqs=settings.max_num_seqs,
             max_num_batched_tokens=settings.max_num_batched_tokens,
             block_size=settings.block_size, max_queue=settings.max_queue_size,
-            prefix_caching=settings.prefix_caching))
+            prefix_caching=settings.prefix_caching, prefill_share=settings.prefill_share))
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     if settings.warmup:

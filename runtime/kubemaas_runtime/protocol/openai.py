@@ -101,6 +101,11 @@ class OpenAIServer:
         if path == "/metrics":
             return web.Response(body=self._render_metrics(), content_type="text/plain",
                                 charset="utf-8")
+        if path.startswith("/v1/models") and not ready:
+            # vLLM answers nothing until its model is loaded; a client listing models to pick
+            # one must not take a loading (or draining) server as able to serve it
+            raise ApiError(503, f"the model '{self.model_name}' is not ready (loading or "
+                           "shutting down)")
         if path == "/v1/models":
             return _json({"object": "list", "data": [self._model_card()]})
         if path.startswith("/v1/models/"):

@@ -110,6 +110,29 @@ def _token_ids(value: Any, key: str, vocab: int) -> list[int]:
     return value
 
 
+def _logit_bias(doc: dict[str, Any], vocab: int) -> tuple[tuple[int, float], ...]:
+    raw = doc.get("logit_bias")
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise _bad("'logit_bias' must be an object of token id -> bias", "logit_bias")
+    out = []
+    for key, bias in raw.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise _bad(f"'logit_bias' key {key!r} is not a token id", "logit_bias") from None
+        if not 0 <= token < vocab:
+            raise _bad(f"token id {token} in 'logit_bias' is outside the vocabulary "
+                       f"(0..{vocab - 1})", "logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or \
+                not -100 <= bias <= 100:
+            raise _bad(f"'logit_bias' for token {token} must be a number in -100..100",
+                       "logit_bias")
+        out.append((token, float(bias)))
+    return tuple(out)
+
+
 def _refuse_unsupported(doc: dict[str, Any]) -> None:
     n = _int(doc, "n", 1)
     if n not in (None, 1):
@@ -230,6 +253,7 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
         is not None else (),
         ignore_eos=_bool(doc, "ignore_eos"),
         logprobs=logprobs_n,
+        logit_bias=_logit_bias(doc, vocab),
     )
     return GenerationRequest(chat=chat, prompt_text=prompt_text, prompt_ids=prompt_ids,
                              messages=messages, max_tokens=max_tokens, params=params,
