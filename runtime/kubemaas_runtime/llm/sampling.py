@@ -2,8 +2,9 @@
 
 A request's ``logit_bias`` is added to its row first (so it shifts greedy choices and logprobs
 too, as OpenAI's does). Greedy rows (temperature 0) are one ``argmax`` for the whole batch; the
-others are sampled one by one with temperature, top-k and top-p, each from its own ``torch.Generator`` (seeded from the
-request's ``seed``, so the same seed gives the same tokens whatever else is in the batch).
+others are sampled one by one with temperature, top-k and top-p, each from its own
+``torch.Generator`` (seeded from the request's ``seed``, so the same seed gives the same tokens
+whatever else is in the batch).
 """
 
 from __future__ import annotations
