@@ -40,7 +40,8 @@ FAILURE_LABEL = "kubemaas.io/fake-failure"
 # Failure modes whose pods must never pass through kwok's default pod-ready stage.
 WAITING_REASONS = ["ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                    "CreateContainerError", "RunContainerError"]  # label value = the reason
-NEVER_READY = ["not-ready", "image-pull", *WAITING_REASONS]
+# slow-start and gpu-oom: the pod-life stages (stages/life.yaml) take the pod through its life.
+NEVER_READY = ["not-ready", "image-pull", *WAITING_REASONS, "slow-start", "gpu-oom"]
 STOP_ORDER = ["kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
 DEFAULT_STATE = binaries.REPO_ROOT / ".state" / "cluster"
 
@@ -250,9 +251,11 @@ class Cluster:
             target = out_dir / source.name
             target.write_text(yaml.safe_dump(stage, sort_keys=False))
             written.append(target)
-        failures = out_dir / "kubemaas-failures.yaml"
-        shutil.copy(Path(__file__).parent / "stages" / "failures.yaml", failures)
-        return [*written, failures]
+        ours = []
+        for name in ("failures.yaml", "life.yaml"):
+            ours.append(out_dir / f"kubemaas-{name}")
+            shutil.copy(Path(__file__).parent / "stages" / name, ours[-1])
+        return [*written, *ours]
 
     def create_nodes(self, manifests: list[dict[str, Any]], workers: int = 16) -> None:
         """Create Node objects (kwok then simulates their kubelets)."""

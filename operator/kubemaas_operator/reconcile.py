@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from . import cache_progress
 from .api import (
     API_VERSION,
     KIND,
@@ -538,6 +539,8 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
             ready_replicas=dep.ready_replicas + can.ready_replicas,
             updated_replicas=dep.updated_replicas + can.updated_replicas,
             available_replicas=dep.available_replicas + can.available_replicas)
+    cache = await cache_progress.read(cluster, namespace, raw_spec, snap.pods,
+                                      dep.ready_replicas if dep else 0, desired_n)
     products = {n.name: n.product for n in snap.nodes}
     placed = [products.get(p.node, "") for p in snap.pods if p.node and not p.terminating]
     observed = Observed(
@@ -545,10 +548,11 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         previous=base.previous, desired_revision=target_revision, deployment=dep,
         pods=snap.pods, node_products=products, capacity=capacity,
         url=url(name, namespace, spec.serving.port), selector=base.selector,
-        not_ready_grace_s=settings.not_ready_grace_s, rollout=plan.view)
+        not_ready_grace_s=settings.not_ready_grace_s, rollout=plan.view, cache=cache)
     outcome.status = compute_status(spec, observed, gpu_summary(spec, placed))
     await _write_status(cluster, memory, body, outcome.status)
     waits = [w for w in (_next_check(snap.pods, now, settings.not_ready_grace_s),
-                         plan.requeue_after) if w is not None]
+                         plan.requeue_after, cache_progress.requeue_after(cache))
+             if w is not None]
     outcome.requeue_after = min(waits) if waits else None
     return outcome

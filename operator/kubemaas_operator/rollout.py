@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
+from .pod_life import oom_problem
 from .status import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, RolloutView, create_failure
 
 HISTORY = 10
@@ -149,7 +150,11 @@ def _rollout_reason(strategy: Strategy) -> str:
 
 
 def failing(pods: Sequence[PodInfo], revision: str) -> tuple[str, str] | None:
-    """A pod of `revision` that cannot become Ready by waiting: crash loop, image pull, ..."""
+    """A pod of `revision` that cannot become Ready by waiting: out of GPU memory, crash loop,
+    image pull, ..."""
+    oom = oom_problem([p for p in pods if p.revision == revision])
+    if oom is not None:  # whether it waits in CrashLoopBackOff or runs again: it will die again
+        return oom
     for p in pods:
         if p.terminating or p.revision != revision:
             continue

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import optimization_status
+from . import optimization_status, pod_life
 from .api import ModelDeploymentSpec
 from .scheduling import NEVER_FIT_REASONS, Capacity
 
@@ -71,6 +71,8 @@ class PodInfo:
     running_since: str = ""  # when its containers started running (not ready)
     not_ready_message: str = ""
     optimization_report: str = ""  # the optimize init container's termination message
+    stage: str = ""  # Downloading | Loading | "" (pod_life.py)
+    out_of_gpu_memory: str = ""  # the termination message line that says so (pod_life.py)
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,8 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         waiting_message=waiting_message, last_terminated=last_terminated,
         running_since=running_since,
         not_ready_message=ready_cond.get("message") or "",
-        optimization_report=optimization_status.report_of_pod(pod))
+        optimization_report=optimization_status.report_of_pod(pod),
+        stage=pod_life.stage(pod), out_of_gpu_memory=pod_life.out_of_gpu_memory(pod))
 
 
 def deployment_info(dep: Mapping[str, Any]) -> DeploymentInfo:
@@ -188,6 +191,7 @@ class Observed:
     selector: str | None = None
     not_ready_grace_s: float = 60.0
     rollout: RolloutView | None = None
+    cache: pod_life.CacheProgress | None = None  # the model's ModelCache, when it names one
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,9 @@ def _pod_problem(pods: Sequence[PodInfo], now: datetime,
         if p.waiting_reason in ("CreateContainerConfigError", "CreateContainerError",
                                 "RunContainerError"):
             return p.waiting_reason, f"pod {p.name}: {p.waiting_message or p.waiting_reason}"
+    oom = pod_life.oom_problem(live)  # a crash loop or a failed pod, told for what it is
+    if oom is not None:
+        return oom
     for p in live:
         if p.waiting_reason == "CrashLoopBackOff":
             last = f"; last exit: {p.last_terminated}" if p.last_terminated else ""
@@ -285,6 +292,7 @@ def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], st
     live = [p for p in o.pods if not p.terminating]
     unschedulable = [p for p in live if p.unschedulable_message]
     problem = _pod_problem(o.pods, o.now, o.not_ready_grace_s)
+    life = pod_life.life_reason(o.pods, o.cache)
 
     # Scheduled
     if o.capacity is not None and not o.capacity.fits:
@@ -313,6 +321,9 @@ def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], st
     elif problem is not None:
         available = _Cond("Available", "False", problem[0],
                           f"{ready}/{desired} replicas ready; {problem[1]}")
+    elif life is not None:
+        available = _Cond("Available", "False", life[0],
+                          f"{ready}/{desired} replicas ready; {life[1]}")
     elif dep is None:
         available = _Cond("Available", "False", "WaitingForDeployment",
                           "the runtime Deployment has not been observed yet")
@@ -364,7 +375,9 @@ def _short(reason: str, message: str) -> str:
 
 
 ROLLING_REASONS = ("RollingOut", "SurgeRollout", "ReplaceRollout", "CanaryRollout")
-_NORMAL_REASONS = ("Ready", "WaitingForDeployment", "PodsNotReady", "ScaledToZero",
+# Replicas on their way: a rollout's own reason tells more while one runs.
+ON_THE_WAY = ("PodsNotReady", pod_life.DOWNLOADING, pod_life.LOADING)
+_NORMAL_REASONS = ("Ready", "WaitingForDeployment", *ON_THE_WAY, "ScaledToZero",
                    "Scheduled", "MinimumReplicasReady", "RolloutComplete", *ROLLING_REASONS)
 
 
@@ -449,7 +462,7 @@ def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> St
     else:
         blocking = next(
             (c for c in (scheduled, available, rollout)
-             if c.status == "False" and c.reason not in (*ROLLING_REASONS, "PodsNotReady")),
+             if c.status == "False" and c.reason not in (*ROLLING_REASONS, *ON_THE_WAY)),
             None) or (rollout if rollout.reason in ROLLING_REASONS[1:] else None) or next(
             c for c in (scheduled, available, rollout) if c.status != "True")
         ready = _Cond("Ready", "False", blocking.reason, blocking.message)

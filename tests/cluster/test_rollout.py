@@ -216,6 +216,7 @@ def events_of(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(("failure", "reason"), [
     ("crash", "CrashLoopBackOff"),
+    ("gpu-oom", "OutOfGPUMemory"),  # the engine dies out of GPU memory at load (pod_life.py)
     ("image-pull", "ImagePullBackOff"),
     ("not-ready", "progressDeadlineSeconds"),
     # the kwok stage that makes the label's value the container's waiting reason; the other

@@ -140,7 +140,7 @@ def test_not_ready_only_after_grace() -> None:
     pods = [pod_info(raw)]
     early = compute_status(SPEC, observed(deployment=complete(ready=0), pods=pods,
                                           not_ready_grace_s=60)).status
-    assert cond(early, "Ready")["reason"] == "PodsNotReady" and early["phase"] == "Pending"
+    assert cond(early, "Ready")["reason"] == "Loading" and early["phase"] == "Pending"
     late = compute_status(SPEC, observed(deployment=complete(ready=0), pods=pods,
                                          not_ready_grace_s=10)).status
     assert cond(late, "Ready")["reason"] == "NotReady" and late["phase"] == "Degraded"

@@ -39,6 +39,8 @@ PLURALS: dict[str, str] = {
     "HTTPRoute": "httproutes",
     "NetworkPolicy": "networkpolicies",
     "Certificate": "certificates",
+    "InferencePool": "inferencepools",
+    "ModelCache": "modelcaches",
     "ConfigMap": "configmaps",
     "Event": "events",
     "ModelDeployment": MD_PLURAL,
@@ -217,6 +219,18 @@ class Cluster:
                 return None
             raise
 
+    def get_optional(self, api_version: str, kind: str, namespace: str,
+                     name: str) -> dict[str, Any] | None:
+        """An object that may not exist, of a kind that may not be served or readable (a CRD
+        another component installs): None for 403 and 404."""
+        try:
+            return self._call("GET", _path(api_version, kind, namespace, name),
+                              expected=(403, 404))
+        except ApiError as err:
+            if err.status in (403, 404):
+                return None
+            raise
+
 
 class AsyncCluster:
     """`Cluster` for the event loop: each call runs in a bounded thread pool.
@@ -263,6 +277,10 @@ class AsyncCluster:
 
     async def serves(self, api_version: str, plural: str) -> bool:
         return await self._run_status(self.sync.serves, api_version, plural)
+
+    async def get_optional(self, api_version: str, kind: str, namespace: str,
+                           name: str) -> dict[str, Any] | None:
+        return await self._run_status(self.sync.get_optional, api_version, kind, namespace, name)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
