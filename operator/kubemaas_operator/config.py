@@ -9,6 +9,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from .api import EndpointPicker, SpecError, parse_endpoint_picker
+
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
@@ -53,6 +55,9 @@ class Settings:
     # How often the operator asks API discovery whether HTTPRoute is served (the Gateway API
     # CRDs installed or removed while it runs), seconds; it also asks once at start.
     gateway_discovery_s: float = 30.0
+    # The endpoint picker a language model's InferencePool names when its spec names none, as
+    # "NAME:PORT" or "NAME:PORT:FailOpen" (a Service in each model's namespace); empty = none.
+    endpoint_picker: str = ""
     # The namespace of the Prometheus that scrapes the models: each model's NetworkPolicy lets
     # it reach the runtime's /metrics port; empty = none (docs/operator.md).
     monitoring_namespace: str = ""
@@ -65,6 +70,17 @@ class Settings:
             return None
         namespace, _, name = self.gateway.partition("/")
         return namespace, name
+
+    def default_endpoint_picker(self) -> EndpointPicker | None:
+        """KUBEMAAS_OPERATOR_ENDPOINT_PICKER as an EndpointPicker, or None when unset."""
+        if not self.endpoint_picker:
+            return None
+        name, _, rest = self.endpoint_picker.partition(":")
+        port, _, mode = rest.partition(":")
+        raw: dict[str, object] = {"name": name, "port": int(port) if port.isdigit() else port}
+        if mode:
+            raw["failureMode"] = mode
+        return parse_endpoint_picker(raw, "KUBEMAAS_OPERATOR_ENDPOINT_PICKER")
 
     def identity(self, env: Mapping[str, str] | None = None) -> str:
         """This process's peering identity: POD_ID or POD_NAME (the chart sets POD_NAME from
@@ -117,6 +133,11 @@ class Settings:
             raise SettingsError("KUBEMAAS_OPERATOR_METRICS_PORT must be within 0..65535")
         if settings.gateway_discovery_s <= 0:
             raise SettingsError("KUBEMAAS_OPERATOR_GATEWAY_DISCOVERY_S must be > 0")
+        try:
+            settings.default_endpoint_picker()
+        except SpecError as err:
+            raise SettingsError(f"KUBEMAAS_OPERATOR_ENDPOINT_PICKER={settings.endpoint_picker!r}:"
+                                f" expected NAME:PORT or NAME:PORT:FailOpen ({err})") from err
         if settings.peering_lifetime_s < 2:
             raise SettingsError("KUBEMAAS_OPERATOR_PEERING_LIFETIME_S must be >= 2")
         return settings

@@ -7,6 +7,9 @@ Indexes (kept in memory by kopf from its watch streams; a reconcile lists nothin
                     (namespace, instance) -> the child kubemaas applied
   httproute_index   (namespace, instance) -> the HTTPRoute kubemaas applied (Gateway API; kopf
                     watches httproutes only while the API server serves them)
+  inferencepool_index
+                    (namespace, instance) -> the InferencePool kubemaas applied (Gateway API
+                    Inference Extension; watched only while served, like httproutes)
   pod_index         ("pod", namespace, instance) -> PodInfo of a runtime pod
                     ("gpu", node) -> (owner key or None, {resource: count}) of every bound pod
                     that requests nvidia.com/* resources
@@ -43,6 +46,7 @@ from .config import Settings
 from .k8s import AsyncCluster, Cluster
 from .reconcile import Memory, Outcome, Retry, Snapshot, gateway_children, reconcile
 from .render import HTTPROUTE_API_VERSION, INSTANCE, MANAGED_BY, MANAGER, canary_name
+from .render.inference import INFERENCEPOOL_API_VERSION
 from .render.security import CERTIFICATE_API_VERSION
 from .scheduling import NodeInfo, PendingDemand, owed_pods, pending_demand
 from .status import PodInfo, pod_info
@@ -58,12 +62,13 @@ CHILDREN = {
     "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
     "Certificate": ("cert-manager.io", "v1", "certificates"),
+    "InferencePool": ("inference.networking.k8s.io", "v1", "inferencepools"),
 }
 OURS = {MANAGED_BY: MANAGER}
 _INDEX_OF = {"Deployment": "deployment_index", "Service": "service_index",
              "HorizontalPodAutoscaler": "hpa_index", "PodDisruptionBudget": "pdb_index",
              "HTTPRoute": "httproute_index", "NetworkPolicy": "networkpolicy_index",
-             "Certificate": "certificate_index"}
+             "Certificate": "certificate_index", "InferencePool": "inferencepool_index"}
 
 
 @dataclass
@@ -74,6 +79,7 @@ class Runtime:
     indexes: dict[str, Any] = field(default_factory=dict)
     gateway_api: bool = False  # API discovery: HTTPRoute (gateway.networking.k8s.io/v1) served
     cert_manager: bool = False  # API discovery: Certificate (cert-manager.io/v1) served
+    inference_pools: bool = False  # API discovery: InferencePool (inference.networking.k8s.io/v1)
     queue: Any = None
     metrics_server: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -173,7 +179,8 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
             pending.extend(owed_pods(demand, replicas, live))
     return Snapshot(body=body, children={k: v for k, v in children.items() if v is not None},
                     pods=pods, nodes=nodes, used=used, pending=pending,
-                    gateway_api=_runtime().gateway_api, cert_manager=_runtime().cert_manager)
+                    gateway_api=_runtime().gateway_api, cert_manager=_runtime().cert_manager,
+                    inference_pools=_runtime().inference_pools)
 
 
 def _log_outcome(key: tuple[str, str], outcome: Outcome) -> None:
@@ -261,6 +268,8 @@ networkpolicy_index = kopf.index(*CHILDREN["NetworkPolicy"], labels=OURS,
                                  id="networkpolicy_index")(_child_index)
 certificate_index = kopf.index(*CHILDREN["Certificate"], labels=OURS, id="certificate_index")(
     _child_index)
+inferencepool_index = kopf.index(*CHILDREN["InferencePool"], labels=OURS,
+                                 id="inferencepool_index")(_child_index)
 
 
 def _gpu_requests(spec: Mapping[str, Any]) -> dict[str, int]:
@@ -412,6 +421,24 @@ async def _discover_cert_manager(rt: Runtime) -> None:
                 rt.queue.enqueue(key)
 
 
+async def _discover_inference_pools(rt: Runtime) -> None:
+    """Whether the Inference Extension's InferencePool is served; on a change every model is
+    looked at again (a language model gets its pool and its route to it, or loses them)."""
+    try:
+        served = await rt.cluster.serves(INFERENCEPOOL_API_VERSION, "inferencepools")
+    except Exception as err:
+        log.warning("API discovery of %s failed: %s", INFERENCEPOOL_API_VERSION, err)
+        return
+    if served != rt.inference_pools:
+        rt.inference_pools = served
+        log.info("Gateway API Inference Extension InferencePool (%s) is %s",
+                 INFERENCEPOOL_API_VERSION, "served: language models get an InferencePool"
+                 if served else "not served")
+        if not standby.paused() and rt.queue is not None:
+            for key in list(rt.indexes["md_index"].keys()):
+                rt.queue.enqueue(key)
+
+
 async def _discover_gateway_api(rt: Runtime) -> None:
     """Ask API discovery whether HTTPRoute (and cert-manager's Certificate) is served every
     gateway_discovery_s (startup asked once already); when the answer changes, every model is
@@ -419,6 +446,7 @@ async def _discover_gateway_api(rt: Runtime) -> None:
     while True:
         await asyncio.sleep(rt.settings.gateway_discovery_s)
         await _discover_cert_manager(rt)
+        await _discover_inference_pools(rt)
         try:
             served = await rt.cluster.serves(HTTPROUTE_API_VERSION, "httproutes")
         except Exception as err:
@@ -472,6 +500,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
                  indexes={k: kwargs[k] for k in ("md_index", "deployment_index", "service_index",
                                                  "hpa_index", "pdb_index", "httproute_index",
                                                  "networkpolicy_index", "certificate_index",
+                                                 "inferencepool_index",
                                                  "owed_index",
                                                  "pod_index", "node_index", "namespace_index",
                                                  "blocked_index")})
@@ -480,6 +509,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     except Exception as err:
         log.warning("API discovery of %s failed at start: %s", HTTPROUTE_API_VERSION, err)
     await _discover_cert_manager(rt)
+    await _discover_inference_pools(rt)
     log.info("Gateway API HTTPRoute (%s) %s", HTTPROUTE_API_VERSION,
              "served" if rt.gateway_api else "not served: canaries split by ready replicas")
     rt.queue = WorkQueue(_queued, concurrency=ours.max_concurrent_reconciles,

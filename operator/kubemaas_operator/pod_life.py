@@ -191,11 +191,13 @@ SUGGESTION = ("give each replica more GPU memory (more GPUs per replica in spec.
               "product with more memory) or ask for less: a smaller maxModelLen or maxNumSeqs")
 
 
-def oom_problem(pods: Sequence[_Pod]) -> tuple[str, str] | None:
-    """(OutOfGPUMemory, message with the termination message and what to change), or None."""
+def oom_problem(pods: Sequence[_Pod], named: bool = False) -> tuple[str, str] | None:
+    """(OutOfGPUMemory, message with the termination message and what to change), or None.
+    `named`: the message names the reason too (a rollback's message quotes it)."""
     dead = [p for p in pods if not p.terminating and not p.ready and p.out_of_gpu_memory]
     if not dead:
         return None
     p = dead[0]
-    return OUT_OF_GPU_MEMORY, (f"pod {p.name}: the engine ran out of GPU memory while loading "
-                               f"({p.out_of_gpu_memory}); {SUGGESTION}")
+    said = f"{OUT_OF_GPU_MEMORY}: " if named else ""
+    return OUT_OF_GPU_MEMORY, (f"pod {p.name}: {said}the engine ran out of GPU memory while "
+                               f"loading ({p.out_of_gpu_memory}); {SUGGESTION}")

@@ -49,13 +49,13 @@ from .render import (
     canary_name,
     digest,
     render,
-    render_gateway,
     replicas_manifest,
     selector_string,
     track_service_name,
     url,
     with_strategy,
 )
+from .render.inference import INFERENCEPOOL_API_VERSION, route_manifests, wants_pool
 from .render.security import CERTIFICATE_API_VERSION
 from .rollout import HTTP_ROUTE, READY_REPLICAS
 from .rollout import plan as plan_rollout
@@ -97,6 +97,8 @@ class Snapshot:
     pending: Sequence[PendingDemand] = ()
     gateway_api: bool = False  # the API server serves gateway.networking.k8s.io/v1 HTTPRoute
     cert_manager: bool = False  # the API server serves cert-manager.io/v1 Certificate
+    # the API server serves inference.networking.k8s.io/v1 InferencePool
+    inference_pools: bool = False
 
 
 @dataclass
@@ -190,6 +192,7 @@ class Memory:
         self._told = {t for t in self._told if t[:2] != (namespace, name)}
         self.forget("Deployment", namespace, canary_name(name))
         self.forget("HTTPRoute", namespace, name)
+        self.forget("InferencePool", namespace, name)
         for track in (STABLE_TRACK, CANARY_TRACK):
             self.forget("Service", namespace, track_service_name(name, track))
         for _, kind in CHILD_KINDS:
@@ -304,10 +307,12 @@ def _security_context(settings: Settings) -> dict[str, Any]:
 
 
 def gateway_children(name: str) -> list[tuple[str, str, str, str]]:
-    """(snapshot key, apiVersion, kind, object name) of the Gateway API split's children."""
+    """(snapshot key, apiVersion, kind, object name) of the routing children: the Gateway API
+    split's and a language model's InferencePool (render/inference.py)."""
     return [("StableService", "v1", "Service", track_service_name(name, STABLE_TRACK)),
             ("CanaryService", "v1", "Service", track_service_name(name, CANARY_TRACK)),
-            ("HTTPRoute", HTTPROUTE_API_VERSION, "HTTPRoute", name)]
+            ("HTTPRoute", HTTPROUTE_API_VERSION, "HTTPRoute", name),
+            ("InferencePool", INFERENCEPOOL_API_VERSION, "InferencePool", name)]
 
 
 def gateway_for(spec: ModelDeploymentSpec, settings: Settings) -> GatewayRef | None:
@@ -388,6 +393,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     surge_room = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
                                 pending=snap.pending)
     gateway = gateway_for(spec, settings) if snap.gateway_api else None
+    pool = wants_pool(spec, snap.inference_pools)  # then the picker chooses, not weights
     if spec.serving.gateway is not None and not snap.gateway_api and memory.first_time(
             namespace, name, "no-httproute"):
         log.warning("%s/%s: spec.serving.gateway names %s, but the API server does not serve "
@@ -396,7 +402,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                     HTTPROUTE_API_VERSION)
     plan = plan_rollout(spec, raw_spec, rendered.revision, live, snap.pods, desired_n,
                         max(0, surge_room.room - desired_n), base.previous.get("rollout") or {},
-                        now, HTTP_ROUTE if gateway is not None else READY_REPLICAS,
+                        now, HTTP_ROUTE if gateway is not None and not pool else READY_REPLICAS,
                         never=capacity.message if capacity.never else "")
     for note in plan.notes:
         log.info("%s/%s: %s", namespace, name, note)
@@ -439,17 +445,17 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                       canary_obj, "canary"))
     route_children = {key: memory.freshest(kind, namespace, obj_name, snap.children.get(key))
                       for key, _, kind, obj_name in gateway_children(name)}
-    if gateway is not None:
-        try:
-            for manifest in render_gateway(spec, RenderContext(
-                    name=name, namespace=namespace, uid=meta.get("uid", "")), gateway,
-                    plan.canary_weight):
-                key = next(k for k, _, kind, obj_name in gateway_children(name)
-                           if kind == manifest["kind"]
-                           and obj_name == manifest["metadata"]["name"])
-                pairs.append((manifest, route_children[key], "route"))
-        except RenderError as err:  # cannot happen for a parsed spec; say so if it does
-            raise Retry(f"cannot render the HTTPRoute split: {err}", 30.0) from err
+    wanted_routes: set[str] = set()
+    try:
+        for manifest in route_manifests(spec, RenderContext(
+                name=name, namespace=namespace, uid=meta.get("uid", "")), gateway, pool,
+                settings.default_endpoint_picker(), plan.canary_weight):
+            key = next(k for k, _, kind, obj_name in gateway_children(name)
+                       if kind == manifest["kind"] and obj_name == manifest["metadata"]["name"])
+            wanted_routes.add(key)
+            pairs.append((manifest, route_children[key], "route"))
+    except RenderError as err:  # cannot happen for a parsed spec; say so if it does
+        raise Retry(f"cannot render the model's routes: {err}", 30.0) from err
 
     # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
     wanted = {child["kind"]: child for child in rendered.children}
@@ -502,16 +508,15 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         memory.forget("Deployment", namespace, canary_name(name))
         canary_obj = None
         outcome.deleted.append("canary Deployment")
-    if gateway is None:  # no HTTPRoute split (any more): its children go
-        for key, api_version, kind, obj_name in gateway_children(name):
-            if route_children.get(key) is None:
-                continue
-            try:
-                await cluster.delete(api_version, kind, namespace, obj_name)
-            except ApiError as err:
-                raise Retry(f"cannot delete the {kind} {namespace}/{obj_name}: {err}") from err
-            memory.forget(kind, namespace, obj_name)
-            outcome.deleted.append(f"{obj_name} {kind}")
+    for key, api_version, kind, obj_name in gateway_children(name):  # routes no longer wanted
+        if key in wanted_routes or route_children.get(key) is None:
+            continue
+        try:
+            await cluster.delete(api_version, kind, namespace, obj_name)
+        except ApiError as err:
+            raise Retry(f"cannot delete the {kind} {namespace}/{obj_name}: {err}") from err
+        memory.forget(kind, namespace, obj_name)
+        outcome.deleted.append(f"{obj_name} {kind}")
     for api_version, kind in CHILD_KINDS:
         if kind not in wanted and observed_children.get(kind) is not None:
             try:

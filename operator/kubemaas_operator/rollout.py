@@ -152,7 +152,7 @@ def _rollout_reason(strategy: Strategy) -> str:
 def failing(pods: Sequence[PodInfo], revision: str) -> tuple[str, str] | None:
     """A pod of `revision` that cannot become Ready by waiting: out of GPU memory, crash loop,
     image pull, ..."""
-    oom = oom_problem([p for p in pods if p.revision == revision])
+    oom = oom_problem([p for p in pods if p.revision == revision], named=True)
     if oom is not None:  # whether it waits in CrashLoopBackOff or runs again: it will die again
         return oom
     for p in pods:

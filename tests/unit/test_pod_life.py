@@ -123,6 +123,7 @@ def test_out_of_gpu_memory_fails_a_rollout_like_a_crash() -> None:
     pods = [pod_info(pod("m-1", "Running", main=[crashed(TORCH_OOM)]))]
     found = failing(pods, "r2")
     assert found is not None and found[0] == "OutOfGPUMemory" and "CUDA out of memory" in found[1]
+    assert "OutOfGPUMemory" in found[1]  # a rollback quotes it
     assert failing(pods, "r1") is None  # another revision's pod
 
 

@@ -12,7 +12,8 @@ One module a part of the spec, each with its dataclasses and its `parse_*`:
   runtime.py           spec.runtime, spec.podMetadata
   placement.py         spec.gpu, spec.scheduling
   scaling.py           spec.replicas, spec.autoscaling
-  serving.py           spec.serving (serving_security.py: auth, tls, networkPolicy)
+  serving.py           spec.serving (serving_security.py: auth, tls, networkPolicy;
+                       inference.py: inferencePool, and is_llm)
   rollout.py           spec.rollout (canary included)
   spec.py              ModelDeploymentSpec, parse_spec (the parts together), the API's names
   status.py            ModelDeploymentStatus and its parts
@@ -20,6 +21,13 @@ This package exports them all: callers import from `kubemaas_operator.api`.
 """
 
 from .fields import SpecError, to_json
+from .inference import (
+    EndpointPicker,
+    InferencePoolSpec,
+    is_llm,
+    parse_endpoint_picker,
+    parse_inference_pool,
+)
 from .model import FORMATS, ModelSource, SecretRef, parse_model
 from .optimize import OptimizeSpec, parse_optimize
 from .placement import GPUSpec, Scheduling, Toleration, parse_gpu, parse_scheduling
@@ -64,14 +72,14 @@ from .status import (
 __all__ = [
     "API_VERSION", "CONDITION_TYPES", "DEFAULT_CONVERTER_IMAGE", "FORMATS", "GROUP", "KIND",
     "PHASES", "PLURAL", "RESERVED_LABEL_PREFIXES", "VERSION",
-    "Autoscaling", "Batching", "CanarySpec", "CanaryStatus", "CanaryStep", "Condition", "EnvVar",
-    "FailedRevision", "GPUSpec", "GatewayRef", "ModelDeploymentSpec", "ModelDeploymentStatus",
-    "ModelSource", "NetworkPolicySpec", "OptimizeSpec", "PodMetadata", "Resources",
-    "RevisionHistoryEntry", "RevisionRef", "RolloutSpec", "RolloutStatus", "RuntimeSpec",
-    "Scheduling", "SecretRef", "Serving", "ServingAuth", "ServingTLS", "SpecError", "Toleration",
-    "UpdateRevision",
-    "parse_autoscaling", "parse_canary", "parse_gateway", "parse_gpu",
-    "parse_model", "parse_optimize", "parse_pod_metadata",
+    "Autoscaling", "Batching", "CanarySpec", "CanaryStatus", "CanaryStep", "Condition",
+    "EndpointPicker", "EnvVar", "FailedRevision", "GPUSpec", "GatewayRef", "InferencePoolSpec",
+    "ModelDeploymentSpec", "ModelDeploymentStatus", "ModelSource", "NetworkPolicySpec",
+    "OptimizeSpec", "PodMetadata", "Resources", "RevisionHistoryEntry", "RevisionRef",
+    "RolloutSpec", "RolloutStatus", "RuntimeSpec", "Scheduling", "SecretRef", "Serving",
+    "ServingAuth", "ServingTLS", "SpecError", "Toleration", "UpdateRevision",
+    "is_llm", "parse_autoscaling", "parse_canary", "parse_endpoint_picker", "parse_gateway",
+    "parse_gpu", "parse_inference_pool", "parse_model", "parse_optimize", "parse_pod_metadata",
     "parse_replicas", "parse_rollout", "parse_runtime", "parse_scheduling", "parse_serving",
     "parse_spec", "to_json", "valid_name",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 from .fields import SpecError, json_name, obj, string
 from .optimize import OptimizeSpec, parse_optimize
 
-FORMATS = ("onnx", "torchscript", "torch-export", "keras", "tf-savedmodel")
+FORMATS = ("onnx", "torchscript", "torch-export", "keras", "tf-savedmodel", "hf")
 
 _URI = re.compile(
     r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+|file:///.+|https?://[^/]+/.*|s3://[^/]+/.+)$"

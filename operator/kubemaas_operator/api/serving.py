@@ -18,6 +18,7 @@ from .fields import (
     obj,
     string,
 )
+from .inference import InferencePoolSpec, parse_inference_pool
 from .serving_security import (
     NetworkPolicySpec,
     ServingAuth,
@@ -46,6 +47,8 @@ class Serving:
     tls: ServingTLS | None = field(metadata=json_name("tls"), default=None)
     network_policy: NetworkPolicySpec = field(metadata=json_name("networkPolicy"),
                                               default_factory=NetworkPolicySpec)
+    inference_pool: InferencePoolSpec | None = field(metadata=json_name("inferencePool"),
+                                                     default=None)
 
 
 def parse_gateway(g: Mapping[str, Any], path: str) -> GatewayRef:
@@ -81,4 +84,5 @@ def parse_serving(raw: Any) -> Serving:
                                 "spec.serving.gateway")
     return Serving(port=port, gateway=gateway, auth=parse_auth(sv.get("auth")),
                    tls=parse_tls(sv.get("tls")),
-                   network_policy=parse_network_policy(sv.get("networkPolicy")))
+                   network_policy=parse_network_policy(sv.get("networkPolicy")),
+                   inference_pool=parse_inference_pool(sv.get("inferencePool")))
