@@ -1,4 +1,5 @@
-"""hack/cluster: up | down | status | env | nodes | gateway-api — the local control plane."""
+"""hack/cluster: up | down | status | env | nodes | gateway-api | inference-extension — the local
+control plane."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("binaries", help="print where the binaries are, building missing ones")
     sub.add_parser("gateway-api", help="install the Gateway API's standard CRDs (Gateway, "
                    "HTTPRoute, ...) from the Go module cache; idempotent")
+    sub.add_parser("inference-extension", help="install the Gateway API Inference Extension's "
+                   "InferencePool CRD from the Go module cache; idempotent")
     args = parser.parse_args(argv)
 
     cluster = Cluster(Path(args.state) if args.state else default_state_dir())
@@ -62,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             from . import gateway
 
             for crd in gateway.install(cluster.kubeconfig):
+                print(f"installed {crd}")
+        elif args.verb == "inference-extension":
+            if not cluster.is_up():
+                raise ClusterError("the testbed is not up: hack/cluster up")
+            from . import inference_extension
+
+            for crd in inference_extension.install(cluster.kubeconfig):
                 print(f"installed {crd}")
     except (ClusterError, NodeError, binaries.MissingBinaryError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,0 +1,118 @@
+"""A language model's InferencePool and its route, against the real control plane.
+
+The Gateway API's CRDs and the Gateway API Inference Extension's InferencePool CRD
+(sigs.k8s.io/gateway-api-inference-extension v1.6.0, from the Go module cache:
+kubemaas_testbed.inference_extension) are installed into the session's testbed by this module's
+fixture while the operator runs, so the operator finds them through API discovery (every
+KUBEMAAS_OPERATOR_GATEWAY_DISCOVERY_S). Only language models (spec.model.format hf) get a pool,
+so the other tests are unaffected. No Gateway controller or endpoint picker runs: the test reads
+the objects through the API server; no traffic is sent anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import Operator
+from tests.cluster.test_operator import apply, get
+from tests.cluster.test_rollout_gateway import exists, gateway_api, gw_ns
+from tests.conftest import Kube
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+__all__ = ["gateway_api", "gw_ns"]  # fixtures used here
+
+GROUP = "inference.networking.k8s.io"
+RUNTIME_PODS = {"app.kubernetes.io/name": "kubemaas-runtime", "app.kubernetes.io/instance": "llm"}
+
+
+@pytest.fixture(scope="module")
+def inference_extension(kube: Kube, operator: Operator, gateway_api: None) -> None:
+    from kubemaas_testbed import inference_extension
+
+    inference_extension.install(kube.kubeconfig)
+    wait_for(lambda: "InferencePool (inference.networking.k8s.io/v1) is served"
+             in operator.log_text(), timeout=30, what="the operator to discover InferencePool")
+
+
+def llm(name: str = "llm", port: int = 8080, gateway: bool = True,
+        picker: dict[str, Any] | None = None, model_format: str = "hf") -> str:
+    serving: dict[str, Any] = {"port": port}
+    if gateway:
+        serving["gateway"] = {"name": "inference"}
+    if picker is not None:
+        serving["inferencePool"] = {"endpointPicker": picker}
+    return yaml.safe_dump({
+        "apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"model": {"uri": "s3://models/llama-3-8b", "format": model_format},
+                 "runtime": {"image": "ghcr.io/kubemaas/runtime:0.1.0"}, "serving": serving}})
+
+
+def pool_of(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
+    if not exists(kube, ns, f"inferencepools.{GROUP}", name):
+        return None
+    return get(kube, ns, f"inferencepools.{GROUP}", name)
+
+
+def test_pool_and_route_follow_the_spec_and_go_with_the_model(
+        kube: Kube, gw_ns: str, inference_extension: None) -> None:
+    ns = gw_ns
+    apply(kube, ns, llm(picker={"name": "llm-epp", "port": 9002}))
+    pool = wait_for(lambda: pool_of(kube, ns, "llm"), timeout=30, what="the InferencePool")
+    assert pool["spec"]["selector"] == {"matchLabels": RUNTIME_PODS}
+    assert pool["spec"]["targetPorts"] == [{"number": 8080}]
+    assert pool["spec"]["endpointPickerRef"] == {
+        "group": "", "kind": "Service", "name": "llm-epp", "port": {"number": 9002},
+        "failureMode": "FailClose"}
+    owner = pool["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "ModelDeployment" and owner["name"] == "llm" and owner["controller"]
+    route = wait_for(lambda: get(kube, ns, "httproute", "llm") if exists(
+        kube, ns, "httproute", "llm") else None, timeout=30, what="the HTTPRoute")
+    rule = route["spec"]["rules"][0]
+    assert rule["matches"][0]["path"] == {"type": "PathPrefix", "value": "/v1"}
+    assert [(b["group"], b["kind"], b["name"]) for b in rule["backendRefs"]] == [
+        (GROUP, "InferencePool", "llm")]
+    assert route["spec"]["parentRefs"][0]["name"] == "inference"
+    # the pool replaces the per-track Services of the weighted split
+    assert not exists(kube, ns, "service", "llm-stable")
+    assert not exists(kube, ns, "service", "llm-canary")
+    assert exists(kube, ns, "service", "llm")  # the plain Service stays
+
+    # spec changes: the port, the picker's failure mode
+    apply(kube, ns, llm(port=8000, picker={"name": "llm-epp", "port": 9002,
+                                           "failureMode": "FailOpen"}))
+    wait_for(lambda: (lambda p: p and p["spec"]["targetPorts"] == [{"number": 8000}]
+                      and p["spec"]["endpointPickerRef"]["failureMode"] == "FailOpen")(
+        pool_of(kube, ns, "llm")), timeout=30, what="the pool to follow the spec")
+
+    # drift: a hand edit is taken back
+    kube.kubectl("-n", ns, "patch", f"inferencepools.{GROUP}", "llm", "--type", "merge", "-p",
+                 '{"spec": {"targetPorts": [{"number": 9999}]}}')
+    wait_for(lambda: (lambda p: p and p["spec"]["targetPorts"] == [{"number": 8000}])(
+        pool_of(kube, ns, "llm")), timeout=30, what="the drifted pool to be repaired")
+
+    # no Gateway any more: the route goes, the pool stays
+    apply(kube, ns, llm(port=8000, gateway=False, picker={"name": "llm-epp", "port": 9002}))
+    wait_for(lambda: not exists(kube, ns, "httproute", "llm"), timeout=30,
+             what="the HTTPRoute to be deleted")
+    assert pool_of(kube, ns, "llm") is not None
+
+    # deleting the model garbage-collects the pool
+    kube.kubectl("-n", ns, "delete", "md", "llm", "--wait=true", "--timeout=60s")
+    wait_for(lambda: pool_of(kube, ns, "llm") is None, timeout=60,
+             what="the InferencePool to go with the model")
+
+
+def test_a_tensor_model_gets_no_pool(kube: Kube, gw_ns: str, inference_extension: None) -> None:
+    """A model in another format keeps the weighted HTTPRoute split of docs/rollouts.md."""
+    ns = gw_ns
+    apply(kube, ns, llm("resnet", model_format="onnx"))
+    route = wait_for(lambda: get(kube, ns, "httproute", "resnet") if exists(
+        kube, ns, "httproute", "resnet") else None, timeout=30, what="the HTTPRoute")
+    assert {b["name"] for b in route["spec"]["rules"][0]["backendRefs"]} == {
+        "resnet-stable", "resnet-canary"}
+    assert pool_of(kube, ns, "resnet") is None
