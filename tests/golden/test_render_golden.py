@@ -24,6 +24,7 @@ EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml")
                   if yaml.safe_load(p.read_text()).get("kind") == "ModelDeployment")
 DATA = Path(__file__).parent / "data"
 HTTPROUTE_GOLDEN = DATA / "gateway" / "h100-model-httproute.yaml"
+INFERENCEPOOL_GOLDEN = DATA / "gateway" / "llm-inferencepool.yaml"
 
 
 def _render(example: Path, template: str | None = None) -> str:
@@ -42,7 +43,8 @@ def test_golden(example: Path) -> None:
 
 def test_no_stale_golden_files() -> None:
     """Every golden file belongs to a case above (a removed example takes its file along)."""
-    extra = stale(DATA, [*(DATA / f"{e.stem}.yaml" for e in EXAMPLES), HTTPROUTE_GOLDEN])
+    extra = stale(DATA, [*(DATA / f"{e.stem}.yaml" for e in EXAMPLES), HTTPROUTE_GOLDEN,
+                         INFERENCEPOOL_GOLDEN])
     assert not extra, (f"golden files that no case produces: {[str(p) for p in extra]}; "
                        "KUBEMAAS_UPDATE_GOLDEN=1 removes them")
 
@@ -111,3 +113,22 @@ def test_golden_httproute_split() -> None:
     text = yaml.safe_dump_all(render_gateway(spec, ctx, spec.serving.gateway, 10),
                               sort_keys=True)
     check(HTTPROUTE_GOLDEN, text, "the HTTPRoute split rendering")
+
+
+def test_golden_inference_pool() -> None:
+    """A language model's routing children when InferencePool is served: the InferencePool
+    (with the spec's endpoint picker) and the HTTPRoute sending /v1 to it."""
+    from kubemaas_operator.render.inference import route_manifests
+
+    spec = parse_spec({"model": {"uri": "s3://models/llama-3-8b", "format": "hf"},
+                       "runtime": {"image": "ghcr.io/kubemaas/runtime:0.1.0"},
+                       "serving": {"port": 8000,
+                                   "gateway": {"name": "inference", "namespace": "gateways"},
+                                   "inferencePool": {"endpointPicker": {
+                                       "name": "llm-epp", "port": 9002}}}})
+    assert spec.serving.gateway is not None
+    ctx = RenderContext(name="llama", namespace="models",
+                        uid="00000000-0000-0000-0000-000000000001")
+    text = yaml.safe_dump_all(route_manifests(spec, ctx, spec.serving.gateway, True, None, 0),
+                              sort_keys=True)
+    check(INFERENCEPOOL_GOLDEN, text, "the InferencePool rendering")

@@ -1,0 +1,98 @@
+"""render/inference.py and spec.serving.inferencePool: a language model's InferencePool and the
+HTTPRoute to it (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubemaas_operator.api import GatewayRef, SpecError, is_llm, parse_spec
+from kubemaas_operator.config import Settings, SettingsError
+from kubemaas_operator.render import RenderContext
+from kubemaas_operator.render.inference import (
+    endpoint_picker,
+    render_inference_pool,
+    route_manifests,
+    wants_pool,
+)
+
+CTX = RenderContext(name="llama", namespace="models", uid="u-1")
+GATEWAY = GatewayRef(name="inference", namespace="gateways", hostnames=("llm.example.com",))
+
+
+def spec(model_format: str = "hf", **serving: Any) -> Any:
+    return parse_spec({"model": {"uri": "s3://models/llama", "format": model_format},
+                       "runtime": {"image": "img"}, "serving": serving})
+
+
+def test_only_language_models_get_a_pool_and_only_when_served() -> None:
+    assert is_llm("hf") and not is_llm("onnx")
+    assert wants_pool(spec(), served=True)
+    assert not wants_pool(spec(), served=False)
+    assert not wants_pool(spec("onnx"), served=True)
+
+
+def test_pool_selects_every_runtime_pod_on_the_serving_port() -> None:
+    pool = render_inference_pool(spec(port=8000), CTX, None)
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    assert pool["kind"] == "InferencePool" and pool["metadata"]["name"] == "llama"
+    # stable and canary pods alike (the Service's selector, without the track)
+    assert pool["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "kubemaas-runtime", "app.kubernetes.io/instance": "llama"}
+    assert pool["spec"]["targetPorts"] == [{"number": 8000}]
+    assert "endpointPickerRef" not in pool["spec"]  # no picker named anywhere
+    assert pool["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert "serving.kubemaas.io/spec-hash" in pool["metadata"]["annotations"]
+
+
+def test_the_specs_picker_wins_over_the_operators_default() -> None:
+    default = Settings(endpoint_picker="shared-epp:9003:FailOpen").default_endpoint_picker()
+    assert default is not None and default.failure_mode == "FailOpen"
+    own = spec(inferencePool={"endpointPicker": {"name": "llm-epp", "port": 9002}})
+    assert endpoint_picker(own, default) == own.serving.inference_pool.endpoint_picker
+    ref = render_inference_pool(own, CTX, endpoint_picker(own, default))["spec"][
+        "endpointPickerRef"]
+    assert ref == {"group": "", "kind": "Service", "name": "llm-epp",
+                   "port": {"number": 9002}, "failureMode": "FailClose"}
+    ref = render_inference_pool(spec(), CTX, endpoint_picker(spec(), default))["spec"][
+        "endpointPickerRef"]
+    assert ref["name"] == "shared-epp" and ref["failureMode"] == "FailOpen"
+
+
+def test_route_manifests_pick_the_pool_or_the_split() -> None:
+    with_pool = route_manifests(spec(), CTX, GATEWAY, True, None, 0)
+    assert [m["kind"] for m in with_pool] == ["InferencePool", "HTTPRoute"]
+    route = with_pool[1]
+    assert route["spec"]["hostnames"] == ["llm.example.com"]
+    assert route["spec"]["parentRefs"][0]["namespace"] == "gateways"
+    assert route["spec"]["rules"] == [{
+        "matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+        "backendRefs": [{"group": "inference.networking.k8s.io", "kind": "InferencePool",
+                         "name": "llama"}]}]
+    assert [m["kind"] for m in route_manifests(spec(), CTX, None, True, None, 0)] == [
+        "InferencePool"]
+    split = route_manifests(spec("onnx"), CTX, GATEWAY, False, None, 10)
+    assert [m["kind"] for m in split] == ["Service", "Service", "HTTPRoute"]
+    assert route_manifests(spec("onnx"), CTX, None, False, None, 0) == []
+
+
+@pytest.mark.parametrize(("picker", "field"), [
+    ({"port": 9002}, "spec.serving.inferencePool.endpointPicker.name"),
+    ({"name": "Bad_Name", "port": 9002}, "spec.serving.inferencePool.endpointPicker.name"),
+    ({"name": "epp"}, "spec.serving.inferencePool.endpointPicker.port"),
+    ({"name": "epp", "port": 70000}, "spec.serving.inferencePool.endpointPicker.port"),
+    ({"name": "epp", "port": 9002, "failureMode": "Maybe"},
+     "spec.serving.inferencePool.endpointPicker.failureMode"),
+])
+def test_bad_pickers_are_refused_with_the_field(picker: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        spec(inferencePool={"endpointPicker": picker})
+    assert err.value.path == field
+
+
+@pytest.mark.parametrize("value", ["epp", "epp:x", "Epp:9002", "epp:9002:Sometimes"])
+def test_a_bad_default_picker_is_a_settings_error(value: str) -> None:
+    with pytest.raises(SettingsError, match="KUBEMAAS_OPERATOR_ENDPOINT_PICKER"):
+        Settings.from_env({"KUBEMAAS_OPERATOR_ENDPOINT_PICKER": value,
+                           "KUBEMAAS_OPERATOR_NAMESPACE": "kubemaas-system"})
