@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.conftest import Operator
+from tests.cluster.conftest import RESYNC_S, Operator
 from tests.cluster.test_operator import apply, get
 from tests.cluster.test_rollout_gateway import exists, gateway_api, gw_ns
 from tests.conftest import Kube
-from tests.helpers import wait_for
+from tests.helpers import holds, wait_for
 
 pytestmark = pytest.mark.cluster
 __all__ = ["gateway_api", "gw_ns"]  # fixtures used here
@@ -81,6 +81,14 @@ def test_pool_and_route_follow_the_spec_and_go_with_the_model(
     assert not exists(kube, ns, "service", "llm-stable")
     assert not exists(kube, ns, "service", "llm-canary")
     assert exists(kube, ns, "service", "llm")  # the plain Service stays
+
+    # steady: the resyncs (every RESYNC_S) find nothing to write (the API server's defaults in
+    # the pool and the route are not drift)
+    versions = {kind: get(kube, ns, kind, "llm")["metadata"]["resourceVersion"]
+                for kind in (f"inferencepools.{GROUP}", "httproute")}
+    holds(lambda: all(get(kube, ns, kind, "llm")["metadata"]["resourceVersion"] == version
+                      for kind, version in versions.items()), 2 * RESYNC_S + 1,
+          "the pool and the route unchanged", interval=1.0)
 
     # spec changes: the port, the picker's failure mode
     apply(kube, ns, llm(port=8000, picker={"name": "llm-epp", "port": 9002,
