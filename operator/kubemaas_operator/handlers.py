@@ -41,13 +41,11 @@ from typing import Any
 
 import kopf
 
-from . import metrics, standby
+from . import discovery, metrics, standby
 from .config import Settings
 from .k8s import AsyncCluster, Cluster
 from .reconcile import Memory, Outcome, Retry, Snapshot, gateway_children, reconcile
-from .render import HTTPROUTE_API_VERSION, INSTANCE, MANAGED_BY, MANAGER, canary_name
-from .render.inference import INFERENCEPOOL_API_VERSION
-from .render.security import CERTIFICATE_API_VERSION
+from .render import INSTANCE, MANAGED_BY, MANAGER, canary_name
 from .scheduling import NodeInfo, PendingDemand, owed_pods, pending_demand
 from .status import PodInfo, pod_info
 
@@ -404,66 +402,6 @@ async def node_event(type: str, status: Mapping[str, Any], **_: Any) -> None:
 # --------------------------------------------------------------------------------- lifecycle
 
 
-async def _discover_cert_manager(rt: Runtime) -> None:
-    """Whether cert-manager's Certificate is served; on a change every model is looked at again
-    (a model waiting for it gets its Certificate, or reports CertManagerNotInstalled)."""
-    try:
-        served = await rt.cluster.serves(CERTIFICATE_API_VERSION, "certificates")
-    except Exception as err:
-        log.warning("API discovery of %s failed: %s", CERTIFICATE_API_VERSION, err)
-        return
-    if served != rt.cert_manager:
-        rt.cert_manager = served
-        log.info("cert-manager Certificate (%s) is %s", CERTIFICATE_API_VERSION,
-                 "served" if served else "not served")
-        if not standby.paused() and rt.queue is not None:
-            for key in list(rt.indexes["md_index"].keys()):
-                rt.queue.enqueue(key)
-
-
-async def _discover_inference_pools(rt: Runtime) -> None:
-    """Whether the Inference Extension's InferencePool is served; on a change every model is
-    looked at again (a language model gets its pool and its route to it, or loses them)."""
-    try:
-        served = await rt.cluster.serves(INFERENCEPOOL_API_VERSION, "inferencepools")
-    except Exception as err:
-        log.warning("API discovery of %s failed: %s", INFERENCEPOOL_API_VERSION, err)
-        return
-    if served != rt.inference_pools:
-        rt.inference_pools = served
-        log.info("Gateway API Inference Extension InferencePool (%s) is %s",
-                 INFERENCEPOOL_API_VERSION, "served: language models get an InferencePool"
-                 if served else "not served")
-        if not standby.paused() and rt.queue is not None:
-            for key in list(rt.indexes["md_index"].keys()):
-                rt.queue.enqueue(key)
-
-
-async def _discover_gateway_api(rt: Runtime) -> None:
-    """Ask API discovery whether HTTPRoute (and cert-manager's Certificate) is served every
-    gateway_discovery_s (startup asked once already); when the answer changes, every model is
-    looked at again (its HTTPRoute split is made or taken down)."""
-    while True:
-        await asyncio.sleep(rt.settings.gateway_discovery_s)
-        await _discover_cert_manager(rt)
-        await _discover_inference_pools(rt)
-        try:
-            served = await rt.cluster.serves(HTTPROUTE_API_VERSION, "httproutes")
-        except Exception as err:
-            log.warning("API discovery of %s failed: %s; asking again in %.0fs",
-                        HTTPROUTE_API_VERSION, err, rt.settings.gateway_discovery_s)
-        else:
-            if served != rt.gateway_api:
-                rt.gateway_api = served
-                log.info("Gateway API HTTPRoute (%s) is %s: canary traffic splits by %s",
-                         HTTPROUTE_API_VERSION, "served" if served else "not served",
-                         "HTTPRoute weights (for models with a Gateway)" if served
-                         else "ready replicas")
-                if not standby.paused():
-                    for key in list(rt.indexes["md_index"].keys()):
-                        rt.queue.enqueue(key)
-
-
 async def _resync(rt: Runtime) -> None:
     """The periodic drift check: every model, every resync_s (spread out, through the queue)."""
     while True:
@@ -504,14 +442,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
                                                  "owed_index",
                                                  "pod_index", "node_index", "namespace_index",
                                                  "blocked_index")})
-    try:  # before the first reconcile, so that a model never flips split at start
-        rt.gateway_api = await cluster.serves(HTTPROUTE_API_VERSION, "httproutes")
-    except Exception as err:
-        log.warning("API discovery of %s failed at start: %s", HTTPROUTE_API_VERSION, err)
-    await _discover_cert_manager(rt)
-    await _discover_inference_pools(rt)
-    log.info("Gateway API HTTPRoute (%s) %s", HTTPROUTE_API_VERSION,
-             "served" if rt.gateway_api else "not served: canaries split by ready replicas")
+    await discovery.at_start(rt)  # before the first reconcile
     rt.queue = WorkQueue(_queued, concurrency=ours.max_concurrent_reconciles,
                          on_add=metrics.QUEUE_ADDS.inc, on_start=metrics.QUEUE_WAIT.observe)
     metrics.watch_queue(rt.queue)
@@ -520,7 +451,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     rt.metrics_server = metrics.serve(ours.metrics_port)
     loop = asyncio.get_running_loop()
     rt.tasks.append(loop.create_task(_resync(rt)))
-    rt.tasks.append(loop.create_task(_discover_gateway_api(rt)))
+    rt.tasks.append(loop.create_task(discovery.loop(rt)))
     _rt = rt
     log.info("kubemaas operator started: %s", ours)
 

@@ -11,7 +11,8 @@ PURE = ["kubemaas_operator.api", "kubemaas_operator.render", "kubemaas_operator.
         "kubemaas_operator.rollout",
         "kubemaas_operator.status", "kubemaas_operator.drift", "kubemaas_operator.quantity",
         "kubemaas_operator.config", "kubemaas_operator.workqueue",
-        "kubemaas_operator.standby"]
+        "kubemaas_operator.standby", "kubemaas_operator.pod_life",
+        "kubemaas_operator.render.inference"]
 
 
 @pytest.mark.parametrize("module", PURE)

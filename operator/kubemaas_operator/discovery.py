@@ -1,0 +1,82 @@
+"""API discovery of the optional kinds the operator renders when they are served: the Gateway
+API's HTTPRoute, cert-manager's Certificate and the Gateway API Inference Extension's
+InferencePool. Asked at start (handlers.startup) and every gateway_discovery_s; when an answer
+changes, every model is looked at again (its children of that kind are made or taken down)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from . import standby
+from .render import HTTPROUTE_API_VERSION
+from .render.inference import INFERENCEPOOL_API_VERSION
+from .render.security import CERTIFICATE_API_VERSION
+
+if TYPE_CHECKING:
+    from .handlers import Runtime
+
+log = logging.getLogger("kubemaas.handlers")
+
+# Runtime attribute -> (apiVersion, plural, what the log calls it, what "served" means)
+OPTIONAL = {
+    "cert_manager": (CERTIFICATE_API_VERSION, "certificates", "cert-manager Certificate", ""),
+    "inference_pools": (INFERENCEPOOL_API_VERSION, "inferencepools",
+                        "Gateway API Inference Extension InferencePool",
+                        ": language models get an InferencePool"),
+}
+
+
+def _look_again(rt: Runtime) -> None:
+    if not standby.paused() and rt.queue is not None:
+        for key in list(rt.indexes["md_index"].keys()):
+            rt.queue.enqueue(key)
+
+
+async def discover(rt: Runtime, attr: str) -> None:
+    """Whether one of OPTIONAL is served; on a change every model is looked at again."""
+    api_version, plural, what, meaning = OPTIONAL[attr]
+    try:
+        served = await rt.cluster.serves(api_version, plural)
+    except Exception as err:
+        log.warning("API discovery of %s failed: %s", api_version, err)
+        return
+    if served != getattr(rt, attr):
+        setattr(rt, attr, served)
+        log.info("%s (%s) is %s", what, api_version,
+                 f"served{meaning}" if served else "not served")
+        _look_again(rt)
+
+
+async def at_start(rt: Runtime) -> None:
+    """Every answer once, before the first reconcile (so that a model never flips split)."""
+    try:
+        rt.gateway_api = await rt.cluster.serves(HTTPROUTE_API_VERSION, "httproutes")
+    except Exception as err:
+        log.warning("API discovery of %s failed at start: %s", HTTPROUTE_API_VERSION, err)
+    for attr in OPTIONAL:
+        await discover(rt, attr)
+    log.info("Gateway API HTTPRoute (%s) %s", HTTPROUTE_API_VERSION,
+             "served" if rt.gateway_api else "not served: canaries split by ready replicas")
+
+
+async def loop(rt: Runtime) -> None:
+    """Ask again every gateway_discovery_s (startup asked once already)."""
+    while True:
+        await asyncio.sleep(rt.settings.gateway_discovery_s)
+        for attr in OPTIONAL:
+            await discover(rt, attr)
+        try:
+            served = await rt.cluster.serves(HTTPROUTE_API_VERSION, "httproutes")
+        except Exception as err:
+            log.warning("API discovery of %s failed: %s; asking again in %.0fs",
+                        HTTPROUTE_API_VERSION, err, rt.settings.gateway_discovery_s)
+            continue
+        if served != rt.gateway_api:
+            rt.gateway_api = served
+            log.info("Gateway API HTTPRoute (%s) is %s: canary traffic splits by %s",
+                     HTTPROUTE_API_VERSION, "served" if served else "not served",
+                     "HTTPRoute weights (for models with a Gateway)" if served
+                     else "ready replicas")
+            _look_again(rt)
