@@ -8,7 +8,8 @@ The stages are read from what the kubelet reports, so they hold for any model fo
                its progress, read defensively from the cache's status: bytesDone, bytesTotal,
                phase — a cache without them shows no progress)
   Loading      every init container is done and the main container runs but is not Ready yet
-               (an engine reading weights and warming up)
+               (an engine reading weights and warming up); while its startup probe has not
+               passed (`started: false`) it is Loading however long that takes, never NotReady
   OutOfGPUMemory
                a container ended with a termination message that says the GPU ran out of memory,
                as torch and vLLM print it. The runtime container's terminationMessagePolicy is
@@ -92,6 +93,14 @@ def stage(pod: Mapping[str, Any]) -> str:
             (cs.get("state") or {}).get("running") for cs in mains):
         return LOADING
     return ""
+
+
+def starting(pod: Mapping[str, Any]) -> bool:
+    """A main container runs but its startup probe has not passed yet (`started: false`): the
+    engine is still loading within the budget its startup probe gives it, so it is Loading
+    however long that takes, not NotReady (a startup probe that runs out restarts it)."""
+    return any(not init and (cs.get("state") or {}).get("running") and cs.get("started") is False
+               for init, cs in _statuses(pod))
 
 
 class _Pod(Protocol):

@@ -73,6 +73,7 @@ class PodInfo:
     optimization_report: str = ""  # the optimize init container's termination message
     stage: str = ""  # Downloading | Loading | "" (pod_life.py)
     out_of_gpu_memory: str = ""  # the termination message line that says so (pod_life.py)
+    starting: bool = False  # its startup probe has not passed yet (pod_life.py)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         running_since=running_since,
         not_ready_message=ready_cond.get("message") or "",
         optimization_report=optimization_status.report_of_pod(pod),
-        stage=pod_life.stage(pod), out_of_gpu_memory=pod_life.out_of_gpu_memory(pod))
+        stage=pod_life.stage(pod), out_of_gpu_memory=pod_life.out_of_gpu_memory(pod),
+        starting=pod_life.starting(pod))
 
 
 def deployment_info(dep: Mapping[str, Any]) -> DeploymentInfo:
@@ -264,7 +266,7 @@ def _pod_problem(pods: Sequence[PodInfo], now: datetime,
             return "ContainerFailed", f"pod {p.name} failed{last}"
     stuck = []
     for p in live:
-        if p.phase == "Running" and not p.ready and p.running_since:
+        if p.phase == "Running" and not p.ready and p.running_since and not p.starting:
             since = _parse_time(p.running_since)
             if since is not None and (now - since).total_seconds() >= grace:
                 stuck.append(p)

@@ -152,3 +152,15 @@ def test_a_cache_that_is_not_ready_is_downloading_with_its_progress() -> None:
     done = pod_life.CacheProgress("llama", "Ready", 12 * 2**30, 12 * 2**30)
     assert ready_reason(status_of(pod("m-1", "Running", main=[runtime(RUNNING)]),
                                   cache=done)) == "Loading"
+
+
+def test_a_pod_within_its_startup_probe_is_loading_not_stuck() -> None:
+    """Past the not-ready grace (60 s), a pod whose startup probe has not passed yet
+    (`started: false`) still loads; once started and still not Ready, it is NotReady."""
+    long_ago = {"running": {"startedAt": "2026-11-30T17:50:00Z"}}
+    loading = pod("m-1", "Running", main=[runtime(long_ago, started=False)])
+    assert pod_life.starting(loading)
+    assert ready_reason(status_of(loading)) == "Loading"
+    stuck = pod("m-1", "Running", main=[runtime(long_ago)])
+    assert not pod_life.starting(stuck)
+    assert ready_reason(status_of(stuck)) == "NotReady"
