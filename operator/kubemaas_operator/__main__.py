@@ -48,6 +48,7 @@ def main() -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from . import (
         handlers,  # noqa: F401  (registers the handlers with kopf)
+        kopf_watch,
         standby,
     )
 
@@ -56,7 +57,8 @@ def main() -> int:
     endpoint = (f"http://0.0.0.0:{settings.health_port}/healthz"
                 if settings.health_port else None)
     if not settings.peering:
-        kopf.run(standalone=True, clusterwide=True, liveness_endpoint=endpoint)
+        kopf.run(standalone=True, clusterwide=True, liveness_endpoint=endpoint,
+                 insights=kopf_watch.INSIGHTS)
         return 0
     identity = settings.identity()
     priority = settings.effective_priority(identity)
@@ -65,7 +67,7 @@ def main() -> int:
                                        settings.peering_lifetime_s)
     kopf.run(clusterwide=True, liveness_endpoint=endpoint, peering_name=settings.peering,
              priority=priority, identity=cast(Any, identity),  # kopf's Identity is a str
-             settings=_peering_settings(settings.peering_lifetime_s))
+             settings=_peering_settings(settings.peering_lifetime_s), insights=kopf_watch.INSIGHTS)
     return 0
 
 

@@ -1,7 +1,8 @@
 """API discovery of the optional kinds the operator renders when they are served: the Gateway
 API's HTTPRoute, cert-manager's Certificate and the Gateway API Inference Extension's
 InferencePool. Asked at start (handlers.startup) and every gateway_discovery_s; when an answer
-changes, every model is looked at again (its children of that kind are made or taken down)."""
+changes, every model is looked at again (its children of that kind are made or taken down).
+A kind found served is also one kopf must watch (kopf_watch.py: kopf can miss a late CRD)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from . import standby
+from . import kopf_watch, standby
 from .render import HTTPROUTE_API_VERSION
 from .render.inference import INFERENCEPOOL_API_VERSION
 from .render.security import CERTIFICATE_API_VERSION
@@ -42,6 +43,8 @@ async def discover(rt: Runtime, attr: str) -> None:
     except Exception as err:
         log.warning("API discovery of %s failed: %s", api_version, err)
         return
+    if served:
+        await kopf_watch.ensure_watched(api_version, plural)
     if served != getattr(rt, attr):
         setattr(rt, attr, served)
         log.info("%s (%s) is %s", what, api_version,
@@ -73,6 +76,8 @@ async def loop(rt: Runtime) -> None:
             log.warning("API discovery of %s failed: %s; asking again in %.0fs",
                         HTTPROUTE_API_VERSION, err, rt.settings.gateway_discovery_s)
             continue
+        if served:
+            await kopf_watch.ensure_watched(HTTPROUTE_API_VERSION, "httproutes")
         if served != rt.gateway_api:
             rt.gateway_api = served
             log.info("Gateway API HTTPRoute (%s) is %s: canary traffic splits by %s",

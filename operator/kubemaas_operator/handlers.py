@@ -41,7 +41,7 @@ from typing import Any
 
 import kopf
 
-from . import discovery, metrics, standby
+from . import discovery, kopf_watch, metrics, standby
 from .config import Settings
 from .k8s import AsyncCluster, Cluster
 from .reconcile import Memory, Outcome, Retry, Snapshot, gateway_children, reconcile
@@ -420,6 +420,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     from .workqueue import WorkQueue
 
     ours = Settings.from_env()
+    kopf_watch.remember(settings)
     settings.posting.enabled = False  # the operator posts its own Events on transitions
     # No state-keeping handlers are registered; should one ever be, keep kopf's marks ours.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubemaas.io")

@@ -1,0 +1,54 @@
+"""Make kopf watch an optional kind whose CRD appeared while the operator runs.
+
+kopf looks at API discovery for a group again only when one of that group's CRDs changes. The
+API server can list a new CRD's resource in discovery a moment after the CRD's last event
+(Established), so kopf's last look may miss it and never start watching that kind. Children of
+that kind are then unwatched until the operator restarts: their index stays as it was and a hand
+edit is never repaired (seen on the testbed under load with HTTPRoutes and InferencePools). When
+discovery.py finds a kind served that kopf does not watch, `ensure_watched` asks kopf to look at
+the group again, through kopf's own handler for a CRD event. That handler is kopf-internal (kopf
+is pinned); if it is missing or fails, the miss is logged and the operator goes on as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from kopf._cogs.structs import references
+
+log = logging.getLogger("kubemaas.handlers")
+
+# Passed to kopf.run: the set of kinds kopf watches, which we read and ask kopf to revise.
+INSIGHTS = references.Insights()
+_settings: list[kopf.OperatorSettings] = []
+
+
+def remember(settings: kopf.OperatorSettings) -> None:
+    """The settings kopf runs with (its startup handler's argument)."""
+    _settings[:] = [settings]
+
+
+def watched(api_version: str, plural: str) -> bool:
+    group, _, _ = api_version.rpartition("/")
+    return any(r.group == group and r.plural == plural for r in INSIGHTS.watched_resources)
+
+
+async def ensure_watched(api_version: str, plural: str) -> None:
+    """Called when discovery says the kind is served: if kopf does not watch it, rescan."""
+    if not _settings or watched(api_version, plural):
+        return
+    group = api_version.rpartition("/")[0]
+    log.info("%s (%s) is served but kopf does not watch it (its CRD appeared after kopf's "
+             "last look at discovery): asking kopf to look again", plural, api_version)
+    try:
+        from kopf._core.reactor import observation
+
+        event: Any = {"type": "MODIFIED", "object": {"spec": {"group": group}}}
+        await observation.process_discovered_resource_event(
+            raw_event=event, settings=_settings[0], registry=kopf.get_default_registry(),
+            insights=INSIGHTS)
+    except Exception as err:  # kopf's internals moved: keep running, say what is missed
+        log.warning("could not ask kopf to watch %s (%s): %s; hand edits of them are repaired "
+                    "only after an operator restart", plural, api_version, err)
