@@ -23,7 +23,13 @@ def test_dockerfile_matches_the_tree_and_the_chart() -> None:
     for sources in copies:
         for source in sources:
             assert (ROOT / source).exists(), f"COPY source {source} is not in the repository"
-    assert re.search(r'pip install "\.\[operator\]"', text)
+    # the operator's locked requirements, with hashes, before any source is copied
+    assert "COPY requirements/build.txt requirements/operator.txt /tmp/requirements/" in text
+    lock_install = text.index("-r /tmp/requirements/operator.txt")
+    assert "--require-hashes --no-deps" in text[:lock_install]
+    assert lock_install < min(text.index(f"COPY {tree} ") for tree in ("runtime", "operator"))
+    for label in ("version", "revision", "source"):
+        assert re.search(rf'org\.opencontainers\.image\.{label}="\$\{{', text), label
     user = [line.split()[1] for line in lines if line.startswith("USER ")][-1]
     entry = next(line for line in lines if line.startswith("ENTRYPOINT "))
     assert json.loads(entry[len("ENTRYPOINT "):]) == ["python", "-m", "kubemaas_operator"]

@@ -1,5 +1,6 @@
-"""runtime/Dockerfile stays in step with the tree (no Docker daemon here to build it): every COPY
-source exists, the image runs as a non-root user, and its entrypoint is the runtime's module."""
+"""runtime/Dockerfile stays in step with the tree (tests/cluster/test_images.py builds and runs
+it): every COPY source exists for every variant, the image runs as a non-root user, its
+entrypoint is the runtime's module, the lock is installed before the sources, labels are set."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "runtime" / "Dockerfile"
+# requirements/<VARIANT>.txt, written by hack/lock
+VARIANTS = ("runtime", "runtime-torch", "runtime-keras", "runtime-llm")
 
 
 def test_dockerfile_matches_the_tree() -> None:
@@ -19,13 +22,28 @@ def test_dockerfile_matches_the_tree() -> None:
     assert copies, "no COPY in the Dockerfile"
     for sources in copies:
         for source in sources:
-            assert (REPO / source).exists(), f"COPY source {source} is not in the repository"
+            for variant in VARIANTS:
+                path = source.replace("${VARIANT}", variant)
+                assert (REPO / path).exists(), f"COPY source {path} is not in the repository"
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     entry = next(line for line in lines if line.startswith("ENTRYPOINT "))
     assert json.loads(entry[len("ENTRYPOINT "):]) == ["python", "-m", "kubemaas_runtime"]
     assert re.search(r"^EXPOSE 8080$", text, re.M)
     assert (REPO / "runtime" / "kubemaas_runtime" / "__main__.py").is_file()
+
+
+def test_dependencies_come_from_the_lock_before_the_sources() -> None:
+    """The locked requirements are installed (with hashes, without resolving) in a layer before
+    any source is copied, so a source edit rebuilds only the last layers (docs/images.md)."""
+    text = DOCKERFILE.read_text()
+    lock_install = text.index('--require-hashes --no-deps')
+    assert '-r "/tmp/requirements/${VARIANT}.txt"' in text
+    first_source = min(text.index(f"COPY {tree} ") for tree in ("runtime", "operator", "hack"))
+    assert lock_install < first_source
+    assert re.search(r"^ARG VARIANT=runtime$", text, re.M)
+    for label in ("version", "revision", "source"):
+        assert re.search(rf'org\.opencontainers\.image\.{label}="\$\{{', text), label
 
 
 def test_converter_dockerfile_matches_the_tree() -> None:
