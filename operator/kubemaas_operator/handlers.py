@@ -44,6 +44,7 @@ import kopf
 from . import discovery, kopf_watch, metrics, standby
 from .config import Settings
 from .k8s import AsyncCluster, Cluster
+from .modelcache import handlers as modelcache  # registers the ModelCache handlers with kopf
 from .reconcile import Memory, Outcome, Retry, Snapshot, gateway_children, reconcile
 from .render import INSTANCE, MANAGED_BY, MANAGER, canary_name
 from .scheduling import NodeInfo, PendingDemand, owed_pods, pending_demand
@@ -175,10 +176,12 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
                    if not p.terminating and p.track == track)
         if live < replicas:
             pending.extend(owed_pods(demand, replicas, live))
+    cache = ((body.get("spec") or {}).get("model") or {}).get("cache")
     return Snapshot(body=body, children={k: v for k, v in children.items() if v is not None},
                     pods=pods, nodes=nodes, used=used, pending=pending,
                     gateway_api=_runtime().gateway_api, cert_manager=_runtime().cert_manager,
-                    inference_pools=_runtime().inference_pools)
+                    inference_pools=_runtime().inference_pools,
+                    cache=modelcache.cache_mount(key[0], str(cache)) if cache else None)
 
 
 def _log_outcome(key: tuple[str, str], outcome: Outcome) -> None:

@@ -36,6 +36,7 @@ from .drift import drift
 from .floor import FLOOR_MANAGER, hand_over, raise_to_floor
 from .k8s import ApiError, AsyncCluster
 from .metrics import count_rollouts
+from .modelcache.mount import CacheMount, cache_wait
 from .render import (
     BUILTIN_TEMPLATE,
     CANARY_TRACK,
@@ -99,6 +100,7 @@ class Snapshot:
     cert_manager: bool = False  # the API server serves cert-manager.io/v1 Certificate
     # the API server serves inference.networking.k8s.io/v1 InferencePool
     inference_pools: bool = False
+    cache: CacheMount | None = None  # the ModelCache spec.model.cache names (modelcache/)
 
 
 @dataclass
@@ -156,7 +158,7 @@ class Memory:
         """parse + render, memoized: most reconciles (a pod's event, a resync) change neither."""
         key = digest([raw_spec, ctx.name, ctx.namespace, ctx.uid, template_name,
                       ctx.template_source, ctx.default_gateway_namespace,
-                      ctx.monitoring_namespace], 32)
+                      ctx.monitoring_namespace, repr(ctx.cache)], 32)
         hit = self._renders.get(key)
         if hit is None:
             spec = parse_spec(raw_spec)
@@ -361,8 +363,9 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         source = await _template(settings, cluster, memory, template_name)
         spec, rendered = memory.render(raw_spec, RenderContext(
             name=name, namespace=namespace, uid=meta.get("uid", ""),
-            template_name=template_name, template_source=source,
+            template_name=template_name, template_source=source, cache=snap.cache,
             **_security_context(settings)), template_name)
+        outcome.failure = cache_wait(spec.model.cache, snap.cache)
         tls = spec.serving.tls
         if tls is not None and tls.cert_manager is not None and not snap.cert_manager:
             outcome.failure = Failure(
@@ -422,7 +425,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
             _, stable = memory.render(stable_raw, RenderContext(
                 name=name, namespace=namespace, uid=meta.get("uid", ""),
                 template_name=stable_template, template_source=stable_source,
-                **_security_context(settings)),
+                cache=snap.cache, **_security_context(settings)),
                 stable_template)
         except (SpecError, LookupError, RenderError) as err:
             raise Retry(f"cannot render the last good revision to roll back to: {err}",

@@ -202,6 +202,7 @@ class Failure:
 
     reason: str  # InvalidSpec, TemplateNotFound, TemplateError, Rejected
     message: str
+    phase: str = "Failed"  # Pending: waiting, not wrong (CacheNotReady)
 
 
 @dataclass(frozen=True)
@@ -425,7 +426,7 @@ def failed_status(failure: Failure, o: Observed, gpu: str = "-") -> StatusResult
                    "not attempted: the spec is invalid")]
     dep = o.deployment
     status: dict[str, Any] = {
-        "phase": "Failed", "observedGeneration": o.generation,
+        "phase": failure.phase, "observedGeneration": o.generation,
         "replicas": dep.replicas if dep else 0,
         "readyReplicas": dep.ready_replicas if dep else 0,
         "desiredReplicas": 0,

@@ -15,6 +15,8 @@ FORMATS = ("onnx", "torchscript", "torch-export", "keras", "tf-savedmodel", "hf"
 _URI = re.compile(
     r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+|file:///.+|https?://[^/]+/.*|s3://[^/]+/.+)$"
 )
+_CACHE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+CACHE_URI = "file:///var/lib/kubemaas/model-cache"  # = modelcache.mount.MOUNT_URI
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -34,6 +36,7 @@ class ModelSource:
     credentials_secret_ref: SecretRef | None = field(metadata=json_name("credentialsSecretRef"),
                                                      default=None)
     optimize: OptimizeSpec | None = field(metadata=json_name("optimize"), default=None)
+    cache: str | None = field(metadata=json_name("cache"), default=None)  # a ModelCache's name
 
     @property
     def scheme(self) -> str:
@@ -55,7 +58,14 @@ def parse_model(raw: Any) -> ModelSource:
     m = obj(raw, "spec.model")
     if not m:
         raise SpecError("spec.model", "is required")
-    uri = string(m.get("uri"), "spec.model.uri", required=True) or ""
+    cache = string(m.get("cache"), "spec.model.cache")
+    if cache is not None and not _CACHE.match(cache):
+        raise SpecError("spec.model.cache", f"{cache!r} is not a ModelCache name")
+    if cache is not None and m.get("uri") is not None:
+        raise SpecError("spec.model", "set either uri or cache, not both")
+    # With a cache the runtime reads the mounted directory (modelcache/mount.py).
+    uri = CACHE_URI if cache is not None else (
+        string(m.get("uri"), "spec.model.uri", required=True) or "")
     if not _URI.match(uri):
         raise SpecError("spec.model.uri", f"{uri!r} is not pvc://CLAIM/PATH, file:///PATH, "
                         "http(s)://HOST/PATH or s3://BUCKET/KEY")
@@ -73,4 +83,5 @@ def parse_model(raw: Any) -> ModelSource:
         raise SpecError("spec.model.version", f"{version!r} is not a valid model version")
     cred = _credentials(m.get("credentialsSecretRef"), uri)
     return ModelSource(uri=uri, format=fmt, sha256=sha, name=served, version=version,
-                       credentials_secret_ref=cred, optimize=parse_optimize(m.get("optimize"), fmt))
+                       credentials_secret_ref=cred, optimize=parse_optimize(m.get("optimize"), fmt),
+                       cache=cache)

@@ -44,6 +44,9 @@ PLURALS: dict[str, str] = {
     "ConfigMap": "configmaps",
     "Event": "events",
     "ModelDeployment": MD_PLURAL,
+    "ModelCache": "modelcaches",
+    "Pod": "pods",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
 }
 
 

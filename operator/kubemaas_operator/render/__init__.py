@@ -22,6 +22,7 @@ import jinja2
 import yaml
 
 from ..api import API_VERSION, KIND, GatewayRef, ModelDeploymentSpec
+from ..modelcache.mount import CacheMount, mount_cache
 from ..scheduling import Placement, placement
 from . import conversion, optimization
 from .security import (
@@ -74,6 +75,7 @@ class RenderContext:
     # Gateway (for models that name none) and the monitoring namespace the operator is told.
     default_gateway_namespace: str | None = None
     monitoring_namespace: str = ""
+    cache: CacheMount | None = None  # spec.model.cache, once the ModelCache is Ready
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,8 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     deployment["spec"]["minReadySeconds"] = spec.rollout.settle_seconds
     if spec.serving.tls is not None:
         use_https_probes(deployment)
+    if ctx.cache is not None and ctx.cache.ready:
+        mount_cache(deployment, ctx.cache)
     revision = digest(deployment["spec"]["template"], 10)
     # Each pod says which revision it runs (rollout.py tells old pods from new ones with it).
     pod_meta = deployment["spec"]["template"].setdefault("metadata", {})

@@ -1,0 +1,253 @@
+"""kopf indexes and handlers of ModelCaches (registered when the operator's handlers.py imports
+this module). A work queue of its own runs one reconcile per cache at a time; every event of a
+cache, of its pods or of a model pod that mounts it, and each progress interval while a download
+runs, queue one. When what a ModelDeployment needs of a cache changes (ready, the nodes with a
+copy), the ModelDeployments that name it are queued too.
+
+Indexes:
+  cache_index      (namespace, name) -> the ModelCache (compact JSON)
+  cache_pod_index  ("own", namespace, cache) -> CachePod of its download/clean/evict pods
+                   ("use", namespace, cache) -> (node, running) of model pods that mount it
+  cache_node_index "nodes" -> (name, labels) of every node
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Hashable, Mapping
+from datetime import datetime
+from typing import Any
+
+import kopf
+
+from .. import standby
+from ..k8s.modelcache import CacheCluster
+from .api import GROUP, PLURAL, VERSION, parse_cache_spec
+from .evict import Resident
+from .mount import CacheMount, mount_status
+from .reconcile import CacheSnapshot, Memory, reconcile_cache
+from .render import (
+    ATTEMPT_ANNOTATION,
+    CACHE_LABEL,
+    CONTAINER,
+    NODE_ANNOTATION,
+    ROLE_LABEL,
+    SPEC_LABEL,
+    TARGET_LABEL,
+)
+from .status import CachePod
+
+log = logging.getLogger("kubemaas.modelcache")
+CACHE = (GROUP, VERSION, PLURAL)
+_state: dict[str, Any] = {}
+
+
+def _time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+def cache_pod(body: Mapping[str, Any]) -> CachePod:
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
+    terminated: Mapping[str, Any] = {}
+    for c in status.get("containerStatuses") or []:
+        if c.get("name") in (CONTAINER, "remove"):
+            terminated = (c.get("state") or {}).get("terminated") or {}
+    try:
+        attempt = int(notes.get(ATTEMPT_ANNOTATION) or 0)
+    except ValueError:
+        attempt = 0
+    return CachePod(name=meta.get("name", ""), role=labels.get(ROLE_LABEL, ""),
+                    target=labels.get(TARGET_LABEL, ""), node=notes.get(NODE_ANNOTATION),
+                    spec_hash=labels.get(SPEC_LABEL, ""), attempt=attempt,
+                    phase=status.get("phase") or "Pending",
+                    exit_code=terminated.get("exitCode"), message=terminated.get("message"),
+                    finished_at=_time(terminated.get("finishedAt")),
+                    deleting=bool(meta.get("deletionTimestamp")))
+
+
+@kopf.index(*CACHE)
+async def cache_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    out = {k: body.get(k) for k in ("metadata", "spec", "status")}
+    out["metadata"] = {k: v for k, v in dict(body.get("metadata") or {}).items()
+                       if k != "managedFields"}
+    return {(namespace or "", name): json.dumps(out, separators=(",", ":"), default=str)}
+
+
+@kopf.index("", "v1", "pods", labels={CACHE_LABEL: kopf.PRESENT})
+async def cache_pod_index(body: kopf.Body, namespace: str | None, labels: Mapping[str, str],
+                          spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> Any:
+    cache = labels.get(CACHE_LABEL, "")
+    if ROLE_LABEL in labels:
+        return {("own", namespace or "", cache): cache_pod(body)}
+    running = status.get("phase") == "Running" and not body.get("metadata", {}).get(
+        "deletionTimestamp")
+    return {("use", namespace or "", cache): (spec.get("nodeName") or "", running)}
+
+
+@kopf.index("", "v1", "nodes")
+async def cache_node_index(name: str, labels: Mapping[str, str], **_: Any) -> Any:
+    return {"nodes": (name, dict(labels))}
+
+
+def _unpack(store: Any) -> dict[str, Any] | None:
+    first = next(iter(store), None) if store else None
+    return None if first is None else dict(json.loads(first))
+
+
+def cache_body(namespace: str, name: str) -> dict[str, Any] | None:
+    idx = _state.get("cache_index")
+    return None if idx is None else _unpack(idx.get((namespace, name)))
+
+
+def cache_mount(namespace: str, name: str) -> CacheMount:
+    """What a ModelDeployment in `namespace` that names cache `name` gets."""
+    return mount_status(name, cache_body(namespace, name))
+
+
+def _neighbours(namespace: str, name: str, spec_path: str) -> tuple[
+        dict[str, list[Resident]], dict[tuple[str, str], Mapping[str, Any]]]:
+    """Other node caches under the same directory, per node, for the budget."""
+    idx, pods = _state["cache_index"], _state["cache_pod_index"]
+    per_node: dict[str, list[Resident]] = {}
+    bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for key in list(idx.keys()):
+        if key == (namespace, name):
+            continue
+        body = _unpack(idx.get(key))
+        if body is None or ((body.get("spec") or {}).get("storage") or {}).get("type") != "node":
+            continue
+        try:
+            other = parse_cache_spec(body.get("spec"))
+        except ValueError:
+            continue
+        if other.storage.node is None or other.storage.node.path != spec_path:
+            continue
+        bodies[key] = body
+        used = {node for node, running in pods.get(("use", *key)) or [] if running}
+        for entry in (body.get("status") or {}).get("nodes") or []:
+            if entry.get("phase") not in ("Ready", "Downloading"):
+                continue
+            per_node.setdefault(str(entry.get("name")), []).append(Resident(
+                key=key, bytes=int(entry.get("bytesTotal") or 0),
+                last_used=str(entry.get("lastUsed") or ""), in_use=entry.get("name") in used))
+    return per_node, bodies
+
+
+def snapshot(namespace: str, name: str) -> CacheSnapshot | None:
+    body = cache_body(namespace, name)
+    if body is None:
+        return None
+    pods_idx = _state["cache_pod_index"]
+    pods = list(pods_idx.get(("own", namespace, name)) or [])
+    used = frozenset(node or "" for node, running in pods_idx.get(("use", namespace, name)) or []
+                     if running)
+    used = used | ({""} if used else frozenset())  # pvc: any running user
+    nodes = {n: labels for n, labels in _state["cache_node_index"].get("nodes") or []}
+    storage = ((body.get("spec") or {}).get("storage") or {})
+    neighbours: dict[str, list[Resident]] = {}
+    victims: dict[tuple[str, str], Mapping[str, Any]] = {}
+    if storage.get("type") == "node" and (storage.get("node") or {}).get("budget") is not None:
+        try:
+            path = parse_cache_spec(body.get("spec")).storage.node
+            if path is not None:
+                neighbours, victims = _neighbours(namespace, name, path.path)
+        except ValueError:
+            pass
+    return CacheSnapshot(body=body, pods=pods, nodes=nodes, used_on=used,
+                         neighbours=neighbours, victims=victims)
+
+
+async def _queued(key: Hashable) -> float | None:
+    assert isinstance(key, tuple)
+    if standby.paused():
+        return None
+    snap = snapshot(*key)
+    if snap is None:
+        return None
+    try:
+        return await reconcile_cache(snap, _state["api"], _state["memory"])
+    except Exception as err:  # the API server, a conflict: look again soon
+        log.warning("%s/%s: %s; retrying in 5s", *key, err)
+        return 5.0
+
+
+def _queue() -> Any:
+    if "queue" not in _state:
+        from .. import handlers
+        from ..workqueue import WorkQueue
+
+        _state["api"] = CacheCluster(handlers._runtime().cluster)
+        _state["memory"] = Memory()
+        _state["queue"] = WorkQueue(_queued, concurrency=16)
+    return _state["queue"]
+
+
+def _models_using(namespace: str, name: str) -> list[tuple[str, str]]:
+    from .. import handlers
+
+    out = []
+    md_index = handlers._runtime().indexes["md_index"]
+    for key in list(md_index.keys()):
+        if key[0] != namespace:
+            continue
+        packed = next(iter(md_index.get(key) or []), None)
+        if packed and ((json.loads(packed).get("spec") or {}).get("model") or {}).get(
+                "cache") == name:
+            out.append(key)
+    return out
+
+
+@kopf.on.event(*CACHE)
+async def cache_event(type: str, namespace: str | None, name: str, body: kopf.Body,
+                      **kwargs: Any) -> None:
+    for index in ("cache_index", "cache_pod_index", "cache_node_index"):
+        _state.setdefault(index, kwargs[index])
+    key = (namespace or "", name)
+    queue = _queue()
+    if type == "DELETED":
+        queue.forget(key)
+        _state["memory"].statuses.pop(key, None)
+    else:
+        queue.enqueue(key)
+    seen = _state.setdefault("mounts", {})
+    now = mount_status(name, None if type == "DELETED" else dict(body))
+    if seen.get(key) != now:
+        seen[key] = now
+        from .. import handlers
+
+        for model in _models_using(*key):
+            handlers._runtime().queue.enqueue(model)
+
+
+@kopf.on.event("", "v1", "pods", labels={CACHE_LABEL: kopf.PRESENT})
+async def cache_pod_event(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
+    for index in ("cache_index", "cache_pod_index", "cache_node_index"):
+        _state.setdefault(index, kwargs[index])
+    _queue().enqueue((namespace or "", labels.get(CACHE_LABEL, "")), 0.2)
+
+
+@kopf.on.event("", "v1", "nodes")
+async def cache_node_event(type: str, name: str, **kwargs: Any) -> None:
+    """A node that appears (or whose labels change) may be one a node cache selects."""
+    if type is None or "cache_index" not in _state:
+        return
+    for key in list(_state["cache_index"].keys()):
+        _queue().enqueue(key, 1.0)
+
+
+@kopf.on.startup()
+async def cache_startup(**kwargs: Any) -> None:
+    for index in ("cache_index", "cache_pod_index", "cache_node_index"):
+        _state[index] = kwargs[index]
+
+
+@kopf.on.cleanup()
+async def cache_cleanup(**_: Any) -> None:
+    queue = _state.pop("queue", None)
+    if queue is not None:
+        await queue.close()

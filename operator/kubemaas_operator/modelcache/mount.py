@@ -1,0 +1,101 @@
+"""PURE: a ModelDeployment's pods mount a ModelCache read-only.
+
+The runtime gets `KUBEMAAS_MODEL_URI=file:///var/lib/kubemaas/model-cache` (the directory: it
+finds the one model file there, or, with format hf, loads the directory) and downloads nothing.
+With node storage the pods are placed only on nodes whose copy is Ready (a required node
+affinity on `metadata.name`, ANDed into every term; Node objects are never written)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..status import Failure
+from .render import CACHE_LABEL
+
+MOUNT_DIR = "/var/lib/kubemaas/model-cache"
+MOUNT_URI = f"file://{MOUNT_DIR}"
+VOLUME = "model-files"
+
+
+@dataclass(frozen=True)
+class CacheMount:
+    """What a ModelDeployment needs of the cache it names (from the ModelCache's status)."""
+
+    name: str
+    ready: bool
+    reason: str = ""  # why not ready: CacheNotFound, CacheNotReady, CacheFailed
+    message: str = ""
+    claim_name: str | None = None  # pvc storage
+    sub_path: str | None = None
+    host_path: str | None = None  # node storage
+    nodes: tuple[str, ...] = ()  # node storage: the nodes whose copy is Ready
+
+
+def mount_status(name: str, cache: Mapping[str, Any] | None) -> CacheMount:
+    """The ModelCache object (or None) -> CacheMount."""
+    if cache is None:
+        return CacheMount(name=name, ready=False, reason="CacheNotFound",
+                          message=f"ModelCache {name} does not exist in this namespace")
+    spec, status = cache.get("spec") or {}, cache.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    storage = (spec.get("storage") or {}).get("type")
+    nodes = tuple(sorted(str(n["name"]) for n in status.get("nodes") or []
+                         if n.get("phase") == "Ready" and n.get("name")))
+    fresh = status.get("observedGeneration") == (cache.get("metadata") or {}).get("generation")
+    if storage == "pvc" and phase == "Ready" and fresh:
+        return CacheMount(name=name, ready=True, claim_name=status.get("claimName"),
+                          sub_path=status.get("path"))
+    if storage == "node" and nodes and fresh:
+        return CacheMount(name=name, ready=True, host_path=status.get("path"), nodes=nodes)
+    reason = "CacheFailed" if phase == "Failed" else "CacheNotReady"
+    what = status.get("progress") or "no progress yet"
+    return CacheMount(name=name, ready=False, reason=reason, message=(
+        f"ModelCache {name} is {phase} ({status.get('reason') or 'waiting'}: "
+        f"{status.get('message') or what}); the model starts once its files are Ready"))
+
+
+def mount_cache(deployment: dict[str, Any], cache: CacheMount) -> None:
+    """Mount the cache into the runtime container (the first one) read-only, point the runtime
+    at it and, for node storage, keep the pods on nodes with a Ready copy. In place."""
+    pod = deployment["spec"]["template"]
+    pod.setdefault("metadata", {}).setdefault("labels", {})[CACHE_LABEL] = cache.name[:63]
+    spec = pod["spec"]
+    if cache.claim_name is not None:
+        volume: dict[str, Any] = {"name": VOLUME, "persistentVolumeClaim": {
+            "claimName": cache.claim_name, "readOnly": True}}
+    else:
+        volume = {"name": VOLUME, "hostPath": {"path": cache.host_path, "type": "Directory"}}
+    spec["volumes"] = [*(spec.get("volumes") or []), volume]
+    container = spec["containers"][0]
+    mount: dict[str, Any] = {"name": VOLUME, "mountPath": MOUNT_DIR, "readOnly": True}
+    if cache.claim_name is not None and cache.sub_path:
+        mount["subPath"] = cache.sub_path
+    container["volumeMounts"] = [*(container.get("volumeMounts") or []), mount]
+    for init in spec.get("initContainers") or []:  # an optimize/convert step reads it too
+        init["volumeMounts"] = [*(init.get("volumeMounts") or []), dict(mount)]
+    if cache.host_path is not None:
+        _only_on(spec, list(cache.nodes))
+
+
+def _only_on(spec: dict[str, Any], nodes: list[str]) -> None:
+    field = {"key": "metadata.name", "operator": "In", "values": nodes}
+    required = spec.setdefault("affinity", {}).setdefault("nodeAffinity", {}).setdefault(
+        "requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.get("nodeSelectorTerms") or [{}]
+    for term in terms:
+        term["matchFields"] = [*(term.get("matchFields") or []), field]
+    required["nodeSelectorTerms"] = terms
+
+
+def cache_wait(name: str | None, cache: CacheMount | None) -> Failure | None:
+    """A ModelDeployment that names a cache that is not Ready waits: phase Pending with the
+    cache's reason (CacheNotFound, CacheNotReady) — or Failed when the download failed."""
+    if name is None or (cache is not None and cache.ready):
+        return None
+    if cache is None:
+        cache = CacheMount(name=name, ready=False, reason="CacheNotReady",
+                           message=f"ModelCache {name} has not been seen yet")
+    return Failure(cache.reason, cache.message,
+                   phase="Failed" if cache.reason == "CacheFailed" else "Pending")

@@ -1,0 +1,265 @@
+"""One ModelCache: observe (the indexes, and the running download pods' last log lines) ->
+decide (status.py, evict.py: pure) -> apply (its pods, its claim, its finalizer) -> status.
+
+Deleting a ModelCache: the finalizer holds it while its download pods are deleted and, with
+retention Delete, one clean-up pod per copy removes the files; when they have finished the
+finalizer goes and the garbage collector removes the pods (owned by the ModelCache)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..api.fields import SpecError
+from ..k8s import ApiError
+from ..k8s.modelcache import CacheCluster
+from .api import API_VERSION, KIND, CacheSpec, parse_cache_spec
+from .evict import Resident, choose_evictions
+from .progress import Progress, last_progress
+from .render import (
+    CONTAINER,
+    FINALIZER,
+    CacheRef,
+    claim,
+    removal_pod,
+    target_id,
+)
+from .status import CachePod, Copy, Decision, cache_status, copy_state
+
+log = logging.getLogger("kubemaas.modelcache")
+LOG_TAIL = 5
+
+
+@dataclass(frozen=True)
+class CacheSnapshot:
+    body: Mapping[str, Any]
+    pods: Sequence[CachePod] = ()
+    nodes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # name -> labels
+    used_on: frozenset[str] = frozenset()  # nodes where a running model pod uses it ("" = pvc)
+    # node storage, for the budget: other caches' copies per node
+    neighbours: Mapping[str, Sequence[Resident]] = field(default_factory=dict)
+    victims: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+
+
+class Memory:
+    """The status last written per cache, until the watch delivers it."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self.claims: set[tuple[str, str, str]] = set()
+
+    def previous(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        mine = self.statuses.get(key)
+        if mine is not None and int(meta.get("resourceVersion") or 0) < mine[0]:
+            return mine[1]
+        self.statuses.pop(key, None)
+        return dict(body.get("status") or {})
+
+
+def _ref(body: Mapping[str, Any]) -> CacheRef:
+    meta = body.get("metadata") or {}
+    return CacheRef(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""))
+
+
+def involved(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta.get("name"),
+            "namespace": meta.get("namespace"), "uid": meta.get("uid")}
+
+
+def selected_nodes(spec: CacheSpec, nodes: Mapping[str, Mapping[str, str]]) -> list[str]:
+    node = spec.storage.node
+    if node is None:
+        return []
+    chosen = set(n for n in node.nodes if n in nodes)
+    if node.node_selector:
+        chosen |= {name for name, labels in nodes.items()
+                   if all(labels.get(k) == v for k, v in node.node_selector.items())}
+    return sorted(chosen)
+
+
+async def _progress(api: CacheCluster, ref: CacheRef, pods: Sequence[CachePod]) -> dict[
+        str, Progress]:
+    """The last progress line of each running download pod (a log that cannot be read leaves
+    the previous figures in place)."""
+    out: dict[str, Progress] = {}
+    for pod in pods:
+        if pod.role != "fetch" or pod.phase != "Running" or pod.deleting:
+            continue
+        try:
+            text = await api.pod_log(ref.namespace, pod.name, CONTAINER, LOG_TAIL)
+        except ApiError as err:
+            log.debug("%s/%s: cannot read the log of %s: %s", ref.namespace, ref.name, pod.name,
+                      err)
+            continue
+        found = last_progress(text)
+        if found is not None:
+            out[pod.name] = found
+    return out
+
+
+def _budget(snap: CacheSnapshot, ref: CacheRef, spec: CacheSpec, decision: Decision,
+            copies: list[Copy], previous: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Hold back first downloads that a node's budget has no room for; evict the least recently
+    used copies that make room. Returns the evict pods to create."""
+    node_spec = spec.storage.node
+    if node_spec is None or node_spec.budget is None:
+        return []
+    need = int(spec.size_limit or (previous.get("bytesTotal") or 0) // max(1, len(copies)))
+    evict: list[dict[str, Any]] = []
+    for i, c in enumerate(copies):
+        fresh = [m for m in decision.create if m["metadata"]["annotations"].get(
+            "serving.kubemaas.io/cache-attempt") == "1" and m["spec"].get("nodeName") == c.node]
+        if not fresh or c.node is None:
+            continue
+        choice = choose_evictions(node_spec.budget, snap.neighbours.get(c.node, ()),
+                                  (ref.namespace, ref.name), need)
+        if not choice.fits:
+            decision.create = [m for m in decision.create if m not in fresh]
+            copies[i] = Copy(c.node, "Pending", "WaitingForBudget", choice.message)
+            continue
+        for victim in choice.victims:
+            body = snap.victims.get(victim)
+            if body is None:
+                continue
+            try:
+                vspec = parse_cache_spec(body.get("spec"))
+            except SpecError:
+                continue
+            evict.append(removal_pod(_ref(body), vspec, c.node, "evict"))
+    return evict
+
+
+async def _finalize(snap: CacheSnapshot, api: CacheCluster) -> float | None:
+    body, ref = snap.body, _ref(snap.body)
+    meta = body.get("metadata") or {}
+    finalizers = list(meta.get("finalizers") or [])
+    if FINALIZER not in finalizers:
+        return None
+    for pod in snap.pods:
+        if pod.role == "fetch" and not pod.deleting and pod.phase in ("Pending", "Running"):
+            await api.delete_pod(ref.namespace, pod.name)
+    try:
+        spec: CacheSpec | None = parse_cache_spec(body.get("spec"))
+    except SpecError:
+        spec = None
+    if spec is not None and spec.retention == "Delete":
+        if spec.storage.type == "pvc":
+            targets: list[str | None] = [None]
+        else:
+            targets = [*sorted({p.node for p in snap.pods if p.role == "fetch" and p.node})]
+        pending = False
+        for node in targets:
+            clean = next((p for p in snap.pods if p.role == "clean"
+                          and p.target == target_id(node)), None)
+            if clean is None:
+                try:
+                    await api.apply(removal_pod(ref, spec, node, "clean"))
+                except ApiError as err:
+                    if err.status != 403:  # 403: the namespace is going away
+                        raise
+                    continue
+                pending = True
+            elif clean.phase not in ("Succeeded", "Failed"):
+                pending = True
+            elif clean.phase == "Failed":
+                await api.post_event(involved(body), "Warning", "CleanupFailed",
+                                     f"{clean.name} could not remove the files; they stay")
+        if pending:
+            return 2.0
+    finalizers.remove(FINALIZER)
+    try:
+        await api.set_finalizers(ref.namespace, ref.name, finalizers,
+                                 str(meta.get("resourceVersion") or ""))
+    except ApiError as err:
+        if err.status not in (404, 409):
+            raise
+        return 1.0 if err.status == 409 else None
+    log.info("%s/%s: files cleaned up; finalizer removed", ref.namespace, ref.name)
+    return None
+
+
+async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory,
+                          now: datetime | None = None) -> float | None:
+    """One pass; returns when to look again (None: on the next event)."""
+    body, ref = snap.body, _ref(snap.body)
+    meta = body.get("metadata") or {}
+    now = now or datetime.now(UTC)
+    if meta.get("deletionTimestamp"):
+        return await _finalize(snap, api)
+    if FINALIZER not in (meta.get("finalizers") or []):
+        try:
+            await api.set_finalizers(ref.namespace, ref.name,
+                                     [*(meta.get("finalizers") or []), FINALIZER],
+                                     str(meta.get("resourceVersion") or ""))
+        except ApiError as err:
+            if err.status in (404, 409):
+                return 0.5 if err.status == 409 else None
+            raise
+    previous = memory.previous(body)
+    try:
+        spec = parse_cache_spec(body.get("spec"))
+    except SpecError as err:
+        status = {"phase": "Failed", "reason": "InvalidSpec", "message": str(err),
+                  "observedGeneration": meta.get("generation") or 0}
+        await _write(api, memory, body, previous, status)
+        return None
+    progress = await _progress(api, ref, snap.pods)
+    decision = Decision(status={})
+    targets: list[str | None] = ([None] if spec.storage.type == "pvc"
+                                 else list(selected_nodes(spec, snap.nodes)))
+    copies = [copy_state(ref, spec, node, snap.pods, progress, previous,
+                         (node or "") in snap.used_on, now, decision) for node in targets]
+    evictions = _budget(snap, ref, spec, decision, copies, previous)
+    status = cache_status(ref, spec, int(meta.get("generation") or 0), copies, previous, now)
+    wanted_claim = claim(ref, spec)
+    if wanted_claim is not None and decision.create:
+        await api.apply(wanted_claim)
+    for manifest in [*evictions, *decision.create]:
+        try:
+            await api.apply(manifest)
+        except ApiError as err:
+            if err.invalid or err.status == 403:  # e.g. Pod Security refuses the hostPath
+                status.update(phase="Failed", reason="PodRejected", message=(
+                    f"the API server refused the pod {manifest['metadata']['name']}: "
+                    f"{err.message}"))
+                break
+            raise
+    for name in decision.delete:
+        await api.delete_pod(ref.namespace, name)
+    await _write(api, memory, body, previous, status)
+    waits = [w for w in (decision.requeue_after,) if w is not None]
+    if decision.read_logs:
+        waits.append(float(spec.download.progress_interval_seconds))
+    if decision.create or decision.delete:
+        waits.append(1.0)
+    return min(waits) if waits else None
+
+
+async def _write(api: CacheCluster, memory: Memory, body: Mapping[str, Any],
+                 previous: Mapping[str, Any], status: dict[str, Any]) -> None:
+    if status == previous:
+        return
+    meta = body.get("metadata") or {}
+    key = (meta["namespace"], meta["name"])
+    try:
+        response = await api.patch_status(*key, status, previous)
+    except ApiError as err:
+        if err.status == 404:
+            return
+        raise
+    rv = int((response.get("metadata") or {}).get("resourceVersion") or 0)
+    memory.statuses[key] = (rv, status)
+    if previous.get("phase") != status.get("phase"):
+        failed = status.get("phase") == "Failed"
+        try:
+            await api.post_event(involved(body), "Warning" if failed else "Normal",
+                                 str(status.get("reason") or status.get("phase")),
+                                 str(status.get("message") or ""))
+        except ApiError as err:
+            log.warning("%s/%s: cannot post an Event: %s", *key, err)
