@@ -27,6 +27,7 @@ from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "serving.kubemaas.io_modeldeployments.yaml"
+CACHE_CRD = ROOT / "crds" / "serving.kubemaas.io_modelcaches.yaml"
 RBAC = ROOT / "operator" / "kubemaas_operator" / "rbac" / "operator.yaml"
 OPERATOR_NAMESPACE = "kubemaas-system"
 LOG_KEY = pytest.StashKey[Path]()
@@ -168,7 +169,9 @@ def reconfigured(operator: Operator, **env: str) -> Iterator[Operator]:
 def install(kube: Kube) -> None:
     """The CRD and the operator's RBAC, as a user would install them."""
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CACHE_CRD))
     wait_established(kube.kubeconfig, "modeldeployments.serving.kubemaas.io")
+    wait_established(kube.kubeconfig, "modelcaches.serving.kubemaas.io")
     if kube.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0:
         kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
     kube.kubectl("apply", "-f", str(RBAC))

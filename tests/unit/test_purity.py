@@ -12,7 +12,10 @@ PURE = ["kubemaas_operator.api", "kubemaas_operator.render", "kubemaas_operator.
         "kubemaas_operator.status", "kubemaas_operator.drift", "kubemaas_operator.quantity",
         "kubemaas_operator.config", "kubemaas_operator.workqueue",
         "kubemaas_operator.standby", "kubemaas_operator.pod_life",
-        "kubemaas_operator.render.inference"]
+        "kubemaas_operator.render.inference", "kubemaas_operator.modelcache.api",
+        "kubemaas_operator.modelcache.render", "kubemaas_operator.modelcache.progress",
+        "kubemaas_operator.modelcache.status", "kubemaas_operator.modelcache.evict",
+        "kubemaas_operator.modelcache.mount"]
 
 
 @pytest.mark.parametrize("module", PURE)

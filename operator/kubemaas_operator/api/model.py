@@ -28,8 +28,9 @@ class SecretRef:
 
 @dataclass(frozen=True)
 class ModelSource:
-    uri: str = field(metadata=json_name("uri"))
-    format: str = field(metadata=json_name("format"))
+    # absent with `cache`: then the directory where the cache is mounted
+    uri: str = field(metadata=json_name("uri"), default=CACHE_URI)
+    format: str = field(metadata=json_name("format"), kw_only=True)
     sha256: str | None = field(metadata=json_name("sha256"), default=None)
     name: str | None = field(metadata=json_name("name"), default=None)
     version: str | None = field(metadata=json_name("version"), default=None)

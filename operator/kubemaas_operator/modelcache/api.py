@@ -67,6 +67,12 @@ class EnvVar:
 
 
 @dataclass(frozen=True)
+class Resources:
+    cpu: str | None = field(metadata=json_name("cpu"), default=None)
+    memory: str | None = field(metadata=json_name("memory"), default=None)
+
+
+@dataclass(frozen=True)
 class Download:
     image: str = field(metadata=json_name("image"), default=DEFAULT_IMAGE)
     image_pull_policy: str | None = field(metadata=json_name("imagePullPolicy"), default=None)
@@ -76,8 +82,7 @@ class Download:
     progress_interval_seconds: int = field(metadata=json_name("progressIntervalSeconds"),
                                            default=5)
     env: tuple[EnvVar, ...] = field(metadata=json_name("env"), default=())
-    cpu: str | None = None
-    memory: str | None = None
+    resources: Resources = field(metadata=json_name("resources"), default_factory=Resources)
     tolerations: tuple[dict[str, Any], ...] = field(metadata=json_name("tolerations"),
                                                     default=())
 
@@ -195,8 +200,9 @@ def parse_download(raw: Any) -> Download:
         retries=_int("retries", 0, 20, 3),
         progress_interval_seconds=_int("progressIntervalSeconds", 1, 600, 5),
         env=tuple(env),
-        cpu=quantity(res.get("cpu"), "spec.download.resources.cpu"),
-        memory=quantity(res.get("memory"), "spec.download.resources.memory"),
+        resources=Resources(cpu=quantity(res.get("cpu"), "spec.download.resources.cpu"),
+                            memory=quantity(res.get("memory"),
+                                            "spec.download.resources.memory")),
         tolerations=tolerations)
 
 

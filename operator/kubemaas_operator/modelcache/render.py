@@ -151,7 +151,7 @@ def _secret_env(spec: CacheSpec) -> tuple[list[dict[str, Any]], list[dict[str, A
 
 def _resources(spec: CacheSpec) -> dict[str, Any]:
     d = spec.download
-    requests = {"cpu": d.cpu or "250m", "memory": d.memory or "512Mi"}
+    requests = {"cpu": d.resources.cpu or "250m", "memory": d.resources.memory or "512Mi"}
     return {"requests": requests, "limits": {"memory": requests["memory"]}}
 
 

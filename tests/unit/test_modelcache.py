@@ -1,0 +1,247 @@
+"""ModelCache's pure parts: the typed spec against the CRD, the rendered pods, the progress
+lines and reports, the status a set of pods gives, the eviction choice, the mount."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubemaas_operator.api.fields import SpecError
+from kubemaas_operator.modelcache import api
+from kubemaas_operator.modelcache.evict import Resident, choose_evictions
+from kubemaas_operator.modelcache.mount import (
+    MOUNT_URI,
+    cache_wait,
+    mount_cache,
+    mount_status,
+)
+from kubemaas_operator.modelcache.progress import last_progress, parse_report
+from kubemaas_operator.modelcache.render import CacheRef, download_pod, removal_pod, spec_hash
+from kubemaas_operator.modelcache.status import (
+    CachePod,
+    Decision,
+    cache_status,
+    copy_state,
+    ready_nodes,
+)
+from tests.unit.test_api_schema import _compare
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "serving.kubemaas.io_modelcaches.yaml"
+REF = CacheRef(name="llama", namespace="ml", uid="u-1")
+NOW = datetime(2026, 11, 30, 19, 0, tzinfo=UTC)
+NODE_SPEC = {"source": {"uri": "hf://acme/llama-tiny", "revision": "abc123",
+                        "secretName": "hf-token", "include": ["*.safetensors", "*.json"]},
+             "storage": {"type": "node", "node": {"nodeSelector": {"pool": "gpu"}}}}
+PVC_SPEC = {"source": {"uri": "s3://models/llama/", "secretName": "s3-creds"},
+            "storage": {"type": "pvc", "pvc": {"storageClassName": "nfs", "size": "100Gi"}}}
+REPORT = {"phase": "Ready", "reason": "Ready", "message": "2 files verified",
+          "files": [{"path": "config.json", "size": 600, "sha256": "a" * 64},
+                    {"path": "model.safetensors", "size": 4000, "sha256": "b" * 64}],
+          "model": {"architecture": "LlamaForCausalLM", "parameters": 700000,
+                    "weightBytes": 2800000, "numLayers": 2, "hiddenSize": 64,
+                    "numAttentionHeads": 4, "numKeyValueHeads": 2, "headDim": 16,
+                    "maxPositionEmbeddings": 256, "dtype": "float32", "extra": "dropped"}}
+
+
+def _schema() -> dict[str, Any]:
+    (version,) = yaml.safe_load(CRD.read_text())["spec"]["versions"]
+    return dict(version["schema"]["openAPIV3Schema"])
+
+
+def test_spec_model_matches_crd() -> None:
+    problems: list[str] = []
+    _compare(api.CacheSpec, _schema()["properties"]["spec"], "spec", problems)
+    assert not problems, "\n".join(problems)
+
+
+def test_status_model_keys_are_what_gpu_sizing_reads() -> None:
+    keys = set(_schema()["properties"]["status"]["properties"]["model"]["properties"])
+    assert keys == {"architecture", "parameters", "weightBytes", "numLayers", "hiddenSize",
+                    "numAttentionHeads", "numKeyValueHeads", "headDim", "maxPositionEmbeddings",
+                    "dtype"}
+
+
+@pytest.mark.parametrize(("raw", "says"), [
+    ({**NODE_SPEC, "source": {"uri": "hf://acme/x"}}, "spec.source.revision: is required"),
+    ({**PVC_SPEC, "source": {"uri": "ftp://x/y"}}, "spec.source.uri"),
+    ({**PVC_SPEC, "storage": {"type": "pvc", "pvc": {"claimName": "a", "size": "1Gi"}}},
+     "not both"),
+    ({**NODE_SPEC, "storage": {"type": "node", "node": {}}}, "needs nodeSelector"),
+    ({**NODE_SPEC, "download": {"env": [{"name": "HF_TOKEN", "value": "x"}]}}, "set by the"),
+])
+def test_bad_specs_name_the_field(raw: dict[str, Any], says: str) -> None:
+    with pytest.raises(SpecError, match=says):
+        api.parse_cache_spec(raw)
+
+
+def test_download_pod_for_a_node() -> None:
+    spec = api.parse_cache_spec(NODE_SPEC)
+    pod = download_pod(REF, spec, "gpu-1", 1)
+    (c,) = pod["spec"]["containers"]
+    assert pod["spec"]["nodeName"] == "gpu-1" and pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["volumes"] == [{"name": "cache", "hostPath": {
+        "path": "/var/lib/kubemaas/model-cache/ml/llama", "type": "DirectoryOrCreate"}}]
+    assert c["command"] == ["python", "-m", "kubemaas_runtime.fetch"]
+    assert c["args"][:6] == ["--source", "hf://acme/llama-tiny", "--dest", "/cache",
+                             "--revision", "abc123"]
+    assert c["args"].count("--include") == 2 and "--termination-log" in c["args"]
+    assert c["env"] == [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": "hf-token", "key": "token"}}}]
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "ModelCache"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_download_pod_for_a_claim_is_restricted() -> None:
+    spec = api.parse_cache_spec(PVC_SPEC)
+    pod = download_pod(REF, spec, None, 2)
+    (c,) = pod["spec"]["containers"]
+    assert pod["metadata"]["name"] == "llama-fetch-pvc-a2"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert c["args"][3] == "/cache-volume/llama"
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "llama-cache"}
+    clean = removal_pod(REF, spec, None, "clean")
+    assert clean["metadata"]["name"] == "llama-clean-pvc"
+    assert clean["spec"]["containers"][0]["command"][-1] == "/cache-volume/llama"
+
+
+def test_progress_parse_takes_the_newest_line() -> None:
+    text = "\n".join([
+        "starting", json.dumps({"event": "progress", "bytesDone": 10, "bytesTotal": 100,
+                                "filesDone": 0, "filesTotal": 2, "rateBytesPerSecond": 5.0,
+                                "etaSeconds": 18}),
+        json.dumps({"event": "progress", "bytesDone": 60, "bytesTotal": 100, "filesDone": 1,
+                    "filesTotal": 2, "rateBytesPerSecond": 25.5, "etaSeconds": 1.6}),
+        '{"event": "progress", "bytesDo'])  # a partial last line
+    p = last_progress(text)
+    assert p is not None and (p.bytes_done, p.files_done, p.rate, p.eta) == (60, 1, 25.5, 1.6)
+    assert last_progress("no json here\n{not json}") is None
+
+
+def test_report_parse() -> None:
+    r = parse_report(json.dumps(REPORT), 0)
+    assert r is not None and r.phase == "Ready" and r.bytes_total == 4600
+    assert "extra" not in r.model and r.model["numKeyValueHeads"] == 2
+    failed = parse_report(json.dumps({"phase": "Failed", "reason": "ChecksumMismatch",
+                                      "message": "model.safetensors: want aa, got bb"}), 1)
+    assert failed is not None and failed.reason == "ChecksumMismatch"
+    assert parse_report(None, 137) is None  # killed: retried
+    assert parse_report('{"phase": "Ready", "files": [', 0) is not None  # truncated, exit 0
+
+
+def _pod(name: str, phase: str, attempt: int = 1, node: str | None = "gpu-1", **kw: Any
+         ) -> CachePod:
+    from kubemaas_operator.modelcache.render import target_id
+    spec = api.parse_cache_spec(NODE_SPEC if node else PVC_SPEC)
+    return CachePod(name=name, role=kw.pop("role", "fetch"), target=target_id(node), node=node,
+                    spec_hash=spec_hash(spec), attempt=attempt, phase=phase, **kw)
+
+
+def _run(raw: dict[str, Any], nodes: list[str | None], pods: list[CachePod],
+         previous: dict[str, Any] | None = None, now: datetime = NOW,
+         progress: dict[str, Any] | None = None) -> tuple[dict[str, Any], Decision]:
+    spec = api.parse_cache_spec(raw)
+    d = Decision(status={})
+    copies = [copy_state(REF, spec, n, pods, progress or {}, previous or {}, False, now, d)
+              for n in nodes]
+    return cache_status(REF, spec, 1, copies, previous or {}, now), d
+
+
+def test_status_first_pass_creates_one_pod_per_node() -> None:
+    status, d = _run(NODE_SPEC, ["gpu-1", "gpu-2"], [])
+    assert status["phase"] == "Pending" and len(d.create) == 2
+    assert {p["spec"]["nodeName"] for p in d.create} == {"gpu-1", "gpu-2"}
+
+
+def test_status_follows_progress_and_report() -> None:
+    from kubemaas_operator.modelcache.progress import Progress
+    running = _pod("p1", "Running")
+    status, d = _run(NODE_SPEC, ["gpu-1"], [running], progress={"p1": Progress(
+        bytes_done=50, bytes_total=200, files_done=1, files_total=3, rate=10.0, eta=15.0)})
+    assert status["phase"] == "Downloading" and d.read_logs == ["p1"]
+    assert status["bytesDone"] == 50 and status["etaSeconds"] == 15.0
+    assert status["progress"].endswith("(25%)")
+    done = _pod("p1", "Succeeded", exit_code=0, message=json.dumps(REPORT))
+    status, d = _run(NODE_SPEC, ["gpu-1", "gpu-2"],
+                     [done, _pod("p2", "Succeeded", node="gpu-2", exit_code=0,
+                                 message=json.dumps(REPORT))])
+    assert status["phase"] == "Ready" and not d.create
+    assert status["model"]["architecture"] == "LlamaForCausalLM"
+    assert [f["sha256"] for f in status["files"]] == ["a" * 64, "b" * 64]
+    assert ready_nodes(status) == ["gpu-1", "gpu-2"]
+
+
+@pytest.mark.parametrize("reason", ["Stalled", "ChecksumMismatch", "DiskFull"])
+def test_a_failed_report_fails_the_cache(reason: str) -> None:
+    pod = _pod("p1", "Failed", exit_code=1, message=json.dumps(
+        {"phase": "Failed", "reason": reason, "message": "why"}))
+    status, d = _run(NODE_SPEC, ["gpu-1"], [pod])
+    assert (status["phase"], status["reason"]) == ("Failed", reason) and not d.create
+
+
+def test_a_killed_pod_is_retried_with_backoff() -> None:
+    ended = NOW - timedelta(seconds=5)
+    pod = _pod("p1", "Failed", exit_code=137, finished_at=ended)
+    status, d = _run(NODE_SPEC, ["gpu-1"], [pod])
+    assert status["reason"] == "Retrying" and not d.create
+    assert d.requeue_after == pytest.approx(5.0)
+    status, d = _run(NODE_SPEC, ["gpu-1"], [pod], now=NOW + timedelta(seconds=6))
+    assert [p["metadata"]["annotations"]["serving.kubemaas.io/cache-attempt"]
+            for p in d.create] == ["2"]
+    last = _pod("p4", "Failed", attempt=4, exit_code=137, finished_at=ended)
+    status, _ = _run(NODE_SPEC, ["gpu-1"], [last])
+    assert (status["phase"], status["reason"]) == ("Failed", "DownloadFailed")
+
+
+def test_eviction_is_lru_and_spares_caches_in_use() -> None:
+    residents = [Resident(("a", "old"), 40, "2026-11-01T00:00:00Z", False),
+                 Resident(("a", "busy"), 40, "2026-10-01T00:00:00Z", True),
+                 Resident(("a", "new"), 40, "2026-11-29T00:00:00Z", False)]
+    choice = choose_evictions(130, residents, ("a", "me"), 30)
+    assert choice.fits and choice.victims == (("a", "old"),)
+    assert choose_evictions(200, residents, ("a", "me"), 30).victims == ()
+    blocked = choose_evictions(60, residents, ("a", "me"), 30)
+    assert not blocked.fits and "a/busy" in blocked.message
+
+
+def _deployment() -> dict[str, Any]:
+    return {"spec": {"template": {"metadata": {}, "spec": {"containers": [
+        {"name": "runtime", "volumeMounts": []}]}}}}
+
+
+def test_mount_node_cache_only_on_ready_nodes() -> None:
+    cache = {"metadata": {"generation": 2}, "spec": {"storage": {"type": "node"}},
+             "status": {"observedGeneration": 2, "phase": "Downloading",
+                        "path": "/var/lib/kubemaas/model-cache/ml/llama",
+                        "nodes": [{"name": "gpu-1", "phase": "Ready"},
+                                  {"name": "gpu-2", "phase": "Downloading"}]}}
+    m = mount_status("llama", cache)
+    assert m.ready and m.nodes == ("gpu-1",)
+    dep = _deployment()
+    mount_cache(dep, m)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["containers"][0]["volumeMounts"][-1] == {
+        "name": "model-files", "mountPath": "/var/lib/kubemaas/model-cache", "readOnly": True}
+    assert pod["volumes"][-1]["hostPath"]["type"] == "Directory"
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert term["matchFields"] == [{"key": "metadata.name", "operator": "In",
+                                    "values": ["gpu-1"]}]
+    assert MOUNT_URI == "file:///var/lib/kubemaas/model-cache"
+
+
+def test_a_model_waits_for_its_cache() -> None:
+    waiting = cache_wait("llama", mount_status("llama", None))
+    assert waiting is not None and (waiting.reason, waiting.phase) == ("CacheNotFound", "Pending")
+    failed = cache_wait("llama", mount_status("llama", {
+        "metadata": {"generation": 1}, "spec": {"storage": {"type": "pvc"}},
+        "status": {"observedGeneration": 1, "phase": "Failed", "reason": "Stalled"}}))
+    assert failed is not None and failed.phase == "Failed" and "Stalled" in failed.message
+    assert cache_wait(None, None) is None
