@@ -1,0 +1,159 @@
+"""ModelCache through the operator on the real control plane: its download pods (kwok runs no
+container, so the test writes each pod's termination into its status as the kubelet would, like
+tests/cluster/test_optimize_contract.py), the status that follows, a ModelDeployment that waits
+for it and then mounts it read-only on the nodes whose copy is Ready, an operator restarted
+mid-download, and deletion that cleans up."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import Operator
+from tests.cluster.test_operator import apply, md
+from tests.conftest import Kube
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPORT = {"phase": "Ready", "reason": "Ready", "message": "2 files verified",
+          "files": [{"path": "config.json", "size": 600, "sha256": "a" * 64},
+                    {"path": "model.onnx", "size": 4000, "sha256": "b" * 64}],
+          "model": {"architecture": "LlamaForCausalLM", "parameters": 700000,
+                    "weightBytes": 2800000, "numLayers": 2, "hiddenSize": 64,
+                    "numAttentionHeads": 4, "numKeyValueHeads": 2, "headDim": 16,
+                    "maxPositionEmbeddings": 256, "dtype": "float32"}}
+
+
+def cache(name: str, nodes: list[str], **spec: Any) -> str:
+    body: dict[str, Any] = {"source": {"uri": "http://127.0.0.1:9/models/model.onnx"},
+                            "storage": {"type": "node", "node": {"nodes": nodes}},
+                            "download": {"progressIntervalSeconds": 1}}
+    body.update(spec)
+    return yaml.safe_dump({"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelCache",
+                           "metadata": {"name": name}, "spec": body})
+
+
+def _json(kube: Kube, *args: str) -> Any:
+    return json.loads(kube.kubectl(*args, "-o", "json").stdout)
+
+
+def cache_pods(kube: Kube, namespace: str, name: str, role: str = "fetch") -> list[dict[str, Any]]:
+    items = _json(kube, "-n", namespace, "get", "pods", "-l",
+                  f"serving.kubemaas.io/model-cache={name},serving.kubemaas.io/cache-role={role}"
+                  )["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def cache_status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return dict(_json(kube, "-n", namespace, "get", "modelcache", name).get("status") or {})
+
+
+def terminate(kube: Kube, namespace: str, pod: dict[str, Any], exit_code: int,
+              message: str) -> None:
+    """Write the container's end into the pod's status, as the kubelet does."""
+    c = pod["spec"]["containers"][0]
+    patch = {"status": {"phase": "Succeeded" if exit_code == 0 else "Failed",
+                        "containerStatuses": [{
+                            "name": c["name"], "image": c["image"], "imageID": "", "ready": False,
+                            "restartCount": 0, "state": {"terminated": {
+                                "exitCode": exit_code, "reason": "Completed" if exit_code == 0
+                                else "Error", "message": message,
+                                "finishedAt": "2026-11-30T00:00:00Z"}}}]}}
+    kube.kubectl("-n", namespace, "patch", "pod", pod["metadata"]["name"], "--subresource",
+                 "status", "--type", "strategic", "-p", json.dumps(patch))
+
+
+def two_nodes(kube: Kube) -> list[str]:
+    nodes = _json(kube, "get", "nodes")["items"]
+    names = sorted(n["metadata"]["name"] for n in nodes
+                   if (n["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake")
+    assert len(names) >= 2, names
+    return names[:2]
+
+
+def test_node_cache_end_to_end(kube: Kube, namespace: str, operator: Operator) -> None:
+    n1, n2 = two_nodes(kube)
+    apply(kube, namespace, cache("tiny", [n1, n2]))
+    pods = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(
+        cache_pods(kube, namespace, "tiny")), timeout=60, what="two download pods")
+    by_node = {p["spec"]["nodeName"]: p for p in pods}
+    assert set(by_node) == {n1, n2}
+    c = by_node[n1]["spec"]["containers"][0]
+    assert c["command"] == ["python", "-m", "kubemaas_runtime.fetch"]
+    assert by_node[n1]["spec"]["volumes"][0]["hostPath"]["path"].endswith(f"/{namespace}/tiny")
+    finalizers = _json(kube, "-n", namespace, "get", "modelcache", "tiny")["metadata"].get(
+        "finalizers")
+    assert finalizers == ["serving.kubemaas.io/model-cache-cleanup"]
+
+    # A model that names the cache waits for it.
+    apply(kube, namespace, md("uses-cache", model={"cache": "tiny", "format": "onnx"}))
+    waiting = wait_for(lambda: (lambda s: s if s.get("reason", "").startswith(
+        "CacheNotReady") else None)(_json(kube, "-n", namespace, "get", "md", "uses-cache")
+                                    .get("status") or {}), timeout=60, what="CacheNotReady")
+    assert waiting["phase"] == "Pending"
+    assert kube.kubectl("-n", namespace, "get", "deployment", "uses-cache",
+                        check=False).returncode != 0
+
+    # The operator restarted mid-download creates no new pods and carries on.
+    wait_for(lambda: cache_status(kube, namespace, "tiny").get("phase") == "Downloading",
+             timeout=60, what="phase Downloading")
+    operator.restart()
+    terminate(kube, namespace, by_node[n1], 0, json.dumps(REPORT))
+    st = wait_for(lambda: (lambda s: s if any(n.get("phase") == "Ready" for n in s.get(
+        "nodes") or []) else None)(cache_status(kube, namespace, "tiny")), timeout=60,
+        what=f"{n1}'s copy Ready")
+    assert sorted(p["metadata"]["name"] for p in cache_pods(kube, namespace, "tiny")) == sorted(
+        p["metadata"]["name"] for p in pods)
+    assert st["phase"] == "Downloading" and st["model"]["numKeyValueHeads"] == 2
+    assert [f["sha256"] for f in st["files"]] == ["a" * 64, "b" * 64]
+    printed = kube.kubectl("-n", namespace, "get", "mc", "tiny").stdout
+    assert "node" in printed and "Downloading" in printed
+
+    # The model now runs, read-only, and only on the node whose copy is Ready.
+    dep = wait_for(lambda: (lambda r: json.loads(r.stdout) if r.returncode == 0 else None)(
+        kube.kubectl("-n", namespace, "get", "deployment", "uses-cache", "-o", "json",
+                     check=False)), timeout=60, what="the model's Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "model-files")
+    assert mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["KUBEMAAS_MODEL_URI"] == "file:///var/lib/kubemaas/model-cache"
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert all({"key": "metadata.name", "operator": "In", "values": [n1]} in t["matchFields"]
+               for t in terms)
+
+    # A stalled download on the other node fails the cache with the downloader's reason.
+    terminate(kube, namespace, by_node[n2], 1, json.dumps(
+        {"phase": "Failed", "reason": "Stalled", "message": "no bytes for 30s"}))
+    st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(
+        cache_status(kube, namespace, "tiny")), timeout=60, what="phase Failed")
+    assert st["reason"] == "Stalled" and n2 in st["message"]
+
+    # Deleting it: clean-up pods on both nodes, then the ModelCache and its pods are gone.
+    kube.kubectl("-n", namespace, "delete", "modelcache", "tiny", "--wait=false")
+    cleaners = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(
+        cache_pods(kube, namespace, "tiny", "clean")), timeout=60, what="two clean-up pods")
+    assert {p["spec"]["nodeName"] for p in cleaners} == {n1, n2}
+    assert kube.kubectl("-n", namespace, "get", "modelcache", "tiny",
+                        check=False).returncode == 0  # held by the finalizer
+    for p in cleaners:
+        terminate(kube, namespace, p, 0, "")
+    wait_for(lambda: kube.kubectl("-n", namespace, "get", "modelcache", "tiny",
+                                  check=False).returncode != 0, timeout=60,
+             what="the ModelCache gone")
+    wait_for(lambda: not cache_pods(kube, namespace, "tiny") and not cache_pods(
+        kube, namespace, "tiny", "clean"), timeout=90, what="its pods garbage-collected")
+
+
+def test_invalid_cache_is_refused(kube: Kube, namespace: str, operator: Operator) -> None:
+    result = kube.kubectl("-n", namespace, "apply", "-f", "-", check=False, input=cache(
+        "bad", ["x"], source={"uri": "hf://acme/tiny"}))
+    assert result.returncode != 0 and "source.revision is required" in result.stderr
+    result = kube.kubectl("-n", namespace, "apply", "-f", "-", check=False, input=md(
+        "both", model={"uri": "s3://m/x.onnx", "cache": "c", "format": "onnx"}))
+    assert result.returncode != 0 and "exactly one" in result.stderr
