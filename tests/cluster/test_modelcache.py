@@ -134,8 +134,21 @@ def test_node_cache_end_to_end(kube: Kube, namespace: str, operator: Operator) -
         cache_status(kube, namespace, "tiny")), timeout=60, what="phase Failed")
     assert st["reason"] == "Stalled" and n2 in st["message"]
 
-    # Deleting it: clean-up pods on both nodes, then the ModelCache and its pods are gone.
+    # Deleting it while a model runs from it: held (like a claim in use), and the model is told.
+    wait_for(lambda: [p for p in _json(kube, "-n", namespace, "get", "pods", "-l",
+                                       "app.kubernetes.io/instance=uses-cache")["items"]
+                      if p["status"].get("phase") == "Running"] or None, timeout=60,
+             what="the model's pod Running")
     kube.kubectl("-n", namespace, "delete", "modelcache", "tiny", "--wait=false")
+    held = wait_for(lambda: (lambda s: s if s.get("reason") == "InUse" else None)(
+        cache_status(kube, namespace, "tiny")), timeout=60, what="reason InUse")
+    assert n1 in held["message"] and not cache_pods(kube, namespace, "tiny", "clean")
+    wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("CacheDeleting") else None)(
+        _json(kube, "-n", namespace, "get", "md", "uses-cache").get("status") or {}),
+        timeout=60, what="the model told CacheDeleting")
+
+    # Once the model is gone: clean-up pods on both nodes, then the ModelCache and its pods go.
+    kube.kubectl("-n", namespace, "delete", "md", "uses-cache", "--wait=false")
     cleaners = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(
         cache_pods(kube, namespace, "tiny", "clean")), timeout=60, what="two clean-up pods")
     assert {p["spec"]["nodeName"] for p in cleaners} == {n1, n2}

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.unit.test_api_schema import _compare
 
 from kubemaas_operator.api.fields import SpecError
 from kubemaas_operator.modelcache import api
@@ -29,7 +30,6 @@ from kubemaas_operator.modelcache.status import (
     copy_state,
     ready_nodes,
 )
-from tests.unit.test_api_schema import _compare
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "serving.kubemaas.io_modelcaches.yaml"
 REF = CacheRef(name="llama", namespace="ml", uid="u-1")

@@ -43,7 +43,11 @@ def mount_status(name: str, cache: Mapping[str, Any] | None) -> CacheMount:
     storage = (spec.get("storage") or {}).get("type")
     nodes = tuple(sorted(str(n["name"]) for n in status.get("nodes") or []
                          if n.get("phase") == "Ready" and n.get("name")))
-    fresh = status.get("observedGeneration") == (cache.get("metadata") or {}).get("generation")
+    meta = cache.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return CacheMount(name=name, ready=False, reason="CacheDeleting", message=(
+            f"ModelCache {name} is being deleted; name another cache, or recreate it"))
+    fresh = status.get("observedGeneration") == meta.get("generation")
     if storage == "pvc" and phase == "Ready" and fresh:
         return CacheMount(name=name, ready=True, claim_name=status.get("claimName"),
                           sub_path=status.get("path"))

@@ -135,7 +135,7 @@ def _budget(snap: CacheSnapshot, ref: CacheRef, spec: CacheSpec, decision: Decis
     return evict
 
 
-async def _finalize(snap: CacheSnapshot, api: CacheCluster) -> float | None:
+async def _finalize(snap: CacheSnapshot, api: CacheCluster, memory: Memory) -> float | None:
     body, ref = snap.body, _ref(snap.body)
     meta = body.get("metadata") or {}
     finalizers = list(meta.get("finalizers") or [])
@@ -148,6 +148,14 @@ async def _finalize(snap: CacheSnapshot, api: CacheCluster) -> float | None:
         spec: CacheSpec | None = parse_cache_spec(body.get("spec"))
     except SpecError:
         spec = None
+    if spec is not None and spec.retention == "Delete" and snap.used_on:
+        # Like a claim's protection: the files stay while a running model reads them.
+        where = ", ".join(sorted(n for n in snap.used_on if n)) or "its claim"
+        previous = memory.previous(body)
+        await _write(api, memory, body, previous, {
+            **previous, "reason": "InUse", "message": f"deletion waits until no running model "
+            f"uses it (model pods on {where}); then its files are removed"})
+        return 5.0
     if spec is not None and spec.retention == "Delete":
         if spec.storage.type == "pvc":
             targets: list[str | None] = [None]
@@ -191,7 +199,7 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     meta = body.get("metadata") or {}
     now = now or datetime.now(UTC)
     if meta.get("deletionTimestamp"):
-        return await _finalize(snap, api)
+        return await _finalize(snap, api, memory)
     if FINALIZER not in (meta.get("finalizers") or []):
         try:
             await api.set_finalizers(ref.namespace, ref.name,
