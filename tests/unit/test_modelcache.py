@@ -245,3 +245,17 @@ def test_a_model_waits_for_its_cache() -> None:
         "status": {"observedGeneration": 1, "phase": "Failed", "reason": "Stalled"}}))
     assert failed is not None and failed.phase == "Failed" and "Stalled" in failed.message
     assert cache_wait(None, None) is None
+
+
+def test_size_limit_stops_the_download_for_good() -> None:
+    from kubemaas_operator.modelcache.progress import Progress
+    raw = {**NODE_SPEC, "sizeLimit": "1Ki"}
+    running = _pod("p1", "Running")
+    spec = api.parse_cache_spec(raw)
+    running = CachePod(**{**running.__dict__, "spec_hash": spec_hash(spec)})
+    status, d = _run(raw, ["gpu-1"], [running], progress={"p1": Progress(
+        bytes_done=10, bytes_total=5000)})
+    assert (status["phase"], status["reason"]) == ("Failed", "DiskFull") and d.delete == ["p1"]
+    gone = CachePod(**{**running.__dict__, "deleting": True})
+    again, d = _run(raw, ["gpu-1"], [gone], previous=status)
+    assert (again["phase"], again["reason"]) == ("Failed", "DiskFull") and not d.create

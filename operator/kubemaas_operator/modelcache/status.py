@@ -132,9 +132,9 @@ def copy_state(ref: CacheRef, spec: CacheSpec, node: str | None, pods: Sequence[
     newest = fetches[-1] if fetches else None
     same_spec = previous.get("specHash") == current
     if newest is None:
-        if same_spec and prev.get("phase") == "Ready":
-            return Copy(node, "Ready", "Ready", str(prev.get("message") or "downloaded"),
-                        last_used=used)
+        if same_spec and prev.get("phase") in ("Ready", "Failed"):  # its pods were removed
+            return Copy(node, str(prev["phase"]), str(prev.get("reason") or prev["phase"]),
+                        str(prev.get("message") or ""), last_used=used)
         out.create.append(download_pod(ref, spec, node, 1))
         return Copy(node, "Pending", "Starting", "download pod created", last_used=used)
     if newest.phase in ("Pending", "Running"):
