@@ -22,7 +22,8 @@ def _pod_log(cluster: Cluster, namespace: str, name: str, container: str, tail: 
     path = (f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}/log")
     serialized = cluster.api.param_serialize(
         "GET", path, query_params=[("container", container), ("tailLines", str(tail))],
-        header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"])
+        # "Accept: text/plain" is refused with 406 Not Acceptable; the log comes back as text
+        header_params={"Accept": "*/*"}, auth_settings=["BearerToken"])
     try:
         response = cluster.api.call_api(*serialized, _request_timeout=10)
         data = response.read()  # type: ignore[no-untyped-call]

@@ -31,6 +31,7 @@ from .status import CachePod, Copy, Decision, cache_status, copy_state
 
 log = logging.getLogger("kubemaas.modelcache")
 LOG_TAIL = 5
+_UNREADABLE: set[str] = set()  # pods whose log could not be read (said once)
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,10 @@ async def _progress(api: CacheCluster, ref: CacheRef, pods: Sequence[CachePod]) 
         try:
             text = await api.pod_log(ref.namespace, pod.name, CONTAINER, LOG_TAIL)
         except ApiError as err:
-            log.debug("%s/%s: cannot read the log of %s: %s", ref.namespace, ref.name, pod.name,
-                      err)
+            if pod.name not in _UNREADABLE:  # once per pod: kwok's nodes serve no logs at all
+                _UNREADABLE.add(pod.name)
+                log.info("%s/%s: cannot read the progress of %s (%s); the status keeps the "
+                         "last figures", ref.namespace, ref.name, pod.name, err)
             continue
         found = last_progress(text)
         if found is not None:
