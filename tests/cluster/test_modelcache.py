@@ -29,6 +29,7 @@ REPORT = {"phase": "Ready", "reason": "Ready", "message": "2 files verified",
 
 
 def cache(name: str, nodes: list[str], **spec: Any) -> str:
+    """A ModelCache on `nodes` (spec keys override; sizeLimit and the like pass through)."""
     body: dict[str, Any] = {"source": {"uri": "http://127.0.0.1:9/models/model.onnx"},
                             "storage": {"type": "node", "node": {"nodes": nodes}},
                             "download": {"progressIntervalSeconds": 1}}
@@ -170,3 +171,66 @@ def test_invalid_cache_is_refused(kube: Kube, namespace: str, operator: Operator
     result = kube.kubectl("-n", namespace, "apply", "-f", "-", check=False, input=md(
         "both", model={"uri": "s3://m/x.onnx", "cache": "c", "format": "onnx"}))
     assert result.returncode != 0 and "exactly one" in result.stderr
+
+
+def test_budget_evicts_the_least_recently_used_copy(kube: Kube, namespace: str,
+                                                    operator: Operator) -> None:
+    n1, _ = two_nodes(kube)
+    node = {"type": "node", "node": {"nodes": [n1], "budget": "6000"}}
+    apply(kube, namespace, cache("old", [n1], storage=node))
+    (pod,) = wait_for(lambda: cache_pods(kube, namespace, "old") or None, timeout=60,
+                      what="old's download pod")
+    terminate(kube, namespace, pod, 0, json.dumps(REPORT))  # 4600 bytes on n1
+    wait_for(lambda: cache_status(kube, namespace, "old").get("phase") == "Ready", timeout=60,
+             what="old Ready")
+    # 4600 + 2000 > 6000: old (unused) is evicted from n1 to make room.
+    apply(kube, namespace, cache("new", [n1], storage=node, sizeLimit="2000"))
+    (evict,) = wait_for(lambda: cache_pods(kube, namespace, "old", "evict") or None,
+                        timeout=60, what="an evict pod for old")
+    assert evict["spec"]["nodeName"] == n1
+    assert evict["spec"]["volumes"][0]["hostPath"]["path"].endswith(f"/{namespace}/old")
+    wait_for(lambda: cache_pods(kube, namespace, "new") or None, timeout=60,
+             what="new's download pod")
+    st = wait_for(lambda: (lambda s: s if (s.get("nodes") or [{}])[0].get("phase") == "Evicted"
+                           else None)(cache_status(kube, namespace, "old")), timeout=60,
+                  what="old's copy Evicted")
+    assert st["phase"] == "Pending" and st["reason"] == "Evicted"
+
+
+def test_pvc_cache_fills_one_claim(kube: Kube, namespace: str, operator: Operator) -> None:
+    pv = f"{namespace}-cache"
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                  "storageClassName": "", "hostPath": {"path": "/tmp/unused-" + pv},
+                  "claimRef": {"namespace": namespace, "name": "shared"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "shared", "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                  "resources": {"requests": {"storage": "1Gi"}}}}]))
+    try:
+        apply(kube, namespace, cache("files", [], storage={
+            "type": "pvc", "pvc": {"claimName": "shared", "subPath": "models/files"}}))
+        (pod,) = wait_for(lambda: cache_pods(kube, namespace, "files") or None, timeout=60,
+                          what="one download pod")
+        assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "shared"}
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert "--dest" in pod["spec"]["containers"][0]["args"]
+        terminate(kube, namespace, pod, 0, json.dumps(REPORT))
+        st = wait_for(lambda: (lambda s: s if s.get("phase") == "Ready" else None)(
+            cache_status(kube, namespace, "files")), timeout=60, what="Ready")
+        assert (st["claimName"], st["path"]) == ("shared", "models/files")
+        assert st["bytesTotal"] == 4600 and "nodes" not in st
+        apply(kube, namespace, md("on-pvc", model={"cache": "files", "format": "onnx"}))
+        dep = wait_for(lambda: (lambda r: json.loads(r.stdout) if r.returncode == 0 else None)(
+            kube.kubectl("-n", namespace, "get", "deployment", "on-pvc", "-o", "json",
+                         check=False)), timeout=60, what="the model's Deployment")
+        spec = dep["spec"]["template"]["spec"]
+        assert {"name": "model-files", "persistentVolumeClaim": {
+            "claimName": "shared", "readOnly": True}} in spec["volumes"]
+        mount = next(m for m in spec["containers"][0]["volumeMounts"]
+                     if m["name"] == "model-files")
+        assert mount == {"name": "model-files", "mountPath": "/var/lib/kubemaas/model-cache",
+                         "readOnly": True, "subPath": "models/files"}
+    finally:
+        kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
