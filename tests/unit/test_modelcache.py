@@ -126,6 +126,12 @@ def test_progress_parse_takes_the_newest_line() -> None:
 
 
 def test_report_parse() -> None:
+    fetch = {"event": "result", "phase": "Ready", "reason": None, "message": "fetched 2 files",
+             "bytesTotal": 4600, "filesTotal": 3, "files": REPORT["files"], "filesOmitted": 1,
+             "shape": {**REPORT["model"], "parameters": None}, "attempts": 1}
+    r = parse_report(json.dumps(fetch), 0)  # what kubemaas_runtime.fetch writes
+    assert r is not None and (r.phase, r.reason, r.files_omitted) == ("Ready", "Ready", 1)
+    assert r.model["architecture"] == "LlamaForCausalLM" and "parameters" not in r.model
     r = parse_report(json.dumps(REPORT), 0)
     assert r is not None and r.phase == "Ready" and r.bytes_total == 4600
     assert "extra" not in r.model and r.model["numKeyValueHeads"] == 2

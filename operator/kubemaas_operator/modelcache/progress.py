@@ -4,7 +4,9 @@ stdout — {"event": "progress", "bytesDone", "bytesTotal", "filesDone", "filesT
 (`pods/log`, a few tail lines: pods on a node need no route to the API server). When it ends it
 writes one JSON report to its termination log, which the kubelet puts into
 `status.containerStatuses[].state.terminated.message`: phase Ready or Failed, reason (Stalled,
-ChecksumMismatch, DiskFull, ...), message, files (path, size, sha256) and the model's shape."""
+ChecksumMismatch, DiskFull, ...; null when Ready), message, bytesTotal, files (path, size,
+sha256; `filesOmitted` when the 4096-byte cap dropped some) and `shape`, the model's shape
+(docs/model-cache.md, the downloader's report)."""
 
 from __future__ import annotations
 
@@ -139,6 +141,7 @@ def parse_report(message: str | None, exit_code: int | None) -> Report | None:
     files, omitted = _files(doc.get("files"))
     omitted += max(0, _int(doc.get("filesOmitted")))
     total = _int(doc.get("bytesTotal")) or sum(f["size"] for f in files)
+    shape = doc.get("shape") if isinstance(doc.get("shape"), dict) else doc.get("model")
     return Report(phase=phase, reason=str(reason)[:64],
                   message=str(doc.get("message") or "")[:1024], files=files,
-                  files_omitted=omitted, model=model_shape(doc.get("model")), bytes_total=total)
+                  files_omitted=omitted, model=model_shape(shape), bytes_total=total)
