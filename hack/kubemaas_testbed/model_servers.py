@@ -66,8 +66,8 @@ class _Base(ThreadingHTTPServer):
     allow_reuse_address = True
     name = "origin"
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__((host, 0), _Handler)
         self.lock = threading.Lock()
         self.served: dict[str, int] = defaultdict(int)     # path -> body bytes sent
         self.ranges: list[tuple[str, str | None]] = []     # (path, Range header) per GET
@@ -80,7 +80,7 @@ class _Base(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://{self.server_address[0]}:{self.server_address[1]}"
 
     def __enter__(self) -> _Base:
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -215,8 +215,9 @@ class _Handler(BaseHTTPRequestHandler):
 class FileServer(_Base):
     """Serve ``root`` at ``url/``; ``served`` counts body bytes per relative path."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__()
+    def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
+        """`host`: 127.0.0.1, or the real node's bridge address (its pods' only way out)."""
+        super().__init__(host)
         self.root = root.resolve()
 
     def key_of(self, file: Path) -> str:
