@@ -39,8 +39,8 @@ from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
 
-PAD_BYTES = 48 * 1024 * 1024  # beside the model: sent at RATE, several progress lines
-RATE = 6 * 1024 * 1024
+PAD_BYTES = 256 * 1024 * 1024  # weights beside the model, sent at RATE: several progress lines
+RATE = 32 * 1024 * 1024
 
 
 def test_cache_from_http_with_progress_and_a_model_that_does_not_download(
@@ -105,8 +105,30 @@ def test_cache_from_http_with_progress_and_a_model_that_does_not_download(
             return None
         runtime_pod = wait_for(answered, timeout=180, interval=0.2,
                                what="the model on the cache to answer")
-        print(f"model on the cache: apply -> first correct inference "
-              f"{time.monotonic() - applied:.1f} s")
+        first_s = time.monotonic() - applied
+        print(f"model on the cache: apply -> first correct inference {first_s:.1f} s; "
+              f"ModelCache apply -> first answer {filled_s + first_s:.1f} s")
+        scaled = time.monotonic()
+        kube.kubectl("-n", namespace, "scale", "md", "affine-cached", "--replicas=2")
+        first_name = runtime_pod["metadata"]["name"]
+
+        def second() -> dict[str, Any] | None:
+            pods = get_json(kube, "-n", namespace, "get", "pods", "-l",
+                            "app.kubernetes.io/instance=affine-cached")["items"]
+            for p in pods:
+                ip = p.get("status", {}).get("podIP")
+                if p["metadata"]["name"] != first_name and ip and infer(
+                        real_node.slot, ip, MODEL) == Y:
+                    return dict(p)
+            return None
+        other = wait_for(second, timeout=180, interval=0.2, what="a second replica answering")
+        second_s = time.monotonic() - scaled
+        assert other["spec"]["nodeName"] == node
+        print(f"second replica on the same node: scale -> answer {second_s:.1f} s = "
+              f"{second_s / (filled_s + first_s):.2f} of the first's "
+              f"{filled_s + first_s:.1f} s (cache fill {filled_s:.1f} s + start {first_s:.1f} s; "
+              f"{PAD_BYTES + (files / 'model.onnx').stat().st_size} bytes at "
+              f"{RATE // 2**20} MiB/s per file; load {os.getloadavg()[0]:.1f})")
         assert runtime_pod["spec"]["nodeName"] == node
         log = kube.kubectl("-n", namespace, "logs", runtime_pod["metadata"]["name"]).stdout
         assert "downloading model" not in log and "/var/lib/kubemaas/model-cache/model.onnx" in log
