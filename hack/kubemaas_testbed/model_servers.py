@@ -68,6 +68,7 @@ class _Base(ThreadingHTTPServer):
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         super().__init__((host, 0), _Handler)
+        self.host = host
         self.lock = threading.Lock()
         self.served: dict[str, int] = defaultdict(int)     # path -> body bytes sent
         self.ranges: list[tuple[str, str | None]] = []     # (path, Range header) per GET
@@ -80,7 +81,7 @@ class _Base(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://{self.server_address[0]}:{self.server_address[1]}"
+        return f"http://{self.host}:{self.server_address[1]}"
 
     def __enter__(self) -> _Base:
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
