@@ -144,3 +144,80 @@ def test_cache_from_http_with_progress_and_a_model_that_does_not_download(
     finally:
         kube.kubectl("-n", namespace, "delete", "md", "affine-cached", "--ignore-not-found",
                      "--wait=false", check=False)
+
+
+def test_cache_from_s3_with_a_credentials_secret(kube: Kube, namespace: str,
+                                                 real_node: Node,  # noqa: F811
+                                                 model_dir: Path,  # noqa: F811
+                                                 operator: Operator, tmp_path: Path) -> None:
+    """s3:// from moto's S3 server on the bridge address; the keys reach the download pod from
+    a Secret (envFrom) that the operator never reads."""
+    import socket
+    import subprocess
+
+    from tests.runtime.fetch_helpers import s3_upload
+    from tests.runtime.venvs import MOTO, ensure_venv
+
+    python = ensure_venv("moto", MOTO)
+    host = real_node.slot.gateway
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://{host}:{port}"
+    log = tmp_path / "moto.log"
+    weights = tmp_path / "weights.bin"
+    with weights.open("wb") as out:
+        out.truncate(64 * 1024 * 1024)
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(python), "-m", "moto.server", "-H", host, "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                with socket.create_connection((host, port), timeout=1):
+                    return True
+            except OSError:
+                return False
+        wait_for(up, timeout=60, what="moto's S3 server")
+        s3_upload(python, endpoint, [
+            {"bucket_only": True, "bucket": "models"},
+            {"bucket": "models", "key": "affine/model.onnx",
+             "path": str(model_dir / MODEL / "model.onnx")},
+            {"bucket": "models", "key": "affine/weights.bin", "path": str(weights),
+             "multipart": True}])
+        kube.kubectl("-n", namespace, "create", "secret", "generic", "s3-creds",
+                     "--from-literal=AWS_ACCESS_KEY_ID=testing",
+                     "--from-literal=AWS_SECRET_ACCESS_KEY=testing",
+                     "--from-literal=AWS_REGION=us-east-1")
+        cache = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelCache",
+                 "metadata": {"name": "affine-s3", "namespace": namespace},
+                 "spec": {"source": {"uri": "s3://models/affine/", "secretName": "s3-creds"},
+                          "storage": {"type": "node", "node": {
+                              "path": str(tmp_path / "caches"),
+                              "nodes": [real_node.node.name]}},
+                          "download": {"image": real_node.image, "imagePullPolicy": "Never",
+                                       "progressIntervalSeconds": 1,
+                                       "env": [{"name": "AWS_ENDPOINT_URL_S3",
+                                                "value": endpoint}]}}}
+        started = time.monotonic()
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(cache))
+        st = wait_for(lambda: (lambda s: s if s.get("phase") in ("Ready", "Failed") else None)(
+            get_json(kube, "-n", namespace, "get", "modelcache", "affine-s3").get("status")
+            or {}), timeout=240, interval=0.3, what="the s3 ModelCache Ready")
+        print(f"\ns3 ModelCache filled in {time.monotonic() - started:.1f} s "
+              f"(load {os.getloadavg()[0]:.1f}): {st.get('message')}")
+        assert st["phase"] == "Ready", st
+        assert {f["path"] for f in st["files"]} == {"model.onnx", "weights.bin"}
+        done = tmp_path / "caches" / namespace / "affine-s3"
+        assert (done / "model.onnx").read_bytes() == (model_dir / MODEL / "model.onnx"
+                                                      ).read_bytes()
+        (pod,) = get_json(kube, "-n", namespace, "get", "pods", "-l",
+                          "serving.kubemaas.io/model-cache=affine-s3")["items"]
+        assert pod["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+        kube.kubectl("-n", namespace, "delete", "modelcache", "affine-s3", "--wait=true",
+                     "--timeout=120s")
+        assert list(done.iterdir()) == []
+    finally:
+        proc.terminate()
+        proc.wait(10)
