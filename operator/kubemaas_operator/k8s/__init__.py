@@ -44,7 +44,6 @@ PLURALS: dict[str, str] = {
     "ConfigMap": "configmaps",
     "Event": "events",
     "ModelDeployment": MD_PLURAL,
-    "ModelCache": "modelcaches",
     "Pod": "pods",
     "PersistentVolumeClaim": "persistentvolumeclaims",
 }
