@@ -144,6 +144,33 @@ def test_guard_too_tight_warns_and_the_original_serves(kube: Kube, namespace: st
     assert served[0].read_bytes() == (store_dir / "mlp.onnx").read_bytes()
 
 
+def test_probe_file_named_in_the_spec_is_what_the_guard_measures(kube: Kube, namespace: str,
+                                                                  operator: Operator,
+                                                                  tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    make_mlp_onnx(store_dir / "mlp.onnx")
+    np.savez(store_dir / "probe.npz", x=np.random.default_rng(3).standard_normal((24, 32))
+             .astype(np.float32))
+    with file_server(store_dir) as store:
+        pod = _deploy(kube, namespace, "mlp-probe", store, free_port(),
+                      {"quantize": "int8-static", "maxRelError": 0.05,
+                       "probe": {"uri": f"{store}/probe.npz"}})
+        (init,) = pod["spec"]["initContainers"]
+        env = {e["name"]: e["value"] for e in init["env"]}
+        assert env["KUBEMAAS_OPTIMIZE_PROBE_URI"] == f"{store}/probe.npz"
+        local = {"model-cache": tmp_path / "cache"}
+        local["model-cache"].mkdir()
+        message = _run_init(init, local, tmp_path)
+    _report_terminated(kube, namespace, pod, message)
+    report = wait_for(lambda: status(kube, namespace, "mlp-probe").get("optimization"),
+                      timeout=60, what="status.optimization of mlp-probe")
+    assert report["probe"]["file"] == "probe.npz" and report["probe"]["rows"] == 24
+    assert report["serving"] == "optimized", report
+    described = kube.kubectl("-n", namespace, "describe", "md", "mlp-probe").stdout
+    assert "probe.npz" in described
+
+
 @pytest.mark.parametrize(("model", "says"), [
     ({"format": "onnx", "optimize": {"convert": "onnx"}},
      "model.optimize.convert onnx converts a torchscript or torch-export model"),
@@ -151,6 +178,14 @@ def test_guard_too_tight_warns_and_the_original_serves(kube: Kube, namespace: st
      "model.optimize.quantize works on ONNX models"),
     ({"format": "onnx", "optimize": {"maxAbsError": 0.1}},
      "model.optimize needs quantize and/or convert"),
+    ({"format": "onnx", "optimize": {"quantize": "fp16", "probeRows": 8,
+                                     "probe": {"uri": "s3://models/p.npz"}}},
+     "set probe (a file with its own rows) or probeRows"),
+    ({"format": "onnx", "uri": "https://h/m.onnx",
+      "optimize": {"quantize": "fp16", "probe": {"uri": "s3://models/p.npz"}}},
+     "the model must be on s3:// as well"),
+    ({"format": "onnx", "optimize": {"quantize": "fp16", "probe": {"uri": "pvc://c/p.npz"}}},
+     "model.optimize.probe.uri must be file:///PATH"),
 ])
 def test_the_api_server_refuses_impossible_combinations(kube: Kube, namespace: str,
                                                         operator: Operator,  # CRDs installed

@@ -84,5 +84,5 @@ def parse_model(raw: Any) -> ModelSource:
         raise SpecError("spec.model.version", f"{version!r} is not a valid model version")
     cred = _credentials(m.get("credentialsSecretRef"), uri)
     return ModelSource(uri=uri, format=fmt, sha256=sha, name=served, version=version,
-                       credentials_secret_ref=cred, optimize=parse_optimize(m.get("optimize"), fmt),
-                       cache=cache)
+                       credentials_secret_ref=cred,
+                       optimize=parse_optimize(m.get("optimize"), fmt, uri), cache=cache)

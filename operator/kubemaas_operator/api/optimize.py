@@ -7,14 +7,26 @@ model.py holds the field; errors are the API's ``SpecError``.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fields import SpecError, json_name, obj
+from .fields import SpecError, json_name, obj, string
 
 QUANTIZE = ("int8-dynamic", "int8-static", "fp16")
 CONVERT = ("onnx",)
 TORCH_FORMATS = ("torchscript", "torch-export")
+_PROBE_URI = re.compile(r"^(file:///.+|https?://[^/]+/.+|s3://[^/]+/.+)$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """A probe file (.npz, one array per model input) fetched like the model; the rows the
+    optimized model is calibrated and measured on instead of generated ones."""
+
+    uri: str = field(metadata=json_name("uri"))
+    sha256: str | None = field(metadata=json_name("sha256"), default=None)
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,7 @@ class OptimizeSpec:
     max_rel_error: float | None = field(metadata=json_name("maxRelError"), default=None)
     min_top1_agreement: float | None = field(metadata=json_name("minTop1Agreement"), default=None)
     probe_rows: int | None = field(metadata=json_name("probeRows"), default=None)
+    probe: ProbeSpec | None = field(metadata=json_name("probe"), default=None)
 
 
 def _number(raw: Any, path: str, low: float, high: float) -> float | None:
@@ -45,7 +58,25 @@ def _choice(raw: Any, path: str, choices: tuple[str, ...]) -> str | None:
     return str(raw)
 
 
-def parse_optimize(raw: Any, model_format: str) -> OptimizeSpec | None:
+def parse_probe(raw: Any, model_uri: str) -> ProbeSpec | None:
+    path = "spec.model.optimize.probe"
+    if raw is None:
+        return None
+    raw = obj(raw, path)
+    uri = string(raw.get("uri"), f"{path}.uri", required=True) or ""
+    if not _PROBE_URI.match(uri):
+        raise SpecError(f"{path}.uri", f"{uri!r} is not file:///PATH, http(s)://HOST/PATH or "
+                        "s3://BUCKET/KEY")
+    if uri.startswith("s3://") and not model_uri.startswith("s3://"):
+        raise SpecError(f"{path}.uri", "an s3:// probe is fetched with the model's "
+                        "credentials: the model must be on s3:// as well")
+    sha = string(raw.get("sha256"), f"{path}.sha256")
+    if sha is not None and not _SHA256.match(sha):
+        raise SpecError(f"{path}.sha256", "must be 64 lower-case hex digits")
+    return ProbeSpec(uri=uri, sha256=sha)
+
+
+def parse_optimize(raw: Any, model_format: str, model_uri: str = "") -> OptimizeSpec | None:
     """The typed ``spec.model.optimize`` of a model of ``model_format``; refuses what cannot
     work (the CRD's CEL rules say the same)."""
     path = "spec.model.optimize"
@@ -68,10 +99,14 @@ def parse_optimize(raw: Any, model_format: str) -> OptimizeSpec | None:
     if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int)
                              or not 1 <= rows <= 4096):
         raise SpecError(f"{path}.probeRows", f"must be an integer 1..4096, got {rows!r}")
+    probe = parse_probe(raw.get("probe"), model_uri)
+    if probe is not None and rows is not None:
+        raise SpecError(f"{path}.probeRows", "set probe (a file with its own rows) or "
+                        "probeRows (generated rows), not both")
     return OptimizeSpec(
         quantize=quantize, convert=convert,
         max_abs_error=_number(raw.get("maxAbsError"), f"{path}.maxAbsError", 0, math.inf),
         max_rel_error=_number(raw.get("maxRelError"), f"{path}.maxRelError", 0, math.inf),
         min_top1_agreement=_number(raw.get("minTop1Agreement"), f"{path}.minTop1Agreement",
                                    0, 1),
-        probe_rows=rows)
+        probe_rows=rows, probe=probe)

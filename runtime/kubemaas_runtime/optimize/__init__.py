@@ -3,7 +3,8 @@ the result against the original, and serve the original when the accuracy guard 
 
 ``python -m kubemaas_runtime.optimize --model-uri URI --out DIR
 [--quantize int8-dynamic|int8-static|fp16] [--convert onnx]
-[--max-abs-error X] [--max-rel-error X] [--min-top1-agreement X]``
+[--max-abs-error X] [--max-rel-error X] [--min-top1-agreement X]
+[--probe-uri URI [--probe-sha256 HEX]]``
 
 Runs before the runtime (the operator starts it as the pod's init container, from the runtime
 image). It fetches the model like the runtime does, and once per (model sha256, options) — in
@@ -28,10 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backends.base import TensorSpec
 from ..errors import StartupError
 from ..settings import guess_format
 from ..storage import S3Config, fetch_model, sha256_file
-from . import measure, transform
+from . import measure, probe, transform
 from .measure import Guard
 
 log = logging.getLogger("kubemaas.runtime.optimize")
@@ -47,13 +49,32 @@ class Options:
     probe_rows: int = 64
     max_batch_size: int = 8
     repeats: int = 10
+    probe_uri: str | None = None  # a probe file (probe.py) instead of generated rows
+    probe_sha256: str | None = None
 
-    def key(self, sha256: str) -> str:
+    def key(self, sha256: str, probe_sha256: str | None = None) -> str:
         doc = json.dumps({"sha256": sha256, "quantize": self.quantize, "convert": self.convert,
                           "guard": asdict(self.guard), "probeRows": self.probe_rows,
-                          "maxBatchSize": self.max_batch_size,
+                          "maxBatchSize": self.max_batch_size, "probe": probe_sha256,
                           "v": REPORT_VERSION}, sort_keys=True)
         return hashlib.sha256(doc.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class ProbeFile:
+    path: Path
+    sha256: str
+
+    def rows(self, specs: list[TensorSpec]) -> dict[str, Any]:
+        return probe.load(self.path, specs)
+
+
+def _feeds(specs: list[TensorSpec], opts: Options, probe_file: ProbeFile | None,
+           seed: int) -> dict[str, Any]:
+    """The probe file's rows, else ``probe_rows`` generated rows with ``seed``."""
+    if probe_file is not None:
+        return probe_file.rows(specs)
+    return measure.probe_inputs(specs, opts.probe_rows, seed=seed)
 
 
 def validate(fmt: str, opts: Options) -> None:
@@ -75,7 +96,8 @@ def validate(fmt: str, opts: Options) -> None:
         raise StartupError("--probe-rows and --max-batch-size must be 1..4096")
 
 
-def _optimize(src: Path, fmt: str, opts: Options, work: Path) -> Path:
+def _optimize(src: Path, fmt: str, opts: Options, work: Path,
+              probe_file: ProbeFile | None = None) -> Path:
     """The optimized file (ONNX), built in ``work``."""
     current = src
     if opts.convert == "onnx":
@@ -93,8 +115,10 @@ def _optimize(src: Path, fmt: str, opts: Options, work: Path) -> Path:
         from ..backends import load_model
 
         spec_model = load_model(current, "onnx", device="cpu")
-        calibration = measure.probe_inputs(spec_model.inputs, opts.probe_rows,
-                                           seed=transform.CALIBRATION_SEED)
+        # calibrated on the probe file when there is one (real data beats random rows; the
+        # figures are then measured on the calibration rows: docs/optimize.md), else on rows
+        # generated with another seed than the probe rows
+        calibration = _feeds(spec_model.inputs, opts, probe_file, transform.CALIBRATION_SEED)
         batch = opts.max_batch_size if spec_model.batchable else 1
         spec_model.close()
         dest = work / "int8-static.onnx"
@@ -107,12 +131,13 @@ def _optimize(src: Path, fmt: str, opts: Options, work: Path) -> Path:
     return current
 
 
-def _measure(src: Path, fmt: str, cand: Path, opts: Options, device: str) -> dict[str, Any]:
+def _measure(src: Path, fmt: str, cand: Path, opts: Options, device: str,
+             probe_file: ProbeFile | None = None) -> dict[str, Any]:
     from ..backends import load_model
 
     original = load_model(src, fmt, device=device)
     optimized = load_model(cand, "onnx", device=device)
-    feeds = measure.probe_inputs(original.inputs, opts.probe_rows)
+    feeds = _feeds(original.inputs, opts, probe_file, measure.SEED)
     batch = opts.max_batch_size if original.batchable and optimized.batchable else 1
     ref = measure.run_all(original, feeds, batch)
     got = measure.run_all(optimized, feeds, batch)
@@ -125,12 +150,15 @@ def _measure(src: Path, fmt: str, cand: Path, opts: Options, device: str) -> dic
                                                                  max(3, opts.repeats // 2))
     original.close()
     optimized.close()
-    return {"errors": errs, "latencyMs": latency, "device": original.device,
-            "probe": {"rows": opts.probe_rows, "seed": measure.SEED}}
+    rows = len(next(iter(feeds.values())))
+    source: dict[str, Any] = ({"rows": rows, "seed": measure.SEED} if probe_file is None else
+                              {"rows": rows, "file": probe_file.path.name,
+                               "sha256": probe_file.sha256})
+    return {"errors": errs, "latencyMs": latency, "device": original.device, "probe": source}
 
 
 def build(src: Path, fmt: str, sha256: str, opts: Options, entry: Path,
-          device: str) -> dict[str, Any]:
+          device: str, probe_file: ProbeFile | None = None) -> dict[str, Any]:
     """Optimize, measure and decide; leaves ``entry/model.<ext>`` and returns the report."""
     work = entry / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -141,8 +169,8 @@ def build(src: Path, fmt: str, sha256: str, opts: Options, entry: Path,
     started = time.perf_counter()
     chosen = src
     try:
-        cand = _optimize(src, fmt, opts, work)
-        report.update(_measure(src, fmt, cand, opts, device))
+        cand = _optimize(src, fmt, opts, work, probe_file)
+        report.update(_measure(src, fmt, cand, opts, device, probe_file))
         report["sizeBytes"] = {"original": src.stat().st_size, "optimized": cand.stat().st_size}
         failed = measure.check(opts.guard, report["errors"])
         if failed:
@@ -174,7 +202,12 @@ def run(uri: str, out: Path, opts: Options, *, fmt: str | None = None, sha256: s
         raise StartupError(f"cannot tell the format of {src.name}; set --format")
     validate(fmt, opts)
     digest = sha256 or sha256_file(src)
-    entry = out / "by-key" / opts.key(digest)
+    probe_file = None
+    if opts.probe_uri is not None:  # fetched like the model: same schemes, credentials, checks
+        path = fetch_model(opts.probe_uri, str(out / "probe"), sha256=opts.probe_sha256, s3=s3,
+                           timeout_s=timeout_s)
+        probe_file = ProbeFile(path, opts.probe_sha256 or sha256_file(path))
+    entry = out / "by-key" / opts.key(digest, probe_file.sha256 if probe_file else None)
     entry.mkdir(parents=True, exist_ok=True)
     with (entry.parent / f"{entry.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second replica waits here, then reads the cache
@@ -183,7 +216,7 @@ def run(uri: str, out: Path, opts: Options, *, fmt: str | None = None, sha256: s
             report = dict(json.loads(done.read_text()))
             report["cached"] = True
         else:
-            report = build(src, fmt, digest, opts, entry, device)
+            report = build(src, fmt, digest, opts, entry, device, probe_file)
             report["cached"] = False
     serve = out / "serve"
     staging = out / f".serve.{os.getpid()}"

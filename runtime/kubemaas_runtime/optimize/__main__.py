@@ -46,6 +46,10 @@ def parser() -> argparse.ArgumentParser:
                                                          or 64))
     p.add_argument("--max-batch-size", type=int, default=int(_env("KUBEMAAS_MAX_BATCH_SIZE")
                                                              or 8))
+    p.add_argument("--probe-uri", default=_env("KUBEMAAS_OPTIMIZE_PROBE_URI"),
+                   help="a probe file (.npz, one array per input) to calibrate and measure on "
+                        "instead of generated rows; fetched like the model")
+    p.add_argument("--probe-sha256", default=_env("KUBEMAAS_OPTIMIZE_PROBE_SHA256"))
     p.add_argument("--repeats", type=int, default=int(_env("KUBEMAAS_OPTIMIZE_REPEATS") or 10),
                    help="timed calls per latency figure (median)")
     p.add_argument("--device", default=_env("KUBEMAAS_DEVICE") or "cpu",
@@ -82,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        guard=Guard(args.max_abs_error, args.max_rel_error,
                                    args.min_top1_agreement),
                        probe_rows=args.probe_rows, max_batch_size=args.max_batch_size,
-                       repeats=max(1, args.repeats))
+                       repeats=max(1, args.repeats), probe_uri=args.probe_uri,
+                       probe_sha256=(args.probe_sha256.strip().lower() if args.probe_sha256
+                                     else None))
         s3 = S3Config.from_env(os.environ, args.s3_endpoint, args.s3_credentials_dir)
         sha = args.model_sha256.strip().lower() if args.model_sha256 else None
         report = run(args.model_uri, Path(args.out), opts, fmt=args.format, sha256=sha, s3=s3,
