@@ -26,6 +26,9 @@ def test_parsed_with_its_guard() -> None:
     assert (opt.quantize, opt.convert, opt.min_top1_agreement, opt.probe_rows) == (
         "int8-static", None, 0.98, 128)
     assert spec("torch-export", convert="onnx", quantize="fp16").model.optimize.convert == "onnx"
+    assert spec("torch-export", quantize="int8-weight-only").model.optimize.quantize == (
+        "int8-weight-only")
+    assert spec("torchscript", quantize="bf16").model.optimize.convert is None
 
 
 @pytest.mark.parametrize(("fmt", "optimize", "path", "says"), [
@@ -35,6 +38,11 @@ def test_parsed_with_its_guard() -> None:
     ("torchscript", {"quantize": "int8-dynamic"}, "spec.model.optimize.quantize",
      "needs convert: onnx"),
     ("onnx", {"quantize": "int4"}, "spec.model.optimize.quantize", "not one of"),
+    ("torchscript", {"quantize": "int8-weight-only"}, "spec.model.optimize.quantize",
+     "int8-weight-only works on torch-export, hf models without convert, not on torchscript"),
+    ("torch-export", {"quantize": "bf16", "convert": "onnx"}, "spec.model.optimize.quantize",
+     "not on torch-export with convert: onnx"),
+    ("onnx", {"quantize": "bf16"}, "spec.model.optimize.quantize", "not on onnx"),
     ("onnx", {"quantize": "fp16", "minTop1Agreement": 1.5}, "spec.model.optimize.minTop1Agreement",
      "between 0 and 1"),
     ("onnx", {"quantize": "fp16", "maxAbsError": "x"}, "spec.model.optimize.maxAbsError",

@@ -13,7 +13,11 @@ from typing import Any
 
 from .fields import SpecError, json_name, obj, string
 
-QUANTIZE = ("int8-dynamic", "int8-static", "fp16")
+ONNX_QUANTIZE = ("int8-dynamic", "int8-static", "fp16")
+# quantize options done on the model's own torch format (no ONNX): the formats each takes
+TORCH_QUANTIZE = {"int8-weight-only": ("torch-export", "hf"),
+                  "bf16": ("torchscript", "torch-export", "hf")}
+QUANTIZE = (*ONNX_QUANTIZE, *TORCH_QUANTIZE)
 CONVERT = ("onnx",)
 TORCH_FORMATS = ("torchscript", "torch-export")
 _PROBE_URI = re.compile(r"^(file:///.+|https?://[^/]+/.+|s3://[^/]+/.+)$")
@@ -90,7 +94,13 @@ def parse_optimize(raw: Any, model_format: str, model_uri: str = "") -> Optimize
     if convert == "onnx" and model_format not in TORCH_FORMATS:
         raise SpecError(f"{path}.convert", "onnx converts a torchscript or torch-export "
                                 f"model, not {model_format}")
-    if quantize is not None and model_format != "onnx" and convert != "onnx":
+    if quantize in TORCH_QUANTIZE:
+        takes = TORCH_QUANTIZE[quantize]
+        if convert is not None or model_format not in takes:
+            raise SpecError(f"{path}.quantize", f"{quantize} works on {', '.join(takes)} "
+                            f"models without convert, not on {model_format}"
+                            + (" with convert: onnx" if convert else ""))
+    elif quantize is not None and model_format != "onnx" and convert != "onnx":
         raise SpecError(f"{path}.quantize", f"{quantize} works on ONNX models: a "
                                 f"{model_format} model needs convert: onnx as well"
                                 if model_format in TORCH_FORMATS else

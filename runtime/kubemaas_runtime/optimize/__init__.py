@@ -33,7 +33,7 @@ from ..backends.base import TensorSpec
 from ..errors import StartupError
 from ..settings import guess_format
 from ..storage import S3Config, fetch_model, sha256_file
-from . import measure, probe, transform
+from . import measure, probe, torch_quant, transform
 from .measure import Guard
 
 log = logging.getLogger("kubemaas.runtime.optimize")
@@ -81,15 +81,22 @@ def validate(fmt: str, opts: Options) -> None:
     """Refuse combinations that cannot work (the CRD's CEL rules say the same)."""
     if opts.quantize is None and opts.convert is None:
         raise StartupError("nothing to do: set --quantize and/or --convert")
-    if opts.quantize is not None and opts.quantize not in transform.QUANTIZE:
-        raise StartupError(f"--quantize {opts.quantize!r} is not one of "
-                           f"{', '.join(transform.QUANTIZE)}")
+    known = (*transform.QUANTIZE, *torch_quant.TORCH_QUANTIZE)
+    if opts.quantize is not None and opts.quantize not in known:
+        raise StartupError(f"--quantize {opts.quantize!r} is not one of {', '.join(known)}")
     if opts.convert is not None and opts.convert not in transform.CONVERT:
         raise StartupError(f"--convert {opts.convert!r} is not one of "
                            f"{', '.join(transform.CONVERT)}")
     if opts.convert == "onnx" and fmt not in ("torchscript", "torch-export"):
         raise StartupError(f"--convert onnx takes a torchscript or torch-export model, not {fmt}")
-    if opts.quantize is not None and fmt != "onnx" and opts.convert != "onnx":
+    if opts.quantize in torch_quant.TORCH_QUANTIZE:
+        torch_formats = ("torch-export",) if opts.quantize == "int8-weight-only" else (
+            "torchscript", "torch-export")
+        if opts.convert is not None or fmt not in torch_formats:
+            raise StartupError(f"--quantize {opts.quantize} works on {' and '.join(torch_formats)}"
+                               f" models without --convert, not on {fmt}"
+                               + (" with --convert" if opts.convert else ""))
+    elif opts.quantize is not None and fmt != "onnx" and opts.convert != "onnx":
         raise StartupError(f"--quantize {opts.quantize} works on ONNX models; a {fmt} model "
                            "needs --convert onnx as well")
     if not 1 <= opts.probe_rows <= 4096 or not 1 <= opts.max_batch_size <= 4096:
@@ -98,7 +105,18 @@ def validate(fmt: str, opts: Options) -> None:
 
 def _optimize(src: Path, fmt: str, opts: Options, work: Path,
               probe_file: ProbeFile | None = None) -> Path:
-    """The optimized file (ONNX), built in ``work``."""
+    """The optimized file (ONNX, or the model's own torch format), built in ``work``."""
+    if opts.quantize in torch_quant.TORCH_QUANTIZE:
+        from ..backends import load_model
+
+        original = load_model(src, fmt, device="cpu")
+        dest = work / f"{opts.quantize}{src.suffix}"
+        if opts.quantize == "bf16":
+            torch_quant.to_bf16(src, fmt, original.inputs, dest)
+        else:
+            torch_quant.int8_weight_only(src, fmt, original.inputs, dest)
+        original.close()
+        return dest
     current = src
     if opts.convert == "onnx":
         from ..backends import load_model
@@ -136,7 +154,7 @@ def _measure(src: Path, fmt: str, cand: Path, opts: Options, device: str,
     from ..backends import load_model
 
     original = load_model(src, fmt, device=device)
-    optimized = load_model(cand, "onnx", device=device)
+    optimized = load_model(cand, guess_format(cand.name) or "onnx", device=device)
     feeds = _feeds(original.inputs, opts, probe_file, measure.SEED)
     batch = opts.max_batch_size if original.batchable and optimized.batchable else 1
     ref = measure.run_all(original, feeds, batch)
@@ -181,7 +199,7 @@ def build(src: Path, fmt: str, sha256: str, opts: Options, entry: Path,
     except StartupError as exc:
         report.update(serving="original", reason=f"optimization failed: {exc}")
     report["seconds"] = round(time.perf_counter() - started, 2)
-    served = entry / ("model.onnx" if chosen != src else f"model{src.suffix}")
+    served = entry / f"model{chosen.suffix}"
     tmp = entry / f".{served.name}.partial"
     shutil.copyfile(chosen, tmp)
     os.replace(tmp, served)
