@@ -178,6 +178,8 @@ def test_probe_file_named_in_the_spec_is_what_the_guard_measures(kube: Kube, nam
      "model.optimize.quantize int8-dynamic, int8-static and fp16 work on ONNX models"),
     ({"format": "torchscript", "optimize": {"quantize": "int8-weight-only"}},
      "int8-weight-only works on torch-export and hf models, without convert"),
+    ({"format": "onnx", "optimize": {"quantize": "fp16", "minTokenAgreement": 0.9}},
+     "model.optimize.minTokenAgreement is the guard of hf language models"),
     ({"format": "onnx", "optimize": {"quantize": "bf16"}},
      "bf16 works on torchscript, torch-export and hf models, without convert"),
     ({"format": "onnx", "optimize": {"maxAbsError": 0.1}},

@@ -40,6 +40,8 @@ class OptimizeSpec:
     max_abs_error: float | None = field(metadata=json_name("maxAbsError"), default=None)
     max_rel_error: float | None = field(metadata=json_name("maxRelError"), default=None)
     min_top1_agreement: float | None = field(metadata=json_name("minTop1Agreement"), default=None)
+    min_token_agreement: float | None = field(metadata=json_name("minTokenAgreement"),
+                                              default=None)
     probe_rows: int | None = field(metadata=json_name("probeRows"), default=None)
     probe: ProbeSpec | None = field(metadata=json_name("probe"), default=None)
 
@@ -109,6 +111,14 @@ def parse_optimize(raw: Any, model_format: str, model_uri: str = "") -> Optimize
     if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int)
                              or not 1 <= rows <= 4096):
         raise SpecError(f"{path}.probeRows", f"must be an integer 1..4096, got {rows!r}")
+    tensor_guard = [k for k in ("maxAbsError", "maxRelError", "minTop1Agreement", "probeRows")
+                    if raw.get(k) is not None]
+    if model_format == "hf" and tensor_guard:
+        raise SpecError(f"{path}.{tensor_guard[0]}", "an hf model's guard is minTokenAgreement "
+                        "(greedy continuations of probe prompts compared token by token)")
+    if model_format != "hf" and raw.get("minTokenAgreement") is not None:
+        raise SpecError(f"{path}.minTokenAgreement", f"is the guard of hf language models, not "
+                        f"of {model_format} models")
     probe = parse_probe(raw.get("probe"), model_uri)
     if probe is not None and rows is not None:
         raise SpecError(f"{path}.probeRows", "set probe (a file with its own rows) or "
@@ -119,4 +129,6 @@ def parse_optimize(raw: Any, model_format: str, model_uri: str = "") -> Optimize
         max_rel_error=_number(raw.get("maxRelError"), f"{path}.maxRelError", 0, math.inf),
         min_top1_agreement=_number(raw.get("minTop1Agreement"), f"{path}.minTop1Agreement",
                                    0, 1),
+        min_token_agreement=_number(raw.get("minTokenAgreement"), f"{path}.minTokenAgreement",
+                                    0, 1),
         probe_rows=rows, probe=probe)

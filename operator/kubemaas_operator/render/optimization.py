@@ -39,6 +39,7 @@ def _options_env(spec: ModelDeploymentSpec) -> list[dict[str, str]]:
              ("KUBEMAAS_OPTIMIZE_MAX_ABS_ERROR", opt.max_abs_error),
              ("KUBEMAAS_OPTIMIZE_MAX_REL_ERROR", opt.max_rel_error),
              ("KUBEMAAS_OPTIMIZE_MIN_TOP1_AGREEMENT", opt.min_top1_agreement),
+             ("KUBEMAAS_OPTIMIZE_MIN_TOKEN_AGREEMENT", opt.min_token_agreement),
              ("KUBEMAAS_OPTIMIZE_PROBE_ROWS", opt.probe_rows),
              ("KUBEMAAS_OPTIMIZE_PROBE_URI", opt.probe.uri if opt.probe else None),
              ("KUBEMAAS_OPTIMIZE_PROBE_SHA256", opt.probe.sha256 if opt.probe else None)]

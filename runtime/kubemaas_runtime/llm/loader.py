@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import StartupError
+from . import quantized
 
 log = logging.getLogger("kubemaas.runtime.llm")
 
@@ -91,6 +92,12 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto") -> LanguageMo
     _check_dir(path)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    optimized = quantized.read_marker(path)  # the optimize step's choice, which it measured
+    if optimized == "bf16":
+        if dtype not in ("auto", "bfloat16"):
+            log.warning("the model was optimized to bfloat16: --dtype is ignored",
+                        extra={"fields": {"dtype": dtype}})
+        torch_dtype = torch.bfloat16
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), use_fast=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -102,6 +109,10 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto") -> LanguageMo
         raise StartupError(f"{path}: the tokenizer is not a fast tokenizer")
     model.to(dev)
     model.eval()
+    if optimized == "int8-weight-only":
+        layers = quantized.int8_weight_only(model)
+        log.info("linear weights quantized to int8 (optimize step)",
+                 extra={"fields": {"layers": layers}})
     cfg = model.config
     heads = int(cfg.num_attention_heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)

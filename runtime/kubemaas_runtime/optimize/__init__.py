@@ -31,9 +31,10 @@ from typing import Any
 
 from ..backends.base import TensorSpec
 from ..errors import StartupError
+from ..llm.quantized import MARKER
 from ..settings import guess_format
 from ..storage import S3Config, fetch_model, sha256_file
-from . import measure, probe, torch_quant, transform
+from . import llm_quant, measure, probe, torch_quant, transform
 from .measure import Guard
 
 log = logging.getLogger("kubemaas.runtime.optimize")
@@ -89,7 +90,18 @@ def validate(fmt: str, opts: Options) -> None:
                            f"{', '.join(transform.CONVERT)}")
     if opts.convert == "onnx" and fmt not in ("torchscript", "torch-export"):
         raise StartupError(f"--convert onnx takes a torchscript or torch-export model, not {fmt}")
-    if opts.quantize in torch_quant.TORCH_QUANTIZE:
+    tensor_guard = (opts.guard.max_abs_error, opts.guard.max_rel_error,
+                    opts.guard.min_top1_agreement) != (None,) * 3
+    if fmt == "hf":
+        if opts.quantize not in llm_quant.LLM_QUANTIZE or opts.convert is not None:
+            raise StartupError(f"an hf model takes --quantize {' or '.join(llm_quant.LLM_QUANTIZE)}"
+                               " and no --convert")
+        if tensor_guard:
+            raise StartupError("an hf model's guard is --min-token-agreement (not --max-abs-error, "
+                               "--max-rel-error or --min-top1-agreement)")
+    elif opts.guard.min_token_agreement is not None:
+        raise StartupError(f"--min-token-agreement is the guard of hf models, not of {fmt}")
+    elif opts.quantize in torch_quant.TORCH_QUANTIZE:
         torch_formats = ("torch-export",) if opts.quantize == "int8-weight-only" else (
             "torchscript", "torch-export")
         if opts.convert is not None or fmt not in torch_formats:
@@ -210,16 +222,36 @@ def build(src: Path, fmt: str, sha256: str, opts: Options, entry: Path,
     return report
 
 
+def _build_hf(src: Path, digest: str, opts: Options, entry: Path, device: str,
+              probe_file: ProbeFile | None) -> dict[str, Any]:
+    assert opts.quantize is not None  # validate() saw to it
+    report: dict[str, Any] = {"version": REPORT_VERSION, "sha256": digest,
+                              "quantize": opts.quantize, "convert": None}
+    report = llm_quant.build(src, report, opts.quantize, opts.guard.min_token_agreement, entry,
+                             device, probe_file.path if probe_file else None)
+    if not report["reason"].startswith("optimization failed"):  # a failure may be transient
+        (entry / "report.json").write_text(json.dumps(report, sort_keys=True))
+    return report
+
+
 def run(uri: str, out: Path, opts: Options, *, fmt: str | None = None, sha256: str | None = None,
         s3: S3Config | None = None, timeout_s: float = 300.0,
         device: str = "cpu") -> dict[str, Any]:
     """Fetch, optimize once per (sha256, options) under a lock, place ``out/serve/``."""
-    src = fetch_model(uri, str(out / "download"), sha256=sha256, s3=s3, timeout_s=timeout_s)
-    fmt = fmt or guess_format(src.name)
-    if fmt is None:
-        raise StartupError(f"cannot tell the format of {src.name}; set --format")
+    if (fmt or guess_format(uri)) == "hf":  # a model directory (llm_quant.py)
+        from ..storage_dir import fetch_model_dir
+        from ..tfconvert import tree_digest
+
+        fmt = "hf"
+        src = fetch_model_dir(uri, str(out / "download"), s3=s3, timeout_s=timeout_s)
+        digest = sha256 or tree_digest(src)
+    else:
+        src = fetch_model(uri, str(out / "download"), sha256=sha256, s3=s3, timeout_s=timeout_s)
+        fmt = fmt or guess_format(src.name)
+        if fmt is None:
+            raise StartupError(f"cannot tell the format of {src.name}; set --format")
+        digest = sha256 or sha256_file(src)
     validate(fmt, opts)
-    digest = sha256 or sha256_file(src)
     probe_file = None
     if opts.probe_uri is not None:  # fetched like the model: same schemes, credentials, checks
         path = fetch_model(opts.probe_uri, str(out / "probe"), sha256=opts.probe_sha256, s3=s3,
@@ -234,14 +266,19 @@ def run(uri: str, out: Path, opts: Options, *, fmt: str | None = None, sha256: s
             report = dict(json.loads(done.read_text()))
             report["cached"] = True
         else:
-            report = build(src, fmt, digest, opts, entry, device, probe_file)
+            report = (build(src, fmt, digest, opts, entry, device, probe_file) if fmt != "hf"
+                      else _build_hf(src, digest, opts, entry, device, probe_file))
             report["cached"] = False
     serve = out / "serve"
     staging = out / f".serve.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     name = str(report["servedFile"])
-    if _same_fs(entry, staging):
+    if (entry / name).is_dir():  # an hf model directory: serve/ holds its files
+        llm_quant.link_tree(entry / name, staging)
+        if (entry / name / MARKER).is_file():
+            shutil.copyfile(entry / name / MARKER, staging / MARKER)
+    elif _same_fs(entry, staging):
         os.link(entry / name, staging / name)
     else:
         shutil.copyfile(entry / name, staging / name)

@@ -36,12 +36,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-sha256", default=_env("KUBEMAAS_MODEL_SHA256"))
     p.add_argument("--out", default=_env("KUBEMAAS_OPTIMIZE_DIR"))
     p.add_argument("--quantize", default=_env("KUBEMAAS_OPTIMIZE_QUANTIZE"),
-                   help="int8-dynamic | int8-static | fp16")
+                   help="int8-dynamic | int8-static | fp16 | int8-weight-only | bf16")
     p.add_argument("--convert", default=_env("KUBEMAAS_OPTIMIZE_CONVERT"), help="onnx")
     p.add_argument("--max-abs-error", type=float, default=_float("KUBEMAAS_OPTIMIZE_MAX_ABS_ERROR"))
     p.add_argument("--max-rel-error", type=float, default=_float("KUBEMAAS_OPTIMIZE_MAX_REL_ERROR"))
     p.add_argument("--min-top1-agreement", type=float,
                    default=_float("KUBEMAAS_OPTIMIZE_MIN_TOP1_AGREEMENT"))
+    p.add_argument("--min-token-agreement", type=float,
+                   default=_float("KUBEMAAS_OPTIMIZE_MIN_TOKEN_AGREEMENT"),
+                   help="hf models: the smallest fraction of greedy probe tokens the optimized "
+                        "model must choose as the original does (default 0.9)")
     p.add_argument("--probe-rows", type=int, default=int(_env("KUBEMAAS_OPTIMIZE_PROBE_ROWS")
                                                          or 64))
     p.add_argument("--max-batch-size", type=int, default=int(_env("KUBEMAAS_MAX_BATCH_SIZE")
@@ -80,11 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("max_abs_error", "max_rel_error"):
             if getattr(args, name) is not None and getattr(args, name) < 0:
                 raise StartupError(f"--{name.replace('_', '-')} must be 0 or more")
-        if args.min_top1_agreement is not None and not 0 <= args.min_top1_agreement <= 1:
-            raise StartupError("--min-top1-agreement must be 0..1")
+        for name in ("min_top1_agreement", "min_token_agreement"):
+            if getattr(args, name) is not None and not 0 <= getattr(args, name) <= 1:
+                raise StartupError(f"--{name.replace('_', '-')} must be 0..1")
         opts = Options(quantize=args.quantize, convert=args.convert,
                        guard=Guard(args.max_abs_error, args.max_rel_error,
-                                   args.min_top1_agreement),
+                                   args.min_top1_agreement, args.min_token_agreement),
                        probe_rows=args.probe_rows, max_batch_size=args.max_batch_size,
                        repeats=max(1, args.repeats), probe_uri=args.probe_uri,
                        probe_sha256=(args.probe_sha256.strip().lower() if args.probe_sha256

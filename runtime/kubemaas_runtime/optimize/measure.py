@@ -30,14 +30,17 @@ class Guard:
     max_abs_error: float | None = None
     max_rel_error: float | None = None
     min_top1_agreement: float | None = None
+    min_token_agreement: float | None = None  # hf language models only (llm_quant.py)
 
     def as_report(self) -> dict[str, float]:
         named = {"maxAbsError": self.max_abs_error, "maxRelError": self.max_rel_error,
-                 "minTop1Agreement": self.min_top1_agreement}
+                 "minTop1Agreement": self.min_top1_agreement,
+                 "minTokenAgreement": self.min_token_agreement}
         return {k: v for k, v in named.items() if v is not None}
 
     def effective(self) -> Guard:
-        if (self.max_abs_error, self.max_rel_error, self.min_top1_agreement) == (None,) * 3:
+        if (self.max_abs_error, self.max_rel_error, self.min_top1_agreement,
+                self.min_token_agreement) == (None,) * 4:
             return Guard(None, DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_TOP1_AGREEMENT)
         return self
 
