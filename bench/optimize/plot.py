@@ -56,8 +56,7 @@ def main() -> None:
         for j, (key, color) in enumerate(BARS):
             if key in got:
                 ax.barh(i + (j - 1) * height, got[key], height, color=color, alpha=0.9,
-                        hatch="//" if refused else None, edgecolor="black" if refused else None,
-                        label=key if i == 0 else None)
+                        hatch="//" if refused else None, edgecolor="black" if refused else None)
         ax.text(1.02, i, f"{agreement(rep)}{'  (original serves)' if refused else ''}",
                 transform=ax.get_yaxis_transform(), va="center", fontsize=7)
     labels = [f"{r['model']}: " + " + ".join(f"{v}" for _, v in sorted(r["options"].items(),
@@ -68,10 +67,17 @@ def main() -> None:
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("optimized / original (log; < 1: smaller or faster)", fontsize=8)
-    ax.legend(["size", "latency batch 1", "latency batch 8"], fontsize=7, loc="lower right")
+    from matplotlib.patches import Patch
+
+    names = {"size": "size", "batch1": "latency batch 1", "batch8": "latency batch 8"}
+    handles = [Patch(color=color, label=names[key]) for key, color in BARS]
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
+                         label="guard refused: the original serves"))
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
     start, end = doc.get("loadStart", [0])[0], doc.get("loadEnd", [0])[0]
-    ax.set_title(f"spec.model.optimize, CPU, {doc.get('started', '')}: load average "
-                 f"{start:.1f} → {end:.1f} (shared machine)", fontsize=9)
+    ax.set_title(f"spec.model.optimize, CPU, {doc.get('started', '')}: 1-min load average "
+                 f"{start:.1f} at the start, {end:.1f} at the end (shared 2-core machine)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(sys.argv[2], dpi=72)
     from PIL import Image  # matplotlib depends on pillow: shrink to a 64-colour palette
