@@ -171,6 +171,15 @@ def test_probe_file_named_in_the_spec_is_what_the_guard_measures(kube: Kube, nam
     assert "probe.npz" in described
 
 
+def test_the_api_server_takes_an_hf_model_with_the_token_guard(kube: Kube, namespace: str,
+                                                                operator: Operator) -> None:
+    result = kube.kubectl("-n", namespace, "apply", "--dry-run=server", "-f", "-", check=False,
+                          input=md("llm", model={"uri": "s3://models/llm/", "format": "hf",
+                                                 "optimize": {"quantize": "int8-weight-only",
+                                                              "minTokenAgreement": 0.8}}))
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize(("model", "says"), [
     ({"format": "onnx", "optimize": {"convert": "onnx"}},
      "model.optimize.convert onnx converts a torchscript or torch-export model"),
@@ -180,6 +189,11 @@ def test_probe_file_named_in_the_spec_is_what_the_guard_measures(kube: Kube, nam
      "int8-weight-only works on torch-export and hf models, without convert"),
     ({"format": "onnx", "optimize": {"quantize": "fp16", "minTokenAgreement": 0.9}},
      "model.optimize.minTokenAgreement is the guard of hf language models"),
+    ({"format": "hf", "uri": "s3://models/llm/",
+      "optimize": {"quantize": "int8-weight-only", "maxRelError": 0.1}},
+     "an hf model's guard is minTokenAgreement"),
+    ({"format": "hf", "uri": "s3://models/llm/", "optimize": {"quantize": "int8-dynamic"}},
+     "int8-dynamic, int8-static and fp16 work on ONNX models"),
     ({"format": "onnx", "optimize": {"quantize": "bf16"}},
      "bf16 works on torchscript, torch-export and hf models, without convert"),
     ({"format": "onnx", "optimize": {"maxAbsError": 0.1}},
