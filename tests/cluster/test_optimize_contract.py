@@ -204,6 +204,9 @@ def test_the_api_server_takes_an_hf_model_with_the_token_guard(kube: Kube, names
     ({"format": "onnx", "uri": "https://h/m.onnx",
       "optimize": {"quantize": "fp16", "probe": {"uri": "s3://models/p.npz"}}},
      "the model must be on s3:// as well"),
+    ({"format": "onnx", "uri": None, "cache": "resnet",
+      "optimize": {"quantize": "fp16", "probe": {"uri": "s3://models/p.npz"}}},
+     "the model must be on s3:// as well"),
     ({"format": "onnx", "optimize": {"quantize": "fp16", "probe": {"uri": "pvc://c/p.npz"}}},
      "model.optimize.probe.uri must be file:///PATH"),
 ])
@@ -212,5 +215,6 @@ def test_the_api_server_refuses_impossible_combinations(kube: Kube, namespace: s
                                                         model: dict[str, Any],
                                                         says: str) -> None:
     result = kube.kubectl("-n", namespace, "apply", "-f", "-", check=False, input=md(
-        "bad", model={"uri": "s3://models/m.onnx", **model}))
+        "bad", model={k: v for k, v in {"uri": "s3://models/m.onnx", **model}.items()
+                      if v is not None}))
     assert result.returncode != 0 and says in result.stderr, result.stderr
