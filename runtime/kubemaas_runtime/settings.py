@@ -156,11 +156,12 @@ OPTIONS: tuple[Option, ...] = (
            "KUBEMAAS_MAX_NUM_BATCHED_TOKENS", 512, int,
            "hf models: tokens per engine step (decodes + prefill chunks); a longer prompt is "
            "read in chunks over several steps."),
-    Option("prefill_share", "--prefill-share", "KUBEMAAS_PREFILL_SHARE", 0.5, float,
+    Option("prefill_share", "--prefill-share", "KUBEMAAS_PREFILL_SHARE", 0.0, float,
            "hf models: while sequences are decoding, a step's prompt chunk is sized (from "
            "measured step times) to take at most this fraction of a decode step's time, so "
            "inter-token latency stays near (1 + share) x a decode step; long prompts then take "
-           "more steps. 0 = no cap (only --max-num-batched-tokens)."),
+           "more steps. 0 (the default until it is measured on a quiet machine) = no cap, only "
+           "--max-num-batched-tokens."),
     Option("block_size", "--block-size", "KUBEMAAS_BLOCK_SIZE", 16, int,
            "hf models: tokens per KV-cache block."),
     Option("prefix_caching", "--prefix-caching", "KUBEMAAS_PREFIX_CACHING", True, _bool,
@@ -240,7 +241,7 @@ class Settings:
     max_model_len: int = 0
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
-    prefill_share: float = 0.5
+    prefill_share: float = 0.0
     block_size: int = 16
     prefix_caching: bool = True
     log_level: str = "info"

@@ -8,7 +8,7 @@ Every engine step the scheduler decides which sequences run and how many of thei
 * decode rows: every running sequence whose next token is known feeds that one token;
 * prefill chunks: sequences still reading their prompt feed up to the remaining budget of
   ``max_num_batched_tokens`` tokens, so a long prompt is read over several steps and the decodes
-  beside it keep going; while decodes run, the chunk is also held to ``prefill_cap`` tokens
+  beside it keep going; while decodes run, the chunk is also held to ``prefill_cap`` tokens when one is set
   (set by the engine's ``PrefillPacer`` from measured step times) so that a step with a prefill
   is never much slower than a decode step: that step's time is every running stream's gap
   between two tokens;
