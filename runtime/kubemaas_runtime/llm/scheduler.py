@@ -8,10 +8,10 @@ Every engine step the scheduler decides which sequences run and how many of thei
 * decode rows: every running sequence whose next token is known feeds that one token;
 * prefill chunks: sequences still reading their prompt feed up to the remaining budget of
   ``max_num_batched_tokens`` tokens, so a long prompt is read over several steps and the decodes
-  beside it keep going; while decodes run, the chunk is also held to ``prefill_cap`` tokens when one is set
-  (set by the engine's ``PrefillPacer`` from measured step times) so that a step with a prefill
-  is never much slower than a decode step: that step's time is every running stream's gap
-  between two tokens;
+  beside it keep going; while decodes run, the chunk is also held to ``prefill_cap`` tokens
+  when the engine's ``PrefillPacer`` sets one (from measured step times, --prefill-share > 0) so
+  that a step with a prefill is never much slower than a decode step: that step's time is every
+  running stream's gap between two tokens;
 * growth and preemption: a decode that needs a new block takes one; when none is free the most
   recently admitted sequence gives its blocks back and waits again at the head of the queue
   (its prompt and output so far are read again when it is readmitted: recompute).
