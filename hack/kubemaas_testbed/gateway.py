@@ -12,13 +12,10 @@ store Gateways and HTTPRoutes, nothing routes traffic.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-from . import binaries, cluster
+from . import gomodule
 
 GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api"
 GATEWAY_API_VERSION = "v1.6.3"
@@ -30,41 +27,19 @@ KINDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants")
 
 def module_dir() -> Path:
     """The module's directory in the Go module cache (downloaded when missing)."""
-    for directory in binaries.search_dirs():
-        recorded = directory / RECORD
-        if recorded.is_file():
-            path = Path(recorded.read_text().strip())
-            if path.name == f"gateway-api@{GATEWAY_API_VERSION}" and path.is_dir():
-                return path
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"{GATEWAY_API_MODULE}@{GATEWAY_API_VERSION}"],
-        check=True, capture_output=True, text=True, cwd="/",
-        env={**os.environ, "GOFLAGS": "-mod=mod"},
-    ).stdout
-    return Path(json.loads(out)["Dir"])
+    return gomodule.module_dir(GATEWAY_API_MODULE, GATEWAY_API_VERSION, RECORD)
 
 
 def crd_files() -> list[Path]:
     base = module_dir() / "config" / "crd" / "standard"
-    files = [base / f"gateway.networking.k8s.io_{kind}.yaml" for kind in KINDS]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise binaries.MissingBinaryError(f"Gateway API CRDs missing from the module: {missing}")
-    return files
+    return gomodule.existing([base / f"gateway.networking.k8s.io_{kind}.yaml" for kind in KINDS],
+                             "Gateway API CRDs")
 
 
 def install(kubeconfig: str | Path, timeout: float = 60.0) -> list[str]:
-    """Apply the CRDs (server-side, so a second run changes nothing) and wait until they are
-    Established; return their names."""
-    kubectl = binaries.kubectl()
-    files = crd_files()
-    args = [kubectl, f"--kubeconfig={kubeconfig}"]
-    subprocess.run([*args, "apply", "--server-side", "--force-conflicts",
-                    *(f"--filename={f}" for f in files)],
-                   check=True, capture_output=True, text=True)
+    """Apply the CRDs and wait until they are Established; return their names."""
     names = [f"{kind}.gateway.networking.k8s.io" for kind in KINDS]
-    cluster.wait_established(kubeconfig, *names, timeout=timeout)
-    return names
+    return gomodule.apply_crds(kubeconfig, crd_files(), names, timeout)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ lets the API server store InferencePools, nothing routes traffic.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from . import binaries, cluster
+from . import binaries, gomodule
 
 MODULE = "sigs.k8s.io/gateway-api-inference-extension"
 VERSION = "v1.6.0"
@@ -29,38 +27,17 @@ NAMES = ("inferencepools.inference.networking.k8s.io",)
 
 def module_dir() -> Path:
     """The module's directory in the Go module cache (downloaded when missing)."""
-    for directory in binaries.search_dirs():
-        recorded = directory / RECORD
-        if recorded.is_file():
-            path = Path(recorded.read_text().strip())
-            if path.name == f"gateway-api-inference-extension@{VERSION}" and path.is_dir():
-                return path
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"{MODULE}@{VERSION}"],
-        check=True, capture_output=True, text=True, cwd="/",
-        env={**os.environ, "GOFLAGS": "-mod=mod"},
-    ).stdout
-    return Path(json.loads(out)["Dir"])
+    return gomodule.module_dir(MODULE, VERSION, RECORD)
 
 
 def crd_files() -> list[Path]:
     base = module_dir() / "config" / "crd" / "bases"
-    files = [base / name for name in CRDS]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise binaries.MissingBinaryError(
-            f"Inference Extension CRDs missing from the module: {missing}")
-    return files
+    return gomodule.existing([base / name for name in CRDS], "Inference Extension CRDs")
 
 
 def install(kubeconfig: str | Path, timeout: float = 60.0) -> list[str]:
-    """Apply the CRD (server-side, so a second run changes nothing) and wait until it is
-    Established; return its name."""
-    subprocess.run([binaries.kubectl(), f"--kubeconfig={kubeconfig}", "apply", "--server-side",
-                    "--force-conflicts", *(f"--filename={f}" for f in crd_files())],
-                   check=True, capture_output=True, text=True)
-    cluster.wait_established(kubeconfig, *NAMES, timeout=timeout)
-    return list(NAMES)
+    """Apply the CRD and wait until it is Established; return its name."""
+    return gomodule.apply_crds(kubeconfig, crd_files(), NAMES, timeout)
 
 
 def uninstall(kubeconfig: str | Path) -> None:
