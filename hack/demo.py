@@ -32,7 +32,8 @@ DEMO_NS = "demo"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 # Examples that can become Ready here (the H100 one needs its PersistentVolumeClaim: made below).
 EXAMPLES = ["quickstart-model", "cpu-model", "h100-model", "mig-model", "multi-gpu-model",
-            "autoscaling-model", "pinned-template-model"]
+            "autoscaling-model", "pinned-template-model", "llm-8b-vllm"]
+LLM_NS = "demo-llm"  # the language model on the real node (not restricted: a hostPath, below)
 MODEL_HOST = "https://raw.githubusercontent.com/kubemaas/kubemaas/main/"
 PV_AND_PVC = f"""
 apiVersion: v1
@@ -230,6 +231,106 @@ class Demo:
             stop_child(proc)
             server.shutdown()
 
+    def chat(self) -> None:
+        """A language model served for real: a format hf ModelDeployment on the real node (a
+        kubelet and containerd on this machine), a streamed chat completion from the openai
+        client through `kubectl port-forward` on 127.0.0.1."""
+        from kubemaas_operator.render import builtin_template
+        from kubemaas_testbed import node as real
+        from kubemaas_testbed import real_llm
+        from kubemaas_testbed.llm_models import build_llm
+
+        why = real_llm.unavailable()
+        if why is not None:
+            say(f"7. (no real node on this machine: {why}; the chat on a real node is skipped)")
+            return
+        say("7. a language model for real: the real node (kubelet + containerd here) serves a "
+            "format hf ModelDeployment; the openai client streams a chat through "
+            "kubectl port-forward")
+        node = real.RealNode(self.cluster.state)
+        manifest = node.up(self.cluster.server, log=print)
+        try:
+            store = STATE / "llm-store"
+            if not (store / "tiny-llm" / "config.json").exists():
+                build_llm(store / "tiny-llm")
+            for path in [store, *store.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            self.kubectl("apply", "-f", "-", input=json.dumps(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LLM_NS}}))
+            print("(the LLM packages — torch, transformers — come from this machine's "
+                  "virtualenv through an administrator's template: see "
+                  "hack/kubemaas_testbed/real_llm.py)")
+            self.kubectl("-n", OPERATOR_NS, "patch", "configmap", real_llm.TEMPLATES_CONFIGMAP,
+                         "--type=merge", "-p", real_llm.template_patch(
+                             real_llm.host_packages_template(
+                                 builtin_template("deployment.yaml.j2"))), quiet=True)
+            volume = {"apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "v1", "kind": "PersistentVolume",
+                 "metadata": {"name": "demo-llm-store"},
+                 "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadOnlyMany"],
+                          "storageClassName": "", "hostPath": {"path": str(store),
+                                                               "type": "Directory"},
+                          "claimRef": {"namespace": LLM_NS, "name": "llm-store"}}},
+                {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                 "metadata": {"name": "llm-store", "namespace": LLM_NS},
+                 "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                          "volumeName": "demo-llm-store",
+                          "resources": {"requests": {"storage": "1Mi"}}}}]}
+            self.kubectl("apply", "-f", "-", input=json.dumps(volume))
+            md = real_llm.modeldeployment("tiny-llm", LLM_NS,
+                                          manifest["images"]["runtime"]["ref"], "llm-store",
+                                          "tiny-llm")
+            self.kubectl("apply", "-f", "-", input=json.dumps(md))
+
+            def ready() -> bool:
+                status = json.loads(self.kubectl("-n", LLM_NS, "get", "md", "tiny-llm", "-o",
+                                                 "json", quiet=True)).get("status") or {}
+                return status.get("phase") == "Ready"
+            wait(ready, 300, "the language model on the real node to be Ready")
+            self.kubectl("-n", LLM_NS, "get", "md,pods", "-o", "wide")
+            pod = json.loads(self.kubectl("-n", LLM_NS, "get", "pods", "-l",
+                                          "app.kubernetes.io/instance=tiny-llm", "-o", "json",
+                                          quiet=True))["items"][0]["metadata"]["name"]
+            self._stream_chat(pod)
+        finally:
+            self.kubectl("delete", "namespace", LLM_NS, "--ignore-not-found", "--wait=true",
+                         "--timeout=120s", quiet=True)
+            self.kubectl("delete", "pv", "demo-llm-store", "--ignore-not-found", quiet=True)
+            node.down(delete_node_object=True)
+
+    def _stream_chat(self, pod: str) -> None:
+        import openai
+
+        port = free_port()
+        print(f"$ kubectl -n {LLM_NS} port-forward pod/{pod} {port}:8080 --address=127.0.0.1")
+        proc = subprocess.Popen([self.kubectl_bin, f"--kubeconfig={self.cluster.kubeconfig}",
+                                 "-n", LLM_NS, "port-forward", f"pod/{pod}", f"{port}:8080",
+                                 "--address=127.0.0.1"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if "Forwarding from" not in line:
+                raise SystemExit(f"hack/demo: kubectl port-forward: {line}")
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+                                   max_retries=0, timeout=60)
+            question = "Tell me about the cluster"
+            print(f"openai client: chat.completions.create(model='tiny', stream=True, "
+                  f"messages=[user: {question!r}])")
+            print("assistant (random weights, so the words are noise): ", end="", flush=True)
+            for chunk in client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": question}],
+                    max_tokens=24, temperature=0, stream=True):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    print(chunk.choices[0].delta.content, end="", flush=True)
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    print(f"\n[finish_reason: {chunk.choices[0].finish_reason}]")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
     def down(self) -> None:
         self.stop_operator()
         self.cluster.down()
@@ -254,6 +355,7 @@ def main(argv: list[str]) -> int:
         demo.start_operator()
         demo.deploy()
         demo.infer()
+        demo.chat()
     except BaseException:
         if not keep:
             demo.down()

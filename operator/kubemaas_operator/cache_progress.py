@@ -13,8 +13,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .api import ModelShape
 from .k8s import ApiError, AsyncCluster
 from .pod_life import CacheProgress, cache_name, cache_progress
+from .sizing import shape_from_cache
 from .status import PodInfo
 
 log = logging.getLogger("kubemaas.cache_progress")
@@ -42,3 +44,19 @@ def requeue_after(progress: CacheProgress | None) -> float | None:
     if progress is None or progress.ready or progress.phase == "Failed":
         return None
     return POLL_S
+
+
+async def read_shape(cluster: AsyncCluster, namespace: str,
+                     raw_spec: Mapping[str, Any]) -> ModelShape | None:
+    """The shape the named ModelCache recorded in status.model, which GPU sizing prefers to
+    spec.model.shape. Read only for `gpu.count: auto` (one GET per reconcile then); None when no
+    cache is named, it is missing or not served, or it has recorded nothing yet."""
+    name = cache_name(raw_spec)
+    if name is None or (raw_spec.get("gpu") or {}).get("count") != "auto":
+        return None
+    try:
+        obj = await cluster.get_optional(MODELCACHE_API_VERSION, "ModelCache", namespace, name)
+    except ApiError as err:
+        log.debug("cannot read ModelCache %s/%s: %s", namespace, name, err)
+        return None
+    return shape_from_cache(obj)

@@ -63,6 +63,8 @@ class Settings:
     monitoring_namespace: str = ""
     # The operator's own Prometheus metrics (GET /metrics, prometheus-client); 0 = off.
     metrics_port: int = 8082
+    # The image of engine vllm when a ModelDeployment names none (spec.runtime.image).
+    vllm_image: str = "vllm/vllm-openai:v0.33.0"
 
     def default_gateway(self) -> tuple[str, str] | None:
         """KUBEMAAS_OPERATOR_GATEWAY as (namespace, name), or None when unset."""

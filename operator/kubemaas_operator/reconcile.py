@@ -27,6 +27,7 @@ from .api import (
     KIND,
     GatewayRef,
     ModelDeploymentSpec,
+    ModelShape,
     SpecError,
     parse_spec,
     valid_name,
@@ -61,6 +62,7 @@ from .render.security import CERTIFICATE_API_VERSION
 from .rollout import HTTP_ROUTE, READY_REPLICAS
 from .rollout import plan as plan_rollout
 from .scheduling import NodeInfo, PendingDemand, check_capacity, gpu_summary
+from .sizing import gpu_types, size_gpus
 from .status import (
     DeploymentInfo,
     Failure,
@@ -158,10 +160,11 @@ class Memory:
         """parse + render, memoized: most reconciles (a pod's event, a resync) change neither."""
         key = digest([raw_spec, ctx.name, ctx.namespace, ctx.uid, template_name,
                       ctx.template_source, ctx.default_gateway_namespace,
-                      ctx.monitoring_namespace, repr(ctx.cache)], 32)
+                      ctx.monitoring_namespace, repr(ctx.cache), ctx.vllm_image,
+                      ctx.gpu_types, ctx.model_record], 32)
         hit = self._renders.get(key)
-        if hit is None:
-            spec = parse_spec(raw_spec)
+        if hit is None:  # gpu.count auto: sized from the model's shape and the GPU node types
+            spec = size_gpus(parse_spec(raw_spec), ctx.gpu_types, ctx.model_record)
             hit = (spec, render(spec, ctx))
             if len(self._renders) >= 256:
                 self._renders.pop(next(iter(self._renders)))
@@ -301,11 +304,15 @@ async def _pin_replicas(cluster: AsyncCluster, memory: Memory, name: str, namesp
     return applied
 
 
-def _security_context(settings: Settings) -> dict[str, Any]:
-    """The RenderContext fields the NetworkPolicy takes from the operator's settings."""
+def _security_context(settings: Settings, snap: Snapshot,
+                      record: ModelShape | None) -> dict[str, Any]:
+    """The RenderContext fields the NetworkPolicy takes from the operator's settings, and those
+    of language models: the vLLM image, the GPU node types, the model cache's shape."""
     default = settings.default_gateway()
     return {"default_gateway_namespace": default[0] if default else None,
-            "monitoring_namespace": settings.monitoring_namespace}
+            "monitoring_namespace": settings.monitoring_namespace,
+            "vllm_image": settings.vllm_image, "gpu_types": gpu_types(snap.nodes),
+            "model_record": record}
 
 
 def gateway_children(name: str) -> list[tuple[str, str, str, str]]:
@@ -361,10 +368,11 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         raw_spec = body.get("spec") or {}
         template_name = str((raw_spec.get("runtime") or {}).get("template") or BUILTIN_TEMPLATE)
         source = await _template(settings, cluster, memory, template_name)
+        record = await cache_progress.read_shape(cluster, namespace, raw_spec)
         spec, rendered = memory.render(raw_spec, RenderContext(
             name=name, namespace=namespace, uid=meta.get("uid", ""),
             template_name=template_name, template_source=source, cache=snap.cache,
-            **_security_context(settings)), template_name)
+            **_security_context(settings, snap, record)), template_name)
         outcome.failure = cache_wait(spec.model.cache, snap.cache)
         tls = spec.serving.tls
         if tls is not None and tls.cert_manager is not None and not snap.cert_manager:
@@ -425,7 +433,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
             _, stable = memory.render(stable_raw, RenderContext(
                 name=name, namespace=namespace, uid=meta.get("uid", ""),
                 template_name=stable_template, template_source=stable_source,
-                cache=snap.cache, **_security_context(settings)),
+                cache=snap.cache, **_security_context(settings, snap, record)),
                 stable_template)
         except (SpecError, LookupError, RenderError) as err:
             raise Retry(f"cannot render the last good revision to roll back to: {err}",

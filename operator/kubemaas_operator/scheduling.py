@@ -50,7 +50,8 @@ class Placement:
 
 # Capacity reasons that waiting cannot cure: no node the model may use is big enough for one
 # replica, or no node offers the GPU product it names. "Not now" is InsufficientGPU.
-NEVER_FIT_REASONS = ("GPURequestTooLarge", "UnknownGPUProduct")
+# ModelTooLarge: GPU sizing (sizing.py) found no node type that holds a `gpu.count: auto` model.
+NEVER_FIT_REASONS = ("GPURequestTooLarge", "UnknownGPUProduct", "ModelTooLarge")
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,9 @@ def check_capacity(spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
     gpu = spec.gpu
     if gpu is None or wanted == 0:
         return Capacity(fits=True, wanted=wanted, room=wanted)
+    if gpu.sizing is not None and gpu.sizing.reason:  # gpu.count auto found no fit
+        return Capacity(fits=False, wanted=wanted, room=0, reason=gpu.sizing.reason,
+                        message=gpu.sizing.message, summary=gpu.sizing.summary)
     place = placement(spec)
     resource, per = gpu.resource, gpu.count
     nodes = list(nodes)
@@ -335,6 +339,8 @@ def check_capacity(spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
                 f"{p or 'unlabelled'} {f} free" for p, f in sorted(others.items())) + ")"
     message = (f"needs {wanted} replica(s) x {per} {resource} on one node each ({needed} in all) "
                f"on {where}; room for {room} replica(s) now. Free {resource} per product: {have}")
+    if gpu.sizing is not None:  # gpu.count auto: say why this many
+        message = f"{gpu.sizing.need}. {message[0].upper()}{message[1:]}"
     label = resource.removeprefix("nvidia.com/")
     summary = f"InsufficientGPU: needs {wanted}x{per} {label}, {free_total} free"
     if free_by_product:

@@ -227,7 +227,7 @@ INVALID = [
     ("gpu-zero", {"gpu": {"count": 0}}, "spec.gpu.count"),
     ("labels", {"podMetadata": {"labels": {"app.kubernetes.io/name": "x"}}},
      "podMetadata.labels may not use app.kubernetes.io/"),
-    ("no-image", {"runtime": {}}, "spec.runtime.image: Required value"),
+    ("no-image", {"runtime": {}}, "runtime.image is required for the kubemaas engine"),
     ("typo", {"gpus": 2}, 'unknown field "spec.gpus"'),
     ("Upper_Case", {}, "must be a DNS-1035 label"),
 ]

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from kubemaas_testbed import node as real
+from kubemaas_testbed import real_llm
 from tests.cluster.conftest import Operator
 from tests.conftest import Kube
 from tests.helpers import http_json, wait_for
@@ -437,5 +438,89 @@ def test_authenticated_https_pod_answers_through_a_port_forward(
             assert body["outputs"][0]["data"] == Y
     finally:
         kube.kubectl("-n", namespace, "delete", "md", "affine-tls", "--ignore-not-found",
+                     "--wait=false", check=False)
+        kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+
+
+# ---- a language model (format hf) on the real node ----------------------------------------
+
+@pytest.fixture(scope="module")
+def llm_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama of the runtime's tests (hack/kubemaas_testbed/llm_models.py: a byte-level
+    BPE with a chat template, random weights, ~0.85 M parameters) in a world-readable store."""
+    from kubemaas_testbed.llm_models import build_llm
+
+    root = tmp_path_factory.mktemp("llm-store")
+    build_llm(root / "tiny-llm")
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+def put_template(kube: Kube, source: str) -> None:
+    """Add the LLM template to the operator's templates ConfigMap, keeping its other keys."""
+    from tests.cluster.conftest import OPERATOR_NAMESPACE
+
+    cm = ("-n", OPERATOR_NAMESPACE, "configmap", real_llm.TEMPLATES_CONFIGMAP)
+    if kube.kubectl("get", *cm, check=False).returncode != 0:
+        kube.kubectl("-n", OPERATOR_NAMESPACE, "create", "configmap",
+                     real_llm.TEMPLATES_CONFIGMAP)
+    kube.kubectl("patch", *cm, "--type=merge", "-p", real_llm.template_patch(source))
+
+
+def test_llm_chat_streams_from_the_real_node(kube: Kube, namespace: str, real_node: Node,
+                                             llm_store: Path, operator: Operator) -> None:
+    """kubectl apply a CPU ModelDeployment of format hf -> the operator renders the kubemaas
+    runtime's LLM contract (KUBEMAAS_MODEL_FORMAT=hf, /health probes, llm-d label) -> the kubelet
+    runs it on the real node, its startup and readiness probes pass on /health -> the openai
+    client, through `kubectl port-forward` on 127.0.0.1, gets a streamed chat completion.
+    (The LLM packages come from this machine's virtualenv: kubemaas_testbed/real_llm.py.)"""
+    import openai
+
+    from kubemaas_operator.render import builtin_template
+
+    put_template(kube, real_llm.host_packages_template(builtin_template("deployment.yaml.j2")))
+    pv = f"{namespace}-llm"
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(model_volume(namespace, pv,
+                                                                              llm_store)))
+    md = real_llm.modeldeployment("tiny-llm", namespace, real_node.image, "models", "tiny-llm")
+    try:
+        started = time.monotonic()
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(md))
+        wait_for(lambda: (get_json(kube, "-n", namespace, "get", "md", "tiny-llm")
+                          .get("status") or {}).get("phase") == "Ready",
+                 timeout=300, what="the language model to be Ready on the real node")
+        ready_after = time.monotonic() - started
+        (pod,) = get_json(kube, "-n", namespace, "get", "pods", "-l",
+                          "app.kubernetes.io/instance=tiny-llm")["items"]
+        assert pod["spec"]["nodeName"] == real_node.node.name
+        assert pod["metadata"]["labels"]["llm-d.ai/engine-type"] == "vllm"
+        (container,) = pod["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["KUBEMAAS_MODEL_FORMAT"] == "hf" and env["KUBEMAAS_MODEL_NAME"] == "tiny"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+        with port_forward(kube, namespace, pod["metadata"]["name"], 8080) as local:
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{local}/v1", api_key="unused",
+                                   max_retries=0, timeout=60)
+            assert [m.id for m in client.models.list().data] == ["tiny"]
+            t0 = time.monotonic()
+            stream = client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "Hello from the node"}],
+                max_tokens=16, temperature=0, stream=True)
+            chunks = list(stream)
+            took = time.monotonic() - t0
+        assert chunks[0].choices[0].delta.role == "assistant"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices
+                  and c.choices[0].finish_reason]
+        assert finish in (["length"], ["stop"]), chunks
+        assert len(chunks) >= 3 and text, chunks
+        print(f"\nformat hf on the real node: Ready {ready_after:.1f} s after apply; streamed "
+              f"chat of {len(chunks)} chunks in {took:.2f} s through kubectl port-forward: "
+              f"{text!r}")
+        logs = kube.kubectl("-n", namespace, "logs", pod["metadata"]["name"]).stdout
+        assert '"msg": "ready"' in logs, logs
+    finally:
+        kube.kubectl("-n", namespace, "delete", "md", "tiny-llm", "--ignore-not-found",
                      "--wait=false", check=False)
         kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)

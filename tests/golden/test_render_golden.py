@@ -18,6 +18,9 @@ from tests.goldens import check, stale
 
 from kubemaas_operator.api import parse_spec
 from kubemaas_operator.render import RenderContext, RenderError, render
+from kubemaas_operator.scheduling import NodeInfo
+from kubemaas_operator.sizing import GPUType, gpu_types, size_gpus
+from kubemaas_testbed.topology import load, node_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml")
@@ -27,9 +30,19 @@ HTTPROUTE_GOLDEN = DATA / "gateway" / "h100-model-httproute.yaml"
 INFERENCEPOOL_GOLDEN = DATA / "gateway" / "llm-inferencepool.yaml"
 
 
+def _testbed_gpu_types() -> tuple[GPUType, ...]:
+    """The GPU node types of the testbed's default topology, as the operator's node index sees
+    them (gpu.count auto chooses among them)."""
+    nodes = [NodeInfo(name=n["metadata"]["name"], labels=n["metadata"].get("labels") or {},
+                      allocatable={k: int(v) for k, v in n["status"]["allocatable"].items()
+                                   if k.startswith("nvidia.com/")})
+             for n in node_manifests(load("default"))]
+    return gpu_types(nodes)
+
+
 def _render(example: Path, template: str | None = None) -> str:
     md = yaml.safe_load(example.read_text())
-    spec = parse_spec(md["spec"])
+    spec = size_gpus(parse_spec(md["spec"]), _testbed_gpu_types())
     ctx = RenderContext(name=md["metadata"]["name"], namespace="models",
                         uid="00000000-0000-0000-0000-000000000001",
                         template_name=spec.runtime.template, template_source=template)

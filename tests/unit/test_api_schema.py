@@ -42,7 +42,7 @@ def _compare(cls: type, schema: dict[str, Any], path: str, problems: list[str]) 
         schema = schema["items"]
     props = schema.get("properties", {})
     hints = typing.get_type_hints(cls)
-    fields = {f.metadata["json"]: f for f in dataclasses.fields(cls)}
+    fields = {f.metadata["json"]: f for f in dataclasses.fields(cls) if "json" in f.metadata}
     for name in sorted(set(props) - set(fields)):
         problems.append(f"{path}.{name}: in the CRD, not in {cls.__name__}")
     for name in sorted(set(fields) - set(props)):

@@ -10,6 +10,7 @@ One module a part of the spec, each with its dataclasses and its `parse_*`:
   fields.py            SpecError, the JSON-name metadata, the shared checks, to_json
   model.py             spec.model (optimize.py: spec.model.optimize)
   runtime.py           spec.runtime, spec.podMetadata
+  llm.py               spec.model.shape, spec.runtime.engine and .llm; engine/format checks
   placement.py         spec.gpu, spec.scheduling
   scaling.py           spec.replicas, spec.autoscaling
   serving.py           spec.serving (serving_security.py: auth, tls, networkPolicy;
@@ -28,9 +29,18 @@ from .inference import (
     parse_endpoint_picker,
     parse_inference_pool,
 )
+from .llm import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    ENGINES,
+    SHAPE_KEYS,
+    LLMSettings,
+    ModelShape,
+    default_engine,
+    parse_shape,
+)
 from .model import FORMATS, ModelSource, SecretRef, parse_model
 from .optimize import OptimizeSpec, parse_optimize
-from .placement import GPUSpec, Scheduling, Toleration, parse_gpu, parse_scheduling
+from .placement import GPUSizing, GPUSpec, Scheduling, Toleration, parse_gpu, parse_scheduling
 from .rollout import CanarySpec, CanaryStep, RolloutSpec, parse_canary, parse_rollout
 from .runtime import (
     DEFAULT_CONVERTER_IMAGE,
@@ -70,16 +80,19 @@ from .status import (
 )
 
 __all__ = [
-    "API_VERSION", "CONDITION_TYPES", "DEFAULT_CONVERTER_IMAGE", "FORMATS", "GROUP", "KIND",
-    "PHASES", "PLURAL", "RESERVED_LABEL_PREFIXES", "VERSION",
+    "API_VERSION", "CONDITION_TYPES", "DEFAULT_CONVERTER_IMAGE", "DEFAULT_GPU_MEMORY_UTILIZATION",
+    "ENGINES", "FORMATS", "GROUP", "KIND", "PHASES", "PLURAL", "RESERVED_LABEL_PREFIXES",
+    "SHAPE_KEYS", "VERSION",
     "Autoscaling", "Batching", "CanarySpec", "CanaryStatus", "CanaryStep", "Condition",
-    "EndpointPicker", "EnvVar", "FailedRevision", "GPUSpec", "GatewayRef", "InferencePoolSpec",
-    "ModelDeploymentSpec", "ModelDeploymentStatus", "ModelSource", "NetworkPolicySpec",
+    "EndpointPicker", "EnvVar", "FailedRevision", "GPUSizing", "GPUSpec", "GatewayRef",
+    "InferencePoolSpec", "LLMSettings", "ModelDeploymentSpec", "ModelDeploymentStatus",
+    "ModelShape", "ModelSource", "NetworkPolicySpec",
     "OptimizeSpec", "PodMetadata", "Resources", "RevisionHistoryEntry", "RevisionRef",
     "RolloutSpec", "RolloutStatus", "RuntimeSpec", "Scheduling", "SecretRef", "Serving",
     "ServingAuth", "ServingTLS", "SpecError", "Toleration", "UpdateRevision",
-    "is_llm", "parse_autoscaling", "parse_canary", "parse_endpoint_picker", "parse_gateway",
-    "parse_gpu", "parse_inference_pool", "parse_model", "parse_optimize", "parse_pod_metadata",
+    "default_engine", "is_llm", "parse_autoscaling", "parse_canary", "parse_endpoint_picker",
+    "parse_gateway", "parse_gpu", "parse_inference_pool", "parse_model", "parse_optimize",
+    "parse_pod_metadata",
     "parse_replicas", "parse_rollout", "parse_runtime", "parse_scheduling", "parse_serving",
-    "parse_spec", "to_json", "valid_name",
+    "parse_shape", "parse_spec", "to_json", "valid_name",
 ]

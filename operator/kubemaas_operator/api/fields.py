@@ -102,7 +102,7 @@ def to_json(value: Any) -> Any:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(value):
             item = getattr(value, f.name)
-            if item is None:
+            if item is None or "json" not in f.metadata:  # None, or derived (not in the API)
                 continue
             out[f.metadata["json"]] = to_json(item)
         return out

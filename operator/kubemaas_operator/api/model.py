@@ -1,5 +1,6 @@
 """PURE: `spec.model` — where the model comes from, its format, and what to do to it before it
-serves (`spec.model.optimize`, optimize.py)."""
+serves (`spec.model.optimize`, optimize.py); for a language model (format hf) its shape
+(`spec.model.shape`, llm.py), which GPU sizing reads."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fields import SpecError, json_name, obj, string
+from .llm import ModelShape, parse_shape
 from .optimize import OptimizeSpec, parse_optimize
 
 FORMATS = ("onnx", "torchscript", "torch-export", "keras", "tf-savedmodel", "hf")
@@ -38,6 +40,7 @@ class ModelSource:
                                                      default=None)
     optimize: OptimizeSpec | None = field(metadata=json_name("optimize"), default=None)
     cache: str | None = field(metadata=json_name("cache"), default=None)  # a ModelCache's name
+    shape: ModelShape | None = field(metadata=json_name("shape"), default=None)
 
     @property
     def scheme(self) -> str:
@@ -82,7 +85,14 @@ def parse_model(raw: Any) -> ModelSource:
     version = string(m.get("version"), "spec.model.version")
     if version is not None and not _SERVED_NAME.match(version):
         raise SpecError("spec.model.version", f"{version!r} is not a valid model version")
+    if sha is not None and fmt == "hf":
+        raise SpecError("spec.model.sha256", "is the digest of one file: a format hf model is a "
+                        "directory")
     cred = _credentials(m.get("credentialsSecretRef"), uri)
+    shape = parse_shape(m.get("shape"))
+    if shape is not None and fmt != "hf":
+        raise SpecError("spec.model.shape", "describes a language model: it needs format hf")
     return ModelSource(uri=uri, format=fmt, sha256=sha, name=served, version=version,
                        credentials_secret_ref=cred,
-                       optimize=parse_optimize(m.get("optimize"), fmt, uri), cache=cache)
+                       optimize=parse_optimize(m.get("optimize"), fmt, uri), cache=cache,
+                       shape=shape)

@@ -15,11 +15,28 @@ _MIG = re.compile(r"^[1-7]g\.[0-9]+gb(\+me)?$")
 
 
 @dataclass(frozen=True)
+class GPUSizing:
+    """What GPU sizing (sizing.py) found for `gpu.count: auto`: the memory one replica needs,
+    said in words for messages, and when no node type can hold it (or the shape is not known
+    yet) the reason the capacity check reports instead of counting GPUs."""
+
+    need: str  # "needs 21.0 GiB per replica (weights 15.0 GiB + KV cache 4.0 GiB ...)"
+    reason: str = ""  # ModelTooLarge | ModelShapeUnknown; "" = a choice was made
+    message: str = ""
+    summary: str = ""  # "Reason: short text" for the Reason column
+
+
+@dataclass(frozen=True)
 class GPUSpec:
+    # GPUs per replica: the spec's number, or with `auto` the GPU sizing's choice (sizing.py;
+    # 1 until the operator sized it).
     count: int = field(metadata=json_name("count"), default=1)
     products: tuple[str, ...] = field(metadata=json_name("products"), default=())
     min_memory: str | None = field(metadata=json_name("minMemory"), default=None)
     mig_profile: str | None = field(metadata=json_name("migProfile"), default=None)
+    # Derived, not API fields: count was "auto" (the API's value), and what GPU sizing found.
+    auto: bool = field(metadata={"derived": "count"}, default=False)
+    sizing: GPUSizing | None = field(metadata={"derived": "sizing"}, default=None)
 
     @property
     def resource(self) -> str:
@@ -69,7 +86,10 @@ def parse_gpu(raw: Any) -> GPUSpec | None:
     if raw is None:
         return None
     g = obj(raw, "spec.gpu")
-    count = integer(g.get("count"), "spec.gpu.count", 1, 16)
+    auto = g.get("count") == "auto"
+    if isinstance(g.get("count"), str) and not auto:
+        raise SpecError("spec.gpu.count", f"must be 1 to 16, or auto, got {g.get('count')!r}")
+    count = None if auto else integer(g.get("count"), "spec.gpu.count", 1, 16)
     products = tuple(string(p, f"spec.gpu.products[{i}]", required=True) or ""
                      for i, p in enumerate(array(g.get("products"), "spec.gpu.products")))
     mig = string(g.get("migProfile"), "spec.gpu.migProfile")
@@ -78,7 +98,8 @@ def parse_gpu(raw: Any) -> GPUSpec | None:
     min_memory = quantity(g.get("minMemory"), "spec.gpu.minMemory")
     if mig is not None and min_memory is not None:
         raise SpecError("spec.gpu.minMemory", "does not apply to a MIG profile")
-    return GPUSpec(count=count or 1, products=products, min_memory=min_memory, mig_profile=mig)
+    return GPUSpec(count=count or 1, products=products, min_memory=min_memory, mig_profile=mig,
+                   auto=auto)
 
 
 def _toleration(raw: Any, path: str) -> Toleration:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fields import SpecError, array, integer, json_name, obj, quantity, str_map, string
+from .llm import LLMSettings, parse_engine, parse_llm
 
 DEFAULT_CONVERTER_IMAGE = "ghcr.io/kubemaas/tfconvert:0.1.0"
 RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/", "serving.kubemaas.io/")
@@ -38,7 +39,10 @@ class Batching:
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    image: str = field(metadata=json_name("image"))
+    # Required for the kubemaas engine; for vllm it defaults to the operator's vLLM image.
+    image: str | None = field(metadata=json_name("image"), default=None)
+    engine: str | None = field(metadata=json_name("engine"), default=None)  # None: by format
+    llm: LLMSettings | None = field(metadata=json_name("llm"), default=None)
     image_pull_policy: str | None = field(metadata=json_name("imagePullPolicy"), default=None)
     converter_image: str = field(metadata=json_name("converterImage"),
                                  default=DEFAULT_CONVERTER_IMAGE)
@@ -94,7 +98,9 @@ def _batching(raw: Any) -> Batching | None:
 def parse_runtime(raw: Any) -> RuntimeSpec:
     """`spec.runtime` -> RuntimeSpec, or SpecError naming the field."""
     r = obj(raw, "spec.runtime")
-    image = string(r.get("image"), "spec.runtime.image", required=True) or ""
+    image = string(r.get("image"), "spec.runtime.image")
+    if image == "":
+        raise SpecError("spec.runtime.image", "must not be empty")
     template = string(r.get("template"), "spec.runtime.template") or "default"
     if not _TEMPLATE.match(template):
         raise SpecError("spec.runtime.template", f"{template!r} is not a valid template name")
@@ -110,7 +116,8 @@ def parse_runtime(raw: Any) -> RuntimeSpec:
     converter = string(r.get("converterImage"), "spec.runtime.converterImage")
     return RuntimeSpec(image=image, image_pull_policy=pull, template=template, args=args,
                        env=env, resources=resources, batching=batching,
-                       converter_image=converter or DEFAULT_CONVERTER_IMAGE)
+                       converter_image=converter or DEFAULT_CONVERTER_IMAGE,
+                       engine=parse_engine(r.get("engine")), llm=parse_llm(r.get("llm")))
 
 
 def parse_pod_metadata(raw: Any) -> PodMetadata:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fields import json_name, obj
+from .llm import check_engine, check_serving, default_engine
 from .model import ModelSource, parse_model
 from .placement import GPUSpec, Scheduling, parse_gpu, parse_scheduling
 from .rollout import RolloutSpec, parse_rollout
@@ -39,6 +40,11 @@ class ModelDeploymentSpec:
     rollout: RolloutSpec = field(metadata=json_name("rollout"), default_factory=RolloutSpec)
 
     @property
+    def engine(self) -> str:
+        """spec.runtime.engine, or its default: vllm for format hf on whole GPUs, else kubemaas."""
+        return self.runtime.engine or default_engine(self.model.format, self.gpu)
+
+    @property
     def desired_replicas(self) -> int:
         """Replicas to ask for when nobody else decides (the autoscaler's floor otherwise)."""
         if self.autoscaling is not None:
@@ -56,10 +62,12 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     runtime = parse_runtime(spec.get("runtime"))
     pod_metadata = parse_pod_metadata(spec.get("podMetadata"))
     gpu = parse_gpu(spec.get("gpu"))
+    check_engine(model, runtime, gpu)
     replicas = parse_replicas(spec.get("replicas"))
     autoscaling = parse_autoscaling(spec.get("autoscaling"), replicas, runtime.resources)
     scheduling = parse_scheduling(spec.get("scheduling"))
     serving = parse_serving(spec.get("serving"))
+    check_serving(runtime.engine or default_engine(model.format, gpu), serving)
     rollout = parse_rollout(spec.get("rollout"), autoscaling)
     return ModelDeploymentSpec(model=model, runtime=runtime, pod_metadata=pod_metadata, gpu=gpu,
                                replicas=replicas, autoscaling=autoscaling, scheduling=scheduling,

@@ -21,10 +21,12 @@ from typing import Any
 import jinja2
 import yaml
 
-from ..api import API_VERSION, KIND, GatewayRef, ModelDeploymentSpec
+from ..api import API_VERSION, KIND, GatewayRef, ModelDeploymentSpec, ModelShape
+from ..engines import DEFAULT_VLLM_IMAGE, TENSOR, probes
 from ..modelcache.mount import CacheMount, mount_cache
 from ..scheduling import Placement, placement
-from . import conversion, optimization
+from ..sizing import GPUType
+from . import conversion, llm, optimization
 from .security import (
     CERTIFICATE_API_VERSION,
     CertificateParams,
@@ -76,6 +78,11 @@ class RenderContext:
     default_gateway_namespace: str | None = None
     monitoring_namespace: str = ""
     cache: CacheMount | None = None  # spec.model.cache, once the ModelCache is Ready
+    # Language models (render/llm.py, sizing.py): the operator's vLLM image, the GPU node types
+    # that `gpu.count: auto` chooses from, the shape a model cache recorded.
+    vllm_image: str = DEFAULT_VLLM_IMAGE
+    gpu_types: tuple[GPUType, ...] = ()
+    model_record: ModelShape | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class DeploymentParams:
     pod_labels: Mapping[str, str]
     pod_annotations: Mapping[str, str]
     replicas: int | None
-    image: str
+    image: str | None
     image_pull_policy: str | None
     args: list[str]
     env: list[dict[str, str]]
@@ -107,6 +114,12 @@ class DeploymentParams:
     gpu_resource: str | None
     init_containers: list[dict[str, Any]] = field(default_factory=list)
     metrics_port: int | None = None  # /metrics on a port of its own (render/security.py)
+    # The engine's contract (engines.py, render/llm.py): command, probes (startup, liveness,
+    # readiness), the user the container runs as (None: the image's, which must not be root).
+    command: list[str] = field(default_factory=lambda: list(TENSOR.command))
+    probes: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: probes(TENSOR, 0))
+    run_as_user: int | None = None
+    engine: str = "kubemaas"
 
 
 @dataclass(frozen=True)
@@ -284,7 +297,7 @@ def deployment_params(spec: ModelDeploymentSpec, ctx: RenderContext,
         spreads.append(c)
     served = conversion.served(spec, model_uri, CACHE_DIR)
     credentials = CREDENTIALS_DIR if spec.model.credentials_secret_ref is not None else None
-    return DeploymentParams(
+    return llm.engine_params(DeploymentParams(
         name=ctx.name, namespace=ctx.namespace, labels=labels, selector=pod_selector(ctx.name),
         pod_labels=pod_labels, pod_annotations=dict(spec.pod_metadata.annotations),
         replicas=None if spec.autoscaling is not None else spec.desired_replicas,
@@ -302,7 +315,7 @@ def deployment_params(spec: ModelDeploymentSpec, ctx: RenderContext,
         init_containers=conversion.init_containers(
             spec, model_uri, CACHE_DIR, credentials, mounts,
             {"requests": place.requests, "limits": place.limits}),
-        metrics_port=secured.metrics_port)
+        metrics_port=secured.metrics_port), spec, ctx)
 
 
 def _stamp(manifest: dict[str, Any], ctx: RenderContext, labels: Mapping[str, str],
@@ -367,6 +380,7 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     source = ctx.template_source or builtin_template("deployment.yaml.j2")
     deployment = _render(source, f"template {ctx.template_name!r}", params)
     _check_deployment(deployment, ctx, spec)
+    llm.check_engine(deployment, params, f"template {ctx.template_name!r}")
     deployment["spec"]["selector"] = {"matchLabels": pod_selector(ctx.name)}
     # A new pod counts as available only once it stayed Ready for the settle window, so the
     # Deployment controller never removes a serving pod for one that crashes right after its

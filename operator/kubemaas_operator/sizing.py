@@ -1,0 +1,309 @@
+"""PURE: GPU sizing of a language model from its size and shape.
+
+One replica needs, on each of its `t` GPUs (tensor parallelism splits the weights and the KV
+heads across them):
+
+    weights / t  +  KV cache / min(t, kv_heads)  +  OVERHEAD_PER_GPU   <=   utilization x memory
+
+- weights: the weights' bytes as served (`weightBytes`, or `parameters` x the dtype's bytes);
+- KV cache: 2 (K and V) x layers x kv_heads x head_dim x dtype bytes per token, for
+  `maxModelLen` tokens x `MIN_SEQUENCES` sequences (fewer if `maxNumSeqs` is lower) — the least
+  that lets a few requests of the longest length run at once (vLLM refuses to start when one
+  sequence of `maxModelLen` does not fit; a serving replica needs more than one);
+- OVERHEAD_PER_GPU: the CUDA context, NCCL buffers, CUDA graphs and the activations of the
+  engine's profiling step (measured by vLLM's startup at 1-3 GiB for 8B-70B models; 2 GiB here);
+- utilization: `spec.runtime.llm.gpuMemoryUtilization` (0.9), the share the engine may take.
+
+With `gpu.count: auto` the operator picks the fewest GPUs per replica `t` (a tensor-parallel
+degree: it divides the attention heads, and the KV heads divide it or it divides them, as vLLM
+requires) on some node type that has `t` GPUs on one node, and the products whose GPUs hold the
+replica at that `t`. Node types come from the GPU feature discovery labels
+(`nvidia.com/gpu.product`, `nvidia.com/gpu.memory` in MiB) and `nvidia.com/gpu` allocatable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .api import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    SHAPE_KEYS,
+    GPUSizing,
+    GPUSpec,
+    ModelDeploymentSpec,
+    ModelShape,
+    SpecError,
+    parse_shape,
+)
+from .scheduling import MEMORY_LABEL, PRODUCT_LABEL, NodeInfo
+
+GiB = 1024**3
+MiB = 1024**2
+OVERHEAD_PER_GPU = 2 * GiB
+MIN_SEQUENCES = 4
+MAX_GPUS = 16  # spec.gpu.count's maximum
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True, order=True)
+class GPUType:
+    """One kind of GPU node: its product, each GPU's memory, the most GPUs one node has."""
+
+    product: str
+    memory_mib: int
+    gpus: int
+
+    @property
+    def short(self) -> str:
+        return self.product.removeprefix("NVIDIA-") or "unlabelled"
+
+
+@dataclass(frozen=True)
+class Need:
+    """The memory one replica needs, in parts."""
+
+    weights: int
+    kv_cache: int  # for `sequences` x `max_model_len` tokens
+    sequences: int
+    max_model_len: int
+    heads: int | None
+    kv_heads: int
+    utilization: float
+
+    @property
+    def total(self) -> int:
+        """Weights + KV cache (+ the overhead of each GPU, which depends on the GPU count)."""
+        return self.weights + self.kv_cache
+
+    def per_gpu(self, t: int) -> int:
+        return (math.ceil(self.weights / t) + math.ceil(self.kv_cache / min(t, self.kv_heads))
+                + OVERHEAD_PER_GPU)
+
+    def fits(self, t: int, memory_mib: int) -> bool:
+        return self.per_gpu(t) <= self.utilization * memory_mib * MiB
+
+    def degrees(self, limit: int = MAX_GPUS) -> list[int]:
+        """Tensor-parallel degrees vLLM accepts for this shape, smallest first."""
+        if self.heads is None:
+            return [1]
+        return [t for t in range(1, limit + 1) if self.heads % t == 0
+                and (self.kv_heads % t == 0 or t % self.kv_heads == 0)]
+
+    def words(self, t: int | None = None) -> str:
+        tail = f" + {_gib(OVERHEAD_PER_GPU)} per GPU"
+        if t is not None:
+            tail = (f" + {t} x {_gib(OVERHEAD_PER_GPU)} per GPU = "
+                    f"{_gib(self.total + t * OVERHEAD_PER_GPU)}")
+        return (f"needs {_gib(self.total)} per replica (weights {_gib(self.weights)} + KV cache "
+                f"{_gib(self.kv_cache)} for {self.sequences} x {self.max_model_len} tokens"
+                f"{tail}), within {self.utilization:g} of each GPU's memory")
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+def _serving_dtype(shape: ModelShape, asked: str | None) -> str:
+    """The dtype the engine serves in: the one asked for, else the model's (float32 models
+    run in bfloat16 on GPUs, as vLLM's `--dtype auto` does)."""
+    if asked and asked != "auto":
+        return asked
+    return shape.dtype if shape.dtype in ("bfloat16", "float16") else "bfloat16"
+
+
+def need_of(shape: ModelShape, *, max_model_len: int | None = None,
+            max_num_seqs: int | None = None, dtype: str | None = None,
+            utilization: float | None = None) -> Need:
+    """The memory a replica needs, or SpecError saying which part of the shape is missing."""
+    path = "spec.model.shape"
+    serving = _serving_dtype(shape, dtype)
+    width = DTYPE_BYTES[serving]
+    if shape.parameters is not None and (dtype not in (None, "auto")
+                                         or shape.weight_bytes is None):
+        weights = shape.parameters * width
+    elif shape.weight_bytes is not None:
+        stored = DTYPE_BYTES.get(shape.dtype or serving, width)
+        weights = shape.weight_bytes * width // stored
+    else:
+        raise SpecError(path, "needs weightBytes or parameters to size the GPUs")
+    heads = shape.num_attention_heads
+    head_dim = shape.head_dim or (shape.hidden_size // heads
+                                  if shape.hidden_size and heads else None)
+    if shape.num_layers is None or head_dim is None:
+        raise SpecError(path, "needs numLayers and headDim (or hiddenSize and "
+                        "numAttentionHeads) to size the KV cache")
+    kv_heads = shape.num_key_value_heads or heads
+    if kv_heads is None:
+        raise SpecError(path, "needs numKeyValueHeads or numAttentionHeads to size the KV cache")
+    length = max_model_len or shape.max_position_embeddings
+    if length is None:
+        raise SpecError("spec.runtime.llm.maxModelLen", "is needed to size the KV cache (the "
+                        "shape has no maxPositionEmbeddings)")
+    sequences = min(MIN_SEQUENCES, max_num_seqs or MIN_SEQUENCES)
+    per_token = 2 * shape.num_layers * kv_heads * head_dim * width
+    return Need(weights=weights, kv_cache=per_token * length * sequences, sequences=sequences,
+                max_model_len=length, heads=heads, kv_heads=kv_heads,
+                utilization=utilization or DEFAULT_GPU_MEMORY_UTILIZATION)
+
+
+def gpu_types(nodes: Iterable[NodeInfo]) -> tuple[GPUType, ...]:
+    """The node types that offer whole GPUs with a known memory (cordoned nodes count: they may
+    come back, and the choice should not flap with a drain)."""
+    most: dict[tuple[str, int], int] = {}
+    for node in nodes:
+        gpus = node.allocatable.get(GPU_RESOURCE, 0)
+        try:
+            memory = int(node.labels.get(MEMORY_LABEL, ""))
+        except ValueError:
+            continue
+        if gpus <= 0 or memory <= 0:
+            continue
+        key = (node.labels.get(PRODUCT_LABEL, ""), memory)
+        most[key] = max(most.get(key, 0), gpus)
+    return tuple(sorted(GPUType(p, m, g) for (p, m), g in most.items()))
+
+
+@dataclass(frozen=True)
+class Choice:
+    count: int
+    products: tuple[str, ...]
+    need: Need
+
+
+def choose(need: Need, types: Iterable[GPUType], one_gpu: bool = False) -> Choice | GPUSizing:
+    """The fewest GPUs per replica on some node type, and the products that hold it then; or
+    why none can (GPUSizing with reason ModelTooLarge and the numbers)."""
+    types = list(types)
+    degrees = [1] if one_gpu else need.degrees()
+    best: tuple[int, list[GPUType]] | None = None
+    for t in degrees:
+        holding = [g for g in types if g.gpus >= t and need.fits(t, g.memory_mib)]
+        if holding:
+            best = (t, holding)
+            break
+    if best is not None:
+        t, holding = best
+        return Choice(count=t, products=tuple(sorted({g.product for g in holding})), need=need)
+    return _too_large(need, types, one_gpu)
+
+
+def _too_large(need: Need, types: list[GPUType], one_gpu: bool) -> GPUSizing:
+    words = need.words()
+    if not types:
+        message = (f"{words}; no node offers whole GPUs with the labels {MEMORY_LABEL} and "
+                   f"{GPU_RESOURCE} allocatable")
+        return GPUSizing(need=words, reason="ModelTooLarge", message=message,
+                         summary=f"ModelTooLarge: needs {_gib(need.total)}/replica, no GPU node")
+    # What would hold it if a node had enough GPUs: the fewest GPUs, then the largest memory.
+    every = need.degrees()
+    would = sorted(((t, -g.memory_mib, g) for g in types for t in every
+                    if need.fits(t, g.memory_mib)), key=lambda x: (x[0], x[1], x[2].product))
+    largest = max(g.gpus for g in types)
+    if would:
+        t, _, g = would[0]
+        hold = f"{t} x {g.short} would hold it"
+        if one_gpu:
+            detail = (f"engine kubemaas serves on one GPU; {hold} with engine vllm (or lower "
+                      "runtime.llm.maxModelLen, or a smaller dtype)")
+            summary = (f"ModelTooLarge: needs {_gib(need.total)}/replica, more than one GPU; "
+                       f"{t}x{g.short} with vllm")
+        else:
+            detail = f"{hold}, but no node offers more than {largest} GPUs"
+            summary = (f"ModelTooLarge: needs {_gib(need.total)}/replica; {t}x{g.short} would "
+                       f"hold it, nodes have at most {largest}")
+    else:
+        biggest = max(types, key=lambda g: g.memory_mib)
+        most = every[-1]
+        detail = (f"not even {most} x {biggest.short} ({biggest.memory_mib} MiB each) would "
+                  f"hold it: it needs {_gib(need.per_gpu(most))} per GPU then")
+        summary = (f"ModelTooLarge: needs {_gib(need.total)}/replica, more than {most}x"
+                   f"{biggest.short} hold")
+    message = (f"{words}: {detail}; the nodes offer "
+               + ", ".join(f"{g.gpus} x {g.short} ({g.memory_mib} MiB)" for g in types))
+    return GPUSizing(need=words, reason="ModelTooLarge", message=message, summary=summary)
+
+
+def shape_from_cache(cache: Mapping[str, Any] | None) -> ModelShape | None:
+    """The shape a ModelCache recorded in status.model (same keys as spec.model.shape), or None
+    when there is no cache, no such field yet, or what is there cannot be read."""
+    if not isinstance(cache, Mapping):
+        return None
+    status = cache.get("status")
+    record = status.get("model") if isinstance(status, Mapping) else None
+    if not isinstance(record, Mapping) or not record:
+        return None
+    try:
+        return parse_shape({k: v for k, v in record.items() if k in SHAPE_KEYS},
+                           "status.model")
+    except SpecError:
+        return None
+
+
+def size_gpus(spec: ModelDeploymentSpec, types: Iterable[GPUType],
+              recorded: ModelShape | None = None) -> ModelDeploymentSpec:
+    """The spec with `gpu.count: auto` decided: count and products from the sizing, and the
+    sizing itself on `gpu.sizing` (with the reason when no node type can hold the model).
+    Any other spec is returned as it is."""
+    gpu = spec.gpu
+    if gpu is None or not gpu.auto:
+        return spec
+    shape = recorded or spec.model.shape
+    if shape is None:
+        message = ("gpu.count auto needs the model's shape: set spec.model.shape, or wait for "
+                   "the model cache to record it")
+        return _with(spec, dataclasses.replace(gpu, count=1, sizing=GPUSizing(
+            need="", reason="ModelShapeUnknown", message=message,
+            summary="ModelShapeUnknown: set spec.model.shape")))
+    llm = spec.runtime.llm
+    try:
+        need = need_of(shape, max_model_len=llm.max_model_len if llm else None,
+                       max_num_seqs=llm.max_num_seqs if llm else None,
+                       dtype=llm.dtype if llm else None,
+                       utilization=llm.gpu_memory_utilization if llm else None)
+    except SpecError as err:
+        return _with(spec, dataclasses.replace(gpu, count=1, sizing=GPUSizing(
+            need="", reason="ModelShapeUnknown", message=f"gpu.count auto: {err}",
+            summary=f"ModelShapeUnknown: {err.path} {err.message}"[:120])))
+    allowed = [g for g in types if (not gpu.products or g.product in gpu.products)
+               and (gpu.min_memory_mib is None or g.memory_mib >= gpu.min_memory_mib)]
+    one_gpu = spec.engine == "kubemaas"
+    picked = choose(need, allowed, one_gpu=one_gpu)
+    if isinstance(picked, GPUSizing):
+        # The pods ask for what would hold the model — the fewest GPUs of a size that would,
+        # as a minimum GPU memory no node offers — so they wait unscheduled instead of
+        # loading onto GPUs that are too small (and the status says ModelTooLarge).
+        every = [1] if one_gpu else need.degrees()
+        count = next((t for t in every for g in types if need.fits(t, g.memory_mib)), every[-1])
+        least = math.ceil(need.per_gpu(count) / need.utilization / MiB)
+        return _with(spec, dataclasses.replace(gpu, count=count, min_memory=f"{least}Mi",
+                                               sizing=picked))
+    hold = (f"{picked.count} x {' or '.join(p.removeprefix('NVIDIA-') for p in picked.products)}"
+            " holds it")
+    return _with(spec, dataclasses.replace(
+        gpu, count=picked.count, products=picked.products,
+        sizing=GPUSizing(need=f"{need.words(picked.count)}: {hold}")))
+
+
+def _with(spec: ModelDeploymentSpec, gpu: GPUSpec) -> ModelDeploymentSpec:
+    return dataclasses.replace(spec, gpu=gpu)
+
+
+# The startup probe's budget: the engine must load the weights (and a vLLM server only listens
+# once it has): 10 minutes, plus the weights read at LOAD_BYTES_PER_S.
+STARTUP_BASE_S = 600
+LOAD_BYTES_PER_S = 200 * MiB
+
+
+def startup_budget_s(spec: ModelDeploymentSpec, recorded: ModelShape | None = None) -> int:
+    """Seconds the startup probe allows before the kubelet restarts a loading engine."""
+    shape = recorded or spec.model.shape
+    if shape is None:
+        return STARTUP_BASE_S
+    weights = shape.weight_bytes or (shape.parameters or 0) * DTYPE_BYTES.get(
+        shape.dtype or "bfloat16", 2)
+    return STARTUP_BASE_S + math.ceil(weights / LOAD_BYTES_PER_S)

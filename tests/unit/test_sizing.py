@@ -1,0 +1,274 @@
+"""GPU sizing (kubemaas_operator.sizing) against published figures for well-known shapes.
+
+Sources of the figures:
+- Shapes: the models' own config.json on Hugging Face —
+  meta-llama/Meta-Llama-3-8B (num_hidden_layers 32, hidden_size 4096, num_attention_heads 32,
+  num_key_value_heads 8, max_position_embeddings 8192, torch_dtype bfloat16),
+  meta-llama/Meta-Llama-3-70B (80 layers, hidden_size 8192, 64 heads, 8 KV heads, 8192),
+  meta-llama/Llama-3.1-405B (126 layers, hidden_size 16384, 128 heads, 8 KV heads, 131072);
+  parameter counts from the same model pages (8.03 B, 70.6 B, 406 B).
+- Memory: Hugging Face's "Llama 3.1 - 405B, 70B & 8B with multilinguality and long context"
+  (huggingface.co/blog/llama31, section "Inference Memory Requirements"): weights in FP16/BF16
+  16 GB (8B), 140 GB (70B), 810 GB (405B); KV cache in FP16 per 1k (1024) tokens 0.125 GB (8B),
+  0.313 GB (70B) — i.e. 2 x layers x kv_heads x head_dim x 2 bytes per token.
+- Cross-check of the choices: NVIDIA's NIM support matrix
+  (docs.nvidia.com/nim/large-language-models/2.0.0/reference/support-matrix) ships BF16 vLLM
+  profiles for llama-3.1-8b-instruct at tensor parallelism 1 only, and for
+  llama-3.1-70b-instruct at 2, 4 and 8; the sizing below picks 1 and 4 (on 80 GB GPUs, 2 leaves
+  no room for a KV cache of four 8k sequences).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kubemaas_operator.api import GPUSizing, ModelShape, SpecError, parse_spec
+from kubemaas_operator.scheduling import MEMORY_LABEL, PRODUCT_LABEL, NodeInfo, check_capacity
+from kubemaas_operator.sizing import (
+    GiB,
+    GPUType,
+    Need,
+    choose,
+    gpu_types,
+    need_of,
+    shape_from_cache,
+    size_gpus,
+    startup_budget_s,
+)
+
+LLAMA3_8B = ModelShape(architecture="LlamaForCausalLM", parameters=8_030_261_248,
+                       weight_bytes=16_060_522_496, num_layers=32, hidden_size=4096,
+                       num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                       max_position_embeddings=8192, dtype="bfloat16")
+LLAMA3_70B = ModelShape(architecture="LlamaForCausalLM", parameters=70_553_706_496,
+                        num_layers=80, hidden_size=8192, num_attention_heads=64,
+                        num_key_value_heads=8, max_position_embeddings=8192, dtype="bfloat16")
+LLAMA31_405B = ModelShape(architecture="LlamaForCausalLM", parameters=405_853_388_800,
+                          num_layers=126, hidden_size=16384, num_attention_heads=128,
+                          num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
+                          dtype="bfloat16")
+
+H100 = GPUType("NVIDIA-H100-80GB-HBM3", 81559, 8)
+A100_40 = GPUType("NVIDIA-A100-SXM4-40GB", 40960, 8)
+A100_80_TWO = GPUType("NVIDIA-A100-SXM4-80GB", 81920, 2)  # the testbed's MIG node: 2 whole
+TESTBED = (A100_40, A100_80_TWO, H100)
+
+
+def _shape_json(shape: ModelShape) -> dict[str, object]:
+    return {f.metadata["json"]: getattr(shape, f.name) for f in dataclasses.fields(shape)
+            if getattr(shape, f.name) is not None}
+
+
+def test_kv_cache_per_token_matches_the_published_figures() -> None:
+    # 0.125 GB (GiB) per 1024 tokens for 8B, 0.313 for 70B (blog/llama31)
+    one_seq_1k = {"max_model_len": 1024, "max_num_seqs": 1}
+    assert need_of(LLAMA3_8B, **one_seq_1k).kv_cache == GiB // 8
+    assert need_of(LLAMA3_70B, **one_seq_1k).kv_cache / GiB == pytest.approx(0.3125)
+    # so at 8k context one sequence is 1 GiB (8B) and 2.5 GiB (70B)
+    assert need_of(LLAMA3_8B, max_model_len=8192, max_num_seqs=1).kv_cache == GiB
+    assert need_of(LLAMA3_70B, max_model_len=8192, max_num_seqs=1).kv_cache == 5 * GiB // 2
+
+
+def test_weights_match_the_published_figures() -> None:
+    # 16 GB, 140 GB, 810 GB in BF16 (decimal GB, blog/llama31)
+    assert need_of(LLAMA3_8B).weights / 1e9 == pytest.approx(16, rel=0.01)
+    assert need_of(LLAMA3_70B).weights / 1e9 == pytest.approx(141, rel=0.01)
+    assert need_of(LLAMA31_405B, max_model_len=8192).weights / 1e9 == pytest.approx(810,
+                                                                                     rel=0.01)
+    # weights stored as float32 but served in bfloat16 take half the bytes
+    fp32 = dataclasses.replace(LLAMA3_8B, parameters=None, weight_bytes=32_121_044_992,
+                               dtype="float32")
+    assert need_of(fp32).weights == LLAMA3_8B.weight_bytes
+    # an explicit dtype counts from the parameters
+    assert need_of(LLAMA3_8B, dtype="float32").weights == 4 * LLAMA3_8B.parameters
+
+
+def test_llama3_8b_at_8k_fits_one_gpu_of_each_kind() -> None:
+    need = need_of(LLAMA3_8B, max_model_len=8192)
+    assert need.sequences == 4
+    assert need.kv_cache == 4 * GiB
+    # per GPU: 15.0 GiB weights + 4 GiB KV + 2 GiB overhead = 21 GiB < 0.9 x 40 GiB
+    assert need.per_gpu(1) / GiB == pytest.approx(21.0, abs=0.1)
+    choice = choose(need, TESTBED)
+    assert not isinstance(choice, GPUSizing)
+    assert choice.count == 1
+    assert choice.products == tuple(sorted(t.product for t in TESTBED))
+
+
+def test_llama3_70b_at_8k_needs_four_h100_or_eight_a100_40gb() -> None:
+    need = need_of(LLAMA3_70B, max_model_len=8192)
+    # 131.4 GiB weights + 10 GiB KV (4 x 2.5 GiB)
+    assert need.total / GiB == pytest.approx(141.4, abs=0.1)
+    # 2 x H100 is not enough within 0.9 of 79.6 GiB (65.7 + 5 + 2 = 72.7 GiB per GPU)
+    assert not need.fits(2, H100.memory_mib)
+    assert need.fits(4, H100.memory_mib)
+    choice = choose(need, TESTBED)
+    assert not isinstance(choice, GPUSizing)
+    assert (choice.count, choice.products) == (4, (H100.product,))
+    only_a100 = choose(need, [A100_40])
+    assert not isinstance(only_a100, GPUSizing)
+    assert only_a100.count == 8
+
+
+def test_llama31_405b_fits_no_node_type_and_says_why_with_numbers() -> None:
+    need = need_of(LLAMA31_405B, max_model_len=8192)
+    refused = choose(need, TESTBED)
+    assert isinstance(refused, GPUSizing)
+    assert refused.reason == "ModelTooLarge"
+    assert "needs 771.7 GiB per replica (weights 756.0 GiB + KV cache 15.8 GiB" in refused.message
+    assert "16 x A100-SXM4-80GB would hold it, but no node offers more than 8 GPUs" in (
+        refused.message)
+    assert "8 x H100-80GB-HBM3 (81559 MiB)" in refused.message
+    assert refused.summary.startswith("ModelTooLarge: needs 771.7 GiB/replica")
+    # with only 40 GB GPUs even 16 is not enough: it says what 16 would need per GPU
+    small = choose(need, [A100_40])
+    assert isinstance(small, GPUSizing)
+    assert "not even 16 x A100-SXM4-40GB" in small.message
+    nothing = choose(need, [])
+    assert isinstance(nothing, GPUSizing) and "no node offers whole GPUs" in nothing.message
+
+
+def test_tensor_parallel_degrees_divide_the_heads_as_vllm_requires() -> None:
+    need = Need(weights=1, kv_cache=1, sequences=1, max_model_len=1, heads=40, kv_heads=8,
+                utilization=0.9)
+    # 40 heads: 1, 2, 4, 5, 8, 10 divide them; the KV heads (8) rule out 5 and 10
+    assert need.degrees() == [1, 2, 4, 8]
+    assert dataclasses.replace(need, heads=32, kv_heads=8).degrees() == [1, 2, 4, 8, 16]
+    assert dataclasses.replace(need, heads=None).degrees() == [1]
+    # beyond the KV heads each GPU keeps a copy of one: the KV cache splits no further
+    wide = dataclasses.replace(need, weights=16 * GiB, kv_cache=8 * GiB, kv_heads=2, heads=16)
+    kv_part = {t: wide.per_gpu(t) - wide.weights // t for t in (1, 2, 8)}
+    assert kv_part[1] - kv_part[2] == 4 * GiB
+    assert kv_part[8] == kv_part[2]
+
+
+def test_gpu_types_from_node_labels() -> None:
+    def node(name: str, product: str, mib: str, gpus: int) -> NodeInfo:
+        return NodeInfo(name=name, labels={PRODUCT_LABEL: product, MEMORY_LABEL: mib},
+                        allocatable={"nvidia.com/gpu": gpus})
+
+    types = gpu_types([node("a", "P", "1000", 4), node("b", "P", "1000", 8),
+                       node("c", "Q", "2000", 2), node("d", "R", "bad", 8),
+                       node("e", "S", "3000", 0), NodeInfo(name="cpu")])
+    assert types == (GPUType("P", 1000, 8), GPUType("Q", 2000, 2))
+
+
+def _auto_spec(**gpu: object) -> dict[str, object]:
+    return {"model": {"uri": "pvc://store/llama", "format": "hf",
+                      "shape": _shape_json(LLAMA3_70B)},
+            "runtime": {"llm": {"maxModelLen": 8192}},
+            "gpu": {"count": "auto", **gpu}}
+
+
+def test_size_gpus_sets_count_and_products_and_the_capacity_check_uses_them() -> None:
+    spec = size_gpus(parse_spec(_auto_spec()), TESTBED)
+    assert spec.gpu is not None and spec.gpu.sizing is not None
+    assert (spec.gpu.count, spec.gpu.products) == (4, (H100.product,))
+    assert "4 x H100-80GB-HBM3 holds it" in spec.gpu.sizing.need
+    nodes = [NodeInfo(name="h100-0", labels={PRODUCT_LABEL: H100.product,
+                                             MEMORY_LABEL: str(H100.memory_mib)},
+                      allocatable={"nvidia.com/gpu": 8})]
+    busy = check_capacity(spec, nodes, {"h100-0": {"nvidia.com/gpu": 7}}, 1)
+    assert busy.reason == "InsufficientGPU" and not busy.never
+    assert busy.message.startswith("needs 141.4 GiB per replica")
+    assert "room for 0 replica(s) now" in busy.message
+    assert check_capacity(spec, nodes, {}, 2).fits
+
+
+def test_size_gpus_honours_products_and_min_memory() -> None:
+    a100 = size_gpus(parse_spec(_auto_spec(products=[A100_40.product])), TESTBED)
+    assert a100.gpu is not None and (a100.gpu.count, a100.gpu.products) == (8, (A100_40.product,))
+    big = size_gpus(parse_spec(_auto_spec(minMemory="80Gi")), TESTBED)
+    assert big.gpu is not None and big.gpu.sizing is not None
+    assert big.gpu.sizing.reason == "ModelTooLarge"  # only the 2-GPU A100-80GB node qualifies
+
+
+def test_a_model_too_large_is_never_fit_in_the_capacity_check() -> None:
+    raw = _auto_spec()
+    raw["model"]["shape"] = _shape_json(LLAMA31_405B)  # type: ignore[index]
+    spec = size_gpus(parse_spec(raw), TESTBED)
+    cap = check_capacity(spec, [], {}, 1)
+    assert not cap.fits and cap.never and cap.reason == "ModelTooLarge"
+    assert "would hold it" in cap.message
+
+
+def test_engine_kubemaas_sizes_one_gpu_only() -> None:
+    raw = _auto_spec()
+    raw["runtime"] = {"engine": "kubemaas", "image": "img", "llm": {"maxModelLen": 8192}}
+    spec = size_gpus(parse_spec(raw), TESTBED)
+    assert spec.gpu is not None and spec.gpu.sizing is not None
+    assert spec.gpu.sizing.reason == "ModelTooLarge"
+    assert "engine kubemaas serves on one GPU" in spec.gpu.sizing.message
+    raw["model"]["shape"] = _shape_json(LLAMA3_8B)  # type: ignore[index]
+    eight = size_gpus(parse_spec(raw), TESTBED)
+    assert eight.gpu is not None and eight.gpu.count == 1 and not eight.gpu.sizing.reason  # type: ignore[union-attr]
+
+
+def test_unknown_shape_waits_and_a_fixed_count_is_left_alone() -> None:
+    raw = _auto_spec()
+    del raw["model"]["shape"]  # type: ignore[attr-defined]
+    with pytest.raises(SpecError, match=r"is needed for gpu\.count auto"):
+        parse_spec(raw)
+    # a model cache that has not recorded the shape yet: sized once it has
+    with_shape = parse_spec(_auto_spec())
+    waiting = dataclasses.replace(with_shape, model=dataclasses.replace(with_shape.model,
+                                                                         shape=None))
+    spec = size_gpus(waiting, TESTBED)
+    assert spec.gpu is not None and spec.gpu.sizing is not None
+    assert spec.gpu.sizing.reason == "ModelShapeUnknown"
+    cap = check_capacity(spec, [], {}, 1)
+    assert cap.reason == "ModelShapeUnknown" and not cap.never
+    # the cache's record, when there is one, is the shape
+    recorded = size_gpus(waiting, TESTBED, LLAMA3_8B)
+    assert recorded.gpu is not None and recorded.gpu.count == 1
+    partial = _auto_spec()
+    partial["model"]["shape"] = {"parameters": 10}  # type: ignore[index]
+    no_layers = size_gpus(parse_spec(partial), TESTBED)
+    assert no_layers.gpu is not None and no_layers.gpu.sizing is not None
+    assert "numLayers" in no_layers.gpu.sizing.message
+    fixed = _auto_spec(count=2)
+    fixed_spec = parse_spec(fixed)
+    assert size_gpus(fixed_spec, TESTBED) is fixed_spec
+
+
+def test_a_refused_model_asks_for_gpus_no_node_has() -> None:
+    """Its pods wait unscheduled (what would hold it, as a minimum GPU memory) rather than
+    loading onto GPUs that are too small."""
+    raw = _auto_spec()
+    raw["model"]["shape"] = _shape_json(LLAMA31_405B)  # type: ignore[index]
+    spec = size_gpus(parse_spec(raw), TESTBED)
+    assert spec.gpu is not None and spec.gpu.count == 16  # 16 x 80 GB would hold it
+    least = spec.gpu.min_memory_mib
+    assert least is not None and not any(t.gpus >= 16 and t.memory_mib >= least
+                                         for t in TESTBED)
+    # engine kubemaas: one GPU, with more memory than any has
+    raw["model"]["shape"] = _shape_json(LLAMA3_70B)  # type: ignore[index]
+    raw["runtime"] = {"engine": "kubemaas", "image": "img", "llm": {"maxModelLen": 8192}}
+    one = size_gpus(parse_spec(raw), TESTBED)
+    assert one.gpu is not None and one.gpu.count == 1 and one.gpu.min_memory_mib is not None
+    assert one.gpu.min_memory_mib > max(t.memory_mib for t in TESTBED)
+
+
+def test_shape_from_a_model_cache_record() -> None:
+    record = {**_shape_json(LLAMA3_8B), "files": 4, "somethingNew": "ignored"}
+    cache = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelCache",
+             "status": {"phase": "Ready", "model": record}}
+    assert shape_from_cache(cache) == LLAMA3_8B
+    assert shape_from_cache(None) is None  # none named, or the CRD is not installed
+    assert shape_from_cache({"status": {"phase": "Downloading"}}) is None  # not recorded yet
+    assert shape_from_cache({"status": None}) is None
+    assert shape_from_cache({"status": {"model": {"numLayers": "many"}}}) is None  # unreadable
+    assert shape_from_cache({"status": {"model": []}}) is None
+
+
+def test_startup_budget_grows_with_the_weights() -> None:
+    def budget(shape: ModelShape | None) -> int:
+        spec = parse_spec(_auto_spec())
+        model = dataclasses.replace(spec.model, shape=shape)
+        return startup_budget_s(dataclasses.replace(spec, model=model))
+
+    assert budget(None) == 600
+    assert 600 < budget(LLAMA3_8B) < budget(LLAMA3_70B) < budget(LLAMA31_405B)
+    assert budget(LLAMA3_8B) == 600 + 77  # 16.06 GB at 200 MiB/s
