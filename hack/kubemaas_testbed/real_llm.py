@@ -2,12 +2,12 @@
 hack/demo share — the administrator's template that brings the LLM packages in, the
 ModelDeployment, and whether this machine can run a real node at all.
 
-The runtime image built for the real node (hack/node/build-images) has the `runtime` extra only:
-torch's PyPI wheels with their nvidia-* libraries are over 4 GB, more than this shared machine's
-disk takes for an image, its archive and the node's containerd copy. So the template mounts this
-machine's virtualenv site-packages (torch, transformers, tokenizers, safetensors) read-only
-from the node and puts it on PYTHONPATH. Everything else — the image, the runtime's code, the
-operator's rendering of format hf, the kubelet's probes — is what a cluster runs.
+The runtime image the real node imports (hack/node/build-images) has the `runtime` extra only;
+the opt-in `runtime-llm` image (`--with-llm`, docs/images.md) is 5.5 GB and needs about 16 GB of
+free disk to build, more than this shared machine has. So the template mounts this machine's
+virtualenv site-packages (torch, transformers, tokenizers, safetensors) read-only from the node
+and puts it on PYTHONPATH. Everything else — the image, the runtime's code, the operator's
+rendering of format hf, the kubelet's probes — is what a cluster runs.
 """
 
 from __future__ import annotations
