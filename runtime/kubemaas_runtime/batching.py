@@ -21,11 +21,15 @@
   back costs about 30 us of CPU and, on a busy core, a thread wake-up that sets the latency
   tail; a 7 us model call does not block the loop in any way that matters. A shape never seen,
   or one whose calls grew slower, goes back to the threads.
+* What an autoscaler reads, under the names vLLM gives them: ``vllm:num_requests_running``,
+  requests inside a model call, and ``vllm:num_requests_waiting``, admitted requests that are
+  not (yet): waiting in a batch group or for a worker slot (docs/autoscaling.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import Future as ThreadFuture
@@ -99,8 +103,11 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=instances,
                                            thread_name_prefix="kubemaas-model")
         self.admitted = 0
+        self.running = 0  # requests inside a model call (changed from the worker threads)
+        self._running_lock = threading.Lock()
         self._metrics = metrics
         self._label = (model_name,)
+        self._publish_load()
         self._pending: dict[Hashable, list[_Item]] = {}
         self._busy = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -119,7 +126,7 @@ class Batcher:
             raise Unavailable(f"the queue is full ({self.max_queue} requests admitted); "
                               "retry later", retry_after_s=1)
         self.admitted += 1
-        self._metrics.inflight.set(self._label, self.admitted)
+        self._publish_load()
         try:
             if self.batching:
                 key = self._batch_key(inputs, output_names)
@@ -128,18 +135,34 @@ class Batcher:
             return await self._run_alone(inputs, output_names)
         finally:
             self.admitted -= 1
-            self._metrics.inflight.set(self._label, self.admitted)
+            self._publish_load()
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
+    # -- load gauges ----------------------------------------------------------------------
+    def _publish_load(self) -> None:
+        running = self.running
+        self._metrics.inflight.set(self._label, self.admitted)
+        self._metrics.running.set(self._label, running)
+        self._metrics.waiting.set(self._label, max(0, self.admitted - running))
+
+    def _count_running(self, delta: int) -> None:
+        with self._running_lock:
+            self.running += delta
+        self._publish_load()
+
     # -- unbatched ------------------------------------------------------------------------
     def _call(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None,
               enqueued: float) -> tuple[Outputs, float, float]:
         start = time.perf_counter()
-        out = self.model.run(inputs, output_names)
+        self._count_running(1)
+        try:
+            out = self.model.run(inputs, output_names)
+        finally:
+            self._count_running(-1)
         return out, start - enqueued, time.perf_counter() - start
 
     @staticmethod
@@ -290,7 +313,11 @@ class Batcher:
                 + ([np.zeros((pad, *arr.shape[1:]), dtype=arr.dtype)] if pad else []))
                 for name, arr in items[0].inputs.items()}
         # every item in a group asked for the same outputs: the key includes them
-        outputs = self.model.run(merged, items[0].output_names)
+        self._count_running(len(items))
+        try:
+            outputs = self.model.run(merged, items[0].output_names)
+        finally:
+            self._count_running(-len(items))
         if len(items) == 1 and not pad:
             return [outputs], start, time.perf_counter() - start
         results: list[Outputs] = [{} for _ in items]

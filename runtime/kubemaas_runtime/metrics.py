@@ -116,6 +116,14 @@ class Metrics:
         self.inflight = Gauge(
             "kubemaas_inflight_requests", "Inference requests admitted and not yet answered.",
             ("model",))
+        # The autoscaling signals under vLLM's names and label, so that one query (and one KEDA
+        # trigger) reads tensor models and language models alike (docs/autoscaling.md).
+        self.waiting = Gauge(
+            "vllm:num_requests_waiting",
+            "Admitted requests not inside a model call yet (batch groups, worker slots).",
+            ("model_name",))
+        self.running = Gauge(
+            "vllm:num_requests_running", "Requests inside a model call.", ("model_name",))
         self.queue_rejections = Counter(
             "kubemaas_queue_rejections_total",
             "Requests refused with 503 because the queue was full.", ("model",))
@@ -131,7 +139,8 @@ class Metrics:
         lines: list[str] = []
         for metric in (self.requests, self.request_duration, self.queue_duration,
                        self.inference_duration, self.batch_size, self.inflight,
-                       self.queue_rejections, self.model_ready, self.load_seconds):
+                       self.waiting, self.running, self.queue_rejections, self.model_ready,
+                       self.load_seconds):
             lines.extend(metric.render())
         for collect in self.collectors:
             lines.extend(collect())

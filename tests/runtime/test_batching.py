@@ -320,3 +320,26 @@ def test_which_models_get_padded_batches(tiny_onnx: Path) -> None:
     cuda_like.device = "cuda"
     assert padded_batch_rows(cuda_like, 16, "auto") == 16
     assert padded_batch_rows(cuda_like, 16, "never") is None
+
+
+def test_queue_and_running_gauges_use_vllm_names(runtime_server: Any, tiny_onnx: Path) -> None:
+    """The autoscaling signals: three requests held in a batch group (not in a model call) are
+    vllm:num_requests_waiting; once answered, waiting and running are back to 0."""
+    server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                                     "--max-batch-size", "64", "--max-batch-delay-ms", "1500"])
+    results: list[tuple[int, Any]] = []
+    x = np.ones((1, 4), dtype=np.float32)
+    threads = [threading.Thread(target=lambda: results.append(_infer(server, "tiny", {"x": x})))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: 'vllm:num_requests_waiting{model_name="tiny"} 3' in server.metrics(),
+             timeout=10, interval=0.02, what="3 requests waiting in the batcher")
+    assert 'vllm:num_requests_running{model_name="tiny"} 0' in server.metrics()
+    for t in threads:
+        t.join(10)
+    assert [status for status, _ in results] == [200, 200, 200]
+    text = server.metrics()
+    assert 'vllm:num_requests_waiting{model_name="tiny"} 0' in text
+    assert 'vllm:num_requests_running{model_name="tiny"} 0' in text
+    assert "# TYPE vllm:num_requests_waiting gauge" in text

@@ -64,7 +64,8 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     gpu = parse_gpu(spec.get("gpu"))
     check_engine(model, runtime, gpu)
     replicas = parse_replicas(spec.get("replicas"))
-    autoscaling = parse_autoscaling(spec.get("autoscaling"), replicas, runtime.resources)
+    autoscaling = parse_autoscaling(spec.get("autoscaling"), replicas, runtime.resources,
+                                    model.format)
     scheduling = parse_scheduling(spec.get("scheduling"))
     serving = parse_serving(spec.get("serving"))
     check_serving(runtime.engine or default_engine(model.format, gpu), serving)

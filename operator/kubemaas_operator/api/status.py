@@ -82,6 +82,14 @@ class RolloutStatus:
 
 
 @dataclass(frozen=True)
+class AutoscalingStatus:
+    engine: str = field(metadata=json_name("engine"), default="None")
+    signal: str | None = field(metadata=json_name("signal"), default=None)
+    reason: str | None = field(metadata=json_name("reason"), default=None)
+    message: str | None = field(metadata=json_name("message"), default=None)
+
+
+@dataclass(frozen=True)
 class ModelDeploymentStatus:
     phase: str = field(metadata=json_name("phase"), default="Pending")
     observed_generation: int | None = field(metadata=json_name("observedGeneration"), default=None)
@@ -98,3 +106,4 @@ class ModelDeploymentStatus:
     conditions: tuple[Condition, ...] = field(metadata=json_name("conditions"), default=())
     rollout: RolloutStatus | None = field(metadata=json_name("rollout"), default=None)
     optimization: Mapping[str, Any] | None = field(metadata=json_name("optimization"), default=None)
+    autoscaling: AutoscalingStatus | None = field(metadata=json_name("autoscaling"), default=None)
