@@ -1,5 +1,5 @@
-"""hack/cluster: up | down | status | env | nodes | gateway-api | inference-extension — the local
-control plane."""
+"""hack/cluster: up | down | status | env | nodes | gateway-api | inference-extension | keda — the
+local control plane."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
                    "HTTPRoute, ...) from the Go module cache; idempotent")
     sub.add_parser("inference-extension", help="install the Gateway API Inference Extension's "
                    "InferencePool CRD from the Go module cache; idempotent")
+    keda_cmd = sub.add_parser("keda", help="install KEDA's CRDs from its Go module and start "
+                              "its operator (built by hack/build-testbed --with-keda); `keda "
+                              "down` stops the operator")
+    keda_cmd.add_argument("action", nargs="?", choices=["up", "down"], default="up")
     args = parser.parse_args(argv)
 
     cluster = Cluster(Path(args.state) if args.state else default_state_dir())
@@ -73,6 +77,17 @@ def main(argv: list[str] | None = None) -> int:
 
             for crd in inference_extension.install(cluster.kubeconfig):
                 print(f"installed {crd}")
+        elif args.verb == "keda":
+            from . import keda
+
+            if args.action == "down":
+                keda.down(cluster.state)
+            else:
+                if not cluster.is_up():
+                    raise ClusterError("the testbed is not up: hack/cluster up")
+                pid = keda.up(cluster.state, cluster.kubeconfig)
+                print(f"KEDA operator running (pid {pid}); its log: "
+                      f"{cluster.state / 'logs' / keda.PROCESS}.log")
     except (ClusterError, NodeError, binaries.MissingBinaryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

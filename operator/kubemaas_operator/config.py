@@ -52,8 +52,9 @@ class Settings:
     # The Gateway (Gateway API) that models without spec.serving.gateway attach their HTTPRoute
     # to, as "NAMESPACE/NAME"; empty = none (only models that name a Gateway get a route).
     gateway: str = ""
-    # How often the operator asks API discovery whether HTTPRoute is served (the Gateway API
-    # CRDs installed or removed while it runs), seconds; it also asks once at start.
+    # How often the operator asks API discovery whether HTTPRoute (and cert-manager's Certificate,
+    # KEDA's ScaledObject) is served (CRDs installed or removed while it runs), seconds; it also
+    # asks once at start.
     gateway_discovery_s: float = 30.0
     # The endpoint picker a language model's InferencePool names when its spec names none, as
     # "NAME:PORT" or "NAME:PORT:FailOpen" (a Service in each model's namespace); empty = none.
@@ -65,6 +66,10 @@ class Settings:
     metrics_port: int = 8082
     # The image of engine vllm when a ModelDeployment names none (spec.runtime.image).
     vllm_image: str = "vllm/vllm-openai:v0.33.0"
+    # The Prometheus (http(s)://HOST:PORT) that scrapes the models' runtimes: the KEDA
+    # ScaledObjects of models that scale on queue, concurrency or kvCache read their signal from
+    # it; empty = none (those models fall back to CPU; docs/autoscaling.md).
+    prometheus: str = ""
 
     def default_gateway(self) -> tuple[str, str] | None:
         """KUBEMAAS_OPERATOR_GATEWAY as (namespace, name), or None when unset."""
@@ -140,6 +145,10 @@ class Settings:
         except SpecError as err:
             raise SettingsError(f"KUBEMAAS_OPERATOR_ENDPOINT_PICKER={settings.endpoint_picker!r}:"
                                 f" expected NAME:PORT or NAME:PORT:FailOpen ({err})") from err
+        if settings.prometheus and not re.match(r"^https?://[^/\s]+(/\S*)?$",
+                                                settings.prometheus):
+            raise SettingsError(f"KUBEMAAS_OPERATOR_PROMETHEUS={settings.prometheus!r}: expected "
+                                "http(s)://HOST:PORT of a Prometheus")
         if settings.peering_lifetime_s < 2:
             raise SettingsError("KUBEMAAS_OPERATOR_PEERING_LIFETIME_S must be >= 2")
         return settings

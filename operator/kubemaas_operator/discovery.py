@@ -1,6 +1,6 @@
 """API discovery of the optional kinds the operator renders when they are served: the Gateway
-API's HTTPRoute, cert-manager's Certificate and the Gateway API Inference Extension's
-InferencePool. Asked at start (handlers.startup) and every gateway_discovery_s; when an answer
+API's HTTPRoute, cert-manager's Certificate, the Gateway API Inference Extension's
+InferencePool and KEDA's ScaledObject. Asked at start (handlers.startup) and every gateway_discovery_s; when an answer
 changes, every model is looked at again (its children of that kind are made or taken down).
 A kind found served is also one kopf must watch (kopf_watch.py: kopf can miss a late CRD)."""
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import kopf_watch, standby
 from .render import HTTPROUTE_API_VERSION
+from .render.autoscaler import SCALEDOBJECT_API_VERSION
 from .render.inference import INFERENCEPOOL_API_VERSION
 from .render.security import CERTIFICATE_API_VERSION
 
@@ -26,6 +27,8 @@ OPTIONAL = {
     "inference_pools": (INFERENCEPOOL_API_VERSION, "inferencepools",
                         "Gateway API Inference Extension InferencePool",
                         ": language models get an InferencePool"),
+    "keda": (SCALEDOBJECT_API_VERSION, "scaledobjects", "KEDA ScaledObject",
+             ": models that scale on queue, concurrency or kvCache get a ScaledObject"),
 }
 
 

@@ -19,27 +19,45 @@ a value owns it), so the floor manager never writes again unless the count falls
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from .api import ModelDeploymentSpec
+from .render.autoscaler import Choice
 
 FLOOR_MANAGER = "kubemaas-autoscaling-floor"
+# The operator's children that own the Deployment's replicas (KEDA's ScaledObject makes its own
+# HPA, keda-hpa-NAME, which the operator does not watch).
+AUTOSCALER_KINDS = ("HorizontalPodAutoscaler", "ScaledObject")
+
+
+def autoscaler_observed(children: Mapping[str, Any]) -> bool:
+    """Whether the model's HPA or ScaledObject exists (it, not the operator, owns replicas)."""
+    return any(children.get(kind) is not None for kind in AUTOSCALER_KINDS)
 
 
 def hand_over(spec: ModelDeploymentSpec, live_replicas: int | None,
               autoscaler_observed: bool) -> int | None:
     """Replicas to pin before the Deployment is applied without them, or None.
 
-    Only while the model's HorizontalPodAutoscaler has not been seen yet (autoscaling was just
-    switched on): the operator may still own `replicas` from spec.replicas."""
+    Only while the model's HorizontalPodAutoscaler (or ScaledObject) has not been seen yet
+    (autoscaling was just switched on): the operator may still own `replicas` from spec.replicas.
+    """
     a = spec.autoscaling
     if a is None or autoscaler_observed or live_replicas is None:
         return None
     return min(a.max_replicas, max(a.min_replicas, live_replicas))
 
 
-def raise_to_floor(spec: ModelDeploymentSpec, live_replicas: int | None) -> int | None:
-    """minReplicas when the live Deployment asks for fewer (a new one starts at 1), else None."""
+def raise_to_floor(spec: ModelDeploymentSpec, live_replicas: int | None,
+                   engine: Choice | None = None) -> int | None:
+    """minReplicas when the live Deployment asks for fewer (a new one starts at 1), else None.
+
+    The engine's floor when it has one of its own: a fallback from KEDA never goes below 1 (an
+    HPA does not scale a Deployment at 0, and nothing else would wake it)."""
     a = spec.autoscaling
     if a is None:
         return None
+    floor = a.min_replicas if engine is None else engine.min_replicas
     have = 1 if live_replicas is None else live_replicas
-    return a.min_replicas if have < a.min_replicas else None
+    return floor if have < floor else None

@@ -62,12 +62,14 @@ CHILDREN = {
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
     "Certificate": ("cert-manager.io", "v1", "certificates"),
     "InferencePool": ("inference.networking.k8s.io", "v1", "inferencepools"),
+    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
 }
 OURS = {MANAGED_BY: MANAGER}
 _INDEX_OF = {"Deployment": "deployment_index", "Service": "service_index",
              "HorizontalPodAutoscaler": "hpa_index", "PodDisruptionBudget": "pdb_index",
              "HTTPRoute": "httproute_index", "NetworkPolicy": "networkpolicy_index",
-             "Certificate": "certificate_index", "InferencePool": "inferencepool_index"}
+             "Certificate": "certificate_index", "InferencePool": "inferencepool_index",
+             "ScaledObject": "scaledobject_index"}
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Runtime:
     gateway_api: bool = False  # API discovery: HTTPRoute (gateway.networking.k8s.io/v1) served
     cert_manager: bool = False  # API discovery: Certificate (cert-manager.io/v1) served
     inference_pools: bool = False  # API discovery: InferencePool (inference.networking.k8s.io/v1)
+    keda: bool = False  # API discovery: ScaledObject (keda.sh/v1alpha1) served
     queue: Any = None
     metrics_server: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -180,7 +183,7 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
     return Snapshot(body=body, children={k: v for k, v in children.items() if v is not None},
                     pods=pods, nodes=nodes, used=used, pending=pending,
                     gateway_api=_runtime().gateway_api, cert_manager=_runtime().cert_manager,
-                    inference_pools=_runtime().inference_pools,
+                    inference_pools=_runtime().inference_pools, keda=_runtime().keda,
                     cache=modelcache.cache_mount(key[0], str(cache)) if cache else None)
 
 
@@ -271,6 +274,8 @@ certificate_index = kopf.index(*CHILDREN["Certificate"], labels=OURS, id="certif
     _child_index)
 inferencepool_index = kopf.index(*CHILDREN["InferencePool"], labels=OURS,
                                  id="inferencepool_index")(_child_index)
+scaledobject_index = kopf.index(*CHILDREN["ScaledObject"], labels=OURS,
+                                id="scaledobject_index")(_child_index)
 
 
 def _gpu_requests(spec: Mapping[str, Any]) -> dict[str, int]:
@@ -442,7 +447,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
                  indexes={k: kwargs[k] for k in ("md_index", "deployment_index", "service_index",
                                                  "hpa_index", "pdb_index", "httproute_index",
                                                  "networkpolicy_index", "certificate_index",
-                                                 "inferencepool_index",
+                                                 "inferencepool_index", "scaledobject_index",
                                                  "owed_index",
                                                  "pod_index", "node_index", "namespace_index",
                                                  "blocked_index")})

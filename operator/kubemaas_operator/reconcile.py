@@ -34,7 +34,7 @@ from .api import (
 )
 from .config import Settings
 from .drift import drift
-from .floor import FLOOR_MANAGER, hand_over, raise_to_floor
+from .floor import FLOOR_MANAGER, autoscaler_observed, hand_over, raise_to_floor
 from .k8s import ApiError, AsyncCluster
 from .metrics import count_rollouts
 from .modelcache.mount import CacheMount, cache_wait
@@ -103,6 +103,7 @@ class Snapshot:
     # the API server serves inference.networking.k8s.io/v1 InferencePool
     inference_pools: bool = False
     cache: CacheMount | None = None  # the ModelCache spec.model.cache names (modelcache/)
+    keda: bool = False  # the API server serves keda.sh/v1alpha1 ScaledObject
 
 
 @dataclass
@@ -161,7 +162,7 @@ class Memory:
         key = digest([raw_spec, ctx.name, ctx.namespace, ctx.uid, template_name,
                       ctx.template_source, ctx.default_gateway_namespace,
                       ctx.monitoring_namespace, repr(ctx.cache), ctx.vllm_image,
-                      ctx.gpu_types, ctx.model_record], 32)
+                      ctx.gpu_types, ctx.model_record, ctx.keda, ctx.prometheus], 32)
         hit = self._renders.get(key)
         if hit is None:  # gpu.count auto: sized from the model's shape and the GPU node types
             spec = size_gpus(parse_spec(raw_spec), ctx.gpu_types, ctx.model_record)
@@ -306,13 +307,14 @@ async def _pin_replicas(cluster: AsyncCluster, memory: Memory, name: str, namesp
 
 def _security_context(settings: Settings, snap: Snapshot,
                       record: ModelShape | None) -> dict[str, Any]:
-    """The RenderContext fields the NetworkPolicy takes from the operator's settings, and those
-    of language models: the vLLM image, the GPU node types, the model cache's shape."""
+    """The RenderContext fields the NetworkPolicy takes from the operator's settings, those of
+    language models (the vLLM image, the GPU node types, the model cache's shape) and of
+    autoscaling (whether KEDA is served, the Prometheus its triggers read)."""
     default = settings.default_gateway()
     return {"default_gateway_namespace": default[0] if default else None,
             "monitoring_namespace": settings.monitoring_namespace,
             "vllm_image": settings.vllm_image, "gpu_types": gpu_types(snap.nodes),
-            "model_record": record}
+            "model_record": record, "keda": snap.keda, "prometheus": settings.prometheus}
 
 
 def gateway_children(name: str) -> list[tuple[str, str, str, str]]:
@@ -392,15 +394,15 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         await _write_status(cluster, memory, body, outcome.status)
         return outcome
 
-    # 4. the capacity check, from the indexes (this model's own pods do not count as used).
-    capacity = check_capacity(spec, snap.nodes, snap.used, spec.desired_replicas
-                              if spec.autoscaling is None else spec.autoscaling.min_replicas)
-
-    # 5. the rollout: which pod template the Deployment carries, and how it rolls (rollout.py).
+    # 4. the capacity check, from the indexes (this model's own pods do not count as used): for
+    # what the spec asks, or what the autoscaler asks now (a scale-out that cannot fit says so).
     live = deployment_info(dep_obj) if dep_obj else None
     desired_n = (max(spec.autoscaling.min_replicas, live.spec_replicas)
                  if spec.autoscaling is not None and live is not None
                  and live.spec_replicas is not None else spec.desired_replicas)
+    capacity = check_capacity(spec, snap.nodes, snap.used, desired_n)
+
+    # 5. the rollout: which pod template the Deployment carries, and how it rolls (rollout.py).
     surge_room = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
                                 pending=snap.pending)
     gateway = gateway_for(spec, settings) if snap.gateway_api else None
@@ -491,7 +493,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                 raise ApiError(422, "Invalid", refused)
             if role == "main" and kind == "Deployment" and have is not None:
                 pin = hand_over(spec, deployment_info(have).spec_replicas,
-                                observed_children.get("HorizontalPodAutoscaler") is not None)
+                                autoscaler_observed(observed_children))
                 if pin is not None:
                     await _pin_replicas(cluster, memory, name, namespace, pin)
             applied = await cluster.apply(child)
@@ -539,7 +541,8 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
 
     # The autoscaling floor: a new Deployment starts at minReplicas, not at the default of 1.
     dep_obj = observed_children.get("Deployment")
-    floor = raise_to_floor(spec, deployment_info(dep_obj).spec_replicas) if dep_obj else None
+    floor = raise_to_floor(spec, deployment_info(dep_obj).spec_replicas,
+                           rendered.autoscaler) if dep_obj else None
     if dep_obj is not None and floor is not None:
         observed_children["Deployment"] = await _pin_replicas(cluster, memory, name, namespace,
                                                               floor)
@@ -564,7 +567,8 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         previous=base.previous, desired_revision=target_revision, deployment=dep,
         pods=snap.pods, node_products=products, capacity=capacity,
         url=url(name, namespace, spec.serving.port), selector=base.selector,
-        not_ready_grace_s=settings.not_ready_grace_s, rollout=plan.view, cache=cache)
+        not_ready_grace_s=settings.not_ready_grace_s, rollout=plan.view, cache=cache,
+        autoscaling=rendered.autoscaler.status() if rendered.autoscaler else None)
     outcome.status = compute_status(spec, observed, gpu_summary(spec, placed))
     await _write_status(cluster, memory, body, outcome.status)
     waits = [w for w in (_next_check(snap.pods, now, settings.not_ready_grace_s),

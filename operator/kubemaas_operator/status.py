@@ -194,6 +194,7 @@ class Observed:
     not_ready_grace_s: float = 60.0
     rollout: RolloutView | None = None
     cache: pod_life.CacheProgress | None = None  # the model's ModelCache, when it names one
+    autoscaling: Mapping[str, Any] | None = None  # status.autoscaling (render/autoscaler.py)
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,11 @@ def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], st
                           f"{placed} of {desired} replica(s) placed on nodes")
 
     # Available
-    if desired == 0:
+    if desired == 0 and spec.autoscaling is not None:
+        available = _Cond("Available", "False", "ScaledToZero",
+                          f"the autoscaler took the idle model to 0 replicas (minReplicas 0); "
+                          f"it scales out again when its {spec.autoscaling.signal} signal rises")
+    elif desired == 0:
         available = _Cond("Available", "False", "ScaledToZero", "replicas is 0")
     elif ready >= desired:
         available = _Cond("Available", "True", "MinimumReplicasReady",
@@ -409,6 +414,8 @@ def _finish(o: Observed, status: dict[str, Any]) -> StatusResult:
     if changed:
         events += [Event(*e) for e in optimization_status.events(prev.get("optimization"),
                                                                  status.get("optimization"))]
+        events += [Event(*e) for e in autoscaling_status.events(prev.get("autoscaling"),
+                                                                status.get("autoscaling"))]
     return StatusResult(status=status if changed else prev, events=events, changed=changed)
 
 
@@ -511,5 +518,6 @@ def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> St
             [(p.name, p.revision, p.optimization_report) for p in o.pods if not p.terminating],
             o.desired_revision) or o.previous.get("optimization")
         if spec.model.optimize is not None else None,
+        "autoscaling": dict(o.autoscaling) if o.autoscaling else None,
     }
     return _finish(o, {k: v for k, v in status.items() if v is not None})

@@ -11,6 +11,7 @@ A golden file that no case produces fails test_no_stale_golden_files.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -28,6 +29,8 @@ EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml")
 DATA = Path(__file__).parent / "data"
 HTTPROUTE_GOLDEN = DATA / "gateway" / "h100-model-httproute.yaml"
 INFERENCEPOOL_GOLDEN = DATA / "gateway" / "llm-inferencepool.yaml"
+# The KEDA ScaledObject: the queue-scaled example where the API server serves KEDA.
+SCALEDOBJECT_GOLDEN = DATA / "keda" / "queue-autoscaling-model-scaledobject.yaml"
 
 
 def _testbed_gpu_types() -> tuple[GPUType, ...]:
@@ -40,13 +43,16 @@ def _testbed_gpu_types() -> tuple[GPUType, ...]:
     return gpu_types(nodes)
 
 
-def _render(example: Path, template: str | None = None) -> str:
+def _render(example: Path, template: str | None = None, kinds: tuple[str, ...] = (),
+            **ctx_extra: Any) -> str:
     md = yaml.safe_load(example.read_text())
     spec = size_gpus(parse_spec(md["spec"]), _testbed_gpu_types())
     ctx = RenderContext(name=md["metadata"]["name"], namespace="models",
                         uid="00000000-0000-0000-0000-000000000001",
-                        template_name=spec.runtime.template, template_source=template)
-    return yaml.safe_dump_all(render(spec, ctx).children, sort_keys=True)
+                        template_name=spec.runtime.template, template_source=template,
+                        **ctx_extra)
+    return yaml.safe_dump_all([c for c in render(spec, ctx).children
+                               if not kinds or c["kind"] in kinds], sort_keys=True)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
@@ -54,10 +60,17 @@ def test_golden(example: Path) -> None:
     check(DATA / f"{example.stem}.yaml", _render(example), f"the rendering of {example.name}")
 
 
+def test_golden_scaledobject() -> None:
+    check(SCALEDOBJECT_GOLDEN, _render(ROOT / "examples" / "queue-autoscaling-model.yaml",
+                                       kinds=("ScaledObject", "HorizontalPodAutoscaler"),
+                                       keda=True, prometheus="http://prometheus.monitoring:9090"),
+          "the KEDA ScaledObject of queue-autoscaling-model.yaml")
+
+
 def test_no_stale_golden_files() -> None:
     """Every golden file belongs to a case above (a removed example takes its file along)."""
     extra = stale(DATA, [*(DATA / f"{e.stem}.yaml" for e in EXAMPLES), HTTPROUTE_GOLDEN,
-                         INFERENCEPOOL_GOLDEN])
+                         INFERENCEPOOL_GOLDEN, SCALEDOBJECT_GOLDEN])
     assert not extra, (f"golden files that no case produces: {[str(p) for p in extra]}; "
                        "KUBEMAAS_UPDATE_GOLDEN=1 removes them")
 

@@ -41,6 +41,7 @@ PLURALS: dict[str, str] = {
     "Certificate": "certificates",
     "InferencePool": "inferencepools",
     "ModelCache": "modelcaches",
+    "ScaledObject": "scaledobjects",
     "ConfigMap": "configmaps",
     "Event": "events",
     "ModelDeployment": MD_PLURAL,

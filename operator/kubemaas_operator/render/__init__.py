@@ -26,7 +26,7 @@ from ..engines import DEFAULT_VLLM_IMAGE, TENSOR, probes
 from ..modelcache.mount import CacheMount, mount_cache
 from ..scheduling import Placement, placement
 from ..sizing import GPUType
-from . import conversion, llm, optimization
+from . import autoscaler, conversion, llm, optimization
 from .security import (
     CERTIFICATE_API_VERSION,
     CertificateParams,
@@ -83,6 +83,10 @@ class RenderContext:
     vllm_image: str = DEFAULT_VLLM_IMAGE
     gpu_types: tuple[GPUType, ...] = ()
     model_record: ModelShape | None = None
+    # Autoscaling (render/autoscaler.py): whether the API server serves KEDA's ScaledObject, and
+    # the Prometheus its triggers read the models' signals from ("" = none named).
+    keda: bool = False
+    prometheus: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,16 +154,6 @@ class HTTPRouteParams:
 
 
 @dataclass(frozen=True)
-class HPAParams:
-    name: str
-    namespace: str
-    labels: Mapping[str, str]
-    min_replicas: int
-    max_replicas: int
-    target_cpu_utilization: int
-
-
-@dataclass(frozen=True)
 class PDBParams:
     name: str
     namespace: str
@@ -173,6 +167,7 @@ class Rendered:
 
     children: list[dict[str, Any]] = field(default_factory=list)
     revision: str = ""
+    autoscaler: autoscaler.Choice | None = None  # the engine of spec.autoscaling, and why
 
 
 def common_labels(name: str) -> dict[str, str]:
@@ -405,20 +400,20 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
                                     port=spec.serving.port, app_protocol=app_protocol(spec),
                                     metrics_port=params.metrics_port))
     children.append(_stamp(service, ctx, svc_labels))
-    if spec.autoscaling is not None:
-        a = spec.autoscaling
-        hpa = _render(builtin_template("hpa.yaml.j2"), "autoscaler template",
-                      HPAParams(name=ctx.name, namespace=ctx.namespace, labels=labels,
-                                min_replicas=a.min_replicas, max_replicas=a.max_replicas,
-                                target_cpu_utilization=a.target_cpu_utilization))
-        children.append(_stamp(hpa, ctx, labels))
+    choice = autoscaler.choice_for(spec, ctx.keda, ctx.prometheus)
+    if spec.autoscaling is not None and choice is not None and choice.engine != autoscaler.NONE:
+        scaler = (autoscaler.scaled_object(spec.autoscaling, ctx.name, ctx.namespace, labels,
+                                           ctx.prometheus) if choice.engine == autoscaler.KEDA
+                  else autoscaler.horizontal_pod_autoscaler(choice, spec.autoscaling, ctx.name,
+                                                            ctx.namespace, labels))
+        children.append(_stamp(scaler, ctx, labels))
     if spec.desired_replicas > 1:
         pdb = _render(builtin_template("pdb.yaml.j2"), "disruption budget template",
                       PDBParams(name=ctx.name, namespace=ctx.namespace, labels=labels,
                                 selector=service_selector(ctx.name)))
         children.append(_stamp(pdb, ctx, labels))
     children.extend(render_security(spec, ctx))
-    return Rendered(children=children, revision=revision)
+    return Rendered(children=children, revision=revision, autoscaler=choice)
 
 
 def app_protocol(spec: ModelDeploymentSpec) -> str:
@@ -560,6 +555,7 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    (autoscaler.SCALEDOBJECT_API_VERSION, "ScaledObject"),
     ("policy/v1", "PodDisruptionBudget"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     (CERTIFICATE_API_VERSION, "Certificate"),

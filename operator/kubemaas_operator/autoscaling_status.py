@@ -1,0 +1,22 @@
+"""PURE: the Events of status.autoscaling (render/autoscaler.py decides the engine; status.py
+posts what changed). Kept apart from render so that status imports no renderer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+FALLBACK_REASONS = ("KEDANotInstalled", "PrometheusNotConfigured")
+
+
+def events(prev: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[
+        tuple[str, str, str]]:
+    """(type, reason, message) when the engine or its reason changed: a Warning for a fallback,
+    Normal otherwise."""
+    if not new or (prev and prev.get("engine") == new.get("engine")
+                   and prev.get("reason") == new.get("reason")):
+        return []
+    warning = new.get("reason") in FALLBACK_REASONS
+    return [("Warning" if warning else "Normal",
+             str(new.get("reason") if warning else "Autoscaling"),
+             f"autoscaling by {new.get('engine')} on {new.get('signal')}: {new.get('message')}")]
