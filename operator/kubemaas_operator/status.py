@@ -319,8 +319,8 @@ def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], st
     # Available
     if desired == 0 and spec.autoscaling is not None:
         available = _Cond("Available", "False", "ScaledToZero",
-                          f"the autoscaler took the idle model to 0 replicas (minReplicas 0); "
-                          f"it scales out again when its {spec.autoscaling.signal} signal rises")
+                          f"idle at 0 replicas; scales out when its {spec.autoscaling.signal} "
+                          "signal rises (autoscaling minReplicas 0)")
     elif desired == 0:
         available = _Cond("Available", "False", "ScaledToZero", "replicas is 0")
     elif ready >= desired:

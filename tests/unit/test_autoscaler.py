@@ -119,3 +119,24 @@ def test_either_autoscaler_kind_owns_the_replicas() -> None:
     assert autoscaler_observed({"ScaledObject": {}}) and autoscaler_observed(
         {"HorizontalPodAutoscaler": {}})
     assert not autoscaler_observed({"Deployment": {}})
+
+
+def test_a_model_keda_took_to_zero_says_scaled_to_zero_with_its_engine() -> None:
+    from datetime import UTC, datetime
+
+    from kubemaas_operator.status import DeploymentInfo, Observed, compute_status
+
+    spec = _spec(QUEUE)
+    engine = choose(spec.autoscaling, True, True, PROM)
+    zero = DeploymentInfo(generation=2, observed_generation=2, spec_replicas=0, revision="r",
+                          replicas=0, ready_replicas=0, updated_replicas=0,
+                          available_replicas=0)
+    result = compute_status(spec, Observed(
+        name="m", namespace="ns", generation=1, now=datetime(2026, 11, 30, tzinfo=UTC),
+        desired_revision="r", deployment=zero, autoscaling=engine.status()))
+    st = result.status
+    assert st["reason"].startswith("ScaledToZero") and st["replicaSummary"] == "0/0"
+    assert "scales out when its queue signal rises" in st["reason"]
+    assert st["autoscaling"] == {"engine": "KEDA", "signal": "queue", "reason": "KEDA",
+                                 "message": engine.message}
+    assert ("Normal", "Autoscaling") in [(e.type, e.reason) for e in result.events]
