@@ -47,7 +47,7 @@ def operator_binary() -> Path:
     if found is None:
         raise binaries.MissingBinaryError(
             f"{BINARY} is not built: run `hack/build-testbed --with-keda` (a cold build of KEDA "
-            "takes 10-20 minutes on two cores)")
+            "took 46 minutes on two shared cores, docs/autoscaling.md)")
     return found
 
 
