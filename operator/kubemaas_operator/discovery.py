@@ -1,7 +1,8 @@
 """API discovery of the optional kinds the operator renders when they are served: the Gateway
 API's HTTPRoute, cert-manager's Certificate, the Gateway API Inference Extension's
-InferencePool and KEDA's ScaledObject. Asked at start (handlers.startup) and every gateway_discovery_s; when an answer
-changes, every model is looked at again (its children of that kind are made or taken down).
+InferencePool and KEDA's ScaledObject. Asked at start (handlers.startup) and every
+gateway_discovery_s; when an answer changes, every model is looked at again (its children of
+that kind are made or taken down).
 A kind found served is also one kopf must watch (kopf_watch.py: kopf can miss a late CRD)."""
 
 from __future__ import annotations

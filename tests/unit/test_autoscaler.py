@@ -60,11 +60,10 @@ def test_signals_map_to_the_runtime_gauges() -> None:
 
 
 def test_kv_cache_is_an_average_percentage_compared_per_replica() -> None:
-    from dataclasses import replace
-    a = replace(_spec({"signal": "queue", "target": 70, "maxReplicas": 3}).autoscaling,
-                signal="kvCache")
-    trig = scaled_object(a, "m", "ns", {}, PROM)["spec"]["triggers"][0]
-    assert trig["metricType"] == "Value"
+    spec = parse_spec({"model": {"uri": "pvc://m/llm", "format": "hf"}, "runtime": {"image": "i"},
+                       "autoscaling": {"maxReplicas": 3, "signal": "kvCache", "target": 70}})
+    trig = _kinds(spec, keda=True, prometheus=PROM)["ScaledObject"]["spec"]["triggers"][0]
+    assert trig["metricType"] == "Value" and trig["metadata"]["threshold"] == "70"
     assert trig["metadata"]["query"] == (
         '100 * avg(vllm:kv_cache_usage_perc{namespace="ns",service="m"})')
 

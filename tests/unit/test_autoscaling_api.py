@@ -53,10 +53,12 @@ def test_queue_signal_needs_no_cpu_request_and_may_reach_zero() -> None:
 def test_combinations_that_make_no_sense_are_refused(autoscaling: dict[str, Any],
                                                      cpu: str | None, fmt: str,
                                                      says: str) -> None:
-    if fmt == "hf":  # no hf format yet: the model part refuses it before autoscaling is read
-        from kubemaas_operator.api.scaling import _signal_and_target
-        with pytest.raises(SpecError, match=says):
-            _signal_and_target(autoscaling, fmt)
-        return
     with pytest.raises(SpecError, match=says):
         _spec(autoscaling, cpu=cpu, fmt=fmt)
+
+
+def test_kv_cache_is_accepted_for_a_language_model() -> None:
+    a = parse_spec({"model": {"uri": "pvc://m/llm", "format": "hf"}, "runtime": {"image": "i"},
+                    "autoscaling": {"maxReplicas": 2, "signal": "kvCache",
+                                    "target": 70}}).autoscaling
+    assert (a.signal, a.target) == ("kvCache", 70)
