@@ -39,15 +39,20 @@ def _look_again(rt: Runtime) -> None:
             rt.queue.enqueue(key)
 
 
-async def discover(rt: Runtime, attr: str) -> None:
-    """Whether one of OPTIONAL is served; on a change every model is looked at again."""
+async def discover(rt: Runtime, attr: str, watch: bool = True) -> None:
+    """Whether one of OPTIONAL is served; on a change every model is looked at again.
+
+    `watch`: make kopf watch a served kind it missed. Not at start: kopf's own first look at
+    discovery comes after the startup activity, and asking it to look again from inside that
+    activity hung the operator's start (a kind served before the operator started: KEDA's
+    ScaledObject when the operator restarted on the testbed)."""
     api_version, plural, what, meaning = OPTIONAL[attr]
     try:
         served = await rt.cluster.serves(api_version, plural)
     except Exception as err:
         log.warning("API discovery of %s failed: %s", api_version, err)
         return
-    if served:
+    if served and watch:
         await kopf_watch.ensure_watched(api_version, plural)
     if served != getattr(rt, attr):
         setattr(rt, attr, served)
@@ -63,7 +68,7 @@ async def at_start(rt: Runtime) -> None:
     except Exception as err:
         log.warning("API discovery of %s failed at start: %s", HTTPROUTE_API_VERSION, err)
     for attr in OPTIONAL:
-        await discover(rt, attr)
+        await discover(rt, attr, watch=False)
     log.info("Gateway API HTTPRoute (%s) %s", HTTPROUTE_API_VERSION,
              "served" if rt.gateway_api else "not served: canaries split by ready replicas")
 
