@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import optimization_status, pod_life
+from . import autoscaling_status, optimization_status, pod_life
 from .api import ModelDeploymentSpec
 from .scheduling import NEVER_FIT_REASONS, Capacity
 
