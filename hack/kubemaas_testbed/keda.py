@@ -15,15 +15,12 @@ the scale loop (activation: 0 <-> minimum) run in the operator itself.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from . import binaries, cluster, pki
+from . import binaries, cluster, gomodule, pki
 from .processes import ProcessTable
 
 KEDA_MODULE = "github.com/kedacore/keda/v2"
@@ -53,27 +50,12 @@ def operator_binary() -> Path:
 
 def module_dir() -> Path:
     """The module's directory in the Go module cache (downloaded when missing)."""
-    for directory in binaries.search_dirs():
-        recorded = directory / RECORD
-        if recorded.is_file():
-            path = Path(recorded.read_text().strip())
-            if path.name == f"v2@{KEDA_VERSION}" and path.is_dir():
-                return path
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"{KEDA_MODULE}@{KEDA_VERSION}"],
-        check=True, capture_output=True, text=True, cwd="/",
-        env={**os.environ, "GOFLAGS": "-mod=mod"},
-    ).stdout
-    return Path(json.loads(out)["Dir"])
+    return gomodule.module_dir(KEDA_MODULE, KEDA_VERSION, RECORD)
 
 
 def crd_files() -> list[Path]:
     base = module_dir() / "config" / "crd" / "bases"
-    files = [base / f"{name}.yaml" for name in CRDS]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise binaries.MissingBinaryError(f"KEDA CRDs missing from the module: {missing}")
-    return files
+    return gomodule.existing([base / f"{name}.yaml" for name in CRDS], "KEDA CRDs")
 
 
 def crd_names() -> list[str]:
@@ -85,14 +67,8 @@ def crd_names() -> list[str]:
 
 
 def install_crds(kubeconfig: str | Path, timeout: float = 60.0) -> list[str]:
-    """Apply the CRDs (server-side: a second run changes nothing) and wait until they are
-    Established; return their names."""
-    subprocess.run([binaries.kubectl(), f"--kubeconfig={kubeconfig}", "apply", "--server-side",
-                    "--force-conflicts", *(f"--filename={f}" for f in crd_files())],
-                   check=True, capture_output=True, text=True)
-    names = crd_names()
-    cluster.wait_established(kubeconfig, *names, timeout=timeout)
-    return names
+    """Apply the CRDs (server-side: a second run changes nothing) until Established."""
+    return gomodule.apply_crds(kubeconfig, crd_files(), crd_names(), timeout)
 
 
 def _certs(state: Path) -> Path:
