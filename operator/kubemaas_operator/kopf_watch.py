@@ -12,6 +12,7 @@ is pinned); if it is missing or fails, the miss is logged and the operator goes 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -37,8 +38,8 @@ def watched(api_version: str, plural: str) -> bool:
 
 async def ensure_watched(api_version: str, plural: str) -> None:
     """Called when discovery says the kind is served: if kopf does not watch it, rescan."""
-    if not _settings or watched(api_version, plural):
-        return
+    if not _settings or not INSIGHTS.ready_resources.is_set() or watched(api_version, plural):
+        return  # before kopf's own first look at discovery, that look will find it
     group = api_version.rpartition("/")[0]
     log.info("%s (%s) is served but kopf does not watch it (its CRD appeared after kopf's "
              "last look at discovery): asking kopf to look again", plural, api_version)
@@ -46,9 +47,9 @@ async def ensure_watched(api_version: str, plural: str) -> None:
         from kopf._core.reactor import observation
 
         event: Any = {"type": "MODIFIED", "object": {"spec": {"group": group}}}
-        await observation.process_discovered_resource_event(
+        await asyncio.wait_for(observation.process_discovered_resource_event(
             raw_event=event, settings=_settings[0], registry=kopf.get_default_registry(),
-            insights=INSIGHTS)
+            insights=INSIGHTS), timeout=30)  # never hold up the discovery loop
     except Exception as err:  # kopf's internals moved: keep running, say what is missed
         log.warning("could not ask kopf to watch %s (%s): %s; hand edits of them are repaired "
                     "only after an operator restart", plural, api_version, err)
