@@ -73,6 +73,7 @@ from .status import (
     deployment_info,
     failed_status,
 )
+from .timestamps import parse_time
 
 log = logging.getLogger("kubemaas.reconcile")
 
@@ -283,9 +284,8 @@ def _next_check(pods: Sequence[PodInfo], now: datetime, grace: float) -> float |
     waits = []
     for p in pods:
         if p.phase == "Running" and not p.ready and p.running_since and not p.terminating:
-            try:
-                since = datetime.fromisoformat(p.running_since.replace("Z", "+00:00"))
-            except ValueError:
+            since = parse_time(p.running_since)
+            if since is None:
                 continue
             left = grace - (now - since).total_seconds()
             if left > 0:

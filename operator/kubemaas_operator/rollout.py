@@ -31,6 +31,7 @@ from typing import Any, Literal
 from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
 from .pod_life import oom_problem
 from .status import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, RolloutView, create_failure
+from .timestamps import format_time, parse_time
 
 HISTORY = 10
 # A revision counts as complete once every replica has run it Ready for spec.rollout.settleSeconds
@@ -74,17 +75,6 @@ class Plan:
     canary_weight: int = 0
 
 
-def _fmt(moment: datetime) -> str:
-    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def _parse(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _plural(n: int, word: str) -> str:
@@ -255,7 +245,7 @@ def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: 
     prev = dict(previous) if isinstance(previous, Mapping) and previous.get(
         "hash") == desired_hash else {}
     step = int(prev.get("step") or 1)
-    step_ready_at = _parse(prev.get("stepReadyAt"))
+    step_ready_at = parse_time(prev.get("stepReadyAt"))
     main = [p for p in pods if p.track != "canary"]
     can = [p for p in pods if p.track == "canary"]
     main_ready = sum(1 for p in main if p.ready and not p.terminating)
@@ -281,7 +271,7 @@ def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: 
         state = {"hash": desired_hash, "step": 0, "steps": len(steps), "weight": 0,
                  "canaryReplicas": can_n, "stableReplicas": main_n, "trafficPercent": traffic,
                  "trafficSplit": split}
-        upd = {**upd, "progressAt": _fmt(now)}  # an abort is not a stall
+        upd = {**upd, "progressAt": format_time(now)}  # an abort is not a stall
         return _Canary("stable", main_n, can_n, upd, state,
                        "canary aborted by spec.rollout.canary.abort: every replica runs the "
                        "current revision again; set abort to false to start the canary over",
@@ -302,7 +292,7 @@ def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: 
         gate = ""
         if reached:
             step_ready_at = step_ready_at or now
-            upd = {**upd, "progressAt": _fmt(now)}  # waiting at a gate is not a stall
+            upd = {**upd, "progressAt": format_time(now)}  # waiting at a gate is not a stall
             waited = (now - step_ready_at).total_seconds()
             if canary.paused:
                 gate = "; paused (spec.rollout.canary.paused)"
@@ -328,7 +318,7 @@ def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: 
                      "canaryReplicas": can_n, "stableReplicas": main_n,
                      "trafficPercent": traffic, "trafficSplit": split}
             if step_ready_at is not None:
-                state["stepReadyAt"] = _fmt(step_ready_at)
+                state["stepReadyAt"] = format_time(step_ready_at)
             if step <= len(steps):
                 return _Canary("stable", main_n, can_n, upd, state, message, requeue,
                                weight=route)
@@ -358,7 +348,7 @@ def _ref(obj: Any) -> dict[str, Any] | None:
 
 def _entry(ref: Mapping[str, Any], outcome: str, message: str, now: datetime) -> dict[str, Any]:
     return {"number": int(ref.get("number") or 0), "hash": str(ref.get("hash") or ""),
-            "outcome": outcome, "message": message, "time": _fmt(now)}
+            "outcome": outcome, "message": message, "time": format_time(now)}
 
 
 def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: str,
@@ -440,14 +430,14 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
             if upd is not None:
                 history.append(_entry(upd, "Superseded", "the spec changed again before it "
                                       "completed", now))
-            upd = {"number": next_number, "hash": desired_hash, "startedAt": _fmt(now),
-                   "progressAt": _fmt(now), "ready": 0}
+            upd = {"number": next_number, "hash": desired_hash, "startedAt": format_time(now),
+                   "progressAt": format_time(now), "ready": 0}
             failed = None
             notes.append(f"revision {next_number} ({desired_hash}) starts")
         mine = [p for p in pods if not p.terminating and p.revision == desired_hash]
         ready = sum(1 for p in mine if p.ready)
         if ready > int(upd.get("ready") or 0):
-            upd = {**upd, "ready": ready, "progressAt": _fmt(now)}
+            upd = {**upd, "ready": ready, "progressAt": format_time(now)}
         # Something else ran before: this is a rollout, not the first revision.
         rolling = dep is not None and bool(live_hash) and (
             cur is not None or live_hash != desired_hash
@@ -474,7 +464,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
                     f"revision {upd['number']} ({desired_hash}): {c.message}")
             status = state("Canary", "CanarySteps", c.message)
             problem = failing(pods, desired_hash) or blocked(dep, desired_hash, never)
-            since = _parse(upd.get("progressAt")) or now
+            since = parse_time(upd.get("progressAt")) or now
             overdue = (now - since) > timedelta(seconds=deadline)
             if (problem is not None or overdue) and not c.aborted:
                 why = (problem[1] if problem is not None else
@@ -517,7 +507,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         else:
             problem = (failing(pods, desired_hash) if applied else None) or blocked(
                 dep, desired_hash, never)
-            since = _parse(upd.get("progressAt")) or now
+            since = parse_time(upd.get("progressAt")) or now
             overdue = applied and (now - since) > timedelta(seconds=deadline)
             settle = float(min(spec.rollout.settle_seconds, deadline))
             settled = (now - since).total_seconds() >= settle

@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from . import autoscaling_status, optimization_status, pod_life
 from .api import ModelDeploymentSpec
 from .scheduling import NEVER_FIT_REASONS, Capacity
+from .timestamps import format_time, parse_time
 
 FAILING_WAIT_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                         "CreateContainerConfigError", "CreateContainerError",
@@ -228,15 +229,6 @@ class _Cond:
     message: str
 
 
-def _parse_time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _fmt_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _plural(n: int, word: str) -> str:
@@ -269,7 +261,7 @@ def _pod_problem(pods: Sequence[PodInfo], now: datetime,
     stuck = []
     for p in live:
         if p.phase == "Running" and not p.ready and p.running_since and not p.starting:
-            since = _parse_time(p.running_since)
+            since = parse_time(p.running_since)
             if since is not None and (now - since).total_seconds() >= grace:
                 stuck.append(p)
     if stuck:
@@ -371,7 +363,7 @@ def _merge(prev: Mapping[str, Any], cond: _Cond, now: datetime,
            generation: int) -> dict[str, Any]:
     prev_time = prev.get("lastTransitionTime") if prev.get("status") == cond.status else None
     return {"type": cond.type, "status": cond.status, "reason": cond.reason,
-            "message": cond.message, "lastTransitionTime": prev_time or _fmt_time(now),
+            "message": cond.message, "lastTransitionTime": prev_time or format_time(now),
             "observedGeneration": generation}
 
 

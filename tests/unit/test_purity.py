@@ -16,7 +16,7 @@ PURE = ["kubemaas_operator.api", "kubemaas_operator.render", "kubemaas_operator.
         "kubemaas_operator.modelcache.render", "kubemaas_operator.modelcache.progress",
         "kubemaas_operator.modelcache.status", "kubemaas_operator.modelcache.evict",
         "kubemaas_operator.modelcache.mount", "kubemaas_operator.sizing",
-        "kubemaas_operator.engines"]
+        "kubemaas_operator.engines", "kubemaas_operator.timestamps"]
 
 
 @pytest.mark.parametrize("module", PURE)

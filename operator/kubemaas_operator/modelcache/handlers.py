@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Hashable, Mapping
-from datetime import datetime
 from typing import Any
 
 import kopf
 
 from .. import standby
 from ..k8s.modelcache import CacheCluster
+from ..timestamps import parse_time
 from .api import GROUP, PLURAL, VERSION, parse_cache_spec
 from .evict import Resident
 from .mount import CacheMount, mount_status
@@ -43,11 +43,6 @@ CACHE = (GROUP, VERSION, PLURAL)
 _state: dict[str, Any] = {}
 
 
-def _time(text: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
 
 
 def cache_pod(body: Mapping[str, Any]) -> CachePod:
@@ -66,7 +61,7 @@ def cache_pod(body: Mapping[str, Any]) -> CachePod:
                     spec_hash=labels.get(SPEC_LABEL, ""), attempt=attempt,
                     phase=status.get("phase") or "Pending",
                     exit_code=terminated.get("exitCode"), message=terminated.get("message"),
-                    finished_at=_time(terminated.get("finishedAt")),
+                    finished_at=parse_time(terminated.get("finishedAt")),
                     deleting=bool(meta.get("deletionTimestamp")))
 
 

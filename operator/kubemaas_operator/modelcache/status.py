@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..timestamps import format_time, parse_time
 from .api import CacheSpec
 from .progress import MODEL_KEYS, Progress, Report, parse_report
 from .render import CacheRef, claim_name, download_pod, node_dir, spec_hash, target_id
@@ -86,17 +87,6 @@ def _duration(seconds: float) -> str:
         f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
 
 
-def _iso(t: datetime) -> str:
-    return t.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def _parse_time(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _previous_copy(previous: Mapping[str, Any], node: str | None) -> Mapping[str, Any]:
@@ -109,8 +99,8 @@ def _last_used(prev: Mapping[str, Any], in_use: bool, now: datetime) -> str | No
     before = prev.get("lastUsed")
     if not in_use:
         return before if isinstance(before, str) else None
-    seen = _parse_time(before)
-    return _iso(now) if seen is None or now - seen >= LAST_USED_STEP else str(before)
+    seen = parse_time(before)
+    return format_time(now) if seen is None or now - seen >= LAST_USED_STEP else str(before)
 
 
 def copy_state(ref: CacheRef, spec: CacheSpec, node: str | None, pods: Sequence[CachePod],
@@ -287,7 +277,7 @@ def _ready_condition(previous: Mapping[str, Any], phase: str, reason: str, messa
         (c for c in previous.get("conditions") or [] if c.get("type") == "Ready"), {})
     since = before.get("lastTransitionTime") if before.get("status") == state else None
     return {"type": "Ready", "status": state, "reason": reason, "message": message[:1024],
-            "observedGeneration": generation, "lastTransitionTime": since or _iso(now)}
+            "observedGeneration": generation, "lastTransitionTime": since or format_time(now)}
 
 
 def ready_nodes(status: Mapping[str, Any]) -> list[str]:
