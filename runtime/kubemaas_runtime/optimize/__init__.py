@@ -202,11 +202,7 @@ def build(src: Path, fmt: str, sha256: str, opts: Options, entry: Path,
         cand = _optimize(src, fmt, opts, work, probe_file)
         report.update(_measure(src, fmt, cand, opts, device, probe_file))
         report["sizeBytes"] = {"original": src.stat().st_size, "optimized": cand.stat().st_size}
-        failed = measure.check(opts.guard, report["errors"])
-        if failed:
-            report.update(serving="original", reason="accuracy guard failed: " + "; ".join(failed))
-        else:
-            report.update(serving="optimized", reason="within the accuracy guard")
+        if measure.decide(report, measure.check(opts.guard, report["errors"])):
             chosen = cand
     except StartupError as exc:
         report.update(serving="original", reason=f"optimization failed: {exc}")

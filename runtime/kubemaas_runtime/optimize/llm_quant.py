@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import StartupError
 from ..llm import quantized
+from .measure import decide
 
 DEFAULT_PROMPTS = (
     "The quick brown fox", "Once upon a time", "The capital of France is",
@@ -149,11 +150,7 @@ def build(src: Path, report: dict[str, Any], quantize: str, min_token_agreement:
             lines = str(exc).strip().splitlines()
             raise StartupError(f"{quantize} of the hf model failed: "
                                f"{lines[0][:300] if lines else type(exc).__name__}") from None
-        failed = check(bound, report["errors"])
-        if failed:
-            report.update(serving="original", reason="accuracy guard failed: " + "; ".join(failed))
-        else:
-            report.update(serving="optimized", reason="within the accuracy guard")
+        if decide(report, check(bound, report["errors"])):
             chosen = cand
     except StartupError as exc:
         report.update(serving="original", reason=f"optimization failed: {exc}")

@@ -132,3 +132,12 @@ def check(guard: Guard, errs: Mapping[str, object]) -> list[str]:
             failed.append(f"{name}: top-1 agreement {e['top1Agreement']:.4g} < "
                           f"{g.min_top1_agreement:g}")
     return failed
+
+
+def decide(report: dict[str, object], failed: list[str]) -> bool:
+    """Record which model serves and why; True when the optimized one may."""
+    if failed:
+        report.update(serving="original", reason="accuracy guard failed: " + "; ".join(failed))
+        return False
+    report.update(serving="optimized", reason="within the accuracy guard")
+    return True
