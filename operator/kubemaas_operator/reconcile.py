@@ -32,6 +32,7 @@ from .api import (
     parse_spec,
     valid_name,
 )
+from .canary import HTTP_ROUTE, READY_REPLICAS
 from .config import Settings
 from .drift import drift
 from .floor import FLOOR_MANAGER, autoscaler_observed, hand_over, raise_to_floor
@@ -59,7 +60,6 @@ from .render import (
 )
 from .render.inference import INFERENCEPOOL_API_VERSION, route_manifests, wants_pool
 from .render.security import CERTIFICATE_API_VERSION
-from .rollout import HTTP_ROUTE, READY_REPLICAS
 from .rollout import plan as plan_rollout
 from .scheduling import NodeInfo, PendingDemand, check_capacity, gpu_summary
 from .sizing import gpu_types, size_gpus

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
+from .api import CanarySpec, ModelDeploymentSpec
+from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step
 from .pod_life import oom_problem
 from .status import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, RolloutView, create_failure
 from .timestamps import format_time, parse_time
@@ -38,12 +39,6 @@ HISTORY = 10
 # (the rendered Deployment's minReadySeconds, so the Deployment controller removes old replicas
 # only for new ones that stayed Ready that long): a runtime that crashes right after its first
 # Ready is still rolled back, and the serving revision's pods are still there to roll back to.
-Target = Literal["desired", "stable", "hold"]
-# How a canary's traffic splits: by the ready endpoints behind the model's one Service, or by the
-# backendRefs weights of the model's HTTPRoute (Gateway API).
-TrafficSplit = Literal["ReadyReplicas", "HTTPRoute"]
-READY_REPLICAS: TrafficSplit = "ReadyReplicas"
-HTTP_ROUTE: TrafficSplit = "HTTPRoute"
 
 
 @dataclass(frozen=True)
@@ -185,161 +180,6 @@ def complete(dep: DeploymentInfo | None, pods: Sequence[PodInfo], revision: str,
             and dep.replicas <= dep.updated_replicas and dep.ready_replicas >= desired)
 
 
-def step_replicas(desired: int, weight: int) -> int:
-    """Canary replicas at a step of `weight` percent: rounded up, at least one."""
-    return max(1, min(desired, -(-desired * weight // 100)))
-
-
-def route_weight(steps: Sequence[CanaryStep], step: int, desired: int, can_ready: int,
-                 stable_ready: int) -> int:
-    """The canary's HTTPRoute weight at `step` (1-based; up to len(steps)).
-
-    A step's weight goes to the route only once its canary replicas are Ready (as Argo Rollouts
-    does): until then the route keeps the weight of the last step that was reached (0 before
-    the first). A side with no Ready replica gets no traffic: a canary with none gets 0, a
-    stable Deployment with none (a 100% step, or a single replica) leaves the canary 100.
-    """
-    weight = 0
-    for s in steps[:max(0, step)]:
-        if can_ready >= step_replicas(desired, s.weight):
-            weight = s.weight
-    if can_ready <= 0:
-        return 0
-    if stable_ready <= 0:
-        return 100
-    return weight
-
-
-def ready_share(can_ready: int, stable_ready: int) -> int:
-    """The canary's share of the ready replicas, in percent (the ReadyReplicas split)."""
-    total = can_ready + stable_ready
-    return round(100 * can_ready / total) if total else 0
-
-
-@dataclass(frozen=True)
-class _Canary:
-    target: Target
-    main_replicas: int
-    canary_replicas: int
-    update: dict[str, Any]
-    state: dict[str, Any]
-    message: str
-    requeue_after: float | None
-    done: bool = False
-    aborted: bool = False
-    weight: int = 0  # the canary's HTTPRoute weight (HTTPRoute split)
-
-
-def _canary(spec: ModelDeploymentSpec, canary: CanarySpec, desired: int, spare: int,
-            pods: Sequence[PodInfo], upd: dict[str, Any], previous: Any, desired_hash: str,
-            strategy: Strategy, now: datetime,
-            split: TrafficSplit = READY_REPLICAS) -> _Canary:
-    """One look at a canary rollout: how many replicas (GPUs) each Deployment gets now.
-
-    Steps move replicas from the stable Deployment (old template) to the canary (new template);
-    the canary grows only into GPUs the stable one has given back or that are free, so the two
-    never hold more pods than desired + free. After the last step the stable Deployment takes the
-    new template and the canary shrinks as the stable's new replicas become Ready.
-    """
-    steps = canary.steps
-    prev = dict(previous) if isinstance(previous, Mapping) and previous.get(
-        "hash") == desired_hash else {}
-    step = int(prev.get("step") or 1)
-    step_ready_at = parse_time(prev.get("stepReadyAt"))
-    main = [p for p in pods if p.track != "canary"]
-    can = [p for p in pods if p.track == "canary"]
-    main_ready = sum(1 for p in main if p.ready and not p.terminating)
-    main_ready_new = sum(1 for p in main if p.ready and not p.terminating
-                         and p.revision == desired_hash)
-    can_ready = sum(1 for p in can if p.ready and not p.terminating
-                    and p.revision == desired_hash)
-    traffic = ready_share(can_ready, main_ready)
-    by = "by HTTPRoute weights" if split == HTTP_ROUTE else "by ready replicas"
-    budget = desired + spare
-    number = upd.get("number")
-    requeue: float | None = None
-    if canary.abort:
-        # Back to the current revision: the stable Deployment grows into the GPUs the canary
-        # gives back, the canary shrinks as the stable replicas become Ready (-1 when full).
-        slack = 0 if spare > 0 else max(1, min(strategy.max_unavailable, max(1, desired - 1)))
-        old_ready = sum(1 for p in main if p.ready and not p.terminating
-                        and p.revision != desired_hash)
-        main_n = max(0, min(desired, budget - len(can)))
-        can_n = max(0, min(len(can), desired - old_ready - slack))
-        if split == HTTP_ROUTE:  # the route sends nothing to the canary from now on
-            traffic = 0
-        state = {"hash": desired_hash, "step": 0, "steps": len(steps), "weight": 0,
-                 "canaryReplicas": can_n, "stableReplicas": main_n, "trafficPercent": traffic,
-                 "trafficSplit": split}
-        upd = {**upd, "progressAt": format_time(now)}  # an abort is not a stall
-        return _Canary("stable", main_n, can_n, upd, state,
-                       "canary aborted by spec.rollout.canary.abort: every replica runs the "
-                       "current revision again; set abort to false to start the canary over",
-                       None, done=not can and can_n == 0, aborted=True, weight=0)
-    if canary.promote is not None and canary.promote == number:
-        step = len(steps) + 1
-    message: str
-    if step <= len(steps):
-        weight = steps[step - 1].weight
-        want = step_replicas(desired, weight)
-        # The stable Deployment gives replicas up only as canary replicas become Ready (at most
-        # maxUnavailable short when no GPU is free), the canary grows into what is given up.
-        slack = 0 if spare > 0 else max(1, min(strategy.max_unavailable, max(1, desired - 1)))
-        main_n = max(desired - want, min(desired, desired - can_ready - slack))
-        can_n = min(want, max(len(can), budget - len(main)))
-        reached = can_ready >= want and len(main) <= main_n
-        pause = steps[step - 1].pause_seconds
-        gate = ""
-        if reached:
-            step_ready_at = step_ready_at or now
-            upd = {**upd, "progressAt": format_time(now)}  # waiting at a gate is not a stall
-            waited = (now - step_ready_at).total_seconds()
-            if canary.paused:
-                gate = "; paused (spec.rollout.canary.paused)"
-            elif pause is None:
-                gate = (f"; waiting for promotion: set spec.rollout.canary.promote to {number}")
-            elif waited >= pause:
-                step, step_ready_at = step + 1, None
-                requeue = 0.05
-            else:
-                gate = f"; next step in {pause - waited:.0f}s"
-                requeue = max(0.1, pause - waited)
-        if requeue == 0.05:
-            gate = f"; step {step - 1} done, moving on"
-        if step <= len(steps) or requeue == 0.05:
-            shown = step - 1 if requeue == 0.05 else step
-            route = route_weight(steps, shown, desired, can_ready, main_ready)
-            if split == HTTP_ROUTE:
-                traffic = route
-            message = (f"canary step {shown}/{len(steps)}: {weight}% = {want} of {desired} "
-                       f"replica(s) on the new revision ({can_ready} Ready), traffic "
-                       f"{traffic}% {by}{gate}")
-            state = {"hash": desired_hash, "step": step, "steps": len(steps), "weight": weight,
-                     "canaryReplicas": can_n, "stableReplicas": main_n,
-                     "trafficPercent": traffic, "trafficSplit": split}
-            if step_ready_at is not None:
-                state["stepReadyAt"] = format_time(step_ready_at)
-            if step <= len(steps):
-                return _Canary("stable", main_n, can_n, upd, state, message, requeue,
-                               weight=route)
-    # After the last step: the stable Deployment takes the new template over.
-    slack = 0 if spare > 0 else max(1, strategy.max_unavailable)
-    main_n = max(0, min(desired, budget - len(can)))
-    can_n = max(0, min(len(can), desired - main_ready_new - slack))
-    # The route follows the ready replicas now: the canary's share shrinks as the stable
-    # Deployment's new replicas become Ready; replicas the canary is about to give up get none.
-    if split == HTTP_ROUTE:
-        traffic = ready_share(min(can_ready, can_n), main_ready)
-    state = {"hash": desired_hash, "step": len(steps) + 1, "steps": len(steps), "weight": 100,
-             "canaryReplicas": can_n, "stableReplicas": main_n, "trafficPercent": traffic,
-             "trafficSplit": split}
-    message = (f"canary promoted: the stable Deployment takes revision {number} over "
-               f"({main_ready_new} of {desired} Ready), the canary shrinks to {can_n}, traffic "
-               f"{traffic}% to the canary {by}")
-    return _Canary("desired", main_n, can_n, upd, state, message, None,
-                   done=not can and can_n == 0, weight=traffic)
-
-
 def _ref(obj: Any) -> dict[str, Any] | None:
     if not isinstance(obj, Mapping) or not obj.get("hash"):
         return None
@@ -349,6 +189,83 @@ def _ref(obj: Any) -> dict[str, Any] | None:
 def _entry(ref: Mapping[str, Any], outcome: str, message: str, now: datetime) -> dict[str, Any]:
     return {"number": int(ref.get("number") or 0), "hash": str(ref.get("hash") or ""),
             "outcome": outcome, "message": message, "time": format_time(now)}
+
+
+@dataclass
+class _Draft:
+    """What plan() is deciding, as it decides it: the status.rollout records and the Plan's
+    fields. Each branch of plan() moves it on; plan() turns it into the Plan at the end."""
+    strategy: Strategy
+    desired_hash: str
+    cur: dict[str, Any] | None
+    prev_good: dict[str, Any] | None
+    upd: dict[str, Any] | None
+    failed: dict[str, Any] | None
+    stable_spec: Mapping[str, Any] | None
+    history: list[dict[str, Any]]
+    target: Target = "desired"
+    requeue: float | None = None
+    moving: bool = False  # the Deployment is (to be) changing template: the strategy matters
+    rolled_back: bool = False
+    notes: list[str] = field(default_factory=list)
+    main_replicas: int | None = None
+    canary_replicas: int | None = None
+    canary_state: dict[str, Any] | None = None
+    canary_moving: bool = False
+    canary_weight: int = 0
+    view_reason: str = ""
+    view_message: str = ""
+    blocked_reason: str = ""
+    blocked_message: str = ""
+    status: dict[str, Any] = field(default_factory=dict)
+
+    def state(self, strategy_name: str, reason: str, message: str) -> dict[str, Any]:
+        """The status.rollout to write, from the records as they stand now."""
+        out: dict[str, Any] = {"strategy": strategy_name, "reason": reason, "message": message,
+                               "current": self.cur, "previous": self.prev_good,
+                               "update": self.upd, "failed": self.failed,
+                               "history": self.history[-HISTORY:] or None,
+                               "stableSpec": self.stable_spec, "canary": self.canary_state}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def drop_canary(self) -> None:
+        self.canary_state = None
+        self.main_replicas = self.canary_replicas = None
+        self.canary_weight = 0
+        self.view_reason = self.view_message = ""
+
+    def roll_back(self, why: str, now: datetime) -> None:
+        """The update revision failed: back to the current one until the spec changes."""
+        assert self.upd is not None and self.cur is not None
+        self.failed = {"number": self.upd["number"], "hash": self.desired_hash, "message": why}
+        self.history.append(_entry(self.upd, "RolledBack", why, now))
+        self.upd = None
+        self.drop_canary()
+        self.target = "stable"
+        self.rolled_back = True
+        self.blocked_reason = "RolledBack"
+        self.blocked_message = (f"revision {self.failed['number']} ({self.desired_hash}) was "
+                                f"rolled back to revision {self.cur.get('number')} "
+                                f"({self.cur['hash']}): {why}; change the spec to try again")
+        self.status = self.state(self.strategy.name, "RolledBack", self.blocked_message)
+        self.notes.append(self.blocked_message)
+
+    def complete(self, how: str, desired: int, raw_spec: Mapping[str, Any],
+                 now: datetime) -> None:
+        """The update revision is complete: it becomes the current one."""
+        assert self.upd is not None
+        self.history.append(_entry(self.upd, "Complete",
+                                   f"{_plural(desired, 'replica')} Ready ({how})", now))
+        if self.cur is not None and self.cur["hash"] != self.desired_hash:
+            self.prev_good = self.cur
+        self.cur = {"number": self.upd["number"], "hash": self.desired_hash}
+        self.upd = None
+        self.drop_canary()
+        self.stable_spec = dict(raw_spec)
+        self.status = self.state("None", "UpToDate", f"revision {self.cur['number']} "
+                                 f"({self.desired_hash}) is the current revision")
+        self.notes.append(f"revision {self.cur['number']} ({self.desired_hash}) complete"
+                          + (" (canary)" if how.startswith("canary") else ""))
 
 
 def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: str,
@@ -364,210 +281,185 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     check's GPURequestTooLarge or UnknownGPUProduct message), or empty: such a revision is
     rolled back at once, before the serving revision gives up a replica for it.
     """
-    cur = _ref(previous.get("current"))
-    prev_good = _ref(previous.get("previous"))
     upd = _ref(previous.get("update"))
-    failed = _ref(previous.get("failed"))
-    stable_spec = previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
-                                                           Mapping) else None
-    history: list[dict[str, Any]] = [dict(h) for h in previous.get("history") or []
-                                     if isinstance(h, Mapping)]
-    numbers = [int(r.get("number") or 0) for r in (cur, prev_good, upd, failed, *history) if r]
-    next_number = max(numbers, default=0) + 1
+    d = _Draft(
+        strategy=sticky_strategy(spec, desired, spare, pods,
+                                 previous.get("strategy") if upd is not None
+                                 and upd["hash"] == desired_hash else None),
+        desired_hash=desired_hash, cur=_ref(previous.get("current")),
+        prev_good=_ref(previous.get("previous")), upd=upd, failed=_ref(previous.get("failed")),
+        stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
+                                                             Mapping) else None,
+        history=[dict(h) for h in previous.get("history") or [] if isinstance(h, Mapping)])
     live_hash = dep.revision if dep is not None else ""
-    strategy = sticky_strategy(spec, desired, spare, pods,
-                               previous.get("strategy") if upd is not None
-                               and upd["hash"] == desired_hash else None)
-    deadline = spec.rollout.progress_deadline_seconds
-    view_reason = view_message = ""
-    blocked_reason = blocked_message = ""
-    target: Target = "desired"
-    requeue: float | None = None
-    moving = False  # the Deployment is (to be) changing template: the strategy matters
-    rolled_back = False
-    notes: list[str] = []
-    main_replicas: int | None = None
-    canary_replicas: int | None = None
-    canary_state: dict[str, Any] | None = None
-    canary_moving = False
-    canary_weight = 0
-
-    def state(strategy_name: str, reason: str, message: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"strategy": strategy_name, "reason": reason, "message": message,
-                               "current": cur, "previous": prev_good, "update": upd,
-                               "failed": failed, "history": history[-HISTORY:] or None,
-                               "stableSpec": stable_spec, "canary": canary_state}
-        return {k: v for k, v in out.items() if v is not None}
-
-    if failed is not None and failed["hash"] == desired_hash and cur is not None and (
-            stable_spec is not None):
-        # A revision that was rolled back: keep the last good one until the spec changes.
-        target = "stable"
-        blocked_reason = "RolledBack"
-        blocked_message = (f"revision {failed.get('number')} ({desired_hash}) was rolled back to "
-                           f"revision {cur.get('number')} ({cur['hash']}): "
-                           f"{failed.get('message', '')}; change the spec to try again")
-        moving = live_hash != cur["hash"]
-        status = state(strategy.name if moving else "None", "RolledBack", blocked_message)
-    elif cur is not None and desired_hash == cur["hash"]:
-        # Steady state (or the spec went back to the good revision while another rolled out).
-        if upd is not None and upd["hash"] != desired_hash:
-            history.append(_entry(upd, "Superseded", f"the spec went back to revision "
-                                  f"{cur.get('number')}", now))
-            upd = None
-        failed = None
-        stable_spec = dict(raw_spec)
-        if live_hash and live_hash != desired_hash:
-            moving = True
-            view_reason, view_message = _rollout_reason(strategy), strategy.message
-            status = state(strategy.name, strategy.reason, strategy.message)
-        else:
-            status = state("None", "UpToDate", f"revision {cur.get('number')} ({desired_hash}) "
-                           "is the current revision")
+    if d.failed is not None and d.failed["hash"] == desired_hash and d.cur is not None and (
+            d.stable_spec is not None):
+        _still_rolled_back(d, live_hash)
+    elif d.cur is not None and desired_hash == d.cur["hash"]:
+        _steady(d, raw_spec, live_hash, now)
     else:
-        # A new revision (or the first one).
-        if upd is None or upd["hash"] != desired_hash:
-            if upd is not None:
-                history.append(_entry(upd, "Superseded", "the spec changed again before it "
-                                      "completed", now))
-            upd = {"number": next_number, "hash": desired_hash, "startedAt": format_time(now),
-                   "progressAt": format_time(now), "ready": 0}
-            failed = None
-            notes.append(f"revision {next_number} ({desired_hash}) starts")
-        mine = [p for p in pods if not p.terminating and p.revision == desired_hash]
-        ready = sum(1 for p in mine if p.ready)
-        if ready > int(upd.get("ready") or 0):
-            upd = {**upd, "ready": ready, "progressAt": format_time(now)}
-        # Something else ran before: this is a rollout, not the first revision.
-        rolling = dep is not None and bool(live_hash) and (
-            cur is not None or live_hash != desired_hash
-            or any(p.revision != desired_hash for p in pods if not p.terminating))
-        applied = live_hash == desired_hash
-        canary = spec.rollout.canary
-        if (canary is not None and rolling and cur is not None and stable_spec is not None
-                and not (applied and not any(p.track == "canary" for p in pods)
-                         and (previous.get("canary") or {}).get("hash") != desired_hash)):
-            c = _canary(spec, canary, desired, spare, pods, dict(upd), previous.get("canary"),
-                        desired_hash, strategy, now, traffic_split)
-            upd, canary_state = c.update, c.state
-            canary_weight = c.weight
-            main_replicas, canary_replicas = c.main_replicas, c.canary_replicas
-            if c.aborted and c.done:  # every replica is back: the canary Deployment goes
-                canary_replicas = None
-            canary_moving = True
-            target = c.target
-            requeue = c.requeue_after
-            view_reason, view_message = "CanaryRollout", (
-                f"revision {upd['number']} ({desired_hash}): {c.message}")
-            if c.aborted:
-                blocked_reason, blocked_message = "CanaryAborted", (
-                    f"revision {upd['number']} ({desired_hash}): {c.message}")
-            status = state("Canary", "CanarySteps", c.message)
-            problem = failing(pods, desired_hash) or blocked(dep, desired_hash, never)
-            since = parse_time(upd.get("progressAt")) or now
-            overdue = (now - since) > timedelta(seconds=deadline)
-            if (problem is not None or overdue) and not c.aborted:
-                why = (problem[1] if problem is not None else
-                       f"no canary replica became Ready for over {deadline}s "
-                       "(progressDeadlineSeconds)")
-                failed = {"number": upd["number"], "hash": desired_hash, "message": why}
-                history.append(_entry(upd, "RolledBack", why, now))
-                upd, canary_state = None, None
-                main_replicas = canary_replicas = None
-                canary_weight = 0
-                target = "stable"
-                rolled_back = True
-                blocked_reason = "RolledBack"
-                blocked_message = (f"revision {failed['number']} ({desired_hash}) was rolled "
-                                   f"back to revision {cur.get('number')} ({cur['hash']}): "
-                                   f"{why}; change the spec to try again")
-                view_reason = view_message = ""
-                status = state(strategy.name, "RolledBack", blocked_message)
-                notes.append(blocked_message)
-            elif c.done and not c.aborted and applied and complete(dep, pods, desired_hash,
-                                                                   desired):
-                history.append(_entry(upd, "Complete", f"{_plural(desired, 'replica')} Ready "
-                                      f"(canary, {len(canary.steps)} step(s))", now))
-                prev_good = cur
-                cur = {"number": upd["number"], "hash": desired_hash}
-                upd, canary_state = None, None
-                main_replicas = canary_replicas = None
-                canary_weight = 0
-                stable_spec = dict(raw_spec)
-                view_reason = view_message = ""
-                status = state("None", "UpToDate", f"revision {cur['number']} "
-                               f"({desired_hash}) is the current revision")
-                notes.append(f"revision {cur['number']} ({desired_hash}) complete (canary)")
-        elif rolling and not applied and strategy.name == "Wait" and not never:
-            target = "hold"
-            blocked_reason, blocked_message = "RolloutWaiting", (
-                f"revision {upd['number']} ({desired_hash}) waits: {strategy.message}")
-            requeue = 5.0
-            status = state("Wait", strategy.reason, strategy.message)
+        _new_revision(d, spec, raw_spec, dep, pods, desired, spare, previous, now,
+                      traffic_split, never)
+    return _finish(d, desired)
+
+
+def _still_rolled_back(d: _Draft, live_hash: str) -> None:
+    """A revision that was rolled back: keep the last good one until the spec changes."""
+    assert d.failed is not None and d.cur is not None
+    d.target = "stable"
+    d.blocked_reason = "RolledBack"
+    d.blocked_message = (f"revision {d.failed.get('number')} ({d.desired_hash}) was rolled back "
+                         f"to revision {d.cur.get('number')} ({d.cur['hash']}): "
+                         f"{d.failed.get('message', '')}; change the spec to try again")
+    d.moving = live_hash != d.cur["hash"]
+    d.status = d.state(d.strategy.name if d.moving else "None", "RolledBack", d.blocked_message)
+
+
+def _steady(d: _Draft, raw_spec: Mapping[str, Any], live_hash: str, now: datetime) -> None:
+    """Steady state (or the spec went back to the good revision while another rolled out)."""
+    assert d.cur is not None
+    if d.upd is not None and d.upd["hash"] != d.desired_hash:
+        d.history.append(_entry(d.upd, "Superseded", f"the spec went back to revision "
+                                f"{d.cur.get('number')}", now))
+        d.upd = None
+    d.failed = None
+    d.stable_spec = dict(raw_spec)
+    if live_hash and live_hash != d.desired_hash:
+        d.moving = True
+        d.view_reason, d.view_message = _rollout_reason(d.strategy), d.strategy.message
+        d.status = d.state(d.strategy.name, d.strategy.reason, d.strategy.message)
+    else:
+        d.status = d.state("None", "UpToDate", f"revision {d.cur.get('number')} "
+                           f"({d.desired_hash}) is the current revision")
+
+
+def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
+                  dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int,
+                  spare: int, previous: Mapping[str, Any], now: datetime,
+                  traffic_split: TrafficSplit, never: str) -> None:
+    """A new revision (or the first one): start its record, then canary, wait or roll."""
+    if d.upd is None or d.upd["hash"] != d.desired_hash:
+        if d.upd is not None:
+            d.history.append(_entry(d.upd, "Superseded", "the spec changed again before it "
+                                    "completed", now))
+        numbers = [int(r.get("number") or 0) for r in (
+            d.cur, d.prev_good, d.upd, d.failed, *d.history) if r]
+        number = max(numbers, default=0) + 1
+        d.upd = {"number": number, "hash": d.desired_hash, "startedAt": format_time(now),
+                 "progressAt": format_time(now), "ready": 0}
+        d.failed = None
+        d.notes.append(f"revision {number} ({d.desired_hash}) starts")
+    ready = sum(1 for p in pods if not p.terminating and p.revision == d.desired_hash
+                and p.ready)
+    if ready > int(d.upd.get("ready") or 0):
+        d.upd = {**d.upd, "ready": ready, "progressAt": format_time(now)}
+    live_hash = dep.revision if dep is not None else ""
+    # Something else ran before: this is a rollout, not the first revision.
+    rolling = dep is not None and bool(live_hash) and (
+        d.cur is not None or live_hash != d.desired_hash
+        or any(p.revision != d.desired_hash for p in pods if not p.terminating))
+    applied = live_hash == d.desired_hash
+    canary = spec.rollout.canary
+    if (canary is not None and rolling and d.cur is not None and d.stable_spec is not None
+            and not (applied and not any(p.track == "canary" for p in pods)
+                     and (previous.get("canary") or {}).get("hash") != d.desired_hash)):
+        _canary(d, spec, canary, raw_spec, dep, pods, desired, spare, previous, now,
+                traffic_split, never, applied)
+    elif rolling and not applied and d.strategy.name == "Wait" and not never:
+        d.target = "hold"
+        d.blocked_reason, d.blocked_message = "RolloutWaiting", (
+            f"revision {d.upd['number']} ({d.desired_hash}) waits: {d.strategy.message}")
+        d.requeue = 5.0
+        d.status = d.state("Wait", d.strategy.reason, d.strategy.message)
+    else:
+        _roll(d, spec, raw_spec, dep, pods, desired, now, never, ready, rolling, applied)
+
+
+def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
+            raw_spec: Mapping[str, Any], dep: DeploymentInfo | None, pods: Sequence[PodInfo],
+            desired: int, spare: int, previous: Mapping[str, Any], now: datetime,
+            traffic_split: TrafficSplit, never: str, applied: bool) -> None:
+    """A canary rollout's step, then its rollback or completion."""
+    assert d.upd is not None
+    c = canary_step(canary, desired, spare, pods, dict(d.upd), previous.get("canary"),
+                    d.desired_hash, d.strategy.max_unavailable, now, traffic_split)
+    d.upd, d.canary_state = c.update, c.state
+    d.canary_weight = c.weight
+    d.main_replicas, d.canary_replicas = c.main_replicas, c.canary_replicas
+    if c.aborted and c.done:  # every replica is back: the canary Deployment goes
+        d.canary_replicas = None
+    d.canary_moving = True
+    d.target = c.target
+    d.requeue = c.requeue_after
+    d.view_reason, d.view_message = "CanaryRollout", (
+        f"revision {d.upd['number']} ({d.desired_hash}): {c.message}")
+    if c.aborted:
+        d.blocked_reason, d.blocked_message = "CanaryAborted", (
+            f"revision {d.upd['number']} ({d.desired_hash}): {c.message}")
+    d.status = d.state("Canary", "CanarySteps", c.message)
+    problem = failing(pods, d.desired_hash) or blocked(dep, d.desired_hash, never)
+    deadline = spec.rollout.progress_deadline_seconds
+    since = parse_time(d.upd.get("progressAt")) or now
+    overdue = (now - since) > timedelta(seconds=deadline)
+    if (problem is not None or overdue) and not c.aborted:
+        d.roll_back(problem[1] if problem is not None else
+                    f"no canary replica became Ready for over {deadline}s "
+                    "(progressDeadlineSeconds)", now)
+    elif c.done and not c.aborted and applied and complete(dep, pods, d.desired_hash, desired):
+        d.complete(f"canary, {len(canary.steps)} step(s)", desired, raw_spec, now)
+
+
+def _roll(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
+          dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int, now: datetime,
+          never: str, ready: int, rolling: bool, applied: bool) -> None:
+    """A surge or replace rollout (or the first revision): progress, rollback or completion."""
+    assert d.upd is not None
+    deadline = spec.rollout.progress_deadline_seconds
+    problem = (failing(pods, d.desired_hash) if applied else None) or blocked(
+        dep, d.desired_hash, never)
+    since = parse_time(d.upd.get("progressAt")) or now
+    overdue = applied and (now - since) > timedelta(seconds=deadline)
+    settle = float(min(spec.rollout.settle_seconds, deadline))
+    settled = (now - since).total_seconds() >= settle
+    done = applied and complete(dep, pods, d.desired_hash, desired) and settled
+    can_roll_back = d.cur is not None and d.stable_spec is not None and rolling
+    if not done and can_roll_back and (problem is not None or overdue):
+        d.moving = True
+        d.roll_back(problem[1] if problem is not None else
+                    f"{ready} of {desired} replica(s) Ready and no progress for over "
+                    f"{deadline}s (progressDeadlineSeconds)", now)
+    elif done:
+        d.complete(f"{d.strategy.name.lower() if rolling else 'first'} rollout", desired,
+                   raw_spec, now)
+    else:
+        if rolling:
+            d.moving = True
+            d.view_reason, d.view_message = _rollout_reason(d.strategy), (
+                f"revision {d.upd['number']} ({d.desired_hash}): {d.strategy.message}; "
+                f"{ready} of {desired} new replica(s) Ready")
+            d.status = d.state(d.strategy.name, d.strategy.reason, d.strategy.message)
         else:
-            problem = (failing(pods, desired_hash) if applied else None) or blocked(
-                dep, desired_hash, never)
-            since = parse_time(upd.get("progressAt")) or now
-            overdue = applied and (now - since) > timedelta(seconds=deadline)
-            settle = float(min(spec.rollout.settle_seconds, deadline))
-            settled = (now - since).total_seconds() >= settle
-            done = applied and complete(dep, pods, desired_hash, desired) and settled
-            can_roll_back = cur is not None and stable_spec is not None and rolling
-            if not done and can_roll_back and (problem is not None or overdue):
-                assert cur is not None
-                why = (problem[1] if problem is not None else
-                       f"{ready} of {desired} replica(s) Ready and no progress for over "
-                       f"{deadline}s (progressDeadlineSeconds)")
-                failed = {"number": upd["number"], "hash": desired_hash, "message": why}
-                history.append(_entry(upd, "RolledBack", why, now))
-                upd = None
-                target = "stable"
-                rolled_back = moving = True
-                blocked_reason = "RolledBack"
-                blocked_message = (f"revision {failed['number']} ({desired_hash}) was rolled "
-                                   f"back to revision {cur.get('number')} ({cur['hash']}): "
-                                   f"{why}; change the spec to try again")
-                status = state(strategy.name, "RolledBack", blocked_message)
-                notes.append(blocked_message)
-            elif done:
-                history.append(_entry(upd, "Complete", f"{_plural(desired, 'replica')} Ready "
-                                      f"({strategy.name.lower() if rolling else 'first'} "
-                                      "rollout)", now))
-                if cur is not None and cur["hash"] != desired_hash:
-                    prev_good = cur
-                cur = {"number": upd["number"], "hash": desired_hash}
-                upd = None
-                stable_spec = dict(raw_spec)
-                status = state("None", "UpToDate", f"revision {cur['number']} "
-                               f"({desired_hash}) is the current revision")
-                notes.append(f"revision {cur['number']} ({desired_hash}) complete")
-            else:
-                if rolling:
-                    moving = True
-                    view_reason, view_message = _rollout_reason(strategy), (
-                        f"revision {upd['number']} ({desired_hash}): {strategy.message}; "
-                        f"{ready} of {desired} new replica(s) Ready")
-                    status = state(strategy.name, strategy.reason, strategy.message)
-                else:
-                    status = state("None", "FirstRevision", f"revision {upd['number']} "
-                                   f"({desired_hash}) is the first: nothing to replace")
-                if applied and complete(dep, pods, desired_hash, desired):
-                    requeue = max(0.2, settle - (now - since).total_seconds() + 0.2)
-                elif applied and can_roll_back:
-                    left = deadline - (now - since).total_seconds()
-                    requeue = max(0.5, left + 0.5)
-    view = RolloutView(status=status, blocked_reason=blocked_reason,
-                       blocked_message=blocked_message, strategy_reason=view_reason,
-                       strategy_message=view_message)
+            d.status = d.state("None", "FirstRevision", f"revision {d.upd['number']} "
+                               f"({d.desired_hash}) is the first: nothing to replace")
+        if applied and complete(dep, pods, d.desired_hash, desired):
+            d.requeue = max(0.2, settle - (now - since).total_seconds() + 0.2)
+        elif applied and can_roll_back:
+            d.requeue = max(0.5, deadline - (now - since).total_seconds() + 0.5)
+
+
+def _finish(d: _Draft, desired: int) -> Plan:
+    """The Plan from the finished draft: the Deployment's strategy while it changes template."""
+    view = RolloutView(status=d.status, blocked_reason=d.blocked_reason,
+                       blocked_message=d.blocked_message, strategy_reason=d.view_reason,
+                       strategy_message=d.view_message)
     chosen = None
-    if moving:
-        chosen = ((strategy.max_surge, strategy.max_unavailable) if strategy.name != "Wait"
-                  else (0, 1))  # going back to the good revision must not wait
-    if canary_moving:  # the stable Deployment never surges beside a canary
-        chosen = (0, max(1, min(strategy.max_unavailable or 1, max(1, desired - 1))))
-    return Plan(target=target, strategy=strategy, status=status, view=view,
-                stable_spec=stable_spec if target == "stable" else None,
-                deployment_strategy=chosen, main_replicas=main_replicas,
-                canary_replicas=canary_replicas,
-                requeue_after=requeue, rolled_back=rolled_back, notes=notes,
-                canary_weight=canary_weight)
+    if d.moving:
+        chosen = ((d.strategy.max_surge, d.strategy.max_unavailable)
+                  if d.strategy.name != "Wait" else (0, 1))  # going back must not wait
+    if d.canary_moving:  # the stable Deployment never surges beside a canary
+        chosen = (0, max(1, min(d.strategy.max_unavailable or 1, max(1, desired - 1))))
+    return Plan(target=d.target, strategy=d.strategy, status=d.status, view=view,
+                stable_spec=d.stable_spec if d.target == "stable" else None,
+                deployment_strategy=chosen, main_replicas=d.main_replicas,
+                canary_replicas=d.canary_replicas, requeue_after=d.requeue,
+                rolled_back=d.rolled_back, notes=d.notes, canary_weight=d.canary_weight)

@@ -12,6 +12,7 @@ import pytest
 from tests.unit.test_rollout import CANARY_RAW, GOOD, NOW, RAW, canary_pods, dep, pods
 
 from kubemaas_operator.api import CanaryStep, GatewayRef, SpecError, parse_spec
+from kubemaas_operator.canary import HTTP_ROUTE, ready_share, route_weight
 from kubemaas_operator.config import Settings, SettingsError
 from kubemaas_operator.drift import drift
 from kubemaas_operator.reconcile import gateway_for
@@ -22,7 +23,7 @@ from kubemaas_operator.render import (
     render_gateway,
     track_service_name,
 )
-from kubemaas_operator.rollout import HTTP_ROUTE, plan, ready_share, route_weight
+from kubemaas_operator.rollout import plan
 
 STEPS = (CanaryStep(10, 3), CanaryStep(50, 3), CanaryStep(100))
 CTX = RenderContext(name="m", namespace="models", uid="u-1")

@@ -1,0 +1,222 @@
+"""PURE: one look at a canary rollout — how many replicas each Deployment gets, and the route.
+
+Steps move replicas from the stable Deployment (old template) to the canary (new template); the
+canary grows only into GPUs the stable one has given back or that are free, so the two never
+hold more pods than desired + free. After the last step the stable Deployment takes the new
+template and the canary shrinks as the stable's new replicas become Ready. rollout.plan() calls
+canary_step() and keeps the revision bookkeeping (rollback, completion) to itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from .api import CanarySpec, CanaryStep
+from .status import PodInfo
+from .timestamps import format_time, parse_time
+
+Target = Literal["desired", "stable", "hold"]
+# How a canary's traffic splits: by the ready endpoints behind the model's one Service, or by the
+# backendRefs weights of the model's HTTPRoute (Gateway API).
+TrafficSplit = Literal["ReadyReplicas", "HTTPRoute"]
+READY_REPLICAS: TrafficSplit = "ReadyReplicas"
+HTTP_ROUTE: TrafficSplit = "HTTPRoute"
+
+
+def step_replicas(desired: int, weight: int) -> int:
+    """Canary replicas at a step of `weight` percent: rounded up, at least one."""
+    return max(1, min(desired, -(-desired * weight // 100)))
+
+
+def route_weight(steps: Sequence[CanaryStep], step: int, desired: int, can_ready: int,
+                 stable_ready: int) -> int:
+    """The canary's HTTPRoute weight at `step` (1-based; up to len(steps)).
+
+    A step's weight goes to the route only once its canary replicas are Ready (as Argo Rollouts
+    does): until then the route keeps the weight of the last step that was reached (0 before
+    the first). A side with no Ready replica gets no traffic: a canary with none gets 0, a
+    stable Deployment with none (a 100% step, or a single replica) leaves the canary 100.
+    """
+    weight = 0
+    for s in steps[:max(0, step)]:
+        if can_ready >= step_replicas(desired, s.weight):
+            weight = s.weight
+    if can_ready <= 0:
+        return 0
+    if stable_ready <= 0:
+        return 100
+    return weight
+
+
+def ready_share(can_ready: int, stable_ready: int) -> int:
+    """The canary's share of the ready replicas, in percent (the ReadyReplicas split)."""
+    total = can_ready + stable_ready
+    return round(100 * can_ready / total) if total else 0
+
+
+@dataclass(frozen=True)
+class CanaryLook:
+    """What canary_step() decided."""
+    target: Target
+    main_replicas: int
+    canary_replicas: int
+    update: dict[str, Any]
+    state: dict[str, Any]
+    message: str
+    requeue_after: float | None
+    done: bool = False
+    aborted: bool = False
+    weight: int = 0  # the canary's HTTPRoute weight (HTTPRoute split)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """The inputs every phase of a canary reads."""
+    canary: CanarySpec
+    desired: int
+    spare: int
+    max_unavailable: int  # the rollout strategy's: how far the stable side may dip without GPUs
+    desired_hash: str
+    split: TrafficSplit
+    main: list[PodInfo]
+    can: list[PodInfo]
+    main_ready: int
+    main_ready_new: int
+    can_ready: int
+
+    @property
+    def budget(self) -> int:
+        return self.desired + self.spare
+
+    @property
+    def by(self) -> str:
+        return "by HTTPRoute weights" if self.split == HTTP_ROUTE else "by ready replicas"
+
+    def state(self, step: int, weight: int, can_n: int, main_n: int,
+              traffic: int) -> dict[str, Any]:
+        return {"hash": self.desired_hash, "step": step, "steps": len(self.canary.steps),
+                "weight": weight, "canaryReplicas": can_n, "stableReplicas": main_n,
+                "trafficPercent": traffic, "trafficSplit": self.split}
+
+
+def canary_step(canary: CanarySpec, desired: int, spare: int, pods: Sequence[PodInfo],
+                upd: dict[str, Any], previous: Any, desired_hash: str, max_unavailable: int,
+                now: datetime, split: TrafficSplit = READY_REPLICAS) -> CanaryLook:
+    """One look at a canary rollout of `desired_hash` (see the module's docstring).
+
+    `previous`: the canary state written last time (status.rollout.canary); `upd`: the update
+    revision's record, returned with progressAt moved on when waiting is not a stall.
+    """
+    main = [p for p in pods if p.track != "canary"]
+    can = [p for p in pods if p.track == "canary"]
+    seen = _Seen(
+        canary=canary, desired=desired, spare=spare, max_unavailable=max_unavailable,
+        desired_hash=desired_hash, split=split, main=main, can=can,
+        main_ready=sum(1 for p in main if p.ready and not p.terminating),
+        main_ready_new=sum(1 for p in main if p.ready and not p.terminating
+                           and p.revision == desired_hash),
+        can_ready=sum(1 for p in can if p.ready and not p.terminating
+                      and p.revision == desired_hash))
+    if canary.abort:
+        return _abort(seen, upd, now)
+    prev = dict(previous) if isinstance(previous, Mapping) and previous.get(
+        "hash") == desired_hash else {}
+    step = int(prev.get("step") or 1)
+    if canary.promote is not None and canary.promote == upd.get("number"):
+        step = len(canary.steps) + 1
+    if step <= len(canary.steps):
+        look, upd = _at_step(seen, step, parse_time(prev.get("stepReadyAt")), upd, now)
+        if look is not None:
+            return look
+    return _promoted(seen, upd)
+
+
+def _slack(seen: _Seen) -> int:
+    """How many replicas short the stable side may run while no GPU is free."""
+    if seen.spare > 0:
+        return 0
+    return max(1, min(seen.max_unavailable, max(1, seen.desired - 1)))
+
+
+def _abort(seen: _Seen, upd: dict[str, Any], now: datetime) -> CanaryLook:
+    """Back to the current revision: the stable Deployment grows into the GPUs the canary gives
+    back, the canary shrinks as the stable replicas become Ready (-1 when full)."""
+    old_ready = sum(1 for p in seen.main if p.ready and not p.terminating
+                    and p.revision != seen.desired_hash)
+    main_n = max(0, min(seen.desired, seen.budget - len(seen.can)))
+    can_n = max(0, min(len(seen.can), seen.desired - old_ready - _slack(seen)))
+    # The route sends nothing to the canary from now on.
+    traffic = 0 if seen.split == HTTP_ROUTE else ready_share(seen.can_ready, seen.main_ready)
+    upd = {**upd, "progressAt": format_time(now)}  # an abort is not a stall
+    return CanaryLook("stable", main_n, can_n, upd, seen.state(0, 0, can_n, main_n, traffic),
+                      "canary aborted by spec.rollout.canary.abort: every replica runs the "
+                      "current revision again; set abort to false to start the canary over",
+                      None, done=not seen.can and can_n == 0, aborted=True, weight=0)
+
+
+def _at_step(seen: _Seen, step: int, step_ready_at: datetime | None, upd: dict[str, Any],
+             now: datetime) -> tuple[CanaryLook | None, dict[str, Any]]:
+    """The canary at `step`: its replicas, and whether the step's gate (pause, promotion) lets
+    it move on; and `upd` with its progress time. No look when the last step's gate just opened
+    (the promotion phase follows)."""
+    steps, desired = seen.canary.steps, seen.desired
+    weight = steps[step - 1].weight
+    want = step_replicas(desired, weight)
+    # The stable Deployment gives replicas up only as canary replicas become Ready (at most
+    # maxUnavailable short when no GPU is free), the canary grows into what is given up.
+    main_n = max(desired - want, min(desired, desired - seen.can_ready - _slack(seen)))
+    can_n = min(want, max(len(seen.can), seen.budget - len(seen.main)))
+    reached = seen.can_ready >= want and len(seen.main) <= main_n
+    pause = steps[step - 1].pause_seconds
+    gate = ""
+    requeue: float | None = None
+    moved_on = False
+    if reached:
+        step_ready_at = step_ready_at or now
+        upd = {**upd, "progressAt": format_time(now)}  # waiting at a gate is not a stall
+        waited = (now - step_ready_at).total_seconds()
+        if seen.canary.paused:
+            gate = "; paused (spec.rollout.canary.paused)"
+        elif pause is None:
+            gate = ("; waiting for promotion: set spec.rollout.canary.promote to "
+                    f"{upd.get('number')}")
+        elif waited >= pause:
+            step, step_ready_at, moved_on = step + 1, None, True
+            requeue = 0.05
+            gate = f"; step {step - 1} done, moving on"
+        else:
+            gate = f"; next step in {pause - waited:.0f}s"
+            requeue = max(0.1, pause - waited)
+    shown = step - 1 if moved_on else step
+    route = route_weight(steps, shown, desired, seen.can_ready, seen.main_ready)
+    traffic = route if seen.split == HTTP_ROUTE else ready_share(seen.can_ready, seen.main_ready)
+    message = (f"canary step {shown}/{len(steps)}: {weight}% = {want} of {desired} "
+               f"replica(s) on the new revision ({seen.can_ready} Ready), traffic "
+               f"{traffic}% {seen.by}{gate}")
+    if step > len(steps):
+        return None, upd
+    state = seen.state(step, weight, can_n, main_n, traffic)
+    if step_ready_at is not None:
+        state["stepReadyAt"] = format_time(step_ready_at)
+    return CanaryLook("stable", main_n, can_n, upd, state, message, requeue, weight=route), upd
+
+
+def _promoted(seen: _Seen, upd: dict[str, Any]) -> CanaryLook:
+    """After the last step: the stable Deployment takes the new template over."""
+    slack = 0 if seen.spare > 0 else max(1, seen.max_unavailable)
+    main_n = max(0, min(seen.desired, seen.budget - len(seen.can)))
+    can_n = max(0, min(len(seen.can), seen.desired - seen.main_ready_new - slack))
+    # The route follows the ready replicas now: the canary's share shrinks as the stable
+    # Deployment's new replicas become Ready; replicas the canary is about to give up get none.
+    traffic = (ready_share(min(seen.can_ready, can_n), seen.main_ready)
+               if seen.split == HTTP_ROUTE else ready_share(seen.can_ready, seen.main_ready))
+    steps = len(seen.canary.steps)
+    message = (f"canary promoted: the stable Deployment takes revision {upd.get('number')} over "
+               f"({seen.main_ready_new} of {seen.desired} Ready), the canary shrinks to {can_n}, "
+               f"traffic {traffic}% to the canary {seen.by}")
+    return CanaryLook("desired", main_n, can_n, upd, seen.state(steps + 1, 100, can_n, main_n,
+                                                                traffic),
+                      message, None, done=not seen.can and can_n == 0, weight=traffic)
