@@ -3,10 +3,11 @@
 #
 #   install-locked.sh PATTERN
 #
-# Installs the packages of requirements/build.txt and requirements/$VARIANT.txt whose
-# requirement line matches PATTERN (an awk regular expression; '' for all of them), with
-# --require-hashes --no-deps: exactly the lock, every file checked against its sha256; what an
-# earlier call installed is skipped. The Dockerfile calls it once per layer, so that the
+# The first call makes the virtualenv and installs requirements/build.txt (the locked pip and
+# setuptools, so that the venv's own pip is replaced in the same layer, not weighed twice). Each
+# call installs the packages of requirements/$VARIANT.txt whose requirement line matches PATTERN
+# (an awk regular expression; '' for all of them), with --require-hashes --no-deps: exactly the
+# lock, every file checked against its sha256; what an earlier call installed is skipped. The Dockerfile calls it once per layer, so that the
 # language-model variant's 4.5 GB of dependencies come in three layers of about 1.5 GB: a
 # build's commit holds up to three more copies of the layer it commits (podman's diff and its
 # copy in /var/tmp, the new layer) beside the container's, so smaller layers need less free disk.
@@ -21,14 +22,17 @@ set -eu
 pattern=$1
 req=/tmp/requirements
 venv=/opt/kubemaas
-[ -x "$venv/bin/python" ] || python -m venv "$venv"
+# pip byte-compiles what it installs (skipping what this Python cannot compile, such as torch's
+# Python 3.12-only test helpers, which a plain compileall fails on).
+if [ ! -x "$venv/bin/python" ]; then
+  python -m venv "$venv"
+  "$venv/bin/pip" install -q --require-hashes --no-deps -r "$req/build.txt"
+fi
 # A requirement starts on a line of its own (name==version ; marker \); its --hash lines and
 # "# via" comments follow, indented.
 awk -v pattern="$pattern" '/^[^ #]/ { keep = ($0 ~ pattern) } keep' \
-  "$req/build.txt" "$req/$VARIANT.txt" >"$req/part.txt"
+  "$req/$VARIANT.txt" >"$req/part.txt"
 if [ -s "$req/part.txt" ]; then
-  # pip byte-compiles what it installs (skipping what this Python cannot compile, such as
-  # torch's Python 3.12-only test helpers, which a plain compileall fails on).
   "$venv/bin/pip" install -q --require-hashes --no-deps -r "$req/part.txt"
 fi
 site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
