@@ -37,10 +37,15 @@ def test_dependencies_come_from_the_lock_before_the_sources() -> None:
     """The locked requirements are installed (with hashes, without resolving) in a layer before
     any source is copied, so a source edit rebuilds only the last layers (docs/images.md)."""
     text = DOCKERFILE.read_text()
-    lock_install = text.index('--require-hashes --no-deps')
-    assert '-r "/tmp/requirements/${VARIANT}.txt"' in text
+    script = (REPO / "runtime" / "install-locked.sh").read_text()
+    assert "--require-hashes --no-deps" in script
+    assert '-r "$req/build.txt"' in script and '"$req/$VARIANT.txt" >"$req/part.txt"' in script
+    install = r"^RUN VARIANT=\$\{VARIANT\} /tmp/requirements/install-locked\.sh "
+    installs = [m.start() for m in re.finditer(install, text, re.M)]
+    assert len(installs) == 3, "the lock comes in three layers (runtime/install-locked.sh)"
+    assert re.search(r"install-locked\.sh ''", text), "the last layer installs the whole lock"
     first_source = min(text.index(f"COPY {tree} ") for tree in ("runtime", "operator", "hack"))
-    assert lock_install < first_source
+    assert max(installs) < first_source
     assert re.search(r"^ARG VARIANT=runtime$", text, re.M)
     for label in ("version", "revision", "source"):
         assert re.search(rf'org\.opencontainers\.image\.{label}="\$\{{', text), label

@@ -127,7 +127,10 @@ def _closure(argv: list[str]) -> set[str]:
         deps = (package.get("optional-dependencies", {}).get(extra, []) if extra
                 else package.get("dependencies", []))
         todo += [(dep["name"], e) for dep in deps for e in ["", *dep.get("extra", [])]]
-    return {canonicalize_name(name) for name, _ in seen}
+    # `--no-emit-package NAME` leaves NAME out of the export (its own dependencies stay).
+    left_out = {canonicalize_name(argv[i + 1]) for i, arg in enumerate(argv)
+                if arg == "--no-emit-package"}
+    return {canonicalize_name(name) for name, _ in seen} - left_out
 
 
 def _hashes(package: dict[str, Any]) -> set[str]:
