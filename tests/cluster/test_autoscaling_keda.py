@@ -78,10 +78,9 @@ class FakePrometheus:
 def keda(kube: Kube) -> Iterator[None]:
     """KEDA's CRDs and operator for this module's KEDA tests; removed afterwards, so that the
     rest of the session sees a cluster without KEDA again."""
-    from kubemaas_testbed import binaries
     from kubemaas_testbed import keda as testbed_keda
 
-    if binaries.find(testbed_keda.BINARY) is None:  # built once, cached like the control plane
+    if not testbed_keda.built():  # built once, cached like the control plane
         subprocess.run(["nice", "-n", "10", str(ROOT / "hack" / "build-testbed"),
                         "--with-keda"], check=True)
     assert kube.log_dir is not None, "the KEDA fixture needs the session's own testbed"
@@ -93,7 +92,7 @@ def keda(kube: Kube) -> Iterator[None]:
         # ScaledObjects carry KEDA's finalizer: let the running operator release them first.
         kube.kubectl("delete", "scaledobjects.keda.sh", "--all-namespaces", "--all",
                      "--timeout=60s", check=False)
-        testbed_keda.down(state)
+        testbed_keda.down(state, Path(kube.kubeconfig))
         kube.kubectl("delete", "crd", *testbed_keda.crd_names(), "--wait=false", check=False)
 
 
