@@ -25,6 +25,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,43 +74,61 @@ def subnet_regex(subnet: ipaddress.IPv4Network) -> str:
     return r"\.".join(octets) + r":\d+"
 
 
-def config(kubeconfig: Path, node_name: str, subnet: ipaddress.IPv4Network,
-           interval_s: int = SCRAPE_INTERVAL_S) -> dict[str, Any]:
+def config(kubeconfig: Path, node_name: str | None, subnet: ipaddress.IPv4Network | None,
+           interval_s: int = SCRAPE_INTERVAL_S, static_targets: Sequence[str] = (),
+           query_log: Path | None = None) -> dict[str, Any]:
     """PURE: the configuration that scrapes the runtime pods of the real node `node_name` (and
-    only addresses in `subnet`, its bridge)."""
+    only addresses in `subnet`, its bridge), and `static_targets` (127.0.0.1:PORT only: an
+    exporter of a test's own, whose series keep their labels)."""
     interval = f"{interval_s}s"
+    glob: dict[str, Any] = {"scrape_interval": interval, "scrape_timeout": interval,
+                            "evaluation_interval": interval}
+    if query_log is not None:
+        glob["query_log_file"] = str(query_log)
+    jobs: list[dict[str, Any]] = []
+    if node_name is not None:
+        if subnet is None:
+            raise ValueError("a real node's pods are scraped only within its bridge subnet")
+        jobs.append(_pods_job(kubeconfig, node_name, subnet))
+    for target in static_targets:
+        host, _, port = target.rpartition(":")
+        if host != "127.0.0.1" or not port.isdigit():
+            raise ValueError(f"{target}: a static target must be 127.0.0.1:PORT")
+    if static_targets:
+        jobs.append({"job_name": "static", "honor_labels": True,
+                     "static_configs": [{"targets": list(static_targets)}]})
+    return {"global": glob, "scrape_configs": jobs}
+
+
+def _pods_job(kubeconfig: Path, node_name: str, subnet: ipaddress.IPv4Network) -> dict[str, Any]:
     return {
-        "global": {"scrape_interval": interval, "scrape_timeout": interval,
-                   "evaluation_interval": interval},
-        "scrape_configs": [{
-            "job_name": JOB,
-            "metrics_path": "/metrics",
-            "scheme": "http",
-            "kubernetes_sd_configs": [{
-                "role": "pod",
-                "kubeconfig_file": str(kubeconfig),
-                # The API server filters: only this node's pods, only the runtime's.
-                "selectors": [{"role": "pod", "field": f"spec.nodeName={node_name}",
-                               "label": POD_LABELS}],
-            }],
-            "relabel_configs": [
-                # Network rule: a target outside the node's bridge is dropped, whatever the
-                # API server said (kwok's pod addresses and ClusterIPs never get here).
-                {"source_labels": ["__address__"], "regex": subnet_regex(subnet),
-                 "action": "keep"},
-                {"source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                 "regex": PORT_NAME, "action": "keep"},
-                {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running",
-                 "action": "keep"},
-                # The labels a ServiceMonitor of the model's Service gives (the Service is
-                # named after the model, app.kubernetes.io/instance).
-                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
-                 "target_label": "service"},
-                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
-            ],
+        "job_name": JOB,
+        "metrics_path": "/metrics",
+        "scheme": "http",
+        "kubernetes_sd_configs": [{
+            "role": "pod",
+            "kubeconfig_file": str(kubeconfig),
+            # The API server filters: only this node's pods, only the runtime's.
+            "selectors": [{"role": "pod", "field": f"spec.nodeName={node_name}",
+                           "label": POD_LABELS}],
         }],
+        "relabel_configs": [
+            # Network rule: a target outside the node's bridge is dropped, whatever the API
+            # server said (kwok's pod addresses and ClusterIPs never get here).
+            {"source_labels": ["__address__"], "regex": subnet_regex(subnet),
+             "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_pod_container_port_name"],
+             "regex": PORT_NAME, "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running",
+             "action": "keep"},
+            # The labels a ServiceMonitor of the model's Service gives (the Service is named
+            # after the model, app.kubernetes.io/instance).
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+             "target_label": "service"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
+        ],
     }
 
 
@@ -126,10 +145,12 @@ def _ready(url: str) -> bool:
         return False
 
 
-def up(state: Path, kubeconfig: Path, node_name: str, subnet: ipaddress.IPv4Network,
+def up(state: Path, kubeconfig: Path, node_name: str | None = None,
+       subnet: ipaddress.IPv4Network | None = None, static_targets: Sequence[str] = (),
        timeout: float = 120.0) -> Prometheus:
-    """Start Prometheus for the real node `node_name` (a running one is stopped first: the
-    node's name and subnet are in its configuration)."""
+    """Start Prometheus for the real node `node_name` and/or `static_targets` (a running one is
+    stopped first: what it scrapes is in its configuration). Every query it answers is logged
+    to STATE/prometheus/queries.log (query_log)."""
     exe = binary()
     table = ProcessTable(state)
     table.stop(PROCESS)
@@ -137,7 +158,9 @@ def up(state: Path, kubeconfig: Path, node_name: str, subnet: ipaddress.IPv4Netw
     data = home / "data"
     data.mkdir(parents=True, exist_ok=True)
     conf = home / "prometheus.yml"
-    conf.write_text(yaml.safe_dump(config(kubeconfig, node_name, subnet), sort_keys=False))
+    conf.write_text(yaml.safe_dump(config(kubeconfig, node_name, subnet,
+                                          static_targets=static_targets,
+                                          query_log=query_log(state)), sort_keys=False))
     port = cluster.free_port()
     url = f"http://127.0.0.1:{port}"
     proc = table.start(PROCESS, [
@@ -162,6 +185,24 @@ def up(state: Path, kubeconfig: Path, node_name: str, subnet: ipaddress.IPv4Netw
 
 def down(state: Path) -> None:
     ProcessTable(state).stop(PROCESS)
+
+
+def query_log(state: Path) -> Path:
+    return state / "prometheus" / "queries.log"
+
+
+def logged_queries(state: Path) -> list[str]:
+    """The PromQL of every query Prometheus answered (its query log, one JSON object a line)."""
+    path = query_log(state)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            out.append(str(json.loads(line)["params"]["query"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 def active_targets(url: str) -> list[dict[str, Any]]:
