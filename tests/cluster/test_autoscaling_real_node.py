@@ -54,7 +54,7 @@ DEPTH = 48  # MatMuls per call: tens of milliseconds of CPU at batch 1
 TARGET = 2  # requests waiting per replica
 MAX_REPLICAS = 3
 CLIENTS = 8  # closed loop: 1 replica has ~7 waiting -> ceil(7 / 2) = 4 -> capped at 3
-STABILIZATION_S = 15
+STABILIZATION_S = 30  # longer than the HPA controller's 15 s sync, so that it is felt
 TIMINGS = ROOT / ".state" / "autoscaling-timings.jsonl"
 
 
@@ -246,6 +246,8 @@ def _scale_out_and_in(kube: Kube, namespace: str, rn: Node,
         assert load.running, "the load ended before the scale-out (its budget is too small)"
         pods = [p for p in _pods(kube, namespace) if p["status"].get("podIP") not in first]
         first_new_ready = min(t for t in map(_ready_since, pods) if t is not None)
+        scaled_at = _stamp(get_json(kube, "-n", namespace, "get", "hpa", hpa_name)["status"][
+            "lastScaleTime"])
         _check_targets(prom, subnet, node, expect=set(_ready_ips(kube, namespace, node)))
     finally:
         load.stop()
@@ -256,24 +258,40 @@ def _scale_out_and_in(kube: Kube, namespace: str, rn: Node,
     assert metrics_seen and max(metrics_seen) > TARGET, samples  # per replica, above target
     assert peak_queue > TARGET, peak_queue
     assert load.ok > 0
+    # Still at the maximum when the load stopped: the scale-in below is the load's end.
+    assert get_json(kube, "-n", namespace, "get", "deployment", NAME)["spec"][
+        "replicas"] == MAX_REPLICAS
 
-    stopped = time.monotonic()
-    wait_for(lambda: get_json(kube, "-n", namespace, "get", "deployment", NAME)["spec"][
-        "replicas"] == 1 and len(_ready_ips(kube, namespace, node)) == 1,
-        timeout=STABILIZATION_S + 180, interval=1, what="the scale-in to one replica")
-    in_s = time.monotonic() - stopped
+    after: list[tuple[float, float | None, int, int]] = []
+
+    def scaled_in() -> bool:
+        h = get_json(kube, "-n", namespace, "get", "hpa", hpa_name)
+        replicas = int(get_json(kube, "-n", namespace, "get", "deployment", NAME)["spec"][
+            "replicas"])
+        after.append((round(time.monotonic() - load.stopped, 1), _hpa_metric(h),
+                      int((h.get("status") or {}).get("desiredReplicas") or 0), replicas))
+        return replicas == 1
+    wait_for(scaled_in, timeout=STABILIZATION_S + 180, interval=1,
+             what="the scale-in to one replica")
+    in_s = time.monotonic() - load.stopped
+    wait_for(lambda: len(_pods(kube, namespace)) == 1, timeout=120, interval=1,
+             what="the removed replicas' pods gone")
+    gone_s = time.monotonic() - load.stopped
     assert any("New size: 1" in e and "below target" in e
                for e in _rescale_events(kube, namespace)), _rescale_events(kube, namespace)
 
     record = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "load_start_to_hpa_scale_out_s": round(scaled_at - started_wall, 1),
               "load_start_to_first_new_replica_ready_s": round(first_new_ready - started_wall, 1),
               "load_start_to_all_ready_s": round(out_s, 1),
-              "load_stop_to_one_replica_s": round(in_s, 1),
+              "load_stop_to_scale_in_s": round(in_s, 1),
+              "load_stop_to_pods_gone_s": round(gone_s, 1),
               "stabilization_s": STABILIZATION_S, "clients": CLIENTS,
               "requests_ok": load.ok, "requests_failed": load.errors,
               "peak_queue": peak_queue, "load1": os.getloadavg()[0]}
     print(f"\nqueue autoscaling on the real node: {record}\n(s since load start, HPA metric "
-          f"per replica, desired, Ready): {samples}")
+          f"per replica, desired, Ready): {samples}\n(s since load stop, HPA metric per "
+          f"replica, desired, Deployment replicas): {after}")
     TIMINGS.parent.mkdir(exist_ok=True)
     with TIMINGS.open("a") as f:
         f.write(json.dumps(record) + "\n")
