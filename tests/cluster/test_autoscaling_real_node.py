@@ -290,7 +290,15 @@ def _scale_out_and_in(kube: Kube, namespace: str, rn: Node,
     assert any("New size: 1" in e and "below target" in e
                for e in _rescale_events(kube, namespace)), _rescale_events(kube, namespace)
 
-    record = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    # How the scrapes of the busy pods went (a failed or slow scrape delays what KEDA reads).
+    sel = f'{{service="{NAME}",namespace="{namespace}"}}'
+    scrapes = {name: (lambda r: round(float(r[0]["value"][1]), 3) if r else None)(
+        testbed_prometheus.query(prom.url, q)) for name, q in {
+        "scrapes": f"sum(count_over_time(up{sel}[10m]))",
+        "scrapes_failed": f"sum(count_over_time(up{sel}[10m])) - sum(sum_over_time(up{sel}[10m]))",
+        "scrape_duration_max_s": f"max(max_over_time(scrape_duration_seconds{sel}[10m]))",
+    }.items()}
+    record = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **scrapes,
               "load_start_to_hpa_scale_out_s": round(scaled_at - started_wall, 1),
               "load_start_to_first_new_replica_ready_s": round(first_new_ready - started_wall, 1),
               "load_start_to_all_ready_s": round(out_s, 1),
