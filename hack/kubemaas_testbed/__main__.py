@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("inference-extension", help="install the Gateway API Inference Extension's "
                    "InferencePool CRD from the Go module cache; idempotent")
     keda_cmd = sub.add_parser("keda", help="install KEDA's CRDs from its Go module and start "
-                              "its operator (built by hack/build-testbed --with-keda); `keda "
-                              "down` stops the operator")
+                              "its operator and metrics API server (built by hack/build-testbed "
+                              "--with-keda); `keda down` stops both")
     keda_cmd.add_argument("action", nargs="?", choices=["up", "down"], default="up")
     args = parser.parse_args(argv)
 
@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not cluster.is_up():
                     raise ClusterError("the testbed is not up: hack/cluster up")
                 pid = keda.up(cluster.state, cluster.kubeconfig)
-                print(f"KEDA operator running (pid {pid}); its log: "
-                      f"{cluster.state / 'logs' / keda.PROCESS}.log")
+                print(f"KEDA operator running (pid {pid}) and its metrics API server "
+                      f"({keda.APISERVICE} Available); logs: "
+                      f"{cluster.state / 'logs' / keda.PROCESS}.log, "
+                      f"{cluster.state / 'logs' / keda.ADAPTER_PROCESS}.log")
     except (ClusterError, NodeError, binaries.MissingBinaryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

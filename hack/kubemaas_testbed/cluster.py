@@ -1,7 +1,8 @@
 """Bring the local control plane up and down.
 
 Layout of a state directory (default <repo>/.state/cluster):
-    pki/            CA, serving and client certificates, service-account keys
+    pki/            CA, serving and client certificates, service-account keys;
+                    front-proxy/: the aggregation layer's CA and client certificate
     kubeconfig      the admin kubeconfig (system:masters)
     ports.yaml      the ports this instance listens on (all on 127.0.0.1)
     pids/, logs/    one pid file and one log per process
@@ -173,6 +174,8 @@ class Cluster:
             "--v=1",
             # Real node hook (node.py): how the apiserver reaches a real kubelet.
             *node.apiserver_flags(p),
+            # The aggregation layer, for KEDA's metrics API server (keda.py).
+            *pki.aggregation_flags(p),
         ])
 
     def _component_args(self, identity: str, port: int) -> list[str]:

@@ -1,24 +1,32 @@
 """KEDA on a testbed cluster: its CRDs from the Go module github.com/kedacore/keda/v2 (the files
-ship inside the module under config/crd/bases/; nothing is vendored here) and its operator, built
-by `hack/build-testbed --with-keda` into the binary cache like the control plane, run as a local
-process with the admin kubeconfig.
+ship inside the module under config/crd/bases/; nothing is vendored here), its operator and its
+metrics API server, built by `hack/build-testbed --with-keda` into the binary cache like the
+control plane, run as local processes with the admin kubeconfig.
 
-The operator's metrics gRPC service (what KEDA's metrics API server asks for external metrics)
+The operator's metrics gRPC service (what the metrics API server asks for external metrics)
 serves mutual TLS from --cert-dir (ca.crt, tls.crt, tls.key); the testbed makes those with its
-own CA. KEDA's admission webhooks and metrics API server are not run: the ScaledObject controller
-(which validates a ScaledObject, makes its HPA keda-hpa-NAME and writes its Ready condition) and
-the scale loop (activation: 0 <-> minimum) run in the operator itself.
+own CA. The ScaledObject controller (which validates a ScaledObject, makes its HPA keda-hpa-NAME
+and writes its Ready condition) and the scale loop (activation: 0 <-> minimum) run in the
+operator; the metrics API server serves external.metrics.k8s.io, which the HPA reads to scale
+between minimum and maximum. The API server aggregates it through the APIService
+v1beta1.external.metrics.k8s.io, whose Service is an ExternalName `localhost` (the aggregator
+dials an ExternalName as named, so the proxied requests go to 127.0.0.1 and nowhere else; the
+aggregation-layer flags and certificates are the testbed's, cluster.py and pki.py). KEDA's
+admission webhooks are not run.
 
-  python -m kubemaas_testbed.keda up STATE_DIR      install the CRDs, start the operator
-  python -m kubemaas_testbed.keda down STATE_DIR    stop the operator (the CRDs stay)
+  python -m kubemaas_testbed.keda up STATE_DIR      install the CRDs, start both
+  python -m kubemaas_testbed.keda down STATE_DIR    stop both (the CRDs stay)
 """
 
 from __future__ import annotations
 
+import base64
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import yaml
 
 from . import binaries, cluster, gomodule, pki
 from .processes import ProcessTable
@@ -28,6 +36,9 @@ KEDA_VERSION = "v2.21.0"
 RECORD = "keda-module-dir"
 BINARY = f"keda-operator-{KEDA_VERSION}"
 PROCESS = "keda-operator"
+ADAPTER_BINARY = f"keda-adapter-{KEDA_VERSION}"
+ADAPTER_PROCESS = "keda-metrics-apiserver"
+APISERVICE = "v1beta1.external.metrics.k8s.io"
 NAMESPACE = "keda"
 # Every CRD whose controller the operator starts (it refuses to start with one missing).
 CRDS = ("keda.sh_scaledobjects", "keda.sh_scaledjobs", "keda.sh_triggerauthentications",
@@ -46,6 +57,19 @@ def operator_binary() -> Path:
             f"{BINARY} is not built: run `hack/build-testbed --with-keda` (a cold build of KEDA "
             "took 46 minutes on two shared cores, docs/autoscaling.md)")
     return found
+
+
+def adapter_binary() -> Path:
+    found = binaries.find(ADAPTER_BINARY)
+    if found is None:
+        raise binaries.MissingBinaryError(
+            f"{ADAPTER_BINARY} is not built: run `hack/build-testbed --with-keda`")
+    return found
+
+
+def built() -> bool:
+    """Both of KEDA's binaries are in the cache."""
+    return binaries.find(BINARY) is not None and binaries.find(ADAPTER_BINARY) is not None
 
 
 def module_dir() -> Path:
@@ -85,6 +109,95 @@ def _certs(state: Path) -> Path:
     return certs
 
 
+def _adapter_serving_cert(certs: Path) -> tuple[Path, Path]:
+    """The metrics API server's serving certificate: the aggregator verifies it for the name
+    SERVICE.NAMESPACE.svc against the APIService's caBundle (our CA)."""
+    if not (certs / "adapter.key").exists():
+        pki.make_serving(certs, "adapter", ADAPTER_PROCESS, [
+            f"DNS:{ADAPTER_PROCESS}.{NAMESPACE}.svc", "DNS:localhost", "IP:127.0.0.1"])
+    return certs / "adapter.crt", certs / "adapter.key"
+
+
+def metrics_api_manifests(port: int, ca_bundle: bytes) -> list[dict[str, object]]:
+    """The APIService for external.metrics.k8s.io behind an ExternalName Service `localhost`
+    (the metrics API server on 127.0.0.1:PORT), and the HPA controller's right to read it (as
+    KEDA's own manifests grant it)."""
+    reader = "keda-external-metrics-reader"
+    return [
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": ADAPTER_PROCESS, "namespace": NAMESPACE},
+         "spec": {"type": "ExternalName", "externalName": "localhost",
+                  "ports": [{"name": "https", "port": port}]}},
+        {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+         "metadata": {"name": APISERVICE},
+         "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
+                  "service": {"name": ADAPTER_PROCESS, "namespace": NAMESPACE, "port": port},
+                  "caBundle": base64.b64encode(ca_bundle).decode(),
+                  "groupPriorityMinimum": 100, "versionPriority": 100}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": reader},
+         "rules": [{"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"],
+                    "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": reader},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": reader},
+         "subjects": [{"kind": "ServiceAccount", "name": "horizontal-pod-autoscaler",
+                       "namespace": "kube-system"}]},
+    ]
+
+
+def _apiservice_available(kubeconfig: Path) -> bool:
+    out = cluster.kubectl(kubeconfig, "get", "apiservice", APISERVICE, "-o",
+                          "jsonpath={.status.conditions[?(@.type=='Available')].status}",
+                          check=False)
+    return out.stdout.strip() == "True"
+
+
+def _start_adapter(table: ProcessTable, kubeconfig: Path, certs: Path, grpc_port: int,
+                   timeout: float) -> None:
+    """Start the metrics API server and register it with the aggregator; wait until the
+    APIService is Available (the API server reached it, through the front proxy)."""
+    crt, key = _adapter_serving_cert(certs)
+    port, metrics_port = cluster.free_port(), cluster.free_port()
+    proc = table.start(ADAPTER_PROCESS, [
+        str(adapter_binary()),
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--tls-cert-file={crt}",
+        f"--tls-private-key-file={key}",
+        f"--cert-dir={certs}",  # ca.crt, tls.crt, tls.key: its mutual TLS to the operator
+        f"--metrics-service-address=127.0.0.1:{grpc_port}",
+        f"--port={metrics_port}",  # its own /metrics (KEDA binds it on every interface)
+        f"--lister-kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--zap-log-level=info",
+    ], env={"WATCH_NAMESPACE": "", "POD_NAMESPACE": NAMESPACE,
+            "KEDA_CLUSTER_OBJECT_NAMESPACE": NAMESPACE, "KUBECONFIG": str(kubeconfig)})
+    cluster.kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts",
+                    "--field-manager=kubemaas-testbed", "-f", "-",
+                    input=yaml.safe_dump_all(metrics_api_manifests(
+                        port, (certs / "ca.crt").read_bytes())))
+    deadline = time.monotonic() + timeout
+    while not _apiservice_available(kubeconfig):
+        if ADAPTER_PROCESS not in {p.name for p in table.running()}:
+            _remove_apiservice(kubeconfig)
+            raise KedaError(f"KEDA's metrics API server exited; see {proc.log}:\n"
+                            f"{_tail(proc.log)}")
+        if time.monotonic() > deadline:
+            raise KedaError(f"the APIService {APISERVICE} was not Available after "
+                            f"{timeout:.0f} s; see {proc.log}:\n{_tail(proc.log)}")
+        time.sleep(0.5)
+
+
+def _remove_apiservice(kubeconfig: Path) -> None:
+    """An APIService whose server is gone makes discovery fail for every client: it goes
+    before its server."""
+    cluster.kubectl(kubeconfig, "delete", "apiservice", APISERVICE, "--ignore-not-found",
+                    "--request-timeout=20s", check=False)
+
+
 def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
@@ -93,13 +206,16 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def up(state: Path, kubeconfig: Path, timeout: float = 120.0) -> int:
-    """Install the CRDs and start the operator (once: a running one is kept); return its pid."""
+def up(state: Path, kubeconfig: Path, timeout: float = 120.0, metrics_api: bool = True) -> int:
+    """Install the CRDs and start the operator and (with `metrics_api`) the metrics API server
+    (once: running ones are kept); return the operator's pid."""
     table = ProcessTable(state)
     running = {p.name: p for p in table.running()}
     if PROCESS in running:
         return running[PROCESS].pid
     exe = operator_binary()
+    if metrics_api:
+        adapter_binary()  # missing: say so before anything starts
     install_crds(kubeconfig)
     cluster.kubectl(kubeconfig, "create", "namespace", NAMESPACE, check=False)
     certs = _certs(state)
@@ -126,11 +242,19 @@ def up(state: Path, kubeconfig: Path, timeout: float = 120.0) -> int:
             raise KedaError(f"the KEDA operator was not ready after {timeout:.0f} s; see "
                             f"{proc.log}:\n{_tail(proc.log)}")
         time.sleep(0.5)
+    if metrics_api:
+        _start_adapter(table, kubeconfig, certs, ports["grpc"], timeout)
     return proc.pid
 
 
-def down(state: Path) -> None:
-    ProcessTable(state).stop(PROCESS)
+def down(state: Path, kubeconfig: Path | None = None) -> None:
+    """Stop the metrics API server (its APIService removed first) and the operator."""
+    table = ProcessTable(state)
+    kubeconfig = kubeconfig or state / "kubeconfig"
+    if kubeconfig.exists():
+        _remove_apiservice(kubeconfig)
+    table.stop(ADAPTER_PROCESS)
+    table.stop(PROCESS)
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -26,6 +26,11 @@ SCHEDULER = Identity("scheduler", "system:kube-scheduler")
 KWOK = Identity("kwok", "kwok-controller", "system:masters")
 
 CLIENTS = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK)
+# The aggregation layer: the apiserver proxies requests for an aggregated API (KEDA's
+# external.metrics.k8s.io) with this client certificate, from a CA of its own (the "front
+# proxy" CA), and the extension server trusts the X-Remote-* headers only from this name.
+FRONT_PROXY_DIR = "front-proxy"
+FRONT_PROXY_CLIENT = Identity("front-proxy-client", "front-proxy-client")
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -74,6 +79,26 @@ def make_all(pki: Path, service_ip: str) -> None:
     ])
     for identity in CLIENTS:
         make_client(pki, identity)
+    front = pki / FRONT_PROXY_DIR
+    front.mkdir(exist_ok=True)
+    make_ca(front)
+    make_client(front, FRONT_PROXY_CLIENT)
     # The service-account token signing pair.
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def aggregation_flags(pki: Path) -> list[str]:
+    """kube-apiserver's aggregation-layer flags (make_all made the files): the front-proxy CA and
+    the client certificate it proxies with, and the headers that carry the user."""
+    front = pki / FRONT_PROXY_DIR
+    stem = FRONT_PROXY_CLIENT.file_stem
+    return [
+        f"--requestheader-client-ca-file={front / 'ca.crt'}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT.user}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={front / f'{stem}.crt'}",
+        f"--proxy-client-key-file={front / f'{stem}.key'}",
+    ]

@@ -5,12 +5,15 @@
 - with KEDA's CRDs and its operator running (built from its Go module, kubemaas_testbed.keda), the
   operator renders a ScaledObject instead, a changed target reaches it, a hand-edit is undone,
   and KEDA's own controller accepts it (its HPA keda-hpa-NAME, the Ready condition) and scales
-  the Deployment to zero and back on the signal it reads from Prometheus.
+  the Deployment to zero and back on the signal it reads from Prometheus, and beyond one
+  replica through its metrics API server (the HPA's External metric).
 
-The testbed has no Prometheus: a small HTTP server on 127.0.0.1 answers Prometheus's
-/api/v1/query with the value the test sets, and records the queries KEDA sends (so the test
-checks the query the operator rendered). Its Deployment's pods are kwok's, so the runtime's own
-gauges are exercised by tests/runtime/test_batching.py, not here.
+Prometheus is the real one (kubemaas_testbed.prometheus, built from its Go module): KEDA asks
+its query API, and its query log shows the query the operator rendered. What it scrapes stands
+in for the runtime pods, which are kwok's here and serve nothing: a small exporter on 127.0.0.1
+serves the queue gauge with the value the test sets and the labels a ServiceMonitor would give
+(the runtime's own gauges are exercised by tests/runtime/test_batching.py, and the whole chain
+on real pods by tests/cluster/test_autoscaling_real_node.py).
 """
 
 from __future__ import annotations
@@ -18,12 +21,11 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -38,25 +40,26 @@ QUEUE = {"signal": "queue", "target": 4, "minReplicas": 1, "maxReplicas": 3}
 CPU = {"image": "ghcr.io/kubemaas/runtime:0.1.0", "resources": {"cpu": "1"}}
 
 
-class FakePrometheus:
-    """Prometheus's instant-query API on 127.0.0.1: every query answers `value`."""
+class Exporter:
+    """`vllm:num_requests_waiting` of one model, as its pods would expose it, on 127.0.0.1:
+    `value` under the labels `namespace` and `service`."""
 
     def __init__(self) -> None:
         self.value = 0.0
-        self.queries: list[str] = []
+        self.labels: dict[str, str] = {}
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                url = urlparse(self.path)
-                if url.path != "/api/v1/query":
+                if self.path != "/metrics":
                     self.send_error(404)
                     return
-                outer.queries.append(parse_qs(url.query).get("query", [""])[0])
-                body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-                    {"metric": {}, "value": [time.time(), str(outer.value)]}]}}).encode()
+                body = b"# TYPE vllm:num_requests_waiting gauge\n"
+                if outer.labels:
+                    sel = ",".join(f'{k}="{v}"' for k, v in sorted(outer.labels.items()))
+                    body += f"vllm:num_requests_waiting{{{sel}}} {outer.value}\n".encode()
                 self.send_response(200)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -65,7 +68,7 @@ class FakePrometheus:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -74,14 +77,42 @@ class FakePrometheus:
         self.server.server_close()
 
 
+@dataclass
+class Signal:
+    exporter: Exporter
+    url: str  # the real Prometheus
+    state: Path
+
+
+@pytest.fixture(scope="module")
+def prometheus(kube: Kube) -> Iterator[Signal]:
+    """The real Prometheus, scraping the exporter (built once, cached)."""
+    from kubemaas_testbed import binaries
+    from kubemaas_testbed import prometheus as testbed_prometheus
+
+    if binaries.find(testbed_prometheus.BINARY) is None:
+        subprocess.run(["nice", "-n", "10", str(ROOT / "hack" / "build-testbed"),
+                        "--with-prometheus"], check=True)
+    state = Path(kube.kubeconfig).parent
+    exporter = Exporter()
+    try:
+        prom = testbed_prometheus.up(state, Path(kube.kubeconfig),
+                                     static_targets=[exporter.address])
+        try:
+            yield Signal(exporter, prom.url, state)
+        finally:
+            testbed_prometheus.down(state)
+    finally:
+        exporter.close()
+
+
 @pytest.fixture(scope="module")
 def keda(kube: Kube) -> Iterator[None]:
     """KEDA's CRDs and operator for this module's KEDA tests; removed afterwards, so that the
     rest of the session sees a cluster without KEDA again."""
-    from kubemaas_testbed import binaries
     from kubemaas_testbed import keda as testbed_keda
 
-    if binaries.find(testbed_keda.BINARY) is None:  # built once, cached like the control plane
+    if not testbed_keda.built():  # built once, cached like the control plane
         subprocess.run(["nice", "-n", "10", str(ROOT / "hack" / "build-testbed"),
                         "--with-keda"], check=True)
     assert kube.log_dir is not None, "the KEDA fixture needs the session's own testbed"
@@ -93,7 +124,7 @@ def keda(kube: Kube) -> Iterator[None]:
         # ScaledObjects carry KEDA's finalizer: let the running operator release them first.
         kube.kubectl("delete", "scaledobjects.keda.sh", "--all-namespaces", "--all",
                      "--timeout=60s", check=False)
-        testbed_keda.down(state)
+        testbed_keda.down(state, Path(kube.kubeconfig))
         kube.kubectl("delete", "crd", *testbed_keda.crd_names(), "--wait=false", check=False)
 
 
@@ -124,16 +155,14 @@ def test_without_keda_a_queue_signal_falls_back_to_cpu_and_says_so(
 
 
 def test_keda_scaledobject_follows_the_spec_and_keda_accepts_it(
-        kube: Kube, namespace: str, operator: Operator, keda: None) -> None:
-    prom = FakePrometheus()
-    try:
-        with reconfigured(operator, KUBEMAAS_OPERATOR_PROMETHEUS=prom.url):
-            _scaledobject_lifecycle(kube, namespace, prom)
-    finally:
-        prom.close()
+        kube: Kube, namespace: str, operator: Operator, keda: None,
+        prometheus: Signal) -> None:
+    prometheus.exporter.labels = {"namespace": namespace, "service": "q", "model_name": "q"}
+    with reconfigured(operator, KUBEMAAS_OPERATOR_PROMETHEUS=prometheus.url):
+        _scaledobject_lifecycle(kube, namespace, prometheus)
 
 
-def _scaledobject_lifecycle(kube: Kube, namespace: str, prom: FakePrometheus) -> None:
+def _scaledobject_lifecycle(kube: Kube, namespace: str, prom: Signal) -> None:
     spec = {**QUEUE, "minReplicas": 0, "idleSeconds": 1, "scaleDownStabilizationSeconds": 30}
     apply(kube, namespace, md("q", runtime=CPU, autoscaling=spec))
     so = wait_for(lambda: _exists(kube, namespace, "scaledobject", "q")
@@ -163,8 +192,10 @@ def _scaledobject_lifecycle(kube: Kube, namespace: str, prom: FakePrometheus) ->
     # (idleSeconds 1), the operator does not put it back; a queue wakes it.
     wait_for(lambda: get(kube, namespace, "deployment", "q")["spec"].get("replicas") == 0,
              timeout=90, what="KEDA scaling the idle model to zero")
+    from kubemaas_testbed import prometheus as testbed_prometheus
+
     rendered = f'sum(vllm:num_requests_waiting{{namespace="{namespace}",service="q"}})'
-    assert rendered in prom.queries
+    assert rendered in testbed_prometheus.logged_queries(prom.state)
     row = wait_for(lambda: next((r for r in get_md_table(kube, namespace)
                                  if r["REASON"].startswith("ScaledToZero")), None),
                    timeout=30, what="ScaledToZero in the Reason column")
@@ -179,9 +210,13 @@ def _scaledobject_lifecycle(kube: Kube, namespace: str, prom: FakePrometheus) ->
     assert not json.loads(kube.kubectl("-n", namespace, "get", "pods", "-l",
                                        "app.kubernetes.io/instance=q", "-o", "json").stdout)[
         "items"]
-    prom.value = 6
+    prom.exporter.value = 6
     wait_for(lambda: (get(kube, namespace, "deployment", "q")["spec"].get("replicas") or 0) >= 1,
              timeout=90, what="KEDA waking the model on a queue")
+    # Beyond one replica it is the HPA, reading the External metric through KEDA's metrics API
+    # server: 6 waiting at 4 per replica -> ceil(6 / 4) = 2.
+    wait_for(lambda: get(kube, namespace, "deployment", "q")["spec"].get("replicas") == 2,
+             timeout=120, what="KEDA's HPA scaling to ceil(6 / 4) = 2 replicas")
 
     # A changed target reaches the ScaledObject.
     apply(kube, namespace, md("q", runtime=CPU, autoscaling={**spec, "target": 8}))
