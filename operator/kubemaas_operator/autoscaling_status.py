@@ -4,9 +4,24 @@ posts what changed). Kept apart from render so that status imports no renderer."
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 FALLBACK_REASONS = ("KEDANotInstalled", "PrometheusNotConfigured")
+
+
+class _Reported(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+
+def status(engine: _Reported | None, wake: _Reported | None) -> dict[str, Any] | None:
+    """status.autoscaling: the engine's choice (render/autoscaler.py) and, for a model that may go
+    to zero, whether its first request wakes it (wakeOnRequest, render/wake.py)."""
+    if engine is None:
+        return None
+    out = engine.status()
+    if wake is not None:
+        out["wakeOnRequest"] = wake.status()
+    return out
 
 
 def events(prev: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[
