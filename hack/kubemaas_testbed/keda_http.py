@@ -13,20 +13,22 @@ and run here as host processes with the admin kubeconfig, both listening on 127.
   NAME.NAMESPACE, which this machine cannot resolve (it has no cluster DNS), so a request is
   forwarded to a pod's IP or not at all: on the testbed, a real-node pod's IP on our bridge.
 - the external scaler: KEDA's operator opens its external-push stream to it (the trigger's
-  scalerAddress); it finds the interceptors through the EndpointSlices of the Service
-  keda/keda-add-ons-http-interceptor-admin, which this module makes by hand: a Service without a
-  selector and one EndpointSlice whose only address is the name `localhost` (an FQDN slice: the
-  API server refuses 127.0.0.1 in an IPv4 slice), so the scaler asks localhost:ADMIN_PORT.
+  scalerAddress); it asks the interceptor's admin port for the pending counts. In a cluster it
+  finds the interceptors from the EndpointSlices of their admin Service; here it is told the
+  address, 127.0.0.1 (KEDA_HTTP_SCALER_TARGET_ADMIN_ADDRESSES, a second local patch: the API
+  server refuses a loopback address in an EndpointSlice, and an FQDN slice needs a name with a
+  dot, which nothing on this machine resolves to 127.0.0.1).
 
 The add-on's own operator is not run: kubemaas renders the ScaledObject and the InterceptorRoute
 itself (operator/kubemaas_operator/render/wake.py).
 
-  python -m kubemaas_testbed.keda_http up STATE_DIR     CRDs, the admin Service, both processes
+  python -m kubemaas_testbed.keda_http up STATE_DIR     the CRDs and both processes
   python -m kubemaas_testbed.keda_http down STATE_DIR   stop both (the CRDs stay)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import sys
@@ -67,11 +69,22 @@ class Ports:
         return f"127.0.0.1:{self.proxy}"
 
 
+def source_hash() -> str:
+    """The first 8 hex digits of a hash of the vendored Go source, as hack/build-testbed computes
+    it (`sha256sum` of the sorted files, hashed again): a local patch changes the binary's name."""
+    files = sorted(f"./{p.relative_to(SOURCE)}" for p in SOURCE.rglob("*")
+                   if p.is_file() and (p.suffix == ".go" or p.name in ("go.mod", "go.sum")))
+    listing = "".join(f"{hashlib.sha256((SOURCE / f).read_bytes()).hexdigest()}  {f}\n"
+                      for f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()[:8]
+
+
 def version() -> str:
+    """The binaries' version: the vendored upstream's, and the source hash."""
     for line in (SOURCE / "UPSTREAM").read_text().splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "version":
-            return value.strip()
+            return f"{value.strip()}-{source_hash()}"
     raise HttpAddOnError(f"no version in {SOURCE / 'UPSTREAM'}")
 
 
@@ -93,23 +106,6 @@ def install_crds(kubeconfig: str | Path, timeout: float = 60.0) -> list[str]:
     files = gomodule.existing([SOURCE / "config" / "crd" / "bases" / f"{s}.yaml" for s in CRDS],
                               "KEDA HTTP add-on CRDs")
     return gomodule.apply_crds(kubeconfig, files, crd_names(), timeout)
-
-
-def _admin_service(admin_port: int) -> str:
-    """The Service the scaler reads the interceptors from, and its one EndpointSlice."""
-    labels = {"app.kubernetes.io/managed-by": "kubemaas-testbed"}
-    service = {"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": ADMIN_SERVICE, "namespace": NAMESPACE, "labels": labels},
-               "spec": {"ports": [{"name": "admin", "port": admin_port}]}}
-    slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-              "metadata": {"name": f"{ADMIN_SERVICE}-localhost", "namespace": NAMESPACE,
-                           "labels": {**labels, "kubernetes.io/service-name": ADMIN_SERVICE,
-                                      "endpointslice.kubernetes.io/managed-by":
-                                          "kubemaas-testbed"}},
-              "addressType": "FQDN",
-              "endpoints": [{"addresses": ["localhost"], "conditions": {"ready": True}}],
-              "ports": [{"name": "admin", "port": admin_port, "protocol": "TCP"}]}
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [service, slice_]})
 
 
 def _http_ok(url: str) -> bool:
@@ -139,8 +135,8 @@ def _wait(table: ProcessTable, name: str, log: Path, ok: Callable[[], bool],
 
 
 def up(state: Path, kubeconfig: Path, timeout: float = 120.0) -> Ports:
-    """Install the CRDs and the admin Service, start the interceptor and the scaler (once: running
-    ones are kept); return their ports. KEDA's namespace must exist (kubemaas_testbed.keda.up)."""
+    """Install the CRDs, start the interceptor and the scaler (once: running ones are kept);
+    return their ports."""
     table = ProcessTable(state)
     record = state / PORTS
     running = {p.name for p in table.running()}
@@ -149,11 +145,8 @@ def up(state: Path, kubeconfig: Path, timeout: float = 120.0) -> Ports:
     down(state)
     interceptor_exe, scaler_exe = binary("interceptor"), binary("scaler")
     install_crds(kubeconfig)
-    cluster.kubectl(kubeconfig, "create", "namespace", NAMESPACE, check=False)
     ports = Ports(proxy=cluster.free_port(), admin=cluster.free_port(),
                   scaler=cluster.free_port())
-    cluster.kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", "-",
-                    input=_admin_service(ports.admin))
     common = {"KUBECONFIG": str(kubeconfig), "KEDA_HTTP_BIND_ADDRESS": "127.0.0.1",
               "OTEL_PROM_EXPORTER_ENABLED": "false"}
     proc = table.start(INTERCEPTOR, [str(interceptor_exe)], env={
@@ -169,7 +162,8 @@ def up(state: Path, kubeconfig: Path, timeout: float = 120.0) -> Ports:
         "KEDA_HTTP_SCALER_TARGET_ADMIN_NAMESPACE": NAMESPACE,
         "KEDA_HTTP_SCALER_TARGET_ADMIN_SERVICE": ADMIN_SERVICE,
         "KEDA_HTTP_SCALER_TARGET_ADMIN_DEPLOYMENT": INTERCEPTOR,
-        "KEDA_HTTP_SCALER_TARGET_ADMIN_PORT": str(ports.admin)})
+        "KEDA_HTTP_SCALER_TARGET_ADMIN_PORT": str(ports.admin),
+        "KEDA_HTTP_SCALER_TARGET_ADMIN_ADDRESSES": "127.0.0.1"})
     _wait(table, SCALER, proc.log, lambda: _listening(ports.scaler), timeout)
     record.write_text(json.dumps(ports.__dict__))
     return ports

@@ -16,6 +16,7 @@ from kubemaas_operator.render.wake import (
     INTERCEPTORROUTE_API_VERSION,
     KV_CACHE_REQUESTS_PER_REPLICA,
     hosts,
+    namespace_of,
 )
 
 PROM = "http://prometheus.monitoring:9090"
@@ -133,3 +134,24 @@ def test_settings_validate_the_add_on_addresses() -> None:
     with pytest.raises(SettingsError, match="KUBEMAAS_OPERATOR_HTTP_SCALER"):
         Settings.from_env({"KUBEMAAS_OPERATOR_NAMESPACE": "x",
                            "KUBEMAAS_OPERATOR_HTTP_SCALER": "http://scaler"})
+
+
+def test_the_network_policy_admits_the_interceptor_of_a_model_it_may_wake() -> None:
+    def peers(out: Any) -> list[dict[str, Any]]:
+        rules = _kinds(out)["NetworkPolicy"]["spec"].get("ingress") or []
+        return [peer for rule in rules for peer in rule["from"]]
+
+    keda_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
+    assert keda_ns in peers(_render(_spec(AT_ZERO)))
+    assert keda_ns not in peers(_render(_spec(AT_ZERO), http_addon=False))
+    assert keda_ns not in peers(_render(_spec(AT_ZERO), http_interceptor="127.0.0.1:4001"))
+
+
+@pytest.mark.parametrize("address,namespace", [
+    ("keda-add-ons-http-interceptor-proxy.keda:8080", "keda"),
+    ("proxy.edge.svc.cluster.local:80", "edge"),
+    ("127.0.0.1:4001", None),
+    ("proxy:80", None),
+])
+def test_namespace_of(address: str, namespace: str | None) -> None:
+    assert namespace_of(address) == namespace

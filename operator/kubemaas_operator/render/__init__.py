@@ -443,6 +443,13 @@ def _gateway_namespace(spec: ModelDeploymentSpec, ctx: RenderContext) -> str | N
     return ctx.default_gateway_namespace
 
 
+def _interceptor_namespace(spec: ModelDeploymentSpec, ctx: RenderContext) -> str | None:
+    """The namespace of KEDA's HTTP interceptor, for a model it may wake (render/wake.py)."""
+    woken = wake.choose(spec.autoscaling, autoscaler.choice_for(spec, ctx.keda, ctx.prometheus),
+                        ctx.http_addon, ctx.http_interceptor, ctx.name, ctx.namespace)
+    return wake.namespace_of(ctx.http_interceptor) if woken and woken.available else None
+
+
 def render_security(spec: ModelDeploymentSpec, ctx: RenderContext) -> list[dict[str, Any]]:
     """The NetworkPolicy (unless disabled) and the cert-manager Certificate (when asked)."""
     labels = common_labels(ctx.name)
@@ -453,7 +460,8 @@ def render_security(spec: ModelDeploymentSpec, ctx: RenderContext) -> list[dict[
                              name=ctx.name, namespace=ctx.namespace, labels=labels,
                              selector=service_selector(ctx.name),
                              ingress=ingress_rules(spec, _gateway_namespace(spec, ctx),
-                                                   ctx.monitoring_namespace)))
+                                                   ctx.monitoring_namespace,
+                                                   _interceptor_namespace(spec, ctx))))
         out.append(_stamp(policy, ctx, labels))
     tls = spec.serving.tls
     if tls is not None and tls.cert_manager is not None:

@@ -79,6 +79,16 @@ def choose(a: Autoscaling | None, choice: Choice | None, http_addon: bool, inter
                 "a request sent to its Service is refused", "", host)
 
 
+def namespace_of(address: str) -> str | None:
+    """The namespace of a Service address SERVICE.NAMESPACE[.svc…]:PORT (the interceptor's, for the
+    model's NetworkPolicy), or None for an IP address or a bare name."""
+    host = address.rpartition(":")[0] or address
+    labels = host.split(".")
+    if len(labels) < 2 or all(part.isdigit() for part in labels):
+        return None
+    return labels[1]
+
+
 def requests_per_replica(a: Autoscaling) -> int:
     """The interceptor trigger's target: in-flight requests through the interceptor per replica
     (the spec's target for queue and concurrency, which count requests too)."""

@@ -23,6 +23,10 @@ type config struct {
 	// TargetPort is the port on TargetService to which to issue metrics RPC requests to
 	// interceptors
 	TargetPort int `env:"KEDA_HTTP_SCALER_TARGET_ADMIN_PORT,required"`
+	// TargetAddresses, when set, are the interceptors' admin addresses (IPs or host names,
+	// comma-separated) instead of the ready endpoints of TargetService. A kubemaas patch: its
+	// testbed's interceptor is a host process on 127.0.0.1, which no EndpointSlice may carry.
+	TargetAddresses []string `env:"KEDA_HTTP_SCALER_TARGET_ADMIN_ADDRESSES"`
 	// CacheSyncPeriod is the time interval for the controller-runtime cache to resync.
 	// TODO: consider removing this to use the default value, otherwise align the env var name
 	CacheSyncPeriod time.Duration `env:"KEDA_HTTP_SCALER_CONFIG_MAP_INFORMER_RSYNC_PERIOD" envDefault:"60m"`

@@ -99,7 +99,11 @@ func main() {
 		runtime.Goexit()
 	}
 
-	pinger := newQueuePinger(ctrl.Log, k8s.EndpointsFuncForControllerClient(ctrlCache), namespace, svcName, deplName, targetPortStr, instruments)
+	endpointsFn := k8s.EndpointsFuncForControllerClient(ctrlCache)
+	if len(cfg.TargetAddresses) > 0 { // kubemaas patch: interceptors at fixed addresses
+		endpointsFn = k8s.StaticEndpointsFunc(cfg.TargetAddresses)
+	}
+	pinger := newQueuePinger(ctrl.Log, endpointsFn, namespace, svcName, deplName, targetPortStr, instruments)
 
 	ctx := ctrl.SetupSignalHandler()
 	ctx = util.ContextWithLogger(ctx, setupLog)

@@ -74,3 +74,13 @@ func extractAddresses(eps []discov1.EndpointSlice) Endpoints {
 		NotReadyAddresses: slices.Collect(maps.Keys(notReady)),
 	}
 }
+
+// StaticEndpointsFunc returns a GetEndpointsFunc that always answers the given ready addresses,
+// whatever the service. A kubemaas patch: its testbed runs the interceptor as a host process on
+// 127.0.0.1, an address no EndpointSlice may carry, so the scaler is told it directly
+// (KEDA_HTTP_SCALER_TARGET_ADMIN_ADDRESSES, scaler/main.go).
+func StaticEndpointsFunc(addresses []string) GetEndpointsFunc {
+	return func(context.Context, string, string) (Endpoints, error) {
+		return Endpoints{ReadyAddresses: slices.Clone(addresses)}, nil
+	}
+}
