@@ -43,6 +43,7 @@ from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     model_dir,
     model_volume,
     real_node,
+    timeline,
 )
 from tests.cluster.test_wake_on_request import (  # noqa: F401  (module fixtures)
     addon_env,
@@ -117,6 +118,7 @@ def test_first_request_wakes_the_model_on_the_real_node_and_is_answered(
                 f"{NAME}.{namespace} resolves on this machine: the interceptor could reach an "
                 "address other than a pod on the real node's bridge")
             load = os.getloadavg()
+            sent_at = time.time()
             sent = time.monotonic()
             code, out, headers = _infer_through_interceptor(http_addon, namespace, 300)
             waited = time.monotonic() - sent
@@ -135,10 +137,12 @@ def test_first_request_wakes_the_model_on_the_real_node_and_is_answered(
             pods = get_json(kube, "-n", namespace, "get", "pods", "-l",
                             f"app.kubernetes.io/instance={NAME}")["items"]
             assert {p["spec"].get("nodeName") for p in pods} == {real_node.node.name}
+            steps = timeline(kube, namespace, pods[0], sent_at)
+            print(f"  seconds after the request was sent, to 1 s: {steps}")
             TIMINGS.parent.mkdir(exist_ok=True)
             with TIMINGS.open("a") as f:
                 f.write(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                    "wake_on_request_s": round(waited, 2),
+                                    "wake_on_request_s": round(waited, 2), "steps": steps,
                                     "load1": load[0]}) + "\n")
             # A second request finds the model awake: no cold start.
             code, out, headers = _infer_through_interceptor(http_addon, namespace, 60)
