@@ -3,7 +3,7 @@ with KEDA's operator and its HTTP add-on's interceptor and scaler running (kubem
 kubemaas_testbed.keda_http):
 
 - with KEDA but without the add-on, a model at minReplicas 0 says that wake on request is
-  unavailable and why (status.autoscaling.wakeOnRequest), and gets no route;
+  unavailable and why (status.autoscaling.wakeOnRequest, a Warning Event), and gets no route;
 - with the add-on, it gets an InterceptorRoute and the external-push trigger, KEDA accepts that
   trigger (it opens its stream to the add-on's scaler), the interceptor learns the route, the
   status and the Reason column say where requests must go, a hand-edit of the route is undone,
@@ -23,7 +23,7 @@ import pytest
 
 from kubemaas_testbed import keda_http
 from tests.cluster.conftest import Operator, reconfigured
-from tests.cluster.test_autoscaling_keda import CPU, FakePrometheus, _exists
+from tests.cluster.test_autoscaling_keda import CPU, FakePrometheus, _events, _exists
 from tests.cluster.test_autoscaling_keda import keda as keda  # the module fixture
 from tests.cluster.test_operator import apply, get, get_md_table, md, status
 from tests.conftest import Kube
@@ -56,7 +56,8 @@ def http_addon(kube: Kube, keda: None) -> Iterator[keda_http.Ports]:
         kube.kubectl("delete", "interceptorroutes.http.keda.sh", "--all-namespaces", "--all",
                      "--timeout=60s", check=False)
         keda_http.down(state)
-        kube.kubectl("delete", "crd", *keda_http.crd_names(), "--wait=false", check=False)
+        # gone before the next module looks (test_without_the_add_on_… needs a cluster without)
+        kube.kubectl("delete", "crd", *keda_http.crd_names(), "--timeout=60s", check=False)
 
 
 def addon_env(prom: FakePrometheus, ports: keda_http.Ports) -> dict[str, str]:
@@ -73,9 +74,9 @@ def _wake(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
 def test_without_the_add_on_wake_on_request_is_unavailable_and_says_why(
         kube: Kube, namespace: str, operator: Operator, keda: None,
         prometheus: FakePrometheus) -> None:
-    assert kube.kubectl("get", "crd", "interceptorroutes.http.keda.sh",
-                        check=False).returncode != 0, (
-        "this test needs a cluster without the HTTP add-on (it runs before its fixture)")
+    wait_for(lambda: kube.kubectl("get", "crd", "interceptorroutes.http.keda.sh",
+                                  check=False).returncode != 0, timeout=60,
+             what="a cluster without the HTTP add-on's CRDs (this test runs before its fixture)")
     with reconfigured(operator, KUBEMAAS_OPERATOR_PROMETHEUS=prometheus.url):
         apply(kube, namespace, md("z", runtime=CPU, autoscaling=AT_ZERO))
         wake = wait_for(lambda: _wake(kube, namespace, "z"), timeout=60,
@@ -84,6 +85,9 @@ def test_without_the_add_on_wake_on_request_is_unavailable_and_says_why(
         assert "http.keda.sh/v1beta1 InterceptorRoute" in wake["message"]
         so = get(kube, namespace, "scaledobject", "z")
         assert [t["type"] for t in so["spec"]["triggers"]] == ["prometheus"]
+        (event,) = wait_for(lambda: _events(kube, namespace, "HTTPAddOnNotInstalled"),
+                            timeout=30, what="an HTTPAddOnNotInstalled Event")
+        assert event["type"] == "Warning"
 
 
 def test_route_and_trigger_follow_the_spec_and_keda_accepts_them(

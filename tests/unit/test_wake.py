@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from kubemaas_operator.api import parse_spec
+from kubemaas_operator.autoscaling_status import events
 from kubemaas_operator.autoscaling_status import status as autoscaling_status
 from kubemaas_operator.config import Settings, SettingsError
 from kubemaas_operator.render import CHILD_KINDS, RenderContext, render
@@ -155,3 +156,18 @@ def test_the_network_policy_admits_the_interceptor_of_a_model_it_may_wake() -> N
 ])
 def test_namespace_of(address: str, namespace: str | None) -> None:
     assert namespace_of(address) == namespace
+
+
+def test_a_warning_event_when_a_model_at_zero_cannot_be_woken_once_per_change() -> None:
+    out = _render(_spec(AT_ZERO), http_addon=False)
+    st = autoscaling_status(out.autoscaler, out.wake_on_request)
+    assert st is not None
+    (normal, warning) = events(None, st)
+    assert normal[:2] == ("Normal", "Autoscaling")
+    assert warning[:2] == ("Warning", "HTTPAddOnNotInstalled")
+    assert events(st, st) == []
+    woken = _render(_spec(AT_ZERO))
+    st_ok = autoscaling_status(woken.autoscaler, woken.wake_on_request)
+    assert events(st, st_ok) == []  # the add-on arrived: nothing to warn about
+    (again,) = events(st_ok, st)
+    assert again[1] == "HTTPAddOnNotInstalled"
