@@ -2,14 +2,16 @@
 the first request"): a runtime ModelDeployment with `minReplicas: 0` on the real node sits at zero
 (ScaledToZero); one inference request sent to KEDA's HTTP interceptor on 127.0.0.1 is held, KEDA
 starts the pod on the real node (the add-on's scaler told it the route has a request in flight),
-and the same request is answered with the right result. The wait (request sent -> answer) is
-printed and appended to .state/real-node-timings.jsonl.
+and the same request is answered with the right result. Left idle for idleSeconds, KEDA takes it
+back to zero, and the next request wakes it again. Each wait (request sent -> answer) is printed
+and appended to .state/real-node-timings.jsonl.
 
-Network safety: the test sends one request, to the interceptor on 127.0.0.1. The interceptor runs
-with direct-to-pod routing: it forwards to a ready pod IP:port from the model Service's
-EndpointSlices, never to the ClusterIP, and the name it would otherwise dial (NAME.NAMESPACE) does
-not resolve on this machine (checked below). The model's pods run only on the real node
-(nodeSelector), so every address behind the Service is on the real node's bridge (checked below).
+Network safety: the test sends three requests, all to the interceptor on 127.0.0.1. The
+interceptor runs with direct-to-pod routing: it forwards to a ready pod IP:port from the model
+Service's EndpointSlices, never to the ClusterIP, and the name it would otherwise dial
+(NAME.NAMESPACE) does not resolve on this machine (checked below). The model's pods run only on
+the real node (nodeSelector), so every address behind the Service is on the real node's bridge
+(checked below).
 """
 
 from __future__ import annotations
@@ -108,42 +110,12 @@ def test_first_request_wakes_the_model_on_the_real_node_and_is_answered(
               "scheduling": {"nodeSelector": {real.LABEL: "true"},
                              "tolerations": [real.TOLERATION]},
               "autoscaling": {"signal": "queue", "target": 1, "minReplicas": 0,
-                              "maxReplicas": 1, "idleSeconds": 60}}}
+                              "maxReplicas": 1, "idleSeconds": 10}}}
     try:
         with reconfigured(operator, **addon_env(prometheus, http_addon)):
             kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(md))
             _at_zero(kube, namespace, http_addon)
-            # The name the interceptor dials without direct-to-pod routing leads nowhere here.
-            assert not _resolves(f"{NAME}.{namespace}"), (
-                f"{NAME}.{namespace} resolves on this machine: the interceptor could reach an "
-                "address other than a pod on the real node's bridge")
-            load = os.getloadavg()
-            sent_at = time.time()
-            sent = time.monotonic()
-            code, out, headers = _infer_through_interceptor(http_addon, namespace, 300)
-            waited = time.monotonic() - sent
-            print(f"\nwake on request: request sent to the interceptor -> answer {code}: "
-                  f"{waited:.2f} s (load average before: {load[0]:.1f} {load[1]:.1f} "
-                  f"{load[2]:.1f})")
-            assert code == 200, f"the held request was not answered: {code} {out}"
-            assert list(out["outputs"][0]["data"]) == Y
-            # the interceptor says it held the request for a cold start
-            assert headers.get("x-keda-http-cold-start") == "true", headers
-            addresses = _slice_addresses(kube, namespace)
-            assert addresses and all(
-                ipaddress.ip_address(a) in real_node.slot.subnet for a in addresses), (
-                f"the Service's endpoints {addresses} are not all on the real node's bridge "
-                f"{real_node.slot.subnet}")
-            pods = get_json(kube, "-n", namespace, "get", "pods", "-l",
-                            f"app.kubernetes.io/instance={NAME}")["items"]
-            assert {p["spec"].get("nodeName") for p in pods} == {real_node.node.name}
-            steps = timeline(kube, namespace, pods[0], sent_at)
-            print(f"  seconds after the request was sent, to 1 s: {steps}")
-            TIMINGS.parent.mkdir(exist_ok=True)
-            with TIMINGS.open("a") as f:
-                f.write(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                    "wake_on_request_s": round(waited, 2), "steps": steps,
-                                    "load1": load[0]}) + "\n")
+            _wake(kube, namespace, real_node, http_addon, "at zero since its creation")
             # A second request finds the model awake: no cold start.
             code, out, headers = _infer_through_interceptor(http_addon, namespace, 60)
             assert code == 200 and list(out["outputs"][0]["data"]) == Y
@@ -151,10 +123,50 @@ def test_first_request_wakes_the_model_on_the_real_node_and_is_answered(
             wait_for(lambda: (get_json(kube, "-n", namespace, "get", "md", NAME)
                               .get("status") or {}).get("phase") == "Ready",
                      timeout=120, what="the woken ModelDeployment to be Ready")
+            # Idle for idleSeconds: KEDA takes it back to zero, and the next request wakes it.
+            _at_zero(kube, namespace, http_addon)
+            _wake(kube, namespace, real_node, http_addon, "back at zero after idleSeconds")
     finally:
         kube.kubectl("-n", namespace, "delete", "md", NAME, "--ignore-not-found",
                      "--wait=false", check=False)
         kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+
+
+def _wake(kube: Kube, namespace: str, node: Node, ports: keda_http.Ports, when: str) -> float:
+    """One request to the interceptor wakes the model at zero and is answered correctly, by a
+    pod on the real node; the wait is printed and recorded."""
+    # The name the interceptor dials without direct-to-pod routing leads nowhere here.
+    assert not _resolves(f"{NAME}.{namespace}"), (
+        f"{NAME}.{namespace} resolves on this machine: the interceptor could reach an "
+        "address other than a pod on the real node's bridge")
+    load = os.getloadavg()
+    sent_at = time.time()
+    sent = time.monotonic()
+    code, out, headers = _infer_through_interceptor(ports, namespace, 300)
+    waited = time.monotonic() - sent
+    print(f"\nwake on request ({when}): request sent to the interceptor -> answer {code}: "
+          f"{waited:.2f} s (load average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f})")
+    assert code == 200, f"the held request was not answered: {code} {out}"
+    assert list(out["outputs"][0]["data"]) == Y
+    # the interceptor says it held the request for a cold start
+    assert headers.get("x-keda-http-cold-start") == "true", headers
+    addresses = _slice_addresses(kube, namespace)
+    assert addresses and all(
+        ipaddress.ip_address(a) in node.slot.subnet for a in addresses), (
+        f"the Service's endpoints {addresses} are not all on the real node's bridge "
+        f"{node.slot.subnet}")
+    pods = [p for p in get_json(kube, "-n", namespace, "get", "pods", "-l",
+                                f"app.kubernetes.io/instance={NAME}")["items"]
+            if not p["metadata"].get("deletionTimestamp")]
+    assert {p["spec"].get("nodeName") for p in pods} == {node.node.name}
+    steps = timeline(kube, namespace, pods[0], sent_at)
+    print(f"  seconds after the request was sent, to 1 s: {steps}")
+    TIMINGS.parent.mkdir(exist_ok=True)
+    with TIMINGS.open("a") as f:
+        f.write(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "wake_on_request_s": round(waited, 2), "at": when, "steps": steps,
+                            "load1": load[0]}) + "\n")
+    return waited
 
 
 def _at_zero(kube: Kube, namespace: str, ports: keda_http.Ports) -> None:
@@ -166,14 +178,14 @@ def _at_zero(kube: Kube, namespace: str, ports: keda_http.Ports) -> None:
     wait_for(lambda: ((md_status().get("autoscaling") or {}).get("wakeOnRequest") or {}).get(
         "available"), timeout=90, what="wakeOnRequest available")
     wait_for(lambda: any(c["reason"] == "ScaledToZero" for c in md_status().get(
-        "conditions") or []), timeout=90, what="ScaledToZero")
+        "conditions") or []), timeout=240, what="ScaledToZero")
     wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in (
         get_json(kube, "-n", namespace, "get", "scaledobject", NAME).get("status") or {}).get(
             "conditions") or []), timeout=120, what="KEDA's Ready on the ScaledObject")
     wait_for(lambda: f"{namespace}/{NAME}" in keda_http.pending(ports), timeout=60,
              what="the interceptor to learn the route")
-    dep = get_json(kube, "-n", namespace, "get", "deployment", NAME)
-    assert dep["spec"].get("replicas") == 0
+    wait_for(lambda: get_json(kube, "-n", namespace, "get", "deployment", NAME)["spec"].get(
+        "replicas") == 0, timeout=180, what="the Deployment at 0 replicas")
     # A new Deployment is created without replicas (the API's default is 1) and set to the floor
     # (0) right after: a pod the ReplicaSet made in between is on its way out.
     wait_for(lambda: not get_json(kube, "-n", namespace, "get", "pods", "-l",
