@@ -98,6 +98,12 @@ def binary(part: str) -> Path:
     return found
 
 
+def built() -> bool:
+    """Whether both binaries of the vendored source's version are in the binary cache."""
+    return all(binaries.find(f"keda-http-{part}-{version()}") is not None
+               for part in ("interceptor", "scaler"))
+
+
 def crd_names() -> list[str]:
     return [f"{stem.split('_', 1)[1]}.{stem.split('_', 1)[0]}" for stem in CRDS]
 

@@ -15,6 +15,7 @@ is tests/cluster/test_real_node_wake.py, on the real node.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from kubemaas_testbed import keda_http
-from tests.cluster.conftest import Operator, reconfigured
+from tests.cluster.conftest import ROOT, Operator, reconfigured
 from tests.cluster.test_autoscaling_keda import CPU, FakePrometheus, _events, _exists
 from tests.cluster.test_autoscaling_keda import keda as keda  # the module fixture
 from tests.cluster.test_operator import apply, get, get_md_table, md, status
@@ -48,6 +49,9 @@ def http_addon(kube: Kube, keda: None) -> Iterator[keda_http.Ports]:
     """The add-on's CRDs, interceptor and scaler for this module; removed afterwards, so that the
     rest of the session sees a cluster without the add-on again."""
     assert kube.log_dir is not None, "the add-on fixture needs the session's own testbed"
+    if not keda_http.built():  # built once (from third_party/), cached like the control plane
+        subprocess.run(["nice", "-n", "10", str(ROOT / "hack" / "build-testbed"),
+                        "--with-keda"], check=True)
     state = Path(kube.log_dir).parent
     ports = keda_http.up(state, kube.kubeconfig)
     try:
