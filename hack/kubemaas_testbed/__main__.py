@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("inference-extension", help="install the Gateway API Inference Extension's "
                    "InferencePool CRD from the Go module cache; idempotent")
     keda_cmd = sub.add_parser("keda", help="install KEDA's CRDs from its Go module and start "
-                              "its operator and metrics API server (built by hack/build-testbed "
-                              "--with-keda); `keda down` stops both")
+                              "its operator, its metrics API server and its HTTP add-on's "
+                              "interceptor and scaler (built by hack/build-testbed --with-keda); "
+                              "`keda down` stops them")
     keda_cmd.add_argument("action", nargs="?", choices=["up", "down"], default="up")
     args = parser.parse_args(argv)
 
@@ -78,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             for crd in inference_extension.install(cluster.kubeconfig):
                 print(f"installed {crd}")
         elif args.verb == "keda":
-            from . import keda
+            from . import keda, keda_http
 
             if args.action == "down":
+                keda_http.down(cluster.state)
                 keda.down(cluster.state)
             else:
                 if not cluster.is_up():
@@ -90,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"({keda.APISERVICE} Available); logs: "
                       f"{cluster.state / 'logs' / keda.PROCESS}.log, "
                       f"{cluster.state / 'logs' / keda.ADAPTER_PROCESS}.log")
+                ports = keda_http.up(cluster.state, cluster.kubeconfig)
+                print(f"KEDA HTTP add-on: interceptor on {ports.interceptor_address} (send "
+                      f"requests there with Host NAME.NAMESPACE), scaler on "
+                      f"{ports.scaler_address}; for the operator: "
+                      f"KUBEMAAS_OPERATOR_HTTP_SCALER={ports.scaler_address} "
+                      f"KUBEMAAS_OPERATOR_HTTP_INTERCEPTOR={ports.interceptor_address}")
     except (ClusterError, NodeError, binaries.MissingBinaryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

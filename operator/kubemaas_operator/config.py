@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from .api import EndpointPicker, SpecError, parse_endpoint_picker
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
 _SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -70,6 +71,12 @@ class Settings:
     # ScaledObjects of models that scale on queue, concurrency or kvCache read their signal from
     # it; empty = none (those models fall back to CPU; docs/autoscaling.md).
     prometheus: str = ""
+    # KEDA's HTTP add-on (docs/autoscaling.md, waking on the first request), where the API server
+    # serves its InterceptorRoute: the gRPC address (HOST:PORT) of its external scaler, which the
+    # ScaledObjects of models at minReplicas 0 name in their external-push trigger, and of its
+    # interceptor's proxy, where requests must go to wake a model at zero (the status says so).
+    http_scaler: str = "keda-add-ons-http-external-scaler.keda:9090"
+    http_interceptor: str = "keda-add-ons-http-interceptor-proxy.keda:8080"
 
     def default_gateway(self) -> tuple[str, str] | None:
         """KUBEMAAS_OPERATOR_GATEWAY as (namespace, name), or None when unset."""
@@ -149,6 +156,10 @@ class Settings:
                                                 settings.prometheus):
             raise SettingsError(f"KUBEMAAS_OPERATOR_PROMETHEUS={settings.prometheus!r}: expected "
                                 "http(s)://HOST:PORT of a Prometheus")
+        for var, value in (("HTTP_SCALER", settings.http_scaler),
+                           ("HTTP_INTERCEPTOR", settings.http_interceptor)):
+            if not _HOST_PORT.match(value):
+                raise SettingsError(f"KUBEMAAS_OPERATOR_{var}={value!r}: expected HOST:PORT")
         if settings.peering_lifetime_s < 2:
             raise SettingsError("KUBEMAAS_OPERATOR_PEERING_LIFETIME_S must be >= 2")
         return settings

@@ -1,8 +1,8 @@
 """API discovery of the optional kinds the operator renders when they are served: the Gateway
 API's HTTPRoute, cert-manager's Certificate, the Gateway API Inference Extension's
-InferencePool and KEDA's ScaledObject. Asked at start (handlers.startup) and every
-gateway_discovery_s; when an answer changes, every model is looked at again (its children of
-that kind are made or taken down).
+InferencePool, KEDA's ScaledObject and its HTTP add-on's InterceptorRoute. Asked at start
+(handlers.startup) and every gateway_discovery_s; when an answer changes, every model is looked
+at again (its children of that kind are made or taken down).
 A kind found served is also one kopf must watch (kopf_watch.py: kopf can miss a late CRD)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .render import HTTPROUTE_API_VERSION
 from .render.autoscaler import SCALEDOBJECT_API_VERSION
 from .render.inference import INFERENCEPOOL_API_VERSION
 from .render.security import CERTIFICATE_API_VERSION
+from .render.wake import INTERCEPTORROUTE_API_VERSION
 
 if TYPE_CHECKING:
     from .handlers import Runtime
@@ -30,6 +31,9 @@ OPTIONAL = {
                         ": language models get an InferencePool"),
     "keda": (SCALEDOBJECT_API_VERSION, "scaledobjects", "KEDA ScaledObject",
              ": models that scale on queue, concurrency or kvCache get a ScaledObject"),
+    "http_addon": (INTERCEPTORROUTE_API_VERSION, "interceptorroutes",
+                   "KEDA HTTP add-on InterceptorRoute",
+                   ": models at minReplicas 0 wake on a request through its interceptor"),
 }
 
 

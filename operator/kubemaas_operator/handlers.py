@@ -63,13 +63,14 @@ CHILDREN = {
     "Certificate": ("cert-manager.io", "v1", "certificates"),
     "InferencePool": ("inference.networking.k8s.io", "v1", "inferencepools"),
     "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
+    "InterceptorRoute": ("http.keda.sh", "v1beta1", "interceptorroutes"),
 }
 OURS = {MANAGED_BY: MANAGER}
 _INDEX_OF = {"Deployment": "deployment_index", "Service": "service_index",
              "HorizontalPodAutoscaler": "hpa_index", "PodDisruptionBudget": "pdb_index",
              "HTTPRoute": "httproute_index", "NetworkPolicy": "networkpolicy_index",
              "Certificate": "certificate_index", "InferencePool": "inferencepool_index",
-             "ScaledObject": "scaledobject_index"}
+             "ScaledObject": "scaledobject_index", "InterceptorRoute": "interceptorroute_index"}
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Runtime:
     cert_manager: bool = False  # API discovery: Certificate (cert-manager.io/v1) served
     inference_pools: bool = False  # API discovery: InferencePool (inference.networking.k8s.io/v1)
     keda: bool = False  # API discovery: ScaledObject (keda.sh/v1alpha1) served
+    http_addon: bool = False  # API discovery: InterceptorRoute (http.keda.sh/v1beta1) served
     queue: Any = None
     metrics_server: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -184,6 +186,7 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
                     pods=pods, nodes=nodes, used=used, pending=pending,
                     gateway_api=_runtime().gateway_api, cert_manager=_runtime().cert_manager,
                     inference_pools=_runtime().inference_pools, keda=_runtime().keda,
+                    http_addon=_runtime().http_addon,
                     cache=modelcache.cache_mount(key[0], str(cache)) if cache else None)
 
 
@@ -276,6 +279,8 @@ inferencepool_index = kopf.index(*CHILDREN["InferencePool"], labels=OURS,
                                  id="inferencepool_index")(_child_index)
 scaledobject_index = kopf.index(*CHILDREN["ScaledObject"], labels=OURS,
                                 id="scaledobject_index")(_child_index)
+interceptorroute_index = kopf.index(*CHILDREN["InterceptorRoute"], labels=OURS,
+                                    id="interceptorroute_index")(_child_index)
 
 
 def _gpu_requests(spec: Mapping[str, Any]) -> dict[str, int]:
@@ -448,6 +453,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
                                                  "hpa_index", "pdb_index", "httproute_index",
                                                  "networkpolicy_index", "certificate_index",
                                                  "inferencepool_index", "scaledobject_index",
+                                                 "interceptorroute_index",
                                                  "owed_index",
                                                  "pod_index", "node_index", "namespace_index",
                                                  "blocked_index")})

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import cache_progress
+from . import autoscaling_status, cache_progress
 from .api import (
     API_VERSION,
     KIND,
@@ -105,6 +105,7 @@ class Snapshot:
     inference_pools: bool = False
     cache: CacheMount | None = None  # the ModelCache spec.model.cache names (modelcache/)
     keda: bool = False  # the API server serves keda.sh/v1alpha1 ScaledObject
+    http_addon: bool = False  # the API server serves http.keda.sh/v1beta1 InterceptorRoute
 
 
 @dataclass
@@ -163,7 +164,8 @@ class Memory:
         key = digest([raw_spec, ctx.name, ctx.namespace, ctx.uid, template_name,
                       ctx.template_source, ctx.default_gateway_namespace,
                       ctx.monitoring_namespace, repr(ctx.cache), ctx.vllm_image,
-                      ctx.gpu_types, ctx.model_record, ctx.keda, ctx.prometheus], 32)
+                      ctx.gpu_types, ctx.model_record, ctx.keda, ctx.prometheus,
+                      ctx.http_addon, ctx.http_scaler, ctx.http_interceptor], 32)
         hit = self._renders.get(key)
         if hit is None:  # gpu.count auto: sized from the model's shape and the GPU node types
             spec = size_gpus(parse_spec(raw_spec), ctx.gpu_types, ctx.model_record)
@@ -309,12 +311,15 @@ def _security_context(settings: Settings, snap: Snapshot,
                       record: ModelShape | None) -> dict[str, Any]:
     """The RenderContext fields the NetworkPolicy takes from the operator's settings, those of
     language models (the vLLM image, the GPU node types, the model cache's shape) and of
-    autoscaling (whether KEDA is served, the Prometheus its triggers read)."""
+    autoscaling (whether KEDA is served, the Prometheus its triggers read; whether KEDA's HTTP
+    add-on is, and where its scaler and interceptor listen)."""
     default = settings.default_gateway()
     return {"default_gateway_namespace": default[0] if default else None,
             "monitoring_namespace": settings.monitoring_namespace,
             "vllm_image": settings.vllm_image, "gpu_types": gpu_types(snap.nodes),
-            "model_record": record, "keda": snap.keda, "prometheus": settings.prometheus}
+            "model_record": record, "keda": snap.keda, "prometheus": settings.prometheus,
+            "http_addon": snap.http_addon, "http_scaler": settings.http_scaler,
+            "http_interceptor": settings.http_interceptor}
 
 
 def gateway_children(name: str) -> list[tuple[str, str, str, str]]:
@@ -568,7 +573,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         pods=snap.pods, node_products=products, capacity=capacity,
         url=url(name, namespace, spec.serving.port), selector=base.selector,
         not_ready_grace_s=settings.not_ready_grace_s, rollout=plan.view, cache=cache,
-        autoscaling=rendered.autoscaler.status() if rendered.autoscaler else None)
+        autoscaling=autoscaling_status.status(rendered.autoscaler, rendered.wake_on_request))
     outcome.status = compute_status(spec, observed, gpu_summary(spec, placed))
     await _write_status(cluster, memory, body, outcome.status)
     waits = [w for w in (_next_check(snap.pods, now, settings.not_ready_grace_s),

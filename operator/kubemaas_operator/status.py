@@ -281,6 +281,15 @@ def _desired(spec: ModelDeploymentSpec, dep: DeploymentInfo | None) -> int:
     return spec.desired_replicas
 
 
+def _wakes(autoscaling: Mapping[str, Any] | None) -> str:
+    """What else wakes a model at zero: a request through KEDA's HTTP interceptor (render/wake.py),
+    when the add-on is there."""
+    wake = (autoscaling or {}).get("wakeOnRequest") or {}
+    if not wake.get("available"):
+        return ""
+    return f" or on a request to {wake.get('interceptor')} with Host {wake.get('host')}"
+
+
 def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], str, int]:
     dep = o.deployment
     desired = _desired(spec, dep)
@@ -312,7 +321,7 @@ def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], st
     if desired == 0 and spec.autoscaling is not None:
         available = _Cond("Available", "False", "ScaledToZero",
                           f"idle at 0 replicas; scales out when its {spec.autoscaling.signal} "
-                          "signal rises (autoscaling minReplicas 0)")
+                          f"signal rises{_wakes(o.autoscaling)} (autoscaling minReplicas 0)")
     elif desired == 0:
         available = _Cond("Available", "False", "ScaledToZero", "replicas is 0")
     elif ready >= desired:

@@ -31,6 +31,9 @@ HTTPROUTE_GOLDEN = DATA / "gateway" / "h100-model-httproute.yaml"
 INFERENCEPOOL_GOLDEN = DATA / "gateway" / "llm-inferencepool.yaml"
 # The KEDA ScaledObject: the queue-scaled example where the API server serves KEDA.
 SCALEDOBJECT_GOLDEN = DATA / "keda" / "queue-autoscaling-model-scaledobject.yaml"
+# Waking on the first request: the same example at minReplicas 0 where the API server also serves
+# KEDA's HTTP add-on (its InterceptorRoute, and the external-push trigger on the ScaledObject).
+WAKE_GOLDEN = DATA / "keda" / "queue-autoscaling-model-at-zero-interceptorroute.yaml"
 
 
 def _testbed_gpu_types() -> tuple[GPUType, ...]:
@@ -67,10 +70,24 @@ def test_golden_scaledobject() -> None:
           "the KEDA ScaledObject of queue-autoscaling-model.yaml")
 
 
+def test_golden_wake_on_request() -> None:
+    md = yaml.safe_load((ROOT / "examples" / "queue-autoscaling-model.yaml").read_text())
+    md["spec"]["autoscaling"].update(minReplicas=0, idleSeconds=300)
+    ctx = RenderContext(name=md["metadata"]["name"], namespace="models",
+                        uid="00000000-0000-0000-0000-000000000001", keda=True,
+                        prometheus="http://prometheus.monitoring:9090", http_addon=True,
+                        http_scaler="keda-add-ons-http-external-scaler.keda:9090",
+                        http_interceptor="keda-add-ons-http-interceptor-proxy.keda:8080")
+    children = [c for c in render(parse_spec(md["spec"]), ctx).children
+                if c["kind"] in ("InterceptorRoute", "ScaledObject")]
+    check(WAKE_GOLDEN, yaml.safe_dump_all(children, sort_keys=True),
+          "the InterceptorRoute and ScaledObject of queue-autoscaling-model.yaml at minReplicas 0")
+
+
 def test_no_stale_golden_files() -> None:
     """Every golden file belongs to a case above (a removed example takes its file along)."""
     extra = stale(DATA, [*(DATA / f"{e.stem}.yaml" for e in EXAMPLES), HTTPROUTE_GOLDEN,
-                         INFERENCEPOOL_GOLDEN, SCALEDOBJECT_GOLDEN])
+                         INFERENCEPOOL_GOLDEN, SCALEDOBJECT_GOLDEN, WAKE_GOLDEN])
     assert not extra, (f"golden files that no case produces: {[str(p) for p in extra]}; "
                        "KUBEMAAS_UPDATE_GOLDEN=1 removes them")
 

@@ -82,11 +82,22 @@ class RolloutStatus:
 
 
 @dataclass(frozen=True)
+class WakeOnRequestStatus:
+    available: bool = field(metadata=json_name("available"), default=False)
+    reason: str | None = field(metadata=json_name("reason"), default=None)
+    message: str | None = field(metadata=json_name("message"), default=None)
+    interceptor: str | None = field(metadata=json_name("interceptor"), default=None)
+    host: str | None = field(metadata=json_name("host"), default=None)
+
+
+@dataclass(frozen=True)
 class AutoscalingStatus:
     engine: str = field(metadata=json_name("engine"), default="None")
     signal: str | None = field(metadata=json_name("signal"), default=None)
     reason: str | None = field(metadata=json_name("reason"), default=None)
     message: str | None = field(metadata=json_name("message"), default=None)
+    wake_on_request: WakeOnRequestStatus | None = field(metadata=json_name("wakeOnRequest"),
+                                                        default=None)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ PLURALS: dict[str, str] = {
     "InferencePool": "inferencepools",
     "ModelCache": "modelcaches",
     "ScaledObject": "scaledobjects",
+    "InterceptorRoute": "interceptorroutes",
     "ConfigMap": "configmaps",
     "Event": "events",
     "ModelDeployment": MD_PLURAL,

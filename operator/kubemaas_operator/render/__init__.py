@@ -26,7 +26,7 @@ from ..engines import DEFAULT_VLLM_IMAGE, TENSOR, probes
 from ..modelcache.mount import CacheMount, mount_cache
 from ..scheduling import Placement, placement
 from ..sizing import GPUType
-from . import autoscaler, conversion, llm, optimization
+from . import autoscaler, conversion, llm, optimization, wake
 from .security import (
     CERTIFICATE_API_VERSION,
     CertificateParams,
@@ -87,6 +87,13 @@ class RenderContext:
     # the Prometheus its triggers read the models' signals from ("" = none named).
     keda: bool = False
     prometheus: str = ""
+    # Waking a model at zero on its first request (render/wake.py): whether the API server serves
+    # the KEDA HTTP add-on's InterceptorRoute, its external scaler's gRPC address (HOST:PORT, the
+    # ScaledObject's external-push trigger) and its interceptor's proxy address (the status says
+    # where requests must go).
+    http_addon: bool = False
+    http_scaler: str = ""
+    http_interceptor: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,7 @@ class Rendered:
     children: list[dict[str, Any]] = field(default_factory=list)
     revision: str = ""
     autoscaler: autoscaler.Choice | None = None  # the engine of spec.autoscaling, and why
+    wake_on_request: wake.Wake | None = None  # at minReplicas 0: whether a request wakes it
 
 
 def common_labels(name: str) -> dict[str, str]:
@@ -401,11 +409,18 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
                                     metrics_port=params.metrics_port))
     children.append(_stamp(service, ctx, svc_labels))
     choice = autoscaler.choice_for(spec, ctx.keda, ctx.prometheus)
+    woken = wake.choose(spec.autoscaling, choice, ctx.http_addon, ctx.http_interceptor,
+                        ctx.name, ctx.namespace)
     if spec.autoscaling is not None and choice is not None and choice.engine != autoscaler.NONE:
         scaler = (autoscaler.scaled_object(spec.autoscaling, ctx.name, ctx.namespace, labels,
                                            ctx.prometheus) if choice.engine == autoscaler.KEDA
                   else autoscaler.horizontal_pod_autoscaler(choice, spec.autoscaling, ctx.name,
                                                             ctx.namespace, labels))
+        if woken is not None and woken.available:
+            scaler = wake.with_trigger(scaler, ctx.name, ctx.http_scaler)
+            children.append(_stamp(wake.interceptor_route(
+                spec.autoscaling, ctx.name, ctx.namespace, labels, spec.serving.port),
+                ctx, labels))
         children.append(_stamp(scaler, ctx, labels))
     if spec.desired_replicas > 1:
         pdb = _render(builtin_template("pdb.yaml.j2"), "disruption budget template",
@@ -413,7 +428,8 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
                                 selector=service_selector(ctx.name)))
         children.append(_stamp(pdb, ctx, labels))
     children.extend(render_security(spec, ctx))
-    return Rendered(children=children, revision=revision, autoscaler=choice)
+    return Rendered(children=children, revision=revision, autoscaler=choice,
+                    wake_on_request=woken)
 
 
 def app_protocol(spec: ModelDeploymentSpec) -> str:
@@ -427,6 +443,13 @@ def _gateway_namespace(spec: ModelDeploymentSpec, ctx: RenderContext) -> str | N
     return ctx.default_gateway_namespace
 
 
+def _interceptor_namespace(spec: ModelDeploymentSpec, ctx: RenderContext) -> str | None:
+    """The namespace of KEDA's HTTP interceptor, for a model it may wake (render/wake.py)."""
+    woken = wake.choose(spec.autoscaling, autoscaler.choice_for(spec, ctx.keda, ctx.prometheus),
+                        ctx.http_addon, ctx.http_interceptor, ctx.name, ctx.namespace)
+    return wake.namespace_of(ctx.http_interceptor) if woken and woken.available else None
+
+
 def render_security(spec: ModelDeploymentSpec, ctx: RenderContext) -> list[dict[str, Any]]:
     """The NetworkPolicy (unless disabled) and the cert-manager Certificate (when asked)."""
     labels = common_labels(ctx.name)
@@ -437,7 +460,8 @@ def render_security(spec: ModelDeploymentSpec, ctx: RenderContext) -> list[dict[
                              name=ctx.name, namespace=ctx.namespace, labels=labels,
                              selector=service_selector(ctx.name),
                              ingress=ingress_rules(spec, _gateway_namespace(spec, ctx),
-                                                   ctx.monitoring_namespace)))
+                                                   ctx.monitoring_namespace,
+                                                   _interceptor_namespace(spec, ctx))))
         out.append(_stamp(policy, ctx, labels))
     tls = spec.serving.tls
     if tls is not None and tls.cert_manager is not None:
@@ -556,6 +580,7 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "Service"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     (autoscaler.SCALEDOBJECT_API_VERSION, "ScaledObject"),
+    (wake.INTERCEPTORROUTE_API_VERSION, "InterceptorRoute"),
     ("policy/v1", "PodDisruptionBudget"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     (CERTIFICATE_API_VERSION, "Certificate"),
