@@ -38,6 +38,8 @@ from .drift import drift
 from .floor import FLOOR_MANAGER, autoscaler_observed, hand_over, raise_to_floor
 from .k8s import ApiError, AsyncCluster
 from .metrics import count_rollouts
+from .modelcache import implicit_apply
+from .modelcache.implicit import Owner, Plan
 from .modelcache.mount import CacheMount, cache_wait
 from .render import (
     BUILTIN_TEMPLATE,
@@ -105,6 +107,8 @@ class Snapshot:
     inference_pools: bool = False
     cache: CacheMount | None = None  # the ModelCache spec.model.cache names (modelcache/)
     keda: bool = False  # the API server serves keda.sh/v1alpha1 ScaledObject
+    # spec.model.autoCache: the cache to create/adopt/release (body's spec already names it)
+    implicit: Plan | None = None
 
 
 @dataclass
@@ -361,6 +365,14 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         previous=memory.previous_status(body),
         deployment=deployment_info(dep_obj) if dep_obj else None, pods=snap.pods,
         selector=selector_string(name), not_ready_grace_s=settings.not_ready_grace_s)
+
+    if snap.implicit is not None:  # 0. the model cache spec.model.autoCache asks for
+        try:
+            await implicit_apply.ensure(cluster, namespace, Owner(name, meta.get("uid", "")),
+                                        snap.implicit)
+        except ApiError as err:
+            raise Retry(f"cannot create or share the model cache {snap.implicit.name}: {err}",
+                        1.0 if err.status == 409 else 5.0) from err
 
     # 1. parse; 2. pick the template; 3. render. Any failure here needs a spec change.
     try:
