@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..modelcache.api import Download, Storage, parse_download, parse_storage
+# The module, not its names: modelcache.api imports this package's fields.py, so whichever of
+# the two is imported first finds the other half-initialized; its names are used at call time.
+from ..modelcache import api as cache_api
 from ..quantity import parse_quantity
 from .fields import SpecError, array, json_name, obj, quantity, string
 
@@ -25,12 +27,13 @@ CACHE_SOURCE = re.compile(r"^(hf://[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z
 
 @dataclass(frozen=True)
 class AutoCache:
-    storage: Storage = field(metadata=json_name("storage"))
+    storage: cache_api.Storage = field(metadata=json_name("storage"))
     revision: str | None = field(metadata=json_name("revision"), default=None)
     include: tuple[str, ...] = field(metadata=json_name("include"), default=())
     exclude: tuple[str, ...] = field(metadata=json_name("exclude"), default=())
     size_limit: int | None = field(metadata=json_name("sizeLimit"), default=None)  # bytes
-    download: Download = field(metadata=json_name("download"), default_factory=Download)
+    download: cache_api.Download = field(metadata=json_name("download"),
+                                         default_factory=lambda: cache_api.Download())
 
 
 def _patterns(value: Any, path: str) -> tuple[str, ...]:
@@ -56,10 +59,13 @@ def parse_auto_cache(raw: Any, uri: str | None, cache: str | None) -> AutoCache 
                         "not both")
     if uri is None:
         raise SpecError("spec.model.uri", "is required with autoCache: the cache downloads it")
-    if uri.split("://", 1)[0] not in SCHEMES or not CACHE_SOURCE.match(uri):
-        raise SpecError(path, f"caches hf://ORG/NAME, s3://BUCKET/PREFIX or http(s)://HOST/PATH "
-                        f"models; {uri!r} is already local to the pod (pvc:// or file://) or "
-                        "not a source a ModelCache downloads")
+    if uri.split("://", 1)[0] not in SCHEMES:
+        raise SpecError(path, f"caches hf://, s3:// and http(s):// models; {uri!r} is already "
+                        "local to the pod (pvc:// or file://): drop autoCache")
+    if not CACHE_SOURCE.match(uri):
+        raise SpecError(path, f"{uri!r} is not a source a ModelCache downloads: hf://ORG/NAME, "
+                        "s3://BUCKET/PREFIX (a bucket name of 2 to 63 characters) or "
+                        "http(s)://HOST/PATH")
     revision = string(a.get("revision"), f"{path}.revision")
     if uri.startswith("hf://") and not revision:
         raise SpecError(f"{path}.revision", "is required for hf:// models: pin the commit (or "
@@ -70,8 +76,8 @@ def parse_auto_cache(raw: Any, uri: str | None, cache: str | None) -> AutoCache 
         raise SpecError(f"{path}.storage", "is required: type node (a directory on each node "
                         "that runs the model) or pvc (one shared volume)")
     try:
-        storage = parse_storage(a.get("storage"))
-        download = parse_download(a.get("download"))
+        storage = cache_api.parse_storage(a.get("storage"))
+        download = cache_api.parse_download(a.get("download"))
     except SpecError as err:
         raise _prefixed(err, f"{path}.") from err
     limit = quantity(a.get("sizeLimit"), f"{path}.sizeLimit")
