@@ -169,27 +169,28 @@ def test_released_when_no_longer_asked_for(kube: Kube, namespace: str,
 
 @pytest.mark.parametrize(("model", "words"), [
     ({"uri": "pvc://claim/m.onnx", "format": "onnx",
-      "autoCache": {"storage": {"type": "node", "node": {"nodes": ["n"]}}}}, "already local"),
+      "autoCache": {"storage": {"type": "node", "node": {"nodes": ["node-x"]}}}}, "already local"),
     ({"uri": "file:///m.onnx", "cache": "c", "format": "onnx",
-      "autoCache": {"storage": {"type": "node", "node": {"nodes": ["n"]}}}}, "not both"),
+      "autoCache": {"storage": {"type": "node", "node": {"nodes": ["node-x"]}}}}, "not both"),
     ({"uri": "hf://acme/tiny", "format": "hf"}, "add model.autoCache"),
     ({"uri": "hf://acme/tiny", "format": "hf",
-      "autoCache": {"storage": {"type": "node", "node": {"nodes": ["n"]}}}},
+      "autoCache": {"storage": {"type": "node", "node": {"nodes": ["node-x"]}}}},
      "autoCache.revision is required"),
     ({"uri": "s3://models/m/", "format": "onnx", "autoCache": {
-        "revision": "abc", "storage": {"type": "node", "node": {"nodes": ["n"]}}}},
+        "revision": "abc", "storage": {"type": "node", "node": {"nodes": ["node-x"]}}}},
      "revision only applies to hf://"),
     ({"uri": "s3://models/m/", "format": "onnx", "autoCache": {
         "storage": {"type": "node", "node": {}}}}, "nodeSelector and/or nodes"),
 ])
-def test_nonsense_is_refused(kube: Kube, namespace: str, model: dict[str, Any],
-                             words: str) -> None:
+def test_nonsense_is_refused(kube: Kube, namespace: str, operator: Operator,
+                             model: dict[str, Any], words: str) -> None:
     result = kube.kubectl("-n", namespace, "apply", "-f", "-", check=False,
                           input=md("nonsense", model=model))
     assert result.returncode != 0 and words in result.stderr, result.stderr
 
 
-def test_an_hf_model_with_autocache_is_accepted(kube: Kube, namespace: str) -> None:
+def test_an_hf_model_with_autocache_is_accepted(kube: Kube, namespace: str,
+                                                operator: Operator) -> None:
     text = md("hf-ok", model={"uri": "hf://acme/tiny", "format": "hf",
                               "credentialsSecretRef": {"name": "hf-token"},
                               "autoCache": {"revision": "abc", "storage": {
