@@ -215,7 +215,11 @@ def measure(pad_mib: int, repeat: int, rate_mib: float) -> dict[str, Any]:
         bench = Bench(kube, node, image, url, sha, workdir / "caches")
         out["cacheFillSeconds"] = bench.fill_cache("weights")
         log(f"ModelCache weights Ready in {out['cacheFillSeconds']:.1f} s")
-        auto = {"uri": url, "autoCache": {"storage": bench.storage,
+        # Another directory: with the same storage as `weights` the model would use that cache
+        # (a matching ModelCache someone created is reused), which is not this case.
+        auto_storage = {"type": "node", "node": {"path": str(workdir / "auto-caches"),
+                                                 "nodes": [node.name]}}
+        auto = {"uri": url, "autoCache": {"storage": auto_storage,
                                           "download": bench.download}}
         for r in range(1, repeat + 1):
             for mode, model in (("download", {"uri": url, "sha256": sha}),
