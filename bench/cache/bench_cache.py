@@ -177,7 +177,7 @@ def write_pod_start_doc(result: dict[str, Any], command: str) -> None:
 
     rate = (f"paced at {result['rateMiB']:g} MiB/s per response" if result["rateMiB"]
             else "unpaced (the node's bridge on this machine)")
-    lines = [
+    intro = [
         POD_START_MARK,
         "## Pod start with and without the cache (real node)",
         "",
@@ -187,9 +187,13 @@ def write_pod_start_doc(result: dict[str, Any], command: str) -> None:
         "(http, sha256 pinned); cache: it mounts a node ModelCache that is already Ready; "
         "autoCache: the model asks for a cache that does not exist yet (created, filled, then "
         "the pod starts; deleted with the model between repeats). Method: "
-        "`bench/cache/pod_start.py`.",
+        "`bench/cache/pod_start.py`. Each run adds a section (a run with the same command "
+        "replaces its own).",
         "",
-        f"- command: `{command}`",
+    ]
+    run = [
+        f"### `{command}`",
+        "",
         f"- model: {result['bytes'] / 1e6:.0f} MB ONNX file (y = 2x + 1 and an unused "
         f"initializer), served from the node's bridge address, {rate}",
         f"- the ModelCache used by `cache` was filled in {result['cacheFillSeconds']:.1f} s",
@@ -205,8 +209,14 @@ def write_pod_start_doc(result: dict[str, Any], command: str) -> None:
         "",
     ]
     old = DOC.read_text() if DOC.exists() else ""
-    head = old[:old.index(POD_START_MARK)] if POD_START_MARK in old else old + "\n"
-    DOC.write_text(head + "\n".join(lines))
+    if POD_START_MARK not in old:
+        DOC.write_text(old + "\n" + "\n".join(intro + run))
+        return
+    head, section = old.split(POD_START_MARK, 1)
+    runs = ["### " + part for part in section.split("\n### ")[1:]]
+    runs = [r for r in runs if not r.startswith(f"### `{command}`")]
+    DOC.write_text(head + "\n".join(intro) + "\n" + "\n".join(
+        [r.rstrip("\n") + "\n" for r in runs] + ["\n".join(run)]))
 
 
 def pod_start_main(a: argparse.Namespace) -> None:
