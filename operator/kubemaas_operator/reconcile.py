@@ -364,7 +364,8 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         name=name, namespace=namespace, generation=meta.get("generation") or 0, now=now,
         previous=memory.previous_status(body),
         deployment=deployment_info(dep_obj) if dep_obj else None, pods=snap.pods,
-        selector=selector_string(name), not_ready_grace_s=settings.not_ready_grace_s)
+        selector=selector_string(name), not_ready_grace_s=settings.not_ready_grace_s,
+        model_cache=snap.cache.name if snap.cache is not None else None)
 
     if snap.implicit is not None:  # 0. the model cache spec.model.autoCache asks for
         try:
@@ -580,7 +581,8 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         pods=snap.pods, node_products=products, capacity=capacity,
         url=url(name, namespace, spec.serving.port), selector=base.selector,
         not_ready_grace_s=settings.not_ready_grace_s, rollout=plan.view, cache=cache,
-        autoscaling=rendered.autoscaler.status() if rendered.autoscaler else None)
+        autoscaling=rendered.autoscaler.status() if rendered.autoscaler else None,
+        model_cache=base.model_cache)
     outcome.status = compute_status(spec, observed, gpu_summary(spec, placed))
     await _write_status(cluster, memory, body, outcome.status)
     waits = [w for w in (_next_check(snap.pods, now, settings.not_ready_grace_s),

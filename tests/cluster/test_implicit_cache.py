@@ -97,6 +97,7 @@ def test_created_shared_waited_for_and_collected(kube: Kube, namespace: str,
                            else None)(md_status(kube, namespace, "first")), timeout=60,
                   what="first: CacheNotReady")
     assert st["phase"] == "Pending" and name in ready_message(st), st
+    assert st["modelCache"] == name
     assert gone(kube, namespace, "deployment", "first")
     events = _json(kube, "-n", namespace, "get", "events", "--field-selector",
                    "involvedObject.name=first,reason=CacheCreated")["items"]
@@ -124,6 +125,8 @@ def test_created_shared_waited_for_and_collected(kube: Kube, namespace: str,
             "nodeSelectorTerms"]
         assert all({"key": "metadata.name", "operator": "In", "values": [n1]} in t["matchFields"]
                    for t in terms)
+    wide = kube.kubectl("-n", namespace, "get", "md", "second", "-o", "wide").stdout
+    assert name in wide  # the Cache column
 
     # The garbage collector: the first model's deletion leaves the cache to the second ...
     kube.kubectl("-n", namespace, "delete", "md", "first", "--wait=false")
