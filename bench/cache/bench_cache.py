@@ -3,6 +3,8 @@ against local servers on 127.0.0.1, beside a plain single-stream download.
 
     .venv/bin/python bench/cache/bench_cache.py [--files 8] [--file-mib 40] [--repeat 2]
         [--skip-s3] [--no-docs]
+    .venv/bin/python bench/cache/bench_cache.py --pod-start [--pad-mib 256] [--repeat 2]
+        [--rate-mib 0] [--no-docs]     # pod start with and without the cache: pod_start.py
 
 The script generates ``--files`` files of ``--file-mib`` MiB (incompressible bytes) and serves
 them three ways: a plain HTTP folder with an ``index.json`` (kubemaas_testbed.model_servers
@@ -161,7 +163,77 @@ def write_doc(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     for r in rows:
         lines.append(f"| {r['case']} | {r['bestMBps']} | {r['medianMBps']} | "
                      f"{', '.join(str(t) for t in r['seconds'])} |")
-    DOC.write_text("\n".join(lines) + "\n")
+    old = DOC.read_text() if DOC.exists() else ""
+    kept = old[old.index(POD_START_MARK):] if POD_START_MARK in old else ""
+    DOC.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
+
+
+POD_START_MARK = "<!-- pod start: bench/cache/bench_cache.py --pod-start -->"
+
+
+def write_pod_start_doc(result: dict[str, Any], command: str) -> None:
+    """Replace the pod-start section of the benchmark page (the throughput part stays)."""
+    from pod_start import table_text
+
+    rate = (f"paced at {result['rateMiB']:g} MiB/s per response" if result["rateMiB"]
+            else "unpaced (the node's bridge on this machine)")
+    intro = [
+        POD_START_MARK,
+        "## Pod start with and without the cache (real node)",
+        "",
+        "`kubectl apply` of a ModelDeployment -> its first correct inference (first replica), "
+        "and `kubectl scale` to 2 -> the second replica's first correct inference, on the real "
+        "node (real kubelet and containerd). download: the pod downloads the model itself "
+        "(http, sha256 pinned); cache: it mounts a node ModelCache that is already Ready; "
+        "autoCache: the model asks for a cache that does not exist yet (created, filled, then "
+        "the pod starts; deleted with the model between repeats). Method: "
+        "`bench/cache/pod_start.py`. Each run adds a section (a run with the same command "
+        "replaces its own).",
+        "",
+    ]
+    run = [
+        f"### `{command}`",
+        "",
+        f"- model: {result['bytes'] / 1e6:.0f} MB ONNX file (y = 2x + 1 and an unused "
+        f"initializer), served from the node's bridge address, {rate}",
+        f"- the ModelCache used by `cache` was filled in {result['cacheFillSeconds']:.1f} s",
+        f"- load before: `{result['uptimeBefore']}`; after: `{result['uptimeAfter']}`",
+        f"- date: {result['date']}",
+        "",
+        table_text(result),
+        "",
+        "Each run (s): " + "; ".join(
+            f"{r['mode']} #{r['repeat']} {r['first']:.1f}"
+            + (f"/{r['second']:.1f}" if r["second"] is not None else "")
+            + f" (load {r['load1']:.1f})" for r in result["rows"]),
+        "",
+    ]
+    old = DOC.read_text() if DOC.exists() else ""
+    if POD_START_MARK not in old:
+        DOC.write_text(old + "\n" + "\n".join(intro + run))
+        return
+    head, section = old.split(POD_START_MARK, 1)
+    runs = ["### " + part for part in section.split("\n### ")[1:]]
+    runs = [r for r in runs if not r.startswith(f"### `{command}`")]
+    DOC.write_text(head + "\n".join(intro) + "\n" + "\n".join(
+        [r.rstrip("\n") + "\n" for r in runs] + ["\n".join(run)]))
+
+
+def pod_start_main(a: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pod_start import measure, table_text
+
+    result = measure(a.pad_mib, a.repeat, a.rate_mib)
+    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = " ".join(["bench/cache/bench_cache.py", *sys.argv[1:]])
+    out = RESULTS.parent / "cache-pod-start.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": command, **result}, indent=1))
+    print(table_text(result))
+    log(f"load: {result['uptimeAfter']}")
+    if not a.no_docs:
+        write_pod_start_doc(result, command)
+        log(f"wrote {DOC.relative_to(ROOT)}")
 
 
 def main() -> None:
@@ -171,7 +243,16 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--skip-s3", action="store_true")
     p.add_argument("--no-docs", action="store_true")
+    p.add_argument("--pod-start", action="store_true",
+                   help="instead: pod start with and without the cache on the real node "
+                   "(bench/cache/pod_start.py)")
+    p.add_argument("--pad-mib", type=int, default=256, help="--pod-start: the model's size")
+    p.add_argument("--rate-mib", type=float, default=0.0,
+                   help="--pod-start: pace each response of the model server (0: unpaced)")
     a = p.parse_args()
+    if a.pod_start:
+        pod_start_main(a)
+        return
     shm = Path("/dev/shm")
     room = shutil.disk_usage(shm).free if shm.is_dir() else 0
     need = a.files * a.file_mib * MIB * 3

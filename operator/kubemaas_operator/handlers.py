@@ -181,13 +181,15 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
                    if not p.terminating and p.track == track)
         if live < replicas:
             pending.extend(owed_pods(demand, replicas, live))
+    body, implicit_plan, implicit_mount = modelcache.implicit_view(body)
     cache = ((body.get("spec") or {}).get("model") or {}).get("cache")
     return Snapshot(body=body, children={k: v for k, v in children.items() if v is not None},
                     pods=pods, nodes=nodes, used=used, pending=pending,
                     gateway_api=_runtime().gateway_api, cert_manager=_runtime().cert_manager,
                     inference_pools=_runtime().inference_pools, keda=_runtime().keda,
                     http_addon=_runtime().http_addon,
-                    cache=modelcache.cache_mount(key[0], str(cache)) if cache else None)
+                    cache=implicit_mount or (modelcache.cache_mount(key[0], str(cache))
+                                             if cache else None), implicit=implicit_plan)
 
 
 def _log_outcome(key: tuple[str, str], outcome: Outcome) -> None:

@@ -38,6 +38,8 @@ from .drift import drift
 from .floor import FLOOR_MANAGER, autoscaler_observed, hand_over, raise_to_floor
 from .k8s import ApiError, AsyncCluster
 from .metrics import count_rollouts
+from .modelcache import implicit_apply
+from .modelcache.implicit import Owner, Plan
 from .modelcache.mount import CacheMount, cache_wait
 from .render import (
     BUILTIN_TEMPLATE,
@@ -106,6 +108,8 @@ class Snapshot:
     cache: CacheMount | None = None  # the ModelCache spec.model.cache names (modelcache/)
     keda: bool = False  # the API server serves keda.sh/v1alpha1 ScaledObject
     http_addon: bool = False  # the API server serves http.keda.sh/v1beta1 InterceptorRoute
+    # spec.model.autoCache: the cache to create/adopt/release (body's spec already names it)
+    implicit: Plan | None = None
 
 
 @dataclass
@@ -365,7 +369,16 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         name=name, namespace=namespace, generation=meta.get("generation") or 0, now=now,
         previous=memory.previous_status(body),
         deployment=deployment_info(dep_obj) if dep_obj else None, pods=snap.pods,
-        selector=selector_string(name), not_ready_grace_s=settings.not_ready_grace_s)
+        selector=selector_string(name), not_ready_grace_s=settings.not_ready_grace_s,
+        model_cache=snap.cache.name if snap.cache is not None else None)
+
+    if snap.implicit is not None:  # 0. the model cache spec.model.autoCache asks for
+        try:
+            await implicit_apply.ensure(cluster, namespace, Owner(name, meta.get("uid", "")),
+                                        snap.implicit)
+        except ApiError as err:
+            raise Retry(f"cannot create or share the model cache {snap.implicit.name}: {err}",
+                        1.0 if err.status == 409 else 5.0) from err
 
     # 1. parse; 2. pick the template; 3. render. Any failure here needs a spec change.
     try:
@@ -573,7 +586,8 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         pods=snap.pods, node_products=products, capacity=capacity,
         url=url(name, namespace, spec.serving.port), selector=base.selector,
         not_ready_grace_s=settings.not_ready_grace_s, rollout=plan.view, cache=cache,
-        autoscaling=autoscaling_status.status(rendered.autoscaler, rendered.wake_on_request))
+        autoscaling=autoscaling_status.status(rendered.autoscaler, rendered.wake_on_request),
+        model_cache=base.model_cache)
     outcome.status = compute_status(spec, observed, gpu_summary(spec, placed))
     await _write_status(cluster, memory, body, outcome.status)
     waits = [w for w in (_next_check(snap.pods, now, settings.not_ready_grace_s),

@@ -196,6 +196,8 @@ class Observed:
     rollout: RolloutView | None = None
     cache: pod_life.CacheProgress | None = None  # the model's ModelCache, when it names one
     autoscaling: Mapping[str, Any] | None = None  # status.autoscaling (render/autoscaler.py)
+    # status.modelCache: the ModelCache the pods mount (named, or the one autoCache found)
+    model_cache: str | None = None
 
 
 @dataclass(frozen=True)
@@ -447,6 +449,7 @@ def failed_status(failure: Failure, o: Observed, gpu: str = "-") -> StatusResult
         "conditions": [_merge(prev_conds.get(c.type, {}), c, o.now, o.generation)
                        for c in conds],
         "rollout": o.previous.get("rollout"),
+        "modelCache": o.model_cache,
     }
     return _finish(o, {k: v for k, v in status.items() if v is not None})
 
@@ -520,5 +523,6 @@ def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> St
             o.desired_revision) or o.previous.get("optimization")
         if spec.model.optimize is not None else None,
         "autoscaling": dict(o.autoscaling) if o.autoscaling else None,
+        "modelCache": o.model_cache,
     }
     return _finish(o, {k: v for k, v in status.items() if v is not None})

@@ -221,3 +221,103 @@ def test_cache_from_s3_with_a_credentials_secret(kube: Kube, namespace: str,
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_pvc_cache_on_the_real_node(kube: Kube, namespace: str, real_node: Node,  # noqa: F811
+                                    model_dir: Path, operator: Operator,  # noqa: F811
+                                    tmp_path: Path) -> None:
+    """pvc storage with the real kubelet: a hostPath PersistentVolume on the real node (the
+    directory owned by uid 10001: a hostPath volume gets no fsGroup ownership change) bound to
+    a ReadWriteMany claim; the download pod runs as uid 10001 (Pod Security restricted) and
+    fills the claim's directory; the model mounts the claim read-only (subPath) and answers
+    without downloading; deletion empties the directory with a clean-up pod, also uid 10001."""
+    files = tmp_path / "files"
+    files.mkdir()
+    shutil.copy(model_dir / MODEL / "model.onnx", files / "model.onnx")
+    with (files / "weights.bin").open("wb") as out:
+        out.truncate(16 * 1024 * 1024)
+    write_index(files)
+    volume = tmp_path / "pv"
+    volume.mkdir()
+    os.chown(volume, 10001, 10001)
+    pv = f"{namespace}-pv"
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                  "storageClassName": "", "hostPath": {"path": str(volume),
+                                                       "type": "Directory"},
+                  # the directory is on the real node: the scheduler keeps the claim's pods
+                  # (download, model, clean-up) there, as for a local volume
+                  "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                      {"key": real.LABEL, "operator": "In", "values": ["true"]}]}]}},
+                  "claimRef": {"namespace": namespace, "name": "weights"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "weights", "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                  "resources": {"requests": {"storage": "1Gi"}}}}]))
+    try:
+        with FileServer(files, host=real_node.slot.gateway) as server:
+            cache = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelCache",
+                     "metadata": {"name": "affine-pvc", "namespace": namespace},
+                     "spec": {"source": {"uri": f"{server.url}/index.json"},
+                              "storage": {"type": "pvc", "pvc": {"claimName": "weights"}},
+                              "download": {"image": real_node.image,
+                                           "imagePullPolicy": "Never",
+                                           "progressIntervalSeconds": 1,
+                                           "tolerations": [real.TOLERATION]}}}
+            started = time.monotonic()
+            kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(cache))
+            st = wait_for(lambda: (lambda s: s if s.get("phase") in ("Ready", "Failed")
+                                   else None)(get_json(kube, "-n", namespace, "get",
+                                                       "modelcache", "affine-pvc").get(
+                                                           "status") or {}),
+                          timeout=240, interval=0.3, what="the pvc ModelCache Ready")
+        print(f"\npvc ModelCache filled in {time.monotonic() - started:.1f} s "
+              f"(load {os.getloadavg()[0]:.1f}): {st.get('message')}")
+        assert st["phase"] == "Ready", st
+        assert (st["claimName"], st["path"]) == ("weights", "affine-pvc")
+        written = volume / "affine-pvc" / "model.onnx"
+        assert written.read_bytes() == (files / "model.onnx").read_bytes()
+        assert written.stat().st_uid == 10001
+        (fetch,) = get_json(kube, "-n", namespace, "get", "pods", "-l",
+                            "serving.kubemaas.io/model-cache=affine-pvc")["items"]
+        assert fetch["spec"]["nodeName"] == real_node.node.name
+        assert fetch["spec"]["securityContext"]["runAsUser"] == 10001
+
+        md = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
+              "metadata": {"name": "affine-on-pvc", "namespace": namespace},
+              "spec": {"model": {"cache": "affine-pvc", "format": "onnx", "name": MODEL},
+                       "runtime": {"image": real_node.image, "imagePullPolicy": "Never",
+                                   "resources": {"cpu": "250m", "memory": "256Mi"}},
+                       "scheduling": {"nodeSelector": {real.LABEL: "true"},
+                                      "tolerations": [real.TOLERATION]}, "replicas": 1}}
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(md))
+
+        def answered() -> dict[str, Any] | None:
+            for p in get_json(kube, "-n", namespace, "get", "pods", "-l",
+                              "app.kubernetes.io/instance=affine-on-pvc")["items"]:
+                ip = p.get("status", {}).get("podIP")
+                if ip and infer(real_node.slot, ip, MODEL) == Y:
+                    return dict(p)
+            return None
+        pod = wait_for(answered, timeout=180, interval=0.2, what="the model on the claim")
+        log = kube.kubectl("-n", namespace, "logs", pod["metadata"]["name"]).stdout
+        assert "downloading model" not in log and "/var/lib/kubemaas/model-cache/model.onnx" in log
+        mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"]
+                     if m["name"] == "model-files")
+        assert mount["readOnly"] is True and mount["subPath"] == "affine-pvc"
+
+        kube.kubectl("-n", namespace, "delete", "md", "affine-on-pvc", "--wait=true",
+                     "--timeout=90s")
+        wait_for(lambda: not get_json(kube, "-n", namespace, "get", "pods", "-l",
+                                      "app.kubernetes.io/instance=affine-on-pvc")["items"],
+                 timeout=90, what="the model's pod gone")
+        kube.kubectl("-n", namespace, "delete", "modelcache", "affine-pvc", "--wait=true",
+                     "--timeout=120s")
+        assert list((volume / "affine-pvc").iterdir()) == []
+    finally:
+        kube.kubectl("-n", namespace, "delete", "md", "affine-on-pvc", "--ignore-not-found",
+                     "--wait=false", check=False)
+        kube.kubectl("-n", namespace, "delete", "pvc", "weights", "--ignore-not-found",
+                     "--wait=false", check=False)
+        kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)

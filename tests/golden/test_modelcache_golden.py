@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 from tests.goldens import check, stale
 
-from kubemaas_operator.api import parse_spec
+from kubemaas_operator.api import parse_model, parse_spec
+from kubemaas_operator.modelcache import implicit
 from kubemaas_operator.modelcache.api import parse_cache_spec
 from kubemaas_operator.modelcache.mount import CacheMount
 from kubemaas_operator.modelcache.render import CacheRef, claim, download_pod, removal_pod
@@ -57,7 +58,18 @@ def test_model_on_a_ready_cache() -> None:
           "examples/cached-model.yaml's Deployment on a node cache Ready on two nodes")
 
 
+def test_cache_an_auto_cached_model_asks_for() -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "auto-cached-model.yaml").read_text())
+    raw = doc["spec"]["model"]
+    plan = implicit.plan("models", implicit.Owner(doc["metadata"]["name"], UID),
+                         parse_model(raw), raw["autoCache"], {})
+    assert plan.create is not None
+    parse_cache_spec(plan.create["spec"])  # a valid ModelCache
+    check(DATA / "auto-cached-model.yaml", yaml.safe_dump(plan.create, sort_keys=True),
+          "the ModelCache the operator creates for examples/auto-cached-model.yaml")
+
+
 def test_no_stale_golden_files() -> None:
     produced = [DATA / f"{n}.yaml" for n in ("model-cache", "model-cache-pvc", "cached-model",
-                                             "cached-model-node")]
+                                             "cached-model-node", "auto-cached-model")]
     assert not stale(DATA, produced)

@@ -17,7 +17,8 @@ import pytest
 import yaml
 from tests.goldens import check, stale
 
-from kubemaas_operator.api import parse_spec
+from kubemaas_operator.api import parse_model, parse_spec
+from kubemaas_operator.modelcache import implicit
 from kubemaas_operator.render import RenderContext, RenderError, render
 from kubemaas_operator.scheduling import NodeInfo
 from kubemaas_operator.sizing import GPUType, gpu_types, size_gpus
@@ -49,6 +50,10 @@ def _testbed_gpu_types() -> tuple[GPUType, ...]:
 def _render(example: Path, template: str | None = None, kinds: tuple[str, ...] = (),
             **ctx_extra: Any) -> str:
     md = yaml.safe_load(example.read_text())
+    if "autoCache" in md["spec"]["model"]:  # rendered as the operator does: on the cache it names
+        model = parse_model(md["spec"]["model"])
+        name = implicit.cache_name(model.uri, implicit.model_key(model))
+        md["spec"] = implicit.effective_spec(md["spec"], name)
     spec = size_gpus(parse_spec(md["spec"]), _testbed_gpu_types())
     ctx = RenderContext(name=md["metadata"]["name"], namespace="models",
                         uid="00000000-0000-0000-0000-000000000001",

@@ -262,3 +262,13 @@ def test_missing_priority_class_or_service_account_is_failed(failure: str, reaso
                          replica_failure=failure)
     st = compute_status(SPEC, observed(deployment=dep)).status
     assert st["phase"] == "Degraded" and cond(st, "Ready")["reason"] == reason
+
+
+def test_status_names_the_model_cache() -> None:
+    """status.modelCache (the Cache column): while the model waits for it and once it serves."""
+    waiting = failed_status(Failure("CacheNotReady", "ModelCache w is Downloading", "Pending"),
+                            observed(model_cache="w")).status
+    assert waiting["modelCache"] == "w" and waiting["phase"] == "Pending"
+    serving = compute_status(SPEC, observed(deployment=complete(), model_cache="w")).status
+    assert serving["modelCache"] == "w" and serving["phase"] == "Ready"
+    assert "modelCache" not in compute_status(SPEC, observed(deployment=complete())).status

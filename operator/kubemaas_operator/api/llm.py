@@ -135,10 +135,11 @@ def check_engine(model: ModelSource, runtime: RuntimeSpec, gpu: GPUSpec | None) 
         if gpu is None or gpu.mig_profile is not None:
             raise SpecError("spec.runtime.engine", "vllm needs whole GPUs: set spec.gpu (count "
                             "or auto), or use engine kubemaas for a CPU model")
-        if not model.uri.startswith(("pvc://", "file://")):
+        if not model.uri.startswith(("pvc://", "file://")) and model.auto_cache is None:
             raise SpecError("spec.model.uri", "engine vllm reads the model from a directory: "
-                            "use pvc://CLAIM/PATH or file:///PATH (or engine kubemaas, which "
-                            "fetches http(s):// and s3:// directories itself)")
+                            "use pvc://CLAIM/PATH or file:///PATH, a model cache (cache or "
+                            "autoCache), or engine kubemaas, which fetches http(s):// and "
+                            "s3:// directories itself")
     elif not runtime.image:
         raise SpecError("spec.runtime.image", "is required for the kubemaas engine")
     if runtime.llm is not None and not hf:
@@ -153,8 +154,8 @@ def check_engine(model: ModelSource, runtime: RuntimeSpec, gpu: GPUSpec | None) 
                             "needs model.format hf")
         if gpu.mig_profile is not None:
             raise SpecError("spec.gpu.count", "auto chooses whole GPUs, not MIG slices")
-        # A model cache (spec.model.cache, where the API has it) may record the shape later.
-        if model.shape is None and model.cache is None:
+        # A model cache (spec.model.cache or autoCache) records the shape once it downloaded.
+        if model.shape is None and model.cache is None and model.auto_cache is None:
             raise SpecError("spec.model.shape", "is needed for gpu.count auto: the GPUs are "
                             "sized from the model's shape (config.json's values and the "
                             "weights' bytes)")

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .autocache import AutoCache, parse_auto_cache
 from .fields import SpecError, json_name, obj, string
 from .llm import ModelShape, parse_shape
 from .optimize import OptimizeSpec, parse_optimize
@@ -15,7 +16,8 @@ from .optimize import OptimizeSpec, parse_optimize
 FORMATS = ("onnx", "torchscript", "torch-export", "keras", "tf-savedmodel", "hf")
 
 _URI = re.compile(
-    r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+|file:///.+|https?://[^/]+/.*|s3://[^/]+/.+)$"
+    r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+|file:///.+|https?://[^/]+/.*|s3://[^/]+/.+|"
+    r"hf://[^/]+/.+)$"
 )
 _CACHE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 CACHE_URI = "file:///var/lib/kubemaas/model-cache"  # = modelcache.mount.MOUNT_URI
@@ -40,6 +42,8 @@ class ModelSource:
                                                      default=None)
     optimize: OptimizeSpec | None = field(metadata=json_name("optimize"), default=None)
     cache: str | None = field(metadata=json_name("cache"), default=None)  # a ModelCache's name
+    # the model asks for a ModelCache of its uri (api/autocache.py, modelcache/implicit.py)
+    auto_cache: AutoCache | None = field(metadata=json_name("autoCache"), default=None)
     shape: ModelShape | None = field(metadata=json_name("shape"), default=None)
 
     @property
@@ -47,13 +51,14 @@ class ModelSource:
         return self.uri.split("://", 1)[0]
 
 
-def _credentials(raw: Any, uri: str) -> SecretRef | None:
+def _credentials(raw: Any, uri: str, auto: bool) -> SecretRef | None:
     if raw is None:
         return None
     name = string(obj(raw, "spec.model.credentialsSecretRef").get("name"),
                   "spec.model.credentialsSecretRef.name", required=True)
-    if not uri.startswith("s3://"):
-        raise SpecError("spec.model.credentialsSecretRef", "is only used for s3:// URIs")
+    if not (uri.startswith("s3://") or (auto and uri.startswith("hf://"))):
+        raise SpecError("spec.model.credentialsSecretRef", "is only used for s3:// URIs (and "
+                        "for hf:// with autoCache: the download pod's token)")
     return SecretRef(name=name or "")
 
 
@@ -72,7 +77,11 @@ def parse_model(raw: Any) -> ModelSource:
         string(m.get("uri"), "spec.model.uri", required=True) or "")
     if not _URI.match(uri):
         raise SpecError("spec.model.uri", f"{uri!r} is not pvc://CLAIM/PATH, file:///PATH, "
-                        "http(s)://HOST/PATH or s3://BUCKET/KEY")
+                        "http(s)://HOST/PATH, s3://BUCKET/KEY or (with autoCache) hf://ORG/NAME")
+    auto = parse_auto_cache(m.get("autoCache"), None if cache is not None else uri, cache)
+    if uri.startswith("hf://") and auto is None:
+        raise SpecError("spec.model.uri", "an hf:// model is downloaded by a model cache: add "
+                        "spec.model.autoCache, or name a ModelCache in spec.model.cache")
     fmt = string(m.get("format"), "spec.model.format", required=True)
     if fmt not in FORMATS:
         raise SpecError("spec.model.format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
@@ -88,11 +97,11 @@ def parse_model(raw: Any) -> ModelSource:
     if sha is not None and fmt == "hf":
         raise SpecError("spec.model.sha256", "is the digest of one file: a format hf model is a "
                         "directory")
-    cred = _credentials(m.get("credentialsSecretRef"), uri)
+    cred = _credentials(m.get("credentialsSecretRef"), uri, auto is not None)
     shape = parse_shape(m.get("shape"))
     if shape is not None and fmt != "hf":
         raise SpecError("spec.model.shape", "describes a language model: it needs format hf")
     return ModelSource(uri=uri, format=fmt, sha256=sha, name=served, version=version,
                        credentials_secret_ref=cred,
                        optimize=parse_optimize(m.get("optimize"), fmt, uri), cache=cache,
-                       shape=shape)
+                       shape=shape, auto_cache=auto)

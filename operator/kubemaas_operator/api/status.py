@@ -118,3 +118,4 @@ class ModelDeploymentStatus:
     rollout: RolloutStatus | None = field(metadata=json_name("rollout"), default=None)
     optimization: Mapping[str, Any] | None = field(metadata=json_name("optimization"), default=None)
     autoscaling: AutoscalingStatus | None = field(metadata=json_name("autoscaling"), default=None)
+    model_cache: str | None = field(metadata=json_name("modelCache"), default=None)

@@ -53,6 +53,32 @@ def _set_finalizers(cluster: Cluster, namespace: str, name: str, finalizers: lis
                          body=body, content_type="application/merge-patch+json") or {}
 
 
+def _create_cache(cluster: Cluster, body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return cluster._call("POST", _path(CACHE_API, "ModelCache", meta["namespace"]),
+                         body=dict(body)) or {}
+
+
+def _set_owners(cluster: Cluster, namespace: str, name: str, owners: list[dict[str, Any]],
+                resource_version: str) -> dict[str, Any]:
+    """Replace metadata.ownerReferences, refused (409) if the object changed meanwhile."""
+    body = {"metadata": {"ownerReferences": owners, "resourceVersion": resource_version}}
+    return cluster._call("PATCH", _path(CACHE_API, "ModelCache", namespace, name),
+                         body=body, content_type="application/merge-patch+json") or {}
+
+
+def _delete_cache(cluster: Cluster, namespace: str, name: str, resource_version: str) -> None:
+    """Delete, refused (409) if the object changed since `resource_version` (a model adopted
+    it meanwhile); gone already is fine."""
+    try:
+        cluster._call("DELETE", _path(CACHE_API, "ModelCache", namespace, name), body={
+            "propagationPolicy": "Background",
+            "preconditions": {"resourceVersion": resource_version}})
+    except ApiError as err:
+        if err.status != 404:
+            raise
+
+
 class CacheCluster:
     """The ModelCache's API calls for the event loop (the operator's bounded thread pools)."""
 
@@ -81,6 +107,22 @@ class CacheCluster:
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         return await self.cluster.apply(manifest)
+
+    async def get_cache(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.cluster.get_optional(CACHE_API, "ModelCache", namespace, name)
+
+    async def create_cache(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = await self._status_pool(_create_cache, body)
+        return out
+
+    async def set_owners(self, namespace: str, name: str, owners: list[dict[str, Any]],
+                         resource_version: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self._status_pool(_set_owners, namespace, name, owners,
+                                                      resource_version)
+        return out
+
+    async def delete_cache(self, namespace: str, name: str, resource_version: str) -> None:
+        await self._status_pool(_delete_cache, namespace, name, resource_version)
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         await self.cluster.delete("v1", "Pod", namespace, name)

@@ -23,6 +23,7 @@ import kopf
 from .. import standby
 from ..k8s.modelcache import CacheCluster
 from ..timestamps import parse_time
+from . import implicit
 from .api import GROUP, PLURAL, VERSION, parse_cache_spec
 from .evict import Resident
 from .mount import CacheMount, mount_status
@@ -104,6 +105,44 @@ def cache_mount(namespace: str, name: str) -> CacheMount:
     return mount_status(name, cache_body(namespace, name))
 
 
+def caches_in(namespace: str) -> dict[str, dict[str, Any]]:
+    """The namespace's ModelCaches by name, from the index."""
+    idx = _state.get("cache_index")
+    out: dict[str, dict[str, Any]] = {}
+    if idx is None:
+        return out
+    for key in list(idx.keys()):
+        if key[0] == namespace and (body := _unpack(idx.get(key))) is not None:
+            out[key[1]] = body
+    return out
+
+
+def implicit_view(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], implicit.Plan | None,
+                                                     CacheMount | None]:
+    """A ModelDeployment as its reconcile sees it: with autoCache, the body whose spec names
+    the cache (implicit.effective_spec), what to create/adopt/release, and the cache's mount.
+    A spec that does not parse is left as it is (its reconcile reports it) and releases
+    nothing; a spec without autoCache only releases what the model owns."""
+    meta = body.get("metadata") or {}
+    raw_spec = body.get("spec") or {}
+    raw_model = raw_spec.get("model") if isinstance(raw_spec, Mapping) else None
+    namespace = str(meta.get("namespace") or "")
+    owner = implicit.Owner(name=str(meta.get("name") or ""), uid=str(meta.get("uid") or ""))
+    raw_auto = raw_model.get("autoCache") if isinstance(raw_model, Mapping) else None
+    model = implicit.parse_asking(raw_spec) if raw_auto is not None else None
+    if raw_auto is not None and model is None:
+        return body, None, None
+    caches = caches_in(namespace)
+    plan = implicit.plan(namespace, owner, model, raw_auto, caches)
+    if not plan.name:
+        return body, (plan if plan.release else None), None
+    view = dict(body)
+    view["spec"] = implicit.effective_spec(raw_spec, plan.name)
+    mount = (mount_status(plan.name, caches[plan.name]) if plan.name in caches
+             else implicit.creating_mount(plan.name, plan.uri))
+    return view, plan, mount
+
+
 def _neighbours(namespace: str, name: str, spec_path: str) -> tuple[
         dict[str, list[Resident]], dict[tuple[str, str], Mapping[str, Any]]]:
     """Other node caches under the same directory, per node, for the budget."""
@@ -182,7 +221,11 @@ def _queue() -> Any:
     return _state["queue"]
 
 
-def _models_using(namespace: str, name: str) -> list[tuple[str, str]]:
+def _models_using(namespace: str, name: str,
+                  cache: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+    """The models that name the cache, and those whose autoCache matches it (`cache`: its
+    body, the last one seen for a deleted cache: its models then create it again if they still
+    ask)."""
     from .. import handlers
 
     out = []
@@ -191,8 +234,11 @@ def _models_using(namespace: str, name: str) -> list[tuple[str, str]]:
         if key[0] != namespace:
             continue
         packed = next(iter(md_index.get(key) or []), None)
-        if packed and ((json.loads(packed).get("spec") or {}).get("model") or {}).get(
-                "cache") == name:
+        if not packed:
+            continue
+        spec = json.loads(packed).get("spec") or {}
+        if (spec.get("model") or {}).get("cache") == name or (
+                cache is not None and implicit.asks_for(spec, cache)):
             out.append(key)
     return out
 
@@ -215,7 +261,7 @@ async def cache_event(type: str, namespace: str | None, name: str, body: kopf.Bo
         seen[key] = now
         from .. import handlers
 
-        for model in _models_using(*key):
+        for model in _models_using(*key, dict(body)):
             handlers._runtime().queue.enqueue(model)
 
 

@@ -377,6 +377,8 @@ def _check_deployment(manifest: dict[str, Any], ctx: RenderContext,
 
 def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     """The desired children in apply order: Deployment, Service, then HPA and PDB if wanted."""
+    if spec.model.auto_cache is not None:  # the operator renders modelcache.implicit's view
+        raise RenderError("spec.model.autoCache is resolved to a named cache before rendering")
     place = placement(spec)
     params = deployment_params(spec, ctx, place)
     labels = common_labels(ctx.name)
