@@ -234,6 +234,14 @@ def run(uri: str, out: Path, opts: Options, *, fmt: str | None = None, sha256: s
         s3: S3Config | None = None, timeout_s: float = 300.0,
         device: str = "cpu") -> dict[str, Any]:
     """Fetch, optimize once per (sha256, options) under a lock, place ``out/serve/``."""
+    return run_entry(uri, out, opts, fmt=fmt, sha256=sha256, s3=s3, timeout_s=timeout_s,
+                     device=device)[0]
+
+
+def run_entry(uri: str, out: Path, opts: Options, *, fmt: str | None = None,
+              sha256: str | None = None, s3: S3Config | None = None, timeout_s: float = 300.0,
+              device: str = "cpu") -> tuple[dict[str, Any], Path]:
+    """``run``, and the cache entry (``out/by-key/<key>``) that holds the served file."""
     if (fmt or guess_format(uri)) == "hf":  # a model directory (llm_quant.py)
         from ..storage_dir import fetch_model_dir
         from ..tfconvert import tree_digest
@@ -280,7 +288,7 @@ def run(uri: str, out: Path, opts: Options, *, fmt: str | None = None, sha256: s
         shutil.copyfile(entry / name, staging / name)
     shutil.rmtree(serve, ignore_errors=True)
     os.replace(staging, serve)
-    return report
+    return report, entry
 
 
 def _same_fs(a: Path, b: Path) -> bool:
