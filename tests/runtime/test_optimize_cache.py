@@ -21,18 +21,19 @@ import pytest
 
 from kubemaas_testbed.model_servers import FileServer
 
-from .conftest import PY, ort_run
+from .conftest import PY, ort_run, start_llm_server
 from .fetch_helpers import run_fetch
 from .test_optimize import _infer, make_mlp_onnx
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def step(model_dir: Path, out: Path, *args: str) -> tuple[dict[str, Any], str]:
+def step(model_dir: Path, out: Path, *args: str, fmt: str = "onnx") -> tuple[dict[str, Any], str]:
     """The optimize step as a process: (its report, its stderr)."""
     msg = out.parent / f"{out.name}.{uuid.uuid4().hex}.termination-log"
+    out.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([PY, "-m", "kubemaas_runtime.optimize", "--model-uri",
-                           f"file://{model_dir}", "--format", "onnx", "--out", str(out),
+                           f"file://{model_dir}", "--format", fmt, "--out", str(out),
                            "--termination-message-path", str(msg), "--repeats", "1", *args],
                           capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr
@@ -140,3 +141,40 @@ def test_a_result_of_another_download_is_not_served(tmp_path: Path, read_only: A
     assert "is of another download of the model" in log and "optimizing here" in log, log
     assert report["cached"] is False and "optimizedIn" not in report
     assert (pod / "by-key").is_dir()  # the pod optimized the model it has
+
+
+def test_a_language_model_directory_from_a_read_only_cache(tiny_llama: Path, tmp_path: Path,
+                                                           read_only: Any) -> None:
+    """hf: the optimized directory (the original's files and the quantization marker) is
+    linked file by file from the read-only cache, and a real runtime serves it."""
+    root = tmp_path / "files" / "llm"
+    shutil.copytree(tiny_llama, root)
+    (root / "index.json").write_text(json.dumps(sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())))
+    cache = tmp_path / "cache"
+    with FileServer(root.parent) as server:
+        rc, fetched, fetch = run_fetch(["--source", f"{server.url}/llm/", "--dest", str(cache)])
+    assert rc == 0 and fetched["phase"] == "Ready", fetch.stderr
+    key = cache / ".kubemaas-optimized" / "bf16"
+    made, _ = step(cache, key, "--quantize", "bf16", "--min-token-agreement", "0.3",
+                   "--publish", fmt="hf")
+    assert made["serving"] == "optimized", made
+    ro = read_only(cache)
+    pod = tmp_path / "pod" / "optimized"
+    report, log = step(ro, pod, "--quantize", "bf16", "--min-token-agreement", "0.3",
+                       "--from-cache", str(ro / ".kubemaas-optimized" / "bf16"), fmt="hf")
+    assert "not optimizing" in log and report["optimizedIn"] == "modelCache", log
+    assert report["errors"] == made["errors"] and not (pod / "by-key").exists()
+    serve = pod / "serve"
+    assert json.loads((serve / "kubemaas-optimize.json").read_text()) == {"quantize": "bf16"}
+    weights = serve / "model.safetensors"
+    assert weights.is_symlink() and str(weights.resolve()).startswith(str(ro))
+    assert not any(p.name.startswith(".kubemaas") for p in serve.rglob("*"))
+    server = start_llm_server(serve)
+    try:
+        status, body = server.post_json("/v1/completions", {
+            "model": "tiny", "prompt": "Once upon a time", "temperature": 0, "max_tokens": 4})
+        assert status == 200, body
+        assert body["choices"][0]["text"]
+    finally:
+        assert server.stop() == 0
