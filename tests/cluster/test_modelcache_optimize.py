@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from kubemaas_testbed.cluster import free_port
 from kubemaas_testbed.model_servers import FileServer
@@ -83,11 +84,14 @@ def run_container(container: dict[str, Any], local: dict[str, Path], tmp: Path,
     return proc.returncode, (log.read_text() if log.is_file() else ""), proc.stderr
 
 
-def download(kube: Kube, namespace: str, pod: dict[str, Any], node_dir: Path,
+def download(kube: Kube, namespace: str, pod: dict[str, Any], volume_dir: Path,
              tmp: Path) -> None:
-    """The download pod's fetch, run here into the node's directory; its end into the pod."""
+    """The download pod's fetch, run here with its volume at ``volume_dir``; its end into the
+    pod's status."""
     (c,) = pod["spec"]["containers"]
-    args = [str(node_dir) if a == "/cache" else a for a in c["args"]]
+    mount = c["volumeMounts"][0]["mountPath"]
+    args = [str(volume_dir) + a.removeprefix(mount) if a.startswith(mount) else a
+            for a in c["args"]]
     args[args.index("--termination-log") + 1] = str(tmp / "fetch-termination")
     proc = subprocess.run([PY, *c["command"][1:], *args], env=base_env(tmp),
                           capture_output=True, text=True, timeout=120)
@@ -95,9 +99,10 @@ def download(kube: Kube, namespace: str, pod: dict[str, Any], node_dir: Path,
     terminate(kube, namespace, pod, 0, (tmp / "fetch-termination").read_text())
 
 
-def optimize_pods(kube: Kube, namespace: str, n: int) -> list[dict[str, Any]]:
+def optimize_pods(kube: Kube, namespace: str, n: int, name: str = "mlp"
+                  ) -> list[dict[str, Any]]:
     return list(wait_for(lambda: (lambda p: p if len(p) == n else None)(
-        cache_pods(kube, namespace, "mlp", "optimize")), timeout=60,
+        cache_pods(kube, namespace, name, "optimize")), timeout=60,
         what=f"{n} optimize pods"))
 
 
@@ -145,8 +150,8 @@ def test_optimized_once_per_option_set_and_node_copy(kube: Kube, namespace: str,
             apply(kube, namespace, md(name, model={"cache": "mlp", "format": "onnx",
                                                    "name": "mlp", "optimize": optimize},
                                       runtime=runtime, serving={"port": port}))
-        wait_for(lambda: reason_of(kube, namespace, "fast-a").startswith("CacheNotReady"), timeout=60,
-                 what="fast-a waiting: CacheNotReady")
+        wait_for(lambda: reason_of(kube, namespace, "fast-a").startswith("CacheNotReady"),
+                 timeout=60, what="fast-a waiting: CacheNotReady")
         fetches = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(
             cache_pods(kube, namespace, "mlp")), timeout=60, what="two download pods")
         by_node = {p["spec"]["nodeName"]: p for p in fetches}
@@ -155,8 +160,8 @@ def test_optimized_once_per_option_set_and_node_copy(kube: Kube, namespace: str,
         # n1's copy is Ready: one optimize pod per option set there (two, for three models)
         pods = optimize_pods(kube, namespace, 2)
         assert {p["spec"]["nodeName"] for p in pods} == {n1}
-        wait_for(lambda: reason_of(kube, namespace, "fast-a").startswith("CacheOptimizing"), timeout=60,
-                 what="fast-a waiting: CacheOptimizing")
+        wait_for(lambda: reason_of(kube, namespace, "fast-a").startswith("CacheOptimizing"),
+                 timeout=60, what="fast-a waiting: CacheOptimizing")
         assert kube.kubectl("-n", namespace, "get", "deployment", "fast-a",
                             check=False).returncode != 0
         for p in pods:
@@ -224,3 +229,73 @@ def test_optimized_once_per_option_set_and_node_copy(kube: Kube, namespace: str,
         download(kube, namespace, pod, nodes[n2], tmp_path)
     pods = optimize_pods(kube, namespace, 4)
     assert sorted(p["spec"]["nodeName"] for p in pods) == sorted([n1, n1, n2, n2])
+
+
+def test_a_claim_is_optimized_once_per_option_set(kube: Kube, namespace: str,
+                                                   operator: Operator, tmp_path: Path) -> None:
+    """pvc storage: one optimize pod per option set, whatever the replicas; a model with other
+    options adds its own (several keys, each once); a key no model asks for any more goes."""
+    pv = f"{namespace}-opt"
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                  "storageClassName": "", "hostPath": {"path": "/tmp/unused-" + pv},
+                  "claimRef": {"namespace": namespace, "name": "shared"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "shared", "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                  "resources": {"requests": {"storage": "1Gi"}}}}]))
+    claim = tmp_path / "claim"  # the claim's root, as the pods mount it
+    store = tmp_path / "store"
+    store.mkdir()
+    make_mlp_onnx(store / "mlp.onnx")
+    runtime = {"image": "ghcr.io/kubemaas/runtime:0.1.0"}
+    try:
+        with FileServer(store) as server:
+            apply(kube, namespace, cache("files", [], source={"uri": f"{server.url}/mlp.onnx"},
+                                         storage={"type": "pvc", "pvc": {
+                                             "claimName": "shared", "subPath": "models/files"}}))
+            for name in ("a", "b"):
+                apply(kube, namespace, md(name, model={"cache": "files", "format": "onnx",
+                                                       "optimize": {"quantize": "fp16"}},
+                                          runtime=runtime, replicas=2))
+            (fetch,) = wait_for(lambda: cache_pods(kube, namespace, "files") or None,
+                                timeout=60, what="one download pod")
+            download(kube, namespace, fetch, claim, tmp_path)
+        (pod,) = optimize_pods(kube, namespace, 1, "files")
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True  # restricted, as pvc's
+        assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "shared"}
+        (c,) = pod["spec"]["containers"]
+        code, message, err = run_container(c, {"cache": claim}, tmp_path)
+        assert code == 0, err[-2000:]
+        terminate(kube, namespace, pod, 0, message)
+        assert (claim / "models" / "files" / ".kubemaas-optimized").is_dir()
+        for name in ("a", "b"):
+            dep = wait_for(lambda n=name: (lambda r: json.loads(r.stdout) if r.returncode == 0
+                                           else None)(kube.kubectl(
+                "-n", namespace, "get", "deployment", n, "-o", "json", check=False)),
+                timeout=60, what=f"{name}'s Deployment")
+            (init,) = dep["spec"]["template"]["spec"]["initContainers"]
+            env = {e["name"]: e["value"] for e in init["env"]}
+            assert env["KUBEMAAS_OPTIMIZE_FROM_CACHE"].startswith(
+                "/var/lib/kubemaas/model-cache/.kubemaas-optimized/")
+            mount = next(m for m in init["volumeMounts"] if m["name"] == "model-files")
+            assert mount["readOnly"] is True and mount["subPath"] == "models/files"
+        st = cache_status(kube, namespace, "files")
+        (entry,) = st["optimizations"]
+        assert entry["models"] == ["a", "b"] and entry["phase"] == "Ready" and "nodes" not in entry
+        # other options: a second key, optimized once too; then no model asks for it: it goes
+        apply(kube, namespace, md("c", model={"cache": "files", "format": "onnx",
+                                              "optimize": {"quantize": "int8-dynamic"}},
+                                  runtime=runtime))
+        pods = optimize_pods(kube, namespace, 2, "files")
+        wait_for(lambda: reason_of(kube, namespace, "c").startswith("CacheOptimizing"),
+                 timeout=60, what="c waiting: CacheOptimizing")
+        kube.kubectl("-n", namespace, "delete", "md", "c", "--wait=false")
+        assert optimize_pods(kube, namespace, 1, "files")[0]["metadata"]["name"] == (
+            pod["metadata"]["name"])
+        wait_for(lambda: len(cache_status(kube, namespace, "files").get("optimizations") or [])
+                 == 1, timeout=60, what="c's option set gone from the status")
+        assert len(pods) == 2
+    finally:
+        kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
