@@ -109,7 +109,8 @@ def test_status_once_per_key_and_node_copy() -> None:
     assert (fast["phase"], fast["reason"], fast["serving"]) == ("Ready", "Optimized", "optimized")
     assert fast["report"]["sizeBytes"] == {"original": 1000, "optimized": 500}
     assert "cached" not in fast["report"] and fast["models"] == ["fast"]
-    assert fast["options"]["quantize"] == "fp16"
+    assert fast["options"] == {"quantize": "fp16"}
+    assert by_key[k_strict]["options"] == {"quantize": "fp16", "maxAbsError": "0"}
     assert fast["nodes"] == [{"name": "n1", "phase": "Ready", "reason": "Optimized",
                               "message": "accuracy guard held", "serving": "optimized"}]
     # the guard failed: recorded once, the original serves

@@ -24,6 +24,7 @@ neither can claim the models' GPUs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,7 +85,7 @@ def wants(models: Sequence[tuple[str, ModelDeploymentSpec]], default_image: str)
             continue
         key = options_key(spec)
         if key in out:
-            out[key] = Want(**{**out[key].__dict__, "models": (*out[key].models, name)})
+            out[key] = dataclasses.replace(out[key], models=(*out[key].models, name))
             continue
         res = spec.runtime.resources
         out[key] = Want(key=key, format=spec.model.format, image=spec.runtime.image
@@ -159,8 +160,14 @@ def copy_entry(want: Want, node: str | None, pod: CachePod | None) -> dict[str, 
             "report": found}
 
 
+def _camel(env_name: str) -> str:
+    """MAX_REL_ERROR -> maxRelError (the API's spelling)."""
+    first, *rest = env_name.lower().split("_")
+    return first + "".join(w.capitalize() for w in rest)
+
+
 def _aggregate(want: Want, copies: list[dict[str, Any]], node_storage: bool) -> dict[str, Any]:
-    options = {k.removeprefix("KUBEMAAS_OPTIMIZE_").removeprefix("KUBEMAAS_").lower(): v
+    options = {_camel(k.removeprefix("KUBEMAAS_OPTIMIZE_").removeprefix("KUBEMAAS_")): v
                for k, v in want.options}
     entry: dict[str, Any] = {"key": want.key, "models": list(want.models), "options": options}
     if not copies:
