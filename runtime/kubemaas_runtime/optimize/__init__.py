@@ -4,7 +4,7 @@ the result against the original, and serve the original when the accuracy guard 
 ``python -m kubemaas_runtime.optimize --model-uri URI --out DIR
 [--quantize int8-dynamic|int8-static|fp16] [--convert onnx]
 [--max-abs-error X] [--max-rel-error X] [--min-top1-agreement X]
-[--probe-uri URI [--probe-sha256 HEX]]``
+[--probe-uri URI [--probe-sha256 HEX]] [--publish | --from-cache DIR]``
 
 Runs before the runtime (the operator starts it as the pod's init container, from the runtime
 image). It fetches the model like the runtime does, and once per (model sha256, options) — in
@@ -14,6 +14,10 @@ runtime serves that directory) and prints the report as one JSON line, also writ
 termination message path (``/dev/termination-log``), where the operator reads it into the
 ModelDeployment's ``status.optimization``. Every failure to optimize is reported and the
 original is served; only a model that cannot be fetched at all stops it (exit status 1).
+
+On a ModelCache (cached.py): ``--publish`` optimizes the cache's directory once per option set
+into ``<cache>/.kubemaas-optimized/<key>/`` and writes ``result.json`` there; ``--from-cache
+DIR`` (a model pod, the cache read-only) serves that result without optimizing.
 """
 
 from __future__ import annotations
