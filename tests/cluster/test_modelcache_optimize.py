@@ -186,6 +186,16 @@ def test_optimized_once_per_option_set_and_node_copy(kube: Kube, namespace: str,
     described = kube.kubectl("-n", namespace, "describe", "mc", "mlp").stdout
     assert "Optimizations:" in described and "Size Bytes" in described
 
+    def cache_events() -> dict[str, dict[str, Any]] | None:
+        items = json.loads(kube.kubectl(
+            "-n", namespace, "get", "events", "--field-selector",
+            "involvedObject.name=mlp,involvedObject.kind=ModelCache", "-o", "json").stdout)["items"]
+        said = {e["reason"]: e for e in items}
+        return said if {"Optimized", "OptimizationRejected"} <= set(said) else None
+    said = wait_for(cache_events, timeout=30, what="the cache's Optimized and Warning Events")
+    assert said["OptimizationRejected"]["type"] == "Warning"
+    assert "models strict" in said["OptimizationRejected"]["message"]
+
     # the models run on n1 only; their pods read the cache's result and do not optimize
     ro = read_only(nodes[n1])
     for name, serving in (("fast-a", "optimized"), ("strict", "original")):

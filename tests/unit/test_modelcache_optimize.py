@@ -13,7 +13,13 @@ import yaml
 from kubemaas_operator.api import ModelDeploymentSpec, parse_spec
 from kubemaas_operator.modelcache import api
 from kubemaas_operator.modelcache.mount import mount_status
-from kubemaas_operator.modelcache.optimize import KEY_LABEL, optimize_pod, plan, wants
+from kubemaas_operator.modelcache.optimize import (
+    KEY_LABEL,
+    events,
+    optimize_pod,
+    plan,
+    wants,
+)
 from kubemaas_operator.modelcache.render import CacheRef, spec_hash, target_id
 from kubemaas_operator.modelcache.status import CachePod, Copy
 from kubemaas_operator.render import RenderContext, render
@@ -117,6 +123,12 @@ def test_status_once_per_key_and_node_copy() -> None:
     assert (strict["phase"], strict["reason"], strict["serving"]) == (
         "Ready", "OptimizationRejected", "original")
     assert strict["message"].startswith("accuracy guard failed")
+    # one Event per outcome, once
+    said = events(first.entries, done.entries)
+    assert sorted((t, r) for t, r, _ in said) == [("Normal", "Optimized"),
+                                                   ("Warning", "OptimizationRejected")]
+    assert any("maxAbsError 0" in m and "models strict" in m for _, _, m in said)
+    assert events(done.entries, done.entries) == []
     # the second node's copy becomes Ready: once more per key, there
     copies[1] = Copy("n2", "Ready", "Ready", "")
     more = plan(REF, NODE, copies, pods[:2], wanted)

@@ -209,3 +209,25 @@ def plan(ref: CacheRef, spec: CacheSpec, copies: Sequence[Copy], pods: Sequence[
         out.entries.append(_aggregate(want, states, spec.storage.type == "node"))
     return out
 
+
+
+def events(previous: Sequence[Mapping[str, Any]], entries: Sequence[Mapping[str, Any]]
+           ) -> list[tuple[str, str, str]]:
+    """(type, reason, message) for the ModelCache when an option set's outcome changes: Normal
+    Optimized, Warning OptimizationRejected (the guard failed: the original serves) or Warning
+    OptimizeFailed (the model pods optimize themselves)."""
+    before = {str(e.get("key")): e.get("reason") for e in previous}
+    out = []
+    for e in entries:
+        reason = str(e.get("reason") or "")
+        if reason not in ("Optimized", "OptimizationRejected", "OptimizeFailed") or (
+                before.get(str(e.get("key"))) == reason):
+            continue
+        what = ", ".join(f"{k} {v}" for k, v in sorted((e.get("options") or {}).items()))
+        models = ", ".join(e.get("models") or [])
+        message = {"Optimized": "serving the optimized model",
+                   "OptimizationRejected": "the accuracy guard failed, the original serves",
+                   "OptimizeFailed": "no result, the model pods optimize themselves"}[reason]
+        out.append(("Normal" if reason == "Optimized" else "Warning", reason,
+                    f"{what} (models {models}): {message}: {e.get('message') or ''}"[:1024]))
+    return out

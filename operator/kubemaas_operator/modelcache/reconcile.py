@@ -19,6 +19,7 @@ from ..k8s.modelcache import CacheCluster
 from .api import API_VERSION, KIND, CacheSpec, parse_cache_spec
 from .evict import Resident, choose_evictions
 from .optimize import Want
+from .optimize import events as optimize_events
 from .optimize import plan as plan_optimize
 from .progress import Progress, last_progress
 from .render import (
@@ -253,6 +254,12 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     for name in decision.delete:
         await api.delete_pod(ref.namespace, name)
     await _write(api, memory, body, previous, status)
+    for kind, reason, message in optimize_events(previous.get("optimizations") or [],
+                                                 optimizing.entries):
+        try:
+            await api.post_event(involved(body), kind, reason, message)
+        except ApiError as err:
+            log.warning("%s/%s: cannot post an Event: %s", ref.namespace, ref.name, err)
     waits = [w for w in (decision.requeue_after,) if w is not None]
     if decision.read_logs:
         waits.append(float(spec.download.progress_interval_seconds))
