@@ -146,6 +146,11 @@ def test_a_pod_that_fails_without_a_report_fails_its_copy() -> None:
                 message="optimize: error: --quantize fp16 works on ONNX models")
     (entry,) = plan(REF, PVC, [Copy(None, "Ready", "Ready", "")], [error], wanted).entries
     assert entry["message"].startswith("optimize: error: --quantize fp16")
+    broke = pod("p", want.key, None, "Succeeded", PVC, exit_code=0, message=json.dumps(
+        {**FIGURES, "serving": "original", "reason": "optimization failed: out of memory"}))
+    (entry,) = plan(REF, PVC, [Copy(None, "Ready", "Ready", "")], [broke], wanted).entries
+    assert (entry["phase"], entry["reason"], entry["serving"]) == (
+        "Ready", "OptimizeFailed", "original")  # recorded: the model pods serve the original
     (entry,) = plan(REF, PVC, [Copy(None, "Downloading", "Downloading", "")], [], wanted).entries
     assert (entry["phase"], entry["reason"]) == ("Pending", "NoReadyCopy")
 

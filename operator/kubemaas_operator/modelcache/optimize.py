@@ -154,7 +154,9 @@ def copy_entry(want: Want, node: str | None, pod: CachePod | None) -> dict[str, 
         return {**entry, "phase": "Failed", "reason": "OptimizeFailed", "message": found[:1024],
                 "serving": "self"}
     serving = str(found.get("serving") or "unknown")
-    reason = "Optimized" if serving == "optimized" else "OptimizationRejected"
+    reason = "Optimized" if serving == "optimized" else (
+        "OptimizeFailed" if str(found.get("reason") or "").startswith("optimization failed")
+        else "OptimizationRejected")  # the step failed (the original serves) / the guard did
     return {**entry, "phase": "Ready", "reason": reason,
             "message": str(found.get("reason") or "")[:1024], "serving": serving,
             "report": found}
@@ -227,7 +229,7 @@ def events(previous: Sequence[Mapping[str, Any]], entries: Sequence[Mapping[str,
         models = ", ".join(e.get("models") or [])
         message = {"Optimized": "serving the optimized model",
                    "OptimizationRejected": "the accuracy guard failed, the original serves",
-                   "OptimizeFailed": "no result, the model pods optimize themselves"}[reason]
+                   "OptimizeFailed": "optimizing failed"}[reason]
         out.append(("Normal" if reason == "Optimized" else "Warning", reason,
                     f"{what} (models {models}): {message}: {e.get('message') or ''}"[:1024]))
     return out
