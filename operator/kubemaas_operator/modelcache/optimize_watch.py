@@ -1,7 +1,7 @@
 """kopf side of the optimization done in a ModelCache (optimize.py): the option sets the models
-on a cache ask for, from the operator's ModelDeployment index, and a ModelDeployment event that
-queues its cache when the cache or the option key it asks for changes (a new model, other
-options, a model deleted)."""
+on a cache ask for (the models handlers.py's ``_models_using`` finds, from the operator's
+ModelDeployment index), and a ModelDeployment event that queues its cache when the cache or the
+option key it asks for changes (a new model, other options, a model deleted)."""
 
 from __future__ import annotations
 
@@ -19,18 +19,17 @@ _seen: dict[tuple[str, str], tuple[str, str] | None] = {}  # model -> (cache, ke
 
 
 def cache_wants(namespace: str, name: str, body: dict[str, Any]) -> list[Want]:
-    """The option sets of the ModelDeployments in ``namespace`` on cache ``name``."""
+    """The option sets of the ModelDeployments on cache ``name`` (those handlers.py's
+    ``_models_using`` finds) that ask for optimize."""
     from .. import handlers
+    from .handlers import _models_using
 
     md_index = handlers._runtime().indexes["md_index"]
     models = []
-    for key in list(md_index.keys()):
-        if key[0] != namespace:
-            continue
+    for key in _models_using(namespace, name):
         packed = next(iter(md_index.get(key) or []), None)
         raw = (json.loads(packed).get("spec") or {}) if packed else {}
-        model = raw.get("model") or {}
-        if model.get("cache") != name or not model.get("optimize"):
+        if not (raw.get("model") or {}).get("optimize"):
             continue
         try:
             models.append((str(key[1]), parse_spec(raw)))
@@ -41,11 +40,12 @@ def cache_wants(namespace: str, name: str, body: dict[str, Any]) -> list[Want]:
 
 
 def _wanted(spec: dict[str, Any]) -> tuple[str, str] | None:
+    """(the cache it names, "" for one the operator picks; its option key), or None."""
     model = spec.get("model") or {}
-    if not model.get("cache") or not model.get("optimize"):
+    if not model.get("optimize") or not (model.get("cache") or model.get("autoCache")):
         return None
     try:
-        return str(model["cache"]), options_key(parse_spec(spec))
+        return str(model.get("cache") or ""), options_key(parse_spec(spec))
     except (SpecError, ValueError):
         return None
 
@@ -59,8 +59,11 @@ async def model_optimize_event(type: str, namespace: str | None, name: str,
     if now == before:
         return
     _seen[key] = now
-    from .handlers import _queue
+    from .handlers import _queue, _state
 
-    for wanted in {before, now} - {None}:
-        assert wanted is not None
-        _queue().enqueue((key[0], wanted[0]), 0.5)
+    caches = {w[0] for w in (before, now) if w is not None}
+    if "" in caches:  # a cache the operator picked for it: look at the namespace's caches
+        caches = {k[1] for k in list((_state.get("cache_index") or {}).keys())
+                  if k[0] == key[0]}
+    for cache in caches:
+        _queue().enqueue((key[0], cache), 0.5)
