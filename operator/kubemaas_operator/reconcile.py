@@ -51,6 +51,7 @@ from .render import (
     RenderContext,
     Rendered,
     RenderError,
+    cached_optimization,
     canary_name,
     digest,
     render,
@@ -393,7 +394,8 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
             name=name, namespace=namespace, uid=meta.get("uid", ""),
             template_name=template_name, template_source=source, cache=snap.cache,
             **_security_context(settings, snap, record)), template_name)
-        outcome.failure = cache_wait(spec.model.cache, snap.cache)
+        outcome.failure = (cache_wait(spec.model.cache, snap.cache)
+                           or cached_optimization.wait(spec, snap.cache))
         tls = spec.serving.tls
         if tls is not None and tls.cert_manager is not None and not snap.cert_manager:
             outcome.failure = Failure(

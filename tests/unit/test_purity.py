@@ -16,7 +16,8 @@ PURE = ["kubemaas_operator.api", "kubemaas_operator.render", "kubemaas_operator.
         "kubemaas_operator.modelcache.render", "kubemaas_operator.modelcache.progress",
         "kubemaas_operator.modelcache.status", "kubemaas_operator.modelcache.evict",
         "kubemaas_operator.modelcache.mount", "kubemaas_operator.modelcache.implicit",
-        "kubemaas_operator.api.autocache", "kubemaas_operator.sizing",
+        "kubemaas_operator.api.autocache", "kubemaas_operator.modelcache.optimize",
+        "kubemaas_operator.render.cached_optimization", "kubemaas_operator.sizing",
         "kubemaas_operator.engines", "kubemaas_operator.timestamps"]
 
 

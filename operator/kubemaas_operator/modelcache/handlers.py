@@ -27,6 +27,9 @@ from . import implicit
 from .api import GROUP, PLURAL, VERSION, parse_cache_spec
 from .evict import Resident
 from .mount import CacheMount, mount_status
+from .optimize import CONTAINER as OPTIMIZE_CONTAINER
+from .optimize import KEY_LABEL
+from .optimize_watch import cache_wants
 from .reconcile import CacheSnapshot, Memory, reconcile_cache
 from .render import (
     ATTEMPT_ANNOTATION,
@@ -51,7 +54,7 @@ def cache_pod(body: Mapping[str, Any]) -> CachePod:
     labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
     terminated: Mapping[str, Any] = {}
     for c in status.get("containerStatuses") or []:
-        if c.get("name") in (CONTAINER, "remove"):
+        if c.get("name") in (CONTAINER, "remove", OPTIMIZE_CONTAINER):
             terminated = (c.get("state") or {}).get("terminated") or {}
     try:
         attempt = int(notes.get(ATTEMPT_ANNOTATION) or 0)
@@ -63,7 +66,7 @@ def cache_pod(body: Mapping[str, Any]) -> CachePod:
                     phase=status.get("phase") or "Pending",
                     exit_code=terminated.get("exitCode"), message=terminated.get("message"),
                     finished_at=parse_time(terminated.get("finishedAt")),
-                    deleting=bool(meta.get("deletionTimestamp")))
+                    deleting=bool(meta.get("deletionTimestamp")), key=labels.get(KEY_LABEL, ""))
 
 
 @kopf.index(*CACHE)
@@ -193,7 +196,8 @@ def snapshot(namespace: str, name: str) -> CacheSnapshot | None:
         except ValueError:
             pass
     return CacheSnapshot(body=body, pods=pods, nodes=nodes, used_on=used,
-                         neighbours=neighbours, victims=victims)
+                         neighbours=neighbours, victims=victims,
+                         wants=tuple(cache_wants(namespace, name, body)))
 
 
 async def _queued(key: Hashable) -> float | None:

@@ -31,6 +31,9 @@ class CacheMount:
     sub_path: str | None = None
     host_path: str | None = None  # node storage
     nodes: tuple[str, ...] = ()  # node storage: the nodes whose copy is Ready
+    # spec.model.optimize done in the cache (modelcache/optimize.py): per option key, the copies
+    # where it has finished ("" for the claim) and what the cache says of it
+    optimized: tuple[tuple[str, tuple[str, ...], str], ...] = ()
 
 
 def mount_status(name: str, cache: Mapping[str, Any] | None) -> CacheMount:
@@ -48,16 +51,30 @@ def mount_status(name: str, cache: Mapping[str, Any] | None) -> CacheMount:
         return CacheMount(name=name, ready=False, reason="CacheDeleting", message=(
             f"ModelCache {name} is being deleted; name another cache, or recreate it"))
     fresh = status.get("observedGeneration") == meta.get("generation")
+    optimized = _optimized(status)
     if storage == "pvc" and phase == "Ready" and fresh:
         return CacheMount(name=name, ready=True, claim_name=status.get("claimName"),
-                          sub_path=status.get("path"))
+                          sub_path=status.get("path"), optimized=optimized)
     if storage == "node" and nodes and fresh:
-        return CacheMount(name=name, ready=True, host_path=status.get("path"), nodes=nodes)
+        return CacheMount(name=name, ready=True, host_path=status.get("path"), nodes=nodes,
+                          optimized=optimized)
     reason = "CacheFailed" if phase == "Failed" else "CacheNotReady"
     what = status.get("progress") or "no progress yet"
     return CacheMount(name=name, ready=False, reason=reason, message=(
         f"ModelCache {name} is {phase} ({status.get('reason') or 'waiting'}: "
         f"{status.get('message') or what}); the model starts once its files are Ready"))
+
+
+def _optimized(status: Mapping[str, Any]) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+    """(key, copies where the optimization finished, message) of status.optimizations."""
+    out = []
+    for entry in status.get("optimizations") or []:
+        done = ("Ready", "Failed")
+        where = tuple(sorted(str(n.get("name")) for n in entry.get("nodes") or []
+                             if n.get("phase") in done)) if "nodes" in entry else (
+            ("",) if entry.get("phase") in done else ())
+        out.append((str(entry.get("key")), where, str(entry.get("message") or "")))
+    return tuple(out)
 
 
 def mount_cache(deployment: dict[str, Any], cache: CacheMount) -> None:

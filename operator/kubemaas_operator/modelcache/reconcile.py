@@ -18,6 +18,9 @@ from ..k8s import ApiError
 from ..k8s.modelcache import CacheCluster
 from .api import API_VERSION, KIND, CacheSpec, parse_cache_spec
 from .evict import Resident, choose_evictions
+from .optimize import Want
+from .optimize import events as optimize_events
+from .optimize import plan as plan_optimize
 from .progress import Progress, last_progress
 from .render import (
     CONTAINER,
@@ -43,6 +46,7 @@ class CacheSnapshot:
     # node storage, for the budget: other caches' copies per node
     neighbours: Mapping[str, Sequence[Resident]] = field(default_factory=dict)
     victims: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+    wants: Sequence[Want] = ()  # the option sets of the models on it (optimize.py)
 
 
 class Memory:
@@ -145,7 +149,8 @@ async def _finalize(snap: CacheSnapshot, api: CacheCluster, memory: Memory) -> f
     if FINALIZER not in finalizers:
         return None
     for pod in snap.pods:
-        if pod.role == "fetch" and not pod.deleting and pod.phase in ("Pending", "Running"):
+        if pod.role in ("fetch", "optimize") and not pod.deleting and pod.phase in (
+                "Pending", "Running"):
             await api.delete_pod(ref.namespace, pod.name)
     try:
         spec: CacheSpec | None = parse_cache_spec(body.get("spec"))
@@ -228,6 +233,11 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
                          (node or "") in snap.used_on, now, decision) for node in targets]
     evictions = _budget(snap, ref, spec, decision, copies, previous)
     status = cache_status(ref, spec, int(meta.get("generation") or 0), copies, previous, now)
+    optimizing = plan_optimize(ref, spec, copies, snap.pods, snap.wants)
+    if optimizing.entries:
+        status["optimizations"] = optimizing.entries
+    decision.create += optimizing.create
+    decision.delete += optimizing.delete
     wanted_claim = claim(ref, spec)
     if wanted_claim is not None and decision.create:
         await api.apply(wanted_claim)
@@ -244,6 +254,12 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     for name in decision.delete:
         await api.delete_pod(ref.namespace, name)
     await _write(api, memory, body, previous, status)
+    for kind, reason, message in optimize_events(previous.get("optimizations") or [],
+                                                 optimizing.entries):
+        try:
+            await api.post_event(involved(body), kind, reason, message)
+        except ApiError as err:
+            log.warning("%s/%s: cannot post an Event: %s", ref.namespace, ref.name, err)
     waits = [w for w in (decision.requeue_after,) if w is not None]
     if decision.read_logs:
         waits.append(float(spec.download.progress_interval_seconds))

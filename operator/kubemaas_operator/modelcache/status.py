@@ -49,6 +49,7 @@ class CachePod:
     message: str | None = None
     finished_at: datetime | None = None
     deleting: bool = False
+    key: str = ""  # an optimize pod's option set (modelcache/optimize.py)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from ..engines import DEFAULT_VLLM_IMAGE, TENSOR, probes
 from ..modelcache.mount import CacheMount, mount_cache
 from ..scheduling import Placement, placement
 from ..sizing import GPUType
-from . import autoscaler, conversion, llm, optimization, wake
+from . import autoscaler, cached_optimization, conversion, llm, optimization, wake
 from .security import (
     CERTIFICATE_API_VERSION,
     CertificateParams,
@@ -394,7 +394,8 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     if spec.serving.tls is not None:
         use_https_probes(deployment)
     if ctx.cache is not None and ctx.cache.ready:
-        mount_cache(deployment, ctx.cache)
+        mount_cache(deployment, cached_optimization.narrow(spec, ctx.cache))
+        cached_optimization.use_cache(deployment, spec)
     revision = digest(deployment["spec"]["template"], 10)
     # Each pod says which revision it runs (rollout.py tells old pods from new ones with it).
     pod_meta = deployment["spec"]["template"].setdefault("metadata", {})

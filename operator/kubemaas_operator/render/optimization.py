@@ -15,12 +15,15 @@ measures is on the device the model will serve on.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..api import ModelDeploymentSpec
 
 INIT_CONTAINER = "optimize"
+OPTIMIZED_DIR = ".kubemaas-optimized"  # in a ModelCache's directory (runtime optimize/cached.py)
 
 
 def optimized_dir(cache_dir: str) -> str:
@@ -47,6 +50,19 @@ def _options_env(spec: ModelDeploymentSpec) -> list[dict[str, str]]:
         pairs.append(("KUBEMAAS_MAX_BATCH_SIZE", spec.runtime.batching.max_batch_size))
     return [{"name": k, "value": f"{v:g}" if isinstance(v, float) else str(v)}
             for k, v in pairs if v is not None]
+
+
+def options_env(spec: ModelDeploymentSpec) -> list[dict[str, str]]:
+    """The optimize step's options (and the batch size it measures at) as environment."""
+    return _options_env(spec)
+
+
+def options_key(spec: ModelDeploymentSpec) -> str:
+    """What decides an optimized model besides the model's files: the format and the options.
+    A ModelCache optimizes once per key and copy (modelcache/optimize.py), in
+    ``<cache>/.kubemaas-optimized/<key>/``."""
+    doc = {"format": spec.model.format, "env": _options_env(spec)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def init_container(spec: ModelDeploymentSpec, model_uri: str, cache_dir: str,

@@ -4,7 +4,7 @@ the result against the original, and serve the original when the accuracy guard 
 ``python -m kubemaas_runtime.optimize --model-uri URI --out DIR
 [--quantize int8-dynamic|int8-static|fp16] [--convert onnx]
 [--max-abs-error X] [--max-rel-error X] [--min-top1-agreement X]
-[--probe-uri URI [--probe-sha256 HEX]]``
+[--probe-uri URI [--probe-sha256 HEX]] [--publish | --from-cache DIR]``
 
 Runs before the runtime (the operator starts it as the pod's init container, from the runtime
 image). It fetches the model like the runtime does, and once per (model sha256, options) — in
@@ -14,6 +14,10 @@ runtime serves that directory) and prints the report as one JSON line, also writ
 termination message path (``/dev/termination-log``), where the operator reads it into the
 ModelDeployment's ``status.optimization``. Every failure to optimize is reported and the
 original is served; only a model that cannot be fetched at all stops it (exit status 1).
+
+On a ModelCache (cached.py): ``--publish`` optimizes the cache's directory once per option set
+into ``<cache>/.kubemaas-optimized/<key>/`` and writes ``result.json`` there; ``--from-cache
+DIR`` (a model pod, the cache read-only) serves that result without optimizing.
 """
 
 from __future__ import annotations
@@ -234,6 +238,14 @@ def run(uri: str, out: Path, opts: Options, *, fmt: str | None = None, sha256: s
         s3: S3Config | None = None, timeout_s: float = 300.0,
         device: str = "cpu") -> dict[str, Any]:
     """Fetch, optimize once per (sha256, options) under a lock, place ``out/serve/``."""
+    return run_entry(uri, out, opts, fmt=fmt, sha256=sha256, s3=s3, timeout_s=timeout_s,
+                     device=device)[0]
+
+
+def run_entry(uri: str, out: Path, opts: Options, *, fmt: str | None = None,
+              sha256: str | None = None, s3: S3Config | None = None, timeout_s: float = 300.0,
+              device: str = "cpu") -> tuple[dict[str, Any], Path]:
+    """``run``, and the cache entry (``out/by-key/<key>``) that holds the served file."""
     if (fmt or guess_format(uri)) == "hf":  # a model directory (llm_quant.py)
         from ..storage_dir import fetch_model_dir
         from ..tfconvert import tree_digest
@@ -280,7 +292,7 @@ def run(uri: str, out: Path, opts: Options, *, fmt: str | None = None, sha256: s
         shutil.copyfile(entry / name, staging / name)
     shutil.rmtree(serve, ignore_errors=True)
     os.replace(staging, serve)
-    return report
+    return report, entry
 
 
 def _same_fs(a: Path, b: Path) -> bool:

@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import StartupError
 from ..storage import S3Config
-from . import Options, run
+from . import Options, cached, run_entry
 from . import __doc__ as DOC
 from .measure import Guard
 
@@ -60,6 +62,15 @@ def parser() -> argparse.ArgumentParser:
                    help="where to measure: cpu | cuda | auto")
     p.add_argument("--s3-endpoint", default=_env("KUBEMAAS_S3_ENDPOINT"))
     p.add_argument("--s3-credentials-dir", default=_env("KUBEMAAS_S3_CREDENTIALS_DIR"))
+    p.add_argument("--publish", action="store_true",
+                   default=(_env("KUBEMAAS_OPTIMIZE_PUBLISH") or "") in ("1", "true"),
+                   help="the model is a ModelCache's directory (file://) and --out is inside it: "
+                        "key on the cache's manifest and write result.json for the model pods "
+                        "(optimize/cached.py)")
+    p.add_argument("--from-cache", default=_env("KUBEMAAS_OPTIMIZE_FROM_CACHE"),
+                   help="a ModelCache's optimized directory for these options (read-only): serve "
+                        "its result when it is of the cache's present download, else optimize "
+                        "here")
     p.add_argument("--termination-message-path", default=_env("KUBEMAAS_TERMINATION_MESSAGE_PATH")
                    or TERMINATION_LOG)
     return p
@@ -94,10 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        repeats=max(1, args.repeats), probe_uri=args.probe_uri,
                        probe_sha256=(args.probe_sha256.strip().lower() if args.probe_sha256
                                      else None))
-        s3 = S3Config.from_env(os.environ, args.s3_endpoint, args.s3_credentials_dir)
-        sha = args.model_sha256.strip().lower() if args.model_sha256 else None
-        report = run(args.model_uri, Path(args.out), opts, fmt=args.format, sha256=sha, s3=s3,
-                     device=args.device)
+        report = _cached(args) if args.from_cache else None
+        if report is None:
+            report = _optimize(args, opts)
     except (StartupError, ValueError) as exc:
         print(f"optimize: error: {exc}", file=sys.stderr)
         _write(args.termination_message_path, f"optimize: error: {exc}"[:MESSAGE_LIMIT])
@@ -106,6 +116,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(line, flush=True)
     _write(args.termination_message_path, line)
     return 0
+
+
+def _local_dir(uri: str) -> Path:
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme not in ("", "file"):
+        raise StartupError(f"a model cache is a local directory (file://), not {uri}")
+    return Path(urllib.parse.unquote(parsed.path))
+
+
+def _cached(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The model cache's result (``--from-cache``), or None (then this pod optimizes)."""
+    found = cached.from_cache(Path(args.from_cache), _local_dir(args.model_uri), args.format,
+                              Path(args.out))
+    if isinstance(found, str):
+        print(f"optimize: not using the model cache: {found}; optimizing here", file=sys.stderr,
+              flush=True)
+        return None
+    print(f"optimize: the model cache holds the optimized model for these options "
+          f"({args.from_cache}, serving the {found.get('serving')} model): not optimizing",
+          file=sys.stderr, flush=True)
+    return found
+
+
+def _optimize(args: argparse.Namespace, opts: Options) -> dict[str, Any]:
+    s3 = S3Config.from_env(os.environ, args.s3_endpoint, args.s3_credentials_dir)
+    sha = args.model_sha256.strip().lower() if args.model_sha256 else None
+    if args.publish:  # keyed on the cache's manifest: the model pods check the same digest
+        digest = cached.content_digest(_local_dir(args.model_uri), args.format)
+        report, entry = run_entry(args.model_uri, Path(args.out), opts, fmt=args.format,
+                                  sha256=digest, s3=s3, device=args.device)
+        cached.publish(Path(args.out), digest, entry, report)
+        return report
+    return run_entry(args.model_uri, Path(args.out), opts, fmt=args.format, sha256=sha, s3=s3,
+                     device=args.device)[0]
 
 
 def _write(path: str, text: str) -> None:

@@ -51,10 +51,12 @@ def prompts_from(path: Path) -> list[str]:
 
 
 def link_tree(src: Path, dest: Path) -> None:
-    """``dest`` holding ``src``'s files (hard links on one filesystem, else copies)."""
+    """``dest`` holding ``src``'s files (hard links on one filesystem, else copies); not the
+    ``.kubemaas-*`` entries of a model cache's directory (its manifest, its optimized models)."""
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
-        if not path.is_file() or rel.name == quantized.MARKER:
+        if (not path.is_file() or rel.name == quantized.MARKER
+                or rel.parts[0].startswith(".kubemaas-")):
             continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)

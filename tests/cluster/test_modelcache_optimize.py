@@ -1,0 +1,311 @@
+"""spec.model.optimize on a ModelCache through the operator, on the real control plane with kwok
+nodes (no container runs there, so the test runs each pod's command itself from the spec the
+operator wrote, its volumes moved to local directories, and writes the pod's end into its status
+as the kubelet would, like tests/cluster/test_optimize_contract.py):
+
+- a node ModelCache on two nodes, filled by the real downloader (its pod's command, from a local
+  HTTP server); three models on it: two with the same options (fp16), one whose guard is too
+  tight (int8-dynamic, maxAbsError 0). They wait (CacheNotReady, then CacheOptimizing);
+- one optimize pod per option set and Ready node copy — two on the first node, not three —
+  runs the real optimize step into the node's directory; status.optimizations of the cache
+  shows the figures per key and node (the tight one: the guard failed, the original serves);
+- the models get their Deployments, only on the node that has the result; the model pod's init
+  container, run from its spec on the node's directory mounted read-only, serves the cached
+  result without optimizing (its log says so), and its termination message brings the figures
+  to the ModelDeployment's status as without a cache; the runtime started from the written
+  container spec answers with the fp16 model;
+- the second node's copy becomes Ready: once more per option set, there (four optimize pods in
+  all for three models on two nodes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from kubemaas_testbed.cluster import free_port
+from kubemaas_testbed.model_servers import FileServer
+from tests.cluster.conftest import Operator
+from tests.cluster.test_keras_contract import base_env, local_env, runtime_from
+from tests.cluster.test_modelcache import (
+    cache,
+    cache_pods,
+    cache_status,
+    terminate,
+    two_nodes,
+)
+from tests.cluster.test_operator import apply, md, status
+from tests.conftest import Kube
+from tests.helpers import http_json, wait_for
+from tests.runtime.conftest import PY, ort_run
+from tests.runtime.test_optimize import make_mlp_onnx
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Any]:
+    """Factory: a read-only bind mount of a directory, as the model pods mount the cache."""
+    mounted: list[Path] = []
+
+    def mount(src: Path) -> Path:
+        dest = tmp_path / f"ro-{len(mounted)}"
+        dest.mkdir()
+        for cmd in (["mount", "--bind", str(src), str(dest)],
+                    ["mount", "-o", "remount,bind,ro", str(dest)]):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.fail(f"this test bind-mounts the cache read-only and needs root: "
+                            f"{done.stderr.strip()}")
+        mounted.append(dest)
+        return dest
+
+    yield mount
+    for dest in mounted:
+        subprocess.run(["umount", str(dest)], check=True)
+
+
+def run_container(container: dict[str, Any], local: dict[str, Path], tmp: Path,
+                  args: list[str] | None = None) -> tuple[int, str, str]:
+    """The container's command and args, run here with its volumes moved to local
+    directories: (exit code, termination message, stderr)."""
+    log = tmp / f"termination-{container['name']}-{len(list(tmp.glob('termination-*')))}"
+    env = {**base_env(tmp), **local_env(container, local),
+           "KUBEMAAS_TERMINATION_MESSAGE_PATH": str(log)}
+    cmd = [PY, *container["command"][1:], *(args if args is not None
+                                            else container.get("args", []))]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return proc.returncode, (log.read_text() if log.is_file() else ""), proc.stderr
+
+
+def download(kube: Kube, namespace: str, pod: dict[str, Any], volume_dir: Path,
+             tmp: Path) -> None:
+    """The download pod's fetch, run here with its volume at ``volume_dir``; its end into the
+    pod's status."""
+    (c,) = pod["spec"]["containers"]
+    mount = c["volumeMounts"][0]["mountPath"]
+    args = [str(volume_dir) + a.removeprefix(mount) if a.startswith(mount) else a
+            for a in c["args"]]
+    args[args.index("--termination-log") + 1] = str(tmp / "fetch-termination")
+    proc = subprocess.run([PY, *c["command"][1:], *args], env=base_env(tmp),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    terminate(kube, namespace, pod, 0, (tmp / "fetch-termination").read_text())
+
+
+def optimize_pods(kube: Kube, namespace: str, n: int, name: str = "mlp"
+                  ) -> list[dict[str, Any]]:
+    return list(wait_for(lambda: (lambda p: p if len(p) == n else None)(
+        cache_pods(kube, namespace, name, "optimize")), timeout=60,
+        what=f"{n} optimize pods"))
+
+
+def reason_of(kube: Kube, namespace: str, name: str) -> str:
+    return str(status(kube, namespace, name).get("reason") or "")
+
+
+def model_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        pods = json.loads(kube.kubectl("-n", namespace, "get", "pods", "-l",
+                                       f"app.kubernetes.io/instance={name}", "-o",
+                                       "json").stdout)["items"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")
+                and p["spec"].get("nodeName")]
+        return live[0] if len(live) == 1 else None
+    pod: dict[str, Any] = wait_for(found, timeout=90, what=f"one scheduled pod of {name}")
+    return pod
+
+
+def init_terminated(kube: Kube, namespace: str, pod: dict[str, Any], message: str) -> None:
+    patch = {"status": {"initContainerStatuses": [{
+        "name": "optimize", "image": pod["spec"]["initContainers"][0]["image"], "imageID": "",
+        "ready": True, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}}]}}
+    kube.kubectl("-n", namespace, "patch", "pod", pod["metadata"]["name"], "--subresource",
+                 "status", "--type", "strategic", "-p", json.dumps(patch))
+
+
+def test_optimized_once_per_option_set_and_node_copy(kube: Kube, namespace: str,
+                                                     operator: Operator, tmp_path: Path,
+                                                     read_only: Any) -> None:
+    n1, n2 = two_nodes(kube)
+    store = tmp_path / "store"
+    store.mkdir()
+    make_mlp_onnx(store / "mlp.onnx")
+    nodes = {n1: tmp_path / "node-1", n2: tmp_path / "node-2"}  # each node's cache directory
+    port = free_port()
+    with FileServer(store) as server:
+        apply(kube, namespace, cache("mlp", [n1, n2],
+                                     source={"uri": f"{server.url}/mlp.onnx"}))
+        runtime = {"image": "ghcr.io/kubemaas/runtime:0.1.0", "resources": {"cpu": "1",
+                                                                            "memory": "1Gi"}}
+        for name, optimize in (("fast-a", {"quantize": "fp16"}), ("fast-b", {"quantize": "fp16"}),
+                               ("strict", {"quantize": "int8-dynamic", "maxAbsError": 0})):
+            apply(kube, namespace, md(name, model={"cache": "mlp", "format": "onnx",
+                                                   "name": "mlp", "optimize": optimize},
+                                      runtime=runtime, serving={"port": port}))
+        wait_for(lambda: reason_of(kube, namespace, "fast-a").startswith("CacheNotReady"),
+                 timeout=60, what="fast-a waiting: CacheNotReady")
+        fetches = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(
+            cache_pods(kube, namespace, "mlp")), timeout=60, what="two download pods")
+        by_node = {p["spec"]["nodeName"]: p for p in fetches}
+        download(kube, namespace, by_node[n1], nodes[n1], tmp_path)
+
+        # n1's copy is Ready: one optimize pod per option set there (two, for three models)
+        pods = optimize_pods(kube, namespace, 2)
+        assert {p["spec"]["nodeName"] for p in pods} == {n1}
+        wait_for(lambda: reason_of(kube, namespace, "fast-a").startswith("CacheOptimizing"),
+                 timeout=60, what="fast-a waiting: CacheOptimizing")
+        assert kube.kubectl("-n", namespace, "get", "deployment", "fast-a",
+                            check=False).returncode != 0
+        for p in pods:
+            (c,) = p["spec"]["containers"]
+            env = {e["name"]: e["value"] for e in c["env"]}
+            assert env["KUBEMAAS_OPTIMIZE_PUBLISH"] == "1"
+            code, message, err = run_container(c, {"cache": nodes[n1]}, tmp_path)
+            assert code == 0, err[-2000:]
+            terminate(kube, namespace, p, 0, message)
+
+    st = wait_for(lambda: (lambda s: s if [o for o in s.get("optimizations") or []
+                                           if o.get("phase") == "Ready"][1:] else None)(
+        cache_status(kube, namespace, "mlp")), timeout=60, what="both option sets Ready")
+    by_models = {tuple(o["models"]): o for o in st["optimizations"]}
+    fast, strict = by_models[("fast-a", "fast-b")], by_models[("strict",)]
+    assert (fast["reason"], fast["serving"]) == ("Optimized", "optimized")
+    assert fast["report"]["sizeBytes"]["optimized"] < fast["report"]["sizeBytes"]["original"]
+    assert fast["options"]["quantize"] == "fp16"
+    assert fast["nodes"][0]["name"] == n1 and fast["nodes"][0]["phase"] == "Ready"
+    assert (strict["reason"], strict["serving"]) == ("OptimizationRejected", "original")
+    assert strict["report"]["errors"]["scores"]["maxAbsError"] > 0
+    described = kube.kubectl("-n", namespace, "describe", "mc", "mlp").stdout
+    assert "Optimizations:" in described and "Size Bytes" in described
+
+    def cache_events() -> dict[str, dict[str, Any]] | None:
+        items = json.loads(kube.kubectl(
+            "-n", namespace, "get", "events", "--field-selector",
+            "involvedObject.name=mlp,involvedObject.kind=ModelCache", "-o", "json").stdout)["items"]
+        said = {e["reason"]: e for e in items}
+        return said if {"Optimized", "OptimizationRejected"} <= set(said) else None
+    said = wait_for(cache_events, timeout=30, what="the cache's Optimized and Warning Events")
+    assert said["OptimizationRejected"]["type"] == "Warning"
+    assert "models strict" in said["OptimizationRejected"]["message"]
+
+    # the models run on n1 only; their pods read the cache's result and do not optimize
+    ro = read_only(nodes[n1])
+    for name, serving in (("fast-a", "optimized"), ("strict", "original")):
+        pod = model_pod(kube, namespace, name)
+        assert pod["spec"]["nodeName"] == n1
+        (init,) = pod["spec"]["initContainers"]
+        local = {"model-files": ro, "model-cache": tmp_path / f"{name}-emptydir"}
+        local["model-cache"].mkdir()
+        code, message, err = run_container(init, local, tmp_path)
+        assert code == 0, err[-2000:]
+        assert "the model cache holds the optimized model for these options" in err, err
+        assert "not optimizing" in err
+        assert not (local["model-cache"] / "optimized" / "by-key").exists()
+        init_terminated(kube, namespace, pod, message)
+        report = wait_for(lambda n=name: status(kube, namespace, n).get("optimization"),
+                          timeout=60, what=f"status.optimization of {name}")
+        assert report["serving"] == serving and report["optimizedIn"] == "modelCache"
+        assert report["pod"] == pod["metadata"]["name"]
+        cached = fast if name == "fast-a" else strict
+        assert report["errors"] == cached["report"]["errors"]
+        assert report["sizeBytes"] == cached["report"]["sizeBytes"]
+        if name == "fast-a":
+            (container,) = pod["spec"]["containers"]
+            env = {**base_env(tmp_path), **local_env(container, local)}
+            x = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)
+            want = ort_run(store / "mlp.onnx", {"x": x})["scores"]
+            with runtime_from(container, env, tmp_path / "runtime.log", port) as base:
+                code, doc = http_json(f"{base}/v2/models/mlp/infer", {"inputs": [
+                    {"name": "x", "shape": [3, 32], "datatype": "FP32",
+                     "data": x.ravel().tolist()}]})
+                assert code == 200, doc
+            got = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(3, 10)
+            assert not np.array_equal(got, want)  # the fp16 model answered
+            assert np.max(np.abs(got - want)) <= 0.05 * np.max(np.abs(want))
+
+    # n2's copy becomes Ready: once more per option set, on n2 (4 pods for 3 models, 2 nodes)
+    with FileServer(store) as server:
+        pod = by_node[n2]
+        (c,) = pod["spec"]["containers"]
+        c["args"][c["args"].index("--source") + 1] = f"{server.url}/mlp.onnx"
+        download(kube, namespace, pod, nodes[n2], tmp_path)
+    pods = optimize_pods(kube, namespace, 4)
+    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted([n1, n1, n2, n2])
+
+
+def test_a_claim_is_optimized_once_per_option_set(kube: Kube, namespace: str,
+                                                   operator: Operator, tmp_path: Path) -> None:
+    """pvc storage: one optimize pod per option set, whatever the replicas; a model with other
+    options adds its own (several keys, each once); a key no model asks for any more goes."""
+    pv = f"{namespace}-opt"
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                  "storageClassName": "", "hostPath": {"path": "/tmp/unused-" + pv},
+                  "claimRef": {"namespace": namespace, "name": "shared"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "shared", "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                  "resources": {"requests": {"storage": "1Gi"}}}}]))
+    claim = tmp_path / "claim"  # the claim's root, as the pods mount it
+    store = tmp_path / "store"
+    store.mkdir()
+    make_mlp_onnx(store / "mlp.onnx")
+    runtime = {"image": "ghcr.io/kubemaas/runtime:0.1.0"}
+    try:
+        with FileServer(store) as server:
+            apply(kube, namespace, cache("files", [], source={"uri": f"{server.url}/mlp.onnx"},
+                                         storage={"type": "pvc", "pvc": {
+                                             "claimName": "shared", "subPath": "models/files"}}))
+            for name in ("a", "b"):
+                apply(kube, namespace, md(name, model={"cache": "files", "format": "onnx",
+                                                       "optimize": {"quantize": "fp16"}},
+                                          runtime=runtime, replicas=2))
+            (fetch,) = wait_for(lambda: cache_pods(kube, namespace, "files") or None,
+                                timeout=60, what="one download pod")
+            download(kube, namespace, fetch, claim, tmp_path)
+        (pod,) = optimize_pods(kube, namespace, 1, "files")
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True  # restricted, as pvc's
+        assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "shared"}
+        (c,) = pod["spec"]["containers"]
+        code, message, err = run_container(c, {"cache": claim}, tmp_path)
+        assert code == 0, err[-2000:]
+        terminate(kube, namespace, pod, 0, message)
+        assert (claim / "models" / "files" / ".kubemaas-optimized").is_dir()
+        for name in ("a", "b"):
+            dep = wait_for(lambda n=name: (lambda r: json.loads(r.stdout) if r.returncode == 0
+                                           else None)(kube.kubectl(
+                "-n", namespace, "get", "deployment", n, "-o", "json", check=False)),
+                timeout=60, what=f"{name}'s Deployment")
+            (init,) = dep["spec"]["template"]["spec"]["initContainers"]
+            env = {e["name"]: e["value"] for e in init["env"]}
+            assert env["KUBEMAAS_OPTIMIZE_FROM_CACHE"].startswith(
+                "/var/lib/kubemaas/model-cache/.kubemaas-optimized/")
+            mount = next(m for m in init["volumeMounts"] if m["name"] == "model-files")
+            assert mount["readOnly"] is True and mount["subPath"] == "models/files"
+        st = cache_status(kube, namespace, "files")
+        (entry,) = st["optimizations"]
+        assert entry["models"] == ["a", "b"] and entry["phase"] == "Ready" and "nodes" not in entry
+        # other options: a second key, optimized once too; then no model asks for it: it goes
+        apply(kube, namespace, md("c", model={"cache": "files", "format": "onnx",
+                                              "optimize": {"quantize": "int8-dynamic"}},
+                                  runtime=runtime))
+        pods = optimize_pods(kube, namespace, 2, "files")
+        wait_for(lambda: reason_of(kube, namespace, "c").startswith("CacheOptimizing"),
+                 timeout=60, what="c waiting: CacheOptimizing")
+        kube.kubectl("-n", namespace, "delete", "md", "c", "--wait=false")
+        assert optimize_pods(kube, namespace, 1, "files")[0]["metadata"]["name"] == (
+            pod["metadata"]["name"])
+        wait_for(lambda: len(cache_status(kube, namespace, "files").get("optimizations") or [])
+                 == 1, timeout=60, what="c's option set gone from the status")
+        assert len(pods) == 2
+    finally:
+        kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
