@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from . import binaries, kubeconfig, node, pki, topology
-from .processes import ProcessTable
+from .processes import ProcessTable, log_tail
 
 SERVICE_CIDR = "10.96.0.0/12"
 SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the kubernetes Service
@@ -315,13 +315,13 @@ class Cluster:
                     and n not in running]
             if dead:
                 raise ClusterError(f"{dead[0]} exited; see {self.state / 'logs' / dead[0]}.log:\n"
-                                   + _tail(self.state / "logs" / f"{dead[0]}.log"))
+                                   + log_tail(self.state / "logs" / f"{dead[0]}.log"))
             if check():
                 return
             time.sleep(0.2)
         raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}; see "
                            f"{self.state / 'logs' / component}.log:\n"
-                           + _tail(self.state / "logs" / f"{component}.log"))
+                           + log_tail(self.state / "logs" / f"{component}.log"))
 
     # ---- down / status ------------------------------------------------------
 
@@ -348,12 +348,6 @@ def _node_ready(node: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True"
                for c in node.get("status", {}).get("conditions", []))
 
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 def kubectl(kubeconfig_path: Path, *args: str, check: bool = True,

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from . import binaries, cluster, gomodule, pki
-from .processes import ProcessTable
+from .processes import ProcessTable, log_tail
 
 KEDA_MODULE = "github.com/kedacore/keda/v2"
 KEDA_VERSION = "v2.21.0"
@@ -184,10 +184,10 @@ def _start_adapter(table: ProcessTable, kubeconfig: Path, certs: Path, grpc_port
         if ADAPTER_PROCESS not in {p.name for p in table.running()}:
             _remove_apiservice(kubeconfig)
             raise KedaError(f"KEDA's metrics API server exited; see {proc.log}:\n"
-                            f"{_tail(proc.log)}")
+                            f"{log_tail(proc.log)}")
         if time.monotonic() > deadline:
             raise KedaError(f"the APIService {APISERVICE} was not Available after "
-                            f"{timeout:.0f} s; see {proc.log}:\n{_tail(proc.log)}")
+                            f"{timeout:.0f} s; see {proc.log}:\n{log_tail(proc.log)}")
         time.sleep(0.5)
 
 
@@ -237,10 +237,10 @@ def up(state: Path, kubeconfig: Path, timeout: float = 120.0, metrics_api: bool 
     deadline = time.monotonic() + timeout
     while not _healthy(ports["probe"]):
         if PROCESS not in {p.name for p in table.running()}:
-            raise KedaError(f"the KEDA operator exited; see {proc.log}:\n{_tail(proc.log)}")
+            raise KedaError(f"the KEDA operator exited; see {proc.log}:\n{log_tail(proc.log)}")
         if time.monotonic() > deadline:
             raise KedaError(f"the KEDA operator was not ready after {timeout:.0f} s; see "
-                            f"{proc.log}:\n{_tail(proc.log)}")
+                            f"{proc.log}:\n{log_tail(proc.log)}")
         time.sleep(0.5)
     if metrics_api:
         _start_adapter(table, kubeconfig, certs, ports["grpc"], timeout)
@@ -256,12 +256,6 @@ def down(state: Path, kubeconfig: Path | None = None) -> None:
     table.stop(ADAPTER_PROCESS)
     table.stop(PROCESS)
 
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

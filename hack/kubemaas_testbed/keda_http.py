@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import binaries, cluster, gomodule
-from .processes import ProcessTable
+from .processes import ProcessTable, log_tail
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "third_party" / "keda-http-add-on"
@@ -133,10 +133,10 @@ def _wait(table: ProcessTable, name: str, log: Path, ok: Callable[[], bool],
     deadline = time.monotonic() + timeout
     while not ok():
         if name not in {p.name for p in table.running()}:
-            raise HttpAddOnError(f"the {name} exited; see {log}:\n{_tail(log)}")
+            raise HttpAddOnError(f"the {name} exited; see {log}:\n{log_tail(log)}")
         if time.monotonic() > deadline:
             raise HttpAddOnError(f"the {name} was not ready after {timeout:.0f} s; see {log}:\n"
-                                 f"{_tail(log)}")
+                                 f"{log_tail(log)}")
         time.sleep(0.3)
 
 
@@ -187,12 +187,6 @@ def down(state: Path) -> None:
     table.stop(INTERCEPTOR)
     (state / PORTS).unlink(missing_ok=True)
 
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from . import binaries, kubeconfig, pki
-from .processes import ProcessTable
+from .processes import ProcessTable, log_tail
 
 NODE_NAME = "real-0"
 # Several testbeds on one machine may each have a real node (engineers' test sessions
@@ -554,13 +554,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     and n not in running]
             if dead:
                 raise NodeError(f"{dead[0]} exited; the end of its log:\n"
-                                + _tail(self.cluster_state / "logs" / f"{dead[0]}.log"))
+                                + log_tail(self.cluster_state / "logs" / f"{dead[0]}.log"))
             if check():
                 return
             time.sleep(0.5)
         raise NodeError(f"timed out after {timeout:.0f} s waiting for {what}; the end of "
                         f"{component}.log:\n"
-                        + _tail(self.cluster_state / "logs" / f"{component}.log"))
+                        + log_tail(self.cluster_state / "logs" / f"{component}.log"))
 
     # ---- down ----------------------------------------------------------------------
 
@@ -701,12 +701,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 def _mounts_under(directory: Path) -> list[str]:

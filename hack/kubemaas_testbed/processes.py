@@ -19,6 +19,14 @@ class Process:
     log: Path
 
 
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a process's log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def stop_child(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
     """SIGTERM a child this process started, wait for it to drain, SIGKILL it if it will not."""
     proc.terminate()

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from . import binaries, cluster
-from .processes import ProcessTable
+from .processes import ProcessTable, log_tail
 
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 PROMETHEUS_VERSION = "v0.316.0"  # Prometheus 3.16.0
@@ -175,10 +175,10 @@ def up(state: Path, kubeconfig: Path, node_name: str | None = None,
     deadline = time.monotonic() + timeout
     while not _ready(url):
         if PROCESS not in {p.name for p in table.running()}:
-            raise PrometheusError(f"Prometheus exited; see {proc.log}:\n{_tail(proc.log)}")
+            raise PrometheusError(f"Prometheus exited; see {proc.log}:\n{log_tail(proc.log)}")
         if time.monotonic() > deadline:
             raise PrometheusError(f"Prometheus was not ready after {timeout:.0f} s; see "
-                                  f"{proc.log}:\n{_tail(proc.log)}")
+                                  f"{proc.log}:\n{log_tail(proc.log)}")
         time.sleep(0.5)
     return Prometheus(url, proc.pid)
 
@@ -218,12 +218,6 @@ def query(url: str, promql: str) -> list[dict[str, Any]]:
         raise PrometheusError(f"query {promql!r} failed: {out}")
     return list(out["data"]["result"])
 
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":
