@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,30 +44,9 @@ from tests.conftest import Kube
 from tests.helpers import http_json, wait_for
 from tests.runtime.conftest import PY, ort_run
 from tests.runtime.test_optimize import make_mlp_onnx
+from tests.runtime.test_optimize_cache import read_only as read_only  # the fixture
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-@pytest.fixture
-def read_only(tmp_path: Path) -> Iterator[Any]:
-    """Factory: a read-only bind mount of a directory, as the model pods mount the cache."""
-    mounted: list[Path] = []
-
-    def mount(src: Path) -> Path:
-        dest = tmp_path / f"ro-{len(mounted)}"
-        dest.mkdir()
-        for cmd in (["mount", "--bind", str(src), str(dest)],
-                    ["mount", "-o", "remount,bind,ro", str(dest)]):
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                pytest.fail(f"this test bind-mounts the cache read-only and needs root: "
-                            f"{done.stderr.strip()}")
-        mounted.append(dest)
-        return dest
-
-    yield mount
-    for dest in mounted:
-        subprocess.run(["umount", str(dest)], check=True)
 
 
 def run_container(container: dict[str, Any], local: dict[str, Path], tmp: Path,
