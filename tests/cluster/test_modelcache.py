@@ -197,8 +197,9 @@ def test_budget_evicts_the_least_recently_used_copy(kube: Kube, namespace: str,
     assert st["phase"] == "Pending" and st["reason"] == "Evicted"
 
 
-def test_pvc_cache_fills_one_claim(kube: Kube, namespace: str, operator: Operator) -> None:
-    pv = f"{namespace}-cache"
+def shared_claim(kube: Kube, namespace: str, pv: str) -> str:
+    """A ReadWriteMany claim `shared` bound to the PersistentVolume `pv` (a hostPath nothing on
+    kwok reads: the tests run the cache's pods themselves); returns `pv`, deleted by the test."""
     kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
@@ -208,6 +209,11 @@ def test_pvc_cache_fills_one_claim(kube: Kube, namespace: str, operator: Operato
          "metadata": {"name": "shared", "namespace": namespace},
          "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
                   "resources": {"requests": {"storage": "1Gi"}}}}]))
+    return pv
+
+
+def test_pvc_cache_fills_one_claim(kube: Kube, namespace: str, operator: Operator) -> None:
+    pv = shared_claim(kube, namespace, f"{namespace}-cache")
     try:
         apply(kube, namespace, cache("files", [], storage={
             "type": "pvc", "pvc": {"claimName": "shared", "subPath": "models/files"}}))

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
 from kubemaas_testbed.cluster import free_port
 from kubemaas_testbed.model_servers import FileServer
@@ -36,6 +35,7 @@ from tests.cluster.test_modelcache import (
     cache,
     cache_pods,
     cache_status,
+    shared_claim,
     terminate,
     two_nodes,
 )
@@ -223,16 +223,7 @@ def test_a_claim_is_optimized_once_per_option_set(kube: Kube, namespace: str,
                                                    operator: Operator, tmp_path: Path) -> None:
     """pvc storage: one optimize pod per option set, whatever the replicas; a model with other
     options adds its own (several keys, each once); a key no model asks for any more goes."""
-    pv = f"{namespace}-opt"
-    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                  "storageClassName": "", "hostPath": {"path": "/tmp/unused-" + pv},
-                  "claimRef": {"namespace": namespace, "name": "shared"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": "shared", "namespace": namespace},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                  "resources": {"requests": {"storage": "1Gi"}}}}]))
+    pv = shared_claim(kube, namespace, f"{namespace}-opt")
     claim = tmp_path / "claim"  # the claim's root, as the pods mount it
     store = tmp_path / "store"
     store.mkdir()
