@@ -13,6 +13,11 @@ only `spec.replicas`:
   was switched on) is applied without them: its current count, clamped to min..max, so that the
   field keeps an owner and is not reset to 1 (Kubernetes' documented hand-over to an HPA).
 
+A model its engine may hold at zero (KEDA, minReplicas 0) is created at 0 instead: the first apply
+carries `replicas: 0` and the floor manager applies the same at once, so that it keeps the field
+when the operator's later applies leave it out. A pod started only to be scaled away would hold a
+GPU and fetch the weights for nothing; the model starts on its signal or its first request.
+
 The autoscaler's own later changes take the field over from that manager (an update that changes
 a value owns it), so the floor manager never writes again unless the count falls below the floor.
 """
@@ -61,3 +66,8 @@ def raise_to_floor(spec: ModelDeploymentSpec, live_replicas: int | None,
     floor = a.min_replicas if engine is None else engine.min_replicas
     have = 1 if live_replicas is None else live_replicas
     return floor if have < floor else None
+
+
+def starts_at_zero(spec: ModelDeploymentSpec, engine: Choice | None) -> bool:
+    """Whether a new Deployment is created at 0 replicas: its engine may hold it at zero."""
+    return spec.autoscaling is not None and engine is not None and engine.min_replicas == 0

@@ -35,7 +35,13 @@ from .api import (
 from .canary import HTTP_ROUTE, READY_REPLICAS
 from .config import Settings
 from .drift import drift
-from .floor import FLOOR_MANAGER, autoscaler_observed, hand_over, raise_to_floor
+from .floor import (
+    FLOOR_MANAGER,
+    autoscaler_observed,
+    hand_over,
+    raise_to_floor,
+    starts_at_zero,
+)
 from .k8s import ApiError, AsyncCluster
 from .metrics import count_rollouts
 from .modelcache import implicit_apply
@@ -511,12 +517,17 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         try:
             if refused is not None:  # the same manifest again: do not ask again
                 raise ApiError(422, "Invalid", refused)
+            at_zero = (role == "main" and kind == "Deployment" and have is None
+                       and starts_at_zero(spec, rendered.autoscaler))
             if role == "main" and kind == "Deployment" and have is not None:
                 pin = hand_over(spec, deployment_info(have).spec_replicas,
                                 autoscaler_observed(observed_children))
                 if pin is not None:
                     await _pin_replicas(cluster, memory, name, namespace, pin)
-            applied = await cluster.apply(child)
+            applied = await cluster.apply(
+                {**child, "spec": {**child["spec"], "replicas": 0}} if at_zero else child)
+            if at_zero:  # the floor keeps 0 when the next apply leaves replicas out (floor.py)
+                applied = await _pin_replicas(cluster, memory, name, namespace, 0)
         except ApiError as err:
             if err.invalid:
                 memory.reject(child, err.message)

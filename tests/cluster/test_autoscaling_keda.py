@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from kubemaas_operator.floor import FLOOR_MANAGER
 from tests.cluster.conftest import ROOT, Operator, reconfigured
 from tests.cluster.test_operator import apply, get, get_md_table, md, status
 from tests.conftest import Kube
@@ -172,6 +173,12 @@ def _scaledobject_lifecycle(kube: Kube, namespace: str, prom: Signal) -> None:
     assert trigger["metadata"]["threshold"] == "4"
     assert trigger["metadata"]["serverAddress"] == prom.url
     assert not _exists(kube, namespace, "hpa", "q")  # never two autoscalers on one Deployment
+    # A model KEDA may hold at zero is created at zero (no pod started only to be scaled
+    # away), and the floor's field manager keeps the count when the operator's applies omit it.
+    dep = get(kube, namespace, "deployment", "q")
+    assert dep["spec"]["replicas"] == 0
+    assert any(f["manager"] == FLOOR_MANAGER and "f:replicas" in (f.get("fieldsV1") or {}).get(
+        "f:spec", {}) for f in dep["metadata"]["managedFields"])
     st = wait_for(lambda: (status(kube, namespace, "q").get("autoscaling") or {}).get(
         "engine") == "KEDA" and status(kube, namespace, "q"), timeout=30,
         what="status.autoscaling engine KEDA")
@@ -192,6 +199,7 @@ def _scaledobject_lifecycle(kube: Kube, namespace: str, prom: Signal) -> None:
     # (idleSeconds 1), the operator does not put it back; a queue wakes it.
     wait_for(lambda: get(kube, namespace, "deployment", "q")["spec"].get("replicas") == 0,
              timeout=90, what="KEDA scaling the idle model to zero")
+    assert _events(kube, namespace, "SuccessfulCreate") == []  # no pod was ever made
     from kubemaas_testbed import prometheus as testbed_prometheus
 
     rendered = f'sum(vllm:num_requests_waiting{{namespace="{namespace}",service="q"}})'

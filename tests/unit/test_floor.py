@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from kubemaas_operator.api import parse_spec
-from kubemaas_operator.floor import hand_over, raise_to_floor
+from kubemaas_operator.floor import hand_over, raise_to_floor, starts_at_zero
 from kubemaas_operator.render import replicas_manifest
+from kubemaas_operator.render.autoscaler import choose
 
 
 def spec(**extra: Any) -> Any:
@@ -40,3 +41,16 @@ def test_the_floor_applies_nothing_but_replicas() -> None:
     assert replicas_manifest("m", "ns", 3) == {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "m", "namespace": "ns"}, "spec": {"replicas": 3}}
+
+
+def test_a_model_its_engine_may_hold_at_zero_is_created_at_zero() -> None:
+    at_zero = spec(autoscaling={"signal": "queue", "target": 2, "minReplicas": 0,
+                                "maxReplicas": 2})
+    keda = choose(at_zero.autoscaling, cpu_request=True, keda=True, prometheus="http://p:9090")
+    assert keda.engine == "KEDA" and starts_at_zero(at_zero, keda)
+    # without KEDA the CPU fallback never goes below 1: created as usual, raised to 1
+    hpa = choose(at_zero.autoscaling, cpu_request=True, keda=False, prometheus="http://p:9090")
+    assert not starts_at_zero(at_zero, hpa)
+    assert not starts_at_zero(spec(**AUTO), choose(spec(**AUTO).autoscaling, cpu_request=True,
+                                                   keda=True, prometheus="http://p:9090"))
+    assert not starts_at_zero(spec(replicas=1), None)
