@@ -278,3 +278,43 @@ def test_a_claim_is_optimized_once_per_option_set(kube: Kube, namespace: str,
         assert len(pods) == 2
     finally:
         kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_a_cache_made_by_autocache_optimizes_for_its_model(kube: Kube, namespace: str,
+                                                           operator: Operator,
+                                                           tmp_path: Path) -> None:
+    """A model that asks for its cache (autoCache) and for optimize: the cache the operator made
+    for it optimizes for it (its option set is found through the autoCache match, not a name),
+    and the model then runs on the optimized copy."""
+    from tests.cluster.test_implicit_cache import asking, implicit_caches
+
+    n1, _ = two_nodes(kube)
+    store = tmp_path / "store"
+    store.mkdir()
+    make_mlp_onnx(store / "mlp.onnx")
+    node_dir = tmp_path / "node-1"
+    with FileServer(store) as server:
+        apply(kube, namespace, asking("auto", n1, uri=f"{server.url}/mlp.onnx",
+                                      optimize={"quantize": "fp16"}))
+        (mc,) = wait_for(lambda: implicit_caches(kube, namespace) or None, timeout=60,
+                         what="the ModelCache autoCache creates")
+        name = mc["metadata"]["name"]
+        (fetch,) = wait_for(lambda: cache_pods(kube, namespace, name) or None, timeout=60,
+                            what="the download pod")
+        download(kube, namespace, fetch, node_dir, tmp_path)
+    (pod,) = optimize_pods(kube, namespace, 1, name)
+    assert pod["spec"]["nodeName"] == n1
+    wait_for(lambda: reason_of(kube, namespace, "auto").startswith("CacheOptimizing"),
+             timeout=60, what="the model waiting: CacheOptimizing")
+    (c,) = pod["spec"]["containers"]
+    code, message, err = run_container(c, {"cache": node_dir}, tmp_path)
+    assert code == 0, err[-2000:]
+    terminate(kube, namespace, pod, 0, message)
+    st = wait_for(lambda: (lambda o: o if o and o[0].get("phase") == "Ready" else None)(
+        cache_status(kube, namespace, name).get("optimizations")), timeout=60,
+        what="the option set Ready")
+    assert st[0]["models"] == ["auto"] and st[0]["reason"] == "Optimized"
+    model = model_pod(kube, namespace, "auto")
+    assert model["spec"]["nodeName"] == n1
+    env = {e["name"]: e.get("value") for e in model["spec"]["initContainers"][0]["env"]}
+    assert "KUBEMAAS_OPTIMIZE_FROM_CACHE" in env
