@@ -2,9 +2,10 @@
 
 The same `reconcile()` runs for create, update, resume, every change of a child or of one of its
 pods, and the periodic drift check. What it observes comes from the operator's in-memory indexes
-(a `Snapshot`, built by handlers.py); the pure modules decide; `k8s/` writes. A child is applied
-only when it is missing, its spec-hash differs, or it drifted from the desired manifest, and the
-status is patched only when it changed: a steady-state resync writes nothing.
+(a `Snapshot`, built by handlers.py); the pure modules decide; `k8s/` writes, through children.py
+(the children: applied only when missing, changed or drifted) and writes.py (the status, patched
+only when it changed): a steady-state resync writes nothing. reconcile() sequences the steps;
+the larger ones are functions of their own below it.
 
 When the API server serves Gateway API HTTPRoutes and the model names a Gateway (or the operator
 has a default one), the children also include the HTTPRoute split: NAME-stable and NAME-canary
@@ -15,53 +16,39 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import autoscaling_status, cache_progress
+from . import autoscaling_status, cache_progress, children
 from .api import (
-    API_VERSION,
-    KIND,
     GatewayRef,
     ModelDeploymentSpec,
     ModelShape,
     SpecError,
-    parse_spec,
     valid_name,
 )
 from .canary import HTTP_ROUTE, READY_REPLICAS
+from .children import Children, Pair
 from .config import Settings
-from .drift import drift
-from .floor import (
-    FLOOR_MANAGER,
-    autoscaler_observed,
-    hand_over,
-    raise_to_floor,
-    starts_at_zero,
-)
 from .k8s import ApiError, AsyncCluster
-from .metrics import count_rollouts
+from .memory import Memory
 from .modelcache import implicit_apply
 from .modelcache.implicit import Owner, Plan
 from .modelcache.mount import CacheMount, cache_wait
+from .pod_life import CacheProgress
 from .render import (
     BUILTIN_TEMPLATE,
     CANARY_TRACK,
     CHILD_KINDS,
     HTTPROUTE_API_VERSION,
-    SPEC_HASH,
     STABLE_TRACK,
     RenderContext,
     Rendered,
     RenderError,
     cached_optimization,
     canary_name,
-    digest,
-    render,
-    replicas_manifest,
     selector_string,
     track_service_name,
     url,
@@ -69,9 +56,10 @@ from .render import (
 )
 from .render.inference import INFERENCEPOOL_API_VERSION, route_manifests, wants_pool
 from .render.security import CERTIFICATE_API_VERSION
+from .rollout import Plan as RolloutPlan
 from .rollout import plan as plan_rollout
-from .scheduling import NodeInfo, PendingDemand, check_capacity, gpu_summary
-from .sizing import gpu_types, size_gpus
+from .scheduling import Capacity, NodeInfo, PendingDemand, check_capacity, gpu_summary
+from .sizing import gpu_types
 from .status import (
     DeploymentInfo,
     Failure,
@@ -83,16 +71,9 @@ from .status import (
     failed_status,
 )
 from .timestamps import parse_time
+from .writes import Retry, write_status
 
 log = logging.getLogger("kubemaas.reconcile")
-
-
-class Retry(Exception):
-    """Something transient failed (the API server, a conflict); try again after `delay`."""
-
-    def __init__(self, message: str, delay: float = 5.0) -> None:
-        super().__init__(message)
-        self.delay = delay
 
 
 @dataclass(frozen=True)
@@ -128,117 +109,6 @@ class Outcome:
     requeue_after: float | None = None
 
 
-def _rv(obj: Mapping[str, Any] | None) -> int:
-    try:
-        return int((obj or {}).get("metadata", {}).get("resourceVersion") or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-class Memory:
-    """What this process applied, until the watch streams catch up (avoids duplicate writes)."""
-
-    def __init__(self) -> None:
-        self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self._templates: dict[str, tuple[float, dict[str, str] | None]] = {}
-        self._rejected: dict[tuple[str, str, str], tuple[str, str]] = {}
-        self._renders: dict[str, tuple[ModelDeploymentSpec, Rendered]] = {}
-        self._statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
-        self._told: set[tuple[str, str, str]] = set()
-
-    def first_time(self, namespace: str, name: str, what: str) -> bool:
-        """True once per model and message (for log lines that must not repeat every look)."""
-        key = (namespace, name, what)
-        if key in self._told:
-            return False
-        self._told.add(key)
-        return True
-
-    def wrote_status(self, namespace: str, name: str, response: Mapping[str, Any],
-                     status: dict[str, Any]) -> None:
-        self._statuses[(namespace, name)] = (_rv(response), status)
-
-    def previous_status(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """The model's status as last written: ours if the watch has not caught up yet."""
-        meta = body.get("metadata") or {}
-        key = (meta.get("namespace", ""), meta.get("name", ""))
-        mine = self._statuses.get(key)
-        if mine is not None:
-            if _rv(body) < mine[0]:
-                return mine[1]
-            self._statuses.pop(key, None)
-        return dict(body.get("status") or {})
-
-    def render(self, raw_spec: Mapping[str, Any], ctx: RenderContext,
-               template_name: str) -> tuple[ModelDeploymentSpec, Rendered]:
-        """parse + render, memoized: most reconciles (a pod's event, a resync) change neither."""
-        key = digest([raw_spec, ctx.name, ctx.namespace, ctx.uid, template_name,
-                      ctx.template_source, ctx.default_gateway_namespace,
-                      ctx.monitoring_namespace, repr(ctx.cache), ctx.vllm_image,
-                      ctx.gpu_types, ctx.model_record, ctx.keda, ctx.prometheus,
-                      ctx.http_addon, ctx.http_scaler, ctx.http_interceptor], 32)
-        hit = self._renders.get(key)
-        if hit is None:  # gpu.count auto: sized from the model's shape and the GPU node types
-            spec = size_gpus(parse_spec(raw_spec), ctx.gpu_types, ctx.model_record)
-            hit = (spec, render(spec, ctx))
-            if len(self._renders) >= 256:
-                self._renders.pop(next(iter(self._renders)))
-            self._renders[key] = hit
-        return hit
-
-    def rejected(self, child: Mapping[str, Any]) -> str | None:
-        """The API server's message if it already refused exactly this manifest."""
-        meta = child["metadata"]
-        entry = self._rejected.get((child["kind"], meta["namespace"], meta["name"]))
-        if entry is not None and entry[0] == meta["annotations"][SPEC_HASH]:
-            return entry[1]
-        return None
-
-    def reject(self, child: Mapping[str, Any], message: str) -> None:
-        meta = child["metadata"]
-        self._rejected[(child["kind"], meta["namespace"], meta["name"])] = (
-            meta["annotations"][SPEC_HASH], message)
-
-    def remember(self, obj: dict[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        meta.pop("managedFields", None)
-        self._applied[(obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))] = obj
-
-    def forget(self, kind: str, namespace: str, name: str) -> None:
-        self._applied.pop((kind, namespace, name), None)
-
-    def forget_all(self, namespace: str, name: str) -> None:
-        self._statuses.pop((namespace, name), None)
-        self._told = {t for t in self._told if t[:2] != (namespace, name)}
-        self.forget("Deployment", namespace, canary_name(name))
-        self.forget("HTTPRoute", namespace, name)
-        self.forget("InferencePool", namespace, name)
-        for track in (STABLE_TRACK, CANARY_TRACK):
-            self.forget("Service", namespace, track_service_name(name, track))
-        for _, kind in CHILD_KINDS:
-            self.forget(kind, namespace, name)
-            self._rejected.pop((kind, namespace, name), None)
-
-    def freshest(self, kind: str, namespace: str, name: str,
-                 observed: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-        mine = self._applied.get((kind, namespace, name))
-        if mine is None:
-            return observed
-        if observed is not None and _rv(observed) >= _rv(mine):
-            self._applied.pop((kind, namespace, name), None)
-            return observed
-        return mine
-
-    def templates(self, key: str, ttl: float) -> tuple[bool, dict[str, str] | None]:
-        entry = self._templates.get(key)
-        if entry is None or time.monotonic() - entry[0] > ttl:
-            return False, None
-        return True, entry[1]
-
-    def cache_templates(self, key: str, data: dict[str, str] | None) -> None:
-        self._templates[key] = (time.monotonic(), data)
-
-
 async def _template(settings: Settings, cluster: AsyncCluster, memory: Memory,
                     name: str) -> str | None:
     """The administrator's template source, or None for the built-in one."""
@@ -262,36 +132,6 @@ async def _template(settings: Settings, cluster: AsyncCluster, memory: Memory,
     return data[name]
 
 
-def _involved(body: Mapping[str, Any]) -> dict[str, Any]:
-    meta = body.get("metadata") or {}
-    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta.get("name"),
-            "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion")}
-
-
-async def _write_status(cluster: AsyncCluster, memory: Memory, body: Mapping[str, Any],
-                        result: StatusResult) -> None:
-    if not result.changed:
-        return
-    meta = body.get("metadata") or {}
-    try:
-        previous = memory.previous_status(body)
-        response = await cluster.patch_status(meta["namespace"], meta["name"], result.status,
-                                              previous)
-        memory.wrote_status(meta["namespace"], meta["name"], response, result.status)
-        count_rollouts(previous, result.status)
-    except ApiError as err:
-        if err.status == 404:
-            return  # deleted meanwhile
-        raise Retry(f"cannot write the status: {err}") from err
-    for event in result.events:
-        try:
-            await cluster.post_event(_involved(body), event.type, event.reason, event.message)
-        except ApiError as err:  # an Event is a courtesy; never fail a reconcile on it
-            log.warning("cannot post an Event for %s/%s: %s", meta["namespace"], meta["name"],
-                        err)
-
-
 def _next_check(pods: Sequence[PodInfo], now: datetime, grace: float) -> float | None:
     """Seconds until a not-ready pod's grace period ends (then the status must say so)."""
     waits = []
@@ -304,18 +144,6 @@ def _next_check(pods: Sequence[PodInfo], now: datetime, grace: float) -> float |
             if left > 0:
                 waits.append(left + 0.5)
     return min(waits) if waits else None
-
-
-async def _pin_replicas(cluster: AsyncCluster, memory: Memory, name: str, namespace: str,
-                        replicas: int) -> dict[str, Any]:
-    """Apply only the Deployment's replicas, as the autoscaling floor's field manager."""
-    try:
-        applied = await cluster.apply(replicas_manifest(name, namespace, replicas), FLOOR_MANAGER)
-    except ApiError as err:
-        raise Retry(f"cannot set the replicas of the Deployment {namespace}/{name} to the "
-                    f"autoscaling floor ({replicas}): {err}") from err
-    memory.remember(applied)
-    return applied
 
 
 def _security_context(settings: Settings, snap: Snapshot,
@@ -361,250 +189,244 @@ def _live_strategy(dep: Mapping[str, Any] | None) -> tuple[int, int]:
     return 0, 1
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """One reconcile pass's inputs."""
+
+    snap: Snapshot
+    settings: Settings
+    cluster: AsyncCluster
+    memory: Memory
+    now: datetime
+    name: str
+    namespace: str
+    uid: str
+
+    def context(self, template_name: str, source: str | None,
+                record: ModelShape | None) -> RenderContext:
+        return RenderContext(name=self.name, namespace=self.namespace, uid=self.uid,
+                             template_name=template_name, template_source=source,
+                             cache=self.snap.cache,
+                             **_security_context(self.settings, self.snap, record))
+
+
+@dataclass
+class _Targets:
+    """What step 5 decided: the rollout's plan, the revision the main Deployment carries, and
+    every child to converge (with what is observed of it)."""
+
+    plan: RolloutPlan
+    revision: str
+    pairs: list[Pair]
+    unwanted_routes: list[tuple[str, str, str, bool]]
+
+
 async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                     memory: Memory, now: datetime | None = None) -> Outcome:
-    body = snap.body
-    meta = body.get("metadata") or {}
-    name, namespace = meta["name"], meta["namespace"]
-    now = now or datetime.now(UTC)
+    meta = snap.body.get("metadata") or {}
+    p = _Pass(snap, settings, cluster, memory, now or datetime.now(UTC), meta["name"],
+              meta["namespace"], str(meta.get("uid", "")))
     outcome = Outcome()
-    observed_children = {
-        kind: memory.freshest(kind, namespace, name, snap.children.get(kind))
-        for _, kind in CHILD_KINDS}
-    dep_obj = observed_children.get("Deployment")
+    main = {kind: memory.freshest(kind, p.namespace, p.name, snap.children.get(kind))
+            for _, kind in CHILD_KINDS}
+    dep_obj = main.get("Deployment")
+    live = deployment_info(dep_obj) if dep_obj else None
     base = Observed(
-        name=name, namespace=namespace, generation=meta.get("generation") or 0, now=now,
-        previous=memory.previous_status(body),
-        deployment=deployment_info(dep_obj) if dep_obj else None, pods=snap.pods,
-        selector=selector_string(name), not_ready_grace_s=settings.not_ready_grace_s,
+        name=p.name, namespace=p.namespace, generation=meta.get("generation") or 0, now=p.now,
+        previous=memory.previous_status(snap.body), deployment=live, pods=snap.pods,
+        selector=selector_string(p.name), not_ready_grace_s=settings.not_ready_grace_s,
         model_cache=snap.cache.name if snap.cache is not None else None)
 
     if snap.implicit is not None:  # 0. the model cache spec.model.autoCache asks for
         try:
-            await implicit_apply.ensure(cluster, namespace, Owner(name, meta.get("uid", "")),
-                                        snap.implicit)
+            await implicit_apply.ensure(cluster, p.namespace, Owner(p.name, p.uid), snap.implicit)
         except ApiError as err:
             raise Retry(f"cannot create or share the model cache {snap.implicit.name}: {err}",
                         1.0 if err.status == 409 else 5.0) from err
 
     # 1. parse; 2. pick the template; 3. render. Any failure here needs a spec change.
-    try:
-        if not valid_name(name):
-            raise SpecError("metadata.name", "must be a DNS-1035 label of at most 63 characters "
-                            "(it names the Service)")
-        raw_spec = body.get("spec") or {}
-        template_name = str((raw_spec.get("runtime") or {}).get("template") or BUILTIN_TEMPLATE)
-        source = await _template(settings, cluster, memory, template_name)
-        record = await cache_progress.read_shape(cluster, namespace, raw_spec)
-        spec, rendered = memory.render(raw_spec, RenderContext(
-            name=name, namespace=namespace, uid=meta.get("uid", ""),
-            template_name=template_name, template_source=source, cache=snap.cache,
-            **_security_context(settings, snap, record)), template_name)
-        outcome.failure = (cache_wait(spec.model.cache, snap.cache)
-                           or cached_optimization.wait(spec, snap.cache))
-        tls = spec.serving.tls
-        if tls is not None and tls.cert_manager is not None and not snap.cert_manager:
-            outcome.failure = Failure(
-                "CertManagerNotInstalled", "spec.serving.tls.certManager asks for a cert-manager "
-                f"Certificate, but the API server does not serve {CERTIFICATE_API_VERSION} "
-                "certificates: install cert-manager, or name a kubernetes.io/tls Secret in "
-                "spec.serving.tls.secretName")
-    except SpecError as err:
-        outcome.failure = Failure("InvalidSpec", str(err))
-    except LookupError as err:
-        outcome.failure = Failure("TemplateNotFound", str(err))
-    except RenderError as err:
-        outcome.failure = Failure("TemplateError", str(err))
-    if outcome.failure is not None:
-        outcome.status = failed_status(outcome.failure, base)
-        await _write_status(cluster, memory, body, outcome.status)
-        return outcome
+    raw_spec = snap.body.get("spec") or {}
+    parsed = await _parse_and_render(p, raw_spec)
+    if isinstance(parsed, Failure):
+        return await _failed(p, outcome, parsed, base)
+    spec, rendered, record = parsed
 
     # 4. the capacity check, from the indexes (this model's own pods do not count as used): for
     # what the spec asks, or what the autoscaler asks now (a scale-out that cannot fit says so).
-    live = deployment_info(dep_obj) if dep_obj else None
     desired_n = (max(spec.autoscaling.min_replicas, live.spec_replicas)
                  if spec.autoscaling is not None and live is not None
                  and live.spec_replicas is not None else spec.desired_replicas)
     capacity = check_capacity(spec, snap.nodes, snap.used, desired_n)
 
     # 5. the rollout: which pod template the Deployment carries, and how it rolls (rollout.py).
+    targets = await _targets(p, spec, raw_spec, rendered, record, live, dep_obj, desired_n,
+                             base.previous, capacity, main)
+
+    # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
+    c = Children(cluster, memory, p.name, p.namespace, main,
+                 memory.freshest("Deployment", p.namespace, canary_name(p.name),
+                                 snap.children.get("CanaryDeployment")),
+                 outcome.applied, outcome.deleted)
+    refused = await children.apply(c, targets.pairs, spec, rendered.autoscaler)
+    if refused is not None:
+        return await _failed(p, outcome, Failure("Rejected", refused), base)
+    await children.prune(c, targets.plan.canary_replicas is not None,
+                         {child["kind"] for child in rendered.children}, targets.unwanted_routes)
+    await children.hold_floor(c, spec, rendered.autoscaler)
+
+    # 7. the status, from what is there now.
+    cache = await _status(p, outcome, spec, rendered, targets, c, base, capacity, desired_n,
+                          raw_spec)
+    waits = [w for w in (_next_check(snap.pods, p.now, settings.not_ready_grace_s),
+                         targets.plan.requeue_after, cache_progress.requeue_after(cache))
+             if w is not None]
+    outcome.requeue_after = min(waits) if waits else None
+    return outcome
+
+
+async def _failed(p: _Pass, outcome: Outcome, failure: Failure, base: Observed) -> Outcome:
+    outcome.failure = failure
+    outcome.status = failed_status(failure, base)
+    await write_status(p.cluster, p.memory, p.snap.body, outcome.status)
+    return outcome
+
+
+async def _parse_and_render(p: _Pass, raw_spec: Mapping[str, Any]) -> tuple[
+        ModelDeploymentSpec, Rendered, ModelShape | None] | Failure:
+    """The parsed spec, its render and the model cache's shape record, or why not."""
+    try:
+        if not valid_name(p.name):
+            raise SpecError("metadata.name", "must be a DNS-1035 label of at most 63 characters "
+                            "(it names the Service)")
+        template_name = str((raw_spec.get("runtime") or {}).get("template") or BUILTIN_TEMPLATE)
+        source = await _template(p.settings, p.cluster, p.memory, template_name)
+        record = await cache_progress.read_shape(p.cluster, p.namespace, raw_spec)
+        spec, rendered = p.memory.render(raw_spec, p.context(template_name, source, record),
+                                         template_name)
+    except SpecError as err:
+        return Failure("InvalidSpec", str(err))
+    except LookupError as err:
+        return Failure("TemplateNotFound", str(err))
+    except RenderError as err:
+        return Failure("TemplateError", str(err))
+    failure = cache_wait(spec.model.cache, p.snap.cache) or cached_optimization.wait(
+        spec, p.snap.cache)
+    tls = spec.serving.tls
+    if tls is not None and tls.cert_manager is not None and not p.snap.cert_manager:
+        failure = Failure(
+            "CertManagerNotInstalled", "spec.serving.tls.certManager asks for a cert-manager "
+            f"Certificate, but the API server does not serve {CERTIFICATE_API_VERSION} "
+            "certificates: install cert-manager, or name a kubernetes.io/tls Secret in "
+            "spec.serving.tls.secretName")
+    return failure if failure is not None else (spec, rendered, record)
+
+
+async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
+                   rendered: Rendered, record: ModelShape | None, live: DeploymentInfo | None,
+                   dep_obj: Mapping[str, Any] | None, desired_n: int,
+                   previous: Mapping[str, Any], capacity: Capacity,
+                   main: Mapping[str, Mapping[str, Any] | None]) -> _Targets:
+    snap = p.snap
     surge_room = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
                                 pending=snap.pending)
-    gateway = gateway_for(spec, settings) if snap.gateway_api else None
+    gateway = gateway_for(spec, p.settings) if snap.gateway_api else None
     pool = wants_pool(spec, snap.inference_pools)  # then the picker chooses, not weights
-    if spec.serving.gateway is not None and not snap.gateway_api and memory.first_time(
-            namespace, name, "no-httproute"):
+    if spec.serving.gateway is not None and not snap.gateway_api and p.memory.first_time(
+            p.namespace, p.name, "no-httproute"):
         log.warning("%s/%s: spec.serving.gateway names %s, but the API server does not serve "
                     "%s HTTPRoute (are the Gateway API CRDs installed?): no route; a canary "
-                    "splits by ready replicas", namespace, name, spec.serving.gateway.name,
+                    "splits by ready replicas", p.namespace, p.name, spec.serving.gateway.name,
                     HTTPROUTE_API_VERSION)
     plan = plan_rollout(spec, raw_spec, rendered.revision, live, snap.pods, desired_n,
-                        max(0, surge_room.room - desired_n), base.previous.get("rollout") or {},
-                        now, HTTP_ROUTE if gateway is not None and not pool else READY_REPLICAS,
+                        max(0, surge_room.room - desired_n), previous.get("rollout") or {},
+                        p.now, HTTP_ROUTE if gateway is not None and not pool else READY_REPLICAS,
                         never=capacity.message if capacity.never else "")
     for note in plan.notes:
-        log.info("%s/%s: %s", namespace, name, note)
-    children = list(rendered.children)
-    target_revision = rendered.revision
+        log.info("%s/%s: %s", p.namespace, p.name, note)
+    revision = rendered.revision
+    deployment: dict[str, Any] | None = _kind(rendered, "Deployment")
     if plan.target == "hold" and live is not None:
-        target_revision = live.revision
-        children = [c for c in children if c["kind"] != "Deployment"]
+        revision, deployment = live.revision, None
     elif plan.target == "stable" and plan.stable_spec is not None:
-        stable_raw = {k: v for k, v in plan.stable_spec.items()
-                      if k not in ("replicas", "autoscaling")}
-        stable_raw.update({k: raw_spec[k] for k in ("replicas", "autoscaling") if k in raw_spec})
-        stable_template = str((stable_raw.get("runtime") or {}).get("template")
-                              or BUILTIN_TEMPLATE)
-        try:
-            stable_source = await _template(settings, cluster, memory, stable_template)
-            _, stable = memory.render(stable_raw, RenderContext(
-                name=name, namespace=namespace, uid=meta.get("uid", ""),
-                template_name=stable_template, template_source=stable_source,
-                cache=snap.cache, **_security_context(settings, snap, record)),
-                stable_template)
-        except (SpecError, LookupError, RenderError) as err:
-            raise Retry(f"cannot render the last good revision to roll back to: {err}",
-                        30.0) from err
-        target_revision = stable.revision
-        children = [next(c for c in stable.children if c["kind"] == "Deployment") if c[
-            "kind"] == "Deployment" else c for c in children]
+        stable = await _render_stable(p, plan.stable_spec, raw_spec, record)
+        revision, deployment = stable.revision, _kind(stable, "Deployment")
     surge_unavailable = plan.deployment_strategy or _live_strategy(dep_obj)
-    children = [with_strategy(c, *surge_unavailable, replicas=plan.main_replicas)
-                if c["kind"] == "Deployment" else c for c in children]
-    canary_obj = memory.freshest("Deployment", namespace, canary_name(name),
-                                 snap.children.get("CanaryDeployment"))
-    # (manifest, observed, role): role "main" (the children of CHILD_KINDS), "canary" (the
-    # canary Deployment) or "route" (the HTTPRoute split's Services and HTTPRoute).
-    pairs: list[tuple[dict[str, Any], Mapping[str, Any] | None, str]] = [
-        (c, observed_children.get(c["kind"]), "main") for c in children]
+    pairs: list[Pair] = []
+    for child in rendered.children:
+        if child["kind"] == "Deployment":
+            if deployment is None:  # held: the Deployment is left as it is
+                continue
+            child = with_strategy(deployment, *surge_unavailable, replicas=plan.main_replicas)
+        pairs.append((child, main.get(child["kind"]), "main"))
     if plan.canary_replicas is not None:  # the canary Deployment runs the spec's revision
-        main = next(c for c in rendered.children if c["kind"] == "Deployment")
-        pairs.append((with_strategy(main, 0, 1, replicas=plan.canary_replicas, canary=True),
-                      canary_obj, "canary"))
-    route_children = {key: memory.freshest(kind, namespace, obj_name, snap.children.get(key))
-                      for key, _, kind, obj_name in gateway_children(name)}
+        pairs.append((with_strategy(_kind(rendered, "Deployment"), 0, 1,
+                                    replicas=plan.canary_replicas, canary=True),
+                      p.memory.freshest("Deployment", p.namespace, canary_name(p.name),
+                                        snap.children.get("CanaryDeployment")), "canary"))
+    route_children = {key: p.memory.freshest(kind, p.namespace, obj_name, snap.children.get(key))
+                      for key, _, kind, obj_name in gateway_children(p.name)}
     wanted_routes: set[str] = set()
     try:
         for manifest in route_manifests(spec, RenderContext(
-                name=name, namespace=namespace, uid=meta.get("uid", "")), gateway, pool,
-                settings.default_endpoint_picker(), plan.canary_weight):
-            key = next(k for k, _, kind, obj_name in gateway_children(name)
+                name=p.name, namespace=p.namespace, uid=p.uid), gateway, pool,
+                p.settings.default_endpoint_picker(), plan.canary_weight):
+            key = next(k for k, _, kind, obj_name in gateway_children(p.name)
                        if kind == manifest["kind"] and obj_name == manifest["metadata"]["name"])
             wanted_routes.add(key)
             pairs.append((manifest, route_children[key], "route"))
     except RenderError as err:  # cannot happen for a parsed spec; say so if it does
         raise Retry(f"cannot render the model's routes: {err}", 30.0) from err
+    unwanted = [(api_version, kind, obj_name,
+                 key not in wanted_routes and route_children.get(key) is not None)
+                for key, api_version, kind, obj_name in gateway_children(p.name)]
+    return _Targets(plan, revision, pairs, unwanted)
 
-    # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
-    wanted = {child["kind"]: child for child in rendered.children}
-    for child, have, role in pairs:
-        kind = child["kind"]
-        is_canary = role == "canary"
-        reason = None
-        if have is None:
-            reason = "missing"
-        elif (have.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH) != child[
-                "metadata"]["annotations"][SPEC_HASH]:
-            reason = "spec changed"
-        else:
-            reason = drift(child, have)
-            if reason is not None:
-                reason = f"drifted at {reason}"
-        if reason is None:
-            continue
-        refused = memory.rejected(child)
-        try:
-            if refused is not None:  # the same manifest again: do not ask again
-                raise ApiError(422, "Invalid", refused)
-            at_zero = (role == "main" and kind == "Deployment" and have is None
-                       and starts_at_zero(spec, rendered.autoscaler))
-            if role == "main" and kind == "Deployment" and have is not None:
-                pin = hand_over(spec, deployment_info(have).spec_replicas,
-                                autoscaler_observed(observed_children))
-                if pin is not None:
-                    await _pin_replicas(cluster, memory, name, namespace, pin)
-            applied = await cluster.apply(
-                {**child, "spec": {**child["spec"], "replicas": 0}} if at_zero else child)
-            if at_zero:  # the floor keeps 0 when the next apply leaves replicas out (floor.py)
-                applied = await _pin_replicas(cluster, memory, name, namespace, 0)
-        except ApiError as err:
-            if err.invalid:
-                memory.reject(child, err.message)
-                outcome.failure = Failure("Rejected", f"the API server rejected the {kind}: "
-                                          f"{err.message}")
-                outcome.status = failed_status(outcome.failure, base)
-                await _write_status(cluster, memory, body, outcome.status)
-                return outcome
-            raise Retry(f"cannot apply the {kind} {namespace}/{name}: {err}") from err
-        memory.remember(applied)
-        if is_canary:
-            canary_obj = applied
-        elif role == "main":
-            observed_children[kind] = applied
-        what = {"canary": "canary ", "route": f"{child['metadata']['name']} "}.get(role, "")
-        outcome.applied.append(f"{what}{kind} ({reason})")
-    if plan.canary_replicas is None and canary_obj is not None:
-        try:
-            await cluster.delete("apps/v1", "Deployment", namespace, canary_name(name))
-        except ApiError as err:
-            raise Retry(f"cannot delete the canary Deployment {namespace}/{name}: {err}") from err
-        memory.forget("Deployment", namespace, canary_name(name))
-        canary_obj = None
-        outcome.deleted.append("canary Deployment")
-    for key, api_version, kind, obj_name in gateway_children(name):  # routes no longer wanted
-        if key in wanted_routes or route_children.get(key) is None:
-            continue
-        try:
-            await cluster.delete(api_version, kind, namespace, obj_name)
-        except ApiError as err:
-            raise Retry(f"cannot delete the {kind} {namespace}/{obj_name}: {err}") from err
-        memory.forget(kind, namespace, obj_name)
-        outcome.deleted.append(f"{obj_name} {kind}")
-    for api_version, kind in CHILD_KINDS:
-        if kind not in wanted and observed_children.get(kind) is not None:
-            try:
-                await cluster.delete(api_version, kind, namespace, name)
-            except ApiError as err:
-                raise Retry(f"cannot delete the {kind} {namespace}/{name}: {err}") from err
-            memory.forget(kind, namespace, name)
-            outcome.deleted.append(kind)
 
-    # The autoscaling floor: a new Deployment starts at minReplicas, not at the default of 1.
-    dep_obj = observed_children.get("Deployment")
-    floor = raise_to_floor(spec, deployment_info(dep_obj).spec_replicas,
-                           rendered.autoscaler) if dep_obj else None
-    if dep_obj is not None and floor is not None:
-        observed_children["Deployment"] = await _pin_replicas(cluster, memory, name, namespace,
-                                                              floor)
-        outcome.applied.append(f"Deployment replicas {floor} (autoscaling floor)")
+def _kind(rendered: Rendered, kind: str) -> dict[str, Any]:
+    return next(c for c in rendered.children if c["kind"] == kind)
 
-    # 7. the status, from what is there now.
-    dep_obj = observed_children.get("Deployment")
+
+async def _render_stable(p: _Pass, stable_spec: Mapping[str, Any], raw_spec: Mapping[str, Any],
+                         record: ModelShape | None) -> Rendered:
+    """The last good revision (a rollback's target), with today's replicas and autoscaling."""
+    stable_raw = {k: v for k, v in stable_spec.items() if k not in ("replicas", "autoscaling")}
+    stable_raw.update({k: raw_spec[k] for k in ("replicas", "autoscaling") if k in raw_spec})
+    template = str((stable_raw.get("runtime") or {}).get("template") or BUILTIN_TEMPLATE)
+    try:
+        source = await _template(p.settings, p.cluster, p.memory, template)
+        _, stable = p.memory.render(stable_raw, p.context(template, source, record), template)
+    except (SpecError, LookupError, RenderError) as err:
+        raise Retry(f"cannot render the last good revision to roll back to: {err}",
+                    30.0) from err
+    return stable
+
+
+async def _status(p: _Pass, outcome: Outcome, spec: ModelDeploymentSpec, rendered: Rendered,
+                  targets: _Targets, c: Children, base: Observed, capacity: Capacity,
+                  desired_n: int, raw_spec: Mapping[str, Any]) -> CacheProgress | None:
+    """Compute and write the status from what is there now; the model cache's progress."""
+    dep_obj = c.main.get("Deployment")
     dep: DeploymentInfo | None = deployment_info(dep_obj) if dep_obj else None
-    if dep is not None and canary_obj is not None:  # the model's replicas are in both
-        can = deployment_info(canary_obj)
+    if dep is not None and c.canary is not None:  # the model's replicas are in both
+        can = deployment_info(c.canary)
         dep = dataclasses.replace(
             dep, replicas=dep.replicas + can.replicas,
             ready_replicas=dep.ready_replicas + can.ready_replicas,
             updated_replicas=dep.updated_replicas + can.updated_replicas,
             available_replicas=dep.available_replicas + can.available_replicas)
-    cache = await cache_progress.read(cluster, namespace, raw_spec, snap.pods,
+    snap = p.snap
+    cache = await cache_progress.read(p.cluster, p.namespace, raw_spec, snap.pods,
                                       dep.ready_replicas if dep else 0, desired_n)
     products = {n.name: n.product for n in snap.nodes}
-    placed = [products.get(p.node, "") for p in snap.pods if p.node and not p.terminating]
+    placed = [products.get(pod.node, "") for pod in snap.pods if pod.node and not pod.terminating]
     observed = Observed(
-        name=name, namespace=namespace, generation=base.generation, now=now,
-        previous=base.previous, desired_revision=target_revision, deployment=dep,
+        name=p.name, namespace=p.namespace, generation=base.generation, now=p.now,
+        previous=base.previous, desired_revision=targets.revision, deployment=dep,
         pods=snap.pods, node_products=products, capacity=capacity,
-        url=url(name, namespace, spec.serving.port), selector=base.selector,
-        not_ready_grace_s=settings.not_ready_grace_s, rollout=plan.view, cache=cache,
+        url=url(p.name, p.namespace, spec.serving.port), selector=base.selector,
+        not_ready_grace_s=p.settings.not_ready_grace_s, rollout=targets.plan.view, cache=cache,
         autoscaling=autoscaling_status.status(rendered.autoscaler, rendered.wake_on_request),
         model_cache=base.model_cache)
     outcome.status = compute_status(spec, observed, gpu_summary(spec, placed))
-    await _write_status(cluster, memory, body, outcome.status)
-    waits = [w for w in (_next_check(snap.pods, now, settings.not_ready_grace_s),
-                         plan.requeue_after, cache_progress.requeue_after(cache))
-             if w is not None]
-    outcome.requeue_after = min(waits) if waits else None
-    return outcome
+    await write_status(p.cluster, p.memory, snap.body, outcome.status)
+    return cache

@@ -1,0 +1,124 @@
+"""Step 6 of a ModelDeployment's reconcile pass: apply the children that are missing, changed or
+drifted, delete those no longer wanted, and hold the autoscaling floor (floor.py). A child is
+applied only when its spec-hash differs or it drifted from the desired manifest, so a steady
+state writes nothing; the API server's refusal of a manifest is remembered (not asked again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .api import ModelDeploymentSpec
+from .drift import drift
+from .floor import autoscaler_observed, hand_over, raise_to_floor, starts_at_zero
+from .k8s import ApiError, AsyncCluster
+from .memory import Memory
+from .render import CHILD_KINDS, SPEC_HASH, canary_name
+from .render.autoscaler import Choice
+from .status import deployment_info
+from .writes import Retry, pin_replicas
+
+# (manifest, observed, role): role "main" (the children of CHILD_KINDS), "canary" (the canary
+# Deployment) or "route" (the HTTPRoute split's Services and HTTPRoute, an InferencePool).
+Pair = tuple[dict[str, Any], Mapping[str, Any] | None, str]
+
+
+@dataclass
+class Children:
+    """One model's children as this pass sees them, updated with what it applies."""
+
+    cluster: AsyncCluster
+    memory: Memory
+    name: str
+    namespace: str
+    main: dict[str, Mapping[str, Any] | None]  # kind -> the child of CHILD_KINDS
+    canary: Mapping[str, Any] | None  # the canary Deployment
+    applied: list[str]  # what was written and why, for the log
+    deleted: list[str]
+
+
+def _why(child: Mapping[str, Any], have: Mapping[str, Any] | None) -> str | None:
+    """Why the child must be applied, or None."""
+    if have is None:
+        return "missing"
+    if (have.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH) != child[
+            "metadata"]["annotations"][SPEC_HASH]:
+        return "spec changed"
+    at = drift(child, have)
+    return f"drifted at {at}" if at is not None else None
+
+
+async def apply(c: Children, pairs: Iterable[Pair], spec: ModelDeploymentSpec,
+                engine: Choice | None) -> str | None:
+    """Apply each child that needs it; the API server's message when it refused one (nothing
+    after it is applied then)."""
+    for child, have, role in pairs:
+        kind = child["kind"]
+        reason = _why(child, have)
+        if reason is None:
+            continue
+        main_deployment = role == "main" and kind == "Deployment"
+        at_zero = main_deployment and have is None and starts_at_zero(spec, engine)
+        try:
+            refused = c.memory.rejected(child)
+            if refused is not None:  # the same manifest again: do not ask again
+                raise ApiError(422, "Invalid", refused)
+            if main_deployment and have is not None:
+                pin = hand_over(spec, deployment_info(have).spec_replicas,
+                                autoscaler_observed(c.main))
+                if pin is not None:
+                    await pin_replicas(c.cluster, c.memory, c.name, c.namespace, pin)
+            applied = await c.cluster.apply(
+                {**child, "spec": {**child["spec"], "replicas": 0}} if at_zero else child)
+            if at_zero:  # the floor keeps 0 when the next apply leaves replicas out (floor.py)
+                applied = await pin_replicas(c.cluster, c.memory, c.name, c.namespace, 0)
+        except ApiError as err:
+            if err.invalid:
+                c.memory.reject(child, err.message)
+                return f"the API server rejected the {kind}: {err.message}"
+            raise Retry(f"cannot apply the {kind} {c.namespace}/{c.name}: {err}") from err
+        c.memory.remember(applied)
+        if role == "canary":
+            c.canary = applied
+        elif role == "main":
+            c.main[kind] = applied
+        what = {"canary": "canary ", "route": f"{child['metadata']['name']} "}.get(role, "")
+        c.applied.append(f"{what}{kind} ({reason})")
+    return None
+
+
+async def _delete(c: Children, api_version: str, kind: str, name: str, said: str) -> None:
+    try:
+        await c.cluster.delete(api_version, kind, c.namespace, name)
+    except ApiError as err:
+        raise Retry(f"cannot delete the {kind} {c.namespace}/{name}: {err}") from err
+    c.memory.forget(kind, c.namespace, name)
+    c.deleted.append(said)
+
+
+async def prune(c: Children, canary_wanted: bool, wanted_kinds: set[str],
+                routes: Iterable[tuple[str, str, str, bool]]) -> None:
+    """Delete the canary Deployment when no canary runs, the routing children no longer wanted
+    (`routes`: apiVersion, kind, name, and whether one exists that is not wanted) and the main
+    children the render no longer makes."""
+    if not canary_wanted and c.canary is not None:
+        await _delete(c, "apps/v1", "Deployment", canary_name(c.name), "canary Deployment")
+        c.canary = None
+    for api_version, kind, obj_name, unwanted in routes:
+        if unwanted:
+            await _delete(c, api_version, kind, obj_name, f"{obj_name} {kind}")
+    for api_version, kind in CHILD_KINDS:
+        if kind not in wanted_kinds and c.main.get(kind) is not None:
+            await _delete(c, api_version, kind, c.name, kind)
+
+
+async def hold_floor(c: Children, spec: ModelDeploymentSpec, engine: Choice | None) -> None:
+    """The autoscaling floor: a new Deployment starts at minReplicas, not at the default of 1."""
+    dep = c.main.get("Deployment")
+    floor = raise_to_floor(spec, deployment_info(dep).spec_replicas, engine) if dep else None
+    if dep is not None and floor is not None:
+        c.main["Deployment"] = await pin_replicas(c.cluster, c.memory, c.name, c.namespace,
+                                                  floor)
+        c.applied.append(f"Deployment replicas {floor} (autoscaling floor)")

@@ -1,0 +1,135 @@
+"""What this process wrote for each ModelDeployment, until the watch streams catch up: the
+children it applied, the statuses it wrote, the manifests the API server refused, renders and
+template lookups (a pass that reads a stale index would otherwise write again)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .api import ModelDeploymentSpec, parse_spec
+from .render import (
+    CANARY_TRACK,
+    CHILD_KINDS,
+    SPEC_HASH,
+    STABLE_TRACK,
+    RenderContext,
+    Rendered,
+    canary_name,
+    digest,
+    render,
+    track_service_name,
+)
+from .sizing import size_gpus
+
+
+def _rv(obj: Mapping[str, Any] | None) -> int:
+    try:
+        return int((obj or {}).get("metadata", {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+class Memory:
+    """What this process applied, until the watch streams catch up (avoids duplicate writes)."""
+
+    def __init__(self) -> None:
+        self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._templates: dict[str, tuple[float, dict[str, str] | None]] = {}
+        self._rejected: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._renders: dict[str, tuple[ModelDeploymentSpec, Rendered]] = {}
+        self._statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self._told: set[tuple[str, str, str]] = set()
+
+    def first_time(self, namespace: str, name: str, what: str) -> bool:
+        """True once per model and message (for log lines that must not repeat every look)."""
+        key = (namespace, name, what)
+        if key in self._told:
+            return False
+        self._told.add(key)
+        return True
+
+    def wrote_status(self, namespace: str, name: str, response: Mapping[str, Any],
+                     status: dict[str, Any]) -> None:
+        self._statuses[(namespace, name)] = (_rv(response), status)
+
+    def previous_status(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The model's status as last written: ours if the watch has not caught up yet."""
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        mine = self._statuses.get(key)
+        if mine is not None:
+            if _rv(body) < mine[0]:
+                return mine[1]
+            self._statuses.pop(key, None)
+        return dict(body.get("status") or {})
+
+    def render(self, raw_spec: Mapping[str, Any], ctx: RenderContext,
+               template_name: str) -> tuple[ModelDeploymentSpec, Rendered]:
+        """parse + render, memoized: most reconciles (a pod's event, a resync) change neither."""
+        key = digest([raw_spec, ctx.name, ctx.namespace, ctx.uid, template_name,
+                      ctx.template_source, ctx.default_gateway_namespace,
+                      ctx.monitoring_namespace, repr(ctx.cache), ctx.vllm_image,
+                      ctx.gpu_types, ctx.model_record, ctx.keda, ctx.prometheus,
+                      ctx.http_addon, ctx.http_scaler, ctx.http_interceptor], 32)
+        hit = self._renders.get(key)
+        if hit is None:  # gpu.count auto: sized from the model's shape and the GPU node types
+            spec = size_gpus(parse_spec(raw_spec), ctx.gpu_types, ctx.model_record)
+            hit = (spec, render(spec, ctx))
+            if len(self._renders) >= 256:
+                self._renders.pop(next(iter(self._renders)))
+            self._renders[key] = hit
+        return hit
+
+    def rejected(self, child: Mapping[str, Any]) -> str | None:
+        """The API server's message if it already refused exactly this manifest."""
+        meta = child["metadata"]
+        entry = self._rejected.get((child["kind"], meta["namespace"], meta["name"]))
+        if entry is not None and entry[0] == meta["annotations"][SPEC_HASH]:
+            return entry[1]
+        return None
+
+    def reject(self, child: Mapping[str, Any], message: str) -> None:
+        meta = child["metadata"]
+        self._rejected[(child["kind"], meta["namespace"], meta["name"])] = (
+            meta["annotations"][SPEC_HASH], message)
+
+    def remember(self, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        meta.pop("managedFields", None)
+        self._applied[(obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))] = obj
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        self._applied.pop((kind, namespace, name), None)
+
+    def forget_all(self, namespace: str, name: str) -> None:
+        self._statuses.pop((namespace, name), None)
+        self._told = {t for t in self._told if t[:2] != (namespace, name)}
+        self.forget("Deployment", namespace, canary_name(name))
+        self.forget("HTTPRoute", namespace, name)
+        self.forget("InferencePool", namespace, name)
+        for track in (STABLE_TRACK, CANARY_TRACK):
+            self.forget("Service", namespace, track_service_name(name, track))
+        for _, kind in CHILD_KINDS:
+            self.forget(kind, namespace, name)
+            self._rejected.pop((kind, namespace, name), None)
+
+    def freshest(self, kind: str, namespace: str, name: str,
+                 observed: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        mine = self._applied.get((kind, namespace, name))
+        if mine is None:
+            return observed
+        if observed is not None and _rv(observed) >= _rv(mine):
+            self._applied.pop((kind, namespace, name), None)
+            return observed
+        return mine
+
+    def templates(self, key: str, ttl: float) -> tuple[bool, dict[str, str] | None]:
+        entry = self._templates.get(key)
+        if entry is None or time.monotonic() - entry[0] > ttl:
+            return False, None
+        return True, entry[1]
+
+    def cache_templates(self, key: str, data: dict[str, str] | None) -> None:
+        self._templates[key] = (time.monotonic(), data)
