@@ -42,6 +42,14 @@ def find(name: str) -> Path | None:
     return None
 
 
+def require(name: str, build: str) -> Path:
+    """The binary `name`, or MissingBinaryError that says how to build it (`build`)."""
+    found = find(name)
+    if found is None:
+        raise MissingBinaryError(f"{name} is not built: run {build}")
+    return found
+
+
 def kubectl() -> str:
     """kubectl from the testbed's directories, else the one on PATH."""
     found = find("kubectl") or shutil.which("kubectl")

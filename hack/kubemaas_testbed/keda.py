@@ -51,20 +51,12 @@ class KedaError(cluster.ClusterError):
 
 
 def operator_binary() -> Path:
-    found = binaries.find(BINARY)
-    if found is None:
-        raise binaries.MissingBinaryError(
-            f"{BINARY} is not built: run `hack/build-testbed --with-keda` (a cold build of KEDA "
-            "took 46 minutes on two shared cores, docs/autoscaling.md)")
-    return found
+    return binaries.require(BINARY, "`hack/build-testbed --with-keda` (a cold build of KEDA took "
+                                    "46 minutes on two shared cores, docs/autoscaling.md)")
 
 
 def adapter_binary() -> Path:
-    found = binaries.find(ADAPTER_BINARY)
-    if found is None:
-        raise binaries.MissingBinaryError(
-            f"{ADAPTER_BINARY} is not built: run `hack/build-testbed --with-keda`")
-    return found
+    return binaries.require(ADAPTER_BINARY, "`hack/build-testbed --with-keda`")
 
 
 def built() -> bool:

@@ -89,13 +89,9 @@ def version() -> str:
 
 
 def binary(part: str) -> Path:
-    name = f"keda-http-{part}-{version()}"
-    found = binaries.find(name)
-    if found is None:
-        raise binaries.MissingBinaryError(
-            f"{name} is not built: run `hack/build-testbed --with-keda` (it builds KEDA and the "
-            "HTTP add-on's interceptor and scaler from third_party/keda-http-add-on)")
-    return found
+    return binaries.require(f"keda-http-{part}-{version()}",
+                            "`hack/build-testbed --with-keda` (it builds KEDA and the HTTP "
+                            "add-on's interceptor and scaler from third_party/keda-http-add-on)")
 
 
 def built() -> bool:

@@ -57,11 +57,7 @@ class Prometheus:
 
 
 def binary() -> Path:
-    found = binaries.find(BINARY)
-    if found is None:
-        raise binaries.MissingBinaryError(
-            f"{BINARY} is not built: run `hack/build-testbed --with-prometheus`")
-    return found
+    return binaries.require(BINARY, "`hack/build-testbed --with-prometheus`")
 
 
 def subnet_regex(subnet: ipaddress.IPv4Network) -> str:
