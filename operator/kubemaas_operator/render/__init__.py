@@ -9,24 +9,48 @@ hash of its pod template, which the status reports and a rollout can key on.
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-import jinja2
-import yaml
-
-from ..api import API_VERSION, KIND, GatewayRef, ModelDeploymentSpec, ModelShape
-from ..engines import DEFAULT_VLLM_IMAGE, TENSOR, probes
-from ..modelcache.mount import CacheMount, mount_cache
+from ..api import ModelDeploymentSpec
+from ..engines import TENSOR, probes
+from ..modelcache.mount import mount_cache
 from ..scheduling import Placement, placement
-from ..sizing import GPUType
 from . import autoscaler, cached_optimization, conversion, llm, optimization, wake
+from .base import (
+    APP_NAME,
+    BUILTIN_TEMPLATE,
+    CACHE_DIR,
+    COMPONENT,
+    CREDENTIALS_DIR,
+    INSTANCE,
+    MANAGED_BY,
+    MANAGER,
+    METRICS_PORT_LABEL,
+    MODEL_DIR,
+    NAME,
+    PART_OF,
+    REVISION,
+    SPEC_HASH,
+    TEMPLATES_DIR,
+    TRACK,
+    TRACK_SERVICE,
+    RenderContext,
+    RenderError,
+    ServiceParams,
+    app_protocol,
+    builtin_template,
+    common_labels,
+    digest,
+    owner_reference,
+    pod_selector,
+    selector_string,
+    service_selector,
+    url,
+)
+from .base import render_template as _render
+from .base import stamp as _stamp
 from .security import (
     CERTIFICATE_API_VERSION,
     CertificateParams,
@@ -37,63 +61,65 @@ from .security import (
     tls_secret_name,
     use_https_probes,
 )
+from .tracks import (
+    CANARY_TRACK,
+    HTTPROUTE_API_VERSION,
+    STABLE_TRACK,
+    HTTPRouteParams,
+    canary_name,
+    canary_selector,
+    render_gateway,
+    replicas_manifest,
+    route_path,
+    track_selector,
+    track_service_name,
+    with_strategy,
+)
 
-SPEC_HASH = "serving.kubemaas.io/spec-hash"
-REVISION = "serving.kubemaas.io/revision"
-TRACK = "serving.kubemaas.io/track"
-METRICS_PORT_LABEL = "serving.kubemaas.io/metrics-port"  # on Services with a "metrics" port
-TRACK_SERVICE = "serving.kubemaas.io/traffic-track"  # on the per-track Services (stable, canary)
-MANAGED_BY = "app.kubernetes.io/managed-by"
-INSTANCE = "app.kubernetes.io/instance"
-NAME = "app.kubernetes.io/name"
-COMPONENT = "app.kubernetes.io/component"
-PART_OF = "app.kubernetes.io/part-of"
-APP_NAME = "kubemaas-runtime"
-MANAGER = "kubemaas"
-MODEL_DIR = "/mnt/models"
-CACHE_DIR = "/var/cache/kubemaas"
-CREDENTIALS_DIR = "/var/run/secrets/kubemaas/model-credentials"
-BUILTIN_TEMPLATE = "default"
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"  # package data
-
-
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: ~10x faster
-
-
-class RenderError(ValueError):
-    """A template could not be rendered into a valid manifest; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class RenderContext:
-    """Everything besides the spec that the manifests depend on."""
-
-    name: str
-    namespace: str
-    uid: str
-    template_name: str = BUILTIN_TEMPLATE
-    template_source: str | None = None  # an administrator's Deployment template; None = built-in
-    # The NetworkPolicy's peers besides the spec's: the namespace of the operator's default
-    # Gateway (for models that name none) and the monitoring namespace the operator is told.
-    default_gateway_namespace: str | None = None
-    monitoring_namespace: str = ""
-    cache: CacheMount | None = None  # spec.model.cache, once the ModelCache is Ready
-    # Language models (render/llm.py, sizing.py): the operator's vLLM image, the GPU node types
-    # that `gpu.count: auto` chooses from, the shape a model cache recorded.
-    vllm_image: str = DEFAULT_VLLM_IMAGE
-    gpu_types: tuple[GPUType, ...] = ()
-    model_record: ModelShape | None = None
-    # Autoscaling (render/autoscaler.py): whether the API server serves KEDA's ScaledObject, and
-    # the Prometheus its triggers read the models' signals from ("" = none named).
-    keda: bool = False
-    prometheus: str = ""
-    # Waking a model at zero on its first request (render/wake.py): whether the API server serves
-    # the KEDA HTTP add-on's InterceptorRoute, its external scaler's gRPC address (HOST:PORT, the
-    # ScaledObject's external-push trigger) and its interceptor's proxy address (the status says
-    # where requests must go).
-    http_addon: bool = False
-    http_scaler: str = ""
-    http_interceptor: str = ""
+# Names other modules import from the package (defined in base.py and tracks.py).
+__all__ = [
+    "APP_NAME",
+    "BUILTIN_TEMPLATE",
+    "CACHE_DIR",
+    "CANARY_TRACK",
+    "COMPONENT",
+    "CREDENTIALS_DIR",
+    "HTTPROUTE_API_VERSION",
+    "INSTANCE",
+    "MANAGED_BY",
+    "MANAGER",
+    "METRICS_PORT_LABEL",
+    "MODEL_DIR",
+    "NAME",
+    "PART_OF",
+    "REVISION",
+    "SPEC_HASH",
+    "STABLE_TRACK",
+    "TEMPLATES_DIR",
+    "TRACK",
+    "TRACK_SERVICE",
+    "HTTPRouteParams",
+    "RenderContext",
+    "RenderError",
+    "ServiceParams",
+    "app_protocol",
+    "builtin_template",
+    "canary_name",
+    "canary_selector",
+    "common_labels",
+    "digest",
+    "owner_reference",
+    "pod_selector",
+    "render_gateway",
+    "replicas_manifest",
+    "route_path",
+    "selector_string",
+    "service_selector",
+    "track_selector",
+    "track_service_name",
+    "url",
+    "with_strategy",
+]
 
 
 @dataclass(frozen=True)
@@ -134,33 +160,6 @@ class DeploymentParams:
 
 
 @dataclass(frozen=True)
-class ServiceParams:
-    name: str
-    namespace: str
-    labels: Mapping[str, str]
-    selector: Mapping[str, str]
-    port: int
-    app_protocol: str = "http"
-    metrics_port: int | None = None
-
-
-@dataclass(frozen=True)
-class HTTPRouteParams:
-    name: str
-    namespace: str
-    labels: Mapping[str, str]
-    gateway_name: str
-    gateway_namespace: str
-    hostnames: list[str]
-    path: str
-    port: int
-    stable_service: str
-    canary_service: str
-    stable_weight: int
-    canary_weight: int
-
-
-@dataclass(frozen=True)
 class PDBParams:
     name: str
     namespace: str
@@ -176,67 +175,6 @@ class Rendered:
     revision: str = ""
     autoscaler: autoscaler.Choice | None = None  # the engine of spec.autoscaling, and why
     wake_on_request: wake.Wake | None = None  # at minReplicas 0: whether a request wakes it
-
-
-def common_labels(name: str) -> dict[str, str]:
-    return {NAME: APP_NAME, INSTANCE: name, MANAGED_BY: MANAGER, COMPONENT: "model-server",
-            PART_OF: "kubemaas"}
-
-
-def service_selector(name: str) -> dict[str, str]:
-    """Selects every runtime pod of the model, whatever its track (a canary later)."""
-    return {NAME: APP_NAME, INSTANCE: name}
-
-
-def pod_selector(name: str) -> dict[str, str]:
-    """The main Deployment's (immutable) selector."""
-    return {**service_selector(name), TRACK: "main"}
-
-
-def selector_string(name: str) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(service_selector(name).items()))
-
-
-def url(name: str, namespace: str, port: int) -> str:
-    return f"http://{name}.{namespace}.svc.cluster.local:{port}"
-
-
-def digest(obj: Any, length: int = 16) -> str:
-    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(data.encode()).hexdigest()[:length]
-
-
-def owner_reference(ctx: RenderContext) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": KIND, "name": ctx.name, "uid": ctx.uid,
-            "controller": True, "blockOwnerDeletion": True}
-
-
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
-                              keep_trailing_newline=True)
-
-
-@lru_cache(maxsize=16)
-def builtin_template(filename: str) -> str:
-    return (TEMPLATES_DIR / filename).read_text("utf-8")
-
-
-@lru_cache(maxsize=64)
-def _compiled(source: str) -> jinja2.Template:
-    return _environment().from_string(source)
-
-
-def _render(source: str, what: str, params: object) -> dict[str, Any]:
-    try:
-        text = _compiled(source).render(p=params)
-        manifest = yaml.load(text, Loader=_LOADER)
-    except jinja2.TemplateError as err:
-        raise RenderError(f"{what}: {type(err).__name__}: {err}") from err
-    except yaml.YAMLError as err:
-        raise RenderError(f"{what} did not render valid YAML: {err}") from err
-    if not isinstance(manifest, dict):
-        raise RenderError(f"{what} did not render a single object")
-    return manifest
 
 
 def _model_env_and_volumes(spec: ModelDeploymentSpec, name: str) -> tuple[
@@ -319,25 +257,6 @@ def deployment_params(spec: ModelDeploymentSpec, ctx: RenderContext,
             spec, model_uri, CACHE_DIR, credentials, mounts,
             {"requests": place.requests, "limits": place.limits}),
         metrics_port=secured.metrics_port), spec, ctx)
-
-
-def _stamp(manifest: dict[str, Any], ctx: RenderContext, labels: Mapping[str, str],
-           extra_annotations: Mapping[str, str] | None = None,
-           name: str | None = None) -> dict[str, Any]:
-    """Enforce what no template may change: identity, ownership, labels; then the spec hash."""
-    meta = manifest.setdefault("metadata", {})
-    meta["name"] = name or ctx.name
-    meta["namespace"] = ctx.namespace
-    meta["labels"] = {**(meta.get("labels") or {}), **labels}
-    meta["ownerReferences"] = [owner_reference(ctx)]
-    annotations = {**(meta.get("annotations") or {}), **(extra_annotations or {})}
-    annotations.pop(SPEC_HASH, None)
-    if annotations:
-        meta["annotations"] = annotations
-    else:
-        meta.pop("annotations", None)
-    meta.setdefault("annotations", {})[SPEC_HASH] = digest(manifest)
-    return manifest
 
 
 def _check_deployment(manifest: dict[str, Any], ctx: RenderContext,
@@ -435,10 +354,6 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
                     wake_on_request=woken)
 
 
-def app_protocol(spec: ModelDeploymentSpec) -> str:
-    return "https" if spec.serving.tls is not None else "http"
-
-
 def _gateway_namespace(spec: ModelDeploymentSpec, ctx: RenderContext) -> str | None:
     gateway = spec.serving.gateway
     if gateway is not None:
@@ -458,13 +373,14 @@ def render_security(spec: ModelDeploymentSpec, ctx: RenderContext) -> list[dict[
     labels = common_labels(ctx.name)
     out = []
     if spec.serving.network_policy.enabled:
-        policy = _render(builtin_template("networkpolicy.yaml.j2"), "NetworkPolicy template",
-                         NetworkPolicyParams(
-                             name=ctx.name, namespace=ctx.namespace, labels=labels,
-                             selector=service_selector(ctx.name),
-                             ingress=ingress_rules(spec, _gateway_namespace(spec, ctx),
-                                                   ctx.monitoring_namespace,
-                                                   _interceptor_namespace(spec, ctx))))
+        policy = _render(
+            builtin_template("networkpolicy.yaml.j2"), "NetworkPolicy template",
+            NetworkPolicyParams(
+                name=ctx.name, namespace=ctx.namespace, labels=labels,
+                selector=service_selector(ctx.name),
+                ingress=ingress_rules(spec, _gateway_namespace(spec, ctx),
+                                      ctx.monitoring_namespace,
+                                      _interceptor_namespace(spec, ctx))))
         out.append(_stamp(policy, ctx, labels))
     tls = spec.serving.tls
     if tls is not None and tls.cert_manager is not None:
@@ -477,104 +393,6 @@ def render_security(spec: ModelDeploymentSpec, ctx: RenderContext) -> list[dict[
                            issuer_kind=tls.cert_manager.issuer_ref.kind))
         out.append(_stamp(cert, ctx, labels))
     return out
-
-
-def canary_name(name: str) -> str:
-    return f"{name}-canary"
-
-
-def canary_selector(name: str) -> dict[str, str]:
-    return {**service_selector(name), TRACK: "canary"}
-
-
-def with_strategy(deployment: Mapping[str, Any], max_surge: int, max_unavailable: int,
-                  replicas: int | None = None, canary: bool = False) -> dict[str, Any]:
-    """The Deployment with the rolling-update strategy rollout.py chose (and, during a canary,
-    its replica count), its spec hash redone. `canary` turns it into the canary Deployment:
-    NAME-canary, track canary, behind the same Service."""
-    out = copy.deepcopy(dict(deployment))
-    out["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {
-        "maxSurge": max_surge, "maxUnavailable": max_unavailable}}
-    if replicas is not None:
-        out["spec"]["replicas"] = replicas
-    meta = out["metadata"]
-    if canary:
-        instance = meta["labels"][INSTANCE]
-        meta["name"] = canary_name(instance)
-        meta["labels"] = {**meta["labels"], TRACK: "canary"}
-        out["spec"]["selector"] = {"matchLabels": canary_selector(instance)}
-        pod_meta = out["spec"]["template"]["metadata"]
-        pod_meta["labels"] = {**pod_meta["labels"], TRACK: "canary"}
-    annotations = dict(meta.get("annotations") or {})
-    annotations.pop(SPEC_HASH, None)
-    meta["annotations"] = annotations
-    if not annotations:
-        meta.pop("annotations")
-    out["metadata"].setdefault("annotations", {})[SPEC_HASH] = digest(out)
-    return out
-
-
-def replicas_manifest(name: str, namespace: str, replicas: int) -> dict[str, Any]:
-    """The Deployment `name` with nothing but spec.replicas: what the autoscaling floor's own
-    field manager applies (floor.py)."""
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"replicas": replicas}}
-
-
-HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
-STABLE_TRACK, CANARY_TRACK = "stable", "canary"
-
-
-def track_service_name(name: str, track: str) -> str:
-    """NAME-stable / NAME-canary, shortened with a hash to stay a 63-character DNS label."""
-    full = f"{name}-{track}"
-    if len(full) <= 63:
-        return full
-    keep = 63 - len(track) - 1 - 7
-    return f"{name[:keep].rstrip('-')}-{digest(name, 6)}-{track}"
-
-
-def track_selector(name: str, track: str) -> dict[str, str]:
-    """The pods of one Deployment: the stable one (track main) or the canary."""
-    return pod_selector(name) if track == STABLE_TRACK else canary_selector(name)
-
-
-def route_path(spec: ModelDeploymentSpec, name: str) -> str:
-    """What the HTTPRoute matches: every path on the user's hostnames, else only this model's
-    Open Inference Protocol paths (/v2/models/MODEL_NAME...) so models share a hostname."""
-    if spec.serving.gateway is not None and spec.serving.gateway.hostnames:
-        return "/"
-    return f"/v2/models/{spec.model.name or name}"
-
-
-def render_gateway(spec: ModelDeploymentSpec, ctx: RenderContext, gateway: GatewayRef,
-                   canary_weight: int) -> list[dict[str, Any]]:
-    """The traffic split by Gateway API weights: a Service per track (NAME-stable selects the
-    stable Deployment's pods, NAME-canary the canary's) and an HTTPRoute NAME attached to
-    `gateway` whose two backendRefs carry 100 - canary_weight and canary_weight."""
-    if not 0 <= canary_weight <= 100:
-        raise RenderError(f"canary weight {canary_weight} is not within 0..100")
-    labels = common_labels(ctx.name)
-    children = []
-    for track in (STABLE_TRACK, CANARY_TRACK):
-        svc_name = track_service_name(ctx.name, track)
-        service = _render(builtin_template("service.yaml.j2"), "service template",
-                          ServiceParams(name=svc_name, namespace=ctx.namespace,
-                                        labels={**labels, TRACK_SERVICE: track},
-                                        selector=track_selector(ctx.name, track),
-                                        port=spec.serving.port,
-                                        app_protocol=app_protocol(spec)))
-        children.append(_stamp(service, ctx, {**labels, TRACK_SERVICE: track}, name=svc_name))
-    route = _render(builtin_template("httproute.yaml.j2"), "HTTPRoute template", HTTPRouteParams(
-        name=ctx.name, namespace=ctx.namespace, labels=labels, gateway_name=gateway.name,
-        gateway_namespace=gateway.namespace or ctx.namespace,
-        hostnames=list(gateway.hostnames), path=route_path(spec, ctx.name),
-        port=spec.serving.port, stable_service=track_service_name(ctx.name, STABLE_TRACK),
-        canary_service=track_service_name(ctx.name, CANARY_TRACK),
-        stable_weight=100 - canary_weight, canary_weight=canary_weight))
-    children.append(_stamp(route, ctx, labels))
-    return children
 
 
 # Kinds the operator may create for a ModelDeployment, in apply order.

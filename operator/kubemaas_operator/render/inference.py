@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import EndpointPicker, GatewayRef, ModelDeploymentSpec, is_llm
-from . import (
+from .base import (
     RenderContext,
-    _render,
-    _stamp,
     builtin_template,
     common_labels,
-    render_gateway,
     service_selector,
 )
+from .base import render_template as _render
+from .base import stamp as _stamp
+from .tracks import render_gateway
 
 INFERENCEPOOL_API_VERSION = "inference.networking.k8s.io/v1"
 POOL_PATH = "/v1"  # the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models
