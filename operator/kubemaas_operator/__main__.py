@@ -53,6 +53,7 @@ def main() -> int:
     )
 
     standby.follow_kopf(peering=bool(settings.peering))
+    kopf_watch.tolerate_vanished_kinds()
 
     endpoint = (f"http://0.0.0.0:{settings.health_port}/healthz"
                 if settings.health_port else None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import kopf
@@ -53,3 +54,45 @@ async def ensure_watched(api_version: str, plural: str) -> None:
     except Exception as err:  # kopf's internals moved: keep running, say what is missed
         log.warning("could not ask kopf to watch %s (%s): %s; hand edits of them are repaired "
                     "only after an operator restart", plural, api_version, err)
+
+
+# How long a watch of a kind that is not served (404) waits before asking again.
+VANISHED_RETRY_S = 5.0
+_installed: list[bool] = []
+
+
+def tolerant(original: Callable[..., AsyncIterator[Any]],
+             retry_s: float = VANISHED_RETRY_S) -> Callable[..., AsyncIterator[Any]]:
+    """kopf's watch loop, made to wait and ask again when the kind is not served (404).
+
+    When an optional kind's CRD is deleted (cert-manager, the Gateway API, the Inference
+    Extension, KEDA uninstalled), the API server ends its watches; kopf's watch loop lists and
+    watches again at once, and the new request can get 404 before kopf's own watch of CRDs has
+    removed that kind's watcher. kopf then fails the whole operator ("Multidimensional multitasker
+    has failed: 404 page not found": seen on the testbed when a test deleted the InferencePool
+    CRD under load). Waiting instead lets kopf cancel the watcher when it sees the CRD go, and a
+    CRD that comes back is watched again."""
+
+    async def watch(**kwargs: Any) -> AsyncIterator[Any]:
+        from kopf._cogs.clients import errors
+
+        while True:
+            try:
+                async for event in original(**kwargs):
+                    yield event
+                return
+            except errors.APINotFoundError:
+                log.warning("%s is not served (its CRD was deleted?): watching it again in "
+                            "%.0f s", kwargs.get("resource"), retry_s)
+                await asyncio.sleep(retry_s)
+
+    return watch
+
+
+def tolerate_vanished_kinds() -> None:
+    """Install `tolerant` in kopf (once): its watcher looks the loop up on the module."""
+    from kopf._cogs.clients import watching
+
+    if not _installed:
+        watching.infinite_watch = tolerant(watching.infinite_watch)
+        _installed.append(True)

@@ -1,27 +1,66 @@
-"""kopf_watch: which optional kinds kopf watches, read from the Insights kopf runs with."""
+"""kopf_watch.tolerant: a watch of a kind that is not served (404) waits and asks again instead
+of failing the operator."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
-from kopf._cogs.structs import references
+import pytest
+from kopf._cogs.clients import errors
 
-from kubemaas_operator import kopf_watch
-
-
-def test_watched_reads_kopfs_insights() -> None:
-    pools = references.Resource("inference.networking.k8s.io", "v1", "inferencepools")
-    kopf_watch.INSIGHTS.watched_resources.clear()
-    assert not kopf_watch.watched("inference.networking.k8s.io/v1", "inferencepools")
-    kopf_watch.INSIGHTS.watched_resources.add(pools)
-    try:
-        assert kopf_watch.watched("inference.networking.k8s.io/v1", "inferencepools")
-        assert not kopf_watch.watched("gateway.networking.k8s.io/v1", "httproutes")
-    finally:
-        kopf_watch.INSIGHTS.watched_resources.discard(pools)
+from kubemaas_operator.kopf_watch import tolerant
 
 
-def test_nothing_is_asked_before_kopf_started() -> None:
-    kopf_watch._settings.clear()
-    asyncio.run(kopf_watch.ensure_watched("gateway.networking.k8s.io/v1", "httproutes"))
-    assert not kopf_watch.INSIGHTS.watched_resources
+def _not_found() -> errors.APINotFoundError:
+    return errors.APINotFoundError("404 page not found", status=404, headers={})
+
+
+def test_a_404_waits_and_watches_again_with_the_same_arguments() -> None:
+    calls: list[dict[str, Any]] = []
+
+    async def kopf_loop(**kwargs: Any) -> AsyncIterator[str]:
+        calls.append(kwargs)
+        if len(calls) == 1:
+            yield "first"
+            raise _not_found()  # the CRD went while watching
+        if len(calls) == 2:
+            raise _not_found()  # still gone
+        yield "back"
+
+    async def collect() -> list[str]:
+        return [e async for e in tolerant(kopf_loop, retry_s=0.01)(resource="r", namespace=None)]
+
+    assert asyncio.run(collect()) == ["first", "back"]
+    assert calls == [{"resource": "r", "namespace": None}] * 3
+
+
+def test_other_errors_still_end_the_watch() -> None:
+    async def kopf_loop(**kwargs: Any) -> AsyncIterator[str]:
+        raise errors.APIForbiddenError("forbidden", status=403, headers={})
+        yield "never"
+
+    async def collect() -> list[str]:
+        return [e async for e in tolerant(kopf_loop, retry_s=0.01)()]
+
+    with pytest.raises(errors.APIForbiddenError):
+        asyncio.run(collect())
+
+
+def test_a_cancelled_watcher_stops_while_it_waits() -> None:
+    async def kopf_loop(**kwargs: Any) -> AsyncIterator[str]:
+        raise _not_found()
+        yield "never"
+
+    async def run() -> None:
+        async def consume() -> None:
+            async for _ in tolerant(kopf_loop, retry_s=60)():
+                pass
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        task.cancel()  # kopf cancels the watcher when it sees the CRD go
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
