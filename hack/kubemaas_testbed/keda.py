@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import base64
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import yaml
 
 from . import binaries, cluster, gomodule, pki
-from .processes import ProcessTable, log_tail
+from .processes import ProcessTable, wait_until
 
 KEDA_MODULE = "github.com/kedacore/keda/v2"
 KEDA_VERSION = "v2.21.0"
@@ -171,16 +170,12 @@ def _start_adapter(table: ProcessTable, kubeconfig: Path, certs: Path, grpc_port
                     "--field-manager=kubemaas-testbed", "-f", "-",
                     input=yaml.safe_dump_all(metrics_api_manifests(
                         port, (certs / "ca.crt").read_bytes())))
-    deadline = time.monotonic() + timeout
-    while not _apiservice_available(kubeconfig):
-        if ADAPTER_PROCESS not in {p.name for p in table.running()}:
-            _remove_apiservice(kubeconfig)
-            raise KedaError(f"KEDA's metrics API server exited; see {proc.log}:\n"
-                            f"{log_tail(proc.log)}")
-        if time.monotonic() > deadline:
-            raise KedaError(f"the APIService {APISERVICE} was not Available after "
-                            f"{timeout:.0f} s; see {proc.log}:\n{log_tail(proc.log)}")
-        time.sleep(0.5)
+    try:
+        wait_until(table, proc, lambda: _apiservice_available(kubeconfig), timeout, KedaError,
+                   "KEDA's metrics API server", f"the APIService {APISERVICE} was not Available")
+    except KedaError:
+        _remove_apiservice(kubeconfig)  # an APIService without its server breaks discovery
+        raise
 
 
 def _remove_apiservice(kubeconfig: Path) -> None:
@@ -226,14 +221,8 @@ def up(state: Path, kubeconfig: Path, timeout: float = 120.0, metrics_api: bool 
     ], env={"WATCH_NAMESPACE": "", "POD_NAMESPACE": NAMESPACE,
             "KEDA_CLUSTER_OBJECT_NAMESPACE": NAMESPACE, "OPERATOR_NAME": PROCESS,
             "KUBECONFIG": str(kubeconfig)})
-    deadline = time.monotonic() + timeout
-    while not _healthy(ports["probe"]):
-        if PROCESS not in {p.name for p in table.running()}:
-            raise KedaError(f"the KEDA operator exited; see {proc.log}:\n{log_tail(proc.log)}")
-        if time.monotonic() > deadline:
-            raise KedaError(f"the KEDA operator was not ready after {timeout:.0f} s; see "
-                            f"{proc.log}:\n{log_tail(proc.log)}")
-        time.sleep(0.5)
+    wait_until(table, proc, lambda: _healthy(ports["probe"]), timeout, KedaError,
+               "the KEDA operator")
     if metrics_api:
         _start_adapter(table, kubeconfig, certs, ports["grpc"], timeout)
     return proc.pid

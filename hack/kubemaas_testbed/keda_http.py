@@ -32,14 +32,12 @@ import hashlib
 import json
 import socket
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import binaries, cluster, gomodule
-from .processes import ProcessTable, log_tail
+from .processes import ProcessTable, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "third_party" / "keda-http-add-on"
@@ -124,18 +122,6 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait(table: ProcessTable, name: str, log: Path, ok: Callable[[], bool],
-          timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not ok():
-        if name not in {p.name for p in table.running()}:
-            raise HttpAddOnError(f"the {name} exited; see {log}:\n{log_tail(log)}")
-        if time.monotonic() > deadline:
-            raise HttpAddOnError(f"the {name} was not ready after {timeout:.0f} s; see {log}:\n"
-                                 f"{log_tail(log)}")
-        time.sleep(0.3)
-
-
 def up(state: Path, kubeconfig: Path, timeout: float = 120.0) -> Ports:
     """Install the CRDs, start the interceptor and the scaler (once: running ones are kept);
     return their ports."""
@@ -157,8 +143,8 @@ def up(state: Path, kubeconfig: Path, timeout: float = 120.0) -> Ports:
         # a ready pod's IP:port from the EndpointSlices, never the Service
         "KEDA_HTTP_DIRECT_POD_ROUTING": "true",
         "KEDA_HTTP_LOG_REQUESTS": "true"})
-    _wait(table, INTERCEPTOR, proc.log,
-          lambda: _http_ok(f"http://127.0.0.1:{ports.admin}/readyz"), timeout)
+    wait_until(table, proc, lambda: _http_ok(f"http://127.0.0.1:{ports.admin}/readyz"), timeout,
+               HttpAddOnError, f"the {INTERCEPTOR}", poll_s=0.3)
     proc = table.start(SCALER, [str(scaler_exe)], env={
         **common, "KEDA_HTTP_SCALER_PORT": str(ports.scaler),
         "KEDA_HTTP_SCALER_TARGET_ADMIN_NAMESPACE": NAMESPACE,
@@ -166,7 +152,8 @@ def up(state: Path, kubeconfig: Path, timeout: float = 120.0) -> Ports:
         "KEDA_HTTP_SCALER_TARGET_ADMIN_DEPLOYMENT": INTERCEPTOR,
         "KEDA_HTTP_SCALER_TARGET_ADMIN_PORT": str(ports.admin),
         "KEDA_HTTP_SCALER_TARGET_ADMIN_ADDRESSES": "127.0.0.1"})
-    _wait(table, SCALER, proc.log, lambda: _listening(ports.scaler), timeout)
+    wait_until(table, proc, lambda: _listening(ports.scaler), timeout, HttpAddOnError,
+               f"the {SCALER}", poll_s=0.3)
     record.write_text(json.dumps(ports.__dict__))
     return ports
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,18 @@ def _reap(pid: int) -> None:
         return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def wait_until(table: ProcessTable, proc: Process, ready: Callable[[], bool], timeout: float,
+               error: type[Exception], what: str, not_ready: str = "",
+               poll_s: float = 0.5) -> None:
+    """Wait until `ready()`; `error` (with the end of its log) when the process exits first or
+    after `timeout` seconds (`not_ready` says what was not, default "WHAT was not ready")."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.name not in {p.name for p in table.running()}:
+            raise error(f"{what} exited; see {proc.log}:\n{log_tail(proc.log)}")
+        if time.monotonic() > deadline:
+            raise error(f"{not_ready or what + ' was not ready'} after {timeout:.0f} s; see "
+                        f"{proc.log}:\n{log_tail(proc.log)}")
+        time.sleep(poll_s)

@@ -22,7 +22,6 @@ import ipaddress
 import json
 import re
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from typing import Any
 import yaml
 
 from . import binaries, cluster
-from .processes import ProcessTable, log_tail
+from .processes import ProcessTable, wait_until
 
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 PROMETHEUS_VERSION = "v0.316.0"  # Prometheus 3.16.0
@@ -168,14 +167,7 @@ def up(state: Path, kubeconfig: Path, node_name: str | None = None,
         "--log.level=warn",
     ])
     (home / "url").write_text(url)
-    deadline = time.monotonic() + timeout
-    while not _ready(url):
-        if PROCESS not in {p.name for p in table.running()}:
-            raise PrometheusError(f"Prometheus exited; see {proc.log}:\n{log_tail(proc.log)}")
-        if time.monotonic() > deadline:
-            raise PrometheusError(f"Prometheus was not ready after {timeout:.0f} s; see "
-                                  f"{proc.log}:\n{log_tail(proc.log)}")
-        time.sleep(0.5)
+    wait_until(table, proc, lambda: _ready(url), timeout, PrometheusError, "Prometheus")
     return Prometheus(url, proc.pid)
 
 
