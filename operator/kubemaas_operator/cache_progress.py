@@ -15,9 +15,9 @@ from typing import Any
 
 from .api import ModelShape
 from .k8s import ApiError, AsyncCluster
+from .observed import PodInfo
 from .pod_life import CacheProgress, cache_name, cache_progress
 from .sizing import shape_from_cache
-from .status import PodInfo
 
 log = logging.getLogger("kubemaas.cache_progress")
 

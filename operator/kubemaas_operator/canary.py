@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .api import CanarySpec, CanaryStep
-from .status import PodInfo
+from .observed import PodInfo
 from .timestamps import format_time, parse_time
 
 Target = Literal["desired", "stable", "hold"]

@@ -15,9 +15,9 @@ from .drift import drift
 from .floor import autoscaler_observed, hand_over, raise_to_floor, starts_at_zero
 from .k8s import ApiError, AsyncCluster
 from .memory import Memory
+from .observed import deployment_info
 from .render import CHILD_KINDS, SPEC_HASH, canary_name
 from .render.autoscaler import Choice
-from .status import deployment_info
 from .writes import Retry, pin_replicas
 
 # (manifest, observed, role): role "main" (the children of CHILD_KINDS), "canary" (the canary

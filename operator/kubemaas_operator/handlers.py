@@ -46,10 +46,10 @@ from .config import Settings
 from .k8s import AsyncCluster, Cluster
 from .memory import Memory
 from .modelcache import handlers as modelcache  # registers the ModelCache handlers with kopf
+from .observed import PodInfo, pod_info
 from .reconcile import Outcome, Snapshot, gateway_children, reconcile
 from .render import INSTANCE, MANAGED_BY, MANAGER, canary_name
 from .scheduling import NodeInfo, PendingDemand, owed_pods, pending_demand
-from .status import PodInfo, pod_info
 from .writes import Retry
 
 log = logging.getLogger("kubemaas.handlers")

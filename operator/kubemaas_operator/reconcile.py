@@ -37,6 +37,7 @@ from .memory import Memory
 from .modelcache import implicit_apply
 from .modelcache.implicit import Owner, Plan
 from .modelcache.mount import CacheMount, cache_wait
+from .observed import DeploymentInfo, PodInfo, deployment_info
 from .pod_life import CacheProgress
 from .render import (
     BUILTIN_TEMPLATE,
@@ -60,16 +61,7 @@ from .rollout import Plan as RolloutPlan
 from .rollout import plan as plan_rollout
 from .scheduling import Capacity, NodeInfo, PendingDemand, check_capacity, gpu_summary
 from .sizing import gpu_types
-from .status import (
-    DeploymentInfo,
-    Failure,
-    Observed,
-    PodInfo,
-    StatusResult,
-    compute_status,
-    deployment_info,
-    failed_status,
-)
+from .status import Failure, Observed, StatusResult, compute_status, failed_status
 from .timestamps import parse_time
 from .writes import Retry, write_status
 

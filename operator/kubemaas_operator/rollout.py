@@ -30,8 +30,9 @@ from typing import Any, Literal
 
 from .api import CanarySpec, ModelDeploymentSpec
 from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step
+from .observed import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, create_failure
 from .pod_life import oom_problem
-from .status import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, RolloutView, create_failure
+from .status import RolloutView
 from .timestamps import format_time, parse_time
 
 HISTORY = 10

@@ -123,7 +123,8 @@ def test_either_autoscaler_kind_owns_the_replicas() -> None:
 def test_a_model_keda_took_to_zero_says_scaled_to_zero_with_its_engine() -> None:
     from datetime import UTC, datetime
 
-    from kubemaas_operator.status import DeploymentInfo, Observed, compute_status
+    from kubemaas_operator.observed import DeploymentInfo
+    from kubemaas_operator.status import Observed, compute_status
 
     spec = _spec(QUEUE)
     engine = choose(spec.autoscaling, True, True, PROM)

@@ -10,8 +10,9 @@ import pytest
 
 from kubemaas_operator import pod_life
 from kubemaas_operator.api import parse_spec
+from kubemaas_operator.observed import DeploymentInfo, pod_info
 from kubemaas_operator.rollout import failing
-from kubemaas_operator.status import DeploymentInfo, Observed, compute_status, pod_info
+from kubemaas_operator.status import Observed, compute_status
 
 NOW = datetime(2026, 11, 30, 18, 0, 0, tzinfo=UTC)
 SPEC = parse_spec({"model": {"uri": "s3://b/m.onnx", "format": "onnx"},

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from kubemaas_operator.api import SpecError, parse_spec
+from kubemaas_operator.observed import DeploymentInfo, PodInfo, pod_info
 from kubemaas_operator.render import with_strategy
 from kubemaas_operator.rollout import choose_strategy, complete, failing, plan
-from kubemaas_operator.status import DeploymentInfo, PodInfo, pod_info
 
 NOW = datetime(2026, 11, 23, 1, 0, 0, tzinfo=UTC)
 LATER = NOW + timedelta(seconds=6)

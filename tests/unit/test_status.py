@@ -8,18 +8,15 @@ from typing import Any
 import pytest
 
 from kubemaas_operator.api import parse_spec
-from kubemaas_operator.scheduling import Capacity
-from kubemaas_operator.status import (
+from kubemaas_operator.observed import (
     DeploymentInfo,
-    Failure,
-    Observed,
     PodInfo,
-    compute_status,
     create_failure,
     deployment_info,
-    failed_status,
     pod_info,
 )
+from kubemaas_operator.scheduling import Capacity
+from kubemaas_operator.status import Failure, Observed, compute_status, failed_status
 
 NOW = datetime(2026, 11, 23, 1, 0, 0, tzinfo=UTC)
 SPEC = parse_spec({"model": {"uri": "s3://b/m.onnx", "format": "onnx"},
