@@ -251,14 +251,14 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     capacity = check_capacity(spec, snap.nodes, snap.used, desired_n)
 
     # 5. the rollout: which pod template the Deployment carries, and how it rolls (rollout.py).
-    targets = await _targets(p, spec, raw_spec, rendered, record, live, dep_obj, desired_n,
-                             base.previous, capacity, main)
-
-    # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
     c = Children(cluster, memory, p.name, p.namespace, main,
                  memory.freshest("Deployment", p.namespace, canary_name(p.name),
                                  snap.children.get("CanaryDeployment")),
                  outcome.applied, outcome.deleted)
+    targets = await _targets(p, spec, raw_spec, rendered, record, live, dep_obj, desired_n,
+                             base.previous, capacity, c)
+
+    # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
     refused = await children.apply(c, targets.pairs, spec, rendered.autoscaler)
     if refused is not None:
         return await _failed(p, outcome, Failure("Rejected", refused), base)
@@ -317,7 +317,7 @@ async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
                    rendered: Rendered, record: ModelShape | None, live: DeploymentInfo | None,
                    dep_obj: Mapping[str, Any] | None, desired_n: int,
                    previous: Mapping[str, Any], capacity: Capacity,
-                   main: Mapping[str, Mapping[str, Any] | None]) -> _Targets:
+                   c: Children) -> _Targets:
     snap = p.snap
     surge_room = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
                                 pending=snap.pending)
@@ -349,12 +349,11 @@ async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
             if deployment is None:  # held: the Deployment is left as it is
                 continue
             child = with_strategy(deployment, *surge_unavailable, replicas=plan.main_replicas)
-        pairs.append((child, main.get(child["kind"]), "main"))
+        pairs.append((child, c.main.get(child["kind"]), "main"))
     if plan.canary_replicas is not None:  # the canary Deployment runs the spec's revision
         pairs.append((with_strategy(_kind(rendered, "Deployment"), 0, 1,
                                     replicas=plan.canary_replicas, canary=True),
-                      p.memory.freshest("Deployment", p.namespace, canary_name(p.name),
-                                        snap.children.get("CanaryDeployment")), "canary"))
+                      c.canary, "canary"))
     route_children = {key: p.memory.freshest(kind, p.namespace, obj_name, snap.children.get(key))
                       for key, _, kind, obj_name in gateway_children(p.name)}
     wanted_routes: set[str] = set()

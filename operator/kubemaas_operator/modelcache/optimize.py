@@ -38,10 +38,10 @@ from .render import (
     TERMINATION_LOG,
     VOLUME_DIR,
     CacheRef,
-    _pod,
-    _security,
-    _volume,
+    cache_pod,
+    cache_volume,
     labels,
+    pod_security,
     spec_hash,
     target_id,
 )
@@ -102,8 +102,8 @@ def optimized_path(dest: str, key: str) -> str:
 
 def optimize_pod(ref: CacheRef, spec: CacheSpec, node: str | None, want: Want) -> dict[str, Any]:
     """The pod that optimizes one copy (node None: the claim) for one option set."""
-    _, container_sc = _security(node)
-    _, dest = _volume(ref, spec, node)
+    _, container_sc = pod_security(node)
+    _, dest = cache_volume(ref, spec, node)
     env = [{"name": "KUBEMAAS_MODEL_URI", "value": f"file://{dest}"},
            {"name": "KUBEMAAS_MODEL_FORMAT", "value": want.format},
            {"name": "KUBEMAAS_OPTIMIZE_DIR", "value": optimized_path(dest, want.key)},
@@ -122,7 +122,7 @@ def optimize_pod(ref: CacheRef, spec: CacheSpec, node: str | None, want: Want) -
         "volumeMounts": [{"name": "cache", "mountPath": NODE_DIR if node else VOLUME_DIR}]}
     if want.image_pull_policy:
         container["imagePullPolicy"] = want.image_pull_policy
-    pod = _pod(ref, spec, ROLE, node, 0, container)
+    pod = cache_pod(ref, spec, ROLE, node, 0, container)
     pod["metadata"]["name"] = f"{ref.name[:200]}-{ROLE}-{want.key[:8]}-{target_id(node)}"
     pod["metadata"]["labels"] = {**labels(ref, ROLE, node, spec), KEY_LABEL: want.key}
     return pod

@@ -95,7 +95,7 @@ def pod_name(ref: CacheRef, role: str, node: str | None, attempt: int = 0) -> st
     return f"{base}-a{attempt}" if role == "fetch" else base
 
 
-def _volume(ref: CacheRef, spec: CacheSpec, node: str | None) -> tuple[dict[str, Any], str]:
+def cache_volume(ref: CacheRef, spec: CacheSpec, node: str | None) -> tuple[dict[str, Any], str]:
     """The cache's volume in a download or clean-up pod, and where its files go there."""
     if node is None:
         return ({"name": "cache", "persistentVolumeClaim": {"claimName": claim_name(ref, spec)}},
@@ -104,7 +104,7 @@ def _volume(ref: CacheRef, spec: CacheSpec, node: str | None) -> tuple[dict[str,
                                            "type": "DirectoryOrCreate"}}, NODE_DIR)
 
 
-def _security(node: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def pod_security(node: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(pod, container) security contexts: non-root and restricted for pvc; root (owner of the
     node's directory) with every capability dropped for node storage."""
     container = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
@@ -155,10 +155,10 @@ def _resources(spec: CacheSpec) -> dict[str, Any]:
     return {"requests": requests, "limits": {"memory": requests["memory"]}}
 
 
-def _pod(ref: CacheRef, spec: CacheSpec, role: str, node: str | None, attempt: int,
+def cache_pod(ref: CacheRef, spec: CacheSpec, role: str, node: str | None, attempt: int,
          container: Mapping[str, Any]) -> dict[str, Any]:
-    pod_sc, _ = _security(node)
-    volume, _ = _volume(ref, spec, node)
+    pod_sc, _ = pod_security(node)
+    volume, _ = cache_volume(ref, spec, node)
     meta: dict[str, Any] = {
         "name": pod_name(ref, role, node, attempt), "namespace": ref.namespace,
         "labels": labels(ref, role, node, spec), "ownerReferences": [_owner(ref)],
@@ -173,8 +173,8 @@ def _pod(ref: CacheRef, spec: CacheSpec, role: str, node: str | None, attempt: i
 
 def download_pod(ref: CacheRef, spec: CacheSpec, node: str | None, attempt: int) -> dict[str, Any]:
     """The pod that fills one copy (node None: the claim)."""
-    _, container_sc = _security(node)
-    _, dest = _volume(ref, spec, node)
+    _, container_sc = pod_security(node)
+    _, dest = cache_volume(ref, spec, node)
     env, env_from = _secret_env(spec)
     env += [{"name": e.name, "value": e.value} for e in spec.download.env]
     container: dict[str, Any] = {
@@ -187,14 +187,14 @@ def download_pod(ref: CacheRef, spec: CacheSpec, node: str | None, attempt: int)
         container["envFrom"] = env_from
     if spec.download.image_pull_policy:
         container["imagePullPolicy"] = spec.download.image_pull_policy
-    return _pod(ref, spec, "fetch", node, attempt, container)
+    return cache_pod(ref, spec, "fetch", node, attempt, container)
 
 
 def removal_pod(ref: CacheRef, spec: CacheSpec, node: str | None, role: str) -> dict[str, Any]:
     """A pod that removes one copy's files: role `clean` (the ModelCache is deleted) or `evict`
     (a node's budget needs the room)."""
-    _, container_sc = _security(node)
-    _, dest = _volume(ref, spec, node)
+    _, container_sc = pod_security(node)
+    _, dest = cache_volume(ref, spec, node)
     container: dict[str, Any] = {
         "name": "remove", "image": spec.download.image,
         "command": ["python", "-c", "import os, shutil, sys; d = sys.argv[1]; "
@@ -207,7 +207,7 @@ def removal_pod(ref: CacheRef, spec: CacheSpec, node: str | None, role: str) -> 
         "volumeMounts": [{"name": "cache", "mountPath": NODE_DIR if node else VOLUME_DIR}]}
     if spec.download.image_pull_policy:
         container["imagePullPolicy"] = spec.download.image_pull_policy
-    return _pod(ref, spec, role, node, 0, container)
+    return cache_pod(ref, spec, role, node, 0, container)
 
 
 def claim(ref: CacheRef, spec: CacheSpec) -> dict[str, Any] | None:
