@@ -36,11 +36,10 @@ def test_a_failing_model_is_reported_and_the_engine_recovers(tiny_llama: Path) -
         await site.start()
         base = f"http://127.0.0.1:{runner.addresses[0][1]}"
         doc = {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}
-        head = lm.model.lm_head
-        good = head.weight
+        good = lm.model.lm_head
         try:
             async with aiohttp.ClientSession() as http:
-                head.weight = torch.nn.Parameter(good[:, :3].clone())  # wrong shape: it raises
+                lm.model.lm_head = torch.nn.Linear(3, lm.vocab_size)  # wrong shape: it raises
                 async with http.post(f"{base}/v1/chat/completions", json={
                         "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
                         "stream": True}) as resp:
@@ -55,12 +54,12 @@ def test_a_failing_model_is_reported_and_the_engine_recovers(tiny_llama: Path) -
                 assert body["error"]["type"] == "server_error"
                 assert engine.pool.used == 0 and engine.num_running == 0
 
-                head.weight = good  # mended: the same engine serves again
+                lm.model.lm_head = good  # mended: the same engine serves again
                 async with http.post(f"{base}/v1/completions", json=doc) as resp:
                     assert resp.status == 200, await resp.text()
                     assert (await resp.json())["usage"]["completion_tokens"] >= 1
         finally:
-            head.weight = good
+            lm.model.lm_head = good
             await runner.cleanup()
             engine.stop()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import load_hf
@@ -19,8 +20,10 @@ TEXTS = ["Once upon a time", "The scheduler looks at every request in the queue 
          "and the colors red, orange, yellow, green, blue"]
 
 
-def reference(model: torch.nn.Module, prompt: list[int], n: int, eos: frozenset[int]
-              ) -> list[int]:
+def reference(model_dir: Path, prompt: list[int], n: int, eos: frozenset[int],
+              dtype: torch.dtype = torch.float32) -> list[int]:
+    """generate() of the model loaded apart (the engine's copy attends only to engine steps)."""
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=n,  # type: ignore[operator]
                              do_sample=False)
@@ -31,23 +34,25 @@ def reference(model: torch.nn.Module, prompt: list[int], n: int, eos: frozenset[
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama", "gpt2"])
 def test_family_greedy_equals_generate(family: str, tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    lm = load_hf(build_llm(tmp_path / family, family=family), device="cpu")
+    model_dir = build_llm(tmp_path / family, family=family)
+    lm = load_hf(model_dir, device="cpu")
     assert lm.model_type == family
     engine = Engine(lm, EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256,
                                      max_num_seqs=8, max_num_batched_tokens=16))
     prompts = [list(lm.tokenizer(t)["input_ids"]) for t in TEXTS]
     outs = engine.generate_sync(prompts, SamplingParams(max_tokens=16, temperature=0.0))
     for prompt, out in zip(prompts, outs, strict=True):
-        assert out == reference(lm.model, prompt, 16, lm.eos_ids)
+        assert out == reference(model_dir, prompt, 16, lm.eos_ids)
     assert engine.pool.used == 0
 
 
 def test_bfloat16_on_cpu(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    lm = load_hf(build_llm(tmp_path / "llama"), device="cpu", dtype="bfloat16")
+    model_dir = build_llm(tmp_path / "llama")
+    lm = load_hf(model_dir, device="cpu", dtype="bfloat16")
     assert lm.dtype == torch.bfloat16 and next(lm.model.parameters()).dtype == torch.bfloat16
     engine = Engine(lm, EngineConfig(kv_cache_bytes=4 << 20, max_model_len=256))
     assert engine.store.keys[0].dtype == torch.bfloat16
     prompt = list(lm.tokenizer(TEXTS[0])["input_ids"])
     (out,) = engine.generate_sync([prompt], SamplingParams(max_tokens=8, temperature=0.0))
-    assert out == reference(lm.model, prompt, 8, lm.eos_ids)
+    assert out == reference(model_dir, prompt, 8, lm.eos_ids, torch.bfloat16)

@@ -1,6 +1,6 @@
 """The LLM engine's pure parts: block pool, scheduler (admission, chunked prefill, preemption),
-step inputs (slots and the 4-D mask), sampling, incremental detokenization with stop strings, and
-the OpenAI request validation."""
+the packed step (positions, slots, the decode mask), sampling, incremental detokenization with
+stop strings, and the OpenAI request validation."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from kubemaas_runtime.llm.detok import Detokenizer
-from kubemaas_runtime.llm.engine import build_inputs
-from kubemaas_runtime.llm.kv_cache import BlockPool, OutOfBlocks
+from kubemaas_runtime.llm.kv_cache import BlockPool, KVStore, OutOfBlocks
 from kubemaas_runtime.llm.pacing import PrefillPacer
+from kubemaas_runtime.llm.packing import pack
 from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, sample
 from kubemaas_runtime.llm.scheduler import Scheduler, Sequence
 from kubemaas_runtime.protocol.openai_schema import ApiError, parse_request
@@ -82,20 +82,21 @@ def test_prefill_cap_applies_only_beside_decodes() -> None:
 
 def test_prefill_pacer_follows_measured_step_times() -> None:
     pacer = PrefillPacer(share=0.5, floor=16, ceiling=512)
-    assert pacer.observe(0.100, None, 0) == 512  # decode only: the average is seeded
-    cap = pacer.observe(0.100, 0.200, 512)  # the chunk took 2x a decode step: down 20 %
+    assert pacer.observe(0.100, 16, 0) == 512  # decode only: the average is seeded
+    cap = pacer.observe(0.300, 16, 512)  # the mixed step took 3x a decode step: down 20 %
     assert cap == 409
-    for _ in range(40):  # a chunk's time proportional to its tokens: 1 ms per token
-        cap = pacer.observe(0.100, cap / 1000, cap)
+    for _ in range(40):  # a chunk adds 1 ms per token to the 100 ms decode step
+        cap = pacer.observe(0.100 + cap / 1000, 16, cap)
     assert cap is not None and 40 <= cap <= 55  # near 0.5 x 100 ms at 1 ms per token
     for _ in range(40):
-        cap = pacer.observe(0.100, 10.0, cap or 0)
+        cap = pacer.observe(10.0, 16, cap or 0)
     assert cap == 16  # never below one block: a prompt always advances
-    assert pacer.observe(0.100, 0.001, 3) == 16  # under, but the cap did not limit: unchanged
+    assert pacer.observe(0.101, 16, 3) == 16  # under, but the cap did not limit: unchanged
     for _ in range(200):
-        cap = pacer.observe(0.100, 0.001, cap or 0)
+        cap = pacer.observe(0.101, 16, cap or 0)
     assert cap == 512  # never above the step's token budget
-    assert PrefillPacer(share=0, floor=16, ceiling=512).observe(0.1, 9.0, 512) is None
+    assert pacer.observe(5.0, 0, 512) == 512  # prefill alone: nobody waits, nothing learned
+    assert PrefillPacer(share=0, floor=16, ceiling=512).observe(0.1, 16, 512) is None
 
 
 def test_preemption_frees_the_newest_sequence() -> None:
@@ -114,20 +115,36 @@ def test_preemption_frees_the_newest_sequence() -> None:
     assert step.decode == [a] and len(a.blocks) == 2 and pool.free == 0
 
 
-def test_step_inputs_address_each_rows_own_slots() -> None:
-    a, b = seq(1, 3), seq(2, 5)
-    a.blocks, b.blocks = [2], [3, 4]
-    a.computed = 2  # a feeds its last prompt token; b feeds 5 tokens
-    inp = build_inputs([(a, 1), (b, 5)], block_size=4)
-    assert inp.input_ids.tolist() == [[0, 0, 0, 0, 3], [1, 2, 3, 4, 5]]
-    assert inp.position_ids.tolist() == [[0, 0, 0, 0, 2], [0, 1, 2, 3, 4]]
-    # pads write to the scratch slot 0; real tokens to their block's slot
-    assert inp.write_slots.tolist() == [0, 0, 0, 0, 10, 12, 13, 14, 15, 16]
-    assert inp.read_slots.tolist() == [[8, 9, 10, 0, 0], [12, 13, 14, 15, 16]]
-    mask = inp.mask[:, 0]
-    assert mask[0, 4].tolist() == [True, True, True, False, False]   # a sees positions 0..2
-    assert mask[0, 0].tolist() == [True, False, False, False, False]  # a pad row: slot 0 only
-    assert mask[1].int().tolist() == torch.tril(torch.ones(5, 5)).int().tolist()
+def test_packed_step_addresses_each_rows_own_slots() -> None:
+    a, b, c = seq(1, 3), seq(2, 5), seq(3, 6)
+    a.blocks, b.blocks, c.blocks = [2], [3, 4], [5, 6]
+    a.computed = 2  # a feeds its last prompt token (a decode row); b its whole prompt;
+    c.computed = 4  # c the rest of its prompt after 4 cached tokens
+    store = KVStore(1, 7, 4, 1, 2, torch.float32, torch.device("cpu"))
+    step = pack([a], [(b, 5), (c, 2)], store, block_size=4)
+    assert step.input_ids.tolist() == [[3, 1, 2, 3, 4, 5, 5, 6]]  # no padding
+    assert step.position_ids.tolist() == [[2, 0, 1, 2, 3, 4, 4, 5]]
+    assert step.paged.write_slots.tolist() == [10, 12, 13, 14, 15, 16, 24, 25]
+    assert step.keep.tolist() == [0, 5, 7] and step.sampled == [a, b, c]  # every row ends
+    assert step.paged.decode_rows == 1
+    assert step.paged.decode_read is not None and step.paged.decode_mask is not None
+    assert step.paged.decode_read.tolist() == [[8, 9, 10]]
+    assert step.paged.decode_mask.flatten().tolist() == [True, True, True]
+    first, rest = step.paged.chunks
+    assert (first.start, first.length, first.offset, first.mask) == (1, 5, 0, None)  # causal
+    assert first.read.tolist() == [12, 13, 14, 15, 16]
+    assert (rest.start, rest.length, rest.offset) == (6, 2, 4)
+    assert rest.read.tolist() == [20, 21, 22, 23, 24, 25]
+    assert rest.mask is not None and rest.mask.int().tolist() == [[1, 1, 1, 1, 1, 0],
+                                                                  [1, 1, 1, 1, 1, 1]]
+
+
+def test_a_chunk_that_does_not_end_its_prompt_is_not_sampled() -> None:
+    a = seq(1, 10)
+    a.blocks = [1, 2, 3]
+    store = KVStore(1, 4, 4, 1, 2, torch.float32, torch.device("cpu"))
+    step = pack([], [(a, 4)], store, block_size=4)
+    assert step.sampled == [] and step.keep.tolist() == [3]  # a forward needs one logit row
 
 
 def test_sampling_greedy_seeded_and_filtered() -> None:

@@ -2,9 +2,10 @@
 
 The event loop talks to it through ``submit`` (a new request; returns a ``RequestStream`` to
 iterate) and ``RequestStream.cancel`` (a client went away: its blocks are freed before the next
-step). Each step, the scheduler picks the rows; decode rows (one token each) run as one batched
-forward and prefill chunks as another; the new tokens are sampled, detokenized and handed to the
-event loop in one ``call_soon_threadsafe`` per step. Nothing here runs on the event loop.
+step). Each step, the scheduler picks the rows; decode rows (one token each) and prefill chunks
+run as one forward pass over the rows packed into one sequence (packing.py, attention.py); the
+new tokens are sampled, detokenized and handed to the event loop in one
+``call_soon_threadsafe`` per step. Nothing here runs on the event loop.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from dataclasses import dataclass
 import torch
 
 from .detok import Detokenizer
-from .kv_cache import BlockPool, KVStore, StepCache
+from .kv_cache import BlockPool, KVStore
 from .loader import LanguageModel
 from .pacing import PrefillPacer
+from .packing import pack
 from .sampling import SamplingParams, TokenLogprobs, sample
 from .scheduler import Scheduler, Sequence
 
@@ -221,41 +223,32 @@ class Engine:
         plan = self.scheduler.schedule()
         out: list[tuple[Sequence, Delta | BaseException]] = []
         if plan:
-            decode_s = prefill_s = None
+            t0 = time.perf_counter()
             with torch.inference_mode():
-                if plan.decode:
-                    t0 = time.perf_counter()
-                    self._forward([(s, 1) for s in plan.decode], out)
-                    decode_s = time.perf_counter() - t0
-                if plan.prefill:
-                    t0 = time.perf_counter()
-                    self._forward(plan.prefill, out)
-                    prefill_s = time.perf_counter() - t0
+                self._forward(plan.decode, plan.prefill, out)
             self.scheduler.prefill_cap = self.pacer.observe(
-                decode_s, prefill_s, sum(n for _, n in plan.prefill))
+                time.perf_counter() - t0, len(plan.decode), sum(n for _, n in plan.prefill))
             self.steps += 1
         self._publish()
         return out
 
-    def _forward(self, rows: list[tuple[Sequence, int]],
+    def _forward(self, decode: list[Sequence], prefill: list[tuple[Sequence, int]],
                  out: list[tuple[Sequence, Delta | BaseException]]) -> None:
-        inputs = build_inputs(rows, self.cfg.block_size)
+        """One forward pass over the step's rows packed together (packing.py)."""
+        step = pack(decode, prefill, self.store, self.cfg.block_size)
         dev = self.lm.device
-        cache = StepCache(self.store, inputs.write_slots.to(dev), inputs.read_slots.to(dev))
-        logits = self.lm.forward(inputs.input_ids.to(dev), inputs.position_ids.to(dev),
-                                 inputs.mask.to(dev), cache)
-        for seq, n in rows:
+        logits = self.lm.forward(step.input_ids.to(dev), step.position_ids.to(dev),
+                                 step.keep.to(dev), step.paged.to(dev))
+        for seq, n in [(s, 1) for s in decode] + prefill:
             seq.computed += n
             seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,
                                                 seq.computed)
-        ready = [i for i, (seq, _) in enumerate(rows) if seq.remaining == 0]
-        if not ready:
+        if not step.sampled:
             return
-        seqs = [rows[i][0] for i in ready]
-        states = [s.sample_state for s in seqs]
-        tokens, infos = sample(logits[ready], states)  # type: ignore[arg-type]
+        states = [s.sample_state for s in step.sampled]
+        tokens, infos = sample(logits[:len(step.sampled)], states)  # type: ignore[arg-type]
         now = time.monotonic()
-        for seq, token, info in zip(seqs, tokens, infos, strict=True):
+        for seq, token, info in zip(step.sampled, tokens, infos, strict=True):
             out.append((seq, self._advance(seq, token, info, now)))
 
     def _advance(self, seq: Sequence, token: int, info: TokenLogprobs | None,
@@ -300,43 +293,4 @@ class Engine:
         while self._has_work():
             self.step()
         return [outs[s.rid] for s in seqs]
-
-
-@dataclass
-class StepInputs:
-    input_ids: torch.Tensor     # [B, N] new tokens, left-padded
-    position_ids: torch.Tensor  # [B, N]
-    mask: torch.Tensor          # [B, 1, N, T] bool
-    write_slots: torch.Tensor   # [B * N]
-    read_slots: torch.Tensor    # [B, T]
-
-
-def build_inputs(rows: list[tuple[Sequence, int]], block_size: int) -> StepInputs:
-    """The tensors of one forward pass over ``rows`` (sequence, tokens to feed)."""
-    b = len(rows)
-    n_max = max(n for _, n in rows)
-    ctx = [seq.computed + n for seq, n in rows]
-    t_max = max(ctx)
-    input_ids = torch.zeros(b, n_max, dtype=torch.long)
-    computed = torch.tensor([seq.computed for seq, _ in rows])
-    new = torch.tensor([n for _, n in rows])
-    width = max(len(seq.blocks) for seq, _ in rows)
-    table = torch.zeros(b, width, dtype=torch.long)
-    for i, (seq, n) in enumerate(rows):
-        input_ids[i, n_max - n:] = torch.tensor(seq.ids[seq.computed:seq.computed + n])
-        table[i, :len(seq.blocks)] = torch.tensor(seq.blocks)
-    j = torch.arange(n_max)[None, :] - (n_max - new)[:, None]           # [B, N]
-    positions = torch.where(j < 0, 0, computed[:, None] + j)
-    k = torch.arange(t_max)
-    mask = (k[None, None, :] <= positions[:, :, None])[:, None]         # [B, 1, N, T]
-
-    def slots(pos: torch.Tensor) -> torch.Tensor:
-        rows_idx = torch.arange(b)[:, None].expand_as(pos)
-        return table[rows_idx, pos // block_size] * block_size + pos % block_size
-
-    write = torch.where(j < 0, 0, slots(positions)).reshape(-1)
-    read_pos = k[None, :].expand(b, t_max)
-    valid = read_pos < torch.tensor(ctx)[:, None]
-    read = torch.where(valid, slots(torch.where(valid, read_pos, 0)), 0)
-    return StepInputs(input_ids, positions, mask, write, read)
 

@@ -2,8 +2,10 @@
 safetensors) and its fast tokenizer with the chat template.
 
 Architectures come from transformers; the engine needs of them only that their attention layers
-write through ``cache.update`` and honour a 4-D attention mask and explicit position ids, which
-the families in ``FAMILIES`` do (tests cover each).
+write through ``cache.update``, call the configured attention implementation (the engine's
+``kubemaas_paged``, attention.py) with the forward's keyword arguments, and take explicit position
+ids, which the families in ``FAMILIES`` do (tests cover each). The loaded model is the engine's:
+its attention expects an engine step, so a plain ``generate()`` on it does not work.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 import torch
 
 from ..errors import StartupError
-from . import quantized
+from . import attention, quantized
+from .attention import PagedStep
+from .packed_linear import pack_linears
 
 log = logging.getLogger("kubemaas.runtime.llm")
 
@@ -41,11 +45,12 @@ class LanguageModel:
     chat_template: str | None = None
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                mask: torch.Tensor, cache: Any) -> torch.Tensor:
-        """Logits of the last query position of every row: [batch, vocab]."""
-        out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
-                         cache=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :]  # type: ignore[no-any-return]
+                keep: torch.Tensor, step: PagedStep) -> torch.Tensor:
+        """One engine step's packed tokens ([1, N]); the logits of the ``keep`` positions:
+        [K, vocab]."""
+        out = self.model(input_ids=input_ids, position_ids=position_ids, cache=step,
+                         use_cache=True, logits_to_keep=keep, **{attention.STEP_KWARG: step})
+        return out.logits[0]  # type: ignore[no-any-return]
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -85,8 +90,10 @@ def _check_dir(path: Path) -> dict[str, Any]:
     return config
 
 
-def load_hf(path: Path, device: str = "auto", dtype: str = "auto") -> LanguageModel:
-    """Load the model directory (blocking)."""
+def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear: bool = True
+            ) -> LanguageModel:
+    """Load the model directory (blocking). ``packed_linear``: on CPU, linear weights in
+    oneDNN's layout (packed_linear.py)."""
     import transformers
 
     _check_dir(path)
@@ -98,10 +105,12 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto") -> LanguageMo
             log.warning("the model was optimized to bfloat16: --dtype is ignored",
                         extra={"fields": {"dtype": dtype}})
         torch_dtype = torch.bfloat16
+    attention.register()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), use_fast=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype, attn_implementation="sdpa", use_safetensors=True)
+            str(path), dtype=torch_dtype, attn_implementation=attention.ATTN_IMPLEMENTATION,
+            use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StartupError(f"cannot load the model in {path}: {first}") from None
@@ -113,6 +122,9 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto") -> LanguageMo
         layers = quantized.int8_weight_only(model)
         log.info("linear weights quantized to int8 (optimize step)",
                  extra={"fields": {"layers": layers}})
+    elif packed_linear and dev.type == "cpu":
+        log.info("linear weights reordered for oneDNN",
+                 extra={"fields": {"layers": pack_linears(model)}})
     cfg = model.config
     heads = int(cfg.num_attention_heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)

@@ -55,7 +55,8 @@ def _load(settings: Settings) -> tuple[Any, Any]:
         import torch
 
         torch.set_num_threads(settings.intra_op_threads)
-    lm = load_hf(Path(path), device=settings.device, dtype=settings.dtype)
+    lm = load_hf(Path(path), device=settings.device, dtype=settings.dtype,
+                 packed_linear=settings.packed_linear)
     t2 = time.perf_counter()
     max_len = settings.max_model_len or lm.max_position
     if max_len > lm.max_position:

@@ -1,0 +1,110 @@
+"""Attention over the paged KV cache for one engine step whose rows are packed into one sequence.
+
+An engine step feeds decode tokens (one per running sequence) and prefill chunks. They run as
+one forward pass over a single packed sequence ``[1, N]`` (no padding): the linear layers, which
+hold nearly all of the compute and read every weight once per forward, see the N tokens
+together, so a step that also reads a prompt costs one pass over the weights, not two. Attention
+is the one place where rows must stay apart. The model therefore runs with this module's
+attention function, registered with transformers as ``kubemaas_paged``; transformers builds no
+mask for an implementation it does not know, and the function attends each row to its own
+context in the paged cache:
+
+* decode rows (the first ``decode_rows`` packed tokens) together, as a batch ``[B, heads, 1, d]``
+  over their contexts gathered from the pool ``[B, kv_heads, T, d]``, masked to each row's length;
+* each prefill chunk on its own, over its context (cached prefix + the chunk), causally.
+
+``PagedStep`` is what the step passes to the model as its ``cache``: ``update`` writes the new
+keys and values into their slots and returns the layer's whole pool, which the attention
+function reads through the step's slot tables (it reaches the step through the forward's
+keyword arguments, ``kubemaas_step``, which transformers hands to every attention call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .kv_cache import KVStore
+
+ATTN_IMPLEMENTATION = "kubemaas_paged"
+STEP_KWARG = "kubemaas_step"
+
+
+@dataclass
+class Chunk:
+    """A prefill chunk: packed tokens ``start .. start + length`` of one sequence, at positions
+    ``offset .. offset + length`` (``offset`` tokens of it are already cached)."""
+
+    start: int
+    length: int
+    offset: int
+    read: torch.Tensor  # [offset + length] slots of the whole context
+    mask: torch.Tensor | None = None  # [length, offset + length]; None: plain causal (offset 0)
+
+
+@dataclass
+class PagedStep:
+    store: KVStore
+    write_slots: torch.Tensor  # [N] the packed tokens' slots
+    decode_rows: int = 0
+    decode_read: torch.Tensor | None = None  # [B, T] slots (0, the scratch slot, past a row's end)
+    decode_mask: torch.Tensor | None = None  # [B, 1, 1, T] bool
+    chunks: list[Chunk] = field(default_factory=list)
+
+    is_compileable = False
+
+    def to(self, device: torch.device) -> PagedStep:
+        def move(t: torch.Tensor | None) -> Any:
+            return None if t is None else t.to(device)
+        return PagedStep(self.store, move(self.write_slots), self.decode_rows,
+                         move(self.decode_read), move(self.decode_mask),
+                         [Chunk(c.start, c.length, c.offset, move(c.read), move(c.mask))
+                          for c in self.chunks])
+
+    # the part of transformers' Cache that decoder attention layers call
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        # key_states: [1, kv_heads, N, head_dim]
+        k_pool, v_pool = self.store.keys[layer_idx], self.store.values[layer_idx]
+        k_pool.index_copy_(0, self.write_slots, key_states[0].transpose(0, 1))
+        v_pool.index_copy_(0, self.write_slots, value_states[0].transpose(0, 1))
+        return k_pool, v_pool
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # positions are explicit; nothing asks the cache for them
+
+
+def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float | None = None,
+                    dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """query [1, heads, N, d]; key/value: the layer's pools [slots, kv_heads, d] (from
+    ``PagedStep.update``). Returns [1, N, heads, d] as transformers' attention functions do."""
+    step: PagedStep = kwargs[STEP_KWARG]
+    gqa = query.shape[1] != key.shape[1]
+    parts = []
+    if step.decode_rows:
+        assert step.decode_read is not None
+        q = query[0, :, :step.decode_rows].transpose(0, 1).unsqueeze(2)  # [B, H, 1, d]
+        k = key[step.decode_read].transpose(1, 2)                          # [B, kvH, T, d]
+        v = value[step.decode_read].transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_mask,
+                                             scale=scaling, enable_gqa=gqa)
+        parts.append(out.squeeze(2))                                       # [B, H, d]
+    for c in step.chunks:
+        q = query[:, :, c.start:c.start + c.length]                       # [1, H, n, d]
+        k = key[c.read].transpose(0, 1).unsqueeze(0)                       # [1, kvH, ctx, d]
+        v = value[c.read].transpose(0, 1).unsqueeze(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=c.mask, is_causal=c.mask is None,
+                                             scale=scaling, enable_gqa=gqa)
+        parts.append(out[0].transpose(0, 1))                               # [n, H, d]
+    return torch.cat(parts).unsqueeze(0), None
+
+
+def register() -> None:
+    """Make ``kubemaas_paged`` an attention implementation transformers models can be given."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, paged_attention)
