@@ -9,12 +9,17 @@ fraction of a second and costs little CPU on the load core; the harness runs it 
 ``POST /v1/chat/completions`` (greedy, ``max_tokens``, ``stream_options.include_usage``) with the
 next prompt of the list, so every server answers the same prompts in the same order.
 
-Per request: TTFT = send -> first SSE event carrying text; ITL = the gaps between later events
-carrying text (one event per token on every server measured here; ``tokens_per_event`` in the
-output says if not); output tokens from the final ``usage`` chunk (the count of text events when
-a server sends none). Per point: output tokens/s = all output tokens of the measured requests /
-(last answer - first send); percentiles over all requests (TTFT) and all gaps (ITL), as vLLM's
-benchmark client computes them. ``--warmup`` requests run first at the same concurrency and are
+Per request: TTFT = send -> first SSE event carrying text; ITL = the gaps between that event and
+later token events: chunks with a ``content`` (chat) or ``text`` field that are not the role
+chunk or the finishing one, empty text included, since a token that completes no character
+(half of a UTF-8 sequence) comes as an empty chunk from servers that send one per token, as
+vLLM does. ``tokens_per_event`` in the output says how close to one event per token a server
+came; ``itl_text_*`` are the gaps between events with text only, as vLLM's benchmark client
+counts them (there a held-back token makes one gap of two steps). Output tokens from the
+final ``usage`` chunk (the count of token events when a server sends none). Per point: output
+tokens/s = all output tokens of the measured requests / (last answer - first send);
+percentiles over all requests (TTFT) and all gaps (ITL), as vLLM's benchmark client computes
+them. ``--warmup`` requests run first at the same concurrency and are
 not counted. Bounded in requests and in time: at ``--max-seconds`` the requests still in flight
 are cut (their tokens so far count, they are reported as ``cut``); traffic to 127.0.0.1 only.
 """
@@ -42,7 +47,8 @@ class Result:
     idx: int = 0  # which prompt
     ttft: float | None = None
     end: float | None = None
-    events: list[float] = field(default_factory=list)  # arrival time of each text event
+    events: list[float] = field(default_factory=list)  # token events from the first text on
+    text_events: list[float] = field(default_factory=list)  # events that carried text
     output_tokens: int | None = None
     prompt_tokens: int | None = None
     text: str = ""
@@ -57,6 +63,16 @@ def percentile(values: list[float], q: float) -> float | None:
     pos = (len(s) - 1) * q / 100
     lo, hi = math.floor(pos), math.ceil(pos)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _is_token_chunk(obj: dict[str, Any]) -> bool:
+    choices = obj.get("choices") or []
+    if not choices or choices[0].get("finish_reason"):
+        return False
+    delta = choices[0].get("delta")
+    if isinstance(delta, dict):
+        return "role" not in delta and isinstance(delta.get("content"), str)
+    return isinstance(choices[0].get("text"), str)
 
 
 def _text_of(obj: dict[str, Any]) -> str:
@@ -99,8 +115,10 @@ class _Sse:
         if text:
             if self.res.ttft is None:
                 self.res.ttft = now - self.res.start
-            self.res.events.append(now)
+            self.res.text_events.append(now)
             self.res.text += text
+        if self.res.ttft is not None and (text or _is_token_chunk(obj)):
+            self.res.events.append(now)
         usage = obj.get("usage")
         if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
             self.res.output_tokens = int(usage["completion_tokens"])
@@ -217,6 +235,8 @@ def summarize(results: list[Result], t0: float, concurrency: int) -> dict[str, A
     events = sum(len(r.events) for r in streamed)
     ttft = [r.ttft for r in streamed if r.ttft is not None]
     itl = [b - a for r in streamed for a, b in zip(r.events, r.events[1:], strict=False)]
+    itl_text = [b - a for r in streamed
+                for a, b in zip(r.text_events, r.text_events[1:], strict=False)]
     tpot = [((r.end or 0) - r.start - (r.ttft or 0)) / (len(r.events) - 1)
             for r in ok if len(r.events) > 1]
     ms = 1000.0
@@ -233,9 +253,15 @@ def summarize(results: list[Result], t0: float, concurrency: int) -> dict[str, A
         "output_tokens_mean": round(out_tokens / len(ok), 2) if ok else None,
         "ttft_p50_ms": _ms(percentile(ttft, 50), ms), "ttft_p99_ms": _ms(percentile(ttft, 99), ms),
         "itl_p50_ms": _ms(percentile(itl, 50), ms), "itl_p99_ms": _ms(percentile(itl, 99), ms),
+        "itl_text_p50_ms": _ms(percentile(itl_text, 50), ms),
+        "itl_text_p99_ms": _ms(percentile(itl_text, 99), ms),
         "tpot_p50_ms": _ms(percentile(tpot, 50), ms),
         "sample_text": ok[0].text[:200] if ok else None,
         "texts": {r.idx: r.text for r in ok},
+        # per request: send, then every text event, in ms from the point's start (for reading
+        # where the inter-token tail comes from)
+        "timelines": {r.idx: [round((t - t0) * ms, 1) for t in (r.start, *r.events)]
+                      for r in streamed},
     }
 
 

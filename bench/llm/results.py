@@ -143,10 +143,11 @@ def render(doc: dict[str, Any]) -> str:
                     f"{b['step_ms']} | {b['prefill_ms']} |" for b in lim["batches"]]
             out.append("")
         out += ["| server | c | output tok/s | % of limit | tok per CPU-s | TTFT p50 / p99 ms | "
-                "ITL p50 / p99 ms | "
+                "ITL p50 / p99 ms | tok/event | ITL text-only p50 / p99 ms | "
                 "ok/cut/sent | answers = greedy | server CPU % | other on its core % | "
                 "load 1-min | peak RSS MB | ready s | first answer s | run |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                "---:|---|"]
         for s in entry["servers"]:
             if "points" not in s or not s["points"]:
                 continue
@@ -156,6 +157,8 @@ def render(doc: dict[str, Any]) -> str:
                     f"{_pct_of_limit(entry, doc, s, p)} | {_per_cpu(p)} | "
                     f"{_f(p['ttft_p50_ms'])} / {_f(p['ttft_p99_ms'])} | "
                     f"{_f(p['itl_p50_ms'], 2)} / {_f(p['itl_p99_ms'], 2)} | "
+                    f"{_f(p.get('tokens_per_event'), 2)} | "
+                    f"{_f(p.get('itl_text_p50_ms'), 2)} / {_f(p.get('itl_text_p99_ms'), 2)} | "
                     f"{p['ok']}/{p.get('cut', 0)}/{p['requests']} | "
                     f"{p['answers_equal_inprocess_greedy']} | "
                     f"{_f(p['server_cpu_pct'], 0)} | {_f(p['other_cpu_on_server_core_pct'], 0)}"

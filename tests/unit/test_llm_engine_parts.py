@@ -67,7 +67,7 @@ def test_chunked_prefill_shares_the_step_with_decodes() -> None:
 def test_prefill_cap_applies_only_beside_decodes() -> None:
     pool = BlockPool(1 + 64, 16)
     sched = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=256)
-    sched.prefill_cap = 16
+    sched.prefill_cap = lambda decode_rows: 16
     first = seq(1, 100)
     sched.add(first)
     step = sched.schedule()
@@ -80,23 +80,24 @@ def test_prefill_cap_applies_only_beside_decodes() -> None:
     assert step.decode == [first] and [(s.rid, n) for s, n in step.prefill] == [(2, 16)]
 
 
-def test_prefill_pacer_follows_measured_step_times() -> None:
-    pacer = PrefillPacer(share=0.5, floor=16, ceiling=512)
-    assert pacer.observe(0.100, 16, 0) == 512  # decode only: the average is seeded
-    cap = pacer.observe(0.300, 16, 512)  # the mixed step took 3x a decode step: down 20 %
-    assert cap == 409
-    for _ in range(40):  # a chunk adds 1 ms per token to the 100 ms decode step
-        cap = pacer.observe(0.100 + cap / 1000, 16, cap)
-    assert cap is not None and 40 <= cap <= 55  # near 0.5 x 100 ms at 1 ms per token
-    for _ in range(40):
-        cap = pacer.observe(10.0, 16, cap or 0)
-    assert cap == 16  # never below one block: a prompt always advances
-    assert pacer.observe(0.101, 16, 3) == 16  # under, but the cap did not limit: unchanged
-    for _ in range(200):
-        cap = pacer.observe(0.101, 16, cap or 0)
-    assert cap == 512  # never above the step's token budget
-    assert pacer.observe(5.0, 0, 512) == 512  # prefill alone: nobody waits, nothing learned
-    assert PrefillPacer(share=0, floor=16, ceiling=512).observe(0.1, 16, 512) is None
+def test_prefill_pacer_caps_from_the_fitted_step_time() -> None:
+    pacer = PrefillPacer(share=1.0, floor=16, ceiling=512)
+    assert pacer.cap(0) is None  # nobody decodes: no cap
+    assert pacer.cap(20) == 20  # nothing measured: share x decode rows
+    pacer.observe(0.100, 20)
+    assert pacer.cap(20) == 20  # one step size: no fixed cost known yet, the cautious cap
+    for tokens in (20, 60, 100, 20, 60, 100):  # 50 ms fixed + 2.5 ms per token
+        pacer.observe(0.050 + 0.0025 * tokens, tokens)
+    a, b = pacer.fit() or (0, 0)
+    assert abs(a - 0.050) < 1e-6 and abs(b - 0.0025) < 1e-9
+    assert pacer.cap(20) == 40  # 1.0 x (50 + 20 x 2.5) ms / 2.5 ms per token
+    assert pacer.cap(4) == 24
+    assert PrefillPacer(share=0.1, floor=16, ceiling=512).cap(4) == 16  # never below a block
+    for _ in range(64):  # the window forgets: now size does not matter
+        pacer.observe(0.2, 50)
+        pacer.observe(0.2, 10)
+    assert pacer.cap(4) == 512  # no per-token cost: only the token budget
+    assert PrefillPacer(share=0, floor=16, ceiling=512).cap(16) is None
 
 
 def test_preemption_frees_the_newest_sequence() -> None:

@@ -113,6 +113,7 @@ class Engine:
         self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.pacer = PrefillPacer(cfg.prefill_share, floor=cfg.block_size,
                                   ceiling=cfg.max_num_batched_tokens)
+        self.scheduler.prefill_cap = self.pacer.cap
         self._ids = itertools.count(1)
         self._inbox: deque[tuple[str, Sequence]] = deque()
         self._wake = threading.Condition()
@@ -226,8 +227,8 @@ class Engine:
             t0 = time.perf_counter()
             with torch.inference_mode():
                 self._forward(plan.decode, plan.prefill, out)
-            self.scheduler.prefill_cap = self.pacer.observe(
-                time.perf_counter() - t0, len(plan.decode), sum(n for _, n in plan.prefill))
+            self.pacer.observe(time.perf_counter() - t0,
+                               len(plan.decode) + sum(n for _, n in plan.prefill))
             self.steps += 1
         self._publish()
         return out

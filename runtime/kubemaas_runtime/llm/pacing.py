@@ -1,40 +1,64 @@
 """How many prompt tokens a step may read beside running decodes.
 
 Every running stream waits for the whole step between two of its tokens, so a step that also
-reads a 500-token prompt chunk stretches every stream's inter-token gap to many decode steps
-(inter-token p99 several times p50). The pacer keeps a mixed step (decodes and a prefill chunk)
-within ``1 + share`` times a pure decode step: it keeps a moving average of the steps that only
-decoded, and after each mixed step moves the cap down 20 % when that step was slower, up 10 %
-when it was faster and the cap was what limited the chunk. A feedback loop rather than a cost
-model, because a forward's fixed overhead dominates small chunks and differs by model, device and
-batch. Steps without decodes are not capped: nobody waits on them but the prompt's own TTFT.
+reads a 500-token prompt chunk stretches every stream's inter-token gap to many decode steps.
+This bites hardest when requests arrive together (a burst, or a closed loop whose requests
+finish in the same step): a dozen new prompts read in one step beside four running streams made
+those streams wait ten decode steps for one token.
+
+The pacer holds a mixed step (decodes and prompt chunks) to about ``1 + share`` times what the
+same decodes alone take. It fits the engine's step time as ``a + b x tokens`` (least squares
+over the last ``window`` steps, every step counted: the fixed cost ``a`` of a forward is what
+makes small chunks cheap) and caps the prompt tokens of a step with ``d`` decode rows at
+``share x (a + b x d) / b``. Until two different step sizes were seen, it assumes no fixed
+cost (the cap is ``share x d``, the cautious side). Steps without decodes are not capped:
+nobody waits on them but the prompts' own first token.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 
 @dataclass
 class PrefillPacer:
-    share: float        # a mixed step may take this fraction of a decode step more than one
+    share: float        # a mixed step may take this fraction of its decodes' time more
     floor: int          # the cap never goes below this (one KV block: prompts always advance)
     ceiling: int        # nor above the step's token budget
-    cap: int = 0
-    decode_s: float = 0.0  # moving average of the pure decode steps' time
+    window: int = 64
+    steps: deque[tuple[int, float]] = field(default_factory=deque)  # (tokens, seconds)
 
-    def __post_init__(self) -> None:
-        self.cap = self.ceiling
+    def observe(self, step_s: float, tokens: int) -> None:
+        """Record one step's forward time and its token count (decodes + prompt tokens)."""
+        self.steps.append((tokens, step_s))
+        if len(self.steps) > self.window:
+            self.steps.popleft()
 
-    def observe(self, step_s: float, decode_rows: int, prefill_tokens: int) -> int | None:
-        """Record one step's forward time; return the cap for the next step (None: no cap)."""
+    def fit(self) -> tuple[float, float] | None:
+        """(fixed seconds, seconds per token) of a step, or None before any step."""
+        if not self.steps:
+            return None
+        n = len(self.steps)
+        mx = sum(x for x, _ in self.steps) / n
+        my = sum(y for _, y in self.steps) / n
+        sxx = sum((x - mx) ** 2 for x, _ in self.steps)
+        if sxx < 1e-9:  # one step size so far: all of it per token
+            return 0.0, my / mx
+        b = sum((x - mx) * (y - my) for x, y in self.steps) / sxx
+        if b <= 0:  # noise, or size does not matter: no per-token cost to guard against
+            return my, 0.0
+        return max(0.0, my - b * mx), b
+
+    def cap(self, decode_rows: int) -> int | None:
+        """Prompt tokens a step with ``decode_rows`` decodes may read (None: no cap)."""
         if self.share <= 0 or not decode_rows:
-            return None if self.share <= 0 else self.cap
-        if not prefill_tokens:
-            self.decode_s = step_s if self.decode_s == 0 else 0.8 * self.decode_s + 0.2 * step_s
-        elif self.decode_s > 0:
-            if step_s > (1 + self.share) * self.decode_s:
-                self.cap = max(self.floor, int(self.cap * 0.8))
-            elif prefill_tokens >= self.cap:
-                self.cap = min(self.ceiling, max(self.cap + 1, int(self.cap * 1.1)))
-        return self.cap
+            return None
+        fitted = self.fit()
+        if fitted is None:
+            return max(self.floor, min(self.ceiling, int(self.share * decode_rows)))
+        a, b = fitted
+        if b == 0:
+            return self.ceiling
+        allowed = self.share * (a + b * decode_rows) / b
+        return max(self.floor, min(self.ceiling, int(allowed)))

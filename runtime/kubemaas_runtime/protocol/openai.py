@@ -321,7 +321,10 @@ class OpenAIServer:
             async for delta in stream:
                 observe(delta)
                 last = delta
-                if delta.text or (delta.logprobs and req.logprobs):
+                # a chunk per generated token, its text empty while a character is incomplete
+                # (as vLLM does): the client sees the stream advance token by token
+                if delta.text or (delta.logprobs and req.logprobs) or \
+                        (delta.token_ids and delta.finish_reason is None):
                     await resp.write(_sse(chunk(delta.text, None, delta.logprobs)))
                     offset += len(delta.text)
                 if delta.finish_reason is not None:
