@@ -153,7 +153,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_num_seqs", "--max-num-seqs", "KUBEMAAS_MAX_NUM_SEQS", 64, int,
            "hf models: most sequences in the running batch; others wait in the queue."),
     Option("max_num_batched_tokens", "--max-num-batched-tokens",
-           "KUBEMAAS_MAX_NUM_BATCHED_TOKENS", 512, int,
+           "KUBEMAAS_MAX_NUM_BATCHED_TOKENS", 2048, int,
            "hf models: tokens per engine step (decodes + prefill chunks); a longer prompt is "
            "read in chunks over several steps."),
     Option("prefill_share", "--prefill-share", "KUBEMAAS_PREFILL_SHARE", 0.0, float,
@@ -243,7 +243,7 @@ class Settings:
     gpu_memory_utilization: float = 0.9
     max_model_len: int = 0
     max_num_seqs: int = 64
-    max_num_batched_tokens: int = 512
+    max_num_batched_tokens: int = 2048
     prefill_share: float = 0.0
     block_size: int = 16
     prefix_caching: bool = True

@@ -77,6 +77,12 @@ class PagedStep:
         return 0  # positions are explicit; nothing asks the cache for them
 
 
+def _gather(pool: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """pool[slots] (slots of any shape); index_select copies whole rows, 1.8x faster than
+    advanced indexing on CPU (16 x 64 slots of 8 x 128 floats: 357 vs 637 us)."""
+    return pool.index_select(0, slots.reshape(-1)).view(*slots.shape, *pool.shape[1:])
+
+
 def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     attention_mask: torch.Tensor | None, scaling: float | None = None,
                     dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -88,19 +94,19 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
     if step.decode_rows:
         assert step.decode_read is not None
         q = query[0, :, :step.decode_rows].transpose(0, 1).unsqueeze(2)  # [B, H, 1, d]
-        k = key[step.decode_read].transpose(1, 2)                          # [B, kvH, T, d]
-        v = value[step.decode_read].transpose(1, 2)
+        k = _gather(key, step.decode_read).transpose(1, 2)                 # [B, kvH, T, d]
+        v = _gather(value, step.decode_read).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_mask,
                                              scale=scaling, enable_gqa=gqa)
         parts.append(out.squeeze(2))                                       # [B, H, d]
     for c in step.chunks:
         q = query[:, :, c.start:c.start + c.length]                       # [1, H, n, d]
-        k = key[c.read].transpose(0, 1).unsqueeze(0)                       # [1, kvH, ctx, d]
-        v = value[c.read].transpose(0, 1).unsqueeze(0)
+        k = _gather(key, c.read).transpose(0, 1).unsqueeze(0)              # [1, kvH, ctx, d]
+        v = _gather(value, c.read).transpose(0, 1).unsqueeze(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=c.mask, is_causal=c.mask is None,
                                              scale=scaling, enable_gqa=gqa)
         parts.append(out[0].transpose(0, 1))                               # [n, H, d]
-    return torch.cat(parts).unsqueeze(0), None
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).unsqueeze(0), None
 
 
 def register() -> None:

@@ -42,7 +42,7 @@ class EngineConfig:
     kv_cache_bytes: int
     max_model_len: int
     max_num_seqs: int = 64
-    max_num_batched_tokens: int = 512
+    max_num_batched_tokens: int = 2048
     block_size: int = 16
     max_queue: int = 256  # requests held (waiting + running) before new ones are refused
     prefix_caching: bool = True
@@ -238,8 +238,9 @@ class Engine:
         """One forward pass over the step's rows packed together (packing.py)."""
         step = pack(decode, prefill, self.store, self.cfg.block_size)
         dev = self.lm.device
+        paged = step.paged if dev.type == "cpu" else step.paged.to(dev)
         logits = self.lm.forward(step.input_ids.to(dev), step.position_ids.to(dev),
-                                 step.keep.to(dev), step.paged.to(dev))
+                                 step.keep.to(dev), paged)
         for seq, n in [(s, 1) for s in decode] + prefill:
             seq.computed += n
             seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,

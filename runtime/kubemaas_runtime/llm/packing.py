@@ -34,15 +34,20 @@ def slots(seq: Sequence, start: int, stop: int, block_size: int) -> torch.Tensor
 
 
 def _decode_tables(decode: list[Sequence], block_size: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read slots [B, T] (the scratch slot 0 past a row's context) and the mask [B, 1, 1, T]."""
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read slots [B, T] (the scratch slot 0 past a row's context), the mask [B, 1, 1, T] and
+    each row's write slot [B]; a few tensor operations whatever the batch (this runs every
+    step, and on small models a step is a few milliseconds)."""
     ctx = torch.tensor([s.computed + 1 for s in decode])
     t_max = int(ctx.max())
-    read = torch.zeros(len(decode), t_max, dtype=torch.long)
-    for i, seq in enumerate(decode):
-        read[i, :seq.computed + 1] = slots(seq, 0, seq.computed + 1, block_size)
-    mask = torch.arange(t_max)[None, :] < ctx[:, None]
-    return read, mask[:, None, None, :]
+    width = -(-t_max // block_size)
+    table = torch.tensor([s.blocks[:width] + [0] * (width - len(s.blocks[:width]))
+                          for s in decode], dtype=torch.long)
+    pos = torch.arange(t_max)
+    valid = pos[None, :] < ctx[:, None]
+    read = torch.where(valid, table[:, pos // block_size] * block_size + pos % block_size, 0)
+    write = read[torch.arange(len(decode)), ctx - 1]
+    return read, valid[:, None, None, :], write
 
 
 def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVStore,
@@ -52,12 +57,14 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
     writes: list[torch.Tensor] = []
     keep: list[int] = []
     sampled: list[Sequence] = []
-    for seq in decode:
-        keep.append(len(ids))
-        sampled.append(seq)
-        ids.append(seq.ids[seq.computed])
-        positions.append(seq.computed)
-        writes.append(slots(seq, seq.computed, seq.computed + 1, block_size))
+    decode_read = decode_mask = None
+    if decode:
+        decode_read, decode_mask, decode_writes = _decode_tables(decode, block_size)
+        writes.append(decode_writes)
+        keep.extend(range(len(decode)))
+        sampled.extend(decode)
+        ids.extend(seq.ids[seq.computed] for seq in decode)
+        positions.extend(seq.computed for seq in decode)
     chunks = []
     for seq, n in prefill:
         start, offset = len(ids), seq.computed
@@ -72,8 +79,7 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
         if offset + n == len(seq.ids):
             keep.append(len(ids) - 1)
             sampled.append(seq)
-    paged = PagedStep(store, torch.cat(writes), decode_rows=len(decode), chunks=chunks)
-    if decode:
-        paged.decode_read, paged.decode_mask = _decode_tables(decode, block_size)
+    paged = PagedStep(store, torch.cat(writes) if len(writes) > 1 else writes[0],
+                      len(decode), decode_read, decode_mask, chunks)
     return PackedStep(torch.tensor([ids]), torch.tensor([positions]),
                       torch.tensor(keep or [len(ids) - 1]), sampled, paged)
