@@ -33,15 +33,25 @@ from pathlib import Path
 from typing import Any
 
 
-def _load(model_dir: Path, threads: int) -> tuple[Any, Any]:
+def _load(model_dir: Path, threads: int, device: str = "cpu", dtype: str = "float32"
+          ) -> tuple[Any, Any]:
     import torch
     import transformers
 
     torch.set_num_threads(threads)
     tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir),
+                                                              dtype=getattr(torch, dtype))
+    model.to(device)
     model.eval()
     return tok, model
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def encode(tok: Any, prompts: list[str]) -> list[list[int]]:
@@ -62,22 +72,25 @@ def greedy(model: Any, ids: list[list[int]],
     import torch
     from transformers import DynamicCache
 
-    x = torch.tensor(ids)
+    x = torch.tensor(ids, device=model.device)
     with torch.inference_mode():
         cache = DynamicCache()
+        _sync(x.device)
         t0 = time.perf_counter()
         out = model(input_ids=x, past_key_values=cache, use_cache=True)
         nxt = out.logits[:, -1, :].argmax(-1, keepdim=True)
+        _sync(x.device)
         t1 = time.perf_counter()
         c1 = time.process_time()
         new = [nxt]
         pos = x.shape[1]
         for _ in range(steps):
             out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True,
-                        cache_position=torch.tensor([pos]))
+                        cache_position=torch.tensor([pos], device=x.device))
             nxt = out.logits[:, -1, :].argmax(-1, keepdim=True)
             new.append(nxt)
             pos += 1
+        _sync(x.device)
         t2 = time.perf_counter()
         c2 = time.process_time()
     tokens = torch.cat(new, dim=1).tolist()
@@ -134,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
     ap.add_argument("--screen", action="store_true")
     ap.add_argument("--make", type=int, default=0, help="write N prompts to --prompts and exit")
     ap.add_argument("--prompt-tokens", type=int, default=40)
@@ -149,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         a.prompts.write_text(json.dumps(made, indent=0))
         a.out.write_text(json.dumps({"made": len(made), "prompt_tokens": a.prompt_tokens}))
         return 0
-    tok, model = _load(a.model, a.threads)
+    tok, model = _load(a.model, a.threads, a.device, a.dtype)
     prompts = json.loads(a.prompts.read_text())
     ids = encode(tok, prompts)
-    doc: dict[str, Any] = {"model": str(a.model), "threads": a.threads,
+    doc: dict[str, Any] = {"model": str(a.model), "threads": a.threads, "device": a.device,
+                           "dtype": a.dtype,
                            "prompt_tokens": sorted({len(i) for i in ids}),
                            "max_tokens": a.max_tokens}
     if a.screen:

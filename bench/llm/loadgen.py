@@ -188,18 +188,22 @@ async def one_request(port: int, path: str, body: bytes, timeout: float,
     return res
 
 
-def request_body(model: str, prompt: str, max_tokens: int) -> bytes:
-    return json.dumps({
+def request_body(model: str, prompt: str, max_tokens: int, ignore_eos: bool = False) -> bytes:
+    doc: dict[str, Any] = {
         "model": model, "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens, "temperature": 0, "stream": True,
         "stream_options": {"include_usage": True},
-    }).encode()
+    }
+    if ignore_eos:  # vLLM's extension: every answer is max_tokens long
+        doc["ignore_eos"] = True
+    return json.dumps(doc).encode()
 
 
 async def run_point(port: int, path: str, model: str, prompts: list[str], concurrency: int,
                     requests: int, warmup: int, max_seconds: float, max_tokens: int,
-                    timeout: float, offset: int = 0) -> dict[str, Any]:
-    bodies = [request_body(model, p, max_tokens) for p in prompts]
+                    timeout: float, offset: int = 0, ignore_eos: bool = False
+                    ) -> dict[str, Any]:
+    bodies = [request_body(model, p, max_tokens, ignore_eos) for p in prompts]
 
     async def drive(n: int, start: int, seconds: float, out: list[Result]) -> float:
         counter = iter(range(n))  # shared by the workers: each request is taken once

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 FAMILIES = ("llama", "gpt2", "mistral", "qwen2", "qwen3")
-SIZES = ("tiny", "small")
+SIZES = ("tiny", "small", "1b")
 DTYPES = ("float32", "bfloat16", "float16")
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
@@ -38,6 +38,7 @@ CHAT_TEMPLATE = (
 _SHAPES: dict[str, tuple[int, int, int, int, int, int]] = {
     "tiny": (128, 4, 4, 2, 256, 2048),
     "small": (1024, 16, 16, 8, 2816, 4096),
+    "1b": (2048, 16, 32, 8, 8192, 4096),  # ~0.98 B: the GPU check (bench/llm/gpu.py)
 }
 
 

@@ -1,0 +1,184 @@
+"""The GPU check of the LLM runtime, one prepared script that fits in 10 minutes.
+
+A random-weight Llama of about 1 B parameters (``build_llm(size="1b")``: hidden 2048, 16
+layers, 32 heads / 8 KV heads) in bfloat16, served by our runtime on CUDA at concurrency 1, 16
+and 64, against the in-process limit (the model's own batched forward, ``limit.py``) on the same
+GPU. Every request is a streamed chat completion of ``--max-tokens`` tokens (``ignore_eos``),
+to 127.0.0.1 only. Writes ``gpu.json`` and ``gpu.md`` (a table) under ``--out``.
+
+On the device machine (its image has torch and transformers 5.17; the runtime is built against
+the transformers this repository locks, so carry that one as a wheel, see the device notes):
+
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
+        --implementation cp --platform manylinux2014_x86_64 -d .whl transformers==5.24.0
+    # run, carrying .whl:
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \\
+    PYTHONPATH=/tmp/site:runtime:hack PYTHONUNBUFFERED=1 python3 bench/llm/gpu.py --out $OUT
+
+Without a GPU, ``--smoke`` runs the same steps on the CPU with the tiny model, float32 and
+small concurrencies (a minute or two), so the script is known to work before device time is
+spent on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+import loadgen  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _say(msg: str, t0: float) -> None:
+    print(f"[{time.monotonic() - t0:6.1f} s] {msg}", flush=True)
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - t0
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the server was not ready within {timeout:.0f} s")
+
+
+def _prepare(work: Path, size: str, dtype: str, n: int, prompt_tokens: int
+             ) -> tuple[Path, Path]:
+    import transformers
+    from limit import make_prompts
+
+    from kubemaas_testbed.llm_models import build_llm, corpus_text
+
+    model = build_llm(work / f"llm-{size}-{dtype}", size=size, dtype=dtype)
+    tok = transformers.AutoTokenizer.from_pretrained(str(model))
+    prompts = work / "prompts.json"
+    prompts.write_text(json.dumps(make_prompts(tok, corpus_text(), n, prompt_tokens)))
+    return model, prompts
+
+
+def _limit(model: Path, prompts: Path, a: argparse.Namespace, out: Path) -> dict[str, Any]:
+    cmd = [sys.executable, str(HERE / "limit.py"), "--model", str(model), "--prompts",
+           str(prompts), "--batches", a.concurrency, "--max-tokens", str(a.max_tokens),
+           "--device", a.device, "--dtype", a.dtype, "--threads", str(a.threads),
+           "--out", str(out)]
+    subprocess.run(cmd, check=True, env=_env())
+    return dict(json.loads(out.read_text()))
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    extra = [str(REPO / "runtime"), str(REPO / "hack")]
+    env["PYTHONPATH"] = os.pathsep.join([*filter(None, [env.get("PYTHONPATH")]), *extra])
+    env["HF_HUB_OFFLINE"] = env["TRANSFORMERS_OFFLINE"] = "1"
+    return env
+
+
+def _serve(model: Path, a: argparse.Namespace, port: int, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "kubemaas_runtime", "--format", "hf", "--model-uri", str(model),
+           "--name", "llm", "--host", "127.0.0.1", "--port", str(port), "--device", a.device,
+           "--dtype", a.dtype, "--max-num-seqs", str(max(int(c) for c in a.concurrency.split(","))),
+           "--max-model-len", "1024", "--kv-cache-memory", a.kv_cache_memory,
+           "--intra-op-threads", str(a.threads)]
+    return subprocess.Popen(cmd, env=_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _table(limit: dict[str, Any], points: list[dict[str, Any]], a: argparse.Namespace) -> str:
+    by_batch = {b["batch"]: b for b in limit["batches"]}
+    rows = [f"Model: random Llama `{a.size}`, {a.dtype}, {a.device}; prompts "
+            f"{a.prompt_tokens} tokens, {a.max_tokens} tokens out; in-process prefill of one "
+            f"prompt {limit['prefill_ms']} ms.", "",
+            "| c | output tok/s | in-process decode tok/s at that batch | % | TTFT p50 / p99 ms "
+            "| ITL p50 / p99 ms | ok/cut/sent |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in points:
+        lim = by_batch.get(p["concurrency"], {}).get("decode_tok_s")
+        pct = f"{100 * p['output_tok_s'] / lim:.0f} %" if lim and p["output_tok_s"] else "-"
+        rows.append(f"| {p['concurrency']} | {p['output_tok_s']} | {lim} | {pct} | "
+                    f"{p['ttft_p50_ms']} / {p['ttft_p99_ms']} | {p['itl_p50_ms']} / "
+                    f"{p['itl_p99_ms']} | {p['ok']}/{p['cut']}/{p['requests']} |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny model, c=1,4")
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--point-seconds", type=float, default=60)
+    a = ap.parse_args(argv)
+    a.size, a.device, a.dtype, a.threads, a.kv_cache_memory = "1b", "cuda", "bfloat16", 4, "16Gi"
+    if a.smoke:
+        a.size, a.device, a.dtype, a.threads, a.kv_cache_memory = "tiny", "cpu", "float32", 1, \
+            "256Mi"
+        a.concurrency = "1,4"
+    t0 = time.monotonic()
+    a.out.mkdir(parents=True, exist_ok=True)
+    work = a.out / "work"
+    concs = [int(c) for c in a.concurrency.split(",")]
+    n = sum(max(4, 2 * c) for c in concs) + 2
+    model, prompts = _prepare(work, a.size, a.dtype, n, a.prompt_tokens)
+    _say(f"model and {n} prompts ready: {model}", t0)
+    limit = _limit(model, prompts, a, a.out / "limit.json")
+    _say(f"in-process limit: {json.dumps(limit['batches'])}", t0)
+    port = _free_port()
+    server = _serve(model, a, port, a.out / "server.log")
+    points: list[dict[str, Any]] = []
+    try:
+        ready = _wait_ready(port, server, 240)
+        _say(f"server ready in {ready:.1f} s", t0)
+        texts = json.loads(prompts.read_text())
+        offset = 0
+        for i, c in enumerate(concs):
+            requests = max(4, 2 * c)
+            p = asyncio.run(loadgen.run_point(
+                port, "/v1/chat/completions", "llm", texts, c, requests, 2 if i == 0 else 0,
+                a.point_seconds, a.max_tokens, 120, offset=offset, ignore_eos=True))
+            offset += requests + (2 if i == 0 else 0)
+            p.pop("texts", None)
+            p.pop("timelines", None)
+            points.append(p)
+            _say(f"c={c}: {p['output_tok_s']} tok/s, TTFT p50 {p['ttft_p50_ms']} ms, "
+                 f"ITL p50/p99 {p['itl_p50_ms']}/{p['itl_p99_ms']} ms, ok {p['ok']} "
+                 f"cut {p['cut']} errors {p['errors']}", t0)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    doc = {"settings": {k: str(v) for k, v in vars(a).items()}, "limit": limit,
+           "server_ready_s": round(ready, 2), "points": points,
+           "wall_s": round(time.monotonic() - t0, 1)}
+    (a.out / "gpu.json").write_text(json.dumps(doc, indent=1))
+    table = _table(limit, points, a)
+    (a.out / "gpu.md").write_text(table)
+    print(table, flush=True)
+    return 0 if all(p["errors"] == 0 and p["ok"] for p in points) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
