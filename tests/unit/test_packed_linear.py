@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from kubemaas_runtime.llm import packed_linear
 from kubemaas_runtime.llm.packed_linear import PackedLinear, pack_linears
+
+
+@pytest.fixture(autouse=True)
+def small_layers_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packed_linear, "MIN_WEIGHTS", 0)  # the test model's layers are tiny
 
 
 def tiny(tied: bool) -> LlamaForCausalLM:
@@ -44,3 +51,11 @@ def test_bytes_are_counted_once() -> None:
     after = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())
                 if t.is_floating_point())
     assert after == before  # the reordered copy replaces the weight
+
+
+def test_small_layers_keep_torchs_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packed_linear, "MIN_WEIGHTS", 32 * 48)
+    model = tiny(tied=False)
+    # gate, up and down (32 x 48) per layer and the head (64 x 32); q, k, v, o are smaller
+    assert pack_linears(model) == 2 * 3 + 1
+    assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
