@@ -59,3 +59,13 @@ def test_small_layers_keep_torchs_linear(monkeypatch: pytest.MonkeyPatch) -> Non
     # gate, up and down (32 x 48) per layer and the head (64 x 32); q, k, v, o are smaller
     assert pack_linears(model) == 2 * 3 + 1
     assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+
+
+def test_bfloat16_layers_are_packed_too() -> None:
+    model = tiny(tied=False).to(torch.bfloat16)
+    ref = copy.deepcopy(model)
+    assert pack_linears(model) == 2 * 7 + 1
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    with torch.inference_mode():
+        got, want = model(ids).logits.float(), ref(ids).logits.float()
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
