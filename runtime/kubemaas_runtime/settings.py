@@ -157,16 +157,17 @@ OPTIONS: tuple[Option, ...] = (
            "hf models: tokens per engine step (decodes + prefill chunks); a longer prompt is "
            "read in chunks over several steps."),
     Option("prefill_share", "--prefill-share", "KUBEMAAS_PREFILL_SHARE", 0.0, float,
-           "hf models: while sequences are decoding, a step's prompt chunk is sized (from "
-           "measured step times) to take at most this fraction of a decode step's time, so "
-           "inter-token latency stays near (1 + share) x a decode step; long prompts then take "
-           "more steps. 0 (the default until it is measured on a quiet machine) = no cap, only "
-           "--max-num-batched-tokens."),
+           "hf models: while sequences are decoding, a step's prompt tokens are capped (from "
+           "a fit of measured step times) so that the step takes about (1 + share) x what its "
+           "decodes alone take; long or many arriving prompts then take more steps. 0 (the "
+           "default: in the closed-loop benchmark it cost throughput for no tail gain) = no "
+           "cap, only --max-num-batched-tokens."),
     Option("block_size", "--block-size", "KUBEMAAS_BLOCK_SIZE", 16, int,
            "hf models: tokens per KV-cache block."),
     Option("packed_linear", "--packed-linear", "KUBEMAAS_PACKED_LINEAR", True, _bool,
-           "hf models on CPU: reorder the linear layers' weights once into oneDNN's blocked "
-           "layout (faster steps, same memory); false keeps torch's default linear."),
+           "hf models on CPU: reorder the weights of linear layers of 512 x 512 or more once "
+           "into oneDNN's blocked layout (faster steps, same memory); false keeps torch's "
+           "linear."),
     Option("prefix_caching", "--prefix-caching", "KUBEMAAS_PREFIX_CACHING", True, _bool,
            "hf models: requests whose prompts share a prefix of full blocks reuse its KV-cache "
            "blocks instead of computing them again."),
