@@ -57,6 +57,10 @@ class PagedStep:
     is_compileable = False
 
     def to(self, device: torch.device) -> PagedStep:
+        """The step's tables on ``device`` (packing builds them on the CPU: there, itself)."""
+        if device.type == self.write_slots.device.type:
+            return self
+
         def move(t: torch.Tensor | None) -> Any:
             return None if t is None else t.to(device)
         return PagedStep(self.store, move(self.write_slots), self.decode_rows,

@@ -238,9 +238,8 @@ class Engine:
         """One forward pass over the step's rows packed together (packing.py)."""
         step = pack(decode, prefill, self.store, self.cfg.block_size)
         dev = self.lm.device
-        paged = step.paged if dev.type == "cpu" else step.paged.to(dev)
         logits = self.lm.forward(step.input_ids.to(dev), step.position_ids.to(dev),
-                                 step.keep.to(dev), paged)
+                                 step.keep.to(dev), step.paged.to(dev))
         for seq, n in [(s, 1) for s in decode] + prefill:
             seq.computed += n
             seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,
