@@ -4,19 +4,21 @@ stop strings, and the OpenAI request validation."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from kubemaas_runtime.llm.detok import Detokenizer
+from kubemaas_runtime.llm.detok import Detokenizer, decoder
 from kubemaas_runtime.llm.kv_cache import BlockPool, KVStore, OutOfBlocks
 from kubemaas_runtime.llm.pacing import PrefillPacer
 from kubemaas_runtime.llm.packing import pack
 from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, sample
 from kubemaas_runtime.llm.scheduler import Scheduler, Sequence
 from kubemaas_runtime.protocol.openai_schema import ApiError, parse_request
+from kubemaas_runtime.protocol.openai_stream import ChunkFormat, sse
 from kubemaas_runtime.settings import parse_bytes
 
 
@@ -211,6 +213,35 @@ def test_detokenizer_waits_for_whole_utf8_characters(tmp_path: Path) -> None:
     pieces = [det.add(i)[0] for i in ids]
     assert "".join(pieces) + det.flush() == text
     assert not any("\ufffd" in p for p in pieces)
+
+
+def test_backend_decoder_gives_the_tokenizers_text(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from kubemaas_testbed.llm_models import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    fast = decoder(tok)
+    assert fast.__code__ is not decoder(None).__code__  # the backend path was taken
+    ids = tok("Émilie a mangé 猫 🙂 ok, ne ? <|im_end|>")["input_ids"] + [tok.eos_token_id]
+    for i in range(len(ids)):
+        for j in range(i, len(ids) + 1):
+            assert fast(ids[i:j]) == tok.decode(ids[i:j], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("usage", [True, False])
+def test_pre_rendered_token_chunks_equal_the_documents(chat: bool, usage: bool) -> None:
+    body: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": usage}}
+    body.update({"messages": [{"role": "user", "content": "x"}]} if chat else {"prompt": "x"})
+    fmt = ChunkFormat({"id": "cmpl-1", "created": 7, "model": 'm "q" \u00e9'},
+                      parse(body, chat=chat), tokenizer=None)
+    for text in ["", "a", 'say "hi"\n', "é猫🙂", "\x00\\", "</script>"]:
+        got = fmt.token(text, (), 0)
+        assert got == sse(fmt.doc(text, None)), text
+        assert json.loads(got[len(b"data: "):])["choices"][0][
+            "delta" if chat else "text"] == ({"content": text} if chat else text)
 
 
 def parse(doc: dict[str, Any], chat: bool = False) -> Any:

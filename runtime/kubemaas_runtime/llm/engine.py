@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .detok import Detokenizer
+from .detok import Detokenizer, decoder
 from .kv_cache import BlockPool, KVStore
 from .loader import LanguageModel
 from .pacing import PrefillPacer
@@ -69,32 +69,62 @@ def kv_blocks_for_budget(lm: LanguageModel, cfg_bytes: int, block_size: int) -> 
 
 
 class RequestStream:
-    """The event loop's end of one request: an async iterator of Deltas."""
+    """The event loop's end of one request: the engine's deltas, read as they come.
+
+    A deque and one waiter future rather than an ``asyncio.Queue``: on small models the engine
+    hands every stream a delta every few milliseconds, and the reader takes all that are ready
+    at once (``batches``)."""
 
     def __init__(self, engine: Engine, seq: Sequence) -> None:
         self._engine = engine
         self.seq = seq
-        self.queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        self._items: deque[Delta | BaseException] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.done = False       # no more deltas will be read
         self.finished = False   # the engine's last delta was read
         self.arrival = seq.arrival
+
+    def put(self, item: Delta | BaseException) -> None:
+        """Event loop: a delta (or the engine's failure) for this request."""
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def cancel(self) -> None:
         if not self.done:
             self.done = True
             self._engine.abort(self.seq)
 
+    async def batches(self) -> AsyncIterator[list[Delta]]:
+        """Lists of the deltas that are ready, up to the finishing one; an engine failure is
+        raised after the deltas before it."""
+        while not self.done:
+            if not self._items:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            batch: list[Delta] = []
+            failure: BaseException | None = None
+            while self._items and failure is None and not self.done:
+                item = self._items.popleft()
+                if isinstance(item, BaseException):
+                    failure = item
+                    self.done = True
+                    break
+                batch.append(item)
+                if item.finish_reason is not None:
+                    self.done = self.finished = True
+            if batch:
+                yield batch
+            if failure is not None:
+                raise failure
+
     async def __aiter__(self) -> AsyncIterator[Delta]:
-        while True:
-            item = await self.queue.get()
-            if isinstance(item, BaseException):
-                self.done = True
-                raise item
-            if item.finish_reason is not None:
-                self.done = self.finished = True
-            yield item
-            if self.done:
-                return
+        async for batch in self.batches():
+            for delta in batch:
+                yield delta
 
 
 class Engine:
@@ -115,6 +145,7 @@ class Engine:
                                   ceiling=cfg.max_num_batched_tokens)
         self.scheduler.prefill_cap = self.pacer.cap
         self._ids = itertools.count(1)
+        self._decode = decoder(lm.tokenizer)
         self._inbox: deque[tuple[str, Sequence]] = deque()
         self._wake = threading.Condition()
         self._stopped = False
@@ -147,9 +178,9 @@ class Engine:
             raise Overloaded(f"{self.held} requests are waiting or running, the limit is "
                              f"{self.cfg.max_queue}")
         seq = Sequence(next(self._ids), prompt, params, sink=lambda _: None,
-                       detok=Detokenizer(self.lm.tokenizer, params.stop))
+                       detok=Detokenizer(self.lm.tokenizer, params.stop, self._decode))
         stream = RequestStream(self, seq)
-        seq.sink = stream.queue.put_nowait
+        seq.sink = stream.put
         self.held += 1
         self._post("add", seq)
         return stream
@@ -287,7 +318,7 @@ class Engine:
         seqs = []
         for p in prompts:
             seq = Sequence(next(self._ids), p, params, sink=lambda _: None,
-                           detok=Detokenizer(self.lm.tokenizer, params.stop))
+                           detok=Detokenizer(self.lm.tokenizer, params.stop, self._decode))
             outs[seq.rid] = seq.output
             seqs.append(seq)
             self.scheduler.add(seq)

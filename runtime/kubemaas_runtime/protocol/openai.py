@@ -26,6 +26,7 @@ from ..metrics import LLMMetrics, Metrics
 from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
 from .openai_schema import ApiError, GenerationRequest, parse_request
+from .openai_stream import ChunkFormat, logprobs_doc, stream_response
 
 log = logging.getLogger("kubemaas.runtime.openai")
 
@@ -43,10 +44,6 @@ def error_response(exc: ApiError) -> web.Response:
     if exc.retry_after is not None:
         resp.headers["Retry-After"] = str(exc.retry_after)
     return resp
-
-
-def _sse(doc: Any) -> bytes:
-    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
 
 
 @dataclass
@@ -273,7 +270,7 @@ class OpenAIServer:
         text = "".join(texts)
         usage = {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
                  "total_tokens": last.prompt_tokens + last.completion_tokens}
-        logprobs = self._logprobs(served, req, lps, 0) if req.logprobs else None
+        logprobs = logprobs_doc(served.tokenizer, req.chat, lps, 0) if req.logprobs else None
         if req.chat:
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant",
                                                               "content": text},
@@ -291,77 +288,5 @@ class OpenAIServer:
 
     async def _stream(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
                       stream: RequestStream) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        observe = self._observe(served, stream)
-        head = self._head(req)
-        obj = "chat.completion.chunk" if req.chat else "text_completion"
-        usage_field = {"usage": None} if req.include_usage else {}
-        offset = 0
-
-        def chunk(text: str | None, reason: str | None, lps: tuple[TokenLogprobs, ...] = ()
-                  ) -> dict[str, Any]:
-            logprobs = self._logprobs(served, req, list(lps), offset) if req.logprobs else None
-            if req.chat:
-                delta: dict[str, Any] = {} if text is None else {"content": text}
-                choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs,
-                                          "finish_reason": reason}
-            else:
-                choice = {"index": 0, "text": text or "", "logprobs": logprobs,
-                          "finish_reason": reason}
-            return {**head, "object": obj, "choices": [choice], **usage_field}
-
-        if req.chat:
-            first = chunk(None, None)
-            first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-            await resp.write(_sse(first))
-        last: Delta | None = None
-        try:
-            async for delta in stream:
-                observe(delta)
-                last = delta
-                # a chunk per generated token, its text empty while a character is incomplete
-                # (as vLLM does): the client sees the stream advance token by token
-                if delta.text or (delta.logprobs and req.logprobs) or \
-                        (delta.token_ids and delta.finish_reason is None):
-                    await resp.write(_sse(chunk(delta.text, None, delta.logprobs)))
-                    offset += len(delta.text)
-                if delta.finish_reason is not None:
-                    await resp.write(_sse(chunk(None if req.chat else "", delta.finish_reason)))
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # the engine failed this request: say so in the stream
-            log.exception("generation failed mid-stream")
-            err = ApiError(500, f"generation failed: {type(exc).__name__}")
-            await resp.write(_sse(err.body()))
-        if req.include_usage and last is not None:
-            await resp.write(_sse({**head, "object": obj, "choices": [], "usage": {
-                "prompt_tokens": last.prompt_tokens,
-                "completion_tokens": last.completion_tokens,
-                "total_tokens": last.prompt_tokens + last.completion_tokens}}))
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
-
-    @staticmethod
-    def _logprobs(served: Served, req: GenerationRequest, lps: list[TokenLogprobs],
-                  offset: int) -> dict[str, Any]:
-        def text(token: int) -> str:
-            return str(served.tokenizer.decode([token]))
-
-        if req.chat:
-            return {"content": [{
-                "token": text(lp.token), "logprob": lp.logprob,
-                "bytes": list(text(lp.token).encode()),
-                "top_logprobs": [{"token": text(t), "logprob": v,
-                                  "bytes": list(text(t).encode())} for t, v in lp.top],
-            } for lp in lps]}
-        offsets, pos = [], offset
-        for lp in lps:
-            offsets.append(pos)
-            pos += len(text(lp.token))
-        return {"tokens": [text(lp.token) for lp in lps],
-                "token_logprobs": [lp.logprob for lp in lps],
-                "top_logprobs": [{text(t): v for t, v in lp.top} for lp in lps],
-                "text_offset": offsets}
+        fmt = ChunkFormat(self._head(req), req, served.tokenizer)
+        return await stream_response(request, req, stream, fmt, self._observe(served, stream))

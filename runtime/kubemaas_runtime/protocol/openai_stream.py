@@ -1,0 +1,136 @@
+"""The streamed answer of the OpenAI endpoints: server-sent events, one chunk per token.
+
+A stream's token chunks differ only in their text, so their bytes are rendered once per stream
+around the text (``ChunkFormat``): per token, only the text is JSON-encoded. The deltas that are
+ready together (one per engine step while the event loop keeps up, more when it falls behind)
+go out in one write, and the finishing chunk, the usage chunk and ``[DONE]`` in the last one:
+on small models a step takes a few milliseconds and a write per event was a large share of the
+event loop's work. Chunks with logprobs are built from documents (they are rare and large).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..llm.engine import Delta, RequestStream
+from ..llm.sampling import TokenLogprobs
+from .openai_schema import ApiError, GenerationRequest
+
+log = logging.getLogger("kubemaas.runtime.openai")
+
+
+def sse(doc: Any) -> bytes:
+    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
+
+
+def logprobs_doc(tokenizer: Any, chat: bool, lps: list[TokenLogprobs],
+                 offset: int) -> dict[str, Any]:
+    """OpenAI's logprobs object: chat's ``content`` list, or completions' parallel lists
+    (``text_offset`` counted from ``offset`` characters of the answer)."""
+    def text(token: int) -> str:
+        return str(tokenizer.decode([token]))
+
+    if chat:
+        return {"content": [{
+            "token": text(lp.token), "logprob": lp.logprob,
+            "bytes": list(text(lp.token).encode()),
+            "top_logprobs": [{"token": text(t), "logprob": v,
+                              "bytes": list(text(t).encode())} for t, v in lp.top],
+        } for lp in lps]}
+    offsets, pos = [], offset
+    for lp in lps:
+        offsets.append(pos)
+        pos += len(text(lp.token))
+    return {"tokens": [text(lp.token) for lp in lps],
+            "token_logprobs": [lp.logprob for lp in lps],
+            "top_logprobs": [{text(t): v for t, v in lp.top} for lp in lps],
+            "text_offset": offsets}
+
+
+class ChunkFormat:
+    """The chunks of one stream (``head``: id, created, model)."""
+
+    def __init__(self, head: dict[str, Any], req: GenerationRequest, tokenizer: Any) -> None:
+        self.req = req
+        self.tokenizer = tokenizer
+        self.obj = "chat.completion.chunk" if req.chat else "text_completion"
+        self.head = {**head, "object": self.obj}
+        self.usage_field: dict[str, Any] = {"usage": None} if req.include_usage else {}
+        # the token chunk around its text: the document's JSON split where the text goes
+        marker = "\x00kubemaas-text\x00"
+        self._pre, self._post = sse(self.doc(marker, None)).split(json.dumps(marker).encode())
+
+    def doc(self, text: str | None, reason: str | None,
+            logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        choice: dict[str, Any]
+        if self.req.chat:
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": logprobs,
+                      "finish_reason": reason}
+        return {**self.head, "choices": [choice], **self.usage_field}
+
+    def role(self) -> bytes:
+        first = self.doc(None, None)
+        first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+        return sse(first)
+
+    def token(self, text: str, lps: tuple[TokenLogprobs, ...], offset: int) -> bytes:
+        if not self.req.logprobs:
+            return self._pre + json.dumps(text).encode() + self._post
+        return sse(self.doc(text, None, logprobs_doc(self.tokenizer, self.req.chat, list(lps),
+                                                     offset)))
+
+    def finish(self, reason: str) -> bytes:
+        return sse(self.doc(None if self.req.chat else "", reason))
+
+    def usage(self, last: Delta) -> bytes:
+        return sse({**self.head, "choices": [], "usage": {
+            "prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
+            "total_tokens": last.prompt_tokens + last.completion_tokens}})
+
+
+async def stream_response(request: web.BaseRequest, req: GenerationRequest,
+                          stream: RequestStream, fmt: ChunkFormat,
+                          observe: Callable[[Delta], None]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    if req.chat:
+        await resp.write(fmt.role())
+    out: list[bytes] = []
+    offset = 0
+    last: Delta | None = None
+    try:
+        async for batch in stream.batches():
+            for delta in batch:
+                observe(delta)
+                last = delta
+                # a chunk per generated token, its text empty while a character is incomplete
+                # (as vLLM does): the client sees the stream advance token by token
+                if delta.text or (delta.logprobs and req.logprobs) or \
+                        (delta.token_ids and delta.finish_reason is None):
+                    out.append(fmt.token(delta.text, delta.logprobs, offset))
+                    offset += len(delta.text)
+                if delta.finish_reason is not None:
+                    out.append(fmt.finish(delta.finish_reason))
+            if not stream.done:
+                await resp.write(b"".join(out))
+                out.clear()
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # the engine failed this request: say so in the stream
+        log.exception("generation failed mid-stream")
+        out.append(sse(ApiError(500, f"generation failed: {type(exc).__name__}").body()))
+    if req.include_usage and last is not None:
+        out.append(fmt.usage(last))
+    out.append(b"data: [DONE]\n\n")
+    await resp.write_eof(b"".join(out))
+    return resp
