@@ -130,14 +130,14 @@ def test_packed_step_addresses_each_rows_own_slots() -> None:
     assert step.paged.write_slots.tolist() == [10, 12, 13, 14, 15, 16, 24, 25]
     assert step.keep.tolist() == [0, 5, 7] and step.sampled == [a, b, c]  # every row ends
     assert step.paged.decode_rows == 1
-    assert step.paged.decode_read is not None and step.paged.decode_mask is not None
-    assert step.paged.decode_read.tolist() == [[8, 9, 10]]
-    assert step.paged.decode_mask.flatten().tolist() == [True, True, True]
+    assert step.paged.decode_blocks is not None and step.paged.decode_mask is not None
+    assert step.paged.decode_blocks.tolist() == [[2]]  # slots 8..11, the last one masked
+    assert step.paged.decode_mask.flatten().tolist() == [True, True, True, False]
     first, rest = step.paged.chunks
     assert (first.start, first.length, first.offset, first.mask) == (1, 5, 0, None)  # causal
-    assert first.read.tolist() == [12, 13, 14, 15, 16]
+    assert first.blocks.tolist() == [3, 4]  # slots 12..19, the first 5 attended
     assert (rest.start, rest.length, rest.offset) == (6, 2, 4)
-    assert rest.read.tolist() == [20, 21, 22, 23, 24, 25]
+    assert rest.blocks.tolist() == [5, 6]
     assert rest.mask is not None and rest.mask.int().tolist() == [[1, 1, 1, 1, 1, 0],
                                                                   [1, 1, 1, 1, 1, 1]]
 
