@@ -156,12 +156,12 @@ OPTIONS: tuple[Option, ...] = (
            "KUBEMAAS_MAX_NUM_BATCHED_TOKENS", 2048, int,
            "hf models: tokens per engine step (decodes + prefill chunks); a longer prompt is "
            "read in chunks over several steps."),
-    Option("prefill_share", "--prefill-share", "KUBEMAAS_PREFILL_SHARE", 0.0, float,
+    Option("prefill_share", "--prefill-share", "KUBEMAAS_PREFILL_SHARE", 1.0, float,
            "hf models: while sequences are decoding, a step's prompt tokens are capped (from "
            "a fit of measured step times) so that the step takes about (1 + share) x what its "
-           "decodes alone take; long or many arriving prompts then take more steps. 0 (the "
-           "default: in the closed-loop benchmark it cost throughput for no tail gain) = no "
-           "cap, only --max-num-batched-tokens."),
+           "decodes alone take, times (prompts waiting / streams decoding) when more prompts "
+           "wait than streams run; arriving prompts then take more steps. 0: only the token "
+           "budget caps them."),
     Option("block_size", "--block-size", "KUBEMAAS_BLOCK_SIZE", 16, int,
            "hf models: tokens per KV-cache block."),
     Option("packed_linear", "--packed-linear", "KUBEMAAS_PACKED_LINEAR", True, _bool,
@@ -245,7 +245,7 @@ class Settings:
     max_model_len: int = 0
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
-    prefill_share: float = 0.0
+    prefill_share: float = 1.0
     block_size: int = 16
     prefix_caching: bool = True
     packed_linear: bool = True

@@ -69,7 +69,12 @@ def test_chunked_prefill_shares_the_step_with_decodes() -> None:
 def test_prefill_cap_applies_only_beside_decodes() -> None:
     pool = BlockPool(1 + 64, 16)
     sched = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=256)
-    sched.prefill_cap = lambda decode_rows: 16
+    asked: list[tuple[int, int]] = []
+
+    def cap(decode_rows: int, prompts: int) -> int:
+        asked.append((decode_rows, prompts))
+        return 16
+    sched.prefill_cap = cap
     first = seq(1, 100)
     sched.add(first)
     step = sched.schedule()
@@ -80,6 +85,7 @@ def test_prefill_cap_applies_only_beside_decodes() -> None:
     sched.add(second)
     step = sched.schedule()
     assert step.decode == [first] and [(s.rid, n) for s, n in step.prefill] == [(2, 16)]
+    assert asked == [(1, 1)]  # one decode row beside one prompt
 
 
 def test_prefill_pacer_caps_from_the_fitted_step_time() -> None:
@@ -94,6 +100,10 @@ def test_prefill_pacer_caps_from_the_fitted_step_time() -> None:
     assert abs(a - 0.050) < 1e-6 and abs(b - 0.0025) < 1e-9
     assert pacer.cap(20) == 40  # 1.0 x (50 + 20 x 2.5) ms / 2.5 ms per token
     assert pacer.cap(4) == 24
+    # more prompts waiting than streams running: the cap grows with their ratio (the prompts
+    # are most of the requests in service; the few streams wait longer for a step that starts
+    # many)
+    assert pacer.cap(4, prompts=12) == 72 and pacer.cap(4, prompts=2) == 24
     assert PrefillPacer(share=0.1, floor=16, ceiling=512).cap(4) == 16  # never below a block
     for _ in range(64):  # the window forgets: now size does not matter
         pacer.observe(0.2, 50)

@@ -46,7 +46,7 @@ class EngineConfig:
     block_size: int = 16
     max_queue: int = 256  # requests held (waiting + running) before new ones are refused
     prefix_caching: bool = True
-    prefill_share: float = 0.0  # > 0: a mixed step's prefill may take this share of a decode step
+    prefill_share: float = 1.0  # > 0: a mixed step's prefill may take this share of a decode step
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ The pacer holds a mixed step (decodes and prompt chunks) to about ``1 + share`` 
 same decodes alone take. It fits the engine's step time as ``a + b x tokens`` (least squares
 over the last ``window`` steps, every step counted: the fixed cost ``a`` of a forward is what
 makes small chunks cheap) and caps the prompt tokens of a step with ``d`` decode rows at
-``share x (a + b x d) / b``. Until two different step sizes were seen, it assumes no fixed
+``share x (a + b x d) / b``, times ``p / d`` when ``p`` sequences with prompt tokens left
+outnumber the decode rows: the prompts are then most of the requests in service, and holding
+them back to spare a few streams one long gap cost throughput without helping the inter-token
+tail (a p99 over all streams' gaps). Until two different step sizes were seen, it assumes no fixed
 cost (the cap is ``share x d``, the cautious side). Steps without decodes are not capped:
 nobody waits on them but the prompts' own first token.
 """
@@ -50,15 +53,17 @@ class PrefillPacer:
             return my, 0.0
         return max(0.0, my - b * mx), b
 
-    def cap(self, decode_rows: int) -> int | None:
-        """Prompt tokens a step with ``decode_rows`` decodes may read (None: no cap)."""
+    def cap(self, decode_rows: int, prompts: int = 1) -> int | None:
+        """Prompt tokens a step with ``decode_rows`` decodes may read while ``prompts``
+        sequences have prompt tokens left (None: no cap)."""
         if self.share <= 0 or not decode_rows:
             return None
+        weight = max(1.0, prompts / decode_rows)
         fitted = self.fit()
         if fitted is None:
-            return max(self.floor, min(self.ceiling, int(self.share * decode_rows)))
+            return max(self.floor, min(self.ceiling, int(self.share * weight * decode_rows)))
         a, b = fitted
         if b == 0:
             return self.ceiling
-        allowed = self.share * (a + b * decode_rows) / b
+        allowed = self.share * weight * (a + b * decode_rows) / b
         return max(self.floor, min(self.ceiling, int(allowed)))

@@ -9,9 +9,9 @@ Every engine step the scheduler decides which sequences run and how many of thei
 * prefill chunks: sequences still reading their prompt feed up to the remaining budget of
   ``max_num_batched_tokens`` tokens, so a long prompt is read over several steps and the decodes
   beside it keep going; while decodes run, the chunks are also held to ``prefill_cap`` tokens
-  (the engine's ``PrefillPacer``, from measured step times, --prefill-share > 0) so that a step
-  with a prefill is never much slower than a decode step: that step's time is every running
-  stream's gap between two tokens;
+  (the engine's ``PrefillPacer``, from measured step times, --prefill-share, default 1) so
+  that a step with a prefill is never much slower than a decode step: that step's time is
+  every running stream's gap between two tokens;
 * growth and preemption: a decode that needs a new block takes one; when none is free the most
   recently admitted sequence gives its blocks back and waits again at the head of the queue
   (its prompt and output so far are read again when it is readmitted: recompute).
@@ -73,7 +73,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         # prompt tokens a step with that many decodes may read (None: only the token budget)
-        self.prefill_cap: Callable[[int], int | None] = lambda decode_rows: None
+        self.prefill_cap: Callable[[int, int], int | None] = lambda decode_rows, prompts: None
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
@@ -137,7 +137,8 @@ class Scheduler:
                 decode.append(seq)
         decode = [s for s in decode if s in self.running]  # a later grow may preempt
         budget = self.max_num_batched_tokens - len(decode)
-        cap = self.prefill_cap(len(decode)) if decode else None
+        prompts = sum(1 for s in self.running if s.remaining > 1)
+        cap = self.prefill_cap(len(decode), prompts) if decode and prompts else None
         if cap is not None:
             budget = min(budget, cap)
         prefill: list[tuple[Sequence, int]] = []
