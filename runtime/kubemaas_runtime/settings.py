@@ -159,9 +159,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("prefill_share", "--prefill-share", "KUBEMAAS_PREFILL_SHARE", 1.0, float,
            "hf models: while sequences are decoding, a step's prompt tokens are capped (from "
            "a fit of measured step times) so that the step takes about (1 + share) x what its "
-           "decodes alone take, times (prompts waiting / streams decoding) when more prompts "
-           "wait than streams run; arriving prompts then take more steps. 0: only the token "
-           "budget caps them."),
+           "decodes alone take (no cap while more prompts wait than streams decode); arriving "
+           "prompts then take more steps. 0: only the token budget caps them."),
     Option("block_size", "--block-size", "KUBEMAAS_BLOCK_SIZE", 16, int,
            "hf models: tokens per KV-cache block."),
     Option("packed_linear", "--packed-linear", "KUBEMAAS_PACKED_LINEAR", True, _bool,
