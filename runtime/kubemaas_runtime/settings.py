@@ -311,13 +311,12 @@ def _fail(opt: Option, message: str) -> StartupError:
     return StartupError(f"invalid setting {opt.flag} / {opt.env}: {message}")
 
 
-def load_settings(argv: Sequence[str] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
-    """Parse flags and environment into validated Settings, or raise StartupError."""
-    env = os.environ if environ is None else environ
-    args = build_parser().parse_args(argv)
+Check = Callable[[str, bool, str], None]
+
+
+def _read(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
+    """Every option's value: its flag, else its environment variable, else its default."""
     values: dict[str, Any] = {}
-    by_field = {opt.field: opt for opt in OPTIONS}
     for opt in OPTIONS:
         raw: str | None = getattr(args, opt.field)
         if raw is None:
@@ -329,11 +328,11 @@ def load_settings(argv: Sequence[str] | None = None,
             values[opt.field] = opt.parse(raw)
         except ValueError as exc:
             raise _fail(opt, f"cannot parse {raw!r}: {exc}") from None
+    return values
 
-    def check(name: str, ok: bool, message: str) -> None:
-        if not ok:
-            raise _fail(by_field[name], message)
 
+def _check_model(values: dict[str, Any], check: Check) -> None:
+    """The model's URI, format (guessed from the file name when unset), name and digest."""
     uri = values["model_uri"]
     check("model_uri", bool(uri), "the model URI is required")
     fmt = values["model_format"] or guess_format(uri)
@@ -356,6 +355,10 @@ def load_settings(argv: Sequence[str] | None = None,
         values["model_sha256"] = values["model_sha256"].strip().lower()
         check("model_sha256", bool(_SHA256_RE.match(values["model_sha256"])),
               "must be 64 hexadecimal characters")
+
+
+def _check_limits(values: dict[str, Any], check: Check) -> None:
+    """Ports, sizes, timeouts and the engines' limits, each within its range."""
     values["cache_dir"] = str(Path(values["cache_dir"] or _default_cache_dir()))
     check("port", 0 <= values["port"] <= 65535, "must be between 0 and 65535")
     check("max_batch_size", 1 <= values["max_batch_size"] <= 65536, "must be 1..65536")
@@ -396,6 +399,21 @@ def load_settings(argv: Sequence[str] | None = None,
     check("rate_limit_tpm", values["rate_limit_tpm"] >= 0, "must be 0 or more")
     check("header_timeout_s", 0 < values["header_timeout_s"] <= 600, "must be in (0, 600] s")
     check("idle_timeout_s", 0 < values["idle_timeout_s"] <= 86400, "must be in (0, 86400] s")
+
+
+def load_settings(argv: Sequence[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse flags and environment into validated Settings, or raise StartupError."""
+    env = os.environ if environ is None else environ
+    values = _read(build_parser().parse_args(argv), env)
+    by_field = {opt.field: opt for opt in OPTIONS}
+
+    def check(name: str, ok: bool, message: str) -> None:
+        if not ok:
+            raise _fail(by_field[name], message)
+
+    _check_model(values, check)
+    _check_limits(values, check)
     values["log_level"] = values["log_level"].lower()
     check("log_level", values["log_level"] in LOG_LEVELS,
           f"must be one of {', '.join(LOG_LEVELS)}")
