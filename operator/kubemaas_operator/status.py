@@ -153,82 +153,85 @@ def _wakes(autoscaling: Mapping[str, Any] | None) -> str:
     return f" or on a request to {wake.get('interceptor')} with Host {wake.get('host')}"
 
 
-def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], str, int]:
+def _scheduled(o: Observed, live: list[PodInfo], desired: int) -> _Cond:
     dep = o.deployment
-    desired = _desired(spec, dep)
-    ready = dep.ready_replicas if dep else 0
-    live = [p for p in o.pods if not p.terminating]
     unschedulable = [p for p in live if p.unschedulable_message]
-    problem = _pod_problem(o.pods, o.now, o.not_ready_grace_s)
-    life = pod_life.life_reason(o.pods, o.cache)
-
-    # Scheduled
     if o.capacity is not None and not o.capacity.fits:
-        scheduled = _Cond("Scheduled", "False", o.capacity.reason, o.capacity.message)
-    elif unschedulable:
-        p = unschedulable[0]
-        scheduled = _Cond("Scheduled", "False", "Unschedulable",
-                          f"{_plural(len(unschedulable), 'pod')} cannot be scheduled: "
-                          f"{p.unschedulable_message}")
-    elif dep is not None and dep.replica_failure:
-        scheduled = _Cond("Scheduled", "False", *create_failure(dep.replica_failure))
-    elif dep is None:
-        scheduled = _Cond("Scheduled", "Unknown", "WaitingForDeployment",
-                          "the runtime Deployment has not been observed yet")
-    else:
-        placed = len([p for p in live if p.node])
-        scheduled = _Cond("Scheduled", "True", "Scheduled",
-                          f"{placed} of {desired} replica(s) placed on nodes")
-
-    # Available
-    if desired == 0 and spec.autoscaling is not None:
-        available = _Cond("Available", "False", "ScaledToZero",
-                          f"idle at 0 replicas; scales out when its {spec.autoscaling.signal} "
-                          f"signal rises{_wakes(o.autoscaling)} (autoscaling minReplicas 0)")
-    elif desired == 0:
-        available = _Cond("Available", "False", "ScaledToZero", "replicas is 0")
-    elif ready >= desired:
-        available = _Cond("Available", "True", "MinimumReplicasReady",
-                          f"{ready}/{desired} replicas ready")
-    elif problem is not None:
-        available = _Cond("Available", "False", problem[0],
-                          f"{ready}/{desired} replicas ready; {problem[1]}")
-    elif life is not None:
-        available = _Cond("Available", "False", life[0],
-                          f"{ready}/{desired} replicas ready; {life[1]}")
-    elif dep is None:
-        available = _Cond("Available", "False", "WaitingForDeployment",
-                          "the runtime Deployment has not been observed yet")
-    else:
-        available = _Cond("Available", "False", "PodsNotReady",
-                          f"{ready}/{desired} replicas ready; waiting for the runtime to load "
-                          "the model and pass its readiness probe")
-
-    # RolloutComplete
+        return _Cond("Scheduled", "False", o.capacity.reason, o.capacity.message)
+    if unschedulable:
+        return _Cond("Scheduled", "False", "Unschedulable",
+                     f"{_plural(len(unschedulable), 'pod')} cannot be scheduled: "
+                     f"{unschedulable[0].unschedulable_message}")
+    if dep is not None and dep.replica_failure:
+        return _Cond("Scheduled", "False", *create_failure(dep.replica_failure))
     if dep is None:
-        rollout = _Cond("RolloutComplete", "Unknown", "WaitingForDeployment",
-                        "the runtime Deployment has not been observed yet")
-    elif dep.progress_deadline_exceeded:
-        rollout = _Cond("RolloutComplete", "False", "ProgressDeadlineExceeded",
-                        dep.progress_deadline_exceeded)
-    elif o.rollout is not None and o.rollout.strategy_reason:
-        rollout = _Cond("RolloutComplete", "False", o.rollout.strategy_reason,
-                        o.rollout.strategy_message)
-    elif (dep.observed_generation < dep.generation or dep.revision != o.desired_revision
-          or dep.updated_replicas < desired or dep.replicas > dep.updated_replicas
-          or dep.ready_replicas < desired):
+        return _Cond("Scheduled", "Unknown", "WaitingForDeployment",
+                     "the runtime Deployment has not been observed yet")
+    placed = len([p for p in live if p.node])
+    return _Cond("Scheduled", "True", "Scheduled",
+                 f"{placed} of {desired} replica(s) placed on nodes")
+
+
+def _available(spec: ModelDeploymentSpec, o: Observed, desired: int,
+               problem: tuple[str, str] | None) -> _Cond:
+    dep = o.deployment
+    ready = dep.ready_replicas if dep else 0
+    if desired == 0 and spec.autoscaling is not None:
+        return _Cond("Available", "False", "ScaledToZero",
+                     f"idle at 0 replicas; scales out when its {spec.autoscaling.signal} "
+                     f"signal rises{_wakes(o.autoscaling)} (autoscaling minReplicas 0)")
+    if desired == 0:
+        return _Cond("Available", "False", "ScaledToZero", "replicas is 0")
+    if ready >= desired:
+        return _Cond("Available", "True", "MinimumReplicasReady",
+                     f"{ready}/{desired} replicas ready")
+    if problem is not None:
+        return _Cond("Available", "False", problem[0],
+                     f"{ready}/{desired} replicas ready; {problem[1]}")
+    life = pod_life.life_reason(o.pods, o.cache)
+    if life is not None:
+        return _Cond("Available", "False", life[0],
+                     f"{ready}/{desired} replicas ready; {life[1]}")
+    if dep is None:
+        return _Cond("Available", "False", "WaitingForDeployment",
+                     "the runtime Deployment has not been observed yet")
+    return _Cond("Available", "False", "PodsNotReady",
+                 f"{ready}/{desired} replicas ready; waiting for the runtime to load the "
+                 "model and pass its readiness probe")
+
+
+def _rollout_complete(o: Observed, desired: int) -> _Cond:
+    dep = o.deployment
+    if dep is None:
+        return _Cond("RolloutComplete", "Unknown", "WaitingForDeployment",
+                     "the runtime Deployment has not been observed yet")
+    if dep.progress_deadline_exceeded:
+        return _Cond("RolloutComplete", "False", "ProgressDeadlineExceeded",
+                     dep.progress_deadline_exceeded)
+    if o.rollout is not None and o.rollout.strategy_reason:
+        return _Cond("RolloutComplete", "False", o.rollout.strategy_reason,
+                     o.rollout.strategy_message)
+    if (dep.observed_generation < dep.generation or dep.revision != o.desired_revision
+            or dep.updated_replicas < desired or dep.replicas > dep.updated_replicas
+            or dep.ready_replicas < desired):
         # Ready, not available: a new pod counts as available only after the settle window
         # (minReadySeconds), which guards the replicas a rollout removes; old pods are still
         # counted above until the Deployment controller let them go.
         progress = (f"{dep.updated_replicas}/{desired} replicas updated, "
                     f"{dep.available_replicas} available, "
                     f"{max(0, dep.replicas - dep.updated_replicas)} old")
-        rollout = _Cond("RolloutComplete", "False", "RollingOut",
-                        f"revision {o.desired_revision}: {progress}")
-    else:
-        rollout = _Cond("RolloutComplete", "True", "RolloutComplete",
-                        f"revision {o.desired_revision} runs on {_plural(desired, 'replica')}")
-    return [scheduled, available, rollout], ("problem" if problem else ""), desired
+        return _Cond("RolloutComplete", "False", "RollingOut",
+                     f"revision {o.desired_revision}: {progress}")
+    return _Cond("RolloutComplete", "True", "RolloutComplete",
+                 f"revision {o.desired_revision} runs on {_plural(desired, 'replica')}")
+
+
+def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], str, int]:
+    desired = _desired(spec, o.deployment)
+    live = [p for p in o.pods if not p.terminating]
+    problem = _pod_problem(o.pods, o.now, o.not_ready_grace_s)
+    return ([_scheduled(o, live, desired), _available(spec, o, desired, problem),
+             _rollout_complete(o, desired)], ("problem" if problem else ""), desired)
 
 
 def _merge(prev: Mapping[str, Any], cond: _Cond, now: datetime,
@@ -315,45 +318,45 @@ def failed_status(failure: Failure, o: Observed, gpu: str = "-") -> StatusResult
     return _finish(o, {k: v for k, v in status.items() if v is not None})
 
 
-def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> StatusResult:
-    conds, problem, desired = _conditions(spec, o)
+def _ready_and_phase(o: Observed, conds: list[_Cond], problem: bool, desired: int,
+                     ready_n: int) -> tuple[_Cond, str]:
+    """The Ready condition (the first condition that blocks, in words) and the phase."""
     scheduled, available, rollout = conds
-    dep = o.deployment
-    ready_n = dep.ready_replicas if dep else 0
-
     view = o.rollout
     if view is not None and view.blocked_reason:
         # The spec's revision is not what runs: rolled back, or waiting for room to roll out.
         ready = _Cond("Ready", "False", view.blocked_reason, view.blocked_message)
         if view.blocked_reason == "RolledBack" or problem:
-            phase = "Degraded"
-        else:
-            phase = "Progressing" if ready_n > 0 else "Pending"
-    elif all(c.status == "True" for c in conds):
-        ready = _Cond("Ready", "True", "Ready",
-                      f"{ready_n}/{desired} replicas serve revision {o.desired_revision} at "
-                      f"{o.url}")
-        phase = "Ready"
-    else:
-        blocking = next(
-            (c for c in (scheduled, available, rollout)
-             if c.status == "False" and c.reason not in (*ROLLING_REASONS, *ON_THE_WAY)),
-            None) or (rollout if rollout.reason in ROLLING_REASONS[1:] else None) or next(
-            c for c in (scheduled, available, rollout) if c.status != "True")
-        ready = _Cond("Ready", "False", blocking.reason, blocking.message)
-        if scheduled.status == "False" and scheduled.reason in FAILED_REASONS:
-            # Waiting will not help: the message says what to change. Replicas that still
-            # serve (a pod lost later cannot be recreated) make it Degraded instead.
-            phase = "Degraded" if ready_n > 0 else "Failed"
-        elif desired == 0:
-            phase = "Pending"
-        elif problem or scheduled.status == "False" or rollout.reason == (
-                "ProgressDeadlineExceeded"):
-            phase = "Degraded" if (problem or ready_n > 0) else "Pending"
-        elif ready_n > 0:
-            phase = "Progressing"
-        else:
-            phase = "Pending"
+            return ready, "Degraded"
+        return ready, "Progressing" if ready_n > 0 else "Pending"
+    if all(c.status == "True" for c in conds):
+        return _Cond("Ready", "True", "Ready",
+                     f"{ready_n}/{desired} replicas serve revision {o.desired_revision} at "
+                     f"{o.url}"), "Ready"
+    blocking = next(
+        (c for c in (scheduled, available, rollout)
+         if c.status == "False" and c.reason not in (*ROLLING_REASONS, *ON_THE_WAY)),
+        None) or (rollout if rollout.reason in ROLLING_REASONS[1:] else None) or next(
+        c for c in (scheduled, available, rollout) if c.status != "True")
+    ready = _Cond("Ready", "False", blocking.reason, blocking.message)
+    if scheduled.status == "False" and scheduled.reason in FAILED_REASONS:
+        # Waiting will not help: the message says what to change. Replicas that still
+        # serve (a pod lost later cannot be recreated) make it Degraded instead.
+        return ready, "Degraded" if ready_n > 0 else "Failed"
+    if desired == 0:
+        return ready, "Pending"
+    if problem or scheduled.status == "False" or rollout.reason == "ProgressDeadlineExceeded":
+        return ready, "Degraded" if (problem or ready_n > 0) else "Pending"
+    return ready, "Progressing" if ready_n > 0 else "Pending"
+
+
+def compute_status(spec: ModelDeploymentSpec, o: Observed, gpu: str = "-") -> StatusResult:
+    conds, problem, desired = _conditions(spec, o)
+    rollout = conds[2]
+    dep = o.deployment
+    ready_n = dep.ready_replicas if dep else 0
+    view = o.rollout
+    ready, phase = _ready_and_phase(o, conds, bool(problem), desired, ready_n)
 
     prev_conds = {c.get("type"): c for c in o.previous.get("conditions") or []}
     current_revision = o.previous.get("currentRevision")
