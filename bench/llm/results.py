@@ -13,6 +13,7 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,16 +180,11 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
-    rows = []
-    small = doc["models"].get("small")
-    ours = "kubemaas"
+Row = Callable[[str, str, str], None]
+PEER_TARGET = "small model, c=16: ≥ 3x transformers serve and ≥ best other peer (output tok/s)"
 
-    def row(target: str, verdict: str, figures: str) -> None:
-        rows.append({"target": target, "verdict": verdict, "figures": figures})
 
-    if small is None:
-        return [{"target": "all", "verdict": "not run", "figures": "no small model in run"}]
+def _peer_target(small: dict[str, Any], ours: str, row: Row) -> None:
     us = _point(small, ours, 16)
     hf = _point(small, "hf-serve", 16)
     peers = {s["server"]: _point(small, s["server"], 16) for s in small["servers"]
@@ -198,56 +194,79 @@ def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
     if us is None or not us.get("output_tok_s"):
         peer_txt = ", ".join(f"{k} {_f(p['output_tok_s'])}" for k, p in peers.items()
                              if p and p.get("output_tok_s"))
-        row("small model, c=16: ≥ 3x transformers serve and ≥ best other peer (output tok/s)",
-            "**not measured** (our server not in this run)", peer_txt or "-")
-    else:
-        u = us["output_tok_s"]
-        parts, ok = [], True
-        if hf and hf.get("output_tok_s"):
-            ratio = u / hf["output_tok_s"]
-            ok &= ratio >= 3
-            parts.append(f"{_f(u)} vs hf-serve {_f(hf['output_tok_s'])} = {ratio:.2f}x")
-        if best[0] and best[1]:
-            ratio = u / best[1]["output_tok_s"]
-            ok &= ratio >= 1
-            parts.append(f"best other peer {best[0]} {_f(best[1]['output_tok_s'])} = "
-                         f"{ratio:.2f}x")
-        row("small model, c=16: ≥ 3x transformers serve and ≥ best other peer (output tok/s)",
-            ("**met**" if ok else "**not met**") if parts
-            else "**not measured** (no peer in this run)", "; ".join(parts) or "-")
-    for size, entry in doc["models"].items():
-        p = _point(entry, ours, 16)
-        lim = _limit_batch(entry, 16, _run_limit(entry, doc, ours))
-        if p and p.get("output_tok_s") and lim:
-            r = p["output_tok_s"] / lim["decode_tok_s"]
-            r2 = p["output_tok_s"] / lim["e2e_tok_s"]
-            row(f"{size}: c=16 ≥ 70 % of the in-process batched-decode limit",
-                "**met**" if r >= 0.7 else "**not met**",
-                f"{_f(p['output_tok_s'])} tok/s vs batch-16 decode {_f(lim['decode_tok_s'])}"
-                f" = {100 * r:.0f} % (vs batch-16 incl. prefill {_f(lim['e2e_tok_s'])}: "
-                f"{100 * r2:.0f} %)")
-        else:
-            row(f"{size}: c=16 ≥ 70 % of the in-process batched-decode limit",
-                "**not measured**", "-")
-        loaded = [q for c in (4, 16, 32) if (q := _point(entry, ours, c))
-                  and q.get("itl_p50_ms") and q.get("itl_p99_ms")]
-        if loaded:
-            ratios = [f"c={q['concurrency']} {q['itl_p99_ms'] / q['itl_p50_ms']:.2f}x"
-                      for q in loaded]
-            ok = all(q["itl_p99_ms"] <= 2 * q["itl_p50_ms"] for q in loaded)
-            row(f"{size}: ITL p99 ≤ 2x p50 under load (c ≥ 4)",
-                "**met**" if ok else "**not met**", ", ".join(ratios))
-        else:
-            row(f"{size}: ITL p99 ≤ 2x p50 under load", "**not measured**", "-")
+        row(PEER_TARGET, "**not measured** (our server not in this run)", peer_txt or "-")
+        return
+    u = us["output_tok_s"]
+    parts, ok = [], True
+    if hf and hf.get("output_tok_s"):
+        ratio = u / hf["output_tok_s"]
+        ok &= ratio >= 3
+        parts.append(f"{_f(u)} vs hf-serve {_f(hf['output_tok_s'])} = {ratio:.2f}x")
+    if best[0] and best[1]:
+        ratio = u / best[1]["output_tok_s"]
+        ok &= ratio >= 1
+        parts.append(f"best other peer {best[0]} {_f(best[1]['output_tok_s'])} = "
+                     f"{ratio:.2f}x")
+    row(PEER_TARGET, ("**met**" if ok else "**not met**") if parts
+        else "**not measured** (no peer in this run)", "; ".join(parts) or "-")
+
+
+def _limit_target(size: str, entry: dict[str, Any], doc: dict[str, Any], ours: str,
+                  row: Row) -> None:
+    target = f"{size}: c=16 ≥ 70 % of the in-process batched-decode limit"
+    p = _point(entry, ours, 16)
+    lim = _limit_batch(entry, 16, _run_limit(entry, doc, ours))
+    if not (p and p.get("output_tok_s") and lim):
+        row(target, "**not measured**", "-")
+        return
+    r = p["output_tok_s"] / lim["decode_tok_s"]
+    r2 = p["output_tok_s"] / lim["e2e_tok_s"]
+    row(target, "**met**" if r >= 0.7 else "**not met**",
+        f"{_f(p['output_tok_s'])} tok/s vs batch-16 decode {_f(lim['decode_tok_s'])}"
+        f" = {100 * r:.0f} % (vs batch-16 incl. prefill {_f(lim['e2e_tok_s'])}: "
+        f"{100 * r2:.0f} %)")
+
+
+def _itl_target(size: str, entry: dict[str, Any], ours: str, row: Row) -> None:
+    loaded = [q for c in (4, 16, 32) if (q := _point(entry, ours, c))
+              and q.get("itl_p50_ms") and q.get("itl_p99_ms")]
+    if not loaded:
+        row(f"{size}: ITL p99 ≤ 2x p50 under load", "**not measured**", "-")
+        return
+    ratios = [f"c={q['concurrency']} {q['itl_p99_ms'] / q['itl_p50_ms']:.2f}x" for q in loaded]
+    ok = all(q["itl_p99_ms"] <= 2 * q["itl_p50_ms"] for q in loaded)
+    row(f"{size}: ITL p99 ≤ 2x p50 under load (c ≥ 4)", "**met**" if ok else "**not met**",
+        ", ".join(ratios))
+
+
+def _ttft_target(small: dict[str, Any], doc: dict[str, Any], ours: str, row: Row) -> None:
+    target = "small: TTFT at c=1 within 1.3x of in-process prefill"
     p1 = _point(small, ours, 1)
-    if p1 and p1.get("ttft_p50_ms"):
-        prefill = (_run_limit(small, doc, ours) or small["limit"])["prefill_ms"]
-        r = p1["ttft_p50_ms"] / prefill
-        row("small: TTFT at c=1 within 1.3x of in-process prefill",
-            "**met**" if r <= 1.3 else "**not met**",
-            f"TTFT p50 {_f(p1['ttft_p50_ms'])} ms vs prefill {prefill} ms = {r:.2f}x")
-    else:
-        row("small: TTFT at c=1 within 1.3x of in-process prefill", "**not measured**", "-")
+    if not (p1 and p1.get("ttft_p50_ms")):
+        row(target, "**not measured**", "-")
+        return
+    prefill = (_run_limit(small, doc, ours) or small["limit"])["prefill_ms"]
+    r = p1["ttft_p50_ms"] / prefill
+    row(target, "**met**" if r <= 1.3 else "**not met**",
+        f"TTFT p50 {_f(p1['ttft_p50_ms'])} ms vs prefill {prefill} ms = {r:.2f}x")
+
+
+def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
+    """Issue 12's benchmark targets, each with its verdict and the figures behind it."""
+    rows: list[dict[str, str]] = []
+    small = doc["models"].get("small")
+    ours = "kubemaas"
+
+    def row(target: str, verdict: str, figures: str) -> None:
+        rows.append({"target": target, "verdict": verdict, "figures": figures})
+
+    if small is None:
+        return [{"target": "all", "verdict": "not run", "figures": "no small model in run"}]
+    _peer_target(small, ours, row)
+    for size, entry in doc["models"].items():
+        _limit_target(size, entry, doc, ours, row)
+        _itl_target(size, entry, ours, row)
+    _ttft_target(small, doc, ours, row)
     return rows
 
 
