@@ -79,6 +79,7 @@ def test_downloading_then_loading_then_ready(kube: Kube, namespace: str,
         apply(kube, namespace, md("slow", "slow-start", fetch_template))
         st = wait_for(lambda: (lambda s: s if s.get("phase") == "Ready" else None)(
             status(kube, namespace, "slow")), timeout=60, what="the model to be Ready")
+    reasons.poll()  # the sampler may have stopped between its last sample and Ready
     order = [r for r in reasons.seen if r in ("Downloading", "Loading", "Ready")]
     assert order == ["Downloading", "Loading", "Ready"], reasons.seen
     assert st["reason"] == "Ready"
