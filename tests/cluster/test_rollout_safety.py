@@ -173,22 +173,11 @@ def gpu_ns(kube: Kube, namespace: str, operator: Operator) -> Iterator[str]:
     kube.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=60s", check=False)
 
 
-@pytest.mark.parametrize("mode", ["surge", "replace"])
-@pytest.mark.parametrize("failure", ["crash", "not-ready", "image-pull"])
-def test_a_failed_revision_never_takes_the_serving_one_down(kube: Kube, gpu_ns: str,
-                                                            failure: str, mode: str) -> None:
-    ns = gpu_ns
-    # surge: one H100 free beside the model's two; replace: none.
-    fill_h100(kube, ns, leave=REPLICAS + (1 if mode == "surge" else 0))
-    apply(kube, ns, model())
-    st = wait_for(lambda: (lambda s: s if ((s.get("rollout") or {}).get("current") or {}).get(
-        "number") == 1 and s.get("phase") == "Ready" else None)(status(kube, ns, "m")),
-        timeout=60, what="revision 1 Ready and settled")
-    stable = st["rollout"]["current"]["hash"]
-    original = {p["metadata"]["uid"] for p in pods(kube, ns) if is_ready(p)}
-    assert len(original) == REPLICAS
-
-    started = time.monotonic()
+def _fail_and_roll_back(kube: Kube, ns: str, stable: str, failure: str,
+                        started: float) -> tuple[StableSampler, dict[str, Any], float]:
+    """Apply a failing revision while sampling the pods; return the sampler, the RolledBack
+    status and the seconds from ``started`` to the rollback. Sampling goes on until revision 1
+    runs on every pod again and for one more settle window."""
     with StableSampler(kube, ns, stable) as sampler:
         apply(kube, ns, model(labels={FAILURE_LABEL: failure}))
         rolled = wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("RolledBack")
@@ -208,6 +197,26 @@ def test_a_failed_revision_never_takes_the_serving_one_down(kube: Kube, gpu_ns: 
         back_at = time.monotonic()
         wait_for(lambda: sampler.samples and sampler.samples[-1].t - back_at >= 5.0, timeout=30,
                  what="samples for a settle window after the rollback")
+    return sampler, rolled, rolled_back_after
+
+
+@pytest.mark.parametrize("mode", ["surge", "replace"])
+@pytest.mark.parametrize("failure", ["crash", "not-ready", "image-pull"])
+def test_a_failed_revision_never_takes_the_serving_one_down(kube: Kube, gpu_ns: str,
+                                                            failure: str, mode: str) -> None:
+    ns = gpu_ns
+    # surge: one H100 free beside the model's two; replace: none.
+    fill_h100(kube, ns, leave=REPLICAS + (1 if mode == "surge" else 0))
+    apply(kube, ns, model())
+    st = wait_for(lambda: (lambda s: s if ((s.get("rollout") or {}).get("current") or {}).get(
+        "number") == 1 and s.get("phase") == "Ready" else None)(status(kube, ns, "m")),
+        timeout=60, what="revision 1 Ready and settled")
+    stable = st["rollout"]["current"]["hash"]
+    original = {p["metadata"]["uid"] for p in pods(kube, ns) if is_ready(p)}
+    assert len(original) == REPLICAS
+
+    started = time.monotonic()
+    sampler, rolled, rolled_back_after = _fail_and_roll_back(kube, ns, stable, failure, started)
     took = time.monotonic() - started
 
     samples = sampler.samples
@@ -235,8 +244,8 @@ def test_a_failed_revision_never_takes_the_serving_one_down(kube: Kube, gpu_ns: 
     # rolled back between two samples) the rollback names the pod that failed.
     ready_message = next((c.get("message", "") for c in rolled.get("conditions") or []
                           if c.get("type") == "Ready"), "")
-    assert max(s.bad_live for s in samples) >= 1 or re.search(r"\bpod m-[0-9a-z]+-[0-9a-z]+: ",
-                                                              ready_message), (
+    named = re.search(r"\bpod m-[0-9a-z]+-[0-9a-z]+: ", ready_message)
+    assert max(s.bad_live for s in samples) >= 1 or named, (
         f"the failing revision never got a pod: {ready_message!r}")
     if failure == "crash":  # the case minReadySeconds is for: Ready first, then it dies
         assert max(s.bad_ready for s in samples) >= 1, "no crashing pod was ever seen Ready"

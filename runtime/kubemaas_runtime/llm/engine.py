@@ -107,7 +107,7 @@ class RequestStream:
                     self._waiter = None
             batch: list[Delta] = []
             failure: BaseException | None = None
-            while self._items and failure is None and not self.done:
+            while self._items and not self.done:
                 item = self._items.popleft()
                 if isinstance(item, BaseException):
                     failure = item
@@ -177,13 +177,16 @@ class Engine:
         if self.held >= self.cfg.max_queue:
             raise Overloaded(f"{self.held} requests are waiting or running, the limit is "
                              f"{self.cfg.max_queue}")
-        seq = Sequence(next(self._ids), prompt, params, sink=lambda _: None,
-                       detok=Detokenizer(self.lm.tokenizer, params.stop, self._decode))
+        seq = self._sequence(prompt, params)
         stream = RequestStream(self, seq)
         seq.sink = stream.put
         self.held += 1
         self._post("add", seq)
         return stream
+
+    def _sequence(self, prompt: list[int], params: SamplingParams) -> Sequence:
+        return Sequence(next(self._ids), prompt, params, sink=lambda _: None,
+                        detok=Detokenizer(self.lm.tokenizer, params.stop, self._decode))
 
     def abort(self, seq: Sequence) -> None:
         self._post("abort", seq)
@@ -317,8 +320,7 @@ class Engine:
         outs: dict[int, list[int]] = {}
         seqs = []
         for p in prompts:
-            seq = Sequence(next(self._ids), p, params, sink=lambda _: None,
-                           detok=Detokenizer(self.lm.tokenizer, params.stop, self._decode))
+            seq = self._sequence(p, params)
             outs[seq.rid] = seq.output
             seqs.append(seq)
             self.scheduler.add(seq)
