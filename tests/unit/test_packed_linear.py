@@ -1,5 +1,6 @@
 """oneDNN-packed linear layers: the same outputs as torch's linear, and only the layers that may
-be packed (a tied output head keeps the embedding's tensor)."""
+be packed (a tied output head keeps the embedding's tensor); sibling projections fused into one
+call with the same outputs."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from kubemaas_runtime.llm import packed_linear
-from kubemaas_runtime.llm.packed_linear import PackedLinear, pack_linears
+from kubemaas_runtime.llm.packed_linear import FusedLinears, FusedPart, PackedLinear, pack_linears
 
 
 @pytest.fixture(autouse=True)
@@ -69,3 +70,58 @@ def test_bfloat16_layers_are_packed_too() -> None:
     with torch.inference_mode():
         got, want = model(ids).logits.float(), ref(ids).logits.float()
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_sibling_projections_are_fused_and_computed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny(tied=False)
+    pack_linears(model)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert isinstance(attn.q_proj, FusedPart) and attn.q_proj.group is attn.v_proj.group
+    assert isinstance(mlp.gate_proj, FusedPart) and mlp.gate_proj.group is mlp.up_proj.group
+    assert isinstance(attn.o_proj, PackedLinear) and isinstance(mlp.down_proj, PackedLinear)
+    calls = []
+    real = packed_linear._linear
+    monkeypatch.setattr(packed_linear, "_linear", lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode():
+        model(torch.tensor([[1, 5, 9]]))
+    # per layer: q/k/v once, o, gate/up once, down; and the head
+    assert len(calls) == 2 * 4 + 1
+    assert all(group._input is None for group in model.modules()
+               if isinstance(group, FusedLinears))  # nothing held past the forward
+
+
+def test_a_fused_part_answers_in_any_order_and_for_any_input() -> None:
+    torch.manual_seed(1)
+    layers = [torch.nn.Linear(8, n, bias=n != 4) for n in (6, 4, 4)]  # one without a bias
+    group = FusedLinears(layers)
+    parts = [FusedPart(group, i, layer) for i, layer in enumerate(layers)]
+    x, y = torch.randn(3, 8), torch.randn(3, 8)
+    with torch.inference_mode():
+        for part, layer in [(parts[2], layers[2]), (parts[0], layers[0]), (parts[1], layers[1])]:
+            torch.testing.assert_close(part(x), layer(x))
+        torch.testing.assert_close(parts[1](y), layers[1](y))  # another input: computed again
+        torch.testing.assert_close(parts[1](x), layers[1](x))
+
+
+def test_qwen2_biases_survive_fusion() -> None:
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # random biases, so that a lost one shows
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_()
+    ref = copy.deepcopy(model)
+    pack_linears(model)
+    assert isinstance(model.model.layers[0].self_attn.k_proj, FusedPart)
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_other_families_are_not_fused() -> None:
+    model = tiny(tied=False)
+    model.config.model_type = "not-a-fused-family"
+    assert pack_linears(model) == 2 * 7 + 1
+    assert isinstance(model.model.layers[0].self_attn.q_proj, PackedLinear)
