@@ -9,21 +9,20 @@ the benchmark records the error (the tail of pip's log) and carries on with the 
 
 ``llama-cpp-python`` is an sdist that compiles llama.cpp with CMake (about 20-30 minutes on one
 core of a shared machine): it is built once into a wheel under ``WHEELS`` (``nice -n 15``,
-``CMAKE_BUILD_PARALLEL_LEVEL=1``) and every later venv installs that wheel.
+``CMAKE_BUILD_PARALLEL_LEVEL=1``) and every later venv installs that wheel. The venvs are
+built by kubemaas_testbed.venvs (hack/), like those of bench/runtime and the tests.
 
     .venv/bin/python bench/llm/envs.py [name ...]     # warm the cache
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+
+from kubemaas_testbed.venvs import BUILD_ERRORS, CachedVenv, VenvResult
 
 CACHE = Path(os.environ.get("KUBEMAAS_BENCH_CACHE",
                             Path.home() / ".cache" / "kubemaas" / "bench-venvs"))
@@ -75,45 +74,16 @@ ENVS: dict[str, list[list[str]]] = {
 }
 
 
-@dataclass
-class VenvResult:
-    name: str
-    python: Path | None
-    error: str | None = None
-
-
 def ensure_venv(name: str, steps: list[list[str]] | None = None,
                 timeout: float = 3600) -> VenvResult:
     """Return the python of a cached virtualenv built by ``steps`` (pip install argument lists)."""
     steps = steps if steps is not None else ENVS[name]
-    key = hashlib.sha256((repr(steps) + sys.version).encode()).hexdigest()[:12]
-    root = CACHE / f"{name}-{key}"
-    python = root / "bin" / "python"
-    marker = root / ".kubemaas-ready"
-    if marker.is_file():
-        return VenvResult(name, python)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with (root.parent / f"{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.is_file():
-            return VenvResult(name, python)
-        shutil.rmtree(root, ignore_errors=True)
-        log = root.parent / f"{name}-{key}.pip.log"
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=120)
-            with log.open("w") as out:
-                for step in steps:
-                    out.write(f"$ pip install {' '.join(step)}\n")
-                    out.flush()
-                    subprocess.run([str(python), "-m", "pip", "install",
-                                    "--disable-pip-version-check", *step], check=True,
-                                   timeout=timeout, stdout=out, stderr=subprocess.STDOUT)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-            text = log.read_text(errors="replace") if log.is_file() else ""
-            tail = text.strip().splitlines()[-6:]
-            return VenvResult(name, None, f"{exc}; pip log {log}: " + " | ".join(tail))
-        marker.write_text(repr(steps))
-    return VenvResult(name, python)
+    venv = CachedVenv(CACHE, name, repr(steps))
+    try:
+        return VenvResult(name, venv.ensure(steps, timeout=timeout, log=True, echo_steps=True))
+    except BUILD_ERRORS as exc:
+        return VenvResult(name, None, f"{exc}; pip log {venv.pip_log}: "
+                                      + " | ".join(venv.pip_log_tail(6)))
 
 
 def build_llama_cpp_wheel() -> Path | None:
@@ -134,19 +104,6 @@ def build_llama_cpp_wheel() -> Path | None:
         return None
     found = sorted(WHEELS.glob(f"llama_cpp_python-{version}-*.whl"))
     return found[0] if found else None
-
-
-def pip_freeze(python: Path, names: tuple[str, ...]) -> dict[str, str]:
-    """Versions of the named distributions inside a venv (for the results file)."""
-    out = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze",
-                          "--disable-pip-version-check"], capture_output=True, text=True,
-                         timeout=120).stdout
-    found = {}
-    for line in out.splitlines():
-        pkg, _, ver = line.partition("==")
-        if pkg.lower() in names:
-            found[pkg.lower()] = ver
-    return found
 
 
 if __name__ == "__main__":

@@ -18,48 +18,59 @@ Processes (pid files and logs) sit with the control plane's: pids/, logs/.
 Network safety: the only addresses involved are 127.0.0.1 and our bridge's subnet. The
 bridge's own address is the node's InternalIP (the kubelet refuses a loopback node IP),
 and pods get no default route, so nothing they send leaves the bridge.
+
+Beside this module: node_slots.py (the bridge, subnet and cgroup root each real node on the
+machine owns), node_config.py (the CNI network, containerd's and the kubelet's configuration)
+and node_host.py (the host operations: links, mounts, iptables chains, cgroups, sysctls).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import ipaddress
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import binaries, kubeconfig, pki
+from . import binaries, kubeconfig, node_slots, pki
+from .node_config import LABEL as LABEL
+from .node_config import NETWORK_NAME as NETWORK_NAME
+from .node_config import TAINT as TAINT
+from .node_config import TOLERATION as TOLERATION
+from .node_config import cni_conflist, containerd_config, kubelet_config
+from .node_host import (
+    CNI_BIN,
+    cni_chains,
+    free_port,
+    link_exists,
+    make_cgroup_root,
+    mounts_under,
+    netns_of_sandboxes,
+    read_sysctls,
+    remove_cgroup_tree,
+    remove_cni_chains,
+    run,
+    unmount,
+    unmount_under,
+    write_sysctls,
+)
+from .node_host import NodeError as NodeError
+from .node_slots import SLOTS_DIR
+from .node_slots import Slot as Slot
 from .processes import ProcessTable, log_tail
 
 NODE_NAME = "real-0"
-# Several testbeds on one machine may each have a real node (engineers' test sessions
-# run side by side): each takes a slot N, which gives it the bridge kubemaasN, the
-# subnet 10.250.N.0/24 and the cgroup root /kubemaas-nodeN. Slots are claimed under a
-# lock in SLOTS_DIR (on /run: a reboot, which removes bridges too, forgets them).
-SUBNETS = ipaddress.ip_network("10.250.0.0/16")  # every real node's pods, never kwok's
-MAX_SLOTS = 32
-SLOTS_DIR = Path(os.environ.get("KUBEMAAS_NODE_SLOTS", "/run/kubemaas/real-nodes"))
-NETWORK_NAME = "kubemaas-real-node"
-LABEL = "kubemaas.io/real-node"
-# Pods land here only when they ask to (nodeSelector LABEL=true and this toleration):
-# a stray pod with a registry image would otherwise make the node try to pull it.
-TAINT = {"key": LABEL, "value": "true", "effect": "NoSchedule"}
-TOLERATION = {"key": LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 # Where containerd's registry traffic goes: a closed port on loopback. No registry is
 # reachable from these machines, and none may be tried (images come from archives).
 NO_REGISTRY_PROXY = "http://127.0.0.1:9"
 STOP_ORDER = ["kubelet", "containerd"]
-CNI_BIN = Path("/usr/lib/cni")
 _RUNC = shutil.which("runc") or "/usr/sbin/runc"
 NODE_CACHE = Path(os.environ.get("KUBEMAAS_NODE_CACHE",
                                  Path.home() / ".cache" / "kubemaas" / "node"))
@@ -68,15 +79,6 @@ BUILD_IMAGES = binaries.REPO_ROOT / "hack" / "node" / "build-images"
 # kubelet authenticates it by this certificate and authorises it by a webhook.
 APISERVER_KUBELET_CLIENT = pki.Identity(
     "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
-# Sysctls the kubelet sets on start when protectKernelDefaults is false (and refuses
-# to start over, when it is true): recorded by `up`, put back by `down`.
-KUBELET_SYSCTLS = ["vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic",
-                   "kernel/panic_on_oops", "kernel/keys/root_maxkeys",
-                   "kernel/keys/root_maxbytes"]
-
-
-class NodeError(RuntimeError):
-    """The real node could not be brought up (or down); the message says why."""
 
 
 # ---- hooks for the control plane (cluster.py) ----------------------------------------
@@ -111,100 +113,6 @@ def images_manifest(build: bool = True) -> dict[str, Any]:
     if not path.exists():
         raise NodeError(f"{path} is missing: run hack/node/build-images")
     return dict(json.loads(path.read_text()))
-
-
-# ---- slots ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Slot:
-    """What one real node owns on this machine."""
-
-    index: int
-
-    @property
-    def bridge(self) -> str:
-        return f"kubemaas{self.index}"
-
-    @property
-    def subnet(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(f"10.250.{self.index}.0/24")
-
-    @property
-    def gateway(self) -> str:
-        """The bridge's address on the host, and the node's InternalIP."""
-        return str(self.subnet.network_address + 1)
-
-    @property
-    def cgroup_root(self) -> str:
-        """The kubelet's cgroup root: two kubelets under one /kubepods would each
-        remove the other's pods' cgroups as orphans."""
-        return f"/kubemaas-node{self.index}"
-
-
-@contextlib.contextmanager
-def _slots_locked() -> Iterator[None]:
-    SLOTS_DIR.mkdir(parents=True, exist_ok=True)
-    with (SLOTS_DIR / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _slot_owners() -> dict[int, Path]:
-    owners = {}
-    for entry in SLOTS_DIR.glob("*.json") if SLOTS_DIR.exists() else []:
-        with contextlib.suppress(ValueError, OSError, KeyError):
-            owners[int(entry.stem)] = Path(json.loads(entry.read_text())["state"])
-    return owners
-
-
-def _claim_slot(state: Path, log: Callable[[str], None]) -> tuple[Slot, bool]:
-    """A free slot for the testbed at `state` (reclaiming those of dead nodes), and
-    whether no other real node is up on this machine."""
-    with _slots_locked():
-        owners = _slot_owners()
-        for index, owner in sorted(owners.items()):
-            if owner != state and RealNode(owner).processes_alive():
-                continue
-            log(f"reclaiming slot {index} from a real node that is gone ({owner})")
-            RealNode(owner).down(release_slot=False)
-            bridge = Slot(index).bridge
-            if _link_exists(bridge):
-                _run("ip", "link", "del", bridge)
-            _remove_cgroup_tree(Slot(index).cgroup_root)
-            (SLOTS_DIR / f"{index}.json").unlink()
-            del owners[index]
-        alone = not owners
-        for index in range(MAX_SLOTS):
-            slot = Slot(index)
-            if index in owners or _link_exists(slot.bridge) or _address_in_use(slot.subnet):
-                continue
-            (SLOTS_DIR / f"{index}.json").write_text(json.dumps({"state": str(state)}))
-            return slot, alone
-    raise NodeError(f"no free slot for a real node: {len(owners)} are up on this machine")
-
-
-def _release_slot(slot: Slot) -> bool:
-    """Give the slot back; True if it was the last one in use on this machine."""
-    with _slots_locked():
-        with contextlib.suppress(FileNotFoundError):
-            (SLOTS_DIR / f"{slot.index}.json").unlink()
-        return not _slot_owners()
-
-
-def _address_in_use(subnet: ipaddress.IPv4Network) -> bool:
-    """Whether any interface of this machine has an address in `subnet`."""
-    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
-                         text=True).stdout
-    for line in out.splitlines():
-        parts = line.split()
-        if "inet" in parts:
-            address = ipaddress.IPv4Interface(parts[parts.index("inet") + 1])
-            if address.network.overlaps(subnet):
-                return True
-    return False
 
 
 # ---- the node ----------------------------------------------------------------------
@@ -275,20 +183,22 @@ class RealNode:
         for sub in ("containerd", "cni/net.d", "cni/ipam", "kubelet/root",
                     "kubelet/volume-plugins", "pod-logs"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        slot, alone = _claim_slot(self.cluster_state, log)
+        slot, alone = node_slots.claim(
+            self.cluster_state, log, alive=lambda owner: RealNode(owner).processes_alive(),
+            tear_down=lambda owner: RealNode(owner).down(release_slot=False))
         host_sysctls = SLOTS_DIR / "sysctls.json"
         if alone and not host_sysctls.exists():
             # The first real node on the machine keeps the host's values (a file left
             # by a node that died holds them already: the kubelet has changed them since).
-            host_sysctls.write_text(json.dumps(_read_sysctls()))
+            host_sysctls.write_text(json.dumps(read_sysctls()))
         created: dict[str, Any] = {"slot": slot.index, "bridge": False,
-                                   "iptables_chains": _cni_chains()}
+                                   "iptables_chains": cni_chains()}
         self._write_created(created)
         try:
             self._make_bridge(slot)
             created["bridge"] = True
             self._write_created(created)
-            _make_cgroup_root(slot.cgroup_root)
+            make_cgroup_root(slot.cgroup_root)
             self._write_cni_config(slot)
             self._start_containerd(manifest)
             self._wait(self._cri_ready, 30, "containerd's CRI", "containerd")
@@ -312,96 +222,17 @@ class RealNode:
     def _make_bridge(self, slot: Slot) -> None:
         # Made here rather than by the CNI bridge plugin on the first pod: the
         # kubelet needs the node's address (the bridge's) before any pod exists.
-        _run("ip", "link", "add", slot.bridge, "type", "bridge")
-        _run("ip", "addr", "add", f"{slot.gateway}/{slot.subnet.prefixlen}", "dev", slot.bridge)
-        _run("ip", "link", "set", slot.bridge, "up")
+        run("ip", "link", "add", slot.bridge, "type", "bridge")
+        run("ip", "addr", "add", f"{slot.gateway}/{slot.subnet.prefixlen}", "dev", slot.bridge)
+        run("ip", "link", "set", slot.bridge, "up")
 
     def _write_cni_config(self, slot: Slot) -> None:
-        conflist = {
-            "cniVersion": "1.0.0",
-            "name": NETWORK_NAME,
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": slot.bridge,
-                    # The bridge keeps GATEWAY, so this host reaches pod IPs
-                    # directly over the bridge ...
-                    "isGateway": True,
-                    # ... but pods get no default route and no masquerading:
-                    # nothing they send can leave the bridge.
-                    "isDefaultGateway": False,
-                    "ipMasq": False,
-                    "hairpinMode": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": str(slot.subnet), "gateway": slot.gateway}]],
-                        "routes": [{"dst": str(slot.subnet)}],
-                        "dataDir": str(self.dir / "cni" / "ipam"),
-                    },
-                },
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-                {"type": "loopback"},
-            ],
-        }
         (self.dir / "cni" / "net.d" / "10-kubemaas.conflist").write_text(
-            json.dumps(conflist, indent=2))
-
-    def _containerd_config(self, sandbox_image: str) -> str:
-        d = self.dir / "containerd"
-        return f'''# containerd for the kubemaas real node (hack/kubemaas_testbed/node.py):
-# everything it keeps lives under {d}; it never touches a system containerd.
-version = 2
-root = "{d / 'root'}"
-state = "{d / 'state'}"
-# Plugins that need host setup we do not have (or want).
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "{self.containerd_socket}"
-
-[ttrpc]
-  address = "{self.containerd_socket}.ttrpc"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d / 'opt'}"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  # No registry can be reached: the sandbox image is ours, imported from an archive.
-  sandbox_image = "{sandbox_image}"
-  # The streaming server (exec, attach, port-forward) answers the kubelet only.
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  # root here lacks CAP_SYS_RESOURCE, so no process may lower its oom_score_adj;
-  # the kubelet asks -998 for every sandbox and -997 for Guaranteed containers, and
-  # runc fails with "nsexec: failed to update /proc/self/oom_score_adj: Permission
-  # denied". This clamps every request to containerd's own score instead.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = "/usr/sbin/runc"
-        # runc's state (one directory per container) under ours, not /run/containerd.
-        Root = "{d / 'runc'}"
-        # cgroupfs, as the kubelet's cgroupDriver: there is no systemd here.
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_BIN}"
-    conf_dir = "{self.dir / 'cni' / 'net.d'}"
-    max_conf_num = 1
-'''
+            json.dumps(cni_conflist(self, slot), indent=2))
 
     def _start_containerd(self, manifest: dict[str, Any]) -> None:
         config = self.dir / "containerd" / "config.toml"
-        config.write_text(self._containerd_config(manifest["images"]["pause"]["ref"]))
+        config.write_text(containerd_config(self, manifest["images"]["pause"]["ref"]))
         self.processes.start("containerd", [
             shutil.which("containerd") or "/usr/bin/containerd",
             f"--config={config}",
@@ -457,75 +288,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         pki.make_serving(p, f"kubelet-{self.name}", f"system:node:{self.name}",
                          [f"IP:{slot.gateway}", f"DNS:{self.name}"])
 
-    def _kubelet_config(self, slot: Slot, port: int, healthz_port: int) -> dict[str, Any]:
-        p = self.cluster_state / "pki"
-        k = self.dir / "kubelet"
-        return {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "kind": "KubeletConfiguration",
-            # docs/real-node.md explains each setting at more length.
-            # This machine has cgroup v1 (hybrid). By default kubelet v1.36 refuses
-            # it: "kubelet is configured to not run on a host using cgroup v1".
-            "failCgroupV1": False,
-            # No systemd (PID 1 is not systemd): cgroups are written directly, as
-            # containerd's runc does (SystemdCgroup = false).
-            "cgroupDriver": "cgroupfs",
-            # Our own cgroup tree per node (see Slot.cgroup_root), not /kubepods.
-            "cgroupRoot": slot.cgroup_root,
-            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
-            "imageServiceEndpoint": f"unix://{self.containerd_socket}",
-            # The kubelet's API (logs, exec, port-forward) listens on our bridge's
-            # address only: the node's InternalIP, which the apiserver dials.
-            "address": slot.gateway,
-            "port": port,  # a free port: several nodes may share the machine
-            "readOnlyPort": 0,  # no unauthenticated port
-            "healthzBindAddress": "127.0.0.1",
-            "healthzPort": healthz_port,
-            # A serving certificate from the testbed's CA (no CSR approval loop).
-            "tlsCertFile": str(p / f"kubelet-{self.name}.crt"),
-            "tlsPrivateKeyFile": str(p / f"kubelet-{self.name}.key"),
-            "rotateCertificates": False,
-            "serverTLSBootstrap": False,
-            # Callers must present a certificate from the testbed's CA (the apiserver
-            # does: apiserver_flags) and are authorised by the apiserver (SubjectAccessReview).
-            "authentication": {
-                "anonymous": {"enabled": False},
-                "webhook": {"enabled": True},
-                "x509": {"clientCAFile": str(p / "ca.crt")},
-            },
-            "authorization": {"mode": "Webhook"},
-            # Under our directory instead of /var/log/pods and /usr/libexec/kubernetes.
-            "podLogsDir": str(self.dir / "pod-logs"),
-            "volumePluginDir": str(k / "volume-plugins"),
-            # No kube-proxy here, so nothing needs the kubelet's iptables chains;
-            # the host's iptables stay as they were.
-            "makeIPTablesUtilChains": False,
-            # Machines with swap must still run the node (pods get no swap: the
-            # default swapBehavior is NoSwap).
-            "failSwapOn": False,
-            # The disk is shared with other work: its usage says nothing about this
-            # node, and image GC would delete the images we imported (they cannot be
-            # pulled again). Eviction only when the disk or memory is really full.
-            "imageGCHighThresholdPercent": 100,
-            "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
-                             "nodefs.inodesFree": "1%", "imagefs.available": "1%"},
-            # No cluster DNS and nowhere to resolve to: pods get no host resolver.
-            "resolvConf": "",
-            "clusterDomain": "cluster.local",
-            "maxPods": 16,  # the pod subnet is a /24; the machine has 2 cores
-            "registerNode": True,
-            # Pods opt in (nodeSelector + toleration): see TAINT.
-            "registerWithTaints": [TAINT],
-        }
-
     def _start_kubelet(self, kubelet: Path, server: str, slot: Slot) -> None:
         p = self.cluster_state / "pki"
         k = self.dir / "kubelet"
         kubeconfig.write(k / "kubeconfig", server, p / "ca.crt", p / f"node-{self.name}.crt",
                          p / f"node-{self.name}.key", f"system:node:{self.name}")
         config = k / "config.yaml"
-        config.write_text(yaml.safe_dump(self._kubelet_config(slot, _free_port(), _free_port()),
+        config.write_text(yaml.safe_dump(kubelet_config(self, slot, free_port(), free_port()),
                                          sort_keys=False))
         self.processes.start("kubelet", [
             str(kubelet),
@@ -583,21 +352,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self._kill_shims()
         self._delete_runc_containers()
         netns = self._our_netns()
-        _unmount_under(self.dir)
+        unmount_under(self.dir)
         for path in netns:
-            _unmount(path)
+            unmount(path)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         slot = Slot(int(created["slot"])) if "slot" in created else None
         if slot is not None:
-            if created.get("bridge") and _link_exists(slot.bridge):
-                _run("ip", "link", "del", slot.bridge)
-            _remove_cgroup_tree(slot.cgroup_root)
-        _remove_cni_chains(keep=set(created.get("iptables_chains", [])))
-        if slot is not None and release_slot and _release_slot(slot):
+            if created.get("bridge") and link_exists(slot.bridge):
+                run("ip", "link", "del", slot.bridge)
+            remove_cgroup_tree(slot.cgroup_root)
+        remove_cni_chains(keep=set(created.get("iptables_chains", [])))
+        if slot is not None and release_slot and node_slots.release(slot):
             # The last real node on the machine puts the host's sysctls back.
             with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-                _write_sysctls(json.loads((SLOTS_DIR / "sysctls.json").read_text()))
+                write_sysctls(json.loads((SLOTS_DIR / "sysctls.json").read_text()))
                 (SLOTS_DIR / "sysctls.json").unlink()
         if delete_node_object and self.kubeconfig.exists():
             subprocess.run([binaries.kubectl(), f"--kubeconfig={self.kubeconfig}", "delete",
@@ -606,7 +375,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.dir.exists():
             raise NodeError(f"could not remove {self.dir}: something is still mounted "
-                            f"under it:\n{_mounts_under(self.dir)}")
+                            f"under it:\n{mounts_under(self.dir)}")
 
     def _read_created(self) -> dict[str, Any]:
         try:
@@ -631,7 +400,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 mount_point = line.split()[4]
                 if mount_point.startswith(("/var/run/netns/cni-", "/run/netns/cni-")):
                     found.append(Path(mount_point))
-        ours = _netns_of_sandboxes(self.dir / "containerd")
+        ours = netns_of_sandboxes(self.dir / "containerd")
         return [p for p in found if p.name in ours]
 
     def _delete_runc_containers(self) -> None:
@@ -683,138 +452,3 @@ def _kubelet() -> Path:
     if found is None:
         raise NodeError(f"no kubelet: run {binaries.BUILD_SCRIPT} --with-kubelet")
     return found
-
-
-def _run(*argv: str) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise NodeError(f"{' '.join(argv)}: {result.stderr.strip()}")
-    return result.stdout
-
-
-def _link_exists(name: str) -> bool:
-    return Path(f"/sys/class/net/{name}").exists()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-
-def _mounts_under(directory: Path) -> list[str]:
-    prefix = str(directory.resolve()) + "/"
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        # Mount points escape spaces as \040; ours have none.
-        point = line.split()[4]
-        if point.startswith(prefix):
-            points.append(point)
-    return points
-
-
-def _unmount(path: Path | str) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def _unmount_under(directory: Path) -> None:
-    """Unmount everything under directory, deepest first (repeat: mounts stack)."""
-    for _ in range(5):
-        points = _mounts_under(directory)
-        if not points:
-            return
-        for point in sorted(points, key=len, reverse=True):
-            _unmount(point)
-
-
-def _netns_of_sandboxes(containerd_dir: Path) -> set[str]:
-    """Names of netns files referenced in our containerd's sandbox state."""
-    names: set[str] = set()
-    root = containerd_dir / "root"
-    if not root.exists():
-        return names
-    # containerd records each sandbox's netns path in its metadata (bolt db): scan
-    # the db's bytes for "/run/netns/cni-<uuid>" rather than parse bolt.
-    db = root / "io.containerd.metadata.v1.bolt" / "meta.db"
-    with contextlib.suppress(FileNotFoundError):
-        data = db.read_bytes()
-        start = 0
-        while True:
-            i = data.find(b"/netns/cni-", start)
-            if i < 0:
-                break
-            name = data[i + len(b"/netns/"):i + len(b"/netns/") + 40].decode(errors="ignore")
-            names.add(name[:40])
-            start = i + 1
-    return names
-
-
-def _cni_chains() -> list[str]:
-    """iptables chains of the CNI plugins (CNI-*) in the nat table, as they are now."""
-    result = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True)
-    return sorted(line.split()[1] for line in result.stdout.splitlines()
-                  if line.startswith("-N CNI-"))
-
-
-def _remove_cni_chains(keep: set[str]) -> None:
-    """Remove the CNI-* nat chains that appeared while the node ran (portmap's)."""
-    ours = [c for c in _cni_chains() if c not in keep]
-    if not ours:
-        return
-    rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True,
-                           text=True).stdout.splitlines()
-    for rule in rules:  # jumps into our chains from the built-in ones first
-        parts = rule.split()
-        if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1] in ours:
-            subprocess.run(["iptables", "-t", "nat", "-D", *parts[1:]], capture_output=True)
-    for chain in ours:
-        subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True)
-    for chain in ours:
-        subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True)
-
-
-def _hierarchies() -> list[Path]:
-    """Every mounted cgroup hierarchy (v1 controllers, name=systemd, unified)."""
-    return [h for h in Path("/sys/fs/cgroup").iterdir()
-            if h.is_dir() and (h / "cgroup.procs").exists()]
-
-
-def _make_cgroup_root(root: str) -> None:
-    """The kubelet's cgroupRoot must exist in every hierarchy before it starts."""
-    for hierarchy in _hierarchies():
-        directory = hierarchy / root.lstrip("/")
-        directory.mkdir(exist_ok=True)
-        if hierarchy.name == "cpuset":  # a new cpuset has no CPUs until given its parent's
-            for knob in ("cpuset.cpus", "cpuset.mems"):
-                (directory / knob).write_text((hierarchy / knob).read_text())
-
-
-def _remove_cgroup_tree(root: str) -> None:
-    """A kubelet's cgroup tree, deepest first, once its processes are gone."""
-    for hierarchy in _hierarchies():
-        top = hierarchy / root.lstrip("/")
-        if not top.is_dir():
-            continue
-        for directory in sorted((p for p in top.rglob("*") if p.is_dir()),
-                                key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-        with contextlib.suppress(OSError):
-            top.rmdir()
-
-
-def _read_sysctls() -> dict[str, str]:
-    values = {}
-    for key in KUBELET_SYSCTLS:
-        with contextlib.suppress(OSError):
-            values[key] = Path(f"/proc/sys/{key}").read_text().strip()
-    return values
-
-
-def _write_sysctls(values: dict[str, str]) -> None:
-    for key, value in values.items():
-        with contextlib.suppress(OSError):
-            current = Path(f"/proc/sys/{key}").read_text().strip()
-            if current != value:
-                Path(f"/proc/sys/{key}").write_text(value)

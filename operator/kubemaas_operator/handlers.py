@@ -1,25 +1,7 @@
 """kopf decorators only: index what matters, then parse -> reconcile -> translate the result.
 
-Indexes (kept in memory by kopf from its watch streams; a reconcile lists nothing):
-  md_index          (namespace, name) -> the ModelDeployment (compact JSON, like the children)
-  blocked_index     (namespace, name) -> True while a model is not Scheduled (waits for capacity)
-  deployment_index, service_index, hpa_index, pdb_index
-                    (namespace, instance) -> the child kubemaas applied
-  httproute_index   (namespace, instance) -> the HTTPRoute kubemaas applied (Gateway API; kopf
-                    watches httproutes only while the API server serves them)
-  inferencepool_index
-                    (namespace, instance) -> the InferencePool kubemaas applied (Gateway API
-                    Inference Extension; watched only while served, like httproutes)
-  pod_index         ("pod", namespace, instance) -> PodInfo of a runtime pod
-                    ("gpu", node) -> (owner key or None, {resource: count}) of every bound pod
-                    that requests nvidia.com/* resources
-                    ("pending",) -> (owner key or None, PendingDemand) of every unscheduled pod
-                    that requests nvidia.com/* resources (demand the free GPUs serve first)
-  owed_index        ("owed",) -> (owner key, track, spec.replicas, PendingDemand of its pod
-                    template) of every GPU Deployment kubemaas applied: the pods it owes (asked
-                    for, not yet created) are demand too
-  node_index        "nodes" -> NodeInfo of every node with nvidia.com/* allocatable
-  namespace_index   name -> True for namespaces being deleted (the operator stands down there)
+The indexes (kept in memory by kopf from its watch streams; a reconcile lists nothing) are in
+indexes.py, which this module imports (that registers them with kopf).
 
 Every event of a ModelDeployment (the initial listing included, so a restart resumes), of a child
 or of a runtime pod, a capacity change and the periodic resync enqueue the same reconcile on a
@@ -32,7 +14,6 @@ changes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Hashable, Mapping
@@ -43,36 +24,26 @@ import kopf
 
 from . import discovery, kopf_watch, metrics, standby
 from .config import Settings
+from .indexes import (  # registers the indexes with kopf
+    CHILDREN,
+    INDEX_OF,
+    MD,
+    OURS,
+    child_key,
+    first,
+    gpu_requests,
+    unpack,
+)
 from .k8s import AsyncCluster, Cluster
 from .memory import Memory
 from .modelcache import handlers as modelcache  # registers the ModelCache handlers with kopf
-from .observed import PodInfo, pod_info
+from .observed import PodInfo
 from .reconcile import Outcome, Snapshot, gateway_children, reconcile
-from .render import INSTANCE, MANAGED_BY, MANAGER, canary_name
-from .scheduling import NodeInfo, PendingDemand, owed_pods, pending_demand
+from .render import MANAGED_BY, MANAGER, canary_name
+from .scheduling import NodeInfo, PendingDemand, owed_pods
 from .writes import Retry
 
 log = logging.getLogger("kubemaas.handlers")
-
-MD = ("serving.kubemaas.io", "v1alpha1", "modeldeployments")
-CHILDREN = {
-    "Deployment": ("apps", "v1", "deployments"),
-    "Service": ("", "v1", "services"),
-    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
-    "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
-    "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
-    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
-    "Certificate": ("cert-manager.io", "v1", "certificates"),
-    "InferencePool": ("inference.networking.k8s.io", "v1", "inferencepools"),
-    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
-    "InterceptorRoute": ("http.keda.sh", "v1beta1", "interceptorroutes"),
-}
-OURS = {MANAGED_BY: MANAGER}
-_INDEX_OF = {"Deployment": "deployment_index", "Service": "service_index",
-             "HorizontalPodAutoscaler": "hpa_index", "PodDisruptionBudget": "pdb_index",
-             "HTTPRoute": "httproute_index", "NetworkPolicy": "networkpolicy_index",
-             "Certificate": "certificate_index", "InferencePool": "inferencepool_index",
-             "ScaledObject": "scaledobject_index", "InterceptorRoute": "interceptorroute_index"}
 
 
 @dataclass
@@ -101,64 +72,26 @@ def _runtime() -> Runtime:
     return _rt
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def _pack(body: Mapping[str, Any]) -> str:
-    """What an index keeps of an object: compact JSON without managedFields and with only the
-    operator's own annotations (a string costs a tenth of the same dicts in memory)."""
-    out: dict[str, Any] = _plain(body)
-    meta = out.get("metadata", {})
-    meta.pop("managedFields", None)
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
-                   if k.startswith("serving.kubemaas.io/")}
-    if annotations:
-        meta["annotations"] = annotations
-    else:
-        meta.pop("annotations", None)
-    return json.dumps(out, separators=(",", ":"))
-
-
-def _unpack(packed: str | None) -> dict[str, Any] | None:
-    return None if packed is None else dict(json.loads(packed))
-
-
-def _first(store: Any) -> Any:
-    return next(iter(store), None) if store else None
-
-
-def _child_key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, str] | None:
-    instance = labels.get(INSTANCE)
-    if not namespace or not instance or labels.get(MANAGED_BY) != MANAGER:
-        return None
-    return (namespace, instance)
-
-
 def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Snapshot | None:
     """What the indexes know about one ModelDeployment (None when it is gone)."""
     idx = _runtime().indexes
     if idx["namespace_index"].get(key[0]):
         return None  # the namespace is being deleted: let the garbage collector work
     if body is None:
-        body = _unpack(_first(idx["md_index"].get(key)))
+        body = unpack(first(idx["md_index"].get(key)))
     if body is None:
         return None
-    children = {kind: _unpack(_first(idx[index].get(key))) for kind, index in _INDEX_OF.items()}
+    children = {kind: unpack(first(idx[index].get(key))) for kind, index in INDEX_OF.items()}
     # The model's Service NAME, and with the HTTPRoute split NAME-stable and NAME-canary.
     services = {(s.get("metadata") or {}).get("name"): s
-                for s in (_unpack(p) for p in idx["service_index"].get(key) or [])
+                for s in (unpack(p) for p in idx["service_index"].get(key) or [])
                 if s is not None}
     children["Service"] = services.get(key[1])
     for snap_key, _, kind, obj_name in gateway_children(key[1]):
         if kind == "Service":
             children[snap_key] = services.get(obj_name)
     # Two Deployments share the key during a canary: the stable one (NAME) and NAME-canary.
-    deployments = [d for d in (_unpack(p) for p in idx["deployment_index"].get(key) or [])
+    deployments = [d for d in (unpack(p) for p in idx["deployment_index"].get(key) or [])
                    if d is not None]
     children["Deployment"] = next((d for d in deployments
                                    if (d.get("metadata") or {}).get("name") == key[1]), None)
@@ -242,122 +175,6 @@ async def _queued(key: Hashable) -> float | None:
     return outcome.requeue_after
 
 
-# --------------------------------------------------------------------------------- indexes
-
-
-@kopf.index(*MD)
-async def md_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
-    return {(namespace or "", name): _pack(body)}
-
-
-@kopf.index(*MD)
-async def blocked_index(namespace: str | None, name: str, status: Mapping[str, Any],
-                        **_: Any) -> Any:
-    """Models waiting for capacity: worth a look whenever GPUs may have been freed."""
-    for c in status.get("conditions") or []:
-        if c.get("type") == "Scheduled" and c.get("status") == "False":
-            return {(namespace or "", name): True}
-    return None
-
-
-async def _child_index(body: kopf.Body, namespace: str | None, labels: Mapping[str, str],
-                       **_: Any) -> Any:
-    key = _child_key(namespace, labels)
-    return {key: _pack(body)} if key else None
-
-
-deployment_index = kopf.index(*CHILDREN["Deployment"], labels=OURS, id="deployment_index")(
-    _child_index)
-service_index = kopf.index(*CHILDREN["Service"], labels=OURS, id="service_index")(_child_index)
-hpa_index = kopf.index(*CHILDREN["HorizontalPodAutoscaler"], labels=OURS, id="hpa_index")(
-    _child_index)
-pdb_index = kopf.index(*CHILDREN["PodDisruptionBudget"], labels=OURS, id="pdb_index")(
-    _child_index)
-httproute_index = kopf.index(*CHILDREN["HTTPRoute"], labels=OURS, id="httproute_index")(
-    _child_index)
-networkpolicy_index = kopf.index(*CHILDREN["NetworkPolicy"], labels=OURS,
-                                 id="networkpolicy_index")(_child_index)
-certificate_index = kopf.index(*CHILDREN["Certificate"], labels=OURS, id="certificate_index")(
-    _child_index)
-inferencepool_index = kopf.index(*CHILDREN["InferencePool"], labels=OURS,
-                                 id="inferencepool_index")(_child_index)
-scaledobject_index = kopf.index(*CHILDREN["ScaledObject"], labels=OURS,
-                                id="scaledobject_index")(_child_index)
-interceptorroute_index = kopf.index(*CHILDREN["InterceptorRoute"], labels=OURS,
-                                    id="interceptorroute_index")(_child_index)
-
-
-def _gpu_requests(spec: Mapping[str, Any]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for c in spec.get("containers") or []:
-        res = c.get("resources") or {}
-        amounts = {**(res.get("limits") or {}), **(res.get("requests") or {})}
-        for resource, value in amounts.items():
-            if resource.startswith("nvidia.com/"):
-                try:
-                    out[resource] = out.get(resource, 0) + int(value)
-                except (TypeError, ValueError):
-                    continue
-    return out
-
-
-@kopf.index(*CHILDREN["Deployment"], labels=OURS, id="owed_index")
-async def owed_index(namespace: str | None, name: str, labels: Mapping[str, str],
-                     spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) -> Any:
-    key = _child_key(namespace, labels)
-    pod_spec = (spec.get("template") or {}).get("spec") or {}
-    requests = _gpu_requests(pod_spec)
-    if key is None or not requests or meta.get("deletionTimestamp"):
-        return None  # a Deployment being deleted owes nothing
-    track = "canary" if name == canary_name(key[1]) else "main"
-    replicas = spec.get("replicas")
-    return {("owed",): (key, track, 1 if replicas is None else int(replicas),
-                        pending_demand(f"{namespace}/{name}", pod_spec, requests))}
-
-
-@kopf.index("", "v1", "pods")
-async def pod_index(body: kopf.Body, namespace: str | None, labels: Mapping[str, str],
-                    spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> Any:
-    out: dict[Any, Any] = {}
-    key = _child_key(namespace, labels)
-    if key is not None:
-        out[("pod", *key)] = pod_info(body)
-    node = spec.get("nodeName")
-    if node and status.get("phase") not in ("Succeeded", "Failed"):
-        requests = _gpu_requests(spec)
-        if requests:
-            out[("gpu", node)] = (key, requests)
-    elif (not node and status.get("phase", "Pending") == "Pending"
-          and not body.get("metadata", {}).get("deletionTimestamp")):
-        requests = _gpu_requests(spec)
-        if requests:
-            out[("pending",)] = (key, pending_demand(
-                f"{namespace}/{body.get('metadata', {}).get('name', '')}", spec, requests))
-    return out or None
-
-
-@kopf.index("", "v1", "nodes")
-async def node_index(name: str, labels: Mapping[str, str], spec: Mapping[str, Any],
-                     status: Mapping[str, Any], **_: Any) -> Any:
-    allocatable: dict[str, int] = {}
-    for resource, value in (status.get("allocatable") or {}).items():
-        if resource.startswith("nvidia.com/"):
-            try:
-                allocatable[resource] = int(value)
-            except (TypeError, ValueError):
-                continue
-    if not allocatable:
-        return None
-    return {"nodes": NodeInfo(name=name, labels=dict(labels),
-                              taints=tuple(_plain(t) for t in spec.get("taints") or []),
-                              allocatable=allocatable,
-                              unschedulable=bool(spec.get("unschedulable")))}
-
-
-@kopf.index("", "v1", "namespaces")
-async def namespace_index(name: str, status: Mapping[str, Any], **_: Any) -> Any:
-    return {name: True} if status.get("phase") == "Terminating" else None
-
 
 # --------------------------------------------------------------------------------- handlers
 
@@ -376,7 +193,7 @@ async def model_event(type: str, namespace: str | None, name: str, **_: Any) -> 
 
 async def _child_event(type: str, body: kopf.Body, namespace: str | None, name: str,
                        labels: Mapping[str, str], **_: Any) -> None:
-    key = _child_key(namespace, labels)
+    key = child_key(namespace, labels)
     if key is None:
         return
     rt = _runtime()
@@ -397,10 +214,10 @@ def _blocked_models() -> list[tuple[str, str]]:
 async def pod_event(type: str, namespace: str | None, labels: Mapping[str, str],
                     spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> None:
     rt = _runtime()
-    key = _child_key(namespace, labels)
+    key = child_key(namespace, labels)
     if key is not None:
         rt.queue.enqueue(key)
-    if spec.get("nodeName") and _gpu_requests(spec) and (
+    if spec.get("nodeName") and gpu_requests(spec) and (
             type == "DELETED" or status.get("phase") in ("Succeeded", "Failed")):
         for blocked in _blocked_models():
             rt.queue.enqueue(blocked)
