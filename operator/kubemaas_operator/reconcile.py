@@ -213,6 +213,21 @@ class _Targets:
     unwanted_routes: list[tuple[str, str, str, bool]]
 
 
+async def _ensure_implicit_cache(p: _Pass, implicit: Plan, cluster: AsyncCluster) -> None:
+    try:
+        await implicit_apply.ensure(cluster, p.namespace, Owner(p.name, p.uid), implicit)
+    except ApiError as err:
+        raise Retry(f"cannot create or share the model cache {implicit.name}: {err}",
+                    1.0 if err.status == 409 else 5.0) from err
+
+
+def _desired_replicas(spec: ModelDeploymentSpec, live: DeploymentInfo | None) -> int:
+    """What the spec asks, or with an autoscaler what it asks now (never under its minimum)."""
+    if spec.autoscaling is not None and live is not None and live.spec_replicas is not None:
+        return max(spec.autoscaling.min_replicas, live.spec_replicas)
+    return spec.desired_replicas
+
+
 async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                     memory: Memory, now: datetime | None = None) -> Outcome:
     meta = snap.body.get("metadata") or {}
@@ -230,11 +245,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         model_cache=snap.cache.name if snap.cache is not None else None)
 
     if snap.implicit is not None:  # 0. the model cache spec.model.autoCache asks for
-        try:
-            await implicit_apply.ensure(cluster, p.namespace, Owner(p.name, p.uid), snap.implicit)
-        except ApiError as err:
-            raise Retry(f"cannot create or share the model cache {snap.implicit.name}: {err}",
-                        1.0 if err.status == 409 else 5.0) from err
+        await _ensure_implicit_cache(p, snap.implicit, cluster)
 
     # 1. parse; 2. pick the template; 3. render. Any failure here needs a spec change.
     raw_spec = snap.body.get("spec") or {}
@@ -245,9 +256,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
 
     # 4. the capacity check, from the indexes (this model's own pods do not count as used): for
     # what the spec asks, or what the autoscaler asks now (a scale-out that cannot fit says so).
-    desired_n = (max(spec.autoscaling.min_replicas, live.spec_replicas)
-                 if spec.autoscaling is not None and live is not None
-                 and live.spec_replicas is not None else spec.desired_replicas)
+    desired_n = _desired_replicas(spec, live)
     capacity = check_capacity(spec, snap.nodes, snap.used, desired_n)
 
     # 5. the rollout: which pod template the Deployment carries, and how it rolls (rollout.py).

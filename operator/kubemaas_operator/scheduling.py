@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import ModelDeploymentSpec
+from .api import GPUSpec, ModelDeploymentSpec
 
 GPU_TAINT_KEY = "nvidia.com/gpu"
 PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -321,6 +321,14 @@ def check_capacity(spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
     never = _never_fits(spec, nodes, place, wanted)
     if never is not None:
         return never
+    return _insufficient(gpu, wanted, room, free_by_product, others)
+
+
+def _insufficient(gpu: GPUSpec, wanted: int, room: int,
+                  free_by_product: dict[str, list[tuple[str, int]]],
+                  others: dict[str, int]) -> Capacity:
+    """The InsufficientGPU verdict, naming the free GPUs per product and node."""
+    resource, per = gpu.resource, gpu.count
     needed = wanted * per
     where = " or ".join(sorted(gpu.products)) if gpu.products else "any product"
     if gpu.min_memory:

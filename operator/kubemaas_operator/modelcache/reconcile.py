@@ -8,7 +8,7 @@ finalizer goes and the garbage collector removes the pods (owned by the ModelCac
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -241,7 +241,24 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     wanted_claim = claim(ref, spec)
     if wanted_claim is not None and decision.create:
         await api.apply(wanted_claim)
-    for manifest in [*evictions, *decision.create]:
+    await _apply_pods(api, [*evictions, *decision.create], status)
+    for name in decision.delete:
+        await api.delete_pod(ref.namespace, name)
+    await _write(api, memory, body, previous, status)
+    await _post_events(api, body, ref, optimize_events(previous.get("optimizations") or [],
+                                                       optimizing.entries))
+    waits = [w for w in (decision.requeue_after,) if w is not None]
+    if decision.read_logs:
+        waits.append(float(spec.download.progress_interval_seconds))
+    if decision.create or decision.delete:
+        waits.append(1.0)
+    return min(waits) if waits else None
+
+
+async def _apply_pods(api: CacheCluster, manifests: list[dict[str, Any]],
+                      status: dict[str, Any]) -> None:
+    """Apply the pods; one the API server refuses fails the cache (status) and ends the list."""
+    for manifest in manifests:
         try:
             await api.apply(manifest)
         except ApiError as err:
@@ -249,23 +266,17 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
                 status.update(phase="Failed", reason="PodRejected", message=(
                     f"the API server refused the pod {manifest['metadata']['name']}: "
                     f"{err.message}"))
-                break
+                return
             raise
-    for name in decision.delete:
-        await api.delete_pod(ref.namespace, name)
-    await _write(api, memory, body, previous, status)
-    for kind, reason, message in optimize_events(previous.get("optimizations") or [],
-                                                 optimizing.entries):
+
+
+async def _post_events(api: CacheCluster, body: Mapping[str, Any], ref: CacheRef,
+                       events: Iterable[tuple[str, str, str]]) -> None:
+    for kind, reason, message in events:
         try:
             await api.post_event(involved(body), kind, reason, message)
         except ApiError as err:
             log.warning("%s/%s: cannot post an Event: %s", ref.namespace, ref.name, err)
-    waits = [w for w in (decision.requeue_after,) if w is not None]
-    if decision.read_logs:
-        waits.append(float(spec.download.progress_interval_seconds))
-    if decision.create or decision.delete:
-        waits.append(1.0)
-    return min(waits) if waits else None
 
 
 async def _write(api: CacheCluster, memory: Memory, body: Mapping[str, Any],
