@@ -23,6 +23,9 @@ from .settings import Settings, guess_format, load_settings
 
 if TYPE_CHECKING:
     from .backends.base import Model
+    from .batching import Batcher
+    from .dataplane import DataPlane
+    from .metrics import Metrics
 
 log = logging.getLogger("kubemaas.runtime")
 lifecycle = logging.getLogger("kubemaas.runtime.lifecycle")  # see serving.py
@@ -68,7 +71,6 @@ def setup_logging(level: str, fmt: str) -> None:
 
 async def serve(settings: Settings) -> int:
     # imports here keep `--help` and settings errors fast
-    from .batching import Batcher, padded_batch_rows
     from .dataplane import DataPlane
     from .metrics import Metrics
     from .protocol.rest import RestServer
@@ -97,28 +99,8 @@ async def serve(settings: Settings) -> int:
         await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if load_task.done():
             model = load_task.result()  # raises StartupError
-            batcher = Batcher(model, model_name=settings.model_name, metrics=metrics,
-                              max_batch_size=settings.max_batch_size,
-                              max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
-                              max_queue_size=settings.max_queue_size,
-                              instances=settings.instances,
-                              inline_max_s=settings.inline_max_us / 1e6,
-                              pad_to=padded_batch_rows(model, settings.max_batch_size,
-                                                       settings.pad_batches))
-            dataplane.set_model(model, batcher)
-            # what exists now (modules, the model and its session) lives as long as the process:
-            # freeze it out of the cyclic collector, so that the full collections that request
-            # garbage sets off traverse only what requests made (they paused the loop ~10 ms)
-            gc.collect()
-            gc.freeze()
-            took = time.perf_counter() - started
-            metrics.model_ready.set(label, 1)
-            metrics.load_seconds.set(label, took)
-            lifecycle.info("ready", extra={"fields": {
-                "model": settings.model_name, "version": settings.model_version,
-                "platform": model.platform, "device": model.device,
-                "batching": batcher.batching, "port": port,
-                "seconds_to_ready": round(took, 3)}})
+            batcher = _batcher(settings, model, metrics)
+            _go_ready(settings, model, batcher, dataplane, metrics, port, started)
             await stop_task
         else:
             load_task.cancel()
@@ -138,6 +120,39 @@ async def serve(settings: Settings) -> int:
             batcher.close()
     lifecycle.info("stopped", extra={"fields": {"exit_code": exit_code}})
     return exit_code
+
+
+def _batcher(settings: Settings, model: Model, metrics: Metrics) -> Batcher:
+    from .batching import Batcher, padded_batch_rows
+
+    return Batcher(model, model_name=settings.model_name, metrics=metrics,
+                   max_batch_size=settings.max_batch_size,
+                   max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
+                   max_queue_size=settings.max_queue_size,
+                   instances=settings.instances,
+                   inline_max_s=settings.inline_max_us / 1e6,
+                   pad_to=padded_batch_rows(model, settings.max_batch_size,
+                                            settings.pad_batches))
+
+
+def _go_ready(settings: Settings, model: Model, batcher: Batcher, dataplane: DataPlane,
+              metrics: Metrics, port: int, started: float) -> None:
+    """Hand the loaded model to the data plane and turn readiness on."""
+    dataplane.set_model(model, batcher)
+    # what exists now (modules, the model and its session) lives as long as the process:
+    # freeze it out of the cyclic collector, so that the full collections that request
+    # garbage sets off traverse only what requests made (they paused the loop ~10 ms)
+    gc.collect()
+    gc.freeze()
+    took = time.perf_counter() - started
+    label = (settings.model_name,)
+    metrics.model_ready.set(label, 1)
+    metrics.load_seconds.set(label, took)
+    lifecycle.info("ready", extra={"fields": {
+        "model": settings.model_name, "version": settings.model_version,
+        "platform": model.platform, "device": model.device,
+        "batching": batcher.batching, "port": port,
+        "seconds_to_ready": round(took, 3)}})
 
 
 def _load(settings: Settings) -> Model:

@@ -132,8 +132,8 @@ def _bytes_from_binary(buf: memoryview, count: int, name: str) -> np.ndarray:
     return arr
 
 
-def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
-    """Decode an infer request body; ``header_length`` is Inference-Header-Content-Length."""
+def _request_header(body: bytes, header_length: int | None) -> dict[str, Any]:
+    """The JSON header: the whole body, or its first ``header_length`` bytes."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise InvalidInput("Inference-Header-Content-Length is larger than the body")
@@ -146,7 +146,67 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
         raise InvalidInput(f"malformed JSON: {exc}") from None
     if not isinstance(header, dict):
         raise InvalidInput("the request body must be a JSON object")
-    raw_inputs = header.get("inputs")
+    return header
+
+
+def _input_name_and_type(raw: dict[str, Any],
+                         seen: Mapping[str, object]) -> tuple[str, str, np.dtype[Any]]:
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("each input needs a 'name' string")
+    if name in seen:
+        raise InvalidInput(f"input {name!r} appears twice")
+    raw_datatype = raw.get("datatype")
+    dtype = DATATYPE_TO_NUMPY.get(raw_datatype) if isinstance(raw_datatype, str) else None
+    if dtype is None or not isinstance(raw_datatype, str):
+        raise InvalidInput(f"input {name!r}: unknown datatype {raw_datatype!r}")
+    return name, raw_datatype, dtype
+
+
+def _check_binary_size(name: str, binary_size: object, header_length: int | None,
+                       remaining: int) -> int:
+    """``binary_size`` as a valid length within the ``remaining`` bytes of the body."""
+    if type(binary_size) is not int or binary_size < 0:
+        raise InvalidInput(f"input {name!r}: binary_data_size must be an integer")
+    if header_length is None:
+        raise InvalidInput(f"input {name!r}: binary_data_size without "
+                           "Inference-Header-Content-Length")
+    if binary_size > remaining:
+        raise InvalidInput(f"input {name!r}: binary_data_size {binary_size} goes past "
+                           "the end of the body")
+    return binary_size
+
+
+def _array_from_binary(chunk: memoryview, shape: tuple[int, ...], datatype: str,
+                       dtype: np.dtype[Any], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _bytes_from_binary(chunk, count, name)
+    if len(chunk) != count * dtype.itemsize:
+        raise InvalidInput(f"input {name!r}: {len(chunk)} bytes of binary data, "
+                           f"shape {list(shape)} of {datatype} needs "
+                           f"{count * dtype.itemsize}")
+    arr = np.frombuffer(chunk, dtype=dtype)
+    if not arr.flags.aligned:  # an odd offset in the body: copy once, aligned
+        arr = arr.copy()
+    return arr
+
+
+def _array_from_json_input(raw: dict[str, Any], shape: tuple[int, ...], datatype: str,
+                           dtype: np.dtype[Any], name: str) -> np.ndarray:
+    if "data" not in raw:
+        raise InvalidInput(f"input {name!r} has no 'data'")
+    arr = _array_from_json(raw["data"], datatype, dtype, name)
+    count = math.prod(shape)
+    if arr.size != count:
+        raise InvalidInput(f"input {name!r}: {arr.size} data elements do not match "
+                           f"shape {list(shape)} ({count} elements)")
+    return arr
+
+
+def _decode_inputs(raw_inputs: object, body: bytes,
+                   header_length: int | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Each input's array and datatype; binary inputs claim the bytes after the header in order."""
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list")
     view = memoryview(body)
@@ -156,79 +216,57 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
     for raw in raw_inputs:
         if not isinstance(raw, dict):
             raise InvalidInput("each input must be an object with name, shape, datatype, data")
-        name = raw.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidInput("each input needs a 'name' string")
-        if name in inputs:
-            raise InvalidInput(f"input {name!r} appears twice")
-        raw_datatype = raw.get("datatype")
-        dtype = DATATYPE_TO_NUMPY.get(raw_datatype) if isinstance(raw_datatype, str) else None
-        if dtype is None or not isinstance(raw_datatype, str):
-            raise InvalidInput(f"input {name!r}: unknown datatype {raw_datatype!r}")
-        datatype: str = raw_datatype
+        name, datatype, dtype = _input_name_and_type(raw, inputs)
         shape = _parse_shape(raw.get("shape"), name)
-        count = math.prod(shape)
         params = raw.get("parameters")
         binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
         if binary_size is not None:
-            if type(binary_size) is not int or binary_size < 0:
-                raise InvalidInput(f"input {name!r}: binary_data_size must be an integer")
-            if header_length is None:
-                raise InvalidInput(f"input {name!r}: binary_data_size without "
-                                   "Inference-Header-Content-Length")
-            if offset + binary_size > len(body):
-                raise InvalidInput(f"input {name!r}: binary_data_size {binary_size} goes past "
-                                   "the end of the body")
-            chunk = view[offset:offset + binary_size]
-            offset += binary_size
-            if datatype == "BYTES":
-                arr = _bytes_from_binary(chunk, count, name)
-            else:
-                if binary_size != count * dtype.itemsize:
-                    raise InvalidInput(f"input {name!r}: {binary_size} bytes of binary data, "
-                                       f"shape {list(shape)} of {datatype} needs "
-                                       f"{count * dtype.itemsize}")
-                arr = np.frombuffer(chunk, dtype=dtype)
-                if not arr.flags.aligned:  # an odd offset in the body: copy once, aligned
-                    arr = arr.copy()
+            size = _check_binary_size(name, binary_size, header_length, len(body) - offset)
+            arr = _array_from_binary(view[offset:offset + size], shape, datatype, dtype, name)
+            offset += size
         else:
-            if "data" not in raw:
-                raise InvalidInput(f"input {name!r} has no 'data'")
-            arr = _array_from_json(raw["data"], datatype, dtype, name)
-            if arr.size != count:
-                raise InvalidInput(f"input {name!r}: {arr.size} data elements do not match "
-                                   f"shape {list(shape)} ({count} elements)")
+            arr = _array_from_json_input(raw, shape, datatype, dtype, name)
         inputs[name] = arr.reshape(shape)
         datatypes[name] = datatype
     if header_length is not None and offset != len(body):
         raise InvalidInput(f"{len(body) - offset} bytes of binary data are not claimed by any "
                            "input's binary_data_size")
+    return inputs, datatypes
 
+
+def _requested_outputs(raw_outputs: object,
+                       binary_default: bool) -> tuple[list[str] | None, set[str]]:
+    """The requested output names (None: every output) and those to send as binary."""
+    binary: set[str] = set()
+    if raw_outputs is None:
+        return None, binary
+    if not isinstance(raw_outputs, list):
+        raise InvalidInput("'outputs' must be a list")
+    output_names: list[str] = []
+    for raw in raw_outputs:
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidInput("each requested output needs a 'name' string")
+        if name in output_names:
+            raise InvalidInput(f"output {name!r} is requested twice")
+        output_names.append(name)
+        params = raw.get("parameters")
+        flag = params.get("binary_data") if isinstance(params, dict) else None
+        if flag is True or (flag is None and binary_default):
+            binary.add(name)
+    return output_names or None, binary
+
+
+def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Decode an infer request body; ``header_length`` is Inference-Header-Content-Length."""
+    header = _request_header(body, header_length)
+    inputs, datatypes = _decode_inputs(header.get("inputs"), body, header_length)
     req_params = header.get("parameters")
     if req_params is not None and not isinstance(req_params, dict):
         raise InvalidInput("'parameters' must be an object")
     req_params = req_params or {}
     binary_default = req_params.get("binary_data_output") is True
-    output_names: list[str] | None = None
-    binary: set[str] = set()
-    raw_outputs = header.get("outputs")
-    if raw_outputs is not None:
-        if not isinstance(raw_outputs, list):
-            raise InvalidInput("'outputs' must be a list")
-        output_names = []
-        for raw in raw_outputs:
-            name = raw.get("name") if isinstance(raw, dict) else None
-            if not isinstance(name, str) or not name:
-                raise InvalidInput("each requested output needs a 'name' string")
-            if name in output_names:
-                raise InvalidInput(f"output {name!r} is requested twice")
-            output_names.append(name)
-            params = raw.get("parameters")
-            flag = params.get("binary_data") if isinstance(params, dict) else None
-            if flag is True or (flag is None and binary_default):
-                binary.add(name)
-        if not output_names:
-            output_names = None
+    output_names, binary = _requested_outputs(header.get("outputs"), binary_default)
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")

@@ -188,48 +188,46 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
-    """Validate a /v1/completions or /v1/chat/completions body."""
-    if not isinstance(doc, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    model = doc.get("model")
-    if model is not None and not isinstance(model, str):
-        raise _bad("'model' must be a string", "model")
-    _refuse_unsupported(doc)
-    prompt_text: str | None = None
-    prompt_ids: list[int] | None = None
-    messages = None
-    logprobs_n: int | None
-    if chat:
-        messages = _messages(doc)
-        max_tokens = _int(doc, "max_completion_tokens", 1)
-        if max_tokens is None:
-            max_tokens = _int(doc, "max_tokens", 1)
-        want = _bool(doc, "logprobs")
-        top = _int(doc, "top_logprobs", 0, MAX_LOGPROBS)
-        if top and not want:
-            raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
-        logprobs_n = (top or 0) if want else None
-    else:
-        prompt = doc.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]  # a batch of one
-        if isinstance(prompt, str):
-            prompt_text = prompt
-        elif isinstance(prompt, list) and prompt and all(
-                isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            prompt_ids = _token_ids(prompt, "prompt", vocab)
-        elif isinstance(prompt, list) and len(prompt) > 1:
-            raise _bad("one prompt per request is supported (send the others separately)",
-                       "prompt")
-        else:
-            raise _bad("'prompt' must be a string or a list of token ids", "prompt")
+def _chat_fields(doc: dict[str, Any]) -> tuple[list[dict[str, str]], int | None, int | None]:
+    """A chat body's messages, max tokens and top-logprobs count (None: no logprobs)."""
+    messages = _messages(doc)
+    max_tokens = _int(doc, "max_completion_tokens", 1)
+    if max_tokens is None:
         max_tokens = _int(doc, "max_tokens", 1)
-        if doc.get("max_tokens", 0) is None:
-            max_tokens = None
-        elif "max_tokens" not in doc:
-            max_tokens = 16  # the OpenAI completions default
-        logprobs_n = _int(doc, "logprobs", 0, MAX_LOGPROBS)
+    want = _bool(doc, "logprobs")
+    top = _int(doc, "top_logprobs", 0, MAX_LOGPROBS)
+    if top and not want:
+        raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return messages, max_tokens, (top or 0) if want else None
+
+
+def _prompt(doc: dict[str, Any], vocab: int) -> tuple[str | None, list[int] | None]:
+    """A completions body's prompt: its text or its token ids."""
+    prompt = doc.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str):
+        return prompt, None
+    if isinstance(prompt, list) and prompt and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return None, _token_ids(prompt, "prompt", vocab)
+    if isinstance(prompt, list) and len(prompt) > 1:
+        raise _bad("one prompt per request is supported (send the others separately)",
+                   "prompt")
+    raise _bad("'prompt' must be a string or a list of token ids", "prompt")
+
+
+def _completion_max_tokens(doc: dict[str, Any]) -> int | None:
+    max_tokens = _int(doc, "max_tokens", 1)
+    if doc.get("max_tokens", 0) is None:
+        return None
+    if "max_tokens" not in doc:
+        return 16  # the OpenAI completions default
+    return max_tokens
+
+
+def _stream_fields(doc: dict[str, Any]) -> tuple[bool, bool]:
+    """``stream`` and ``stream_options.include_usage``."""
     stream = _bool(doc, "stream")
     options = doc.get("stream_options")
     include_usage = False
@@ -239,10 +237,15 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
         if not stream:
             raise _bad("'stream_options' is only allowed with 'stream': true", "stream_options")
         include_usage = _bool(options, "include_usage")
+    return stream, include_usage
+
+
+def _sampling_params(doc: dict[str, Any], vocab: int, max_tokens: int | None,
+                     logprobs_n: int | None) -> SamplingParams:
     stop_ids = doc.get("stop_token_ids")
     seed = _int(doc, "seed", -(2**63), 2**63 - 1)
     top_k = _int(doc, "top_k", -1)
-    params = SamplingParams(
+    return SamplingParams(
         max_tokens=max_tokens or 1,
         temperature=_num(doc, "temperature", 1.0, 0.0, 2.0),
         top_p=_num(doc, "top_p", 1.0, 1e-9, 1.0),
@@ -255,6 +258,27 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
         logprobs=logprobs_n,
         logit_bias=_logit_bias(doc, vocab),
     )
+
+
+def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
+    """Validate a /v1/completions or /v1/chat/completions body."""
+    if not isinstance(doc, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    model = doc.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _bad("'model' must be a string", "model")
+    _refuse_unsupported(doc)
+    prompt_text: str | None = None
+    prompt_ids: list[int] | None = None
+    messages = None
+    if chat:
+        messages, max_tokens, logprobs_n = _chat_fields(doc)
+    else:
+        prompt_text, prompt_ids = _prompt(doc, vocab)
+        max_tokens = _completion_max_tokens(doc)
+        logprobs_n = _int(doc, "logprobs", 0, MAX_LOGPROBS)
+    stream, include_usage = _stream_fields(doc)
+    params = _sampling_params(doc, vocab, max_tokens, logprobs_n)
     return GenerationRequest(chat=chat, prompt_text=prompt_text, prompt_ids=prompt_ids,
                              messages=messages, max_tokens=max_tokens, params=params,
                              stream=stream, include_usage=include_usage,
