@@ -25,9 +25,7 @@ time cap per point. Traffic goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import platform
@@ -45,21 +43,12 @@ import envs  # noqa: E402
 import results  # noqa: E402
 import servers  # noqa: E402
 
+# bench/runtime's /proc readings and server process handling (after bench/llm on the path, so
+# that this directory's modules win any clash of names)
+sys.path.append(str(REPO / "bench" / "runtime"))
+import launch  # noqa: E402
+import procfs  # noqa: E402
 
-def _runtime_bench() -> Any:
-    """bench/runtime/run.py's /proc helpers and process handling (loaded by path, not copied)."""
-    spec = importlib.util.spec_from_file_location("runtime_bench_run",
-                                                  REPO / "bench" / "runtime" / "run.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    with contextlib.suppress(ValueError):
-        sys.path.remove(str(REPO / "bench" / "runtime"))
-    return mod
-
-
-rt = _runtime_bench()
 HOST = "127.0.0.1"
 MODEL_CACHE = Path.home() / ".cache" / "kubemaas" / "bench-models"
 RESULTS = REPO / "bench" / "results"
@@ -121,7 +110,7 @@ def prepare_prompts(mdir: Path, n: int, prompt_tokens: int, max_tokens: int, cor
 def http_json(port: int, method: str, path: str, body: dict[str, Any] | None = None,
               timeout: float = 600) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    status, _, raw = rt.http_request(port, method, path, data,
+    status, _, raw = launch.http_request(port, method, path, data,
                                      {"Content-Type": "application/json"}, timeout)
     try:
         return status, json.loads(raw)
@@ -151,14 +140,14 @@ def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, prompts
             return {**rec, "error": f"virtualenv: {venv.error}"}
         python = venv.python
     name = mdir.name
-    port = rt.free_port()
+    port = launch.free_port()
     try:
         cmd, env = servers.command(srv, python, mdir, name, port, a.server_core, gguf)
     except ValueError as exc:
         return {**rec, "error": str(exc)}
     rec["command"] = " ".join(["taskset", "-c", a.server_core, *cmd])
     log = logs / f"{srv.key}-{name}.log"
-    run = rt.Running(cmd, env, port, log, a.server_core)
+    run = launch.Running(cmd, env, port, log, a.server_core)
     try:
         rec["ready_s"] = round(run.wait_ready(srv.ready_path, a.ready_timeout), 3)
         model_field = servers.request_model_name(srv, mdir, name)
@@ -170,7 +159,7 @@ def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, prompts
             return {**rec, "error": f"first answer: HTTP {status}: {str(answer)[:300]}"}
         rec["points"] = []
         offset = 0
-        with rt.RssSampler(run.pid) as rss:
+        with procfs.RssSampler(run.pid) as rss:
             for i, conc in enumerate(a.concurrency):
                 rec["points"].append(measure(run, model_field, prompts, conc, offset,
                                              2 if i == 0 else 0, a, logs, greedy))
@@ -189,20 +178,20 @@ def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, prompts
 def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, warmup: int,
             a: argparse.Namespace, logs: Path, greedy: list[str]) -> dict[str, Any]:
     requests = max(4, a.rounds * conc)
-    pids = rt.process_tree(run.pid)
+    pids = procfs.process_tree(run.pid)
     core = int(a.server_core)
-    load_before = rt.loadavg()
-    busy0, tot0 = rt.cpu_busy_ticks(core)
-    srv0 = rt.tree_cpu_ticks(pids)
+    load_before = procfs.loadavg()
+    busy0, tot0 = procfs.cpu_busy_ticks(core)
+    srv0 = procfs.tree_cpu_ticks(pids)
     point = run_loadgen(run.port, model_field, prompts, conc, requests, warmup, offset,
                         a.max_tokens, a.point_seconds, a.load_core,
                         logs / f"point-{run.port}-{conc}.json")
-    busy1, tot1 = rt.cpu_busy_ticks(core)
-    srv_ticks = rt.tree_cpu_ticks(rt.process_tree(run.pid)) - srv0
+    busy1, tot1 = procfs.cpu_busy_ticks(core)
+    srv_ticks = procfs.tree_cpu_ticks(procfs.process_tree(run.pid)) - srv0
     wall = max(tot1 - tot0, 1)
     point["server_cpu_pct"] = round(100 * srv_ticks / wall, 1)
     point["other_cpu_on_server_core_pct"] = round(100 * max(busy1 - busy0 - srv_ticks, 0) / wall, 1)
-    point["loadavg"] = [load_before, rt.loadavg()]
+    point["loadavg"] = [load_before, procfs.loadavg()]
     texts = point.pop("texts", {})
     same = [texts[k] == greedy[int(k)] for k in texts if int(k) < len(greedy)]
     point["answers_equal_inprocess_greedy"] = f"{sum(same)}/{len(same)}"
@@ -234,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, cwd=REPO).stdout.strip(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "cpu_model": rt._cpu_model(), "loadavg_start": rt.loadavg(),
-                    "busy_at_start": rt.busy_processes()},
+                    "cpu_model": procfs.cpu_model(), "loadavg_start": procfs.loadavg(),
+                    "busy_at_start": procfs.busy_processes()},
         "settings": {k: v for k, v in vars(a).items() if k != "update_doc"},
         "models": {},
     }
@@ -254,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "--batches", ",".join(map(str, a.concurrency)),
                                 "--max-tokens", str(a.max_tokens)], a.server_core,
                                logs / f"limit-{size}.log")
-        entry["limit"]["loadavg_after"] = rt.loadavg()
+        entry["limit"]["loadavg_after"] = procfs.loadavg()
         print(f"  limit: {results.limit_line(entry['limit'])}", flush=True)
         gguf = None
         for key in a.servers.split(","):
@@ -269,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {key}: {entry['servers'][-1]['error'][:300]}", flush=True)
         doc["models"][size] = entry
         _save(doc, logs)
-    doc["machine"]["loadavg_end"] = rt.loadavg()
+    doc["machine"]["loadavg_end"] = procfs.loadavg()
     _save(doc, logs)
     print(results.render(doc))
     if a.update_doc:

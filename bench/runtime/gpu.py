@@ -34,8 +34,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import launch  # noqa: E402
+import loadtools  # noqa: E402
+import measure  # noqa: E402
 import models as bench_models  # noqa: E402
-import run as bench  # noqa: E402
+import procfs  # noqa: E402
 
 MAX_BATCH = 32
 
@@ -85,15 +88,15 @@ def answer_error(port: int, path: str, model: bench_models.ModelFiles, body: str
     """Max abs difference between the server's answer and onnxruntime's on CPU (GPU kernels,
     TF32 included, do not give the CPU's bits)."""
     expected = np.load(model.sample)["y"]
-    return float(np.max(np.abs(bench.served_output(port, path, model, body) - expected)))
+    return float(np.max(np.abs(loadtools.served_output(port, path, model, body) - expected)))
 
 
 def serve(cfg: Config, model_path: Path, port: int, log: Path, core: str,
-          extra: list[str]) -> bench.Running:
+          extra: list[str]) -> launch.Running:
     cmd = [sys.executable, "-m", "kubemaas_runtime", "--model-uri", str(model_path),
-           "--format", cfg.fmt, "--name", cfg.model, "--host", bench.HOST, "--port", str(port),
+           "--format", cfg.fmt, "--name", cfg.model, "--host", launch.HOST, "--port", str(port),
            "--device", cfg.device, "--log-format", "json",
-           "--cache-dir", str(bench.MODEL_CACHE / "runtime-cache")]
+           "--cache-dir", str(launch.MODEL_CACHE / "runtime-cache")]
     if cfg.device == "cpu":
         cmd += ["--intra-op-threads", "1", "--inter-op-threads", "0"]
     if cfg.batching:
@@ -101,15 +104,15 @@ def serve(cfg: Config, model_path: Path, port: int, log: Path, core: str,
     cmd += [*cfg.extra, *extra]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(bench.REPO / "runtime"), env.get("PYTHONPATH")) if p)
-    return bench.Running(cmd, env, port, log, core)
+        p for p in (str(HERE.parent.parent / "runtime"), env.get("PYTHONPATH")) if p)
+    return launch.Running(cmd, env, port, log, core)
 
 
 def sweep(cfg: Config, model: bench_models.ModelFiles, model_path: Path, concurrency: list[int],
           seconds: float, cores: tuple[str, str, int], out_dir: Path,
           extra: list[str]) -> dict[str, Any]:
     server_cores, load_cores, load_threads = cores
-    port = bench.free_port()
+    port = launch.free_port()
     run = serve(cfg, model_path, port, out_dir / f"{cfg.key}.log", server_cores, extra)
     result: dict[str, Any] = {"config": cfg.__dict__ | {"extra": list(cfg.extra)}, "points": []}
     try:
@@ -117,18 +120,18 @@ def sweep(cfg: Config, model: bench_models.ModelFiles, model_path: Path, concurr
         path = f"/v2/models/{cfg.model}/infer"
         result["max_abs_diff_vs_cpu"] = answer_error(port, path, model, cfg.body)
         # the first batched calls pick kernels (cuDNN search) for each batch size: warm them all
-        bench.run_wrk(port, path, model, cfg.body, max(concurrency), 4, load_cores,
+        loadtools.run_wrk(port, path, model, cfg.body, max(concurrency), 4, load_cores,
                       load_threads)
         for conns in concurrency:
-            bench.settle(run.pid)
-            bench.run_wrk(port, path, model, cfg.body, conns, 1, load_cores, load_threads)
-            bench.settle(run.pid)
-            ticks0, wall0 = bench.tree_cpu_ticks(bench.process_tree(run.pid)), time.perf_counter()
-            with bench.RssSampler(run.pid) as rss:
-                w = bench.run_wrk(port, path, model, cfg.body, conns, seconds, load_cores,
+            measure.settle(run.pid)
+            loadtools.run_wrk(port, path, model, cfg.body, conns, 1, load_cores, load_threads)
+            measure.settle(run.pid)
+            ticks0, wall0 = procfs.tree_cpu_ticks(procfs.process_tree(run.pid)), time.perf_counter()
+            with procfs.RssSampler(run.pid) as rss:
+                w = loadtools.run_wrk(port, path, model, cfg.body, conns, seconds, load_cores,
                                   load_threads)
             wall = time.perf_counter() - wall0
-            cpu = (bench.tree_cpu_ticks(bench.process_tree(run.pid)) - ticks0) / bench.CLK_TCK
+            cpu = (procfs.tree_cpu_ticks(procfs.process_tree(run.pid)) - ticks0) / procfs.CLK_TCK
             lat = w["latency_us"]
             rps = w["requests"] / (w["duration_us"] / 1e6)
             result["points"].append({
@@ -203,7 +206,7 @@ def main() -> int:
     ap.add_argument("--no-inprocess", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    work = bench.MODEL_CACHE
+    work = launch.MODEL_CACHE
     doc: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "command": " ".join(sys.argv), "cpus": os.cpu_count()}
     try:

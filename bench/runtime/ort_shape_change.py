@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models as bench_models
-from run import MODEL_CACHE
+from launch import MODEL_CACHE
 
 CONFIGS: list[tuple[str, dict[str, str], bool]] = [
     ("HEURISTIC conv search", {"cudnn_conv_algo_search": "HEURISTIC"}, True),

@@ -42,25 +42,12 @@ sys.path.insert(0, str(HERE))
 
 import models as bench_models  # noqa: E402
 import venvs  # noqa: E402
-
-# the names beyond this file's own use are what gpu.py, ort_shape_change.py and bench/llm/run.py
-# (which loads this file by path) take from it
-from launch import HOST, MAX_BATCH, MODEL_CACHE, SERVERS, Running, free_port, http_request  # noqa: E402, F401
-from loadtools import LOAD_TOOLS, run_wrk, served_output  # noqa: E402, F401
-from measure import Plan, bench_server, inprocess_limit, settle, wait_for_quiet  # noqa: E402, F401
-from procfs import (  # noqa: E402, F401
-    CLK_TCK,
-    RssSampler,
-    busy_processes,
-    cpu_busy_ticks,
-    cpu_model,
-    loadavg,
-    process_tree,
-    tree_cpu_ticks,
-)
+from launch import MAX_BATCH, MODEL_CACHE, SERVERS  # noqa: E402
+from loadtools import LOAD_TOOLS  # noqa: E402
+from measure import Plan, bench_server, inprocess_limit, wait_for_quiet  # noqa: E402
+from procfs import busy_processes, cpu_model, loadavg  # noqa: E402
 from targets import evaluate_targets  # noqa: E402
 
-_cpu_model = cpu_model
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "runtime-benchmark.md"
 PLOT = REPO / "docs" / "img" / "runtime-benchmark.png"
