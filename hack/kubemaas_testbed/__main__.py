@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from . import binaries
@@ -13,7 +14,7 @@ from .cluster import Cluster, ClusterError, default_state_dir
 from .node import NodeError, RealNode
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hack/cluster", description=__doc__)
     parser.add_argument("--state", type=str, default=None,
                         help="state directory (default $KUBEMAAS_STATE_DIR or .state/cluster)")
@@ -38,70 +39,105 @@ def main(argv: list[str] | None = None) -> int:
                               "interceptor and scaler (built by hack/build-testbed --with-keda); "
                               "`keda down` stops them")
     keda_cmd.add_argument("action", nargs="?", choices=["up", "down"], default="up")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _require_up(cluster: Cluster, how: str = "hack/cluster up") -> None:
+    if not cluster.is_up():
+        raise ClusterError(f"the testbed is not up: {how}")
+
+
+def _up(cluster: Cluster, args: argparse.Namespace) -> int:
+    cluster.up(args.topology, timeout=args.timeout, log=_log, real_node=args.real_node)
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
+    return 0
+
+
+def _down(cluster: Cluster, args: argparse.Namespace) -> int:
+    cluster.down()
+    return 0
+
+
+def _status(cluster: Cluster, args: argparse.Namespace) -> int:
+    status = cluster.status()
+    print(json.dumps(status, indent=2))
+    return 0 if status["up"] else 1
+
+
+def _real_node(cluster: Cluster, args: argparse.Namespace) -> int:
+    real_node = RealNode(cluster.state)
+    if args.action == "up":
+        _require_up(cluster, "hack/cluster up [--real-node]")
+        real_node.up(cluster.server, log=_log)
+    else:
+        real_node.down(delete_node_object=cluster.is_up())
+    return 0
+
+
+def _crds(cluster: Cluster, args: argparse.Namespace) -> int:
+    _require_up(cluster)
+    from . import gateway, inference_extension
+
+    installer = gateway if args.verb == "gateway-api" else inference_extension
+    for crd in installer.install(cluster.kubeconfig):
+        print(f"installed {crd}")
+    return 0
+
+
+def _keda(cluster: Cluster, args: argparse.Namespace) -> int:
+    from . import keda, keda_http
+
+    if args.action == "down":
+        keda_http.down(cluster.state)
+        keda.down(cluster.state)
+        return 0
+    _require_up(cluster)
+    pid = keda.up(cluster.state, cluster.kubeconfig)
+    print(f"KEDA operator running (pid {pid}) and its metrics API server "
+          f"({keda.APISERVICE} Available); logs: "
+          f"{cluster.state / 'logs' / keda.PROCESS}.log, "
+          f"{cluster.state / 'logs' / keda.ADAPTER_PROCESS}.log")
+    ports = keda_http.up(cluster.state, cluster.kubeconfig)
+    print(f"KEDA HTTP add-on: interceptor on {ports.interceptor_address} (send "
+          f"requests there with Host NAME.NAMESPACE), scaler on "
+          f"{ports.scaler_address}; for the operator: "
+          f"KUBEMAAS_OPERATOR_HTTP_SCALER={ports.scaler_address} "
+          f"KUBEMAAS_OPERATOR_HTTP_INTERCEPTOR={ports.interceptor_address}")
+    return 0
+
+
+def _print(line: Callable[[Cluster], object]) -> Callable[[Cluster, argparse.Namespace], int]:
+    def verb(cluster: Cluster, args: argparse.Namespace) -> int:
+        print(line(cluster))
+        return 0
+    return verb
+
+
+VERBS: dict[str, Callable[[Cluster, argparse.Namespace], int]] = {
+    "up": _up,
+    "down": _down,
+    "status": _status,
+    "env": _print(lambda cluster: f"export KUBECONFIG={cluster.kubeconfig}"),
+    "real-node": _real_node,
+    "binaries": _print(lambda cluster: binaries.ensure().kube_apiserver.parent),
+    "gateway-api": _crds,
+    "inference-extension": _crds,
+    "keda": _keda,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     cluster = Cluster(Path(args.state) if args.state else default_state_dir())
     try:
-        if args.verb == "up":
-            cluster.up(args.topology, timeout=args.timeout,
-                       log=lambda msg: print(msg, file=sys.stderr), real_node=args.real_node)
-            print(f"export KUBECONFIG={cluster.kubeconfig}")
-        elif args.verb == "down":
-            cluster.down()
-        elif args.verb == "status":
-            status = cluster.status()
-            print(json.dumps(status, indent=2))
-            return 0 if status["up"] else 1
-        elif args.verb == "env":
-            print(f"export KUBECONFIG={cluster.kubeconfig}")
-        elif args.verb == "real-node":
-            real_node = RealNode(cluster.state)
-            if args.action == "up":
-                if not cluster.is_up():
-                    raise ClusterError("the testbed is not up: hack/cluster up [--real-node]")
-                real_node.up(cluster.server, log=lambda msg: print(msg, file=sys.stderr))
-            else:
-                real_node.down(delete_node_object=cluster.is_up())
-        elif args.verb == "binaries":
-            print(binaries.ensure().kube_apiserver.parent)
-        elif args.verb == "gateway-api":
-            if not cluster.is_up():
-                raise ClusterError("the testbed is not up: hack/cluster up")
-            from . import gateway
-
-            for crd in gateway.install(cluster.kubeconfig):
-                print(f"installed {crd}")
-        elif args.verb == "inference-extension":
-            if not cluster.is_up():
-                raise ClusterError("the testbed is not up: hack/cluster up")
-            from . import inference_extension
-
-            for crd in inference_extension.install(cluster.kubeconfig):
-                print(f"installed {crd}")
-        elif args.verb == "keda":
-            from . import keda, keda_http
-
-            if args.action == "down":
-                keda_http.down(cluster.state)
-                keda.down(cluster.state)
-            else:
-                if not cluster.is_up():
-                    raise ClusterError("the testbed is not up: hack/cluster up")
-                pid = keda.up(cluster.state, cluster.kubeconfig)
-                print(f"KEDA operator running (pid {pid}) and its metrics API server "
-                      f"({keda.APISERVICE} Available); logs: "
-                      f"{cluster.state / 'logs' / keda.PROCESS}.log, "
-                      f"{cluster.state / 'logs' / keda.ADAPTER_PROCESS}.log")
-                ports = keda_http.up(cluster.state, cluster.kubeconfig)
-                print(f"KEDA HTTP add-on: interceptor on {ports.interceptor_address} (send "
-                      f"requests there with Host NAME.NAMESPACE), scaler on "
-                      f"{ports.scaler_address}; for the operator: "
-                      f"KUBEMAAS_OPERATOR_HTTP_SCALER={ports.scaler_address} "
-                      f"KUBEMAAS_OPERATOR_HTTP_INTERCEPTOR={ports.interceptor_address}")
+        return VERBS[args.verb](cluster, args)
     except (ClusterError, NodeError, binaries.MissingBinaryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
