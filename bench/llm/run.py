@@ -198,7 +198,7 @@ def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, w
     return point
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="tiny,small")
     ap.add_argument("--servers", default=",".join(s.key for s in servers.SERVERS))
@@ -212,12 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-core", default="0")
     ap.add_argument("--load-core", default="1")
     ap.add_argument("--update-doc", action="store_true")
-    a = ap.parse_args(argv)
-    os.sched_setaffinity(0, {int(a.load_core)})  # the harness stays off the server core
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    logs = RESULTS / f"llm-{stamp}"
-    logs.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {
+    return ap.parse_args(argv)
+
+
+def _new_doc(stamp: str, argv: list[str] | None, a: argparse.Namespace) -> dict[str, Any]:
+    """The results document before any model: the command, the code and the machine."""
+    return {
         "stamp": stamp, "command": " ".join([".venv/bin/python", "bench/llm/run.py",
                                              *(argv if argv is not None else sys.argv[1:])]),
         "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -228,35 +228,49 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: v for k, v in vars(a).items() if k != "update_doc"},
         "models": {},
     }
+
+
+def _bench_model(size: str, a: argparse.Namespace, n_prompts: int, logs: Path) -> dict[str, Any]:
+    """One model: its in-process limit, then every server."""
+    mdir = build_model(SIZES[size], logs / f"build-{size}.log")
+    prompts, greedy = prepare_prompts(mdir, n_prompts, a.prompt_tokens, a.max_tokens,
+                                      a.server_core, logs)
+    entry: dict[str, Any] = {"dir": str(mdir), "servers": []}
+    entry["params"] = int(subprocess.run(
+        [str(SHARED_PY), "-c", "import sys; from kubemaas_testbed.llm_models import "
+         f"num_parameters; print(num_parameters({str(mdir)!r}))"], env=_py_env(),
+        capture_output=True, text=True, check=True).stdout)
+    print(f"model {size}: {mdir} ({entry['params'] / 1e6:.1f} M parameters)", flush=True)
+    entry["limit"] = limit(["--model", str(mdir), "--prompts", str(prompts),
+                            "--batches", ",".join(map(str, a.concurrency)),
+                            "--max-tokens", str(a.max_tokens)], a.server_core,
+                           logs / f"limit-{size}.log")
+    entry["limit"]["loadavg_after"] = procfs.loadavg()
+    print(f"  limit: {results.limit_line(entry['limit'])}", flush=True)
+    gguf = None
+    for key in a.servers.split(","):
+        srv = servers.BY_KEY[key]
+        if key == "llamacpp":
+            gguf, err = _gguf(mdir, logs)
+            if err:
+                entry["servers"].append({"server": key, "note": srv.note, "error": err})
+                continue
+        entry["servers"].append(bench_server(srv, mdir, a, prompts, greedy, logs, gguf))
+        if "error" in entry["servers"][-1]:
+            print(f"  {key}: {entry['servers'][-1]['error'][:300]}", flush=True)
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parse_args(argv)
+    os.sched_setaffinity(0, {int(a.load_core)})  # the harness stays off the server core
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    logs = RESULTS / f"llm-{stamp}"
+    logs.mkdir(parents=True, exist_ok=True)
+    doc = _new_doc(stamp, argv, a)
     n_prompts = max(120, sum(max(4, a.rounds * c) for c in a.concurrency) + 4)
     for size in a.models.split(","):
-        mdir = build_model(SIZES[size], logs / f"build-{size}.log")
-        prompts, greedy = prepare_prompts(mdir, n_prompts, a.prompt_tokens, a.max_tokens,
-                                          a.server_core, logs)
-        entry: dict[str, Any] = {"dir": str(mdir), "servers": []}
-        entry["params"] = int(subprocess.run(
-            [str(SHARED_PY), "-c", "import sys; from kubemaas_testbed.llm_models import "
-             f"num_parameters; print(num_parameters({str(mdir)!r}))"], env=_py_env(),
-            capture_output=True, text=True, check=True).stdout)
-        print(f"model {size}: {mdir} ({entry['params'] / 1e6:.1f} M parameters)", flush=True)
-        entry["limit"] = limit(["--model", str(mdir), "--prompts", str(prompts),
-                                "--batches", ",".join(map(str, a.concurrency)),
-                                "--max-tokens", str(a.max_tokens)], a.server_core,
-                               logs / f"limit-{size}.log")
-        entry["limit"]["loadavg_after"] = procfs.loadavg()
-        print(f"  limit: {results.limit_line(entry['limit'])}", flush=True)
-        gguf = None
-        for key in a.servers.split(","):
-            srv = servers.BY_KEY[key]
-            if key == "llamacpp":
-                gguf, err = _gguf(mdir, logs)
-                if err:
-                    entry["servers"].append({"server": key, "note": srv.note, "error": err})
-                    continue
-            entry["servers"].append(bench_server(srv, mdir, a, prompts, greedy, logs, gguf))
-            if "error" in entry["servers"][-1]:
-                print(f"  {key}: {entry['servers'][-1]['error'][:300]}", flush=True)
-        doc["models"][size] = entry
+        doc["models"][size] = _bench_model(size, a, n_prompts, logs)
         _save(doc, logs)
     doc["machine"]["loadavg_end"] = procfs.loadavg()
     _save(doc, logs)

@@ -48,6 +48,8 @@ from measure import Plan, bench_server, inprocess_limit, wait_for_quiet  # noqa:
 from procfs import busy_processes, cpu_model, loadavg  # noqa: E402
 from targets import evaluate_targets  # noqa: E402
 
+from kubemaas_testbed.venvs import pip_freeze  # noqa: E402
+
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "runtime-benchmark.md"
 PLOT = REPO / "docs" / "img" / "runtime-benchmark.png"
@@ -129,8 +131,8 @@ def _peer_pythons(servers: list[str], meta: dict[str, Any]
             print(f"  {impl}: {v.error[:500]}", flush=True)
         else:
             assert v.python is not None
-            versions[impl] = venvs.pip_freeze(v.python, ("kserve", "mlserver", "nvidia-pytriton",
-                                                         "onnxruntime", "numpy", "uvloop"))
+            versions[impl] = pip_freeze(v.python, ("kserve", "mlserver", "nvidia-pytriton",
+                                               "onnxruntime", "numpy", "uvloop"))
     meta["peer_versions"] = versions
     return pythons, venv_errors
 

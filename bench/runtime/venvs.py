@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from kubemaas_testbed.venvs import BUILD_ERRORS, CachedVenv, VenvResult
-from kubemaas_testbed.venvs import pip_freeze as pip_freeze
 
 CACHE = Path(os.environ.get("KUBEMAAS_BENCH_CACHE",
                             Path.home() / ".cache" / "kubemaas" / "bench-venvs"))
