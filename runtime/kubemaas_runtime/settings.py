@@ -161,6 +161,11 @@ OPTIONS: tuple[Option, ...] = (
            "a fit of measured step times) so that the step takes about (1 + share) x what its "
            "decodes alone take (no cap while more prompts wait than streams decode); arriving "
            "prompts then take more steps. 0: only the token budget caps them."),
+    Option("arrival_window_ms", "--arrival-window-ms", "KUBEMAAS_ARRIVAL_WINDOW_MS", 10.0,
+           float,
+           "hf models: an idle engine that receives a request waits while more keep arriving "
+           "(each within 1 ms of the last), at most this long, and reads them in one step, so "
+           "a burst decodes in step. 0: read each at once."),
     Option("block_size", "--block-size", "KUBEMAAS_BLOCK_SIZE", 16, int,
            "hf models: tokens per KV-cache block."),
     Option("packed_linear", "--packed-linear", "KUBEMAAS_PACKED_LINEAR", True, _bool,
@@ -245,6 +250,7 @@ class Settings:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     prefill_share: float = 1.0
+    arrival_window_ms: float = 10.0
     block_size: int = 16
     prefix_caching: bool = True
     packed_linear: bool = True
@@ -387,6 +393,7 @@ def _check_limits(values: dict[str, Any], check: Check) -> None:
     check("max_model_len", values["max_model_len"] >= 0, "must be 0 or more")
     check("max_num_seqs", 1 <= values["max_num_seqs"] <= 4096, "must be 1..4096")
     check("prefill_share", 0 <= values["prefill_share"] <= 100, "must be 0..100")
+    check("arrival_window_ms", 0 <= values["arrival_window_ms"] <= 1000, "must be 0..1000 ms")
     check("block_size", values["block_size"] in (8, 16, 32, 64, 128),
           "must be 8, 16, 32, 64 or 128")
     check("max_num_batched_tokens",

@@ -47,6 +47,10 @@ class EngineConfig:
     max_queue: int = 256  # requests held (waiting + running) before new ones are refused
     prefix_caching: bool = True
     prefill_share: float = 1.0  # > 0: a mixed step's prefill may take this share of a decode step
+    # An idle engine that receives a request waits until requests stop arriving (no new one for
+    # arrival_gap seconds), at most arrival_window seconds, and reads them in one step. 0: at once.
+    arrival_window: float = 0.010
+    arrival_gap: float = 0.001
 
 
 @dataclass(frozen=True)
@@ -205,13 +209,9 @@ class Engine:
     # ---- engine thread ---------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            with self._wake:
-                while not self._stopped and not self._inbox and not self._has_work():
-                    self._wake.wait()
-                if self._stopped:
-                    return
-                inbox = list(self._inbox)
-                self._inbox.clear()
+            inbox = self._take_inbox()
+            if inbox is None:
+                return
             self._apply(inbox)
             try:
                 out = self.step()
@@ -221,6 +221,39 @@ class Engine:
             if out and self._loop is not None:
                 with contextlib.suppress(RuntimeError):  # the loop closed: exiting
                     self._loop.call_soon_threadsafe(self._deliver, out)
+
+    def _take_inbox(self) -> list[tuple[str, Sequence]] | None:
+        """What the event loop posted since the last step, once there is work (None: stop)."""
+        with self._wake:
+            idle = not self._has_work()
+            while not self._stopped and not self._inbox and not self._has_work():
+                self._wake.wait()
+            if idle and self.cfg.arrival_window > 0:
+                self._let_arrivals_land()
+            if self._stopped:
+                return None
+            inbox = list(self._inbox)
+            self._inbox.clear()
+        return inbox
+
+    def _let_arrivals_land(self) -> None:
+        """Requests often arrive together: a client's batch, or a closed loop whose requests
+        finished in the same step. Read one at a time, the first ones start decoding a step
+        ahead, and the rest are then read beside them (one long gap for those streams, or, when
+        the pacer spreads the prompts, a batch that never decodes in step again). So an idle
+        engine waits while requests keep coming: each one posted within ``arrival_gap`` of the
+        last extends the wait, up to ``arrival_window`` in all. A lone request waits one gap.
+        Called with ``_wake`` held; nothing is decoding, so no stream waits for this."""
+        deadline = time.monotonic() + self.cfg.arrival_window
+        seen = len(self._inbox)
+        while not self._stopped:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(min(self.cfg.arrival_gap, left))
+            if len(self._inbox) == seen:
+                return
+            seen = len(self._inbox)
 
     def _has_work(self) -> bool:
         return bool(self.scheduler.waiting or self.scheduler.running)

@@ -68,7 +68,8 @@ def _load(settings: Settings) -> tuple[Any, Any]:
             max_num_seqs=settings.max_num_seqs,
             max_num_batched_tokens=settings.max_num_batched_tokens,
             block_size=settings.block_size, max_queue=settings.max_queue_size,
-            prefix_caching=settings.prefix_caching, prefill_share=settings.prefill_share))
+            prefix_caching=settings.prefix_caching, prefill_share=settings.prefill_share,
+            arrival_window=settings.arrival_window_ms / 1e3))
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     if settings.warmup:
