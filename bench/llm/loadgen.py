@@ -1,4 +1,4 @@
-"""A closed-loop OpenAI streaming load generator: N requests in flight, TTFT and ITL from the SSE.
+"""An OpenAI streaming load generator: N requests in flight, or arrivals at a rate; TTFT and ITL.
 
     python bench/llm/loadgen.py --port P --model NAME --prompts prompts.json \\
         --concurrency 16 --requests 48 --max-seconds 60 --max-tokens 32 --out point.json
@@ -8,6 +8,13 @@ fraction of a second and costs little CPU on the load core; the harness runs it 
 ``taskset -c 1`` while the server has core 0. Every request is a streamed
 ``POST /v1/chat/completions`` (greedy, ``max_tokens``, ``stream_options.include_usage``) with the
 next prompt of the list, so every server answers the same prompts in the same order.
+
+Closed loop by default: ``--concurrency`` workers, each sending its next request when its last
+one ends. ``--request-rate R`` (> 0) makes it an open loop instead, as vLLM's benchmark client
+does: requests are sent at the times of a Poisson process of R per second (exponential gaps,
+seeded by ``--seed``, so every server gets the same schedule), whether or not earlier ones have
+ended, with at most ``--concurrency`` in flight (a request due while that many are in flight is
+sent when one ends, and its TTFT counts from then).
 
 Per request: TTFT = send -> first SSE event carrying text; ITL = the gaps between that event and
 later token events: chunks with a ``content`` (chat) or ``text`` field that are not the role
@@ -31,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -199,33 +207,62 @@ def request_body(model: str, prompt: str, max_tokens: int, ignore_eos: bool = Fa
     return json.dumps(doc).encode()
 
 
+def arrival_times(n: int, rate: float, seed: int = 0) -> list[float]:
+    """When each of ``n`` requests is due, in seconds from the first: a Poisson process of
+    ``rate`` per second (exponential gaps from a seeded generator)."""
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    for _ in range(n):
+        times.append(t)
+        t += rng.expovariate(rate)
+    return times
+
+
 async def run_point(port: int, path: str, model: str, prompts: list[str], concurrency: int,
                     requests: int, warmup: int, max_seconds: float, max_tokens: int,
-                    timeout: float, offset: int = 0, ignore_eos: bool = False
-                    ) -> dict[str, Any]:
+                    timeout: float, offset: int = 0, ignore_eos: bool = False,
+                    request_rate: float = 0.0, seed: int = 0) -> dict[str, Any]:
     bodies = [request_body(model, p, max_tokens, ignore_eos) for p in prompts]
 
-    async def drive(n: int, start: int, seconds: float, out: list[Result]) -> float:
+    async def send(i: int, start: int, out: list[Result]) -> None:
+        j = (start + i) % len(bodies)
+        res = Result(start=time.perf_counter(), idx=j)
+        out.append(res)
+        await one_request(port, path, bodies[j], timeout, res)
+
+    async def closed_loop(n: int, start: int, out: list[Result]) -> None:
         counter = iter(range(n))  # shared by the workers: each request is taken once
 
         async def worker() -> None:
             for i in counter:
-                j = (start + i) % len(bodies)
-                res = Result(start=time.perf_counter(), idx=j)
-                out.append(res)
-                await one_request(port, path, bodies[j], timeout, res)
+                await send(i, start, out)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    async def open_loop(n: int, start: int, out: list[Result]) -> None:
+        seats = asyncio.Semaphore(concurrency)
+        t0 = time.perf_counter()
+
+        async def at(i: int, due: float) -> None:
+            await asyncio.sleep(max(0.0, t0 + due - time.perf_counter()))
+            async with seats:
+                await send(i, start, out)
+        await asyncio.gather(*(at(i, due) for i, due in
+                               enumerate(arrival_times(n, request_rate, seed))))
+
+    async def drive(n: int, start: int, out: list[Result]) -> None:
+        loop = open_loop if request_rate > 0 else closed_loop
         # at the time limit, requests still in flight are cut (their tokens so far count)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))),
-                                   seconds)
-        return time.perf_counter()
+            await asyncio.wait_for(loop(n, start, out), max_seconds)
 
     if warmup:  # prompts after the measured ones, so no measured prompt was seen before
-        await drive(warmup, offset + requests, max_seconds, [])
+        await drive(warmup, offset + requests, [])
     results: list[Result] = []
     t0 = time.perf_counter()
-    await drive(requests, offset, max_seconds, results)
-    return summarize(results, t0, concurrency)
+    await drive(requests, offset, results)
+    point = summarize(results, t0, concurrency)
+    point["request_rate"] = request_rate or None
+    return point
 
 
 def summarize(results: list[Result], t0: float, concurrency: int) -> dict[str, Any]:
@@ -286,12 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=120)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=300, help="per request")
+    ap.add_argument("--request-rate", type=float, default=0.0,
+                    help="requests per second, Poisson arrivals (open loop); 0 = closed loop")
+    ap.add_argument("--seed", type=int, default=0, help="of the open loop's arrival times")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     prompts = json.loads(a.prompts.read_text())
     point = asyncio.run(run_point(a.port, a.path, a.model, prompts, a.concurrency, a.requests,
                                   a.warmup, a.max_seconds, a.max_tokens, a.timeout,
-                                  a.offset))
+                                  a.offset, request_rate=a.request_rate, seed=a.seed))
     text = json.dumps(point, indent=1)
     if a.out:
         a.out.write_text(text)

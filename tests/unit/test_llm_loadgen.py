@@ -4,6 +4,7 @@ send it): token counting, TTFT/ITL, errors, and cutting a point at its time limi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -138,3 +139,27 @@ def test_percentile_interpolates_like_numpy() -> None:
     assert loadgen.percentile([], 50) is None
     assert loadgen.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert loadgen.percentile([0.0, 10.0], 99) == 9.9
+
+
+def test_arrival_times_are_a_seeded_poisson_process() -> None:
+    times = loadgen.arrival_times(4000, rate=50.0, seed=3)
+    assert times == loadgen.arrival_times(4000, rate=50.0, seed=3) and times[0] == 0.0
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(g >= 0 for g in gaps)
+    assert abs(sum(gaps) / len(gaps) - 0.02) < 0.002  # mean gap 1/rate
+    assert loadgen.arrival_times(10, rate=50.0, seed=4) != times[:10]
+
+
+def test_open_loop_sends_each_request_when_it_is_due() -> None:
+    p = run_point(streaming(5, 0.0), requests=4, concurrency=4, request_rate=10.0, seed=1)
+    assert p["ok"] == 4 and p["request_rate"] == 10.0
+    due = [t * 1000 for t in loadgen.arrival_times(4, 10.0, seed=1)]
+    sent = [p["timelines"][i][0] for i in range(4)]  # type: ignore[index]
+    assert all(d - 5 <= s < d + 100 for d, s in zip(due, sent, strict=True)), (due, sent)
+
+
+def test_open_loop_holds_to_the_concurrency_cap() -> None:
+    # all three due at once, one seat, each answer ~100 ms: sent one after another
+    p = run_point(streaming(5, 0.02), requests=3, concurrency=1, request_rate=1000.0)
+    sent = sorted(p["timelines"][i][0] for i in range(3))  # type: ignore[index]
+    assert p["ok"] == 3 and all(b - a >= 50 for a, b in itertools.pairwise(sent)), sent
