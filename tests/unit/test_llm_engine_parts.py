@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from kubemaas_runtime.llm.detok import Detokenizer, decoder
+from kubemaas_runtime.llm.detok import Detokenizer, decoder, encoder
 from kubemaas_runtime.llm.kv_cache import BlockPool, KVStore, OutOfBlocks
 from kubemaas_runtime.llm.pacing import PrefillPacer
 from kubemaas_runtime.llm.packing import pack
@@ -237,6 +237,22 @@ def test_backend_decoder_gives_the_tokenizers_text(tmp_path: Path) -> None:
     for i in range(len(ids)):
         for j in range(i, len(ids) + 1):
             assert fast(ids[i:j]) == tok.decode(ids[i:j], skip_special_tokens=True)
+
+
+def test_backend_encoder_gives_the_tokenizers_ids(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from kubemaas_testbed.llm_models import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    fast = encoder(tok)
+    assert fast.__code__ is not encoder(object()).__code__  # the backend path was taken
+    chat = tok.apply_chat_template([{"role": "user", "content": "Émilie a mangé 猫 🙂"}],
+                                   add_generation_prompt=True, tokenize=False)
+    for text in (chat, "plain text, ne ? <|im_end|>", "", " leading space"):
+        for special in (True, False):
+            assert fast(text, special) == tok(text, add_special_tokens=special)["input_ids"]
 
 
 @pytest.mark.parametrize("chat", [True, False])

@@ -1,4 +1,4 @@
-"""Incremental detokenization with stop strings.
+"""Incremental detokenization with stop strings (and the prompt's encoding: ``encoder``).
 
 Text is decoded from a short window of recent tokens (the prefix/read offsets of TGI and vLLM), so
 each token costs O(1) decoding; a window that ends in half a UTF-8 character yields nothing until
@@ -20,6 +20,19 @@ def decoder(tokenizer: Any) -> Callable[[list[int]], str]:
     if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
         return lambda ids: str(backend.decode(ids, skip_special_tokens=True))
     return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def encoder(tokenizer: Any) -> Callable[[str, bool], list[int]]:
+    """``tokenizer(text, add_special_tokens=...)["input_ids"]``; for a fast tokenizer, its
+    ``tokenizers`` backend's ``encode`` directly: the same ids, 15 instead of 25 us on a short
+    chat prompt, and it keeps the GIL. The tokenizer's own call goes through the backend's
+    ``encode_batch``, which lets the GIL go; on the event loop, with the engine thread on the
+    same core, each prompt then waited for the engine to hand the GIL back (tiny model served
+    at c=16: the event loop's CPU 1.53-2.05 -> 1.43-1.48 s for 1,600 requests)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return lambda text, special: list(backend.encode(text, add_special_tokens=special).ids)
+    return lambda text, special: list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
 class Detokenizer:

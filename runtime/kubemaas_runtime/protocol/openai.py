@@ -15,11 +15,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from ..llm.detok import encoder
 from ..llm.engine import Delta, Engine, Overloaded, RequestStream
 from ..llm.sampling import TokenLogprobs
 from ..metrics import LLMMetrics, Metrics
@@ -55,6 +56,10 @@ class Served:
     tokenizer: Any
     max_model_len: int
     vocab_size: int
+    encode: Callable[[str, bool], list[int]] = field(init=False)  # text, special -> ids
+
+    def __post_init__(self) -> None:
+        self.encode = encoder(self.tokenizer)
 
 
 class OpenAIServer:
@@ -165,8 +170,8 @@ class OpenAIServer:
                 except Exception as exc:  # a template may raise on a message order it refuses
                     raise ApiError(400, f"the chat template refused the messages: {exc}",
                                    "messages") from None
-                return list(tok(text, add_special_tokens=False)["input_ids"])
-            return list(tok(req.prompt_text)["input_ids"])
+                return served.encode(text, False)
+            return served.encode(req.prompt_text or "", True)
 
         size = sum(len(m["content"]) for m in req.messages or ()) + len(req.prompt_text or "")
         if size > prompt_char_limit(tok, served.max_model_len):  # refused before tokenizing it
