@@ -16,8 +16,8 @@ one torch thread (the servers get one core each). Measured:
 * decode tokens per CPU-second (process CPU time over the decode steps): what the limit would
   be with the core to itself, comparable with the servers' tokens per CPU-second on a shared
   machine;
-* ``--make N``: N prompts of exactly ``--prompt-tokens`` tokens once templated (word runs from the
-  tokenizer's training corpus, fixed seed), so that a batch needs no padding;
+* ``--make N``: N prompts of exactly ``--prompt-tokens`` tokens once templated (words of the
+  tokenizer's training corpus drawn at random, fixed seed), so that a batch needs no padding;
 * ``--screen``: which prompts reach ``max_tokens`` without an end-of-sequence token under greedy
   decoding (the harness keeps those, so every server generates the same number of tokens).
 """
@@ -114,7 +114,10 @@ def screen(model: Any, ids: list[list[int]], eos: int, max_tokens: int,
 
 
 def make_prompts(tok: Any, corpus: str, n: int, prompt_tokens: int, seed: int = 0) -> list[str]:
-    """``n`` distinct prompts whose chat-templated encoding is exactly ``prompt_tokens`` long."""
+    """``n`` distinct prompts whose chat-templated encoding is exactly ``prompt_tokens`` long:
+    words of the corpus drawn at random (fixed seed), so the count is not bounded by the
+    corpus's length (its runs of words gave only ~700) and no two prompts share a first KV
+    block (a prefix cache hit between prompts would flatter the servers that have one)."""
     import random
 
     rng = random.Random(seed)
@@ -126,8 +129,7 @@ def make_prompts(tok: Any, corpus: str, n: int, prompt_tokens: int, seed: int = 
     out: list[str] = []
     seen = set()
     for _ in range(n * 50):
-        start = rng.randrange(len(words))
-        text = " ".join((words * 2)[start:start + want * 2])
+        text = " ".join(rng.choices(words, k=want * 2))
         ids = tok.encode(text, add_special_tokens=False)[:want]
         cand = tok.decode(ids).strip()
         if cand in seen or len(encode(tok, [cand])[0]) != prompt_tokens:

@@ -19,7 +19,9 @@ Every prompt has the same token length and is one whose greedy answer has no end
 token in the first ``max_tokens`` tokens (checked in-process), so every server generates the same
 number of tokens; every measured request of a server run has a prompt of its own (no prefix
 cache hits between points). Bounded: requests per point = max(4, rounds x concurrency), and a
-time cap per point. Traffic goes to 127.0.0.1 only.
+time cap per point. ``--rounds`` may differ by model (``--rounds tiny=48,small=4``): a round of
+the tiny model takes milliseconds, and its points need many to measure more than their start.
+Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def limit(args: list[str], core: str, log: Path) -> dict[str, Any]:
 def prepare_prompts(mdir: Path, n: int, prompt_tokens: int, max_tokens: int, core: str,
                     logs: Path) -> tuple[Path, list[str]]:
     """Prompts of one token length whose greedy answers have no EOS (cached beside the model)."""
-    final = mdir.parent / f"{mdir.name}.prompts-{n}x{prompt_tokens}-{max_tokens}.json"
+    final = mdir.parent / f"{mdir.name}.prompts-{n}x{prompt_tokens}-{max_tokens}.words.json"
     if not final.is_file():
         cand = mdir.parent / f"{mdir.name}.candidates-{prompt_tokens}.json"
         limit(["--model", str(mdir), "--prompts", str(cand), "--make", str(n * 5 // 4),
@@ -129,8 +131,9 @@ def run_loadgen(port: int, name: str, prompts: Path, conc: int, requests: int, w
     return dict(json.loads(out.read_text()))
 
 
-def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, prompts: Path,
-                 greedy: list[str], logs: Path, gguf: Path | None) -> dict[str, Any]:
+def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, rounds: int,
+                 prompts: Path, greedy: list[str], logs: Path, gguf: Path | None
+                 ) -> dict[str, Any]:
     rec: dict[str, Any] = {"server": srv.key, "note": srv.note}
     if srv.env == "repo":
         python = SHARED_PY
@@ -162,7 +165,7 @@ def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, prompts
         with procfs.RssSampler(run.pid) as rss:
             for i, conc in enumerate(a.concurrency):
                 rec["points"].append(measure(run, model_field, prompts, conc, offset,
-                                             2 if i == 0 else 0, a, logs, greedy))
+                                             2 if i == 0 else 0, a, rounds, logs, greedy))
                 offset += rec["points"][-1]["requests"]
                 print(f"  {srv.key:12s} c={conc:<3d} {results.point_line(rec['points'][-1])}",
                       flush=True)
@@ -176,8 +179,9 @@ def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, prompts
 
 
 def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, warmup: int,
-            a: argparse.Namespace, logs: Path, greedy: list[str]) -> dict[str, Any]:
-    requests = max(4, a.rounds * conc)
+            a: argparse.Namespace, rounds: int, logs: Path, greedy: list[str]
+            ) -> dict[str, Any]:
+    requests = max(4, rounds * conc)
     pids = procfs.process_tree(run.pid)
     core = int(a.server_core)
     load_before = procfs.loadavg()
@@ -204,7 +208,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--servers", default=",".join(s.key for s in servers.SERVERS))
     ap.add_argument("--concurrency", default="1,4,16,32",
                     type=lambda s: [int(x) for x in s.split(",")])
-    ap.add_argument("--rounds", type=int, default=2, help="requests per point = max(4, r x c)")
+    ap.add_argument("--rounds", type=parse_rounds, default={"*": 2},
+                    help="requests per point = max(4, r x c); N, or per model: tiny=48,small=4")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--prompt-tokens", type=int, default=40)
     ap.add_argument("--point-seconds", type=float, default=120, help="time cap per point")
@@ -230,12 +235,37 @@ def _new_doc(stamp: str, argv: list[str] | None, a: argparse.Namespace) -> dict[
     }
 
 
-def _bench_model(size: str, a: argparse.Namespace, n_prompts: int, logs: Path) -> dict[str, Any]:
+def parse_rounds(text: str) -> dict[str, int]:
+    """``N`` (every model) or ``model=N,...`` (a model not named gets 2) -> {model or "*": N}."""
+    if "=" not in text:
+        return {"*": _positive(text)}
+    out = {"*": 2}
+    for part in text.split(","):
+        model, _, n = part.partition("=")
+        if model.strip() not in SIZES:
+            raise argparse.ArgumentTypeError(f"unknown model {model!r} (one of {', '.join(SIZES)})")
+        out[model.strip()] = _positive(n)
+    return out
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"rounds must be a positive integer, not {text!r}")
+    return int(text)
+
+
+def rounds_for(rounds: dict[str, int], size: str) -> int:
+    return rounds.get(size, rounds["*"])
+
+
+def _bench_model(size: str, a: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """One model: its in-process limit, then every server."""
+    rounds = rounds_for(a.rounds, size)
+    n_prompts = max(120, sum(max(4, rounds * c) for c in a.concurrency) + 4)
     mdir = build_model(SIZES[size], logs / f"build-{size}.log")
     prompts, greedy = prepare_prompts(mdir, n_prompts, a.prompt_tokens, a.max_tokens,
                                       a.server_core, logs)
-    entry: dict[str, Any] = {"dir": str(mdir), "servers": []}
+    entry: dict[str, Any] = {"dir": str(mdir), "rounds": rounds, "servers": []}
     entry["params"] = int(subprocess.run(
         [str(SHARED_PY), "-c", "import sys; from kubemaas_testbed.llm_models import "
          f"num_parameters; print(num_parameters({str(mdir)!r}))"], env=_py_env(),
@@ -255,7 +285,7 @@ def _bench_model(size: str, a: argparse.Namespace, n_prompts: int, logs: Path) -
             if err:
                 entry["servers"].append({"server": key, "note": srv.note, "error": err})
                 continue
-        entry["servers"].append(bench_server(srv, mdir, a, prompts, greedy, logs, gguf))
+        entry["servers"].append(bench_server(srv, mdir, a, rounds, prompts, greedy, logs, gguf))
         if "error" in entry["servers"][-1]:
             print(f"  {key}: {entry['servers'][-1]['error'][:300]}", flush=True)
     return entry
@@ -268,9 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     logs = RESULTS / f"llm-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
     doc = _new_doc(stamp, argv, a)
-    n_prompts = max(120, sum(max(4, a.rounds * c) for c in a.concurrency) + 4)
     for size in a.models.split(","):
-        doc["models"][size] = _bench_model(size, a, n_prompts, logs)
+        doc["models"][size] = _bench_model(size, a, logs)
         _save(doc, logs)
     doc["machine"]["loadavg_end"] = procfs.loadavg()
     _save(doc, logs)
