@@ -305,14 +305,17 @@ models = list(doc["models"])
 fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
 for j, size in enumerate(models):
     e = doc["models"][size]
+    colors = {}  # one colour per server; repeated runs differ by marker
     for s in e["servers"]:
         pts = s.get("points") or []
         if not pts:
             continue
         c = [p["concurrency"] for p in pts]
         name = s["server"] + (f" #{s['repeat']}" if "repeat" in s else "")
-        axes[0][j].plot(c, [p["output_tok_s"] or 0 for p in pts], "o-", label=name)
-        axes[1][j].plot(c, [p["itl_p50_ms"] or 0 for p in pts], "o-", label=name)
+        color = colors.setdefault(s["server"], f"C{len(colors)}")
+        style = "os^dv"[(s.get("repeat", 1) - 1) % 5] + "-"
+        for ax, key in ((axes[0][j], "output_tok_s"), (axes[1][j], "itl_p50_ms")):
+            ax.plot(c, [p[key] or 0 for p in pts], style, color=color, label=name)
     lim = e["limit"]["batches"]
     axes[0][j].plot([b["batch"] for b in lim], [b["decode_tok_s"] for b in lim], "k--",
                     label="in-process decode")
