@@ -143,6 +143,12 @@ def render(doc: dict[str, Any]) -> str:
                 f"Machine: {r['cpus']} CPUs ({r['cpu_model']}), load average at start "
                 f"{r['loadavg_start']}, at end {r['loadavg_end']}; busy at start: "
                 f"{', '.join(r['busy_at_start']) or 'nothing'}.", ""]
+    rate = doc.get("settings", {}).get("request_rate")
+    if rate:
+        out += [f"Open loop: each point's requests arrive at {rate} per second (seeded Poisson "
+                "arrivals, the same for every server), at most c in flight; a server's tok/s is "
+                "then bounded by the offered rate, and the targets below are meant for the "
+                "closed loop.", ""]
     if "runs" in doc:
         out += ["Each server row is from the run named in its `run` column (the hhmm of its "
                 "stamp); its \"% of limit\" is against the in-process limit of that run.", ""]

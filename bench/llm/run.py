@@ -12,8 +12,9 @@ random-weight Llama, "tiny" ~0.8 M and "small" ~190 M parameters, float32) and t
 * every server, from its own virtualenv (envs.py), started under ``taskset -c 0`` with one
   compute thread; time to ready (``GET /v1/models`` answers 200) and to a first answer;
 * per concurrency point the load generator (loadgen.py: streamed chat completions, greedy,
-  ``max_tokens``) under ``taskset -c 1``: output tokens/s, TTFT p50/p99, ITL p50/p99, errors;
-  the server tree's peak RSS and CPU; the load average and what else ran on the server core.
+  ``max_tokens``; a closed loop, or with ``--request-rate`` an open one) under ``taskset -c
+  1``: output tokens/s, TTFT p50/p99, ITL p50/p99, errors; the server tree's peak RSS and CPU;
+  the load average and what else ran on the server core.
 
 Every prompt has the same token length and is one whose greedy answer has no end-of-sequence
 token in the first ``max_tokens`` tokens (checked in-process), so every server generates the same
@@ -122,11 +123,13 @@ def http_json(port: int, method: str, path: str, body: dict[str, Any] | None = N
 
 def run_loadgen(port: int, name: str, prompts: Path, conc: int, requests: int, warmup: int,
                 offset: int, max_tokens: int, seconds: float, core: str,
-                out: Path) -> dict[str, Any]:
+                out: Path, request_rate: float = 0.0) -> dict[str, Any]:
     cmd = ["taskset", "-c", core, str(SHARED_PY), str(HERE / "loadgen.py"), "--port", str(port),
            "--model", name, "--prompts", str(prompts), "--concurrency", str(conc),
            "--requests", str(requests), "--warmup", str(warmup), "--offset", str(offset),
            "--max-tokens", str(max_tokens), "--max-seconds", str(seconds), "--out", str(out)]
+    if request_rate > 0:  # the same seeded schedule for every server
+        cmd += ["--request-rate", str(request_rate), "--seed", "0"]
     subprocess.run(cmd, check=True, timeout=seconds * 2 + 600, capture_output=True)
     return dict(json.loads(out.read_text()))
 
@@ -189,7 +192,7 @@ def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, w
     srv0 = procfs.tree_cpu_ticks(pids)
     point = run_loadgen(run.port, model_field, prompts, conc, requests, warmup, offset,
                         a.max_tokens, a.point_seconds, a.load_core,
-                        logs / f"point-{run.port}-{conc}.json")
+                        logs / f"point-{run.port}-{conc}.json", a.request_rate)
     busy1, tot1 = procfs.cpu_busy_ticks(core)
     srv_ticks = procfs.tree_cpu_ticks(procfs.process_tree(run.pid)) - srv0
     wall = max(tot1 - tot0, 1)
@@ -213,6 +216,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--prompt-tokens", type=int, default=40)
     ap.add_argument("--point-seconds", type=float, default=120, help="time cap per point")
+    ap.add_argument("--request-rate", type=float, default=0.0,
+                    help="open loop: each point's requests arrive at R per second (seeded "
+                         "Poisson), at most c in flight; 0 (default): closed loop")
     ap.add_argument("--repeats", type=int, default=1,
                     help="run the servers N times, alternated (the machine's speed drifts by "
                          "10-20 %% over minutes): tables keep every run, targets take the median")

