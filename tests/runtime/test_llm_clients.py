@@ -56,7 +56,7 @@ def test_openai_sync_completions_and_chat(server: Server) -> None:
     assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
 
 
-def test_openai_client_sees_errors_as_its_exceptions(server: Server) -> None:
+def test_openai_client_sees_errors_as_its_exceptions(server: Server, tiny_llama: Path) -> None:
     c = client(server)
     with pytest.raises(openai.NotFoundError) as missing:
         c.completions.create(model="other", prompt="hi", max_tokens=2)
@@ -64,6 +64,15 @@ def test_openai_client_sees_errors_as_its_exceptions(server: Server) -> None:
     with pytest.raises(openai.BadRequestError) as long:
         c.completions.create(model="tiny", prompt="word " * 600, max_tokens=2)
     assert long.value.code == "context_length_exceeded"
+    # over 4096 characters: tokenized in a worker thread (the tokenizer's own call), counted
+    from transformers import AutoTokenizer
+
+    longer = "word " * 1000
+    with pytest.raises(openai.BadRequestError) as refused:
+        c.completions.create(model="tiny", prompt=longer, max_tokens=2)
+    n = len(AutoTokenizer.from_pretrained(str(tiny_llama))(longer)["input_ids"])
+    assert refused.value.code == "context_length_exceeded"
+    assert f"({n} in the prompt" in str(refused.value)
 
 
 def test_openai_async_client(server: Server) -> None:

@@ -250,9 +250,12 @@ def test_backend_encoder_gives_the_tokenizers_ids(tmp_path: Path) -> None:
     assert fast.__code__ is not encoder(object()).__code__  # the backend path was taken
     chat = tok.apply_chat_template([{"role": "user", "content": "Émilie a mangé 猫 🙂"}],
                                    add_generation_prompt=True, tokenize=False)
+    off_loop = encoder(tok, keep_gil=False)  # the tokenizer's own call (it lets the GIL go)
+    assert off_loop.__code__ is encoder(object()).__code__
     for text in (chat, "plain text, ne ? <|im_end|>", "", " leading space"):
         for special in (True, False):
-            assert fast(text, special) == tok(text, add_special_tokens=special)["input_ids"]
+            want = tok(text, add_special_tokens=special)["input_ids"]
+            assert fast(text, special) == want and off_loop(text, special) == want
 
 
 @pytest.mark.parametrize("chat", [True, False])

@@ -22,15 +22,17 @@ def decoder(tokenizer: Any) -> Callable[[list[int]], str]:
     return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
 
 
-def encoder(tokenizer: Any) -> Callable[[str, bool], list[int]]:
+def encoder(tokenizer: Any, keep_gil: bool = True) -> Callable[[str, bool], list[int]]:
     """``tokenizer(text, add_special_tokens=...)["input_ids"]``; for a fast tokenizer, its
     ``tokenizers`` backend's ``encode`` directly: the same ids, 15 instead of 25 us on a short
     chat prompt, and it keeps the GIL. The tokenizer's own call goes through the backend's
     ``encode_batch``, which lets the GIL go; on the event loop, with the engine thread on the
     same core, each prompt then waited for the engine to hand the GIL back (tiny model served
-    at c=16: the event loop's CPU 1.53-2.05 -> 1.43-1.48 s for 1,600 requests)."""
+    at c=16: the event loop's CPU 1.53-2.05 -> 1.43-1.48 s for 1,600 requests). A long prompt,
+    encoded in a worker thread, wants the opposite (``keep_gil=False``): the tokenizer's own
+    call, so that the event loop and the engine run while the backend works."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
+    if backend is not None and keep_gil:
         return lambda text, special: list(backend.encode(text, add_special_tokens=special).ids)
     return lambda text, special: list(tokenizer(text, add_special_tokens=special)["input_ids"])
 

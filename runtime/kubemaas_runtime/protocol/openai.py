@@ -56,10 +56,13 @@ class Served:
     tokenizer: Any
     max_model_len: int
     vocab_size: int
-    encode: Callable[[str, bool], list[int]] = field(init=False)  # text, special -> ids
+    # text, add special tokens -> ids: on the event loop, and in a worker thread
+    encode: Callable[[str, bool], list[int]] = field(init=False)
+    encode_off_loop: Callable[[str, bool], list[int]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.encode = encoder(self.tokenizer)
+        self.encode_off_loop = encoder(self.tokenizer, keep_gil=False)
 
 
 class OpenAIServer:
@@ -160,7 +163,7 @@ class OpenAIServer:
             return req.prompt_ids
         tok = served.tokenizer
 
-        def run() -> list[int]:
+        def run(encode: Callable[[str, bool], list[int]]) -> list[int]:
             if req.chat:
                 if not getattr(tok, "chat_template", None):
                     raise ApiError(400, "this model has no chat template; use /v1/completions")
@@ -170,8 +173,8 @@ class OpenAIServer:
                 except Exception as exc:  # a template may raise on a message order it refuses
                     raise ApiError(400, f"the chat template refused the messages: {exc}",
                                    "messages") from None
-                return served.encode(text, False)
-            return served.encode(req.prompt_text or "", True)
+                return encode(text, False)
+            return encode(req.prompt_text or "", True)
 
         size = sum(len(m["content"]) for m in req.messages or ()) + len(req.prompt_text or "")
         if size > prompt_char_limit(tok, served.max_model_len):  # refused before tokenizing it
@@ -179,8 +182,9 @@ class OpenAIServer:
                            f"tokens; a prompt of {size} characters cannot fit.",
                            "messages" if req.chat else "prompt", "context_length_exceeded")
         if size > _TOKENIZE_OFF_LOOP_CHARS:
-            return await asyncio.get_running_loop().run_in_executor(None, run)
-        return run()
+            return await asyncio.get_running_loop().run_in_executor(
+                None, run, served.encode_off_loop)
+        return run(served.encode)
 
     def _fit(self, served: Served, req: GenerationRequest, prompt: list[int]) -> GenerationRequest:
         limit = served.max_model_len
