@@ -137,6 +137,20 @@ def _run_info(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
+    out = _header(doc)
+    for size, entry in doc["models"].items():
+        out += _model_section(size, entry, doc)
+    title = "### Targets (issue 12), from this run"
+    if len(doc.get("runs", [])) > 1:
+        title = ("### Targets (issue 12), computed across these runs (the rows compared may come "
+                 "from runs under different load: indicative only)")
+    out += [title, "", "| target | verdict | figures |", "|---|---|---|"]
+    out += [f"| {t['target']} | {t['verdict']} | {t['figures']} |" for t in targets(doc)]
+    return "\n".join(out)
+
+
+def _header(doc: dict[str, Any]) -> list[str]:
+    """The runs (command, machine), and how to read the rows."""
     out = []
     for r in doc.get("runs", [_run_info(doc)]):
         out += [f"Run `{r['stamp']}` (git {r['git']}): `{r['command']}`", "",
@@ -152,54 +166,52 @@ def render(doc: dict[str, Any]) -> str:
     if "runs" in doc:
         out += ["Each server row is from the run named in its `run` column (the hhmm of its "
                 "stamp); its \"% of limit\" is against the in-process limit of that run.", ""]
-    for size, entry in doc["models"].items():
-        out += [f"### Model `{size}` ({entry['params'] / 1e6:.1f} M parameters, float32)", ""]
-        for stamp, lim in _limits(entry, doc).items():
-            out += [f"In-process limit, run `{stamp}` (one torch thread, server core): prefill "
-                    f"of one {lim['prompt_tokens']}-token prompt {lim['prefill_ms']} ms "
-                    f"(median of 5).", "",
-                    "| batch | decode tok/s | decode tok per CPU-s | tok/s incl. prefill | "
-                    "decode step ms | prefill ms |",
-                    "|---:|---:|---:|---:|---:|---:|"]
-            out += [f"| {b['batch']} | {_f(b['decode_tok_s'])} | "
-                    f"{_f(b.get('decode_tok_per_cpu_s'))} | {_f(b['e2e_tok_s'])} | "
-                    f"{b['step_ms']} | {b['prefill_ms']} |" for b in lim["batches"]]
-            out.append("")
-        out += ["| server | c | output tok/s | % of limit | tok per CPU-s | TTFT p50 / p99 ms | "
-                "ITL p50 / p99 ms | tok/event | ITL text-only p50 / p99 ms | "
-                "ok/cut/sent | answers = greedy | server CPU % | other on its core % | "
-                "load 1-min | peak RSS MB | ready s | first answer s | run |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-                "---:|---|"]
-        for s in entry["servers"]:
-            if "points" not in s or not s["points"]:
-                continue
-            for p in s["points"]:
-                out.append(
-                    f"| {label(s)} | {p['concurrency']} | {_f(p['output_tok_s'])} | "
-                    f"{_pct_of_limit(entry, doc, s, p)} | {_per_cpu(p)} | "
-                    f"{_f(p['ttft_p50_ms'])} / {_f(p['ttft_p99_ms'])} | "
-                    f"{_f(p['itl_p50_ms'], 2)} / {_f(p['itl_p99_ms'], 2)} | "
-                    f"{_f(p.get('tokens_per_event'), 2)} | "
-                    f"{_f(p.get('itl_text_p50_ms'), 2)} / {_f(p.get('itl_text_p99_ms'), 2)} | "
-                    f"{p['ok']}/{p.get('cut', 0)}/{p['requests']} | "
-                    f"{p['answers_equal_inprocess_greedy']} | "
-                    f"{_f(p['server_cpu_pct'], 0)} | {_f(p['other_cpu_on_server_core_pct'], 0)}"
-                    f" | {p['loadavg'][0][0]:.1f} | {_f(s.get('peak_rss_mb'), 0)} | "
-                    f"{_f(s.get('ready_s'), 2)} | {_f(s.get('first_answer_s'), 2)} | "
-                    f"{s.get('run', doc['stamp'])[9:13]} |")
-        failed = [s for s in entry["servers"] if "error" in s]
-        if failed:
-            out += ["", "Not measured on this model:", ""]
-            out += [f"* **{s['server']}**: {s['error'][:600]}" for s in failed]
+    return out
+
+
+def _model_section(size: str, entry: dict[str, Any], doc: dict[str, Any]) -> list[str]:
+    """One model: its in-process limits, then a row per server run and concurrency."""
+    out = [f"### Model `{size}` ({entry['params'] / 1e6:.1f} M parameters, float32)", ""]
+    for stamp, lim in _limits(entry, doc).items():
+        out += [f"In-process limit, run `{stamp}` (one torch thread, server core): prefill "
+                f"of one {lim['prompt_tokens']}-token prompt {lim['prefill_ms']} ms "
+                f"(median of 5).", "",
+                "| batch | decode tok/s | decode tok per CPU-s | tok/s incl. prefill | "
+                "decode step ms | prefill ms |",
+                "|---:|---:|---:|---:|---:|---:|"]
+        out += [f"| {b['batch']} | {_f(b['decode_tok_s'])} | "
+                f"{_f(b.get('decode_tok_per_cpu_s'))} | {_f(b['e2e_tok_s'])} | "
+                f"{b['step_ms']} | {b['prefill_ms']} |" for b in lim["batches"]]
         out.append("")
-    title = "### Targets (issue 12), from this run"
-    if len(doc.get("runs", [])) > 1:
-        title = ("### Targets (issue 12), computed across these runs (the rows compared may come "
-                 "from runs under different load: indicative only)")
-    out += [title, "", "| target | verdict | figures |", "|---|---|---|"]
-    out += [f"| {t['target']} | {t['verdict']} | {t['figures']} |" for t in targets(doc)]
-    return "\n".join(out)
+    out += ["| server | c | output tok/s | % of limit | tok per CPU-s | TTFT p50 / p99 ms | "
+            "ITL p50 / p99 ms | tok/event | ITL text-only p50 / p99 ms | "
+            "ok/cut/sent | answers = greedy | server CPU % | other on its core % | "
+            "load 1-min | peak RSS MB | ready s | first answer s | run |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "---:|---|"]
+    out += [_server_row(entry, doc, s, p) for s in entry["servers"] for p in s.get("points") or []]
+    failed = [s for s in entry["servers"] if "error" in s]
+    if failed:
+        out += ["", "Not measured on this model:", ""]
+        out += [f"* **{s['server']}**: {s['error'][:600]}" for s in failed]
+    out.append("")
+    return out
+
+
+def _server_row(entry: dict[str, Any], doc: dict[str, Any], s: dict[str, Any],
+                p: dict[str, Any]) -> str:
+    return (f"| {label(s)} | {p['concurrency']} | {_f(p['output_tok_s'])} | "
+            f"{_pct_of_limit(entry, doc, s, p)} | {_per_cpu(p)} | "
+            f"{_f(p['ttft_p50_ms'])} / {_f(p['ttft_p99_ms'])} | "
+            f"{_f(p['itl_p50_ms'], 2)} / {_f(p['itl_p99_ms'], 2)} | "
+            f"{_f(p.get('tokens_per_event'), 2)} | "
+            f"{_f(p.get('itl_text_p50_ms'), 2)} / {_f(p.get('itl_text_p99_ms'), 2)} | "
+            f"{p['ok']}/{p.get('cut', 0)}/{p['requests']} | "
+            f"{p['answers_equal_inprocess_greedy']} | "
+            f"{_f(p['server_cpu_pct'], 0)} | {_f(p['other_cpu_on_server_core_pct'], 0)}"
+            f" | {p['loadavg'][0][0]:.1f} | {_f(s.get('peak_rss_mb'), 0)} | "
+            f"{_f(s.get('ready_s'), 2)} | {_f(s.get('first_answer_s'), 2)} | "
+            f"{s.get('run', doc['stamp'])[9:13]} |")
 
 
 Row = Callable[[str, str, str], None]
@@ -300,7 +312,8 @@ def plot(doc: dict[str, Any], out: Path = PLOT) -> str | None:
     if venv.python is None:
         return venv.error
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(doc)
+    data = json.dumps({**doc, "models": {size: {**e, "servers": [
+        {**s, "label": label(s)} for s in e["servers"]]} for size, e in doc["models"].items()}})
     code = r'''
 import json, sys
 import matplotlib
@@ -317,7 +330,7 @@ for j, size in enumerate(models):
         if not pts:
             continue
         c = [p["concurrency"] for p in pts]
-        name = s["server"] + (f" #{s['repeat']}" if "repeat" in s else "")
+        name = s["label"]
         color = colors.setdefault(s["server"], f"C{len(colors)}")
         style = "os^dv"[(s.get("repeat", 1) - 1) % 5] + "-"
         for ax, key in ((axes[0][j], "output_tok_s"), (axes[1][j], "itl_p50_ms")):
