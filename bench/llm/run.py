@@ -28,6 +28,7 @@ Traffic goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -35,6 +36,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,26 +136,26 @@ def run_loadgen(port: int, name: str, prompts: Path, conc: int, requests: int, w
     return dict(json.loads(out.read_text()))
 
 
-def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, rounds: int,
-                 prompts: Path, greedy: list[str], logs: Path, gguf: Path | None
-                 ) -> dict[str, Any]:
+def start_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, logs: Path,
+                 gguf: Path | None) -> tuple[dict[str, Any], Any, str]:
+    """Start one server and ask it a first question: (its record, the running process or None
+    when it failed, which the record's "error" then says, the ``model`` field it expects)."""
     rec: dict[str, Any] = {"server": srv.key, "note": srv.note}
     if srv.env == "repo":
         python = SHARED_PY
     else:
         venv = envs.ensure_venv(srv.env)
         if venv.python is None:
-            return {**rec, "error": f"virtualenv: {venv.error}"}
+            return {**rec, "error": f"virtualenv: {venv.error}"}, None, ""
         python = venv.python
     name = mdir.name
     port = launch.free_port()
     try:
         cmd, env = servers.command(srv, python, mdir, name, port, a.server_core, gguf)
     except ValueError as exc:
-        return {**rec, "error": str(exc)}
+        return {**rec, "error": str(exc)}, None, ""
     rec["command"] = " ".join(["taskset", "-c", a.server_core, *cmd])
-    log = logs / f"{srv.key}-{name}.log"
-    run = launch.Running(cmd, env, port, log, a.server_core)
+    run = launch.Running(cmd, env, port, logs / f"{srv.key}-{name}.log", a.server_core)
     try:
         rec["ready_s"] = round(run.wait_ready(srv.ready_path, a.ready_timeout), 3)
         model_field = servers.request_model_name(srv, mdir, name)
@@ -162,7 +164,23 @@ def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, rounds:
             "max_tokens": 4, "temperature": 0})
         rec["first_answer_s"] = round(time.perf_counter() - run.t0, 3)
         if status != 200:
-            return {**rec, "error": f"first answer: HTTP {status}: {str(answer)[:300]}"}
+            rec["error"] = f"first answer: HTTP {status}: {str(answer)[:300]}"
+    except (RuntimeError, subprocess.SubprocessError, OSError, http.client.HTTPException) as exc:
+        rec["error"] = f"{type(exc).__name__}: {exc}"[:1500]
+    if "error" in rec:
+        rec["log_tail"] = run.log_tail(8)
+        run.stop()
+        return rec, None, ""
+    return rec, run, model_field
+
+
+def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, rounds: int,
+                 prompts: Path, greedy: list[str], logs: Path, gguf: Path | None
+                 ) -> dict[str, Any]:
+    rec, run, model_field = start_server(srv, mdir, a, logs, gguf)
+    if run is None:
+        return rec
+    try:
         rec["points"] = []
         offset = 0
         with procfs.RssSampler(run.pid) as rss:
@@ -179,6 +197,71 @@ def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, rounds:
         rec["log_tail"] = run.log_tail(8)
         run.stop()
     return rec
+
+
+def paired_schedule(concurrency: list[int], repeats: int, keys: list[str]
+                    ) -> list[tuple[int, int, str]]:
+    """(concurrency, repeat, server) in the order --paired measures them: at each concurrency,
+    every repeat runs each server's point in turn, the order reversed every other repeat (so
+    neither server always goes first)."""
+    return [(conc, repeat, key) for conc in concurrency for repeat in range(1, repeats + 1)
+            for key in (keys if repeat % 2 else keys[::-1])]
+
+
+@dataclass
+class _Live:
+    """A server kept up through a --paired run."""
+
+    base: dict[str, Any]   # its record from start_server
+    run: Any
+    model_field: str
+    rss: Any               # procfs.RssSampler
+    offset: int = 0        # prompts it has been sent
+    failed: bool = False
+
+
+def bench_paired(keys: list[str], mdir: Path, a: argparse.Namespace, rounds: int,
+                 prompts: Path, greedy: list[str], logs: Path, gguf: Path | None
+                 ) -> list[dict[str, Any]]:
+    """Every server started once and kept up; their points alternated (paired_schedule), so
+    the points compared at a concurrency ran seconds apart, not a whole sweep apart. One record
+    per server and repeat, as --repeats gives, each point marked with its pair."""
+    failed: list[dict[str, Any]] = []
+    recs: dict[tuple[str, int], dict[str, Any]] = {}
+    live: dict[str, _Live] = {}
+    with contextlib.ExitStack() as stack:
+        for key in keys:
+            base, run, model_field = start_server(servers.BY_KEY[key], mdir, a, logs, gguf)
+            if run is None:
+                failed.append(base)
+                print(f"  {key}: {base['error'][:300]}", flush=True)
+                continue
+            stack.callback(run.stop)
+            live[key] = _Live(base, run, model_field,
+                              stack.enter_context(procfs.RssSampler(run.pid)))
+        for conc, repeat, key in paired_schedule(a.concurrency, a.repeats, list(live)):
+            srv = live[key]
+            rec = recs.setdefault((key, repeat), {**srv.base, "repeat": repeat,
+                                                  "paired": True, "points": []})
+            if srv.failed:
+                continue
+            try:
+                point = measure(srv.run, srv.model_field, prompts, conc, srv.offset,
+                                2 if srv.offset == 0 else 0, a, rounds, logs, greedy)
+            except (RuntimeError, subprocess.SubprocessError, OSError,
+                    http.client.HTTPException) as exc:
+                rec["error"], srv.failed = f"{type(exc).__name__}: {exc}"[:1500], True
+                print(f"  {key}: {rec['error'][:300]}", flush=True)
+                continue
+            point["pair"] = repeat
+            rec["points"].append(point)
+            srv.offset += point["requests"]
+            print(f"  {key:12s} c={conc:<3d} #{repeat} {results.point_line(point)}", flush=True)
+        for (key, _), rec in recs.items():
+            rec["log_tail"] = live[key].run.log_tail(8)
+    for (key, _), rec in recs.items():
+        rec["peak_rss_mb"] = round(live[key].rss.peak / 2**20, 1)
+    return failed + [recs[k] for k in sorted(recs, key=lambda kr: (kr[1], keys.index(kr[0])))]
 
 
 def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, warmup: int,
@@ -222,6 +305,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=1,
                     help="run the servers N times, alternated (the machine's speed drifts by "
                          "10-20 %% over minutes): tables keep every run, targets take the median")
+    ap.add_argument("--paired", action="store_true",
+                    help="with --repeats: start every server once and alternate them point by "
+                         "point (each concurrency's runs seconds apart, not a sweep apart)")
     ap.add_argument("--ready-timeout", type=float, default=600)
     ap.add_argument("--server-core", default="0")
     ap.add_argument("--load-core", default="1")
@@ -270,7 +356,9 @@ def rounds_for(rounds: dict[str, int], size: str) -> int:
 def _bench_model(size: str, a: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """One model: its in-process limit, then every server."""
     rounds = rounds_for(a.rounds, size)
-    n_prompts = max(120, sum(max(4, rounds * c) for c in a.concurrency) + 4)
+    # a server kept up through --paired repeats gets a fresh prompt per request throughout
+    per_run = sum(max(4, rounds * c) for c in a.concurrency) + 4
+    n_prompts = max(120, per_run * (a.repeats if a.paired else 1))
     mdir = build_model(SIZES[size], logs / f"build-{size}.log")
     prompts, greedy = prepare_prompts(mdir, n_prompts, a.prompt_tokens, a.max_tokens,
                                       a.server_core, logs)
@@ -292,6 +380,9 @@ def _bench_model(size: str, a: argparse.Namespace, logs: Path) -> dict[str, Any]
         entry["servers"].append({"server": "llamacpp", "note": servers.BY_KEY["llamacpp"].note,
                                  "error": gguf_err})
         keys.remove("llamacpp")
+    if a.paired:
+        entry["servers"] += bench_paired(keys, mdir, a, rounds, prompts, greedy, logs, gguf)
+        return entry
     for repeat in range(1, a.repeats + 1):  # alternated: the machine's speed drifts
         for key in keys:
             rec = bench_server(servers.BY_KEY[key], mdir, a, rounds, prompts, greedy, logs, gguf)

@@ -90,3 +90,33 @@ def test_an_open_loop_run_says_so() -> None:
     assert "Open loop: each point's requests arrive at 4.0 per second" in results.render(doc)
     doc["settings"] = {"request_rate": 0.0}
     assert "Open loop" not in results.render(doc)
+
+
+def test_paired_points_alternate_and_decide_the_peer_verdict() -> None:
+    # at each concurrency every repeat runs each server in turn, the order reversed every other
+    assert run.paired_schedule([16, 32], 2, ["kubemaas", "vllm-cpu"]) == [
+        (16, 1, "kubemaas"), (16, 1, "vllm-cpu"), (16, 2, "vllm-cpu"), (16, 2, "kubemaas"),
+        (32, 1, "kubemaas"), (32, 1, "vllm-cpu"), (32, 2, "vllm-cpu"), (32, 2, "kubemaas")]
+    limit_doc = {"prompt_tokens": 40, "prefill_ms": 100.0, "batches": [
+        {"batch": 16, "decode_tok_s": 100.0, "e2e_tok_s": 60.0, "step_ms": 1.0,
+         "prefill_ms": 1.0}]}
+    servers = []
+    # ours ahead in two of three pairs; the median runs (ours 100, vLLM 120, from different
+    # moments of the run) would say behind
+    pairs = [(100.0, 95.0), (80.0, 120.0), (130.0, 125.0)]
+    for pair, (ours, vllm) in enumerate(pairs, 1):
+        for name, tok_s in (("kubemaas", ours), ("vllm-cpu", vllm)):
+            servers.append({"server": name, "repeat": pair, "paired": True,
+                            "points": [{**_point(16, tok_s), "pair": pair}]})
+    doc = {"stamp": "20261201T000000Z", "git": "abc", "command": "run.py --paired", "machine": {
+        "cpus": 2, "cpu_model": "cpu", "loadavg_start": [1, 1, 1], "loadavg_end": [1, 1, 1],
+        "busy_at_start": []}, "settings": {"paired": True}, "models": {"small": {
+            "params": 190e6, "limit": limit_doc, "servers": servers}}}
+    small = doc["models"]["small"]
+    assert results.paired_ratios(small, "kubemaas", "vllm-cpu", 16) == pytest.approx(
+        [100 / 95, 80 / 120, 130 / 125])
+    peer = {t["target"]: t for t in results.targets(doc)}[results.PEER_TARGET]
+    assert "vllm-cpu 120.0 (median of 3: 95.0-125.0) = 0.83x" in peer["figures"]
+    assert "median 1.04x, ours ahead in 2 of 3" in peer["figures"]
+    assert peer["verdict"] == "**met**"
+    assert "Paired: every server was started once" in results.render(doc)
