@@ -167,8 +167,9 @@ def _header(doc: dict[str, Any]) -> list[str]:
     if doc.get("settings", {}).get("paired"):
         out += ["Paired: every server was started once and kept up, and their points were "
                 "alternated (at each concurrency, repeat after repeat, each server's point in "
-                "turn, the order reversed every other repeat): a server's `#k` row holds its "
-                "points of repeat k, and the points of one repeat ran seconds apart.", ""]
+                "turn, the order reversed every other repeat), the other servers stopped "
+                "(SIGSTOP) while one was measured: a server's `#k` row holds its points of "
+                "repeat k, and the points of one repeat ran seconds apart.", ""]
     if "runs" in doc:
         out += ["Each server row is from the run named in its `run` column (the hhmm of its "
                 "stamp); its \"% of limit\" is against the in-process limit of that run.", ""]
