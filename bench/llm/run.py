@@ -139,6 +139,14 @@ def run_loadgen(port: int, name: str, prompts: Path, conc: int, requests: int, w
     return dict(json.loads(out.read_text()))
 
 
+# what a server that fails to start or to answer raises here
+SERVER_ERRORS = (RuntimeError, subprocess.SubprocessError, OSError, http.client.HTTPException)
+
+
+def error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1500]
+
+
 def start_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, logs: Path,
                  gguf: Path | None) -> tuple[dict[str, Any], Any, str]:
     """Start one server and ask it a first question: (its record, the running process or None
@@ -168,8 +176,8 @@ def start_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, logs: P
         rec["first_answer_s"] = round(time.perf_counter() - run.t0, 3)
         if status != 200:
             rec["error"] = f"first answer: HTTP {status}: {str(answer)[:300]}"
-    except (RuntimeError, subprocess.SubprocessError, OSError, http.client.HTTPException) as exc:
-        rec["error"] = f"{type(exc).__name__}: {exc}"[:1500]
+    except SERVER_ERRORS as exc:
+        rec["error"] = error_text(exc)
     if "error" in rec:
         rec["log_tail"] = run.log_tail(8)
         run.stop()
@@ -194,8 +202,8 @@ def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, rounds:
                 print(f"  {srv.key:12s} c={conc:<3d} {results.point_line(rec['points'][-1])}",
                       flush=True)
         rec["peak_rss_mb"] = round(rss.peak / 2**20, 1)
-    except (RuntimeError, subprocess.SubprocessError, OSError, http.client.HTTPException) as exc:
-        rec["error"] = f"{type(exc).__name__}: {exc}"[:1500]
+    except SERVER_ERRORS as exc:
+        rec["error"] = error_text(exc)
     finally:
         rec["log_tail"] = run.log_tail(8)
         run.stop()
@@ -218,7 +226,7 @@ class _Live:
     base: dict[str, Any]   # its record from start_server
     run: Any
     model_field: str
-    rss: Any               # procfs.RssSampler
+    rss: procfs.RssSampler
     offset: int = 0        # prompts it has been sent
     failed: bool = False
 
@@ -268,9 +276,8 @@ def bench_paired(keys: list[str], mdir: Path, a: argparse.Namespace, rounds: int
                 with _others_stopped(live, key):
                     point = measure(srv.run, srv.model_field, prompts, conc, srv.offset,
                                     2 if srv.offset == 0 else 0, a, rounds, logs, greedy)
-            except (RuntimeError, subprocess.SubprocessError, OSError,
-                    http.client.HTTPException) as exc:
-                rec["error"], srv.failed = f"{type(exc).__name__}: {exc}"[:1500], True
+            except SERVER_ERRORS as exc:
+                rec["error"], srv.failed = error_text(exc), True
                 print(f"  {key}: {rec['error'][:300]}", flush=True)
                 continue
             point["pair"] = repeat
