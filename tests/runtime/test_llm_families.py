@@ -4,12 +4,14 @@ and bfloat16 weights and KV cache on CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from kubemaas_runtime.llm.attention import PagedStep
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import load_hf
 from kubemaas_runtime.llm.sampling import SamplingParams
@@ -44,6 +46,37 @@ def test_family_greedy_equals_generate(family: str, tmp_path: Path) -> None:
     for prompt, out in zip(prompts, outs, strict=True):
         assert out == reference(model_dir, prompt, 16, lm.eos_ids)
     assert engine.pool.used == 0
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama"])
+def test_the_direct_stack_gives_the_models_own_logits(family: str, tmp_path: Path) -> None:
+    """Every step of a batch (prompt chunks and decodes together) through decoder_stack.py's
+    forward and through the model's own: the same logits, bit for bit."""
+    torch.set_num_threads(1)
+    lm = load_hf(build_llm(tmp_path / family, family=family), device="cpu")
+    assert lm.stack is not None
+    own = dataclasses.replace(lm, stack=None)
+    steps = []
+
+    def checked(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
+                step: PagedStep) -> torch.Tensor:
+        expected = own.forward(input_ids, position_ids, keep, step)
+        assert lm.stack is not None
+        logits = lm.stack(input_ids, position_ids, keep, step)
+        assert torch.equal(logits, expected)
+        steps.append((step.decode_rows, len(step.chunks)))
+        return logits
+
+    engine = Engine(dataclasses.replace(lm, stack=checked),
+                    EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256, max_num_seqs=8,
+                                 max_num_batched_tokens=16))
+    prompts = [list(lm.tokenizer(t)["input_ids"]) for t in TEXTS]
+    engine.generate_sync(prompts, SamplingParams(max_tokens=8, temperature=0.0))
+    assert any(d and c for d, c in steps) and any(d and not c for d, c in steps)
+
+
+def test_gpt2_keeps_its_own_forward(tmp_path: Path) -> None:
+    assert load_hf(build_llm(tmp_path / "gpt2", family="gpt2"), device="cpu").stack is None
 
 
 def test_bfloat16_on_cpu(tmp_path: Path) -> None:

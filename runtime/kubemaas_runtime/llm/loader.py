@@ -21,6 +21,7 @@ import torch
 from ..errors import StartupError
 from . import attention, quantized
 from .attention import PagedStep
+from .decoder_stack import StepForward, stack_forward
 from .packed_linear import pack_linears
 
 log = logging.getLogger("kubemaas.runtime.llm")
@@ -43,11 +44,14 @@ class LanguageModel:
     max_position: int
     eos_ids: frozenset[int] = field(default_factory=frozenset)
     chat_template: str | None = None
+    stack: StepForward | None = None  # the model's modules called directly (decoder_stack.py)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 keep: torch.Tensor, step: PagedStep) -> torch.Tensor:
         """One engine step's packed tokens ([1, N]); the logits of the ``keep`` positions:
         [K, vocab]."""
+        if self.stack is not None:
+            return self.stack(input_ids, position_ids, keep, step)
         out = self.model(input_ids=input_ids, position_ids=position_ids, cache=step,
                          use_cache=True, logits_to_keep=keep, **{attention.STEP_KWARG: step})
         return out.logits[0]  # type: ignore[no-any-return]
@@ -146,4 +150,5 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
         model=model, tokenizer=tokenizer, model_type=str(cfg.model_type), device=dev,
         dtype=torch_dtype, num_layers=int(cfg.num_hidden_layers), kv_heads=kv_heads,
         head_dim=head_dim, vocab_size=int(cfg.vocab_size), max_position=max_position,
-        eos_ids=frozenset(eos), chat_template=getattr(tokenizer, "chat_template", None))
+        eos_ids=frozenset(eos), chat_template=getattr(tokenizer, "chat_template", None),
+        stack=stack_forward(model))
