@@ -205,6 +205,98 @@ def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM: clean up (operator, private testbed) as for ^C
 
 
+def _start_cluster(workdir: Path) -> tuple[Path, Any]:
+    """A private testbed with the bench's kwok nodes: (kubeconfig, the testbed to stop)."""
+    from kubemaas_testbed.cluster import Cluster
+
+    topo = workdir / "topology.yaml"
+    default = yaml.safe_load((ROOT / "hack" / "kubemaas_testbed" / "topologies" /
+                              "default.yaml").read_text())
+    default["nodes"].append(BENCH_NODES)
+    topo.write_text(yaml.safe_dump(default))
+    testbed = Cluster(workdir / "testbed")
+    testbed.up(topology_name=str(topo), log=log)
+    return testbed.kubeconfig, testbed
+
+
+def _prepare(kubeconfig: Path) -> None:
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    wait_established(kubeconfig, "modeldeployments.serving.kubemaas.io")
+    for ns in ("kubemaas-system", NS):
+        with contextlib.suppress(subprocess.CalledProcessError):  # already there
+            kubectl(kubeconfig, "create", "namespace", ns)
+    kubectl(kubeconfig, "apply", "-f", str(RBAC))
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"p50": percentile(values, 50), "p99": percentile(values, 99),
+            "mean": statistics.mean(values)}
+
+
+def _measure_latency(custom: Any, watcher: Watcher, samples: int) -> dict[str, Any]:
+    """One ModelDeployment at a time: apply -> its Deployment, apply -> Ready."""
+    log(f"latency: {samples} ModelDeployments one after another")
+    to_dep, to_ready = [], []
+    for i in range(samples):
+        name = f"lat-{i}"
+        t0 = time.monotonic()
+        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, model(name))
+        if not watcher.wait(lambda n=name: n in watcher.ready_at, timeout=60):
+            raise RuntimeError(f"{name} did not become Ready")
+        to_dep.append((watcher.deployment_at[name] - t0) * 1000)
+        to_ready.append((watcher.ready_at[name] - t0) * 1000)
+    dep, ready = _spread(to_dep), _spread(to_ready)
+    log(f"apply->Deployment p50 {dep['p50']:.0f} ms, p99 {dep['p99']:.0f} ms; "
+        f"apply->Ready p50 {ready['p50']:.0f} ms, p99 {ready['p99']:.0f} ms")
+    for i in range(samples):
+        custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, f"lat-{i}")
+    time.sleep(5)
+    return {"apply_to_deployment_ms": dep, "apply_to_ready_ms": ready}
+
+
+def _measure_burst(custom: Any, watcher: Watcher, count: int) -> dict[str, Any]:
+    """``count`` ModelDeployments created at once: when all have Deployments, when all are
+    Ready."""
+    log(f"burst: {count} ModelDeployments at once")
+    names = [f"burst-{i}" for i in range(count)]
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda n: custom.create_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, model(n)), names))
+    created = time.monotonic() - t0
+    all_deps = watcher.wait(lambda: all(n in watcher.deployment_at for n in names), 600)
+    deps_at = time.monotonic() - t0
+    all_ready = watcher.wait(lambda: all(n in watcher.ready_at for n in names), 600)
+    ready_at = time.monotonic() - t0
+    burst = {"created_s": created, "all_deployments_s": deps_at, "all_ready_s": ready_at,
+             "complete": all_deps and all_ready,
+             "ready": sum(n in watcher.ready_at for n in names)}
+    log(f"burst: created in {created:.1f} s, all Deployments at {deps_at:.1f} s, "
+        f"all Ready at {ready_at:.1f} s ({burst['ready']}/{count})")
+    return burst
+
+
+def _measure_idle(op: OperatorProcess, kubeconfig: Path, resync: float) -> dict[str, Any]:
+    """Nothing changes for two resync periods: what the operator and the API server write."""
+    settle = 15.0
+    log(f"idle: settling {settle:.0f} s, then two resyncs ({2 * resync:.0f} s)")
+    time.sleep(settle)
+    w0, a0 = op.writes(), apiserver_writes(kubeconfig)
+    time.sleep(2 * resync + 11)  # + kopf's 10 s probe cache
+    w1, a1 = op.writes(), apiserver_writes(kubeconfig)
+    log(f"idle: operator writes {w1 - w0}, API server writes to models/children {a1 - a0}")
+    return {"operator_writes": w1 - w0, "apiserver_writes": a1 - a0, "seconds": 2 * resync + 11}
+
+
+def _operator_usage(op: OperatorProcess) -> dict[str, Any]:
+    mem = op.memory()
+    usage = {"operator_rss_mb": {"peak": mem["VmHWM"] / 1024, "end": mem["VmRSS"] / 1024},
+             "operator_writes_total": op.writes(), "operator_cpu_s": op.cpu_seconds()}
+    log(f"operator RSS peak {mem['VmHWM'] / 1024:.0f} MB, now {mem['VmRSS'] / 1024:.0f} MB; "
+        f"CPU {usage['operator_cpu_s']:.0f} s")
+    return usage
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -222,28 +314,14 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="kubemaas-bench-"))
     testbed = None
     if args.kubeconfig is None:
-        from kubemaas_testbed.cluster import Cluster
-
-        topo = workdir / "topology.yaml"
-        default = yaml.safe_load((ROOT / "hack" / "kubemaas_testbed" / "topologies" /
-                                  "default.yaml").read_text())
-        default["nodes"].append(BENCH_NODES)
-        topo.write_text(yaml.safe_dump(default))
-        testbed = Cluster(workdir / "testbed")
-        testbed.up(topology_name=str(topo), log=log)
-        kubeconfig = testbed.kubeconfig
+        kubeconfig, testbed = _start_cluster(workdir)
     else:
         kubeconfig = args.kubeconfig
     results: dict[str, Any] = {"count": args.count, "samples": args.samples,
                                "resync_s": args.resync}
     op = None
     try:
-        kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        wait_established(kubeconfig, "modeldeployments.serving.kubemaas.io")
-        for ns in ("kubemaas-system", NS):
-            with contextlib.suppress(subprocess.CalledProcessError):  # already there
-                kubectl(kubeconfig, "create", "namespace", ns)
-        kubectl(kubeconfig, "apply", "-f", str(RBAC))
+        _prepare(kubeconfig)
         if args.reactions > 0:
             log(f"reactions: {args.reactions} samples each")
             results["reactions"] = reactions.measure(kubeconfig, workdir, args.reactions)
@@ -253,66 +331,10 @@ def main() -> int:
         custom = client.CustomObjectsApi(api)
         watcher = Watcher(api)
         time.sleep(2)
-
-        # 1. latency, one model at a time
-        log(f"latency: {args.samples} ModelDeployments one after another")
-        to_dep, to_ready = [], []
-        for i in range(args.samples):
-            name = f"lat-{i}"
-            t0 = time.monotonic()
-            custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, model(name))
-            if not watcher.wait(lambda n=name: n in watcher.ready_at, timeout=60):
-                raise RuntimeError(f"{name} did not become Ready")
-            to_dep.append((watcher.deployment_at[name] - t0) * 1000)
-            to_ready.append((watcher.ready_at[name] - t0) * 1000)
-        results["apply_to_deployment_ms"] = {"p50": percentile(to_dep, 50),
-                                             "p99": percentile(to_dep, 99),
-                                             "mean": statistics.mean(to_dep)}
-        results["apply_to_ready_ms"] = {"p50": percentile(to_ready, 50),
-                                        "p99": percentile(to_ready, 99),
-                                        "mean": statistics.mean(to_ready)}
-        log(f"apply->Deployment p50 {results['apply_to_deployment_ms']['p50']:.0f} ms, "
-            f"p99 {results['apply_to_deployment_ms']['p99']:.0f} ms; apply->Ready p50 "
-            f"{results['apply_to_ready_ms']['p50']:.0f} ms, "
-            f"p99 {results['apply_to_ready_ms']['p99']:.0f} ms")
-        for i in range(args.samples):
-            custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, f"lat-{i}")
-        time.sleep(5)
-
-        # 2. a burst
-        log(f"burst: {args.count} ModelDeployments at once")
-        names = [f"burst-{i}" for i in range(args.count)]
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda n: custom.create_namespaced_custom_object(
-                GROUP, VERSION, NS, PLURAL, model(n)), names))
-        created = time.monotonic() - t0
-        all_deps = watcher.wait(lambda: all(n in watcher.deployment_at for n in names), 600)
-        deps_at = time.monotonic() - t0
-        all_ready = watcher.wait(lambda: all(n in watcher.ready_at for n in names), 600)
-        ready_at = time.monotonic() - t0
-        results["burst"] = {"created_s": created, "all_deployments_s": deps_at,
-                            "all_ready_s": ready_at, "complete": all_deps and all_ready,
-                            "ready": sum(n in watcher.ready_at for n in names)}
-        log(f"burst: created in {created:.1f} s, all Deployments at {deps_at:.1f} s, "
-            f"all Ready at {ready_at:.1f} s ({results['burst']['ready']}/{args.count})")
-
-        # 3. idle: nothing changes for two resync periods
-        settle = 15.0
-        log(f"idle: settling {settle:.0f} s, then two resyncs ({2 * args.resync:.0f} s)")
-        time.sleep(settle)
-        w0, a0 = op.writes(), apiserver_writes(kubeconfig)
-        time.sleep(2 * args.resync + 11)  # + kopf's 10 s probe cache
-        w1, a1 = op.writes(), apiserver_writes(kubeconfig)
-        results["idle"] = {"operator_writes": w1 - w0, "apiserver_writes": a1 - a0,
-                           "seconds": 2 * args.resync + 11}
-        log(f"idle: operator writes {w1 - w0}, API server writes to models/children {a1 - a0}")
-        mem = op.memory()
-        results["operator_rss_mb"] = {"peak": mem["VmHWM"] / 1024, "end": mem["VmRSS"] / 1024}
-        results["operator_writes_total"] = op.writes()
-        results["operator_cpu_s"] = op.cpu_seconds()
-        log(f"operator RSS peak {mem['VmHWM'] / 1024:.0f} MB, now {mem['VmRSS'] / 1024:.0f} MB; "
-            f"CPU {results['operator_cpu_s']:.0f} s")
+        results.update(_measure_latency(custom, watcher, args.samples))
+        results["burst"] = _measure_burst(custom, watcher, args.count)
+        results["idle"] = _measure_idle(op, kubeconfig, args.resync)
+        results.update(_operator_usage(op))
         watcher.stop = True
         op.stop()
         op = None

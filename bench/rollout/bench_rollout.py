@@ -218,8 +218,7 @@ def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=100)
@@ -236,23 +235,98 @@ def main() -> int:
     parser.add_argument("--modes", default="free,none",
                         help="which of free,none to run, in that order (default both)")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    modes = [m for m in ("free", "none") if m in args.modes.split(",")]
-    if not modes or set(args.modes.split(",")) - {"free", "none"}:
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    asked = set(args.modes.split(","))
+    args.modes = [m for m in ("free", "none") if m in asked]
+    if not args.modes or asked - {"free", "none"}:
         parser.error("--modes takes free, none or free,none")
-    if max(sizes) > args.models:
+    if max(args.sizes) > args.models:
         parser.error("a size exceeds --models")
+    return args
 
+
+def _start_cluster(nodes: int, workdir: Path) -> Any:
+    """A private testbed of ``nodes`` kwok H100 nodes (8 GPUs each) and one CPU node."""
     from kubemaas_testbed.cluster import Cluster
 
-    workdir = Path(tempfile.mkdtemp(prefix="kubemaas-bench-rollout-"))
     topo = workdir / "topology.yaml"
     topo.write_text(yaml.safe_dump({"nodes": [
-        {"name": "h100", "count": args.nodes, "cpu": "208", "memory": "2Ti", "pods": 110,
+        {"name": "h100", "count": nodes, "cpu": "208", "memory": "2Ti", "pods": 110,
          "gpu": {"product": H100, "memoryMiB": 81559, "count": 8}},
         {"name": "cpu", "count": 1, "cpu": "32", "memory": "128Gi"}]}))
     testbed = Cluster(workdir / "testbed")
     testbed.up(topology_name=str(topo), log=log)
+    return testbed
+
+
+def _prepare(kubeconfig: Path) -> None:
+    kubectl(kubeconfig, "apply", "--server-side", "-f", str(CRD))
+    wait_established(kubeconfig, "modeldeployments.serving.kubemaas.io")
+    for ns in ("kubemaas-system", NS, ROLLBACK_NS):
+        kubectl(kubeconfig, "create", "namespace", ns)
+    kubectl(kubeconfig, "apply", "-f", str(RBAC))
+
+
+class _Fleet:
+    """The benchmark's ModelDeployments: each one's image tag, applied 16 at a time."""
+
+    def __init__(self, custom: Any, names: list[str], replicas: int) -> None:
+        self.custom, self.names, self.replicas = custom, names, replicas
+        self.tags = dict.fromkeys(names, 1)
+
+    def image(self, name: str) -> str:
+        return f"ghcr.io/kubemaas/runtime:0.{self.tags[name]}.0"
+
+    def put(self, name: str) -> None:
+        body = model(name, self.replicas, self.tags[name])
+        with contextlib.suppress(client.ApiException):
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+            return
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, name,
+            {"spec": {"runtime": {"image": body["spec"]["runtime"]["image"]}}})
+
+    def put_all(self, names: list[str]) -> None:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(self.put, names))
+
+    def outcomes(self, names: list[str]) -> Counter[str]:
+        """How each rollout went, from the last entry of its history."""
+        counted: Counter[str] = Counter()
+        for name in names:
+            md = self.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+            last = (((md.get("status") or {}).get("rollout") or {}).get("history") or [{}])[-1]
+            counted[f"{last.get('outcome')}: {last.get('message')}"] += 1
+        return counted
+
+
+def _change_at_once(fleet: _Fleet, core: Any, mode: str, n: int, timeout: float
+                    ) -> dict[str, Any]:
+    """Change the first ``n`` models' image at once; how long until all new pods are Ready,
+    and how each rolled out."""
+    changed = fleet.names[:n]
+    for name in changed:
+        fleet.tags[name] += 1
+    t0 = time.monotonic()
+    fleet.put_all(changed)
+    t1 = wait_all(core, {name: fleet.image(name) for name in changed}, fleet.replicas, timeout)
+    settled(fleet.custom, fleet.names, timeout)
+    strategies = fleet.outcomes(changed)
+    seconds = None if t1 is None else round(t1 - t0, 2)
+    how = {kind: sum(c for text, c in strategies.items() if f"({kind} rollout)" in text)
+           for kind in ("surge", "replace")}
+    log(f"{mode:>4}: {n:>3} models changed at once -> all new pods Ready in "
+        f"{seconds} s; surged {how['surge']}, replaced {how['replace']} of {n}; "
+        f"outcomes: {dict(strategies)}")
+    return {"mode": mode, "changed": n, "seconds": seconds, "surged": how["surge"],
+            "replaced": how["replace"], "outcomes": dict(strategies)}
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    args = _parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="kubemaas-bench-rollout-"))
+    testbed = _start_cluster(args.nodes, workdir)
     kubeconfig = testbed.kubeconfig
     results: dict[str, Any] = {"models": args.models, "replicas": args.replicas,
                                "h100_gpus": args.nodes * 8, "runs": [],
@@ -260,11 +334,7 @@ def main() -> int:
                                "cpus": os.cpu_count()}
     op = None
     try:
-        kubectl(kubeconfig, "apply", "--server-side", "-f", str(CRD))
-        wait_established(kubeconfig, "modeldeployments.serving.kubemaas.io")
-        for ns in ("kubemaas-system", NS, ROLLBACK_NS):
-            kubectl(kubeconfig, "create", "namespace", ns)
-        kubectl(kubeconfig, "apply", "-f", str(RBAC))
+        _prepare(kubeconfig)
         op = OperatorProcess(kubeconfig, workdir)
         api = config.new_client_from_config(str(kubeconfig))
         api.configuration.connection_pool_maxsize = 32  # type: ignore[attr-defined]
@@ -274,60 +344,25 @@ def main() -> int:
         results["rollbacks"] = rollbacks(custom, failures, args.timeout)
         if args.only_rollbacks:
             return _write(results)
-        names = [f"m{i:03d}" for i in range(args.models)]
-        tags = dict.fromkeys(names, 1)
-
-        def put(name: str) -> None:
-            body = model(name, args.replicas, tags[name])
-            with contextlib.suppress(client.ApiException):
-                custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
-                return
-            custom.patch_namespaced_custom_object(
-                GROUP, VERSION, NS, PLURAL, name,
-                {"spec": {"runtime": {"image": body["spec"]["runtime"]["image"]}}})
-
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(put, names))
-        image = {n: f"ghcr.io/kubemaas/runtime:0.{tags[n]}.0" for n in names}
-        if wait_all(core, image, args.replicas, args.timeout) is None:
+        fleet = _Fleet(custom, [f"m{i:03d}" for i in range(args.models)], args.replicas)
+        fleet.put_all(fleet.names)
+        if wait_all(core, {n: fleet.image(n) for n in fleet.names}, args.replicas,
+                    args.timeout) is None:
             raise RuntimeError("the models did not become Ready")
         log(f"{args.models} models x {args.replicas} replicas Ready")
-        settled(custom, names, args.timeout)
-        for mode in modes:
+        settled(custom, fleet.names, args.timeout)
+        for mode in args.modes:
             if mode == "none":
                 took = fill(core, kubeconfig)
                 time.sleep(3)
                 log(f"filler pods took the {took} free H100 GPUs")
-            for n in sizes:
-                changed = names[:n]
-                for name in changed:
-                    tags[name] += 1
-                wanted = {name: f"ghcr.io/kubemaas/runtime:0.{tags[name]}.0" for name in changed}
-                t0 = time.monotonic()
-                with ThreadPoolExecutor(16) as pool:
-                    list(pool.map(put, changed))
-                t1 = wait_all(core, wanted, args.replicas, args.timeout)
-                settled(custom, names, args.timeout)
-                strategies: Counter[str] = Counter()
-                for name in changed:  # how each rollout went, from its history entry
-                    md = custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
-                    last = (((md.get("status") or {}).get("rollout") or {}).get("history")
-                            or [{}])[-1]
-                    strategies[f"{last.get('outcome')}: {last.get('message')}"] += 1
-                seconds = None if t1 is None else round(t1 - t0, 2)
-                how = {kind: sum(c for text, c in strategies.items() if f"({kind} rollout)" in text)
-                       for kind in ("surge", "replace")}
-                log(f"{mode:>4}: {n:>3} models changed at once -> all new pods Ready in "
-                    f"{seconds} s; surged {how['surge']}, replaced {how['replace']} of {n}; "
-                    f"outcomes: {dict(strategies)}")
-                results["runs"].append({"mode": mode, "changed": n, "seconds": seconds,
-                                        "surged": how["surge"], "replaced": how["replace"],
-                                        "outcomes": dict(strategies)})
+            for n in args.sizes:
+                results["runs"].append(_change_at_once(fleet, core, mode, n, args.timeout))
         if not args.no_floor:
             op.stop()
             op = None
-            results["floor"] = floor(api, core, kubeconfig, names, sizes, args.replicas, tags,
-                                     args.timeout)
+            results["floor"] = floor(api, core, kubeconfig, fleet.names, args.sizes,
+                                     args.replicas, fleet.tags, args.timeout)
     finally:
         if op is not None:
             op.stop()
