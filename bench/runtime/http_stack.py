@@ -238,6 +238,73 @@ def summary(lat: list[float]) -> dict[str, float]:
             "mean_us": statistics.fmean(lat) * 1e6}
 
 
+CASES = [("aiohttp web.Application", ["--serve", "app"], False),
+         ("aiohttp web.Server (low-level)", ["--serve", "lowlevel"], False),
+         ("asyncio raw protocol", ["--serve", "raw"], False),
+         ("kubemaas runtime, JSON", ["runtime"], True),
+         ("kubemaas runtime, binary", ["runtime"], True)]
+
+
+def _requests(x: np.ndarray) -> tuple[bytes, bytes]:
+    """The pre-built JSON and binary-extension requests for ``x``."""
+    json_body = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
+                                        "data": x.ravel().tolist()}]}).encode()
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    return request_bytes(json_body), request_bytes(
+        header + x.tobytes(), f"Inference-Header-Content-Length: {len(header)}\r\n")
+
+
+def _floor(model: Path, x: np.ndarray, requests: int) -> dict[str, float]:
+    """onnxruntime in-process, one thread, the same session options: what no server beats."""
+    session = _session(str(model))
+    lat = []
+    for i in range(requests + requests // 10):
+        t0 = time.perf_counter()
+        session.run(["y"], {"x": x})
+        if i >= requests // 10:
+            lat.append(time.perf_counter() - t0)
+    return summary(lat)
+
+
+def _server_command(how: list[str], runtime: bool, model: Path, port: int) -> list[str]:
+    if runtime:
+        return ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m", "kubemaas_runtime",
+                "--model-uri", str(model), "--name", "mlp", "--host", "127.0.0.1",
+                "--port", str(port), "--intra-op-threads", "1", "--log-level", "warning"]
+    return [sys.executable, str(HERE), *how, "--model", str(model), "--port", str(port)]
+
+
+def _measure_servers(model: Path, bodies: list[bytes], requests: int, rounds: int
+                     ) -> tuple[dict[str, dict[str, float]], float]:
+    """Every case's server up at once, requests interleaved in rounds (so that background
+    load on this shared machine hits every stack alike): each case's latencies, and the
+    runtime's RSS after the run."""
+    procs = []
+    try:
+        ports = []
+        for _name, how, runtime in CASES:
+            port = free_port()
+            procs.append(subprocess.Popen(_server_command(how, runtime, model, port),
+                                          stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, text=True, cwd=REPO))
+            ports.append(port)
+        for proc, port, (_n, _h, runtime) in zip(procs, ports, CASES, strict=True):
+            wait_ready(proc, port, runtime)
+        per_round = max(100, requests // rounds)
+        collected: dict[str, list[float]] = {name: [] for name, *_ in CASES}
+        for _ in range(rounds):
+            for port, (name, _h, _rt), body in zip(ports, CASES, bodies, strict=True):
+                collected[name] += measure(port, body, per_round)
+        runtime_pid = procs[[c[2] for c in CASES].index(True)].pid
+        return {name: summary(lat) for name, lat in collected.items()}, _rss_mib(runtime_pid)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -256,68 +323,14 @@ def main() -> None:
         return
 
     os.sched_setaffinity(0, {CLIENT_CPU})
-    tmp = Path(tempfile.mkdtemp(prefix="kubemaas-bench-"))
-    model = tmp / "mlp.onnx"
+    model = Path(tempfile.mkdtemp(prefix="kubemaas-bench-")) / "mlp.onnx"
     make_mlp(model)
     x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
-    json_body = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
-                                        "data": x.ravel().tolist()}]}).encode()
-    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
-    binary_req = request_bytes(header + x.tobytes(),
-                               f"Inference-Header-Content-Length: {len(header)}\r\n")
-    results: dict[str, dict[str, float]] = {}
-
-    # the floor: onnxruntime in-process, one thread, same session options
-    session = _session(str(model))
-    lat = []
-    for i in range(args.requests + args.requests // 10):
-        t0 = time.perf_counter()
-        session.run(["y"], {"x": x})
-        if i >= args.requests // 10:
-            lat.append(time.perf_counter() - t0)
-    results["onnxruntime in-process"] = summary(lat)
-
-    cases = [("aiohttp web.Application", ["--serve", "app"], False, request_bytes(json_body)),
-             ("aiohttp web.Server (low-level)", ["--serve", "lowlevel"], False,
-              request_bytes(json_body)),
-             ("asyncio raw protocol", ["--serve", "raw"], False, request_bytes(json_body)),
-             ("kubemaas runtime, JSON", ["runtime"], True, request_bytes(json_body)),
-             ("kubemaas runtime, binary", ["runtime"], True, binary_req)]
-    # all servers up at once; requests interleaved in rounds, so that background load on this
-    # shared machine hits every stack alike
-    procs = []
-    try:
-        ports = []
-        for _name, how, runtime, _req in cases:
-            port = free_port()
-            if runtime:
-                cmd = ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m", "kubemaas_runtime",
-                       "--model-uri", str(model), "--name", "mlp", "--host", "127.0.0.1",
-                       "--port", str(port), "--intra-op-threads", "1", "--log-level", "warning"]
-            else:
-                cmd = [sys.executable, str(HERE), *how, "--model", str(model), "--port",
-                       str(port)]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, text=True, cwd=REPO))
-            ports.append(port)
-        for proc, port, (_n, _h, runtime, _r) in zip(procs, ports, cases, strict=True):
-            wait_ready(proc, port, runtime)
-        per_round = max(100, args.requests // args.rounds)
-        collected: dict[str, list[float]] = {name: [] for name, *_ in cases}
-        for _ in range(args.rounds):
-            for port, (name, _h, _rt, req) in zip(ports, cases, strict=True):
-                collected[name] += measure(port, req, per_round)
-        for name, lat in collected.items():
-            results[name] = summary(lat)
-        runtime_pid = procs[[c[2] for c in cases].index(True)].pid
-        rss_mib = _rss_mib(runtime_pid)
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(10)
-
+    json_req, binary_req = _requests(x)
+    results = {"onnxruntime in-process": _floor(model, x, args.requests)}
+    served, rss_mib = _measure_servers(model, [json_req] * 4 + [binary_req], args.requests,
+                                       args.rounds)
+    results.update(served)
     cold = [cold_start(model) for _ in range(5)]
     floor = results["onnxruntime in-process"]["p50_us"]
     print(f"{'stack':34} {'p50 us':>8} {'p90 us':>8} {'p99 us':>8} {'added p50 us':>13}")
@@ -327,7 +340,6 @@ def main() -> None:
     print(f"runtime RSS after the run: {rss_mib:.1f} MiB")
     print("runtime cold start to ready (spawn -> first 200 on /v2/health/ready), 5 runs: "
           + ", ".join(f"{c:.3f} s" for c in cold))
-
 
 if __name__ == "__main__":
     main()
