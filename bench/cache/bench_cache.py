@@ -236,7 +236,57 @@ def pod_start_main(a: argparse.Namespace) -> None:
         log(f"wrote {DOC.relative_to(ROOT)}")
 
 
-def main() -> None:
+def _measure_http(src: Path, files: list[Path], scratch: Path, repeat: int, nbytes: int,
+                  env: dict[str, str]) -> list[dict[str, Any]]:
+    """A plain HTTP folder: curl one file at a time (with and without sha256sum after), and
+    the downloader with 1 and 8 streams."""
+    rows = []
+    with FileServer(src.parent) as server:
+        urls = [f"{server.url}/llm/{f.name}" for f in files]
+        rows.append(measure("http: curl, one file at a time", lambda d: timed(
+            curl_cmd(urls, d)), scratch, repeat, nbytes))
+        rows.append(measure("http: curl, then sha256sum", lambda d: timed(
+            curl_cmd(urls, d)) + timed(["sha256sum", *map(str, sorted(d.iterdir()))]),
+            scratch, repeat, nbytes))
+        for n in (1, 8):
+            rows.append(measure(f"http: fetch --parallel {n}", lambda d, n=n: timed(
+                fetch_cmd(f"{server.url}/llm/", d, n), env), scratch, repeat, nbytes))
+    return rows
+
+
+def _measure_hf(src: Path, base: Path, scratch: Path, repeat: int, nbytes: int,
+                env: dict[str, str]) -> list[dict[str, Any]]:
+    """A Hugging Face-compatible endpoint: the downloader with 1 and 8 streams."""
+    rows = []
+    hf_src = base / "hf"
+    shutil.copytree(src, hf_src, ignore=shutil.ignore_patterns("index.json"))
+    with HfEndpoint(hf_src, "bench/llm") as ep:
+        hf_env = {**env, "HF_ENDPOINT": ep.url, "HF_HOME": str(base / "hf-home")}
+        for n in (1, 8):
+            rows.append(measure(f"hf: fetch --parallel {n}", lambda d, n=n: timed(
+                fetch_cmd("hf://bench/llm", d, n), hf_env), scratch, repeat, nbytes))
+    return rows
+
+
+def _measure_s3(files: list[Path], base: Path, scratch: Path, repeat: int, nbytes: int,
+                env: dict[str, str]) -> list[dict[str, Any]]:
+    """moto's S3 server: curl with SigV4 one file at a time, the downloader with 1 and 8
+    streams."""
+    rows = []
+    with moto_server(files, base) as endpoint:
+        urls = [f"{endpoint}/models/llm/{f.name}" for f in files]
+        s3_env = {**env, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                  "AWS_ENDPOINT_URL_S3": endpoint}
+        sigv4 = ("--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "bench:bench")
+        rows.append(measure("s3 (moto): curl, one file at a time", lambda d: timed(
+            curl_cmd(urls, d, *sigv4)), scratch, repeat, nbytes))
+        for n in (1, 8):
+            rows.append(measure(f"s3 (moto): fetch --parallel {n}", lambda d, n=n: timed(
+                fetch_cmd("s3://models/llm/", d, n), s3_env), scratch, repeat, nbytes))
+    return rows
+
+
+def _parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--files", type=int, default=8)
     p.add_argument("--file-mib", type=int, default=40)
@@ -249,7 +299,11 @@ def main() -> None:
     p.add_argument("--pad-mib", type=int, default=256, help="--pod-start: the model's size")
     p.add_argument("--rate-mib", type=float, default=0.0,
                    help="--pod-start: pace each response of the model server (0: unpaced)")
-    a = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    a = _parse_args()
     if a.pod_start:
         pod_start_main(a)
         return
@@ -268,35 +322,10 @@ def main() -> None:
         before = uptime()
         log(before)
         scratch = base / "dest"
-        rows = []
-        with FileServer(src.parent) as server:
-            urls = [f"{server.url}/llm/{f.name}" for f in files]
-            rows.append(measure("http: curl, one file at a time", lambda d: timed(
-                curl_cmd(urls, d)), scratch, a.repeat, nbytes))
-            rows.append(measure("http: curl, then sha256sum", lambda d: timed(
-                curl_cmd(urls, d)) + timed(["sha256sum", *map(str, sorted(d.iterdir()))]),
-                scratch, a.repeat, nbytes))
-            for n in (1, 8):
-                rows.append(measure(f"http: fetch --parallel {n}", lambda d, n=n: timed(
-                    fetch_cmd(f"{server.url}/llm/", d, n), env), scratch, a.repeat, nbytes))
-        hf_src = base / "hf"
-        shutil.copytree(src, hf_src, ignore=shutil.ignore_patterns("index.json"))
-        with HfEndpoint(hf_src, "bench/llm") as ep:
-            hf_env = {**env, "HF_ENDPOINT": ep.url, "HF_HOME": str(base / "hf-home")}
-            for n in (1, 8):
-                rows.append(measure(f"hf: fetch --parallel {n}", lambda d, n=n: timed(
-                    fetch_cmd("hf://bench/llm", d, n), hf_env), scratch, a.repeat, nbytes))
+        rows = _measure_http(src, files, scratch, a.repeat, nbytes, env)
+        rows += _measure_hf(src, base, scratch, a.repeat, nbytes, env)
         if not a.skip_s3:
-            with moto_server(files, base) as endpoint:
-                urls = [f"{endpoint}/models/llm/{f.name}" for f in files]
-                s3_env = {**env, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                          "AWS_ENDPOINT_URL_S3": endpoint}
-                sigv4 = ("--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "bench:bench")
-                rows.append(measure("s3 (moto): curl, one file at a time", lambda d: timed(
-                    curl_cmd(urls, d, *sigv4)), scratch, a.repeat, nbytes))
-                for n in (1, 8):
-                    rows.append(measure(f"s3 (moto): fetch --parallel {n}", lambda d, n=n: timed(
-                        fetch_cmd("s3://models/llm/", d, n), s3_env), scratch, a.repeat, nbytes))
+            rows += _measure_s3(files, base, scratch, a.repeat, nbytes, env)
         after = uptime()
         log(after)
         meta = {"command": " ".join(["bench/cache/bench_cache.py", *sys.argv[1:]]),
@@ -311,7 +340,6 @@ def main() -> None:
             log(f"wrote {DOC.relative_to(ROOT)}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()
