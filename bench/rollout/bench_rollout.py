@@ -63,11 +63,15 @@ def kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
                           capture_output=True, text=True, check=True).stdout
 
 
+def image(tag: int) -> str:
+    return f"ghcr.io/kubemaas/runtime:0.{tag}.0"
+
+
 def model(name: str, replicas: int, tag: int) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
             "metadata": {"name": name, "namespace": NS},
             "spec": {"model": {"uri": "s3://models/m.onnx", "format": "onnx"},
-                     "runtime": {"image": f"ghcr.io/kubemaas/runtime:0.{tag}.0"},
+                     "runtime": {"image": image(tag)},
                      "replicas": replicas, "gpu": {"count": 1, "products": [H100]}}}
 
 
@@ -154,7 +158,7 @@ def floor(api: client.ApiClient, core: client.CoreV1Api, kubeconfig: Path, names
             changed = names[:n]
             for name in changed:
                 tags[name] += 1
-            wanted = {name: f"ghcr.io/kubemaas/runtime:0.{tags[name]}.0" for name in changed}
+            wanted = {name: image(tags[name]) for name in changed}
 
             def patch(name: str, surge: int = surge, unavailable: int = unavailable,
                       wanted: dict[str, str] = wanted) -> None:
@@ -275,7 +279,7 @@ class _Fleet:
         self.tags = dict.fromkeys(names, 1)
 
     def image(self, name: str) -> str:
-        return f"ghcr.io/kubemaas/runtime:0.{self.tags[name]}.0"
+        return image(self.tags[name])
 
     def put(self, name: str) -> None:
         body = model(name, self.replicas, self.tags[name])

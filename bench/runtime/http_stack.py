@@ -238,11 +238,12 @@ def summary(lat: list[float]) -> dict[str, float]:
             "mean_us": statistics.fmean(lat) * 1e6}
 
 
-CASES = [("aiohttp web.Application", ["--serve", "app"], False),
-         ("aiohttp web.Server (low-level)", ["--serve", "lowlevel"], False),
-         ("asyncio raw protocol", ["--serve", "raw"], False),
-         ("kubemaas runtime, JSON", ["runtime"], True),
-         ("kubemaas runtime, binary", ["runtime"], True)]
+# (name, how to start it, whether it is the runtime, which request it gets)
+CASES = [("aiohttp web.Application", ["--serve", "app"], False, "json"),
+         ("aiohttp web.Server (low-level)", ["--serve", "lowlevel"], False, "json"),
+         ("asyncio raw protocol", ["--serve", "raw"], False, "json"),
+         ("kubemaas runtime, JSON", ["runtime"], True, "json"),
+         ("kubemaas runtime, binary", ["runtime"], True, "binary")]
 
 
 def _requests(x: np.ndarray) -> tuple[bytes, bytes]:
@@ -276,7 +277,7 @@ def _server_command(how: list[str], runtime: bool, model: Path, port: int) -> li
     return [sys.executable, str(HERE), *how, "--model", str(model), "--port", str(port)]
 
 
-def _measure_servers(model: Path, bodies: list[bytes], requests: int, rounds: int
+def _measure_servers(model: Path, bodies: dict[str, bytes], requests: int, rounds: int
                      ) -> tuple[dict[str, dict[str, float]], float]:
     """Every case's server up at once, requests interleaved in rounds (so that background
     load on this shared machine hits every stack alike): each case's latencies, and the
@@ -284,19 +285,19 @@ def _measure_servers(model: Path, bodies: list[bytes], requests: int, rounds: in
     procs = []
     try:
         ports = []
-        for _name, how, runtime in CASES:
+        for _name, how, runtime, _body in CASES:
             port = free_port()
             procs.append(subprocess.Popen(_server_command(how, runtime, model, port),
                                           stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL, text=True, cwd=REPO))
             ports.append(port)
-        for proc, port, (_n, _h, runtime) in zip(procs, ports, CASES, strict=True):
+        for proc, port, (_n, _h, runtime, _b) in zip(procs, ports, CASES, strict=True):
             wait_ready(proc, port, runtime)
         per_round = max(100, requests // rounds)
         collected: dict[str, list[float]] = {name: [] for name, *_ in CASES}
         for _ in range(rounds):
-            for port, (name, _h, _rt), body in zip(ports, CASES, bodies, strict=True):
-                collected[name] += measure(port, body, per_round)
+            for port, (name, _h, _rt, body) in zip(ports, CASES, strict=True):
+                collected[name] += measure(port, bodies[body], per_round)
         runtime_pid = procs[[c[2] for c in CASES].index(True)].pid
         return {name: summary(lat) for name, lat in collected.items()}, _rss_mib(runtime_pid)
     finally:
@@ -328,8 +329,8 @@ def main() -> None:
     x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
     json_req, binary_req = _requests(x)
     results = {"onnxruntime in-process": _floor(model, x, args.requests)}
-    served, rss_mib = _measure_servers(model, [json_req] * 4 + [binary_req], args.requests,
-                                       args.rounds)
+    served, rss_mib = _measure_servers(model, {"json": json_req, "binary": binary_req},
+                                       args.requests, args.rounds)
     results.update(served)
     cold = [cold_start(model) for _ in range(5)]
     floor = results["onnxruntime in-process"]["p50_us"]

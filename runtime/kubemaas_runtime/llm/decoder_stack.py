@@ -39,13 +39,13 @@ def stack_forward(model: Any) -> StepForward | None:
     modules are looked up at each call, so one replaced after loading is the one that runs."""
     if getattr(model.config, "model_type", None) not in STACK_FAMILIES:
         return None
-    inner = getattr(model, "model", None)
+    inner: Any = getattr(model, "model", None)
     if not hasattr(model, "lm_head") or any(
             getattr(inner, name, None) is None
             for name in ("embed_tokens", "rotary_emb", "layers", "norm")):
         return None
     count = int(model.config.num_hidden_layers)
-    layers = list(model.model.layers)[:count]
+    layers = list(inner.layers)[:count]
     if not layers or any(_leading_params(layer) != LAYER_PARAMS for layer in layers):
         return None
 
