@@ -103,7 +103,10 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
     parts = []
     if step.decode_rows:
         assert step.decode_blocks is not None
-        rows, heads, kv_heads = step.decode_rows, query.shape[1], key.shape[1]
+        # a step of decodes alone reads its row count from the tensor, so that one traced
+        # graph (traced_decode.py) serves every batch size
+        rows = query.shape[2] if not step.chunks else step.decode_rows
+        heads, kv_heads = query.shape[1], key.shape[1]
         # the query heads that share a kv head become that head's query rows: [B, kvH, g, d]
         # (8-15 % less time than sdpa's own GQA over [B, H, 1, d]; the mask broadcasts)
         q = query[0, :, :rows].transpose(0, 1).reshape(rows, kv_heads, heads // kv_heads, -1)

@@ -3,8 +3,9 @@
 The event loop talks to it through ``submit`` (a new request; returns a ``RequestStream`` to
 iterate) and ``RequestStream.cancel`` (a client went away: its blocks are freed before the next
 step). Each step, the scheduler picks the rows; decode rows (one token each) and prefill chunks
-run as one forward pass over the rows packed into one sequence (packing.py, attention.py); the
-new tokens are sampled, detokenized and handed to the event loop in one
+run as one forward pass over the rows packed into one sequence (packing.py, attention.py; a
+step of decodes alone replays a traced graph where the model allows, traced_decode.py); the new
+tokens are sampled, detokenized and handed to the event loop in one
 ``call_soon_threadsafe`` per step. Nothing here runs on the event loop.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .decoder_stack import StepForward
 from .detok import Detokenizer, decoder
 from .kv_cache import BlockPool, KVStore
 from .loader import LanguageModel
@@ -29,6 +31,7 @@ from .pacing import PrefillPacer
 from .packing import pack
 from .sampling import SamplingParams, TokenLogprobs, sample
 from .scheduler import Scheduler, Sequence
+from .traced_decode import TracedDecode, traceable
 
 log = logging.getLogger("kubemaas.runtime.llm")
 
@@ -51,6 +54,7 @@ class EngineConfig:
     # arrival_gap seconds), at most arrival_window seconds, and reads them in one step. 0: at once.
     arrival_window: float = 0.010
     arrival_gap: float = 0.001
+    traced_decode: bool = True  # decode-only steps from a traced graph where the model allows
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,11 @@ class Engine:
         self.pacer = PrefillPacer(cfg.prefill_share, floor=cfg.block_size,
                                   ceiling=cfg.max_num_batched_tokens)
         self.scheduler.prefill_cap = self.pacer.cap
+        self.traced: TracedDecode | None = None
+        if cfg.traced_decode and lm.stack is not None and traceable(lm.model, lm.stack,
+                                                                    lm.device):
+            self.traced = TracedDecode(lm.model, lm.stack)
+        self._model_step: StepForward = self.traced or lm.forward
         self._ids = itertools.count(1)
         self._decode = decoder(lm.tokenizer)
         self._inbox: deque[tuple[str, Sequence]] = deque()
@@ -305,7 +314,7 @@ class Engine:
         """One forward pass over the step's rows packed together (packing.py)."""
         step = pack(decode, prefill, self.store, self.cfg.block_size)
         dev = self.lm.device
-        logits = self.lm.forward(step.input_ids.to(dev), step.position_ids.to(dev),
+        logits = self._model_step(step.input_ids.to(dev), step.position_ids.to(dev),
                                  step.keep.to(dev), step.paged.to(dev))
         for seq, n in [(s, 1) for s in decode] + prefill:
             seq.computed += n

@@ -20,8 +20,9 @@ the token embedding keeps the shared tensor. ``--packed-linear false`` turns it 
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from typing import Any, Optional, Union
 
 import torch
 
@@ -114,8 +115,25 @@ def _reorder(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]  # traced_decode.py
+        return _scripted_linear()(x, packed, bias)  # type: ignore[no-any-return]
     return torch.ops.mkldnn._linear_pointwise(  # type: ignore[no-any-return]
         x, packed, bias, "none", [], "")
+
+
+@functools.cache
+def _scripted_linear() -> Any:
+    """The same oneDNN call as a TorchScript function, for a traced graph to call: the tracer
+    cannot record the op's (empty) list of optional scalars; a scripted function types it."""
+    return torch.jit.script(_linear_script)
+
+
+def _linear_script(x: torch.Tensor, packed: torch.Tensor,
+                   bias: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045 - TorchScript
+    # TorchScript's "number" (Scalar) is this union; it reads the annotations from the source
+    scalars: list[Optional[Union[int, float, complex]]] = []  # noqa: UP007, UP045
+    return torch.ops.mkldnn._linear_pointwise(  # type: ignore[no-any-return]
+        x, packed, bias, "none", scalars, "")
 
 
 def _packable(module: Any, head: Any) -> bool:

@@ -1,0 +1,112 @@
+"""Decode steps replayed from the traced graph (llm/traced_decode.py), in-process: for each family
+whose stack is traced, with torch's linear layers and with oneDNN-packed ones, every decode-only
+step of a changing batch (sequences arriving and finishing, contexts crossing blocks) gives the
+eager stack's logits bit for bit; a stack that cannot be traced leaves the engine eager, with
+the same answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from kubemaas_runtime.llm import packed_linear
+from kubemaas_runtime.llm.attention import PagedStep
+from kubemaas_runtime.llm.engine import Engine, EngineConfig
+from kubemaas_runtime.llm.loader import LanguageModel, load_hf
+from kubemaas_runtime.llm.sampling import SamplingParams
+from kubemaas_runtime.llm.traced_decode import TracedDecode
+from kubemaas_testbed.llm_models import build_llm
+
+CONFIG = EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256, max_num_seqs=8,
+                      max_num_batched_tokens=32, block_size=8)
+
+
+def run_staggered(engine: Engine, lm: LanguageModel, count: int = 7) -> list[list[int]]:
+    """Sequences of different prompt and answer lengths, a few added every few steps, run to
+    the end: the decode batch grows and shrinks and the contexts cross block boundaries."""
+    seqs = []
+    for i in range(count):
+        prompt = list(lm.tokenizer(f"request {i}: " + "the cache " * (1 + 3 * i))["input_ids"])
+        seq = engine._sequence(prompt, SamplingParams(max_tokens=6 + 5 * i, temperature=0.0,
+                                                      ignore_eos=True))
+        seqs.append(seq)
+        engine.scheduler.add(seq)
+        if i % 2:
+            for _ in range(4):
+                engine.step()
+    while engine._has_work():
+        engine.step()
+    return [seq.output for seq in seqs]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["torch-linear", "onednn"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama"])
+def test_replayed_decode_steps_give_the_eager_logits(family: str, packed: bool, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.set_num_threads(1)
+    monkeypatch.setattr(packed_linear, "MIN_WEIGHTS", 0)  # the test models' layers are tiny
+    lm = load_hf(build_llm(tmp_path / family, family=family), device="cpu",
+                 packed_linear=packed)
+    assert lm.stack is not None
+    assert any(b.is_mkldnn for b in lm.model.buffers()) == packed
+    traced = TracedDecode(lm.model, lm.stack)
+    decode_steps: list[tuple[int, int]] = []
+
+    def both(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
+             step: PagedStep) -> torch.Tensor:
+        assert lm.stack is not None
+        logits = traced(input_ids, position_ids, keep, step)
+        expected = lm.stack(input_ids, position_ids, keep, step)
+        assert torch.equal(logits, expected)
+        if not step.chunks:
+            assert step.decode_blocks is not None
+            decode_steps.append((step.decode_rows, step.decode_blocks.shape[1]))
+        return expected
+
+    engine = Engine(dataclasses.replace(lm, stack=both),
+                    dataclasses.replace(CONFIG, traced_decode=False))
+    run_staggered(engine, lm)
+    assert not traced.failed
+    assert traced.replays == len(decode_steps) - 1  # the first decode-only step traced it
+    assert len({rows for rows, _ in decode_steps}) >= 4  # batches of many sizes
+    assert len({width for _, width in decode_steps}) >= 4  # contexts of many blocks
+
+
+def test_the_engine_replays_decode_steps_and_answers_as_eager(tiny_llama: Path) -> None:
+    torch.set_num_threads(1)
+    lm = load_hf(tiny_llama, device="cpu")
+    eager = Engine(lm, dataclasses.replace(CONFIG, traced_decode=False))
+    assert eager.traced is None
+    want = run_staggered(eager, lm)
+    engine = Engine(lm, CONFIG)
+    assert run_staggered(engine, lm) == want
+    assert engine.traced is not None and not engine.traced.failed
+    assert engine.traced.replays > 20
+
+
+def test_a_stack_that_cannot_be_traced_stays_eager(tiny_llama: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A stack whose Python reads a tensor's value (the trace would freeze it) is not traced:
+    the engine logs why and runs every step eagerly."""
+    torch.set_num_threads(1)
+    lm = load_hf(tiny_llama, device="cpu")
+    direct = lm.stack
+    assert direct is not None
+
+    def branching(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
+                  step: PagedStep) -> torch.Tensor:
+        if int(position_ids.max()) < 0:  # never, but a value the trace would freeze
+            raise AssertionError("negative positions")
+        return direct(input_ids, position_ids, keep, step)
+
+    want = run_staggered(Engine(lm, dataclasses.replace(CONFIG, traced_decode=False)), lm)
+    engine = Engine(dataclasses.replace(lm, stack=branching), CONFIG)
+    with caplog.at_level(logging.WARNING, logger="kubemaas.runtime.llm"):
+        assert run_staggered(engine, lm) == want
+    assert engine.traced is not None and engine.traced.failed
+    assert engine.traced.replays == 0
+    assert "decode steps stay eager: the trace failed" in caplog.text
