@@ -228,7 +228,8 @@ PEER_TARGET = "small model, c=16: ≥ 3x transformers serve and ≥ best other p
 def _peer_target(small: dict[str, Any], ours: str, row: Row) -> None:
     us = _point(small, ours, 16)
     hf = _point(small, "hf-serve", 16)
-    names = sorted({s["server"] for s in small["servers"]} - {ours})
+    names = sorted(name for name in {s["server"] for s in small["servers"]}
+                   if name != ours and not name.startswith(ours + "-"))  # our variants: no peers
     peers = {name: _point(small, name, 16) for name in names}
     best = max(((k, p) for k, p in peers.items() if p and p.get("output_tok_s")),
                key=lambda kp: kp[1]["output_tok_s"], default=(None, None))

@@ -318,7 +318,9 @@ def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, w
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="tiny,small")
-    ap.add_argument("--servers", default=",".join(s.key for s in servers.SERVERS))
+    ap.add_argument("--servers", default=",".join(s.key for s in servers.SERVERS if s.peer),
+                    help="comma-separated; default: ours and every peer (not our variants "
+                         f"{', '.join(s.key for s in servers.SERVERS if not s.peer)})")
     ap.add_argument("--concurrency", default="1,4,16,32",
                     type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--rounds", type=parse_rounds, default={"*": 2},

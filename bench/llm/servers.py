@@ -30,12 +30,16 @@ class Server:
     env: str        # envs.ENVS key, or "repo" for our shared venv
     note: str       # what is configured, for the doc
     ready_path: str = "/health"  # answers 200 once the model is loaded (hf-serve: lazily later)
+    peer: bool = True  # False: a variant of ours, run only when asked for
 
 
 SERVERS: list[Server] = [
     Server("kubemaas", "repo",
            f"`python -m kubemaas_runtime --format hf --max-num-seqs {MAX_SEQS} --max-model-len "
            f"{MAX_LEN} --kv-cache-memory {KV_GIB}Gi --dtype float32 --intra-op-threads 1`"),
+    Server("kubemaas-eager", "repo",
+           "the same with `--traced-decode false` (every engine step eager): our own A/B of "
+           "the traced decode graph, not a peer", peer=False),
     Server("hf-serve", "hf-serve",
            "`transformers serve DIR --device cpu --dtype float32` (its default path: "
            "`generate()` per request)"),
@@ -67,13 +71,14 @@ def base_env(threads: int) -> dict[str, str]:
 def command(srv: Server, python: Path, model_dir: Path, name: str, port: int, core: str,
             gguf: Path | None, threads: int = 1) -> tuple[list[str], dict[str, str]]:
     env = base_env(threads)
-    if srv.key == "kubemaas":
+    if srv.key in ("kubemaas", "kubemaas-eager"):
         env["PYTHONPATH"] = str(REPO / "runtime")
+        eager = ["--traced-decode", "false"] if srv.key == "kubemaas-eager" else []
         return [str(python), "-m", "kubemaas_runtime", "--format", "hf", "--model-uri",
                 str(model_dir), "--name", name, "--host", HOST, "--port", str(port),
                 "--max-num-seqs", str(MAX_SEQS), "--max-model-len", str(MAX_LEN),
                 "--kv-cache-memory", f"{KV_GIB}Gi", "--dtype", "float32",
-                "--intra-op-threads", str(threads)], env
+                "--intra-op-threads", str(threads), *eager], env
     bindir = python.parent
     if srv.key in ("hf-serve", "hf-serve-cb"):
         cmd = [str(bindir / "transformers"), "serve", str(model_dir), "--device", "cpu",
