@@ -232,8 +232,9 @@ class _Live:
 
 
 @contextlib.contextmanager
-def _others_stopped(live: dict[str, _Live], key: str) -> Iterator[None]:
-    """The other servers' process groups stopped (SIGSTOP) while ``key`` is measured: an idle
+def _others_stopped(live: dict[str, _Live], key: str | None) -> Iterator[None]:
+    """The other servers' process groups (None: all) stopped (SIGSTOP) while ``key`` (or the
+    limit) is measured: an idle
     server is not always idle on the core (with vLLM's tree up, 2.7-6.1 % of the server core
     went elsewhere during our points, 0.0-0.4 % during vLLM's with ours up)."""
     groups = [srv.run.proc.pid for k, srv in live.items() if k != key]
@@ -249,13 +250,15 @@ def _others_stopped(live: dict[str, _Live], key: str) -> Iterator[None]:
 
 def bench_paired(keys: list[str], mdir: Path, a: argparse.Namespace, rounds: int,
                  prompts: Path, greedy: list[str], logs: Path, gguf: Path | None
-                 ) -> list[dict[str, Any]]:
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every server started once and kept up; their points alternated (paired_schedule), so
     the points compared at a concurrency ran seconds apart, not a whole sweep apart. One record
-    per server and repeat, as --repeats gives, each point marked with its pair."""
+    per server and repeat, as --repeats gives, each point marked with its pair; and with
+    --paired-limit the limit measured before each pair."""
     failed: list[dict[str, Any]] = []
     recs: dict[tuple[str, int], dict[str, Any]] = {}
     live: dict[str, _Live] = {}
+    pair_limits: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         for key in keys:
             base, run, model_field = start_server(servers.BY_KEY[key], mdir, a, logs, gguf)
@@ -267,6 +270,10 @@ def bench_paired(keys: list[str], mdir: Path, a: argparse.Namespace, rounds: int
             live[key] = _Live(base, run, model_field,
                               stack.enter_context(procfs.RssSampler(run.pid)))
         for conc, repeat, key in paired_schedule(a.concurrency, a.repeats, list(live)):
+            if a.paired_limit and not any(lim["concurrency"] == conc and lim["pair"] == repeat
+                                          for lim in pair_limits):
+                with _others_stopped(live, None):
+                    pair_limits.append(pair_limit(mdir, prompts, conc, repeat, a, logs))
             srv = live[key]
             rec = recs.setdefault((key, repeat), {**srv.base, "repeat": repeat,
                                                   "paired": True, "points": []})
@@ -288,7 +295,20 @@ def bench_paired(keys: list[str], mdir: Path, a: argparse.Namespace, rounds: int
             rec["log_tail"] = live[key].run.log_tail(8)
     for (key, _), rec in recs.items():
         rec["peak_rss_mb"] = round(live[key].rss.peak / 2**20, 1)
-    return failed + [recs[k] for k in sorted(recs, key=lambda kr: (kr[1], keys.index(kr[0])))]
+    records = [recs[k] for k in sorted(recs, key=lambda kr: (kr[1], keys.index(kr[0])))]
+    return failed + records, pair_limits
+
+
+def pair_limit(mdir: Path, prompts: Path, conc: int, repeat: int, a: argparse.Namespace,
+               logs: Path) -> dict[str, Any]:
+    """The in-process limit at batch ``conc``, measured just before pair ``repeat``'s points."""
+    lim = limit(["--model", str(mdir), "--prompts", str(prompts), "--batches", str(conc),
+                 "--max-tokens", str(a.max_tokens), "--repeats", "1"], a.server_core,
+                logs / f"limit-{mdir.name}-c{conc}-pair{repeat}.log")
+    batch = lim["batches"][0]
+    print(f"  limit        c={conc:<3d} #{repeat} decode {batch['decode_tok_s']:,.1f} tok/s "
+          f"(step {batch['step_ms']} ms)", flush=True)
+    return {"concurrency": conc, "pair": repeat, **batch}
 
 
 def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, warmup: int,
@@ -338,6 +358,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="with --repeats: start every server once and alternate them point by "
                          "point, the others stopped (SIGSTOP) meanwhile (each concurrency's runs "
                          "seconds apart, not a sweep apart)")
+    ap.add_argument("--paired-limit", action="store_true",
+                    help="with --paired: measure the in-process limit again before every pair "
+                         "of points, at the pair's batch, every server stopped (the machine's "
+                         "speed drifts; the percent of the limit then compares moments seconds "
+                         "apart)")
     ap.add_argument("--ready-timeout", type=float, default=600)
     ap.add_argument("--server-core", default="0")
     ap.add_argument("--load-core", default="1")
@@ -411,7 +436,10 @@ def _bench_model(size: str, a: argparse.Namespace, logs: Path) -> dict[str, Any]
                                  "error": gguf_err})
         keys.remove("llamacpp")
     if a.paired:
-        entry["servers"] += bench_paired(keys, mdir, a, rounds, prompts, greedy, logs, gguf)
+        records, pair_limits = bench_paired(keys, mdir, a, rounds, prompts, greedy, logs, gguf)
+        entry["servers"] += records
+        if pair_limits:
+            entry["paired_limits"] = pair_limits
         return entry
     for repeat in range(1, a.repeats + 1):  # alternated: the machine's speed drifts
         for key in keys:

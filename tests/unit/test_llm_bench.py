@@ -122,3 +122,34 @@ def test_paired_points_alternate_and_decide_the_peer_verdict() -> None:
     assert "median 1.04x, ours ahead in 2 of 3" in peer["figures"]
     assert peer["verdict"] == "**met**"
     assert "Paired: every server was started once" in results.render(doc)
+
+
+def test_a_limit_measured_beside_each_pair_decides_the_limit_verdict() -> None:
+    # the run's first limit (1,000 tok/s) came at a fast moment; the limits measured before
+    # each pair (--paired-limit) say the machine was slower when the points ran
+    limit_doc = {"prompt_tokens": 40, "prefill_ms": 1.0, "batches": [
+        {"batch": 16, "decode_tok_s": 1000.0, "e2e_tok_s": 800.0, "step_ms": 16.0,
+         "prefill_ms": 1.0}]}
+    servers = [{"server": "kubemaas", "repeat": pair, "paired": True,
+                "points": [{**_point(16, tok_s), "pair": pair}]}
+               for pair, tok_s in enumerate([450.0, 500.0, 420.0], 1)]
+    paired_limits = [{"concurrency": 16, "pair": pair, "batch": 16, "decode_tok_s": lim,
+                      "e2e_tok_s": lim * 0.8, "step_ms": 16000 / lim, "prefill_ms": 1.0}
+                     for pair, lim in enumerate([600.0, 700.0, 640.0], 1)]
+    doc = {"stamp": "20261201T000000Z", "git": "abc", "command": "run.py --paired",
+           "machine": {"cpus": 2, "cpu_model": "cpu", "loadavg_start": [1, 1, 1],
+                       "loadavg_end": [1, 1, 1], "busy_at_start": []},
+           "settings": {"paired": True, "paired_limit": True}, "models": {"tiny": {
+               "params": 1e6, "limit": limit_doc, "servers": servers,
+               "paired_limits": paired_limits}}}
+    rows = {t["target"]: t for t in results.targets({**doc, "models": {
+        **doc["models"], "small": doc["models"]["tiny"]}})}
+    verdict = rows["tiny: c=16 ≥ 70 % of the in-process batched-decode limit"]
+    # against the run's first limit 45 % (the median run); beside each pair 75, 71, 66 %
+    assert "= 45 %" in verdict["figures"]
+    assert "paired with the limit (--paired-limit): 75 %, 71 %, 66 %; median 71 %" in \
+        verdict["figures"]
+    assert verdict["verdict"] == "**met**"
+    table = results.render(doc)
+    assert "Limit measured before each pair (--paired-limit), decode tok/s: c=16 #1 600.0" in table
+    assert "| kubemaas #1 | 16 | 450.0 | 75 % |" in table
