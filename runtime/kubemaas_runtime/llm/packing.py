@@ -66,15 +66,16 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
         positions.extend(seq.computed for seq in decode)
     chunks = []
     for seq, n in prefill:
-        start, offset = len(ids), seq.computed
+        offset = seq.computed
         ids.extend(seq.ids[offset:offset + n])
         positions.extend(range(offset, offset + n))
-        writes.append(slots(seq, offset, offset + n, block_size))
+        chunk_slots = slots(seq, offset, offset + n, block_size)
+        writes.append(chunk_slots)
         table = torch.tensor(seq.blocks[:-(-(offset + n) // block_size)], dtype=torch.long)
         mask = None
         if offset:
             mask = torch.arange(offset + n)[None, :] <= torch.arange(offset, offset + n)[:, None]
-        chunks.append(Chunk(start, n, offset, table, mask))
+        chunks.append(Chunk(chunk_slots, table, mask))
         if offset + n == len(seq.ids):
             keep.append(len(ids) - 1)
             sampled.append(seq)
