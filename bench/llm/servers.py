@@ -38,7 +38,7 @@ SERVERS: list[Server] = [
            f"`python -m kubemaas_runtime --format hf --max-num-seqs {MAX_SEQS} --max-model-len "
            f"{MAX_LEN} --kv-cache-memory {KV_GIB}Gi --dtype float32 --intra-op-threads 1`"),
     Server("kubemaas-eager", "repo",
-           "the same with `--traced-steps false` (every engine step eager): our own A/B of "
+           "the same with `--traced-decode false` (every engine step eager): our own A/B of "
            "the traced decode graph, not a peer", peer=False),
     Server("hf-serve", "hf-serve",
            "`transformers serve DIR --device cpu --dtype float32` (its default path: "
@@ -73,7 +73,7 @@ def command(srv: Server, python: Path, model_dir: Path, name: str, port: int, co
     env = base_env(threads)
     if srv.key in ("kubemaas", "kubemaas-eager"):
         env["PYTHONPATH"] = str(REPO / "runtime")
-        eager = ["--traced-steps", "false"] if srv.key == "kubemaas-eager" else []
+        eager = ["--traced-decode", "false"] if srv.key == "kubemaas-eager" else []
         return [str(python), "-m", "kubemaas_runtime", "--format", "hf", "--model-uri",
                 str(model_dir), "--name", name, "--host", HOST, "--port", str(port),
                 "--max-num-seqs", str(MAX_SEQS), "--max-model-len", str(MAX_LEN),

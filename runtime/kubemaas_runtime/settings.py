@@ -172,11 +172,10 @@ OPTIONS: tuple[Option, ...] = (
            "hf models on CPU: reorder the weights of linear layers of 512 x 512 or more once "
            "into oneDNN's blocked layout (faster steps, same memory); false keeps torch's "
            "linear."),
-    Option("traced_steps", "--traced-steps", "KUBEMAAS_TRACED_STEPS", True, _bool,
-           "hf models on CPU (Llama, Mistral, Qwen2, Qwen3): run each engine step from a "
-           "graph traced from the model at the first step of its structure (decode rows, "
-           "up to 4 prompt chunks); bit-identical logits, less Python per step. false runs "
-           "every step eagerly."),
+    Option("traced_decode", "--traced-decode", "KUBEMAAS_TRACED_DECODE", True, _bool,
+           "hf models on CPU (Llama, Mistral, Qwen2, Qwen3): run steps that only decode from "
+           "a graph traced once from the model (bit-identical logits, less Python per step); "
+           "false runs every step eagerly."),
     Option("prefix_caching", "--prefix-caching", "KUBEMAAS_PREFIX_CACHING", True, _bool,
            "hf models: requests whose prompts share a prefix of full blocks reuse its KV-cache "
            "blocks instead of computing them again."),
@@ -259,7 +258,7 @@ class Settings:
     block_size: int = 16
     prefix_caching: bool = True
     packed_linear: bool = True
-    traced_steps: bool = True
+    traced_decode: bool = True
     log_level: str = "info"
     log_format: str = "json"
     s3_endpoint: str | None = None

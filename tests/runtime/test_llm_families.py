@@ -71,7 +71,7 @@ def test_the_direct_stack_gives_the_models_own_logits(family: str, tmp_path: Pat
 
     engine = Engine(dataclasses.replace(lm, stack=checked),
                     EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256, max_num_seqs=8,
-                                 max_num_batched_tokens=16, traced_steps=False))
+                                 max_num_batched_tokens=16, traced_decode=False))
     prompts = [list(lm.tokenizer(t)["input_ids"]) for t in TEXTS]
     engine.generate_sync(prompts, SamplingParams(max_tokens=8, temperature=0.0))
     assert any(d and c for d, c in steps) and any(d and not c for d, c in steps)

@@ -37,12 +37,12 @@ STEP_KWARG = "kubemaas_step"
 
 @dataclass
 class Chunk:
-    """A prefill chunk: ``length`` tokens of one sequence, packed after the decode rows and the
-    chunks before it, at positions ``offset .. offset + length`` (``offset`` tokens of it are
-    already cached). Its sizes are read from its tensors, not kept as numbers, so that a graph
-    traced from one step (traced_step.py) serves chunks of every length."""
+    """A prefill chunk: packed tokens ``start .. start + length`` of one sequence, at positions
+    ``offset .. offset + length`` (``offset`` tokens of it are already cached)."""
 
-    slots: torch.Tensor  # [length] the slots its tokens' keys and values are written to
+    start: int
+    length: int
+    offset: int
     blocks: torch.Tensor  # [W] the blocks of the whole context (offset + length tokens)
     mask: torch.Tensor | None = None  # [length, offset + length]; None: plain causal (offset 0)
 
@@ -68,7 +68,7 @@ class PagedStep:
             return None if t is None else t.to(device)
         return PagedStep(self.store, self.block_size, move(self.write_slots), self.decode_rows,
                          move(self.decode_blocks), move(self.decode_mask),
-                         [Chunk(move(c.slots), move(c.blocks), move(c.mask))
+                         [Chunk(c.start, c.length, c.offset, move(c.blocks), move(c.mask))
                           for c in self.chunks])
 
     # the part of transformers' Cache that decoder attention layers call
@@ -98,15 +98,14 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
     """query [1, heads, N, d]; key/value: the layer's pools [slots, kv_heads, d] (from
     ``PagedStep.update``). Returns [1, N, heads, d] as transformers' attention functions do."""
     step: PagedStep = kwargs[STEP_KWARG]
-    # from the module, not the shapes: a traced graph cannot branch on a size it reads
-    gqa = getattr(module, "num_key_value_groups", 1) != 1
+    gqa = query.shape[1] != key.shape[1]
     bs = step.block_size
     parts = []
-    start = 0  # packed index of the next chunk's first token
     if step.decode_rows:
         assert step.decode_blocks is not None
-        # every size read from a tensor, so that one traced graph serves any batch
-        rows = start = step.decode_blocks.shape[0]
+        # a step of decodes alone reads its row count from the tensor, so that one traced
+        # graph (traced_decode.py) serves every batch size
+        rows = query.shape[2] if not step.chunks else step.decode_rows
         heads, kv_heads = query.shape[1], key.shape[1]
         # the query heads that share a kv head become that head's query rows: [B, kvH, g, d]
         # (8-15 % less time than sdpa's own GQA over [B, H, 1, d]; the mask broadcasts)
@@ -116,10 +115,8 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_mask, scale=scaling)
         parts.append(out.reshape(rows, heads, -1))                         # [B, H, d]
     for c in step.chunks:
-        n = c.slots.shape[0]
-        ctx = n if c.mask is None else c.mask.shape[-1]  # offset + n
-        q = query[:, :, start:start + n]                                  # [1, H, n, d]
-        start = start + n
+        q = query[:, :, c.start:c.start + c.length]                       # [1, H, n, d]
+        ctx = c.offset + c.length
         k = _gather(key, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)  # [1, kvH, ctx, d]
         v = _gather(value, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=c.mask, is_causal=c.mask is None,

@@ -4,7 +4,7 @@ The event loop talks to it through ``submit`` (a new request; returns a ``Reques
 iterate) and ``RequestStream.cancel`` (a client went away: its blocks are freed before the next
 step). Each step, the scheduler picks the rows; decode rows (one token each) and prefill chunks
 run as one forward pass over the rows packed into one sequence (packing.py, attention.py; a
-step replays a graph traced for its structure where the model allows, traced_step.py); the new
+step of decodes alone replays a traced graph where the model allows, traced_decode.py); the new
 tokens are sampled, detokenized and handed to the event loop in one
 ``call_soon_threadsafe`` per step. Nothing here runs on the event loop.
 """
@@ -31,7 +31,7 @@ from .pacing import PrefillPacer
 from .packing import pack
 from .sampling import SamplingParams, TokenLogprobs, sample
 from .scheduler import Scheduler, Sequence
-from .traced_step import TracedSteps, traceable
+from .traced_decode import TracedDecode, traceable
 
 log = logging.getLogger("kubemaas.runtime.llm")
 
@@ -54,7 +54,7 @@ class EngineConfig:
     # arrival_gap seconds), at most arrival_window seconds, and reads them in one step. 0: at once.
     arrival_window: float = 0.010
     arrival_gap: float = 0.001
-    traced_steps: bool = True  # steps from graphs traced per structure where the model allows
+    traced_decode: bool = True  # decode-only steps from a traced graph where the model allows
 
 
 @dataclass(frozen=True)
@@ -152,10 +152,10 @@ class Engine:
         self.pacer = PrefillPacer(cfg.prefill_share, floor=cfg.block_size,
                                   ceiling=cfg.max_num_batched_tokens)
         self.scheduler.prefill_cap = self.pacer.cap
-        self.traced: TracedSteps | None = None
-        if cfg.traced_steps and lm.stack is not None and traceable(lm.model, lm.stack,
+        self.traced: TracedDecode | None = None
+        if cfg.traced_decode and lm.stack is not None and traceable(lm.model, lm.stack,
                                                                     lm.device):
-            self.traced = TracedSteps(lm.model, lm.stack)
+            self.traced = TracedDecode(lm.model, lm.stack)
         self._model_step: StepForward = self.traced or lm.forward
         self._ids = itertools.count(1)
         self._decode = decoder(lm.tokenizer)

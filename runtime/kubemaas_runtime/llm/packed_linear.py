@@ -115,7 +115,7 @@ def _reorder(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    if torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]  # traced_step.py
+    if torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]  # traced_decode.py
         return _scripted_linear()(x, packed, bias)  # type: ignore[no-any-return]
     return torch.ops.mkldnn._linear_pointwise(  # type: ignore[no-any-return]
         x, packed, bias, "none", [], "")

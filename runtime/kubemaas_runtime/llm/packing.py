@@ -66,16 +66,15 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
         positions.extend(seq.computed for seq in decode)
     chunks = []
     for seq, n in prefill:
-        offset = seq.computed
+        start, offset = len(ids), seq.computed
         ids.extend(seq.ids[offset:offset + n])
         positions.extend(range(offset, offset + n))
-        chunk_slots = slots(seq, offset, offset + n, block_size)
-        writes.append(chunk_slots)
+        writes.append(slots(seq, offset, offset + n, block_size))
         table = torch.tensor(seq.blocks[:-(-(offset + n) // block_size)], dtype=torch.long)
         mask = None
         if offset:
             mask = torch.arange(offset + n)[None, :] <= torch.arange(offset, offset + n)[:, None]
-        chunks.append(Chunk(chunk_slots, table, mask))
+        chunks.append(Chunk(start, n, offset, table, mask))
         if offset + n == len(seq.ids):
             keep.append(len(ids) - 1)
             sampled.append(seq)
