@@ -242,11 +242,19 @@ Row = Callable[[str, str, str], None]
 PEER_TARGET = "small model, c=16: ≥ 3x transformers serve and ≥ best other peer (output tok/s)"
 
 
+def _is_peer(name: str) -> bool:
+    """False for a variant of our own server (servers.py's ``peer``), however fast it ran."""
+    import servers  # a sibling module (bench/llm on the path, as for run.py)
+
+    srv = servers.BY_KEY.get(name)
+    return srv is None or srv.peer
+
+
 def _peer_target(small: dict[str, Any], ours: str, row: Row) -> None:
     us = _point(small, ours, 16)
     hf = _point(small, "hf-serve", 16)
     names = sorted(name for name in {s["server"] for s in small["servers"]}
-                   if name != ours and not name.startswith(ours + "-"))  # our variants: no peers
+                   if name != ours and _is_peer(name))
     peers = {name: _point(small, name, 16) for name in names}
     best = max(((k, p) for k, p in peers.items() if p and p.get("output_tok_s")),
                key=lambda kp: kp[1]["output_tok_s"], default=(None, None))

@@ -234,9 +234,9 @@ class _Live:
 @contextlib.contextmanager
 def _others_stopped(live: dict[str, _Live], key: str | None) -> Iterator[None]:
     """The other servers' process groups (None: all) stopped (SIGSTOP) while ``key`` (or the
-    limit) is measured: an idle
-    server is not always idle on the core (with vLLM's tree up, 2.7-6.1 % of the server core
-    went elsewhere during our points, 0.0-0.4 % during vLLM's with ours up)."""
+    limit) is measured: an idle server is not always idle on the core (with vLLM's tree up,
+    2.7-6.1 % of the server core went elsewhere during our points, 0.0-0.4 % during vLLM's
+    with ours up)."""
     groups = [srv.run.proc.pid for k, srv in live.items() if k != key]
     for group in groups:
         os.killpg(group, signal.SIGSTOP)
@@ -259,6 +259,7 @@ def bench_paired(keys: list[str], mdir: Path, a: argparse.Namespace, rounds: int
     recs: dict[tuple[str, int], dict[str, Any]] = {}
     live: dict[str, _Live] = {}
     pair_limits: list[dict[str, Any]] = []
+    limits_taken: set[tuple[int, int]] = set()
     with contextlib.ExitStack() as stack:
         for key in keys:
             base, run, model_field = start_server(servers.BY_KEY[key], mdir, a, logs, gguf)
@@ -270,8 +271,8 @@ def bench_paired(keys: list[str], mdir: Path, a: argparse.Namespace, rounds: int
             live[key] = _Live(base, run, model_field,
                               stack.enter_context(procfs.RssSampler(run.pid)))
         for conc, repeat, key in paired_schedule(a.concurrency, a.repeats, list(live)):
-            if a.paired_limit and not any(lim["concurrency"] == conc and lim["pair"] == repeat
-                                          for lim in pair_limits):
+            if a.paired_limit and (conc, repeat) not in limits_taken:
+                limits_taken.add((conc, repeat))
                 with _others_stopped(live, None):
                     pair_limits.append(pair_limit(mdir, prompts, conc, repeat, a, logs))
             srv = live[key]

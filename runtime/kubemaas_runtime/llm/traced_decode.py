@@ -95,7 +95,7 @@ class TracedDecode:
                 inputs = self._inputs(input_ids, position_ids, keep, step)
                 graph = torch.jit.trace(decode, inputs,  # type: ignore[no-untyped-call]
                                         check_trace=False)
-            replayed = graph(*self._inputs(input_ids, position_ids, keep, step))
+            replayed = graph(*inputs)
         except Exception as exc:  # any failure to trace leaves the engine eager
             return self._give_up(f"the trace failed: {exc}", eager)
         if not torch.equal(replayed, eager):
