@@ -99,6 +99,21 @@ def fetch(url: str, body: Any = None) -> tuple[int, Any]:
         return 0, None
 
 
+def _llm_store_volume(store: Path) -> dict[str, Any]:
+    """A read-only PersistentVolume over ``store`` (a host directory) and its claim in LLM_NS."""
+    return {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "PersistentVolume",
+         "metadata": {"name": "demo-llm-store"},
+         "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadOnlyMany"],
+                  "storageClassName": "", "hostPath": {"path": str(store), "type": "Directory"},
+                  "claimRef": {"namespace": LLM_NS, "name": "llm-store"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "llm-store", "namespace": LLM_NS},
+         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                  "volumeName": "demo-llm-store",
+                  "resources": {"requests": {"storage": "1Mi"}}}}]}
+
+
 class Demo:
     def __init__(self) -> None:
         self.cluster = Cluster(STATE / "cluster")
@@ -264,19 +279,7 @@ class Demo:
                          "--type=merge", "-p", real_llm.template_patch(
                              real_llm.host_packages_template(
                                  builtin_template("deployment.yaml.j2"))), quiet=True)
-            volume = {"apiVersion": "v1", "kind": "List", "items": [
-                {"apiVersion": "v1", "kind": "PersistentVolume",
-                 "metadata": {"name": "demo-llm-store"},
-                 "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadOnlyMany"],
-                          "storageClassName": "", "hostPath": {"path": str(store),
-                                                               "type": "Directory"},
-                          "claimRef": {"namespace": LLM_NS, "name": "llm-store"}}},
-                {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                 "metadata": {"name": "llm-store", "namespace": LLM_NS},
-                 "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                          "volumeName": "demo-llm-store",
-                          "resources": {"requests": {"storage": "1Mi"}}}}]}
-            self.kubectl("apply", "-f", "-", input=json.dumps(volume))
+            self.kubectl("apply", "-f", "-", input=json.dumps(_llm_store_volume(store)))
             md = real_llm.modeldeployment("tiny-llm", LLM_NS,
                                           manifest["images"]["runtime"]["ref"], "llm-store",
                                           "tiny-llm")

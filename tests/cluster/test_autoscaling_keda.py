@@ -184,7 +184,29 @@ def _scaledobject_lifecycle(kube: Kube, namespace: str, prom: Signal) -> None:
         what="status.autoscaling engine KEDA")
     assert st["autoscaling"]["signal"] == "queue"
 
-    # KEDA's controller accepts it: its HPA and the Ready condition.
+    _keda_accepts(kube, namespace)
+    _idle_to_zero_and_woken_by_a_queue(kube, namespace, prom, spec)
+
+    # A changed target reaches the ScaledObject.
+    apply(kube, namespace, md("q", runtime=CPU, autoscaling={**spec, "target": 8}))
+    wait_for(lambda: get(kube, namespace, "scaledobject", "q")["spec"]["triggers"][0][
+        "metadata"]["threshold"] == "8", timeout=30, what="the new target in the ScaledObject")
+
+    # A hand-edit is undone.
+    kube.kubectl("-n", namespace, "patch", "scaledobject", "q", "--type=merge",
+                 "-p", '{"spec":{"maxReplicaCount":10}}')
+    wait_for(lambda: get(kube, namespace, "scaledobject", "q")["spec"]["maxReplicaCount"] == 3,
+             timeout=30, what="the hand-edited maxReplicaCount put back")
+
+    # Back to the CPU signal: the ScaledObject goes, the operator's HPA comes.
+    apply(kube, namespace, md("q", runtime=CPU, autoscaling={"maxReplicas": 3}))
+    wait_for(lambda: not _exists(kube, namespace, "scaledobject", "q")
+             and _exists(kube, namespace, "hpa", "q"), timeout=60,
+             what="the ScaledObject replaced by a CPU HPA")
+
+
+def _keda_accepts(kube: Kube, namespace: str) -> None:
+    """KEDA's controller accepts the ScaledObject: its HPA and the Ready condition."""
     hpa = wait_for(lambda: _exists(kube, namespace, "hpa", "keda-hpa-q")
                    and get(kube, namespace, "hpa", "keda-hpa-q"), timeout=90,
                    what="KEDA's HPA keda-hpa-q")
@@ -195,8 +217,11 @@ def _scaledobject_lifecycle(kube: Kube, namespace: str, prom: Signal) -> None:
         get(kube, namespace, "scaledobject", "q").get("status") or {}).get("conditions") or []),
         timeout=90, what="the ScaledObject Ready")
 
-    # KEDA reads the signal with the rendered query: at 0 the model goes to zero replicas
-    # (idleSeconds 1), the operator does not put it back; a queue wakes it.
+
+def _idle_to_zero_and_woken_by_a_queue(kube: Kube, namespace: str, prom: Signal,
+                                       spec: dict[str, Any]) -> None:
+    """KEDA reads the signal with the rendered query: at 0 the model goes to zero replicas
+    (idleSeconds 1), the operator does not put it back; a queue wakes it."""
     wait_for(lambda: get(kube, namespace, "deployment", "q")["spec"].get("replicas") == 0,
              timeout=90, what="KEDA scaling the idle model to zero")
     assert _events(kube, namespace, "SuccessfulCreate") == []  # no pod was ever made
@@ -225,20 +250,3 @@ def _scaledobject_lifecycle(kube: Kube, namespace: str, prom: Signal) -> None:
     # server: 6 waiting at 4 per replica -> ceil(6 / 4) = 2.
     wait_for(lambda: get(kube, namespace, "deployment", "q")["spec"].get("replicas") == 2,
              timeout=120, what="KEDA's HPA scaling to ceil(6 / 4) = 2 replicas")
-
-    # A changed target reaches the ScaledObject.
-    apply(kube, namespace, md("q", runtime=CPU, autoscaling={**spec, "target": 8}))
-    wait_for(lambda: get(kube, namespace, "scaledobject", "q")["spec"]["triggers"][0][
-        "metadata"]["threshold"] == "8", timeout=30, what="the new target in the ScaledObject")
-
-    # A hand-edit is undone.
-    kube.kubectl("-n", namespace, "patch", "scaledobject", "q", "--type=merge",
-                 "-p", '{"spec":{"maxReplicaCount":10}}')
-    wait_for(lambda: get(kube, namespace, "scaledobject", "q")["spec"]["maxReplicaCount"] == 3,
-             timeout=30, what="the hand-edited maxReplicaCount put back")
-
-    # Back to the CPU signal: the ScaledObject goes, the operator's HPA comes.
-    apply(kube, namespace, md("q", runtime=CPU, autoscaling={"maxReplicas": 3}))
-    wait_for(lambda: not _exists(kube, namespace, "scaledobject", "q")
-             and _exists(kube, namespace, "hpa", "q"), timeout=60,
-             what="the ScaledObject replaced by a CPU HPA")

@@ -60,6 +60,8 @@ MAX_REPLICAS = 3
 CLIENTS = 16
 STABILIZATION_S = 30  # longer than the HPA controller's 15 s sync, so that it is felt
 TIMINGS = ROOT / ".state" / "autoscaling-timings.jsonl"
+# a sample of the scaling: seconds, the HPA's metric per replica, desired replicas, replicas
+Sample = tuple[float, float | None, int, int]
 
 
 @pytest.fixture(scope="module")
@@ -196,10 +198,40 @@ def test_queue_scales_the_real_pods_out_and_back_in(
 
 def _scale_out_and_in(kube: Kube, namespace: str, rn: Node,
                       prom: testbed_prometheus.Prometheus) -> None:
+    ip, hpa_name = _serving_and_scaling_active(kube, namespace, rn, prom)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                   "data": [1.0, 2.0, 3.0, 4.0]}]}).encode()
+    status, out = http_json(f"http://{ip}:8080/v2/models/{MODEL}/infer",
+                            json.loads(body), timeout=30)
+    assert status == 200 and out["outputs"][0]["data"] == [3.0, 5.0, 7.0, 9.0]
+
+    load = Load(rn.slot.subnet, f"/v2/models/{MODEL}/infer", body, clients=CLIENTS,
+                max_requests=20000, max_seconds=300)
+    scale_out = _scale_out_under_load(kube, namespace, rn, prom, load, ip, hpa_name)
+    # Still at the maximum when the load stopped: the scale-in below is the load's end.
+    assert get_json(kube, "-n", namespace, "get", "deployment", NAME)["spec"][
+        "replicas"] == MAX_REPLICAS
+    scale_in, after = _scale_in(kube, namespace, hpa_name, load)
+    record = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              **_scrape_health(prom, namespace), **scale_out, **scale_in,
+              "stabilization_s": STABILIZATION_S, "clients": CLIENTS,
+              "requests_ok": load.ok, "requests_failed": load.errors,
+              "load1": os.getloadavg()[0]}
+    samples = record.pop("samples")
+    print(f"\nqueue autoscaling on the real node: {record}\n(s since load start, HPA metric "
+          f"per replica, desired, Ready): {samples}\n(s since load stop, HPA metric per "
+          f"replica, desired, Deployment replicas): {after}")
+    TIMINGS.parent.mkdir(exist_ok=True)
+    with TIMINGS.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _serving_and_scaling_active(kube: Kube, namespace: str, rn: Node,
+                                prom: testbed_prometheus.Prometheus) -> tuple[str, str]:
+    """One replica serving, and the whole chain ready: KEDA's HPA reads its metric through the
+    aggregated metrics API (ScalingActive), Prometheus scrapes the pod. Returns the replica's
+    address and the HPA's name."""
     node = rn.node.name
-    subnet = rn.slot.subnet
-    # One replica serving, and the whole chain ready: KEDA's HPA reads its metric through the
-    # aggregated metrics API (ScalingActive), Prometheus scrapes the pod.
     (ip,) = wait_for(lambda: _ready_ips(kube, namespace, node), timeout=240, interval=1,
                      what="the model's first replica Ready on the real node")
     hpa_name = f"keda-hpa-{NAME}"
@@ -210,26 +242,28 @@ def _scale_out_and_in(kube: Kube, namespace: str, rn: Node,
         timeout=180, interval=1, what="KEDA's HPA reading its external metric (ScalingActive)")
     assert hpa["spec"]["metrics"][0]["type"] == "External"
     assert hpa["spec"]["maxReplicas"] == MAX_REPLICAS
-    _check_targets(prom, subnet, node, expect={ip})
-    waiting = f'sum(vllm:num_requests_waiting{{namespace="{namespace}",service="{NAME}"}})'
-    wait_for(lambda: testbed_prometheus.query(prom.url, waiting), timeout=60, interval=1,
-             what="the queue gauge in Prometheus")
+    _check_targets(prom, rn.slot.subnet, node, expect={ip})
+    wait_for(lambda: testbed_prometheus.query(prom.url, _waiting(namespace)), timeout=60,
+             interval=1, what="the queue gauge in Prometheus")
     assert int(get_json(kube, "-n", namespace, "get", "deployment", NAME)["spec"][
         "replicas"]) == 1
+    return ip, hpa_name
 
-    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
-                                   "data": [1.0, 2.0, 3.0, 4.0]}]}).encode()
-    status, out = http_json(f"http://{ip}:8080/v2/models/{MODEL}/infer",
-                            json.loads(body), timeout=30)
-    assert status == 200 and out["outputs"][0]["data"] == [3.0, 5.0, 7.0, 9.0]
 
-    load = Load(subnet, f"/v2/models/{MODEL}/infer", body, clients=CLIENTS,
-                max_requests=20000, max_seconds=300)
-    load.set_targets([ip])
-    first = {ip}
+def _waiting(namespace: str) -> str:
+    return f'sum(vllm:num_requests_waiting{{namespace="{namespace}",service="{NAME}"}})'
+
+
+def _scale_out_under_load(kube: Kube, namespace: str, rn: Node,
+                          prom: testbed_prometheus.Prometheus, load: Load, first_ip: str,
+                          hpa_name: str) -> dict[str, Any]:
+    """Load on the first replica until MAX_REPLICAS are Ready, new replicas taking their share
+    as they come; the load stops once the scale-out was seen. Returns its timings and samples."""
+    node, waiting = rn.node.name, _waiting(namespace)
+    load.set_targets([first_ip])
     started_wall = time.time()
     load.start()
-    samples: list[tuple[float, float | None, int, int]] = []  # s, HPA metric, desired, ready
+    samples: list[Sample] = []
     peak_queue = 0.0
     try:
         def scaled_out() -> bool:
@@ -248,11 +282,11 @@ def _scale_out_and_in(kube: Kube, namespace: str, rn: Node,
                  what=f"{MAX_REPLICAS} Ready replicas under the load")
         out_s = time.monotonic() - load.started
         assert load.running, "the load ended before the scale-out (its budget is too small)"
-        pods = [p for p in _pods(kube, namespace) if p["status"].get("podIP") not in first]
+        pods = [p for p in _pods(kube, namespace) if p["status"].get("podIP") != first_ip]
         first_new_ready = min(t for t in map(_ready_since, pods) if t is not None)
         scaled_at = _stamp(get_json(kube, "-n", namespace, "get", "hpa", hpa_name)["status"][
             "lastScaleTime"])
-        _check_targets(prom, subnet, node, expect=set(_ready_ips(kube, namespace, node)))
+        _check_targets(prom, rn.slot.subnet, node, expect=set(_ready_ips(kube, namespace, node)))
         # The queue over the three Ready replicas, as KEDA reads it: still more than two
         # replicas carry at the target (the HPA's recommendation stays at the maximum).
         spread = wait_for(lambda: (lambda q: float(q[0]["value"][1]) if q and float(
@@ -268,11 +302,16 @@ def _scale_out_and_in(kube: Kube, namespace: str, rn: Node,
     assert metrics_seen and max(metrics_seen) > TARGET, samples  # per replica, above target
     assert peak_queue > TARGET, peak_queue
     assert load.ok > 0
-    # Still at the maximum when the load stopped: the scale-in below is the load's end.
-    assert get_json(kube, "-n", namespace, "get", "deployment", NAME)["spec"][
-        "replicas"] == MAX_REPLICAS
+    return {"load_start_to_hpa_scale_out_s": round(scaled_at - started_wall, 1),
+            "load_start_to_first_new_replica_ready_s": round(first_new_ready - started_wall, 1),
+            "load_start_to_all_ready_s": round(out_s, 1),
+            "peak_queue": peak_queue, "queue_over_max_replicas": spread, "samples": samples}
 
-    after: list[tuple[float, float | None, int, int]] = []
+
+def _scale_in(kube: Kube, namespace: str, hpa_name: str,
+              load: Load) -> tuple[dict[str, Any], list[Sample]]:
+    """Back to one replica once the load has stopped, and the others' pods gone."""
+    after: list[Sample] = []
 
     def scaled_in() -> bool:
         h = get_json(kube, "-n", namespace, "get", "hpa", hpa_name)
@@ -289,31 +328,19 @@ def _scale_out_and_in(kube: Kube, namespace: str, rn: Node,
     gone_s = time.monotonic() - load.stopped
     assert any("New size: 1" in e and "below target" in e
                for e in _rescale_events(kube, namespace)), _rescale_events(kube, namespace)
+    return {"load_stop_to_scale_in_s": round(in_s, 1),
+            "load_stop_to_pods_gone_s": round(gone_s, 1)}, after
 
-    # How the scrapes of the busy pods went (a failed or slow scrape delays what KEDA reads).
+
+def _scrape_health(prom: testbed_prometheus.Prometheus, namespace: str) -> dict[str, Any]:
+    """How the scrapes of the busy pods went (a failed or slow scrape delays what KEDA reads)."""
     sel = f'{{service="{NAME}",namespace="{namespace}"}}'
-    scrapes = {name: (lambda r: round(float(r[0]["value"][1]), 3) if r else None)(
+    return {name: (lambda r: round(float(r[0]["value"][1]), 3) if r else None)(
         testbed_prometheus.query(prom.url, q)) for name, q in {
         "scrapes": f"sum(count_over_time(up{sel}[10m]))",
         "scrapes_failed": f"sum(count_over_time(up{sel}[10m])) - sum(sum_over_time(up{sel}[10m]))",
         "scrape_duration_max_s": f"max(max_over_time(scrape_duration_seconds{sel}[10m]))",
     }.items()}
-    record = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **scrapes,
-              "load_start_to_hpa_scale_out_s": round(scaled_at - started_wall, 1),
-              "load_start_to_first_new_replica_ready_s": round(first_new_ready - started_wall, 1),
-              "load_start_to_all_ready_s": round(out_s, 1),
-              "load_stop_to_scale_in_s": round(in_s, 1),
-              "load_stop_to_pods_gone_s": round(gone_s, 1),
-              "stabilization_s": STABILIZATION_S, "clients": CLIENTS,
-              "requests_ok": load.ok, "requests_failed": load.errors,
-              "peak_queue": peak_queue, "queue_over_max_replicas": spread,
-              "load1": os.getloadavg()[0]}
-    print(f"\nqueue autoscaling on the real node: {record}\n(s since load start, HPA metric "
-          f"per replica, desired, Ready): {samples}\n(s since load stop, HPA metric per "
-          f"replica, desired, Deployment replicas): {after}")
-    TIMINGS.parent.mkdir(exist_ok=True)
-    with TIMINGS.open("a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def _check_targets(prom: testbed_prometheus.Prometheus, subnet: ipaddress.IPv4Network,

@@ -114,7 +114,20 @@ def test_node_cache_end_to_end(kube: Kube, namespace: str, operator: Operator) -
     printed = kube.kubectl("-n", namespace, "get", "mc", "tiny").stdout
     assert "node" in printed and "Downloading" in printed
 
-    # The model now runs, read-only, and only on the node whose copy is Ready.
+    _model_runs_only_on(kube, namespace, n1)
+
+    # A stalled download on the other node fails the cache with the downloader's reason.
+    terminate(kube, namespace, by_node[n2], 1, json.dumps(
+        {"phase": "Failed", "reason": "Stalled", "message": "no bytes for 30s"}))
+    st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(
+        cache_status(kube, namespace, "tiny")), timeout=60, what="phase Failed")
+    assert st["reason"] == "Stalled" and n2 in st["message"]
+
+    _deletion_held_while_in_use_then_cleaned(kube, namespace, n1, n2)
+
+
+def _model_runs_only_on(kube: Kube, namespace: str, node: str) -> None:
+    """The model now runs, read-only, and only on the node whose copy is Ready."""
     dep = wait_for(lambda: (lambda r: json.loads(r.stdout) if r.returncode == 0 else None)(
         kube.kubectl("-n", namespace, "get", "deployment", "uses-cache", "-o", "json",
                      check=False)), timeout=60, what="the model's Deployment")
@@ -125,17 +138,15 @@ def test_node_cache_end_to_end(kube: Kube, namespace: str, operator: Operator) -
     assert env["KUBEMAAS_MODEL_URI"] == "file:///var/lib/kubemaas/model-cache"
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"]
-    assert all({"key": "metadata.name", "operator": "In", "values": [n1]} in t["matchFields"]
+    assert all({"key": "metadata.name", "operator": "In", "values": [node]} in t["matchFields"]
                for t in terms)
 
-    # A stalled download on the other node fails the cache with the downloader's reason.
-    terminate(kube, namespace, by_node[n2], 1, json.dumps(
-        {"phase": "Failed", "reason": "Stalled", "message": "no bytes for 30s"}))
-    st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(
-        cache_status(kube, namespace, "tiny")), timeout=60, what="phase Failed")
-    assert st["reason"] == "Stalled" and n2 in st["message"]
 
-    # Deleting it while a model runs from it: held (like a claim in use), and the model is told.
+def _deletion_held_while_in_use_then_cleaned(kube: Kube, namespace: str, n1: str,
+                                            n2: str) -> None:
+    """Deleting the cache while a model runs from it: held (like a claim in use), and the
+    model is told. Once the model is gone: clean-up pods on both nodes, then the ModelCache
+    and its pods go."""
     wait_for(lambda: [p for p in _json(kube, "-n", namespace, "get", "pods", "-l",
                                        "app.kubernetes.io/instance=uses-cache")["items"]
                       if p["status"].get("phase") == "Running"] or None, timeout=60,
@@ -148,7 +159,6 @@ def test_node_cache_end_to_end(kube: Kube, namespace: str, operator: Operator) -
         _json(kube, "-n", namespace, "get", "md", "uses-cache").get("status") or {}),
         timeout=60, what="the model told CacheDeleting")
 
-    # Once the model is gone: clean-up pods on both nodes, then the ModelCache and its pods go.
     kube.kubectl("-n", namespace, "delete", "md", "uses-cache", "--wait=false")
     cleaners = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(
         cache_pods(kube, namespace, "tiny", "clean")), timeout=60, what="two clean-up pods")
@@ -162,6 +172,7 @@ def test_node_cache_end_to_end(kube: Kube, namespace: str, operator: Operator) -
              what="the ModelCache gone")
     wait_for(lambda: not cache_pods(kube, namespace, "tiny") and not cache_pods(
         kube, namespace, "tiny", "clean"), timeout=90, what="its pods garbage-collected")
+
 
 
 def test_invalid_cache_is_refused(kube: Kube, namespace: str, operator: Operator) -> None:

@@ -134,22 +134,50 @@ def test_optimized_once_per_option_set_and_node_copy(kube: Kube, namespace: str,
             cache_pods(kube, namespace, "mlp")), timeout=60, what="two download pods")
         by_node = {p["spec"]["nodeName"]: p for p in fetches}
         download(kube, namespace, by_node[n1], nodes[n1], tmp_path)
+        _optimize_on(kube, namespace, n1, nodes[n1], tmp_path)
 
-        # n1's copy is Ready: one optimize pod per option set there (two, for three models)
-        pods = optimize_pods(kube, namespace, 2)
-        assert {p["spec"]["nodeName"] for p in pods} == {n1}
-        wait_for(lambda: reason_of(kube, namespace, "fast-a").startswith("CacheOptimizing"),
-                 timeout=60, what="fast-a waiting: CacheOptimizing")
-        assert kube.kubectl("-n", namespace, "get", "deployment", "fast-a",
-                            check=False).returncode != 0
-        for p in pods:
-            (c,) = p["spec"]["containers"]
-            env = {e["name"]: e["value"] for e in c["env"]}
-            assert env["KUBEMAAS_OPTIMIZE_PUBLISH"] == "1"
-            code, message, err = run_container(c, {"cache": nodes[n1]}, tmp_path)
-            assert code == 0, err[-2000:]
-            terminate(kube, namespace, p, 0, message)
+    fast, strict = _option_sets_reported(kube, namespace, n1)
+    # the models run on n1 only; their pods read the cache's result and do not optimize
+    ro = read_only(nodes[n1])
+    for name, serving in (("fast-a", "optimized"), ("strict", "original")):
+        cached = fast if name == "fast-a" else strict
+        _served_from_the_cache(kube, namespace, name, serving, cached, n1, ro, store, port,
+                               tmp_path)
 
+    # n2's copy becomes Ready: once more per option set, on n2 (4 pods for 3 models, 2 nodes)
+    with FileServer(store) as server:
+        pod = by_node[n2]
+        (c,) = pod["spec"]["containers"]
+        c["args"][c["args"].index("--source") + 1] = f"{server.url}/mlp.onnx"
+        download(kube, namespace, pod, nodes[n2], tmp_path)
+    pods = optimize_pods(kube, namespace, 4)
+    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted([n1, n1, n2, n2])
+
+
+def _optimize_on(kube: Kube, namespace: str, node: str, node_cache: Path,
+                 tmp_path: Path) -> None:
+    """The node's copy is Ready: one optimize pod per option set there (two, for three
+    models), each run for real against the node's cache directory; no model's Deployment
+    before them."""
+    pods = optimize_pods(kube, namespace, 2)
+    assert {p["spec"]["nodeName"] for p in pods} == {node}
+    wait_for(lambda: reason_of(kube, namespace, "fast-a").startswith("CacheOptimizing"),
+             timeout=60, what="fast-a waiting: CacheOptimizing")
+    assert kube.kubectl("-n", namespace, "get", "deployment", "fast-a",
+                        check=False).returncode != 0
+    for p in pods:
+        (c,) = p["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert env["KUBEMAAS_OPTIMIZE_PUBLISH"] == "1"
+        code, message, err = run_container(c, {"cache": node_cache}, tmp_path)
+        assert code == 0, err[-2000:]
+        terminate(kube, namespace, p, 0, message)
+
+
+def _option_sets_reported(kube: Kube, namespace: str,
+                          node: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The cache's status and Events for both option sets: fp16 optimized, the strict int8
+    one rejected. Returns (the fp16 set's entry, the strict set's)."""
     st = wait_for(lambda: (lambda s: s if [o for o in s.get("optimizations") or []
                                            if o.get("phase") == "Ready"][1:] else None)(
         cache_status(kube, namespace, "mlp")), timeout=60, what="both option sets Ready")
@@ -158,7 +186,7 @@ def test_optimized_once_per_option_set_and_node_copy(kube: Kube, namespace: str,
     assert (fast["reason"], fast["serving"]) == ("Optimized", "optimized")
     assert fast["report"]["sizeBytes"]["optimized"] < fast["report"]["sizeBytes"]["original"]
     assert fast["options"]["quantize"] == "fp16"
-    assert fast["nodes"][0]["name"] == n1 and fast["nodes"][0]["phase"] == "Ready"
+    assert fast["nodes"][0]["name"] == node and fast["nodes"][0]["phase"] == "Ready"
     assert (strict["reason"], strict["serving"]) == ("OptimizationRejected", "original")
     assert strict["report"]["errors"]["scores"]["maxAbsError"] > 0
     described = kube.kubectl("-n", namespace, "describe", "mc", "mlp").stdout
@@ -173,50 +201,45 @@ def test_optimized_once_per_option_set_and_node_copy(kube: Kube, namespace: str,
     said = wait_for(cache_events, timeout=30, what="the cache's Optimized and Warning Events")
     assert said["OptimizationRejected"]["type"] == "Warning"
     assert "models strict" in said["OptimizationRejected"]["message"]
+    return fast, strict
 
-    # the models run on n1 only; their pods read the cache's result and do not optimize
-    ro = read_only(nodes[n1])
-    for name, serving in (("fast-a", "optimized"), ("strict", "original")):
-        pod = model_pod(kube, namespace, name)
-        assert pod["spec"]["nodeName"] == n1
-        (init,) = pod["spec"]["initContainers"]
-        local = {"model-files": ro, "model-cache": tmp_path / f"{name}-emptydir"}
-        local["model-cache"].mkdir()
-        code, message, err = run_container(init, local, tmp_path)
-        assert code == 0, err[-2000:]
-        assert "the model cache holds the optimized model for these options" in err, err
-        assert "not optimizing" in err
-        assert not (local["model-cache"] / "optimized" / "by-key").exists()
-        init_terminated(kube, namespace, pod, message)
-        report = wait_for(lambda n=name: status(kube, namespace, n).get("optimization"),
-                          timeout=60, what=f"status.optimization of {name}")
-        assert report["serving"] == serving and report["optimizedIn"] == "modelCache"
-        assert report["pod"] == pod["metadata"]["name"]
-        cached = fast if name == "fast-a" else strict
-        assert report["errors"] == cached["report"]["errors"]
-        assert report["sizeBytes"] == cached["report"]["sizeBytes"]
-        if name == "fast-a":
-            (container,) = pod["spec"]["containers"]
-            env = {**base_env(tmp_path), **local_env(container, local)}
-            x = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)
-            want = ort_run(store / "mlp.onnx", {"x": x})["scores"]
-            with runtime_from(container, env, tmp_path / "runtime.log", port) as base:
-                code, doc = http_json(f"{base}/v2/models/mlp/infer", {"inputs": [
-                    {"name": "x", "shape": [3, 32], "datatype": "FP32",
-                     "data": x.ravel().tolist()}]})
-                assert code == 200, doc
-            got = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(3, 10)
-            assert not np.array_equal(got, want)  # the fp16 model answered
-            assert np.max(np.abs(got - want)) <= 0.05 * np.max(np.abs(want))
 
-    # n2's copy becomes Ready: once more per option set, on n2 (4 pods for 3 models, 2 nodes)
-    with FileServer(store) as server:
-        pod = by_node[n2]
-        (c,) = pod["spec"]["containers"]
-        c["args"][c["args"].index("--source") + 1] = f"{server.url}/mlp.onnx"
-        download(kube, namespace, pod, nodes[n2], tmp_path)
-    pods = optimize_pods(kube, namespace, 4)
-    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted([n1, n1, n2, n2])
+def _served_from_the_cache(kube: Kube, namespace: str, name: str, serving: str,
+                           cached: dict[str, Any], node: str, ro: Path, store: Path,
+                           port: int, tmp_path: Path) -> None:
+    """The model's pod runs on ``node``; its init container finds the cache's result for its
+    options and does not optimize; status.optimization repeats the cache's report; the fp16
+    model answers from the optimized file."""
+    pod = model_pod(kube, namespace, name)
+    assert pod["spec"]["nodeName"] == node
+    (init,) = pod["spec"]["initContainers"]
+    local = {"model-files": ro, "model-cache": tmp_path / f"{name}-emptydir"}
+    local["model-cache"].mkdir()
+    code, message, err = run_container(init, local, tmp_path)
+    assert code == 0, err[-2000:]
+    assert "the model cache holds the optimized model for these options" in err, err
+    assert "not optimizing" in err
+    assert not (local["model-cache"] / "optimized" / "by-key").exists()
+    init_terminated(kube, namespace, pod, message)
+    report = wait_for(lambda: status(kube, namespace, name).get("optimization"),
+                      timeout=60, what=f"status.optimization of {name}")
+    assert report["serving"] == serving and report["optimizedIn"] == "modelCache"
+    assert report["pod"] == pod["metadata"]["name"]
+    assert report["errors"] == cached["report"]["errors"]
+    assert report["sizeBytes"] == cached["report"]["sizeBytes"]
+    if serving != "optimized":
+        return
+    (container,) = pod["spec"]["containers"]
+    env = {**base_env(tmp_path), **local_env(container, local)}
+    x = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)
+    want = ort_run(store / "mlp.onnx", {"x": x})["scores"]
+    with runtime_from(container, env, tmp_path / "runtime.log", port) as base:
+        code, doc = http_json(f"{base}/v2/models/mlp/infer", {"inputs": [
+            {"name": "x", "shape": [3, 32], "datatype": "FP32", "data": x.ravel().tolist()}]})
+        assert code == 200, doc
+    got = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(3, 10)
+    assert not np.array_equal(got, want)  # the fp16 model answered
+    assert np.max(np.abs(got - want)) <= 0.05 * np.max(np.abs(want))
 
 
 def test_a_claim_is_optimized_once_per_option_set(kube: Kube, namespace: str,

@@ -326,15 +326,7 @@ def test_modeldeployment_serves_from_the_real_node(kube: Kube, namespace: str, r
         pod = wait_for(answered, timeout=180, interval=0.1,
                        what="the ModelDeployment's pod on the real node to answer correctly")
         assert pod is not None
-        elapsed = time.monotonic() - started
-        steps = timeline(kube, namespace, pod, applied_at)
-        print(f"\nkubectl apply -> first correct inference: {elapsed:.2f} s "
-              f"(seconds after apply, to 1 s: {steps})")
-        TIMINGS.parent.mkdir(exist_ok=True)
-        with TIMINGS.open("a") as out:
-            out.write(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                  "apply_to_first_inference_s": round(elapsed, 2),
-                                  "steps": steps, "load1": os.getloadavg()[0]}) + "\n")
+        _record_first_inference(kube, namespace, pod, time.monotonic() - started, applied_at)
 
         name = pod["metadata"]["name"]
         wait_for(lambda: ready(get_json(kube, "-n", namespace, "get", "pod", name)),
@@ -356,6 +348,20 @@ def test_modeldeployment_serves_from_the_real_node(kube: Kube, namespace: str, r
         kube.kubectl("-n", namespace, "delete", "md", "affine", "--ignore-not-found",
                      "--wait=false", check=False)
         kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+
+
+def _record_first_inference(kube: Kube, namespace: str, pod: dict[str, Any], elapsed: float,
+                            applied_at: float) -> None:
+    """Print and append to TIMINGS how long apply -> first correct inference took, and when
+    each step of the pod's start happened."""
+    steps = timeline(kube, namespace, pod, applied_at)
+    print(f"\nkubectl apply -> first correct inference: {elapsed:.2f} s "
+          f"(seconds after apply, to 1 s: {steps})")
+    TIMINGS.parent.mkdir(exist_ok=True)
+    with TIMINGS.open("a") as out:
+        out.write(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "apply_to_first_inference_s": round(elapsed, 2),
+                              "steps": steps, "load1": os.getloadavg()[0]}) + "\n")
 
 
 @contextlib.contextmanager

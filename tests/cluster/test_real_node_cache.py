@@ -13,9 +13,13 @@ anything else).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,66 +88,41 @@ def test_cache_from_http_with_progress_and_a_model_that_does_not_download(
     assert {f["path"] for f in st["files"]} >= {"model.onnx", "weights.bin"}
     assert (cache_root / namespace / "affine-files" / "model.onnx").is_file()
 
-    md = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
-          "metadata": {"name": "affine-cached", "namespace": namespace},
-          "spec": {"model": {"cache": "affine-files", "format": "onnx", "name": MODEL},
-                   "runtime": {"image": real_node.image, "imagePullPolicy": "Never",
-                               "resources": {"cpu": "250m", "memory": "256Mi"}},
-                   "scheduling": {"nodeSelector": {real.LABEL: "true"},
-                                  "tolerations": [real.TOLERATION]}, "replicas": 1}}
     try:
-        applied = time.monotonic()
-        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(md))
-
-        def answered() -> dict[str, Any] | None:
-            pods = get_json(kube, "-n", namespace, "get", "pods", "-l",
-                            "app.kubernetes.io/instance=affine-cached")["items"]
-            for p in pods:
-                ip = p.get("status", {}).get("podIP")
-                if ip and infer(real_node.slot, ip, MODEL) == Y:
-                    return dict(p)
-            return None
-        runtime_pod = wait_for(answered, timeout=180, interval=0.2,
-                               what="the model on the cache to answer")
-        first_s = time.monotonic() - applied
-        print(f"model on the cache: apply -> first correct inference {first_s:.1f} s; "
-              f"ModelCache apply -> first answer {filled_s + first_s:.1f} s")
-        scaled = time.monotonic()
-        kube.kubectl("-n", namespace, "scale", "md", "affine-cached", "--replicas=2")
-        first_name = runtime_pod["metadata"]["name"]
-
-        def second() -> dict[str, Any] | None:
-            pods = get_json(kube, "-n", namespace, "get", "pods", "-l",
-                            "app.kubernetes.io/instance=affine-cached")["items"]
-            for p in pods:
-                ip = p.get("status", {}).get("podIP")
-                if p["metadata"]["name"] != first_name and ip and infer(
-                        real_node.slot, ip, MODEL) == Y:
-                    return dict(p)
-            return None
-        other = wait_for(second, timeout=180, interval=0.2, what="a second replica answering")
-        second_s = time.monotonic() - scaled
-        assert other["spec"]["nodeName"] == node
-        print(f"second replica on the same node: scale -> answer {second_s:.1f} s = "
-              f"{second_s / (filled_s + first_s):.2f} of the first's "
-              f"{filled_s + first_s:.1f} s (cache fill {filled_s:.1f} s + start {first_s:.1f} s; "
-              f"{PAD_BYTES + (files / 'model.onnx').stat().st_size} bytes at "
-              f"{RATE // 2**20} MiB/s per file; load {os.getloadavg()[0]:.1f})")
-        assert runtime_pod["spec"]["nodeName"] == node
-        log = kube.kubectl("-n", namespace, "logs", runtime_pod["metadata"]["name"]).stdout
-        assert "downloading model" not in log and "/var/lib/kubemaas/model-cache/model.onnx" in log
-
-        kube.kubectl("-n", namespace, "delete", "md", "affine-cached", "--wait=true",
-                     "--timeout=90s")
-        wait_for(lambda: not get_json(kube, "-n", namespace, "get", "pods", "-l",
-                                      "app.kubernetes.io/instance=affine-cached")["items"],
-                 timeout=90, what="the model's pod gone")
-        kube.kubectl("-n", namespace, "delete", "modelcache", "affine-files", "--wait=true",
-                     "--timeout=120s")
-        assert list((cache_root / namespace / "affine-files").iterdir()) == []
+        _served_from_the_cache(kube, namespace, real_node, files, filled_s)
+        _delete_model_then_cache(kube, namespace, "affine-cached", "affine-files",
+                                 cache_root / namespace / "affine-files")
     finally:
         kube.kubectl("-n", namespace, "delete", "md", "affine-cached", "--ignore-not-found",
                      "--wait=false", check=False)
+
+
+def _served_from_the_cache(kube: Kube, namespace: str, rn: Node, files: Path,
+                           filled_s: float) -> None:
+    """A model on the cache answers without downloading; a second replica on the same node
+    starts from the same copy (how much sooner is printed)."""
+    applied = time.monotonic()
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(
+        _cached_model("affine-cached", namespace, "affine-files", rn.image)))
+    runtime_pod = _answering_pod(kube, namespace, rn, "affine-cached",
+                                 "the model on the cache to answer")
+    first_s = time.monotonic() - applied
+    print(f"model on the cache: apply -> first correct inference {first_s:.1f} s; "
+          f"ModelCache apply -> first answer {filled_s + first_s:.1f} s")
+    scaled = time.monotonic()
+    kube.kubectl("-n", namespace, "scale", "md", "affine-cached", "--replicas=2")
+    other = _answering_pod(kube, namespace, rn, "affine-cached", "a second replica answering",
+                           other_than=runtime_pod["metadata"]["name"])
+    second_s = time.monotonic() - scaled
+    assert other["spec"]["nodeName"] == rn.node.name
+    print(f"second replica on the same node: scale -> answer {second_s:.1f} s = "
+          f"{second_s / (filled_s + first_s):.2f} of the first's "
+          f"{filled_s + first_s:.1f} s (cache fill {filled_s:.1f} s + start {first_s:.1f} s; "
+          f"{PAD_BYTES + (files / 'model.onnx').stat().st_size} bytes at "
+          f"{RATE // 2**20} MiB/s per file; load {os.getloadavg()[0]:.1f})")
+    assert runtime_pod["spec"]["nodeName"] == rn.node.name
+    log = kube.kubectl("-n", namespace, "logs", runtime_pod["metadata"]["name"]).stdout
+    assert "downloading model" not in log and "/var/lib/kubemaas/model-cache/model.onnx" in log
 
 
 def test_cache_from_s3_with_a_credentials_secret(kube: Kube, namespace: str,
@@ -152,34 +131,14 @@ def test_cache_from_s3_with_a_credentials_secret(kube: Kube, namespace: str,
                                                  operator: Operator, tmp_path: Path) -> None:
     """s3:// from moto's S3 server on the bridge address; the keys reach the download pod from
     a Secret (envFrom) that the operator never reads."""
-    import socket
-    import subprocess
-
     from tests.runtime.fetch_helpers import s3_upload
     from tests.runtime.venvs import MOTO, ensure_venv
 
     python = ensure_venv("moto", MOTO)
-    host = real_node.slot.gateway
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port = sock.getsockname()[1]
-    endpoint = f"http://{host}:{port}"
-    log = tmp_path / "moto.log"
     weights = tmp_path / "weights.bin"
     with weights.open("wb") as out:
         out.truncate(64 * 1024 * 1024)
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(python), "-m", "moto.server", "-H", host, "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        def up() -> bool:
-            assert proc.poll() is None, log.read_text()[-2000:]
-            try:
-                with socket.create_connection((host, port), timeout=1):
-                    return True
-            except OSError:
-                return False
-        wait_for(up, timeout=60, what="moto's S3 server")
+    with _moto(python, real_node.slot.gateway, tmp_path / "moto.log") as endpoint:
         s3_upload(python, endpoint, [
             {"bucket_only": True, "bucket": "models"},
             {"bucket": "models", "key": "affine/model.onnx",
@@ -202,9 +161,7 @@ def test_cache_from_s3_with_a_credentials_secret(kube: Kube, namespace: str,
                                                 "value": endpoint}]}}}
         started = time.monotonic()
         kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(cache))
-        st = wait_for(lambda: (lambda s: s if s.get("phase") in ("Ready", "Failed") else None)(
-            get_json(kube, "-n", namespace, "get", "modelcache", "affine-s3").get("status")
-            or {}), timeout=240, interval=0.3, what="the s3 ModelCache Ready")
+        st = _cache_settled(kube, namespace, "affine-s3", "the s3 ModelCache Ready")
         print(f"\ns3 ModelCache filled in {time.monotonic() - started:.1f} s "
               f"(load {os.getloadavg()[0]:.1f}): {st.get('message')}")
         assert st["phase"] == "Ready", st
@@ -218,9 +175,6 @@ def test_cache_from_s3_with_a_credentials_secret(kube: Kube, namespace: str,
         kube.kubectl("-n", namespace, "delete", "modelcache", "affine-s3", "--wait=true",
                      "--timeout=120s")
         assert list(done.iterdir()) == []
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_pvc_cache_on_the_real_node(kube: Kube, namespace: str, real_node: Node,  # noqa: F811
@@ -241,20 +195,8 @@ def test_pvc_cache_on_the_real_node(kube: Kube, namespace: str, real_node: Node,
     volume.mkdir()
     os.chown(volume, 10001, 10001)
     pv = f"{namespace}-pv"
-    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                  "storageClassName": "", "hostPath": {"path": str(volume),
-                                                       "type": "Directory"},
-                  # the directory is on the real node: the scheduler keeps the claim's pods
-                  # (download, model, clean-up) there, as for a local volume
-                  "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                      {"key": real.LABEL, "operator": "In", "values": ["true"]}]}]}},
-                  "claimRef": {"namespace": namespace, "name": "weights"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": "weights", "namespace": namespace},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                  "resources": {"requests": {"storage": "1Gi"}}}}]))
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+        _host_volume_and_claim(pv, volume, namespace, "weights")))
     try:
         with FileServer(files, host=real_node.slot.gateway) as server:
             cache = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelCache",
@@ -267,11 +209,7 @@ def test_pvc_cache_on_the_real_node(kube: Kube, namespace: str, real_node: Node,
                                            "tolerations": [real.TOLERATION]}}}
             started = time.monotonic()
             kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(cache))
-            st = wait_for(lambda: (lambda s: s if s.get("phase") in ("Ready", "Failed")
-                                   else None)(get_json(kube, "-n", namespace, "get",
-                                                       "modelcache", "affine-pvc").get(
-                                                           "status") or {}),
-                          timeout=240, interval=0.3, what="the pvc ModelCache Ready")
+            st = _cache_settled(kube, namespace, "affine-pvc", "the pvc ModelCache Ready")
         print(f"\npvc ModelCache filled in {time.monotonic() - started:.1f} s "
               f"(load {os.getloadavg()[0]:.1f}): {st.get('message')}")
         assert st["phase"] == "Ready", st
@@ -284,40 +222,109 @@ def test_pvc_cache_on_the_real_node(kube: Kube, namespace: str, real_node: Node,
         assert fetch["spec"]["nodeName"] == real_node.node.name
         assert fetch["spec"]["securityContext"]["runAsUser"] == 10001
 
-        md = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
-              "metadata": {"name": "affine-on-pvc", "namespace": namespace},
-              "spec": {"model": {"cache": "affine-pvc", "format": "onnx", "name": MODEL},
-                       "runtime": {"image": real_node.image, "imagePullPolicy": "Never",
-                                   "resources": {"cpu": "250m", "memory": "256Mi"}},
-                       "scheduling": {"nodeSelector": {real.LABEL: "true"},
-                                      "tolerations": [real.TOLERATION]}, "replicas": 1}}
-        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(md))
-
-        def answered() -> dict[str, Any] | None:
-            for p in get_json(kube, "-n", namespace, "get", "pods", "-l",
-                              "app.kubernetes.io/instance=affine-on-pvc")["items"]:
-                ip = p.get("status", {}).get("podIP")
-                if ip and infer(real_node.slot, ip, MODEL) == Y:
-                    return dict(p)
-            return None
-        pod = wait_for(answered, timeout=180, interval=0.2, what="the model on the claim")
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(
+            _cached_model("affine-on-pvc", namespace, "affine-pvc", real_node.image)))
+        pod = _answering_pod(kube, namespace, real_node, "affine-on-pvc", "the model on the claim")
         log = kube.kubectl("-n", namespace, "logs", pod["metadata"]["name"]).stdout
         assert "downloading model" not in log and "/var/lib/kubemaas/model-cache/model.onnx" in log
         mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"]
                      if m["name"] == "model-files")
         assert mount["readOnly"] is True and mount["subPath"] == "affine-pvc"
-
-        kube.kubectl("-n", namespace, "delete", "md", "affine-on-pvc", "--wait=true",
-                     "--timeout=90s")
-        wait_for(lambda: not get_json(kube, "-n", namespace, "get", "pods", "-l",
-                                      "app.kubernetes.io/instance=affine-on-pvc")["items"],
-                 timeout=90, what="the model's pod gone")
-        kube.kubectl("-n", namespace, "delete", "modelcache", "affine-pvc", "--wait=true",
-                     "--timeout=120s")
-        assert list((volume / "affine-pvc").iterdir()) == []
+        _delete_model_then_cache(kube, namespace, "affine-on-pvc", "affine-pvc",
+                                 volume / "affine-pvc")
     finally:
         kube.kubectl("-n", namespace, "delete", "md", "affine-on-pvc", "--ignore-not-found",
                      "--wait=false", check=False)
         kube.kubectl("-n", namespace, "delete", "pvc", "weights", "--ignore-not-found",
                      "--wait=false", check=False)
         kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+
+
+def _cached_model(name: str, namespace: str, cache: str, image: str) -> dict[str, Any]:
+    """A ModelDeployment of the affine model on ``cache``, one replica on the real node."""
+    return {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"model": {"cache": cache, "format": "onnx", "name": MODEL},
+                     "runtime": {"image": image, "imagePullPolicy": "Never",
+                                 "resources": {"cpu": "250m", "memory": "256Mi"}},
+                     "scheduling": {"nodeSelector": {real.LABEL: "true"},
+                                    "tolerations": [real.TOLERATION]}, "replicas": 1}}
+
+
+def _answering_pod(kube: Kube, namespace: str, rn: Node, instance: str, what: str,
+                   other_than: str = "") -> dict[str, Any]:
+    """The first of the model's pods (other than the one named) whose inference on the
+    bridge gives the right answer."""
+    def answered() -> dict[str, Any] | None:
+        for p in get_json(kube, "-n", namespace, "get", "pods", "-l",
+                          f"app.kubernetes.io/instance={instance}")["items"]:
+            ip = p.get("status", {}).get("podIP")
+            if p["metadata"]["name"] != other_than and ip and infer(rn.slot, ip, MODEL) == Y:
+                return dict(p)
+        return None
+    return dict(wait_for(answered, timeout=180, interval=0.2, what=what))
+
+
+def _cache_settled(kube: Kube, namespace: str, name: str, what: str) -> dict[str, Any]:
+    """The ModelCache's status once Ready or Failed."""
+    return dict(wait_for(lambda: (lambda s: s if s.get("phase") in ("Ready", "Failed")
+                                  else None)(get_json(kube, "-n", namespace, "get",
+                                                      "modelcache", name).get("status") or {}),
+                         timeout=240, interval=0.3, what=what))
+
+
+def _delete_model_then_cache(kube: Kube, namespace: str, model: str, cache: str,
+                             directory: Path) -> None:
+    """The model and its pods go first; deleting the cache then empties its directory (a
+    clean-up pod on the node)."""
+    kube.kubectl("-n", namespace, "delete", "md", model, "--wait=true", "--timeout=90s")
+    wait_for(lambda: not get_json(kube, "-n", namespace, "get", "pods", "-l",
+                                  f"app.kubernetes.io/instance={model}")["items"],
+             timeout=90, what="the model's pod gone")
+    kube.kubectl("-n", namespace, "delete", "modelcache", cache, "--wait=true",
+                 "--timeout=120s")
+    assert list(directory.iterdir()) == []
+
+
+def _host_volume_and_claim(pv: str, directory: Path, namespace: str,
+                           claim: str) -> list[dict[str, Any]]:
+    """A ReadWriteMany hostPath PersistentVolume on the real node, bound to ``claim``."""
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                  "storageClassName": "", "hostPath": {"path": str(directory),
+                                                       "type": "Directory"},
+                  # the directory is on the real node: the scheduler keeps the claim's pods
+                  # (download, model, clean-up) there, as for a local volume
+                  "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                      {"key": real.LABEL, "operator": "In", "values": ["true"]}]}]}},
+                  "claimRef": {"namespace": namespace, "name": claim}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": claim, "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                  "resources": {"requests": {"storage": "1Gi"}}}}]
+
+
+@contextlib.contextmanager
+def _moto(python: Path, host: str, log: Path) -> Iterator[str]:
+    """moto's S3 server on ``host`` (the bridge address: only the node's pods and this test
+    reach it); yields its endpoint URL."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(python), "-m", "moto.server", "-H", host, "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                with socket.create_connection((host, port), timeout=1):
+                    return True
+            except OSError:
+                return False
+        wait_for(up, timeout=60, what="moto's S3 server")
+        yield f"http://{host}:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -67,25 +67,7 @@ def test_optimized_once_in_the_cache_and_served_by_every_replica(
         started = time.monotonic()
         kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(md))
         try:
-            def optimized() -> dict[str, Any] | None:
-                st = get_json(kube, "-n", namespace, "get", "modelcache", "affine-opt").get(
-                    "status") or {}
-                done = [o for o in st.get("optimizations") or []
-                        if o.get("phase") in ("Ready", "Failed")]
-                return dict(done[0]) if done else None
-            entry = wait_for(optimized, timeout=300, interval=0.5,
-                             what="the cache's optimization Ready")
-            optimized_s = time.monotonic() - started
-            print(f"\ncache filled and optimized {optimized_s:.1f} s after the apply (load "
-                  f"{os.getloadavg()[0]:.1f}): {json.dumps(entry)[:600]}")
-            assert entry["phase"] == "Ready" and entry["serving"] == "optimized", entry
-            assert entry["nodes"][0]["name"] == node
-            opt_pods = get_json(kube, "-n", namespace, "get", "pods", "-l",
-                                "serving.kubemaas.io/model-cache=affine-opt,"
-                                "serving.kubemaas.io/cache-role=optimize")["items"]
-            assert len(opt_pods) == 1 and opt_pods[0]["spec"]["nodeName"] == node
-            key_dir = cache_root / namespace / "affine-opt" / ".kubemaas-optimized" / entry["key"]
-            assert (key_dir / "result.json").is_file()
+            entry = _optimized_once_on(kube, namespace, node, cache_root, started)
 
             def answering() -> list[dict[str, Any]] | None:
                 pods = get_json(kube, "-n", namespace, "get", "pods", "-l",
@@ -96,14 +78,7 @@ def test_optimized_once_in_the_cache_and_served_by_every_replica(
             pods = wait_for(answering, timeout=240, interval=0.3, what="two replicas answering")
             print(f"both replicas answered {time.monotonic() - started:.1f} s after the apply")
         finally:
-            for p in get_json(kube, "-n", namespace, "get", "pods")["items"]:
-                name = p["metadata"]["name"]
-                spec = p["spec"]
-                for c in [c["name"] for c in [*(spec.get("initContainers") or []),
-                                              *spec["containers"]]]:
-                    out = kube.kubectl("-n", namespace, "logs", name, "-c", c, "--tail=5",
-                                       check=False)
-                    print(f"--- {name} {c}: {out.stdout[-800:]}{out.stderr[-300:]}")
+            _print_pod_logs(kube, namespace)
     for p in pods:
         assert p["spec"]["nodeName"] == node
         log = kube.kubectl("-n", namespace, "logs", p["metadata"]["name"], "-c",
@@ -122,3 +97,40 @@ def test_optimized_once_in_the_cache_and_served_by_every_replica(
     kube.kubectl("-n", namespace, "delete", "modelcache", "affine-opt", "--wait=true",
                  "--timeout=120s")
     assert list((cache_root / namespace / "affine-opt").iterdir()) == []
+
+
+def _optimized_once_on(kube: Kube, namespace: str, node: str, cache_root: Path,
+                       started: float) -> dict[str, Any]:
+    """The cache's optimization entry, Ready and serving the optimized file, made by one
+    optimize pod on the node, its result in the cache's directory."""
+    def optimized() -> dict[str, Any] | None:
+        st = get_json(kube, "-n", namespace, "get", "modelcache", "affine-opt").get(
+            "status") or {}
+        done = [o for o in st.get("optimizations") or []
+                if o.get("phase") in ("Ready", "Failed")]
+        return dict(done[0]) if done else None
+    entry: dict[str, Any] = wait_for(optimized, timeout=300, interval=0.5,
+                                     what="the cache's optimization Ready")
+    print(f"\ncache filled and optimized {time.monotonic() - started:.1f} s after the apply "
+          f"(load {os.getloadavg()[0]:.1f}): {json.dumps(entry)[:600]}")
+    assert entry["phase"] == "Ready" and entry["serving"] == "optimized", entry
+    assert entry["nodes"][0]["name"] == node
+    opt_pods = get_json(kube, "-n", namespace, "get", "pods", "-l",
+                        "serving.kubemaas.io/model-cache=affine-opt,"
+                        "serving.kubemaas.io/cache-role=optimize")["items"]
+    assert len(opt_pods) == 1 and opt_pods[0]["spec"]["nodeName"] == node
+    key_dir = cache_root / namespace / "affine-opt" / ".kubemaas-optimized" / entry["key"]
+    assert (key_dir / "result.json").is_file()
+    return entry
+
+
+def _print_pod_logs(kube: Kube, namespace: str) -> None:
+    """The last lines of every container of every pod in the namespace (for a failure's
+    report: the optimize, download and runtime containers all run on the real node)."""
+    for p in get_json(kube, "-n", namespace, "get", "pods")["items"]:
+        name = p["metadata"]["name"]
+        spec = p["spec"]
+        for c in [c["name"] for c in [*(spec.get("initContainers") or []),
+                                      *spec["containers"]]]:
+            out = kube.kubectl("-n", namespace, "logs", name, "-c", c, "--tail=5", check=False)
+            print(f"--- {name} {c}: {out.stdout[-800:]}{out.stderr[-300:]}")

@@ -47,15 +47,7 @@ def _secret_files(kube: Kube, namespace: str, volume: dict[str, Any]) -> dict[st
 
 def test_runtime_from_the_written_container_serves_https_and_wants_a_key(
         kube: Kube, namespace: str, operator: Operator, tmp_path: Path) -> None:
-    ca = CA(tmp_path / "ca")
-    leaf = ca.issue(1)
-    (tmp_path / "tls.crt").write_bytes(leaf["tls.crt"])
-    (tmp_path / "tls.key").write_bytes(leaf["tls.key"])
-    kube.kubectl("-n", namespace, "create", "secret", "tls", "tiny-cert",
-                 f"--cert={tmp_path / 'tls.crt'}", f"--key={tmp_path / 'tls.key'}")
-    first_key = hashlib.sha256(b"frontend-1" + os.urandom(16)).hexdigest()
-    kube.kubectl("-n", namespace, "create", "secret", "generic", "tiny-keys",
-                 f"--from-literal=frontend={first_key}")
+    ca, first_key = _cluster_secrets(kube, namespace, tmp_path)
     store = tmp_path / "store"
     _tiny_onnx(store / "tiny" / "model.onnx")
     port = free_port()
@@ -68,25 +60,8 @@ def test_runtime_from_the_written_container_serves_https_and_wants_a_key(
     pod = get(kube, namespace, "deployment", "guarded")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-
-    # Volumes become local directories (Secrets as the kubelet writes them), and paths under
-    # a mount point follow them. The metrics port moves to a free one: on this machine the
-    # test stands in for the pod's own network namespace.
-    local: dict[str, Path] = {}
-    for mount in container["volumeMounts"]:
-        local[mount["mountPath"]] = tmp_path / "volumes" / mount["name"]
-        volume = volumes[mount["name"]]
-        if "secret" in volume:
-            write_secret(local[mount["mountPath"]], _secret_files(kube, namespace, volume))
-        elif mount["name"] == "model-store":
-            local[mount["mountPath"]] = store
-        else:
-            local[mount["mountPath"]].mkdir(parents=True)
-    env = {e["name"]: e["value"] for e in container["env"]}
-    for key, value in list(env.items()):
-        for mount_path, directory in local.items():
-            if mount_path in value:  # a path, or a file:// URI under the mount
-                env[key] = value.replace(mount_path, str(directory), 1)
+    local = _local_volumes(kube, namespace, container, volumes, store, tmp_path)
+    env = _local_env(container, local)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert env["KUBEMAAS_METRICS_PORT"] == str(ports["metrics"])
     metrics_port = free_port()
@@ -101,39 +76,8 @@ def test_runtime_from_the_written_container_serves_https_and_wants_a_key(
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         trusted = ca.client_context()
-        ready = container["readinessProbe"]["httpGet"]
-        assert ready["scheme"] == "HTTPS"
-
-        def probe_passes() -> bool:
-            assert proc.poll() is None, log.read_text()
-            try:
-                return request(ports["http"], "GET", ready["path"], tls=trusted)[0] == 200
-            except OSError:
-                return False
-
-        wait_for(probe_passes, timeout=90, what=f"the HTTPS readiness probe (log: {log})")
-        for probe in ("livenessProbe", "startupProbe"):  # open to the kubelet without a key
-            assert request(ports["http"], "GET", container[probe]["httpGet"]["path"],
-                           tls=trusted)[0] == 200
-
-        # A client that does not trust the test's CA cannot even connect.
-        with pytest.raises(ssl.SSLCertVerificationError):
-            request(ports["http"], "GET", ready["path"], tls=ssl.create_default_context())
-
-        infer = "/v2/models/tiny/infer"
-        json_type = {"Content-Type": "application/json"}
-        status, _, body = request(ports["http"], "POST", infer, INFER, json_type, tls=trusted)
-        assert status == 401 and "error" in body, body
-        status, _, body = request(ports["http"], "POST", infer, INFER,
-                                  {**json_type, "Authorization": "Bearer wrong"}, tls=trusted)
-        assert status == 401
-        status, _, body = request(ports["http"], "POST", infer, INFER,
-                                  {**json_type, "Authorization": f"Bearer {first_key}"},
-                                  tls=trusted)
-        assert status == 200 and body["outputs"][0]["data"] == [2.0, 3.0, 4.0, 5.0], body
-        status, _, _ = request(ports["http"], "POST", infer, INFER,
-                               {**json_type, "x-api-key": first_key}, tls=trusted)
-        assert status == 200
+        _check_https_probes(proc, log, container, ports["http"], trusted)
+        _check_keys(ports["http"], first_key, trusted)
 
         # /metrics: on its own port, plain HTTP, no key (Prometheus has none).
         status, _, text = request(metrics_port, "GET", "/metrics")
@@ -150,8 +94,7 @@ def test_runtime_from_the_written_container_serves_https_and_wants_a_key(
         write_secret(local[keys_mount], _secret_files(kube, namespace, volumes["api-keys"]))
 
         def answers(key: str) -> int:
-            return request(ports["http"], "POST", infer, INFER,
-                           {**json_type, "Authorization": f"Bearer {key}"}, tls=trusted)[0]
+            return _infer(ports["http"], trusted, {"Authorization": f"Bearer {key}"})[0]
 
         wait_for(lambda: answers(second_key) == 200, timeout=30,
                  what="the rotated key to be accepted")
@@ -159,3 +102,86 @@ def test_runtime_from_the_written_container_serves_https_and_wants_a_key(
         assert proc.poll() is None, "the runtime restarted"
     finally:
         stop_child(proc)
+
+
+def _cluster_secrets(kube: Kube, namespace: str, tmp_path: Path) -> tuple[CA, str]:
+    """The serving certificate (issued by a test CA) and an API key, as Secrets in the
+    namespace: tiny-cert and tiny-keys."""
+    ca = CA(tmp_path / "ca")
+    leaf = ca.issue(1)
+    (tmp_path / "tls.crt").write_bytes(leaf["tls.crt"])
+    (tmp_path / "tls.key").write_bytes(leaf["tls.key"])
+    kube.kubectl("-n", namespace, "create", "secret", "tls", "tiny-cert",
+                 f"--cert={tmp_path / 'tls.crt'}", f"--key={tmp_path / 'tls.key'}")
+    first_key = hashlib.sha256(b"frontend-1" + os.urandom(16)).hexdigest()
+    kube.kubectl("-n", namespace, "create", "secret", "generic", "tiny-keys",
+                 f"--from-literal=frontend={first_key}")
+    return ca, first_key
+
+
+def _local_volumes(kube: Kube, namespace: str, container: dict[str, Any],
+                   volumes: dict[str, dict[str, Any]], store: Path,
+                   tmp_path: Path) -> dict[str, Path]:
+    """The container's mount points as local directories: Secrets written as the kubelet
+    writes them, the model store as the test's, the rest empty."""
+    local: dict[str, Path] = {}
+    for mount in container["volumeMounts"]:
+        local[mount["mountPath"]] = tmp_path / "volumes" / mount["name"]
+        volume = volumes[mount["name"]]
+        if "secret" in volume:
+            write_secret(local[mount["mountPath"]], _secret_files(kube, namespace, volume))
+        elif mount["name"] == "model-store":
+            local[mount["mountPath"]] = store
+        else:
+            local[mount["mountPath"]].mkdir(parents=True)
+    return local
+
+
+def _local_env(container: dict[str, Any], local: dict[str, Path]) -> dict[str, str]:
+    """The container's env, its paths under a mount point following the mount's directory.
+    (The caller moves the metrics port to a free one: on this machine the test stands in for
+    the pod's own network namespace.)"""
+    env = {e["name"]: e["value"] for e in container["env"]}
+    for key, value in list(env.items()):
+        for mount_path, directory in local.items():
+            if mount_path in value:  # a path, or a file:// URI under the mount
+                env[key] = value.replace(mount_path, str(directory), 1)
+    return env
+
+
+def _check_https_probes(proc: subprocess.Popen[bytes], log: Path, container: dict[str, Any],
+                        port: int, trusted: ssl.SSLContext) -> None:
+    """The probes are HTTPS, pass without a key, and an untrusting client cannot connect."""
+    ready = container["readinessProbe"]["httpGet"]
+    assert ready["scheme"] == "HTTPS"
+
+    def probe_passes() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return request(port, "GET", ready["path"], tls=trusted)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(probe_passes, timeout=90, what=f"the HTTPS readiness probe (log: {log})")
+    for probe in ("livenessProbe", "startupProbe"):  # open to the kubelet without a key
+        assert request(port, "GET", container[probe]["httpGet"]["path"],
+                       tls=trusted)[0] == 200
+    # A client that does not trust the test's CA cannot even connect.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        request(port, "GET", ready["path"], tls=ssl.create_default_context())
+
+
+def _infer(port: int, trusted: ssl.SSLContext, headers: dict[str, str]) -> tuple[int, Any]:
+    status, _, body = request(port, "POST", "/v2/models/tiny/infer", INFER,
+                              {"Content-Type": "application/json", **headers}, tls=trusted)
+    return status, body
+
+
+def _check_keys(port: int, key: str, trusted: ssl.SSLContext) -> None:
+    """401 without a key or with a wrong one; 200 with the key as a bearer token or x-api-key."""
+    status, body = _infer(port, trusted, {})
+    assert status == 401 and "error" in body, body
+    assert _infer(port, trusted, {"Authorization": "Bearer wrong"})[0] == 401
+    status, body = _infer(port, trusted, {"Authorization": f"Bearer {key}"})
+    assert status == 200 and body["outputs"][0]["data"] == [2.0, 3.0, 4.0, 5.0], body
+    assert _infer(port, trusted, {"x-api-key": key})[0] == 200

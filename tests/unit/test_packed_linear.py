@@ -62,6 +62,9 @@ def test_small_layers_keep_torchs_linear(monkeypatch: pytest.MonkeyPatch) -> Non
     assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
 
 
+@pytest.mark.skipif(torch.bfloat16 not in packed_linear.packable_dtypes(),
+                    reason="this CPU has no oneDNN bfloat16 kernel (AVX-512 BW/VL/DQ or "
+                           "AVX-NE-CONVERT); the test below covers that case")
 def test_bfloat16_layers_are_packed_too() -> None:
     model = tiny(tied=False).to(torch.bfloat16)
     ref = copy.deepcopy(model)
@@ -70,6 +73,20 @@ def test_bfloat16_layers_are_packed_too() -> None:
     with torch.inference_mode():
         got, want = model(ids).logits.float(), ref(ids).logits.float()
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_bfloat16_layers_keep_torchs_linear_where_onednn_has_no_bfloat16_kernel(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # what pack_linears sees on an AVX2-only CPU, where the bfloat16 reorder raises
+    monkeypatch.setattr(packed_linear, "packable_dtypes", lambda: (torch.float32,))
+    model = tiny(tied=False).to(torch.bfloat16)
+    ref = copy.deepcopy(model)
+    assert pack_linears(model) == 0
+    assert type(model.lm_head) is torch.nn.Linear
+    assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
 
 
 def test_sibling_projections_are_fused_and_computed_once(monkeypatch: pytest.MonkeyPatch) -> None:

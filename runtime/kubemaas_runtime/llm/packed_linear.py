@@ -15,7 +15,10 @@ prefill step ~1,230 -> ~1,090 ms), a decode step about the same.
 
 Applied to plain float32/bfloat16 ``nn.Linear`` weights of at least ``MIN_WEIGHTS`` on CPU only:
 a quantized weight (the optimize step's int8) keeps its own kernel, and an output head tied to
-the token embedding keeps the shared tensor. ``--packed-linear false`` turns it off.
+the token embedding keeps the shared tensor. bfloat16 weights only where oneDNN has a bfloat16
+kernel for the CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT: torch's own check); elsewhere (an
+AVX2-only CPU) the reorder raises, and those layers keep torch's linear. ``--packed-linear
+false`` turns it off.
 """
 
 from __future__ import annotations
@@ -136,11 +139,19 @@ def _linear_script(x: torch.Tensor, packed: torch.Tensor,
         x, packed, bias, "none", scalars, "")
 
 
+@functools.cache
+def packable_dtypes() -> tuple[torch.dtype, ...]:
+    """The weight dtypes oneDNN can reorder and multiply on this CPU."""
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.float32, torch.bfloat16
+    return (torch.float32,)
+
+
 def _packable(module: Any, head: Any) -> bool:
     return (type(module) is torch.nn.Linear and module is not head
             and module.in_features * module.out_features >= MIN_WEIGHTS
             and type(module.weight.data) is torch.Tensor
-            and module.weight.dtype in (torch.float32, torch.bfloat16))
+            and module.weight.dtype in packable_dtypes())
 
 
 def _fuse_siblings(model: Any, head: Any) -> int:
