@@ -130,8 +130,15 @@ class RssSampler:
 
 
 def cpu_model() -> str:
+    """The CPU's model name and its widest vector instructions (figures from an AVX2-only
+    machine and from an AVX-512 one are not comparable: oneDNN's kernels differ)."""
+    name, flags = platform.processor(), set()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    return f"{name}, {isa}" if isa else name
