@@ -24,13 +24,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from kubemaas_testbed.cluster import free_port
 from kubemaas_testbed.model_servers import FileServer
 from tests.cluster.conftest import Operator
-from tests.cluster.test_keras_contract import base_env, local_env, runtime_from
+from tests.cluster.test_keras_contract import base_env, local_env
 from tests.cluster.test_modelcache import (
     cache,
     cache_pods,
@@ -40,9 +39,10 @@ from tests.cluster.test_modelcache import (
     two_nodes,
 )
 from tests.cluster.test_operator import apply, md, status
+from tests.cluster.test_optimize_contract import assert_fp16_mlp_served
 from tests.conftest import Kube
-from tests.helpers import http_json, wait_for
-from tests.runtime.conftest import PY, ort_run
+from tests.helpers import wait_for
+from tests.runtime.conftest import PY
 from tests.runtime.test_optimize import make_mlp_onnx
 from tests.runtime.test_optimize_cache import read_only as read_only  # the fixture
 
@@ -231,15 +231,7 @@ def _served_from_the_cache(kube: Kube, namespace: str, name: str, serving: str,
         return
     (container,) = pod["spec"]["containers"]
     env = {**base_env(tmp_path), **local_env(container, local)}
-    x = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)
-    want = ort_run(store / "mlp.onnx", {"x": x})["scores"]
-    with runtime_from(container, env, tmp_path / "runtime.log", port) as base:
-        code, doc = http_json(f"{base}/v2/models/mlp/infer", {"inputs": [
-            {"name": "x", "shape": [3, 32], "datatype": "FP32", "data": x.ravel().tolist()}]})
-        assert code == 200, doc
-    got = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(3, 10)
-    assert not np.array_equal(got, want)  # the fp16 model answered
-    assert np.max(np.abs(got - want)) <= 0.05 * np.max(np.abs(want))
+    assert_fp16_mlp_served(container, env, store / "mlp.onnx", port, tmp_path)
 
 
 def test_a_claim_is_optimized_once_per_option_set(kube: Kube, namespace: str,

@@ -71,6 +71,21 @@ def _deploy(kube: Kube, namespace: str, name: str, store: str, port: int,
     return _pod(kube, namespace, name)
 
 
+def assert_fp16_mlp_served(container: dict[str, Any], env: dict[str, str], original: Path,
+                           port: int, tmp_path: Path) -> None:
+    """The runtime started from the written container spec answers with the fp16 model: not
+    the original's outputs, within the guard's 5 % of them."""
+    x = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)
+    want = ort_run(original, {"x": x})["scores"]
+    with runtime_from(container, env, tmp_path / "runtime.log", port) as base:
+        code, doc = http_json(f"{base}/v2/models/mlp/infer", {"inputs": [
+            {"name": "x", "shape": [3, 32], "datatype": "FP32", "data": x.ravel().tolist()}]})
+        assert code == 200, doc
+    got = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(3, 10)
+    assert not np.array_equal(got, want)  # the fp16 model answered ...
+    assert np.max(np.abs(got - want)) <= 0.05 * np.max(np.abs(want))  # ... within the guard
+
+
 def test_status_shows_the_measured_figures(kube: Kube, namespace: str, operator: Operator,
                                            tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
@@ -106,15 +121,7 @@ def test_status_shows_the_measured_figures(kube: Kube, namespace: str, operator:
     # the runtime, started from the written container spec, serves what the init container left
     env = {**base_env(tmp_path), **local_env(container, local)}
     assert env["KUBEMAAS_MODEL_URI"].endswith("/optimized/serve")
-    x = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)
-    want = ort_run(store_dir / "mlp.onnx", {"x": x})["scores"]
-    with runtime_from(container, env, tmp_path / "runtime.log", port) as base:
-        code, doc = http_json(f"{base}/v2/models/mlp/infer", {"inputs": [
-            {"name": "x", "shape": [3, 32], "datatype": "FP32", "data": x.ravel().tolist()}]})
-        assert code == 200, doc
-        got = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(3, 10)
-    assert not np.array_equal(got, want)  # the fp16 model answered ...
-    assert np.max(np.abs(got - want)) <= 0.05 * np.max(np.abs(want))  # ... within the guard
+    assert_fp16_mlp_served(container, env, store_dir / "mlp.onnx", port, tmp_path)
 
 
 def test_guard_too_tight_warns_and_the_original_serves(kube: Kube, namespace: str,
