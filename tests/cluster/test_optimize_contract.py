@@ -24,6 +24,7 @@ from tests.conftest import Kube
 from tests.helpers import http_json, wait_for
 from tests.runtime.conftest import PY, ort_run
 from tests.runtime.test_optimize import make_mlp_onnx
+from tests.runtime.test_optimize_probe import INT8_STATIC_GUARD
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -161,7 +162,7 @@ def test_probe_file_named_in_the_spec_is_what_the_guard_measures(kube: Kube, nam
              .astype(np.float32))
     with file_server(store_dir) as store:
         pod = _deploy(kube, namespace, "mlp-probe", store, free_port(),
-                      {"quantize": "int8-static", "maxRelError": 0.05,
+                      {"quantize": "int8-static", "maxRelError": INT8_STATIC_GUARD,
                        "probe": {"uri": f"{store}/probe.npz"}})
         (init,) = pod["spec"]["initContainers"]
         env = {e["name"]: e["value"] for e in init["env"]}

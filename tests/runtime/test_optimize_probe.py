@@ -17,6 +17,12 @@ from tests.cluster.test_keras_contract import file_server
 from .conftest import PY, ort_run
 from .test_optimize import make_mlp_onnx, optimize, serve_and_compare
 
+# int8-static's error on this random MLP depends on the CPU's integer kernels: within 0.05 on the
+# AVX-512 machines CI has run on, 0.10 (48 rows) and 0.135 (24) on an AVX2-only one, where the
+# guard rightly served the original. These tests are about which rows the guard measures, so
+# the bound fits both.
+INT8_STATIC_GUARD = 0.15
+
 
 def test_int8_static_calibrated_and_measured_on_the_probe_file(runtime_server: Any,
                                                                tmp_path: Path) -> None:
@@ -29,13 +35,13 @@ def test_int8_static_calibrated_and_measured_on_the_probe_file(runtime_server: A
     with file_server(store) as base:
         report = optimize(store / "mlp.onnx", tmp_path / "opt", "--quantize", "int8-static",
                           "--probe-uri", f"{base}/probe.npz", "--probe-sha256", digest,
-                          "--repeats", "1", "--max-rel-error", "0.05")
+                          "--repeats", "1", "--max-rel-error", str(INT8_STATIC_GUARD))
         again = optimize(store / "mlp.onnx", tmp_path / "opt", "--quantize", "int8-static",
                          "--probe-uri", f"{base}/probe.npz", "--repeats", "1",
-                         "--max-rel-error", "0.05")
+                         "--max-rel-error", str(INT8_STATIC_GUARD))
     assert report["probe"] == {"rows": 48, "file": "probe.npz", "sha256": digest}
     assert report["serving"] == "optimized", report
-    assert report["errors"]["scores"]["maxRelError"] <= 0.05
+    assert report["errors"]["scores"]["maxRelError"] <= INT8_STATIC_GUARD
     assert again["cached"] is True  # same model, options and probe file: done once
     want = ort_run(store / "mlp.onnx", {"x": rows[:4]})["scores"]
     got = serve_and_compare(runtime_server, tmp_path / "opt", "x", "scores", rows[:4], want,
