@@ -9,7 +9,6 @@ Network safety: requests go only to pod IPs inside the node's own bridge subnet
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import hashlib
 import ipaddress
@@ -27,6 +26,7 @@ import yaml
 from kubemaas_testbed import node as real
 from kubemaas_testbed import real_llm
 from tests.cluster.conftest import Operator
+from tests.cluster.real_node_timings import record_first_inference
 from tests.conftest import Kube
 from tests.helpers import http_json, wait_for
 
@@ -35,7 +35,6 @@ pytestmark = pytest.mark.cluster
 MODEL = "affine"
 X = [1.0, 2.0, 3.0, 4.0]
 Y = [3.0, 5.0, 7.0, 9.0]  # y = 2x + 1
-TIMINGS = Path(__file__).resolve().parents[2] / ".state" / "real-node-timings.jsonl"
 
 
 @dataclass
@@ -185,34 +184,6 @@ def runtime_pod(name: str, namespace: str, image: str, model_dir: Path) -> dict[
     }
 
 
-def timeline(kube: Kube, namespace: str, pod: dict[str, Any],
-             applied_at: float) -> dict[str, float]:
-    """When (seconds after apply) the pod was created, scheduled, started; when its runtime
-    said ready. The API's timestamps have one-second resolution."""
-    def since(stamp: str | None) -> float:
-        if not stamp:
-            return -1.0
-        parsed = time.strptime(stamp.replace("Z", "UTC"), "%Y-%m-%dT%H:%M:%S%Z")
-        return round(calendar.timegm(parsed) - applied_at, 1)
-
-    status = pod.get("status", {})
-    conditions = {c["type"]: c.get("lastTransitionTime") for c in status.get("conditions", [])}
-    (container,) = status.get("containerStatuses") or [{}]
-    steps = {
-        "pod_created": since(pod["metadata"].get("creationTimestamp")),
-        "scheduled": since(conditions.get("PodScheduled")),
-        "container_started": since(container.get("state", {}).get("running", {})
-                                   .get("startedAt")),
-    }
-    logs = kube.kubectl("-n", namespace, "logs", pod["metadata"]["name"], check=False).stdout
-    for line in logs.splitlines():
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if record.get("msg") == "ready":
-                steps["runtime_seconds_to_ready"] = float(record.get("seconds_to_ready", -1))
-    return steps
-
-
 # ---- tests ---------------------------------------------------------------------------
 
 def test_node_registers_as_a_cpu_node(kube: Kube, real_node: Node) -> None:
@@ -326,7 +297,7 @@ def test_modeldeployment_serves_from_the_real_node(kube: Kube, namespace: str, r
         pod = wait_for(answered, timeout=180, interval=0.1,
                        what="the ModelDeployment's pod on the real node to answer correctly")
         assert pod is not None
-        _record_first_inference(kube, namespace, pod, time.monotonic() - started, applied_at)
+        record_first_inference(kube, namespace, pod, time.monotonic() - started, applied_at)
 
         name = pod["metadata"]["name"]
         wait_for(lambda: ready(get_json(kube, "-n", namespace, "get", "pod", name)),
@@ -348,20 +319,6 @@ def test_modeldeployment_serves_from_the_real_node(kube: Kube, namespace: str, r
         kube.kubectl("-n", namespace, "delete", "md", "affine", "--ignore-not-found",
                      "--wait=false", check=False)
         kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
-
-
-def _record_first_inference(kube: Kube, namespace: str, pod: dict[str, Any], elapsed: float,
-                            applied_at: float) -> None:
-    """Print and append to TIMINGS how long apply -> first correct inference took, and when
-    each step of the pod's start happened."""
-    steps = timeline(kube, namespace, pod, applied_at)
-    print(f"\nkubectl apply -> first correct inference: {elapsed:.2f} s "
-          f"(seconds after apply, to 1 s: {steps})")
-    TIMINGS.parent.mkdir(exist_ok=True)
-    with TIMINGS.open("a") as out:
-        out.write(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "apply_to_first_inference_s": round(elapsed, 2),
-                              "steps": steps, "load1": os.getloadavg()[0]}) + "\n")
 
 
 @contextlib.contextmanager

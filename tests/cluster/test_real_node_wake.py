@@ -33,11 +33,11 @@ import yaml
 from kubemaas_testbed import keda_http
 from kubemaas_testbed import node as real
 from tests.cluster.conftest import Operator, reconfigured
+from tests.cluster.real_node_timings import TIMINGS, timeline
 from tests.cluster.test_autoscaling_keda import Signal
 from tests.cluster.test_autoscaling_keda import keda as keda  # the module fixture
 from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     MODEL,
-    TIMINGS,
     Node,
     X,
     Y,
@@ -45,7 +45,6 @@ from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     model_dir,
     model_volume,
     real_node,
-    timeline,
 )
 from tests.cluster.test_wake_on_request import (  # noqa: F401  (module fixtures)
     addon_env,
