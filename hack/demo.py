@@ -25,6 +25,7 @@ from kubemaas_testbed import binaries  # noqa: E402
 from kubemaas_testbed.cluster import Cluster  # noqa: E402
 from kubemaas_testbed.kubeconfig import write_token  # noqa: E402
 from kubemaas_testbed.processes import stop_child  # noqa: E402
+from kubemaas_testbed.volumes import bound_host_volume  # noqa: E402
 
 STATE = Path(os.environ.get("KUBEMAAS_DEMO_STATE", ROOT / ".state" / "demo"))
 OPERATOR_NS = "kubemaas-system"
@@ -35,25 +36,6 @@ EXAMPLES = ["quickstart-model", "cpu-model", "h100-model", "mig-model", "multi-g
             "autoscaling-model", "pinned-template-model", "llm-8b-vllm"]
 LLM_NS = "demo-llm"  # the language model on the real node (not restricted: a hostPath, below)
 MODEL_HOST = "https://raw.githubusercontent.com/kubemaas/kubemaas/main/"
-PV_AND_PVC = f"""
-apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: demo-model-store}}
-spec:
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadOnlyMany]
-  hostPath: {{path: /models}}
-  claimRef: {{namespace: {DEMO_NS}, name: model-store}}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: model-store, namespace: {DEMO_NS}}}
-spec:
-  accessModes: [ReadOnlyMany]
-  resources: {{requests: {{storage: 1Gi}}}}
-  volumeName: demo-model-store
-  storageClassName: ""
-"""
 
 
 def say(text: str) -> None:
@@ -97,21 +79,6 @@ def fetch(url: str, body: Any = None) -> tuple[int, Any]:
         return err.code, None
     except OSError:
         return 0, None
-
-
-def _llm_store_volume(store: Path) -> dict[str, Any]:
-    """A read-only PersistentVolume over ``store`` (a host directory) and its claim in LLM_NS."""
-    return {"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "PersistentVolume",
-         "metadata": {"name": "demo-llm-store"},
-         "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadOnlyMany"],
-                  "storageClassName": "", "hostPath": {"path": str(store), "type": "Directory"},
-                  "claimRef": {"namespace": LLM_NS, "name": "llm-store"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": "llm-store", "namespace": LLM_NS},
-         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                  "volumeName": "demo-llm-store",
-                  "resources": {"requests": {"storage": "1Mi"}}}}]}
 
 
 class Demo:
@@ -187,7 +154,9 @@ class Demo:
     def deploy(self) -> None:
         say("4. kubectl apply -f examples/")
         self.namespace(DEMO_NS)
-        self.kubectl("apply", "-f", "-", input=PV_AND_PVC)
+        self.kubectl("apply", "-f", "-", input=json.dumps(
+            {"apiVersion": "v1", "kind": "List", "items": bound_host_volume(
+                "demo-model-store", "/models", DEMO_NS, "model-store")}))
         for example in EXAMPLES:
             self.kubectl("-n", DEMO_NS, "apply", "-f", str(ROOT / "examples" / f"{example}.yaml"))
 
@@ -279,7 +248,9 @@ class Demo:
                          "--type=merge", "-p", real_llm.template_patch(
                              real_llm.host_packages_template(
                                  builtin_template("deployment.yaml.j2"))), quiet=True)
-            self.kubectl("apply", "-f", "-", input=json.dumps(_llm_store_volume(store)))
+            self.kubectl("apply", "-f", "-", input=json.dumps(
+                {"apiVersion": "v1", "kind": "List", "items": bound_host_volume(
+                    "demo-llm-store", store, LLM_NS, "llm-store")}))
             md = real_llm.modeldeployment("tiny-llm", LLM_NS,
                                           manifest["images"]["runtime"]["ref"], "llm-store",
                                           "tiny-llm")

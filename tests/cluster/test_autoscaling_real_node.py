@@ -32,13 +32,13 @@ import yaml
 
 from kubemaas_testbed import node as real
 from kubemaas_testbed import prometheus as testbed_prometheus
+from kubemaas_testbed.volumes import bound_host_volume
 from tests.cluster.conftest import ROOT, Operator, reconfigured
 from tests.cluster.loadgen import Load
 from tests.cluster.test_autoscaling_keda import keda  # noqa: F401  (module fixture)
 from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     Node,
     get_json,
-    model_volume,
     ready,
     real_node,
 )
@@ -184,7 +184,7 @@ def test_queue_scales_the_real_pods_out_and_back_in(
     sha = hashlib.sha256((slow_model_dir / MODEL / "model.onnx").read_bytes()).hexdigest()
     pv = f"{namespace}-slow-models"
     kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
-        model_volume(namespace, pv, slow_model_dir)))
+        bound_host_volume(pv, slow_model_dir, namespace, "models")))
     try:
         with reconfigured(operator, KUBEMAAS_OPERATOR_PROMETHEUS=prometheus.url):
             kube.kubectl("-n", namespace, "apply", "-f", "-",

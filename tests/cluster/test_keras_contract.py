@@ -26,7 +26,7 @@ import pytest
 from kubemaas_testbed.cluster import free_port
 from kubemaas_testbed.processes import stop_child
 from tests.cluster.conftest import Operator
-from tests.cluster.test_operator import PV_AND_PVC, apply, get, md, wait_phase
+from tests.cluster.test_operator import apply, get, md, model_store, wait_phase
 from tests.conftest import Kube
 from tests.helpers import http_json, wait_for
 from tests.runtime import keras_models
@@ -150,7 +150,7 @@ def test_savedmodel_converted_by_the_rendered_init_container(
     digest = proc.stdout.strip()
     port = free_port()
     # a real claim (statically bound PV): the pod is scheduled and kwok runs it to Ready
-    kube.kubectl("apply", "-f", "-", input=PV_AND_PVC.replace("NAMESPACE", namespace))
+    kube.kubectl("apply", "-f", "-", input=model_store(namespace))
     try:
         apply(kube, namespace, md("mnist-tf", model={
             "uri": "pvc://model-store/mnist_savedmodel", "format": "tf-savedmodel",

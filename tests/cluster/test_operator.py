@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubemaas_testbed.volumes import bound_host_volume
 from tests.cluster.conftest import Operator
 from tests.conftest import Kube
 from tests.helpers import wait_for
@@ -80,30 +81,16 @@ def pod_nodes(kube: Kube, namespace: str, instance: str) -> list[str]:
     return [p["spec"].get("nodeName", "") for p in pods]
 
 
-PV_AND_PVC = """
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: model-store-NAMESPACE}
-spec:
-  capacity: {storage: 1Gi}
-  accessModes: [ReadOnlyMany]
-  hostPath: {path: /models}
-  claimRef: {namespace: NAMESPACE, name: model-store}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: model-store, namespace: NAMESPACE}
-spec:
-  accessModes: [ReadOnlyMany]
-  resources: {requests: {storage: 1Gi}}
-  volumeName: model-store-NAMESPACE
-  storageClassName: ""
-"""
+def model_store(namespace: str) -> str:
+    """The claim `model-store` that the examples' pvc:// URIs name, bound to the hostPath
+    PersistentVolume `model-store-<namespace>` (kwok's nodes read nothing from it)."""
+    return yaml.safe_dump_all(bound_host_volume(f"model-store-{namespace}", "/models",
+                                                namespace, "model-store"))
 
 
 def test_examples_become_ready_on_the_right_nodes(kube: Kube, namespace: str,
                                                   operator: Operator) -> None:
-    kube.kubectl("apply", "-f", "-", input=PV_AND_PVC.replace("NAMESPACE", namespace))
+    kube.kubectl("apply", "-f", "-", input=model_store(namespace))
     try:
         for example in ("cpu-model", "h100-model", "multi-gpu-model", "mig-model"):
             kube.kubectl("-n", namespace, "apply", "-f", str(ROOT / "examples" / f"{example}.yaml"))

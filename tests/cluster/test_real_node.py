@@ -25,6 +25,7 @@ import yaml
 
 from kubemaas_testbed import node as real
 from kubemaas_testbed import real_llm
+from kubemaas_testbed.volumes import bound_host_volume
 from tests.cluster.conftest import Operator
 from tests.cluster.real_node_timings import record_first_inference
 from tests.conftest import Kube
@@ -139,22 +140,6 @@ def containers_on_node(node: real.RealNode) -> set[str]:
     return set(node.crictl("ps", "-a", "-q").stdout.split())
 
 
-def model_volume(namespace: str, pv: str, model_dir: Path) -> list[dict[str, Any]]:
-    """A PersistentVolume on model_dir (a hostPath of the real node) bound to the claim
-    `models`, so a ModelDeployment can name `pvc://models/...`."""
-    return [
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-         "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadOnlyMany"],
-                  "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
-                  "hostPath": {"path": str(model_dir), "type": "Directory"},
-                  "claimRef": {"namespace": namespace, "name": "models"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": "models", "namespace": namespace},
-         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": pv,
-                  "resources": {"requests": {"storage": "1Mi"}}}},
-    ]
-
-
 def runtime_pod(name: str, namespace: str, image: str, model_dir: Path) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Pod",
@@ -267,8 +252,8 @@ def test_modeldeployment_serves_from_the_real_node(kube: Kube, namespace: str, r
     node from the real image -> readiness through the kubelet -> a correct inference."""
     sha = hashlib.sha256((model_dir / MODEL / "model.onnx").read_bytes()).hexdigest()
     pv = f"{namespace}-models"
-    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(model_volume(namespace, pv,
-                                                                              model_dir)))
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+        bound_host_volume(pv, model_dir, namespace, "models")))
     md = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
           "metadata": {"name": "affine", "namespace": namespace},
           "spec": {
@@ -365,8 +350,8 @@ def test_authenticated_https_pod_answers_through_a_port_forward(
     kube.kubectl("-n", namespace, "create", "secret", "generic", "affine-keys",
                  f"--from-literal=frontend={key}")
     pv = f"{namespace}-tls-models"
-    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(model_volume(namespace, pv,
-                                                                              model_dir)))
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+        bound_host_volume(pv, model_dir, namespace, "models")))
     md = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
           "metadata": {"name": "affine-tls", "namespace": namespace},
           "spec": {
@@ -444,8 +429,8 @@ def test_llm_chat_streams_from_the_real_node(kube: Kube, namespace: str, real_no
 
     put_template(kube, real_llm.host_packages_template(builtin_template("deployment.yaml.j2")))
     pv = f"{namespace}-llm"
-    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(model_volume(namespace, pv,
-                                                                              llm_store)))
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+        bound_host_volume(pv, llm_store, namespace, "models")))
     md = real_llm.modeldeployment("tiny-llm", namespace, real_node.image, "models", "tiny-llm")
     try:
         started = time.monotonic()

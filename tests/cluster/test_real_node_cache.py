@@ -28,6 +28,7 @@ import yaml
 
 from kubemaas_testbed import node as real
 from kubemaas_testbed.model_servers import FileServer, write_index
+from kubemaas_testbed.volumes import bound_host_volume
 from tests.cluster.conftest import Operator
 from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     MODEL,
@@ -196,7 +197,7 @@ def test_pvc_cache_on_the_real_node(kube: Kube, namespace: str, real_node: Node,
     os.chown(volume, 10001, 10001)
     pv = f"{namespace}-pv"
     kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
-        _host_volume_and_claim(pv, volume, namespace, "weights")))
+        bound_host_volume(pv, volume, namespace, "weights", writable=True, on_real_node=True)))
     try:
         with FileServer(files, host=real_node.slot.gateway) as server:
             cache = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelCache",
@@ -284,25 +285,6 @@ def _delete_model_then_cache(kube: Kube, namespace: str, model: str, cache: str,
     kube.kubectl("-n", namespace, "delete", "modelcache", cache, "--wait=true",
                  "--timeout=120s")
     assert list(directory.iterdir()) == []
-
-
-def _host_volume_and_claim(pv: str, directory: Path, namespace: str,
-                           claim: str) -> list[dict[str, Any]]:
-    """A ReadWriteMany hostPath PersistentVolume on the real node, bound to ``claim``."""
-    return [
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                  "storageClassName": "", "hostPath": {"path": str(directory),
-                                                       "type": "Directory"},
-                  # the directory is on the real node: the scheduler keeps the claim's pods
-                  # (download, model, clean-up) there, as for a local volume
-                  "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                      {"key": real.LABEL, "operator": "In", "values": ["true"]}]}]}},
-                  "claimRef": {"namespace": namespace, "name": claim}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": claim, "namespace": namespace},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                  "resources": {"requests": {"storage": "1Gi"}}}}]
 
 
 @contextlib.contextmanager

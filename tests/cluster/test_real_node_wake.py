@@ -32,6 +32,7 @@ import yaml
 
 from kubemaas_testbed import keda_http
 from kubemaas_testbed import node as real
+from kubemaas_testbed.volumes import bound_host_volume
 from tests.cluster.conftest import Operator, reconfigured
 from tests.cluster.real_node_timings import TIMINGS, timeline
 from tests.cluster.test_autoscaling_keda import Signal
@@ -43,7 +44,6 @@ from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     Y,
     get_json,
     model_dir,
-    model_volume,
     real_node,
 )
 from tests.cluster.test_wake_on_request import (  # noqa: F401  (module fixtures)
@@ -97,8 +97,8 @@ def test_first_request_wakes_the_model_on_the_real_node_and_is_answered(
         http_addon: keda_http.Ports) -> None:  # noqa: F811
     sha = hashlib.sha256((model_dir / MODEL / "model.onnx").read_bytes()).hexdigest()
     pv = f"{namespace}-models"
-    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(model_volume(namespace, pv,
-                                                                              model_dir)))
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+        bound_host_volume(pv, model_dir, namespace, "models")))
     md = {"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
           "metadata": {"name": NAME, "namespace": namespace},
           "spec": {
