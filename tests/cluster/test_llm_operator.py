@@ -19,9 +19,9 @@ from kubemaas_operator.api import parse_spec
 from kubemaas_operator.scheduling import NodeInfo
 from kubemaas_operator.sizing import gpu_types, size_gpus
 from tests.cluster.conftest import Operator
-from tests.cluster.test_operator import PV_AND_PVC, node_products, pod_nodes, wait_phase
+from tests.cluster.test_operator import model_store, node_products, pod_nodes, wait_phase
 from tests.cluster.test_reasons import row_where, rows
-from tests.conftest import Kube
+from tests.conftest import Kube, delete_namespace_and_its_pods
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -62,9 +62,9 @@ def sized_as_the_operator_would(kube: Kube, md: dict[str, Any]) -> tuple[int, tu
 @pytest.fixture
 def llm_ns(kube: Kube, namespace: str, operator: Operator) -> Iterator[str]:
     """A namespace with the model-store PVC; its GPU pods are gone before the next test."""
-    kube.kubectl("apply", "-f", "-", input=PV_AND_PVC.replace("NAMESPACE", namespace))
+    kube.kubectl("apply", "-f", "-", input=model_store(namespace))
     yield namespace
-    kube.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=60s", check=False)
+    delete_namespace_and_its_pods(kube, namespace)
     kube.kubectl("delete", "pv", f"model-store-{namespace}", "--wait=false", check=False)
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.cluster.conftest import OPERATOR_NAMESPACE, Operator
-from tests.conftest import Kube
+from tests.conftest import Kube, delete_namespace_and_its_pods
 from tests.helpers import Poller, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -62,7 +62,7 @@ def row_where(kube: Kube, namespace: str, name: str, reason: str,
 def gpu_ns(kube: Kube, namespace: str, operator: Operator) -> Iterator[str]:
     """Its GPU pods are gone before the next test counts free GPUs."""
     yield namespace
-    kube.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=60s", check=False)
+    delete_namespace_and_its_pods(kube, namespace)
 
 
 def test_an_autoscaled_model_starts_at_min_replicas(kube: Kube, namespace: str,

@@ -16,7 +16,7 @@ import yaml
 
 from tests.cluster.conftest import RESYNC_S, Operator, reconfigured
 from tests.cluster.test_operator import H100, apply, condition, get, status, wait_phase
-from tests.conftest import Kube
+from tests.conftest import Kube, delete_namespace_and_its_pods
 from tests.helpers import Poller, holds, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -139,7 +139,7 @@ def wait_revision(kube: Kube, namespace: str, name: str, number: int,
 def ns(kube: Kube, namespace: str, operator: Operator, quiet_h100: None) -> Iterator[str]:
     """A namespace whose GPU pods are gone before the next test counts free GPUs."""
     yield namespace
-    kube.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=60s", check=False)
+    delete_namespace_and_its_pods(kube, namespace)
 
 
 def test_full_cluster_update_completes_by_replacement(kube: Kube, ns: str) -> None:

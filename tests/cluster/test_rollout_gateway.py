@@ -24,7 +24,7 @@ import yaml
 from tests.cluster.conftest import Operator
 from tests.cluster.test_operator import apply, get, status
 from tests.cluster.test_rollout import model, wait_revision
-from tests.conftest import Kube
+from tests.conftest import Kube, delete_namespace_and_its_pods
 from tests.helpers import Poller, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -54,7 +54,7 @@ def gw_ns(kube: Kube, namespace: str, gateway_api: None) -> Iterator[str]:
          "spec": {"gatewayClassName": "none", "listeners": [
              {"name": "http", "protocol": "HTTP", "port": 80}]}}]))
     yield namespace
-    kube.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=60s", check=False)
+    delete_namespace_and_its_pods(kube, namespace)
 
 
 def gw_model(name: str, replicas: int, image: str = "ghcr.io/kubemaas/runtime:0.1.0",

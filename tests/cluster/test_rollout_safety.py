@@ -28,7 +28,7 @@ import yaml
 from tests.cluster.conftest import Operator
 from tests.cluster.test_operator import H100, apply, status
 from tests.cluster.test_rollout import fill_h100
-from tests.conftest import Kube
+from tests.conftest import Kube, delete_namespace_and_its_pods
 from tests.helpers import Poller, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -170,7 +170,7 @@ def gpu_ns(kube: Kube, namespace: str, operator: Operator) -> Iterator[str]:
         return not any(p["metadata"].get("deletionTimestamp") for p in items)
     wait_for(settled, timeout=60, what="terminating pods of earlier tests to be gone")
     yield namespace
-    kube.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=60s", check=False)
+    delete_namespace_and_its_pods(kube, namespace)
 
 
 def _fail_and_roll_back(kube: Kube, ns: str, stable: str, failure: str,
