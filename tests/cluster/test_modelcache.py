@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubemaas_testbed.volumes import bound_host_volume
 from tests.cluster.conftest import Operator
 from tests.cluster.test_operator import apply, md
 from tests.conftest import Kube
@@ -53,9 +54,20 @@ def cache_status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     return dict(_json(kube, "-n", namespace, "get", "modelcache", name).get("status") or {})
 
 
+def started(kube: Kube, namespace: str, pod: dict[str, Any]) -> None:
+    """Wait for kwok to start the pod (its pod-ready stage: phase Running). A container ends
+    only after it started; a status written before kwok's can be overwritten by it (the API
+    server lets a status patch take a Succeeded pod back to Running)."""
+    name = pod["metadata"]["name"]
+    wait_for(lambda: (_json(kube, "-n", namespace, "get", "pod", name).get("status") or {}).get(
+        "phase") == "Running", timeout=60, what=f"kwok to start pod {name}")
+
+
 def terminate(kube: Kube, namespace: str, pod: dict[str, Any], exit_code: int,
               message: str) -> None:
-    """Write the container's end into the pod's status, as the kubelet does."""
+    """Write the container's end into the pod's status, as the kubelet does (once kwok has
+    started the pod: see started())."""
+    started(kube, namespace, pod)
     c = pod["spec"]["containers"][0]
     patch = {"status": {"phase": "Succeeded" if exit_code == 0 else "Failed",
                         "containerStatuses": [{
@@ -208,18 +220,77 @@ def test_budget_evicts_the_least_recently_used_copy(kube: Kube, namespace: str,
     assert st["phase"] == "Pending" and st["reason"] == "Evicted"
 
 
+def test_a_cache_whose_namespace_goes_evicts_nothing(kube: Kube, namespace: str,
+                                                    operator: Operator) -> None:
+    """A cache with a budget whose namespace is deleted: when the namespace controller deletes
+    its download pod, the operator, seeing a first download to plan, must not evict another
+    namespace's copy for a pod the API server will refuse (seen in full runs: the budget test's
+    leftover cache evicted the next test's copy)."""
+    n1, _ = two_nodes(kube)
+    going = f"{namespace}-going"
+    kube.kubectl("create", "namespace", going)
+    try:
+        apply(kube, going, cache("asker", [n1], storage={
+            "type": "node", "node": {"nodes": [n1], "budget": "6000"}}, sizeLimit="2000"))
+        wait_for(lambda: cache_pods(kube, going, "asker") or None, timeout=60,
+                 what="asker's download pod (it fits: nothing else on the node)")
+        apply(kube, namespace, cache("victim", [n1]))
+        (pod,) = wait_for(lambda: cache_pods(kube, namespace, "victim") or None, timeout=60,
+                          what="victim's download pod")
+        terminate(kube, namespace, pod, 0, json.dumps(REPORT))  # 4600 bytes: over the budget
+        wait_for(lambda: cache_status(kube, namespace, "victim").get("phase") == "Ready",
+                 timeout=60, what="victim Ready")
+    finally:
+        kube.kubectl("delete", "namespace", going, "--wait=false", check=False)
+    wait_for(lambda: kube.kubectl("get", "namespace", going, check=False).returncode != 0,
+             timeout=90, what=f"namespace {going} gone")
+    assert not cache_pods(kube, namespace, "victim", "evict")
+    assert cache_status(kube, namespace, "victim").get("phase") == "Ready"
+
+
+def test_a_copy_whose_namespace_goes_is_not_evicted(kube: Kube, namespace: str,
+                                                    operator: Operator) -> None:
+    """The copy to evict belongs to a cache whose namespace is being deleted (a finalizer of
+    the test's holds the cache there): the API server refuses the evict pod in that namespace,
+    and the cache asking for room downloads all the same instead of failing PodRejected."""
+    n1, _ = two_nodes(kube)
+    held = f"{namespace}-held"
+    kube.kubectl("create", "namespace", held)
+    try:
+        apply(kube, held, cache("victim", [n1]))
+        (pod,) = wait_for(lambda: cache_pods(kube, held, "victim") or None, timeout=60,
+                          what="victim's download pod")
+        terminate(kube, held, pod, 0, json.dumps(REPORT))  # 4600 bytes on n1
+        wait_for(lambda: cache_status(kube, held, "victim").get("phase") == "Ready",
+                 timeout=60, what="victim Ready")
+        kube.kubectl("-n", held, "patch", "modelcache", "victim", "--type=json", "-p",
+                     json.dumps([{"op": "add", "path": "/metadata/finalizers/-",
+                                  "value": "test.kubemaas.io/hold"}]))
+        kube.kubectl("delete", "namespace", held, "--wait=false")
+        wait_for(lambda: _json(kube, "-n", held, "get", "modelcache", "victim")["metadata"].get(
+            "deletionTimestamp"), timeout=60, what="victim being deleted with its namespace")
+        # 4600 + 2000 > 6000: the victim's copy is the one to evict.
+        apply(kube, namespace, cache("asker", [n1], storage={
+            "type": "node", "node": {"nodes": [n1], "budget": "6000"}}, sizeLimit="2000"))
+        (pod,) = wait_for(lambda: cache_pods(kube, namespace, "asker") or None, timeout=60,
+                          what="asker's download pod")
+        st = wait_for(lambda: (lambda s: s if s.get("nodes") else None)(
+            cache_status(kube, namespace, "asker")), timeout=60, what="asker's status")
+        assert st["phase"] != "Failed", st
+        assert st["nodes"][0]["phase"] == "Downloading", st
+    finally:
+        kube.kubectl("-n", held, "patch", "modelcache", "victim", "--type=merge", "-p",
+                     '{"metadata": {"finalizers": null}}', check=False)
+        kube.kubectl("delete", "namespace", held, "--wait=false", check=False)
+    wait_for(lambda: kube.kubectl("get", "namespace", held, check=False).returncode != 0,
+             timeout=90, what=f"namespace {held} gone")
+
+
 def shared_claim(kube: Kube, namespace: str, pv: str) -> str:
     """A ReadWriteMany claim `shared` bound to the PersistentVolume `pv` (a hostPath nothing on
     kwok reads: the tests run the cache's pods themselves); returns `pv`, deleted by the test."""
-    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                  "storageClassName": "", "hostPath": {"path": "/tmp/unused-" + pv},
-                  "claimRef": {"namespace": namespace, "name": "shared"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": "shared", "namespace": namespace},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                  "resources": {"requests": {"storage": "1Gi"}}}}]))
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+        bound_host_volume(pv, "/tmp/unused-" + pv, namespace, "shared", writable=True)))
     return pv
 
 

@@ -35,6 +35,7 @@ from tests.cluster.test_modelcache import (
     cache_pods,
     cache_status,
     shared_claim,
+    started,
     terminate,
     two_nodes,
 )
@@ -101,6 +102,7 @@ def model_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
 
 
 def init_terminated(kube: Kube, namespace: str, pod: dict[str, Any], message: str) -> None:
+    started(kube, namespace, pod)
     patch = {"status": {"initContainerStatuses": [{
         "name": "optimize", "image": pod["spec"]["initContainers"][0]["image"], "imageID": "",
         "ready": True, "restartCount": 0,

@@ -54,11 +54,18 @@ PLURALS: dict[str, str] = {
 class ApiError(Exception):
     """The API server said no. `status` is the HTTP code, `message` its explanation."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str,
+                 causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes  # the types of the Status' details.causes
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """Refused because the namespace is being deleted (NamespaceLifecycle admission)."""
+        return self.status == 403 and "NamespaceTerminating" in self.causes
 
     @property
     def invalid(self) -> bool:
@@ -152,8 +159,10 @@ class Cluster:
                 api_error(method, response.status)
             try:
                 payload = json.loads(text)
+                causes = tuple(str(c.get("type", "")) for c in
+                               (payload.get("details") or {}).get("causes") or [])
                 raise ApiError(response.status, payload.get("reason", ""),
-                               payload.get("message", text))
+                               payload.get("message", text), causes)
             except ValueError:
                 raise ApiError(response.status, "", text) from None
         return json.loads(text) if text else None

@@ -241,7 +241,10 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     wanted_claim = claim(ref, spec)
     if wanted_claim is not None and decision.create:
         await api.apply(wanted_claim)
-    await _apply_pods(api, [*evictions, *decision.create], status)
+    # Its own pods first: evictions make room for a download, so one the API server refuses
+    # (its namespace is being deleted: 403) must not evict another cache's copy.
+    if await _apply_pods(api, decision.create, status):
+        await _apply_pods(api, evictions, status, victims=True)
     for name in decision.delete:
         await api.delete_pod(ref.namespace, name)
     await _write(api, memory, body, previous, status)
@@ -256,18 +259,25 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
 
 
 async def _apply_pods(api: CacheCluster, manifests: list[dict[str, Any]],
-                      status: dict[str, Any]) -> None:
-    """Apply the pods; one the API server refuses fails the cache (status) and ends the list."""
+                      status: dict[str, Any], victims: bool = False) -> bool:
+    """Apply the pods; one the API server refuses fails the cache (status) and ends the list
+    (False). An evict pod (`victims`) refused because the other cache's namespace is being
+    deleted is passed over: that copy leaves with its namespace."""
     for manifest in manifests:
         try:
             await api.apply(manifest)
         except ApiError as err:
+            if victims and err.namespace_terminating:
+                log.info("not evicting from %s: its namespace is being deleted",
+                         manifest["metadata"]["namespace"])
+                continue
             if err.invalid or err.status == 403:  # e.g. Pod Security refuses the hostPath
                 status.update(phase="Failed", reason="PodRejected", message=(
                     f"the API server refused the pod {manifest['metadata']['name']}: "
                     f"{err.message}"))
-                return
+                return False
             raise
+    return True
 
 
 async def _post_events(api: CacheCluster, body: Mapping[str, Any], ref: CacheRef,
