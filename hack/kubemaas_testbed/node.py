@@ -20,8 +20,9 @@ bridge's own address is the node's InternalIP (the kubelet refuses a loopback no
 and pods get no default route, so nothing they send leaves the bridge.
 
 Beside this module: node_slots.py (the bridge, subnet and cgroup root each real node on the
-machine owns), node_config.py (the CNI network, containerd's and the kubelet's configuration)
-and node_host.py (the host operations: links, mounts, iptables chains, cgroups, sysctls).
+machine owns), node_config.py (the CNI network, containerd's and the kubelet's configuration),
+node_host.py (the host operations: links, mounts, iptables chains, cgroups, sysctls) and
+node_status.py (when the control plane sees the node Ready and untainted).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from . import binaries, kubeconfig, node_slots, pki
+from . import binaries, kubeconfig, node_slots, node_status, pki
 from .node_config import LABEL as LABEL
 from .node_config import NETWORK_NAME as NETWORK_NAME
 from .node_config import TAINT as TAINT
@@ -207,6 +208,10 @@ class RealNode:
             self._write_certs(slot)
             self._start_kubelet(kubelet, server, slot)
             self._wait(self._node_ready, timeout, f"node {self.name} Ready", "kubelet")
+            settled = node_status.Settling()
+            self._wait(lambda: settled(self._node_object()), node_status.SETTLE_S * 5,
+                       f"node {self.name} Ready without the control plane's not-ready "
+                       "taints", "kubelet")
         except BaseException:
             log(f"real node failed to start; logs: {self.cluster_state / 'logs'}"
                 "/{containerd,kubelet}.log (kept); undoing what was started")
@@ -307,12 +312,15 @@ class RealNode:
             "--v=2",
         ])
 
-    def _node_ready(self) -> bool:
+    def _node_object(self) -> dict[str, Any] | None:
         result = subprocess.run(
             [binaries.kubectl(), f"--kubeconfig={self.kubeconfig}", "get", "node", self.name,
-             "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"],
-            capture_output=True, text=True)
-        return result.returncode == 0 and result.stdout.strip() == "True"
+             "-o", "json"], capture_output=True, text=True)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def _node_ready(self) -> bool:
+        node = self._node_object()
+        return node is not None and node_status.is_ready(node)
 
     def _wait(self, check: Callable[[], bool], timeout: float, what: str,
               component: str) -> None:
