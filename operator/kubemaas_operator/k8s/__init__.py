@@ -60,7 +60,7 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
-        self.causes = causes  # the types of the Status' details.causes
+        self.causes = causes  # the types of the Status' details.causes (their `reason`)
 
     @property
     def namespace_terminating(self) -> bool:
@@ -104,6 +104,21 @@ def _merge_patch(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, An
         if key not in new:
             body[key] = None
     return body
+
+
+def refusal(status: int, text: str) -> ApiError:
+    """The ApiError for an answer with an error status; `text` is its body (a Status, or
+    anything else from a proxy in between)."""
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return ApiError(status, "", text)
+    if not isinstance(payload, dict):
+        return ApiError(status, "", text)
+    details = payload.get("details") or {}
+    # a StatusCause's type is serialized as "reason"
+    causes = tuple(str(c.get("reason", "")) for c in details.get("causes") or [])
+    return ApiError(status, payload.get("reason", ""), payload.get("message", text), causes)
 
 
 class Cluster:
@@ -157,14 +172,7 @@ class Cluster:
         if response.status >= 400:
             if response.status not in expected:
                 api_error(method, response.status)
-            try:
-                payload = json.loads(text)
-                causes = tuple(str(c.get("type", "")) for c in
-                               (payload.get("details") or {}).get("causes") or [])
-                raise ApiError(response.status, payload.get("reason", ""),
-                               payload.get("message", text), causes)
-            except ValueError:
-                raise ApiError(response.status, "", text) from None
+            raise refusal(response.status, text)
         return json.loads(text) if text else None
 
     def apply(self, manifest: Mapping[str, Any],

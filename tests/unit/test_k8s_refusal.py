@@ -1,0 +1,39 @@
+"""The API server's refusals read into ApiError (the body is a Status)."""
+
+from __future__ import annotations
+
+import json
+
+from kubemaas_operator.k8s import refusal
+
+# What kube-apiserver answered when the model-cache operator created an evict pod in a
+# namespace being deleted (NamespaceLifecycle admission).
+TERMINATING = json.dumps({
+    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+    "message": 'pods "victim-evict-9fdc4a0e7e" is forbidden: unable to create new content in '
+               "namespace t-faf1687f-held because it is being terminated",
+    "reason": "Forbidden",
+    "details": {"name": "victim-evict-9fdc4a0e7e", "kind": "pods", "causes": [
+        {"reason": "NamespaceTerminating", "message": "namespace t-faf1687f-held is being "
+         "terminated", "field": "metadata.namespace"}]},
+    "code": 403})
+
+
+def test_a_pod_refused_in_a_terminating_namespace() -> None:
+    err = refusal(403, TERMINATING)
+    assert err.namespace_terminating
+    assert err.reason == "Forbidden" and "being terminated" in err.message
+    assert not err.invalid
+
+
+def test_other_refusals_are_not_read_as_a_terminating_namespace() -> None:
+    psa = json.dumps({"kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403,
+                      "message": 'pods "x" is forbidden: violates PodSecurity "restricted"'})
+    assert not refusal(403, psa).namespace_terminating
+    assert refusal(422, json.dumps({"reason": "Invalid", "message": "bad"})).invalid
+
+
+def test_a_body_that_is_not_a_status_keeps_its_text() -> None:
+    err = refusal(502, "<html>bad gateway</html>")
+    assert (err.status, err.reason, err.message) == (502, "", "<html>bad gateway</html>")
+    assert refusal(500, "[1, 2]").message == "[1, 2]"
