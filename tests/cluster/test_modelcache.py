@@ -6,7 +6,9 @@ mid-download, and deletion that cleans up."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -220,6 +222,19 @@ def test_budget_evicts_the_least_recently_used_copy(kube: Kube, namespace: str,
     assert st["phase"] == "Pending" and st["reason"] == "Evicted"
 
 
+@contextlib.contextmanager
+def other_namespace(kube: Kube, name: str) -> Iterator[str]:
+    """A namespace beside the test's: deleted on the way out, and gone before the test goes
+    on (when the body raised, only deleted)."""
+    kube.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    wait_for(lambda: kube.kubectl("get", "namespace", name, check=False).returncode != 0,
+             timeout=90, what=f"namespace {name} gone")
+
+
 def test_a_cache_whose_namespace_goes_evicts_nothing(kube: Kube, namespace: str,
                                                     operator: Operator) -> None:
     """A cache with a budget whose namespace is deleted: when the namespace controller deletes
@@ -227,9 +242,7 @@ def test_a_cache_whose_namespace_goes_evicts_nothing(kube: Kube, namespace: str,
     namespace's copy for a pod the API server will refuse (seen in full runs: the budget test's
     leftover cache evicted the next test's copy)."""
     n1, _ = two_nodes(kube)
-    going = f"{namespace}-going"
-    kube.kubectl("create", "namespace", going)
-    try:
+    with other_namespace(kube, f"{namespace}-going") as going:
         apply(kube, going, cache("asker", [n1], storage={
             "type": "node", "node": {"nodes": [n1], "budget": "6000"}}, sizeLimit="2000"))
         wait_for(lambda: cache_pods(kube, going, "asker") or None, timeout=60,
@@ -240,10 +253,6 @@ def test_a_cache_whose_namespace_goes_evicts_nothing(kube: Kube, namespace: str,
         terminate(kube, namespace, pod, 0, json.dumps(REPORT))  # 4600 bytes: over the budget
         wait_for(lambda: cache_status(kube, namespace, "victim").get("phase") == "Ready",
                  timeout=60, what="victim Ready")
-    finally:
-        kube.kubectl("delete", "namespace", going, "--wait=false", check=False)
-    wait_for(lambda: kube.kubectl("get", "namespace", going, check=False).returncode != 0,
-             timeout=90, what=f"namespace {going} gone")
     assert not cache_pods(kube, namespace, "victim", "evict")
     assert cache_status(kube, namespace, "victim").get("phase") == "Ready"
 
@@ -254,41 +263,38 @@ def test_a_copy_whose_namespace_goes_is_not_evicted(kube: Kube, namespace: str,
     the test's holds the cache there): the API server refuses the evict pod in that namespace,
     and the cache asking for room downloads all the same instead of failing PodRejected."""
     n1, _ = two_nodes(kube)
-    held = f"{namespace}-held"
-    kube.kubectl("create", "namespace", held)
-    try:
-        apply(kube, held, cache("victim", [n1]))
-        (pod,) = wait_for(lambda: cache_pods(kube, held, "victim") or None, timeout=60,
-                          what="victim's download pod")
-        terminate(kube, held, pod, 0, json.dumps(REPORT))  # 4600 bytes on n1
-        wait_for(lambda: cache_status(kube, held, "victim").get("phase") == "Ready",
-                 timeout=60, what="victim Ready")
-        kube.kubectl("-n", held, "patch", "modelcache", "victim", "--type=json", "-p",
-                     json.dumps([{"op": "add", "path": "/metadata/finalizers/-",
-                                  "value": "test.kubemaas.io/hold"}]))
-        kube.kubectl("delete", "namespace", held, "--wait=false")
-        wait_for(lambda: _json(kube, "-n", held, "get", "modelcache", "victim")["metadata"].get(
-            "deletionTimestamp"), timeout=60, what="victim being deleted with its namespace")
-        # 4600 + 2000 > 6000: the victim's copy is the one to evict.
-        apply(kube, namespace, cache("asker", [n1], storage={
-            "type": "node", "node": {"nodes": [n1], "budget": "6000"}}, sizeLimit="2000"))
-        (pod,) = wait_for(lambda: cache_pods(kube, namespace, "asker") or None, timeout=60,
-                          what="asker's download pod")
-        st = wait_for(lambda: (lambda s: s if s.get("phase") == "Downloading" else None)(
-            cache_status(kube, namespace, "asker")), timeout=60, what="asker Downloading")
-        assert st["nodes"][0]["phase"] == "Downloading", st
-        # A refused evict pod failing the asker shows for one pass only (the next pass has no
-        # first download left to make room for), but its Warning Event stays.
-        events = _json(kube, "-n", namespace, "get", "events", "--field-selector",
-                       "involvedObject.kind=ModelCache,involvedObject.name=asker")["items"]
-        rejected = [e["message"] for e in events if e.get("reason") == "PodRejected"]
-        assert not rejected, rejected
-    finally:
-        kube.kubectl("-n", held, "patch", "modelcache", "victim", "--type=merge", "-p",
-                     '{"metadata": {"finalizers": null}}', check=False)
-        kube.kubectl("delete", "namespace", held, "--wait=false", check=False)
-    wait_for(lambda: kube.kubectl("get", "namespace", held, check=False).returncode != 0,
-             timeout=90, what=f"namespace {held} gone")
+    with other_namespace(kube, f"{namespace}-held") as held:
+        try:
+            apply(kube, held, cache("victim", [n1]))
+            (pod,) = wait_for(lambda: cache_pods(kube, held, "victim") or None, timeout=60,
+                              what="victim's download pod")
+            terminate(kube, held, pod, 0, json.dumps(REPORT))  # 4600 bytes on n1
+            wait_for(lambda: cache_status(kube, held, "victim").get("phase") == "Ready",
+                     timeout=60, what="victim Ready")
+            kube.kubectl("-n", held, "patch", "modelcache", "victim", "--type=json", "-p",
+                         json.dumps([{"op": "add", "path": "/metadata/finalizers/-",
+                                      "value": "test.kubemaas.io/hold"}]))
+            kube.kubectl("delete", "namespace", held, "--wait=false")
+            wait_for(lambda: _json(kube, "-n", held, "get", "modelcache", "victim")[
+                "metadata"].get("deletionTimestamp"), timeout=60,
+                what="victim being deleted with its namespace")
+            # 4600 + 2000 > 6000: the victim's copy is the one to evict.
+            apply(kube, namespace, cache("asker", [n1], storage={
+                "type": "node", "node": {"nodes": [n1], "budget": "6000"}}, sizeLimit="2000"))
+            (pod,) = wait_for(lambda: cache_pods(kube, namespace, "asker") or None, timeout=60,
+                              what="asker's download pod")
+            st = wait_for(lambda: (lambda s: s if s.get("phase") == "Downloading" else None)(
+                cache_status(kube, namespace, "asker")), timeout=60, what="asker Downloading")
+            assert st["nodes"][0]["phase"] == "Downloading", st
+            # A refused evict pod failing the asker shows for one pass only (the next pass has
+            # no first download left to make room for), but its Warning Event stays.
+            events = _json(kube, "-n", namespace, "get", "events", "--field-selector",
+                           "involvedObject.kind=ModelCache,involvedObject.name=asker")["items"]
+            rejected = [e["message"] for e in events if e.get("reason") == "PodRejected"]
+            assert not rejected, rejected
+        finally:
+            kube.kubectl("-n", held, "patch", "modelcache", "victim", "--type=merge", "-p",
+                         '{"metadata": {"finalizers": null}}', check=False)
 
 
 def shared_claim(kube: Kube, namespace: str, pv: str) -> str:

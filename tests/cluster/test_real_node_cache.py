@@ -51,12 +51,7 @@ RATE = 32 * 1024 * 1024
 def test_cache_from_http_with_progress_and_a_model_that_does_not_download(
         kube: Kube, namespace: str, real_node: Node, model_dir: Path,  # noqa: F811
         operator: Operator, tmp_path: Path) -> None:
-    files = tmp_path / "files"
-    files.mkdir()
-    shutil.copy(model_dir / MODEL / "model.onnx", files / "model.onnx")
-    with (files / "weights.bin").open("wb") as out:
-        out.truncate(PAD_BYTES)
-    write_index(files)
+    files = _model_files(tmp_path, model_dir, PAD_BYTES)
     cache_root = tmp_path / "caches"
     node = real_node.node.name
     with FileServer(files, host=real_node.slot.gateway) as server:
@@ -186,12 +181,7 @@ def test_pvc_cache_on_the_real_node(kube: Kube, namespace: str, real_node: Node,
     a ReadWriteMany claim; the download pod runs as uid 10001 (Pod Security restricted) and
     fills the claim's directory; the model mounts the claim read-only (subPath) and answers
     without downloading; deletion empties the directory with a clean-up pod, also uid 10001."""
-    files = tmp_path / "files"
-    files.mkdir()
-    shutil.copy(model_dir / MODEL / "model.onnx", files / "model.onnx")
-    with (files / "weights.bin").open("wb") as out:
-        out.truncate(16 * 1024 * 1024)
-    write_index(files)
+    files = _model_files(tmp_path, model_dir, 16 * 1024 * 1024)
     volume = tmp_path / "pv"
     volume.mkdir()
     os.chown(volume, 10001, 10001)
@@ -239,6 +229,18 @@ def test_pvc_cache_on_the_real_node(kube: Kube, namespace: str, real_node: Node,
         kube.kubectl("-n", namespace, "delete", "pvc", "weights", "--ignore-not-found",
                      "--wait=false", check=False)
         kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+
+
+def _model_files(tmp_path: Path, models: Path, pad_bytes: int) -> Path:
+    """A directory to serve over http: the affine model from ``models``, ``pad_bytes`` of
+    weights beside it and the index of files that an http(s) source names."""
+    files = tmp_path / "files"
+    files.mkdir()
+    shutil.copy(models / MODEL / "model.onnx", files / "model.onnx")
+    with (files / "weights.bin").open("wb") as out:
+        out.truncate(pad_bytes)
+    write_index(files)
+    return files
 
 
 def _cached_model(name: str, namespace: str, cache: str, image: str) -> dict[str, Any]:
