@@ -122,15 +122,18 @@ def test_a_full_cache_makes_requests_wait_or_recompute_not_differ(tiny_llama: Pa
         assert server.stop() == 0
 
 
+def prefix_cache_hits(server: Server) -> float:
+    m = re.search(r'vllm:prefix_cache_hits_total\{model_name="tiny"\} (\S+)', server.metrics())
+    assert m
+    return float(m.group(1))
+
+
 def test_shared_prefixes_reuse_cached_blocks(llama_server: Server, tiny_llama: Path) -> None:
     base = " ".join(WORDS) + " " + " ".join(reversed(WORDS))  # several full blocks
     assert len(ref.prompt_ids(tiny_llama, base)) > 48
 
     def hits() -> float:
-        m = re.search(r'vllm:prefix_cache_hits_total\{model_name="tiny"\} (\S+)',
-                      llama_server.metrics())
-        assert m
-        return float(m.group(1))
+        return prefix_cache_hits(llama_server)
 
     before = hits()
     complete(llama_server, base, max_tokens=2)  # computes and registers the prefix blocks
@@ -142,6 +145,30 @@ def test_shared_prefixes_reuse_cached_blocks(llama_server: Server, tiny_llama: P
     for text, body in zip(prompts, bodies, strict=True):
         assert engine_ids(body, eos) == ref.greedy_ids(tiny_llama, ref.prompt_ids(tiny_llama, text),
                                                        12), text
+
+
+def test_cache_salt_keeps_prefixes_apart(llama_server: Server, tiny_llama: Path) -> None:
+    """vLLM's ``cache_salt``: cached prompt blocks are shared only between requests with the
+    same salt (and between requests without one); the answers never change."""
+    prompt = " ".join(reversed(WORDS)) + " " + " ".join(WORDS[::2])  # several full blocks
+    ids = ref.prompt_ids(tiny_llama, prompt)
+    assert len(ids) > 33  # two full blocks of 16 and the last token, never taken from a cache
+    want = ref.greedy_ids(tiny_llama, ids, 6)
+    eos = ref.eos_id(tiny_llama)
+
+    def hits_of(**salt: str) -> float:
+        before = prefix_cache_hits(llama_server)
+        assert engine_ids(complete(llama_server, prompt, max_tokens=6, **salt), eos) == want
+        return prefix_cache_hits(llama_server) - before
+
+    assert hits_of(cache_salt="tenant-a") == 0   # the first of its salt computes the prompt
+    assert hits_of(cache_salt="tenant-b") == 0   # another salt does not see those blocks
+    assert hits_of() == 0                        # nor does a request without one
+    assert hits_of(cache_salt="tenant-a") >= 32  # the same salt does
+    assert hits_of() >= 32
+    status, body = llama_server.post_json("/v1/completions", {"prompt": prompt,
+                                                              "cache_salt": ""})
+    assert status == 400 and body["error"]["param"] == "cache_salt"
 
 
 def stream_events(server: Server, path: str, doc: dict[str, Any]) -> list[Any]:

@@ -289,8 +289,11 @@ def test_openai_request_validation() -> None:
     assert chat.messages == [{"role": "system", "content": "ab"},
                              {"role": "assistant", "content": ""}]
     assert chat.params.logprobs == 3 and chat.params.top_k == 0 and chat.params.stop == ("x",)
-    assert chat.max_tokens is None
-    for bad, param in (({"prompt": "hi", "max_tokens": True}, "max_tokens"),
+    assert chat.max_tokens is None and chat.cache_salt is None
+    assert parse({"prompt": "hi", "cache_salt": "tenant-a"}).cache_salt == "tenant-a"
+    for bad, param in (({"prompt": "hi", "cache_salt": ""}, "cache_salt"),
+                       ({"prompt": "hi", "cache_salt": 7}, "cache_salt"),
+                       ({"prompt": "hi", "max_tokens": True}, "max_tokens"),
                        ({"prompt": "hi", "seed": "1"}, "seed"),
                        ({"prompt": [1, 200]}, "prompt"),
                        ({"prompt": "hi", "stop_token_ids": [-1]}, "stop_token_ids"),

@@ -25,7 +25,7 @@ import torch
 
 from .decoder_stack import StepForward
 from .detok import Detokenizer, decoder
-from .kv_cache import BlockPool, KVStore
+from .kv_cache import BlockPool, KVStore, cache_root
 from .loader import LanguageModel
 from .pacing import PrefillPacer
 from .packing import pack
@@ -186,11 +186,15 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> RequestStream:
+    def submit(self, prompt: list[int], params: SamplingParams,
+               cache_salt: str | None = None) -> RequestStream:
+        """A new request; ``cache_salt``: it shares cached prompt blocks only with requests
+        that carry the same salt."""
         if self.held >= self.cfg.max_queue:
             raise Overloaded(f"{self.held} requests are waiting or running, the limit is "
                              f"{self.cfg.max_queue}")
         seq = self._sequence(prompt, params)
+        seq.cache_root = cache_root(cache_salt)
         stream = RequestStream(self, seq)
         seq.sink = stream.put
         self.held += 1
@@ -319,7 +323,7 @@ class Engine:
         for seq, n in [(s, 1) for s in decode] + prefill:
             seq.computed += n
             seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,
-                                                seq.computed)
+                                                seq.computed, seq.cache_root)
         if not step.sampled:
             return
         states = [s.sample_state for s in step.sampled]

@@ -12,9 +12,23 @@ keys and values into their slots and attends each row to its own slots.
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 
 import torch
+
+# The chain's start for requests without a cache salt (a salted chain starts at a digest of the
+# salt, which no request without one can reach).
+UNSALTED = bytes(32)
+
+
+def cache_root(salt: str | None) -> bytes:
+    """Where a request's chain of block hashes starts: requests share cached blocks only when
+    their prefixes and their ``cache_salt`` (vLLM's request field) are the same."""
+    if salt is None:
+        return UNSALTED
+    return hashlib.sha256(b"kubemaas cache_salt\0" + salt.encode()).digest()
 
 
 class OutOfBlocks(Exception):
@@ -30,6 +44,13 @@ class BlockPool:
     those blocks instead of computing them again. A block nobody references any more keeps its
     contents and its hash as *evictable* (least recently released first) until its id is needed:
     it counts as free.
+
+    The chain hash is SHA-256, not Python's ``hash``: a hit is taken on the hash alone, and
+    Python's tuple hash is neither collision-resistant nor secret (integers hash to themselves),
+    so a client could craft a prompt whose blocks hash like another request's and be served
+    that request's keys and values, or plant its own for later requests
+    (tests/unit/test_llm_prefix_hash.py holds such a pair of blocks). A chain starts at the
+    request's ``cache_root`` (its cache salt).
     """
 
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = False) -> None:
@@ -40,8 +61,8 @@ class BlockPool:
         self.prefix_caching = prefix_caching
         self._free = list(range(num_blocks - 1, 0, -1))  # pop() hands out low ids first
         self._refs = [0] * num_blocks
-        self._by_hash: dict[int, int] = {}
-        self._hash_of: dict[int, int] = {}
+        self._by_hash: dict[bytes, int] = {}
+        self._hash_of: dict[int, bytes] = {}
         self._evictable: OrderedDict[int, None] = OrderedDict()
         self.queried_tokens = 0  # prefix cache: prompt tokens looked up / found
         self.hit_tokens = 0
@@ -88,23 +109,27 @@ class BlockPool:
                     self._free.append(block)
         blocks.clear()
 
-    def chain_hashes(self, tokens: list[int], start: int, prev: int) -> list[int]:
-        """Chain hashes of the full blocks of ``tokens`` from block index ``start``."""
+    def chain_hashes(self, tokens: list[int], start: int, prev: bytes) -> list[bytes]:
+        """Chain hashes of the full blocks of ``tokens`` from block index ``start``, after the
+        hash ``prev`` (the block before, or the chain's root): SHA-256 of the previous hash and
+        the block's token ids as 64-bit integers (a fixed width: the bytes say which ids)."""
         out = []
         bs = self.block_size
         for i in range(start, len(tokens) // bs):
-            prev = hash((prev, tuple(tokens[i * bs:(i + 1) * bs])))
+            prev = hashlib.sha256(prev + array("q", tokens[i * bs:(i + 1) * bs]).tobytes()
+                                  ).digest()
             out.append(prev)
         return out
 
-    def lookup(self, prompt: list[int]) -> list[int]:
-        """Cached blocks that hold a prefix of ``prompt`` (referenced for the caller). The last
-        prompt token is never covered: its logits are needed."""
+    def lookup(self, prompt: list[int], root: bytes = UNSALTED) -> list[int]:
+        """Cached blocks that hold a prefix of ``prompt`` in the chain that starts at ``root``
+        (referenced for the caller). The last prompt token is never covered: its logits are
+        needed."""
         if not self.prefix_caching:
             return []
         found: list[int] = []
         usable_tokens = len(prompt) - 1
-        for h in self.chain_hashes(prompt[:usable_tokens], 0, 0):
+        for h in self.chain_hashes(prompt[:usable_tokens], 0, root):
             block = self._by_hash.get(h)
             if block is None:
                 break
@@ -115,13 +140,15 @@ class BlockPool:
             self._refs[block] += 1
         return found
 
-    def register(self, blocks: list[int], tokens: list[int], done: int, computed: int) -> int:
+    def register(self, blocks: list[int], tokens: list[int], done: int, computed: int,
+                 root: bytes = UNSALTED) -> int:
         """Register the blocks of a sequence that became full (block indexes ``done`` up to
-        ``computed // block_size``); returns the new number of registered blocks."""
+        ``computed // block_size``; its chain starts at ``root``); returns the new number of
+        registered blocks."""
         full = computed // self.block_size
         if not self.prefix_caching or full <= done:
             return done
-        prev = self._hash_of.get(blocks[done - 1], 0) if done else 0
+        prev = self._hash_of.get(blocks[done - 1], root) if done else root
         if done and blocks[done - 1] not in self._hash_of:
             return full  # the chain was broken by a duplicate: later blocks stay private
         for i, h in enumerate(self.chain_hashes(tokens[:full * self.block_size], done, prev),

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .detok import Detokenizer
-from .kv_cache import BlockPool, OutOfBlocks
+from .kv_cache import UNSALTED, BlockPool, OutOfBlocks
 from .sampling import SampleState, SamplingParams
 
 
@@ -44,6 +44,7 @@ class Sequence:
     blocks: list[int] = field(default_factory=list)
     computed: int = 0  # tokens whose keys and values are in the cache
     registered: int = 0  # leading full blocks registered in the prefix cache
+    cache_root: bytes = UNSALTED  # where its prefix-cache chain starts (kv_cache.cache_root)
     sample_state: SampleState | None = None
     finish_reason: str | None = None
     first_token_at: float | None = None
@@ -93,7 +94,8 @@ class Scheduler:
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            cached = self.pool.lookup(seq.ids)  # shared blocks holding a prefix (referenced)
+            # shared blocks holding a prefix (referenced)
+            cached = self.pool.lookup(seq.ids, seq.cache_root)
             need = self.pool.blocks_for(len(seq.ids) + 1) - len(cached)
             if (need + len(self.running) > self.pool.free and self.running) or \
                     need > self.pool.free:

@@ -215,7 +215,7 @@ class OpenAIServer:
             prompt = await self._tokenize(served, req)
             req = self._fit(served, req, prompt)
             try:
-                stream = served.engine.submit(prompt, req.params)
+                stream = served.engine.submit(prompt, req.params, req.cache_salt)
             except Overloaded as exc:
                 served.metrics.rejected.inc(served.metrics.label)
                 raise ApiError(429, f"too many requests: {exc}; retry later",

@@ -46,6 +46,7 @@ class GenerationRequest:
     logprobs: bool
     model: str | None
     return_token_ids: bool = False  # vLLM's extension: the prompt's and the output's token ids
+    cache_salt: str | None = None  # vLLM's: shares cached prompt blocks only with the same salt
 
 
 def _bad(message: str, param: str) -> ApiError:
@@ -260,6 +261,13 @@ def _sampling_params(doc: dict[str, Any], vocab: int, max_tokens: int | None,
     )
 
 
+def _cache_salt(doc: dict[str, Any]) -> str | None:
+    salt = doc.get("cache_salt")
+    if salt is not None and (not isinstance(salt, str) or not salt):
+        raise _bad("'cache_salt' must be a non-empty string", "cache_salt")
+    return salt
+
+
 def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
     """Validate a /v1/completions or /v1/chat/completions body."""
     if not isinstance(doc, dict):
@@ -283,4 +291,5 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              messages=messages, max_tokens=max_tokens, params=params,
                              stream=stream, include_usage=include_usage,
                              logprobs=logprobs_n is not None, model=model,
-                             return_token_ids=_bool(doc, "return_token_ids"))
+                             return_token_ids=_bool(doc, "return_token_ids"),
+                             cache_salt=_cache_salt(doc))
