@@ -54,6 +54,10 @@ def test_openai_sync_completions_and_chat(server: Server) -> None:
     assert text == chat.choices[0].message.content
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    # the second request of the same prompt: its full blocks (16 tokens) came from the cache
+    details = chunks[-1].usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens == \
+        (chat.usage.prompt_tokens - 1) // 16 * 16
 
 
 def test_openai_client_sees_errors_as_its_exceptions(server: Server, tiny_llama: Path) -> None:

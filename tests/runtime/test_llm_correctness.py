@@ -158,8 +158,11 @@ def test_cache_salt_keeps_prefixes_apart(llama_server: Server, tiny_llama: Path)
 
     def hits_of(**salt: str) -> float:
         before = prefix_cache_hits(llama_server)
-        assert engine_ids(complete(llama_server, prompt, max_tokens=6, **salt), eos) == want
-        return prefix_cache_hits(llama_server) - before
+        body = complete(llama_server, prompt, max_tokens=6, **salt)
+        assert engine_ids(body, eos) == want
+        hits = prefix_cache_hits(llama_server) - before
+        assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": hits}
+        return hits
 
     assert hits_of(cache_salt="tenant-a") == 0   # the first of its salt computes the prompt
     assert hits_of(cache_salt="tenant-b") == 0   # another salt does not see those blocks

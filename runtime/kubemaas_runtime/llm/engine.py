@@ -68,6 +68,7 @@ class Delta:
     prompt_tokens: int
     completion_tokens: int
     at: float  # time.monotonic() when produced
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache at admission
 
 
 def kv_blocks_for_budget(lm: LanguageModel, cfg_bytes: int, block_size: int) -> int:
@@ -357,7 +358,7 @@ class Engine:
             seq.finish_reason = reason
             self.scheduler.remove(seq)
         return Delta(text, (token,), (info,) if info is not None else (), reason,
-                     len(seq.prompt), len(seq.output), now)
+                     len(seq.prompt), len(seq.output), now, seq.cached_tokens or 0)
 
     # ---- in-process use (benchmarks, tests) ------------------------------------------------
     def generate_sync(self, prompts: list[list[int]], params: SamplingParams

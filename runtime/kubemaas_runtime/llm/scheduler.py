@@ -45,6 +45,7 @@ class Sequence:
     computed: int = 0  # tokens whose keys and values are in the cache
     registered: int = 0  # leading full blocks registered in the prefix cache
     cache_root: bytes = UNSALTED  # where its prefix-cache chain starts (kv_cache.cache_root)
+    cached_tokens: int | None = None  # prompt tokens found in the cache when first admitted
     sample_state: SampleState | None = None
     finish_reason: str | None = None
     first_token_at: float | None = None
@@ -106,6 +107,8 @@ class Scheduler:
             seq.blocks = cached + self.pool.allocate(need)
             seq.registered = len(cached)
             seq.computed = len(cached) * self.pool.block_size
+            if seq.cached_tokens is None:  # a preempted sequence keeps its first count
+                seq.cached_tokens = seq.computed
             self.waiting.popleft()
             self.running.append(seq)
 

@@ -27,7 +27,7 @@ from ..metrics import LLMMetrics, Metrics
 from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
 from .openai_schema import ApiError, GenerationRequest, parse_request
-from .openai_stream import ChunkFormat, logprobs_doc, stream_response
+from .openai_stream import ChunkFormat, logprobs_doc, stream_response, usage_doc
 
 log = logging.getLogger("kubemaas.runtime.openai")
 
@@ -277,8 +277,7 @@ class OpenAIServer:
             last = delta
         assert last is not None
         text = "".join(texts)
-        usage = {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
-                 "total_tokens": last.prompt_tokens + last.completion_tokens}
+        usage = usage_doc(last)
         logprobs = logprobs_doc(served.tokenizer, req.chat, lps, 0) if req.logprobs else None
         if req.chat:
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant",

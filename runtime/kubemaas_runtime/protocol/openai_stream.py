@@ -92,9 +92,15 @@ class ChunkFormat:
         return sse(self.doc(None if self.req.chat else "", reason))
 
     def usage(self, last: Delta) -> bytes:
-        return sse({**self.head, "choices": [], "usage": {
-            "prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
-            "total_tokens": last.prompt_tokens + last.completion_tokens}})
+        return sse({**self.head, "choices": [], "usage": usage_doc(last)})
+
+
+def usage_doc(last: Delta) -> dict[str, Any]:
+    """OpenAI's usage object from a request's last delta (``cached_tokens``: the prompt tokens
+    the prefix cache held)."""
+    return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
+            "total_tokens": last.prompt_tokens + last.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": last.cached_tokens}}
 
 
 async def stream_response(request: web.BaseRequest, req: GenerationRequest,
