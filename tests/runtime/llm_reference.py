@@ -28,6 +28,38 @@ def greedy_ids(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> l
     return [int(t) for t in out[0, len(prompt_ids):]]
 
 
+def greedy_ids_with_repetition_penalty(model_dir: Path, prompt_ids: list[int],
+                                       max_new_tokens: int, penalty: float) -> list[int]:
+    """``generate(repetition_penalty=...)``'s new tokens (transformers' own processor: the
+    prompt's and the output's tokens penalized), greedy, stopping at EOS."""
+    _, model = load(model_dir)
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens,
+                             do_sample=False, repetition_penalty=penalty)
+    return [int(t) for t in out[0, len(prompt_ids):]]
+
+
+def greedy_ids_with_output_penalties(model_dir: Path, prompt_ids: list[int],
+                                     max_new_tokens: int, frequency: float,
+                                     presence: float) -> list[int]:
+    """Greedy tokens with OpenAI's frequency and presence penalties (each generated token's
+    logit lowered by frequency x its count + presence), written out over the model's full
+    forward at every step: what the engine must match."""
+    _, model = load(model_dir)
+    ids, new = list(prompt_ids), []
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            logits = model(torch.tensor([ids])).logits[0, -1].float()
+            for token in set(new):
+                logits[token] -= frequency * new.count(token) + presence
+            token = int(logits.argmax())
+            ids.append(token)
+            new.append(token)
+            if token == model.generation_config.eos_token_id:
+                break
+    return new
+
+
 def prompt_ids(model_dir: Path, text: str) -> list[int]:
     tok, _ = load(model_dir)
     return [int(t) for t in tok(text)["input_ids"]]

@@ -147,6 +147,40 @@ def test_shared_prefixes_reuse_cached_blocks(llama_server: Server, tiny_llama: P
                                                        12), text
 
 
+def test_penalties_equal_their_references(llama_server: Server, tiny_llama: Path) -> None:
+    """repetition_penalty as transformers' generate() applies it; frequency and presence
+    penalties as OpenAI defines them (llm_reference writes them out); each changes the answer,
+    and a batch of penalized and plain requests answers each as alone."""
+    eos = ref.eos_id(tiny_llama)
+    ids = ref.prompt_ids(tiny_llama, "the cat and the dog and the cat")
+    plain = ref.greedy_ids(tiny_llama, ids, 24)
+    cases = [({"repetition_penalty": 1.8},
+              ref.greedy_ids_with_repetition_penalty(tiny_llama, ids, 24, 1.8)),
+             ({"frequency_penalty": 1.5, "presence_penalty": 0.5},
+              ref.greedy_ids_with_output_penalties(tiny_llama, ids, 24, 1.5, 0.5)),
+             ({"presence_penalty": -2.0},
+              ref.greedy_ids_with_output_penalties(tiny_llama, ids, 24, 0.0, -2.0)),
+             ({}, plain)]
+    assert all(want != plain for _, want in cases[:3])  # each penalty changes this answer
+    with ThreadPoolExecutor(len(cases)) as pool:
+        bodies = list(pool.map(lambda c: complete(llama_server, ids, max_tokens=24, **c[0]),
+                               cases))
+    for (extra, want), body in zip(cases, bodies, strict=True):
+        assert engine_ids(body, eos) == want, extra
+
+
+def test_a_vanishing_temperature_answers_greedily(llama_server: Server, tiny_llama: Path) -> None:
+    """temperature 1e-40 (valid: 0..2) once made the sampler's softmax NaN, and the error failed
+    every request of that engine step; below 1e-5 a request is greedy, as in vLLM."""
+    ids = ref.prompt_ids(tiny_llama, "the lazy dog")
+    want = ref.greedy_ids(tiny_llama, ids, 8)
+    eos = ref.eos_id(tiny_llama)
+    with ThreadPoolExecutor(3) as pool:
+        bodies = list(pool.map(lambda t: complete(llama_server, ids, max_tokens=8,
+                                                  temperature=t), (1e-40, 1e-300, 0)))
+    assert [engine_ids(b, eos) for b in bodies] == [want] * 3
+
+
 def test_cache_salt_keeps_prefixes_apart(llama_server: Server, tiny_llama: Path) -> None:
     """vLLM's ``cache_salt``: cached prompt blocks are shared only between requests with the
     same salt (and between requests without one); the answers never change."""

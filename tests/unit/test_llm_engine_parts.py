@@ -15,7 +15,7 @@ from kubemaas_runtime.llm.detok import Detokenizer, decoder, encoder
 from kubemaas_runtime.llm.kv_cache import BlockPool, KVStore, OutOfBlocks
 from kubemaas_runtime.llm.pacing import PrefillPacer
 from kubemaas_runtime.llm.packing import pack
-from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, sample
+from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, penalize, sample
 from kubemaas_runtime.llm.scheduler import Scheduler, Sequence
 from kubemaas_runtime.protocol.openai_schema import ApiError, parse_request
 from kubemaas_runtime.protocol.openai_stream import ChunkFormat, sse
@@ -178,6 +178,38 @@ def test_sampling_greedy_seeded_and_filtered() -> None:
     assert infos[0] is not None and infos[0].logprob > -0.01
 
 
+def test_a_vanishing_temperature_is_greedy() -> None:
+    """Logits divided by 1e-40 overflow to infinity and the softmax to NaN; such a row must not
+    raise (a sampling error fails every request in the step): it is greedy, as in vLLM."""
+    logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]])
+    tiny = [SampleState(SamplingParams(temperature=t, seed=1)) for t in (1e-40, 1e-300)]
+    assert sample(logits, tiny)[0] == [1, 2]
+
+
+def test_penalties_follow_vllms_definitions() -> None:
+    row = torch.tensor([2.0, -2.0, 1.0, 0.5, 3.0])
+    rep = SampleState(SamplingParams(repetition_penalty=2.0), prompt=frozenset({0, 1}))
+    rep.generated[4] += 1
+    got = row.clone()
+    penalize(got, rep)  # prompt and output tokens: positive logits halved, negative doubled
+    assert got.tolist() == [1.0, -4.0, 1.0, 0.5, 1.5]
+    freq = SampleState(SamplingParams(frequency_penalty=0.5, presence_penalty=0.25))
+    freq.generated.update([2, 2, 3])
+    got = row.clone()
+    penalize(got, freq)  # only generated tokens: 0.5 x count + 0.25
+    assert got.tolist() == [2.0, -2.0, -0.25, -0.25, 3.0]
+
+
+def test_penalties_steer_sampling_and_count_what_was_sampled() -> None:
+    logits = torch.tensor([[1.0, 0.9, 0.0], [1.0, 0.9, 0.0]])
+    params = SamplingParams(temperature=0.0, presence_penalty=0.5)
+    penalized, plain = SampleState(params), SampleState(SamplingParams(temperature=0.0))
+    picks = [sample(logits.clone(), [penalized, plain])[0] for _ in range(3)]
+    # the penalized row leaves token 0 once it has it, then 1; the plain row stays on 0
+    assert picks == [[0, 0], [1, 0], [0, 0]] and penalized.generated == {0: 2, 1: 1}
+    assert not plain.generated  # no counting without penalties
+
+
 class CharTokenizer:
     """One character per token id (ord); enough to drive the detokenizer."""
 
@@ -291,6 +323,11 @@ def test_openai_request_validation() -> None:
     assert chat.params.logprobs == 3 and chat.params.top_k == 0 and chat.params.stop == ("x",)
     assert chat.max_tokens is None and chat.cache_salt is None
     assert parse({"prompt": "hi", "cache_salt": "tenant-a"}).cache_salt == "tenant-a"
+    penalized = parse({"prompt": "hi", "presence_penalty": -0.5, "frequency_penalty": 2,
+                       "repetition_penalty": 1.2}).params
+    assert (penalized.presence_penalty, penalized.frequency_penalty,
+            penalized.repetition_penalty, penalized.penalized) == (-0.5, 2.0, 1.2, True)
+    assert not parse({"prompt": "hi", "presence_penalty": 0}).params.penalized
     for bad, param in (({"prompt": "hi", "cache_salt": ""}, "cache_salt"),
                        ({"prompt": "hi", "cache_salt": 7}, "cache_salt"),
                        ({"prompt": "hi", "max_tokens": True}, "max_tokens"),
@@ -298,7 +335,9 @@ def test_openai_request_validation() -> None:
                        ({"prompt": [1, 200]}, "prompt"),
                        ({"prompt": "hi", "stop_token_ids": [-1]}, "stop_token_ids"),
                        ({"prompt": "hi", "echo": True}, "echo"),
-                       ({"prompt": "hi", "presence_penalty": 1}, "presence_penalty")):
+                       ({"prompt": "hi", "presence_penalty": 2.5}, "presence_penalty"),
+                       ({"prompt": "hi", "frequency_penalty": "1"}, "frequency_penalty"),
+                       ({"prompt": "hi", "repetition_penalty": 0}, "repetition_penalty")):
         with pytest.raises(ApiError) as err:
             parse(bad)
         assert err.value.status == 400 and err.value.param == param

@@ -1,18 +1,24 @@
 """Sampling: the next token of every row from the last logits.
 
-A request's ``logit_bias`` is added to its row first (so it shifts greedy choices and logprobs
-too, as OpenAI's does). Greedy rows (temperature 0) are one ``argmax`` for the whole batch; the
-others are sampled one by one with temperature, top-k and top-p, each from its own
-``torch.Generator`` (seeded from the request's ``seed``, so the same seed gives the same tokens
-whatever else is in the batch).
+A request's ``logit_bias`` is added to its row first, then its penalties (vLLM's and OpenAI's
+definitions): ``repetition_penalty`` divides the positive logits of every token already in the
+prompt or the output and multiplies the negative ones; ``frequency_penalty`` x (times the token
+was generated) + ``presence_penalty`` x (whether it was) is subtracted from each generated
+token's logit. Both shift greedy choices and logprobs too, as OpenAI's logit bias does. Greedy
+rows (temperature 0) are one ``argmax`` for the whole batch; the others are sampled one by one
+with temperature, top-k and top-p, each from its own ``torch.Generator`` (seeded from the
+request's ``seed``, so the same seed gives the same tokens whatever else is in the batch).
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
+
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy
 
 
 @dataclass(frozen=True)
@@ -27,18 +33,30 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; n >= 0: the chosen token's and the n most likely
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), OpenAI's
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # below vLLM's epsilon, as vLLM does: dividing logits by 1e-40 makes them infinite and
+        # the softmax NaN, and a sampling error fails every request of the engine's step
+        return self.temperature < GREEDY_BELOW
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or
+                    self.repetition_penalty != 1.0)
 
 
 @dataclass
 class SampleState:
-    """Per-sequence sampling state: its random generator."""
+    """Per-sequence sampling state: its random generator and, for penalties, the tokens seen."""
 
     params: SamplingParams
     generator: torch.Generator | None = field(default=None)
+    prompt: frozenset[int] = frozenset()  # with a repetition penalty: the prompt's tokens
+    generated: Counter[int] = field(default_factory=Counter)  # with penalties: output counts
 
     def gen(self, device: torch.device) -> torch.Generator:
         if self.generator is None:
@@ -73,6 +91,23 @@ def _filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return logits
 
 
+def penalize(row: torch.Tensor, state: SampleState) -> None:
+    """Apply the request's penalties to its row of float32 logits, in place."""
+    params = state.params
+    if params.repetition_penalty != 1.0:
+        seen = state.prompt.union(state.generated)
+        if seen:
+            ids = torch.tensor(sorted(seen), device=row.device)
+            picked = row[ids]
+            row[ids] = torch.where(picked > 0, picked / params.repetition_penalty,
+                                   picked * params.repetition_penalty)
+    if (params.frequency_penalty or params.presence_penalty) and state.generated:
+        ids = torch.tensor(list(state.generated), device=row.device)
+        counts = torch.tensor(list(state.generated.values()), dtype=row.dtype,
+                              device=row.device)
+        row[ids] -= params.frequency_penalty * counts + params.presence_penalty
+
+
 def sample(logits: torch.Tensor, states: list[SampleState]
            ) -> tuple[list[int], list[TokenLogprobs | None]]:
     """One token per row of ``logits`` ([batch, vocab])."""
@@ -81,11 +116,15 @@ def sample(logits: torch.Tensor, states: list[SampleState]
         if state.params.logit_bias:
             biased, bias = zip(*state.params.logit_bias, strict=True)
             logits[i, list(biased)] += torch.tensor(bias, device=logits.device)
+        if state.params.penalized:
+            penalize(logits[i], state)
     tokens = logits.argmax(dim=-1).tolist()
     for i, state in enumerate(states):
         if not state.params.greedy:
             probs = torch.softmax(_filter(logits[i], state.params), dim=-1)
             tokens[i] = int(torch.multinomial(probs, 1, generator=state.gen(logits.device)))
+        if state.params.penalized:
+            state.generated[tokens[i]] += 1
     infos: list[TokenLogprobs | None] = [None] * len(states)
     wanted = [i for i, s in enumerate(states) if s.params.logprobs is not None]
     if wanted:

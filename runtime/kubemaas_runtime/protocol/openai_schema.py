@@ -2,7 +2,7 @@
 
 Pure: no I/O, no engine. Every problem is an ``ApiError`` with the HTTP status and the
 ``param`` it concerns; unknown fields are ignored (clients send extras), unsupported features that
-would change the answer (``n`` > 1, ``echo``, ``suffix``, penalties) are refused, not ignored.
+would change the answer (``n`` > 1, ``echo``, ``suffix``, tools) are refused, not ignored.
 """
 
 from __future__ import annotations
@@ -145,11 +145,6 @@ def _refuse_unsupported(doc: dict[str, Any]) -> None:
         raise _bad("echo is not supported", "echo")
     if doc.get("suffix") not in (None, ""):
         raise _bad("suffix is not supported", "suffix")
-    for key in ("presence_penalty", "frequency_penalty"):
-        if _num(doc, key, 0.0, -2.0, 2.0) != 0.0:
-            raise _bad(f"'{key}' is not supported (use 0)", key)
-    if _num(doc, "repetition_penalty", 1.0, 0.0, 10.0) != 1.0:
-        raise _bad("'repetition_penalty' is not supported (use 1)", "repetition_penalty")
     if doc.get("tools") or doc.get("functions"):
         raise _bad("tools are not supported", "tools")
     fmt = doc.get("response_format")
@@ -258,7 +253,17 @@ def _sampling_params(doc: dict[str, Any], vocab: int, max_tokens: int | None,
         ignore_eos=_bool(doc, "ignore_eos"),
         logprobs=logprobs_n,
         logit_bias=_logit_bias(doc, vocab),
+        presence_penalty=_num(doc, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_num(doc, "frequency_penalty", 0.0, -2.0, 2.0),
+        repetition_penalty=_repetition_penalty(doc),
     )
+
+
+def _repetition_penalty(doc: dict[str, Any]) -> float:
+    value = _num(doc, "repetition_penalty", 1.0, 0.0, 10.0)
+    if value <= 0.0:  # it divides the logits
+        raise _bad("'repetition_penalty' must be greater than 0", "repetition_penalty")
+    return value
 
 
 def _cache_salt(doc: dict[str, Any]) -> str | None:
