@@ -337,7 +337,8 @@ def test_openai_request_validation() -> None:
                        ({"prompt": "hi", "echo": True}, "echo"),
                        ({"prompt": "hi", "presence_penalty": 2.5}, "presence_penalty"),
                        ({"prompt": "hi", "frequency_penalty": "1"}, "frequency_penalty"),
-                       ({"prompt": "hi", "repetition_penalty": 0}, "repetition_penalty")):
+                       ({"prompt": "hi", "repetition_penalty": 0}, "repetition_penalty"),
+                       ({"prompt": "hi", "repetition_penalty": 1e-300}, "repetition_penalty")):
         with pytest.raises(ApiError) as err:
             parse(bad)
         assert err.value.status == 400 and err.value.param == param

@@ -260,10 +260,9 @@ def _sampling_params(doc: dict[str, Any], vocab: int, max_tokens: int | None,
 
 
 def _repetition_penalty(doc: dict[str, Any]) -> float:
-    value = _num(doc, "repetition_penalty", 1.0, 0.0, 10.0)
-    if value <= 0.0:  # it divides the logits
-        raise _bad("'repetition_penalty' must be greater than 0", "repetition_penalty")
-    return value
+    # it divides positive logits: a floor keeps them finite (an infinite logit makes the
+    # softmax NaN, and a sampling error fails every request of the engine's step)
+    return _num(doc, "repetition_penalty", 1.0, 0.01, 10.0)
 
 
 def _cache_salt(doc: dict[str, Any]) -> str | None:
