@@ -219,7 +219,8 @@ message = st.fixed_dictionaries(
         max_size=2) | json_values})
 common = {
     "model": st.sampled_from(["tiny", "other"]) | json_values,
-    "max_tokens": small_ints | json_values, "temperature": st.floats(-1, 3) | json_values,
+    "max_tokens": small_ints | json_values,
+    "temperature": st.floats(-1, 3) | st.sampled_from([1e-300, 1e-40]) | json_values,
     "top_p": st.floats(-0.5, 1.5) | json_values, "top_k": small_ints | json_values,
     "seed": st.integers(-(2**70), 2**70) | json_values, "stop": st.text(max_size=3)
     | st.lists(st.text(max_size=3), max_size=3) | json_values,
@@ -230,6 +231,12 @@ common = {
     "n": small_ints, "stop_token_ids": st.lists(st.integers(-5, 2000), max_size=3)
     | json_values, "ignore_eos": st.booleans() | json_values,
     "max_completion_tokens": small_ints | json_values,
+    "presence_penalty": st.floats(-3, 3) | json_values,
+    "frequency_penalty": st.floats(-3, 3) | json_values,
+    "repetition_penalty": st.floats(-1, 11) | st.sampled_from([1e-300, 0.01]) | json_values,
+    "cache_salt": st.text(max_size=4) | json_values,
+    "logit_bias": st.dictionaries(st.integers(-3, 1100).map(str), st.floats(-150, 150),
+                                  max_size=3) | json_values,
 }
 completion_docs = st.fixed_dictionaries(
     {"prompt": st.text(max_size=40) | st.lists(st.integers(-3, 1100), max_size=8)
