@@ -19,12 +19,16 @@ def load(model_dir: Path) -> tuple[Any, Any]:
     return tok, model
 
 
-def greedy_ids(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    """``generate()``'s new tokens, greedy, stopping at EOS (the EOS token included)."""
-    _, model = load(model_dir)
+def greedy_ids(model_dir: Path, prompt_ids: list[int], max_new_tokens: int,
+               min_new_tokens: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
+    """``generate()``'s new tokens, greedy, stopping at EOS or one of ``stop_ids`` (that token
+    included), which are held back for ``min_new_tokens`` tokens (transformers' own
+    processor)."""
+    tok, model = load(model_dir)
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens,
-                             do_sample=False)
+                             do_sample=False, min_new_tokens=min_new_tokens,
+                             eos_token_id=[tok.eos_token_id, *stop_ids])
     return [int(t) for t in out[0, len(prompt_ids):]]
 
 

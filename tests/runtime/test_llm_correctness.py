@@ -181,6 +181,23 @@ def test_a_vanishing_temperature_answers_greedily(llama_server: Server, tiny_lla
     assert [engine_ids(b, eos) for b in bodies] == [want] * 3
 
 
+def test_min_tokens_holds_stops_back_as_generate_does(llama_server: Server,
+                                                       tiny_llama: Path) -> None:
+    """vLLM's ``min_tokens``: no EOS or stop token before that many tokens; the answer equals
+    generate() with ``min_new_tokens``. (The tiny random model hardly ever ends with EOS, so a
+    token of its own answer is the stop token.)"""
+    ids = ref.prompt_ids(tiny_llama, "the quick brown fox")
+    plain = ref.greedy_ids(tiny_llama, ids, 16)
+    stop = plain[2]
+    early = complete(llama_server, ids, max_tokens=16, stop_token_ids=[stop])["choices"][0]
+    assert early["token_ids"] == plain[:plain.index(stop) + 1]
+    assert early["finish_reason"] == "stop"
+    want = ref.greedy_ids(tiny_llama, ids, 24, min_new_tokens=8, stop_ids=(stop,))
+    assert stop not in want[:8] and len(want) > 8
+    held = complete(llama_server, ids, max_tokens=24, min_tokens=8, stop_token_ids=[stop])
+    assert held["choices"][0]["token_ids"] == want
+
+
 def test_cache_salt_keeps_prefixes_apart(llama_server: Server, tiny_llama: Path) -> None:
     """vLLM's ``cache_salt``: cached prompt blocks are shared only between requests with the
     same salt (and between requests without one); the answers never change."""

@@ -186,6 +186,18 @@ def test_a_vanishing_temperature_is_greedy() -> None:
     assert sample(logits, tiny)[0] == [1, 2]
 
 
+def test_min_p_and_min_tokens() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0]])  # probabilities 0.67, 0.24, 0.09
+    only_top = SamplingParams(temperature=1.0, min_p=0.5)
+    assert {sample(logits, [SampleState(only_top)])[0][0] for _ in range(30)} == {0}
+    held = SampleState(SamplingParams(temperature=0.0, min_tokens=2), held_back=frozenset({0}))
+    picks = [sample(logits.clone(), [held])[0][0] for _ in range(3)]
+    assert picks == [1, 1, 0] and held.emitted == 3  # token 0 (EOS here) from the third on
+    everything = SampleState(SamplingParams(temperature=1.0, min_tokens=5),
+                             held_back=frozenset({0, 1, 2}))
+    assert sample(logits.clone(), [everything])[0][0] in (0, 1, 2)  # nothing left to hold
+
+
 def test_penalties_follow_vllms_definitions() -> None:
     row = torch.tensor([2.0, -2.0, 1.0, 0.5, 3.0])
     rep = SampleState(SamplingParams(repetition_penalty=2.0), prompt=frozenset({0, 1}))
@@ -328,6 +340,9 @@ def test_openai_request_validation() -> None:
     assert (penalized.presence_penalty, penalized.frequency_penalty,
             penalized.repetition_penalty, penalized.penalized) == (-0.5, 2.0, 1.2, True)
     assert not parse({"prompt": "hi", "presence_penalty": 0}).params.penalized
+    mins = parse({"prompt": "hi", "min_p": 0.1, "min_tokens": 4, "max_tokens": 4}).params
+    assert (mins.min_p, mins.min_tokens) == (0.1, 4)
+    assert parse({"prompt": "hi", "skip_special_tokens": True, "bad_words": []}).params
     for bad, param in (({"prompt": "hi", "cache_salt": ""}, "cache_salt"),
                        ({"prompt": "hi", "cache_salt": 7}, "cache_salt"),
                        ({"prompt": "hi", "max_tokens": True}, "max_tokens"),
@@ -338,7 +353,13 @@ def test_openai_request_validation() -> None:
                        ({"prompt": "hi", "presence_penalty": 2.5}, "presence_penalty"),
                        ({"prompt": "hi", "frequency_penalty": "1"}, "frequency_penalty"),
                        ({"prompt": "hi", "repetition_penalty": 0}, "repetition_penalty"),
-                       ({"prompt": "hi", "repetition_penalty": 1e-300}, "repetition_penalty")):
+                       ({"prompt": "hi", "repetition_penalty": 1e-300}, "repetition_penalty"),
+                       ({"prompt": "hi", "min_p": 1.5}, "min_p"),
+                       ({"prompt": "hi", "min_tokens": 5, "max_tokens": 4}, "min_tokens"),
+                       ({"prompt": "hi", "min_tokens": -1}, "min_tokens"),
+                       ({"prompt": "hi", "use_beam_search": True}, "use_beam_search"),
+                       ({"prompt": "hi", "skip_special_tokens": False}, "skip_special_tokens"),
+                       ({"prompt": "hi", "guided_json": {}}, "guided_json")):
         with pytest.raises(ApiError) as err:
             parse(bad)
         assert err.value.status == 400 and err.value.param == param

@@ -29,7 +29,9 @@ fields: dict[str, st.SearchStrategy[Any]] = {
     "repetition_penalty": edges(0.01, 10.0),
     "logit_bias": st.dictionaries(st.integers(0, VOCAB - 1).map(str), edges(-100.0, 100.0),
                                   max_size=4),
-    "logprobs": st.integers(0, 20),
+    "logprobs": st.integers(0, 20), "min_p": edges(0.0, 1.0),
+    "min_tokens": st.integers(0, 8), "max_tokens": st.integers(1, 8),
+    "stop_token_ids": st.lists(st.integers(0, VOCAB - 1), max_size=VOCAB),
 }
 docs = st.fixed_dictionaries({"prompt": st.just([1, 2, 3])}, optional=fields)
 logits_scale = st.sampled_from([1.0, 30.0, 1e4])
@@ -45,7 +47,8 @@ def test_every_accepted_request_samples(batch: list[dict[str, Any]], scale: floa
             params = parse_request(doc, chat=False, vocab=VOCAB).params
         except ApiError:
             continue  # refused with a 400: never reaches the sampler
-        states.append(SampleState(params, prompt=frozenset(range(VOCAB // 2))))
+        states.append(SampleState(params, prompt=frozenset(range(VOCAB // 2)),
+                                  held_back=frozenset(params.stop_token_ids) | {0}))
     if not states:
         return
     gen = torch.Generator().manual_seed(seed)

@@ -49,9 +49,10 @@ class Detokenizer:
         self.text = ""     # the whole decoded output so far (stop string cut off)
         self.emitted = 0   # characters of self.text handed out
 
-    def add(self, token: int) -> tuple[str, bool]:
+    def add(self, token: int, stops: bool = True) -> tuple[str, bool]:
         """Add one token; return the text that can be sent now and whether a stop string was
-        found (the text then ends just before it)."""
+        found (the text then ends just before it). ``stops`` False: not looked for yet (before
+        a request's ``min_tokens``; the text still holds back what could start one)."""
         self.ids.append(token)
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         window = self._decode(self.ids[self.prefix_offset:])
@@ -61,7 +62,7 @@ class Detokenizer:
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
         start = max(0, len(self.text) - self.hold)
         self.text += new
-        if self.stop:
+        if self.stop and stops:
             found = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
             if found:
                 self.text = self.text[:min(found)]

@@ -203,8 +203,12 @@ class Engine:
         return stream
 
     def _sequence(self, prompt: list[int], params: SamplingParams) -> Sequence:
-        return Sequence(next(self._ids), prompt, params, sink=lambda _: None,
-                        detok=Detokenizer(self.lm.tokenizer, params.stop, self._decode))
+        seq = Sequence(next(self._ids), prompt, params, sink=lambda _: None,
+                       detok=Detokenizer(self.lm.tokenizer, params.stop, self._decode))
+        if params.min_tokens and seq.sample_state is not None:
+            eos = frozenset() if params.ignore_eos else self.lm.eos_ids
+            seq.sample_state.held_back = eos.union(params.stop_token_ids)
+        return seq
 
     def abort(self, seq: Sequence) -> None:
         self._post("abort", seq)
@@ -347,7 +351,7 @@ class Engine:
         else:
             seq.output.append(token)
             seq.ids.append(token)
-            text, stopped = seq.detok.add(token)
+            text, stopped = seq.detok.add(token, stops=len(seq.output) >= params.min_tokens)
             if stopped:
                 reason = "stop"
             elif len(seq.output) >= params.max_tokens or \

@@ -33,6 +33,8 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; n >= 0: the chosen token's and the n most likely
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), OpenAI's
+    min_p: float = 0.0       # vLLM's: drop tokens less likely than min_p x the most likely
+    min_tokens: int = 0      # vLLM's: no EOS, stop token or stop string before this many
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
@@ -57,6 +59,8 @@ class SampleState:
     generator: torch.Generator | None = field(default=None)
     prompt: frozenset[int] = frozenset()  # with a repetition penalty: the prompt's tokens
     generated: Counter[int] = field(default_factory=Counter)  # with penalties: output counts
+    held_back: frozenset[int] = frozenset()  # with min_tokens: the EOS and stop token ids
+    emitted: int = 0  # with min_tokens: tokens sampled so far
 
     def gen(self, device: torch.device) -> torch.Generator:
         if self.generator is None:
@@ -76,6 +80,9 @@ class TokenLogprobs:
 def _filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Temperature, top-k and top-p on one row of float32 logits."""
     logits = logits / params.temperature
+    if params.min_p > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
     k = params.top_k
     if 0 < k < logits.shape[-1]:
         kth = torch.topk(logits, k).values[-1]
@@ -118,6 +125,11 @@ def sample(logits: torch.Tensor, states: list[SampleState]
             logits[i, list(biased)] += torch.tensor(bias, device=logits.device)
         if state.params.penalized:
             penalize(logits[i], state)
+        # before min_tokens, EOS and the stop tokens cannot be drawn (unless they are every token)
+        if state.emitted < state.params.min_tokens and \
+                0 < len(state.held_back) < logits.shape[-1]:
+            # the lowest finite value, not -inf: a logprob of -inf would be invalid JSON
+            logits[i, list(state.held_back)] = torch.finfo(logits.dtype).min
     tokens = logits.argmax(dim=-1).tolist()
     for i, state in enumerate(states):
         if not state.params.greedy:
@@ -125,6 +137,8 @@ def sample(logits: torch.Tensor, states: list[SampleState]
             tokens[i] = int(torch.multinomial(probs, 1, generator=state.gen(logits.device)))
         if state.params.penalized:
             state.generated[tokens[i]] += 1
+        if state.params.min_tokens:
+            state.emitted += 1
     infos: list[TokenLogprobs | None] = [None] * len(states)
     wanted = [i for i, s in enumerate(states) if s.params.logprobs is not None]
     if wanted:

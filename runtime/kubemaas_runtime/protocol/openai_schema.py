@@ -134,6 +134,19 @@ def _logit_bias(doc: dict[str, Any], vocab: int) -> tuple[tuple[int, float], ...
     return tuple(out)
 
 
+# vLLM's request fields that would change the answer and are not implemented: refused unless
+# absent or at this (neutral) value, rather than ignored like unknown fields
+_NOT_IMPLEMENTED: dict[str, Any] = {
+    "use_beam_search": False, "length_penalty": 1.0, "include_stop_str_in_output": False,
+    "skip_special_tokens": True, "spaces_between_special_tokens": True,
+    "truncate_prompt_tokens": None, "prompt_logprobs": None, "allowed_token_ids": None,
+    "bad_words": [], "logits_processors": None, "guided_json": None, "guided_regex": None,
+    "guided_choice": None, "guided_grammar": None, "structured_outputs": None,
+    "add_generation_prompt": True, "continue_final_message": False, "chat_template": None,
+    "chat_template_kwargs": None,
+}
+
+
 def _refuse_unsupported(doc: dict[str, Any]) -> None:
     n = _int(doc, "n", 1)
     if n not in (None, 1):
@@ -150,6 +163,9 @@ def _refuse_unsupported(doc: dict[str, Any]) -> None:
     fmt = doc.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
         raise _bad("only response_format {\"type\": \"text\"} is supported", "response_format")
+    for key, neutral in _NOT_IMPLEMENTED.items():
+        if key in doc and doc[key] is not None and doc[key] != neutral:
+            raise _bad(f"'{key}' is not supported (leave it out)", key)
 
 
 def _messages(doc: dict[str, Any]) -> list[dict[str, str]]:
@@ -253,10 +269,20 @@ def _sampling_params(doc: dict[str, Any], vocab: int, max_tokens: int | None,
         ignore_eos=_bool(doc, "ignore_eos"),
         logprobs=logprobs_n,
         logit_bias=_logit_bias(doc, vocab),
+        min_p=_num(doc, "min_p", 0.0, 0.0, 1.0),
+        min_tokens=_min_tokens(doc, max_tokens),
         presence_penalty=_num(doc, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_num(doc, "frequency_penalty", 0.0, -2.0, 2.0),
         repetition_penalty=_repetition_penalty(doc),
     )
+
+
+def _min_tokens(doc: dict[str, Any], max_tokens: int | None) -> int:
+    value = _int(doc, "min_tokens", 0) or 0
+    if max_tokens is not None and value > max_tokens:
+        raise _bad(f"'min_tokens' ({value}) must not exceed the maximum tokens ({max_tokens})",
+                   "min_tokens")
+    return value
 
 
 def _repetition_penalty(doc: dict[str, Any]) -> float:
