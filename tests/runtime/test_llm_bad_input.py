@@ -78,7 +78,8 @@ BAD: list[tuple[str, Any, int, str]] = [
     (COMPL, {"prompt": "hi", "top_p": 0}, 400, "between"),
     (COMPL, {"prompt": "hi", "stream": "yes"}, 400, "must be a boolean"),
     (COMPL, {"prompt": "hi", "stop": 5}, 400, "'stop' must be"),
-    (COMPL, {"prompt": "hi", "n": 2}, 400, "n=1"),
+    (COMPL, {"prompt": "hi", "n": 0}, 400, "at least 1"),
+    (COMPL, {"prompt": "hi", "n": 33}, 400, "at most 32"),
     (COMPL, {"prompt": "hi", "stream_options": {"include_usage": True}}, 400, "stream"),
     (COMPL, {"prompt": [1, 2, 99999]}, 400, "outside the vocabulary"),
     (COMPL, {"prompt": ["a", "b"]}, 400, "one prompt"),
@@ -177,6 +178,26 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def test_more_choices_than_the_queue_holds_get_429_and_leave_nothing(server: Server) -> None:
+    """n = 9 against a queue of 8: all choices or none; the 8 that went in are taken out again,
+    so n = 8 then fits."""
+    status, headers, doc = post(server, COMPL, json.dumps(
+        {"prompt": "Once upon a time", "max_tokens": 4, "n": 9}).encode())
+    assert status == 429 and headers["retry-after"] == "1"
+    assert_openai_error(status, doc, 429)
+    wait_for(lambda: metric(server, "vllm:num_requests_running") == 0
+             and metric(server, "vllm:num_requests_waiting") == 0)
+    fits: list[int] = []
+
+    def eight_fit() -> bool:  # the cancelled choices leave the engine's count at its next step
+        fits.append(post(server, COMPL, json.dumps(
+            {"prompt": "Once upon a time", "max_tokens": 4, "n": 8}).encode())[0])
+        return fits[-1] == 200
+
+    wait_for(eight_fit, timeout=10)
+    assert set(fits) <= {200, 429}
 
 
 def test_flood_beyond_the_queue_gets_429(server: Server) -> None:

@@ -54,6 +54,16 @@ def test_openai_sync_completions_and_chat(server: Server) -> None:
     assert text == chat.choices[0].message.content
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    two = c.chat.completions.create(model="tiny", messages=messages,  # type: ignore[arg-type]
+                                    max_tokens=12, temperature=0, n=2)
+    assert [ch.index for ch in two.choices] == [0, 1]
+    assert [ch.message.content for ch in two.choices] == [chat.choices[0].message.content] * 2
+    both = ["", ""]
+    for chunk in c.chat.completions.create(model="tiny", messages=messages,  # type: ignore[arg-type]
+                                           max_tokens=12, temperature=0, n=2, stream=True):
+        for ch in chunk.choices:
+            both[ch.index] += ch.delta.content or ""
+    assert both == [chat.choices[0].message.content] * 2
     # the second request of the same prompt: its full blocks (16 tokens) came from the cache
     details = chunks[-1].usage.prompt_tokens_details
     assert details is not None and details.cached_tokens == \

@@ -198,6 +198,38 @@ def test_min_tokens_holds_stops_back_as_generate_does(llama_server: Server,
     assert held["choices"][0]["token_ids"] == want
 
 
+def test_n_choices_streamed_and_not(llama_server: Server, tiny_llama: Path) -> None:
+    """``n``: that many sequences from one prompt, each a choice with its index; usage counts
+    the prompt once and every choice's tokens; a seeded choice i is the single request with
+    seed + i (as vLLM seeds them), so choices differ and each is reproducible; the stream
+    carries every choice's chunks, which concatenate to the same texts."""
+    ids = ref.prompt_ids(tiny_llama, "the warm sun and the river")
+    greedy = complete(llama_server, ids, max_tokens=10, n=3)
+    assert [c["index"] for c in greedy["choices"]] == [0, 1, 2]
+    want = ref.greedy_ids(tiny_llama, ids, 10)
+    assert [c["token_ids"] for c in greedy["choices"]] == [want] * 3
+    assert greedy["usage"]["prompt_tokens"] == len(ids)
+    assert greedy["usage"]["completion_tokens"] == 3 * len(want)
+    sampled = complete(llama_server, ids, max_tokens=10, n=3, temperature=1.0, seed=41)
+    texts = [c["text"] for c in sampled["choices"]]
+    assert len(set(texts)) > 1  # three draws of ten tokens from a random model's 1,024
+    for i, text in enumerate(texts):
+        alone = complete(llama_server, ids, max_tokens=10, temperature=1.0, seed=41 + i)
+        assert alone["choices"][0]["text"] == text
+    events = stream_events(llama_server, "/v1/completions", {
+        "prompt": ids, "max_tokens": 10, "n": 3, "temperature": 1.0, "seed": 41,
+        "stream": True, "stream_options": {"include_usage": True}})
+    streamed = ["", "", ""]
+    finished = set()
+    for event in events[:-1]:
+        for choice in event["choices"]:
+            streamed[choice["index"]] += choice["text"]
+            if choice["finish_reason"] is not None:
+                finished.add(choice["index"])
+    assert streamed == texts and finished == {0, 1, 2}
+    assert events[-1]["usage"] == sampled["usage"]
+
+
 def test_cache_salt_keeps_prefixes_apart(llama_server: Server, tiny_llama: Path) -> None:
     """vLLM's ``cache_salt``: cached prompt blocks are shared only between requests with the
     same salt (and between requests without one); the answers never change."""

@@ -340,6 +340,9 @@ def test_openai_request_validation() -> None:
     assert (penalized.presence_penalty, penalized.frequency_penalty,
             penalized.repetition_penalty, penalized.penalized) == (-0.5, 2.0, 1.2, True)
     assert not parse({"prompt": "hi", "presence_penalty": 0}).params.penalized
+    three = parse({"prompt": "hi", "n": 3, "seed": 2**63 - 2, "temperature": 0.5})
+    assert three.n == 3 and [p.seed for p in three.choice_params()] == [2**63 - 2, 2**63 - 1, 0]
+    assert parse({"prompt": "hi", "n": 2}).choice_params() == [parse({"prompt": "hi"}).params] * 2
     mins = parse({"prompt": "hi", "min_p": 0.1, "min_tokens": 4, "max_tokens": 4}).params
     assert (mins.min_p, mins.min_tokens) == (0.1, 4)
     assert parse({"prompt": "hi", "skip_special_tokens": True, "bad_words": []}).params
@@ -359,7 +362,8 @@ def test_openai_request_validation() -> None:
                        ({"prompt": "hi", "min_tokens": -1}, "min_tokens"),
                        ({"prompt": "hi", "use_beam_search": True}, "use_beam_search"),
                        ({"prompt": "hi", "skip_special_tokens": False}, "skip_special_tokens"),
-                       ({"prompt": "hi", "guided_json": {}}, "guided_json")):
+                       ({"prompt": "hi", "guided_json": {}}, "guided_json"),
+                       ({"prompt": "hi", "n": 0}, "n"), ({"prompt": "hi", "n": 33}, "n")):
         with pytest.raises(ApiError) as err:
             parse(bad)
         assert err.value.status == 400 and err.value.param == param

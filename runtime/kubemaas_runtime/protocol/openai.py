@@ -214,17 +214,12 @@ class OpenAIServer:
                 raise self._unknown_model(req.model)
             prompt = await self._tokenize(served, req)
             req = self._fit(served, req, prompt)
-            try:
-                stream = served.engine.submit(prompt, req.params, req.cache_salt)
-            except Overloaded as exc:
-                served.metrics.rejected.inc(served.metrics.label)
-                raise ApiError(429, f"too many requests: {exc}; retry later",
-                               code="rate_limit_exceeded", retry_after=1) from None
+            streams = self._submit(served, req, prompt)
             try:
                 if req.stream:
-                    return await self._stream(request, served, req, stream)
+                    return await self._stream(request, served, req, streams)
                 try:
-                    return await self._complete(served, req, stream, prompt)
+                    return await self._complete(served, req, streams, prompt)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the engine failed this request
@@ -232,13 +227,33 @@ class OpenAIServer:
                     raise ApiError(500, f"generation failed: {type(exc).__name__}; see the "
                                    "server log") from None
             finally:
-                if not stream.finished:  # the client went away (or the write failed)
-                    served.metrics.success.inc((self.model_name, "abort"))
-                stream.cancel()  # a no-op when finished; frees the blocks when not
+                if not all(s.finished for s in streams):  # the client went away (or a write
+                    served.metrics.success.inc((self.model_name, "abort"))  # failed)
+                for stream in streams:
+                    stream.cancel()  # a no-op when finished; frees the blocks when not
         finally:
             self.inflight -= 1
 
-    def _observe(self, served: Served, stream: RequestStream) -> Callable[[Delta], None]:
+    @staticmethod
+    def _submit(served: Served, req: GenerationRequest,
+                prompt: list[int]) -> list[RequestStream]:
+        """One engine sequence per choice; all of them or none (429)."""
+        streams: list[RequestStream] = []
+        try:
+            for params in req.choice_params():
+                streams.append(served.engine.submit(prompt, params, req.cache_salt))
+        except Overloaded as exc:
+            for stream in streams:
+                stream.cancel()
+            served.metrics.rejected.inc(served.metrics.label)
+            raise ApiError(429, f"too many requests: {exc}; retry later",
+                           code="rate_limit_exceeded", retry_after=1) from None
+        return streams
+
+    def _observe(self, served: Served, stream: RequestStream,
+                 first: bool = True) -> Callable[[Delta], None]:
+        """Metrics of one choice; the request's own (prompt tokens, end-to-end latency,
+        success) are counted with its ``first`` choice."""
         m = served.metrics
         prev: list[float] = []
         usage = current_usage.get()  # per-key token limits (security/gate.py)
@@ -251,12 +266,14 @@ class OpenAIServer:
                     m.ttft.observe(m.label, delta.at - stream.arrival)
                 prev[:] = [delta.at]
             if delta.finish_reason is not None:
-                m.e2e.observe(m.label, delta.at - stream.arrival)
-                m.prompt_tokens.inc(m.label, delta.prompt_tokens)
                 m.generation_tokens.inc(m.label, delta.completion_tokens)
+                prompt = delta.prompt_tokens if first else 0
                 if usage is not None:
-                    usage.add(delta.prompt_tokens + delta.completion_tokens)
-                m.success.inc((self.model_name, delta.finish_reason))
+                    usage.add(prompt + delta.completion_tokens)
+                if first:
+                    m.e2e.observe(m.label, delta.at - stream.arrival)
+                    m.prompt_tokens.inc(m.label, prompt)
+                    m.success.inc((self.model_name, delta.finish_reason))
         return observe
 
     def _head(self, req: GenerationRequest) -> dict[str, Any]:
@@ -264,9 +281,25 @@ class OpenAIServer:
         return {"id": prefix + uuid.uuid4().hex, "created": int(time.time()),
                 "model": self.model_name}
 
-    async def _complete(self, served: Served, req: GenerationRequest, stream: RequestStream,
-                        prompt: list[int]) -> web.Response:
-        observe = self._observe(served, stream)
+    async def _complete(self, served: Served, req: GenerationRequest,
+                        streams: list[RequestStream], prompt: list[int]) -> web.Response:
+        choices, lasts = [], []
+        for index, stream in enumerate(streams):  # the choices run together in the engine
+            choice, last = await self._choice(served, req, stream, index)
+            if req.return_token_ids:
+                choice["token_ids"] = list(stream.seq.output)
+            choices.append(choice)
+            lasts.append(last)
+        obj = "chat.completion" if req.chat else "text_completion"
+        doc = {**self._head(req), "object": obj, "choices": choices, "usage": usage_doc(lasts)}
+        if req.return_token_ids:
+            doc["prompt_token_ids"] = prompt
+        return _json(doc)
+
+    async def _choice(self, served: Served, req: GenerationRequest, stream: RequestStream,
+                      index: int) -> tuple[dict[str, Any], Delta]:
+        """One choice of a non-streamed answer, once its sequence has finished."""
+        observe = self._observe(served, stream, first=index == 0)
         texts: list[str] = []
         lps: list[TokenLogprobs] = []
         last: Delta | None = None
@@ -277,24 +310,16 @@ class OpenAIServer:
             last = delta
         assert last is not None
         text = "".join(texts)
-        usage = usage_doc(last)
         logprobs = logprobs_doc(served.tokenizer, req.chat, lps, 0) if req.logprobs else None
         if req.chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant",
-                                                              "content": text},
-                                      "logprobs": logprobs, "finish_reason": last.finish_reason}
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": logprobs,
-                      "finish_reason": last.finish_reason}
-            obj = "text_completion"
-        doc = {**self._head(req), "object": obj, "choices": [choice], "usage": usage}
-        if req.return_token_ids:
-            doc["prompt_token_ids"] = prompt
-            choice["token_ids"] = list(stream.seq.output)
-        return _json(doc)
+            return {"index": index, "message": {"role": "assistant", "content": text},
+                    "logprobs": logprobs, "finish_reason": last.finish_reason}, last
+        return {"index": index, "text": text, "logprobs": logprobs,
+                "finish_reason": last.finish_reason}, last
 
     async def _stream(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
-                      stream: RequestStream) -> web.StreamResponse:
-        fmt = ChunkFormat(self._head(req), req, served.tokenizer)
-        return await stream_response(request, req, stream, fmt, self._observe(served, stream))
+                      streams: list[RequestStream]) -> web.StreamResponse:
+        head = self._head(req)
+        fmts = [ChunkFormat(head, req, served.tokenizer, i) for i in range(len(streams))]
+        observes = [self._observe(served, s, first=i == 0) for i, s in enumerate(streams)]
+        return await stream_response(request, req, streams, fmts, observes)

@@ -7,7 +7,7 @@ would change the answer (``n`` > 1, ``echo``, ``suffix``, tools) are refused, no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..llm.sampling import SamplingParams
@@ -15,6 +15,7 @@ from ..llm.sampling import SamplingParams
 ROLES = ("system", "user", "assistant", "tool", "developer")
 MAX_STOP = 16
 MAX_LOGPROBS = 20
+MAX_N = 32  # choices per request: bounds what one request can put in the engine's queue
 
 
 class ApiError(Exception):
@@ -47,6 +48,15 @@ class GenerationRequest:
     model: str | None
     return_token_ids: bool = False  # vLLM's extension: the prompt's and the output's token ids
     cache_salt: str | None = None  # vLLM's: shares cached prompt blocks only with the same salt
+    n: int = 1  # choices: sequences generated from the one prompt
+
+    def choice_params(self) -> list[SamplingParams]:
+        """The sampling parameters of each choice: with a seed, choice i samples from seed + i
+        (as vLLM does), so that seeded choices differ and each is reproducible."""
+        if self.n == 1 or self.params.seed is None:
+            return [self.params] * self.n
+        return [replace(self.params, seed=(self.params.seed + i) % (2**63))
+                for i in range(self.n)]
 
 
 def _bad(message: str, param: str) -> ApiError:
@@ -148,9 +158,6 @@ _NOT_IMPLEMENTED: dict[str, Any] = {
 
 
 def _refuse_unsupported(doc: dict[str, Any]) -> None:
-    n = _int(doc, "n", 1)
-    if n not in (None, 1):
-        raise _bad("only n=1 is supported", "n")
     best_of = _int(doc, "best_of", 1)
     if best_of not in (None, 1):
         raise _bad("only best_of=1 is supported", "best_of")
@@ -322,4 +329,4 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              stream=stream, include_usage=include_usage,
                              logprobs=logprobs_n is not None, model=model,
                              return_token_ids=_bool(doc, "return_token_ids"),
-                             cache_salt=_cache_salt(doc))
+                             cache_salt=_cache_salt(doc), n=_int(doc, "n", 1, MAX_N) or 1)

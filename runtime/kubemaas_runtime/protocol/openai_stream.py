@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -54,11 +54,13 @@ def logprobs_doc(tokenizer: Any, chat: bool, lps: list[TokenLogprobs],
 
 
 class ChunkFormat:
-    """The chunks of one stream (``head``: id, created, model)."""
+    """The chunks of one choice of a stream (``head``: id, created, model)."""
 
-    def __init__(self, head: dict[str, Any], req: GenerationRequest, tokenizer: Any) -> None:
+    def __init__(self, head: dict[str, Any], req: GenerationRequest, tokenizer: Any,
+                 index: int = 0) -> None:
         self.req = req
         self.tokenizer = tokenizer
+        self.index = index
         self.obj = "chat.completion.chunk" if req.chat else "text_completion"
         self.head = {**head, "object": self.obj}
         self.usage_field: dict[str, Any] = {"usage": None} if req.include_usage else {}
@@ -71,9 +73,10 @@ class ChunkFormat:
         choice: dict[str, Any]
         if self.req.chat:
             delta: dict[str, Any] = {} if text is None else {"content": text}
-            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+            choice = {"index": self.index, "delta": delta, "logprobs": logprobs,
+                      "finish_reason": reason}
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": logprobs,
+            choice = {"index": self.index, "text": text or "", "logprobs": logprobs,
                       "finish_reason": reason}
         return {**self.head, "choices": [choice], **self.usage_field}
 
@@ -91,43 +94,76 @@ class ChunkFormat:
     def finish(self, reason: str) -> bytes:
         return sse(self.doc(None if self.req.chat else "", reason))
 
-    def usage(self, last: Delta) -> bytes:
-        return sse({**self.head, "choices": [], "usage": usage_doc(last)})
+    def usage(self, lasts: list[Delta]) -> bytes:
+        return sse({**self.head, "choices": [], "usage": usage_doc(lasts)})
 
 
-def usage_doc(last: Delta) -> dict[str, Any]:
-    """OpenAI's usage object from a request's last delta (``cached_tokens``: the prompt tokens
-    the prefix cache held)."""
-    return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
-            "total_tokens": last.prompt_tokens + last.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": last.cached_tokens}}
+def usage_doc(lasts: list[Delta]) -> dict[str, Any]:
+    """OpenAI's usage object from the last delta of each choice: the prompt once, the tokens of
+    every choice (``cached_tokens``: the prompt tokens the prefix cache held for the first)."""
+    prompt = lasts[0].prompt_tokens
+    completion = sum(d.completion_tokens for d in lasts)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": lasts[0].cached_tokens}}
+
+
+async def ready_batches(streams: list[RequestStream]
+                        ) -> AsyncIterator[list[tuple[int, list[Delta]]]]:
+    """(choice index, deltas) of every stream that has some, as they become ready, until all
+    streams are done. One stream (n = 1, nearly every request) is read directly."""
+    if len(streams) == 1:
+        async for batch in streams[0].batches():
+            yield [(0, batch)]
+        return
+    readers = [s.batches().__aiter__() for s in streams]
+    pending = {asyncio.ensure_future(r.__anext__()): i for i, r in enumerate(readers)}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            ready = []
+            for fut in sorted(done, key=pending.__getitem__):
+                i = pending.pop(fut)
+                try:
+                    ready.append((i, fut.result()))  # an engine failure is raised here
+                except StopAsyncIteration:
+                    continue
+                pending[asyncio.ensure_future(readers[i].__anext__())] = i
+            if ready:
+                yield ready
+    finally:
+        for fut in pending:
+            fut.cancel()
 
 
 async def stream_response(request: web.BaseRequest, req: GenerationRequest,
-                          stream: RequestStream, fmt: ChunkFormat,
-                          observe: Callable[[Delta], None]) -> web.StreamResponse:
+                          streams: list[RequestStream], fmts: list[ChunkFormat],
+                          observes: list[Callable[[Delta], None]]) -> web.StreamResponse:
+    """The stream of a request's choices (``streams[i]`` rendered by ``fmts[i]``)."""
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)
     if req.chat:
-        await resp.write(fmt.role())
+        await resp.write(b"".join(fmt.role() for fmt in fmts))
     out: list[bytes] = []
-    offset = 0
-    last: Delta | None = None
+    offsets = [0] * len(streams)
+    lasts: list[Delta | None] = [None] * len(streams)
     try:
-        async for batch in stream.batches():
-            for delta in batch:
-                observe(delta)
-                last = delta
-                # a chunk per generated token, its text empty while a character is incomplete
-                # (as vLLM does): the client sees the stream advance token by token
-                if delta.text or (delta.logprobs and req.logprobs) or \
-                        (delta.token_ids and delta.finish_reason is None):
-                    out.append(fmt.token(delta.text, delta.logprobs, offset))
-                    offset += len(delta.text)
-                if delta.finish_reason is not None:
-                    out.append(fmt.finish(delta.finish_reason))
-            if not stream.done:
+        async for ready in ready_batches(streams):
+            for i, batch in ready:
+                for delta in batch:
+                    observes[i](delta)
+                    lasts[i] = delta
+                    # a chunk per generated token, its text empty while a character is
+                    # incomplete (as vLLM does): the client sees the stream advance token by
+                    # token
+                    if delta.text or (delta.logprobs and req.logprobs) or \
+                            (delta.token_ids and delta.finish_reason is None):
+                        out.append(fmts[i].token(delta.text, delta.logprobs, offsets[i]))
+                        offsets[i] += len(delta.text)
+                    if delta.finish_reason is not None:
+                        out.append(fmts[i].finish(delta.finish_reason))
+            if not all(s.done for s in streams):
                 await resp.write(b"".join(out))
                 out.clear()
     except (ConnectionResetError, asyncio.CancelledError):
@@ -135,8 +171,8 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
     except Exception as exc:  # the engine failed this request: say so in the stream
         log.exception("generation failed mid-stream")
         out.append(sse(ApiError(500, f"generation failed: {type(exc).__name__}").body()))
-    if req.include_usage and last is not None:
-        out.append(fmt.usage(last))
+    if req.include_usage and all(d is not None for d in lasts):
+        out.append(fmts[0].usage([d for d in lasts if d is not None]))
     out.append(b"data: [DONE]\n\n")
     await resp.write_eof(b"".join(out))
     return resp
