@@ -1,8 +1,9 @@
 """OpenAI-compatible HTTP endpoints for language models.
 
 ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (the tokenizer's chat
-template), ``stream: true`` as server-sent events, ``GET /health``, ``GET /metrics``, and the OIP
-health endpoints for probes. Errors are OpenAI's error object with the status that fits: 400 bad
+template), ``stream: true`` as server-sent events, vLLM's ``POST /tokenize`` and
+``POST /detokenize``, ``GET /health``, ``GET /metrics``, and the OIP health endpoints for
+probes. Errors are OpenAI's error object with the status that fits: 400 bad
 input, 404 unknown model or route, 413 body too large, 429 queue full (Retry-After), 503 loading
 or draining. A client that goes away is cancelled in the engine (its KV blocks are freed).
 """
@@ -26,7 +27,13 @@ from ..llm.sampling import TokenLogprobs
 from ..metrics import LLMMetrics, Metrics
 from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
-from .openai_schema import ApiError, GenerationRequest, parse_request
+from .openai_schema import (
+    ApiError,
+    GenerationRequest,
+    parse_detokenize,
+    parse_request,
+    parse_tokenize,
+)
 from .openai_stream import ChunkFormat, logprobs_doc, stream_response, usage_doc
 
 log = logging.getLogger("kubemaas.runtime.openai")
@@ -84,6 +91,11 @@ class OpenAIServer:
                 if method != "POST":
                     raise ApiError(405, f"use POST for {path}")
                 return await self._generate(request, chat=path.endswith("chat/completions"))
+            if path in ("/tokenize", "/detokenize"):
+                if method != "POST":
+                    raise ApiError(405, f"use POST for {path}")
+                return await (self._tokenize_route(request) if path == "/tokenize"
+                              else self._detokenize_route(request))
             if method not in ("GET", "HEAD"):
                 raise ApiError(405 if path in self._get_routes() else 404,
                                f"no route for {method} {request.path}")
@@ -161,30 +173,69 @@ class OpenAIServer:
     async def _tokenize(self, served: Served, req: GenerationRequest) -> list[int]:
         if req.prompt_ids is not None:
             return req.prompt_ids
+        return await self._encode(served, req.messages if req.chat else None, req.prompt_text,
+                                  special=not req.chat)
+
+    async def _encode(self, served: Served, messages: list[dict[str, str]] | None,
+                      text: str | None, special: bool, generation_prompt: bool = True
+                      ) -> list[int]:
+        """The token ids of chat ``messages`` (rendered by the chat template) or of ``text``."""
         tok = served.tokenizer
 
         def run(encode: Callable[[str, bool], list[int]]) -> list[int]:
-            if req.chat:
+            if messages is not None:
                 if not getattr(tok, "chat_template", None):
                     raise ApiError(400, "this model has no chat template; use /v1/completions")
                 try:
-                    text = tok.apply_chat_template(req.messages, add_generation_prompt=True,
-                                                   tokenize=False)
+                    rendered = tok.apply_chat_template(
+                        messages, add_generation_prompt=generation_prompt, tokenize=False)
                 except Exception as exc:  # a template may raise on a message order it refuses
                     raise ApiError(400, f"the chat template refused the messages: {exc}",
                                    "messages") from None
-                return encode(text, False)
-            return encode(req.prompt_text or "", True)
+                return encode(rendered, special)
+            return encode(text or "", special)
 
-        size = sum(len(m["content"]) for m in req.messages or ()) + len(req.prompt_text or "")
+        size = sum(len(m["content"]) for m in messages or ()) + len(text or "")
         if size > prompt_char_limit(tok, served.max_model_len):  # refused before tokenizing it
             raise ApiError(400, f"This model's maximum context length is {served.max_model_len} "
                            f"tokens; a prompt of {size} characters cannot fit.",
-                           "messages" if req.chat else "prompt", "context_length_exceeded")
+                           "prompt" if messages is None else "messages",
+                           "context_length_exceeded")
         if size > _TOKENIZE_OFF_LOOP_CHARS:
             return await asyncio.get_running_loop().run_in_executor(
                 None, run, served.encode_off_loop)
         return run(served.encode)
+
+    def _serving(self) -> Served:
+        if self.served is None or self.draining:
+            raise ApiError(503, "the model is loading" if self.served is None else
+                           "the server is shutting down", retry_after=1)
+        return self.served
+
+    async def _tokenize_route(self, request: web.BaseRequest) -> web.Response:
+        """vLLM's ``POST /tokenize``: a prompt's (or a chat's) token ids, without generating."""
+        served = self._serving()
+        req = parse_tokenize(await self._read_json(request))
+        if req.model is not None and req.model != self.model_name:
+            raise self._unknown_model(req.model)
+        ids = await self._encode(served, req.messages, req.prompt_text, req.add_special_tokens,
+                                 req.add_generation_prompt)
+        strs = served.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
+        return _json({"count": len(ids), "max_model_len": served.max_model_len, "tokens": ids,
+                      "token_strs": strs})
+
+    async def _detokenize_route(self, request: web.BaseRequest) -> web.Response:
+        """vLLM's ``POST /detokenize``: the text of token ids."""
+        served = self._serving()
+        model, ids = parse_detokenize(await self._read_json(request), served.vocab_size)
+        if model is not None and model != self.model_name:
+            raise self._unknown_model(model)
+        if len(ids) > _TOKENIZE_OFF_LOOP_CHARS:
+            text = await asyncio.get_running_loop().run_in_executor(
+                None, served.tokenizer.decode, ids)
+        else:
+            text = served.tokenizer.decode(ids)
+        return _json({"prompt": text})
 
     def _fit(self, served: Served, req: GenerationRequest, prompt: list[int]) -> GenerationRequest:
         limit = served.max_model_len
@@ -203,10 +254,7 @@ class OpenAIServer:
         return GenerationRequest(**{**req.__dict__, "params": params})
 
     async def _generate(self, request: web.BaseRequest, chat: bool) -> web.StreamResponse:
-        served = self.served
-        if served is None or self.draining:
-            raise ApiError(503, "the model is loading" if served is None else
-                           "the server is shutting down", retry_after=1)
+        served = self._serving()
         self.inflight += 1
         try:
             req = parse_request(await self._read_json(request), chat, served.vocab_size)

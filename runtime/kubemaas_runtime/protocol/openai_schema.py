@@ -309,9 +309,7 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
     """Validate a /v1/completions or /v1/chat/completions body."""
     if not isinstance(doc, dict):
         raise ApiError(400, "the request body must be a JSON object")
-    model = doc.get("model")
-    if model is not None and not isinstance(model, str):
-        raise _bad("'model' must be a string", "model")
+    model = _model(doc)
     _refuse_unsupported(doc)
     prompt_text: str | None = None
     prompt_ids: list[int] | None = None
@@ -330,3 +328,45 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              logprobs=logprobs_n is not None, model=model,
                              return_token_ids=_bool(doc, "return_token_ids"),
                              cache_salt=_cache_salt(doc), n=_int(doc, "n", 1, MAX_N) or 1)
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """vLLM's ``POST /tokenize``: a prompt, or chat messages rendered by the chat template."""
+
+    model: str | None
+    prompt_text: str | None
+    messages: list[dict[str, str]] | None
+    add_special_tokens: bool
+    add_generation_prompt: bool
+    return_token_strs: bool
+
+
+def _model(doc: dict[str, Any]) -> str | None:
+    model = doc.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _bad("'model' must be a string", "model")
+    return model
+
+
+def parse_tokenize(doc: Any) -> TokenizeRequest:
+    if not isinstance(doc, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    chat = "messages" in doc
+    prompt = doc.get("prompt")
+    if not chat and not isinstance(prompt, str):
+        raise _bad("'prompt' must be a string (or send 'messages')", "prompt")
+    return TokenizeRequest(
+        model=_model(doc), prompt_text=None if chat else prompt,
+        messages=_messages(doc) if chat else None,
+        # as vLLM: a prompt gets the tokenizer's special tokens, a rendered chat does not
+        add_special_tokens=_bool(doc, "add_special_tokens", not chat),
+        add_generation_prompt=_bool(doc, "add_generation_prompt", True),
+        return_token_strs=_bool(doc, "return_token_strs"))
+
+
+def parse_detokenize(doc: Any, vocab: int) -> tuple[str | None, list[int]]:
+    """vLLM's ``POST /detokenize``: the model and the token ids."""
+    if not isinstance(doc, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return _model(doc), _token_ids(doc.get("tokens"), "tokens", vocab)
