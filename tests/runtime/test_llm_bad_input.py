@@ -159,6 +159,23 @@ def test_disconnect_mid_stream_frees_the_cache(server: Server) -> None:
     assert_serving(server)
 
 
+def test_disconnect_mid_stream_cancels_every_choice(server: Server) -> None:
+    assert server.port is not None
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 60, "ignore_eos": True,
+                       "stream": True, "n": 3}).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                 b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    received = b""
+    while received.count(b"data: ") < 6:  # the three choices are streaming
+        received += sock.recv(4096)
+    assert metric(server, "vllm:num_requests_running") == 3
+    sock.close()
+    wait_for(lambda: metric(server, "vllm:kv_cache_usage_perc") == 0
+             and metric(server, "vllm:num_requests_running") == 0)
+    assert_serving(server)
+
+
 def test_disconnect_while_waiting_for_a_whole_answer(server: Server) -> None:
     assert server.port is not None
     body = json.dumps({"prompt": "Once upon a time", "max_tokens": 60,
