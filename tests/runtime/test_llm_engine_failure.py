@@ -2,12 +2,13 @@
 ``[DONE]``, a whole answer is a 500 with OpenAI's error object, the failed sequences' blocks are
 freed, and the engine serves the next requests. In-process (the engine thread and the aiohttp
 server on 127.0.0.1 in this test's event loop), because the failure is made by breaking the
-loaded model's output layer, then mending it."""
+loaded model's output layer, then mending it. A request whose sampling fails fails alone."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import load_hf
+from kubemaas_runtime.llm.sampling import SamplingParams
 from kubemaas_runtime.metrics import LLMMetrics, Metrics
 from kubemaas_runtime.protocol.openai import OpenAIServer, Served
 
@@ -64,3 +66,27 @@ def test_a_failing_model_is_reported_and_the_engine_recovers(tiny_llama: Path) -
             engine.stop()
 
     asyncio.run(run())
+
+
+def test_a_request_whose_sampling_fails_fails_alone(tiny_llama: Path) -> None:
+    """A sampling error (here a bias for a token outside the vocabulary, which the API refuses
+    before it gets this far) ends that request with the error; the requests sharing its steps
+    answer as if alone, and its blocks are freed."""
+    torch.set_num_threads(1)
+    lm = load_hf(tiny_llama, device="cpu")
+    engine = Engine(lm, EngineConfig(kv_cache_bytes=4 << 20, max_model_len=256))
+    greedy = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    prompts = [[5, 6, 7, 8], [9, 10, 11]]
+    alone = engine.generate_sync(prompts, greedy)
+    items: dict[int, list[object]] = {}
+    broken = engine._sequence([5, 6, 7, 8], replace(greedy, logit_bias=((10**6, 1.0),)))
+    seqs = [engine._sequence(p, greedy) for p in prompts]
+    for seq in (seqs[0], broken, seqs[1]):
+        engine.scheduler.add(seq)
+    while engine.scheduler.waiting or engine.scheduler.running:
+        for seq, item in engine.step():
+            items.setdefault(seq.rid, []).append(item)
+    assert [type(i) for i in items[broken.rid]] == [IndexError]
+    assert broken.finish_reason == "error"
+    assert [list(s.output) for s in seqs] == alone
+    assert engine.pool.used == 0 and engine.num_running == 0

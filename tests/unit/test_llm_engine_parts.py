@@ -162,7 +162,8 @@ def test_a_chunk_that_does_not_end_its_prompt_is_not_sampled() -> None:
 def test_sampling_greedy_seeded_and_filtered() -> None:
     logits = torch.tensor([[0.0, 5.0, 1.0, 0.5], [3.0, 0.0, 0.0, 2.9]])
     greedy = SamplingParams(temperature=0.0, logprobs=2)
-    tokens, infos = sample(logits, [SampleState(greedy), SampleState(greedy)])
+    tokens, infos, failed = sample(logits, [SampleState(greedy), SampleState(greedy)])
+    assert not failed
     assert tokens == [1, 0]
     assert infos[0] is not None and infos[0].top[0][0] == 1 and len(infos[0].top) == 2
     seeded = SamplingParams(temperature=1.0, seed=3)
@@ -173,7 +174,7 @@ def test_sampling_greedy_seeded_and_filtered() -> None:
     nucleus = SamplingParams(temperature=1.0, top_p=0.01)
     assert sample(logits, [SampleState(nucleus)] * 2)[0] == [1, 0]
     biased = SamplingParams(temperature=0.0, logprobs=0, logit_bias=((3, 100.0), (1, -100.0)))
-    tokens, infos = sample(logits, [SampleState(biased), SampleState(greedy)])
+    tokens, infos, _ = sample(logits, [SampleState(biased), SampleState(greedy)])
     assert tokens == [3, 0]  # the bias moves greedy choices, in its own row only
     assert infos[0] is not None and infos[0].logprob > -0.01
 
@@ -184,6 +185,21 @@ def test_a_vanishing_temperature_is_greedy() -> None:
     logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]])
     tiny = [SampleState(SamplingParams(temperature=t, seed=1)) for t in (1e-40, 1e-300)]
     assert sample(logits, tiny)[0] == [1, 2]
+
+
+def test_a_row_whose_sampling_fails_fails_alone() -> None:
+    """A request's state that makes the sampler raise (here a bias for a token the vocabulary
+    lacks, which validation refuses before it gets this far) fails that row only."""
+    logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0], [3.0, 0.0, 0.0]])
+    broken = SampleState(SamplingParams(temperature=0.0, logit_bias=((99, 1.0),)))
+    fine = SampleState(SamplingParams(temperature=1.0, seed=5, logprobs=1))
+    tokens, infos, failed = sample(logits, [SampleState(SamplingParams(temperature=0.0)),
+                                            broken, fine])
+    assert list(failed) == [1] and isinstance(failed[1], IndexError)
+    assert tokens[0] == 1 and infos[2] is not None and infos[2].token == tokens[2]
+    alone = sample(logits[2:].clone(), [SampleState(SamplingParams(temperature=1.0, seed=5,
+                                                                   logprobs=1))])
+    assert alone.tokens == [tokens[2]]  # the failure drew nothing from the others' generators
 
 
 def test_min_p_and_min_tokens() -> None:

@@ -332,10 +332,19 @@ class Engine:
         if not step.sampled:
             return
         states = [s.sample_state for s in step.sampled]
-        tokens, infos = sample(logits[:len(step.sampled)], states)  # type: ignore[arg-type]
+        sampled = sample(logits[:len(step.sampled)], states)  # type: ignore[arg-type]
         now = time.monotonic()
-        for seq, token, info in zip(step.sampled, tokens, infos, strict=True):
-            out.append((seq, self._advance(seq, token, info, now)))
+        for i, seq in enumerate(step.sampled):
+            error = sampled.failed.get(i)
+            out.append((seq, self._advance(seq, sampled.tokens[i], sampled.infos[i], now)
+                        if error is None else self._fail(seq, error)))
+
+    def _fail(self, seq: Sequence, error: Exception) -> Exception:
+        """One sequence whose sampling failed: it ends with the error, the others go on."""
+        log.error("sampling failed for one request", exc_info=error)
+        seq.finish_reason = "error"
+        self.scheduler.remove(seq)
+        return error
 
     def _advance(self, seq: Sequence, token: int, info: TokenLogprobs | None,
                  now: float) -> Delta:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -42,7 +43,7 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         # below vLLM's epsilon, as vLLM does: dividing logits by 1e-40 makes them infinite and
-        # the softmax NaN, and a sampling error fails every request of the engine's step
+        # the softmax NaN
         return self.temperature < GREEDY_BELOW
 
     @property
@@ -115,39 +116,70 @@ def penalize(row: torch.Tensor, state: SampleState) -> None:
         row[ids] -= params.frequency_penalty * counts + params.presence_penalty
 
 
-def sample(logits: torch.Tensor, states: list[SampleState]
-           ) -> tuple[list[int], list[TokenLogprobs | None]]:
-    """One token per row of ``logits`` ([batch, vocab])."""
+class Sampled(NamedTuple):
+    tokens: list[int]
+    infos: list[TokenLogprobs | None]
+    failed: dict[int, Exception]  # rows whose sampling raised: their requests fail, no other
+
+
+def _shape(row: torch.Tensor, state: SampleState) -> None:
+    """The request's logit bias, penalties and held-back tokens, on its row in place."""
+    params = state.params
+    if params.logit_bias:
+        biased, bias = zip(*params.logit_bias, strict=True)
+        row[list(biased)] += torch.tensor(bias, device=row.device)
+    if params.penalized:
+        penalize(row, state)
+    # before min_tokens, EOS and the stop tokens cannot be drawn (unless they are every token)
+    if state.emitted < params.min_tokens and 0 < len(state.held_back) < row.shape[-1]:
+        # the lowest finite value, not -inf: a logprob of -inf would be invalid JSON
+        row[list(state.held_back)] = torch.finfo(row.dtype).min
+
+
+def _draw(row: torch.Tensor, state: SampleState, greedy_token: int) -> int:
+    token = greedy_token
+    if not state.params.greedy:
+        probs = torch.softmax(_filter(row, state.params), dim=-1)
+        token = int(torch.multinomial(probs, 1, generator=state.gen(row.device)))
+    if state.params.penalized:
+        state.generated[token] += 1
+    if state.params.min_tokens:
+        state.emitted += 1
+    return token
+
+
+def _logprobs(logp: torch.Tensor, token: int, n: int) -> TokenLogprobs:
+    top: tuple[tuple[int, float], ...] = ()
+    if n:
+        values, ids = torch.topk(logp, min(n, logp.shape[-1]))
+        top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprobs(token, float(logp[token]), top)
+
+
+def sample(logits: torch.Tensor, states: list[SampleState]) -> Sampled:
+    """One token per row of ``logits`` ([batch, vocab]). A row whose sampling raises is in
+    ``failed`` (its token is meaningless): one request's bad state must not fail the step."""
     logits = logits.float()
+    failed: dict[int, Exception] = {}
     for i, state in enumerate(states):
-        if state.params.logit_bias:
-            biased, bias = zip(*state.params.logit_bias, strict=True)
-            logits[i, list(biased)] += torch.tensor(bias, device=logits.device)
-        if state.params.penalized:
-            penalize(logits[i], state)
-        # before min_tokens, EOS and the stop tokens cannot be drawn (unless they are every token)
-        if state.emitted < state.params.min_tokens and \
-                0 < len(state.held_back) < logits.shape[-1]:
-            # the lowest finite value, not -inf: a logprob of -inf would be invalid JSON
-            logits[i, list(state.held_back)] = torch.finfo(logits.dtype).min
+        try:
+            _shape(logits[i], state)
+        except Exception as exc:
+            failed[i] = exc
     tokens = logits.argmax(dim=-1).tolist()
     for i, state in enumerate(states):
-        if not state.params.greedy:
-            probs = torch.softmax(_filter(logits[i], state.params), dim=-1)
-            tokens[i] = int(torch.multinomial(probs, 1, generator=state.gen(logits.device)))
-        if state.params.penalized:
-            state.generated[tokens[i]] += 1
-        if state.params.min_tokens:
-            state.emitted += 1
+        if i not in failed:
+            try:
+                tokens[i] = _draw(logits[i], state, tokens[i])
+            except Exception as exc:
+                failed[i] = exc
     infos: list[TokenLogprobs | None] = [None] * len(states)
-    wanted = [i for i, s in enumerate(states) if s.params.logprobs is not None]
+    wanted = [i for i, s in enumerate(states) if s.params.logprobs is not None and i not in failed]
     if wanted:
         logp = torch.log_softmax(logits[wanted], dim=-1)
         for row, i in enumerate(wanted):
-            n = states[i].params.logprobs or 0
-            top: tuple[tuple[int, float], ...] = ()
-            if n:
-                values, ids = torch.topk(logp[row], min(n, logp.shape[-1]))
-                top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
-            infos[i] = TokenLogprobs(tokens[i], float(logp[row, tokens[i]]), top)
-    return tokens, infos
+            try:
+                infos[i] = _logprobs(logp[row], tokens[i], states[i].params.logprobs or 0)
+            except Exception as exc:
+                failed[i] = exc
+    return Sampled(tokens, infos, failed)

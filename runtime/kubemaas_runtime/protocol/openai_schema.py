@@ -294,7 +294,7 @@ def _min_tokens(doc: dict[str, Any], max_tokens: int | None) -> int:
 
 def _repetition_penalty(doc: dict[str, Any]) -> float:
     # it divides positive logits: a floor keeps them finite (an infinite logit makes the
-    # softmax NaN, and a sampling error fails every request of the engine's step)
+    # softmax NaN, and the request would fail)
     return _num(doc, "repetition_penalty", 1.0, 0.01, 10.0)
 
 
