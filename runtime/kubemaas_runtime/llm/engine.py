@@ -205,9 +205,13 @@ class Engine:
     def _sequence(self, prompt: list[int], params: SamplingParams) -> Sequence:
         seq = Sequence(next(self._ids), prompt, params, sink=lambda _: None,
                        detok=Detokenizer(self.lm.tokenizer, params.stop, self._decode))
-        if params.min_tokens and seq.sample_state is not None:
+        state = seq.sample_state
+        assert state is not None  # made with the sequence
+        if params.repetition_penalty != 1.0:  # the prompt's tokens are penalized too
+            state.prompt = frozenset(prompt)
+        if params.min_tokens:  # what may not be drawn before min_tokens
             eos = frozenset() if params.ignore_eos else self.lm.eos_ids
-            seq.sample_state.held_back = eos.union(params.stop_token_ids)
+            state.held_back = eos.union(params.stop_token_ids)
         return seq
 
     def abort(self, seq: Sequence) -> None:

@@ -54,8 +54,6 @@ class Sequence:
     def __post_init__(self) -> None:
         self.ids = list(self.prompt)
         self.sample_state = SampleState(self.params)
-        if self.params.repetition_penalty != 1.0:
-            self.sample_state.prompt = frozenset(self.prompt)
 
     @property
     def remaining(self) -> int:

@@ -40,6 +40,7 @@ log = logging.getLogger("kubemaas.runtime.openai")
 
 _JSON = "application/json"
 _TOKENIZE_OFF_LOOP_CHARS = 4096  # longer texts are tokenized in a worker thread
+_DECODE_OFF_LOOP_TOKENS = 4096  # longer id lists are decoded in a worker thread
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
@@ -126,8 +127,7 @@ class OpenAIServer:
         if path == "/v1/models":
             return _json({"object": "list", "data": [self._model_card()]})
         if path.startswith("/v1/models/"):
-            if path[len("/v1/models/"):] != self.model_name:
-                raise self._unknown_model(path[len("/v1/models/"):])
+            self._check_model(path[len("/v1/models/"):])
             return _json(self._model_card())
         raise ApiError(404, f"no route for GET {path}")
 
@@ -137,6 +137,11 @@ class OpenAIServer:
         if self.served is not None:
             card["max_model_len"] = self.served.max_model_len
         return card
+
+    def _check_model(self, name: str | None) -> None:
+        """A request may name the model; another name is 404."""
+        if name is not None and name != self.model_name:
+            raise self._unknown_model(name)
 
     def _unknown_model(self, name: str) -> ApiError:
         return ApiError(404, f"The model '{name}' does not exist; this server serves "
@@ -216,8 +221,7 @@ class OpenAIServer:
         """vLLM's ``POST /tokenize``: a prompt's (or a chat's) token ids, without generating."""
         served = self._serving()
         req = parse_tokenize(await self._read_json(request))
-        if req.model is not None and req.model != self.model_name:
-            raise self._unknown_model(req.model)
+        self._check_model(req.model)
         ids = await self._encode(served, req.messages, req.prompt_text, req.add_special_tokens,
                                  req.add_generation_prompt)
         strs = served.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
@@ -228,9 +232,8 @@ class OpenAIServer:
         """vLLM's ``POST /detokenize``: the text of token ids."""
         served = self._serving()
         model, ids = parse_detokenize(await self._read_json(request), served.vocab_size)
-        if model is not None and model != self.model_name:
-            raise self._unknown_model(model)
-        if len(ids) > _TOKENIZE_OFF_LOOP_CHARS:
+        self._check_model(model)
+        if len(ids) > _DECODE_OFF_LOOP_TOKENS:
             text = await asyncio.get_running_loop().run_in_executor(
                 None, served.tokenizer.decode, ids)
         else:
@@ -258,8 +261,7 @@ class OpenAIServer:
         self.inflight += 1
         try:
             req = parse_request(await self._read_json(request), chat, served.vocab_size)
-            if req.model is not None and req.model != self.model_name:
-                raise self._unknown_model(req.model)
+            self._check_model(req.model)
             prompt = await self._tokenize(served, req)
             req = self._fit(served, req, prompt)
             streams = self._submit(served, req, prompt)

@@ -2,7 +2,8 @@
 
 Pure: no I/O, no engine. Every problem is an ``ApiError`` with the HTTP status and the
 ``param`` it concerns; unknown fields are ignored (clients send extras), unsupported features that
-would change the answer (``n`` > 1, ``echo``, ``suffix``, tools) are refused, not ignored.
+would change the answer (``best_of``, ``echo``, ``suffix``, tools, vLLM's unimplemented fields)
+are refused, not ignored.
 """
 
 from __future__ import annotations
@@ -280,7 +281,9 @@ def _sampling_params(doc: dict[str, Any], vocab: int, max_tokens: int | None,
         min_tokens=_min_tokens(doc, max_tokens),
         presence_penalty=_num(doc, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_num(doc, "frequency_penalty", 0.0, -2.0, 2.0),
-        repetition_penalty=_repetition_penalty(doc),
+        # it divides positive logits: a floor keeps them finite (an infinite logit makes the
+        # softmax NaN, and the request would fail)
+        repetition_penalty=_num(doc, "repetition_penalty", 1.0, 0.01, 10.0),
     )
 
 
@@ -290,12 +293,6 @@ def _min_tokens(doc: dict[str, Any], max_tokens: int | None) -> int:
         raise _bad(f"'min_tokens' ({value}) must not exceed the maximum tokens ({max_tokens})",
                    "min_tokens")
     return value
-
-
-def _repetition_penalty(doc: dict[str, Any]) -> float:
-    # it divides positive logits: a floor keeps them finite (an infinite logit makes the
-    # softmax NaN, and the request would fail)
-    return _num(doc, "repetition_penalty", 1.0, 0.01, 10.0)
 
 
 def _cache_salt(doc: dict[str, Any]) -> str | None:
