@@ -29,6 +29,7 @@ from .kv_cache import BlockPool, KVStore, cache_root
 from .loader import LanguageModel
 from .pacing import PrefillPacer
 from .packing import pack
+from .prompt_scores import score
 from .sampling import SamplingParams, TokenLogprobs, sample
 from .scheduler import Scheduler, Sequence
 from .traced_decode import TracedDecode, traceable
@@ -69,6 +70,8 @@ class Delta:
     completion_tokens: int
     at: float  # time.monotonic() when produced
     cached_tokens: int = 0  # prompt tokens taken from the prefix cache at admission
+    # with params.prompt_logprobs, on a request's first delta: prompt tokens 1..'s logprobs
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
 
 def kv_blocks_for_budget(lm: LanguageModel, cfg_bytes: int, block_size: int) -> int:
@@ -333,6 +336,7 @@ class Engine:
             seq.computed += n
             seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,
                                                 seq.computed, seq.cache_root)
+        failed = self._score_prompts(step.scored, logits, len(step.sampled), out)
         if not step.sampled:
             return
         states = [s.sample_state for s in step.sampled]
@@ -340,8 +344,42 @@ class Engine:
         now = time.monotonic()
         for i, seq in enumerate(step.sampled):
             error = sampled.failed.get(i)
-            out.append((seq, self._advance(seq, sampled.tokens[i], sampled.infos[i], now)
-                        if error is None else self._fail(seq, error)))
+            if seq in failed:
+                continue
+            if error is not None:
+                out.append((seq, self._fail(seq, error)))
+            elif seq.params.max_tokens == 0:  # the prompt alone was asked for (its logprobs)
+                out.append((seq, self._finish_prompt_only(seq, now)))
+            else:
+                out.append((seq, self._advance(seq, sampled.tokens[i], sampled.infos[i], now)))
+
+    def _score_prompts(self, scored: list[tuple[Sequence, int, int]], logits: torch.Tensor,
+                       row: int, out: list[tuple[Sequence, Delta | BaseException]]
+                       ) -> set[Sequence]:
+        """The prompt logprobs of the step's scored positions (their logits from ``row``
+        on); the sequences whose scoring failed (each ends with its error, the others go on)."""
+        failed: set[Sequence] = set()
+        for seq, first, count in scored:
+            assert seq.prompt_logprobs is not None and len(seq.prompt_logprobs) == first
+            try:
+                seq.prompt_logprobs.extend(score(logits[row:row + count],
+                                                 seq.prompt[first + 1:first + 1 + count],
+                                                 seq.params.prompt_logprobs or 0))
+            except Exception as exc:
+                out.append((seq, self._fail(seq, exc)))
+                failed.add(seq)
+            row += count
+        return failed
+
+    def _finish_prompt_only(self, seq: Sequence, now: float) -> Delta:
+        seq.finish_reason = "length"
+        self.scheduler.remove(seq)
+        return Delta("", (), (), "length", len(seq.prompt), 0, now, seq.cached_tokens or 0,
+                     self._prompt_logprobs(seq))
+
+    @staticmethod
+    def _prompt_logprobs(seq: Sequence) -> tuple[TokenLogprobs, ...] | None:
+        return None if seq.prompt_logprobs is None else tuple(seq.prompt_logprobs)
 
     def _fail(self, seq: Sequence, error: Exception) -> Exception:
         """One sequence whose sampling failed: it ends with the error, the others go on."""
@@ -375,7 +413,8 @@ class Engine:
             seq.finish_reason = reason
             self.scheduler.remove(seq)
         return Delta(text, (token,), (info,) if info is not None else (), reason,
-                     len(seq.prompt), len(seq.output), now, seq.cached_tokens or 0)
+                     len(seq.prompt), len(seq.output), now, seq.cached_tokens or 0,
+                     self._prompt_logprobs(seq) if len(seq.output) == 1 else None)
 
     # ---- in-process use (benchmarks, tests) ------------------------------------------------
     def generate_sync(self, prompts: list[list[int]], params: SamplingParams

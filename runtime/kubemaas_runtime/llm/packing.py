@@ -3,17 +3,19 @@
 Decode rows come first (one token each), then the prefill chunks. Every packed token gets its
 position, the slot its keys and values are written to, and (through ``PagedStep``) the blocks of
 the context it attends to; ``keep`` lists the packed tokens whose logits are sampled: every
-decode row and the last token of each chunk that ends its prompt.
+decode row and the last token of each chunk that ends its prompt; after them, the positions
+that score a prompt's tokens (prompt_scores.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .attention import Chunk, PagedStep
 from .kv_cache import KVStore
+from .prompt_scores import scored_span
 from .scheduler import Sequence
 
 
@@ -22,8 +24,11 @@ class PackedStep:
     input_ids: torch.Tensor     # [1, N]
     position_ids: torch.Tensor  # [1, N]
     keep: torch.Tensor          # [K] packed indexes whose logits are needed (K >= 1)
-    sampled: list[Sequence]     # the sequences those logits are for (may be fewer than K)
+    sampled: list[Sequence]     # the sequences the first logits are for (may be fewer than K)
     paged: PagedStep
+    # (sequence, first position, count): the logits after the sampled ones, in this order,
+    # score prompt tokens first + 1 .. first + count
+    scored: list[tuple[Sequence, int, int]] = field(default_factory=list)
 
 
 def slots(seq: Sequence, start: int, stop: int, block_size: int) -> torch.Tensor:
@@ -56,6 +61,8 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
     writes: list[torch.Tensor] = []
     keep: list[int] = []
     sampled: list[Sequence] = []
+    scoring: list[int] = []
+    scored: list[tuple[Sequence, int, int]] = []
     decode_blocks = decode_mask = None
     if decode:
         decode_blocks, decode_mask, decode_writes = _decode_tables(decode, block_size)
@@ -75,10 +82,17 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
         if offset:
             mask = torch.arange(offset + n)[None, :] <= torch.arange(offset, offset + n)[:, None]
         chunks.append(Chunk(start, n, offset, table, mask))
+        if seq.scoring:
+            assert seq.prompt_logprobs is not None
+            lo, hi = scored_span(len(seq.prompt_logprobs), len(seq.prompt), offset, n)
+            if lo < hi:
+                scoring.extend(range(start + lo - offset, start + hi - offset))
+                scored.append((seq, lo, hi - lo))
         if offset + n == len(seq.ids):
             keep.append(len(ids) - 1)
             sampled.append(seq)
     paged = PagedStep(store, block_size, torch.cat(writes) if len(writes) > 1 else writes[0],
                       len(decode), decode_blocks, decode_mask, chunks)
+    keep.extend(scoring)
     return PackedStep(torch.tensor([ids]), torch.tensor([positions]),
-                      torch.tensor(keep or [len(ids) - 1]), sampled, paged)
+                      torch.tensor(keep or [len(ids) - 1]), sampled, paged, scored)

@@ -39,6 +39,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    # vLLM's: each prompt token's logprob and the k most likely (prompt_scores.py). None: none
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -76,6 +78,7 @@ class TokenLogprobs:
     token: int
     logprob: float
     top: tuple[tuple[int, float], ...]
+    rank: int | None = None  # the token's rank in its distribution (1: the most likely)
 
 
 def _filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -28,7 +28,7 @@ from typing import Any
 
 from .detok import Detokenizer
 from .kv_cache import UNSALTED, BlockPool, OutOfBlocks
-from .sampling import SampleState, SamplingParams
+from .sampling import SampleState, SamplingParams, TokenLogprobs
 
 
 @dataclass(eq=False)
@@ -47,6 +47,8 @@ class Sequence:
     cache_root: bytes = UNSALTED  # where its prefix-cache chain starts (kv_cache.cache_root)
     cached_tokens: int | None = None  # prompt tokens found in the cache when first admitted
     sample_state: SampleState | None = None
+    # with params.prompt_logprobs: the logprobs of prompt tokens 1.. (prompt_scores.py)
+    prompt_logprobs: list[TokenLogprobs] | None = None
     finish_reason: str | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -54,6 +56,15 @@ class Sequence:
     def __post_init__(self) -> None:
         self.ids = list(self.prompt)
         self.sample_state = SampleState(self.params)
+        if self.params.prompt_logprobs is not None:
+            self.prompt_logprobs = []
+
+    @property
+    def scoring(self) -> bool:
+        """Prompt tokens remain to be scored (their positions must be computed, not taken
+        from the prefix cache)."""
+        return self.prompt_logprobs is not None and \
+            len(self.prompt_logprobs) < len(self.prompt) - 1
 
     @property
     def remaining(self) -> int:
@@ -96,7 +107,7 @@ class Scheduler:
         while self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             # shared blocks holding a prefix (referenced)
-            cached = self.pool.lookup(seq.ids, seq.cache_root)
+            cached = [] if seq.scoring else self.pool.lookup(seq.ids, seq.cache_root)
             need = self.pool.blocks_for(len(seq.ids) + 1) - len(cached)
             if (need + len(self.running) > self.pool.free and self.running) or \
                     need > self.pool.free:
