@@ -319,6 +319,23 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_llm(tmp_path_factory.mktemp("llm") / "tiny-gpt2", family="gpt2")
 
 
+def stream_events(server: Server, path: str, doc: dict[str, Any]) -> list[Any]:
+    """The events of a streamed answer (the JSON documents; ``[DONE]`` checked last)."""
+    status, headers, body = server.request("POST", path, json.dumps(doc).encode(),
+                                           {"Content-Type": "application/json"})
+    assert status == 200, body
+    assert headers["content-type"].startswith("text/event-stream")
+    events = []
+    for block in body.decode().split("\n\n"):
+        if not block.strip():
+            continue
+        assert block.startswith("data: "), block
+        payload = block[len("data: "):]
+        events.append(payload if payload == "[DONE]" else json.loads(payload))
+    assert events[-1] == "[DONE]"
+    return events[:-1]
+
+
 def start_llm_server(model_dir: Path, *args: str, name: str = "tiny") -> Server:
     """A runtime serving a Hugging Face model directory over the OpenAI API."""
     return start_server(["--model-uri", str(model_dir), "--format", "hf", "--name", name,

@@ -72,3 +72,12 @@ def prompt_ids(model_dir: Path, text: str) -> list[int]:
 def eos_id(model_dir: Path) -> int:
     tok, _ = load(model_dir)
     return int(tok.eos_token_id)
+
+
+def prompt_logprobs(model_dir: Path, ids: list[int]) -> torch.Tensor:
+    """log-softmax of the model's logits over the whole prompt in one forward: [len - 1, V],
+    row p the distribution of token p + 1."""
+    _, model = load(model_dir)
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0, :-1].float()
+    return torch.log_softmax(logits, dim=-1)

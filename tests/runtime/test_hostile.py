@@ -433,6 +433,8 @@ def test_million_token_prompt(targets: dict[str, Target]) -> None:
         llm = targets["openai"]
         for doc in ({"model": "tiny", "prompt": "hello " * 1_000_000, "max_tokens": 2},
                     {"model": "tiny", "prompt": list(range(5, 1005)) * 1000, "max_tokens": 2},
+                    # a batch of half a million prompts: refused before any is tokenized
+                    {"model": "tiny", "prompt": ["hello"] * 500_000, "max_tokens": 2},
                     {"model": "tiny", "max_tokens": 2,
                      "messages": [{"role": "user", "content": "hello " * 1_000_000}]}):
             path = "/v1/chat/completions" if "messages" in doc else "/v1/completions"
@@ -443,7 +445,7 @@ def test_million_token_prompt(targets: dict[str, Target]) -> None:
                 continue
             # text: refused by its length in characters, before the tokenizer saw it
             assert "characters cannot fit" in out["error"]["message"], out
-    measured("a prompt of a million tokens (text, token ids, chat)", targets, run)
+    measured("a prompt of a million tokens (text, token ids, chat), 500,000 prompts", targets, run)
 
 
 def test_unauthenticated_body_is_not_read(targets: dict[str, Target]) -> None:

@@ -7,7 +7,6 @@ metrics.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from . import llm_reference as ref
-from .conftest import Server, start_llm_server
+from .conftest import Server, start_llm_server, stream_events
 
 SENTENCE = ("the quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun "
             "and birds sing in the trees by the river")
@@ -71,9 +70,9 @@ def test_one_request_equals_generate(family: str, request: pytest.FixtureRequest
         text = prompt_text(i)
         body = complete(server, text, max_tokens=24)
         want = ref.greedy_ids(model_dir, ref.prompt_ids(model_dir, text), 24)
-        assert body["prompt_token_ids"] == ref.prompt_ids(model_dir, text)
+        assert body["choices"][0]["prompt_token_ids"] == ref.prompt_ids(model_dir, text)
         assert engine_ids(body, ref.eos_id(model_dir)) == want
-        assert body["usage"]["prompt_tokens"] == len(body["prompt_token_ids"])
+        assert body["usage"]["prompt_tokens"] == len(body["choices"][0]["prompt_token_ids"])
         assert body["usage"]["completion_tokens"] == len(body["choices"][0]["token_ids"])
 
 
@@ -255,22 +254,6 @@ def test_cache_salt_keeps_prefixes_apart(llama_server: Server, tiny_llama: Path)
     status, body = llama_server.post_json("/v1/completions", {"prompt": prompt,
                                                               "cache_salt": ""})
     assert status == 400 and body["error"]["param"] == "cache_salt"
-
-
-def stream_events(server: Server, path: str, doc: dict[str, Any]) -> list[Any]:
-    status, headers, body = server.request("POST", path, json.dumps(doc).encode(),
-                                           {"Content-Type": "application/json"})
-    assert status == 200, body
-    assert headers["content-type"].startswith("text/event-stream")
-    events = []
-    for block in body.decode().split("\n\n"):
-        if not block.strip():
-            continue
-        assert block.startswith("data: "), block
-        payload = block[len("data: "):]
-        events.append(payload if payload == "[DONE]" else json.loads(payload))
-    assert events[-1] == "[DONE]"
-    return events[:-1]
 
 
 def test_streamed_chunks_concatenate_to_the_answer(llama_server: Server) -> None:

@@ -15,19 +15,10 @@ from kubemaas_runtime.llm.loader import LanguageModel, load_hf
 from kubemaas_runtime.llm.sampling import SamplingParams, TokenLogprobs
 from kubemaas_runtime.llm.scheduler import Sequence
 
+from . import llm_reference as ref
+
 GREEDY = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
 PROMPT = [(7 * i + 3) % 200 + 5 for i in range(50)]  # 50 tokens: 4 chunks of 16
-
-
-def reference(model_dir: Path, prompt: list[int]) -> torch.Tensor:
-    """log-softmax of the model's logits over the whole prompt in one forward: [len - 1, V],
-    row p the distribution of token p + 1."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    with torch.inference_mode():
-        logits = model(torch.tensor([prompt])).logits[0, :-1].float()
-    return torch.log_softmax(logits, dim=-1)
 
 
 def assert_scores(got: list[TokenLogprobs], ref: torch.Tensor, prompt: list[int], k: int
@@ -79,7 +70,7 @@ def test_prompt_logprobs_equal_the_models_forward(family: str, tiny_llama: Path,
     first = items[scored.rid][0]
     assert isinstance(first, Delta) and first.prompt_logprobs is not None
     assert all(isinstance(d, Delta) and d.prompt_logprobs is None for d in items[scored.rid][1:])
-    assert_scores(list(first.prompt_logprobs), reference(model_dir, PROMPT), PROMPT, 3)
+    assert_scores(list(first.prompt_logprobs), ref.prompt_logprobs(model_dir, PROMPT), PROMPT, 3)
     assert scored.output == plain.output
     assert engine.pool.used == 0
 
@@ -102,7 +93,7 @@ def test_a_preempted_prompt_is_scored_once(tiny_llama: Path) -> None:
     items = run(engine, [])
     first = items[scored.rid][0]
     assert isinstance(first, Delta) and first.prompt_logprobs is not None
-    assert_scores(list(first.prompt_logprobs), reference(tiny_llama, PROMPT), PROMPT, 0)
+    assert_scores(list(first.prompt_logprobs), ref.prompt_logprobs(tiny_llama, PROMPT), PROMPT, 0)
 
 
 def test_max_tokens_zero_returns_the_prompt_scores_alone(tiny_llama: Path) -> None:
@@ -117,5 +108,5 @@ def test_max_tokens_zero_returns_the_prompt_scores_alone(tiny_llama: Path) -> No
     assert (delta.finish_reason, delta.token_ids, delta.completion_tokens, delta.text) == \
         ("length", (), 0, "")
     assert delta.prompt_logprobs is not None
-    assert_scores(list(delta.prompt_logprobs), reference(tiny_llama, PROMPT), PROMPT, 1)
+    assert_scores(list(delta.prompt_logprobs), ref.prompt_logprobs(tiny_llama, PROMPT), PROMPT, 1)
     assert seq.output == [] and engine.pool.used == 0

@@ -17,7 +17,7 @@ from kubemaas_runtime.llm.pacing import PrefillPacer
 from kubemaas_runtime.llm.packing import pack
 from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, penalize, sample
 from kubemaas_runtime.llm.scheduler import Scheduler, Sequence
-from kubemaas_runtime.protocol.openai_schema import ApiError, parse_request
+from kubemaas_runtime.protocol.openai_schema import ApiError, Prompt, parse_request
 from kubemaas_runtime.protocol.openai_stream import ChunkFormat, sse
 from kubemaas_runtime.settings import parse_bytes
 
@@ -340,8 +340,17 @@ def test_openai_request_validation() -> None:
     req = parse({"prompt": "hi"})
     assert req.params.max_tokens == 16 and req.params.temperature == 1.0 and not req.stream
     assert parse({"prompt": "hi", "max_tokens": None}).max_tokens is None
-    assert parse({"prompt": [1, 2, 3]}).prompt_ids == [1, 2, 3]
-    assert parse({"prompt": ["only"]}).prompt_text == "only"
+    assert parse({"prompt": [1, 2, 3]}).prompts == (Prompt(None, [1, 2, 3]),)
+    assert parse({"prompt": ["only"]}).prompts == (Prompt("only", None),)
+    assert parse({"prompt": ["a", "b"]}).prompts == (Prompt("a", None), Prompt("b", None))
+    assert parse({"prompt": [[1], [2, 3]]}).prompts == (Prompt(None, [1]), Prompt(None, [2, 3]))
+    echoed = parse({"prompt": "hi", "echo": True, "max_tokens": 0, "logprobs": 2})
+    assert (echoed.echo, echoed.params.max_tokens, echoed.params.prompt_logprobs) == (True, 0, 2)
+    assert not echoed.prompt_logprobs  # the field was not sent: the echo carries them
+    assert parse({"prompt": "hi", "echo": True}).params.prompt_logprobs is None
+    scored = parse({"messages": [{"role": "user", "content": "a"}], "prompt_logprobs": 0},
+                   chat=True)
+    assert scored.prompt_logprobs and scored.params.prompt_logprobs == 0
     chat = parse({"messages": [{"role": "developer", "content": [{"type": "text", "text": "a"},
                                                                  {"type": "text", "text": "b"}]},
                                {"role": "assistant", "content": None}],
@@ -368,7 +377,12 @@ def test_openai_request_validation() -> None:
                        ({"prompt": "hi", "seed": "1"}, "seed"),
                        ({"prompt": [1, 200]}, "prompt"),
                        ({"prompt": "hi", "stop_token_ids": [-1]}, "stop_token_ids"),
-                       ({"prompt": "hi", "echo": True}, "echo"),
+                       ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),  # 0: with echo
+                       ({"prompt": "hi", "echo": True, "max_tokens": -1}, "max_tokens"),
+                       ({"prompt": ["hi", [1]]}, "prompt"),
+                       ({"prompt": []}, "prompt"),
+                       ({"prompt": [[1], []]}, "prompt"),
+                       ({"prompt": "hi", "prompt_logprobs": 21}, "prompt_logprobs"),
                        ({"prompt": "hi", "presence_penalty": 2.5}, "presence_penalty"),
                        ({"prompt": "hi", "frequency_penalty": "1"}, "frequency_penalty"),
                        ({"prompt": "hi", "repetition_penalty": 0}, "repetition_penalty"),

@@ -16,17 +16,18 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
 
 from ..llm.detok import encoder
 from ..llm.engine import Delta, Engine, Overloaded, RequestStream
-from ..llm.sampling import TokenLogprobs
+from ..llm.sampling import SamplingParams
 from ..metrics import LLMMetrics, Metrics
 from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
+from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
 from .openai_schema import (
     ApiError,
     GenerationRequest,
@@ -34,7 +35,7 @@ from .openai_schema import (
     parse_request,
     parse_tokenize,
 )
-from .openai_stream import ChunkFormat, logprobs_doc, stream_response, usage_doc
+from .openai_stream import ChunkFormat, stream_response
 
 log = logging.getLogger("kubemaas.runtime.openai")
 
@@ -175,11 +176,34 @@ class OpenAIServer:
         except ValueError as exc:
             raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
 
-    async def _tokenize(self, served: Served, req: GenerationRequest) -> list[int]:
-        if req.prompt_ids is not None:
-            return req.prompt_ids
-        return await self._encode(served, req.messages if req.chat else None, req.prompt_text,
-                                  special=not req.chat)
+    async def _tokenize(self, served: Served, req: GenerationRequest) -> list[list[int]]:
+        """The token ids of each prompt (a chat is one)."""
+        if req.chat:
+            return [await self._encode(served, req.messages, None, special=False)]
+        texts = [p.text for p in req.prompts if p.text is not None]
+        if len(req.prompts) == 1 or sum(map(len, texts)) <= _TOKENIZE_OFF_LOOP_CHARS:
+            return [p.ids if p.ids is not None else
+                    await self._encode(served, None, p.text, special=True) for p in req.prompts]
+        for text in texts:  # a batch of many prompts: all of them in one worker thread
+            self._check_chars(served, len(text), "prompt")
+        encode = served.encode_off_loop
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: [
+            p.ids if p.ids is not None else encode(p.text or "", True) for p in req.prompts])
+
+    async def _echo_texts(self, served: Served, req: GenerationRequest,
+                          prompts: list[list[int]]) -> list[str]:
+        """With echo, the text each prompt's choices start with: as sent, or decoded from its
+        token ids."""
+        if not req.echo:
+            return [""] * len(prompts)
+        return [p.text if p.text is not None else await self._decode(served, ids)
+                for p, ids in zip(req.prompts, prompts, strict=True)]
+
+    async def _decode(self, served: Served, ids: list[int]) -> str:
+        if len(ids) > _DECODE_OFF_LOOP_TOKENS:
+            return str(await asyncio.get_running_loop().run_in_executor(
+                None, served.tokenizer.decode, ids))
+        return str(served.tokenizer.decode(ids))
 
     async def _encode(self, served: Served, messages: list[dict[str, str]] | None,
                       text: str | None, special: bool, generation_prompt: bool = True
@@ -201,15 +225,19 @@ class OpenAIServer:
             return encode(text or "", special)
 
         size = sum(len(m["content"]) for m in messages or ()) + len(text or "")
-        if size > prompt_char_limit(tok, served.max_model_len):  # refused before tokenizing it
-            raise ApiError(400, f"This model's maximum context length is {served.max_model_len} "
-                           f"tokens; a prompt of {size} characters cannot fit.",
-                           "prompt" if messages is None else "messages",
-                           "context_length_exceeded")
+        self._check_chars(served, size, "prompt" if messages is None else "messages")
         if size > _TOKENIZE_OFF_LOOP_CHARS:
             return await asyncio.get_running_loop().run_in_executor(
                 None, run, served.encode_off_loop)
         return run(served.encode)
+
+    @staticmethod
+    def _check_chars(served: Served, size: int, param: str) -> None:
+        """A prompt too long in characters to fit is refused before it is tokenized."""
+        if size > prompt_char_limit(served.tokenizer, served.max_model_len):
+            raise ApiError(400, f"This model's maximum context length is {served.max_model_len} "
+                           f"tokens; a prompt of {size} characters cannot fit.", param,
+                           "context_length_exceeded")
 
     def _serving(self) -> Served:
         if self.served is None or self.draining:
@@ -233,14 +261,11 @@ class OpenAIServer:
         served = self._serving()
         model, ids = parse_detokenize(await self._read_json(request), served.vocab_size)
         self._check_model(model)
-        if len(ids) > _DECODE_OFF_LOOP_TOKENS:
-            text = await asyncio.get_running_loop().run_in_executor(
-                None, served.tokenizer.decode, ids)
-        else:
-            text = served.tokenizer.decode(ids)
-        return _json({"prompt": text})
+        return _json({"prompt": await self._decode(served, ids)})
 
-    def _fit(self, served: Served, req: GenerationRequest, prompt: list[int]) -> GenerationRequest:
+    def _fit(self, served: Served, req: GenerationRequest, prompt: list[int]
+             ) -> SamplingParams:
+        """The prompt's sampling parameters, its completion held within max-model-len."""
         limit = served.max_model_len
         if not prompt:
             raise ApiError(400, "the prompt is empty", "prompt")
@@ -252,9 +277,8 @@ class OpenAIServer:
                            "Shorten the prompt or lower max_tokens.",
                            "messages" if req.chat else "prompt", "context_length_exceeded")
         if req.params.max_tokens == wanted:
-            return req
-        params = req.params.__class__(**{**req.params.__dict__, "max_tokens": wanted})
-        return GenerationRequest(**{**req.__dict__, "params": params})
+            return req.params
+        return replace(req.params, max_tokens=wanted)
 
     async def _generate(self, request: web.BaseRequest, chat: bool) -> web.StreamResponse:
         served = self._serving()
@@ -262,14 +286,19 @@ class OpenAIServer:
         try:
             req = parse_request(await self._read_json(request), chat, served.vocab_size)
             self._check_model(req.model)
-            prompt = await self._tokenize(served, req)
-            req = self._fit(served, req, prompt)
-            streams = self._submit(served, req, prompt)
+            if req.stream and req.prompt_logprobs:
+                raise ApiError(400, "'prompt_logprobs' is not available with 'stream': true",
+                               "prompt_logprobs")
+            self._check_sequences(served, max(len(req.prompts), 1) * req.n)
+            prompts = await self._tokenize(served, req)
+            params = [self._fit(served, req, p) for p in prompts]
+            choices = self._submit(served, req, prompts, params,
+                                   await self._echo_texts(served, req, prompts))
             try:
                 if req.stream:
-                    return await self._stream(request, served, req, streams)
+                    return await self._stream(request, served, req, choices)
                 try:
-                    return await self._complete(served, req, streams, prompt)
+                    return await self._complete(served, req, choices, prompts)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the engine failed this request
@@ -277,28 +306,40 @@ class OpenAIServer:
                     raise ApiError(500, f"generation failed: {type(exc).__name__}; see the "
                                    "server log") from None
             finally:
-                if not all(s.finished for s in streams):  # the client went away (or a write
-                    served.metrics.success.inc((self.model_name, "abort"))  # failed)
-                for stream in streams:
-                    stream.cancel()  # a no-op when finished; frees the blocks when not
+                if not all(c.stream.finished for c in choices):  # the client went away (or
+                    served.metrics.success.inc((self.model_name, "abort"))  # a write failed)
+                for choice in choices:
+                    choice.stream.cancel()  # a no-op when finished; frees the blocks when not
         finally:
             self.inflight -= 1
 
     @staticmethod
-    def _submit(served: Served, req: GenerationRequest,
-                prompt: list[int]) -> list[RequestStream]:
-        """One engine sequence per choice; all of them or none (429)."""
-        streams: list[RequestStream] = []
+    def _check_sequences(served: Served, count: int) -> None:
+        """A request whose prompts x n exceed what the engine may hold could never be
+        served: 400, not a 429 to retry forever."""
+        limit = served.engine.cfg.max_queue
+        if count > limit:
+            raise ApiError(400, f"the request asks for {count} sequences (prompts x n); this "
+                           f"server holds at most {limit} at once", "n")
+
+    @staticmethod
+    def _submit(served: Served, req: GenerationRequest, prompts: list[list[int]],
+                params: list[SamplingParams], echo_texts: list[str]) -> list[Choice]:
+        """One engine sequence per choice (``n`` per prompt); all of them or none (429)."""
+        choices: list[Choice] = []
         try:
-            for params in req.choice_params():
-                streams.append(served.engine.submit(prompt, params, req.cache_salt))
+            for prompt, prompt_params, echo_text in zip(prompts, params, echo_texts,
+                                                        strict=True):
+                for j, choice_params in enumerate(req.choice_params(prompt_params)):
+                    stream = served.engine.submit(prompt, choice_params, req.cache_salt)
+                    choices.append(Choice(len(choices), stream, prompt, j == 0, echo_text))
         except Overloaded as exc:
-            for stream in streams:
-                stream.cancel()
+            for choice in choices:
+                choice.stream.cancel()
             served.metrics.rejected.inc(served.metrics.label)
             raise ApiError(429, f"too many requests: {exc}; retry later",
                            code="rate_limit_exceeded", retry_after=1) from None
-        return streams
+        return choices
 
     def _observe(self, served: Served, stream: RequestStream,
                  first: bool = True) -> Callable[[Delta], None]:
@@ -331,45 +372,32 @@ class OpenAIServer:
         return {"id": prefix + uuid.uuid4().hex, "created": int(time.time()),
                 "model": self.model_name}
 
-    async def _complete(self, served: Served, req: GenerationRequest,
-                        streams: list[RequestStream], prompt: list[int]) -> web.Response:
-        choices, lasts = [], []
-        for index, stream in enumerate(streams):  # the choices run together in the engine
-            choice, last = await self._choice(served, req, stream, index)
-            if req.return_token_ids:
-                choice["token_ids"] = list(stream.seq.output)
-            choices.append(choice)
-            lasts.append(last)
+    async def _complete(self, served: Served, req: GenerationRequest, choices: list[Choice],
+                        prompts: list[list[int]]) -> web.Response:
+        docs, lasts = [], []
+        first_deltas: list[Delta] = []
+        for choice in choices:  # the choices run together in the engine
+            observe = self._observe(served, choice.stream, first=choice.first)
+            deltas = []
+            async for delta in choice.stream:
+                observe(delta)
+                deltas.append(delta)
+            docs.append(choice_doc(served.tokenizer, req, choice, deltas))
+            lasts.append(deltas[-1])
+            first_deltas.append(deltas[0])
         obj = "chat.completion" if req.chat else "text_completion"
-        doc = {**self._head(req), "object": obj, "choices": choices, "usage": usage_doc(lasts)}
-        if req.return_token_ids:
-            doc["prompt_token_ids"] = prompt
+        doc = {**self._head(req), "object": obj, "choices": docs,
+               "usage": usage_doc(lasts, req.n)}
+        if req.chat and req.return_token_ids:
+            doc["prompt_token_ids"] = prompts[0]
+        if req.chat and req.prompt_logprobs:
+            doc["prompt_logprobs"] = prompt_logprobs_doc(served.tokenizer,
+                                                         first_deltas[0].prompt_logprobs)
         return _json(doc)
 
-    async def _choice(self, served: Served, req: GenerationRequest, stream: RequestStream,
-                      index: int) -> tuple[dict[str, Any], Delta]:
-        """One choice of a non-streamed answer, once its sequence has finished."""
-        observe = self._observe(served, stream, first=index == 0)
-        texts: list[str] = []
-        lps: list[TokenLogprobs] = []
-        last: Delta | None = None
-        async for delta in stream:
-            observe(delta)
-            texts.append(delta.text)
-            lps.extend(delta.logprobs)
-            last = delta
-        assert last is not None
-        text = "".join(texts)
-        logprobs = logprobs_doc(served.tokenizer, req.chat, lps, 0) if req.logprobs else None
-        if req.chat:
-            return {"index": index, "message": {"role": "assistant", "content": text},
-                    "logprobs": logprobs, "finish_reason": last.finish_reason}, last
-        return {"index": index, "text": text, "logprobs": logprobs,
-                "finish_reason": last.finish_reason}, last
-
     async def _stream(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
-                      streams: list[RequestStream]) -> web.StreamResponse:
+                      choices: list[Choice]) -> web.StreamResponse:
         head = self._head(req)
-        fmts = [ChunkFormat(head, req, served.tokenizer, i) for i in range(len(streams))]
-        observes = [self._observe(served, s, first=i == 0) for i, s in enumerate(streams)]
-        return await stream_response(request, req, streams, fmts, observes)
+        fmts = [ChunkFormat(head, req, served.tokenizer, c.index) for c in choices]
+        observes = [self._observe(served, c.stream, first=c.first) for c in choices]
+        return await stream_response(request, req, choices, fmts, observes)

@@ -2,8 +2,8 @@
 
 Pure: no I/O, no engine. Every problem is an ``ApiError`` with the HTTP status and the
 ``param`` it concerns; unknown fields are ignored (clients send extras), unsupported features that
-would change the answer (``best_of``, ``echo``, ``suffix``, tools, vLLM's unimplemented fields)
-are refused, not ignored.
+would change the answer (``best_of``, ``suffix``, tools, vLLM's unimplemented fields) are
+refused, not ignored.
 """
 
 from __future__ import annotations
@@ -36,10 +36,17 @@ class ApiError(Exception):
 
 
 @dataclass(frozen=True)
+class Prompt:
+    """One prompt of a completions request: its text, or its token ids."""
+
+    text: str | None
+    ids: list[int] | None
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     chat: bool
-    prompt_text: str | None        # completions with a text prompt, or the rendered chat
-    prompt_ids: list[int] | None   # completions with token ids
+    prompts: tuple[Prompt, ...]    # completions: one or more (a batch); chat: none
     messages: list[dict[str, str]] | None
     max_tokens: int | None         # None: up to max-model-len
     params: SamplingParams
@@ -49,15 +56,18 @@ class GenerationRequest:
     model: str | None
     return_token_ids: bool = False  # vLLM's extension: the prompt's and the output's token ids
     cache_salt: str | None = None  # vLLM's: shares cached prompt blocks only with the same salt
-    n: int = 1  # choices: sequences generated from the one prompt
+    n: int = 1  # choices: sequences generated from each prompt
+    echo: bool = False  # completions: each choice starts with its prompt (and its logprobs)
+    prompt_logprobs: bool = False  # vLLM's: the answer carries each prompt token's logprobs
 
-    def choice_params(self) -> list[SamplingParams]:
-        """The sampling parameters of each choice: with a seed, choice i samples from seed + i
-        (as vLLM does), so that seeded choices differ and each is reproducible."""
-        if self.n == 1 or self.params.seed is None:
-            return [self.params] * self.n
-        return [replace(self.params, seed=(self.params.seed + i) % (2**63))
-                for i in range(self.n)]
+    def choice_params(self, params: SamplingParams | None = None) -> list[SamplingParams]:
+        """The sampling parameters of each choice of a prompt (``params``: the request's, or
+        the prompt's own): with a seed, choice i samples from seed + i (as vLLM does), so that
+        seeded choices differ and each is reproducible."""
+        params = params or self.params
+        if self.n == 1 or params.seed is None:
+            return [params] * self.n
+        return [replace(params, seed=(params.seed + i) % (2**63)) for i in range(self.n)]
 
 
 def _bad(message: str, param: str) -> ApiError:
@@ -150,7 +160,7 @@ def _logit_bias(doc: dict[str, Any], vocab: int) -> tuple[tuple[int, float], ...
 _NOT_IMPLEMENTED: dict[str, Any] = {
     "use_beam_search": False, "length_penalty": 1.0, "include_stop_str_in_output": False,
     "skip_special_tokens": True, "spaces_between_special_tokens": True,
-    "truncate_prompt_tokens": None, "prompt_logprobs": None, "allowed_token_ids": None,
+    "truncate_prompt_tokens": None, "allowed_token_ids": None,
     "bad_words": [], "logits_processors": None, "guided_json": None, "guided_regex": None,
     "guided_choice": None, "guided_grammar": None, "structured_outputs": None,
     "add_generation_prompt": True, "continue_final_message": False, "chat_template": None,
@@ -162,8 +172,6 @@ def _refuse_unsupported(doc: dict[str, Any]) -> None:
     best_of = _int(doc, "best_of", 1)
     if best_of not in (None, 1):
         raise _bad("only best_of=1 is supported", "best_of")
-    if _bool(doc, "echo"):
-        raise _bad("echo is not supported", "echo")
     if doc.get("suffix") not in (None, ""):
         raise _bad("suffix is not supported", "suffix")
     if doc.get("tools") or doc.get("functions"):
@@ -221,24 +229,31 @@ def _chat_fields(doc: dict[str, Any]) -> tuple[list[dict[str, str]], int | None,
     return messages, max_tokens, (top or 0) if want else None
 
 
-def _prompt(doc: dict[str, Any], vocab: int) -> tuple[str | None, list[int] | None]:
-    """A completions body's prompt: its text or its token ids."""
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def _prompts(doc: dict[str, Any], vocab: int) -> tuple[Prompt, ...]:
+    """A completions body's prompts: a string or a list of token ids (one prompt), or a list
+    of strings or of token-id lists (a batch, answered as one choice per prompt and ``n``)."""
     prompt = doc.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
-        return prompt, None
-    if isinstance(prompt, list) and prompt and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return None, _token_ids(prompt, "prompt", vocab)
-    if isinstance(prompt, list) and len(prompt) > 1:
-        raise _bad("one prompt per request is supported (send the others separately)",
-                   "prompt")
-    raise _bad("'prompt' must be a string or a list of token ids", "prompt")
+        return (Prompt(prompt, None),)
+    if _is_ids(prompt):
+        return (Prompt(None, _token_ids(prompt, "prompt", vocab)),)
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return tuple(Prompt(p, None) for p in prompt)
+    if isinstance(prompt, list) and prompt and all(_is_ids(p) for p in prompt):
+        return tuple(Prompt(None, _token_ids(p, f"prompt[{i}]", vocab))
+                     for i, p in enumerate(prompt))
+    raise _bad("'prompt' must be a string, a list of token ids, or a non-empty list of either "
+               "kind (strings, or lists of token ids: not both)", "prompt")
 
 
-def _completion_max_tokens(doc: dict[str, Any]) -> int | None:
-    max_tokens = _int(doc, "max_tokens", 1)
+def _completion_max_tokens(doc: dict[str, Any], echo: bool) -> int | None:
+    """``max_tokens`` of a completions request; 0 (the prompt alone) only with ``echo``."""
+    max_tokens = _int(doc, "max_tokens", 0 if echo else 1)
     if doc.get("max_tokens", 0) is None:
         return None
     if "max_tokens" not in doc:
@@ -261,12 +276,12 @@ def _stream_fields(doc: dict[str, Any]) -> tuple[bool, bool]:
 
 
 def _sampling_params(doc: dict[str, Any], vocab: int, max_tokens: int | None,
-                     logprobs_n: int | None) -> SamplingParams:
+                     logprobs_n: int | None, prompt_logprobs_n: int | None) -> SamplingParams:
     stop_ids = doc.get("stop_token_ids")
     seed = _int(doc, "seed", -(2**63), 2**63 - 1)
     top_k = _int(doc, "top_k", -1)
     return SamplingParams(
-        max_tokens=max_tokens or 1,
+        max_tokens=1 if max_tokens is None else max_tokens,
         temperature=_num(doc, "temperature", 1.0, 0.0, 2.0),
         top_p=_num(doc, "top_p", 1.0, 1e-9, 1.0),
         top_k=0 if top_k in (None, -1) else top_k,
@@ -284,6 +299,7 @@ def _sampling_params(doc: dict[str, Any], vocab: int, max_tokens: int | None,
         # it divides positive logits: a floor keeps them finite (an infinite logit makes the
         # softmax NaN, and the request would fail)
         repetition_penalty=_num(doc, "repetition_penalty", 1.0, 0.01, 10.0),
+        prompt_logprobs=prompt_logprobs_n,
     )
 
 
@@ -308,23 +324,29 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
         raise ApiError(400, "the request body must be a JSON object")
     model = _model(doc)
     _refuse_unsupported(doc)
-    prompt_text: str | None = None
-    prompt_ids: list[int] | None = None
+    prompts: tuple[Prompt, ...] = ()
     messages = None
+    echo = _bool(doc, "echo")
     if chat:
+        if echo:
+            raise _bad("'echo' is a /v1/completions field", "echo")
         messages, max_tokens, logprobs_n = _chat_fields(doc)
     else:
-        prompt_text, prompt_ids = _prompt(doc, vocab)
-        max_tokens = _completion_max_tokens(doc)
+        prompts = _prompts(doc, vocab)
+        max_tokens = _completion_max_tokens(doc, echo)
         logprobs_n = _int(doc, "logprobs", 0, MAX_LOGPROBS)
+    prompt_logprobs_n = _int(doc, "prompt_logprobs", 0, MAX_LOGPROBS)
+    scored = prompt_logprobs_n
+    if scored is None and echo and logprobs_n is not None:
+        scored = logprobs_n  # the echoed prompt carries its logprobs (as vLLM does)
     stream, include_usage = _stream_fields(doc)
-    params = _sampling_params(doc, vocab, max_tokens, logprobs_n)
-    return GenerationRequest(chat=chat, prompt_text=prompt_text, prompt_ids=prompt_ids,
-                             messages=messages, max_tokens=max_tokens, params=params,
-                             stream=stream, include_usage=include_usage,
-                             logprobs=logprobs_n is not None, model=model,
-                             return_token_ids=_bool(doc, "return_token_ids"),
-                             cache_salt=_cache_salt(doc), n=_int(doc, "n", 1, MAX_N) or 1)
+    params = _sampling_params(doc, vocab, max_tokens, logprobs_n, scored)
+    return GenerationRequest(chat=chat, prompts=prompts, messages=messages,
+                             max_tokens=max_tokens, params=params, stream=stream,
+                             include_usage=include_usage, logprobs=logprobs_n is not None,
+                             model=model, return_token_ids=_bool(doc, "return_token_ids"),
+                             cache_salt=_cache_salt(doc), n=_int(doc, "n", 1, MAX_N) or 1,
+                             echo=echo, prompt_logprobs=prompt_logprobs_n is not None)
 
 
 @dataclass(frozen=True)

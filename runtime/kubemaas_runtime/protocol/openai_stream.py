@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ..llm.engine import Delta, RequestStream
 from ..llm.sampling import TokenLogprobs
+from .openai_answer import Choice, logprobs_doc, usage_doc
 from .openai_schema import ApiError, GenerationRequest
 
 log = logging.getLogger("kubemaas.runtime.openai")
@@ -27,30 +28,6 @@ log = logging.getLogger("kubemaas.runtime.openai")
 
 def sse(doc: Any) -> bytes:
     return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
-
-
-def logprobs_doc(tokenizer: Any, chat: bool, lps: list[TokenLogprobs],
-                 offset: int) -> dict[str, Any]:
-    """OpenAI's logprobs object: chat's ``content`` list, or completions' parallel lists
-    (``text_offset`` counted from ``offset`` characters of the answer)."""
-    def text(token: int) -> str:
-        return str(tokenizer.decode([token]))
-
-    if chat:
-        return {"content": [{
-            "token": text(lp.token), "logprob": lp.logprob,
-            "bytes": list(text(lp.token).encode()),
-            "top_logprobs": [{"token": text(t), "logprob": v,
-                              "bytes": list(text(t).encode())} for t, v in lp.top],
-        } for lp in lps]}
-    offsets, pos = [], offset
-    for lp in lps:
-        offsets.append(pos)
-        pos += len(text(lp.token))
-    return {"tokens": [text(lp.token) for lp in lps],
-            "token_logprobs": [lp.logprob for lp in lps],
-            "top_logprobs": [{text(t): v for t, v in lp.top} for lp in lps],
-            "text_offset": offsets}
 
 
 class ChunkFormat:
@@ -91,21 +68,19 @@ class ChunkFormat:
         return sse(self.doc(text, None, logprobs_doc(self.tokenizer, self.req.chat, list(lps),
                                                      offset)))
 
+    def echo(self, choice: Choice, first: Delta) -> bytes:
+        """The echoed prompt, before the choice's first token (with its logprobs, asked)."""
+        logprobs = None
+        if self.req.logprobs:
+            logprobs = logprobs_doc(self.tokenizer, False, list(first.prompt_logprobs or ()), 0,
+                                    unscored=choice.prompt[0])
+        return sse(self.doc(choice.echo_text, None, logprobs))
+
     def finish(self, reason: str) -> bytes:
         return sse(self.doc(None if self.req.chat else "", reason))
 
     def usage(self, lasts: list[Delta]) -> bytes:
-        return sse({**self.head, "choices": [], "usage": usage_doc(lasts)})
-
-
-def usage_doc(lasts: list[Delta]) -> dict[str, Any]:
-    """OpenAI's usage object from the last delta of each choice: the prompt once, the tokens of
-    every choice (``cached_tokens``: the prompt tokens the prefix cache held for the first)."""
-    prompt = lasts[0].prompt_tokens
-    completion = sum(d.completion_tokens for d in lasts)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": lasts[0].cached_tokens}}
+        return sse({**self.head, "choices": [], "usage": usage_doc(lasts, self.req.n)})
 
 
 async def ready_batches(streams: list[RequestStream]
@@ -137,9 +112,10 @@ async def ready_batches(streams: list[RequestStream]
 
 
 async def stream_response(request: web.BaseRequest, req: GenerationRequest,
-                          streams: list[RequestStream], fmts: list[ChunkFormat],
+                          choices: list[Choice], fmts: list[ChunkFormat],
                           observes: list[Callable[[Delta], None]]) -> web.StreamResponse:
-    """The stream of a request's choices (``streams[i]`` rendered by ``fmts[i]``)."""
+    """The stream of a request's choices (``choices[i]`` rendered by ``fmts[i]``)."""
+    streams = [c.stream for c in choices]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)
@@ -153,6 +129,9 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
             for i, batch in ready:
                 for delta in batch:
                     observes[i](delta)
+                    if req.echo and lasts[i] is None:
+                        out.append(fmts[i].echo(choices[i], delta))
+                        offsets[i] += len(choices[i].echo_text)
                     lasts[i] = delta
                     # a chunk per generated token, its text empty while a character is
                     # incomplete (as vLLM does): the client sees the stream advance token by
