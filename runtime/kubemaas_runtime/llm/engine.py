@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -191,13 +192,14 @@ class Engine:
             self._thread.join(timeout=10)
 
     def submit(self, prompt: list[int], params: SamplingParams,
-               cache_salt: str | None = None) -> RequestStream:
+               cache_salt: str | None = None, matcher: Any = None) -> RequestStream:
         """A new request; ``cache_salt``: it shares cached prompt blocks only with requests
-        that carry the same salt."""
+        that carry the same salt; ``matcher``: the grammar its output follows (structured.py;
+        one per sequence)."""
         if self.held >= self.cfg.max_queue:
             raise Overloaded(f"{self.held} requests are waiting or running, the limit is "
                              f"{self.cfg.max_queue}")
-        seq = self._sequence(prompt, params)
+        seq = self._sequence(prompt, params, matcher)
         seq.cache_root = cache_root(cache_salt)
         stream = RequestStream(self, seq)
         seq.sink = stream.put
@@ -205,11 +207,13 @@ class Engine:
         self._post("add", seq)
         return stream
 
-    def _sequence(self, prompt: list[int], params: SamplingParams) -> Sequence:
+    def _sequence(self, prompt: list[int], params: SamplingParams, matcher: Any = None
+                  ) -> Sequence:
         seq = Sequence(next(self._ids), prompt, params, sink=lambda _: None,
                        detok=Detokenizer(self.lm.tokenizer, params.stop, self._decode))
         state = seq.sample_state
         assert state is not None  # made with the sequence
+        state.matcher = matcher
         if params.repetition_penalty != 1.0:  # the prompt's tokens are penalized too
             state.prompt = frozenset(prompt)
         if params.min_tokens:  # what may not be drawn before min_tokens
@@ -378,6 +382,12 @@ class Engine:
                      self._prompt_logprobs(seq))
 
     @staticmethod
+    def _grammar_done(seq: Sequence) -> bool:
+        """A structured output whose grammar is complete: nothing more may follow."""
+        matcher = seq.sample_state.matcher if seq.sample_state is not None else None
+        return matcher is not None and bool(matcher.is_stopped())
+
+    @staticmethod
     def _prompt_logprobs(seq: Sequence) -> tuple[TokenLogprobs, ...] | None:
         return None if seq.prompt_logprobs is None else tuple(seq.prompt_logprobs)
 
@@ -403,7 +413,7 @@ class Engine:
             seq.output.append(token)
             seq.ids.append(token)
             text, stopped = seq.detok.add(token, stops=len(seq.output) >= params.min_tokens)
-            if stopped:
+            if stopped or self._grammar_done(seq):
                 reason = "stop"
             elif len(seq.output) >= params.max_tokens or \
                     len(seq.ids) >= self.cfg.max_model_len:

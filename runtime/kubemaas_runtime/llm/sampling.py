@@ -15,9 +15,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+
+from .structured import allowed_tokens
 
 GREEDY_BELOW = 1e-5  # temperatures under this are greedy
 
@@ -64,6 +66,7 @@ class SampleState:
     generated: Counter[int] = field(default_factory=Counter)  # with penalties: output counts
     held_back: frozenset[int] = frozenset()  # with min_tokens: the EOS and stop token ids
     emitted: int = 0  # with min_tokens: tokens sampled so far
+    matcher: Any = None  # with a structured output: its grammar's matcher (structured.py)
 
     def gen(self, device: torch.device) -> torch.Generator:
         if self.generator is None:
@@ -133,10 +136,14 @@ def _shape(row: torch.Tensor, state: SampleState) -> None:
         row[list(biased)] += torch.tensor(bias, device=row.device)
     if params.penalized:
         penalize(row, state)
+    # the lowest finite value, not -inf, for the tokens that may not come: a logprob of -inf
+    # would be invalid JSON
     # before min_tokens, EOS and the stop tokens cannot be drawn (unless they are every token)
     if state.emitted < params.min_tokens and 0 < len(state.held_back) < row.shape[-1]:
-        # the lowest finite value, not -inf: a logprob of -inf would be invalid JSON
         row[list(state.held_back)] = torch.finfo(row.dtype).min
+    if state.matcher is not None:  # a structured output: only what its grammar allows next
+        allowed = allowed_tokens(state.matcher, row.shape[-1]).to(row.device)
+        row.masked_fill_(~allowed, torch.finfo(row.dtype).min)
 
 
 def _draw(row: torch.Tensor, state: SampleState, greedy_token: int) -> int:
@@ -148,6 +155,9 @@ def _draw(row: torch.Tensor, state: SampleState, greedy_token: int) -> int:
         state.generated[token] += 1
     if state.params.min_tokens:
         state.emitted += 1
+    if state.matcher is not None and not state.matcher.consume_token(token):
+        raise ValueError(f"the output grammar refused token {token}: "
+                         f"{state.matcher.get_error()}")
     return token
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from ..llm.detok import encoder
 from ..llm.engine import Delta, Engine, Overloaded, RequestStream
 from ..llm.sampling import SamplingParams
+from ..llm.structured import Grammars, InvalidConstraint
 from ..metrics import LLMMetrics, Metrics
 from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
@@ -69,9 +70,12 @@ class Served:
     encode: Callable[[str, bool], list[int]] = field(init=False)
     encode_off_loop: Callable[[str, bool], list[int]] = field(init=False)
 
+    grammars: Grammars = field(init=False)  # structured outputs' grammars
+
     def __post_init__(self) -> None:
         self.encode = encoder(self.tokenizer)
         self.encode_off_loop = encoder(self.tokenizer, keep_gil=False)
+        self.grammars = Grammars(self.tokenizer, self.vocab_size, self.engine.lm.eos_ids)
 
 
 class OpenAIServer:
@@ -292,8 +296,9 @@ class OpenAIServer:
             self._check_sequences(served, max(len(req.prompts), 1) * req.n)
             prompts = await self._tokenize(served, req)
             params = [self._fit(served, req, p) for p in prompts]
+            matchers = await self._matchers(served, req, len(prompts) * req.n)
             choices = self._submit(served, req, prompts, params,
-                                   await self._echo_texts(served, req, prompts))
+                                   await self._echo_texts(served, req, prompts), matchers)
             try:
                 if req.stream:
                     return await self._stream(request, served, req, choices)
@@ -323,15 +328,31 @@ class OpenAIServer:
                            f"server holds at most {limit} at once", "n")
 
     @staticmethod
+    async def _matchers(served: Served, req: GenerationRequest, count: int) -> list[Any]:
+        """With a structured output, a matcher of its grammar per sequence (compiled in a
+        worker thread: a large schema takes a while); else Nones."""
+        if req.constraint is None:
+            return [None] * count
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, served.grammars.matchers, req.constraint, count)
+        except InvalidConstraint as exc:
+            raise ApiError(400, f"the output structure does not compile: {str(exc)[:800]}",
+                           req.constraint.param) from None
+
+    @staticmethod
     def _submit(served: Served, req: GenerationRequest, prompts: list[list[int]],
-                params: list[SamplingParams], echo_texts: list[str]) -> list[Choice]:
+                params: list[SamplingParams], echo_texts: list[str],
+                matchers: list[Any] | None = None) -> list[Choice]:
         """One engine sequence per choice (``n`` per prompt); all of them or none (429)."""
         choices: list[Choice] = []
+        matchers = matchers or [None] * (len(prompts) * req.n)
         try:
             for prompt, prompt_params, echo_text in zip(prompts, params, echo_texts,
                                                         strict=True):
                 for j, choice_params in enumerate(req.choice_params(prompt_params)):
-                    stream = served.engine.submit(prompt, choice_params, req.cache_salt)
+                    stream = served.engine.submit(prompt, choice_params, req.cache_salt,
+                                                  matchers[len(choices)])
                     choices.append(Choice(len(choices), stream, prompt, j == 0, echo_text))
         except Overloaded as exc:
             for choice in choices:

@@ -3,15 +3,18 @@
 Pure: no I/O, no engine. Every problem is an ``ApiError`` with the HTTP status and the
 ``param`` it concerns; unknown fields are ignored (clients send extras), unsupported features that
 would change the answer (``best_of``, ``suffix``, tools, vLLM's unimplemented fields) are
-refused, not ignored.
+refused, not ignored. A structured output (``response_format``, vLLM's ``structured_outputs``
+and ``guided_*``) is checked for shape here and compiled by the server (llm/structured.py).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..llm.sampling import SamplingParams
+from ..llm.structured import Constraint
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 MAX_STOP = 16
@@ -58,6 +61,7 @@ class GenerationRequest:
     cache_salt: str | None = None  # vLLM's: shares cached prompt blocks only with the same salt
     n: int = 1  # choices: sequences generated from each prompt
     echo: bool = False  # completions: each choice starts with its prompt (and its logprobs)
+    constraint: Constraint | None = None  # a structured output: the grammar it follows
     prompt_logprobs: bool = False  # vLLM's: the answer carries each prompt token's logprobs
 
     def choice_params(self, params: SamplingParams | None = None) -> list[SamplingParams]:
@@ -161,8 +165,7 @@ _NOT_IMPLEMENTED: dict[str, Any] = {
     "use_beam_search": False, "length_penalty": 1.0, "include_stop_str_in_output": False,
     "skip_special_tokens": True, "spaces_between_special_tokens": True,
     "truncate_prompt_tokens": None, "allowed_token_ids": None,
-    "bad_words": [], "logits_processors": None, "guided_json": None, "guided_regex": None,
-    "guided_choice": None, "guided_grammar": None, "structured_outputs": None,
+    "bad_words": [], "logits_processors": None,
     "add_generation_prompt": True, "continue_final_message": False, "chat_template": None,
     "chat_template_kwargs": None,
 }
@@ -176,9 +179,6 @@ def _refuse_unsupported(doc: dict[str, Any]) -> None:
         raise _bad("suffix is not supported", "suffix")
     if doc.get("tools") or doc.get("functions"):
         raise _bad("tools are not supported", "tools")
-    fmt = doc.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise _bad("only response_format {\"type\": \"text\"} is supported", "response_format")
     for key, neutral in _NOT_IMPLEMENTED.items():
         if key in doc and doc[key] is not None and doc[key] != neutral:
             raise _bad(f"'{key}' is not supported (leave it out)", key)
@@ -346,7 +346,86 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              include_usage=include_usage, logprobs=logprobs_n is not None,
                              model=model, return_token_ids=_bool(doc, "return_token_ids"),
                              cache_salt=_cache_salt(doc), n=_int(doc, "n", 1, MAX_N) or 1,
-                             echo=echo, prompt_logprobs=prompt_logprobs_n is not None)
+                             echo=echo, prompt_logprobs=prompt_logprobs_n is not None,
+                             constraint=_output_constraint(doc))
+
+
+def _response_format(fmt: Any) -> Constraint | None:
+    """OpenAI's ``response_format``: text, any JSON object, or JSON following a schema."""
+    param = "response_format"
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object",
+                                                             "json_schema"):
+        raise _bad("'response_format' must be {\"type\": \"text\"}, {\"type\": "
+                   "\"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": "
+                   "{\"schema\": {...}}}", param)
+    if fmt["type"] == "text":
+        return None
+    if fmt["type"] == "json_object":
+        return Constraint("json", '{"type": "object"}', param)
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise _bad("'response_format.json_schema' must be an object whose 'schema' is a JSON "
+                   "schema", param)
+    return Constraint("json", json.dumps(spec.get("schema", {})), param)
+
+
+def _structured(value: Any, param: str) -> Constraint | None:
+    """vLLM's ``structured_outputs`` (one of json, json_object, regex, choice, grammar)."""
+    if not isinstance(value, dict):
+        raise _bad(f"'{param}' must be an object", param)
+    given = {k: v for k, v in value.items() if k in _STRUCTURED_KINDS and v not in (None, False)}
+    if len(given) != 1:
+        raise _bad(f"'{param}' takes exactly one of {', '.join(_STRUCTURED_KINDS)}", param)
+    ((kind, source),) = given.items()
+    return _constraint(kind, source, param)
+
+
+_STRUCTURED_KINDS = ("json", "json_object", "regex", "choice", "grammar")
+_GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+           "guided_grammar": "grammar"}  # vLLM's older names
+
+
+def _constraint(kind: str, source: Any, param: str) -> Constraint:
+    if kind == "json_object":
+        return Constraint("json", '{"type": "object"}', param)
+    if kind == "json":
+        if isinstance(source, str):
+            try:
+                source = json.loads(source)
+            except ValueError:
+                raise _bad(f"'{param}': the JSON schema is not valid JSON", param) from None
+        if not isinstance(source, dict):
+            raise _bad(f"'{param}': the JSON schema must be an object", param)
+        return Constraint("json", json.dumps(source), param)
+    if kind == "choice":
+        if not isinstance(source, list) or not source or \
+                not all(isinstance(c, str) and c for c in source):
+            raise _bad(f"'{param}': the choice must be a non-empty list of non-empty strings",
+                       param)
+        return Constraint("choice", json.dumps(source), param)
+    if not isinstance(source, str) or not source:
+        raise _bad(f"'{param}': the {kind} must be a non-empty string", param)
+    return Constraint(kind, source, param)
+
+
+def _output_constraint(doc: dict[str, Any]) -> Constraint | None:
+    """The structure the output must follow, from whichever field gives it (one at most)."""
+    found: list[Constraint | None] = []
+    if doc.get("response_format") is not None:
+        found.append(_response_format(doc["response_format"]))
+    if doc.get("structured_outputs") is not None:
+        found.append(_structured(doc["structured_outputs"], "structured_outputs"))
+    for key, kind in _GUIDED.items():
+        if doc.get(key) is not None:
+            found.append(_constraint(kind, doc[key], key))
+    given = [c for c in found if c is not None]
+    if len(given) > 1:
+        raise _bad("give the output's structure once (response_format, structured_outputs or "
+                   "one guided_* field)", given[1].param)
+    if given and doc.get("min_tokens"):
+        raise _bad("'min_tokens' cannot be combined with a structured output (the grammar "
+                   "decides where the output ends)", "min_tokens")
+    return given[0] if given else None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,150 @@
+"""Structured outputs: sampling held to a grammar, through llguidance (one of vLLM's backends).
+
+A request's constraint (a JSON schema, any JSON object, a regex, one of a list of strings, or a
+Lark or GBNF grammar) becomes an llguidance grammar; each of its sequences gets a matcher that
+says, before every token, which tokens may come next (the others' logits are set to the lowest
+finite value, as ``min_tokens`` does, so that greedy, sampling and logprobs all see the same
+masked row) and consumes the token drawn. A sequence whose grammar is complete stops there
+(``finish_reason`` ``stop``), as vLLM's does; one that runs out of tokens first ends
+``length`` with an incomplete text.
+
+JSON is generated compact, with OpenAI's separators (``", "``, ``": "``) and no other
+whitespace: with whitespace left free a weak model can emit it until ``max_tokens``.
+A mask is computed on the engine thread every step, so its cost is every stream's: llguidance
+bounds a grammar's size and most of its work, but not all (a nested counted repetition such
+as ``(a{1000}){1000}`` costs ~0.1-1 s a mask). A grammar is therefore tried in a worker thread
+before it is accepted: one whose mask at the start costs more than ``ACCEPT_MASK_S`` is
+refused (400); and in the engine, a sequence whose mask took more than ``FAIL_MASK_S`` fails
+alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+JSON_OPTIONS: Any = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+_CACHED_GRAMMARS = 64  # validated grammars kept per server
+ACCEPT_MASK_S = 0.05  # a grammar whose mask at its start costs more is refused
+FAIL_MASK_S = 0.25  # a sequence whose mask took longer fails (a step stalls every stream)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a request's output must match: ``kind`` json | regex | choice | grammar, and its
+    source text (a JSON schema, a regex, a JSON list of strings, a Lark or GBNF grammar)."""
+
+    kind: str
+    source: str
+    param: str  # the request field it came from (for errors)
+
+
+def grammar_text(constraint: Constraint) -> str:
+    """The llguidance grammar of a constraint (not yet checked against the tokenizer)."""
+    from llguidance import LLMatcher
+    from llguidance.gbnf_to_lark import any_to_lark
+
+    if constraint.kind == "json":
+        return str(LLMatcher.grammar_from_json_schema(constraint.source, overrides=JSON_OPTIONS))
+    if constraint.kind == "regex":
+        return str(LLMatcher.grammar_from_regex(constraint.source))
+    if constraint.kind == "choice":
+        options = json.loads(constraint.source)
+        return str(LLMatcher.grammar_from_regex("|".join(f"({re.escape(o)})" for o in options)))
+    return str(LLMatcher.grammar_from_lark(any_to_lark(constraint.source)))
+
+
+class InvalidConstraint(ValueError):
+    """The constraint does not compile (the caller answers 400 with the message)."""
+
+
+class Grammars:
+    """One per served model: llguidance's view of the tokenizer (made on first use: it reads
+    the whole vocabulary) and the grammars validated lately. Thread-safe; call it off the
+    event loop (a complex grammar takes a while to compile)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: frozenset[int]) -> None:
+        self._hf_tokenizer = tokenizer
+        self._vocab_size = vocab_size
+        self._eos = sorted(eos_ids)
+        self._lock = threading.Lock()
+        self._tokenizer: Any = None
+        self._valid: OrderedDict[Constraint, str] = OrderedDict()
+
+    def _llg_tokenizer(self) -> Any:
+        with self._lock:
+            if self._tokenizer is None:
+                import llguidance.hf
+
+                self._tokenizer = llguidance.hf.from_tokenizer(
+                    self._hf_tokenizer, n_vocab=self._vocab_size,
+                    eos_token=self._eos or None)
+            return self._tokenizer
+
+    def matchers(self, constraint: Constraint, count: int) -> list[Any]:
+        """``count`` fresh matchers of the constraint (one per sequence)."""
+        from llguidance import LLMatcher
+
+        tokenizer = self._llg_tokenizer()
+        grammar = self._validated(constraint, tokenizer)
+        first = LLMatcher(tokenizer, grammar, log_level=0)
+        if first.is_error():
+            raise InvalidConstraint(first.get_error())
+        first.compute_bitmask()  # the first mask builds the lexer: here, not in the engine
+        started = time.perf_counter()
+        first.compute_bitmask()
+        cost = time.perf_counter() - started
+        if cost > ACCEPT_MASK_S:
+            raise InvalidConstraint(f"following it costs {cost * 1000:.0f} ms a token, over "
+                                    f"the limit of {ACCEPT_MASK_S * 1000:.0f} ms; simplify it")
+        copies = [first.deep_copy() for _ in range(count - 1)]
+        for copy in copies:
+            copy.compute_bitmask()
+        return [first, *copies]
+
+    def _validated(self, constraint: Constraint, tokenizer: Any) -> str:
+        from llguidance import LLMatcher
+
+        with self._lock:
+            if constraint in self._valid:
+                self._valid.move_to_end(constraint)
+                return self._valid[constraint]
+        try:
+            grammar = grammar_text(constraint)
+        except Exception as exc:  # a schema that is not a JSON object, a GBNF that won't parse
+            raise InvalidConstraint(str(exc)) from None
+        error = LLMatcher.validate_grammar(grammar, tokenizer)
+        if error:
+            raise InvalidConstraint(error)
+        with self._lock:
+            self._valid[constraint] = grammar
+            while len(self._valid) > _CACHED_GRAMMARS:
+                self._valid.popitem(last=False)
+        return grammar
+
+
+_BITS = torch.arange(8, dtype=torch.uint8)
+
+
+def allowed_tokens(matcher: Any, vocab: int) -> torch.Tensor:
+    """A bool mask over the vocabulary: the tokens the matcher's grammar allows next (EOS once
+    the grammar may end). Raises when computing it took longer than ``FAIL_MASK_S``."""
+    started = time.perf_counter()
+    raw = matcher.compute_bitmask()
+    cost = time.perf_counter() - started
+    if cost > FAIL_MASK_S:
+        raise ValueError(f"the output grammar took {cost * 1000:.0f} ms for one token, over the "
+                         f"limit of {FAIL_MASK_S * 1000:.0f} ms")
+    packed = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    bits = ((packed[:, None] >> _BITS) & 1).flatten().bool()  # token 8b + j: byte b, bit j
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    n = min(vocab, bits.numel())
+    mask[:n] = bits[:n]
+    return mask
