@@ -392,7 +392,7 @@ def test_openai_request_validation() -> None:
                        ({"prompt": "hi", "min_tokens": -1}, "min_tokens"),
                        ({"prompt": "hi", "use_beam_search": True}, "use_beam_search"),
                        ({"prompt": "hi", "skip_special_tokens": False}, "skip_special_tokens"),
-                       ({"prompt": "hi", "guided_json": {}}, "guided_json"),
+                       ({"prompt": "hi", "guided_json": 5}, "guided_json"),
                        ({"prompt": "hi", "n": 0}, "n"), ({"prompt": "hi", "n": 33}, "n")):
         with pytest.raises(ApiError) as err:
             parse(bad)
