@@ -19,7 +19,8 @@ from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import load_hf
 from kubemaas_runtime.metrics import LLMMetrics
 from kubemaas_runtime.protocol.openai import OpenAIServer, Served
-from kubemaas_runtime.protocol.openai_schema import ApiError, parse_request
+from kubemaas_runtime.protocol.openai_errors import ApiError
+from kubemaas_runtime.protocol.openai_schema import parse_request
 
 from . import llm_reference as ref
 from .conftest import Server, start_llm_server, stream_events

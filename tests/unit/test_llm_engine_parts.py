@@ -17,7 +17,8 @@ from kubemaas_runtime.llm.pacing import PrefillPacer
 from kubemaas_runtime.llm.packing import pack
 from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, penalize, sample
 from kubemaas_runtime.llm.scheduler import Scheduler, Sequence
-from kubemaas_runtime.protocol.openai_schema import ApiError, Prompt, parse_request
+from kubemaas_runtime.protocol.openai_errors import ApiError
+from kubemaas_runtime.protocol.openai_schema import Prompt, parse_request
 from kubemaas_runtime.protocol.openai_stream import ChunkFormat, sse
 from kubemaas_runtime.settings import parse_bytes
 

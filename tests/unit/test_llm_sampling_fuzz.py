@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubemaas_runtime.llm.sampling import SampleState, sample
-from kubemaas_runtime.protocol.openai_schema import ApiError, parse_request
+from kubemaas_runtime.protocol.openai_errors import ApiError
+from kubemaas_runtime.protocol.openai_schema import parse_request
 
 VOCAB = 50
 

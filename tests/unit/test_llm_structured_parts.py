@@ -13,7 +13,8 @@ import torch
 from kubemaas_runtime.llm import structured
 from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, sample
 from kubemaas_runtime.llm.structured import Constraint, allowed_tokens
-from kubemaas_runtime.protocol.openai_schema import ApiError, parse_request
+from kubemaas_runtime.protocol.openai_errors import ApiError
+from kubemaas_runtime.protocol.openai_schema import parse_request
 
 
 def constraint(**doc: Any) -> Constraint | None:

@@ -29,8 +29,8 @@ from ..metrics import LLMMetrics, Metrics
 from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
+from .openai_errors import ApiError
 from .openai_schema import (
-    ApiError,
     GenerationRequest,
     parse_detokenize,
     parse_request,

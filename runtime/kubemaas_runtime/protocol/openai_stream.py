@@ -21,7 +21,8 @@ from aiohttp import web
 from ..llm.engine import Delta, RequestStream
 from ..llm.sampling import TokenLogprobs
 from .openai_answer import Choice, logprobs_doc, usage_doc
-from .openai_schema import ApiError, GenerationRequest
+from .openai_errors import ApiError
+from .openai_schema import GenerationRequest
 
 log = logging.getLogger("kubemaas.runtime.openai")
 

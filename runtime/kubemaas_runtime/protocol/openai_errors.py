@@ -1,0 +1,21 @@
+"""OpenAI's error object, with the HTTP status that fits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        kind = {400: "invalid_request_error", 404: "invalid_request_error",
+                413: "invalid_request_error", 405: "invalid_request_error",
+                429: "rate_limit_error", 503: "service_unavailable_error"}.get(
+                    self.status, "server_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param,
+                          "code": self.code}}
