@@ -18,6 +18,7 @@ from .errors import StartupError
 
 FORMATS = ("onnx", "torchscript", "torch-export", "keras", "hf")
 LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+TOOL_CALL_PARSERS = ("none", "hermes")  # protocol/openai_tools.py
 DEVICES = ("auto", "cpu", "cuda")
 PAD_BATCHES = ("auto", "always", "never")
 LOG_FORMATS = ("json", "text")
@@ -140,6 +141,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("dtype", "--dtype", "KUBEMAAS_DTYPE", "auto", str,
            "hf models: auto | float32 | bfloat16 | float16. auto: float32 on CPU, bfloat16 on "
            "CUDA."),
+    Option("tool_call_parser", "--tool-call-parser", "KUBEMAAS_TOOL_CALL_PARSER", "none", str,
+           "hf models: none | hermes. How tool calls are read from a model's text when a chat "
+           "request lets it choose (tool_choice auto): hermes for <tool_call> blocks (Hermes, "
+           "Qwen2.5, Qwen3). none: such requests are 400."),
     Option("kv_cache_memory", "--kv-cache-memory", "KUBEMAAS_KV_CACHE_MEMORY", 0, parse_bytes,
            "hf models: bytes for the paged KV cache (e.g. 2Gi). 0 = on CUDA "
            "--gpu-memory-utilization of the GPU minus what the model takes, on CPU 256Mi."),
@@ -248,6 +253,7 @@ class Settings:
     drain_timeout_s: float = 20.0
     shutdown_delay_s: float = 0.0
     dtype: str = "auto"
+    tool_call_parser: str = "none"
     kv_cache_memory: int = 0
     gpu_memory_utilization: float = 0.9
     max_model_len: int = 0
@@ -392,6 +398,8 @@ def _check_limits(values: dict[str, Any], check: Check) -> None:
     check("shutdown_delay_s", 0 <= values["shutdown_delay_s"] <= 600, "must be 0..600 s")
     check("download_timeout_s", values["download_timeout_s"] > 0, "must be positive")
     check("dtype", values["dtype"] in LLM_DTYPES, f"must be one of {', '.join(LLM_DTYPES)}")
+    check("tool_call_parser", values["tool_call_parser"] in TOOL_CALL_PARSERS,
+          f"must be one of {', '.join(TOOL_CALL_PARSERS)}")
     check("kv_cache_memory", values["kv_cache_memory"] >= 0, "must be 0 or more bytes")
     check("gpu_memory_utilization", 0 < values["gpu_memory_utilization"] <= 1,
           "must be in (0, 1]")

@@ -98,7 +98,8 @@ async def serve_llm(settings: Settings) -> int:
     metrics = Metrics()
     label = (settings.model_name,)
     metrics.model_ready.set(label, 0)
-    api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20))
+    api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20),
+                       settings.tool_call_parser)
     security = Security(settings, metrics, api.handle, openai=True, handler_cancellation=True)
     runner, port = await listen(settings, security)
     stop = stop_on_signals(loop)

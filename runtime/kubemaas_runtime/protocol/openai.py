@@ -37,6 +37,7 @@ from .openai_schema import (
     parse_tokenize,
 )
 from .openai_stream import ChunkFormat, stream_response
+from .openai_tools import tool_message
 
 log = logging.getLogger("kubemaas.runtime.openai")
 
@@ -79,8 +80,10 @@ class Served:
 
 
 class OpenAIServer:
-    def __init__(self, model_name: str, metrics: Metrics, max_request_bytes: int) -> None:
+    def __init__(self, model_name: str, metrics: Metrics, max_request_bytes: int,
+                 tool_call_parser: str = "none") -> None:
         self.model_name = model_name
+        self.tool_call_parser = tool_call_parser  # reads tool_choice auto's calls (or none)
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.served: Served | None = None
@@ -183,7 +186,8 @@ class OpenAIServer:
     async def _tokenize(self, served: Served, req: GenerationRequest) -> list[list[int]]:
         """The token ids of each prompt (a chat is one)."""
         if req.chat:
-            return [await self._encode(served, req.messages, None, special=False)]
+            tools = list(req.tools.tools) if req.tools is not None else None
+            return [await self._encode(served, req.messages, None, special=False, tools=tools)]
         texts = [p.text for p in req.prompts if p.text is not None]
         if len(req.prompts) == 1 or sum(map(len, texts)) <= _TOKENIZE_OFF_LOOP_CHARS:
             return [p.ids if p.ids is not None else
@@ -209,10 +213,11 @@ class OpenAIServer:
                 None, served.tokenizer.decode, ids))
         return str(served.tokenizer.decode(ids))
 
-    async def _encode(self, served: Served, messages: list[dict[str, str]] | None,
-                      text: str | None, special: bool, generation_prompt: bool = True
-                      ) -> list[int]:
-        """The token ids of chat ``messages`` (rendered by the chat template) or of ``text``."""
+    async def _encode(self, served: Served, messages: list[dict[str, Any]] | None,
+                      text: str | None, special: bool, generation_prompt: bool = True,
+                      tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """The token ids of chat ``messages`` (rendered by the chat template, with the
+        ``tools`` the model may call) or of ``text``."""
         tok = served.tokenizer
 
         def run(encode: Callable[[str, bool], list[int]]) -> list[int]:
@@ -221,14 +226,16 @@ class OpenAIServer:
                     raise ApiError(400, "this model has no chat template; use /v1/completions")
                 try:
                     rendered = tok.apply_chat_template(
-                        messages, add_generation_prompt=generation_prompt, tokenize=False)
+                        messages, tools=tools, add_generation_prompt=generation_prompt,
+                        tokenize=False)
                 except Exception as exc:  # a template may raise on a message order it refuses
                     raise ApiError(400, f"the chat template refused the messages: {exc}",
                                    "messages") from None
                 return encode(rendered, special)
             return encode(text or "", special)
 
-        size = sum(len(m["content"]) for m in messages or ()) + len(text or "")
+        size = sum(len(m["content"]) for m in messages or ()) + len(text or "") + \
+            (len(json.dumps(tools)) if tools else 0)
         self._check_chars(served, size, "prompt" if messages is None else "messages")
         if size > _TOKENIZE_OFF_LOOP_CHARS:
             return await asyncio.get_running_loop().run_in_executor(
@@ -290,6 +297,11 @@ class OpenAIServer:
         try:
             req = parse_request(await self._read_json(request), chat, served.vocab_size)
             self._check_model(req.model)
+            if req.tools is not None and req.tools.choice == "auto" and \
+                    self.tool_call_parser == "none":
+                raise ApiError(400, "tool_choice \"auto\" (the default when tools are given) "
+                               "needs a server started with --tool-call-parser; send "
+                               "\"required\", a named function or \"none\"", "tool_choice")
             if req.stream and req.prompt_logprobs:
                 raise ApiError(400, "'prompt_logprobs' is not available with 'stream': true",
                                "prompt_logprobs")
@@ -403,7 +415,12 @@ class OpenAIServer:
             async for delta in choice.stream:
                 observe(delta)
                 deltas.append(delta)
-            docs.append(choice_doc(served.tokenizer, req, choice, deltas))
+            doc = choice_doc(served.tokenizer, req, choice, deltas)
+            if req.tools is not None and req.tools.calls:
+                doc["message"], doc["finish_reason"] = tool_message(
+                    req.tools, self.tool_call_parser, doc["message"]["content"],
+                    doc["finish_reason"])
+            docs.append(doc)
             lasts.append(deltas[-1])
             first_deltas.append(deltas[0])
         obj = "chat.completion" if req.chat else "text_completion"
@@ -421,4 +438,10 @@ class OpenAIServer:
         head = self._head(req)
         fmts = [ChunkFormat(head, req, served.tokenizer, c.index) for c in choices]
         observes = [self._observe(served, c.stream, first=c.first) for c in choices]
-        return await stream_response(request, req, choices, fmts, observes)
+        calls = None
+        if req.tools is not None and req.tools.calls:
+            tools, parser = req.tools, self.tool_call_parser
+
+            def calls(text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
+                return tool_message(tools, parser, text, finish)
+        return await stream_response(request, req, choices, fmts, observes, calls)

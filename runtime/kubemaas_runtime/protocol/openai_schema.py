@@ -16,6 +16,7 @@ from ..llm.sampling import SamplingParams
 from ..llm.structured import Constraint
 from .openai_errors import ApiError
 from .openai_structured import output_constraint
+from .openai_tools import Tools, message_tool_calls, parse_tools, tool_constraint
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 MAX_STOP = 16
@@ -35,7 +36,7 @@ class Prompt:
 class GenerationRequest:
     chat: bool
     prompts: tuple[Prompt, ...]    # completions: one or more (a batch); chat: none
-    messages: list[dict[str, str]] | None
+    messages: list[dict[str, Any]] | None
     max_tokens: int | None         # None: up to max-model-len
     params: SamplingParams
     stream: bool
@@ -47,6 +48,7 @@ class GenerationRequest:
     n: int = 1  # choices: sequences generated from each prompt
     echo: bool = False  # completions: each choice starts with its prompt (and its logprobs)
     constraint: Constraint | None = None  # a structured output: the grammar it follows
+    tools: Tools | None = None  # chat: the tools the model may call
     prompt_logprobs: bool = False  # vLLM's: the answer carries each prompt token's logprobs
 
     def choice_params(self, params: SamplingParams | None = None) -> list[SamplingParams]:
@@ -162,14 +164,12 @@ def _refuse_unsupported(doc: dict[str, Any]) -> None:
         raise _bad("only best_of=1 is supported", "best_of")
     if doc.get("suffix") not in (None, ""):
         raise _bad("suffix is not supported", "suffix")
-    if doc.get("tools") or doc.get("functions"):
-        raise _bad("tools are not supported", "tools")
     for key, neutral in _NOT_IMPLEMENTED.items():
         if key in doc and doc[key] is not None and doc[key] != neutral:
             raise _bad(f"'{key}' is not supported (leave it out)", key)
 
 
-def _messages(doc: dict[str, Any]) -> list[dict[str, str]]:
+def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
     raw = doc.get("messages")
     if not isinstance(raw, list) or not raw:
         raise _bad("'messages' must be a non-empty list", "messages")
@@ -183,6 +183,7 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, str]]:
             raise _bad(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}",
                        f"{where}.role")
         content = msg.get("content")
+        calls = message_tool_calls(msg, where) if role == "assistant" else None
         if content is None and role == "assistant":
             content = ""
         if isinstance(content, list):
@@ -197,11 +198,17 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, str]]:
         if not isinstance(content, str):
             raise _bad(f"{where}.content must be a string or a list of text parts",
                        f"{where}.content")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
+        message: dict[str, Any] = {"role": "system" if role == "developer" else role,
+                                   "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        if role == "tool" and isinstance(msg.get("tool_call_id"), str):
+            message["tool_call_id"] = msg["tool_call_id"]
+        out.append(message)
     return out
 
 
-def _chat_fields(doc: dict[str, Any]) -> tuple[list[dict[str, str]], int | None, int | None]:
+def _chat_fields(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], int | None, int | None]:
     """A chat body's messages, max tokens and top-logprobs count (None: no logprobs)."""
     messages = _messages(doc)
     max_tokens = _int(doc, "max_completion_tokens", 1)
@@ -312,11 +319,15 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
     prompts: tuple[Prompt, ...] = ()
     messages = None
     echo = _bool(doc, "echo")
+    tools = None
     if chat:
         if echo:
             raise _bad("'echo' is a /v1/completions field", "echo")
         messages, max_tokens, logprobs_n = _chat_fields(doc)
+        tools = parse_tools(doc)
     else:
+        if doc.get("tools") or doc.get("tool_choice") is not None:
+            raise _bad("tools are a /v1/chat/completions field", "tools")
         prompts = _prompts(doc, vocab)
         max_tokens = _completion_max_tokens(doc, echo)
         logprobs_n = _int(doc, "logprobs", 0, MAX_LOGPROBS)
@@ -332,7 +343,21 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              model=model, return_token_ids=_bool(doc, "return_token_ids"),
                              cache_salt=_cache_salt(doc), n=_int(doc, "n", 1, MAX_N) or 1,
                              echo=echo, prompt_logprobs=prompt_logprobs_n is not None,
-                             constraint=output_constraint(doc))
+                             constraint=_constraint(doc, tools), tools=tools)
+
+
+def _constraint(doc: dict[str, Any], tools: Tools | None) -> Constraint | None:
+    """The output's structure: from the structured-output fields, or from a named or required
+    tool choice (not both)."""
+    given = output_constraint(doc)
+    forced = tool_constraint(tools)
+    if given is not None and forced is not None:
+        raise _bad("a named or required tool_choice already decides the output's structure; "
+                   "leave out the structured-output field", given.param)
+    if forced is not None and doc.get("min_tokens"):
+        raise _bad("'min_tokens' cannot be combined with a named or required tool_choice",
+                   "min_tokens")
+    return given or forced
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ from .openai_schema import GenerationRequest
 
 log = logging.getLogger("kubemaas.runtime.openai")
 
+# a tool-calling chat's answer: (text, finish reason) -> (assistant message, finish reason)
+ToolCalls = Callable[[str, "str | None"], tuple[dict[str, Any], "str | None"]]
+
 
 def sse(doc: Any) -> bytes:
     return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
@@ -77,6 +80,18 @@ class ChunkFormat:
                                     unscored=choice.prompt[0])
         return sse(self.doc(choice.echo_text, None, logprobs))
 
+    def message(self, message: dict[str, Any]) -> bytes:
+        """A whole assistant message as one delta: its content and its tool calls."""
+        doc = self.doc(None, None)
+        delta: dict[str, Any] = {}
+        if message.get("content") is not None:
+            delta["content"] = message["content"]
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": k, **call}
+                                   for k, call in enumerate(message["tool_calls"])]
+        doc["choices"][0]["delta"] = delta
+        return sse(doc)
+
     def finish(self, reason: str) -> bytes:
         return sse(self.doc(None if self.req.chat else "", reason))
 
@@ -114,8 +129,11 @@ async def ready_batches(streams: list[RequestStream]
 
 async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                           choices: list[Choice], fmts: list[ChunkFormat],
-                          observes: list[Callable[[Delta], None]]) -> web.StreamResponse:
-    """The stream of a request's choices (``choices[i]`` rendered by ``fmts[i]``)."""
+                          observes: list[Callable[[Delta], None]],
+                          calls: ToolCalls | None = None) -> web.StreamResponse:
+    """The stream of a request's choices (``choices[i]`` rendered by ``fmts[i]``). With
+    ``calls`` (a tool-calling chat), each choice's text is held back and sent when it ends, as
+    the message ``calls`` makes of it: its content and tool calls, in one chunk."""
     streams = [c.stream for c in choices]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
@@ -123,6 +141,7 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
     if req.chat:
         await resp.write(b"".join(fmt.role() for fmt in fmts))
     out: list[bytes] = []
+    held: list[list[str]] = [[] for _ in streams]
     offsets = [0] * len(streams)
     lasts: list[Delta | None] = [None] * len(streams)
     try:
@@ -134,6 +153,13 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                         out.append(fmts[i].echo(choices[i], delta))
                         offsets[i] += len(choices[i].echo_text)
                     lasts[i] = delta
+                    if calls is not None:
+                        held[i].append(delta.text)
+                        if delta.finish_reason is not None:
+                            message, reason = calls("".join(held[i]), delta.finish_reason)
+                            out.append(fmts[i].message(message))
+                            out.append(fmts[i].finish(reason or delta.finish_reason))
+                        continue
                     # a chunk per generated token, its text empty while a character is
                     # incomplete (as vLLM does): the client sees the stream advance token by
                     # token

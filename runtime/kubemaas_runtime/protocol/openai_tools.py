@@ -1,0 +1,203 @@
+"""Tool calling on ``/v1/chat/completions``: OpenAI's ``tools`` and ``tool_choice``.
+
+The tools are rendered into the prompt by the model's chat template (``tools=``), and the
+conversation may carry the assistant's earlier ``tool_calls`` and the ``tool`` messages that
+answer them. What the model writes becomes tool calls as vLLM makes them:
+
+* a named function (``tool_choice: {"type": "function", "function": {"name": …}}``): the output
+  is held to that function's parameter schema (a structured output) and is its arguments;
+* ``required``: the output is held to a JSON list of ``{"name", "parameters"}`` of the tools
+  (one item when ``parallel_tool_calls`` is false), each item a call;
+* ``auto`` (the default when tools are given): the model decides, and a parser reads its calls
+  from the text; the server must be started with one (``--tool-call-parser hermes``: the
+  ``<tool_call>{"name": …, "arguments": …}</tool_call>`` blocks of Hermes, Qwen2.5 and Qwen3);
+* ``none``: plain text.
+
+``finish_reason`` is ``tool_calls`` when calls were made, except for a named function
+(``stop``, as OpenAI answers).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..llm.structured import Constraint
+from .openai_errors import ApiError
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+MAX_TOOLS = 128
+
+
+def _bad(message: str, param: str) -> ApiError:
+    return ApiError(400, message, param)
+
+
+@dataclass(frozen=True)
+class Tools:
+    """A chat request's tools: as sent (for the chat template), and what it asks of them."""
+
+    tools: tuple[dict[str, Any], ...]
+    choice: str  # none | auto | required | named
+    name: str | None = None  # the named function
+    parallel: bool = True
+
+    def parameters(self, name: str) -> dict[str, Any]:
+        for tool in self.tools:
+            if tool["function"]["name"] == name:
+                return dict(tool["function"].get("parameters") or {"type": "object"})
+        raise KeyError(name)
+
+    @property
+    def calls(self) -> bool:
+        """The output is read as tool calls (not plain text)."""
+        return self.choice != "none"
+
+
+def _tool(tool: Any, where: str) -> dict[str, Any]:
+    if not isinstance(tool, dict) or tool.get("type") != "function" or \
+            not isinstance(tool.get("function"), dict):
+        raise _bad(f"{where} must be {{\"type\": \"function\", \"function\": {{...}}}}", where)
+    fn = tool["function"]
+    if not isinstance(fn.get("name"), str) or not _NAME.match(fn["name"]):
+        raise _bad(f"{where}.function.name must be 1-64 letters, digits, '_', '.' or '-'",
+                   where)
+    if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+        raise _bad(f"{where}.function.parameters must be a JSON schema object", where)
+    if fn.get("description") is not None and not isinstance(fn["description"], str):
+        raise _bad(f"{where}.function.description must be a string", where)
+    return tool
+
+
+def _choice(value: Any, names: set[str]) -> tuple[str, str | None]:
+    if value in ("none", "auto", "required"):
+        return str(value), None
+    if isinstance(value, dict) and value.get("type") == "function" and \
+            isinstance(value.get("function"), dict):
+        name = value["function"].get("name")
+        if name not in names:
+            raise _bad(f"tool_choice names the function {name!r}, which is not in 'tools'",
+                       "tool_choice")
+        return "named", str(name)
+    raise _bad("'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": "
+               "\"function\", \"function\": {\"name\": ...}}", "tool_choice")
+
+
+def parse_tools(doc: dict[str, Any]) -> Tools | None:
+    """A chat body's ``tools``, ``tool_choice`` and ``parallel_tool_calls``."""
+    if doc.get("functions") is not None or doc.get("function_call") is not None:
+        raise _bad("'functions' and 'function_call' are OpenAI's deprecated names: send "
+                   "'tools' and 'tool_choice'", "functions")
+    raw = doc.get("tools")
+    choice = doc.get("tool_choice")
+    if raw is None or raw == []:
+        if choice not in (None, "none"):
+            raise _bad("'tool_choice' needs 'tools'", "tool_choice")
+        return None
+    if not isinstance(raw, list) or len(raw) > MAX_TOOLS:
+        raise _bad(f"'tools' must be a list of at most {MAX_TOOLS} functions", "tools")
+    tools = tuple(_tool(t, f"tools[{i}]") for i, t in enumerate(raw))
+    names = {t["function"]["name"] for t in tools}
+    if len(names) != len(tools):
+        raise _bad("two tools have the same name", "tools")
+    kind, name = _choice("auto" if choice is None else choice, names)
+    parallel = doc.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise _bad("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
+    return Tools(tools, kind, name, parallel)
+
+
+def tool_constraint(tools: Tools | None) -> Constraint | None:
+    """The grammar a named or required tool choice holds the output to."""
+    if tools is None or tools.choice not in ("named", "required"):
+        return None
+    if tools.choice == "named":
+        assert tools.name is not None
+        return Constraint("json", json.dumps(tools.parameters(tools.name)), "tool_choice")
+    items = [{"type": "object", "properties": {"name": {"const": t["function"]["name"]},
+                                               "parameters": tools.parameters(
+                                                   t["function"]["name"])},
+              "required": ["name", "parameters"], "additionalProperties": False}
+             for t in tools.tools]
+    schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": items}}
+    if not tools.parallel:
+        schema["maxItems"] = 1
+    return Constraint("json", json.dumps(schema), "tool_choice")
+
+
+def message_tool_calls(msg: dict[str, Any], where: str) -> list[dict[str, Any]] | None:
+    """An assistant message's earlier ``tool_calls``, for the chat template: their arguments
+    (a JSON string in the API) as objects, which the templates expect."""
+    calls = msg.get("tool_calls")
+    if calls is None:
+        return None
+    if not isinstance(calls, list):
+        raise _bad(f"{where}.tool_calls must be a list", f"{where}.tool_calls")
+    out = []
+    for j, call in enumerate(calls):
+        at = f"{where}.tool_calls[{j}]"
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or \
+                not isinstance(fn.get("arguments", ""), str):
+            raise _bad(f"{at} must be {{\"id\", \"type\": \"function\", \"function\": "
+                       "{\"name\", \"arguments\": a JSON string}}", at)
+        try:
+            arguments = json.loads(fn.get("arguments") or "{}")
+        except ValueError:
+            raise _bad(f"{at}.function.arguments is not valid JSON", at) from None
+        out.append({"id": call.get("id"), "type": "function",
+                    "function": {"name": fn["name"], "arguments": arguments}})
+    return out
+
+
+def _call(name: str, arguments: str) -> dict[str, Any]:
+    return {"id": "chatcmpl-tool-" + uuid.uuid4().hex, "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
+def hermes_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """The content before the first ``<tool_call>`` block and the calls of the blocks that
+    hold ``{"name", "arguments"}`` (a block that does not is left in the content)."""
+    calls, kept, last = [], [], 0
+    for match in _HERMES.finditer(text):
+        try:
+            doc = json.loads(match.group(1))
+            name, arguments = doc["name"], doc.get("arguments", {})
+            if not isinstance(name, str):
+                raise TypeError(name)
+        except (ValueError, KeyError, TypeError):
+            continue
+        kept.append(text[last:match.start()])
+        last = match.end()
+        calls.append(_call(name, json.dumps(arguments, ensure_ascii=False)))
+    kept.append(text[last:])
+    content = "".join(kept).strip() if calls else text
+    return content or None, calls
+
+
+def tool_message(tools: Tools, parser: str, text: str, finish: str | None
+                 ) -> tuple[dict[str, Any], str | None]:
+    """The assistant message of a tool-calling answer, and its finish reason."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tools.choice == "named" and finish == "stop":
+        assert tools.name is not None
+        message.update(content=None, tool_calls=[_call(tools.name, text)])
+        return message, finish
+    if tools.choice == "required" and finish == "stop":
+        try:  # the grammar made it a list of {"name", "parameters"} (unless a stop string cut it)
+            calls = [_call(i["name"], json.dumps(i["parameters"], ensure_ascii=False))
+                     for i in json.loads(text)]
+        except (ValueError, KeyError, TypeError):
+            return message, finish
+        message.update(content=None, tool_calls=calls)
+        return message, "tool_calls"
+    if tools.choice == "auto" and parser == "hermes":
+        content, calls = hermes_calls(text)
+        if calls:
+            message.update(content=content, tool_calls=calls)
+            return message, "tool_calls"
+    return message, finish  # no call made (or cut off by max_tokens: the text as it is)

@@ -1,0 +1,180 @@
+"""Tool calling, served: the tools and the conversation's earlier calls reach the prompt
+through the model's chat template; a named function or ``required`` holds the output to the
+tools' schemas, so even a random-weight model answers with valid calls; ``auto`` reads the
+model's ``<tool_call>`` blocks with the hermes parser; the openai client reads them all."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from . import llm_reference as ref
+from .conftest import Server, start_llm_server, stream_events
+
+# a Hermes-style template: the tools, earlier calls and tool answers written into the prompt
+TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if tools %}<|system|>\n<tools>{{ tools | tojson }}</tools>{{ eos_token }}\n{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+    "{% for call in m.get('tool_calls', []) %}<tool_call>{{ call['function'] | tojson }}"
+    "</tool_call>{% endfor %}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"enum": ["Paris", "Oslo", "Lima"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city", "days"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "parameters": {"type": "object", "properties": {
+        "zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"], "additionalProperties": False}}}
+USER = [{"role": "user", "content": "what is the weather in the city"}]
+
+
+@pytest.fixture(scope="module")
+def tool_model(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = tmp_path_factory.mktemp("tools") / "tiny-llama-tools"
+    shutil.copytree(tiny_llama, model)
+    (model / "chat_template.jinja").write_text(TEMPLATE)
+    return model
+
+
+@pytest.fixture(scope="module")
+def server(tool_model: Path) -> Iterator[Server]:
+    server = start_llm_server(tool_model, "--tool-call-parser", "hermes")
+    yield server
+    assert server.stop() == 0
+
+
+def chat(server: Server, **doc: Any) -> dict[str, Any]:
+    status, body = server.post_json("/v1/chat/completions", {
+        "messages": USER, "max_tokens": 64, "temperature": 0, **doc})
+    assert status == 200, body
+    return body  # type: ignore[no-any-return]
+
+
+def check_weather(arguments: str) -> None:
+    args = json.loads(arguments)
+    assert args["city"] in ("Paris", "Oslo", "Lima") and 1 <= args["days"] <= 7
+    assert set(args) == {"city", "days"}
+
+
+def test_the_tools_and_earlier_calls_reach_the_prompt(server: Server, tool_model: Path) -> None:
+    history = [*USER, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call-1", "type": "function", "function": {
+            "name": "get_weather", "arguments": "{\"city\": \"Oslo\", \"days\": 2}"}}]},
+        {"role": "tool", "tool_call_id": "call-1", "content": "rain"}]
+    body = chat(server, messages=history, tools=[WEATHER], tool_choice="none",
+                return_token_ids=True, max_tokens=4)
+    prompt = ref.load(tool_model)[0].decode(body["prompt_token_ids"])
+    assert "<tools>" in prompt and '"get_weather"' in prompt and "The weather in a city" in prompt
+    # the earlier call's arguments reach the template as an object, as templates expect
+    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}' \
+        '</tool_call>' in prompt and "<|tool|>\nrain" in prompt
+    assert body["choices"][0]["message"].get("tool_calls") is None
+
+
+def test_a_named_function_is_called_with_valid_arguments(server: Server) -> None:
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    for temperature in (0, 1.0):
+        body = chat(server, tools=[WEATHER, TIME], tool_choice=choice,
+                    temperature=temperature, seed=3)
+        answer = body["choices"][0]
+        assert answer["finish_reason"] == "stop" and answer["message"]["content"] is None
+        (call,) = answer["message"]["tool_calls"]
+        assert call["type"] == "function" and call["id"].startswith("chatcmpl-tool-")
+        assert call["function"]["name"] == "get_weather"
+        check_weather(call["function"]["arguments"])
+    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
+    parsed: Any = client.chat.completions.create(
+        model="tiny", messages=USER, tools=[WEATHER], tool_choice=choice, max_tokens=64,
+        temperature=0)
+    check_weather(parsed.choices[0].message.tool_calls[0].function.arguments)
+
+
+def test_required_calls_one_or_more_tools(server: Server) -> None:
+    body = chat(server, tools=[WEATHER, TIME], tool_choice="required", temperature=1.0,
+                seed=7, n=4, max_tokens=128)
+    for answer in body["choices"]:
+        if answer["finish_reason"] == "length":
+            continue  # a sampled list may run past max_tokens
+        assert answer["finish_reason"] == "tool_calls"
+        calls = answer["message"]["tool_calls"]
+        assert calls
+        for call in calls:
+            if call["function"]["name"] == "get_weather":
+                check_weather(call["function"]["arguments"])
+            else:
+                assert json.loads(call["function"]["arguments"])["zone"] in ("UTC", "CET")
+    one = chat(server, tools=[WEATHER, TIME], tool_choice="required",
+               parallel_tool_calls=False)["choices"][0]
+    assert one["finish_reason"] == "tool_calls" and len(one["message"]["tool_calls"]) == 1
+
+
+def test_auto_reads_the_models_tool_call_blocks(server: Server) -> None:
+    """The model's own text, read by the hermes parser: held here by a regex to what a tool
+    model writes, a sentence and a <tool_call> block; without a block, plain content."""
+    block = ('Let me check\\. <tool_call>\\{"name": "get_weather", "arguments": '
+             '\\{"city": "(Paris|Lima)", "days": [1-7]\\}\\}</tool_call>')
+    answer = chat(server, tools=[WEATHER], structured_outputs={"regex": block},
+                  temperature=1.0, seed=1)["choices"][0]
+    assert answer["finish_reason"] == "tool_calls"
+    assert answer["message"]["content"] == "Let me check."
+    (call,) = answer["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    check_weather(call["function"]["arguments"])
+    events = stream_events(server, "/v1/chat/completions", {
+        "messages": USER, "tools": [WEATHER], "structured_outputs": {"regex": block},
+        "temperature": 1.0, "seed": 1, "max_tokens": 64, "stream": True})
+    deltas = [e["choices"][0]["delta"] for e in events]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert deltas[1]["content"] == "Let me check."
+    assert [c["function"] for c in deltas[1]["tool_calls"]] == [call["function"]]
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    plain = chat(server, tools=[WEATHER], max_tokens=8)["choices"][0]
+    assert plain["message"].get("tool_calls") is None and plain["message"]["content"]
+
+
+def test_auto_needs_a_parser(tiny_llama: Path) -> None:
+    server = start_llm_server(tiny_llama)
+    try:
+        status, body = server.post_json("/v1/chat/completions", {
+            "messages": USER, "tools": [WEATHER]})
+        assert status == 400 and "--tool-call-parser" in body["error"]["message"]
+        named = {"type": "function", "function": {"name": "get_weather"}}
+        status, body = server.post_json("/v1/chat/completions", {
+            "messages": USER, "tools": [WEATHER], "tool_choice": named, "max_tokens": 64,
+            "temperature": 0})
+        assert status == 200, body
+        check_weather(body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize(("doc", "param"), [
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+     "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [WEATHER, WEATHER]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0]"),
+    ({"tools": [{"type": "code_interpreter"}]}, "tools[0]"),
+    ({"tools": [WEATHER], "tool_choice": "always"}, "tool_choice"),
+    ({"functions": [WEATHER["function"]]}, "functions"),
+    ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
+     "response_format"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{nope"}}]}]},
+     "messages[0].tool_calls[0]"),
+])
+def test_bad_tool_requests_are_400(server: Server, doc: dict[str, Any], param: str) -> None:
+    status, body = server.post_json("/v1/chat/completions", {"messages": USER, **doc})
+    assert status == 400 and body["error"]["param"] == param, body
+    status, body = server.post_json("/v1/completions", {"prompt": "hi", "tools": [WEATHER]})
+    assert status == 400 and "chat" in body["error"]["message"]
