@@ -18,7 +18,7 @@ from .errors import StartupError
 
 FORMATS = ("onnx", "torchscript", "torch-export", "keras", "hf")
 LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
-TOOL_CALL_PARSERS = ("none", "hermes")  # protocol/openai_tools.py
+TOOL_CALL_PARSERS = ("none", "hermes", "llama3_json", "mistral")  # protocol/openai_tools.py
 DEVICES = ("auto", "cpu", "cuda")
 PAD_BATCHES = ("auto", "always", "never")
 LOG_FORMATS = ("json", "text")
@@ -142,9 +142,10 @@ OPTIONS: tuple[Option, ...] = (
            "hf models: auto | float32 | bfloat16 | float16. auto: float32 on CPU, bfloat16 on "
            "CUDA."),
     Option("tool_call_parser", "--tool-call-parser", "KUBEMAAS_TOOL_CALL_PARSER", "none", str,
-           "hf models: none | hermes. How tool calls are read from a model's text when a chat "
-           "request lets it choose (tool_choice auto): hermes for <tool_call> blocks (Hermes, "
-           "Qwen2.5, Qwen3). none: such requests are 400."),
+           "hf models: none | hermes | llama3_json | mistral. How tool calls are read from a "
+           "model's text when a chat request lets it choose (tool_choice auto): hermes for "
+           "<tool_call> blocks (Hermes, Qwen2.5, Qwen3), llama3_json for Llama 3.1+, mistral "
+           "for [TOOL_CALLS]. none: such requests are 400."),
     Option("kv_cache_memory", "--kv-cache-memory", "KUBEMAAS_KV_CACHE_MEMORY", 0, parse_bytes,
            "hf models: bytes for the paged KV cache (e.g. 2Gi). 0 = on CUDA "
            "--gpu-memory-utilization of the GPU minus what the model takes, on CPU 256Mi."),

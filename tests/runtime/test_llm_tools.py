@@ -178,3 +178,20 @@ def test_bad_tool_requests_are_400(server: Server, doc: dict[str, Any], param: s
     assert status == 400 and body["error"]["param"] == param, body
     status, body = server.post_json("/v1/completions", {"prompt": "hi", "tools": [WEATHER]})
     assert status == 400 and "chat" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("parser", "block"), [
+    ("llama3_json", '\\{"name": "get_weather", "parameters": \\{"city": "Oslo", "days": 3\\}\\}'),
+    ("mistral", '\\[\\{"name": "get_weather", "arguments": \\{"city": "Oslo", "days": 3\\}\\}\\]'),
+])
+def test_auto_with_the_llama_and_mistral_parsers(tool_model: Path, parser: str,
+                                                 block: str) -> None:
+    server = start_llm_server(tool_model, "--tool-call-parser", parser)
+    try:
+        answer = chat(server, tools=[WEATHER], structured_outputs={"regex": block})["choices"][0]
+        assert answer["finish_reason"] == "tool_calls" and answer["message"]["content"] is None
+        (call,) = answer["message"]["tool_calls"]
+        assert call["function"] == {"name": "get_weather",
+                                    "arguments": '{"city": "Oslo", "days": 3}'}
+    finally:
+        assert server.stop() == 0

@@ -30,3 +30,23 @@ def test_a_cut_off_answer_stays_text() -> None:
     message, finish = tool_message(tools, "none", '[{"name": "a", "parameters": {}}]', "stop")
     assert finish == "tool_calls" and message["content"] is None
     assert message["tool_calls"][0]["function"] == {"name": "a", "arguments": "{}"}
+
+
+def test_llama3_json_and_mistral_calls() -> None:
+    from kubemaas_runtime.protocol.openai_tools import PARSERS, llama3_calls, mistral_calls
+    from kubemaas_runtime.settings import TOOL_CALL_PARSERS
+
+    assert set(TOOL_CALL_PARSERS) == {"none", *PARSERS}
+    content, calls = llama3_calls('<|python_tag|>{"name": "a", "parameters": {"x": 1}}; '
+                                  '{"name": "b", "parameters": {}}')
+    assert content is None
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == \
+        [("a", '{"x": 1}'), ("b", "{}")]
+    for text in ("Just text.", '{"x": 1}', '{"name": "a"} and more', "{broken"):
+        assert llama3_calls(text) == (text, [])
+    content, calls = mistral_calls('Sure. [TOOL_CALLS][{"name": "a", "arguments": {"y": 2}}]')
+    assert content == "Sure." and calls[0]["function"]["arguments"] == '{"y": 2}'
+    content, calls = mistral_calls('[{"name": "a", "arguments": {}}, {"name": "b"}]')
+    assert content is None and [c["function"]["name"] for c in calls] == ["a", "b"]
+    for text in ("[1, 2]", "[TOOL_CALLS] nope", "plain"):
+        assert mistral_calls(text) == (text, [])

@@ -9,8 +9,12 @@ answer them. What the model writes becomes tool calls as vLLM makes them:
 * ``required``: the output is held to a JSON list of ``{"name", "parameters"}`` of the tools
   (one item when ``parallel_tool_calls`` is false), each item a call;
 * ``auto`` (the default when tools are given): the model decides, and a parser reads its calls
-  from the text; the server must be started with one (``--tool-call-parser hermes``: the
-  ``<tool_call>{"name": …, "arguments": …}</tool_call>`` blocks of Hermes, Qwen2.5 and Qwen3);
+  from the text; the server must be started with one (``--tool-call-parser``): ``hermes``, the
+  ``<tool_call>{"name": …, "arguments": …}</tool_call>`` blocks of Hermes, Qwen2.5 and Qwen3;
+  ``llama3_json``, Llama 3.1+'s ``{"name": …, "parameters": …}`` objects (``;``-separated,
+  after an optional ``<|python_tag|>``); ``mistral``, Mistral's ``[TOOL_CALLS]`` list of
+  ``{"name", "arguments"}`` (the marker is a special token, left out of the text, so a text
+  that is such a list is read as calls);
 * ``none``: plain text.
 
 ``finish_reason`` is ``tool_calls`` when calls were made, except for a named function
@@ -179,6 +183,59 @@ def hermes_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
     return content or None, calls
 
 
+def _objects(text: str, separator: str) -> list[Any] | None:
+    """The JSON values ``text`` is made of, ``separator`` between them; None if it is not."""
+    decoder, values, at = json.JSONDecoder(), [], 0
+    while True:
+        try:
+            value, end = decoder.raw_decode(text, at)
+        except ValueError:
+            return None
+        values.append(value)
+        at = end + len(text[end:]) - len(text[end:].lstrip())
+        if at == len(text):
+            return values
+        if not text.startswith(separator, at):
+            return None
+        at += len(separator)
+        at += len(text[at:]) - len(text[at:].lstrip())
+
+
+def _named_calls(items: list[Any], arguments_keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Calls from ``{"name", <one of arguments_keys>}`` objects; [] if any item is not one."""
+    calls = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            return []
+        arguments: Any = next((item[k] for k in arguments_keys if k in item), {})
+        calls.append(_call(item["name"], json.dumps(arguments, ensure_ascii=False)))
+    return calls
+
+
+def llama3_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """Llama 3.1+'s JSON tool calls: the whole text (after ``<|python_tag|>``, if the
+    tokenizer kept it) is one or more ``{"name", "parameters"}`` objects joined by ``;``."""
+    body = text.strip().removeprefix("<|python_tag|>").strip()
+    items = _objects(body, ";") if body.startswith("{") else None
+    calls = _named_calls(items or [], ("parameters", "arguments"))
+    return (None, calls) if calls else (text, [])
+
+
+def mistral_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """Mistral's tool calls: a JSON list of ``{"name", "arguments"}`` after ``[TOOL_CALLS]``
+    (or at the start of the text, the marker being a special token the text leaves out)."""
+    content, marker, rest = text.partition("[TOOL_CALLS]")
+    if not marker:
+        content, rest = "", text
+    items = _objects(rest.strip(), ";") if rest.strip().startswith("[") else None
+    calls = _named_calls(items[0] if items and isinstance(items[0], list) else [],
+                         ("arguments", "parameters"))
+    return ((content.strip() or None), calls) if calls else (text, [])
+
+
+PARSERS = {"hermes": hermes_calls, "llama3_json": llama3_calls, "mistral": mistral_calls}
+
+
 def tool_message(tools: Tools, parser: str, text: str, finish: str | None
                  ) -> tuple[dict[str, Any], str | None]:
     """The assistant message of a tool-calling answer, and its finish reason."""
@@ -195,8 +252,8 @@ def tool_message(tools: Tools, parser: str, text: str, finish: str | None
             return message, finish
         message.update(content=None, tool_calls=calls)
         return message, "tool_calls"
-    if tools.choice == "auto" and parser == "hermes":
-        content, calls = hermes_calls(text)
+    if tools.choice == "auto" and parser in PARSERS:
+        content, calls = PARSERS[parser](text)
         if calls:
             message.update(content=content, tool_calls=calls)
             return message, "tool_calls"
