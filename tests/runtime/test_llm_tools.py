@@ -195,3 +195,29 @@ def test_auto_with_the_llama_and_mistral_parsers(tool_model: Path, parser: str,
                                     "arguments": '{"city": "Oslo", "days": 3}'}
     finally:
         assert server.stop() == 0
+
+
+def test_a_named_calls_arguments_stream_token_by_token(server: Server) -> None:
+    """Streamed, the first chunk names the call (id, name, empty arguments), then every token
+    adds to its arguments; they add up to the non-streamed call's."""
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    whole = chat(server, tools=[WEATHER], tool_choice=choice)["choices"][0]
+    want = whole["message"]["tool_calls"][0]["function"]["arguments"]
+    events = stream_events(server, "/v1/chat/completions", {
+        "messages": USER, "tools": [WEATHER], "tool_choice": choice, "temperature": 0,
+        "max_tokens": 64, "stream": True})
+    deltas = [e["choices"][0]["delta"] for e in events]
+    (head,) = deltas[0]["tool_calls"]
+    assert head["function"] == {"name": "get_weather", "arguments": ""}
+    assert head["index"] == 0 and head["id"].startswith("chatcmpl-tool-")
+    pieces = [d["tool_calls"][0]["function"]["arguments"] for d in deltas[1:] if d]
+    assert len(pieces) > 3 and "".join(pieces) == want
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
+    arguments = ""
+    for chunk in client.chat.completions.create(model="tiny", messages=USER, tools=[WEATHER],
+                                                tool_choice=choice, max_tokens=64,
+                                                temperature=0, stream=True):
+        for call in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            arguments += call.function.arguments or ""
+    assert arguments == want

@@ -439,7 +439,7 @@ class OpenAIServer:
         fmts = [ChunkFormat(head, req, served.tokenizer, c.index) for c in choices]
         observes = [self._observe(served, c.stream, first=c.first) for c in choices]
         calls = None
-        if req.tools is not None and req.tools.calls:
+        if req.tools is not None and req.tools.choice in ("required", "auto"):
             tools, parser = req.tools, self.tool_call_parser
 
             def calls(text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:

@@ -23,6 +23,7 @@ from ..llm.sampling import TokenLogprobs
 from .openai_answer import Choice, logprobs_doc, usage_doc
 from .openai_errors import ApiError
 from .openai_schema import GenerationRequest
+from .openai_tools import tool_call
 
 log = logging.getLogger("kubemaas.runtime.openai")
 
@@ -45,6 +46,10 @@ class ChunkFormat:
         self.obj = "chat.completion.chunk" if req.chat else "text_completion"
         self.head = {**head, "object": self.obj}
         self.usage_field: dict[str, Any] = {"usage": None} if req.include_usage else {}
+        # a named tool_choice: the text is that call's arguments, streamed as they come
+        self.named_call: dict[str, Any] | None = None
+        if req.tools is not None and req.tools.choice == "named":
+            self.named_call = tool_call(str(req.tools.name), "")
         # the token chunk around its text: the document's JSON split where the text goes
         marker = "\x00kubemaas-text\x00"
         self._pre, self._post = sse(self.doc(marker, None)).split(json.dumps(marker).encode())
@@ -54,6 +59,8 @@ class ChunkFormat:
         choice: dict[str, Any]
         if self.req.chat:
             delta: dict[str, Any] = {} if text is None else {"content": text}
+            if self.named_call is not None and text is not None:
+                delta = {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
             choice = {"index": self.index, "delta": delta, "logprobs": logprobs,
                       "finish_reason": reason}
         else:
@@ -62,8 +69,13 @@ class ChunkFormat:
         return {**self.head, "choices": [choice], **self.usage_field}
 
     def role(self) -> bytes:
+        """The first chunk: the role (and a named call's id and name, its arguments to come)."""
         first = self.doc(None, None)
         first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+        if self.named_call is None:
+            return sse(first)
+        first["choices"][0]["delta"] = {"role": "assistant", "content": None,
+                                        "tool_calls": [{"index": 0, **self.named_call}]}
         return sse(first)
 
     def token(self, text: str, lps: tuple[TokenLogprobs, ...], offset: int) -> bytes:
@@ -132,8 +144,9 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                           observes: list[Callable[[Delta], None]],
                           calls: ToolCalls | None = None) -> web.StreamResponse:
     """The stream of a request's choices (``choices[i]`` rendered by ``fmts[i]``). With
-    ``calls`` (a tool-calling chat), each choice's text is held back and sent when it ends, as
-    the message ``calls`` makes of it: its content and tool calls, in one chunk."""
+    ``calls`` (a chat whose tool calls are read from the whole text: required, auto), each
+    choice's text is held back and sent when it ends, as the message ``calls`` makes of it:
+    its content and tool calls, in one chunk."""
     streams = [c.stream for c in choices]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})

@@ -18,7 +18,8 @@ answer them. What the model writes becomes tool calls as vLLM makes them:
 * ``none``: plain text.
 
 ``finish_reason`` is ``tool_calls`` when calls were made, except for a named function
-(``stop``, as OpenAI answers).
+(``stop``, as OpenAI answers). Streamed, a named function's arguments come token by token; the
+other calls, read from the whole text, come in one chunk at the end.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def message_tool_calls(msg: dict[str, Any], where: str) -> list[dict[str, Any]] 
     return out
 
 
-def _call(name: str, arguments: str) -> dict[str, Any]:
+def tool_call(name: str, arguments: str) -> dict[str, Any]:
     return {"id": "chatcmpl-tool-" + uuid.uuid4().hex, "type": "function",
             "function": {"name": name, "arguments": arguments}}
 
@@ -177,7 +178,7 @@ def hermes_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
             continue
         kept.append(text[last:match.start()])
         last = match.end()
-        calls.append(_call(name, json.dumps(arguments, ensure_ascii=False)))
+        calls.append(tool_call(name, json.dumps(arguments, ensure_ascii=False)))
     kept.append(text[last:])
     content = "".join(kept).strip() if calls else text
     return content or None, calls
@@ -208,7 +209,7 @@ def _named_calls(items: list[Any], arguments_keys: tuple[str, ...]) -> list[dict
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             return []
         arguments: Any = next((item[k] for k in arguments_keys if k in item), {})
-        calls.append(_call(item["name"], json.dumps(arguments, ensure_ascii=False)))
+        calls.append(tool_call(item["name"], json.dumps(arguments, ensure_ascii=False)))
     return calls
 
 
@@ -242,11 +243,11 @@ def tool_message(tools: Tools, parser: str, text: str, finish: str | None
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if tools.choice == "named" and finish == "stop":
         assert tools.name is not None
-        message.update(content=None, tool_calls=[_call(tools.name, text)])
+        message.update(content=None, tool_calls=[tool_call(tools.name, text)])
         return message, finish
     if tools.choice == "required" and finish == "stop":
         try:  # the grammar made it a list of {"name", "parameters"} (unless a stop string cut it)
-            calls = [_call(i["name"], json.dumps(i["parameters"], ensure_ascii=False))
+            calls = [tool_call(i["name"], json.dumps(i["parameters"], ensure_ascii=False))
                      for i in json.loads(text)]
         except (ValueError, KeyError, TypeError):
             return message, finish
