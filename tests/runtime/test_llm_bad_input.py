@@ -256,7 +256,10 @@ message = st.fixed_dictionaries(
      | json_values},
     optional={"content": st.text(max_size=30) | st.lists(st.fixed_dictionaries(
         {"type": st.sampled_from(["text", "image_url"]), "text": st.text(max_size=10)}),
-        max_size=2) | json_values})
+        max_size=2) | json_values,
+        "tool_calls": st.lists(st.fixed_dictionaries({"function": st.fixed_dictionaries(
+            {"name": st.text(max_size=3), "arguments": st.sampled_from(['{"x": 1}', "{no"])})
+            | json_values}), max_size=2) | json_values})
 common = {
     "model": st.sampled_from(["tiny", "other"]) | json_values,
     "max_tokens": small_ints | json_values,
@@ -277,12 +280,37 @@ common = {
     "cache_salt": st.text(max_size=4) | json_values,
     "logit_bias": st.dictionaries(st.integers(-3, 1100).map(str), st.floats(-150, 150),
                                   max_size=3) | json_values,
+    "prompt_logprobs": small_ints | json_values,
+    "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"},
+                                        {"type": "json_schema", "json_schema": {"schema": {
+                                            "type": "object", "properties": {
+                                                "a": {"type": "boolean"}}}}}])
+    | json_values,
+    "structured_outputs": st.fixed_dictionaries({}, optional={
+        "regex": st.sampled_from(["[0-9]{2}", "(a|b)+", "(", "x{3,1}"]) | st.text(max_size=6),
+        "choice": st.lists(st.text(max_size=4), max_size=3),
+        "grammar": st.sampled_from(['root ::= "a" | "b"', "root ::= nothing", "start: /a+/"]),
+        "json": json_values}) | json_values,
+    "guided_choice": st.lists(st.text(max_size=4), max_size=3) | json_values,
 }
+tool = st.fixed_dictionaries({"type": st.sampled_from(["function", "other"]) | json_values,
+                              "function": st.fixed_dictionaries(
+                                  {"name": st.sampled_from(["f", "g", "bad name"])},
+                                  optional={"parameters": st.sampled_from([
+                                      {"type": "object", "properties": {"x": {
+                                          "type": "integer"}}}, {"type": "nonsense"}])
+                                      | json_values}) | json_values})
 completion_docs = st.fixed_dictionaries(
     {"prompt": st.text(max_size=40) | st.lists(st.integers(-3, 1100), max_size=8)
-     | json_values}, optional=common)
+     | st.lists(st.text(max_size=10), max_size=3)
+     | st.lists(st.lists(st.integers(-3, 1100), max_size=4), max_size=3) | json_values},
+    optional={**common, "echo": st.booleans() | json_values})
 chat_docs = st.fixed_dictionaries(
-    {"messages": st.lists(message, max_size=3) | json_values}, optional=common)
+    {"messages": st.lists(message, max_size=3) | json_values},
+    optional={**common, "tools": st.lists(tool, max_size=3) | json_values,
+              "tool_choice": st.sampled_from(["none", "auto", "required", {
+                  "type": "function", "function": {"name": "f"}}]) | json_values,
+              "parallel_tool_calls": st.booleans() | json_values})
 
 
 @settings(max_examples=150, deadline=None, derandomize=True,
