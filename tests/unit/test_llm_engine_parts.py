@@ -392,7 +392,12 @@ def test_openai_request_validation() -> None:
                        ({"prompt": "hi", "min_tokens": 5, "max_tokens": 4}, "min_tokens"),
                        ({"prompt": "hi", "min_tokens": -1}, "min_tokens"),
                        ({"prompt": "hi", "use_beam_search": True}, "use_beam_search"),
-                       ({"prompt": "hi", "skip_special_tokens": False}, "skip_special_tokens"),
+                       ({"prompt": "hi", "skip_special_tokens": 0}, "skip_special_tokens"),
+                       ({"prompt": "hi", "spaces_between_special_tokens": False},
+                        "spaces_between_special_tokens"),
+                       ({"prompt": "hi", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+                       ({"prompt": "hi", "allowed_token_ids": [100]}, "allowed_token_ids"),
+                       ({"prompt": "hi", "bad_words": ["x"]}, "bad_words"),
                        ({"prompt": "hi", "guided_json": 5}, "guided_json"),
                        ({"prompt": "hi", "n": 0}, "n"), ({"prompt": "hi", "n": 33}, "n")):
         with pytest.raises(ApiError) as err:

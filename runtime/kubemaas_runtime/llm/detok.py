@@ -12,14 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 
-def decoder(tokenizer: Any) -> Callable[[list[int]], str]:
-    """``tokenizer.decode(ids, skip_special_tokens=True)``; for a fast tokenizer without the
-    clean-up of spaces, its ``tokenizers`` backend directly (the same text, a quarter of the
-    time: it runs twice per generated token on the engine thread)."""
+def decoder(tokenizer: Any, skip_special: bool = True) -> Callable[[list[int]], str]:
+    """``tokenizer.decode(ids, skip_special_tokens=skip_special)``; for a fast tokenizer
+    without the clean-up of spaces, its ``tokenizers`` backend directly (the same text, a
+    quarter of the time: it runs twice per generated token on the engine thread)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
-        return lambda ids: str(backend.decode(ids, skip_special_tokens=True))
-    return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+        return lambda ids: str(backend.decode(ids, skip_special_tokens=skip_special))
+    return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=skip_special))
 
 
 def encoder(tokenizer: Any, keep_gil: bool = True) -> Callable[[str, bool], list[int]]:
@@ -39,9 +39,11 @@ def encoder(tokenizer: Any, keep_gil: bool = True) -> Callable[[str, bool], list
 
 class Detokenizer:
     def __init__(self, tokenizer: Any, stop: tuple[str, ...] = (),
-                 decode: Callable[[list[int]], str] | None = None) -> None:
+                 decode: Callable[[list[int]], str] | None = None,
+                 include_stop: bool = False) -> None:
         self._decode = decode or decoder(tokenizer)
         self.stop = tuple(s for s in stop if s)
+        self.include_stop = include_stop  # vLLM's include_stop_str_in_output
         self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.ids: list[int] = []
         self.prefix_offset = 0
@@ -63,9 +65,11 @@ class Detokenizer:
         start = max(0, len(self.text) - self.hold)
         self.text += new
         if self.stop and stops:
-            found = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+            found = [(i, len(s)) for i, s in ((self.text.find(s, start), s) for s in self.stop)
+                     if i >= 0]
             if found:
-                self.text = self.text[:min(found)]
+                at, length = min(found)
+                self.text = self.text[:at + length if self.include_stop else at]
                 return self.flush(), True
         safe = len(self.text) - self.hold
         if safe <= self.emitted:

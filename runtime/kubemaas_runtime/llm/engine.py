@@ -164,6 +164,7 @@ class Engine:
         self._model_step: StepForward = self.traced or lm.forward
         self._ids = itertools.count(1)
         self._decode = decoder(lm.tokenizer)
+        self._decode_special = decoder(lm.tokenizer, skip_special=False)
         self._inbox: deque[tuple[str, Sequence]] = deque()
         self._wake = threading.Condition()
         self._stopped = False
@@ -209,8 +210,10 @@ class Engine:
 
     def _sequence(self, prompt: list[int], params: SamplingParams, matcher: Any = None
                   ) -> Sequence:
+        decode = self._decode if params.skip_special_tokens else self._decode_special
         seq = Sequence(next(self._ids), prompt, params, sink=lambda _: None,
-                       detok=Detokenizer(self.lm.tokenizer, params.stop, self._decode))
+                       detok=Detokenizer(self.lm.tokenizer, params.stop, decode,
+                                         params.include_stop_str_in_output))
         state = seq.sample_state
         assert state is not None  # made with the sequence
         state.matcher = matcher

@@ -43,6 +43,9 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     # vLLM's: each prompt token's logprob and the k most likely (prompt_scores.py). None: none
     prompt_logprobs: int | None = None
+    allowed_token_ids: tuple[int, ...] = ()  # vLLM's: only these may be drawn (empty: any)
+    include_stop_str_in_output: bool = False  # vLLM's: a stop string that ended it stays
+    skip_special_tokens: bool = True  # vLLM's: special tokens left out of the text
 
     @property
     def greedy(self) -> bool:
@@ -141,6 +144,10 @@ def _shape(row: torch.Tensor, state: SampleState) -> None:
     # before min_tokens, EOS and the stop tokens cannot be drawn (unless they are every token)
     if state.emitted < params.min_tokens and 0 < len(state.held_back) < row.shape[-1]:
         row[list(state.held_back)] = torch.finfo(row.dtype).min
+    if params.allowed_token_ids:
+        allowed = torch.zeros(row.shape[-1], dtype=torch.bool, device=row.device)
+        allowed[list(params.allowed_token_ids)] = True
+        row.masked_fill_(~allowed, torch.finfo(row.dtype).min)
     if state.matcher is not None:  # a structured output: only what its grammar allows next
         allowed = allowed_tokens(state.matcher, row.shape[-1]).to(row.device)
         row.masked_fill_(~allowed, torch.finfo(row.dtype).min)

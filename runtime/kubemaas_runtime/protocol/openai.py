@@ -30,6 +30,7 @@ from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
 from .openai_errors import ApiError
+from .openai_render import ChatRender
 from .openai_schema import (
     GenerationRequest,
     parse_detokenize,
@@ -187,7 +188,8 @@ class OpenAIServer:
         """The token ids of each prompt (a chat is one)."""
         if req.chat:
             tools = list(req.tools.tools) if req.tools is not None else None
-            return [await self._encode(served, req.messages, None, special=False, tools=tools)]
+            return [await self._encode(served, req.messages, None, special=False,
+                                       render=req.render, tools=tools)]
         texts = [p.text for p in req.prompts if p.text is not None]
         if len(req.prompts) == 1 or sum(map(len, texts)) <= _TOKENIZE_OFF_LOOP_CHARS:
             return [p.ids if p.ids is not None else
@@ -201,11 +203,12 @@ class OpenAIServer:
     async def _echo_texts(self, served: Served, req: GenerationRequest,
                           prompts: list[list[int]]) -> list[str]:
         """With echo, the text each prompt's choices start with: as sent, or decoded from its
-        token ids."""
+        token ids (and from them when the prompt was truncated)."""
         if not req.echo:
             return [""] * len(prompts)
-        return [p.text if p.text is not None else await self._decode(served, ids)
-                for p, ids in zip(req.prompts, prompts, strict=True)]
+        return [p.text if p.text is not None and not req.truncate_prompt_tokens else
+                await self._decode(served, ids) for p, ids in zip(req.prompts, prompts,
+                                                                  strict=True)]
 
     async def _decode(self, served: Served, ids: list[int]) -> str:
         if len(ids) > _DECODE_OFF_LOOP_TOKENS:
@@ -214,7 +217,7 @@ class OpenAIServer:
         return str(served.tokenizer.decode(ids))
 
     async def _encode(self, served: Served, messages: list[dict[str, Any]] | None,
-                      text: str | None, special: bool, generation_prompt: bool = True,
+                      text: str | None, special: bool, render: ChatRender | None = None,
                       tools: list[dict[str, Any]] | None = None) -> list[int]:
         """The token ids of chat ``messages`` (rendered by the chat template, with the
         ``tools`` the model may call) or of ``text``."""
@@ -225,9 +228,7 @@ class OpenAIServer:
                 if not getattr(tok, "chat_template", None):
                     raise ApiError(400, "this model has no chat template; use /v1/completions")
                 try:
-                    rendered = tok.apply_chat_template(
-                        messages, tools=tools, add_generation_prompt=generation_prompt,
-                        tokenize=False)
+                    rendered = (render or ChatRender()).apply(tok, messages, tools)
                 except Exception as exc:  # a template may raise on a message order it refuses
                     raise ApiError(400, f"the chat template refused the messages: {exc}",
                                    "messages") from None
@@ -262,7 +263,7 @@ class OpenAIServer:
         req = parse_tokenize(await self._read_json(request))
         self._check_model(req.model)
         ids = await self._encode(served, req.messages, req.prompt_text, req.add_special_tokens,
-                                 req.add_generation_prompt)
+                                 req.render)
         strs = served.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
         return _json({"count": len(ids), "max_model_len": served.max_model_len, "tokens": ids,
                       "token_strs": strs})
@@ -307,6 +308,8 @@ class OpenAIServer:
                                "prompt_logprobs")
             self._check_sequences(served, max(len(req.prompts), 1) * req.n)
             prompts = await self._tokenize(served, req)
+            if req.truncate_prompt_tokens:  # vLLM's: the last k tokens of each prompt
+                prompts = [p[-req.truncate_prompt_tokens:] for p in prompts]
             params = [self._fit(served, req, p) for p in prompts]
             matchers = await self._matchers(served, req, len(prompts) * req.n)
             choices = self._submit(served, req, prompts, params,

@@ -9,12 +9,13 @@ and ``guided_*``) is checked for shape here and compiled by the server (llm/stru
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..llm.sampling import SamplingParams
 from ..llm.structured import Constraint
 from .openai_errors import ApiError
+from .openai_render import ChatRender, parse_render
 from .openai_structured import output_constraint
 from .openai_tools import Tools, message_tool_calls, parse_tools, tool_constraint
 
@@ -49,6 +50,8 @@ class GenerationRequest:
     echo: bool = False  # completions: each choice starts with its prompt (and its logprobs)
     constraint: Constraint | None = None  # a structured output: the grammar it follows
     tools: Tools | None = None  # chat: the tools the model may call
+    render: ChatRender = field(default_factory=ChatRender)  # chat: how the template renders
+    truncate_prompt_tokens: int | None = None  # vLLM's: only the prompt's last k tokens
     prompt_logprobs: bool = False  # vLLM's: the answer carries each prompt token's logprobs
 
     def choice_params(self, params: SamplingParams | None = None) -> list[SamplingParams]:
@@ -149,12 +152,8 @@ def _logit_bias(doc: dict[str, Any], vocab: int) -> tuple[tuple[int, float], ...
 # vLLM's request fields that would change the answer and are not implemented: refused unless
 # absent or at this (neutral) value, rather than ignored like unknown fields
 _NOT_IMPLEMENTED: dict[str, Any] = {
-    "use_beam_search": False, "length_penalty": 1.0, "include_stop_str_in_output": False,
-    "skip_special_tokens": True, "spaces_between_special_tokens": True,
-    "truncate_prompt_tokens": None, "allowed_token_ids": None,
-    "bad_words": [], "logits_processors": None,
-    "add_generation_prompt": True, "continue_final_message": False, "chat_template": None,
-    "chat_template_kwargs": None,
+    "use_beam_search": False, "length_penalty": 1.0, "spaces_between_special_tokens": True,
+    "bad_words": [], "logits_processors": None, "chat_template": None,
 }
 
 
@@ -292,7 +291,20 @@ def _sampling_params(doc: dict[str, Any], vocab: int, max_tokens: int | None,
         # softmax NaN, and the request would fail)
         repetition_penalty=_num(doc, "repetition_penalty", 1.0, 0.01, 10.0),
         prompt_logprobs=prompt_logprobs_n,
+        allowed_token_ids=_allowed_token_ids(doc, vocab),
+        include_stop_str_in_output=_bool(doc, "include_stop_str_in_output"),
+        skip_special_tokens=_bool(doc, "skip_special_tokens", True),
     )
+
+
+def _allowed_token_ids(doc: dict[str, Any], vocab: int) -> tuple[int, ...]:
+    value = doc.get("allowed_token_ids")
+    if value is None:
+        return ()
+    ids = _token_ids(value, "allowed_token_ids", vocab)
+    if not ids:
+        raise _bad("'allowed_token_ids' must name at least one token", "allowed_token_ids")
+    return tuple(sorted(set(ids)))
 
 
 def _min_tokens(doc: dict[str, Any], max_tokens: int | None) -> int:
@@ -325,7 +337,12 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
             raise _bad("'echo' is a /v1/completions field", "echo")
         messages, max_tokens, logprobs_n = _chat_fields(doc)
         tools = parse_tools(doc)
+        render = parse_render(doc)
     else:
+        for key in ("add_generation_prompt", "continue_final_message", "chat_template_kwargs"):
+            if doc.get(key) is not None:
+                raise _bad(f"'{key}' is a /v1/chat/completions field", key)
+        render = ChatRender()
         if doc.get("tools") or doc.get("tool_choice") is not None:
             raise _bad("tools are a /v1/chat/completions field", "tools")
         prompts = _prompts(doc, vocab)
@@ -343,7 +360,8 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              model=model, return_token_ids=_bool(doc, "return_token_ids"),
                              cache_salt=_cache_salt(doc), n=_int(doc, "n", 1, MAX_N) or 1,
                              echo=echo, prompt_logprobs=prompt_logprobs_n is not None,
-                             constraint=_constraint(doc, tools), tools=tools)
+                             constraint=_constraint(doc, tools), tools=tools, render=render,
+                             truncate_prompt_tokens=_int(doc, "truncate_prompt_tokens", 1))
 
 
 def _constraint(doc: dict[str, Any], tools: Tools | None) -> Constraint | None:
@@ -366,9 +384,9 @@ class TokenizeRequest:
 
     model: str | None
     prompt_text: str | None
-    messages: list[dict[str, str]] | None
+    messages: list[dict[str, Any]] | None
     add_special_tokens: bool
-    add_generation_prompt: bool
+    render: ChatRender
     return_token_strs: bool
 
 
@@ -391,7 +409,7 @@ def parse_tokenize(doc: Any) -> TokenizeRequest:
         messages=_messages(doc) if chat else None,
         # as vLLM: a prompt gets the tokenizer's special tokens, a rendered chat does not
         add_special_tokens=_bool(doc, "add_special_tokens", not chat),
-        add_generation_prompt=_bool(doc, "add_generation_prompt", True),
+        render=parse_render(doc) if chat else ChatRender(),
         return_token_strs=_bool(doc, "return_token_strs"))
 
 

@@ -1,0 +1,69 @@
+"""How a chat is rendered into a prompt: vLLM's request fields for the chat template.
+
+``add_generation_prompt`` (default true: the template's opening of the assistant's turn),
+``continue_final_message`` (the last assistant message is left open, for the model to go on
+writing it; not with a generation prompt), and ``chat_template_kwargs``: extra variables for
+the template (``{"enable_thinking": false}`` for Qwen3's, for one). A request's own
+``chat_template`` stays refused: a template is code, and the server runs the model's.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .openai_errors import ApiError
+
+MAX_KWARGS_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class ChatRender:
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, tokenizer: Any, messages: list[dict[str, Any]],
+              tools: list[dict[str, Any]] | None) -> str:
+        return str(tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=self.add_generation_prompt,
+            continue_final_message=self.continue_final_message, tokenize=False,
+            **self.template_kwargs))
+
+
+def _flag(doc: dict[str, Any], key: str, default: bool) -> bool:
+    value = doc.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ApiError(400, f"'{key}' must be a boolean, got {type(value).__name__}", key)
+    return value
+
+
+def _reserved() -> frozenset[str]:
+    """The names apply_chat_template takes itself: a template variable must not be one."""
+    from transformers import PreTrainedTokenizerBase
+
+    return frozenset(inspect.signature(PreTrainedTokenizerBase.apply_chat_template).parameters)
+
+
+def parse_render(doc: dict[str, Any]) -> ChatRender:
+    generation = _flag(doc, "add_generation_prompt", True)
+    continue_final = _flag(doc, "continue_final_message", False)
+    if generation and continue_final:
+        raise ApiError(400, "'continue_final_message' needs 'add_generation_prompt': false (the "
+                       "last message is continued, no new turn is opened)",
+                       "continue_final_message")
+    kwargs = doc.get("chat_template_kwargs")
+    if kwargs is None:
+        return ChatRender(generation, continue_final)
+    if not isinstance(kwargs, dict) or len(json.dumps(kwargs)) > MAX_KWARGS_CHARS:
+        raise ApiError(400, f"'chat_template_kwargs' must be an object of at most "
+                       f"{MAX_KWARGS_CHARS} characters", "chat_template_kwargs")
+    taken = sorted(set(kwargs) & (_reserved() | {"messages", "tools"}))
+    if taken:
+        raise ApiError(400, f"'chat_template_kwargs' may not set {', '.join(taken)} (give them "
+                       "as the request's own fields)", "chat_template_kwargs")
+    return ChatRender(generation, continue_final, dict(kwargs))

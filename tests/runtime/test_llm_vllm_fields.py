@@ -1,0 +1,115 @@
+"""vLLM's request fields beyond OpenAI's, served: how the chat template renders the prompt
+(``add_generation_prompt``, ``continue_final_message``, ``chat_template_kwargs``), and what the
+answer holds (``truncate_prompt_tokens``, ``include_stop_str_in_output``,
+``skip_special_tokens``, ``allowed_token_ids``)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import llm_reference as ref
+from .conftest import Server, start_llm_server
+
+# the test template, with a variable only chat_template_kwargs sets
+TEMPLATE = (
+    "{{ bos_token }}{% if greeting is defined %}<|system|>\n{{ greeting }}{{ eos_token }}\n"
+    "{% endif %}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+    "{% if not (loop.last and continue_final_message) %}{{ eos_token }}\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+USER = [{"role": "user", "content": "the lazy dog"}]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    copy = tmp_path_factory.mktemp("fields") / "tiny-llama-fields"
+    shutil.copytree(tiny_llama, copy)
+    (copy / "chat_template.jinja").write_text(TEMPLATE)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def server(model: Path) -> Iterator[Server]:
+    server = start_llm_server(model)
+    yield server
+    assert server.stop() == 0
+
+
+def post(server: Server, path: str, **doc: Any) -> dict[str, Any]:
+    status, body = server.post_json(path, {"temperature": 0, **doc})
+    assert status == 200, body
+    return body  # type: ignore[no-any-return]
+
+
+def rendered(server: Server, model: Path, **doc: Any) -> str:
+    body = post(server, "/v1/chat/completions", max_tokens=1, return_token_ids=True, **doc)
+    return str(ref.load(model)[0].decode(body["prompt_token_ids"]))
+
+
+def test_the_chat_template_fields(server: Server, model: Path) -> None:
+    assert rendered(server, model, messages=USER).endswith("<|assistant|>\n")
+    assert not rendered(server, model, messages=USER,
+                        add_generation_prompt=False).endswith("<|assistant|>\n")
+    opened = [*USER, {"role": "assistant", "content": "the cat sat"}]
+    assert rendered(server, model, messages=opened, add_generation_prompt=False,
+                    continue_final_message=True).endswith("<|assistant|>\nthe cat sat")
+    greeted = rendered(server, model, messages=USER,
+                       chat_template_kwargs={"greeting": "be brief"})
+    assert "<|system|>\nbe brief" in greeted
+    tokenized = post(server, "/tokenize", messages=USER, add_generation_prompt=False,
+                     chat_template_kwargs={"greeting": "be brief"})
+    text = ref.load(model)[0].decode(tokenized["tokens"])
+    assert "be brief" in text and not text.endswith("<|assistant|>\n")
+    for bad, param in (({"continue_final_message": True}, "continue_final_message"),
+                       ({"chat_template_kwargs": {"tokenize": True}}, "chat_template_kwargs"),
+                       ({"chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
+                       ({"chat_template_kwargs": [1]}, "chat_template_kwargs"),
+                       ({"chat_template": "{{ 7 * 7 }}"}, "chat_template")):
+        status, body = server.post_json("/v1/chat/completions", {"messages": USER, **bad})
+        assert status == 400 and body["error"]["param"] == param, body
+    status, body = server.post_json("/v1/completions", {"prompt": "hi",
+                                                        "add_generation_prompt": False})
+    assert status == 400 and body["error"]["param"] == "add_generation_prompt"
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens(server: Server, model: Path) -> None:
+    ids = ref.prompt_ids(model, "birds sing in the trees by the river and the cat sleeps")
+    body = post(server, "/v1/completions", prompt=ids, max_tokens=6, truncate_prompt_tokens=5,
+                return_token_ids=True, echo=True)
+    choice = body["choices"][0]
+    assert choice["prompt_token_ids"] == ids[-5:] and body["usage"]["prompt_tokens"] == 5
+    assert choice["token_ids"] == ref.greedy_ids(model, ids[-5:], 6)
+    assert choice["text"].startswith(ref.load(model)[0].decode(ids[-5:]))
+
+
+def test_stop_strings_special_tokens_and_allowed_ids(server: Server, model: Path) -> None:
+    plain = post(server, "/v1/completions", prompt="the quick brown fox", max_tokens=24,
+                 ignore_eos=True)["choices"][0]["text"]
+    stop = plain[8:11]
+    assert stop.strip() and plain.find(stop) == 8
+    cut = post(server, "/v1/completions", prompt="the quick brown fox", max_tokens=24,
+               ignore_eos=True, stop=[stop])["choices"][0]["text"]
+    kept = post(server, "/v1/completions", prompt="the quick brown fox", max_tokens=24,
+                ignore_eos=True, stop=[stop],
+                include_stop_str_in_output=True)["choices"][0]["text"]
+    assert (cut, kept) == (plain[:8], plain[:11])
+    tok = ref.load(model)[0]
+    bos = tok.bos_token_id
+    forced = {"prompt": "the quick brown fox", "max_tokens": 3, "ignore_eos": True,
+              "allowed_token_ids": [bos]}
+    assert post(server, "/v1/completions", **forced)["choices"][0]["text"] == ""
+    shown = post(server, "/v1/completions", skip_special_tokens=False, **forced)
+    assert shown["choices"][0]["text"] == tok.bos_token * 3
+    few = [tok.convert_tokens_to_ids(t) for t in ("he", "at", "Ġdog")]
+    assert len(set(few)) == 3 and tok.unk_token_id not in few
+    sampled = post(server, "/v1/completions", prompt="a", max_tokens=16, ignore_eos=True,
+                   temperature=1.0, seed=2, allowed_token_ids=few, return_token_ids=True)
+    assert set(sampled["choices"][0]["token_ids"]) <= set(few)
+    status, body = server.post_json("/v1/completions", {"prompt": "a",
+                                                        "allowed_token_ids": []})
+    assert status == 400 and body["error"]["param"] == "allowed_token_ids"
