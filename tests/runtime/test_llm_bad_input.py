@@ -292,6 +292,10 @@ common = {
         "grammar": st.sampled_from(['root ::= "a" | "b"', "root ::= nothing", "start: /a+/"]),
         "json": json_values}) | json_values,
     "guided_choice": st.lists(st.text(max_size=4), max_size=3) | json_values,
+    "truncate_prompt_tokens": small_ints | json_values,
+    "include_stop_str_in_output": st.booleans() | json_values,
+    "skip_special_tokens": st.booleans() | json_values,
+    "allowed_token_ids": st.lists(st.integers(-3, 1100), max_size=3) | json_values,
 }
 tool = st.fixed_dictionaries({"type": st.sampled_from(["function", "other"]) | json_values,
                               "function": st.fixed_dictionaries(
@@ -310,7 +314,12 @@ chat_docs = st.fixed_dictionaries(
     optional={**common, "tools": st.lists(tool, max_size=3) | json_values,
               "tool_choice": st.sampled_from(["none", "auto", "required", {
                   "type": "function", "function": {"name": "f"}}]) | json_values,
-              "parallel_tool_calls": st.booleans() | json_values})
+              "parallel_tool_calls": st.booleans() | json_values,
+              "add_generation_prompt": st.booleans() | json_values,
+              "continue_final_message": st.booleans() | json_values,
+              "chat_template_kwargs": st.dictionaries(
+                  st.sampled_from(["tokenize", "x", "messages", "enable_thinking"]),
+                  json_values, max_size=2) | json_values})
 
 
 @settings(max_examples=150, deadline=None, derandomize=True,
