@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -334,6 +335,13 @@ def stream_events(server: Server, path: str, doc: dict[str, Any]) -> list[Any]:
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     assert events[-1] == "[DONE]"
     return events[:-1]
+
+
+def with_chat_template(model_dir: Path, out: Path, template: str) -> Path:
+    """A copy of a model directory whose tokenizer has another chat template."""
+    shutil.copytree(model_dir, out)
+    (out / "chat_template.jinja").write_text(template)
+    return out
 
 
 def start_llm_server(model_dir: Path, *args: str, name: str = "tiny") -> Server:

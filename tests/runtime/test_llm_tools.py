@@ -6,7 +6,6 @@ model's ``<tool_call>`` blocks with the hermes parser; the openai client reads t
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import openai
 import pytest
 
 from . import llm_reference as ref
-from .conftest import Server, start_llm_server, stream_events
+from .conftest import Server, start_llm_server, stream_events, with_chat_template
 
 # a Hermes-style template: the tools, earlier calls and tool answers written into the prompt
 TEMPLATE = (
@@ -40,10 +39,8 @@ USER = [{"role": "user", "content": "what is the weather in the city"}]
 
 @pytest.fixture(scope="module")
 def tool_model(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = tmp_path_factory.mktemp("tools") / "tiny-llama-tools"
-    shutil.copytree(tiny_llama, model)
-    (model / "chat_template.jinja").write_text(TEMPLATE)
-    return model
+    return with_chat_template(tiny_llama, tmp_path_factory.mktemp("tools") / "tiny-llama",
+                              TEMPLATE)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ answer holds (``truncate_prompt_tokens``, ``include_stop_str_in_output``,
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 
 from . import llm_reference as ref
-from .conftest import Server, start_llm_server
+from .conftest import Server, start_llm_server, with_chat_template
 
 # the test template, with a variable only chat_template_kwargs sets
 TEMPLATE = (
@@ -27,10 +26,8 @@ USER = [{"role": "user", "content": "the lazy dog"}]
 
 @pytest.fixture(scope="module")
 def model(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    copy = tmp_path_factory.mktemp("fields") / "tiny-llama-fields"
-    shutil.copytree(tiny_llama, copy)
-    (copy / "chat_template.jinja").write_text(TEMPLATE)
-    return copy
+    return with_chat_template(tiny_llama, tmp_path_factory.mktemp("fields") / "tiny-llama",
+                              TEMPLATE)
 
 
 @pytest.fixture(scope="module")
