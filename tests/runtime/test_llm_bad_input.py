@@ -296,6 +296,7 @@ common = {
     "include_stop_str_in_output": st.booleans() | json_values,
     "skip_special_tokens": st.booleans() | json_values,
     "allowed_token_ids": st.lists(st.integers(-3, 1100), max_size=3) | json_values,
+    "bad_words": st.lists(st.text(max_size=5), max_size=3) | json_values,
 }
 tool = st.fixed_dictionaries({"type": st.sampled_from(["function", "other"]) | json_values,
                               "function": st.fixed_dictionaries(

@@ -110,3 +110,23 @@ def test_stop_strings_special_tokens_and_allowed_ids(server: Server, model: Path
     status, body = server.post_json("/v1/completions", {"prompt": "a",
                                                         "allowed_token_ids": []})
     assert status == 400 and body["error"]["param"] == "allowed_token_ids"
+
+
+def test_bad_words_are_never_generated(server: Server, model: Path) -> None:
+    """vLLM's ``bad_words``: the words the greedy answer used, barred, appear nowhere in the
+    new answer (as written or after a space); the answer changes where they were."""
+    tok = ref.load(model)[0]
+    doc = {"prompt": "the quick brown fox", "max_tokens": 24, "ignore_eos": True,
+           "return_token_ids": True}
+    plain = post(server, "/v1/completions", **doc)["choices"][0]
+    words = [w for w in plain["text"].split() if len(w) > 2][:3]
+    assert words
+    barred = post(server, "/v1/completions", bad_words=words, **doc)["choices"][0]
+    assert barred["token_ids"] != plain["token_ids"]
+    out = barred["token_ids"]
+    for word in words:
+        for form in (word, " " + word):
+            seq = tok(form, add_special_tokens=False)["input_ids"]
+            assert not any(out[i:i + len(seq)] == seq for i in range(len(out))), (form, out)
+    status, body = server.post_json("/v1/completions", {"prompt": "a", "bad_words": [" "]})
+    assert status == 400 and body["error"]["param"] == "bad_words"

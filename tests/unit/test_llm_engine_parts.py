@@ -397,7 +397,7 @@ def test_openai_request_validation() -> None:
                         "spaces_between_special_tokens"),
                        ({"prompt": "hi", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
                        ({"prompt": "hi", "allowed_token_ids": [100]}, "allowed_token_ids"),
-                       ({"prompt": "hi", "bad_words": ["x"]}, "bad_words"),
+                       ({"prompt": "hi", "bad_words": "x"}, "bad_words"),
                        ({"prompt": "hi", "guided_json": 5}, "guided_json"),
                        ({"prompt": "hi", "n": 0}, "n"), ({"prompt": "hi", "n": 33}, "n")):
         with pytest.raises(ApiError) as err:

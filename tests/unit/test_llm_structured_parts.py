@@ -86,3 +86,13 @@ def test_a_masked_row_draws_an_allowed_token_and_a_slow_mask_fails_its_row_alone
     assert fast.consumed == [out.tokens[0]]
     assert set(out.failed) == {1} and "ms for one token" in str(out.failed[1])
     assert out.tokens[2] == int(logits[2].argmax())
+
+
+def test_bad_words_bar_the_token_that_would_complete_them() -> None:
+    from kubemaas_runtime.llm.sampling import barred_tokens
+
+    words = ((7,), (1, 2, 3), (2, 4))
+    assert barred_tokens(words, []) == [7]
+    assert barred_tokens(words, [1, 2]) == [3, 4, 7]
+    assert barred_tokens(words, [5, 2]) == [4, 7]
+    assert barred_tokens(words, [2, 1]) == [7]

@@ -46,6 +46,9 @@ class SamplingParams:
     allowed_token_ids: tuple[int, ...] = ()  # vLLM's: only these may be drawn (empty: any)
     include_stop_str_in_output: bool = False  # vLLM's: a stop string that ended it stays
     skip_special_tokens: bool = True  # vLLM's: special tokens left out of the text
+    # vLLM's bad_words, as token sequences: none may be generated (its last token is barred
+    # after the others)
+    bad_words: tuple[tuple[int, ...], ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -69,6 +72,7 @@ class SampleState:
     generated: Counter[int] = field(default_factory=Counter)  # with penalties: output counts
     held_back: frozenset[int] = frozenset()  # with min_tokens: the EOS and stop token ids
     emitted: int = 0  # with min_tokens: tokens sampled so far
+    drawn: list[int] = field(default_factory=list)  # with bad_words: the output so far
     matcher: Any = None  # with a structured output: its grammar's matcher (structured.py)
 
     def gen(self, device: torch.device) -> torch.Generator:
@@ -144,6 +148,10 @@ def _shape(row: torch.Tensor, state: SampleState) -> None:
     # before min_tokens, EOS and the stop tokens cannot be drawn (unless they are every token)
     if state.emitted < params.min_tokens and 0 < len(state.held_back) < row.shape[-1]:
         row[list(state.held_back)] = torch.finfo(row.dtype).min
+    if params.bad_words:
+        barred = barred_tokens(params.bad_words, state.drawn)
+        if barred:
+            row[barred] = torch.finfo(row.dtype).min
     if params.allowed_token_ids:
         allowed = torch.zeros(row.shape[-1], dtype=torch.bool, device=row.device)
         allowed[list(params.allowed_token_ids)] = True
@@ -151,6 +159,14 @@ def _shape(row: torch.Tensor, state: SampleState) -> None:
     if state.matcher is not None:  # a structured output: only what its grammar allows next
         allowed = allowed_tokens(state.matcher, row.shape[-1]).to(row.device)
         row.masked_fill_(~allowed, torch.finfo(row.dtype).min)
+
+
+def barred_tokens(bad_words: tuple[tuple[int, ...], ...], output: list[int]) -> list[int]:
+    """The tokens that would complete a bad word after ``output`` (a one-token word always)."""
+    return sorted({word[-1] for word in bad_words
+                   if len(word) == 1 or (len(output) >= len(word) - 1
+                                         and tuple(output[len(output) - len(word) + 1:])
+                                         == word[:-1])})
 
 
 def _draw(row: torch.Tensor, state: SampleState, greedy_token: int) -> int:
@@ -162,6 +178,8 @@ def _draw(row: torch.Tensor, state: SampleState, greedy_token: int) -> int:
         state.generated[token] += 1
     if state.params.min_tokens:
         state.emitted += 1
+    if state.params.bad_words:
+        state.drawn.append(token)
     if state.matcher is not None and not state.matcher.consume_token(token):
         raise ValueError(f"the output grammar refused token {token}: "
                          f"{state.matcher.get_error()}")

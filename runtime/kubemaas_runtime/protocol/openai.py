@@ -288,9 +288,18 @@ class OpenAIServer:
                            f"({len(prompt)} in the prompt, {wanted} for the completion). "
                            "Shorten the prompt or lower max_tokens.",
                            "messages" if req.chat else "prompt", "context_length_exceeded")
-        if req.params.max_tokens == wanted:
+        bad_words = self._bad_word_ids(served, req.bad_words)
+        if req.params.max_tokens == wanted and not bad_words:
             return req.params
-        return replace(req.params, max_tokens=wanted)
+        return replace(req.params, max_tokens=wanted, bad_words=bad_words)
+
+    @staticmethod
+    def _bad_word_ids(served: Served, words: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+        """vLLM's bad_words as token sequences: each word as written and after a space (the
+        way it is tokenized inside a text), special tokens left out."""
+        ids = {tuple(served.encode(form, False)) for word in words
+               for form in (word.strip(), " " + word.strip())}
+        return tuple(sorted(i for i in ids if i))
 
     async def _generate(self, request: web.BaseRequest, chat: bool) -> web.StreamResponse:
         served = self._serving()

@@ -52,6 +52,7 @@ class GenerationRequest:
     tools: Tools | None = None  # chat: the tools the model may call
     render: ChatRender = field(default_factory=ChatRender)  # chat: how the template renders
     truncate_prompt_tokens: int | None = None  # vLLM's: only the prompt's last k tokens
+    bad_words: tuple[str, ...] = ()  # vLLM's: texts never generated (tokenized by the server)
     prompt_logprobs: bool = False  # vLLM's: the answer carries each prompt token's logprobs
 
     def choice_params(self, params: SamplingParams | None = None) -> list[SamplingParams]:
@@ -153,7 +154,7 @@ def _logit_bias(doc: dict[str, Any], vocab: int) -> tuple[tuple[int, float], ...
 # absent or at this (neutral) value, rather than ignored like unknown fields
 _NOT_IMPLEMENTED: dict[str, Any] = {
     "use_beam_search": False, "length_penalty": 1.0, "spaces_between_special_tokens": True,
-    "bad_words": [], "logits_processors": None, "chat_template": None,
+    "logits_processors": None, "chat_template": None,
 }
 
 
@@ -297,6 +298,20 @@ def _sampling_params(doc: dict[str, Any], vocab: int, max_tokens: int | None,
     )
 
 
+MAX_BAD_WORDS = 64
+
+
+def _bad_words(doc: dict[str, Any]) -> tuple[str, ...]:
+    value = doc.get("bad_words")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_BAD_WORDS or \
+            not all(isinstance(w, str) and 0 < len(w.strip()) <= 100 for w in value):
+        raise _bad(f"'bad_words' must be a list of at most {MAX_BAD_WORDS} non-empty strings "
+                   "of at most 100 characters", "bad_words")
+    return tuple(value)
+
+
 def _allowed_token_ids(doc: dict[str, Any], vocab: int) -> tuple[int, ...]:
     value = doc.get("allowed_token_ids")
     if value is None:
@@ -361,7 +376,8 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              cache_salt=_cache_salt(doc), n=_int(doc, "n", 1, MAX_N) or 1,
                              echo=echo, prompt_logprobs=prompt_logprobs_n is not None,
                              constraint=_constraint(doc, tools), tools=tools, render=render,
-                             truncate_prompt_tokens=_int(doc, "truncate_prompt_tokens", 1))
+                             truncate_prompt_tokens=_int(doc, "truncate_prompt_tokens", 1),
+                             bad_words=_bad_words(doc))
 
 
 def _constraint(doc: dict[str, Any], tools: Tools | None) -> Constraint | None:
