@@ -84,6 +84,12 @@ def main() -> int:
         free.append(decode(False))
         held.append(decode(True))
         mask.append(masks_alone())
+    report(args, free, held, mask)
+    return 0
+
+
+def report(args: argparse.Namespace, free: list[float], held: list[float],
+           mask: list[float]) -> None:
     f, h, m = (statistics.median(x) for x in (free, held, mask))
     print(f"batch {args.batch}, {args.tokens} tokens each, {args.rounds} rounds (medians)")
     print(f"  free:         {f:8.0f} tok/s   (rounds: {', '.join(f'{x:.0f}' for x in free)})")
@@ -91,7 +97,6 @@ def main() -> int:
     print(f"  held / free:  {h / f:8.2f}")
     print(f"  mask alone:   {m * 1e6:8.1f} us a token "
           f"(rounds: {', '.join(f'{x * 1e6:.1f}' for x in mask)})")
-    return 0
 
 
 if __name__ == "__main__":

@@ -337,10 +337,7 @@ def parse(doc: dict[str, Any], chat: bool = False) -> Any:
     return parse_request(doc, chat, vocab=100)
 
 
-def test_openai_request_validation() -> None:
-    req = parse({"prompt": "hi"})
-    assert req.params.max_tokens == 16 and req.params.temperature == 1.0 and not req.stream
-    assert parse({"prompt": "hi", "max_tokens": None}).max_tokens is None
+def test_openai_prompts_echo_and_prompt_logprobs() -> None:
     assert parse({"prompt": [1, 2, 3]}).prompts == (Prompt(None, [1, 2, 3]),)
     assert parse({"prompt": ["only"]}).prompts == (Prompt("only", None),)
     assert parse({"prompt": ["a", "b"]}).prompts == (Prompt("a", None), Prompt("b", None))
@@ -352,6 +349,12 @@ def test_openai_request_validation() -> None:
     scored = parse({"messages": [{"role": "user", "content": "a"}], "prompt_logprobs": 0},
                    chat=True)
     assert scored.prompt_logprobs and scored.params.prompt_logprobs == 0
+
+
+def test_openai_request_validation() -> None:
+    req = parse({"prompt": "hi"})
+    assert req.params.max_tokens == 16 and req.params.temperature == 1.0 and not req.stream
+    assert parse({"prompt": "hi", "max_tokens": None}).max_tokens is None
     chat = parse({"messages": [{"role": "developer", "content": [{"type": "text", "text": "a"},
                                                                  {"type": "text", "text": "b"}]},
                                {"role": "assistant", "content": None}],

@@ -275,8 +275,8 @@ class OpenAIServer:
         self._check_model(model)
         return _json({"prompt": await self._decode(served, ids)})
 
-    def _fit(self, served: Served, req: GenerationRequest, prompt: list[int]
-             ) -> SamplingParams:
+    def _fit(self, served: Served, req: GenerationRequest, prompt: list[int],
+             bad_words: tuple[tuple[int, ...], ...] = ()) -> SamplingParams:
         """The prompt's sampling parameters, its completion held within max-model-len."""
         limit = served.max_model_len
         if not prompt:
@@ -288,7 +288,6 @@ class OpenAIServer:
                            f"({len(prompt)} in the prompt, {wanted} for the completion). "
                            "Shorten the prompt or lower max_tokens.",
                            "messages" if req.chat else "prompt", "context_length_exceeded")
-        bad_words = self._bad_word_ids(served, req.bad_words)
         if req.params.max_tokens == wanted and not bad_words:
             return req.params
         return replace(req.params, max_tokens=wanted, bad_words=bad_words)
@@ -319,7 +318,8 @@ class OpenAIServer:
             prompts = await self._tokenize(served, req)
             if req.truncate_prompt_tokens:  # vLLM's: the last k tokens of each prompt
                 prompts = [p[-req.truncate_prompt_tokens:] for p in prompts]
-            params = [self._fit(served, req, p) for p in prompts]
+            bad_words = self._bad_word_ids(served, req.bad_words)
+            params = [self._fit(served, req, p, bad_words) for p in prompts]
             matchers = await self._matchers(served, req, len(prompts) * req.n)
             choices = self._submit(served, req, prompts, params,
                                    await self._echo_texts(served, req, prompts), matchers)

@@ -19,3 +19,8 @@ class ApiError(Exception):
                     self.status, "server_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param,
                           "code": self.code}}
+
+
+def bad_request(message: str, param: str) -> ApiError:
+    """400 with the request field it concerns."""
+    return ApiError(400, message, param)

@@ -15,6 +15,7 @@ from typing import Any
 from ..llm.sampling import SamplingParams
 from ..llm.structured import Constraint
 from .openai_errors import ApiError
+from .openai_errors import bad_request as _bad
 from .openai_render import ChatRender, parse_render
 from .openai_structured import output_constraint
 from .openai_tools import Tools, message_tool_calls, parse_tools, tool_constraint
@@ -63,10 +64,6 @@ class GenerationRequest:
         if self.n == 1 or params.seed is None:
             return [params] * self.n
         return [replace(params, seed=(params.seed + i) % (2**63)) for i in range(self.n)]
-
-
-def _bad(message: str, param: str) -> ApiError:
-    return ApiError(400, message, param)
 
 
 def _num(doc: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:

@@ -8,11 +8,7 @@ import json
 from typing import Any
 
 from ..llm.structured import Constraint
-from .openai_errors import ApiError
-
-
-def _bad(message: str, param: str) -> ApiError:
-    return ApiError(400, message, param)
+from .openai_errors import bad_request as _bad
 
 
 def _response_format(fmt: Any) -> Constraint | None:

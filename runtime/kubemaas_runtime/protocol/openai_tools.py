@@ -31,15 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..llm.structured import Constraint
-from .openai_errors import ApiError
+from .openai_errors import bad_request as _bad
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 MAX_TOOLS = 128
-
-
-def _bad(message: str, param: str) -> ApiError:
-    return ApiError(400, message, param)
 
 
 @dataclass(frozen=True)
