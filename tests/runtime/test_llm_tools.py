@@ -1,7 +1,9 @@
 """Tool calling, served: the tools and the conversation's earlier calls reach the prompt
 through the model's chat template; a named function or ``required`` holds the output to the
 tools' schemas, so even a random-weight model answers with valid calls; ``auto`` reads the
-model's ``<tool_call>`` blocks with the hermes parser; the openai client reads them all."""
+model's ``<tool_call>`` blocks with the hermes parser (and the llama3_json and mistral
+parsers theirs); streamed, content and calls come as they are written; the openai client
+reads them all."""
 
 from __future__ import annotations
 
@@ -63,6 +65,29 @@ def check_weather(arguments: str) -> None:
     assert set(args) == {"city", "days"}
 
 
+def streamed_calls(events: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]], str]:
+    """A stream's content, calls and finish reason, put together as a client does; each call
+    starts with a chunk of its index, id, name and empty arguments, which then come in more
+    than one piece (the call takes shape token by token)."""
+    content, calls, pieces = "", [], []
+    for event in events[1:]:
+        (choice,) = event["choices"]
+        delta = choice["delta"]
+        content += delta.get("content") or ""
+        for call in delta.get("tool_calls", []):
+            if "id" in call:
+                assert call["index"] == len(calls) and call["type"] == "function"
+                assert call["function"]["arguments"] == ""
+                calls.append(call)
+                pieces.append(0)
+            else:
+                assert set(call) == {"index", "function"} and call["index"] == len(calls) - 1
+                calls[-1]["function"]["arguments"] += call["function"]["arguments"]
+                pieces[-1] += 1
+    assert all(n > 1 for n in pieces), pieces
+    return content.strip(), calls, events[-1]["choices"][0]["finish_reason"]
+
+
 def test_the_tools_and_earlier_calls_reach_the_prompt(server: Server, tool_model: Path) -> None:
     history = [*USER, {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call-1", "type": "function", "function": {
@@ -115,6 +140,30 @@ def test_required_calls_one_or_more_tools(server: Server) -> None:
     assert one["finish_reason"] == "tool_calls" and len(one["message"]["tool_calls"]) == 1
 
 
+def test_required_calls_stream_as_they_are_written(server: Server) -> None:
+    doc = {"messages": USER, "tools": [WEATHER, TIME], "tool_choice": "required",
+           "temperature": 1.0, "seed": 5, "max_tokens": 128, "logprobs": True}
+    whole = chat(server, **doc)["choices"][0]
+    events = stream_events(server, "/v1/chat/completions", {**doc, "stream": True})
+    content, calls, finish = streamed_calls(events)
+    assert (content, finish) == ("", whole["finish_reason"])
+    assert [c["function"] for c in calls] == \
+        [c["function"] for c in whole["message"]["tool_calls"]]
+    # every token's logprobs come too, though the reader holds some of its text back
+    streamed = [t for e in events for t in (e["choices"][0]["logprobs"] or {}).get("content", [])]
+    assert [t["token"] for t in streamed] == [t["token"] for t in whole["logprobs"]["content"]]
+    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
+    names, arguments = [], []
+    for chunk in client.chat.completions.create(model="tiny", stream=True, **doc):
+        for call in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            if call.function.name:
+                names.append(call.function.name)
+                arguments.append("")
+            arguments[call.index] += call.function.arguments or ""
+    assert [{"name": n, "arguments": a} for n, a in zip(names, arguments, strict=True)] == \
+        [c["function"] for c in whole["message"]["tool_calls"]]
+
+
 def test_auto_reads_the_models_tool_call_blocks(server: Server) -> None:
     """The model's own text, read by the hermes parser: held here by a regex to what a tool
     model writes, a sentence and a <tool_call> block; without a block, plain content."""
@@ -130,11 +179,10 @@ def test_auto_reads_the_models_tool_call_blocks(server: Server) -> None:
     events = stream_events(server, "/v1/chat/completions", {
         "messages": USER, "tools": [WEATHER], "structured_outputs": {"regex": block},
         "temperature": 1.0, "seed": 1, "max_tokens": 64, "stream": True})
-    deltas = [e["choices"][0]["delta"] for e in events]
-    assert deltas[0] == {"role": "assistant", "content": ""}
-    assert deltas[1]["content"] == "Let me check."
-    assert [c["function"] for c in deltas[1]["tool_calls"]] == [call["function"]]
-    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    content, calls, finish = streamed_calls(events)
+    assert content == "Let me check." and finish == "tool_calls"
+    assert [c["function"] for c in calls] == [call["function"]]
     plain = chat(server, tools=[WEATHER], max_tokens=8)["choices"][0]
     assert plain["message"].get("tool_calls") is None and plain["message"]["content"]
 
@@ -190,6 +238,12 @@ def test_auto_with_the_llama_and_mistral_parsers(tool_model: Path, parser: str,
         (call,) = answer["message"]["tool_calls"]
         assert call["function"] == {"name": "get_weather",
                                     "arguments": '{"city": "Oslo", "days": 3}'}
+        content, calls, finish = streamed_calls(stream_events(
+            server, "/v1/chat/completions", {
+                "messages": USER, "tools": [WEATHER], "structured_outputs": {"regex": block},
+                "temperature": 0, "max_tokens": 64, "stream": True}))
+        assert (content, finish) == ("", "tool_calls")
+        assert [c["function"] for c in calls] == [call["function"]]
     finally:
         assert server.stop() == 0
 

@@ -1,52 +1,150 @@
-"""The hermes tool-call parser and the tool-calling request fields, as pure functions."""
+"""The tool-call readers (hermes, llama3_json, mistral, required's list) as pure functions:
+what they read from a whole text, and that any split of the text into deltas reads the same."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
+from typing import Any
 
-from kubemaas_runtime.protocol.openai_tools import Tools, hermes_calls, tool_message
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-
-def test_hermes_blocks_become_calls_and_the_rest_stays_content() -> None:
-    text = ('I will look. <tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>'
-            '<tool_call>{"name": "b"}</tool_call> done')
-    content, calls = hermes_calls(text)
-    assert content == "I will look.  done"
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] \
-        == [("a", {"x": 1}), ("b", {})]
-    assert len({c["id"] for c in calls}) == 2
-    # a block that is not a call is left as it was; no block: the text unchanged
-    assert hermes_calls("<tool_call>{oops}</tool_call>") == ("<tool_call>{oops}</tool_call>", [])
-    assert hermes_calls('<tool_call>{"name": 3}</tool_call>')[1] == []
-    assert hermes_calls("plain") == ("plain", [])
-    assert hermes_calls('<tool_call>{"name": "a"}</tool_call>')[0] is None
+from kubemaas_runtime.protocol.openai_tool_stream import SYNTAXES, ToolCallReader
+from kubemaas_runtime.protocol.openai_tools import PARSERS, Tools, tool_message
 
 
-def test_a_cut_off_answer_stays_text() -> None:
+def read(syntax: str, text: str, cuts: list[int] | None = None
+         ) -> tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]:
+    """(content, [(name, arguments)], events) of ``text`` fed whole or cut at ``cuts``."""
+    reader = ToolCallReader(SYNTAXES[syntax])
+    bounds = [0, *(cuts or []), len(text)]
+    events = []
+    for a, b in itertools.pairwise(bounds):
+        events += reader.feed(text[a:b])
+    events += reader.close()
+    calls = [(c["function"]["name"], c["function"]["arguments"]) for c in reader.calls]
+    return "".join(reader.content), calls, events
+
+
+CASES = [
+    ("hermes", 'I will look. <tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>'
+               '<tool_call>{"name": "b"}</tool_call> done',
+     "I will look. done", [("a", '{"x": 1}'), ("b", "{}")]),
+    # a block that is not a call stays in the content as it was
+    ("hermes", "<tool_call>{oops}</tool_call>", "<tool_call>{oops}</tool_call>", []),
+    ("hermes", '<tool_call>{"name": 3}</tool_call>', '<tool_call>{"name": 3}</tool_call>', []),
+    ("hermes", "plain, with <tool but no call", "plain, with <tool but no call", []),
+    # braces and quotes inside strings; keys after the arguments
+    ("hermes", 'x <tool_call>{"name": "a", "arguments": {"s": "}{\\"", "n": [1, {"k": 2}]}, '
+               '"z": 1}</tool_call>', "x", [("a", '{"s": "}{\\"", "n": [1, {"k": 2}]}')]),
+    ("hermes", '<tool_call>{"arguments": {"y": 2}, "name": "a"}</tool_call>', "",
+     [("a", '{"y": 2}')]),
+    ("hermes", '<tool_call>{"name": "a", "arguments": 5}</tool_call>', "", [("a", "5")]),
+    ("llama3_json", '<|python_tag|>{"name": "a", "parameters": {"x": 1}}; '
+                    '{"name": "b", "parameters": {}}', "", [("a", '{"x": 1}'), ("b", "{}")]),
+    ("llama3_json", "Just text.", "Just text.", []),
+    ("llama3_json", '{"x": 1}', '{"x": 1}', []),
+    ("llama3_json", "{broken", "{broken", []),
+    ("llama3_json", '{"name": "a"} and more', " and more", [("a", "{}")]),
+    ("mistral", 'Sure. [TOOL_CALLS][{"name": "a", "arguments": {"y": 2}}]', "Sure.",
+     [("a", '{"y": 2}')]),
+    ("mistral", '[TOOL_CALLS][{"name": "a", "arguments": {"y": 2}}]', "", [("a", '{"y": 2}')]),
+    ("mistral", '[{"name": "a", "arguments": {}}, {"name": "b"}]', "", [("a", "{}"), ("b", "{}")]),
+    ("mistral", "[1, 2]", "[1, 2]", []),
+    ("mistral", "[TOOL_CALLS] nope", "[TOOL_CALLS] nope", []),
+    ("required", '[{"name":"a","parameters":{"city":"Paris","days":3}},'
+                 '{"name":"b","parameters":{}}]', "",
+     [("a", '{"city":"Paris","days":3}'), ("b", "{}")]),
+]
+
+
+@pytest.mark.parametrize(("syntax", "text", "content", "calls"), CASES)
+def test_any_split_of_the_text_reads_the_same(syntax: str, text: str, content: str,
+                                              calls: list[tuple[str, str]]) -> None:
+    assert read(syntax, text)[:2] == (content, calls)
+    assert read(syntax, text, list(range(1, len(text))))[:2] == (content, calls)
+    rng = random.Random(len(text))
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 8))))
+        assert read(syntax, text, cuts)[:2] == (content, calls), cuts
+
+
+def test_a_call_is_announced_when_its_name_is_read_and_its_arguments_stream() -> None:
+    text = 'Hi <tool_call>{"name": "get", "arguments": {"city": "Oslo"}}</tool_call>'
+    events = read("hermes", text, list(range(1, len(text))))[2]
+    assert events[:2] == [("content", "H"), ("content", "i")]  # the space held, then dropped
+    kinds = [e[0] for e in events]
+    assert kinds.count("call") == 1 and kinds.index("call") == 2
+    assert events[2][1:2] == (0,) and events[2][3] == "get"
+    pieces = [e[2] for e in events[3:]]
+    assert len(pieces) == len('{"city": "Oslo"}') and "".join(pieces) == '{"city": "Oslo"}'
+
+
+def test_content_waits_only_for_what_could_start_a_call() -> None:
+    reader = ToolCallReader(SYNTAXES["hermes"])
+    assert reader.feed("It is <tool") == [("content", "It is")]
+    assert reader.feed("kit> here") == [("content", " <toolkit> here")]
+    assert reader.close() == []
+    llama = ToolCallReader(SYNTAXES["llama3_json"])
+    assert llama.feed("  <|python") == []  # may be the tag
+    assert llama.feed(" is a language") == [("content", "  <|python is a language")]
+
+
+def test_a_literal_argument_is_sent_whole() -> None:
+    text = '[{"name":"a","parameters":12345}]'
+    events = read("required", text, list(range(1, len(text))))[2]
+    assert [e for e in events if e[0] == "arguments"] == [("arguments", 0, "12345")]
+
+
+def test_the_answer_of_a_cut_off_call() -> None:
     tools = Tools(({"type": "function", "function": {"name": "a"}},), "required")
+    # cut before the arguments began: no call, the text as it was
     message, finish = tool_message(tools, "none", '[{"name": "a", "param', "length")
     assert (message["content"], finish) == ('[{"name": "a", "param', "length")
     assert "tool_calls" not in message
+    # cut inside the arguments: the call as far as it went, finish "length" (as OpenAI's)
+    message, finish = tool_message(tools, "none", '[{"name": "a", "parameters": {"x": 1', "length")
+    assert finish == "length" and message["content"] is None
+    assert message["tool_calls"][0]["function"] == {"name": "a", "arguments": '{"x": 1'}
     message, finish = tool_message(tools, "none", '[{"name": "a", "parameters": {}}]', "stop")
     assert finish == "tool_calls" and message["content"] is None
     assert message["tool_calls"][0]["function"] == {"name": "a", "arguments": "{}"}
+    assert message["tool_calls"][0]["id"].startswith("chatcmpl-tool-")
 
 
-def test_llama3_json_and_mistral_calls() -> None:
-    from kubemaas_runtime.protocol.openai_tools import PARSERS, llama3_calls, mistral_calls
+def test_auto_reads_with_the_servers_parser() -> None:
     from kubemaas_runtime.settings import TOOL_CALL_PARSERS
 
     assert set(TOOL_CALL_PARSERS) == {"none", *PARSERS}
-    content, calls = llama3_calls('<|python_tag|>{"name": "a", "parameters": {"x": 1}}; '
-                                  '{"name": "b", "parameters": {}}')
-    assert content is None
-    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == \
-        [("a", '{"x": 1}'), ("b", "{}")]
-    for text in ("Just text.", '{"x": 1}', '{"name": "a"} and more', "{broken"):
-        assert llama3_calls(text) == (text, [])
-    content, calls = mistral_calls('Sure. [TOOL_CALLS][{"name": "a", "arguments": {"y": 2}}]')
-    assert content == "Sure." and calls[0]["function"]["arguments"] == '{"y": 2}'
-    content, calls = mistral_calls('[{"name": "a", "arguments": {}}, {"name": "b"}]')
-    assert content is None and [c["function"]["name"] for c in calls] == ["a", "b"]
-    for text in ("[1, 2]", "[TOOL_CALLS] nope", "plain"):
-        assert mistral_calls(text) == (text, [])
+    tools = Tools(({"type": "function", "function": {"name": "a"}},), "auto")
+    text = 'Checking. <tool_call>{"name": "a", "arguments": {"q": "x"}}</tool_call>'
+    message, finish = tool_message(tools, "hermes", text, "stop")
+    assert finish == "tool_calls" and message["content"] == "Checking."
+    assert json.loads(message["tool_calls"][0]["function"]["arguments"]) == {"q": "x"}
+    message, finish = tool_message(tools, "hermes", "no call here ", "stop")
+    assert (message["content"], finish) == ("no call here ", "stop")
+    assert "tool_calls" not in message
+
+
+FRAGMENTS = ['<tool_call>', '</tool_call>', '<tool', '[TOOL_CALLS]', '<|python_tag|>', '{', '}',
+             '[', ']', ',', ';', ':', '"', '\\', ' ', '\n', '"name"', '"arguments"',
+             '"parameters"', '"a"', '1', 'null', 'text', '{"name": "a", "arguments": ']
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(SYNTAXES)), st.lists(st.sampled_from(FRAGMENTS), max_size=30),
+       st.randoms(use_true_random=False))
+def test_any_text_any_split_reads_the_same_and_loses_nothing(syntax: str, parts: list[str],
+                                                              rng: random.Random) -> None:
+    """Whatever the model writes: no exception, the same reading whole and in pieces, and
+    when no call is read, the content is the text itself."""
+    text = "".join(parts)
+    cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, len(text) - 1))) \
+        if len(text) > 1 else []
+    content, calls, _ = read(syntax, text, cuts)
+    assert (content, calls) == read(syntax, text)[:2]
+    if not calls:
+        assert content == text

@@ -38,7 +38,7 @@ from .openai_schema import (
     parse_tokenize,
 )
 from .openai_stream import ChunkFormat, stream_response
-from .openai_tools import tool_message
+from .openai_tools import tool_message, tool_readers
 
 log = logging.getLogger("kubemaas.runtime.openai")
 
@@ -450,10 +450,5 @@ class OpenAIServer:
         head = self._head(req)
         fmts = [ChunkFormat(head, req, served.tokenizer, c.index) for c in choices]
         observes = [self._observe(served, c.stream, first=c.first) for c in choices]
-        calls = None
-        if req.tools is not None and req.tools.choice in ("required", "auto"):
-            tools, parser = req.tools, self.tool_call_parser
-
-            def calls(text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
-                return tool_message(tools, parser, text, finish)
-        return await stream_response(request, req, choices, fmts, observes, calls)
+        readers = tool_readers(req.tools, self.tool_call_parser, len(choices))
+        return await stream_response(request, req, choices, fmts, observes, readers)

@@ -23,12 +23,10 @@ from ..llm.sampling import TokenLogprobs
 from .openai_answer import Choice, logprobs_doc, usage_doc
 from .openai_errors import ApiError
 from .openai_schema import GenerationRequest
-from .openai_tools import tool_call
+from .openai_tool_stream import ToolCallReader
+from .openai_tools import tool_call, tool_finish
 
 log = logging.getLogger("kubemaas.runtime.openai")
-
-# a tool-calling chat's answer: (text, finish reason) -> (assistant message, finish reason)
-ToolCalls = Callable[[str, "str | None"], tuple[dict[str, Any], "str | None"]]
 
 
 def sse(doc: Any) -> bytes:
@@ -92,17 +90,31 @@ class ChunkFormat:
                                     unscored=choice.prompt[0])
         return sse(self.doc(choice.echo_text, None, logprobs))
 
-    def message(self, message: dict[str, Any]) -> bytes:
-        """A whole assistant message as one delta: its content and its tool calls."""
-        doc = self.doc(None, None)
-        delta: dict[str, Any] = {}
-        if message.get("content") is not None:
-            delta["content"] = message["content"]
-        if message.get("tool_calls"):
-            delta["tool_calls"] = [{"index": k, **call}
-                                   for k, call in enumerate(message["tool_calls"])]
-        doc["choices"][0]["delta"] = delta
-        return sse(doc)
+    def tool_events(self, events: list[tuple[Any, ...]], lps: tuple[TokenLogprobs, ...]
+                    ) -> list[bytes]:
+        """A chunk per event of a ``ToolCallReader``: content, a call's start (index, id,
+        name, empty arguments), a piece of its arguments. The delta's logprobs, if asked, go
+        on its first chunk (on a chunk of their own when the reader holds its text back)."""
+        logprobs = None
+        if self.req.logprobs and lps:
+            logprobs = logprobs_doc(self.tokenizer, True, list(lps), 0)
+        out = []
+        for event in events:
+            doc = self.doc(None, None, logprobs)
+            if event[0] == "content":
+                doc["choices"][0]["delta"] = {"content": event[1]}
+            elif event[0] == "call":
+                doc["choices"][0]["delta"] = {"tool_calls": [{
+                    "index": event[1], "id": event[2], "type": "function",
+                    "function": {"name": event[3], "arguments": ""}}]}
+            else:
+                doc["choices"][0]["delta"] = {"tool_calls": [{
+                    "index": event[1], "function": {"arguments": event[2]}}]}
+            out.append(sse(doc))
+            logprobs = None
+        if logprobs is not None:
+            out.append(sse(self.doc(None, None, logprobs)))
+        return out
 
     def finish(self, reason: str) -> bytes:
         return sse(self.doc(None if self.req.chat else "", reason))
@@ -139,14 +151,23 @@ async def ready_batches(streams: list[RequestStream]
             fut.cancel()
 
 
+def _read_calls(reader: ToolCallReader, fmt: ChunkFormat, delta: Delta) -> list[bytes]:
+    """A delta of a tool-calling choice: what its reader makes of it (and the finish)."""
+    done = delta.finish_reason is not None
+    out = fmt.tool_events(reader.feed(delta.text, final=done), delta.logprobs)
+    if done:
+        reason = tool_finish(delta.finish_reason) if reader.calls else delta.finish_reason
+        out.append(fmt.finish(reason or "stop"))
+    return out
+
+
 async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                           choices: list[Choice], fmts: list[ChunkFormat],
                           observes: list[Callable[[Delta], None]],
-                          calls: ToolCalls | None = None) -> web.StreamResponse:
+                          readers: list[ToolCallReader] | None = None) -> web.StreamResponse:
     """The stream of a request's choices (``choices[i]`` rendered by ``fmts[i]``). With
-    ``calls`` (a chat whose tool calls are read from the whole text: required, auto), each
-    choice's text is held back and sent when it ends, as the message ``calls`` makes of it:
-    its content and tool calls, in one chunk."""
+    ``readers`` (a chat whose tool calls are read from its text: required, auto), each
+    choice's text goes through its reader, which sends content and calls as they are read."""
     streams = [c.stream for c in choices]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
@@ -154,7 +175,6 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
     if req.chat:
         await resp.write(b"".join(fmt.role() for fmt in fmts))
     out: list[bytes] = []
-    held: list[list[str]] = [[] for _ in streams]
     offsets = [0] * len(streams)
     lasts: list[Delta | None] = [None] * len(streams)
     try:
@@ -166,12 +186,8 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                         out.append(fmts[i].echo(choices[i], delta))
                         offsets[i] += len(choices[i].echo_text)
                     lasts[i] = delta
-                    if calls is not None:
-                        held[i].append(delta.text)
-                        if delta.finish_reason is not None:
-                            message, reason = calls("".join(held[i]), delta.finish_reason)
-                            out.append(fmts[i].message(message))
-                            out.append(fmts[i].finish(reason or delta.finish_reason))
+                    if readers is not None:
+                        out.extend(_read_calls(readers[i], fmts[i], delta))
                         continue
                     # a chunk per generated token, its text empty while a character is
                     # incomplete (as vLLM does): the client sees the stream advance token by

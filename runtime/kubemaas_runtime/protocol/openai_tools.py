@@ -18,24 +18,26 @@ answer them. What the model writes becomes tool calls as vLLM makes them:
 * ``none``: plain text.
 
 ``finish_reason`` is ``tool_calls`` when calls were made, except for a named function
-(``stop``, as OpenAI answers). Streamed, a named function's arguments come token by token; the
-other calls, read from the whole text, come in one chunk at the end.
+(``stop``, as OpenAI answers) and an answer cut off by ``max_tokens`` (``length``, its last
+call's arguments incomplete, as OpenAI sends them). Streamed, the content comes as it is
+written and each call as soon as its name is read, then its arguments token by token
+(``openai_tool_stream.py``); the non-streamed answer is read by the same reader.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from ..llm.structured import Constraint
 from .openai_errors import bad_request as _bad
+from .openai_tool_stream import SYNTAXES, ToolCallReader, new_call_id
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 MAX_TOOLS = 128
+PARSERS = ("hermes", "llama3_json", "mistral")  # --tool-call-parser
 
 
 @dataclass(frozen=True)
@@ -156,102 +158,43 @@ def message_tool_calls(msg: dict[str, Any], where: str) -> list[dict[str, Any]] 
 
 
 def tool_call(name: str, arguments: str) -> dict[str, Any]:
-    return {"id": "chatcmpl-tool-" + uuid.uuid4().hex, "type": "function",
+    return {"id": new_call_id(), "type": "function",
             "function": {"name": name, "arguments": arguments}}
 
 
-def hermes_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """The content before the first ``<tool_call>`` block and the calls of the blocks that
-    hold ``{"name", "arguments"}`` (a block that does not is left in the content)."""
-    calls, kept, last = [], [], 0
-    for match in _HERMES.finditer(text):
-        try:
-            doc = json.loads(match.group(1))
-            name, arguments = doc["name"], doc.get("arguments", {})
-            if not isinstance(name, str):
-                raise TypeError(name)
-        except (ValueError, KeyError, TypeError):
-            continue
-        kept.append(text[last:match.start()])
-        last = match.end()
-        calls.append(tool_call(name, json.dumps(arguments, ensure_ascii=False)))
-    kept.append(text[last:])
-    content = "".join(kept).strip() if calls else text
-    return content or None, calls
+def tool_reader(tools: Tools, parser: str) -> ToolCallReader | None:
+    """The reader of the calls in a required or auto answer's text (None: plain text)."""
+    if tools.choice == "required":
+        return ToolCallReader(SYNTAXES["required"])
+    if tools.choice == "auto" and parser in PARSERS:
+        return ToolCallReader(SYNTAXES[parser])
+    return None
 
 
-def _objects(text: str, separator: str) -> list[Any] | None:
-    """The JSON values ``text`` is made of, ``separator`` between them; None if it is not."""
-    decoder, values, at = json.JSONDecoder(), [], 0
-    while True:
-        try:
-            value, end = decoder.raw_decode(text, at)
-        except ValueError:
-            return None
-        values.append(value)
-        at = end + len(text[end:]) - len(text[end:].lstrip())
-        if at == len(text):
-            return values
-        if not text.startswith(separator, at):
-            return None
-        at += len(separator)
-        at += len(text[at:]) - len(text[at:].lstrip())
-
-
-def _named_calls(items: list[Any], arguments_keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Calls from ``{"name", <one of arguments_keys>}`` objects; [] if any item is not one."""
-    calls = []
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            return []
-        arguments: Any = next((item[k] for k in arguments_keys if k in item), {})
-        calls.append(tool_call(item["name"], json.dumps(arguments, ensure_ascii=False)))
-    return calls
-
-
-def llama3_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """Llama 3.1+'s JSON tool calls: the whole text (after ``<|python_tag|>``, if the
-    tokenizer kept it) is one or more ``{"name", "parameters"}`` objects joined by ``;``."""
-    body = text.strip().removeprefix("<|python_tag|>").strip()
-    items = _objects(body, ";") if body.startswith("{") else None
-    calls = _named_calls(items or [], ("parameters", "arguments"))
-    return (None, calls) if calls else (text, [])
-
-
-def mistral_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """Mistral's tool calls: a JSON list of ``{"name", "arguments"}`` after ``[TOOL_CALLS]``
-    (or at the start of the text, the marker being a special token the text leaves out)."""
-    content, marker, rest = text.partition("[TOOL_CALLS]")
-    if not marker:
-        content, rest = "", text
-    items = _objects(rest.strip(), ";") if rest.strip().startswith("[") else None
-    calls = _named_calls(items[0] if items and isinstance(items[0], list) else [],
-                         ("arguments", "parameters"))
-    return ((content.strip() or None), calls) if calls else (text, [])
-
-
-PARSERS = {"hermes": hermes_calls, "llama3_json": llama3_calls, "mistral": mistral_calls}
+def tool_readers(tools: Tools | None, parser: str, n: int) -> list[ToolCallReader] | None:
+    """A reader for each of a streamed request's ``n`` choices, if its calls are read."""
+    readers = [tool_reader(tools, parser) for _ in range(n)] if tools is not None else []
+    return [r for r in readers if r is not None] or None
 
 
 def tool_message(tools: Tools, parser: str, text: str, finish: str | None
                  ) -> tuple[dict[str, Any], str | None]:
     """The assistant message of a tool-calling answer, and its finish reason."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
-    if tools.choice == "named" and finish == "stop":
+    if tools.choice == "named":
         assert tools.name is not None
         message.update(content=None, tool_calls=[tool_call(tools.name, text)])
         return message, finish
-    if tools.choice == "required" and finish == "stop":
-        try:  # the grammar made it a list of {"name", "parameters"} (unless a stop string cut it)
-            calls = [tool_call(i["name"], json.dumps(i["parameters"], ensure_ascii=False))
-                     for i in json.loads(text)]
-        except (ValueError, KeyError, TypeError):
-            return message, finish
-        message.update(content=None, tool_calls=calls)
-        return message, "tool_calls"
-    if tools.choice == "auto" and parser in PARSERS:
-        content, calls = PARSERS[parser](text)
-        if calls:
-            message.update(content=content, tool_calls=calls)
-            return message, "tool_calls"
-    return message, finish  # no call made (or cut off by max_tokens: the text as it is)
+    reader = tool_reader(tools, parser)
+    if reader is None:
+        return message, finish
+    reader.feed(text, final=True)
+    if not reader.calls:
+        return message, finish
+    message.update(content="".join(reader.content).strip() or None, tool_calls=reader.calls)
+    return message, tool_finish(finish)
+
+
+def tool_finish(finish: str | None) -> str | None:
+    """The finish reason of an answer that made calls: ``tool_calls`` unless it was cut off."""
+    return "tool_calls" if finish == "stop" else finish
