@@ -18,7 +18,7 @@ from .errors import StartupError
 
 FORMATS = ("onnx", "torchscript", "torch-export", "keras", "hf")
 LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
-TOOL_CALL_PARSERS = ("none", "hermes", "llama3_json", "mistral")  # protocol/openai_tools.py
+TOOL_CALL_PARSERS = ("auto", "none", "hermes", "llama3_json", "mistral")  # protocol/openai_tools.py
 DEVICES = ("auto", "cpu", "cuda")
 PAD_BATCHES = ("auto", "always", "never")
 LOG_FORMATS = ("json", "text")
@@ -141,11 +141,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("dtype", "--dtype", "KUBEMAAS_DTYPE", "auto", str,
            "hf models: auto | float32 | bfloat16 | float16. auto: float32 on CPU, bfloat16 on "
            "CUDA."),
-    Option("tool_call_parser", "--tool-call-parser", "KUBEMAAS_TOOL_CALL_PARSER", "none", str,
-           "hf models: none | hermes | llama3_json | mistral. How tool calls are read from a "
-           "model's text when a chat request lets it choose (tool_choice auto): hermes for "
-           "<tool_call> blocks (Hermes, Qwen2.5, Qwen3), llama3_json for Llama 3.1+, mistral "
-           "for [TOOL_CALLS]. none: such requests are 400."),
+    Option("tool_call_parser", "--tool-call-parser", "KUBEMAAS_TOOL_CALL_PARSER", "auto", str,
+           "hf models: auto | none | hermes | llama3_json | mistral. How tool calls are read "
+           "from a model's text when a chat request lets it choose (tool_choice auto): hermes "
+           "for <tool_call> blocks (Hermes, Qwen2.5, Qwen3), llama3_json for Llama 3.1+, "
+           "mistral for [TOOL_CALLS]; auto: the one the model's chat template writes, if any. "
+           "none (or auto finding none): such requests are 400."),
     Option("kv_cache_memory", "--kv-cache-memory", "KUBEMAAS_KV_CACHE_MEMORY", 0, parse_bytes,
            "hf models: bytes for the paged KV cache (e.g. 2Gi). 0 = on CUDA "
            "--gpu-memory-utilization of the GPU minus what the model takes, on CPU 256Mi."),
@@ -254,7 +255,7 @@ class Settings:
     drain_timeout_s: float = 20.0
     shutdown_delay_s: float = 0.0
     dtype: str = "auto"
-    tool_call_parser: str = "none"
+    tool_call_parser: str = "auto"
     kv_cache_memory: int = 0
     gpu_memory_utilization: float = 0.9
     max_model_len: int = 0

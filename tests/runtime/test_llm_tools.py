@@ -47,7 +47,7 @@ def tool_model(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="module")
 def server(tool_model: Path) -> Iterator[Server]:
-    server = start_llm_server(tool_model, "--tool-call-parser", "hermes")
+    server = start_llm_server(tool_model)  # --tool-call-parser auto: hermes, from TEMPLATE
     yield server
     assert server.stop() == 0
 

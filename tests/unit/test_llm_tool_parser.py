@@ -118,7 +118,7 @@ def test_the_answer_of_a_cut_off_call() -> None:
 def test_auto_reads_with_the_servers_parser() -> None:
     from kubemaas_runtime.settings import TOOL_CALL_PARSERS
 
-    assert set(TOOL_CALL_PARSERS) == {"none", *PARSERS}
+    assert set(TOOL_CALL_PARSERS) == {"auto", "none", *PARSERS}
     tools = Tools(({"type": "function", "function": {"name": "a"}},), "auto")
     text = 'Checking. <tool_call>{"name": "a", "arguments": {"q": "x"}}</tool_call>'
     message, finish = tool_message(tools, "hermes", text, "stop")
@@ -148,3 +148,24 @@ def test_any_text_any_split_reads_the_same_and_loses_nothing(syntax: str, parts:
     assert (content, calls) == read(syntax, text)[:2]
     if not calls:
         assert content == text
+
+
+@pytest.mark.parametrize(("template", "parser"), [
+    # excerpts of the templates as the models ship them: where each writes an earlier call
+    ("{%- for tool_call in message.tool_calls %}{{- '<tool_call>\\n{\"name\": \"' }}", "hermes"),
+    ({"default": "{{ messages }}", "tool_use": "{{- '<tool_call>\\n' }}"}, "hermes"),
+    ("<|start_header_id|>assistant<|end_header_id|>\\n\\n{{- '{\"name\": \"' + "
+     "tool_call.name + '\", ' }}{{- '\"parameters\": ' }}", "llama3_json"),
+    ("{%- if builtin_tools is defined %}{{- '<|python_tag|>' }}<|start_header_id|>",
+     "llama3_json"),
+    ("{{- '[AVAILABLE_TOOLS] ' + tools|tojson }}{{- '[TOOL_CALLS] [' }}", "mistral"),
+    ("{{- '[TOOL_CALLS]' + tool_call.function.name + '[ARGS]' }}", "none"),
+    ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}", "none"),
+    ("<|header_start|>assistant<|header_end|>\\n\\n{{- '[' + tool_call.name + '(' }}", "none"),
+    (None, "none"),
+])
+def test_auto_takes_the_parser_the_chat_template_writes(template: object, parser: str) -> None:
+    from kubemaas_runtime.protocol.openai_tools import resolve_parser
+
+    assert resolve_parser("auto", template) == parser
+    assert resolve_parser("hermes", template) == "hermes"  # a parser named is used as it is

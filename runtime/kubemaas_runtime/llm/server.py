@@ -90,6 +90,7 @@ def _load(settings: Settings) -> tuple[Any, Any]:
 async def serve_llm(settings: Settings) -> int:
     from ..metrics import LLMMetrics, Metrics
     from ..protocol.openai import OpenAIServer, Served
+    from ..protocol.openai_tools import resolve_parser
     from ..security.gate import Security
     from ..serving import drain, listen, run_in_thread, stop_on_signals
 
@@ -113,6 +114,7 @@ async def serve_llm(settings: Settings) -> int:
         if load_task.done():
             lm, engine = load_task.result()  # raises StartupError
             engine.start(loop)
+            api.tool_call_parser = resolve_parser(settings.tool_call_parser, lm.chat_template)
             api.served = Served(engine, LLMMetrics(settings.model_name, engine.pool.block_size,
                                                    engine.pool.usable),
                                 lm.tokenizer, engine.cfg.max_model_len, lm.vocab_size)
@@ -123,7 +125,8 @@ async def serve_llm(settings: Settings) -> int:
             metrics.load_seconds.set(label, took)
             lifecycle.info("ready", extra={"fields": {
                 "model": settings.model_name, "platform": "transformers",
-                "device": str(lm.device), "port": port, "seconds_to_ready": round(took, 3)}})
+                "device": str(lm.device), "port": port, "seconds_to_ready": round(took, 3),
+                "tool_call_parser": api.tool_call_parser}})
             await stop_task
         else:
             load_task.cancel()

@@ -309,8 +309,10 @@ class OpenAIServer:
             if req.tools is not None and req.tools.choice == "auto" and \
                     self.tool_call_parser == "none":
                 raise ApiError(400, "tool_choice \"auto\" (the default when tools are given) "
-                               "needs a server started with --tool-call-parser; send "
-                               "\"required\", a named function or \"none\"", "tool_choice")
+                               "needs a tool-call parser, and this model's chat template "
+                               "writes calls in none of the formats the server reads: start "
+                               "it with --tool-call-parser, or send \"required\", a named "
+                               "function or \"none\"", "tool_choice")
             if req.stream and req.prompt_logprobs:
                 raise ApiError(400, "'prompt_logprobs' is not available with 'stream': true",
                                "prompt_logprobs")

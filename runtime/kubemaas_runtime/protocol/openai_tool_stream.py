@@ -173,8 +173,9 @@ class ToolCallReader:
         found = [(rest.find(m), m) for m in self.syntax.markers if m in rest]
         if found:
             at, marker = min(found)
-            self._send_content(events, rest[:at].rstrip())
-            self.region, self.region_calls = self.pos + at, 0
+            before = rest[:at].rstrip()  # its trailing spaces go back too if no call comes
+            self._send_content(events, before)
+            self.region, self.region_calls = self.pos + len(before), 0
             self.pos += at + len(marker)
             self.state = "open" if self.syntax.listed else "item"
             return True

@@ -171,6 +171,23 @@ def tool_reader(tools: Tools, parser: str) -> ToolCallReader | None:
     return None
 
 
+def resolve_parser(setting: str, chat_template: Any) -> str:
+    """``--tool-call-parser``, ``auto`` resolved from the chat template: the format in which it
+    writes the conversation's earlier calls is the one the model was trained to write."""
+    if setting != "auto":
+        return setting
+    templates = chat_template.values() if isinstance(chat_template, dict) else [chat_template]
+    text = "\n".join(t for t in templates if isinstance(t, str))
+    if "<tool_call>" in text:
+        return "hermes"
+    if "[TOOL_CALLS]" in text:
+        # Mistral's newer form, [TOOL_CALLS]name[ARGS]{...}, is not read
+        return "none" if "[ARGS]" in text else "mistral"
+    if "<|start_header_id|>" in text and ("<|python_tag|>" in text or '"parameters"' in text):
+        return "llama3_json"
+    return "none"
+
+
 def tool_readers(tools: Tools | None, parser: str, n: int) -> list[ToolCallReader] | None:
     """A reader for each of a streamed request's ``n`` choices, if its calls are read."""
     readers = [tool_reader(tools, parser) for _ in range(n)] if tools is not None else []
