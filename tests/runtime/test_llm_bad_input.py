@@ -323,9 +323,44 @@ chat_docs = st.fixed_dictionaries(
                   json_values, max_size=2) | json_values})
 
 
+input_item = st.fixed_dictionaries({}, optional={
+    "type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning"])
+    | json_values, "role": st.sampled_from(["user", "assistant", "developer", "tool"])
+    | json_values, "content": st.text(max_size=20) | st.lists(st.fixed_dictionaries(
+        {"type": st.sampled_from(["input_text", "output_text", "input_image"]),
+         "text": st.text(max_size=10)}), max_size=2) | json_values,
+    "call_id": st.sampled_from(["c1", "c2"]) | json_values,
+    "name": st.sampled_from(["f", "g"]) | json_values,
+    "arguments": st.sampled_from(['{"x": 1}', "{no"]) | json_values,
+    "output": st.text(max_size=10) | json_values})
+responses_docs = st.fixed_dictionaries(
+    {"input": st.text(max_size=30) | st.lists(input_item, max_size=3) | json_values},
+    optional={**{k: common[k] for k in ("model", "temperature", "top_p", "top_k", "seed",
+                                        "stream", "top_logprobs", "structured_outputs")},
+              "max_output_tokens": small_ints | json_values,
+              "instructions": st.text(max_size=10) | json_values,
+              "tools": st.lists(st.fixed_dictionaries(
+                  {"type": st.sampled_from(["function", "web_search"]) | json_values,
+                   "name": st.sampled_from(["f", "g", "bad name"]) | json_values}), max_size=2)
+              | json_values,
+              "tool_choice": st.sampled_from(["none", "auto", "required", {
+                  "type": "function", "name": "f"}]) | json_values,
+              "text": st.fixed_dictionaries({"format": st.sampled_from([
+                  {"type": "text"}, {"type": "json_object"}, {"type": "json_schema",
+                                                              "name": "x", "schema": {}}])
+                  | json_values}) | json_values,
+              "include": st.lists(st.sampled_from(["message.output_text.logprobs", "x"]),
+                                  max_size=2) | json_values,
+              "metadata": st.dictionaries(st.text(max_size=3), st.text(max_size=3),
+                                          max_size=3) | json_values,
+              "previous_response_id": st.none() | st.text(max_size=4),
+              "reasoning": st.none() | json_values, "truncation": json_values})
+
+
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(st.tuples(st.just(COMPL), completion_docs) | st.tuples(st.just(CHAT), chat_docs))
+@given(st.tuples(st.just(COMPL), completion_docs) | st.tuples(st.just(CHAT), chat_docs)
+       | st.tuples(st.just("/v1/responses"), responses_docs))
 def test_fuzz_no_5xx(server: Server, case: tuple[str, Any]) -> None:
     path, doc = case
     try:

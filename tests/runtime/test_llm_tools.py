@@ -17,26 +17,7 @@ import pytest
 
 from . import llm_reference as ref
 from .conftest import Server, start_llm_server, stream_events, with_chat_template
-
-# a Hermes-style template: the tools, earlier calls and tool answers written into the prompt
-TEMPLATE = (
-    "{{ bos_token }}"
-    "{% if tools %}<|system|>\n<tools>{{ tools | tojson }}</tools>{{ eos_token }}\n{% endif %}"
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
-    "{% for call in m.get('tool_calls', []) %}<tool_call>{{ call['function'] | tojson }}"
-    "</tool_call>{% endfor %}{{ eos_token }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {
-        "city": {"enum": ["Paris", "Oslo", "Lima"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7}},
-        "required": ["city", "days"], "additionalProperties": False}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "parameters": {"type": "object", "properties": {
-        "zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"], "additionalProperties": False}}}
-USER = [{"role": "user", "content": "what is the weather in the city"}]
+from .tool_models import TEMPLATE, TIME, USER, WEATHER, check_weather
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +38,6 @@ def chat(server: Server, **doc: Any) -> dict[str, Any]:
         "messages": USER, "max_tokens": 64, "temperature": 0, **doc})
     assert status == 200, body
     return body  # type: ignore[no-any-return]
-
-
-def check_weather(arguments: str) -> None:
-    args = json.loads(arguments)
-    assert args["city"] in ("Paris", "Oslo", "Lima") and 1 <= args["days"] <= 7
-    assert set(args) == {"city", "days"}
 
 
 def streamed_calls(events: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]], str]:

@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP endpoints for language models.
 
 ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (the tokenizer's chat
-template), ``stream: true`` as server-sent events, vLLM's ``POST /tokenize`` and
+template), ``POST /v1/responses`` (a chat, answered as a Responses object: openai_responses.py),
+``stream: true`` as server-sent events, vLLM's ``POST /tokenize`` and
 ``POST /detokenize``, ``GET /health``, ``GET /metrics``, and the OIP health endpoints for
 probes. Errors are OpenAI's error object with the status that fits: 400 bad
 input, 404 unknown model or route, 413 body too large, 429 queue full (Retry-After), 503 loading
@@ -31,6 +32,9 @@ from ..security.usage import current_usage
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
 from .openai_errors import ApiError
 from .openai_render import ChatRender
+from .openai_responses import ResponsesRequest, new_id, parse_responses
+from .openai_responses_stream import calls_reader, complete_response
+from .openai_responses_stream import stream_response as stream_responses
 from .openai_schema import (
     GenerationRequest,
     parse_detokenize,
@@ -41,6 +45,8 @@ from .openai_stream import ChunkFormat, stream_response
 from .openai_tools import tool_message, tool_readers
 
 log = logging.getLogger("kubemaas.runtime.openai")
+_GENERATE = {"/v1/completions": "completions", "/v1/chat/completions": "chat",
+             "/v1/responses": "responses"}
 
 _JSON = "application/json"
 _TOKENIZE_OFF_LOOP_CHARS = 4096  # longer texts are tokenized in a worker thread
@@ -97,10 +103,10 @@ class OpenAIServer:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path, method = request.path.rstrip("/") or "/", request.method
         try:
-            if path in ("/v1/completions", "/v1/chat/completions"):
+            if path in _GENERATE:
                 if method != "POST":
                     raise ApiError(405, f"use POST for {path}")
-                return await self._generate(request, chat=path.endswith("chat/completions"))
+                return await self._generate(request, _GENERATE[path])
             if path in ("/tokenize", "/detokenize"):
                 if method != "POST":
                     raise ApiError(405, f"use POST for {path}")
@@ -300,11 +306,16 @@ class OpenAIServer:
                for form in (word.strip(), " " + word.strip())}
         return tuple(sorted(i for i in ids if i))
 
-    async def _generate(self, request: web.BaseRequest, chat: bool) -> web.StreamResponse:
+    async def _generate(self, request: web.BaseRequest, kind: str) -> web.StreamResponse:
+        """``kind``: completions, chat or responses (a chat, answered as a Responses
+        object)."""
         served = self._serving()
         self.inflight += 1
         try:
-            req = parse_request(await self._read_json(request), chat, served.vocab_size)
+            doc = await self._read_json(request)
+            responses = parse_responses(doc) if kind == "responses" else None
+            req = parse_request(doc if responses is None else responses.chat,
+                                kind != "completions", served.vocab_size)
             self._check_model(req.model)
             if req.tools is not None and req.tools.choice == "auto" and \
                     self.tool_call_parser == "none":
@@ -326,6 +337,8 @@ class OpenAIServer:
             choices = self._submit(served, req, prompts, params,
                                    await self._echo_texts(served, req, prompts), matchers)
             try:
+                if responses is not None:
+                    return await self._respond(request, served, req, responses, choices[0])
                 if req.stream:
                     return await self._stream(request, served, req, choices)
                 try:
@@ -446,6 +459,23 @@ class OpenAIServer:
             doc["prompt_logprobs"] = prompt_logprobs_doc(served.tokenizer,
                                                          first_deltas[0].prompt_logprobs)
         return _json(doc)
+
+    async def _respond(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
+                       responses: ResponsesRequest, choice: Choice) -> web.StreamResponse:
+        head = (new_id("resp"), int(time.time()), self.model_name)
+        reader = calls_reader(req, self.tool_call_parser)
+        args = (head, responses, req, choice, self._observe(served, choice.stream), reader,
+                served.tokenizer)
+        if req.stream:
+            return await stream_responses(request, *args)
+        try:
+            return _json(await complete_response(*args))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the engine failed this request
+            log.error("generation failed", exc_info=exc)
+            raise ApiError(500, f"generation failed: {type(exc).__name__}; see the server "
+                           "log") from None
 
     async def _stream(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
                       choices: list[Choice]) -> web.StreamResponse:

@@ -308,3 +308,28 @@ class ToolCallReader:
         if text:
             self.content.append(text)
             events.append(("content", text))
+
+
+@dataclass
+class NamedCall:
+    """A named ``tool_choice`` read like the others: the whole text is that function's
+    arguments (the grammar holds it to their schema)."""
+
+    name: str
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+
+    def feed(self, delta: str, final: bool = False) -> list[tuple[Any, ...]]:
+        events: list[tuple[Any, ...]] = []
+        if not self.calls:
+            call_id = new_call_id()
+            self.calls.append({"id": call_id, "type": "function",
+                               "function": {"name": self.name, "arguments": ""}})
+            events.append(("call", 0, call_id, self.name))
+        if delta:
+            self.calls[0]["function"]["arguments"] += delta
+            events.append(("arguments", 0, delta))
+        return events
+
+    def close(self) -> list[tuple[Any, ...]]:
+        return self.feed("", final=True)

@@ -1,0 +1,265 @@
+"""OpenAI's Responses API (``POST /v1/responses``), served by the chat path.
+
+A Responses request is turned into the chat-completions body it means (``input`` items into
+messages, ``instructions`` into a system message first, flat function tools into chat tools,
+``text.format`` into ``response_format``, ``max_output_tokens`` into ``max_tokens``; vLLM's
+extra sampling fields pass through), generated as a chat, and its answer written as a
+``response`` object: a ``message`` item with the text, a ``function_call`` item per call.
+
+What needs state or OpenAI's hosted services is refused with a 400 that says so, as vLLM does
+without its store: ``previous_response_id`` and ``conversation`` (send the whole conversation in
+``input``), ``background``, hosted tools (web or file search, MCP, …), images and files. The
+server keeps nothing: a response's ``store`` is false.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..llm.engine import Delta
+from .openai_errors import ApiError
+from .openai_errors import bad_request as _bad
+
+# the Responses fields the chat body does not take as they are (the rest pass through)
+_OWN = ("input", "instructions", "max_output_tokens", "text", "tools", "tool_choice",
+        "include", "top_logprobs", "store", "metadata", "truncation", "reasoning",
+        "previous_response_id", "conversation", "background", "prompt", "service_tier",
+        "stream_options", "prompt_cache_key", "prompt_cache_retention", "safety_identifier",
+        "max_tool_calls", "user")
+_STATELESS = {"previous_response_id": "this server keeps no responses: send the whole "
+              "conversation in 'input'", "conversation": "this server keeps no "
+              "conversations: send the whole conversation in 'input'", "prompt": "stored "
+              "prompts are OpenAI's: send the text in 'input'"}
+_TEXT_PARTS = ("input_text", "output_text", "text")
+LOGPROBS = "message.output_text.logprobs"
+
+
+@dataclass(frozen=True)
+class ResponsesRequest:
+    chat: dict[str, Any]  # the chat-completions body it becomes
+    echo: dict[str, Any]  # the settings a response object repeats
+    logprobs: bool
+
+
+def _text(content: Any, where: str) -> str:
+    """A message's content: a string or a list of text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        out = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") not in _TEXT_PARTS or \
+                    not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise _bad(f"{where}.content[{j}] is {kind!r}: only text parts "
+                           f"({', '.join(_TEXT_PARTS)}) are served", f"{where}.content")
+            out.append(part["text"])
+        return "".join(out)
+    raise _bad(f"{where}.content must be a string or a list of text parts", f"{where}.content")
+
+
+def _call(item: dict[str, Any], where: str) -> dict[str, Any]:
+    for key in ("call_id", "name", "arguments"):
+        if not isinstance(item.get(key), str):
+            raise _bad(f"{where}.{key} must be a string", f"{where}.{key}")
+    return {"id": item["call_id"], "type": "function",
+            "function": {"name": item["name"], "arguments": item["arguments"]}}
+
+
+def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """``instructions`` and ``input`` as chat messages; a run of function calls (after the
+    assistant's text, if any) is one assistant message, as chat templates expect."""
+    instructions = doc.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise _bad("'instructions' must be a string", "instructions")
+    messages: list[dict[str, Any]] = \
+        [{"role": "system", "content": instructions}] if instructions else []
+    raw = doc.get("input")
+    if isinstance(raw, str):
+        return [*messages, {"role": "user", "content": raw}]
+    if not isinstance(raw, list) or not raw:
+        raise _bad("'input' must be a string or a non-empty list of items", "input")
+    for i, item in enumerate(raw):
+        where = f"input[{i}]"
+        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "system", "developer", "assistant"):
+                raise _bad(f"{where}.role must be user, system, developer or assistant",
+                           f"{where}.role")
+            messages.append({"role": role, "content": _text(item.get("content"), where)})
+        elif kind == "function_call":
+            last = messages[-1] if messages else None
+            if last is None or last["role"] != "assistant":
+                last = {"role": "assistant", "content": ""}
+                messages.append(last)
+            last.setdefault("tool_calls", []).append(_call(item, where))
+        elif kind == "function_call_output":
+            output = item.get("output")
+            if not isinstance(item.get("call_id"), str):
+                raise _bad(f"{where}.call_id must be a string", f"{where}.call_id")
+            messages.append({"role": "tool", "tool_call_id": item["call_id"],
+                             "content": _text(output, where)})
+        else:
+            raise _bad(f"{where} is {kind!r}: the items served are messages, function_call "
+                       "and function_call_output", where)
+    return messages
+
+
+def _tools(doc: dict[str, Any]) -> dict[str, Any]:
+    """Flat function tools and their tool_choice, in the chat body's shape."""
+    out: dict[str, Any] = {}
+    tools = doc.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _bad("'tools' must be a list", "tools")
+        chat_tools = []
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict) or tool.get("type") != "function":
+                kind = tool.get("type") if isinstance(tool, dict) else None
+                raise _bad(f"tools[{i}] is {kind!r}: only function tools are served (web and "
+                           "file search, MCP and the other hosted tools are OpenAI's)",
+                           f"tools[{i}]")
+            chat_tools.append({"type": "function", "function": {
+                k: tool[k] for k in ("name", "description", "parameters") if k in tool}})
+        out["tools"] = chat_tools
+    choice = doc.get("tool_choice")
+    if isinstance(choice, dict):
+        if choice.get("type") != "function" or not isinstance(choice.get("name"), str):
+            raise _bad("'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                       "{\"type\": \"function\", \"name\": ...}", "tool_choice")
+        choice = {"type": "function", "function": {"name": choice["name"]}}
+    if choice is not None:
+        out["tool_choice"] = choice
+    return out
+
+
+def _format(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """``text.format`` as the chat body's ``response_format``."""
+    text = doc.get("text")
+    if text is None:
+        return None
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        return {"type": "json_schema", "json_schema": {
+            k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}}
+    raise _bad("'text.format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+               "{\"type\": \"json_schema\", \"name\", \"schema\"}", "text.format")
+
+
+def _refuse(doc: dict[str, Any]) -> None:
+    for key, why in _STATELESS.items():
+        if doc.get(key) is not None:
+            raise _bad(f"'{key}' is not served: {why}", key)
+    if doc.get("background"):
+        raise _bad("'background' is not served: the answer comes on this request (stream it "
+                   "for a long one)", "background")
+    if doc.get("truncation") not in (None, "disabled"):
+        raise _bad("'truncation' must be \"disabled\": a conversation longer than the "
+                   "model's context is a 400, never cut silently", "truncation")
+    if doc.get("reasoning") not in (None, {}):
+        raise _bad("'reasoning' is for reasoning models; this one does not reason apart from "
+                   "its answer", "reasoning")
+    for key in ("n", "messages", "prompt_logprobs"):
+        if doc.get(key) is not None:
+            raise _bad(f"'{key}' is not a Responses field", key)
+    metadata = doc.get("metadata")
+    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or
+                                 not all(isinstance(v, str) for v in metadata.values())):
+        raise _bad("'metadata' must be at most 16 string values", "metadata")
+
+
+def parse_responses(doc: Any) -> ResponsesRequest:
+    """A /v1/responses body as the chat body it means (and what its response repeats)."""
+    if not isinstance(doc, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    _refuse(doc)
+    include = doc.get("include") or []
+    if not isinstance(include, list) or any(i != LOGPROBS for i in include):
+        raise _bad(f"'include' may only hold {LOGPROBS!r} here", "include")
+    chat = {k: v for k, v in doc.items() if k not in _OWN}
+    chat["messages"] = _messages(doc)
+    chat.update(_tools(doc))
+    if doc.get("max_output_tokens") is not None:
+        chat["max_tokens"] = doc["max_output_tokens"]
+    response_format = _format(doc)
+    if response_format is not None:
+        chat["response_format"] = response_format
+    logprobs = LOGPROBS in include
+    if logprobs:
+        if chat.get("tools") and chat.get("tool_choice", "auto") != "none":
+            raise _bad("logprobs are served for text answers: leave them out with tools the "
+                       "model may call", "include")
+        chat["logprobs"] = True
+        chat["top_logprobs"] = doc.get("top_logprobs") or 0
+    echo = {"instructions": doc.get("instructions"), "metadata": doc.get("metadata") or {},
+            "tools": doc.get("tools") or [], "tool_choice": doc.get("tool_choice", "auto"),
+            "parallel_tool_calls": doc.get("parallel_tool_calls", True),
+            "temperature": doc.get("temperature"), "top_p": doc.get("top_p"),
+            "max_output_tokens": doc.get("max_output_tokens"),
+            "text": doc.get("text") or {"format": {"type": "text"}},
+            "top_logprobs": doc.get("top_logprobs"), "user": doc.get("user"),
+            "truncation": "disabled", "store": False, "background": False,
+            "previous_response_id": None, "reasoning": None}
+    return ResponsesRequest(chat, echo, logprobs)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def response_doc(rid: str, created: int, model: str, req: ResponsesRequest, status: str,
+                 output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
+                 error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``response`` object (``status``: in_progress, completed, incomplete, failed)."""
+    return {"id": rid, "object": "response", "created_at": created, "model": model,
+            "status": status, "output": output, "usage": usage, "error": error,
+            "incomplete_details": {"reason": "max_output_tokens"}
+            if status == "incomplete" else None,
+            "completed_at": int(time.time()) if status == "completed" else None, **req.echo}
+
+
+def responses_usage(last: Delta) -> dict[str, Any]:
+    return {"input_tokens": last.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": last.cached_tokens},
+            "output_tokens": last.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": last.prompt_tokens + last.completion_tokens}
+
+
+def message_item(text: str, status: str, logprobs: list[Any] | None = None,
+                 item_id: str | None = None) -> dict[str, Any]:
+    part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": [],
+                            "logprobs": logprobs or []}
+    return {"id": item_id or new_id("msg"), "type": "message", "role": "assistant",
+            "status": status, "content": [part]}
+
+
+def call_item(call: dict[str, Any], status: str, item_id: str | None = None) -> dict[str, Any]:
+    return {"id": item_id or new_id("fc"), "type": "function_call", "call_id": call["id"],
+            "name": call["function"]["name"], "arguments": call["function"]["arguments"],
+            "status": status}
+
+
+def output_items(message: dict[str, Any], status: str,
+                 logprobs: list[Any] | None = None) -> list[dict[str, Any]]:
+    """A chat answer's message as output items: its text (if any, or if nothing else), then
+    a ``function_call`` item per call."""
+    calls = message.get("tool_calls") or []
+    items = [message_item(message.get("content") or "", status, logprobs)] \
+        if message.get("content") or not calls else []
+    return items + [call_item(call, status) for call in calls]
+
+
+def item_status(finish: str | None) -> str:
+    return "incomplete" if finish == "length" else "completed"

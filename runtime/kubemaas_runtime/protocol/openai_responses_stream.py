@@ -1,0 +1,216 @@
+"""The answer of ``POST /v1/responses``: a ``response`` object, or its stream of events.
+
+Streamed, the events are OpenAI's, each ``event: <type>`` and ``data: {"type", …,
+"sequence_number"}``: ``response.created`` and ``response.in_progress``; for the text, a
+``message`` item (``response.output_item.added``, ``response.content_part.added``, an
+``response.output_text.delta`` per token, then the ``.done`` events with the whole text); for
+each tool call, a ``function_call`` item whose arguments come as
+``response.function_call_arguments.delta`` events as the model writes them; then
+``response.completed`` (or ``response.incomplete`` when ``max_output_tokens`` cut it, or
+``response.failed`` if the engine failed) with the whole response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..llm.engine import Delta
+from .openai_answer import Choice, logprobs_doc
+from .openai_responses import (
+    ResponsesRequest,
+    call_item,
+    item_status,
+    message_item,
+    output_items,
+    response_doc,
+    responses_usage,
+)
+from .openai_schema import GenerationRequest
+from .openai_tool_stream import NamedCall, ToolCallReader
+from .openai_tools import tool_reader
+
+log = logging.getLogger("kubemaas.runtime.openai")
+Reader = ToolCallReader | NamedCall
+
+
+def calls_reader(req: GenerationRequest, parser: str) -> Reader | None:
+    """What reads the request's tool calls from its text (None: the text is the answer)."""
+    if req.tools is None:
+        return None
+    if req.tools.choice == "named":
+        return NamedCall(str(req.tools.name))
+    return tool_reader(req.tools, parser)
+
+
+class ResponseEvents:
+    """The events of one streamed response; ``output`` collects its finished items."""
+
+    def __init__(self, head: tuple[str, int, str], rreq: ResponsesRequest) -> None:
+        self.head, self.rreq = head, rreq
+        self.seq = 0
+        self.output: list[dict[str, Any]] = []
+        self.item: dict[str, Any] | None = None  # the item being written
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        doc = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return f"event: {kind}\ndata: ".encode() + json.dumps(doc).encode() + b"\n\n"
+
+    def response(self, status: str, usage: dict[str, Any] | None = None,
+                 error: dict[str, Any] | None = None) -> dict[str, Any]:
+        return response_doc(*self.head, self.rreq, status, list(self.output), usage, error)
+
+    def start(self) -> list[bytes]:
+        return [self.event("response.created", response=self.response("in_progress")),
+                self.event("response.in_progress", response=self.response("in_progress"))]
+
+    def content(self, text: str, logprobs: list[Any]) -> list[bytes]:
+        out = []
+        if self.item is None or self.item["type"] != "message":
+            out += self.close_item("completed")
+            self.item = message_item("", "in_progress")
+            part = self.item["content"].pop()  # the item is announced empty, then its part
+            out.append(self.event("response.output_item.added", output_index=len(self.output),
+                                  item=self.item))
+            out.append(self.event("response.content_part.added", item_id=self.item["id"],
+                                  output_index=len(self.output), content_index=0, part=part))
+            self.item["content"].append(part)
+        part = self.item["content"][0]
+        part["text"] += text
+        part["logprobs"] += logprobs
+        out.append(self.event("response.output_text.delta", item_id=self.item["id"],
+                              output_index=len(self.output), content_index=0, delta=text,
+                              logprobs=logprobs))
+        return out
+
+    def call(self, call_id: str, name: str) -> list[bytes]:
+        out = self.close_item("completed")
+        self.item = call_item({"id": call_id, "function": {"name": name, "arguments": ""}},
+                              "in_progress")
+        out.append(self.event("response.output_item.added", output_index=len(self.output),
+                              item=self.item))
+        return out
+
+    def arguments(self, text: str) -> list[bytes]:
+        assert self.item is not None
+        self.item["arguments"] += text
+        return [self.event("response.function_call_arguments.delta", item_id=self.item["id"],
+                           output_index=len(self.output), delta=text)]
+
+    def close_item(self, status: str) -> list[bytes]:
+        """The ``.done`` events of the item being written, which joins the output."""
+        item, self.item = self.item, None
+        if item is None:
+            return []
+        index, out = len(self.output), []
+        if item["type"] == "message":
+            part = item["content"][0]
+            out.append(self.event("response.output_text.done", item_id=item["id"],
+                                  output_index=index, content_index=0, text=part["text"],
+                                  logprobs=part["logprobs"]))
+            out.append(self.event("response.content_part.done", item_id=item["id"],
+                                  output_index=index, content_index=0, part=part))
+        else:
+            out.append(self.event("response.function_call_arguments.done",
+                                  item_id=item["id"], output_index=index,
+                                  name=item["name"], arguments=item["arguments"]))
+        item["status"] = status
+        out.append(self.event("response.output_item.done", output_index=index, item=item))
+        self.output.append(item)
+        return out
+
+    def finish(self, last: Delta) -> list[bytes]:
+        status = item_status(last.finish_reason)
+        out = self.close_item(status)
+        if not self.output:  # nothing written: an empty message, as OpenAI answers
+            out += self.content("", [])
+            out += self.close_item(status)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        usage = responses_usage(last)
+        return [*out, self.event(kind, response=self.response(status, usage))]
+
+    def failed(self, message: str) -> list[bytes]:
+        out = self.close_item("incomplete")
+        error = {"code": "server_error", "message": message}
+        return [*out, self.event("response.failed",
+                                 response=self.response("failed", error=error))]
+
+
+def _logprobs(tokenizer: Any, req: GenerationRequest, deltas: list[Delta]) -> list[Any]:
+    if not req.logprobs:
+        return []
+    lps = [lp for d in deltas for lp in d.logprobs]
+    return list(logprobs_doc(tokenizer, True, lps, 0)["content"])
+
+
+async def complete_response(head: tuple[str, int, str], rreq: ResponsesRequest,
+                            req: GenerationRequest, choice: Choice,
+                            observe: Callable[[Delta], None], reader: Reader | None,
+                            tokenizer: Any) -> dict[str, Any]:
+    """The whole response object, once the choice is done."""
+    deltas = []
+    async for delta in choice.stream:
+        observe(delta)
+        deltas.append(delta)
+    last = deltas[-1]
+    text = "".join(d.text for d in deltas)
+    status = item_status(last.finish_reason)
+    message: dict[str, Any] = {"content": text}
+    if reader is not None:
+        reader.feed(text, final=True)
+        if reader.calls:
+            message = {"content": "".join(reader.content).strip(), "tool_calls": reader.calls}
+    output = output_items(message, status, _logprobs(tokenizer, req, deltas))
+    return response_doc(*head, rreq, status, output, responses_usage(last))
+
+
+def _delta_events(events: ResponseEvents, reader: Reader | None, delta: Delta,
+                  tokenizer: Any, req: GenerationRequest) -> list[bytes]:
+    done = delta.finish_reason is not None
+    if reader is None:
+        logprobs = _logprobs(tokenizer, req, [delta])
+        return events.content(delta.text, logprobs) if delta.text or logprobs else []
+    out = []
+    for event in reader.feed(delta.text, final=done):
+        if event[0] == "content":
+            out += events.content(event[1], [])
+        elif event[0] == "call":
+            out += events.call(event[2], event[3])
+        else:
+            out += events.arguments(event[2])
+    return out
+
+
+async def stream_response(request: web.BaseRequest, head: tuple[str, int, str],
+                          rreq: ResponsesRequest, req: GenerationRequest, choice: Choice,
+                          observe: Callable[[Delta], None], reader: Reader | None,
+                          tokenizer: Any) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    events = ResponseEvents(head, rreq)
+    await resp.write(b"".join(events.start()))
+    out: list[bytes] = []
+    try:
+        async for batch in choice.stream.batches():
+            for delta in batch:
+                observe(delta)
+                out += _delta_events(events, reader, delta, tokenizer, req)
+                if delta.finish_reason is not None:
+                    out += events.finish(delta)
+            if not choice.stream.done:
+                await resp.write(b"".join(out))
+                out.clear()
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # the engine failed this request: say so in the stream
+        log.exception("generation failed mid-stream")
+        out += events.failed(f"generation failed: {type(exc).__name__}; see the server log")
+    await resp.write_eof(b"".join(out))
+    return resp
