@@ -19,6 +19,7 @@ from .errors import StartupError
 FORMATS = ("onnx", "torchscript", "torch-export", "keras", "hf")
 LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOOL_CALL_PARSERS = ("auto", "none", "hermes", "llama3_json", "mistral")  # protocol/openai_tools.py
+REASONING_PARSERS = ("auto", "none", "deepseek_r1", "qwen3")  # protocol/openai_reasoning.py
 DEVICES = ("auto", "cpu", "cuda")
 PAD_BATCHES = ("auto", "always", "never")
 LOG_FORMATS = ("json", "text")
@@ -147,6 +148,12 @@ OPTIONS: tuple[Option, ...] = (
            "for <tool_call> blocks (Hermes, Qwen2.5, Qwen3), llama3_json for Llama 3.1+, "
            "mistral for [TOOL_CALLS]; auto: the one the model's chat template writes, if any. "
            "none (or auto finding none): such requests are 400."),
+    Option("reasoning_parser", "--reasoning-parser", "KUBEMAAS_REASONING_PARSER", "auto", str,
+           "hf models: auto | none | deepseek_r1 | qwen3. Where a chat answer's <think> block "
+           "goes: deepseek_r1 and qwen3 (one format: Qwen3, QwQ, DeepSeek-R1 and its "
+           "distills) put it in the message's reasoning_content, apart from the content; "
+           "auto: so if the model's chat template handles </think>; none: the text as "
+           "written."),
     Option("kv_cache_memory", "--kv-cache-memory", "KUBEMAAS_KV_CACHE_MEMORY", 0, parse_bytes,
            "hf models: bytes for the paged KV cache (e.g. 2Gi). 0 = on CUDA "
            "--gpu-memory-utilization of the GPU minus what the model takes, on CPU 256Mi."),
@@ -256,6 +263,7 @@ class Settings:
     shutdown_delay_s: float = 0.0
     dtype: str = "auto"
     tool_call_parser: str = "auto"
+    reasoning_parser: str = "auto"
     kv_cache_memory: int = 0
     gpu_memory_utilization: float = 0.9
     max_model_len: int = 0
@@ -402,6 +410,8 @@ def _check_limits(values: dict[str, Any], check: Check) -> None:
     check("dtype", values["dtype"] in LLM_DTYPES, f"must be one of {', '.join(LLM_DTYPES)}")
     check("tool_call_parser", values["tool_call_parser"] in TOOL_CALL_PARSERS,
           f"must be one of {', '.join(TOOL_CALL_PARSERS)}")
+    check("reasoning_parser", values["reasoning_parser"] in REASONING_PARSERS,
+          f"must be one of {', '.join(REASONING_PARSERS)}")
     check("kv_cache_memory", values["kv_cache_memory"] >= 0, "must be 0 or more bytes")
     check("gpu_memory_utilization", 0 < values["gpu_memory_utilization"] <= 1,
           "must be in (0, 1]")

@@ -12,8 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kubemaas_runtime.protocol.openai_reader import answer_message, answer_reader
+from kubemaas_runtime.protocol.openai_schema import parse_request
 from kubemaas_runtime.protocol.openai_tool_stream import SYNTAXES, ToolCallReader
-from kubemaas_runtime.protocol.openai_tools import PARSERS, Tools, tool_message
+from kubemaas_runtime.protocol.openai_tools import PARSERS, Tools
+
+
+def tool_message(tools: Tools, parser: str, text: str, finish: str
+                 ) -> tuple[dict[str, Any], str | None]:
+    """The message a chat answer with ``tools`` makes of ``text`` (no reasoning parser)."""
+    req = parse_request({"messages": [{"role": "user", "content": "x"}],
+                         "tools": list(tools.tools), "tool_choice": tools.choice}, True, 1024)
+    return answer_message(req, answer_reader(req, "", parser, "none"), text, finish)
 
 
 def read(syntax: str, text: str, cuts: list[int] | None = None

@@ -90,6 +90,7 @@ def _load(settings: Settings) -> tuple[Any, Any]:
 async def serve_llm(settings: Settings) -> int:
     from ..metrics import LLMMetrics, Metrics
     from ..protocol.openai import OpenAIServer, Served
+    from ..protocol.openai_reasoning import resolve_reasoning_parser
     from ..protocol.openai_tools import resolve_parser
     from ..security.gate import Security
     from ..serving import drain, listen, run_in_thread, stop_on_signals
@@ -115,6 +116,8 @@ async def serve_llm(settings: Settings) -> int:
             lm, engine = load_task.result()  # raises StartupError
             engine.start(loop)
             api.tool_call_parser = resolve_parser(settings.tool_call_parser, lm.chat_template)
+            api.reasoning_parser = resolve_reasoning_parser(settings.reasoning_parser,
+                                                            lm.chat_template)
             api.served = Served(engine, LLMMetrics(settings.model_name, engine.pool.block_size,
                                                    engine.pool.usable),
                                 lm.tokenizer, engine.cfg.max_model_len, lm.vocab_size)
@@ -126,7 +129,8 @@ async def serve_llm(settings: Settings) -> int:
             lifecycle.info("ready", extra={"fields": {
                 "model": settings.model_name, "platform": "transformers",
                 "device": str(lm.device), "port": port, "seconds_to_ready": round(took, 3),
-                "tool_call_parser": api.tool_call_parser}})
+                "tool_call_parser": api.tool_call_parser,
+                "reasoning_parser": api.reasoning_parser}})
             await stop_task
         else:
             load_task.cancel()

@@ -31,9 +31,10 @@ from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
 from .openai_errors import ApiError
+from .openai_reader import AnswerReader, answer_message, answer_reader
 from .openai_render import ChatRender
 from .openai_responses import ResponsesRequest, new_id, parse_responses
-from .openai_responses_stream import calls_reader, complete_response
+from .openai_responses_stream import complete_response
 from .openai_responses_stream import stream_response as stream_responses
 from .openai_schema import (
     GenerationRequest,
@@ -42,7 +43,6 @@ from .openai_schema import (
     parse_tokenize,
 )
 from .openai_stream import ChunkFormat, stream_response
-from .openai_tools import tool_message, tool_readers
 
 log = logging.getLogger("kubemaas.runtime.openai")
 _GENERATE = {"/v1/completions": "completions", "/v1/chat/completions": "chat",
@@ -88,9 +88,10 @@ class Served:
 
 class OpenAIServer:
     def __init__(self, model_name: str, metrics: Metrics, max_request_bytes: int,
-                 tool_call_parser: str = "none") -> None:
+                 tool_call_parser: str = "none", reasoning_parser: str = "none") -> None:
         self.model_name = model_name
         self.tool_call_parser = tool_call_parser  # reads tool_choice auto's calls (or none)
+        self.reasoning_parser = reasoning_parser  # splits <think> blocks off (or none)
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.served: Served | None = None
@@ -443,10 +444,10 @@ class OpenAIServer:
                 observe(delta)
                 deltas.append(delta)
             doc = choice_doc(served.tokenizer, req, choice, deltas)
-            if req.tools is not None and req.tools.calls:
-                doc["message"], doc["finish_reason"] = tool_message(
-                    req.tools, self.tool_call_parser, doc["message"]["content"],
-                    doc["finish_reason"])
+            if req.chat:
+                doc["message"], doc["finish_reason"] = answer_message(
+                    req, self._reader(served, req, choice.prompt),
+                    doc["message"]["content"], doc["finish_reason"])
             docs.append(doc)
             lasts.append(deltas[-1])
             first_deltas.append(deltas[0])
@@ -463,7 +464,7 @@ class OpenAIServer:
     async def _respond(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
                        responses: ResponsesRequest, choice: Choice) -> web.StreamResponse:
         head = (new_id("resp"), int(time.time()), self.model_name)
-        reader = calls_reader(req, self.tool_call_parser)
+        reader = self._reader(served, req, choice.prompt, named=True)
         args = (head, responses, req, choice, self._observe(served, choice.stream), reader,
                 served.tokenizer)
         if req.stream:
@@ -482,5 +483,14 @@ class OpenAIServer:
         head = self._head(req)
         fmts = [ChunkFormat(head, req, served.tokenizer, c.index) for c in choices]
         observes = [self._observe(served, c.stream, first=c.first) for c in choices]
-        readers = tool_readers(req.tools, self.tool_call_parser, len(choices))
-        return await stream_response(request, req, choices, fmts, observes, readers)
+        readers = [self._reader(served, req, c.prompt) for c in choices]
+        return await stream_response(request, req, choices, fmts, observes,
+                                     [r for r in readers if r is not None] or None)
+
+    def _reader(self, served: Served, req: GenerationRequest, prompt: list[int],
+                named: bool = False) -> AnswerReader | None:
+        """What reads a chat choice's text for reasoning and tool calls (None: plain)."""
+        if not req.chat:
+            return None
+        tail = served.tokenizer.decode(prompt[-8:]) if self.reasoning_parser != "none" else ""
+        return answer_reader(req, tail, self.tool_call_parser, self.reasoning_parser, named)

@@ -168,8 +168,10 @@ def _refuse(doc: dict[str, Any]) -> None:
         raise _bad("'truncation' must be \"disabled\": a conversation longer than the "
                    "model's context is a 400, never cut silently", "truncation")
     if doc.get("reasoning") not in (None, {}):
-        raise _bad("'reasoning' is for reasoning models; this one does not reason apart from "
-                   "its answer", "reasoning")
+        raise _bad("'reasoning' (effort, summaries) is not served: whether a model thinks is "
+                   "its chat template's choice (Qwen3's: chat_template_kwargs "
+                   "{\"enable_thinking\": false}), and its thinking comes as a reasoning "
+                   "item", "reasoning")
     for key in ("n", "messages", "prompt_logprobs"):
         if doc.get(key) is not None:
             raise _bad(f"'{key}' is not a Responses field", key)
@@ -245,6 +247,11 @@ def message_item(text: str, status: str, logprobs: list[Any] | None = None,
             "status": status, "content": [part]}
 
 
+def reasoning_item(text: str, status: str) -> dict[str, Any]:
+    return {"id": new_id("rs"), "type": "reasoning", "summary": [], "status": status,
+            "content": [{"type": "reasoning_text", "text": text}]}
+
+
 def call_item(call: dict[str, Any], status: str, item_id: str | None = None) -> dict[str, Any]:
     return {"id": item_id or new_id("fc"), "type": "function_call", "call_id": call["id"],
             "name": call["function"]["name"], "arguments": call["function"]["arguments"],
@@ -253,11 +260,12 @@ def call_item(call: dict[str, Any], status: str, item_id: str | None = None) -> 
 
 def output_items(message: dict[str, Any], status: str,
                  logprobs: list[Any] | None = None) -> list[dict[str, Any]]:
-    """A chat answer's message as output items: its text (if any, or if nothing else), then
-    a ``function_call`` item per call."""
+    """A chat answer's message as output items: its reasoning (if any), its text (if any, or
+    if nothing else), then a ``function_call`` item per call."""
     calls = message.get("tool_calls") or []
-    items = [message_item(message.get("content") or "", status, logprobs)] \
-        if message.get("content") or not calls else []
+    items = [reasoning_item(message["reasoning"], status)] if message.get("reasoning") else []
+    if message.get("content") or not calls:
+        items.append(message_item(message.get("content") or "", status, logprobs))
     return items + [call_item(call, status) for call in calls]
 
 

@@ -22,30 +22,21 @@ from aiohttp import web
 
 from ..llm.engine import Delta
 from .openai_answer import Choice, logprobs_doc
+from .openai_reader import AnswerReader
 from .openai_responses import (
     ResponsesRequest,
     call_item,
     item_status,
     message_item,
     output_items,
+    reasoning_item,
     response_doc,
     responses_usage,
 )
 from .openai_schema import GenerationRequest
-from .openai_tool_stream import NamedCall, ToolCallReader
-from .openai_tools import tool_reader
 
 log = logging.getLogger("kubemaas.runtime.openai")
-Reader = ToolCallReader | NamedCall
-
-
-def calls_reader(req: GenerationRequest, parser: str) -> Reader | None:
-    """What reads the request's tool calls from its text (None: the text is the answer)."""
-    if req.tools is None:
-        return None
-    if req.tools.choice == "named":
-        return NamedCall(str(req.tools.name))
-    return tool_reader(req.tools, parser)
+_TEXT_EVENTS = {"message": "response.output_text", "reasoning": "response.reasoning_text"}
 
 
 class ResponseEvents:
@@ -70,11 +61,13 @@ class ResponseEvents:
         return [self.event("response.created", response=self.response("in_progress")),
                 self.event("response.in_progress", response=self.response("in_progress"))]
 
-    def content(self, text: str, logprobs: list[Any]) -> list[bytes]:
+    def text(self, kind: str, text: str, logprobs: list[Any]) -> list[bytes]:
+        """A piece of the answer's text (``kind`` message) or of its reasoning (reasoning)."""
         out = []
-        if self.item is None or self.item["type"] != "message":
+        if self.item is None or self.item["type"] != kind:
             out += self.close_item("completed")
-            self.item = message_item("", "in_progress")
+            self.item = message_item("", "in_progress") if kind == "message" \
+                else reasoning_item("", "in_progress")
             part = self.item["content"].pop()  # the item is announced empty, then its part
             out.append(self.event("response.output_item.added", output_index=len(self.output),
                                   item=self.item))
@@ -83,10 +76,13 @@ class ResponseEvents:
             self.item["content"].append(part)
         part = self.item["content"][0]
         part["text"] += text
-        part["logprobs"] += logprobs
-        out.append(self.event("response.output_text.delta", item_id=self.item["id"],
+        fields: dict[str, Any] = {}
+        if kind == "message":
+            part["logprobs"] += logprobs
+            fields["logprobs"] = logprobs
+        out.append(self.event(_TEXT_EVENTS[kind] + ".delta", item_id=self.item["id"],
                               output_index=len(self.output), content_index=0, delta=text,
-                              logprobs=logprobs))
+                              **fields))
         return out
 
     def call(self, call_id: str, name: str) -> list[bytes]:
@@ -109,11 +105,12 @@ class ResponseEvents:
         if item is None:
             return []
         index, out = len(self.output), []
-        if item["type"] == "message":
+        if item["type"] in _TEXT_EVENTS:
             part = item["content"][0]
-            out.append(self.event("response.output_text.done", item_id=item["id"],
+            fields = {"logprobs": part["logprobs"]} if item["type"] == "message" else {}
+            out.append(self.event(_TEXT_EVENTS[item["type"]] + ".done", item_id=item["id"],
                                   output_index=index, content_index=0, text=part["text"],
-                                  logprobs=part["logprobs"]))
+                                  **fields))
             out.append(self.event("response.content_part.done", item_id=item["id"],
                                   output_index=index, content_index=0, part=part))
         else:
@@ -129,7 +126,7 @@ class ResponseEvents:
         status = item_status(last.finish_reason)
         out = self.close_item(status)
         if not self.output:  # nothing written: an empty message, as OpenAI answers
-            out += self.content("", [])
+            out += self.text("message", "", [])
             out += self.close_item(status)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         usage = responses_usage(last)
@@ -151,7 +148,7 @@ def _logprobs(tokenizer: Any, req: GenerationRequest, deltas: list[Delta]) -> li
 
 async def complete_response(head: tuple[str, int, str], rreq: ResponsesRequest,
                             req: GenerationRequest, choice: Choice,
-                            observe: Callable[[Delta], None], reader: Reader | None,
+                            observe: Callable[[Delta], None], reader: AnswerReader | None,
                             tokenizer: Any) -> dict[str, Any]:
     """The whole response object, once the choice is done."""
     deltas = []
@@ -164,22 +161,24 @@ async def complete_response(head: tuple[str, int, str], rreq: ResponsesRequest,
     message: dict[str, Any] = {"content": text}
     if reader is not None:
         reader.feed(text, final=True)
-        if reader.calls:
-            message = {"content": "".join(reader.content).strip(), "tool_calls": reader.calls}
+        message = {"content": reader.content(), "tool_calls": reader.tool_calls,
+                   "reasoning": reader.reasoning_text()}
     output = output_items(message, status, _logprobs(tokenizer, req, deltas))
     return response_doc(*head, rreq, status, output, responses_usage(last))
 
 
-def _delta_events(events: ResponseEvents, reader: Reader | None, delta: Delta,
+def _delta_events(events: ResponseEvents, reader: AnswerReader | None, delta: Delta,
                   tokenizer: Any, req: GenerationRequest) -> list[bytes]:
     done = delta.finish_reason is not None
     if reader is None:
         logprobs = _logprobs(tokenizer, req, [delta])
-        return events.content(delta.text, logprobs) if delta.text or logprobs else []
+        return events.text("message", delta.text, logprobs) if delta.text or logprobs else []
     out = []
     for event in reader.feed(delta.text, final=done):
         if event[0] == "content":
-            out += events.content(event[1], [])
+            out += events.text("message", event[1], [])
+        elif event[0] == "reasoning":
+            out += events.text("reasoning", event[1], [])
         elif event[0] == "call":
             out += events.call(event[2], event[3])
         else:
@@ -189,7 +188,7 @@ def _delta_events(events: ResponseEvents, reader: Reader | None, delta: Delta,
 
 async def stream_response(request: web.BaseRequest, head: tuple[str, int, str],
                           rreq: ResponsesRequest, req: GenerationRequest, choice: Choice,
-                          observe: Callable[[Delta], None], reader: Reader | None,
+                          observe: Callable[[Delta], None], reader: AnswerReader | None,
                           tokenizer: Any) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})

@@ -199,6 +199,9 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
                                    "content": content}
         if calls:
             message["tool_calls"] = calls
+        reasoning = msg.get("reasoning_content", msg.get("reasoning"))
+        if role == "assistant" and isinstance(reasoning, str):
+            message["reasoning_content"] = reasoning  # Qwen3's template reads it
         if role == "tool" and isinstance(msg.get("tool_call_id"), str):
             message["tool_call_id"] = msg["tool_call_id"]
         out.append(message)

@@ -22,8 +22,8 @@ from ..llm.engine import Delta, RequestStream
 from ..llm.sampling import TokenLogprobs
 from .openai_answer import Choice, logprobs_doc, usage_doc
 from .openai_errors import ApiError
+from .openai_reader import AnswerReader
 from .openai_schema import GenerationRequest
-from .openai_tool_stream import ToolCallReader
 from .openai_tools import tool_call, tool_finish
 
 log = logging.getLogger("kubemaas.runtime.openai")
@@ -90,11 +90,12 @@ class ChunkFormat:
                                     unscored=choice.prompt[0])
         return sse(self.doc(choice.echo_text, None, logprobs))
 
-    def tool_events(self, events: list[tuple[Any, ...]], lps: tuple[TokenLogprobs, ...]
+    def read_events(self, events: list[tuple[Any, ...]], lps: tuple[TokenLogprobs, ...]
                     ) -> list[bytes]:
-        """A chunk per event of a ``ToolCallReader``: content, a call's start (index, id,
-        name, empty arguments), a piece of its arguments. The delta's logprobs, if asked, go
-        on its first chunk (on a chunk of their own when the reader holds its text back)."""
+        """A chunk per event of an ``AnswerReader``: reasoning, content, a call's start
+        (index, id, name, empty arguments), a piece of its arguments. The delta's logprobs, if
+        asked, go on its first chunk (on a chunk of their own when the reader holds its text
+        back)."""
         logprobs = None
         if self.req.logprobs and lps:
             logprobs = logprobs_doc(self.tokenizer, True, list(lps), 0)
@@ -103,6 +104,9 @@ class ChunkFormat:
             doc = self.doc(None, None, logprobs)
             if event[0] == "content":
                 doc["choices"][0]["delta"] = {"content": event[1]}
+            elif event[0] == "reasoning":  # under both names clients read it by
+                doc["choices"][0]["delta"] = {"reasoning_content": event[1],
+                                              "reasoning": event[1]}
             elif event[0] == "call":
                 doc["choices"][0]["delta"] = {"tool_calls": [{
                     "index": event[1], "id": event[2], "type": "function",
@@ -151,12 +155,13 @@ async def ready_batches(streams: list[RequestStream]
             fut.cancel()
 
 
-def _read_calls(reader: ToolCallReader, fmt: ChunkFormat, delta: Delta) -> list[bytes]:
-    """A delta of a tool-calling choice: what its reader makes of it (and the finish)."""
+def _read(reader: AnswerReader, fmt: ChunkFormat, delta: Delta) -> list[bytes]:
+    """A delta of a choice whose text is read: what its reader makes of it (and the
+    finish)."""
     done = delta.finish_reason is not None
-    out = fmt.tool_events(reader.feed(delta.text, final=done), delta.logprobs)
+    out = fmt.read_events(reader.feed(delta.text, final=done), delta.logprobs)
     if done:
-        reason = tool_finish(delta.finish_reason) if reader.calls else delta.finish_reason
+        reason = tool_finish(delta.finish_reason) if reader.tool_calls else delta.finish_reason
         out.append(fmt.finish(reason or "stop"))
     return out
 
@@ -164,10 +169,10 @@ def _read_calls(reader: ToolCallReader, fmt: ChunkFormat, delta: Delta) -> list[
 async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                           choices: list[Choice], fmts: list[ChunkFormat],
                           observes: list[Callable[[Delta], None]],
-                          readers: list[ToolCallReader] | None = None) -> web.StreamResponse:
+                          readers: list[AnswerReader] | None = None) -> web.StreamResponse:
     """The stream of a request's choices (``choices[i]`` rendered by ``fmts[i]``). With
-    ``readers`` (a chat whose tool calls are read from its text: required, auto), each
-    choice's text goes through its reader, which sends content and calls as they are read."""
+    ``readers`` (a chat whose text is read for reasoning or tool calls), each choice's text
+    goes through its reader, which sends reasoning, content and calls as they are read."""
     streams = [c.stream for c in choices]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
@@ -187,7 +192,7 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                         offsets[i] += len(choices[i].echo_text)
                     lasts[i] = delta
                     if readers is not None:
-                        out.extend(_read_calls(readers[i], fmts[i], delta))
+                        out.extend(_read(readers[i], fmts[i], delta))
                         continue
                     # a chunk per generated token, its text empty while a character is
                     # incomplete (as vLLM does): the client sees the stream advance token by

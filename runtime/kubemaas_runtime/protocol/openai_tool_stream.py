@@ -56,7 +56,7 @@ def new_call_id() -> str:
     return "chatcmpl-tool-" + uuid.uuid4().hex
 
 
-def _prefix_held(text: str, markers: tuple[str, ...]) -> int:
+def held_prefix(text: str, markers: tuple[str, ...]) -> int:
     """How many characters at the end of ``text`` could be the start of a marker."""
     longest = 0
     for marker in markers:
@@ -183,7 +183,7 @@ class ToolCallReader:
             self._send_content(events, rest)
             self.pos = len(self.text)
             return False
-        ready = rest[:len(rest) - _prefix_held(rest, self.syntax.markers)].rstrip()
+        ready = rest[:len(rest) - held_prefix(rest, self.syntax.markers)].rstrip()
         self._send_content(events, ready)
         self.pos += len(ready)
         return False

@@ -188,30 +188,6 @@ def resolve_parser(setting: str, chat_template: Any) -> str:
     return "none"
 
 
-def tool_readers(tools: Tools | None, parser: str, n: int) -> list[ToolCallReader] | None:
-    """A reader for each of a streamed request's ``n`` choices, if its calls are read."""
-    readers = [tool_reader(tools, parser) for _ in range(n)] if tools is not None else []
-    return [r for r in readers if r is not None] or None
-
-
-def tool_message(tools: Tools, parser: str, text: str, finish: str | None
-                 ) -> tuple[dict[str, Any], str | None]:
-    """The assistant message of a tool-calling answer, and its finish reason."""
-    message: dict[str, Any] = {"role": "assistant", "content": text}
-    if tools.choice == "named":
-        assert tools.name is not None
-        message.update(content=None, tool_calls=[tool_call(tools.name, text)])
-        return message, finish
-    reader = tool_reader(tools, parser)
-    if reader is None:
-        return message, finish
-    reader.feed(text, final=True)
-    if not reader.calls:
-        return message, finish
-    message.update(content="".join(reader.content).strip() or None, tool_calls=reader.calls)
-    return message, tool_finish(finish)
-
-
 def tool_finish(finish: str | None) -> str | None:
     """The finish reason of an answer that made calls: ``tool_calls`` unless it was cut off."""
     return "tool_calls" if finish == "stop" else finish

@@ -1,0 +1,95 @@
+"""How a chat answer's text is read: its reasoning, its content, its tool calls.
+
+``AnswerReader`` chains the readers a choice's text goes through: the reasoning splitter
+(``openai_reasoning.py``), then the tool calls' reader (``openai_tool_stream.py``). Fed delta
+by delta or the whole text at once, it reads the same, so a streamed answer and a whole one
+always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .openai_reasoning import OPEN, ThinkSplitter
+from .openai_schema import GenerationRequest
+from .openai_tool_stream import NamedCall, ToolCallReader
+from .openai_tools import tool_call, tool_finish, tool_reader
+
+
+@dataclass
+class AnswerReader:
+    """A choice's text read as reasoning, content and tool calls (either part optional)."""
+
+    think: ThinkSplitter | None = None
+    calls: ToolCallReader | NamedCall | None = None
+    reasoning: list[str] = field(default_factory=list)
+    plain: list[str] = field(default_factory=list)  # the content, when no calls are read
+
+    def feed(self, delta: str, final: bool = False) -> list[tuple[Any, ...]]:
+        """``("reasoning", text)``, ``("content", text)`` and the tool-call reader's events."""
+        parts = [("content", delta)] if self.think is None else self.think.feed(delta, final)
+        out: list[tuple[Any, ...]] = []
+        for kind, text in parts:
+            if kind == "reasoning":
+                self.reasoning.append(text)
+                out.append((kind, text))
+            elif self.calls is not None:
+                out += self.calls.feed(text)
+            elif text:
+                self.plain.append(text)
+                out.append((kind, text))
+        if final and self.calls is not None:
+            out += self.calls.close()
+        return out
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return self.calls.calls if self.calls is not None else []
+
+    def content(self) -> str:
+        """The whole content read (spaces around it dropped when calls were made)."""
+        if self.calls is None:
+            return "".join(self.plain)
+        text = "".join(self.calls.content)
+        return text.strip() if self.calls.calls else text
+
+    def reasoning_text(self) -> str | None:
+        return "".join(self.reasoning) if self.think is not None and self.reasoning else None
+
+
+def answer_reader(req: GenerationRequest, prompt_tail: str, tool_parser: str,
+                  reasoning_parser: str, named: bool = False) -> AnswerReader | None:
+    """The reader of a chat choice's text, if it is more than content (None: plain text).
+    ``prompt_tail``: the prompt's last characters (a template may open the ``<think>``; an
+    output held to a grammar from its first token is not inside it); ``named``: a named tool
+    choice read as a call (the chat path streams it itself)."""
+    if req.tools is not None and req.tools.choice == "named":
+        return AnswerReader(None, NamedCall(str(req.tools.name))) if named else None
+    think = None
+    if req.chat and reasoning_parser != "none":
+        opened = req.constraint is None and prompt_tail.rstrip().endswith(OPEN)
+        think = ThinkSplitter(opened=opened)
+    calls = tool_reader(req.tools, tool_parser) if req.tools is not None else None
+    return AnswerReader(think, calls) if think is not None or calls is not None else None
+
+
+def answer_message(req: GenerationRequest, reader: AnswerReader | None, text: str,
+                   finish: str | None) -> tuple[dict[str, Any], str | None]:
+    """The assistant message of a whole chat answer, and its finish reason."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if req.tools is not None and req.tools.choice == "named":
+        message.update(content=None, tool_calls=[tool_call(str(req.tools.name), text)])
+        return message, finish
+    if reader is None:
+        return message, finish
+    reader.feed(text, final=True)
+    message["content"] = reader.content()
+    if reader.think is not None:
+        message["reasoning_content"] = message["reasoning"] = reader.reasoning_text()
+        if message["reasoning"] is not None:
+            message["content"] = message["content"] or None  # it thought, and said nothing
+    if not reader.tool_calls:
+        return message, finish
+    message.update(content=message["content"] or None, tool_calls=reader.tool_calls)
+    return message, tool_finish(finish)

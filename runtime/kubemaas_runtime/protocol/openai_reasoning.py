@@ -1,0 +1,88 @@
+"""A reasoning model's thinking, kept apart from its answer (``--reasoning-parser``).
+
+Qwen3, QwQ and DeepSeek-R1 (and its distills) write their reasoning between ``<think>`` and
+``</think>`` before the answer; some chat templates open the ``<think>`` themselves at the end
+of the prompt (DeepSeek-R1's), so the output starts inside it. The reasoning goes to the
+message's ``reasoning_content`` (and ``reasoning``, vLLM's newer name for it), the rest is the
+``content``, and tool calls are read from the content only, as vLLM's ``deepseek_r1`` and
+``qwen3`` parsers do. A grammar (a structured output, a named or required tool choice) holds
+the output from its first token here, not from the end of the reasoning as vLLM does: such an
+output starts outside any ``<think>`` block, and is content unless the grammar itself writes
+one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .openai_tool_stream import held_prefix
+
+OPEN, CLOSE = "<think>", "</think>"
+PARSERS = ("deepseek_r1", "qwen3")  # the names vLLM users pass; both read <think> blocks
+
+
+def resolve_reasoning_parser(setting: str, chat_template: Any) -> str:
+    """``--reasoning-parser``, ``auto`` resolved from the chat template: a template that
+    writes (or strips) ``<think>`` blocks belongs to a model that writes them."""
+    if setting != "auto":
+        return setting
+    templates = chat_template.values() if isinstance(chat_template, dict) else [chat_template]
+    text = "\n".join(t for t in templates if isinstance(t, str))
+    return "qwen3" if CLOSE in text else "none"
+
+
+@dataclass
+class ThinkSplitter:
+    """Splits a ``<think>…</think>`` block from the start of the text (``opened``: the prompt
+    ended with ``<think>``, so the text starts inside it)."""
+
+    opened: bool = False
+    text: str = ""
+    pos: int = 0
+    state: str = "start"  # start | reasoning | after (spaces before the answer) | content
+
+    def __post_init__(self) -> None:
+        if self.opened:
+            self.state = "reasoning"
+
+    def feed(self, delta: str, final: bool = False) -> list[tuple[str, str]]:
+        self.text += delta
+        out: list[tuple[str, str]] = []
+        while True:
+            rest = self.text[self.pos:]
+            if self.state == "start":
+                head = rest.lstrip()
+                if not final and len(head) < len(OPEN) and OPEN.startswith(head):
+                    break  # too little text to tell
+                if head.startswith(OPEN):
+                    self.pos += len(rest) - len(head) + len(OPEN)
+                    self.state = "reasoning"
+                else:
+                    self.state = "content"
+            elif self.state == "reasoning":
+                at = rest.find(CLOSE)
+                if at < 0:
+                    ready = rest if final else rest[:len(rest) - held_prefix(rest, (CLOSE,))]
+                    _add(out, "reasoning", ready)
+                    self.pos += len(ready)
+                    break
+                _add(out, "reasoning", rest[:at])
+                self.pos += at + len(CLOSE)
+                self.state = "after"
+            elif self.state == "after":
+                head = rest.lstrip()
+                self.pos += len(rest) - len(head)
+                if not head:
+                    break
+                self.state = "content"
+            else:
+                _add(out, "content", rest)
+                self.pos = len(self.text)
+                break
+        return out
+
+
+def _add(out: list[tuple[str, str]], kind: str, text: str) -> None:
+    if text:
+        out.append((kind, text))

@@ -1,0 +1,118 @@
+"""The reasoning splitter and the answer reader as pure functions: a ``<think>`` block goes to
+the reasoning, the rest to the content, tool calls are read from the content only, and any
+split of the text into deltas reads the same."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubemaas_runtime.protocol.openai_reader import AnswerReader, answer_message, answer_reader
+from kubemaas_runtime.protocol.openai_reasoning import ThinkSplitter, resolve_reasoning_parser
+from kubemaas_runtime.protocol.openai_schema import parse_request
+from kubemaas_runtime.protocol.openai_tool_stream import SYNTAXES, ToolCallReader
+
+
+def split(text: str, opened: bool = False, cuts: list[int] | None = None
+          ) -> tuple[str | None, str]:
+    reader = AnswerReader(ThinkSplitter(opened=opened))
+    bounds = [0, *(cuts or []), len(text)]
+    for a, b in itertools.pairwise(bounds):
+        reader.feed(text[a:b], final=b == len(text))
+    return reader.reasoning_text(), reader.content()
+
+
+@pytest.mark.parametrize(("text", "opened", "reasoning", "content"), [
+    ("<think>\nthe user asks\n</think>\n\nParis.", False, "\nthe user asks\n", "Paris."),
+    ("  <think>a</think>b", False, "a", "b"),
+    ("the user asks</think>Paris", True, "the user asks", "Paris"),
+    ("Paris.", False, None, "Paris."),
+    ("<thinking> is a tag", False, None, "<thinking> is a tag"),
+    ("<think>cut off by max_tokens", False, "cut off by max_tokens", ""),
+    ("all thought", True, "all thought", ""),
+    ("<think></think>Paris", False, None, "Paris"),
+    ("<think>x</think>y</think>z", False, "x", "y</think>z"),
+])
+def test_a_think_block_is_the_reasoning(text: str, opened: bool, reasoning: str | None,
+                                        content: str) -> None:
+    assert split(text, opened) == (reasoning, content)
+    assert split(text, opened, list(range(1, len(text)))) == (reasoning, content)
+    rng = random.Random(len(text))
+    for _ in range(10):
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, 3)))
+        assert split(text, opened, cuts) == (reasoning, content)
+
+
+def test_reasoning_streams_until_the_close_could_begin() -> None:
+    reader = AnswerReader(ThinkSplitter())
+    assert reader.feed("<thi") == []
+    assert reader.feed("nk>let me see </th") == [("reasoning", "let me see ")]
+    assert reader.feed("ink>\n") == []
+    assert reader.feed("\nIt is ") == [("content", "It is ")]
+    assert reader.feed("Oslo.", final=True) == [("content", "Oslo.")]
+
+
+def test_tool_calls_are_read_from_the_content_only() -> None:
+    reader = AnswerReader(ThinkSplitter(), ToolCallReader(SYNTAXES["hermes"]))
+    text = ('<think>maybe <tool_call>{"name": "no", "arguments": {}}</tool_call>?</think>\n'
+            'Checking. <tool_call>{"name": "get", "arguments": {"q": 1}}</tool_call>')
+    events = [e for i in range(len(text)) for e in reader.feed(text[i], i == len(text) - 1)]
+    assert reader.reasoning_text() == 'maybe <tool_call>{"name": "no", "arguments": {}}' \
+        '</tool_call>?'
+    assert [c["function"]["name"] for c in reader.tool_calls] == ["get"]
+    assert reader.content() == "Checking."
+    kinds = [e[0] for e in events if e[0] != "reasoning"]
+    first_call = kinds.index("call")
+    assert set(kinds[:first_call]) == {"content"} and set(kinds[first_call + 1:]) == \
+        {"arguments"}
+
+
+def test_the_message_of_a_thinking_answer() -> None:
+    req = parse_request({"messages": [{"role": "user", "content": "x"}]}, True, 1024)
+    reader = answer_reader(req, "<|assistant|>\n", "none", "qwen3")
+    message, finish = answer_message(req, reader, "<think>hm</think>\n\nOslo", "stop")
+    assert message == {"role": "assistant", "content": "Oslo", "reasoning_content": "hm",
+                       "reasoning": "hm"} and finish == "stop"
+    # the template opened the block; cut off while thinking: no content
+    reader = answer_reader(req, "<|assistant|>\n<think>\n", "none", "qwen3")
+    message, finish = answer_message(req, reader, "still thinking", "length")
+    assert (message["content"], message["reasoning"], finish) == (None, "still thinking",
+                                                                  "length")
+    # an output held to a grammar from its first token is not inside an opened block
+    held = parse_request({"messages": [{"role": "user", "content": "x"}],
+                          "response_format": {"type": "json_object"}}, True, 1024)
+    message, _ = answer_message(held, answer_reader(held, "<think>\n", "none", "qwen3"),
+                                '{"a": 1}', "stop")
+    assert (message["content"], message["reasoning"]) == ('{"a": 1}', None)
+    assert answer_reader(req, "", "none", "none") is None
+
+
+@pytest.mark.parametrize(("template", "parser"), [
+    ("{%- set content = message.content.split('</think>')[-1].lstrip('\\n') %}", "qwen3"),
+    ("{{'<|Assistant|>'}}{% if add_generation_prompt %}<think>\\n{% endif %}</think>", "qwen3"),
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}", "none"),
+    (None, "none"),
+])
+def test_auto_reads_the_template(template: object, parser: str) -> None:
+    assert resolve_reasoning_parser("auto", template) == parser
+    assert resolve_reasoning_parser("none", template) == "none"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["<think>", "</think>", "<thi", "</", ">", "a", " ", "\n",
+                                 "think"]), max_size=20), st.booleans(),
+       st.randoms(use_true_random=False))
+def test_any_split_reads_the_same_and_loses_only_the_markers(parts: list[str], opened: bool,
+                                                             rng: random.Random) -> None:
+    text = "".join(parts)
+    cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, len(text) - 1))) \
+        if len(text) > 1 else []
+    whole = split(text, opened)
+    assert split(text, opened, cuts) == whole
+    reasoning, content = whole
+    if reasoning is None and not opened and not text.lstrip().startswith("<think>"):
+        assert content == text
