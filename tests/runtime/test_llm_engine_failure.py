@@ -19,7 +19,8 @@ from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import load_hf
 from kubemaas_runtime.llm.sampling import SamplingParams
 from kubemaas_runtime.metrics import LLMMetrics, Metrics
-from kubemaas_runtime.protocol.openai import OpenAIServer, Served
+from kubemaas_runtime.protocol.openai import OpenAIServer
+from kubemaas_runtime.protocol.openai_engine import Served
 
 
 def test_a_failing_model_is_reported_and_the_engine_recovers(tiny_llama: Path) -> None:

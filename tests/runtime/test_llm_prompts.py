@@ -18,7 +18,7 @@ import torch
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import load_hf
 from kubemaas_runtime.metrics import LLMMetrics
-from kubemaas_runtime.protocol.openai import OpenAIServer, Served
+from kubemaas_runtime.protocol.openai_engine import Served, submit
 from kubemaas_runtime.protocol.openai_errors import ApiError
 from kubemaas_runtime.protocol.openai_schema import parse_request
 
@@ -172,7 +172,7 @@ def test_a_batch_the_queue_cannot_take_whole_leaves_nothing(tiny_llama: Path) ->
     req = parse_request({"prompt": [[5, 6], [7, 8]], "n": 2}, False, served.vocab_size)
     engine.held = 6
     with pytest.raises(ApiError) as refused:
-        OpenAIServer._submit(served, req, [[5, 6], [7, 8]], [req.params] * 2, ["", ""])
+        submit(served, req, [[5, 6], [7, 8]], [req.params] * 2, ["", ""])
     assert refused.value.status == 429
     posted = [what for what, _ in engine._inbox]
     assert posted == ["add", "add", "abort", "abort"]

@@ -89,7 +89,8 @@ def _load(settings: Settings) -> tuple[Any, Any]:
 
 async def serve_llm(settings: Settings) -> int:
     from ..metrics import LLMMetrics, Metrics
-    from ..protocol.openai import OpenAIServer, Served
+    from ..protocol.openai import OpenAIServer
+    from ..protocol.openai_engine import Served
     from ..protocol.openai_reasoning import resolve_reasoning_parser
     from ..protocol.openai_tools import resolve_parser
     from ..security.gate import Security

@@ -17,19 +17,16 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
 
-from ..llm.detok import encoder
-from ..llm.engine import Delta, Engine, Overloaded, RequestStream
-from ..llm.sampling import SamplingParams
-from ..llm.structured import Grammars, InvalidConstraint
-from ..metrics import LLMMetrics, Metrics
+from ..llm.engine import Delta, RequestStream
+from ..metrics import Metrics
 from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
+from .openai_engine import Served, bad_word_ids, check_sequences, fit, matchers, submit
 from .openai_errors import ApiError
 from .openai_reader import AnswerReader, answer_message, answer_reader
 from .openai_render import ChatRender
@@ -63,27 +60,6 @@ def error_response(exc: ApiError) -> web.Response:
     if exc.retry_after is not None:
         resp.headers["Retry-After"] = str(exc.retry_after)
     return resp
-
-
-@dataclass
-class Served:
-    """What the endpoints need once the model is loaded."""
-
-    engine: Engine
-    metrics: LLMMetrics
-    tokenizer: Any
-    max_model_len: int
-    vocab_size: int
-    # text, add special tokens -> ids: on the event loop, and in a worker thread
-    encode: Callable[[str, bool], list[int]] = field(init=False)
-    encode_off_loop: Callable[[str, bool], list[int]] = field(init=False)
-
-    grammars: Grammars = field(init=False)  # structured outputs' grammars
-
-    def __post_init__(self) -> None:
-        self.encode = encoder(self.tokenizer)
-        self.encode_off_loop = encoder(self.tokenizer, keep_gil=False)
-        self.grammars = Grammars(self.tokenizer, self.vocab_size, self.engine.lm.eos_ids)
 
 
 class OpenAIServer:
@@ -282,31 +258,6 @@ class OpenAIServer:
         self._check_model(model)
         return _json({"prompt": await self._decode(served, ids)})
 
-    def _fit(self, served: Served, req: GenerationRequest, prompt: list[int],
-             bad_words: tuple[tuple[int, ...], ...] = ()) -> SamplingParams:
-        """The prompt's sampling parameters, its completion held within max-model-len."""
-        limit = served.max_model_len
-        if not prompt:
-            raise ApiError(400, "the prompt is empty", "prompt")
-        wanted = req.max_tokens if req.max_tokens is not None else max(limit - len(prompt), 0)
-        if len(prompt) + max(wanted, 1) > limit:
-            raise ApiError(400, f"This model's maximum context length is {limit} tokens. "
-                           f"However, you requested {len(prompt) + wanted} tokens "
-                           f"({len(prompt)} in the prompt, {wanted} for the completion). "
-                           "Shorten the prompt or lower max_tokens.",
-                           "messages" if req.chat else "prompt", "context_length_exceeded")
-        if req.params.max_tokens == wanted and not bad_words:
-            return req.params
-        return replace(req.params, max_tokens=wanted, bad_words=bad_words)
-
-    @staticmethod
-    def _bad_word_ids(served: Served, words: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
-        """vLLM's bad_words as token sequences: each word as written and after a space (the
-        way it is tokenized inside a text), special tokens left out."""
-        ids = {tuple(served.encode(form, False)) for word in words
-               for form in (word.strip(), " " + word.strip())}
-        return tuple(sorted(i for i in ids if i))
-
     async def _generate(self, request: web.BaseRequest, kind: str) -> web.StreamResponse:
         """``kind``: completions, chat or responses (a chat, answered as a Responses
         object)."""
@@ -328,15 +279,15 @@ class OpenAIServer:
             if req.stream and req.prompt_logprobs:
                 raise ApiError(400, "'prompt_logprobs' is not available with 'stream': true",
                                "prompt_logprobs")
-            self._check_sequences(served, max(len(req.prompts), 1) * req.n)
+            check_sequences(served, max(len(req.prompts), 1) * req.n)
             prompts = await self._tokenize(served, req)
             if req.truncate_prompt_tokens:  # vLLM's: the last k tokens of each prompt
                 prompts = [p[-req.truncate_prompt_tokens:] for p in prompts]
-            bad_words = self._bad_word_ids(served, req.bad_words)
-            params = [self._fit(served, req, p, bad_words) for p in prompts]
-            matchers = await self._matchers(served, req, len(prompts) * req.n)
-            choices = self._submit(served, req, prompts, params,
-                                   await self._echo_texts(served, req, prompts), matchers)
+            bad_words = bad_word_ids(served, req.bad_words)
+            params = [fit(served, req, p, bad_words) for p in prompts]
+            grammars = await matchers(served, req, len(prompts) * req.n)
+            choices = submit(served, req, prompts, params,
+                             await self._echo_texts(served, req, prompts), grammars)
             try:
                 if responses is not None:
                     return await self._respond(request, served, req, responses, choices[0])
@@ -357,50 +308,6 @@ class OpenAIServer:
                     choice.stream.cancel()  # a no-op when finished; frees the blocks when not
         finally:
             self.inflight -= 1
-
-    @staticmethod
-    def _check_sequences(served: Served, count: int) -> None:
-        """A request whose prompts x n exceed what the engine may hold could never be
-        served: 400, not a 429 to retry forever."""
-        limit = served.engine.cfg.max_queue
-        if count > limit:
-            raise ApiError(400, f"the request asks for {count} sequences (prompts x n); this "
-                           f"server holds at most {limit} at once", "n")
-
-    @staticmethod
-    async def _matchers(served: Served, req: GenerationRequest, count: int) -> list[Any]:
-        """With a structured output, a matcher of its grammar per sequence (compiled in a
-        worker thread: a large schema takes a while); else Nones."""
-        if req.constraint is None:
-            return [None] * count
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                None, served.grammars.matchers, req.constraint, count)
-        except InvalidConstraint as exc:
-            raise ApiError(400, f"the output structure does not compile: {str(exc)[:800]}",
-                           req.constraint.param) from None
-
-    @staticmethod
-    def _submit(served: Served, req: GenerationRequest, prompts: list[list[int]],
-                params: list[SamplingParams], echo_texts: list[str],
-                matchers: list[Any] | None = None) -> list[Choice]:
-        """One engine sequence per choice (``n`` per prompt); all of them or none (429)."""
-        choices: list[Choice] = []
-        matchers = matchers or [None] * (len(prompts) * req.n)
-        try:
-            for prompt, prompt_params, echo_text in zip(prompts, params, echo_texts,
-                                                        strict=True):
-                for j, choice_params in enumerate(req.choice_params(prompt_params)):
-                    stream = served.engine.submit(prompt, choice_params, req.cache_salt,
-                                                  matchers[len(choices)])
-                    choices.append(Choice(len(choices), stream, prompt, j == 0, echo_text))
-        except Overloaded as exc:
-            for choice in choices:
-                choice.stream.cancel()
-            served.metrics.rejected.inc(served.metrics.label)
-            raise ApiError(429, f"too many requests: {exc}; retry later",
-                           code="rate_limit_exceeded", retry_after=1) from None
-        return choices
 
     def _observe(self, served: Served, stream: RequestStream,
                  first: bool = True) -> Callable[[Delta], None]:
