@@ -1,5 +1,6 @@
 """When the model fails during generation: a streamed answer ends with an ``error`` event and
-``[DONE]``, a whole answer is a 500 with OpenAI's error object, the failed sequences' blocks are
+``[DONE]`` (a streamed response with ``response.failed``), a whole answer is a 500 with
+OpenAI's error object, the failed sequences' blocks are
 freed, and the engine serves the next requests. In-process (the engine thread and the aiohttp
 server on 127.0.0.1 in this test's event loop), because the failure is made by breaking the
 loaded model's output layer, then mending it. A request whose sampling fails fails alone."""
@@ -55,6 +56,18 @@ def test_a_failing_model_is_reported_and_the_engine_recovers(tiny_llama: Path) -
                     assert resp.status == 500
                     body = await resp.json()
                 assert body["error"]["type"] == "server_error"
+                # the Responses API: a 500 too, or, streamed, a response.failed event last
+                responses = {"input": "hi", "max_output_tokens": 8}
+                async with http.post(f"{base}/v1/responses", json=responses) as resp:
+                    assert resp.status == 500
+                    assert (await resp.json())["error"]["type"] == "server_error"
+                async with http.post(f"{base}/v1/responses",
+                                     json={**responses, "stream": True}) as resp:
+                    blocks = [b for b in (await resp.text()).split("\n\n") if b]
+                failed = json.loads(blocks[-1].split("data: ", 1)[1])
+                assert failed["type"] == "response.failed"
+                assert failed["response"]["status"] == "failed"
+                assert "generation failed" in failed["response"]["error"]["message"]
                 assert engine.pool.used == 0 and engine.num_running == 0
 
                 lm.model.lm_head = good  # mended: the same engine serves again

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -53,6 +53,18 @@ _DECODE_OFF_LOOP_TOKENS = 4096  # longer id lists are decoded in a worker thread
 def _json(doc: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(doc, separators=(",", ":")).encode(), status=status,
                         content_type=_JSON)
+
+
+async def _whole(answer: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """A whole (non-streamed) answer's document; the engine failing it is a 500."""
+    try:
+        return await answer
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.error("generation failed", exc_info=exc)
+        raise ApiError(500, f"generation failed: {type(exc).__name__}; see the server log"
+                       ) from None
 
 
 def error_response(exc: ApiError) -> web.Response:
@@ -293,14 +305,7 @@ class OpenAIServer:
                     return await self._respond(request, served, req, responses, choices[0])
                 if req.stream:
                     return await self._stream(request, served, req, choices)
-                try:
-                    return await self._complete(served, req, choices, prompts)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the engine failed this request
-                    log.error("generation failed", exc_info=exc)
-                    raise ApiError(500, f"generation failed: {type(exc).__name__}; see the "
-                                   "server log") from None
+                return _json(await _whole(self._complete(served, req, choices, prompts)))
             finally:
                 if not all(c.stream.finished for c in choices):  # the client went away (or
                     served.metrics.success.inc((self.model_name, "abort"))  # a write failed)
@@ -341,7 +346,7 @@ class OpenAIServer:
                 "model": self.model_name}
 
     async def _complete(self, served: Served, req: GenerationRequest, choices: list[Choice],
-                        prompts: list[list[int]]) -> web.Response:
+                        prompts: list[list[int]]) -> dict[str, Any]:
         docs, lasts = [], []
         first_deltas: list[Delta] = []
         for choice in choices:  # the choices run together in the engine
@@ -366,7 +371,7 @@ class OpenAIServer:
         if req.chat and req.prompt_logprobs:
             doc["prompt_logprobs"] = prompt_logprobs_doc(served.tokenizer,
                                                          first_deltas[0].prompt_logprobs)
-        return _json(doc)
+        return doc
 
     async def _respond(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
                        responses: ResponsesRequest, choice: Choice) -> web.StreamResponse:
@@ -376,14 +381,7 @@ class OpenAIServer:
                 served.tokenizer)
         if req.stream:
             return await stream_responses(request, *args)
-        try:
-            return _json(await complete_response(*args))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the engine failed this request
-            log.error("generation failed", exc_info=exc)
-            raise ApiError(500, f"generation failed: {type(exc).__name__}; see the server "
-                           "log") from None
+        return _json(await _whole(complete_response(*args)))
 
     async def _stream(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
                       choices: list[Choice]) -> web.StreamResponse:
