@@ -101,6 +101,9 @@ class ChunkFormat:
             logprobs = logprobs_doc(self.tokenizer, True, list(lps), 0)
         out = []
         for event in events:
+            if event[0] == "content" and logprobs is None:  # the common case, pre-rendered
+                out.append(self._pre + json.dumps(event[1]).encode() + self._post)
+                continue
             doc = self.doc(None, None, logprobs)
             if event[0] == "content":
                 doc["choices"][0]["delta"] = {"content": event[1]}
