@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .llm.engine import Delta
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0)
@@ -152,8 +156,22 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
                 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                10.0, 20.0, 40.0, 80.0)
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+N_BUCKETS = (1, 2, 5, 10, 20)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+
+def one_two_five(limit: int) -> tuple[int, ...]:
+    """vLLM's buckets of token counts: 1, 2, 5, 10, 20, 50, ... up to ``limit``."""
+    out: list[int] = []
+    scale = 1
+    while True:
+        for m in (1, 2, 5):
+            if m * scale > limit:
+                return tuple(out)
+            out.append(m * scale)
+        scale *= 10
 
 
 class LLMMetrics:
@@ -161,9 +179,11 @@ class LLMMetrics:
     Inference Extension's endpoint picker, llm-d, KEDA scalers and vLLM dashboards. The gauges
     are set from the engine's counters when /metrics is scraped."""
 
-    def __init__(self, model_name: str, block_size: int, num_blocks: int) -> None:
+    def __init__(self, model_name: str, block_size: int, num_blocks: int,
+                 max_model_len: int = 2048) -> None:
         self.label = (model_name,)
         names = ("model_name",)
+        self._request_histograms(names, max_model_len)
         self.waiting = Gauge("vllm:num_requests_waiting",
                              "Requests waiting to be admitted to the running batch.", names)
         self.running = Gauge("vllm:num_requests_running",
@@ -207,8 +227,49 @@ class LLMMetrics:
         for reason in ("stop", "length", "abort"):
             self.success.inc((model_name, reason), 0)
 
+    def _request_histograms(self, names: tuple[str, ...], max_model_len: int) -> None:
+        """vLLM's per-request histograms (its dashboards' queue, prefill and decode panels and
+        the request-length heatmaps) and its tokens-per-step histogram."""
+        phase = {"queue": "WAITING (queued, not yet admitted to the running batch)",
+                 "inference": "RUNNING (admitted until the last token)",
+                 "prefill": "PREFILL (admitted until the first token)",
+                 "decode": "DECODE (first token until the last)"}
+        self.phases = {key: Histogram(f"vllm:request_{key}_time_seconds",
+                                      f"Time a request spent in {what}.", E2E_BUCKETS, names)
+                       for key, what in phase.items()}
+        tokens = one_two_five(max_model_len)
+        self.request_prompt_tokens = Histogram("vllm:request_prompt_tokens",
+                                               "Prompt tokens of a finished request.", tokens,
+                                               names)
+        self.request_generation_tokens = Histogram(
+            "vllm:request_generation_tokens", "Output tokens of a finished request.", tokens,
+            names)
+        self.request_max_tokens = Histogram("vllm:request_params_max_tokens",
+                                            "A finished request's max_tokens.", tokens, names)
+        self.request_n = Histogram("vllm:request_params_n", "A finished request's n.",
+                                   N_BUCKETS, names)
+        self.iteration_tokens = Histogram("vllm:iteration_tokens_total",
+                                          "Tokens read in one engine step.",
+                                          ITERATION_TOKENS_BUCKETS, names)
+
+    def observe_request(self, last: Delta, first_token_at: float | None, arrival: float,
+                        max_tokens: int, n: int) -> None:
+        """A finished request's histograms, from its first choice's last delta."""
+        self.request_prompt_tokens.observe(self.label, last.prompt_tokens)
+        self.request_generation_tokens.observe(self.label, last.completion_tokens)
+        self.request_max_tokens.observe(self.label, max_tokens)
+        self.request_n.observe(self.label, n)
+        if last.scheduled_at is None:
+            return  # never admitted (aborted while it waited)
+        self.phases["queue"].observe(self.label, last.scheduled_at - arrival)
+        self.phases["inference"].observe(self.label, last.at - last.scheduled_at)
+        if first_token_at is not None:
+            self.phases["prefill"].observe(self.label, first_token_at - last.scheduled_at)
+            self.phases["decode"].observe(self.label, last.at - first_token_at)
+
     def set_engine(self, waiting: int, running: int, kv_usage: float, preemptions: int,
-                   peak_running: int = 0, prefix: tuple[int, int] = (0, 0)) -> None:
+                   peak_running: int = 0, prefix: tuple[int, int] = (0, 0),
+                   step_tokens: dict[int, int] | None = None) -> None:
         self.peak_running.set(self.label, peak_running)
         self.prefix_queries.values[self.label] = float(prefix[0])
         self.prefix_hits.values[self.label] = float(prefix[1])
@@ -216,12 +277,22 @@ class LLMMetrics:
         self.running.set(self.label, running)
         self.kv_usage.set(self.label, kv_usage)
         self.preemptions.values[self.label] = float(preemptions)
+        if step_tokens:  # the engine's count of steps by tokens read, as a histogram
+            counts = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
+            for tokens, steps in step_tokens.items():
+                counts[bisect_left(ITERATION_TOKENS_BUCKETS, tokens)] += steps
+            self.iteration_tokens.counts[self.label] = counts
+            self.iteration_tokens.sums[self.label] = float(
+                sum(t * s for t, s in step_tokens.items()))
 
     def render_lines(self) -> list[str]:
         lines: list[str] = []
-        for metric in (self.waiting, self.running, self.kv_usage, self.cache_info, self.ttft,
-                       self.itl, self.e2e, self.prompt_tokens, self.generation_tokens,
-                       self.success, self.preemptions, self.prefix_queries, self.prefix_hits,
-                       self.rejected, self.peak_running):
+        metrics: tuple[Counter | Histogram, ...] = (
+            self.waiting, self.running, self.kv_usage, self.cache_info, self.ttft, self.itl,
+            self.e2e, self.prompt_tokens, self.generation_tokens, self.success, self.preemptions,
+            self.prefix_queries, self.prefix_hits, self.rejected, self.peak_running,
+            *self.phases.values(), self.request_prompt_tokens, self.request_generation_tokens,
+            self.request_max_tokens, self.request_n, self.iteration_tokens)
+        for metric in metrics:
             lines.extend(metric.render())
         return lines

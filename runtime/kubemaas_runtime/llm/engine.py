@@ -17,7 +17,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +73,7 @@ class Delta:
     cached_tokens: int = 0  # prompt tokens taken from the prefix cache at admission
     # with params.prompt_logprobs, on a request's first delta: prompt tokens 1..'s logprobs
     prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
+    scheduled_at: float | None = None  # on the last delta: when it was first admitted to run
 
 
 def kv_blocks_for_budget(lm: LanguageModel, cfg_bytes: int, block_size: int) -> int:
@@ -177,6 +178,7 @@ class Engine:
         self.kv_usage = 0.0
         self.steps = 0
         self.peak_running = 0  # most sequences that ran in one step
+        self.step_tokens: Counter[int] = Counter()  # tokens in a step -> steps
 
     # ---- event-loop side -------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -313,6 +315,12 @@ class Engine:
         self._publish()
         return out
 
+    def reset_stats(self) -> None:
+        """The counters the metrics read, back to zero."""
+        self.step_tokens.clear()
+        self.pool.queried_tokens = self.pool.hit_tokens = 0
+        self.scheduler.preemptions = self.peak_running = 0
+
     def _publish(self) -> None:
         self.num_waiting = len(self.scheduler.waiting)
         self.num_running = len(self.scheduler.running)
@@ -326,8 +334,9 @@ class Engine:
             t0 = time.perf_counter()
             with torch.inference_mode():
                 self._forward(plan.decode, plan.prefill, out)
-            self.pacer.observe(time.perf_counter() - t0,
-                               len(plan.decode) + sum(n for _, n in plan.prefill))
+            tokens = len(plan.decode) + sum(n for _, n in plan.prefill)
+            self.pacer.observe(time.perf_counter() - t0, tokens)
+            self.step_tokens[tokens] += 1
             self.steps += 1
         self._publish()
         return out
@@ -382,7 +391,7 @@ class Engine:
         seq.finish_reason = "length"
         self.scheduler.remove(seq)
         return Delta("", (), (), "length", len(seq.prompt), 0, now, seq.cached_tokens or 0,
-                     self._prompt_logprobs(seq))
+                     self._prompt_logprobs(seq), seq.scheduled_at)
 
     @staticmethod
     def _grammar_done(seq: Sequence) -> bool:
@@ -427,7 +436,8 @@ class Engine:
             self.scheduler.remove(seq)
         return Delta(text, (token,), (info,) if info is not None else (), reason,
                      len(seq.prompt), len(seq.output), now, seq.cached_tokens or 0,
-                     self._prompt_logprobs(seq) if len(seq.output) == 1 else None)
+                     self._prompt_logprobs(seq) if len(seq.output) == 1 else None,
+                     seq.scheduled_at if reason is not None else None)
 
     # ---- in-process use (benchmarks, tests) ------------------------------------------------
     def generate_sync(self, prompts: list[list[int]], params: SamplingParams

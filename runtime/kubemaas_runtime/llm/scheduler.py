@@ -50,6 +50,7 @@ class Sequence:
     # with params.prompt_logprobs: the logprobs of prompt tokens 1.. (prompt_scores.py)
     prompt_logprobs: list[TokenLogprobs] | None = None
     finish_reason: str | None = None
+    scheduled_at: float | None = None  # when first admitted to the running batch
     first_token_at: float | None = None
     last_token_at: float | None = None
 
@@ -120,6 +121,7 @@ class Scheduler:
             seq.computed = len(cached) * self.pool.block_size
             if seq.cached_tokens is None:  # a preempted sequence keeps its first count
                 seq.cached_tokens = seq.computed
+                seq.scheduled_at = time.monotonic()
             self.waiting.popleft()
             self.running.append(seq)
 

@@ -78,6 +78,7 @@ def _load(settings: Settings) -> tuple[Any, Any]:
 
         engine.generate_sync([[0] * 4],
                              SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+        engine.reset_stats()  # the warm-up is not served work
     log.info("model loaded", extra={"fields": {
         "path": str(path), "fetch_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3),
         "warmup_s": round(time.perf_counter() - t2, 3), "model_type": lm.model_type,
@@ -120,7 +121,7 @@ async def serve_llm(settings: Settings) -> int:
             api.reasoning_parser = resolve_reasoning_parser(settings.reasoning_parser,
                                                             lm.chat_template)
             api.served = Served(engine, LLMMetrics(settings.model_name, engine.pool.block_size,
-                                                   engine.pool.usable),
+                                                   engine.pool.usable, engine.cfg.max_model_len),
                                 lm.tokenizer, engine.cfg.max_model_len, lm.vocab_size)
             gc.collect()
             gc.freeze()

@@ -158,7 +158,7 @@ class OpenAIServer:
         eng, llm = self.served.engine, self.served.metrics
         llm.set_engine(eng.num_waiting, eng.num_running, eng.kv_usage,
                        eng.scheduler.preemptions, eng.peak_running,
-                       (eng.pool.queried_tokens, eng.pool.hit_tokens))
+                       (eng.pool.queried_tokens, eng.pool.hit_tokens), dict(eng.step_tokens))
         return body + ("\n".join(llm.render_lines()) + "\n").encode()
 
     # ---- generation ------------------------------------------------------------------------
@@ -314,12 +314,13 @@ class OpenAIServer:
         finally:
             self.inflight -= 1
 
-    def _observe(self, served: Served, stream: RequestStream,
-                 first: bool = True) -> Callable[[Delta], None]:
+    def _observe(self, served: Served, stream: RequestStream, first: bool = True,
+                 n: int = 1) -> Callable[[Delta], None]:
         """Metrics of one choice; the request's own (prompt tokens, end-to-end latency,
-        success) are counted with its ``first`` choice."""
+        success, its phases and sizes) are counted with its ``first`` choice (of ``n``)."""
         m = served.metrics
         prev: list[float] = []
+        first_at: list[float] = []
         usage = current_usage.get()  # per-key token limits (security/gate.py)
 
         def observe(delta: Delta) -> None:
@@ -328,6 +329,7 @@ class OpenAIServer:
                     m.itl.observe(m.label, delta.at - prev[0])
                 else:
                     m.ttft.observe(m.label, delta.at - stream.arrival)
+                    first_at.append(delta.at)
                 prev[:] = [delta.at]
             if delta.finish_reason is not None:
                 m.generation_tokens.inc(m.label, delta.completion_tokens)
@@ -338,6 +340,8 @@ class OpenAIServer:
                     m.e2e.observe(m.label, delta.at - stream.arrival)
                     m.prompt_tokens.inc(m.label, prompt)
                     m.success.inc((self.model_name, delta.finish_reason))
+                    m.observe_request(delta, first_at[0] if first_at else None, stream.arrival,
+                                      stream.seq.params.max_tokens, n)
         return observe
 
     def _head(self, req: GenerationRequest) -> dict[str, Any]:
@@ -350,7 +354,7 @@ class OpenAIServer:
         docs, lasts = [], []
         first_deltas: list[Delta] = []
         for choice in choices:  # the choices run together in the engine
-            observe = self._observe(served, choice.stream, first=choice.first)
+            observe = self._observe(served, choice.stream, choice.first, req.n)
             deltas = []
             async for delta in choice.stream:
                 observe(delta)
@@ -387,7 +391,7 @@ class OpenAIServer:
                       choices: list[Choice]) -> web.StreamResponse:
         head = self._head(req)
         fmts = [ChunkFormat(head, req, served.tokenizer, c.index) for c in choices]
-        observes = [self._observe(served, c.stream, first=c.first) for c in choices]
+        observes = [self._observe(served, c.stream, c.first, req.n) for c in choices]
         readers = [self._reader(served, req, c.prompt) for c in choices]
         return await stream_response(request, req, choices, fmts, observes,
                                      [r for r in readers if r is not None] or None)

@@ -1,0 +1,67 @@
+"""vLLM's per-request histograms, served: each finished request's queue, prefill, decode and
+inference times (which add up to its end-to-end latency), its prompt and output lengths, its
+max_tokens and n, and the engine's tokens per step, which add up to the tokens it read."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import Server, start_llm_server
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama: Path) -> Iterator[Server]:
+    server = start_llm_server(tiny_llama)
+    yield server
+    assert server.stop() == 0
+
+
+def series(text: str, name: str) -> dict[str, float]:
+    """A histogram's series: its buckets by bound, its sum and count."""
+    out = {}
+    for m in re.finditer(rf'^{re.escape(name)}_(bucket|sum|count)\{{model_name="tiny"'
+                         rf'(?:,le="([^"]+)")?\}} (\S+)$', text, re.MULTILINE):
+        out[m.group(2) if m.group(1) == "bucket" else m.group(1)] = float(m.group(3))
+    return out
+
+
+def test_a_requests_phases_and_sizes(server: Server) -> None:
+    prompts = ["the cat", "a bird sings", "rain falls on the hill"]  # < 16 tokens: no cached block
+    usages = []
+    for i, prompt in enumerate(prompts):
+        status, body = server.post_json("/v1/completions", {
+            "prompt": prompt, "max_tokens": 3 + 3 * i, "ignore_eos": True, "temperature": 0})
+        assert status == 200, body
+        usages.append(body["usage"])
+    status, body = server.post_json("/v1/completions", {
+        "prompt": "two of them", "max_tokens": 4, "ignore_eos": True, "n": 2, "seed": 1})
+    assert status == 200, body
+    text = server.metrics()
+    prompt_tokens = series(text, "vllm:request_prompt_tokens")
+    assert prompt_tokens["count"] == 4
+    assert prompt_tokens["sum"] == sum(u["prompt_tokens"] for u in usages) + \
+        body["usage"]["prompt_tokens"]
+    assert series(text, "vllm:request_generation_tokens")["sum"] == 3 + 6 + 9 + 4
+    max_tokens = series(text, "vllm:request_params_max_tokens")
+    assert (max_tokens["2"], max_tokens["5"], max_tokens["10"]) == (0, 2, 4)  # 3, 6, 9, 4
+    n = series(text, "vllm:request_params_n")
+    assert (n["1"], n["2"], n["count"]) == (3, 4, 4)
+    phases = {p: series(text, f"vllm:request_{p}_time_seconds")
+              for p in ("queue", "inference", "prefill", "decode")}
+    e2e = series(text, "vllm:e2e_request_latency_seconds")
+    assert all(s["count"] == 4 for s in phases.values()) and e2e["count"] == 4
+    assert all(s["sum"] >= 0 for s in phases.values())
+    assert phases["prefill"]["sum"] + phases["decode"]["sum"] == \
+        pytest.approx(phases["inference"]["sum"], abs=1e-6)
+    assert phases["queue"]["sum"] + phases["inference"]["sum"] == \
+        pytest.approx(e2e["sum"], abs=1e-6)
+    # every step's tokens: each sequence's prompt read once, then one token per decode step
+    steps = series(text, "vllm:iteration_tokens_total")
+    read = sum(u["prompt_tokens"] + u["completion_tokens"] - 1 for u in usages) + \
+        2 * (body["usage"]["prompt_tokens"] + 4 - 1)
+    assert steps["sum"] == read and steps["count"] >= 1 + 4 - 1
+    assert steps["+Inf"] == steps["count"]
