@@ -88,12 +88,24 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     return lm, engine
 
 
-async def serve_llm(settings: Settings) -> int:
-    from ..metrics import LLMMetrics, Metrics
-    from ..protocol.openai import OpenAIServer
+def _open(api: Any, settings: Settings, lm: Any, engine: Any) -> None:
+    """The endpoints take requests for the loaded model: its engine, metrics and tokenizer,
+    and the parsers its chat template calls for."""
+    from ..metrics import LLMMetrics
     from ..protocol.openai_engine import Served
     from ..protocol.openai_reasoning import resolve_reasoning_parser
     from ..protocol.openai_tools import resolve_parser
+
+    api.tool_call_parser = resolve_parser(settings.tool_call_parser, lm.chat_template)
+    api.reasoning_parser = resolve_reasoning_parser(settings.reasoning_parser, lm.chat_template)
+    api.served = Served(engine, LLMMetrics(settings.model_name, engine.pool.block_size,
+                                           engine.pool.usable, engine.cfg.max_model_len),
+                        lm.tokenizer, engine.cfg.max_model_len, lm.vocab_size)
+
+
+async def serve_llm(settings: Settings) -> int:
+    from ..metrics import Metrics
+    from ..protocol.openai import OpenAIServer
     from ..security.gate import Security
     from ..serving import drain, listen, run_in_thread, stop_on_signals
 
@@ -102,8 +114,7 @@ async def serve_llm(settings: Settings) -> int:
     metrics = Metrics()
     label = (settings.model_name,)
     metrics.model_ready.set(label, 0)
-    api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20),
-                       settings.tool_call_parser)
+    api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20))
     security = Security(settings, metrics, api.handle, openai=True, handler_cancellation=True)
     runner, port = await listen(settings, security)
     stop = stop_on_signals(loop)
@@ -117,12 +128,7 @@ async def serve_llm(settings: Settings) -> int:
         if load_task.done():
             lm, engine = load_task.result()  # raises StartupError
             engine.start(loop)
-            api.tool_call_parser = resolve_parser(settings.tool_call_parser, lm.chat_template)
-            api.reasoning_parser = resolve_reasoning_parser(settings.reasoning_parser,
-                                                            lm.chat_template)
-            api.served = Served(engine, LLMMetrics(settings.model_name, engine.pool.block_size,
-                                                   engine.pool.usable, engine.cfg.max_model_len),
-                                lm.tokenizer, engine.cfg.max_model_len, lm.vocab_size)
+            _open(api, settings, lm, engine)
             gc.collect()
             gc.freeze()
             took = time.perf_counter() - started

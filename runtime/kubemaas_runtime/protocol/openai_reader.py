@@ -13,8 +13,8 @@ from typing import Any
 
 from .openai_reasoning import OPEN, ThinkSplitter
 from .openai_schema import GenerationRequest
-from .openai_tool_stream import NamedCall, ToolCallReader
-from .openai_tools import tool_call, tool_finish, tool_reader
+from .openai_tool_stream import NamedCall, ToolCallReader, tool_call
+from .openai_tools import tool_finish, tool_reader
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .openai_render import template_text
 from .openai_tool_stream import held_prefix
 
 OPEN, CLOSE = "<think>", "</think>"
@@ -27,9 +28,7 @@ def resolve_reasoning_parser(setting: str, chat_template: Any) -> str:
     writes (or strips) ``<think>`` blocks belongs to a model that writes them."""
     if setting != "auto":
         return setting
-    templates = chat_template.values() if isinstance(chat_template, dict) else [chat_template]
-    text = "\n".join(t for t in templates if isinstance(t, str))
-    return "qwen3" if CLOSE in text else "none"
+    return "qwen3" if CLOSE in template_text(chat_template) else "none"
 
 
 @dataclass

@@ -33,6 +33,12 @@ class ChatRender:
             **self.template_kwargs))
 
 
+def template_text(chat_template: Any) -> str:
+    """A tokenizer's chat template as one text (some have several, named)."""
+    templates = chat_template.values() if isinstance(chat_template, dict) else [chat_template]
+    return "\n".join(t for t in templates if isinstance(t, str))
+
+
 def _flag(doc: dict[str, Any], key: str, default: bool) -> bool:
     value = doc.get(key)
     if value is None:

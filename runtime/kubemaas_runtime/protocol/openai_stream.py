@@ -24,7 +24,8 @@ from .openai_answer import Choice, logprobs_doc, usage_doc
 from .openai_errors import ApiError
 from .openai_reader import AnswerReader
 from .openai_schema import GenerationRequest
-from .openai_tools import tool_call, tool_finish
+from .openai_tool_stream import tool_call
+from .openai_tools import tool_finish
 
 log = logging.getLogger("kubemaas.runtime.openai")
 

@@ -52,8 +52,10 @@ SYNTAXES = {
 }
 
 
-def new_call_id() -> str:
-    return "chatcmpl-tool-" + uuid.uuid4().hex
+def tool_call(name: str, arguments: str) -> dict[str, Any]:
+    """A call as the API gives it, with a new id."""
+    return {"id": "chatcmpl-tool-" + uuid.uuid4().hex, "type": "function",
+            "function": {"name": name, "arguments": arguments}}
 
 
 def held_prefix(text: str, markers: tuple[str, ...]) -> int:
@@ -295,8 +297,7 @@ class ToolCallReader:
             obj.sent = upto
 
     def _announce(self, events: list[tuple[Any, ...]], name: str) -> None:
-        call = {"id": new_call_id(), "type": "function",
-                "function": {"name": name, "arguments": ""}}
+        call = tool_call(name, "")
         self.calls.append(call)
         events.append(("call", len(self.calls) - 1, call["id"], name))
 
@@ -322,10 +323,8 @@ class NamedCall:
     def feed(self, delta: str, final: bool = False) -> list[tuple[Any, ...]]:
         events: list[tuple[Any, ...]] = []
         if not self.calls:
-            call_id = new_call_id()
-            self.calls.append({"id": call_id, "type": "function",
-                               "function": {"name": self.name, "arguments": ""}})
-            events.append(("call", 0, call_id, self.name))
+            self.calls.append(tool_call(self.name, ""))
+            events.append(("call", 0, self.calls[0]["id"], self.name))
         if delta:
             self.calls[0]["function"]["arguments"] += delta
             events.append(("arguments", 0, delta))

@@ -33,7 +33,8 @@ from typing import Any
 
 from ..llm.structured import Constraint
 from .openai_errors import bad_request as _bad
-from .openai_tool_stream import SYNTAXES, ToolCallReader, new_call_id
+from .openai_render import template_text
+from .openai_tool_stream import SYNTAXES, ToolCallReader
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_TOOLS = 128
@@ -157,11 +158,6 @@ def message_tool_calls(msg: dict[str, Any], where: str) -> list[dict[str, Any]] 
     return out
 
 
-def tool_call(name: str, arguments: str) -> dict[str, Any]:
-    return {"id": new_call_id(), "type": "function",
-            "function": {"name": name, "arguments": arguments}}
-
-
 def tool_reader(tools: Tools, parser: str) -> ToolCallReader | None:
     """The reader of the calls in a required or auto answer's text (None: plain text)."""
     if tools.choice == "required":
@@ -176,8 +172,7 @@ def resolve_parser(setting: str, chat_template: Any) -> str:
     writes the conversation's earlier calls is the one the model was trained to write."""
     if setting != "auto":
         return setting
-    templates = chat_template.values() if isinstance(chat_template, dict) else [chat_template]
-    text = "\n".join(t for t in templates if isinstance(t, str))
+    text = template_text(chat_template)
     if "<tool_call>" in text:
         return "hermes"
     if "[TOOL_CALLS]" in text:
