@@ -73,6 +73,7 @@ def main() -> int:
         for _ in range(args.tokens):
             for row, matcher in zip(logits, matchers, strict=True):
                 allowed = allowed_tokens(matcher, vocab)
+                assert allowed is not None  # a plain matcher always has a mask
                 token = int(row.masked_fill(~allowed, float("-inf")).argmax())
                 matcher.consume_token(token)
                 count += 1

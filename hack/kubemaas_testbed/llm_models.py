@@ -9,6 +9,7 @@ the same files.
     from kubemaas_testbed.llm_models import build_llm
     model_dir = build_llm(tmp / "tiny-llama")                 # ~0.8 M parameters, < 1 s
     model_dir = build_llm(tmp / "small", size="small")        # ~190 M parameters (Llama)
+    model_dir = build_llm(tmp / "thinking", think_tokens=True)  # <think>, </think> one token each
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>")
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, *ROLE_TOKENS)
 VOCAB_SIZE = 1024
+THINK_TOKENS = ("<think>", "</think>")  # added as reasoning models have them: not special
 # every message: <|role|>\ncontent</s>\n ; the generation prompt opens the assistant's turn
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -47,10 +49,21 @@ def corpus_text() -> str:
     return (resources.files("kubemaas_testbed") / "data" / "llm-corpus.txt").read_text("utf-8")
 
 
-def build_tokenizer(out_dir: Path, vocab_size: int = VOCAB_SIZE) -> None:
+def build_tokenizer(out_dir: Path, vocab_size: int = VOCAB_SIZE, think_tokens: bool = False
+                    ) -> None:
     """Train a byte-level BPE on the repository corpus and save it as a fast tokenizer with a chat
-    template (bos ``<s>``, eos ``</s>``, pad ``<pad>``) into ``out_dir``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    template (bos ``<s>``, eos ``</s>``, pad ``<pad>``) into ``out_dir``; with ``think_tokens``,
+    ``<think>`` and ``</think>`` are tokens of their own (kept in decoded text, as Qwen3's and
+    DeepSeek-R1's are)."""
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -62,6 +75,8 @@ def build_tokenizer(out_dir: Path, vocab_size: int = VOCAB_SIZE) -> None:
                                   show_progress=False)
     lines = corpus_text().splitlines()
     tok.train_from_iterator(lines, trainer=trainer)
+    if think_tokens:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
                                    pad_token=PAD, unk_token=UNK,
                                    additional_special_tokens=list(ROLE_TOKENS))
@@ -103,7 +118,7 @@ def _config(family: str, size: str, vocab: int, ids: dict[str, int], dtype: str)
 
 
 def build_llm(out_dir: Path, family: str = "llama", size: str = "tiny", seed: int = 0,
-              dtype: str = "float32") -> Path:
+              dtype: str = "float32", think_tokens: bool = False) -> Path:
     """Write a random-weight causal LM of ``family`` and ``size`` with the repository tokenizer into
     ``out_dir`` (config.json, model.safetensors, generation_config.json, tokenizer files) and
     return ``out_dir``. Deterministic for the same arguments."""
@@ -117,7 +132,7 @@ def build_llm(out_dir: Path, family: str = "llama", size: str = "tiny", seed: in
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPES)}")
     out_dir = Path(out_dir)
-    build_tokenizer(out_dir)
+    build_tokenizer(out_dir, think_tokens=think_tokens)
     tok = transformers.AutoTokenizer.from_pretrained(str(out_dir))
     ids = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
     vocab = -(-len(tok) // 64) * 64  # room for every token, rounded up like real checkpoints

@@ -315,17 +315,34 @@ def test_stop_strings_and_stop_token_ids(llama_server: Server) -> None:
     ids = base["choices"][0]["token_ids"]
     stop = text[10:13]
     cut = complete(llama_server, "Once upon a time", max_tokens=30, ignore_eos=True, stop=[stop])
-    assert cut["choices"][0]["finish_reason"] == "stop"
+    # vLLM's stop_reason says which stop ended it (the string, the token id; None otherwise)
+    assert (cut["choices"][0]["finish_reason"], cut["choices"][0]["stop_reason"]) == \
+        ("stop", stop)
     assert cut["choices"][0]["text"] == text[:text.index(stop)]
     by_id = complete(llama_server, "Once upon a time", max_tokens=30, ignore_eos=True,
                      stop_token_ids=[ids[5]])
     # the stop token is returned and counted (as vLLM does), never part of the text
     assert by_id["choices"][0]["token_ids"] == ids[:ids.index(ids[5]) + 1]
     assert by_id["usage"]["completion_tokens"] == ids.index(ids[5]) + 1
-    assert by_id["choices"][0]["finish_reason"] == "stop"
+    assert (by_id["choices"][0]["finish_reason"], by_id["choices"][0]["stop_reason"]) == \
+        ("stop", ids[5])
     length = complete(llama_server, "Once upon a time", max_tokens=3, ignore_eos=True)
-    assert length["choices"][0]["finish_reason"] == "length"
+    assert (length["choices"][0]["finish_reason"], length["choices"][0]["stop_reason"]) == \
+        ("length", None)
     assert length["choices"][0]["token_ids"] == ids[:3]
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 30, "temperature": 0,
+            "ignore_eos": True, "return_token_ids": True}
+    said = llama_server.post_json("/v1/chat/completions", chat)[1]["choices"][0]
+    chat_ids, chat_text = said["token_ids"], said["message"]["content"]
+    assert len(chat_ids) == 30 and said["stop_reason"] is None
+    for extra, reason in (({"stop": [chat_text[6:9]]}, chat_text[6:9]),
+                          ({"stop_token_ids": [chat_ids[5]]}, chat_ids[5])):
+        whole = llama_server.post_json("/v1/chat/completions", {**chat, **extra})[1]
+        assert whole["choices"][0]["stop_reason"] == reason
+        events = stream_events(llama_server, "/v1/chat/completions",
+                               {**chat, **extra, "stream": True})
+        assert events[-1]["choices"][0]["stop_reason"] == reason  # on the finishing chunk
+        assert "stop_reason" not in events[-2]["choices"][0]
 
 
 def test_logprobs(llama_server: Server) -> None:

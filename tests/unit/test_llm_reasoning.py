@@ -73,22 +73,27 @@ def test_tool_calls_are_read_from_the_content_only() -> None:
 
 def test_the_message_of_a_thinking_answer() -> None:
     req = parse_request({"messages": [{"role": "user", "content": "x"}]}, True, 1024)
-    reader = answer_reader(req, "<|assistant|>\n", "none", "qwen3")
+    reader = answer_reader(req, False, "none", "qwen3")
     message, finish = answer_message(req, reader, "<think>hm</think>\n\nOslo", "stop")
     assert message == {"role": "assistant", "content": "Oslo", "reasoning_content": "hm",
                        "reasoning": "hm"} and finish == "stop"
     # the template opened the block; cut off while thinking: no content
-    reader = answer_reader(req, "<|assistant|>\n<think>\n", "none", "qwen3")
+    reader = answer_reader(req, True, "none", "qwen3")
     message, finish = answer_message(req, reader, "still thinking", "length")
     assert (message["content"], message["reasoning"], finish) == (None, "still thinking",
                                                                   "length")
     # an output held to a grammar from its first token is not inside an opened block
     held = parse_request({"messages": [{"role": "user", "content": "x"}],
                           "response_format": {"type": "json_object"}}, True, 1024)
-    message, _ = answer_message(held, answer_reader(held, "<think>\n", "none", "qwen3"),
+    message, _ = answer_message(held, answer_reader(held, True, "none", "qwen3"),
                                 '{"a": 1}', "stop")
     assert (message["content"], message["reasoning"]) == ('{"a": 1}', None)
-    assert answer_reader(req, "", "none", "none") is None
+    # ... but one held after the reasoning is
+    message, _ = answer_message(held, answer_reader(held, True, "none", "qwen3",
+                                                    thinks_first=True),
+                                'so</think>{"a": 1}', "stop")
+    assert (message["content"], message["reasoning"]) == ('{"a": 1}', "so")
+    assert answer_reader(req, False, "none", "none") is None
 
 
 @pytest.mark.parametrize(("template", "parser"), [
@@ -116,3 +121,63 @@ def test_any_split_reads_the_same_and_loses_only_the_markers(parts: list[str], o
     reasoning, content = whole
     if reasoning is None and not opened and not text.lstrip().startswith("<think>"):
         assert content == text
+
+
+class _Grammar:
+    """A matcher that allows tokens 3 and 4 (then ends after one token)."""
+
+    def __init__(self) -> None:
+        self.taken: list[int] = []
+
+    def compute_bitmask(self) -> bytes:
+        return bytes([0b0001_1000, 0, 0, 0])
+
+    def consume_token(self, token: int) -> bool:
+        self.taken.append(token)
+        return token in (3, 4)
+
+    def is_stopped(self) -> bool:
+        return bool(self.taken)
+
+    def get_error(self) -> str:
+        return "refused"
+
+
+def test_a_grammar_holds_after_the_thinking() -> None:
+    from kubemaas_runtime.llm.structured import AfterThinking, allowed_tokens
+
+    def allowed(gate: AfterThinking) -> list[int] | None:
+        mask = allowed_tokens(gate, 32)
+        return None if mask is None else mask.nonzero().flatten().tolist()
+
+    # the first token may open a block (<think> = 9) or start the answer
+    gate = AfterThinking(_Grammar(), 9, 10, opened=False)
+    assert allowed(gate) == [3, 4, 9]
+    assert gate.consume_token(9) and gate.matcher.taken == []
+    for token in (20, 21, 10):  # free while thinking, up to and with </think>
+        assert allowed(gate) is None and not gate.is_stopped()
+        assert gate.consume_token(token)
+    assert allowed(gate) == [3, 4] and gate.consume_token(4) and gate.is_stopped()
+    assert gate.matcher.taken == [4]
+    # no block: the grammar holds from the first token
+    gate = AfterThinking(_Grammar(), 9, 10, opened=False)
+    assert gate.consume_token(3) and allowed(gate) == [3, 4] and gate.matcher.taken == [3]
+    assert not AfterThinking(_Grammar(), 9, 10, opened=False).consume_token(7)
+    # a block the prompt opened: free until </think>
+    gate = AfterThinking(_Grammar(), 9, 10, opened=True)
+    assert allowed(gate) is None and gate.consume_token(9) and allowed(gate) is None
+    assert gate.consume_token(10) and allowed(gate) == [3, 4]
+
+
+def test_think_tokens_are_found_when_each_is_one_token() -> None:
+    from kubemaas_runtime.protocol.openai_reasoning import think_token_ids
+
+    class Tok:
+        def __init__(self, vocab: dict[str, list[int]]) -> None:
+            self.vocab = vocab
+
+        def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+            return self.vocab[text]
+
+    assert think_token_ids(Tok({"<think>": [7], "</think>": [8]})) == (7, 8)
+    assert think_token_ids(Tok({"<think>": [7], "</think>": [1, 2, 3]})) is None

@@ -69,7 +69,7 @@ class _Matcher:
 def test_the_bitmask_is_unpacked_token_by_token() -> None:
     allowed = [0, 7, 8, 31, 32, 63, 99]
     mask = allowed_tokens(_Matcher(allowed, 100), 100)
-    assert mask.nonzero().flatten().tolist() == allowed
+    assert mask is not None and mask.nonzero().flatten().tolist() == allowed
 
 
 def test_a_masked_row_draws_an_allowed_token_and_a_slow_mask_fails_its_row_alone(

@@ -23,7 +23,7 @@ def tool_message(tools: Tools, parser: str, text: str, finish: str
     """The message a chat answer with ``tools`` makes of ``text`` (no reasoning parser)."""
     req = parse_request({"messages": [{"role": "user", "content": "x"}],
                          "tools": list(tools.tools), "tool_choice": tools.choice}, True, 1024)
-    return answer_message(req, answer_reader(req, "", parser, "none"), text, finish)
+    return answer_message(req, answer_reader(req, False, parser, "none"), text, finish)
 
 
 def read(syntax: str, text: str, cuts: list[int] | None = None

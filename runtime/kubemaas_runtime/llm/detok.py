@@ -50,6 +50,7 @@ class Detokenizer:
         self.read_offset = 0
         self.text = ""     # the whole decoded output so far (stop string cut off)
         self.emitted = 0   # characters of self.text handed out
+        self.stopped_by: str | None = None  # the stop string found
 
     def add(self, token: int, stops: bool = True) -> tuple[str, bool]:
         """Add one token; return the text that can be sent now and whether a stop string was
@@ -69,6 +70,7 @@ class Detokenizer:
                      if i >= 0]
             if found:
                 at, length = min(found)
+                self.stopped_by = self.text[at:at + length]
                 self.text = self.text[:at + length if self.include_stop else at]
                 return self.flush(), True
         safe = len(self.text) - self.hold

@@ -74,6 +74,9 @@ class Delta:
     # with params.prompt_logprobs, on a request's first delta: prompt tokens 1..'s logprobs
     prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
     scheduled_at: float | None = None  # on the last delta: when it was first admitted to run
+    # on the last delta: the stop token id or stop string that ended it (vLLM's stop_reason;
+    # None for EOS, the length or a complete grammar)
+    stop_reason: int | str | None = None
 
 
 def kv_blocks_for_budget(lm: LanguageModel, cfg_bytes: int, block_size: int) -> int:
@@ -416,17 +419,20 @@ class Engine:
         seq.first_token_at = seq.first_token_at or now
         seq.last_token_at = now
         reason: str | None = None
+        stop_reason: int | str | None = None
         text = ""
         if (token in self.lm.eos_ids and not params.ignore_eos) or \
                 token in params.stop_token_ids:
             reason = "stop"
+            if token in params.stop_token_ids and token not in self.lm.eos_ids:
+                stop_reason = token
             seq.output.append(token)  # counted and returned (token_ids), never in the text
         else:
             seq.output.append(token)
             seq.ids.append(token)
             text, stopped = seq.detok.add(token, stops=len(seq.output) >= params.min_tokens)
             if stopped or self._grammar_done(seq):
-                reason = "stop"
+                reason, stop_reason = "stop", seq.detok.stopped_by
             elif len(seq.output) >= params.max_tokens or \
                     len(seq.ids) >= self.cfg.max_model_len:
                 reason = "length"
@@ -437,7 +443,7 @@ class Engine:
         return Delta(text, (token,), (info,) if info is not None else (), reason,
                      len(seq.prompt), len(seq.output), now, seq.cached_tokens or 0,
                      self._prompt_logprobs(seq) if len(seq.output) == 1 else None,
-                     seq.scheduled_at if reason is not None else None)
+                     seq.scheduled_at if reason is not None else None, stop_reason)
 
     # ---- in-process use (benchmarks, tests) ------------------------------------------------
     def generate_sync(self, prompts: list[list[int]], params: SamplingParams

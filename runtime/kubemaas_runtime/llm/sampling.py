@@ -157,8 +157,9 @@ def _shape(row: torch.Tensor, state: SampleState) -> None:
         allowed[list(params.allowed_token_ids)] = True
         row.masked_fill_(~allowed, torch.finfo(row.dtype).min)
     if state.matcher is not None:  # a structured output: only what its grammar allows next
-        allowed = allowed_tokens(state.matcher, row.shape[-1]).to(row.device)
-        row.masked_fill_(~allowed, torch.finfo(row.dtype).min)
+        held = allowed_tokens(state.matcher, row.shape[-1])
+        if held is not None:
+            row.masked_fill_(~held.to(row.device), torch.finfo(row.dtype).min)
 
 
 def barred_tokens(bad_words: tuple[tuple[int, ...], ...], output: list[int]) -> list[int]:

@@ -93,7 +93,7 @@ def _open(api: Any, settings: Settings, lm: Any, engine: Any) -> None:
     and the parsers its chat template calls for."""
     from ..metrics import LLMMetrics
     from ..protocol.openai_engine import Served
-    from ..protocol.openai_reasoning import resolve_reasoning_parser
+    from ..protocol.openai_reasoning import resolve_reasoning_parser, think_token_ids
     from ..protocol.openai_tools import resolve_parser
 
     api.tool_call_parser = resolve_parser(settings.tool_call_parser, lm.chat_template)
@@ -101,6 +101,8 @@ def _open(api: Any, settings: Settings, lm: Any, engine: Any) -> None:
     api.served = Served(engine, LLMMetrics(settings.model_name, engine.pool.block_size,
                                            engine.pool.usable, engine.cfg.max_model_len),
                         lm.tokenizer, engine.cfg.max_model_len, lm.vocab_size)
+    if api.reasoning_parser != "none":
+        api.served.think_ids = think_token_ids(lm.tokenizer)
 
 
 async def serve_llm(settings: Settings) -> int:
@@ -138,7 +140,9 @@ async def serve_llm(settings: Settings) -> int:
                 "model": settings.model_name, "platform": "transformers",
                 "device": str(lm.device), "port": port, "seconds_to_ready": round(took, 3),
                 "tool_call_parser": api.tool_call_parser,
-                "reasoning_parser": api.reasoning_parser}})
+                "reasoning_parser": api.reasoning_parser,
+                # a structured output's grammar holds the answer after the reasoning
+                "grammar_after_thinking": bool(api.served and api.served.think_ids)}})
             await stop_task
         else:
             load_task.cancel()

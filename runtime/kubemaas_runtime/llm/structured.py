@@ -16,6 +16,9 @@ as ``(a{1000}){1000}`` costs ~0.1-1 s a mask). A grammar is therefore tried in a
 before it is accepted: one whose mask at the start costs more than ``ACCEPT_MASK_S`` is
 refused (400); and in the engine, a sequence whose mask took more than ``FAIL_MASK_S`` fails
 alone.
+
+A reasoning model's grammar holds its answer, not its thinking (``AfterThinking``): vLLM's
+rule, with the block told apart by its ``<think>`` and ``</think>`` tokens.
 """
 
 from __future__ import annotations
@@ -131,11 +134,53 @@ class Grammars:
         return grammar
 
 
-def allowed_tokens(matcher: Any, vocab: int) -> torch.Tensor:
+class AfterThinking:
+    """A reasoning model's grammar, held from the end of its ``<think>`` block, as vLLM holds
+    it (the model may reason freely first, then answer in the required form). A block opened
+    by the prompt (DeepSeek-R1's template) runs until ``</think>``; otherwise the first token
+    may open one (``<think>`` is allowed beside what the grammar allows) or start the answer.
+    Used like the matcher it wraps: ``compute_bitmask`` gives None while the output is free,
+    ``consume_token`` passes the thinking by."""
+
+    def __init__(self, matcher: Any, think: int, end_think: int, opened: bool) -> None:
+        self.matcher = matcher
+        self.think, self.end_think = think, end_think
+        self.state = "thinking" if opened else "first"  # first | thinking | answer
+
+    def compute_bitmask(self) -> bytes | None:
+        if self.state == "thinking":
+            return None
+        raw = self.matcher.compute_bitmask()
+        if self.state == "answer":
+            return raw  # type: ignore[no-any-return]
+        mask = bytearray(raw)
+        mask[self.think // 8] |= 1 << (self.think % 8)
+        return bytes(mask)
+
+    def consume_token(self, token: int) -> bool:
+        if self.state == "first":
+            self.state = "thinking" if token == self.think else "answer"
+        elif self.state == "thinking":
+            if token == self.end_think:
+                self.state = "answer"
+            return True
+        return self.state == "thinking" or bool(self.matcher.consume_token(token))
+
+    def is_stopped(self) -> bool:
+        return self.state == "answer" and bool(self.matcher.is_stopped())
+
+    def get_error(self) -> str:
+        return str(self.matcher.get_error())
+
+
+def allowed_tokens(matcher: Any, vocab: int) -> torch.Tensor | None:
     """A bool mask over the vocabulary: the tokens the matcher's grammar allows next (EOS once
-    the grammar may end). Raises when computing it took longer than ``FAIL_MASK_S``."""
+    the grammar may end), or None where it allows anything (a reasoning model thinking).
+    Raises when computing it took longer than ``FAIL_MASK_S``."""
     started = time.perf_counter()
     raw = matcher.compute_bitmask()
+    if raw is None:
+        return None
     cost = time.perf_counter() - started
     if cost > FAIL_MASK_S:
         raise ValueError(f"the output grammar took {cost * 1000:.0f} ms for one token, over the "

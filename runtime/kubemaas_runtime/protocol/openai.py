@@ -26,9 +26,18 @@ from ..metrics import Metrics
 from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
-from .openai_engine import Served, bad_word_ids, check_sequences, fit, matchers, submit
+from .openai_engine import (
+    Served,
+    bad_word_ids,
+    check_sequences,
+    fit,
+    matchers,
+    submit,
+    thinks_first,
+)
 from .openai_errors import ApiError
 from .openai_reader import AnswerReader, answer_message, answer_reader
+from .openai_reasoning import prompt_opens_think
 from .openai_render import ChatRender
 from .openai_responses import ResponsesRequest, new_id, parse_responses
 from .openai_responses_stream import complete_response
@@ -297,7 +306,7 @@ class OpenAIServer:
                 prompts = [p[-req.truncate_prompt_tokens:] for p in prompts]
             bad_words = bad_word_ids(served, req.bad_words)
             params = [fit(served, req, p, bad_words) for p in prompts]
-            grammars = await matchers(served, req, len(prompts) * req.n)
+            grammars = await matchers(served, req, prompts)
             choices = submit(served, req, prompts, params,
                              await self._echo_texts(served, req, prompts), grammars)
             try:
@@ -401,5 +410,6 @@ class OpenAIServer:
         """What reads a chat choice's text for reasoning and tool calls (None: plain)."""
         if not req.chat:
             return None
-        tail = served.tokenizer.decode(prompt[-8:]) if self.reasoning_parser != "none" else ""
-        return answer_reader(req, tail, self.tool_call_parser, self.reasoning_parser, named)
+        opened = self.reasoning_parser != "none" and prompt_opens_think(served.tokenizer, prompt)
+        return answer_reader(req, opened, self.tool_call_parser, self.reasoning_parser, named,
+                             thinks_first(served, req))

@@ -102,14 +102,18 @@ def choice_doc(tokenizer: Any, req: GenerationRequest, choice: Choice, deltas: l
                                 unscored=choice.prompt[0])
     elif req.logprobs:
         logprobs = logprobs_doc(tokenizer, req.chat, lps, 0)
+    # vLLM's stop_reason: the stop token id or stop string that ended the choice
     if req.chat:
-        return {"index": choice.index, "message": {"role": "assistant", "content": text},
-                "logprobs": logprobs, "finish_reason": last.finish_reason}
-    doc = {"index": choice.index, "text": choice.echo_text + text, "logprobs": logprobs,
-           "finish_reason": last.finish_reason}
-    if req.prompt_logprobs:
+        doc = {"index": choice.index, "message": {"role": "assistant", "content": text},
+               "logprobs": logprobs, "finish_reason": last.finish_reason,
+               "stop_reason": last.stop_reason}
+    else:
+        doc = {"index": choice.index, "text": choice.echo_text + text, "logprobs": logprobs,
+               "finish_reason": last.finish_reason, "stop_reason": last.stop_reason}
+    if req.prompt_logprobs and not req.chat:  # a chat answer has them once, at the top
         doc["prompt_logprobs"] = prompt_logprobs_doc(tokenizer, first.prompt_logprobs)
     if req.return_token_ids:
-        doc["prompt_token_ids"] = choice.prompt
+        if not req.chat:  # a chat answer has them once, at the top
+            doc["prompt_token_ids"] = choice.prompt
         doc["token_ids"] = list(choice.stream.seq.output)
     return doc

@@ -12,10 +12,11 @@ from typing import Any
 from ..llm.detok import encoder
 from ..llm.engine import Engine, Overloaded
 from ..llm.sampling import SamplingParams
-from ..llm.structured import Grammars, InvalidConstraint
+from ..llm.structured import AfterThinking, Grammars, InvalidConstraint
 from ..metrics import LLMMetrics
 from .openai_answer import Choice
 from .openai_errors import ApiError
+from .openai_reasoning import prompt_opens_think
 from .openai_schema import GenerationRequest
 
 
@@ -32,6 +33,9 @@ class Served:
     encode: Callable[[str, bool], list[int]] = field(init=False)
     encode_off_loop: Callable[[str, bool], list[int]] = field(init=False)
 
+    # with a reasoning parser, <think> and </think> when each is one token: a grammar then
+    # holds the answer after the reasoning
+    think_ids: tuple[int, int] | None = None
     grammars: Grammars = field(init=False)  # structured outputs' grammars
 
     def __post_init__(self) -> None:
@@ -75,17 +79,31 @@ def check_sequences(served: Served, count: int) -> None:
                        f"server holds at most {limit} at once", "n")
 
 
-async def matchers(served: Served, req: GenerationRequest, count: int) -> list[Any]:
-    """With a structured output, a matcher of its grammar per sequence (compiled in a
-    worker thread: a large schema takes a while); else Nones."""
+def thinks_first(served: Served, req: GenerationRequest) -> bool:
+    """A chat answer whose grammar holds after the reasoning (not a named tool choice: its
+    whole output is the call's arguments)."""
+    return (served.think_ids is not None and req.chat
+            and not (req.tools is not None and req.tools.choice == "named"))
+
+
+async def matchers(served: Served, req: GenerationRequest, prompts: list[list[int]]
+                   ) -> list[Any]:
+    """With a structured output, a matcher of its grammar per sequence (``n`` per prompt;
+    compiled in a worker thread: a large schema takes a while); else Nones."""
+    count = len(prompts) * req.n
     if req.constraint is None:
         return [None] * count
     try:
-        return await asyncio.get_running_loop().run_in_executor(
+        found = await asyncio.get_running_loop().run_in_executor(
             None, served.grammars.matchers, req.constraint, count)
     except InvalidConstraint as exc:
         raise ApiError(400, f"the output structure does not compile: {str(exc)[:800]}",
                        req.constraint.param) from None
+    if not thinks_first(served, req) or served.think_ids is None:
+        return found
+    think, end = served.think_ids
+    opened = [prompt_opens_think(served.tokenizer, p) for p in prompts for _ in range(req.n)]
+    return [AfterThinking(m, think, end, o) for m, o in zip(found, opened, strict=True)]
 
 
 def submit(served: Served, req: GenerationRequest, prompts: list[list[int]],

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .openai_reasoning import OPEN, ThinkSplitter
+from .openai_reasoning import ThinkSplitter
 from .openai_schema import GenerationRequest
 from .openai_tool_stream import NamedCall, ToolCallReader, tool_call
 from .openai_tools import tool_finish, tool_reader
@@ -58,18 +58,19 @@ class AnswerReader:
         return "".join(self.reasoning) if self.think is not None and self.reasoning else None
 
 
-def answer_reader(req: GenerationRequest, prompt_tail: str, tool_parser: str,
-                  reasoning_parser: str, named: bool = False) -> AnswerReader | None:
+def answer_reader(req: GenerationRequest, opened: bool, tool_parser: str,
+                  reasoning_parser: str, named: bool = False,
+                  thinks_first: bool = False) -> AnswerReader | None:
     """The reader of a chat choice's text, if it is more than content (None: plain text).
-    ``prompt_tail``: the prompt's last characters (a template may open the ``<think>``; an
-    output held to a grammar from its first token is not inside it); ``named``: a named tool
-    choice read as a call (the chat path streams it itself)."""
+    ``opened``: the prompt ends with ``<think>`` (the template opened the block), so the
+    output starts inside it unless a grammar holds it from the first token (not
+    ``thinks_first``); ``named``: a named tool choice read as a call (the chat path streams it
+    itself)."""
     if req.tools is not None and req.tools.choice == "named":
         return AnswerReader(None, NamedCall(str(req.tools.name))) if named else None
     think = None
     if req.chat and reasoning_parser != "none":
-        opened = req.constraint is None and prompt_tail.rstrip().endswith(OPEN)
-        think = ThinkSplitter(opened=opened)
+        think = ThinkSplitter(opened=opened and (req.constraint is None or thinks_first))
     calls = tool_reader(req.tools, tool_parser) if req.tools is not None else None
     return AnswerReader(think, calls) if think is not None or calls is not None else None
 

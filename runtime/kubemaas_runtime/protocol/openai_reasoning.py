@@ -5,10 +5,11 @@ Qwen3, QwQ and DeepSeek-R1 (and its distills) write their reasoning between ``<t
 of the prompt (DeepSeek-R1's), so the output starts inside it. The reasoning goes to the
 message's ``reasoning_content`` (and ``reasoning``, vLLM's newer name for it), the rest is the
 ``content``, and tool calls are read from the content only, as vLLM's ``deepseek_r1`` and
-``qwen3`` parsers do. A grammar (a structured output, a named or required tool choice) holds
-the output from its first token here, not from the end of the reasoning as vLLM does: such an
-output starts outside any ``<think>`` block, and is content unless the grammar itself writes
-one.
+``qwen3`` parsers do. A grammar (a structured output, a required tool choice) holds the
+answer after the reasoning, as vLLM's does, when the tokenizer has ``<think>`` and
+``</think>`` as tokens of their own (every reasoning model's has; llm/structured.py,
+``AfterThinking``); otherwise, and for a named tool choice, it holds the output from its first
+token, which then starts outside any ``<think>`` block.
 """
 
 from __future__ import annotations
@@ -29,6 +30,23 @@ def resolve_reasoning_parser(setting: str, chat_template: Any) -> str:
     if setting != "auto":
         return setting
     return "qwen3" if CLOSE in template_text(chat_template) else "none"
+
+
+def think_token_ids(tokenizer: Any) -> tuple[int, int] | None:
+    """The ids of ``<think>`` and ``</think>`` when each is one token (None otherwise: a
+    grammar cannot then tell the reasoning from the answer token by token)."""
+    ids = []
+    for mark in (OPEN, CLOSE):
+        encoded = tokenizer.encode(mark, add_special_tokens=False)
+        if len(encoded) != 1:
+            return None
+        ids.append(int(encoded[0]))
+    return ids[0], ids[1]
+
+
+def prompt_opens_think(tokenizer: Any, prompt: list[int]) -> bool:
+    """The chat template ended the prompt with ``<think>``: the output starts inside it."""
+    return str(tokenizer.decode(prompt[-8:])).rstrip().endswith(OPEN)
 
 
 @dataclass

@@ -124,8 +124,10 @@ class ChunkFormat:
             out.append(sse(self.doc(None, None, logprobs)))
         return out
 
-    def finish(self, reason: str) -> bytes:
-        return sse(self.doc(None if self.req.chat else "", reason))
+    def finish(self, reason: str, stop_reason: int | str | None = None) -> bytes:
+        doc = self.doc(None if self.req.chat else "", reason)
+        doc["choices"][0]["stop_reason"] = stop_reason  # vLLM's, on the finishing chunk
+        return sse(doc)
 
     def usage(self, lasts: list[Delta]) -> bytes:
         return sse({**self.head, "choices": [], "usage": usage_doc(lasts, self.req.n)})
@@ -166,7 +168,7 @@ def _read(reader: AnswerReader, fmt: ChunkFormat, delta: Delta) -> list[bytes]:
     out = fmt.read_events(reader.feed(delta.text, final=done), delta.logprobs)
     if done:
         reason = tool_finish(delta.finish_reason) if reader.tool_calls else delta.finish_reason
-        out.append(fmt.finish(reason or "stop"))
+        out.append(fmt.finish(reason or "stop", delta.stop_reason))
     return out
 
 
@@ -206,7 +208,7 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                         out.append(fmts[i].token(delta.text, delta.logprobs, offsets[i]))
                         offsets[i] += len(delta.text)
                     if delta.finish_reason is not None:
-                        out.append(fmts[i].finish(delta.finish_reason))
+                        out.append(fmts[i].finish(delta.finish_reason, delta.stop_reason))
             if not all(s.done for s in streams):
                 await resp.write(b"".join(out))
                 out.clear()

@@ -1,0 +1,106 @@
+"""A reasoning model's structured output, served: the grammar holds the answer after the
+``<think>`` block, not the thinking, as vLLM holds it. The model's tokenizer has ``<think>``
+and ``</think>`` as tokens of their own (as Qwen3's and DeepSeek-R1's have); the
+random-weight model is steered to close its block with ``logit_bias``, and thinks freely
+before that."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import Server, start_llm_server, stream_events, with_chat_template
+from .test_llm_reasoning import TEMPLATE
+from .tool_models import USER, WEATHER, check_weather
+
+ANSWER = "(Paris|Oslo)\\."
+OPENED = {"chat_template_kwargs": {"open_think": True}}  # the prompt ends with <think>
+
+
+@pytest.fixture(scope="module")
+def think_ids(server: Server) -> tuple[int, int]:
+    status, doc = server.post_json("/tokenize", {"prompt": "<think></think>",
+                                                 "add_special_tokens": False})
+    assert status == 200 and len(doc["tokens"]) == 2, doc
+    return doc["tokens"][0], doc["tokens"][1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from kubemaas_testbed.llm_models import build_llm
+
+    built = build_llm(tmp_path_factory.mktemp("thinking") / "built", think_tokens=True)
+    model = with_chat_template(built, tmp_path_factory.mktemp("thinking") / "tiny", TEMPLATE)
+    server = start_llm_server(model, "--tool-call-parser", "hermes")  # reasoning: auto
+    ready = next(d for d in server.logs() if d.get("msg") == "ready")
+    assert ready["grammar_after_thinking"] is True
+    yield server
+    assert server.stop() == 0
+
+
+def chat(server: Server, **doc: Any) -> dict[str, Any]:
+    status, body = server.post_json("/v1/chat/completions", {
+        "messages": USER, "max_tokens": 64, "temperature": 1.0, "return_token_ids": True,
+        **doc})
+    assert status == 200, body
+    return body["choices"][0]  # type: ignore[no-any-return]
+
+
+def streamed(server: Server, **doc: Any) -> tuple[str, str]:
+    events = stream_events(server, "/v1/chat/completions", {
+        "messages": USER, "max_tokens": 64, "temperature": 1.0, "stream": True, **doc})
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    return ("".join(d.get("reasoning") or "" for d in deltas),
+            "".join(d.get("content") or "" for d in deltas))
+
+
+def test_the_grammar_holds_the_answer_after_the_thinking(server: Server,
+                                                          think_ids: tuple[int, int]) -> None:
+    doc = {**OPENED, "seed": 3, "logit_bias": {str(think_ids[1]): 4},
+           "structured_outputs": {"regex": ANSWER}}
+    answer = chat(server, **doc)
+    message = answer["message"]
+    assert re.fullmatch(ANSWER, message["content"]) and answer["finish_reason"] == "stop"
+    # the thinking is the model's own, several tokens the grammar would never have allowed
+    closed = answer["token_ids"].index(think_ids[1])
+    assert closed >= 3 and message["reasoning"] and not re.fullmatch(ANSWER,
+                                                                     message["reasoning"])
+    assert streamed(server, **doc) == (message["reasoning"], message["content"])
+
+
+def test_the_first_token_may_open_the_block_or_start_the_answer(
+        server: Server, think_ids: tuple[int, int]) -> None:
+    think, end = think_ids
+    # <think> barred: the grammar holds from the first token
+    held = chat(server, temperature=0, logit_bias={str(think): -100},
+                structured_outputs={"regex": ANSWER})
+    assert re.fullmatch(ANSWER, held["message"]["content"])
+    assert held["message"]["reasoning"] is None and think not in held["token_ids"]
+    # <think> first (it is allowed beside the grammar's tokens), </think> next, then the answer
+    opened = chat(server, temperature=0, logit_bias={str(think): 30, str(end): 40},
+                  structured_outputs={"regex": ANSWER})
+    assert opened["token_ids"][:2] == [think, end]
+    assert re.fullmatch(ANSWER, opened["message"]["content"])
+
+
+def test_a_required_tool_call_follows_the_thinking(server: Server,
+                                                   think_ids: tuple[int, int]) -> None:
+    answer = chat(server, **OPENED, seed=2, logit_bias={str(think_ids[1]): 4}, tools=[WEATHER],
+                  tool_choice="required", max_tokens=200)
+    assert answer["finish_reason"] == "tool_calls"
+    message = answer["message"]
+    assert message["reasoning"] and message["content"] is None
+    (call,) = message["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    check_weather(call["function"]["arguments"])
+
+
+def test_a_block_left_open_is_all_reasoning(server: Server, think_ids: tuple[int, int]) -> None:
+    """No </think> before max_tokens: the grammar never started, the answer is empty."""
+    answer = chat(server, **OPENED, seed=1, max_tokens=8, logit_bias={str(think_ids[1]): -100},
+                  response_format={"type": "json_object"})
+    assert answer["finish_reason"] == "length" and answer["message"]["content"] is None
+    assert answer["message"]["reasoning"] and len(answer["token_ids"]) == 8
