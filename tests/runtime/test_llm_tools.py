@@ -203,6 +203,7 @@ def test_bad_tool_requests_are_400(server: Server, doc: dict[str, Any], param: s
 @pytest.mark.parametrize(("parser", "block"), [
     ("llama3_json", '\\{"name": "get_weather", "parameters": \\{"city": "Oslo", "days": 3\\}\\}'),
     ("mistral", '\\[\\{"name": "get_weather", "arguments": \\{"city": "Oslo", "days": 3\\}\\}\\]'),
+    ("mistral", '\\[TOOL_CALLS\\]get_weather\\[ARGS\\]\\{"city": "Oslo", "days": 3\\}'),  # v11+
 ])
 def test_auto_with_the_llama_and_mistral_parsers(tool_model: Path, parser: str,
                                                  block: str) -> None:

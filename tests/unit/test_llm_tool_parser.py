@@ -65,6 +65,13 @@ CASES = [
     ("mistral", '[{"name": "a", "arguments": {}}, {"name": "b"}]', "", [("a", "{}"), ("b", "{}")]),
     ("mistral", "[1, 2]", "[1, 2]", []),
     ("mistral", "[TOOL_CALLS] nope", "[TOOL_CALLS] nope", []),
+    # the v11+ form: [TOOL_CALLS]name[ARGS]{...} per call
+    ("mistral", 'Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo", "n": [1, {"k": "}"}]}'
+                '[TOOL_CALLS]b[ARGS]{}', "Sure.",
+     [("get_weather", '{"city": "Oslo", "n": [1, {"k": "}"}]}'), ("b", "{}")]),
+    ("mistral", "[TOOL_CALLS]not a name[ARGS]{}", "[TOOL_CALLS]not a name[ARGS]{}", []),
+    ("mistral", "[TOOL_CALLS]a[ARGS] 5", "[TOOL_CALLS]a[ARGS] 5", []),
+    ("mistral", "[TOOL_CALLS]get_weather", "[TOOL_CALLS]get_weather", []),
     ("required", '[{"name":"a","parameters":{"city":"Paris","days":3}},'
                  '{"name":"b","parameters":{}}]', "",
      [("a", '{"city":"Paris","days":3}'), ("b", "{}")]),
@@ -101,6 +108,15 @@ def test_content_waits_only_for_what_could_start_a_call() -> None:
     llama = ToolCallReader(SYNTAXES["llama3_json"])
     assert llama.feed("  <|python") == []  # may be the tag
     assert llama.feed(" is a language") == [("content", "  <|python is a language")]
+
+
+def test_a_named_call_streams_its_arguments_once_its_marker_is_read() -> None:
+    text = 'Ok[TOOL_CALLS]get[ARGS]{"city": "Oslo"}'
+    events = read("mistral", text, list(range(1, len(text))))[2]
+    kinds = [e[0] for e in events]
+    assert kinds.count("call") == 1 and events[kinds.index("call")][3] == "get"
+    pieces = [e[2] for e in events if e[0] == "arguments"]
+    assert len(pieces) == len('{"city": "Oslo"}') and "".join(pieces) == '{"city": "Oslo"}'
 
 
 def test_a_literal_argument_is_sent_whole() -> None:
@@ -141,7 +157,8 @@ def test_auto_reads_with_the_servers_parser() -> None:
 
 FRAGMENTS = ['<tool_call>', '</tool_call>', '<tool', '[TOOL_CALLS]', '<|python_tag|>', '{', '}',
              '[', ']', ',', ';', ':', '"', '\\', ' ', '\n', '"name"', '"arguments"',
-             '"parameters"', '"a"', '1', 'null', 'text', '{"name": "a", "arguments": ']
+             '"parameters"', '"a"', '1', 'null', 'text', '{"name": "a", "arguments": ',
+             '[ARGS]', '[AR', 'get_x']
 
 
 @settings(max_examples=300, deadline=None)
@@ -169,7 +186,7 @@ def test_any_text_any_split_reads_the_same_and_loses_nothing(syntax: str, parts:
     ("{%- if builtin_tools is defined %}{{- '<|python_tag|>' }}<|start_header_id|>",
      "llama3_json"),
     ("{{- '[AVAILABLE_TOOLS] ' + tools|tojson }}{{- '[TOOL_CALLS] [' }}", "mistral"),
-    ("{{- '[TOOL_CALLS]' + tool_call.function.name + '[ARGS]' }}", "none"),
+    ("{{- '[TOOL_CALLS]' + tool_call.function.name + '[ARGS]' }}", "mistral"),
     ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}", "none"),
     ("<|header_start|>assistant<|header_end|>\\n\\n{{- '[' + tool_call.name + '(' }}", "none"),
     (None, "none"),
@@ -179,3 +196,18 @@ def test_auto_takes_the_parser_the_chat_template_writes(template: object, parser
 
     assert resolve_parser("auto", template) == parser
     assert resolve_parser("hermes", template) == "hermes"  # a parser named is used as it is
+
+
+def test_mistral_markers_stay_in_the_text_when_calls_are_read() -> None:
+    """Mistral's [TOOL_CALLS] and [ARGS] are special tokens: vLLM keeps special tokens in
+    the text for its mistral parser, and so does the runtime, only when it reads calls."""
+    from kubemaas_runtime.protocol.openai_engine import markers_kept
+
+    def request(**doc: Any) -> Any:
+        return parse_request({"messages": [{"role": "user", "content": "x"}], **doc}, True, 1024)
+
+    tool = {"type": "function", "function": {"name": "a"}}
+    assert not markers_kept(request(tools=[tool]), "mistral").params.skip_special_tokens
+    for req, parser in ((request(tools=[tool]), "hermes"), (request(), "mistral"),
+                        (request(tools=[tool], tool_choice="required"), "mistral")):
+        assert markers_kept(req, parser).params.skip_special_tokens

@@ -31,6 +31,7 @@ from .openai_engine import (
     bad_word_ids,
     check_sequences,
     fit,
+    markers_kept,
     matchers,
     submit,
     thinks_first,
@@ -297,6 +298,7 @@ class OpenAIServer:
                                "writes calls in none of the formats the server reads: start "
                                "it with --tool-call-parser, or send \"required\", a named "
                                "function or \"none\"", "tool_choice")
+            req = markers_kept(req, self.tool_call_parser)
             if req.stream and req.prompt_logprobs:
                 raise ApiError(400, "'prompt_logprobs' is not available with 'stream': true",
                                "prompt_logprobs")

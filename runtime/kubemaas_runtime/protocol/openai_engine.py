@@ -62,6 +62,15 @@ def fit(served: Served, req: GenerationRequest, prompt: list[int],
     return replace(req.params, max_tokens=wanted, bad_words=bad_words)
 
 
+def markers_kept(req: GenerationRequest, tool_parser: str) -> GenerationRequest:
+    """Mistral's call markers (``[TOOL_CALLS]``, ``[ARGS]``) are special tokens: with tools
+    to read, they stay in the text, as vLLM keeps them for its mistral parser."""
+    if tool_parser != "mistral" or req.tools is None or req.tools.choice != "auto" or \
+            not req.params.skip_special_tokens:
+        return req
+    return replace(req, params=replace(req.params, skip_special_tokens=False))
+
+
 def bad_word_ids(served: Served, words: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
     """vLLM's bad_words as token sequences: each word as written and after a space (the
     way it is tokenized inside a text), special tokens left out."""

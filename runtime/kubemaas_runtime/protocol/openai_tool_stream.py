@@ -14,7 +14,8 @@ The syntaxes (``--tool-call-parser``): ``hermes`` (``<tool_call>{…}</tool_call
 content around them), ``llama3_json`` (the text, after an optional ``<|python_tag|>``, is
 ``{"name", "parameters"}`` objects joined by ``;``), ``mistral`` (a JSON list of calls after
 ``[TOOL_CALLS]``, or as the whole text, the marker being a special token that the text leaves
-out); and ``required``'s own list, which the grammar guarantees.
+out; or the newer form of Mistral's v11+ tokenizers, ``[TOOL_CALLS]name[ARGS]{…}`` per call);
+and ``required``'s own list, which the grammar guarantees.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 _HEAD = re.compile(r'\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"(?:arguments|parameters)"'
                    r'\s*:\s*(?=\S)')
 _ARGUMENT_KEYS = ("arguments", "parameters")
+_NAME = re.compile(r"[A-Za-z0-9_.\-]*")  # a function's name, as OpenAI allows it
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,15 @@ class Syntax:
     listed: bool = False  # the region is a JSON list of calls
     separator: str = ""  # between calls not in a list
     closer: str = ""  # after each call (optional)
+    args_marker: str = ""  # a call may also be its name, this marker, its arguments' object
 
 
 SYNTAXES = {
     "hermes": Syntax(markers=("<tool_call>",), closer="</tool_call>"),
     "llama3_json": Syntax(starts=("<|python_tag|>", "{"), consumed=("<|python_tag|>",),
                           separator=";"),
-    "mistral": Syntax(markers=("[TOOL_CALLS]",), starts=("[",), listed=True),
+    "mistral": Syntax(markers=("[TOOL_CALLS]",), starts=("[",), listed=True,
+                      args_marker="[ARGS]"),
     "required": Syntax(starts=("[",), listed=True),
 }
 
@@ -76,6 +80,7 @@ class _Object:
 
     start: int
     scanned: int
+    bare: bool = False  # the object is the arguments themselves (no name, no head)
     depth: int = 0
     in_string: bool = False
     escaped: bool = False
@@ -107,6 +112,8 @@ class _Object:
             elif char in "}]":
                 self.depth -= 1
                 if self.depth == 0:
+                    if self.bare:
+                        self.value_end = pos
                     self._literal_ended(text, pos - 1)
                     self.end = pos
                 else:
@@ -117,12 +124,13 @@ class _Object:
 
     def _value_closed(self, pos: int, openers: str) -> None:
         """A string or container at the object's level closed: the arguments, if they are it."""
-        if self.depth == 1 and self.value_start is not None and self.value_end is None and \
-                pos > self.value_start + 1 and self.first in openers:
+        if self.depth == 1 and not self.bare and self.value_start is not None and \
+                self.value_end is None and pos > self.value_start + 1 and self.first in openers:
             self.value_end = pos
 
     def _literal_ended(self, text: str, pos: int) -> None:
-        if self.value_start is not None and self.value_end is None and pos >= self.value_start:
+        if not self.bare and self.value_start is not None and self.value_end is None and \
+                pos >= self.value_start:
             self.value_end = self.value_start + len(text[self.value_start:pos].rstrip())
 
 
@@ -179,7 +187,7 @@ class ToolCallReader:
             self._send_content(events, before)
             self.region, self.region_calls = self.pos + len(before), 0
             self.pos += at + len(marker)
-            self.state = "open" if self.syntax.listed else "item"
+            self.state = "marked"
             return True
         if final:
             self._send_content(events, rest)
@@ -189,6 +197,40 @@ class ToolCallReader:
         self._send_content(events, ready)
         self.pos += len(ready)
         return False
+
+    def _marked(self, events: list[tuple[Any, ...]], final: bool) -> bool:
+        """After a marker: the calls in the syntax's form, or a name and its arguments."""
+        rest = self.text[self.pos:].lstrip()
+        if self.syntax.args_marker and rest[:1] not in ("", "["):
+            self.state = "named"
+        elif not rest and not final:
+            return False
+        else:
+            self.state = "open" if self.syntax.listed else "item"
+        return True
+
+    def _named(self, events: list[tuple[Any, ...]], final: bool) -> bool:
+        """``name[ARGS]{…}``: the call is announced once its marker is read, then its
+        arguments' object streams."""
+        rest = self.text[self.pos:]
+        at = rest.find(self.syntax.args_marker)
+        upto = at if at >= 0 else len(rest) - held_prefix(rest, (self.syntax.args_marker,))
+        name = rest[:upto].strip()
+        if not _NAME.fullmatch(name) or (at >= 0 and not name) or (at < 0 and final):
+            return self._fail(events, self.pos, self.pos)
+        if at < 0:
+            return False
+        head_end = self.pos + at + len(self.syntax.args_marker)
+        body = self.text[head_end:].lstrip()
+        if not body and not final:
+            return False
+        if body[:1] != "{":
+            return self._fail(events, self.pos, self.pos)
+        start = len(self.text) - len(body)
+        self._announce(events, name)
+        self.obj = _Object(start, start, bare=True, value_start=start, first="{", sent=start)
+        self.state = "object"
+        return True
 
     def _open(self, events: list[tuple[Any, ...]], final: bool) -> bool:
         return self._expect("[", "item", events, final)

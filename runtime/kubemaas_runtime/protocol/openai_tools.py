@@ -175,9 +175,8 @@ def resolve_parser(setting: str, chat_template: Any) -> str:
     text = template_text(chat_template)
     if "<tool_call>" in text:
         return "hermes"
-    if "[TOOL_CALLS]" in text:
-        # Mistral's newer form, [TOOL_CALLS]name[ARGS]{...}, is not read
-        return "none" if "[ARGS]" in text else "mistral"
+    if "[TOOL_CALLS]" in text:  # a list of calls, or v11's [TOOL_CALLS]name[ARGS]{...}
+        return "mistral"
     if "<|start_header_id|>" in text and ("<|python_tag|>" in text or '"parameters"' in text):
         return "llama3_json"
     return "none"
