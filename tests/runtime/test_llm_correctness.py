@@ -376,6 +376,9 @@ def test_models_health_and_metrics(llama_server: Server) -> None:
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny"]
     assert models["data"][0]["max_model_len"] == 512
     assert llama_server.request("GET", "/health")[0] == 200
+    from kubemaas_runtime import __version__
+
+    assert llama_server.get_json("/version") == (200, {"version": __version__})
     complete(llama_server, "Hello", max_tokens=4, ignore_eos=True)
     text = llama_server.metrics()
     values = {}

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import __version__
 from ..llm.engine import Delta, RequestStream
 from ..metrics import Metrics
 from ..security.prompt import prompt_char_limit
@@ -120,12 +121,15 @@ class OpenAIServer:
 
     @staticmethod
     def _get_routes() -> tuple[str, ...]:
-        return ("/health", "/v1/models", "/metrics", "/v2/health/live", "/v2/health/ready")
+        return ("/health", "/v1/models", "/metrics", "/v2/health/live", "/v2/health/ready",
+                "/version")
 
     def _get(self, path: str) -> web.StreamResponse:
         ready = self.served is not None and not self.draining
         if path == "/health":
             return _json({"status": "ok" if ready else "unavailable"}, 200 if ready else 503)
+        if path == "/version":  # vLLM's: the server's version, for clients that log it
+            return _json({"version": __version__})
         if path == "/v2/health/live":
             return _json({"live": True})
         if path == "/v2/health/ready":
