@@ -14,6 +14,7 @@ import pytest
 
 from .conftest import Server, start_llm_server, stream_events, with_chat_template
 from .test_llm_reasoning import TEMPLATE
+from .test_llm_responses import sse
 from .tool_models import USER, WEATHER, check_weather
 
 ANSWER = "(Paris|Oslo)\\."
@@ -104,3 +105,25 @@ def test_a_block_left_open_is_all_reasoning(server: Server, think_ids: tuple[int
                   response_format={"type": "json_object"})
     assert answer["finish_reason"] == "length" and answer["message"]["content"] is None
     assert answer["message"]["reasoning"] and len(answer["token_ids"]) == 8
+
+
+def test_the_responses_usage_counts_the_reasoning_tokens(server: Server,
+                                                         think_ids: tuple[int, int]) -> None:
+    """``output_tokens_details.reasoning_tokens``: the tokens up to and with ``</think>``."""
+    bias = {str(think_ids[1]): 4}
+    answer = chat(server, **OPENED, seed=3, logit_bias=bias,
+                  structured_outputs={"regex": ANSWER})
+    thought = answer["token_ids"].index(think_ids[1]) + 1
+    doc = {"model": "tiny", "input": USER, "max_output_tokens": 64, "temperature": 1.0,
+           "seed": 3, "logit_bias": bias, "structured_outputs": {"regex": ANSWER}, **OPENED}
+    status, body = server.post_json("/v1/responses", doc)
+    assert status == 200, body
+    usage = body["usage"]
+    assert usage["output_tokens_details"]["reasoning_tokens"] == thought
+    assert usage["output_tokens"] == len(answer["token_ids"]) > thought
+    events = sse(server, **{k: v for k, v in doc.items() if k != "model"})
+    assert events[-1]["response"]["usage"] == usage
+    # no thinking, no reasoning tokens
+    status, body = server.post_json("/v1/responses", {
+        **doc, "logit_bias": {str(think_ids[0]): -100}, "chat_template_kwargs": {}})
+    assert status == 200 and body["usage"]["output_tokens_details"]["reasoning_tokens"] == 0

@@ -181,3 +181,24 @@ def test_think_tokens_are_found_when_each_is_one_token() -> None:
 
     assert think_token_ids(Tok({"<think>": [7], "</think>": [8]})) == (7, 8)
     assert think_token_ids(Tok({"<think>": [7], "</think>": [1, 2, 3]})) is None
+
+
+def test_the_reasoning_tokens_are_those_up_to_the_end_of_the_block() -> None:
+    req = parse_request({"messages": [{"role": "user", "content": "x"}]}, True, 1024)
+    deltas = [("<think>", 1), ("so", 1), ("", 1), ("\ufffd", 1), ("</think>\n\nO", 1),
+              ("slo", 1), ("", 1)]  # an incomplete character, an end token
+    reader = answer_reader(req, False, "none", "qwen3")
+    assert reader is not None
+    for text, _ in deltas:
+        reader.feed(text)
+    reader.feed("", final=True)
+    pieces = [(len(text), tokens) for text, tokens in deltas]
+    assert reader.reasoning_tokens(pieces) == 5
+    plain = answer_reader(req, False, "none", "qwen3")
+    assert plain is not None
+    plain.feed("Oslo", final=True)
+    assert plain.reasoning_tokens([(4, 2), (0, 1)]) == 0
+    left_open = answer_reader(req, True, "none", "qwen3")  # the prompt opened the block
+    assert left_open is not None
+    left_open.feed("still", final=True)
+    assert left_open.reasoning_tokens([(2, 1), (3, 1)]) == 2

@@ -57,6 +57,17 @@ class AnswerReader:
     def reasoning_text(self) -> str | None:
         return "".join(self.reasoning) if self.think is not None and self.reasoning else None
 
+    def reasoning_tokens(self, pieces: list[tuple[int, int]]) -> int:
+        """The output tokens the reasoning took, its markers included (once the text is
+        read): ``pieces``, each delta's characters and tokens, in order."""
+        end = self.think.reasoning_end if self.think is not None else 0
+        count = at = 0
+        for chars, tokens in pieces:
+            if at >= end:
+                break
+            count, at = count + tokens, at + chars
+        return count
+
 
 def answer_reader(req: GenerationRequest, opened: bool, tool_parser: str,
                   reasoning_parser: str, named: bool = False,

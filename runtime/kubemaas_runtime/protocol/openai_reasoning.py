@@ -58,6 +58,7 @@ class ThinkSplitter:
     text: str = ""
     pos: int = 0
     state: str = "start"  # start | reasoning | after (spaces before the answer) | content
+    reasoning_end: int = 0  # where the block ends in the text (past </think>), once known
 
     def __post_init__(self) -> None:
         if self.opened:
@@ -83,9 +84,12 @@ class ThinkSplitter:
                     ready = rest if final else rest[:len(rest) - held_prefix(rest, (CLOSE,))]
                     _add(out, "reasoning", ready)
                     self.pos += len(ready)
+                    if final:  # left open: all of it was reasoning
+                        self.reasoning_end = len(self.text)
                     break
                 _add(out, "reasoning", rest[:at])
                 self.pos += at + len(CLOSE)
+                self.reasoning_end = self.pos
                 self.state = "after"
             elif self.state == "after":
                 head = rest.lstrip()

@@ -231,11 +231,11 @@ def response_doc(rid: str, created: int, model: str, req: ResponsesRequest, stat
             "completed_at": int(time.time()) if status == "completed" else None, **req.echo}
 
 
-def responses_usage(last: Delta) -> dict[str, Any]:
+def responses_usage(last: Delta, reasoning_tokens: int) -> dict[str, Any]:
     return {"input_tokens": last.prompt_tokens,
             "input_tokens_details": {"cached_tokens": last.cached_tokens},
             "output_tokens": last.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "total_tokens": last.prompt_tokens + last.completion_tokens}
 
 

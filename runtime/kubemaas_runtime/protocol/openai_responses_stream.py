@@ -122,14 +122,14 @@ class ResponseEvents:
         self.output.append(item)
         return out
 
-    def finish(self, last: Delta) -> list[bytes]:
+    def finish(self, last: Delta, reasoning_tokens: int) -> list[bytes]:
         status = item_status(last.finish_reason)
         out = self.close_item(status)
         if not self.output:  # nothing written: an empty message, as OpenAI answers
             out += self.text("message", "", [])
             out += self.close_item(status)
         kind = "response.completed" if status == "completed" else "response.incomplete"
-        usage = responses_usage(last)
+        usage = responses_usage(last, reasoning_tokens)
         return [*out, self.event(kind, response=self.response(status, usage))]
 
     def failed(self, message: str) -> list[bytes]:
@@ -159,12 +159,18 @@ async def complete_response(head: tuple[str, int, str], rreq: ResponsesRequest,
     text = "".join(d.text for d in deltas)
     status = item_status(last.finish_reason)
     message: dict[str, Any] = {"content": text}
+    reasoning_tokens = 0
     if reader is not None:
         reader.feed(text, final=True)
         message = {"content": reader.content(), "tool_calls": reader.tool_calls,
                    "reasoning": reader.reasoning_text()}
+        reasoning_tokens = reader.reasoning_tokens(_pieces(deltas))
     output = output_items(message, status, _logprobs(tokenizer, req, deltas))
-    return response_doc(*head, rreq, status, output, responses_usage(last))
+    return response_doc(*head, rreq, status, output, responses_usage(last, reasoning_tokens))
+
+
+def _pieces(deltas: list[Delta]) -> list[tuple[int, int]]:
+    return [(len(d.text), len(d.token_ids)) for d in deltas]
 
 
 def _delta_events(events: ResponseEvents, reader: AnswerReader | None, delta: Delta,
@@ -196,13 +202,16 @@ async def stream_response(request: web.BaseRequest, head: tuple[str, int, str],
     events = ResponseEvents(head, rreq)
     await resp.write(b"".join(events.start()))
     out: list[bytes] = []
+    deltas: list[Delta] = []
     try:
         async for batch in choice.stream.batches():
             for delta in batch:
                 observe(delta)
+                deltas.append(delta)
                 out += _delta_events(events, reader, delta, tokenizer, req)
                 if delta.finish_reason is not None:
-                    out += events.finish(delta)
+                    out += events.finish(delta, reader.reasoning_tokens(_pieces(deltas))
+                                         if reader is not None else 0)
             if not choice.stream.done:
                 await resp.write(b"".join(out))
                 out.clear()
