@@ -320,7 +320,12 @@ chat_docs = st.fixed_dictionaries(
               "continue_final_message": st.booleans() | json_values,
               "chat_template_kwargs": st.dictionaries(
                   st.sampled_from(["tokenize", "x", "messages", "enable_thinking"]),
-                  json_values, max_size=2) | json_values})
+                  json_values, max_size=2) | json_values,
+              "reasoning_effort": st.sampled_from(["none", "low", "max", "huge"])
+              | json_values, "include_reasoning": st.booleans() | json_values,
+              "documents": st.lists(st.dictionaries(st.sampled_from(["title", "text"]),
+                                                    st.text(max_size=5) | json_values,
+                                                    max_size=2), max_size=2) | json_values})
 
 
 input_item = st.fixed_dictionaries({}, optional={
@@ -354,7 +359,10 @@ responses_docs = st.fixed_dictionaries(
               "metadata": st.dictionaries(st.text(max_size=3), st.text(max_size=3),
                                           max_size=3) | json_values,
               "previous_response_id": st.none() | st.text(max_size=4),
-              "reasoning": st.none() | json_values, "truncation": json_values})
+              "reasoning": st.none() | json_values | st.fixed_dictionaries({}, optional={
+                  "effort": st.sampled_from(["low", "none", "odd"]) | json_values,
+                  "summary": st.sampled_from(["auto", None])}),
+              "truncation": json_values})
 
 
 @settings(max_examples=150, deadline=None, derandomize=True,

@@ -20,13 +20,20 @@ from .tool_models import USER, WEATHER, check_weather
 # Qwen3's way: earlier answers without their reasoning (or with it, when the message carries
 # it); DeepSeek-R1's way with open_think: the generation prompt opens the block
 TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n"
+    "{{ bos_token }}"
+    "{% if reasoning_effort is defined %}<|system|>\neffort {{ reasoning_effort }}"
+    "{{ eos_token }}\n{% endif %}"
+    "{% for d in documents or [] %}<|system|>\n{{ d['title'] }}: {{ d['text'] }}"
+    "{{ eos_token }}\n{% endfor %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>\n"
     "{% if m['role'] == 'assistant' %}"
     "{% if m.reasoning_content is defined %}<think>{{ m.reasoning_content }}</think>{% endif %}"
     "{{ m['content'].split('</think>')[-1].lstrip('\\n') }}"
     "{% else %}{{ m['content'] }}{% endif %}{{ eos_token }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n"
-    "{% if open_think is defined and open_think %}<think>\n{% endif %}{% endif %}"
+    "{% if open_think is defined and open_think %}<think>\n{% endif %}"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}"
 )
 THINK = "<think>[a-z ]{4,24}</think>\n\n(Paris|Oslo)\\."
 

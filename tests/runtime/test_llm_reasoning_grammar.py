@@ -127,3 +127,43 @@ def test_the_responses_usage_counts_the_reasoning_tokens(server: Server,
     status, body = server.post_json("/v1/responses", {
         **doc, "logit_bias": {str(think_ids[0]): -100}, "chat_template_kwargs": {}})
     assert status == 200 and body["usage"]["output_tokens_details"]["reasoning_tokens"] == 0
+
+
+def rendered(server: Server, **doc: Any) -> str:
+    status, body = server.post_json("/tokenize", {"messages": USER, **doc})
+    assert status == 200, body
+    status, text = server.post_json("/detokenize", {"tokens": body["tokens"]})
+    assert status == 200, text
+    return str(text["prompt"])
+
+
+def test_reasoning_effort_and_documents_reach_the_template(server: Server) -> None:
+    """As vLLM hands them over: the effort, enable_thinking from it (unless the kwargs set
+    it), the documents."""
+    low = rendered(server, reasoning_effort="low",
+                   documents=[{"title": "Oslo", "text": "cold in winter"}])
+    assert "effort low" in low and "Oslo: cold in winter" in low and "</think>" not in low
+    assert rendered(server, reasoning_effort="none").endswith("<think>\n\n</think>\n\n")
+    assert "</think>" not in rendered(server, reasoning_effort="none",
+                                      chat_template_kwargs={"enable_thinking": True})
+    for bad in ({"reasoning_effort": "huge"}, {"documents": [{"title": 3}]},
+                {"documents": "text"}):
+        status, body = server.post_json("/v1/chat/completions", {"messages": USER, **bad})
+        assert status == 400 and body["error"]["param"] == next(iter(bad)), body
+
+
+def test_include_reasoning_false_drops_the_reasoning(server: Server,
+                                                     think_ids: tuple[int, int]) -> None:
+    doc = {**OPENED, "seed": 3, "logit_bias": {str(think_ids[1]): 4}}
+    shown = chat(server, **doc)["message"]
+    hidden = chat(server, **doc, include_reasoning=False)["message"]
+    assert shown["reasoning"] and shown["content"]
+    assert (hidden["reasoning"], hidden["content"]) == (None, shown["content"])
+    assert streamed(server, **doc, include_reasoning=False) == ("", shown["content"])
+    # and a grammar holds from the first token, as in vLLM: no thinking at all
+    held = chat(server, **doc, include_reasoning=False, structured_outputs={"regex": ANSWER})
+    assert re.fullmatch(ANSWER, held["message"]["content"])
+    assert think_ids[1] not in held["token_ids"]
+    # reasoning_effort "none" means the same
+    effortless = chat(server, **doc, reasoning_effort="none")["message"]
+    assert effortless["reasoning"] is None

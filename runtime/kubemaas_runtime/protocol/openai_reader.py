@@ -23,6 +23,7 @@ class AnswerReader:
 
     think: ThinkSplitter | None = None
     calls: ToolCallReader | NamedCall | None = None
+    show_reasoning: bool = True  # false (vLLM's include_reasoning): the reasoning is dropped
     reasoning: list[str] = field(default_factory=list)
     plain: list[str] = field(default_factory=list)  # the content, when no calls are read
 
@@ -32,8 +33,9 @@ class AnswerReader:
         out: list[tuple[Any, ...]] = []
         for kind, text in parts:
             if kind == "reasoning":
-                self.reasoning.append(text)
-                out.append((kind, text))
+                if self.show_reasoning:
+                    self.reasoning.append(text)
+                    out.append((kind, text))
             elif self.calls is not None:
                 out += self.calls.feed(text)
             elif text:
@@ -83,7 +85,9 @@ def answer_reader(req: GenerationRequest, opened: bool, tool_parser: str,
     if req.chat and reasoning_parser != "none":
         think = ThinkSplitter(opened=opened and (req.constraint is None or thinks_first))
     calls = tool_reader(req.tools, tool_parser) if req.tools is not None else None
-    return AnswerReader(think, calls) if think is not None or calls is not None else None
+    if think is None and calls is None:
+        return None
+    return AnswerReader(think, calls, show_reasoning=req.include_reasoning)
 
 
 def answer_message(req: GenerationRequest, reader: AnswerReader | None, text: str,

@@ -3,8 +3,11 @@
 ``add_generation_prompt`` (default true: the template's opening of the assistant's turn),
 ``continue_final_message`` (the last assistant message is left open, for the model to go on
 writing it; not with a generation prompt), and ``chat_template_kwargs``: extra variables for
-the template (``{"enable_thinking": false}`` for Qwen3's, for one). A request's own
-``chat_template`` stays refused: a template is code, and the server runs the model's.
+the template (``{"enable_thinking": false}`` for Qwen3's, for one). As in vLLM,
+``reasoning_effort`` reaches the template too (with ``enable_thinking``: false for ``none``,
+true otherwise, unless the request's kwargs set it), and so do ``documents`` (for the templates
+that cite them). A request's own ``chat_template`` stays refused: a template is code, and the
+server runs the model's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 from .openai_errors import ApiError
 
 MAX_KWARGS_CHARS = 4096
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")  # vLLM's values
+MAX_DOCUMENTS_CHARS = 1 << 20  # the prompt's own limit applies after rendering
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ def parse_render(doc: dict[str, Any]) -> ChatRender:
                        "continue_final_message")
     kwargs = doc.get("chat_template_kwargs")
     if kwargs is None:
-        return ChatRender(generation, continue_final)
+        kwargs = {}
     if not isinstance(kwargs, dict) or len(json.dumps(kwargs)) > MAX_KWARGS_CHARS:
         raise ApiError(400, f"'chat_template_kwargs' must be an object of at most "
                        f"{MAX_KWARGS_CHARS} characters", "chat_template_kwargs")
@@ -72,4 +77,32 @@ def parse_render(doc: dict[str, Any]) -> ChatRender:
     if taken:
         raise ApiError(400, f"'chat_template_kwargs' may not set {', '.join(taken)} (give them "
                        "as the request's own fields)", "chat_template_kwargs")
-    return ChatRender(generation, continue_final, dict(kwargs))
+    return ChatRender(generation, continue_final, {**kwargs, **_request_variables(doc, kwargs)})
+
+
+def reasoning_effort(doc: dict[str, Any]) -> str | None:
+    effort = doc.get("reasoning_effort")
+    if effort is not None and effort not in EFFORTS:
+        raise ApiError(400, f"'reasoning_effort' must be one of {', '.join(EFFORTS)}",
+                       "reasoning_effort")
+    return effort
+
+
+def _request_variables(doc: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The request's own fields that vLLM hands the template: ``reasoning_effort`` (and
+    ``enable_thinking`` from it, unless the kwargs set it) and ``documents``."""
+    out: dict[str, Any] = {}
+    effort = reasoning_effort(doc)
+    if effort is not None:
+        out["reasoning_effort"] = effort
+        if "enable_thinking" not in kwargs:
+            out["enable_thinking"] = effort != "none"
+    documents = doc.get("documents")
+    if documents is not None:
+        if not isinstance(documents, list) or not all(
+                isinstance(d, dict) and all(isinstance(v, str) for v in d.values())
+                for d in documents) or len(json.dumps(documents)) > MAX_DOCUMENTS_CHARS:
+            raise ApiError(400, "'documents' must be a list of objects of strings (for "
+                           "example {\"title\": …, \"text\": …})", "documents")
+        out["documents"] = documents
+    return out

@@ -167,11 +167,13 @@ def _refuse(doc: dict[str, Any]) -> None:
     if doc.get("truncation") not in (None, "disabled"):
         raise _bad("'truncation' must be \"disabled\": a conversation longer than the "
                    "model's context is a 400, never cut silently", "truncation")
-    if doc.get("reasoning") not in (None, {}):
-        raise _bad("'reasoning' (effort, summaries) is not served: whether a model thinks is "
-                   "its chat template's choice (Qwen3's: chat_template_kwargs "
-                   "{\"enable_thinking\": false}), and its thinking comes as a reasoning "
-                   "item", "reasoning")
+    reasoning = doc.get("reasoning")
+    if reasoning is not None and (not isinstance(reasoning, dict) or
+                                  set(reasoning) - {"effort", "summary", "generate_summary"} or
+                                  reasoning.get("summary") or reasoning.get("generate_summary")):
+        raise _bad("'reasoning' takes an 'effort' here (handed to the chat template, as "
+                   "reasoning_effort); summaries are not written: the thinking itself comes "
+                   "as a reasoning item", "reasoning")
     for key in ("n", "messages", "prompt_logprobs"):
         if doc.get(key) is not None:
             raise _bad(f"'{key}' is not a Responses field", key)
@@ -194,6 +196,8 @@ def parse_responses(doc: Any) -> ResponsesRequest:
     chat.update(_tools(doc))
     if doc.get("max_output_tokens") is not None:
         chat["max_tokens"] = doc["max_output_tokens"]
+    if (doc.get("reasoning") or {}).get("effort") is not None:
+        chat["reasoning_effort"] = doc["reasoning"]["effort"]
     response_format = _format(doc)
     if response_format is not None:
         chat["response_format"] = response_format
@@ -212,7 +216,9 @@ def parse_responses(doc: Any) -> ResponsesRequest:
             "text": doc.get("text") or {"format": {"type": "text"}},
             "top_logprobs": doc.get("top_logprobs"), "user": doc.get("user"),
             "truncation": "disabled", "store": False, "background": False,
-            "previous_response_id": None, "reasoning": None}
+            "previous_response_id": None,
+            "reasoning": {"effort": chat.get("reasoning_effort"), "summary": None}
+            if doc.get("reasoning") else None}
     return ResponsesRequest(chat, echo, logprobs)
 
 

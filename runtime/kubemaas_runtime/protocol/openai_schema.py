@@ -16,7 +16,7 @@ from ..llm.sampling import SamplingParams
 from ..llm.structured import Constraint
 from .openai_errors import ApiError
 from .openai_errors import bad_request as _bad
-from .openai_render import ChatRender, parse_render
+from .openai_render import ChatRender, parse_render, reasoning_effort
 from .openai_structured import output_constraint
 from .openai_tools import Tools, message_tool_calls, parse_tools, tool_constraint
 
@@ -55,6 +55,9 @@ class GenerationRequest:
     truncate_prompt_tokens: int | None = None  # vLLM's: only the prompt's last k tokens
     bad_words: tuple[str, ...] = ()  # vLLM's: texts never generated (tokenized by the server)
     prompt_logprobs: bool = False  # vLLM's: the answer carries each prompt token's logprobs
+    # vLLM's: false drops the reasoning from the answer (and a grammar holds from the first
+    # token); reasoning_effort "none" means false
+    include_reasoning: bool = True
 
     def choice_params(self, params: SamplingParams | None = None) -> list[SamplingParams]:
         """The sampling parameters of each choice of a prompt (``params``: the request's, or
@@ -354,7 +357,8 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
         tools = parse_tools(doc)
         render = parse_render(doc)
     else:
-        for key in ("add_generation_prompt", "continue_final_message", "chat_template_kwargs"):
+        for key in ("add_generation_prompt", "continue_final_message", "chat_template_kwargs",
+                    "reasoning_effort", "include_reasoning", "documents"):
             if doc.get(key) is not None:
                 raise _bad(f"'{key}' is a /v1/chat/completions field", key)
         render = ChatRender()
@@ -377,7 +381,9 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              echo=echo, prompt_logprobs=prompt_logprobs_n is not None,
                              constraint=_constraint(doc, tools), tools=tools, render=render,
                              truncate_prompt_tokens=_int(doc, "truncate_prompt_tokens", 1),
-                             bad_words=_bad_words(doc))
+                             bad_words=_bad_words(doc),
+                             include_reasoning=_bool(doc, "include_reasoning", True)
+                             and reasoning_effort(doc) != "none")
 
 
 def _constraint(doc: dict[str, Any], tools: Tools | None) -> Constraint | None:
