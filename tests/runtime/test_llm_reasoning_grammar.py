@@ -7,6 +7,7 @@ before that."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,8 +37,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     built = build_llm(tmp_path_factory.mktemp("thinking") / "built", think_tokens=True)
     model = with_chat_template(built, tmp_path_factory.mktemp("thinking") / "tiny", TEMPLATE)
     server = start_llm_server(model, "--tool-call-parser", "hermes")  # reasoning: auto
-    ready = next(d for d in server.logs() if d.get("msg") == "ready")
-    assert ready["grammar_after_thinking"] is True
+    deadline = time.monotonic() + 10  # the line follows /health's first 200 closely
+    while not any(d.get("msg") == "ready" for d in server.logs()) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    ready = [d for d in server.logs() if d.get("msg") == "ready"]
+    assert ready and ready[0]["grammar_after_thinking"] is True
     yield server
     assert server.stop() == 0
 
@@ -70,6 +75,11 @@ def test_the_grammar_holds_the_answer_after_the_thinking(server: Server,
     assert closed >= 3 and message["reasoning"] and not re.fullmatch(ANSWER,
                                                                      message["reasoning"])
     assert streamed(server, **doc) == (message["reasoning"], message["content"])
+    events = stream_events(server, "/v1/chat/completions", {
+        "messages": USER, "max_tokens": 64, "temperature": 1.0, "stream": True,
+        "return_token_ids": True, **doc})  # the reader's chunks carry their tokens too
+    assert [t for e in events for c in e["choices"] for t in c.get("token_ids", [])] == \
+        answer["token_ids"]
 
 
 def test_the_first_token_may_open_the_block_or_start_the_answer(
@@ -167,3 +177,35 @@ def test_include_reasoning_false_drops_the_reasoning(server: Server,
     # reasoning_effort "none" means the same
     effortless = chat(server, **doc, reasoning_effort="none")["message"]
     assert effortless["reasoning"] is None
+
+
+def test_a_named_tool_call_follows_the_thinking(server: Server,
+                                                think_ids: tuple[int, int]) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    doc = {**OPENED, "seed": 2, "logit_bias": {str(think_ids[1]): 4}, "tools": [WEATHER],
+           "tool_choice": named, "max_tokens": 200}
+    answer = chat(server, **doc)
+    message = answer["message"]
+    assert answer["finish_reason"] == "stop"  # asked for, as a named call always finishes
+    assert message["reasoning"] and message["content"] is None
+    (call,) = message["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    check_weather(call["function"]["arguments"])
+    events = stream_events(server, "/v1/chat/completions", {
+        "messages": USER, "temperature": 1.0, "stream": True, **doc})
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    heads = [c for d in deltas for c in d.get("tool_calls", []) if "id" in c]
+    assert len(heads) == 1 and heads[0]["function"]["name"] == "get_weather"
+    assert "".join(d.get("reasoning") or "" for d in deltas) == message["reasoning"]
+    assert "".join(c["function"]["arguments"] for d in deltas
+                   for c in d.get("tool_calls", [])) == call["function"]["arguments"]
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    # the Responses API: a reasoning item, then the call
+    status, body = server.post_json("/v1/responses", {
+        "model": "tiny", "input": USER, "temperature": 1.0, "seed": 2, **OPENED,
+        "logit_bias": doc["logit_bias"], "max_output_tokens": 200,
+        "tools": [{"type": "function", **WEATHER["function"]}],
+        "tool_choice": {"type": "function", "name": "get_weather"}})
+    assert status == 200, body
+    assert [item["type"] for item in body["output"]] == ["reasoning", "function_call"]
+    assert body["output"][1]["arguments"] == call["function"]["arguments"]

@@ -130,3 +130,29 @@ def test_bad_words_are_never_generated(server: Server, model: Path) -> None:
             assert not any(out[i:i + len(seq)] == seq for i in range(len(out))), (form, out)
     status, body = server.post_json("/v1/completions", {"prompt": "a", "bad_words": [" "]})
     assert status == 400 and body["error"]["param"] == "bad_words"
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_streamed_token_ids_add_up_to_the_answers(server: Server, path: str) -> None:
+    """vLLM's return_token_ids, streamed: the prompt's ids on the first chunk (chat: at its
+    top; completions: in its choice), each chunk's own tokens on it; together, the whole
+    answer's (the EOS or stop token on the finishing chunk)."""
+    from .conftest import stream_events
+
+    chat = path.endswith("chat/completions")
+    doc: dict[str, Any] = {"max_tokens": 24, "temperature": 0, "return_token_ids": True,
+                           "stop_token_ids": [], **({"messages": [
+                               {"role": "user", "content": "the quick brown fox"}]}
+                               if chat else {"prompt": "the quick brown fox"})}
+    whole = post(server, path, **doc)
+    prompt = whole["prompt_token_ids"] if chat else whole["choices"][0]["prompt_token_ids"]
+    want = whole["choices"][0]["token_ids"]
+    for extra in ({}, {"logprobs": True, "top_logprobs": 1} if chat else {"logprobs": 1},
+                  {"stop_token_ids": [want[5]]}):
+        events = stream_events(server, path, {**doc, **extra, "stream": True})
+        first = events[0] if chat else events[0]["choices"][0]
+        assert first["prompt_token_ids"] == prompt
+        ids = [t for e in events for c in e["choices"] for t in c.get("token_ids", [])]
+        cut = want.index(want[5]) + 1 if extra.get("stop_token_ids") else len(want)
+        assert ids == want[:cut], extra
+        assert all("prompt_token_ids" not in c for e in events[1:] for c in e["choices"])

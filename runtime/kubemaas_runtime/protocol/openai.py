@@ -405,9 +405,10 @@ class OpenAIServer:
     async def _stream(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
                       choices: list[Choice]) -> web.StreamResponse:
         head = self._head(req)
-        fmts = [ChunkFormat(head, req, served.tokenizer, c.index) for c in choices]
-        observes = [self._observe(served, c.stream, c.first, req.n) for c in choices]
         readers = [self._reader(served, req, c.prompt) for c in choices]
+        fmts = [ChunkFormat(head, req, served.tokenizer, c.index, c.prompt, r is not None)
+                for c, r in zip(choices, readers, strict=True)]
+        observes = [self._observe(served, c.stream, c.first, req.n) for c in choices]
         return await stream_response(request, req, choices, fmts, observes,
                                      [r for r in readers if r is not None] or None)
 

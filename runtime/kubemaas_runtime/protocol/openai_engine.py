@@ -89,10 +89,9 @@ def check_sequences(served: Served, count: int) -> None:
 
 
 def thinks_first(served: Served, req: GenerationRequest) -> bool:
-    """A chat answer whose grammar holds after the reasoning (not a named tool choice: its
-    whole output is the call's arguments; not when the reasoning is not wanted, as vLLM)."""
-    return (served.think_ids is not None and req.chat and req.include_reasoning
-            and not (req.tools is not None and req.tools.choice == "named"))
+    """A chat answer whose grammar holds after the reasoning (not when the reasoning is not
+    wanted, as vLLM)."""
+    return served.think_ids is not None and req.chat and req.include_reasoning
 
 
 async def matchers(served: Served, req: GenerationRequest, prompts: list[list[int]]

@@ -56,6 +56,12 @@ class AnswerReader:
         text = "".join(self.calls.content)
         return text.strip() if self.calls.calls else text
 
+    def finish_reason(self, finish: str | None) -> str | None:
+        """``tool_calls`` for an answer that made calls of its own accord (a named choice's
+        call was asked for: its finish stays)."""
+        named = isinstance(self.calls, NamedCall)
+        return tool_finish(finish) if self.tool_calls and not named else finish
+
     def reasoning_text(self) -> str | None:
         return "".join(self.reasoning) if self.think is not None and self.reasoning else None
 
@@ -77,14 +83,20 @@ def answer_reader(req: GenerationRequest, opened: bool, tool_parser: str,
     """The reader of a chat choice's text, if it is more than content (None: plain text).
     ``opened``: the prompt ends with ``<think>`` (the template opened the block), so the
     output starts inside it unless a grammar holds it from the first token (not
-    ``thinks_first``); ``named``: a named tool choice read as a call (the chat path streams it
-    itself)."""
-    if req.tools is not None and req.tools.choice == "named":
-        return AnswerReader(None, NamedCall(str(req.tools.name))) if named else None
+    ``thinks_first``); ``named``: a named tool choice read as a call even without reasoning
+    (the chat path streams such a call itself)."""
     think = None
     if req.chat and reasoning_parser != "none":
         think = ThinkSplitter(opened=opened and (req.constraint is None or thinks_first))
-    calls = tool_reader(req.tools, tool_parser) if req.tools is not None else None
+    calls: ToolCallReader | NamedCall | None = None
+    if req.tools is not None and req.tools.choice == "named":
+        if not thinks_first:  # held from the first token, the whole text is the arguments
+            think = None
+        if think is None and not named:
+            return None
+        calls = NamedCall(str(req.tools.name))
+    elif req.tools is not None:
+        calls = tool_reader(req.tools, tool_parser)
     if think is None and calls is None:
         return None
     return AnswerReader(think, calls, show_reasoning=req.include_reasoning)
@@ -94,7 +106,8 @@ def answer_message(req: GenerationRequest, reader: AnswerReader | None, text: st
                    finish: str | None) -> tuple[dict[str, Any], str | None]:
     """The assistant message of a whole chat answer, and its finish reason."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
-    if req.tools is not None and req.tools.choice == "named":
+    if req.tools is not None and req.tools.choice == "named" and (
+            reader is None or reader.think is None):  # the whole text is the call's arguments
         message.update(content=None, tool_calls=[tool_call(str(req.tools.name), text)])
         return message, finish
     if reader is None:
@@ -108,4 +121,4 @@ def answer_message(req: GenerationRequest, reader: AnswerReader | None, text: st
     if not reader.tool_calls:
         return message, finish
     message.update(content=message["content"] or None, tool_calls=reader.tool_calls)
-    return message, tool_finish(finish)
+    return message, reader.finish_reason(finish)

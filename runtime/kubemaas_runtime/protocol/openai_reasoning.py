@@ -5,11 +5,11 @@ Qwen3, QwQ and DeepSeek-R1 (and its distills) write their reasoning between ``<t
 of the prompt (DeepSeek-R1's), so the output starts inside it. The reasoning goes to the
 message's ``reasoning_content`` (and ``reasoning``, vLLM's newer name for it), the rest is the
 ``content``, and tool calls are read from the content only, as vLLM's ``deepseek_r1`` and
-``qwen3`` parsers do. A grammar (a structured output, a required tool choice) holds the
-answer after the reasoning, as vLLM's does, when the tokenizer has ``<think>`` and
+``qwen3`` parsers do. A grammar (a structured output, a named or required tool choice) holds
+the answer after the reasoning, as vLLM's does, when the tokenizer has ``<think>`` and
 ``</think>`` as tokens of their own (every reasoning model's has; llm/structured.py,
-``AfterThinking``); otherwise, and for a named tool choice, it holds the output from its first
-token, which then starts outside any ``<think>`` block.
+``AfterThinking``); otherwise it holds the output from its first token, which then starts
+outside any ``<think>`` block.
 """
 
 from __future__ import annotations

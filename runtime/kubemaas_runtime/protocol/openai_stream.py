@@ -25,7 +25,6 @@ from .openai_errors import ApiError
 from .openai_reader import AnswerReader
 from .openai_schema import GenerationRequest
 from .openai_tool_stream import tool_call
-from .openai_tools import tool_finish
 
 log = logging.getLogger("kubemaas.runtime.openai")
 
@@ -38,16 +37,21 @@ class ChunkFormat:
     """The chunks of one choice of a stream (``head``: id, created, model)."""
 
     def __init__(self, head: dict[str, Any], req: GenerationRequest, tokenizer: Any,
-                 index: int = 0) -> None:
+                 index: int = 0, prompt: list[int] | None = None, read: bool = False) -> None:
         self.req = req
         self.tokenizer = tokenizer
         self.index = index
+        # vLLM's return_token_ids, streamed: the prompt's ids on the first chunk (on chat, at
+        # the top), each chunk's own token ids on it
+        self.ids = req.return_token_ids
+        self.prompt_ids = list(prompt or ()) if self.ids and not req.chat else None
         self.obj = "chat.completion.chunk" if req.chat else "text_completion"
         self.head = {**head, "object": self.obj}
         self.usage_field: dict[str, Any] = {"usage": None} if req.include_usage else {}
         # a named tool_choice: the text is that call's arguments, streamed as they come
+        # (unless a reader reads it: the call follows the reasoning)
         self.named_call: dict[str, Any] | None = None
-        if req.tools is not None and req.tools.choice == "named":
+        if req.tools is not None and req.tools.choice == "named" and not read:
             self.named_call = tool_call(str(req.tools.name), "")
         # the token chunk around its text: the document's JSON split where the text goes
         marker = "\x00kubemaas-text\x00"
@@ -67,9 +71,20 @@ class ChunkFormat:
                       "finish_reason": reason}
         return {**self.head, "choices": [choice], **self.usage_field}
 
-    def role(self) -> bytes:
-        """The first chunk: the role (and a named call's id and name, its arguments to come)."""
+    def _ids(self, doc: dict[str, Any], ids: tuple[int, ...]) -> dict[str, Any]:
+        """``doc`` with the chunk's token ids (and, on a completion's first, the prompt's)."""
+        if self.ids:
+            doc["choices"][0]["token_ids"] = list(ids)
+            if self.prompt_ids is not None:
+                doc["choices"][0]["prompt_token_ids"], self.prompt_ids = self.prompt_ids, None
+        return doc
+
+    def role(self, prompt: list[int]) -> bytes:
+        """The first chunk: the role (and a named call's id and name, its arguments to come;
+        with return_token_ids, the prompt's ids)."""
         first = self.doc(None, None)
+        if self.ids:
+            first["prompt_token_ids"] = prompt
         first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
         if self.named_call is None:
             return sse(first)
@@ -77,11 +92,14 @@ class ChunkFormat:
                                         "tool_calls": [{"index": 0, **self.named_call}]}
         return sse(first)
 
-    def token(self, text: str, lps: tuple[TokenLogprobs, ...], offset: int) -> bytes:
-        if not self.req.logprobs:
+    def token(self, text: str, lps: tuple[TokenLogprobs, ...], offset: int,
+              ids: tuple[int, ...] = ()) -> bytes:
+        if not self.req.logprobs and not self.ids:
             return self._pre + json.dumps(text).encode() + self._post
-        return sse(self.doc(text, None, logprobs_doc(self.tokenizer, self.req.chat, list(lps),
-                                                     offset)))
+        logprobs = None
+        if self.req.logprobs:
+            logprobs = logprobs_doc(self.tokenizer, self.req.chat, list(lps), offset)
+        return sse(self._ids(self.doc(text, None, logprobs), ids))
 
     def echo(self, choice: Choice, first: Delta) -> bytes:
         """The echoed prompt, before the choice's first token (with its logprobs, asked)."""
@@ -91,21 +109,24 @@ class ChunkFormat:
                                     unscored=choice.prompt[0])
         return sse(self.doc(choice.echo_text, None, logprobs))
 
-    def read_events(self, events: list[tuple[Any, ...]], lps: tuple[TokenLogprobs, ...]
-                    ) -> list[bytes]:
+    def read_events(self, events: list[tuple[Any, ...]], lps: tuple[TokenLogprobs, ...],
+                    ids: tuple[int, ...] = ()) -> list[bytes]:
         """A chunk per event of an ``AnswerReader``: reasoning, content, a call's start
-        (index, id, name, empty arguments), a piece of its arguments. The delta's logprobs, if
-        asked, go on its first chunk (on a chunk of their own when the reader holds its text
-        back)."""
+        (index, id, name, empty arguments), a piece of its arguments. The delta's logprobs
+        and token ids, if asked, go on its first chunk (on a chunk of their own when the
+        reader holds its text back)."""
         logprobs = None
         if self.req.logprobs and lps:
             logprobs = logprobs_doc(self.tokenizer, True, list(lps), 0)
+        pending = logprobs is not None or (self.ids and bool(ids))
         out = []
         for event in events:
-            if event[0] == "content" and logprobs is None:  # the common case, pre-rendered
+            if event[0] == "content" and not pending:  # the common case, pre-rendered
                 out.append(self._pre + json.dumps(event[1]).encode() + self._post)
                 continue
             doc = self.doc(None, None, logprobs)
+            if pending:
+                doc = self._ids(doc, ids)
             if event[0] == "content":
                 doc["choices"][0]["delta"] = {"content": event[1]}
             elif event[0] == "reasoning":  # under both names clients read it by
@@ -119,13 +140,16 @@ class ChunkFormat:
                 doc["choices"][0]["delta"] = {"tool_calls": [{
                     "index": event[1], "function": {"arguments": event[2]}}]}
             out.append(sse(doc))
-            logprobs = None
-        if logprobs is not None:
-            out.append(sse(self.doc(None, None, logprobs)))
+            logprobs, pending = None, False
+        if pending:
+            out.append(sse(self._ids(self.doc(None, None, logprobs), ids)))
         return out
 
-    def finish(self, reason: str, stop_reason: int | str | None = None) -> bytes:
-        doc = self.doc(None if self.req.chat else "", reason)
+    def finish(self, reason: str, stop_reason: int | str | None = None,
+               ids: tuple[int, ...] = ()) -> bytes:
+        """The finishing chunk (with the ids of a last token no chunk carried: EOS, a stop
+        token)."""
+        doc = self._ids(self.doc(None if self.req.chat else "", reason), ids)
         doc["choices"][0]["stop_reason"] = stop_reason  # vLLM's, on the finishing chunk
         return sse(doc)
 
@@ -165,10 +189,10 @@ def _read(reader: AnswerReader, fmt: ChunkFormat, delta: Delta) -> list[bytes]:
     """A delta of a choice whose text is read: what its reader makes of it (and the
     finish)."""
     done = delta.finish_reason is not None
-    out = fmt.read_events(reader.feed(delta.text, final=done), delta.logprobs)
+    out = fmt.read_events(reader.feed(delta.text, final=done), delta.logprobs, delta.token_ids)
     if done:
-        reason = tool_finish(delta.finish_reason) if reader.tool_calls else delta.finish_reason
-        out.append(fmt.finish(reason or "stop", delta.stop_reason))
+        out.append(fmt.finish(reader.finish_reason(delta.finish_reason) or "stop",
+                              delta.stop_reason))
     return out
 
 
@@ -184,7 +208,8 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)
     if req.chat:
-        await resp.write(b"".join(fmt.role() for fmt in fmts))
+        await resp.write(b"".join(fmt.role(c.prompt) for fmt, c in zip(fmts, choices,
+                                                                       strict=True)))
     out: list[bytes] = []
     offsets = [0] * len(streams)
     lasts: list[Delta | None] = [None] * len(streams)
@@ -203,12 +228,15 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                     # a chunk per generated token, its text empty while a character is
                     # incomplete (as vLLM does): the client sees the stream advance token by
                     # token
-                    if delta.text or (delta.logprobs and req.logprobs) or \
-                            (delta.token_ids and delta.finish_reason is None):
-                        out.append(fmts[i].token(delta.text, delta.logprobs, offsets[i]))
+                    sent = bool(delta.text or (delta.logprobs and req.logprobs) or
+                                (delta.token_ids and delta.finish_reason is None))
+                    if sent:
+                        out.append(fmts[i].token(delta.text, delta.logprobs, offsets[i],
+                                                 delta.token_ids))
                         offsets[i] += len(delta.text)
                     if delta.finish_reason is not None:
-                        out.append(fmts[i].finish(delta.finish_reason, delta.stop_reason))
+                        out.append(fmts[i].finish(delta.finish_reason, delta.stop_reason,
+                                                  () if sent else delta.token_ids))
             if not all(s.done for s in streams):
                 await resp.write(b"".join(out))
                 out.clear()
