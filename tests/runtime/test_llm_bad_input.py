@@ -323,6 +323,7 @@ chat_docs = st.fixed_dictionaries(
                   json_values, max_size=2) | json_values,
               "reasoning_effort": st.sampled_from(["none", "low", "max", "huge"])
               | json_values, "include_reasoning": st.booleans() | json_values,
+              "thinking_token_budget": small_ints | json_values,
               "documents": st.lists(st.dictionaries(st.sampled_from(["title", "text"]),
                                                     st.text(max_size=5) | json_values,
                                                     max_size=2), max_size=2) | json_values})

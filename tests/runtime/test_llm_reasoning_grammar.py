@@ -209,3 +209,24 @@ def test_a_named_tool_call_follows_the_thinking(server: Server,
     assert status == 200, body
     assert [item["type"] for item in body["output"]] == ["reasoning", "function_call"]
     assert body["output"][1]["arguments"] == call["function"]["arguments"]
+
+
+def test_the_thinking_token_budget_closes_the_block(server: Server,
+                                                    think_ids: tuple[int, int]) -> None:
+    """vLLM's thinking_token_budget: past it, </think> is the only token allowed."""
+    end = think_ids[1]
+    for budget in (0, 3):
+        answer = chat(server, **OPENED, temperature=0, max_tokens=12,
+                      thinking_token_budget=budget)
+        assert answer["token_ids"].index(end) == budget
+        assert bool(answer["message"]["reasoning"]) == (budget > 0)
+    held = chat(server, **OPENED, temperature=0, thinking_token_budget=2,
+                structured_outputs={"regex": ANSWER})
+    assert held["token_ids"].index(end) == 2
+    assert re.fullmatch(ANSWER, held["message"]["content"])
+    unbounded = chat(server, **OPENED, temperature=0, max_tokens=12)
+    assert end not in unbounded["token_ids"]  # without the budget, the model never closes it
+    for bad in ({"thinking_token_budget": -1}, {"thinking_token_budget": 2,
+                                                 "include_reasoning": False}):
+        status, body = server.post_json("/v1/chat/completions", {"messages": USER, **bad})
+        assert status == 400 and body["error"]["param"] == "thinking_token_budget", body

@@ -202,3 +202,19 @@ def test_the_reasoning_tokens_are_those_up_to_the_end_of_the_block() -> None:
     assert left_open is not None
     left_open.feed("still", final=True)
     assert left_open.reasoning_tokens([(2, 1), (3, 1)]) == 2
+
+
+def test_a_thinking_budget_forces_the_end_of_the_block() -> None:
+    from kubemaas_runtime.llm.structured import AfterThinking, allowed_tokens
+
+    gate = AfterThinking(None, 9, 20, opened=True, budget=2)  # no grammar, a budget only
+    for token in (5, 6):
+        assert allowed_tokens(gate, 32) is None and gate.consume_token(token)
+    mask = allowed_tokens(gate, 32)
+    assert mask is not None and mask.nonzero().flatten().tolist() == [20]
+    assert gate.consume_token(20) and allowed_tokens(gate, 32) is None
+    assert gate.consume_token(7) and not gate.is_stopped()  # the answer: free, never "done"
+    first = AfterThinking(None, 9, 20, opened=False, budget=0)
+    assert allowed_tokens(first, 32) is None and first.consume_token(9)
+    mask = allowed_tokens(first, 32)
+    assert mask is not None and mask.nonzero().flatten().tolist() == [20]

@@ -18,7 +18,8 @@ refused (400); and in the engine, a sequence whose mask took more than ``FAIL_MA
 alone.
 
 A reasoning model's grammar holds its answer, not its thinking (``AfterThinking``): vLLM's
-rule, with the block told apart by its ``<think>`` and ``</think>`` tokens.
+rule, with the block told apart by its ``<think>`` and ``</think>`` tokens; the same gate
+closes the block after a request's ``thinking_token_budget``.
 """
 
 from __future__ import annotations
@@ -136,19 +137,28 @@ class Grammars:
 
 class AfterThinking:
     """A reasoning model's grammar, held from the end of its ``<think>`` block, as vLLM holds
-    it (the model may reason freely first, then answer in the required form). A block opened
-    by the prompt (DeepSeek-R1's template) runs until ``</think>``; otherwise the first token
-    may open one (``<think>`` is allowed beside what the grammar allows) or start the answer.
-    Used like the matcher it wraps: ``compute_bitmask`` gives None while the output is free,
+    it (the model may reason freely first, then answer in the required form), and vLLM's
+    ``thinking_token_budget``: past that many thinking tokens, ``</think>`` is the only token
+    allowed. A block opened by the prompt (DeepSeek-R1's template) runs until ``</think>``;
+    otherwise the first token may open one (``<think>`` is allowed beside what the grammar
+    allows) or start the answer. Used like the matcher it wraps (``matcher`` None: no grammar,
+    a budget only): ``compute_bitmask`` gives None while the output is free,
     ``consume_token`` passes the thinking by."""
 
-    def __init__(self, matcher: Any, think: int, end_think: int, opened: bool) -> None:
+    def __init__(self, matcher: Any, think: int, end_think: int, opened: bool,
+                 budget: int | None = None) -> None:
         self.matcher = matcher
         self.think, self.end_think = think, end_think
         self.state = "thinking" if opened else "first"  # first | thinking | answer
+        self.budget = budget
+        self.spent = 0  # thinking tokens so far
 
     def compute_bitmask(self) -> bytes | None:
         if self.state == "thinking":
+            if self.budget is not None and self.spent >= self.budget:
+                return _only(self.end_think)
+            return None
+        if self.matcher is None:
             return None
         raw = self.matcher.compute_bitmask()
         if self.state == "answer":
@@ -163,14 +173,25 @@ class AfterThinking:
         elif self.state == "thinking":
             if token == self.end_think:
                 self.state = "answer"
+            else:
+                self.spent += 1
             return True
-        return self.state == "thinking" or bool(self.matcher.consume_token(token))
+        return self.state == "thinking" or self.matcher is None or \
+            bool(self.matcher.consume_token(token))
 
     def is_stopped(self) -> bool:
-        return self.state == "answer" and bool(self.matcher.is_stopped())
+        return self.state == "answer" and self.matcher is not None and \
+            bool(self.matcher.is_stopped())
 
     def get_error(self) -> str:
-        return str(self.matcher.get_error())
+        return str(self.matcher.get_error()) if self.matcher is not None else ""
+
+
+def _only(token: int) -> bytes:
+    """A packed mask that allows one token (the bits past its end read as zeros)."""
+    mask = bytearray(token // 8 + 1)
+    mask[token // 8] = 1 << (token % 8)
+    return bytes(mask)
 
 
 def allowed_tokens(matcher: Any, vocab: int) -> torch.Tensor | None:

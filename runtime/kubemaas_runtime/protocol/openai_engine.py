@@ -96,22 +96,29 @@ def thinks_first(served: Served, req: GenerationRequest) -> bool:
 
 async def matchers(served: Served, req: GenerationRequest, prompts: list[list[int]]
                    ) -> list[Any]:
-    """With a structured output, a matcher of its grammar per sequence (``n`` per prompt;
-    compiled in a worker thread: a large schema takes a while); else Nones."""
+    """What holds each sequence's output (``n`` per prompt), or Nones: a structured output's
+    grammar (compiled in a worker thread: a large schema takes a while), after the reasoning
+    when the model thinks first; the thinking's token budget."""
     count = len(prompts) * req.n
-    if req.constraint is None:
-        return [None] * count
-    try:
-        found = await asyncio.get_running_loop().run_in_executor(
-            None, served.grammars.matchers, req.constraint, count)
-    except InvalidConstraint as exc:
-        raise ApiError(400, f"the output structure does not compile: {str(exc)[:800]}",
-                       req.constraint.param) from None
-    if not thinks_first(served, req) or served.think_ids is None:
+    budget = req.thinking_token_budget
+    if budget is not None and not thinks_first(served, req):
+        raise ApiError(400, "'thinking_token_budget' needs a reasoning model whose tokenizer "
+                       "has <think> and </think> as tokens of their own (and the reasoning "
+                       "included)", "thinking_token_budget")
+    found: list[Any] = [None] * count
+    if req.constraint is not None:
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, served.grammars.matchers, req.constraint, count)
+        except InvalidConstraint as exc:
+            raise ApiError(400, f"the output structure does not compile: {str(exc)[:800]}",
+                           req.constraint.param) from None
+    if served.think_ids is None or not thinks_first(served, req) or (
+            req.constraint is None and budget is None):
         return found
     think, end = served.think_ids
     opened = [prompt_opens_think(served.tokenizer, p) for p in prompts for _ in range(req.n)]
-    return [AfterThinking(m, think, end, o) for m, o in zip(found, opened, strict=True)]
+    return [AfterThinking(m, think, end, o, budget) for m, o in zip(found, opened, strict=True)]
 
 
 def submit(served: Served, req: GenerationRequest, prompts: list[list[int]],

@@ -58,6 +58,7 @@ class GenerationRequest:
     # vLLM's: false drops the reasoning from the answer (and a grammar holds from the first
     # token); reasoning_effort "none" means false
     include_reasoning: bool = True
+    thinking_token_budget: int | None = None  # vLLM's: then </think> is forced
 
     def choice_params(self, params: SamplingParams | None = None) -> list[SamplingParams]:
         """The sampling parameters of each choice of a prompt (``params``: the request's, or
@@ -358,7 +359,8 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
         render = parse_render(doc)
     else:
         for key in ("add_generation_prompt", "continue_final_message", "chat_template_kwargs",
-                    "reasoning_effort", "include_reasoning", "documents"):
+                    "reasoning_effort", "include_reasoning", "documents",
+                    "thinking_token_budget"):
             if doc.get(key) is not None:
                 raise _bad(f"'{key}' is a /v1/chat/completions field", key)
         render = ChatRender()
@@ -383,7 +385,8 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              truncate_prompt_tokens=_int(doc, "truncate_prompt_tokens", 1),
                              bad_words=_bad_words(doc),
                              include_reasoning=_bool(doc, "include_reasoning", True)
-                             and reasoning_effort(doc) != "none")
+                             and reasoning_effort(doc) != "none",
+                             thinking_token_budget=_int(doc, "thinking_token_budget", 0))
 
 
 def _constraint(doc: dict[str, Any], tools: Tools | None) -> Constraint | None:
