@@ -156,3 +156,34 @@ def test_streamed_token_ids_add_up_to_the_answers(server: Server, path: str) -> 
         cut = want.index(want[5]) + 1 if extra.get("stop_token_ids") else len(want)
         assert ids == want[:cut], extra
         assert all("prompt_token_ids" not in c for e in events[1:] for c in e["choices"])
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_continuous_usage_stats_put_the_usage_on_every_chunk(server: Server, path: str) -> None:
+    """vLLM's stream_options.continuous_usage_stats: each chunk carries its choice's usage so
+    far, which grows by the chunk's tokens and ends at the final usage."""
+    from .conftest import stream_events
+
+    chat = path.endswith("chat/completions")
+    doc: dict[str, Any] = {
+        "max_tokens": 12, "temperature": 0, "stream": True, "return_token_ids": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        **({"messages": [{"role": "user", "content": "the quick brown fox"}]} if chat
+           else {"prompt": "the quick brown fox"})}
+    events = stream_events(server, path, doc)
+    *chunks, final = events
+    assert final["choices"] == [] and final["usage"]["completion_tokens"] > 0
+    seen = 0
+    for chunk in chunks:
+        usage = chunk["usage"]
+        seen += len(chunk["choices"][0].get("token_ids", []))
+        assert usage["prompt_tokens"] == final["usage"]["prompt_tokens"]
+        assert usage["completion_tokens"] == seen
+        assert usage["total_tokens"] == usage["prompt_tokens"] + seen
+    assert seen == final["usage"]["completion_tokens"]
+    # without it, the chunks' usage stays null
+    plain = stream_events(server, path, {**doc, "stream_options": {"include_usage": True}})
+    assert all(e["usage"] is None for e in plain[:-1])
+    status, body = server.post_json(path, {**doc, "stream_options": {
+        "include_usage": True, "continuous_usage_stats": "yes"}})
+    assert status == 400 and body["error"]["param"] == "continuous_usage_stats"

@@ -58,6 +58,7 @@ class GenerationRequest:
     # vLLM's: false drops the reasoning from the answer (and a grammar holds from the first
     # token); reasoning_effort "none" means false
     include_reasoning: bool = True
+    continuous_usage: bool = False  # vLLM's continuous_usage_stats: usage on every chunk
     thinking_token_budget: int | None = None  # vLLM's: then </think> is forced
 
     def choice_params(self, params: SamplingParams | None = None) -> list[SamplingParams]:
@@ -257,18 +258,20 @@ def _completion_max_tokens(doc: dict[str, Any], echo: bool) -> int | None:
     return max_tokens
 
 
-def _stream_fields(doc: dict[str, Any]) -> tuple[bool, bool]:
-    """``stream`` and ``stream_options.include_usage``."""
+def _stream_fields(doc: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """``stream``, ``stream_options.include_usage`` and vLLM's
+    ``stream_options.continuous_usage_stats`` (with include_usage: usage on every chunk)."""
     stream = _bool(doc, "stream")
     options = doc.get("stream_options")
-    include_usage = False
+    include_usage = continuous = False
     if options is not None:
         if not isinstance(options, dict):
             raise _bad("'stream_options' must be an object", "stream_options")
         if not stream:
             raise _bad("'stream_options' is only allowed with 'stream': true", "stream_options")
         include_usage = _bool(options, "include_usage")
-    return stream, include_usage
+        continuous = _bool(options, "continuous_usage_stats") and include_usage
+    return stream, include_usage, continuous
 
 
 def _sampling_params(doc: dict[str, Any], vocab: int, max_tokens: int | None,
@@ -373,11 +376,12 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
     scored = prompt_logprobs_n
     if scored is None and echo and logprobs_n is not None:
         scored = logprobs_n  # the echoed prompt carries its logprobs (as vLLM does)
-    stream, include_usage = _stream_fields(doc)
+    stream, include_usage, continuous_usage = _stream_fields(doc)
     params = _sampling_params(doc, vocab, max_tokens, logprobs_n, scored)
     return GenerationRequest(chat=chat, prompts=prompts, messages=messages,
                              max_tokens=max_tokens, params=params, stream=stream,
-                             include_usage=include_usage, logprobs=logprobs_n is not None,
+                             include_usage=include_usage, continuous_usage=continuous_usage,
+                             logprobs=logprobs_n is not None,
                              model=model, return_token_ids=_bool(doc, "return_token_ids"),
                              cache_salt=_cache_salt(doc), n=_int(doc, "n", 1, MAX_N) or 1,
                              echo=echo, prompt_logprobs=prompt_logprobs_n is not None,

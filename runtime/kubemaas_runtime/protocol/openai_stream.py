@@ -48,6 +48,11 @@ class ChunkFormat:
         self.obj = "chat.completion.chunk" if req.chat else "text_completion"
         self.head = {**head, "object": self.obj}
         self.usage_field: dict[str, Any] = {"usage": None} if req.include_usage else {}
+        # vLLM's stream_options.continuous_usage_stats: every chunk carries the choice's usage
+        # so far (``counts``: its prompt and output tokens, set before each delta's chunks)
+        self.continuous = req.continuous_usage
+        self.counts = (len(prompt or ()), 0)
+        self.fast = not (req.logprobs or self.ids or self.continuous)  # pre-rendered chunks
         # a named tool_choice: the text is that call's arguments, streamed as they come
         # (unless a reader reads it: the call follows the reasoning)
         self.named_call: dict[str, Any] | None = None
@@ -69,6 +74,11 @@ class ChunkFormat:
         else:
             choice = {"index": self.index, "text": text or "", "logprobs": logprobs,
                       "finish_reason": reason}
+        if self.continuous:
+            prompt, output = self.counts
+            return {**self.head, "choices": [choice], "usage": {
+                "prompt_tokens": prompt, "completion_tokens": output,
+                "total_tokens": prompt + output}}
         return {**self.head, "choices": [choice], **self.usage_field}
 
     def _ids(self, doc: dict[str, Any], ids: tuple[int, ...]) -> dict[str, Any]:
@@ -94,7 +104,7 @@ class ChunkFormat:
 
     def token(self, text: str, lps: tuple[TokenLogprobs, ...], offset: int,
               ids: tuple[int, ...] = ()) -> bytes:
-        if not self.req.logprobs and not self.ids:
+        if self.fast:
             return self._pre + json.dumps(text).encode() + self._post
         logprobs = None
         if self.req.logprobs:
@@ -121,7 +131,7 @@ class ChunkFormat:
         pending = logprobs is not None or (self.ids and bool(ids))
         out = []
         for event in events:
-            if event[0] == "content" and not pending:  # the common case, pre-rendered
+            if event[0] == "content" and not pending and self.fast:  # the common case
                 out.append(self._pre + json.dumps(event[1]).encode() + self._post)
                 continue
             doc = self.doc(None, None, logprobs)
@@ -218,6 +228,7 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
             for i, batch in ready:
                 for delta in batch:
                     observes[i](delta)
+                    fmts[i].counts = (delta.prompt_tokens, delta.completion_tokens)
                     if req.echo and lasts[i] is None:
                         out.append(fmts[i].echo(choices[i], delta))
                         offsets[i] += len(choices[i].echo_text)
