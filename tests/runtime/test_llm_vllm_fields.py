@@ -187,3 +187,29 @@ def test_continuous_usage_stats_put_the_usage_on_every_chunk(server: Server, pat
     status, body = server.post_json(path, {**doc, "stream_options": {
         "include_usage": True, "continuous_usage_stats": "yes"}})
     assert status == 400 and body["error"]["param"] == "continuous_usage_stats"
+
+
+def test_echo_on_chat_repeats_the_continued_message(server: Server) -> None:
+    """vLLM's chat echo: the answer starts with the last message's content when that message
+    is the assistant's (continue_final_message), streamed as its own first content chunk."""
+    from .conftest import stream_events
+
+    start = "the cat sat"
+    doc: dict[str, Any] = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": start}],
+        "add_generation_prompt": False, "continue_final_message": True, "max_tokens": 8,
+        "temperature": 0, "ignore_eos": True}
+    plain = post(server, "/v1/chat/completions", **doc)["choices"][0]["message"]["content"]
+    echoed = post(server, "/v1/chat/completions", **doc, echo=True)
+    assert echoed["choices"][0]["message"]["content"] == start + plain
+    assert echoed["usage"]["completion_tokens"] == 8  # the echo is not generated
+    events = stream_events(server, "/v1/chat/completions", {**doc, "echo": True,
+                                                             "stream": True})
+    pieces = [e["choices"][0]["delta"].get("content") or "" for e in events]
+    assert pieces[1] == start and "".join(pieces) == start + plain
+    # a user's last message is not the answer's: nothing to echo
+    asked = post(server, "/v1/chat/completions", messages=[{"role": "user", "content": "hi"}],
+                 max_tokens=4, temperature=0, echo=True)["choices"][0]["message"]["content"]
+    assert asked == post(server, "/v1/chat/completions",
+                         messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                         temperature=0)["choices"][0]["message"]["content"]

@@ -215,6 +215,9 @@ class OpenAIServer:
         token ids (and from them when the prompt was truncated)."""
         if not req.echo:
             return [""] * len(prompts)
+        if req.chat:  # vLLM's: the last message's content, when it is the assistant's
+            last = (req.messages or [{}])[-1]
+            return [str(last["content"]) if last.get("role") == "assistant" else ""]
         return [p.text if p.text is not None and not req.truncate_prompt_tokens else
                 await self._decode(served, ids) for p, ids in zip(req.prompts, prompts,
                                                                   strict=True)]
@@ -379,6 +382,9 @@ class OpenAIServer:
                 doc["message"], doc["finish_reason"] = answer_message(
                     req, self._reader(served, req, choice.prompt),
                     doc["message"]["content"], doc["finish_reason"])
+                if choice.echo_text:  # the continued message, whole
+                    doc["message"]["content"] = choice.echo_text + (
+                        doc["message"]["content"] or "")
             docs.append(doc)
             lasts.append(deltas[-1])
             first_deltas.append(deltas[0])

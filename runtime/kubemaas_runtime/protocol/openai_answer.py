@@ -97,7 +97,7 @@ def choice_doc(tokenizer: Any, req: GenerationRequest, choice: Choice, deltas: l
     text = "".join(d.text for d in deltas)
     lps = [lp for d in deltas for lp in d.logprobs]
     logprobs = None
-    if req.logprobs and req.echo:
+    if req.logprobs and req.echo and not req.chat:
         logprobs = logprobs_doc(tokenizer, False, list(first.prompt_logprobs or ()) + lps, 0,
                                 unscored=choice.prompt[0])
     elif req.logprobs:

@@ -48,7 +48,9 @@ class GenerationRequest:
     return_token_ids: bool = False  # vLLM's extension: the prompt's and the output's token ids
     cache_salt: str | None = None  # vLLM's: shares cached prompt blocks only with the same salt
     n: int = 1  # choices: sequences generated from each prompt
-    echo: bool = False  # completions: each choice starts with its prompt (and its logprobs)
+    # completions: each choice starts with its prompt (and its logprobs); chat (vLLM's): with
+    # the last message's content when that message is the assistant's (a continued answer)
+    echo: bool = False
     constraint: Constraint | None = None  # a structured output: the grammar it follows
     tools: Tools | None = None  # chat: the tools the model may call
     render: ChatRender = field(default_factory=ChatRender)  # chat: how the template renders
@@ -355,8 +357,6 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
     echo = _bool(doc, "echo")
     tools = None
     if chat:
-        if echo:
-            raise _bad("'echo' is a /v1/completions field", "echo")
         messages, max_tokens, logprobs_n = _chat_fields(doc)
         tools = parse_tools(doc)
         render = parse_render(doc)
@@ -374,7 +374,7 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
         logprobs_n = _int(doc, "logprobs", 0, MAX_LOGPROBS)
     prompt_logprobs_n = _int(doc, "prompt_logprobs", 0, MAX_LOGPROBS)
     scored = prompt_logprobs_n
-    if scored is None and echo and logprobs_n is not None:
+    if scored is None and echo and logprobs_n is not None and not chat:
         scored = logprobs_n  # the echoed prompt carries its logprobs (as vLLM does)
     stream, include_usage, continuous_usage = _stream_fields(doc)
     params = _sampling_params(doc, vocab, max_tokens, logprobs_n, scored)

@@ -112,7 +112,14 @@ class ChunkFormat:
         return sse(self._ids(self.doc(text, None, logprobs), ids))
 
     def echo(self, choice: Choice, first: Delta) -> bytes:
-        """The echoed prompt, before the choice's first token (with its logprobs, asked)."""
+        """The echoed prompt, before the choice's first token (with its logprobs, asked);
+        on chat, the continued message's content (none: no chunk)."""
+        if self.req.chat:
+            if not choice.echo_text:
+                return b""
+            doc = self.doc(None, None)
+            doc["choices"][0]["delta"] = {"content": choice.echo_text}
+            return sse(doc)
         logprobs = None
         if self.req.logprobs:
             logprobs = logprobs_doc(self.tokenizer, False, list(first.prompt_logprobs or ()), 0,
