@@ -19,6 +19,7 @@ from .errors import StartupError
 FORMATS = ("onnx", "torchscript", "torch-export", "keras", "hf")
 LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOOL_CALL_PARSERS = ("auto", "none", "hermes", "llama3_json", "mistral")  # protocol/openai_tools.py
+SCHEDULING_POLICIES = ("fcfs", "priority")  # llm/scheduler.py
 REASONING_PARSERS = ("auto", "none", "deepseek_r1", "qwen3")  # protocol/openai_reasoning.py
 DEVICES = ("auto", "cpu", "cuda")
 PAD_BATCHES = ("auto", "always", "never")
@@ -190,6 +191,11 @@ OPTIONS: tuple[Option, ...] = (
            "hf models on CPU (Llama, Mistral, Qwen2, Qwen3): run steps that only decode from "
            "a graph traced once from the model (bit-identical logits, less Python per step); "
            "false runs every step eagerly."),
+    Option("scheduling_policy", "--scheduling-policy", "KUBEMAAS_SCHEDULING_POLICY", "fcfs",
+           str, "hf models: fcfs | priority. fcfs: waiting requests are admitted in arrival "
+           "order, and a request's priority other than 0 is refused; priority (vLLM's): by "
+           "their priority field (lower first), then arrival, and a full cache preempts the "
+           "running request that comes last in that order."),
     Option("prefix_caching", "--prefix-caching", "KUBEMAAS_PREFIX_CACHING", True, _bool,
            "hf models: requests whose prompts share a prefix of full blocks reuse its KV-cache "
            "blocks instead of computing them again."),
@@ -275,6 +281,7 @@ class Settings:
     prefix_caching: bool = True
     packed_linear: bool = True
     traced_decode: bool = True
+    scheduling_policy: str = "fcfs"
     log_level: str = "info"
     log_format: str = "json"
     s3_endpoint: str | None = None
@@ -412,6 +419,8 @@ def _check_limits(values: dict[str, Any], check: Check) -> None:
           f"must be one of {', '.join(TOOL_CALL_PARSERS)}")
     check("reasoning_parser", values["reasoning_parser"] in REASONING_PARSERS,
           f"must be one of {', '.join(REASONING_PARSERS)}")
+    check("scheduling_policy", values["scheduling_policy"] in SCHEDULING_POLICIES,
+          f"must be one of {', '.join(SCHEDULING_POLICIES)}")
     check("kv_cache_memory", values["kv_cache_memory"] >= 0, "must be 0 or more bytes")
     check("gpu_memory_utilization", 0 < values["gpu_memory_utilization"] <= 1,
           "must be in (0, 1]")

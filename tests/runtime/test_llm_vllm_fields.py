@@ -213,3 +213,10 @@ def test_echo_on_chat_repeats_the_continued_message(server: Server) -> None:
     assert asked == post(server, "/v1/chat/completions",
                          messages=[{"role": "user", "content": "hi"}], max_tokens=4,
                          temperature=0)["choices"][0]["message"]["content"]
+
+
+def test_a_server_in_arrival_order_refuses_a_priority(server: Server) -> None:
+    status, body = server.post_json("/v1/completions", {"prompt": "a", "priority": 3})
+    assert status == 400 and body["error"]["param"] == "priority", body
+    assert "--scheduling-policy priority" in body["error"]["message"]
+    assert post(server, "/v1/completions", prompt="a", max_tokens=2, priority=0)["choices"]

@@ -128,6 +128,32 @@ def test_preemption_frees_the_newest_sequence() -> None:
     assert step.decode == [a] and len(a.blocks) == 2 and pool.free == 0
 
 
+def test_priority_orders_the_queue_and_chooses_whom_to_preempt() -> None:
+    pool = BlockPool(1 + 3, 4)
+    sched = Scheduler(pool, max_num_seqs=1, max_num_batched_tokens=64, priority=True)
+    first, low, high, high_later = seq(1, 3), seq(2, 3), seq(3, 3), seq(4, 3)
+    low.priority, high.priority, high_later.priority = 5, -1, -1
+    for s in (first, low, high, high_later):
+        sched.add(s)
+    assert list(sched.waiting) == [high, high_later, first, low]  # priority, then arrival
+    sched.schedule()
+    assert sched.running == [high]
+    # the cache full: the running sequence that comes last in the order gives way
+    sched.max_num_seqs = 2
+    sched.remove(high)
+    sched.schedule()
+    assert sched.running == [high_later, first]
+    victim_first = Scheduler(pool, max_num_seqs=4, max_num_batched_tokens=64, priority=True)
+    a, b = seq(5, 3), seq(6, 3)
+    a.priority, b.priority = 9, 0  # a is admitted first but ranks last
+    victim_first.running = [a, b]
+    assert victim_first._preempt(keep=b) and victim_first.running == [b]
+    assert list(victim_first.waiting) == [a]
+    fcfs = Scheduler(pool, max_num_seqs=4, max_num_batched_tokens=64)
+    fcfs.running = [a, b]
+    assert fcfs._preempt(keep=a) and fcfs.running == [a]  # the newest, whatever its priority
+
+
 def test_packed_step_addresses_each_rows_own_slots() -> None:
     a, b, c = seq(1, 3), seq(2, 5), seq(3, 6)
     a.blocks, b.blocks, c.blocks = [2], [3, 4], [5, 6]

@@ -57,6 +57,7 @@ class EngineConfig:
     arrival_window: float = 0.010
     arrival_gap: float = 0.001
     traced_decode: bool = True  # decode-only steps from a traced graph where the model allows
+    scheduling_policy: str = "fcfs"  # or "priority": requests' priorities order the queue
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ class Engine:
                 f"{cfg.max_model_len} needs; raise the KV cache memory or lower max-model-len")
         self.store = KVStore(lm.num_layers, num_blocks, cfg.block_size, lm.kv_heads,
                              lm.head_dim, lm.dtype, lm.device)
-        self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens,
+                                   priority=cfg.scheduling_policy == "priority")
         self.pacer = PrefillPacer(cfg.prefill_share, floor=cfg.block_size,
                                   ceiling=cfg.max_num_batched_tokens)
         self.scheduler.prefill_cap = self.pacer.cap
@@ -198,15 +200,17 @@ class Engine:
             self._thread.join(timeout=10)
 
     def submit(self, prompt: list[int], params: SamplingParams,
-               cache_salt: str | None = None, matcher: Any = None) -> RequestStream:
+               cache_salt: str | None = None, matcher: Any = None,
+               priority: int = 0) -> RequestStream:
         """A new request; ``cache_salt``: it shares cached prompt blocks only with requests
         that carry the same salt; ``matcher``: the grammar its output follows (structured.py;
-        one per sequence)."""
+        one per sequence); ``priority``: its place in a priority-scheduled queue."""
         if self.held >= self.cfg.max_queue:
             raise Overloaded(f"{self.held} requests are waiting or running, the limit is "
                              f"{self.cfg.max_queue}")
         seq = self._sequence(prompt, params, matcher)
         seq.cache_root = cache_root(cache_salt)
+        seq.priority = priority
         stream = RequestStream(self, seq)
         seq.sink = stream.put
         self.held += 1

@@ -15,10 +15,15 @@ Every engine step the scheduler decides which sequences run and how many of thei
 * growth and preemption: a decode that needs a new block takes one; when none is free the most
   recently admitted sequence gives its blocks back and waits again at the head of the queue
   (its prompt and output so far are read again when it is readmitted: recompute).
+
+With ``priority`` (vLLM's ``--scheduling-policy priority``) the queue is ordered by each
+request's priority (lower first), then by arrival, and the sequence preempted is the running one
+that comes last in that order.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import time
 from collections import deque
@@ -45,6 +50,7 @@ class Sequence:
     computed: int = 0  # tokens whose keys and values are in the cache
     registered: int = 0  # leading full blocks registered in the prefix cache
     cache_root: bytes = UNSALTED  # where its prefix-cache chain starts (kv_cache.cache_root)
+    priority: int = 0  # with priority scheduling: lower is served first (vLLM's)
     cached_tokens: int | None = None  # prompt tokens found in the cache when first admitted
     sample_state: SampleState | None = None
     # with params.prompt_logprobs: the logprobs of prompt tokens 1.. (prompt_scores.py)
@@ -71,6 +77,11 @@ class Sequence:
     def remaining(self) -> int:
         return len(self.ids) - self.computed
 
+    @property
+    def rank(self) -> tuple[int, float, int]:
+        """Its place in a priority queue: priority, then arrival."""
+        return self.priority, self.arrival, self.rid
+
 
 @dataclass
 class Step:
@@ -82,8 +93,10 @@ class Step:
 
 
 class Scheduler:
-    def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int,
+                 priority: bool = False) -> None:
         self.pool = pool
+        self.priority = priority  # order by Sequence.rank, not by arrival alone
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         # prompt tokens a step with that many decodes may read (None: only the token budget)
@@ -93,7 +106,10 @@ class Scheduler:
         self.preemptions = 0
 
     def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+        if self.priority:
+            self.waiting.insert(bisect.bisect(self.waiting, seq.rank, key=lambda s: s.rank), seq)
+        else:
+            self.waiting.append(seq)
 
     def remove(self, seq: Sequence) -> None:
         """Take a sequence out (finished or cancelled) and free its blocks at once."""
@@ -126,16 +142,21 @@ class Scheduler:
             self.running.append(seq)
 
     def _preempt(self, keep: Sequence) -> bool:
-        """Free the blocks of the newest running sequence other than ``keep``."""
-        for victim in reversed(self.running):
-            if victim is not keep:
-                self.running.remove(victim)
-                self.pool.release(victim.blocks)
-                victim.computed = victim.registered = 0
-                self.waiting.appendleft(victim)
-                self.preemptions += 1
-                return True
-        return False
+        """Free the blocks of the newest running sequence other than ``keep`` (with
+        priorities: the one of lowest priority, the newest among equals)."""
+        others = [s for s in self.running if s is not keep]
+        if not others:
+            return False
+        victim = max(others, key=lambda s: s.rank) if self.priority else others[-1]
+        self.running.remove(victim)
+        self.pool.release(victim.blocks)
+        victim.computed = victim.registered = 0
+        if self.priority:
+            self.add(victim)  # ahead of the later arrivals of its priority
+        else:
+            self.waiting.appendleft(victim)
+        self.preemptions += 1
+        return True
 
     def _grow(self, seq: Sequence, tokens: int) -> bool:
         """Make room for ``tokens`` cached tokens; False when ``seq`` itself was preempted."""

@@ -70,7 +70,8 @@ def _load(settings: Settings) -> tuple[Any, Any]:
             block_size=settings.block_size, max_queue=settings.max_queue_size,
             prefix_caching=settings.prefix_caching, prefill_share=settings.prefill_share,
             arrival_window=settings.arrival_window_ms / 1e3,
-            traced_decode=settings.traced_decode))
+            traced_decode=settings.traced_decode,
+            scheduling_policy=settings.scheduling_policy))
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     if settings.warmup:

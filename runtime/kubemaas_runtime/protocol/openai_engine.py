@@ -125,6 +125,10 @@ def submit(served: Served, req: GenerationRequest, prompts: list[list[int]],
             params: list[SamplingParams], echo_texts: list[str],
             matchers: list[Any] | None = None) -> list[Choice]:
     """One engine sequence per choice (``n`` per prompt); all of them or none (429)."""
+    if req.priority and served.engine.cfg.scheduling_policy != "priority":
+        raise ApiError(400, "'priority' orders requests only on a server started with "
+                       "--scheduling-policy priority (this one serves in arrival order)",
+                       "priority")
     choices: list[Choice] = []
     matchers = matchers or [None] * (len(prompts) * req.n)
     try:
@@ -132,7 +136,7 @@ def submit(served: Served, req: GenerationRequest, prompts: list[list[int]],
                                                     strict=True):
             for j, choice_params in enumerate(req.choice_params(prompt_params)):
                 stream = served.engine.submit(prompt, choice_params, req.cache_salt,
-                                              matchers[len(choices)])
+                                              matchers[len(choices)], req.priority)
                 choices.append(Choice(len(choices), stream, prompt, j == 0, echo_text))
     except Overloaded as exc:
         for choice in choices:

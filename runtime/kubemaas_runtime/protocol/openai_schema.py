@@ -61,6 +61,7 @@ class GenerationRequest:
     # token); reasoning_effort "none" means false
     include_reasoning: bool = True
     continuous_usage: bool = False  # vLLM's continuous_usage_stats: usage on every chunk
+    priority: int = 0  # vLLM's: with --scheduling-policy priority, lower is served first
     thinking_token_budget: int | None = None  # vLLM's: then </think> is forced
 
     def choice_params(self, params: SamplingParams | None = None) -> list[SamplingParams]:
@@ -390,7 +391,8 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              bad_words=_bad_words(doc),
                              include_reasoning=_bool(doc, "include_reasoning", True)
                              and reasoning_effort(doc) != "none",
-                             thinking_token_budget=_int(doc, "thinking_token_budget", 0))
+                             thinking_token_budget=_int(doc, "thinking_token_budget", 0),
+                             priority=_int(doc, "priority", -(2**63), 2**63 - 1) or 0)
 
 
 def _constraint(doc: dict[str, Any], tools: Tools | None) -> Constraint | None:
