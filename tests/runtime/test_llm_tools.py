@@ -248,3 +248,51 @@ def test_a_named_calls_arguments_stream_token_by_token(server: Server) -> None:
         for call in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
             arguments += call.function.arguments or ""
     assert arguments == want
+
+
+MISTRAL_TEMPLATE = (  # Mistral's v11+ form: the call markers are special tokens
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+    "{% for c in m.get('tool_calls', []) %}[TOOL_CALLS]{{ c['function']['name'] }}[ARGS]"
+    "{{ c['function']['arguments'] }}{% endfor %}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def test_mistral_markers_that_are_special_tokens(tmp_path: Path) -> None:
+    """[TOOL_CALLS] and [ARGS] as Mistral's tokenizers have them, special tokens: with calls
+    to read they stay in the text and the call is read; otherwise they are left out of it, as
+    special tokens are."""
+    import transformers
+    from tokenizers import AddedToken
+
+    from kubemaas_testbed.llm_models import build_llm
+
+    model = build_llm(tmp_path / "mistral", think_tokens=True)  # room for two more tokens
+    tok = transformers.AutoTokenizer.from_pretrained(str(model))
+    tok.add_tokens([AddedToken(t, special=True, normalized=False)
+                    for t in ("[TOOL_CALLS]", "[ARGS]")], special_tokens=True)
+    tok.save_pretrained(str(model))
+    calls, args = tok.convert_tokens_to_ids(["[TOOL_CALLS]", "[ARGS]"])
+    (model / "chat_template.jinja").write_text(MISTRAL_TEMPLATE)
+    grammar = (f'start: <[{calls}]> "get_weather" <[{args}]> '
+               '"{\\"city\\": \\"Oslo\\", \\"days\\": 3}"')
+    server = start_llm_server(model)  # --tool-call-parser auto: mistral, from the template
+    try:
+        answer = chat(server, tools=[WEATHER], structured_outputs={"grammar": grammar}
+                      )["choices"][0]
+        assert answer["finish_reason"] == "tool_calls" and answer["message"]["content"] is None
+        (call,) = answer["message"]["tool_calls"]
+        assert call["function"] == {"name": "get_weather",
+                                    "arguments": '{"city": "Oslo", "days": 3}'}
+        content, streamed, finish = streamed_calls(stream_events(
+            server, "/v1/chat/completions", {
+                "messages": USER, "tools": [WEATHER], "structured_outputs": {"grammar": grammar},
+                "temperature": 0, "max_tokens": 64, "stream": True}))
+        assert (content, finish) == ("", "tool_calls")
+        assert [c["function"] for c in streamed] == [call["function"]]
+        # no calls to read: the special tokens are left out, as always
+        plain = chat(server, tools=[WEATHER], tool_choice="none",
+                     structured_outputs={"grammar": grammar})["choices"][0]["message"]
+        assert plain["content"] == 'get_weather{"city": "Oslo", "days": 3}'
+    finally:
+        assert server.stop() == 0
