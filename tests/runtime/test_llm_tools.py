@@ -204,12 +204,15 @@ def test_bad_tool_requests_are_400(server: Server, doc: dict[str, Any], param: s
     ("llama3_json", '\\{"name": "get_weather", "parameters": \\{"city": "Oslo", "days": 3\\}\\}'),
     ("mistral", '\\[\\{"name": "get_weather", "arguments": \\{"city": "Oslo", "days": 3\\}\\}\\]'),
     ("mistral", '\\[TOOL_CALLS\\]get_weather\\[ARGS\\]\\{"city": "Oslo", "days": 3\\}'),  # v11+
+    ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n"
+                    "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>"),
 ])
-def test_auto_with_the_llama_and_mistral_parsers(tool_model: Path, parser: str,
+def test_auto_with_the_other_parsers(tool_model: Path, parser: str,
                                                  block: str) -> None:
     server = start_llm_server(tool_model, "--tool-call-parser", parser)
     try:
-        answer = chat(server, tools=[WEATHER], structured_outputs={"regex": block})["choices"][0]
+        answer = chat(server, tools=[WEATHER], structured_outputs={"regex": block},
+                      max_tokens=200)["choices"][0]
         assert answer["finish_reason"] == "tool_calls" and answer["message"]["content"] is None
         (call,) = answer["message"]["tool_calls"]
         assert call["function"] == {"name": "get_weather",
@@ -217,7 +220,7 @@ def test_auto_with_the_llama_and_mistral_parsers(tool_model: Path, parser: str,
         content, calls, finish = streamed_calls(stream_events(
             server, "/v1/chat/completions", {
                 "messages": USER, "tools": [WEATHER], "structured_outputs": {"regex": block},
-                "temperature": 0, "max_tokens": 64, "stream": True}))
+                "temperature": 0, "max_tokens": 200, "stream": True}))
         assert (content, finish) == ("", "tool_calls")
         assert [c["function"] for c in calls] == [call["function"]]
     finally:

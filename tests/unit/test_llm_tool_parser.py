@@ -187,6 +187,8 @@ def test_any_text_any_split_reads_the_same_and_loses_nothing(syntax: str, parts:
      "llama3_json"),
     ("{{- '[AVAILABLE_TOOLS] ' + tools|tojson }}{{- '[TOOL_CALLS] [' }}", "mistral"),
     ("{{- '[TOOL_CALLS]' + tool_call.function.name + '[ARGS]' }}", "mistral"),
+    ("{{- '<tool_call>\\n<function=' + tool_call.name + '>\\n' }}{{- '<parameter=' + "
+     "args_name + '>\\n' }}", "qwen3_coder"),
     ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}", "none"),
     ("<|header_start|>assistant<|header_end|>\\n\\n{{- '[' + tool_call.name + '(' }}", "none"),
     (None, "none"),

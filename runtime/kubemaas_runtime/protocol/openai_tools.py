@@ -14,7 +14,9 @@ answer them. What the model writes becomes tool calls as vLLM makes them:
   ``llama3_json``, Llama 3.1+'s ``{"name": …, "parameters": …}`` objects (``;``-separated,
   after an optional ``<|python_tag|>``); ``mistral``, Mistral's ``[TOOL_CALLS]`` list of
   ``{"name", "arguments"}`` (the marker is a special token, left out of the text, so a text
-  that is such a list is read as calls);
+  that is such a list is read as calls); ``qwen3_coder``, the XML calls of Qwen3-Coder and
+  Qwen3.5 (``<tool_call><function=NAME><parameter=P>value</parameter>…``,
+  ``openai_tool_xml.py``);
 * ``none``: plain text.
 
 ``finish_reason`` is ``tool_calls`` when calls were made, except for a named function
@@ -35,10 +37,11 @@ from ..llm.structured import Constraint
 from .openai_errors import bad_request as _bad
 from .openai_render import template_text
 from .openai_tool_stream import SYNTAXES, ToolCallReader
+from .openai_tool_xml import XmlCallReader
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_TOOLS = 128
-PARSERS = ("hermes", "llama3_json", "mistral")  # --tool-call-parser
+PARSERS = ("hermes", "llama3_json", "mistral", "qwen3_coder")  # --tool-call-parser
 
 
 @dataclass(frozen=True)
@@ -158,10 +161,12 @@ def message_tool_calls(msg: dict[str, Any], where: str) -> list[dict[str, Any]] 
     return out
 
 
-def tool_reader(tools: Tools, parser: str) -> ToolCallReader | None:
+def tool_reader(tools: Tools, parser: str) -> ToolCallReader | XmlCallReader | None:
     """The reader of the calls in a required or auto answer's text (None: plain text)."""
     if tools.choice == "required":
         return ToolCallReader(SYNTAXES["required"])
+    if tools.choice == "auto" and parser == "qwen3_coder":
+        return XmlCallReader.for_tools(tools.tools)
     if tools.choice == "auto" and parser in PARSERS:
         return ToolCallReader(SYNTAXES[parser])
     return None
@@ -173,6 +178,8 @@ def resolve_parser(setting: str, chat_template: Any) -> str:
     if setting != "auto":
         return setting
     text = template_text(chat_template)
+    if "<function=" in text and "<parameter=" in text:
+        return "qwen3_coder"
     if "<tool_call>" in text:
         return "hermes"
     if "[TOOL_CALLS]" in text:  # a list of calls, or v11's [TOOL_CALLS]name[ARGS]{...}
