@@ -156,6 +156,11 @@ def test_streamed_token_ids_add_up_to_the_answers(server: Server, path: str) -> 
         cut = want.index(want[5]) + 1 if extra.get("stop_token_ids") else len(want)
         assert ids == want[:cut], extra
         assert all("prompt_token_ids" not in c for e in events[1:] for c in e["choices"])
+    if not chat:  # with echo, the echo chunk is the first, and carries the prompt's ids
+        events = stream_events(server, path, {**doc, "echo": True, "stream": True})
+        assert events[0]["choices"][0]["text"] == "the quick brown fox"
+        assert events[0]["choices"][0]["prompt_token_ids"] == prompt
+        assert [t for e in events for c in e["choices"] for t in c.get("token_ids", [])] == want
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])

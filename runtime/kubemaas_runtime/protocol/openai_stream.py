@@ -124,7 +124,7 @@ class ChunkFormat:
         if self.req.logprobs:
             logprobs = logprobs_doc(self.tokenizer, False, list(first.prompt_logprobs or ()), 0,
                                     unscored=choice.prompt[0])
-        return sse(self.doc(choice.echo_text, None, logprobs))
+        return sse(self._ids(self.doc(choice.echo_text, None, logprobs), ()))
 
     def read_events(self, events: list[tuple[Any, ...]], lps: tuple[TokenLogprobs, ...],
                     ids: tuple[int, ...] = ()) -> list[bytes]:
