@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from kubemaas_runtime.protocol.openai_reader import answer_message, answer_reader
 from kubemaas_runtime.protocol.openai_schema import parse_request
-from kubemaas_runtime.protocol.openai_tool_stream import SYNTAXES, ToolCallReader
+from kubemaas_runtime.protocol.openai_tool_stream import SYNTAXES, StepReader, ToolCallReader
 from kubemaas_runtime.protocol.openai_tools import PARSERS, Tools
 
 
@@ -29,7 +29,11 @@ def tool_message(tools: Tools, parser: str, text: str, finish: str
 def read(syntax: str, text: str, cuts: list[int] | None = None
          ) -> tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]:
     """(content, [(name, arguments)], events) of ``text`` fed whole or cut at ``cuts``."""
-    reader = ToolCallReader(SYNTAXES[syntax])
+    return read_with(ToolCallReader(SYNTAXES[syntax]), text, cuts)
+
+
+def read_with(reader: StepReader, text: str, cuts: list[int] | None = None
+              ) -> tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]:
     bounds = [0, *(cuts or []), len(text)]
     events = []
     for a, b in itertools.pairwise(bounds):

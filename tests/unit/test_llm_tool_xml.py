@@ -4,7 +4,6 @@ typed by the tool's schema."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.unit.test_llm_tool_parser import read_with
 
 from kubemaas_runtime.protocol.openai_tool_xml import XmlCallReader, typed
 
@@ -24,14 +24,7 @@ TOOLS = ({"type": "function", "function": {"name": "get_weather", "parameters": 
 
 def read(text: str, cuts: list[int] | None = None
          ) -> tuple[str, list[tuple[str, str]], list[tuple[Any, ...]]]:
-    reader = XmlCallReader.for_tools(TOOLS)
-    bounds = [0, *(cuts or []), len(text)]
-    events = []
-    for a, b in itertools.pairwise(bounds):
-        events += reader.feed(text[a:b])
-    events += reader.close()
-    calls = [(c["function"]["name"], c["function"]["arguments"]) for c in reader.calls]
-    return "".join(reader.content), calls, events
+    return read_with(XmlCallReader.for_tools(TOOLS), text, cuts)
 
 
 CALL = ("<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n"

@@ -134,23 +134,20 @@ class _Object:
             self.value_end = self.value_start + len(text[self.value_start:pos].rstrip())
 
 
-@dataclass
-class ToolCallReader:
-    """Reads one choice's tool calls (and content) from its text, delta by delta."""
+@dataclass(kw_only=True)
+class StepReader:
+    """What the call readers share: the text so far, a state stepped until it waits for more
+    text, and the events they make: ``("content", text)``, ``("call", index, id, name)``,
+    ``("arguments", index, text)``."""
 
-    syntax: Syntax
     text: str = ""
     pos: int = 0  # everything before is sent, consumed or skipped
-    state: str = "start"  # start | content | open | item | object | after
-    region: int = 0  # where the current call region began (released as content if no call)
-    region_calls: int = 0
-    obj: _Object | None = None
+    state: str = "start"  # the step method to run next: _<state>
     calls: list[dict[str, Any]] = field(default_factory=list)
     content: list[str] = field(default_factory=list)
 
     def feed(self, delta: str, final: bool = False) -> list[tuple[Any, ...]]:
-        """The events this delta makes ready: ``("content", text)``, ``("call", index, id,
-        name)``, ``("arguments", index, text)``. ``final``: the text is complete."""
+        """The events this delta makes ready (``final``: the text is complete)."""
         self.text += delta
         events: list[tuple[Any, ...]] = []
         while getattr(self, "_" + self.state)(events, final):
@@ -159,6 +156,31 @@ class ToolCallReader:
 
     def close(self) -> list[tuple[Any, ...]]:
         return self.feed("", final=True)
+
+    def _announce(self, events: list[tuple[Any, ...]], name: str) -> None:
+        call = tool_call(name, "")
+        self.calls.append(call)
+        events.append(("call", len(self.calls) - 1, call["id"], name))
+
+    def _send_arguments(self, events: list[tuple[Any, ...]], text: str) -> None:
+        self.calls[-1]["function"]["arguments"] += text
+        events.append(("arguments", len(self.calls) - 1, text))
+
+    def _send_content(self, events: list[tuple[Any, ...]], text: str) -> None:
+        if text:
+            self.content.append(text)
+            events.append(("content", text))
+
+
+@dataclass
+class ToolCallReader(StepReader):
+    """Reads one choice's JSON tool calls (and content) from its text, delta by delta
+    (states: start | content | open | item | object | after)."""
+
+    syntax: Syntax
+    region: int = 0  # where the current call region began (released as content if no call)
+    region_calls: int = 0
+    obj: _Object | None = None
 
     # each state's step: True when it moved on (to be stepped again), False to wait for text
 
@@ -337,20 +359,6 @@ class ToolCallReader:
         if partial_ok and upto > obj.sent:
             self._send_arguments(events, self.text[obj.sent:upto])
             obj.sent = upto
-
-    def _announce(self, events: list[tuple[Any, ...]], name: str) -> None:
-        call = tool_call(name, "")
-        self.calls.append(call)
-        events.append(("call", len(self.calls) - 1, call["id"], name))
-
-    def _send_arguments(self, events: list[tuple[Any, ...]], text: str) -> None:
-        self.calls[-1]["function"]["arguments"] += text
-        events.append(("arguments", len(self.calls) - 1, text))
-
-    def _send_content(self, events: list[tuple[Any, ...]], text: str) -> None:
-        if text:
-            self.content.append(text)
-            events.append(("content", text))
 
 
 @dataclass

@@ -25,10 +25,10 @@ from __future__ import annotations
 import ast
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .openai_tool_stream import held_prefix, tool_call
+from .openai_tool_stream import StepReader, held_prefix
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 FUNCTION, FUNCTION_END = "<function=", "</function>"
@@ -73,47 +73,37 @@ def typed(value: str, schema: Any) -> Any:
 
 
 @dataclass
-class XmlCallReader:
-    """Reads one choice's XML tool calls (and content) from its text, delta by delta."""
+class XmlCallReader(StepReader):
+    """Reads one choice's XML tool calls (and content) from its text, delta by delta
+    (states: start | content | head | params | close)."""
 
     properties: dict[str, dict[str, Any]]  # function name -> its parameters' schemas
-    text: str = ""
-    pos: int = 0
-    state: str = "content"  # content | head | params | close
     region: int = 0  # where the current block began (released as content if no call)
     params: int = 0  # parameters of the current call sent so far
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    content: list[str] = field(default_factory=list)
 
     @classmethod
     def for_tools(cls, tools: tuple[dict[str, Any], ...]) -> XmlCallReader:
         return cls({t["function"]["name"]: dict(
             (t["function"].get("parameters") or {}).get("properties") or {}) for t in tools})
 
-    def feed(self, delta: str, final: bool = False) -> list[tuple[Any, ...]]:
-        self.text += delta
-        events: list[tuple[Any, ...]] = []
-        while getattr(self, "_" + self.state)(events, final):
-            pass
-        return events
-
-    def close(self) -> list[tuple[Any, ...]]:
-        return self.feed("", final=True)
-
     # each state's step: True when it moved on, False to wait for text
+
+    def _start(self, events: list[tuple[Any, ...]], final: bool) -> bool:
+        self.state = "content"
+        return True
 
     def _content(self, events: list[tuple[Any, ...]], final: bool) -> bool:
         rest = self.text[self.pos:]
         at = rest.find(OPEN)
         if at >= 0:
             before = rest[:at].rstrip()
-            self._send(events, before)
+            self._send_content(events, before)
             self.region = self.pos + len(before)
             self.pos += at + len(OPEN)
             self.state = "head"
             return True
         ready = rest if final else rest[:len(rest) - held_prefix(rest, (OPEN,))].rstrip()
-        self._send(events, ready)
+        self._send_content(events, ready)
         self.pos += len(ready)
         return False
 
@@ -125,12 +115,10 @@ class XmlCallReader:
             if not final and (FUNCTION.startswith(stripped[:len(FUNCTION)]) and
                               ">" not in stripped and "\n" not in stripped[len(FUNCTION):]):
                 return False  # could still be <function=NAME>
-            self._send(events, self.text[self.region:self.pos])  # not a call: as written
+            self._send_content(events, self.text[self.region:self.pos])  # not a call: as written
             self.state = "content"
             return True
-        call = tool_call(head.group(1).strip(), "")
-        self.calls.append(call)
-        events.append(("call", len(self.calls) - 1, call["id"], call["function"]["name"]))
+        self._announce(events, head.group(1).strip())
         self.pos += head.end()
         self.params = 0
         self.state = "params"
@@ -141,7 +129,7 @@ class XmlCallReader:
         body = rest.lstrip()
         skipped = len(rest) - len(body)
         if body.startswith(FUNCTION_END):
-            self._arguments(events, "{}" if not self.params else "}")
+            self._send_arguments(events, "{}" if not self.params else "}")
             self.pos += skipped + len(FUNCTION_END)
             self.state = "close"
             return True
@@ -154,19 +142,19 @@ class XmlCallReader:
             piece = json.dumps(name, ensure_ascii=False) + ": " + json.dumps(
                 typed(value, schema.get(name)) if name in schema else value,
                 ensure_ascii=False)
-            self._arguments(events, ("{" if not self.params else ", ") + piece)
+            self._send_arguments(events, ("{" if not self.params else ", ") + piece)
             self.params += 1
             self.pos += skipped + end + len(PARAMETER_END)
             return True
         if final:  # the text ends inside the function: the call as far as it is whole
-            self._arguments(events, "{}" if not self.params else "}")
+            self._send_arguments(events, "{}" if not self.params else "}")
             self.pos, self.state = len(self.text), "content"
             return True
         if FUNCTION_END.startswith(body) or body.startswith(PARAMETER) or \
                 PARAMETER.startswith(body):
             return False  # still being written
         # something else inside the function: the call ends here, the rest is content
-        self._arguments(events, "{}" if not self.params else "}")
+        self._send_arguments(events, "{}" if not self.params else "}")
         self.state = "content"
         return True
 
@@ -178,12 +166,3 @@ class XmlCallReader:
             self.pos = len(self.text) - len(body) + len(CLOSE)
         self.state = "content"
         return True
-
-    def _arguments(self, events: list[tuple[Any, ...]], text: str) -> None:
-        self.calls[-1]["function"]["arguments"] += text
-        events.append(("arguments", len(self.calls) - 1, text))
-
-    def _send(self, events: list[tuple[Any, ...]], text: str) -> None:
-        if text:
-            self.content.append(text)
-            events.append(("content", text))
