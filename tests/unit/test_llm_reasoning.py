@@ -218,3 +218,54 @@ def test_a_thinking_budget_forces_the_end_of_the_block() -> None:
     assert allowed_tokens(first, 32) is None and first.consume_token(9)
     mask = allowed_tokens(first, 32)
     assert mask is not None and mask.nonzero().flatten().tolist() == [20]
+
+
+def test_an_xml_call_inside_the_block_ends_the_reasoning() -> None:
+    """Qwen3.5 may write its call before closing the block; with the qwen3_coder parser the
+    call ends the reasoning (as vLLM's qwen3 parser reads it) and is read as a call; a mere
+    mention of the tag does not end it."""
+    from kubemaas_runtime.protocol.openai_tool_xml import XmlCallReader
+
+    tools = ({"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"days": {"type": "integer"}}}}},)
+    text = ("I should use <tool_call> here.\n<tool_call>\n<function=get_weather>\n"
+            "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>")
+    for cuts in ([], list(range(1, len(text))),
+                 sorted(random.Random(1).sample(range(1, len(text)), 9))):
+        reader = AnswerReader(ThinkSplitter(opened=True, calls_end_it=True),
+                              XmlCallReader.for_tools(tools))
+        for a, b in itertools.pairwise([0, *cuts, len(text)]):
+            reader.feed(text[a:b], final=b == len(text))
+        assert reader.reasoning_text() == "I should use <tool_call> here.\n", cuts
+        assert [c["function"]["arguments"] for c in reader.tool_calls] == ['{"days": 3}']
+        assert reader.content() == ""
+    # without the XML parser, the block runs to </think> as before
+    plain = AnswerReader(ThinkSplitter(opened=True))
+    plain.feed(text, final=True)
+    assert plain.reasoning_text() == text
+    req = parse_request({"messages": [{"role": "user", "content": "x"}], "tools": list(tools)},
+                        True, 1024)
+    message, finish = answer_message(req, answer_reader(req, True, "qwen3_coder", "qwen3"),
+                                     text, "stop")
+    assert finish == "tool_calls" and message["content"] is None
+    assert message["reasoning"] == "I should use <tool_call> here.\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["<tool_call>", "<tool", "<function=", "<func", "f>",
+                                 "</think>", "\n", " ", "a"]), max_size=20),
+       st.randoms(use_true_random=False))
+def test_calls_ending_the_block_read_the_same_in_any_split(parts: list[str],
+                                                           rng: random.Random) -> None:
+    text = "".join(parts)
+    cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, len(text) - 1))) \
+        if len(text) > 1 else []
+
+    def run(bounds: list[int]) -> tuple[str | None, str]:
+        reader = AnswerReader(ThinkSplitter(opened=True, calls_end_it=True))
+        for a, b in itertools.pairwise(bounds):
+            reader.feed(text[a:b], final=b == len(text))
+        return reader.reasoning_text(), reader.content()
+
+    whole = run([0, len(text)])
+    assert run([0, *cuts, len(text)]) == whole

@@ -88,7 +88,10 @@ def answer_reader(req: GenerationRequest, opened: bool, tool_parser: str,
     (the chat path streams such a call itself)."""
     think = None
     if req.chat and reasoning_parser != "none":
-        think = ThinkSplitter(opened=opened and (req.constraint is None or thinks_first))
+        think = ThinkSplitter(
+            opened=opened and (req.constraint is None or thinks_first),
+            calls_end_it=tool_parser == "qwen3_coder" and req.tools is not None
+            and req.tools.choice == "auto")
     calls: ToolCallReader | XmlCallReader | NamedCall | None = None
     if req.tools is not None and req.tools.choice == "named":
         if not thinks_first:  # held from the first token, the whole text is the arguments

@@ -14,6 +14,7 @@ outside any ``<think>`` block.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ from .openai_render import template_text
 from .openai_tool_stream import held_prefix
 
 OPEN, CLOSE = "<think>", "</think>"
+TOOL_CALL, _FUNCTION = "<tool_call>", "<function="
+_XML_CALL = re.compile(r"<tool_call>\s*<function=")
 PARSERS = ("deepseek_r1", "qwen3")  # the names vLLM users pass; both read <think> blocks
 
 
@@ -55,6 +58,9 @@ class ThinkSplitter:
     ended with ``<think>``, so the text starts inside it)."""
 
     opened: bool = False
+    # Qwen3.5's way, as vLLM's qwen3 parser reads it: an XML call (<tool_call> then
+    # <function=) written inside the block ends the reasoning there (the call is content)
+    calls_end_it: bool = False
     text: str = ""
     pos: int = 0
     state: str = "start"  # start | reasoning | after (spaces before the answer) | content
@@ -80,8 +86,15 @@ class ThinkSplitter:
                     self.state = "content"
             elif self.state == "reasoning":
                 at = rest.find(CLOSE)
+                call = _XML_CALL.search(rest) if self.calls_end_it else None
+                if call is not None and (at < 0 or call.start() < at):
+                    _add(out, "reasoning", rest[:call.start()])
+                    self.pos += call.start()
+                    self.reasoning_end = self.pos
+                    self.state = "content"  # the call, read by the tool reader
+                    continue
                 if at < 0:
-                    ready = rest if final else rest[:len(rest) - held_prefix(rest, (CLOSE,))]
+                    ready = rest if final else rest[:len(rest) - self._held(rest)]
                     _add(out, "reasoning", ready)
                     self.pos += len(ready)
                     if final:  # left open: all of it was reasoning
@@ -102,6 +115,18 @@ class ThinkSplitter:
                 self.pos = len(self.text)
                 break
         return out
+
+
+    def _held(self, rest: str) -> int:
+        """How much of the reasoning's end may still be ``</think>`` or, when calls end it,
+        the start of an XML call."""
+        held = held_prefix(rest, (CLOSE,))
+        if self.calls_end_it:
+            held = max(held, held_prefix(rest, (TOOL_CALL,)))
+            at = rest.rfind(TOOL_CALL)
+            if at >= 0 and _FUNCTION.startswith(rest[at + len(TOOL_CALL):].lstrip()[:10]):
+                held = max(held, len(rest) - at)
+        return held
 
 
 def _add(out: list[tuple[str, str]], kind: str, text: str) -> None:
