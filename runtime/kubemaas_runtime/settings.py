@@ -18,7 +18,7 @@ from .errors import StartupError
 
 FORMATS = ("onnx", "torchscript", "torch-export", "keras", "hf")
 LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
-TOOL_CALL_PARSERS = ("auto", "none", "hermes", "llama3_json", "mistral",
+TOOL_CALL_PARSERS = ("auto", "none", "hermes", "llama3_json", "mistral", "pythonic",
                      "qwen3_coder")  # protocol/openai_tools.py
 SCHEDULING_POLICIES = ("fcfs", "priority")  # llm/scheduler.py
 REASONING_PARSERS = ("auto", "none", "deepseek_r1", "qwen3")  # protocol/openai_reasoning.py
@@ -145,11 +145,12 @@ OPTIONS: tuple[Option, ...] = (
            "hf models: auto | float32 | bfloat16 | float16. auto: float32 on CPU, bfloat16 on "
            "CUDA."),
     Option("tool_call_parser", "--tool-call-parser", "KUBEMAAS_TOOL_CALL_PARSER", "auto", str,
-           "hf models: auto | none | hermes | llama3_json | mistral | qwen3_coder. How tool "
-           "calls are read from a model's text when a chat request lets it choose (tool_choice "
-           "auto): hermes for <tool_call> blocks (Hermes, Qwen2.5, Qwen3), llama3_json for "
-           "Llama 3.1+, mistral for [TOOL_CALLS], qwen3_coder for the XML calls of Qwen3-Coder "
-           "and Qwen3.5; auto: the one the model's chat template writes, if any. "
+           "hf models: auto | none | hermes | llama3_json | mistral | pythonic | qwen3_coder. "
+           "How tool calls are read from a model's text when a chat request lets it choose "
+           "(tool_choice auto): hermes for <tool_call> blocks (Hermes, Qwen2.5, Qwen3), "
+           "llama3_json for Llama 3.1+, mistral for [TOOL_CALLS], pythonic for the "
+           "[name(key=value)] lists of Llama 3.2 and 4, qwen3_coder for the XML calls of "
+           "Qwen3-Coder and Qwen3.5; auto: the one the model's chat template writes, if any. "
            "none (or auto finding none): such requests are 400."),
     Option("reasoning_parser", "--reasoning-parser", "KUBEMAAS_REASONING_PARSER", "auto", str,
            "hf models: auto | none | deepseek_r1 | qwen3. Where a chat answer's <think> block "

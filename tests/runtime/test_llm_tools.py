@@ -204,6 +204,7 @@ def test_bad_tool_requests_are_400(server: Server, doc: dict[str, Any], param: s
     ("llama3_json", '\\{"name": "get_weather", "parameters": \\{"city": "Oslo", "days": 3\\}\\}'),
     ("mistral", '\\[\\{"name": "get_weather", "arguments": \\{"city": "Oslo", "days": 3\\}\\}\\]'),
     ("mistral", '\\[TOOL_CALLS\\]get_weather\\[ARGS\\]\\{"city": "Oslo", "days": 3\\}'),  # v11+
+    ("pythonic", '\\[get_weather\\(city="Oslo", days=3\\)\\]'),  # Llama 3.2, Llama 4
     ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n"
                     "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>"),
 ])

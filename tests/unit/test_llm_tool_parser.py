@@ -194,7 +194,13 @@ def test_any_text_any_split_reads_the_same_and_loses_nothing(syntax: str, parts:
     ("{{- '<tool_call>\\n<function=' + tool_call.name + '>\\n' }}{{- '<parameter=' + "
      "args_name + '>\\n' }}", "qwen3_coder"),
     ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}", "none"),
-    ("<|header_start|>assistant<|header_end|>\\n\\n{{- '[' + tool_call.name + '(' }}", "none"),
+    # Llama 4's and Llama 3.2's pythonic templates: a list of name(key=value)
+    ("{{- '<|header_start|>assistant<|header_end|>\\n\\n' -}}{{- \"[\" }}{%- for tool_call in "
+     "message.tool_calls %}{{-  tool_call.name + '(' -}}", "pythonic"),
+    ("{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n[' -}}{%- for tool_call in "
+     "message.tool_calls %}{{- tool_call.name + '(' -}}", "pythonic"),
+    # MiniCPM3 writes name(...) in a code block, not a list: no parser of ours reads that
+    ("{{- '<|tool_call_start|>\\n```python\\n' }}{{- tool_call.name + '(' }}", "none"),
     (None, "none"),
 ])
 def test_auto_takes_the_parser_the_chat_template_writes(template: object, parser: str) -> None:

@@ -13,8 +13,7 @@ from typing import Any
 
 from .openai_reasoning import ThinkSplitter
 from .openai_schema import GenerationRequest
-from .openai_tool_stream import NamedCall, ToolCallReader, tool_call
-from .openai_tool_xml import XmlCallReader
+from .openai_tool_stream import NamedCall, StepReader, tool_call
 from .openai_tools import tool_finish, tool_reader
 
 
@@ -23,7 +22,7 @@ class AnswerReader:
     """A choice's text read as reasoning, content and tool calls (either part optional)."""
 
     think: ThinkSplitter | None = None
-    calls: ToolCallReader | XmlCallReader | NamedCall | None = None
+    calls: StepReader | NamedCall | None = None
     show_reasoning: bool = True  # false (vLLM's include_reasoning): the reasoning is dropped
     reasoning: list[str] = field(default_factory=list)
     plain: list[str] = field(default_factory=list)  # the content, when no calls are read
@@ -92,7 +91,7 @@ def answer_reader(req: GenerationRequest, opened: bool, tool_parser: str,
             opened=opened and (req.constraint is None or thinks_first),
             calls_end_it=tool_parser == "qwen3_coder" and req.tools is not None
             and req.tools.choice == "auto")
-    calls: ToolCallReader | XmlCallReader | NamedCall | None = None
+    calls: StepReader | NamedCall | None = None
     if req.tools is not None and req.tools.choice == "named":
         if not thinks_first:  # held from the first token, the whole text is the arguments
             think = None

@@ -16,7 +16,8 @@ answer them. What the model writes becomes tool calls as vLLM makes them:
   ``{"name", "arguments"}`` (the marker is a special token, left out of the text, so a text
   that is such a list is read as calls); ``qwen3_coder``, the XML calls of Qwen3-Coder and
   Qwen3.5 (``<tool_call><function=NAME><parameter=P>value</parameter>…``,
-  ``openai_tool_xml.py``);
+  ``openai_tool_xml.py``); ``pythonic``, the Python list of calls of Llama 3.2 and Llama 4
+  (``[get_weather(city="Oslo")]`` as the whole answer, ``openai_tool_pythonic.py``);
 * ``none``: plain text.
 
 ``finish_reason`` is ``tool_calls`` when calls were made, except for a named function
@@ -36,12 +37,17 @@ from typing import Any
 from ..llm.structured import Constraint
 from .openai_errors import bad_request as _bad
 from .openai_render import template_text
-from .openai_tool_stream import SYNTAXES, ToolCallReader
+from .openai_tool_pythonic import PythonicCallReader
+from .openai_tool_stream import SYNTAXES, StepReader, ToolCallReader
 from .openai_tool_xml import XmlCallReader
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_TOOLS = 128
-PARSERS = ("hermes", "llama3_json", "mistral", "qwen3_coder")  # --tool-call-parser
+# a template writing earlier calls as a list of ``name(`` (Llama 3.2's and Llama 4's
+# pythonic ones: a string ending in ``[`` printed, then each call's name and ``(``)
+_PYTHONIC_LIST = re.compile(r"""\[['"]\s*-?\}\}""")
+_PYTHONIC_CALL = re.compile(r"""(?:tool_call|function)\.name\s*\+\s*['"]\(""")
+PARSERS = ("hermes", "llama3_json", "mistral", "pythonic", "qwen3_coder")  # --tool-call-parser
 
 
 @dataclass(frozen=True)
@@ -161,12 +167,14 @@ def message_tool_calls(msg: dict[str, Any], where: str) -> list[dict[str, Any]] 
     return out
 
 
-def tool_reader(tools: Tools, parser: str) -> ToolCallReader | XmlCallReader | None:
+def tool_reader(tools: Tools, parser: str) -> StepReader | None:
     """The reader of the calls in a required or auto answer's text (None: plain text)."""
     if tools.choice == "required":
         return ToolCallReader(SYNTAXES["required"])
     if tools.choice == "auto" and parser == "qwen3_coder":
         return XmlCallReader.for_tools(tools.tools)
+    if tools.choice == "auto" and parser == "pythonic":
+        return PythonicCallReader()
     if tools.choice == "auto" and parser in PARSERS:
         return ToolCallReader(SYNTAXES[parser])
     return None
@@ -184,6 +192,8 @@ def resolve_parser(setting: str, chat_template: Any) -> str:
         return "hermes"
     if "[TOOL_CALLS]" in text:  # a list of calls, or v11's [TOOL_CALLS]name[ARGS]{...}
         return "mistral"
+    if _PYTHONIC_LIST.search(text) and _PYTHONIC_CALL.search(text):
+        return "pythonic"
     if "<|start_header_id|>" in text and ("<|python_tag|>" in text or '"parameters"' in text):
         return "llama3_json"
     return "none"
