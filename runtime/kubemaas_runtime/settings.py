@@ -152,6 +152,11 @@ OPTIONS: tuple[Option, ...] = (
            "[name(key=value)] lists of Llama 3.2 and 4, qwen3_coder for the XML calls of "
            "Qwen3-Coder and Qwen3.5; auto: the one the model's chat template writes, if any. "
            "none (or auto finding none): such requests are 400."),
+    Option("chat_template", "--chat-template", "KUBEMAAS_CHAT_TEMPLATE", None, _optional_str,
+           "hf models: the chat template to use instead of the tokenizer's, as vLLM's flag "
+           "takes it: a file (a relative path is looked up in the model directory, then the "
+           "working directory) or the template itself (any text with {, } or a newline). "
+           "For a model that ships none, or a tool-calling template of one's own."),
     Option("reasoning_parser", "--reasoning-parser", "KUBEMAAS_REASONING_PARSER", "auto", str,
            "hf models: auto | none | deepseek_r1 | qwen3. Where a chat answer's <think> block "
            "goes: deepseek_r1 and qwen3 (one format: Qwen3, QwQ, DeepSeek-R1 and its "
@@ -272,6 +277,7 @@ class Settings:
     shutdown_delay_s: float = 0.0
     dtype: str = "auto"
     tool_call_parser: str = "auto"
+    chat_template: str | None = None
     reasoning_parser: str = "auto"
     kv_cache_memory: int = 0
     gpu_memory_utilization: float = 0.9

@@ -52,6 +52,8 @@ def test_detokenize_gives_the_text_back(server: Server, tiny_llama: Path) -> Non
     ("/tokenize", {"prompt": 5}, 400, "prompt"),
     ("/tokenize", {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
     ("/tokenize", {"prompt": "hi", "model": "other"}, 404, "model"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "x"}]},
+     400, "tools[0]"),
     ("/detokenize", {"tokens": [1, 99999]}, 400, "tokens"),
     ("/detokenize", {"tokens": "1 2"}, 400, "tokens"),
 ])

@@ -43,6 +43,7 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     """Blocking: fetch the directory, load the model, build the engine (runs in a thread)."""
     from ..storage import S3Config
     from ..storage_dir import fetch_model_dir
+    from .chat_template import read_chat_template, use_chat_template
     from .engine import Engine, EngineConfig
     from .loader import load_hf
 
@@ -57,6 +58,9 @@ def _load(settings: Settings) -> tuple[Any, Any]:
         torch.set_num_threads(settings.intra_op_threads)
     lm = load_hf(Path(path), device=settings.device, dtype=settings.dtype,
                  packed_linear=settings.packed_linear)
+    template = read_chat_template(settings.chat_template, Path(path))
+    if template is not None:
+        use_chat_template(lm, template, repr(settings.chat_template)[:80])
     t2 = time.perf_counter()
     max_len = settings.max_model_len or lm.max_position
     if max_len > lm.max_position:
@@ -140,6 +144,7 @@ async def serve_llm(settings: Settings) -> int:
             lifecycle.info("ready", extra={"fields": {
                 "model": settings.model_name, "platform": "transformers",
                 "device": str(lm.device), "port": port, "seconds_to_ready": round(took, 3),
+                "chat_template": "--chat-template" if settings.chat_template else "tokenizer",
                 "tool_call_parser": api.tool_call_parser,
                 "reasoning_parser": api.reasoning_parser,
                 # a structured output's grammar holds the answer after the reasoning

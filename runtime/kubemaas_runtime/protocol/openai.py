@@ -275,7 +275,7 @@ class OpenAIServer:
         req = parse_tokenize(await self._read_json(request))
         self._check_model(req.model)
         ids = await self._encode(served, req.messages, req.prompt_text, req.add_special_tokens,
-                                 req.render)
+                                 req.render, req.tools)
         strs = served.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
         return _json({"count": len(ids), "max_model_len": served.max_model_len, "tokens": ids,
                       "token_strs": strs})

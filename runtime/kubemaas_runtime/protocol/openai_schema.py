@@ -411,7 +411,8 @@ def _constraint(doc: dict[str, Any], tools: Tools | None) -> Constraint | None:
 
 @dataclass(frozen=True)
 class TokenizeRequest:
-    """vLLM's ``POST /tokenize``: a prompt, or chat messages rendered by the chat template."""
+    """vLLM's ``POST /tokenize``: a prompt, or chat messages (and the tools they may call)
+    rendered by the chat template."""
 
     model: str | None
     prompt_text: str | None
@@ -419,6 +420,7 @@ class TokenizeRequest:
     add_special_tokens: bool
     render: ChatRender
     return_token_strs: bool
+    tools: list[dict[str, Any]] | None = None
 
 
 def _model(doc: dict[str, Any]) -> str | None:
@@ -435,7 +437,9 @@ def parse_tokenize(doc: Any) -> TokenizeRequest:
     prompt = doc.get("prompt")
     if not chat and not isinstance(prompt, str):
         raise _bad("'prompt' must be a string (or send 'messages')", "prompt")
+    tools = parse_tools(doc) if chat else None
     return TokenizeRequest(
+        tools=list(tools.tools) if tools is not None else None,
         model=_model(doc), prompt_text=None if chat else prompt,
         messages=_messages(doc) if chat else None,
         # as vLLM: a prompt gets the tokenizer's special tokens, a rendered chat does not
