@@ -81,3 +81,35 @@ def prompt_logprobs(model_dir: Path, ids: list[int]) -> torch.Tensor:
     with torch.inference_mode():
         logits = model(torch.tensor([ids])).logits[0, :-1].float()
     return torch.log_softmax(logits, dim=-1)
+
+
+def beam_search(model_dir: Path, prompt_ids: list[int], width: int, max_new_tokens: int,
+                length_penalty: float = 1.0) -> list[tuple[list[int], bool]]:
+    """vLLM's beam search written out over the model's full forward: each step, the 2 x width
+    most likely next tokens of every live beam; those that are EOS end their beam, the width
+    best of the rest by cumulative logprob go on; at the end all beams ranked by cumulative
+    logprob / (prompt + beam length) ** length_penalty. The best ``width`` as (tokens,
+    ended by EOS)."""
+    tok, model = load(model_dir)
+    eos = tok.eos_token_id
+    live: list[tuple[list[int], float]] = [([], 0.0)]
+    ended: list[tuple[list[int], float]] = []
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            candidates = []
+            for tokens, score in live:
+                logits = model(torch.tensor([prompt_ids + tokens])).logits[0, -1].float()
+                top = torch.log_softmax(logits, dim=-1).topk(2 * width)
+                for logprob, token in zip(top.values.tolist(), top.indices.tolist(),
+                                          strict=True):
+                    if token == eos:
+                        ended.append((tokens, score + logprob))
+                    else:
+                        candidates.append(([*tokens, token], score + logprob))
+            live = sorted(candidates, key=lambda c: c[1], reverse=True)[:width]
+            if not live:
+                break
+    ranked = sorted([(t, s, True) for t, s in ended] + [(t, s, False) for t, s in live],
+                    key=lambda c: c[1] / (len(prompt_ids) + len(c[0])) ** length_penalty,
+                    reverse=True)
+    return [(t, stopped) for t, _, stopped in ranked[:width]]

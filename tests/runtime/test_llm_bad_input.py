@@ -278,6 +278,8 @@ common = {
     "repetition_penalty": st.floats(-1, 11) | st.sampled_from([1e-300, 0.01]) | json_values,
     "cache_salt": st.text(max_size=4) | json_values,
     "priority": st.integers(-2, 2) | json_values,
+    "use_beam_search": st.booleans() | json_values,
+    "length_penalty": st.floats(-2, 3) | json_values,
     "logit_bias": st.dictionaries(st.integers(-3, 1100).map(str), st.floats(-150, 150),
                                   max_size=3) | json_values,
     "prompt_logprobs": small_ints | json_values,

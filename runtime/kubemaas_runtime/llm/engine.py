@@ -208,7 +208,7 @@ class Engine:
         if self.held >= self.cfg.max_queue:
             raise Overloaded(f"{self.held} requests are waiting or running, the limit is "
                              f"{self.cfg.max_queue}")
-        seq = self._sequence(prompt, params, matcher)
+        seq = self.sequence(prompt, params, matcher)
         seq.cache_root = cache_root(cache_salt)
         seq.priority = priority
         stream = RequestStream(self, seq)
@@ -217,8 +217,9 @@ class Engine:
         self._post("add", seq)
         return stream
 
-    def _sequence(self, prompt: list[int], params: SamplingParams, matcher: Any = None
-                  ) -> Sequence:
+    def sequence(self, prompt: list[int], params: SamplingParams, matcher: Any = None
+                 ) -> Sequence:
+        """A sequence of this engine's (submitted, or the record of a beam search's answer)."""
         decode = self._decode if params.skip_special_tokens else self._decode_special
         seq = Sequence(next(self._ids), prompt, params, sink=lambda _: None,
                        detok=Detokenizer(self.lm.tokenizer, params.stop, decode,
@@ -456,7 +457,7 @@ class Engine:
         outs: dict[int, list[int]] = {}
         seqs = []
         for p in prompts:
-            seq = self._sequence(p, params)
+            seq = self.sequence(p, params)
             outs[seq.rid] = seq.output
             seqs.append(seq)
             self.scheduler.add(seq)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..llm.beam import BeamSearch
 from ..llm.detok import encoder
 from ..llm.engine import Engine, Overloaded
 from ..llm.sampling import SamplingParams
@@ -134,6 +135,12 @@ def submit(served: Served, req: GenerationRequest, prompts: list[list[int]],
     try:
         for prompt, prompt_params, echo_text in zip(prompts, params, echo_texts,
                                                     strict=True):
+            if req.beam is not None:  # n answers of one search, best first
+                search = BeamSearch(served.engine, prompt, prompt_params, req.n,
+                                    req.beam.length_penalty, req.cache_salt, req.priority)
+                choices += [Choice(len(choices) + j, answer, prompt, j == 0, echo_text)
+                            for j, answer in enumerate(search.answers)]
+                continue
             for j, choice_params in enumerate(req.choice_params(prompt_params)):
                 stream = served.engine.submit(prompt, choice_params, req.cache_salt,
                                               matchers[len(choices)], req.priority)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..llm.sampling import SamplingParams
 from ..llm.structured import Constraint
+from .openai_beam import BeamOptions, parse_beam
 from .openai_errors import ApiError
 from .openai_errors import bad_request as _bad
 from .openai_render import ChatRender, parse_render, reasoning_effort
@@ -63,6 +64,7 @@ class GenerationRequest:
     continuous_usage: bool = False  # vLLM's continuous_usage_stats: usage on every chunk
     priority: int = 0  # vLLM's: with --scheduling-policy priority, lower is served first
     thinking_token_budget: int | None = None  # vLLM's: then </think> is forced
+    beam: BeamOptions | None = None  # vLLM's use_beam_search: n is the beam width
 
     def choice_params(self, params: SamplingParams | None = None) -> list[SamplingParams]:
         """The sampling parameters of each choice of a prompt (``params``: the request's, or
@@ -158,7 +160,7 @@ def _logit_bias(doc: dict[str, Any], vocab: int) -> tuple[tuple[int, float], ...
 # vLLM's request fields that would change the answer and are not implemented: refused unless
 # absent or at this (neutral) value, rather than ignored like unknown fields
 _NOT_IMPLEMENTED: dict[str, Any] = {
-    "use_beam_search": False, "length_penalty": 1.0, "spaces_between_special_tokens": True,
+    "spaces_between_special_tokens": True,
     "logits_processors": None, "chat_template": None,
 }
 
@@ -379,7 +381,7 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
         scored = logprobs_n  # the echoed prompt carries its logprobs (as vLLM does)
     stream, include_usage, continuous_usage = _stream_fields(doc)
     params = _sampling_params(doc, vocab, max_tokens, logprobs_n, scored)
-    return GenerationRequest(chat=chat, prompts=prompts, messages=messages,
+    return parse_beam(doc, GenerationRequest(chat=chat, prompts=prompts, messages=messages,
                              max_tokens=max_tokens, params=params, stream=stream,
                              include_usage=include_usage, continuous_usage=continuous_usage,
                              logprobs=logprobs_n is not None,
@@ -392,7 +394,7 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              include_reasoning=_bool(doc, "include_reasoning", True)
                              and reasoning_effort(doc) != "none",
                              thinking_token_budget=_int(doc, "thinking_token_budget", 0),
-                             priority=_int(doc, "priority", -(2**63), 2**63 - 1) or 0)
+                             priority=_int(doc, "priority", -(2**63), 2**63 - 1) or 0))
 
 
 def _constraint(doc: dict[str, Any], tools: Tools | None) -> Constraint | None:
