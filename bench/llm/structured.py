@@ -53,7 +53,7 @@ def main() -> int:
 
     def decode(held: bool) -> float:
         matchers = grammars.matchers(constraint, args.batch) if held else [None] * args.batch
-        seqs = [engine._sequence(list(prompt), params, m) for m in matchers]
+        seqs = [engine.sequence(list(prompt), params, m) for m in matchers]
         for seq in seqs:
             engine.scheduler.add(seq)
         start = time.perf_counter()

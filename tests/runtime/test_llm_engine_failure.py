@@ -93,8 +93,8 @@ def test_a_request_whose_sampling_fails_fails_alone(tiny_llama: Path) -> None:
     prompts = [[5, 6, 7, 8], [9, 10, 11]]
     alone = engine.generate_sync(prompts, greedy)
     items: dict[int, list[object]] = {}
-    broken = engine._sequence([5, 6, 7, 8], replace(greedy, logit_bias=((10**6, 1.0),)))
-    seqs = [engine._sequence(p, greedy) for p in prompts]
+    broken = engine.sequence([5, 6, 7, 8], replace(greedy, logit_bias=((10**6, 1.0),)))
+    seqs = [engine.sequence(p, greedy) for p in prompts]
     for seq in (seqs[0], broken, seqs[1]):
         engine.scheduler.add(seq)
     while engine.scheduler.waiting or engine.scheduler.running:

@@ -61,10 +61,10 @@ def test_prompt_logprobs_equal_the_models_forward(family: str, tiny_llama: Path,
     torch.set_num_threads(1)
     model_dir = tiny_llama if family == "llama" else tiny_gpt2
     engine = small_engine(load_hf(model_dir, device="cpu"))
-    plain = engine._sequence(PROMPT, GREEDY)
+    plain = engine.sequence(PROMPT, GREEDY)
     run(engine, [plain])  # its blocks stay in the prefix cache
-    beside = engine._sequence([9, 10, 11], replace(GREEDY, max_tokens=20))
-    scored = engine._sequence(PROMPT, replace(GREEDY, prompt_logprobs=3))
+    beside = engine.sequence([9, 10, 11], replace(GREEDY, max_tokens=20))
+    scored = engine.sequence(PROMPT, replace(GREEDY, prompt_logprobs=3))
     items = run(engine, [beside, scored])
     assert scored.cached_tokens == 0  # a scored prompt is computed, not read from the cache
     first = items[scored.rid][0]
@@ -80,8 +80,8 @@ def test_a_preempted_prompt_is_scored_once(tiny_llama: Path) -> None:
     positions already scored are not scored twice."""
     torch.set_num_threads(1)
     engine = small_engine(load_hf(tiny_llama, device="cpu"))
-    other = engine._sequence([9, 10, 11], replace(GREEDY, max_tokens=30))
-    scored = engine._sequence(PROMPT, replace(GREEDY, prompt_logprobs=0))
+    other = engine.sequence([9, 10, 11], replace(GREEDY, max_tokens=30))
+    scored = engine.sequence(PROMPT, replace(GREEDY, prompt_logprobs=0))
     engine.scheduler.add(other)
     engine.step()
     engine.scheduler.add(scored)
@@ -101,7 +101,7 @@ def test_max_tokens_zero_returns_the_prompt_scores_alone(tiny_llama: Path) -> No
     logprobs; the blocks are freed."""
     torch.set_num_threads(1)
     engine = small_engine(load_hf(tiny_llama, device="cpu"))
-    seq = engine._sequence(PROMPT, replace(GREEDY, max_tokens=0, prompt_logprobs=1))
+    seq = engine.sequence(PROMPT, replace(GREEDY, max_tokens=0, prompt_logprobs=1))
     items = run(engine, [seq])
     (delta,) = items[seq.rid]
     assert isinstance(delta, Delta)

@@ -31,7 +31,7 @@ def run_staggered(engine: Engine, lm: LanguageModel, count: int = 7) -> list[lis
     seqs = []
     for i in range(count):
         prompt = list(lm.tokenizer(f"request {i}: " + "the cache " * (1 + 3 * i))["input_ids"])
-        seq = engine._sequence(prompt, SamplingParams(max_tokens=6 + 5 * i, temperature=0.0,
+        seq = engine.sequence(prompt, SamplingParams(max_tokens=6 + 5 * i, temperature=0.0,
                                                       ignore_eos=True))
         seqs.append(seq)
         engine.scheduler.add(seq)
