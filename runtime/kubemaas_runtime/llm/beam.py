@@ -77,16 +77,18 @@ class BeamSearch:
     async def _run(self) -> None:
         try:
             ranked = await self._search()
+            if len(ranked) < self.width:  # only with a vocabulary under 2 x width
+                raise RuntimeError(f"beam search found {len(ranked)} beams, fewer than n")
+            deltas = [self._delta(answer, beam)
+                      for answer, beam in zip(self.answers, ranked, strict=True)]
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the engine's failure goes to every answer
             for answer in self.answers:
                 answer.put(exc)
             return
-        for answer, beam in zip(self.answers, ranked, strict=False):
-            answer.put(self._delta(answer, beam))
-        for answer in self.answers[len(ranked):]:  # only with a vocabulary under 2 x width
-            answer.put(RuntimeError(f"beam search found {len(ranked)} beams, fewer than n"))
+        for answer, delta in zip(self.answers, deltas, strict=True):
+            answer.put(delta)
 
     async def _search(self) -> list[Beam]:
         beams, ended = [Beam((), 0.0)], []
