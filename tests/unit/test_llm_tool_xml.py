@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.unit.test_llm_tool_parser import read_with
+from tests.unit.test_llm_tool_parser import assert_read_alike, read_with
 
 from kubemaas_runtime.protocol.openai_tool_xml import XmlCallReader, typed
 
@@ -92,14 +92,4 @@ FRAGMENTS = ["<tool_call>", "</tool_call>", "<tool", "<function=", "get_weather"
 @given(st.lists(st.sampled_from(FRAGMENTS), max_size=30), st.randoms(use_true_random=False))
 def test_any_text_any_split_reads_the_same_and_loses_nothing(parts: list[str],
                                                               rng: random.Random) -> None:
-    """Whatever the model writes: no exception, the same reading whole and in pieces, every
-    call's arguments valid JSON, and when no call is read, the content is the text."""
-    text = "".join(parts)
-    whole = read(text)
-    cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, 6))) if len(text) > 1 \
-        else []
-    assert read(text, cuts)[:2] == whole[:2]
-    for _, arguments in whole[1]:
-        json.loads(arguments)
-    if not whole[1]:
-        assert whole[0] == text
+    assert_read_alike(read, "".join(parts), rng, json_arguments=True)
