@@ -47,6 +47,18 @@ def read_with(reader: StepReader, text: str, cuts: list[int] | None = None
 Read = Callable[[str, "list[int] | None"], tuple[str, list[tuple[str, str]], Any]]
 
 
+def assert_every_split_reads(read: Read, text: str, content: str,
+                             calls: list[tuple[str, str]]) -> None:
+    """``text`` reads as ``content`` and ``calls`` whole, a character at a time, and cut at
+    twenty random sets of places."""
+    assert read(text, None)[:2] == (content, calls)
+    assert read(text, list(range(1, len(text))))[:2] == (content, calls)
+    rng = random.Random(len(text))
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 8))))
+        assert read(text, cuts)[:2] == (content, calls), cuts
+
+
 def assert_read_alike(read: Read, text: str, rng: random.Random, json_arguments: bool) -> None:
     """Whatever the model writes: no exception, the same reading whole and in pieces, when no
     call is read the content is the text itself, and (``json_arguments``: for the readers
@@ -103,12 +115,7 @@ CASES = [
 @pytest.mark.parametrize(("syntax", "text", "content", "calls"), CASES)
 def test_any_split_of_the_text_reads_the_same(syntax: str, text: str, content: str,
                                               calls: list[tuple[str, str]]) -> None:
-    assert read(syntax, text)[:2] == (content, calls)
-    assert read(syntax, text, list(range(1, len(text))))[:2] == (content, calls)
-    rng = random.Random(len(text))
-    for _ in range(20):
-        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 8))))
-        assert read(syntax, text, cuts)[:2] == (content, calls), cuts
+    assert_every_split_reads(lambda text, cuts: read(syntax, text, cuts), text, content, calls)
 
 
 def test_a_call_is_announced_when_its_name_is_read_and_its_arguments_stream() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.unit.test_llm_tool_parser import assert_read_alike, read_with
+from tests.unit.test_llm_tool_parser import assert_every_split_reads, assert_read_alike, read_with
 
 from kubemaas_runtime.protocol.openai_tool_pythonic import PythonicCallReader, literal
 
@@ -55,12 +55,7 @@ CASES = [
 @pytest.mark.parametrize(("text", "content", "calls"), CASES)
 def test_any_split_of_the_text_reads_the_same(text: str, content: str,
                                               calls: list[tuple[str, str]]) -> None:
-    assert read(text)[:2] == (content, calls)
-    assert read(text, list(range(1, len(text))))[:2] == (content, calls)
-    rng = random.Random(len(text))
-    for _ in range(20):
-        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 8))))
-        assert read(text, cuts)[:2] == (content, calls), cuts
+    assert_every_split_reads(read, text, content, calls)
     for _, arguments in calls:
         json.loads(arguments)
 
