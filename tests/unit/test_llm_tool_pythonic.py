@@ -4,8 +4,10 @@ become JSON."""
 
 from __future__ import annotations
 
+import ast
 import json
 import random
+import warnings
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.unit.test_llm_tool_parser import assert_every_split_reads, assert_read_alike, read_with
 
+from kubemaas_runtime.protocol.openai_tool_pystring import decode_body
 from kubemaas_runtime.protocol.openai_tool_pythonic import PythonicCallReader, literal
 
 
@@ -44,8 +47,17 @@ CASES = [
     ("[f(a==1)]", "[f(a==1)]", []),
     ('Sure: [f(a="x")]', 'Sure: [f(a="x")]', []),
     ("Hello", "Hello", []),
-    # cut off by max_tokens: the call as far as its values are whole
+    # cut off by max_tokens: the call as far as its values are whole, a string as written
     ('[f(a="x", b=[1, 2', "", [("f", '{"a": "x"}')]),
+    ('[f(a="x", b="Os', "", [("f", '{"a": "x", "b": "Os"}')]),
+    ("[f(a='tab\\", "", [("f", '{"a": "tab\\\\"}')]),  # a lone backslash stays one
+    # a value that opens with a quote is that string; what follows it is dropped
+    ('[f(a="x" "y", b="z".upper())]', "", [("f", '{"a": "x", "b": "z"}')]),
+    # escapes decoded as Python decodes them: what JSON needs escaped, escaped again
+    ("[f(a='\\x41\\101\\u00e9\\N{GREEK SMALL LETTER ALPHA}\\n\\q\\\\')]", "",
+     [("f", json.dumps({"a": "AA\u00e9\u03b1\n\\q\\"}, ensure_ascii=False))]),
+    # empty and triple-quoted strings are read whole
+    ('[f(a="", b="""x, y""")]', "", [("f", '{"a": "", "b": "x, y"}')]),
     ("[f(a=", "[f(a=", []),
     # a call that goes wrong after its first value ends there; the rest is content
     ('[f(a="x", 7)]', " 7)]", [("f", '{"a": "x"}')]),
@@ -60,7 +72,7 @@ def test_any_split_of_the_text_reads_the_same(text: str, content: str,
         json.loads(arguments)
 
 
-def test_a_call_is_announced_at_its_first_keyword_and_streams_by_value() -> None:
+def test_a_call_is_announced_at_its_first_keyword_and_its_strings_stream() -> None:
     text = '[get_weather(city="Oslo", days=3)]'
     reader, events, announced_at = PythonicCallReader(), [], None
     for end in range(1, len(text) + 1):
@@ -72,8 +84,9 @@ def test_a_call_is_announced_at_its_first_keyword_and_streams_by_value() -> None
     # the character after "city=" shows it is a keyword (not "=="): the call is announced then
     assert announced_at == text.index("city=") + len("city=") + 1
     assert [e[3] for e in events if e[0] == "call"] == ["get_weather"]
-    assert [e[2] for e in events if e[0] == "arguments"] == ['{"city": "Oslo"', ', "days": 3',
-                                                             "}"]
+    # the string as it is written, the number once it ends
+    assert [e[2] for e in events if e[0] == "arguments"] == [
+        '{"city": "', "O", "s", "l", "o", '"', ', "days": 3', "}"]
     assert not [e for e in events if e[0] == "content"]
 
 
@@ -101,3 +114,25 @@ FRAGMENTS = ["[", "]", "(", ")", ",", "=", "==", " ", "f", "city", "get_weather"
 def test_any_text_any_split_reads_the_same_and_loses_nothing(parts: list[str],
                                                               rng: random.Random) -> None:
     assert_read_alike(read, "".join(parts), rng, json_arguments=True)
+
+
+ESCAPES = ["\\", "n", "x", "4", "1", "0", "u", "00e9", "U", "N", "{", "}", "GREEK SMALL LETTER",
+           " ALPHA", "q", "a", "\\\\", '\\"', "\n", "é"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(ESCAPES), max_size=20))
+def test_a_string_decodes_as_python_does_and_every_prefix_starts_it(parts: list[str]) -> None:
+    """What a string's body decodes to while it is written is always the start of what it
+    decodes to whole, and that is what Python makes of the literal (where Python takes it)."""
+    raw = "".join(parts)
+    whole = decode_body(raw, complete=True)
+    for end in range(len(raw)):
+        assert whole.startswith(decode_body(raw[:end], complete=False)), raw[:end]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "invalid escape sequence": kept, as we keep it
+        try:
+            python = ast.literal_eval('"' + raw + '"')
+        except (SyntaxError, ValueError):
+            return  # a body Python refuses (a bad \N{} name, a closing quote escaped)
+    assert whole == python

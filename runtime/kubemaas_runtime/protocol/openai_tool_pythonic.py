@@ -7,11 +7,14 @@ As vLLM's ``pythonic`` parser reads them, the list must open the answer (after s
 answer that starts otherwise is content. ``PythonicCallReader`` reads it delta by delta with
 the same events as the other readers: a call is announced once ``name(`` is followed by its
 first keyword (``city=``) or by ``)``, which no prose in brackets is; its arguments stream as a
-JSON object, one keyword at a time (``{"city": "Oslo"`` when the first value ends,
-``, "days": 3`` for the next, ``}`` at the call's ``)``). A value is a Python literal (strings,
-numbers, ``True``/``False``/``None``, lists, dicts, tuples) or a JSON one (``true``,
-``null``); anything else stays the string it was written as. A list that does not start with
-a call goes back to the content unchanged; text after the list's ``]`` is content.
+JSON object: a string value character by character as it is written (``{"city": "Os``, then
+``lo"``; its escapes decoded, openai_tool_pystring.py), any other value once it ends
+(``, "days": 3``), ``}`` at the call's ``)``. A value that opens with a quote is that string
+(what follows it before the next ``,`` or ``)`` is dropped); any other is a Python literal
+(numbers, ``True``/``False``/``None``, lists, dicts, tuples) or a JSON one (``true``,
+``null``), else the text it was written as. A string cut off by the end of the answer is kept
+as far as it was written. A list that does not start with a call goes back to the content
+unchanged; text after the list's ``]`` is content.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .openai_tool_pystring import decode_body
 from .openai_tool_stream import StepReader
 
 # the heads as read, and what may still become one (``=`` is no keyword's until the next
@@ -81,14 +85,45 @@ class _Value:
 
 
 @dataclass
+class _String:
+    """A string value being read: its body's start, where its closing quote is once read."""
+
+    quote: str
+    start: int
+    scanned: int
+    escaped: bool = False
+    end: int | None = None
+    sent: int = 0  # characters of its JSON form sent so far
+
+    def scan(self, text: str) -> None:
+        pos = self.scanned
+        while pos < len(text) and self.end is None:
+            if self.escaped:
+                self.escaped = False
+            elif text[pos] == "\\":
+                self.escaped = True
+            elif text[pos] == self.quote:
+                self.end = pos
+            pos += 1
+        self.scanned = pos
+
+
+def json_body(text: str) -> str:
+    """``text`` as the inside of a JSON string (each character escaped on its own, so the
+    form of a prefix is a prefix of the form)."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+@dataclass
 class PythonicCallReader(StepReader):
     """Reads one choice's pythonic tool calls (and content) from its text, delta by delta
-    (states: start | content | item | keyword | value | after)."""
+    (states: start | content | item | keyword | value | string | tail | after)."""
 
     region: int = 0  # where the list began (released as content if it holds no call)
     region_calls: int = 0
     keywords: int = 0  # keywords of the current call sent so far
     value: _Value | None = None
+    string: _String | None = None
     key: str = ""
 
     # each state's step: True when it moved on, False to wait for text
@@ -149,6 +184,17 @@ class PythonicCallReader(StepReader):
     def _value(self, events: list[tuple[Any, ...]], final: bool) -> bool:
         value = self.value
         assert value is not None
+        body = self.text[value.start:].lstrip()
+        if body[:1] in ("'", '"'):
+            if len(body) < 2 and not final:
+                return False  # a string, or the start of an empty or triple-quoted one
+            if body[1:2] != body[0]:  # a string: it streams as it is written
+                start = len(self.text) - len(body) + 1
+                self.string = _String(body[0], start, start)
+                self._send_arguments(events, ("{" if not self.keywords else ", ") +
+                                     json.dumps(self.key, ensure_ascii=False) + ': "')
+                self.state = "string"
+                return True
         value.scan(self.text)
         if value.end is None:
             if not final:
@@ -160,6 +206,45 @@ class PythonicCallReader(StepReader):
             literal(self.text[value.start:value.end].strip()), ensure_ascii=False)
         self._send_arguments(events, ("{" if not self.keywords else ", ") + piece)
         self.keywords += 1
+        self.pos = value.end + (self.text[value.end] == ",")
+        self.value = None
+        self.state = "keyword"
+        return True
+
+    def _string(self, events: list[tuple[Any, ...]], final: bool) -> bool:
+        string = self.string
+        assert string is not None
+        string.scan(self.text)
+        closed = string.end is not None
+        body = json_body(decode_body(
+            self.text[string.start:string.end if closed else len(self.text)], closed or final))
+        if len(body) > string.sent:
+            self._send_arguments(events, body[string.sent:])
+            string.sent = len(body)
+        if string.end is None:
+            if not final:
+                return False
+            self._send_arguments(events, '"}')  # cut off: the string as far as written
+            self.pos, self.state = len(self.text), "content"
+            return True
+        self._send_arguments(events, '"')
+        self.keywords += 1
+        self.value = _Value(string.end + 1, string.end + 1)
+        self.string = None
+        self.state = "tail"
+        return True
+
+    def _tail(self, events: list[tuple[Any, ...]], final: bool) -> bool:
+        """After a string value, up to its ``,`` or ``)``: skipped."""
+        value = self.value
+        assert value is not None
+        value.scan(self.text)
+        if value.end is None:
+            if not final:
+                return False
+            self._end_call(events)
+            self.pos, self.state = len(self.text), "content"
+            return True
         self.pos = value.end + (self.text[value.end] == ",")
         self.value = None
         self.state = "keyword"
