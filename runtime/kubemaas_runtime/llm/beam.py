@@ -57,9 +57,7 @@ class BeamSearch:
     def __init__(self, engine: Engine, prompt: list[int], params: SamplingParams, width: int,
                  length_penalty: float = 1.0, cache_salt: str | None = None,
                  priority: int = 0) -> None:
-        if engine.held >= engine.cfg.max_queue:
-            raise Overloaded(f"{engine.held} requests are waiting or running, the limit is "
-                             f"{engine.cfg.max_queue}")
+        engine.check_room()
         self.engine, self.prompt, self.params = engine, list(prompt), params
         self.width, self.length_penalty = width, length_penalty
         self.cache_salt, self.priority = cache_salt, priority

@@ -205,9 +205,7 @@ class Engine:
         """A new request; ``cache_salt``: it shares cached prompt blocks only with requests
         that carry the same salt; ``matcher``: the grammar its output follows (structured.py;
         one per sequence); ``priority``: its place in a priority-scheduled queue."""
-        if self.held >= self.cfg.max_queue:
-            raise Overloaded(f"{self.held} requests are waiting or running, the limit is "
-                             f"{self.cfg.max_queue}")
+        self.check_room()
         seq = self.sequence(prompt, params, matcher)
         seq.cache_root = cache_root(cache_salt)
         seq.priority = priority
@@ -216,6 +214,12 @@ class Engine:
         self.held += 1
         self._post("add", seq)
         return stream
+
+    def check_room(self) -> None:
+        """Overloaded when the queue holds as many requests as it may."""
+        if self.held >= self.cfg.max_queue:
+            raise Overloaded(f"{self.held} requests are waiting or running, the limit is "
+                             f"{self.cfg.max_queue}")
 
     def sequence(self, prompt: list[int], params: SamplingParams, matcher: Any = None
                  ) -> Sequence:

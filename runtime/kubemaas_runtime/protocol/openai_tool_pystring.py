@@ -23,20 +23,28 @@ _OCTAL = re.compile(r"[0-7]{1,3}")
 def decode_body(raw: str, complete: bool) -> str:
     """The text ``raw`` (a string literal's body, without its quotes) spells; with
     ``complete`` false, up to the last escape that cannot change."""
+    return decode_prefix(raw, complete)[0]
+
+
+def decode_prefix(raw: str, complete: bool) -> tuple[str, int]:
+    """``decode_body``'s text and how many characters of ``raw`` it used: the rest (an
+    escape still being written) is decoded with what follows it."""
     out: list[str] = []
     i = 0
     while i < len(raw):
         at = raw.find("\\", i)
         if at < 0:
             out.append(raw[i:])
+            i = len(raw)
             break
         out.append(raw[i:at])
         step = _escape(raw, at, complete)
         if step is None:  # an escape still being written
+            i = at
             break
         text, i = step
         out.append(text)
-    return "".join(out)
+    return "".join(out), i
 
 
 def _escape(raw: str, at: int, complete: bool) -> tuple[str, int] | None:

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .openai_tool_pystring import decode_body
+from .openai_tool_pystring import decode_prefix
 from .openai_tool_stream import StepReader
 
 # the heads as read, and what may still become one (``=`` is no keyword's until the next
@@ -93,7 +93,7 @@ class _String:
     scanned: int
     escaped: bool = False
     end: int | None = None
-    sent: int = 0  # characters of its JSON form sent so far
+    decoded: int = 0  # where the body's text not yet sent starts (escapes decoded before it)
 
     def scan(self, text: str) -> None:
         pos = self.scanned
@@ -191,36 +191,28 @@ class PythonicCallReader(StepReader):
             if body[1:2] != body[0]:  # a string: it streams as it is written
                 start = len(self.text) - len(body) + 1
                 self.string = _String(body[0], start, start)
-                self._send_arguments(events, ("{" if not self.keywords else ", ") +
-                                     json.dumps(self.key, ensure_ascii=False) + ': "')
+                self._send_arguments(events, self._key_piece() + '"')
                 self.state = "string"
                 return True
         value.scan(self.text)
         if value.end is None:
-            if not final:
-                return False
-            self._end_call(events)  # cut off inside the value
-            self.pos, self.state = len(self.text), "content"
-            return True
-        piece = json.dumps(self.key, ensure_ascii=False) + ": " + json.dumps(
-            literal(self.text[value.start:value.end].strip()), ensure_ascii=False)
-        self._send_arguments(events, ("{" if not self.keywords else ", ") + piece)
+            return self._cut_off(events, final)
+        self._send_arguments(events, self._key_piece() + json.dumps(
+            literal(self.text[value.start:value.end].strip()), ensure_ascii=False))
         self.keywords += 1
-        self.pos = value.end + (self.text[value.end] == ",")
-        self.value = None
-        self.state = "keyword"
-        return True
+        return self._next_keyword(value.end)
 
     def _string(self, events: list[tuple[Any, ...]], final: bool) -> bool:
         string = self.string
         assert string is not None
         string.scan(self.text)
         closed = string.end is not None
-        body = json_body(decode_body(
-            self.text[string.start:string.end if closed else len(self.text)], closed or final))
-        if len(body) > string.sent:
-            self._send_arguments(events, body[string.sent:])
-            string.sent = len(body)
+        start = string.start + string.decoded
+        text, used = decode_prefix(self.text[start:string.end if closed else len(self.text)],
+                                   closed or final)
+        string.decoded += used
+        if text:
+            self._send_arguments(events, json_body(text))
         if string.end is None:
             if not final:
                 return False
@@ -240,15 +232,8 @@ class PythonicCallReader(StepReader):
         assert value is not None
         value.scan(self.text)
         if value.end is None:
-            if not final:
-                return False
-            self._end_call(events)
-            self.pos, self.state = len(self.text), "content"
-            return True
-        self.pos = value.end + (self.text[value.end] == ",")
-        self.value = None
-        self.state = "keyword"
-        return True
+            return self._cut_off(events, final)
+        return self._next_keyword(value.end)
 
     def _after(self, events: list[tuple[Any, ...]], final: bool) -> bool:
         rest = self.text[self.pos:]
@@ -266,6 +251,26 @@ class PythonicCallReader(StepReader):
 
     def _end_call(self, events: list[tuple[Any, ...]]) -> None:
         self._send_arguments(events, "{}" if not self.keywords else "}")
+
+    def _key_piece(self) -> str:
+        """The arguments' text before the current keyword's value."""
+        return ("{" if not self.keywords else ", ") + json.dumps(self.key, ensure_ascii=False) \
+            + ": "
+
+    def _cut_off(self, events: list[tuple[Any, ...]], final: bool) -> bool:
+        """A value not ended yet: wait, or (the text over) the call as far as it is whole."""
+        if not final:
+            return False
+        self._end_call(events)
+        self.pos, self.state = len(self.text), "content"
+        return True
+
+    def _next_keyword(self, end: int) -> bool:
+        """The value ended at ``end`` (its ``,`` or the call's ``)``)."""
+        self.pos = end + (self.text[end] == ",")
+        self.value = None
+        self.state = "keyword"
+        return True
 
     def _fail(self, events: list[tuple[Any, ...]]) -> bool:
         """What follows is no call: it is content, and the list's own text before it too
