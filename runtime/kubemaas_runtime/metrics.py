@@ -6,6 +6,7 @@ dicts and floats are enough: no locks on the request path.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -203,6 +204,9 @@ class LLMMetrics:
                              E2E_BUCKETS, names)
         self.prompt_tokens = Counter("vllm:prompt_tokens_total", "Prompt tokens processed.",
                                      names)
+        # set (with LoRA on) by set_loras
+        self.lora_info = Gauge("vllm:lora_requests_info", "Running stats on LoRA requests.",
+                               ("max_lora", "waiting_lora_adapters", "running_lora_adapters"))
         self.generation_tokens = Counter("vllm:generation_tokens_total",
                                          "Output tokens generated.", names)
         self.success = Counter("vllm:request_success_total",
@@ -267,6 +271,12 @@ class LLMMetrics:
             self.phases["prefill"].observe(self.label, first_token_at - last.scheduled_at)
             self.phases["decode"].observe(self.label, last.at - first_token_at)
 
+    def set_loras(self, max_loras: int, running: Sequence[str], waiting: Sequence[str]) -> None:
+        """vLLM's LoRA gauge: the adapters of the running and the waiting requests in its
+        labels, the time of the reading as its value (the endpoint pickers read the newest)."""
+        self.lora_info.values.clear()
+        self.lora_info.set((str(max_loras), ",".join(waiting), ",".join(running)), time.time())
+
     def set_engine(self, waiting: int, running: int, kv_usage: float, preemptions: int,
                    peak_running: int = 0, prefix: tuple[int, int] = (0, 0),
                    step_tokens: dict[int, int] | None = None) -> None:
@@ -293,6 +303,8 @@ class LLMMetrics:
             self.prefix_queries, self.prefix_hits, self.rejected, self.peak_running,
             *self.phases.values(), self.request_prompt_tokens, self.request_generation_tokens,
             self.request_max_tokens, self.request_n, self.iteration_tokens)
+        if self.lora_info.values:
+            metrics += (self.lora_info,)
         for metric in metrics:
             lines.extend(metric.render())
         return lines

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StartupError
+from .setting_values import Option, _bool, _optional_int, _optional_str, parse_bytes
+from .settings_lora import LORA_OPTIONS, check_lora
 
 FORMATS = ("onnx", "torchscript", "torch-export", "keras", "hf")
 LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -33,47 +35,6 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 def _default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "kubemaas", "models")
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: its flag, its environment variable, its default and its meaning."""
-
-    field: str
-    flag: str
-    env: str
-    default: Any
-    parse: Callable[[str], Any]
-    help: str
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def _optional_str(text: str) -> str | None:
-    return text or None
-
-
-def _optional_int(text: str) -> int | None:
-    return int(text) if text.strip() else None
-
-
-_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-               "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """``1073741824``, ``512Mi``, ``2G``, ``1.5Gi`` -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtKMGT]i?)?[bB]?\s*", text)
-    if not m:
-        raise ValueError("expected bytes like 1073741824, 512Mi or 2G")
-    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -246,6 +207,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("idle_timeout_s", "--idle-timeout-s", "KUBEMAAS_IDLE_TIMEOUT_S", 300.0, float,
            "A connection without a request for this long (idle keep-alive, or one that never "
            "sends anything) is closed. Keep it above the idle timeout of the proxy in front."),
+    *LORA_OPTIONS,
 )
 
 
@@ -291,6 +253,11 @@ class Settings:
     packed_linear: bool = True
     traced_decode: bool = True
     scheduling_policy: str = "fcfs"
+    enable_lora: bool = False
+    lora_modules: tuple[tuple[str, str], ...] = ()
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    allow_runtime_lora_updating: bool = False
     log_level: str = "info"
     log_format: str = "json"
     s3_endpoint: str | None = None
@@ -346,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in OPTIONS:
         default = opt.default if opt.default is not None else "-"
         parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.env,
+                            nargs=opt.nargs, const=opt.const,
                             help=f"{opt.help} [env {opt.env}; default {default}]")
     return parser
 
@@ -361,7 +329,9 @@ def _read(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
     """Every option's value: its flag, else its environment variable, else its default."""
     values: dict[str, Any] = {}
     for opt in OPTIONS:
-        raw: str | None = getattr(args, opt.field)
+        raw: str | list[str] | None = getattr(args, opt.field)
+        if isinstance(raw, list):  # a flag of several words
+            raw = " ".join(raw)
         if raw is None:
             raw = env.get(opt.env)
         if raw is None or (raw == "" and opt.default is None):
@@ -464,6 +434,7 @@ def load_settings(argv: Sequence[str] | None = None,
 
     _check_model(values, check)
     _check_limits(values, check)
+    check_lora(values, check)
     values["log_level"] = values["log_level"].lower()
     check("log_level", values["log_level"] in LOG_LEVELS,
           f"must be one of {', '.join(LOG_LEVELS)}")

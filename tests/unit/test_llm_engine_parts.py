@@ -154,6 +154,21 @@ def test_priority_orders_the_queue_and_chooses_whom_to_preempt() -> None:
     assert fcfs._preempt(keep=a) and fcfs.running == [a]  # the newest, whatever its priority
 
 
+def test_a_batch_holds_at_most_max_loras_adapters() -> None:
+    pool = BlockPool(1 + 32, 4)
+    sched = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=64, max_loras=2)
+    base, a1, b1, c1, a2, base2 = (seq(i, 3) for i in range(1, 7))
+    a1.lora, b1.lora, c1.lora, a2.lora = 1, 2, 3, 1
+    for s in (base, a1, b1, c1, a2, base2):
+        sched.add(s)
+    sched.schedule()
+    # c1's adapter would be a third: it waits, and those behind it are admitted
+    assert sched.running == [base, a1, b1, a2, base2] and list(sched.waiting) == [c1]
+    sched.remove(b1)
+    sched.schedule()
+    assert c1 in sched.running and not sched.waiting
+
+
 def test_packed_step_addresses_each_rows_own_slots() -> None:
     a, b, c = seq(1, 3), seq(2, 5), seq(3, 6)
     a.blocks, b.blocks, c.blocks = [2], [3, 4], [5, 6]

@@ -56,11 +56,11 @@ class BeamSearch:
 
     def __init__(self, engine: Engine, prompt: list[int], params: SamplingParams, width: int,
                  length_penalty: float = 1.0, cache_salt: str | None = None,
-                 priority: int = 0) -> None:
+                 priority: int = 0, lora: int = 0) -> None:
         engine.check_room()
         self.engine, self.prompt, self.params = engine, list(prompt), params
         self.width, self.length_penalty = width, length_penalty
-        self.cache_salt, self.priority = cache_salt, priority
+        self.cache_salt, self.priority, self.lora = cache_salt, priority, lora
         self.stops = frozenset(params.stop_token_ids) | (
             frozenset() if params.ignore_eos else engine.lm.eos_ids)
         self.step_params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=2 * width,
@@ -110,7 +110,8 @@ class BeamSearch:
         while True:
             try:
                 stream = self.engine.submit(self.prompt + list(beam.tokens), self.step_params,
-                                            self.cache_salt, None, self.priority)
+                                            self.cache_salt, None, self.priority,
+                                            self.lora)
                 break
             except Overloaded:  # wait for room, as a request in the queue would
                 await asyncio.sleep(QUEUE_FULL_WAIT_S)

@@ -28,6 +28,7 @@ from .decoder_stack import StepForward
 from .detok import Detokenizer, decoder
 from .kv_cache import BlockPool, KVStore, cache_root
 from .loader import LanguageModel
+from .lora import AdapterError, in_use
 from .pacing import PrefillPacer
 from .packing import pack
 from .prompt_scores import score
@@ -158,8 +159,10 @@ class Engine:
                 f"{cfg.max_model_len} needs; raise the KV cache memory or lower max-model-len")
         self.store = KVStore(lm.num_layers, num_blocks, cfg.block_size, lm.kv_heads,
                              lm.head_dim, lm.dtype, lm.device)
+        self.loras = lm.loras
         self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens,
-                                   priority=cfg.scheduling_policy == "priority")
+                                   priority=cfg.scheduling_policy == "priority",
+                                   max_loras=self.loras.max_loras if self.loras else 0)
         self.pacer = PrefillPacer(cfg.prefill_share, floor=cfg.block_size,
                                   ceiling=cfg.max_num_batched_tokens)
         self.scheduler.prefill_cap = self.pacer.cap
@@ -184,6 +187,9 @@ class Engine:
         self.steps = 0
         self.peak_running = 0  # most sequences that ran in one step
         self.step_tokens: Counter[int] = Counter()  # tokens in a step -> steps
+        # with LoRA: the adapters of the running and of the waiting sequences (names)
+        self.lora_running: tuple[str, ...] = ()
+        self.lora_waiting: tuple[str, ...] = ()
 
     # ---- event-loop side -------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -201,14 +207,19 @@ class Engine:
 
     def submit(self, prompt: list[int], params: SamplingParams,
                cache_salt: str | None = None, matcher: Any = None,
-               priority: int = 0) -> RequestStream:
+               priority: int = 0, lora: int = 0) -> RequestStream:
         """A new request; ``cache_salt``: it shares cached prompt blocks only with requests
         that carry the same salt; ``matcher``: the grammar its output follows (structured.py;
-        one per sequence); ``priority``: its place in a priority-scheduled queue."""
+        one per sequence); ``priority``: its place in a priority-scheduled queue; ``lora``:
+        the id of the LoRA adapter it runs with (0: the base model)."""
         self.check_room()
+        if lora and (self.loras is None or lora in self.loras.retired
+                     or lora not in self.loras.names):
+            raise AdapterError("the LoRA adapter was unloaded")
         seq = self.sequence(prompt, params, matcher)
-        seq.cache_root = cache_root(cache_salt)
+        seq.cache_root = cache_root(cache_salt, lora)
         seq.priority = priority
+        seq.lora = lora
         stream = RequestStream(self, seq)
         seq.sink = stream.put
         self.held += 1
@@ -338,6 +349,14 @@ class Engine:
         self.num_running = len(self.scheduler.running)
         self.peak_running = max(self.peak_running, self.num_running)
         self.kv_usage = self.pool.usage()
+        if self.loras is not None:
+            self.lora_running = self.loras.names_of(self.scheduler.running)
+            self.lora_waiting = self.loras.names_of(self.scheduler.waiting)
+            if self.loras.retired:  # unloaded adapters: their weights go once nothing uses them
+                with self._wake:
+                    posted = [seq for _, seq in self._inbox]
+                self.loras.drop_retired(in_use(self.scheduler.waiting, self.scheduler.running,
+                                               posted))
 
     def step(self) -> list[tuple[Sequence, Delta | BaseException]]:
         plan = self.scheduler.schedule()
@@ -358,8 +377,16 @@ class Engine:
         """One forward pass over the step's rows packed together (packing.py)."""
         step = pack(decode, prefill, self.store, self.cfg.block_size)
         dev = self.lm.device
-        logits = self._model_step(step.input_ids.to(dev), step.position_ids.to(dev),
-                                 step.keep.to(dev), step.paged.to(dev))
+        model_step = self._model_step
+        if self.loras is not None and self.loras.set_step(
+                [s.lora for s in decode] + [s.lora for s, n in prefill for _ in range(n)]):
+            model_step = self.lm.forward  # the traced graph has no adapters
+        try:
+            logits = model_step(step.input_ids.to(dev), step.position_ids.to(dev),
+                                step.keep.to(dev), step.paged.to(dev))
+        finally:
+            if self.loras is not None:
+                self.loras.clear_step()
         for seq, n in [(s, 1) for s in decode] + prefill:
             seq.computed += n
             seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,

@@ -23,12 +23,17 @@ import torch
 UNSALTED = bytes(32)
 
 
-def cache_root(salt: str | None) -> bytes:
+def cache_root(salt: str | None, lora: int = 0) -> bytes:
     """Where a request's chain of block hashes starts: requests share cached blocks only when
-    their prefixes and their ``cache_salt`` (vLLM's request field) are the same."""
-    if salt is None:
+    their prefixes, their ``cache_salt`` (vLLM's request field) and their LoRA adapter (its
+    id, never reused: lora.py) are the same."""
+    if salt is None and not lora:
         return UNSALTED
-    return hashlib.sha256(b"kubemaas cache_salt\0" + salt.encode()).digest()
+    root = UNSALTED if salt is None else hashlib.sha256(
+        b"kubemaas cache_salt\0" + salt.encode()).digest()
+    if lora:
+        root = hashlib.sha256(b"kubemaas lora\0" + str(lora).encode() + b"\0" + root).digest()
+    return root
 
 
 class OutOfBlocks(Exception):

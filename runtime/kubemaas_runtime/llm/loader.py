@@ -14,7 +14,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from . import attention, quantized
 from .attention import PagedStep
 from .decoder_stack import StepForward, stack_forward
 from .packed_linear import pack_linears
+
+if TYPE_CHECKING:
+    from .lora import LoraSet
 
 log = logging.getLogger("kubemaas.runtime.llm")
 
@@ -45,6 +48,7 @@ class LanguageModel:
     eos_ids: frozenset[int] = field(default_factory=frozenset)
     chat_template: str | None = None
     stack: StepForward | None = None  # the model's modules called directly (decoder_stack.py)
+    loras: LoraSet | None = None  # with LoRA on: the adapters and the layers they change
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 keep: torch.Tensor, step: PagedStep) -> torch.Tensor:

@@ -16,6 +16,9 @@ Every engine step the scheduler decides which sequences run and how many of thei
   recently admitted sequence gives its blocks back and waits again at the head of the queue
   (its prompt and output so far are read again when it is readmitted: recompute).
 
+With LoRA adapters (lora.py), the sequences of one step use at most ``max_loras`` adapters:
+a waiting sequence of another adapter is passed over, and those behind it are admitted.
+
 With ``priority`` (vLLM's ``--scheduling-policy priority``) the queue is ordered by each
 request's priority (lower first), then by arrival, and the sequence preempted is the running one
 that comes last in that order.
@@ -51,6 +54,7 @@ class Sequence:
     registered: int = 0  # leading full blocks registered in the prefix cache
     cache_root: bytes = UNSALTED  # where its prefix-cache chain starts (kv_cache.cache_root)
     priority: int = 0  # with priority scheduling: lower is served first (vLLM's)
+    lora: int = 0  # the LoRA adapter's id (lora.py); 0: the base model
     cached_tokens: int | None = None  # prompt tokens found in the cache when first admitted
     sample_state: SampleState | None = None
     # with params.prompt_logprobs: the logprobs of prompt tokens 1.. (prompt_scores.py)
@@ -94,8 +98,9 @@ class Step:
 
 class Scheduler:
     def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int,
-                 priority: bool = False) -> None:
+                 priority: bool = False, max_loras: int = 0) -> None:
         self.pool = pool
+        self.max_loras = max_loras  # adapters in the running batch at most (0: no LoRA)
         self.priority = priority  # order by Sequence.rank, not by arrival alone
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -121,8 +126,12 @@ class Scheduler:
         self.pool.release(seq.blocks)
 
     def _admit(self) -> None:
-        while self.waiting and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+        passed = 0  # sequences at the head left waiting for an adapter slot
+        while len(self.waiting) > passed and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[passed]
+            if not self._adapter_fits(seq):
+                passed += 1
+                continue
             # shared blocks holding a prefix (referenced)
             cached = [] if seq.scoring else self.pool.lookup(seq.ids, seq.cache_root)
             need = self.pool.blocks_for(len(seq.ids) + 1) - len(cached)
@@ -138,8 +147,15 @@ class Scheduler:
             if seq.cached_tokens is None:  # a preempted sequence keeps its first count
                 seq.cached_tokens = seq.computed
                 seq.scheduled_at = time.monotonic()
-            self.waiting.popleft()
+            del self.waiting[passed]
             self.running.append(seq)
+
+    def _adapter_fits(self, seq: Sequence) -> bool:
+        """Its adapter is running already, or there is room for one more."""
+        if not seq.lora:
+            return True
+        running = {s.lora for s in self.running if s.lora}
+        return seq.lora in running or len(running) < self.max_loras
 
     def _preempt(self, keep: Sequence) -> bool:
         """Free the blocks of the newest running sequence other than ``keep`` (with

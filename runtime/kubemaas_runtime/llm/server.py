@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +40,37 @@ def kv_budget(settings: Settings, lm: Any) -> int:
     return budget
 
 
-def _load(settings: Settings) -> tuple[Any, Any]:
-    """Blocking: fetch the directory, load the model, build the engine (runs in a thread)."""
+def _fetcher(settings: Settings) -> Callable[[str], Path]:
+    """A model's or an adapter's URI -> its local directory (blocking; the model cache)."""
     from ..storage import S3Config
     from ..storage_dir import fetch_model_dir
+
+    s3 = S3Config.from_env(os.environ, settings.s3_endpoint, settings.s3_credentials_dir)
+    return lambda uri: Path(fetch_model_dir(uri, settings.cache_dir, s3=s3,
+                                            timeout_s=settings.download_timeout_s))
+
+
+def _lora_set(settings: Settings, lm: Any) -> Any:
+    """The LoRA layers and the adapters of --lora-modules."""
+    from .lora import AdapterError, LoraSet, read_adapter
+
+    loras = LoraSet(lm.model, settings.max_loras, settings.max_lora_rank)
+    for name, uri in settings.lora_modules:
+        try:
+            loras.add(read_adapter(loras, name, uri, _fetcher(settings)))
+        except AdapterError as exc:
+            raise StartupError(f"LoRA adapter '{name}' ({uri}): {exc}") from None
+    return loras
+
+
+def _load(settings: Settings) -> tuple[Any, Any]:
+    """Blocking: fetch the directory, load the model, build the engine (runs in a thread)."""
     from .chat_template import read_chat_template, use_chat_template
     from .engine import Engine, EngineConfig
     from .loader import load_hf
 
     t0 = time.perf_counter()
-    s3 = S3Config.from_env(os.environ, settings.s3_endpoint, settings.s3_credentials_dir)
-    path = fetch_model_dir(settings.model_uri, settings.cache_dir, s3=s3,
-                           timeout_s=settings.download_timeout_s)
+    path = _fetcher(settings)(settings.model_uri)
     t1 = time.perf_counter()
     if settings.intra_op_threads:
         import torch
@@ -61,6 +81,8 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     template = read_chat_template(settings.chat_template, Path(path))
     if template is not None:
         use_chat_template(lm, template, repr(settings.chat_template)[:80])
+    if settings.enable_lora:
+        lm.loras = _lora_set(settings, lm)
     t2 = time.perf_counter()
     max_len = settings.max_model_len or lm.max_position
     if max_len > lm.max_position:
@@ -106,6 +128,11 @@ def _open(api: Any, settings: Settings, lm: Any, engine: Any) -> None:
     api.served = Served(engine, LLMMetrics(settings.model_name, engine.pool.block_size,
                                            engine.pool.usable, engine.cfg.max_model_len),
                         lm.tokenizer, engine.cfg.max_model_len, lm.vocab_size)
+    if lm.loras is not None:
+        api.served.loras = lm.loras
+        if settings.allow_runtime_lora_updating:
+            api.served.fetch_adapter = _fetcher(settings)
+            api.lora_updating = True
     if api.reasoning_parser != "none":
         api.served.think_ids = think_token_ids(lm.tokenizer)
 
@@ -148,7 +175,8 @@ async def serve_llm(settings: Settings) -> int:
                 "tool_call_parser": api.tool_call_parser,
                 "reasoning_parser": api.reasoning_parser,
                 # a structured output's grammar holds the answer after the reasoning
-                "grammar_after_thinking": bool(api.served and api.served.think_ids)}})
+                "grammar_after_thinking": bool(api.served and api.served.think_ids),
+                "lora_adapters": sorted(lm.loras.by_name) if lm.loras else None}})
             await stop_task
         else:
             load_task.cancel()

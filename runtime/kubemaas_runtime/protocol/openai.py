@@ -38,6 +38,10 @@ from .openai_engine import (
     thinks_first,
 )
 from .openai_errors import ApiError
+from .openai_lora import ROUTES as LORA_ROUTES
+from .openai_lora import adapter_cards, adapter_id
+from .openai_lora import load as load_adapter
+from .openai_lora import unload as unload_adapter
 from .openai_reader import AnswerReader, answer_message, answer_reader
 from .openai_reasoning import prompt_opens_think
 from .openai_render import ChatRender
@@ -94,6 +98,7 @@ class OpenAIServer:
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.served: Served | None = None
+        self.lora_updating = False  # the LoRA load and unload routes are served
         self.draining = False
         self.inflight = 0
         self.created = int(time.time())
@@ -112,6 +117,10 @@ class OpenAIServer:
                     raise ApiError(405, f"use POST for {path}")
                 return await (self._tokenize_route(request) if path == "/tokenize"
                               else self._detokenize_route(request))
+            if path in LORA_ROUTES and self.lora_updating:
+                if method != "POST":
+                    raise ApiError(405, f"use POST for {path}")
+                return await self._lora_route(request, path)
             if method not in ("GET", "HEAD"):
                 raise ApiError(405 if path in self._get_routes() else 404,
                                f"no route for {method} {request.path}")
@@ -143,11 +152,18 @@ class OpenAIServer:
             raise ApiError(503, f"the model '{self.model_name}' is not ready (loading or "
                            "shutting down)")
         if path == "/v1/models":
-            return _json({"object": "list", "data": [self._model_card()]})
+            return _json({"object": "list", "data": self._model_cards()})
         if path.startswith("/v1/models/"):
-            self._check_model(path[len("/v1/models/"):])
-            return _json(self._model_card())
+            name = path[len("/v1/models/"):]
+            self._check_model(name)
+            return _json(next(card for card in self._model_cards() if card["id"] == name))
         raise ApiError(404, f"no route for GET {path}")
+
+    def _model_cards(self) -> list[dict[str, Any]]:
+        """The model's card, then its LoRA adapters' (vLLM's: each with its parent)."""
+        served = self._serving()
+        return [self._model_card(), *adapter_cards(served.loras, self.model_name, self.created,
+                                                   served.max_model_len)]
 
     def _model_card(self) -> dict[str, Any]:
         card: dict[str, Any] = {"id": self.model_name, "object": "model",
@@ -156,14 +172,29 @@ class OpenAIServer:
             card["max_model_len"] = self.served.max_model_len
         return card
 
-    def _check_model(self, name: str | None) -> None:
-        """A request may name the model; another name is 404."""
-        if name is not None and name != self.model_name:
+    def _check_model(self, name: str | None) -> int:
+        """A request may name the model or one of its LoRA adapters (its id; 0: the model);
+        another name is 404."""
+        if name is None or name == self.model_name:
+            return 0
+        found = adapter_id(self.served.loras if self.served else None, name)
+        if found is None:
             raise self._unknown_model(name)
+        return found
 
     def _unknown_model(self, name: str) -> ApiError:
+        loras = self.served.loras if self.served else None
+        adapters = f" and the LoRA adapters {sorted(loras.by_name)}" if loras else ""
         return ApiError(404, f"The model '{name}' does not exist; this server serves "
-                        f"'{self.model_name}'.", "model", "model_not_found")
+                        f"'{self.model_name}'{adapters}.", "model", "model_not_found")
+
+    async def _lora_route(self, request: web.BaseRequest, path: str) -> web.Response:
+        served = self._serving()
+        assert served.loras is not None and served.fetch_adapter is not None
+        doc = await self._read_json(request)
+        if path == "/v1/load_lora_adapter":
+            return await load_adapter(served.loras, doc, served.fetch_adapter, self.model_name)
+        return unload_adapter(served.loras, doc)
 
     def _render_metrics(self) -> bytes:
         body = self.metrics.render()
@@ -173,6 +204,8 @@ class OpenAIServer:
         llm.set_engine(eng.num_waiting, eng.num_running, eng.kv_usage,
                        eng.scheduler.preemptions, eng.peak_running,
                        (eng.pool.queried_tokens, eng.pool.hit_tokens), dict(eng.step_tokens))
+        if eng.loras is not None:
+            llm.set_loras(eng.loras.max_loras, eng.lora_running, eng.lora_waiting)
         return body + ("\n".join(llm.render_lines()) + "\n").encode()
 
     # ---- generation ------------------------------------------------------------------------
@@ -297,7 +330,7 @@ class OpenAIServer:
             responses = parse_responses(doc) if kind == "responses" else None
             req = parse_request(doc if responses is None else responses.chat,
                                 kind != "completions", served.vocab_size)
-            self._check_model(req.model)
+            lora = self._check_model(req.model)
             if req.tools is not None and req.tools.choice == "auto" and \
                     self.tool_call_parser == "none":
                 raise ApiError(400, "tool_choice \"auto\" (the default when tools are given) "
@@ -317,7 +350,7 @@ class OpenAIServer:
             params = [fit(served, req, p, bad_words) for p in prompts]
             grammars = await matchers(served, req, prompts)
             choices = submit(served, req, prompts, params,
-                             await self._echo_texts(served, req, prompts), grammars)
+                             await self._echo_texts(served, req, prompts), grammars, lora)
             try:
                 if responses is not None:
                     return await self._respond(request, served, req, responses, choices[0])
@@ -365,7 +398,7 @@ class OpenAIServer:
     def _head(self, req: GenerationRequest) -> dict[str, Any]:
         prefix = "chatcmpl-" if req.chat else "cmpl-"
         return {"id": prefix + uuid.uuid4().hex, "created": int(time.time()),
-                "model": self.model_name}
+                "model": req.model or self.model_name}
 
     async def _complete(self, served: Served, req: GenerationRequest, choices: list[Choice],
                         prompts: list[list[int]]) -> dict[str, Any]:
@@ -400,7 +433,7 @@ class OpenAIServer:
 
     async def _respond(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
                        responses: ResponsesRequest, choice: Choice) -> web.StreamResponse:
-        head = (new_id("resp"), int(time.time()), self.model_name)
+        head = (new_id("resp"), int(time.time()), req.model or self.model_name)
         reader = self._reader(served, req, choice.prompt, named=True)
         args = (head, responses, req, choice, self._observe(served, choice.stream), reader,
                 served.tokenizer)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ..llm.beam import BeamSearch
 from ..llm.detok import encoder
 from ..llm.engine import Engine, Overloaded
+from ..llm.lora import AdapterError, LoraSet
 from ..llm.sampling import SamplingParams
 from ..llm.structured import AfterThinking, Grammars, InvalidConstraint
 from ..metrics import LLMMetrics
@@ -37,6 +39,9 @@ class Served:
     # with a reasoning parser, <think> and </think> when each is one token: a grammar then
     # holds the answer after the reasoning
     think_ids: tuple[int, int] | None = None
+    loras: LoraSet | None = None  # with LoRA on: the adapters requests may name
+    # with runtime LoRA updating: an adapter's URI -> its local directory (blocking)
+    fetch_adapter: Callable[[str], Path] | None = None
     grammars: Grammars = field(init=False)  # structured outputs' grammars
 
     def __post_init__(self) -> None:
@@ -124,8 +129,9 @@ async def matchers(served: Served, req: GenerationRequest, prompts: list[list[in
 
 def submit(served: Served, req: GenerationRequest, prompts: list[list[int]],
             params: list[SamplingParams], echo_texts: list[str],
-            matchers: list[Any] | None = None) -> list[Choice]:
-    """One engine sequence per choice (``n`` per prompt); all of them or none (429)."""
+            matchers: list[Any] | None = None, lora: int = 0) -> list[Choice]:
+    """One engine sequence per choice (``n`` per prompt); all of them or none (429). ``lora``:
+    the LoRA adapter's id (0: the base model)."""
     if req.priority and served.engine.cfg.scheduling_policy != "priority":
         raise ApiError(400, "'priority' orders requests only on a server started with "
                        "--scheduling-policy priority (this one serves in arrival order)",
@@ -137,14 +143,20 @@ def submit(served: Served, req: GenerationRequest, prompts: list[list[int]],
                                                     strict=True):
             if req.beam is not None:  # n answers of one search, best first
                 search = BeamSearch(served.engine, prompt, prompt_params, req.n,
-                                    req.beam.length_penalty, req.cache_salt, req.priority)
+                                    req.beam.length_penalty, req.cache_salt, req.priority,
+                                    lora)
                 choices += [Choice(len(choices) + j, answer, prompt, j == 0, echo_text)
                             for j, answer in enumerate(search.answers)]
                 continue
             for j, choice_params in enumerate(req.choice_params(prompt_params)):
                 stream = served.engine.submit(prompt, choice_params, req.cache_salt,
-                                              matchers[len(choices)], req.priority)
+                                              matchers[len(choices)], req.priority, lora)
                 choices.append(Choice(len(choices), stream, prompt, j == 0, echo_text))
+    except AdapterError:  # unloaded since the request named it
+        for choice in choices:
+            choice.stream.cancel()
+        raise ApiError(404, f"The model '{req.model}' does not exist (its LoRA adapter was "
+                       "unloaded).", "model", "model_not_found") from None
     except Overloaded as exc:
         for choice in choices:
             choice.stream.cancel()

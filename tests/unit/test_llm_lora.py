@@ -1,0 +1,220 @@
+"""LoRA adapters (llm/lora.py) against PEFT, which makes them: a model whose layers are wrapped
+gives PEFT's logits for the rows of an adapter and the base model's for the others, with plain,
+oneDNN-packed and fused layers and GPT-2's Conv1D; rsLoRA and alpha_pattern scale as PEFT
+scales; adapters that cannot be served are refused with the reason."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from kubemaas_runtime.llm import packed_linear
+from kubemaas_runtime.llm.kv_cache import UNSALTED, cache_root
+from kubemaas_runtime.llm.lora import AdapterError, LoraLinear, LoraSet
+from kubemaas_runtime.llm.packed_linear import FusedPart, pack_linears
+
+# PEFT calls an alias transformers deprecated
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_llama() -> Any:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2() -> Any:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4,
+                                      n_positions=64)).eval()
+
+
+def make_adapter(model: Any, out: Path, seed: int = 1, **config: Any) -> Any:
+    """A PEFT adapter of ``model`` with random B (PEFT starts B at zero: no change), saved to
+    ``out``; returns the PEFT model."""
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(**config))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.3)
+    peft_model.save_pretrained(str(out))
+    return peft_model.eval()
+
+
+def logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(ids).logits  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_rows_of_an_adapter_get_peft_logits_the_others_the_base(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packed: bool) -> None:
+    base = tiny_llama()
+    tuned = make_adapter(base, tmp_path / "a", r=4, lora_alpha=8, target_modules=LLAMA_TARGETS)
+    served = copy.deepcopy(base)
+    if packed:  # oneDNN layers, q/k/v and gate/up fused
+        monkeypatch.setattr(packed_linear, "MIN_WEIGHTS", 0)
+        pack_linears(served)
+        assert isinstance(served.model.layers[0].self_attn.q_proj, FusedPart)
+    loras = LoraSet(served, max_loras=2, max_rank=8)
+    adapter = loras.read("a", tmp_path / "a")
+    loras.add(adapter)
+    assert isinstance(served.model.layers[0].self_attn.q_proj, LoraLinear)
+    assert len(adapter.pairs) == 2 * 7 and adapter.rank == 4
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3], [4, 4, 8, 1, 2, 6]])
+    want_tuned, want_base = logits(tuned, ids), logits(base, ids)
+    assert not torch.allclose(want_tuned, want_base, atol=1e-3)  # the adapter changes answers
+
+    assert loras.set_step([adapter.id] * 12)  # every row
+    torch.testing.assert_close(logits(served, ids), want_tuned, rtol=1e-5, atol=1e-5)
+    assert loras.set_step([adapter.id] * 6 + [0] * 6)  # a mixed batch: rows by adapter
+    mixed = logits(served, ids)
+    torch.testing.assert_close(mixed[0], want_tuned[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[1], want_base[1], rtol=1e-5, atol=1e-5)
+    assert not loras.set_step([0] * 12)
+    torch.testing.assert_close(logits(served, ids), want_base, rtol=1e-5, atol=1e-5)
+
+
+def test_two_adapters_in_one_batch(tmp_path: Path) -> None:
+    base = tiny_llama()
+    first = make_adapter(base, tmp_path / "a", seed=1, r=4, target_modules=["q_proj", "v_proj"])
+    second = make_adapter(base, tmp_path / "b", seed=2, r=2, lora_alpha=32,
+                          target_modules=["down_proj", "o_proj"])
+    served = copy.deepcopy(base)
+    loras = LoraSet(served, max_loras=2, max_rank=8)
+    a, b = loras.read("a", tmp_path / "a"), loras.read("b", tmp_path / "b")
+    loras.add(a)
+    loras.add(b)
+    ids = torch.tensor([[1, 5, 9, 2], [4, 4, 8, 1], [3, 2, 1, 0]])
+    loras.set_step([b.id] * 4 + [0] * 4 + [a.id] * 4)
+    got = logits(served, ids)
+    torch.testing.assert_close(got[0], logits(second, ids)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], logits(base, ids)[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[2], logits(first, ids)[2], rtol=1e-5, atol=1e-5)
+
+
+def test_gpt2_conv1d_layers(tmp_path: Path) -> None:
+    base = tiny_gpt2()
+    tuned = make_adapter(base, tmp_path / "g", r=4, target_modules=["c_attn", "c_proj", "c_fc"],
+                         fan_in_fan_out=True)
+    served = copy.deepcopy(base)
+    loras = LoraSet(served, max_loras=1, max_rank=8)
+    adapter = loras.read("g", tmp_path / "g")
+    loras.add(adapter)
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    loras.set_step([adapter.id] * 5)
+    torch.testing.assert_close(logits(served, ids), logits(tuned, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_rslora_and_alpha_pattern_scale_as_peft(tmp_path: Path) -> None:
+    base = tiny_llama()
+    tuned = make_adapter(base, tmp_path / "a", r=4, lora_alpha=8, use_rslora=True,
+                         alpha_pattern={"v_proj": 2}, target_modules=["q_proj", "v_proj"])
+    served = copy.deepcopy(base)
+    loras = LoraSet(served, max_loras=1, max_rank=8)
+    adapter = loras.read("a", tmp_path / "a")
+    loras.add(adapter)
+    scales = {layer.rsplit(".", 1)[1]: scale for layer, (_, _, scale) in adapter.pairs.items()}
+    assert scales == {"q_proj": 8 / 2, "v_proj": 2 / 2}  # alpha / sqrt(r)
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    loras.set_step([adapter.id] * 5)
+    torch.testing.assert_close(logits(served, ids), logits(tuned, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_a_reloaded_peft_model_agrees(tmp_path: Path) -> None:
+    """What PEFT itself reads back from the directory is what the layers serve."""
+    base = tiny_llama()
+    make_adapter(base, tmp_path / "a", r=4, target_modules=LLAMA_TARGETS)
+    reread = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "a")).eval()
+    served = copy.deepcopy(base)
+    loras = LoraSet(served, max_loras=1, max_rank=8)
+    adapter = loras.read("a", tmp_path / "a")
+    loras.add(adapter)
+    ids = torch.tensor([[2, 3, 5, 7, 11]])
+    loras.set_step([adapter.id] * 5)
+    torch.testing.assert_close(logits(served, ids), logits(reread, ids), rtol=1e-5, atol=1e-5)
+
+
+def rewrite_config(path: Path, **changes: Any) -> None:
+    config = json.loads((path / "adapter_config.json").read_text())
+    config.update(changes)
+    (path / "adapter_config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.filterwarnings("ignore:Setting `save_embedding_layers`:UserWarning")
+def test_adapters_that_cannot_be_served(tmp_path: Path) -> None:
+    base = tiny_llama()
+    loras = LoraSet(copy.deepcopy(base), max_loras=1, max_rank=4)
+
+    def refused(path: Path, *words: str) -> None:
+        with pytest.raises(AdapterError) as err:
+            loras.read("x", path)
+        for word in words:
+            assert word in str(err.value)
+
+    refused(tmp_path / "missing", "no adapter_config.json")
+    make_adapter(base, tmp_path / "big", r=8, target_modules=["q_proj"])
+    refused(tmp_path / "big", "rank 8 is over --max-lora-rank 4")
+    make_adapter(base, tmp_path / "head", r=2, target_modules=["lm_head"])
+    refused(tmp_path / "head", "lm_head", "is not a LoRA pair's A or B")  # PEFT saved the head
+    make_adapter(tiny_gpt2(), tmp_path / "other", r=2, target_modules=["c_attn"],
+                 fan_in_fan_out=True)
+    refused(tmp_path / "other", "'transformer.h.0.attn.c_attn'", "not a linear layer of this "
+            "model")
+    make_adapter(base, tmp_path / "dora", r=2, target_modules=["q_proj"], use_dora=True)
+    refused(tmp_path / "dora", "use_dora")
+    make_adapter(base, tmp_path / "saved", r=2, target_modules=["q_proj"],
+                 modules_to_save=["lm_head"])
+    refused(tmp_path / "saved", "modules_to_save")
+    make_adapter(base, tmp_path / "ok", r=2, target_modules=["q_proj"])
+    rewrite_config(tmp_path / "ok", bias="all")
+    refused(tmp_path / "ok", "bias 'all'")
+    rewrite_config(tmp_path / "ok", bias="none", peft_type="IA3")
+    refused(tmp_path / "ok", "peft_type 'IA3'")
+    (tmp_path / "ok" / "adapter_config.json").write_text("{not json")
+    refused(tmp_path / "ok", "not valid JSON")
+    make_adapter(base, tmp_path / "bin", r=2, target_modules=["q_proj"])
+    (tmp_path / "bin" / "adapter_model.safetensors").unlink()
+    refused(tmp_path / "bin", "no adapter_model.safetensors")
+    (tmp_path / "bin" / "adapter_model.safetensors").write_bytes(b"\x00" * 7)
+    refused(tmp_path / "bin", "cannot be read")
+
+
+def test_an_unloaded_adapter_keeps_its_weights_while_in_use(tmp_path: Path) -> None:
+    base = tiny_llama()
+    make_adapter(base, tmp_path / "a", r=2, target_modules=["q_proj"])
+    loras = LoraSet(copy.deepcopy(base), max_loras=1, max_rank=4)
+    adapter = loras.read("a", tmp_path / "a")
+    loras.add(adapter)
+    with pytest.raises(AdapterError, match="already loaded"):
+        loras.add(loras.read("a", tmp_path / "a"))
+    layer = loras.layers["model.layers.0.self_attn.q_proj"]
+    assert adapter.id in layer.pairs
+    loras.remove("a")
+    assert "a" not in loras.by_name and adapter.id in loras.retired
+    loras.drop_retired(in_use={adapter.id})  # a request still runs with it
+    assert adapter.id in layer.pairs and loras.names[adapter.id] == "a"
+    loras.drop_retired(in_use=set())
+    assert adapter.id not in layer.pairs and not loras.retired and adapter.id not in loras.names
+    with pytest.raises(KeyError):
+        loras.remove("a")
+    again = loras.read("a", tmp_path / "a")
+    assert again.id != adapter.id  # ids are never reused (the prefix cache keys on them)
+
+
+def test_each_adapter_has_its_own_prefix_cache_chain() -> None:
+    roots = {cache_root(None), cache_root(None, 1), cache_root(None, 2), cache_root("s"),
+             cache_root("s", 1)}
+    assert len(roots) == 5
+    assert cache_root(None) == UNSALTED and cache_root("s", 1) == cache_root("s", 1)
