@@ -84,13 +84,14 @@ def prompt_logprobs(model_dir: Path, ids: list[int]) -> torch.Tensor:
 
 
 def beam_search(model_dir: Path, prompt_ids: list[int], width: int, max_new_tokens: int,
-                length_penalty: float = 1.0) -> list[tuple[list[int], bool]]:
+                length_penalty: float = 1.0, model: Any = None) -> list[tuple[list[int], bool]]:
     """vLLM's beam search written out over the model's full forward: each step, the 2 x width
     most likely next tokens of every live beam; those that are EOS end their beam, the width
     best of the rest by cumulative logprob go on; at the end all beams ranked by cumulative
     logprob / (prompt + beam length) ** length_penalty. The best ``width`` as (tokens,
-    ended by EOS)."""
-    tok, model = load(model_dir)
+    ended by EOS). ``model``: another model of that tokenizer (a PEFT model)."""
+    tok, base = load(model_dir)
+    model = base if model is None else model
     eos = tok.eos_token_id
     live: list[tuple[list[int], float]] = [([], 0.0)]
     ended: list[tuple[list[int], float]] = []

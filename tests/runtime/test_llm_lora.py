@@ -123,6 +123,17 @@ def test_a_streamed_chat_of_an_adapter(server: Server) -> None:
     assert base.choices[0].message.content != text
 
 
+def test_a_beam_search_of_an_adapter(server: Server, adapters: dict[str, Any],
+                                     tiny_llama: Path) -> None:
+    prompt = ref.prompt_ids(tiny_llama, "the lazy dog")
+    want = ref.beam_search(tiny_llama, prompt, 3, 10, model=adapters["chat"])
+    status, doc = server.post_json("/v1/completions", {
+        "model": "chat", "prompt": prompt, "max_tokens": 10, "n": 3, "use_beam_search": True,
+        "return_token_ids": True})
+    assert status == 200, doc
+    assert [c["token_ids"] for c in doc["choices"]] == [tokens for tokens, _ in want]
+
+
 def lora_info(server: Server) -> dict[str, str]:
     line = next(x for x in server.metrics().splitlines()
                 if x.startswith("vllm:lora_requests_info{"))

@@ -482,13 +482,16 @@ class Engine:
                      seq.scheduled_at if reason is not None else None, stop_reason)
 
     # ---- in-process use (benchmarks, tests) ------------------------------------------------
-    def generate_sync(self, prompts: list[list[int]], params: SamplingParams
-                      ) -> list[list[int]]:
-        """Run prompts to completion in the calling thread (the engine thread must not run)."""
+    def generate_sync(self, prompts: list[list[int]], params: SamplingParams,
+                      loras: list[int] | None = None) -> list[list[int]]:
+        """Run prompts to completion in the calling thread (the engine thread must not run);
+        ``loras``: each prompt's adapter id (bench/llm/lora.py)."""
         outs: dict[int, list[int]] = {}
         seqs = []
-        for p in prompts:
+        for i, p in enumerate(prompts):
             seq = self.sequence(p, params)
+            seq.lora = loras[i] if loras else 0
+            seq.cache_root = cache_root(None, seq.lora)
             outs[seq.rid] = seq.output
             seqs.append(seq)
             self.scheduler.add(seq)

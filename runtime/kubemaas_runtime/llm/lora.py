@@ -223,8 +223,12 @@ class LoraSet:
         if rank > self.max_rank:
             raise AdapterError(f"{path}: LoRA rank {rank} is over --max-lora-rank "
                                f"{self.max_rank}")
-        alpha = float(_pattern_value(config.get("alpha_pattern") or {}, layer,
-                                     config.get("lora_alpha", 8)))
+        try:
+            alpha = float(_pattern_value(config.get("alpha_pattern") or {}, layer,
+                                         config.get("lora_alpha", 8)))
+        except (re.error, TypeError, ValueError, AttributeError) as exc:
+            raise AdapterError(f"{path}: lora_alpha / alpha_pattern for {layer!r}: {exc}"
+                               ) from None
         scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
         return (a.to(self._device, self._dtype).contiguous(),
                 b.to(self._device, self._dtype).contiguous(), scale)
