@@ -193,7 +193,8 @@ class LLMMetrics:
                               "Fraction of KV-cache blocks in use (1 = full).", names)
         self.cache_info = Gauge("vllm:cache_config_info", "KV-cache configuration.",
                                 ("model_name", "block_size", "num_gpu_blocks"))
-        self.cache_info.set((model_name, str(block_size), str(num_blocks)), 1)
+        if num_blocks:  # (an embedding model has no KV cache)
+            self.cache_info.set((model_name, str(block_size), str(num_blocks)), 1)
         self.ttft = Histogram("vllm:time_to_first_token_seconds",
                               "Time from request arrival to its first output token.",
                               TTFT_BUCKETS, names)

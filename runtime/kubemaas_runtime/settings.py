@@ -23,6 +23,7 @@ LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOOL_CALL_PARSERS = ("auto", "none", "hermes", "llama3_json", "mistral", "pythonic",
                      "qwen3_coder")  # protocol/openai_tools.py
 SCHEDULING_POLICIES = ("fcfs", "priority")  # llm/scheduler.py
+RUNNERS = ("auto", "generate", "pooling")  # llm/server.py
 REASONING_PARSERS = ("auto", "none", "deepseek_r1", "qwen3")  # protocol/openai_reasoning.py
 DEVICES = ("auto", "cpu", "cuda")
 PAD_BATCHES = ("auto", "always", "never")
@@ -160,6 +161,14 @@ OPTIONS: tuple[Option, ...] = (
            "hf models on CPU (Llama, Mistral, Qwen2, Qwen3): run steps that only decode from "
            "a graph traced once from the model (bit-identical logits, less Python per step); "
            "false runs every step eagerly."),
+    Option("runner", "--runner", "KUBEMAAS_RUNNER", "auto", str,
+           "hf models: auto | generate | pooling (vLLM's). pooling serves an embedding model "
+           "on /v1/embeddings; auto: pooling when config.json names a base model (no "
+           "language-model head) or sentence-transformers' modules.json is there."),
+    Option("pooler_config", "--pooler-config", "KUBEMAAS_POOLER_CONFIG", None, _optional_str,
+           "hf embedding models: how to pool, vLLM's JSON {\"pooling_type\": LAST|MEAN|CLS, "
+           "\"normalize\": true|false}. Default: the sentence-transformers files, else LAST "
+           "and normalized."),
     Option("scheduling_policy", "--scheduling-policy", "KUBEMAAS_SCHEDULING_POLICY", "fcfs",
            str, "hf models: fcfs | priority. fcfs: waiting requests are admitted in arrival "
            "order, and a request's priority other than 0 is refused; priority (vLLM's): by "
@@ -253,6 +262,8 @@ class Settings:
     packed_linear: bool = True
     traced_decode: bool = True
     scheduling_policy: str = "fcfs"
+    runner: str = "auto"
+    pooler_config: str | None = None
     enable_lora: bool = False
     lora_modules: tuple[tuple[str, str], ...] = ()
     max_loras: int = 1
@@ -398,6 +409,7 @@ def _check_limits(values: dict[str, Any], check: Check) -> None:
           f"must be one of {', '.join(TOOL_CALL_PARSERS)}")
     check("reasoning_parser", values["reasoning_parser"] in REASONING_PARSERS,
           f"must be one of {', '.join(REASONING_PARSERS)}")
+    check("runner", values["runner"] in RUNNERS, f"must be one of {', '.join(RUNNERS)}")
     check("scheduling_policy", values["scheduling_policy"] in SCHEDULING_POLICIES,
           f"must be one of {', '.join(SCHEDULING_POLICIES)}")
     check("kv_cache_memory", values["kv_cache_memory"] >= 0, "must be 0 or more bytes")

@@ -156,3 +156,59 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
         head_dim=head_dim, vocab_size=int(cfg.vocab_size), max_position=max_position,
         eos_ids=frozenset(eos), chat_template=getattr(tokenizer, "chat_template", None),
         stack=stack_forward(model))
+
+
+def pooling_runner(path: Path) -> bool:
+    """vLLM's ``--runner auto`` for a model directory: pooling when its config names a base
+    model (``LlamaModel``, ``Qwen3Model``, ...: no language-model head) or when it ships the
+    sentence-transformers files; otherwise generation."""
+    if (path / "modules.json").is_file():
+        return True
+    config = _check_dir(path)
+    archs = config.get("architectures") or []
+    return bool(archs) and all(str(a).endswith("Model") for a in archs)
+
+
+@dataclass
+class EmbeddingModel:
+    model: Any  # the transformers base model (its last_hidden_state is pooled)
+    tokenizer: Any
+    model_type: str
+    device: torch.device
+    dtype: torch.dtype
+    hidden_size: int
+    max_position: int
+    matryoshka: tuple[int, ...] | bool  # dimensions it was trained to be cut to (True: any)
+
+
+def load_embedding(path: Path, device: str = "auto", dtype: str = "auto",
+                   packed_linear: bool = True) -> EmbeddingModel:
+    """Load the model directory as a base model for embeddings (blocking)."""
+    import transformers
+
+    config = _check_dir(path)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        model = transformers.AutoModel.from_pretrained(
+            str(path), dtype=torch_dtype, attn_implementation="sdpa", use_safetensors=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StartupError(f"cannot load the model in {path}: {first}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise StartupError(f"{path}: the tokenizer is not a fast tokenizer")
+    model.to(dev)
+    model.eval()
+    if packed_linear and dev.type == "cpu":
+        log.info("linear weights reordered for oneDNN",
+                 extra={"fields": {"layers": pack_linears(model)}})
+    cfg = model.config
+    dims = config.get("matryoshka_dimensions")
+    matryoshka: tuple[int, ...] | bool = tuple(int(d) for d in dims) if isinstance(
+        dims, list) else bool(config.get("is_matryoshka"))
+    return EmbeddingModel(
+        model=model, tokenizer=tokenizer, model_type=str(cfg.model_type), device=dev,
+        dtype=torch_dtype, hidden_size=int(cfg.hidden_size),
+        max_position=int(getattr(cfg, "max_position_embeddings", 0) or 2048),
+        matryoshka=matryoshka)

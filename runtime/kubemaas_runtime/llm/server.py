@@ -67,7 +67,7 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     """Blocking: fetch the directory, load the model, build the engine (runs in a thread)."""
     from .chat_template import read_chat_template, use_chat_template
     from .engine import Engine, EngineConfig
-    from .loader import load_hf
+    from .loader import load_hf, pooling_runner
 
     t0 = time.perf_counter()
     path = _fetcher(settings)(settings.model_uri)
@@ -76,9 +76,13 @@ def _load(settings: Settings) -> tuple[Any, Any]:
         import torch
 
         torch.set_num_threads(settings.intra_op_threads)
-    lm = load_hf(Path(path), device=settings.device, dtype=settings.dtype,
+    if settings.runner == "pooling" or (settings.runner == "auto" and pooling_runner(path)):
+        from .pooling_server import load_pooling
+
+        return load_pooling(settings, path, t1 - t0)
+    lm = load_hf(path, device=settings.device, dtype=settings.dtype,
                  packed_linear=settings.packed_linear)
-    template = read_chat_template(settings.chat_template, Path(path))
+    template = read_chat_template(settings.chat_template, path)
     if template is not None:
         use_chat_template(lm, template, repr(settings.chat_template)[:80])
     if settings.enable_lora:
@@ -115,9 +119,9 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     return lm, engine
 
 
-def _open(api: Any, settings: Settings, lm: Any, engine: Any) -> None:
+def _open(api: Any, settings: Settings, lm: Any, engine: Any) -> dict[str, Any]:
     """The endpoints take requests for the loaded model: its engine, metrics and tokenizer,
-    and the parsers its chat template calls for."""
+    and the parsers its chat template calls for; the ready log's fields."""
     from ..metrics import LLMMetrics
     from ..protocol.openai_engine import Served
     from ..protocol.openai_reasoning import resolve_reasoning_parser, think_token_ids
@@ -135,6 +139,11 @@ def _open(api: Any, settings: Settings, lm: Any, engine: Any) -> None:
             api.lora_updating = True
     if api.reasoning_parser != "none":
         api.served.think_ids = think_token_ids(lm.tokenizer)
+    return {"chat_template": "--chat-template" if settings.chat_template else "tokenizer",
+            "tool_call_parser": api.tool_call_parser, "reasoning_parser": api.reasoning_parser,
+            # a structured output's grammar holds the answer after the reasoning
+            "grammar_after_thinking": bool(api.served.think_ids),
+            "lora_adapters": sorted(lm.loras.by_name) if lm.loras else None}
 
 
 async def serve_llm(settings: Settings) -> int:
@@ -162,7 +171,11 @@ async def serve_llm(settings: Settings) -> int:
         if load_task.done():
             lm, engine = load_task.result()  # raises StartupError
             engine.start(loop)
-            _open(api, settings, lm, engine)
+            from .pooling import Embedder
+            from .pooling_server import open_pooling
+
+            fields = open_pooling(api, settings, lm, engine) if isinstance(
+                engine, Embedder) else _open(api, settings, lm, engine)
             gc.collect()
             gc.freeze()
             took = time.perf_counter() - started
@@ -171,12 +184,7 @@ async def serve_llm(settings: Settings) -> int:
             lifecycle.info("ready", extra={"fields": {
                 "model": settings.model_name, "platform": "transformers",
                 "device": str(lm.device), "port": port, "seconds_to_ready": round(took, 3),
-                "chat_template": "--chat-template" if settings.chat_template else "tokenizer",
-                "tool_call_parser": api.tool_call_parser,
-                "reasoning_parser": api.reasoning_parser,
-                # a structured output's grammar holds the answer after the reasoning
-                "grammar_after_thinking": bool(api.served and api.served.think_ids),
-                "lora_adapters": sorted(lm.loras.by_name) if lm.loras else None}})
+                **fields}})
             await stop_task
         else:
             load_task.cancel()

@@ -27,6 +27,7 @@ from ..metrics import Metrics
 from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
+from .openai_embeddings import Pooled, embeddings
 from .openai_engine import (
     Served,
     bad_word_ids,
@@ -98,6 +99,7 @@ class OpenAIServer:
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.served: Served | None = None
+        self.pooled: Pooled | None = None  # an embedding model (--runner pooling) instead
         self.lora_updating = False  # the LoRA load and unload routes are served
         self.draining = False
         self.inflight = 0
@@ -117,6 +119,10 @@ class OpenAIServer:
                     raise ApiError(405, f"use POST for {path}")
                 return await (self._tokenize_route(request) if path == "/tokenize"
                               else self._detokenize_route(request))
+            if path == "/v1/embeddings":
+                if method != "POST":
+                    raise ApiError(405, f"use POST for {path}")
+                return await self._embeddings(request)
             if path in LORA_ROUTES and self.lora_updating:
                 if method != "POST":
                     raise ApiError(405, f"use POST for {path}")
@@ -134,7 +140,7 @@ class OpenAIServer:
                 "/version")
 
     def _get(self, path: str) -> web.StreamResponse:
-        ready = self.served is not None and not self.draining
+        ready = (self.served or self.pooled) is not None and not self.draining
         if path == "/health":
             return _json({"status": "ok" if ready else "unavailable"}, 200 if ready else 503)
         if path == "/version":  # vLLM's: the server's version, for clients that log it
@@ -161,6 +167,8 @@ class OpenAIServer:
 
     def _model_cards(self) -> list[dict[str, Any]]:
         """The model's card, then its LoRA adapters' (vLLM's: each with its parent)."""
+        if self.pooled is not None:
+            return [self._model_card()]
         served = self._serving()
         return [self._model_card(), *adapter_cards(served.loras, self.model_name, self.created,
                                                    served.max_model_len)]
@@ -168,8 +176,9 @@ class OpenAIServer:
     def _model_card(self) -> dict[str, Any]:
         card: dict[str, Any] = {"id": self.model_name, "object": "model",
                                 "created": self.created, "owned_by": "kubemaas"}
-        if self.served is not None:
-            card["max_model_len"] = self.served.max_model_len
+        loaded = self.served or self.pooled
+        if loaded is not None:
+            card["max_model_len"] = loaded.max_model_len
         return card
 
     def _check_model(self, name: str | None) -> int:
@@ -196,8 +205,24 @@ class OpenAIServer:
             return await load_adapter(served.loras, doc, served.fetch_adapter, self.model_name)
         return unload_adapter(served.loras, doc)
 
+    async def _embeddings(self, request: web.BaseRequest) -> web.Response:
+        if self.pooled is None or self.draining:
+            self._serving()  # 503 while loading or draining
+            raise ApiError(400, f"the model '{self.model_name}' generates text; embeddings "
+                           "come from an embedding model served with --runner pooling")
+        self.inflight += 1
+        try:
+            return _json(await embeddings(self.pooled, await self._read_json(request),
+                                          self.model_name))
+        finally:
+            self.inflight -= 1
+
     def _render_metrics(self) -> bytes:
         body = self.metrics.render()
+        if self.pooled is not None:
+            embedder, llm = self.pooled.embedder, self.pooled.metrics
+            llm.set_engine(embedder.num_waiting, embedder.num_running, 0.0, 0)
+            return body + ("\n".join(llm.render_lines()) + "\n").encode()
         if self.served is None:
             return body
         eng, llm = self.served.engine, self.served.metrics
@@ -297,6 +322,9 @@ class OpenAIServer:
                            "context_length_exceeded")
 
     def _serving(self) -> Served:
+        if self.pooled is not None and not self.draining:
+            raise ApiError(400, f"the model '{self.model_name}' is an embedding model (--runner "
+                           "pooling): it answers /v1/embeddings only")
         if self.served is None or self.draining:
             raise ApiError(503, "the model is loading" if self.served is None else
                            "the server is shutting down", retry_after=1)

@@ -1,0 +1,233 @@
+"""Embedding models (vLLM's ``--runner pooling``): a transformers base model's last hidden
+states pooled into one vector per input.
+
+How a model pools is read as vLLM reads it: from the sentence-transformers files beside the
+weights (``modules.json``: its ``Pooling`` module's ``config.json`` gives the mode; a
+``Normalize`` module, unit length) or ``--pooler-config``; without either, a decoder model's
+embedding is its last token's hidden state, normalized (vLLM's default for decoder models:
+Qwen3-Embedding, e5-mistral).
+
+``Embedder`` is the pooling engine: one thread that takes the waiting inputs (at most
+``max_num_seqs`` of them, ``max_num_batched_tokens`` padded tokens), runs them as one padded
+batch with their attention mask, pools each row over its own tokens, and hands the vectors to
+the event loop. Inputs whose request went away are dropped before they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import StartupError
+
+log = logging.getLogger("kubemaas.runtime.llm")
+
+POOLING_TYPES = ("LAST", "MEAN", "CLS")
+# sentence-transformers' Pooling config keys -> vLLM's pooling types
+_ST_MODES = {"pooling_mode_lasttoken": "LAST", "pooling_mode_mean_tokens": "MEAN",
+             "pooling_mode_cls_token": "CLS"}
+
+
+@dataclass(frozen=True)
+class Pooling:
+    kind: str = "LAST"
+    normalize: bool = True
+    source: str = "default"  # where it was read: default, modules.json, --pooler-config
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"{path} cannot be read: {exc}") from None
+
+
+def sentence_transformers_pooling(model_dir: Path) -> Pooling | None:
+    """The pooling the sentence-transformers files describe; None without ``modules.json``."""
+    modules_file = model_dir / "modules.json"
+    if not modules_file.is_file():
+        return None
+    modules = _json_file(modules_file)
+    if not isinstance(modules, list):
+        raise StartupError(f"{modules_file} is not a list of modules")
+    types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
+    normalize = any(t.endswith(".Normalize") for t in types)
+    kind = "LAST"
+    for module in modules:
+        if isinstance(module, dict) and str(module.get("type", "")).endswith(".Pooling"):
+            config = _json_file(model_dir / str(module.get("path", "")) / "config.json")
+            modes = [mode for key, mode in _ST_MODES.items() if config.get(key)]
+            others = [k for k, v in config.items()
+                      if k.startswith("pooling_mode_") and v and k not in _ST_MODES]
+            if len(modes) != 1 or others:
+                raise StartupError(f"{model_dir}: the Pooling module asks for "
+                                   f"{modes + others or 'no mode'}; served: exactly one of "
+                                   "last token, mean of the tokens, first (CLS) token")
+            kind = modes[0]
+    return Pooling(kind, normalize, "modules.json")
+
+
+def resolve_pooling(model_dir: Path, pooler_config: str | None) -> Pooling:
+    """--pooler-config (vLLM's JSON: pooling_type, normalize) over the model's own files."""
+    found = sentence_transformers_pooling(model_dir) or Pooling()
+    if not pooler_config:
+        return found
+    try:
+        doc = json.loads(pooler_config)
+    except ValueError as exc:
+        raise StartupError(f"--pooler-config is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or set(doc) - {"pooling_type", "normalize"}:
+        raise StartupError("--pooler-config takes a JSON object with pooling_type and "
+                           "normalize")
+    kind = str(doc.get("pooling_type", found.kind)).upper()
+    if kind not in POOLING_TYPES:
+        raise StartupError(f"--pooler-config pooling_type {kind!r} is not one of "
+                           f"{', '.join(POOLING_TYPES)}")
+    normalize = doc.get("normalize", found.normalize)
+    if not isinstance(normalize, bool):
+        raise StartupError("--pooler-config normalize must be true or false")
+    return Pooling(kind, normalize, "--pooler-config")
+
+
+def pool(hidden: torch.Tensor, lengths: list[int], kind: str) -> torch.Tensor:
+    """[B, T, H] right-padded hidden states -> [B, H] float32, one row per input (not
+    normalized: the endpoint normalizes after any cut to fewer dimensions)."""
+    rows = []
+    for i, n in enumerate(lengths):
+        states = hidden[i, :n].float()
+        rows.append(states[-1] if kind == "LAST" else states.mean(0) if kind == "MEAN"
+                    else states[0])
+    return torch.stack(rows)
+
+
+class Overloaded(Exception):
+    """The embedder holds as many inputs as it may (the caller answers 429)."""
+
+
+@dataclass
+class _Item:
+    ids: list[int]
+    future: asyncio.Future[torch.Tensor]
+
+
+class Embedder:
+    def __init__(self, model: Any, pooling: Pooling, device: torch.device, max_num_seqs: int,
+                 max_num_batched_tokens: int, max_queue: int) -> None:
+        self.model, self.pooling, self.device = model, pooling, device
+        self.max_num_seqs, self.max_tokens = max_num_seqs, max_num_batched_tokens
+        self.max_queue = max_queue
+        self._queue: deque[_Item] = deque()
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.num_running = 0  # read by /metrics
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._queue)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="kubemaas-llm-embedder",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    async def embed(self, inputs: list[list[int]]) -> list[torch.Tensor]:
+        """One vector per input (float32); Overloaded when the queue is full."""
+        loop = asyncio.get_running_loop()
+        with self._wake:
+            if len(self._queue) + self.num_running + len(inputs) > self.max_queue:
+                raise Overloaded(f"{len(self._queue) + self.num_running} inputs are waiting "
+                                 f"or running, the limit is {self.max_queue}")
+            items = [_Item(ids, loop.create_future()) for ids in inputs]
+            self._queue.extend(items)
+            self._wake.notify()
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        finally:
+            for item in items:  # the client went away: the worker drops the rest
+                item.future.cancel()
+
+    def embed_sync(self, inputs: list[list[int]]) -> torch.Tensor:
+        """In the calling thread (tests, warm-up): one padded batch."""
+        return self._forward(inputs)
+
+    def _take(self) -> list[_Item] | None:
+        with self._wake:
+            while not self._stopped and not self._queue:
+                self._wake.wait()
+            if self._stopped:
+                return None
+            batch: list[_Item] = []
+            longest = 0
+            while self._queue and len(batch) < self.max_num_seqs:
+                item = self._queue[0]
+                if item.future.done():  # cancelled while waiting
+                    self._queue.popleft()
+                    continue
+                width = max(longest, len(item.ids))
+                if batch and width * (len(batch) + 1) > self.max_tokens:
+                    break
+                longest = width
+                batch.append(self._queue.popleft())
+            self.num_running = len(batch)
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            if not batch:
+                continue
+            try:
+                vectors: list[Any] = list(self._forward([item.ids for item in batch]))
+            except Exception as exc:  # fail this batch, keep serving
+                log.exception("embedding batch failed")
+                vectors = [exc] * len(batch)
+            self.num_running = 0
+            if self._loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: exiting
+                    self._loop.call_soon_threadsafe(_deliver, batch, vectors)
+
+    def _forward(self, inputs: list[list[int]]) -> torch.Tensor:
+        lengths = [len(ids) for ids in inputs]
+        width = max(lengths)
+        ids = torch.zeros((len(inputs), width), dtype=torch.long)
+        mask = torch.zeros((len(inputs), width), dtype=torch.long)
+        for i, row in enumerate(inputs):
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+            vectors = pool(out.last_hidden_state, lengths, self.pooling.kind).cpu()
+        log.debug("embedding batch", extra={"fields": {
+            "rows": len(inputs), "width": width, "ms": round(1e3 * (time.perf_counter() - t0),
+                                                             3)}})
+        return vectors
+
+
+def _deliver(batch: list[_Item], vectors: list[Any]) -> None:
+    for item, vector in zip(batch, vectors, strict=True):
+        if item.future.done():
+            continue
+        if isinstance(vector, BaseException):
+            item.future.set_exception(vector)
+        else:
+            item.future.set_result(vector)

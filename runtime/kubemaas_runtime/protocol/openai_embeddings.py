@@ -1,0 +1,196 @@
+"""``POST /v1/embeddings`` for an embedding model (``--runner pooling``), as OpenAI and vLLM
+answer it: ``input`` a string, a list of strings, a list of token ids or a list of such lists;
+``encoding_format`` float or base64 (little-endian float32, what the openai client decodes);
+``dimensions`` for a model trained to be cut (Matryoshka: the first N values, normalized again);
+vLLM's ``truncate_prompt_tokens``, ``add_special_tokens`` and ``normalize``. The answer: a
+``list`` of ``embedding`` objects in input order, and its ``usage``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..llm.detok import encoder
+from ..llm.pooling import Embedder, Overloaded
+from ..metrics import LLMMetrics
+from ..security.usage import current_usage
+from .openai_errors import ApiError, bad_request
+
+MAX_INPUTS = 2048  # OpenAI's limit of inputs in one request
+_OFF_LOOP_CHARS = 4096  # longer inputs are tokenized in a worker thread
+
+
+@dataclass
+class Pooled:
+    """What the embeddings endpoint needs once the model is loaded."""
+
+    embedder: Embedder
+    metrics: LLMMetrics
+    tokenizer: Any
+    max_model_len: int
+    vocab_size: int
+    hidden_size: int
+    matryoshka: tuple[int, ...] | bool
+    encode: Any = field(init=False)
+    encode_off_loop: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.encode = encoder(self.tokenizer)
+        self.encode_off_loop = encoder(self.tokenizer, keep_gil=False)
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str | None
+    texts: list[str] | None  # or
+    token_ids: list[list[int]] | None
+    base64: bool
+    dimensions: int | None
+    truncate: int | None
+    add_special_tokens: bool
+    normalize: bool | None
+
+
+def _token_lists(value: Any, vocab: int) -> list[list[int]] | None:
+    """A list of ids, or a list of such lists; None when ``value`` is neither."""
+    if not isinstance(value, list) or not value:
+        return None
+    rows = value if all(isinstance(v, list) for v in value) else [value]
+    for row in rows:
+        if not row or not all(isinstance(t, int) and not isinstance(t, bool) for t in row):
+            return None
+        if any(not 0 <= t < vocab for t in row):
+            raise bad_request(f"token ids must be in [0, {vocab})", "input")
+    return [list(row) for row in rows]
+
+
+def _optional(doc: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    value = doc.get(key, default)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) != (
+            kind is bool)):
+        raise bad_request(f"'{key}' must be {'a boolean' if kind is bool else 'an integer'}",
+                          key)
+    return value
+
+
+def parse_embedding(doc: Any, vocab: int) -> EmbeddingRequest:
+    if not isinstance(doc, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    value = doc.get("input")
+    texts: list[str] | None = None
+    ids = _token_lists(value, vocab)
+    if ids is None:
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not texts or \
+                not all(isinstance(t, str) for t in texts):
+            raise bad_request("'input' must be a string, a list of strings, a list of token "
+                              "ids or a list of lists of token ids, not empty", "input")
+        if any(not t for t in texts):
+            raise bad_request("'input' may not hold an empty string", "input")
+    if len(texts or ids or ()) > MAX_INPUTS:
+        raise bad_request(f"'input' holds more than {MAX_INPUTS} inputs", "input")
+    fmt = doc.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        raise bad_request("'encoding_format' must be float or base64", "encoding_format")
+    model = doc.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad_request("'model' must be a string", "model")
+    dims = _optional(doc, "dimensions", int)
+    if dims is not None and dims < 1:
+        raise bad_request("'dimensions' must be at least 1", "dimensions")
+    truncate = _optional(doc, "truncate_prompt_tokens", int)
+    if truncate is not None and truncate < 1:
+        raise bad_request("'truncate_prompt_tokens' must be at least 1",
+                          "truncate_prompt_tokens")
+    return EmbeddingRequest(model, texts, ids, fmt == "base64", dims, truncate,
+                            _optional(doc, "add_special_tokens", bool, True),
+                            _optional(doc, "normalize", bool))
+
+
+def _check_dimensions(pooled: Pooled, dims: int | None) -> None:
+    if dims is None or dims == pooled.hidden_size:
+        return
+    cuts = pooled.matryoshka
+    if cuts is False or (isinstance(cuts, tuple) and dims not in cuts):
+        known = f": it was trained for {list(cuts)}" if isinstance(cuts, tuple) else \
+            " (its config.json says neither is_matryoshka nor matryoshka_dimensions)"
+        raise bad_request(f"this model's embeddings cannot be cut to {dims} dimensions{known}",
+                          "dimensions")
+    if dims > pooled.hidden_size:
+        raise bad_request(f"'dimensions' is over the model's {pooled.hidden_size}",
+                          "dimensions")
+
+
+async def _tokenize(pooled: Pooled, req: EmbeddingRequest) -> list[list[int]]:
+    if req.token_ids is not None:
+        return req.token_ids
+    assert req.texts is not None
+    if sum(len(t) for t in req.texts) > _OFF_LOOP_CHARS:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: [pooled.encode_off_loop(t, req.add_special_tokens)
+                           for t in req.texts or ()])
+    return [pooled.encode(t, req.add_special_tokens) for t in req.texts]
+
+
+def _vector_doc(vector: torch.Tensor, req: EmbeddingRequest, index: int) -> dict[str, Any]:
+    values = vector.numpy().astype("<f4")
+    encoded: Any = base64.b64encode(values.tobytes()).decode() if req.base64 else \
+        values.tolist()
+    return {"object": "embedding", "embedding": encoded, "index": index}
+
+
+def _finish(vectors: list[torch.Tensor], req: EmbeddingRequest, normalize: bool
+            ) -> list[torch.Tensor]:
+    """The pooled vectors cut to ``dimensions``, then normalized when the model's pooling
+    (or the request's ``normalize``) says so, as vLLM's pooler does."""
+    out = torch.stack(vectors)
+    if req.dimensions is not None:
+        out = out[:, :req.dimensions]
+    if normalize if req.normalize is None else req.normalize:
+        out = torch.nn.functional.normalize(out, dim=-1)
+    return list(out)
+
+
+async def embeddings(pooled: Pooled, doc: Any, model_name: str) -> dict[str, Any]:
+    req = parse_embedding(doc, pooled.vocab_size)
+    if req.model is not None and req.model != model_name:
+        raise ApiError(404, f"The model '{req.model}' does not exist; this server serves "
+                       f"'{model_name}'.", "model", "model_not_found")
+    _check_dimensions(pooled, req.dimensions)
+    arrival = time.monotonic()
+    inputs = await _tokenize(pooled, req)
+    if req.truncate is not None:
+        inputs = [ids[-req.truncate:] for ids in inputs]
+    for i, ids in enumerate(inputs):
+        if not ids:
+            raise bad_request(f"input {i} has no tokens", "input")
+        if len(ids) > pooled.max_model_len:
+            raise ApiError(400, f"This model's maximum context length is "
+                           f"{pooled.max_model_len} tokens. However, input {i} has "
+                           f"{len(ids)} tokens.", "input", "context_length_exceeded")
+    m = pooled.metrics
+    try:
+        vectors = await pooled.embedder.embed(inputs)
+    except Overloaded as exc:
+        m.rejected.inc(m.label)
+        raise ApiError(429, f"too many requests: {exc}; retry later",
+                       code="rate_limit_exceeded", retry_after=1) from None
+    tokens = sum(len(ids) for ids in inputs)
+    m.prompt_tokens.inc(m.label, tokens)
+    m.e2e.observe(m.label, time.monotonic() - arrival)
+    m.success.inc((model_name, "stop"))
+    usage = current_usage.get()  # per-key token limits (security/gate.py)
+    if usage is not None:
+        usage.add(tokens)
+    vectors = _finish(vectors, req, pooled.embedder.pooling.normalize)
+    return {"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+            "model": model_name,
+            "data": [_vector_doc(v, req, i) for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+

@@ -1,0 +1,171 @@
+"""Embedding models (--runner pooling) on /v1/embeddings: each vector equals the model's own
+forward over that input alone, pooled as the model says (last token by default, the mean of the
+tokens by a sentence-transformers Pooling module) and normalized, whatever the inputs batched
+beside it; the openai client's base64 and float answers; dimensions for a Matryoshka model;
+bad input is a 400 and the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import torch
+
+from . import llm_reference as ref
+from .conftest import Server, start_llm_server
+
+TEXTS = ["Once upon a time", "the lazy dog jumps over the fox", "birds", "a b c d e f g h i j",
+         "the quick brown fox", "in the morning the birds sing"]
+
+
+@pytest.fixture(scope="module")
+def base_model(tiny_llama: Path) -> Any:
+    import transformers
+
+    return transformers.AutoModel.from_pretrained(str(tiny_llama)).eval()
+
+
+def expected(base_model: Any, ids: list[int], kind: str = "LAST", normalize: bool = True
+             ) -> torch.Tensor:
+    """The model's forward over this input alone, pooled."""
+    with torch.inference_mode():
+        hidden = base_model(torch.tensor([ids])).last_hidden_state[0]
+    vector = hidden[-1] if kind == "LAST" else hidden.mean(0)
+    return torch.nn.functional.normalize(vector, dim=-1) if normalize else vector
+
+
+@pytest.fixture(scope="module")
+def matryoshka_dir(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama as a sentence-transformers model that pools by the mean, normalizes, and
+    was trained to be cut to 16 or 32 dimensions."""
+    out = tmp_path_factory.mktemp("embed") / "st-llama"
+    shutil.copytree(tiny_llama, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "matryoshka_dimensions": [16, 32]}))
+    (out / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}]))
+    (out / "1_Pooling").mkdir()
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": config["hidden_size"], "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+        "pooling_mode_lasttoken": False}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama: Path) -> Iterator[Server]:
+    server = start_llm_server(tiny_llama, "--runner", "pooling", "--max-num-seqs", "4")
+    yield server
+    assert server.stop() == 0
+
+
+def embed(server: Server, doc: dict[str, Any]) -> dict[str, Any]:
+    status, body = server.post_json("/v1/embeddings", doc)
+    assert status == 200, body
+    return body  # type: ignore[no-any-return]
+
+
+def test_the_openai_client_gets_each_inputs_own_vector(server: Server, base_model: Any,
+                                                       tiny_llama: Path) -> None:
+    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
+    got = client.embeddings.create(model="tiny", input=TEXTS)  # base64 on the wire
+    floats = client.embeddings.create(model="tiny", input=TEXTS, encoding_format="float")
+    assert got.model == "tiny" and [d.index for d in got.data] == list(range(len(TEXTS)))
+    assert got.usage.prompt_tokens == sum(len(ref.prompt_ids(tiny_llama, t)) for t in TEXTS)
+    for text, a, b in zip(TEXTS, got.data, floats.data, strict=True):
+        want = expected(base_model, ref.prompt_ids(tiny_llama, text))
+        torch.testing.assert_close(torch.tensor(a.embedding), want, rtol=1e-5, atol=1e-5)
+        assert a.embedding == b.embedding  # the same float32 values either way
+
+
+def test_concurrent_requests_do_not_change_any_vector(server: Server, base_model: Any,
+                                                      tiny_llama: Path) -> None:
+    jobs = [TEXTS[i % len(TEXTS)] * (1 + i % 3) for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        docs = list(pool.map(lambda text: embed(server, {"input": text}), jobs))
+    for text, doc in zip(jobs, docs, strict=True):
+        want = expected(base_model, ref.prompt_ids(tiny_llama, text))
+        torch.testing.assert_close(torch.tensor(doc["data"][0]["embedding"]), want,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_token_ids_truncation_and_raw_vectors(server: Server, base_model: Any,
+                                              tiny_llama: Path) -> None:
+    ids = ref.prompt_ids(tiny_llama, "the lazy dog jumps over the fox")
+    doc = embed(server, {"input": [ids, ids[:3]], "encoding_format": "float"})
+    torch.testing.assert_close(torch.tensor(doc["data"][1]["embedding"]),
+                               expected(base_model, ids[:3]), rtol=1e-5, atol=1e-5)
+    doc = embed(server, {"input": ids, "truncate_prompt_tokens": 4, "normalize": False})
+    assert doc["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
+    torch.testing.assert_close(torch.tensor(doc["data"][0]["embedding"]),
+                               expected(base_model, ids[-4:], normalize=False),
+                               rtol=1e-5, atol=1e-5)
+    assert server.get_json("/v1/models")[1]["data"][0]["id"] == "tiny"
+    metrics = server.metrics()
+    assert 'vllm:prompt_tokens_total{model_name="tiny"}' in metrics
+    assert "vllm:cache_config_info{" not in metrics  # no KV cache to describe
+
+
+@pytest.mark.parametrize(("doc", "status", "words"), [
+    ({"input": []}, 400, "'input' must be"),
+    ({"input": ""}, 400, "empty string"),
+    ({"input": [1, "a"]}, 400, "'input' must be"),
+    ({"input": [[1, 2], []]}, 400, "'input' must be"),
+    ({"input": [99999]}, 400, "token ids must be in"),
+    ({"input": "a", "encoding_format": "int8"}, 400, "encoding_format"),
+    ({"input": "a", "dimensions": 16}, 400, "cannot be cut to 16"),
+    ({"input": "a", "normalize": "yes"}, 400, "'normalize' must be a boolean"),
+    ({"input": "a", "model": "other"}, 404, "does not exist"),
+    ({"input": "word " * 600}, 400, "maximum context length is 512"),
+])
+def test_bad_input(server: Server, doc: dict[str, Any], status: int, words: str) -> None:
+    got, body = server.post_json("/v1/embeddings", doc)
+    assert got == status and words in body["error"]["message"], body
+    assert embed(server, {"input": "still serving"})["data"]
+
+
+def test_an_embedding_server_generates_nothing(server: Server) -> None:
+    status, body = server.post_json("/v1/completions", {"prompt": "a", "max_tokens": 2})
+    assert status == 400 and "embedding model" in body["error"]["message"]
+    assert server.request("GET", "/v1/embeddings")[0] == 405
+
+
+def test_sentence_transformers_pooling_and_matryoshka(matryoshka_dir: Path, base_model: Any,
+                                                      tiny_llama: Path) -> None:
+    server = start_llm_server(matryoshka_dir)  # --runner auto: modules.json says pooling
+    try:
+        ready = next(d for d in server.logs() if d.get("msg") == "ready")
+        assert (ready["runner"], ready["pooling_type"], ready["normalize"]) == (
+            "pooling", "MEAN", True)
+        ids = ref.prompt_ids(tiny_llama, "the quick brown fox")
+        whole = embed(server, {"input": ids, "encoding_format": "float"})
+        torch.testing.assert_close(torch.tensor(whole["data"][0]["embedding"]),
+                                   expected(base_model, ids, "MEAN"), rtol=1e-5, atol=1e-5)
+        cut = embed(server, {"input": ids, "dimensions": 16, "encoding_format": "float"})
+        raw = expected(base_model, ids, "MEAN", normalize=False)[:16]
+        torch.testing.assert_close(torch.tensor(cut["data"][0]["embedding"]),
+                                   torch.nn.functional.normalize(raw, dim=-1),
+                                   rtol=1e-5, atol=1e-5)
+        status, body = server.post_json("/v1/embeddings", {"input": "a", "dimensions": 20})
+        assert status == 400 and "[16, 32]" in body["error"]["message"]
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_generating_server_has_no_embeddings(tiny_llama: Path) -> None:
+    server = start_llm_server(tiny_llama)  # --runner auto: a causal LM generates
+    try:
+        status, body = server.post_json("/v1/embeddings", {"input": "a"})
+        assert status == 400 and "--runner pooling" in body["error"]["message"]
+    finally:
+        assert server.stop() == 0
