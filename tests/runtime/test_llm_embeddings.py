@@ -16,6 +16,10 @@ from typing import Any
 import openai
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.runtime.test_llm_bad_input import assert_openai_error, json_values, post
 
 from . import llm_reference as ref
 from .conftest import Server, start_llm_server
@@ -132,6 +136,32 @@ def test_bad_input(server: Server, doc: dict[str, Any], status: int, words: str)
     got, body = server.post_json("/v1/embeddings", doc)
     assert got == status and words in body["error"]["message"], body
     assert embed(server, {"input": "still serving"})["data"]
+
+
+embedding_docs = st.fixed_dictionaries(
+    {"input": st.text(max_size=40) | st.lists(st.integers(-3, 1100), max_size=8)
+     | st.lists(st.text(max_size=10), max_size=3)
+     | st.lists(st.lists(st.integers(-3, 1100), max_size=4), max_size=3) | json_values},
+    optional={"model": st.sampled_from(["tiny", "other"]) | json_values,
+              "encoding_format": st.sampled_from(["float", "base64", "int8"]) | json_values,
+              "dimensions": st.integers(-2, 80) | json_values,
+              "truncate_prompt_tokens": st.integers(-2, 8) | json_values,
+              "add_special_tokens": st.booleans() | json_values,
+              "normalize": st.booleans() | json_values, "user": json_values})
+
+
+@settings(max_examples=120, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(embedding_docs)
+def test_fuzz_no_5xx(server: Server, doc: dict[str, Any]) -> None:
+    try:
+        raw = json.dumps(doc).encode()
+    except ValueError:
+        return  # not expressible as JSON
+    status, _, body = post(server, "/v1/embeddings", raw)
+    assert status < 500, body
+    if status != 200:
+        assert_openai_error(status, body, status)
 
 
 def test_an_embedding_server_generates_nothing(server: Server) -> None:

@@ -18,7 +18,10 @@ from typing import Any
 import openai
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from tests.runtime.test_llm_bad_input import assert_openai_error, json_values, post
 from tests.unit.test_llm_lora import make_adapter
 
 from . import llm_reference as ref
@@ -202,6 +205,35 @@ def test_adapters_load_and_unload_while_serving(server: Server, adapters: dict[s
         assert status == 400 and words in json.loads(body)["error"]["message"], (bad, body)
     assert server.request("GET", "/v1/load_lora_adapter")[0] == 405
     assert complete(server, "sql", prompt, 6)["model"] == "sql"  # still serving
+
+
+# lora_path: local paths only (a URI would be fetched: tests reach nothing off this machine)
+lora_docs = st.fixed_dictionaries({}, optional={
+    "lora_name": st.sampled_from(["f1", "sql", "tiny", "a b", ""]) | json_values,
+    "lora_path": st.sampled_from(["sql", "chat", "none", "", "/nonexistent"]) | json_values,
+    "load_inplace": st.booleans() | json_values})
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.sampled_from(["/v1/load_lora_adapter", "/v1/unload_lora_adapter"]), lora_docs)
+def test_fuzz_the_lora_routes_no_5xx(server: Server, adapters: dict[str, Any], path: str,
+                                     doc: dict[str, Any]) -> None:
+    if isinstance(doc.get("lora_path"), str) and doc["lora_path"] in ("sql", "chat", "none"):
+        doc = {**doc, "lora_path": str(adapters["root"] / doc["lora_path"])}
+    if doc.get("lora_name") == "sql":
+        doc = {**doc, "load_inplace": False}  # keep the fixture's adapter
+        if path.endswith("unload_lora_adapter"):
+            return
+    try:
+        raw = json.dumps(doc).encode()
+    except ValueError:
+        return
+    status, _, body = post(server, path, raw)
+    assert status < 500, body
+    if status != 200:
+        assert_openai_error(status, body, status)
+    server.post_json("/v1/unload_lora_adapter", {"lora_name": "f1"})  # as it was
 
 
 def test_without_runtime_updating_the_routes_are_not_served(tiny_llama: Path,
