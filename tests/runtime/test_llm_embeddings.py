@@ -192,6 +192,20 @@ def test_sentence_transformers_pooling_and_matryoshka(matryoshka_dir: Path, base
         assert server.stop() == 0
 
 
+def test_gpt2_pools_its_last_token(tiny_gpt2: Path) -> None:
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(str(tiny_gpt2)).eval()
+    server = start_llm_server(tiny_gpt2, "--runner", "pooling")
+    try:
+        ids = ref.prompt_ids(tiny_gpt2, "the lazy dog")
+        doc = embed(server, {"input": ids, "encoding_format": "float"})
+        torch.testing.assert_close(torch.tensor(doc["data"][0]["embedding"]),
+                                   expected(model, ids), rtol=1e-5, atol=1e-5)
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_generating_server_has_no_embeddings(tiny_llama: Path) -> None:
     server = start_llm_server(tiny_llama)  # --runner auto: a causal LM generates
     try:
@@ -199,3 +213,14 @@ def test_a_generating_server_has_no_embeddings(tiny_llama: Path) -> None:
         assert status == 400 and "--runner pooling" in body["error"]["message"]
     finally:
         assert server.stop() == 0
+
+
+def test_lora_adapters_with_an_embedding_model_are_refused(tiny_llama: Path) -> None:
+    from .conftest import start_server
+
+    server = start_server(["--model-uri", str(tiny_llama), "--format", "hf", "--runner",
+                           "pooling", "--enable-lora"], ready=False)
+    assert server.proc.wait(120) == 1
+    server.stop()
+    errors = [d["msg"] for d in server.logs() if d.get("level") == "error"]
+    assert errors and "not with --runner pooling" in errors[0], server.lines[-5:]

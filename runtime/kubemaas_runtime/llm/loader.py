@@ -177,6 +177,7 @@ class EmbeddingModel:
     device: torch.device
     dtype: torch.dtype
     hidden_size: int
+    vocab_size: int
     max_position: int
     matryoshka: tuple[int, ...] | bool  # dimensions it was trained to be cut to (True: any)
 
@@ -209,6 +210,6 @@ def load_embedding(path: Path, device: str = "auto", dtype: str = "auto",
         dims, list) else bool(config.get("is_matryoshka"))
     return EmbeddingModel(
         model=model, tokenizer=tokenizer, model_type=str(cfg.model_type), device=dev,
-        dtype=torch_dtype, hidden_size=int(cfg.hidden_size),
+        dtype=torch_dtype, hidden_size=int(cfg.hidden_size), vocab_size=int(cfg.vocab_size),
         max_position=int(getattr(cfg, "max_position_embeddings", 0) or 2048),
         matryoshka=matryoshka)

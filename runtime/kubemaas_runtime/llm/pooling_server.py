@@ -19,6 +19,9 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float) -> tuple[Any, A
     from .loader import load_embedding
     from .pooling import Embedder, resolve_pooling
 
+    if settings.enable_lora:
+        raise StartupError("LoRA adapters are served with generating models, not with "
+                           "--runner pooling")
     t1 = time.perf_counter()
     model = load_embedding(path, device=settings.device, dtype=settings.dtype,
                            packed_linear=settings.packed_linear)
@@ -47,7 +50,7 @@ def open_pooling(api: Any, settings: Settings, model: Any, embedder: Any) -> dic
     from ..protocol.openai_embeddings import Pooled
 
     api.pooled = Pooled(embedder, LLMMetrics(settings.model_name, 0, 0, model.max_position),
-                        model.tokenizer, model.max_position, len(model.tokenizer),
+                        model.tokenizer, model.max_position, model.vocab_size,
                         model.hidden_size, model.matryoshka)
     pooling = embedder.pooling
     return {"runner": "pooling", "pooling_type": pooling.kind, "normalize": pooling.normalize,
