@@ -341,8 +341,8 @@ def _read(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for opt in OPTIONS:
         raw: str | list[str] | None = getattr(args, opt.field)
-        if isinstance(raw, list):  # a flag of several words
-            raw = " ".join(raw)
+        if isinstance(raw, list):  # a flag of several words: a line each
+            raw = "\n".join(raw)
         if raw is None:
             raw = env.get(opt.env)
         if raw is None or (raw == "" and opt.default is None):

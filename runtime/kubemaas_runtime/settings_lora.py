@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -12,15 +13,34 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 
 
 def parse_lora_modules(text: str) -> tuple[tuple[str, str], ...]:
-    """``name=path`` items, separated by spaces or commas -> ((name, path), ...)."""
+    """``name=path`` items (separated by spaces, commas or lines) or vLLM's JSON items, one per
+    line (one per word of the flag): ``{"name": ..., "path": ..., "base_model_name": ...}``
+    -> ((name, path), ...)."""
     modules = []
-    for item in text.replace(",", " ").split():
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"{item!r} is not NAME=PATH (an adapter's name and its directory "
-                             "or URI)")
-        modules.append((name, path))
+    for line in text.splitlines():
+        if line.strip().startswith("{"):
+            modules.append(_json_module(line))
+            continue
+        for item in line.replace(",", " ").split():
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"{item!r} is not NAME=PATH (an adapter's name and its "
+                                 "directory or URI)")
+            modules.append((name, path))
     return tuple(modules)
+
+
+def _json_module(line: str) -> tuple[str, str]:
+    try:
+        doc = json.loads(line)
+    except ValueError as exc:
+        raise ValueError(f"{line.strip()!r} is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or \
+            not isinstance(doc.get("path"), str) or set(doc) - {"name", "path",
+                                                                "base_model_name"}:
+        raise ValueError(f"{line.strip()!r}: a JSON adapter is {{\"name\": ..., \"path\": "
+                         "..., \"base_model_name\": ...}")
+    return doc["name"], doc["path"]
 
 
 LORA_OPTIONS: tuple[Option, ...] = (
@@ -28,7 +48,8 @@ LORA_OPTIONS: tuple[Option, ...] = (
            "hf models: serve LoRA adapters beside the base model (a request names one as its "
            "model); on with --lora-modules.", nargs="?", const="true"),
     Option("lora_modules", "--lora-modules", "KUBEMAAS_LORA_MODULES", (), parse_lora_modules,
-           "hf models: the adapters served from the start, NAME=PATH ... (PEFT directories: "
+           "hf models: the adapters served from the start, NAME=PATH ... or vLLM's JSON items "
+           "{\"name\": ..., \"path\": ...} (PEFT directories: "
            "adapter_config.json, adapter_model.safetensors; a path, s3:// or http(s):// as for "
            "the model).", nargs="+"),
     Option("max_loras", "--max-loras", "KUBEMAAS_MAX_LORAS", 1, int,

@@ -42,6 +42,28 @@ def test_invalid_settings(argv: list[str], env: dict[str, str], message: str) ->
     assert message in str(info.value)
 
 
+def test_lora_and_runner_settings_as_vllm_takes_them() -> None:
+    hf = ["--model-uri", "/m", "--format", "hf"]
+    s = load_settings([*hf, "--enable-lora", "--lora-modules", "sql=/a/sql",
+                       '{"name": "chat", "path": "s3://b/chat", "base_model_name": "m"}',
+                       "--max-loras", "2", "--runner", "generate"], {})
+    assert (s.enable_lora, s.lora_modules, s.max_loras, s.runner) == (
+        True, (("sql", "/a/sql"), ("chat", "s3://b/chat")), 2, "generate")
+    s = load_settings(hf, {"KUBEMAAS_LORA_MODULES": "a=/x, b=/y"})
+    assert s.enable_lora and s.lora_modules == (("a", "/x"), ("b", "/y"))  # implied
+    assert not load_settings(hf, {}).enable_lora and load_settings(hf, {}).runner == "auto"
+    for argv, message in [(["--lora-modules", "sql"], "is not NAME=PATH"),
+                          (["--lora-modules", "a=/x", "a=/y"], "adapter names must differ"),
+                          (["--lora-modules", "model=/x"], "the base model's name"),
+                          (["--lora-modules", '{"name": "a"}'], "a JSON adapter is"),
+                          (["--max-lora-rank", "0"], "1..1024"),
+                          (["--allow-runtime-lora-updating"], "needs --enable-lora"),
+                          (["--runner", "embed"], "auto, generate, pooling")]:
+        with pytest.raises(StartupError, match="invalid setting") as info:
+            load_settings([*hf, *argv], {})
+        assert message in str(info.value), argv
+
+
 def test_every_option_has_a_kubemaas_variable() -> None:
     assert all(o.env.startswith("KUBEMAAS_") for o in OPTIONS)
     assert len({o.env for o in OPTIONS}) == len(OPTIONS)
