@@ -52,6 +52,15 @@ def make_adapter(model: Any, out: Path, seed: int = 1, **config: Any) -> Any:
     return peft_model.eval()
 
 
+def served_with(base: Any, path: Path, max_loras: int = 1) -> tuple[Any, LoraSet, Any]:
+    """A copy of ``base`` with its layers wrapped and the adapter at ``path`` added."""
+    served = copy.deepcopy(base)
+    loras = LoraSet(served, max_loras=max_loras, max_rank=8)
+    adapter = loras.read(path.name, path)
+    loras.add(adapter)
+    return served, loras, adapter
+
+
 def logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return model(ids).logits  # type: ignore[no-any-return]
@@ -108,10 +117,7 @@ def test_gpt2_conv1d_layers(tmp_path: Path) -> None:
     base = tiny_gpt2()
     tuned = make_adapter(base, tmp_path / "g", r=4, target_modules=["c_attn", "c_proj", "c_fc"],
                          fan_in_fan_out=True)
-    served = copy.deepcopy(base)
-    loras = LoraSet(served, max_loras=1, max_rank=8)
-    adapter = loras.read("g", tmp_path / "g")
-    loras.add(adapter)
+    served, loras, adapter = served_with(base, tmp_path / "g")
     ids = torch.tensor([[1, 5, 9, 2, 7]])
     loras.set_step([adapter.id] * 5)
     torch.testing.assert_close(logits(served, ids), logits(tuned, ids), rtol=1e-5, atol=1e-5)
@@ -121,10 +127,7 @@ def test_rslora_and_alpha_pattern_scale_as_peft(tmp_path: Path) -> None:
     base = tiny_llama()
     tuned = make_adapter(base, tmp_path / "a", r=4, lora_alpha=8, use_rslora=True,
                          alpha_pattern={"v_proj": 2}, target_modules=["q_proj", "v_proj"])
-    served = copy.deepcopy(base)
-    loras = LoraSet(served, max_loras=1, max_rank=8)
-    adapter = loras.read("a", tmp_path / "a")
-    loras.add(adapter)
+    served, loras, adapter = served_with(base, tmp_path / "a")
     scales = {layer.rsplit(".", 1)[1]: scale for layer, (_, _, scale) in adapter.pairs.items()}
     assert scales == {"q_proj": 8 / 2, "v_proj": 2 / 2}  # alpha / sqrt(r)
     ids = torch.tensor([[1, 5, 9, 2, 7]])
@@ -137,10 +140,7 @@ def test_a_reloaded_peft_model_agrees(tmp_path: Path) -> None:
     base = tiny_llama()
     make_adapter(base, tmp_path / "a", r=4, target_modules=LLAMA_TARGETS)
     reread = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "a")).eval()
-    served = copy.deepcopy(base)
-    loras = LoraSet(served, max_loras=1, max_rank=8)
-    adapter = loras.read("a", tmp_path / "a")
-    loras.add(adapter)
+    served, loras, adapter = served_with(base, tmp_path / "a")
     ids = torch.tensor([[2, 3, 5, 7, 11]])
     loras.set_step([adapter.id] * 5)
     torch.testing.assert_close(logits(served, ids), logits(reread, ids), rtol=1e-5, atol=1e-5)

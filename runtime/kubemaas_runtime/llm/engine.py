@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from .prompt_scores import score
 from .sampling import SamplingParams, TokenLogprobs, sample
 from .scheduler import Scheduler, Sequence
 from .traced_decode import TracedDecode, traceable
+from .worker import EngineThread
 
 log = logging.getLogger("kubemaas.runtime.llm")
 
@@ -146,8 +146,9 @@ class RequestStream:
                 yield delta
 
 
-class Engine:
+class Engine(EngineThread):
     def __init__(self, lm: LanguageModel, cfg: EngineConfig) -> None:
+        super().__init__("kubemaas-llm-engine")
         self.lm = lm
         self.cfg = cfg
         num_blocks = kv_blocks_for_budget(lm, cfg.kv_cache_bytes, cfg.block_size)
@@ -175,10 +176,6 @@ class Engine:
         self._decode = decoder(lm.tokenizer)
         self._decode_special = decoder(lm.tokenizer, skip_special=False)
         self._inbox: deque[tuple[str, Sequence]] = deque()
-        self._wake = threading.Condition()
-        self._stopped = False
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.held = 0  # requests submitted and not finished (event loop's count)
         # read by /metrics (plain numbers, written by the engine thread)
         self.num_waiting = 0
@@ -192,19 +189,6 @@ class Engine:
         self.lora_waiting: tuple[str, ...] = ()
 
     # ---- event-loop side -------------------------------------------------------------------
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._thread = threading.Thread(target=self._run, name="kubemaas-llm-engine",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._wake:
-            self._stopped = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
     def submit(self, prompt: list[int], params: SamplingParams,
                cache_salt: str | None = None, matcher: Any = None,
                priority: int = 0, lora: int = 0) -> RequestStream:

@@ -98,6 +98,25 @@ def _check_dir(path: Path) -> dict[str, Any]:
     return config
 
 
+def _from_pretrained(path: Path, auto_class: Any, dtype: torch.dtype, attn: str,
+                     device: torch.device) -> tuple[Any, Any]:
+    """The fast tokenizer and the model (safetensors only), on ``device``, in eval mode."""
+    import transformers
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        model = auto_class.from_pretrained(str(path), dtype=dtype, attn_implementation=attn,
+                                           use_safetensors=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StartupError(f"cannot load the model in {path}: {first}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise StartupError(f"{path}: the tokenizer is not a fast tokenizer")
+    model.to(device)
+    model.eval()
+    return tokenizer, model
+
+
 def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear: bool = True
             ) -> LanguageModel:
     """Load the model directory (blocking). ``packed_linear``: on CPU, linear weights in
@@ -114,18 +133,8 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
                         extra={"fields": {"dtype": dtype}})
         torch_dtype = torch.bfloat16
     attention.register()
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), use_fast=True)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype, attn_implementation=attention.ATTN_IMPLEMENTATION,
-            use_safetensors=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StartupError(f"cannot load the model in {path}: {first}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise StartupError(f"{path}: the tokenizer is not a fast tokenizer")
-    model.to(dev)
-    model.eval()
+    tokenizer, model = _from_pretrained(path, transformers.AutoModelForCausalLM, torch_dtype,
+                                        attention.ATTN_IMPLEMENTATION, dev)
     if optimized == "int8-weight-only":
         layers = quantized.int8_weight_only(model)
         log.info("linear weights quantized to int8 (optimize step)",
@@ -190,17 +199,7 @@ def load_embedding(path: Path, device: str = "auto", dtype: str = "auto",
     config = _check_dir(path)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), use_fast=True)
-        model = transformers.AutoModel.from_pretrained(
-            str(path), dtype=torch_dtype, attn_implementation="sdpa", use_safetensors=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StartupError(f"cannot load the model in {path}: {first}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise StartupError(f"{path}: the tokenizer is not a fast tokenizer")
-    model.to(dev)
-    model.eval()
+    tokenizer, model = _from_pretrained(path, transformers.AutoModel, torch_dtype, "sdpa", dev)
     if packed_linear and dev.type == "cpu":
         log.info("linear weights reordered for oneDNN",
                  extra={"fields": {"layers": pack_linears(model)}})

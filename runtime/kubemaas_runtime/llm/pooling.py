@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import StartupError
+from .worker import EngineThread
 
 log = logging.getLogger("kubemaas.runtime.llm")
 
@@ -120,35 +120,19 @@ class _Item:
     future: asyncio.Future[torch.Tensor]
 
 
-class Embedder:
+class Embedder(EngineThread):
     def __init__(self, model: Any, pooling: Pooling, device: torch.device, max_num_seqs: int,
                  max_num_batched_tokens: int, max_queue: int) -> None:
+        super().__init__("kubemaas-llm-embedder")
         self.model, self.pooling, self.device = model, pooling, device
         self.max_num_seqs, self.max_tokens = max_num_seqs, max_num_batched_tokens
         self.max_queue = max_queue
         self._queue: deque[_Item] = deque()
-        self._wake = threading.Condition()
-        self._stopped = False
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.num_running = 0  # read by /metrics
 
     @property
     def num_waiting(self) -> int:
         return len(self._queue)
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._thread = threading.Thread(target=self._run, name="kubemaas-llm-embedder",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._wake:
-            self._stopped = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
 
     async def embed(self, inputs: list[list[int]]) -> list[torch.Tensor]:
         """One vector per input (float32); Overloaded when the queue is full."""
