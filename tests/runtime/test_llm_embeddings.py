@@ -120,6 +120,22 @@ def test_token_ids_truncation_and_raw_vectors(server: Server, base_model: Any,
     assert "vllm:cache_config_info{" not in metrics  # no KV cache to describe
 
 
+def test_a_chat_embedding_request_and_tokenize(server: Server, base_model: Any) -> None:
+    """vLLM's: ``messages`` instead of ``input``, rendered by the chat template; /tokenize and
+    /detokenize answer on an embedding server too."""
+    messages = [{"role": "user", "content": "the lazy dog"}]
+    status, tokens = server.post_json("/tokenize", {"messages": messages})
+    assert status == 200, tokens
+    doc = embed(server, {"messages": messages, "encoding_format": "float"})
+    assert doc["usage"]["prompt_tokens"] == tokens["count"]
+    torch.testing.assert_close(torch.tensor(doc["data"][0]["embedding"]),
+                               expected(base_model, tokens["tokens"]), rtol=1e-5, atol=1e-5)
+    status, text = server.post_json("/detokenize", {"tokens": tokens["tokens"]})
+    assert status == 200 and "the lazy dog" in text["prompt"]
+    status, body = server.post_json("/v1/embeddings", {"messages": messages, "input": "a"})
+    assert status == 400 and "not both" in body["error"]["message"]
+
+
 @pytest.mark.parametrize(("doc", "status", "words"), [
     ({"input": []}, 400, "'input' must be"),
     ({"input": ""}, 400, "empty string"),

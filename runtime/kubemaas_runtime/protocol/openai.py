@@ -24,7 +24,6 @@ from aiohttp import web
 from .. import __version__
 from ..llm.engine import Delta, RequestStream
 from ..metrics import Metrics
-from ..security.prompt import prompt_char_limit
 from ..security.usage import current_usage
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
 from .openai_embeddings import Pooled, embeddings
@@ -45,7 +44,6 @@ from .openai_lora import load as load_adapter
 from .openai_lora import unload as unload_adapter
 from .openai_reader import AnswerReader, answer_message, answer_reader
 from .openai_reasoning import prompt_opens_think
-from .openai_render import ChatRender
 from .openai_responses import ResponsesRequest, new_id, parse_responses
 from .openai_responses_stream import complete_response
 from .openai_responses_stream import stream_response as stream_responses
@@ -56,14 +54,13 @@ from .openai_schema import (
     parse_tokenize,
 )
 from .openai_stream import ChunkFormat, stream_response
+from .openai_tokens import TOKENIZE_OFF_LOOP_CHARS, check_chars, decode_ids, encode_prompt
 
 log = logging.getLogger("kubemaas.runtime.openai")
 _GENERATE = {"/v1/completions": "completions", "/v1/chat/completions": "chat",
              "/v1/responses": "responses"}
 
 _JSON = "application/json"
-_TOKENIZE_OFF_LOOP_CHARS = 4096  # longer texts are tokenized in a worker thread
-_DECODE_OFF_LOOP_TOKENS = 4096  # longer id lists are decoded in a worker thread
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
@@ -212,8 +209,13 @@ class OpenAIServer:
                            "come from an embedding model served with --runner pooling")
         self.inflight += 1
         try:
-            return _json(await embeddings(self.pooled, await self._read_json(request),
-                                          self.model_name))
+            doc = await self._read_json(request)
+            chat_ids = None
+            if isinstance(doc, dict) and "messages" in doc:  # vLLM's chat embedding request
+                chat = parse_tokenize(doc)
+                chat_ids = await encode_prompt(self.pooled, chat.messages, None,
+                                              chat.add_special_tokens, chat.render)
+            return _json(await embeddings(self.pooled, doc, self.model_name, chat_ids))
         finally:
             self.inflight -= 1
 
@@ -255,14 +257,14 @@ class OpenAIServer:
         """The token ids of each prompt (a chat is one)."""
         if req.chat:
             tools = list(req.tools.tools) if req.tools is not None else None
-            return [await self._encode(served, req.messages, None, special=False,
+            return [await encode_prompt(served, req.messages, None, special=False,
                                        render=req.render, tools=tools)]
         texts = [p.text for p in req.prompts if p.text is not None]
-        if len(req.prompts) == 1 or sum(map(len, texts)) <= _TOKENIZE_OFF_LOOP_CHARS:
+        if len(req.prompts) == 1 or sum(map(len, texts)) <= TOKENIZE_OFF_LOOP_CHARS:
             return [p.ids if p.ids is not None else
-                    await self._encode(served, None, p.text, special=True) for p in req.prompts]
+                    await encode_prompt(served, None, p.text, special=True) for p in req.prompts]
         for text in texts:  # a batch of many prompts: all of them in one worker thread
-            self._check_chars(served, len(text), "prompt")
+            check_chars(served, len(text), "prompt")
         encode = served.encode_off_loop
         return await asyncio.get_running_loop().run_in_executor(None, lambda: [
             p.ids if p.ids is not None else encode(p.text or "", True) for p in req.prompts])
@@ -277,49 +279,8 @@ class OpenAIServer:
             last = (req.messages or [{}])[-1]
             return [str(last["content"]) if last.get("role") == "assistant" else ""]
         return [p.text if p.text is not None and not req.truncate_prompt_tokens else
-                await self._decode(served, ids) for p, ids in zip(req.prompts, prompts,
+                await decode_ids(served, ids) for p, ids in zip(req.prompts, prompts,
                                                                   strict=True)]
-
-    async def _decode(self, served: Served, ids: list[int]) -> str:
-        if len(ids) > _DECODE_OFF_LOOP_TOKENS:
-            return str(await asyncio.get_running_loop().run_in_executor(
-                None, served.tokenizer.decode, ids))
-        return str(served.tokenizer.decode(ids))
-
-    async def _encode(self, served: Served, messages: list[dict[str, Any]] | None,
-                      text: str | None, special: bool, render: ChatRender | None = None,
-                      tools: list[dict[str, Any]] | None = None) -> list[int]:
-        """The token ids of chat ``messages`` (rendered by the chat template, with the
-        ``tools`` the model may call) or of ``text``."""
-        tok = served.tokenizer
-
-        def run(encode: Callable[[str, bool], list[int]]) -> list[int]:
-            if messages is not None:
-                if not getattr(tok, "chat_template", None):
-                    raise ApiError(400, "this model has no chat template; use /v1/completions")
-                try:
-                    rendered = (render or ChatRender()).apply(tok, messages, tools)
-                except Exception as exc:  # a template may raise on a message order it refuses
-                    raise ApiError(400, f"the chat template refused the messages: {exc}",
-                                   "messages") from None
-                return encode(rendered, special)
-            return encode(text or "", special)
-
-        size = sum(len(m["content"]) for m in messages or ()) + len(text or "") + \
-            (len(json.dumps(tools)) if tools else 0)
-        self._check_chars(served, size, "prompt" if messages is None else "messages")
-        if size > _TOKENIZE_OFF_LOOP_CHARS:
-            return await asyncio.get_running_loop().run_in_executor(
-                None, run, served.encode_off_loop)
-        return run(served.encode)
-
-    @staticmethod
-    def _check_chars(served: Served, size: int, param: str) -> None:
-        """A prompt too long in characters to fit is refused before it is tokenized."""
-        if size > prompt_char_limit(served.tokenizer, served.max_model_len):
-            raise ApiError(400, f"This model's maximum context length is {served.max_model_len} "
-                           f"tokens; a prompt of {size} characters cannot fit.", param,
-                           "context_length_exceeded")
 
     def _serving(self) -> Served:
         if self.pooled is not None and not self.draining:
@@ -330,12 +291,17 @@ class OpenAIServer:
                            "the server is shutting down", retry_after=1)
         return self.served
 
+    def _tokenizing(self) -> Served | Pooled:
+        """The loaded model whose tokenizer /tokenize and /detokenize use (either kind)."""
+        return self.pooled if self.pooled is not None and not self.draining else \
+            self._serving()
+
     async def _tokenize_route(self, request: web.BaseRequest) -> web.Response:
         """vLLM's ``POST /tokenize``: a prompt's (or a chat's) token ids, without generating."""
-        served = self._serving()
+        served = self._tokenizing()
         req = parse_tokenize(await self._read_json(request))
         self._check_model(req.model)
-        ids = await self._encode(served, req.messages, req.prompt_text, req.add_special_tokens,
+        ids = await encode_prompt(served, req.messages, req.prompt_text, req.add_special_tokens,
                                  req.render, req.tools)
         strs = served.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
         return _json({"count": len(ids), "max_model_len": served.max_model_len, "tokens": ids,
@@ -343,10 +309,10 @@ class OpenAIServer:
 
     async def _detokenize_route(self, request: web.BaseRequest) -> web.Response:
         """vLLM's ``POST /detokenize``: the text of token ids."""
-        served = self._serving()
+        served = self._tokenizing()
         model, ids = parse_detokenize(await self._read_json(request), served.vocab_size)
         self._check_model(model)
-        return _json({"prompt": await self._decode(served, ids)})
+        return _json({"prompt": await decode_ids(served, ids)})
 
     async def _generate(self, request: web.BaseRequest, kind: str) -> web.StreamResponse:
         """``kind``: completions, chat or responses (a chat, answered as a Responses

@@ -2,7 +2,8 @@
 answer it: ``input`` a string, a list of strings, a list of token ids or a list of such lists;
 ``encoding_format`` float or base64 (little-endian float32, what the openai client decodes);
 ``dimensions`` for a model trained to be cut (Matryoshka: the first N values, normalized again);
-vLLM's ``truncate_prompt_tokens``, ``add_special_tokens`` and ``normalize``. The answer: a
+vLLM's ``truncate_prompt_tokens``, ``add_special_tokens`` and ``normalize``, and its chat
+embedding request: ``messages`` (rendered by the chat template) instead of ``input``. The answer: a
 ``list`` of ``embedding`` objects in input order, and its ``usage``."""
 
 from __future__ import annotations
@@ -79,12 +80,17 @@ def _optional(doc: dict[str, Any], key: str, kind: type, default: Any = None) ->
     return value
 
 
-def parse_embedding(doc: Any, vocab: int) -> EmbeddingRequest:
+def parse_embedding(doc: Any, vocab: int, chat_ids: list[int] | None = None
+                    ) -> EmbeddingRequest:
+    """``chat_ids``: the tokens of the request's ``messages`` (vLLM's chat embedding request),
+    which then stand for ``input``."""
     if not isinstance(doc, dict):
         raise ApiError(400, "the request body must be a JSON object")
     value = doc.get("input")
     texts: list[str] | None = None
-    ids = _token_lists(value, vocab)
+    if chat_ids is not None and value is not None:
+        raise bad_request("send 'input' or 'messages', not both", "input")
+    ids = [chat_ids] if chat_ids is not None else _token_lists(value, vocab)
     if ids is None:
         texts = [value] if isinstance(value, str) else value
         if not isinstance(texts, list) or not texts or \
@@ -109,7 +115,7 @@ def parse_embedding(doc: Any, vocab: int) -> EmbeddingRequest:
         raise bad_request("'truncate_prompt_tokens' must be at least 1",
                           "truncate_prompt_tokens")
     return EmbeddingRequest(model, texts, ids, fmt == "base64", dims, truncate,
-                            _optional(doc, "add_special_tokens", bool, True),
+                            _optional(doc, "add_special_tokens", bool, chat_ids is None),
                             _optional(doc, "normalize", bool))
 
 
@@ -157,8 +163,9 @@ def _finish(vectors: list[torch.Tensor], req: EmbeddingRequest, normalize: bool
     return list(out)
 
 
-async def embeddings(pooled: Pooled, doc: Any, model_name: str) -> dict[str, Any]:
-    req = parse_embedding(doc, pooled.vocab_size)
+async def embeddings(pooled: Pooled, doc: Any, model_name: str,
+                     chat_ids: list[int] | None = None) -> dict[str, Any]:
+    req = parse_embedding(doc, pooled.vocab_size, chat_ids)
     if req.model is not None and req.model != model_name:
         raise ApiError(404, f"The model '{req.model}' does not exist; this server serves "
                        f"'{model_name}'.", "model", "model_not_found")
