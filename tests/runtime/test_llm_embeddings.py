@@ -222,6 +222,18 @@ def test_gpt2_pools_its_last_token(tiny_gpt2: Path) -> None:
         assert server.stop() == 0
 
 
+def test_auto_runner_reads_the_architecture(tmp_path: Path, tiny_llama: Path,
+                                            tiny_gpt2: Path) -> None:
+    from kubemaas_runtime.llm.loader import pooling_runner
+
+    assert not pooling_runner(tiny_llama) and not pooling_runner(tiny_gpt2)  # LM heads
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama, base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaModel"]}))
+    assert pooling_runner(base)
+
+
 def test_a_generating_server_has_no_embeddings(tiny_llama: Path) -> None:
     server = start_llm_server(tiny_llama)  # --runner auto: a causal LM generates
     try:

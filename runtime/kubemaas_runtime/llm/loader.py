@@ -174,8 +174,10 @@ def pooling_runner(path: Path) -> bool:
     if (path / "modules.json").is_file():
         return True
     config = _check_dir(path)
-    archs = config.get("architectures") or []
-    return bool(archs) and all(str(a).endswith("Model") for a in archs)
+    archs = [str(a) for a in config.get("architectures") or []]
+    generating = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # vLLM's suffixes
+    return bool(archs) and all(a.endswith("Model") and not a.endswith(generating)
+                               for a in archs)
 
 
 @dataclass
