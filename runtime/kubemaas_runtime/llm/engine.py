@@ -197,8 +197,7 @@ class Engine(EngineThread):
         one per sequence); ``priority``: its place in a priority-scheduled queue; ``lora``:
         the id of the LoRA adapter it runs with (0: the base model)."""
         self.check_room()
-        if lora and (self.loras is None or lora in self.loras.retired
-                     or lora not in self.loras.names):
+        if lora and (self.loras is None or not self.loras.serves(lora)):
             raise AdapterError("the LoRA adapter was unloaded")
         seq = self.sequence(prompt, params, matcher)
         seq.cache_root = cache_root(cache_salt, lora)
@@ -363,7 +362,7 @@ class Engine(EngineThread):
         dev = self.lm.device
         model_step = self._model_step
         if self.loras is not None and self.loras.set_step(
-                [s.lora for s in decode] + [s.lora for s, n in prefill for _ in range(n)]):
+                [s.lora for s in decode] + [a for s, n in prefill for a in [s.lora] * n]):
             model_step = self.lm.forward  # the traced graph has no adapters
         try:
             logits = model_step(step.input_ids.to(dev), step.position_ids.to(dev),

@@ -263,6 +263,10 @@ class LoraSet:
                 self.retired.discard(adapter_id)
                 self.names.pop(adapter_id, None)
 
+    def serves(self, adapter_id: int) -> bool:
+        """Whether requests may still start with this adapter (loaded, not unloaded)."""
+        return adapter_id in self.names and adapter_id not in self.retired
+
     def names_of(self, seqs: Any) -> tuple[str, ...]:
         """The names of the adapters these sequences use, sorted."""
         return tuple(sorted({self.names.get(s.lora, "") for s in seqs if s.lora}))

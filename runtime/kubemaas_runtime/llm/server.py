@@ -55,9 +55,10 @@ def _lora_set(settings: Settings, lm: Any) -> Any:
     from .lora import AdapterError, LoraSet, read_adapter
 
     loras = LoraSet(lm.model, settings.max_loras, settings.max_lora_rank)
+    fetch = _fetcher(settings)
     for name, uri in settings.lora_modules:
         try:
-            loras.add(read_adapter(loras, name, uri, _fetcher(settings)))
+            loras.add(read_adapter(loras, name, uri, fetch))
         except AdapterError as exc:
             raise StartupError(f"LoRA adapter '{name}' ({uri}): {exc}") from None
     return loras

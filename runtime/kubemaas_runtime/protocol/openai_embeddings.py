@@ -22,9 +22,9 @@ from ..llm.pooling import Embedder, Overloaded
 from ..metrics import LLMMetrics
 from ..security.usage import current_usage
 from .openai_errors import ApiError, bad_request
+from .openai_tokens import TOKENIZE_OFF_LOOP_CHARS
 
 MAX_INPUTS = 2048  # OpenAI's limit of inputs in one request
-_OFF_LOOP_CHARS = 4096  # longer inputs are tokenized in a worker thread
 
 
 @dataclass
@@ -137,7 +137,7 @@ async def _tokenize(pooled: Pooled, req: EmbeddingRequest) -> list[list[int]]:
     if req.token_ids is not None:
         return req.token_ids
     assert req.texts is not None
-    if sum(len(t) for t in req.texts) > _OFF_LOOP_CHARS:
+    if sum(len(t) for t in req.texts) > TOKENIZE_OFF_LOOP_CHARS:
         return await asyncio.get_running_loop().run_in_executor(
             None, lambda: [pooled.encode_off_loop(t, req.add_special_tokens)
                            for t in req.texts or ()])

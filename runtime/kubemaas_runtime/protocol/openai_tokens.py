@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..security.prompt import prompt_char_limit
-from .openai_embeddings import Pooled
-from .openai_engine import Served
 from .openai_errors import ApiError
 from .openai_render import ChatRender
+
+if TYPE_CHECKING:
+    from .openai_embeddings import Pooled
+    from .openai_engine import Served
 
 TOKENIZE_OFF_LOOP_CHARS = 4096  # longer texts are tokenized in a worker thread
 DECODE_OFF_LOOP_TOKENS = 4096  # longer id lists are decoded in a worker thread
