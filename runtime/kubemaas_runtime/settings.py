@@ -163,12 +163,14 @@ OPTIONS: tuple[Option, ...] = (
            "false runs every step eagerly."),
     Option("runner", "--runner", "KUBEMAAS_RUNNER", "auto", str,
            "hf models: auto | generate | pooling (vLLM's). pooling serves an embedding model "
-           "on /v1/embeddings; auto: pooling when config.json names a base model (no "
-           "language-model head) or sentence-transformers' modules.json is there."),
+           "(/v1/embeddings, /score, /rerank) or a *ForSequenceClassification classifier "
+           "(/classify; /score and /rerank for a cross-encoder); auto: pooling when "
+           "config.json names a base model (no language-model head) or a classifier, or "
+           "sentence-transformers' modules.json is there."),
     Option("pooler_config", "--pooler-config", "KUBEMAAS_POOLER_CONFIG", None, _optional_str,
            "hf embedding models: how to pool, vLLM's JSON {\"pooling_type\": LAST|MEAN|CLS, "
            "\"normalize\": true|false}. Default: the sentence-transformers files, else LAST "
-           "and normalized."),
+           "(CLS for BERT-like encoders) and normalized."),
     Option("scheduling_policy", "--scheduling-policy", "KUBEMAAS_SCHEDULING_POLICY", "fcfs",
            str, "hf models: fcfs | priority. fcfs: waiting requests are admitted in arrival "
            "order, and a request's priority other than 0 is refused; priority (vLLM's): by "

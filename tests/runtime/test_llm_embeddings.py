@@ -121,15 +121,20 @@ def test_token_ids_truncation_and_raw_vectors(server: Server, base_model: Any,
 
 
 def test_a_chat_embedding_request_and_tokenize(server: Server, base_model: Any) -> None:
-    """vLLM's: ``messages`` instead of ``input``, rendered by the chat template; /tokenize and
-    /detokenize answer on an embedding server too."""
+    """vLLM's: ``messages`` instead of ``input``, rendered by the chat template (without a
+    generation prompt unless asked); /tokenize and /detokenize answer on an embedding server
+    too."""
     messages = [{"role": "user", "content": "the lazy dog"}]
-    status, tokens = server.post_json("/tokenize", {"messages": messages})
+    status, tokens = server.post_json("/tokenize", {"messages": messages,
+                                                    "add_generation_prompt": False})
     assert status == 200, tokens
     doc = embed(server, {"messages": messages, "encoding_format": "float"})
     assert doc["usage"]["prompt_tokens"] == tokens["count"]
     torch.testing.assert_close(torch.tensor(doc["data"][0]["embedding"]),
                                expected(base_model, tokens["tokens"]), rtol=1e-5, atol=1e-5)
+    opened = embed(server, {"messages": messages, "add_generation_prompt": True})
+    status, with_prompt = server.post_json("/tokenize", {"messages": messages})
+    assert opened["usage"]["prompt_tokens"] == with_prompt["count"] > tokens["count"]
     status, text = server.post_json("/detokenize", {"tokens": tokens["tokens"]})
     assert status == 200 and "the lazy dog" in text["prompt"]
     status, body = server.post_json("/v1/embeddings", {"messages": messages, "input": "a"})
@@ -182,7 +187,7 @@ def test_fuzz_no_5xx(server: Server, doc: dict[str, Any]) -> None:
 
 def test_an_embedding_server_generates_nothing(server: Server) -> None:
     status, body = server.post_json("/v1/completions", {"prompt": "a", "max_tokens": 2})
-    assert status == 400 and "embedding model" in body["error"]["message"]
+    assert status == 400 and "pooling model" in body["error"]["message"]
     assert server.request("GET", "/v1/embeddings")[0] == 405
 
 

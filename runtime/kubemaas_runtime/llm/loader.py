@@ -21,6 +21,7 @@ import torch
 from ..errors import StartupError
 from . import attention, quantized
 from .attention import PagedStep
+from .classify import Classifier, classifier_of
 from .decoder_stack import StepForward, stack_forward
 from .packed_linear import pack_linears
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubemaas.runtime.llm")
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta")  # embedding and classifying only
+CLASSIFIER_SUFFIX = "ForSequenceClassification"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -79,7 +82,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_dir(path: Path) -> dict[str, Any]:
+def _check_dir(path: Path, families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
     if not (path / "config.json").is_file():
         raise StartupError(f"{path} is not a Hugging Face model directory: no config.json")
     if not any(path.glob("*.safetensors")):
@@ -92,10 +95,16 @@ def _check_dir(path: Path) -> dict[str, Any]:
     except ValueError as exc:
         raise StartupError(f"{path}/config.json is not valid JSON: {exc}") from None
     model_type = config.get("model_type")
-    if model_type not in FAMILIES:
+    if model_type not in families:
+        pooled = f" (with --runner pooling also {', '.join(ENCODER_FAMILIES)})" if \
+            families == FAMILIES else ""
         raise StartupError(f"model_type {model_type!r} in {path}/config.json is not served; "
-                           f"supported: {', '.join(FAMILIES)}")
+                           f"supported: {', '.join(families)}{pooled}")
     return config
+
+
+def _architectures(config: dict[str, Any]) -> list[str]:
+    return [str(a) for a in config.get("architectures") or []]
 
 
 def _from_pretrained(path: Path, auto_class: Any, dtype: torch.dtype, attn: str,
@@ -123,7 +132,10 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
     oneDNN's layout (packed_linear.py)."""
     import transformers
 
-    _check_dir(path)
+    classifiers = [a for a in _architectures(_check_dir(path)) if a.endswith(CLASSIFIER_SUFFIX)]
+    if classifiers:
+        raise StartupError(f"{path}/config.json names {classifiers[0]}, a classifier: it "
+                           "generates nothing; serve it with --runner pooling (or auto)")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     optimized = quantized.read_marker(path)  # the optimize step's choice, which it measured
@@ -169,20 +181,23 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
 
 def pooling_runner(path: Path) -> bool:
     """vLLM's ``--runner auto`` for a model directory: pooling when its config names a base
-    model (``LlamaModel``, ``Qwen3Model``, ...: no language-model head) or when it ships the
-    sentence-transformers files; otherwise generation."""
+    model (``LlamaModel``, ``BertModel``, ...: no language-model head) or a classifier
+    (``*ForSequenceClassification``), or when it ships the sentence-transformers files;
+    otherwise generation."""
     if (path / "modules.json").is_file():
         return True
-    config = _check_dir(path)
-    archs = [str(a) for a in config.get("architectures") or []]
+    archs = _architectures(_check_dir(path, FAMILIES + ENCODER_FAMILIES))
     generating = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # vLLM's suffixes
-    return bool(archs) and all(a.endswith("Model") and not a.endswith(generating)
-                               for a in archs)
+    return bool(archs) and all((a.endswith("Model") and not a.endswith(generating))
+                               or a.endswith(CLASSIFIER_SUFFIX) for a in archs)
 
 
 @dataclass
 class EmbeddingModel:
-    model: Any  # the transformers base model (its last_hidden_state is pooled)
+    """A pooling model: an embedding model (the base model, whose last_hidden_state is
+    pooled) or a classifier (``classifier`` set; the whole ``*ForSequenceClassification``)."""
+
+    model: Any
     tokenizer: Any
     model_type: str
     device: torch.device
@@ -191,17 +206,23 @@ class EmbeddingModel:
     vocab_size: int
     max_position: int
     matryoshka: tuple[int, ...] | bool  # dimensions it was trained to be cut to (True: any)
+    encoder: bool          # BERT-like: pools its first (CLS) token by default
+    pad_id: int
+    classifier: Classifier | None = None
 
 
-def load_embedding(path: Path, device: str = "auto", dtype: str = "auto",
-                   packed_linear: bool = True) -> EmbeddingModel:
-    """Load the model directory as a base model for embeddings (blocking)."""
+def load_pooling_model(path: Path, device: str = "auto", dtype: str = "auto",
+                       packed_linear: bool = True) -> EmbeddingModel:
+    """Load the model directory (blocking): a classifier when its config names a
+    ``*ForSequenceClassification`` architecture, otherwise the base model, for embeddings."""
     import transformers
 
-    config = _check_dir(path)
+    config = _check_dir(path, FAMILIES + ENCODER_FAMILIES)
+    classify = any(a.endswith(CLASSIFIER_SUFFIX) for a in _architectures(config))
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    tokenizer, model = _from_pretrained(path, transformers.AutoModel, torch_dtype, "sdpa", dev)
+    auto = transformers.AutoModelForSequenceClassification if classify else transformers.AutoModel
+    tokenizer, model = _from_pretrained(path, auto, torch_dtype, "sdpa", dev)
     if packed_linear and dev.type == "cpu":
         log.info("linear weights reordered for oneDNN",
                  extra={"fields": {"layers": pack_linears(model)}})
@@ -212,5 +233,16 @@ def load_embedding(path: Path, device: str = "auto", dtype: str = "auto",
     return EmbeddingModel(
         model=model, tokenizer=tokenizer, model_type=str(cfg.model_type), device=dev,
         dtype=torch_dtype, hidden_size=int(cfg.hidden_size), vocab_size=int(cfg.vocab_size),
-        max_position=int(getattr(cfg, "max_position_embeddings", 0) or 2048),
-        matryoshka=matryoshka)
+        max_position=_positions(cfg), matryoshka=matryoshka,
+        encoder=config["model_type"] in ENCODER_FAMILIES,
+        pad_id=int(getattr(cfg, "pad_token_id", None) or 0),
+        classifier=classifier_of(config) if classify else None)
+
+
+def _positions(cfg: Any) -> int:
+    """The longest input: RoBERTa's position table also holds the padding index and those
+    below it (XLM-RoBERTa's 514 positions take 512 tokens)."""
+    positions = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+    if cfg.model_type in ("roberta", "xlm-roberta"):
+        positions -= int(getattr(cfg, "pad_token_id", None) or 0) + 1
+    return positions

@@ -1,5 +1,6 @@
-"""Embedding models (vLLM's ``--runner pooling``): a transformers base model's last hidden
-states pooled into one vector per input.
+"""Pooling models (vLLM's ``--runner pooling``): embedding models, a transformers base model's
+last hidden states pooled into one vector per input, and classifiers (classify.py), one row of
+logits per input.
 
 How a model pools is read as vLLM reads it: from the sentence-transformers files beside the
 weights (``modules.json``: its ``Pooling`` module's ``config.json`` gives the mode; a
@@ -9,8 +10,9 @@ Qwen3-Embedding, e5-mistral).
 
 ``Embedder`` is the pooling engine: one thread that takes the waiting inputs (at most
 ``max_num_seqs`` of them, ``max_num_batched_tokens`` padded tokens), runs them as one padded
-batch with their attention mask, pools each row over its own tokens, and hands the vectors to
-the event loop. Inputs whose request went away are dropped before they run.
+batch with their attention mask (and token types, for a pair), turns each row into its vector
+over its own tokens, and hands the vectors to the event loop. Inputs whose request went away
+are dropped before they run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 
 from ..errors import StartupError
+from .classify import RowFn
 from .worker import EngineThread
 
 log = logging.getLogger("kubemaas.runtime.llm")
@@ -77,9 +80,11 @@ def sentence_transformers_pooling(model_dir: Path) -> Pooling | None:
     return Pooling(kind, normalize, "modules.json")
 
 
-def resolve_pooling(model_dir: Path, pooler_config: str | None) -> Pooling:
-    """--pooler-config (vLLM's JSON: pooling_type, normalize) over the model's own files."""
-    found = sentence_transformers_pooling(model_dir) or Pooling()
+def resolve_pooling(model_dir: Path, pooler_config: str | None,
+                    default: Pooling | None = None) -> Pooling:
+    """--pooler-config (vLLM's JSON: pooling_type, normalize) over the model's own files, over
+    ``default`` (the architecture's)."""
+    found = sentence_transformers_pooling(model_dir) or default or Pooling()
     if not pooler_config:
         return found
     try:
@@ -110,6 +115,15 @@ def pool(hidden: torch.Tensor, lengths: list[int], kind: str) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def pooled_rows(model: Any, kind: str) -> RowFn:
+    """An embedding model's rows: its last hidden states pooled by ``kind``."""
+    def run(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None,
+            lengths: list[int]) -> torch.Tensor:
+        return pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, lengths, kind)
+
+    return run
+
+
 class Overloaded(Exception):
     """The embedder holds as many inputs as it may (the caller answers 429)."""
 
@@ -117,14 +131,19 @@ class Overloaded(Exception):
 @dataclass
 class _Item:
     ids: list[int]
+    types: list[int] | None  # token types (a pair, for an encoder that reads them)
     future: asyncio.Future[torch.Tensor]
 
 
 class Embedder(EngineThread):
-    def __init__(self, model: Any, pooling: Pooling, device: torch.device, max_num_seqs: int,
-                 max_num_batched_tokens: int, max_queue: int) -> None:
+    """``run`` makes a padded batch's rows (pooled_rows, classify.classifier_rows);
+    ``pooling``: how an embedding model pools (None for a classifier)."""
+
+    def __init__(self, run: RowFn, pooling: Pooling | None, device: torch.device,
+                 max_num_seqs: int, max_num_batched_tokens: int, max_queue: int,
+                 pad_id: int = 0) -> None:
         super().__init__("kubemaas-llm-embedder")
-        self.model, self.pooling, self.device = model, pooling, device
+        self.run, self.pooling, self.device, self.pad_id = run, pooling, device, pad_id
         self.max_num_seqs, self.max_tokens = max_num_seqs, max_num_batched_tokens
         self.max_queue = max_queue
         self._queue: deque[_Item] = deque()
@@ -134,14 +153,16 @@ class Embedder(EngineThread):
     def num_waiting(self) -> int:
         return len(self._queue)
 
-    async def embed(self, inputs: list[list[int]]) -> list[torch.Tensor]:
+    async def embed(self, inputs: list[list[int]], types: list[list[int]] | None = None
+                    ) -> list[torch.Tensor]:
         """One vector per input (float32); Overloaded when the queue is full."""
         loop = asyncio.get_running_loop()
         with self._wake:
             if len(self._queue) + self.num_running + len(inputs) > self.max_queue:
                 raise Overloaded(f"{len(self._queue) + self.num_running} inputs are waiting "
                                  f"or running, the limit is {self.max_queue}")
-            items = [_Item(ids, loop.create_future()) for ids in inputs]
+            items = [_Item(ids, types[i] if types else None, loop.create_future())
+                     for i, ids in enumerate(inputs)]
             self._queue.extend(items)
             self._wake.notify()
         try:
@@ -152,7 +173,7 @@ class Embedder(EngineThread):
 
     def embed_sync(self, inputs: list[list[int]]) -> torch.Tensor:
         """In the calling thread (tests, warm-up): one padded batch."""
-        return self._forward(inputs)
+        return self._forward(inputs, [None] * len(inputs))
 
     def _take(self) -> list[_Item] | None:
         with self._wake:
@@ -180,7 +201,8 @@ class Embedder(EngineThread):
             if not batch:
                 continue
             try:
-                vectors: list[Any] = list(self._forward([item.ids for item in batch]))
+                vectors: list[Any] = list(self._forward([item.ids for item in batch],
+                                                        [item.types for item in batch]))
             except Exception as exc:  # fail this batch, keep serving
                 log.exception("embedding batch failed")
                 vectors = [exc] * len(batch)
@@ -189,18 +211,24 @@ class Embedder(EngineThread):
                 with contextlib.suppress(RuntimeError):  # the loop closed: exiting
                     self._loop.call_soon_threadsafe(_deliver, batch, vectors)
 
-    def _forward(self, inputs: list[list[int]]) -> torch.Tensor:
+    def _forward(self, inputs: list[list[int]], row_types: list[list[int] | None]
+                 ) -> torch.Tensor:
         lengths = [len(ids) for ids in inputs]
         width = max(lengths)
-        ids = torch.zeros((len(inputs), width), dtype=torch.long)
+        ids = torch.full((len(inputs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(inputs), width), dtype=torch.long)
+        types = None
+        if any(row is not None for row in row_types):
+            types = torch.zeros((len(inputs), width), dtype=torch.long)
         for i, row in enumerate(inputs):
             ids[i, :len(row)] = torch.tensor(row)
             mask[i, :len(row)] = 1
+            if types is not None and row_types[i]:
+                types[i, :len(row)] = torch.tensor(row_types[i])
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-            vectors = pool(out.last_hidden_state, lengths, self.pooling.kind).cpu()
+            vectors = self.run(ids.to(self.device), mask.to(self.device),
+                               None if types is None else types.to(self.device), lengths).cpu()
         log.debug("embedding batch", extra={"fields": {
             "rows": len(inputs), "width": width, "ms": round(1e3 * (time.perf_counter() - t0),
                                                              3)}})

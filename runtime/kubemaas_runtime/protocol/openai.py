@@ -3,10 +3,12 @@
 ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (the tokenizer's chat
 template), ``POST /v1/responses`` (a chat, answered as a Responses object: openai_responses.py),
 ``stream: true`` as server-sent events, vLLM's ``POST /tokenize`` and
-``POST /detokenize``, ``GET /health``, ``GET /metrics``, and the OIP health endpoints for
-probes. Errors are OpenAI's error object with the status that fits: 400 bad
-input, 404 unknown model or route, 413 body too large, 429 queue full (Retry-After), 503 loading
-or draining. A client that goes away is cancelled in the engine (its KV blocks are freed).
+``POST /detokenize``, for a pooling model ``POST /v1/embeddings``, ``/classify``, ``/score``
+and ``/rerank`` (openai_embeddings.py, openai_scores.py), ``GET /health``, ``GET /metrics``,
+and the OIP health endpoints for probes. Errors are OpenAI's error object with the status that
+fits: 400 bad input, 404 unknown model or route, 413 body too large, 429 queue full
+(Retry-After), 503 loading or draining. A client that goes away is cancelled in the engine
+(its KV blocks are freed).
 """
 
 from __future__ import annotations
@@ -53,12 +55,17 @@ from .openai_schema import (
     parse_request,
     parse_tokenize,
 )
+from .openai_scores import CLASSIFY_ROUTES, RERANK_ROUTES, SCORE_ROUTES, classify, rerank, score
 from .openai_stream import ChunkFormat, stream_response
 from .openai_tokens import TOKENIZE_OFF_LOOP_CHARS, check_chars, decode_ids, encode_prompt
 
 log = logging.getLogger("kubemaas.runtime.openai")
 _GENERATE = {"/v1/completions": "completions", "/v1/chat/completions": "chat",
              "/v1/responses": "responses"}
+# a pooling model's routes -> (the answer, whether a chat's messages may stand for input)
+_POOLING: dict[str, tuple[Callable[..., Awaitable[dict[str, Any]]], bool]] = {
+    "/v1/embeddings": (embeddings, True), **{r: (classify, True) for r in CLASSIFY_ROUTES},
+    **{r: (score, False) for r in SCORE_ROUTES}, **{r: (rerank, False) for r in RERANK_ROUTES}}
 
 _JSON = "application/json"
 
@@ -116,10 +123,10 @@ class OpenAIServer:
                     raise ApiError(405, f"use POST for {path}")
                 return await (self._tokenize_route(request) if path == "/tokenize"
                               else self._detokenize_route(request))
-            if path == "/v1/embeddings":
+            if path in _POOLING:
                 if method != "POST":
                     raise ApiError(405, f"use POST for {path}")
-                return await self._embeddings(request)
+                return await self._pooling(request, path)
             if path in LORA_ROUTES and self.lora_updating:
                 if method != "POST":
                     raise ApiError(405, f"use POST for {path}")
@@ -202,20 +209,23 @@ class OpenAIServer:
             return await load_adapter(served.loras, doc, served.fetch_adapter, self.model_name)
         return unload_adapter(served.loras, doc)
 
-    async def _embeddings(self, request: web.BaseRequest) -> web.Response:
+    async def _pooling(self, request: web.BaseRequest, path: str) -> web.Response:
         if self.pooled is None or self.draining:
             self._serving()  # 503 while loading or draining
-            raise ApiError(400, f"the model '{self.model_name}' generates text; embeddings "
-                           "come from an embedding model served with --runner pooling")
+            raise ApiError(400, f"the model '{self.model_name}' generates text; {path} is "
+                           "answered by an embedding model or a classifier served with "
+                           "--runner pooling")
+        answer, chat_form = _POOLING[path]
         self.inflight += 1
         try:
             doc = await self._read_json(request)
-            chat_ids = None
-            if isinstance(doc, dict) and "messages" in doc:  # vLLM's chat embedding request
-                chat = parse_tokenize(doc)
-                chat_ids = await encode_prompt(self.pooled, chat.messages, None,
-                                              chat.add_special_tokens, chat.render)
-            return _json(await embeddings(self.pooled, doc, self.model_name, chat_ids))
+            if not (chat_form and isinstance(doc, dict) and "messages" in doc):
+                return _json(await answer(self.pooled, doc, self.model_name))
+            # vLLM's chat form: the messages rendered (no generation prompt) are the input
+            chat = parse_tokenize(doc, generation_default=False)
+            chat_ids = await encode_prompt(self.pooled, chat.messages, None,
+                                          chat.add_special_tokens, chat.render)
+            return _json(await answer(self.pooled, doc, self.model_name, chat_ids))
         finally:
             self.inflight -= 1
 
@@ -284,8 +294,9 @@ class OpenAIServer:
 
     def _serving(self) -> Served:
         if self.pooled is not None and not self.draining:
-            raise ApiError(400, f"the model '{self.model_name}' is an embedding model (--runner "
-                           "pooling): it answers /v1/embeddings only")
+            raise ApiError(400, f"the model '{self.model_name}' is a pooling model (--runner "
+                           "pooling): it answers /v1/embeddings, /classify, /score and "
+                           "/rerank, not generation")
         if self.served is None or self.draining:
             raise ApiError(503, "the model is loading" if self.served is None else
                            "the server is shutting down", retry_after=1)

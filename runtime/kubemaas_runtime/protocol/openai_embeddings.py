@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..llm.classify import Classifier
 from ..llm.detok import encoder
 from ..llm.pooling import Embedder, Overloaded
 from ..metrics import LLMMetrics
@@ -38,6 +39,7 @@ class Pooled:
     vocab_size: int
     hidden_size: int
     matryoshka: tuple[int, ...] | bool
+    classifier: Classifier | None = None  # a classifier (/classify, /score) instead
     encode: Any = field(init=False)
     encode_off_loop: Any = field(init=False)
 
@@ -58,7 +60,7 @@ class EmbeddingRequest:
     normalize: bool | None
 
 
-def _token_lists(value: Any, vocab: int) -> list[list[int]] | None:
+def token_lists(value: Any, vocab: int) -> list[list[int]] | None:
     """A list of ids, or a list of such lists; None when ``value`` is neither."""
     if not isinstance(value, list) or not value:
         return None
@@ -71,7 +73,7 @@ def _token_lists(value: Any, vocab: int) -> list[list[int]] | None:
     return [list(row) for row in rows]
 
 
-def _optional(doc: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+def optional(doc: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
     value = doc.get(key, default)
     if value is not None and (not isinstance(value, kind) or isinstance(value, bool) != (
             kind is bool)):
@@ -80,17 +82,17 @@ def _optional(doc: dict[str, Any], key: str, kind: type, default: Any = None) ->
     return value
 
 
-def parse_embedding(doc: Any, vocab: int, chat_ids: list[int] | None = None
-                    ) -> EmbeddingRequest:
-    """``chat_ids``: the tokens of the request's ``messages`` (vLLM's chat embedding request),
-    which then stand for ``input``."""
+def parse_inputs(doc: Any, vocab: int, chat_ids: list[int] | None
+                 ) -> tuple[list[str] | None, list[list[int]] | None]:
+    """A request's ``input`` (texts, or token ids); ``chat_ids``: the tokens of its
+    ``messages`` (vLLM's chat form of a pooling request), which then stand for ``input``."""
     if not isinstance(doc, dict):
         raise ApiError(400, "the request body must be a JSON object")
     value = doc.get("input")
     texts: list[str] | None = None
     if chat_ids is not None and value is not None:
         raise bad_request("send 'input' or 'messages', not both", "input")
-    ids = [chat_ids] if chat_ids is not None else _token_lists(value, vocab)
+    ids = [chat_ids] if chat_ids is not None else token_lists(value, vocab)
     if ids is None:
         texts = [value] if isinstance(value, str) else value
         if not isinstance(texts, list) or not texts or \
@@ -101,22 +103,34 @@ def parse_embedding(doc: Any, vocab: int, chat_ids: list[int] | None = None
             raise bad_request("'input' may not hold an empty string", "input")
     if len(texts or ids or ()) > MAX_INPUTS:
         raise bad_request(f"'input' holds more than {MAX_INPUTS} inputs", "input")
-    fmt = doc.get("encoding_format", "float")
-    if fmt not in ("float", "base64"):
-        raise bad_request("'encoding_format' must be float or base64", "encoding_format")
+    return texts, ids
+
+
+def parse_common(doc: dict[str, Any]) -> tuple[str | None, int | None]:
+    """``model`` and ``truncate_prompt_tokens``, as every pooling request has them."""
     model = doc.get("model")
     if model is not None and not isinstance(model, str):
         raise bad_request("'model' must be a string", "model")
-    dims = _optional(doc, "dimensions", int)
-    if dims is not None and dims < 1:
-        raise bad_request("'dimensions' must be at least 1", "dimensions")
-    truncate = _optional(doc, "truncate_prompt_tokens", int)
+    truncate = optional(doc, "truncate_prompt_tokens", int)
     if truncate is not None and truncate < 1:
         raise bad_request("'truncate_prompt_tokens' must be at least 1",
                           "truncate_prompt_tokens")
+    return model, truncate
+
+
+def parse_embedding(doc: Any, vocab: int, chat_ids: list[int] | None = None
+                    ) -> EmbeddingRequest:
+    texts, ids = parse_inputs(doc, vocab, chat_ids)
+    fmt = doc.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        raise bad_request("'encoding_format' must be float or base64", "encoding_format")
+    model, truncate = parse_common(doc)
+    dims = optional(doc, "dimensions", int)
+    if dims is not None and dims < 1:
+        raise bad_request("'dimensions' must be at least 1", "dimensions")
     return EmbeddingRequest(model, texts, ids, fmt == "base64", dims, truncate,
-                            _optional(doc, "add_special_tokens", bool, chat_ids is None),
-                            _optional(doc, "normalize", bool))
+                            optional(doc, "add_special_tokens", bool, chat_ids is None),
+                            optional(doc, "normalize", bool))
 
 
 def _check_dimensions(pooled: Pooled, dims: int | None) -> None:
@@ -133,15 +147,60 @@ def _check_dimensions(pooled: Pooled, dims: int | None) -> None:
                           "dimensions")
 
 
-async def _tokenize(pooled: Pooled, req: EmbeddingRequest) -> list[list[int]]:
-    if req.token_ids is not None:
-        return req.token_ids
-    assert req.texts is not None
-    if sum(len(t) for t in req.texts) > TOKENIZE_OFF_LOOP_CHARS:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: [pooled.encode_off_loop(t, req.add_special_tokens)
-                           for t in req.texts or ()])
-    return [pooled.encode(t, req.add_special_tokens) for t in req.texts]
+async def tokenize_inputs(pooled: Pooled, texts: list[str] | None,
+                          token_ids: list[list[int]] | None, special: bool,
+                          truncate: int | None) -> list[list[int]]:
+    """Each input's token ids (``truncate``: its last so many), each checked against the
+    model's length."""
+    if token_ids is not None:
+        inputs = token_ids
+    elif sum(len(t) for t in texts or ()) > TOKENIZE_OFF_LOOP_CHARS:
+        inputs = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: [pooled.encode_off_loop(t, special) for t in texts or ()])
+    else:
+        inputs = [pooled.encode(t, special) for t in texts or ()]
+    if truncate is not None:
+        inputs = [ids[-truncate:] for ids in inputs]
+    for i, ids in enumerate(inputs):
+        if not ids:
+            raise bad_request(f"input {i} has no tokens", "input")
+        check_length(pooled, len(ids), f"input {i}", "input")
+    return inputs
+
+
+def check_length(pooled: Pooled, tokens: int, what: str, param: str) -> None:
+    if tokens > pooled.max_model_len:
+        raise ApiError(400, f"This model's maximum context length is {pooled.max_model_len} "
+                       f"tokens. However, {what} has {tokens} tokens.", param,
+                       "context_length_exceeded")
+
+
+def check_model(name: str | None, model_name: str) -> None:
+    if name is not None and name != model_name:
+        raise ApiError(404, f"The model '{name}' does not exist; this server serves "
+                       f"'{model_name}'.", "model", "model_not_found")
+
+
+async def run_pooled(pooled: Pooled, inputs: list[list[int]], model_name: str,
+                     types: list[list[int]] | None = None) -> list[torch.Tensor]:
+    """The model's row for each input, and the request counted in the metrics and the
+    caller's token usage; a full queue is a 429."""
+    arrival = time.monotonic()
+    m = pooled.metrics
+    try:
+        rows = await pooled.embedder.embed(inputs, types)
+    except Overloaded as exc:
+        m.rejected.inc(m.label)
+        raise ApiError(429, f"too many requests: {exc}; retry later",
+                       code="rate_limit_exceeded", retry_after=1) from None
+    tokens = sum(len(ids) for ids in inputs)
+    m.prompt_tokens.inc(m.label, tokens)
+    m.e2e.observe(m.label, time.monotonic() - arrival)
+    m.success.inc((model_name, "stop"))
+    usage = current_usage.get()  # per-key token limits (security/gate.py)
+    if usage is not None:
+        usage.add(tokens)
+    return rows
 
 
 def _vector_doc(vector: torch.Tensor, req: EmbeddingRequest, index: int) -> dict[str, Any]:
@@ -166,35 +225,16 @@ def _finish(vectors: list[torch.Tensor], req: EmbeddingRequest, normalize: bool
 async def embeddings(pooled: Pooled, doc: Any, model_name: str,
                      chat_ids: list[int] | None = None) -> dict[str, Any]:
     req = parse_embedding(doc, pooled.vocab_size, chat_ids)
-    if req.model is not None and req.model != model_name:
-        raise ApiError(404, f"The model '{req.model}' does not exist; this server serves "
-                       f"'{model_name}'.", "model", "model_not_found")
+    check_model(req.model, model_name)
+    if pooled.classifier is not None:
+        raise ApiError(400, f"the model '{model_name}' is a classifier: it answers "
+                       "/classify, /score and /rerank, not embeddings")
     _check_dimensions(pooled, req.dimensions)
-    arrival = time.monotonic()
-    inputs = await _tokenize(pooled, req)
-    if req.truncate is not None:
-        inputs = [ids[-req.truncate:] for ids in inputs]
-    for i, ids in enumerate(inputs):
-        if not ids:
-            raise bad_request(f"input {i} has no tokens", "input")
-        if len(ids) > pooled.max_model_len:
-            raise ApiError(400, f"This model's maximum context length is "
-                           f"{pooled.max_model_len} tokens. However, input {i} has "
-                           f"{len(ids)} tokens.", "input", "context_length_exceeded")
-    m = pooled.metrics
-    try:
-        vectors = await pooled.embedder.embed(inputs)
-    except Overloaded as exc:
-        m.rejected.inc(m.label)
-        raise ApiError(429, f"too many requests: {exc}; retry later",
-                       code="rate_limit_exceeded", retry_after=1) from None
+    inputs = await tokenize_inputs(pooled, req.texts, req.token_ids, req.add_special_tokens,
+                                   req.truncate)
+    vectors = await run_pooled(pooled, inputs, model_name)
+    assert pooled.embedder.pooling is not None
     tokens = sum(len(ids) for ids in inputs)
-    m.prompt_tokens.inc(m.label, tokens)
-    m.e2e.observe(m.label, time.monotonic() - arrival)
-    m.success.inc((model_name, "stop"))
-    usage = current_usage.get()  # per-key token limits (security/gate.py)
-    if usage is not None:
-        usage.add(tokens)
     vectors = _finish(vectors, req, pooled.embedder.pooling.normalize)
     return {"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
             "model": model_name,

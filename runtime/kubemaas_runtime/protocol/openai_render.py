@@ -60,8 +60,10 @@ def _reserved() -> frozenset[str]:
     return frozenset(inspect.signature(PreTrainedTokenizerBase.apply_chat_template).parameters)
 
 
-def parse_render(doc: dict[str, Any]) -> ChatRender:
-    generation = _flag(doc, "add_generation_prompt", True)
+def parse_render(doc: dict[str, Any], generation_default: bool = True) -> ChatRender:
+    """``generation_default``: add_generation_prompt's default (vLLM's pooling requests render
+    the chat as it stands: false)."""
+    generation = _flag(doc, "add_generation_prompt", generation_default)
     continue_final = _flag(doc, "continue_final_message", False)
     if generation and continue_final:
         raise ApiError(400, "'continue_final_message' needs 'add_generation_prompt': false (the "

@@ -432,7 +432,7 @@ def _model(doc: dict[str, Any]) -> str | None:
     return model
 
 
-def parse_tokenize(doc: Any) -> TokenizeRequest:
+def parse_tokenize(doc: Any, generation_default: bool = True) -> TokenizeRequest:
     if not isinstance(doc, dict):
         raise ApiError(400, "the request body must be a JSON object")
     chat = "messages" in doc
@@ -446,7 +446,7 @@ def parse_tokenize(doc: Any) -> TokenizeRequest:
         messages=_messages(doc) if chat else None,
         # as vLLM: a prompt gets the tokenizer's special tokens, a rendered chat does not
         add_special_tokens=_bool(doc, "add_special_tokens", not chat),
-        render=parse_render(doc) if chat else ChatRender(),
+        render=parse_render(doc, generation_default) if chat else ChatRender(),
         return_token_strs=_bool(doc, "return_token_strs"))
 
 
