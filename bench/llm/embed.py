@@ -124,10 +124,20 @@ def limit(model_dir: Path, texts: list[str], levels: list[int]) -> dict[int, flo
     return out
 
 
+def write_json(path: Path, title: str, points: list[dict[str, float]]) -> None:
+    """One benchmark's figures: what bench/llm/pooling_plot.py draws."""
+    import json
+
+    path.write_text(json.dumps({"title": title, "unit": "inputs/s", "points": points,
+                                "load_average": os.getloadavg()[0]}, indent=1))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="tiny", choices=("tiny", "small"))
     parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--json", type=Path, help="also write the figures here (for the plot: "
+                        "bench/llm/pooling_plot.py)")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
@@ -146,6 +156,7 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     figures = asyncio.run(served(model_dir, texts, levels))
     limits = limit(model_dir, texts, levels)
+    title = f"embeddings: {args.size} Llama, one {args.tokens}-token input a request"
     print(f"{args.size} Llama as an embedding model (last token, normalized), "
           f"{args.requests} requests of one {args.tokens}-token input each per level; "
           f"load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after")
@@ -158,6 +169,10 @@ def main() -> int:
         p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))]
         print(f"| {c} | {rate:,.1f} | {statistics.median(lat_ms):.2f} / {p99:.2f} | "
               f"{limits[c]:,.1f} | {rate / limits[c]:.2f} |")
+    if args.json:
+        write_json(args.json, title, [
+            {"concurrency": c, "served": figures[c][0], "limit": limits[c],
+             "latency_p50_ms": 1e3 * statistics.median(figures[c][1])} for c in levels])
     return 0
 
 

@@ -24,7 +24,8 @@ ENCODERS = ("bert", "xlm-roberta")
 _SPECIAL = {"bert": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
             "xlm-roberta": ("<s>", "<pad>", "</s>", "<unk>", "<mask>")}
 # hidden, layers, heads, intermediate, max positions
-_SHAPE = (64, 2, 4, 128, 512)
+_SHAPES = {"tiny": (64, 2, 4, 128, 512),
+           "minilm": (384, 6, 12, 1536, 512)}  # ms-marco-MiniLM-L6's shape: ~22 M parameters
 
 
 def build_encoder_tokenizer(out_dir: Path, family: str, vocab_size: int = 1024) -> None:
@@ -71,16 +72,16 @@ def build_encoder_tokenizer(out_dir: Path, family: str, vocab_size: int = 1024) 
                  "mask_token": "<mask>"}
         inputs = ["input_ids", "attention_mask"]
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=inputs, **names)
-    fast.model_max_length = _SHAPE[4]
+    fast.model_max_length = _SHAPES["tiny"][4]
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out_dir))
 
 
-def _encoder_config(family: str, vocab: int, pad: int, num_labels: int,
+def _encoder_config(family: str, size: str, vocab: int, pad: int, num_labels: int,
                     extra: dict[str, Any]) -> Any:
     import transformers
 
-    hidden, layers, heads, inter, max_pos = _SHAPE
+    hidden, layers, heads, inter, max_pos = _SHAPES[size]
     shape = {"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
              "num_attention_heads": heads, "intermediate_size": inter, "pad_token_id": pad,
              "num_labels": num_labels, "initializer_range": 0.1, **extra}
@@ -92,11 +93,12 @@ def _encoder_config(family: str, vocab: int, pad: int, num_labels: int,
 
 
 def build_encoder(out_dir: Path, family: str = "bert", head: bool = True, seed: int = 0,
-                  extra_config: dict[str, Any] | None = None) -> Path:
+                  extra_config: dict[str, Any] | None = None, size: str = "tiny") -> Path:
     """A random-weight encoder with its tokenizer in ``out_dir``: with ``head``, a
     ``*ForSequenceClassification`` cross-encoder of one label (a reranker); without, the base
     model (``BertModel``: an embedding model). ``extra_config`` joins config.json (for
-    example sentence-transformers' ``{"sentence_transformers": {"activation_fn": ...}}``)."""
+    example sentence-transformers' ``{"sentence_transformers": {"activation_fn": ...}}``);
+    ``size`` tiny (~0.2 M parameters) or minilm (~22 M, the benchmark's)."""
     import torch
     import transformers
 
@@ -106,7 +108,9 @@ def build_encoder(out_dir: Path, family: str = "bert", head: bool = True, seed: 
     build_encoder_tokenizer(out_dir, family)
     tok = transformers.AutoTokenizer.from_pretrained(str(out_dir))
     vocab = -(-len(tok) // 64) * 64
-    config = _encoder_config(family, vocab, tok.pad_token_id, 1, extra_config or {})
+    if size not in _SHAPES:
+        raise ValueError(f"unknown size {size!r}; one of {', '.join(_SHAPES)}")
+    config = _encoder_config(family, size, vocab, tok.pad_token_id, 1, extra_config or {})
     torch.manual_seed(seed)
     auto = transformers.AutoModelForSequenceClassification if head else transformers.AutoModel
     model = auto.from_config(config).eval()
