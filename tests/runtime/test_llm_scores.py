@@ -143,6 +143,10 @@ def test_raw_logits_truncation_and_the_token_types(cross_encoder: Server,
         no_types = torch.sigmoid(model(input_ids=enc["input_ids"]).logits[0, 0]).item()
     served = ok(cross_encoder, "/score", {"text_1": QUERY, "text_2": DOCS[0]})
     assert abs(served["data"][0]["score"] - no_types) > 1e-4
+    # more documents than the queue holds (--max-queue-size 256): taken while nothing waits
+    many = ok(cross_encoder, "/rerank", {"query": QUERY, "documents": DOCS * 50, "top_n": 2})
+    assert len(many["results"]) == 2 and many["results"][0]["relevance_score"] == pytest.approx(
+        max(reference_scores(models["bert"], QUERY, DOCS)), abs=1e-5)
 
 
 def test_sentence_transformers_activation(models: dict[str, Path], tmp_path: Path) -> None:

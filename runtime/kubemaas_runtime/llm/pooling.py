@@ -155,10 +155,13 @@ class Embedder(EngineThread):
 
     async def embed(self, inputs: list[list[int]], types: list[list[int]] | None = None
                     ) -> list[torch.Tensor]:
-        """One vector per input (float32); Overloaded when the queue is full."""
+        """One vector per input (float32); Overloaded when the queue is full. A request of
+        more inputs than the queue holds is taken when nothing else waits or runs (a rerank of
+        many documents is one request: refusing it would refuse it for good)."""
         loop = asyncio.get_running_loop()
         with self._wake:
-            if len(self._queue) + self.num_running + len(inputs) > self.max_queue:
+            busy = len(self._queue) + self.num_running
+            if busy and busy + len(inputs) > self.max_queue:
                 raise Overloaded(f"{len(self._queue) + self.num_running} inputs are waiting "
                                  f"or running, the limit is {self.max_queue}")
             items = [_Item(ids, types[i] if types else None, loop.create_future())
