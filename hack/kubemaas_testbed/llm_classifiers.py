@@ -20,17 +20,19 @@ from typing import Any
 
 from .llm_models import build_tokenizer, corpus_text
 
-ENCODERS = ("bert", "xlm-roberta")
+ENCODERS = ("bert", "xlm-roberta", "modernbert")
 _SPECIAL = {"bert": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
             "xlm-roberta": ("<s>", "<pad>", "</s>", "<unk>", "<mask>")}
+_SPECIAL["modernbert"] = _SPECIAL["bert"]  # its pairs are BERT's, without token types
 # hidden, layers, heads, intermediate, max positions
 _SHAPES = {"tiny": (64, 2, 4, 128, 512),
            "minilm": (384, 6, 12, 1536, 512)}  # ms-marco-MiniLM-L6's shape: ~22 M parameters
 
 
 def build_encoder_tokenizer(out_dir: Path, family: str, vocab_size: int = 1024) -> None:
-    """BERT's WordPiece (``[CLS] a [SEP] b [SEP]``, token types 0 then 1) or XLM-RoBERTa's
-    layout (``<s> a </s></s> b </s>``, no token types), trained on the repository corpus."""
+    """BERT's WordPiece (``[CLS] a [SEP] b [SEP]``, token types 0 then 1; ModernBERT's pairs
+    are the same without token types) or XLM-RoBERTa's layout (``<s> a </s></s> b </s>``, no
+    token types), trained on the repository corpus."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -44,7 +46,7 @@ def build_encoder_tokenizer(out_dir: Path, family: str, vocab_size: int = 1024) 
 
     special = _SPECIAL[family]
     lines = corpus_text().splitlines()
-    if family == "bert":
+    if family in ("bert", "modernbert"):
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -57,7 +59,8 @@ def build_encoder_tokenizer(out_dir: Path, family: str, vocab_size: int = 1024) 
             special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
         names = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
                  "sep_token": "[SEP]", "mask_token": "[MASK]"}
-        inputs = ["input_ids", "token_type_ids", "attention_mask"]
+        inputs = ["input_ids", "token_type_ids", "attention_mask"] if family == "bert" else \
+            ["input_ids", "attention_mask"]
     else:
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -77,19 +80,24 @@ def build_encoder_tokenizer(out_dir: Path, family: str, vocab_size: int = 1024) 
     fast.save_pretrained(str(out_dir))
 
 
-def _encoder_config(family: str, size: str, vocab: int, pad: int, num_labels: int,
-                    extra: dict[str, Any]) -> Any:
+def _encoder_config(family: str, size: str, tok: Any, extra: dict[str, Any]) -> Any:
     import transformers
 
     hidden, layers, heads, inter, max_pos = _SHAPES[size]
-    shape = {"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
-             "num_attention_heads": heads, "intermediate_size": inter, "pad_token_id": pad,
-             "num_labels": num_labels, "initializer_range": 0.1, **extra}
+    shape = {"vocab_size": -(-len(tok) // 64) * 64, "hidden_size": hidden,
+             "num_hidden_layers": layers, "num_attention_heads": heads,
+             "intermediate_size": inter, "pad_token_id": tok.pad_token_id, "num_labels": 1,
+             "initializer_range": 0.1, **extra}
     if family == "bert":
         return transformers.BertConfig(max_position_embeddings=max_pos, **shape)
+    if family == "modernbert":  # its config names its own special tokens
+        return transformers.ModernBertConfig(
+            max_position_embeddings=max_pos, bos_token_id=tok.cls_token_id,
+            cls_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+            sep_token_id=tok.sep_token_id, **shape)
     # RoBERTa's positions start after the padding index
-    return transformers.XLMRobertaConfig(max_position_embeddings=max_pos + pad + 1,
-                                         **shape)
+    return transformers.XLMRobertaConfig(
+        max_position_embeddings=max_pos + tok.pad_token_id + 1, **shape)
 
 
 def build_encoder(out_dir: Path, family: str = "bert", head: bool = True, seed: int = 0,
@@ -107,10 +115,9 @@ def build_encoder(out_dir: Path, family: str = "bert", head: bool = True, seed: 
     out_dir = Path(out_dir)
     build_encoder_tokenizer(out_dir, family)
     tok = transformers.AutoTokenizer.from_pretrained(str(out_dir))
-    vocab = -(-len(tok) // 64) * 64
     if size not in _SHAPES:
         raise ValueError(f"unknown size {size!r}; one of {', '.join(_SHAPES)}")
-    config = _encoder_config(family, size, vocab, tok.pad_token_id, 1, extra_config or {})
+    config = _encoder_config(family, size, tok, extra_config or {})
     torch.manual_seed(seed)
     auto = transformers.AutoModelForSequenceClassification if head else transformers.AutoModel
     model = auto.from_config(config).eval()

@@ -1,9 +1,10 @@
 """vLLM's pooling tasks beyond embeddings, served by real processes over tiny models built
 offline: /score and /rerank from cross-encoders (BERT with token types, XLM-RoBERTa as
-bge-reranker is built) and from an encoder embedding model (cosine similarity), /classify from a
-decoder classifier. Every answer equals the model's own transformers forward over that input
-alone (the batch it ran in changes nothing); the activations follow the model's config; bad
-input is a 4xx and the server keeps serving."""
+bge-reranker is built, ModernBERT as gte-reranker-modernbert) and from an encoder embedding
+model (cosine similarity), /classify from a decoder classifier. Every answer equals the
+model's own transformers forward over that input alone (the batch it ran in changes
+nothing); the activations follow the model's config; bad input is a 4xx and the server keeps
+serving."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("scores")
     return {"bert": build_encoder(out / "bert-ce", "bert"),
             "xlm-roberta": build_encoder(out / "xlmr-ce", "xlm-roberta"),
+            "modernbert": build_encoder(out / "modernbert-ce", "modernbert"),
             "bert-embed": build_encoder(out / "bert-embed", "bert", head=False),
             "classifier": build_decoder_classifier(out / "llama-cls", labels=LABELS)}
 
@@ -75,7 +77,7 @@ def ok(server: Server, path: str, doc: dict[str, Any]) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta", "modernbert"])
 def test_cross_encoder_scores_and_ranks_as_the_model_does(models: dict[str, Path],
                                                           family: str) -> None:
     want = reference_scores(models[family], QUERY, DOCS)

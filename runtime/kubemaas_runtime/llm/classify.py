@@ -5,8 +5,8 @@ A decoder classifier (Llama, Qwen, Mistral, GPT-2: a linear ``score`` head) is r
 it: the base model's hidden state at each input's own last token, through the head, so an
 answer never depends on the padding of the batch it ran in (transformers' own forward finds the
 last token by looking for the pad id, which a prompt may hold). An encoder (BERT, RoBERTa,
-XLM-RoBERTa) runs its own forward with the attention mask and, when its tokenizer makes them,
-the token types of a pair.
+XLM-RoBERTa, ModernBERT) runs its own forward with the attention mask and, when its tokenizer
+makes them and the model reads them, the token types of a pair.
 
 The activation follows vLLM's rules: ``/classify`` by ``problem_type`` (regression: none,
 multi-label: sigmoid, otherwise softmax, or sigmoid for a single label); ``/score`` and
@@ -17,6 +17,7 @@ false answers the raw logits.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -101,9 +102,11 @@ def classifier_rows(model: Any) -> RowFn:
 
         return decoder
 
+    reads_types = "token_type_ids" in inspect.signature(model.forward).parameters
+
     def encoder(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None,
                 lengths: list[int]) -> torch.Tensor:
-        extra = {"token_type_ids": types} if types is not None else {}
+        extra = {"token_type_ids": types} if types is not None and reads_types else {}
         logits: torch.Tensor = model(input_ids=ids, attention_mask=mask, **extra).logits
         return logits.float()
 

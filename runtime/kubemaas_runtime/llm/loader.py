@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubemaas.runtime.llm")
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
-ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta")  # embedding and classifying only
+ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "modernbert")  # pooling runner only
 CLASSIFIER_SUFFIX = "ForSequenceClassification"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
