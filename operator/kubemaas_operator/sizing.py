@@ -14,6 +14,9 @@ heads across them):
   engine's profiling step (measured by vLLM's startup at 1-3 GiB for 8B-70B models; 2 GiB here);
 - utilization: `spec.runtime.llm.gpuMemoryUtilization` (0.9), the share the engine may take.
 
+A pooling model (an embedding model or a classifier: `pools`) holds no KV cache: its replica
+needs the weights and the overhead only.
+
 With `gpu.count: auto` the operator picks the fewest GPUs per replica `t` (a tensor-parallel
 degree: it divides the attention heads, and the KV heads divide it or it divides them, as vLLM
 requires) on some node type that has `t` GPUs on one node, and the products whose GPUs hold the
@@ -99,8 +102,9 @@ class Need:
         if t is not None:
             tail = (f" + {t} x {_gib(OVERHEAD_PER_GPU)} per GPU = "
                     f"{_gib(self.total + t * OVERHEAD_PER_GPU)}")
-        return (f"needs {_gib(self.total)} per replica (weights {_gib(self.weights)} + KV cache "
-                f"{_gib(self.kv_cache)} for {self.sequences} x {self.max_model_len} tokens"
+        cache = f"KV cache {_gib(self.kv_cache)} for {self.sequences} x {self.max_model_len} " \
+            "tokens" if self.sequences else "no KV cache: a pooling model"
+        return (f"needs {_gib(self.total)} per replica (weights {_gib(self.weights)} + {cache}"
                 f"{tail}), within {self.utilization:g} of each GPU's memory")
 
 
@@ -114,6 +118,17 @@ def _serving_dtype(shape: ModelShape, asked: str | None) -> str:
     if asked and asked != "auto":
         return asked
     return shape.dtype if shape.dtype in ("bfloat16", "float16") else "bfloat16"
+
+
+def pools(architecture: str | None) -> bool:
+    """Is this an architecture engines run as a pooling model (vLLM's ``--runner auto``): a
+    base model without a language-model head (``Qwen3Model``, ``BertModel``) or a classifier
+    (``*ForSequenceClassification``)?"""
+    if not architecture:
+        return False
+    generating = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+    return architecture.endswith("ForSequenceClassification") or (
+        architecture.endswith("Model") and not architecture.endswith(generating))
 
 
 def need_of(shape: ModelShape, *, max_model_len: int | None = None,
@@ -132,6 +147,11 @@ def need_of(shape: ModelShape, *, max_model_len: int | None = None,
     else:
         raise SpecError(path, "needs weightBytes or parameters to size the GPUs")
     heads = shape.num_attention_heads
+    if pools(shape.architecture):  # no KV cache: the weights and the overhead
+        return Need(weights=weights, kv_cache=0, sequences=0,
+                    max_model_len=max_model_len or shape.max_position_embeddings or 0,
+                    heads=heads, kv_heads=shape.num_key_value_heads or heads or 1,
+                    utilization=utilization or DEFAULT_GPU_MEMORY_UTILIZATION)
     head_dim = shape.head_dim or (shape.hidden_size // heads
                                   if shape.hidden_size and heads else None)
     if shape.num_layers is None or head_dim is None:

@@ -33,6 +33,7 @@ from kubemaas_operator.sizing import (
     choose,
     gpu_types,
     need_of,
+    pools,
     shape_from_cache,
     size_gpus,
     startup_budget_s,
@@ -128,6 +129,30 @@ def test_llama31_405b_fits_no_node_type_and_says_why_with_numbers() -> None:
     assert "not even 16 x A100-SXM4-40GB" in small.message
     nothing = choose(need, [])
     assert isinstance(nothing, GPUSizing) and "no node offers whole GPUs" in nothing.message
+
+
+def test_pooling_models_need_no_kv_cache() -> None:
+    """An embedding model or a reranker holds no KV cache: sized by its weights alone. The
+    same 32k-context Qwen3 with its LM head needs 18 GiB of KV cache more."""
+    qwen3 = ModelShape(architecture="Qwen3Model", parameters=7_567_295_488, num_layers=36,
+                       hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+                       head_dim=128, max_position_embeddings=32768, dtype="bfloat16")
+    embedding = need_of(qwen3)
+    generating = need_of(dataclasses.replace(qwen3, architecture="Qwen3ForCausalLM"))
+    assert embedding.kv_cache == 0 and generating.kv_cache == 18 * GiB
+    assert "no KV cache: a pooling model" in embedding.words()
+    one = choose(embedding, [A100_40])
+    assert not isinstance(one, GPUSizing) and one.count == 1
+    # a reranker's shape needs neither KV heads nor layers (BERT-like configs have no KV heads)
+    reranker = ModelShape(architecture="XLMRobertaForSequenceClassification",
+                          parameters=567_755_777, num_attention_heads=16,
+                          max_position_embeddings=514, dtype="float32")
+    need = need_of(reranker)
+    assert (need.kv_cache, need.weights, need.degrees(4)) == (0, 2 * 567_755_777, [1, 2, 4])
+    assert [pools(a) for a in ("BertModel", "LlamaForCausalLM", "GPT2LMHeadModel",
+                               "Qwen2ForSequenceClassification", None,
+                               "LlavaForConditionalGeneration")] == [
+        True, False, False, True, False, False]
 
 
 def test_tensor_parallel_degrees_divide_the_heads_as_vllm_requires() -> None:
