@@ -167,6 +167,11 @@ OPTIONS: tuple[Option, ...] = (
            "(/classify; /score and /rerank for a cross-encoder); auto: pooling when "
            "config.json names a base model (no language-model head) or a classifier, or "
            "sentence-transformers' modules.json is there."),
+    Option("hf_overrides", "--hf-overrides", "KUBEMAAS_HF_OVERRIDES", None, _optional_str,
+           "hf models: vLLM's JSON object of config.json keys to replace, for example "
+           "{\"architectures\": [\"Qwen3ForSequenceClassification\"], "
+           "\"classifier_from_token\": [\"no\", \"yes\"], "
+           "\"is_original_qwen3_reranker\": true} to serve Qwen3-Reranker as a reranker."),
     Option("pooler_config", "--pooler-config", "KUBEMAAS_POOLER_CONFIG", None, _optional_str,
            "hf embedding models: how to pool, vLLM's JSON {\"pooling_type\": LAST|MEAN|CLS, "
            "\"normalize\": true|false}. Default: the sentence-transformers files, else LAST "
@@ -266,6 +271,7 @@ class Settings:
     scheduling_policy: str = "fcfs"
     runner: str = "auto"
     pooler_config: str | None = None
+    hf_overrides: str | None = None
     enable_lora: bool = False
     lora_modules: tuple[tuple[str, str], ...] = ()
     max_loras: int = 1

@@ -110,6 +110,16 @@ class Server:
     def metrics(self) -> str:
         return self.request("GET", "/metrics")[2].decode()
 
+    def ready_log(self, timeout: float = 10) -> dict[str, Any]:
+        """The runtime's ready log line (the log is read in a thread: it may trail /health)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((d for d in self.logs() if d.get("msg") == "ready"), None)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no ready log line within {timeout} s: {self.lines[-5:]}")
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

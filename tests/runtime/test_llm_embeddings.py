@@ -195,7 +195,7 @@ def test_sentence_transformers_pooling_and_matryoshka(matryoshka_dir: Path, base
                                                       tiny_llama: Path) -> None:
     server = start_llm_server(matryoshka_dir)  # --runner auto: modules.json says pooling
     try:
-        ready = next(d for d in server.logs() if d.get("msg") == "ready")
+        ready = server.ready_log()
         assert (ready["runner"], ready["pooling_type"], ready["normalize"]) == (
             "pooling", "MEAN", True)
         ids = ref.prompt_ids(tiny_llama, "the quick brown fox")

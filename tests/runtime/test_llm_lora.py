@@ -243,7 +243,7 @@ def test_without_runtime_updating_the_routes_are_not_served(tiny_llama: Path,
         status, doc = server.post_json("/v1/load_lora_adapter", {
             "lora_name": "x", "lora_path": str(adapters["root"] / "chat")})
         assert status == 404, doc
-        ready = next(d for d in server.logs() if d.get("msg") == "ready")
+        ready = server.ready_log()
         assert ready["lora_adapters"] == ["sql"]
     finally:
         assert server.stop() == 0

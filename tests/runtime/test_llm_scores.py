@@ -83,7 +83,7 @@ def test_cross_encoder_scores_and_ranks_as_the_model_does(models: dict[str, Path
     want = reference_scores(models[family], QUERY, DOCS)
     server = start_llm_server(models[family], "--max-num-seqs", "4")
     try:
-        ready = next(d for d in server.logs() if d.get("msg") == "ready")
+        ready = server.ready_log()
         assert (ready["task"], ready["score_activation"]) == ("classify", "sigmoid")
         got = ok(server, "/score", {"model": "tiny", "text_1": QUERY, "text_2": DOCS})
         assert [d["index"] for d in got["data"]] == list(range(len(DOCS)))
@@ -224,7 +224,7 @@ def test_an_embedding_model_scores_by_cosine_similarity(models: dict[str, Path])
 
     server = start_llm_server(path)
     try:
-        ready = next(d for d in server.logs() if d.get("msg") == "ready")
+        ready = server.ready_log()
         assert (ready["task"], ready["pooling_type"]) == ("embed", "CLS")
         got = ok(server, "/v1/embeddings", {"input": QUERY})["data"][0]["embedding"]
         torch.testing.assert_close(torch.tensor(got), torch.nn.functional.normalize(
@@ -327,3 +327,63 @@ def test_a_classifier_is_never_loaded_to_generate(models: dict[str, Path]) -> No
     server.stop()
     errors = [d["msg"] for d in server.logs() if d.get("level") == "error"]
     assert errors and "a classifier" in errors[0], server.lines[-5:]
+
+
+def test_a_language_model_as_a_reranker(tmp_path: Path) -> None:
+    """vLLM's --hf-overrides conversion (Qwen3-Reranker's): a causal LM whose score is the
+    sigmoid of its "true" token's logit minus its "false" token's at the end of the
+    concatenated texts, i.e. P(true) of the two; with no_post_processing each token's logit
+    is a class of /classify."""
+    import transformers
+
+    from kubemaas_testbed.llm_models import build_llm
+
+    path = build_llm(tmp_path / "qwen3", family="qwen3")
+    tok = transformers.AutoTokenizer.from_pretrained(str(path))
+    lm = transformers.AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    no, yes, other = tok.convert_ids_to_tokens([300, 301, 302])
+
+    def last_logits(text: str) -> torch.Tensor:
+        with torch.inference_mode():
+            return lm(**tok(text, return_tensors="pt")).logits[0, -1]
+
+    seq_cls = {"architectures": ["Qwen3ForSequenceClassification"]}
+    server = start_llm_server(path, "--hf-overrides", json.dumps(
+        {**seq_cls, "method": "from_2_way_softmax", "classifier_from_token": [no, yes]}))
+    try:
+        got = ok(server, "/score", {"text_1": QUERY, "text_2": DOCS})
+        want = [torch.softmax(last_logits(QUERY + d)[[tok.convert_tokens_to_ids(no),
+                                                      tok.convert_tokens_to_ids(yes)]], -1)[1]
+                for d in DOCS]
+        assert [d["score"] for d in got["data"]] == pytest.approx(
+            [float(w) for w in want], abs=1e-5)
+        assert got["usage"]["prompt_tokens"] == sum(len(tok(QUERY + d)["input_ids"])
+                                                    for d in DOCS)
+        ranked = ok(server, "/rerank", {"query": QUERY, "documents": DOCS, "top_n": 1})
+        assert ranked["results"][0]["index"] == max(range(len(DOCS)), key=lambda i: want[i])
+    finally:
+        assert server.stop() == 0
+    tokens = [no, yes, other]
+    server = start_llm_server(path, "--hf-overrides", json.dumps(
+        {**seq_cls, "method": "no_post_processing", "classifier_from_token": tokens}))
+    try:
+        got = ok(server, "/classify", {"input": DOCS[:2]})
+        for row, text in zip(got["data"], DOCS[:2], strict=True):
+            logits = last_logits(text)[tok.convert_tokens_to_ids(tokens)]
+            assert row["probs"] == pytest.approx(torch.softmax(logits, -1).tolist(), abs=1e-5)
+            assert row["label"] == tokens[int(logits.argmax())]
+    finally:
+        assert server.stop() == 0
+    for args, words in (
+            (["--hf-overrides", json.dumps({**seq_cls, "is_original_qwen3_reranker": True})],
+             "['no', 'yes'] are not tokens of the tokenizer"),  # this tokenizer has neither
+            (["--hf-overrides", json.dumps(seq_cls), "--runner", "generate"], "a classifier"),
+            (["--hf-overrides", json.dumps({"max_position_embeddings": 256}),
+              "--max-model-len", "512"], "over the model's limit of 256"),
+            (["--hf-overrides", "[1]"], "takes a JSON object")):
+        refused = start_server(["--model-uri", str(path), "--format", "hf", *args],
+                               ready=False)
+        assert refused.proc.wait(120) == 1
+        refused.stop()
+        errors = [d["msg"] for d in refused.logs() if d.get("level") == "error"]
+        assert errors and words in errors[0], refused.lines[-5:]

@@ -62,3 +62,34 @@ def test_score_requests_pair_one_to_many_or_many_to_many() -> None:
         parse_score({"text_1": ["q", "r"], "text_2": ["a"]}, "text_1", "text_2")
     with pytest.raises(ApiError, match="'documents' must be a string or a list"):
         parse_score({"query": "q", "documents": [{"text": 1}]}, "query", "documents")
+
+
+def test_a_language_models_head_as_a_classifier_reads_as_vllm() -> None:
+    from kubemaas_runtime.llm.lm_classifier import lm_head_method
+
+    qwen3 = {"is_original_qwen3_reranker": True}
+    assert lm_head_method(qwen3) == "from_2_way_softmax"
+    assert (qwen3["classifier_from_token"], qwen3["num_labels"], qwen3["use_pad_token"]) == (
+        ["no", "yes"], 1, False)
+    assert classifier_of(qwen3).tokenizer_pairs is False
+    gemma = {"method": "no_post_processing", "classifier_from_token": ["Yes"]}
+    assert lm_head_method(gemma) == "no_post_processing"
+    assert classifier_of(gemma).labels == ("Yes",)
+    assert lm_head_method({"architectures": ["LlamaForSequenceClassification"]}) is None
+    for bad, words in (({"method": "from_3_way"}, "is not served"),
+                       ({"method": "from_2_way_softmax", "classifier_from_token": ["a"]},
+                        "takes two tokens"),
+                       ({"method": "no_post_processing", "classifier_from_token": "yes"},
+                        "must list the tokens")):
+        with pytest.raises(StartupError, match=words):
+            lm_head_method(bad)
+
+
+def test_hf_overrides_are_a_json_object() -> None:
+    from kubemaas_runtime.llm.loader import parse_overrides
+
+    assert parse_overrides(None) == {} and parse_overrides('{"a": 1}') == {"a": 1}
+    with pytest.raises(StartupError, match="not JSON"):
+        parse_overrides("{a")
+    with pytest.raises(StartupError, match="JSON object"):
+        parse_overrides("[1]")

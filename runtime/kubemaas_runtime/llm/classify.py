@@ -41,6 +41,7 @@ class Classifier:
     classify_activation: str
     score_activation: str
     score_activation_from: str    # config.json's key, or "default"
+    tokenizer_pairs: bool = True  # a pair as the tokenizer joins two texts; else concatenated
 
     @property
     def num_labels(self) -> int:
@@ -72,7 +73,7 @@ def classifier_of(config: dict[str, Any]) -> Classifier:
     elif config.get("sbert_ce_default_activation_function"):
         key = "sbert_ce_default_activation_function"
         score, source = _st_activation(str(config[key]), key), key
-    return Classifier(labels, classify, score, source)
+    return Classifier(labels, classify, score, source, bool(config.get("use_pad_token", True)))
 
 
 def activate(logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -91,13 +92,15 @@ def classifier_rows(model: Any) -> RowFn:
     head = getattr(model, "score", None)
     if isinstance(head, torch.nn.Module):  # a decoder: the last token through the head
         base = model.base_model
+        # the head's own dtype (a head repacked for oneDNN keeps it as weight_dtype)
+        head_dtype = getattr(head, "weight_dtype", None) or head.weight.dtype
 
         def decoder(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None,
                     lengths: list[int]) -> torch.Tensor:
             hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
             last = torch.tensor([n - 1 for n in lengths], device=hidden.device)
-            logits: torch.Tensor = head(hidden[torch.arange(len(lengths), device=hidden.device),
-                                               last])
+            rows = hidden[torch.arange(len(lengths), device=hidden.device), last]
+            logits: torch.Tensor = head(rows.to(head_dtype))
             return logits.float()
 
         return decoder

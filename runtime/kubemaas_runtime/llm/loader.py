@@ -23,6 +23,7 @@ from . import attention, quantized
 from .attention import PagedStep
 from .classify import Classifier, classifier_of
 from .decoder_stack import StepForward, stack_forward
+from .lm_classifier import from_lm_head, lm_head_method
 from .packed_linear import pack_linears
 
 if TYPE_CHECKING:
@@ -82,7 +83,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_dir(path: Path, families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
+def parse_overrides(text: str | None) -> dict[str, Any]:
+    """vLLM's ``--hf-overrides``: a JSON object whose keys replace config.json's."""
+    if not text:
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise StartupError(f"--hf-overrides is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise StartupError("--hf-overrides takes a JSON object of config.json keys")
+    return doc
+
+
+def _check_dir(path: Path, families: tuple[str, ...] = FAMILIES,
+               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     if not (path / "config.json").is_file():
         raise StartupError(f"{path} is not a Hugging Face model directory: no config.json")
     if not any(path.glob("*.safetensors")):
@@ -94,6 +109,9 @@ def _check_dir(path: Path, families: tuple[str, ...] = FAMILIES) -> dict[str, An
         config: dict[str, Any] = json.loads((path / "config.json").read_text())
     except ValueError as exc:
         raise StartupError(f"{path}/config.json is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise StartupError(f"{path}/config.json is not a JSON object")
+    config.update(overrides or {})
     model_type = config.get("model_type")
     if model_type not in families:
         pooled = f" (with --runner pooling also {', '.join(ENCODER_FAMILIES)})" if \
@@ -108,14 +126,21 @@ def _architectures(config: dict[str, Any]) -> list[str]:
 
 
 def _from_pretrained(path: Path, auto_class: Any, dtype: torch.dtype, attn: str,
-                     device: torch.device) -> tuple[Any, Any]:
-    """The fast tokenizer and the model (safetensors only), on ``device``, in eval mode."""
+                     device: torch.device, overrides: dict[str, Any] | None = None
+                     ) -> tuple[Any, Any]:
+    """The fast tokenizer and the model (safetensors only), on ``device``, in eval mode;
+    ``overrides`` set on its config first."""
     import transformers
 
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        extra: dict[str, Any] = {}
+        if overrides:
+            extra["config"] = transformers.AutoConfig.from_pretrained(str(path))
+            for key, value in overrides.items():
+                setattr(extra["config"], key, value)
         model = auto_class.from_pretrained(str(path), dtype=dtype, attn_implementation=attn,
-                                           use_safetensors=True)
+                                           use_safetensors=True, **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StartupError(f"cannot load the model in {path}: {first}") from None
@@ -126,13 +151,14 @@ def _from_pretrained(path: Path, auto_class: Any, dtype: torch.dtype, attn: str,
     return tokenizer, model
 
 
-def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear: bool = True
-            ) -> LanguageModel:
+def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear: bool = True,
+            overrides: dict[str, Any] | None = None) -> LanguageModel:
     """Load the model directory (blocking). ``packed_linear``: on CPU, linear weights in
     oneDNN's layout (packed_linear.py)."""
     import transformers
 
-    classifiers = [a for a in _architectures(_check_dir(path)) if a.endswith(CLASSIFIER_SUFFIX)]
+    classifiers = [a for a in _architectures(_check_dir(path, FAMILIES, overrides))
+                   if a.endswith(CLASSIFIER_SUFFIX)]
     if classifiers:
         raise StartupError(f"{path}/config.json names {classifiers[0]}, a classifier: it "
                            "generates nothing; serve it with --runner pooling (or auto)")
@@ -146,7 +172,7 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
         torch_dtype = torch.bfloat16
     attention.register()
     tokenizer, model = _from_pretrained(path, transformers.AutoModelForCausalLM, torch_dtype,
-                                        attention.ATTN_IMPLEMENTATION, dev)
+                                        attention.ATTN_IMPLEMENTATION, dev, overrides)
     if optimized == "int8-weight-only":
         layers = quantized.int8_weight_only(model)
         log.info("linear weights quantized to int8 (optimize step)",
@@ -179,14 +205,14 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
         stack=stack_forward(model))
 
 
-def pooling_runner(path: Path) -> bool:
+def pooling_runner(path: Path, overrides: dict[str, Any] | None = None) -> bool:
     """vLLM's ``--runner auto`` for a model directory: pooling when its config names a base
     model (``LlamaModel``, ``BertModel``, ...: no language-model head) or a classifier
     (``*ForSequenceClassification``), or when it ships the sentence-transformers files;
     otherwise generation."""
     if (path / "modules.json").is_file():
         return True
-    archs = _architectures(_check_dir(path, FAMILIES + ENCODER_FAMILIES))
+    archs = _architectures(_check_dir(path, FAMILIES + ENCODER_FAMILIES, overrides))
     generating = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # vLLM's suffixes
     return bool(archs) and all((a.endswith("Model") and not a.endswith(generating))
                                or a.endswith(CLASSIFIER_SUFFIX) for a in archs)
@@ -212,17 +238,23 @@ class EmbeddingModel:
 
 
 def load_pooling_model(path: Path, device: str = "auto", dtype: str = "auto",
-                       packed_linear: bool = True) -> EmbeddingModel:
+                       packed_linear: bool = True, overrides: dict[str, Any] | None = None
+                       ) -> EmbeddingModel:
     """Load the model directory (blocking): a classifier when its config names a
-    ``*ForSequenceClassification`` architecture, otherwise the base model, for embeddings."""
+    ``*ForSequenceClassification`` architecture (a causal LM's output head turned into one
+    when the config asks: lm_classifier.py), otherwise the base model, for embeddings."""
     import transformers
 
-    config = _check_dir(path, FAMILIES + ENCODER_FAMILIES)
+    config = _check_dir(path, FAMILIES + ENCODER_FAMILIES, overrides)
     classify = any(a.endswith(CLASSIFIER_SUFFIX) for a in _architectures(config))
+    method = lm_head_method(config) if classify else None
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    auto = transformers.AutoModelForSequenceClassification if classify else transformers.AutoModel
-    tokenizer, model = _from_pretrained(path, auto, torch_dtype, "sdpa", dev)
+    auto = transformers.AutoModelForCausalLM if method else \
+        transformers.AutoModelForSequenceClassification if classify else transformers.AutoModel
+    tokenizer, model = _from_pretrained(path, auto, torch_dtype, "sdpa", dev, overrides)
+    if method is not None:
+        model = from_lm_head(model, tokenizer, config, method)
     if packed_linear and dev.type == "cpu":
         log.info("linear weights reordered for oneDNN",
                  extra={"fields": {"layers": pack_linears(model)}})

@@ -16,7 +16,8 @@ from ..settings import Settings
 log = logging.getLogger("kubemaas.runtime")
 
 
-def load_pooling(settings: Settings, path: Path, fetch_s: float) -> tuple[Any, Any]:
+def load_pooling(settings: Settings, path: Path, fetch_s: float,
+                 overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """Blocking: the model (a base model or a classifier) and its ``Embedder``."""
     from .classify import classifier_rows
     from .loader import load_pooling_model
@@ -27,7 +28,7 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float) -> tuple[Any, A
                            "--runner pooling")
     t1 = time.perf_counter()
     model = load_pooling_model(path, device=settings.device, dtype=settings.dtype,
-                               packed_linear=settings.packed_linear)
+                               packed_linear=settings.packed_linear, overrides=overrides)
     pooling = None
     if model.classifier is None:  # vLLM's default for an encoder: its first (CLS) token
         default = Pooling("CLS" if model.encoder else "LAST", True)

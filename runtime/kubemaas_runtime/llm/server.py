@@ -68,7 +68,7 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     """Blocking: fetch the directory, load the model, build the engine (runs in a thread)."""
     from .chat_template import read_chat_template, use_chat_template
     from .engine import Engine, EngineConfig
-    from .loader import load_hf, pooling_runner
+    from .loader import load_hf, parse_overrides, pooling_runner
 
     t0 = time.perf_counter()
     path = _fetcher(settings)(settings.model_uri)
@@ -77,12 +77,14 @@ def _load(settings: Settings) -> tuple[Any, Any]:
         import torch
 
         torch.set_num_threads(settings.intra_op_threads)
-    if settings.runner == "pooling" or (settings.runner == "auto" and pooling_runner(path)):
+    overrides = parse_overrides(settings.hf_overrides)
+    if settings.runner == "pooling" or (settings.runner == "auto" and
+                                        pooling_runner(path, overrides)):
         from .pooling_server import load_pooling
 
-        return load_pooling(settings, path, t1 - t0)
+        return load_pooling(settings, path, t1 - t0, overrides)
     lm = load_hf(path, device=settings.device, dtype=settings.dtype,
-                 packed_linear=settings.packed_linear)
+                 packed_linear=settings.packed_linear, overrides=overrides)
     template = read_chat_template(settings.chat_template, path)
     if template is not None:
         use_chat_template(lm, template, repr(settings.chat_template)[:80])

@@ -118,16 +118,20 @@ def parse_score(doc: Any, first: str, second: str) -> ScoreRequest:
     return ScoreRequest(model, one, two, truncate, _use_activation(doc))
 
 
-async def _pair_ids(pooled: Pooled, req: ScoreRequest
+async def _pair_ids(pooled: Pooled, req: ScoreRequest, tokenizer_pairs: bool
                     ) -> tuple[list[list[int]], list[list[int]] | None]:
     """Each pair as the tokenizer joins two texts (``[CLS] a [SEP] b [SEP]``, ``<s> a </s></s>
-    b </s>``, ...) and its token types when the tokenizer makes them."""
+    b </s>``, ...) and its token types when the tokenizer makes them; or, for a language model
+    used as a reranker (not ``tokenizer_pairs``), the two texts concatenated, as vLLM does."""
     firsts = req.first * len(req.second) if len(req.first) == 1 else req.first
     tokenizer = pooled.tokenizer
     extra: dict[str, Any] = {"truncation": True, "max_length": req.truncate} \
         if req.truncate is not None else {}
 
     def encode() -> Any:
+        if not tokenizer_pairs:
+            return tokenizer([a + b for a, b in zip(firsts, req.second, strict=True)],
+                             add_special_tokens=True, **extra)
         return tokenizer(firsts, text_pair=req.second, add_special_tokens=True, **extra)
 
     chars = sum(map(len, firsts)) + sum(map(len, req.second))
@@ -148,7 +152,7 @@ async def _cross_scores(pooled: Pooled, req: ScoreRequest, model_name: str
         raise ApiError(400, f"scores come from a cross-encoder of one label; the model "
                        f"'{model_name}' classifies into {classifier.num_labels} labels: use "
                        "/classify")
-    ids, types = await _pair_ids(pooled, req)
+    ids, types = await _pair_ids(pooled, req, classifier.tokenizer_pairs)
     logits = torch.stack(await run_pooled(pooled, ids, model_name, types))
     if req.use_activation:
         logits = activate(logits, classifier.score_activation)
