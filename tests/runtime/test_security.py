@@ -243,6 +243,10 @@ def test_openai_client_with_key_tls_and_token_limit(tiny_llama: Path, tmp_path: 
         assert limited.value.body["code"] == "rate_limit_exceeded"
         # bob has his own budget
         assert client(BOB).completions.create(model="tiny", prompt="Hi", max_tokens=2).usage
+        # vLLM's routes outside /v1 are refused in OpenAI's error shape too
+        status, _, refused = request(server.port or 0, "POST", "/tokenize", b'{"prompt": "a"}',
+                                     tls=ca.client_context())
+        assert status == 401 and refused["error"]["code"] == "invalid_api_key", refused
         status, _, text = request(server.port or 0, "GET", "/metrics",
                                   headers={"Authorization": f"Bearer {BOB}"},
                                   tls=ca.client_context())

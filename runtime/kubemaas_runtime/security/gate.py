@@ -108,10 +108,9 @@ class Gate:
 
     def _refuse(self, request: web.BaseRequest, status: int, message: str, code: str,
                 retry_after: int | None = None) -> web.Response:
-        if self.openai and request.path.startswith("/v1/"):
-            body = _openai_error(status, message, code)
-        else:
-            body = _oip_error(status, message)
+        # every route of the OpenAI server (/v1/..., /tokenize, /rerank, ...) in its shape
+        body = _openai_error(status, message, code) if self.openai else \
+            _oip_error(status, message)
         resp = web.Response(body=body, status=status, content_type="application/json")
         if status == 401:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="kubemaas"'
