@@ -65,36 +65,39 @@ async def wait_ready(session: Any) -> None:
     raise RuntimeError("the runtime did not get ready")
 
 
-async def closed_loop(session: Any, texts: list[str], concurrency: int
+async def closed_loop(session: Any, bodies: list[dict[str, Any]], concurrency: int,
+                      path: str = "/v1/embeddings", units: int | None = None
                       ) -> tuple[float, list[float]]:
-    """inputs/s and the latencies (s) of ``len(texts)`` requests from ``concurrency`` clients."""
-    queue = list(texts)
+    """``units``/s (inputs, pairs: by default one a request) and the latencies (s) of the
+    requests from ``concurrency`` clients, each POSTing its next body to ``path``."""
+    queue = list(bodies)
     latencies: list[float] = []
 
     async def client() -> None:
         while queue:
-            text = queue.pop()
+            body = queue.pop()
             t0 = time.perf_counter()
-            async with session.post(f"http://127.0.0.1:{PORT}/v1/embeddings",
-                                    json={"input": text, "model": "m"}) as resp:
+            async with session.post(f"http://127.0.0.1:{PORT}{path}", json=body) as resp:
                 assert resp.status == 200, await resp.text()
                 await resp.read()
             latencies.append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    return len(texts) / (time.perf_counter() - t0), latencies
+    return (units or len(bodies)) / (time.perf_counter() - t0), latencies
 
 
-async def served(model_dir: Path, texts: list[str], levels: list[int]) -> dict[int, Any]:
+async def served(proc: subprocess.Popen[bytes], bodies: list[dict[str, Any]],
+                 levels: list[int], path: str = "/v1/embeddings", units: int | None = None
+                 ) -> dict[int, Any]:
+    """Each level's closed loop against the started runtime ``proc`` (stopped after)."""
     import aiohttp
 
-    proc = start(model_dir)
     try:
         async with aiohttp.ClientSession() as session:
             await wait_ready(session)
-            await closed_loop(session, texts[:32], 4)  # warm-up
-            return {c: await closed_loop(session, texts, c) for c in levels}
+            await closed_loop(session, bodies[:32], 4, path)  # warm-up
+            return {c: await closed_loop(session, bodies, c, path, units) for c in levels}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -124,12 +127,27 @@ def limit(model_dir: Path, texts: list[str], levels: list[int]) -> dict[int, flo
     return out
 
 
-def write_json(path: Path, title: str, points: list[dict[str, float]]) -> None:
-    """One benchmark's figures: what bench/llm/pooling_plot.py draws."""
+def report(levels: list[int], figures: dict[int, Any], limits: dict[int, float], unit: str,
+           title: str, json_path: Path | None) -> None:
+    """The table (served against in-process, per concurrency) and, with ``json_path``, the
+    figures bench/llm/pooling_plot.py draws. ``unit``: what is counted (inputs, pairs)."""
     import json
 
-    path.write_text(json.dumps({"title": title, "unit": "inputs/s", "points": points,
-                                "load_average": os.getloadavg()[0]}, indent=1))
+    print(f"| c | served {unit}/s | latency p50 / p99 ms | in-process {unit}/s | "
+          "served / in-process |")
+    print("|---|---|---|---|---|")
+    points = []
+    for c in levels:
+        rate, lat = figures[c]
+        lat_ms = sorted(1e3 * x for x in lat)
+        p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))]
+        print(f"| {c} | {rate:,.1f} | {statistics.median(lat_ms):.2f} / {p99:.2f} | "
+              f"{limits[c]:,.1f} | {rate / limits[c]:.2f} |")
+        points.append({"concurrency": c, "served": rate, "limit": limits[c],
+                       "latency_p50_ms": statistics.median(lat_ms)})
+    if json_path is not None:
+        json_path.write_text(json.dumps({"title": title, "unit": f"{unit}/s", "points": points,
+                                         "load_average": os.getloadavg()[0]}, indent=1))
 
 
 def main() -> int:
@@ -154,25 +172,14 @@ def main() -> int:
     tok.padding_side = "right"
     texts = make_inputs(tok, args.requests, args.tokens)
     load0 = os.getloadavg()[0]
-    figures = asyncio.run(served(model_dir, texts, levels))
+    figures = asyncio.run(served(start(model_dir), [{"input": t, "model": "m"} for t in texts],
+                                 levels))
     limits = limit(model_dir, texts, levels)
     title = f"embeddings: {args.size} Llama, one {args.tokens}-token input a request"
     print(f"{args.size} Llama as an embedding model (last token, normalized), "
           f"{args.requests} requests of one {args.tokens}-token input each per level; "
           f"load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after")
-    print("| c | served inputs/s | latency p50 / p99 ms | in-process batch-c inputs/s | "
-          "served / in-process |")
-    print("|---|---|---|---|---|")
-    for c in levels:
-        rate, lat = figures[c]
-        lat_ms = sorted(1e3 * x for x in lat)
-        p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))]
-        print(f"| {c} | {rate:,.1f} | {statistics.median(lat_ms):.2f} / {p99:.2f} | "
-              f"{limits[c]:,.1f} | {rate / limits[c]:.2f} |")
-    if args.json:
-        write_json(args.json, title, [
-            {"concurrency": c, "served": figures[c][0], "limit": limits[c],
-             "latency_p50_ms": 1e3 * statistics.median(figures[c][1])} for c in levels])
+    report(levels, figures, limits, "inputs", title, args.json)
     return 0
 
 

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from embed import PORT, wait_ready  # bench/llm/embed.py (this script's directory)
+from embed import PORT, report, served  # bench/llm/embed.py (this script's directory)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,44 +56,6 @@ def start(model_dir: Path, max_num_seqs: int) -> subprocess.Popen[bytes]:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def closed_loop(session: Any, requests: list[tuple[str, list[str]]], concurrency: int
-                      ) -> tuple[float, list[float]]:
-    """pairs/s and the latencies (s) of the requests from ``concurrency`` clients."""
-    queue = list(requests)
-    latencies: list[float] = []
-
-    async def client() -> None:
-        while queue:
-            query, docs = queue.pop()
-            t0 = time.perf_counter()
-            async with session.post(f"http://127.0.0.1:{PORT}/rerank",
-                                    json={"model": "m", "query": query, "documents": docs}
-                                    ) as resp:
-                assert resp.status == 200, await resp.text()
-                await resp.read()
-            latencies.append(time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    pairs = sum(len(docs) for _, docs in requests)
-    return pairs / (time.perf_counter() - t0), latencies
-
-
-async def served(model_dir: Path, requests: list[tuple[str, list[str]]], levels: list[int],
-                 max_num_seqs: int) -> dict[int, Any]:
-    import aiohttp
-
-    proc = start(model_dir, max_num_seqs)
-    try:
-        async with aiohttp.ClientSession() as session:
-            await wait_ready(session)
-            await closed_loop(session, requests[:8], 4)  # warm-up
-            return {c: await closed_loop(session, requests, c) for c in levels}
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
 def limit(model_dir: Path, requests: list[tuple[str, list[str]]], levels: list[int]
           ) -> dict[int, float]:
     """Pairs/s of transformers' model over the pairs of c requests at a time, on the
@@ -119,13 +80,6 @@ def limit(model_dir: Path, requests: list[tuple[str, list[str]]], levels: list[i
                 torch.sigmoid(model(**batch).logits)
         out[c] = sum(len(docs) for _, docs in requests) / (time.perf_counter() - t0)
     return out
-
-
-def write_json(path: Path, title: str, points: list[dict[str, float]]) -> None:
-    import json
-
-    path.write_text(json.dumps({"title": title, "unit": "pairs/s", "points": points,
-                                "load_average": os.getloadavg()[0]}, indent=1))
 
 
 def main() -> int:
@@ -155,26 +109,16 @@ def main() -> int:
     requests = [(q, docs[i * args.docs:(i + 1) * args.docs]) for i, q in enumerate(queries)]
     load0 = os.getloadavg()[0]
     # the server may batch every pair in flight: c requests' documents
-    figures = asyncio.run(served(model_dir, requests, levels, max(levels) * args.docs))
+    bodies = [{"model": "m", "query": q, "documents": d} for q, d in requests]
+    figures = asyncio.run(served(start(model_dir, max(levels) * args.docs), bodies, levels,
+                                 "/rerank", sum(len(d) for _, d in requests)))
     limits = limit(model_dir, requests, levels)
     title = (f"rerank: {args.size} BERT cross-encoder, {args.docs} documents of "
              f"{args.doc_tokens} tokens a request")
     print(f"{args.size} BERT cross-encoder, {args.requests} rerank requests per level of a "
           f"{args.query_tokens}-token query and {args.docs} documents of {args.doc_tokens} "
           f"tokens; load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after")
-    print("| c | served pairs/s | latency p50 / p99 ms | in-process pairs/s (c requests a "
-          "batch) | served / in-process |")
-    print("|---|---|---|---|---|")
-    for c in levels:
-        rate, lat = figures[c]
-        lat_ms = sorted(1e3 * x for x in lat)
-        p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))]
-        print(f"| {c} | {rate:,.1f} | {statistics.median(lat_ms):.2f} / {p99:.2f} | "
-              f"{limits[c]:,.1f} | {rate / limits[c]:.2f} |")
-    if args.json:
-        write_json(args.json, title, [
-            {"concurrency": c, "served": figures[c][0], "limit": limits[c],
-             "latency_p50_ms": 1e3 * statistics.median(figures[c][1])} for c in levels])
+    report(levels, figures, limits, "pairs", title, args.json)
     return 0
 
 
