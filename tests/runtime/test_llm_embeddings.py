@@ -151,6 +151,7 @@ def test_a_chat_embedding_request_and_tokenize(server: Server, base_model: Any) 
     ({"input": "a", "dimensions": 16}, 400, "cannot be cut to 16"),
     ({"input": "a", "normalize": "yes"}, 400, "'normalize' must be a boolean"),
     ({"input": "a", "model": "other"}, 404, "does not exist"),
+    ({"input": "word " * 600, "add_special_tokens": None}, 400, "maximum context length"),
     ({"input": "word " * 600}, 400, "maximum context length is 512"),
 ])
 def test_bad_input(server: Server, doc: dict[str, Any], status: int, words: str) -> None:

@@ -262,11 +262,14 @@ def test_an_embedding_model_scores_by_cosine_similarity(models: dict[str, Path])
     ("/rerank", [1, 2], 400, "JSON object"),
     ("/classify", {"input": []}, 400, "'input' must be"),
     ("/classify", {"input": "a", "add_special_tokens": 1}, 400, "'add_special_tokens'"),
+    # null is the default (the fuzz found a 500 here: None reached the tokenizer)
+    ("/classify", {"input": "a", "add_special_tokens": None, "top_n": None}, 200, ""),
+    ("/v1/embeddings", {"input": "a", "add_special_tokens": None}, 400, "is a classifier"),
 ])
 def test_bad_input(cross_encoder: Server, path: str, doc: Any, status: int, words: str
                    ) -> None:
     got, body = cross_encoder.post_json(path, doc)
-    assert got == status and words in body["error"]["message"], body
+    assert got == status and (status == 200 or words in body["error"]["message"]), body
     assert ok(cross_encoder, "/rerank", {"query": "still", "documents": ["serving"]})["results"]
 
 

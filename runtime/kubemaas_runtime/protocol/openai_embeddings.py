@@ -74,8 +74,11 @@ def token_lists(value: Any, vocab: int) -> list[list[int]] | None:
 
 
 def optional(doc: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
-    value = doc.get(key, default)
-    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) != (
+    """``doc[key]`` checked to be of ``kind``; absent or null: ``default``."""
+    value = doc.get(key)
+    if value is None:
+        return default
+    if (not isinstance(value, kind) or isinstance(value, bool) != (
             kind is bool)):
         raise bad_request(f"'{key}' must be {'a boolean' if kind is bool else 'an integer'}",
                           key)
