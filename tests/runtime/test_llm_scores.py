@@ -122,6 +122,25 @@ def test_concurrent_requests_do_not_change_any_score(cross_encoder: Server,
         assert [got[i] for i in range(len(docs))] == pytest.approx(want, abs=1e-5)
 
 
+def test_the_cohere_client_reranks(cross_encoder: Server, models: dict[str, Path]) -> None:
+    """Cohere's own client (v1 and v2), pointed at the runtime as vLLM documents for its
+    /rerank: the same order and scores as the model's forward."""
+    import cohere
+    import httpx
+
+    want = reference_scores(models["bert"], QUERY, DOCS)
+    order = sorted(range(len(DOCS)), key=lambda i: -want[i])[:3]
+    with httpx.Client() as http:
+        for client in (
+                cohere.Client(api_key="unused", base_url=cross_encoder.base, httpx_client=http),
+                cohere.ClientV2(api_key="unused", base_url=cross_encoder.base,
+                                httpx_client=http)):
+            got = client.rerank(model="tiny", query=QUERY, documents=DOCS, top_n=3)
+            assert [r.index for r in got.results] == order
+            assert [r.relevance_score for r in got.results] == pytest.approx(
+                [want[i] for i in order], abs=1e-5)
+
+
 def test_raw_logits_truncation_and_the_token_types(cross_encoder: Server,
                                                    models: dict[str, Path]) -> None:
     raw = ok(cross_encoder, "/score", {"text_1": QUERY, "text_2": DOCS[:2],
