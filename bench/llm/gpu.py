@@ -4,7 +4,12 @@ A random-weight Llama of about 1 B parameters (``build_llm(size="1b")``: hidden 
 layers, 32 heads / 8 KV heads) in bfloat16, served by our runtime on CUDA at concurrency 1, 16
 and 64, against the in-process limit (the model's own batched forward, ``limit.py``) on the same
 GPU. Every request is a streamed chat completion of ``--max-tokens`` tokens (``ignore_eos``),
-to 127.0.0.1 only. Writes ``gpu.json`` and ``gpu.md`` (a table) under ``--out``.
+to 127.0.0.1 only; every answer is compared with the in-process greedy answer to the same prompt
+(``limit.py --screen``: batches of 32 prompts). Then the correctness check on the same GPU: the
+tiny model in float32, served at concurrency 16, whose greedy answers must equal the in-process
+ones (in bfloat16 a random model's near-tied logits let kernel choice flip a token, so the 1 B
+figure is reported, not required). Writes ``gpu.json`` and ``gpu.md`` (a table) under
+``--out``; the model files stay under ``--work``.
 
 On the device machine (its image has torch and transformers 5.17; the runtime is built against
 the transformers this repository locks, so carry that one as a wheel, see the device notes):
@@ -81,11 +86,11 @@ def _prepare(work: Path, size: str, dtype: str, n: int, prompt_tokens: int
     return model, prompts
 
 
-def _limit(model: Path, prompts: Path, a: argparse.Namespace, out: Path) -> dict[str, Any]:
+def _limit(model: Path, prompts: Path, a: argparse.Namespace, out: Path, dtype: str,
+           *extra: str) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE / "limit.py"), "--model", str(model), "--prompts",
-           str(prompts), "--batches", a.concurrency, "--max-tokens", str(a.max_tokens),
-           "--device", a.device, "--dtype", a.dtype, "--threads", str(a.threads),
-           "--out", str(out)]
+           str(prompts), "--max-tokens", str(a.max_tokens), "--device", a.device,
+           "--dtype", dtype, "--threads", str(a.threads), "--out", str(out), *extra]
     subprocess.run(cmd, check=True, env=_env())
     return dict(json.loads(out.read_text()))
 
@@ -98,35 +103,95 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _serve(model: Path, a: argparse.Namespace, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _serve(model: Path, a: argparse.Namespace, port: int, log: Path,
+           dtype: str) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "kubemaas_runtime", "--format", "hf", "--model-uri", str(model),
            "--name", "llm", "--host", "127.0.0.1", "--port", str(port), "--device", a.device,
-           "--dtype", a.dtype, "--max-num-seqs", str(max(int(c) for c in a.concurrency.split(","))),
+           "--dtype", dtype, "--max-num-seqs", str(max(int(c) for c in a.concurrency.split(","))),
            "--max-model-len", "1024", "--kv-cache-memory", a.kv_cache_memory,
            "--intra-op-threads", str(a.threads)]
     return subprocess.Popen(cmd, env=_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
-def _table(limit: dict[str, Any], points: list[dict[str, Any]], a: argparse.Namespace) -> str:
+def _same(served: str, greedy: str) -> bool:
+    """Whether a served answer is the in-process greedy one. A random model's answer can end
+    inside a UTF-8 sequence: decoding all its tokens at once ends in U+FFFD, while the server's
+    incremental detokenizer holds back the incomplete character (as vLLM's does)."""
+    return served.rstrip("\ufffd") == greedy.rstrip("\ufffd")
+
+
+def _points(model: Path, prompts: Path, a: argparse.Namespace, dtype: str, concs: list[int],
+            log: Path, greedy: list[str], t0: float) -> tuple[float, list[dict[str, Any]]]:
+    """Serve ``model`` and drive it at each concurrency in turn (2 x c requests, the first
+    point after 2 warm-up requests); each answer is compared with ``greedy``, the in-process
+    greedy answer to its prompt. (time to ready, the points)"""
+    port = _free_port()
+    server = _serve(model, a, port, log, dtype)
+    points: list[dict[str, Any]] = []
+    try:
+        ready = _wait_ready(port, server, 240)
+        _say(f"server ready in {ready:.1f} s ({model.name})", t0)
+        texts = json.loads(prompts.read_text())
+        offset = 0
+        for i, c in enumerate(concs):
+            requests, warmup = max(4, 2 * c), 2 if i == 0 else 0
+            p = asyncio.run(loadgen.run_point(
+                port, "/v1/chat/completions", "llm", texts, c, requests, warmup,
+                a.point_seconds, a.max_tokens, 120, offset=offset, ignore_eos=True))
+            offset += requests + warmup
+            answers = p.pop("texts", {})
+            differing = {int(k): t for k, t in answers.items() if not _same(t, greedy[int(k)])}
+            p["answers_equal_inprocess_greedy"] = f"{len(answers) - len(differing)}/{len(answers)}"
+            p["answers_differing"] = differing
+            p.pop("timelines", None)
+            points.append(p)
+            _say(f"c={c}: {p['output_tok_s']} tok/s, TTFT p50 {p['ttft_p50_ms']} ms, "
+                 f"ITL p50/p99 {p['itl_p50_ms']}/{p['itl_p99_ms']} ms, ok {p['ok']} "
+                 f"cut {p['cut']} errors {p['errors']}, answers = in-process greedy "
+                 f"{p['answers_equal_inprocess_greedy']}", t0)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    return ready, points
+
+
+def _table(limit: dict[str, Any], points: list[dict[str, Any]], check: dict[str, Any],
+           a: argparse.Namespace) -> str:
     by_batch = {b["batch"]: b for b in limit["batches"]}
     rows = [f"Model: random Llama `{a.size}`, {a.dtype}, {a.device}; prompts "
             f"{a.prompt_tokens} tokens, {a.max_tokens} tokens out; in-process prefill of one "
             f"prompt {limit['prefill_ms']} ms.", "",
             "| c | output tok/s | in-process decode tok/s at that batch | % | TTFT p50 / p99 ms "
-            "| ITL p50 / p99 ms | ok/cut/sent |", "|---:|---:|---:|---:|---:|---:|---:|"]
+            "| ITL p50 / p99 ms | ok/cut/sent | answers = in-process greedy |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in points:
         lim = by_batch.get(p["concurrency"], {}).get("decode_tok_s")
         pct = f"{100 * p['output_tok_s'] / lim:.0f} %" if lim and p["output_tok_s"] else "-"
         rows.append(f"| {p['concurrency']} | {p['output_tok_s']} | {lim} | {pct} | "
                     f"{p['ttft_p50_ms']} / {p['ttft_p99_ms']} | {p['itl_p50_ms']} / "
-                    f"{p['itl_p99_ms']} | {p['ok']}/{p['cut']}/{p['requests']} |")
+                    f"{p['itl_p99_ms']} | {p['ok']}/{p['cut']}/{p['requests']} | "
+                    f"{p['answers_equal_inprocess_greedy']} |")
+    rows += ["", f"Correctness check (tiny model, float32, {a.device}, c=16): served greedy "
+             f"answers equal to the in-process ones: {check['answers_equal_inprocess_greedy']} "
+             f"(ok {check['ok']}, errors {check['errors']})."]
     return "\n".join(rows) + "\n"
+
+
+def _check(a: argparse.Namespace, t0: float) -> dict[str, Any]:
+    """The tiny model in float32 on the same device, served at concurrency 16: its greedy
+    answers must equal the in-process ones."""
+    model, prompts = _prepare(a.work / "check", "tiny", "float32", 34, a.prompt_tokens)
+    screen = _limit(model, prompts, a, a.out / "check-screen.json", "float32", "--screen")
+    _, points = _points(model, prompts, a, "float32", [16], a.out / "check-server.log",
+                        screen["texts"], t0)
+    return points[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--work", type=Path, help="model files (default: OUT/work)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny model, c=1,4")
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -140,44 +205,28 @@ def main(argv: list[str] | None = None) -> int:
         a.concurrency = "1,4"
     t0 = time.monotonic()
     a.out.mkdir(parents=True, exist_ok=True)
-    work = a.out / "work"
+    a.work = a.work or a.out / "work"
     concs = [int(c) for c in a.concurrency.split(",")]
     n = sum(max(4, 2 * c) for c in concs) + 2
-    model, prompts = _prepare(work, a.size, a.dtype, n, a.prompt_tokens)
+    model, prompts = _prepare(a.work, a.size, a.dtype, n, a.prompt_tokens)
     _say(f"model and {n} prompts ready: {model}", t0)
-    limit = _limit(model, prompts, a, a.out / "limit.json")
+    limit = _limit(model, prompts, a, a.out / "limit.json", a.dtype, "--batches", a.concurrency)
     _say(f"in-process limit: {json.dumps(limit['batches'])}", t0)
-    port = _free_port()
-    server = _serve(model, a, port, a.out / "server.log")
-    points: list[dict[str, Any]] = []
-    try:
-        ready = _wait_ready(port, server, 240)
-        _say(f"server ready in {ready:.1f} s", t0)
-        texts = json.loads(prompts.read_text())
-        offset = 0
-        for i, c in enumerate(concs):
-            requests = max(4, 2 * c)
-            p = asyncio.run(loadgen.run_point(
-                port, "/v1/chat/completions", "llm", texts, c, requests, 2 if i == 0 else 0,
-                a.point_seconds, a.max_tokens, 120, offset=offset, ignore_eos=True))
-            offset += requests + (2 if i == 0 else 0)
-            p.pop("texts", None)
-            p.pop("timelines", None)
-            points.append(p)
-            _say(f"c={c}: {p['output_tok_s']} tok/s, TTFT p50 {p['ttft_p50_ms']} ms, "
-                 f"ITL p50/p99 {p['itl_p50_ms']}/{p['itl_p99_ms']} ms, ok {p['ok']} "
-                 f"cut {p['cut']} errors {p['errors']}", t0)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+    screen = _limit(model, prompts, a, a.out / "screen.json", a.dtype, "--screen")
+    _say("in-process greedy answers ready", t0)
+    ready, points = _points(model, prompts, a, a.dtype, concs, a.out / "server.log",
+                            screen["texts"], t0)
+    check = _check(a, t0)
     doc = {"settings": {k: str(v) for k, v in vars(a).items()}, "limit": limit,
-           "server_ready_s": round(ready, 2), "points": points,
+           "server_ready_s": round(ready, 2), "points": points, "check": check,
            "wall_s": round(time.monotonic() - t0, 1)}
     (a.out / "gpu.json").write_text(json.dumps(doc, indent=1))
-    table = _table(limit, points, a)
+    table = _table(limit, points, check, a)
     (a.out / "gpu.md").write_text(table)
     print(table, flush=True)
-    return 0 if all(p["errors"] == 0 and p["ok"] for p in points) else 1
+    checked = check["answers_equal_inprocess_greedy"].split("/")
+    served = all(p["errors"] == 0 and p["ok"] for p in points)
+    return 0 if served and checked[0] == checked[1] != "0" else 1
 
 
 if __name__ == "__main__":
