@@ -129,9 +129,15 @@ def _points(model: Path, prompts: Path, a: argparse.Namespace, dtype: str, concs
     port = _free_port()
     server = _serve(model, a, port, log, dtype)
     points: list[dict[str, Any]] = []
+    spy: subprocess.Popen[bytes] | None = None
     try:
         ready = _wait_ready(port, server, 240)
         _say(f"server ready in {ready:.1f} s ({model.name})", t0)
+        if a.py_spy:  # the server's threads sampled over the points (collapsed stacks)
+            spy = subprocess.Popen([a.py_spy, "record", "--pid", str(server.pid), "--threads",
+                                    "--rate", "250", "--format", "raw", "--nonblocking",
+                                    "-o", str(a.out / f"py-spy-{model.name}.txt")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         texts = json.loads(prompts.read_text())
         offset = 0
         for i, c in enumerate(concs):
@@ -151,6 +157,9 @@ def _points(model: Path, prompts: Path, a: argparse.Namespace, dtype: str, concs
                  f"cut {p['cut']} errors {p['errors']}, answers = in-process greedy "
                  f"{p['answers_equal_inprocess_greedy']}", t0)
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(30)
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
     return ready, points
@@ -172,10 +181,23 @@ def _table(limit: dict[str, Any], points: list[dict[str, Any]], check: dict[str,
                     f"{p['ttft_p50_ms']} / {p['ttft_p99_ms']} | {p['itl_p50_ms']} / "
                     f"{p['itl_p99_ms']} | {p['ok']}/{p['cut']}/{p['requests']} | "
                     f"{p['answers_equal_inprocess_greedy']} |")
-    rows += ["", f"Correctness check (tiny model, float32, {a.device}, c=16): served greedy "
-             f"answers equal to the in-process ones: {check['answers_equal_inprocess_greedy']} "
+    rows += ["", f"In-process greedy answers at batch 1 equal to those in batches of 32: "
+             f"{check['control']}.", "", f"Correctness check (tiny model, float32, "
+             f"{a.device}, c=16): served greedy answers equal to the in-process ones: "
+             f"{check['answers_equal_inprocess_greedy']} "
              f"(ok {check['ok']}, errors {check['errors']})."]
     return "\n".join(rows) + "\n"
+
+
+def _control(model: Path, prompts: Path, a: argparse.Namespace, greedy: list[str]) -> str:
+    """How many of the first ``--control`` prompts the in-process greedy answer at batch 1
+    equals the one in the screen's batches: how far the dtype's kernels alone move answers."""
+    texts = json.loads(prompts.read_text())[:a.control]
+    first = prompts.with_name("control-prompts.json")
+    first.write_text(json.dumps(texts))
+    alone = _limit(model, first, a, a.out / "control.json", a.dtype, "--screen",
+                   "--screen-batch", "1")["texts"]
+    return f"{sum(_same(x, y) for x, y in zip(alone, greedy, strict=False))}/{len(alone)}"
 
 
 def _check(a: argparse.Namespace, t0: float) -> dict[str, Any]:
@@ -197,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--point-seconds", type=float, default=60)
+    ap.add_argument("--control", type=int, default=32,
+                    help="prompts answered in-process at batch 1 too (0: none)")
+    ap.add_argument("--py-spy", help="py-spy executable: sample the servers during the points")
     a = ap.parse_args(argv)
     a.size, a.device, a.dtype, a.threads, a.kv_cache_memory = "1b", "cuda", "bfloat16", 4, "16Gi"
     if a.smoke:
@@ -214,9 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"in-process limit: {json.dumps(limit['batches'])}", t0)
     screen = _limit(model, prompts, a, a.out / "screen.json", a.dtype, "--screen")
     _say("in-process greedy answers ready", t0)
+    control = _control(model, prompts, a, screen["texts"]) if a.control else "-"
+    _say(f"in-process greedy at batch 1 = in batches of 32: {control}", t0)
     ready, points = _points(model, prompts, a, a.dtype, concs, a.out / "server.log",
                             screen["texts"], t0)
     check = _check(a, t0)
+    check["control"] = control
     doc = {"settings": {k: str(v) for k, v in vars(a).items()}, "limit": limit,
            "server_ready_s": round(ready, 2), "points": points, "check": check,
            "wall_s": round(time.monotonic() - t0, 1)}

@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--screen", action="store_true")
+    ap.add_argument("--screen-batch", type=int, default=32, help="prompts a --screen batch holds")
     ap.add_argument("--make", type=int, default=0, help="write N prompts to --prompts and exit")
     ap.add_argument("--prompt-tokens", type=int, default=40)
     ap.add_argument("--out", type=Path, required=True)
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                            "prompt_tokens": sorted({len(i) for i in ids}),
                            "max_tokens": a.max_tokens}
     if a.screen:
-        doc["keep"], doc["texts"] = screen(model, ids, int(tok.eos_token_id), a.max_tokens, 32)
+        doc["keep"], doc["texts"] = screen(model, ids, int(tok.eos_token_id), a.max_tokens,
+                                              a.screen_batch)
         doc["texts"] = [tok.decode(t, skip_special_tokens=True) for t in doc["texts"]]
         a.out.write_text(json.dumps(doc, indent=1))
         return 0
