@@ -8,7 +8,8 @@ to 127.0.0.1 only; every answer is compared with the in-process greedy answer to
 (``limit.py --screen``: batches of 32 prompts). Then the correctness check on the same GPU: the
 tiny model in float32, served at concurrency 16, whose greedy answers must equal the in-process
 ones (in bfloat16 a random model's near-tied logits let kernel choice flip a token, so the 1 B
-figure is reported, not required). Writes ``gpu.json`` and ``gpu.md`` (a table) under
+figure is reported, not required). ``--eager-too`` serves the points again with
+``--traced-decode false`` (every step eager: no CUDA graphs), side by side. Writes ``gpu.json`` and ``gpu.md`` (a table) under
 ``--out``; the model files stay under ``--work``.
 
 On the device machine (its image has torch and transformers 5.17; the runtime is built against
@@ -103,13 +104,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _serve(model: Path, a: argparse.Namespace, port: int, log: Path,
-           dtype: str) -> subprocess.Popen[bytes]:
+def _serve(model: Path, a: argparse.Namespace, port: int, log: Path, dtype: str,
+           extra: tuple[str, ...]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "kubemaas_runtime", "--format", "hf", "--model-uri", str(model),
            "--name", "llm", "--host", "127.0.0.1", "--port", str(port), "--device", a.device,
            "--dtype", dtype, "--max-num-seqs", str(max(int(c) for c in a.concurrency.split(","))),
            "--max-model-len", "1024", "--kv-cache-memory", a.kv_cache_memory,
-           "--intra-op-threads", str(a.threads)]
+           "--intra-op-threads", str(a.threads), *extra]
     return subprocess.Popen(cmd, env=_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -122,12 +123,13 @@ def _same(served: str, greedy: str) -> bool:
 
 
 def _points(model: Path, prompts: Path, a: argparse.Namespace, dtype: str, concs: list[int],
-            log: Path, greedy: list[str], t0: float) -> tuple[float, list[dict[str, Any]]]:
+            log: Path, greedy: list[str], t0: float, extra: tuple[str, ...] = ()
+            ) -> tuple[float, list[dict[str, Any]]]:
     """Serve ``model`` and drive it at each concurrency in turn (2 x c requests, the first
     point after 2 warm-up requests); each answer is compared with ``greedy``, the in-process
     greedy answer to its prompt. (time to ready, the points)"""
     port = _free_port()
-    server = _serve(model, a, port, log, dtype)
+    server = _serve(model, a, port, log, dtype, extra)
     points: list[dict[str, Any]] = []
     spy: subprocess.Popen[bytes] | None = None
     try:
@@ -177,7 +179,8 @@ def _table(limit: dict[str, Any], points: list[dict[str, Any]], check: dict[str,
     for p in points:
         lim = by_batch.get(p["concurrency"], {}).get("decode_tok_s")
         pct = f"{100 * p['output_tok_s'] / lim:.0f} %" if lim and p["output_tok_s"] else "-"
-        rows.append(f"| {p['concurrency']} | {p['output_tok_s']} | {lim} | {pct} | "
+        rows.append(f"| {p['concurrency']}{' eager' if p.get('eager') else ''} | "
+                    f"{p['output_tok_s']} | {lim} | {pct} | "
                     f"{p['ttft_p50_ms']} / {p['ttft_p99_ms']} | {p['itl_p50_ms']} / "
                     f"{p['itl_p99_ms']} | {p['ok']}/{p['cut']}/{p['requests']} | "
                     f"{p['answers_equal_inprocess_greedy']} |")
@@ -221,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--point-seconds", type=float, default=60)
     ap.add_argument("--control", type=int, default=32,
                     help="prompts answered in-process at batch 1 too (0: none)")
+    ap.add_argument("--eager-too", action="store_true",
+                    help="the points again with --traced-decode false (no CUDA graphs)")
     ap.add_argument("--py-spy", help="py-spy executable: sample the servers during the points")
     a = ap.parse_args(argv)
     a.size, a.device, a.dtype, a.threads, a.kv_cache_memory = "1b", "cuda", "bfloat16", 4, "16Gi"
@@ -243,17 +248,21 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"in-process greedy at batch 1 = in batches of 32: {control}", t0)
     ready, points = _points(model, prompts, a, a.dtype, concs, a.out / "server.log",
                             screen["texts"], t0)
+    eager: list[dict[str, Any]] = []
+    if a.eager_too:  # the same points with every step run eagerly (no CUDA graphs)
+        _, eager = _points(model, prompts, a, a.dtype, concs, a.out / "server-eager.log",
+                           screen["texts"], t0, ("--traced-decode", "false"))
     check = _check(a, t0)
     check["control"] = control
     doc = {"settings": {k: str(v) for k, v in vars(a).items()}, "limit": limit,
-           "server_ready_s": round(ready, 2), "points": points, "check": check,
-           "wall_s": round(time.monotonic() - t0, 1)}
+           "server_ready_s": round(ready, 2), "points": points, "points_eager": eager,
+           "check": check, "wall_s": round(time.monotonic() - t0, 1)}
     (a.out / "gpu.json").write_text(json.dumps(doc, indent=1))
-    table = _table(limit, points, check, a)
+    table = _table(limit, points + [{**p, "eager": True} for p in eager], check, a)
     (a.out / "gpu.md").write_text(table)
     print(table, flush=True)
     checked = check["answers_equal_inprocess_greedy"].split("/")
-    served = all(p["errors"] == 0 and p["ok"] for p in points)
+    served = all(p["errors"] == 0 and p["ok"] for p in points + eager)
     return 0 if served and checked[0] == checked[1] != "0" else 1
 
 

@@ -4,9 +4,9 @@ The event loop talks to it through ``submit`` (a new request; returns a ``Reques
 iterate) and ``RequestStream.cancel`` (a client went away: its blocks are freed before the next
 step). Each step, the scheduler picks the rows; decode rows (one token each) and prefill chunks
 run as one forward pass over the rows packed into one sequence (packing.py, attention.py; a
-step of decodes alone replays a traced graph where the model allows, traced_decode.py); the new
-tokens are sampled, detokenized and handed to the event loop in one
-``call_soon_threadsafe`` per step. Nothing here runs on the event loop.
+step of decodes alone replays a recorded graph where the model allows: traced_decode.py on a
+CPU, cuda_graphs.py on a GPU); the new tokens are sampled, detokenized and handed to the event
+loop in one ``call_soon_threadsafe`` per step. Nothing here runs on the event loop.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .cuda_graphs import GraphedDecode
 from .decoder_stack import StepForward
 from .detok import Detokenizer, decoder
 from .kv_cache import BlockPool, KVStore, cache_root
@@ -57,7 +58,9 @@ class EngineConfig:
     # arrival_gap seconds), at most arrival_window seconds, and reads them in one step. 0: at once.
     arrival_window: float = 0.010
     arrival_gap: float = 0.001
-    traced_decode: bool = True  # decode-only steps from a traced graph where the model allows
+    # decode-only steps from a recorded graph where the model allows (TorchScript on a CPU,
+    # CUDA graphs on a GPU)
+    traced_decode: bool = True
     scheduling_policy: str = "fcfs"  # or "priority": requests' priorities order the queue
 
 
@@ -168,10 +171,14 @@ class Engine(EngineThread):
                                   ceiling=cfg.max_num_batched_tokens)
         self.scheduler.prefill_cap = self.pacer.cap
         self.traced: TracedDecode | None = None
+        self.graphed: GraphedDecode | None = None
         if cfg.traced_decode and lm.stack is not None and traceable(lm.model, lm.stack,
                                                                     lm.device):
             self.traced = TracedDecode(lm.model, lm.stack)
-        self._model_step: StepForward = self.traced or lm.forward
+        elif cfg.traced_decode and lm.stack is not None and lm.device.type == "cuda":
+            self.graphed = GraphedDecode(lm.stack, self.store, cfg.block_size, lm.vocab_size,
+                                         cfg.max_num_seqs)
+        self._model_step: StepForward = self.traced or self.graphed or lm.forward
         self._ids = itertools.count(1)
         self._decode = decoder(lm.tokenizer)
         self._decode_special = decoder(lm.tokenizer, skip_special=False)

@@ -110,6 +110,10 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     if settings.warmup:
         from .sampling import SamplingParams
 
+        if engine.graphed is not None:  # CUDA graphs of every decode bucket, before serving
+            engine.graphed.warm(settings.max_num_seqs,
+                                engine.pool.blocks_for(max_len))
+
         engine.generate_sync([[0] * 4],
                              SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
         engine.reset_stats()  # the warm-up is not served work
