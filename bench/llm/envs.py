@@ -86,6 +86,18 @@ def ensure_venv(name: str, steps: list[list[str]] | None = None,
                                       + " | ".join(venv.pip_log_tail(6)))
 
 
+def draw(code: str, payload: str, out: Path) -> str | None:
+    """Run matplotlib ``code`` in the plot virtualenv: it reads ``payload`` on stdin and saves
+    the figure to its first argument, ``out``. None, or why it failed."""
+    venv = ensure_venv("plot")
+    if venv.python is None:
+        return venv.error
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([str(venv.python), "-c", code, str(out)], input=payload, text=True,
+                          capture_output=True, timeout=600)
+    return proc.stderr[-2000:] if proc.returncode else None
+
+
 def build_llama_cpp_wheel() -> Path | None:
     """Compile llama-cpp-python once into WHEELS (niced, one compile job); reuse it after."""
     WHEELS.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ to 127.0.0.1 only; every answer is compared with the in-process greedy answer to
 tiny model in float32, served at concurrency 16, whose greedy answers must equal the in-process
 ones (in bfloat16 a random model's near-tied logits let kernel choice flip a token, so the 1 B
 figure is reported, not required). ``--eager-too`` serves the points again with
-``--traced-decode false`` (every step eager: no CUDA graphs), side by side. Writes ``gpu.json`` and ``gpu.md`` (a table) under
-``--out``; the model files stay under ``--work``.
+``--traced-decode false`` (every step eager: no CUDA graphs), side by side. Writes ``gpu.json``
+and ``gpu.md`` (a table) under ``--out``; the model files stay under ``--work``.
 
 On the device machine (its image has torch and transformers 5.17; the runtime is built against
 the transformers this repository locks, so carry that one as a wheel, see the device notes):

@@ -11,7 +11,6 @@ Writes docs/img/llm-gpu.png with matplotlib from the benchmark's plot virtualenv
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,15 +77,9 @@ def main() -> int:
         return 2
     curves = [s for p in paths for s in series(p.stem.split("-")[0],
                                                json.loads(p.read_text()))]
-    venv = envs.ensure_venv("plot")
-    if venv.python is None:
-        print(venv.error, file=sys.stderr)
-        return 1
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([str(venv.python), "-c", CODE, str(OUT)], input=json.dumps(curves),
-                          text=True, capture_output=True, timeout=600)
-    if proc.returncode:
-        print(proc.stderr[-2000:], file=sys.stderr)
+    error = envs.draw(CODE, json.dumps(curves), OUT)
+    if error:
+        print(error, file=sys.stderr)
         return 1
     print(OUT)
     return 0

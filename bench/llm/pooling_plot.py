@@ -10,7 +10,6 @@ Writes docs/img/llm-pooling.png with matplotlib from the benchmark's plot virtua
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,15 +48,9 @@ def main() -> int:
     if not runs:
         print(__doc__)
         return 2
-    venv = envs.ensure_venv("plot")
-    if venv.python is None:
-        print(venv.error, file=sys.stderr)
-        return 1
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([str(venv.python), "-c", CODE, str(OUT)], input=json.dumps(runs),
-                          text=True, capture_output=True, timeout=300)
-    if proc.returncode:
-        print(proc.stderr[-2000:], file=sys.stderr)
+    error = envs.draw(CODE, json.dumps(runs), OUT)
+    if error:
+        print(error, file=sys.stderr)
         return 1
     print(OUT)
     return 0

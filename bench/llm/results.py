@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -368,10 +367,6 @@ def plot(doc: dict[str, Any], out: Path = PLOT) -> str | None:
     sys.path.insert(0, str(HERE))
     import envs
 
-    venv = envs.ensure_venv("plot")
-    if venv.python is None:
-        return venv.error
-    out.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps({**doc, "models": {size: {**e, "servers": [
         {**s, "label": label(s)} for s in e["servers"]]} for size, e in doc["models"].items()}})
     code = r'''
@@ -412,9 +407,7 @@ fig.suptitle(f"LLM benchmark {doc['stamp']} (server on 1 core, load on the other
 fig.tight_layout()
 fig.savefig(sys.argv[1], dpi=90)
 '''
-    proc = subprocess.run([str(venv.python), "-c", code, str(out)], input=data, text=True,
-                          capture_output=True, timeout=300)
-    return proc.stderr[-500:] if proc.returncode else None
+    return envs.draw(code, data, out)
 
 
 def update_doc(doc: dict[str, Any], sweep: dict[str, Any] | None = None) -> None:

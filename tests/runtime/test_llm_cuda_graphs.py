@@ -16,28 +16,11 @@ from kubemaas_runtime.llm.attention import PagedStep
 from kubemaas_runtime.llm.cuda_graphs import GraphedDecode, bucket, buckets
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import LanguageModel, load_hf
-from kubemaas_runtime.llm.sampling import SamplingParams
+
+from .llm_staggered import run_staggered
 
 CONFIG = EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256, max_num_seqs=8,
                       max_num_batched_tokens=32, block_size=8, traced_decode=False)
-
-
-def run_staggered(engine: Engine, lm: LanguageModel, count: int = 7) -> list[list[int]]:
-    """Sequences of different prompt and answer lengths, a few added every few steps: the
-    decode batch grows and shrinks and the contexts cross block boundaries."""
-    seqs = []
-    for i in range(count):
-        prompt = list(lm.tokenizer(f"request {i}: " + "the cache " * (1 + 3 * i))["input_ids"])
-        seq = engine.sequence(prompt, SamplingParams(max_tokens=6 + 5 * i, temperature=0.0,
-                                                      ignore_eos=True))
-        seqs.append(seq)
-        engine.scheduler.add(seq)
-        if i % 2:
-            for _ in range(4):
-                engine.step()
-    while engine._has_work():
-        engine.step()
-    return [seq.output for seq in seqs]
 
 
 def graphed_engine(lm: LanguageModel) -> tuple[Engine, GraphedDecode]:
