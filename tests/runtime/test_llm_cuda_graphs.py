@@ -6,6 +6,7 @@ every bucket writes nothing but the scratch block, and steps past the gather cap
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,11 @@ CONFIG = EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256, max_num_seqs=8,
                       max_num_batched_tokens=32, block_size=8, traced_decode=False)
 
 
-def graphed_engine(lm: LanguageModel) -> tuple[Engine, GraphedDecode]:
+def graphed_engine(lm: LanguageModel, capture: bool = False) -> tuple[Engine, GraphedDecode]:
     assert lm.stack is not None
     engine = Engine(lm, CONFIG)
     graphed = GraphedDecode(lm.stack, engine.store, CONFIG.block_size, lm.vocab_size,
-                            CONFIG.max_num_seqs, capture=False)
+                            CONFIG.max_num_seqs, capture=capture)
     engine._model_step = graphed
     return engine, graphed
 
@@ -108,3 +109,23 @@ def test_steps_past_the_gather_cap_run_eagerly(tiny_llama: Path,
     assert run_staggered(engine, lm) == want
     assert graphed.replays > 0
     assert all(r * w <= 16 for r, w in graphed._buckets)
+
+
+def test_a_capture_that_fails_leaves_the_engine_eager(tiny_llama: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Capturing on a machine without CUDA fails at its first call into CUDA: the warm-up gives
+    up without raising, every step runs eagerly on its own (unpadded) tensors, answers as the
+    eager engine does, and the log says why."""
+    torch.set_num_threads(1)
+    lm = load_hf(tiny_llama, device="cpu")
+    want = run_staggered(Engine(lm, CONFIG), lm)
+    engine, graphed = graphed_engine(lm, capture=True)
+    with caplog.at_level(logging.WARNING, logger="kubemaas.runtime.llm"):
+        graphed.warm(CONFIG.max_num_seqs, 4)
+        assert graphed.failed and not graphed._buckets
+        assert run_staggered(engine, lm) == want
+    assert graphed.replays == 0
+    assert "decode steps stay eager: a capture failed" in caplog.text
+    fresh, lazily = graphed_engine(lm, capture=True)  # a first decode step's capture fails too
+    assert run_staggered(fresh, lm) == want
+    assert lazily.failed and lazily.replays == 0

@@ -100,9 +100,9 @@ class GraphedDecode:
         if b is None:
             b = self._new_bucket(bucket(rows), bucket(width))
         self._fill(b, input_ids, position_ids, step)
-        if fresh:
-            self._record(b)  # runs the step too (replayed, or eagerly if the capture failed)
-        else:
+        if fresh and not self._record(b):  # (a recorded graph has run the step)
+            return self._stack(input_ids, position_ids, keep, step)
+        if not fresh:
             self._replay(b)
         if not self.failed:
             self.replays += 1
@@ -185,15 +185,19 @@ class GraphedDecode:
             graph.replay()
             same = torch.equal(self._logits[:b.rows], eager)
         except Exception as exc:  # any failure to capture leaves the engine eager
-            return self._give_up(f"a capture failed: {exc}", b)
+            return self._give_up(f"a capture failed: {exc}")
         if not same:
-            return self._give_up("a replayed step's logits differ from the eager step's", b)
+            return self._give_up("a replayed step's logits differ from the eager step's")
         b.graph = graph
         return True
 
-    def _give_up(self, why: str, b: _Bucket) -> bool:
+    def _give_up(self, why: str) -> bool:
+        """Eager from now on; the graphs and their pool are let go (a capture that ran out of
+        memory leaves the memory to the eager steps)."""
         self.failed = True
         self._buckets.clear()
+        self._pool = None
+        if self._capture:
+            torch.cuda.empty_cache()
         log.warning("decode steps stay eager: %s", why)
-        self._eager(b)  # the step that was being captured still gets its logits
         return False
