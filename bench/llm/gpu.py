@@ -8,7 +8,9 @@ to 127.0.0.1 only; every answer is compared with the in-process greedy answer to
 (``limit.py --screen``: batches of 32 prompts). Then the correctness check on the same GPU: the
 tiny model in float32, served at concurrency 16, whose greedy answers must equal the in-process
 ones (in bfloat16 a random model's near-tied logits let kernel choice flip a token, so the 1 B
-figure is reported, not required). ``--eager-too`` serves the points again with
+figure is reported, not required). ``prompt_steps.py`` times, in process, steps that read 16,
+32 and 64 prompts beside 32 decoding rows with the prompts' chunks attended together and one
+by one (``prompt_steps.json``). ``--eager-too`` serves the points again with
 ``--traced-decode false`` (every step eager: no CUDA graphs), side by side. Writes ``gpu.json``
 and ``gpu.md`` (a table) under ``--out``; the model files stay under ``--work``.
 
@@ -168,7 +170,7 @@ def _points(model: Path, prompts: Path, a: argparse.Namespace, dtype: str, concs
 
 
 def _table(limit: dict[str, Any], points: list[dict[str, Any]], check: dict[str, Any],
-           a: argparse.Namespace) -> str:
+           steps: list[dict[str, Any]], a: argparse.Namespace) -> str:
     by_batch = {b["batch"]: b for b in limit["batches"]}
     rows = [f"Model: random Llama `{a.size}`, {a.dtype}, {a.device}; prompts "
             f"{a.prompt_tokens} tokens, {a.max_tokens} tokens out; in-process prefill of one "
@@ -188,7 +190,12 @@ def _table(limit: dict[str, Any], points: list[dict[str, Any]], check: dict[str,
              f"{check['control']}.", "", f"Correctness check (tiny model, float32, "
              f"{a.device}, c=16): served greedy answers equal to the in-process ones: "
              f"{check['answers_equal_inprocess_greedy']} "
-             f"(ok {check['ok']}, errors {check['errors']})."]
+             f"(ok {check['ok']}, errors {check['errors']}).", "",
+             "Steps reading many prompts beside decoding rows, in process (prompt_steps.py), "
+             "median ms: prompts' chunks attended together / one by one (ratio, pairs faster):"]
+    rows += [f"* {s['prompts']} prompts + {s['decode_rows']} decodes: {s['grouped_ms']:.2f} / "
+             f"{s['alone_ms']:.2f} ({s['ratio']:.3f}, {s['faster_pairs']}/{s['pairs']})"
+             for s in steps]
     return "\n".join(rows) + "\n"
 
 
@@ -211,6 +218,19 @@ def _check(a: argparse.Namespace, t0: float) -> dict[str, Any]:
     _, points = _points(model, prompts, a, "float32", [16], a.out / "check-server.log",
                         screen["texts"], t0)
     return points[0]
+
+
+def _prompt_steps(model: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Steps reading many prompts, their chunks attended together or one by one
+    (prompt_steps.py), in process on the same device."""
+    out = a.out / "prompt_steps.json"
+    cmd = [sys.executable, str(HERE / "prompt_steps.py"), "--model", str(model), "--device",
+           a.device, "--dtype", a.dtype, "--threads", str(a.threads), "--prompt-tokens",
+           str(a.prompt_tokens), "--decode-rows", "4" if a.smoke else "32", "--prompts",
+           "4,16" if a.smoke else "16,32,64", "--pairs", "4" if a.smoke else "20",
+           "--out", str(out)]
+    subprocess.run(cmd, check=True, env=_env())
+    return list(json.loads(out.read_text())["rows"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     _say("in-process greedy answers ready", t0)
     control = _control(model, prompts, a, screen["texts"]) if a.control else "-"
     _say(f"in-process greedy at batch 1 = in batches of 32: {control}", t0)
+    steps = _prompt_steps(model, a)
     ready, points = _points(model, prompts, a, a.dtype, concs, a.out / "server.log",
                             screen["texts"], t0)
     eager: list[dict[str, Any]] = []
@@ -256,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     check["control"] = control
     doc = {"settings": {k: str(v) for k, v in vars(a).items()}, "limit": limit,
            "server_ready_s": round(ready, 2), "points": points, "points_eager": eager,
+           "prompt_steps": steps,
            "check": check, "wall_s": round(time.monotonic() - t0, 1)}
     (a.out / "gpu.json").write_text(json.dumps(doc, indent=1))
-    table = _table(limit, points + [{**p, "eager": True} for p in eager], check, a)
+    table = _table(limit, points + [{**p, "eager": True} for p in eager], check, steps, a)
     (a.out / "gpu.md").write_text(table)
     print(table, flush=True)
     checked = check["answers_equal_inprocess_greedy"].split("/")

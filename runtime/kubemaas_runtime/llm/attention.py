@@ -13,7 +13,11 @@ context in the paged cache:
   group, d]`` (the query heads that share a kv head as its rows) over their contexts gathered
   block by block from the pool ``[B, kv_heads, T, d]`` (T: the longest row's blocks), masked to
   each row's length;
-* each prefill chunk on its own, over its context (cached prefix + the chunk), causally.
+* prefill chunks over their contexts (cached prefix + the chunk), causally: a long chunk on its
+  own; short ones of similar size together (``ChunkBatch``, grouped by packing.py), queries
+  padded to the longest and contexts to the widest, so that a step reading many prompts makes
+  one attention call per layer, not one per prompt (a call costs about as much as its work
+  there: launches on a GPU, Python and dispatch on a small model on CPU).
 
 ``PagedStep`` is what the step passes to the model as its ``cache``: ``update`` writes the new
 keys and values into their slots and returns the layer's whole pool, which the attention
@@ -48,6 +52,21 @@ class Chunk:
 
 
 @dataclass
+class ChunkBatch:
+    """Consecutive prefill chunks attended in one call, as C rows of L padded queries over
+    contexts of W blocks. A padding query repeats its chunk's last token, so no row of the mask
+    is empty; ``real`` picks the real rows back out, in packed order."""
+
+    rows: torch.Tensor    # [C * L] the packed index of each padded query
+    blocks: torch.Tensor  # [C, W] (the scratch block 0 past a chunk's context)
+    mask: torch.Tensor    # [C, 1, L, W * block_size] bool: key j <= the query's position
+    real: torch.Tensor    # [n] indexes into C * L of the chunks' own tokens
+
+    def to(self, device: torch.device) -> ChunkBatch:
+        return ChunkBatch(*(t.to(device) for t in (self.rows, self.blocks, self.mask, self.real)))
+
+
+@dataclass
 class PagedStep:
     store: KVStore
     block_size: int
@@ -56,6 +75,8 @@ class PagedStep:
     decode_blocks: torch.Tensor | None = None  # [B, W] (0, the scratch block, past a row's end)
     decode_mask: torch.Tensor | None = None  # [B, 1, 1, W * block_size] bool
     chunks: list[Chunk] = field(default_factory=list)
+    # the chunks as attention calls, in packed order (None: each chunk on its own)
+    units: list[Chunk | ChunkBatch] | None = None
 
     is_compileable = False
 
@@ -66,10 +87,15 @@ class PagedStep:
 
         def move(t: torch.Tensor | None) -> Any:
             return None if t is None else t.to(device)
+
+        def moved(c: Chunk) -> Chunk:
+            return Chunk(c.start, c.length, c.offset, move(c.blocks), move(c.mask))
+        chunks = [moved(c) for c in self.chunks]
+        same = {id(c): m for c, m in zip(self.chunks, chunks, strict=True)}
+        units = None if self.units is None else [
+            u.to(device) if isinstance(u, ChunkBatch) else same[id(u)] for u in self.units]
         return PagedStep(self.store, self.block_size, move(self.write_slots), self.decode_rows,
-                         move(self.decode_blocks), move(self.decode_mask),
-                         [Chunk(c.start, c.length, c.offset, move(c.blocks), move(c.mask))
-                          for c in self.chunks])
+                         move(self.decode_blocks), move(self.decode_mask), chunks, units)
 
     # the part of transformers' Cache that decoder attention layers call
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
@@ -114,15 +140,37 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
         v = _gather(value, step.decode_blocks, bs).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_mask, scale=scaling)
         parts.append(out.reshape(rows, heads, -1))                         # [B, H, d]
-    for c in step.chunks:
-        q = query[:, :, c.start:c.start + c.length]                       # [1, H, n, d]
-        ctx = c.offset + c.length
-        k = _gather(key, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)  # [1, kvH, ctx, d]
-        v = _gather(value, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=c.mask, is_causal=c.mask is None,
-                                             scale=scaling, enable_gqa=gqa)
-        parts.append(out[0].transpose(0, 1))                               # [n, H, d]
+    for unit in step.chunks if step.units is None else step.units:
+        if isinstance(unit, ChunkBatch):
+            parts.append(_attend_batch(unit, query, key, value, bs, scaling, gqa))
+        else:
+            parts.append(_attend_chunk(unit, query, key, value, bs, scaling, gqa))
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).unsqueeze(0), None
+
+
+def _attend_chunk(c: Chunk, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bs: int,
+                  scaling: float | None, gqa: bool) -> torch.Tensor:
+    q = query[:, :, c.start:c.start + c.length]                       # [1, H, n, d]
+    ctx = c.offset + c.length
+    k = _gather(key, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)  # [1, kvH, ctx, d]
+    v = _gather(value, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=c.mask, is_causal=c.mask is None,
+                                         scale=scaling, enable_gqa=gqa)
+    return out[0].transpose(0, 1)                                      # [n, H, d]
+
+
+def _attend_batch(b: ChunkBatch, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  bs: int, scaling: float | None, gqa: bool) -> torch.Tensor:
+    chunks, length = b.blocks.shape[0], b.mask.shape[2]
+    heads, dim = query.shape[1], query.shape[3]
+    q = query[0].index_select(1, b.rows).view(heads, chunks, length, dim).transpose(0, 1)
+    k = _gather(key, b.blocks, bs).transpose(1, 2)                     # [C, kvH, T, d]
+    v = _gather(value, b.blocks, bs).transpose(1, 2)
+    # sdpa's own GQA here: measured on CPU against the grouped-rows layout of the decode rows,
+    # which would need the mask repeated per query head of a kv head, it was as fast or faster
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask, scale=scaling,
+                                         enable_gqa=gqa)                # [C, H, L, d]
+    return out.transpose(1, 2).reshape(chunks * length, heads, dim).index_select(0, b.real)
 
 
 def register() -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import Chunk, PagedStep
+from .attention import Chunk, ChunkBatch, PagedStep
 from .kv_cache import KVStore
 from .prompt_scores import scored_span
 from .scheduler import Sequence
@@ -92,7 +92,65 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
             keep.append(len(ids) - 1)
             sampled.append(seq)
     paged = PagedStep(store, block_size, torch.cat(writes) if len(writes) > 1 else writes[0],
-                      len(decode), decode_blocks, decode_mask, chunks)
+                      len(decode), decode_blocks, decode_mask, chunks,
+                      attention_units(chunks, block_size) if len(chunks) > 1 else None)
     keep.extend(scoring)
     return PackedStep(torch.tensor([ids]), torch.tensor([positions]),
                       torch.tensor(keep or [len(ids) - 1]), sampled, paged, scored)
+
+
+# A chunk this long attends on its own: its call's overhead is small beside its work, and a
+# causal call alone skips the masked half that a padded batch computes.
+ALONE_FROM = 256
+# Chunks attend together while the padded batch's work (C x L queries x W blocks) stays within
+# this factor of theirs.
+PADDING_WASTE = 1.5
+
+
+def attention_units(chunks: list[Chunk], block_size: int) -> list[Chunk | ChunkBatch]:
+    """The step's chunks as attention calls, in packed order: runs of consecutive short chunks
+    of similar size become one ``ChunkBatch`` each."""
+    units: list[Chunk | ChunkBatch] = []
+    run: list[Chunk] = []
+
+    def close() -> None:
+        units.extend(run if len(run) == 1 else [batch(run, block_size)])
+        run.clear()
+    for c in chunks:
+        if c.length >= ALONE_FROM:
+            if run:
+                close()
+            units.append(c)
+            continue
+        grown = [*run, c]
+        if run and _padded_work(grown) > PADDING_WASTE * sum(_work(x) for x in grown):
+            close()
+        run.append(c)
+    if run:
+        close()
+    return units
+
+
+def _work(c: Chunk) -> int:
+    return c.length * c.blocks.numel()
+
+
+def _padded_work(run: list[Chunk]) -> int:
+    return len(run) * max(c.length for c in run) * max(c.blocks.numel() for c in run)
+
+
+def batch(run: list[Chunk], block_size: int) -> ChunkBatch:
+    """Consecutive chunks as one padded attention call (attention.ChunkBatch)."""
+    width = max(c.blocks.numel() for c in run)
+    length = max(c.length for c in run)
+    lengths = torch.tensor([c.length for c in run])
+    query = torch.minimum(torch.arange(length)[None, :], lengths[:, None] - 1)  # [C, L]
+    rows = torch.tensor([c.start for c in run])[:, None] + query
+    position = torch.tensor([c.offset for c in run])[:, None] + query
+    mask = torch.arange(width * block_size)[None, None, :] <= position[:, :, None]
+    blocks = torch.zeros(len(run), width, dtype=torch.long)
+    for i, c in enumerate(run):
+        blocks[i, :c.blocks.numel()] = c.blocks
+    real = (torch.arange(len(run))[:, None] * length + torch.arange(length)[None, :]
+            )[torch.arange(length)[None, :] < lengths[:, None]]
+    return ChunkBatch(rows.reshape(-1), blocks, mask[:, None], real)

@@ -1,0 +1,155 @@
+"""A step that reads many prompts, with their chunks attended together or one by one.
+
+    taskset -c 0 .venv/bin/python bench/llm/prompt_steps.py --size tiny --prompts 4,16,32 \\
+        --decode-rows 16 --pairs 40
+
+The engine's own forward (the model's modules over one packed step, paged attention), in
+process, one torch thread on CPU: ``--decode-rows`` sequences each decoding one token beside
+``P`` prompts of ``--prompt-tokens`` tokens (lengths spread ±25 %, a fixed seed), as a burst of
+requests lands in one step. The same packed step runs alternately with its chunks grouped into
+padded attention calls (``ChunkBatch``, what the engine does) and with every chunk attended on
+its own (what it did before); each of ``--pairs`` pairs times both, the order alternating. The
+median step time of each and the median of the pairs' ratios are printed (ratio < 1: grouped
+faster), with the largest difference between the two steps' logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+for sub in ("runtime", "hack"):
+    sys.path.insert(0, str(REPO / sub))
+
+from kubemaas_runtime.llm.attention import ChunkBatch  # noqa: E402
+from kubemaas_runtime.llm.detok import Detokenizer  # noqa: E402
+from kubemaas_runtime.llm.kv_cache import KVStore  # noqa: E402
+from kubemaas_runtime.llm.loader import load_hf  # noqa: E402
+from kubemaas_runtime.llm.packing import PackedStep, pack  # noqa: E402
+from kubemaas_runtime.llm.sampling import SamplingParams  # noqa: E402
+from kubemaas_runtime.llm.scheduler import Sequence  # noqa: E402
+from kubemaas_testbed.llm_models import build_llm  # noqa: E402
+
+BLOCK = 16
+
+
+def _step(lm: Any, prompts: int, decode_rows: int, prompt_tokens: int, seed: int) -> PackedStep:
+    """One packed step: ``decode_rows`` sequences 64 tokens in, then the prompts' whole chunks."""
+    rng = random.Random(seed)
+    blocks = count(1)
+    cfg = lm.model.config
+
+    def sequence(rid: int, length: int, computed: int) -> Sequence:
+        s = Sequence(rid, [rng.randrange(3, 200) for _ in range(length)],
+                     SamplingParams(max_tokens=4), sink=lambda _: None, detok=Detokenizer(None))
+        s.computed = computed
+        s.blocks = [next(blocks) for _ in range(-(-length // BLOCK))]
+        return s
+    decode = [sequence(i, 65, 64) for i in range(decode_rows)]
+    spread = max(1, prompt_tokens // 4)
+    prefill = []
+    for i in range(prompts):
+        n = prompt_tokens + rng.randint(-spread, spread)
+        prefill.append((sequence(decode_rows + i, n, 0), n))
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    store = KVStore(cfg.num_hidden_layers, next(blocks), BLOCK, kv_heads, head_dim, lm.dtype,
+                    lm.device)
+    return pack(decode, prefill, store, BLOCK)
+
+
+def _timed(lm: Any, packed: PackedStep, grouped: bool) -> tuple[float, torch.Tensor]:
+    dev = lm.device
+    paged = packed.paged if grouped else dataclasses.replace(packed.paged, units=None)
+    args = (packed.input_ids.to(dev), packed.position_ids.to(dev), packed.keep.to(dev))
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        logits = lm.stack(*args, paged.to(dev))
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, logits
+
+
+def measure(lm: Any, prompts: int, a: argparse.Namespace) -> dict[str, Any]:
+    packed = _step(lm, prompts, a.decode_rows, a.prompt_tokens, a.seed)
+    units = packed.paged.units or []
+    for grouped in (True, False, True, False):  # warm both paths
+        _timed(lm, packed, grouped)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    ratios = []
+    diff = 0.0
+    for i in range(a.pairs):
+        order = (True, False) if i % 2 == 0 else (False, True)
+        got = {g: _timed(lm, packed, g) for g in order}
+        for g in order:
+            times[g].append(got[g][0])
+        ratios.append(got[True][0] / got[False][0])
+        diff = max(diff, float((got[True][1] - got[False][1]).abs().max()))
+    return {
+        "prompts": prompts, "decode_rows": a.decode_rows, "tokens": packed.input_ids.shape[1],
+        "calls_grouped": len(units) or len(packed.paged.chunks),
+        "batches": sum(isinstance(u, ChunkBatch) for u in units),
+        "grouped_ms": 1e3 * statistics.median(times[True]),
+        "alone_ms": 1e3 * statistics.median(times[False]),
+        "ratio": statistics.median(ratios), "faster_pairs": sum(r < 1 for r in ratios),
+        "pairs": a.pairs, "max_logit_diff": diff,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default="tiny", choices=("tiny", "small", "1b"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--prompts", default="4,16,32")
+    ap.add_argument("--prompt-tokens", type=int, default=40)
+    ap.add_argument("--decode-rows", type=int, default=16)
+    ap.add_argument("--pairs", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=None, help="model directory cache")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="an existing model directory (default: build --size under --work)")
+    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    work = a.work or Path(tempfile.gettempdir()) / "kubemaas-prompt-steps"
+    model_dir = a.model or work / f"{a.size}-{a.dtype}"
+    if not (model_dir / "config.json").exists():
+        build_llm(model_dir, size=a.size, dtype=a.dtype)
+    lm = load_hf(model_dir, device=a.device, dtype=a.dtype)
+    assert lm.stack is not None, "the engine's direct forward is needed"
+    rows = [measure(lm, int(p), a) for p in a.prompts.split(",")]
+    print(f"# {model_dir.name} {a.dtype} on {a.device}, {a.threads} thread(s), "
+          f"load {os.getloadavg()[0]:.2f}; {a.decode_rows} decode rows, prompts of "
+          f"{a.prompt_tokens} ± 25 % tokens, {a.pairs} alternated pairs")
+    print("| prompts | tokens | attention calls (batches) | grouped ms | alone ms | ratio "
+          "(pairs faster) | max logit diff |")
+    print("|---:|---:|---|---:|---:|---|---:|")
+    for r in rows:
+        print(f"| {r['prompts']} | {r['tokens']} | {r['calls_grouped']} ({r['batches']}) | "
+              f"{r['grouped_ms']:.2f} | {r['alone_ms']:.2f} | {r['ratio']:.3f} "
+              f"({r['faster_pairs']}/{r['pairs']}) | {r['max_logit_diff']:.1e} |")
+    if a.out:
+        args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
+        a.out.write_text(json.dumps({"args": args, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
