@@ -330,6 +330,17 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_llm(tmp_path_factory.mktemp("llm") / "tiny-gpt2", family="gpt2")
 
 
+@pytest.fixture
+def client(server: Server) -> Iterator[Any]:
+    """The openai client of the test module's ``server``, closed after the test: a client left
+    for the garbage collector leaves its pooled sockets open, and the ResourceWarning that their
+    collection raises (in whichever later test it happens) fails the run."""
+    import openai
+
+    with openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
 def stream_events(server: Server, path: str, doc: dict[str, Any]) -> list[Any]:
     """The events of a streamed answer (the JSON documents; ``[DONE]`` checked last)."""
     status, headers, body = server.request("POST", path, json.dumps(doc).encode(),

@@ -34,9 +34,9 @@ def metric(server: Server, name: str) -> float:
 
 @pytest.mark.parametrize(("text", "width", "penalty"), [
     ("Once upon a time", 3, 1.0), ("the lazy dog", 4, 0.0), ("birds sing", 2, 2.0)])
-def test_the_answers_of_a_reference_beam_search(server: Server, tiny_llama: Path, text: str,
-                                                width: int, penalty: float) -> None:
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
+def test_the_answers_of_a_reference_beam_search(server: Server, client: openai.OpenAI,
+                                                tiny_llama: Path, text: str, width: int,
+                                                penalty: float) -> None:
     ids = ref.prompt_ids(tiny_llama, text)
     want = ref.beam_search(tiny_llama, ids, width, 12, penalty)
     got = client.completions.create(model="tiny", prompt=text, max_tokens=12, n=width,

@@ -25,28 +25,23 @@ def server(tiny_llama: Path) -> Iterator[Server]:
     assert server.stop() == 0
 
 
-def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
-
-
-def test_openai_sync_completions_and_chat(server: Server) -> None:
-    c = client(server)
-    assert [m.id for m in c.models.list()] == ["tiny"]
-    done = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12,
-                                temperature=0)
+def test_openai_sync_completions_and_chat(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    done = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12,
+                                     temperature=0)
     assert done.object == "text_completion" and done.choices[0].finish_reason in ("stop",
                                                                                   "length")
     assert done.usage is not None and done.usage.completion_tokens >= 1
-    streamed = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12,
-                                    temperature=0, stream=True)
+    streamed = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12,
+                                         temperature=0, stream=True)
     assert "".join(ch.choices[0].text for ch in streamed if ch.choices) == done.choices[0].text
 
     messages = [{"role": "user", "content": "Hello! How are you today?"}]
-    chat = c.chat.completions.create(model="tiny", messages=messages,  # type: ignore[arg-type]
-                                     max_tokens=12, temperature=0)
+    chat = client.chat.completions.create(model="tiny", messages=messages,  # type: ignore[arg-type]
+                                          max_tokens=12, temperature=0)
     assert chat.choices[0].message.role == "assistant"
     assert chat.usage is not None and chat.usage.prompt_tokens > 0
-    chunks = list(c.chat.completions.create(
+    chunks = list(client.chat.completions.create(
         model="tiny", messages=messages, max_tokens=12, temperature=0,  # type: ignore[arg-type]
         stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -54,13 +49,14 @@ def test_openai_sync_completions_and_chat(server: Server) -> None:
     assert text == chat.choices[0].message.content
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
-    two = c.chat.completions.create(model="tiny", messages=messages,  # type: ignore[arg-type]
-                                    max_tokens=12, temperature=0, n=2)
+    two = client.chat.completions.create(model="tiny", messages=messages,  # type: ignore[arg-type]
+                                         max_tokens=12, temperature=0, n=2)
     assert [ch.index for ch in two.choices] == [0, 1]
     assert [ch.message.content for ch in two.choices] == [chat.choices[0].message.content] * 2
     both = ["", ""]
-    for chunk in c.chat.completions.create(model="tiny", messages=messages,  # type: ignore[arg-type]
-                                           max_tokens=12, temperature=0, n=2, stream=True):
+    for chunk in client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=12, temperature=0,  # type: ignore[arg-type]
+            n=2, stream=True):
         for ch in chunk.choices:
             both[ch.index] += ch.delta.content or ""
     assert both == [chat.choices[0].message.content] * 2
@@ -70,20 +66,20 @@ def test_openai_sync_completions_and_chat(server: Server) -> None:
         (chat.usage.prompt_tokens - 1) // 16 * 16
 
 
-def test_openai_client_sees_errors_as_its_exceptions(server: Server, tiny_llama: Path) -> None:
-    c = client(server)
+def test_openai_client_sees_errors_as_its_exceptions(client: openai.OpenAI, tiny_llama: Path
+                                                     ) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
-        c.completions.create(model="other", prompt="hi", max_tokens=2)
+        client.completions.create(model="other", prompt="hi", max_tokens=2)
     assert "does not exist" in str(missing.value)
     with pytest.raises(openai.BadRequestError) as long:
-        c.completions.create(model="tiny", prompt="word " * 600, max_tokens=2)
+        client.completions.create(model="tiny", prompt="word " * 600, max_tokens=2)
     assert long.value.code == "context_length_exceeded"
     # over 4096 characters: tokenized in a worker thread (the tokenizer's own call), counted
     from transformers import AutoTokenizer
 
     longer = "word " * 1000
     with pytest.raises(openai.BadRequestError) as refused:
-        c.completions.create(model="tiny", prompt=longer, max_tokens=2)
+        client.completions.create(model="tiny", prompt=longer, max_tokens=2)
     n = len(AutoTokenizer.from_pretrained(str(tiny_llama))(longer)["input_ids"])
     assert refused.value.code == "context_length_exceeded"
     assert f"({n} in the prompt" in str(refused.value)

@@ -79,9 +79,9 @@ def embed(server: Server, doc: dict[str, Any]) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
-def test_the_openai_client_gets_each_inputs_own_vector(server: Server, base_model: Any,
-                                                       tiny_llama: Path) -> None:
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
+def test_the_openai_client_gets_each_inputs_own_vector(server: Server, client: openai.OpenAI,
+                                                       base_model: Any, tiny_llama: Path
+                                                       ) -> None:
     got = client.embeddings.create(model="tiny", input=TEXTS)  # base64 on the wire
     floats = client.embeddings.create(model="tiny", input=TEXTS, encoding_format="float")
     assert got.model == "tiny" and [d.index for d in got.data] == list(range(len(TEXTS)))

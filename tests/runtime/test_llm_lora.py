@@ -112,8 +112,7 @@ def test_concurrent_requests_each_get_their_models_answer(
     assert all(len(found) == 3 for found in answers.values())  # each model answers its own
 
 
-def test_a_streamed_chat_of_an_adapter(server: Server) -> None:
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
+def test_a_streamed_chat_of_an_adapter(server: Server, client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "the lazy dog"}]
     whole = client.chat.completions.create(model="chat", messages=messages,  # type: ignore
                                            max_tokens=10, temperature=0)

@@ -42,7 +42,8 @@ def complete(server: Server, **doc: Any) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
-def test_a_batch_of_prompts_answers_each_as_if_alone(server: Server, tiny_llama: Path) -> None:
+def test_a_batch_of_prompts_answers_each_as_if_alone(server: Server, client: openai.OpenAI,
+                                                     tiny_llama: Path) -> None:
     """Three prompts, n = 2: six choices numbered prompt by prompt, each the greedy answer of
     its prompt; usage counts each prompt once; token-id prompts give the same; the stream
     carries the same texts under the same indexes; the openai client reads it unchanged."""
@@ -67,7 +68,6 @@ def test_a_batch_of_prompts_answers_each_as_if_alone(server: Server, tiny_llama:
             streamed[choice["index"]] += choice["text"]
     assert streamed == texts
     assert events[-1]["usage"]["prompt_tokens"] == body["usage"]["prompt_tokens"]
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
     answer = client.completions.create(model="tiny", prompt=PROMPTS, max_tokens=8,
                                        temperature=0)
     assert [c.text for c in answer.choices] == texts[::2]

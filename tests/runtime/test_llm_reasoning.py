@@ -65,7 +65,7 @@ def streamed(server: Server, **doc: Any) -> tuple[str, str, list[dict[str, Any]]
             "".join(d.get("content") or "" for d in deltas), deltas)
 
 
-def test_the_think_block_is_the_reasoning(server: Server) -> None:
+def test_the_think_block_is_the_reasoning(server: Server, client: openai.OpenAI) -> None:
     answer = chat(server, structured_outputs={"regex": THINK})
     message = answer["message"]
     assert message["content"] in ("Paris.", "Oslo.") and answer["finish_reason"] == "stop"
@@ -74,7 +74,6 @@ def test_the_think_block_is_the_reasoning(server: Server) -> None:
     reasoning, content, deltas = streamed(server, structured_outputs={"regex": THINK})
     assert (reasoning, content) == (message["reasoning"], message["content"])
     assert sum(1 for d in deltas if d.get("reasoning")) > 2  # token by token
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
     parsed = client.chat.completions.create(
         model="tiny", messages=USER, max_tokens=64, temperature=1.0, seed=2,  # type: ignore[arg-type]
         extra_body={"structured_outputs": {"regex": THINK}})
@@ -118,7 +117,7 @@ def test_tool_calls_are_read_after_the_reasoning(server: Server) -> None:
     assert arguments == call["function"]["arguments"]
 
 
-def test_the_responses_api_gives_a_reasoning_item(server: Server) -> None:
+def test_the_responses_api_gives_a_reasoning_item(server: Server, client: openai.OpenAI) -> None:
     doc = {"model": "tiny", "input": USER, "max_output_tokens": 64, "temperature": 1.0,
            "seed": 2, "structured_outputs": {"regex": THINK}}
     status, body = server.post_json("/v1/responses", doc)
@@ -128,7 +127,6 @@ def test_the_responses_api_gives_a_reasoning_item(server: Server) -> None:
     assert said["type"] == "message" and said["content"][0]["text"] in ("Paris.", "Oslo.")
     assert thought["content"][0]["text"] == chat(
         server, structured_outputs={"regex": THINK})["message"]["reasoning"]
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
     with client.responses.stream(model="tiny", input=USER, max_output_tokens=64,  # type: ignore[arg-type]
                                  temperature=1.0, extra_body={
                                      "seed": 2, "structured_outputs": {"regex": THINK}}

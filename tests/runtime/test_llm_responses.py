@@ -34,8 +34,9 @@ def server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
+def client(server: Server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0) as c:
+        yield c
 
 
 def chat_text(server: Server, messages: list[dict[str, Any]], **doc: Any) -> str:

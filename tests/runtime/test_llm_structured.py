@@ -126,8 +126,7 @@ def test_constrained_beside_plain_requests(server: Server, tiny_llama: Path) -> 
             assert body["choices"][0]["token_ids"] == want
 
 
-def test_the_openai_client_parses_a_schema_answer(server: Server) -> None:
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
+def test_the_openai_client_parses_a_schema_answer(server: Server, client: openai.OpenAI) -> None:
     answer = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "a thing"}], max_tokens=48,
         temperature=0, response_format={"type": "json_schema", "json_schema": {

@@ -78,7 +78,8 @@ def test_the_tools_and_earlier_calls_reach_the_prompt(server: Server, tool_model
     assert body["choices"][0]["message"].get("tool_calls") is None
 
 
-def test_a_named_function_is_called_with_valid_arguments(server: Server) -> None:
+def test_a_named_function_is_called_with_valid_arguments(server: Server,
+                                                          client: openai.OpenAI) -> None:
     choice = {"type": "function", "function": {"name": "get_weather"}}
     for temperature in (0, 1.0):
         body = chat(server, tools=[WEATHER, TIME], tool_choice=choice,
@@ -89,7 +90,6 @@ def test_a_named_function_is_called_with_valid_arguments(server: Server) -> None
         assert call["type"] == "function" and call["id"].startswith("chatcmpl-tool-")
         assert call["function"]["name"] == "get_weather"
         check_weather(call["function"]["arguments"])
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
     parsed: Any = client.chat.completions.create(
         model="tiny", messages=USER, tools=[WEATHER], tool_choice=choice, max_tokens=64,
         temperature=0)
@@ -115,7 +115,7 @@ def test_required_calls_one_or_more_tools(server: Server) -> None:
     assert one["finish_reason"] == "tool_calls" and len(one["message"]["tool_calls"]) == 1
 
 
-def test_required_calls_stream_as_they_are_written(server: Server) -> None:
+def test_required_calls_stream_as_they_are_written(server: Server, client: openai.OpenAI) -> None:
     doc = {"messages": USER, "tools": [WEATHER, TIME], "tool_choice": "required",
            "temperature": 1.0, "seed": 5, "max_tokens": 128, "logprobs": True}
     whole = chat(server, **doc)["choices"][0]
@@ -127,7 +127,6 @@ def test_required_calls_stream_as_they_are_written(server: Server) -> None:
     # every token's logprobs come too, though the reader holds some of its text back
     streamed = [t for e in events for t in (e["choices"][0]["logprobs"] or {}).get("content", [])]
     assert [t["token"] for t in streamed] == [t["token"] for t in whole["logprobs"]["content"]]
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
     names, arguments = [], []
     for chunk in client.chat.completions.create(model="tiny", stream=True, **doc):
         for call in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
@@ -228,7 +227,8 @@ def test_auto_with_the_other_parsers(tool_model: Path, parser: str,
         assert server.stop() == 0
 
 
-def test_a_named_calls_arguments_stream_token_by_token(server: Server) -> None:
+def test_a_named_calls_arguments_stream_token_by_token(server: Server,
+                                                       client: openai.OpenAI) -> None:
     """Streamed, the first chunk names the call (id, name, empty arguments), then every token
     adds to its arguments; they add up to the non-streamed call's."""
     choice = {"type": "function", "function": {"name": "get_weather"}}
@@ -244,7 +244,6 @@ def test_a_named_calls_arguments_stream_token_by_token(server: Server) -> None:
     pieces = [d["tool_calls"][0]["function"]["arguments"] for d in deltas[1:] if d]
     assert len(pieces) > 3 and "".join(pieces) == want
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
     arguments = ""
     for chunk in client.chat.completions.create(model="tiny", messages=USER, tools=[WEATHER],
                                                 tool_choice=choice, max_tokens=64,
