@@ -53,9 +53,13 @@ def test_the_lower_priority_value_is_served_first(server: Server) -> None:
     long.start()
     wait_until(lambda: gauge(server, "num_requests_running") == 1, "the long one runs")
     threads = []
-    for name, priority in (("later", 10), ("sooner", -10)):  # arriving in this order
+    # arriving in this order; each answer long enough (tens of milliseconds) that the order
+    # in which the client threads see them end is the order in which they were served (with
+    # 4 tokens, the one served after the long request once ended before the long request's
+    # thread had read its 1,500-token body)
+    for name, priority in (("later", 10), ("sooner", -10)):
         threads.append(threading.Thread(target=complete, args=(name,),
-                                        kwargs={"max_tokens": 4, "priority": priority}))
+                                        kwargs={"max_tokens": 64, "priority": priority}))
         threads[-1].start()
         wait_until(waiting(server, len(threads)), "queued")
     assert "long" not in finished, "the long request ended before both others were queued"
