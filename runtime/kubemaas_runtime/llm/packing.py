@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .attention import Chunk, ChunkBatch, PagedStep
 from .kv_cache import KVStore
@@ -109,9 +110,11 @@ PADDING_WASTE = 1.5
 
 def attention_units(chunks: list[Chunk], block_size: int) -> list[Chunk | ChunkBatch]:
     """The step's chunks as attention calls, in packed order: runs of consecutive short chunks
-    of similar size become one ``ChunkBatch`` each."""
+    of similar size become one ``ChunkBatch`` each. One pass, the run's totals kept as it grows
+    (a step may hold as many chunks as --max-num-seqs)."""
     units: list[Chunk | ChunkBatch] = []
     run: list[Chunk] = []
+    longest = widest = work = 0
 
     def close() -> None:
         units.extend(run if len(run) == 1 else [batch(run, block_size)])
@@ -122,21 +125,19 @@ def attention_units(chunks: list[Chunk], block_size: int) -> list[Chunk | ChunkB
                 close()
             units.append(c)
             continue
-        grown = [*run, c]
-        if run and _padded_work(grown) > PADDING_WASTE * sum(_work(x) for x in grown):
-            close()
+        width = c.blocks.numel()
+        if run:
+            grown_longest, grown_widest = max(longest, c.length), max(widest, width)
+            padded = (len(run) + 1) * grown_longest * grown_widest
+            if padded > PADDING_WASTE * (work + c.length * width):
+                close()
+        if not run:
+            longest = widest = work = 0
         run.append(c)
+        longest, widest, work = max(longest, c.length), max(widest, width), work + c.length * width
     if run:
         close()
     return units
-
-
-def _work(c: Chunk) -> int:
-    return c.length * c.blocks.numel()
-
-
-def _padded_work(run: list[Chunk]) -> int:
-    return len(run) * max(c.length for c in run) * max(c.blocks.numel() for c in run)
 
 
 def batch(run: list[Chunk], block_size: int) -> ChunkBatch:
@@ -148,9 +149,7 @@ def batch(run: list[Chunk], block_size: int) -> ChunkBatch:
     rows = torch.tensor([c.start for c in run])[:, None] + query
     position = torch.tensor([c.offset for c in run])[:, None] + query
     mask = torch.arange(width * block_size)[None, None, :] <= position[:, :, None]
-    blocks = torch.zeros(len(run), width, dtype=torch.long)
-    for i, c in enumerate(run):
-        blocks[i, :c.blocks.numel()] = c.blocks
+    blocks = pad_sequence([c.blocks for c in run], batch_first=True)  # 0: the scratch block
     real = (torch.arange(len(run))[:, None] * length + torch.arange(length)[None, :]
             )[torch.arange(length)[None, :] < lengths[:, None]]
     return ChunkBatch(rows.reshape(-1), blocks, mask[:, None], real)
