@@ -10,7 +10,8 @@ tiny model in float32, served at concurrency 16, whose greedy answers must equal
 ones (in bfloat16 a random model's near-tied logits let kernel choice flip a token, so the 1 B
 figure is reported, not required). ``prompt_steps.py`` times, in process, steps that read 16,
 32 and 64 prompts beside 32 decoding rows with the prompts' chunks attended together and one
-by one (``prompt_steps.json``). ``--eager-too`` serves the points again with
+by one (``prompt_steps.json``, and torch's profiler tables of the 64-prompt step both ways in
+``prompt_steps_profile.txt``). ``--eager-too`` serves the points again with
 ``--traced-decode false`` (every step eager: no CUDA graphs), side by side. Writes ``gpu.json``
 and ``gpu.md`` (a table) under ``--out``; the model files stay under ``--work``.
 
@@ -222,13 +223,14 @@ def _check(a: argparse.Namespace, t0: float) -> dict[str, Any]:
 
 def _prompt_steps(model: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
     """Steps reading many prompts, their chunks attended together or one by one
-    (prompt_steps.py), in process on the same device."""
+    (prompt_steps.py), in process on the same device, with torch's profiler tables of the
+    largest step both ways (``prompt_steps_profile.txt``)."""
     out = a.out / "prompt_steps.json"
     cmd = [sys.executable, str(HERE / "prompt_steps.py"), "--model", str(model), "--device",
            a.device, "--dtype", a.dtype, "--threads", str(a.threads), "--prompt-tokens",
            str(a.prompt_tokens), "--decode-rows", "4" if a.smoke else "32", "--prompts",
            "4,16" if a.smoke else "16,32,64", "--pairs", "4" if a.smoke else "20",
-           "--out", str(out)]
+           "--out", str(out), "--profile", str(a.out / "prompt_steps_profile.txt")]
     subprocess.run(cmd, check=True, env=_env())
     return list(json.loads(out.read_text())["rows"])
 

@@ -10,7 +10,9 @@ requests lands in one step. The same packed step runs alternately with its chunk
 padded attention calls (``ChunkBatch``, what the engine does) and with every chunk attended on
 its own (what it did before); each of ``--pairs`` pairs times both, the order alternating. The
 median step time of each and the median of the pairs' ratios are printed (ratio < 1: grouped
-faster), with the largest difference between the two steps' logits.
+faster), with the largest difference between the two steps' logits. ``--profile FILE`` also
+writes torch's profiler tables (self CPU time and, on a GPU, self device time per operator) for
+a few steps of the largest prompt count each way: where a step's time goes, not only how much.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from kubemaas_runtime.llm.scheduler import Sequence  # noqa: E402
 from kubemaas_testbed.llm_models import build_llm  # noqa: E402
 
 BLOCK = 16
+PROFILED_STEPS = 3
+PROFILE_ROWS = 25
 
 
 def _step(lm: Any, prompts: int, decode_rows: int, prompt_tokens: int, seed: int) -> PackedStep:
@@ -111,6 +115,29 @@ def measure(lm: Any, prompts: int, a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def profile(lm: Any, prompts: int, a: argparse.Namespace, path: Path) -> None:
+    """torch's profiler over ``PROFILED_STEPS`` steps each way, its operator tables to ``path``."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    packed = _step(lm, prompts, a.decode_rows, a.prompt_tokens, a.seed)
+    cuda = lm.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    parts = []
+    for grouped in (True, False):
+        _timed(lm, packed, grouped)
+        with torch_profile(activities=activities) as prof:
+            for _ in range(PROFILED_STEPS):
+                _timed(lm, packed, grouped)
+        events = prof.key_averages()
+        name = "grouped (ChunkBatch calls)" if grouped else "each chunk alone"
+        for key in ("self_cpu_time_total", *(("self_device_time_total",) if cuda else ())):
+            parts.append(f"## {prompts} prompts + {a.decode_rows} decode rows, {name}, "
+                         f"{PROFILED_STEPS} steps, by {key}\n\n"
+                         + events.table(sort_by=key, row_limit=PROFILE_ROWS))
+    path.write_text("\n\n".join(parts) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="tiny", choices=("tiny", "small", "1b"))
@@ -126,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None,
                     help="an existing model directory (default: build --size under --work)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="write torch profiler tables of the largest prompt count's steps")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     work = a.work or Path(tempfile.gettempdir()) / "kubemaas-prompt-steps"
@@ -145,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['prompts']} | {r['tokens']} | {r['calls_grouped']} ({r['batches']}) | "
               f"{r['grouped_ms']:.2f} | {r['alone_ms']:.2f} | {r['ratio']:.3f} "
               f"({r['faster_pairs']}/{r['pairs']}) | {r['max_logit_diff']:.1e} |")
+    if a.profile:
+        profile(lm, max(int(p) for p in a.prompts.split(",")), a, a.profile)
     if a.out:
         args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
         a.out.write_text(json.dumps({"args": args, "rows": rows}, indent=1))
