@@ -196,7 +196,11 @@ def _table(limit: dict[str, Any], points: list[dict[str, Any]], check: dict[str,
              "median ms: prompts' chunks attended together / one by one (ratio, pairs faster):"]
     rows += [f"* {s['prompts']} prompts + {s['decode_rows']} decodes: {s['grouped_ms']:.2f} / "
              f"{s['alone_ms']:.2f} ({s['ratio']:.3f}, {s['faster_pairs']}/{s['pairs']})"
-             for s in steps]
+             for s in steps if not s.get("fresh")]
+    rows += [f"* {s['steps']} steps of new shapes (1-8 prompts beside the decodes), "
+             f"cuDNN {'on' if s['cudnn'] else 'off'}: median {s['median_ms']:.2f} ms, p90 "
+             f"{s['p90_ms']:.2f}, max {s['max_ms']:.2f}, total {s['total_ms']:.1f}"
+             for s in steps if s.get("fresh")]
     return "\n".join(rows) + "\n"
 
 
@@ -230,9 +234,11 @@ def _prompt_steps(model: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
            a.device, "--dtype", a.dtype, "--threads", str(a.threads), "--prompt-tokens",
            str(a.prompt_tokens), "--decode-rows", "4" if a.smoke else "32", "--prompts",
            "4,16" if a.smoke else "16,32,64", "--pairs", "4" if a.smoke else "20",
-           "--out", str(out), "--profile", str(a.out / "prompt_steps_profile.txt")]
+           "--out", str(out), "--profile", str(a.out / "prompt_steps_profile.txt"),
+           "--fresh", "4" if a.smoke else "24"]
     subprocess.run(cmd, check=True, env=_env())
-    return list(json.loads(out.read_text())["rows"])
+    doc = json.loads(out.read_text())
+    return [*doc["rows"], *({"fresh": True, **r} for r in doc["fresh"])]
 
 
 def main(argv: list[str] | None = None) -> int:

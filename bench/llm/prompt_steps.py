@@ -13,6 +13,10 @@ median step time of each and the median of the pairs' ratios are printed (ratio 
 faster), with the largest difference between the two steps' logits. ``--profile FILE`` also
 writes torch's profiler tables (self CPU time and, on a GPU, self device time per operator) for
 a few steps of the largest prompt count each way: where a step's time goes, not only how much.
+``--fresh N`` (CUDA) times N steps of shapes not run before (1-8 prompts of random lengths
+beside the decode rows, each step run once, as served steps come) with the engine's attention
+kernels (cuDNN's left out, attention.choose_kernels) and then with torch's default choice
+(cuDNN first on Hopper), each on its own seeds.
 """
 
 from __future__ import annotations
@@ -115,6 +119,24 @@ def measure(lm: Any, prompts: int, a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def fresh(lm: Any, a: argparse.Namespace) -> list[dict[str, Any]]:
+    """``a.fresh`` steps of new shapes, each timed once, without and then with cuDNN."""
+    rows = []
+    for base, cudnn in ((10_000, False), (20_000, True)):
+        torch.backends.cuda.enable_cudnn_sdp(cudnn)
+        times = []
+        for i in range(a.fresh):
+            prompts = random.Random(base + i).randint(1, 8)
+            times.append(_timed(lm, _step(lm, prompts, a.decode_rows, a.prompt_tokens,
+                                          base + i), True)[0] * 1e3)
+        times.sort()
+        rows.append({"cudnn": cudnn, "steps": a.fresh, "median_ms": statistics.median(times),
+                     "p90_ms": times[int(0.9 * (len(times) - 1))], "max_ms": times[-1],
+                     "total_ms": sum(times)})
+    torch.backends.cuda.enable_cudnn_sdp(False)  # the engine's choice again
+    return rows
+
+
 def profile(lm: Any, prompts: int, a: argparse.Namespace, path: Path) -> None:
     """torch's profiler over ``PROFILED_STEPS`` steps each way, its operator tables to ``path``."""
     from torch.profiler import ProfilerActivity
@@ -153,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None,
                     help="an existing model directory (default: build --size under --work)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    ap.add_argument("--fresh", type=int, default=0,
+                    help="CUDA: steps of new shapes timed once each, without and with cuDNN")
     ap.add_argument("--profile", type=Path, default=None,
                     help="write torch profiler tables of the largest prompt count's steps")
     a = ap.parse_args(argv)
@@ -174,11 +198,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['prompts']} | {r['tokens']} | {r['calls_grouped']} ({r['batches']}) | "
               f"{r['grouped_ms']:.2f} | {r['alone_ms']:.2f} | {r['ratio']:.3f} "
               f"({r['faster_pairs']}/{r['pairs']}) | {r['max_logit_diff']:.1e} |")
+    fresh_rows = fresh(lm, a) if a.fresh and lm.device.type == "cuda" else []
+    for r in fresh_rows:
+        print(f"* {r['steps']} steps of new shapes, cuDNN {'on' if r['cudnn'] else 'off'}: "
+              f"median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f}, max {r['max_ms']:.2f}, "
+              f"total {r['total_ms']:.1f}")
     if a.profile:
         profile(lm, max(int(p) for p in a.prompts.split(",")), a, a.profile)
     if a.out:
         args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
-        a.out.write_text(json.dumps({"args": args, "rows": rows}, indent=1))
+        a.out.write_text(json.dumps({"args": args, "rows": rows, "fresh": fresh_rows}, indent=1))
     return 0
 
 

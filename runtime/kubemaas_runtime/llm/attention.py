@@ -23,10 +23,16 @@ context in the paged cache:
 keys and values into their slots and returns the layer's whole pool, which the attention
 function reads through the step's block tables (it reaches the step through the forward's
 keyword arguments, ``kubemaas_step``, which transformers hands to every attention call).
+
+On CUDA the engine's attention leaves out cuDNN's kernels (``choose_kernels``), torch's first
+choice on Hopper: cuDNN builds an execution plan on the CPU for every new shape, and an engine
+step's shapes (each chunk's length and context, the decode rows' count and width) are new all
+the time; flash and memory-efficient attention take any shape as it comes.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +43,8 @@ from .kv_cache import KVStore
 
 ATTN_IMPLEMENTATION = "kubemaas_paged"
 STEP_KWARG = "kubemaas_step"
+
+log = logging.getLogger("kubemaas.runtime.llm")
 
 
 @dataclass
@@ -171,6 +179,16 @@ def _attend_batch(b: ChunkBatch, query: torch.Tensor, key: torch.Tensor, value: 
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask, scale=scaling,
                                          enable_gqa=gqa)                # [C, H, L, d]
     return out.transpose(1, 2).reshape(chunks * length, heads, dim).index_select(0, b.real)
+
+
+def choose_kernels(device: torch.device) -> None:
+    """On CUDA, scaled-dot-product attention without cuDNN's backend, for the whole process (a
+    runtime serves one model). Measured on one H200 (docs/llm-benchmark.md, "The GPU check"):
+    with cuDNN, served steps stalled for tens to hundreds of milliseconds on shapes not seen
+    before, and the engine thread spent most of its time in the attention calls."""
+    if device.type == "cuda" and torch.backends.cuda.cudnn_sdp_enabled():  # type: ignore[no-untyped-call]
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        log.info("attention runs without cuDNN's kernels (flash, memory-efficient, math)")
 
 
 def register() -> None:

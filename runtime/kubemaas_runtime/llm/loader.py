@@ -171,6 +171,7 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
                         extra={"fields": {"dtype": dtype}})
         torch_dtype = torch.bfloat16
     attention.register()
+    attention.choose_kernels(dev)
     tokenizer, model = _from_pretrained(path, transformers.AutoModelForCausalLM, torch_dtype,
                                         attention.ATTN_IMPLEMENTATION, dev, overrides)
     if optimized == "int8-weight-only":
