@@ -185,7 +185,7 @@ def choose_kernels(device: torch.device) -> None:
     """On CUDA, scaled-dot-product attention without cuDNN's backend, for the whole process (a
     runtime serves one model). On one H200 (docs/llm-benchmark.md, "Measured 2026-12-04,
     16:16-16:32 UTC") steps of shapes not seen before took 2.3x as long at the median with
-    cuDNN (the slowest 1.18 s against 71 ms), and served at c = 64 its attention calls held
+    cuDNN (the slowest 1.18 s against 71 ms), and served at c = 16 and 64 its attention calls held
     55 % of the engine thread against 12 % without."""
     if device.type == "cuda" and torch.backends.cuda.cudnn_sdp_enabled():  # type: ignore[no-untyped-call]
         torch.backends.cuda.enable_cudnn_sdp(False)
