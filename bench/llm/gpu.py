@@ -11,7 +11,9 @@ ones (in bfloat16 a random model's near-tied logits let kernel choice flip a tok
 figure is reported, not required). ``prompt_steps.py`` times, in process, steps that read 16,
 32 and 64 prompts beside 32 decoding rows with the prompts' chunks attended together and one
 by one (``prompt_steps.json``, and torch's profiler tables of the 64-prompt step both ways in
-``prompt_steps_profile.txt``). ``--eager-too`` serves the points again with
+``prompt_steps_profile.txt``; the 64-prompt step's chunk batches in the decode rows' layout
+against sdpa's own grouped-query attention; 24 steps of new shapes with and without cuDNN's
+attention). ``--eager-too`` serves the points again with
 ``--traced-decode false`` (every step eager: no CUDA graphs), side by side. Writes ``gpu.json``
 and ``gpu.md`` (a table) under ``--out``; the model files stay under ``--work``.
 
@@ -196,11 +198,15 @@ def _table(limit: dict[str, Any], points: list[dict[str, Any]], check: dict[str,
              "median ms: prompts' chunks attended together / one by one (ratio, pairs faster):"]
     rows += [f"* {s['prompts']} prompts + {s['decode_rows']} decodes: {s['grouped_ms']:.2f} / "
              f"{s['alone_ms']:.2f} ({s['ratio']:.3f}, {s['faster_pairs']}/{s['pairs']})"
-             for s in steps if not s.get("fresh")]
+             for s in steps if not s.get("fresh") and not s.get("layouts")]
     rows += [f"* {s['steps']} steps of new shapes (1-8 prompts beside the decodes), "
              f"cuDNN {'on' if s['cudnn'] else 'off'}: median {s['median_ms']:.2f} ms, p90 "
              f"{s['p90_ms']:.2f}, max {s['max_ms']:.2f}, total {s['total_ms']:.1f}"
              for s in steps if s.get("fresh")]
+    rows += [f"* {s['prompts']} prompts' chunk batches, a KV head's query heads as its rows / "
+             f"sdpa's enable_gqa: {s['grouped_rows_ms']:.2f} / {s['sdpa_gqa_ms']:.2f} ms "
+             f"({s['ratio']:.3f}, {s['faster_pairs']}/{s['pairs']}; max logit diff "
+             f"{s['max_logit_diff']:.1e})" for s in steps if s.get("layouts")]
     return "\n".join(rows) + "\n"
 
 
@@ -235,10 +241,11 @@ def _prompt_steps(model: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
            str(a.prompt_tokens), "--decode-rows", "4" if a.smoke else "32", "--prompts",
            "4,16" if a.smoke else "16,32,64", "--pairs", "4" if a.smoke else "20",
            "--out", str(out), "--profile", str(a.out / "prompt_steps_profile.txt"),
-           "--fresh", "4" if a.smoke else "24"]
+           "--fresh", "4" if a.smoke else "24", "--layouts"]
     subprocess.run(cmd, check=True, env=_env())
     doc = json.loads(out.read_text())
-    return [*doc["rows"], *({"fresh": True, **r} for r in doc["fresh"])]
+    layouts = [{"layouts": True, **doc["layouts"]}] if doc.get("layouts") else []
+    return [*doc["rows"], *({"fresh": True, **r} for r in doc["fresh"]), *layouts]
 
 
 def main(argv: list[str] | None = None) -> int:

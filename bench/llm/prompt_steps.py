@@ -16,7 +16,9 @@ a few steps of the largest prompt count each way: where a step's time goes, not 
 ``--fresh N`` (CUDA) times N steps of shapes not run before (1-8 prompts of random lengths
 beside the decode rows, each step run once, as served steps come) with the engine's attention
 kernels (cuDNN's left out, attention.choose_kernels) and then with torch's default choice
-(cuDNN first on Hopper), each on its own seeds.
+(cuDNN first on Hopper), each on its own seeds. ``--layouts`` times the largest step with its
+chunk batches' grouped-query call in the decode rows' layout (what the engine does on CUDA)
+against sdpa's own ``enable_gqa`` (what it does on CPU), alternated over ``--pairs``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 for sub in ("runtime", "hack"):
     sys.path.insert(0, str(REPO / sub))
 
+from kubemaas_runtime.llm import attention  # noqa: E402
 from kubemaas_runtime.llm.attention import ChunkBatch  # noqa: E402
 from kubemaas_runtime.llm.detok import Detokenizer  # noqa: E402
 from kubemaas_runtime.llm.kv_cache import KVStore  # noqa: E402
@@ -93,21 +96,28 @@ def _timed(lm: Any, packed: PackedStep, grouped: bool) -> tuple[float, torch.Ten
     return time.perf_counter() - t0, logits
 
 
-def measure(lm: Any, prompts: int, a: argparse.Namespace) -> dict[str, Any]:
-    packed = _step(lm, prompts, a.decode_rows, a.prompt_tokens, a.seed)
-    units = packed.paged.units or []
-    for grouped in (True, False, True, False):  # warm both paths
-        _timed(lm, packed, grouped)
+def _alternate(run: Any, pairs: int) -> tuple[dict[bool, list[float]], list[float], float]:
+    """``run(flag)`` -> (seconds, logits), both ways warmed, then ``pairs`` pairs in alternating
+    order: each way's times, each pair's ratio (True / False), the largest logit difference."""
+    for flag in (True, False, True, False):
+        run(flag)
     times: dict[bool, list[float]] = {True: [], False: []}
     ratios = []
     diff = 0.0
-    for i in range(a.pairs):
+    for i in range(pairs):
         order = (True, False) if i % 2 == 0 else (False, True)
-        got = {g: _timed(lm, packed, g) for g in order}
-        for g in order:
-            times[g].append(got[g][0])
+        got = {flag: run(flag) for flag in order}
+        for flag in order:
+            times[flag].append(got[flag][0])
         ratios.append(got[True][0] / got[False][0])
         diff = max(diff, float((got[True][1] - got[False][1]).abs().max()))
+    return times, ratios, diff
+
+
+def measure(lm: Any, prompts: int, a: argparse.Namespace) -> dict[str, Any]:
+    packed = _step(lm, prompts, a.decode_rows, a.prompt_tokens, a.seed)
+    units = packed.paged.units or []
+    times, ratios, diff = _alternate(lambda grouped: _timed(lm, packed, grouped), a.pairs)
     return {
         "prompts": prompts, "decode_rows": a.decode_rows, "tokens": packed.input_ids.shape[1],
         "calls_grouped": len(units) or len(packed.paged.chunks),
@@ -117,6 +127,25 @@ def measure(lm: Any, prompts: int, a: argparse.Namespace) -> dict[str, Any]:
         "ratio": statistics.median(ratios), "faster_pairs": sum(r < 1 for r in ratios),
         "pairs": a.pairs, "max_logit_diff": diff,
     }
+
+
+def layouts(lm: Any, prompts: int, a: argparse.Namespace) -> dict[str, Any]:
+    """The chunk batches' grouped-query call in the decode rows' layout (a KV head's query
+    heads as its rows; attention.GROUPED_ROWS_ON) against sdpa's own enable_gqa, alternated."""
+    packed = _step(lm, prompts, a.decode_rows, a.prompt_tokens, a.seed)
+    engine_choice = attention.GROUPED_ROWS_ON
+
+    def run(rows_layout: bool) -> tuple[float, torch.Tensor]:
+        attention.GROUPED_ROWS_ON = {lm.device.type} if rows_layout else set()
+        return _timed(lm, packed, True)
+    try:
+        times, ratios, diff = _alternate(run, a.pairs)
+    finally:
+        attention.GROUPED_ROWS_ON = engine_choice
+    return {"prompts": prompts, "grouped_rows_ms": 1e3 * statistics.median(times[True]),
+            "sdpa_gqa_ms": 1e3 * statistics.median(times[False]),
+            "ratio": statistics.median(ratios), "faster_pairs": sum(r < 1 for r in ratios),
+            "pairs": a.pairs, "max_logit_diff": diff}
 
 
 def fresh(lm: Any, a: argparse.Namespace) -> list[dict[str, Any]]:
@@ -175,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None,
                     help="an existing model directory (default: build --size under --work)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    ap.add_argument("--layouts", action="store_true",
+                    help="the largest step's chunk batches in the grouped-rows layout against "
+                         "sdpa's enable_gqa")
     ap.add_argument("--fresh", type=int, default=0,
                     help="CUDA: steps of new shapes timed once each, without and with cuDNN")
     ap.add_argument("--profile", type=Path, default=None,
@@ -198,16 +230,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['prompts']} | {r['tokens']} | {r['calls_grouped']} ({r['batches']}) | "
               f"{r['grouped_ms']:.2f} | {r['alone_ms']:.2f} | {r['ratio']:.3f} "
               f"({r['faster_pairs']}/{r['pairs']}) | {r['max_logit_diff']:.1e} |")
+    largest = max(int(p) for p in a.prompts.split(","))
+    layout = layouts(lm, largest, a) if a.layouts else None
+    if layout:
+        print(f"* {largest} prompts' chunk batches, grouped rows / sdpa GQA: "
+              f"{layout['grouped_rows_ms']:.2f} / {layout['sdpa_gqa_ms']:.2f} ms (ratio "
+              f"{layout['ratio']:.3f}, {layout['faster_pairs']}/{layout['pairs']} pairs faster; "
+              f"max logit diff {layout['max_logit_diff']:.1e})")
     fresh_rows = fresh(lm, a) if a.fresh and lm.device.type == "cuda" else []
     for r in fresh_rows:
         print(f"* {r['steps']} steps of new shapes, cuDNN {'on' if r['cudnn'] else 'off'}: "
               f"median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f}, max {r['max_ms']:.2f}, "
               f"total {r['total_ms']:.1f}")
     if a.profile:
-        profile(lm, max(int(p) for p in a.prompts.split(",")), a, a.profile)
+        profile(lm, largest, a, a.profile)
     if a.out:
         args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
-        a.out.write_text(json.dumps({"args": args, "rows": rows, "fresh": fresh_rows}, indent=1))
+        a.out.write_text(json.dumps({"args": args, "rows": rows, "fresh": fresh_rows,
+                                      "layouts": layout}, indent=1))
     return 0
 
 

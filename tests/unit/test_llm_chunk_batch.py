@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kubemaas_runtime.llm import attention
 from kubemaas_runtime.llm.attention import Chunk, ChunkBatch, PagedStep, paged_attention
 from kubemaas_runtime.llm.detok import Detokenizer
 from kubemaas_runtime.llm.kv_cache import KVStore
@@ -54,8 +55,13 @@ def test_short_chunks_of_similar_size_share_a_call_and_long_ones_attend_alone() 
     assert batch.mask[2, 0, 0].nonzero().flatten().tolist() == list(range(11))
 
 
-@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (4, 4)])
-def test_a_shared_call_attends_each_chunk_as_its_own_call(heads: int, kv_heads: int) -> None:
+@pytest.mark.parametrize("heads,kv_heads,layout", [(4, 2, "sdpa-gqa"), (4, 4, "sdpa-gqa"),
+                                                     (8, 2, "grouped-rows")])
+def test_a_shared_call_attends_each_chunk_as_its_own_call(
+        heads: int, kv_heads: int, layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # grouped-rows: the layout chunk batches take on CUDA (attention.GROUPED_ROWS_ON), here on CPU
+    on = {"cpu"} if layout == "grouped-rows" else set()
+    monkeypatch.setattr(attention, "GROUPED_ROWS_ON", on)
     torch.manual_seed(0)
     blocks = count(1)
     decoding = _seq(1, 20, 19, blocks)
@@ -99,8 +105,14 @@ def test_the_prompt_steps_bench_times_both_paths_of_the_same_step(tmp_path: Path
 
     out = tmp_path / "steps.json"
     assert prompt_steps.main(["--work", str(tmp_path), "--prompts", "6", "--decode-rows", "3",
-                              "--pairs", "2", "--out", str(out)]) == 0
-    (row,) = json.loads(out.read_text())["rows"]
+                              "--pairs", "2", "--layouts", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    (row,) = doc["rows"]
     assert row["batches"] >= 1 and row["tokens"] > 6 * 30 + 3
     assert row["grouped_ms"] > 0 and row["alone_ms"] > 0 and row["pairs"] == 2
     assert row["max_logit_diff"] < 1e-4  # float32: the same logits up to summation order
+    # the two layouts of the chunk batches' grouped-query call, the engine's choice restored
+    layouts = doc["layouts"]
+    assert layouts["grouped_rows_ms"] > 0 and layouts["sdpa_gqa_ms"] > 0
+    assert layouts["max_logit_diff"] < 1e-4
+    assert sorted(attention.GROUPED_ROWS_ON) == ["cuda"]
