@@ -146,6 +146,10 @@ def _run_info(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
+    import open_loop  # a sibling module (bench/llm on the path, as for run.py)
+
+    if open_loop.is_open_loop(doc):  # judged by other measures: its own tables
+        return open_loop.render(doc)
     out = _header(doc)
     for size, entry in doc["models"].items():
         out += _model_section(size, entry, doc)
@@ -166,12 +170,6 @@ def _header(doc: dict[str, Any]) -> list[str]:
                 f"Machine: {r['cpus']} CPUs ({r['cpu_model']}), load average at start "
                 f"{r['loadavg_start']}, at end {r['loadavg_end']}; busy at start: "
                 f"{', '.join(r['busy_at_start']) or 'nothing'}.", ""]
-    rate = doc.get("settings", {}).get("request_rate")
-    if rate:
-        out += [f"Open loop: each point's requests arrive at {rate} per second (seeded Poisson "
-                "arrivals, the same for every server), at most c in flight; a server's tok/s is "
-                "then bounded by the offered rate, and the targets below are meant for the "
-                "closed loop.", ""]
     if doc.get("settings", {}).get("paired"):
         out += ["Paired: every server was started once and kept up, and their points were "
                 "alternated (at each concurrency, repeat after repeat, each server's point in "
@@ -411,6 +409,11 @@ fig.savefig(sys.argv[1], dpi=90)
 
 
 def update_doc(doc: dict[str, Any], sweep: dict[str, Any] | None = None) -> None:
+    import open_loop
+
+    if open_loop.is_open_loop(doc):
+        open_loop.update_doc(doc)
+        return
     err = plot(doc)
     body = render(doc)
     if err:

