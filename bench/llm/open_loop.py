@@ -43,7 +43,7 @@ def is_open_loop(doc: dict[str, Any]) -> bool:
 
 
 def render(doc: dict[str, Any]) -> str:
-    out = results._header(doc)
+    out = results.header(doc)
     per_model = "; ".join(f"{size}: {', '.join(f'{r:g}' for r in rs)}"
                           for size, rs in rates(doc).items())
     out += [f"Open loop: requests arrive at the offered rate (requests per second; {per_model}), "
@@ -70,18 +70,13 @@ def _model_section(size: str, entry: dict[str, Any]) -> list[str]:
                      if p.get("itl_p50_ms") and p.get("itl_p99_ms") else None)
             out.append(
                 f"| {results.label(s)} | {p['concurrency']} | "
-                f"{results._f(p.get('request_rate'), 0)} | {results._f(p.get('req_s'), 1)} | "
-                f"{results._f(p.get('output_tok_s'))} | "
-                f"{results._f(p.get('ttft_p50_ms'))} / {results._f(p.get('ttft_p99_ms'))} | "
-                f"{results._f(p.get('itl_p50_ms'), 2)} / {results._f(p.get('itl_p99_ms'), 2)} | "
-                f"{results._f(ratio, 2)} | {p['ok']}/{p.get('cut', 0)}/{p['requests']} | "
-                f"{results._f(p.get('server_cpu_pct'), 0)} | {p['loadavg'][0][0]:.1f} |")
-    failed = [s for s in entry["servers"] if "error" in s]
-    if failed:
-        out += ["", "Not measured on this model:", ""]
-        out += [f"* **{s['server']}**: {s['error'][:600]}" for s in failed]
-    out.append("")
-    return out
+                f"{results.fmt(p.get('request_rate'), 0)} | {results.fmt(p.get('req_s'), 1)} | "
+                f"{results.fmt(p.get('output_tok_s'))} | "
+                f"{results.fmt(p.get('ttft_p50_ms'))} / {results.fmt(p.get('ttft_p99_ms'))} | "
+                f"{results.fmt(p.get('itl_p50_ms'), 2)} / {results.fmt(p.get('itl_p99_ms'), 2)} | "
+                f"{results.fmt(ratio, 2)} | {p['ok']}/{p.get('cut', 0)}/{p['requests']} | "
+                f"{results.fmt(p.get('server_cpu_pct'), 0)} | {p['loadavg'][0][0]:.1f} |")
+    return out + results.failed_lines(entry) + [""]
 
 
 CODE = r'''

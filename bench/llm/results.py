@@ -25,7 +25,8 @@ BEGIN = "<!-- results:begin (bench/llm/run.py --update-doc writes this part) -->
 END = "<!-- results:end -->"
 
 
-def _f(v: Any, nd: int = 1) -> str:
+def fmt(v: Any, nd: int = 1) -> str:
+    """A figure for a table: thousands separated, ``nd`` decimals; '-' for none."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -34,9 +35,9 @@ def _f(v: Any, nd: int = 1) -> str:
 
 
 def point_line(p: dict[str, Any]) -> str:
-    return (f"{_f(p.get('output_tok_s'))} tok/s  TTFT p50 {_f(p.get('ttft_p50_ms'))} "
-            f"p99 {_f(p.get('ttft_p99_ms'))} ms  ITL p50 {_f(p.get('itl_p50_ms'))} "
-            f"p99 {_f(p.get('itl_p99_ms'))} ms  ok {p['ok']} cut {p.get('cut', 0)} "
+    return (f"{fmt(p.get('output_tok_s'))} tok/s  TTFT p50 {fmt(p.get('ttft_p50_ms'))} "
+            f"p99 {fmt(p.get('ttft_p99_ms'))} ms  ITL p50 {fmt(p.get('itl_p50_ms'))} "
+            f"p99 {fmt(p.get('itl_p99_ms'))} ms  ok {p['ok']} cut {p.get('cut', 0)} "
             f"of {p['requests']}  "
             f"load {p['loadavg'][0][0]:.1f}")
 
@@ -65,8 +66,8 @@ def _tok_s(p: dict[str, Any]) -> str:
     """A point's tok/s, and the spread of its repeated runs when there are several."""
     runs = p.get("runs_tok_s") or []
     if len(runs) < 2:
-        return _f(p["output_tok_s"])
-    return f"{_f(p['output_tok_s'])} (median of {len(runs)}: {_f(runs[0])}-{_f(runs[-1])})"
+        return fmt(p["output_tok_s"])
+    return f"{fmt(p['output_tok_s'])} (median of {len(runs)}: {fmt(runs[0])}-{fmt(runs[-1])})"
 
 
 def label(s: dict[str, Any]) -> str:
@@ -81,7 +82,7 @@ def _per_cpu(p: dict[str, Any]) -> str:
     """Output tokens per CPU-second of the server's tree: fair when others share the core."""
     if not p.get("output_tok_s") or not p.get("server_cpu_pct"):
         return "-"
-    return _f(100 * p["output_tok_s"] / p["server_cpu_pct"])
+    return fmt(100 * p["output_tok_s"] / p["server_cpu_pct"])
 
 
 def _run_limit(entry: dict[str, Any], doc: dict[str, Any], server: str) -> dict[str, Any] | None:
@@ -150,7 +151,7 @@ def render(doc: dict[str, Any]) -> str:
 
     if open_loop.is_open_loop(doc):  # judged by other measures: its own tables
         return open_loop.render(doc)
-    out = _header(doc)
+    out = header(doc)
     for size, entry in doc["models"].items():
         out += _model_section(size, entry, doc)
     title = "### Targets (issue 12), from this run"
@@ -162,7 +163,7 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _header(doc: dict[str, Any]) -> list[str]:
+def header(doc: dict[str, Any]) -> list[str]:
     """The runs (command, machine), and how to read the rows."""
     out = []
     for r in doc.get("runs", [_run_info(doc)]):
@@ -196,12 +197,12 @@ def _model_section(size: str, entry: dict[str, Any], doc: dict[str, Any]) -> lis
                 "| batch | decode tok/s | decode tok per CPU-s | tok/s incl. prefill | "
                 "decode step ms | prefill ms |",
                 "|---:|---:|---:|---:|---:|---:|"]
-        out += [f"| {b['batch']} | {_f(b['decode_tok_s'])} | "
-                f"{_f(b.get('decode_tok_per_cpu_s'))} | {_f(b['e2e_tok_s'])} | "
+        out += [f"| {b['batch']} | {fmt(b['decode_tok_s'])} | "
+                f"{fmt(b.get('decode_tok_per_cpu_s'))} | {fmt(b['e2e_tok_s'])} | "
                 f"{b['step_ms']} | {b['prefill_ms']} |" for b in lim["batches"]]
         out.append("")
     if entry.get("paired_limits"):
-        pairs = ", ".join(f"c={lim['concurrency']} #{lim['pair']} {_f(lim['decode_tok_s'])}"
+        pairs = ", ".join(f"c={lim['concurrency']} #{lim['pair']} {fmt(lim['decode_tok_s'])}"
                           for lim in entry["paired_limits"])
         out += [f"Limit measured before each pair (--paired-limit), decode tok/s: {pairs}.", ""]
     out += ["| server | c | output tok/s | % of limit | tok per CPU-s | TTFT p50 / p99 ms | "
@@ -211,27 +212,31 @@ def _model_section(size: str, entry: dict[str, Any], doc: dict[str, Any]) -> lis
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             "---:|---|"]
     out += [_server_row(entry, doc, s, p) for s in entry["servers"] for p in s.get("points") or []]
+    return out + failed_lines(entry) + [""]
+
+
+def failed_lines(entry: dict[str, Any]) -> list[str]:
+    """The servers that could not be measured on a model, each with why."""
     failed = [s for s in entry["servers"] if "error" in s]
-    if failed:
-        out += ["", "Not measured on this model:", ""]
-        out += [f"* **{s['server']}**: {s['error'][:600]}" for s in failed]
-    out.append("")
-    return out
+    if not failed:
+        return []
+    return ["", "Not measured on this model:", "",
+            *(f"* **{s['server']}**: {s['error'][:600]}" for s in failed)]
 
 
 def _server_row(entry: dict[str, Any], doc: dict[str, Any], s: dict[str, Any],
                 p: dict[str, Any]) -> str:
-    return (f"| {label(s)} | {p['concurrency']} | {_f(p['output_tok_s'])} | "
+    return (f"| {label(s)} | {p['concurrency']} | {fmt(p['output_tok_s'])} | "
             f"{_pct_of_limit(entry, doc, s, p)} | {_per_cpu(p)} | "
-            f"{_f(p['ttft_p50_ms'])} / {_f(p['ttft_p99_ms'])} | "
-            f"{_f(p['itl_p50_ms'], 2)} / {_f(p['itl_p99_ms'], 2)} | "
-            f"{_f(p.get('tokens_per_event'), 2)} | "
-            f"{_f(p.get('itl_text_p50_ms'), 2)} / {_f(p.get('itl_text_p99_ms'), 2)} | "
+            f"{fmt(p['ttft_p50_ms'])} / {fmt(p['ttft_p99_ms'])} | "
+            f"{fmt(p['itl_p50_ms'], 2)} / {fmt(p['itl_p99_ms'], 2)} | "
+            f"{fmt(p.get('tokens_per_event'), 2)} | "
+            f"{fmt(p.get('itl_text_p50_ms'), 2)} / {fmt(p.get('itl_text_p99_ms'), 2)} | "
             f"{p['ok']}/{p.get('cut', 0)}/{p['requests']} | "
             f"{p['answers_equal_inprocess_greedy']} | "
-            f"{_f(p['server_cpu_pct'], 0)} | {_f(p['other_cpu_on_server_core_pct'], 0)}"
-            f" | {p['loadavg'][0][0]:.1f} | {_f(s.get('peak_rss_mb'), 0)} | "
-            f"{_f(s.get('ready_s'), 2)} | {_f(s.get('first_answer_s'), 2)} | "
+            f"{fmt(p['server_cpu_pct'], 0)} | {fmt(p['other_cpu_on_server_core_pct'], 0)}"
+            f" | {p['loadavg'][0][0]:.1f} | {fmt(s.get('peak_rss_mb'), 0)} | "
+            f"{fmt(s.get('ready_s'), 2)} | {fmt(s.get('first_answer_s'), 2)} | "
             f"{s.get('run', doc['stamp'])[9:13]} |")
 
 
@@ -256,7 +261,7 @@ def _peer_target(small: dict[str, Any], ours: str, row: Row) -> None:
     best = max(((k, p) for k, p in peers.items() if p and p.get("output_tok_s")),
                key=lambda kp: kp[1]["output_tok_s"], default=(None, None))
     if us is None or not us.get("output_tok_s"):
-        peer_txt = ", ".join(f"{k} {_f(p['output_tok_s'])}" for k, p in peers.items()
+        peer_txt = ", ".join(f"{k} {fmt(p['output_tok_s'])}" for k, p in peers.items()
                              if p and p.get("output_tok_s"))
         row(PEER_TARGET, "**not measured** (our server not in this run)", peer_txt or "-")
         return
@@ -304,8 +309,8 @@ def _limit_target(size: str, entry: dict[str, Any], doc: dict[str, Any], ours: s
         return
     r = p["output_tok_s"] / lim["decode_tok_s"]
     r2 = p["output_tok_s"] / lim["e2e_tok_s"]
-    figures = (f"{_tok_s(p)} tok/s vs batch-16 decode {_f(lim['decode_tok_s'])}"
-               f" = {100 * r:.0f} % (vs batch-16 incl. prefill {_f(lim['e2e_tok_s'])}: "
+    figures = (f"{_tok_s(p)} tok/s vs batch-16 decode {fmt(lim['decode_tok_s'])}"
+               f" = {100 * r:.0f} % (vs batch-16 incl. prefill {fmt(lim['e2e_tok_s'])}: "
                f"{100 * r2:.0f} %)")
     paired = [q["output_tok_s"] / pl["decode_tok_s"] for s in entry["servers"]
               if s["server"] == ours and s.get("paired") for q in s.get("points", [])
@@ -338,7 +343,7 @@ def _ttft_target(small: dict[str, Any], doc: dict[str, Any], ours: str, row: Row
     prefill = (_run_limit(small, doc, ours) or small["limit"])["prefill_ms"]
     r = p1["ttft_p50_ms"] / prefill
     row(target, "**met**" if r <= 1.3 else "**not met**",
-        f"TTFT p50 {_f(p1['ttft_p50_ms'])} ms vs prefill {prefill} ms = {r:.2f}x")
+        f"TTFT p50 {fmt(p1['ttft_p50_ms'])} ms vs prefill {prefill} ms = {r:.2f}x")
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
