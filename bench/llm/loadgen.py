@@ -296,7 +296,7 @@ def summarize(results: list[Result], t0: float, concurrency: int) -> dict[str, A
         "itl_p50_ms": _ms(percentile(itl, 50), ms), "itl_p99_ms": _ms(percentile(itl, 99), ms),
         "itl_text_p50_ms": _ms(percentile(itl_text, 50), ms),
         "itl_text_p99_ms": _ms(percentile(itl_text, 99), ms),
-        "tpot_p50_ms": _ms(percentile(tpot, 50), ms),
+        "tpot_p50_ms": _ms(percentile(tpot, 50), ms), "tpot_p99_ms": _ms(percentile(tpot, 99), ms),
         "sample_text": ok[0].text[:200] if ok else None,
         "texts": {r.idx: r.text for r in ok},
         # per request: send, then every text event, in ms from the point's start (for reading

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "llm"))
 
 import limit
+import loadgen_check
 import open_loop
 import results
 import run
@@ -189,3 +190,25 @@ def test_a_limit_measured_beside_each_pair_decides_the_limit_verdict() -> None:
     table = results.render(doc)
     assert "Limit measured before each pair (--paired-limit), decode tok/s: c=16 #1 600.0" in table
     assert "| kubemaas #1 | 16 | 450.0 | 75 % |" in table
+
+
+def test_a_guidellm_report_is_read_in_the_load_generators_terms() -> None:
+    def dist(mean: float, median: float, p99: float) -> dict[str, object]:
+        return {"successful": {"mean": mean, "median": median,
+                               "percentiles": {"p50": median, "p99": p99}}}
+
+    # the parts of guidellm 0.8.1's JSON report that loadgen_check.py reads
+    report = {"benchmarks": [{"duration": 5.5, "metrics": {
+        "request_totals": {"successful": 768, "errored": 0, "incomplete": 0, "total": 768},
+        "output_tokens_per_second": dist(4443.2, 1767.0, 12593.4),
+        "requests_per_second": dist(138.6, 46.2, 512.0),
+        "time_to_first_token_ms": dist(22.6, 22.35, 49.2),
+        "inter_token_latency_ms": dist(1.9, 1.81, 2.59),
+        "request_concurrency": dist(12.17, 12.0, 16.0)}}]}
+    point = loadgen_check.from_guidellm(report)
+    # a rate is its total over the run (the mean), not the median of per-request rates
+    assert point["output_tok_s"] == 4443.2 and point["req_s"] == 138.6
+    assert (point["ttft_p50_ms"], point["ttft_p99_ms"]) == (22.35, 49.2)
+    # guidellm's inter-token latency is per request: loadgen.py's TPOT
+    assert (point["tpot_p50_ms"], point["tpot_p99_ms"]) == (1.81, 2.59)
+    assert point["in_flight_mean"] == 12.17 and point["ok"] == 768 and point["duration_s"] == 5.5
