@@ -14,11 +14,12 @@ T = TypeVar("T")
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "condition",
-             interval: float = 0.2) -> T:
+             interval: float = 0.2, explain: Callable[[], str] | None = None) -> T:
     """Poll until predicate() returns something truthy, and return it.
 
     On timeout, fail with `what`, the last value seen and the last exception
-    raised by the predicate, so the failure says what was being waited for.
+    raised by the predicate, so the failure says what was being waited for; and
+    with what `explain()` says of the moment (the objects and events behind it).
     """
     deadline = time.monotonic() + timeout
     last: object = None
@@ -33,8 +34,17 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "con
             last_error = err
         if time.monotonic() >= deadline:
             detail = f"; last error: {last_error!r}" if last_error else f"; last value: {last!r}"
+            if explain is not None:
+                detail += "\n" + _explained(explain)
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+def _explained(explain: Callable[[], str]) -> str:
+    try:
+        return explain()
+    except Exception as err:  # the explanation must not hide the timeout it explains
+        return f"(explaining failed: {err!r})"
 
 
 def holds(predicate: Callable[[], object], seconds: float, what: str,

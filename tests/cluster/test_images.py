@@ -37,6 +37,7 @@ from kubemaas_testbed import node as real
 from kubemaas_testbed.cluster import free_port
 from tests.chart.helm import CHART, helm
 from tests.cluster.conftest import OPERATOR_NAMESPACE
+from tests.cluster.explain import pods_and_node
 from tests.cluster.test_real_node import MODEL, X, Y, infer, pod_url, ready, runtime_pod
 from tests.conftest import Kube
 from tests.helpers import http_json, wait_for
@@ -120,8 +121,10 @@ def world_readable(root: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def run_pod(kube: Kube, namespace: str, pod: dict[str, Any], timeout: float = 240) -> str:
-    """Apply the pod, wait until it is Ready; return its IP."""
+def run_pod(kube: Kube, node: real.RealNode, namespace: str, pod: dict[str, Any],
+            timeout: float = 240) -> str:
+    """Apply the pod, wait until it is Ready; return its IP. On timeout, say what the pod,
+    its events and the node look like then."""
     kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
     name = pod["metadata"]["name"]
 
@@ -134,23 +137,29 @@ def run_pod(kube: Kube, namespace: str, pod: dict[str, Any], timeout: float = 24
         assert not bad, f"pod {name}: {bad}\n{_logs(kube, namespace, name)}"
         return str(current["status"]["podIP"]) if ready(current) else None
 
-    return wait_for(ip, timeout, f"pod {name} Ready")
+    return wait_for(ip, timeout, f"pod {name} Ready",
+                    explain=lambda: pods_and_node(kube, namespace, node.name, node.dir))
 
 
 def _logs(kube: Kube, namespace: str, name: str) -> str:
     return kube.kubectl("-n", namespace, "logs", name, "--tail=40", check=False).stdout
 
 
-def _namespace(kube: Kube, name: str) -> str:
-    kube.kubectl("create", "namespace", name)
-    return name
+@pytest.fixture
+def namespace(testbed: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's own namespace, deleted after it: a pod left running (the language model's
+    holds a torch process) takes nothing from the next test on the node."""
+    name = f"image-{request.node.name.removeprefix('test_').replace('_', '-')}"[:63].rstrip("-")
+    testbed.kubectl("create", "namespace", name)
+    yield name
+    testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 # ---- the runtime: ONNX over Open Inference Protocol v2 ---------------------------------
 
 def test_runtime_image_serves_a_tiny_onnx_model(testbed: Kube, node: real.RealNode,
-                                                tmp_path_factory: pytest.TempPathFactory
-                                                ) -> None:
+                                                tmp_path_factory: pytest.TempPathFactory,
+                                                namespace: str) -> None:
     import onnx
     from onnx import TensorProto, helper
 
@@ -170,15 +179,15 @@ def test_runtime_image_serves_a_tiny_onnx_model(testbed: Kube, node: real.RealNo
     onnx.save(model, str(root / MODEL / "model.onnx"))
     world_readable(root)
 
-    namespace = _namespace(testbed, "image-runtime")
-    ip = run_pod(testbed, namespace, runtime_pod("runtime", namespace, ref, root))
+    ip = run_pod(testbed, node, namespace, runtime_pod("runtime", namespace, ref, root))
     assert infer(node.slot, ip, MODEL) == Y, f"x={X}"
 
 
 # ---- the runtime's language-model variant: a tiny Llama over the OpenAI API -------------
 
 def test_llm_runtime_image_serves_a_tiny_llama(testbed: Kube, node: real.RealNode,
-                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+                                               tmp_path_factory: pytest.TempPathFactory,
+                                               namespace: str) -> None:
     from kubemaas_testbed.llm_models import build_llm
 
     if os.environ.get("KUBEMAAS_LLM_IMAGE") != "1":
@@ -191,7 +200,6 @@ def test_llm_runtime_image_serves_a_tiny_llama(testbed: Kube, node: real.RealNod
     build_llm(root / LLM)
     world_readable(root)
 
-    namespace = _namespace(testbed, "image-llm")
     pod = runtime_pod("llm", namespace, ref, root)
     container = pod["spec"]["containers"][0]
     container["args"] = ["--model-uri", f"/models/{LLM}", "--format", "hf", "--name", LLM,
@@ -199,7 +207,7 @@ def test_llm_runtime_image_serves_a_tiny_llama(testbed: Kube, node: real.RealNod
                          "--intra-op-threads", "1"]
     container["env"] = []
     container["resources"] = {"requests": {"cpu": "100m", "memory": "256Mi"}}
-    ip = run_pod(testbed, namespace, pod, timeout=300)
+    ip = run_pod(testbed, node, namespace, pod, timeout=300)
 
     status, models = http_json(pod_url(node.slot, ip, "/v1/models"))
     assert status == 200 and [m["id"] for m in models["data"]] == [LLM], models
@@ -223,7 +231,7 @@ def test_llm_runtime_image_serves_a_tiny_llama(testbed: Kube, node: real.RealNod
 # ---- the operator, installed by the chart --------------------------------------------------
 
 def test_operator_image_reconciles_under_the_charts_service_account(
-        testbed: Kube, node: real.RealNode) -> None:
+        testbed: Kube, node: real.RealNode, namespace: str) -> None:
     ref = image(node, "operator")
     check_labels_and_user(node, ref)
     repository, tag = ref.rsplit(":", 1)
@@ -252,13 +260,13 @@ def test_operator_image_reconciles_under_the_charts_service_account(
                    and p.get("metadata", {}).get("deletionTimestamp") is None]
         return running[0] if running else None
 
-    pod = wait_for(operator_pod, 240, "the operator's pod Ready on the real node")
+    pod = wait_for(operator_pod, 240, "the operator's pod Ready on the real node",
+                   explain=lambda: pods_and_node(testbed, OPERATOR_NAMESPACE, node.name, node.dir))
     assert pod["spec"]["nodeName"] == node.name
     assert pod["spec"]["serviceAccountName"] == "kubemaas-operator"
     status, body = http_json(f"http://127.0.0.1:{health}/healthz")
     assert status == 200, body
 
-    namespace = _namespace(testbed, "image-operator")
     model = {
         "apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": "affine", "namespace": namespace},
