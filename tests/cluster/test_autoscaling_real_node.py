@@ -38,6 +38,7 @@ from tests.cluster.loadgen import Load
 from tests.cluster.test_autoscaling_keda import keda  # noqa: F401  (module fixture)
 from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     Node,
+    explain_node,
     get_json,
     ready,
     real_node,
@@ -233,7 +234,8 @@ def _serving_and_scaling_active(kube: Kube, namespace: str, rn: Node,
     address and the HPA's name."""
     node = rn.node.name
     (ip,) = wait_for(lambda: _ready_ips(kube, namespace, node), timeout=240, interval=1,
-                     what="the model's first replica Ready on the real node")
+                     what="the model's first replica Ready on the real node",
+                     explain=lambda: explain_node(kube, namespace, rn))
     hpa_name = f"keda-hpa-{NAME}"
     hpa = wait_for(lambda: (lambda h: h if any(
         c["type"] == "ScalingActive" and c["status"] == "True"

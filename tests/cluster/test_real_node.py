@@ -27,6 +27,7 @@ from kubemaas_testbed import node as real
 from kubemaas_testbed import real_llm
 from kubemaas_testbed.volumes import bound_host_volume
 from tests.cluster.conftest import Operator
+from tests.cluster.explain import pods_and_node
 from tests.cluster.real_node_timings import record_first_inference
 from tests.conftest import Kube
 from tests.helpers import http_json, wait_for
@@ -43,6 +44,11 @@ class Node:
     node: real.RealNode
     slot: real.Slot  # its bridge, subnet and cgroup root on this machine
     image: str  # the runtime image, already in the node's containerd
+
+
+def explain_node(kube: Kube, namespace: str, real_node: Node) -> str:
+    """For a timeout: the namespace's pods and events, the node's conditions and free disk."""
+    return pods_and_node(kube, namespace, real_node.node.name, real_node.node.dir)
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +199,8 @@ def test_pod_runs_for_real(kube: Kube, namespace: str, real_node: Node, model_di
     # Readiness is the kubelet probing /v2/health/ready on the pod's IP.
     pod = wait_for(lambda: (lambda p: p if ready(p) else None)(
         get_json(kube, "-n", namespace, "get", "pod", "runtime")),
-        timeout=120, what="the runtime pod to become Ready on the real node")
+        timeout=120, what="the runtime pod to become Ready on the real node",
+        explain=lambda: explain_node(kube, namespace, real_node))
     assert pod is not None
     assert pod["spec"]["nodeName"] == real_node.node.name
     slot = real_node.slot
@@ -280,7 +287,8 @@ def test_modeldeployment_serves_from_the_real_node(kube: Kube, namespace: str, r
             return None
 
         pod = wait_for(answered, timeout=180, interval=0.1,
-                       what="the ModelDeployment's pod on the real node to answer correctly")
+                       what="the ModelDeployment's pod on the real node to answer correctly",
+                       explain=lambda: explain_node(kube, namespace, real_node))
         assert pod is not None
         record_first_inference(kube, namespace, pod, time.monotonic() - started, applied_at)
 
@@ -368,7 +376,8 @@ def test_authenticated_https_pod_answers_through_a_port_forward(
         kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(md))
         wait_for(lambda: (get_json(kube, "-n", namespace, "get", "md", "affine-tls")
                           .get("status") or {}).get("phase") == "Ready",
-                 timeout=180, what="the authenticated HTTPS model to be Ready (HTTPS probe)")
+                 timeout=180, what="the authenticated HTTPS model to be Ready (HTTPS probe)",
+                 explain=lambda: explain_node(kube, namespace, real_node))
         (pod,) = get_json(kube, "-n", namespace, "get", "pods", "-l",
                           "app.kubernetes.io/instance=affine-tls")["items"]
         assert pod["spec"]["nodeName"] == real_node.node.name
@@ -437,7 +446,8 @@ def test_llm_chat_streams_from_the_real_node(kube: Kube, namespace: str, real_no
         kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(md))
         wait_for(lambda: (get_json(kube, "-n", namespace, "get", "md", "tiny-llm")
                           .get("status") or {}).get("phase") == "Ready",
-                 timeout=300, what="the language model to be Ready on the real node")
+                 timeout=300, what="the language model to be Ready on the real node",
+                 explain=lambda: explain_node(kube, namespace, real_node))
         ready_after = time.monotonic() - started
         (pod,) = get_json(kube, "-n", namespace, "get", "pods", "-l",
                           "app.kubernetes.io/instance=tiny-llm")["items"]

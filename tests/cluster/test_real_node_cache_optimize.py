@@ -27,6 +27,7 @@ from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     MODEL,
     Node,
     Y,
+    explain_node,
     get_json,
     infer,
     model_dir,
@@ -75,7 +76,8 @@ def test_optimized_once_in_the_cache_and_served_by_every_replica(
                 ok = [p for p in pods if p.get("status", {}).get("podIP")
                       and infer(real_node.slot, p["status"]["podIP"], MODEL) == Y]
                 return ok if len(ok) == 2 else None
-            pods = wait_for(answering, timeout=240, interval=0.3, what="two replicas answering")
+            pods = wait_for(answering, timeout=240, interval=0.3, what="two replicas answering",
+                            explain=lambda: explain_node(kube, namespace, real_node))
             print(f"both replicas answered {time.monotonic() - started:.1f} s after the apply")
         finally:
             _print_pod_logs(kube, namespace)

@@ -42,6 +42,7 @@ from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     Node,
     X,
     Y,
+    explain_node,
     get_json,
     model_dir,
     real_node,
@@ -121,7 +122,8 @@ def test_first_request_wakes_the_model_on_the_real_node_and_is_answered(
             assert headers.get("x-keda-http-cold-start") == "false", headers
             wait_for(lambda: (get_json(kube, "-n", namespace, "get", "md", NAME)
                               .get("status") or {}).get("phase") == "Ready",
-                     timeout=120, what="the woken ModelDeployment to be Ready")
+                     timeout=120, what="the woken ModelDeployment to be Ready",
+                     explain=lambda: explain_node(kube, namespace, real_node))
             # Idle for idleSeconds: KEDA takes it back to zero, and the next request wakes it.
             _at_zero(kube, namespace, http_addon)
             _wake(kube, namespace, real_node, http_addon, "back at zero after idleSeconds")
