@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -37,7 +36,6 @@ import servers  # noqa: E402
 
 procfs = run.procfs  # bench/runtime's /proc readings, as run.py imports them
 
-TICKS = os.sysconf("SC_CLK_TCK")
 FIGURES = ("output_tok_s", "req_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
            "itl_p50_ms", "itl_p99_ms")
 
@@ -117,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             order = ("loadgen", "guidellm") if pair % 2 else ("guidellm", "loadgen")
             for client in order:
                 out = logs / f"{client}-{pair}.json"
-                pids = procfs.process_tree(server.proc.pid)
-                srv0 = procfs.tree_cpu_ticks(pids)
+                srv0 = procfs.tree_cpu_ticks(procfs.process_tree(server.proc.pid))
                 if client == "loadgen":
                     p = run.run_loadgen(server.port, model_field, prompts, a.concurrency,
                                         a.requests, 0, (pair - 1) * a.requests, a.max_tokens,
@@ -132,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                        # the server's CPU from the client's start to its end over the
                        # measured requests' span (no warm-up: the server idles while a client
                        # starts); near 100 % the server was busy, not necessarily full
-                       "server_cpu_pct": round(100 * ticks / TICKS / p["duration_s"], 1)}
+                       "server_cpu_pct": round(100 * ticks / procfs.CLK_TCK / p["duration_s"], 1)}
                 points.append(row)
                 print("  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     finally:

@@ -104,6 +104,23 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 '''
 
 
+# The disk is shared with other work: its usage says nothing about the node, and
+# image GC would delete the images we imported (they cannot be pulled again).
+# Eviction only when the disk or memory is really full: in sizes, not shares (1 %
+# of a 250 GB disk is 2.5 GB, which importing the language-model image, 8 GB
+# unpacked and compressed, can dip below on a machine with little free disk), and
+# a pressure the kubelet saw lifts 10 s after it ends, not after the default 5 min,
+# which would leave the node tainted for disk pressure through the tests after a
+# brief dip (docs/real-node.md).
+DISK_AND_EVICTION: dict[str, Any] = {
+    "imageGCHighThresholdPercent": 100,
+    "imageGCLowThresholdPercent": 99,
+    "evictionHard": {"memory.available": "100Mi", "nodefs.available": "256Mi",
+                     "nodefs.inodesFree": "1%", "imagefs.available": "256Mi"},
+    "evictionPressureTransitionPeriod": "10s",
+}
+
+
 def kubelet_config(node: RealNode, slot: Slot, port: int, healthz_port: int) -> dict[str, Any]:
     p = node.cluster_state / "pki"
     k = node.dir / "kubelet"
@@ -150,19 +167,7 @@ def kubelet_config(node: RealNode, slot: Slot, port: int, healthz_port: int) -> 
         # Machines with swap must still run the node (pods get no swap: the
         # default swapBehavior is NoSwap).
         "failSwapOn": False,
-        # The disk is shared with other work: its usage says nothing about this
-        # node, and image GC would delete the images we imported (they cannot be
-        # pulled again). Eviction only when the disk or memory is really full: in
-        # sizes, not shares (1 % of a 250 GB disk is 2.5 GB, which importing the
-        # language-model image, 8 GB unpacked and compressed, can dip below on a
-        # machine with little free disk), and a pressure the kubelet saw lifts 10 s
-        # after it ends, not after the default 5 min, which would leave the node
-        # tainted for disk pressure through the tests after a brief dip.
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "256Mi",
-                         "nodefs.inodesFree": "1%", "imagefs.available": "256Mi"},
-        "evictionPressureTransitionPeriod": "10s",
+        **DISK_AND_EVICTION,
         # No cluster DNS and nowhere to resolve to: pods get no host resolver.
         "resolvConf": "",
         "clusterDomain": "cluster.local",

@@ -15,21 +15,22 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from kubemaas_testbed.node import RealNode
 from tests.conftest import Kube
 
 EVENTS = 15
 
 
-def pods_and_node(kube: Kube, namespace: str, node_name: str, node_dir: Path) -> str:
+def pods_and_node(kube: Kube, namespace: str, node: RealNode) -> str:
     lines = [f"pods in {namespace}:"]
     pods = _items(kube, "-n", namespace, "get", "pods")
     lines += [f"  {line}" for pod in pods for line in describe_pod(pod)] or ["  (none)"]
     lines.append(f"newest events in {namespace}:")
     events = sorted(_items(kube, "-n", namespace, "get", "events"), key=_event_time)
     lines += [f"  {describe_event(e)}" for e in events[-EVENTS:]] or ["  (none)"]
-    node = json.loads(kube.kubectl("get", "node", node_name, "-o", "json").stdout)
-    lines.append(f"node {node_name}: {describe_node(node)}")
-    lines.append(f"free disk under {node_dir}: {free_disk(node_dir)}")
+    node_object = json.loads(kube.kubectl("get", "node", node.name, "-o", "json").stdout)
+    lines.append(f"node {node.name}: {describe_node(node_object)}")
+    lines.append(f"free disk under {node.dir}: {free_disk(node.dir)}")
     for pod in pods:
         name = pod["metadata"]["name"]
         logs = kube.kubectl("-n", namespace, "logs", name, "--all-containers", "--tail=20",

@@ -34,11 +34,11 @@ from kubemaas_testbed import node as real
 from kubemaas_testbed import prometheus as testbed_prometheus
 from kubemaas_testbed.volumes import bound_host_volume
 from tests.cluster.conftest import ROOT, Operator, reconfigured
+from tests.cluster.explain import pods_and_node
 from tests.cluster.loadgen import Load
 from tests.cluster.test_autoscaling_keda import keda  # noqa: F401  (module fixture)
 from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     Node,
-    explain_node,
     get_json,
     ready,
     real_node,
@@ -235,7 +235,7 @@ def _serving_and_scaling_active(kube: Kube, namespace: str, rn: Node,
     node = rn.node.name
     (ip,) = wait_for(lambda: _ready_ips(kube, namespace, node), timeout=240, interval=1,
                      what="the model's first replica Ready on the real node",
-                     explain=lambda: explain_node(kube, namespace, rn))
+                     explain=lambda: pods_and_node(kube, namespace, rn.node))
     hpa_name = f"keda-hpa-{NAME}"
     hpa = wait_for(lambda: (lambda h: h if any(
         c["type"] == "ScalingActive" and c["status"] == "True"

@@ -138,7 +138,7 @@ def run_pod(kube: Kube, node: real.RealNode, namespace: str, pod: dict[str, Any]
         return str(current["status"]["podIP"]) if ready(current) else None
 
     return wait_for(ip, timeout, f"pod {name} Ready",
-                    explain=lambda: pods_and_node(kube, namespace, node.name, node.dir))
+                    explain=lambda: pods_and_node(kube, namespace, node))
 
 
 def _logs(kube: Kube, namespace: str, name: str) -> str:
@@ -230,10 +230,9 @@ def test_llm_runtime_image_serves_a_tiny_llama(testbed: Kube, node: real.RealNod
 
 # ---- the operator, installed by the chart --------------------------------------------------
 
-def test_operator_image_reconciles_under_the_charts_service_account(
-        testbed: Kube, node: real.RealNode, namespace: str) -> None:
-    ref = image(node, "operator")
-    check_labels_and_user(node, ref)
+def install_chart(testbed: Kube, ref: str) -> int:
+    """helm install the chart with the operator image `ref`, on the real node's host network;
+    returns the operator's health port."""
     repository, tag = ref.rsplit(":", 1)
     health, metrics = free_port(), free_port()
     api_port = _server(testbed).rsplit(":", 1)[1]
@@ -252,6 +251,14 @@ def test_operator_image_reconciles_under_the_charts_service_account(
     # What the chart has no value for: the host's network namespace (see the module's doc).
     testbed.kubectl("-n", OPERATOR_NAMESPACE, "patch", "deployment", "kubemaas-operator",
                     "-p", json.dumps({"spec": {"template": {"spec": {"hostNetwork": True}}}}))
+    return health
+
+
+def test_operator_image_reconciles_under_the_charts_service_account(
+        testbed: Kube, node: real.RealNode, namespace: str) -> None:
+    ref = image(node, "operator")
+    check_labels_and_user(node, ref)
+    health = install_chart(testbed, ref)
 
     def operator_pod() -> dict[str, Any] | None:
         pods = json.loads(testbed.kubectl("-n", OPERATOR_NAMESPACE, "get", "pods", "-o",
@@ -261,7 +268,7 @@ def test_operator_image_reconciles_under_the_charts_service_account(
         return running[0] if running else None
 
     pod = wait_for(operator_pod, 240, "the operator's pod Ready on the real node",
-                   explain=lambda: pods_and_node(testbed, OPERATOR_NAMESPACE, node.name, node.dir))
+                   explain=lambda: pods_and_node(testbed, OPERATOR_NAMESPACE, node))
     assert pod["spec"]["nodeName"] == node.name
     assert pod["spec"]["serviceAccountName"] == "kubemaas-operator"
     status, body = http_json(f"http://127.0.0.1:{health}/healthz")

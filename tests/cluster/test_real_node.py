@@ -46,11 +46,6 @@ class Node:
     image: str  # the runtime image, already in the node's containerd
 
 
-def explain_node(kube: Kube, namespace: str, real_node: Node) -> str:
-    """For a timeout: the namespace's pods and events, the node's conditions and free disk."""
-    return pods_and_node(kube, namespace, real_node.node.name, real_node.node.dir)
-
-
 @pytest.fixture(scope="module")
 def real_node(kube: Kube) -> Iterator[Node]:
     """The real node of the session's testbed: started here (and stopped after the module)
@@ -200,7 +195,7 @@ def test_pod_runs_for_real(kube: Kube, namespace: str, real_node: Node, model_di
     pod = wait_for(lambda: (lambda p: p if ready(p) else None)(
         get_json(kube, "-n", namespace, "get", "pod", "runtime")),
         timeout=120, what="the runtime pod to become Ready on the real node",
-        explain=lambda: explain_node(kube, namespace, real_node))
+        explain=lambda: pods_and_node(kube, namespace, real_node.node))
     assert pod is not None
     assert pod["spec"]["nodeName"] == real_node.node.name
     slot = real_node.slot
@@ -288,7 +283,7 @@ def test_modeldeployment_serves_from_the_real_node(kube: Kube, namespace: str, r
 
         pod = wait_for(answered, timeout=180, interval=0.1,
                        what="the ModelDeployment's pod on the real node to answer correctly",
-                       explain=lambda: explain_node(kube, namespace, real_node))
+                       explain=lambda: pods_and_node(kube, namespace, real_node.node))
         assert pod is not None
         record_first_inference(kube, namespace, pod, time.monotonic() - started, applied_at)
 
@@ -377,7 +372,7 @@ def test_authenticated_https_pod_answers_through_a_port_forward(
         wait_for(lambda: (get_json(kube, "-n", namespace, "get", "md", "affine-tls")
                           .get("status") or {}).get("phase") == "Ready",
                  timeout=180, what="the authenticated HTTPS model to be Ready (HTTPS probe)",
-                 explain=lambda: explain_node(kube, namespace, real_node))
+                 explain=lambda: pods_and_node(kube, namespace, real_node.node))
         (pod,) = get_json(kube, "-n", namespace, "get", "pods", "-l",
                           "app.kubernetes.io/instance=affine-tls")["items"]
         assert pod["spec"]["nodeName"] == real_node.node.name
@@ -447,7 +442,7 @@ def test_llm_chat_streams_from_the_real_node(kube: Kube, namespace: str, real_no
         wait_for(lambda: (get_json(kube, "-n", namespace, "get", "md", "tiny-llm")
                           .get("status") or {}).get("phase") == "Ready",
                  timeout=300, what="the language model to be Ready on the real node",
-                 explain=lambda: explain_node(kube, namespace, real_node))
+                 explain=lambda: pods_and_node(kube, namespace, real_node.node))
         ready_after = time.monotonic() - started
         (pod,) = get_json(kube, "-n", namespace, "get", "pods", "-l",
                           "app.kubernetes.io/instance=tiny-llm")["items"]

@@ -30,11 +30,11 @@ from kubemaas_testbed import node as real
 from kubemaas_testbed.model_servers import FileServer, write_index
 from kubemaas_testbed.volumes import bound_host_volume
 from tests.cluster.conftest import Operator
+from tests.cluster.explain import pods_and_node
 from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     MODEL,
     Node,
     Y,
-    explain_node,
     get_json,
     infer,
     model_dir,
@@ -75,7 +75,7 @@ def test_cache_from_http_with_progress_and_a_model_that_does_not_download(
                             st.get("bytesDone", 0), st.get("bytesTotal", 0)))
             return st if st.get("phase") in ("Ready", "Failed") else None
         st = wait_for(ready, timeout=240, interval=0.3, what="the ModelCache Ready",
-                      explain=lambda: explain_node(kube, namespace, real_node))
+                      explain=lambda: pods_and_node(kube, namespace, real_node.node))
     filled_s = time.monotonic() - started
     moving = [s for s in samples if s[1] == "Downloading" and 0 < s[2] < s[3]]
     print(f"\nModelCache filled in {filled_s:.1f} s (load {os.getloadavg()[0]:.1f}); status "
@@ -268,7 +268,7 @@ def _answering_pod(kube: Kube, namespace: str, rn: Node, instance: str, what: st
                 return dict(p)
         return None
     return dict(wait_for(answered, timeout=180, interval=0.2, what=what,
-                         explain=lambda: explain_node(kube, namespace, rn)))
+                         explain=lambda: pods_and_node(kube, namespace, rn.node)))
 
 
 def _cache_settled(kube: Kube, namespace: str, name: str, what: str) -> dict[str, Any]:

@@ -23,11 +23,11 @@ import yaml
 from kubemaas_testbed import node as real
 from kubemaas_testbed.model_servers import FileServer, write_index
 from tests.cluster.conftest import Operator
+from tests.cluster.explain import pods_and_node
 from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     MODEL,
     Node,
     Y,
-    explain_node,
     get_json,
     infer,
     model_dir,
@@ -77,7 +77,7 @@ def test_optimized_once_in_the_cache_and_served_by_every_replica(
                       and infer(real_node.slot, p["status"]["podIP"], MODEL) == Y]
                 return ok if len(ok) == 2 else None
             pods = wait_for(answering, timeout=240, interval=0.3, what="two replicas answering",
-                            explain=lambda: explain_node(kube, namespace, real_node))
+                            explain=lambda: pods_and_node(kube, namespace, real_node.node))
             print(f"both replicas answered {time.monotonic() - started:.1f} s after the apply")
         finally:
             _print_pod_logs(kube, namespace)

@@ -34,6 +34,7 @@ from kubemaas_testbed import keda_http
 from kubemaas_testbed import node as real
 from kubemaas_testbed.volumes import bound_host_volume
 from tests.cluster.conftest import Operator, reconfigured
+from tests.cluster.explain import pods_and_node
 from tests.cluster.real_node_timings import TIMINGS, timeline
 from tests.cluster.test_autoscaling_keda import Signal
 from tests.cluster.test_autoscaling_keda import keda as keda  # the module fixture
@@ -42,7 +43,6 @@ from tests.cluster.test_real_node import (  # noqa: F401  (module fixtures)
     Node,
     X,
     Y,
-    explain_node,
     get_json,
     model_dir,
     real_node,
@@ -123,7 +123,7 @@ def test_first_request_wakes_the_model_on_the_real_node_and_is_answered(
             wait_for(lambda: (get_json(kube, "-n", namespace, "get", "md", NAME)
                               .get("status") or {}).get("phase") == "Ready",
                      timeout=120, what="the woken ModelDeployment to be Ready",
-                     explain=lambda: explain_node(kube, namespace, real_node))
+                     explain=lambda: pods_and_node(kube, namespace, real_node.node))
             # Idle for idleSeconds: KEDA takes it back to zero, and the next request wakes it.
             _at_zero(kube, namespace, http_addon)
             _wake(kube, namespace, real_node, http_addon, "back at zero after idleSeconds")
