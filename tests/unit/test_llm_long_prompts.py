@@ -9,8 +9,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "llm"))
 
-import long_prompts_report as report
 import loadgen
+import long_prompts_report as report
 import mixed_load
 
 

@@ -12,7 +12,9 @@ context in the paged cache:
 * decode rows (the first ``decode_rows`` packed tokens) together, as a batch ``[B, kv_heads,
   group, d]`` (the query heads that share a kv head as its rows) over their contexts gathered
   block by block from the pool ``[B, kv_heads, T, d]`` (T: the longest row's blocks), masked to
-  each row's length;
+  each row's length; on CPU, rows whose contexts differ widely (a long conversation beside
+  short ones) attend in groups of similar width (``PagedStep.decode_groups``), so one long row
+  no longer pads every row's gather and attention to its length;
 * prefill chunks over their contexts (cached prefix + the chunk), causally: a long chunk on its
   own; short ones of similar size together (``ChunkBatch``, grouped by packing.py), queries
   padded to the longest and contexts to the widest, so that a step reading many prompts makes
@@ -85,6 +87,9 @@ class PagedStep:
     chunks: list[Chunk] = field(default_factory=list)
     # the chunks as attention calls, in packed order (None: each chunk on its own)
     units: list[Chunk | ChunkBatch] | None = None
+    # decode rows attended in groups of (rows, width in blocks), in row order, each over its
+    # own width of the tables (packing.decode_groups); None: one call over the whole width
+    decode_groups: list[tuple[int, int]] | None = None
 
     is_compileable = False
 
@@ -103,7 +108,8 @@ class PagedStep:
         units = None if self.units is None else [
             u.to(device) if isinstance(u, ChunkBatch) else same[id(u)] for u in self.units]
         return PagedStep(self.store, self.block_size, move(self.write_slots), self.decode_rows,
-                         move(self.decode_blocks), move(self.decode_mask), chunks, units)
+                         move(self.decode_blocks), move(self.decode_mask), chunks, units,
+                         self.decode_groups)
 
     # the part of transformers' Cache that decoder attention layers call
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
@@ -144,9 +150,19 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
         # the query heads that share a kv head become that head's query rows: [B, kvH, g, d]
         # (8-15 % less time than sdpa's own GQA over [B, H, 1, d]; the mask broadcasts)
         q = query[0, :, :rows].transpose(0, 1).reshape(rows, kv_heads, heads // kv_heads, -1)
-        k = _gather(key, step.decode_blocks, bs).transpose(1, 2)           # [B, kvH, T, d]
-        v = _gather(value, step.decode_blocks, bs).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_mask, scale=scaling)
+        if step.decode_groups is None:
+            out = _attend_decodes(q, key, value, step.decode_blocks, step.decode_mask, bs,
+                                  scaling)
+        else:
+            assert step.decode_mask is not None
+            outs, r = [], 0
+            for n, width in step.decode_groups:
+                outs.append(_attend_decodes(q[r:r + n], key, value,
+                                            step.decode_blocks[r:r + n, :width],
+                                            step.decode_mask[r:r + n, ..., :width * bs], bs,
+                                            scaling))
+                r += n
+            out = torch.cat(outs)
         parts.append(out.reshape(rows, heads, -1))                         # [B, H, d]
     for unit in step.chunks if step.units is None else step.units:
         if isinstance(unit, ChunkBatch):
@@ -154,6 +170,15 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
         else:
             parts.append(_attend_chunk(unit, query, key, value, bs, scaling, gqa))
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).unsqueeze(0), None
+
+
+def _attend_decodes(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    blocks: torch.Tensor, mask: torch.Tensor | None, bs: int,
+                    scaling: float | None) -> torch.Tensor:
+    """Decode rows ``q`` [B, kvH, g, d] over their contexts: ``blocks`` [B, W] of the pools."""
+    k = _gather(key, blocks, bs).transpose(1, 2)                           # [B, kvH, T, d]
+    v = _gather(value, blocks, bs).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
 
 
 def _attend_chunk(c: Chunk, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bs: int,

@@ -89,7 +89,7 @@ class GraphedDecode:
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                  step: PagedStep) -> torch.Tensor:
         """The step's logits: from a graph for a decode-only step, else eagerly."""
-        if step.chunks or not step.decode_rows or self.failed:
+        if step.chunks or not step.decode_rows or step.decode_groups or self.failed:
             return self._stack(input_ids, position_ids, keep, step)
         assert step.decode_blocks is not None and step.decode_mask is not None
         rows, width = step.decode_rows, step.decode_blocks.shape[1]

@@ -30,7 +30,7 @@ from .kv_cache import BlockPool, KVStore, cache_root
 from .loader import LanguageModel
 from .lora import AdapterError, in_use
 from .pacing import PrefillPacer
-from .packing import pack
+from .packing import decode_groups, pack
 from .prompt_scores import score
 from .sampling import SamplingParams, TokenLogprobs, sample
 from .scheduler import Scheduler, Sequence
@@ -365,7 +365,10 @@ class Engine(EngineThread):
     def _forward(self, decode: list[Sequence], prefill: list[tuple[Sequence, int]],
                  out: list[tuple[Sequence, Delta | BaseException]]) -> None:
         """One forward pass over the step's rows packed together (packing.py)."""
-        step = pack(decode, prefill, self.store, self.cfg.block_size)
+        groups = None
+        if self.lm.device.type == "cpu":  # on a GPU a step's launches cost more than padding
+            decode, groups = decode_groups(decode, self.cfg.block_size)
+        step = pack(decode, prefill, self.store, self.cfg.block_size, groups)
         dev = self.lm.device
         model_step = self._model_step
         if self.loras is not None and self.loras.set_step(

@@ -54,7 +54,7 @@ class TracedDecode:
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                  step: PagedStep) -> torch.Tensor:
         """The step's logits: from the graph for a decode-only step, else eagerly."""
-        if step.chunks or not step.decode_rows or self.failed:
+        if step.chunks or not step.decode_rows or step.decode_groups or self.failed:
             return self._stack(input_ids, position_ids, keep, step)
         if self._graph is None:
             return self._trace(input_ids, position_ids, keep, step)
