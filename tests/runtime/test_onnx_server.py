@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers import wait_for
+
 from .conftest import Server, assert_as_reference, ort_run, start_server
 
 
@@ -256,5 +258,7 @@ def test_gzip_request_and_debug_access_log(runtime_server: Any, tiny_onnx: Path)
     status, _, body = server.request("POST", "/v2/models/tiny/infer", bomb,
                                      {"Content-Encoding": "gzip"})
     assert status == 413, body
-    access = [d for d in server.logs() if d.get("msg") == "request"]
-    assert access and access[0]["status"] == 200 and access[0]["endpoint"] == "infer"
+    # the server logs before it answers, but the test reads its output on a thread of its own
+    access = wait_for(lambda: [d for d in server.logs() if d.get("msg") == "request"],
+                      timeout=10, what="the access log's records")
+    assert access[0]["status"] == 200 and access[0]["endpoint"] == "infer"
