@@ -34,6 +34,8 @@ import run_args  # noqa: E402
 import servers  # noqa: E402
 from run import RESULTS, SHARED_PY  # noqa: E402
 
+LATEST = "llm-long-latest.json"
+
 sys.path.append(str(HERE.parent / "runtime"))  # bench/runtime's /proc readings, as run.py
 import procfs  # noqa: E402
 
@@ -121,44 +123,30 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     logs = RESULTS / f"llm-long-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
-    doc = run._new_doc(stamp, argv, a)
-    doc["command"] = doc["command"].replace("run.py", "long_prompts.py")
+    doc = run.new_doc(stamp, argv, a, "bench/llm/long_prompts.py")
     mdir = run.build_model(run_args.SIZES[a.model], logs / "build.log")
     short, _ = run.prepare_prompts(mdir, a.short_prompts, a.short_tokens, a.max_tokens,
                                    a.server_core, logs)
     # a few to spare: prepare_prompts needs that many of its candidates to avoid EOS
     long, _ = run.prepare_prompts(mdir, max(4, len(a.long_at)), a.long_tokens,
                                   a.long_max_tokens, a.server_core, logs)
-    doc.update(model=a.model, params=_params(mdir), servers=[],
+    doc.update(model=a.model, params=run.num_parameters(mdir), servers=[],
                limit=in_process(mdir, short, long, a, logs))
     print(f"in process: {doc['limit']}", flush=True)
     keys = a.servers.split(",")
-    gguf, gguf_err = run._gguf(mdir, logs) if "llamacpp" in keys else (None, None)
+    gguf, gguf_err = run.gguf_copy(mdir, logs) if "llamacpp" in keys else (None, None)
     for key in keys:
         if key == "llamacpp" and gguf_err:
             doc["servers"].append({"server": key, "error": gguf_err})
             continue
         doc["servers"].append(bench_one(key, mdir, short, long, a, logs, gguf))
-        _save(doc, logs)
+        run.save(doc, logs, LATEST)
     doc["machine"]["loadavg_end"] = procfs.loadavg()
-    _save(doc, logs)
+    run.save(doc, logs, LATEST)
     print(report.render(doc))
     if a.update_doc:
         report.update_doc(doc)
     return 0
-
-
-def _params(mdir: Path) -> int:
-    return int(subprocess.run(
-        [str(SHARED_PY), "-c", "import sys; from kubemaas_testbed.llm_models import "
-         f"num_parameters; print(num_parameters({str(mdir)!r}))"], env=run._py_env(),
-        capture_output=True, text=True, check=True).stdout)
-
-
-def _save(doc: dict[str, Any], logs: Path) -> None:
-    text = json.dumps(doc, indent=1)
-    (logs / "results.json").write_text(text)
-    (RESULTS / "llm-long-latest.json").write_text(text)
 
 
 if __name__ == "__main__":

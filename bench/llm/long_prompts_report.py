@@ -12,7 +12,6 @@ docs/img/llm-long-prompts.png into docs/llm-benchmark.md between its long-prompt
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -160,27 +159,12 @@ def plot(doc: dict[str, Any], out: Path = PLOT) -> str | None:
 
 
 def update_doc(doc: dict[str, Any]) -> None:
-    err = plot(doc)
-    body = render(doc) + (f"\n\n(plot not drawn: {err})" if err
-                          else f"\n\n![Long prompts beside running streams](img/{PLOT.name})")
-    text = results.DOC.read_text()
-    if BEGIN not in text:
-        raise SystemExit(f"{results.DOC} has no long-prompt markers")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    results.DOC.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+    body = results.with_plot(render(doc), plot(doc), "Long prompts beside running streams", PLOT)
+    results.write_section(BEGIN, END, body)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("file", type=Path, help="a long_prompts.py run's results.json")
-    ap.add_argument("--update-doc", action="store_true")
-    a = ap.parse_args()
-    doc = json.loads(a.file.read_text())
-    print(render(doc))
-    if a.update_doc:
-        update_doc(doc)
-    return 0
+    return results.report_cli(__doc__.split("\n")[0], "a long_prompts.py run", render, update_doc)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ docs/img/llm-open-loop.png into docs/llm-benchmark.md between its open-loop mark
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -147,25 +146,12 @@ def plot(doc: dict[str, Any], out: Path = PLOT) -> str | None:
 
 
 def update_doc(doc: dict[str, Any]) -> None:
-    err = plot(doc)
-    body = render(doc) + (f"\n\n(plot not drawn: {err})" if err
-                          else f"\n\n![LLM benchmark, open loop](img/{PLOT.name})")
-    text = results.DOC.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    results.DOC.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+    body = results.with_plot(render(doc), plot(doc), "LLM benchmark, open loop", PLOT)
+    results.write_section(BEGIN, END, body)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("file", type=Path, help="an open-loop run's results.json")
-    ap.add_argument("--update-doc", action="store_true")
-    a = ap.parse_args()
-    doc = json.loads(a.file.read_text())
-    print(render(doc))
-    if a.update_doc:
-        update_doc(doc)
-    return 0
+    return results.report_cli(__doc__.split("\n")[0], "an open-loop run", render, update_doc)
 
 
 if __name__ == "__main__":

@@ -432,10 +432,38 @@ def update_doc(doc: dict[str, Any], sweep: dict[str, Any] | None = None) -> None
                  + render(sweep).replace("### ", "#### "))
         body += (f"\n\n(plot not drawn: {err})" if err
                  else f"\n\n![LLM benchmark, sweeps](img/{sweep_plot.name})")
+    write_section(BEGIN, END, body)
+
+
+def with_plot(body: str, err: str | None, alt: str, plot_path: Path) -> str:
+    """``body`` followed by its plot's image link, or by why the plot was not drawn."""
+    return body + (f"\n\n(plot not drawn: {err})" if err
+                   else f"\n\n![{alt}](img/{plot_path.name})")
+
+
+def report_cli(description: str, what: str, render_doc: Callable[[dict[str, Any]], str],
+               update: Callable[[dict[str, Any]], None]) -> int:
+    """The command line of a report module: print a run's tables, ``--update-doc`` writes
+    them (and the plot) into the doc."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("file", type=Path, help=f"{what}'s results.json")
+    ap.add_argument("--update-doc", action="store_true")
+    a = ap.parse_args()
+    doc = json.loads(a.file.read_text())
+    print(render_doc(doc))
+    if a.update_doc:
+        update(doc)
+    return 0
+
+
+def write_section(begin: str, end: str, body: str) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` of the doc with ``body``."""
     text = DOC.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+    if begin not in text or end not in text:
+        raise SystemExit(f"{DOC} lacks the markers {begin!r} and {end!r}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    DOC.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
 
 
 def main() -> int:

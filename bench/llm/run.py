@@ -339,10 +339,11 @@ def measure(run: Any, model_field: str, prompts: Path, conc: int, offset: int, w
     return point
 
 
-def _new_doc(stamp: str, argv: list[str] | None, a: argparse.Namespace) -> dict[str, Any]:
+def new_doc(stamp: str, argv: list[str] | None, a: argparse.Namespace,
+            script: str = "bench/llm/run.py") -> dict[str, Any]:
     """The results document before any model: the command, the code and the machine."""
     return {
-        "stamp": stamp, "command": " ".join([".venv/bin/python", "bench/llm/run.py",
+        "stamp": stamp, "command": " ".join([".venv/bin/python", script,
                                              *(argv if argv is not None else sys.argv[1:])]),
         "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, cwd=REPO).stdout.strip(),
@@ -367,10 +368,7 @@ def _bench_model(size: str, a: argparse.Namespace, logs: Path) -> dict[str, Any]
     entry: dict[str, Any] = {"dir": str(mdir), "rounds": rounds, "servers": []}
     if a.request_rate != [0.0]:
         entry["request_rates"] = a.request_rate
-    entry["params"] = int(subprocess.run(
-        [str(SHARED_PY), "-c", "import sys; from kubemaas_testbed.llm_models import "
-         f"num_parameters; print(num_parameters({str(mdir)!r}))"], env=_py_env(),
-        capture_output=True, text=True, check=True).stdout)
+    entry["params"] = num_parameters(mdir)
     print(f"model {size}: {mdir} ({entry['params'] / 1e6:.1f} M parameters)", flush=True)
     entry["limit"] = limit(["--model", str(mdir), "--prompts", str(prompts),
                             "--batches", ",".join(map(str, a.concurrency)),
@@ -379,7 +377,7 @@ def _bench_model(size: str, a: argparse.Namespace, logs: Path) -> dict[str, Any]
     entry["limit"]["loadavg_after"] = procfs.loadavg()
     print(f"  limit: {results.limit_line(entry['limit'])}", flush=True)
     keys = a.servers.split(",")
-    gguf, gguf_err = _gguf(mdir, logs) if "llamacpp" in keys else (None, None)
+    gguf, gguf_err = gguf_copy(mdir, logs) if "llamacpp" in keys else (None, None)
     if gguf_err:
         entry["servers"].append({"server": "llamacpp", "note": servers.BY_KEY["llamacpp"].note,
                                  "error": gguf_err})
@@ -407,19 +405,19 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     logs = RESULTS / f"llm-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
-    doc = _new_doc(stamp, argv, a)
+    doc = new_doc(stamp, argv, a)
     for size in a.models.split(","):
         doc["models"][size] = _bench_model(size, a, logs)
-        _save(doc, logs)
+        save(doc, logs)
     doc["machine"]["loadavg_end"] = procfs.loadavg()
-    _save(doc, logs)
+    save(doc, logs)
     print(results.render(doc))
     if a.update_doc:
         results.update_doc(doc)
     return 0
 
 
-def _gguf(mdir: Path, logs: Path) -> tuple[Path | None, str | None]:
+def gguf_copy(mdir: Path, logs: Path) -> tuple[Path | None, str | None]:
     if envs.build_llama_cpp_wheel() is None:
         return None, f"llama-cpp-python did not build: see {envs.WHEELS}"
     venv = envs.ensure_venv("llamacpp")
@@ -432,10 +430,18 @@ def _gguf(mdir: Path, logs: Path) -> tuple[Path | None, str | None]:
         return None, f"GGUF conversion failed: {exc}: {' | '.join(tail)}"
 
 
-def _save(doc: dict[str, Any], logs: Path) -> None:
+def num_parameters(mdir: Path) -> int:
+    return int(subprocess.run(
+        [str(SHARED_PY), "-c", "import sys; from kubemaas_testbed.llm_models import "
+         f"num_parameters; print(num_parameters({str(mdir)!r}))"], env=_py_env(),
+        capture_output=True, text=True, check=True).stdout)
+
+
+def save(doc: dict[str, Any], logs: Path, latest: str = "llm-latest.json") -> None:
+    """The run's results.json, and a copy under bench/results/``latest``."""
     text = json.dumps(doc, indent=1)
     (logs / "results.json").write_text(text)
-    (RESULTS / "llm-latest.json").write_text(text)
+    (RESULTS / latest).write_text(text)
 
 
 if __name__ == "__main__":
