@@ -36,14 +36,13 @@ sys.path.insert(0, str(HERE))
 import prompt_steps  # noqa: E402  (puts runtime/ and hack/ on the path)
 
 from kubemaas_runtime.llm.detok import Detokenizer  # noqa: E402
-from kubemaas_runtime.llm.kv_cache import KVStore  # noqa: E402
 from kubemaas_runtime.llm.loader import load_hf  # noqa: E402
 from kubemaas_runtime.llm.packing import PackedStep, decode_groups, pack  # noqa: E402
 from kubemaas_runtime.llm.sampling import SamplingParams  # noqa: E402
 from kubemaas_runtime.llm.scheduler import Sequence  # noqa: E402
 from kubemaas_testbed.llm_models import build_llm  # noqa: E402
 
-BLOCK = 16
+BLOCK = prompt_steps.BLOCK
 
 
 def decode_step(lm: Any, contexts: list[int], seed: int = 0) -> PackedStep:
@@ -58,11 +57,7 @@ def decode_step(lm: Any, contexts: list[int], seed: int = 0) -> PackedStep:
         s.computed = n - 1
         s.blocks = [next(blocks) for _ in range(-(-n // BLOCK))]
         rows.append(s)
-    cfg = lm.model.config
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    store = KVStore(cfg.num_hidden_layers, next(blocks), BLOCK, kv_heads, head_dim, lm.dtype,
-                    lm.device)
+    store = prompt_steps.store_for(lm, next(blocks))
     for pool in (*store.keys, *store.values):
         pool.normal_()
     ordered, groups = decode_groups(rows, BLOCK)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -53,7 +54,7 @@ async def run_mixed(port: int, model: str, short: list[str], long: list[str], co
     short_bodies = [loadgen.request_body(model, p, max_tokens) for p in short]
     long_bodies = [loadgen.request_body(model, p, long_max_tokens) for p in long]
     done: list[tuple[loadgen.Result, str]] = []
-    next_short = iter(range(offset, offset + 10**9))
+    next_short = itertools.count(offset)
     t0 = time.perf_counter()
 
     async def send(body: bytes, idx: int, kind: str) -> None:

@@ -61,7 +61,6 @@ def _step(lm: Any, prompts: int, decode_rows: int, prompt_tokens: int, seed: int
     """One packed step: ``decode_rows`` sequences 64 tokens in, then the prompts' whole chunks."""
     rng = random.Random(seed)
     blocks = count(1)
-    cfg = lm.model.config
 
     def sequence(rid: int, length: int, computed: int) -> Sequence:
         s = Sequence(rid, [rng.randrange(3, 200) for _ in range(length)],
@@ -75,11 +74,16 @@ def _step(lm: Any, prompts: int, decode_rows: int, prompt_tokens: int, seed: int
     for i in range(prompts):
         n = prompt_tokens + rng.randint(-spread, spread)
         prefill.append((sequence(decode_rows + i, n, 0), n))
+    return pack(decode, prefill, store_for(lm, next(blocks)), BLOCK)
+
+
+def store_for(lm: Any, num_blocks: int) -> KVStore:
+    """A KV pool of ``num_blocks`` blocks shaped for the model (its values left as allocated)."""
+    cfg = lm.model.config
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    store = KVStore(cfg.num_hidden_layers, next(blocks), BLOCK, kv_heads, head_dim, lm.dtype,
-                    lm.device)
-    return pack(decode, prefill, store, BLOCK)
+    return KVStore(cfg.num_hidden_layers, num_blocks, BLOCK, kv_heads, head_dim, lm.dtype,
+                   lm.device)
 
 
 def _timed(lm: Any, packed: PackedStep, grouped: bool) -> tuple[float, torch.Tensor]:
