@@ -26,12 +26,15 @@ one torch thread (the servers get one core each). Measured:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+POSITION_BUCKET = 64  # answer tokens per figure of a step time by position
 
 
 def _load(model_dir: Path, threads: int, device: str = "cpu", dtype: str = "float32"
@@ -66,10 +69,11 @@ def encode(tok: Any, prompts: list[str]) -> list[list[int]]:
     return out
 
 
-def greedy(model: Any, ids: list[list[int]],
-           steps: int) -> tuple[float, float, list[list[int]], float]:
+def greedy(model: Any, ids: list[list[int]], steps: int, step_ends: list[float] | None = None
+           ) -> tuple[float, float, list[list[int]], float]:
     """Prefill the batch, then ``steps`` decode steps; (prefill_s, decode_s, new tokens,
-    decode CPU seconds of this process)."""
+    decode CPU seconds of this process). ``step_ends`` (CPU only: a CUDA step's clock would
+    need a synchronize that slows it) gets the prefill's and every step's end time."""
     import torch
     from transformers import DynamicCache
 
@@ -85,12 +89,17 @@ def greedy(model: Any, ids: list[list[int]],
         c1 = time.process_time()
         new = [nxt]
         pos = x.shape[1]
+        clock = step_ends if step_ends is not None and x.device.type == "cpu" else None
+        if clock is not None:
+            clock.append(t1)
         for _ in range(steps):
             out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True,
                         cache_position=torch.tensor([pos], device=x.device))
             nxt = out.logits[:, -1, :].argmax(-1, keepdim=True)
             new.append(nxt)
             pos += 1
+            if clock is not None:
+                clock.append(time.perf_counter())
         _sync(x.device)
         t2 = time.perf_counter()
         c2 = time.process_time()
@@ -112,6 +121,19 @@ def screen(model: Any, ids: list[list[int]], eos: int, max_tokens: int,
         keep += [eos not in row for row in toks]
         answers += toks
     return keep, answers
+
+
+def step_ms_by_position(step_ends: list[float], bucket: int = POSITION_BUCKET
+                        ) -> dict[str, Any]:
+    """The decode steps' mean time per ``bucket`` answer tokens (the answer's token k is made by
+    step k, k >= 1), so a long answer shows how a step slows as the context grows ({} without
+    step times)."""
+    steps = [b - a for a, b in itertools.pairwise(step_ends)]
+    if not steps:
+        return {}
+    means = [sum(chunk) / len(chunk) * 1000
+             for chunk in (steps[i:i + bucket] for i in range(0, len(steps), bucket))]
+    return {"position_bucket": bucket, "step_ms_by_position": [round(m, 3) for m in means]}
 
 
 def make_prompts(tok: Any, corpus: str, n: int, prompt_tokens: int, seed: int = 0) -> list[str]:
@@ -192,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         # the best of two or three whole runs: the first at a batch size runs cold (on one H200
         # its decode steps took 3-5x as long as the next run's, for the whole run; on CPU its
         # prefill 2.5x), and is kept as "first_decode_tok_s"
-        runs = [greedy(model, group, steps) for _ in range(3 if b <= 4 else 2)]
-        p, d, _, cpu = min(runs, key=lambda r: r[0] + r[1])
+        clocks: list[list[float]] = [[] for _ in range(3 if b <= 4 else 2)]
+        runs = [greedy(model, group, steps, clock) for clock in clocks]
+        best = min(range(len(runs)), key=lambda i: runs[i][0] + runs[i][1])
+        p, d, _, cpu = runs[best]
         doc["batches"].append({
             "batch": b, "prefill_ms": round(p * 1000, 2), "decode_ms": round(d * 1000, 2),
             "first_decode_tok_s": round(b * steps / runs[0][1], 2),
@@ -201,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             "decode_tok_s": round(b * steps / d, 2),
             "decode_tok_per_cpu_s": round(b * steps / cpu, 2) if cpu > 0 else None,
             "e2e_tok_s": round(b * a.max_tokens / (p + d), 2),
+            **step_ms_by_position(clocks[best]),
         })
         print(json.dumps(doc["batches"][-1]), flush=True)
     a.out.write_text(json.dumps(doc, indent=1))

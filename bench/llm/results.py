@@ -147,13 +147,16 @@ def _run_info(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    import open_loop  # a sibling module (bench/llm on the path, as for run.py)
+    import long_outputs  # sibling modules (bench/llm on the path, as for run.py)
+    import open_loop
 
     if open_loop.is_open_loop(doc):  # judged by other measures: its own tables
         return open_loop.render(doc)
+    if long_outputs.is_long_outputs(doc):  # the targets are for the 32-token answers
+        return long_outputs.render(doc)
     out = header(doc)
     for size, entry in doc["models"].items():
-        out += _model_section(size, entry, doc)
+        out += model_section(size, entry, doc)
     title = "### Targets (issue 12), from this run"
     if len(doc.get("runs", [])) > 1:
         title = ("### Targets (issue 12), computed across these runs (the rows compared may come "
@@ -187,7 +190,7 @@ def header(doc: dict[str, Any]) -> list[str]:
     return out
 
 
-def _model_section(size: str, entry: dict[str, Any], doc: dict[str, Any]) -> list[str]:
+def model_section(size: str, entry: dict[str, Any], doc: dict[str, Any]) -> list[str]:
     """One model: its in-process limits, then a row per server run and concurrency."""
     out = [f"### Model `{size}` ({entry['params'] / 1e6:.1f} M parameters, float32)", ""]
     for stamp, lim in _limits(entry, doc).items():
@@ -414,10 +417,14 @@ fig.savefig(sys.argv[1], dpi=90)
 
 
 def update_doc(doc: dict[str, Any], sweep: dict[str, Any] | None = None) -> None:
+    import long_outputs
     import open_loop
 
     if open_loop.is_open_loop(doc):
         open_loop.update_doc(doc)
+        return
+    if long_outputs.is_long_outputs(doc):
+        long_outputs.update_doc(doc)
         return
     err = plot(doc)
     body = render(doc)

@@ -12,6 +12,7 @@ import servers
 
 T = TypeVar("T")
 SIZES = {"tiny": "tiny", "small": "small"}
+DEFAULT_MAX_TOKENS = 32  # the main tables' answer length
 
 
 def load_points(a: argparse.Namespace) -> list[tuple[int, float]]:
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
                     type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--rounds", type=parse_rounds, default={"*": 2},
                     help="requests per point = max(4, r x c); N, or per model: tiny=48,small=4")
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     ap.add_argument("--prompt-tokens", type=int, default=40)
     ap.add_argument("--point-seconds", type=float, default=120, help="time cap per point")
     ap.add_argument("--request-rate", type=parse_rates, default={"*": [0.0]},
