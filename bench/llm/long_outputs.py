@@ -1,6 +1,6 @@
 """Tables and plot of a long-answer LLM benchmark run (bench/llm/run.py --max-tokens 512 ...).
 
-    .venv/bin/python bench/llm/long_outputs.py bench/results/llm-latest.json [--update-doc]
+    .venv/bin/python bench/llm/long_outputs.py RUN/results.json [RUN2/results.json] [--update-doc]
 
 The main tables ask every server for 32-token answers, so a step's attention reads at most ~70
 positions per sequence. Over a long answer the context grows and every step reads more of the
@@ -14,6 +14,7 @@ long-outputs markers.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import statistics
@@ -134,10 +135,39 @@ fig.savefig(sys.argv[1], dpi=90)
     return envs.draw(code, data, out)
 
 
+def combine(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One document from runs of different models: each model from the last run that has it,
+    its rows and limit marked with that run's stamp."""
+    if len(docs) == 1:
+        return docs[0]
+    base: dict[str, Any] = json.loads(json.dumps(docs[-1]))
+    base["runs"] = [results.run_info(d) for d in docs]
+    base["models"] = {}
+    for d in docs:
+        for size, entry in json.loads(json.dumps(d["models"])).items():
+            entry["limits"] = {d["stamp"]: entry["limit"]}
+            entry["servers"] = [{**srv, "run": d["stamp"]} for srv in entry["servers"]]
+            base["models"][size] = entry
+    return base
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="+", type=Path,
+                    help="long-answer runs' results.json (each model from the last that has it)")
+    ap.add_argument("--update-doc", action="store_true")
+    a = ap.parse_args()
+    doc = combine([json.loads(f.read_text()) for f in a.files])
+    print(render(doc))
+    if a.update_doc:
+        update_doc(doc)
+    return 0
+
+
 def update_doc(doc: dict[str, Any]) -> None:
     results.write_section(BEGIN, END, results.with_plot(
         render(doc), plot(doc), "LLM benchmark, long answers", PLOT))
 
 
 if __name__ == "__main__":
-    sys.exit(results.report_cli(__doc__.split("\n")[0], "a long-answer run", render, update_doc))
+    sys.exit(main())

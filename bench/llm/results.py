@@ -122,7 +122,7 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """One document from several runs: the last run's limit and servers, plus the servers that
     only earlier runs measured (each server row keeps the run it comes from)."""
     base: dict[str, Any] = json.loads(json.dumps(docs[-1]))
-    base["runs"] = [_run_info(d) for d in docs]
+    base["runs"] = [run_info(d) for d in docs]
     for size, entry in base["models"].items():
         entry["limits"] = {d["stamp"]: d["models"][size]["limit"] for d in docs
                            if size in d["models"]}
@@ -139,7 +139,7 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return base
 
 
-def _run_info(doc: dict[str, Any]) -> dict[str, Any]:
+def run_info(doc: dict[str, Any]) -> dict[str, Any]:
     m = doc["machine"]
     return {"stamp": doc["stamp"], "git": doc["git"], "command": doc["command"],
             "loadavg_start": m["loadavg_start"], "loadavg_end": m.get("loadavg_end"),
@@ -169,7 +169,7 @@ def render(doc: dict[str, Any]) -> str:
 def header(doc: dict[str, Any]) -> list[str]:
     """The runs (command, machine), and how to read the rows."""
     out = []
-    for r in doc.get("runs", [_run_info(doc)]):
+    for r in doc.get("runs", [run_info(doc)]):
         out += [f"Run `{r['stamp']}` (git {r['git']}): `{r['command']}`", "",
                 f"Machine: {r['cpus']} CPUs ({r['cpu_model']}), load average at start "
                 f"{r['loadavg_start']}, at end {r['loadavg_end']}; busy at start: "

@@ -95,20 +95,32 @@ def limit(args: list[str], core: str, log: Path) -> dict[str, Any]:
 
 
 def prepare_prompts(mdir: Path, n: int, prompt_tokens: int, max_tokens: int, core: str,
-                    logs: Path) -> tuple[Path, list[str]]:
-    """Prompts of one token length whose greedy answers have no EOS (cached beside the model)."""
+                    logs: Path, need: int | None = None) -> tuple[Path, list[str]]:
+    """Up to ``n`` prompts of one token length whose greedy answers have no EOS, at least
+    ``need`` (default ``n``) of them (cached beside the model, the screen too: over a long
+    answer a random-weight model ends more of them, and a screen of the small model's 150
+    candidates over 512 tokens takes ~13 minutes)."""
+    need = n if need is None else need
     final = mdir.parent / f"{mdir.name}.prompts-{n}x{prompt_tokens}-{max_tokens}.words.json"
     if not final.is_file():
-        cand = mdir.parent / f"{mdir.name}.candidates-{prompt_tokens}.json"
-        limit(["--model", str(mdir), "--prompts", str(cand), "--make", str(n * 5 // 4),
-               "--prompt-tokens", str(prompt_tokens)], core, logs / f"{mdir.name}-make.log")
-        screened = limit(["--model", str(mdir), "--prompts", str(cand), "--screen",
-                          "--max-tokens", str(max_tokens)], core, logs / f"{mdir.name}-screen.log")
+        count = n * 5 // 4
+        cand = mdir.parent / f"{mdir.name}.candidates-{count}x{prompt_tokens}.json"
+        screen = mdir.parent / f"{mdir.name}.screen-{count}x{prompt_tokens}-{max_tokens}.json"
+        if not cand.is_file():
+            limit(["--model", str(mdir), "--prompts", str(cand), "--make", str(count),
+                   "--prompt-tokens", str(prompt_tokens)], core, logs / f"{mdir.name}-make.log")
+        if not screen.is_file():
+            screened = limit(["--model", str(mdir), "--prompts", str(cand), "--screen",
+                              "--max-tokens", str(max_tokens)], core,
+                             logs / f"{mdir.name}-screen.log")
+            screen.write_text(json.dumps({k: screened[k] for k in ("keep", "texts")}))
+        screened = json.loads(screen.read_text())
         prompts = json.loads(cand.read_text())
         kept = [(p, t) for p, t, k in zip(prompts, screened["texts"], screened["keep"],
                                           strict=True) if k]
-        if len(kept) < n:
-            raise RuntimeError(f"only {len(kept)} of {len(prompts)} prompts avoid EOS")
+        if len(kept) < need:
+            raise RuntimeError(f"only {len(kept)} of {len(prompts)} prompts avoid EOS "
+                               f"(needed {need})")
         final.write_text(json.dumps({"prompts": [p for p, _ in kept[:n]],
                                      "greedy": [t for _, t in kept[:n]]}, indent=0))
     doc = json.loads(final.read_text())
@@ -361,10 +373,11 @@ def _bench_model(size: str, a: argparse.Namespace, logs: Path) -> dict[str, Any]
     a = run_args.for_model(a, size)
     # a server kept up through --paired repeats gets a fresh prompt per request throughout
     per_run = sum(max(4, rounds * c) for c, _ in run_args.load_points(a)) + 4
-    n_prompts = max(120, per_run * (a.repeats if a.paired else 1))
+    per_run *= a.repeats if a.paired else 1
+    n_prompts = max(120, per_run)
     mdir = build_model(run_args.SIZES[size], logs / f"build-{size}.log")
     prompts, greedy = prepare_prompts(mdir, n_prompts, a.prompt_tokens, a.max_tokens,
-                                      a.server_core, logs)
+                                      a.server_core, logs, need=per_run)
     entry: dict[str, Any] = {"dir": str(mdir), "rounds": rounds, "servers": []}
     if a.request_rate != [0.0]:
         entry["request_rates"] = a.request_rate

@@ -69,3 +69,17 @@ def test_a_long_answer_run_has_tables_of_its_own() -> None:
     # the server's one stream: gaps of 10 and 12 ms in the first span, none in the second
     assert "| kubemaas, c=16 | 11.00 |  |" in table
     assert "Targets" in results.render(_doc(32))
+
+
+def test_runs_of_different_models_combine_with_their_own_stamps() -> None:
+    tiny = _doc(512)
+    tiny["models"] = {"tiny": {**tiny["models"]["small"], "params": 0.9e6}}
+    small = {**_doc(512), "stamp": "20261205T010000Z"}
+    doc = long_outputs.combine([tiny, small])
+    assert list(doc["models"]) == ["tiny", "small"]
+    assert [r["stamp"] for r in doc["runs"]] == ["20261205T000000Z", "20261205T010000Z"]
+    table = long_outputs.render(doc)
+    assert "In-process limit, run `20261205T000000Z`" in table
+    assert "In-process limit, run `20261205T010000Z`" in table
+    # each model's rows name their run and count against that run's limit (120 of 150)
+    assert table.count("| kubemaas | 16 | 120.0 | 80 % |") == 2
