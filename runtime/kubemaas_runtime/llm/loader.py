@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import StartupError
-from . import attention, quantized
+from . import attention, heap, quantized
 from .attention import PagedStep
 from .classify import Classifier, classifier_of
 from .decoder_stack import StepForward, stack_forward
@@ -181,6 +181,9 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
     elif packed_linear and dev.type == "cpu":
         log.info("linear weights reordered for oneDNN",
                  extra={"fields": {"layers": pack_linears(model)}})
+    # after loading: memory the load freed (weights replaced by their packed copies) went back
+    if dev.type == "cpu" and heap.keep_freed_memory():
+        log.info("freed memory stays in the heap for the next step (glibc mallopt)")
     cfg = model.config
     heads = int(cfg.num_attention_heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
