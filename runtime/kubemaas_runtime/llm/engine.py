@@ -352,11 +352,12 @@ class Engine(EngineThread):
         plan = self.scheduler.schedule()
         out: list[tuple[Sequence, Delta | BaseException]] = []
         if plan:
+            reads = plan.reads()
             t0 = time.perf_counter()
             with torch.inference_mode():
                 self._forward(plan.decode, plan.prefill, out)
             tokens = len(plan.decode) + sum(n for _, n in plan.prefill)
-            self.pacer.observe(time.perf_counter() - t0, tokens)
+            self.pacer.observe(time.perf_counter() - t0, tokens, reads)
             self.step_tokens[tokens] += 1
             self.steps += 1
         self._publish()

@@ -36,6 +36,7 @@ from typing import Any
 
 from .detok import Detokenizer
 from .kv_cache import UNSALTED, BlockPool, OutOfBlocks
+from .pacing import chunk_reads
 from .sampling import SampleState, SamplingParams, TokenLogprobs
 
 
@@ -95,6 +96,11 @@ class Step:
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)
 
+    def reads(self) -> int:
+        """KV positions the step's rows attend over (before it runs: the pacer's fit)."""
+        return (sum(s.computed + 1 for s in self.decode)
+                + sum(chunk_reads(s.computed, n) for s, n in self.prefill))
+
 
 class Scheduler:
     def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int,
@@ -105,7 +111,9 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         # prompt tokens a step with that many decodes may read (None: only the token budget)
-        self.prefill_cap: Callable[[int, int], int | None] = lambda decode_rows, prompts: None
+        # (decode rows, sequences with prompt left, the decodes' KV reads, the first such
+        # sequence's tokens read) -> prompt tokens this step may read (None: the budget)
+        self.prefill_cap: Callable[[int, int, int, int], int | None] = lambda *_: None
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
@@ -192,8 +200,11 @@ class Scheduler:
                 decode.append(seq)
         decode = [s for s in decode if s in self.running]  # a later grow may preempt
         budget = self.max_num_batched_tokens - len(decode)
-        prompts = sum(1 for s in self.running if s.remaining > 1)
-        cap = self.prefill_cap(len(decode), prompts) if decode and prompts else None
+        reading = [s for s in self.running if s.remaining > 1]
+        cap = None
+        if decode and reading:
+            cap = self.prefill_cap(len(decode), len(reading),
+                                   sum(s.computed + 1 for s in decode), reading[0].computed)
         if cap is not None:
             budget = min(budget, cap)
         prefill: list[tuple[Sequence, int]] = []
