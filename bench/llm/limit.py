@@ -136,6 +136,26 @@ def step_ms_by_position(step_ends: list[float], bucket: int = POSITION_BUCKET
     return {"position_bucket": bucket, "step_ms_by_position": [round(m, 3) for m in means]}
 
 
+def measure_batch(model: Any, group: list[list[int]], max_tokens: int) -> dict[str, Any]:
+    """Batched greedy decode of ``group``: the best of two or three whole runs (the first at a
+    batch size runs cold: on one H200 its decode steps took 3-5x as long as the next run's, for
+    the whole run; on CPU its prefill 2.5x), the first kept as "first_decode_tok_s"."""
+    b, steps = len(group), max_tokens - 1
+    clocks: list[list[float]] = [[] for _ in range(3 if b <= 4 else 2)]
+    runs = [greedy(model, group, steps, clock) for clock in clocks]
+    best = min(range(len(runs)), key=lambda i: runs[i][0] + runs[i][1])
+    p, d, _, cpu = runs[best]
+    return {
+        "batch": b, "prefill_ms": round(p * 1000, 2), "decode_ms": round(d * 1000, 2),
+        "first_decode_tok_s": round(b * steps / runs[0][1], 2),
+        "step_ms": round(d / steps * 1000, 3),
+        "decode_tok_s": round(b * steps / d, 2),
+        "decode_tok_per_cpu_s": round(b * steps / cpu, 2) if cpu > 0 else None,
+        "e2e_tok_s": round(b * max_tokens / (p + d), 2),
+        **step_ms_by_position(clocks[best]),
+    }
+
+
 def make_prompts(tok: Any, corpus: str, n: int, prompt_tokens: int, seed: int = 0) -> list[str]:
     """``n`` distinct prompts whose chat-templated encoding is exactly ``prompt_tokens`` long:
     words of the corpus drawn at random (fixed seed), so the count is not bounded by the
@@ -208,25 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     doc["prefill_ms"] = round(statistics.median(prefill) * 1000, 3)
     doc["prefill_min_ms"] = round(min(prefill) * 1000, 3)
     doc["batches"] = []
-    steps = a.max_tokens - 1
     for b in (int(x) for x in a.batches.split(",")):
-        group = (ids * (b // len(ids) + 1))[:b]
-        # the best of two or three whole runs: the first at a batch size runs cold (on one H200
-        # its decode steps took 3-5x as long as the next run's, for the whole run; on CPU its
-        # prefill 2.5x), and is kept as "first_decode_tok_s"
-        clocks: list[list[float]] = [[] for _ in range(3 if b <= 4 else 2)]
-        runs = [greedy(model, group, steps, clock) for clock in clocks]
-        best = min(range(len(runs)), key=lambda i: runs[i][0] + runs[i][1])
-        p, d, _, cpu = runs[best]
-        doc["batches"].append({
-            "batch": b, "prefill_ms": round(p * 1000, 2), "decode_ms": round(d * 1000, 2),
-            "first_decode_tok_s": round(b * steps / runs[0][1], 2),
-            "step_ms": round(d / steps * 1000, 3),
-            "decode_tok_s": round(b * steps / d, 2),
-            "decode_tok_per_cpu_s": round(b * steps / cpu, 2) if cpu > 0 else None,
-            "e2e_tok_s": round(b * a.max_tokens / (p + d), 2),
-            **step_ms_by_position(clocks[best]),
-        })
+        doc["batches"].append(measure_batch(model, (ids * (b // len(ids) + 1))[:b],
+                                            a.max_tokens))
         print(json.dumps(doc["batches"][-1]), flush=True)
     a.out.write_text(json.dumps(doc, indent=1))
     return 0

@@ -54,19 +54,12 @@ def gaps_by_position(point: dict[str, Any], bucket: int = limit.POSITION_BUCKET
             for i in range(max(per) + 1)]
 
 
-def _limit_steps(entry: dict[str, Any], batch: int) -> list[float]:
-    for b in entry["limit"]["batches"]:
-        if b["batch"] == batch:
-            return list(b.get("step_ms_by_position") or [])
-    return []
-
-
 def position_rows(entry: dict[str, Any]) -> tuple[list[int], list[tuple[str, list[Any]]]]:
     """The bucket starts and, per concurrency, the limit's step and every server's gap medians
     (ms) by position: (starts, [(row label, figures)])."""
     rows: list[tuple[str, list[Any]]] = []
     for conc in sorted({p["concurrency"] for s in entry["servers"] for p in s.get("points") or []}):
-        steps = _limit_steps(entry, conc)
+        steps = (results.limit_batch(entry, conc) or {}).get("step_ms_by_position")
         if steps:
             rows.append((f"in-process decode step, batch {conc}", steps))
         for s in entry["servers"]:

@@ -103,14 +103,14 @@ def _pair_limit(entry: dict[str, Any], p: dict[str, Any]) -> dict[str, Any] | No
 
 def _pct_of_limit(entry: dict[str, Any], doc: dict[str, Any], s: dict[str, Any],
                   p: dict[str, Any]) -> str:
-    lim = _pair_limit(entry, p) or _limit_batch(entry, p["concurrency"],
+    lim = _pair_limit(entry, p) or limit_batch(entry, p["concurrency"],
                                                 _limits(entry, doc).get(s.get("run", "")))
     if lim is None or not p.get("output_tok_s"):
         return "-"
     return f"{100 * p['output_tok_s'] / lim['decode_tok_s']:.0f} %"
 
 
-def _limit_batch(entry: dict[str, Any], batch: int,
+def limit_batch(entry: dict[str, Any], batch: int,
                  limit: dict[str, Any] | None = None) -> dict[str, Any] | None:
     for b in (limit or entry.get("limit", {})).get("batches", []):
         if b["batch"] == batch:
@@ -306,7 +306,7 @@ def _limit_target(size: str, entry: dict[str, Any], doc: dict[str, Any], ours: s
                   row: Row) -> None:
     target = f"{size}: c=16 ≥ 70 % of the in-process batched-decode limit"
     p = _point(entry, ours, 16)
-    lim = _limit_batch(entry, 16, _run_limit(entry, doc, ours))
+    lim = limit_batch(entry, 16, _run_limit(entry, doc, ours))
     if not (p and p.get("output_tok_s") and lim):
         row(target, "**not measured**", "-")
         return

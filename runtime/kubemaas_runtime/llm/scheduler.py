@@ -98,8 +98,13 @@ class Step:
 
     def reads(self) -> int:
         """KV positions the step's rows attend over (before it runs: the pacer's fit)."""
-        return (sum(s.computed + 1 for s in self.decode)
-                + sum(chunk_reads(s.computed, n) for s, n in self.prefill))
+        return decode_reads(self.decode) + sum(chunk_reads(s.computed, n)
+                                               for s, n in self.prefill)
+
+
+def decode_reads(decode: list[Sequence]) -> int:
+    """KV positions decode rows attend over: each its cached context and itself."""
+    return sum(s.computed + 1 for s in decode)
 
 
 class Scheduler:
@@ -110,9 +115,8 @@ class Scheduler:
         self.priority = priority  # order by Sequence.rank, not by arrival alone
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
-        # prompt tokens a step with that many decodes may read (None: only the token budget)
         # (decode rows, sequences with prompt left, the decodes' KV reads, the first such
-        # sequence's tokens read) -> prompt tokens this step may read (None: the budget)
+        # sequence's tokens read) -> prompt tokens this step may read (None: only the budget)
         self.prefill_cap: Callable[[int, int, int, int], int | None] = lambda *_: None
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -203,16 +207,15 @@ class Scheduler:
         reading = [s for s in self.running if s.remaining > 1]
         cap = None
         if decode and reading:
-            cap = self.prefill_cap(len(decode), len(reading),
-                                   sum(s.computed + 1 for s in decode), reading[0].computed)
+            cap = self.prefill_cap(len(decode), len(reading), decode_reads(decode),
+                                   reading[0].computed)
         if cap is not None:
             budget = min(budget, cap)
         prefill: list[tuple[Sequence, int]] = []
-        for seq in self.running:
+        for seq in reading:
             if budget <= 0:
                 break
-            if seq.remaining > 1:
-                n = min(seq.remaining, budget)
-                prefill.append((seq, n))
-                budget -= n
+            n = min(seq.remaining, budget)
+            prefill.append((seq, n))
+            budget -= n
         return Step(decode, prefill)
