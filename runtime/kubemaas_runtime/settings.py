@@ -161,6 +161,11 @@ OPTIONS: tuple[Option, ...] = (
            "hf models on CPU (Llama, Mistral, Qwen2, Qwen3): run steps that only decode from "
            "a graph traced once from the model (bit-identical logits, less Python per step); "
            "false runs every step eagerly."),
+    Option("decode_lanes", "--decode-lanes", "KUBEMAAS_DECODE_LANES", True, _bool,
+           "hf models on CPU: keep the decoding sequences' keys and values also contiguous, "
+           "one lane per sequence, in up to as many bytes as --kv-cache-memory, so that a "
+           "decode step's attention reads them in place instead of gathering cache blocks "
+           "(2.7x less time per layer at long contexts); false: no second copy."),
     Option("runner", "--runner", "KUBEMAAS_RUNNER", "auto", str,
            "hf models: auto | generate | pooling (vLLM's). pooling serves an embedding model "
            "(/v1/embeddings, /score, /rerank) or a *ForSequenceClassification classifier "
@@ -268,6 +273,7 @@ class Settings:
     prefix_caching: bool = True
     packed_linear: bool = True
     traced_decode: bool = True
+    decode_lanes: bool = True
     scheduling_policy: str = "fcfs"
     runner: str = "auto"
     pooler_config: str | None = None

@@ -20,8 +20,10 @@ from kubemaas_runtime.llm.loader import LanguageModel, load_hf
 
 from .llm_staggered import run_staggered
 
+# as on a GPU: no decode lanes (a CPU engine's; CUDA graphs read the pools)
 CONFIG = EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256, max_num_seqs=8,
-                      max_num_batched_tokens=32, block_size=8, traced_decode=False)
+                      max_num_batched_tokens=32, block_size=8, traced_decode=False,
+                      decode_lanes=False)
 
 
 def graphed_engine(lm: LanguageModel, capture: bool = False) -> tuple[Engine, GraphedDecode]:

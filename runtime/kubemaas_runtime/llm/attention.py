@@ -14,7 +14,9 @@ context in the paged cache:
   block by block from the pool ``[B, kv_heads, T, d]`` (T: the longest row's blocks), masked to
   each row's length; on CPU, rows whose contexts differ widely (a long conversation beside
   short ones) attend in groups of similar width (``PagedStep.decode_groups``), so one long row
-  no longer pads every row's gather and attention to its length;
+  no longer pads every row's gather and attention to its length; on CPU, when the rows' lanes
+  hold their contexts (decode_lanes.py: one contiguous copy per row, written beside the pool),
+  the rows attend over the lanes in place, with no gather;
 * prefill chunks over their contexts (cached prefix + the chunk), causally: a long chunk on its
   own; short ones of similar size together (``ChunkBatch``, grouped by packing.py), queries
   padded to the longest and contexts to the widest, so that a step reading many prompts makes
@@ -36,12 +38,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from .kv_cache import KVStore
+
+if TYPE_CHECKING:
+    from .decode_lanes import DecodeLanes
 
 ATTN_IMPLEMENTATION = "kubemaas_paged"
 STEP_KWARG = "kubemaas_step"
@@ -90,6 +95,11 @@ class PagedStep:
     # decode rows attended in groups of (rows, width in blocks), in row order, each over its
     # own width of the tables (packing.decode_groups); None: one call over the whole width
     decode_groups: list[tuple[int, int]] | None = None
+    # on CPU: the decode rows' keys and values also in lanes, row i in lane i (decode_lanes.py),
+    # which the decode attention reads instead of gathering blocks of the pools
+    lanes: DecodeLanes | None = None
+    decode_positions: torch.Tensor | None = None  # [B] with lanes: where each row's token goes
+    layer: int = 0  # the layer whose keys and values ``update`` wrote last
 
     is_compileable = False
 
@@ -109,7 +119,7 @@ class PagedStep:
             u.to(device) if isinstance(u, ChunkBatch) else same[id(u)] for u in self.units]
         return PagedStep(self.store, self.block_size, move(self.write_slots), self.decode_rows,
                          move(self.decode_blocks), move(self.decode_mask), chunks, units,
-                         self.decode_groups)
+                         self.decode_groups, self.lanes, move(self.decode_positions))
 
     # the part of transformers' Cache that decoder attention layers call
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
@@ -118,6 +128,13 @@ class PagedStep:
         k_pool, v_pool = self.store.keys[layer_idx], self.store.values[layer_idx]
         k_pool.index_copy_(0, self.write_slots, key_states[0].transpose(0, 1))
         v_pool.index_copy_(0, self.write_slots, value_states[0].transpose(0, 1))
+        self.layer = layer_idx
+        if self.lanes is not None:
+            assert self.decode_positions is not None
+            # (the row count from a tensor's shape: a traced graph serves every batch size)
+            rows = self.decode_positions.shape[0]
+            self.lanes.write(layer_idx, key_states[0, :, :rows].transpose(0, 1),
+                             value_states[0, :, :rows].transpose(0, 1), self.decode_positions)
         return k_pool, v_pool
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -150,7 +167,14 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
         # the query heads that share a kv head become that head's query rows: [B, kvH, g, d]
         # (8-15 % less time than sdpa's own GQA over [B, H, 1, d]; the mask broadcasts)
         q = query[0, :, :rows].transpose(0, 1).reshape(rows, kv_heads, heads // kv_heads, -1)
-        if step.decode_groups is None:
+        if step.lanes is not None:
+            assert step.decode_mask is not None
+            width = step.decode_mask.shape[-1]
+            out = F.scaled_dot_product_attention(
+                q, step.lanes.keys[step.layer][:rows, :, :width],
+                step.lanes.values[step.layer][:rows, :, :width], attn_mask=step.decode_mask,
+                scale=scaling)
+        elif step.decode_groups is None:
             out = _attend_decodes(q, key, value, step.decode_blocks, step.decode_mask, bs,
                                   scaling)
         else:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .cuda_graphs import GraphedDecode
+from .decode_lanes import DecodeLanes
 from .decoder_stack import StepForward
 from .detok import Detokenizer, decoder
 from .kv_cache import BlockPool, KVStore, cache_root
@@ -61,6 +62,9 @@ class EngineConfig:
     # decode-only steps from a recorded graph where the model allows (TorchScript on a CPU,
     # CUDA graphs on a GPU)
     traced_decode: bool = True
+    # on CPU: the decode rows' keys and values also kept contiguous per row, in up to as many
+    # bytes as the KV cache (decode_lanes.py)
+    decode_lanes: bool = True
     scheduling_policy: str = "fcfs"  # or "priority": requests' priorities order the queue
 
 
@@ -178,6 +182,8 @@ class Engine(EngineThread):
         elif cfg.traced_decode and lm.stack is not None and lm.device.type == "cuda":
             self.graphed = GraphedDecode(lm.stack, self.store, cfg.block_size, lm.vocab_size,
                                          cfg.max_num_seqs)
+        self.lanes = DecodeLanes(self.store, cfg.block_size, cfg.kv_cache_bytes) \
+            if cfg.decode_lanes and lm.device.type == "cpu" else None
         self._model_step: StepForward = self.traced or self.graphed or lm.forward
         self._ids = itertools.count(1)
         self._decode = decoder(lm.tokenizer)
@@ -366,10 +372,16 @@ class Engine(EngineThread):
     def _forward(self, decode: list[Sequence], prefill: list[tuple[Sequence, int]],
                  out: list[tuple[Sequence, Delta | BaseException]]) -> None:
         """One forward pass over the step's rows packed together (packing.py)."""
-        groups = None
+        groups = lanes = None
         if self.lm.device.type == "cpu":  # on a GPU a step's launches cost more than padding
             decode, groups = decode_groups(decode, self.cfg.block_size)
+        if self.lanes is not None:
+            lanes = self._arrange_lanes(decode, groups)
+            decode = lanes or decode
         step = pack(decode, prefill, self.store, self.cfg.block_size, groups)
+        if lanes:
+            step.paged.lanes = self.lanes
+            step.paged.decode_positions = step.position_ids[0, :len(decode)]
         dev = self.lm.device
         model_step = self._model_step
         if self.loras is not None and self.loras.set_step(
@@ -385,6 +397,8 @@ class Engine(EngineThread):
             seq.computed += n
             seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,
                                                 seq.computed, seq.cache_root)
+        if lanes:
+            self.lanes.advanced()  # type: ignore[union-attr]
         failed = self._score_prompts(step.scored, logits, len(step.sampled), out)
         if not step.sampled:
             return
@@ -401,6 +415,19 @@ class Engine(EngineThread):
                 out.append((seq, self._finish_prompt_only(seq, now)))
             else:
                 out.append((seq, self._advance(seq, sampled.tokens[i], sampled.infos[i], now)))
+
+    def _arrange_lanes(self, decode: list[Sequence], groups: list[tuple[int, int]] | None
+                       ) -> list[Sequence] | None:
+        """The decode rows in lane order when the step reads them from the lanes; else None,
+        the lanes given up (a row that misses a step is filled again from the pool when it
+        comes back: a preempted one may have come back with other keys and values)."""
+        assert self.lanes is not None
+        if decode and groups is None:
+            arranged = self.lanes.arrange(decode)
+            if arranged is not None:
+                return arranged
+        self.lanes.clear()
+        return None
 
     def _score_prompts(self, scored: list[tuple[Sequence, int, int]], logits: torch.Tensor,
                        row: int, out: list[tuple[Sequence, Delta | BaseException]]

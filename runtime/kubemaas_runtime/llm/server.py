@@ -103,7 +103,7 @@ def _load(settings: Settings) -> tuple[Any, Any]:
             block_size=settings.block_size, max_queue=settings.max_queue_size,
             prefix_caching=settings.prefix_caching, prefill_share=settings.prefill_share,
             arrival_window=settings.arrival_window_ms / 1e3,
-            traced_decode=settings.traced_decode,
+            traced_decode=settings.traced_decode, decode_lanes=settings.decode_lanes,
             scheduling_policy=settings.scheduling_policy))
     except ValueError as exc:
         raise StartupError(str(exc)) from None
@@ -122,7 +122,9 @@ def _load(settings: Settings) -> tuple[Any, Any]:
         "warmup_s": round(time.perf_counter() - t2, 3), "model_type": lm.model_type,
         "dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device),
         "kv_blocks": engine.pool.usable, "block_size": engine.pool.block_size,
-        "max_model_len": max_len}})
+        "max_model_len": max_len,
+        # the most bytes the decode rows' second copy may take (decode_lanes.py); 0: none
+        "decode_lanes_max_bytes": engine.lanes.max_bytes if engine.lanes is not None else 0}})
     return lm, engine
 
 

@@ -43,7 +43,9 @@ def traceable(model: Any, stack: StepForward | None, device: torch.device) -> bo
 class TracedDecode:
     def __init__(self, model: Any, stack: StepForward) -> None:
         self._stack = stack
-        self._graph: Any = None
+        # one graph per way the step reads the decode rows' contexts: from the pools (False)
+        # or from the lanes (True, decode_lanes.py)
+        self._graphs: dict[bool, Any] = {}
         self.failed = False
         self.replays = 0  # decode steps the graph ran
         # oneDNN-packed weights are opaque tensors: the graph takes them as inputs
@@ -56,10 +58,11 @@ class TracedDecode:
         """The step's logits: from the graph for a decode-only step, else eagerly."""
         if step.chunks or not step.decode_rows or step.decode_groups or self.failed:
             return self._stack(input_ids, position_ids, keep, step)
-        if self._graph is None:
+        graph = self._graphs.get(step.lanes is not None)
+        if graph is None:
             return self._trace(input_ids, position_ids, keep, step)
         try:
-            logits: torch.Tensor = self._graph(*self._inputs(input_ids, position_ids, keep, step))
+            logits: torch.Tensor = graph(*self._inputs(input_ids, position_ids, keep, step))
         except Exception as exc:  # the eager step runs (and raises what it raises)
             return self._give_up(f"a traced step failed: {exc}",
                                  self._stack(input_ids, position_ids, keep, step))
@@ -68,23 +71,27 @@ class TracedDecode:
 
     def _inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                 step: PagedStep) -> tuple[torch.Tensor, ...]:
+        lanes = [] if step.lanes is None else step.lanes.keys + step.lanes.values
         return (input_ids, position_ids, keep, step.write_slots, step.decode_blocks,
-                step.decode_mask, *step.store.keys, *step.store.values, *self._opaque)
+                step.decode_mask, *step.store.keys, *step.store.values, *lanes, *self._opaque)
 
     def _trace(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                step: PagedStep) -> torch.Tensor:
         eager = self._stack(input_ids, position_ids, keep, step)
         layers = len(step.store.keys)
         stack, store, block_size, rows = self._stack, step.store, step.block_size, step.decode_rows
+        lanes = step.lanes
 
         def decode(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                    write_slots: torch.Tensor, decode_blocks: torch.Tensor,
                    decode_mask: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-            # rest: the pools and the opaque weights, the very tensors the modules read (the
-            # tracer knows them by identity and makes them inputs)
-            assert len(rest) == 2 * layers + len(self._opaque)
+            # rest: the pools, the lanes and the opaque weights, the very tensors the modules
+            # read (the tracer knows them by identity and makes them inputs)
+            assert len(rest) == (2 if lanes is None else 4) * layers + len(self._opaque)
             # (the attention reads a decode-only step's row count from the query's shape)
-            traced = PagedStep(store, block_size, write_slots, rows, decode_blocks, decode_mask)
+            traced = PagedStep(store, block_size, write_slots, rows, decode_blocks, decode_mask,
+                               lanes=lanes,
+                               decode_positions=None if lanes is None else position_ids[0])
             return stack(input_ids, position_ids, keep, traced)
 
         try:
@@ -100,8 +107,9 @@ class TracedDecode:
             return self._give_up(f"the trace failed: {exc}", eager)
         if not torch.equal(replayed, eager):
             return self._give_up("the traced step's logits differ from the eager step's", eager)
-        self._graph = graph
-        log.info("decode steps run from a traced graph")
+        self._graphs[lanes is not None] = graph
+        log.info("decode steps %srun from a traced graph",
+                 "reading the decode lanes " if lanes is not None else "")
         return eager
 
     def _give_up(self, why: str, eager: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,65 @@
+"""The engine with its decode rows' lanes (llm/decode_lanes.py) against the engine without, in
+process, over a changing batch: the same greedy answers, eagerly and from the traced graph, with
+steps that read the lanes; a budget too small for them leaves every step to the pool."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from kubemaas_runtime.llm.attention import PagedStep
+from kubemaas_runtime.llm.engine import Engine, EngineConfig
+from kubemaas_runtime.llm.loader import load_hf
+
+from .llm_staggered import run_staggered
+
+CONFIG = EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256, max_num_seqs=8,
+                      max_num_batched_tokens=32, block_size=8)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+def test_the_engine_answers_alike_with_and_without_lanes(tiny_llama: Path, traced: bool) -> None:
+    torch.set_num_threads(1)
+    lm = load_hf(tiny_llama, device="cpu")
+    config = dataclasses.replace(CONFIG, traced_decode=traced)
+    without = Engine(lm, dataclasses.replace(config, decode_lanes=False))
+    assert without.lanes is None
+    want = run_staggered(without, lm)
+    read_lanes = []
+    forward = lm.stack if traced else lm.forward
+
+    def counting(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
+                 step: PagedStep) -> torch.Tensor:
+        read_lanes.append(step.lanes is not None)
+        assert forward is not None
+        return forward(input_ids, position_ids, keep, step)
+
+    engine = Engine(lm, config)
+    assert engine.lanes is not None
+    if traced:
+        assert engine.traced is not None
+        engine.traced._stack = counting  # the graph is traced from (and falls back to) this
+    else:
+        engine._model_step = counting
+    assert run_staggered(engine, lm) == want
+    if traced:
+        assert engine.traced is not None and not engine.traced.failed
+        assert engine.traced.replays > 20
+        assert list(engine.traced._graphs) == [True]  # the decode-only steps read the lanes
+    else:
+        assert sum(read_lanes) > 20
+    assert engine.lanes.filled >= 7  # every sequence's lane was filled once, at least
+
+
+def test_lanes_over_their_budget_leave_the_steps_to_the_pool(tiny_llama: Path) -> None:
+    torch.set_num_threads(1)
+    lm = load_hf(tiny_llama, device="cpu")
+    want = run_staggered(Engine(lm, dataclasses.replace(CONFIG, decode_lanes=False)), lm)
+    engine = Engine(lm, CONFIG)
+    assert engine.lanes is not None
+    engine.lanes.max_bytes = 1  # no lane fits
+    assert run_staggered(engine, lm) == want
+    assert engine.lanes.filled == 0 and engine.lanes.nbytes == 0
