@@ -8,7 +8,8 @@ keeps it (heap.py). Two measurements, each alternating the two ways:
 
 * **steps**: a decode-only step of ``--rows`` rows, all of one context, for each of
   ``--contexts``: the direct stack with the decode attention over the lanes (filled once,
-  beforehand) and over blocks gathered from the pool, ``--pairs`` pairs, the order alternating;
+  beforehand; small steps too, under ``LANES_FROM_BYTES``) and over blocks gathered from
+  the pool, ``--pairs`` pairs, the order alternating;
   the median step time of each, the median of the pairs' ratios (< 1: lanes faster) and the
   largest difference between the two steps' logits;
 * **answers** (``--answers N``): the whole engine (traced decode steps, defaults otherwise,
@@ -39,6 +40,7 @@ sys.path.insert(0, str(HERE))
 import decode_groups  # noqa: E402  (puts runtime/ and hack/ on the path)
 import prompt_steps  # noqa: E402
 
+from kubemaas_runtime.llm import decode_lanes  # noqa: E402
 from kubemaas_runtime.llm.decode_lanes import DecodeLanes  # noqa: E402
 from kubemaas_runtime.llm.engine import Engine, EngineConfig  # noqa: E402
 from kubemaas_runtime.llm.heap import keep_freed_memory  # noqa: E402
@@ -57,7 +59,13 @@ def step_pair(lm: Any, rows: int, context: int, pairs: int) -> dict[str, Any]:
     assert paged.decode_blocks is not None
     width = -(-context // BLOCK)
     seqs = [_Row(paged.decode_blocks[i, :width].tolist(), context - 1) for i in range(rows)]
-    assert lanes.arrange(seqs) is not None
+    lanes_from = decode_lanes.LANES_FROM_BYTES
+    decode_lanes.LANES_FROM_BYTES = 1  # lanes for steps of any size
+    try:
+        arranged = lanes.arrange(seqs)
+    finally:
+        decode_lanes.LANES_FROM_BYTES = lanes_from
+    assert arranged is not None
 
     def run(use_lanes: bool) -> tuple[float, torch.Tensor]:
         paged.lanes = lanes if use_lanes else None

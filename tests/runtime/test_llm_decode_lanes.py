@@ -10,11 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from kubemaas_runtime.llm import decode_lanes
 from kubemaas_runtime.llm.attention import PagedStep
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import load_hf
 
 from .llm_staggered import run_staggered
+
+
+@pytest.fixture(autouse=True)
+def short_contexts_in_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's rows read little: lanes take them."""
+    monkeypatch.setattr(decode_lanes, "LANES_FROM_BYTES", 1)
+
 
 CONFIG = EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256, max_num_seqs=8,
                       max_num_batched_tokens=32, block_size=8)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from itertools import count
 
+import pytest
 import torch
 
+from kubemaas_runtime.llm import decode_lanes
 from kubemaas_runtime.llm.attention import paged_attention
 from kubemaas_runtime.llm.decode_lanes import GRANULE, DecodeLanes
 from kubemaas_runtime.llm.detok import Detokenizer
@@ -18,6 +20,12 @@ from kubemaas_runtime.llm.sampling import SamplingParams
 from kubemaas_runtime.llm.scheduler import Sequence
 
 BLOCK, KV_HEADS, DIM, LAYERS = 16, 2, 8, 2
+
+
+@pytest.fixture(autouse=True)
+def short_contexts_in_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' rows read little: lanes take them (but where a test says otherwise)."""
+    monkeypatch.setattr(decode_lanes, "LANES_FROM_BYTES", 1)
 
 
 def _store(blocks: int) -> KVStore:
@@ -131,3 +139,17 @@ def test_decode_attention_over_the_lanes_is_the_attention_over_the_pool() -> Non
     for seq in arranged:  # the new token is in the lanes too
         seq.computed += 1
     _assert_lanes_hold_the_pool(lanes, store)
+
+
+def test_steps_that_read_little_read_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = count(1)
+    store = _store(200)
+    lanes = DecodeLanes(store, BLOCK, 1 << 30)
+    layer_token = 2 * KV_HEADS * DIM * 4  # bytes of one token's keys and values in one layer
+    monkeypatch.setattr(decode_lanes, "LANES_FROM_BYTES", 4 * 300 * layer_token)
+    short = [_decoding(i, 40, blocks) for i in range(3)]
+    assert lanes.arrange(short) is None
+    long = _decoding(9, 300, blocks)  # four rows padded to 300 tokens: enough
+    assert lanes.arrange([*short, long]) is not None
+    assert lanes.arrange(short) is None  # the long row left: the lanes are given up
+    assert lanes.nbytes == 0

@@ -19,7 +19,8 @@ and the lanes grow or shrink in whole ``GRANULE``s of tokens.
 
 The copy costs memory: up to ``max_bytes`` (the engine gives it as much as the KV cache). A
 step whose rows do not fit runs from the pool, as do steps whose rows attend in groups of
-similar width (packing.decode_groups: there padding every row to the longest would cost more).
+similar width (packing.decode_groups: there padding every row to the longest would cost more)
+and steps that read little (``LANES_FROM_BYTES``); such a step gives the lanes up.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ from .kv_cache import KVStore
 GRANULE = 256
 # Lanes are allocated for a multiple of this many rows, for the same reason.
 ROWS_STEP = 4
+# Steps whose decode rows read fewer bytes per layer than this (keys and values, every row
+# padded to the widest) read the pool. Attention over the lanes reads them from memory, while
+# the pool's gather is a streaming copy that leaves them in the cache for the attention: while
+# a layer's copy stays cache-sized that costs less. On the small benchmark model (4 KiB per
+# token and layer), 16 rows, one thread, a decode step over the lanes took 1.09-1.13x the
+# pool's time at 80-208 tokens (5-13 MiB a layer), 1.03x at 272 (17 MiB), 0.95x at 336
+# (21 MiB), 0.66x at 560 and 0.58x at 1,040; on the tiny one (512 bytes per token and
+# layer) 1.03-1.09x at 336-1,040 tokens (2.6-8.1 MiB); bench/llm/decode_lanes.py.
+LANES_FROM_BYTES = 20 << 20
 
 
 def _round_up(n: int, step: int) -> int:
@@ -66,8 +76,10 @@ class DecodeLanes:
     def arrange(self, decode: Rows[Any]) -> list[Any] | None:
         """``decode`` (sequences with ``blocks`` and ``computed``) in lane order, each lane
         holding its row's ``computed`` tokens; None, with the lanes given back, when the rows
-        would not fit ``max_bytes``."""
-        shape = self._shape_for(len(decode), max(s.computed for s in decode) + 1)
+        would not fit ``max_bytes`` or would read less than ``LANES_FROM_BYTES`` a layer."""
+        tokens = max(s.computed for s in decode) + 1
+        reads = len(decode) * tokens * self.token_bytes // len(self.store.keys)
+        shape = self._shape_for(len(decode), tokens) if reads >= LANES_FROM_BYTES else None
         if shape is None:
             self.clear()
             return None
