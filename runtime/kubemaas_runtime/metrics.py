@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .llm.engine import Delta
+    from .llm.request_stream import Delta
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0)
@@ -222,6 +222,9 @@ class LLMMetrics:
                                    names)
         self.peak_running = Gauge("kubemaas_llm_peak_running_requests",
                                   "Most requests that were in the running batch at once.", names)
+        self.lanes_bytes = Gauge("kubemaas_llm_decode_lanes_bytes",
+                                 "Bytes the decode lanes hold (on CPU: a second copy of the "
+                                 "decoding sequences' keys and values).", names)
         self.preemptions = Counter("vllm:num_preemptions_total",
                                    "Sequences preempted (blocks taken back, recomputed later).",
                                    names)
@@ -280,8 +283,9 @@ class LLMMetrics:
 
     def set_engine(self, waiting: int, running: int, kv_usage: float, preemptions: int,
                    peak_running: int = 0, prefix: tuple[int, int] = (0, 0),
-                   step_tokens: dict[int, int] | None = None) -> None:
+                   step_tokens: dict[int, int] | None = None, lanes_bytes: int = 0) -> None:
         self.peak_running.set(self.label, peak_running)
+        self.lanes_bytes.set(self.label, lanes_bytes)
         self.prefix_queries.values[self.label] = float(prefix[0])
         self.prefix_hits.values[self.label] = float(prefix[1])
         self.waiting.set(self.label, waiting)
@@ -302,7 +306,7 @@ class LLMMetrics:
             self.waiting, self.running, self.kv_usage, self.cache_info, self.ttft, self.itl,
             self.e2e, self.prompt_tokens, self.generation_tokens, self.success, self.preemptions,
             self.prefix_queries, self.prefix_hits, self.rejected, self.peak_running,
-            *self.phases.values(), self.request_prompt_tokens, self.request_generation_tokens,
+            self.lanes_bytes, *self.phases.values(), self.request_prompt_tokens, self.request_generation_tokens,
             self.request_max_tokens, self.request_n, self.iteration_tokens)
         if self.lora_info.values:
             metrics += (self.lora_info,)

@@ -1,6 +1,7 @@
 """The engine with its decode rows' lanes (llm/decode_lanes.py) against the engine without, in
 process, over a changing batch: the same greedy answers, eagerly and from the traced graph, with
-steps that read the lanes; a budget too small for them leaves every step to the pool."""
+steps that read the lanes; a budget too small for them leaves every step to the pool; the
+lanes' bytes are published (``kubemaas_llm_decode_lanes_bytes``) and given back when idle."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kubemaas_runtime.llm import decode_lanes
 from kubemaas_runtime.llm.attention import PagedStep
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import load_hf
+from kubemaas_runtime.metrics import LLMMetrics
 
 from .llm_staggered import run_staggered
 
@@ -71,3 +73,25 @@ def test_lanes_over_their_budget_leave_the_steps_to_the_pool(tiny_llama: Path) -
     engine.lanes.max_bytes = 1  # no lane fits
     assert run_staggered(engine, lm) == want
     assert engine.lanes.filled == 0 and engine.lanes.nbytes == 0
+
+
+def test_the_lanes_bytes_are_published_and_given_back_when_idle(tiny_llama: Path) -> None:
+    torch.set_num_threads(1)
+    lm = load_hf(tiny_llama, device="cpu")
+    engine = Engine(lm, CONFIG)
+    published = []
+    step = engine.step
+
+    def stepped() -> list:
+        out = step()
+        published.append(engine.lanes_bytes)
+        return out
+
+    engine.step = stepped  # type: ignore[method-assign]
+    run_staggered(engine, lm)
+    assert max(published) > 0
+    assert published[-1] == 0 and engine.lanes is not None and engine.lanes.nbytes == 0
+    metrics = LLMMetrics("tiny", 8, engine.pool.usable)
+    metrics.set_engine(0, 0, 0.0, 0, lanes_bytes=max(published))
+    assert f'kubemaas_llm_decode_lanes_bytes{{model_name="tiny"}} {max(published)}' in \
+        "\n".join(metrics.render_lines())

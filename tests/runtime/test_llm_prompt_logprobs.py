@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kubemaas_runtime.llm.engine import Delta, Engine, EngineConfig
+from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import LanguageModel, load_hf
+from kubemaas_runtime.llm.request_stream import Delta
 from kubemaas_runtime.llm.sampling import SamplingParams, TokenLogprobs
 from kubemaas_runtime.llm.scheduler import Sequence
 

@@ -20,7 +20,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from .engine import Delta, Engine, Overloaded, RequestStream
+from .engine import Engine, Overloaded
+from .request_stream import Delta, RequestStream
 from .sampling import SamplingParams
 
 QUEUE_FULL_WAIT_S = 0.01  # a step's request waits this long for room in the engine's queue

@@ -11,13 +11,11 @@ loop in one ``call_soon_threadsafe`` per step. Nothing here runs on the event lo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +31,7 @@ from .lora import AdapterError, in_use
 from .pacing import PrefillPacer
 from .packing import decode_groups, pack
 from .prompt_scores import score
+from .request_stream import Delta, RequestStream
 from .sampling import SamplingParams, TokenLogprobs, sample
 from .scheduler import Scheduler, Sequence
 from .traced_decode import TracedDecode, traceable
@@ -68,89 +67,10 @@ class EngineConfig:
     scheduling_policy: str = "fcfs"  # or "priority": requests' priorities order the queue
 
 
-@dataclass(frozen=True)
-class Delta:
-    """What one step produced for one request."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    logprobs: tuple[TokenLogprobs, ...]
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    at: float  # time.monotonic() when produced
-    cached_tokens: int = 0  # prompt tokens taken from the prefix cache at admission
-    # with params.prompt_logprobs, on a request's first delta: prompt tokens 1..'s logprobs
-    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
-    scheduled_at: float | None = None  # on the last delta: when it was first admitted to run
-    # on the last delta: the stop token id or stop string that ended it (vLLM's stop_reason;
-    # None for EOS, the length or a complete grammar)
-    stop_reason: int | str | None = None
-
-
 def kv_blocks_for_budget(lm: LanguageModel, cfg_bytes: int, block_size: int) -> int:
     per_block = KVStore.bytes_per_block(lm.num_layers, block_size, lm.kv_heads, lm.head_dim,
                                         lm.dtype)
     return cfg_bytes // per_block
-
-
-class RequestStream:
-    """The event loop's end of one request: the engine's deltas, read as they come.
-
-    A deque and one waiter future rather than an ``asyncio.Queue``: on small models the engine
-    hands every stream a delta every few milliseconds, and the reader takes all that are ready
-    at once (``batches``)."""
-
-    def __init__(self, engine: Engine, seq: Sequence) -> None:
-        self._engine = engine
-        self.seq = seq
-        self._items: deque[Delta | BaseException] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self.done = False       # no more deltas will be read
-        self.finished = False   # the engine's last delta was read
-        self.arrival = seq.arrival
-
-    def put(self, item: Delta | BaseException) -> None:
-        """Event loop: a delta (or the engine's failure) for this request."""
-        self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def cancel(self) -> None:
-        if not self.done:
-            self.done = True
-            self._engine.abort(self.seq)
-
-    async def batches(self) -> AsyncIterator[list[Delta]]:
-        """Lists of the deltas that are ready, up to the finishing one; an engine failure is
-        raised after the deltas before it."""
-        while not self.done:
-            if not self._items:
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-            batch: list[Delta] = []
-            failure: BaseException | None = None
-            while self._items and not self.done:
-                item = self._items.popleft()
-                if isinstance(item, BaseException):
-                    failure = item
-                    self.done = True
-                    break
-                batch.append(item)
-                if item.finish_reason is not None:
-                    self.done = self.finished = True
-            if batch:
-                yield batch
-            if failure is not None:
-                raise failure
-
-    async def __aiter__(self) -> AsyncIterator[Delta]:
-        async for batch in self.batches():
-            for delta in batch:
-                yield delta
 
 
 class Engine(EngineThread):
@@ -194,6 +114,7 @@ class Engine(EngineThread):
         self.num_waiting = 0
         self.num_running = 0
         self.kv_usage = 0.0
+        self.lanes_bytes = 0  # the decode lanes' tensors (decode_lanes.py)
         self.steps = 0
         self.peak_running = 0  # most sequences that ran in one step
         self.step_tokens: Counter[int] = Counter()  # tokens in a step -> steps
@@ -345,6 +266,10 @@ class Engine(EngineThread):
         self.num_running = len(self.scheduler.running)
         self.peak_running = max(self.peak_running, self.num_running)
         self.kv_usage = self.pool.usage()
+        if self.lanes is not None:
+            if not self.scheduler.running:  # idle: the lanes' memory goes back
+                self.lanes.clear()
+            self.lanes_bytes = self.lanes.nbytes
         if self.loras is not None:
             self.lora_running = self.loras.names_of(self.scheduler.running)
             self.lora_waiting = self.loras.names_of(self.scheduler.waiting)

@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..llm.engine import Delta, RequestStream
+from ..llm.request_stream import Delta, RequestStream
 from ..metrics import Metrics
 from ..security.usage import current_usage
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
@@ -240,7 +240,8 @@ class OpenAIServer:
         eng, llm = self.served.engine, self.served.metrics
         llm.set_engine(eng.num_waiting, eng.num_running, eng.kv_usage,
                        eng.scheduler.preemptions, eng.peak_running,
-                       (eng.pool.queried_tokens, eng.pool.hit_tokens), dict(eng.step_tokens))
+                       (eng.pool.queried_tokens, eng.pool.hit_tokens), dict(eng.step_tokens),
+                       eng.lanes_bytes)
         if eng.loras is not None:
             llm.set_loras(eng.loras.max_loras, eng.lora_running, eng.lora_waiting)
         return body + ("\n".join(llm.render_lines()) + "\n").encode()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..llm.engine import Delta, RequestStream
+from ..llm.request_stream import Delta, RequestStream
 from ..llm.sampling import TokenLogprobs
 from .openai_schema import GenerationRequest
 

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..llm.engine import Delta
+from ..llm.request_stream import Delta
 from .openai_errors import ApiError
 from .openai_errors import bad_request as _bad
 

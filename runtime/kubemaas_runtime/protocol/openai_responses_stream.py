@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..llm.engine import Delta
+from ..llm.request_stream import Delta
 from .openai_answer import Choice, logprobs_doc
 from .openai_reader import AnswerReader
 from .openai_responses import (

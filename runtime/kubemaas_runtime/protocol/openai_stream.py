@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..llm.engine import Delta, RequestStream
+from ..llm.request_stream import Delta, RequestStream
 from ..llm.sampling import TokenLogprobs
 from .openai_answer import Choice, logprobs_doc, usage_doc
 from .openai_errors import ApiError
