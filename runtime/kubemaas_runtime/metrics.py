@@ -306,8 +306,9 @@ class LLMMetrics:
             self.waiting, self.running, self.kv_usage, self.cache_info, self.ttft, self.itl,
             self.e2e, self.prompt_tokens, self.generation_tokens, self.success, self.preemptions,
             self.prefix_queries, self.prefix_hits, self.rejected, self.peak_running,
-            self.lanes_bytes, *self.phases.values(), self.request_prompt_tokens, self.request_generation_tokens,
-            self.request_max_tokens, self.request_n, self.iteration_tokens)
+            self.lanes_bytes, *self.phases.values(), self.request_prompt_tokens,
+            self.request_generation_tokens, self.request_max_tokens, self.request_n,
+            self.iteration_tokens)
         if self.lora_info.values:
             metrics += (self.lora_info,)
         for metric in metrics:
