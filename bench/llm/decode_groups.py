@@ -22,7 +22,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from itertools import count
 from pathlib import Path
@@ -36,11 +35,9 @@ sys.path.insert(0, str(HERE))
 import prompt_steps  # noqa: E402  (puts runtime/ and hack/ on the path)
 
 from kubemaas_runtime.llm.detok import Detokenizer  # noqa: E402
-from kubemaas_runtime.llm.loader import load_hf  # noqa: E402
 from kubemaas_runtime.llm.packing import PackedStep, decode_groups, pack  # noqa: E402
 from kubemaas_runtime.llm.sampling import SamplingParams  # noqa: E402
 from kubemaas_runtime.llm.scheduler import Sequence  # noqa: E402
-from kubemaas_testbed.llm_models import build_llm  # noqa: E402
 
 BLOCK = prompt_steps.BLOCK
 
@@ -80,18 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long-rows", type=int, default=1)
     ap.add_argument("--long-context", type=int, default=1040)
     ap.add_argument("--pairs", type=int, default=20)
-    ap.add_argument("--work", type=Path, default=None, help="model directory cache")
-    ap.add_argument("--model", type=Path, default=None,
-                    help="an existing model directory (default: build --size under --work)")
-    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    prompt_steps.model_options(ap)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    work = a.work or Path(tempfile.gettempdir()) / "kubemaas-prompt-steps"
-    model_dir = a.model or work / f"{a.size}-float32"
-    if not (model_dir / "config.json").exists():
-        build_llm(model_dir, size=a.size)
-    lm = load_hf(model_dir, device="cpu")
-    assert lm.stack is not None, "the engine's direct forward is needed"
+    model_dir, lm = prompt_steps.load_model(a)
     contexts = [a.short_context] * a.short_rows + [a.long_context] * a.long_rows
     packed = decode_step(lm, contexts)
     times, ratios, diff = prompt_steps._alternate(lambda g: timed(lm, packed, g), a.pairs)

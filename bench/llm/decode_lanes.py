@@ -27,7 +27,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,10 +43,8 @@ from kubemaas_runtime.llm import decode_lanes  # noqa: E402
 from kubemaas_runtime.llm.decode_lanes import DecodeLanes  # noqa: E402
 from kubemaas_runtime.llm.engine import Engine, EngineConfig  # noqa: E402
 from kubemaas_runtime.llm.heap import keep_freed_memory  # noqa: E402
-from kubemaas_runtime.llm.loader import load_hf  # noqa: E402
 from kubemaas_runtime.llm.packing import PackedStep  # noqa: E402
 from kubemaas_runtime.llm.sampling import SamplingParams  # noqa: E402
-from kubemaas_testbed.llm_models import build_llm  # noqa: E402
 
 BLOCK = prompt_steps.BLOCK
 
@@ -139,19 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--answers", type=int, default=0, help="answer tokens (0: steps only)")
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--work", type=Path, default=None, help="model directory cache")
-    ap.add_argument("--model", type=Path, default=None,
-                    help="an existing model directory (default: build --size under --work)")
-    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    prompt_steps.model_options(ap)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     keep_freed_memory()
-    work = a.work or Path(tempfile.gettempdir()) / "kubemaas-prompt-steps"
-    model_dir = a.model or work / f"{a.size}-float32"
-    if not (model_dir / "config.json").exists():
-        build_llm(model_dir, size=a.size)
-    lm = load_hf(model_dir, device="cpu")
-    assert lm.stack is not None, "the engine's direct forward is needed"
+    model_dir, lm = prompt_steps.load_model(a)
     result: dict[str, Any] = {"model": model_dir.name, "steps": []}
     for context in (int(c) for c in a.contexts.split(",") if c):
         row = step_pair(lm, a.rows, context, a.pairs)

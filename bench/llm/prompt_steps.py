@@ -77,6 +77,27 @@ def _step(lm: Any, prompts: int, decode_rows: int, prompt_tokens: int, seed: int
     return pack(decode, prefill, store_for(lm, next(blocks)), BLOCK)
 
 
+def model_options(ap: argparse.ArgumentParser) -> None:
+    """The options of the in-process step benches: where the model is, where figures go."""
+    ap.add_argument("--work", type=Path, default=None, help="model directory cache")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="an existing model directory (default: build --size under --work)")
+    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+
+
+def load_model(a: argparse.Namespace, device: str = "cpu", dtype: str = "float32"
+               ) -> tuple[Path, Any]:
+    """``--model``, or the ``--size`` bench model built under ``--work``, loaded for the
+    engine's direct forward; its directory and the model."""
+    work = a.work or Path(tempfile.gettempdir()) / "kubemaas-prompt-steps"
+    model_dir = a.model or work / f"{a.size}-{dtype}"
+    if not (model_dir / "config.json").exists():
+        build_llm(model_dir, size=a.size, dtype=dtype)
+    lm = load_hf(model_dir, device=device, dtype=dtype)
+    assert lm.stack is not None, "the engine's direct forward is needed"
+    return model_dir, lm
+
+
 def store_for(lm: Any, num_blocks: int) -> KVStore:
     """A KV pool of ``num_blocks`` blocks shaped for the model (its values left as allocated)."""
     cfg = lm.model.config
@@ -204,10 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", type=Path, default=None, help="model directory cache")
-    ap.add_argument("--model", type=Path, default=None,
-                    help="an existing model directory (default: build --size under --work)")
-    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    model_options(ap)
     ap.add_argument("--layouts", action="store_true",
                     help="the largest step's chunk batches in the grouped-rows layout against "
                          "sdpa's enable_gqa")
@@ -217,12 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="write torch profiler tables of the largest prompt count's steps")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    work = a.work or Path(tempfile.gettempdir()) / "kubemaas-prompt-steps"
-    model_dir = a.model or work / f"{a.size}-{a.dtype}"
-    if not (model_dir / "config.json").exists():
-        build_llm(model_dir, size=a.size, dtype=a.dtype)
-    lm = load_hf(model_dir, device=a.device, dtype=a.dtype)
-    assert lm.stack is not None, "the engine's direct forward is needed"
+    model_dir, lm = load_model(a, a.device, a.dtype)
     rows = [measure(lm, int(p), a) for p in a.prompts.split(",")]
     print(f"# {model_dir.name} {a.dtype} on {a.device}, {a.threads} thread(s), "
           f"load {os.getloadavg()[0]:.2f}; {a.decode_rows} decode rows, prompts of "

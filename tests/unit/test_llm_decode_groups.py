@@ -8,24 +8,18 @@ import dataclasses
 from itertools import count
 
 import torch
+from tests.unit.llm_rows import decoding
 
 from kubemaas_runtime.llm.attention import paged_attention
-from kubemaas_runtime.llm.detok import Detokenizer
 from kubemaas_runtime.llm.kv_cache import KVStore
 from kubemaas_runtime.llm.packing import GROUP_SAVES_BLOCKS, decode_groups, pack
-from kubemaas_runtime.llm.sampling import SamplingParams
 from kubemaas_runtime.llm.scheduler import Sequence
 
 BLOCK = 16
 
 
 def _decoding(rid: int, context: int, blocks: count) -> Sequence:
-    """A sequence about to decode its token at position ``context - 1``."""
-    s = Sequence(rid, [(rid * 7 + i) % 50 + 1 for i in range(context)],
-                 SamplingParams(max_tokens=4), sink=lambda _: None, detok=Detokenizer(None))
-    s.computed = context - 1
-    s.blocks = [next(blocks) for _ in range(-(-context // BLOCK))]
-    return s
+    return decoding(rid, context, blocks, BLOCK)
 
 
 def test_rows_of_similar_contexts_stay_one_call() -> None:

@@ -9,14 +9,13 @@ from itertools import count
 
 import pytest
 import torch
+from tests.unit.llm_rows import decoding
 
 from kubemaas_runtime.llm import decode_lanes
 from kubemaas_runtime.llm.attention import paged_attention
 from kubemaas_runtime.llm.decode_lanes import GRANULE, DecodeLanes
-from kubemaas_runtime.llm.detok import Detokenizer
 from kubemaas_runtime.llm.kv_cache import KVStore
 from kubemaas_runtime.llm.packing import pack
-from kubemaas_runtime.llm.sampling import SamplingParams
 from kubemaas_runtime.llm.scheduler import Sequence
 
 BLOCK, KV_HEADS, DIM, LAYERS = 16, 2, 8, 2
@@ -37,12 +36,7 @@ def _store(blocks: int) -> KVStore:
 
 
 def _decoding(rid: int, context: int, blocks: count) -> Sequence:
-    """A sequence about to decode its token at position ``context - 1``."""
-    s = Sequence(rid, [(rid * 7 + i) % 50 + 1 for i in range(context)],
-                 SamplingParams(max_tokens=4), sink=lambda _: None, detok=Detokenizer(None))
-    s.computed = context - 1
-    s.blocks = [next(blocks) for _ in range(-(-context // BLOCK))]
-    return s
+    return decoding(rid, context, blocks, BLOCK)
 
 
 def _assert_lanes_hold_the_pool(lanes: DecodeLanes, store: KVStore) -> None:
