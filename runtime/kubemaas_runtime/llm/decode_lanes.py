@@ -97,6 +97,18 @@ class DecodeLanes:
                 self.held.append(seq.computed)
         return list(self.rows)
 
+    def for_step(self, decode: Rows[Any], grouped: bool) -> list[Any] | None:
+        """The decode rows in lane order when the step reads them from the lanes (``arrange``);
+        else None, the lanes given up. A step whose rows attend in groups reads the pool, and
+        a row that misses a step is filled again from the pool when it comes back (a
+        preempted one may come back with other keys and values)."""
+        if decode and not grouped:
+            arranged = self.arrange(decode)
+            if arranged is not None:
+                return arranged
+        self.clear()
+        return None
+
     def advanced(self) -> None:
         """The step wrote one token to every lane and the rows counted it."""
         self.held = [s.computed for s in self.rows]

@@ -301,11 +301,12 @@ class Engine(EngineThread):
         if self.lm.device.type == "cpu":  # on a GPU a step's launches cost more than padding
             decode, groups = decode_groups(decode, self.cfg.block_size)
         if self.lanes is not None:
-            lanes = self._arrange_lanes(decode, groups)
-            decode = lanes or decode
+            arranged = self.lanes.for_step(decode, groups is not None)
+            if arranged is not None:
+                decode, lanes = arranged, self.lanes
         step = pack(decode, prefill, self.store, self.cfg.block_size, groups)
-        if lanes:
-            step.paged.lanes = self.lanes
+        if lanes is not None:
+            step.paged.lanes = lanes
             step.paged.decode_positions = step.position_ids[0, :len(decode)]
         dev = self.lm.device
         model_step = self._model_step
@@ -322,8 +323,8 @@ class Engine(EngineThread):
             seq.computed += n
             seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,
                                                 seq.computed, seq.cache_root)
-        if lanes:
-            self.lanes.advanced()  # type: ignore[union-attr]
+        if lanes is not None:
+            lanes.advanced()
         failed = self._score_prompts(step.scored, logits, len(step.sampled), out)
         if not step.sampled:
             return
@@ -340,19 +341,6 @@ class Engine(EngineThread):
                 out.append((seq, self._finish_prompt_only(seq, now)))
             else:
                 out.append((seq, self._advance(seq, sampled.tokens[i], sampled.infos[i], now)))
-
-    def _arrange_lanes(self, decode: list[Sequence], groups: list[tuple[int, int]] | None
-                       ) -> list[Sequence] | None:
-        """The decode rows in lane order when the step reads them from the lanes; else None,
-        the lanes given up (a row that misses a step is filled again from the pool when it
-        comes back: a preempted one may have come back with other keys and values)."""
-        assert self.lanes is not None
-        if decode and groups is None:
-            arranged = self.lanes.arrange(decode)
-            if arranged is not None:
-                return arranged
-        self.lanes.clear()
-        return None
 
     def _score_prompts(self, scored: list[tuple[Sequence, int, int]], logits: torch.Tensor,
                        row: int, out: list[tuple[Sequence, Delta | BaseException]]

@@ -64,10 +64,39 @@ def _lora_set(settings: Settings, lm: Any) -> Any:
     return loras
 
 
+def _engine(settings: Settings, lm: Any, max_len: int) -> Any:
+    """The engine for ``lm`` as the settings configure it."""
+    from .engine import Engine, EngineConfig
+
+    try:
+        return Engine(lm, EngineConfig(
+            kv_cache_bytes=kv_budget(settings, lm), max_model_len=max_len,
+            max_num_seqs=settings.max_num_seqs,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            block_size=settings.block_size, max_queue=settings.max_queue_size,
+            prefix_caching=settings.prefix_caching, prefill_share=settings.prefill_share,
+            arrival_window=settings.arrival_window_ms / 1e3,
+            traced_decode=settings.traced_decode, decode_lanes=settings.decode_lanes,
+            scheduling_policy=settings.scheduling_policy))
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _warm(engine: Any, max_num_seqs: int, max_len: int) -> None:
+    """Before serving: CUDA graphs of every decode bucket, and one short generation (which
+    traces the CPU decode graph); the warm-up is not counted as served work."""
+    from .sampling import SamplingParams
+
+    if engine.graphed is not None:
+        engine.graphed.warm(max_num_seqs, engine.pool.blocks_for(max_len))
+    engine.generate_sync([[0] * 4], SamplingParams(max_tokens=2, temperature=0.0,
+                                                   ignore_eos=True))
+    engine.reset_stats()
+
+
 def _load(settings: Settings) -> tuple[Any, Any]:
     """Blocking: fetch the directory, load the model, build the engine (runs in a thread)."""
     from .chat_template import read_chat_template, use_chat_template
-    from .engine import Engine, EngineConfig
     from .loader import load_hf, parse_overrides, pooling_runner
 
     t0 = time.perf_counter()
@@ -95,28 +124,9 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     if max_len > lm.max_position:
         raise StartupError(f"--max-model-len {max_len} is over the model's limit of "
                            f"{lm.max_position} positions")
-    try:
-        engine = Engine(lm, EngineConfig(
-            kv_cache_bytes=kv_budget(settings, lm), max_model_len=max_len,
-            max_num_seqs=settings.max_num_seqs,
-            max_num_batched_tokens=settings.max_num_batched_tokens,
-            block_size=settings.block_size, max_queue=settings.max_queue_size,
-            prefix_caching=settings.prefix_caching, prefill_share=settings.prefill_share,
-            arrival_window=settings.arrival_window_ms / 1e3,
-            traced_decode=settings.traced_decode, decode_lanes=settings.decode_lanes,
-            scheduling_policy=settings.scheduling_policy))
-    except ValueError as exc:
-        raise StartupError(str(exc)) from None
+    engine = _engine(settings, lm, max_len)
     if settings.warmup:
-        from .sampling import SamplingParams
-
-        if engine.graphed is not None:  # CUDA graphs of every decode bucket, before serving
-            engine.graphed.warm(settings.max_num_seqs,
-                                engine.pool.blocks_for(max_len))
-
-        engine.generate_sync([[0] * 4],
-                             SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
-        engine.reset_stats()  # the warm-up is not served work
+        _warm(engine, settings.max_num_seqs, max_len)
     log.info("model loaded", extra={"fields": {
         "path": str(path), "fetch_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3),
         "warmup_s": round(time.perf_counter() - t2, 3), "model_type": lm.model_type,
