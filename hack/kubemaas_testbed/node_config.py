@@ -106,17 +106,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 # The disk is shared with other work: its usage says nothing about the node, and
 # image GC would delete the images we imported (they cannot be pulled again).
-# Eviction only when the disk or memory is really full: in sizes, not shares (1 %
-# of a 250 GB disk is 2.5 GB, which importing the language-model image, 8 GB
-# unpacked and compressed, can dip below on a machine with little free disk), and
-# a pressure the kubelet saw lifts 10 s after it ends, not after the default 5 min,
-# which would leave the node tainted for disk pressure through the tests after a
-# brief dip (docs/real-node.md).
+# No eviction for disk at all ("0%" turns a signal off; a signal left out would
+# take the kubelet's default): under disk pressure the kubelet first reclaims
+# unused images, our pause image among them (containerd 1.6 does not pin its
+# sandbox image), and every later pod then fails to get a sandbox. A dip caused by
+# other work on the machine (CI saw 72 MB free during the language-model image's
+# test) would take the rest of the suite down with it; a disk that really fills
+# fails the write that needed it, which says so. Memory keeps its threshold, and a
+# pressure the kubelet saw lifts 10 s after it ends, not after the default 5 min
+# (docs/real-node.md).
 DISK_AND_EVICTION: dict[str, Any] = {
     "imageGCHighThresholdPercent": 100,
     "imageGCLowThresholdPercent": 99,
-    "evictionHard": {"memory.available": "100Mi", "nodefs.available": "256Mi",
-                     "nodefs.inodesFree": "1%", "imagefs.available": "256Mi"},
+    "evictionHard": {"memory.available": "100Mi",
+                     "nodefs.available": "0%", "nodefs.inodesFree": "0%",
+                     "imagefs.available": "0%", "imagefs.inodesFree": "0%"},
     "evictionPressureTransitionPeriod": "10s",
 }
 

@@ -207,8 +207,23 @@ def test_llm_runtime_image_serves_a_tiny_llama(testbed: Kube, node: real.RealNod
                          "--intra-op-threads", "1"]
     container["env"] = []
     container["resources"] = {"requests": {"cpu": "100m", "memory": "256Mi"}}
-    ip = run_pod(testbed, node, namespace, pod, timeout=300)
+    try:
+        ip = run_pod(testbed, node, namespace, pod, timeout=300)
+        check_openai_answers(node, ip)
+    finally:
+        release_image(testbed, node, namespace, "llm", ref)
 
+
+def release_image(kube: Kube, node: real.RealNode, namespace: str, pod: str, ref: str) -> None:
+    """Delete the pod and take its image off the node: the language-model image holds about
+    8 GB of the shared disk there (its blobs and unpacked layers), which the tests after it
+    need more than it does."""
+    kube.kubectl("-n", namespace, "delete", "pod", pod, "--wait=true", "--timeout=120s",
+                 check=False)
+    node.crictl("rmi", ref, check=False)
+
+
+def check_openai_answers(node: real.RealNode, ip: str) -> None:
     status, models = http_json(pod_url(node.slot, ip, "/v1/models"))
     assert status == 200 and [m["id"] for m in models["data"]] == [LLM], models
     status, out = http_json(pod_url(node.slot, ip, "/v1/completions"), {
