@@ -170,10 +170,9 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
         if step.lanes is not None:
             assert step.decode_mask is not None
             width = step.decode_mask.shape[-1]
-            out = F.scaled_dot_product_attention(
-                q, step.lanes.keys[step.layer][:rows, :, :width],
-                step.lanes.values[step.layer][:rows, :, :width], attn_mask=step.decode_mask,
-                scale=scaling)
+            out = _attend_lanes(q, step.lanes.keys[step.layer][:rows, :, :width],
+                                step.lanes.values[step.layer][:rows, :, :width],
+                                step.decode_mask, scaling)
         elif step.decode_groups is None:
             out = _attend_decodes(q, key, value, step.decode_blocks, step.decode_mask, bs,
                                   scaling)
@@ -203,6 +202,18 @@ def _attend_decodes(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     k = _gather(key, blocks, bs).transpose(1, 2)                           # [B, kvH, T, d]
     v = _gather(value, blocks, bs).transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+
+
+def _attend_lanes(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                  scaling: float | None) -> torch.Tensor:
+    """Decode rows ``q`` [B, kvH, g, d] over their lanes ``key``, ``value`` [B, kvH, W, d] as
+    two matrix products, keys first: each (row, kv head) is a matrix-vector product with g
+    vectors, which sdpa's CPU kernel and ``q @ k^T`` run as general products with g rows at
+    about half the bandwidth of a read. ``key @ q^T`` ([W, d] by [d, g]) streams the keys."""
+    scale = q.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(key, q.transpose(-1, -2)).transpose(-1, -2).contiguous()
+    scores.mul_(scale).masked_fill_(mask.logical_not(), float("-inf"))   # [B, kvH, g, W]
+    return torch.matmul(torch.softmax(scores, dim=-1), value)
 
 
 def _attend_chunk(c: Chunk, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bs: int,

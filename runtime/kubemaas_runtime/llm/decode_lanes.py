@@ -40,12 +40,13 @@ ROWS_STEP = 4
 # Steps whose decode rows read fewer bytes per layer than this (keys and values, every row
 # padded to the widest) read the pool. Attention over the lanes reads them from memory, while
 # the pool's gather is a streaming copy that leaves them in the cache for the attention: while
-# a layer's copy stays cache-sized that costs less. On the small benchmark model (4 KiB per
-# token and layer), 16 rows, one thread, a decode step over the lanes took 1.09-1.13x the
-# pool's time at 80-208 tokens (5-13 MiB a layer), 1.03x at 272 (17 MiB), 0.95x at 336
-# (21 MiB), 0.66x at 560 and 0.58x at 1,040; on the tiny one (512 bytes per token and
-# layer) 1.03-1.09x at 336-1,040 tokens (2.6-8.1 MiB); bench/llm/decode_lanes.py.
-LANES_FROM_BYTES = 20 << 20
+# a layer's copy stays cache-sized that costs less. One thread, bench/llm/decode_lanes.py, a
+# decode step over the lanes against the pool's: on the small benchmark model (4 KiB per token
+# and layer) with 16 rows 1.07x at 80 tokens, 1.03x at 144 (9 MiB a layer), 0.96x at 176
+# (11 MiB), 0.90x at 272, 0.61x at 560 and 0.50x at 1,040; with 8 rows 1.03x at 208, 1.00x at
+# 336 (10.5 MiB), 0.90x at 560; on the tiny one (512 bytes) with 16 rows 1.03x at 1,040
+# tokens (8 MiB), 0.97x at 1,600 (12.5 MiB), 0.90x at 2,000.
+LANES_FROM_BYTES = 12 << 20
 
 
 def _round_up(n: int, step: int) -> int:
