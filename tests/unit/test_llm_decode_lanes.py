@@ -27,9 +27,9 @@ def short_contexts_in_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(decode_lanes, "LANES_FROM_BYTES", 1)
 
 
-def _store(blocks: int) -> KVStore:
+def _store(blocks: int, dtype: torch.dtype = torch.float32) -> KVStore:
     torch.manual_seed(0)
-    store = KVStore(LAYERS, blocks, BLOCK, KV_HEADS, DIM, torch.float32, torch.device("cpu"))
+    store = KVStore(LAYERS, blocks, BLOCK, KV_HEADS, DIM, dtype, torch.device("cpu"))
     for t in store.keys + store.values:
         t.normal_()
     return store
@@ -109,16 +109,18 @@ def test_rows_over_the_budget_leave_the_step_to_the_pool() -> None:
     assert lanes.nbytes == 0 and lanes.rows == []
 
 
-def test_decode_attention_over_the_lanes_is_the_attention_over_the_pool() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_decode_attention_over_the_lanes_is_the_attention_over_the_pool(dtype: torch.dtype) -> None:
     blocks = count(1)
-    store = _store(300)
+    store = _store(300, dtype)
     rows = [_decoding(i, c, blocks) for i, c in enumerate([70, 33, 140, 17, 96])]
     lanes = DecodeLanes(store, BLOCK, 1 << 30)
     arranged = lanes.arrange(rows)
     assert arranged is not None
     heads, new = 4, len(rows)
-    query = torch.randn(1, heads, new, DIM)
-    keys, values = torch.randn(1, KV_HEADS, new, DIM), torch.randn(1, KV_HEADS, new, DIM)
+    query = torch.randn(1, heads, new, DIM, dtype=dtype)
+    keys = torch.randn(1, KV_HEADS, new, DIM, dtype=dtype)
+    values = torch.randn(1, KV_HEADS, new, DIM, dtype=dtype)
     outs = []
     for use_lanes in (False, True):
         step = pack(arranged, [], store, BLOCK).paged

@@ -209,11 +209,16 @@ def _attend_lanes(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask:
     """Decode rows ``q`` [B, kvH, g, d] over their lanes ``key``, ``value`` [B, kvH, W, d] as
     two matrix products, keys first: each (row, kv head) is a matrix-vector product with g
     vectors, which sdpa's CPU kernel and ``q @ k^T`` run as general products with g rows at
-    about half the bandwidth of a read. ``key @ q^T`` ([W, d] by [d, g]) streams the keys."""
+    about half the bandwidth of a read. ``key @ q^T`` ([W, d] by [d, g]) streams the keys.
+    In 16-bit dtypes sdpa, whose kernel keeps the scores and the softmax in float32 (two
+    products would round the scores to 16 bits; measured only in float32)."""
+    if key.dtype != torch.float32:
+        return F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
     scale = q.shape[-1] ** -0.5 if scaling is None else scaling
     scores = torch.matmul(key, q.transpose(-1, -2)).transpose(-1, -2).contiguous()
     scores.mul_(scale).masked_fill_(mask.logical_not(), float("-inf"))   # [B, kvH, g, W]
-    return torch.matmul(torch.softmax(scores, dim=-1), value)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, value)
 
 
 def _attend_chunk(c: Chunk, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bs: int,
