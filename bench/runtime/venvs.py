@@ -40,7 +40,9 @@ TOOLS: dict[str, list[str]] = {"plot": ["matplotlib==3.11.2"]}
 
 def ensure_venv(name: str, requirements: list[str], timeout: float = 1800) -> VenvResult:
     """Return the python of a cached virtualenv with ``requirements`` installed."""
-    venv = CachedVenv(CACHE, name, "\n".join(requirements))
+    # keyed as bench/llm/envs.py keys its one-step venvs: the two share the cache, and "plot"
+    # under two keys would have each delete the other's (CachedVenv keeps one key per name)
+    venv = CachedVenv(CACHE, name, repr([requirements]))
     try:
         return VenvResult(name, venv.ensure([requirements], timeout=timeout, log=True))
     except BUILD_ERRORS as exc:

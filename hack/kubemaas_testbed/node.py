@@ -270,10 +270,33 @@ class RealNode:
         return result
 
     def import_image(self, archive: Path) -> None:
-        """Put an OCI archive (podman save --format oci-archive) into containerd."""
+        """Put an OCI archive (podman save --format oci-archive) into containerd, then drop
+        the compressed layers it has unpacked: containers need only the unpacked ones, and
+        the language-model image's are 2.9 GB of a disk other work shares."""
         # --all-platforms: nothing to select, and it skips a platform match that
         # podman's archives (which carry no platform in their index) can fail.
-        self.ctr("images", "import", "--all-platforms", str(archive))
+        try:
+            self.ctr("images", "import", "--all-platforms", str(archive))
+        except NodeError as err:
+            free = shutil.disk_usage(self.dir).free / 1e9
+            raise NodeError(f"{err} (free disk now {free:.1f} GB; an import needs room for "
+                            f"the archive's layers and their unpacked copy)") from err
+        self.discard_unpacked_layers()
+
+    def discard_unpacked_layers(self) -> None:
+        """Delete every layer blob containerd has unpacked (the ones it labelled with their
+        uncompressed digest), as its CRI does for pulled images with discard_unpacked_layers.
+        The image stays listed and startable: its config and manifest stay, and creating a
+        container needs only the snapshots."""
+        unpacked = self.unpacked_layer_blobs()
+        if unpacked:
+            self.ctr("content", "rm", *unpacked)
+
+    def unpacked_layer_blobs(self) -> list[str]:
+        """The digests of the content blobs containerd holds unpacked."""
+        listing = self.ctr("content", "ls").stdout.splitlines()[1:]  # DIGEST SIZE AGE LABELS
+        return [line.split()[0] for line in listing
+                if "containerd.io/uncompressed=" in line]
 
     def _cri_ready(self) -> bool:
         if not self.containerd_socket.exists():

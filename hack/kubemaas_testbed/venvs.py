@@ -5,7 +5,14 @@ lists and timeouts; this module builds.
 
 A venv lives in <cache>/<name>-<hash of its key and the Python version>. It is built under a lock
 (<cache>/<name>.lock: two processes never build the same one), from scratch (a half-built one is
-removed first), and is used only once its marker file exists, which is written last.
+removed first), and is used only once its marker file exists, which is written last. Once built,
+the venvs of the same name under other keys are deleted: nothing uses them again, and on the disk
+CI shares they cost gigabytes.
+
+A venv may see the packages of another site-packages directory after its own (`shared`: a line in
+a .pth file), as a venv made with --system-site-packages sees the system's: pip then installs only
+what they lack or pin otherwise. The tests' LLM load generator takes torch (5 GB with its CUDA
+libraries) from the project's venv this way instead of a copy of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MARKER = ".kubemaas-ready"
+SHARED_PTH = "kubemaas-shared.pth"
 # What a failed build raises (the benchmarks report it instead of stopping).
 BUILD_ERRORS = (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError)
 
@@ -36,16 +45,30 @@ class VenvResult:
 
 @dataclass(frozen=True)
 class CachedVenv:
-    """The venv `name` in `cache`, keyed by `key` (what it installs; the marker records it)."""
+    """The venv `name` in `cache`, keyed by `key` (what it installs; the marker records it) and,
+    with `shared`, by the distributions installed there (it was resolved against them)."""
 
     cache: Path
     name: str
     key: str
+    shared: Path | None = None
 
     @property
     def root(self) -> Path:
-        digest = hashlib.sha256((self.key + sys.version).encode()).hexdigest()[:12]
+        key = self.key + sys.version + self._shared_key()
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return self.cache / f"{self.name}-{digest}"
+
+    def _shared_key(self) -> str:
+        if self.shared is None:
+            return ""
+        dists = sorted(p.name for p in self.shared.glob("*.dist-info"))
+        return f"\nshared {self.shared}: " + " ".join(dists)
+
+    @property
+    def site_packages(self) -> Path:
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        return self.root / "lib" / version / "site-packages"
 
     @property
     def python(self) -> Path:
@@ -74,6 +97,8 @@ class CachedVenv:
             shutil.rmtree(self.root, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", str(self.root)], check=True,
                            timeout=120)
+            if self.shared is not None:
+                (self.site_packages / SHARED_PTH).write_text(f"{self.shared}\n")
             with contextlib.ExitStack() as stack:
                 out = stack.enter_context(self.pip_log.open("w")) if log else None
                 for step in steps:
@@ -85,7 +110,19 @@ class CachedVenv:
                                    timeout=timeout, stdout=out,
                                    stderr=None if out is None else subprocess.STDOUT)
             marker.write_text(self.key)
+            self._remove_stale()
         return self.python
+
+    def _remove_stale(self) -> None:
+        """Delete this name's venvs under other keys (and their pip logs)."""
+        stale = re.compile(re.escape(self.name) + r"-[0-9a-f]{12}(\.pip\.log)?")
+        for path in self.cache.iterdir():
+            if not stale.fullmatch(path.name) or path.name.startswith(self.root.name):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def pip_log_tail(self, lines: int) -> list[str]:
         """The last lines of pip_log (none when there is no log)."""

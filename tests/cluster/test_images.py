@@ -98,6 +98,9 @@ def image(node: real.RealNode, name: str) -> str:
     assert entry["archive"], f"build-images saved no archive for {name}: {entry}"
     if node.crictl("inspecti", entry["ref"], check=False).returncode != 0:
         node.import_image(Path(entry["archive"]))
+        # the node keeps only the unpacked layers: the pod each test starts from it shows that
+        # they suffice
+        assert not node.unpacked_layer_blobs(), "the import left its compressed layers"
     return str(entry["ref"])
 
 

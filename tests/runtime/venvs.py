@@ -2,11 +2,14 @@
 python-dateutil<3 through botocore, which the operator's kubernetes client rejects; kserve pulls
 a large stack of its own). Each is built once with pip from PyPI and cached by its requirement
 list (kubemaas_testbed.venvs builds it); a failure to build is a test error, never a skip.
+guidellm sees our own venv's packages after its own: it requires torch, and a copy of PyPI's
+(with its CUDA libraries) would put 5 GB more on the disk CI shares.
 """
 
 from __future__ import annotations
 
 import os
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -23,9 +26,14 @@ TENSORFLOW = ["tensorflow-cpu==2.21.0", "tf2onnx==1.17.0", "tf-keras==2.21.0"]
 GUIDELLM = ["guidellm==0.8.1"]  # an LLM load generator (OpenAI HTTP backend)
 
 
+# the venvs that see our own packages after theirs (pip adds only what they lack)
+SEES_OUR_PACKAGES = {"guidellm"}
+
+
 def ensure_venv(name: str, requirements: list[str], timeout: float = 900) -> Path:
     """Return the python of a cached virtualenv with ``requirements`` installed."""
-    venv = CachedVenv(CACHE / "venvs", name, "\n".join(requirements))
+    shared = Path(sysconfig.get_paths()["purelib"]) if name in SEES_OUR_PACKAGES else None
+    venv = CachedVenv(CACHE / "venvs", name, "\n".join(requirements), shared=shared)
     return venv.ensure([requirements], timeout=timeout, pip_args=["--quiet"])
 
 
