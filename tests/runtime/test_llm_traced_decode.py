@@ -1,8 +1,8 @@
-"""Decode steps replayed from the traced graph (llm/traced_decode.py), in-process: for each family
+"""Steps replayed from the traced graphs (llm/traced_decode.py), in-process: for each family
 whose stack is traced, with torch's linear layers and with oneDNN-packed ones, every decode-only
-step of a changing batch (sequences arriving and finishing, contexts crossing blocks) gives the
-eager stack's logits bit for bit; a stack that cannot be traced leaves the engine eager, with
-the same answers."""
+step of a changing batch (sequences arriving and finishing, contexts crossing blocks) and every
+step of decodes and a batch of prompt chunks gives the eager stack's logits bit for bit; a stack
+that cannot be traced leaves the engine eager, with the same answers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kubemaas_runtime.llm import packed_linear
-from kubemaas_runtime.llm.attention import PagedStep
+from kubemaas_runtime.llm.attention import ChunkBatch, PagedStep
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import load_hf
 from kubemaas_runtime.llm.traced_decode import TracedDecode
@@ -38,6 +38,7 @@ def test_replayed_decode_steps_give_the_eager_logits(family: str, packed: bool, 
     assert any(b.is_mkldnn for b in lm.model.buffers()) == packed
     traced = TracedDecode(lm.model, lm.stack)
     decode_steps: list[tuple[int, int]] = []
+    prompt_steps: list[tuple[int, int, int]] = []  # decode rows, chunks, prompt tokens
 
     def both(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
              step: PagedStep) -> torch.Tensor:
@@ -45,18 +46,27 @@ def test_replayed_decode_steps_give_the_eager_logits(family: str, packed: bool, 
         logits = traced(input_ids, position_ids, keep, step)
         expected = lm.stack(input_ids, position_ids, keep, step)
         assert torch.equal(logits, expected)
+        assert step.decode_blocks is not None or not step.decode_rows
         if not step.chunks:
             assert step.decode_blocks is not None
             decode_steps.append((step.decode_rows, step.decode_blocks.shape[1]))
+        elif step.decode_rows and step.units is not None and len(step.units) == 1 and \
+                isinstance(step.units[0], ChunkBatch):
+            prompt_steps.append((step.decode_rows, len(step.chunks),
+                                 sum(c.length for c in step.chunks)))
         return expected
 
     engine = Engine(dataclasses.replace(lm, stack=both),
                     dataclasses.replace(CONFIG, traced_decode=False))
     run_staggered(engine, lm)
     assert not traced.failed
-    assert traced.replays == len(decode_steps) - 1  # the first decode-only step traced it
+    # the first step of each kind traced its graph
+    assert traced.replays == len(decode_steps) - 1 + len(prompt_steps) - 1
+    assert traced.replays_with_prompts == len(prompt_steps) - 1
     assert len({rows for rows, _ in decode_steps}) >= 4  # batches of many sizes
     assert len({width for _, width in decode_steps}) >= 4  # contexts of many blocks
+    assert len({rows for rows, _, _ in prompt_steps}) >= 2, prompt_steps
+    assert len({tokens for _, _, tokens in prompt_steps}) >= 3, prompt_steps
 
 
 def test_the_engine_replays_decode_steps_and_answers_as_eager(tiny_llama: Path) -> None:
@@ -69,6 +79,7 @@ def test_the_engine_replays_decode_steps_and_answers_as_eager(tiny_llama: Path) 
     assert run_staggered(engine, lm) == want
     assert engine.traced is not None and not engine.traced.failed
     assert engine.traced.replays > 20
+    assert engine.traced.replays_with_prompts > 0
 
 
 def test_a_stack_that_cannot_be_traced_stays_eager(tiny_llama: Path,

@@ -116,3 +116,22 @@ def test_the_prompt_steps_bench_times_both_paths_of_the_same_step(tmp_path: Path
     assert layouts["grouped_rows_ms"] > 0 and layouts["sdpa_gqa_ms"] > 0
     assert layouts["max_logit_diff"] < 1e-4
     assert sorted(attention.GROUPED_ROWS_ON) == ["cuda"]
+
+
+def test_a_short_chunk_alone_beside_decodes_on_a_cpu_is_a_batch_of_one() -> None:
+    """Its layout in tensors, so the traced graph of such steps replays it (traced_decode.py);
+    alone in its step, long, or on a GPU it keeps its own call."""
+    blocks = count(1)
+    decoding = _seq(1, 20, 19, blocks)
+    short, long = _seq(2, 40, 8, blocks), _seq(3, ALONE_FROM, 0, blocks)
+    cpu = KVStore(1, next(blocks), BLOCK, 1, 8, torch.float32, torch.device("cpu"))
+    meta = KVStore(1, cpu.keys[0].shape[0] // BLOCK, BLOCK, 1, 8, torch.float32,
+                   torch.device("meta"))
+
+    units = pack([decoding], [(short, 32)], cpu, BLOCK).paged.units
+    assert units is not None and len(units) == 1 and isinstance(units[0], ChunkBatch)
+    assert units[0].real.tolist() == list(range(32))  # no padding: one chunk
+    assert units[0].mask.shape == (1, 1, 32, 3 * BLOCK)  # its 8 cached tokens + 32, 3 blocks
+    assert pack([], [(short, 32)], cpu, BLOCK).paged.units is None
+    assert pack([decoding], [(long, ALONE_FROM)], cpu, BLOCK).paged.units is None
+    assert pack([decoding], [(short, 32)], meta, BLOCK).paged.units is None

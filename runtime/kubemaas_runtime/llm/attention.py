@@ -155,14 +155,17 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
     """query [1, heads, N, d]; key/value: the layer's pools [slots, kv_heads, d] (from
     ``PagedStep.update``). Returns [1, N, heads, d] as transformers' attention functions do."""
     step: PagedStep = kwargs[STEP_KWARG]
-    gqa = query.shape[1] != key.shape[1]
+    # grouped-query attention: from the module when it says (a traced graph must not read it
+    # from the shapes: a comparison of traced sizes would be frozen into the graph)
+    groups = getattr(module, "num_key_value_groups", None)
+    gqa = groups != 1 if isinstance(groups, int) else query.shape[1] != key.shape[1]
     bs = step.block_size
     parts = []
     if step.decode_rows:
         assert step.decode_blocks is not None
-        # a step of decodes alone reads its row count from the tensor, so that one traced
-        # graph (traced_decode.py) serves every batch size
-        rows = query.shape[2] if not step.chunks else step.decode_rows
+        # the rows' count from their block table, so that a traced graph (traced_decode.py)
+        # serves every batch size
+        rows = step.decode_blocks.shape[0]
         heads, kv_heads = query.shape[1], key.shape[1]
         # the query heads that share a kv head become that head's query rows: [B, kvH, g, d]
         # (8-15 % less time than sdpa's own GQA over [B, H, 1, d]; the mask broadcasts)

@@ -4,9 +4,10 @@ The event loop talks to it through ``submit`` (a new request; returns a ``Reques
 iterate) and ``RequestStream.cancel`` (a client went away: its blocks are freed before the next
 step). Each step, the scheduler picks the rows; decode rows (one token each) and prefill chunks
 run as one forward pass over the rows packed into one sequence (packing.py, attention.py; a
-step of decodes alone replays a recorded graph where the model allows: traced_decode.py on a
-CPU, cuda_graphs.py on a GPU); the new tokens are sampled, detokenized and handed to the event
-loop in one ``call_soon_threadsafe`` per step. Nothing here runs on the event loop.
+step of decodes, alone or with a batch of prompt chunks on a CPU, replays a recorded graph
+where the model allows: traced_decode.py on a CPU, cuda_graphs.py on a GPU); the new tokens
+are sampled, detokenized and handed to the event loop in one ``call_soon_threadsafe`` per
+step. Nothing here runs on the event loop.
 """
 
 from __future__ import annotations
@@ -414,6 +415,19 @@ class Engine(EngineThread):
                      len(seq.prompt), len(seq.output), now, seq.cached_tokens or 0,
                      self._prompt_logprobs(seq) if len(seq.output) == 1 else None,
                      seq.scheduled_at if reason is not None else None, stop_reason)
+
+    def warm(self) -> None:
+        """Before serving, in the calling thread: a short generation that a second prompt
+        joins after its first step, so the steps a traced graph replays (decodes alone,
+        decodes and a prompt) are traced now rather than at the first requests."""
+        params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+        self.scheduler.add(self.sequence([0] * 4, params))
+        self.step()
+        self.scheduler.add(self.sequence([1] * 4, params))
+        while self._has_work():
+            self.step()
+        # the prefill pacer fits the served steps' cost: not the traces' (tens of ms each)
+        self.pacer.steps.clear()
 
     # ---- in-process use (benchmarks, tests) ------------------------------------------------
     def generate_sync(self, prompts: list[list[int]], params: SamplingParams,

@@ -126,7 +126,7 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
             sampled.append(seq)
     paged = PagedStep(store, block_size, torch.cat(writes) if len(writes) > 1 else writes[0],
                       len(decode), decode_blocks, decode_mask, chunks,
-                      attention_units(chunks, block_size) if len(chunks) > 1 else None, groups)
+                      _units(chunks, block_size, bool(decode) and store.keys[0].is_cpu), groups)
     keep.extend(scoring)
     return PackedStep(torch.tensor([ids]), torch.tensor([positions]),
                       torch.tensor(keep or [len(ids) - 1]), sampled, paged, scored)
@@ -138,6 +138,19 @@ ALONE_FROM = 256
 # Chunks attend together while the padded batch's work (C x L queries x W blocks) stays within
 # this factor of theirs.
 PADDING_WASTE = 1.5
+
+
+def _units(chunks: list[Chunk], block_size: int, traced: bool
+           ) -> list[Chunk | ChunkBatch] | None:
+    """``PagedStep.units``. With ``traced`` (decode rows on a CPU), a short chunk alone is a
+    batch of one: the same call a run of chunks makes, its layout in tensors, so that a traced
+    graph replays such a step (traced_decode.py), where a lone chunk's Python (its offsets,
+    causal or masked) would be frozen into the graph. On a GPU it keeps its causal kernel."""
+    if len(chunks) > 1:
+        return attention_units(chunks, block_size)
+    if chunks and traced and chunks[0].length < ALONE_FROM:
+        return [batch(chunks, block_size)]
+    return None
 
 
 def attention_units(chunks: list[Chunk], block_size: int) -> list[Chunk | ChunkBatch]:

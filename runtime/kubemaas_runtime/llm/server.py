@@ -83,14 +83,11 @@ def _engine(settings: Settings, lm: Any, max_len: int) -> Any:
 
 
 def _warm(engine: Any, max_num_seqs: int, max_len: int) -> None:
-    """Before serving: CUDA graphs of every decode bucket, and one short generation (which
-    traces the CPU decode graph); the warm-up is not counted as served work."""
-    from .sampling import SamplingParams
-
+    """Before serving: CUDA graphs of every decode bucket, and two short generations (which
+    trace the CPU graphs); the warm-up is not counted as served work."""
     if engine.graphed is not None:
         engine.graphed.warm(max_num_seqs, engine.pool.blocks_for(max_len))
-    engine.generate_sync([[0] * 4], SamplingParams(max_tokens=2, temperature=0.0,
-                                                   ignore_eos=True))
+    engine.warm()
     engine.reset_stats()
 
 

@@ -1,4 +1,5 @@
-"""Decode-only engine steps replayed from one graph traced from the model's direct stack.
+"""Decode steps, and steps of decodes and one run of short prompt chunks, replayed from graphs
+traced from the model's direct stack.
 
 Under load most engine steps only decode: one token for each running sequence, the same
 operations in the same order every time; only sizes differ (the rows, the context blocks). On a
@@ -11,12 +12,17 @@ batches and context widths), without the Python between them. In process, agains
 stack alternated with it: the tiny benchmark model's batch-16 decode step 0.71 of the time
 (batch 4: 0.52), the 190 M model's 0.84-0.86 (docs/llm.md, "Decode steps from a traced graph").
 
-The graph's inputs are the step's tensors, the KV pools (written in place) and the oneDNN-packed
+Most of the other steps under load add the prompts that arrived meanwhile to the decodes: on a
+CPU a short chunk, or a run of them, attends as one ``ChunkBatch`` whose layout is in tensors
+(packing.py), so a second graph takes those four tensors too and replays every step of decode
+rows and one such batch, whatever its chunks' number and lengths. Other steps (prompts alone,
+a long chunk, several calls, decode rows in groups, LoRA adapters) run eagerly.
+
+The graphs' inputs are the step's tensors, the KV pools (written in place) and the oneDNN-packed
 weights (opaque tensors a graph cannot hold as constants); the other weights are constants of the
-graph (the same tensors, not copies). Steps that also read prompt chunks run eagerly: their
-chunk list shapes the Python of the attention. The graph is traced at the first decode-only
-step (the server's warm-up) and checked then against that step's eager logits; a trace that
-fails, warns that it froze a value, or differs leaves the engine eager, with a log line.
+graph (the same tensors, not copies). Each graph is traced at the first step of its kind (the
+server's warm-up makes one of each) and checked then against that step's eager logits; a trace
+that fails, warns that it froze a value, or differs leaves the engine eager, with a log line.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .attention import PagedStep
+from .attention import ChunkBatch, PagedStep
 from .decoder_stack import StepForward
 
 log = logging.getLogger("kubemaas.runtime.llm")
@@ -43,11 +49,12 @@ def traceable(model: Any, stack: StepForward | None, device: torch.device) -> bo
 class TracedDecode:
     def __init__(self, model: Any, stack: StepForward) -> None:
         self._stack = stack
-        # one graph per way the step reads the decode rows' contexts: from the pools (False)
-        # or from the lanes (True, decode_lanes.py)
-        self._graphs: dict[bool, Any] = {}
+        # a graph per way the step reads the decode rows' contexts (from the pools or from the
+        # lanes, decode_lanes.py) and whether it also reads a batch of prompt chunks
+        self._graphs: dict[tuple[bool, bool], Any] = {}
         self.failed = False
-        self.replays = 0  # decode steps the graph ran
+        self.replays = 0  # steps a graph ran
+        self.replays_with_prompts = 0  # of them, steps that also read prompt chunks
         # oneDNN-packed weights are opaque tensors: the graph takes them as inputs
         self._opaque = [b for b in model.buffers() if b.is_mkldnn]
         for param in model.parameters():  # a graph holds no tensor that requires grad
@@ -55,43 +62,54 @@ class TracedDecode:
 
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                  step: PagedStep) -> torch.Tensor:
-        """The step's logits: from the graph for a decode-only step, else eagerly."""
-        if step.chunks or not step.decode_rows or step.decode_groups or self.failed:
+        """The step's logits: from a graph when one serves the step, else eagerly."""
+        servable, prompts = _prompt_batch(step)
+        if not servable or not step.decode_rows or step.decode_groups or self.failed:
             return self._stack(input_ids, position_ids, keep, step)
-        graph = self._graphs.get(step.lanes is not None)
+        kind = (step.lanes is not None, prompts is not None)
+        graph = self._graphs.get(kind)
         if graph is None:
-            return self._trace(input_ids, position_ids, keep, step)
+            return self._trace(input_ids, position_ids, keep, step, kind)
         try:
             logits: torch.Tensor = graph(*self._inputs(input_ids, position_ids, keep, step))
         except Exception as exc:  # the eager step runs (and raises what it raises)
             return self._give_up(f"a traced step failed: {exc}",
                                  self._stack(input_ids, position_ids, keep, step))
         self.replays += 1
+        self.replays_with_prompts += prompts is not None
         return logits
 
     def _inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                 step: PagedStep) -> tuple[torch.Tensor, ...]:
+        _, prompts = _prompt_batch(step)
+        batch = [] if prompts is None else [prompts.rows, prompts.blocks, prompts.mask,
+                                             prompts.real]
         lanes = [] if step.lanes is None else step.lanes.keys + step.lanes.values
         return (input_ids, position_ids, keep, step.write_slots, step.decode_blocks,
-                step.decode_mask, *step.store.keys, *step.store.values, *lanes, *self._opaque)
+                step.decode_mask, *batch, *step.store.keys, *step.store.values, *lanes,
+                *self._opaque)
 
     def _trace(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
-               step: PagedStep) -> torch.Tensor:
+               step: PagedStep, kind: tuple[bool, bool]) -> torch.Tensor:
         eager = self._stack(input_ids, position_ids, keep, step)
         layers = len(step.store.keys)
         stack, store, block_size, rows = self._stack, step.store, step.block_size, step.decode_rows
-        lanes = step.lanes
+        lanes, prompts = step.lanes, kind[1]
 
-        def decode(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
+        def replay(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                    write_slots: torch.Tensor, decode_blocks: torch.Tensor,
                    decode_mask: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-            # rest: the pools, the lanes and the opaque weights, the very tensors the modules
-            # read (the tracer knows them by identity and makes them inputs)
-            assert len(rest) == (2 if lanes is None else 4) * layers + len(self._opaque)
-            # (the attention reads a decode-only step's row count from the query's shape)
+            # rest: the prompt batch's tensors, then the pools, the lanes and the opaque
+            # weights, the very tensors the modules read (the tracer knows them by identity
+            # and makes them inputs)
+            batch = ChunkBatch(*rest[:4]) if prompts else None
+            assert len(rest) == 4 * prompts + (2 if lanes is None else 4) * layers \
+                + len(self._opaque)
+            # (the attention reads the decode rows' count from their block table's shape)
             traced = PagedStep(store, block_size, write_slots, rows, decode_blocks, decode_mask,
-                               lanes=lanes,
-                               decode_positions=None if lanes is None else position_ids[0])
+                               units=None if batch is None else [batch], lanes=lanes,
+                               decode_positions=None if lanes is None
+                               else position_ids[0, :decode_blocks.shape[0]])
             return stack(input_ids, position_ids, keep, traced)
 
         try:
@@ -100,19 +118,31 @@ class TracedDecode:
                 warnings.simplefilter("error", torch.jit.TracerWarning)  # type: ignore[attr-defined]
                 # (a TracerWarning says a value got frozen into the graph: not this graph)
                 inputs = self._inputs(input_ids, position_ids, keep, step)
-                graph = torch.jit.trace(decode, inputs,  # type: ignore[no-untyped-call]
+                graph = torch.jit.trace(replay, inputs,  # type: ignore[no-untyped-call]
                                         check_trace=False)
             replayed = graph(*inputs)
         except Exception as exc:  # any failure to trace leaves the engine eager
             return self._give_up(f"the trace failed: {exc}", eager)
         if not torch.equal(replayed, eager):
             return self._give_up("the traced step's logits differ from the eager step's", eager)
-        self._graphs[lanes is not None] = graph
-        log.info("decode steps %srun from a traced graph",
-                 "reading the decode lanes " if lanes is not None else "")
+        self._graphs[kind] = graph
+        log.info("decode steps %s%srun from a traced graph",
+                 "reading the decode lanes " if lanes is not None else "",
+                 "with a batch of prompt chunks " if prompts else "")
         return eager
 
     def _give_up(self, why: str, eager: torch.Tensor) -> torch.Tensor:
         self.failed = True
         log.warning("decode steps stay eager: %s", why)
         return eager
+
+
+def _prompt_batch(step: PagedStep) -> tuple[bool, ChunkBatch | None]:
+    """Whether a graph may serve the step's prompt chunks (none, or one batch of them), and
+    that batch."""
+    if not step.chunks:
+        return True, None
+    units = step.units
+    if units is None or len(units) != 1 or not isinstance(units[0], ChunkBatch):
+        return False, None
+    return True, units[0]
