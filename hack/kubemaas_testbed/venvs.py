@@ -26,6 +26,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 MARKER = ".kubemaas-ready"
@@ -53,7 +54,7 @@ class CachedVenv:
     key: str
     shared: Path | None = None
 
-    @property
+    @cached_property  # (the shared directory is listed once)
     def root(self) -> Path:
         key = self.key + sys.version + self._shared_key()
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]

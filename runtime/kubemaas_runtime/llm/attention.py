@@ -220,8 +220,7 @@ def _attend_lanes(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask:
     scale = q.shape[-1] ** -0.5 if scaling is None else scaling
     scores = torch.matmul(key, q.transpose(-1, -2)).transpose(-1, -2).contiguous()
     scores.mul_(scale).masked_fill_(mask.logical_not(), float("-inf"))   # [B, kvH, g, W]
-    probs = torch.softmax(scores, dim=-1)
-    return torch.matmul(probs, value)
+    return torch.matmul(torch.softmax(scores, dim=-1), value)
 
 
 def _attend_chunk(c: Chunk, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bs: int,

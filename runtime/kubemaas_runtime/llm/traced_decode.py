@@ -69,9 +69,10 @@ class TracedDecode:
         kind = (step.lanes is not None, prompts is not None)
         graph = self._graphs.get(kind)
         if graph is None:
-            return self._trace(input_ids, position_ids, keep, step, kind)
+            return self._trace(input_ids, position_ids, keep, step, prompts)
         try:
-            logits: torch.Tensor = graph(*self._inputs(input_ids, position_ids, keep, step))
+            logits: torch.Tensor = graph(*self._inputs(input_ids, position_ids, keep, step,
+                                                       prompts))
         except Exception as exc:  # the eager step runs (and raises what it raises)
             return self._give_up(f"a traced step failed: {exc}",
                                  self._stack(input_ids, position_ids, keep, step))
@@ -80,8 +81,7 @@ class TracedDecode:
         return logits
 
     def _inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
-                step: PagedStep) -> tuple[torch.Tensor, ...]:
-        _, prompts = _prompt_batch(step)
+                step: PagedStep, prompts: ChunkBatch | None) -> tuple[torch.Tensor, ...]:
         batch = [] if prompts is None else [prompts.rows, prompts.blocks, prompts.mask,
                                              prompts.real]
         lanes = [] if step.lanes is None else step.lanes.keys + step.lanes.values
@@ -90,11 +90,11 @@ class TracedDecode:
                 *self._opaque)
 
     def _trace(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
-               step: PagedStep, kind: tuple[bool, bool]) -> torch.Tensor:
+               step: PagedStep, batch: ChunkBatch | None) -> torch.Tensor:
         eager = self._stack(input_ids, position_ids, keep, step)
         layers = len(step.store.keys)
         stack, store, block_size, rows = self._stack, step.store, step.block_size, step.decode_rows
-        lanes, prompts = step.lanes, kind[1]
+        lanes, prompts = step.lanes, batch is not None
 
         def replay(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                    write_slots: torch.Tensor, decode_blocks: torch.Tensor,
@@ -102,12 +102,12 @@ class TracedDecode:
             # rest: the prompt batch's tensors, then the pools, the lanes and the opaque
             # weights, the very tensors the modules read (the tracer knows them by identity
             # and makes them inputs)
-            batch = ChunkBatch(*rest[:4]) if prompts else None
+            given = ChunkBatch(*rest[:4]) if prompts else None
             assert len(rest) == 4 * prompts + (2 if lanes is None else 4) * layers \
                 + len(self._opaque)
             # (the attention reads the decode rows' count from their block table's shape)
             traced = PagedStep(store, block_size, write_slots, rows, decode_blocks, decode_mask,
-                               units=None if batch is None else [batch], lanes=lanes,
+                               units=None if given is None else [given], lanes=lanes,
                                decode_positions=None if lanes is None
                                else position_ids[0, :decode_blocks.shape[0]])
             return stack(input_ids, position_ids, keep, traced)
@@ -117,7 +117,7 @@ class TracedDecode:
                 warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated"
                 warnings.simplefilter("error", torch.jit.TracerWarning)  # type: ignore[attr-defined]
                 # (a TracerWarning says a value got frozen into the graph: not this graph)
-                inputs = self._inputs(input_ids, position_ids, keep, step)
+                inputs = self._inputs(input_ids, position_ids, keep, step, batch)
                 graph = torch.jit.trace(replay, inputs,  # type: ignore[no-untyped-call]
                                         check_trace=False)
             replayed = graph(*inputs)
@@ -125,7 +125,7 @@ class TracedDecode:
             return self._give_up(f"the trace failed: {exc}", eager)
         if not torch.equal(replayed, eager):
             return self._give_up("the traced step's logits differ from the eager step's", eager)
-        self._graphs[kind] = graph
+        self._graphs[(lanes is not None, prompts)] = graph
         log.info("decode steps %s%srun from a traced graph",
                  "reading the decode lanes " if lanes is not None else "",
                  "with a batch of prompt chunks " if prompts else "")
