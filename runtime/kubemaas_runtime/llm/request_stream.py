@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,9 +51,17 @@ class RequestStream:
         self.done = False       # no more deltas will be read
         self.finished = False   # the engine's last delta was read
         self.arrival = seq.arrival
+        # the reader's writer of deltas as they come (protocol/openai_direct.py): takes a
+        # delta that is not the last while none is queued, or says False, and is dropped
+        self.direct: Callable[[Delta], bool] | None = None
 
     def put(self, item: Delta | BaseException) -> None:
         """Event loop: a delta (or the engine's failure) for this request."""
+        if self.direct is not None:
+            if (not self._items and isinstance(item, Delta) and item.finish_reason is None
+                    and self.direct(item)):
+                return
+            self.direct = None  # from here on every delta queues, in order
         self._items.append(item)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)

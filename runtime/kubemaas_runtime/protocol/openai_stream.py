@@ -21,6 +21,7 @@ from aiohttp import web
 from ..llm.request_stream import Delta, RequestStream
 from ..llm.sampling import TokenLogprobs
 from .openai_answer import Choice, logprobs_doc, usage_doc
+from .openai_direct import chunked, direct_tokens
 from .openai_errors import ApiError
 from .openai_reader import AnswerReader
 from .openai_schema import GenerationRequest
@@ -223,10 +224,16 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
     streams = [c.stream for c in choices]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
+    # one plain choice: its token chunks are written as the engine delivers them (once
+    # aiohttp has written the headers and a first chunk)
+    direct = direct_tokens(request, fmts[0], observes[0]) if (
+        len(streams) == 1 and readers is None and not req.echo and chunked(request, resp)
+    ) else None
     await resp.prepare(request)
     if req.chat:
         await resp.write(b"".join(fmt.role(c.prompt) for fmt, c in zip(fmts, choices,
                                                                        strict=True)))
+        streams[0].direct, direct = direct, None
     out: list[bytes] = []
     offsets = [0] * len(streams)
     lasts: list[Delta | None] = [None] * len(streams)
@@ -258,11 +265,15 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
             if not all(s.done for s in streams):
                 await resp.write(b"".join(out))
                 out.clear()
+                if direct is not None:
+                    streams[0].direct, direct = direct, None
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception as exc:  # the engine failed this request: say so in the stream
         log.exception("generation failed mid-stream")
         out.append(sse(ApiError(500, f"generation failed: {type(exc).__name__}").body()))
+    finally:  # a delta still on its way must not be written after the response's end
+        streams[0].direct = None
     if req.include_usage and all(d is not None for d in lasts):
         out.append(fmts[0].usage([d for d in lasts if d is not None]))
     out.append(b"data: [DONE]\n\n")
