@@ -226,9 +226,9 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                                        "Cache-Control": "no-cache"})
     # one plain choice: its token chunks are written as the engine delivers them (once
     # aiohttp has written the headers and a first chunk)
-    direct = direct_tokens(request, fmts[0], observes[0]) if (
-        len(streams) == 1 and readers is None and not req.echo and chunked(request, resp)
-    ) else None
+    direct = None
+    if len(streams) == 1 and readers is None and not req.echo and chunked(request, resp):
+        direct = direct_tokens(request, fmts[0], observes[0])
     await resp.prepare(request)
     if req.chat:
         await resp.write(b"".join(fmt.role(c.prompt) for fmt, c in zip(fmts, choices,
