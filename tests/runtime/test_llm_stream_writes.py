@@ -11,12 +11,13 @@ import http.client
 import json
 import re
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import wait_for
 
 from .conftest import Server, start_llm_server
 
@@ -79,13 +80,6 @@ def test_an_http10_client_gets_the_whole_stream_unchunked(server: Server) -> Non
     check_stream(events(payload), answer(server, 24), 24)
 
 
-def wait_for(check: Any, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-
-
 def running(server: Server) -> float:
     m = re.search(r'^vllm:num_requests_running\{model_name="tiny"\} (\S+)$', server.metrics(),
                   re.MULTILINE)
@@ -108,8 +102,9 @@ def test_a_long_answer_read_after_it_was_written_is_whole_and_in_order(server: S
     try:
         conn.request("POST", "/v1/chat/completions", body=stream_body(tokens),
                      headers={"Content-Type": "application/json"})
-        wait_for(lambda: running(server) == 1)  # admitted
-        wait_for(lambda: running(server) == 0)  # every token generated and delivered
+        wait_for(lambda: running(server) == 1, 60, "the request admitted", interval=0.02)
+        wait_for(lambda: running(server) == 0, 120, "every token generated and delivered",
+                 interval=0.02)
         resp = conn.getresponse()
         assert resp.status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
         body = resp.read()
