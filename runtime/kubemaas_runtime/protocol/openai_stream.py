@@ -203,15 +203,49 @@ async def ready_batches(streams: list[RequestStream]
             fut.cancel()
 
 
-def _read(reader: AnswerReader, fmt: ChunkFormat, delta: Delta) -> list[bytes]:
-    """A delta of a choice whose text is read: what its reader makes of it (and the
-    finish)."""
-    done = delta.finish_reason is not None
-    out = fmt.read_events(reader.feed(delta.text, final=done), delta.logprobs, delta.token_ids)
-    if done:
-        out.append(fmt.finish(reader.finish_reason(delta.finish_reason) or "stop",
-                              delta.stop_reason))
-    return out
+class ChoiceChunks:
+    """One choice's chunks as its deltas come: its format, where its text stands (echo and
+    logprobs offsets), its last delta, and its reader when the text is read for reasoning or
+    tool calls."""
+
+    def __init__(self, req: GenerationRequest, choice: Choice, fmt: ChunkFormat,
+                 observe: Callable[[Delta], None], reader: AnswerReader | None) -> None:
+        self.req, self.choice, self.fmt = req, choice, fmt
+        self.observe, self.reader = observe, reader
+        self.offset = 0
+        self.last: Delta | None = None
+
+    def add(self, delta: Delta, out: list[bytes]) -> None:
+        """Append the chunks of ``delta`` to ``out``."""
+        req, fmt = self.req, self.fmt
+        self.observe(delta)
+        fmt.counts = (delta.prompt_tokens, delta.completion_tokens)
+        if req.echo and self.last is None:
+            out.append(fmt.echo(self.choice, delta))
+            self.offset += len(self.choice.echo_text)
+        self.last = delta
+        if self.reader is not None:
+            self._read(self.reader, delta, out)
+            return
+        # a chunk per generated token, its text empty while a character is incomplete (as
+        # vLLM does): the client sees the stream advance token by token
+        sent = bool(delta.text or (delta.logprobs and req.logprobs) or
+                    (delta.token_ids and delta.finish_reason is None))
+        if sent:
+            out.append(fmt.token(delta.text, delta.logprobs, self.offset, delta.token_ids))
+            self.offset += len(delta.text)
+        if delta.finish_reason is not None:
+            out.append(fmt.finish(delta.finish_reason, delta.stop_reason,
+                                  () if sent else delta.token_ids))
+
+    def _read(self, reader: AnswerReader, delta: Delta, out: list[bytes]) -> None:
+        """What the reader makes of a delta (and the finish)."""
+        done = delta.finish_reason is not None
+        out.extend(self.fmt.read_events(reader.feed(delta.text, final=done), delta.logprobs,
+                                        delta.token_ids))
+        if done:
+            out.append(self.fmt.finish(reader.finish_reason(delta.finish_reason) or "stop",
+                                       delta.stop_reason))
 
 
 async def stream_response(request: web.BaseRequest, req: GenerationRequest,
@@ -222,6 +256,8 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
     ``readers`` (a chat whose text is read for reasoning or tool calls), each choice's text
     goes through its reader, which sends reasoning, content and calls as they are read."""
     streams = [c.stream for c in choices]
+    writers = [ChoiceChunks(req, c, fmt, observe, None if readers is None else readers[i])
+               for i, (c, fmt, observe) in enumerate(zip(choices, fmts, observes, strict=True))]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
     # one plain choice: its token chunks are written as the engine delivers them (once
@@ -235,33 +271,11 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                                                                        strict=True)))
         streams[0].direct, direct = direct, None
     out: list[bytes] = []
-    offsets = [0] * len(streams)
-    lasts: list[Delta | None] = [None] * len(streams)
     try:
         async for ready in ready_batches(streams):
             for i, batch in ready:
                 for delta in batch:
-                    observes[i](delta)
-                    fmts[i].counts = (delta.prompt_tokens, delta.completion_tokens)
-                    if req.echo and lasts[i] is None:
-                        out.append(fmts[i].echo(choices[i], delta))
-                        offsets[i] += len(choices[i].echo_text)
-                    lasts[i] = delta
-                    if readers is not None:
-                        out.extend(_read(readers[i], fmts[i], delta))
-                        continue
-                    # a chunk per generated token, its text empty while a character is
-                    # incomplete (as vLLM does): the client sees the stream advance token by
-                    # token
-                    sent = bool(delta.text or (delta.logprobs and req.logprobs) or
-                                (delta.token_ids and delta.finish_reason is None))
-                    if sent:
-                        out.append(fmts[i].token(delta.text, delta.logprobs, offsets[i],
-                                                 delta.token_ids))
-                        offsets[i] += len(delta.text)
-                    if delta.finish_reason is not None:
-                        out.append(fmts[i].finish(delta.finish_reason, delta.stop_reason,
-                                                  () if sent else delta.token_ids))
+                    writers[i].add(delta, out)
             if not all(s.done for s in streams):
                 await resp.write(b"".join(out))
                 out.clear()
@@ -274,6 +288,7 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
         out.append(sse(ApiError(500, f"generation failed: {type(exc).__name__}").body()))
     finally:  # a delta still on its way must not be written after the response's end
         streams[0].direct = None
+    lasts = [w.last for w in writers]
     if req.include_usage and all(d is not None for d in lasts):
         out.append(fmts[0].usage([d for d in lasts if d is not None]))
     out.append(b"data: [DONE]\n\n")
