@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import StartupError
 from .settings import Settings, guess_format, load_settings
@@ -75,51 +75,27 @@ async def serve(settings: Settings) -> int:
     from .metrics import Metrics
     from .protocol.rest import RestServer
     from .security.gate import Security
-    from .serving import drain, listen, run_in_thread, stop_on_signals
+    from .serving import serve_until_stopped
 
     started = time.perf_counter()
-    loop = asyncio.get_running_loop()
     metrics = Metrics()
-    label = (settings.model_name,)
-    metrics.model_ready.set(label, 0)
+    metrics.model_ready.set((settings.model_name,), 0)
     dataplane = DataPlane(settings.model_name, settings.model_version,
                           settings.request_timeout_s)
     rest = RestServer(dataplane, metrics, settings.max_request_bytes,
                       settings.max_inflight_bytes or None)
     security = Security(settings, metrics, rest.handle, openai=False)  # keys, TLS, limits
-    runner, port = await listen(settings, security)
-    stop = stop_on_signals(loop)
 
-    batcher: Batcher | None = None
-    exit_code = 0
-    load_task = run_in_thread(lambda: _load(settings), loop)
-    stop_task = asyncio.ensure_future(stop.wait())
-    try:
-        pending: set[asyncio.Future[Any]] = {load_task, stop_task}
-        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        if load_task.done():
-            model = load_task.result()  # raises StartupError
-            batcher = _batcher(settings, model, metrics)
-            _go_ready(settings, model, batcher, dataplane, metrics, port, started)
-            await stop_task
-        else:
-            load_task.cancel()
-        lifecycle.info("draining", extra={"fields": {"inflight": rest.inflight}})
+    def go_ready(model: Model, port: int) -> None:
+        _go_ready(settings, model, _batcher(settings, model, metrics), dataplane, metrics, port,
+                  started)
+
+    def stop_serving() -> None:
         dataplane.draining = True
-        metrics.model_ready.set(label, 0)
-        await drain(settings, lambda: rest.inflight, serving=batcher is not None)
-    except StartupError as exc:
-        log.error(str(exc))
-        exit_code = 1
-    finally:
-        stop_task.cancel()
-        await security.close()
-        await runner.cleanup()
-        dataplane.close()
-        if batcher is not None:
-            batcher.close()
-    lifecycle.info("stopped", extra={"fields": {"exit_code": exit_code}})
-    return exit_code
+
+    return await serve_until_stopped(settings, metrics, security, lambda: _load(settings),
+                                     go_ready, lambda: rest.inflight, stop_serving,
+                                     lambda _: dataplane.close())
 
 
 def _batcher(settings: Settings, model: Model, metrics: Metrics) -> Batcher:

@@ -60,7 +60,10 @@ class DataPlane:
         self._codec_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubemaas-codec")
 
     def close(self) -> None:
+        """Stop the codec thread and the batcher of the model it serves."""
         self._codec_thread.shutdown(wait=False, cancel_futures=True)
+        if self.batcher is not None:
+            self.batcher.close()
 
     async def _codec(self, size: int, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` (a decode or an encode of ``size`` bytes) inline when small, in the

@@ -1,6 +1,6 @@
 """The process lifecycle both servers share (tensor models in ``__main__``, language models in
 ``llm/server.py``): listen before the model loads, load it in a daemon thread, stop on SIGTERM or
-SIGINT, drain requests in flight."""
+SIGINT, drain requests in flight (``serve_until_stopped``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import StartupError
 from .settings import Settings
@@ -18,6 +18,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from .metrics import Metrics
     from .security.gate import Security
 
 T = TypeVar("T")
@@ -96,3 +97,43 @@ async def drain(settings: Settings, inflight: Callable[[], int], serving: bool) 
     if inflight():
         log.warning("drain timeout; exiting with requests in flight",
                     extra={"fields": {"inflight": inflight()}})
+
+
+async def serve_until_stopped(settings: Settings, metrics: Metrics, security: Security,
+                              load: Callable[[], T], go_ready: Callable[[T, int], None],
+                              inflight: Callable[[], int], stop_serving: Callable[[], None],
+                              close: Callable[[T | None], None]) -> int:
+    """Listen, load the model in a thread (``load``; a stop signal meanwhile ends the wait),
+    serve it (``go_ready`` with what loaded and the bound port) until SIGTERM or SIGINT, then
+    turn readiness off (``stop_serving``), drain the requests in flight and ``close`` what
+    loaded (None when nothing did). The exit code: 1 when the model could not load."""
+    loop = asyncio.get_running_loop()
+    runner, port = await listen(settings, security)
+    stop = stop_on_signals(loop)
+    loaded: T | None = None
+    exit_code = 0
+    load_task = run_in_thread(load, loop)
+    stop_task = asyncio.ensure_future(stop.wait())
+    try:
+        pending: set[asyncio.Future[Any]] = {load_task, stop_task}
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if load_task.done():
+            loaded = load_task.result()  # raises StartupError
+            go_ready(loaded, port)
+            await stop_task
+        else:
+            load_task.cancel()
+        lifecycle.info("draining", extra={"fields": {"inflight": inflight()}})
+        stop_serving()
+        metrics.model_ready.set((settings.model_name,), 0)
+        await drain(settings, inflight, serving=loaded is not None)
+    except StartupError as exc:
+        log.error(str(exc))
+        exit_code = 1
+    finally:
+        stop_task.cancel()
+        await security.close()
+        await runner.cleanup()
+        close(loaded)
+    lifecycle.info("stopped", extra={"fields": {"exit_code": exit_code}})
+    return exit_code

@@ -166,7 +166,7 @@ async def serve_llm(settings: Settings) -> int:
     from ..metrics import Metrics
     from ..protocol.openai import OpenAIServer
     from ..security.gate import Security
-    from ..serving import drain, listen, run_in_thread, stop_on_signals
+    from ..serving import serve_until_stopped
 
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
@@ -175,47 +175,31 @@ async def serve_llm(settings: Settings) -> int:
     metrics.model_ready.set(label, 0)
     api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20))
     security = Security(settings, metrics, api.handle, openai=True, handler_cancellation=True)
-    runner, port = await listen(settings, security)
-    stop = stop_on_signals(loop)
-    engine = None
-    exit_code = 0
-    load_task = run_in_thread(lambda: _load(settings), loop)
-    stop_task = asyncio.ensure_future(stop.wait())
-    try:
-        pending: set[asyncio.Future[Any]] = {load_task, stop_task}
-        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        if load_task.done():
-            lm, engine = load_task.result()  # raises StartupError
-            engine.start(loop)
-            from .pooling import Embedder
-            from .pooling_server import open_pooling
 
-            fields = open_pooling(api, settings, lm, engine) if isinstance(
-                engine, Embedder) else _open(api, settings, lm, engine)
-            gc.collect()
-            gc.freeze()
-            took = time.perf_counter() - started
-            metrics.model_ready.set(label, 1)
-            metrics.load_seconds.set(label, took)
-            lifecycle.info("ready", extra={"fields": {
-                "model": settings.model_name, "platform": "transformers",
-                "device": str(lm.device), "port": port, "seconds_to_ready": round(took, 3),
-                **fields}})
-            await stop_task
-        else:
-            load_task.cancel()
-        lifecycle.info("draining", extra={"fields": {"inflight": api.inflight}})
+    def go_ready(loaded: tuple[Any, Any], port: int) -> None:
+        lm, engine = loaded
+        engine.start(loop)
+        from .pooling import Embedder
+        from .pooling_server import open_pooling
+
+        fields = open_pooling(api, settings, lm, engine) if isinstance(
+            engine, Embedder) else _open(api, settings, lm, engine)
+        gc.collect()
+        gc.freeze()
+        took = time.perf_counter() - started
+        metrics.model_ready.set(label, 1)
+        metrics.load_seconds.set(label, took)
+        lifecycle.info("ready", extra={"fields": {
+            "model": settings.model_name, "platform": "transformers",
+            "device": str(lm.device), "port": port, "seconds_to_ready": round(took, 3),
+            **fields}})
+
+    def stop_serving() -> None:
         api.draining = True
-        metrics.model_ready.set(label, 0)
-        await drain(settings, lambda: api.inflight, serving=engine is not None)
-    except StartupError as exc:
-        log.error(str(exc))
-        exit_code = 1
-    finally:
-        stop_task.cancel()
-        await security.close()
-        await runner.cleanup()
-        if engine is not None:
-            engine.stop()
-    lifecycle.info("stopped", extra={"fields": {"exit_code": exit_code}})
-    return exit_code
+
+    def close(loaded: tuple[Any, Any] | None) -> None:
+        if loaded is not None:
+            loaded[1].stop()  # the engine
+
+    return await serve_until_stopped(settings, metrics, security, lambda: _load(settings),
+                                     go_ready, lambda: api.inflight, stop_serving, close)
