@@ -5,7 +5,7 @@ usual way, each stream's delta wakes its handler's task, which resumes through t
 iterators and aiohttp's write coroutine to write one chunk. ``DirectTokens`` writes the chunk
 in that callback instead: the metrics' observation, the chunk's bytes (``ChunkFormat.token``)
 framed as one HTTP/1.1 chunk, one ``transport.write``. The loop's CPU per streamed token went
-from 52 to 31 µs (tiny model, 16 streams, server on one slow core; docs/llm-benchmark.md).
+from 52 to 31 µs (tiny model, 16 streams, server on one slow core; docs/llm-benchmark-log.md).
 
 Only a delta that is not a stream's last goes this way, and only while nothing is queued for
 the handler and the client keeps up: the last delta (the finishing chunk, usage, ``[DONE]``,
