@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .errors import StartupError
+from .logs import quiet_teardown, route_torch_logs, setup_logging
 from .settings import Settings, guess_format, load_settings
 
 if TYPE_CHECKING:
@@ -29,44 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kubemaas.runtime")
 lifecycle = logging.getLogger("kubemaas.runtime.lifecycle")  # see serving.py
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            doc.update(fields)
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict) and fields:
-            text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
-        return text
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))
-    lifecycle.setLevel(logging.INFO)
-    logging.captureWarnings(True)  # library warnings become structured log lines too
 
 
 async def serve(settings: Settings) -> int:
@@ -149,6 +111,7 @@ def _load(settings: Settings) -> Model:
     model = load_model(path, fmt, device=settings.device,
                        intra_op_threads=settings.intra_op_threads,
                        inter_op_threads=settings.inter_op_threads, tf32=settings.tf32)
+    route_torch_logs()  # a torch backend has imported torch by now
     t2 = time.perf_counter()
     if settings.warmup:
         try:
@@ -184,5 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def cli() -> int:
+    """The process's entry (``python -m kubemaas_runtime``, ``kubemaas-runtime``)."""
+    code = main()
+    quiet_teardown()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -93,9 +93,11 @@ def _warm(engine: Any, max_num_seqs: int, max_len: int) -> None:
 
 def _load(settings: Settings) -> tuple[Any, Any]:
     """Blocking: fetch the directory, load the model, build the engine (runs in a thread)."""
+    from ..logs import route_torch_logs
     from .chat_template import read_chat_template, use_chat_template
     from .loader import load_hf, parse_overrides, pooling_runner
 
+    route_torch_logs()  # before transformers imports its quantizers, which log through torch's
     t0 = time.perf_counter()
     path = _fetcher(settings)(settings.model_uri)
     t1 = time.perf_counter()

@@ -1,0 +1,86 @@
+"""The server's log: one JSON object per line on stderr (or one text line each), for our records
+and for the libraries' alike (docs/runtime.md, "Logs").
+
+Three things in torch's stack write to stderr past the logging root, each handled here: torch
+gives its loggers a stderr handler of its own (glog-style lines, propagation off); transformers
+and huggingface_hub draw progress bars (carriage-return animations); and at the interpreter's
+teardown the native bindings loaded beside torch (triton's) print leak reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+lifecycle = logging.getLogger("kubemaas.runtime.lifecycle")  # see serving.py
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            doc.update(fields)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return text
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))
+    lifecycle.setLevel(logging.INFO)
+    logging.captureWarnings(True)  # library warnings become structured log lines too
+    # read by huggingface_hub, and by transformers when it is imported (the load's timings are in
+    # the "model loaded" record); a deployment may still set it to 0
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def route_torch_logs() -> None:
+    """Send torch's log records through the root handler. When it is imported, torch gives each
+    logger it configures ("torch", "torch._dynamo", ...) a stderr handler of its own and turns
+    their propagation off; call this after that import (before it there is nothing to remove).
+    Only the logging module's public view is used: the handlers torch's modules defined."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger) or name.split(".")[0] != "torch":
+            continue
+        torchs = [h for h in logger.handlers if type(h).__module__.split(".")[0] == "torch"]
+        for handler in torchs:
+            logger.removeHandler(handler)
+        if torchs:
+            logger.propagate = True
+
+
+def quiet_teardown() -> None:
+    """Point stderr at /dev/null for the interpreter's teardown, once the process has written
+    its last record: there triton's bindings (loaded with torch) report the objects they leaked,
+    dozens of lines that are not records. The exit itself is unchanged (threads joined, atexit
+    handlers run, the same code)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
