@@ -23,10 +23,10 @@ from .codecs import (
     dumps_json,
     encode_infer_response,
     instances_to_inputs,
-    loads_json,
     outputs_to_predictions,
 )
 from .errors import InvalidInput, ModelNotFound, Unavailable
+from .request_json import loads_json
 
 T = TypeVar("T")
 

@@ -103,6 +103,18 @@ BAD: list[tuple[str, Any, int, str]] = [
     (COMPL, {"prompt": "hi", "logit_bias": {"99999": 1}}, 400, "outside the vocabulary"),
     (CHAT, {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 101}}, 400,
      "-100..100"),
+    # an unpaired surrogate escape (json.dumps writes "\ud800"): not text a tokenizer can take
+    (COMPL, {"prompt": "hi\ud800"}, 400, "prompt holds a lone UTF-16 surrogate"),
+    (CHAT, {"messages": [{"role": "user", "content": "\udfff"}]}, 400,
+     "messages[0].content holds a lone"),
+    (CHAT, {"messages": [{"role": "user", "content": "hi"}], "stop": ["\ud800"]}, 400,
+     "stop[0] holds a lone"),
+    (CHAT, {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {
+            "name": "f", "arguments": "[" * 5000 + "]" * 5000}}]}]}, 400,
+     "arguments is not valid JSON"),
+    (CHAT, {"messages": [{"role": "user", "content": "hi"}],
+            "guided_json": "[" * 5000 + "]" * 5000}, 400, "the JSON schema is not valid JSON"),
 ]
 
 
@@ -116,7 +128,8 @@ def test_bad_requests_are_clean_4xx(server: Server, path: str, doc: Any, status:
 
 
 def test_malformed_bodies_methods_and_routes(server: Server) -> None:
-    for raw in (b'{"prompt": "hi", ', b"", b"\xff\xfe", b"null", b'"text"'):
+    deep = b'{"prompt": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"  # past json.loads' depth
+    for raw in (b'{"prompt": "hi", ', b"", b"\xff\xfe", b"null", b'"text"', deep):
         status, _, doc = post(server, COMPL, raw)
         assert_openai_error(status, doc, 400)
     status, _, doc = post(server, COMPL, b'{"prompt": "' + b"a" * 70000 + b'"}')

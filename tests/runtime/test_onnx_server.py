@@ -138,7 +138,10 @@ def test_bad_requests_get_clean_4xx(tiny: Server, case: str, path: str, doc: Any
 
 
 def test_malformed_bodies_and_limits(tiny: Server) -> None:
-    for raw in (b"{not json", b"", b"[1,2]", b"\xff\xfe"):
+    deep = b'{"inputs": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"  # past json.loads' depth
+    lone = b'{"id": "\\ud800", "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", ' \
+        b'"data": [1, 2, 3, 4]}]}'  # an unpaired surrogate escape: not Unicode text
+    for raw in (b"{not json", b"", b"[1,2]", b"\xff\xfe", deep, lone):
         status, _, body = tiny.request("POST", "/v2/models/tiny/infer", raw)
         assert status == 400 and "error" in json.loads(body)
     status, _headers, body = tiny.request("POST", "/v2/models/tiny/infer", b"x" * 70000)

@@ -242,3 +242,13 @@ def test_mistral_markers_stay_in_the_text_when_calls_are_read() -> None:
     for req, parser in ((request(tools=[tool]), "hermes"), (request(), "mistral"),
                         (request(tools=[tool], tool_choice="required"), "mistral")):
         assert markers_kept(req, parser).params.skip_special_tokens
+
+
+@pytest.mark.parametrize("syntax", sorted(SYNTAXES))
+def test_a_call_nested_past_the_parsers_depth_is_text(syntax: str) -> None:
+    """A model can write brackets deeper than json.loads goes: the text stays content."""
+    deep = "[" * 5000 + "]" * 5000
+    for text in (f'<tool_call>{{"arguments": {deep}, "name": "f"}}</tool_call>',
+                 f'[{{"x": {deep}, "name": "f"}}]', f'{{"x": {deep}}}'):
+        content, calls, _ = read(syntax, text)
+        assert calls == [] and deep in content, syntax

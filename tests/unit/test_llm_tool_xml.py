@@ -76,6 +76,8 @@ def test_values_are_typed_as_the_schema_asks() -> None:
     assert typed("null", {"type": "string"}) == "null" and typed("None", {"type": "array"}) \
         is None
     assert typed("x", None) == "x"
+    deep = "[" * 5000 + "]" * 5000  # deeper than the parsers go: the text
+    assert typed(deep, {"type": "array"}) == deep
 
 
 FRAGMENTS = ["<tool_call>", "</tool_call>", "<tool", "<function=", "get_weather", ">",

@@ -26,6 +26,7 @@ from aiohttp import web
 from .. import __version__
 from ..llm.request_stream import Delta, RequestStream
 from ..metrics import Metrics
+from ..request_json import parse_json
 from ..security.usage import current_usage
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
 from .openai_embeddings import Pooled, embeddings
@@ -260,7 +261,7 @@ class OpenAIServer:
                                f"{self.max_request_bytes} bytes")
             chunks.append(chunk)
         try:
-            return json.loads(b"".join(chunks))
+            return parse_json(b"".join(chunks))
         except ValueError as exc:
             raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
 

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from ..llm.structured import Constraint
+from ..request_json import parse_json
 from .openai_errors import bad_request as _bad
 
 
@@ -52,7 +53,7 @@ def _constraint(kind: str, source: Any, param: str) -> Constraint:
     if kind == "json":
         if isinstance(source, str):
             try:
-                source = json.loads(source)
+                source = parse_json(source)
             except ValueError:
                 raise _bad(f"'{param}': the JSON schema is not valid JSON", param) from None
         if not isinstance(source, dict):

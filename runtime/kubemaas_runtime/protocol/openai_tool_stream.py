@@ -342,7 +342,7 @@ class ToolCallReader(StepReader):
         string ``name`` (its arguments, if any, re-encoded)."""
         try:
             doc = json.loads(self.text[obj.start:obj.end])
-        except ValueError:
+        except (ValueError, RecursionError):  # a model may nest past the parser's depth
             return False
         if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
             return False

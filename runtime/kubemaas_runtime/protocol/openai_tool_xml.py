@@ -64,7 +64,7 @@ def typed(value: str, schema: Any) -> Any:
         return value.lower() == "true"
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # a model may nest past the parser's depth
         pass
     try:
         return ast.literal_eval(value)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..llm.structured import Constraint
+from ..request_json import parse_json
 from .openai_errors import bad_request as _bad
 from .openai_render import template_text
 from .openai_tool_pythonic import PythonicCallReader
@@ -159,7 +160,7 @@ def message_tool_calls(msg: dict[str, Any], where: str) -> list[dict[str, Any]] 
             raise _bad(f"{at} must be {{\"id\", \"type\": \"function\", \"function\": "
                        "{\"name\", \"arguments\": a JSON string}}", at)
         try:
-            arguments = json.loads(fn.get("arguments") or "{}")
+            arguments = parse_json(fn.get("arguments") or "{}")
         except ValueError:
             raise _bad(f"{at}.function.arguments is not valid JSON", at) from None
         out.append({"id": call.get("id"), "type": "function",
