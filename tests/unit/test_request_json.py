@@ -37,7 +37,7 @@ def test_a_lone_surrogate_is_refused_where_it_sits(body: bytes, where: str) -> N
 def test_a_utf16_body_with_a_lone_surrogate_is_refused_too() -> None:
     """json.loads decodes UTF-16 bodies letting a lone surrogate through unescaped."""
     body = '{"prompt": "hi\ud800"}'.encode("utf-16", "surrogatepass")
-    with pytest.raises(ValueError, match="^prompt holds a lone UTF-16 surrogate"):
+    with pytest.raises(ValueError, match=r"^prompt holds a lone UTF-16 surrogate"):
         loads_json(body)
     assert loads_json('{"prompt": "hi"}'.encode("utf-16")) == {"prompt": "hi"}
 

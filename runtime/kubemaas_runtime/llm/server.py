@@ -97,7 +97,7 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     from .chat_template import read_chat_template, use_chat_template
     from .loader import load_hf, parse_overrides, pooling_runner
 
-    route_torch_logs()  # before transformers imports its quantizers, which log through torch's
+    route_torch_logs()  # before transformers imports its quantizers (they log through torch)
     t0 = time.perf_counter()
     path = _fetcher(settings)(settings.model_uri)
     t1 = time.perf_counter()
