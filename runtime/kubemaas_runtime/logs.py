@@ -14,8 +14,24 @@ import logging
 import os
 import sys
 import time
+from contextvars import ContextVar
+from typing import Any
 
 lifecycle = logging.getLogger("kubemaas.runtime.lifecycle")  # see serving.py
+# the request a record is written for: set while a server handles one (its request_id, the API
+# key's name), so that every record written on its behalf names it; records written by other
+# threads (the engine's) or outside a request carry none
+request_context: ContextVar[dict[str, Any] | None] = ContextVar("kubemaas_request_context",
+                                                                 default=None)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's fields: the request's, then its own (which win)."""
+    fields = getattr(record, "fields", None)
+    context = request_context.get()
+    if not context:
+        return fields if isinstance(fields, dict) else {}
+    return {**context, **fields} if isinstance(fields, dict) else context
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,9 +43,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            doc.update(fields)
+        doc.update(_fields(record))
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
@@ -38,8 +52,8 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict) and fields:
+        fields = _fields(record)
+        if fields:
             text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
         return text
 

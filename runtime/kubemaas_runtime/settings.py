@@ -193,6 +193,11 @@ OPTIONS: tuple[Option, ...] = (
            "debug | info | warning | error."),
     Option("log_format", "--log-format", "KUBEMAAS_LOG_FORMAT", "json", str,
            "json (one object per line) | text."),
+    Option("log_requests", "--log-requests", "KUBEMAAS_LOG_REQUESTS", False, _bool,
+           "hf models: write one info record per request when it ends (its request_id, path, "
+           "status, seconds, and a generation's tokens, finish reason and time to first "
+           "token; not the prompt or the answer). Probes and /metrics are not recorded.",
+           nargs="?", const="true"),
     Option("s3_endpoint", "--s3-endpoint", "KUBEMAAS_S3_ENDPOINT", None, _optional_str,
            "S3-compatible endpoint URL (also read from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL). "
            "Default: https://s3.REGION.amazonaws.com."),
@@ -284,6 +289,7 @@ class Settings:
     max_lora_rank: int = 16
     allow_runtime_lora_updating: bool = False
     log_level: str = "info"
+    log_requests: bool = False
     log_format: str = "json"
     s3_endpoint: str | None = None
     s3_credentials_dir: str | None = None

@@ -186,6 +186,19 @@ def test_fuzz_no_5xx(server: Server, doc: dict[str, Any]) -> None:
         assert_openai_error(status, body, status)
 
 
+def test_the_request_id_names_pooling_answers(server: Server) -> None:
+    """The X-Request-Id header (else the body's request_id) names each kind of answer."""
+    for path, doc, prefix in (("/v1/embeddings", {"input": "birds"}, "embd-"),
+                              ("/score", {"text_1": "birds", "text_2": "a b"}, "score-"),
+                              ("/rerank", {"query": "birds", "documents": ["a b"]}, "rerank-")):
+        status, headers, body = server.request(
+            "POST", path, json.dumps(doc).encode(),
+            {"Content-Type": "application/json", "X-Request-Id": f"p{path}"})
+        assert status == 200 and json.loads(body)["id"] == f"{prefix}p{path}", body
+        assert headers["x-request-id"] == f"p{path}"
+    assert embed(server, {"input": "birds", "request_id": "e-1"})["id"] == "embd-e-1"
+
+
 def test_an_embedding_server_generates_nothing(server: Server) -> None:
     status, body = server.post_json("/v1/completions", {"prompt": "a", "max_tokens": 2})
     assert status == 400 and "pooling model" in body["error"]["message"]

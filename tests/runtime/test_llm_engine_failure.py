@@ -8,7 +8,11 @@ loaded model's output layer, then mending it. A request whose sampling fails fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
+import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,9 +23,26 @@ from aiohttp import web
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import load_hf
 from kubemaas_runtime.llm.sampling import SamplingParams
+from kubemaas_runtime.logs import JsonFormatter
 from kubemaas_runtime.metrics import LLMMetrics, Metrics
 from kubemaas_runtime.protocol.openai import OpenAIServer
 from kubemaas_runtime.protocol.openai_engine import Served
+
+
+@contextlib.contextmanager
+def logged(name: str) -> Iterator[list[str]]:
+    """The lines the server's JSON formatter writes for this logger's records meanwhile."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    lines: list[str] = []
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        lines += out.getvalue().splitlines()
 
 
 def test_a_failing_model_is_reported_and_the_engine_recovers(tiny_llama: Path) -> None:
@@ -44,18 +65,26 @@ def test_a_failing_model_is_reported_and_the_engine_recovers(tiny_llama: Path) -
         try:
             async with aiohttp.ClientSession() as http:
                 lm.model.lm_head = torch.nn.Linear(3, lm.vocab_size)  # wrong shape: it raises
-                async with http.post(f"{base}/v1/chat/completions", json={
-                        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
-                        "stream": True}) as resp:
-                    assert resp.status == 200
-                    events = [e[len("data: "):] for e in (await resp.text()).split("\n\n") if e]
+                with logged("kubemaas.runtime.openai") as log_lines:
+                    async with http.post(f"{base}/v1/chat/completions", json={
+                            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+                            "stream": True}, headers={"X-Request-Id": "fail-1"}) as resp:
+                        assert resp.status == 200
+                        events = [e[len("data: "):] for e in (await resp.text()).split("\n\n")
+                                  if e]
+                    async with http.post(f"{base}/v1/completions", json=doc,
+                                         headers={"X-Request-Id": "fail-2"}) as resp:
+                        assert resp.status == 500
+                        body = await resp.json()
                 assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
                 assert "generation failed" in json.loads(events[-2])["error"]["message"]
                 assert events[-1] == "[DONE]"
-                async with http.post(f"{base}/v1/completions", json=doc) as resp:
-                    assert resp.status == 500
-                    body = await resp.json()
                 assert body["error"]["type"] == "server_error"
+                # each failure's record (with its traceback) names the request it failed
+                failures = [json.loads(line) for line in log_lines]
+                assert [(r["msg"], r.get("request_id")) for r in failures] == [
+                    ("generation failed mid-stream", "fail-1"), ("generation failed", "fail-2")]
+                assert all("Traceback" in r["exc"] for r in failures)
                 # the Responses API: a 500 too, or, streamed, a response.failed event last
                 responses = {"input": "hi", "max_output_tokens": 8}
                 async with http.post(f"{base}/v1/responses", json=responses) as resp:

@@ -175,7 +175,8 @@ async def serve_llm(settings: Settings) -> int:
     metrics = Metrics()
     label = (settings.model_name,)
     metrics.model_ready.set(label, 0)
-    api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20))
+    api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20),
+                       log_requests=settings.log_requests)
     security = Security(settings, metrics, api.handle, openai=True, handler_cancellation=True)
 
     def go_ready(loaded: tuple[Any, Any], port: int) -> None:

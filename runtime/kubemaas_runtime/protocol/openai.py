@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,7 +46,18 @@ from .openai_lora import load as load_adapter
 from .openai_lora import unload as unload_adapter
 from .openai_reader import AnswerReader, answer_message, answer_reader
 from .openai_reasoning import prompt_opens_think
-from .openai_responses import ResponsesRequest, new_id, parse_responses
+from .openai_request_id import (
+    UNLOGGED,
+    Trace,
+    adopt_body_id,
+    begin,
+    current_trace,
+    end,
+    request_id,
+    tag,
+    write_record,
+)
+from .openai_responses import ResponsesRequest, parse_responses
 from .openai_responses_stream import complete_response
 from .openai_responses_stream import stream_response as stream_responses
 from .openai_schema import (
@@ -58,7 +68,7 @@ from .openai_schema import (
 )
 from .openai_scores import CLASSIFY_ROUTES, RERANK_ROUTES, SCORE_ROUTES, classify, rerank, score
 from .openai_stream import ChunkFormat, stream_response
-from .openai_tokens import TOKENIZE_OFF_LOOP_CHARS, check_chars, decode_ids, encode_prompt
+from .openai_tokens import decode_ids, echo_texts, encode_prompt, prompt_ids
 
 log = logging.getLogger("kubemaas.runtime.openai")
 _GENERATE = {"/v1/completions": "completions", "/v1/chat/completions": "chat",
@@ -97,8 +107,10 @@ def error_response(exc: ApiError) -> web.Response:
 
 class OpenAIServer:
     def __init__(self, model_name: str, metrics: Metrics, max_request_bytes: int,
-                 tool_call_parser: str = "none", reasoning_parser: str = "none") -> None:
+                 tool_call_parser: str = "none", reasoning_parser: str = "none",
+                 log_requests: bool = False) -> None:
         self.model_name = model_name
+        self.log_requests = log_requests  # a record per request (openai_request_id.py)
         self.tool_call_parser = tool_call_parser  # reads tool_choice auto's calls (or none)
         self.reasoning_parser = reasoning_parser  # splits <think> blocks off (or none)
         self.metrics = metrics
@@ -113,31 +125,56 @@ class OpenAIServer:
 
     # ---- routing ---------------------------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        path, method = request.path.rstrip("/") or "/", request.method
+        trace = begin(request)
+        status = 500  # a defect's answer, aiohttp's
         try:
-            if path in _GENERATE:
-                if method != "POST":
-                    raise ApiError(405, f"use POST for {path}")
-                return await self._generate(request, _GENERATE[path])
-            if path in ("/tokenize", "/detokenize"):
-                if method != "POST":
-                    raise ApiError(405, f"use POST for {path}")
-                return await (self._tokenize_route(request) if path == "/tokenize"
-                              else self._detokenize_route(request))
-            if path in _POOLING:
-                if method != "POST":
-                    raise ApiError(405, f"use POST for {path}")
-                return await self._pooling(request, path)
-            if path in LORA_ROUTES and self.lora_updating:
-                if method != "POST":
-                    raise ApiError(405, f"use POST for {path}")
-                return await self._lora_route(request, path)
-            if method not in ("GET", "HEAD"):
-                raise ApiError(405 if path in self._get_routes() else 404,
-                               f"no route for {method} {request.path}")
-            return self._get(path)
+            resp = await self._answer(request, trace)
+            status = resp.status
+            return resp
+        except (asyncio.CancelledError, ConnectionResetError):
+            status = 499  # the client went away (its generation is cancelled)
+            if trace.model is not None and trace.finish_reason is None:
+                trace.finish_reason = "abort"
+            raise
+        finally:
+            if self.log_requests and request.path not in UNLOGGED:
+                write_record(trace, request.method, request.path, status)
+            end(trace)
+
+    async def _answer(self, request: web.BaseRequest, trace: Trace) -> web.StreamResponse:
+        try:
+            if trace.refusal is not None:
+                raise trace.refusal
+            resp = await self._route(request)
         except ApiError as exc:
-            return error_response(exc)
+            resp = error_response(exc)
+        if not resp.prepared:  # a stream names its request itself, before its headers go
+            tag(resp)
+        return resp
+
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+        path, method = request.path.rstrip("/") or "/", request.method
+        if path in _GENERATE:
+            if method != "POST":
+                raise ApiError(405, f"use POST for {path}")
+            return await self._generate(request, _GENERATE[path])
+        if path in ("/tokenize", "/detokenize"):
+            if method != "POST":
+                raise ApiError(405, f"use POST for {path}")
+            return await (self._tokenize_route(request) if path == "/tokenize"
+                          else self._detokenize_route(request))
+        if path in _POOLING:
+            if method != "POST":
+                raise ApiError(405, f"use POST for {path}")
+            return await self._pooling(request, path)
+        if path in LORA_ROUTES and self.lora_updating:
+            if method != "POST":
+                raise ApiError(405, f"use POST for {path}")
+            return await self._lora_route(request, path)
+        if method not in ("GET", "HEAD"):
+            raise ApiError(405 if path in self._get_routes() else 404,
+                           f"no route for {method} {request.path}")
+        return self._get(path)
 
     @staticmethod
     def _get_routes() -> tuple[str, ...]:
@@ -220,13 +257,19 @@ class OpenAIServer:
         self.inflight += 1
         try:
             doc = await self._read_json(request)
-            if not (chat_form and isinstance(doc, dict) and "messages" in doc):
-                return _json(await answer(self.pooled, doc, self.model_name))
-            # vLLM's chat form: the messages rendered (no generation prompt) are the input
-            chat = parse_tokenize(doc, generation_default=False)
-            chat_ids = await encode_prompt(self.pooled, chat.messages, None,
-                                          chat.add_special_tokens, chat.render)
-            return _json(await answer(self.pooled, doc, self.model_name, chat_ids))
+            chat_ids = None
+            if chat_form and isinstance(doc, dict) and "messages" in doc:
+                # vLLM's chat form: the messages rendered (no generation prompt) are the input
+                chat = parse_tokenize(doc, generation_default=False)
+                chat_ids = await encode_prompt(self.pooled, chat.messages, None,
+                                              chat.add_special_tokens, chat.render)
+            answered = await (answer(self.pooled, doc, self.model_name) if chat_ids is None
+                              else answer(self.pooled, doc, self.model_name, chat_ids))
+            trace = current_trace.get()
+            if trace is not None:
+                trace.model = answered.get("model")
+                trace.prompt_tokens = answered["usage"]["prompt_tokens"]
+            return _json(answered)
         finally:
             self.inflight -= 1
 
@@ -261,38 +304,11 @@ class OpenAIServer:
                                f"{self.max_request_bytes} bytes")
             chunks.append(chunk)
         try:
-            return parse_json(b"".join(chunks))
+            doc = parse_json(b"".join(chunks))
         except ValueError as exc:
             raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-
-    async def _tokenize(self, served: Served, req: GenerationRequest) -> list[list[int]]:
-        """The token ids of each prompt (a chat is one)."""
-        if req.chat:
-            tools = list(req.tools.tools) if req.tools is not None else None
-            return [await encode_prompt(served, req.messages, None, special=False,
-                                       render=req.render, tools=tools)]
-        texts = [p.text for p in req.prompts if p.text is not None]
-        if len(req.prompts) == 1 or sum(map(len, texts)) <= TOKENIZE_OFF_LOOP_CHARS:
-            return [p.ids if p.ids is not None else
-                    await encode_prompt(served, None, p.text, special=True) for p in req.prompts]
-        for text in texts:  # a batch of many prompts: all of them in one worker thread
-            check_chars(served, len(text), "prompt")
-        encode = served.encode_off_loop
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: [
-            p.ids if p.ids is not None else encode(p.text or "", True) for p in req.prompts])
-
-    async def _echo_texts(self, served: Served, req: GenerationRequest,
-                          prompts: list[list[int]]) -> list[str]:
-        """With echo, the text each prompt's choices start with: as sent, or decoded from its
-        token ids (and from them when the prompt was truncated)."""
-        if not req.echo:
-            return [""] * len(prompts)
-        if req.chat:  # vLLM's: the last message's content, when it is the assistant's
-            last = (req.messages or [{}])[-1]
-            return [str(last["content"]) if last.get("role") == "assistant" else ""]
-        return [p.text if p.text is not None and not req.truncate_prompt_tokens else
-                await decode_ids(served, ids) for p, ids in zip(req.prompts, prompts,
-                                                                  strict=True)]
+        adopt_body_id(doc, request)
+        return doc
 
     def _serving(self) -> Served:
         if self.pooled is not None and not self.draining:
@@ -338,6 +354,9 @@ class OpenAIServer:
             req = parse_request(doc if responses is None else responses.chat,
                                 kind != "completions", served.vocab_size)
             lora = self._check_model(req.model)
+            trace = current_trace.get()
+            if trace is not None:
+                trace.model, trace.stream = req.model or self.model_name, req.stream
             if req.tools is not None and req.tools.choice == "auto" and \
                     self.tool_call_parser == "none":
                 raise ApiError(400, "tool_choice \"auto\" (the default when tools are given) "
@@ -350,14 +369,14 @@ class OpenAIServer:
                 raise ApiError(400, "'prompt_logprobs' is not available with 'stream': true",
                                "prompt_logprobs")
             check_sequences(served, max(len(req.prompts), 1) * req.n)
-            prompts = await self._tokenize(served, req)
+            prompts = await prompt_ids(served, req)
             if req.truncate_prompt_tokens:  # vLLM's: the last k tokens of each prompt
                 prompts = [p[-req.truncate_prompt_tokens:] for p in prompts]
             bad_words = bad_word_ids(served, req.bad_words)
             params = [fit(served, req, p, bad_words) for p in prompts]
             grammars = await matchers(served, req, prompts)
             choices = submit(served, req, prompts, params,
-                             await self._echo_texts(served, req, prompts), grammars, lora)
+                             await echo_texts(served, req, prompts), grammars, lora)
             try:
                 if responses is not None:
                     return await self._respond(request, served, req, responses, choices[0])
@@ -380,6 +399,7 @@ class OpenAIServer:
         prev: list[float] = []
         first_at: list[float] = []
         usage = current_usage.get()  # per-key token limits (security/gate.py)
+        trace = current_trace.get()  # the request's log record
 
         def observe(delta: Delta) -> None:
             if delta.token_ids and delta.finish_reason != "abort":
@@ -388,12 +408,18 @@ class OpenAIServer:
                 else:
                     m.ttft.observe(m.label, delta.at - stream.arrival)
                     first_at.append(delta.at)
+                    if first and trace is not None:
+                        trace.ttft_s = delta.at - stream.arrival
                 prev[:] = [delta.at]
             if delta.finish_reason is not None:
                 m.generation_tokens.inc(m.label, delta.completion_tokens)
                 prompt = delta.prompt_tokens if first else 0
                 if usage is not None:
                     usage.add(prompt + delta.completion_tokens)
+                if trace is not None:
+                    trace.count_output(delta.completion_tokens)
+                    if first:
+                        trace.prompt_tokens, trace.finish_reason = prompt, delta.finish_reason
                 if first:
                     m.e2e.observe(m.label, delta.at - stream.arrival)
                     m.prompt_tokens.inc(m.label, prompt)
@@ -404,7 +430,7 @@ class OpenAIServer:
 
     def _head(self, req: GenerationRequest) -> dict[str, Any]:
         prefix = "chatcmpl-" if req.chat else "cmpl-"
-        return {"id": prefix + uuid.uuid4().hex, "created": int(time.time()),
+        return {"id": prefix + request_id(), "created": int(time.time()),
                 "model": req.model or self.model_name}
 
     async def _complete(self, served: Served, req: GenerationRequest, choices: list[Choice],
@@ -440,7 +466,7 @@ class OpenAIServer:
 
     async def _respond(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
                        responses: ResponsesRequest, choice: Choice) -> web.StreamResponse:
-        head = (new_id("resp"), int(time.time()), req.model or self.model_name)
+        head = ("resp_" + request_id(), int(time.time()), req.model or self.model_name)
         reader = self._reader(served, req, choice.prompt, named=True)
         args = (head, responses, req, choice, self._observe(served, choice.stream), reader,
                 served.tokenizer)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from ..llm.pooling import Embedder, Overloaded
 from ..metrics import LLMMetrics
 from ..security.usage import current_usage
 from .openai_errors import ApiError, bad_request
+from .openai_request_id import request_id
 from .openai_tokens import TOKENIZE_OFF_LOOP_CHARS
 
 MAX_INPUTS = 2048  # OpenAI's limit of inputs in one request
@@ -239,7 +239,7 @@ async def embeddings(pooled: Pooled, doc: Any, model_name: str,
     assert pooled.embedder.pooling is not None
     tokens = sum(len(ids) for ids in inputs)
     vectors = _finish(vectors, req, pooled.embedder.pooling.normalize)
-    return {"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+    return {"id": "embd-" + request_id(), "object": "list", "created": int(time.time()),
             "model": model_name,
             "data": [_vector_doc(v, req, i) for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

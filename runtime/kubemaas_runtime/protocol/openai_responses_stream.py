@@ -23,6 +23,7 @@ from aiohttp import web
 from ..llm.request_stream import Delta
 from .openai_answer import Choice, logprobs_doc
 from .openai_reader import AnswerReader
+from .openai_request_id import tag
 from .openai_responses import (
     ResponsesRequest,
     call_item,
@@ -198,6 +199,7 @@ async def stream_response(request: web.BaseRequest, head: tuple[str, int, str],
                           tokenizer: Any) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
+    tag(resp)
     await resp.prepare(request)
     events = ResponseEvents(head, rreq)
     await resp.write(b"".join(events.start()))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +35,7 @@ from .openai_embeddings import (
     tokenize_inputs,
 )
 from .openai_errors import ApiError, bad_request
+from .openai_request_id import request_id
 from .openai_tokens import TOKENIZE_OFF_LOOP_CHARS
 
 SCORE_ROUTES = ("/score", "/v1/score")
@@ -74,7 +74,7 @@ async def classify(pooled: Pooled, doc: Any, model_name: str,
     data = [{"index": i, "label": classifier.labels[best[i]], "probs": row,
              "num_classes": classifier.num_labels} for i, row in enumerate(probs.tolist())]
     tokens = sum(map(len, inputs))
-    return {"id": f"classify-{uuid.uuid4().hex}", "object": "list",
+    return {"id": "classify-" + request_id(), "object": "list",
             "created": int(time.time()), "model": model_name, "data": data,
             "usage": _usage(tokens)}
 
@@ -180,7 +180,7 @@ async def scores_of(pooled: Pooled, req: ScoreRequest, model_name: str
 async def score(pooled: Pooled, doc: Any, model_name: str) -> dict[str, Any]:
     req = parse_score(doc, "text_1", "text_2")
     values, tokens = await scores_of(pooled, req, model_name)
-    return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+    return {"id": "score-" + request_id(), "object": "list", "created": int(time.time()),
             "model": model_name,
             "data": [{"index": i, "object": "score", "score": v} for i, v in enumerate(values)],
             "usage": _usage(tokens)}
@@ -200,5 +200,5 @@ async def rerank(pooled: Pooled, doc: Any, model_name: str) -> dict[str, Any]:
         if documents:
             result["document"] = {"text": req.second[i]}
         results.append(result)
-    return {"id": f"rerank-{uuid.uuid4().hex}", "model": model_name, "usage": _usage(tokens),
+    return {"id": "rerank-" + request_id(), "model": model_name, "usage": _usage(tokens),
             "results": results}

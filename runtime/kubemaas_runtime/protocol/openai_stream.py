@@ -24,6 +24,7 @@ from .openai_answer import Choice, logprobs_doc, usage_doc
 from .openai_direct import chunked, direct_tokens
 from .openai_errors import ApiError
 from .openai_reader import AnswerReader
+from .openai_request_id import tag
 from .openai_schema import GenerationRequest
 from .openai_tool_stream import tool_call
 
@@ -260,6 +261,7 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
                for i, (c, fmt, observe) in enumerate(zip(choices, fmts, observes, strict=True))]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
+    tag(resp)
     # one plain choice: its token chunks are written as the engine delivers them (once
     # aiohttp has written the headers and a first chunk)
     direct = None

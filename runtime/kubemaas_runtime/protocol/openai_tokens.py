@@ -1,6 +1,6 @@
 """Tokens of the OpenAI endpoints: a prompt's or a chat's ids (in a worker thread when long),
-ids back to text, and the character check that refuses a prompt too long to fit before it is
-tokenized."""
+a generation request's prompts and echoed texts, ids back to text, and the character check that
+refuses a prompt too long to fit before it is tokenized."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .openai_render import ChatRender
 if TYPE_CHECKING:
     from .openai_embeddings import Pooled
     from .openai_engine import Served
+    from .openai_schema import GenerationRequest
 
 TOKENIZE_OFF_LOOP_CHARS = 4096  # longer texts are tokenized in a worker thread
 DECODE_OFF_LOOP_TOKENS = 4096  # longer id lists are decoded in a worker thread
@@ -62,3 +63,33 @@ def check_chars(served: Served | Pooled, size: int, param: str) -> None:
         raise ApiError(400, f"This model's maximum context length is {served.max_model_len} "
                        f"tokens; a prompt of {size} characters cannot fit.", param,
                        "context_length_exceeded")
+
+
+async def prompt_ids(served: Served, req: GenerationRequest) -> list[list[int]]:
+    """The token ids of each prompt (a chat is one)."""
+    if req.chat:
+        tools = list(req.tools.tools) if req.tools is not None else None
+        return [await encode_prompt(served, req.messages, None, special=False,
+                                   render=req.render, tools=tools)]
+    texts = [p.text for p in req.prompts if p.text is not None]
+    if len(req.prompts) == 1 or sum(map(len, texts)) <= TOKENIZE_OFF_LOOP_CHARS:
+        return [p.ids if p.ids is not None else
+                await encode_prompt(served, None, p.text, special=True) for p in req.prompts]
+    for text in texts:  # a batch of many prompts: all of them in one worker thread
+        check_chars(served, len(text), "prompt")
+    encode = served.encode_off_loop
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: [
+        p.ids if p.ids is not None else encode(p.text or "", True) for p in req.prompts])
+
+
+async def echo_texts(served: Served, req: GenerationRequest, prompts: list[list[int]]
+                     ) -> list[str]:
+    """With echo, the text each prompt's choices start with: as sent, or decoded from its
+    token ids (and from them when the prompt was truncated)."""
+    if not req.echo:
+        return [""] * len(prompts)
+    if req.chat:  # vLLM's: the last message's content, when it is the assistant's
+        last = (req.messages or [{}])[-1]
+        return [str(last["content"]) if last.get("role") == "assistant" else ""]
+    return [p.text if p.text is not None and not req.truncate_prompt_tokens else
+            await decode_ids(served, ids) for p, ids in zip(req.prompts, prompts, strict=True)]

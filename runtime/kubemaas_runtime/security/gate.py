@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import RuntimeErrorBase
+from ..logs import request_context
 from ..metrics import Counter, Gauge, Metrics
 from ..settings import Settings
 from .auth import KeyStore, presented_key
@@ -158,6 +159,14 @@ class Gate:
                                     "invalid_api_key")
             name = found
             self.metrics.auth.inc((name, "ok"))
+            token = request_context.set({"api_key": name})  # in the request's log records
+            try:
+                return await self._limit(request, name)
+            finally:
+                request_context.reset(token)
+        return await self._limit(request, name)
+
+    async def _limit(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
         if self.limiter is None:
             return await self.handler(request)
         refusal = self.limiter.admit(name, time.monotonic())
