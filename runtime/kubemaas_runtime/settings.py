@@ -189,6 +189,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("prefix_caching", "--prefix-caching", "KUBEMAAS_PREFIX_CACHING", True, _bool,
            "hf models: requests whose prompts share a prefix of full blocks reuse its KV-cache "
            "blocks instead of computing them again."),
+    Option("return_tokens_as_token_ids", "--return-tokens-as-token-ids",
+           "KUBEMAAS_RETURN_TOKENS_AS_TOKEN_IDS", False, _bool,
+           "hf models: vLLM's. Logprobs name each token \"token_id:N\" instead of its text, "
+           "unless a request's return_tokens_as_token_ids says otherwise.", nargs="?",
+           const="true"),
     Option("log_level", "--log-level", "KUBEMAAS_LOG_LEVEL", "info", str,
            "debug | info | warning | error."),
     Option("log_format", "--log-format", "KUBEMAAS_LOG_FORMAT", "json", str,
@@ -290,6 +295,7 @@ class Settings:
     allow_runtime_lora_updating: bool = False
     log_level: str = "info"
     log_requests: bool = False
+    return_tokens_as_token_ids: bool = False
     log_format: str = "json"
     s3_endpoint: str | None = None
     s3_credentials_dir: str | None = None

@@ -1,10 +1,11 @@
 """vLLM's request fields beyond OpenAI's, served: how the chat template renders the prompt
 (``add_generation_prompt``, ``continue_final_message``, ``chat_template_kwargs``), and what the
 answer holds (``truncate_prompt_tokens``, ``include_stop_str_in_output``,
-``skip_special_tokens``, ``allowed_token_ids``)."""
+``skip_special_tokens``, ``allowed_token_ids``, ``return_tokens_as_token_ids``)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -225,3 +226,44 @@ def test_a_server_in_arrival_order_refuses_a_priority(server: Server) -> None:
     assert status == 400 and body["error"]["param"] == "priority", body
     assert "--scheduling-policy priority" in body["error"]["message"]
     assert post(server, "/v1/completions", prompt="a", max_tokens=2, priority=0)["choices"]
+
+
+def test_return_tokens_as_token_ids_names_the_logprobs_by_id(server: Server) -> None:
+    """vLLM's return_tokens_as_token_ids: every token of the logprobs (the echoed prompt's, the
+    answer's and the alternatives) is ``token_id:N``; the logprobs and the completions'
+    text_offset (into the text) are those of the same request without it."""
+    from .conftest import stream_events
+
+    def named(ids: list[int]) -> list[str]:
+        return [f"token_id:{i}" for i in ids]
+
+    doc = {"prompt": "the quick brown fox", "max_tokens": 6, "logprobs": 2, "echo": True,
+           "return_token_ids": True}
+    plain = post(server, "/v1/completions", **doc)["choices"][0]
+    by_id = post(server, "/v1/completions", **doc, return_tokens_as_token_ids=True)["choices"][0]
+    lps = by_id["logprobs"]
+    assert lps["tokens"] == named(by_id["prompt_token_ids"] + by_id["token_ids"])
+    assert lps["token_logprobs"] == plain["logprobs"]["token_logprobs"]
+    assert lps["text_offset"] == plain["logprobs"]["text_offset"]
+    assert by_id["text"] == plain["text"]
+    for tops, plain_tops in zip(lps["top_logprobs"][1:], plain["logprobs"]["top_logprobs"][1:],
+                                strict=True):
+        assert all(re.fullmatch(r"token_id:\d+", k) for k in tops), tops
+        # by text, alternatives that decode alike (U+FFFD, a piece of a character) share a key
+        assert set(plain_tops.values()) <= set(tops.values()) and len(tops) >= len(plain_tops)
+    chat = {"messages": USER, "max_tokens": 6, "logprobs": True, "top_logprobs": 2,
+            "return_token_ids": True, "return_tokens_as_token_ids": True}
+    answer = post(server, "/v1/chat/completions", **chat)["choices"][0]
+    content = answer["logprobs"]["content"]
+    assert [c["token"] for c in content] == named(answer["token_ids"])
+    assert all(c["bytes"] == list(c["token"].encode()) and len(c["top_logprobs"]) == 2 and
+               all(re.fullmatch(r"token_id:\d+", t["token"]) for t in c["top_logprobs"])
+               for c in content)
+    events = stream_events(server, "/v1/chat/completions", {**chat, "temperature": 0,
+                                                            "stream": True})
+    streamed = [c["token"] for e in events for ch in e["choices"]
+                for c in (ch.get("logprobs") or {}).get("content", [])]
+    assert streamed == named(answer["token_ids"])
+    status, body = server.post_json("/v1/completions", {"prompt": "a", "logprobs": 1,
+                                                        "return_tokens_as_token_ids": "yes"})
+    assert status == 400 and body["error"]["param"] == "return_tokens_as_token_ids"

@@ -460,3 +460,13 @@ def test_prefix_cache_shares_full_blocks_and_evicts_the_oldest() -> None:
     pool.release(again)
     taken = pool.allocate(4)                           # ...until their ids are needed
     assert len(taken) == 4 and pool.lookup(prompt) == []
+
+
+def test_the_server_default_of_return_tokens_as_token_ids() -> None:
+    """--return-tokens-as-token-ids sets the default; a request's own field wins."""
+    doc = {"prompt": "x", "logprobs": 1}
+    assert not parse_request(doc, False, 100).tokens_as_ids
+    assert parse_request(doc, False, 100, tokens_as_ids=True).tokens_as_ids
+    assert not parse_request({**doc, "return_tokens_as_token_ids": False}, False, 100,
+                             tokens_as_ids=True).tokens_as_ids
+    assert parse_request({**doc, "return_tokens_as_token_ids": True}, False, 100).tokens_as_ids

@@ -176,7 +176,8 @@ async def serve_llm(settings: Settings) -> int:
     label = (settings.model_name,)
     metrics.model_ready.set(label, 0)
     api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20),
-                       log_requests=settings.log_requests)
+                       log_requests=settings.log_requests,
+                       tokens_as_ids=settings.return_tokens_as_token_ids)
     security = Security(settings, metrics, api.handle, openai=True, handler_cancellation=True)
 
     def go_ready(loaded: tuple[Any, Any], port: int) -> None:

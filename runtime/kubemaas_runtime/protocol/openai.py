@@ -108,8 +108,9 @@ def error_response(exc: ApiError) -> web.Response:
 class OpenAIServer:
     def __init__(self, model_name: str, metrics: Metrics, max_request_bytes: int,
                  tool_call_parser: str = "none", reasoning_parser: str = "none",
-                 log_requests: bool = False) -> None:
+                 log_requests: bool = False, tokens_as_ids: bool = False) -> None:
         self.model_name = model_name
+        self.tokens_as_ids = tokens_as_ids  # return_tokens_as_token_ids' default
         self.log_requests = log_requests  # a record per request (openai_request_id.py)
         self.tool_call_parser = tool_call_parser  # reads tool_choice auto's calls (or none)
         self.reasoning_parser = reasoning_parser  # splits <think> blocks off (or none)
@@ -352,7 +353,7 @@ class OpenAIServer:
             doc = await self._read_json(request)
             responses = parse_responses(doc) if kind == "responses" else None
             req = parse_request(doc if responses is None else responses.chat,
-                                kind != "completions", served.vocab_size)
+                                kind != "completions", served.vocab_size, self.tokens_as_ids)
             lora = self._check_model(req.model)
             trace = current_trace.get()
             if trace is not None:

@@ -33,12 +33,15 @@ def token_text(tokenizer: Any, token: int) -> str:
 
 
 def logprobs_doc(tokenizer: Any, chat: bool, lps: list[TokenLogprobs], offset: int,
-                 unscored: int | None = None) -> dict[str, Any]:
+                 unscored: int | None = None, as_ids: bool = False) -> dict[str, Any]:
     """OpenAI's logprobs object: chat's ``content`` list, or completions' parallel lists
     (``text_offset`` counted from ``offset`` characters of the answer; ``unscored``: an
-    echoed prompt's first token, which has no logprob and leads the lists with nulls)."""
+    echoed prompt's first token, which has no logprob and leads the lists with nulls).
+    ``as_ids``: each token is named ``token_id:N`` instead of its text, as vLLM's
+    ``return_tokens_as_token_ids`` does (``text_offset`` still counts the text's characters,
+    where vLLM's would count those of the names)."""
     def text(token: int) -> str:
-        return token_text(tokenizer, token)
+        return f"token_id:{token}" if as_ids else token_text(tokenizer, token)
 
     if chat:
         return {"content": [{
@@ -47,11 +50,13 @@ def logprobs_doc(tokenizer: Any, chat: bool, lps: list[TokenLogprobs], offset: i
             "top_logprobs": [{"token": text(t), "logprob": v,
                               "bytes": list(text(t).encode())} for t, v in lp.top],
         } for lp in lps]}
-    tokens = ([] if unscored is None else [text(unscored)]) + [text(lp.token) for lp in lps]
+    ids = ([] if unscored is None else [unscored]) + [lp.token for lp in lps]
+    texts = [token_text(tokenizer, token) for token in ids]
     offsets, pos = [], offset
-    for token in tokens:
+    for piece in texts:  # into the answer's text, whatever names the tokens
         offsets.append(pos)
-        pos += len(token)
+        pos += len(piece)
+    tokens = [f"token_id:{token}" for token in ids] if as_ids else texts
     lead: list[None] = [] if unscored is None else [None]
     return {"tokens": tokens,
             "token_logprobs": lead + [lp.logprob for lp in lps],
@@ -99,9 +104,9 @@ def choice_doc(tokenizer: Any, req: GenerationRequest, choice: Choice, deltas: l
     logprobs = None
     if req.logprobs and req.echo and not req.chat:
         logprobs = logprobs_doc(tokenizer, False, list(first.prompt_logprobs or ()) + lps, 0,
-                                unscored=choice.prompt[0])
+                                unscored=choice.prompt[0], as_ids=req.tokens_as_ids)
     elif req.logprobs:
-        logprobs = logprobs_doc(tokenizer, req.chat, lps, 0)
+        logprobs = logprobs_doc(tokenizer, req.chat, lps, 0, as_ids=req.tokens_as_ids)
     # vLLM's stop_reason: the stop token id or stop string that ended the choice
     if req.chat:
         doc = {"index": choice.index, "message": {"role": "assistant", "content": text},

@@ -47,6 +47,9 @@ class GenerationRequest:
     logprobs: bool
     model: str | None
     return_token_ids: bool = False  # vLLM's extension: the prompt's and the output's token ids
+    # vLLM's: logprobs name each token "token_id:N", not its text (a token that is part of a
+    # character reads as U+FFFD alone; RL trainers need the exact ids)
+    tokens_as_ids: bool = False
     cache_salt: str | None = None  # vLLM's: shares cached prompt blocks only with the same salt
     n: int = 1  # choices: sequences generated from each prompt
     # completions: each choice starts with its prompt (and its logprobs); chat (vLLM's): with
@@ -349,8 +352,10 @@ def _cache_salt(doc: dict[str, Any]) -> str | None:
     return salt
 
 
-def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
-    """Validate a /v1/completions or /v1/chat/completions body."""
+def parse_request(doc: Any, chat: bool, vocab: int, tokens_as_ids: bool = False
+                  ) -> GenerationRequest:
+    """Validate a /v1/completions or /v1/chat/completions body (``tokens_as_ids``: the
+    server's default for ``return_tokens_as_token_ids``)."""
     if not isinstance(doc, dict):
         raise ApiError(400, "the request body must be a JSON object")
     model = _model(doc)
@@ -386,6 +391,8 @@ def parse_request(doc: Any, chat: bool, vocab: int) -> GenerationRequest:
                              include_usage=include_usage, continuous_usage=continuous_usage,
                              logprobs=logprobs_n is not None,
                              model=model, return_token_ids=_bool(doc, "return_token_ids"),
+                             tokens_as_ids=_bool(doc, "return_tokens_as_token_ids",
+                                                 tokens_as_ids),
                              cache_salt=_cache_salt(doc), n=_int(doc, "n", 1, MAX_N) or 1,
                              echo=echo, prompt_logprobs=prompt_logprobs_n is not None,
                              constraint=_constraint(doc, tools), tools=tools, render=render,

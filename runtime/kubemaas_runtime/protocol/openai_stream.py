@@ -110,7 +110,8 @@ class ChunkFormat:
             return self._pre + json.dumps(text).encode() + self._post
         logprobs = None
         if self.req.logprobs:
-            logprobs = logprobs_doc(self.tokenizer, self.req.chat, list(lps), offset)
+            logprobs = logprobs_doc(self.tokenizer, self.req.chat, list(lps), offset,
+                                    as_ids=self.req.tokens_as_ids)
         return sse(self._ids(self.doc(text, None, logprobs), ids))
 
     def echo(self, choice: Choice, first: Delta) -> bytes:
@@ -125,7 +126,7 @@ class ChunkFormat:
         logprobs = None
         if self.req.logprobs:
             logprobs = logprobs_doc(self.tokenizer, False, list(first.prompt_logprobs or ()), 0,
-                                    unscored=choice.prompt[0])
+                                    unscored=choice.prompt[0], as_ids=self.req.tokens_as_ids)
         return sse(self._ids(self.doc(choice.echo_text, None, logprobs), ()))
 
     def read_events(self, events: list[tuple[Any, ...]], lps: tuple[TokenLogprobs, ...],
@@ -136,7 +137,8 @@ class ChunkFormat:
         reader holds its text back)."""
         logprobs = None
         if self.req.logprobs and lps:
-            logprobs = logprobs_doc(self.tokenizer, True, list(lps), 0)
+            logprobs = logprobs_doc(self.tokenizer, True, list(lps), 0,
+                                    as_ids=self.req.tokens_as_ids)
         pending = logprobs is not None or (self.ids and bool(ids))
         out = []
         for event in events:
