@@ -45,8 +45,8 @@ async def serve(settings: Settings) -> int:
     dataplane = DataPlane(settings.model_name, settings.model_version,
                           settings.request_timeout_s)
     rest = RestServer(dataplane, metrics, settings.max_request_bytes,
-                      settings.max_inflight_bytes or None)
-    security = Security(settings, metrics, rest.handle, openai=False)  # keys, TLS, limits
+                      settings.max_inflight_bytes or None, settings.log_requests)
+    security = Security(settings, metrics, rest.entry, openai=False)  # keys, TLS, limits
 
     def go_ready(model: Model, port: int) -> None:
         _go_ready(settings, model, _batcher(settings, model, metrics), dataplane, metrics, port,

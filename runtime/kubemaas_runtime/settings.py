@@ -199,9 +199,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", "--log-format", "KUBEMAAS_LOG_FORMAT", "json", str,
            "json (one object per line) | text."),
     Option("log_requests", "--log-requests", "KUBEMAAS_LOG_REQUESTS", False, _bool,
-           "hf models: write one info record per request when it ends (its request_id, path, "
-           "status, seconds, and a generation's tokens, finish reason and time to first "
-           "token; not the prompt or the answer). Probes and /metrics are not recorded.",
+           "Write one info record per request when it ends: its request_id, method, path, "
+           "status, seconds, and a generation's tokens, finish reason and time to first token "
+           "(never the prompt or the answer). Probes and /metrics are not recorded.",
            nargs="?", const="true"),
     Option("s3_endpoint", "--s3-endpoint", "KUBEMAAS_S3_ENDPOINT", None, _optional_str,
            "S3-compatible endpoint URL (also read from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL). "

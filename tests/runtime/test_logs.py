@@ -59,6 +59,33 @@ def test_a_tensor_servers_whole_log_is_json_records(tiny_onnx: Path) -> None:
     assert [m for m in msgs if m in LIFECYCLE] == LIFECYCLE
 
 
+def test_a_tensor_servers_request_records(tiny_onnx: Path) -> None:
+    """--log-requests on the v2 server: one record per request, named by the caller's
+    X-Request-Id (echoed back) when it is a valid one; probes and scrapes have none."""
+    server = start_server(["--model-uri", str(tiny_onnx), "--name", "tiny", "--log-requests"])
+    infer = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                    "data": [1, 2, 3, 4]}]}).encode()
+    try:
+        for rid, want in (("trace-1", 200), ("has space", 200), (None, 200)):
+            status, headers, _ = server.request("POST", "/v2/models/tiny/infer", infer, {
+                "Content-Type": "application/json", **({"X-Request-Id": rid} if rid else {})})
+            assert status == want and headers.get("x-request-id") == (
+                rid if rid == "trace-1" else None)
+        assert server.request("POST", "/v2/models/other/infer", infer,
+                              {"X-Request-Id": "trace-2"})[0] == 404
+        for path in ("/v2/health/ready", "/v2/health/live", "/metrics"):
+            assert server.request("GET", path)[0] == 200
+    finally:
+        assert server.stop() == 0
+    got = [r for r in records_of(server) if r["msg"] == "request"]
+    assert [(r.get("request_id"), r["method"], r["path"], r["status"]) for r in got] == [
+        ("trace-1", "POST", "/v2/models/tiny/infer", 200),
+        (None, "POST", "/v2/models/tiny/infer", 200),
+        (None, "POST", "/v2/models/tiny/infer", 200),
+        ("trace-2", "POST", "/v2/models/other/infer", 404)]
+    assert all(r["logger"] == "kubemaas.runtime.requests" and r["seconds"] >= 0 for r in got)
+
+
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_torch_records_go_through_the_servers_handler(fmt: str) -> None:
     """torch gives its loggers a stderr handler of its own when it is imported; after

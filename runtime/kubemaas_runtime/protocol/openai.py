@@ -47,15 +47,14 @@ from .openai_lora import unload as unload_adapter
 from .openai_reader import AnswerReader, answer_message, answer_reader
 from .openai_reasoning import prompt_opens_think
 from .openai_request_id import (
-    UNLOGGED,
     Trace,
     adopt_body_id,
     begin,
     current_trace,
     end,
+    record,
     request_id,
     tag,
-    write_record,
 )
 from .openai_responses import ResponsesRequest, parse_responses
 from .openai_responses_stream import complete_response
@@ -69,6 +68,7 @@ from .openai_schema import (
 from .openai_scores import CLASSIFY_ROUTES, RERANK_ROUTES, SCORE_ROUTES, classify, rerank, score
 from .openai_stream import ChunkFormat, stream_response
 from .openai_tokens import decode_ids, echo_texts, encode_prompt, prompt_ids
+from .request_log import CLIENT_GONE, UNLOGGED
 
 log = logging.getLogger("kubemaas.runtime.openai")
 _GENERATE = {"/v1/completions": "completions", "/v1/chat/completions": "chat",
@@ -133,13 +133,13 @@ class OpenAIServer:
             status = resp.status
             return resp
         except (asyncio.CancelledError, ConnectionResetError):
-            status = 499  # the client went away (its generation is cancelled)
+            status = CLIENT_GONE  # its generation is cancelled
             if trace.model is not None and trace.finish_reason is None:
                 trace.finish_reason = "abort"
             raise
         finally:
             if self.log_requests and request.path not in UNLOGGED:
-                write_record(trace, request.method, request.path, status)
+                record(trace, request.method, request.path, status)
             end(trace)
 
     async def _answer(self, request: web.BaseRequest, trace: Trace) -> web.StreamResponse:

@@ -1,17 +1,14 @@
-"""Each request's id, and its record in the log (``--log-requests``).
+"""Each OpenAI request's id, and what its record in the log says (``--log-requests``).
 
-The id is the caller's ``X-Request-Id`` header (what gateways and Envoy set), else the body's
-``request_id`` (vLLM's field), else a new one. It names the answer (``chatcmpl-ID``, ``cmpl-ID``,
-``embd-ID`` ...), comes back in the ``X-Request-Id`` response header, and is a field of every
-log record written while the request is handled, so a gateway's log, the client's answer and
-the server's log meet on one key. An id is 1 to 256 visible ASCII characters: it goes back out
-in a header, where a line break or a non-ASCII byte could not.
+The id is the caller's ``X-Request-Id`` header, else the body's ``request_id`` (vLLM's field),
+else a new one. It names the answer (``chatcmpl-ID``, ``cmpl-ID``, ``embd-ID`` ...), comes back
+in the ``X-Request-Id`` response header, and is a field of every log record written while the
+request is handled, so a gateway's log, the client's answer and the server's log meet on one
+key (request_log.py: what an id may be).
 """
 
 from __future__ import annotations
 
-import logging
-import re
 import time
 import uuid
 from contextvars import ContextVar, Token
@@ -22,13 +19,7 @@ from aiohttp import web
 
 from ..logs import request_context
 from .openai_errors import ApiError, bad_request
-
-HEADER = "X-Request-Id"
-_ID = re.compile(r"[\x21-\x7e]{1,256}")
-# probes and scrapes: not worth a record each (a kubelet probes every few seconds)
-UNLOGGED = frozenset({"/health", "/v2/health/live", "/v2/health/ready", "/metrics"})
-
-log = logging.getLogger("kubemaas.runtime.requests")
+from .request_log import HEADER, valid_id, write_record
 
 
 @dataclass
@@ -59,7 +50,7 @@ def begin(request: web.BaseRequest) -> Trace:
     """The request's trace, current until ``end``: its id from the header (an empty one is
     none) or a new one."""
     given = request.headers.get(HEADER) or None
-    rid = given if given is not None and _ID.fullmatch(given) else uuid.uuid4().hex
+    rid = given if given is not None and valid_id(given) else uuid.uuid4().hex
     context = {**(request_context.get() or {}), "request_id": rid}
     trace = Trace(rid, context)
     trace.tokens = (request_context.set(context), current_trace.set(trace))
@@ -80,7 +71,7 @@ def adopt_body_id(doc: Any, request: web.BaseRequest) -> None:
     if not isinstance(doc, dict) or "request_id" not in doc:
         return
     rid = doc["request_id"]
-    if not isinstance(rid, str) or not _ID.fullmatch(rid):
+    if not isinstance(rid, str) or not valid_id(rid):
         raise bad_request("'request_id' must be a string of 1 to 256 visible ASCII characters "
                           "(no spaces)", "request_id")
     trace = current_trace.get()
@@ -101,15 +92,13 @@ def tag(resp: web.StreamResponse) -> None:
         resp.headers[HEADER] = trace.id
 
 
-def write_record(trace: Trace, method: str, path: str, status: int) -> None:
-    """The request's one record, when it has ended (``status`` 499: the client went away
-    before the answer was whole, nginx's code for it)."""
-    fields: dict[str, Any] = {"method": method, "path": path, "status": status,
-                              "seconds": round(time.monotonic() - trace.started, 6)}
+def record(trace: Trace, method: str, path: str, status: int) -> None:
+    """The request's one record, when it has ended, with what the trace holds."""
+    fields: dict[str, Any] = {}
     for name in ("model", "stream", "prompt_tokens", "completion_tokens", "finish_reason"):
         value = getattr(trace, name)
         if value is not None:
             fields[name] = value
     if trace.ttft_s is not None:
         fields["ttft_seconds"] = round(trace.ttft_s, 6)
-    log.info("request", extra={"fields": fields})
+    write_record(method, path, status, trace.started, fields)

@@ -8,6 +8,7 @@ tensors.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -17,7 +18,9 @@ from aiohttp import web
 
 from ..dataplane import DataPlane
 from ..errors import PayloadTooLarge, RuntimeErrorBase, Unavailable
+from ..logs import request_context
 from ..metrics import Metrics
+from .request_log import CLIENT_GONE, HEADER, UNLOGGED, valid_id, write_record
 
 log = logging.getLogger("kubemaas.runtime.rest")
 
@@ -41,14 +44,17 @@ def _error(status: int, message: str, retry_after: int | None = None) -> web.Res
 
 class RestServer:
     def __init__(self, dataplane: DataPlane, metrics: Metrics, max_request_bytes: int,
-                 max_inflight_bytes: int | None = None) -> None:
+                 max_inflight_bytes: int | None = None, log_requests: bool = False) -> None:
         self.dp = dataplane
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.max_inflight_bytes = max_inflight_bytes or 4 * max_request_bytes
         self.inflight = 0  # HTTP inference requests being handled (for SIGTERM drain)
         self.body_bytes = 0  # request bodies held by requests in flight
-        self.server = web.Server(self.handle, access_log=None)
+        # what answers a request: with --log-requests through _recorded (the hot path stays as
+        # it is without)
+        self.entry = self._recorded if log_requests else self.handle
+        self.server = web.Server(self.entry, access_log=None)
 
     async def _read_body(self, request: web.BaseRequest) -> bytes:
         length = request.content_length
@@ -101,6 +107,30 @@ class RestServer:
             return _error(404, f"no route for {method} {request.path}")
         except RuntimeErrorBase as exc:
             return self._error_response(exc)
+
+    async def _recorded(self, request: web.BaseRequest) -> web.StreamResponse:
+        """``handle``, and the request's record when it ends. The caller's X-Request-Id (the
+        v2 protocol's answers carry only the body's ``id``) names the record and every other
+        record written meanwhile, and comes back in the answer's header."""
+        started, status = time.monotonic(), 500
+        given = request.headers.get(HEADER)
+        rid = given if given and valid_id(given) else None
+        token = request_context.set({**(request_context.get() or {}), "request_id": rid}) \
+            if rid is not None else None
+        try:
+            resp = await self.handle(request)
+            if rid is not None:
+                resp.headers[HEADER] = rid
+            status = resp.status
+            return resp
+        except (asyncio.CancelledError, ConnectionResetError):
+            status = CLIENT_GONE
+            raise
+        finally:
+            if request.path not in UNLOGGED:
+                write_record(request.method, request.path, status, started)
+            if token is not None:
+                request_context.reset(token)
 
     def _error_response(self, exc: RuntimeErrorBase) -> web.Response:
         retry = exc.retry_after_s if isinstance(exc, Unavailable) else None
