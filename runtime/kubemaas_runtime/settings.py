@@ -198,6 +198,11 @@ OPTIONS: tuple[Option, ...] = (
            "debug | info | warning | error."),
     Option("log_format", "--log-format", "KUBEMAAS_LOG_FORMAT", "json", str,
            "json (one object per line) | text."),
+    Option("log_stats_interval_s", "--log-stats-interval-s", "KUBEMAAS_LOG_STATS_INTERVAL_S",
+           10.0, float, "hf models: every this many seconds while the engine has work, one "
+           "info record of its prompt and generation throughput, requests running and "
+           "waiting, KV cache usage, prefix cache hit rate and preemptions (vLLM's periodic "
+           "stats line). 0: never (vLLM's --disable-log-stats)."),
     Option("log_requests", "--log-requests", "KUBEMAAS_LOG_REQUESTS", False, _bool,
            "Write one info record per request when it ends: its request_id, method, path, "
            "status, seconds, and a generation's tokens, finish reason and time to first token "
@@ -295,6 +300,7 @@ class Settings:
     allow_runtime_lora_updating: bool = False
     log_level: str = "info"
     log_requests: bool = False
+    log_stats_interval_s: float = 10.0
     return_tokens_as_token_ids: bool = False
     log_format: str = "json"
     s3_endpoint: str | None = None
@@ -457,6 +463,8 @@ def _check_limits(values: dict[str, Any], check: Check) -> None:
     check("rate_limit_tpm", values["rate_limit_tpm"] >= 0, "must be 0 or more")
     check("header_timeout_s", 0 < values["header_timeout_s"] <= 600, "must be in (0, 600] s")
     check("idle_timeout_s", 0 < values["idle_timeout_s"] <= 86400, "must be in (0, 86400] s")
+    check("log_stats_interval_s", 0 <= values["log_stats_interval_s"] <= 86400,
+          "must be 0 (never) to 86400 s")
 
 
 def load_settings(argv: Sequence[str] | None = None,

@@ -1,10 +1,13 @@
 """vLLM's per-request histograms, served: each finished request's queue, prefill, decode and
 inference times (which add up to its end-to-end latency), its prompt and output lengths, its
-max_tokens and n, and the engine's tokens per step, which add up to the tokens it read."""
+max_tokens and n, and the engine's tokens per step, which add up to the tokens it read; the
+periodic stats records (--log-stats-interval-s), whose throughputs add up to the tokens read
+and generated."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from .conftest import Server, start_llm_server
 
 @pytest.fixture(scope="module")
 def server(tiny_llama: Path) -> Iterator[Server]:
-    server = start_llm_server(tiny_llama)
+    server = start_llm_server(tiny_llama, "--log-level", "info", "--log-stats-interval-s", "0.25")
     yield server
     assert server.stop() == 0
 
@@ -65,3 +68,46 @@ def test_a_requests_phases_and_sizes(server: Server) -> None:
         2 * (body["usage"]["prompt_tokens"] + 4 - 1)
     assert steps["sum"] == read and steps["count"] >= 1 + 4 - 1
     assert steps["+Inf"] == steps["count"]
+
+
+def stats_records(server: Server) -> list[dict[str, float]]:
+    return [d for d in server.logs() if d.get("msg") == "engine stats"]
+
+
+def settled(server: Server, before: int = 0, quiet_s: float = 1.0) -> int:
+    """The number of stats records once the engine is idle: the last record after ``before``
+    saw nothing running or waiting (or there is none), and no other came for ``quiet_s``."""
+    deadline = time.monotonic() + 60
+    while True:
+        records = stats_records(server)
+        if len(records) <= before or (records[-1]["running"] == 0 and
+                                      records[-1]["waiting"] == 0):
+            time.sleep(quiet_s)
+            if len(stats_records(server)) == len(records):
+                return len(records)
+        assert time.monotonic() < deadline, records[before:]
+        time.sleep(0.05)
+
+
+def test_the_stats_records_add_up_to_the_tokens(server: Server) -> None:
+    before = settled(server)  # after the earlier tests' requests
+    usages = []
+    for prompt, max_tokens in (("the cat", 40), ("rain falls on the hill", 60)):
+        status, body = server.post_json("/v1/completions", {
+            "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True})
+        assert status == 200, body
+        usages.append(body["usage"])
+    after = settled(server, before)
+    records = stats_records(server)[before:after]
+    assert records, "no stats record while the engine worked"
+    assert all(r["logger"] == "kubemaas.runtime.llm.stats" and r["level"] == "info"
+               for r in records)
+    # each interval's throughput times its length: the tokens read and sampled in it (rates
+    # are rounded to 0.1 token/s); prompts under a block have no cached part
+    read = sum(r["prompt_tokens_per_s"] * r["seconds"] for r in records)
+    sampled = sum(r["generation_tokens_per_s"] * r["seconds"] for r in records)
+    assert read == pytest.approx(sum(u["prompt_tokens"] for u in usages), abs=0.5)
+    assert sampled == pytest.approx(sum(u["completion_tokens"] for u in usages), abs=0.5)
+    assert all(0 <= r["kv_cache_usage_perc"] <= 100 and r["waiting"] == 0 and
+               r["preemptions"] == 0 for r in records)
+    assert records[-1]["running"] == 0  # the last saw the engine go idle; none came after it

@@ -470,3 +470,19 @@ def test_the_server_default_of_return_tokens_as_token_ids() -> None:
     assert not parse_request({**doc, "return_tokens_as_token_ids": False}, False, 100,
                              tokens_as_ids=True).tokens_as_ids
     assert parse_request({**doc, "return_tokens_as_token_ids": True}, False, 100).tokens_as_ids
+
+
+def test_the_stats_record_of_an_interval() -> None:
+    from kubemaas_runtime.llm.stats_log import Totals, stats_fields
+
+    before = Totals(at=10.0, prefill=100, sampled=50, queried=64, hits=0, preemptions=1)
+    now = Totals(at=12.0, prefill=300, sampled=250, queried=128, hits=32, preemptions=2)
+    assert stats_fields(before, now, running=3, waiting=1, kv_usage=0.1234) == {
+        "seconds": 2.0, "prompt_tokens_per_s": 100.0, "generation_tokens_per_s": 100.0,
+        "running": 3, "waiting": 1, "kv_cache_usage_perc": 12.3,
+        "prefix_cache_hit_rate_perc": 50.0, "preemptions": 1}
+    # idle: no record; counts that went back (the metrics were reset) count as none
+    assert stats_fields(now, Totals(14.0, 300, 250, 128, 32, 2), 0, 0, 0.0) is None
+    assert stats_fields(now, Totals(14.0, 0, 0, 0, 0, 0), 0, 0, 0.0) is None
+    waiting_only = stats_fields(now, Totals(14.0, 300, 250, 128, 32, 2), 0, 2, 0.0)
+    assert waiting_only is not None and waiting_only["prefix_cache_hit_rate_perc"] is None

@@ -119,6 +119,8 @@ class Engine(EngineThread):
         self.steps = 0
         self.peak_running = 0  # most sequences that ran in one step
         self.step_tokens: Counter[int] = Counter()  # tokens in a step -> steps
+        self.prefill_tokens = 0  # prompt tokens computed, and tokens sampled, since the start
+        self.sampled_tokens = 0  # (the periodic stats record: stats_log.py)
         # with LoRA: the adapters of the running and of the waiting sequences (names)
         self.lora_running: tuple[str, ...] = ()
         self.lora_waiting: tuple[str, ...] = ()
@@ -288,9 +290,11 @@ class Engine(EngineThread):
             t0 = time.perf_counter()
             with torch.inference_mode():
                 self._forward(plan.decode, plan.prefill, out)
-            tokens = len(plan.decode) + sum(n for _, n in plan.prefill)
+            prefill_tokens = sum(n for _, n in plan.prefill)
+            tokens = len(plan.decode) + prefill_tokens
             self.pacer.observe(time.perf_counter() - t0, tokens, reads)
             self.step_tokens[tokens] += 1
+            self.prefill_tokens += prefill_tokens
             self.steps += 1
         self._publish()
         return out
@@ -331,6 +335,7 @@ class Engine(EngineThread):
             return
         states = [s.sample_state for s in step.sampled]
         sampled = sample(logits[:len(step.sampled)], states)  # type: ignore[arg-type]
+        self.sampled_tokens += len(step.sampled)
         now = time.monotonic()
         for i, seq in enumerate(step.sampled):
             error = sampled.failed.get(i)

@@ -180,14 +180,20 @@ async def serve_llm(settings: Settings) -> int:
                        tokens_as_ids=settings.return_tokens_as_token_ids)
     security = Security(settings, metrics, api.handle, openai=True, handler_cancellation=True)
 
+    stats: list[asyncio.Task[None]] = []  # the periodic stats record's task
+
     def go_ready(loaded: tuple[Any, Any], port: int) -> None:
         lm, engine = loaded
         engine.start(loop)
         from .pooling import Embedder
         from .pooling_server import open_pooling
+        from .stats_log import log_stats
 
-        fields = open_pooling(api, settings, lm, engine) if isinstance(
-            engine, Embedder) else _open(api, settings, lm, engine)
+        pooling = isinstance(engine, Embedder)
+        fields = open_pooling(api, settings, lm, engine) if pooling else \
+            _open(api, settings, lm, engine)
+        if not pooling and settings.log_stats_interval_s > 0:
+            stats.append(loop.create_task(log_stats(engine, settings.log_stats_interval_s)))
         gc.collect()
         gc.freeze()
         took = time.perf_counter() - started
@@ -202,6 +208,8 @@ async def serve_llm(settings: Settings) -> int:
         api.draining = True
 
     def close(loaded: tuple[Any, Any] | None) -> None:
+        for task in stats:
+            task.cancel()
         if loaded is not None:
             loaded[1].stop()  # the engine
 
