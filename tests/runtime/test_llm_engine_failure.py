@@ -45,6 +45,44 @@ def logged(name: str) -> Iterator[list[str]]:
         lines += out.getvalue().splitlines()
 
 
+async def chat_and_completion_fail(http: aiohttp.ClientSession, base: str,
+                                   doc: dict[str, object]) -> None:
+    """A stream ends with an error event and [DONE], a whole answer is a 500; each failure's
+    record (with its traceback) names the request it failed."""
+    with logged("kubemaas.runtime.openai") as log_lines:
+        async with http.post(f"{base}/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+                "stream": True}, headers={"X-Request-Id": "fail-1"}) as resp:
+            assert resp.status == 200
+            events = [e[len("data: "):] for e in (await resp.text()).split("\n\n") if e]
+        async with http.post(f"{base}/v1/completions", json=doc,
+                             headers={"X-Request-Id": "fail-2"}) as resp:
+            assert resp.status == 500
+            body = await resp.json()
+    assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
+    assert "generation failed" in json.loads(events[-2])["error"]["message"]
+    assert events[-1] == "[DONE]"
+    assert body["error"]["type"] == "server_error"
+    failures = [json.loads(line) for line in log_lines]
+    assert [(r["msg"], r.get("request_id")) for r in failures] == [
+        ("generation failed mid-stream", "fail-1"), ("generation failed", "fail-2")]
+    assert all("Traceback" in r["exc"] for r in failures)
+
+
+async def responses_fail(http: aiohttp.ClientSession, base: str) -> None:
+    """The Responses API: a 500 too, or, streamed, a response.failed event last."""
+    responses = {"input": "hi", "max_output_tokens": 8}
+    async with http.post(f"{base}/v1/responses", json=responses) as resp:
+        assert resp.status == 500
+        assert (await resp.json())["error"]["type"] == "server_error"
+    async with http.post(f"{base}/v1/responses", json={**responses, "stream": True}) as resp:
+        blocks = [b for b in (await resp.text()).split("\n\n") if b]
+    failed = json.loads(blocks[-1].split("data: ", 1)[1])
+    assert failed["type"] == "response.failed"
+    assert failed["response"]["status"] == "failed"
+    assert "generation failed" in failed["response"]["error"]["message"]
+
+
 def test_a_failing_model_is_reported_and_the_engine_recovers(tiny_llama: Path) -> None:
     torch.set_num_threads(1)
     lm = load_hf(tiny_llama, device="cpu")
@@ -65,38 +103,8 @@ def test_a_failing_model_is_reported_and_the_engine_recovers(tiny_llama: Path) -
         try:
             async with aiohttp.ClientSession() as http:
                 lm.model.lm_head = torch.nn.Linear(3, lm.vocab_size)  # wrong shape: it raises
-                with logged("kubemaas.runtime.openai") as log_lines:
-                    async with http.post(f"{base}/v1/chat/completions", json={
-                            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
-                            "stream": True}, headers={"X-Request-Id": "fail-1"}) as resp:
-                        assert resp.status == 200
-                        events = [e[len("data: "):] for e in (await resp.text()).split("\n\n")
-                                  if e]
-                    async with http.post(f"{base}/v1/completions", json=doc,
-                                         headers={"X-Request-Id": "fail-2"}) as resp:
-                        assert resp.status == 500
-                        body = await resp.json()
-                assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
-                assert "generation failed" in json.loads(events[-2])["error"]["message"]
-                assert events[-1] == "[DONE]"
-                assert body["error"]["type"] == "server_error"
-                # each failure's record (with its traceback) names the request it failed
-                failures = [json.loads(line) for line in log_lines]
-                assert [(r["msg"], r.get("request_id")) for r in failures] == [
-                    ("generation failed mid-stream", "fail-1"), ("generation failed", "fail-2")]
-                assert all("Traceback" in r["exc"] for r in failures)
-                # the Responses API: a 500 too, or, streamed, a response.failed event last
-                responses = {"input": "hi", "max_output_tokens": 8}
-                async with http.post(f"{base}/v1/responses", json=responses) as resp:
-                    assert resp.status == 500
-                    assert (await resp.json())["error"]["type"] == "server_error"
-                async with http.post(f"{base}/v1/responses",
-                                     json={**responses, "stream": True}) as resp:
-                    blocks = [b for b in (await resp.text()).split("\n\n") if b]
-                failed = json.loads(blocks[-1].split("data: ", 1)[1])
-                assert failed["type"] == "response.failed"
-                assert failed["response"]["status"] == "failed"
-                assert "generation failed" in failed["response"]["error"]["message"]
+                await chat_and_completion_fail(http, base, doc)
+                await responses_fail(http, base)
                 assert engine.pool.used == 0 and engine.num_running == 0
 
                 lm.model.lm_head = good  # mended: the same engine serves again

@@ -27,7 +27,6 @@ class Trace:
     """One request as its log record tells it; the generation's fields are filled as its
     tokens come (the first choice's prompt, finish reason and first-token time, the completion
     tokens of all its choices)."""
-    id: str
     context: dict[str, Any]  # this request's request_context (its id, the API key's name)
     started: float = field(default_factory=time.monotonic)
     model: str | None = None
@@ -38,6 +37,10 @@ class Trace:
     ttft_s: float | None = None
     refusal: ApiError | None = None  # a malformed X-Request-Id header: answered with a 400
     tokens: tuple[Token[Any], Token[Any]] = field(init=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return str(self.context["request_id"])
 
     def count_output(self, tokens: int) -> None:
         self.completion_tokens = (self.completion_tokens or 0) + tokens
@@ -52,7 +55,7 @@ def begin(request: web.BaseRequest) -> Trace:
     given = request.headers.get(HEADER) or None
     rid = given if given is not None and valid_id(given) else uuid.uuid4().hex
     context = {**(request_context.get() or {}), "request_id": rid}
-    trace = Trace(rid, context)
+    trace = Trace(context)
     trace.tokens = (request_context.set(context), current_trace.set(trace))
     if given is not None and rid != given:
         trace.refusal = ApiError(400, f"the {HEADER} header must be 1 to 256 visible ASCII "
@@ -76,7 +79,7 @@ def adopt_body_id(doc: Any, request: web.BaseRequest) -> None:
                           "(no spaces)", "request_id")
     trace = current_trace.get()
     if trace is not None and HEADER not in request.headers:
-        trace.id = trace.context["request_id"] = rid
+        trace.context["request_id"] = rid
 
 
 def request_id() -> str:
