@@ -58,6 +58,10 @@ def test_oip_needs_a_key(onnx_with_keys: Server) -> None:
         assert status == 401, (headers, doc)
         assert set(doc) == {"error"} and isinstance(doc["error"], str), doc  # OIP's shape
         assert got["www-authenticate"].startswith("Bearer")
+        assert "x-request-id" not in got  # the caller sent none
+    # the caller's request id names the refusal too; a malformed one is not echoed
+    assert infer(server, {"X-Request-Id": "gw-401"})[1]["x-request-id"] == "gw-401"
+    assert "x-request-id" not in infer(server, {"X-Request-Id": "two words"})[1]
     # the v1 predict route and metadata are behind the key too
     status, _, doc = request(server.port, "POST", "/v1/models/tiny:predict",
                              b'{"instances": [[1, 2, 3, 4]]}', JSON)
@@ -131,10 +135,12 @@ def test_rate_limit_429(tiny_onnx: Path, keys_dir: Path) -> None:
         assert status == 429, doc
         assert set(doc) == {"error"} and "rate limit" in doc["error"]
         assert 1 <= int(headers["retry-after"]) <= 5
+        assert infer(server, {"x-api-key": ALICE, "X-Request-Id": "gw-429"})[1][
+            "x-request-id"] == "gw-429"
         assert infer(server, {"x-api-key": BOB})[0] == 200  # per key: bob has his own bucket
         text = request(server.port or 0, "GET", "/metrics", headers={"x-api-key": BOB})[2]
         text = text.decode()
-        assert 'kubemaas_rate_limited_total{key="alice",limit="requests"} 1' in text
+        assert 'kubemaas_rate_limited_total{key="alice",limit="requests"} 2' in text
         assert 'kubemaas_rate_limit_requests_per_second{key="alice"} 0.2' in text
     finally:
         assert server.stop() == 0

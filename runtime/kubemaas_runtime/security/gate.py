@@ -23,6 +23,7 @@ from aiohttp import web
 from ..errors import RuntimeErrorBase
 from ..logs import request_context
 from ..metrics import Counter, Gauge, Metrics
+from ..protocol.request_log import HEADER as REQUEST_ID, valid_id
 from ..settings import Settings
 from .auth import KeyStore, presented_key
 from .connection import HardenedHandler, HardenedServer
@@ -117,6 +118,9 @@ class Gate:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="kubemaas"'
         if retry_after is not None:
             resp.headers["Retry-After"] = str(retry_after)
+        caller_id = request.headers.get(REQUEST_ID, "")
+        if valid_id(caller_id):  # the refusal is named as its answer would have been
+            resp.headers[REQUEST_ID] = caller_id
         if request.body_exists and not request.content.is_eof():
             resp.force_close()  # do not read (or linger over) a body we refuse
         return resp
