@@ -1,7 +1,8 @@
 """Structured outputs, served: OpenAI's ``response_format`` (json_object, json_schema) and
-vLLM's ``structured_outputs`` / ``guided_*`` (json, regex, choice, grammar). A random-weight
-model left alone writes noise; held to a grammar, every answer matches it, whatever the
-sampling, streamed or not, beside unconstrained requests whose answers do not change."""
+vLLM's ``structured_outputs`` / ``guided_*`` (json, regex, choice, grammar, structural_tag).
+A random-weight model left alone writes noise; held to a grammar, every answer matches it,
+whatever the sampling, streamed or not, beside unconstrained requests whose answers do not
+change."""
 
 from __future__ import annotations
 
@@ -134,7 +135,63 @@ def test_the_openai_client_parses_a_schema_answer(server: Server, client: openai
     check_schema(answer.choices[0].message.content or "")
 
 
+CITY = {"type": "object", "properties": {"city": {"enum": ["Oslo", "Rome"]}},
+        "required": ["city"], "additionalProperties": False}
+CALL = re.compile(r'<f>(\{"city": "(Oslo|Rome)"\})</f>')
+
+
+def structural_tag(trigger: str) -> dict[str, Any]:
+    return {"structures": [{"begin": trigger + "<f>", "schema": CITY, "end": "</f>"}],
+            "triggers": [trigger]}
+
+
+def a_trigger_the_model_writes(server: Server, tiny_llama: Path) -> tuple[str, str]:
+    """(the text before it, a trigger): a piece of the model's own greedy free text, whole
+    tokens, its first occurrence there."""
+    tok, _ = ref.load(tiny_llama)
+    free = complete(server, structured_outputs={"structural_tag": structural_tag("@@@@")},
+                    temperature=0, return_token_ids=True)["choices"][0]
+    assert "@@@@" not in free["text"]
+    ids = free["token_ids"]
+    for k in range(1, len(ids) - 2):
+        before, upto = tok.decode(ids[:k]), tok.decode(ids[:k + 2])
+        trigger = upto[len(before):]
+        if "\ufffd" not in upto and trigger.strip() and upto.find(trigger) == len(before):
+            return before, trigger
+    raise AssertionError(f"no clean trigger in {free['text']!r}")
+
+
+def test_structural_tags(server: Server, tiny_llama: Path) -> None:
+    """vLLM's structural tags: free text until the model writes a trigger, then the begin of
+    a structure, JSON of its schema and its end, then free text again. Greedy, the answer is
+    the free answer up to the trigger, then the structure; streamed or drawn by the sampler
+    (top_k 1), the same text."""
+    before, trigger = a_trigger_the_model_writes(server, tiny_llama)
+    tag = structural_tag(trigger)
+    greedy = complete(server, structured_outputs={"structural_tag": json.dumps(tag)},
+                      temperature=0)["choices"][0]
+    assert greedy["text"].startswith(before + trigger + "<f>"), (trigger, greedy["text"])
+    assert CALL.match(greedy["text"], len(before + trigger)), greedy["text"]
+    events = stream_events(server, "/v1/completions", {
+        "prompt": "the quick brown fox", "max_tokens": 48, "temperature": 0, "stream": True,
+        "response_format": {"type": "structural_tag", **tag}})
+    assert "".join(e["choices"][0]["text"] for e in events) == greedy["text"]
+    # through the sampler (top_k 1: the most likely allowed token), the same answer
+    sampled = complete(server, temperature=1.0, top_k=1, seed=1, n=3,
+                       response_format={"type": "structural_tag", **tag})
+    assert [c["text"] for c in sampled["choices"]] == [greedy["text"]] * 3
+
+
 @pytest.mark.parametrize(("extra", "param", "words"), [
+    ({"structured_outputs": {"structural_tag": {"structures": [
+        {"begin": "<a>", "schema": {}, "end": ""}], "triggers": ["<b"]}}},
+     "structured_outputs", "starts with none of the triggers"),
+    ({"response_format": {"type": "structural_tag", "structures": [
+        {"begin": "<|tool|>", "schema": {}, "end": ""}, {"begin": "<x>", "schema": {}, "end": ""}],
+        "triggers": ["<|tool|>", "<x>"]}}, "response_format", "give triggers of one kind"),
+    ({"response_format": {"type": "structural_tag", "structures": [
+        {"begin": "<a>", "schema": {"type": "nonsense"}, "end": ""}], "triggers": ["<a"]}},
+     "response_format", "does not compile"),
     ({"structured_outputs": {"regex": "("}}, "structured_outputs", "does not compile"),
     ({"guided_grammar": "root ::= missing_rule"}, "guided_grammar", "does not compile"),
     ({"guided_json": {"type": "object", "properties": {"a": {"type": "nonsense"}}}},

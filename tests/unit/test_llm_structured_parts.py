@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,6 +45,71 @@ def test_every_field_that_gives_a_structure() -> None:
         with pytest.raises(ApiError) as err:
             constraint(**bad)
         assert err.value.status == 400
+
+
+def test_structural_tags_from_both_fields() -> None:
+    """vLLM's structural tag, as ``structured_outputs.structural_tag`` (a JSON string, or an
+    object) or as ``response_format`` of type ``structural_tag``: the same constraint."""
+    tag = {"structures": [{"begin": "<call=f>", "schema": {"type": "object"}, "end": "</call>"}],
+           "triggers": ["<call="]}
+    want = Constraint("structural_tag", json.dumps(tag), "structured_outputs")
+    assert constraint(structured_outputs={"structural_tag": json.dumps(tag)}) == want
+    assert constraint(structured_outputs={"structural_tag": {"type": "structural_tag", **tag}}) \
+        == want
+    assert constraint(response_format={"type": "structural_tag", **tag}) == \
+        Constraint("structural_tag", json.dumps(tag), "response_format")
+    structure = tag["structures"][0]
+    for bad, words in [
+            ({**tag, "triggers": []}, "non-empty triggers"),
+            ({**tag, "triggers": [""]}, "non-empty triggers"),
+            ({**tag, "structures": []}, "1 to 128 structures"),
+            ({**tag, "structures": [structure] * 129}, "1 to 128 structures"),
+            ({**tag, "structures": [{**structure, "schema": "{}"}]}, "structures[0] is not"),
+            ({**tag, "structures": [{"begin": "<call=f>", "schema": {}}]},
+             "structures[0] is not"),
+            ({**tag, "triggers": ["<tool"]}, "starts with none of the triggers"),
+            ({**tag, "type": "json"}, "a structural tag is"),
+            ({"type": "structural_tag", "format": {"type": "triggered_tags"}},
+             "'format' form is not served"),
+            ("{nope", "not valid JSON")]:
+        with pytest.raises(ApiError) as err:
+            constraint(structured_outputs={"structural_tag": bad})
+        assert err.value.status == 400 and words in err.value.message, (bad, err.value.message)
+
+
+def test_a_structural_tag_triggered_by_a_special_token(tmp_path: Path) -> None:
+    """A trigger that is one of the model's special tokens is matched as that token (the model
+    emits it as one id, not as text)."""
+    import llguidance
+    import llguidance.hf
+    from transformers import AutoTokenizer
+
+    from kubemaas_testbed.llm_models import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    lltok = llguidance.hf.from_tokenizer(tok)
+    tag = {"structures": [{"begin": "<|tool|>{\"name\": ", "schema": {"enum": ["f", "g"]},
+                           "end": "}"}], "triggers": ["<|tool|>"]}
+    grammar = structured.grammar_text(Constraint("structural_tag", json.dumps(tag), "x"),
+                                      structured.special_tokens(tok))
+
+    def accepts(ids: list[int]) -> bool:
+        matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
+        return bool(matcher.consume_tokens(ids)) and not matcher.is_error()
+
+    text = tok.encode("a few words ", add_special_tokens=False)
+    tool = tok.convert_tokens_to_ids("<|tool|>")
+    call = tok.encode('{"name": "g"} and more', add_special_tokens=False)
+    assert accepts([*text, tool, *call])
+    assert not accepts([*text, tool, *tok.encode('{"name": "h"}', add_special_tokens=False)])
+    assert not accepts([*text, tool, *tok.encode("free text", add_special_tokens=False)])
+    mixed = {**tag, "structures": [*tag["structures"], {"begin": "<x>", "schema": {},
+                                                        "end": ""}],
+             "triggers": ["<|tool|>", "<x>"]}
+    with pytest.raises(ValueError, match="special tokens of this model"):
+        structured.grammar_text(Constraint("structural_tag", json.dumps(mixed), "x"),
+                                structured.special_tokens(tok))
 
 
 class _Matcher:

@@ -1,12 +1,13 @@
 """Structured outputs: sampling held to a grammar, through llguidance (one of vLLM's backends).
 
-A request's constraint (a JSON schema, any JSON object, a regex, one of a list of strings, or a
-Lark or GBNF grammar) becomes an llguidance grammar; each of its sequences gets a matcher that
-says, before every token, which tokens may come next (the others' logits are set to the lowest
-finite value, as ``min_tokens`` does, so that greedy, sampling and logprobs all see the same
-masked row) and consumes the token drawn. A sequence whose grammar is complete stops there
-(``finish_reason`` ``stop``), as vLLM's does; one that runs out of tokens first ends
-``length`` with an incomplete text.
+A request's constraint (a JSON schema, any JSON object, a regex, one of a list of strings, a
+Lark or GBNF grammar, or structural tags: JSON held to a schema between a begin and an end
+wherever free text names a trigger) becomes an llguidance grammar; each of its sequences gets a
+matcher that says, before every token, which tokens may come next (the others' logits are set
+to the lowest finite value, as ``min_tokens`` does, so that greedy, sampling and logprobs all
+see the same masked row) and consumes the token drawn. A sequence whose grammar is complete
+stops there (``finish_reason`` ``stop``), as vLLM's does; one that runs out of tokens first
+ends ``length`` with an incomplete text.
 
 JSON is generated compact, with OpenAI's separators (``", "``, ``": "``) and no other
 whitespace: with whitespace left free a weak model can emit it until ``max_tokens``.
@@ -48,19 +49,23 @@ FAIL_MASK_S = 0.25  # a sequence whose mask took longer fails (a step stalls eve
 
 @dataclass(frozen=True)
 class Constraint:
-    """What a request's output must match: ``kind`` json | regex | choice | grammar, and its
-    source text (a JSON schema, a regex, a JSON list of strings, a Lark or GBNF grammar)."""
+    """What a request's output must match: ``kind`` json | regex | choice | grammar |
+    structural_tag, and its source text (a JSON schema, a regex, a JSON list of strings, a Lark
+    or GBNF grammar, a JSON {"structures", "triggers"})."""
 
     kind: str
     source: str
     param: str  # the request field it came from (for errors)
 
 
-def grammar_text(constraint: Constraint) -> str:
-    """The llguidance grammar of a constraint (not yet checked against the tokenizer)."""
+def grammar_text(constraint: Constraint, special: frozenset[str] = frozenset()) -> str:
+    """The llguidance grammar of a constraint (not yet checked against the tokenizer);
+    ``special``: the tokenizer's special tokens (a structural tag's trigger may be one)."""
     from llguidance import LLMatcher
     from llguidance.gbnf_to_lark import any_to_lark
 
+    if constraint.kind == "structural_tag":
+        return structural_tag_grammar(json.loads(constraint.source), special)
     if constraint.kind == "json":
         return str(LLMatcher.grammar_from_json_schema(constraint.source, overrides=JSON_OPTIONS))
     if constraint.kind == "regex":
@@ -69,6 +74,32 @@ def grammar_text(constraint: Constraint) -> str:
         options = json.loads(constraint.source)
         return str(LLMatcher.grammar_from_regex("|".join(f"({re.escape(o)})" for o in options)))
     return str(LLMatcher.grammar_from_lark(any_to_lark(constraint.source)))
+
+
+def structural_tag_grammar(tag: dict[str, Any], special: frozenset[str]) -> str:
+    """vLLM's structural tags as llguidance builds them: free text, in which a trigger starts a
+    structure's begin, its JSON (compact, as every JSON output here) and its end. A trigger
+    written ``<...>`` is matched as the special token when the tokenizer has it as one (the
+    model emits it as a token, not as text), else as text; one request cannot have both."""
+    from llguidance import StructTag
+
+    triggers: list[str] = tag["triggers"]
+    bracketed = {t for t in triggers if t.startswith("<") and t.endswith(">")}
+    if bracketed & special and bracketed - special:
+        raise ValueError(f"the triggers {sorted(bracketed & special)} are special tokens of "
+                         f"this model and {sorted(bracketed - special)} are not; give "
+                         "triggers of one kind")
+    tags = [StructTag(trigger=next(t for t in triggers if s["begin"].startswith(t)),
+                      begin=s["begin"], grammar={**s["schema"], "x-guidance": JSON_OPTIONS},
+                      end=s["end"]) for s in tag["structures"]]
+    return str(StructTag.to_grammar(tags, assume_special=bool(bracketed & special)))
+
+
+def special_tokens(tokenizer: Any) -> frozenset[str]:
+    """The tokenizer's special tokens (llguidance tells them apart from text)."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return frozenset(t.content for t in added.values() if getattr(t, "special", False)) | \
+        frozenset(getattr(tokenizer, "all_special_tokens", ()))
 
 
 class InvalidConstraint(ValueError):
@@ -127,7 +158,7 @@ class Grammars:
                 self._valid.move_to_end(constraint)
                 return self._valid[constraint]
         try:
-            grammar = grammar_text(constraint)
+            grammar = grammar_text(constraint, special_tokens(self._hf_tokenizer))
         except Exception as exc:  # a schema that is not a JSON object, a GBNF that won't parse
             raise InvalidConstraint(str(exc)) from None
         error = LLMatcher.validate_grammar(grammar, tokenizer)

@@ -1,6 +1,7 @@
 """The structure a request's output must follow: OpenAI's ``response_format`` (json_object,
-json_schema) and vLLM's ``structured_outputs`` and older ``guided_*`` fields, each checked for
-shape and made a ``Constraint`` (compiled by the server, llm/structured.py)."""
+json_schema, and vLLM's structural_tag) and vLLM's ``structured_outputs`` and older
+``guided_*`` fields, each checked for shape and made a ``Constraint`` (compiled by the server,
+llm/structured.py)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,19 @@ from .openai_errors import bad_request as _bad
 
 
 def _response_format(fmt: Any) -> Constraint | None:
-    """OpenAI's ``response_format``: text, any JSON object, or JSON following a schema."""
+    """OpenAI's ``response_format``: text, any JSON object, or JSON following a schema; or
+    vLLM's structural tags."""
     param = "response_format"
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object",
-                                                             "json_schema"):
+                                                             "json_schema", "structural_tag"):
         raise _bad("'response_format' must be {\"type\": \"text\"}, {\"type\": "
-                   "\"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": "
-                   "{\"schema\": {...}}}", param)
+                   "\"json_object\"}, {\"type\": \"json_schema\", \"json_schema\": "
+                   "{\"schema\": {...}}} or {\"type\": \"structural_tag\", \"structures\": "
+                   "[...], \"triggers\": [...]}", param)
     if fmt["type"] == "text":
         return None
+    if fmt["type"] == "structural_tag":
+        return _structural_tag(fmt, param)
     if fmt["type"] == "json_object":
         return Constraint("json", '{"type": "object"}', param)
     spec = fmt.get("json_schema")
@@ -42,7 +47,7 @@ def _structured(value: Any, param: str) -> Constraint | None:
     return _constraint(kind, source, param)
 
 
-_STRUCTURED_KINDS = ("json", "json_object", "regex", "choice", "grammar")
+_STRUCTURED_KINDS = ("json", "json_object", "regex", "choice", "grammar", "structural_tag")
 _GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
            "guided_grammar": "grammar"}  # vLLM's older names
 
@@ -59,6 +64,8 @@ def _constraint(kind: str, source: Any, param: str) -> Constraint:
         if not isinstance(source, dict):
             raise _bad(f"'{param}': the JSON schema must be an object", param)
         return Constraint("json", json.dumps(source), param)
+    if kind == "structural_tag":
+        return _structural_tag(source, param)
     if kind == "choice":
         if not isinstance(source, list) or not source or \
                 not all(isinstance(c, str) and c for c in source):
@@ -68,6 +75,44 @@ def _constraint(kind: str, source: Any, param: str) -> Constraint:
     if not isinstance(source, str) or not source:
         raise _bad(f"'{param}': the {kind} must be a non-empty string", param)
     return Constraint(kind, source, param)
+
+
+MAX_STRUCTURES = 128  # as many as a request's tools
+
+
+def _structural_tag(value: Any, param: str) -> Constraint:
+    """vLLM's structural tags: free text in which, once the model writes one of the
+    ``triggers``, it continues with the ``begin`` of one of the ``structures`` (a begin starts
+    with its trigger), then JSON following that structure's ``schema``, then its ``end``."""
+    if isinstance(value, str):
+        try:
+            value = parse_json(value)
+        except ValueError:
+            raise _bad(f"'{param}': the structural tag is not valid JSON", param) from None
+    shape = (f"'{param}': a structural tag is {{\"structures\": [{{\"begin\": str, \"schema\": "
+             "{...}, \"end\": str}, ...], \"triggers\": [str, ...]}")
+    if not isinstance(value, dict) or value.get("type", "structural_tag") != "structural_tag":
+        raise _bad(shape, param)
+    if "format" in value and "structures" not in value:
+        raise _bad(f"'{param}': the structural tag's 'format' form is not served; give "
+                   "'structures' and 'triggers'", param)
+    structures, triggers = value.get("structures"), value.get("triggers")
+    if not isinstance(triggers, list) or not triggers or \
+            not all(isinstance(t, str) and t for t in triggers) or \
+            not isinstance(structures, list) or not 0 < len(structures) <= MAX_STRUCTURES:
+        raise _bad(f"{shape}, with 1 to {MAX_STRUCTURES} structures and non-empty triggers",
+                   param)
+    tags = []
+    for i, item in enumerate(structures):
+        if not isinstance(item, dict) or not isinstance(item.get("begin"), str) or \
+                not isinstance(item.get("end"), str) or not isinstance(item.get("schema"), dict):
+            raise _bad(f"{shape}; structures[{i}] is not", param)
+        if not any(item["begin"].startswith(t) for t in triggers):
+            raise _bad(f"'{param}': structures[{i}]'s begin {item['begin']!r} starts with none "
+                       f"of the triggers {triggers}", param)
+        tags.append({"begin": item["begin"], "schema": item["schema"], "end": item["end"]})
+    return Constraint("structural_tag", json.dumps({"structures": tags, "triggers": triggers}),
+                      param)
 
 
 def output_constraint(doc: dict[str, Any]) -> Constraint | None:

@@ -23,7 +23,8 @@ from aiohttp import web
 from ..errors import RuntimeErrorBase
 from ..logs import request_context
 from ..metrics import Counter, Gauge, Metrics
-from ..protocol.request_log import HEADER as REQUEST_ID, valid_id
+from ..protocol.request_log import HEADER as REQUEST_ID
+from ..protocol.request_log import valid_id
 from ..settings import Settings
 from .auth import KeyStore, presented_key
 from .connection import HardenedHandler, HardenedServer
