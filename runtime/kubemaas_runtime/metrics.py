@@ -256,6 +256,10 @@ class LLMMetrics:
                                             "A finished request's max_tokens.", tokens, names)
         self.request_n = Histogram("vllm:request_params_n", "A finished request's n.",
                                    N_BUCKETS, names)
+        self.request_tpot = Histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "A finished request's mean time per output token after its first (0 for one token "
+            "or none).", ITL_BUCKETS, names)
         self.iteration_tokens = Histogram("vllm:iteration_tokens_total",
                                           "Tokens read in one engine step.",
                                           ITERATION_TOKENS_BUCKETS, names)
@@ -271,9 +275,13 @@ class LLMMetrics:
             return  # never admitted (aborted while it waited)
         self.phases["queue"].observe(self.label, last.scheduled_at - arrival)
         self.phases["inference"].observe(self.label, last.at - last.scheduled_at)
+        tpot = 0.0  # vLLM's for a request of fewer than two tokens
         if first_token_at is not None:
             self.phases["prefill"].observe(self.label, first_token_at - last.scheduled_at)
             self.phases["decode"].observe(self.label, last.at - first_token_at)
+            if last.completion_tokens > 1:
+                tpot = (last.at - first_token_at) / (last.completion_tokens - 1)
+        self.request_tpot.observe(self.label, tpot)
 
     def set_loras(self, max_loras: int, running: Sequence[str], waiting: Sequence[str]) -> None:
         """vLLM's LoRA gauge: the adapters of the running and the waiting requests in its
@@ -308,7 +316,7 @@ class LLMMetrics:
             self.prefix_queries, self.prefix_hits, self.rejected, self.peak_running,
             self.lanes_bytes, *self.phases.values(), self.request_prompt_tokens,
             self.request_generation_tokens, self.request_max_tokens, self.request_n,
-            self.iteration_tokens)
+            self.request_tpot, self.iteration_tokens)
         if self.lora_info.values:
             metrics += (self.lora_info,)
         for metric in metrics:

@@ -1,8 +1,8 @@
 """vLLM's per-request histograms, served: each finished request's queue, prefill, decode and
-inference times (which add up to its end-to-end latency), its prompt and output lengths, its
-max_tokens and n, and the engine's tokens per step, which add up to the tokens it read; the
-periodic stats records (--log-stats-interval-s), whose throughputs add up to the tokens read
-and generated."""
+inference times (which add up to its end-to-end latency), its mean time per output token, its
+prompt and output lengths, its max_tokens and n, and the engine's tokens per step, which add
+up to the tokens it read; the periodic stats records (--log-stats-interval-s), whose
+throughputs add up to the tokens read and generated."""
 
 from __future__ import annotations
 
@@ -62,6 +62,17 @@ def test_a_requests_phases_and_sizes(server: Server) -> None:
         pytest.approx(phases["inference"]["sum"], abs=1e-6)
     assert phases["queue"]["sum"] + phases["inference"]["sum"] == \
         pytest.approx(e2e["sum"], abs=1e-6)
+    # each request's mean time per output token after its first: its decode time over its
+    # tokens less one (2 to 8 here)
+    tpot = series(text, "vllm:request_time_per_output_token_seconds")
+    assert tpot["count"] == 4
+    assert phases["decode"]["sum"] / 8 <= tpot["sum"] <= phases["decode"]["sum"] / 2 + 1e-9
+    status, one = server.post_json("/v1/completions", {"prompt": "the cat", "max_tokens": 1})
+    assert status == 200, one
+    after_one = series(server.metrics(), "vllm:request_time_per_output_token_seconds")
+    # one token has no time per token: 0, as vLLM counts it
+    assert (after_one["count"], after_one["sum"], after_one["0.01"]) == (
+        5, tpot["sum"], tpot["0.01"] + 1)
     # every step's tokens: each sequence's prompt read once, then one token per decode step
     steps = series(text, "vllm:iteration_tokens_total")
     read = sum(u["prompt_tokens"] + u["completion_tokens"] - 1 for u in usages) + \
