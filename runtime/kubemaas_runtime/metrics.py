@@ -159,6 +159,7 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
                10.0, 20.0, 40.0, 80.0)
 ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 N_BUCKETS = (1, 2, 5, 10, 20)
+SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")  # vLLM's prompt sources
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 
@@ -220,6 +221,13 @@ class LLMMetrics:
         self.prefix_hits = Counter("vllm:prefix_cache_hits_total",
                                    "Prompt tokens found in the prefix cache (not recomputed).",
                                    names)
+        self.cached_tokens = Counter("vllm:prompt_tokens_cached_total",
+                                     "Prompt tokens of finished requests taken from the prefix "
+                                     "cache.", names)
+        self.tokens_by_source = Counter(
+            "vllm:prompt_tokens_by_source_total", "Prompt tokens of finished requests, by "
+            "where their KV came from (no KV is transferred from elsewhere here).",
+            ("model_name", "source"))
         self.peak_running = Gauge("kubemaas_llm_peak_running_requests",
                                   "Most requests that were in the running batch at once.", names)
         self.lanes_bytes = Gauge("kubemaas_llm_decode_lanes_bytes",
@@ -230,8 +238,10 @@ class LLMMetrics:
                                    names)
         # every labelled series exists from the start (scrapers see zeros, not absences)
         for c in (self.prompt_tokens, self.generation_tokens, self.rejected, self.preemptions,
-                  self.prefix_queries, self.prefix_hits):
+                  self.prefix_queries, self.prefix_hits, self.cached_tokens):
             c.inc(self.label, 0)
+        for source in SOURCES:
+            self.tokens_by_source.inc((model_name, source), 0)
         for reason in ("stop", "length", "abort"):
             self.success.inc((model_name, reason), 0)
 
@@ -256,6 +266,14 @@ class LLMMetrics:
                                             "A finished request's max_tokens.", tokens, names)
         self.request_n = Histogram("vllm:request_params_n", "A finished request's n.",
                                    N_BUCKETS, names)
+        self.request_computed_tokens = Histogram(
+            "vllm:request_prefill_kv_computed_tokens",
+            "Prompt tokens a finished request computed (not taken from the prefix cache).",
+            tokens, names)
+        self.request_max_generation = Histogram(
+            "vllm:request_max_num_generation_tokens",
+            "The most output tokens of one choice of a finished request (its n choices).",
+            tokens, names)
         self.request_tpot = Histogram(
             "vllm:request_time_per_output_token_seconds",
             "A finished request's mean time per output token after its first (0 for one token "
@@ -266,7 +284,13 @@ class LLMMetrics:
 
     def observe_request(self, last: Delta, first_token_at: float | None, arrival: float,
                         max_tokens: int, n: int) -> None:
-        """A finished request's histograms, from its first choice's last delta."""
+        """A finished request's histograms and its prompt's sources, from its first choice's
+        last delta."""
+        computed = last.prompt_tokens - last.cached_tokens
+        self.cached_tokens.inc(self.label, last.cached_tokens)
+        self.tokens_by_source.inc((self.label[0], "local_cache_hit"), last.cached_tokens)
+        self.tokens_by_source.inc((self.label[0], "local_compute"), computed)
+        self.request_computed_tokens.observe(self.label, computed)
         self.request_prompt_tokens.observe(self.label, last.prompt_tokens)
         self.request_generation_tokens.observe(self.label, last.completion_tokens)
         self.request_max_tokens.observe(self.label, max_tokens)
@@ -316,7 +340,8 @@ class LLMMetrics:
             self.prefix_queries, self.prefix_hits, self.rejected, self.peak_running,
             self.lanes_bytes, *self.phases.values(), self.request_prompt_tokens,
             self.request_generation_tokens, self.request_max_tokens, self.request_n,
-            self.request_tpot, self.iteration_tokens)
+            self.request_tpot, self.request_computed_tokens, self.request_max_generation,
+            self.cached_tokens, self.tokens_by_source, self.iteration_tokens)
         if self.lora_info.values:
             metrics += (self.lora_info,)
         for metric in metrics:

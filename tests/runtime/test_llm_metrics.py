@@ -1,8 +1,9 @@
 """vLLM's per-request histograms, served: each finished request's queue, prefill, decode and
 inference times (which add up to its end-to-end latency), its mean time per output token, its
-prompt and output lengths, its max_tokens and n, and the engine's tokens per step, which add
-up to the tokens it read; the periodic stats records (--log-stats-interval-s), whose
-throughputs add up to the tokens read and generated."""
+prompt and output lengths, its longest choice, where its prompt's KV came from, its max_tokens
+and n, and the engine's tokens per step, which add up to the tokens it read; the periodic
+stats records (--log-stats-interval-s), whose throughputs add up to the tokens read and
+generated."""
 
 from __future__ import annotations
 
@@ -79,6 +80,61 @@ def test_a_requests_phases_and_sizes(server: Server) -> None:
         2 * (body["usage"]["prompt_tokens"] + 4 - 1)
     assert steps["sum"] == read and steps["count"] >= 1 + 4 - 1
     assert steps["+Inf"] == steps["count"]
+
+
+def counter(text: str, name: str, labels: str = "") -> float:
+    found = re.search(rf'^{re.escape(name)}\{{model_name="tiny"{labels}\}} (\S+)$', text,
+                      re.MULTILINE)
+    assert found, name
+    return float(found.group(1))
+
+
+def test_prompt_sources_and_the_longest_choice(server: Server) -> None:
+    """Where a finished request's prompt tokens came from (computed, or the prefix cache:
+    what its usage reports as cached), and the longest of its choices."""
+    def snapshot() -> dict[str, float]:
+        text = server.metrics()
+        return {"cached": counter(text, "vllm:prompt_tokens_cached_total"),
+                **{source: counter(text, "vllm:prompt_tokens_by_source_total",
+                                   f',source="{source}"')
+                   for source in ("local_compute", "local_cache_hit", "external_kv_transfer")},
+                "computed": series(text, "vllm:request_prefill_kv_computed_tokens").get("sum", 0),
+                "longest": series(text, "vllm:request_max_num_generation_tokens").get("sum", 0),
+                "longest_count": series(text, "vllm:request_max_num_generation_tokens").get(
+                    "count", 0)}
+
+    before = snapshot()
+    prompt = " ".join(["the quiet river runs past the old mill"] * 8)  # several blocks
+    usages = []
+    for _ in range(2):  # the second finds the first's blocks
+        status, body = server.post_json("/v1/completions", {
+            "prompt": prompt, "max_tokens": 2, "temperature": 0})
+        assert status == 200, body
+        usages.append(body["usage"])
+    cached = usages[1]["prompt_tokens_details"]["cached_tokens"]
+    assert cached > 0 and usages[0]["prompt_tokens_details"]["cached_tokens"] == 0
+    prompts = sum(u["prompt_tokens"] for u in usages)
+    # three sampled choices cut by a stop string at different lengths: the longest counts,
+    # shown on a request whose first choice is not the longest
+    longest = []
+    for seed in range(20):
+        status, body = server.post_json("/v1/completions", {
+            "prompt": "the cat", "max_tokens": 12, "n": 3, "temperature": 1.0, "seed": seed,
+            "stop": [" "], "return_token_ids": True})
+        assert status == 200, body
+        prompts += body["usage"]["prompt_tokens"]
+        lengths = [len(c["token_ids"]) for c in body["choices"]]
+        longest.append(max(lengths))
+        if lengths[0] < longest[-1]:
+            break
+    assert lengths[0] < longest[-1], "no seed gave a first choice shorter than another"
+    after = snapshot()
+    grew = {k: after[k] - before[k] for k in after}
+    assert grew["cached"] == grew["local_cache_hit"] == cached  # "the cat": under a block
+    assert grew["local_compute"] == grew["computed"] == prompts - cached
+    assert grew["external_kv_transfer"] == 0
+    assert grew["longest_count"] == 2 + len(longest)
+    assert grew["longest"] == sum(u["completion_tokens"] for u in usages) + sum(longest)
 
 
 def stats_records(server: Server) -> list[dict[str, float]]:

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..llm.request_stream import Delta, RequestStream
+from ..llm.request_stream import Delta
 from ..metrics import Metrics
 from ..request_json import parse_json
 from ..security.usage import current_usage
@@ -392,11 +392,11 @@ class OpenAIServer:
         finally:
             self.inflight -= 1
 
-    def _observe(self, served: Served, stream: RequestStream, first: bool = True,
-                 n: int = 1) -> Callable[[Delta], None]:
+    def _observe(self, served: Served, choice: Choice, n: int = 1) -> Callable[[Delta], None]:
         """Metrics of one choice; the request's own (prompt tokens, end-to-end latency,
-        success, its phases and sizes) are counted with its ``first`` choice (of ``n``)."""
-        m = served.metrics
+        success, its phases and sizes) are counted with its first choice (of ``n``), its
+        longest answer when the last has finished."""
+        m, stream, first = served.metrics, choice.stream, choice.first
         prev: list[float] = []
         first_at: list[float] = []
         usage = current_usage.get()  # per-key token limits (security/gate.py)
@@ -414,6 +414,9 @@ class OpenAIServer:
                 prev[:] = [delta.at]
             if delta.finish_reason is not None:
                 m.generation_tokens.inc(m.label, delta.completion_tokens)
+                choice.lengths.append(delta.completion_tokens)
+                if len(choice.lengths) == n:
+                    m.request_max_generation.observe(m.label, max(choice.lengths))
                 prompt = delta.prompt_tokens if first else 0
                 if usage is not None:
                     usage.add(prompt + delta.completion_tokens)
@@ -439,7 +442,7 @@ class OpenAIServer:
         docs, lasts = [], []
         first_deltas: list[Delta] = []
         for choice in choices:  # the choices run together in the engine
-            observe = self._observe(served, choice.stream, choice.first, req.n)
+            observe = self._observe(served, choice, req.n)
             deltas = []
             async for delta in choice.stream:
                 observe(delta)
@@ -469,7 +472,7 @@ class OpenAIServer:
                        responses: ResponsesRequest, choice: Choice) -> web.StreamResponse:
         head = ("resp_" + request_id(), int(time.time()), req.model or self.model_name)
         reader = self._reader(served, req, choice.prompt, named=True)
-        args = (head, responses, req, choice, self._observe(served, choice.stream), reader,
+        args = (head, responses, req, choice, self._observe(served, choice), reader,
                 served.tokenizer)
         if req.stream:
             return await stream_responses(request, *args)
@@ -481,7 +484,7 @@ class OpenAIServer:
         readers = [self._reader(served, req, c.prompt) for c in choices]
         fmts = [ChunkFormat(head, req, served.tokenizer, c.index, c.prompt, r is not None)
                 for c, r in zip(choices, readers, strict=True)]
-        observes = [self._observe(served, c.stream, c.first, req.n) for c in choices]
+        observes = [self._observe(served, c, req.n) for c in choices]
         return await stream_response(request, req, choices, fmts, observes,
                                      [r for r in readers if r is not None] or None)
 

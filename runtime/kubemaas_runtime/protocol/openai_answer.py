@@ -9,7 +9,7 @@ first choice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..llm.request_stream import Delta, RequestStream
@@ -26,6 +26,8 @@ class Choice:
     prompt: list[int]
     first: bool  # its prompt's first choice: the prompt's usage and metrics count with it
     echo_text: str = ""  # with echo: the prompt's text, which the choice's text starts with
+    # the output lengths of its prompt's finished choices (one list, shared by its n choices)
+    lengths: list[int] = field(default_factory=list)
 
 
 def token_text(tokenizer: Any, token: int) -> str:

@@ -141,17 +141,18 @@ def submit(served: Served, req: GenerationRequest, prompts: list[list[int]],
     try:
         for prompt, prompt_params, echo_text in zip(prompts, params, echo_texts,
                                                     strict=True):
+            lengths: list[int] = []
             if req.beam is not None:  # n answers of one search, best first
                 search = BeamSearch(served.engine, prompt, prompt_params, req.n,
                                     req.beam.length_penalty, req.cache_salt, req.priority,
                                     lora)
-                choices += [Choice(len(choices) + j, answer, prompt, j == 0, echo_text)
+                choices += [Choice(len(choices) + j, answer, prompt, j == 0, echo_text, lengths)
                             for j, answer in enumerate(search.answers)]
                 continue
             for j, choice_params in enumerate(req.choice_params(prompt_params)):
                 stream = served.engine.submit(prompt, choice_params, req.cache_salt,
                                               matchers[len(choices)], req.priority, lora)
-                choices.append(Choice(len(choices), stream, prompt, j == 0, echo_text))
+                choices.append(Choice(len(choices), stream, prompt, j == 0, echo_text, lengths))
     except AdapterError:  # unloaded since the request named it
         for choice in choices:
             choice.stream.cancel()
