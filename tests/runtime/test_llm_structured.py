@@ -216,3 +216,42 @@ def test_bad_structures_are_400(server: Server, extra: dict[str, Any], param: st
     assert body["error"]["param"] == param and words in body["error"]["message"], body
     assert complete(server, max_tokens=2, ignore_eos=True)["choices"][0]["finish_reason"] == \
         "length"  # the server still serves
+
+
+def test_limits_that_leave_no_token_are_a_400(server: Server, tiny_llama: Path) -> None:
+    """A request whose own limits bar every token at some point (a structure beside
+    allowed_token_ids or bad_words, min_tokens beside allowed_token_ids that hold only EOS), or
+    whose structure spells a special token as text (llguidance then allows that token alone
+    and refuses it), is answered 400 with the reason: streamed, as an error event. Before,
+    these were 500s with a traceback in the log, or answers outside allowed_token_ids."""
+    tok, _ = ref.load(tiny_llama)
+    a_id = tok.convert_tokens_to_ids("a")
+    cases = [
+        ({"structured_outputs": {"choice": ["abc"]}, "allowed_token_ids": [5]},
+         "bar every token"),
+        ({"allowed_token_ids": [tok.eos_token_id], "min_tokens": 3}, "min_tokens"),
+        ({"allowed_token_ids": [a_id], "bad_words": ["a"]}, "bad_words"),
+        ({"structured_outputs": {"regex": "<\\|user\\|>[a-z]+"}}, "special tokens"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"schema": {
+            "enum": ["<|user|>"]}}}}, "special tokens")]
+    logged = len(server.logs())
+    for extra, words in cases:
+        doc = {"prompt": "the quick brown fox", "max_tokens": 6, **extra}
+        status, body = server.post_json("/v1/completions", doc)
+        assert status == 400 and words in body["error"]["message"], (extra, body)
+        assert body["error"]["type"] == "invalid_request_error"
+        events = stream_events(server, "/v1/completions", {**doc, "stream": True})
+        assert events[-1]["error"]["message"] == body["error"]["message"], events
+    responses = {"input": "hi", "max_output_tokens": 6, "text": {"format": {
+        "type": "json_schema", "name": "x", "schema": {"enum": ["<|user|>"]}}}}
+    status, body = server.post_json("/v1/responses", responses)
+    assert status == 400 and "special tokens" in body["error"]["message"], body
+    status, _, raw = server.request("POST", "/v1/responses", json.dumps(
+        {**responses, "stream": True}).encode(), {"Content-Type": "application/json"})
+    last = json.loads(raw.decode().strip().split("\n\n")[-1].split("data: ", 1)[1])
+    assert status == 200 and last["type"] == "response.failed", last
+    assert last["response"]["error"]["code"] == "invalid_prompt" and \
+        "special tokens" in last["response"]["error"]["message"], last
+    assert not [d for d in server.logs()[logged:] if d.get("level") == "error"]
+    assert complete(server, max_tokens=2, ignore_eos=True)["choices"][0]["finish_reason"] == \
+        "length"  # the server still serves

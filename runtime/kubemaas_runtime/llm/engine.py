@@ -33,7 +33,7 @@ from .pacing import PrefillPacer
 from .packing import decode_groups, pack
 from .prompt_scores import score
 from .request_stream import Delta, RequestStream
-from .sampling import SamplingParams, TokenLogprobs, sample
+from .sampling import SamplingParams, TokenLogprobs, UnfollowableOutput, sample
 from .scheduler import Scheduler, Sequence
 from .traced_decode import TracedDecode, traceable
 from .worker import EngineThread
@@ -383,8 +383,12 @@ class Engine(EngineThread):
         return None if seq.prompt_logprobs is None else tuple(seq.prompt_logprobs)
 
     def _fail(self, seq: Sequence, error: Exception) -> Exception:
-        """One sequence whose sampling failed: it ends with the error, the others go on."""
-        log.error("sampling failed for one request", exc_info=error)
+        """One sequence whose sampling failed: it ends with the error, the others go on (a
+        request whose own limits left it no token is the client's doing: no traceback)."""
+        if isinstance(error, UnfollowableOutput):
+            log.info("a request's limits left it no token: %s", error)
+        else:
+            log.error("sampling failed for one request", exc_info=error)
         seq.finish_reason = "error"
         self.scheduler.remove(seq)
         return error

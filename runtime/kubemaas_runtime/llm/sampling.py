@@ -129,6 +129,30 @@ def penalize(row: torch.Tensor, state: SampleState) -> None:
         row[ids] -= params.frequency_penalty * counts + params.presence_penalty
 
 
+class UnfollowableOutput(ValueError):
+    """The request's own limits leave its output no token to go on with (a client error, 400):
+    its allowed_token_ids, bad_words, min_tokens and structured output bar every token, or its
+    structure accepts next only a token it then refuses."""
+
+
+def _unfollowable(state: SampleState) -> UnfollowableOutput:
+    limits = [name for name, on in (
+        ("allowed_token_ids", state.params.allowed_token_ids),
+        ("bad_words", state.params.bad_words),
+        ("min_tokens", state.emitted < state.params.min_tokens),
+        ("the structured output", state.matcher is not None)) if on]
+    return UnfollowableOutput(f"no token may come next: {', '.join(limits)} together bar every "
+                              "token; loosen one of them")
+
+
+def _refused(state: SampleState, token: int) -> UnfollowableOutput:
+    error = str(state.matcher.get_error()).split("\n")[0] if state.matcher is not None else ""
+    return UnfollowableOutput(
+        f"the output structure cannot be followed: it allows only token {token} next and then "
+        "refuses it, as it does when it spells one of the model's special tokens (such as "
+        f"'<|user|>') as text, which this model cannot write as text ({error})")
+
+
 class Sampled(NamedTuple):
     tokens: list[int]
     infos: list[TokenLogprobs | None]
@@ -172,6 +196,8 @@ def barred_tokens(bad_words: tuple[tuple[int, ...], ...], output: list[int]) -> 
 
 def _draw(row: torch.Tensor, state: SampleState, greedy_token: int) -> int:
     token = greedy_token
+    if row[token] <= torch.finfo(row.dtype).min:  # the best token is barred: all of them are
+        raise _unfollowable(state)
     if not state.params.greedy:
         probs = torch.softmax(_filter(row, state.params), dim=-1)
         token = int(torch.multinomial(probs, 1, generator=state.gen(row.device)))
@@ -182,8 +208,7 @@ def _draw(row: torch.Tensor, state: SampleState, greedy_token: int) -> int:
     if state.params.bad_words:
         state.drawn.append(token)
     if state.matcher is not None and not state.matcher.consume_token(token):
-        raise ValueError(f"the output grammar refused token {token}: "
-                         f"{state.matcher.get_error()}")
+        raise _refused(state, token)
     return token
 
 

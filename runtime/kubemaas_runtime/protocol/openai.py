@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,7 +38,7 @@ from .openai_engine import (
     submit,
     thinks_first,
 )
-from .openai_errors import ApiError
+from .openai_errors import ApiError, generation_error
 from .openai_lora import ROUTES as LORA_ROUTES
 from .openai_lora import adapter_cards, adapter_id
 from .openai_lora import load as load_adapter
@@ -70,7 +69,6 @@ from .openai_stream import ChunkFormat, stream_response
 from .openai_tokens import decode_ids, echo_texts, encode_prompt, prompt_ids
 from .request_log import CLIENT_GONE, UNLOGGED
 
-log = logging.getLogger("kubemaas.runtime.openai")
 _GENERATE = {"/v1/completions": "completions", "/v1/chat/completions": "chat",
              "/v1/responses": "responses"}
 # a pooling model's routes -> (the answer, whether a chat's messages may stand for input)
@@ -93,9 +91,7 @@ async def _whole(answer: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        log.error("generation failed", exc_info=exc)
-        raise ApiError(500, f"generation failed: {type(exc).__name__}; see the server log"
-                       ) from None
+        raise generation_error(exc) from None
 
 
 def error_response(exc: ApiError) -> web.Response:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from ..llm.sampling import UnfollowableOutput
+
+log = logging.getLogger("kubemaas.runtime.openai")
 
 
 class ApiError(Exception):
@@ -24,3 +29,13 @@ class ApiError(Exception):
 def bad_request(message: str, param: str) -> ApiError:
     """400 with the request field it concerns."""
     return ApiError(400, message, param)
+
+
+def generation_error(exc: Exception, where: str = "generation failed") -> ApiError:
+    """How a request the engine failed is answered: a 400 that says why when the request's own
+    limits left its output no token to go on with, else a 500 (logged with its traceback)."""
+    if isinstance(exc, UnfollowableOutput):
+        log.info("%s: %s", where, exc)
+        return ApiError(400, str(exc))
+    log.error(where, exc_info=exc)
+    return ApiError(500, f"generation failed: {type(exc).__name__}; see the server log")

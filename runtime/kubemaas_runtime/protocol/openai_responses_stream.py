@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from aiohttp import web
 
 from ..llm.request_stream import Delta
 from .openai_answer import Choice, logprobs_doc
+from .openai_errors import generation_error
 from .openai_reader import AnswerReader
 from .openai_request_id import tag
 from .openai_responses import (
@@ -36,7 +36,6 @@ from .openai_responses import (
 )
 from .openai_schema import GenerationRequest
 
-log = logging.getLogger("kubemaas.runtime.openai")
 _TEXT_EVENTS = {"message": "response.output_text", "reasoning": "response.reasoning_text"}
 
 
@@ -133,9 +132,9 @@ class ResponseEvents:
         usage = responses_usage(last, reasoning_tokens)
         return [*out, self.event(kind, response=self.response(status, usage))]
 
-    def failed(self, message: str) -> list[bytes]:
+    def failed(self, message: str, code: str = "server_error") -> list[bytes]:
         out = self.close_item("incomplete")
-        error = {"code": "server_error", "message": message}
+        error = {"code": code, "message": message}
         return [*out, self.event("response.failed",
                                  response=self.response("failed", error=error))]
 
@@ -220,7 +219,8 @@ async def stream_response(request: web.BaseRequest, head: tuple[str, int, str],
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception as exc:  # the engine failed this request: say so in the stream
-        log.exception("generation failed mid-stream")
-        out += events.failed(f"generation failed: {type(exc).__name__}; see the server log")
+        error = generation_error(exc, "generation failed mid-stream")
+        out += events.failed(error.message, "server_error" if error.status >= 500 else
+                             "invalid_prompt")
     await resp.write_eof(b"".join(out))
     return resp

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,13 +21,11 @@ from ..llm.request_stream import Delta, RequestStream
 from ..llm.sampling import TokenLogprobs
 from .openai_answer import Choice, logprobs_doc, usage_doc
 from .openai_direct import chunked, direct_tokens
-from .openai_errors import ApiError
+from .openai_errors import generation_error
 from .openai_reader import AnswerReader
 from .openai_request_id import tag
 from .openai_schema import GenerationRequest
 from .openai_tool_stream import tool_call
-
-log = logging.getLogger("kubemaas.runtime.openai")
 
 
 def sse(doc: Any) -> bytes:
@@ -288,8 +285,7 @@ async def stream_response(request: web.BaseRequest, req: GenerationRequest,
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception as exc:  # the engine failed this request: say so in the stream
-        log.exception("generation failed mid-stream")
-        out.append(sse(ApiError(500, f"generation failed: {type(exc).__name__}").body()))
+        out.append(sse(generation_error(exc, "generation failed mid-stream").body()))
     finally:  # a delta still on its way must not be written after the response's end
         streams[0].direct = None
     lasts = [w.last for w in writers]
