@@ -58,6 +58,35 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class ClientFaults(logging.Filter):
+    """aiohttp's server logs a request it could not handle at error level, with a traceback,
+    also when the client caused it: malformed HTTP (a header line too long, a bad chunk size), a
+    body that does not decode or comes too slowly, a client gone while its answer was written or
+    its body drained.
+    Any client could fill the error log that way; such a record becomes one warning line that
+    names the exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _client_fault(exc):
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            record.msg, record.args = f"{record.getMessage()}: {type(exc).__name__}: {reason}", ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _client_fault(exc: BaseException) -> bool:
+    from aiohttp import http_exceptions, web
+
+    from .errors import RuntimeErrorBase
+
+    return isinstance(exc, (http_exceptions.HttpProcessingError, web.RequestPayloadError,
+                            ConnectionResetError)) or \
+        (isinstance(exc, RuntimeErrorBase) and exc.status < 500) or \
+        (isinstance(exc, RuntimeError) and str(exc) == "Connection closed.")
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else
@@ -66,6 +95,9 @@ def setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientFaults) for f in server_log.filters):
+        server_log.addFilter(ClientFaults())
     lifecycle.setLevel(logging.INFO)
     logging.captureWarnings(True)  # library warnings become structured log lines too
     # read by huggingface_hub, and by transformers when it is imported (the load's timings are in

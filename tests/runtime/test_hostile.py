@@ -125,6 +125,9 @@ def targets(tiny_onnx: Path, tiny_llama: Path,
     for target in out.values():
         target.traffic.finish()
         assert target.server.proc.poll() is None, f"{target.name}: the runtime crashed"
+        # what clients did is logged as warnings: the error log stays the server's own
+        errors = [d for d in target.server.logs() if d.get("level") == "error"]
+        assert not errors, json.dumps(errors)[:3000]
         assert target.server.stop() == 0
     if PEAKS:
         print("\nRSS before -> peak during each attack (MiB):")
@@ -384,6 +387,32 @@ def test_compression_bomb(targets: dict[str, Target], bombs: dict[str, bytes]) -
                     continue  # closed before reading it all: also clean
                 assert status == 413, (t.name, encoding, status)
     measured("gzip / deflate body inflating to 1 GiB (about 1 MB sent)", targets, run)
+
+
+def test_a_body_that_does_not_decode_is_a_400(targets: dict[str, Target]) -> None:
+    """A Content-Encoding the server cannot decode (brotli is not built in), or a body that is
+    not in the encoding it names, is a 400 in the protocol's error shape (it was a 500 and two
+    error tracebacks in the log)."""
+    import gzip
+
+    for t in targets.values():
+        path, body = ("/v2/models/tiny/infer", INFER) if t.name == "oip" else \
+            ("/v1/completions", COMPLETION)
+        logged = len(t.server.logs())
+        for encoding, sent in (("br", body), ("gzip", body), ("deflate", body),
+                               ("gzip", gzip.compress(body) + b"trailing junk")):
+            status, headers, answer = request(t.port, "POST", path, sent, {
+                **AUTH, "Content-Encoding": encoding, "X-Request-Id": "bad-body-1"})
+            assert status == 400, (t.name, encoding, answer)
+            error = answer["error"]  # (the helper parses a JSON answer)
+            message = error if t.name == "oip" else error["message"]
+            assert "request body cannot be read" in message, (t.name, encoding, answer)
+            if t.name == "openai":
+                assert headers["x-request-id"] == "bad-body-1"
+        assert request(t.port, "POST", path, gzip.compress(body), {
+            **AUTH, "Content-Encoding": "gzip"})[0] == 200  # a body that decodes is served
+        errors = [d for d in t.server.logs()[logged:] if d.get("level") == "error"]
+        assert not errors, json.dumps(errors)[:3000]
 
 
 def test_path_tricks(targets: dict[str, Target]) -> None:

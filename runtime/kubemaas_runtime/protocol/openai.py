@@ -98,6 +98,8 @@ def error_response(exc: ApiError) -> web.Response:
     resp = _json(exc.body(), exc.status)
     if exc.retry_after is not None:
         resp.headers["Retry-After"] = str(exc.retry_after)
+    if exc.close:
+        resp.force_close()
     return resp
 
 
@@ -294,12 +296,15 @@ class OpenAIServer:
             raise ApiError(413, f"request body of {length} bytes is over the limit of "
                            f"{self.max_request_bytes} bytes")
         chunks, total = [], 0
-        while chunk := await request.content.readany():
-            total += len(chunk)
-            if total > self.max_request_bytes:
-                raise ApiError(413, f"request body is over the limit of "
-                               f"{self.max_request_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            while chunk := await request.content.readany():
+                total += len(chunk)
+                if total > self.max_request_bytes:
+                    raise ApiError(413, f"request body is over the limit of "
+                                   f"{self.max_request_bytes} bytes")
+                chunks.append(chunk)
+        except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode
+            raise ApiError(400, f"the request body cannot be read: {exc}", close=True) from None
         try:
             doc = parse_json(b"".join(chunks))
         except ValueError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from ..dataplane import DataPlane
-from ..errors import PayloadTooLarge, RuntimeErrorBase, Unavailable
+from ..errors import InvalidInput, PayloadTooLarge, RuntimeErrorBase, Unavailable
 from ..logs import request_context
 from ..metrics import Metrics
 from .request_log import CLIENT_GONE, HEADER, UNLOGGED, valid_id, write_record
@@ -72,7 +72,12 @@ class RestServer:
         chunks: list[bytes] = []
         total = 0
         while True:
-            chunk = await request.content.readany()
+            try:
+                chunk = await request.content.readany()
+            except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode
+                unreadable = InvalidInput(f"the request body cannot be read: {exc}")
+                unreadable.close_connection = True  # the rest of it is not read
+                raise unreadable from None
             if not chunk:
                 break
             total += len(chunk)
