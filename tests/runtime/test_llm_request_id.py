@@ -167,3 +167,10 @@ def test_probes_and_scrapes_are_not_recorded(server: Server) -> None:
     [record] = records(server, "models-1")
     assert sum(d.get("msg") == "request" for d in server.logs()) == before + 1
     assert record["path"] == "/v1/models" and "model" not in record
+    # a malformed id refuses no probe, scrape or listing (vLLM reads none of them): a gateway
+    # stamping odd ids on its health checks must not take the pod for unhealthy
+    for path in ("/health", "/v2/health/ready", "/v2/health/live", "/metrics", "/v1/models",
+                 "/version"):
+        status, headers, _ = server.request("GET", path, headers={
+            **AUTH, "X-Request-Id": "has space"})
+        assert status == 200 and headers["x-request-id"] != "has space", path

@@ -51,13 +51,15 @@ current_trace: ContextVar[Trace | None] = ContextVar("kubemaas_trace", default=N
 
 def begin(request: web.BaseRequest) -> Trace:
     """The request's trace, current until ``end``: its id from the header (an empty one is
-    none) or a new one."""
+    none) or a new one. A malformed header refuses a POST (its answer would carry the id); a
+    probe, /metrics or /v1/models ignores it: a gateway that stamps odd ids on its health
+    checks must not take the pod for unhealthy."""
     given = request.headers.get(HEADER) or None
     rid = given if given is not None and valid_id(given) else uuid.uuid4().hex
     context = {**(request_context.get() or {}), "request_id": rid}
     trace = Trace(context)
     trace.tokens = (request_context.set(context), current_trace.set(trace))
-    if given is not None and rid != given:
+    if given is not None and rid != given and request.method == "POST":
         trace.refusal = ApiError(400, f"the {HEADER} header must be 1 to 256 visible ASCII "
                                  "characters (no spaces)", HEADER)
     return trace
