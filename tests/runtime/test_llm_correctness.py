@@ -352,6 +352,15 @@ def test_logprobs(llama_server: Server) -> None:
     for chosen, top in zip(lp["token_logprobs"], lp["top_logprobs"], strict=True):
         assert chosen <= 0 and len(top) == 3
         assert abs(max(top.values()) - chosen) < 1e-4  # greedy: the chosen one is the best
+    # sampled: each top holds the drawn token too (up to logprobs + 1 entries, as OpenAI's and
+    # vLLM's completions do), with its own logprob
+    body = complete(llama_server, "Once upon a time", max_tokens=8, logprobs=1, ignore_eos=True,
+                    temperature=2.0, seed=3)
+    lp = body["choices"][0]["logprobs"]
+    for token, chosen, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"],
+                                  strict=True):
+        assert 1 <= len(top) <= 2 and abs(top[token] - chosen) < 1e-6
+    assert any(len(top) == 2 for top in lp["top_logprobs"])  # a draw that was not the best
     status, chat = llama_server.post_json("/v1/chat/completions", {
         "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0,
         "logprobs": True, "top_logprobs": 2, "ignore_eos": True})

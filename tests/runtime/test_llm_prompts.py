@@ -76,7 +76,8 @@ def test_a_batch_of_prompts_answers_each_as_if_alone(server: Server, client: ope
 def test_echo_without_generation_scores_the_prompt(server: Server, tiny_llama: Path) -> None:
     """``echo``, ``max_tokens: 0``, ``logprobs: 1`` (a harness's loglikelihood request): the
     prompt's text back, its first token without a logprob, every other token's logprob the
-    forward's, and whether it was the most likely; no token generated."""
+    forward's, beside the most likely's (whether it was the most likely); no token
+    generated."""
     text = PROMPTS[1]
     ids = ref.prompt_ids(tiny_llama, text)
     body = complete(server, prompt=text, echo=True, max_tokens=0, logprobs=1)
@@ -90,9 +91,11 @@ def test_echo_without_generation_scores_the_prompt(server: Server, tiny_llama: P
     forward = ref.prompt_logprobs(tiny_llama, ids)
     want = forward.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
     assert torch.allclose(torch.tensor(lps["token_logprobs"][1:]), want, atol=1e-4)
-    for p, top in enumerate(lps["top_logprobs"][1:]):
-        (value,) = top.values()
-        assert math.isclose(value, float(forward[p].max()), abs_tol=1e-4)
+    # each token's top: the token itself and the most likely (one entry when they are one)
+    for p, (token, top) in enumerate(zip(lps["tokens"][1:], lps["top_logprobs"][1:],
+                                         strict=True)):
+        assert 1 <= len(top) <= 2 and math.isclose(top[token], float(want[p]), abs_tol=1e-4)
+        assert math.isclose(max(top.values()), float(forward[p].max()), abs_tol=1e-4)
     # as lm-evaluation-harness asks: a batch of token-id prompts, one token generated each,
     # the prompt's logprobs read from the echoed lists (the generated token last)
     ids_batch = [ref.prompt_ids(tiny_llama, p) for p in PROMPTS]

@@ -62,7 +62,10 @@ def logprobs_doc(tokenizer: Any, chat: bool, lps: list[TokenLogprobs], offset: i
     lead: list[None] = [] if unscored is None else [None]
     return {"tokens": tokens,
             "token_logprobs": lead + [lp.logprob for lp in lps],
-            "top_logprobs": lead + [{text(t): v for t, v in lp.top} for lp in lps],
+            # the drawn token, then the most likely: up to logprobs + 1 entries, as OpenAI's
+            # and vLLM's completions give them
+            "top_logprobs": lead + [{text(lp.token): lp.logprob,
+                                     **{text(t): v for t, v in lp.top}} for lp in lps],
             "text_offset": offsets}
 
 
