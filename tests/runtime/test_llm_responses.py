@@ -204,7 +204,8 @@ def test_text_format_and_logprobs(server: Server) -> None:
     ({"include": ["file_search_call.results"]}, "include"),
     ({"tools": [FLAT_WEATHER], "include": ["message.output_text.logprobs"]}, "include"),
     ({"text": {"format": {"type": "xml"}}}, "text.format"),
-    ({"max_output_tokens": 0}, "max_tokens"),
+    ({"max_output_tokens": 0}, "max_output_tokens"),
+    ({"max_output_tokens": "8"}, "max_output_tokens"),
     ({"model": "other"}, "model"),
     ({"n": 2}, "n"),
 ])

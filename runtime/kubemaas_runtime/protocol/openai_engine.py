@@ -58,9 +58,11 @@ def fit(served: Served, req: GenerationRequest, prompt: list[int],
         raise ApiError(400, "the prompt is empty", "prompt")
     wanted = req.max_tokens if req.max_tokens is not None else max(limit - len(prompt), 0)
     if len(prompt) + max(wanted, 1) > limit:
+        room = f"{wanted} for the completion" if wanted else \
+            "1 for the completion: with max_tokens 0 a prompt must still leave room for one"
         raise ApiError(400, f"This model's maximum context length is {limit} tokens. "
-                       f"However, you requested {len(prompt) + wanted} tokens "
-                       f"({len(prompt)} in the prompt, {wanted} for the completion). "
+                       f"However, you requested {len(prompt) + max(wanted, 1)} tokens "
+                       f"({len(prompt)} in the prompt, {room}). "
                        "Shorten the prompt or lower max_tokens.",
                        "messages" if req.chat else "prompt", "context_length_exceeded")
     if req.params.max_tokens == wanted and not bad_words:

@@ -194,8 +194,11 @@ def parse_responses(doc: Any) -> ResponsesRequest:
     chat = {k: v for k, v in doc.items() if k not in _OWN}
     chat["messages"] = _messages(doc)
     chat.update(_tools(doc))
-    if doc.get("max_output_tokens") is not None:
-        chat["max_tokens"] = doc["max_output_tokens"]
+    limit = doc.get("max_output_tokens")
+    if limit is not None:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise _bad("'max_output_tokens' must be an integer >= 1", "max_output_tokens")
+        chat["max_tokens"] = limit
     if (doc.get("reasoning") or {}).get("effort") is not None:
         chat["reasoning_effort"] = doc["reasoning"]["effort"]
     response_format = _format(doc)
