@@ -134,8 +134,14 @@ def test_malformed_bodies_methods_and_routes(server: Server) -> None:
         assert_openai_error(status, doc, 400)
     status, _, doc = post(server, COMPL, b'{"prompt": "' + b"a" * 70000 + b'"}')
     assert_openai_error(status, doc, 413)
-    status, _, raw = server.request("GET", COMPL)
+    status, headers, raw = server.request("GET", COMPL)
     assert_openai_error(status, json.loads(raw), 405)
+    assert headers["allow"] == "POST"  # RFC 9110: a 405 names the methods the route takes
+    for method, path in (("POST", "/health"), ("OPTIONS", "/v1/models"), ("DELETE",
+                                                                          "/v1/models/tiny")):
+        status, headers, raw = server.request(method, path, b"{}")
+        assert_openai_error(status, json.loads(raw), 405)
+        assert headers["allow"] == "GET, HEAD", (method, path)
     status, _, raw = server.request("POST", "/v1/embeddings", b"{}")  # 400, as vLLM answers
     assert_openai_error(status, json.loads(raw), 400)  # a generating model's embeddings
     status, _, raw = server.request("GET", "/v1/models/other")

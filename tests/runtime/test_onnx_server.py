@@ -154,11 +154,14 @@ def test_malformed_bodies_and_limits(tiny: Server) -> None:
         status, _, body = tiny.request("POST", "/v2/models/tiny/infer", payload,
                                        {"Inference-Header-Content-Length": str(hlen)})
         assert status == 400, body
-    assert tiny.request("GET", "/v2/models/tiny/infer")[0] == 405
-    assert tiny.request("GET", "/v2/models/tiny/versions/3/infer")[0] == 405
+    for path in ("/v2/models/tiny/infer", "/v2/models/tiny/versions/3/infer",
+                 "/v1/models/tiny:predict"):
+        status, headers, _ = tiny.request("GET", path)
+        assert status == 405 and headers["allow"] == "POST", path  # RFC 9110: the methods
     for path in ("/v2", "/v2/health/ready", "/v2/models/tiny", "/v2/models/tiny/ready",
                  "/v1/models/tiny"):
-        assert tiny.request("POST", path, b"{}")[0] == 405, path
+        status, headers, _ = tiny.request("POST", path, b"{}")
+        assert status == 405 and headers["allow"] == "GET, HEAD", path
     assert tiny.request("POST", "/v2/models/tiny/x/y/infer", b"{}")[0] == 404
     assert tiny.request("GET", "/nope")[0] == 404
     # the server kept serving through all of it

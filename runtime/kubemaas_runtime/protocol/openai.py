@@ -25,7 +25,6 @@ from .. import __version__
 from ..llm.request_stream import Delta
 from ..metrics import Metrics
 from ..request_json import parse_json
-from ..security.usage import current_usage
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
 from .openai_embeddings import Pooled, embeddings
 from .openai_engine import (
@@ -43,6 +42,7 @@ from .openai_lora import ROUTES as LORA_ROUTES
 from .openai_lora import adapter_cards, adapter_id
 from .openai_lora import load as load_adapter
 from .openai_lora import unload as unload_adapter
+from .openai_observe import observer
 from .openai_reader import AnswerReader, answer_message, answer_reader
 from .openai_reasoning import prompt_opens_think
 from .openai_request_id import (
@@ -69,6 +69,7 @@ from .openai_stream import ChunkFormat, stream_response
 from .openai_tokens import decode_ids, echo_texts, encode_prompt, prompt_ids
 from .request_log import CLIENT_GONE, UNLOGGED
 
+_Route = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]  # (request, path)
 _GENERATE = {"/v1/completions": "completions", "/v1/chat/completions": "chat",
              "/v1/responses": "responses"}
 # a pooling model's routes -> (the answer, whether a chat's messages may stand for input)
@@ -100,6 +101,8 @@ def error_response(exc: ApiError) -> web.Response:
         resp.headers["Retry-After"] = str(exc.retry_after)
     if exc.close:
         resp.force_close()
+    if exc.allow is not None:
+        resp.headers["Allow"] = exc.allow  # RFC 9110: a 405 names the methods the route takes
     return resp
 
 
@@ -153,27 +156,28 @@ class OpenAIServer:
 
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
         path, method = request.path.rstrip("/") or "/", request.method
-        if path in _GENERATE:
+        answer = self._post_route(path)
+        if answer is not None:
             if method != "POST":
-                raise ApiError(405, f"use POST for {path}")
-            return await self._generate(request, _GENERATE[path])
-        if path in ("/tokenize", "/detokenize"):
-            if method != "POST":
-                raise ApiError(405, f"use POST for {path}")
-            return await (self._tokenize_route(request) if path == "/tokenize"
-                          else self._detokenize_route(request))
-        if path in _POOLING:
-            if method != "POST":
-                raise ApiError(405, f"use POST for {path}")
-            return await self._pooling(request, path)
-        if path in LORA_ROUTES and self.lora_updating:
-            if method != "POST":
-                raise ApiError(405, f"use POST for {path}")
-            return await self._lora_route(request, path)
+                raise ApiError(405, f"use POST for {path}", allow="POST")
+            return await answer(request, path)
         if method not in ("GET", "HEAD"):
-            raise ApiError(405 if path in self._get_routes() else 404,
-                           f"no route for {method} {request.path}")
+            if path in self._get_routes() or path.startswith("/v1/models/"):
+                raise ApiError(405, f"no route for {method} {request.path}", allow="GET, HEAD")
+            raise ApiError(404, f"no route for {method} {request.path}")
         return self._get(path)
+
+    def _post_route(self, path: str) -> _Route | None:
+        """What answers a POST to ``path`` (None: not a POST route)."""
+        if path in _GENERATE:
+            return self._generate
+        if path in ("/tokenize", "/detokenize"):
+            return self._tokenize_route
+        if path in _POOLING:
+            return self._pooling
+        if path in LORA_ROUTES and self.lora_updating:
+            return self._lora_route
+        return None
 
     @staticmethod
     def _get_routes() -> tuple[str, ...]:
@@ -327,8 +331,11 @@ class OpenAIServer:
         return self.pooled if self.pooled is not None and not self.draining else \
             self._serving()
 
-    async def _tokenize_route(self, request: web.BaseRequest) -> web.Response:
-        """vLLM's ``POST /tokenize``: a prompt's (or a chat's) token ids, without generating."""
+    async def _tokenize_route(self, request: web.BaseRequest, path: str) -> web.Response:
+        """vLLM's ``POST /tokenize``: a prompt's (or a chat's) token ids, without generating;
+        and its ``POST /detokenize``."""
+        if path == "/detokenize":
+            return await self._detokenize_route(request)
         served = self._tokenizing()
         req = parse_tokenize(await self._read_json(request))
         self._check_model(req.model)
@@ -345,9 +352,9 @@ class OpenAIServer:
         self._check_model(model)
         return _json({"prompt": await decode_ids(served, ids)})
 
-    async def _generate(self, request: web.BaseRequest, kind: str) -> web.StreamResponse:
-        """``kind``: completions, chat or responses (a chat, answered as a Responses
-        object)."""
+    async def _generate(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        """Completions, chat or responses (a chat, answered as a Responses object)."""
+        kind = _GENERATE[path]
         served = self._serving()
         self.inflight += 1
         try:
@@ -393,46 +400,6 @@ class OpenAIServer:
         finally:
             self.inflight -= 1
 
-    def _observe(self, served: Served, choice: Choice, n: int = 1) -> Callable[[Delta], None]:
-        """Metrics of one choice; the request's own (prompt tokens, end-to-end latency,
-        success, its phases and sizes) are counted with its first choice (of ``n``), its
-        longest answer when the last has finished."""
-        m, stream, first = served.metrics, choice.stream, choice.first
-        prev: list[float] = []
-        first_at: list[float] = []
-        usage = current_usage.get()  # per-key token limits (security/gate.py)
-        trace = current_trace.get()  # the request's log record
-
-        def observe(delta: Delta) -> None:
-            if delta.token_ids and delta.finish_reason != "abort":
-                if prev:
-                    m.itl.observe(m.label, delta.at - prev[0])
-                else:
-                    m.ttft.observe(m.label, delta.at - stream.arrival)
-                    first_at.append(delta.at)
-                    if first and trace is not None:
-                        trace.ttft_s = delta.at - stream.arrival
-                prev[:] = [delta.at]
-            if delta.finish_reason is not None:
-                m.generation_tokens.inc(m.label, delta.completion_tokens)
-                choice.lengths.append(delta.completion_tokens)
-                if len(choice.lengths) == n:
-                    m.request_max_generation.observe(m.label, max(choice.lengths))
-                prompt = delta.prompt_tokens if first else 0
-                if usage is not None:
-                    usage.add(prompt + delta.completion_tokens)
-                if trace is not None:
-                    trace.count_output(delta.completion_tokens)
-                    if first:
-                        trace.prompt_tokens, trace.finish_reason = prompt, delta.finish_reason
-                if first:
-                    m.e2e.observe(m.label, delta.at - stream.arrival)
-                    m.prompt_tokens.inc(m.label, prompt)
-                    m.success.inc((self.model_name, delta.finish_reason))
-                    m.observe_request(delta, first_at[0] if first_at else None, stream.arrival,
-                                      stream.seq.params.max_tokens, n)
-        return observe
-
     def _head(self, req: GenerationRequest) -> dict[str, Any]:
         prefix = "chatcmpl-" if req.chat else "cmpl-"
         return {"id": prefix + request_id(), "created": int(time.time()),
@@ -443,7 +410,7 @@ class OpenAIServer:
         docs, lasts = [], []
         first_deltas: list[Delta] = []
         for choice in choices:  # the choices run together in the engine
-            observe = self._observe(served, choice, req.n)
+            observe = observer(served.metrics, choice, req.n)
             deltas = []
             async for delta in choice.stream:
                 observe(delta)
@@ -473,7 +440,7 @@ class OpenAIServer:
                        responses: ResponsesRequest, choice: Choice) -> web.StreamResponse:
         head = ("resp_" + request_id(), int(time.time()), req.model or self.model_name)
         reader = self._reader(served, req, choice.prompt, named=True)
-        args = (head, responses, req, choice, self._observe(served, choice), reader,
+        args = (head, responses, req, choice, observer(served.metrics, choice), reader,
                 served.tokenizer)
         if req.stream:
             return await stream_responses(request, *args)
@@ -485,7 +452,7 @@ class OpenAIServer:
         readers = [self._reader(served, req, c.prompt) for c in choices]
         fmts = [ChunkFormat(head, req, served.tokenizer, c.index, c.prompt, r is not None)
                 for c, r in zip(choices, readers, strict=True)]
-        observes = [self._observe(served, c, req.n) for c in choices]
+        observes = [observer(served.metrics, c, req.n) for c in choices]
         return await stream_response(request, req, choices, fmts, observes,
                                      [r for r in readers if r is not None] or None)
 

@@ -13,11 +13,12 @@ log = logging.getLogger("kubemaas.runtime.openai")
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None,
                  code: str | None = None, retry_after: int | None = None,
-                 close: bool = False) -> None:
+                 close: bool = False, allow: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.retry_after = retry_after
         self.close = close  # the connection cannot carry another request after this answer
+        self.allow = allow  # a 405's methods the route takes
 
     def body(self) -> dict[str, Any]:
         kind = {400: "invalid_request_error", 404: "invalid_request_error",

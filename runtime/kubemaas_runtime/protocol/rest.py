@@ -35,10 +35,13 @@ def _json(doc: Any, status: int = 200) -> web.Response:
                         content_type=_JSON)
 
 
-def _error(status: int, message: str, retry_after: int | None = None) -> web.Response:
+def _error(status: int, message: str, retry_after: int | None = None,
+           allow: str | None = None) -> web.Response:
     resp = _json({"error": message}, status)
     if retry_after is not None:
         resp.headers["Retry-After"] = str(retry_after)
+    if allow is not None:  # a 405 names the methods the route takes (RFC 9110)
+        resp.headers["Allow"] = allow
     return resp
 
 
@@ -170,7 +173,7 @@ class RestServer:
                                                        200 if ready else 503)
             if rest == ["infer"]:
                 if method != "POST":
-                    return _error(405, "use POST for infer")
+                    return _error(405, "use POST for infer", allow="POST")
                 return await self._infer(request, name, version)
         return _error(404, f"no route for {method} {request.path}")
 
@@ -178,7 +181,8 @@ class RestServer:
     def _get_only(method: str) -> web.Response | None:
         if method in ("GET", "HEAD"):
             return None
-        return _error(405, f"method {method} is not allowed here; use GET")
+        return _error(405, f"method {method} is not allowed here; use GET",
+                      allow="GET, HEAD")
 
     async def _infer(self, request: web.BaseRequest, name: str,
                      version: str | None) -> web.StreamResponse:
@@ -221,7 +225,7 @@ class RestServer:
                   target: str) -> web.StreamResponse:
         if target.endswith(":predict"):
             if method != "POST":
-                return _error(405, "use POST for :predict")
+                return _error(405, "use POST for :predict", allow="POST")
             name = target[: -len(":predict")]
             start = time.perf_counter()
             self.inflight += 1
