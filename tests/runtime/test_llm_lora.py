@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -204,6 +206,86 @@ def test_adapters_load_and_unload_while_serving(server: Server, adapters: dict[s
         assert status == 400 and words in json.loads(body)["error"]["message"], (bad, body)
     assert server.request("GET", "/v1/load_lora_adapter")[0] == 405
     assert complete(server, "sql", prompt, 6)["model"] == "sql"  # still serving
+
+
+def load_adapter(server: Server, doc: dict[str, Any]) -> int:
+    return server.request("POST", "/v1/load_lora_adapter", json.dumps(doc).encode(),
+                          {"Content-Type": "application/json"})[0]
+
+
+def unload_adapter(server: Server, name: str) -> int:
+    return server.request("POST", "/v1/unload_lora_adapter",
+                          json.dumps({"lora_name": name}).encode(),
+                          {"Content-Type": "application/json"})[0]
+
+
+def test_a_beam_search_outlives_its_adapters_unload(server: Server, adapters: dict[str, Any],
+                                                    tiny_llama: Path) -> None:
+    """A beam search submits a request per step: an unload or an in-place replacement of its
+    adapter while it runs lets it finish on the weights it started with, as a single request
+    does (it failed with a 500: the next step's request named an unloaded adapter)."""
+    root, prompt = adapters["root"], ref.prompt_ids(tiny_llama, "the lazy dog")
+    doc = {"model": "beam", "prompt": prompt, "max_tokens": 48, "n": 4,
+           "use_beam_search": True, "return_token_ids": True}
+    assert load_adapter(server, {"lora_name": "beam", "lora_path": str(root / "extra")}) == 200
+    status, alone = server.post_json("/v1/completions", doc)
+    assert status == 200, alone
+    for change in ({"lora_name": "beam", "lora_path": str(root / "extra2"), "load_inplace": True},
+                   None):
+        with ThreadPoolExecutor(1) as pool:
+            search = pool.submit(server.post_json, "/v1/completions", doc)
+            time.sleep(0.3)  # the search is under way (it takes seconds)
+            assert not search.done()
+            if change is not None:  # replaced by other weights while it runs
+                assert load_adapter(server, change) == 200
+            else:  # the replacement unloaded while it runs
+                assert unload_adapter(server, "beam") == 200
+            status, got = search.result()
+        assert status == 200, got
+        if change is not None:
+            assert got["choices"] == alone["choices"]  # the old weights' answer
+            status, alone = server.post_json("/v1/completions", doc)  # the new weights' own
+            assert status == 200, alone
+        else:
+            assert got["choices"] == alone["choices"]
+
+
+def nan_adapter(source: Path, out: Path) -> Path:
+    """A copy of an adapter whose every weight is NaN."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, out)
+    weights = out / "adapter_model.safetensors"
+    save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(weights).items()},
+              weights)
+    return out
+
+
+def test_a_nan_adapter_fails_alone_and_leaves_no_trace(server: Server, adapters: dict[str, Any],
+                                                       tiny_llama: Path, tmp_path: Path) -> None:
+    """An adapter whose weights make NaN: its requests fail with a 500 that says so, and the
+    KV blocks they held, given to a base-model request next, do not change its answer (their
+    NaNs reached later requests before: attention weighs a slot past a row's length by 0, and
+    0 x NaN is NaN)."""
+    path = nan_adapter(adapters["root"] / "sql", tmp_path / "nan")
+    assert load_adapter(server, {"lora_name": "nan", "lora_path": str(path)}) == 200
+    try:
+        for extra in ({"n": 2}, {"n": 2, "use_beam_search": True}, {"logprobs": 2}):
+            status, doc = server.post_json("/v1/completions", {
+                "model": "nan", "prompt": "hello there", "max_tokens": 5, "temperature": 0,
+                **extra})
+            assert status == 500 and "not a number" in doc["error"]["message"], (extra, doc)
+    finally:
+        assert unload_adapter(server, "nan") == 200
+    for text in ("what a lovely day", "hello there my friend"):
+        prompt = ref.prompt_ids(tiny_llama, text)
+        status, doc = server.post_json("/v1/completions", {
+            "prompt": prompt, "max_tokens": 40, "temperature": 0, "logprobs": 1,
+            "return_token_ids": True})
+        assert status == 200, doc
+        choice = doc["choices"][0]
+        assert choice["token_ids"] == ref.greedy_ids(tiny_llama, prompt, 40)
+        assert all(math.isfinite(v) for v in choice["logprobs"]["token_logprobs"])
 
 
 # lora_path: local paths only (a URI would be fetched: tests reach nothing off this machine)

@@ -125,6 +125,12 @@ class PagedStep:
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         # key_states: [1, kv_heads, N, head_dim]
+        # no NaN or infinity enters the cache: a block outlives its sequence, and attention
+        # reads the slots past a row's length with weight 0, which does not hide a NaN (0 x NaN
+        # is NaN): one request's overflow (a broken LoRA adapter, fp16) would corrupt the
+        # answers of later requests given its blocks. (The writer's own row is NaN anyway.)
+        key_states.nan_to_num_(0.0, 0.0, 0.0)
+        value_states.nan_to_num_(0.0, 0.0, 0.0)
         k_pool, v_pool = self.store.keys[layer_idx], self.store.values[layer_idx]
         k_pool.index_copy_(0, self.write_slots, key_states[0].transpose(0, 1))
         v_pool.index_copy_(0, self.write_slots, value_states[0].transpose(0, 1))

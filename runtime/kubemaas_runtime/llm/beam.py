@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from .engine import Engine, Overloaded
+from .lora import AdapterError
 from .request_stream import Delta, RequestStream
 from .sampling import SamplingParams
 
@@ -68,7 +69,14 @@ class BeamSearch:
                                           ignore_eos=True)
         self.answers = [BeamAnswer(self, engine, self.prompt, params) for _ in range(width)]
         self.scheduled_at: float | None = None
+        loras = engine.loras if lora else None
+        if lora:  # its steps are new requests: an unload (or a replacement) must wait for it
+            if loras is None or not loras.serves(lora):
+                raise AdapterError("the LoRA adapter was unloaded")
+            loras.pin(lora)
         self._task = asyncio.get_running_loop().create_task(self._run())
+        if loras is not None:  # (a done callback runs even for a task cancelled unstarted)
+            self._task.add_done_callback(lambda _: loras.unpin(lora))
 
     def cancel(self) -> None:
         self._task.cancel()
@@ -112,7 +120,7 @@ class BeamSearch:
             try:
                 stream = self.engine.submit(self.prompt + list(beam.tokens), self.step_params,
                                             self.cache_salt, None, self.priority,
-                                            self.lora)
+                                            self.lora, pinned=True)
                 break
             except Overloaded:  # wait for room, as a request in the queue would
                 await asyncio.sleep(QUEUE_FULL_WAIT_S)

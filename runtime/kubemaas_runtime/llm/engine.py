@@ -33,7 +33,7 @@ from .pacing import PrefillPacer
 from .packing import decode_groups, pack
 from .prompt_scores import score
 from .request_stream import Delta, RequestStream
-from .sampling import SamplingParams, TokenLogprobs, UnfollowableOutput, sample
+from .sampling import NotANumber, SamplingParams, TokenLogprobs, UnfollowableOutput, sample
 from .scheduler import Scheduler, Sequence
 from .traced_decode import TracedDecode, traceable
 from .worker import EngineThread
@@ -128,13 +128,15 @@ class Engine(EngineThread):
     # ---- event-loop side -------------------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams,
                cache_salt: str | None = None, matcher: Any = None,
-               priority: int = 0, lora: int = 0) -> RequestStream:
+               priority: int = 0, lora: int = 0, pinned: bool = False) -> RequestStream:
         """A new request; ``cache_salt``: it shares cached prompt blocks only with requests
         that carry the same salt; ``matcher``: the grammar its output follows (structured.py;
         one per sequence); ``priority``: its place in a priority-scheduled queue; ``lora``:
-        the id of the LoRA adapter it runs with (0: the base model)."""
+        the id of the LoRA adapter it runs with (0: the base model); ``pinned``: a request
+        that holds the adapter (LoraSet.pin) goes on with it, unloaded since or not."""
         self.check_room()
-        if lora and (self.loras is None or not self.loras.serves(lora)):
+        if lora and (self.loras is None or not (
+                self.loras.present(lora) if pinned else self.loras.serves(lora))):
             raise AdapterError("the LoRA adapter was unloaded")
         seq = self.sequence(prompt, params, matcher)
         seq.cache_root = cache_root(cache_salt, lora)
@@ -387,6 +389,8 @@ class Engine(EngineThread):
         request whose own limits left it no token is the client's doing: no traceback)."""
         if isinstance(error, UnfollowableOutput):
             log.info("a request's limits left it no token: %s", error)
+        elif isinstance(error, NotANumber):
+            log.error("sampling failed for one request: %s", error)
         else:
             log.error("sampling failed for one request", exc_info=error)
         seq.finish_reason = "error"

@@ -15,6 +15,7 @@ never sees an adapter); a step with one runs the model's modules eagerly.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import math
@@ -181,6 +182,9 @@ class LoraSet:
         self.by_name: dict[str, Adapter] = {}
         self.names: dict[int, str] = {}  # id -> name, also of adapters unloaded but in use
         self.retired: set[int] = set()  # unloaded: their weights go once no request uses them
+        # held by requests that submit more than one sequence over time (a beam search): in
+        # use between their sequences too
+        self.pins: collections.Counter[int] = collections.Counter()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # loads and unloads (the event loop's threads)
         param = next(model.parameters())
@@ -254,10 +258,27 @@ class LoraSet:
             self.retired.add(adapter.id)
             return adapter
 
-    def drop_retired(self, in_use: set[int]) -> None:
-        """Engine thread: free the weights of unloaded adapters no request uses."""
+    def pin(self, adapter_id: int) -> None:
+        """Keep the adapter's weights while a request holds it (unloaded or replaced since
+        included); the caller checked that requests may start with it."""
         with self._lock:
-            for adapter_id in [i for i in self.retired if i not in in_use]:
+            self.pins[adapter_id] += 1
+
+    def unpin(self, adapter_id: int) -> None:
+        with self._lock:
+            self.pins[adapter_id] -= 1
+            if self.pins[adapter_id] <= 0:
+                del self.pins[adapter_id]
+
+    def present(self, adapter_id: int) -> bool:
+        """Whether its weights are still held (a pinned request may go on with them)."""
+        return adapter_id in self.names
+
+    def drop_retired(self, in_use: set[int]) -> None:
+        """Engine thread: free the weights of unloaded adapters no request uses or holds."""
+        with self._lock:
+            for adapter_id in [i for i in self.retired if i not in in_use and
+                               i not in self.pins]:
                 for layer in self.layers.values():
                     layer.pairs.pop(adapter_id, None)
                 self.retired.discard(adapter_id)

@@ -129,6 +129,10 @@ def penalize(row: torch.Tensor, state: SampleState) -> None:
         row[ids] -= params.frequency_penalty * counts + params.presence_penalty
 
 
+class NotANumber(ArithmeticError):
+    """The model's logits for a row are NaN: its request fails, with no token drawn."""
+
+
 class UnfollowableOutput(ValueError):
     """The request's own limits leave its output no token to go on with (a client error, 400):
     its allowed_token_ids, bad_words, min_tokens and structured output bar every token, or its
@@ -230,7 +234,11 @@ def sample(logits: torch.Tensor, states: list[SampleState]) -> Sampled:
             _shape(logits[i], state)
         except Exception as exc:
             failed[i] = exc
-    tokens = logits.argmax(dim=-1).tolist()
+    best, greedy = logits.max(dim=-1)  # argmax's tokens (the first best), and the values
+    tokens = greedy.tolist()
+    for i in torch.isnan(best).nonzero().flatten().tolist():  # max propagates a NaN
+        failed.setdefault(i, NotANumber("the model's output for this request is not a number "
+                                        "(NaN): its weights, or its LoRA adapter's, overflow"))
     for i, state in enumerate(states):
         if i not in failed:
             try:

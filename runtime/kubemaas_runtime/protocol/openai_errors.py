@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..llm.sampling import UnfollowableOutput
+from ..llm.sampling import NotANumber, UnfollowableOutput
 
 log = logging.getLogger("kubemaas.runtime.openai")
 
@@ -36,9 +36,13 @@ def bad_request(message: str, param: str) -> ApiError:
 
 def generation_error(exc: Exception, where: str = "generation failed") -> ApiError:
     """How a request the engine failed is answered: a 400 that says why when the request's own
-    limits left its output no token to go on with, else a 500 (logged with its traceback)."""
+    limits left its output no token to go on with; a 500 that says why when the model's output
+    was NaN; else a 500 (logged with its traceback)."""
     if isinstance(exc, UnfollowableOutput):
         log.info("%s: %s", where, exc)
         return ApiError(400, str(exc))
+    if isinstance(exc, NotANumber):  # the model's (or its adapter's) numbers, said as they are
+        log.error("%s: %s", where, exc)
+        return ApiError(500, str(exc))
     log.error(where, exc_info=exc)
     return ApiError(500, f"generation failed: {type(exc).__name__}; see the server log")
