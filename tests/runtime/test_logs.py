@@ -5,8 +5,10 @@ bindings at the interpreter's teardown used to put other lines between and after
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,8 +75,12 @@ def test_a_tensor_servers_request_records(tiny_onnx: Path) -> None:
                 rid if rid == "trace-1" else None)
         assert server.request("POST", "/v2/models/other/infer", infer,
                               {"X-Request-Id": "trace-2"})[0] == 404
+        gone_mid_body(server, "/v2/models/tiny/infer", infer, "gone-1")
+        gone_mid_body(server, "/v1/models/tiny:predict", b'{"instances": [[1, 2, 3, 4]]}',
+                      "gone-2")
         for path in ("/v2/health/ready", "/v2/health/live", "/metrics"):
             assert server.request("GET", path)[0] == 200
+        metrics = server.request("GET", "/metrics")[2].decode()
     finally:
         assert server.stop() == 0
     got = [r for r in records_of(server) if r["msg"] == "request"]
@@ -82,8 +88,27 @@ def test_a_tensor_servers_request_records(tiny_onnx: Path) -> None:
         ("trace-1", "POST", "/v2/models/tiny/infer", 200),
         (None, "POST", "/v2/models/tiny/infer", 200),
         (None, "POST", "/v2/models/tiny/infer", 200),
-        ("trace-2", "POST", "/v2/models/other/infer", 404)]
+        ("trace-2", "POST", "/v2/models/other/infer", 404),
+        ("gone-1", "POST", "/v2/models/tiny/infer", 499),  # the client left mid-body
+        ("gone-2", "POST", "/v1/models/tiny:predict", 499)]
+    # not the server's failure: no error record, no server_error in the metrics
+    assert not [r for r in records_of(server) if r["level"] == "error"]
+    assert 'outcome="server_error"' not in metrics
     assert all(r["logger"] == "kubemaas.runtime.requests" and r["seconds"] >= 0 for r in got)
+
+
+def gone_mid_body(server: Server, path: str, body: bytes, rid: str) -> None:
+    """A request whose client closes the connection after part of its body."""
+    assert server.port is not None
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {rid}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body) + 100}"
+                     "\r\n\r\n".encode() + body[:20])
+        time.sleep(0.3)  # the handler is reading the body
+    deadline = time.monotonic() + 10
+    while not [r for r in server.logs() if r.get("request_id") == rid]:
+        assert time.monotonic() < deadline, f"no record of {rid}"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])

@@ -212,6 +212,9 @@ class RestServer:
         except RuntimeErrorBase as exc:
             status = exc.status
             return self._error_response(exc)
+        except ConnectionResetError:  # the client went away (mid-body): not the server's fault
+            status = CLIENT_GONE
+            raise
         except Exception:
             status = 500
             log.exception("unexpected error in infer")
@@ -240,6 +243,9 @@ class RestServer:
             except RuntimeErrorBase as exc:
                 status = exc.status
                 return self._error_response(exc)
+            except ConnectionResetError:  # the client went away (mid-body)
+                status = CLIENT_GONE
+                raise
             except Exception:
                 status = 500
                 log.exception("unexpected error in predict")
