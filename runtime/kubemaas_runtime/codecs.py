@@ -78,6 +78,20 @@ def _bytes_from_json(data: object, name: str) -> np.ndarray:
     return arr
 
 
+def _whole_numbers(data: object, raw: np.ndarray, name: str, datatype: str) -> np.ndarray:
+    """numpy reads a JSON integer of 2**63 or more beside others as a float (its low digits
+    lost), and one of 2**64 or more as an object: read such data as integers again when every
+    value is one (UINT64's range; the caller checks the datatype's)."""
+    flat: list[object] = []
+    _flatten(data, flat)
+    ints = [v for v in flat if type(v) is int]
+    if len(ints) != len(flat):
+        return raw  # floats or other values: refused as not integers
+    if min(ints) >= 0 and max(ints) < 1 << 64:
+        return np.array(ints, dtype=np.uint64)
+    raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}")
+
+
 def _array_from_json(data: object, datatype: str, dtype: np.dtype[Any], name: str) -> np.ndarray:
     if datatype == "BYTES":
         return _bytes_from_json(data, name)
@@ -88,6 +102,8 @@ def _array_from_json(data: object, datatype: str, dtype: np.dtype[Any], name: st
             raw = np.asarray(data)
             if raw.size == 0:
                 return np.zeros(0, dtype=dtype)
+            if raw.dtype.kind in "fO" and datatype != "BOOL":
+                raw = _whole_numbers(data, raw, name, datatype)
             if raw.dtype.kind not in _INT_KINDS:
                 raise InvalidInput(f"input {name!r}: {datatype} data must be "
                                    f"{'booleans' if datatype == 'BOOL' else 'integers'}")
