@@ -175,6 +175,8 @@ def test_the_stats_records_add_up_to_the_tokens(server: Server) -> None:
     sampled = sum(r["generation_tokens_per_s"] * r["seconds"] for r in records)
     assert read == pytest.approx(sum(u["prompt_tokens"] for u in usages), abs=0.5)
     assert sampled == pytest.approx(sum(u["completion_tokens"] for u in usages), abs=0.5)
-    assert all(0 <= r["kv_cache_usage_perc"] <= 100 and r["waiting"] == 0 and
-               r["preemptions"] == 0 for r in records)
+    # one request at a time: a record may still catch it between its arrival and its
+    # admission (the engine publishes its queue when it takes the request in), never two
+    assert all(0 <= r["kv_cache_usage_perc"] <= 100 and r["waiting"] <= 1 and
+               r["preemptions"] == 0 for r in records), records
     assert records[-1]["running"] == 0  # the last saw the engine go idle; none came after it
