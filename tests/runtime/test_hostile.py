@@ -122,13 +122,18 @@ def targets(tiny_onnx: Path, tiny_llama: Path,
     out = {"oip": Target("oip", onnx, Traffic(onnx, "/v2/models/tiny/infer", INFER)),
            "openai": Target("openai", llm, Traffic(llm, "/v1/completions", COMPLETION))}
     yield out
+    failures = []  # every server is stopped before any of this fails the suite
     for target in out.values():
         target.traffic.finish()
-        assert target.server.proc.poll() is None, f"{target.name}: the runtime crashed"
+        if target.server.proc.poll() is not None:
+            failures.append(f"{target.name}: the runtime crashed")
         # what clients did is logged as warnings: the error log stays the server's own
         errors = [d for d in target.server.logs() if d.get("level") == "error"]
-        assert not errors, json.dumps(errors)[:3000]
-        assert target.server.stop() == 0
+        if errors:
+            failures.append(f"{target.name}: error records {json.dumps(errors)[:3000]}")
+        if target.server.stop() != 0:
+            failures.append(f"{target.name}: stopped with a non-zero code")
+    assert not failures, failures
     if PEAKS:
         print("\nRSS before -> peak during each attack (MiB):")
         for attack, peaks in PEAKS.items():
