@@ -216,18 +216,7 @@ class LLMMetrics:
                                ("model_name", "finished_reason"))
         self.rejected = Counter("kubemaas_llm_requests_rejected_total",
                                 "Requests refused with 429 because the queue was full.", names)
-        self.prefix_queries = Counter("vllm:prefix_cache_queries_total",
-                                      "Prompt tokens looked up in the prefix cache.", names)
-        self.prefix_hits = Counter("vllm:prefix_cache_hits_total",
-                                   "Prompt tokens found in the prefix cache (not recomputed).",
-                                   names)
-        self.cached_tokens = Counter("vllm:prompt_tokens_cached_total",
-                                     "Prompt tokens of finished requests taken from the prefix "
-                                     "cache.", names)
-        self.tokens_by_source = Counter(
-            "vllm:prompt_tokens_by_source_total", "Prompt tokens of finished requests, by "
-            "where their KV came from (no KV is transferred from elsewhere here).",
-            ("model_name", "source"))
+        self._prompt_source_counters(names)
         self.peak_running = Gauge("kubemaas_llm_peak_running_requests",
                                   "Most requests that were in the running batch at once.", names)
         self.lanes_bytes = Gauge("kubemaas_llm_decode_lanes_bytes",
@@ -244,6 +233,22 @@ class LLMMetrics:
             self.tokens_by_source.inc((model_name, source), 0)
         for reason in ("stop", "length", "abort"):
             self.success.inc((model_name, reason), 0)
+
+    def _prompt_source_counters(self, names: tuple[str, ...]) -> None:
+        """Where prompt tokens' keys and values came from: the prefix cache's lookups and
+        hits, and finished requests' cached and computed prompt tokens."""
+        self.prefix_queries = Counter("vllm:prefix_cache_queries_total",
+                                      "Prompt tokens looked up in the prefix cache.", names)
+        self.prefix_hits = Counter("vllm:prefix_cache_hits_total",
+                                   "Prompt tokens found in the prefix cache (not recomputed).",
+                                   names)
+        self.cached_tokens = Counter("vllm:prompt_tokens_cached_total",
+                                     "Prompt tokens of finished requests taken from the prefix "
+                                     "cache.", names)
+        self.tokens_by_source = Counter(
+            "vllm:prompt_tokens_by_source_total", "Prompt tokens of finished requests, by "
+            "where their KV came from (no KV is transferred from elsewhere here).",
+            ("model_name", "source"))
 
     def _request_histograms(self, names: tuple[str, ...], max_model_len: int) -> None:
         """vLLM's per-request histograms (its dashboards' queue, prefill and decode panels and

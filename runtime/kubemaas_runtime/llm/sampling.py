@@ -200,8 +200,6 @@ def barred_tokens(bad_words: tuple[tuple[int, ...], ...], output: list[int]) -> 
 
 def _draw(row: torch.Tensor, state: SampleState, greedy_token: int) -> int:
     token = greedy_token
-    if row[token] <= torch.finfo(row.dtype).min:  # the best token is barred: all of them are
-        raise _unfollowable(state)
     if not state.params.greedy:
         probs = torch.softmax(_filter(row, state.params), dim=-1)
         token = int(torch.multinomial(probs, 1, generator=state.gen(row.device)))
@@ -236,9 +234,12 @@ def sample(logits: torch.Tensor, states: list[SampleState]) -> Sampled:
             failed[i] = exc
     best, greedy = logits.max(dim=-1)  # argmax's tokens (the first best), and the values
     tokens = greedy.tolist()
-    for i in torch.isnan(best).nonzero().flatten().tolist():  # max propagates a NaN
-        failed.setdefault(i, NotANumber("the model's output for this request is not a number "
-                                        "(NaN): its weights, or its LoRA adapter's, overflow"))
+    # one comparison for the whole step: a NaN best (max propagates it), or a best that is
+    # barred (the lowest finite value: then every token is)
+    for i in (~(best > torch.finfo(logits.dtype).min)).nonzero().flatten().tolist():
+        failed.setdefault(i, _unfollowable(states[i]) if best[i] == best[i] else NotANumber(
+            "the model's output for this request is not a number (NaN): its weights, or its "
+            "LoRA adapter's, overflow"))
     for i, state in enumerate(states):
         if i not in failed:
             try:

@@ -113,6 +113,7 @@ class Grammars:
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: frozenset[int]) -> None:
         self._hf_tokenizer = tokenizer
+        self._special = special_tokens(tokenizer)  # (structural tags' triggers may be these)
         self._vocab_size = vocab_size
         self._eos = sorted(eos_ids)
         self._lock = threading.Lock()
@@ -158,7 +159,7 @@ class Grammars:
                 self._valid.move_to_end(constraint)
                 return self._valid[constraint]
         try:
-            grammar = grammar_text(constraint, special_tokens(self._hf_tokenizer))
+            grammar = grammar_text(constraint, self._special)
         except Exception as exc:  # a schema that is not a JSON object, a GBNF that won't parse
             raise InvalidConstraint(str(exc)) from None
         error = LLMatcher.validate_grammar(grammar, tokenizer)
