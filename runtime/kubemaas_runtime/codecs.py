@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,27 +95,38 @@ def _whole_numbers(data: object, raw: np.ndarray, name: str, datatype: str) -> n
 def _array_from_json(data: object, datatype: str, dtype: np.dtype[Any], name: str) -> np.ndarray:
     if datatype == "BYTES":
         return _bytes_from_json(data, name)
-    if not isinstance(data, list):
-        data = [data]
+    return json_tensor(data if isinstance(data, list) else [data], datatype, dtype,
+                       name).reshape(-1)
+
+
+def json_tensor(data: list[Any], datatype: str, dtype: np.dtype[Any], name: str) -> np.ndarray:
+    """A numeric tensor from its JSON (nested) list, its shape kept: the values must be of the
+    datatype (integers in its range for the integer types, booleans for BOOL, numbers, NaN and
+    Infinity among them, for the float types); a ragged list is refused."""
     try:
         if dtype.kind in _INT_KINDS:
             raw = np.asarray(data)
             if raw.size == 0:
-                return np.zeros(0, dtype=dtype)
+                return np.zeros(raw.shape, dtype=dtype)
             if raw.dtype.kind in "fO" and datatype != "BOOL":
-                raw = _whole_numbers(data, raw, name, datatype)
+                raw = _whole_numbers(data, raw, name, datatype).reshape(raw.shape)
             if raw.dtype.kind not in _INT_KINDS:
                 raise InvalidInput(f"input {name!r}: {datatype} data must be "
                                    f"{'booleans' if datatype == 'BOOL' else 'integers'}")
             arr = raw.astype(dtype)
             if datatype != "BOOL" and not np.array_equal(arr, raw):
                 raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}")
-            return arr.reshape(-1)
+            return arr
         arr = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"input {name!r}: data is not a (rectangular) list of "
                            f"{datatype} values") from None
-    return arr.reshape(-1)
+    if arr.dtype.kind == "f" and np.isnan(arr).any():  # numpy reads a null as NaN
+        flat: list[object] = []
+        _flatten(data, flat)
+        if any(v is None for v in flat):
+            raise InvalidInput(f"input {name!r}: {datatype} data must be numbers, got null")
+    return arr
 
 
 def _bytes_from_binary(buf: memoryview, count: int, name: str) -> np.ndarray:
@@ -330,59 +341,3 @@ def encode_infer_response(model_name: str, model_version: str, request_id: str |
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
-
-
-def instances_to_inputs(instances: object, specs: Sequence[Any]) -> dict[str, np.ndarray]:
-    """TensorFlow Serving v1 'instances' (row format) -> batched input arrays."""
-    if not isinstance(instances, list) or not instances:
-        raise InvalidInput("'instances' must be a non-empty list")
-    if len(specs) == 1 and not all(isinstance(i, dict) for i in instances):
-        columns: dict[str, list[object]] = {specs[0].name: instances}
-    else:
-        columns = {s.name: [] for s in specs}
-        for row in instances:
-            if not isinstance(row, dict):
-                raise InvalidInput("with several inputs, each instance must be an object "
-                                   f"keyed by input name ({', '.join(columns)})")
-            for key, value in row.items():
-                if key not in columns:
-                    raise InvalidInput(f"unknown input {key!r}; the model takes "
-                                       f"{', '.join(columns)}")
-                columns[key].append(value)
-    arrays: dict[str, np.ndarray] = {}
-    for spec in specs:
-        column = columns.get(spec.name)
-        if not column or len(column) != len(instances):
-            raise InvalidInput(f"every instance must give input {spec.name!r}")
-        dtype = DATATYPE_TO_NUMPY[spec.datatype]
-        if spec.datatype == "BYTES":
-            arr = _bytes_from_json(column, spec.name).reshape(len(column), -1)
-        else:
-            try:
-                arr = np.asarray(column, dtype=dtype)
-            except (ValueError, TypeError, OverflowError):
-                raise InvalidInput(f"input {spec.name!r}: instances are not a rectangular "
-                                   f"list of {spec.datatype} values") from None
-        arrays[spec.name] = arr
-    return arrays
-
-
-def outputs_to_predictions(outputs: Mapping[str, np.ndarray]) -> list[Any]:
-    """Batched outputs -> v1 'predictions' rows (a value per row, or an object per row)."""
-    if len(outputs) == 1:
-        (arr,) = outputs.values()
-        return _json_rows(arr)
-    columns = {name: _json_rows(arr) for name, arr in outputs.items()}
-    rows = min(len(c) for c in columns.values())
-    return [{name: columns[name][i] for name in columns} for i in range(rows)]
-
-
-def _json_rows(arr: np.ndarray) -> list[Any]:
-    if arr.dtype == np.object_:
-        decoded = np.vectorize(
-            lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x),
-            otypes=[np.object_])(arr)
-        rows: list[Any] = decoded.tolist()
-        return rows
-    data: list[Any] = arr.tolist() if arr.ndim else [arr.tolist()]
-    return data

@@ -17,16 +17,9 @@ import numpy as np
 from . import __version__
 from .backends.base import Model, TensorSpec
 from .batching import Batcher, Outputs
-from .codecs import (
-    InferRequest,
-    decode_infer_request,
-    dumps_json,
-    encode_infer_response,
-    instances_to_inputs,
-    outputs_to_predictions,
-)
+from .codecs import InferRequest, decode_infer_request, encode_infer_response
+from .codecs_v1 import decode_predict, encode_predict
 from .errors import InvalidInput, ModelNotFound, Unavailable
-from .request_json import loads_json
 
 T = TypeVar("T")
 
@@ -182,30 +175,14 @@ class DataPlane:
                                   request.binary_outputs)
 
     async def predict_v1(self, name: str, body: bytes) -> bytes:
-        """TensorFlow Serving style: {"instances": [...]} -> {"predictions": [...]}."""
+        """TensorFlow Serving's predict, row or columnar format (codecs_v1.py)."""
         self.check_model(name, None)
         batcher = self._batcher()
         assert self.model is not None
-        inputs: dict[str, np.ndarray] = await self._codec(len(body), _decode_predict, body,
-                                                           self.model.inputs)
+        inputs, columnar = await self._codec(len(body), decode_predict, body, self.model.inputs)
         del body  # as in infer: a waiting request holds only its arrays
         self._validate(inputs, {})
         outputs = await self._run(batcher, inputs, None)
         size = sum(arr.nbytes for arr in outputs.values())
-        return await self._codec(size * JSON_BYTES_PER_DATA_BYTE, _encode_predictions, outputs)
-
-
-def _encode_predictions(outputs: Mapping[str, np.ndarray]) -> bytes:
-    finite = all(arr.dtype.kind not in "fc" or bool(np.isfinite(arr).all())
-                 for arr in outputs.values())
-    return dumps_json({"predictions": outputs_to_predictions(outputs)}, finite)
-
-
-def _decode_predict(body: bytes, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
-    try:
-        doc = loads_json(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict) or "instances" not in doc:
-        raise InvalidInput('the body must be {"instances": [...]}')
-    return instances_to_inputs(doc["instances"], specs)
+        return await self._codec(size * JSON_BYTES_PER_DATA_BYTE, encode_predict, outputs,
+                                  columnar)

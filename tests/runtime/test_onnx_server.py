@@ -104,6 +104,18 @@ def test_v1_predict(tiny: Server, tiny_onnx: Path) -> None:
     assert tiny.get_json("/v1/models/tiny") == (200, {"name": "tiny", "ready": True})
 
 
+def test_v1_predict_columnar(tiny: Server, tiny_onnx: Path) -> None:
+    """TF Serving's columnar format: the batch as one tensor per input, one per output back."""
+    rows = [[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 2.0, 0.0]]
+    status, doc = tiny.post_json("/v1/models/tiny:predict",
+                                 {"signature_name": "serving_default", "inputs": {"x": rows}})
+    assert status == 200, doc
+    want = ort_run(tiny_onnx, {"x": np.array(rows, dtype=np.float32)})
+    assert set(doc) == {"outputs"} and set(doc["outputs"]) == {"y", "z"}
+    for name in ("y", "z"):
+        assert_as_reference(np.array(doc["outputs"][name], dtype=np.float32), want[name])
+
+
 def _x(shape: list[int], data: Any, datatype: str = "FP32", name: str = "x") -> dict[str, Any]:
     return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
 
@@ -125,6 +137,12 @@ BAD_REQUESTS = [
     ("unknown version", "/v2/models/tiny/versions/9/infer", _x([1, 4], [1] * 4), 404, "9"),
     ("v1 not instances", "/v1/models/tiny:predict", {"rows": []}, 400, "instances"),
     ("v1 ragged", "/v1/models/tiny:predict", {"instances": [[1, 2], [3]]}, 400, "instances"),
+    ("v1 both formats", "/v1/models/tiny:predict",
+     {"instances": [[1] * 4], "inputs": [[1] * 4]}, 400, "one of the two"),
+    ("v1 other signature", "/v1/models/tiny:predict",
+     {"signature_name": "classify", "inputs": [[1] * 4]}, 400, "signature_name"),
+    ("v1 null", "/v1/models/tiny:predict", {"inputs": [[1, 2, None, 4]]}, 400, "null"),
+    ("null for FP32", "/v2/models/tiny/infer", _x([1, 4], [1, 2, None, 4]), 400, "null"),
 ]
 
 

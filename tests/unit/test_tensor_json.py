@@ -38,3 +38,11 @@ def test_the_whole_uint64_range() -> None:
 def test_what_no_type_holds_is_refused(data: list[object], datatype: str, words: str) -> None:
     with pytest.raises(InvalidInput, match=words):
         decoded(data, datatype, [len(data)])
+
+
+def test_a_null_in_float_data_is_refused_and_nan_kept() -> None:
+    # numpy reads null as NaN: a client's missing value would reach the model as one
+    with pytest.raises(InvalidInput, match="got null"):
+        decoded([1.0, None], "FP32", [2])
+    got = decoded([1.0, float("nan"), float("inf")], "FP32", [3])  # JSON's NaN extension
+    assert np.isnan(got[1]) and np.isinf(got[2]) and got[0] == 1.0
