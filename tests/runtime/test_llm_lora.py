@@ -250,24 +250,44 @@ def test_a_beam_search_outlives_its_adapters_unload(server: Server, adapters: di
             assert got["choices"] == alone["choices"]
 
 
-def nan_adapter(source: Path, out: Path) -> Path:
-    """A copy of an adapter whose every weight is NaN."""
+def filled_adapter(source: Path, out: Path, value: float, **config: Any) -> Path:
+    """A copy of an adapter whose every weight is ``value``, its config changed by ``config``."""
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(source, out)
     weights = out / "adapter_model.safetensors"
-    save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(weights).items()},
-              weights)
+    save_file({k: torch.full_like(v, value) for k, v in load_file(weights).items()}, weights)
+    doc = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps({**doc, **config}))
     return out
+
+
+def test_adapters_that_hold_no_number_are_refused_at_load(server: Server,
+                                                          adapters: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    source = adapters["root"] / "sql"
+    for name, path, words in [
+            ("nanw", filled_adapter(source, tmp_path / "w", float("nan")), "NaN or infinity"),
+            ("infw", filled_adapter(source, tmp_path / "i", float("inf")), "NaN or infinity"),
+            ("nana", filled_adapter(source, tmp_path / "a", 0.01, lora_alpha=float("nan")),
+             "lora_alpha must be a positive number"),
+            ("pat", filled_adapter(source, tmp_path / "p", 0.01,
+                                   alpha_pattern={".*": float("inf")}), "is inf")]:
+        status, _, body = server.request(
+            "POST", "/v1/load_lora_adapter",
+            json.dumps({"lora_name": name, "lora_path": str(path)}).encode(),
+            {"Content-Type": "application/json"})
+        assert status == 400 and words in json.loads(body)["error"]["message"], (name, body)
+    assert [c["id"] for c in server.get_json("/v1/models")[1]["data"]] == ["tiny", "sql", "chat"]
 
 
 def test_a_nan_adapter_fails_alone_and_leaves_no_trace(server: Server, adapters: dict[str, Any],
                                                        tiny_llama: Path, tmp_path: Path) -> None:
-    """An adapter whose weights make NaN: its requests fail with a 500 that says so, and the
-    KV blocks they held, given to a base-model request next, do not change its answer (their
-    NaNs reached later requests before: attention weighs a slot past a row's length by 0, and
-    0 x NaN is NaN)."""
-    path = nan_adapter(adapters["root"] / "sql", tmp_path / "nan")
+    """An adapter whose weights make NaN (finite, but so large that its layers overflow): its
+    requests fail with a 500 that says so, and the KV blocks they held, given to a base-model
+    request next, do not change its answer (their NaNs reached later requests before:
+    attention weighs a slot past a row's length by 0, and 0 x NaN is NaN)."""
+    path = filled_adapter(adapters["root"] / "sql", tmp_path / "nan", 1e30)
     assert load_adapter(server, {"lora_name": "nan", "lora_path": str(path)}) == 200
     try:
         for extra in ({"n": 2}, {"n": 2, "use_beam_search": True}, {"logprobs": 2}):

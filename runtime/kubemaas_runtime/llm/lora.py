@@ -152,7 +152,9 @@ def _read_config(path: Path) -> dict[str, Any]:
         if bad:
             raise AdapterError(f"{path}: the adapter uses {what}, which is not served")
     for key in ("r", "lora_alpha"):
-        if not isinstance(config.get(key, 8), (int, float)) or config.get(key, 8) <= 0:
+        value = config.get(key, 8)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not 0 < value < math.inf:
             raise AdapterError(f"{file}: {key} must be a positive number")
     return config
 
@@ -233,6 +235,10 @@ class LoraSet:
         except (re.error, TypeError, ValueError, AttributeError) as exc:
             raise AdapterError(f"{path}: lora_alpha / alpha_pattern for {layer!r}: {exc}"
                                ) from None
+        if not math.isfinite(alpha):
+            raise AdapterError(f"{path}: lora_alpha / alpha_pattern for {layer!r} is {alpha}")
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise AdapterError(f"{path}: {layer!r}'s weights hold NaN or infinity")
         scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
         return (a.to(self._device, self._dtype).contiguous(),
                 b.to(self._device, self._dtype).contiguous(), scale)
