@@ -201,7 +201,8 @@ def test_the_request_id_names_pooling_answers(server: Server) -> None:
 
 def test_an_embedding_server_generates_nothing(server: Server) -> None:
     status, body = server.post_json("/v1/completions", {"prompt": "a", "max_tokens": 2})
-    assert status == 400 and "pooling model" in body["error"]["message"]
+    assert status == 400 and "it answers /v1/embeddings, /score and /rerank, not generation" \
+        in body["error"]["message"]
     assert server.request("GET", "/v1/embeddings")[0] == 405
 
 

@@ -222,8 +222,9 @@ def test_a_decoder_classifier_classifies_each_input_alone(models: dict[str, Path
         assert chat["data"][0]["probs"] == pytest.approx(chat_probs.tolist(), abs=1e-5)
         status, body = server.post_json("/score", {"text_1": "a", "text_2": "b"})
         assert status == 400 and "use /classify" in body["error"]["message"]
-        status, body = server.post_json("/v1/embeddings", {"input": "a"})
-        assert status == 400 and "is a classifier" in body["error"]["message"]
+        for path in ("/v1/embeddings", "/v1/completions"):  # it answers /classify alone
+            status, body = server.post_json(path, {"input": "a", "prompt": "a"})
+            assert status == 400 and "it answers /classify, not" in body["error"]["message"]
     finally:
         assert server.stop() == 0
 
@@ -258,7 +259,8 @@ def test_an_embedding_model_scores_by_cosine_similarity(models: dict[str, Path])
         assert [r["index"] for r in ranked["results"]] == sorted(
             range(len(DOCS)), key=lambda i: -want[i])[:2]
         status, body = server.post_json("/classify", {"input": "a"})
-        assert status == 400 and "needs a classifier" in body["error"]["message"]
+        assert status == 400 and "it answers /v1/embeddings, /score and /rerank; /classify " \
+            "needs a classifier" in body["error"]["message"]
     finally:
         assert server.stop() == 0
 
@@ -283,7 +285,8 @@ def test_an_embedding_model_scores_by_cosine_similarity(models: dict[str, Path])
     ("/classify", {"input": "a", "add_special_tokens": 1}, 400, "'add_special_tokens'"),
     # null is the default (the fuzz found a 500 here: None reached the tokenizer)
     ("/classify", {"input": "a", "add_special_tokens": None, "top_n": None}, 200, ""),
-    ("/v1/embeddings", {"input": "a", "add_special_tokens": None}, 400, "is a classifier"),
+    ("/v1/embeddings", {"input": "a", "add_special_tokens": None}, 400,
+     "is a classifier: it answers /classify, /score and /rerank, not embeddings"),
 ])
 def test_bad_input(cross_encoder: Server, path: str, doc: Any, status: int, words: str
                    ) -> None:

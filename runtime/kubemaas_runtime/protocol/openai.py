@@ -319,8 +319,7 @@ class OpenAIServer:
     def _serving(self) -> Served:
         if self.pooled is not None and not self.draining:
             raise ApiError(400, f"the model '{self.model_name}' is a pooling model (--runner "
-                           "pooling): it answers /v1/embeddings, /classify, /score and "
-                           "/rerank, not generation")
+                           f"pooling): it answers {self.pooled.routes()}, not generation")
         if self.served is None or self.draining:
             raise ApiError(503, "the model is loading" if self.served is None else
                            "the server is shutting down", retry_after=1)

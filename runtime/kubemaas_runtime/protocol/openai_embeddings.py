@@ -43,6 +43,14 @@ class Pooled:
     encode: Any = field(init=False)
     encode_off_loop: Any = field(init=False)
 
+    def routes(self) -> str:
+        """The routes this model answers, for the errors of the others."""
+        if self.classifier is None:
+            return "/v1/embeddings, /score and /rerank"
+        if self.classifier.num_labels == 1:  # a cross-encoder
+            return "/classify, /score and /rerank"
+        return "/classify"
+
     def __post_init__(self) -> None:
         self.encode = encoder(self.tokenizer)
         self.encode_off_loop = encoder(self.tokenizer, keep_gil=False)
@@ -231,7 +239,7 @@ async def embeddings(pooled: Pooled, doc: Any, model_name: str,
     check_model(req.model, model_name)
     if pooled.classifier is not None:
         raise ApiError(400, f"the model '{model_name}' is a classifier: it answers "
-                       "/classify, /score and /rerank, not embeddings")
+                       f"{pooled.routes()}, not embeddings")
     _check_dimensions(pooled, req.dimensions)
     inputs = await tokenize_inputs(pooled, req.texts, req.token_ids, req.add_special_tokens,
                                    req.truncate)

@@ -65,8 +65,9 @@ async def classify(pooled: Pooled, doc: Any, model_name: str,
     special = optional(doc, "add_special_tokens", bool, chat_ids is None)
     classifier = pooled.classifier
     if classifier is None:
-        raise ApiError(400, f"the model '{model_name}' is an embedding model: /classify "
-                       "needs a classifier (a *ForSequenceClassification model)")
+        raise ApiError(400, f"the model '{model_name}' is an embedding model: it answers "
+                       f"{pooled.routes()}; /classify needs a classifier (a "
+                       "*ForSequenceClassification model)")
     inputs = await tokenize_inputs(pooled, texts, ids, special, truncate)
     logits = torch.stack(await run_pooled(pooled, inputs, model_name))
     probs = activate(logits, classifier.classify_activation) if use_activation else logits
