@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import StartupError
 from .setting_values import Option, _bool, _optional_int, _optional_str, parse_bytes
+from .settings_cors import CORS_OPTIONS, check_cors
 from .settings_lora import LORA_OPTIONS, check_lora
 
 FORMATS = ("onnx", "torchscript", "torch-export", "keras", "hf")
@@ -243,6 +244,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("idle_timeout_s", "--idle-timeout-s", "KUBEMAAS_IDLE_TIMEOUT_S", 300.0, float,
            "A connection without a request for this long (idle keep-alive, or one that never "
            "sends anything) is closed. Keep it above the idle timeout of the proxy in front."),
+    *CORS_OPTIONS,
     *LORA_OPTIONS,
 )
 
@@ -314,6 +316,10 @@ class Settings:
     rate_limit_tpm: int = 0
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
+    allowed_origins: tuple[str, ...] = ()
+    allowed_methods: tuple[str, ...] = ("*",)
+    allowed_headers: tuple[str, ...] = ("*",)
+    allow_credentials: bool = False
 
 
 def _local_dir(uri: str) -> bool:
@@ -481,6 +487,7 @@ def load_settings(argv: Sequence[str] | None = None,
     _check_model(values, check)
     _check_limits(values, check)
     check_lora(values, check)
+    check_cors(values, check)
     values["log_level"] = values["log_level"].lower()
     check("log_level", values["log_level"] in LOG_LEVELS,
           f"must be one of {', '.join(LOG_LEVELS)}")

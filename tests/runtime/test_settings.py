@@ -64,6 +64,25 @@ def test_lora_and_runner_settings_as_vllm_takes_them() -> None:
         assert message in str(info.value), argv
 
 
+def test_cors_settings_as_vllm_takes_them() -> None:
+    onnx = ["--model-uri", "m.onnx"]
+    s = load_settings([*onnx, "--allowed-origins", '["https://a.example", "http://b:8080"]',
+                       "--allow-credentials", "--allowed-methods", '["POST"]'], {})
+    assert (s.allowed_origins, s.allowed_methods, s.allowed_headers, s.allow_credentials) == (
+        ("https://a.example", "http://b:8080"), ("POST",), ("*",), True)
+    s = load_settings(onnx, {"KUBEMAAS_ALLOWED_ORIGINS": "*", "KUBEMAAS_ALLOWED_HEADERS":
+                             "authorization, content-type"})
+    assert (s.allowed_origins, s.allowed_headers) == (("*",), ("authorization", "content-type"))
+    assert load_settings(onnx, {}).allowed_origins == ()  # off unless asked for
+    for value, message in [("a.example", "is not an origin"),
+                           ("https://a.example/", "an origin has no path"),
+                           ('["https://a.example"', "is not a JSON list"),
+                           ('[1]', "a JSON list of strings")]:
+        with pytest.raises(StartupError, match="invalid setting") as info:
+            load_settings([*onnx, "--allowed-origins", value], {})
+        assert message in str(info.value), value
+
+
 def test_every_option_has_a_kubemaas_variable() -> None:
     assert all(o.env.startswith("KUBEMAAS_") for o in OPTIONS)
     assert len({o.env for o in OPTIONS}) == len(OPTIONS)

@@ -28,6 +28,7 @@ from ..protocol.request_log import valid_id
 from ..settings import Settings
 from .auth import KeyStore, presented_key
 from .connection import HardenedHandler, HardenedServer
+from .cors import CorsPolicy, request_factory
 from .ratelimit import Limits, RateLimiter, Refusal
 from .tls import TLSFiles
 from .usage import UsageSink, current_usage
@@ -101,8 +102,10 @@ def _openai_error(status: int, message: str, code: str) -> bytes:
 
 class Gate:
     def __init__(self, handler: Handler, keys: KeyStore | None, limiter: RateLimiter | None,
-                 openai: bool, metrics: SecurityMetrics, body_window_s: float = 30.0) -> None:
+                 openai: bool, metrics: SecurityMetrics, body_window_s: float = 30.0,
+                 cors: CorsPolicy | None = None) -> None:
         self.handler = handler
+        self.cors = cors
         self.body_window_s = body_window_s
         self.keys = keys
         self.limiter = limiter
@@ -132,6 +135,8 @@ class Gate:
             proto.request_started()
         watchdog = None
         try:
+            if self.cors is not None and self.cors.is_preflight(request):
+                return self.cors.preflight(request)  # browsers send no key with one
             if request.path in OPEN_PATHS:
                 return await self.handler(request)
             if request.body_exists:
@@ -242,8 +247,11 @@ class Security:
         limits = Limits(settings.rate_limit_rps, settings.rate_limit_burst,
                         settings.rate_limit_tpm)
         limiter = RateLimiter(limits) if limits.enabled else None
+        cors = CorsPolicy.from_settings(settings)
         self.gate = Gate(handler, self.keys, limiter, openai, self.smetrics,
-                         settings.header_timeout_s)
+                         settings.header_timeout_s, cors)
+        if cors is not None:
+            server_kwargs["request_factory"] = request_factory(cors)
         self._set_limit_gauges(limits)
         metrics.collectors.append(self.smetrics.lines)
         self.handler = handler
