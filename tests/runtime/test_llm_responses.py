@@ -208,6 +208,7 @@ def test_text_format_and_logprobs(server: Server) -> None:
     ({"max_output_tokens": "8"}, "max_output_tokens"),
     ({"model": "other"}, "model"),
     ({"n": 2}, "n"),
+    ({"echo": True}, "echo"),  # a chat field, which passed through to the chat silently
 ])
 def test_what_is_not_served_is_a_clear_400(server: Server, doc: dict[str, Any],
                                            param: str) -> None:

@@ -174,7 +174,7 @@ def _refuse(doc: dict[str, Any]) -> None:
         raise _bad("'reasoning' takes an 'effort' here (handed to the chat template, as "
                    "reasoning_effort); summaries are not written: the thinking itself comes "
                    "as a reasoning item", "reasoning")
-    for key in ("n", "messages", "prompt_logprobs"):
+    for key in ("n", "messages", "prompt_logprobs", "echo"):
         if doc.get(key) is not None:
             raise _bad(f"'{key}' is not a Responses field", key)
     metadata = doc.get("metadata")
