@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import traceback
 import uuid
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,21 @@ import pytest
 from tests.helpers import wait_for
 
 LOG_DIR_KEY = pytest.StashKey[Path]()
+
+# Where each child process was started: a run's end names those still running (a test or a
+# fixture that left one behind; Python would only warn "subprocess N is still running" at exit,
+# without saying whose it is).
+_STARTED_AT: weakref.WeakKeyDictionary[subprocess.Popen[Any], str] = \
+    weakref.WeakKeyDictionary()
+_popen_init = subprocess.Popen.__init__
+
+
+def _traced_popen_init(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+    _popen_init(self, *args, **kwargs)
+    _STARTED_AT[self] = "".join(traceback.format_stack(limit=10)[:-1])
+
+
+subprocess.Popen.__init__ = _traced_popen_init  # type: ignore[method-assign]
 
 
 @dataclass
@@ -115,8 +132,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """After a golden update run (KUBEMAAS_UPDATE_GOLDEN=1): the golden files it touched."""
+    """The child processes still running, and where they were started; after a golden update
+    run (KUBEMAAS_UPDATE_GOLDEN=1), the golden files it touched."""
     from tests.goldens import summary
+
+    running = [(proc, origin) for proc, origin in list(_STARTED_AT.items())
+               if proc.poll() is None]
+    if running:
+        terminalreporter.section("child processes still running")
+        for proc, origin in running:
+            terminalreporter.write_line(f"pid {proc.pid}: {proc.args!r}, started at\n{origin}")
 
     lines = summary(Path(__file__).resolve().parents[1])
     if lines:
