@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import StartupError
 
@@ -144,6 +144,35 @@ def sigv4_headers(method: str, url: str, *, region: str, access_key: str, secret
     return out
 
 
+class _RefuseRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib copies every header to a redirect's target, on any host: an S3 request's SigV4
+    ``Authorization`` and ``X-Amz-Security-Token`` would reach whatever server the ``Location``
+    names. S3 answers from the endpoint it was asked, so a redirect is refused instead (the 3xx
+    is raised as an HTTPError)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: Any, newurl: str) -> None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirect)
+
+
+def open_url(request: urllib.request.Request, timeout_s: float, *,
+             follow_redirects: bool = True) -> Any:
+    if follow_redirects:
+        return urllib.request.urlopen(request, timeout=timeout_s)
+    return _NO_REDIRECTS.open(request, timeout=timeout_s)
+
+
+def http_reason(exc: urllib.error.HTTPError) -> str:
+    if 300 <= exc.code < 400:
+        return (f"redirect to {exc.headers.get('Location')!r} refused (S3 requests carry "
+                "credentials signed for their endpoint; set the bucket's own endpoint or region)")
+    return {404: "not found", 403: "access denied", 401: "unauthorized"}.get(
+        exc.code, str(exc.reason))
+
+
 def _s3_request(uri: str, cfg: S3Config) -> urllib.request.Request:
     parsed = urllib.parse.urlsplit(uri)
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
@@ -160,7 +189,7 @@ def _s3_request(uri: str, cfg: S3Config) -> urllib.request.Request:
 
 
 def _download(request: urllib.request.Request, uri: str, dest: Path, timeout_s: float,
-              expected_sha256: str | None) -> None:
+              expected_sha256: str | None, *, follow_redirects: bool = True) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".partial-", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -168,12 +197,11 @@ def _download(request: urllib.request.Request, uri: str, dest: Path, timeout_s: 
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
             try:
-                resp: IO[bytes] = urllib.request.urlopen(request, timeout=timeout_s)
+                resp: IO[bytes] = open_url(request, timeout_s,
+                                           follow_redirects=follow_redirects)
             except urllib.error.HTTPError as exc:
-                reason = {404: "not found", 403: "access denied", 401: "unauthorized"}.get(
-                    exc.code, exc.reason)
                 raise StartupError(f"cannot fetch model {uri}: HTTP {exc.code} "
-                                   f"{reason}") from None
+                                   f"{http_reason(exc)}") from None
             except (urllib.error.URLError, OSError) as exc:
                 why: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
                 raise StartupError(f"cannot fetch model {uri}: {why}") from None
@@ -233,5 +261,5 @@ def fetch_model(uri: str, cache_dir: str, *, sha256: str | None = None,
     else:
         request = urllib.request.Request(uri, headers={"User-Agent": "kubemaas-runtime"})
     log.info("downloading model", extra={"fields": {"uri": uri, "dest": str(dest)}})
-    _download(request, uri, dest, timeout_s, sha256)
+    _download(request, uri, dest, timeout_s, sha256, follow_redirects=scheme != "s3")
     return dest

@@ -25,6 +25,8 @@ from .storage import (
     S3Config,
     _download,
     _s3_request,
+    http_reason,
+    open_url,
     refuse_unfinished,
     sha256_file,
     sigv4_headers,
@@ -97,11 +99,11 @@ def _s3_list(uri: str, cfg: S3Config, timeout_s: float) -> list[tuple[str, str]]
             headers = sigv4_headers("GET", url, region=cfg.region, access_key=cfg.access_key,
                                     secret_key=cfg.secret_key, session_token=cfg.session_token)
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                        timeout=timeout_s) as resp:
+            with open_url(urllib.request.Request(url, headers=headers), timeout_s,
+                          follow_redirects=False) as resp:
                 root = ET.fromstring(resp.read())
         except urllib.error.HTTPError as exc:
-            reason = {404: "no such bucket", 403: "access denied"}.get(exc.code, exc.reason)
+            reason = "no such bucket" if exc.code == 404 else http_reason(exc)
             raise StartupError(f"cannot list {uri}: HTTP {exc.code} {reason}") from None
         except (urllib.error.URLError, OSError, ET.ParseError) as exc:
             raise StartupError(f"cannot list {uri}: {exc}") from None
@@ -144,7 +146,7 @@ def fetch_model_dir(uri: str, cache_dir: str, *, s3: S3Config | None = None,
             target = dest / rel
             if not target.is_file():
                 _download(_s3_request(f"s3://{bucket}/{key}", cfg), f"s3://{bucket}/{key}",
-                          target, timeout_s, None)
+                          target, timeout_s, None, follow_redirects=False)
     else:
         base, files = _http_index(uri, timeout_s)
         for rel, sha in files:
