@@ -118,6 +118,7 @@ class HttpSource:
         with resp:
             if offset and resp.status == 200:
                 out.seek(0)  # the server ignored the Range request
+            start = out.tell()
             try:
                 while chunk := resp.read1(CHUNK):  # what has arrived: a stall keeps it
                     out.write(chunk)
@@ -128,4 +129,20 @@ class HttpSource:
                         and not isinstance(exc, (TimeoutError, ConnectionError)):
                     raise  # a local write error (a full disk): not the network
                 raise http_error(exc, f"GET {spec.locator}", self.timeout) from None
+            if not cancel.is_set():
+                check_length(resp.headers, out.tell() - start, out.tell(), spec.locator)
         return None
+
+
+def check_length(headers: Any, got: int, position: int, url: str) -> None:
+    """read1() ends quietly when the connection closes early: the answer's own Content-Length
+    (and a 206's Content-Range total) must match what arrived, whether or not the index or a HEAD
+    gave the size. A truncated body is a DownloadError, and the partial file is kept to resume."""
+    length = headers.get("Content-Length")
+    if length is not None and length.strip().isdigit() and int(length) != got:
+        raise FetchError(DOWNLOAD_ERROR, f"GET {url}: the body ended after {got} of "
+                         f"{int(length)} bytes")
+    total = (headers.get("Content-Range") or "").rpartition("/")[2].strip()
+    if total.isdigit() and int(total) != position:
+        raise FetchError(DOWNLOAD_ERROR, f"GET {url}: the file ended at {position} of "
+                         f"{int(total)} bytes")

@@ -1,0 +1,39 @@
+"""The downloader against servers that answer wrongly (a scripted server on 127.0.0.1): a body
+cut short when no size was known in advance, a body longer than the size the index gave."""
+
+from __future__ import annotations
+
+import http.server
+import json
+from pathlib import Path
+from typing import Any
+
+from .fetch_helpers import run_fetch
+from .scripted_server import Route, ScriptedServer, body
+
+MANIFEST = ".kubemaas-manifest.json"
+
+
+def head_without_length(data: bytes, get: Route) -> Route:
+    """HEAD says nothing about the size; GET answers with ``get``."""
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        (body(data, length=None) if h.command == "HEAD" else get)(h)
+    return route
+
+
+def fetch(server: ScriptedServer, dest: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    rc, report, _ = run_fetch(["--source", f"{server.url}/m/", "--dest", str(dest),
+                               "--retries", "0", "--stall-timeout", "10", *extra])
+    return rc, report
+
+
+def test_short_get_without_a_known_size_is_not_ready(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(json.dumps(["f.bin"]).encode())
+        server.routes["/m/f.bin"] = head_without_length(data, body(data, send=500))
+        rc, report = fetch(server, tmp_path / "d")
+    assert rc == 1 and report["phase"] == "Failed"
+    assert report["reason"] == "DownloadError"
+    assert "ended after 500 of 1024 bytes" in str(report["message"])
+    assert not (tmp_path / "d" / "f.bin").exists() and not (tmp_path / "d" / MANIFEST).exists()
