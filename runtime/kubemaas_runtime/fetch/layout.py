@@ -5,6 +5,7 @@
                                     source, revision)
 ``DIR/.kubemaas-fetch/partial/``    ``<path>.part``: bytes received so far, resumed by size
 ``DIR/.kubemaas-fetch/done.jsonl``  one line per verified file, so a restarted fetch skips it
+``DIR/.kubemaas-fetch.lock``        held by the fetch writing into DIR (lock.py)
 """
 
 from __future__ import annotations

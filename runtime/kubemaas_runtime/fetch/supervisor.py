@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from .errors import DOWNLOAD_ERROR, STALLED, FetchError
 from .layout import MANIFEST, read_manifest
+from .lock import DestLock
 from .options import Options
 from .plan import RemoteFile
 from .progress import RateMeter, bytes_on_disk, progress_event
@@ -149,6 +150,20 @@ def finish(opts: Options, report: dict[str, Any], out: IO[str]) -> None:
 
 
 def run(opts: Options, out: IO[str] = sys.stdout) -> int:
+    lock = DestLock(Path(opts.dest))
+    try:
+        lock.acquire(log)
+    except OSError as exc:
+        # a read-only DIR: this fetch cannot write either, so it cannot corrupt; it is Ready if
+        # DIR is complete, else its attempt fails NotWritable
+        log(f"cannot lock {lock.path}: {exc}")
+    try:
+        return _run(opts, out)
+    finally:
+        lock.release()
+
+
+def _run(opts: Options, out: IO[str]) -> int:
     start = time.monotonic()
     manifest = complete(opts)
     if manifest is not None:
