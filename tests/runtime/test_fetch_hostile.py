@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +38,25 @@ def test_short_get_without_a_known_size_is_not_ready(tmp_path: Path) -> None:
     assert report["reason"] == "DownloadError"
     assert "ended after 500 of 1024 bytes" in str(report["message"])
     assert not (tmp_path / "d" / "f.bin").exists() and not (tmp_path / "d" / MANIFEST).exists()
+
+
+def test_a_path_listed_twice_is_fetched_once(tmp_path: Path) -> None:
+    data = os.urandom(1 << 20)
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(json.dumps(["w.bin", "./w.bin"]).encode())
+        server.routes["/m/w.bin"] = body(data)
+        rc, report = fetch(server, tmp_path / "d")
+        gets = [p for method, p, _ in server.requests if method == "GET" and p == "/m/w.bin"]
+    assert rc == 0 and report["phase"] == "Ready", report
+    assert [f["path"] for f in report["files"]] == ["w.bin"] and len(gets) == 1
+    assert (tmp_path / "d" / "w.bin").read_bytes() == data
+
+
+def test_a_path_listed_twice_with_other_sums_is_refused(tmp_path: Path) -> None:
+    index = [{"path": "w.bin", "sha256": "0" * 64}, {"path": "./w.bin", "sha256": "1" * 64}]
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(json.dumps(index).encode())
+        server.routes["/m/w.bin"] = body(b"x" * 10)
+        rc, report = fetch(server, tmp_path / "d")
+    assert rc == 1 and report["reason"] == "InvalidSource"
+    assert "duplicate path 'w.bin'" in report["message"] and report["attempts"] == 1

@@ -12,7 +12,7 @@ import pytest
 
 from kubemaas_runtime.fetch.errors import FetchError
 from kubemaas_runtime.fetch.options import Options, parse_args
-from kubemaas_runtime.fetch.plan import RemoteFile, safe_rel, select, selected
+from kubemaas_runtime.fetch.plan import RemoteFile, safe_rel, select, selected, unique
 from kubemaas_runtime.fetch.progress import RateMeter, bytes_on_disk, eta, progress_event
 from kubemaas_runtime.fetch.report import capped, failed_report, ready_report
 from kubemaas_runtime.fetch.shape import model_shape, read_shape
@@ -36,6 +36,16 @@ def test_unsafe_paths_are_refused(bad: str) -> None:
     with pytest.raises(FetchError) as err:
         safe_rel(bad, "the index")
     assert err.value.reason == "InvalidSource" and not err.value.transient
+
+
+def test_a_path_listed_twice() -> None:
+    a, b = RemoteFile("x", 1, locator="u/x"), RemoteFile("y/z", 2, locator="u/y/z")
+    assert unique([a, b, RemoteFile("x", 1, locator="u/x")], "src") == (a, b)  # same: once
+    with pytest.raises(FetchError, match="duplicate path 'x'") as err:
+        unique([a, RemoteFile("x", 1, sha256="0" * 64, locator="u/x")], "src")
+    assert err.value.reason == "InvalidSource"
+    with pytest.raises(FetchError, match="'y' is both a file and a folder"):
+        unique([RemoteFile("y", 1), b], "src")
 
 
 def test_etags() -> None:

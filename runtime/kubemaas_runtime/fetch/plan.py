@@ -54,3 +54,24 @@ def selected(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
 def select(files: Iterable[RemoteFile], include: Sequence[str],
            exclude: Sequence[str]) -> tuple[RemoteFile, ...]:
     return tuple(f for f in files if selected(f.path, include, exclude))
+
+
+def unique(files: Iterable[RemoteFile], where: str) -> tuple[RemoteFile, ...]:
+    """Each path once. Listings can name one path twice (``x`` and ``./x`` normalise alike; S3
+    keys ``m/x`` and ``m/x/`` both come back as ``m/x``), and two threads writing one file
+    corrupt it: an entry that repeats another exactly is dropped, one that differs is refused,
+    as is a path that is both a file and a folder (``a`` and ``a/b``)."""
+    seen: dict[str, RemoteFile] = {}
+    for f in files:
+        other = seen.setdefault(f.path, f)
+        if other != f:
+            raise FetchError(INVALID_SOURCE, f"duplicate path {f.path!r} in the listing of "
+                             f"{where} ({other.locator} and {f.locator})")
+    for path in seen:
+        parent = PurePosixPath(path).parent
+        while str(parent) != ".":
+            if str(parent) in seen:
+                raise FetchError(INVALID_SOURCE, f"{str(parent)!r} is both a file and a folder "
+                                 f"in the listing of {where}")
+            parent = parent.parent
+    return tuple(seen.values())

@@ -23,7 +23,7 @@ from typing import Any
 from .errors import DOWNLOAD_ERROR, NOT_FOUND, NOT_WRITABLE, FetchError
 from .layout import MANIFEST, WORK, append_journal, partial_path, read_journal, write_json_atomic
 from .options import Options
-from .plan import RemoteFile, select
+from .plan import RemoteFile, select, unique
 from .shape import read_shape
 from .sources import open_source
 from .transfer import NO_SPACE, disk_full, fetch_file
@@ -94,7 +94,7 @@ def fetch_all(opts: Options, emit: Emitter) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     source = open_source(opts)
     revision, listed = source.plan()
-    files = select(listed, opts.include, opts.exclude)
+    files = unique(select(listed, opts.include, opts.exclude), opts.source)
     if not files:
         raise FetchError(NOT_FOUND, f"no file of {opts.source} matches the include/exclude "
                          f"patterns ({len(listed)} files listed)")
