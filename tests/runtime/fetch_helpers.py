@@ -135,3 +135,15 @@ def s3_upload(python: Path, endpoint: str, items: list[dict[str, Any]]) -> None:
     """Create buckets and upload files with moto's venv's boto3 (the test's client, not ours)."""
     subprocess.run([str(python), "-c", UPLOAD, endpoint, json.dumps(items)], check=True,
                    timeout=120)
+
+
+def plant_partial(dest: Path, rel: str, data: bytes, source: str,
+                  revision: str | None = None) -> Path:
+    """What a killed fetch of ``source`` leaves: a partial file, and the record of whose bytes
+    they are (a fetch of another source or revision discards them)."""
+    work = dest / ".kubemaas-fetch"
+    partial = work / "partial" / (rel + ".part")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(data)
+    (work / "source.json").write_text(json.dumps({"source": source, "revision": revision}))
+    return partial

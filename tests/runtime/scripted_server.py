@@ -84,3 +84,22 @@ def redirect(location: str, status: int = 307) -> Route:
         h.send_header("Content-Length", "0")
         h.end_headers()
     return route
+
+
+def ranged(data: bytes, cut: int | None = None) -> Route:
+    """A file that honours ``Range: bytes=N-`` (206 + Content-Range); with ``cut``, the
+    connection closes after that many bytes of the body (a server that died mid-file)."""
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        spec = h.headers.get("Range")
+        start = int(spec.split("=")[1].rstrip("-")) if spec else 0
+        h.send_response(206 if spec else 200)
+        if spec:
+            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        h.send_header("Content-Length", str(len(data) - start))
+        if cut is not None:
+            h.send_header("Connection", "close")
+            h.close_connection = True
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(data[start:] if cut is None else data[start:start + cut])
+    return route

@@ -15,7 +15,7 @@ import pytest
 
 from kubemaas_testbed.model_servers import FileServer, write_index
 
-from .fetch_helpers import run_fetch
+from .fetch_helpers import plant_partial, run_fetch
 
 MIB = 1 << 20
 
@@ -78,11 +78,10 @@ def test_disk_full_mid_write(served: Path, small_disk: Path) -> None:
 def test_a_damaged_partial_file_is_never_loaded(served: Path, tmp_path: Path) -> None:
     write_index(served)
     dest = tmp_path / "dest"
-    partial = dest / ".kubemaas-fetch" / "partial" / "weights.bin.part"
-    partial.parent.mkdir(parents=True)
     data = (served / "weights.bin").read_bytes()
-    partial.write_bytes(b"\0" * MIB)  # a prefix that is not the file's
     with FileServer(served.parent) as server:
+        # a prefix that is not the file's, left by an earlier fetch of the same source
+        partial = plant_partial(dest, "weights.bin", b"\0" * MIB, f"{server.url}/m/")
         rc, report, fetch = run_fetch(["--source", f"{server.url}/m/", "--dest", str(dest)])
         assert rc == 1 and report["reason"] == "ChecksumMismatch", fetch.stderr
         assert not (dest / "weights.bin").exists() and not partial.exists()

@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import wait_for
 
-from .fetch_helpers import run_fetch, s3_upload
+from .fetch_helpers import plant_partial, run_fetch, s3_upload
 from .venvs import MOTO, ensure_venv
 
 MIB = 1 << 20
@@ -142,9 +142,7 @@ def test_resume_with_a_ranged_get_and_a_bad_partial(moto: tuple[str, Path, Path]
     endpoint, log, _ = moto
     data = bucket["model.bin"]
     dest = tmp_path / "dest"
-    partial = dest / ".kubemaas-fetch" / "partial" / "model.bin.part"
-    partial.parent.mkdir(parents=True)
-    partial.write_bytes(data[: 2 * MIB])  # what a killed fetch left
+    plant_partial(dest, "model.bin", data[: 2 * MIB], "s3://models/team a/gpt/model.bin")
     seen = len(log.read_text())
     rc, report, fetch = run_fetch(["--source", "s3://models/team a/gpt/model.bin", "--dest",
                                    str(dest)], env(endpoint))
@@ -157,9 +155,7 @@ def test_resume_with_a_ranged_get_and_a_bad_partial(moto: tuple[str, Path, Path]
 
     # a partial file with the wrong bytes: the sha256 in the object's metadata catches it
     dest2 = tmp_path / "dest2"
-    bad = dest2 / ".kubemaas-fetch" / "partial" / "model.bin.part"
-    bad.parent.mkdir(parents=True)
-    bad.write_bytes(b"\1" * MIB)
+    bad = plant_partial(dest2, "model.bin", b"\1" * MIB, "s3://models/team a/gpt/model.bin")
     rc, report, fetch = run_fetch(["--source", "s3://models/team a/gpt/model.bin", "--dest",
                                    str(dest2)], env(endpoint))
     assert rc == 1 and report["reason"] == "ChecksumMismatch", fetch.stderr
@@ -168,9 +164,7 @@ def test_resume_with_a_ranged_get_and_a_bad_partial(moto: tuple[str, Path, Path]
 
     # no metadata: the single-part ETag (the object's md5) catches it
     dest3 = tmp_path / "dest3"
-    bad = dest3 / ".kubemaas-fetch" / "partial" / "vocab.txt.part"
-    bad.parent.mkdir(parents=True)
-    bad.write_bytes(b"x")
+    bad = plant_partial(dest3, "vocab.txt", b"x", "s3://models/team a/gpt/tok/vocab.txt")
     rc, report, fetch = run_fetch(["--source", "s3://models/team a/gpt/tok/vocab.txt", "--dest",
                                    str(dest3)], env(endpoint))
     assert rc == 1 and report["reason"] == "ChecksumMismatch", fetch.stderr

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tests.helpers import wait_for
 
-from .fetch_helpers import Fetch
-from .scripted_server import ScriptedServer, body
+from .fetch_helpers import Fetch, run_fetch
+from .scripted_server import ScriptedServer, body, ranged
 
 LOCK = ".kubemaas-fetch.lock"
 
@@ -55,3 +55,33 @@ def test_a_second_fetch_waits_then_finds_the_dir_complete(tmp_path: Path) -> Non
     assert two["phase"] == "Ready" and two["message"] == "already complete", second.stderr
     assert "waiting for it to finish" in second.stderr
     assert (dest / "w.bin").read_bytes() == data
+
+
+def serve(server: ScriptedServer, files: dict[str, bytes], cut: str | None = None) -> None:
+    server.routes["/m/index.json"] = body(json.dumps(
+        [{"path": name, "size": len(data)} for name, data in files.items()]).encode())
+    for name, data in files.items():
+        server.routes[f"/m/{name}"] = ranged(data, len(data) // 2 if name == cut else None)
+
+
+def test_what_another_source_left_is_discarded(tmp_path: Path) -> None:
+    """Source A's fetch breaks off half way (a.bin verified and journaled, half of b.bin in its
+    partial file); DIR is then fetched from B: same names and sizes, other bytes, no sums."""
+    n = 1 << 20
+    a = {"a.bin": b"A" * n, "b.bin": b"a" * n}
+    b = {"a.bin": b"B" * n, "b.bin": b"b" * n}
+    dest = tmp_path / "d"
+    with ScriptedServer() as one, ScriptedServer() as two:
+        serve(one, a, cut="b.bin")
+        serve(two, b)
+        rc, report, fetch = run_fetch(["--source", f"{one.url}/m/", "--dest", str(dest),
+                                       "--retries", "0", "--parallel", "1"])
+        assert rc == 1 and (dest / "a.bin").read_bytes() == a["a.bin"], fetch.stderr
+        assert (dest / ".kubemaas-fetch" / "partial" / "b.bin.part").stat().st_size == n // 2
+        rc, report, fetch = run_fetch(["--source", f"{two.url}/m/", "--dest", str(dest)])
+        ranges = [h.get("Range") for method, _, h in two.requests if method == "GET"]
+    assert rc == 0 and report["phase"] == "Ready", fetch.stderr
+    assert "another source or revision: discarded" in fetch.stderr
+    for name, data in b.items():
+        assert (dest / name).read_bytes() == data, name
+    assert ranges == [None, None, None]  # the index and both files, whole

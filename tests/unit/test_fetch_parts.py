@@ -18,6 +18,7 @@ from kubemaas_runtime.fetch.report import capped, failed_report, ready_report
 from kubemaas_runtime.fetch.shape import model_shape, read_shape
 from kubemaas_runtime.fetch.sources.s3 import etag_md5, s3_settings
 from kubemaas_runtime.fetch.verify import Hashes
+from kubemaas_runtime.fetch.worker import already_done
 
 
 def test_patterns_like_huggingface_hub() -> None:
@@ -46,6 +47,21 @@ def test_a_path_listed_twice() -> None:
     assert err.value.reason == "InvalidSource"
     with pytest.raises(FetchError, match="'y' is both a file and a folder"):
         unique([RemoteFile("y", 1), b], "src")
+
+
+def test_a_journal_line_is_trusted_only_when_every_known_sum_matches(tmp_path: Path) -> None:
+    def git(data: bytes) -> str:
+        return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+    (tmp_path / "f").write_bytes(b"old")  # an earlier revision's file, journaled
+    rec = {"path": "f", "size": 3, "sha256": hashlib.sha256(b"old").hexdigest(),
+           "gitSha1": git(b"old")}
+    assert already_done(tmp_path, RemoteFile("f", 3, git_sha1=git(b"old")), {"f": rec},
+                        None) == rec
+    # the listing now names other bytes of the same size: neither the journal nor the file will do
+    assert already_done(tmp_path, RemoteFile("f", 3, git_sha1=git(b"new")), {"f": rec},
+                        None) is None
+    assert already_done(tmp_path, RemoteFile("f", 3, md5="0" * 32), {"f": rec}, None) is None
 
 
 def test_etags() -> None:

@@ -5,6 +5,7 @@
                                     source, revision)
 ``DIR/.kubemaas-fetch/partial/``    ``<path>.part``: bytes received so far, resumed by size
 ``DIR/.kubemaas-fetch/done.jsonl``  one line per verified file, so a restarted fetch skips it
+``DIR/.kubemaas-fetch/source.json`` whose bytes the two above are: source URI, resolved revision
 ``DIR/.kubemaas-fetch.lock``        held by the fetch writing into DIR (lock.py)
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,30 @@ def partial_path(dest: Path, rel: str) -> Path:
 
 def journal_path(dest: Path) -> Path:
     return dest / WORK / "done.jsonl"
+
+
+def identity_path(dest: Path) -> Path:
+    return dest / WORK / "source.json"
+
+
+def adopt_work(dest: Path, source: str, revision: str | None) -> bool:
+    """Keep the journal and partial files only when they hold this source's bytes at this
+    resolved revision; else (another URI, a branch that moved, or no record of either) discard
+    them, so a model is never mixed from two sources. True when something was discarded."""
+    identity = {"source": source, "revision": revision}
+    work = dest / WORK
+    discarded = False
+    if work.exists():
+        try:
+            earlier = json.loads(identity_path(dest).read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if earlier != identity:
+            shutil.rmtree(work)
+            discarded = True
+    work.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(identity_path(dest), identity)
+    return discarded
 
 
 def read_journal(dest: Path) -> dict[str, dict[str, Any]]:

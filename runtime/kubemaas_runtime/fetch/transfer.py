@@ -88,6 +88,13 @@ def disk_full(dest: Path, needed: int | None, cause: str) -> FetchError:
                       bytesCapacity=usage.total if usage else None)
 
 
+def known_sums(spec: RemoteFile) -> dict[str, str]:
+    """The sums besides sha256 that the source vouched for, as the journal records them: a later
+    attempt trusts a journal line only when they all still match the listing's."""
+    sums = {"md5": spec.md5, "gitSha1": spec.git_sha1}
+    return {k: v.lower() for k, v in sums.items() if v}
+
+
 def fetch_file(source: Source, spec: RemoteFile, dest: Path, cancel: threading.Event,
                beat: Callable[[], None] | None = None) -> dict[str, object]:
     """Download one file into ``dest``; returns its record (path, size, sha256)."""
@@ -123,4 +130,4 @@ def fetch_file(source: Source, spec: RemoteFile, dest: Path, cancel: threading.E
         raise
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, final)
-    return {"path": spec.path, "size": out.position, "sha256": sha}
+    return {"path": spec.path, "size": out.position, "sha256": sha, **known_sums(spec)}

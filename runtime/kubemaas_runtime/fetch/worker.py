@@ -21,12 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DOWNLOAD_ERROR, NOT_FOUND, NOT_WRITABLE, FetchError
-from .layout import MANIFEST, WORK, append_journal, partial_path, read_journal, write_json_atomic
+from .layout import (
+    MANIFEST,
+    WORK,
+    adopt_work,
+    append_journal,
+    partial_path,
+    read_journal,
+    write_json_atomic,
+)
 from .options import Options
 from .plan import RemoteFile, select, unique
 from .shape import read_shape
 from .sources import open_source
-from .transfer import NO_SPACE, disk_full, fetch_file
+from .transfer import NO_SPACE, disk_full, fetch_file, known_sums
 from .verify import Hashes, hash_prefix
 
 
@@ -46,6 +54,10 @@ class Emitter:
         if now - self.last_beat > 1.0:
             self.last_beat = now
             self({"event": "busy"})
+
+
+def log(message: str) -> None:
+    print(f"kubemaas-fetch: {message}", file=sys.stderr, flush=True)
 
 
 def die_with_parent(parent: int) -> None:
@@ -68,13 +80,17 @@ def already_done(dest: Path, spec: RemoteFile, journal: dict[str, dict[str, Any]
     if spec.size is not None and size != spec.size:
         return None
     rec = journal.get(spec.path)
-    if rec and rec.get("size") == size and (spec.sha256 in (None, rec.get("sha256"))):
-        return rec
+    wanted = {"sha256": spec.sha256, **known_sums(spec)}
+    if rec and rec.get("size") == size and all(
+            want is None or str(rec.get(key, "")).lower() == want.lower()
+            for key, want in wanted.items()):
+        return rec  # every sum the listing gives matches the journal's
     if spec.sha256 or spec.md5 or spec.git_sha1:  # renamed but not journaled before a kill
         hashes = Hashes(spec)
         hash_prefix(final, hashes, size, beat)
         try:
-            return {"path": spec.path, "size": size, "sha256": hashes.check()}
+            return {"path": spec.path, "size": size, "sha256": hashes.check(),
+                    **known_sums(spec)}
         except FetchError:
             return None
     return None
@@ -100,6 +116,8 @@ def fetch_all(opts: Options, emit: Emitter) -> None:
                          f"patterns ({len(listed)} files listed)")
     emit({"event": "plan", "revision": revision,
           "files": [{"path": f.path, "size": f.size} for f in files]})
+    if adopt_work(dest, opts.source, revision):
+        log(f"{dest} held partial files of another source or revision: discarded")
     journal = read_journal(dest)
     records: dict[str, dict[str, Any]] = {}
     todo = []
