@@ -21,6 +21,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 
 from .errors import StartupError
+from .fetch.plan import path_problem
 from .storage import (
     S3Config,
     _download,
@@ -39,11 +40,10 @@ _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
 def _safe_rel(path: str, uri: str) -> str:
-    rel = PurePosixPath(path)
-    if not path or rel.is_absolute() or ".." in rel.parts or any(
-            p.startswith(".") for p in rel.parts):
-        raise StartupError(f"unsafe file path {path!r} in the listing of {uri}")
-    return str(rel)
+    problem = path_problem(path)
+    if problem is not None:
+        raise StartupError(f"unsafe file path {path[:300]!r} in the listing of {uri}: {problem}")
+    return str(PurePosixPath(path))
 
 
 def _http_index(uri: str, timeout_s: float) -> tuple[str, list[tuple[str, str | None]]]:

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .fetch_helpers import run_fetch
 from .scripted_server import Route, ScriptedServer, body
 
@@ -60,3 +62,13 @@ def test_a_path_listed_twice_with_other_sums_is_refused(tmp_path: Path) -> None:
         rc, report = fetch(server, tmp_path / "d")
     assert rc == 1 and report["reason"] == "InvalidSource"
     assert "duplicate path 'w.bin'" in report["message"] and report["attempts"] == 1
+
+
+@pytest.mark.parametrize("name", ["a\0b", "x" * 252, "."])
+def test_names_the_disk_refuses_are_invalid_source(tmp_path: Path, name: str) -> None:
+    """These crashed the supervisor with a traceback and no report (its progress stat())."""
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(json.dumps([{"path": name, "size": 1}]).encode())
+        rc, report = fetch(server, tmp_path / "d")
+    assert rc == 1 and report["reason"] == "InvalidSource", report
+    assert "unsafe file path" in report["message"] and report["attempts"] == 1

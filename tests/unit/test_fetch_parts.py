@@ -32,11 +32,17 @@ def test_patterns_like_huggingface_hub() -> None:
 
 
 @pytest.mark.parametrize("bad", ["", "/etc/passwd", "../x", "a/../../x", ".git/config",
-                                 "a/.hidden"])
+                                 "a/.hidden", ".", "./.", "a\0b", "a\x1b[2Jb", "a\nb",
+                                 "x" * 251, "d" * 256 + "/x", "a/" * 1600 + "x", "\ud800"])
 def test_unsafe_paths_are_refused(bad: str) -> None:
     with pytest.raises(FetchError) as err:
         safe_rel(bad, "the index")
     assert err.value.reason == "InvalidSource" and not err.value.transient
+
+
+def test_long_and_odd_names_that_fit_are_kept() -> None:
+    assert safe_rel("x" * 250, "the index") == "x" * 250  # x.part is 255 bytes
+    assert safe_rel("./a/b c/ü.bin", "the index") == "a/b c/ü.bin"
 
 
 def test_a_path_listed_twice() -> None:

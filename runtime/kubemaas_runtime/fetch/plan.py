@@ -33,12 +33,41 @@ class Plan:
         return sum(f.size or 0 for f in self.files)
 
 
-def safe_rel(path: str, where: str) -> str:
+NAME_MAX = 255        # bytes in one path component (Linux, most file systems)
+PART_SUFFIX = ".part"  # the partial file's name is the longest we write
+REL_MAX = 3072        # bytes in a relative path: DIR and .kubemaas-fetch/partial/ fit in 4096
+
+
+def path_problem(path: str) -> str | None:
+    """Why a listed path cannot be a file under DIR, or None. Beyond escaping DIR (absolute,
+    ``..``) and hidden names (ours start with ``.``), names the file system would refuse with a
+    traceback (a NUL, a component too long for NAME_MAX with ``.part`` added) and control
+    characters (a terminal escape in a log) are refused here, as one clear InvalidSource."""
     rel = PurePosixPath(path)
-    if not path or rel.is_absolute() or ".." in rel.parts or any(
-            p.startswith(".") for p in rel.parts):
-        raise FetchError(INVALID_SOURCE, f"unsafe file path {path!r} in the listing of {where}")
-    return str(rel)
+    if not path or str(rel) == "." or rel.is_absolute() or ".." in rel.parts:
+        return "it is empty, absolute or leaves the directory"
+    if any(p.startswith(".") for p in rel.parts):
+        return "hidden names are not fetched"
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "it holds a control character"
+    try:
+        encoded = [p.encode() for p in rel.parts]
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8"
+    if any(len(p) > NAME_MAX for p in encoded[:-1]) or \
+            len(encoded[-1]) + len(PART_SUFFIX) > NAME_MAX:
+        return f"a name is longer than {NAME_MAX - len(PART_SUFFIX)} bytes"
+    if len(str(rel).encode()) > REL_MAX:
+        return f"it is longer than {REL_MAX} bytes"
+    return None
+
+
+def safe_rel(path: str, where: str) -> str:
+    problem = path_problem(path)
+    if problem is not None:
+        raise FetchError(INVALID_SOURCE, f"unsafe file path {path[:300]!r} in the listing of "
+                         f"{where}: {problem}")
+    return str(PurePosixPath(path))
 
 
 def _norm(pattern: str) -> str:

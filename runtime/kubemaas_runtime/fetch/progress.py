@@ -52,10 +52,14 @@ def bytes_on_disk(dest: Path, files: tuple[RemoteFile, ...]) -> tuple[int, int]:
         final = dest / spec.path
         try:
             part = partial_path(dest, spec.path).stat().st_size
-        except FileNotFoundError:
+        except (OSError, ValueError):  # not there (or a name the worker will refuse itself)
             part = None
-        if part is None and final.is_file():
-            done += final.stat().st_size
+        try:
+            whole = final.stat().st_size if part is None and final.is_file() else None
+        except (OSError, ValueError):
+            whole = None
+        if whole is not None:
+            done += whole
             files_done += 1
         elif part is not None:
             done += min(part, spec.size) if spec.size is not None else part
