@@ -72,3 +72,18 @@ def test_names_the_disk_refuses_are_invalid_source(tmp_path: Path, name: str) ->
         rc, report = fetch(server, tmp_path / "d")
     assert rc == 1 and report["reason"] == "InvalidSource", report
     assert "unsafe file path" in report["message"] and report["attempts"] == 1
+
+
+def test_a_body_longer_than_the_listed_size_is_cut_off(tmp_path: Path) -> None:
+    """The index says 1 MiB; the server sends 16: no more than 1 MiB reaches the disk, and the
+    partial file is dropped rather than kept as if it were the file's start."""
+    data = os.urandom(16 << 20)
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(
+            json.dumps([{"path": "w.bin", "size": 1 << 20}]).encode())
+        server.routes["/m/w.bin"] = body(data)
+        rc, report = fetch(server, tmp_path / "d")
+    assert rc == 1 and report["reason"] == "DownloadError", report
+    assert "sent more than the 1048576 bytes the listing gave" in report["message"]
+    assert not (tmp_path / "d" / "w.bin").exists()
+    assert not list((tmp_path / "d").rglob("*.part"))

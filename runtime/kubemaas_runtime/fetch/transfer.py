@@ -31,8 +31,16 @@ class Source(Protocol):
         server vouched for while answering (S3 object metadata)."""
 
 
+class TooLong(FetchError):
+    """The server sent more bytes than the listing's size: a DownloadError (the object may have
+    changed since the listing; the next attempt lists again), and the partial file is deleted,
+    since a copy cut at the listed size is not the file either."""
+
+
 class HashingWriter:
-    """The partial file as the sources see it: every write is hashed and counted."""
+    """The partial file as the sources see it: every write is hashed and counted, and nothing is
+    written past the size the listing gave (a broken or hostile server, or a gzip body that
+    httpx inflates, would otherwise fill the shared cache volume)."""
 
     def __init__(self, raw: IO[bytes], hashes: Hashes, position: int,
                  cancel: threading.Event) -> None:
@@ -44,6 +52,10 @@ class HashingWriter:
     def write(self, data: bytes | memoryview) -> int:
         if self.cancel.is_set():
             raise FetchError(DOWNLOAD_ERROR, "cancelled: another file failed")
+        size = self.hashes.spec.size
+        if size is not None and self.position + len(data) > size:
+            raise TooLong(DOWNLOAD_ERROR, f"{self.hashes.spec.path}: the server sent more than "
+                          f"the {size} bytes the listing gave")
         view = memoryview(data)
         while view:
             n = self.raw.write(view)
@@ -115,6 +127,9 @@ def fetch_file(source: Source, spec: RemoteFile, dest: Path, cancel: threading.E
             if spec.size is None or offset < spec.size:  # else: all there, only not renamed
                 vouched = source.download(spec, out, offset, cancel)
             os.fsync(raw.fileno())
+    except TooLong:
+        part.unlink(missing_ok=True)
+        raise
     except OSError as exc:
         if exc.errno in NO_SPACE:
             got = part.stat().st_size if part.exists() else 0
