@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import http.client
 import logging
 import os
 import tempfile
@@ -188,44 +189,58 @@ def _s3_request(uri: str, cfg: S3Config) -> urllib.request.Request:
     return urllib.request.Request(url, headers=headers, method="GET")
 
 
+def _open(request: urllib.request.Request, uri: str, timeout_s: float,
+          follow_redirects: bool) -> Any:
+    try:
+        return open_url(request, timeout_s, follow_redirects=follow_redirects)
+    except urllib.error.HTTPError as exc:
+        raise StartupError(f"cannot fetch model {uri}: HTTP {exc.code} "
+                           f"{http_reason(exc)}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        why: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise StartupError(f"cannot fetch model {uri}: {why or type(exc).__name__}") from None
+
+
+def _stream(resp: Any, out: IO[bytes], uri: str) -> str:
+    """Copy the body into ``out``; its sha256. A body cut short (early EOF, or a chunked body
+    broken mid-chunk: http.client's IncompleteRead, not an OSError) is one StartupError."""
+    digest = hashlib.sha256()
+    expected = resp.headers.get("Content-Length")
+    size = 0
+    try:
+        for chunk in iter(lambda: resp.read(_CHUNK), b""):
+            out.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+    except (OSError, http.client.HTTPException) as exc:
+        raise StartupError(f"download of {uri} broke off after {size} bytes: "
+                           f"{exc!r}") from None
+    if expected is not None and expected.strip().isdigit() and int(expected) != size:
+        raise StartupError(f"download of {uri} is truncated: {size} of {expected} bytes")
+    return digest.hexdigest()
+
+
 def _download(request: urllib.request.Request, uri: str, dest: Path, timeout_s: float,
               expected_sha256: str | None, *, follow_redirects: bool = True) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".partial-", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".partial-", dir=dest.parent)
+    except OSError as exc:  # a listing that names "a" and "a/b", a read-only cache, ...
+        raise StartupError(f"cannot write the model to {dest}: {exc}") from None
     tmp = Path(tmp_name)
     try:
-        digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
-            try:
-                resp: IO[bytes] = open_url(request, timeout_s,
-                                           follow_redirects=follow_redirects)
-            except urllib.error.HTTPError as exc:
-                raise StartupError(f"cannot fetch model {uri}: HTTP {exc.code} "
-                                   f"{http_reason(exc)}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                why: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-                raise StartupError(f"cannot fetch model {uri}: {why}") from None
-            with resp:
-                expected_len = resp.headers.get("Content-Length")  # type: ignore[attr-defined]
-                size = 0
-                try:
-                    for chunk in iter(lambda: resp.read(_CHUNK), b""):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                except OSError as exc:
-                    raise StartupError(f"download of {uri} broke off after {size} bytes: "
-                                       f"{exc}") from None
-            if expected_len is not None and int(expected_len) != size:
-                raise StartupError(f"download of {uri} is truncated: {size} of "
-                                   f"{expected_len} bytes")
+            with _open(request, uri, timeout_s, follow_redirects) as resp:
+                actual = _stream(resp, out, uri)
             out.flush()
             os.fsync(out.fileno())
-        actual = digest.hexdigest()
         if expected_sha256 is not None and actual != expected_sha256:
             raise StartupError(f"checksum mismatch for {uri}: expected sha256 "
                                f"{expected_sha256}, got {actual}")
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise StartupError(f"cannot write the model to {dest}: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

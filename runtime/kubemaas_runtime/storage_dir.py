@@ -12,6 +12,7 @@ makes the directory complete, so a download broken off half way is resumed and n
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import urllib.error
@@ -21,7 +22,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 
 from .errors import StartupError
-from .fetch.plan import path_problem
+from .fetch.plan import file_and_folder, path_problem
 from .storage import (
     S3Config,
     _download,
@@ -46,6 +47,19 @@ def _safe_rel(path: str, uri: str) -> str:
     return str(PurePosixPath(path))
 
 
+def _check_listing(paths: list[str], uri: str) -> None:
+    """Each path once, none both a file and a folder: else the downloads would trip over each
+    other (FileExistsError, IsADirectoryError) half way."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:  # "x" and "./x"; S3 keys "m/x" and "m//x"
+            raise StartupError(f"duplicate path {path!r} in the listing of {uri}")
+        seen.add(path)
+    problem = file_and_folder(seen)
+    if problem is not None:
+        raise StartupError(f"{problem} in the listing of {uri}")
+
+
 def _http_index(uri: str, timeout_s: float) -> tuple[str, list[tuple[str, str | None]]]:
     """(base URL, [(relative path, sha256 or None)]) from the index."""
     index_url = uri if urllib.parse.urlsplit(uri).path.endswith(".json") else \
@@ -57,8 +71,8 @@ def _http_index(uri: str, timeout_s: float) -> tuple[str, list[tuple[str, str | 
             doc = json.loads(resp.read(16 << 20))
     except urllib.error.HTTPError as exc:
         raise StartupError(f"cannot fetch the file index {index_url}: HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise StartupError(f"cannot fetch the file index {index_url}: {exc}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise StartupError(f"cannot fetch the file index {index_url}: {exc!r}") from None
     except ValueError as exc:
         raise StartupError(f"the file index {index_url} is not JSON: {exc}") from None
     items = doc.get("files") if isinstance(doc, dict) else doc
@@ -74,7 +88,8 @@ def _http_index(uri: str, timeout_s: float) -> tuple[str, list[tuple[str, str | 
             files.append((_safe_rel(item["path"], index_url),
                           sha.lower() if isinstance(sha, str) else None))
         else:
-            raise StartupError(f"bad entry {item!r} in the file index {index_url}")
+            raise StartupError(f"bad entry {item!r:.200} in the file index {index_url}")
+    _check_listing([rel for rel, _ in files], index_url)
     return base, files
 
 
@@ -105,7 +120,7 @@ def _s3_list(uri: str, cfg: S3Config, timeout_s: float) -> list[tuple[str, str]]
         except urllib.error.HTTPError as exc:
             reason = "no such bucket" if exc.code == 404 else http_reason(exc)
             raise StartupError(f"cannot list {uri}: HTTP {exc.code} {reason}") from None
-        except (urllib.error.URLError, OSError, ET.ParseError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ET.ParseError) as exc:
             raise StartupError(f"cannot list {uri}: {exc}") from None
         for item in root.iter(f"{_S3_NS}Contents"):
             key = item.findtext(f"{_S3_NS}Key") or ""
@@ -117,6 +132,7 @@ def _s3_list(uri: str, cfg: S3Config, timeout_s: float) -> list[tuple[str, str]]
         token = root.findtext(f"{_S3_NS}NextContinuationToken")
     if not out:
         raise StartupError(f"no objects under {uri}")
+    _check_listing([rel for rel, _ in out], uri)
     return out
 
 

@@ -3,12 +3,14 @@ servers that answer wrongly: every failure is one StartupError line, never a tra
 
 from __future__ import annotations
 
+import http.server
 import json
 from pathlib import Path
 
 import pytest
 
 from kubemaas_runtime.errors import StartupError
+from kubemaas_runtime.storage import fetch_model
 from kubemaas_runtime.storage_dir import fetch_model_dir
 
 from .scripted_server import ScriptedServer, body
@@ -21,3 +23,48 @@ def test_names_the_disk_refuses(tmp_path: Path, name: str) -> None:
         server.routes["*"] = body(b"x")
         with pytest.raises(StartupError, match="unsafe file path"):
             fetch_model_dir(f"{server.url}/m/", str(tmp_path), timeout_s=5)
+
+
+@pytest.mark.parametrize(("names", "why"), [
+    (["a", "a/b"], "'a' is both a file and a folder"),
+    (["x", "./x"], "duplicate path 'x'")])
+def test_listings_that_trip_over_themselves(tmp_path: Path, names: list[str], why: str) -> None:
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(json.dumps(names).encode())
+        server.routes["*"] = body(b"x")
+        with pytest.raises(StartupError, match=why):
+            fetch_model_dir(f"{server.url}/m/", str(tmp_path), timeout_s=5)
+
+
+def broken_chunk(h: http.server.BaseHTTPRequestHandler) -> None:
+    """A chunked body that ends in the middle of a chunk (http.client: IncompleteRead)."""
+    h.send_response(200)
+    h.send_header("Transfer-Encoding", "chunked")
+    h.send_header("Connection", "close")
+    h.close_connection = True
+    h.end_headers()
+    h.wfile.write(b"400\r\n" + b"x" * 100)
+
+
+def test_a_chunked_body_cut_short_is_one_line(tmp_path: Path) -> None:
+    with ScriptedServer() as server:
+        server.routes["*"] = broken_chunk
+        with pytest.raises(StartupError, match="broke off after 0 bytes: IncompleteRead"):
+            fetch_model(f"{server.url}/w.onnx", str(tmp_path), timeout_s=5)
+        with pytest.raises(StartupError, match=r"index .*: IncompleteRead"):
+            fetch_model_dir(f"{server.url}/m/index.json", str(tmp_path), timeout_s=5)
+        server.routes["/m/index.json"] = body(json.dumps(["w.onnx"]).encode())
+        with pytest.raises(StartupError, match=r"w\.onnx broke off after 0 bytes"):
+            fetch_model_dir(f"{server.url}/m/", str(tmp_path), timeout_s=5)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no partial file left
+
+
+def test_a_file_where_a_folder_must_go_is_one_line(tmp_path: Path) -> None:
+    with ScriptedServer() as server:
+        server.routes["*"] = body(b"model")
+        url = f"{server.url}/w.onnx"
+        slot = fetch_model(url, str(tmp_path), timeout_s=5).parent
+        slot.rename(tmp_path / "moved")
+        slot.write_text("a file where the cache slot's folder goes")
+        with pytest.raises(StartupError, match="cannot write the model to"):
+            fetch_model(url, str(tmp_path), timeout_s=5)

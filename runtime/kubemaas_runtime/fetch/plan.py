@@ -96,11 +96,17 @@ def unique(files: Iterable[RemoteFile], where: str) -> tuple[RemoteFile, ...]:
         if other != f:
             raise FetchError(INVALID_SOURCE, f"duplicate path {f.path!r} in the listing of "
                              f"{where} ({other.locator} and {f.locator})")
-    for path in seen:
-        parent = PurePosixPath(path).parent
-        while str(parent) != ".":
-            if str(parent) in seen:
-                raise FetchError(INVALID_SOURCE, f"{str(parent)!r} is both a file and a folder "
-                                 f"in the listing of {where}")
-            parent = parent.parent
+    problem = file_and_folder(seen)
+    if problem is not None:
+        raise FetchError(INVALID_SOURCE, f"{problem} in the listing of {where}")
     return tuple(seen.values())
+
+
+def file_and_folder(paths: Iterable[str]) -> str | None:
+    """``a`` and ``a/b`` cannot both be written: what says so, or None."""
+    files = set(paths)
+    for path in files:
+        for parent in PurePosixPath(path).parents:
+            if str(parent) in files:
+                return f"{str(parent)!r} is both a file and a folder"
+    return None
