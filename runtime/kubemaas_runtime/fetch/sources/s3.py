@@ -53,16 +53,31 @@ def etag_md5(etag: str | None) -> str | None:
     return match.group(1).lower() if match else None
 
 
+# obstore raises few exception types (NotFound and PermissionDenied only for object requests; a
+# listing's 404 or 403 is a GenericError) and has no status attribute, but each error carries
+# object_store's Debug form of its source: the HTTP status, or the kind of HTTP failure, is read
+# from there, never from the message's free text (a URL with "404" in it, "retry_timeout: 5s")
+_STATUS = re.compile(r"inner: Status \{\s*status: (\d{3}),")
+_HTTP_KIND = re.compile(r"HttpError \{\s*kind: (\w+),")
+
+
 def s3_error(exc: BaseException, what: str, stall_timeout: float) -> FetchError:
     from obstore import exceptions as ox
 
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, ox.NotFoundError) or "404" in text:
+    full = str(exc)
+    text = full.splitlines()[0] if full else type(exc).__name__
+    found = _STATUS.search(full)
+    status = int(found.group(1)) if found else None
+    kind = _HTTP_KIND.search(full)
+    if isinstance(exc, ox.NotFoundError) or status == 404:
         return FetchError(NOT_FOUND, f"{what}: not found")
     if isinstance(exc, (ox.PermissionDeniedError, ox.UnauthenticatedError)) or \
-            " 403 " in text or "Forbidden" in text:
+            status in (401, 403):
         return FetchError(ACCESS_DENIED, f"{what}: access denied ({text})")
-    if "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
+    if status is not None and 400 <= status < 500 and status not in (408, 429):
+        # the request as configured is refused (a wrong region, a malformed key): again is no help
+        return FetchError(INVALID_SOURCE, f"{what}: HTTP {status} ({text})")
+    if kind is not None and kind.group(1) == "Timeout":
         return FetchError(STALLED, f"{what}: no data for {stall_timeout:g} s",
                           stallTimeoutSeconds=stall_timeout)
     return FetchError(DOWNLOAD_ERROR, f"{what}: {text}")
