@@ -73,8 +73,9 @@ def _http_index(uri: str, timeout_s: float) -> tuple[str, list[tuple[str, str | 
         raise StartupError(f"cannot fetch the file index {index_url}: HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise StartupError(f"cannot fetch the file index {index_url}: {exc!r}") from None
-    except ValueError as exc:
-        raise StartupError(f"the file index {index_url} is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested 100 000 deep
+        raise StartupError(f"the file index {index_url} is not JSON that can be read: "
+                           f"{type(exc).__name__}: {str(exc)[:200]}") from None
     items = doc.get("files") if isinstance(doc, dict) else doc
     if not isinstance(items, list) or not items:
         raise StartupError(f"the file index {index_url} must be a non-empty list of files or "

@@ -87,3 +87,36 @@ def test_a_body_longer_than_the_listed_size_is_cut_off(tmp_path: Path) -> None:
     assert "sent more than the 1048576 bytes the listing gave" in report["message"]
     assert not (tmp_path / "d" / "w.bin").exists()
     assert not list((tmp_path / "d").rglob("*.part"))
+
+
+@pytest.mark.parametrize("index", [
+    [{"path": "w.bin", "size": True}], [{"path": "w.bin", "size": -1}],
+    [{"path": "w.bin", "size": 1e30}], [{"path": "w.bin", "sha256": "not a sum"}],
+    "[" * 100_000 + "]" * 100_000])
+def test_an_index_that_cannot_be_right_is_invalid_source(tmp_path: Path, index: object) -> None:
+    """Not retried as a DownloadError (they were: FileNotFoundError, RecursionError, ...)."""
+    doc = index if isinstance(index, str) else json.dumps(index)
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(doc.encode())
+        server.routes["/m/w.bin"] = body(b"12345")
+        rc, report = fetch(server, tmp_path / "d")
+    assert rc == 1 and report["reason"] == "InvalidSource", report
+
+
+def test_a_head_length_that_is_not_a_number_is_invalid_source(tmp_path: Path) -> None:
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(json.dumps(["w.bin"]).encode())
+        server.routes["/m/w.bin"] = body(b"12345", length=None, headers={"Content-Length": "abc"})
+        rc, report = fetch(server, tmp_path / "d")
+    assert rc == 1 and report["reason"] == "InvalidSource", report
+    assert "'abc' is not a number of bytes" in report["message"]
+
+
+def test_a_listed_size_of_zero_is_still_checked(tmp_path: Path) -> None:
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(
+            json.dumps([{"path": "w.bin", "size": 0}]).encode())
+        server.routes["/m/w.bin"] = body(b"12345")
+        rc, report = fetch(server, tmp_path / "d")
+    assert rc == 1 and "more than the 0 bytes" in report["message"], report
+    assert not (tmp_path / "d" / "w.bin").exists()

@@ -68,3 +68,10 @@ def test_a_file_where_a_folder_must_go_is_one_line(tmp_path: Path) -> None:
         slot.write_text("a file where the cache slot's folder goes")
         with pytest.raises(StartupError, match="cannot write the model to"):
             fetch_model(url, str(tmp_path), timeout_s=5)
+
+
+def test_an_index_nested_too_deep_is_one_line(tmp_path: Path) -> None:
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(b"[" * 100_000 + b"]" * 100_000)
+        with pytest.raises(StartupError, match="not JSON that can be read: RecursionError"):
+            fetch_model_dir(f"{server.url}/m/", str(tmp_path), timeout_s=5)

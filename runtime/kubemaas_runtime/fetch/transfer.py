@@ -124,7 +124,9 @@ def fetch_file(source: Source, spec: RemoteFile, dest: Path, cancel: threading.E
         with part.open("ab", buffering=0) as raw:
             out = HashingWriter(raw, hashes, offset, cancel)
             vouched = None
-            if spec.size is None or offset < spec.size:  # else: all there, only not renamed
+            # else all there, only not renamed; a listed size of 0 is still asked for, so a
+            # file that is not empty is caught (TooLong) rather than taken as empty
+            if spec.size is None or offset < spec.size or spec.size == 0:
                 vouched = source.download(spec, out, offset, cancel)
             os.fsync(raw.fileno())
     except TooLong:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import threading
 import urllib.error
@@ -27,6 +28,7 @@ from ..plan import RemoteFile, safe_rel
 from ..transfer import HashingWriter
 
 CHUNK = 1 << 20
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 AGENT = {"User-Agent": "kubemaas-fetch"}
 
 
@@ -42,6 +44,27 @@ def http_error(exc: BaseException, what: str, stall_timeout: float) -> FetchErro
         return FetchError(STALLED, f"{what}: no data for {stall_timeout:g} s",
                           stallTimeoutSeconds=stall_timeout)
     return FetchError(DOWNLOAD_ERROR, f"{what}: {reason}")
+
+
+def entry_size(entry: dict[str, Any], index: str) -> int | None:
+    """An index entry's size: absent, or a whole number of bytes (not true, -1 or 1e30)."""
+    size = entry.get("size")
+    if size is None:
+        return None
+    if type(size) is not int or size < 0:
+        raise FetchError(INVALID_SOURCE, f"bad size {size!r:.40} for {entry['path']!r:.200} in "
+                         f"the index {index}: expected a whole number of bytes")
+    return size
+
+
+def entry_sha(entry: dict[str, Any], index: str) -> str | None:
+    sha = entry.get("sha256")
+    if sha is None:
+        return None
+    if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+        raise FetchError(INVALID_SOURCE, f"bad sha256 {sha!r:.80} for {entry['path']!r:.200} in "
+                         f"the index {index}: expected 64 hex digits")
+    return sha.lower()
 
 
 class HttpSource:
@@ -65,8 +88,9 @@ class HttpSource:
             if exc.reason == NOT_FOUND and not self.uri.endswith(("/", "index.json")):
                 return None  # not a folder: a single file
             raise
-        except ValueError as exc:
-            raise FetchError(INVALID_SOURCE, f"the index {index_url} is not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested 100 000 deep
+            raise FetchError(INVALID_SOURCE, f"the index {index_url} is not JSON that can be "
+                             f"read: {type(exc).__name__}: {str(exc)[:200]}") from None
         items = doc.get("files") if isinstance(doc, dict) else doc
         if not isinstance(items, list) or not items:
             raise FetchError(INVALID_SOURCE, f"the index {index_url} must be a non-empty list of "
@@ -78,10 +102,8 @@ class HttpSource:
             if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
                 raise FetchError(INVALID_SOURCE, f"bad entry {item!r} in the index {index_url}")
             rel = safe_rel(entry["path"], index_url)
-            sha, size = entry.get("sha256"), entry.get("size")
             out.append(RemoteFile(
-                path=rel, size=size if isinstance(size, int) else None,
-                sha256=sha.lower() if isinstance(sha, str) else None,
+                path=rel, size=entry_size(entry, index_url), sha256=entry_sha(entry, index_url),
                 locator=urllib.parse.urljoin(base, urllib.parse.quote(rel))))
         return out
 
@@ -90,6 +112,9 @@ class HttpSource:
             return spec
         with self._open(spec.locator, method="HEAD") as resp:
             length = resp.headers.get("Content-Length")
+        if length is not None and not length.strip().isdigit():
+            raise FetchError(INVALID_SOURCE, f"HEAD {spec.locator}: Content-Length "
+                             f"{length[:40]!r} is not a number of bytes")
         return RemoteFile(spec.path, int(length) if length else None, spec.sha256,
                           locator=spec.locator)
 
