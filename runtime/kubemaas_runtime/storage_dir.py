@@ -125,6 +125,9 @@ def _s3_list(uri: str, cfg: S3Config, timeout_s: float) -> list[tuple[str, str]]
             raise StartupError(f"cannot list {uri}: {exc}") from None
         for item in root.iter(f"{_S3_NS}Contents"):
             key = item.findtext(f"{_S3_NS}Key") or ""
+            if not key.startswith(prefix):  # a listing we did not ask for
+                raise StartupError(f"the listing of {uri} holds {key[:300]!r}, which is not "
+                                   f"under {prefix!r}")
             if key.endswith("/"):
                 continue  # folder marker
             out.append((_safe_rel(key[len(prefix):], uri), key))

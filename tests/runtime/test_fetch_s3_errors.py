@@ -36,3 +36,20 @@ def test_a_silent_endpoint_is_stalled() -> None:
         with pytest.raises(FetchError) as err:
             source.plan()
     assert err.value.reason == "Stalled", err.value.message
+
+
+def listing(*keys: str) -> bytes:
+    items = "".join(f"<Contents><Key>{k}</Key><Size>1</Size><ETag>&quot;x&quot;</ETag>"
+                    f"<LastModified>2026-01-01T00:00:00.000Z</LastModified></Contents>"
+                    for k in keys)
+    return (f'<?xml version="1.0"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
+            f'2006-03-01/"><IsTruncated>false</IsTruncated>{items}</ListBucketResult>').encode()
+
+
+def test_a_key_outside_the_prefix_is_refused() -> None:
+    """It was renamed (its first len(prefix) characters cut off) and fetched."""
+    with ScriptedServer({"/bucket": body(listing("m/a.bin", "other/c/x"))}) as s3:
+        source = S3Source("s3://bucket/m/", 5.0, {"AWS_ENDPOINT_URL_S3": s3.url})
+        with pytest.raises(FetchError, match="'other/c/x', which is not under 'm/'") as err:
+            source.plan()
+    assert err.value.reason == "InvalidSource"

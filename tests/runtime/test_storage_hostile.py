@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kubemaas_runtime.errors import StartupError
-from kubemaas_runtime.storage import fetch_model
+from kubemaas_runtime.storage import S3Config, fetch_model
 from kubemaas_runtime.storage_dir import fetch_model_dir
 
 from .scripted_server import ScriptedServer, body
@@ -75,3 +75,14 @@ def test_an_index_nested_too_deep_is_one_line(tmp_path: Path) -> None:
         server.routes["/m/index.json"] = body(b"[" * 100_000 + b"]" * 100_000)
         with pytest.raises(StartupError, match="not JSON that can be read: RecursionError"):
             fetch_model_dir(f"{server.url}/m/", str(tmp_path), timeout_s=5)
+
+
+def test_an_s3_key_outside_the_prefix_is_refused(tmp_path: Path) -> None:
+    listing = (b'<?xml version="1.0"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
+               b'2006-03-01/"><IsTruncated>false</IsTruncated><Contents><Key>other/c/x</Key>'
+               b'</Contents></ListBucketResult>')
+    with ScriptedServer({"/bucket": body(listing), "*": body(b"x")}) as s3:
+        with pytest.raises(StartupError, match="not under 'm/'"):
+            fetch_model_dir("s3://bucket/m/", str(tmp_path), s3=S3Config(endpoint=s3.url),
+                            timeout_s=5)
+        assert [path for method, path, _ in s3.requests if "other" in path] == []

@@ -127,6 +127,9 @@ class S3Source:
             for batch in obs.list(self.store, prefix=prefix or None, chunk_size=1000):
                 for meta in batch:
                     key = meta["path"]
+                    if not key.startswith(prefix):  # a listing we did not ask for
+                        raise FetchError(INVALID_SOURCE, f"the listing of {self.uri} holds "
+                                         f"{key[:300]!r}, which is not under {prefix!r}")
                     if not key.endswith("/"):
                         files.append(self._file(key, key[len(prefix):], meta))
             if not files and self.key and not self.key.endswith("/"):
