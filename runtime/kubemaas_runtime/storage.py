@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import StartupError
+from .redirects import HTTP_REDIRECTS, NO_REDIRECTS
 
 log = logging.getLogger("kubemaas.runtime.storage")
 
@@ -145,28 +146,15 @@ def sigv4_headers(method: str, url: str, *, region: str, access_key: str, secret
     return out
 
 
-class _RefuseRedirect(urllib.request.HTTPRedirectHandler):
-    """urllib copies every header to a redirect's target, on any host: an S3 request's SigV4
-    ``Authorization`` and ``X-Amz-Security-Token`` would reach whatever server the ``Location``
-    names. S3 answers from the endpoint it was asked, so a redirect is refused instead (the 3xx
-    is raised as an HTTPError)."""
-
-    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
-                         headers: Any, newurl: str) -> None:
-        return None
-
-
-_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirect)
-
-
 def open_url(request: urllib.request.Request, timeout_s: float, *,
              follow_redirects: bool = True) -> Any:
-    if follow_redirects:
-        return urllib.request.urlopen(request, timeout=timeout_s)
-    return _NO_REDIRECTS.open(request, timeout=timeout_s)
+    opener = HTTP_REDIRECTS if follow_redirects else NO_REDIRECTS
+    return opener.open(request, timeout=timeout_s)
 
 
-def http_reason(exc: urllib.error.HTTPError) -> str:
+def http_reason(exc: urllib.error.HTTPError, signed: bool = False) -> str:
+    if 300 <= exc.code < 400 and not signed:  # a loop, no Location, a target not http(s)
+        return str(exc.reason)
     if 300 <= exc.code < 400:
         return (f"redirect to {exc.headers.get('Location')!r} refused (S3 requests carry "
                 "credentials signed for their endpoint; set the bucket's own endpoint or region)")
@@ -195,7 +183,7 @@ def _open(request: urllib.request.Request, uri: str, timeout_s: float,
         return open_url(request, timeout_s, follow_redirects=follow_redirects)
     except urllib.error.HTTPError as exc:
         raise StartupError(f"cannot fetch model {uri}: HTTP {exc.code} "
-                           f"{http_reason(exc)}") from None
+                           f"{http_reason(exc, signed=not follow_redirects)}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         why: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise StartupError(f"cannot fetch model {uri}: {why or type(exc).__name__}") from None

@@ -67,10 +67,11 @@ def _http_index(uri: str, timeout_s: float) -> tuple[str, list[tuple[str, str | 
     base = index_url.rsplit("/", 1)[0] + "/"
     req = urllib.request.Request(index_url, headers={"User-Agent": "kubemaas-runtime"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with open_url(req, timeout_s) as resp:
             doc = json.loads(resp.read(16 << 20))
     except urllib.error.HTTPError as exc:
-        raise StartupError(f"cannot fetch the file index {index_url}: HTTP {exc.code}") from None
+        raise StartupError(f"cannot fetch the file index {index_url}: HTTP {exc.code} "
+                           f"{http_reason(exc)}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise StartupError(f"cannot fetch the file index {index_url}: {exc!r}") from None
     except (ValueError, RecursionError) as exc:  # RecursionError: nested 100 000 deep
@@ -119,7 +120,7 @@ def _s3_list(uri: str, cfg: S3Config, timeout_s: float) -> list[tuple[str, str]]
                           follow_redirects=False) as resp:
                 root = ET.fromstring(resp.read())
         except urllib.error.HTTPError as exc:
-            reason = "no such bucket" if exc.code == 404 else http_reason(exc)
+            reason = "no such bucket" if exc.code == 404 else http_reason(exc, signed=True)
             raise StartupError(f"cannot list {uri}: HTTP {exc.code} {reason}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ET.ParseError) as exc:
             raise StartupError(f"cannot list {uri}: {exc}") from None

@@ -6,13 +6,14 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .fetch_helpers import run_fetch
-from .scripted_server import Route, ScriptedServer, body
+from .scripted_server import Route, ScriptedServer, body, redirect
 
 MANIFEST = ".kubemaas-manifest.json"
 
@@ -120,3 +121,18 @@ def test_a_listed_size_of_zero_is_still_checked(tmp_path: Path) -> None:
         rc, report = fetch(server, tmp_path / "d")
     assert rc == 1 and "more than the 0 bytes" in report["message"], report
     assert not (tmp_path / "d" / "w.bin").exists()
+
+
+def test_a_redirect_to_ftp_is_refused(tmp_path: Path) -> None:
+    """urllib follows http -> ftp://; the download pod must not connect where a server says."""
+    with socket.socket() as ftp, ScriptedServer() as server:
+        ftp.bind(("127.0.0.1", 0))
+        ftp.listen(8)
+        ftp.setblocking(False)
+        server.routes["/m/index.json"] = body(json.dumps(["w.bin"]).encode())
+        server.routes["/m/w.bin"] = redirect(f"ftp://127.0.0.1:{ftp.getsockname()[1]}")
+        rc, report = fetch(server, tmp_path / "d")
+        with pytest.raises(BlockingIOError):
+            ftp.accept()  # nobody connected
+    assert rc == 1 and report["reason"] == "InvalidSource", report
+    assert "redirect to ftp:// refused" in report["message"]

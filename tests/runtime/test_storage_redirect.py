@@ -4,6 +4,7 @@ Location names. A plain http(s) download, which carries no credentials, still fo
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,17 @@ def test_plain_http_redirect_is_followed(tmp_path: Path) -> None:
         other.routes["*"] = body(b"model bytes")
         path = fetch_model(f"{web.url}/w.onnx", str(tmp_path), timeout_s=5)
         assert path.read_bytes() == b"model bytes"
+
+
+def test_a_redirect_to_ftp_is_refused(tmp_path: Path) -> None:
+    with socket.socket() as ftp, ScriptedServer() as web:
+        ftp.bind(("127.0.0.1", 0))
+        ftp.listen(8)
+        ftp.setblocking(False)
+        web.routes["*"] = redirect(f"ftp://127.0.0.1:{ftp.getsockname()[1]}")
+        with pytest.raises(StartupError, match=r"redirect to ftp:// refused"):
+            fetch_model(f"{web.url}/w.onnx", str(tmp_path), timeout_s=5)
+        with pytest.raises(StartupError, match=r"redirect to ftp:// refused"):
+            fetch_model_dir(f"{web.url}/m/", str(tmp_path), timeout_s=5)
+        with pytest.raises(BlockingIOError):
+            ftp.accept()  # nobody connected

@@ -16,6 +16,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ...redirects import HTTP_REDIRECTS
 from ..errors import (
     ACCESS_DENIED,
     DOWNLOAD_ERROR,
@@ -38,6 +39,8 @@ def http_error(exc: BaseException, what: str, stall_timeout: float) -> FetchErro
             return FetchError(NOT_FOUND, f"{what}: HTTP 404 not found")
         if exc.code in (401, 403):
             return FetchError(ACCESS_DENIED, f"{what}: HTTP {exc.code} access denied")
+        if 300 <= exc.code < 400:  # a loop, no Location, a target that is not http(s)
+            return FetchError(INVALID_SOURCE, f"{what}: HTTP {exc.code} {exc.reason}")
         return FetchError(DOWNLOAD_ERROR, f"{what}: HTTP {exc.code} {exc.reason}")
     reason: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     if isinstance(reason, (TimeoutError, socket.timeout)):
@@ -76,7 +79,7 @@ class HttpSource:
               method: str = "GET") -> Any:
         req = urllib.request.Request(url, headers={**AGENT, **(headers or {})}, method=method)
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout)
+            return HTTP_REDIRECTS.open(req, timeout=self.timeout)
         except (urllib.error.URLError, OSError) as exc:
             raise http_error(exc, f"{method} {url}", self.timeout) from None
 
