@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
     p.add_argument("--parallel", type=_positive(int), default=8, metavar="N")
     p.add_argument("--stall-timeout", type=_positive(float), default=60.0, metavar="SECONDS",
-                   help="fail an attempt with reason Stalled after this long without a byte")
+                   help="fail an attempt with reason Stalled when it gains less than 64 KiB "
+                        "(and finishes no file) in this long")
     p.add_argument("--retries", type=int, default=5, metavar="N",
                    help="further attempts after a transient failure (Stalled, DownloadError)")
     p.add_argument("--backoff", type=float, default=2.0, metavar="SECONDS",

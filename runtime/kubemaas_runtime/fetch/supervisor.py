@@ -1,10 +1,10 @@
 """Attempts, watchdog, retries and the report.
 
 Each attempt is a child process (``worker``) so that a library blocked on a socket can always be
-stopped: when neither the bytes on disk nor the worker's heartbeat moved for ``stall_timeout``,
-the worker is killed and the attempt fails with ``Stalled``. Transient failures (Stalled,
-DownloadError) are retried ``retries`` times with exponential backoff; the partial files stay, so
-the next attempt resumes. Progress is read from the disk and printed as JSON lines."""
+stopped: when neither the bytes on disk grew by MIN_PROGRESS nor the worker sent a heartbeat for
+``stall_timeout``, the worker is killed and the attempt fails with ``Stalled``. Transient failures
+(Stalled, DownloadError) are retried ``retries`` times with exponential backoff; the partial files
+stay, so the next attempt resumes. Progress is read from the disk and printed as JSON lines."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ from .options import Options
 from .plan import RemoteFile
 from .progress import RateMeter, bytes_on_disk, progress_event
 from .report import capped, dumps, failed_report, ready_report
+
+# progress is this many more bytes on disk (or a file finished) within --stall-timeout: a body
+# that trickles a byte at a time never stalls a socket's read timeout, nor a watchdog that
+# counts any byte, and would hold the pod for ever
+MIN_PROGRESS = 64 << 10
 
 
 def log(message: str) -> None:
@@ -97,6 +102,7 @@ class Attempt:
         opts = self.opts
         now = time.monotonic()
         live, last_bytes, next_progress = now, -1, now
+        live_bytes = 0  # bytes on disk when progress was last seen
         tick = min(0.25, opts.progress_interval)
         look = min(1.0, opts.stall_timeout / 4)
         next_look = now
@@ -112,7 +118,7 @@ class Attempt:
                                   "without a result")
             kind = event.get("event")
             if kind in ("plan", "busy", "file"):
-                live = now
+                live, live_bytes = now, max(last_bytes, 0)
             if kind == "plan":
                 self.revision = event.get("revision")
                 self.files = tuple(RemoteFile(f["path"], f["size"]) for f in event["files"])
@@ -126,16 +132,17 @@ class Attempt:
             if self.files and (now >= next_progress or now >= next_look):
                 # the disk is read at most every `look` seconds (a stat per file)
                 done, _ = bytes_on_disk(Path(opts.dest), self.files)
-                if done != last_bytes:
-                    last_bytes, live = done, now
+                last_bytes = done
+                if done - live_bytes >= MIN_PROGRESS or done < live_bytes:  # < : a restart
+                    live, live_bytes = now, done
                 next_look = now + look
                 if now >= next_progress:
                     self.emit_progress(now)
                     next_progress = now + opts.progress_interval
             if now - live > opts.stall_timeout:
                 proc.kill()
-                return FetchError(STALLED, f"no progress for {opts.stall_timeout:g} s "
-                                  f"({max(last_bytes, 0)} bytes on disk)",
+                return FetchError(STALLED, f"less than {MIN_PROGRESS // 1024} KiB in "
+                                  f"{opts.stall_timeout:g} s ({max(last_bytes, 0)} bytes on disk)",
                                   stallTimeoutSeconds=opts.stall_timeout)
 
 
