@@ -160,3 +160,17 @@ def test_a_trickling_body_is_stalled(tmp_path: Path) -> None:
                                    "--retries", "0", "--stall-timeout", "2"], timeout=40)
     assert rc == 1 and report["reason"] == "Stalled", report
     assert "less than 64 KiB in 2 s" in report["message"]
+
+
+def test_a_server_that_refuses_head_is_fetched_by_get(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+
+    def get_only(h: http.server.BaseHTTPRequestHandler) -> None:
+        (body(b"", status=405) if h.command == "HEAD" else body(data))(h)
+
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(json.dumps(["w.bin"]).encode())
+        server.routes["/m/w.bin"] = get_only
+        rc, report = fetch(server, tmp_path / "d")
+    assert rc == 0 and report["phase"] == "Ready", report
+    assert (tmp_path / "d" / "w.bin").read_bytes() == data

@@ -24,6 +24,7 @@ class FetchError(Exception):
         self.reason = reason
         self.message = message
         self.details = details
+        self.http_status: int | None = None  # the answer's status, where one caused it
 
     @property
     def transient(self) -> bool:

@@ -34,6 +34,13 @@ AGENT = {"User-Agent": "kubemaas-fetch"}
 
 
 def http_error(exc: BaseException, what: str, stall_timeout: float) -> FetchError:
+    err = _classify(exc, what, stall_timeout)
+    if isinstance(exc, urllib.error.HTTPError):
+        err.http_status = exc.code
+    return err
+
+
+def _classify(exc: BaseException, what: str, stall_timeout: float) -> FetchError:
     if isinstance(exc, urllib.error.HTTPError):
         if exc.code == 404:
             return FetchError(NOT_FOUND, f"{what}: HTTP 404 not found")
@@ -113,8 +120,13 @@ class HttpSource:
     def _sized(self, spec: RemoteFile) -> RemoteFile:
         if spec.size is not None:
             return spec
-        with self._open(spec.locator, method="HEAD") as resp:
-            length = resp.headers.get("Content-Length")
+        try:
+            with self._open(spec.locator, method="HEAD") as resp:
+                length = resp.headers.get("Content-Length")
+        except FetchError as exc:
+            if exc.http_status in (405, 501):
+                return spec  # a server that allows GET only: the GET's own length is checked
+            raise
         if length is not None and not length.strip().isdigit():
             raise FetchError(INVALID_SOURCE, f"HEAD {spec.locator}: Content-Length "
                              f"{length[:40]!r} is not a number of bytes")
@@ -139,7 +151,7 @@ class HttpSource:
         try:
             resp = self._open(spec.locator, headers)
         except FetchError as exc:
-            if "HTTP 416" not in exc.message:
+            if exc.http_status != 416:
                 raise
             out.seek(0)  # the partial file is longer than the object: start over
             resp = self._open(spec.locator)
