@@ -138,12 +138,16 @@ def s3_upload(python: Path, endpoint: str, items: list[dict[str, Any]]) -> None:
 
 
 def plant_partial(dest: Path, rel: str, data: bytes, source: str,
-                  revision: str | None = None) -> Path:
-    """What a killed fetch of ``source`` leaves: a partial file, and the record of whose bytes
-    they are (a fetch of another source or revision discards them)."""
+                  revision: str | None = None, etag: str | None = None) -> Path:
+    """What a killed fetch of ``source`` leaves: a partial file, the ETag its bytes came with
+    (if given), and the record of whose bytes they are (another source or revision discards
+    them)."""
     work = dest / ".kubemaas-fetch"
     partial = work / "partial" / (rel + ".part")
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.write_bytes(data)
+    if etag is not None:
+        (work / "validators" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / "validators" / rel).write_text(etag)
     (work / "source.json").write_text(json.dumps({"source": source, "revision": revision}))
     return partial

@@ -86,13 +86,18 @@ def redirect(location: str, status: int = 307) -> Route:
     return route
 
 
-def ranged(data: bytes, cut: int | None = None) -> Route:
-    """A file that honours ``Range: bytes=N-`` (206 + Content-Range); with ``cut``, the
-    connection closes after that many bytes of the body (a server that died mid-file)."""
+def ranged(data: bytes, cut: int | None = None, etag: str | None = None) -> Route:
+    """A file that honours ``Range: bytes=N-`` (206 + Content-Range) and, with an ``etag``,
+    ``If-Range`` (another ETag: the whole file, 200); with ``cut``, the connection closes after
+    that many bytes of the body (a server that died mid-file)."""
     def route(h: http.server.BaseHTTPRequestHandler) -> None:
         spec = h.headers.get("Range")
+        if spec and etag and h.headers.get("If-Range") not in (None, etag):
+            spec = None  # the file changed since the client's bytes: all of it
         start = int(spec.split("=")[1].rstrip("-")) if spec else 0
         h.send_response(206 if spec else 200)
+        if etag:
+            h.send_header("ETag", etag)
         if spec:
             h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         h.send_header("Content-Length", str(len(data) - start))

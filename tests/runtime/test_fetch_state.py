@@ -85,3 +85,23 @@ def test_what_another_source_left_is_discarded(tmp_path: Path) -> None:
     for name, data in b.items():
         assert (dest / name).read_bytes() == data, name
     assert ranges == [None, None, None]  # the index and both files, whole
+
+
+def test_a_file_changed_in_place_is_fetched_again_whole(tmp_path: Path) -> None:
+    """Same URL, same size, no sums: the partial file's ETag goes along as If-Range, so the
+    server's new bytes come whole instead of the rest of them after the old ones."""
+    n = 1 << 20
+    old, new = b"o" * n, b"n" * n
+    dest = tmp_path / "d"
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(json.dumps([{"path": "w.bin", "size": n}]).encode())
+        server.routes["/m/w.bin"] = ranged(old, cut=n // 2, etag='"v1"')
+        args = ["--source", f"{server.url}/m/", "--dest", str(dest), "--retries", "0"]
+        rc, _, fetch = run_fetch(args)
+        assert rc == 1, fetch.stderr
+        server.routes["/m/w.bin"] = ranged(new, etag='"v2"')
+        rc, report, fetch = run_fetch(args)
+        last = [h for method, p, h in server.requests if method == "GET" and p == "/m/w.bin"][-1]
+    assert rc == 0 and report["phase"] == "Ready", fetch.stderr
+    assert (last.get("Range"), last.get("If-Range")) == (f"bytes={n // 2}-", '"v1"')
+    assert (dest / "w.bin").read_bytes() == new

@@ -5,6 +5,7 @@
                                     source, revision)
 ``DIR/.kubemaas-fetch/partial/``    ``<path>.part``: bytes received so far, resumed by size
 ``DIR/.kubemaas-fetch/done.jsonl``  one line per verified file, so a restarted fetch skips it
+``DIR/.kubemaas-fetch/validators/`` ``<path>``: the ETag the partial file's bytes came with
 ``DIR/.kubemaas-fetch/source.json`` whose bytes the two above are: source URI, resolved revision
 ``DIR/.kubemaas-fetch.lock``        held by the fetch writing into DIR (lock.py)
 """
@@ -23,6 +24,11 @@ WORK = ".kubemaas-fetch"
 
 def partial_path(dest: Path, rel: str) -> Path:
     return dest / WORK / "partial" / (rel + ".part")
+
+
+def validator_path(dest: Path, rel: str) -> Path:
+    """The ETag (or Last-Modified) of the answer the partial file's bytes came from."""
+    return dest / WORK / "validators" / rel
 
 
 def journal_path(dest: Path) -> Path:

@@ -19,6 +19,7 @@ class RemoteFile:
     sha256: str | None = None      # from the index, S3 metadata or the Hub's LFS pointer
     md5: str | None = None         # an S3 single-part ETag
     git_sha1: str | None = None    # the Hub's git blob id of a non-LFS file
+    etag: str | None = None        # the S3 listing's ETag: which version of the object
     locator: str = ""              # URL or object key
 
 

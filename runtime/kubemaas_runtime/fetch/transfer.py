@@ -3,6 +3,7 @@ and only then rename it to its final name. A full disk is ``DiskFull`` with the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from .errors import DISK_FULL, DOWNLOAD_ERROR, FetchError
-from .layout import partial_path
+from .layout import partial_path, validator_path
 from .plan import RemoteFile
 from .verify import Hashes, hash_prefix
 
@@ -43,11 +44,28 @@ class HashingWriter:
     httpx inflates, would otherwise fill the shared cache volume)."""
 
     def __init__(self, raw: IO[bytes], hashes: Hashes, position: int,
-                 cancel: threading.Event) -> None:
+                 cancel: threading.Event, validator_file: Path | None = None) -> None:
         self.raw = raw
         self.hashes = hashes
         self.position = position
         self.cancel = cancel
+        self.validator_file = validator_file
+        self.validator: str | None = None  # of the bytes already there (None: not known)
+        if validator_file is not None and position:
+            with contextlib.suppress(OSError):  # none kept: resume without If-Range
+                self.validator = validator_file.read_text().strip() or None
+
+    def remember(self, validator: str | None) -> None:
+        """What the bytes about to be written come with (an ETag): a later resume asks for the
+        rest only if the object still has it (If-Range), else starts over."""
+        self.validator = validator
+        if self.validator_file is None:
+            return
+        if validator is None:
+            self.validator_file.unlink(missing_ok=True)
+        else:
+            self.validator_file.parent.mkdir(parents=True, exist_ok=True)
+            self.validator_file.write_text(validator)
 
     def write(self, data: bytes | memoryview) -> int:
         if self.cancel.is_set():
@@ -122,7 +140,7 @@ def fetch_file(source: Source, spec: RemoteFile, dest: Path, cancel: threading.E
         hash_prefix(part, hashes, offset, beat)
     try:
         with part.open("ab", buffering=0) as raw:
-            out = HashingWriter(raw, hashes, offset, cancel)
+            out = HashingWriter(raw, hashes, offset, cancel, validator_path(dest, spec.path))
             vouched = None
             # else all there, only not renamed; a listed size of 0 is still asked for, so a
             # file that is not empty is caught (TooLong) rather than taken as empty

@@ -148,6 +148,8 @@ class HttpSource:
     def download(self, spec: RemoteFile, out: HashingWriter, offset: int,
                  cancel: threading.Event) -> str | None:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
+        if offset and out.validator:  # a changed file answers 200, whole: start over
+            headers["If-Range"] = out.validator
         try:
             resp = self._open(spec.locator, headers)
         except FetchError as exc:
@@ -157,7 +159,8 @@ class HttpSource:
             resp = self._open(spec.locator)
         with resp:
             if offset and resp.status == 200:
-                out.seek(0)  # the server ignored the Range request
+                out.seek(0)  # the server ignored the Range request, or the file changed
+            out.remember(validator(resp.headers))
             start = out.tell()
             try:
                 while chunk := resp.read1(CHUNK):  # what has arrived: a stall keeps it
@@ -172,6 +175,15 @@ class HttpSource:
             if not cancel.is_set():
                 check_length(resp.headers, out.tell() - start, out.tell(), spec.locator)
         return None
+
+
+def validator(headers: Any) -> str | None:
+    """What If-Range can compare: a strong ETag, else Last-Modified."""
+    etag, modified = headers.get("ETag"), headers.get("Last-Modified")
+    value = etag if etag and not etag.startswith("W/") else modified
+    if not value or len(value) > 200 or any(ord(c) < 32 for c in value):
+        return None  # none, or nothing we could send back in a header
+    return str(value)
 
 
 def check_length(headers: Any, got: int, position: int, url: str) -> None:

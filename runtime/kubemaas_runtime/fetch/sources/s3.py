@@ -116,7 +116,7 @@ class S3Source:
 
     def _file(self, key: str, rel: str, meta: Mapping[str, Any]) -> RemoteFile:
         return RemoteFile(path=safe_rel(rel, self.uri), size=int(meta["size"]),
-                          md5=etag_md5(meta.get("e_tag")), locator=key)
+                          md5=etag_md5(meta.get("e_tag")), etag=meta.get("e_tag"), locator=key)
 
     def plan(self) -> tuple[str | None, tuple[RemoteFile, ...]]:
         import obstore as obs
@@ -148,6 +148,10 @@ class S3Source:
         import obstore as obs
 
         what = f"GET s3://{self.bucket}/{spec.locator}"
+        if offset and out.validator is not None and out.validator != spec.etag:
+            out.seek(0)  # the partial file's bytes are of another version of the object
+            offset = 0
+        out.remember(spec.etag)
         try:
             options: dict[str, Any] = {"range": {"offset": offset}} if offset else {}
             result = obs.get(self.store, spec.locator, options=options)  # type: ignore[arg-type]
