@@ -15,6 +15,7 @@ import http.client
 import logging
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,6 +30,7 @@ from .redirects import HTTP_REDIRECTS, NO_REDIRECTS
 log = logging.getLogger("kubemaas.runtime.storage")
 
 _CHUNK = 1 << 20
+MIN_PROGRESS = 64 << 10  # bytes each timeout_s must bring (the fetcher's stall rule too)
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
@@ -189,17 +191,26 @@ def _open(request: urllib.request.Request, uri: str, timeout_s: float,
         raise StartupError(f"cannot fetch model {uri}: {why or type(exc).__name__}") from None
 
 
-def _stream(resp: Any, out: IO[bytes], uri: str) -> str:
+def _stream(resp: Any, out: IO[bytes], uri: str, timeout_s: float) -> str:
     """Copy the body into ``out``; its sha256. A body cut short (early EOF, or a chunked body
-    broken mid-chunk: http.client's IncompleteRead, not an OSError) is one StartupError."""
+    broken mid-chunk: http.client's IncompleteRead, not an OSError) is one StartupError. So is
+    one that trickles: ``timeout_s`` is a socket read timeout, which a byte now and then never
+    trips, so each ``timeout_s`` must also bring MIN_PROGRESS bytes."""
     digest = hashlib.sha256()
     expected = resp.headers.get("Content-Length")
-    size = 0
+    read = getattr(resp, "read1", resp.read)  # what has arrived, so the clock is looked at
+    size, window_start, window_bytes = 0, time.monotonic(), 0
     try:
-        for chunk in iter(lambda: resp.read(_CHUNK), b""):
+        for chunk in iter(lambda: read(_CHUNK), b""):
             out.write(chunk)
             digest.update(chunk)
             size += len(chunk)
+            window_bytes += len(chunk)
+            if time.monotonic() - window_start >= timeout_s:
+                if window_bytes < MIN_PROGRESS:
+                    raise StartupError(f"download of {uri} is too slow: {window_bytes} bytes in "
+                                       f"{timeout_s:g} s, less than {MIN_PROGRESS // 1024} KiB")
+                window_start, window_bytes = time.monotonic(), 0
     except (OSError, http.client.HTTPException) as exc:
         raise StartupError(f"download of {uri} broke off after {size} bytes: "
                            f"{exc!r}") from None
@@ -219,7 +230,7 @@ def _download(request: urllib.request.Request, uri: str, dest: Path, timeout_s: 
     try:
         with os.fdopen(fd, "wb") as out:
             with _open(request, uri, timeout_s, follow_redirects) as resp:
-                actual = _stream(resp, out, uri)
+                actual = _stream(resp, out, uri, timeout_s)
             out.flush()
             os.fsync(out.fileno())
         if expected_sha256 is not None and actual != expected_sha256:

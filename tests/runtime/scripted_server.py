@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -107,4 +108,19 @@ def ranged(data: bytes, cut: int | None = None, etag: str | None = None) -> Rout
         h.end_headers()
         if h.command != "HEAD":
             h.wfile.write(data[start:] if cut is None else data[start:start + cut])
+    return route
+
+
+def trickle(size: int, seconds: float = 60) -> Route:
+    """Says ``size`` bytes, sends one every 50 ms (for ``seconds`` at most): a body that never
+    lets a socket read timeout fire."""
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(size))
+        h.end_headers()
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:
+            h.wfile.write(b"x")
+            h.wfile.flush()
+            time.sleep(0.05)
     return route

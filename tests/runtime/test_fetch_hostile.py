@@ -7,14 +7,13 @@ import http.server
 import json
 import os
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .fetch_helpers import run_fetch
-from .scripted_server import Route, ScriptedServer, body, redirect
+from .scripted_server import Route, ScriptedServer, body, redirect, trickle
 
 MANIFEST = ".kubemaas-manifest.json"
 
@@ -139,23 +138,11 @@ def test_a_redirect_to_ftp_is_refused(tmp_path: Path) -> None:
     assert "redirect to ftp:// refused" in report["message"]
 
 
-def trickle(h: http.server.BaseHTTPRequestHandler) -> None:
-    """A byte at a time: no socket read timeout ever fires."""
-    h.send_response(200)
-    h.send_header("Content-Length", str(1 << 20))
-    h.end_headers()
-    stop = time.monotonic() + 60
-    while time.monotonic() < stop:
-        h.wfile.write(b"x")
-        h.wfile.flush()
-        time.sleep(0.05)
-
-
 def test_a_trickling_body_is_stalled(tmp_path: Path) -> None:
     with ScriptedServer() as server:
         server.routes["/m/index.json"] = body(
             json.dumps([{"path": "w.bin", "size": 1 << 20}]).encode())
-        server.routes["/m/w.bin"] = trickle
+        server.routes["/m/w.bin"] = trickle(1 << 20)
         rc, report, _ = run_fetch(["--source", f"{server.url}/m/", "--dest", str(tmp_path / "d"),
                                    "--retries", "0", "--stall-timeout", "2"], timeout=40)
     assert rc == 1 and report["reason"] == "Stalled", report

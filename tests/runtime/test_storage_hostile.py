@@ -13,7 +13,7 @@ from kubemaas_runtime.errors import StartupError
 from kubemaas_runtime.storage import S3Config, fetch_model
 from kubemaas_runtime.storage_dir import fetch_model_dir
 
-from .scripted_server import ScriptedServer, body
+from .scripted_server import ScriptedServer, body, trickle
 
 
 @pytest.mark.parametrize("name", ["a\0b", "x" * 300, ".", "a\x1bb"])
@@ -49,12 +49,12 @@ def broken_chunk(h: http.server.BaseHTTPRequestHandler) -> None:
 def test_a_chunked_body_cut_short_is_one_line(tmp_path: Path) -> None:
     with ScriptedServer() as server:
         server.routes["*"] = broken_chunk
-        with pytest.raises(StartupError, match="broke off after 0 bytes: IncompleteRead"):
+        with pytest.raises(StartupError, match=r"broke off after \d+ bytes: IncompleteRead"):
             fetch_model(f"{server.url}/w.onnx", str(tmp_path), timeout_s=5)
         with pytest.raises(StartupError, match=r"index .*: IncompleteRead"):
             fetch_model_dir(f"{server.url}/m/index.json", str(tmp_path), timeout_s=5)
         server.routes["/m/index.json"] = body(json.dumps(["w.onnx"]).encode())
-        with pytest.raises(StartupError, match=r"w\.onnx broke off after 0 bytes"):
+        with pytest.raises(StartupError, match=r"w\.onnx broke off after \d+ bytes"):
             fetch_model_dir(f"{server.url}/m/", str(tmp_path), timeout_s=5)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no partial file left
 
@@ -86,3 +86,10 @@ def test_an_s3_key_outside_the_prefix_is_refused(tmp_path: Path) -> None:
             fetch_model_dir("s3://bucket/m/", str(tmp_path), s3=S3Config(endpoint=s3.url),
                             timeout_s=5)
         assert [path for method, path, _ in s3.requests if "other" in path] == []
+
+
+def test_a_trickling_body_is_too_slow(tmp_path: Path) -> None:
+    """timeout_s is a socket read timeout; a byte every 50 ms never trips it."""
+    with ScriptedServer({"*": trickle(1 << 20)}) as server, \
+            pytest.raises(StartupError, match=r"too slow: \d+ bytes in 1 s, less than 64 KiB"):
+        fetch_model(f"{server.url}/w.onnx", str(tmp_path), timeout_s=1)
