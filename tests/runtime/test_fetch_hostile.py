@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,21 @@ def test_a_server_that_refuses_head_is_fetched_by_get(tmp_path: Path) -> None:
         rc, report = fetch(server, tmp_path / "d")
     assert rc == 0 and report["phase"] == "Ready", report
     assert (tmp_path / "d" / "w.bin").read_bytes() == data
+
+
+def test_a_long_plan_of_heads_is_not_a_stall(tmp_path: Path) -> None:
+    """100 sizes from slow HEADs (8 at a time) take longer than --stall-timeout before the
+    first byte of a file: each HEAD answered is progress."""
+    names = [f"f{i:03}.bin" for i in range(100)]
+
+    def slow_head(h: http.server.BaseHTTPRequestHandler) -> None:
+        if h.command == "HEAD":
+            threading.Event().wait(0.3)
+        body(b"x")(h)
+
+    with ScriptedServer() as server:
+        server.routes["/m/index.json"] = body(json.dumps(names).encode())
+        server.routes["*"] = slow_head
+        rc, report = fetch(server, tmp_path / "d", "--stall-timeout", "2")
+    assert rc == 0 and report["phase"] == "Ready", report
+    assert report["filesTotal"] == 100

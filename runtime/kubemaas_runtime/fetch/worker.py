@@ -108,7 +108,7 @@ def check_space(dest: Path, todo: list[RemoteFile]) -> None:
 def fetch_all(opts: Options, emit: Emitter) -> None:
     dest = Path(opts.dest)
     dest.mkdir(parents=True, exist_ok=True)
-    source = open_source(opts)
+    source = open_source(opts, emit.beat)
     revision, listed = source.plan()
     files = unique(select(listed, opts.include, opts.exclude), opts.source)
     if not files:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+from collections.abc import Callable
 
 from ..errors import INVALID_SOURCE, FetchError
 from ..options import Options
 from ..transfer import Source
 
 
-def open_source(opts: Options) -> Source:
+def open_source(opts: Options, beat: Callable[[], None] | None = None) -> Source:
+    """``beat``: called as the listing makes progress (an http HEAD answered), so a long plan
+    is not taken for a stall before the first byte of a file."""
     scheme = urllib.parse.urlsplit(opts.source).scheme.lower()
     if scheme == "hf":
         from .hf import HfSource
@@ -26,6 +29,6 @@ def open_source(opts: Options) -> Source:
         return S3Source(opts.source, opts.stall_timeout, settings)
     if scheme in ("http", "https"):
         from .http import HttpSource
-        return HttpSource(opts.source, opts.stall_timeout)
+        return HttpSource(opts.source, opts.stall_timeout, beat)
     raise FetchError(INVALID_SOURCE, f"unsupported source {opts.source!r}: use hf://ORG/NAME, "
                      "s3://bucket/prefix or http(s)://")

@@ -13,6 +13,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -78,9 +79,11 @@ def entry_sha(entry: dict[str, Any], index: str) -> str | None:
 
 
 class HttpSource:
-    def __init__(self, uri: str, stall_timeout: float) -> None:
+    def __init__(self, uri: str, stall_timeout: float,
+                 beat: Callable[[], None] | None = None) -> None:
         self.uri = uri
         self.timeout = stall_timeout
+        self.beat = beat  # each HEAD answered: thousands of them can take longer than a stall
 
     def _open(self, url: str, headers: dict[str, str] | None = None,
               method: str = "GET") -> Any:
@@ -127,6 +130,8 @@ class HttpSource:
             if exc.http_status in (405, 501):
                 return spec  # a server that allows GET only: the GET's own length is checked
             raise
+        if self.beat is not None:
+            self.beat()
         if length is not None and not length.strip().isdigit():
             raise FetchError(INVALID_SOURCE, f"HEAD {spec.locator}: Content-Length "
                              f"{length[:40]!r} is not a number of bytes")
