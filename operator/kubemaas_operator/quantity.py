@@ -24,8 +24,13 @@ _SUFFIXES: dict[str, Decimal] = {
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 
 
+# Kubernetes keeps a quantity's value in an int64 (bytes, or millicores for cpu): anything past
+# it is clamped by the API server, and exponents like 9e999999999 overflow Decimal arithmetic.
+MAX_QUANTITY = Decimal(2**63 - 1)
+
+
 class QuantityError(ValueError):
-    """A string that is not a Kubernetes quantity."""
+    """A string that is not a Kubernetes quantity, or one too large to mean anything."""
 
 
 def parse_quantity(value: str | int | float) -> Decimal:
@@ -33,7 +38,7 @@ def parse_quantity(value: str | int | float) -> Decimal:
     if isinstance(value, bool):
         raise QuantityError(f"{value!r} is not a quantity")
     if isinstance(value, int | float):
-        return Decimal(str(value))
+        return _bounded(Decimal(str(value)), value)
     match = _QUANTITY.match(value.strip())
     if not match:
         raise QuantityError(f"{value!r} is not a quantity (expected for example 500m, 2, 4Gi)")
@@ -41,9 +46,22 @@ def parse_quantity(value: str | int | float) -> Decimal:
     if "e" in number.lower() and suffix:
         raise QuantityError(f"{value!r} is not a quantity")
     try:
-        return Decimal(number) * _SUFFIXES[suffix or ""]
+        parsed = Decimal(number)
     except InvalidOperation as err:
         raise QuantityError(f"{value!r} is not a quantity") from err
+    if parsed.is_finite() and parsed.adjusted() < -30:
+        return Decimal(0)  # far below a byte or a millicore; Decimal would underflow
+    return _bounded(_bounded(parsed, value) * _SUFFIXES[suffix or ""], value)
+
+
+def _bounded(parsed: Decimal, value: object) -> Decimal:
+    """`parsed`, refused when it is not finite or past int64 (checked before any arithmetic)."""
+    if not parsed.is_finite():
+        raise QuantityError(f"{value!r} is not a finite quantity")
+    if parsed.copy_abs() > MAX_QUANTITY:  # copy_abs and comparing: no rounding, no overflow
+        raise QuantityError(f"{value!r} is too large: a Kubernetes quantity holds at most "
+                            f"{MAX_QUANTITY} (about 8Ei)")
+    return parsed
 
 
 def same_quantity(a: object, b: object) -> bool:

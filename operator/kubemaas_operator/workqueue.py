@@ -18,10 +18,13 @@ log = logging.getLogger("kubemaas.queue")
 class WorkQueue:
     def __init__(self, worker: Callable[[Hashable], Awaitable[float | None]],
                  concurrency: int = 64, on_add: Callable[[], None] | None = None,
-                 on_start: Callable[[float], None] | None = None) -> None:
+                 on_start: Callable[[float], None] | None = None,
+                 retry_s: float | None = None) -> None:
         """`on_add` is called for each run queued, `on_start(seconds waited)` as it starts
-        (the operator's metrics)."""
+        (the operator's metrics). `retry_s`: a run that raised is queued again after that many
+        seconds; None where a periodic resync of its own queues every key anyway."""
         self._worker = worker
+        self._retry_s = retry_s
         self._on_add = on_add
         self._on_start = on_start
         self._since: dict[Hashable, float] = {}  # queued key -> monotonic time it was queued
@@ -81,8 +84,11 @@ class WorkQueue:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("reconcile of %s failed; the resync will retry", key)
-                again = None
+                if self._retry_s is None:
+                    log.exception("reconcile of %s failed; the resync will retry", key)
+                else:
+                    log.exception("reconcile of %s failed; retrying in %gs", key, self._retry_s)
+                again = self._retry_s
         if again:
             self.enqueue(key, again)
 

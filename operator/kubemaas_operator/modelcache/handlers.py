@@ -221,7 +221,8 @@ def _queue() -> Any:
 
         _state["api"] = CacheCluster(handlers._runtime().cluster)
         _state["memory"] = Memory()
-        _state["queue"] = WorkQueue(_queued, concurrency=16)
+        # ModelCaches have no resync timer: a reconcile that raised is retried by the queue
+        _state["queue"] = WorkQueue(_queued, concurrency=16, retry_s=30.0)
     return _state["queue"]
 
 
@@ -241,10 +242,23 @@ def _models_using(namespace: str, name: str,
         if not packed:
             continue
         spec = json.loads(packed).get("spec") or {}
-        if (spec.get("model") or {}).get("cache") == name or (
-                cache is not None and implicit.asks_for(spec, cache)):
+        if _uses(key, spec, name, cache):
             out.append(key)
     return out
+
+
+def _uses(key: tuple[str, str], spec: Any, name: str, cache: Mapping[str, Any] | None) -> bool:
+    """Does the model use the cache? A spec that cannot be read is skipped, so that one bad model
+    stops no cache of its namespace (its own reconcile reports what is wrong with it)."""
+    try:
+        model = spec.get("model") if isinstance(spec, Mapping) else None
+        if isinstance(model, Mapping) and model.get("cache") == name:
+            return True
+        return cache is not None and implicit.asks_for(spec, cache)
+    except Exception as err:  # anything a hostile spec may raise
+        log.warning("%s/%s: skipped while looking for the models on ModelCache %s: %s",
+                    *key, name, err)
+        return False
 
 
 @kopf.on.event(*CACHE)

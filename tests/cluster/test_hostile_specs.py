@@ -1,0 +1,47 @@
+"""Resources a probe against a real control plane found the operator mishandling: each is
+reported on its own status (a clear reason and message), costs no other resource anything, and
+ends the retries that cannot help (/work/scratch/probe-operator.md had the repros)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.cluster.conftest import Operator
+from tests.cluster.test_modelcache import cache, cache_status, two_nodes
+from tests.cluster.test_operator import apply, condition, md, wait_phase
+from tests.conftest import Kube
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def ready_message(st: dict[str, Any]) -> str:
+    return str(condition(st, "Ready").get("message") or "")
+
+
+def ready_reason(st: dict[str, Any]) -> str:
+    return str(condition(st, "Ready").get("reason") or "")
+
+
+def test_overflowing_quantities_are_invalid_specs_and_stop_no_cache(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    n1, _ = two_nodes(kube)
+    apply(kube, namespace, md("ov2", model={
+        "uri": "https://example.com/ov2.onnx", "format": "onnx",
+        "autoCache": {"sizeLimit": "9e999999999", "storage": {"type": "node",
+                                                              "node": {"nodes": [n1]}}}}))
+    apply(kube, namespace, md("ov5", runtime={"image": "x", "resources": {"memory": "1e1000000"}}))
+    for name, field in (("ov2", "autoCache.sizeLimit"), ("ov5", "resources.memory")):
+        st = wait_phase(kube, namespace, name, "Failed")
+        assert ready_reason(st) == "InvalidSpec" and field in ready_message(st), st
+        assert "too large" in ready_message(st), st
+    # a ModelCache of the namespace reads every model's spec: ov2's does not stop it
+    apply(kube, namespace, cache("neighbour", [n1]))
+    apply(kube, namespace, cache("huge", [n1], sizeLimit="9e999999999"))
+    wait_for(lambda: cache_status(kube, namespace, "neighbour").get("phase"), timeout=60,
+             what="the neighbour cache's status beside a model with an overflowing sizeLimit")
+    st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(
+        cache_status(kube, namespace, "huge")), timeout=60, what="the huge cache Failed")
+    assert "too large" in str(st.get("message")), st
