@@ -45,3 +45,19 @@ def test_overflowing_quantities_are_invalid_specs_and_stop_no_cache(
     st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(
         cache_status(kube, namespace, "huge")), timeout=60, what="the huge cache Failed")
     assert "too large" in str(st.get("message")), st
+
+
+def test_odd_affinity_shapes_are_invalid_specs(kube: Kube, namespace: str,
+                                               operator: Operator) -> None:
+    required = "requiredDuringSchedulingIgnoredDuringExecution"
+    odd = {"u4": {"affinity": {"nodeAffinity": 5}},  # crashed scheduling.placement
+           "af1": {"affinity": {"nodeAffinity": {required: {"nodeSelectorTerms": ["str"]}}}},
+           "af3": {"topologySpreadConstraints": [{"maxSkew": 0, "garbage": True,
+                                                  "labelSelector": 7}]},  # a 500 on apply
+           "af5": {"affinity": {"podAntiAffinity": "x"}}}
+    for name, scheduling in odd.items():
+        apply(kube, namespace, md(name, scheduling=scheduling))
+    for name in odd:
+        st = wait_phase(kube, namespace, name, "Failed")
+        assert ready_reason(st) == "InvalidSpec", st
+        assert "spec.scheduling." in ready_message(st) and "Kubernetes" in ready_message(st), st

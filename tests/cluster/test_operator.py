@@ -239,7 +239,9 @@ def test_invalid_specs_the_api_cannot_catch_reach_failed(kube: Kube, namespace: 
                         "TemplateNotFound", "template 'no-such-template' not found"),
         "bad-affinity": ({"scheduling": {"affinity": bad_affinity}}, "Rejected",
                          'Invalid value: "Sometimes": not a valid selector operator'),
-        "bad-spread": ({"scheduling": {"topologySpreadConstraints": [{"maxSkew": 0}]}},
+        # (of the right shape, api/affinity.py: a value only the API server refuses)
+        "bad-spread": ({"scheduling": {"topologySpreadConstraints": [{
+            "maxSkew": 0, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]}},
                        "Rejected", "the API server rejected the Deployment"),
     }
     for name, (spec, _, _) in cases.items():

@@ -37,3 +37,13 @@ def test_a_body_that_is_not_a_status_keeps_its_text() -> None:
     err = refusal(502, "<html>bad gateway</html>")
     assert (err.status, err.reason, err.message) == (502, "", "<html>bad gateway</html>")
     assert refusal(500, "[1, 2]").message == "[1, 2]"
+
+
+def test_an_apply_that_does_not_fit_the_schema_is_invalid_not_transient() -> None:
+    # what server-side apply answered for an affinity of the wrong shape (a 500, yet permanent)
+    body = json.dumps({"kind": "Status", "status": "Failure", "code": 500, "message": (
+        "failed to create typed patch object (p/af3; apps/v1, Kind=Deployment): "
+        ".spec.template.spec.topologySpreadConstraints[0].garbage: field not declared in "
+        "schema")})
+    assert refusal(500, body).invalid
+    assert not refusal(500, json.dumps({"message": "etcdserver: request timed out"})).invalid

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..quantity import parse_quantity
+from .affinity import check
 from .fields import SpecError, array, boolean, integer, json_name, obj, quantity, str_map, string
 
 _MIG = re.compile(r"^[1-7]g\.[0-9]+gb(\+me)?$")
@@ -122,11 +123,15 @@ def parse_scheduling(raw: Any) -> Scheduling:
     spreads = tuple(obj(c, f"spec.scheduling.topologySpreadConstraints[{i}]")
                     for i, c in enumerate(array(s.get("topologySpreadConstraints"),
                                                 "spec.scheduling.topologySpreadConstraints")))
+    for i, c in enumerate(spreads):
+        check(c, "TopologySpreadConstraint", f"spec.scheduling.topologySpreadConstraints[{i}]")
+    affinity = dict(obj(s.get("affinity"), "spec.scheduling.affinity"))
+    check(affinity, "Affinity", "spec.scheduling.affinity")
     allow = boolean(s.get("allowGPUNodes", False), "spec.scheduling.allowGPUNodes")
     return Scheduling(
         node_selector=str_map(s.get("nodeSelector"), "spec.scheduling.nodeSelector"),
         tolerations=tolerations,
-        affinity=dict(obj(s.get("affinity"), "spec.scheduling.affinity")),
+        affinity=affinity,
         priority_class_name=string(s.get("priorityClassName"),
                                    "spec.scheduling.priorityClassName"),
         topology_spread_constraints=spreads,

@@ -69,8 +69,10 @@ class ApiError(Exception):
 
     @property
     def invalid(self) -> bool:
-        """The object itself was rejected (422 Invalid, 400 BadRequest): retrying won't help."""
-        return self.status in (400, 422)
+        """The object itself was rejected (422 Invalid, 400 BadRequest, or server-side apply's
+        500 for an object that does not fit the kind's schema): retrying won't help."""
+        return self.status in (400, 422) or (
+            self.status == 500 and "failed to create typed patch object" in self.message)
 
 
 def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None,
