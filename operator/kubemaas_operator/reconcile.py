@@ -213,12 +213,16 @@ class _Targets:
     unwanted_routes: list[tuple[str, str, str, bool]]
 
 
-async def _ensure_implicit_cache(p: _Pass, implicit: Plan, cluster: AsyncCluster) -> None:
+async def _ensure_implicit_cache(p: _Pass, implicit: Plan,
+                                 cluster: AsyncCluster) -> Failure | None:
     try:
         await implicit_apply.ensure(cluster, p.namespace, Owner(p.name, p.uid), implicit)
+    except implicit_apply.CacheNameTaken as err:
+        return Failure("CacheNameConflict", str(err))
     except ApiError as err:
         raise Retry(f"cannot create or share the model cache {implicit.name}: {err}",
                     1.0 if err.status == 409 else 5.0) from err
+    return None
 
 
 def _desired_replicas(spec: ModelDeploymentSpec, live: DeploymentInfo | None) -> int:
@@ -245,7 +249,9 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         model_cache=snap.cache.name if snap.cache is not None else None)
 
     if snap.implicit is not None:  # 0. the model cache spec.model.autoCache asks for
-        await _ensure_implicit_cache(p, snap.implicit, cluster)
+        taken = await _ensure_implicit_cache(p, snap.implicit, cluster)
+        if taken is not None:
+            return await _failed(p, outcome, taken, base)
 
     # 1. parse; 2. pick the template; 3. render. Any failure here needs a spec change.
     raw_spec = snap.body.get("spec") or {}

@@ -7,9 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
+from kubemaas_operator.api.model import parse_model
+from kubemaas_operator.modelcache import implicit
 from tests.cluster.conftest import Operator
-from tests.cluster.test_modelcache import cache, cache_status, two_nodes
+from tests.cluster.test_implicit_cache import asking, gone
+from tests.cluster.test_modelcache import _json, cache, cache_status, two_nodes
 from tests.cluster.test_operator import apply, condition, md, wait_phase
 from tests.conftest import Kube
 from tests.helpers import wait_for
@@ -61,3 +65,20 @@ def test_odd_affinity_shapes_are_invalid_specs(kube: Kube, namespace: str,
         st = wait_phase(kube, namespace, name, "Failed")
         assert ready_reason(st) == "InvalidSpec", st
         assert "spec.scheduling." in ready_message(st) and "Kubernetes" in ready_message(st), st
+
+
+def test_autocache_never_takes_over_someones_cache_with_its_name(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    n1, n2 = two_nodes(kube)
+    text = asking("ac3", n2, uri="https://example.com/models/squat.onnx")
+    spec = yaml.safe_load(text)["spec"]
+    model = parse_model(spec["model"])
+    taken = implicit.cache_name(model.uri, implicit.model_key(model))
+    apply(kube, namespace, cache(taken, [n1], source={"uri": "https://example.com/other.onnx"}))
+    apply(kube, namespace, text)
+    st = wait_phase(kube, namespace, "ac3", "Failed")
+    assert ready_reason(st) == "CacheNameConflict", st
+    assert taken in ready_message(st) and "other.onnx" in ready_message(st), st
+    assert not (_json(kube, "-n", namespace, "get", "modelcache", taken)["metadata"].get(
+        "ownerReferences")), "the model took the user's cache over"
+    assert gone(kube, namespace, "deployment", "ac3")  # no pod mounts the wrong files

@@ -219,3 +219,23 @@ def test_crd_copies_the_modelcache_schema() -> None:
     source = cache["source"]["properties"]
     for name in ("revision", "include", "exclude"):
         assert _props(auto[name]) == _props(source[name]), name
+
+
+def test_only_a_cache_the_operator_made_for_the_key_is_adoptable() -> None:
+    model = parse_model(HF)
+    key = implicit.model_key(model)
+    ours = implicit.desired_cache("ns", A, model, HF["autoCache"])
+    assert implicit.adoptable(ours, key)
+    theirs = copy.deepcopy(ours)  # someone's cache with the name, other files
+    theirs["metadata"]["labels"] = {}
+    theirs["spec"]["source"]["uri"] = "hf://acme/other"
+    assert not implicit.adoptable(theirs, key)
+    labelled = copy.deepcopy(theirs)  # even when it copies the label, its files differ
+    labelled["metadata"]["labels"] = dict(ours["metadata"]["labels"])
+    assert not implicit.adoptable(labelled, key)
+    unlabelled = copy.deepcopy(ours)  # the right files, created by a person: used, not owned
+    unlabelled["metadata"]["labels"] = {}
+    assert not implicit.adoptable(unlabelled, key)
+    assert "hf://acme/other" in implicit.name_taken("c", theirs)
+    created = implicit.plan("ns", A, model, HF["autoCache"], {})
+    assert created.key == key and created.create is not None

@@ -60,6 +60,7 @@ class Plan:
     adopt: bool = False  # add the model's owner reference to the existing cache
     release: tuple[str, ...] = ()  # caches the operator created that this model no longer uses
     uri: str = ""
+    key: str = ""  # cache_key() of what the model asks for
 
 
 def cache_key(source: Source, storage: Storage) -> str:
@@ -164,11 +165,27 @@ def plan(namespace: str, owner: Owner, model: ModelSource | None,
                            if n != (name or wanted) and is_implicit(b) and owned_by(b, owner.uid)))
     if name is None:
         return Plan(name=wanted, create=desired_cache(namespace, owner, model, raw_auto),
-                    release=release, uri=model.uri)
+                    release=release, uri=model.uri, key=key)
     body = caches[name]
     implicit = is_implicit(body)
     return Plan(name=name, implicit=implicit, adopt=implicit and not owned_by(body, owner.uid),
-                release=release, uri=model.uri)
+                release=release, uri=model.uri, key=key)
+
+
+def adoptable(body: Mapping[str, Any], key: str) -> bool:
+    """May a model that asks for `key` own this cache? Only one the operator created (the
+    label) that holds those files: someone's cache that has the name is never taken over (its
+    owner reference would let the garbage collector delete it with the model)."""
+    return is_implicit(body) and cache_key_of(body) == key
+
+
+def name_taken(name: str, body: Mapping[str, Any]) -> str:
+    """The model's status message when someone's ModelCache has the name autoCache wants."""
+    uri = ((body.get("spec") or {}).get("source") or {}).get("uri")
+    made = "the operator made it for other files" if is_implicit(body) else "someone created it"
+    return (f"ModelCache {name} already exists and does not hold this model's files ({made}: "
+            f"source {uri!r}); it is left alone. Rename or delete it, or name a cache in "
+            "spec.model.cache")
 
 
 def effective_spec(raw_spec: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -14,14 +14,36 @@ from typing import Any
 
 from ..k8s import ApiError, AsyncCluster
 from ..k8s.modelcache import CacheCluster
-from .implicit import MD_API_VERSION, MD_KIND, Owner, Plan, owned_by, owner_ref, released
+from .implicit import (
+    MD_API_VERSION,
+    MD_KIND,
+    Owner,
+    Plan,
+    adoptable,
+    name_taken,
+    owned_by,
+    owner_ref,
+    released,
+)
 
 log = logging.getLogger("kubemaas.modelcache.implicit")
 
 
-async def _adopt(api: CacheCluster, namespace: str, name: str, owner: Owner) -> None:
+class CacheNameTaken(Exception):
+    """A ModelCache the model may not own has the name its autoCache wants (the message says
+    so): waiting does not help, the user renames or deletes one of them."""
+
+
+async def _adopt(api: CacheCluster, namespace: str, name: str, owner: Owner, key: str) -> None:
     body = await api.get_cache(namespace, name)
-    if body is None or owned_by(body, owner.uid):
+    if body is None:
+        return
+    if not adoptable(body, key):
+        if owned_by(body, owner.uid):  # taken over before this check existed: give it back
+            await api.set_owners(namespace, name, released(body, owner.uid),
+                                 body["metadata"]["resourceVersion"])
+        raise CacheNameTaken(name_taken(name, body))
+    if owned_by(body, owner.uid):
         return
     refs = [*released(body, owner.uid), owner_ref(owner)]
     await api.set_owners(namespace, name, refs, body["metadata"]["resourceVersion"])
@@ -45,7 +67,8 @@ async def _release(api: CacheCluster, namespace: str, name: str, owner: Owner) -
 
 
 async def ensure(cluster: AsyncCluster, namespace: str, owner: Owner, plan: Plan) -> None:
-    """Carry out `plan`; an ApiError (a conflict, the API server) propagates: try again."""
+    """Carry out `plan`; an ApiError (a conflict, the API server) propagates: try again.
+    CacheNameTaken: the name belongs to a cache the model may not own."""
     api = CacheCluster(cluster)
     for name in plan.release:
         await _release(api, namespace, name, owner)
@@ -55,14 +78,14 @@ async def ensure(cluster: AsyncCluster, namespace: str, owner: Owner, plan: Plan
         except ApiError as err:
             if err.status != 409:  # AlreadyExists: another model (or our last look) made it
                 raise
-            await _adopt(api, namespace, plan.name, owner)
+            await _adopt(api, namespace, plan.name, owner, plan.key)
             return
         log.info("%s/%s: created ModelCache %s from %s (autoCache)", namespace, owner.name,
                  plan.name, plan.uri)
         await _event(cluster, namespace, owner, "CacheCreated",
                      f"created ModelCache {plan.name} from {plan.uri} for spec.model.autoCache")
     elif plan.adopt:
-        await _adopt(api, namespace, plan.name, owner)
+        await _adopt(api, namespace, plan.name, owner, plan.key)
 
 
 async def _event(cluster: AsyncCluster, namespace: str, owner: Owner, reason: str,
