@@ -16,6 +16,7 @@ from .floor import autoscaler_observed, hand_over, raise_to_floor, starts_at_zer
 from .k8s import ApiError, AsyncCluster
 from .memory import Memory
 from .observed import deployment_info
+from .ownership import NameConflict, conflict_message, foreign_owner, may_clash
 from .render import CHILD_KINDS, SPEC_HASH, canary_name
 from .render.autoscaler import Choice
 from .writes import Retry, pin_replicas
@@ -53,12 +54,14 @@ def _why(child: Mapping[str, Any], have: Mapping[str, Any] | None) -> str | None
 async def apply(c: Children, pairs: Iterable[Pair], spec: ModelDeploymentSpec,
                 engine: Choice | None) -> str | None:
     """Apply each child that needs it; the API server's message when it refused one (nothing
-    after it is applied then)."""
+    after it is applied then). NameConflict: a missing child's name is another resource's."""
     for child, have, role in pairs:
         kind = child["kind"]
         reason = _why(child, have)
         if reason is None:
             continue
+        if reason == "missing" and may_clash(child):
+            await _not_taken(c, child)
         main_deployment = role == "main" and kind == "Deployment"
         at_zero = main_deployment and have is None and starts_at_zero(spec, engine)
         try:
@@ -87,6 +90,18 @@ async def apply(c: Children, pairs: Iterable[Pair], spec: ModelDeploymentSpec,
         what = {"canary": "canary ", "route": f"{child['metadata']['name']} "}.get(role, "")
         c.applied.append(f"{what}{kind} ({reason})")
     return None
+
+
+async def _not_taken(c: Children, child: Mapping[str, Any]) -> None:
+    """Raise NameConflict when the object of the child's name is another resource's."""
+    name = child["metadata"]["name"]
+    try:
+        live = await c.cluster.get_optional(child["apiVersion"], child["kind"], c.namespace, name)
+    except ApiError as err:
+        raise Retry(f"cannot read the {child['kind']} {c.namespace}/{name}: {err}") from err
+    owner = foreign_owner(child, live) if live is not None else None
+    if owner is not None:
+        raise NameConflict(conflict_message(child, owner))
 
 
 async def _delete(c: Children, api_version: str, kind: str, name: str, said: str) -> None:

@@ -38,6 +38,7 @@ from .modelcache import implicit_apply
 from .modelcache.implicit import Owner, Plan
 from .modelcache.mount import CacheMount, cache_wait
 from .observed import DeploymentInfo, PodInfo, deployment_info
+from .ownership import NameConflict
 from .pod_life import CacheProgress
 from .render import (
     BUILTIN_TEMPLATE,
@@ -274,7 +275,10 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                              base.previous, capacity, c)
 
     # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
-    refused = await children.apply(c, targets.pairs, spec, rendered.autoscaler)
+    try:
+        refused = await children.apply(c, targets.pairs, spec, rendered.autoscaler)
+    except NameConflict as err:
+        return await _failed(p, outcome, Failure("NameConflict", str(err)), base)
     if refused is not None:
         return await _failed(p, outcome, Failure("Rejected", refused), base)
     await children.prune(c, targets.plan.canary_replicas is not None,

@@ -14,7 +14,8 @@ from kubemaas_operator.modelcache import implicit
 from tests.cluster.conftest import Operator
 from tests.cluster.test_implicit_cache import asking, gone
 from tests.cluster.test_modelcache import _json, cache, cache_status, two_nodes
-from tests.cluster.test_operator import apply, condition, md, wait_phase
+from tests.cluster.test_operator import apply, condition, get, md, wait_phase
+from tests.cluster.test_rollout_gateway import gateway_api, gw_model, gw_ns  # noqa: F401
 from tests.conftest import Kube
 from tests.helpers import wait_for
 
@@ -82,3 +83,21 @@ def test_autocache_never_takes_over_someones_cache_with_its_name(
     assert not (_json(kube, "-n", namespace, "get", "modelcache", taken)["metadata"].get(
         "ownerReferences")), "the model took the user's cache over"
     assert gone(kube, namespace, "deployment", "ac3")  # no pod mounts the wrong files
+
+
+def test_a_model_named_like_anothers_track_service_takes_nothing_over(
+        kube: Kube, gw_ns: str) -> None:  # noqa: F811
+    ns = gw_ns
+    apply(kube, ns, gw_model("r-gw", 1))
+    wait_for(lambda: kube.kubectl("-n", ns, "get", "service", "r-gw-stable",
+                                  check=False).returncode == 0,
+             timeout=60, what="r-gw's track Service r-gw-stable")
+    apply(kube, ns, md("r-gw-stable", replicas=1))
+    st = wait_phase(kube, ns, "r-gw-stable", "Failed")
+    assert ready_reason(st) == "NameConflict", st
+    assert "Service r-gw-stable" in ready_message(st) and "ModelDeployment r-gw" in ready_message(
+        st), st
+    svc = get(kube, ns, "service", "r-gw-stable")
+    assert [r["name"] for r in svc["metadata"]["ownerReferences"]] == ["r-gw"]
+    assert svc["spec"]["selector"]["app.kubernetes.io/instance"] == "r-gw"
+    assert ready_reason(wait_phase(kube, ns, "r-gw", "Ready", timeout=60)) == "Ready"
