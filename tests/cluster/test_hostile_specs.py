@@ -13,7 +13,14 @@ from kubemaas_operator.api.model import parse_model
 from kubemaas_operator.modelcache import implicit
 from tests.cluster.conftest import Operator
 from tests.cluster.test_implicit_cache import asking, gone
-from tests.cluster.test_modelcache import _json, cache, cache_status, two_nodes
+from tests.cluster.test_modelcache import (
+    _json,
+    cache,
+    cache_pods,
+    cache_status,
+    terminate,
+    two_nodes,
+)
 from tests.cluster.test_operator import apply, condition, get, md, wait_phase
 from tests.cluster.test_rollout_gateway import gateway_api, gw_model, gw_ns  # noqa: F401
 from tests.conftest import Kube
@@ -101,3 +108,18 @@ def test_a_model_named_like_anothers_track_service_takes_nothing_over(
     assert [r["name"] for r in svc["metadata"]["ownerReferences"]] == ["r-gw"]
     assert svc["spec"]["selector"]["app.kubernetes.io/instance"] == "r-gw"
     assert ready_reason(wait_phase(kube, ns, "r-gw", "Ready", timeout=60)) == "Ready"
+
+
+@pytest.mark.parametrize("size", ["1e400", "NaN", "1e30"])
+def test_an_impossible_download_report_fails_the_cache(kube: Kube, namespace: str,
+                                                       operator: Operator, size: str) -> None:
+    n1, _ = two_nodes(kube)
+    apply(kube, namespace, cache("hr6", [n1], download={"progressIntervalSeconds": 1,
+                                                        "retries": 0}))
+    (pod,) = wait_for(lambda: cache_pods(kube, namespace, "hr6") or None, timeout=60,
+                      what="hr6's download pod")
+    report = '{"phase":"Ready","files":[{"path":"a","size":SIZE}]}'.replace("SIZE", size)
+    terminate(kube, namespace, pod, 0, report)
+    st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(
+        cache_status(kube, namespace, "hr6")), timeout=60, what="hr6 Failed on its report")
+    assert st["reason"] == "BadReport" and "files[0].size" in st["message"], st

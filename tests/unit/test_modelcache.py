@@ -265,3 +265,33 @@ def test_size_limit_stops_the_download_for_good() -> None:
     gone = CachePod(**{**running.__dict__, "deleting": True})
     again, d = _run(raw, ["gpu-1"], [gone], previous=status)
     assert (again["phase"], again["reason"]) == ("Failed", "DiskFull") and not d.create
+
+
+@pytest.mark.parametrize("size", ["1e400", "NaN", "Infinity", "1e30", "-5",
+                                  "100000000000000000000000000000"])
+def test_a_report_with_an_impossible_number_fails_the_copy(size: str) -> None:
+    """JSON admits NaN, 1e400 (inf) and 1e30; int() of the first two raised on every reconcile
+    (a retry every 5 s, Downloading forever) and the last was refused in the int64 status."""
+    from kubemaas_operator.modelcache.progress import parse_report
+
+    report = parse_report('{"phase":"Ready","files":[{"path":"a","size":N}]}'.replace("N", size),
+                          0)
+    assert report is not None and report.phase == "Failed" and report.reason == "BadReport"
+    assert "files[0].size" in report.message
+    for key in ("bytesTotal", "filesOmitted"):
+        bad = parse_report(f'{{"phase":"Ready","{key}":{size}}}', 0)
+        assert bad is not None and bad.reason == "BadReport" and key in bad.message
+
+
+def test_impossible_progress_is_skipped_and_shapes_stay_in_int64() -> None:
+    from kubemaas_operator.modelcache.progress import model_shape, parse_progress_line, parse_report
+
+    for line in ('{"event":"progress","bytesDone":NaN}',
+                 '{"event":"progress","bytesDone":1,"rateBytesPerSecond":Infinity}',
+                 '{"event":"progress","bytesTotal":1e30}'):
+        assert parse_progress_line(line) is None
+    fine = parse_progress_line('{"event":"progress","bytesDone":5,"etaSeconds":-1}')
+    assert fine is not None and fine.bytes_done == 5 and fine.eta is None
+    assert model_shape({"parameters": 10**30, "hiddenSize": 64}) == {"hiddenSize": 64}
+    odd = parse_report('{"phase":"Ready","message":{"x":1}}', 0)
+    assert odd is not None and odd.message == ""  # no Python repr in the status

@@ -21,6 +21,7 @@ from typing import Any
 import kopf
 
 from .. import standby
+from ..k8s import ApiError
 from ..k8s.modelcache import CacheCluster
 from ..timestamps import parse_time
 from . import implicit
@@ -209,7 +210,15 @@ async def _queued(key: Hashable) -> float | None:
         return None
     try:
         return await reconcile_cache(snap, _state["api"], _state["memory"])
-    except Exception as err:  # the API server, a conflict: look again soon
+    except ApiError as err:
+        if not err.invalid:  # the API server, a conflict: look again soon
+            log.warning("%s/%s: %s; retrying in 5s", *key, err)
+            return 5.0
+        # it refused what was written: the same again in 5 s would be refused again
+        log.error("%s/%s: the API server refused what the operator wrote: %s; retrying in 60s",
+                  *key, err)
+        return 60.0
+    except Exception as err:
         log.warning("%s/%s: %s; retrying in 5s", *key, err)
         return 5.0
 

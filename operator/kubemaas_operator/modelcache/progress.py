@@ -11,10 +11,12 @@ sha256; `filesOmitted` when the 4096-byte cap dropped some) and `shape`, the mod
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_FILES = 200  # files listed in the status; the rest are counted
+INT64_MAX = 2**63 - 1  # the status' integers are int64: the API server refuses more
 MODEL_KEYS: dict[str, type] = {
     "architecture": str, "parameters": int, "weightBytes": int, "numLayers": int,
     "hiddenSize": int, "numAttentionHeads": int, "numKeyValueHeads": int, "headDim": int,
@@ -50,14 +52,27 @@ class Report:
     bytes_total: int = 0
 
 
-def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+class BadNumber(ValueError):
+    """A number in the downloader's words that no byte count or duration can be (NaN, inf,
+    1e30, negative): JSON admits them, the status' int64 fields do not."""
+
+
+def _int(value: Any, what: str = "a count") -> int:
+    """A count of 0 to int64 (absent or not a number: 0); BadNumber for anything past it."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if not math.isfinite(value) or not 0 <= value <= INT64_MAX:
+        raise BadNumber(f"{what} is {value!r}, not a count of 0 to {INT64_MAX}")
+    return int(value)
 
 
 def _num(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    return None
+    """A finite rate or duration of 0 or more (a non-number: None); BadNumber past int64."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value > INT64_MAX:
+        raise BadNumber(f"{value!r} is not a rate or a duration")
+    return float(value) if value >= 0 else None
 
 
 def parse_progress_line(line: str) -> Progress | None:
@@ -71,12 +86,15 @@ def parse_progress_line(line: str) -> Progress | None:
         return None
     if not isinstance(doc, dict) or doc.get("event") != "progress":
         return None
-    return Progress(bytes_done=max(0, _int(doc.get("bytesDone"))),
-                    bytes_total=max(0, _int(doc.get("bytesTotal"))),
-                    files_done=max(0, _int(doc.get("filesDone"))),
-                    files_total=max(0, _int(doc.get("filesTotal"))),
-                    rate=_num(doc.get("rateBytesPerSecond")) or 0.0,
-                    eta=_num(doc.get("etaSeconds")))
+    try:
+        return Progress(bytes_done=_int(doc.get("bytesDone")),
+                        bytes_total=_int(doc.get("bytesTotal")),
+                        files_done=_int(doc.get("filesDone")),
+                        files_total=_int(doc.get("filesTotal")),
+                        rate=_num(doc.get("rateBytesPerSecond")) or 0.0,
+                        eta=_num(doc.get("etaSeconds")))
+    except BadNumber:
+        return None  # progress is for show: a line that makes no sense is skipped
 
 
 def last_progress(log_text: str) -> Progress | None:
@@ -95,7 +113,8 @@ def model_shape(raw: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, kind in MODEL_KEYS.items():
         value = raw.get(key)
-        if kind is int and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if kind is int and isinstance(value, int) and not isinstance(value, bool) and (
+                0 <= value <= INT64_MAX):
             out[key] = value
         elif kind is str and isinstance(value, str) and value:
             out[key] = value[:128]
@@ -105,11 +124,12 @@ def model_shape(raw: Any) -> dict[str, Any]:
 def _files(raw: Any) -> tuple[tuple[dict[str, Any], ...], int]:
     if not isinstance(raw, list):
         return (), 0
-    files = []
+    files: list[dict[str, Any]] = []
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("path"), str):
             continue
-        entry: dict[str, Any] = {"path": item["path"][:512], "size": max(0, _int(item.get("size")))}
+        entry: dict[str, Any] = {"path": item["path"][:512],
+                                 "size": _int(item.get("size"), f"files[{len(files)}].size")}
         if isinstance(item.get("sha256"), str):
             entry["sha256"] = item["sha256"][:64]
         files.append(entry)
@@ -131,6 +151,14 @@ def parse_report(message: str | None, exit_code: int | None) -> Report | None:
             return Report(phase="Ready", reason="Ready",
                           message="downloaded (the report could not be read)")
         return None
+    try:
+        return _report(doc, exit_code)
+    except BadNumber as err:  # a report that cannot be true: the copy fails, no retry loop
+        return Report(phase="Failed", reason="BadReport", message=(
+            f"the download report cannot be read: {err}"[:1024]))
+
+
+def _report(doc: dict[str, Any], exit_code: int | None) -> Report:
     phase = doc.get("phase")
     if phase not in ("Ready", "Failed"):
         phase = "Ready" if exit_code == 0 else "Failed"
@@ -139,9 +167,14 @@ def parse_report(message: str | None, exit_code: int | None) -> Report | None:
     reason = doc.get("reason") if isinstance(doc.get("reason"), str) and doc.get("reason") else (
         "Ready" if phase == "Ready" else "DownloadFailed")
     files, omitted = _files(doc.get("files"))
-    omitted += max(0, _int(doc.get("filesOmitted")))
-    total = _int(doc.get("bytesTotal")) or sum(f["size"] for f in files)
+    omitted += _int(doc.get("filesOmitted"), "filesOmitted")
+    total = _int(doc.get("bytesTotal"), "bytesTotal") or min(INT64_MAX,
+                                                             sum(f["size"] for f in files))
     shape = doc.get("shape") if isinstance(doc.get("shape"), dict) else doc.get("model")
     return Report(phase=phase, reason=str(reason)[:64],
-                  message=str(doc.get("message") or "")[:1024], files=files,
+                  message=_text(doc.get("message"))[:1024], files=files,
                   files_omitted=omitted, model=model_shape(shape), bytes_total=total)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""  # never a Python repr in the status
