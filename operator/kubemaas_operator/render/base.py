@@ -14,6 +14,7 @@ from typing import Any
 
 import jinja2
 import yaml
+from jinja2.sandbox import SandboxedEnvironment
 
 from ..api import API_VERSION, KIND, ModelDeploymentSpec, ModelShape
 from ..engines import DEFAULT_VLLM_IMAGE
@@ -123,8 +124,12 @@ def owner_reference(ctx: RenderContext) -> dict[str, Any]:
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
-                              keep_trailing_newline=True)
+    # Sandboxed: an administrator's template (a ConfigMap) must not reach Python from inside
+    # the operator ({{ cycler.__init__.__globals__.os... }} ran code with its ServiceAccount),
+    # and the sandbox caps range() at 100000 items, so a loop cannot stall the event loop as
+    # long.
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                keep_trailing_newline=True)
 
 
 @lru_cache(maxsize=16)
@@ -141,7 +146,7 @@ def render_template(source: str, what: str, params: object) -> dict[str, Any]:
     try:
         text = _compiled(source).render(p=params)
         manifest = yaml.load(text, Loader=_LOADER)
-    except jinja2.TemplateError as err:
+    except (jinja2.TemplateError, OverflowError) as err:  # OverflowError: the sandbox's range cap
         raise RenderError(f"{what}: {type(err).__name__}: {err}") from err
     except yaml.YAMLError as err:
         raise RenderError(f"{what} did not render valid YAML: {err}") from err
