@@ -123,3 +123,14 @@ def test_an_impossible_download_report_fails_the_cache(kube: Kube, namespace: st
     st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(
         cache_status(kube, namespace, "hr6")), timeout=60, what="hr6 Failed on its report")
     assert st["reason"] == "BadReport" and "files[0].size" in st["message"], st
+
+
+def test_a_cache_name_longer_than_a_label_value_is_refused(kube: Kube, namespace: str,
+                                                           operator: Operator) -> None:
+    """Its pods carry the name as a label value (at most 63 characters): a longer name never
+    found its own download pods and stayed Pending."""
+    n1, _ = two_nodes(kube)
+    result = kube.kubectl("-n", namespace, "apply", "-f", "-", input=cache("c" * 64, [n1]),
+                          check=False)
+    assert result.returncode != 0 and "at most 63 characters" in result.stderr, result.stderr
+    apply(kube, namespace, cache("c" * 63, [n1]))

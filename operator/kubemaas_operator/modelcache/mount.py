@@ -81,7 +81,8 @@ def mount_cache(deployment: dict[str, Any], cache: CacheMount) -> None:
     """Mount the cache into the runtime container (the first one) read-only, point the runtime
     at it and, for node storage, keep the pods on nodes with a Ready copy. In place."""
     pod = deployment["spec"]["template"]
-    pod.setdefault("metadata", {}).setdefault("labels", {})[CACHE_LABEL] = cache.name[:63]
+    labels = pod.setdefault("metadata", {}).setdefault("labels", {})
+    labels[CACHE_LABEL] = cache.name[:63].rstrip("-.")  # a valid label value, as render.labels
     spec = pod["spec"]
     if cache.claim_name is not None:
         volume: dict[str, Any] = {"name": VOLUME, "persistentVolumeClaim": {
