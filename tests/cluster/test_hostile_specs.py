@@ -134,3 +134,23 @@ def test_a_cache_name_longer_than_a_label_value_is_refused(kube: Kube, namespace
                           check=False)
     assert result.returncode != 0 and "at most 63 characters" in result.stderr, result.stderr
     apply(kube, namespace, cache("c" * 63, [n1]))
+
+
+def test_a_failed_cache_is_tried_again_once_its_download_settings_are_fixed(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    n1, _ = two_nodes(kube)
+    # (node storage pins its pods with nodeName; a claim's pod is the one tolerations reach)
+    apply(kube, namespace, cache("mct2", [n1], storage={
+        "type": "pvc", "pvc": {"claimName": "some-claim"}}, download={
+        "progressIntervalSeconds": 1, "tolerations": [{"key": "k", "operator": "Weird"}]}))
+    st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(
+        cache_status(kube, namespace, "mct2")), timeout=60, what="mct2 Failed")
+    assert st["reason"] == "PodRejected" and "Weird" in st["message"], st
+    kube.kubectl("-n", namespace, "patch", "modelcache", "mct2", "--type=merge", "-p",
+                 '{"spec":{"download":{"tolerations":[{"key":"k","operator":"Exists"}]}}}')
+    (pod,) = wait_for(lambda: cache_pods(kube, namespace, "mct2") or None, timeout=60,
+                      what="a download pod after the fix")
+    assert {"key": "k", "operator": "Exists"} in pod["spec"]["tolerations"]
+    st = wait_for(lambda: (lambda s: s if s.get("reason") != "PodRejected" else None)(
+        cache_status(kube, namespace, "mct2")), timeout=60, what="mct2 past PodRejected")
+    assert "Weird" not in str(st.get("message")), st

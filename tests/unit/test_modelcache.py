@@ -295,3 +295,21 @@ def test_impossible_progress_is_skipped_and_shapes_stay_in_int64() -> None:
     assert model_shape({"parameters": 10**30, "hiddenSize": 64}) == {"hiddenSize": 64}
     odd = parse_report('{"phase":"Ready","message":{"x":1}}', 0)
     assert odd is not None and odd.message == ""  # no Python repr in the status
+
+
+def test_a_failed_copy_is_tried_again_once_the_spec_changes() -> None:
+    """spec.download (tolerations, image, resources) is not in the spec hash: a copy that
+    failed because of it used to stay Failed after the fix, with the old message."""
+    spec = api.parse_cache_spec(PVC_SPEC)
+    failed = {"phase": "Failed", "reason": "PodRejected", "message": "Weird", "observedGeneration":
+              1, "specHash": spec_hash(spec)}
+    for respec, created in ((False, 0), (True, 1)):
+        d = Decision(status={})
+        copy = copy_state(REF, spec, None, [], {}, failed, False, NOW, d, respec)
+        assert len(d.create) == created and copy.phase == ("Downloading" if respec else "Failed")
+    pod = _pod("p1", "Failed", attempt=2, node=None, exit_code=1, message=json.dumps(
+        {"phase": "Failed", "reason": "Stalled", "message": "why"}))
+    d = Decision(status={})
+    copy = copy_state(REF, spec, None, [pod], {}, failed, False, NOW, d, True)
+    assert copy.reason == "Retrying" and [p["metadata"]["annotations"][
+        "serving.kubemaas.io/cache-attempt"] for p in d.create] == ["3"]

@@ -229,10 +229,13 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     decision = Decision(status={})
     targets: list[str | None] = ([None] if spec.storage.type == "pvc"
                                  else list(selected_nodes(spec, snap.nodes)))
+    generation = int(meta.get("generation") or 0)
+    respec = previous.get("observedGeneration") not in (None, generation)
     copies = [copy_state(ref, spec, node, snap.pods, progress, previous,
-                         (node or "") in snap.used_on, now, decision) for node in targets]
+                         (node or "") in snap.used_on, now, decision, respec)
+              for node in targets]
     evictions = _budget(snap, ref, spec, decision, copies, previous)
-    status = cache_status(ref, spec, int(meta.get("generation") or 0), copies, previous, now)
+    status = cache_status(ref, spec, generation, copies, previous, now)
     optimizing = plan_optimize(ref, spec, copies, snap.pods, snap.wants)
     if optimizing.entries:
         status["optimizations"] = optimizing.entries

@@ -106,8 +106,10 @@ def _last_used(prev: Mapping[str, Any], in_use: bool, now: datetime) -> str | No
 
 def copy_state(ref: CacheRef, spec: CacheSpec, node: str | None, pods: Sequence[CachePod],
                progress: Mapping[str, Progress], previous: Mapping[str, Any], in_use: bool,
-               now: datetime, out: Decision) -> Copy:
-    """One copy: its state, and the pods to create or delete (into `out`)."""
+               now: datetime, out: Decision, respec: bool = False) -> Copy:
+    """One copy: its state, and the pods to create or delete (into `out`). `respec`: the
+    spec changed since the last status; a failed copy is tried again (a fix to `download`,
+    which the spec hash leaves out, is otherwise never tried)."""
     tid, current = target_id(node), spec_hash(spec)
     prev = _previous_copy(previous, node)
     used = _last_used(prev, in_use, now)
@@ -122,6 +124,12 @@ def copy_state(ref: CacheRef, spec: CacheSpec, node: str | None, pods: Sequence[
     fetches = sorted((p for p in mine if p.role == "fetch"), key=lambda p: p.attempt)
     newest = fetches[-1] if fetches else None
     same_spec = previous.get("specHash") == current
+    if respec and prev.get("phase") == "Failed" and (newest is None or newest.phase in (
+            "Succeeded", "Failed")):
+        attempt = 1 if newest is None else newest.attempt + 1
+        out.create.append(download_pod(ref, spec, node, attempt))
+        return Copy(node, "Downloading", "Retrying", f"attempt {attempt} started: the spec "
+                    "changed since the copy failed", last_used=used)
     if newest is None:
         if same_spec and prev.get("phase") in ("Ready", "Failed"):  # its pods were removed
             return Copy(node, str(prev["phase"]), str(prev.get("reason") or prev["phase"]),
