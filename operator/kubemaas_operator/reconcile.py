@@ -359,8 +359,12 @@ async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
     if plan.target == "hold" and live is not None:
         revision, deployment = live.revision, None
     elif plan.target == "stable" and plan.stable_spec is not None:
-        stable = await _render_stable(p, plan.stable_spec, raw_spec, record)
-        revision, deployment = stable.revision, _kind(stable, "Deployment")
+        stable = await _render_stable(p, plan.stable_spec, raw_spec, record,
+                                      str((plan.status.get("current") or {}).get("hash") or ""))
+        if stable is not None:
+            revision, deployment = stable.revision, _kind(stable, "Deployment")
+        else:  # not the revision the operator recorded: the Deployment is left as it is
+            revision, deployment = (live.revision if live is not None else ""), None
     surge_unavailable = plan.deployment_strategy or _live_strategy(dep_obj)
     pairs: list[Pair] = []
     for child in rendered.children:
@@ -397,8 +401,11 @@ def _kind(rendered: Rendered, kind: str) -> dict[str, Any]:
 
 
 async def _render_stable(p: _Pass, stable_spec: Mapping[str, Any], raw_spec: Mapping[str, Any],
-                         record: ModelShape | None) -> Rendered:
-    """The last good revision (a rollback's target), with today's replicas and autoscaling."""
+                         record: ModelShape | None, recorded: str) -> Rendered | None:
+    """The last good revision (a rollback's target), with today's replicas and autoscaling;
+    None when status.rollout.stableSpec does not render to the revision the operator recorded
+    (`recorded`, status.rollout.current.hash): the status is writable by others, and a
+    stableSpec edited there must not choose the pods' image and model."""
     stable_raw = {k: v for k, v in stable_spec.items() if k not in ("replicas", "autoscaling")}
     stable_raw.update({k: raw_spec[k] for k in ("replicas", "autoscaling") if k in raw_spec})
     template = str((stable_raw.get("runtime") or {}).get("template") or BUILTIN_TEMPLATE)
@@ -406,9 +413,19 @@ async def _render_stable(p: _Pass, stable_spec: Mapping[str, Any], raw_spec: Map
         source = await _template(p.settings, p.cluster, p.memory, template)
         _, stable = p.memory.render(stable_raw, p.context(template, source, record), template)
     except (SpecError, LookupError, RenderError) as err:
-        raise Retry(f"cannot render the last good revision to roll back to: {err}",
-                    30.0) from err
+        _untrusted(p, f"it does not render ({err})")
+        return None
+    if stable.revision != recorded:
+        _untrusted(p, f"it renders revision {stable.revision}, not the recorded "
+                   f"{recorded or '(none)'}")
+        return None
     return stable
+
+
+def _untrusted(p: _Pass, why: str) -> None:
+    if p.memory.first_time(p.namespace, p.name, f"untrusted-stable:{why}"):
+        log.warning("%s/%s: status.rollout.stableSpec is not rolled back to: %s; the "
+                    "Deployment is left as it is", p.namespace, p.name, why)
 
 
 async def _status(p: _Pass, outcome: Outcome, spec: ModelDeploymentSpec, rendered: Rendered,

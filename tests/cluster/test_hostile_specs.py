@@ -4,6 +4,7 @@ ends the retries that cannot help (/work/scratch/probe-operator.md had the repro
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -21,7 +22,8 @@ from tests.cluster.test_modelcache import (
     terminate,
     two_nodes,
 )
-from tests.cluster.test_operator import apply, condition, get, md, wait_phase
+from tests.cluster.test_operator import apply, condition, get, md, status, wait_phase
+from tests.cluster.test_rollout import ns, quiet_h100  # noqa: F401
 from tests.cluster.test_rollout_gateway import gateway_api, gw_model, gw_ns  # noqa: F401
 from tests.conftest import Kube
 from tests.helpers import wait_for
@@ -94,20 +96,19 @@ def test_autocache_never_takes_over_someones_cache_with_its_name(
 
 def test_a_model_named_like_anothers_track_service_takes_nothing_over(
         kube: Kube, gw_ns: str) -> None:  # noqa: F811
-    ns = gw_ns
-    apply(kube, ns, gw_model("r-gw", 1))
-    wait_for(lambda: kube.kubectl("-n", ns, "get", "service", "r-gw-stable",
+    apply(kube, gw_ns, gw_model("r-gw", 1))
+    wait_for(lambda: kube.kubectl("-n", gw_ns, "get", "service", "r-gw-stable",
                                   check=False).returncode == 0,
              timeout=60, what="r-gw's track Service r-gw-stable")
-    apply(kube, ns, md("r-gw-stable", replicas=1))
-    st = wait_phase(kube, ns, "r-gw-stable", "Failed")
+    apply(kube, gw_ns, md("r-gw-stable", replicas=1))
+    st = wait_phase(kube, gw_ns, "r-gw-stable", "Failed")
     assert ready_reason(st) == "NameConflict", st
     assert "Service r-gw-stable" in ready_message(st) and "ModelDeployment r-gw" in ready_message(
         st), st
-    svc = get(kube, ns, "service", "r-gw-stable")
+    svc = get(kube, gw_ns, "service", "r-gw-stable")
     assert [r["name"] for r in svc["metadata"]["ownerReferences"]] == ["r-gw"]
     assert svc["spec"]["selector"]["app.kubernetes.io/instance"] == "r-gw"
-    assert ready_reason(wait_phase(kube, ns, "r-gw", "Ready", timeout=60)) == "Ready"
+    assert ready_reason(wait_phase(kube, gw_ns, "r-gw", "Ready", timeout=60)) == "Ready"
 
 
 @pytest.mark.parametrize("size", ["1e400", "NaN", "1e30"])
@@ -154,3 +155,33 @@ def test_a_failed_cache_is_tried_again_once_its_download_settings_are_fixed(
     st = wait_for(lambda: (lambda s: s if s.get("reason") != "PodRejected" else None)(
         cache_status(kube, namespace, "mct2")), timeout=60, what="mct2 past PodRejected")
     assert "Weird" not in str(st.get("message")), st
+
+
+def test_a_stable_spec_edited_in_the_status_is_not_rolled_back_to(
+        kube: Kube, ns: str, operator: Operator) -> None:  # noqa: F811
+    from tests.cluster.test_rollout import FAILURE_LABEL, model, wait_revision
+
+    apply(kube, ns, model("ro1", 1, progressDeadlineSeconds=10))
+    wait_revision(kube, ns, "ro1", 1)
+    apply(kube, ns, model("ro1", 1, labels={FAILURE_LABEL: "crash"}, progressDeadlineSeconds=10))
+    st = wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("RolledBack")
+                           else None)(status(kube, ns, "ro1")), timeout=60, what="the rollback")
+    good = get(kube, ns, "deployment", "ro1")["spec"]["template"]["spec"]["containers"][0]
+    evil = dict(st["rollout"]["stableSpec"])
+    evil["runtime"] = {**evil["runtime"], "image": "evil:1"}
+    for tampered, said in ((evil, "renders revision"), ({"model": "garbage"}, "does not render")):
+        line = f"status.rollout.stableSpec is not rolled back to: it {said}"
+
+        def refused(tampered: dict[str, Any] = tampered, line: str = line) -> bool:
+            if line in operator.log_text():
+                return True
+            # a status write the operator had under way may have put its own stableSpec back
+            if status(kube, ns, "ro1")["rollout"].get("stableSpec") != tampered:
+                kube.kubectl("-n", ns, "patch", "md", "ro1", "--subresource=status",
+                             "--type=merge", "-p", json.dumps(
+                                 {"status": {"rollout": {"stableSpec": tampered}}}))
+            return False
+        wait_for(refused, timeout=60, interval=1.0,
+                 what="the operator to refuse the edited stableSpec")
+        live = get(kube, ns, "deployment", "ro1")["spec"]["template"]["spec"]["containers"][0]
+        assert live["image"] == good["image"] != "evil:1", live
