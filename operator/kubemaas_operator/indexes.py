@@ -32,7 +32,7 @@ from typing import Any
 import kopf
 
 from .observed import pod_info
-from .render import INSTANCE, MANAGED_BY, MANAGER, canary_name
+from .render import INSTANCE, MANAGED_BY, MANAGER, NAME, canary_name
 from .scheduling import NodeInfo, pending_demand
 
 MD = ("serving.kubemaas.io", "v1alpha1", "modeldeployments")
@@ -88,9 +88,17 @@ def first(store: Any) -> Any:
     return next(iter(store), None) if store else None
 
 
+CACHE_APP = "kubemaas-model-cache"  # modelcache/render.labels: a ModelCache's own pods
+
+
 def child_key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, str] | None:
+    """The model an object of ours belongs to. A ModelCache's pods carry the same instance and
+    managed-by labels (instance: the cache's name), so a model named like a cache of its
+    namespace counted the cache's download pods as its own replicas: they are left out."""
     instance = labels.get(INSTANCE)
     if not namespace or not instance or labels.get(MANAGED_BY) != MANAGER:
+        return None
+    if labels.get(NAME) == CACHE_APP:
         return None
     return (namespace, instance)
 

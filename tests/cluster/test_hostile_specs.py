@@ -185,3 +185,16 @@ def test_a_stable_spec_edited_in_the_status_is_not_rolled_back_to(
                  what="the operator to refuse the edited stableSpec")
         live = get(kube, ns, "deployment", "ro1")["spec"]["template"]["spec"]["containers"][0]
         assert live["image"] == good["image"] != "evil:1", live
+
+
+def test_a_model_named_like_a_cache_does_not_count_its_download_pod(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    n1, _ = two_nodes(kube)
+    apply(kube, namespace, cache("flip", [n1]))
+    (fetch,) = wait_for(lambda: cache_pods(kube, namespace, "flip") or None, timeout=60,
+                        what="flip's download pod")
+    apply(kube, namespace, md("flip", replicas=1))
+    st = wait_phase(kube, namespace, "flip", "Ready", timeout=60)
+    assert st["readyReplicas"] == 1, st
+    still = [p["metadata"]["name"] for p in cache_pods(kube, namespace, "flip")]
+    assert still == [fetch["metadata"]["name"]]  # Ready while the download pod runs

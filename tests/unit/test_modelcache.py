@@ -313,3 +313,17 @@ def test_a_failed_copy_is_tried_again_once_the_spec_changes() -> None:
     copy = copy_state(REF, spec, None, [pod], {}, failed, False, NOW, d, True)
     assert copy.reason == "Retrying" and [p["metadata"]["annotations"][
         "serving.kubemaas.io/cache-attempt"] for p in d.create] == ["3"]
+
+
+def test_a_caches_pods_are_no_models_children() -> None:
+    """Model `flip` beside ModelCache `flip` counted the cache's download pod as a replica of
+    its own (same instance and managed-by labels) and stayed Progressing while it ran."""
+    from kubemaas_operator.indexes import child_key
+    from kubemaas_operator.modelcache.render import labels
+    from kubemaas_operator.render import APP_NAME, INSTANCE, MANAGED_BY, MANAGER, NAME
+
+    spec = api.parse_cache_spec(NODE_SPEC)
+    cache_pod = labels(CacheRef(name="flip", namespace="ml", uid="u"), "fetch", "gpu-1", spec)
+    assert cache_pod[INSTANCE] == "flip" and child_key("ml", cache_pod) is None
+    model_pod = {NAME: APP_NAME, INSTANCE: "flip", MANAGED_BY: MANAGER}
+    assert child_key("ml", model_pod) == ("ml", "flip")
