@@ -353,6 +353,10 @@ async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
                         p.now, HTTP_ROUTE if gateway is not None and not pool else READY_REPLICAS,
                         never=capacity.message if capacity.never else "")
     for note in plan.notes:
+        # A revision the API server refused leaves no rollout record (the Failed status has
+        # none), so each pass "starts" it again without applying anything: say so once.
+        if note.endswith(" starts") and not p.memory.first_time(p.namespace, p.name, note):
+            continue
         log.info("%s/%s: %s", p.namespace, p.name, note)
     revision = rendered.revision
     deployment: dict[str, Any] | None = _kind(rendered, "Deployment")

@@ -198,3 +198,18 @@ def test_a_model_named_like_a_cache_does_not_count_its_download_pod(
     assert st["readyReplicas"] == 1, st
     still = [p["metadata"]["name"] for p in cache_pods(kube, namespace, "flip")]
     assert still == [fetch["metadata"]["name"]]  # Ready while the download pod runs
+
+
+def test_a_rejected_deployment_is_not_applied_again_every_resync(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    apply(kube, namespace, md("q-cpulimit", runtime={"image": "x", "resources": {
+        "cpu": "2", "memory": "1Gi", "cpuLimit": "1"}}))
+    st = wait_phase(kube, namespace, "q-cpulimit", "Failed")
+    assert ready_reason(st) == "Rejected" and "cpu limit" in ready_message(st), st
+    before = operator.wait_resyncs(1)
+    starts = operator.log_text().count("q-cpulimit: revision 1")
+    after = operator.wait_resyncs(3)
+    assert after["apiWrites"] == before["apiWrites"], (
+        f"{after['apiWrites'] - before['apiWrites']} write(s) during resync passes "
+        f"{before['resyncs']}..{after['resyncs']}")
+    assert operator.log_text().count("q-cpulimit: revision 1") == starts, "logged again"
