@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 _SUFFIXES: dict[str, Decimal] = {
     "": Decimal(1),
@@ -69,6 +69,12 @@ def same_quantity(a: object, b: object) -> bool:
     if not isinstance(a, str | int) or not isinstance(b, str | int):
         return False
     try:
-        return parse_quantity(a) == parse_quantity(b)
+        return _stored(parse_quantity(a)) == _stored(parse_quantity(b))
     except QuantityError:
         return False
+
+
+def _stored(value: Decimal) -> Decimal:
+    """The value as the API server keeps it: nothing finer than a milli-unit, rounded up
+    (cpu '0.00001' comes back as '1m'; compared exactly, it drifted on every resync)."""
+    return (value * 1000).to_integral_value(rounding=ROUND_CEILING) / 1000

@@ -213,3 +213,16 @@ def test_a_rejected_deployment_is_not_applied_again_every_resync(
         f"{after['apiWrites'] - before['apiWrites']} write(s) during resync passes "
         f"{before['resyncs']}..{after['resyncs']}")
     assert operator.log_text().count("q-cpulimit: revision 1") == starts, "logged again"
+
+
+def test_a_sub_millicore_cpu_does_not_drift_every_resync(kube: Kube, namespace: str,
+                                                         operator: Operator) -> None:
+    apply(kube, namespace, md("tiny-cpu", runtime={"image": "x", "resources": {
+        "cpu": "0.00001", "memory": "1Gi"}}))
+    wait_phase(kube, namespace, "tiny-cpu", "Ready", timeout=60)
+    before = operator.wait_resyncs(1)
+    after = operator.wait_resyncs(3)
+    assert after["apiWrites"] == before["apiWrites"], (
+        f"{after['apiWrites'] - before['apiWrites']} write(s) during resync passes "
+        f"{before['resyncs']}..{after['resyncs']}")
+    assert "tiny-cpu: applied Deployment (drifted" not in operator.log_text()

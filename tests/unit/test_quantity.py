@@ -86,3 +86,9 @@ def test_a_queue_with_retry_runs_a_failed_key_again() -> None:
 
     asyncio.run(main())
     assert runs == ["c", "c"]
+
+
+def test_sub_millicore_values_compare_as_the_api_server_stores_them() -> None:
+    # cpu "0.00001" is kept as "1m": it drifted on every resync and was applied again
+    assert same_quantity("0.00001", "1m") and same_quantity("1.0001", "1001m")
+    assert not same_quantity("0.002", "1m") and same_quantity("1500m", "1.5")
