@@ -169,9 +169,13 @@ async def _queued(key: Hashable) -> float | None:
         return err.delay
     if outcome is None:
         return None
-    if outcome.failure is not None and outcome.status is not None and outcome.status.changed:
-        log.warning("%s/%s: %s: %s (waiting for the spec to change)", *key,
-                    outcome.failure.reason, outcome.failure.message)
+    failure = outcome.failure
+    if failure is not None and outcome.status is not None and outcome.status.changed:
+        if failure.phase == "Failed":
+            log.warning("%s/%s: %s: %s (waiting for the spec to change)", *key, failure.reason,
+                        failure.message)
+        else:  # a wait (CacheNotReady: the cache's progress), not a mistake to fix
+            log.info("%s/%s: %s: %s", *key, failure.reason, failure.message)
     return outcome.requeue_after
 
 

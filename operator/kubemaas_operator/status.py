@@ -243,7 +243,8 @@ def _merge(prev: Mapping[str, Any], cond: _Cond, now: datetime,
 
 
 def _short(reason: str, message: str) -> str:
-    text = f"{reason}: {message}" if message else reason
+    """The one-line Reason column (a YAML error's message spans lines: joined)."""
+    text = " ".join((f"{reason}: {message}" if message else reason).split())
     if len(text) > _REASON_COLUMN_WIDTH:
         text = text[: _REASON_COLUMN_WIDTH - 1] + "…"
     return text

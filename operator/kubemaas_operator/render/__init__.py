@@ -301,6 +301,9 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     place = placement(spec)
     params = deployment_params(spec, ctx, place)
     labels = common_labels(ctx.name)
+    if ctx.template_source is not None and not ctx.template_source.strip():
+        raise RenderError(f"template {ctx.template_name!r} is empty in the templates ConfigMap "
+                          "(an empty key is not the built-in template)")
     source = ctx.template_source or builtin_template("deployment.yaml.j2")
     deployment = _render(source, f"template {ctx.template_name!r}", params)
     _check_deployment(deployment, ctx, spec)
