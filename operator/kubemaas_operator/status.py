@@ -292,7 +292,8 @@ def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def failed_status(failure: Failure, o: Observed, gpu: str = "-") -> StatusResult:
-    """phase Failed: the spec must change before the operator can serve it."""
+    """phase Failed (or Pending for a wait such as CacheNotReady): the spec must change, or
+    the wait end, before the operator can serve it; a wait is Degraded while replicas serve."""
     prev_conds = {c.get("type"): c for c in o.previous.get("conditions") or []}
     conds = [_Cond("Ready", "False", failure.reason, failure.message),
              _Cond("Scheduled", "Unknown", failure.reason, "not attempted: the spec is invalid"),
@@ -300,12 +301,15 @@ def failed_status(failure: Failure, o: Observed, gpu: str = "-") -> StatusResult
              _Cond("RolloutComplete", "Unknown", failure.reason,
                    "not attempted: the spec is invalid")]
     dep = o.deployment
+    # A wait (the cache is being deleted, or went back to Downloading) while replicas still
+    # serve: Degraded, and the URL they answer on stays. A spec to fix stays Failed.
+    serving = failure.phase == "Pending" and dep is not None and dep.ready_replicas > 0
     status: dict[str, Any] = {
-        "phase": failure.phase, "observedGeneration": o.generation,
+        "phase": "Degraded" if serving else failure.phase, "observedGeneration": o.generation,
         "replicas": dep.replicas if dep else 0,
         "readyReplicas": dep.ready_replicas if dep else 0,
         "desiredReplicas": 0,
-        "selector": o.selector, "url": o.url,
+        "selector": o.selector, "url": o.url or (o.previous.get("url") if serving else None),
         "currentRevision": o.previous.get("currentRevision"),
         "updateRevision": o.previous.get("updateRevision"),
         "reason": _short(failure.reason, failure.message),

@@ -169,9 +169,12 @@ def _deletion_held_while_in_use_then_cleaned(kube: Kube, namespace: str, n1: str
     held = wait_for(lambda: (lambda s: s if s.get("reason") == "InUse" else None)(
         cache_status(kube, namespace, "tiny")), timeout=60, what="reason InUse")
     assert n1 in held["message"] and not cache_pods(kube, namespace, "tiny", "clean")
-    wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("CacheDeleting") else None)(
+    told = wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("CacheDeleting")
+                             else None)(
         _json(kube, "-n", namespace, "get", "md", "uses-cache").get("status") or {}),
         timeout=60, what="the model told CacheDeleting")
+    # its pod still serves: Degraded with its URL, not Pending with none
+    assert told["phase"] == "Degraded" and told.get("url"), told
 
     kube.kubectl("-n", namespace, "delete", "md", "uses-cache", "--wait=false")
     cleaners = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(

@@ -179,6 +179,23 @@ def test_failed_status() -> None:
     assert result.events[0].type == "Warning"
 
 
+def test_a_wait_while_replicas_serve_is_degraded_with_its_url() -> None:
+    """The cache a serving model mounts is being deleted (CacheDeleting), or went back to
+    Downloading: its pods still answer, so Degraded with its URL, not Pending without one."""
+    url = "http://m.ns.svc.cluster.local:8080"
+    waiting = Failure("CacheDeleting", "ModelCache c is being deleted", phase="Pending")
+    st = failed_status(waiting, observed(url=None, deployment=complete(ready=1),
+                                         previous={"url": url})).status
+    assert (st["phase"], st["url"]) == ("Degraded", url), st
+    assert cond(st, "Ready")["reason"] == "CacheDeleting"
+    idle = failed_status(waiting, observed(url=None, previous={"url": url})).status
+    assert idle["phase"] == "Pending" and "url" not in idle
+    # a spec to fix stays Failed, serving or not (test_operator's template case)
+    wrong = Failure("TemplateNotFound", "template 'nope' not found")
+    st = failed_status(wrong, observed(url=None, deployment=complete(ready=1))).status
+    assert st["phase"] == "Failed"
+
+
 def test_deployment_info_reads_failures() -> None:
     info = deployment_info({"metadata": {"generation": 2}, "spec": {"replicas": 1},
                             "status": {"observedGeneration": 2, "conditions": [
