@@ -381,23 +381,31 @@ async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         pairs.append((with_strategy(_kind(rendered, "Deployment"), 0, 1,
                                     replicas=plan.canary_replicas, canary=True),
                       c.canary, "canary"))
-    route_children = {key: p.memory.freshest(kind, p.namespace, obj_name, snap.children.get(key))
+    unwanted = _route_pairs(p, spec, gateway, pool, plan.canary_weight, pairs)
+    return _Targets(plan, revision, pairs, unwanted)
+
+
+def _route_pairs(p: _Pass, spec: ModelDeploymentSpec, gateway: GatewayRef | None, pool: bool,
+                 canary_weight: int, pairs: list[Pair]) -> list[tuple[str, str, str, bool]]:
+    """The routing children the spec wants, appended to ``pairs``; returns every routing
+    child as (apiVersion, kind, name, whether it exists and is no longer wanted)."""
+    route_children = {key: p.memory.freshest(kind, p.namespace, obj_name,
+                                             p.snap.children.get(key))
                       for key, _, kind, obj_name in gateway_children(p.name)}
     wanted_routes: set[str] = set()
     try:
         for manifest in route_manifests(spec, RenderContext(
                 name=p.name, namespace=p.namespace, uid=p.uid), gateway, pool,
-                p.settings.default_endpoint_picker(), plan.canary_weight):
+                p.settings.default_endpoint_picker(), canary_weight):
             key = next(k for k, _, kind, obj_name in gateway_children(p.name)
                        if kind == manifest["kind"] and obj_name == manifest["metadata"]["name"])
             wanted_routes.add(key)
             pairs.append((manifest, route_children[key], "route"))
     except RenderError as err:  # cannot happen for a parsed spec; say so if it does
         raise Retry(f"cannot render the model's routes: {err}", 30.0) from err
-    unwanted = [(api_version, kind, obj_name,
-                 key not in wanted_routes and route_children.get(key) is not None)
-                for key, api_version, kind, obj_name in gateway_children(p.name)]
-    return _Targets(plan, revision, pairs, unwanted)
+    return [(api_version, kind, obj_name,
+             key not in wanted_routes and route_children.get(key) is not None)
+            for key, api_version, kind, obj_name in gateway_children(p.name)]
 
 
 def _kind(rendered: Rendered, kind: str) -> dict[str, Any]:

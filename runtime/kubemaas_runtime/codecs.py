@@ -55,17 +55,18 @@ def _parse_shape(raw: object, name: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _flatten(data: object, out: list[object]) -> None:
+def flatten(data: object, out: list[object]) -> None:
+    """Append the leaves of nested JSON lists to ``out``, in order."""
     if isinstance(data, list):
         for item in data:
-            _flatten(item, out)
+            flatten(item, out)
     else:
         out.append(data)
 
 
 def _bytes_from_json(data: object, name: str) -> np.ndarray:
     flat: list[object] = []
-    _flatten(data, flat)
+    flatten(data, flat)
     values: list[bytes] = []
     for item in flat:
         if isinstance(item, str):
@@ -83,7 +84,7 @@ def _whole_numbers(data: object, raw: np.ndarray, name: str, datatype: str) -> n
     lost), and one of 2**64 or more as an object: read such data as integers again when every
     value is one (UINT64's range; the caller checks the datatype's)."""
     flat: list[object] = []
-    _flatten(data, flat)
+    flatten(data, flat)
     ints = [v for v in flat if type(v) is int]
     if len(ints) != len(flat):
         return raw  # floats or other values: refused as not integers
@@ -123,7 +124,7 @@ def json_tensor(data: list[Any], datatype: str, dtype: np.dtype[Any], name: str)
                            f"{datatype} values") from None
     if arr.dtype.kind == "f" and np.isnan(arr).any():  # numpy reads a null as NaN
         flat: list[object] = []
-        _flatten(data, flat)
+        flatten(data, flat)
         if any(v is None for v in flat):
             raise InvalidInput(f"input {name!r}: {datatype} data must be numbers, got null")
     return arr

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .backends.base import DATATYPE_TO_NUMPY, TensorSpec
-from .codecs import dumps_json, json_tensor
+from .codecs import dumps_json, flatten, json_tensor
 from .errors import InvalidInput
 from .request_json import loads_json
 
@@ -151,7 +151,7 @@ def _bytes_tensor(value: list[Any], name: str) -> np.ndarray:
     except ValueError:
         shape = ()
     flat: list[object] = []
-    _flatten(value, flat)
+    flatten(value, flat)
     items: list[bytes] = []
     for item in flat:
         if isinstance(item, str):
@@ -169,14 +169,6 @@ def _bytes_tensor(value: list[Any], name: str) -> np.ndarray:
     arr = np.empty(len(items), dtype=np.object_)
     arr[:] = items
     return arr.reshape(shape)
-
-
-def _flatten(data: object, out: list[object]) -> None:
-    if isinstance(data, list):
-        for item in data:
-            _flatten(item, out)
-    else:
-        out.append(data)
 
 
 def _json_value(name: str, arr: np.ndarray) -> Any:

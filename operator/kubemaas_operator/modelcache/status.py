@@ -141,15 +141,7 @@ def copy_state(ref: CacheRef, spec: CacheSpec, node: str | None, pods: Sequence[
         if seen is None and same_spec and prev.get("bytesTotal"):
             seen = Progress(bytes_done=int(prev.get("bytesDone") or 0),
                             bytes_total=int(prev.get("bytesTotal") or 0))
-        if newest.phase == "Running":
-            out.read_logs.append(newest.name)
-        if seen is not None and spec.size_limit is not None and seen.bytes_total > spec.size_limit:
-            out.delete.append(newest.name)
-            return Copy(node, "Failed", "DiskFull", f"the model is {seen.bytes_total} bytes, "
-                        f"more than spec.sizeLimit ({spec.size_limit})", seen, last_used=used)
-        what = f"attempt {newest.attempt}, pod {newest.name}" + (
-            "" if newest.phase == "Running" else " (not running yet)")
-        return Copy(node, "Downloading", "Downloading", what, seen, last_used=used)
+        return _downloading(spec, node, newest, seen, out, used)
     report = parse_report(newest.message, newest.exit_code)
     if newest.phase == "Succeeded" and report is not None and report.phase == "Ready":
         return Copy(node, "Ready", "Ready", report.message or "downloaded and verified",
@@ -157,6 +149,27 @@ def copy_state(ref: CacheRef, spec: CacheSpec, node: str | None, pods: Sequence[
     if report is not None:  # the downloader gave up and said why
         return Copy(node, "Failed", report.reason, report.message or report.reason,
                     report=report, last_used=used)
+    return _unreported(ref, spec, node, newest, now, out, used)
+
+
+def _downloading(spec: CacheSpec, node: str | None, newest: CachePod, seen: Progress | None,
+                 out: Decision, used: str | None) -> Copy:
+    """A download pod pending or running: its progress, or DiskFull past spec.sizeLimit."""
+    if newest.phase == "Running":
+        out.read_logs.append(newest.name)
+    if seen is not None and spec.size_limit is not None and seen.bytes_total > spec.size_limit:
+        out.delete.append(newest.name)
+        return Copy(node, "Failed", "DiskFull", f"the model is {seen.bytes_total} bytes, "
+                    f"more than spec.sizeLimit ({spec.size_limit})", seen, last_used=used)
+    what = f"attempt {newest.attempt}, pod {newest.name}" + (
+        "" if newest.phase == "Running" else " (not running yet)")
+    return Copy(node, "Downloading", "Downloading", what, seen, last_used=used)
+
+
+def _unreported(ref: CacheRef, spec: CacheSpec, node: str | None, newest: CachePod,
+                now: datetime, out: Decision, used: str | None) -> Copy:
+    """A download pod that ended without a report: another attempt after a backoff, or
+    Failed once spec.download.retries are spent."""
     if newest.attempt > spec.download.retries:
         return Copy(node, "Failed", "DownloadFailed", f"{newest.attempt} download pods ended "
                     f"without a report (the last, {newest.name}, exit code {newest.exit_code}); "
