@@ -25,6 +25,7 @@ from .. import __version__
 from ..llm.request_stream import Delta
 from ..metrics import Metrics
 from ..request_json import parse_json
+from .expect import go_ahead
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
 from .openai_embeddings import Pooled, embeddings
 from .openai_engine import (
@@ -299,6 +300,7 @@ class OpenAIServer:
         if length is not None and length > self.max_request_bytes:
             raise ApiError(413, f"request body of {length} bytes is over the limit of "
                            f"{self.max_request_bytes} bytes")
+        await go_ahead(request)
         chunks, total = [], 0
         try:
             while chunk := await request.content.readany():

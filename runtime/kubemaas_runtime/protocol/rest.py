@@ -20,6 +20,7 @@ from ..dataplane import DataPlane
 from ..errors import InvalidInput, PayloadTooLarge, RuntimeErrorBase, Unavailable
 from ..logs import request_context
 from ..metrics import Metrics
+from .expect import go_ahead
 from .request_log import CLIENT_GONE, HEADER, UNLOGGED, valid_id, write_record
 
 log = logging.getLogger("kubemaas.runtime.rest")
@@ -66,12 +67,7 @@ class RestServer:
                                   f"{self.max_request_bytes} bytes")
         if length is not None and self.body_bytes + length > self.max_inflight_bytes:
             raise self._busy()
-        if request.version >= (1, 1) and \
-                request.headers.get("Expect", "").lower() == "100-continue":
-            # curl and others wait (1 s) for this before sending a larger body; the low-level
-            # server does not answer it for us like aiohttp's router does
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0
+        await go_ahead(request)
         chunks: list[bytes] = []
         total = 0
         while True:
