@@ -28,13 +28,19 @@ log = logging.getLogger("kubemaas.runtime")
 # probes, benchmarks and people wait for them
 lifecycle = logging.getLogger("kubemaas.runtime.lifecycle")
 
+CUT_GRACE_S = 2.0  # past the drain timeout: for the requests cut to send their ending
+HANDLER_GRACE_S = 1.0  # then: for a handler still running before aiohttp cancels it
+
 
 async def listen(settings: Settings, security: Security) -> tuple[web.ServerRunner, int]:
     """Start the listener (TLS when configured) and the security gate's reloads; return the
     runner and the port it bound."""
     from aiohttp import web
 
-    runner = web.ServerRunner(security.server, handle_signals=False)
+    # past the drain, a handler still running (its client reads nothing, so its write waits)
+    # is cancelled after HANDLER_GRACE_S: aiohttp's default, 60 s, outlived a pod's grace
+    runner = web.ServerRunner(security.server, handle_signals=False,
+                              shutdown_timeout=HANDLER_GRACE_S)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024,
                        ssl_context=security.ssl_context)
@@ -85,24 +91,36 @@ def run_in_thread(work: Callable[[], T], loop: asyncio.AbstractEventLoop) -> asy
     return fut
 
 
-async def drain(settings: Settings, inflight: Callable[[], int], serving: bool) -> None:
+async def drain(settings: Settings, inflight: Callable[[], int], serving: bool,
+                cut: Callable[[], None] | None = None) -> None:
     """After readiness went 503: keep serving for --shutdown-delay-s (when a model was serving),
-    then wait up to --drain-timeout-s for the requests in flight."""
-    loop = asyncio.get_running_loop()
+    then wait up to --drain-timeout-s for the requests in flight; past it, ``cut`` ends them
+    (each answered with a 503 or, on a stream, an error event) and they get CUT_GRACE_S more
+    to send that."""
     if settings.shutdown_delay_s and serving:
         await asyncio.sleep(settings.shutdown_delay_s)  # readiness 503, still serving
-    deadline = loop.time() + settings.drain_timeout_s
-    while inflight() > 0 and loop.time() < deadline:
-        await asyncio.sleep(0.01)
-    if inflight():
+    if not await _settle(inflight, settings.drain_timeout_s):
         log.warning("drain timeout; exiting with requests in flight",
                     extra={"fields": {"inflight": inflight()}})
+        if cut is not None:
+            cut()
+            await _settle(inflight, CUT_GRACE_S)
+
+
+async def _settle(inflight: Callable[[], int], timeout_s: float) -> bool:
+    """Whether the requests in flight all ended within ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while inflight() > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    return inflight() == 0
 
 
 async def serve_until_stopped(settings: Settings, metrics: Metrics, security: Security,
                               load: Callable[[], T], go_ready: Callable[[T, int], None],
                               inflight: Callable[[], int], stop_serving: Callable[[], None],
-                              close: Callable[[T | None], None]) -> int:
+                              close: Callable[[T | None], None],
+                              cut: Callable[[], None] | None = None) -> int:
     """Listen, load the model in a thread (``load``; a stop signal meanwhile ends the wait),
     serve it (``go_ready`` with what loaded and the bound port) until SIGTERM or SIGINT, then
     turn readiness off (``stop_serving``), drain the requests in flight and ``close`` what
@@ -126,7 +144,7 @@ async def serve_until_stopped(settings: Settings, metrics: Metrics, security: Se
         lifecycle.info("draining", extra={"fields": {"inflight": inflight()}})
         stop_serving()
         metrics.model_ready.set((settings.model_name,), 0)
-        await drain(settings, inflight, serving=loaded is not None)
+        await drain(settings, inflight, serving=loaded is not None, cut=cut)
     except StartupError as exc:
         log.error(str(exc))
         exit_code = 1

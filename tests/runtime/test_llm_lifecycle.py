@@ -1,16 +1,19 @@
-"""The OpenAI server's HTTP lifecycle under clients that do what HTTP allows but few do: a client
-that sends ``Expect: 100-continue`` and waits for the go-ahead before its body."""
+"""The OpenAI server's HTTP lifecycle: a client that sends ``Expect: 100-continue`` and waits for
+the go-ahead before its body; a SIGTERM whose drain times out with generations in flight."""
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from .conftest import Server, start_llm_server
+from .test_llm_bad_input import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +56,74 @@ def test_an_oversized_body_is_refused_before_the_go_ahead(server: Server) -> Non
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue"
                      b"\r\nContent-Length: 999999999\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 413")
+
+
+def raw_post(port: int, path: str, doc: dict[str, object]) -> bytes:
+    """The whole HTTP answer to one request on its own connection, read until the server closes."""
+    body = json.dumps(doc).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                     f"application/json\r\nContent-Length: {len(body)}\r\nConnection: close"
+                     f"\r\n\r\n".encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def ending(answer: bytes, stream: bool) -> str:
+    """How an answer ended: "finished" (its own finish, then [DONE] on a stream) or "cut" (a
+    503 error object; on a stream an error event, then [DONE]); anything else fails."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if not stream:
+        doc = json.loads(body)
+        if head.startswith(b"HTTP/1.1 200"):
+            assert doc["choices"][0]["finish_reason"] == "length", doc
+            return "finished"
+        assert head.startswith(b"HTTP/1.1 503"), answer[:300]
+        assert doc["error"]["type"] == "service_unavailable_error", doc
+        return "cut"
+    assert head.startswith(b"HTTP/1.1 200"), answer[:300]
+    # chunked framing: the events are the lines that start with "data: "
+    events = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]", answer[-300:]
+    last = json.loads(events[-2])
+    if "error" in last:
+        assert last["error"]["type"] == "service_unavailable_error", last
+        assert "shutting down" in last["error"]["message"], last
+        return "cut"
+    assert last["choices"][0]["finish_reason"] == "length", last
+    return "finished"
+
+
+def test_sigterm_past_the_drain_timeout_ends_every_request_cleanly(tiny_llama: Path) -> None:
+    """Generations still running when --drain-timeout-s runs out end at once: a stream with an
+    error event (503, "the server is shutting down") then [DONE], a whole answer with a 503,
+    and the process exits soon after. They ran on until they finished (aiohttp's own 60 s
+    shutdown grace), so a pod outlived its terminationGracePeriodSeconds and was killed with
+    every stream cut mid-chunk."""
+    server = start_llm_server(tiny_llama, "--drain-timeout-s", "1", "--max-num-seqs", "1",
+                              "--max-queue-size", "32")
+    try:
+        assert server.port is not None
+        port, tokens = server.port, {"max_tokens": 400, "ignore_eos": True}
+        cases = [("/v1/completions", {"prompt": f"story {i}", "stream": i % 2 == 0, **tokens})
+                 for i in range(6)]
+        cases += [("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                            "stream": True, **tokens}),
+                  ("/v1/completions", {"prompt": "beams", "n": 2, "use_beam_search": True,
+                                       "stream": True, **tokens})]
+        with ThreadPoolExecutor(len(cases)) as pool:
+            answers = [pool.submit(raw_post, port, path, {"model": "tiny", **doc})
+                       for path, doc in cases]
+            wait_for(lambda: "vllm:num_requests_running{model_name=\"tiny\"} 1" in
+                     server.metrics())
+            sent = time.monotonic()
+            assert server.stop(timeout=30) == 0
+            took = time.monotonic() - sent
+            ends = [ending(a.result(timeout=10), bool(doc.get("stream")))
+                    for a, (_, doc) in zip(answers, cases, strict=True)]
+    finally:
+        server.stop()
+    assert took < 5, f"exited {took:.1f} s after SIGTERM with a drain timeout of 1 s"
+    assert "cut" in ends, ends  # the queue held more than a second of generation

@@ -47,10 +47,8 @@ class BeamAnswer(RequestStream):
         super().__init__(engine, engine.sequence(prompt, params))
         self._search = search
 
-    def cancel(self) -> None:
-        if not self.done:
-            self.done = True
-            self._search.cancel()
+    def _stop_work(self) -> None:
+        self._search.cancel()
 
 
 class BeamSearch:

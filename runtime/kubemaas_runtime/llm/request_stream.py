@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from .scheduler import Sequence
 
 
+class ShuttingDown(Exception):
+    """The request was still running when the server's drain timed out (the caller answers
+    503)."""
+
+
 @dataclass(frozen=True)
 class Delta:
     """What one step produced for one request."""
@@ -69,7 +74,17 @@ class RequestStream:
     def cancel(self) -> None:
         if not self.done:
             self.done = True
-            self._engine.abort(self.seq)
+            self._stop_work()
+
+    def fail(self, error: BaseException) -> None:
+        """Event loop: end the request with ``error`` (read after the deltas before it) and stop
+        its work now, whether or not its reader is reading."""
+        if not self.done:
+            self.put(error)
+            self._stop_work()
+
+    def _stop_work(self) -> None:
+        self._engine.abort(self.seq)  # its KV blocks go back at once
 
     async def batches(self) -> AsyncIterator[list[Delta]]:
         """Lists of the deltas that are ready, up to the finishing one; an engine failure is

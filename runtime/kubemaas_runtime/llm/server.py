@@ -214,4 +214,5 @@ async def serve_llm(settings: Settings) -> int:
             loaded[1].stop()  # the engine
 
     return await serve_until_stopped(settings, metrics, security, lambda: _load(settings),
-                                     go_ready, lambda: api.inflight, stop_serving, close)
+                                     go_ready, lambda: api.inflight, stop_serving, close,
+                                     cut=api.cut)

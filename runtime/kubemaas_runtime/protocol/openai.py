@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..llm.request_stream import Delta
+from ..llm.request_stream import Delta, RequestStream, ShuttingDown
 from ..metrics import Metrics
 from ..request_json import parse_json
 from .expect import go_ahead
@@ -123,6 +123,8 @@ class OpenAIServer:
         self.lora_updating = False  # the LoRA load and unload routes are served
         self.draining = False
         self.inflight = 0
+        self.live: set[RequestStream] = set()  # the generations' streams being answered
+        self.cutting = False  # the drain timed out: generations end (cut)
         self.created = int(time.time())
         self.server = web.Server(self.handle, access_log=None, handler_cancellation=True)
 
@@ -387,6 +389,7 @@ class OpenAIServer:
             grammars = await matchers(served, req, prompts)
             choices = submit(served, req, prompts, params,
                              await echo_texts(served, req, prompts), grammars, lora)
+            self._hold(choices)
             try:
                 if responses is not None:
                     return await self._respond(request, served, req, responses, choices[0])
@@ -394,12 +397,25 @@ class OpenAIServer:
                     return await self._stream(request, served, req, choices)
                 return _json(await _whole(self._complete(served, req, choices, prompts)))
             finally:
+                self.live.difference_update(c.stream for c in choices)
                 if not all(c.stream.finished for c in choices):  # the client went away (or
                     served.metrics.success.inc((self.model_name, "abort"))  # a write failed)
                 for choice in choices:
                     choice.stream.cancel()  # a no-op when finished; frees the blocks when not
         finally:
             self.inflight -= 1
+
+    def _hold(self, choices: list[Choice]) -> None:
+        self.live.update(c.stream for c in choices)
+        if self.cutting:  # submitted after the cut
+            self.cut()
+
+    def cut(self) -> None:
+        """SIGTERM's drain timed out: every generation still running ends now with a 503 (a
+        stream with its error event, then [DONE]) and its work stops."""
+        self.cutting = True
+        for stream in list(self.live):
+            stream.fail(ShuttingDown("the server is shutting down"))
 
     def _head(self, req: GenerationRequest) -> dict[str, Any]:
         prefix = "chatcmpl-" if req.chat else "cmpl-"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..llm.request_stream import ShuttingDown
 from ..llm.sampling import NotANumber, UnfollowableOutput
 
 log = logging.getLogger("kubemaas.runtime.openai")
@@ -37,7 +38,10 @@ def bad_request(message: str, param: str) -> ApiError:
 def generation_error(exc: Exception, where: str = "generation failed") -> ApiError:
     """How a request the engine failed is answered: a 400 that says why when the request's own
     limits left its output no token to go on with; a 500 that says why when the model's output
-    was NaN; else a 500 (logged with its traceback)."""
+    was NaN; a 503 when the server's drain timed out while it ran; else a 500 (logged with its
+    traceback)."""
+    if isinstance(exc, ShuttingDown):
+        return ApiError(503, str(exc), retry_after=1)
     if isinstance(exc, UnfollowableOutput):
         log.info("%s: %s", where, exc)
         return ApiError(400, str(exc))
