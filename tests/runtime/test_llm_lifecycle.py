@@ -1,9 +1,11 @@
 """The OpenAI server's HTTP lifecycle: a client that sends ``Expect: 100-continue`` and waits for
-the go-ahead before its body; a SIGTERM whose drain times out with generations in flight."""
+the go-ahead before its body; a SIGTERM whose drain times out with generations in flight; the
+shutdown delay, not ready but serving."""
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -127,3 +129,24 @@ def test_sigterm_past_the_drain_timeout_ends_every_request_cleanly(tiny_llama: P
         server.stop()
     assert took < 5, f"exited {took:.1f} s after SIGTERM with a drain timeout of 1 s"
     assert "cut" in ends, ends  # the queue held more than a second of generation
+
+
+def test_the_shutdown_delay_keeps_serving_while_not_ready(tiny_llama: Path) -> None:
+    """--shutdown-delay-s: after SIGTERM readiness is 503 at once (/health, /v1/models) while
+    generation requests are still answered until the delay ends, so that the requests a
+    Service sends before it drops the pod are served (as the v2 server does). They were
+    refused with 503 "the server is shutting down" from the SIGTERM on."""
+    server = start_llm_server(tiny_llama, "--shutdown-delay-s", "3", "--drain-timeout-s", "1")
+    try:
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: any(d.get("msg") == "draining" for d in server.logs()))
+        assert server.request("GET", "/health")[0] == 503
+        assert server.request("GET", "/v1/models")[0] == 503
+        for path, doc in [("/v1/completions", {"prompt": "Once upon a time"}),
+                          ("/v1/chat/completions",
+                           {"messages": [{"role": "user", "content": "hello"}]})]:
+            status, body = server.post_json(path, {"model": "tiny", "max_tokens": 3, **doc})
+            assert status == 200, body
+        assert server.proc.wait(20) == 0
+    finally:
+        server.stop()

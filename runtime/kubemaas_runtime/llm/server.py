@@ -205,6 +205,12 @@ async def serve_llm(settings: Settings) -> int:
             **fields}})
 
     def stop_serving() -> None:
+        # readiness 503 at once; the requests a Service still sends during --shutdown-delay-s
+        # are served (as the v2 server's are), new ones refused once it ends
+        api.unready = True
+        loop.call_later(settings.shutdown_delay_s, refuse_new)
+
+    def refuse_new() -> None:
         api.draining = True
 
     def close(loaded: tuple[Any, Any] | None) -> None:

@@ -121,7 +121,8 @@ class OpenAIServer:
         self.served: Served | None = None
         self.pooled: Pooled | None = None  # an embedding model (--runner pooling) instead
         self.lora_updating = False  # the LoRA load and unload routes are served
-        self.draining = False
+        self.unready = False  # SIGTERM: readiness 503, requests served until draining
+        self.draining = False  # new requests are refused (503)
         self.inflight = 0
         self.live: set[RequestStream] = set()  # the generations' streams being answered
         self.cutting = False  # the drain timed out: generations end (cut)
@@ -188,7 +189,7 @@ class OpenAIServer:
                 "/version")
 
     def _get(self, path: str) -> web.StreamResponse:
-        ready = (self.served or self.pooled) is not None and not self.draining
+        ready = (self.served or self.pooled) is not None and not (self.draining or self.unready)
         if path == "/health":
             return _json({"status": "ok" if ready else "unavailable"}, 200 if ready else 503)
         if path == "/version":  # vLLM's: the server's version, for clients that log it
