@@ -16,7 +16,7 @@ from .floor import autoscaler_observed, hand_over, raise_to_floor, starts_at_zer
 from .k8s import ApiError, AsyncCluster
 from .memory import Memory
 from .observed import deployment_info
-from .ownership import NameConflict, conflict_message, foreign_owner, may_clash
+from .ownership import NameConflict, conflict_message, foreign_owner
 from .render import CHILD_KINDS, SPEC_HASH, canary_name
 from .render.autoscaler import Choice
 from .writes import Retry, pin_replicas
@@ -60,14 +60,14 @@ async def apply(c: Children, pairs: Iterable[Pair], spec: ModelDeploymentSpec,
         reason = _why(child, have)
         if reason is None:
             continue
-        if reason == "missing" and may_clash(child):
-            await _not_taken(c, child)
         main_deployment = role == "main" and kind == "Deployment"
         at_zero = main_deployment and have is None and starts_at_zero(spec, engine)
         try:
             refused = c.memory.rejected(child)
             if refused is not None:  # the same manifest again: do not ask again
                 raise ApiError(422, "Invalid", refused)
+            if reason == "missing":  # one read before creating it: is the name someone else's?
+                await _not_taken(c, child)
             if main_deployment and have is not None:
                 pin = hand_over(spec, deployment_info(have).spec_replicas,
                                 autoscaler_observed(c.main))

@@ -5,20 +5,23 @@ object of the name it wants that another model made: model `X-stable` beside mod
 Gateway (whose track Service is `X-stable`), or `X-canary` beside `X`'s canary. Applying it
 anyway would take it over, and the two models would take it back from each other on every
 resync (the Service's selector flipping between them). So before creating a child, the object of
-that name is read, and one controlled by another resource is left alone and reported."""
+that name is read, and one controlled by another resource is left alone and reported.
+
+The same holds for any child's name taken by an object nobody controls that kubemaas did not make
+(no `app.kubernetes.io/managed-by: kubemaas` label): an InferencePool or HTTPRoute a Helm chart
+(llm-d's, say) or a person made under the model's name. Taking it over would rewrite it, and its
+owner reference would let the garbage collector delete it with the model. An uncontrolled object
+with the label (a child orphaned by `kubectl delete --cascade=orphan`) is adopted."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-# Only these names can clash: every other child is named exactly as its model, and two models
-# cannot share a name; so only they cost a read before their creation.
-CLASHING_SUFFIXES = ("-stable", "-canary")
-
-
-def may_clash(child: Mapping[str, Any]) -> bool:
-    return str((child.get("metadata") or {}).get("name") or "").endswith(CLASHING_SUFFIXES)
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "kubemaas"
+UNMANAGED = (f"no owner; it was not made by kubemaas (no label {MANAGED_BY}: {MANAGER}: by hand "
+             "or by another tool)")
 
 
 class NameConflict(Exception):
@@ -31,11 +34,15 @@ def _controller(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def foreign_owner(child: Mapping[str, Any], live: Mapping[str, Any]) -> str | None:
-    """'KIND NAME' of the resource that controls `live` when it is not the child's owner; None
-    when it is ours, has no controller, or was a model of our name deleted since (a new UID:
-    the garbage collector removes its children, ours replace them)."""
+    """'KIND NAME' of the resource that controls `live` when it is not the child's owner (or
+    UNMANAGED: nobody controls it and kubemaas did not make it); None when it is ours, an
+    uncontrolled object with our label, or a model of our name deleted since (a new UID: the
+    garbage collector removes its children, ours replace them)."""
     ours, theirs = _controller(child), _controller(live)
-    if ours is None or theirs is None or theirs.get("uid") == ours.get("uid"):
+    if theirs is None:
+        labels = (live.get("metadata") or {}).get("labels") or {}
+        return None if ours is None or labels.get(MANAGED_BY) == MANAGER else UNMANAGED
+    if ours is None or theirs.get("uid") == ours.get("uid"):
         return None
     if (theirs.get("kind"), theirs.get("name")) == (ours.get("kind"), ours.get("name")):
         return None
@@ -44,6 +51,7 @@ def foreign_owner(child: Mapping[str, Any], live: Mapping[str, Any]) -> str | No
 
 def conflict_message(child: Mapping[str, Any], owner: str) -> str:
     kind, name = child.get("kind"), (child.get("metadata") or {}).get("name")
-    return (f"the {kind} {name} this model needs already exists and belongs to {owner}; it is "
-            "left alone. Rename one of the two (a model named NAME also uses NAME-stable and "
-            "NAME-canary when it runs a canary or has a Gateway)")
+    whose = f"has {owner}" if owner == UNMANAGED else f"belongs to {owner}"
+    return (f"the {kind} {name} this model needs already exists and {whose}; it is left alone. "
+            "Rename one of the two (a model named NAME also uses NAME-stable and NAME-canary "
+            "when it runs a canary or has a Gateway)")

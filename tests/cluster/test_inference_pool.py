@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.cluster.conftest import RESYNC_S, Operator
-from tests.cluster.test_operator import apply, get
+from tests.cluster.test_operator import apply, condition, get, wait_phase
 from tests.cluster.test_rollout_gateway import exists, gateway_api, gw_ns
 from tests.conftest import Kube
 from tests.helpers import holds, wait_for
@@ -128,6 +128,34 @@ def test_a_tensor_model_gets_no_pool(kube: Kube, gw_ns: str, inference_extension
     assert {b["name"] for b in route["spec"]["rules"][0]["backendRefs"]} == {
         "resnet-stable", "resnet-canary"}
     assert pool_of(kube, ns, "resnet") is None
+
+
+def test_a_pool_of_the_models_name_made_elsewhere_is_not_taken_over(
+        kube: Kube, gw_ns: str, inference_extension: None) -> None:
+    """An InferencePool a Helm chart or a person made under the model's name (no owner, no
+    kubemaas label) is left as it is and the model says NameConflict; before, the operator
+    rewrote its selector and picker and took it over, and deleting the model deleted it."""
+    ns = gw_ns
+    theirs = {"apiVersion": f"{GROUP}/v1", "kind": "InferencePool",
+              "metadata": {"name": "helm", "namespace": ns},
+              "spec": {"selector": {"matchLabels": {"app": "theirs"}},
+                       "targetPorts": [{"number": 9000}],
+                       "endpointPickerRef": {"name": "their-epp", "port": {"number": 9002}}}}
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(theirs))
+    apply(kube, ns, llm("helm", gateway=False))
+    st = wait_phase(kube, ns, "helm", "Failed")
+    ready = condition(st, "Ready")
+    assert ready["reason"] == "NameConflict", st
+    assert "InferencePool helm" in ready["message"] and "not made by kubemaas" in (
+        ready["message"]), st
+    pool = pool_of(kube, ns, "helm")
+    assert pool is not None and not pool["metadata"].get("ownerReferences"), pool
+    assert pool["spec"]["selector"] == {"matchLabels": {"app": "theirs"}}, pool
+    assert pool["spec"]["targetPorts"] == [{"number": 9000}], pool
+    kube.kubectl("-n", ns, "delete", "md", "helm", "--wait=true", "--timeout=60s")
+    # the garbage collector deletes an owned pool within a second or two of its owner
+    holds(lambda: pool_of(kube, ns, "helm") is not None, seconds=5,
+          what="the user's InferencePool to stay when the model is deleted")
 
 
 def test_without_the_crd_a_language_model_falls_back_to_the_split(
