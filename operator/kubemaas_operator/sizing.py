@@ -250,18 +250,25 @@ def _too_large(need: Need, types: list[GPUType], one_gpu: bool) -> GPUSizing:
 
 def shape_from_cache(cache: Mapping[str, Any] | None) -> ModelShape | None:
     """The shape a ModelCache recorded in status.model (same keys as spec.model.shape), or None
-    when there is no cache, no such field yet, or what is there cannot be read."""
+    when there is no cache, no such field yet, or nothing there can be read. Each key is read on
+    its own: the cache records config.json's values as they are, and one the sizing cannot use
+    (a 0, a dtype such as int8 or float8_e4m3fn) is left out rather than the whole record."""
     if not isinstance(cache, Mapping):
         return None
     status = cache.get("status")
     record = status.get("model") if isinstance(status, Mapping) else None
     if not isinstance(record, Mapping) or not record:
         return None
-    try:
-        return parse_shape({k: v for k, v in record.items() if k in SHAPE_KEYS},
-                           "status.model")
-    except SpecError:
-        return None
+    usable: dict[str, Any] = {}
+    for key in SHAPE_KEYS:
+        if key not in record:
+            continue
+        try:
+            parse_shape({key: record[key]}, "status.model")
+        except SpecError:
+            continue
+        usable[key] = record[key]
+    return parse_shape(usable, "status.model") if usable else None
 
 
 def size_gpus(spec: ModelDeploymentSpec, types: Iterable[GPUType],

@@ -288,6 +288,21 @@ def test_shape_from_a_model_cache_record() -> None:
     assert shape_from_cache({"status": {"model": []}}) is None
 
 
+def test_a_cache_record_with_an_unusable_value_keeps_the_others() -> None:
+    """config.json's values as the cache recorded them: a quantized model's dtype (int8,
+    float8_e4m3fn) or a 0 used to void the whole record, so a Ready cache left the model at
+    ModelShapeUnknown ("wait for the model cache to record it") for ever."""
+    record = {"architecture": "LlamaForCausalLM", "weightBytes": 8_500_000_000,
+              "numLayers": 32, "hiddenSize": 4096, "numAttentionHeads": 32,
+              "numKeyValueHeads": 0, "headDim": 128, "maxPositionEmbeddings": 8192,
+              "dtype": "float8_e4m3fn"}
+    shape = shape_from_cache({"status": {"model": record}})
+    assert shape is not None
+    assert (shape.weight_bytes, shape.num_layers, shape.head_dim) == (8_500_000_000, 32, 128)
+    assert shape.dtype is None and shape.num_key_value_heads is None
+    assert need_of(shape).kv_heads == 32  # the attention heads stand in
+
+
 def test_startup_budget_grows_with_the_weights() -> None:
     def budget(shape: ModelShape | None) -> int:
         spec = parse_spec(_auto_spec())
