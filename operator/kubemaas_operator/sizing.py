@@ -152,8 +152,11 @@ def need_of(shape: ModelShape, *, max_model_len: int | None = None,
                     max_model_len=max_model_len or shape.max_position_embeddings or 0,
                     heads=heads, kv_heads=shape.num_key_value_heads or heads or 1,
                     utilization=utilization or DEFAULT_GPU_MEMORY_UTILIZATION)
+    # hiddenSize / numAttentionHeads; a hiddenSize below the heads (a config.json that cannot
+    # be right) gives no headDim rather than 0, which would size the KV cache at nothing.
     head_dim = shape.head_dim or (shape.hidden_size // heads
-                                  if shape.hidden_size and heads else None)
+                                  if shape.hidden_size and heads
+                                  and shape.hidden_size >= heads else None)
     if shape.num_layers is None or head_dim is None:
         raise SpecError(path, "needs numLayers and headDim (or hiddenSize and "
                         "numAttentionHeads) to size the KV cache")

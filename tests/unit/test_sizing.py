@@ -312,3 +312,11 @@ def test_startup_budget_grows_with_the_weights() -> None:
     assert budget(None) == 600
     assert 600 < budget(LLAMA3_8B) < budget(LLAMA3_70B) < budget(LLAMA31_405B)
     assert budget(LLAMA3_8B) == 600 + 77  # 16.06 GB at 200 MiB/s
+
+
+def test_a_hidden_size_below_the_heads_is_no_head_dim() -> None:
+    """hiddenSize 1 with 32 heads made headDim 1 // 32 = 0: a KV cache of 0 bytes, and one
+    small GPU chosen for a model whose cache was never counted."""
+    shape = dataclasses.replace(LLAMA3_8B, hidden_size=1, head_dim=None)
+    with pytest.raises(SpecError, match="headDim"):
+        need_of(shape)
