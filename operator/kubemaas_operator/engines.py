@@ -28,6 +28,7 @@ ENGINE_TYPE_LABEL = "llm-d.ai/engine-type"
 ENGINE_LABEL = "serving.kubemaas.io/engine"
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.33.0"
 VLLM_UID = 1000  # the vLLM image runs as root by default; the pod runs it as this user
+INT32_MAX = 2**31 - 1  # the largest value of a probe's integer fields
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,10 @@ def probes(engine: Engine, startup_budget_s: int) -> dict[str, dict[str, Any]]:
     if engine is TENSOR:
         startup = Probe(engine.startup_path, 5, 120)
     else:
-        startup = Probe(engine.startup_path, 10, max(1, -(-startup_budget_s // 10)))
+        # failureThreshold is an int32: a hostile shape (weightBytes near 2^62) would overflow
+        # it and the API server would refuse the Deployment instead of the sizing speaking.
+        startup = Probe(engine.startup_path, 10,
+                        min(INT32_MAX, max(1, -(-startup_budget_s // 10))))
     return {"startup": startup.to_k8s(),
             "liveness": Probe(engine.liveness_path, 10, 3).to_k8s(),
             "readiness": Probe(engine.readiness_path, 5, 2 if engine is TENSOR else 3).to_k8s()}

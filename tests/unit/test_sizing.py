@@ -25,6 +25,7 @@ import dataclasses
 import pytest
 
 from kubemaas_operator.api import GPUSizing, ModelShape, SpecError, parse_spec
+from kubemaas_operator.engines import KUBEMAAS_LLM, VLLM, probes
 from kubemaas_operator.scheduling import MEMORY_LABEL, PRODUCT_LABEL, NodeInfo, check_capacity
 from kubemaas_operator.sizing import (
     GiB,
@@ -312,6 +313,18 @@ def test_startup_budget_grows_with_the_weights() -> None:
     assert budget(None) == 600
     assert 600 < budget(LLAMA3_8B) < budget(LLAMA3_70B) < budget(LLAMA31_405B)
     assert budget(LLAMA3_8B) == 600 + 77  # 16.06 GB at 200 MiB/s
+
+
+def test_the_startup_probe_of_a_hostile_shape_stays_an_int32() -> None:
+    """weightBytes 2^62 (the CRD's limit) made failureThreshold 2.2e9, past int32: the API
+    server refused the Deployment (Rejected) where the sizing's ModelTooLarge should speak."""
+    spec = parse_spec(_auto_spec())
+    huge = dataclasses.replace(LLAMA3_8B, weight_bytes=2**62, parameters=None)
+    budget = startup_budget_s(dataclasses.replace(
+        spec, model=dataclasses.replace(spec.model, shape=huge)))
+    for engine in (VLLM, KUBEMAAS_LLM):
+        threshold = probes(engine, budget)["startup"]["failureThreshold"]
+        assert 1 <= threshold <= 2**31 - 1, threshold
 
 
 def test_a_hidden_size_below_the_heads_is_no_head_dim() -> None:
