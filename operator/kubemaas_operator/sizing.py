@@ -251,6 +251,24 @@ def _too_large(need: Need, types: list[GPUType], one_gpu: bool) -> GPUSizing:
     return GPUSizing(need=words, reason="ModelTooLarge", message=message, summary=summary)
 
 
+def _no_match(need: Need, gpu: GPUSpec, types: tuple[GPUType, ...]) -> GPUSizing:
+    """GPU nodes exist, but none of the products or the memory spec.gpu asks for: say that,
+    not that the model is too large for nodes that do not exist."""
+    offered = ", ".join(f"{g.gpus} x {g.short} ({g.memory_mib} MiB)" for g in types)
+    if gpu.products and not {g.product for g in types} & set(gpu.products):
+        asked = " or ".join(sorted(gpu.products))
+        return GPUSizing(
+            need=need.words(), reason="UnknownGPUProduct",
+            message=(f"{need.words()}; no node offers {asked} (label {PRODUCT_LABEL}): set "
+                     f"spec.gpu.products to products the nodes offer: {offered}"),
+            summary=f"UnknownGPUProduct: no node offers {asked}")
+    return GPUSizing(
+        need=need.words(), reason="ModelTooLarge",
+        message=(f"{need.words()}; no node offers GPUs of the products and memory spec.gpu "
+                 f"asks for (minMemory {gpu.min_memory_mib} MiB): the nodes offer {offered}"),
+        summary=f"ModelTooLarge: no node matches spec.gpu (minMemory {gpu.min_memory_mib} MiB)")
+
+
 def shape_from_cache(cache: Mapping[str, Any] | None) -> ModelShape | None:
     """The shape a ModelCache recorded in status.model (same keys as spec.model.shape), or None
     when there is no cache, no such field yet, or nothing there can be read. Each key is read on
@@ -299,10 +317,12 @@ def size_gpus(spec: ModelDeploymentSpec, types: Iterable[GPUType],
         return _with(spec, dataclasses.replace(gpu, count=1, sizing=GPUSizing(
             need="", reason="ModelShapeUnknown", message=f"gpu.count auto: {err}",
             summary=f"ModelShapeUnknown: {err.path} {err.message}"[:120])))
+    types = tuple(types)
     allowed = [g for g in types if (not gpu.products or g.product in gpu.products)
                and (gpu.min_memory_mib is None or g.memory_mib >= gpu.min_memory_mib)]
     one_gpu = spec.engine == "kubemaas"
-    picked = choose(need, allowed, one_gpu=one_gpu)
+    picked = choose(need, allowed, one_gpu=one_gpu) if allowed or not types else _no_match(
+        need, gpu, types)
     if isinstance(picked, GPUSizing):
         # The pods ask for what would hold the model — the fewest GPUs of a size that would,
         # as a minimum GPU memory no node offers — so they wait unscheduled instead of

@@ -211,6 +211,22 @@ def test_size_gpus_honours_products_and_min_memory() -> None:
     assert big.gpu.sizing.reason == "ModelTooLarge"  # only the 2-GPU A100-80GB node qualifies
 
 
+def test_products_or_memory_no_node_offers_are_said_as_such() -> None:
+    """gpu.products naming a product no node has said 'ModelTooLarge ... no node offers whole
+    GPUs with the labels ...' although GPU nodes are there: the filter matched none."""
+    b200 = size_gpus(parse_spec(_auto_spec(products=["NVIDIA-B200"])), TESTBED)
+    assert b200.gpu is not None and b200.gpu.sizing is not None
+    assert b200.gpu.sizing.reason == "UnknownGPUProduct", b200.gpu.sizing
+    assert "no node offers NVIDIA-B200" in b200.gpu.sizing.message
+    assert "H100-80GB-HBM3" in b200.gpu.sizing.message  # what the nodes offer
+    cap = check_capacity(b200, [], {}, 1)
+    assert cap.never and cap.reason == "UnknownGPUProduct"
+    huge = size_gpus(parse_spec(_auto_spec(minMemory="1000Gi")), TESTBED)
+    assert huge.gpu is not None and huge.gpu.sizing is not None
+    assert "minMemory 1024000 MiB" in huge.gpu.sizing.message, huge.gpu.sizing
+    assert "no node offers whole GPUs" not in huge.gpu.sizing.message
+
+
 def test_a_model_too_large_is_never_fit_in_the_capacity_check() -> None:
     raw = _auto_spec()
     raw["model"]["shape"] = _shape_json(LLAMA31_405B)  # type: ignore[index]
