@@ -314,6 +314,10 @@ def size_gpus(spec: ModelDeploymentSpec, types: Iterable[GPUType],
                        dtype=llm.dtype if llm else None,
                        utilization=llm.gpu_memory_utilization if llm else None)
     except SpecError as err:
+        if recorded is None and spec.model.cache is None and spec.model.auto_cache is None:
+            # no cache will ever record the shape: the spec must be fixed (InvalidSpec), not
+            # waited for with one GPU of any size
+            raise SpecError(err.path, f"{err.message} (gpu.count auto)") from err
         return _with(spec, dataclasses.replace(gpu, count=1, sizing=GPUSizing(
             need="", reason="ModelShapeUnknown", message=f"gpu.count auto: {err}",
             summary=f"ModelShapeUnknown: {err.path} {err.message}"[:120])))

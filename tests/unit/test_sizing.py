@@ -248,6 +248,21 @@ def test_engine_kubemaas_sizes_one_gpu_only() -> None:
     assert eight.gpu is not None and eight.gpu.count == 1 and not eight.gpu.sizing.reason  # type: ignore[union-attr]
 
 
+def test_an_incomplete_shape_without_a_cache_is_an_invalid_spec() -> None:
+    """spec.model.shape without numLayers (and no model cache to record it) was
+    ModelShapeUnknown, phase Pending, with a Deployment of 1 GPU of any product: a pod loading a
+    model onto a GPU nothing sized, waiting for a record no cache would ever make."""
+    raw = _auto_spec()
+    del raw["model"]["shape"]["numLayers"]  # type: ignore[index]
+    with pytest.raises(SpecError, match=r"numLayers.*gpu\.count auto"):
+        size_gpus(parse_spec(raw), TESTBED)
+    raw["model"]["cache"] = "llama"  # type: ignore[index]
+    del raw["model"]["uri"]  # type: ignore[attr-defined]
+    cached = size_gpus(parse_spec(raw), TESTBED)  # the cache may record it: wait
+    assert cached.gpu is not None and cached.gpu.sizing is not None
+    assert cached.gpu.sizing.reason == "ModelShapeUnknown"
+
+
 def test_unknown_shape_waits_and_a_fixed_count_is_left_alone() -> None:
     raw = _auto_spec()
     del raw["model"]["shape"]  # type: ignore[attr-defined]
@@ -267,9 +282,8 @@ def test_unknown_shape_waits_and_a_fixed_count_is_left_alone() -> None:
     assert recorded.gpu is not None and recorded.gpu.count == 1
     partial = _auto_spec()
     partial["model"]["shape"] = {"parameters": 10}  # type: ignore[index]
-    no_layers = size_gpus(parse_spec(partial), TESTBED)
-    assert no_layers.gpu is not None and no_layers.gpu.sizing is not None
-    assert "numLayers" in no_layers.gpu.sizing.message
+    with pytest.raises(SpecError, match="numLayers"):  # no cache will record it: InvalidSpec
+        size_gpus(parse_spec(partial), TESTBED)
     fixed = _auto_spec(count=2)
     fixed_spec = parse_spec(fixed)
     assert size_gpus(fixed_spec, TESTBED) is fixed_spec
