@@ -32,6 +32,7 @@ from .indexes import (  # registers the indexes with kopf
     child_key,
     first,
     gpu_requests,
+    named,
     unpack,
 )
 from .k8s import AsyncCluster, Cluster
@@ -81,7 +82,7 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
         body = unpack(first(idx["md_index"].get(key)))
     if body is None:
         return None
-    children = {kind: unpack(first(idx[index].get(key))) for kind, index in INDEX_OF.items()}
+    children = {kind: named(idx[index].get(key), key[1]) for kind, index in INDEX_OF.items()}
     # The model's Service NAME, and with the HTTPRoute split NAME-stable and NAME-canary.
     services = {(s.get("metadata") or {}).get("name"): s
                 for s in (unpack(p) for p in idx["service_index"].get(key) or [])

@@ -88,6 +88,18 @@ def first(store: Any) -> Any:
     return next(iter(store), None) if store else None
 
 
+def named(store: Any, name: str) -> dict[str, Any] | None:
+    """The object called `name` among the packed objects an index keeps for one model. The
+    index finds children by their labels, and objects others make from ours carry them too:
+    KEDA copies the ScaledObject's labels onto its HPA keda-hpa-NAME, which taken for the
+    model's HorizontalPodAutoscaler NAME was 'deleted' on every pass."""
+    for packed in store or ():
+        obj = unpack(packed)
+        if obj is not None and (obj.get("metadata") or {}).get("name") == name:
+            return obj
+    return None
+
+
 CACHE_APP = "kubemaas-model-cache"  # modelcache/render.labels: a ModelCache's own pods
 
 
