@@ -299,6 +299,7 @@ def size_gpus(spec: ModelDeploymentSpec, types: Iterable[GPUType],
     Any other spec is returned as it is."""
     gpu = spec.gpu
     if gpu is None or not gpu.auto:
+        _check_degree(spec)
         return spec
     shape = recorded or spec.model.shape
     if shape is None:
@@ -341,6 +342,25 @@ def size_gpus(spec: ModelDeploymentSpec, types: Iterable[GPUType],
     return _with(spec, dataclasses.replace(
         gpu, count=picked.count, products=picked.products,
         sizing=GPUSizing(need=f"{need.words(picked.count)}: {hold}")))
+
+
+def _check_degree(spec: ModelDeploymentSpec) -> None:
+    """A fixed gpu.count is vLLM's --tensor-parallel-size: refuse one vLLM cannot start with
+    for the shape the spec gives (it exits at once: 'Total number of attention heads (32) must
+    be divisible by tensor parallel size (3)'), rather than crash-loop a pod on that many GPUs."""
+    gpu, shape = spec.gpu, spec.model.shape
+    if (gpu is None or gpu.auto or gpu.mig_profile is not None or spec.engine != "vllm"
+            or shape is None or not shape.num_attention_heads):
+        return
+    heads = shape.num_attention_heads
+    kv = shape.num_key_value_heads or heads
+    t = gpu.count
+    if heads % t == 0 and (kv % t == 0 or t % kv == 0):
+        return
+    ok = [d for d in range(1, MAX_GPUS + 1) if heads % d == 0 and (kv % d == 0 or d % kv == 0)]
+    raise SpecError("spec.gpu.count", f"engine vllm runs {t} GPUs as --tensor-parallel-size {t}, "
+                    f"which must divide the model's {heads} attention heads (and divide its {kv} "
+                    f"KV heads, or they it): use {', '.join(map(str, ok))}, or auto")
 
 
 def _with(spec: ModelDeploymentSpec, gpu: GPUSpec) -> ModelDeploymentSpec:

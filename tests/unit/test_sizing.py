@@ -363,3 +363,17 @@ def test_a_hidden_size_below_the_heads_is_no_head_dim() -> None:
     shape = dataclasses.replace(LLAMA3_8B, hidden_size=1, head_dim=None)
     with pytest.raises(SpecError, match="headDim"):
         need_of(shape)
+
+
+def test_a_fixed_count_vllm_cannot_split_the_heads_over_is_refused() -> None:
+    """gpu.count 3 with engine vllm is --tensor-parallel-size 3: vLLM exits at once for 32
+    heads, so the pod crash-looped on 3 GPUs; now InvalidSpec names the counts that work."""
+    raw = _auto_spec(count=3)
+    with pytest.raises(SpecError, match=r"tensor-parallel-size 3.*use 1, 2, 4, 8, 16"):
+        size_gpus(parse_spec(raw), TESTBED)
+    fine = parse_spec(_auto_spec(count=4))
+    assert size_gpus(fine, TESTBED) is fine
+    raw["runtime"] = {"engine": "kubemaas", "image": "img"}  # not vLLM's rule (and refused
+    raw["gpu"] = {"count": 1}                                # above one GPU anyway)
+    one = parse_spec(raw)
+    assert size_gpus(one, TESTBED) is one
