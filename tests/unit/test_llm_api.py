@@ -227,3 +227,32 @@ def test_a_template_that_hard_codes_the_runtime_command_is_refused_for_llms() ->
     source = yaml.safe_load(example.read_text())["data"]["with-sidecar"]
     c = _container(_deployment(hf(), template_name="with-sidecar", template_source=source))
     assert c["command"] == ["vllm", "serve"] and c["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+@pytest.mark.parametrize(("args", "at", "field"), [
+    (["--tensor-parallel-size", "4"], 0, "spec.gpu.count"),
+    (["-tp", "4"], 0, "spec.gpu.count"),
+    (["--pipeline_parallel_size=2"], 0, "spec.gpu.count"),
+    (["--enable-prefix-caching", "--port=9000"], 1, "spec.serving.port"),
+    (["--served-model-name", "other"], 0, "spec.runtime.llm.servedModelName"),
+    (["--max-model-len", "1000000"], 0, "spec.runtime.llm.maxModelLen"),
+    (["--data-parallel-size", "2"], 0, "spec.replicas"),
+])
+def test_flags_the_spec_owns_are_refused_in_extra_args(args: list[str], at: int,
+                                                       field: str) -> None:
+    # appended after the rendered flags they would win: vLLM on 4 GPUs in a pod of 1, a port
+    # the Service and the probes do not use
+    err = refused(hf(runtime={"llm": {"extraArgs": args}}))
+    assert err.path == f"spec.runtime.llm.extraArgs[{at}]", err
+    assert field in err.message, err.message
+
+
+def test_flags_the_spec_owns_are_refused_in_runtime_args_of_a_language_model() -> None:
+    err = refused(hf(gpu=None, runtime={"image": "img", "args": ["--log-level=debug",
+                                                                  "--port", "9"]}))
+    assert (err.path, "spec.serving.port" in err.message) == ("spec.runtime.args[1]", True)
+    # other flags, and a tensor model's args, are the user's
+    parse_spec(hf(runtime={"llm": {"extraArgs": ["--enable-prefix-caching", "--seed=1",
+                                                 "--portal", "-O3"]}}))
+    parse_spec({"model": {"uri": "s3://b/m.onnx", "format": "onnx"},
+                "runtime": {"image": "img", "args": ["--port", "9"]}})

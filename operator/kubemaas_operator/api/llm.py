@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .engine_flags import check_owned_flags
 from .fields import SpecError, array, integer, json_name, obj, string
 
 if TYPE_CHECKING:
@@ -145,6 +146,10 @@ def check_engine(model: ModelSource, runtime: RuntimeSpec, gpu: GPUSpec | None) 
     if runtime.llm is not None and not hf:
         raise SpecError("spec.runtime.llm", "configures a language model: it needs model.format "
                         "hf")
+    if hf:
+        check_owned_flags(runtime.llm.extra_args if runtime.llm else (),
+                          "spec.runtime.llm.extraArgs")
+        check_owned_flags(runtime.args, "spec.runtime.args")
     if runtime.batching is not None and hf:
         raise SpecError("spec.runtime.batching", "is for tensor models: a language model "
                         "batches continuously (tune spec.runtime.llm.maxNumSeqs)")
