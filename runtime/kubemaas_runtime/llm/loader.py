@@ -188,11 +188,7 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
     heads = int(cfg.num_attention_heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    max_position = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
-    window = getattr(cfg, "sliding_window", None)
-    if window and getattr(cfg, "use_sliding_window", True):
-        # the engine's attention mask is full-causal: stay inside the window
-        max_position = min(max_position, int(window))
+    max_position = _served_positions(cfg)
     eos: set[int] = set()
     gen = model.generation_config
     for source in (getattr(gen, "eos_token_id", None), cfg.eos_token_id,
@@ -207,6 +203,39 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
         head_dim=head_dim, vocab_size=int(cfg.vocab_size), max_position=max_position,
         eos_ids=frozenset(eos), chat_template=getattr(tokenizer, "chat_template", None),
         stack=stack_forward(model))
+
+
+def _served_positions(cfg: Any) -> int:
+    """The positions the engine serves exactly as the model's own forward: its
+    ``max_position_embeddings``, capped to a sliding window (the engine's attention mask is
+    full-causal) and to a ``longrope`` model's ``original_max_position_embeddings``."""
+    max_position = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True):
+        max_position = min(max_position, int(window))
+    longrope = _longrope_original(cfg)
+    if longrope is not None and longrope < max_position:
+        log.warning("longrope: positions capped to original_max_position_embeddings %d (the "
+                    "model's rotary frequencies change with the longest sequence of a forward, "
+                    "which a batched, chunked engine cannot follow past it)", longrope)
+        max_position = longrope
+    return max_position
+
+
+def _longrope_original(cfg: Any) -> int | None:
+    """A ``longrope`` model's ``original_max_position_embeddings`` (transformers switches
+    every position of a forward to the long factors once its longest sequence passes it, so
+    one prompt's answer would depend on its batch and on its prefill's chunks), else None."""
+    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None)
+    if not isinstance(params, dict):
+        return None
+    found = [p for p in (params, *params.values()) if isinstance(p, dict) and
+             p.get("rope_type", p.get("type")) == "longrope"]
+    if not found:
+        return None
+    originals = [p.get("original_max_position_embeddings") or
+                 getattr(cfg, "original_max_position_embeddings", None) for p in found]
+    return min(int(o) for o in originals if o) if any(originals) else None
 
 
 def pooling_runner(path: Path, overrides: dict[str, Any] | None = None) -> bool:
