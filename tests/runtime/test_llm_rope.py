@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
-from kubemaas_runtime.llm.loader import load_hf
+from kubemaas_runtime.llm.loader import load_hf, load_pooling_model
 from kubemaas_runtime.llm.sampling import SamplingParams
 from kubemaas_testbed.llm_models import build_llm
 
@@ -71,3 +71,10 @@ def test_rope_scaling_answers_as_generate(name: str, base: Path, tmp_path: Path)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     for prompt, out in zip(prompts, outs, strict=True):
         assert out == generate(model, prompt, 10, lm.eos_ids), len(prompt)
+
+
+def test_longrope_embeddings_are_capped_too(base: Path, tmp_path: Path) -> None:
+    """The pooling runner batches texts of different lengths through the model's own forward:
+    past the original length one long text would change every other text's embedding."""
+    model_dir = scaled(base, tmp_path / "longrope", SCALINGS["longrope"])
+    assert load_pooling_model(model_dir, device="cpu").max_position == ORIGINAL

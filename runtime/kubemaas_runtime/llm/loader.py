@@ -310,4 +310,5 @@ def _positions(cfg: Any) -> int:
     positions = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
     if cfg.model_type in ("roberta", "xlm-roberta"):
         positions -= int(getattr(cfg, "pad_token_id", None) or 0) + 1
-    return positions
+    longrope = _longrope_original(cfg)  # a batch's longest text would change the others'
+    return positions if longrope is None else min(positions, longrope)
