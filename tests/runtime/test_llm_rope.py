@@ -1,4 +1,4 @@
-"""RoPE scaling configurations through the engine: the static ones (linear, llama3, yarn) answer
+"""RoPE scaling configurations through the engine: linear, dynamic, llama3 and yarn answer
 as transformers' ``generate()`` over the model's whole length, batched and read in chunks; a
 ``longrope`` model, whose frequencies depend on the longest sequence of a forward, is served
 only up to its ``original_max_position_embeddings``, where they do not change."""
@@ -21,6 +21,8 @@ from kubemaas_testbed.llm_models import build_llm
 ORIGINAL = 32
 SCALINGS: dict[str, dict[str, Any]] = {
     "linear": {"rope_type": "linear", "factor": 2.0},
+    # dynamic NTK changes the frequencies only past max_position_embeddings: never served
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
     "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": ORIGINAL},
     "yarn": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": ORIGINAL},
