@@ -486,3 +486,10 @@ def test_the_stats_record_of_an_interval() -> None:
     assert stats_fields(now, Totals(14.0, 0, 0, 0, 0, 0), 0, 0, 0.0) is None
     waiting_only = stats_fields(now, Totals(14.0, 300, 250, 128, 32, 2), 0, 2, 0.0)
     assert waiting_only is not None and waiting_only["prefix_cache_hit_rate_perc"] is None
+
+
+def test_logit_bias_keys_naming_one_token_are_one_entry() -> None:
+    # "5" and "05" are token 5 twice: the last wins (as in vLLM), rather than two writes to one
+    # logit whose order CUDA does not define
+    doc = {"prompt": "a", "logit_bias": {"5": 10, "05": -10, "7": 1}}
+    assert parse_request(doc, False, 100).params.logit_bias == ((5, -10.0), (7, 1.0))

@@ -143,7 +143,7 @@ def _logit_bias(doc: dict[str, Any], vocab: int) -> tuple[tuple[int, float], ...
         return ()
     if not isinstance(raw, dict):
         raise _bad("'logit_bias' must be an object of token id -> bias", "logit_bias")
-    out = []
+    out: dict[int, float] = {}  # "5" and "05" are one token: the last wins, on every device
     for key, bias in raw.items():
         try:
             token = int(key)
@@ -156,8 +156,8 @@ def _logit_bias(doc: dict[str, Any], vocab: int) -> tuple[tuple[int, float], ...
                 not -100 <= bias <= 100:
             raise _bad(f"'logit_bias' for token {token} must be a number in -100..100",
                        "logit_bias")
-        out.append((token, float(bias)))
-    return tuple(out)
+        out[token] = float(bias)
+    return tuple(out.items())
 
 
 # vLLM's request fields that would change the answer and are not implemented: refused unless
