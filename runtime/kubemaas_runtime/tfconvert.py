@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import lzma
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ import tempfile
 import time
 import urllib.parse
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +38,12 @@ from .storage import S3Config, fetch_model, sha256_file
 
 ARCHIVES = (".tar", ".tar.gz", ".tgz", ".zip")
 OPSET = 17
+# what an archive may unpack to, all files together (its members' declared sizes, which bound
+# what is written): a small archive of zeros must not fill the pod's cache volume or the node
+MAX_UNPACKED_BYTES = 64 * 2**30
+# how a damaged or foreign archive fails while it is read (a truncated .tar.gz: EOFError)
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error,
+                   lzma.LZMAError)
 _UNSUPPORTED_OP = re.compile(r"Tensorflow op \[(?P<node>[^\]]*?): (?P<op>[^\]:]+)\] is not "
                              r"supported")
 _UNSUPPORTED_LIST = re.compile(r"Unsupported ops: .*")
@@ -55,15 +63,25 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
-def _find_saved_model(root: Path) -> Path:
+def _find_saved_model(root: Path, label: str | None = None) -> Path:
     found = sorted(p.parent for p in root.rglob("saved_model.pb"))
     if len(found) != 1:
-        raise StartupError(f"{root} must hold exactly one SavedModel (saved_model.pb); found "
-                           f"{len(found)}")
+        raise StartupError(f"{label or root} must hold exactly one SavedModel (saved_model.pb); "
+                           f"found {len(found)}")
     return found[0]
 
 
-def _unpack(archive: Path, dest: Path) -> Path:
+def _check_size(archive: Path, total: int, dest: Path, limit: int) -> None:
+    free = shutil.disk_usage(dest).free
+    if total > limit:
+        raise StartupError(f"{archive.name} unpacks to {total} bytes, more than the limit of "
+                           f"{limit} (--max-unpacked-bytes); not unpacked")
+    if total > free:
+        raise StartupError(f"{archive.name} unpacks to {total} bytes, more than the {free} "
+                           f"bytes free in {dest}; not unpacked")
+
+
+def _unpack(archive: Path, dest: Path, limit: int = MAX_UNPACKED_BYTES) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     try:
         if archive.name.endswith(".zip"):
@@ -71,17 +89,24 @@ def _unpack(archive: Path, dest: Path) -> Path:
                 for member in zf.namelist():
                     if member.startswith("/") or ".." in Path(member).parts:
                         raise StartupError(f"{archive.name}: unsafe path {member!r}")
+                _check_size(archive, sum(i.file_size for i in zf.infolist()), dest, limit)
                 zf.extractall(dest)
         else:
             with tarfile.open(archive) as tf:
-                tf.extractall(dest, filter="data")  # no absolute paths, links out, devices
-    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
-        raise StartupError(f"cannot unpack {archive.name}: {exc}") from None
-    return _find_saved_model(dest)
+                members = tf.getmembers()
+                _check_size(archive, sum(m.size for m in members if m.isfile()), dest, limit)
+                # no absolute paths, links out, devices
+                tf.extractall(dest, members=members, filter="data")
+    except _ARCHIVE_ERRORS as exc:
+        reason = "; ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+        reason = reason.replace(":; ", ": ")
+        raise StartupError(f"cannot unpack {archive.name}: "
+                           f"{reason or type(exc).__name__}") from None
+    return _find_saved_model(dest, f"the archive {archive.name}")
 
 
 def resolve(uri: str, work: Path, sha256: str | None, s3: S3Config,
-            timeout_s: float) -> tuple[Path, str]:
+            timeout_s: float, max_unpacked: int = MAX_UNPACKED_BYTES) -> tuple[Path, str]:
     """The SavedModel directory and its checksum (verified against ``sha256`` if given)."""
     local = _local_path(uri)
     if local is not None and local.is_dir():
@@ -98,7 +123,7 @@ def resolve(uri: str, work: Path, sha256: str | None, s3: S3Config,
     archive = fetch_model(uri, str(work / "download"), sha256=sha256, s3=s3,
                           timeout_s=timeout_s)
     digest = sha256 or sha256_file(archive)
-    return _unpack(archive, work / "unpacked" / digest), digest
+    return _unpack(archive, work / "unpacked" / digest, max_unpacked), digest
 
 
 def _one_line(text: str) -> str:
@@ -141,10 +166,11 @@ def convert(saved: Path, dest: Path, opset: int = OPSET, timeout_s: float = 1800
         tmp.unlink(missing_ok=True)
 
 
-def run(uri: str, out: Path, sha256: str | None, s3: S3Config, timeout_s: float) -> Path:
+def run(uri: str, out: Path, sha256: str | None, s3: S3Config, timeout_s: float,
+        max_unpacked: int = MAX_UNPACKED_BYTES) -> Path:
     """Resolve, convert unless cached, and place ``out/model.onnx``; returns that path."""
     started = time.perf_counter()
-    saved, digest = resolve(uri, out / "work", sha256, s3, timeout_s)
+    saved, digest = resolve(uri, out / "work", sha256, s3, timeout_s, max_unpacked)
     cached = out / "by-sha256" / digest / "model.onnx"
     hit = cached.is_file()
     if not hit:
@@ -169,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--s3-credentials-dir",
                         default=os.environ.get("KUBEMAAS_S3_CREDENTIALS_DIR"))
     parser.add_argument("--timeout-s", type=float, default=1800.0)
+    parser.add_argument("--max-unpacked-bytes", type=int, default=MAX_UNPACKED_BYTES,
+                        help="refuse an archive whose files add up to more (default 64 GiB)")
     parser.add_argument("--digest", metavar="DIR", help="print a SavedModel directory's "
                         "checksum (what spec.model.sha256 holds for it) and exit")
     args = parser.parse_args(argv)
@@ -181,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "(KUBEMAAS_CONVERT_DIR) are required")
         sha = args.model_sha256.strip().lower() if args.model_sha256 else None
         s3 = S3Config.from_env(os.environ, args.s3_endpoint, args.s3_credentials_dir)
-        run(args.model_uri, Path(args.out), sha, s3, args.timeout_s)
+        run(args.model_uri, Path(args.out), sha, s3, args.timeout_s, args.max_unpacked_bytes)
     except StartupError as exc:
         print(f"tfconvert: error: {exc}", file=sys.stderr)
         return 1
