@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,11 @@ LEGACY_DROPPED: dict[str, dict[str, object]] = {
                                            "ConvLSTM2D", "ConvLSTM3D")}
 
 
+# config.json is read whole before Keras loads the model (which guards its own reads): a
+# configuration is kilobytes, a few MB for a model of thousands of layers
+MAX_CONFIG_BYTES = 64 << 20
+
+
 class KerasConfigError(ValueError):
     """The file is not a readable Keras model (the message is one line)."""
 
@@ -57,12 +63,7 @@ class Refusal:
 def read_config(path: Path) -> dict[str, Any]:
     """The model's architecture as JSON, from a .keras archive or an .h5 file."""
     if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                raw: str | bytes = archive.read("config.json")
-        except KeyError:
-            raise KerasConfigError(f"{path.name} is a zip archive without config.json; "
-                                   "not a .keras model file") from None
+        raw: str | bytes = _zip_config(path)
     else:
         raw = _h5_config(path)
     try:
@@ -73,6 +74,23 @@ def read_config(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise KerasConfigError(f"{path.name}: the model configuration is not an object")
     return doc
+
+
+def _zip_config(path: Path) -> bytes:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = archive.getinfo("config.json").file_size
+            if size > MAX_CONFIG_BYTES:
+                raise KerasConfigError(f"{path.name}: its config.json unpacks to {size} bytes, "
+                                       f"more than a model configuration ({MAX_CONFIG_BYTES})")
+            return archive.read("config.json")
+    except KeyError:
+        raise KerasConfigError(f"{path.name} is a zip archive without config.json; "
+                               "not a .keras model file") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
+        if isinstance(exc, KerasConfigError):
+            raise
+        raise KerasConfigError(f"{path.name}: a damaged .keras archive: {exc}") from None
 
 
 def _h5_config(path: Path) -> str | bytes:
