@@ -1,5 +1,5 @@
 """Hostile .keras files and Keras' errors, without Keras: a configuration that unpacks to
-gigabytes, a damaged archive."""
+gigabytes, a damaged archive, Keras' nested load errors and a model's IndexError."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kubemaas_runtime.backends.keras import load_error_reason
 from kubemaas_runtime.backends.keras_config import MAX_CONFIG_BYTES, KerasConfigError, read_config
 
 
@@ -32,3 +33,18 @@ def test_a_damaged_config_json_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(KerasConfigError, match=r"^m.keras: a damaged .keras archive: Bad "
                                                r"CRC-32"):
         read_config(path)
+
+
+NESTED = (
+    "<class 'keras.src.models.sequential.Sequential'> could not be deserialized properly. "
+    "Please ensure ...\n\nconfig={'module': 'keras', 'class_name': 'Sequential'}\n\n"
+    "Exception encountered: <class 'keras.src.layers.core.dense.Dense'> could not be "
+    "deserialized properly.\n\nconfig={'name': 'o'}\n\nException encountered: \x1b[1mCould not "
+    "locate function 'system'.\x1b[0m Make sure custom classes ...")
+
+
+def test_a_nested_keras_load_error_gives_its_innermost_cause() -> None:
+    assert load_error_reason(ValueError(NESTED)) == (
+        "Could not locate function 'system'. Make sure custom classes ...")
+    assert load_error_reason(ValueError("plain reason\nmore")) == "plain reason"
+    assert load_error_reason(OSError("")) == "OSError"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -28,6 +29,7 @@ from .keras_config import KerasConfigError, drop_legacy_arguments, find_refusals
 
 log = logging.getLogger("kubemaas.runtime.keras")
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Keras bolds parts of its messages
 _DTYPE_TO_DATATYPE = {np.dtype(v).name: k for k, v in DATATYPE_TO_NUMPY.items()
                       if k != "BYTES"}
 
@@ -84,6 +86,22 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
+def _lines(exc: Exception) -> list[str]:
+    """The non-empty lines of an exception's message, without terminal escapes."""
+    return [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()] or [
+        type(exc).__name__]
+
+
+def load_error_reason(exc: Exception) -> str:
+    """Keras' reason a model does not load, in one line: a nested deserialization error is
+    a chain of "X could not be deserialized ... Exception encountered: <cause>" paragraphs,
+    whose last cause is the one that says what is wrong."""
+    lines = _lines(exc)
+    causes = [ln.removeprefix("Exception encountered:").strip() for ln in lines
+              if ln.startswith("Exception encountered:")]
+    return (causes[-1] if causes else lines[0])[:400]
+
+
 def _load(keras: Any, path: Path, config: dict[str, Any]) -> Any:
     """keras.saving.load_model; a legacy .h5 whose configuration has Keras 2 arguments is
     loaded from a copy with them dropped (keras_config.drop_legacy_arguments)."""
@@ -105,9 +123,8 @@ def _load(keras: Any, path: Path, config: dict[str, Any]) -> Any:
         try:
             return keras.saving.load_model(str(source), compile=False, safe_mode=True)
         except Exception as exc:  # Keras raises ValueError/TypeError/... with long messages
-            lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-            first = lines[0] if lines else type(exc).__name__
-            raise StartupError(f"Keras cannot load {path.name}: {first[:400]}") from None
+            raise StartupError(f"Keras cannot load {path.name}: "
+                               f"{load_error_reason(exc)}") from None
 
 
 class KerasModel:
