@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kubemaas_runtime.backends.keras import load_error_reason
+from kubemaas_runtime.backends.keras import _model_error, load_error_reason
 from kubemaas_runtime.backends.keras_config import MAX_CONFIG_BYTES, KerasConfigError, read_config
+from kubemaas_runtime.errors import InvalidInput
 
 
 def test_a_config_json_bomb_is_refused_before_it_is_read(tmp_path: Path) -> None:
@@ -48,3 +49,15 @@ def test_a_nested_keras_load_error_gives_its_innermost_cause() -> None:
         "Could not locate function 'system'. Make sure custom classes ...")
     assert load_error_reason(ValueError("plain reason\nmore")) == "plain reason"
     assert load_error_reason(OSError("")) == "OSError"
+
+
+def test_an_index_error_in_the_model_is_the_client_s() -> None:
+    exc = IndexError("Exception encountered when calling Embedding.call().\n\n"
+                     "\x1b[1mindex out of range in self\x1b[0m\n\nArguments received by "
+                     "Embedding.call():\n  • inputs=torch.Tensor(shape=(1, 20))")
+    err = _model_error(exc)
+    assert isinstance(err, InvalidInput)
+    assert str(err) == ("the model rejected the input: Embedding.call(): index out of range "
+                        "in self")
+    other = RuntimeError("CUDA out of memory")
+    assert _model_error(other) is other

@@ -102,6 +102,17 @@ def load_error_reason(exc: Exception) -> str:
     return (causes[-1] if causes else lines[0])[:400]
 
 
+def _model_error(exc: Exception) -> Exception:
+    """An IndexError raised inside the model comes from the request's values (a token id
+    outside an Embedding's range, an empty sequence): a client error with Keras' own reason."""
+    if not isinstance(exc, IndexError):
+        return exc
+    lines = _lines(exc)
+    where = lines[0].removeprefix("Exception encountered when calling ").rstrip(".")
+    reason = next((ln for ln in lines[1:] if not ln.startswith(("Arguments", "•"))), "")
+    return InvalidInput(f"the model rejected the input: {where}: {reason}"[:400])
+
+
 def _load(keras: Any, path: Path, config: dict[str, Any]) -> Any:
     """keras.saving.load_model; a legacy .h5 whose configuration has Keras 2 arguments is
     loaded from a copy with them dropped (keras_config.drop_legacy_arguments)."""
@@ -185,8 +196,11 @@ class KerasModel:
     def run(self, inputs: Mapping[str, np.ndarray],
             output_names: Sequence[str] | None) -> dict[str, np.ndarray]:
         args = [self._tensor(inputs[name]) for name in self._input_names]
-        with self._torch.inference_mode():
-            result = self._model(args[0] if len(args) == 1 else args, training=False)
+        try:
+            with self._torch.inference_mode():
+                result = self._model(args[0] if len(args) == 1 else args, training=False)
+        except Exception as exc:  # re-raised, as a client error when it is one
+            raise _model_error(exc) from None
         flat = self._tree.flatten(result)
         if len(flat) != len(self.outputs):
             raise InvalidInput(f"the model produced {len(flat)} outputs, its metadata lists "
