@@ -10,6 +10,9 @@ Writes into OUT_DIR:
                                              over 20 int32 token ids
   mnist_k2.h5, text_k2.h5, mnist_k2_savedmodel/  the same two written by Keras 2 (tf-keras,
                                              TF_USE_LEGACY_KERAS=1): the legacy files people have
+  dict_io.keras                              inputs and outputs in dicts, keys out of sorted
+                                             order and unlike the layers' names
+  stateful.keras                             a stateful LSTM (batch 1)
   custom.keras                               a registered custom layer (not servable)
   lambda.keras                               a Lambda layer (not servable)
   unsupported_savedmodel/                    a SavedModel with an op tf2onnx cannot convert
@@ -24,6 +27,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +62,8 @@ def keras3(out: Path) -> None:
         model.export(str(out / f"{name}_savedmodel"), verbose=False)
         np.save(out / f"{name}_want.npy", model.predict(x, verbose=0))
 
+    structured(keras, out)
+
     @keras.saving.register_keras_serializable(package="demo")
     class Scale(keras.layers.Layer):
         def call(self, x: object) -> object:
@@ -68,6 +74,26 @@ def keras3(out: Path) -> None:
     keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x + 1, name="plus_one")]
                      ).save(out / "lambda.keras")
     unsupported(out)
+
+
+def structured(keras: Any, out: Path) -> None:
+    """Dict inputs and outputs (keys out of sorted order, unlike the layers' names) and a
+    stateful LSTM, with TensorFlow's answers (the stateful one from freshly loaded models)."""
+    rng = np.random.default_rng(1)
+    zeta, alpha = keras.Input((3,), name="zeta"), keras.Input((2,), name="alpha")
+    joined = keras.layers.Concatenate()([zeta, keras.layers.Dense(3)(alpha)])
+    model = keras.Model({"zeta": zeta, "alpha": alpha}, {
+        "zz_out": keras.layers.Dense(2, name="aa_layer")(joined),
+        "aa_out": keras.layers.Dense(5, name="zz_layer")(joined)}, name="dict_io")
+    x = {"zeta": rng.random((3, 3), dtype=np.float32),
+         "alpha": rng.random((3, 2), dtype=np.float32)}
+    model.save(out / "dict_io.keras")
+    np.savez(out / "dict_io.npz", **x, **model.predict(x, verbose=0))
+    stateful = keras.Sequential([keras.Input((3, 2), batch_size=1, name="steps"),
+                                 keras.layers.LSTM(4, stateful=True), keras.layers.Dense(1)])
+    stateful.save(out / "stateful.keras")
+    steps = rng.random((1, 3, 2), dtype=np.float32)
+    np.savez(out / "stateful.npz", steps=steps, want=stateful.predict(steps, verbose=0))
 
 
 def unsupported(out: Path) -> None:

@@ -1,16 +1,19 @@
-"""Keras models built by real TensorFlow 2.21 (make_keras_models), served by the runtime as a
-real process: request values the model itself rejects."""
+"""Keras models beyond one input and one output, built by real TensorFlow 2.21 (make_keras_models)
+and served by the runtime as a real process: inputs and outputs in dicts, and request values the
+model itself rejects. Answers equal TensorFlow's model.predict."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from . import keras_models
 
 pytestmark = pytest.mark.slow
+TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +24,31 @@ def keras_dir() -> Path:
 def _serve(runtime_server: Any, path: Path) -> Any:
     return runtime_server(["--model-uri", str(path), "--name", "m", "--intra-op-threads", "1"],
                           timeout=240)
+
+
+def test_dict_inputs_and_outputs_are_named_by_their_keys(runtime_server: Any,
+                                                         keras_dir: Path) -> None:
+    """keras.Model({"zeta": .., "alpha": ..}, {"zz_out": Dense(name="aa_layer"), ..}): the
+    names are the keys (as TF Serving and tf2onnx name them), and the keys' order in the dict
+    is not the order Keras flattens them in."""
+    data = np.load(keras_dir / "dict_io.npz")
+    server = _serve(runtime_server, keras_dir / "dict_io.keras")
+    meta = server.get_json("/v2/models/m")[1]
+    assert [(t["name"], t["shape"]) for t in meta["inputs"]] == [("alpha", [-1, 2]),
+                                                                ("zeta", [-1, 3])], meta
+    assert [(t["name"], t["shape"]) for t in meta["outputs"]] == [("aa_out", [-1, 5]),
+                                                                 ("zz_out", [-1, 2])], meta
+    rows = [{"zeta": data["zeta"][i].tolist(), "alpha": data["alpha"][i].tolist()}
+            for i in range(3)]
+    status, doc = server.post_json("/v1/models/m:predict", {"instances": rows})
+    assert status == 200, doc
+    for name in ("zz_out", "aa_out"):
+        got = np.asarray([row[name] for row in doc["predictions"]], np.float32)
+        np.testing.assert_allclose(got, data[name], **TOL)
+    status, doc = server.post_json("/v1/models/m:predict", {"inputs": {
+        "zeta": data["zeta"].tolist(), "alpha": data["alpha"].tolist()}})
+    assert status == 200, doc
+    np.testing.assert_allclose(np.asarray(doc["outputs"]["aa_out"]), data["aa_out"], **TOL)
 
 
 def test_values_the_model_rejects_are_400_not_500(runtime_server: Any,

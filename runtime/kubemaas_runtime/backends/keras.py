@@ -86,6 +86,23 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
+def _named(keras: Any, struct: Any, tensors: Sequence[Any], kind: str,
+           ) -> list[tuple[str, Any]]:
+    """(name, Keras tensor) in the order the model flattens them. A model built on a dict
+    (``keras.Model({"a": ..}, {"score": ..})``) is named by its keys, as TensorFlow Serving
+    names the signature of such a model (and tf2onnx a SavedModel's); otherwise an input by its
+    ``Input`` layer and an output by the layer that produces it."""
+    pairs = ([((), t) for t in tensors] if struct is None
+             else keras.tree.flatten_with_path(struct))
+    names = []
+    for i, (keys, tensor) in enumerate(pairs):
+        if len(keys) == 1 and isinstance(keys[0], str):
+            names.append(keys[0])
+        else:
+            names.append(_layer_name(tensor, f"{kind}_{i}"))
+    return list(zip(_unique(names), (t for _, t in pairs), strict=True))
+
+
 def _lines(exc: Exception) -> list[str]:
     """The non-empty lines of an exception's message, without terminal escapes."""
     return [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()] or [
@@ -169,16 +186,19 @@ class KerasModel:
         model = _load(keras, path, config)
         self._model = model
         self._torch = torch
+        self._tree = keras.tree
         weights = list(model.weights)
         self.device = weights[0].value.device.type if weights else "cpu"
-        self.inputs = [TensorSpec(_layer_name(t, f"input_{i}"), _datatype(t.dtype, t.name),
-                                  _shape(t.shape)) for i, t in enumerate(model.inputs)]
-        names = _unique([_layer_name(t, f"output_{i}") for i, t in enumerate(model.outputs)])
-        self.outputs = [TensorSpec(n, _datatype(t.dtype, n), _shape(t.shape))
-                        for n, t in zip(names, model.outputs, strict=True)]
+        # the structures the model was built with (a dict, a list, one tensor); Sequential
+        # models have none: one input, one output
+        self._in_struct = getattr(model, "_inputs_struct", None)
+        self._out_struct = getattr(model, "_outputs_struct", None)
+        self.inputs = [TensorSpec(n, _datatype(t.dtype, n), _shape(t.shape)) for n, t in
+                       _named(keras, self._in_struct, model.inputs, "input")]
+        self.outputs = [TensorSpec(n, _datatype(t.dtype, n), _shape(t.shape)) for n, t in
+                        _named(keras, self._out_struct, model.outputs, "output")]
         self._input_names = [s.name for s in self.inputs]
         self._batchable = batch_dim_dynamic(self.inputs) and batch_dim_dynamic(self.outputs)
-        self._tree = keras.tree
         log.info("keras model loaded", extra={"fields": {
             "backend": "torch", "device": self.device, "layers": len(model.layers),
             "batchable": self._batchable}})
@@ -196,9 +216,11 @@ class KerasModel:
     def run(self, inputs: Mapping[str, np.ndarray],
             output_names: Sequence[str] | None) -> dict[str, np.ndarray]:
         args = [self._tensor(inputs[name]) for name in self._input_names]
+        feed = (args[0] if self._in_struct is None
+                else self._tree.pack_sequence_as(self._in_struct, args))
         try:
             with self._torch.inference_mode():
-                result = self._model(args[0] if len(args) == 1 else args, training=False)
+                result = self._model(feed, training=False)
         except Exception as exc:  # re-raised, as a client error when it is one
             raise _model_error(exc) from None
         flat = self._tree.flatten(result)
