@@ -1,6 +1,6 @@
 """Keras models beyond one input and one output, built by real TensorFlow 2.21 (make_keras_models)
-and served by the runtime as a real process: inputs and outputs in dicts, and request values the
-model itself rejects. Answers equal TensorFlow's model.predict."""
+and served by the runtime as a real process: inputs and outputs in dicts, a stateful LSTM, and
+request values the model itself rejects. Answers equal TensorFlow's model.predict."""
 
 from __future__ import annotations
 
@@ -49,6 +49,19 @@ def test_dict_inputs_and_outputs_are_named_by_their_keys(runtime_server: Any,
         "zeta": data["zeta"].tolist(), "alpha": data["alpha"].tolist()}})
     assert status == 200, doc
     np.testing.assert_allclose(np.asarray(doc["outputs"]["aa_out"]), data["aa_out"], **TOL)
+
+
+def test_a_stateful_model_answers_each_request_afresh(runtime_server: Any,
+                                                      keras_dir: Path) -> None:
+    """A stateful LSTM keeps its state between calls: served as is, every answer would depend
+    on the requests (of any client) before it. Its state is reset before each request."""
+    data = np.load(keras_dir / "stateful.npz")
+    server = _serve(runtime_server, keras_dir / "stateful.keras")
+    for _ in range(3):
+        status, doc = server.post_json("/v1/models/m:predict",
+                                       {"instances": data["steps"].tolist()})
+        assert status == 200, doc
+        np.testing.assert_allclose(np.asarray(doc["predictions"]), data["want"], **TOL)
 
 
 def test_values_the_model_rejects_are_400_not_500(runtime_server: Any,

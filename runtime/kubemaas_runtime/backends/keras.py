@@ -103,6 +103,18 @@ def _named(keras: Any, struct: Any, tensors: Sequence[Any], kind: str,
     return list(zip(_unique(names), (t for _, t in pairs), strict=True))
 
 
+def _stateful_layers(model: Any, path: Path) -> list[Any]:
+    """The stateful recurrent layers, whose state is reset before every call: without that,
+    each answer would depend on the requests (of any client) served before it."""
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if getattr(layer, "stateful", False)]
+    for layer in layers:
+        if not callable(getattr(layer, "reset_state", None)):
+            raise StartupError(f"{path.name}: layer {layer.name!r} is stateful and its state "
+                               "cannot be reset between requests")
+    return layers
+
+
 def _lines(exc: Exception) -> list[str]:
     """The non-empty lines of an exception's message, without terminal escapes."""
     return [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()] or [
@@ -197,6 +209,7 @@ class KerasModel:
                        _named(keras, self._in_struct, model.inputs, "input")]
         self.outputs = [TensorSpec(n, _datatype(t.dtype, n), _shape(t.shape)) for n, t in
                         _named(keras, self._out_struct, model.outputs, "output")]
+        self._stateful = _stateful_layers(model, path)
         self._input_names = [s.name for s in self.inputs]
         self._batchable = batch_dim_dynamic(self.inputs) and batch_dim_dynamic(self.outputs)
         log.info("keras model loaded", extra={"fields": {
@@ -220,6 +233,8 @@ class KerasModel:
                 else self._tree.pack_sequence_as(self._in_struct, args))
         try:
             with self._torch.inference_mode():
+                for layer in self._stateful:
+                    layer.reset_state()
                 result = self._model(feed, training=False)
         except Exception as exc:  # re-raised, as a client error when it is one
             raise _model_error(exc) from None
