@@ -174,7 +174,7 @@ def run(uri: str, out: Path, sha256: str | None, s3: S3Config, timeout_s: float,
     cached = out / "by-sha256" / digest / "model.onnx"
     hit = cached.is_file()
     if not hit:
-        convert(saved, cached)
+        convert(saved, cached, timeout_s=timeout_s)
     final = out / "model.onnx"
     tmp = out / f".model.onnx.{os.getpid()}"
     shutil.copyfile(cached, tmp)
@@ -194,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--s3-endpoint", default=os.environ.get("KUBEMAAS_S3_ENDPOINT"))
     parser.add_argument("--s3-credentials-dir",
                         default=os.environ.get("KUBEMAAS_S3_CREDENTIALS_DIR"))
-    parser.add_argument("--timeout-s", type=float, default=1800.0)
+    parser.add_argument("--timeout-s", type=float, default=1800.0,
+                        help="bound on the download and on the conversion, each (seconds)")
     parser.add_argument("--max-unpacked-bytes", type=int, default=MAX_UNPACKED_BYTES,
                         help="refuse an archive whose files add up to more (default 64 GiB)")
     parser.add_argument("--digest", metavar="DIR", help="print a SavedModel directory's "

@@ -8,6 +8,7 @@ import io
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,3 +102,28 @@ def test_traversal_and_links_out_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="link to an absolute path"):
         _resolve(tarred, tmp_path / "w2")
     assert not outside.exists()
+
+
+def test_timeout_s_bounds_the_conversion_too(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """--timeout-s 5 used to bound the download only; tf2onnx ran under its own 1800 s."""
+    import subprocess
+
+    from kubemaas_runtime import tfconvert
+
+    saved = tmp_path / "m"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"x")
+    seen: list[float] = []
+
+    def slow(cmd: list[str], **kwargs: Any) -> None:
+        seen.append(kwargs["timeout"])
+        raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
+
+    monkeypatch.setattr(tfconvert.subprocess, "run", slow)
+    assert main(["--model-uri", str(saved), "--out", str(tmp_path / "out"),
+                 "--timeout-s", "5"]) == 1
+    assert seen == [5.0]
+    assert capsys.readouterr().err.strip() == (
+        "tfconvert: error: tf2onnx did not finish within 5 s")
