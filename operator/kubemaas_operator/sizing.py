@@ -66,6 +66,13 @@ class GPUType:
         return self.product.removeprefix("NVIDIA-") or "unlabelled"
 
 
+def tensor_parallel_degrees(heads: int, kv_heads: int, limit: int = MAX_GPUS) -> list[int]:
+    """The tensor-parallel sizes vLLM starts with, up to `limit`: each divides the attention
+    heads, and divides the KV heads or is a multiple of them (they are then replicated)."""
+    return [t for t in range(1, limit + 1)
+            if heads % t == 0 and (kv_heads % t == 0 or t % kv_heads == 0)]
+
+
 @dataclass(frozen=True)
 class Need:
     """The memory one replica needs, in parts."""
@@ -94,8 +101,7 @@ class Need:
         """Tensor-parallel degrees vLLM accepts for this shape, smallest first."""
         if self.heads is None:
             return [1]
-        return [t for t in range(1, limit + 1) if self.heads % t == 0
-                and (self.kv_heads % t == 0 or t % self.kv_heads == 0)]
+        return tensor_parallel_degrees(self.heads, self.kv_heads, limit)
 
     def words(self, t: int | None = None) -> str:
         tail = f" + {_gib(OVERHEAD_PER_GPU)} per GPU"
@@ -355,9 +361,9 @@ def _check_degree(spec: ModelDeploymentSpec) -> None:
     heads = shape.num_attention_heads
     kv = shape.num_key_value_heads or heads
     t = gpu.count
-    if heads % t == 0 and (kv % t == 0 or t % kv == 0):
+    ok = tensor_parallel_degrees(heads, kv)  # gpu.count is at most MAX_GPUS
+    if t in ok:
         return
-    ok = [d for d in range(1, MAX_GPUS + 1) if heads % d == 0 and (kv % d == 0 or d % kv == 0)]
     raise SpecError("spec.gpu.count", f"engine vllm runs {t} GPUs as --tensor-parallel-size {t}, "
                     f"which must divide the model's {heads} attention heads (and divide its {kv} "
                     f"KV heads, or they it): use {', '.join(map(str, ok))}, or auto")

@@ -84,12 +84,12 @@ def _zip_config(path: Path) -> bytes:
                 raise KerasConfigError(f"{path.name}: its config.json unpacks to {size} bytes, "
                                        f"more than a model configuration ({MAX_CONFIG_BYTES})")
             return archive.read("config.json")
+    except KerasConfigError:
+        raise
     except KeyError:
         raise KerasConfigError(f"{path.name} is a zip archive without config.json; "
                                "not a .keras model file") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
-        if isinstance(exc, KerasConfigError):
-            raise
         raise KerasConfigError(f"{path.name}: a damaged .keras archive: {exc}") from None
 
 
