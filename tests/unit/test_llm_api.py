@@ -237,6 +237,10 @@ def test_a_template_that_hard_codes_the_runtime_command_is_refused_for_llms() ->
     (["--served-model-name", "other"], 0, "spec.runtime.llm.servedModelName"),
     (["--max-model-len", "1000000"], 0, "spec.runtime.llm.maxModelLen"),
     (["--data-parallel-size", "2"], 0, "spec.replicas"),
+    # argparse's abbreviations set the whole flag in both engines
+    (["--enable-prefix-caching", "--tensor-parallel", "4"], 1, "spec.gpu.count"),
+    (["--max-model=100000"], 0, "spec.runtime.llm.maxModelLen"),
+    (["--served_model", "x"], 0, "spec.runtime.llm.servedModelName"),
 ])
 def test_flags_the_spec_owns_are_refused_in_extra_args(args: list[str], at: int,
                                                        field: str) -> None:
@@ -253,6 +257,7 @@ def test_flags_the_spec_owns_are_refused_in_runtime_args_of_a_language_model() -
     assert (err.path, "spec.serving.port" in err.message) == ("spec.runtime.args[1]", True)
     # other flags, and a tensor model's args, are the user's
     parse_spec(hf(runtime={"llm": {"extraArgs": ["--enable-prefix-caching", "--seed=1",
-                                                 "--portal", "-O3"]}}))
+                                                 "--portal", "-O3", "--max-num-batched-tokens",
+                                                 "512", "--", "x"]}}))
     parse_spec({"model": {"uri": "s3://b/m.onnx", "format": "onnx"},
                 "runtime": {"image": "img", "args": ["--port", "9"]}})

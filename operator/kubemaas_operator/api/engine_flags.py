@@ -5,7 +5,10 @@ Both lists are appended after the flags the operator renders, and both engines' 
 last value: `--tensor-parallel-size 4` there ran vLLM on four GPUs in a pod that asked for two
 (its workers fail to start, the pod crash-loops holding the GPUs), `--port` moved the server off
 the port the Service and the probes use, `--served-model-name` off the name the routes match.
-Each has a field of the spec that the operator sizes, probes and routes by; the error names it."""
+Each has a field of the spec that the operator sizes, probes and routes by; the error names it.
+Both parsers also take an unambiguous prefix for the whole flag (argparse's abbreviations:
+`--tensor-parallel 4` is `--tensor-parallel-size 4`), so a prefix of an owned flag is refused
+too: it either sets that flag or is ambiguous, which the engine refuses at start."""
 
 from __future__ import annotations
 
@@ -52,10 +55,25 @@ def flag_name(arg: str) -> str | None:
     return SHORT.get(name)
 
 
+def owned_by(name: str | None) -> list[str]:
+    """The owned flags `name` sets: itself, or those it is a prefix of (an abbreviation)."""
+    if name is None or len(name) <= 2:  # a value, or "--" (the end of the options)
+        return []
+    if name in OWNED:
+        return [name]
+    return [flag for flag in OWNED if flag.startswith(name)]
+
+
 def check_owned_flags(args: Iterable[str], where: str) -> None:
     """SpecError naming the first flag in `args` that the spec owns, and the field to set."""
     for i, arg in enumerate(args):
-        name = flag_name(arg)
-        if name in OWNED:
-            raise SpecError(f"{where}[{i}]", f"{arg.split('=', 1)[0]} is rendered from the "
-                            f"spec: {OWNED[name]}")
+        given = arg.split("=", 1)[0]
+        owned = owned_by(flag_name(arg))
+        if not owned:
+            continue
+        if owned == [flag_name(arg)]:
+            raise SpecError(f"{where}[{i}]", f"{given} is rendered from the spec: "
+                            f"{OWNED[owned[0]]}")
+        fields = "; ".join(dict.fromkeys(OWNED[flag] for flag in owned))
+        raise SpecError(f"{where}[{i}]", f"{given} abbreviates {' or '.join(owned)}, rendered "
+                        f"from the spec: {fields}")
