@@ -150,3 +150,33 @@ def test_the_shutdown_delay_keeps_serving_while_not_ready(tiny_llama: Path) -> N
         assert server.proc.wait(20) == 0
     finally:
         server.stop()
+
+
+def test_pooling_requests_past_the_drain_timeout_get_a_503(tiny_llama: Path) -> None:
+    """An embedding server's requests still queued when --drain-timeout-s runs out are answered
+    503 ("the server is shutting down") and the process exits soon after; they were dropped
+    with the connection, no answer at all."""
+    server = start_llm_server(tiny_llama, "--runner", "pooling", "--drain-timeout-s", "1",
+                              "--max-num-seqs", "1", "--max-queue-size", "4096")
+    try:
+        assert server.port is not None
+        port = server.port
+        # about 20 s of embedding here: far more than the drain timeout
+        doc = {"model": "tiny", "input": ["a long story " * 40] * 128}
+        with ThreadPoolExecutor(16) as pool:
+            answers = [pool.submit(raw_post, port, "/v1/embeddings", doc) for _ in range(16)]
+            wait_for(lambda: "vllm:num_requests_running{model_name=\"tiny\"} 1" in
+                     server.metrics())
+            sent = time.monotonic()
+            assert server.stop(timeout=30) == 0
+            took = time.monotonic() - sent
+            heads = [a.result(timeout=10).partition(b"\r\n\r\n") for a in answers]
+    finally:
+        server.stop()
+    codes = sorted(head[9:12].decode() for head, _, _ in heads)
+    assert set(codes) <= {"200", "503"} and "503" in codes, codes
+    assert took < 5, f"exited {took:.1f} s after SIGTERM with a drain timeout of 1 s"
+    for head, _, body in heads:
+        if head.startswith(b"HTTP/1.1 503"):
+            error = json.loads(body)["error"]
+            assert "shutting down" in error["message"], error

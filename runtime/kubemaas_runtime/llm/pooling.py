@@ -147,6 +147,7 @@ class Embedder(EngineThread):
         self.max_num_seqs, self.max_tokens = max_num_seqs, max_num_batched_tokens
         self.max_queue = max_queue
         self._queue: deque[_Item] = deque()
+        self._running: list[_Item] = []
         self.num_running = 0  # read by /metrics
 
     @property
@@ -197,7 +198,18 @@ class Embedder(EngineThread):
                 longest = width
                 batch.append(self._queue.popleft())
             self.num_running = len(batch)
+            self._running = batch
             return batch
+
+    def fail_all(self, exc: Exception) -> None:
+        """On the event loop: every input waiting or running ends with ``exc`` now (the drain
+        timed out); the batch in the model's hands finishes unanswered."""
+        with self._wake:
+            items = [*self._queue, *self._running]
+            self._queue.clear()
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(exc)
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:

@@ -417,6 +417,8 @@ class OpenAIServer:
         self.cutting = True
         for stream in list(self.live):
             stream.fail(ShuttingDown("the server is shutting down"))
+        if self.pooled is not None:
+            self.pooled.embedder.fail_all(ShuttingDown("the server is shutting down"))
 
     def _head(self, req: GenerationRequest) -> dict[str, Any]:
         prefix = "chatcmpl-" if req.chat else "cmpl-"

@@ -19,6 +19,7 @@ import torch
 from ..llm.classify import Classifier
 from ..llm.detok import encoder
 from ..llm.pooling import Embedder, Overloaded
+from ..llm.request_stream import ShuttingDown
 from ..metrics import LLMMetrics
 from ..security.usage import current_usage
 from .openai_errors import ApiError, bad_request
@@ -204,6 +205,8 @@ async def run_pooled(pooled: Pooled, inputs: list[list[int]], model_name: str,
         m.rejected.inc(m.label)
         raise ApiError(429, f"too many requests: {exc}; retry later",
                        code="rate_limit_exceeded", retry_after=1) from None
+    except ShuttingDown as exc:  # still waiting or running when the drain timed out
+        raise ApiError(503, str(exc), retry_after=1) from None
     tokens = sum(len(ids) for ids in inputs)
     m.prompt_tokens.inc(m.label, tokens)
     m.e2e.observe(m.label, time.monotonic() - arrival)
