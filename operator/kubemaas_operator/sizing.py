@@ -298,6 +298,17 @@ def shape_from_cache(cache: Mapping[str, Any] | None) -> ModelShape | None:
     return parse_shape(usable, "status.model") if usable else None
 
 
+def model_shape(spec: ModelDeploymentSpec, recorded: ModelShape | None) -> ModelShape | None:
+    """The shape sizing reads: each key the model cache recorded, else spec.model.shape's (a
+    record without a usable numLayers, say, is completed by the spec instead of voiding it)."""
+    given = spec.model.shape
+    if recorded is None or given is None:
+        return recorded or given
+    return dataclasses.replace(given, **{
+        f.name: getattr(recorded, f.name) for f in dataclasses.fields(recorded)
+        if getattr(recorded, f.name) is not None})
+
+
 def size_gpus(spec: ModelDeploymentSpec, types: Iterable[GPUType],
               recorded: ModelShape | None = None) -> ModelDeploymentSpec:
     """The spec with `gpu.count: auto` decided: count and products from the sizing, and the
@@ -307,7 +318,7 @@ def size_gpus(spec: ModelDeploymentSpec, types: Iterable[GPUType],
     if gpu is None or not gpu.auto:
         _check_degree(spec)
         return spec
-    shape = recorded or spec.model.shape
+    shape = model_shape(spec, recorded)
     if shape is None:
         message = ("gpu.count auto needs the model's shape: set spec.model.shape, or wait for "
                    "the model cache to record it")
@@ -325,9 +336,13 @@ def size_gpus(spec: ModelDeploymentSpec, types: Iterable[GPUType],
             # no cache will ever record the shape: the spec must be fixed (InvalidSpec), not
             # waited for with one GPU of any size
             raise SpecError(err.path, f"{err.message} (gpu.count auto)") from err
+        where = err.path
+        if recorded is not None and where == "spec.model.shape":  # the record lacks it too
+            where = "spec.model.shape (completing the model cache's status.model)"
         return _with(spec, dataclasses.replace(gpu, count=1, sizing=GPUSizing(
-            need="", reason="ModelShapeUnknown", message=f"gpu.count auto: {err}",
-            summary=f"ModelShapeUnknown: {err.path} {err.message}"[:120])))
+            need="", reason="ModelShapeUnknown",
+            message=f"gpu.count auto: {where}: {err.message}",
+            summary=f"ModelShapeUnknown: {where} {err.message}"[:120])))
     types = tuple(types)
     allowed = [g for g in types if (not gpu.products or g.product in gpu.products)
                and (gpu.min_memory_mib is None or g.memory_mib >= gpu.min_memory_mib)]
@@ -381,7 +396,7 @@ LOAD_BYTES_PER_S = 200 * MiB
 
 def startup_budget_s(spec: ModelDeploymentSpec, recorded: ModelShape | None = None) -> int:
     """Seconds the startup probe allows before the kubelet restarts a loading engine."""
-    shape = recorded or spec.model.shape
+    shape = model_shape(spec, recorded)
     if shape is None:
         return STARTUP_BASE_S
     weights = shape.weight_bytes or (shape.parameters or 0) * DTYPE_BYTES.get(

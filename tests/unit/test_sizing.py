@@ -334,6 +334,33 @@ def test_a_cache_record_with_an_unusable_value_keeps_the_others() -> None:
     assert need_of(shape).kv_heads == 32  # the attention heads stand in
 
 
+def test_the_spec_completes_a_cache_record_key_by_key() -> None:
+    """A record without a usable numLayers (a 0 in config.json) took the place of the whole of
+    spec.model.shape, so the numLayers the user set there to fix it was never read and the
+    model stayed ModelShapeUnknown, its message naming spec.model.shape."""
+    raw = _auto_spec()
+    raw["model"]["cache"] = "llama"  # type: ignore[index]
+    del raw["model"]["uri"]  # type: ignore[attr-defined]
+    raw["model"]["shape"] = {"numLayers": 32}  # type: ignore[index]
+    record = {**_shape_json(LLAMA3_8B), "numLayers": 0}
+    shape = shape_from_cache({"status": {"model": record}})
+    assert shape is not None and shape.num_layers is None
+    spec = size_gpus(parse_spec(raw), TESTBED, shape)
+    assert spec.gpu is not None and spec.gpu.sizing is not None
+    assert spec.gpu.sizing.reason == "", spec.gpu.sizing
+    assert spec.gpu.count == size_gpus(parse_spec(raw), TESTBED, LLAMA3_8B).gpu.count  # type: ignore[union-attr]
+    # the record's own values win over the spec's
+    raw["model"]["shape"] = {"numLayers": 32, "weightBytes": 1}  # type: ignore[index]
+    assert startup_budget_s(parse_spec(raw), shape) == startup_budget_s(parse_spec(raw),
+                                                                         LLAMA3_8B)
+    # neither has it: the message says the spec completes the record
+    del raw["model"]["shape"]  # type: ignore[attr-defined]
+    missing = size_gpus(parse_spec(raw), TESTBED, shape)
+    assert missing.gpu is not None and missing.gpu.sizing is not None
+    assert missing.gpu.sizing.reason == "ModelShapeUnknown"
+    assert "completing the model cache's status.model" in missing.gpu.sizing.message
+
+
 def test_startup_budget_grows_with_the_weights() -> None:
     def budget(shape: ModelShape | None) -> int:
         spec = parse_spec(_auto_spec())
