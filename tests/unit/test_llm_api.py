@@ -261,3 +261,13 @@ def test_flags_the_spec_owns_are_refused_in_runtime_args_of_a_language_model() -
                                                  "512", "--", "x"]}}))
     parse_spec({"model": {"uri": "s3://b/m.onnx", "format": "onnx"},
                 "runtime": {"image": "img", "args": ["--port", "9"]}})
+
+
+def test_the_kubemaas_engine_refuses_a_length_over_the_models_positions() -> None:
+    """Its runtime refuses to start past them ("--max-model-len 16384 is over the model's
+    limit of 8192 positions"): the pod crash-looped where the spec could say so at once."""
+    err = refused(hf(gpu=None, runtime={"image": "img", "llm": {"maxModelLen": 16384}}))
+    assert err.path == "spec.runtime.llm.maxModelLen" and "8192 positions" in err.message
+    parse_spec(hf(gpu=None, runtime={"image": "img", "llm": {"maxModelLen": 8192}}))
+    # vLLM serves a rope-scaled model past them, which the shape does not say
+    parse_spec(hf(runtime={"llm": {"maxModelLen": 16384}}))

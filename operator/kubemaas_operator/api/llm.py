@@ -167,6 +167,19 @@ def check_engine(model: ModelSource, runtime: RuntimeSpec, gpu: GPUSpec | None) 
     elif hf and engine == "kubemaas" and gpu is not None and gpu.count > 1:
         raise SpecError("spec.gpu.count", "engine kubemaas serves a language model on one GPU "
                         "(no tensor parallelism): set 1 or auto, or use engine vllm")
+    if hf and engine == "kubemaas":
+        _check_length(model.shape, runtime.llm)
+
+
+def _check_length(shape: ModelShape | None, llm: LLMSettings | None) -> None:
+    """The kubemaas engine serves at most the model's positions and refuses to start past them
+    (it would crash-loop); vLLM may serve more (a rope-scaled model), so it judges itself."""
+    length = llm.max_model_len if llm else None
+    limit = shape.max_position_embeddings if shape else None
+    if length is not None and limit is not None and length > limit:
+        raise SpecError("spec.runtime.llm.maxModelLen", f"{length} is over the model's "
+                        f"{limit} positions (spec.model.shape.maxPositionEmbeddings): the "
+                        f"kubemaas engine serves at most {limit}")
 
 
 def check_serving(engine: str, serving: Serving) -> None:
