@@ -57,7 +57,7 @@ async def serve(settings: Settings) -> int:
 
     return await serve_until_stopped(settings, metrics, security, lambda: _load(settings),
                                      go_ready, lambda: rest.inflight, stop_serving,
-                                     lambda _: dataplane.close())
+                                     lambda _: dataplane.close(), cut=dataplane.cut)
 
 
 def _batcher(settings: Settings, model: Model, metrics: Metrics) -> Batcher:

@@ -44,6 +44,8 @@ class DataPlane:
         self.model: Model | None = None
         self.batcher: Batcher | None = None
         self.draining = False
+        self.cutting = False  # SIGTERM's drain timed out: requests still waiting end with a 503
+        self._limits: set[asyncio.Timeout] = set()  # the request timeouts of requests in _run
         self.load_error: str | None = None
         self._inputs: dict[str, TensorSpec] = {}
         self._outputs: dict[str, TensorSpec] = {}
@@ -144,12 +146,27 @@ class DataPlane:
                 raise InvalidInput(f"unknown output {name!r}; model {self.model_name!r} has "
                                    f"{', '.join(self._outputs)}")
 
+    def cut(self) -> None:
+        """SIGTERM's drain timed out: every request waiting in the batcher or for its model call
+        ends now with a 503 (its request timeout fires at once), and any later one too."""
+        self.cutting = True
+        now = asyncio.get_running_loop().time()
+        for limit in list(self._limits):
+            limit.reschedule(now)
+
     async def _run(self, batcher: Batcher, inputs: Mapping[str, np.ndarray],
                    output_names: list[str] | None) -> Outputs:
         try:
-            async with asyncio.timeout(self.request_timeout_s):
-                return await batcher.infer(inputs, output_names)
+            async with asyncio.timeout(0 if self.cutting else self.request_timeout_s) as limit:
+                self._limits.add(limit)
+                try:
+                    return await batcher.infer(inputs, output_names)
+                finally:
+                    self._limits.discard(limit)
         except TimeoutError:
+            if self.cutting:
+                raise Unavailable("the server is shutting down; retry on another replica",
+                                  retry_after_s=1) from None
             raise Unavailable(f"inference did not finish within {self.request_timeout_s:g} s",
                               retry_after_s=1) from None
 

@@ -184,6 +184,31 @@ def test_sigterm_drains_in_flight_requests(runtime_server: Any, tiny_onnx: Path)
     assert "draining" in msgs and msgs[-1] == "stopped"
 
 
+def test_drain_timeout_answers_waiting_requests_503(runtime_server: Any,
+                                                    tiny_onnx: Path) -> None:
+    # requests wait 8 s in the batcher; the drain gives them 0.5 s: each gets a clean 503 (was:
+    # the connection closed without an answer when aiohttp cancelled its handler)
+    server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                                     "--max-batch-size", "64", "--max-batch-delay-ms", "8000",
+                                     "--drain-timeout-s", "0.5"])
+    results: list[tuple[int, Any]] = []
+    x = np.ones((1, 4), dtype=np.float32)
+    threads = [threading.Thread(target=lambda: results.append(_infer(server, "tiny", {"x": x})))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: 'kubemaas_inflight_requests{model="tiny"} 3' in server.metrics(),
+             timeout=10, interval=0.02, what="three requests waiting in the batcher")
+    signalled = time.monotonic()
+    server.proc.send_signal(15)
+    for t in threads:
+        t.join(10)
+    assert [status for status, _ in results] == [503, 503, 503]
+    assert all("shutting down" in doc["error"] for _, doc in results)
+    assert server.proc.wait(10) == 0
+    assert time.monotonic() - signalled < 4  # the drain timeout, not the batch delay
+
+
 def test_shutdown_delay_keeps_serving_while_not_ready(runtime_server: Any,
                                                       tiny_onnx: Path) -> None:
     server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
