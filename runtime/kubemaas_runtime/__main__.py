@@ -46,7 +46,10 @@ async def serve(settings: Settings) -> int:
                           settings.request_timeout_s)
     rest = RestServer(dataplane, metrics, settings.max_request_bytes,
                       settings.max_inflight_bytes or None, settings.log_requests)
-    security = Security(settings, metrics, rest.entry, openai=False)  # keys, TLS, limits
+    # handler_cancellation: a client that hangs up cancels its request, which leaves the
+    # batcher (and its model call) instead of holding a place for no one
+    security = Security(settings, metrics, rest.entry, openai=False,  # keys, TLS, limits
+                        handler_cancellation=True)
 
     def go_ready(model: Model, port: int) -> None:
         _go_ready(settings, model, _batcher(settings, model, metrics), dataplane, metrics, port,

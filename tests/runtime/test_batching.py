@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -207,6 +208,30 @@ def test_drain_timeout_answers_waiting_requests_503(runtime_server: Any,
     assert all("shutting down" in doc["error"] for _, doc in results)
     assert server.proc.wait(10) == 0
     assert time.monotonic() - signalled < 4  # the drain timeout, not the batch delay
+
+
+def test_a_client_gone_while_waiting_frees_its_place(runtime_server: Any,
+                                                    tiny_onnx: Path) -> None:
+    # the request waits 3 s in the batcher for company; its client hangs up after 0.3 s (was:
+    # it stayed admitted and counted as waiting for the whole 3 s, then ran the model for no
+    # one, and its request counted as ok)
+    server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                                     "--max-batch-size", "8", "--max-batch-delay-ms", "3000"])
+    body = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+    assert server.port is not None
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: t\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_for(lambda: 'vllm:num_requests_waiting{model_name="tiny"} 1' in server.metrics(),
+                 timeout=10, interval=0.02, what="the request waiting in the batcher")
+    wait_for(lambda: 'kubemaas_inflight_requests{model="tiny"} 0' in server.metrics(),
+             timeout=1.5, interval=0.02, what="the gone client's request leaving the queue")
+    text = server.metrics()
+    assert 'vllm:num_requests_waiting{model_name="tiny"} 0' in text
+    time.sleep(3)  # past the batch delay: no model call was made for it
+    text = server.metrics()
+    assert 'kubemaas_batch_size_count{model="tiny"}' not in text
+    assert 'outcome="ok"' not in text
 
 
 def test_shutdown_delay_keeps_serving_while_not_ready(runtime_server: Any,

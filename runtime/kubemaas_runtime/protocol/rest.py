@@ -208,7 +208,7 @@ class RestServer:
         except RuntimeErrorBase as exc:
             status = exc.status
             return self._error_response(exc)
-        except ConnectionResetError:  # the client went away (mid-body): not the server's fault
+        except (ConnectionResetError, asyncio.CancelledError):  # the client went away
             status = CLIENT_GONE
             raise
         except Exception:
@@ -239,7 +239,7 @@ class RestServer:
             except RuntimeErrorBase as exc:
                 status = exc.status
                 return self._error_response(exc)
-            except ConnectionResetError:  # the client went away (mid-body)
+            except (ConnectionResetError, asyncio.CancelledError):  # the client went away
                 status = CLIENT_GONE
                 raise
             except Exception:
