@@ -223,6 +223,16 @@ def _array_from_json_input(raw: dict[str, Any], shape: tuple[int, ...], datatype
     return arr
 
 
+def _shaped(arr: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """``arr`` in ``shape``: an empty tensor can have any dimensions, but numpy holds none past
+    2**63 - 1 and no shape whose dimensions multiply past that, zeros left out."""
+    try:
+        return arr.reshape(shape)
+    except ValueError:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has dimensions too large "
+                           "for a tensor") from None
+
+
 def _decode_inputs(raw_inputs: object, body: bytes,
                    header_length: int | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Each input's array and datatype; binary inputs claim the bytes after the header in order."""
@@ -245,7 +255,7 @@ def _decode_inputs(raw_inputs: object, body: bytes,
             offset += size
         else:
             arr = _array_from_json_input(raw, shape, datatype, dtype, name)
-        inputs[name] = arr.reshape(shape)
+        inputs[name] = _shaped(arr, shape, name)
         datatypes[name] = datatype
     if header_length is not None and offset != len(body):
         raise InvalidInput(f"{len(body) - offset} bytes of binary data are not claimed by any "

@@ -133,6 +133,9 @@ BAD_REQUESTS = [
     ("unknown output", "/v2/models/tiny/infer",
      {**_x([1, 4], [1] * 4), "outputs": [{"name": "nope"}]}, 400, "output"),
     ("negative dim", "/v2/models/tiny/infer", _x([-1, 4], [1] * 4), 400, "shape"),
+    # no elements, but dimensions numpy cannot hold (were a 500 'internal error')
+    ("huge empty shape", "/v2/models/tiny/infer", _x([2 ** 62, 0], []), 400, "shape"),
+    ("dim past int64", "/v2/models/tiny/infer", _x([2 ** 63, 0], []), 400, "shape"),
     ("unknown model", "/v2/models/nope/infer", _x([1, 4], [1] * 4), 404, "nope"),
     ("unknown version", "/v2/models/tiny/versions/9/infer", _x([1, 4], [1] * 4), 404, "9"),
     ("v1 not instances", "/v1/models/tiny:predict", {"rows": []}, 400, "instances"),
