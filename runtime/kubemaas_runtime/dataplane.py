@@ -8,7 +8,7 @@ them to status codes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ class DataPlane:
         self._limits: set[asyncio.Timeout] = set()  # the request timeouts of requests in _run
         self.load_error: str | None = None
         self._inputs: dict[str, TensorSpec] = {}
+        self._shared_dims: list[tuple[str, list[tuple[str, int]]]] = []
         self._outputs: dict[str, TensorSpec] = {}
         # one thread: the GIL serialises pure-Python decoding anyway, and a single worker keeps
         # at most one large request's intermediate Python lists (larger than its body) alive at
@@ -73,6 +74,7 @@ class DataPlane:
         self.batcher = batcher
         self._inputs = {s.name: s for s in model.inputs}
         self._outputs = {s.name: s for s in model.outputs}
+        self._shared_dims = shared_dims(model.inputs)
 
     # -- health and metadata --------------------------------------------------------------
     def live(self) -> bool:
@@ -138,6 +140,20 @@ class DataPlane:
                 raise InvalidInput(f"input {name!r} has shape {list(shape)}, the model expects "
                                    f"{list(spec.shape)} (-1 = any)")
 
+    def _check_shared_dims(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """onnxruntime does not check that dimensions the model names alike agree (it broadcast
+        a mask of 1 row against ids of 2, or failed with a 500): refuse such a request."""
+        for dim, places in self._shared_dims:
+            first_name, first_axis = places[0]
+            want = inputs[first_name].shape[first_axis]
+            for name, axis in places[1:]:
+                have = inputs[name].shape[axis]
+                if have != want:
+                    raise InvalidInput(
+                        f"input {name!r} has {have} along dimension {axis}, input "
+                        f"{first_name!r} {want} along dimension {first_axis}: the model names "
+                        f"both {dim!r}, so they must be equal")
+
     def _check_outputs(self, names: list[str] | None) -> None:
         if names is None or not self._outputs:
             return
@@ -183,6 +199,7 @@ class DataPlane:
         # part of it alive themselves): a request waiting for the model holds only its arrays
         del body
         self._validate(request.inputs, request.input_datatypes)
+        self._check_shared_dims(request.inputs)
         self._check_outputs(request.output_names)
         outputs = await self._run(batcher, request.inputs, request.output_names)
         size = sum(arr.nbytes for name, arr in outputs.items()
@@ -199,7 +216,20 @@ class DataPlane:
         inputs, columnar = await self._codec(len(body), decode_predict, body, self.model.inputs)
         del body  # as in infer: a waiting request holds only its arrays
         self._validate(inputs, {})
+        self._check_shared_dims(inputs)
         outputs = await self._run(batcher, inputs, None)
         size = sum(arr.nbytes for arr in outputs.values())
         return await self._codec(size * JSON_BYTES_PER_DATA_BYTE, encode_predict, outputs,
                                   columnar)
+
+
+def shared_dims(specs: Sequence[TensorSpec]) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Each dimension name that two or more input dimensions share, with their (input, axis)."""
+    places: dict[str, list[tuple[str, int]]] = {}
+    for spec in specs:
+        if spec.dims is None or spec.shape is None:
+            continue
+        for axis, dim in enumerate(spec.dims):
+            if dim is not None and spec.shape[axis] < 0:
+                places.setdefault(dim, []).append((spec.name, axis))
+    return [(dim, where) for dim, where in places.items() if len(where) > 1]

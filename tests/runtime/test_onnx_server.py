@@ -289,3 +289,30 @@ def test_gzip_request_and_debug_access_log(runtime_server: Any, tiny_onnx: Path)
     access = wait_for(lambda: [d for d in server.logs() if d.get("msg") == "request"],
                       timeout=10, what="the access log's records")
     assert access[0]["status"] == 200 and access[0]["endpoint"] == "infer"
+
+
+def _seq(ids_shape: list[int], mask_shape: list[int]) -> dict[str, Any]:
+    ids = np.arange(1, 1 + int(np.prod(ids_shape)), dtype=np.int64)
+    return {"inputs": [
+        {"name": "ids", "shape": ids_shape, "datatype": "INT64", "data": ids.tolist()},
+        {"name": "mask", "shape": mask_shape, "datatype": "BOOL",
+         "data": [True] * int(np.prod(mask_shape))}]}
+
+
+def test_dimensions_the_model_names_alike_must_agree(runtime_server: Any,
+                                                     seq_onnx: Path) -> None:
+    # ids and mask are both [batch, len]: onnxruntime broadcast a 1-row mask over 2 rows of
+    # ids (200, an answer for a request that is not the model's) and failed a len mismatch
+    # with a 500
+    server: Server = runtime_server(["--model-uri", str(seq_onnx), "--name", "seq"])
+    for ids_shape, mask_shape, word in (([2, 2], [1, 2], "'batch'"), ([1, 3], [1, 2], "'len'")):
+        status, doc = server.post_json("/v2/models/seq/infer", _seq(ids_shape, mask_shape))
+        assert status == 400, doc
+        assert word in doc["error"] and "'mask'" in doc["error"]
+    status, doc = server.post_json("/v1/models/seq:predict", {"inputs": {
+        "ids": [[1, 2], [3, 4]], "mask": [[True, True]]}})
+    assert status == 400 and "'batch'" in doc["error"], doc
+    status, doc = server.post_json("/v2/models/seq/infer", _seq([2, 3], [2, 3]))
+    assert status == 200 and doc["outputs"][0]["data"] == [6, 15], doc
+    status, meta = server.get_json("/v2/models/seq")
+    assert meta["inputs"][0]["shape"] == [-1, -1]  # the metadata is as before

@@ -44,6 +44,9 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...] | None  # None: rank unknown (some TorchScript models)
+    # the name of each dynamic dimension, where the model names it (ONNX's dim_param): the
+    # dimensions of the inputs that share a name must have the same size in a request
+    dims: tuple[str | None, ...] | None = None
 
     def metadata(self) -> dict[str, object]:
         return {"name": self.name, "datatype": self.datatype,

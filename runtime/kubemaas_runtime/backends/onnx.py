@@ -38,7 +38,9 @@ def _spec(arg: object) -> TensorSpec:
         raise StartupError(f"ONNX tensor {name!r} has unsupported type {onnx_type}")
     raw_shape = getattr(arg, "shape")  # noqa: B009
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in raw_shape)
-    return TensorSpec(name=name, datatype=datatype, shape=shape)
+    dims = tuple(d if isinstance(d, str) and d else None for d in raw_shape)
+    return TensorSpec(name=name, datatype=datatype, shape=shape,
+                      dims=dims if any(dims) else None)
 
 
 def _as_text(arr: np.ndarray, name: str) -> np.ndarray:
