@@ -155,7 +155,8 @@ def _request_header(body: bytes, header_length: int | None) -> dict[str, Any]:
     """The JSON header: the whole body, or its first ``header_length`` bytes."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
-            raise InvalidInput("Inference-Header-Content-Length is larger than the body")
+            raise InvalidInput(f"Inference-Header-Content-Length {header_length} is not within "
+                               f"the body of {len(body)} bytes")
         header_bytes: bytes | memoryview = memoryview(body)[:header_length]
     else:
         header_bytes = body
@@ -186,7 +187,7 @@ def _check_binary_size(name: str, binary_size: object, header_length: int | None
                        remaining: int) -> int:
     """``binary_size`` as a valid length within the ``remaining`` bytes of the body."""
     if type(binary_size) is not int or binary_size < 0:
-        raise InvalidInput(f"input {name!r}: binary_data_size must be an integer")
+        raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative integer")
     if header_length is None:
         raise InvalidInput(f"input {name!r}: binary_data_size without "
                            "Inference-Header-Content-Length")

@@ -316,3 +316,20 @@ def test_dimensions_the_model_names_alike_must_agree(runtime_server: Any,
     assert status == 200 and doc["outputs"][0]["data"] == [6, 15], doc
     status, meta = server.get_json("/v2/models/seq")
     assert meta["inputs"][0]["shape"] == [-1, -1]  # the metadata is as before
+
+
+def test_binary_length_errors_say_what_is_wrong(tiny: Server) -> None:
+    # a negative Inference-Header-Content-Length was 'larger than the body', and a negative
+    # binary_data_size 'must be an integer'
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": -1}}]}).encode()
+    status, _, body = tiny.request("POST", "/v2/models/tiny/infer", header + b"\0" * 16,
+                                   {"Inference-Header-Content-Length": "-1"})
+    assert status == 400
+    assert json.loads(body)["error"] == ("Inference-Header-Content-Length -1 is not within the "
+                                         f"body of {len(header) + 16} bytes")
+    status, _, body = tiny.request("POST", "/v2/models/tiny/infer", header + b"\0" * 16,
+                                   {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 400
+    assert json.loads(body)["error"] == ("input 'x': binary_data_size must be a non-negative "
+                                         "integer")
