@@ -118,7 +118,7 @@ def json_tensor(data: list[Any], datatype: str, dtype: np.dtype[Any], name: str)
             if datatype != "BOOL" and not np.array_equal(arr, raw):
                 raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}")
             return arr
-        arr = np.asarray(data, dtype=dtype)
+        arr = _float_tensor(data, datatype, dtype, name)
     except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"input {name!r}: data is not a (rectangular) list of "
                            f"{datatype} values") from None
@@ -128,6 +128,25 @@ def json_tensor(data: list[Any], datatype: str, dtype: np.dtype[Any], name: str)
         if any(v is None for v in flat):
             raise InvalidInput(f"input {name!r}: {datatype} data must be numbers, got null")
     return arr
+
+
+def _float_tensor(data: list[Any], datatype: str, dtype: np.dtype[Any],
+                  name: str) -> np.ndarray:
+    """A float tensor from numbers only: numpy turns numeric strings ("4", "nan") and booleans
+    into floats when told the dtype, so the data is read as it is first."""
+    raw = np.asarray(data)
+    if raw.dtype.kind in "fiu":
+        return raw.astype(dtype)
+    if raw.dtype.kind in "USb" or (raw.dtype.kind == "O" and any(
+            isinstance(v, (str, bool)) for v in _leaves(data))):
+        raise InvalidInput(f"input {name!r}: {datatype} data must be numbers")
+    return np.asarray(data, dtype=dtype)  # None (refused by the caller) or huge integers
+
+
+def _leaves(data: object) -> list[object]:
+    flat: list[object] = []
+    flatten(data, flat)
+    return flat
 
 
 def _bytes_from_binary(buf: memoryview, count: int, name: str) -> np.ndarray:

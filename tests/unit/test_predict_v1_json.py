@@ -68,6 +68,8 @@ def test_one_output_is_written_bare() -> None:
     ({"instances": [[1, None]]}, [X], "got null"),
     ({"inputs": [[1, None]]}, [X], "got null"),
     ({"instances": [1.5]}, [IDS], "must be integers"),
+    ({"instances": [[1, "2"]]}, [X], "must be numbers"),
+    ({"inputs": [[True, False]]}, [X], "must be numbers"),
     ({"instances": [[1, 2], [3]]}, [X], "instances"),
     ({"instances": [{"b64": "not base64!"}]}, [TEXT], "not base64"),
     ({"inputs": [["a"], ["b", "c"]]}, [TEXT], "rectangular"),

@@ -34,6 +34,10 @@ def test_the_whole_uint64_range() -> None:
     ([1.5, 1 << 63], "UINT64", "must be integers"),
     ([1.0, 2], "INT32", "must be integers"),
     ([300, 0], "INT8", "out of range"),
+    # numpy parsed numeric strings and booleans into floats: "4" and "nan" reached the model
+    (["4", 1], "FP32", "must be numbers"),
+    (["nan", "1e3"], "FP64", "must be numbers"),
+    ([True, False], "FP16", "must be numbers"),
 ])
 def test_what_no_type_holds_is_refused(data: list[object], datatype: str, words: str) -> None:
     with pytest.raises(InvalidInput, match=words):
