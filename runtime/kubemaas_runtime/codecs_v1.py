@@ -84,7 +84,7 @@ def instances_to_inputs(instances: object, specs: Sequence[TensorSpec]) -> dict[
         if not column or len(column) != len(instances):
             raise InvalidInput(f"every instance must give input {spec.name!r}")
         if spec.datatype == "BYTES":
-            arrays[spec.name] = _bytes_tensor(column, spec.name).reshape(len(column), -1)
+            arrays[spec.name] = _string_rows(column, spec)
         else:
             try:
                 arrays[spec.name] = _numeric(column, spec)
@@ -120,6 +120,15 @@ def columns_to_inputs(inputs: object, specs: Sequence[TensorSpec]) -> dict[str, 
         else:
             arrays[spec.name] = _numeric(value, spec)
     return arrays
+
+
+def _string_rows(column: list[object], spec: TensorSpec) -> np.ndarray:
+    """Rows of strings as a BYTES input: one string per row is a [n] tensor for a [-1] input and
+    [n, 1] for any other (a [-1, 1] text input); nested rows keep their shape."""
+    arr = _bytes_tensor(column, spec.name)
+    if arr.ndim == 1 and (spec.shape is None or len(spec.shape) != 1):
+        return arr.reshape(len(column), 1)
+    return arr
 
 
 def outputs_to_predictions(outputs: Mapping[str, np.ndarray]) -> list[Any]:

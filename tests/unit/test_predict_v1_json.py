@@ -51,6 +51,18 @@ def test_base64_strings_in_and_out() -> None:
     assert doc == {"predictions": [{"image_bytes": encoded, "label": "cat"}]}
 
 
+def test_string_rows_keep_the_shape_the_model_takes() -> None:
+    # rows of a [-1] BYTES input were made [n, 1] (then refused: 'has shape [2, 1], the model
+    # expects [-1]'), and rows of a [-1, 2, 2] one were flattened to [n, 4]
+    got, _ = decode({"instances": ["a", {"b64": "aGk="}]}, TensorSpec("s", "BYTES", (-1,)))
+    assert got["s"].shape == (2,) and got["s"].tolist() == [b"a", b"hi"]
+    grid = TensorSpec("g", "BYTES", (-1, 2, 2))
+    got, _ = decode({"instances": [[["a", "b"], ["c", "d"]]]}, grid)
+    assert got["g"].shape == (1, 2, 2)
+    got, _ = decode({"instances": ["a", "b"]}, TEXT)  # a [-1, 1] input: each row one string
+    assert got["text"].shape == (2, 1)
+
+
 def test_one_output_is_written_bare() -> None:
     y = {"y": np.array([[0.5], [1.5]], dtype=np.float32)}
     assert json.loads(encode_predict(y, columnar=True)) == {"outputs": [[0.5], [1.5]]}
