@@ -137,7 +137,13 @@ def outputs_to_predictions(outputs: Mapping[str, np.ndarray]) -> list[Any]:
         ((name, arr),) = outputs.items()
         return _json_rows(name, arr)
     columns = {name: _json_rows(name, arr) for name, arr in outputs.items()}
-    rows = min(len(c) for c in columns.values())
+    sizes = {name: len(c) for name, c in columns.items()}
+    if len(set(sizes.values())) > 1:  # TF Serving refuses this too (InvalidArgument)
+        listed = ", ".join(f"{name} {size}" for name, size in sizes.items())
+        raise InvalidInput(f"the model's outputs have different batch sizes ({listed}), so "
+                           "they cannot be split into rows: use the columnar format "
+                           '{"inputs": ...}')
+    rows = next(iter(sizes.values()))
     return [{name: columns[name][i] for name in columns} for i in range(rows)]
 
 

@@ -63,6 +63,17 @@ def test_string_rows_keep_the_shape_the_model_takes() -> None:
     assert got["text"].shape == (2, 1)
 
 
+def test_rows_of_outputs_with_different_batches_are_refused() -> None:
+    # an output that does not keep the batch (a count of shape [1] beside 2 rows) cut the
+    # predictions to 1 row: the second row's answer was lost from a 200
+    outputs = {"echo": np.array([b"a", b"b"], dtype=np.object_),
+               "n": np.array([2], dtype=np.int64)}
+    with pytest.raises(InvalidInput, match="columnar"):
+        encode_predict(outputs, columnar=False)
+    doc = json.loads(encode_predict(outputs, columnar=True))
+    assert doc == {"outputs": {"echo": ["a", "b"], "n": [2]}}
+
+
 def test_one_output_is_written_bare() -> None:
     y = {"y": np.array([[0.5], [1.5]], dtype=np.float32)}
     assert json.loads(encode_predict(y, columnar=True)) == {"outputs": [[0.5], [1.5]]}
