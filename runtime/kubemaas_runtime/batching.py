@@ -137,10 +137,12 @@ class Batcher:
             self.admitted -= 1
             self._publish_load()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the worker threads; ``wait=False`` leaves a model call still running to itself
+        (SIGTERM's drain timed out and cut it: its answer is no longer wanted)."""
         if self._timer is not None:
             self._timer.cancel()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor.shutdown(wait=wait, cancel_futures=True)
 
     # -- load gauges ----------------------------------------------------------------------
     def _publish_load(self) -> None:

@@ -59,7 +59,7 @@ class DataPlane:
         """Stop the codec thread and the batcher of the model it serves."""
         self._codec_thread.shutdown(wait=False, cancel_futures=True)
         if self.batcher is not None:
-            self.batcher.close()
+            self.batcher.close(wait=not self.cutting)
 
     async def _codec(self, size: int, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` (a decode or an encode of ``size`` bytes) inline when small, in the

@@ -234,6 +234,49 @@ def test_a_client_gone_while_waiting_frees_its_place(runtime_server: Any,
     assert 'outcome="ok"' not in text
 
 
+def _make_slow_onnx(path: Path, layers: int) -> None:
+    """x FP32 [batch, 512] -> y: ``layers`` MatMuls by the identity, seconds for 4096 rows."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", "W"], [f"h{i}"])
+             for i in range(layers)]
+    nodes.append(helper.make_node("Identity", [f"h{layers - 1}"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 512])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 512])],
+        [numpy_helper.from_array(np.eye(512, dtype=np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_a_model_call_cut_at_the_drain_timeout_does_not_hold_the_exit(
+        runtime_server: Any, tmp_path: Path) -> None:
+    # one call takes tens of seconds here; the drain gives it 0.5 s. Its client got the 503 at
+    # the drain timeout, but the process waited for the call's worker thread before exiting
+    # (31 s after SIGTERM for a 24 s call, past any terminationGracePeriodSeconds)
+    _make_slow_onnx(tmp_path / "slow.onnx", 2000)
+    server: Server = runtime_server(["--model-uri", str(tmp_path / "slow.onnx"),
+                                     "--name", "slow", "--drain-timeout-s", "0.5"])
+    header = (b'{"inputs":[{"name":"x","shape":[4096,512],"datatype":"FP32",'
+              b'"parameters":{"binary_data_size":%d}}]}' % (4096 * 512 * 4))
+    body = header + np.ones((4096, 512), dtype=np.float32).tobytes()
+    results: list[tuple[int, bytes]] = []
+    client = threading.Thread(target=lambda: results.append(server.request(
+        "POST", "/v2/models/slow/infer", body,
+        {"Inference-Header-Content-Length": str(len(header))}, timeout=60)[::2]))
+    client.start()
+    wait_for(lambda: 'vllm:num_requests_running{model_name="slow"} 1' in server.metrics(),
+             timeout=20, interval=0.05, what="the model call running")
+    signalled = time.monotonic()
+    server.proc.send_signal(15)
+    assert server.proc.wait(30) == 0
+    assert time.monotonic() - signalled < 5
+    client.join(10)
+    assert results and results[0][0] == 503 and b"shutting down" in results[0][1]
+
+
 def test_shutdown_delay_keeps_serving_while_not_ready(runtime_server: Any,
                                                       tiny_onnx: Path) -> None:
     server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
