@@ -260,6 +260,24 @@ def build_models_once(out: Path, *extra: str) -> None:
                             *extra], check=True, timeout=300)
 
 
+@pytest.fixture(scope="session")
+def torch_mlp() -> Path:
+    """make_torch_mlp.py's seeded MLP (mlp.pt2 with batch 1..1024, mlp.pt), built once."""
+    from importlib.metadata import version
+
+    out = CACHE / f"torch-mlp-torch{version('torch')}"
+    if not (out / "done").is_file():
+        import fcntl
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with (out.parent / f"{out.name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (out / "done").is_file():
+                subprocess.run([PY, str(Path(__file__).with_name("make_torch_mlp.py")),
+                                str(out)], check=True, timeout=300)
+    return out
+
+
 def _servers_use_cuda() -> bool:
     import onnxruntime as ort
 

@@ -14,26 +14,8 @@ import pytest
 
 from .conftest import PY
 from .test_optimize import optimize, serve_and_compare
-from .venvs import CACHE
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def torch_mlp() -> Path:
-    from importlib.metadata import version
-
-    out = CACHE / f"torch-mlp-torch{version('torch')}"
-    if not (out / "done").is_file():
-        import fcntl
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with (out.parent / f"{out.name}.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (out / "done").is_file():
-                subprocess.run([PY, str(Path(__file__).with_name("make_torch_mlp.py")),
-                                str(out)], check=True, timeout=300)
-    return out
 
 
 @pytest.mark.parametrize(("name", "quantize", "smaller"), [

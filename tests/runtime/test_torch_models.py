@@ -88,3 +88,18 @@ def test_torchscript_without_metadata(runtime_server: Any) -> None:
     status, doc = server.post_json("/v2/models/addmul/infer", {
         "inputs": ab, "outputs": [{"name": "nope"}]})
     assert status == 400 and "no output 'nope'" in doc["error"]
+
+
+def test_a_torch_export_shape_guard_is_the_client_s_error(runtime_server: Any,
+                                                          torch_mlp: Path) -> None:
+    # mlp.pt2 was exported for a batch of 1..1024: 1025 rows answered 500 'inference failed:
+    # AssertionError: Guard failed: x.size()[0] <= 1024'
+    server = runtime_server(["--model-uri", str(torch_mlp / "mlp.pt2"), "--name", "mlp"])
+    for rows, status in ((1025, 400), (1024, 200)):
+        got, doc = server.post_json("/v2/models/mlp/infer", {"inputs": [
+            {"name": "x", "shape": [rows, 32], "datatype": "FP32", "data": [0.5] * (rows * 32)}]})
+        assert got == status, doc
+    got, doc = server.post_json("/v2/models/mlp/infer", {"inputs": [
+        {"name": "x", "shape": [1025, 32], "datatype": "FP32", "data": [0.5] * (1025 * 32)}]})
+    assert doc["error"].startswith("the model rejected the input: ") and "1024" in doc["error"]
+    assert 'outcome="server_error"' not in server.metrics()

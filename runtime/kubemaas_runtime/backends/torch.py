@@ -59,6 +59,19 @@ def _shape_of(val: Any) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) else -1 for d in val.shape)
 
 
+# how a torch.export program refuses inputs outside the shapes it was exported for (its range
+# constraints, a dimension shared by two inputs): "Guard failed: x.size()[0] <= 1024" (torch
+# 2.5 and later), "Expected input at *args[0].shape[0] to be <= 1024, but got 2000" (earlier)
+_GUARD_PREFIXES = ("Guard failed:", "Expected input at ")
+
+
+def input_guard_failure(exc: BaseException) -> str | None:
+    """The first line of a torch.export input check's error, or None for any other error."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    return first if first.startswith(_GUARD_PREFIXES) else None
+
+
 class TorchModel:
     def __init__(self, path: Path, fmt: str, *, device: str = "auto", intra_op_threads: int = 0,
                  inter_op_threads: int = 0, tf32: bool = False) -> None:
@@ -150,8 +163,14 @@ class TorchModel:
     def run(self, inputs: Mapping[str, np.ndarray],
             output_names: Sequence[str] | None) -> dict[str, np.ndarray]:
         args = [self._to_tensor(inputs[name]) for name in self._input_names]
-        with torch.inference_mode():
-            result = self._fn(*args)
+        try:
+            with torch.inference_mode():
+                result = self._fn(*args)
+        except (AssertionError, RuntimeError) as exc:
+            reason = input_guard_failure(exc)
+            if reason is None:
+                raise
+            raise InvalidInput(f"the model rejected the input: {reason}") from None
         flat = self._flatten(result)
         if output_names is None:
             return flat
