@@ -33,6 +33,13 @@ class PayloadTooLarge(RuntimeErrorBase):
     close_connection = True
 
 
+class UnsupportedEncoding(RuntimeErrorBase):
+    """A request body in a Content-Encoding the server cannot decode (HTTP 415)."""
+
+    status = 415
+    close_connection = True  # the body is not read
+
+
 class Unavailable(RuntimeErrorBase):
     """Not ready, draining, overloaded or timed out (HTTP 503, with Retry-After)."""
 

@@ -333,3 +333,22 @@ def test_binary_length_errors_say_what_is_wrong(tiny: Server) -> None:
     assert status == 400
     assert json.loads(body)["error"] == ("input 'x': binary_data_size must be a non-negative "
                                          "integer")
+
+
+def test_a_content_encoding_the_server_cannot_decode_is_a_415(tiny: Server) -> None:
+    # aiohttp decodes gzip, deflate, br and zstd, and passed any other coding through as
+    # identity: a compressed body was answered "malformed JSON: 'utf-8' codec can't decode..."
+    body = json.dumps(_x([1, 4], [1, 2, 3, 4])).encode()
+    for coding in ("compress", "gzip, br", "x-snappy"):
+        status, _, raw = tiny.request("POST", "/v2/models/tiny/infer", body,
+                                      {"Content-Encoding": coding})
+        assert status == 415, raw
+        assert json.loads(raw)["error"] == (
+            f"Content-Encoding {coding!r} is not supported; use gzip, deflate, br, zstd or "
+            "none")
+    status, _, raw = tiny.request("POST", "/v1/models/tiny:predict", b'{"instances": [[1]]}',
+                                  {"Content-Encoding": "compress"})
+    assert status == 415, raw
+    status, _, raw = tiny.request("POST", "/v2/models/tiny/infer", body,
+                                  {"Content-Encoding": "identity"})
+    assert status == 200, raw

@@ -17,7 +17,13 @@ from typing import Any
 from aiohttp import web
 
 from ..dataplane import DataPlane
-from ..errors import InvalidInput, PayloadTooLarge, RuntimeErrorBase, Unavailable
+from ..errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    RuntimeErrorBase,
+    Unavailable,
+    UnsupportedEncoding,
+)
 from ..logs import request_context
 from ..metrics import Metrics
 from .expect import go_ahead
@@ -28,7 +34,9 @@ log = logging.getLogger("kubemaas.runtime.rest")
 _JSON = "application/json"
 _HEADER_LEN = "Inference-Header-Content-Length"
 _OUTCOME = {200: "ok", 400: "client_error", 404: "not_found", 405: "client_error",
-            413: "client_error", 500: "server_error", 503: "unavailable"}
+            413: "client_error", 415: "client_error", 500: "server_error", 503: "unavailable"}
+# the codings aiohttp decodes (any other it passes through as if there were none)
+_CODINGS = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
@@ -67,6 +75,10 @@ class RestServer:
                                   f"{self.max_request_bytes} bytes")
         if length is not None and self.body_bytes + length > self.max_inflight_bytes:
             raise self._busy()
+        coding = request.headers.get("Content-Encoding")
+        if coding is not None and coding.strip().lower() not in _CODINGS:
+            raise UnsupportedEncoding(f"Content-Encoding {coding!r} is not supported; use "
+                                      "gzip, deflate, br, zstd or none")
         await go_ahead(request)
         chunks: list[bytes] = []
         total = 0
