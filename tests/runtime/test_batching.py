@@ -314,6 +314,34 @@ def test_request_bytes_in_flight_are_bounded(runtime_server: Any, tiny_onnx: Pat
     assert server.request("POST", "/v2/models/tiny/infer", body)[0] == 200  # budget released
 
 
+def test_bodies_still_arriving_count_in_flight(runtime_server: Any, tiny_onnx: Path) -> None:
+    # two clients have sent 1.4 KB of 1.5 KB bodies: a third 1.5 KB request would put 4.3 KB in
+    # flight > 4 KB. Only complete bodies were counted, so any number of clients could each hold
+    # up to --max-request-bytes unread by withholding their last byte
+    server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                                     "--max-request-bytes", "2048",
+                                     "--max-inflight-bytes", "4096"])
+    body = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+    body = body.ljust(1500)
+    assert server.port is not None
+    partial = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+               for _ in range(2)]
+    try:
+        for conn in partial:
+            conn.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: t\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:1400]))
+        time.sleep(0.5)  # read and held by the server
+        status, headers, reply = server.request("POST", "/v2/models/tiny/infer", body)
+        assert status == 503 and headers["retry-after"] == "1" and b"in flight" in reply
+        for conn in partial:
+            conn.sendall(body[1400:])
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for conn in partial:
+            conn.close()
+    assert server.request("POST", "/v2/models/tiny/infer", body)[0] == 200  # budget released
+
+
 class ThreadRecordingModel(WrappedModel):
     """Records which thread ran each call and the shape it saw (and is optionally slow)."""
 

@@ -81,26 +81,34 @@ class RestServer:
                                       "gzip, deflate, br, zstd or none")
         await go_ahead(request)
         chunks: list[bytes] = []
-        total = 0
-        while True:
-            try:
-                chunk = await request.content.readany()
-            except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode
-                unreadable = InvalidInput(f"the request body cannot be read: {exc}")
-                unreadable.close_connection = True  # the rest of it is not read
-                raise unreadable from None
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > self.max_request_bytes:
-                raise PayloadTooLarge(f"request body is over the limit of "
-                                      f"{self.max_request_bytes} bytes")
-            if self.body_bytes + total > self.max_inflight_bytes:
-                raise self._busy()
-            chunks.append(chunk)
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self.body_bytes += len(body)  # the caller gives it back when the request is done
-        return body
+        total = 0  # counted in self.body_bytes as it arrives: a body still being read is held
+        try:
+            while True:
+                chunk = await self._next_chunk(request)
+                if not chunk:
+                    break
+                if total + len(chunk) > self.max_request_bytes:
+                    raise PayloadTooLarge(f"request body is over the limit of "
+                                          f"{self.max_request_bytes} bytes")
+                if self.body_bytes + len(chunk) > self.max_inflight_bytes:
+                    raise self._busy()
+                total += len(chunk)
+                self.body_bytes += len(chunk)
+                chunks.append(chunk)
+        except BaseException:
+            self.body_bytes -= total
+            raise
+        # the caller gives the body's bytes back when the request is done
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    async def _next_chunk(request: web.BaseRequest) -> bytes:
+        try:
+            return await request.content.readany()
+        except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode
+            unreadable = InvalidInput(f"the request body cannot be read: {exc}")
+            unreadable.close_connection = True  # the rest of it is not read
+            raise unreadable from None
 
     def _busy(self) -> Unavailable:
         exc = Unavailable(f"over {self.max_inflight_bytes} bytes of request bodies are in "
