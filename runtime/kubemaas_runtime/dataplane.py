@@ -168,7 +168,8 @@ class DataPlane:
         self.cutting = True
         now = asyncio.get_running_loop().time()
         for limit in list(self._limits):
-            limit.reschedule(now)
+            if not limit.expired():  # one whose own timeout just fired cannot be rescheduled
+                limit.reschedule(now)
 
     async def _run(self, batcher: Batcher, inputs: Mapping[str, np.ndarray],
                    output_names: list[str] | None) -> Outputs:

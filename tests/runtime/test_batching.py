@@ -210,6 +210,34 @@ def test_drain_timeout_answers_waiting_requests_503(runtime_server: Any,
     assert time.monotonic() - signalled < 4  # the drain timeout, not the batch delay
 
 
+def test_the_drain_cut_skips_a_request_timeout_already_firing() -> None:
+    # a request whose own timeout fired in the loop iteration of the cut: rescheduling it
+    # raised RuntimeError('Cannot change state of expiring Timeout') out of the drain
+    from kubemaas_runtime.dataplane import DataPlane
+
+    dataplane = DataPlane("m", "1", 30.0)
+    errors: list[Exception] = []
+
+    def cut() -> None:
+        try:
+            dataplane.cut()
+        except Exception as exc:
+            errors.append(exc)
+
+    async def scenario() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0) as limit:  # fires at the next loop iteration
+                dataplane._limits.add(limit)
+                asyncio.get_running_loop().call_soon(cut)  # after the timeout's callback
+                await asyncio.sleep(1)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        dataplane.close()
+    assert errors == [] and dataplane.cutting
+
+
 def test_a_client_gone_while_waiting_frees_its_place(runtime_server: Any,
                                                     tiny_onnx: Path) -> None:
     # the request waits 3 s in the batcher for company; its client hangs up after 0.3 s (was:
