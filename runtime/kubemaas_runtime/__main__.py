@@ -157,7 +157,10 @@ def cli() -> int:
     quiet_teardown()
     if any(t.name.startswith("kubemaas-model") and t.is_alive() for t in threading.enumerate()):
         # a model call that the drain timeout cut still runs: the interpreter would join its
-        # thread, holding the pod past its drain timeout (a 24 s call: 31 s after SIGTERM)
+        # thread, holding the pod past its drain timeout (a 24 s call: 31 s after SIGTERM);
+        # os._exit flushes nothing, so the last records are flushed first
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(code)
     return code
 
