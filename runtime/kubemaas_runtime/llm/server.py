@@ -177,7 +177,8 @@ async def serve_llm(settings: Settings) -> int:
     metrics.model_ready.set(label, 0)
     api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20),
                        log_requests=settings.log_requests,
-                       tokens_as_ids=settings.return_tokens_as_token_ids)
+                       tokens_as_ids=settings.return_tokens_as_token_ids,
+                       max_inflight_bytes=settings.max_inflight_bytes)
     security = Security(settings, metrics, api.handle, openai=True, handler_cancellation=True)
 
     stats: list[asyncio.Task[None]] = []  # the periodic stats record's task

@@ -24,9 +24,8 @@ from aiohttp import web
 from .. import __version__
 from ..llm.request_stream import Delta, RequestStream, ShuttingDown
 from ..metrics import Metrics
-from ..request_json import parse_json
-from .expect import go_ahead
 from .openai_answer import Choice, choice_doc, prompt_logprobs_doc, usage_doc
+from .openai_body import BodyReader
 from .openai_embeddings import Pooled, embeddings
 from .openai_engine import (
     Served,
@@ -110,14 +109,16 @@ def error_response(exc: ApiError) -> web.Response:
 class OpenAIServer:
     def __init__(self, model_name: str, metrics: Metrics, max_request_bytes: int,
                  tool_call_parser: str = "none", reasoning_parser: str = "none",
-                 log_requests: bool = False, tokens_as_ids: bool = False) -> None:
+                 log_requests: bool = False, tokens_as_ids: bool = False,
+                 max_inflight_bytes: int = 0) -> None:
         self.model_name = model_name
         self.tokens_as_ids = tokens_as_ids  # return_tokens_as_token_ids' default
         self.log_requests = log_requests  # a record per request (openai_request_id.py)
         self.tool_call_parser = tool_call_parser  # reads tool_choice auto's calls (or none)
         self.reasoning_parser = reasoning_parser  # splits <think> blocks off (or none)
         self.metrics = metrics
-        self.max_request_bytes = max_request_bytes
+        # 413 past max_request_bytes; 503 past max_inflight_bytes of bodies (4x by default)
+        self.bodies = BodyReader(max_request_bytes, max_inflight_bytes or 4 * max_request_bytes)
         self.served: Served | None = None
         self.pooled: Pooled | None = None  # an embedding model (--runner pooling) instead
         self.lora_updating = False  # the LoRA load and unload routes are served
@@ -299,25 +300,7 @@ class OpenAIServer:
 
     # ---- generation ------------------------------------------------------------------------
     async def _read_json(self, request: web.BaseRequest) -> Any:
-        length = request.content_length
-        if length is not None and length > self.max_request_bytes:
-            raise ApiError(413, f"request body of {length} bytes is over the limit of "
-                           f"{self.max_request_bytes} bytes")
-        await go_ahead(request)
-        chunks, total = [], 0
-        try:
-            while chunk := await request.content.readany():
-                total += len(chunk)
-                if total > self.max_request_bytes:
-                    raise ApiError(413, f"request body is over the limit of "
-                                   f"{self.max_request_bytes} bytes")
-                chunks.append(chunk)
-        except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode
-            raise ApiError(400, f"the request body cannot be read: {exc}", close=True) from None
-        try:
-            doc = parse_json(b"".join(chunks))
-        except ValueError as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        doc = await self.bodies.read_json(request)
         adopt_body_id(doc, request)
         return doc
 
