@@ -115,6 +115,37 @@ def test_required_calls_one_or_more_tools(server: Server) -> None:
     assert one["finish_reason"] == "tool_calls" and len(one["message"]["tool_calls"]) == 1
 
 
+# a Pydantic-made schema: its "#/$defs/..." references mean its own root; and one that refers
+# to its root itself
+PLAN = {"type": "function", "function": {"name": "plan_trip", "parameters": {
+    "$defs": {"Stop": {"type": "object", "properties": {"city": {"enum": ["Oslo", "Lima"]}},
+                       "required": ["city"], "additionalProperties": False}},
+    "type": "object", "properties": {"stops": {"type": "array", "items": {"$ref": "#/$defs/Stop"},
+                                               "minItems": 1, "maxItems": 2}},
+    "required": ["stops"], "additionalProperties": False}}}
+TREE = {"type": "function", "function": {"name": "tree", "parameters": {
+    "type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#"},
+                                              "maxItems": 1}},
+    "required": ["kids"], "additionalProperties": False}}}
+
+
+def test_required_takes_tools_whose_schemas_refer_to_their_own_defs(server: Server) -> None:
+    """Each tool's schema sits inside the list's: its references still mean its own root."""
+    answer = chat(server, tools=[PLAN], tool_choice="required", parallel_tool_calls=False,
+                  max_tokens=80)["choices"][0]
+    assert answer["finish_reason"] == "tool_calls", answer
+    (call,) = answer["message"]["tool_calls"]
+    stops = json.loads(call["function"]["arguments"])["stops"]
+    assert 1 <= len(stops) <= 2 and all(set(stop) == {"city"} for stop in stops)
+    for tools in ([TREE], [PLAN, TREE]):  # a tree may nest past max_tokens
+        answer = chat(server, tools=tools, tool_choice="required", parallel_tool_calls=False,
+                      max_tokens=80)["choices"][0]
+        (call,) = answer["message"]["tool_calls"]
+        assert call["function"]["name"] in ("plan_trip", "tree")
+        assert call["function"]["arguments"].startswith(("{\"stops\": [{\"city\": ",
+                                                         "{\"kids\": ["))
+
+
 def test_required_calls_stream_as_they_are_written(server: Server, client: openai.OpenAI) -> None:
     doc = {"messages": USER, "tools": [WEATHER, TIME], "tool_choice": "required",
            "temperature": 1.0, "seed": 5, "max_tokens": 128, "logprobs": True}

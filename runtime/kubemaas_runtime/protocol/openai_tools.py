@@ -132,15 +132,51 @@ def tool_constraint(tools: Tools | None) -> Constraint | None:
     if tools.choice == "named":
         assert tools.name is not None
         return Constraint("json", json.dumps(tools.parameters(tools.name)), "tool_choice")
-    items = [{"type": "object", "properties": {"name": {"const": t["function"]["name"]},
-                                               "parameters": tools.parameters(
-                                                   t["function"]["name"])},
-              "required": ["name", "parameters"], "additionalProperties": False}
-             for t in tools.tools]
+    defs: dict[str, Any] = {}
+    items = []
+    for i, tool in enumerate(tools.tools):
+        name = tool["function"]["name"]
+        parameters: Any = tools.parameters(name)
+        rebased = _rebased(parameters, f"#/$defs/tool_{i}")
+        if rebased != parameters:  # its "#/..." pointers mean its own root: kept in $defs
+            defs[f"tool_{i}"] = rebased
+            parameters = {"$ref": f"#/$defs/tool_{i}"}
+        items.append({"type": "object", "properties": {"name": {"const": name},
+                                                       "parameters": parameters},
+                      "required": ["name", "parameters"], "additionalProperties": False})
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": items}}
     if not tools.parallel:
         schema["maxItems"] = 1
+    if defs:
+        schema["$defs"] = defs
     return Constraint("json", json.dumps(schema), "tool_choice")
+
+
+# the keywords whose values are data, not schemas (a "$ref" in them is no reference), and
+# those whose values map names (any, "default" too) to schemas
+_DATA_KEYWORDS = ("const", "enum", "default", "examples")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def _rebased(schema: Any, root: str) -> Any:
+    """A tool's parameter schema whose local references (``#``, ``#/$defs/x``, pointers
+    into it) point into it where it is kept, ``root`` (a pointer into the whole schema)."""
+    if isinstance(schema, list):
+        return [_rebased(v, root) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DATA_KEYWORDS:
+            out[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _rebased(sub, root) for name, sub in value.items()}
+        elif key == "$ref" and isinstance(value, str) and (value == "#" or
+                                                            value.startswith("#/")):
+            out[key] = root + value[1:]
+        else:
+            out[key] = _rebased(value, root)
+    return out
 
 
 def message_tool_calls(msg: dict[str, Any], where: str) -> list[dict[str, Any]] | None:
