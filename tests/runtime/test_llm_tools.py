@@ -17,6 +17,7 @@ import pytest
 
 from . import llm_reference as ref
 from .conftest import Server, start_llm_server, stream_events, with_chat_template
+from .test_llm_responses import respond, sse
 from .tool_models import TEMPLATE, TIME, USER, WEATHER, check_weather
 
 
@@ -190,6 +191,33 @@ def test_auto_reads_the_models_tool_call_blocks(server: Server) -> None:
     assert [c["function"] for c in calls] == [call["function"]]
     plain = chat(server, tools=[WEATHER], max_tokens=8)["choices"][0]
     assert plain["message"].get("tool_calls") is None and plain["message"]["content"]
+
+
+def test_auto_keeps_one_call_when_parallel_tool_calls_is_false(server: Server) -> None:
+    """The model writes two calls; with parallel_tool_calls false the client gets the first
+    only, whole or streamed, on chat and on Responses (vLLM drops the others)."""
+    two = ('<tool_call>\\{"name": "get_time", "arguments": \\{"zone": "UTC"\\}\\}</tool_call>'
+           '<tool_call>\\{"name": "get_weather", "arguments": \\{"city": "Oslo", "days": 2\\}'
+           '\\}</tool_call>')
+    doc = {"tools": [WEATHER, TIME], "structured_outputs": {"regex": two}, "max_tokens": 128}
+    assert len(chat(server, **doc)["choices"][0]["message"]["tool_calls"]) == 2
+    answer = chat(server, **doc, parallel_tool_calls=False)["choices"][0]
+    assert answer["finish_reason"] == "tool_calls" and answer["message"]["content"] is None
+    assert [c["function"] for c in answer["message"]["tool_calls"]] == \
+        [{"name": "get_time", "arguments": '{"zone": "UTC"}'}]
+    content, calls, finish = streamed_calls(stream_events(server, "/v1/chat/completions", {
+        "messages": USER, "temperature": 0, "stream": True, "parallel_tool_calls": False,
+        **doc}))
+    assert (content, finish) == ("", "tool_calls")
+    assert [c["function"] for c in calls] == [c["function"] for c in
+                                             answer["message"]["tool_calls"]]
+    flat = [{"type": "function", **t["function"]} for t in (WEATHER, TIME)]
+    rdoc = {"input": USER, "tools": flat, "structured_outputs": {"regex": two},
+            "max_output_tokens": 128, "parallel_tool_calls": False}
+    output = respond(server, **rdoc)["output"]
+    assert [(o["type"], o["name"]) for o in output] == [("function_call", "get_time")]
+    assert [e["item"]["name"] for e in sse(server, **rdoc)
+            if e["type"] == "response.output_item.done"] == ["get_time"]
 
 
 def test_auto_needs_a_parser(tiny_llama: Path) -> None:

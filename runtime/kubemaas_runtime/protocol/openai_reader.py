@@ -24,6 +24,7 @@ class AnswerReader:
     think: ThinkSplitter | None = None
     calls: StepReader | NamedCall | None = None
     show_reasoning: bool = True  # false (vLLM's include_reasoning): the reasoning is dropped
+    one_call: bool = False  # parallel_tool_calls false: the calls after the first are dropped
     reasoning: list[str] = field(default_factory=list)
     plain: list[str] = field(default_factory=list)  # the content, when no calls are read
 
@@ -37,17 +38,25 @@ class AnswerReader:
                     self.reasoning.append(text)
                     out.append((kind, text))
             elif self.calls is not None:
-                out += self.calls.feed(text)
+                out += self._kept(self.calls.feed(text))
             elif text:
                 self.plain.append(text)
                 out.append((kind, text))
         if final and self.calls is not None:
-            out += self.calls.close()
+            out += self._kept(self.calls.close())
         return out
+
+    def _kept(self, events: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The call readers' events, but a second call's (and later ones') with ``one_call``,
+        as vLLM drops them (the model wrote them; the client asked for one)."""
+        if not self.one_call:
+            return events
+        return [e for e in events if e[0] not in ("call", "arguments") or e[1] == 0]
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
-        return self.calls.calls if self.calls is not None else []
+        calls = self.calls.calls if self.calls is not None else []
+        return calls[:1] if self.one_call else calls
 
     def content(self) -> str:
         """The whole content read (spaces around it dropped when calls were made)."""
@@ -102,7 +111,8 @@ def answer_reader(req: GenerationRequest, opened: bool, tool_parser: str,
         calls = tool_reader(req.tools, tool_parser)
     if think is None and calls is None:
         return None
-    return AnswerReader(think, calls, show_reasoning=req.include_reasoning)
+    return AnswerReader(think, calls, show_reasoning=req.include_reasoning,
+                        one_call=req.tools is not None and not req.tools.parallel)
 
 
 def answer_message(req: GenerationRequest, reader: AnswerReader | None, text: str,
