@@ -8,6 +8,8 @@ reads them all."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -234,6 +236,35 @@ def test_auto_needs_a_parser(tiny_llama: Path) -> None:
         check_weather(body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
     finally:
         assert server.stop() == 0
+
+
+def test_huge_earlier_calls_are_refused_without_stalling_the_server(server: Server) -> None:
+    """An earlier call's 4 MB of arguments: too long to fit, refused before it is rendered and
+    tokenized (which took seconds on the event loop, every other request waiting)."""
+    arguments = json.dumps({"city": "word " * 800_000})
+    history = [*USER, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "get_weather",
+                                                      "arguments": arguments}}]}]
+    waits: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        while not done.is_set():
+            started = time.monotonic()
+            assert server.request("GET", "/health")[0] == 200
+            waits.append(time.monotonic() - started)
+            time.sleep(0.02)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        status, body = server.post_json("/v1/chat/completions", {
+            "messages": history, "tools": [WEATHER], "max_tokens": 4})
+    finally:
+        done.set()
+        prober.join()
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
+    assert max(waits) < 1.0, max(waits)
 
 
 @pytest.mark.parametrize(("doc", "param"), [

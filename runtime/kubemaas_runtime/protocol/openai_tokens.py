@@ -48,13 +48,26 @@ async def encode_prompt(served: Served | Pooled, messages: list[dict[str, Any]] 
             return encode(rendered, special)
         return encode(text or "", special)
 
-    size = sum(len(m["content"]) for m in messages or ()) + len(text or "") + \
-        (len(json.dumps(tools)) if tools else 0)
+    size = sum(len(m["content"]) + _calls_chars(m) for m in messages or ()) + \
+        len(text or "") + (len(json.dumps(tools)) if tools else 0)
     check_chars(served, size, "prompt" if messages is None else "messages")
-    if size > TOKENIZE_OFF_LOOP_CHARS:
+    if size + _optional_chars(messages, render) > TOKENIZE_OFF_LOOP_CHARS:
         return await asyncio.get_running_loop().run_in_executor(
             None, run, served.encode_off_loop)
     return run(served.encode)
+
+
+def _calls_chars(message: dict[str, Any]) -> int:
+    """The characters of a message's earlier tool calls (every template writes them)."""
+    return len(json.dumps(message["tool_calls"])) if message.get("tool_calls") else 0
+
+
+def _optional_chars(messages: list[dict[str, Any]] | None, render: ChatRender | None) -> int:
+    """What a template may write too, or leave out (earlier reasoning, documents): not
+    refused for its size, but tokenized off the event loop when long."""
+    reasoning = sum(len(m.get("reasoning_content") or "") for m in messages or ())
+    return reasoning + (len(json.dumps(render.template_kwargs)) if render is not None and
+                        render.template_kwargs else 0)
 
 
 def check_chars(served: Served | Pooled, size: int, param: str) -> None:
