@@ -137,6 +137,31 @@ def test_the_responses_api_gives_a_reasoning_item(server: Server, client: openai
     assert final.output_text == said["content"][0]["text"]
 
 
+def test_a_responses_output_sent_back_as_input(server: Server) -> None:
+    """The stateless way to go on (OpenAI's and its clients'): the answer's output items,
+    its reasoning item first, sent back in the next input; the reasoning reaches the template
+    as the chat's reasoning_content does."""
+    doc = {"model": "tiny", "input": USER, "max_output_tokens": 64, "temperature": 1.0,
+           "seed": 2, "structured_outputs": {"regex": THINK}}
+    status, body = server.post_json("/v1/responses", doc)
+    assert status == 200, body
+    thought, said = body["output"]
+    again = [*USER, *body["output"], {"role": "user", "content": "and tomorrow"}]
+    status, body = server.post_json("/v1/responses", {
+        "model": "tiny", "input": again, "max_output_tokens": 4})
+    assert status == 200, body
+    status, same = server.post_json("/v1/chat/completions", {"max_tokens": 4, "messages": [
+        *USER, {"role": "assistant", "content": said["content"][0]["text"],
+                "reasoning_content": thought["content"][0]["text"]},
+        {"role": "user", "content": "and tomorrow"}]})
+    assert status == 200, same
+    assert body["usage"]["input_tokens"] == same["usage"]["prompt_tokens"]
+    status, body = server.post_json("/v1/responses", {"model": "tiny", "max_output_tokens": 4,
+                                                      "input": [*USER, {**thought, "content": [
+                                                          {"type": "input_image"}]}]})
+    assert status == 400 and body["error"]["param"] == "input[1].content", body
+
+
 def test_a_model_without_think_blocks_answers_as_written(tiny_llama: Path) -> None:
     server = start_llm_server(tiny_llama)  # its template knows no </think>: auto is none
     try:

@@ -34,6 +34,7 @@ _STATELESS = {"previous_response_id": "this server keeps no responses: send the 
               "conversations: send the whole conversation in 'input'", "prompt": "stored "
               "prompts are OpenAI's: send the text in 'input'"}
 _TEXT_PARTS = ("input_text", "output_text", "text")
+_REASONING_PARTS = ("reasoning_text", "summary_text")
 LOGPROBS = "message.output_text.logprobs"
 
 
@@ -44,8 +45,8 @@ class ResponsesRequest:
     logprobs: bool
 
 
-def _text(content: Any, where: str) -> str:
-    """A message's content: a string or a list of text parts."""
+def _text(content: Any, where: str, field: str = "content") -> str:
+    """A message's content (or a call's output): a string or a list of text parts."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -54,11 +55,11 @@ def _text(content: Any, where: str) -> str:
             if not isinstance(part, dict) or part.get("type") not in _TEXT_PARTS or \
                     not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise _bad(f"{where}.content[{j}] is {kind!r}: only text parts "
-                           f"({', '.join(_TEXT_PARTS)}) are served", f"{where}.content")
+                raise _bad(f"{where}.{field}[{j}] is {kind!r}: only text parts "
+                           f"({', '.join(_TEXT_PARTS)}) are served", f"{where}.{field}")
             out.append(part["text"])
         return "".join(out)
-    raise _bad(f"{where}.content must be a string or a list of text parts", f"{where}.content")
+    raise _bad(f"{where}.{field} must be a string or a list of text parts", f"{where}.{field}")
 
 
 def _call(item: dict[str, Any], where: str) -> dict[str, Any]:
@@ -69,9 +70,34 @@ def _call(item: dict[str, Any], where: str) -> dict[str, Any]:
             "function": {"name": item["name"], "arguments": item["arguments"]}}
 
 
+def _reasoning(item: dict[str, Any], where: str) -> str:
+    """A reasoning item sent back (an earlier answer's thinking): its text."""
+    if item.get("encrypted_content"):
+        raise _bad(f"{where}.encrypted_content is OpenAI's: send the reasoning's 'content'",
+                   f"{where}.encrypted_content")
+    parts = item.get("content") or item.get("summary") or []
+    if not isinstance(parts, list) or not all(
+            isinstance(p, dict) and p.get("type") in _REASONING_PARTS and
+            isinstance(p.get("text"), str) for p in parts):
+        raise _bad(f"{where}.content must be a list of reasoning_text parts",
+                   f"{where}.content")
+    return "".join(p["text"] for p in parts)
+
+
+def _assistant(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant message that an output item sent back adds to: the last message when
+    it is the assistant's and says nothing yet (its reasoning only), else a new one."""
+    last = messages[-1] if messages else None
+    if last is None or last["role"] != "assistant" or last["content"] or "tool_calls" in last:
+        last = {"role": "assistant", "content": ""}
+        messages.append(last)
+    return last
+
+
 def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """``instructions`` and ``input`` as chat messages; a run of function calls (after the
-    assistant's text, if any) is one assistant message, as chat templates expect."""
+    """``instructions`` and ``input`` as chat messages; an answer's items sent back (its
+    reasoning, its text, then its function calls) are one assistant message, as chat
+    templates expect."""
     instructions = doc.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise _bad("'instructions' must be a string", "instructions")
@@ -84,28 +110,36 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
         raise _bad("'input' must be a string or a non-empty list of items", "input")
     for i, item in enumerate(raw):
         where = f"input[{i}]"
-        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if not isinstance(item, dict):
+            raise _bad(f"{where} must be an object (an item), got {type(item).__name__}", where)
+        kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "system", "developer", "assistant"):
                 raise _bad(f"{where}.role must be user, system, developer or assistant",
                            f"{where}.role")
-            messages.append({"role": role, "content": _text(item.get("content"), where)})
+            text = _text(item.get("content"), where)
+            if role == "assistant":
+                _assistant(messages)["content"] = text
+            else:
+                messages.append({"role": role, "content": text})
+        elif kind == "reasoning":
+            messages.append({"role": "assistant", "content": "",
+                             "reasoning_content": _reasoning(item, where)})
         elif kind == "function_call":
-            last = messages[-1] if messages else None
-            if last is None or last["role"] != "assistant":
+            last = messages[-1] if messages and messages[-1]["role"] == "assistant" else None
+            if last is None:
                 last = {"role": "assistant", "content": ""}
                 messages.append(last)
             last.setdefault("tool_calls", []).append(_call(item, where))
         elif kind == "function_call_output":
-            output = item.get("output")
             if not isinstance(item.get("call_id"), str):
                 raise _bad(f"{where}.call_id must be a string", f"{where}.call_id")
             messages.append({"role": "tool", "tool_call_id": item["call_id"],
-                             "content": _text(output, where)})
+                             "content": _text(item.get("output"), where, "output")})
         else:
-            raise _bad(f"{where} is {kind!r}: the items served are messages, function_call "
-                       "and function_call_output", where)
+            raise _bad(f"{where} is {kind!r}: the items served are messages, reasoning, "
+                       "function_call and function_call_output", where)
     return messages
 
 
