@@ -15,6 +15,7 @@ import pytest
 
 from . import llm_reference as ref
 from .conftest import Server, start_llm_server, stream_events, with_chat_template
+from .test_llm_responses import sse
 from .tool_models import USER, WEATHER, check_weather
 
 # Qwen3's way: earlier answers without their reasoning (or with it, when the message carries
@@ -135,6 +136,21 @@ def test_the_responses_api_gives_a_reasoning_item(server: Server, client: openai
         final = stream.get_final_response()
     assert "".join(pieces) == thought["content"][0]["text"]
     assert final.output_text == said["content"][0]["text"]
+
+
+def test_a_response_all_reasoning_has_the_same_items_whole_and_streamed(server: Server) -> None:
+    """A block never closed: all reasoning, nothing said; the response has its reasoning item
+    only, whole as streamed (as vLLM's), no empty message beside it."""
+    doc = {"model": "tiny", "input": USER, "max_output_tokens": 64, "temperature": 0,
+           "structured_outputs": {"regex": "<think>[a-z ]{4,12}"}}
+    status, body = server.post_json("/v1/responses", doc)
+    assert status == 200, body
+    assert [o["type"] for o in body["output"]] == ["reasoning"]
+    events = sse(server, **{k: v for k, v in doc.items() if k not in ("model", "temperature")})
+    final = events[-1]["response"]
+    assert events[-1]["type"] == "response.completed"
+    assert [(o["type"], o["content"]) for o in final["output"]] == \
+        [(o["type"], o["content"]) for o in body["output"]]
 
 
 def test_a_responses_output_sent_back_as_input(server: Server) -> None:
