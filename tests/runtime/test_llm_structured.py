@@ -197,6 +197,12 @@ def test_structural_tags(server: Server, tiny_llama: Path) -> None:
     ({"guided_json": {"type": "object", "properties": {"a": {"type": "nonsense"}}}},
      "guided_json", "does not compile"),
     ({"guided_json": "{not json"}, "guided_json", "not valid JSON"),
+    # schemas that are only references to themselves: nothing may start them (they were an
+    # empty answer, finish_reason "stop")
+    ({"guided_json": {"$ref": "#"}}, "guided_json", "admits no output"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {
+        "$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}}}}},
+     "response_format", "admits no output"),
     ({"response_format": {"type": "xml"}}, "response_format", "must be"),
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": 5}}},
      "response_format", "JSON schema"),

@@ -141,11 +141,16 @@ class Grammars:
             raise InvalidConstraint(first.get_error())
         first.compute_bitmask()  # the first mask builds the lexer: here, not in the engine
         started = time.perf_counter()
-        first.compute_bitmask()
+        mask = first.compute_bitmask()
         cost = time.perf_counter() - started
         if cost > ACCEPT_MASK_S:
             raise InvalidConstraint(f"following it costs {cost * 1000:.0f} ms a token, over "
                                     f"the limit of {ACCEPT_MASK_S * 1000:.0f} ms; simplify it")
+        if not first.is_accepting() and _ends_only(mask, self._eos, self._vocab_size):
+            # llguidance then lets EOS end it at once: an empty answer, finish_reason "stop"
+            raise InvalidConstraint("it admits no output: nothing may start it (a schema "
+                                    "whose only definition is a reference to itself, for "
+                                    "example)")
         copies = [first.deep_copy() for _ in range(count - 1)]
         for copy in copies:
             copy.compute_bitmask()
@@ -222,6 +227,12 @@ class AfterThinking:
 
     def get_error(self) -> str:
         return str(self.matcher.get_error()) if self.matcher is not None else ""
+
+
+def _ends_only(mask: bytes, eos: list[int], vocab: int) -> bool:
+    """The packed mask allows no token but EOS."""
+    bits = np.unpackbits(np.frombuffer(mask, dtype=np.uint8), bitorder="little", count=vocab)
+    return set(np.flatnonzero(bits).tolist()) <= set(eos)
 
 
 def _only(token: int) -> bytes:
