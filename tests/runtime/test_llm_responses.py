@@ -203,15 +203,21 @@ def test_text_format_and_logprobs(server: Server) -> None:
     ({"truncation": "auto"}, "truncation"),
     ({"include": ["file_search_call.results"]}, "include"),
     ({"tools": [FLAT_WEATHER], "include": ["message.output_text.logprobs"]}, "include"),
+    ({"tools": [FLAT_WEATHER], "tool_choice": "always"}, "tool_choice"),
     ({"text": {"format": {"type": "xml"}}}, "text.format"),
     ({"max_output_tokens": 0}, "max_output_tokens"),
     ({"max_output_tokens": "8"}, "max_output_tokens"),
     ({"model": "other"}, "model"),
     ({"n": 2}, "n"),
     ({"echo": True}, "echo"),  # a chat field, which passed through to the chat silently
+    # a chat-shaped tool: the 400 named its chat path, tools[0].function.name
+    ({"tools": [{"type": "function", "function": {"name": "get_weather"}}]}, "tools[0].name"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": {"a": 1}}]},
+     "input[0].output"),
 ])
 def test_what_is_not_served_is_a_clear_400(server: Server, doc: dict[str, Any],
                                            param: str) -> None:
     status, body = server.post_json("/v1/responses", {"model": "tiny", "input": "hi", **doc})
     assert status in (400, 404) and body["error"]["param"] == param, body
+    assert "function\": {" not in body["error"]["message"]  # no chat shape in the advice
     assert respond(server, input="hi", max_output_tokens=2)["status"] == "incomplete"

@@ -22,6 +22,7 @@ from typing import Any
 from ..llm.request_stream import Delta
 from .openai_errors import ApiError
 from .openai_errors import bad_request as _bad
+from .openai_tools import NAME as _NAME
 
 # the Responses fields the chat body does not take as they are (the rest pass through)
 _OWN = ("input", "instructions", "max_output_tokens", "text", "tools", "tool_choice",
@@ -157,15 +158,20 @@ def _tools(doc: dict[str, Any]) -> dict[str, Any]:
                 raise _bad(f"tools[{i}] is {kind!r}: only function tools are served (web and "
                            "file search, MCP and the other hosted tools are OpenAI's)",
                            f"tools[{i}]")
+            if not isinstance(tool.get("name"), str) or not _NAME.match(tool["name"]):
+                raise _bad(f"tools[{i}].name must be 1-64 letters, digits, '_', '.' or '-' "
+                           "(a Responses tool is flat: {\"type\": \"function\", \"name\", "
+                           "\"parameters\"})", f"tools[{i}].name")
             chat_tools.append({"type": "function", "function": {
                 k: tool[k] for k in ("name", "description", "parameters") if k in tool}})
         out["tools"] = chat_tools
     choice = doc.get("tool_choice")
-    if isinstance(choice, dict):
-        if choice.get("type") != "function" or not isinstance(choice.get("name"), str):
-            raise _bad("'tool_choice' must be \"none\", \"auto\", \"required\" or "
-                       "{\"type\": \"function\", \"name\": ...}", "tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function" and \
+            isinstance(choice.get("name"), str):
         choice = {"type": "function", "function": {"name": choice["name"]}}
+    elif choice is not None and choice not in ("none", "auto", "required"):
+        raise _bad("'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                   "{\"type\": \"function\", \"name\": ...}", "tool_choice")
     if choice is not None:
         out["tool_choice"] = choice
     return out

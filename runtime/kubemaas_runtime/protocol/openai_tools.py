@@ -42,7 +42,7 @@ from .openai_tool_pythonic import PythonicCallReader
 from .openai_tool_stream import SYNTAXES, StepReader, ToolCallReader
 from .openai_tool_xml import XmlCallReader
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a function's name, as OpenAI allows it
 MAX_TOOLS = 128
 # a template writing earlier calls as a list of ``name(`` (Llama 3.2's and Llama 4's
 # pythonic ones: a string ending in ``[`` printed, then each call's name and ``(``)
@@ -77,7 +77,7 @@ def _tool(tool: Any, where: str) -> dict[str, Any]:
             not isinstance(tool.get("function"), dict):
         raise _bad(f"{where} must be {{\"type\": \"function\", \"function\": {{...}}}}", where)
     fn = tool["function"]
-    if not isinstance(fn.get("name"), str) or not _NAME.match(fn["name"]):
+    if not isinstance(fn.get("name"), str) or not NAME.match(fn["name"]):
         raise _bad(f"{where}.function.name must be 1-64 letters, digits, '_', '.' or '-'",
                    where)
     if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
