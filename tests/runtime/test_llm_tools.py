@@ -222,6 +222,32 @@ def test_auto_keeps_one_call_when_parallel_tool_calls_is_false(server: Server) -
             if e["type"] == "response.output_item.done"] == ["get_time"]
 
 
+def items(output: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(o["type"], o["arguments"] if o["type"] == "function_call" else
+             o["content"][0]["text"]) for o in output]
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    # a newline after the call: no message item of it (streamed, there was one, "\n")
+    ('<tool_call>\\{"name": "get_time", "arguments": \\{"zone": "UTC"\\}\\}</tool_call>\n',
+     [("function_call", '{"zone": "UTC"}')]),
+    # text after the call: an item after the call's (whole, it was joined to the first one's)
+    ('Sure <tool_call>\\{"name": "get_time", "arguments": \\{"zone": "UTC"\\}\\}</tool_call>'
+     ' and more', [("message", "Sure"), ("function_call", '{"zone": "UTC"}'),
+                   ("message", " and more")]),
+    ("\n\n", [("message", "\n\n")]),
+])
+def test_a_response_has_the_same_items_whole_and_streamed(server: Server, text: str,
+                                                          want: list[tuple[str, str]]) -> None:
+    doc = {"input": USER, "tools": [{"type": "function", **TIME["function"]}],
+           "structured_outputs": {"regex": text}, "max_output_tokens": 96}
+    assert items(respond(server, **doc)["output"]) == want
+    events = sse(server, **doc)
+    assert items(events[-1]["response"]["output"]) == want
+    assert items([e["item"] for e in events if e["type"] == "response.output_item.done"]) == \
+        want
+
+
 def test_auto_needs_a_parser(tiny_llama: Path) -> None:
     server = start_llm_server(tiny_llama)
     try:

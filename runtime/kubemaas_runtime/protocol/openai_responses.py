@@ -307,17 +307,5 @@ def call_item(call: dict[str, Any], status: str, item_id: str | None = None) -> 
             "status": status}
 
 
-def output_items(message: dict[str, Any], status: str,
-                 logprobs: list[Any] | None = None) -> list[dict[str, Any]]:
-    """A chat answer's message as output items: its reasoning (if any), its text (if any, or
-    if nothing else: as the stream's, an answer all reasoning has no message), then a
-    ``function_call`` item per call."""
-    calls = message.get("tool_calls") or []
-    items = [reasoning_item(message["reasoning"], status)] if message.get("reasoning") else []
-    if message.get("content") or not (calls or items):
-        items.append(message_item(message.get("content") or "", status, logprobs))
-    return items + [call_item(call, status) for call in calls]
-
-
 def item_status(finish: str | None) -> str:
     return "incomplete" if finish == "length" else "completed"

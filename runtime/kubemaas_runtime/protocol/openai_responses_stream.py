@@ -29,7 +29,6 @@ from .openai_responses import (
     call_item,
     item_status,
     message_item,
-    output_items,
     reasoning_item,
     response_doc,
     responses_usage,
@@ -40,17 +39,26 @@ _TEXT_EVENTS = {"message": "response.output_text", "reasoning": "response.reason
 
 
 class ResponseEvents:
-    """The events of one streamed response; ``output`` collects its finished items."""
+    """The events of one streamed response; ``output`` collects its finished items. The
+    whole response is made by the same steps (``quiet``: no events written), so the two
+    always have the same items. Spaces that would open a message item are held until text
+    follows them: spaces alone after the calls (a newline after ``</tool_call>``) make no
+    item; an answer that is nothing else is a message of them."""
 
-    def __init__(self, head: tuple[str, int, str], rreq: ResponsesRequest) -> None:
-        self.head, self.rreq = head, rreq
+    def __init__(self, head: tuple[str, int, str], rreq: ResponsesRequest,
+                 quiet: bool = False) -> None:
+        self.head, self.rreq, self.quiet = head, rreq, quiet
         self.seq = 0
         self.output: list[dict[str, Any]] = []
         self.item: dict[str, Any] | None = None  # the item being written
+        self.spaces: tuple[str, list[Any]] = ("", [])  # held: text, its logprobs
+        self.final: dict[str, Any] | None = None  # the finished response
 
     def event(self, kind: str, **fields: Any) -> bytes:
-        doc = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
+        if self.quiet:
+            return b""
+        doc = {"type": kind, "sequence_number": self.seq - 1, **fields}
         return f"event: {kind}\ndata: ".encode() + json.dumps(doc).encode() + b"\n\n"
 
     def response(self, status: str, usage: dict[str, Any] | None = None,
@@ -61,10 +69,17 @@ class ResponseEvents:
         return [self.event("response.created", response=self.response("in_progress")),
                 self.event("response.in_progress", response=self.response("in_progress"))]
 
-    def text(self, kind: str, text: str, logprobs: list[Any]) -> list[bytes]:
+    def text(self, kind: str, text: str, logprobs: list[Any], hold: bool = True) -> list[bytes]:
         """A piece of the answer's text (``kind`` message) or of its reasoning (reasoning)."""
-        out = []
-        if self.item is None or self.item["type"] != kind:
+        out: list[bytes] = []
+        opens = self.item is None or self.item["type"] != kind
+        if kind == "message" and opens:
+            text, logprobs = self.spaces[0] + text, self.spaces[1] + logprobs
+            self.spaces = ("", [])
+            if hold and not text.strip():
+                self.spaces = (text, logprobs)
+                return out
+        if opens:
             out += self.close_item("completed")
             self.item = message_item("", "in_progress") if kind == "message" \
                 else reasoning_item("", "in_progress")
@@ -74,6 +89,7 @@ class ResponseEvents:
             out.append(self.event("response.content_part.added", item_id=self.item["id"],
                                   output_index=len(self.output), content_index=0, part=part))
             self.item["content"].append(part)
+        assert self.item is not None
         part = self.item["content"][0]
         part["text"] += text
         fields: dict[str, Any] = {}
@@ -125,12 +141,12 @@ class ResponseEvents:
     def finish(self, last: Delta, reasoning_tokens: int) -> list[bytes]:
         status = item_status(last.finish_reason)
         out = self.close_item(status)
-        if not self.output:  # nothing written: an empty message, as OpenAI answers
-            out += self.text("message", "", [])
+        if not self.output:  # nothing else written: a message, empty or of its spaces
+            out += self.text("message", "", [], hold=False)
             out += self.close_item(status)
         kind = "response.completed" if status == "completed" else "response.incomplete"
-        usage = responses_usage(last, reasoning_tokens)
-        return [*out, self.event(kind, response=self.response(status, usage))]
+        self.final = self.response(status, responses_usage(last, reasoning_tokens))
+        return [*out, self.event(kind, response=self.final)]
 
     def failed(self, message: str, code: str = "server_error") -> list[bytes]:
         out = self.close_item("incomplete")
@@ -150,23 +166,23 @@ async def complete_response(head: tuple[str, int, str], rreq: ResponsesRequest,
                             req: GenerationRequest, choice: Choice,
                             observe: Callable[[Delta], None], reader: AnswerReader | None,
                             tokenizer: Any) -> dict[str, Any]:
-    """The whole response object, once the choice is done."""
+    """The whole response object, once the choice is done: its deltas taken by the steps of
+    the stream, so that its items are the stream's."""
     deltas = []
     async for delta in choice.stream:
         observe(delta)
         deltas.append(delta)
-    last = deltas[-1]
-    text = "".join(d.text for d in deltas)
-    status = item_status(last.finish_reason)
-    message: dict[str, Any] = {"content": text}
-    reasoning_tokens = 0
-    if reader is not None:
-        reader.feed(text, final=True)
-        message = {"content": reader.content(), "tool_calls": reader.tool_calls,
-                   "reasoning": reader.reasoning_text()}
-        reasoning_tokens = reader.reasoning_tokens(_pieces(deltas))
-    output = output_items(message, status, _logprobs(tokenizer, req, deltas))
-    return response_doc(*head, rreq, status, output, responses_usage(last, reasoning_tokens))
+    events = ResponseEvents(head, rreq, quiet=True)
+    for delta in deltas:
+        _delta_events(events, reader, delta, tokenizer, req)
+    events.finish(deltas[-1], reader.reasoning_tokens(_pieces(deltas))
+                  if reader is not None else 0)
+    assert events.final is not None
+    if reader is not None and req.logprobs:  # (the stream sends none through a reader)
+        message = next((o for o in events.final["output"] if o["type"] == "message"), None)
+        if message is not None:
+            message["content"][0]["logprobs"] = _logprobs(tokenizer, req, deltas)
+    return events.final
 
 
 def _pieces(deltas: list[Delta]) -> list[tuple[int, int]]:
