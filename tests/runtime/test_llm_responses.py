@@ -214,6 +214,10 @@ def test_text_format_and_logprobs(server: Server) -> None:
     ({"tools": [{"type": "function", "function": {"name": "get_weather"}}]}, "tools[0].name"),
     ({"input": [{"type": "function_call_output", "call_id": "c", "output": {"a": 1}}]},
      "input[0].output"),
+    # the 400 named the chat's messages[2] (the instructions are a message first)
+    ({"instructions": "be brief", "input": [{"role": "user", "content": "hi"}, {
+        "type": "function_call", "call_id": "c", "name": "f", "arguments": "{nope"}]},
+     "input[1].arguments"),
 ])
 def test_what_is_not_served_is_a_clear_400(server: Server, doc: dict[str, Any],
                                            param: str) -> None:

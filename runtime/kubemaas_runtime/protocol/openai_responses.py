@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..llm.request_stream import Delta
+from ..request_json import parse_json
 from .openai_errors import ApiError
 from .openai_errors import bad_request as _bad
 from .openai_tools import NAME as _NAME
@@ -67,6 +68,10 @@ def _call(item: dict[str, Any], where: str) -> dict[str, Any]:
     for key in ("call_id", "name", "arguments"):
         if not isinstance(item.get(key), str):
             raise _bad(f"{where}.{key} must be a string", f"{where}.{key}")
+    try:
+        parse_json(item["arguments"] or "{}")
+    except ValueError:
+        raise _bad(f"{where}.arguments is not valid JSON", f"{where}.arguments") from None
     return {"id": item["call_id"], "type": "function",
             "function": {"name": item["name"], "arguments": item["arguments"]}}
 
