@@ -78,6 +78,15 @@ def test_values_are_typed_as_the_schema_asks() -> None:
     assert typed("x", None) == "x"
     deep = "[" * 5000 + "]" * 5000  # deeper than the parsers go: the text
     assert typed(deep, {"type": "array"}) == deep
+    # Python reads these as floats JSON cannot write (they were "Infinity" and "NaN" in
+    # arguments that were then no JSON): the text
+    for text, kind in (("1e400", "number"), ("nan", "number"), ("-inf", "number"),
+                       ('{"a": NaN}', "object"), ("{'a': 1e999}", "object"),
+                       ("[1e999]", "array")):
+        assert typed(text, {"type": kind}) == text
+    text = ("<tool_call><function=get_weather><parameter=scale>nan</parameter></function>"
+            "</tool_call>")
+    assert json.loads(read(text)[1][0][1]) == {"scale": "nan"}
 
 
 FRAGMENTS = ["<tool_call>", "</tool_call>", "<tool", "<function=", "get_weather", ">",

@@ -38,7 +38,18 @@ _STRINGS = ("string", "str", "text", "varchar", "char", "enum")
 
 
 def typed(value: str, schema: Any) -> Any:
-    """A parameter's text as the JSON value its schema asks for (the text when in doubt)."""
+    """A parameter's text as the JSON value its schema asks for (the text when in doubt, and
+    when the value has no JSON form: ``nan``, ``1e400``, which Python reads as floats that
+    JSON cannot write, as vLLM's parser keeps them)."""
+    result = _typed(value, schema)
+    try:
+        json.dumps(result, allow_nan=False)
+    except (ValueError, RecursionError):
+        return value
+    return result
+
+
+def _typed(value: str, schema: Any) -> Any:
     if not isinstance(schema, dict):
         return value
     kind = schema.get("type")
