@@ -153,6 +153,23 @@ def test_a_response_all_reasoning_has_the_same_items_whole_and_streamed(server: 
         [(o["type"], o["content"]) for o in body["output"]]
 
 
+def test_a_reasoning_responses_logprobs_come_whole_and_streamed(server: Server) -> None:
+    """include logprobs with a reasoning model: the message's logprobs, the thinking's tokens
+    among them (as the chat's), whole as streamed (streamed, there were none)."""
+    doc = {"input": USER, "max_output_tokens": 64, "temperature": 1.0, "seed": 2,
+           "structured_outputs": {"regex": THINK}, "include": ["message.output_text.logprobs"]}
+    status, body = server.post_json("/v1/responses", {"model": "tiny", **doc})
+    assert status == 200, body
+    whole = body["output"][-1]["content"][0]["logprobs"]
+    assert whole and len(whole) == body["usage"]["output_tokens"]
+    events = sse(server, **doc)
+    streamed = [lp for e in events if e["type"] == "response.output_text.delta"
+                for lp in e["logprobs"]]
+    assert [lp["token"] for lp in streamed] == [lp["token"] for lp in whole]
+    (done,) = [e for e in events if e["type"] == "response.output_text.done"]
+    assert [lp["token"] for lp in done["logprobs"]] == [lp["token"] for lp in whole]
+
+
 def test_a_responses_output_sent_back_as_input(server: Server) -> None:
     """The stateless way to go on (OpenAI's and its clients'): the answer's output items,
     its reasoning item first, sent back in the next input; the reasoning reaches the template

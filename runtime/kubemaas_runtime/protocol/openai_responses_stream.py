@@ -52,6 +52,7 @@ class ResponseEvents:
         self.output: list[dict[str, Any]] = []
         self.item: dict[str, Any] | None = None  # the item being written
         self.spaces: tuple[str, list[Any]] = ("", [])  # held: text, its logprobs
+        self.logprobs: list[Any] = []  # of tokens read, not yet sent with the message's text
         self.final: dict[str, Any] | None = None  # the finished response
 
     def event(self, kind: str, **fields: Any) -> bytes:
@@ -140,9 +141,12 @@ class ResponseEvents:
 
     def finish(self, last: Delta, reasoning_tokens: int) -> list[bytes]:
         status = item_status(last.finish_reason)
+        if self.logprobs and self.item is not None and self.item["type"] == "message":
+            self.item["content"][0]["logprobs"] += self.logprobs  # (in its .done events)
+            self.logprobs = []
         out = self.close_item(status)
         if not self.output:  # nothing else written: a message, empty or of its spaces
-            out += self.text("message", "", [], hold=False)
+            out += self.text("message", "", self.logprobs, hold=False)
             out += self.close_item(status)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         self.final = self.response(status, responses_usage(last, reasoning_tokens))
@@ -178,10 +182,6 @@ async def complete_response(head: tuple[str, int, str], rreq: ResponsesRequest,
     events.finish(deltas[-1], reader.reasoning_tokens(_pieces(deltas))
                   if reader is not None else 0)
     assert events.final is not None
-    if reader is not None and req.logprobs:  # (the stream sends none through a reader)
-        message = next((o for o in events.final["output"] if o["type"] == "message"), None)
-        if message is not None:
-            message["content"][0]["logprobs"] = _logprobs(tokenizer, req, deltas)
     return events.final
 
 
@@ -195,10 +195,12 @@ def _delta_events(events: ResponseEvents, reader: AnswerReader | None, delta: De
     if reader is None:
         logprobs = _logprobs(tokenizer, req, [delta])
         return events.text("message", delta.text, logprobs) if delta.text or logprobs else []
+    events.logprobs += _logprobs(tokenizer, req, [delta])  # sent with the next message text
     out = []
     for event in reader.feed(delta.text, final=done):
         if event[0] == "content":
-            out += events.text("message", event[1], [])
+            logprobs, events.logprobs = events.logprobs, []
+            out += events.text("message", event[1], logprobs)
         elif event[0] == "reasoning":
             out += events.text("reasoning", event[1], [])
         elif event[0] == "call":
