@@ -205,6 +205,7 @@ def test_text_format_and_logprobs(server: Server) -> None:
     ({"tools": [FLAT_WEATHER], "include": ["message.output_text.logprobs"]}, "include"),
     ({"tools": [FLAT_WEATHER], "tool_choice": "always"}, "tool_choice"),
     ({"text": {"format": {"type": "xml"}}}, "text.format"),
+    ({"text": "json"}, "text"),  # was ignored: a plain-text answer
     ({"max_output_tokens": 0}, "max_output_tokens"),
     ({"max_output_tokens": "8"}, "max_output_tokens"),
     ({"model": "other"}, "model"),

@@ -187,7 +187,9 @@ def _format(doc: dict[str, Any]) -> dict[str, Any] | None:
     text = doc.get("text")
     if text is None:
         return None
-    fmt = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(text, dict):
+        raise _bad("'text' must be an object: {\"format\": {...}}", "text")
+    fmt = text.get("format")
     if fmt is None:
         return None
     kind = fmt.get("type") if isinstance(fmt, dict) else None
