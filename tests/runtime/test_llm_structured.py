@@ -239,7 +239,12 @@ def test_limits_that_leave_no_token_are_a_400(server: Server, tiny_llama: Path) 
         ({"allowed_token_ids": [a_id], "bad_words": ["a"]}, "bad_words"),
         ({"structured_outputs": {"regex": "<\\|user\\|>[a-z]+"}}, "special tokens"),
         ({"response_format": {"type": "json_schema", "json_schema": {"schema": {
-            "enum": ["<|user|>"]}}}}, "special tokens")]
+            "enum": ["<|user|>"]}}}}, "special tokens"),
+        # {"a": then nothing: "a" is only a reference to itself (this was '{"a": ' with
+        # finish_reason "stop")
+        ({"response_format": {"type": "json_schema", "json_schema": {"schema": {
+            "type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "required": ["a"],
+            "$defs": {"x": {"$ref": "#/$defs/x"}}}}}}, "nothing it allows may come next")]
     logged = len(server.logs())
     for extra, words in cases:
         doc = {"prompt": "the quick brown fox", "max_tokens": 6, **extra}

@@ -131,6 +131,9 @@ class _Matcher:
         self.consumed.append(token)
         return True
 
+    def is_error(self) -> bool:
+        return False
+
 
 def test_the_bitmask_is_unpacked_token_by_token() -> None:
     allowed = [0, 7, 8, 31, 32, 63, 99]

@@ -157,6 +157,15 @@ def _refused(state: SampleState, token: int) -> UnfollowableOutput:
         f"'<|user|>') as text, which this model cannot write as text ({error})")
 
 
+def _dead_end() -> UnfollowableOutput:
+    """llguidance lets EOS end a grammar at a point nothing it allows may follow, and is
+    then in error: the output would end incomplete with finish_reason ``stop``."""
+    return UnfollowableOutput(
+        "the output structure cannot be followed: the output reached a point where nothing it "
+        "allows may come next (a schema whose definition is only a reference to itself, for "
+        "example)")
+
+
 class Sampled(NamedTuple):
     tokens: list[int]
     infos: list[TokenLogprobs | None]
@@ -211,6 +220,8 @@ def _draw(row: torch.Tensor, state: SampleState, greedy_token: int) -> int:
         state.drawn.append(token)
     if state.matcher is not None and not state.matcher.consume_token(token):
         raise _refused(state, token)
+    if state.matcher is not None and state.matcher.is_error():
+        raise _dead_end()
     return token
 
 

@@ -228,6 +228,9 @@ class AfterThinking:
     def get_error(self) -> str:
         return str(self.matcher.get_error()) if self.matcher is not None else ""
 
+    def is_error(self) -> bool:
+        return self.matcher is not None and bool(self.matcher.is_error())
+
 
 def _ends_only(mask: bytes, eos: list[int], vocab: int) -> bool:
     """The packed mask allows no token but EOS."""
