@@ -140,6 +140,12 @@ def test_required_takes_tools_whose_schemas_refer_to_their_own_defs(server: Serv
     (call,) = answer["message"]["tool_calls"]
     stops = json.loads(call["function"]["arguments"])["stops"]
     assert 1 <= len(stops) <= 2 and all(set(stop) == {"city"} for stop in stops)
+    # a schema with an $id is its own root: its references are left as they are
+    own = {"type": "function", "function": {"name": "plan_trip", "parameters": {
+        "$id": "https://example.com/plan", **PLAN["function"]["parameters"]}}}
+    answer = chat(server, tools=[own], tool_choice="required", parallel_tool_calls=False,
+                  max_tokens=80)["choices"][0]
+    assert answer["finish_reason"] == "tool_calls", answer
     for tools in ([TREE], [PLAN, TREE]):  # a tree may nest past max_tokens
         answer = chat(server, tools=tools, tool_choice="required", parallel_tool_calls=False,
                       max_tokens=80)["choices"][0]

@@ -163,8 +163,8 @@ def _rebased(schema: Any, root: str) -> Any:
     into it) point into it where it is kept, ``root`` (a pointer into the whole schema)."""
     if isinstance(schema, list):
         return [_rebased(v, root) for v in schema]
-    if not isinstance(schema, dict):
-        return schema
+    if not isinstance(schema, dict) or isinstance(schema.get("$id"), str):
+        return schema  # (a schema with an $id is its own root: its "#" means itself)
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key in _DATA_KEYWORDS:
