@@ -191,25 +191,26 @@ def test_bodies_in_flight_are_bounded(tiny_llama: Path) -> None:
     body = json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 2}).encode().ljust(1500)
     head = (b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body))
-    assert server.port is not None
-    port = server.port
-    partial = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
     try:
-        for conn in partial:
-            conn.sendall(head + body[:1400])
-        time.sleep(0.5)  # read and held by the server
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as third:
-            third.sendall(head + body)
-            busy = third.recv(4096)
-        assert busy.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in busy, busy[:300]
-        assert b"in flight" in busy, busy
-        for conn in partial:
-            conn.sendall(body[1400:])
-            assert conn.recv(4096).startswith(b"HTTP/1.1 200")
-    finally:
-        for conn in partial:
-            conn.close()
-    try:
+        assert server.port is not None
+        port = server.port
+        partial = [socket.create_connection(("127.0.0.1", port), timeout=10)
+                   for _ in range(2)]
+        try:
+            for conn in partial:
+                conn.sendall(head + body[:1400])
+            time.sleep(0.5)  # read and held by the server
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as third:
+                third.sendall(head + body)
+                busy = third.recv(4096)
+            assert busy.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in busy, busy[:300]
+            assert b"in flight" in busy, busy
+            for conn in partial:
+                conn.sendall(body[1400:])
+                assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+        finally:
+            for conn in partial:
+                conn.close()
         with socket.create_connection(("127.0.0.1", port), timeout=10) as again:
             again.sendall(head + body)  # the budget was given back
             assert again.recv(4096).startswith(b"HTTP/1.1 200")
