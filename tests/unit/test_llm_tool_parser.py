@@ -252,3 +252,41 @@ def test_a_call_nested_past_the_parsers_depth_is_text(syntax: str) -> None:
                  f'[{{"x": {deep}, "name": "f"}}]', f'{{"x": {deep}}}'):
         content, calls, _ = read(syntax, text)
         assert calls == [] and deep in content, syntax
+
+
+def streamed_message(tools: Tools, parser: str, text: str) -> tuple[str | None, list[str]]:
+    """The content and the calls' arguments a client puts together from ``text`` streamed a
+    character at a time."""
+    req = parse_request({"messages": [{"role": "user", "content": "x"}],
+                         "tools": list(tools.tools), "tool_choice": tools.choice}, True, 1024)
+    reader = answer_reader(req, False, parser, "none")
+    assert reader is not None
+    events = [e for i in range(len(text)) for e in reader.feed(text[i], final=False)]
+    events += reader.feed("", final=True)
+    content = "".join(e[1] for e in events if e[0] == "content")
+    arguments = ["".join(e[2] for e in events if e[0] == "arguments" and e[1] == i)
+                 for i in range(sum(e[0] == "call" for e in events))]
+    return content or None, arguments
+
+
+@pytest.mark.parametrize(("parser", "text", "content"), [
+    ("hermes", '<tool_call>{"name": "a", "arguments": {}}</tool_call>\n', None),
+    ("hermes", '  Sure <tool_call>{"name": "a", "arguments": {}}</tool_call>', "  Sure"),
+    ("hermes", 'Sure\n<tool_call>{"name": "a", "arguments": {}}</tool_call>\n'
+               '<tool_call>{"name": "a", "arguments": {}}</tool_call> \n', "Sure"),
+    ("llama3_json", '{"name": "a", "parameters": {}}\n', None),
+    ("mistral", '[TOOL_CALLS][{"name": "a", "arguments": {}}]\n', None),
+    ("qwen3_coder", "<tool_call>\n<function=a>\n</function>\n</tool_call>\n", None),
+    ("pythonic", "[a()]\n", None),
+    ("pythonic", "[a()] more \n", " more"),
+])
+def test_streamed_chunks_add_up_to_the_whole_answer(parser: str, text: str,
+                                                     content: str | None) -> None:
+    """The spaces after the last call (and before the first) are no content in the whole
+    answer and no content delta in the stream (a "\\n" chunk came after the calls)."""
+    tools = Tools(({"type": "function", "function": {"name": "a"}},), "auto")
+    message, finish = tool_message(tools, parser, text, "stop")
+    assert (message["content"], finish) == (content, "tool_calls")
+    assert streamed_message(tools, parser, text) == \
+        (content, [c["function"]["arguments"] for c in message["tool_calls"]])
+

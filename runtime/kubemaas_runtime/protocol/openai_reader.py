@@ -59,11 +59,9 @@ class AnswerReader:
         return calls[:1] if self.one_call else calls
 
     def content(self) -> str:
-        """The whole content read (spaces around it dropped when calls were made)."""
-        if self.calls is None:
-            return "".join(self.plain)
-        text = "".join(self.calls.content)
-        return text.strip() if self.calls.calls else text
+        """The whole content read: what a stream sends, joined (the readers drop the spaces
+        before each call and after the last)."""
+        return "".join(self.plain if self.calls is None else self.calls.content)
 
     def finish_reason(self, finish: str | None) -> str | None:
         """``tool_calls`` for an answer that made calls of its own accord (a named choice's

@@ -141,8 +141,10 @@ class PythonicCallReader(StepReader):
         return True
 
     def _content(self, events: list[tuple[Any, ...]], final: bool) -> bool:
-        self._send_content(events, self.text[self.pos:])
-        self.pos = len(self.text)
+        rest = self.text[self.pos:]
+        ready = rest.rstrip() if self.calls else rest  # (spaces after calls: held, dropped)
+        self._send_content(events, ready)
+        self.pos += len(ready)
         return False
 
     def _item(self, events: list[tuple[Any, ...]], final: bool) -> bool:

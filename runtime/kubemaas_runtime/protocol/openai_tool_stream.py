@@ -211,8 +211,8 @@ class ToolCallReader(StepReader):
             self.pos += at + len(marker)
             self.state = "marked"
             return True
-        if final:
-            self._send_content(events, rest)
+        if final:  # (the spaces after the last call: dropped, as before a call)
+            self._send_content(events, rest.rstrip() if self.calls else rest)
             self.pos = len(self.text)
             return False
         ready = rest[:len(rest) - held_prefix(rest, self.syntax.markers)].rstrip()

@@ -113,7 +113,10 @@ class XmlCallReader(StepReader):
             self.pos += at + len(OPEN)
             self.state = "head"
             return True
-        ready = rest if final else rest[:len(rest) - held_prefix(rest, (OPEN,))].rstrip()
+        if final:  # (the spaces after the last call: dropped, as before a call)
+            ready = rest.rstrip() if self.calls else rest
+        else:
+            ready = rest[:len(rest) - held_prefix(rest, (OPEN,))].rstrip()
         self._send_content(events, ready)
         self.pos += len(ready)
         return False
