@@ -290,3 +290,17 @@ def test_streamed_chunks_add_up_to_the_whole_answer(parser: str, text: str,
     assert streamed_message(tools, parser, text) == \
         (content, [c["function"]["arguments"] for c in message["tool_calls"]])
 
+
+def test_a_required_answer_cut_inside_a_later_call_keeps_the_calls_read() -> None:
+    """The grammar holds a required answer to a list of calls: a later call cut off before
+    its arguments is dropped, not sent as content ('{"name": "a", "param')."""
+    tools = Tools(({"type": "function", "function": {"name": "a"}},), "required")
+    text = '[{"name": "a", "parameters": {"x": 1}}, {"name": "a", "param'
+    message, finish = tool_message(tools, "none", text, "length")
+    assert (message["content"], finish) == (None, "length")
+    assert [c["function"] for c in message["tool_calls"]] == \
+        [{"name": "a", "arguments": '{"x": 1}'}]
+    assert streamed_message(tools, "none", text) == (None, ['{"x": 1}'])
+    cut = '[{"name": "a", "parameters": {"x": 1}}, '
+    assert tool_message(tools, "none", cut, "length")[0]["content"] is None
+    assert streamed_message(tools, "none", cut) == (None, ['{"x": 1}'])

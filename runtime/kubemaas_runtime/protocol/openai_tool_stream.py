@@ -44,6 +44,7 @@ class Syntax:
     separator: str = ""  # between calls not in a list
     closer: str = ""  # after each call (optional)
     args_marker: str = ""  # a call may also be its name, this marker, its arguments' object
+    held: bool = False  # a grammar holds the text to calls: a cut one is dropped, not content
 
 
 SYNTAXES = {
@@ -52,7 +53,7 @@ SYNTAXES = {
                           separator=";"),
     "mistral": Syntax(markers=("[TOOL_CALLS]",), starts=("[",), listed=True,
                       args_marker="[ARGS]"),
-    "required": Syntax(starts=("[",), listed=True),
+    "required": Syntax(starts=("[",), listed=True, held=True),
 }
 
 
@@ -332,7 +333,12 @@ class ToolCallReader(StepReader):
 
     def _fail(self, events: list[tuple[Any, ...]], at: int, end: int) -> bool:
         """What was read as calls is not (from ``at`` to ``end``): that text is content, and
-        the region's own text before it too when it made no call (a marker, a bracket)."""
+        the region's own text before it too when it made no call (a marker, a bracket).
+        Where a grammar held the text to calls (``required``), it can only be a call cut off
+        by the end of the answer after calls were read: dropped."""
+        if self.syntax.held and self.region_calls:
+            self.pos, self.obj, self.state = len(self.text), None, "content"
+            return True
         self._send_content(events, self.text[self.region if not self.region_calls else at:end])
         self.pos, self.obj, self.state = end, None, "content"
         return True
