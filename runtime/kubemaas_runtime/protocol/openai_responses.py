@@ -38,6 +38,9 @@ _STATELESS = {"previous_response_id": "this server keeps no responses: send the 
 _TEXT_PARTS = ("input_text", "output_text", "text")
 _REASONING_PARTS = ("reasoning_text", "summary_text")
 LOGPROBS = "message.output_text.logprobs"
+# asked for by clients that keep no state (the Codex CLI, with store false): accepted and
+# ignored, as vLLM does; a reasoning item carries its text, and no encrypted content is made
+ENCRYPTED = "reasoning.encrypted_content"
 
 
 @dataclass(frozen=True)
@@ -236,8 +239,8 @@ def parse_responses(doc: Any) -> ResponsesRequest:
         raise ApiError(400, "the request body must be a JSON object")
     _refuse(doc)
     include = doc.get("include") or []
-    if not isinstance(include, list) or any(i != LOGPROBS for i in include):
-        raise _bad(f"'include' may only hold {LOGPROBS!r} here", "include")
+    if not isinstance(include, list) or any(i not in (LOGPROBS, ENCRYPTED) for i in include):
+        raise _bad(f"'include' may only hold {LOGPROBS!r} and {ENCRYPTED!r} here", "include")
     chat = {k: v for k, v in doc.items() if k not in _OWN}
     chat["messages"] = _messages(doc)
     chat.update(_tools(doc))
