@@ -17,6 +17,7 @@ from kubemaas_runtime.llm.packing import pack
 from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, penalize, sample
 from kubemaas_runtime.llm.scheduler import Scheduler, Sequence
 from kubemaas_runtime.protocol.openai_errors import ApiError
+from kubemaas_runtime.protocol.openai_responses import parse_responses
 from kubemaas_runtime.protocol.openai_schema import Prompt, parse_request
 from kubemaas_runtime.protocol.openai_stream import ChunkFormat, sse
 from kubemaas_runtime.settings import parse_bytes
@@ -372,6 +373,17 @@ def test_openai_prompts_echo_and_prompt_logprobs() -> None:
     assert scored.prompt_logprobs and scored.params.prompt_logprobs == 0
 
 
+def test_a_messages_text_parts_are_joined_by_newlines_as_vllm_joins_them() -> None:
+    """Two text parts were one string run together ("ab"); vLLM puts a newline between them,
+    in a chat message as in a Responses input item."""
+    parts = [{"type": "text", "text": "Hello."}, {"type": "text", "text": "Bye."}]
+    chat = parse({"messages": [{"role": "user", "content": parts}]}, chat=True)
+    assert chat.messages == [{"role": "user", "content": "Hello.\nBye."}]
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "Hello."},
+                                          {"type": "input_text", "text": "Bye."}]}]
+    assert parse_responses({"input": items}).chat["messages"] == chat.messages
+
+
 def test_openai_request_validation() -> None:
     req = parse({"prompt": "hi"})
     assert req.params.max_tokens == 16 and req.params.temperature == 1.0 and not req.stream
@@ -380,7 +392,7 @@ def test_openai_request_validation() -> None:
                                                                  {"type": "text", "text": "b"}]},
                                {"role": "assistant", "content": None}],
                   "logprobs": True, "top_logprobs": 3, "top_k": -1, "stop": "x"}, chat=True)
-    assert chat.messages == [{"role": "system", "content": "ab"},
+    assert chat.messages == [{"role": "system", "content": "a\nb"},
                              {"role": "assistant", "content": ""}]
     assert chat.params.logprobs == 3 and chat.params.top_k == 0 and chat.params.stop == ("x",)
     assert chat.max_tokens is None and chat.cache_salt is None

@@ -63,7 +63,7 @@ def _text(content: Any, where: str, field: str = "content") -> str:
                 raise _bad(f"{where}.{field}[{j}] is {kind!r}: only text parts "
                            f"({', '.join(_TEXT_PARTS)}) are served", f"{where}.{field}")
             out.append(part["text"])
-        return "".join(out)
+        return "\n".join(out)  # as vLLM joins a message's text parts
     raise _bad(f"{where}.{field} must be a string or a list of text parts", f"{where}.{field}")
 
 

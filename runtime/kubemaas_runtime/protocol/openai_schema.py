@@ -204,7 +204,7 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
                     raise _bad(f"{where}.content parts must be {{\"type\": \"text\", "
                                "\"text\": ...}} (only text is supported)", f"{where}.content")
                 parts.append(part["text"])
-            content = "".join(parts)
+            content = "\n".join(parts)  # as vLLM joins a message's text parts
         if not isinstance(content, str):
             raise _bad(f"{where}.content must be a string or a list of text parts",
                        f"{where}.content")
