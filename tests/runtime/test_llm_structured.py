@@ -203,6 +203,11 @@ def test_structural_tags(server: Server, tiny_llama: Path) -> None:
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": {
         "$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}}}}},
      "response_format", "admits no output"),
+    # (a structure's: it compiled, and failed mid-answer once the model wrote its trigger)
+    ({"structured_outputs": {"structural_tag": {"structures": [
+        {"begin": "<a>", "schema": {"type": "object"}, "end": "</a>"},
+        {"begin": "<b>", "schema": {"$ref": "#"}, "end": "</b>"}], "triggers": ["<"]}}},
+     "structured_outputs", "structures[1]'s schema admits no output"),
     ({"response_format": {"type": "xml"}}, "response_format", "must be"),
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": 5}}},
      "response_format", "JSON schema"),

@@ -170,11 +170,36 @@ class Grammars:
         error = LLMatcher.validate_grammar(grammar, tokenizer)
         if error:
             raise InvalidConstraint(error)
+        if constraint.kind == "structural_tag":
+            self._check_structures(json.loads(constraint.source)["structures"], tokenizer)
         with self._lock:
             self._valid[constraint] = grammar
             while len(self._valid) > _CACHED_GRAMMARS:
                 self._valid.popitem(last=False)
         return grammar
+
+
+    def _check_structures(self, structures: list[dict[str, Any]], tokenizer: Any) -> None:
+        """A structure whose schema admits no output (only a reference to itself) compiles,
+        but fails mid-answer once the model writes its trigger, after the free text before
+        it was sent: refused here. Only schemas with references are checked (a mask each)."""
+        from llguidance import LLMatcher
+
+        seen: set[str] = set()
+        for i, structure in enumerate(structures):
+            schema = json.dumps(structure["schema"], sort_keys=True)
+            if '"$ref"' not in schema or schema in seen:
+                continue
+            seen.add(schema)
+            matcher = LLMatcher(tokenizer, LLMatcher.grammar_from_json_schema(
+                schema, overrides=JSON_OPTIONS), log_level=0)
+            if matcher.is_error():
+                raise InvalidConstraint(f"structures[{i}]: {matcher.get_error()}")
+            if not matcher.is_accepting() and _ends_only(
+                    matcher.compute_bitmask(), self._eos, self._vocab_size):
+                raise InvalidConstraint(f"structures[{i}]'s schema admits no output: nothing "
+                                        "may start it (a schema whose only definition is a "
+                                        "reference to itself, for example)")
 
 
 class AfterThinking:
