@@ -196,24 +196,27 @@ def test_a_responses_output_sent_back_as_input(server: Server) -> None:
 
 
 def test_a_stateless_client_asking_for_encrypted_reasoning(server: Server) -> None:
-    """The Codex CLI's way (store false, include reasoning.encrypted_content): accepted and
-    ignored, as vLLM does (it was a 400): the reasoning item has its text, whole and streamed,
+    """The Codex CLI's way (store false, include reasoning.encrypted_content, reasoning.summary
+    "auto"): accepted and ignored, as vLLM does (each was a 400): the reasoning item has its
+    text (its summary empty), whole and streamed,
     and the output sent back as it came (encrypted_content null) goes on."""
     doc = {"input": USER, "max_output_tokens": 64, "temperature": 1.0, "seed": 2,
            "structured_outputs": {"regex": THINK}, "store": False,
-           "include": ["reasoning.encrypted_content"]}
+           "include": ["reasoning.encrypted_content"],
+           "reasoning": {"effort": "medium", "summary": "auto"}}  # (Codex sends both)
     status, body = server.post_json("/v1/responses", {"model": "tiny", **doc})
     assert status == 200, body
+    assert body["reasoning"] == {"effort": "medium", "summary": "auto"}
     thought, said = body["output"]
     assert thought["type"] == "reasoning" and thought["content"][0]["text"]
-    assert not thought.get("encrypted_content")
+    assert not thought.get("encrypted_content") and thought["summary"] == []
     final = sse(server, **doc)[-1]["response"]
     assert [o["content"] for o in final["output"]] == [thought["content"], said["content"]]
     again = [*USER, {**thought, "encrypted_content": None}, said,
              {"role": "user", "content": "and tomorrow"}]
     status, body = server.post_json("/v1/responses", {
         "model": "tiny", "input": again, "max_output_tokens": 4, "store": False,
-        "include": ["reasoning.encrypted_content"]})
+        "include": ["reasoning.encrypted_content"], "reasoning": doc["reasoning"]})
     assert status == 200, body
 
 

@@ -198,7 +198,7 @@ def test_text_format_and_logprobs(server: Server) -> None:
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
     ({"input": []}, "input"),
     ({"input": [{"role": "bot", "content": "hi"}]}, "input[0].role"),
-    ({"reasoning": {"summary": "auto"}}, "reasoning"),
+    ({"reasoning": {"summary": "brief"}}, "reasoning"),
     ({"reasoning": {"effort": "huge"}}, "reasoning_effort"),
     ({"truncation": "auto"}, "truncation"),
     ({"include": ["file_search_call.results"]}, "include"),

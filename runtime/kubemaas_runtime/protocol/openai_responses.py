@@ -37,6 +37,9 @@ _STATELESS = {"previous_response_id": "this server keeps no responses: send the 
               "prompts are OpenAI's: send the text in 'input'"}
 _TEXT_PARTS = ("input_text", "output_text", "text")
 _REASONING_PARTS = ("reasoning_text", "summary_text")
+# reasoning.summary as OpenAI takes it (the Codex CLI sends "auto" with every request that
+# carries reasoning): accepted and ignored
+_SUMMARIES = (None, "auto", "concise", "detailed", "none")
 LOGPROBS = "message.output_text.logprobs"
 # asked for by clients that keep no state (the Codex CLI, with store false): accepted and
 # ignored, as vLLM does; a reasoning item carries its text, and no encrypted content is made
@@ -220,10 +223,12 @@ def _refuse(doc: dict[str, Any]) -> None:
     reasoning = doc.get("reasoning")
     if reasoning is not None and (not isinstance(reasoning, dict) or
                                   set(reasoning) - {"effort", "summary", "generate_summary"} or
-                                  reasoning.get("summary") or reasoning.get("generate_summary")):
-        raise _bad("'reasoning' takes an 'effort' here (handed to the chat template, as "
-                   "reasoning_effort); summaries are not written: the thinking itself comes "
-                   "as a reasoning item", "reasoning")
+                                  reasoning.get("summary") not in _SUMMARIES or
+                                  reasoning.get("generate_summary") not in _SUMMARIES):
+        raise _bad("'reasoning' takes an 'effort' (handed to the chat template, as "
+                   "reasoning_effort) and a 'summary' of \"auto\", \"concise\", \"detailed\" "
+                   "or \"none\", which is accepted and ignored (as vLLM does): no summary is "
+                   "written, the thinking itself comes as a reasoning item", "reasoning")
     for key in ("n", "messages", "prompt_logprobs", "echo"):
         if doc.get(key) is not None:
             raise _bad(f"'{key}' is not a Responses field", key)
@@ -270,7 +275,8 @@ def parse_responses(doc: Any) -> ResponsesRequest:
             "top_logprobs": doc.get("top_logprobs"), "user": doc.get("user"),
             "truncation": "disabled", "store": False, "background": False,
             "previous_response_id": None,
-            "reasoning": {"effort": chat.get("reasoning_effort"), "summary": None}
+            "reasoning": {"effort": chat.get("reasoning_effort"),
+                          "summary": doc["reasoning"].get("summary")}
             if doc.get("reasoning") else None}
     return ResponsesRequest(chat, echo, logprobs)
 
