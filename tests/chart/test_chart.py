@@ -5,6 +5,7 @@ security context, and the pinned template rendered by the operator's own rendere
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,36 @@ def test_chart_version_and_previous_package() -> None:
     assert PREVIOUS.exists(), "run hack/chart-previous"
     shown = yaml.safe_load(helm("show", "chart", str(PREVIOUS)).stdout)
     assert shown["version"] == "0.0.1"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"name": "KUBEMAAS_OPERATOR_LOG_LEVEL", "value": "DEBUG"}, "operator.logLevel"),
+    ({"name": "KUBEMAAS_OPERATOR_RESYNC_S", "value": "5"}, "operator.resyncSeconds"),
+    ({"name": "KUBEMAAS_OPERATOR_NAMESPACE", "value": "x"}, "the release's namespace"),
+    ({"name": "KUBEMAAS_OPERATOR_METRICS_PORT", "value": "0"}, "operator.metricsPort"),
+])
+def test_extra_env_cannot_shadow_what_the_chart_sets(extra: dict[str, str],
+                                                     message: str) -> None:
+    """A second definition of a variable the chart sets works on install (the last one wins in
+    the container) but `helm upgrade`'s strategic merge keys env by name and silently keeps only
+    the chart's: refused, naming the value to set instead."""
+    result = helm("template", "x", str(CHART), "--set-json",
+                  f"operator.extraEnv=[{json.dumps(extra)}]", check=False)
+    assert result.returncode != 0, "rendered a second " + extra["name"]
+    assert extra["name"] in result.stderr and message in result.stderr, result.stderr
+
+
+def test_extra_env_names_are_unique_and_values_strings() -> None:
+    twice = [{"name": "FOO", "value": "1"}, {"name": "FOO", "value": "2"}]
+    result = helm("template", "x", str(CHART), "--set-json",
+                  f"operator.extraEnv={json.dumps(twice)}", check=False)
+    assert result.returncode != 0 and "FOO" in result.stderr, result.stderr
+    for bad in ({"name": "FOO", "value": 3}, {"name": "FOO", "valu": "3"}):
+        result = helm("template", "x", str(CHART), "--set-json",
+                      f"operator.extraEnv=[{json.dumps(bad)}]", check=False)
+        assert result.returncode != 0 and "extraEnv" in result.stderr, result.stderr
+    fine = [{"name": "FOO", "value": "1"},
+            {"name": "BAR", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    container = find(objects(template("--set-json", f"operator.extraEnv={json.dumps(fine)}")),
+                     "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["env"][-2:] == fine
