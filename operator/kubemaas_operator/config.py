@@ -145,6 +145,11 @@ class Settings:
                                 f"{settings.monitoring_namespace!r}: not a namespace name")
         if not 0 <= settings.metrics_port <= 65535:
             raise SettingsError("KUBEMAAS_OPERATOR_METRICS_PORT must be within 0..65535")
+        if settings.health_port > 65535:
+            raise SettingsError("KUBEMAAS_OPERATOR_HEALTH_PORT must be within 0..65535")
+        if settings.metrics_port and settings.metrics_port == settings.health_port:
+            raise SettingsError(f"KUBEMAAS_OPERATOR_METRICS_PORT and KUBEMAAS_OPERATOR_HEALTH_PORT "
+                                f"are both {settings.metrics_port}: each needs a port of its own")
         if settings.gateway_discovery_s <= 0:
             raise SettingsError("KUBEMAAS_OPERATOR_GATEWAY_DISCOVERY_S must be > 0")
         try:

@@ -133,6 +133,9 @@ def test_every_operator_variable_is_a_setting() -> None:
     (["--set", "peering.lifetimeSeconds=1"], "lifetimeSeconds"),
     (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
     (["--set", "operator.healthPort=0"], "healthPort"),
+    (["--set", "operator.metricsPort=8081"], "operator.metricsPort and operator.healthPort"),
+    (["--set", "operator.healthPort=9000", "--set", "operator.metricsPort=9000"],
+     "operator.metricsPort and operator.healthPort"),
     (["--set", "surprise=1"], "surprise"),
     (["--set", "runtime.pinnedTemplate.name=default"], "pinnedTemplate"),
 ])
