@@ -222,3 +222,25 @@ def test_extra_env_names_are_unique_and_values_strings() -> None:
     container = find(objects(template("--set-json", f"operator.extraEnv={json.dumps(fine)}")),
                      "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["env"][-2:] == fine
+
+
+@pytest.mark.parametrize("key, label", [
+    ("commonLabels", "app.kubernetes.io/name"),
+    ("commonLabels", "app.kubernetes.io/managed-by"),
+    ("serviceMonitor.labels", "app.kubernetes.io/instance"),
+    ("podLabels", "app.kubernetes.io/instance"),
+    ("podAnnotations", "checksum/templates"),
+])
+def test_labels_from_values_cannot_replace_the_charts(key: str, label: str) -> None:
+    """commonLabels app.kubernetes.io/name=x rendered the key twice in every object's labels;
+    kubectl and helm kept the last, so the metrics Service lost the label its ServiceMonitor
+    selects, and a podLabels selector key broke the Deployment's selector."""
+    result = helm("template", "x", str(CHART), "--set-json",
+                  f"{key}={json.dumps({label: 'x'})}", check=False)
+    assert result.returncode != 0, f"{key} replaced {label}"
+    assert f"{key}: {label} is set by the chart" in result.stderr, result.stderr
+    docs = objects(template("--set", "commonLabels.team=ml", "--set", "podLabels.team=ml",
+                            "--set", "podAnnotations.owner=ml"))
+    pod = find(docs, "Deployment")["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "ml" and pod["metadata"]["annotations"]["owner"]
+    assert find(docs, "Service")["metadata"]["labels"]["team"] == "ml"

@@ -40,3 +40,24 @@ helm.sh/chart: {{ include "kubemaas.chart" . }}
 {{- define "kubemaas.peering" -}}
 {{- if or .Values.peering.enabled (gt (int .Values.replicaCount) 1) -}}true{{- end -}}
 {{- end -}}
+
+{{/* Labels and annotations from the values may not repeat a key the chart sets: a key twice in
+     one map is kept by some YAML readers and dropped by others (kubectl and helm keep the last),
+     and a changed app.kubernetes.io/name or instance no longer matches the selectors of the
+     operator's Deployment, metrics Service and ServiceMonitor. */}}
+{{- define "kubemaas.checkLabels" -}}
+{{- $own := list "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/part-of"
+      "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/component"
+      "helm.sh/chart" -}}
+{{- $checks := dict "commonLabels" (list .Values.commonLabels $own)
+      "serviceMonitor.labels" (list .Values.serviceMonitor.labels $own)
+      "podLabels" (list .Values.podLabels (list "app.kubernetes.io/name" "app.kubernetes.io/instance"))
+      "podAnnotations" (list .Values.podAnnotations (list "checksum/templates")) -}}
+{{- range $value, $check := $checks -}}
+{{- range $key := keys (index $check 0 | default dict) | sortAlpha -}}
+{{- if has $key (index $check 1) -}}
+{{- fail (printf "%s: %s is set by the chart itself; choose another key" $value $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
