@@ -138,6 +138,13 @@ def test_every_operator_variable_is_a_setting() -> None:
      "operator.metricsPort and operator.healthPort"),
     (["--set", "surprise=1"], "surprise"),
     (["--set", "runtime.pinnedTemplate.name=default"], "pinnedTemplate"),
+    # image references the kubelet cannot pull (InvalidImageName), which the API server takes
+    (["--set", "image.repository=ghcr.io/kubemaas/operator:0.1.0"], "/image/repository"),
+    (["--set", "image.repository=ghcr.io/Kubemaas/Operator"], "/image/repository"),
+    (["--set-string", "image.tag=v 1"], "/image/tag"),
+    (["--set", "runtime.image.repository=ghcr.io/kubemaas/runtime@sha256:" + "a" * 64],
+     "/runtime/image/repository"),
+    (["--set-string", "runtime.image.tag=@sha256:" + "a" * 64], "/runtime/image/tag"),
 ])
 def test_schema_refuses(values: list[str], message: str) -> None:
     result = helm("template", "x", str(CHART), *values, check=False)
@@ -263,3 +270,15 @@ def test_every_granted_api_group_is_one_the_operator_calls() -> None:
                if doc and doc["kind"] == "ClusterRole"
                for rule in doc["rules"] for group in rule["apiGroups"]}
     assert granted <= called, f"granted but never called: {granted - called}"
+
+
+def test_image_references_that_pull() -> None:
+    digest = "sha256:" + "a" * 64
+    docs = objects(template("--set", "image.repository=registry.local:5000/team/kubemaas-operator",
+                            "--set", f"image.tag=0.1.0@{digest}",
+                            "--set", "runtime.image.repository=kubemaas/runtime",
+                            "--set", "runtime.image.tag=0.1.0_gpu-2"))
+    container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"registry.local:5000/team/kubemaas-operator:0.1.0@{digest}"
+    pinned = find(docs, "ConfigMap", "kubemaas-templates")["data"]["pinned"]
+    assert 'image: "kubemaas/runtime:0.1.0_gpu-2"' in pinned
