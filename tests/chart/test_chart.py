@@ -282,3 +282,24 @@ def test_image_references_that_pull() -> None:
     assert container["image"] == f"registry.local:5000/team/kubemaas-operator:0.1.0@{digest}"
     pinned = find(docs, "ConfigMap", "kubemaas-templates")["data"]["pinned"]
     assert 'image: "kubemaas/runtime:0.1.0_gpu-2"' in pinned
+
+
+def test_large_numbers_reach_the_operator_as_numbers_it_parses(tmp_path: Path) -> None:
+    """Numbers in a values file reach templates as floats, which helm printed with an exponent
+    from a million on: apiWorkers 1000000 became KUBEMAAS_OPERATOR_API_WORKERS="1e+06", which
+    the operator refuses (int), so it exited at start."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({
+        "replicaCount": 2,
+        "peering": {"enabled": True, "name": "kubemaas", "lifetimeSeconds": 1000000},
+        "operator": {"apiWorkers": 1000000, "maxConcurrentReconciles": 12345678,
+                     "resyncSeconds": 1000000, "notReadyGraceSeconds": 2.5,
+                     "healthPort": 8081, "metricsPort": 9090}}))
+    container = find(objects(template("-f", str(values))), "Deployment")["spec"]["template"][
+        "spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["KUBEMAAS_OPERATOR_API_WORKERS"] == "1000000"
+    settings = Settings.from_env({**env, "KUBEMAAS_OPERATOR_NAMESPACE": "kubemaas-system"})
+    assert (settings.api_workers, settings.max_concurrent_reconciles) == (1000000, 12345678)
+    assert (settings.peering_lifetime_s, settings.resync_s) == (1000000, 1e6)
+    assert (settings.not_ready_grace_s, settings.metrics_port) == (2.5, 9090)

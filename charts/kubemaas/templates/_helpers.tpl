@@ -61,3 +61,10 @@ helm.sh/chart: {{ include "kubemaas.chart" . }}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* A value as an environment variable's quoted string. Numbers go through JSON: values files
+     give templates floats, which toString and quote print with an exponent from a million on
+     ("1e+06"), and the operator's integer settings refuse that. */}}
+{{- define "kubemaas.envValue" -}}
+{{- if kindIs "string" . -}}{{ . | quote }}{{- else -}}{{ toJson . | quote }}{{- end -}}
+{{- end -}}
