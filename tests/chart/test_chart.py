@@ -203,6 +203,8 @@ def test_chart_version_and_previous_package() -> None:
     ({"name": "KUBEMAAS_OPERATOR_RESYNC_S", "value": "5"}, "operator.resyncSeconds"),
     ({"name": "KUBEMAAS_OPERATOR_NAMESPACE", "value": "x"}, "the release's namespace"),
     ({"name": "KUBEMAAS_OPERATOR_METRICS_PORT", "value": "0"}, "operator.metricsPort"),
+    # the only ConfigMap the chart's Role lets the operator read is kubemaas-templates
+    ({"name": "KUBEMAAS_OPERATOR_TEMPLATES_CONFIGMAP", "value": "mine"}, "kubemaas-templates"),
 ])
 def test_extra_env_cannot_shadow_what_the_chart_sets(extra: dict[str, str],
                                                      message: str) -> None:
@@ -303,3 +305,16 @@ def test_large_numbers_reach_the_operator_as_numbers_it_parses(tmp_path: Path) -
     assert (settings.api_workers, settings.max_concurrent_reconciles) == (1000000, 12345678)
     assert (settings.peering_lifetime_s, settings.resync_s) == (1000000, 1e6)
     assert (settings.not_ready_grace_s, settings.metrics_port) == (2.5, 9090)
+
+
+def test_one_priority_for_every_replica_is_refused() -> None:
+    """KUBEMAAS_OPERATOR_PRIORITY in extraEnv gives every replica the same priority, and kopf
+    pauses all operators that share one: with replicas, nothing would reconcile."""
+    extra = 'operator.extraEnv=[{"name": "KUBEMAAS_OPERATOR_PRIORITY", "value": "100"}]'
+    result = helm("template", "x", str(CHART), "--set", "replicaCount=2", "--set-json", extra,
+                  check=False)
+    assert result.returncode != 0, "every replica got priority 100"
+    assert "KUBEMAAS_OPERATOR_PRIORITY" in result.stderr and "pause" in result.stderr
+    container = find(objects(template("--set", "peering.enabled=true", "--set-json", extra)),
+                     "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "KUBEMAAS_OPERATOR_PRIORITY", "value": "100"} in container["env"]
