@@ -163,7 +163,7 @@ class Settings:
                                 "http(s)://HOST:PORT of a Prometheus")
         for var, value in (("HTTP_SCALER", settings.http_scaler),
                            ("HTTP_INTERCEPTOR", settings.http_interceptor)):
-            if not _HOST_PORT.match(value):
+            if not _HOST_PORT.match(value) or not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
                 raise SettingsError(f"KUBEMAAS_OPERATOR_{var}={value!r}: expected HOST:PORT")
         if settings.peering_lifetime_s < 2:
             raise SettingsError("KUBEMAAS_OPERATOR_PEERING_LIFETIME_S must be >= 2")

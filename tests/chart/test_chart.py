@@ -138,6 +138,8 @@ def test_every_operator_variable_is_a_setting() -> None:
      "operator.metricsPort and operator.healthPort"),
     (["--set", "surprise=1"], "surprise"),
     (["--set", "runtime.pinnedTemplate.name=default"], "pinnedTemplate"),
+    (["--set", "operator.httpScaler=scaler.keda:99999"], "/operator/httpScaler"),
+    (["--set", "operator.httpInterceptor=proxy.keda:0"], "/operator/httpInterceptor"),
     # image references the kubelet cannot pull (InvalidImageName), which the API server takes
     (["--set", "image.repository=ghcr.io/kubemaas/operator:0.1.0"], "/image/repository"),
     (["--set", "image.repository=ghcr.io/Kubemaas/Operator"], "/image/repository"),

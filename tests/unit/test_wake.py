@@ -132,9 +132,10 @@ def test_settings_validate_the_add_on_addresses() -> None:
                            "KUBEMAAS_OPERATOR_HTTP_SCALER": "127.0.0.1:4000",
                            "KUBEMAAS_OPERATOR_HTTP_INTERCEPTOR": "127.0.0.1:4001"})
     assert (s.http_scaler, s.http_interceptor) == ("127.0.0.1:4000", "127.0.0.1:4001")
-    with pytest.raises(SettingsError, match="KUBEMAAS_OPERATOR_HTTP_SCALER"):
-        Settings.from_env({"KUBEMAAS_OPERATOR_NAMESPACE": "x",
-                           "KUBEMAAS_OPERATOR_HTTP_SCALER": "http://scaler"})
+    for bad in ("http://scaler", "scaler:99999", "scaler:0"):  # no port beyond 1..65535
+        with pytest.raises(SettingsError, match="KUBEMAAS_OPERATOR_HTTP_SCALER"):
+            Settings.from_env({"KUBEMAAS_OPERATOR_NAMESPACE": "x",
+                               "KUBEMAAS_OPERATOR_HTTP_SCALER": bad})
 
 
 def test_the_network_policy_admits_the_interceptor_of_a_model_it_may_wake() -> None:
