@@ -320,3 +320,18 @@ def test_one_priority_for_every_replica_is_refused() -> None:
     container = find(objects(template("--set", "peering.enabled=true", "--set-json", extra)),
                      "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "KUBEMAAS_OPERATOR_PRIORITY", "value": "100"} in container["env"]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("default", "templates.default: the operator's built-in template"),
+    ("Bad_Name", "templates.Bad_Name: not a template name"),
+    ("a" * 64, "not a template name"),
+])
+def test_template_names_are_refused_with_their_name(name: str, message: str) -> None:
+    """values.schema.json checked the names with propertyNames, and helm's validator reported
+    the refusal at another value, a different one each time ("at '/replicaCount': invalid
+    propertyName 'default'")."""
+    result = helm("template", "x", str(CHART), "--set", f"templates.{name}=kind: Deployment",
+                  check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert "invalid propertyName" not in result.stderr, result.stderr
