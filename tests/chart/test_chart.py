@@ -335,3 +335,24 @@ def test_template_names_are_refused_with_their_name(name: str, message: str) -> 
                   check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
     assert "invalid propertyName" not in result.stderr, result.stderr
+
+
+def test_scrape_timeout_longer_than_the_interval_is_refused() -> None:
+    """interval 5s with the default scrapeTimeout 10s rendered, and the Prometheus Operator
+    rejects such a ServiceMonitor ("scrapeTimeout greater than scrapeInterval"): no model was
+    scraped and nothing said so at install."""
+    result = helm("template", "x", str(CHART), "--set", "serviceMonitor.enabled=true",
+                  "--set", "serviceMonitor.interval=5s", check=False)
+    assert result.returncode != 0, "rendered a ServiceMonitor Prometheus rejects"
+    assert "serviceMonitor.scrapeTimeout 10s is longer than serviceMonitor.interval 5s" in \
+        result.stderr, result.stderr
+    for interval, timeout in (("10s", "10s"), ("1m", "59s"), ("1h", "30m"), ("2s", "1500ms")):
+        monitor = find(objects(template("--set", "serviceMonitor.enabled=true",
+                                        "--set", f"serviceMonitor.interval={interval}",
+                                        "--set", f"serviceMonitor.scrapeTimeout={timeout}")),
+                       "ServiceMonitor", "kubemaas-runtime")
+        assert monitor["spec"]["endpoints"][0]["scrapeTimeout"] == timeout
+    result = helm("template", "x", str(CHART), "--set", "serviceMonitor.enabled=true",
+                  "--set", "serviceMonitor.interval=1s", "--set",
+                  "serviceMonitor.scrapeTimeout=1001ms", check=False)
+    assert result.returncode != 0

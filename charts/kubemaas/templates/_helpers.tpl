@@ -68,3 +68,9 @@ helm.sh/chart: {{ include "kubemaas.chart" . }}
 {{- define "kubemaas.envValue" -}}
 {{- if kindIs "string" . -}}{{ . | quote }}{{- else -}}{{ toJson . | quote }}{{- end -}}
 {{- end -}}
+
+{{/* A duration of values.schema.json's form (NUMBER ms|s|m|h) in milliseconds. */}}
+{{- define "kubemaas.durationMs" -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 -}}
+{{- mul (regexFind "^[0-9]+" .) (index $units (regexFind "(ms|s|m|h)$" .)) -}}
+{{- end -}}
