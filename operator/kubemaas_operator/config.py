@@ -131,6 +131,12 @@ class Settings:
         settings = cls(**values)  # type: ignore[arg-type]
         if not settings.namespace:
             settings = cls(**{**values, "namespace": _default_namespace()})  # type: ignore[arg-type]
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        """Refuse values the operator cannot run with; the message names the variable."""
+        settings = self
         if settings.resync_s <= 0 or settings.api_workers < 1 or settings.health_port < 0:
             raise SettingsError("KUBEMAAS_OPERATOR_RESYNC_S must be > 0, "
                                 "KUBEMAAS_OPERATOR_API_WORKERS >= 1, "
@@ -143,6 +149,9 @@ class Settings:
         if settings.monitoring_namespace and not _DNS1123.match(settings.monitoring_namespace):
             raise SettingsError(f"KUBEMAAS_OPERATOR_MONITORING_NAMESPACE="
                                 f"{settings.monitoring_namespace!r}: not a namespace name")
+        if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError(f"KUBEMAAS_OPERATOR_LOG_LEVEL={settings.log_level!r}: expected "
+                                "DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 0 <= settings.metrics_port <= 65535:
             raise SettingsError("KUBEMAAS_OPERATOR_METRICS_PORT must be within 0..65535")
         if settings.health_port > 65535:
@@ -167,4 +176,3 @@ class Settings:
                 raise SettingsError(f"KUBEMAAS_OPERATOR_{var}={value!r}: expected HOST:PORT")
         if settings.peering_lifetime_s < 2:
             raise SettingsError("KUBEMAAS_OPERATOR_PEERING_LIFETIME_S must be >= 2")
-        return settings

@@ -358,3 +358,21 @@ def test_scrape_timeout_longer_than_the_interval_is_refused() -> None:
                   "--set", "serviceMonitor.interval=1s", "--set",
                   "serviceMonitor.scrapeTimeout=1001ms", check=False)
     assert result.returncode != 0
+
+
+@pytest.mark.parametrize("key", [
+    "image", "peering", "operator", "runtime", "serviceMonitor", "templates", "runtime.image",
+    "runtime.pinnedTemplate", "runtime.pinnedTemplate.name", "operator.logLevel",
+    "operator.healthPort", "operator.metricsPort", "serviceMonitor.interval"])
+def test_a_value_set_to_null_is_named(key: str) -> None:
+    """`--set KEY=null` (or `KEY: ~` in a values file) removes the chart's default. Some ended in
+    a template's nil pointer ("executing ... at <.Values.image.tag>: nil pointer evaluating
+    interface {}.tag"), some rendered what cannot run: operator.metricsPort null became
+    KUBEMAAS_OPERATOR_METRICS_PORT="null" and operator.logLevel null an empty level, and the
+    operator exited at start. The schema now names the missing value."""
+    result = helm("template", "x", str(CHART), "--set-json", f"{key}=null", check=False)
+    assert result.returncode != 0, f"{key}=null rendered"
+    parent, _, leaf = key.rpartition(".")
+    assert f"missing property '{leaf}'" in result.stderr, result.stderr
+    where = "/" + parent.replace(".", "/") if parent else ""
+    assert f"at '{where}': missing property '{leaf}'" in result.stderr, result.stderr

@@ -62,11 +62,15 @@ def test_settings_check_the_monitoring_namespace_and_metrics_port() -> None:
     s = Settings.from_env({"KUBEMAAS_OPERATOR_MONITORING_NAMESPACE": "monitoring",
                            "KUBEMAAS_OPERATOR_NAMESPACE": "x"})
     assert s.monitoring_namespace == "monitoring" and s.metrics_port == 8082
+    assert Settings.from_env({"KUBEMAAS_OPERATOR_LOG_LEVEL": "debug",
+                              "KUBEMAAS_OPERATOR_NAMESPACE": "x"}).log_level == "debug"
     for env in ({"KUBEMAAS_OPERATOR_MONITORING_NAMESPACE": "Not/A/Namespace"},
                 {"KUBEMAAS_OPERATOR_METRICS_PORT": "70000"},
                 # both on one port: kopf's health endpoint cannot bind and the operator exits
                 {"KUBEMAAS_OPERATOR_METRICS_PORT": "8081"},
-                {"KUBEMAAS_OPERATOR_HEALTH_PORT": "70000"}):
+                {"KUBEMAAS_OPERATOR_HEALTH_PORT": "70000"},
+                # an empty or unknown level was a ValueError traceback from logging at start
+                {"KUBEMAAS_OPERATOR_LOG_LEVEL": ""}, {"KUBEMAAS_OPERATOR_LOG_LEVEL": "TRACE"}):
         try:
             Settings.from_env({**env, "KUBEMAAS_OPERATOR_NAMESPACE": "x"})
         except SettingsError as err:
