@@ -13,6 +13,10 @@ from .api import EndpointPicker, SpecError, parse_endpoint_picker
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
+# [REGISTRY[:PORT]/]PATH[:TAG][@sha256:DIGEST], as the kubelet parses an image reference
+_IMAGE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?/)?[a-z0-9]+([._-]+[a-z0-9]+)*"
+                    r"(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+                    r"(@sha256:[0-9a-f]{64})?$")
 _SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -174,5 +178,8 @@ class Settings:
                            ("HTTP_INTERCEPTOR", settings.http_interceptor)):
             if not _HOST_PORT.match(value) or not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
                 raise SettingsError(f"KUBEMAAS_OPERATOR_{var}={value!r}: expected HOST:PORT")
+        if not _IMAGE.match(settings.vllm_image):
+            raise SettingsError(f"KUBEMAAS_OPERATOR_VLLM_IMAGE={settings.vllm_image!r}: not an "
+                                "image reference ([REGISTRY[:PORT]/]PATH[:TAG][@sha256:DIGEST])")
         if settings.peering_lifetime_s < 2:
             raise SettingsError("KUBEMAAS_OPERATOR_PEERING_LIFETIME_S must be >= 2")

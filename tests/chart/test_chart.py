@@ -149,6 +149,7 @@ def test_every_operator_variable_is_a_setting() -> None:
     (["--set", "runtime.image.repository=ghcr.io/kubemaas/runtime@sha256:" + "a" * 64],
      "/runtime/image/repository"),
     (["--set-string", "runtime.image.tag=@sha256:" + "a" * 64], "/runtime/image/tag"),
+    (["--set-string", "operator.vllmImage=vllm/vllm-openai: v1"], "/operator/vllmImage"),
 ])
 def test_schema_refuses(values: list[str], message: str) -> None:
     result = helm("template", "x", str(CHART), *values, check=False)

@@ -62,6 +62,10 @@ def test_settings_check_the_monitoring_namespace_and_metrics_port() -> None:
     s = Settings.from_env({"KUBEMAAS_OPERATOR_MONITORING_NAMESPACE": "monitoring",
                            "KUBEMAAS_OPERATOR_NAMESPACE": "x"})
     assert s.monitoring_namespace == "monitoring" and s.metrics_port == 8082
+    for image in ("registry.local:5000/vllm/vllm-openai:v0.33.0", "vllm/vllm-openai",
+                  "vllm/vllm-openai@sha256:" + "a" * 64):
+        assert Settings.from_env({"KUBEMAAS_OPERATOR_VLLM_IMAGE": image,
+                                  "KUBEMAAS_OPERATOR_NAMESPACE": "x"}).vllm_image == image
     assert Settings.from_env({"KUBEMAAS_OPERATOR_LOG_LEVEL": "debug",
                               "KUBEMAAS_OPERATOR_NAMESPACE": "x"}).log_level == "debug"
     for env in ({"KUBEMAAS_OPERATOR_MONITORING_NAMESPACE": "Not/A/Namespace"},
@@ -70,7 +74,10 @@ def test_settings_check_the_monitoring_namespace_and_metrics_port() -> None:
                 {"KUBEMAAS_OPERATOR_METRICS_PORT": "8081"},
                 {"KUBEMAAS_OPERATOR_HEALTH_PORT": "70000"},
                 # an empty or unknown level was a ValueError traceback from logging at start
-                {"KUBEMAAS_OPERATOR_LOG_LEVEL": ""}, {"KUBEMAAS_OPERATOR_LOG_LEVEL": "TRACE"}):
+                {"KUBEMAAS_OPERATOR_LOG_LEVEL": ""}, {"KUBEMAAS_OPERATOR_LOG_LEVEL": "TRACE"},
+                # an image the kubelet cannot pull (InvalidImageName) for every vllm model
+                {"KUBEMAAS_OPERATOR_VLLM_IMAGE": "vllm/vllm-openai: v1"},
+                {"KUBEMAAS_OPERATOR_VLLM_IMAGE": "VLLM/Openai:v1"}):
         try:
             Settings.from_env({**env, "KUBEMAAS_OPERATOR_NAMESPACE": "x"})
         except SettingsError as err:
