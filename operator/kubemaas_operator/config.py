@@ -141,8 +141,9 @@ class Settings:
     def _check(self) -> None:
         """Refuse values the operator cannot run with; the message names the variable."""
         settings = self
-        if settings.resync_s <= 0 or settings.api_workers < 1 or settings.health_port < 0:
-            raise SettingsError("KUBEMAAS_OPERATOR_RESYNC_S must be > 0, "
+        if settings.resync_s < 1 or settings.api_workers < 1 or settings.health_port < 0:
+            # a resync of every model more often than each second only loads the API server
+            raise SettingsError("KUBEMAAS_OPERATOR_RESYNC_S must be >= 1, "
                                 "KUBEMAAS_OPERATOR_API_WORKERS >= 1, "
                                 "KUBEMAAS_OPERATOR_HEALTH_PORT >= 0")
         if settings.gateway:
@@ -163,8 +164,8 @@ class Settings:
         if settings.metrics_port and settings.metrics_port == settings.health_port:
             raise SettingsError(f"KUBEMAAS_OPERATOR_METRICS_PORT and KUBEMAAS_OPERATOR_HEALTH_PORT "
                                 f"are both {settings.metrics_port}: each needs a port of its own")
-        if settings.gateway_discovery_s <= 0:
-            raise SettingsError("KUBEMAAS_OPERATOR_GATEWAY_DISCOVERY_S must be > 0")
+        if settings.gateway_discovery_s < 1:  # API discovery more often only loads it
+            raise SettingsError("KUBEMAAS_OPERATOR_GATEWAY_DISCOVERY_S must be >= 1")
         try:
             settings.default_endpoint_picker()
         except SpecError as err:

@@ -150,6 +150,9 @@ def test_every_operator_variable_is_a_setting() -> None:
      "/runtime/image/repository"),
     (["--set-string", "runtime.image.tag=@sha256:" + "a" * 64], "/runtime/image/tag"),
     (["--set-string", "operator.vllmImage=vllm/vllm-openai: v1"], "/operator/vllmImage"),
+    # the operator refuses these too (it would resync every model a thousand times a second)
+    (["--set-json", "operator.resyncSeconds=0.001"], "/operator/resyncSeconds"),
+    (["--set-json", "operator.gatewayDiscoverySeconds=0.5"], "/operator/gatewayDiscoverySeconds"),
 ])
 def test_schema_refuses(values: list[str], message: str) -> None:
     result = helm("template", "x", str(CHART), *values, check=False)

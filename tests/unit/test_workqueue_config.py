@@ -66,3 +66,7 @@ def test_settings_from_env() -> None:
     assert Settings.from_env({}).namespace  # a default namespace
     with pytest.raises(SettingsError, match="KUBEMAAS_OPERATOR_RESYNC_S"):
         Settings.from_env({"KUBEMAAS_OPERATOR_RESYNC_S": "soon"})
+    # more often than each second: every model resynced a thousand times a second
+    for var in ("KUBEMAAS_OPERATOR_RESYNC_S", "KUBEMAAS_OPERATOR_GATEWAY_DISCOVERY_S"):
+        with pytest.raises(SettingsError, match=var):
+            Settings.from_env({var: "0.001", "KUBEMAAS_OPERATOR_NAMESPACE": "x"})
