@@ -4,6 +4,7 @@ lines and reports, the status a set of pods gives, the eviction choice, the moun
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -327,3 +328,27 @@ def test_a_caches_pods_are_no_models_children() -> None:
     assert cache_pod[INSTANCE] == "flip" and child_key("ml", cache_pod) is None
     model_pod = {NAME: APP_NAME, INSTANCE: "flip", MANAGED_BY: MANAGER}
     assert child_key("ml", model_pod) == ("ml", "flip")
+
+
+def test_a_new_spec_waits_for_the_old_pod_of_the_same_name_to_go() -> None:
+    """A source changed while the download ran: the old pod (same name, other spec hash) is
+    deleted, and in a real cluster it terminates for a while. Applying its successor of the
+    same name patched the terminating pod, the API server refused the spec change and the
+    copy failed, PodRejected. Now the copy waits for the old pod to go."""
+    spec = api.parse_cache_spec(NODE_SPEC)
+    name = download_pod(REF, spec, "gpu-1", 1)["metadata"]["name"]
+    old = CachePod(name=name, role="fetch", target=_pod("x", "Running").target, node="gpu-1",
+                   spec_hash="0ld", attempt=1, phase="Running")
+    for pods, deleted in (([old], [name]), ([replace(old, deleting=True)], [])):
+        d = Decision(status={})
+        copy = copy_state(REF, spec, "gpu-1", pods, {}, {}, False, NOW, d)
+        assert not d.create and d.delete == deleted and d.requeue_after == 1.0
+        assert (copy.phase, copy.reason) == ("Pending", "Starting") and name in copy.message
+    failed = {"phase": "Failed", "reason": "DownloadFailed", "observedGeneration": 1,
+              "specHash": "0ld", "nodes": [{"name": "gpu-1", "phase": "Failed"}]}
+    d = Decision(status={})
+    copy_state(REF, spec, "gpu-1", [replace(old, deleting=True)], {}, failed, False, NOW, d, True)
+    assert not d.create  # a fix to a failed cache waits too
+    d = Decision(status={})
+    copy_state(REF, spec, "gpu-1", [], {}, {}, False, NOW, d)
+    assert [p["metadata"]["name"] for p in d.create] == [name]  # once it is gone

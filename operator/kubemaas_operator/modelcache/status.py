@@ -117,6 +117,7 @@ def copy_state(ref: CacheRef, spec: CacheSpec, node: str | None, pods: Sequence[
     for p in mine:  # pods of an older spec: their files are rewritten by the new download
         if p.spec_hash != current and not p.deleting:
             out.delete.append(p.name)
+    going = {p.name for p in mine if p.spec_hash != current or p.deleting}
     mine = [p for p in mine if p.spec_hash == current and not p.deleting]
     if any(p.role == "evict" for p in mine):
         return Copy(node, "Evicted", "Evicted", "removed to make room for another cache on "
@@ -127,14 +128,16 @@ def copy_state(ref: CacheRef, spec: CacheSpec, node: str | None, pods: Sequence[
     if respec and prev.get("phase") == "Failed" and (newest is None or newest.phase in (
             "Succeeded", "Failed")):
         attempt = 1 if newest is None else newest.attempt + 1
-        out.create.append(download_pod(ref, spec, node, attempt))
+        if (waiting := _start(ref, spec, node, attempt, going, out, used)) is not None:
+            return waiting
         return Copy(node, "Downloading", "Retrying", f"attempt {attempt} started: the spec "
                     "changed since the copy failed", last_used=used)
     if newest is None:
         if same_spec and prev.get("phase") in ("Ready", "Failed"):  # its pods were removed
             return Copy(node, str(prev["phase"]), str(prev.get("reason") or prev["phase"]),
                         str(prev.get("message") or ""), last_used=used)
-        out.create.append(download_pod(ref, spec, node, 1))
+        if (waiting := _start(ref, spec, node, 1, going, out, used)) is not None:
+            return waiting
         return Copy(node, "Pending", "Starting", "download pod created", last_used=used)
     if newest.phase in ("Pending", "Running"):
         seen = progress.get(newest.name)
@@ -150,6 +153,22 @@ def copy_state(ref: CacheRef, spec: CacheSpec, node: str | None, pods: Sequence[
         return Copy(node, "Failed", report.reason, report.message or report.reason,
                     report=report, last_used=used)
     return _unreported(ref, spec, node, newest, now, out, used)
+
+
+def _start(ref: CacheRef, spec: CacheSpec, node: str | None, attempt: int, going: set[str],
+           out: Decision, used: str | None) -> Copy | None:
+    """Create download pod `attempt`, or, while a pod of that name (an older spec's, or one
+    being deleted) is still there, wait for it to go: an apply would patch that pod, and the
+    API server refuses to change a pod's spec (the copy used to fail, PodRejected)."""
+    pod = download_pod(ref, spec, node, attempt)
+    name = pod["metadata"]["name"]
+    if name not in going:
+        out.create.append(pod)
+        return None
+    out.requeue_after = min(out.requeue_after or 1.0, 1.0)
+    return Copy(node, "Pending", "Starting", f"waiting for the pod {name} of the previous "
+                "spec to be deleted before its successor of that name is created",
+                last_used=used)
 
 
 def _downloading(spec: CacheSpec, node: str | None, newest: CachePod, seen: Progress | None,
