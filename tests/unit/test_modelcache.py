@@ -352,3 +352,32 @@ def test_a_new_spec_waits_for_the_old_pod_of_the_same_name_to_go() -> None:
     d = Decision(status={})
     copy_state(REF, spec, "gpu-1", [], {}, {}, False, NOW, d)
     assert [p["metadata"]["name"] for p in d.create] == [name]  # once it is gone
+
+
+@pytest.mark.parametrize(("pod_status", "says"), [
+    ({"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/7 nodes are available: pod has unbound immediate PersistentVolumeClaims."}]},
+     "Unschedulable: 0/7 nodes are available: pod has unbound immediate PersistentVolumeClaims."),
+    ({"phase": "Pending", "containerStatuses": [{"name": "fetch", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "Back-off pulling image \"nope:1\""}}}]},
+     "ImagePullBackOff: Back-off pulling image \"nope:1\""),
+    ({"phase": "Pending", "containerStatuses": [{"name": "fetch", "state": {"waiting": {
+        "reason": "CreateContainerConfigError", "message": "secret \"s3\" not found"}}}]},
+     "CreateContainerConfigError: secret \"s3\" not found"),
+])
+def test_a_download_pod_that_cannot_start_says_why(pod_status: dict[str, Any],
+                                                    says: str) -> None:
+    """A download pod the scheduler cannot place (its claim's storage class does not exist) or
+    whose image or Secret is missing stayed Pending, and the cache said only 'Downloading:
+    attempt 1, pod ... (not running yet)', forever. Now the reason is PodPending with the
+    scheduler's or the kubelet's words."""
+    from kubemaas_operator.modelcache.status import pod_waiting
+    assert pod_waiting(pod_status) == says
+    pod = _pod("p1", "Pending", node=None, waiting=pod_waiting(pod_status))
+    status, d = _run(PVC_SPEC, [None], [pod])
+    assert (status["phase"], status["reason"]) == ("Downloading", "PodPending")
+    assert status["message"] == f"attempt 1, pod p1 cannot start: {says}" and not d.create
+    assert pod_waiting({"phase": "Pending", "containerStatuses": [{"state": {"waiting": {
+        "reason": "ContainerCreating"}}}]}) == ""
+    assert pod_waiting({"phase": "Running"}) == ""

@@ -41,7 +41,7 @@ from .render import (
     SPEC_LABEL,
     TARGET_LABEL,
 )
-from .status import CachePod
+from .status import CachePod, pod_waiting
 
 log = logging.getLogger("kubemaas.modelcache")
 CACHE = (GROUP, VERSION, PLURAL)
@@ -67,7 +67,8 @@ def cache_pod(body: Mapping[str, Any]) -> CachePod:
                     phase=status.get("phase") or "Pending",
                     exit_code=terminated.get("exitCode"), message=terminated.get("message"),
                     finished_at=parse_time(terminated.get("finishedAt")),
-                    deleting=bool(meta.get("deletionTimestamp")), key=labels.get(KEY_LABEL, ""))
+                    deleting=bool(meta.get("deletionTimestamp")), key=labels.get(KEY_LABEL, ""),
+                    waiting=pod_waiting(status))
 
 
 @kopf.index(*CACHE)

@@ -50,6 +50,31 @@ class CachePod:
     finished_at: datetime | None = None
     deleting: bool = False
     key: str = ""  # an optimize pod's option set (modelcache/optimize.py)
+    waiting: str = ""  # a Pending pod: why it does not run (unschedulable, image pull, ...)
+
+
+_STARTING = ("ContainerCreating", "PodInitializing")
+
+
+def pod_waiting(status: Mapping[str, Any]) -> str:
+    """Why a Pending pod does not run, as `reason: message`: a container waiting for a reason
+    other than being created (ErrImagePull, ImagePullBackOff, CreateContainerConfigError: a
+    missing Secret), or the scheduler's (Unschedulable: an unbound claim, no node); "" if
+    neither says."""
+    if status.get("phase") not in (None, "Pending"):
+        return ""
+    for c in status.get("containerStatuses") or []:
+        waiting = (c.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in _STARTING:
+            return _said(str(waiting["reason"]), waiting.get("message"))
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return _said(str(cond.get("reason") or "Unschedulable"), cond.get("message"))
+    return ""
+
+
+def _said(reason: str, message: Any) -> str:
+    return f"{reason}: {message}" if message else reason
 
 
 @dataclass
@@ -180,8 +205,11 @@ def _downloading(spec: CacheSpec, node: str | None, newest: CachePod, seen: Prog
         out.delete.append(newest.name)
         return Copy(node, "Failed", "DiskFull", f"the model is {seen.bytes_total} bytes, "
                     f"more than spec.sizeLimit ({spec.size_limit})", seen, last_used=used)
-    what = f"attempt {newest.attempt}, pod {newest.name}" + (
-        "" if newest.phase == "Running" else " (not running yet)")
+    what = f"attempt {newest.attempt}, pod {newest.name}"
+    if newest.phase != "Running" and newest.waiting:
+        return Copy(node, "Downloading", "PodPending", f"{what} cannot start: {newest.waiting}",
+                    seen, last_used=used)
+    what += "" if newest.phase == "Running" else " (not running yet)"
     return Copy(node, "Downloading", "Downloading", what, seen, last_used=used)
 
 
