@@ -381,3 +381,56 @@ def test_a_download_pod_that_cannot_start_says_why(pod_status: dict[str, Any],
     assert pod_waiting({"phase": "Pending", "containerStatuses": [{"state": {"waiting": {
         "reason": "ContainerCreating"}}}]}) == ""
     assert pod_waiting({"phase": "Running"}) == ""
+
+
+class _FakeCacheApi:
+    """The calls a deletion makes, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        self.calls.append(("delete", name))
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("apply", manifest["metadata"]["name"]))
+        return manifest
+
+    async def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
+                             resource_version: str) -> None:
+        self.calls.append(("finalizers", finalizers))
+
+    async def post_event(self, *args: Any) -> None:
+        self.calls.append(("event", args[2]))
+
+
+def test_deletion_waits_for_the_clean_pod_once_the_download_pods_are_gone() -> None:
+    """A cache deleted while its download ran: the first pass deleted the download pod and
+    created the clean-up pod; the next pass found no download pod, so no node to clean, and
+    removed the finalizer while the clean-up pod ran (seen on kwok): the garbage collector
+    then deleted it and the node's files stayed. Now the clean-up pod's node, and the nodes the
+    status lists, are cleaned and waited for."""
+    import asyncio
+
+    from kubemaas_operator.modelcache.reconcile import CacheSnapshot, Memory, reconcile_cache
+    body = {"metadata": {"name": "llama", "namespace": "ml", "uid": "u-1", "generation": 1,
+                         "deletionTimestamp": "2026-11-30T19:00:00Z", "resourceVersion": "7",
+                         "finalizers": ["serving.kubemaas.io/model-cache-cleanup"]},
+            "spec": NODE_SPEC,
+            "status": {"nodes": [{"name": "gpu-2", "phase": "Ready"},
+                                 {"name": "gone", "phase": "Ready"},
+                                 {"name": "gpu-3", "phase": "Evicted"}]}}
+    nodes = {"gpu-1": {}, "gpu-2": {}, "gpu-3": {}}
+    clean = _pod("llama-clean-x", "Running", role="clean")
+    fake = _FakeCacheApi()
+    snap = CacheSnapshot(body=body, pods=[clean], nodes=nodes)
+    again = asyncio.run(reconcile_cache(snap, fake, Memory(), NOW))  # type: ignore[arg-type]
+    assert again == 2.0 and not [c for c in fake.calls if c[0] == "finalizers"]
+    assert [c[1] for c in fake.calls if c[0] == "apply"] == [
+        removal_pod(REF, api.parse_cache_spec(NODE_SPEC), "gpu-2", "clean")["metadata"]["name"]]
+    done = replace(clean, phase="Succeeded", exit_code=0)
+    other = replace(_pod("llama-clean-y", "Succeeded", node="gpu-2", role="clean"), exit_code=0)
+    fake = _FakeCacheApi()
+    snap = CacheSnapshot(body=body, pods=[done, other], nodes=nodes)
+    assert asyncio.run(reconcile_cache(snap, fake, Memory(), NOW)) is None  # type: ignore[arg-type]
+    assert fake.calls == [("finalizers", [])]

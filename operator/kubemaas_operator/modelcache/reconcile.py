@@ -142,6 +142,23 @@ def _budget(snap: CacheSnapshot, ref: CacheRef, spec: CacheSpec, decision: Decis
     return evict
 
 
+def clean_targets(snap: CacheSnapshot, spec: CacheSpec) -> list[str | None]:
+    """The copies a deletion empties: the claim, or every node that may hold files: one with a
+    download pod, one whose clean-up pod is there (the download pods it replaced are gone), or
+    one the status lists (not evicted) that still exists (its pods may have been removed).
+    From the download pods alone, the pass after a running one was deleted found no node and
+    removed the finalizer while the clean-up pod ran: the files stayed."""
+    if spec.storage.type == "pvc":
+        return [None]
+    nodes = {p.node for p in snap.pods if p.role in ("fetch", "clean") and p.node}
+    listed = (snap.body.get("status") or {}).get("nodes")
+    for entry in listed if isinstance(listed, list) else []:
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if isinstance(name, str) and name in snap.nodes and entry.get("phase") != "Evicted":
+            nodes.add(name)
+    return [*sorted(nodes)]
+
+
 async def _finalize(snap: CacheSnapshot, api: CacheCluster, memory: Memory) -> float | None:
     body, ref = snap.body, _ref(snap.body)
     meta = body.get("metadata") or {}
@@ -165,10 +182,7 @@ async def _finalize(snap: CacheSnapshot, api: CacheCluster, memory: Memory) -> f
             f"uses it (model pods on {where}); then its files are removed"})
         return 5.0
     if spec is not None and spec.retention == "Delete":
-        if spec.storage.type == "pvc":
-            targets: list[str | None] = [None]
-        else:
-            targets = [*sorted({p.node for p in snap.pods if p.role == "fetch" and p.node})]
+        targets = clean_targets(snap, spec)
         pending = False
         for node in targets:
             clean = next((p for p in snap.pods if p.role == "clean"
