@@ -219,3 +219,17 @@ def test_the_rendered_pod_reads_the_cache_result_on_the_nodes_that_have_it() -> 
     assert term["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]
     runtime = {e["name"]: e["value"] for e in pod_spec["containers"][0]["env"]}
     assert runtime["KUBEMAAS_MODEL_URI"] == "file:///var/cache/kubemaas/optimized/serve"
+
+
+def test_an_optimize_pod_that_cannot_start_says_why() -> None:
+    """An optimize pod stuck Pending (the model's runtime image cannot be pulled, say) left the
+    entry, and the models waiting with CacheOptimizing, at 'pod NAME', for good. Now the
+    entry's message carries the kubelet's or the scheduler's reason."""
+    from dataclasses import replace
+    (want,) = wanted = wants([("a", model(quantize="fp16"))], "default:1")
+    stuck = replace(pod("p", want.key, None, "Pending", PVC),
+                    waiting='ImagePullBackOff: Back-off pulling image "runtime:1"')
+    (entry,) = plan(REF, PVC, [Copy(None, "Ready", "Ready", "")], [stuck], wanted).entries
+    assert entry["phase"] == "Optimizing"
+    assert entry["message"] == 'pod p cannot start: ImagePullBackOff: Back-off pulling image ' \
+        '"runtime:1"'

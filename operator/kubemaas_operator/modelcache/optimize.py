@@ -146,7 +146,8 @@ def copy_entry(want: Want, node: str | None, pod: CachePod | None) -> dict[str, 
     """One copy's state for one key (the pod is that copy's optimize pod, if any)."""
     entry: dict[str, Any] = {"name": node} if node is not None else {}
     if pod is None or pod.phase in ("Pending", "Running"):
-        what = "waiting for its pod" if pod is None else f"pod {pod.name}"
+        what = "waiting for its pod" if pod is None else f"pod {pod.name}" + (
+            f" cannot start: {pod.waiting}" if pod.phase == "Pending" and pod.waiting else "")
         return {**entry, "phase": "Optimizing", "reason": "Optimizing", "message": what}
     found = _report(pod) if pod.phase == "Succeeded" else (
         pod.message or f"{pod.name} failed (exit code {pod.exit_code}); see its log")
