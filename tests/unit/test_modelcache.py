@@ -434,3 +434,26 @@ def test_deletion_waits_for_the_clean_pod_once_the_download_pods_are_gone() -> N
     snap = CacheSnapshot(body=body, pods=[done, other], nodes=nodes)
     assert asyncio.run(reconcile_cache(snap, fake, Memory(), NOW)) is None  # type: ignore[arg-type]
     assert fake.calls == [("finalizers", [])]
+
+
+def test_mount_on_two_ready_copies_has_one_node_per_match_field() -> None:
+    """A node cache Ready on two nodes: the pods got `matchFields metadata.name In [gpu-1,
+    gpu-2]`, which the API server refuses ('must be only one value when operator is In or NotIn
+    for node field selector'): the model's Deployment was Rejected (seen on the testbed). Now
+    each required term becomes one term per node, each with a single value, still ANDed with
+    what the term asked for."""
+    cache = {"metadata": {"generation": 1}, "spec": {"storage": {"type": "node"}},
+             "status": {"observedGeneration": 1, "phase": "Ready", "path": "/c/ml/llama",
+                        "nodes": [{"name": "gpu-2", "phase": "Ready"},
+                                  {"name": "gpu-1", "phase": "Ready"}]}}
+    dep = _deployment()
+    gpu = {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["H100", "A100"]}
+    dep["spec"]["template"]["spec"]["affinity"] = {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [gpu]}]}}}
+    mount_cache(dep, mount_status("llama", cache))
+    terms = dep["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [gpu], "matchFields": [
+        {"key": "metadata.name", "operator": "In", "values": [node]}]} for node in ("gpu-1",
+                                                                                    "gpu-2")]

@@ -7,6 +7,7 @@ affinity on `metadata.name`, ANDed into every term; Node objects are never writt
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -102,13 +103,21 @@ def mount_cache(deployment: dict[str, Any], cache: CacheMount) -> None:
 
 
 def _only_on(spec: dict[str, Any], nodes: list[str]) -> None:
-    field = {"key": "metadata.name", "operator": "In", "values": nodes}
+    """Only on `nodes`, ANDed into every required term. The API server allows one value per
+    `matchFields` requirement on metadata.name (In or NotIn), so each term becomes one term
+    per node (the terms are ORed): a single `In [n1, n2]` was refused, and a model on a cache
+    with two Ready copies got no Deployment (Failed, Rejected)."""
     required = spec.setdefault("affinity", {}).setdefault("nodeAffinity", {}).setdefault(
         "requiredDuringSchedulingIgnoredDuringExecution", {})
     terms = required.get("nodeSelectorTerms") or [{}]
+    out = []
     for term in terms:
-        term["matchFields"] = [*(term.get("matchFields") or []), field]
-    required["nodeSelectorTerms"] = terms
+        for node in nodes:
+            one = copy.deepcopy(term)  # no list shared between terms
+            one["matchFields"] = [*(one.get("matchFields") or []),
+                                  {"key": "metadata.name", "operator": "In", "values": [node]}]
+            out.append(one)
+    required["nodeSelectorTerms"] = out
 
 
 def cache_wait(name: str | None, cache: CacheMount | None) -> Failure | None:
