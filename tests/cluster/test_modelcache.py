@@ -336,3 +336,52 @@ def test_pvc_cache_fills_one_claim(kube: Kube, namespace: str, operator: Operato
                          "readOnly": True, "subPath": "models/files"}
     finally:
         kube.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_a_model_runs_on_every_ready_copy(kube: Kube, namespace: str,
+                                          operator: Operator) -> None:
+    """A cache Ready on two nodes: the model's Deployment used to carry `matchFields
+    metadata.name In [n1, n2]`, which the API server refuses (one value per node field
+    selector), and the model turned Failed, Rejected. Now it runs on both nodes."""
+    n1, n2 = two_nodes(kube)
+    apply(kube, namespace, cache("duo", [n1, n2]))
+    pods = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(
+        cache_pods(kube, namespace, "duo")), timeout=60, what="two download pods")
+    for pod in pods:
+        terminate(kube, namespace, pod, 0, json.dumps(REPORT))
+    wait_for(lambda: cache_status(kube, namespace, "duo").get("phase") == "Ready", timeout=60,
+             what="both copies Ready")
+    apply(kube, namespace, md("on-duo", replicas=2, model={"cache": "duo", "format": "onnx"}))
+
+    def placed() -> set[str] | None:
+        st = _json(kube, "-n", namespace, "get", "md", "on-duo").get("status") or {}
+        assert st.get("reason") != "Rejected", st.get("message")
+        items = _json(kube, "-n", namespace, "get", "pods", "-l",
+                      "app.kubernetes.io/instance=on-duo")["items"]
+        nodes = {p["spec"].get("nodeName") for p in items}
+        return {n for n in nodes if n} if len(items) == 2 and None not in nodes else None
+    assert wait_for(placed, timeout=90, what="the model's pods on both nodes") == {n1, n2}
+
+
+def test_a_cache_deleted_mid_download_waits_for_its_clean_pod(kube: Kube, namespace: str,
+                                                              operator: Operator) -> None:
+    """Deleted while its download pod ran: the pass after that pod was gone found no node to
+    clean and removed the finalizer while the clean-up pod ran (the files stayed). Now the
+    cache stays until the clean-up pod ends."""
+    n1, _ = two_nodes(kube)
+    apply(kube, namespace, cache("going", [n1]))
+    (pod,) = wait_for(lambda: cache_pods(kube, namespace, "going") or None, timeout=60,
+                      what="the download pod")
+    started(kube, namespace, pod)
+    kube.kubectl("-n", namespace, "delete", "modelcache", "going", "--wait=false")
+    (clean,) = wait_for(lambda: cache_pods(kube, namespace, "going", "clean") or None,
+                        timeout=60, what="the clean-up pod")
+    wait_for(lambda: not cache_pods(kube, namespace, "going"), timeout=60,
+             what="the download pod gone")
+    operator.wait_resyncs(2)
+    assert kube.kubectl("-n", namespace, "get", "modelcache", "going",
+                        check=False).returncode == 0, "the finalizer went before the clean-up"
+    terminate(kube, namespace, clean, 0, "")
+    wait_for(lambda: kube.kubectl("-n", namespace, "get", "modelcache", "going",
+                                  check=False).returncode != 0, timeout=60,
+             what="the ModelCache gone once cleaned")
