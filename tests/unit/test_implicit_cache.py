@@ -239,3 +239,17 @@ def test_only_a_cache_the_operator_made_for_the_key_is_adoptable() -> None:
     assert "hf://acme/other" in implicit.name_taken("c", theirs)
     created = implicit.plan("ns", A, model, HF["autoCache"], {})
     assert created.key == key and created.create is not None
+
+
+def test_a_model_that_names_its_implicit_cache_keeps_it() -> None:
+    """A model swapped `uri` + `autoCache` for `cache: <the cache made for it>`: the cache was
+    released as if the model had stopped asking, and deleted (held InUse while the model's
+    pods ran, the model Degraded, CacheDeleting). Now the cache it names is kept, with its
+    reference; another it owns is still released."""
+    body = _created()
+    name = body["metadata"]["name"]
+    other = copy.deepcopy(body)
+    other["metadata"]["name"] = "old-0123456789"
+    caches = {name: body, "old-0123456789": other}
+    assert implicit.plan("ml", A, None, None, caches, named=name).release == ("old-0123456789",)
+    assert implicit.plan("ml", A, None, None, caches).release == ("old-0123456789", name)

@@ -138,7 +138,9 @@ def implicit_view(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], implicit.
     if raw_auto is not None and model is None:
         return body, None, None
     caches = caches_in(namespace)
-    plan = implicit.plan(namespace, owner, model, raw_auto, caches)
+    named = raw_model.get("cache") if isinstance(raw_model, Mapping) else None
+    plan = implicit.plan(namespace, owner, model, raw_auto, caches,
+                         named if isinstance(named, str) else None)
     if not plan.name:
         return body, (plan if plan.release else None), None
     view = dict(body)

@@ -152,12 +152,16 @@ def _chosen(key: str, wanted: str, caches: Mapping[str, Mapping[str, Any]]) -> s
 
 def plan(namespace: str, owner: Owner, model: ModelSource | None,
          raw_auto: Mapping[str, Any] | None,
-         caches: Mapping[str, Mapping[str, Any]]) -> Plan:
+         caches: Mapping[str, Mapping[str, Any]], named: str | None = None) -> Plan:
     """`caches`: the namespace's ModelCaches by name. `model` None (or without autoCache): the
-    model asks for no cache; only what it owns is released."""
+    model asks for no cache; what it owns is released, except the cache it names in
+    spec.model.cache (`named`): a model that swaps its autoCache for the name of the cache
+    made for it still uses it (its deletion was held InUse and the model Degraded,
+    CacheDeleting); it keeps its reference."""
     if model is None or model.auto_cache is None or raw_auto is None:
         return Plan(release=tuple(sorted(n for n, b in caches.items()
-                                         if is_implicit(b) and owned_by(b, owner.uid))))
+                                         if n != named and is_implicit(b)
+                                         and owned_by(b, owner.uid))))
     key = model_key(model)
     wanted = cache_name(model.uri, key)
     name = _chosen(key, wanted, caches)
