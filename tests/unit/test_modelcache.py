@@ -457,3 +457,20 @@ def test_mount_on_two_ready_copies_has_one_node_per_match_field() -> None:
     assert terms == [{"matchExpressions": [gpu], "matchFields": [
         {"key": "metadata.name", "operator": "In", "values": [node]}]} for node in ("gpu-1",
                                                                                     "gpu-2")]
+
+
+def test_a_finished_download_over_the_size_limit_fails_too() -> None:
+    """spec.sizeLimit was checked only against progress lines: a download that finished
+    between two reads (or whose log cannot be read) with 4600 bytes under a 1 KiB limit made
+    the copy Ready, past the limit the node budget counts on. Now its report is held to the
+    same rule: Failed, DiskFull."""
+    raw = {**NODE_SPEC, "sizeLimit": "1Ki"}
+    spec = api.parse_cache_spec(raw)
+    done = replace(_pod("p1", "Succeeded", exit_code=0, message=json.dumps(REPORT)),
+                   spec_hash=spec_hash(spec))
+    status, d = _run(raw, ["gpu-1"], [done])
+    assert (status["phase"], status["reason"]) == ("Failed", "DiskFull") and not d.create
+    assert "4600 bytes, more than spec.sizeLimit (1024)" in status["message"]
+    roomy = {**NODE_SPEC, "sizeLimit": "1Mi"}
+    done = replace(done, spec_hash=spec_hash(api.parse_cache_spec(roomy)))
+    assert _run(roomy, ["gpu-1"], [done])[0]["phase"] == "Ready"

@@ -172,6 +172,11 @@ def copy_state(ref: CacheRef, spec: CacheSpec, node: str | None, pods: Sequence[
         return _downloading(spec, node, newest, seen, out, used)
     report = parse_report(newest.message, newest.exit_code)
     if newest.phase == "Succeeded" and report is not None and report.phase == "Ready":
+        if spec.size_limit is not None and report.bytes_total > spec.size_limit:
+            # finished between two progress reads (or with no log to read): the same rule
+            return Copy(node, "Failed", "DiskFull", f"the model is {report.bytes_total} bytes, "
+                        f"more than spec.sizeLimit ({spec.size_limit})", report=report,
+                        last_used=used)
         return Copy(node, "Ready", "Ready", report.message or "downloaded and verified",
                     report=report, last_used=used)
     if report is not None:  # the downloader gave up and said why
