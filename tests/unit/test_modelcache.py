@@ -474,3 +474,39 @@ def test_a_finished_download_over_the_size_limit_fails_too() -> None:
     roomy = {**NODE_SPEC, "sizeLimit": "1Mi"}
     done = replace(done, spec_hash=spec_hash(api.parse_cache_spec(roomy)))
     assert _run(roomy, ["gpu-1"], [done])[0]["phase"] == "Ready"
+
+
+def test_a_claim_the_api_server_refuses_fails_the_cache() -> None:
+    """spec.storage.pvc.storageClassName changed on a bound claim: the claim's apply was
+    refused (422: spec is immutable), the reconcile raised, the status kept its last message
+    and the refusal reached only the operator's log, every 60 s. Now the cache is Failed,
+    ClaimRejected, with the API server's words, and no pod is created."""
+    import asyncio
+
+    from kubemaas_operator.k8s import ApiError
+    from kubemaas_operator.modelcache.reconcile import CacheSnapshot, Memory, reconcile_cache
+
+    class Refusing(_FakeCacheApi):
+        async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+            if manifest["kind"] == "PersistentVolumeClaim":
+                raise ApiError(422, "Invalid", "spec: Forbidden: spec is immutable")
+            return await super().apply(manifest)
+
+        async def patch_status(self, namespace: str, name: str, status: dict[str, Any],
+                               previous: Any) -> dict[str, Any]:
+            self.calls.append(("status", status))
+            return {"metadata": {"resourceVersion": "8"}}
+
+    raw = {"source": {"uri": "s3://models/llama/"},
+           "storage": {"type": "pvc", "pvc": {"storageClassName": "fast", "size": "1Gi"}}}
+    body = {"metadata": {"name": "llama", "namespace": "ml", "uid": "u-1", "generation": 2,
+                         "resourceVersion": "7",
+                         "finalizers": ["serving.kubemaas.io/model-cache-cleanup"]},
+            "spec": raw}
+    fake = Refusing()
+    asyncio.run(reconcile_cache(CacheSnapshot(body=body), fake, Memory(), NOW))  # type: ignore[arg-type]
+    (status,) = [c[1] for c in fake.calls if c[0] == "status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "ClaimRejected")
+    assert "llama-cache" in status["message"] and "spec is immutable" in status["message"]
+    assert status["conditions"][0]["reason"] == "ClaimRejected"
+    assert not [c for c in fake.calls if c[0] == "apply"]

@@ -256,8 +256,9 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     decision.create += optimizing.create
     decision.delete += optimizing.delete
     wanted_claim = claim(ref, spec)
-    if wanted_claim is not None and decision.create:
-        await api.apply(wanted_claim)
+    if wanted_claim is not None and decision.create and not await _apply_claim(
+            api, wanted_claim, status):
+        decision.create = []  # pods would wait for the claim, or write to the old one
     # Its own pods first: evictions make room for a download, so one the API server refuses
     # (its namespace is being deleted: 403) must not evict another cache's copy.
     if await _apply_pods(api, decision.create, status):
@@ -273,6 +274,27 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     if decision.create or decision.delete:
         waits.append(1.0)
     return min(waits) if waits else None
+
+
+async def _apply_claim(api: CacheCluster, manifest: dict[str, Any],
+                       status: dict[str, Any]) -> bool:
+    """Apply the claim the operator creates; one the API server refuses (a bound claim keeps
+    its spec: another storageClassName, a smaller size) fails the cache with its words (it
+    used to be logged only, the status staying at its last message)."""
+    try:
+        await api.apply(manifest)
+    except ApiError as err:
+        if not (err.invalid or err.status == 403):
+            raise
+        name = manifest["metadata"]["name"]
+        message = (f"the API server refused the claim {name}: {err.message}; a bound claim "
+                   "keeps its storage class and cannot shrink: set spec.storage.pvc back, or "
+                   "delete the claim and then change the ModelCache's spec")
+        status.update(phase="Failed", reason="ClaimRejected", message=message[:2048])
+        for condition in status.get("conditions") or []:
+            condition.update(status="False", reason="ClaimRejected", message=message[:1024])
+        return False
+    return True
 
 
 async def _apply_pods(api: CacheCluster, manifests: list[dict[str, Any]],
