@@ -403,6 +403,11 @@ class _FakeCacheApi:
     async def post_event(self, *args: Any) -> None:
         self.calls.append(("event", args[2]))
 
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any],
+                           previous: Any) -> dict[str, Any]:
+        self.calls.append(("status", status))
+        return {"metadata": {"resourceVersion": "8"}}
+
 
 def test_deletion_waits_for_the_clean_pod_once_the_download_pods_are_gone() -> None:
     """A cache deleted while its download ran: the first pass deleted the download pod and
@@ -426,6 +431,8 @@ def test_deletion_waits_for_the_clean_pod_once_the_download_pods_are_gone() -> N
     snap = CacheSnapshot(body=body, pods=[clean], nodes=nodes)
     again = asyncio.run(reconcile_cache(snap, fake, Memory(), NOW))  # type: ignore[arg-type]
     assert again == 2.0 and not [c for c in fake.calls if c[0] == "finalizers"]
+    (status,) = [c[1] for c in fake.calls if c[0] == "status"]  # no longer 'Downloading'
+    assert status["reason"] == "CleaningUp" and "llama-clean-x" in status["message"]
     assert [c[1] for c in fake.calls if c[0] == "apply"] == [
         removal_pod(REF, api.parse_cache_spec(NODE_SPEC), "gpu-2", "clean")["metadata"]["name"]]
     done = replace(clean, phase="Succeeded", exit_code=0)
@@ -491,11 +498,6 @@ def test_a_claim_the_api_server_refuses_fails_the_cache() -> None:
             if manifest["kind"] == "PersistentVolumeClaim":
                 raise ApiError(422, "Invalid", "spec: Forbidden: spec is immutable")
             return await super().apply(manifest)
-
-        async def patch_status(self, namespace: str, name: str, status: dict[str, Any],
-                               previous: Any) -> dict[str, Any]:
-            self.calls.append(("status", status))
-            return {"metadata": {"resourceVersion": "8"}}
 
     raw = {"source": {"uri": "s3://models/llama/"},
            "storage": {"type": "pvc", "pvc": {"storageClassName": "fast", "size": "1Gi"}}}

@@ -159,6 +159,32 @@ def clean_targets(snap: CacheSnapshot, spec: CacheSpec) -> list[str | None]:
     return [*sorted(nodes)]
 
 
+async def _clean(snap: CacheSnapshot, api: CacheCluster, ref: CacheRef,
+                 spec: CacheSpec) -> list[str]:
+    """Start a clean-up pod per copy; the ones still running, each with why it does not run
+    when it waits (its node gone, its image)."""
+    busy = []
+    for node in clean_targets(snap, spec):
+        clean = next((p for p in snap.pods if p.role == "clean"
+                      and p.target == target_id(node)), None)
+        if clean is None:
+            manifest = removal_pod(ref, spec, node, "clean")
+            try:
+                await api.apply(manifest)
+            except ApiError as err:
+                if err.status != 403:  # 403: the namespace is going away
+                    raise
+                continue
+            busy.append(f"clean-up pod {manifest['metadata']['name']}")
+        elif clean.phase not in ("Succeeded", "Failed"):
+            busy.append(f"clean-up pod {clean.name}" + (
+                f" (it cannot start: {clean.waiting})" if clean.waiting else ""))
+        elif clean.phase == "Failed":
+            await api.post_event(involved(snap.body), "Warning", "CleanupFailed",
+                                 f"{clean.name} could not remove the files; they stay")
+    return busy
+
+
 async def _finalize(snap: CacheSnapshot, api: CacheCluster, memory: Memory) -> float | None:
     body, ref = snap.body, _ref(snap.body)
     meta = body.get("metadata") or {}
@@ -182,25 +208,13 @@ async def _finalize(snap: CacheSnapshot, api: CacheCluster, memory: Memory) -> f
             f"uses it (model pods on {where}); then its files are removed"})
         return 5.0
     if spec is not None and spec.retention == "Delete":
-        targets = clean_targets(snap, spec)
-        pending = False
-        for node in targets:
-            clean = next((p for p in snap.pods if p.role == "clean"
-                          and p.target == target_id(node)), None)
-            if clean is None:
-                try:
-                    await api.apply(removal_pod(ref, spec, node, "clean"))
-                except ApiError as err:
-                    if err.status != 403:  # 403: the namespace is going away
-                        raise
-                    continue
-                pending = True
-            elif clean.phase not in ("Succeeded", "Failed"):
-                pending = True
-            elif clean.phase == "Failed":
-                await api.post_event(involved(body), "Warning", "CleanupFailed",
-                                     f"{clean.name} could not remove the files; they stay")
-        if pending:
+        busy = await _clean(snap, api, ref, spec)
+        if busy:  # say so: the status still read Downloading (or Ready) while it waited
+            previous = memory.previous(body)
+            await _write(api, memory, body, previous, {
+                **previous, "reason": "CleaningUp", "message": (
+                    "being deleted: waiting for " + "; ".join(busy) + " to remove the files")[
+                        :2048]})
             return 2.0
     finalizers.remove(FINALIZER)
     try:
