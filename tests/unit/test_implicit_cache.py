@@ -253,3 +253,18 @@ def test_a_model_that_names_its_implicit_cache_keeps_it() -> None:
     caches = {name: body, "old-0123456789": other}
     assert implicit.plan("ml", A, None, None, caches, named=name).release == ("old-0123456789",)
     assert implicit.plan("ml", A, None, None, caches).release == ("old-0123456789", name)
+
+
+def test_a_cache_name_no_modelcache_can_have_is_refused() -> None:
+    """spec.model.cache took up to 253 characters, but a ModelCache's name is at most 63 (the
+    CRD refuses longer ones): a model naming a 64-character cache waited forever, CacheNotFound
+    'does not exist in this namespace'. Now the CRD and the parser refuse it."""
+    spec = {"model": {"cache": "c" * 64, "format": "onnx"}, "runtime": {"image": "r:1"}}
+    with pytest.raises(SpecError, match=r"spec\.model\.cache.*64 characters"):
+        parse_spec(spec)
+    assert parse_spec({**spec, "model": {"cache": "c" * 63, "format": "onnx"}}).model.cache
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" /
+                          "serving.kubemaas.io_modeldeployments.yaml").read_text())
+    model = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"]["model"]
+    assert model["properties"]["cache"]["maxLength"] == 63

@@ -70,6 +70,9 @@ def parse_model(raw: Any) -> ModelSource:
     cache = string(m.get("cache"), "spec.model.cache")
     if cache is not None and not _CACHE.match(cache):
         raise SpecError("spec.model.cache", f"{cache!r} is not a ModelCache name")
+    if cache is not None and len(cache) > 63:  # a ModelCache with it could never exist
+        raise SpecError("spec.model.cache", f"is {len(cache)} characters: a ModelCache name is "
+                        "at most 63 (the value of the label its pods are found by)")
     if cache is not None and m.get("uri") is not None:
         raise SpecError("spec.model", "set either uri or cache, not both")
     # With a cache the runtime reads the mounted directory (modelcache/mount.py).
