@@ -512,3 +512,21 @@ def test_a_claim_the_api_server_refuses_fails_the_cache() -> None:
     assert "llama-cache" in status["message"] and "spec is immutable" in status["message"]
     assert status["conditions"][0]["reason"] == "ClaimRejected"
     assert not [c for c in fake.calls if c[0] == "apply"]
+
+
+def test_new_files_in_the_cache_roll_the_model() -> None:
+    """The cache's source changed while a model ran on it: the cache downloaded the new files
+    and turned Ready again, but the model's pod template was the same, so its pods kept
+    serving the model they had loaded from the old files, Ready. Now the template carries
+    the cache's status.specHash: new files, a new template, a rollout."""
+    def template(spec_hash_: str) -> dict[str, Any]:
+        cache = {"metadata": {"generation": 2}, "spec": {"storage": {"type": "node"}},
+                 "status": {"observedGeneration": 2, "phase": "Ready", "path": "/c/ml/llama",
+                            "specHash": spec_hash_, "nodes": [{"name": "gpu-1",
+                                                               "phase": "Ready"}]}}
+        dep = _deployment()
+        mount_cache(dep, mount_status("llama", cache))
+        return dict(dep["spec"]["template"])
+    old, new = template("1111"), template("2222")
+    assert old["metadata"]["annotations"] == {"serving.kubemaas.io/model-cache-files": "1111"}
+    assert old != new and old["spec"] == new["spec"]

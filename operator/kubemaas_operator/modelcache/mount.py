@@ -16,6 +16,7 @@ from ..status import Failure
 from .render import CACHE_LABEL
 
 MOUNT_DIR = "/var/lib/kubemaas/model-cache"
+FILES_ANNOTATION = "serving.kubemaas.io/model-cache-files"
 MOUNT_URI = f"file://{MOUNT_DIR}"
 VOLUME = "model-files"
 
@@ -35,6 +36,7 @@ class CacheMount:
     # spec.model.optimize done in the cache (modelcache/optimize.py): per option key, the copies
     # where it has finished ("" for the claim) and what the cache says of it
     optimized: tuple[tuple[str, tuple[str, ...], str], ...] = ()
+    files: str = ""  # status.specHash: which files (source, storage); new files roll the pods
 
 
 def mount_status(name: str, cache: Mapping[str, Any] | None) -> CacheMount:
@@ -53,12 +55,13 @@ def mount_status(name: str, cache: Mapping[str, Any] | None) -> CacheMount:
             f"ModelCache {name} is being deleted; name another cache, or recreate it"))
     fresh = status.get("observedGeneration") == meta.get("generation")
     optimized = _optimized(status)
+    files = str(status.get("specHash") or "")
     if storage == "pvc" and phase == "Ready" and fresh:
         return CacheMount(name=name, ready=True, claim_name=status.get("claimName"),
-                          sub_path=status.get("path"), optimized=optimized)
+                          sub_path=status.get("path"), optimized=optimized, files=files)
     if storage == "node" and nodes and fresh:
         return CacheMount(name=name, ready=True, host_path=status.get("path"), nodes=nodes,
-                          optimized=optimized)
+                          optimized=optimized, files=files)
     reason = "CacheFailed" if phase == "Failed" else "CacheNotReady"
     what = status.get("progress") or "no progress yet"
     return CacheMount(name=name, ready=False, reason=reason, message=(
@@ -84,6 +87,8 @@ def mount_cache(deployment: dict[str, Any], cache: CacheMount) -> None:
     pod = deployment["spec"]["template"]
     labels = pod.setdefault("metadata", {}).setdefault("labels", {})
     labels[CACHE_LABEL] = cache.name[:63].rstrip("-.")  # a valid label value, as render.labels
+    if cache.files:  # the pods loaded these files: a new source (or storage) rolls them
+        pod["metadata"].setdefault("annotations", {})[FILES_ANNOTATION] = cache.files
     spec = pod["spec"]
     if cache.claim_name is not None:
         volume: dict[str, Any] = {"name": VOLUME, "persistentVolumeClaim": {
