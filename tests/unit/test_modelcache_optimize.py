@@ -233,3 +233,20 @@ def test_an_optimize_pod_that_cannot_start_says_why() -> None:
     assert entry["phase"] == "Optimizing"
     assert entry["message"] == 'pod p cannot start: ImagePullBackOff: Back-off pulling image ' \
         '"runtime:1"'
+
+
+def test_an_optimize_pod_waits_for_the_old_one_of_its_name_to_go() -> None:
+    """An option set asked for again while its pod of the same name still terminates (the
+    model re-created with another runtime image, or new files): the new pod was applied onto
+    the terminating one, which the API server refuses when the spec differs (the cache turned
+    Failed, PodRejected, as for download pods). Now the cache waits for the old pod to go."""
+    from dataclasses import replace
+    (want,) = wanted = wants([("a", model(quantize="fp16"))], "default:1")
+    ready = [Copy(None, "Ready", "Ready", "")]
+    (created,) = plan(REF, PVC, ready, [], wanted).create
+    going = replace(pod(created["metadata"]["name"], want.key, None, "Running", PVC),
+                    deleting=True)
+    older = replace(going, deleting=False, spec_hash="0ld")
+    for old in (going, older):
+        p = plan(REF, PVC, ready, [old], wanted)
+        assert not p.create and p.entries[0]["message"] == "waiting for its pod"

@@ -202,12 +202,19 @@ def plan(ref: CacheRef, spec: CacheSpec, copies: Sequence[Copy], pods: Sequence[
     by_target: Mapping[tuple[str, str], CachePod] = {
         (p.key, p.target): p for p in mine if p.spec_hash == current}
     ready = [c.node for c in copies if c.phase == "Ready"]
+    held = {p.name for p in pods if p.role == ROLE}
     for want in wanted:
         states = []
         for node in ready:
             pod = by_target.get((want.key, target_id(node)))
             if pod is None:
-                out.create.append(optimize_pod(ref, spec, node, want))
+                manifest = optimize_pod(ref, spec, node, want)
+                # not while an older pod of that name goes (an older spec's, or of a key no
+                # model wanted a moment ago): the apply would patch it, and the API server
+                # refuses a pod's spec change (the cache failed, PodRejected); its deletion
+                # queues the cache again
+                if manifest["metadata"]["name"] not in held:
+                    out.create.append(manifest)
             states.append(copy_entry(want, node, pod))
         out.entries.append(_aggregate(want, states, spec.storage.type == "node"))
     return out
