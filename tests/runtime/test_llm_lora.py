@@ -225,17 +225,20 @@ def test_a_beam_search_outlives_its_adapters_unload(server: Server, adapters: di
     adapter while it runs lets it finish on the weights it started with, as a single request
     does (it failed with a 500: the next step's request named an unloaded adapter)."""
     root, prompt = adapters["root"], ref.prompt_ids(tiny_llama, "the lazy dog")
-    doc = {"model": "beam", "prompt": prompt, "max_tokens": 48, "n": 4,
-           "use_beam_search": True, "return_token_ids": True}
+    # ignore_eos: every search runs its 400 steps (one that met EOS early on an unloaded
+    # machine ended before the change it was to outlive)
+    doc = {"model": "beam", "prompt": prompt, "max_tokens": 400, "n": 4,
+           "use_beam_search": True, "return_token_ids": True, "ignore_eos": True}
     assert load_adapter(server, {"lora_name": "beam", "lora_path": str(root / "extra")}) == 200
     status, alone = server.post_json("/v1/completions", doc)
     assert status == 200, alone
     for change in ({"lora_name": "beam", "lora_path": str(root / "extra2"), "load_inplace": True},
                    None):
         with ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
             search = pool.submit(server.post_json, "/v1/completions", doc)
             time.sleep(0.3)  # the search is under way (it takes seconds)
-            assert not search.done()
+            assert not search.done(), f"the search ended in {time.monotonic() - started:.2f} s"
             if change is not None:  # replaced by other weights while it runs
                 assert load_adapter(server, change) == 200
             else:  # the replacement unloaded while it runs
