@@ -443,6 +443,31 @@ def test_deletion_waits_for_the_clean_pod_once_the_download_pods_are_gone() -> N
     assert fake.calls == [("finalizers", [])]
 
 
+def test_a_failed_clean_pod_is_said_once_when_the_others_are_done() -> None:
+    """A clean-up pod that failed on one node while another node still cleaned posted its
+    CleanupFailed Event on every pass (each 2 s) until the other finished."""
+    import asyncio
+
+    from kubemaas_operator.modelcache.reconcile import CacheSnapshot, Memory, reconcile_cache
+    body = {"metadata": {"name": "llama", "namespace": "ml", "uid": "u-1", "generation": 1,
+                         "deletionTimestamp": "2026-11-30T19:00:00Z", "resourceVersion": "7",
+                         "finalizers": ["serving.kubemaas.io/model-cache-cleanup"]},
+            "spec": NODE_SPEC, "status": {}}
+    nodes = {"gpu-1": {}, "gpu-2": {}}
+    failed = replace(_pod("llama-clean-x", "Failed", role="clean"), exit_code=1)
+    running = _pod("llama-clean-y", "Running", node="gpu-2", role="clean")
+    for _ in range(3):  # three passes while gpu-2 cleans: no Event
+        fake = _FakeCacheApi()
+        snap = CacheSnapshot(body=body, pods=[failed, running], nodes=nodes)
+        assert asyncio.run(reconcile_cache(snap, fake, Memory(), NOW)) == 2.0  # type: ignore[arg-type]
+        assert not [c for c in fake.calls if c[0] == "event"], fake.calls
+    fake = _FakeCacheApi()
+    done = replace(running, phase="Succeeded", exit_code=0)
+    snap = CacheSnapshot(body=body, pods=[failed, done], nodes=nodes)
+    assert asyncio.run(reconcile_cache(snap, fake, Memory(), NOW)) is None  # type: ignore[arg-type]
+    assert fake.calls == [("event", "CleanupFailed"), ("finalizers", [])]
+
+
 def test_mount_on_two_ready_copies_has_one_node_per_match_field() -> None:
     """A node cache Ready on two nodes: the pods got `matchFields metadata.name In [gpu-1,
     gpu-2]`, which the API server refuses ('must be only one value when operator is In or NotIn

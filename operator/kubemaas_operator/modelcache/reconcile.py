@@ -162,8 +162,9 @@ def clean_targets(snap: CacheSnapshot, spec: CacheSpec) -> list[str | None]:
 async def _clean(snap: CacheSnapshot, api: CacheCluster, ref: CacheRef,
                  spec: CacheSpec) -> list[str]:
     """Start a clean-up pod per copy; the ones still running, each with why it does not run
-    when it waits (its node gone, its image)."""
-    busy = []
+    when it waits (its node gone, its image). A failed one is said once, in an Event on the
+    pass that finds none running (the passes before it come every 2 s)."""
+    busy, failed = [], []
     for node in clean_targets(snap, spec):
         clean = next((p for p in snap.pods if p.role == "clean"
                       and p.target == target_id(node)), None)
@@ -180,8 +181,10 @@ async def _clean(snap: CacheSnapshot, api: CacheCluster, ref: CacheRef,
             busy.append(f"clean-up pod {clean.name}" + (
                 f" (it cannot start: {clean.waiting})" if clean.waiting else ""))
         elif clean.phase == "Failed":
-            await api.post_event(involved(snap.body), "Warning", "CleanupFailed",
-                                 f"{clean.name} could not remove the files; they stay")
+            failed.append(clean.name)
+    for name in failed if not busy else ():
+        await api.post_event(involved(snap.body), "Warning", "CleanupFailed",
+                             f"{name} could not remove the files; they stay")
     return busy
 
 
