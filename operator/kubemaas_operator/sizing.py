@@ -295,7 +295,13 @@ def shape_from_cache(cache: Mapping[str, Any] | None) -> ModelShape | None:
         except SpecError:
             continue
         usable[key] = record[key]
-    return parse_shape(usable, "status.model") if usable else None
+    if not usable:
+        return None
+    try:
+        return parse_shape(usable, "status.model")
+    except SpecError:  # KV heads that do not divide the heads: the heads stand in for them
+        usable.pop("numKeyValueHeads", None)
+        return parse_shape(usable, "status.model")
 
 
 def model_shape(spec: ModelDeploymentSpec, recorded: ModelShape | None) -> ModelShape | None:

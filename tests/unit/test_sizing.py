@@ -404,3 +404,18 @@ def test_a_fixed_count_vllm_cannot_split_the_heads_over_is_refused() -> None:
     raw["gpu"] = {"count": 1}                                # above one GPU anyway)
     one = parse_spec(raw)
     assert size_gpus(one, TESTBED) is one
+
+
+def test_kv_heads_that_do_not_divide_the_heads_are_refused() -> None:
+    """numKeyValueHeads 80 for 8 heads (a typo of 8) sized a KV cache ten times over; no model
+    has it (each KV head serves heads / kv query heads)."""
+    raw = _auto_spec()
+    raw["model"]["shape"] = {**_shape_json(LLAMA3_8B), "numKeyValueHeads": 80}  # type: ignore[index]
+    with pytest.raises(SpecError, match="numKeyValueHeads") as err:
+        parse_spec(raw)
+    assert err.value.path == "spec.model.shape.numKeyValueHeads"
+    # a cache's record with them: the heads stand in, the rest is kept
+    record = {**_shape_json(LLAMA3_8B), "numKeyValueHeads": 5}
+    shape = shape_from_cache({"status": {"model": record}})
+    assert shape is not None and shape.num_key_value_heads is None
+    assert shape.num_layers == LLAMA3_8B.num_layers

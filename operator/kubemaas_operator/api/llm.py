@@ -69,7 +69,7 @@ def parse_shape(raw: Any, path: str = "spec.model.shape") -> ModelShape | None:
     if dtype is not None and dtype not in SHAPE_DTYPES:
         raise SpecError(f"{path}.dtype", f"{dtype!r} is not one of {', '.join(SHAPE_DTYPES)}")
     big = 2**62
-    return ModelShape(
+    shape = ModelShape(
         architecture=string(s.get("architecture"), f"{path}.architecture"),
         parameters=integer(s.get("parameters"), f"{path}.parameters", 1, big),
         weight_bytes=integer(s.get("weightBytes"), f"{path}.weightBytes", 1, big),
@@ -83,6 +83,13 @@ def parse_shape(raw: Any, path: str = "spec.model.shape") -> ModelShape | None:
         max_position_embeddings=integer(s.get("maxPositionEmbeddings"),
                                         f"{path}.maxPositionEmbeddings", 1, 100_000_000),
         dtype=dtype)
+    heads, kv = shape.num_attention_heads, shape.num_key_value_heads
+    if heads is not None and kv is not None and heads % kv:
+        # grouped-query attention: each KV head serves heads / kv query heads (a typo here
+        # sized the KV cache many times over, or a tensor parallelism no engine takes)
+        raise SpecError(f"{path}.numKeyValueHeads", f"{kv} does not divide numAttentionHeads "
+                        f"({heads}): config.json's num_key_value_heads does")
+    return shape
 
 
 def parse_engine(raw: Any) -> str | None:
