@@ -1,0 +1,124 @@
+"""The ModelCache reconcile's calls to the API server, recorded by a fake of its small
+CacheCluster surface: a deletion's clean-up pods and finalizer, a claim the API server refuses
+(the pure status and render logic is tested in test_modelcache.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+from tests.unit.test_modelcache import NODE_SPEC, NOW, REF, _pod
+
+from kubemaas_operator.modelcache import api
+from kubemaas_operator.modelcache.render import removal_pod
+
+
+class _FakeCacheApi:
+    """The calls a deletion makes, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        self.calls.append(("delete", name))
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("apply", manifest["metadata"]["name"]))
+        return manifest
+
+    async def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
+                             resource_version: str) -> None:
+        self.calls.append(("finalizers", finalizers))
+
+    async def post_event(self, *args: Any) -> None:
+        self.calls.append(("event", args[2]))
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any],
+                           previous: Any) -> dict[str, Any]:
+        self.calls.append(("status", status))
+        return {"metadata": {"resourceVersion": "8"}}
+
+
+def test_deletion_waits_for_the_clean_pod_once_the_download_pods_are_gone() -> None:
+    """A cache deleted while its download ran: the first pass deleted the download pod and
+    created the clean-up pod; the next pass found no download pod, so no node to clean, and
+    removed the finalizer while the clean-up pod ran (seen on kwok): the garbage collector
+    then deleted it and the node's files stayed. Now the clean-up pod's node, and the nodes the
+    status lists, are cleaned and waited for."""
+    from kubemaas_operator.modelcache.reconcile import CacheSnapshot, Memory, reconcile_cache
+    body = {"metadata": {"name": "llama", "namespace": "ml", "uid": "u-1", "generation": 1,
+                         "deletionTimestamp": "2026-11-30T19:00:00Z", "resourceVersion": "7",
+                         "finalizers": ["serving.kubemaas.io/model-cache-cleanup"]},
+            "spec": NODE_SPEC,
+            "status": {"nodes": [{"name": "gpu-2", "phase": "Ready"},
+                                 {"name": "gone", "phase": "Ready"},
+                                 {"name": "gpu-3", "phase": "Evicted"}]}}
+    nodes = {"gpu-1": {}, "gpu-2": {}, "gpu-3": {}}
+    clean = _pod("llama-clean-x", "Running", role="clean")
+    fake = _FakeCacheApi()
+    snap = CacheSnapshot(body=body, pods=[clean], nodes=nodes)
+    again = asyncio.run(reconcile_cache(snap, fake, Memory(), NOW))  # type: ignore[arg-type]
+    assert again == 2.0 and not [c for c in fake.calls if c[0] == "finalizers"]
+    (status,) = [c[1] for c in fake.calls if c[0] == "status"]  # no longer 'Downloading'
+    assert status["reason"] == "CleaningUp" and "llama-clean-x" in status["message"]
+    assert [c[1] for c in fake.calls if c[0] == "apply"] == [
+        removal_pod(REF, api.parse_cache_spec(NODE_SPEC), "gpu-2", "clean")["metadata"]["name"]]
+    done = replace(clean, phase="Succeeded", exit_code=0)
+    other = replace(_pod("llama-clean-y", "Succeeded", node="gpu-2", role="clean"), exit_code=0)
+    fake = _FakeCacheApi()
+    snap = CacheSnapshot(body=body, pods=[done, other], nodes=nodes)
+    assert asyncio.run(reconcile_cache(snap, fake, Memory(), NOW)) is None  # type: ignore[arg-type]
+    assert fake.calls == [("finalizers", [])]
+
+
+def test_a_failed_clean_pod_is_said_once_when_the_others_are_done() -> None:
+    """A clean-up pod that failed on one node while another node still cleaned posted its
+    CleanupFailed Event on every pass (each 2 s) until the other finished."""
+    from kubemaas_operator.modelcache.reconcile import CacheSnapshot, Memory, reconcile_cache
+    body = {"metadata": {"name": "llama", "namespace": "ml", "uid": "u-1", "generation": 1,
+                         "deletionTimestamp": "2026-11-30T19:00:00Z", "resourceVersion": "7",
+                         "finalizers": ["serving.kubemaas.io/model-cache-cleanup"]},
+            "spec": NODE_SPEC, "status": {}}
+    nodes = {"gpu-1": {}, "gpu-2": {}}
+    failed = replace(_pod("llama-clean-x", "Failed", role="clean"), exit_code=1)
+    running = _pod("llama-clean-y", "Running", node="gpu-2", role="clean")
+    for _ in range(3):  # three passes while gpu-2 cleans: no Event
+        fake = _FakeCacheApi()
+        snap = CacheSnapshot(body=body, pods=[failed, running], nodes=nodes)
+        assert asyncio.run(reconcile_cache(snap, fake, Memory(), NOW)) == 2.0  # type: ignore[arg-type]
+        assert not [c for c in fake.calls if c[0] == "event"], fake.calls
+    fake = _FakeCacheApi()
+    done = replace(running, phase="Succeeded", exit_code=0)
+    snap = CacheSnapshot(body=body, pods=[failed, done], nodes=nodes)
+    assert asyncio.run(reconcile_cache(snap, fake, Memory(), NOW)) is None  # type: ignore[arg-type]
+    assert fake.calls == [("event", "CleanupFailed"), ("finalizers", [])]
+
+
+def test_a_claim_the_api_server_refuses_fails_the_cache() -> None:
+    """spec.storage.pvc.storageClassName changed on a bound claim: the claim's apply was
+    refused (422: spec is immutable), the reconcile raised, the status kept its last message
+    and the refusal reached only the operator's log, every 60 s. Now the cache is Failed,
+    ClaimRejected, with the API server's words, and no pod is created."""
+    from kubemaas_operator.k8s import ApiError
+    from kubemaas_operator.modelcache.reconcile import CacheSnapshot, Memory, reconcile_cache
+
+    class Refusing(_FakeCacheApi):
+        async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+            if manifest["kind"] == "PersistentVolumeClaim":
+                raise ApiError(422, "Invalid", "spec: Forbidden: spec is immutable")
+            return await super().apply(manifest)
+
+    raw = {"source": {"uri": "s3://models/llama/"},
+           "storage": {"type": "pvc", "pvc": {"storageClassName": "fast", "size": "1Gi"}}}
+    body = {"metadata": {"name": "llama", "namespace": "ml", "uid": "u-1", "generation": 2,
+                         "resourceVersion": "7",
+                         "finalizers": ["serving.kubemaas.io/model-cache-cleanup"]},
+            "spec": raw}
+    fake = Refusing()
+    asyncio.run(reconcile_cache(CacheSnapshot(body=body), fake, Memory(), NOW))  # type: ignore[arg-type]
+    (status,) = [c[1] for c in fake.calls if c[0] == "status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "ClaimRejected")
+    assert "llama-cache" in status["message"] and "spec is immutable" in status["message"]
+    assert status["conditions"][0]["reason"] == "ClaimRejected"
+    assert not [c for c in fake.calls if c[0] == "apply"]
