@@ -204,7 +204,11 @@ def test_invalid_cache_is_refused(kube: Kube, namespace: str, operator: Operator
 def test_budget_evicts_the_least_recently_used_copy(kube: Kube, namespace: str,
                                                     operator: Operator) -> None:
     n1, _ = two_nodes(kube)
-    node = {"type": "node", "node": {"nodes": [n1], "budget": "6000"}}
+    # A directory of the test's own: the budget counts only the copies under the same path, so
+    # caches of earlier tests whose namespaces are still going (their copies still on n1) are
+    # not candidates that the least-recently-used order could pick before old.
+    node = {"type": "node", "node": {"nodes": [n1], "budget": "6000",
+                                     "path": f"/var/lib/kubemaas/budget-{namespace}"}}
     apply(kube, namespace, cache("old", [n1], storage=node))
     (pod,) = wait_for(lambda: cache_pods(kube, namespace, "old") or None, timeout=60,
                       what="old's download pod")
