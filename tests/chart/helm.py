@@ -44,6 +44,12 @@ def helm(*args: str, kubeconfig: Path | None = None, check: bool = True,
     return result
 
 
+def render_chart(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """helm template of the chart for the tests' Kubernetes version (helm's own default, 1.20,
+    is older than the chart's kubeVersion)."""
+    return helm("template", "x", str(CHART), "--kube-version", KUBE_VERSION, *args, check=check)
+
+
 def template(*args: str, namespace: str = "kubemaas-system") -> str:
     return helm("template", "kubemaas", str(CHART), "--namespace", namespace,
                 "--kube-version", KUBE_VERSION, *args).stdout
