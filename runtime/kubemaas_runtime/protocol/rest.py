@@ -26,6 +26,7 @@ from ..errors import (
 )
 from ..logs import request_context
 from ..metrics import Metrics
+from .body_budget import BodyBudget, BodyErrors
 from .expect import go_ahead
 from .request_log import CLIENT_GONE, HEADER, UNLOGGED, valid_id, write_record
 
@@ -37,6 +38,17 @@ _OUTCOME = {200: "ok", 400: "client_error", 404: "not_found", 405: "client_error
             413: "client_error", 415: "client_error", 500: "server_error", 503: "unavailable"}
 # the codings aiohttp decodes (any other it passes through as if there were none)
 _CODINGS = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
+
+
+def _closing(exc: RuntimeErrorBase) -> RuntimeErrorBase:
+    exc.close_connection = True  # the rest of the body is not read
+    return exc
+
+
+_BODY_ERRORS = BodyErrors(
+    too_large=PayloadTooLarge,
+    busy=lambda message: _closing(Unavailable(message, retry_after_s=1)),
+    unreadable=lambda message: _closing(InvalidInput(message)))
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
@@ -59,62 +71,24 @@ class RestServer:
                  max_inflight_bytes: int | None = None, log_requests: bool = False) -> None:
         self.dp = dataplane
         self.metrics = metrics
-        self.max_request_bytes = max_request_bytes
-        self.max_inflight_bytes = max_inflight_bytes or 4 * max_request_bytes
         self.inflight = 0  # HTTP inference requests being handled (for SIGTERM drain)
-        self.body_bytes = 0  # request bodies held by requests in flight
+        # request bodies held by requests in flight: 413 and 503 past their bounds
+        self.bodies = BodyBudget(max_request_bytes, max_inflight_bytes or 4 * max_request_bytes,
+                                 _BODY_ERRORS)
         # what answers a request: with --log-requests through _recorded (the hot path stays as
         # it is without)
         self.entry = self._recorded if log_requests else self.handle
         self.server = web.Server(self.entry, access_log=None)
 
     async def _read_body(self, request: web.BaseRequest) -> bytes:
-        length = request.content_length
-        if length is not None and length > self.max_request_bytes:
-            raise PayloadTooLarge(f"request body of {length} bytes is over the limit of "
-                                  f"{self.max_request_bytes} bytes")
-        if length is not None and self.body_bytes + length > self.max_inflight_bytes:
-            raise self._busy()
+        """The body, counted in self.bodies until the caller releases it (request done)."""
+        self.bodies.admit(request)
         coding = request.headers.get("Content-Encoding")
         if coding is not None and coding.strip().lower() not in _CODINGS:
             raise UnsupportedEncoding(f"Content-Encoding {coding!r} is not supported; use "
                                       "gzip, deflate, br, zstd or none")
         await go_ahead(request)
-        chunks: list[bytes] = []
-        total = 0  # counted in self.body_bytes as it arrives: a body still being read is held
-        try:
-            while True:
-                chunk = await self._next_chunk(request)
-                if not chunk:
-                    break
-                if total + len(chunk) > self.max_request_bytes:
-                    raise PayloadTooLarge(f"request body is over the limit of "
-                                          f"{self.max_request_bytes} bytes")
-                if self.body_bytes + len(chunk) > self.max_inflight_bytes:
-                    raise self._busy()
-                total += len(chunk)
-                self.body_bytes += len(chunk)
-                chunks.append(chunk)
-        except BaseException:
-            self.body_bytes -= total
-            raise
-        # the caller gives the body's bytes back when the request is done
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    @staticmethod
-    async def _next_chunk(request: web.BaseRequest) -> bytes:
-        try:
-            return await request.content.readany()
-        except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode
-            unreadable = InvalidInput(f"the request body cannot be read: {exc}")
-            unreadable.close_connection = True  # the rest of it is not read
-            raise unreadable from None
-
-    def _busy(self) -> Unavailable:
-        exc = Unavailable(f"over {self.max_inflight_bytes} bytes of request bodies are in "
-                          "flight; retry later", retry_after_s=1)
-        exc.close_connection = True
-        return exc
+        return await self.bodies.read(request)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         parts = request.path.strip("/").split("/")
@@ -237,7 +211,7 @@ class RestServer:
             return _error(500, "internal error; see the server log")
         finally:
             self.inflight -= 1
-            self.body_bytes -= charged
+            self.bodies.release(charged)
             self._observe(name, "infer", status, start)
 
     async def _v1(self, request: web.BaseRequest, method: str,
@@ -268,7 +242,7 @@ class RestServer:
                 return _error(500, "internal error; see the server log")
             finally:
                 self.inflight -= 1
-                self.body_bytes -= charged
+                self.bodies.release(charged)
                 self._observe(name, "predict", status, start)
         if ":" not in target:
             ready = self.dp.model_ready(target, None)
