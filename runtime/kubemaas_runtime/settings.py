@@ -7,6 +7,7 @@ one stops the runtime with a one-line message naming the flag and the variable.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -233,7 +234,8 @@ OPTIONS: tuple[Option, ...] = (
            "Requests per second allowed to each API key (or to all callers together without "
            "keys); over it gets 429 + Retry-After. 0 = no limit."),
     Option("rate_limit_burst", "--rate-limit-burst", "KUBEMAAS_RATE_LIMIT_BURST", 0.0, float,
-           "Requests a key may make at once above its per-second rate. 0 = max(1, rate)."),
+           "Requests a key may make at once above its per-second rate: 0 = max(1, rate), else at "
+           "least 1."),
     Option("rate_limit_tpm", "--rate-limit-tpm", "KUBEMAAS_RATE_LIMIT_TPM", 0, int,
            "hf models: prompt + completion tokens per minute allowed to each API key; a key "
            "over it gets 429 + Retry-After until it is paid back. 0 = no limit."),
@@ -464,8 +466,11 @@ def _check_limits(values: dict[str, Any], check: Check) -> None:
           "must be at least --max-num-seqs and --block-size")
     check("metrics_port", values["metrics_port"] is None or 0 <= values["metrics_port"] <= 65535,
           "must be between 0 and 65535")
-    check("rate_limit_rps", values["rate_limit_rps"] >= 0, "must be 0 or more")
-    check("rate_limit_burst", values["rate_limit_burst"] >= 0, "must be 0 or more")
+    check("rate_limit_rps", 0 <= values["rate_limit_rps"] < math.inf,
+          "must be 0 (no limit) or a finite number of requests per second")
+    check("rate_limit_burst", values["rate_limit_burst"] == 0 or
+          1 <= values["rate_limit_burst"] < math.inf,
+          "must be 0 (max(1, --rate-limit-rps)) or a finite number of requests, at least 1")
     check("rate_limit_tpm", values["rate_limit_tpm"] >= 0, "must be 0 or more")
     check("header_timeout_s", 0 < values["header_timeout_s"] <= 600, "must be in (0, 600] s")
     check("idle_timeout_s", 0 < values["idle_timeout_s"] <= 86400, "must be in (0, 86400] s")

@@ -35,6 +35,11 @@ def test_env_then_flags_then_defaults() -> None:
     (["--model-uri", "m.onnx", "--device", "tpu"], {}, "auto, cpu, cuda"),
     (["--model-uri", "m.onnx", "--pad-batches", "sometimes"], {}, "auto, always, never"),
     (["--model-uri", "m.onnx"], {"KUBEMAAS_WARMUP": "maybe"}, "true or false"),
+    # a bucket smaller than one request refused every request forever, Retry-After: 1
+    (["--model-uri", "m.onnx", "--rate-limit-rps", "10", "--rate-limit-burst", "0.5"], {},
+     "--rate-limit-burst / KUBEMAAS_RATE_LIMIT_BURST: must be 0"),
+    (["--model-uri", "m.onnx", "--rate-limit-burst", "inf"], {}, "--rate-limit-burst"),
+    (["--model-uri", "m.onnx"], {"KUBEMAAS_RATE_LIMIT_RPS": "inf"}, "a finite number"),
 ])
 def test_invalid_settings(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(StartupError, match="invalid setting") as info:
