@@ -125,3 +125,27 @@ def test_prompt_char_limit() -> None:
     tok = Tok()
     assert prompt_char_limit(tok, 100) == 100 * 6 * 2
     assert prompt_char_limit(tok, 100) == 1200  # cached
+
+
+def test_encrypted_tls_key_is_a_clear_error_not_a_prompt(tmp_path: Path) -> None:
+    # OpenSSL asked for a pass phrase on the terminal: "[Errno 22] Invalid argument" without one,
+    # and with one (a developer's shell, a pod with tty: true) the reload blocked the event loop
+    import subprocess
+
+    from tests.runtime.secrets_helpers import CA
+
+    from kubemaas_runtime.security.tls import TLSFiles
+
+    pair = CA(tmp_path / "ca").issue(1)
+    plain = tmp_path / "plain.key"
+    plain.write_bytes(pair["tls.key"])
+    encrypted = subprocess.run(
+        ["openssl", "pkey", "-in", str(plain), "-aes256", "-passout", "pass:secret"],
+        check=True, capture_output=True, stdin=subprocess.DEVNULL).stdout
+    write_secret(tmp_path / "tls", {"tls.crt": pair["tls.crt"], "tls.key": encrypted})
+    with pytest.raises(StartupError, match=r"tls\.key is encrypted"):
+        TLSFiles(str(tmp_path / "tls"))
+    write_secret(tmp_path / "tls", pair)
+    files = TLSFiles(str(tmp_path / "tls"))
+    write_secret(tmp_path / "tls", {"tls.crt": pair["tls.crt"], "tls.key": encrypted})
+    assert not files.refresh() and files.reloads == {"ok": 0, "error": 1}  # the old pair stays

@@ -15,6 +15,17 @@ from .secretdir import Signature, signature
 log = logging.getLogger("kubemaas.runtime.security")
 
 
+class EncryptedKeyError(ValueError):
+    pass
+
+
+def _no_pass_phrase() -> bytes:
+    """The pass phrase callback: without one, OpenSSL asks for it on the terminal (a blocking
+    read on the event loop) or fails with "[Errno 22] Invalid argument" where there is none."""
+    raise EncryptedKeyError("tls.key is encrypted; a kubernetes.io/tls Secret holds an "
+                            "unencrypted PEM key (openssl pkey -in KEY -out tls.key)")
+
+
 class TLSFiles:
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
@@ -25,7 +36,7 @@ class TLSFiles:
         try:
             self._sig: Signature = signature(self.directory)
             self._load()
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError, EncryptedKeyError) as exc:
             raise StartupError(f"--tls-dir {directory}: cannot load tls.crt and tls.key: "
                                f"{exc}") from None
         self._failed_sig: Signature | None = None
@@ -34,8 +45,9 @@ class TLSFiles:
         crt, key = self.directory / "tls.crt", self.directory / "tls.key"
         # a pair that fails half way must not leave the live context with a new certificate and
         # the old key: try it on a scratch context first
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(crt, key)
-        self.context.load_cert_chain(crt, key)
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            crt, key, password=_no_pass_phrase)
+        self.context.load_cert_chain(crt, key, password=_no_pass_phrase)
 
     def refresh(self) -> bool:
         """Re-read the pair if the files changed; True when a new certificate was loaded. A pair
@@ -48,7 +60,7 @@ class TLSFiles:
             return False
         try:
             self._load()
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError, EncryptedKeyError) as exc:
             self._failed_sig = sig
             self.reloads["error"] += 1
             log.error("tls certificate not reloaded; keeping the previous one",
