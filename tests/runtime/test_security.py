@@ -86,6 +86,11 @@ def test_oip_needs_a_key(onnx_with_keys: Server) -> None:
     assert 'kubemaas_auth_requests_total{key="bob",outcome="ok"} 2' in text
     assert 'kubemaas_auth_requests_total{key="",outcome="missing"}' in text
     assert 'kubemaas_api_keys_loaded 2' in text
+    # HEAD as GET (it was 404 "no route for HEAD /metrics" on both ports), other paths refused
+    status, got, _ = request(metrics_port(server), "HEAD", "/metrics")
+    assert status == 200 and got["content-type"].startswith("text/plain")
+    assert request(server.port, "HEAD", "/metrics", headers={"x-api-key": BOB})[0] == 200
+    assert request(metrics_port(server), "GET", "/v2/models/tiny")[0] == 404
 
 
 def test_tritonclient_with_a_key(onnx_with_keys: Server) -> None:

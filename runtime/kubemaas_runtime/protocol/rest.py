@@ -98,7 +98,7 @@ class RestServer:
                 return await self._v2(request, method, parts)
             if parts[0] == "v1" and len(parts) == 3 and parts[1] == "models":
                 return await self._v1(request, method, parts[2])
-            if parts == ["metrics"] and method == "GET":
+            if parts == ["metrics"] and method in ("GET", "HEAD"):
                 return web.Response(body=self.metrics.render(),
                                     content_type="text/plain", charset="utf-8",
                                     headers={"X-Content-Type-Options": "nosniff"})
