@@ -52,3 +52,18 @@ def observer(m: LLMMetrics, choice: Choice, n: int = 1) -> Callable[[Delta], Non
             m.observe_request(delta, first_at[0] if first_at else None, stream.arrival,
                               stream.seq.params.max_tokens, n)
     return observe
+
+
+def charge_unfinished(choices: list[Choice]) -> None:
+    """The choices whose last delta never came (the client went away, a write failed, the
+    drain cut them) are charged to the API key what they generated so far: the finishing
+    delta, which charges a choice, would otherwise leave them free."""
+    usage = current_usage.get()
+    if usage is None:
+        return
+    for choice in choices:
+        if choice.stream.finished:
+            continue
+        seq = choice.stream.seq
+        ran = bool(seq.output) or seq.scheduled_at is not None
+        usage.add((len(seq.prompt) if choice.first and ran else 0) + len(seq.output))
