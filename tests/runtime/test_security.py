@@ -282,3 +282,27 @@ def test_openai_client_with_key_tls_and_token_limit(tiny_llama: Path, tmp_path: 
         http.close()
     finally:
         assert server.stop() == 0
+
+
+def test_metrics_port_cuts_slow_headers_too(tiny_onnx: Path) -> None:
+    # the --metrics-port listener had no header deadline: headers sent a line a second held
+    # its connection for as long as the client liked (the serving port cut them)
+    import time
+
+    server = start_server(["--model-uri", str(tiny_onnx), "--name", "tiny", "--metrics-port",
+                           "0", "--header-timeout-s", "1"])
+    try:
+        port = metrics_port(server)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(b"GET /metrics HTTP/1.1\r\n")
+            start = time.monotonic()
+            with pytest.raises(OSError):
+                while time.monotonic() - start < 6:
+                    slow.sendall(b"X-Slow: 1\r\n")
+                    time.sleep(0.25)
+            assert time.monotonic() - start < 4
+        status, _, text = request(port, "GET", "/metrics")  # the port goes on serving
+        assert status == 200
+        assert 'kubemaas_connections_closed_total{reason="header_timeout"} 1' in text.decode()
+    finally:
+        assert server.stop() == 0

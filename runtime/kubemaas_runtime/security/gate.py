@@ -288,15 +288,7 @@ class Security:
             return
         from ..errors import StartupError
 
-        async def metrics_only(request: web.BaseRequest) -> web.StreamResponse:
-            if request.path != "/metrics" or request.method not in ("GET", "HEAD"):
-                return web.json_response({"error": "this port serves GET /metrics only"},
-                                         status=404)
-            return await self.handler(request)
-
-        runner = web.ServerRunner(web.Server(metrics_only, access_log=None,
-                                             keepalive_timeout=self.settings.idle_timeout_s),
-                                  handle_signals=False)
+        runner = web.ServerRunner(self._metrics_server(), handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.metrics_port,
                            reuse_address=True)
@@ -310,6 +302,29 @@ class Security:
         port = runner.addresses[0][1] if runner.addresses else self.settings.metrics_port
         logging.getLogger("kubemaas.runtime.lifecycle").info(
             "metrics listening", extra={"fields": {"host": self.settings.host, "port": port}})
+
+    def _metrics_server(self) -> HardenedServer:
+        """The --metrics-port listener: GET /metrics only, with the serving port's connection
+        limits (header deadline, idle timeout, header sizes)."""
+
+        async def metrics_only(request: web.BaseRequest) -> web.StreamResponse:
+            proto = request.protocol if isinstance(request.protocol, HardenedHandler) else None
+            if proto is not None:
+                proto.request_started()
+            try:
+                if request.path != "/metrics" or request.method not in ("GET", "HEAD"):
+                    return web.json_response({"error": "this port serves GET /metrics only"},
+                                             status=404)
+                return await self.handler(request)
+            finally:
+                if proto is not None:
+                    proto.request_finished()
+
+        return HardenedServer(
+            metrics_only, access_log=None, keepalive_timeout=self.settings.idle_timeout_s,
+            max_line_size=8190, max_field_size=8190, max_headers=100,
+            header_timeout_s=self.settings.header_timeout_s,
+            on_header_timeout=lambda: self.smetrics.closed.inc(("header_timeout",)))
 
     async def _watch(self) -> None:
         while True:
