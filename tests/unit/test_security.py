@@ -91,6 +91,25 @@ def test_keystore_reload(tmp_path: Path) -> None:
         KeyStore(str(tmp_path / "missing"))
 
 
+def test_keystore_reads_one_version_of_the_secret(tmp_path: Path) -> None:
+    # the kubelet swaps ..data first, then adds the new keys' links and removes the old ones:
+    # read through the links in between, a removed key's link dangles ("api keys not
+    # reloaded", a reload error on a plain rotation) and an added key is not there yet
+    import os
+
+    write_secret(tmp_path, {"alice": b"a" * 20, "bob": b"b" * 20})
+    store = KeyStore(str(tmp_path))
+    new = tmp_path / "..2099_01_01_00_00_00.1"
+    new.mkdir()
+    (new / "bob").write_bytes(b"B" * 20)
+    (new / "carol").write_bytes(b"c" * 20)
+    os.symlink(new.name, tmp_path / "..data_tmp")
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")  # links not updated yet
+    assert store.refresh() and store.reloads == {"ok": 1, "error": 0}
+    assert sorted(store.keys.digests) == ["bob", "carol"]
+    assert store.match("B" * 20) == "bob" and store.match("a" * 20) is None
+
+
 def test_token_bucket() -> None:
     b = TokenBucket(rate=2.0, capacity=3.0, stamp=0.0)
     assert [b.try_take(1, 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]

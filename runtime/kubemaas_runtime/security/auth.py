@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StartupError
-from .secretdir import Signature, entries, signature
+from .secretdir import Signature, entries, read_version, signature
 
 log = logging.getLogger("kubemaas.runtime.security")
 
@@ -67,7 +67,12 @@ def parse_key(name: str, raw: bytes) -> str:
 
 
 def load_keys(directory: Path) -> KeySet:
-    """Every key file in the directory; a bad file or two names for one key is an error."""
+    """Every key file of the Secret's current version; a bad file or two names for one key
+    is an error."""
+    return read_version(directory, _load_version)
+
+
+def _load_version(directory: Path) -> KeySet:
     digests: dict[str, bytes] = {}
     owner: dict[bytes, str] = {}
     for path in entries(directory):

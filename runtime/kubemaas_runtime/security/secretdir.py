@@ -10,9 +10,12 @@ kubelet's own and are skipped.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 Signature = tuple[object, ...]
+T = TypeVar("T")
 
 
 def entries(directory: Path) -> list[Path]:
@@ -36,3 +39,27 @@ def signature(directory: Path) -> Signature:
             continue
         parts.append((path.name, st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(parts)
+
+
+def version_dir(directory: Path) -> Path:
+    """The directory holding one whole version of the Secret: the timestamped directory
+    ``..data`` points to, or ``directory`` itself when it is not a kubelet volume."""
+    data = directory / "..data"
+    if data.is_symlink():
+        return directory / os.readlink(data)
+    return directory
+
+
+def read_version(directory: Path, read: Callable[[Path], T]) -> T:
+    """``read`` one version of the Secret, never half of one and half of the next: its files
+    are read in the timestamped directory, not through the per-key links (which the kubelet
+    adds and removes after the swap). A version removed while it is read (a swap meanwhile)
+    is read again in the new one."""
+    for _ in range(3):
+        base = version_dir(directory)
+        try:
+            return read(base)
+        except OSError:
+            if version_dir(directory) == base:
+                raise
+    return read(version_dir(directory))

@@ -10,7 +10,7 @@ import ssl
 from pathlib import Path
 
 from ..errors import StartupError
-from .secretdir import Signature, signature
+from .secretdir import Signature, read_version, signature
 
 log = logging.getLogger("kubemaas.runtime.security")
 
@@ -42,7 +42,10 @@ class TLSFiles:
         self._failed_sig: Signature | None = None
 
     def _load(self) -> None:
-        crt, key = self.directory / "tls.crt", self.directory / "tls.key"
+        read_version(self.directory, self._load_pair)  # one version's crt and key, never mixed
+
+    def _load_pair(self, directory: Path) -> None:
+        crt, key = directory / "tls.crt", directory / "tls.key"
         # a pair that fails half way must not leave the live context with a new certificate and
         # the old key: try it on a scratch context first
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
