@@ -217,6 +217,31 @@ def test_huge_headers(targets: dict[str, Target]) -> None:
     measured("huge headers (1 MB header, 5000 headers, 100 kB request line)", targets, run)
 
 
+def test_malformed_http_is_a_400_in_the_protocols_shape(targets: dict[str, Target]) -> None:
+    """aiohttp's own 400s (a header line too long, a control character in a header value) were
+    plain text echoing the offending bytes, an API key among them; now they are in the
+    protocol's error shape and name only the fault."""
+    key = b"not-to-be-echoed-0123456789"
+    for t in targets.values():
+        for bad in (b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000
+                    + b"\r\n\r\n",
+                    b"GET /v2/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \x00" + key
+                    + b"\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", t.port), timeout=20) as s:
+                s.sendall(bad)
+                answer = b""
+                while chunk := s.recv(65536):  # the server closes after the error
+                    answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert status_of(answer) == 400, answer[:300]
+            assert b"content-type: application/json" in head.lower(), answer[:300]
+            doc = json.loads(body)
+            message = doc["error"] if t.name == "oip" else doc["error"]["message"]
+            assert isinstance(message, str) and message and key not in body, doc
+            if t.name == "openai":
+                assert doc["error"]["type"] == "invalid_request_error", doc
+
+
 def test_thousand_idle_connections(targets: dict[str, Target]) -> None:
     """1000 connections per server that send nothing: the well-behaved traffic keeps going and
     the server closes every one after the idle timeout."""

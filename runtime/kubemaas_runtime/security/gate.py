@@ -94,10 +94,18 @@ def _oip_error(status: int, message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-def _openai_error(status: int, message: str, code: str) -> bytes:
-    kind = "authentication_error" if status == 401 else "rate_limit_error"
+def _openai_error(status: int, message: str, code: str | None) -> bytes:
+    kind = {401: "authentication_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error")
     return json.dumps({"error": {"message": message, "type": kind, "param": None,
                                  "code": code}}).encode()
+
+
+def malformed_body(openai: bool) -> Callable[[int, str], bytes]:
+    """The error body of a request aiohttp could not parse, in the protocol's shape."""
+    if openai:
+        return lambda status, message: _openai_error(status, message, None)
+    return _oip_error
 
 
 class Gate:
@@ -262,7 +270,7 @@ class Security:
             max_line_size=8190, max_field_size=8190, max_headers=100,
             header_timeout_s=settings.header_timeout_s,
             on_header_timeout=lambda: self.smetrics.closed.inc(("header_timeout",)),
-            **server_kwargs)
+            error_body=malformed_body(openai), **server_kwargs)
         self._task: asyncio.Task[None] | None = None
         self._metrics_runner: web.ServerRunner | None = None
 
@@ -324,7 +332,8 @@ class Security:
             metrics_only, access_log=None, keepalive_timeout=self.settings.idle_timeout_s,
             max_line_size=8190, max_field_size=8190, max_headers=100,
             header_timeout_s=self.settings.header_timeout_s,
-            on_header_timeout=lambda: self.smetrics.closed.inc(("header_timeout",)))
+            on_header_timeout=lambda: self.smetrics.closed.inc(("header_timeout",)),
+            error_body=_oip_error)
 
     async def _watch(self) -> None:
         while True:
