@@ -10,6 +10,11 @@ The stages are read from what the kubelet reports, so they hold for any model fo
   Loading      every init container is done and the main container runs but is not Ready yet
                (an engine reading weights and warming up); while its startup probe has not
                passed (`started: false`) it is Loading however long that takes, never NotReady
+  ContainerCreating
+               the pod is on a node and none of its containers has started: the kubelet pulls
+               images or mounts volumes (a Secret the spec names that does not exist, such as
+               the API keys' or the TLS pair's, keeps the pod here for ever: the kubelet says
+               which in the pod's Events, which the operator does not read)
   OutOfGPUMemory
                a container ended with a termination message that says the GPU ran out of memory,
                as torch and vLLM print it. The runtime container's terminationMessagePolicy is
@@ -25,6 +30,7 @@ from typing import Any, Protocol
 
 FETCH_CONTAINER = "fetch"
 DOWNLOADING, LOADING, OUT_OF_GPU_MEMORY = "Downloading", "Loading", "OutOfGPUMemory"
+CREATING = "ContainerCreating"
 
 # What torch and vLLM print when the GPU has too little memory at load (lower-cased).
 #   torch:  "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB ..."
@@ -80,8 +86,11 @@ def out_of_gpu_memory(pod: Mapping[str, Any]) -> str:
 
 
 def stage(pod: Mapping[str, Any]) -> str:
-    """DOWNLOADING, LOADING or '' (not started, Ready, or somewhere the status explains)."""
+    """DOWNLOADING, LOADING, CREATING or '' (not scheduled, Ready, or somewhere the status
+    explains)."""
     statuses = _statuses(pod)
+    if _creating(pod, statuses):
+        return CREATING
     for init, cs in statuses:
         if init and cs.get("name") == FETCH_CONTAINER and (cs.get("state") or {}).get("running"):
             return DOWNLOADING
@@ -93,6 +102,20 @@ def stage(pod: Mapping[str, Any]) -> str:
             (cs.get("state") or {}).get("running") for cs in mains):
         return LOADING
     return ""
+
+
+def _creating(pod: Mapping[str, Any], statuses: list[tuple[bool, Mapping[str, Any]]]) -> bool:
+    """On a node, and no container has ever run: every one waits (ContainerCreating for the
+    main containers, PodInitializing behind init containers) with no earlier state."""
+    if not (pod.get("spec") or {}).get("nodeName") or not statuses:
+        return False
+    waits = []
+    for _, cs in statuses:
+        state = cs.get("state") or {}
+        if cs.get("lastState") or state.get("running") or state.get("terminated"):
+            return False
+        waits.append((state.get("waiting") or {}).get("reason"))
+    return all(w in ("ContainerCreating", "PodInitializing") for w in waits)
 
 
 def starting(pod: Mapping[str, Any]) -> bool:
@@ -193,6 +216,13 @@ def life_reason(pods: Sequence[_Pod],
     if loading:
         return LOADING, (f"{_plural(len(loading), 'pod')} loading the model (the engine runs, "
                          f"not Ready yet), e.g. pod {loading[0].name}")
+    creating = [p for p in live if p.stage == CREATING]
+    if creating:
+        return CREATING, (
+            f"{_plural(len(creating), 'pod')} on a node with no container started yet: the "
+            "kubelet pulls the image and mounts the volumes (a Secret or ConfigMap the pod "
+            "mounts that does not exist keeps it here; `kubectl describe pod "
+            f"{creating[0].name}` names it), e.g. pod {creating[0].name}")
     return None
 
 

@@ -252,7 +252,7 @@ def _short(reason: str, message: str) -> str:
 
 ROLLING_REASONS = ("RollingOut", "SurgeRollout", "ReplaceRollout", "CanaryRollout")
 # Replicas on their way: a rollout's own reason tells more while one runs.
-ON_THE_WAY = ("PodsNotReady", pod_life.DOWNLOADING, pod_life.LOADING)
+ON_THE_WAY = ("PodsNotReady", pod_life.DOWNLOADING, pod_life.LOADING, pod_life.CREATING)
 _NORMAL_REASONS = ("Ready", "WaitingForDeployment", *ON_THE_WAY, "ScaledToZero",
                    "Scheduled", "MinimumReplicasReady", "RolloutComplete", *ROLLING_REASONS)
 

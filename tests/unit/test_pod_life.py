@@ -88,6 +88,30 @@ def test_stages_follow_the_pod() -> None:
     assert pod_life.stage(pod(init=[other], main=[runtime({"waiting": {}})])) == ""
 
 
+def creating(**extra: Any) -> dict[str, Any]:
+    """A pod as the kubelet reports it while a Secret volume it mounts does not exist (Events:
+    FailedMount ... secret "keys" not found): nothing has run, every container waits."""
+    return pod(init=[{"name": "fetch", "ready": False, "restartCount": 0, "started": False,
+                      "state": {"waiting": {"reason": "PodInitializing"}}, **extra}],
+               main=[runtime({"waiting": {"reason": "ContainerCreating"}}, started=False)])
+
+
+def test_a_pod_whose_containers_never_started_is_container_creating() -> None:
+    assert pod_life.stage(creating()) == "ContainerCreating"
+    st = status_of(creating())
+    assert ready_reason(st) == "ContainerCreating" and st["phase"] == "Pending"
+    message = next(c for c in st["conditions"] if c["type"] == "Ready")["message"]
+    assert "a Secret or ConfigMap" in message and "kubectl describe pod m-1" in message
+    # not on a node yet (the scheduler's reasons say why), or a container that ran before
+    unscheduled = creating()
+    unscheduled["spec"] = {}
+    assert pod_life.stage(unscheduled) == ""
+    assert pod_life.stage(creating(lastState={"terminated": {"exitCode": 1}})) == ""
+    pulling_behind_a_done_fetch = pod(init=[fetch(DONE)], main=[runtime(
+        {"waiting": {"reason": "ContainerCreating"}}, started=False)])
+    assert pod_life.stage(pulling_behind_a_done_fetch) == ""
+
+
 @pytest.mark.parametrize("message", [TORCH_OOM, VLLM_V0, VLLM_V1, VLLM_FREE,
                                      "RuntimeError: CUDA error: out of memory"])
 def test_out_of_gpu_memory_messages(message: str) -> None:
