@@ -144,14 +144,17 @@ def _security_context(settings: Settings, snap: Snapshot,
     """The RenderContext fields the NetworkPolicy takes from the operator's settings, those of
     language models (the vLLM image, the GPU node types, the model cache's shape) and of
     autoscaling (whether KEDA is served, the Prometheus its triggers read; whether KEDA's HTTP
-    add-on is, and where its scaler and interceptor listen)."""
+    add-on is, and where its scaler and interceptor listen), and of InferencePools (whether
+    the CRD is served, the default endpoint picker)."""
     default = settings.default_gateway()
     return {"default_gateway_namespace": default[0] if default else None,
             "monitoring_namespace": settings.monitoring_namespace,
             "vllm_image": settings.vllm_image, "gpu_types": gpu_types(snap.nodes),
             "model_record": record, "keda": snap.keda, "prometheus": settings.prometheus,
             "http_addon": snap.http_addon, "http_scaler": settings.http_scaler,
-            "http_interceptor": settings.http_interceptor}
+            "http_interceptor": settings.http_interceptor,
+            "inference_pools": snap.inference_pools,
+            "default_endpoint_picker": settings.default_endpoint_picker()}
 
 
 def gateway_children(name: str) -> list[tuple[str, str, str, str]]:

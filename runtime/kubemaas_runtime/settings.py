@@ -230,6 +230,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics_port", "--metrics-port", "KUBEMAAS_METRICS_PORT", None, _optional_int,
            "Also serve GET /metrics, without a key, on this port (plain HTTP). Default: "
            "/metrics only on the serving port, behind the API key when keys are on."),
+    Option("metrics_without_key", "--metrics-without-key", "KUBEMAAS_METRICS_WITHOUT_KEY",
+           False, _bool,
+           "Serve GET /metrics on the serving port without a key when keys are on, as vLLM does "
+           "(an InferencePool's endpoint picker scrapes that port and sends no key). Default: "
+           "behind the key.", nargs="?", const="true"),
     Option("rate_limit_rps", "--rate-limit-rps", "KUBEMAAS_RATE_LIMIT_RPS", 0.0, float,
            "Requests per second allowed to each API key (or to all callers together without "
            "keys); over it gets 429 + Retry-After. 0 = no limit."),
@@ -313,6 +318,7 @@ class Settings:
     api_keys_dir: str | None = None
     tls_dir: str | None = None
     metrics_port: int | None = None
+    metrics_without_key: bool = False
     rate_limit_rps: float = 0.0
     rate_limit_burst: float = 0.0
     rate_limit_tpm: int = 0

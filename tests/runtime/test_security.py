@@ -93,6 +93,25 @@ def test_oip_needs_a_key(onnx_with_keys: Server) -> None:
     assert request(metrics_port(server), "GET", "/v2/models/tiny")[0] == 404
 
 
+def test_metrics_without_key_opens_get_metrics_only(tiny_onnx: Path, keys_dir: Path) -> None:
+    # an InferencePool's endpoint picker scrapes /metrics on the serving port with no key
+    server = start_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                           "--api-keys-dir", str(keys_dir), "--metrics-without-key"])
+    try:
+        assert server.port is not None
+        status, _, text = request(server.port, "GET", "/metrics")
+        assert status == 200 and b"kubemaas_api_keys_loaded 2" in text
+        assert request(server.port, "HEAD", "/metrics")[0] == 200
+        # everything else still needs the key: the model, other methods, look-alike paths
+        assert infer(server, {})[0] == 401
+        assert request(server.port, "POST", "/metrics", b"{}", JSON)[0] == 401
+        assert request(server.port, "GET", "/metrics/")[0] == 401
+        assert request(server.port, "GET", "/v2/models/tiny")[0] == 401
+        assert infer(server, {"x-api-key": BOB})[0] == 200
+    finally:
+        assert server.stop() == 0
+
+
 def test_tritonclient_with_a_key(onnx_with_keys: Server) -> None:
     import numpy as np
     import tritonclient.http as httpclient

@@ -3,13 +3,14 @@ HTTPRoute to it (pure)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from kubemaas_operator.api import GatewayRef, SpecError, is_llm, parse_spec
 from kubemaas_operator.config import Settings, SettingsError
-from kubemaas_operator.render import RenderContext
+from kubemaas_operator.render import RenderContext, render
 from kubemaas_operator.render.inference import (
     endpoint_picker,
     render_inference_pool,
@@ -96,3 +97,26 @@ def test_a_bad_default_picker_is_a_settings_error(value: str) -> None:
     with pytest.raises(SettingsError, match="KUBEMAAS_OPERATOR_ENDPOINT_PICKER"):
         Settings.from_env({"KUBEMAAS_OPERATOR_ENDPOINT_PICKER": value,
                            "KUBEMAAS_OPERATOR_NAMESPACE": "kubemaas-system"})
+
+
+def runtime_env(s: Any, ctx: RenderContext) -> dict[str, str]:
+    dep = next(c for c in render(s, ctx).children if c["kind"] == "Deployment")
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in container.get("env") or []}
+
+
+def test_a_picker_reads_metrics_without_a_key_on_a_model_with_keys() -> None:
+    """The picker scrapes /metrics on the serving port and sends no key: with API keys the
+    runtime is told to serve GET /metrics there without one (it was 401 to the picker)."""
+    served = dataclasses.replace(CTX, inference_pools=True)
+    keys = {"auth": {"secretName": "keys"}}
+    own = spec(inferencePool={"endpointPicker": {"name": "llm-epp", "port": 9002}}, **keys)
+    assert runtime_env(own, served)["KUBEMAAS_METRICS_WITHOUT_KEY"] == "true"
+    default = Settings(endpoint_picker="shared-epp:9003").default_endpoint_picker()
+    by_default = dataclasses.replace(served, default_endpoint_picker=default)
+    assert runtime_env(spec(**keys), by_default)["KUBEMAAS_METRICS_WITHOUT_KEY"] == "true"
+    # no picker, no pool (the CRD not served), no keys: /metrics stays as it was
+    assert "KUBEMAAS_METRICS_WITHOUT_KEY" not in runtime_env(spec(**keys), served)
+    assert "KUBEMAAS_METRICS_WITHOUT_KEY" not in runtime_env(own, CTX)
+    no_keys = spec(inferencePool={"endpointPicker": {"name": "llm-epp", "port": 9002}})
+    assert "KUBEMAAS_METRICS_WITHOUT_KEY" not in runtime_env(no_keys, served)

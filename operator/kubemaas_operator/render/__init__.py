@@ -51,6 +51,7 @@ from .base import (
 )
 from .base import render_template as _render
 from .base import stamp as _stamp
+from .inference import endpoint_picker, wants_pool
 from .security import (
     CERTIFICATE_API_VERSION,
     CertificateParams,
@@ -225,7 +226,9 @@ def runtime_env(spec: ModelDeploymentSpec, name: str, model_uri: str) -> list[di
 def deployment_params(spec: ModelDeploymentSpec, ctx: RenderContext,
                       place: Placement) -> DeploymentParams:
     model_uri, volumes, mounts = _model_env_and_volumes(spec, ctx.name)
-    secured = security_pod(spec, ctx.name)
+    secured = security_pod(spec, ctx.name, picker_scrapes=wants_pool(
+        spec, ctx.inference_pools) and endpoint_picker(spec, ctx.default_endpoint_picker)
+        is not None)
     env = runtime_env(spec, ctx.name, model_uri)
     cut = len(env) - len(spec.runtime.env)  # the runtime's settings first, the user's last
     env = [*env[:cut], *secured.env, *env[cut:]]

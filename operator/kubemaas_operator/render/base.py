@@ -16,7 +16,7 @@ import jinja2
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
-from ..api import API_VERSION, KIND, ModelDeploymentSpec, ModelShape
+from ..api import API_VERSION, KIND, EndpointPicker, ModelDeploymentSpec, ModelShape
 from ..engines import DEFAULT_VLLM_IMAGE
 from ..modelcache.mount import CacheMount
 from ..sizing import GPUType
@@ -77,6 +77,11 @@ class RenderContext:
     http_addon: bool = False
     http_scaler: str = ""
     http_interceptor: str = ""
+    # A language model's InferencePool (render/inference.py): whether the API server serves the
+    # CRD, and the operator's default endpoint picker. A picker scrapes /metrics on the serving
+    # port, so a model with API keys serves it there without one (render/security.py).
+    inference_pools: bool = False
+    default_endpoint_picker: EndpointPicker | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@
   and the Service port says appProtocol https.
 - With auth or tls the runtime also serves GET /metrics without a key, in plain HTTP, on a port
   of its own (KUBEMAAS_METRICS_PORT, container and Service port "metrics"): Prometheus holds no
-  API key and no CA. Without either, /metrics is on the serving port.
+  API key and no CA. Without either, /metrics is on the serving port. A language model whose
+  InferencePool names an endpoint picker also serves GET /metrics on the serving port without a
+  key (KUBEMAAS_METRICS_WITHOUT_KEY): the picker scrapes there and sends none.
 - The NetworkPolicy NAME: ingress to the serving port from the peers the spec lists, the
   Gateway's namespace and the monitoring namespace (when /metrics shares the serving port), and
   to the metrics port from the monitoring namespace only.
@@ -54,7 +56,11 @@ class SecurityPod:
     metrics_port: int | None
 
 
-def security_pod(spec: ModelDeploymentSpec, name: str) -> SecurityPod:
+def security_pod(spec: ModelDeploymentSpec, name: str,
+                 picker_scrapes: bool = False) -> SecurityPod:
+    """`picker_scrapes`: an endpoint picker reads the pods' load from /metrics on the serving
+    port (the model's InferencePool names one); it sends no key, so with keys the runtime
+    serves GET /metrics there without one, as vLLM does."""
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     env: list[dict[str, str]] = []
@@ -63,6 +69,8 @@ def security_pod(spec: ModelDeploymentSpec, name: str) -> SecurityPod:
             "secretName": spec.serving.auth.secret_name}})
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
         env.append({"name": "KUBEMAAS_API_KEYS_DIR", "value": API_KEYS_DIR})
+        if picker_scrapes:
+            env.append({"name": "KUBEMAAS_METRICS_WITHOUT_KEY", "value": "true"})
     secret = tls_secret_name(spec, name)
     if secret is not None:
         volumes.append({"name": "tls", "secret": {

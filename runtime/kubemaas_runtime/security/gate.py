@@ -2,7 +2,8 @@
 limits; what passes reaches the protocol handler unchanged.
 
 Open without a key: the kubelet's probes (``/v2/health/live``, ``/v2/health/ready``, ``/health``).
-``/metrics`` needs a key on the serving port when keys are on; ``--metrics-port`` serves it alone,
+``/metrics`` needs a key on the serving port when keys are on (unless ``--metrics-without-key``:
+GET and HEAD are then open there too); ``--metrics-port`` serves it alone,
 without a key, on a port of its own (for Prometheus, which a NetworkPolicy then limits to the
 monitoring namespace).
 """
@@ -111,8 +112,10 @@ def malformed_body(openai: bool) -> Callable[[int, str], bytes]:
 class Gate:
     def __init__(self, handler: Handler, keys: KeyStore | None, limiter: RateLimiter | None,
                  openai: bool, metrics: SecurityMetrics, body_window_s: float = 30.0,
-                 cors: CorsPolicy | None = None) -> None:
+                 cors: CorsPolicy | None = None, metrics_without_key: bool = False) -> None:
         self.handler = handler
+        # GET /metrics admitted like a probe (--metrics-without-key)
+        self.open_paths = OPEN_PATHS | ({"/metrics"} if metrics_without_key else frozenset())
         self.cors = cors
         self.body_window_s = body_window_s
         self.keys = keys
@@ -145,7 +148,8 @@ class Gate:
         try:
             if self.cors is not None and self.cors.is_preflight(request):
                 return self.cors.preflight(request)  # browsers send no key with one
-            if request.path in OPEN_PATHS:
+            if request.path in self.open_paths and (
+                    request.path != "/metrics" or request.method in ("GET", "HEAD")):
                 return await self.handler(request)
             if request.body_exists:
                 watchdog = self._watch_body(request)
@@ -257,7 +261,8 @@ class Security:
         limiter = RateLimiter(limits) if limits.enabled else None
         cors = CorsPolicy.from_settings(settings)
         self.gate = Gate(handler, self.keys, limiter, openai, self.smetrics,
-                         settings.header_timeout_s, cors)
+                         settings.header_timeout_s, cors,
+                         metrics_without_key=settings.metrics_without_key)
         if cors is not None:
             server_kwargs["request_factory"] = request_factory(cors)
         self._set_limit_gauges(limits)
