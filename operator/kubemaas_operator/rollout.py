@@ -84,6 +84,10 @@ def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int) -> Stra
     own pods counted as free: they are the ones being replaced).
     """
     ro = spec.rollout
+    if desired <= 0:  # nothing runs (replicas 0, or KEDA took it to zero): nothing to keep serving
+        return Strategy("Replace", 0, 1, "NoReplicas", "replace: no replica runs (0 desired): "
+                        "the new template is applied at once; its pods start when the model "
+                        "scales up")
     unit = (f"{spec.gpu.count} {spec.gpu.resource}" if spec.gpu is not None else "a replica")
     if ro.max_surge > 0 and spare > 0:
         surge = min(ro.max_surge, spare)

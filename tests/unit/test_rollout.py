@@ -103,6 +103,19 @@ def test_single_replica_without_room_holds_the_deployment() -> None:
     assert "allowDowntime" in p.view.blocked_message and p.requeue_after
 
 
+def test_a_model_at_zero_replicas_rolls_without_a_free_gpu() -> None:
+    """Nothing runs (replicas 0, or KEDA took it to zero): nothing to keep serving, so a full
+    cluster is no reason to wait; the template changes and no pod starts."""
+    raw = {**RAW, "replicas": 0}
+    p = plan(parse_spec(raw), raw, "bbb", dep("aaa", 0, 0, 0), [], 0, 0, GOOD, NOW)
+    assert p.target == "desired" and p.view.blocked_reason == ""
+    assert p.deployment_strategy == (0, 1) and p.status["reason"] == "NoReplicas"
+    keda = {k: v for k, v in RAW.items() if k != "replicas"}
+    keda["autoscaling"] = {"minReplicas": 0, "maxReplicas": 3, "signal": "queue", "target": 2}
+    p = plan(parse_spec(keda), keda, "bbb", dep("aaa", 0, 0, 0), [], 0, 0, GOOD, NOW)
+    assert p.target == "desired" and p.view.blocked_reason == ""
+
+
 # every waiting reason docs/rollouts.md names as a rollback trigger
 ROLLBACK_REASONS = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                     "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff",
