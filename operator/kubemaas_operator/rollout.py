@@ -365,7 +365,10 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         or any(p.revision != d.desired_hash for p in pods if not p.terminating))
     applied = live_hash == d.desired_hash
     canary = spec.rollout.canary
-    if (canary is not None and rolling and d.cur is not None and d.stable_spec is not None
+    # A canary needs replicas to move: at 0 (replicas 0, scaled to 0 mid-canary) it rolls as any
+    # revision does (the template changes, no pod starts; a canary Deployment goes).
+    if (canary is not None and rolling and desired > 0 and d.cur is not None
+            and d.stable_spec is not None
             and not (applied and not any(p.track == "canary" for p in pods)
                      and (previous.get("canary") or {}).get("hash") != d.desired_hash)):
         _canary(d, spec, canary, raw_spec, dep, pods, desired, spare, previous, now,

@@ -340,6 +340,23 @@ def test_canary_abort_and_failure() -> None:
     assert p.rolled_back and p.canary_replicas is None and p.main_replicas is None
 
 
+def test_a_canary_of_a_model_at_zero_replicas_starts_no_pod() -> None:
+    """replicas 0 (or scaled to 0 mid-canary): no canary pod, never a negative count."""
+    zero = {**CANARY_RAW, "replicas": 0}
+    good = {**GOOD, "stableSpec": zero}
+    for spare in (0, 2):
+        p = plan(parse_spec(zero), zero, "bbb", dep("aaa", 0, 0, 0), [], 0, spare, good, NOW)
+        assert p.canary_replicas is None and p.main_replicas is None and p.target == "desired"
+    s = parse_spec(CANARY_RAW)
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa", 9, 9, 9), canary_pods(9, 1), 10, 0,
+             {**GOOD, "stableSpec": CANARY_RAW}, NOW)
+    assert p.status["canary"]["step"] == 1
+    p = plan(parse_spec(zero), zero, "bbb", dep("aaa", 0, 0, 0), canary_pods(0, 1), 0, 0,
+             p.status, NOW)
+    assert p.canary_replicas is None and p.main_replicas is None and p.target == "desired"
+    assert "canary" not in p.status
+
+
 def test_canary_spec_validation() -> None:
     with pytest.raises(SpecError, match="weights must increase"):
         parse_spec({**RAW, "rollout": {"canary": {"steps": [{"weight": 50}, {"weight": 10}]}}})
