@@ -365,15 +365,19 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         or any(p.revision != d.desired_hash for p in pods if not p.terminating))
     applied = live_hash == d.desired_hash
     canary = spec.rollout.canary
+    started = (any(p.track == "canary" for p in pods)
+               or (previous.get("canary") or {}).get("hash") == d.desired_hash)
+    waits = rolling and not applied and d.strategy.name == "Wait" and not never
     # A canary needs replicas to move: at 0 (replicas 0, scaled to 0 mid-canary) it rolls as any
-    # revision does (the template changes, no pod starts; a canary Deployment goes).
+    # revision does (the template changes, no pod starts; a canary Deployment goes). One that
+    # has not started waits as any rollout does when no GPU is free and no stable replica may go
+    # (a single replica without allowDowntime, maxUnavailable 0).
     if (canary is not None and rolling and desired > 0 and d.cur is not None
-            and d.stable_spec is not None
-            and not (applied and not any(p.track == "canary" for p in pods)
-                     and (previous.get("canary") or {}).get("hash") != d.desired_hash)):
+            and d.stable_spec is not None and not (waits and not started)
+            and not (applied and not started)):
         _canary(d, spec, canary, raw_spec, dep, pods, desired, spare, previous, now,
                 traffic_split, never, applied)
-    elif rolling and not applied and d.strategy.name == "Wait" and not never:
+    elif waits:
         d.target = "hold"
         d.blocked_reason, d.blocked_message = "RolloutWaiting", (
             f"revision {d.upd['number']} ({d.desired_hash}) waits: {d.strategy.message}")

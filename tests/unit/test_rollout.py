@@ -357,6 +357,29 @@ def test_a_canary_of_a_model_at_zero_replicas_starts_no_pod() -> None:
     assert "canary" not in p.status
 
 
+def test_a_canary_without_a_free_gpu_does_not_take_the_only_replica_down() -> None:
+    """One replica, no free GPU, no allowDowntime: a canary waits as any rollout does (the
+    stable replica is not scaled to 0 before a canary replica is Ready)."""
+    one = {**CANARY_RAW, "replicas": 1}
+    good = {**GOOD, "stableSpec": one}
+    p = plan(parse_spec(one), one, "bbb", dep("aaa", 1, 1, 1), pods("aaa", 1), 1, 0, good, NOW)
+    assert p.target == "hold" and p.view.blocked_reason == "RolloutWaiting"
+    assert p.main_replicas is None and p.canary_replicas is None
+    assert "allowDowntime" in p.view.blocked_message
+    # maxUnavailable 0 on a full cluster: no stable replica may go either
+    strict = {**CANARY_RAW, "rollout": {**CANARY_RAW["rollout"], "maxUnavailable": 0}}
+    p = plan(parse_spec(strict), strict, "bbb", dep("aaa", 10, 10, 10), pods("aaa", 10), 10, 0,
+             {**GOOD, "stableSpec": strict}, NOW)
+    assert p.target == "hold" and p.main_replicas is None
+    # allowed downtime, or a free GPU: the canary goes ahead
+    down = {**one, "rollout": {**one["rollout"], "allowDowntime": True}}
+    p = plan(parse_spec(down), down, "bbb", dep("aaa", 1, 1, 1), pods("aaa", 1), 1, 0,
+             {**GOOD, "stableSpec": down}, NOW)
+    assert p.view.strategy_reason == "CanaryRollout" and p.main_replicas == 0
+    p = plan(parse_spec(one), one, "bbb", dep("aaa", 1, 1, 1), pods("aaa", 1), 1, 1, good, NOW)
+    assert (p.main_replicas, p.canary_replicas) == (1, 1)
+
+
 def test_canary_spec_validation() -> None:
     with pytest.raises(SpecError, match="weights must increase"):
         parse_spec({**RAW, "rollout": {"canary": {"steps": [{"weight": 50}, {"weight": 10}]}}})
