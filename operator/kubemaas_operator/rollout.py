@@ -290,7 +290,8 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     d = _Draft(
         strategy=sticky_strategy(spec, desired, spare, pods,
                                  previous.get("strategy") if upd is not None
-                                 and upd["hash"] == desired_hash else None),
+                                 and upd["hash"] == desired_hash
+                                 and previous.get("reason") != "NoReplicas" else None),
         desired_hash=desired_hash, cur=_ref(previous.get("current")),
         prev_good=_ref(previous.get("previous")), upd=upd, failed=_ref(previous.get("failed")),
         stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
@@ -429,12 +430,17 @@ def _roll(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
     deadline = spec.rollout.progress_deadline_seconds
     problem = (failing(pods, d.desired_hash) if applied else None) or blocked(
         dep, d.desired_hash, never)
+    can_roll_back = d.cur is not None and d.stable_spec is not None and rolling
+    # At zero (KEDA idles it) nothing runs the revision yet: it is not complete, and waiting is
+    # not a stall; it is judged (completed or rolled back) once the model scales up.
+    idle = desired <= 0 and can_roll_back
+    if idle:
+        d.upd = {**d.upd, "progressAt": format_time(now)}
     since = parse_time(d.upd.get("progressAt")) or now
     overdue = applied and (now - since) > timedelta(seconds=deadline)
     settle = float(min(spec.rollout.settle_seconds, deadline))
     settled = (now - since).total_seconds() >= settle
-    done = applied and complete(dep, pods, d.desired_hash, desired) and settled
-    can_roll_back = d.cur is not None and d.stable_spec is not None and rolling
+    done = applied and complete(dep, pods, d.desired_hash, desired) and settled and not idle
     if not done and can_roll_back and (problem is not None or overdue):
         d.moving = True
         d.roll_back(problem[1] if problem is not None else
@@ -448,14 +454,16 @@ def _roll(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
             d.moving = True
             d.view_reason, d.view_message = _rollout_reason(d.strategy), (
                 f"revision {d.upd['number']} ({d.desired_hash}): {d.strategy.message}; "
-                f"{ready} of {desired} new replica(s) Ready")
+                f"{ready} of {desired} new replica(s) Ready"
+                + ("; at 0 replicas: it completes, or is rolled back, once the model scales up"
+                   if idle else ""))
             d.status = d.state(d.strategy.name, d.strategy.reason, d.strategy.message)
         else:
             d.status = d.state("None", "FirstRevision", f"revision {d.upd['number']} "
                                f"({d.desired_hash}) is the first: nothing to replace")
         if applied and complete(dep, pods, d.desired_hash, desired):
             d.requeue = max(0.2, settle - (now - since).total_seconds() + 0.2)
-        elif applied and can_roll_back:
+        elif applied and can_roll_back and not idle:
             d.requeue = max(0.5, deadline - (now - since).total_seconds() + 0.5)
 
 

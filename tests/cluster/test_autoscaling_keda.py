@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -252,6 +253,14 @@ def _idle_to_zero_and_woken_by_a_queue(kube: Kube, namespace: str, prom: Signal,
     assert not json.loads(kube.kubectl("-n", namespace, "get", "pods", "-l",
                                        "app.kubernetes.io/instance=q", "-o", "json").stdout)[
         "items"]
+    # Nothing ran it yet: it is the update, judged once the model wakes (not current at zero).
+    ro = wait_for(lambda: (lambda r: r if (r.get("update") or {}).get("number") == 2 else None)(
+        status(kube, namespace, "q").get("rollout") or {}), timeout=30,
+        what="revision 2 pending at zero")
+    assert ro["current"]["number"] == 1
+    time.sleep(7)  # past settleSeconds (5): still not complete, it has not run
+    ro = status(kube, namespace, "q")["rollout"]
+    assert (ro["current"]["number"], ro["update"]["number"]) == (1, 2)
     prom.exporter.value = 6
     wait_for(lambda: (get(kube, namespace, "deployment", "q")["spec"].get("replicas") or 0) >= 1,
              timeout=90, what="KEDA waking the model on a queue")
@@ -259,3 +268,5 @@ def _idle_to_zero_and_woken_by_a_queue(kube: Kube, namespace: str, prom: Signal,
     # server: 6 waiting at 4 per replica -> ceil(6 / 4) = 2.
     wait_for(lambda: get(kube, namespace, "deployment", "q")["spec"].get("replicas") == 2,
              timeout=120, what="KEDA's HPA scaling to ceil(6 / 4) = 2 replicas")
+    wait_for(lambda: ((status(kube, namespace, "q").get("rollout") or {}).get("current") or {})
+             .get("number") == 2, timeout=60, what="revision 2 complete once it ran")

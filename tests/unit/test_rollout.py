@@ -116,6 +116,32 @@ def test_a_model_at_zero_replicas_rolls_without_a_free_gpu() -> None:
     assert p.target == "desired" and p.view.blocked_reason == ""
 
 
+def test_a_revision_rolled_out_at_zero_is_judged_when_the_model_wakes() -> None:
+    """At zero a revision's template is applied but nothing ran it: it stays the update (not a
+    stall), and a crash once the model scales up rolls it back to the good revision."""
+    keda = {k: v for k, v in RAW.items() if k != "replicas"}
+    keda["autoscaling"] = {"minReplicas": 0, "maxReplicas": 3, "signal": "queue", "target": 2}
+    s = parse_spec(keda)
+    good = {**GOOD, "stableSpec": keda}
+    p = plan(s, keda, "bbb", dep("aaa", 0, 0, 0), [], 0, 0, good, NOW)
+    p = plan(s, keda, "bbb", dep("bbb", 0, 0, 0), [], 0, 0, p.status, LATER)
+    hour = NOW + timedelta(hours=1)  # idle past progressDeadlineSeconds: not a stall
+    p = plan(s, keda, "bbb", dep("bbb", 0, 0, 0), [], 0, 0, p.status, hour)
+    assert p.status["current"]["hash"] == "aaa" and p.status["update"]["hash"] == "bbb"
+    assert not p.rolled_back and p.target == "desired"
+    assert "0 replicas" in p.view.strategy_message
+    crashed = [PodInfo(name="w", phase="Running", revision="bbb",
+                       waiting_reason="CrashLoopBackOff")]
+    woken = plan(s, keda, "bbb", dep("bbb", 1, 0, 1), crashed, 1, 0, p.status, hour)
+    assert woken.rolled_back and woken.target == "stable"
+    # a good one completes once its replica stayed Ready
+    ok = plan(s, keda, "bbb", dep("bbb", 1, 1, 1), pods("bbb", 1), 1, 0, p.status, hour)
+    assert "update" in ok.status
+    ok = plan(s, keda, "bbb", dep("bbb", 1, 1, 1), pods("bbb", 1), 1, 0, ok.status,
+              hour + timedelta(seconds=6))
+    assert ok.status["current"]["hash"] == "bbb" and "update" not in ok.status
+
+
 # every waiting reason docs/rollouts.md names as a rollback trigger
 ROLLBACK_REASONS = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                     "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff",
