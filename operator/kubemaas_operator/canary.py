@@ -136,9 +136,43 @@ def canary_step(canary: CanarySpec, desired: int, spare: int, pods: Sequence[Pod
 
 def _slack(seen: _Seen) -> int:
     """How many replicas short the stable side may run while no GPU is free."""
-    if seen.spare > 0:
+    return slack(seen.desired, seen.spare, seen.max_unavailable)
+
+
+def slack(desired: int, spare: int, max_unavailable: int) -> int:
+    """How many replicas short the stable side may run while no GPU is free."""
+    if spare > 0:
         return 0
-    return max(1, min(seen.max_unavailable, max(1, seen.desired - 1)))
+    return max(1, min(max_unavailable, max(1, desired - 1)))
+
+
+def give_back(desired: int, spare: int, canary_pods: int, back_ready: int,
+              max_unavailable: int) -> tuple[int, int]:
+    """(stable, canary) replicas while a canary gives its replicas back (an abort, or the spec
+    gone back to the current revision): the stable Deployment grows into the GPUs the canary
+    gives back, the canary (`canary_pods` pods) shrinks as the stable replicas of the revision
+    gone back to (`back_ready` Ready) become Ready."""
+    main_n = max(0, min(desired, desired + spare - canary_pods))
+    can_n = max(0, min(canary_pods, desired - back_ready
+                       - slack(desired, spare, max_unavailable)))
+    return main_n, can_n
+
+
+def wind_down(pods: Sequence[PodInfo], desired: int, spare: int, back_hash: str,
+              max_unavailable: int, back: str) -> tuple[int, int, str] | None:
+    """(stable, canary replicas, message) when the spec went back to the current revision
+    (`back_hash`, named `back`) while a canary ran, else None: as an abort does, the canary
+    gives its replicas back only as the stable Deployment's come back Ready (deleting it at once
+    would take its Ready replicas away before the stable ones are back)."""
+    can = [p for p in pods if p.track == "canary"]
+    if not can or desired <= 0:
+        return None
+    back_ready = sum(1 for p in pods if p.track != "canary" and p.ready and not p.terminating
+                     and p.revision == back_hash)
+    main_n, can_n = give_back(desired, spare, len(can), back_ready, max_unavailable)
+    return main_n, can_n, (f"the spec went back to {back}: the canary gives its {len(can)} "
+                           f"replica(s) back as the stable ones become Ready ({back_ready} of "
+                           f"{desired} Ready)")
 
 
 def _abort(seen: _Seen, upd: dict[str, Any], now: datetime) -> CanaryLook:
@@ -146,8 +180,8 @@ def _abort(seen: _Seen, upd: dict[str, Any], now: datetime) -> CanaryLook:
     back, the canary shrinks as the stable replicas become Ready (-1 when full)."""
     old_ready = sum(1 for p in seen.main if p.ready and not p.terminating
                     and p.revision != seen.desired_hash)
-    main_n = max(0, min(seen.desired, seen.budget - len(seen.can)))
-    can_n = max(0, min(len(seen.can), seen.desired - old_ready - _slack(seen)))
+    main_n, can_n = give_back(seen.desired, seen.spare, len(seen.can), old_ready,
+                              seen.max_unavailable)
     # The route sends nothing to the canary from now on.
     traffic = 0 if seen.split == HTTP_ROUTE else ready_share(seen.can_ready, seen.main_ready)
     upd = {**upd, "progressAt": format_time(now)}  # an abort is not a stall

@@ -137,3 +137,13 @@ async def hold_floor(c: Children, spec: ModelDeploymentSpec, engine: Choice | No
         c.main["Deployment"] = await pin_replicas(c.cluster, c.memory, c.name, c.namespace,
                                                   floor)
         c.applied.append(f"Deployment replicas {floor} (autoscaling floor)")
+
+
+async def pin_canary(c: Children, replicas: int | None) -> None:
+    """Only the canary Deployment's replicas, its template left as it is: a canary that gives its
+    replicas back after the spec went back to the current revision (its pods keep theirs)."""
+    if replicas is None or c.canary is None or deployment_info(c.canary).spec_replicas == replicas:
+        return
+    c.canary = await pin_replicas(c.cluster, c.memory, canary_name(c.name), c.namespace,
+                                  replicas)
+    c.applied.append(f"canary Deployment replicas {replicas} (given back)")

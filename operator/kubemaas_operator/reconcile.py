@@ -215,6 +215,7 @@ class _Targets:
     revision: str
     pairs: list[Pair]
     unwanted_routes: list[tuple[str, str, str, bool]]
+    canary_pin: int | None = None  # the canary Deployment's replicas alone (its template held)
 
 
 async def _ensure_implicit_cache(p: _Pass, implicit: Plan,
@@ -284,6 +285,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         return await _failed(p, outcome, Failure("NameConflict", str(err)), base)
     if refused is not None:
         return await _failed(p, outcome, Failure("Rejected", refused), base)
+    await children.pin_canary(c, targets.canary_pin)
     await children.prune(c, targets.plan.canary_replicas is not None,
                          {child["kind"] for child in rendered.children}, targets.unwanted_routes)
     await children.hold_floor(c, spec, rendered.autoscaler)
@@ -380,12 +382,14 @@ async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
                 continue
             child = with_strategy(deployment, *surge_unavailable, replicas=plan.main_replicas)
         pairs.append((child, c.main.get(child["kind"]), "main"))
-    if plan.canary_replicas is not None:  # the canary Deployment runs the spec's revision
+    if plan.canary_replicas is not None and not plan.hold_canary_template:
+        # the canary Deployment runs the spec's revision
         pairs.append((with_strategy(_kind(rendered, "Deployment"), 0, 1,
                                     replicas=plan.canary_replicas, canary=True),
                       c.canary, "canary"))
     unwanted = _route_pairs(p, spec, gateway, pool, plan.canary_weight, pairs)
-    return _Targets(plan, revision, pairs, unwanted)
+    return _Targets(plan, revision, pairs, unwanted,
+                    plan.canary_replicas if plan.hold_canary_template else None)
 
 
 def _route_pairs(p: _Pass, spec: ModelDeploymentSpec, gateway: GatewayRef | None, pool: bool,

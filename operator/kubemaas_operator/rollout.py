@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .api import CanarySpec, ModelDeploymentSpec
-from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step
+from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, wind_down
 from .observed import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, create_failure
 from .pod_life import oom_problem
 from .status import RolloutView
@@ -69,8 +69,9 @@ class Plan:
     # The canary's share of the HTTPRoute's weights (0..100; the stable Service gets the rest).
     # 0 whenever no canary serves: 100/0, stable only.
     canary_weight: int = 0
-
-
+    # The canary Deployment keeps its pods' template, only its replicas change (canary_replicas):
+    # the spec went back to the current revision while a canary ran, and it gives them back.
+    hold_canary_template: bool = False
 
 
 def _plural(n: int, word: str) -> str:
@@ -217,6 +218,7 @@ class _Draft:
     canary_replicas: int | None = None
     canary_state: dict[str, Any] | None = None
     canary_moving: bool = False
+    hold_canary: bool = False
     canary_weight: int = 0
     view_reason: str = ""
     view_message: str = ""
@@ -303,6 +305,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         _still_rolled_back(d, live_hash)
     elif d.cur is not None and desired_hash == d.cur["hash"]:
         _steady(d, raw_spec, live_hash, now)
+        _give_canary_back(d, pods, desired, spare)
     else:
         _new_revision(d, spec, raw_spec, dep, pods, desired, spare, previous, now,
                       traffic_split, never)
@@ -337,6 +340,18 @@ def _steady(d: _Draft, raw_spec: Mapping[str, Any], live_hash: str, now: datetim
     else:
         d.status = d.state("None", "UpToDate", f"revision {d.cur.get('number')} "
                            f"({d.desired_hash}) is the current revision")
+
+
+def _give_canary_back(d: _Draft, pods: Sequence[PodInfo], desired: int, spare: int) -> None:
+    """The spec went back to the current revision while a canary ran (canary.wind_down)."""
+    assert d.cur is not None
+    back = wind_down(pods, desired, spare, d.desired_hash, d.strategy.max_unavailable,
+                     f"revision {d.cur.get('number')} ({d.desired_hash})")
+    if back is not None:
+        d.main_replicas, d.canary_replicas, d.view_message = back
+        d.canary_moving = d.hold_canary = True
+        d.view_reason = "CanaryRollout"
+        d.status = d.state("Canary", "CanaryGivesBack", d.view_message)
 
 
 def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
@@ -482,4 +497,5 @@ def _finish(d: _Draft, desired: int) -> Plan:
                 stable_spec=d.stable_spec if d.target == "stable" else None,
                 deployment_strategy=chosen, main_replicas=d.main_replicas,
                 canary_replicas=d.canary_replicas, requeue_after=d.requeue,
-                rolled_back=d.rolled_back, notes=d.notes, canary_weight=d.canary_weight)
+                rolled_back=d.rolled_back, notes=d.notes, canary_weight=d.canary_weight,
+                hold_canary_template=d.hold_canary)

@@ -357,6 +357,39 @@ def test_canary_abort_through_the_spec(kube: Kube, ns: str) -> None:
     wait_revision(kube, ns, "m", 2)
 
 
+def test_a_spec_reverted_mid_canary_keeps_replicas_serving(kube: Kube, ns: str) -> None:
+    """Going back to the old image while half the replicas run the canary (a full cluster): the
+    canary gives its replicas back one at a time as the stable ones come back Ready, as an abort
+    does; it is not deleted at once (4 Ready -> 2)."""
+    steps = [{"weight": 50}, {"weight": 100}]
+    fill_h100(kube, ns, leave=4)
+    apply(kube, ns, model("m", 4, canary={"steps": steps}))
+    wait_revision(kube, ns, "m", 1)
+    new = "ghcr.io/kubemaas/runtime:0.2.0"
+    apply(kube, ns, model("m", 4, image=new, canary={"steps": steps}))
+    wait_for(lambda: "promote to 2" in (status(kube, ns, "m").get("rollout") or {}).get(
+        "message", ""), timeout=60, what="the canary at its manual gate")
+
+    def old_again() -> bool:
+        pods = pods_of(kube, ns, "m")
+        return len(pods) == 4 and all(is_ready(p) and not p["metadata"].get("deletionTimestamp")
+                                      and p["spec"]["containers"][0]["image"] != new
+                                      for p in pods)
+    with Sampler(kube, ns, "m") as sampler:
+        apply(kube, ns, model("m", 4, canary={"steps": steps}))
+        wait_for(old_again, timeout=60, what="four ready pods of revision 1")
+        wait_for(lambda: kube.kubectl("-n", ns, "get", "deployment", "m-canary",
+                                      check=False).returncode != 0, timeout=30,
+                 what="the canary Deployment gone")
+    ready = [r for _, r, _ in sampler.samples]
+    live = [n for _, _, n in sampler.samples]
+    print(f"revert: {len(ready)} samples, ready min {min(ready)}, pods max {max(live)}")
+    assert min(ready) >= 3 and max(live) <= 4
+    st = status(kube, ns, "m")
+    assert st["rollout"]["current"]["number"] == 1
+    assert st["rollout"]["history"][-1]["outcome"] == "Superseded"
+
+
 def test_paused_canary_holds_its_step_until_resumed(kube: Kube, ns: str) -> None:
     """spec.rollout.canary.paused: the canary stays at its step past the step's pause; setting
     paused back to false lets it go on."""

@@ -406,6 +406,26 @@ def test_a_canary_without_a_free_gpu_does_not_take_the_only_replica_down() -> No
     assert (p.main_replicas, p.canary_replicas) == (1, 1)
 
 
+def test_a_spec_reverted_mid_canary_gives_the_canary_replicas_back_gradually() -> None:
+    """Going back to the current revision while 5 of 10 replicas run the canary: the canary
+    shrinks only as the stable Deployment's replicas come back Ready (as an abort does), not all
+    at once (10 Ready -> 5)."""
+    s = parse_spec(CANARY_RAW)
+    mid = {**GOOD, "stableSpec": CANARY_RAW, "update": {"number": 2, "hash": "bbb"},
+           "canary": {"hash": "bbb", "step": 2, "steps": 3}}
+    p = plan(s, CANARY_RAW, "aaa", dep("aaa", 5, 5, 5), canary_pods(5, 5), 10, 0, mid, NOW)
+    assert p.target == "desired" and (p.main_replicas, p.canary_replicas) == (5, 4)
+    assert p.hold_canary_template  # its pods keep their revision while they go
+    assert p.status["history"][-1]["outcome"] == "Superseded"
+    assert p.view.strategy_reason == "CanaryRollout" and "went back" in p.view.strategy_message
+    assert p.status["reason"] == "CanaryGivesBack" and p.status["current"]["number"] == 1
+    p = plan(s, CANARY_RAW, "aaa", dep("aaa", 6, 6, 6), canary_pods(6, 4), 10, 0, p.status, NOW)
+    assert (p.main_replicas, p.canary_replicas) == (6, 3)
+    p = plan(s, CANARY_RAW, "aaa", dep("aaa", 10, 10, 10), pods("aaa", 10), 10, 0, p.status,
+             NOW)
+    assert p.canary_replicas is None and p.main_replicas is None
+
+
 def test_canary_spec_validation() -> None:
     with pytest.raises(SpecError, match="weights must increase"):
         parse_spec({**RAW, "rollout": {"canary": {"steps": [{"weight": 50}, {"weight": 10}]}}})
