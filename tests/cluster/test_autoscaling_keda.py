@@ -34,7 +34,7 @@ from kubemaas_operator.floor import FLOOR_MANAGER
 from tests.cluster.conftest import ROOT, Operator, reconfigured
 from tests.cluster.test_operator import apply, get, get_md_table, md, status
 from tests.conftest import Kube
-from tests.helpers import wait_for
+from tests.helpers import holds, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -44,10 +44,12 @@ CPU = {"image": "ghcr.io/kubemaas/runtime:0.1.0", "resources": {"cpu": "1"}}
 
 class Exporter:
     """`vllm:num_requests_waiting` of one model, as its pods would expose it, on 127.0.0.1:
-    `value` under the labels `namespace` and `service`."""
+    `value` under the labels `namespace` and `service`; `vllm:num_requests_running` too when
+    `running` is set."""
 
     def __init__(self) -> None:
         self.value = 0.0
+        self.running: float | None = None
         self.labels: dict[str, str] = {}
         outer = self
 
@@ -60,6 +62,8 @@ class Exporter:
                 if outer.labels:
                     sel = ",".join(f'{k}="{v}"' for k, v in sorted(outer.labels.items()))
                     body += f"vllm:num_requests_waiting{{{sel}}} {outer.value}\n".encode()
+                    if outer.running is not None:
+                        body += f"vllm:num_requests_running{{{sel}}} {outer.running}\n".encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(body)))
@@ -270,3 +274,18 @@ def _idle_to_zero_and_woken_by_a_queue(kube: Kube, namespace: str, prom: Signal,
              timeout=120, what="KEDA's HPA scaling to ceil(6 / 4) = 2 replicas")
     wait_for(lambda: ((status(kube, namespace, "q").get("rollout") or {}).get("current") or {})
              .get("number") == 2, timeout=60, what="revision 2 complete once it ran")
+    _not_idle_while_requests_run(kube, namespace, prom)
+
+
+def _not_idle_while_requests_run(kube: Kube, namespace: str, prom: Signal) -> None:
+    """No request waits, 3 run (every request already in the batch): the model is busy, not
+    idle, and keeps a replica (the busy trigger); once none runs it goes to zero again."""
+    prom.exporter.running = 3
+    prom.exporter.value = 0
+    # KEDA's scale loop (pollingInterval 15 s) with idleSeconds 1 took the model to zero within
+    # about 20 s of the queue's 0 when only the queue counted: watched for 45 s.
+    holds(lambda: (get(kube, namespace, "deployment", "q")["spec"].get("replicas") or 0) >= 1,
+          45, "a replica while requests run", interval=1.0)
+    prom.exporter.running = 0
+    wait_for(lambda: get(kube, namespace, "deployment", "q")["spec"].get("replicas") == 0,
+             timeout=120, what="KEDA scaling the model to zero once nothing runs")

@@ -80,7 +80,7 @@ def test_without_the_add_on_wake_on_request_is_unavailable_and_says_why(
         assert wake["available"] is False and wake["reason"] == "HTTPAddOnNotInstalled"
         assert "http.keda.sh/v1beta1 InterceptorRoute" in wake["message"]
         so = get(kube, namespace, "scaledobject", "z")
-        assert [t["type"] for t in so["spec"]["triggers"]] == ["prometheus"]
+        assert [t["type"] for t in so["spec"]["triggers"]] == ["prometheus"] * 2
         (event,) = wait_for(lambda: _events(kube, namespace, "HTTPAddOnNotInstalled"),
                             timeout=30, what="an HTTPAddOnNotInstalled Event")
         assert event["type"] == "Warning"
@@ -97,10 +97,10 @@ def test_route_and_trigger_follow_the_spec_and_keda_accepts_them(
         assert route["spec"]["target"] == {"service": "z", "port": 8080}
         assert route["spec"]["rules"][0]["hosts"][0] == f"z.{namespace}"
         assert route["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
-        so = wait_for(lambda: (lambda s: s if len(s["spec"]["triggers"]) == 2 else None)(
+        so = wait_for(lambda: (lambda s: s if len(s["spec"]["triggers"]) == 3 else None)(
             get(kube, namespace, "scaledobject", "z")), timeout=60,
             what="the external-push trigger on the ScaledObject")
-        push = so["spec"]["triggers"][1]
+        push = so["spec"]["triggers"][2]  # after the queue's and the running requests' triggers
         assert push["type"] == "external-push"
         assert push["metadata"] == {"scalerAddress": http_addon.scaler_address,
                                     "interceptorRoute": "z"}

@@ -40,7 +40,7 @@ def test_queue_with_keda_renders_a_scaledobject_and_no_hpa() -> None:
     assert (so["minReplicaCount"], so["maxReplicaCount"], so["cooldownPeriod"]) == (0, 5, 120)
     assert so["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"] == {
         "stabilizationWindowSeconds": 45}
-    (trigger,) = so["triggers"]
+    trigger = so["triggers"][0]
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     assert trigger["metadata"]["query"] == (
         'sum(vllm:num_requests_waiting{namespace="ns",service="m"})')
@@ -57,6 +57,27 @@ def test_signals_map_to_the_runtime_gauges() -> None:
     assert trig["metadata"]["query"].startswith("sum(vllm:num_requests_running{")
     one = _spec({"signal": "queue", "target": 2, "maxReplicas": 3}).autoscaling
     assert "cooldownPeriod" not in scaled_object(one, "m", "ns", {}, PROM)["spec"]
+
+
+def test_a_queue_model_that_may_go_to_zero_is_not_idle_while_requests_run() -> None:
+    """The queue reads 0 while every request is already inside the running batch: a model
+    serving steady light traffic must not count as idle and lose its last replica mid-request.
+    A second trigger reads the running requests for activation only (its threshold never asks
+    for a replica beyond the one that serves)."""
+    so = scaled_object(_spec(QUEUE).autoscaling, "m", "ns", {}, PROM)["spec"]
+    assert [t["name"] for t in so["triggers"]] == ["queue", "busy"]
+    busy = so["triggers"][1]
+    assert busy["type"] == "prometheus" and busy["metricType"] == "AverageValue"
+    assert busy["metadata"]["query"] == (
+        'sum(vllm:num_requests_running{namespace="ns",service="m"})')
+    assert busy["metadata"]["activationThreshold"] == "0"
+    assert int(busy["metadata"]["threshold"]) >= 100000  # ceil(running / it) is 1 at most
+    assert busy["metadata"]["ignoreNullValues"] == "true"
+    # a model that never goes to zero, or whose signal counts the running requests: one trigger
+    one = _spec({**QUEUE, "minReplicas": 1, "idleSeconds": None}).autoscaling
+    assert len(scaled_object(one, "m", "ns", {}, PROM)["spec"]["triggers"]) == 1
+    conc = _spec({**QUEUE, "signal": "concurrency"}).autoscaling
+    assert len(scaled_object(conc, "m", "ns", {}, PROM)["spec"]["triggers"]) == 1
 
 
 def test_kv_cache_is_an_average_percentage_compared_per_replica() -> None:

@@ -56,8 +56,8 @@ def test_at_zero_with_the_add_on_renders_a_route_and_a_push_trigger() -> None:
     assert route["spec"]["target"] == {"service": "m", "port": 9000}
     assert route["spec"]["rules"] == [{"hosts": ["m.ns", "m.ns.svc", "m.ns.svc.cluster.local"]}]
     assert route["spec"]["scalingMetric"] == {"concurrency": {"targetValue": 3}}
-    prometheus, push = kinds["ScaledObject"]["spec"]["triggers"]
-    assert prometheus["type"] == "prometheus"
+    prometheus, busy, push = kinds["ScaledObject"]["spec"]["triggers"]
+    assert prometheus["type"] == busy["type"] == "prometheus"
     assert push == {"type": "external-push", "name": "requests",
                     "metadata": {"scalerAddress": SCALER, "interceptorRoute": "m"}}
     # the route is applied before the ScaledObject whose trigger names it
@@ -73,7 +73,7 @@ def test_without_the_add_on_no_route_and_the_status_says_why() -> None:
     out = _render(_spec(AT_ZERO), http_addon=False)
     kinds = _kinds(out)
     assert "InterceptorRoute" not in kinds
-    assert [t["type"] for t in kinds["ScaledObject"]["spec"]["triggers"]] == ["prometheus"]
+    assert [t["type"] for t in kinds["ScaledObject"]["spec"]["triggers"]] == ["prometheus"] * 2
     wake = out.wake_on_request
     assert wake is not None and not wake.available and wake.reason == "HTTPAddOnNotInstalled"
     assert "http.keda.sh/v1beta1 InterceptorRoute" in wake.message

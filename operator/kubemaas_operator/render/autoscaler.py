@@ -38,6 +38,14 @@ _QUERIES = {
     "kvCache": ("100 * avg(vllm:kv_cache_usage_perc{{{sel}}})", "Value"),
 }
 
+# A queue model that may go to zero: the queue reads 0 while every request already runs (light,
+# steady traffic), which alone would count as idle and take the last replica away mid-request.
+# A second trigger reads the running requests for activation only; its threshold per replica is
+# so large that ceil(running / it) never asks for more than the one replica that serves.
+BUSY_TRIGGER = "busy"
+BUSY_QUERY = "sum(vllm:num_requests_running{{{sel}}})"
+BUSY_THRESHOLD = 1000000
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -110,6 +118,7 @@ def scaled_object(a: Autoscaling, name: str, namespace: str, labels: Mapping[str
     """KEDA's ScaledObject for the Deployment `name` (identity, owner and hash stamped by the
     caller)."""
     query, metric_type = _QUERIES[a.signal]
+    sel = selector(name, namespace)
     spec: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
         "minReplicaCount": a.min_replicas,
@@ -117,23 +126,27 @@ def scaled_object(a: Autoscaling, name: str, namespace: str, labels: Mapping[str
         "pollingInterval": POLLING_INTERVAL_S,
         "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
             "stabilizationWindowSeconds": a.scale_down_stabilization_s}}}},
-        "triggers": [{
-            "type": "prometheus",
-            "name": a.signal.lower(),
-            "metricType": metric_type,
-            "metadata": {"serverAddress": prometheus,
-                         "query": query.format(sel=selector(name, namespace)),
-                         "threshold": str(a.target),
-                         "activationThreshold": "0",
-                         "ignoreNullValues": "true"},
-        }],
+        "triggers": [_trigger(a.signal.lower(), metric_type, prometheus, query.format(sel=sel),
+                              a.target)],
     }
     if a.to_zero:
-        # the last replica goes once the trigger was inactive (the signal 0) this long
+        # the last replica goes once every trigger was inactive (the signal 0) this long
         spec["cooldownPeriod"] = a.idle_s
+        if a.signal == "queue":
+            spec["triggers"].append(_trigger(BUSY_TRIGGER, "AverageValue", prometheus,
+                                             BUSY_QUERY.format(sel=sel), BUSY_THRESHOLD))
     return {"apiVersion": SCALEDOBJECT_API_VERSION, "kind": "ScaledObject",
             "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
             "spec": spec}
+
+
+def _trigger(name: str, metric_type: str, prometheus: str, query: str,
+             threshold: int) -> dict[str, Any]:
+    """A Prometheus trigger: any value above 0 activates it (wakes a model at zero)."""
+    return {"type": "prometheus", "name": name, "metricType": metric_type,
+            "metadata": {"serverAddress": prometheus, "query": query,
+                         "threshold": str(threshold), "activationThreshold": "0",
+                         "ignoreNullValues": "true"}}
 
 
 def horizontal_pod_autoscaler(c: Choice, a: Autoscaling, name: str, namespace: str,
