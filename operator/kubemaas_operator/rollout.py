@@ -449,9 +449,12 @@ def _roll(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
     # At zero (KEDA idles it) nothing runs the revision yet: it is not complete, and waiting is
     # not a stall; it is judged (completed or rolled back) once the model scales up.
     idle = desired <= 0 and can_roll_back
-    if idle:
-        d.upd = {**d.upd, "progressAt": format_time(now)}
-    since = parse_time(d.upd.get("progressAt")) or now
+    if idle and "idleSince" not in d.upd:  # written once, not on every pass while idle
+        d.upd = {**d.upd, "idleSince": format_time(now)}
+    elif not idle and "idleSince" in d.upd:  # woken: the deadline counts from now
+        d.upd = {k: v for k, v in d.upd.items() if k != "idleSince"} | {
+            "progressAt": format_time(now)}
+    since = now if idle else parse_time(d.upd.get("progressAt")) or now
     overdue = applied and (now - since) > timedelta(seconds=deadline)
     settle = float(min(spec.rollout.settle_seconds, deadline))
     settled = (now - since).total_seconds() >= settle

@@ -11,6 +11,7 @@ from kubemaas_operator.api import SpecError, parse_spec
 from kubemaas_operator.observed import DeploymentInfo, PodInfo, pod_info
 from kubemaas_operator.render import with_strategy
 from kubemaas_operator.rollout import choose_strategy, complete, failing, plan
+from kubemaas_operator.timestamps import format_time
 
 NOW = datetime(2026, 11, 23, 1, 0, 0, tzinfo=UTC)
 LATER = NOW + timedelta(seconds=6)
@@ -126,7 +127,10 @@ def test_a_revision_rolled_out_at_zero_is_judged_when_the_model_wakes() -> None:
     p = plan(s, keda, "bbb", dep("aaa", 0, 0, 0), [], 0, 0, good, NOW)
     p = plan(s, keda, "bbb", dep("bbb", 0, 0, 0), [], 0, 0, p.status, LATER)
     hour = NOW + timedelta(hours=1)  # idle past progressDeadlineSeconds: not a stall
+    idle = p.status
     p = plan(s, keda, "bbb", dep("bbb", 0, 0, 0), [], 0, 0, p.status, hour)
+    assert p.status == idle  # nothing to write on each pass while idle
+    assert p.status["update"]["idleSince"] == format_time(NOW)
     assert p.status["current"]["hash"] == "aaa" and p.status["update"]["hash"] == "bbb"
     assert not p.rolled_back and p.target == "desired"
     assert "0 replicas" in p.view.strategy_message
@@ -134,6 +138,11 @@ def test_a_revision_rolled_out_at_zero_is_judged_when_the_model_wakes() -> None:
                        waiting_reason="CrashLoopBackOff")]
     woken = plan(s, keda, "bbb", dep("bbb", 1, 0, 1), crashed, 1, 0, p.status, hour)
     assert woken.rolled_back and woken.target == "stable"
+    # woken, not yet Ready: the progress deadline counts from the wake, not from the apply
+    loading = [PodInfo(name="w", phase="Running", revision="bbb")]
+    woke = plan(s, keda, "bbb", dep("bbb", 1, 0, 1), loading, 1, 0, p.status, hour)
+    assert not woke.rolled_back and "idleSince" not in woke.status["update"]
+    assert woke.status["update"]["progressAt"] == format_time(hour)
     # a good one completes once its replica stayed Ready
     ok = plan(s, keda, "bbb", dep("bbb", 1, 1, 1), pods("bbb", 1), 1, 0, p.status, hour)
     assert "update" in ok.status

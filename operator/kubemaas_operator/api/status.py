@@ -36,6 +36,7 @@ class UpdateRevision:
     started_at: str | None = field(metadata=json_name("startedAt"), default=None)
     progress_at: str | None = field(metadata=json_name("progressAt"), default=None)
     ready: int = field(metadata=json_name("ready"), default=0)
+    idle_since: str | None = field(metadata=json_name("idleSince"), default=None)
 
 
 @dataclass(frozen=True)
