@@ -26,12 +26,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from .api import CanarySpec, ModelDeploymentSpec
 from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, wind_down
 from .observed import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, create_failure
 from .pod_life import oom_problem
+from .rollout_strategy import Strategy, plural, rollout_reason, sticky_strategy
 from .status import RolloutView
 from .timestamps import format_time, parse_time
 
@@ -40,15 +41,6 @@ HISTORY = 10
 # (the rendered Deployment's minReadySeconds, so the Deployment controller removes old replicas
 # only for new ones that stayed Ready that long): a runtime that crashes right after its first
 # Ready is still rolled back, and the serving revision's pods are still there to roll back to.
-
-
-@dataclass(frozen=True)
-class Strategy:
-    name: Literal["Surge", "Replace", "Wait"]
-    max_surge: int
-    max_unavailable: int
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -72,72 +64,6 @@ class Plan:
     # The canary Deployment keeps its pods' template, only its replicas change (canary_replicas):
     # the spec went back to the current revision while a canary ran, and it gives them back.
     hold_canary_template: bool = False
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int) -> Strategy:
-    """Surge if the free GPUs of matching nodes hold extra replicas, else replace, else wait.
-
-    `spare`: how many replicas beyond `desired` fit in the free capacity right now (this model's
-    own pods counted as free: they are the ones being replaced).
-    """
-    ro = spec.rollout
-    if desired <= 0:  # nothing runs (replicas 0, or KEDA took it to zero): nothing to keep serving
-        return Strategy("Replace", 0, 1, "NoReplicas", "replace: no replica runs (0 desired): "
-                        "the new template is applied at once; its pods start when the model "
-                        "scales up")
-    unit = (f"{spec.gpu.count} {spec.gpu.resource}" if spec.gpu is not None else "a replica")
-    if ro.max_surge > 0 and spare > 0:
-        surge = min(ro.max_surge, spare)
-        why = (f"free GPUs on matching nodes hold {_plural(spare, 'more replica')} of "
-               f"{unit}" if spec.gpu is not None else "a CPU model: the scheduler places extras")
-        return Strategy("Surge", surge, 0, "FreeGPUs",
-                        f"surge: {_plural(surge, 'extra replica')} at a time beside the "
-                        f"{desired} serving ({why}); ready replicas never drop below {desired}")
-    why = ("no free GPU on matching nodes for an extra replica of " + unit
-           if ro.max_surge > 0 else "rollout.maxSurge is 0")
-    limit = desired if ro.allow_downtime else desired - 1
-    unavailable = max(0, min(ro.max_unavailable, limit))
-    if unavailable >= 1:
-        floor = desired - unavailable
-        return Strategy("Replace", 0, unavailable, "NoFreeGPU",
-                        f"replace: {why}; replacing {_plural(unavailable, 'replica')} at a time "
-                        f"in place (at least {floor} of {desired} stay ready, never more pods "
-                        "than GPUs)")
-    if desired <= 1 and not ro.allow_downtime:
-        hint = ("set spec.rollout.allowDowntime: true to replace the only replica (downtime), "
-                "or free a GPU for a surge")
-    else:
-        hint = "raise spec.rollout.maxUnavailable, or free a GPU for a surge"
-    blocker = ("replacing the only replica would leave none serving" if desired <= 1
-               else "rollout.maxUnavailable is 0")
-    return Strategy("Wait", 0, 0, "NoFreeGPU", f"waiting: {why}, and {blocker}; {hint}")
-
-
-def sticky_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
-                    pods: Sequence[PodInfo], chosen: Any) -> Strategy:
-    """The strategy for this reconcile; a rollout keeps the one it started with.
-
-    Free capacity moves while models roll (a replacing model's old pod gives its GPU back for a
-    moment): re-deciding at every look would flip Deployments between surge and replace. A
-    replacement stays a replacement; a surge stays a surge unless one of the model's pods cannot
-    be scheduled (someone took the free GPUs), and then it becomes a replacement.
-    """
-    fresh = choose_strategy(spec, desired, spare)
-    if chosen == "Replace" and fresh.name == "Surge":
-        return choose_strategy(spec, desired, 0)
-    if chosen == "Surge" and fresh.name != "Surge" and spec.rollout.max_surge > 0 and not any(
-            p.unschedulable_message for p in pods if not p.terminating):
-        return choose_strategy(spec, desired, 1)
-    return fresh
-
-
-def _rollout_reason(strategy: Strategy) -> str:
-    """The RolloutComplete reason while the Deployment changes template."""
-    return "SurgeRollout" if strategy.name == "Surge" else "ReplaceRollout"
 
 
 def failing(pods: Sequence[PodInfo], revision: str) -> tuple[str, str] | None:
@@ -262,7 +188,7 @@ class _Draft:
         """The update revision is complete: it becomes the current one."""
         assert self.upd is not None
         self.history.append(_entry(self.upd, "Complete",
-                                   f"{_plural(desired, 'replica')} Ready ({how})", now))
+                                   f"{plural(desired, 'replica')} Ready ({how})", now))
         if self.cur is not None and self.cur["hash"] != self.desired_hash:
             self.prev_good = self.cur
         self.cur = {"number": self.upd["number"], "hash": self.desired_hash}
@@ -335,7 +261,7 @@ def _steady(d: _Draft, raw_spec: Mapping[str, Any], live_hash: str, now: datetim
     d.stable_spec = dict(raw_spec)
     if live_hash and live_hash != d.desired_hash:
         d.moving = True
-        d.view_reason, d.view_message = _rollout_reason(d.strategy), d.strategy.message
+        d.view_reason, d.view_message = rollout_reason(d.strategy), d.strategy.message
         d.status = d.state(d.strategy.name, d.strategy.reason, d.strategy.message)
     else:
         d.status = d.state("None", "UpToDate", f"revision {d.cur.get('number')} "
@@ -470,7 +396,7 @@ def _roll(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
     else:
         if rolling:
             d.moving = True
-            d.view_reason, d.view_message = _rollout_reason(d.strategy), (
+            d.view_reason, d.view_message = rollout_reason(d.strategy), (
                 f"revision {d.upd['number']} ({d.desired_hash}): {d.strategy.message}; "
                 f"{ready} of {desired} new replica(s) Ready"
                 + ("; at 0 replicas: it completes, or is rolled back, once the model scales up"

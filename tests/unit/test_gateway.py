@@ -9,7 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from tests.unit.test_rollout import CANARY_RAW, GOOD, NOW, RAW, canary_pods, dep, pods
+from tests.unit.test_rollout import GOOD, NOW, RAW, dep, pods
+from tests.unit.test_rollout_canary import CANARY_RAW, canary_pods
 
 from kubemaas_operator.api import CanaryStep, GatewayRef, SpecError, parse_spec
 from kubemaas_operator.canary import HTTP_ROUTE, ready_share, route_weight
