@@ -215,17 +215,16 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     rolled back at once, before the serving revision gives up a replica for it.
     """
     upd = _ref(previous.get("update"))
+    live_hash = dep.revision if dep is not None else ""
     d = _Draft(
-        strategy=sticky_strategy(spec, desired, spare, pods,
-                                 previous.get("strategy") if upd is not None
-                                 and upd["hash"] == desired_hash
-                                 and previous.get("reason") != "NoReplicas" else None),
+        strategy=_strategy(spec, desired, spare, pods, previous,
+                           upd is not None and upd["hash"] == desired_hash,
+                           live_hash == desired_hash),
         desired_hash=desired_hash, cur=_ref(previous.get("current")),
         prev_good=_ref(previous.get("previous")), upd=upd, failed=_ref(previous.get("failed")),
         stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
                                                              Mapping) else None,
         history=[dict(h) for h in previous.get("history") or [] if isinstance(h, Mapping)])
-    live_hash = dep.revision if dep is not None else ""
     if d.failed is not None and d.failed["hash"] == desired_hash and d.cur is not None and (
             d.stable_spec is not None):
         _still_rolled_back(d, live_hash)
@@ -236,6 +235,20 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         _new_revision(d, spec, raw_spec, dep, pods, desired, spare, previous, now,
                       traffic_split, never)
     return _finish(d, desired)
+
+
+def _strategy(spec: ModelDeploymentSpec, desired: int, spare: int, pods: Sequence[PodInfo],
+              previous: Mapping[str, Any], same_update: bool, applied: bool) -> Strategy:
+    """The rollout's strategy (rollout_strategy.sticky_strategy), except for a revision applied
+    at zero replicas: the Deployment carries it already and the model's pods, as it scales up,
+    start on it; there is nothing to wait for (a fresh choice would say 'waiting' without a
+    free GPU)."""
+    at_zero = same_update and previous.get("reason") == "NoReplicas"
+    if at_zero and applied:
+        return Strategy("Replace", 0, 1, "NoReplicas", "replace: applied while no replica ran; "
+                        "its pods start as the model scales up")
+    return sticky_strategy(spec, desired, spare, pods, previous.get("strategy")
+                           if same_update and not at_zero else None)
 
 
 def _still_rolled_back(d: _Draft, live_hash: str) -> None:

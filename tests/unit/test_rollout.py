@@ -144,6 +144,10 @@ def test_a_revision_rolled_out_at_zero_is_judged_when_the_model_wakes() -> None:
     woke = plan(s, keda, "bbb", dep("bbb", 1, 0, 1), loading, 1, 0, p.status, hour)
     assert not woke.rolled_back and "idleSince" not in woke.status["update"]
     assert woke.status["update"]["progressAt"] == format_time(hour)
+    # no free GPU at the wake: the pod starting on the revision waits for nothing (a fresh
+    # strategy said 'waiting: ... replacing the only replica would leave none serving')
+    assert "waiting" not in woke.view.strategy_message, woke.view.strategy_message
+    assert woke.status["reason"] == "NoReplicas"
     # a good one completes once its replica stayed Ready
     ok = plan(s, keda, "bbb", dep("bbb", 1, 1, 1), pods("bbb", 1), 1, 0, p.status, hour)
     assert "update" in ok.status
