@@ -218,3 +218,35 @@ def test_each_adapter_has_its_own_prefix_cache_chain() -> None:
              cache_root("s", 1)}
     assert len(roots) == 5
     assert cache_root(None) == UNSALTED and cache_root("s", 1) == cache_root("s", 1)
+
+
+def test_weights_of_another_rank_than_the_config_says_are_refused(tmp_path: Path) -> None:
+    """PEFT refuses to load pairs whose rank is not the config's ``r`` (or its rank_pattern's):
+    they were served, scaled by their own rank (numbers neither PEFT nor vLLM give), and pairs
+    of rank 0 failed with a ZeroDivisionError (a 500 from /v1/load_lora_adapter)."""
+    from safetensors.torch import load_file, save_file
+
+    base = tiny_llama()
+    loras = LoraSet(copy.deepcopy(base), max_loras=1, max_rank=8)
+    make_adapter(base, tmp_path / "a", r=4, target_modules=["q_proj", "v_proj"])
+    rewrite_config(tmp_path / "a", r=2)
+    with pytest.raises(AdapterError, match=r"'model.layers.0.self_attn.q_proj''s pair has rank "
+                       r"4, but its r in adapter_config.json"):
+        loras.read("x", tmp_path / "a")
+    rewrite_config(tmp_path / "a", r=4, rank_pattern={"v_proj": 2})
+    with pytest.raises(AdapterError, match=r"v_proj''s pair has rank 4.* is 2"):
+        loras.read("x", tmp_path / "a")
+    rewrite_config(tmp_path / "a", rank_pattern={})
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    save_file({k: (v[:0] if ".lora_A." in k else v[:, :0]).contiguous()
+               for k, v in load_file(weights).items()}, weights)
+    with pytest.raises(AdapterError, match="has rank 0"):
+        loras.read("x", tmp_path / "a")
+    # a rank_pattern PEFT wrote itself is served as PEFT serves it
+    tuned = make_adapter(base, tmp_path / "p", r=4, rank_pattern={"v_proj": 2},
+                         target_modules=["q_proj", "v_proj"])
+    served, loras, adapter = served_with(base, tmp_path / "p")
+    assert {a.shape[0] for a, _, _ in adapter.pairs.values()} == {2, 4}
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    loras.set_step([adapter.id] * 5)
+    torch.testing.assert_close(logits(served, ids), logits(tuned, ids), rtol=1e-5, atol=1e-5)

@@ -127,6 +127,19 @@ def _pattern_value(patterns: dict[str, Any], layer: str, default: Any) -> Any:
     return default
 
 
+def _configured(path: Path, config: dict[str, Any], layer: str, key: str,
+                pattern: str) -> float:
+    """A layer's ``r`` or ``lora_alpha``: its ``rank_pattern`` / ``alpha_pattern`` value, else
+    the adapter's own (PEFT's default 8)."""
+    try:
+        value = float(_pattern_value(config.get(pattern) or {}, layer, config.get(key, 8)))
+    except (re.error, TypeError, ValueError, AttributeError) as exc:
+        raise AdapterError(f"{path}: {key} / {pattern} for {layer!r}: {exc}") from None
+    if not math.isfinite(value):
+        raise AdapterError(f"{path}: {key} / {pattern} for {layer!r} is {value}")
+    return value
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     file = path / CONFIG_FILE
     if not file.is_file():
@@ -229,14 +242,11 @@ class LoraSet:
         if rank > self.max_rank:
             raise AdapterError(f"{path}: LoRA rank {rank} is over --max-lora-rank "
                                f"{self.max_rank}")
-        try:
-            alpha = float(_pattern_value(config.get("alpha_pattern") or {}, layer,
-                                         config.get("lora_alpha", 8)))
-        except (re.error, TypeError, ValueError, AttributeError) as exc:
-            raise AdapterError(f"{path}: lora_alpha / alpha_pattern for {layer!r}: {exc}"
-                               ) from None
-        if not math.isfinite(alpha):
-            raise AdapterError(f"{path}: lora_alpha / alpha_pattern for {layer!r} is {alpha}")
+        configured = _configured(path, config, layer, "r", "rank_pattern")
+        if rank != configured:  # PEFT refuses to load it; vLLM would scale by the config's r
+            raise AdapterError(f"{path}: {layer!r}'s pair has rank {rank}, but its r in "
+                               f"{CONFIG_FILE} (r / rank_pattern) is {configured:g}")
+        alpha = _configured(path, config, layer, "lora_alpha", "alpha_pattern")
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise AdapterError(f"{path}: {layer!r}'s weights hold NaN or infinity")
         scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
