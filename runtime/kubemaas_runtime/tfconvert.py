@@ -38,6 +38,7 @@ from .storage import S3Config, fetch_model, sha256_file
 
 ARCHIVES = (".tar", ".tar.gz", ".tgz", ".zip")
 OPSET = 17
+SERVING_DEFAULT = "serving_default"
 # what an archive may unpack to, all files together (its members' declared sizes, which bound
 # what is written): a small archive of zeros must not fill the pod's cache volume or the node
 MAX_UNPACKED_BYTES = 64 * 2**30
@@ -69,6 +70,53 @@ def _find_saved_model(root: Path, label: str | None = None) -> Path:
         raise StartupError(f"{label or root} must hold exactly one SavedModel (saved_model.pb); "
                            f"found {len(found)}")
     return found[0]
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("a truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _messages(buf: memoryview, number: int) -> list[memoryview]:
+    """The length-delimited fields ``number`` of one protobuf message (its wire format)."""
+    found, pos = [], 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            if pos + size > len(buf):
+                raise ValueError("a field runs past its message")
+            if key >> 3 == number:
+                found.append(buf[pos:pos + size])
+            pos += size
+        else:
+            raise ValueError(f"wire type {wire}")
+    return found
+
+
+def signature_names(saved: Path) -> list[str] | None:
+    """The SignatureDef keys of a SavedModel, read from saved_model.pb without TensorFlow
+    (SavedModel.meta_graphs = 2, MetaGraphDef.signature_def = 5, a map entry's key = 1); None
+    when the file cannot be read so."""
+    try:
+        data = memoryview((saved / "saved_model.pb").read_bytes())
+        return [bytes(key).decode() for graph in _messages(data, 2)
+                for entry in _messages(graph, 5) for key in _messages(entry, 1)]
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
 
 
 def _check_size(archive: Path, total: int, dest: Path, limit: int) -> None:
@@ -150,10 +198,14 @@ def convert(saved: Path, dest: Path, opset: int = OPSET, timeout_s: float = 1800
     fd, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".onnx", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # TensorFlow Serving answers with serving_default (v1 requests name no other); tf2onnx
+    # converts the first signature unless told, and that need not be serving_default
+    names = signature_names(saved) or []
+    chosen = ["--signature_def", SERVING_DEFAULT] if SERVING_DEFAULT in names else []
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved),
-             "--output", str(tmp), "--opset", str(opset)],
+             "--output", str(tmp), "--opset", str(opset), *chosen],
             capture_output=True, text=True, timeout=timeout_s,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
         if proc.returncode != 0 or "Unsupported ops" in proc.stderr or not tmp.stat().st_size:

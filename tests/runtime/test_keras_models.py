@@ -7,6 +7,7 @@ through Open Inference Protocol v2, equals TensorFlow's own model.predict to flo
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,43 @@ def test_runtime_refuses_savedmodel_with_the_way_to_serve_it(keras_dir: Path) ->
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert "tf-savedmodel" in line and "kubemaas_runtime.tfconvert" in line, line
+
+
+SIGNATURES = """
+import sys
+import tensorflow as tf
+
+class M(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+    def serve(self, x):
+        return {"y": x + 1.0}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+    def other(self, x):
+        return {"y": x * 100.0}
+
+m = M()
+tf.saved_model.save(m, sys.argv[1], signatures={"a_other": m.other, "serving_default": m.serve})
+print(list(tf.saved_model.load(sys.argv[1]).signatures))
+"""
+
+
+def test_a_savedmodel_with_several_signatures_serves_serving_default(tmp_path: Path) -> None:
+    """TensorFlow Serving answers with serving_default (and the v1 route takes no other);
+    tf2onnx converts the first signature TensorFlow lists unless told, which was another one
+    here: the runtime answered x * 100 where TensorFlow Serving answers x + 1."""
+    import onnxruntime as ort
+
+    saved = tmp_path / "two_signatures"
+    made = subprocess.run([str(keras_models.tf_python()), "-c", SIGNATURES, str(saved)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
+                               "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert made.stdout.split("\n")[-2] == "['a_other', 'serving_default']"  # another first
+    proc = tfconvert(str(saved), tmp_path / "converted")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    session = ort.InferenceSession(str(tmp_path / "converted" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": np.ones((2, 3), np.float32)})
+    np.testing.assert_array_equal(got, np.full((2, 3), 2.0, np.float32))

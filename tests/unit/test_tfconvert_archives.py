@@ -14,7 +14,7 @@ import pytest
 
 from kubemaas_runtime.errors import StartupError
 from kubemaas_runtime.storage import S3Config
-from kubemaas_runtime.tfconvert import main, resolve
+from kubemaas_runtime.tfconvert import main, resolve, signature_names
 
 S3 = S3Config.from_env({}, None, None)
 
@@ -127,3 +127,25 @@ def test_timeout_s_bounds_the_conversion_too(tmp_path: Path,
     assert seen == [5.0]
     assert capsys.readouterr().err.strip() == (
         "tfconvert: error: tf2onnx did not finish within 5 s")
+
+
+def _field(number: int, data: bytes) -> bytes:
+    assert len(data) < 128
+    return bytes([number << 3 | 2, len(data)]) + data
+
+
+def test_signature_names_are_read_from_saved_model_pb(tmp_path: Path) -> None:
+    """What chooses tf2onnx's --signature_def: the SignatureDef keys in saved_model.pb's wire
+    format (SavedModel.meta_graphs = 2 -> MetaGraphDef.signature_def = 5 -> key = 1), with the
+    other fields (a varint, a fixed64, other messages) stepped over; a damaged file is None."""
+    graph = (bytes([3 << 3 | 0, 0x96, 0x01]) + bytes([4 << 3 | 1]) + b"\x00" * 8
+             + _field(1, b"meta info") + _field(5, _field(1, b"a_other") + _field(2, b"x"))
+             + _field(5, _field(1, b"serving_default") + _field(2, b"")))
+    pb = bytes([1 << 3 | 0, 1]) + _field(2, graph)
+    (tmp_path / "saved_model.pb").write_bytes(pb)
+    assert signature_names(tmp_path) == ["a_other", "serving_default"]
+    (tmp_path / "saved_model.pb").write_bytes(pb[:-3])
+    assert signature_names(tmp_path) is None
+    (tmp_path / "saved_model.pb").write_bytes(b"\xff" * 12)
+    assert signature_names(tmp_path) is None
+    assert signature_names(tmp_path / "missing") is None
