@@ -74,3 +74,29 @@ def test_values_the_model_rejects_are_400_not_500(runtime_server: Any,
                             "range in self"), doc
     status, doc = server.post_json("/v1/models/m:predict", {"instances": [[7] * 20]})
     assert status == 200, doc
+
+
+def test_inputs_of_different_batch_sizes_are_400_not_500(runtime_server: Any,
+                                                         keras_dir: Path) -> None:
+    """dict_io.keras concatenates its two inputs: 3 rows of one and 2 of the other failed
+    inside the model with a 500 that lost Keras' reason; the server serves on."""
+    data = np.load(keras_dir / "dict_io.npz")
+    server = _serve(runtime_server, keras_dir / "dict_io.keras")
+    zeta, alpha = data["zeta"], data["alpha"][:2]
+    status, doc = server.post_json("/v2/models/m/infer", {"inputs": [
+        {"name": "zeta", "shape": list(zeta.shape), "datatype": "FP32",
+         "data": zeta.reshape(-1).tolist()},
+        {"name": "alpha", "shape": list(alpha.shape), "datatype": "FP32",
+         "data": alpha.reshape(-1).tolist()}]})
+    assert status == 400, doc
+    assert doc["error"].startswith("the model rejected the input: Concatenate.call(): ") and \
+        doc["error"].endswith("(the inputs' first (batch) dimensions differ: 'zeta' 3, "
+                              "'alpha' 2)"), doc
+    status, doc = server.post_json("/v1/models/m:predict", {"inputs": {
+        "zeta": zeta.tolist(), "alpha": alpha.tolist()}})
+    assert status == 400 and "dimensions differ" in doc["error"], doc
+    status, doc = server.post_json("/v1/models/m:predict", {"inputs": {
+        "zeta": zeta.tolist(), "alpha": data["alpha"].tolist()}})
+    assert status == 200, doc
+    np.testing.assert_allclose(np.asarray(doc["outputs"]["aa_out"]), data["aa_out"],
+                               rtol=1e-4, atol=1e-5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kubemaas_runtime.backends.keras import _model_error, load_error_reason
@@ -61,3 +62,29 @@ def test_an_index_error_in_the_model_is_the_client_s() -> None:
                         "in self")
     other = RuntimeError("CUDA out of memory")
     assert _model_error(other) is other
+
+
+def test_an_error_of_a_request_unfit_for_one_call_is_the_client_s() -> None:
+    """Inputs whose batch sizes differ (Keras' inputs share their first dimension) or a tensor
+    with an empty dimension make the model fail inside (Concatenate, GlobalMaxPooling1D): that
+    was a 500 whose message lost Keras' reason ("inference failed: RuntimeError: Exception
+    encountered when calling Concatenate.call()."), now a 400 that gives it and says why."""
+    concat = RuntimeError("Exception encountered when calling Concatenate.call().\n\n\x1b[1m"
+                          "Sizes of tensors must match except in dimension 1.\x1b[0m\n\n"
+                          "Arguments received by Concatenate.call():\n  • inputs=[...]")
+    err = _model_error(concat, {"a": np.zeros((2, 4)), "seq": np.zeros((1, 5, 3))})
+    assert isinstance(err, InvalidInput)
+    assert str(err) == ("the model rejected the input: Concatenate.call(): Sizes of tensors "
+                        "must match except in dimension 1. (the inputs' first (batch) "
+                        "dimensions differ: 'a' 2, 'seq' 1)")
+    empty = ValueError("Exception encountered when calling GlobalMaxPooling1D.call().\n\n"
+                       "Cannot compute the max of an empty tensor.")
+    err = _model_error(empty, {"img": np.zeros((1, 0, 3))})
+    assert isinstance(err, InvalidInput) and str(err) == (
+        "the model rejected the input: GlobalMaxPooling1D.call(): Cannot compute the max of "
+        "an empty tensor. (input 'img' has an empty dimension: [1, 0, 3])")
+    # a request fit for the model: the model's own failure stays a server error
+    other = RuntimeError("CUDA out of memory")
+    assert _model_error(other, {"a": np.zeros((2, 4)), "seq": np.zeros((2, 5, 3))}) is other
+    assert str(_model_error(RuntimeError("bad"), {"x": np.zeros((0, 2))})) == (
+        "the model rejected the input: bad (input 'x' has an empty dimension: [0, 2])")

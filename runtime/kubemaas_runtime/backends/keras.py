@@ -131,15 +131,32 @@ def load_error_reason(exc: Exception) -> str:
     return (causes[-1] if causes else lines[0])[:400]
 
 
-def _model_error(exc: Exception) -> Exception:
+def _unfit(inputs: Mapping[str, np.ndarray]) -> str | None:
+    """What makes a request's tensors unfit for one call of a Keras model, whose inputs share
+    their first (batch) dimension: an empty dimension, or batch sizes that differ."""
+    for name, arr in inputs.items():
+        if 0 in arr.shape:
+            return f"input {name!r} has an empty dimension: {list(arr.shape)}"
+    batches = {name: arr.shape[0] for name, arr in inputs.items() if arr.ndim}
+    if len(set(batches.values())) > 1:
+        sizes = ", ".join(f"{name!r} {rows}" for name, rows in batches.items())
+        return f"the inputs' first (batch) dimensions differ: {sizes}"
+    return None
+
+
+def _model_error(exc: Exception, inputs: Mapping[str, np.ndarray] | None = None) -> Exception:
     """An IndexError raised inside the model comes from the request's values (a token id
-    outside an Embedding's range, an empty sequence): a client error with Keras' own reason."""
-    if not isinstance(exc, IndexError):
+    outside an Embedding's range, an empty sequence), and so does any error of a request whose
+    tensors are unfit (``_unfit``): a client error with Keras' own reason."""
+    unfit = _unfit(inputs) if inputs is not None else None
+    if not isinstance(exc, IndexError) and unfit is None:
         return exc
     lines = _lines(exc)
     where = lines[0].removeprefix("Exception encountered when calling ").rstrip(".")
     reason = next((ln for ln in lines[1:] if not ln.startswith(("Arguments", "•"))), "")
-    return InvalidInput(f"the model rejected the input: {where}: {reason}"[:400])
+    said = f"{where}: {reason}" if reason else where
+    why = f" ({unfit})" if unfit else ""
+    return InvalidInput(f"the model rejected the input: {said}"[:400] + why[:200])
 
 
 def _load(keras: Any, path: Path, config: dict[str, Any]) -> Any:
@@ -237,7 +254,7 @@ class KerasModel:
                     layer.reset_state()
                 result = self._model(feed, training=False)
         except Exception as exc:  # re-raised, as a client error when it is one
-            raise _model_error(exc) from None
+            raise _model_error(exc, inputs) from None
         flat = self._tree.flatten(result)
         if len(flat) != len(self.outputs):
             raise InvalidInput(f"the model produced {len(flat)} outputs, its metadata lists "
