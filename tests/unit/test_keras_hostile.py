@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kubemaas_runtime.backends.keras import _model_error, load_error_reason
+from kubemaas_runtime.backends.keras import _model_error, _unique, load_error_reason
 from kubemaas_runtime.backends.keras_config import MAX_CONFIG_BYTES, KerasConfigError, read_config
 from kubemaas_runtime.errors import InvalidInput
 
@@ -88,3 +88,13 @@ def test_an_error_of_a_request_unfit_for_one_call_is_the_client_s() -> None:
     assert _model_error(other, {"a": np.zeros((2, 4)), "seq": np.zeros((2, 5, 3))}) is other
     assert str(_model_error(RuntimeError("bad"), {"x": np.zeros((0, 2))})) == (
         "the model rejected the input: bad (input 'x' has an empty dimension: [0, 2])")
+
+
+def test_repeated_tensor_names_get_suffixes_no_other_tensor_has() -> None:
+    """keras.Model(x, [a, a, b]) with layers named "x" and "x_1": the second a was named x_1
+    too, so the metadata listed two outputs x_1 ([-1, 1] and [-1, 3]) and answers held two
+    outputs of three."""
+    assert _unique(["x", "x", "x_1"]) == ["x", "x_2", "x_1"]
+    assert _unique(["x_1", "x", "x"]) == ["x_1", "x", "x_2"]
+    assert _unique(["a", "a", "a"]) == ["a", "a_1", "a_2"]
+    assert _unique(["x", "x", "x_1", "x_2"]) == ["x", "x_3", "x_1", "x_2"]

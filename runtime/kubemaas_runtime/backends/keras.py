@@ -77,12 +77,18 @@ def _layer_name(tensor: Any, fallback: str) -> str:
 
 
 def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
+    """The names, a repeated one suffixed ``_1``, ``_2`` ... with a suffix no other name has
+    (outputs [x, x, x_1]: x, x_2, x_1)."""
+    taken = set(names)
+    used: set[str] = set()
     out = []
     for name in names:
-        n = seen.get(name, 0)
-        seen[name] = n + 1
-        out.append(name if n == 0 else f"{name}_{n}")
+        unique, n = name, 0
+        while unique in used or (unique != name and unique in taken):
+            n += 1
+            unique = f"{name}_{n}"
+        used.add(unique)
+        out.append(unique)
     return out
 
 
