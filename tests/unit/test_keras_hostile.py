@@ -98,3 +98,17 @@ def test_repeated_tensor_names_get_suffixes_no_other_tensor_has() -> None:
     assert _unique(["x_1", "x", "x"]) == ["x_1", "x", "x_2"]
     assert _unique(["a", "a", "a"]) == ["a", "a_1", "a_2"]
     assert _unique(["x", "x", "x_1", "x_2"]) == ["x", "x_3", "x_1", "x_2"]
+
+
+def test_a_load_error_that_introduces_its_reason_keeps_it() -> None:
+    """Keras' error for weights that do not fit the configuration puts the reason on the line
+    after "...for object <Dense name=head_two, built=True>:"; the one line ended at the colon."""
+    exc = ValueError("A total of 1 objects could not be loaded. Example error message for object "
+                     "<Dense name=head_two, built=True>:\n\nLayer 'head_two' expected 2 "
+                     "variables, but received 0 variables during loading. Expected: ['kernel', "
+                     "'bias']\n\nList of objects that could not be loaded:\n[<Dense>]")
+    assert load_error_reason(exc) == (
+        "A total of 1 objects could not be loaded. Example error message for object <Dense "
+        "name=head_two, built=True>: Layer 'head_two' expected 2 variables, but received 0 "
+        "variables during loading. Expected: ['kernel', 'bias']")
+    assert load_error_reason(ValueError("only a line:")) == "only a line:"

@@ -134,7 +134,11 @@ def load_error_reason(exc: Exception) -> str:
     lines = _lines(exc)
     causes = [ln.removeprefix("Exception encountered:").strip() for ln in lines
               if ln.startswith("Exception encountered:")]
-    return (causes[-1] if causes else lines[0])[:400]
+    if causes:
+        return causes[-1][:400]
+    if lines[0].endswith(":") and len(lines) > 1:  # "... Example error message for <Dense>:"
+        return f"{lines[0]} {lines[1]}"[:400]
+    return lines[0][:400]
 
 
 def _unfit(inputs: Mapping[str, np.ndarray]) -> str | None:
