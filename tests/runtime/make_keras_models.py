@@ -13,6 +13,8 @@ Writes into OUT_DIR:
   dict_io.keras                              inputs and outputs in dicts, keys out of sorted
                                              order and unlike the layers' names
   stateful.keras                             a stateful LSTM (batch 1)
+  ops.keras                                  a functional model of keras.ops (sum, mean,
+                                             slicing, concatenate, tanh) and a Dense
   custom.keras                               a registered custom layer (not servable)
   lambda.keras                               a Lambda layer (not servable)
   unsupported_savedmodel/                    a SavedModel with an op tf2onnx cannot convert
@@ -94,6 +96,14 @@ def structured(keras: Any, out: Path) -> None:
     stateful.save(out / "stateful.keras")
     steps = rng.random((1, 3, 2), dtype=np.float32)
     np.savez(out / "stateful.npz", steps=steps, want=stateful.predict(steps, verbose=0))
+    ops = keras.ops  # a functional model of keras.ops: its configuration names each operation
+    v = keras.Input((5,), name="v")
+    picked = ops.concatenate([v[:, :2], ops.expand_dims(ops.mean(v, axis=-1), -1)], axis=-1)
+    with_ops = keras.Model(v, {"s": ops.sum(v * 2.0, axis=-1, keepdims=True),
+                               "w": keras.layers.Dense(2, name="d")(ops.tanh(picked))})
+    with_ops.save(out / "ops.keras")
+    v_x = rng.random((3, 5), dtype=np.float32)
+    np.savez(out / "ops.npz", v=v_x, **with_ops.predict(v_x, verbose=0))
 
 
 def unsupported(out: Path) -> None:

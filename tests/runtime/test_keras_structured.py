@@ -100,3 +100,17 @@ def test_inputs_of_different_batch_sizes_are_400_not_500(runtime_server: Any,
     assert status == 200, doc
     np.testing.assert_allclose(np.asarray(doc["outputs"]["aa_out"]), data["aa_out"],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_a_functional_model_of_keras_ops_is_served(runtime_server: Any, keras_dir: Path) -> None:
+    """keras.ops in a functional model (v * 2.0, v[:, :2], sum, mean, expand_dims, concatenate,
+    tanh): its configuration names each operation as a layer of module keras.src.ops.numpy,
+    which Keras loads in safe mode; they were refused at start as "not a built-in Keras layer
+    ... custom layer code is not loaded". Answers equal TensorFlow's."""
+    data = np.load(keras_dir / "ops.npz")
+    server = _serve(runtime_server, keras_dir / "ops.keras")
+    status, doc = server.post_json("/v1/models/m:predict", {"inputs": data["v"].tolist()})
+    assert status == 200, doc
+    for name in ("s", "w"):
+        np.testing.assert_allclose(np.asarray(doc["outputs"][name]), data[name],
+                                   rtol=1e-4, atol=1e-5)

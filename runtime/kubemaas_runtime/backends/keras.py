@@ -10,6 +10,7 @@ signature), datatypes and shapes from the Keras tensors (``None`` is -1).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -51,9 +52,22 @@ def _import_keras(device: str) -> Any:
     return keras
 
 
+# where Keras 3 keeps the operations of keras.ops, which a functional model's configuration
+# names as layers ({"module": "keras.src.ops.numpy", "class_name": "Sum"}: keras.ops.sum, or
+# x * 2.0, x[:, :2] on its tensors)
+_OPS_MODULES = ("core", "image", "linalg", "math", "nn", "numpy")
+
+
 def builtin_classes(keras: Any) -> set[str]:
-    """Names of Keras' own layer and model classes."""
+    """Names of Keras' own layer and model classes, and of its operations (keras.ops)."""
     names = {n for n in dir(keras.layers) if isinstance(getattr(keras.layers, n), type)}
+    for module_name in _OPS_MODULES:
+        try:
+            module = importlib.import_module(f"keras.src.ops.{module_name}")
+        except ImportError:  # another Keras layout: its operations are refused, not guessed
+            continue
+        names |= {n for n, c in vars(module).items()
+                  if isinstance(c, type) and issubclass(c, keras.Operation)}
     return names | {"Sequential", "Functional", "Model", "InputLayer"}
 
 
