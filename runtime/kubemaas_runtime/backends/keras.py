@@ -10,6 +10,7 @@ signature), datatypes and shapes from the Keras tensors (``None`` is -1).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -17,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -251,6 +253,7 @@ class KerasModel:
         self.outputs = [TensorSpec(n, _datatype(t.dtype, n), _shape(t.shape)) for n, t in
                         _named(keras, self._out_struct, model.outputs, "output")]
         self._stateful = _stateful_layers(model, path)
+        self._state_lock = threading.Lock()
         self._input_names = [s.name for s in self.inputs]
         self._batchable = batch_dim_dynamic(self.inputs) and batch_dim_dynamic(self.outputs)
         log.info("keras model loaded", extra={"fields": {
@@ -272,8 +275,11 @@ class KerasModel:
         args = [self._tensor(inputs[name]) for name in self._input_names]
         feed = (args[0] if self._in_struct is None
                 else self._tree.pack_sequence_as(self._in_struct, args))
+        # a stateful layer's state lives in the model: calls of --instances threads must not
+        # overlap (one's reset between another's read and write of it)
+        guard = self._state_lock if self._stateful else contextlib.nullcontext()
         try:
-            with self._torch.inference_mode():
+            with self._torch.inference_mode(), guard:
                 for layer in self._stateful:
                     layer.reset_state()
                 result = self._model(feed, training=False)
