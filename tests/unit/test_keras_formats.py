@@ -174,3 +174,23 @@ def test_runtime_settings_know_keras_files_and_send_savedmodels_to_tfconvert() -
     assert load_settings(["--model-uri", "s3://b/m.h5"], {}).model_format == "keras"
     with pytest.raises(StartupError, match=r"python -m kubemaas_runtime\.tfconvert"):
         load_settings(["--model-uri", "saved", "--format", "tf-savedmodel"], {})
+
+
+def test_tensorflow_functions_of_tf_keras_are_refused_as_such() -> None:
+    """A tf.keras functional model's x[:, :3] * 2.0 is written as SlicingOpLambda and
+    TFOpLambda layers; they were refused as "not a built-in Keras layer ... custom layer code
+    is not loaded", though the model has no custom code: they need TensorFlow."""
+    k2 = {"class_name": "Functional", "config": {"name": "m", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "v"}},
+        {"class_name": "SlicingOpLambda", "config": {"name": "tf.__operators__.getitem",
+                                                     "function": "__operators__.getitem"}},
+        {"class_name": "TFOpLambda", "config": {"name": "tf.math.multiply",
+                                                "function": "math.multiply"}}]}}
+    found = find_refusals(k2, BUILTIN)
+    assert [(r.layer, r.class_name) for r in found] == [
+        ("tf.__operators__.getitem", "SlicingOpLambda"), ("tf.math.multiply", "TFOpLambda")]
+    assert found[1].message() == (
+        "cannot serve layer 'tf.math.multiply' (class TFOpLambda): it is a TensorFlow function "
+        "that tf.keras applied to a Keras tensor; Keras 3 cannot run it without TensorFlow: "
+        "save the model as a SavedModel and deploy it with format tf-savedmodel, or rebuild it "
+        "with Keras layers or keras.ops")

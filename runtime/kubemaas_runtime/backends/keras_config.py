@@ -29,6 +29,12 @@ REFUSED = {
                  "deploy the SavedModel itself with format tf-savedmodel",
     "TorchModuleWrapper": "it pickles a torch module, which the runtime does not unpickle",
 }
+# tf.keras (Keras 2) writes a TensorFlow function applied to a Keras tensor (x * 2, x[:, :3],
+# tf.reduce_sum(x)) as one of these: Keras 3 has no such layers and there is no TensorFlow here
+_TF_OP = ("it is a TensorFlow function that tf.keras applied to a Keras tensor; Keras 3 cannot "
+          "run it without TensorFlow: save the model as a SavedModel and deploy it with format "
+          "tf-savedmodel, or rebuild it with Keras layers or keras.ops")
+REFUSED.update({"TFOpLambda": _TF_OP, "SlicingOpLambda": _TF_OP})
 # Model containers: their sub-layers are checked, not the container itself.
 CONTAINERS = {"Sequential", "Functional", "Model"}
 
