@@ -17,6 +17,8 @@ Writes into OUT_DIR:
                                              slicing, concatenate, tanh) and a Dense
   custom.keras                               a registered custom layer (not servable)
   lambda.keras                               a Lambda layer (not servable)
+  unbuilt.keras                              a Sequential saved before it was built (not
+                                             servable: its inputs are unknown)
   unsupported_savedmodel/                    a SavedModel with an op tf2onnx cannot convert
                                              (HistogramFixedWidth)
   mnist_x.npy, text_x.npy                    inputs; *_want.npy: model.predict on them
@@ -75,6 +77,7 @@ def keras3(out: Path) -> None:
         out / "custom.keras")
     keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x + 1, name="plus_one")]
                      ).save(out / "lambda.keras")
+    keras.Sequential([keras.layers.Dense(2)]).save(out / "unbuilt.keras")  # no Input, no call
     unsupported(out)
 
 

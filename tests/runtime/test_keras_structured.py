@@ -136,3 +136,19 @@ def test_a_functional_model_of_keras_ops_is_served(runtime_server: Any, keras_di
     for name in ("s", "w"):
         np.testing.assert_allclose(np.asarray(doc["outputs"][name]), data[name],
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_saved_before_it_was_built_is_refused_in_one_line(runtime_server: Any,
+                                                                  keras_dir: Path) -> None:
+    """keras.Sequential([Dense(2)]) saved without an Input and never called has no inputs: the
+    runtime stopped with a traceback (AttributeError: 'Sequential' object has no attribute
+    'inputs')."""
+    server = runtime_server(["--model-uri", str(keras_dir / "unbuilt.keras"), "--name", "m"],
+                            ready=False)
+    assert server.proc.wait(120) == 1
+    errors = [d for d in server.logs() if d.get("level") == "error"]
+    assert [d["msg"] for d in errors] == [
+        "unbuilt.keras: the model was saved before it was built (a Sequential without "
+        "keras.Input, never called or trained): its inputs are unknown; add keras.Input(shape) "
+        "first, or call model.build(shape), and save it again"], server.lines[-5:]
+    assert not any("Traceback" in line for line in server.lines)

@@ -239,6 +239,11 @@ class KerasModel:
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
         model = _load(keras, path, config)
+        if getattr(model, "inputs", None) is None:  # Keras: an AttributeError, not None
+            raise StartupError(f"{path.name}: the model was saved before it was built (a "
+                               "Sequential without keras.Input, never called or trained): its "
+                               "inputs are unknown; add keras.Input(shape) first, or call "
+                               "model.build(shape), and save it again")
         self._model = model
         self._torch = torch
         self._tree = keras.tree
