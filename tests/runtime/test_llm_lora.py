@@ -273,7 +273,7 @@ def test_adapters_that_hold_no_number_are_refused_at_load(server: Server,
             ("nanw", filled_adapter(source, tmp_path / "w", float("nan")), "NaN or infinity"),
             ("infw", filled_adapter(source, tmp_path / "i", float("inf")), "NaN or infinity"),
             ("nana", filled_adapter(source, tmp_path / "a", 0.01, lora_alpha=float("nan")),
-             "lora_alpha must be a positive number"),
+             "lora_alpha must be a finite number"),
             ("pat", filled_adapter(source, tmp_path / "p", 0.01,
                                    alpha_pattern={".*": float("inf")}), "is inf")]:
         status, _, body = server.request(

@@ -250,3 +250,20 @@ def test_weights_of_another_rank_than_the_config_says_are_refused(tmp_path: Path
     ids = torch.tensor([[1, 5, 9, 2, 7]])
     loras.set_step([adapter.id] * 5)
     torch.testing.assert_close(logits(served, ids), logits(tuned, ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0, -16])
+def test_an_alpha_of_zero_or_below_scales_as_peft(tmp_path: Path, alpha: int) -> None:
+    """PEFT (and vLLM) serve any lora_alpha: 0 leaves the model as it is, a negative one
+    subtracts the update. Such adapters were refused ("lora_alpha must be a positive
+    number")."""
+    base = tiny_llama()
+    tuned = make_adapter(base, tmp_path / "a", r=4, lora_alpha=alpha,
+                         target_modules=LLAMA_TARGETS)
+    served, loras, adapter = served_with(base, tmp_path / "a")
+    assert {scale for _, _, scale in adapter.pairs.values()} == {alpha / 4}
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    loras.set_step([adapter.id] * 5)
+    torch.testing.assert_close(logits(served, ids), logits(tuned, ids), rtol=1e-5, atol=1e-5)
+    if alpha == 0:
+        torch.testing.assert_close(logits(served, ids), logits(base, ids))

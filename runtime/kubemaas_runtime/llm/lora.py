@@ -164,11 +164,14 @@ def _read_config(path: Path) -> dict[str, Any]:
     for bad, what in refused:
         if bad:
             raise AdapterError(f"{path}: the adapter uses {what}, which is not served")
-    for key in ("r", "lora_alpha"):
+    # PEFT and vLLM take any lora_alpha: 0 leaves the model as it is, a negative one subtracts
+    # the update (an adapter negated in task arithmetic)
+    for key, least in (("r", 0.0), ("lora_alpha", -math.inf)):
         value = config.get(key, 8)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not 0 < value < math.inf:
-            raise AdapterError(f"{file}: {key} must be a positive number")
+                not least < value < math.inf:
+            raise AdapterError(f"{file}: {key} must be a "
+                               f"{'positive' if key == 'r' else 'finite'} number")
     return config
 
 
