@@ -363,3 +363,34 @@ def test_an_adapter_that_cannot_be_served_stops_the_server(tiny_llama: Path,
     errors = [d["msg"] for d in server.logs() if d.get("level") == "error"]
     assert errors and "LoRA adapter 'chat'" in errors[0] and \
         "rank 8 is over --max-lora-rank 4" in errors[0], server.lines[-5:]
+
+
+def test_an_unloaded_adapter_s_weights_go_while_the_engine_is_idle(
+        tiny_llama: Path, adapters: dict[str, Any]) -> None:
+    """The engine freed an unloaded adapter's weights after its next step only: on an idle
+    server (a LoRA syncer cycling adapters, no traffic) every unloaded or replaced adapter
+    stayed in memory until some request came."""
+    import asyncio
+
+    from kubemaas_runtime.llm.engine import Engine, EngineConfig
+    from kubemaas_runtime.llm.loader import load_hf
+    from kubemaas_runtime.llm.lora import LoraSet
+
+    lm = load_hf(tiny_llama, device="cpu")
+    lm.loras = loras = LoraSet(lm.model, max_loras=1, max_rank=8)
+    engine = Engine(lm, EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256))
+    loop = asyncio.new_event_loop()
+    engine.start(loop)
+    try:
+        adapter = loras.read("x", adapters["root"] / "chat")
+        loras.add(adapter)
+        time.sleep(0.2)  # the engine waits for work
+        loras.remove("x")
+        deadline = time.monotonic() + 5
+        while loras.present(adapter.id) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not loras.present(adapter.id) and not loras.retired
+        assert not any(adapter.id in layer.pairs for layer in loras.layers.values())
+    finally:
+        engine.stop()
+        loop.close()

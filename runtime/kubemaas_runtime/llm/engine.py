@@ -89,6 +89,9 @@ class Engine(EngineThread):
         self.store = KVStore(lm.num_layers, num_blocks, cfg.block_size, lm.kv_heads,
                              lm.head_dim, lm.dtype, lm.device)
         self.loras = lm.loras
+        self._retiring = False  # an adapter was unloaded: free its weights, idle or not
+        if self.loras is not None:
+            self.loras.on_retire = self._retire
         self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens,
                                    priority=cfg.scheduling_policy == "priority",
                                    max_loras=self.loras.max_loras if self.loras else 0)
@@ -174,6 +177,11 @@ class Engine(EngineThread):
     def abort(self, seq: Sequence) -> None:
         self._post("abort", seq)
 
+    def _retire(self) -> None:
+        with self._wake:
+            self._retiring = True
+            self._wake.notify()
+
     def _post(self, what: str, seq: Sequence) -> None:
         with self._wake:
             self._inbox.append((what, seq))
@@ -205,9 +213,11 @@ class Engine(EngineThread):
         """What the event loop posted since the last step, once there is work (None: stop)."""
         with self._wake:
             idle = not self._has_work()
-            while not self._stopped and not self._inbox and not self._has_work():
+            while not self._stopped and not self._inbox and not self._has_work() and \
+                    not self._retiring:
                 self._wake.wait()
-            if idle and self.cfg.arrival_window > 0:
+            self._retiring = False  # the step that follows (maybe empty) publishes and frees
+            if idle and self._inbox and self.cfg.arrival_window > 0:
                 self._let_arrivals_land()
             if self._stopped:
                 return None

@@ -205,6 +205,8 @@ class LoraSet:
         self.pins: collections.Counter[int] = collections.Counter()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # loads and unloads (the event loop's threads)
+        # the engine's: wakes its thread to free what ``remove`` retired (it may be idle)
+        self.on_retire: Callable[[], None] | None = None
         param = next(model.parameters())
         self._dtype, self._device = param.dtype, param.device
 
@@ -275,7 +277,9 @@ class LoraSet:
             if adapter is None:
                 raise KeyError(name)
             self.retired.add(adapter.id)
-            return adapter
+        if self.on_retire is not None:
+            self.on_retire()
+        return adapter
 
     def pin(self, adapter_id: int) -> None:
         """Keep the adapter's weights while a request holds it (unloaded or replaced since
