@@ -267,3 +267,35 @@ def test_an_alpha_of_zero_or_below_scales_as_peft(tmp_path: Path, alpha: int) ->
     torch.testing.assert_close(logits(served, ids), logits(tuned, ids), rtol=1e-5, atol=1e-5)
     if alpha == 0:
         torch.testing.assert_close(logits(served, ids), logits(base, ids))
+
+
+READ_IN_A_CHILD = """
+import sys
+from pathlib import Path
+from tests.unit.test_llm_lora import tiny_llama
+from kubemaas_runtime.llm.lora import AdapterError, LoraSet
+try:
+    LoraSet(tiny_llama(), max_loras=1, max_rank=8).read("x", Path(sys.argv[1]))
+except AdapterError as exc:
+    print(exc)
+"""
+
+
+def test_a_pattern_that_would_match_for_ever_is_refused(tmp_path: Path) -> None:
+    """An alpha_pattern (or rank_pattern) key is a regular expression matched against each
+    layer name: with Python's re, (.|.)*j\\d backtracks for ever holding the GIL, and the whole
+    server froze (/health unanswered) on /v1/load_lora_adapter. Now matching has a time limit
+    and such an adapter is refused. (In a child process: without the limit it never ends.)"""
+    import os
+    import subprocess
+    import sys
+
+    make_adapter(tiny_llama(), tmp_path / "a", r=4, target_modules=["q_proj"])
+    rewrite_config(tmp_path / "a", alpha_pattern={r"(.|.)*j\d": 2})
+    proc = subprocess.run([sys.executable, "-c", READ_IN_A_CHILD, str(tmp_path / "a")],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == (
+        f"{tmp_path / 'a'}: lora_alpha / alpha_pattern for 'model.layers.0.self_attn.q_proj': "
+        r"the pattern '(.|.)*j\\d' takes more than 0.25 s to match")

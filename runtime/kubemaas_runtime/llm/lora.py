@@ -119,10 +119,24 @@ def wrap_layers(model: Any, rows: StepRows) -> dict[str, LoraLinear]:
     return layers
 
 
+# a pattern of the adapter's is matched against each layer name (some 40 characters) within
+# this; Python's re can take forever on one such as (.*.*)*X, holding the GIL: the whole server
+PATTERN_TIMEOUT_S = 0.25
+
+
 def _pattern_value(patterns: dict[str, Any], layer: str, default: Any) -> Any:
-    """PEFT's rank_pattern / alpha_pattern: a key matches a layer name or its tail."""
+    """PEFT's rank_pattern / alpha_pattern: a key matches a layer name or its tail (a regular
+    expression, matched by ``regex`` with a time limit; transformers needs it anyway)."""
+    import regex
+
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", layer):
+        try:
+            found = regex.match(rf"(.*\.)?({key})$", layer, timeout=PATTERN_TIMEOUT_S,
+                                concurrent=True)
+        except TimeoutError:
+            raise ValueError(f"the pattern {key!r} takes more than {PATTERN_TIMEOUT_S} s to "
+                             "match") from None
+        if found:
             return value
     return default
 
@@ -131,9 +145,11 @@ def _configured(path: Path, config: dict[str, Any], layer: str, key: str,
                 pattern: str) -> float:
     """A layer's ``r`` or ``lora_alpha``: its ``rank_pattern`` / ``alpha_pattern`` value, else
     the adapter's own (PEFT's default 8)."""
+    import regex
+
     try:
         value = float(_pattern_value(config.get(pattern) or {}, layer, config.get(key, 8)))
-    except (re.error, TypeError, ValueError, AttributeError) as exc:
+    except (regex.error, TypeError, ValueError, AttributeError) as exc:
         raise AdapterError(f"{path}: {key} / {pattern} for {layer!r}: {exc}") from None
     if not math.isfinite(value):
         raise AdapterError(f"{path}: {key} / {pattern} for {layer!r} is {value}")
