@@ -191,6 +191,22 @@ def _one_line(text: str) -> str:
     return (errors or lines or ["no output"])[-1][:400]
 
 
+def _signature_args(saved: Path) -> list[str]:
+    """TensorFlow Serving answers with serving_default (v1 requests name no other); tf2onnx
+    converts the first signature TensorFlow lists unless told, which need not be that one, so
+    it is told; a SavedModel of several signatures but no serving_default is refused (which
+    one to serve is unknown)."""
+    names = signature_names(saved)
+    served = [n for n in names or [] if not n.startswith("_")]  # __saved_model_init_op
+    if SERVING_DEFAULT in served:
+        return ["--signature_def", SERVING_DEFAULT]
+    if len(served) > 1:
+        raise StartupError(f"{saved.name} has the signatures {', '.join(sorted(served))} and no "
+                           f"{SERVING_DEFAULT}: which one to serve is unknown; save it with "
+                           f"signatures={{'{SERVING_DEFAULT}': ...}}")
+    return []
+
+
 def convert(saved: Path, dest: Path, opset: int = OPSET, timeout_s: float = 1800) -> None:
     """tf2onnx, in a child process (its logging and TensorFlow's stay out of ours); the result
     is written next to ``dest`` and renamed into place."""
@@ -198,10 +214,7 @@ def convert(saved: Path, dest: Path, opset: int = OPSET, timeout_s: float = 1800
     fd, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".onnx", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    # TensorFlow Serving answers with serving_default (v1 requests name no other); tf2onnx
-    # converts the first signature unless told, and that need not be serving_default
-    names = signature_names(saved) or []
-    chosen = ["--signature_def", SERVING_DEFAULT] if SERVING_DEFAULT in names else []
+    chosen = _signature_args(saved)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved),

@@ -149,3 +149,20 @@ def test_signature_names_are_read_from_saved_model_pb(tmp_path: Path) -> None:
     (tmp_path / "saved_model.pb").write_bytes(b"\xff" * 12)
     assert signature_names(tmp_path) is None
     assert signature_names(tmp_path / "missing") is None
+
+
+def test_several_signatures_without_serving_default_are_refused(tmp_path: Path,
+                                                               capsys: Any) -> None:
+    """tf2onnx would convert whichever signature TensorFlow lists first (b_one or a_two: a
+    model's answers by chance); TensorFlow Serving answers a request without signature_name
+    only with serving_default."""
+    graph = (_field(5, _field(1, b"__saved_model_init_op")) + _field(5, _field(1, b"b_one"))
+             + _field(5, _field(1, b"a_two")))
+    saved = tmp_path / "two"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(_field(2, graph))
+    assert main(["--model-uri", str(saved), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "tfconvert: error: two has the signatures a_two, b_one and no serving_default: which "
+        "one to serve is unknown; save it with signatures={'serving_default': ...}")
+    assert not (tmp_path / "out" / "model.onnx").exists()
