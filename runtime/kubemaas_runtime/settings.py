@@ -160,9 +160,9 @@ OPTIONS: tuple[Option, ...] = (
            "into oneDNN's blocked layout (faster steps, same memory); false keeps torch's "
            "linear."),
     Option("traced_decode", "--traced-decode", "KUBEMAAS_TRACED_DECODE", True, _bool,
-           "hf models on CPU (Llama, Mistral, Qwen2, Qwen3): run steps that only decode from "
-           "a graph traced once from the model (bit-identical logits, less Python per step); "
-           "false runs every step eagerly."),
+           "hf models (Llama, Mistral, Qwen2, Qwen3): steps that only decode replay a recorded "
+           "graph, on CPU traced once from the model (bit-identical logits, less Python per "
+           "step), on CUDA CUDA graphs captured at start-up; false runs every step eagerly."),
     Option("decode_lanes", "--decode-lanes", "KUBEMAAS_DECODE_LANES", True, _bool,
            "hf models on CPU: keep the decoding sequences' keys and values also contiguous, "
            "one lane per sequence, in up to as many bytes as --kv-cache-memory, so that a "
