@@ -1,5 +1,5 @@
-"""hack/cluster: up | down | status | env | nodes | gateway-api | inference-extension | keda — the
-local control plane."""
+"""hack/cluster: up | real-node | down | status | env | binaries | gateway-api |
+inference-extension | keda — the local control plane."""
 
 from __future__ import annotations
 
