@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BASH = ["hack/test", "hack/demo", "hack/install-python", "hack/install-node-deps",
+BASH = ["hack/test", "hack/demo", "hack/lock", "hack/install-python", "hack/install-node-deps",
         "hack/chart-previous", "hack/build-testbed", "hack/node/build-images"]
 PYTHON = ["hack/chart-sync", "hack/api-docs"]
 REFUSE = ["hack/install-python", "hack/install-node-deps", "hack/chart-previous", "hack/demo"]
