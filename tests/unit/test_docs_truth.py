@@ -64,6 +64,20 @@ def test_runtime_settings_table_states_each_default_and_choice() -> None:
     assert unnamed == [], "docs/runtime.md's table does not name these choices"
 
 
+def test_llm_settings_table_states_the_runtime_defaults() -> None:
+    """docs/llm.md's table of the flags that matter for language models: each a runtime flag,
+    and each default given as one literal the one settings.py has."""
+    from kubemaas_runtime.settings import OPTIONS
+
+    options = {o.flag: o for o in OPTIONS}
+    rows = _cells("llm.md", "--[a-z0-9-]+")
+    assert [flag for flag in rows if flag not in options] == []
+    wrong = [(flag, cells[0], options[flag].default) for flag, cells in rows.items()
+             if re.fullmatch(r"`[^`]+`", cells[0])
+             and not _same_default(cells[0], options[flag].default)]
+    assert wrong == [], "docs/llm.md states other defaults than settings.py"
+
+
 def test_operator_settings_table_lists_each_variable_with_its_default() -> None:
     from kubemaas_operator.config import Settings
 
