@@ -172,3 +172,19 @@ def test_docs_yaml_examples_parse(where: str, doc: dict[str, Any]) -> None:
 
 def test_docs_have_yaml_examples() -> None:
     assert len(EXAMPLES) >= 12
+
+
+def test_paths_and_tests_the_docs_name_exist() -> None:
+    """Files named by their path (a module split, a test file renamed) and tests named as
+    FILE::NAME or `test_name`; bench/results/ holds what benchmarks write, not the checkout."""
+    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))])
+    paths = {m.rstrip(".,;:") for m in re.findall(
+        r"\b(?:tests|bench|hack|runtime|operator|charts|crds|examples)/[A-Za-z0-9_./-]*[A-Za-z0-9_]",
+        text)}
+    missing = sorted(p for p in paths if not p.startswith("bench/results/")
+                     and not (ROOT / p).exists() and p != "tests/helpers.wait_for")
+    assert missing == [], "paths the docs name that do not exist"
+    sources = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
+    named = set(re.findall(r"::(test_\w+)", text)) | set(re.findall(r"`(test_\w+)`", text))
+    assert sorted(n for n in named if not re.search(rf"def {n}\b", sources)) == []
+
