@@ -90,6 +90,27 @@ def test_operator_settings_table_lists_each_variable_with_its_default() -> None:
     assert wrong == [], "docs/operator.md states other defaults than config.py"
 
 
+def test_operator_field_table_names_every_part_of_the_spec() -> None:
+    """docs/operator.md's table of the spec: every field of the CRD's spec, and every field one
+    level down but those of the parts its own page describes (autoscaling, rollout, podMetadata)."""
+    crd = yaml.safe_load((ROOT / "crds" / "serving.kubemaas.io_modeldeployments.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    table = "\n".join(line for line in (DOCS / "operator.md").read_text().splitlines()
+                      if line.startswith("| `"))
+    unnamed = []
+    for top, node in spec["properties"].items():
+        if f"`{top}" not in table:
+            unnamed.append(top)
+        if top in ("autoscaling", "rollout", "podMetadata"):
+            continue
+        unnamed += [f"{top}.{key}" for key in node.get("properties", {})
+                    if not re.search(rf"`{top}\.{key}`|`{key}`|`{top}\.\w+`, `{key}`", table)]
+    assert unnamed == [], "fields docs/operator.md's spec table does not name"
+    formats = spec["properties"]["model"]["properties"]["format"]["enum"]
+    row = next(line for line in table.splitlines() if line.startswith("| `model.format`"))
+    assert [f for f in formats if f"`{f}`" not in row] == []
+
+
 def _metric_names(lines: list[str]) -> set[str]:
     return {line.split()[2] for line in lines if line.startswith("# TYPE ")}
 
