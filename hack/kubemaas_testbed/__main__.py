@@ -117,11 +117,19 @@ def _print(line: Callable[[Cluster], object]) -> Callable[[Cluster, argparse.Nam
     return verb
 
 
+def _env(cluster: Cluster, args: argparse.Namespace) -> int:
+    """`eval "$(hack/cluster env)"`: a kubeconfig only for a testbed that is up (a stale one
+    would point kubectl at nothing, or at whatever took the port since)."""
+    _require_up(cluster)
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
+    return 0
+
+
 VERBS: dict[str, Callable[[Cluster, argparse.Namespace], int]] = {
     "up": _up,
     "down": _down,
     "status": _status,
-    "env": _print(lambda cluster: f"export KUBECONFIG={cluster.kubeconfig}"),
+    "env": _env,
     "real-node": _real_node,
     "binaries": _print(lambda cluster: binaries.ensure().kube_apiserver.parent),
     "gateway-api": _crds,

@@ -67,3 +67,12 @@ def test_an_unknown_argument_is_refused(sandbox: tuple[Path, dict[str, str], Pat
     done = _run(repo, env, script, "--bogus")
     assert done.returncode == 2 and "--bogus" in done.stderr, (done.returncode, done.stderr)
     assert not ran.exists()
+
+
+def test_cluster_env_without_a_testbed_says_so(tmp_path: Path) -> None:
+    """`eval "$(hack/cluster env)"` printed an export of a kubeconfig for a testbed that was
+    not up (exit 0): kubectl then pointed at nothing."""
+    done = subprocess.run([str(ROOT / "hack" / "cluster"), "--state", str(tmp_path / "none"),
+                           "env"], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1 and "not up" in done.stderr, (done.returncode, done.stderr)
+    assert "export" not in done.stdout
