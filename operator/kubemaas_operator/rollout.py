@@ -32,8 +32,8 @@ from .api import CanarySpec, ModelDeploymentSpec
 from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, wind_down
 from .observed import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, create_failure
 from .pod_life import oom_problem
-from .rollout_strategy import Strategy, plural, rollout_reason, sticky_strategy
-from .status import RolloutView
+from .rollout_strategy import Strategy, rollout_reason, sticky_strategy
+from .status import RolloutView, plural
 from .timestamps import format_time, parse_time
 
 HISTORY = 10

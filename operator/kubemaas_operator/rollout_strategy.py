@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from .api import ModelDeploymentSpec
 from .observed import PodInfo
+from .status import plural
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,6 @@ class Strategy:
     max_unavailable: int
     reason: str
     message: str
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int) -> Strategy:

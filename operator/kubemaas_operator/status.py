@@ -94,7 +94,7 @@ class _Cond:
 
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
@@ -130,7 +130,7 @@ def _pod_problem(pods: Sequence[PodInfo], now: datetime,
     if stuck:
         p = stuck[0]
         detail = f" ({p.not_ready_message})" if p.not_ready_message else ""
-        return "NotReady", (f"{_plural(len(stuck), 'pod')} running for over {grace:.0f}s but "
+        return "NotReady", (f"{plural(len(stuck), 'pod')} running for over {grace:.0f}s but "
                             f"not Ready: the readiness probe GET /v2/health/ready keeps failing; "
                             f"is the model loading or failing to load? e.g. pod {p.name}{detail}")
     return None
@@ -160,7 +160,7 @@ def _scheduled(o: Observed, live: list[PodInfo], desired: int) -> _Cond:
         return _Cond("Scheduled", "False", o.capacity.reason, o.capacity.message)
     if unschedulable:
         return _Cond("Scheduled", "False", "Unschedulable",
-                     f"{_plural(len(unschedulable), 'pod')} cannot be scheduled: "
+                     f"{plural(len(unschedulable), 'pod')} cannot be scheduled: "
                      f"{unschedulable[0].unschedulable_message}")
     if dep is not None and dep.replica_failure:
         return _Cond("Scheduled", "False", *create_failure(dep.replica_failure))
@@ -223,7 +223,7 @@ def _rollout_complete(o: Observed, desired: int) -> _Cond:
         return _Cond("RolloutComplete", "False", "RollingOut",
                      f"revision {o.desired_revision}: {progress}")
     return _Cond("RolloutComplete", "True", "RolloutComplete",
-                 f"revision {o.desired_revision} runs on {_plural(desired, 'replica')}")
+                 f"revision {o.desired_revision} runs on {plural(desired, 'replica')}")
 
 
 def _conditions(spec: ModelDeploymentSpec, o: Observed) -> tuple[list[_Cond], str, int]:

@@ -329,26 +329,36 @@ def test_canary_steps_on_a_full_cluster(kube: Kube, ns: str) -> None:
     assert min(ready) >= 9
 
 
-def test_canary_abort_through_the_spec(kube: Kube, ns: str) -> None:
-    steps = [{"weight": 50}, {"weight": 100}]
+def canary_at_its_gate(kube: Kube, ns: str, steps: list[dict[str, int]]) -> str:
+    """Model m on 4 replicas of revision 1, then a new image's canary waiting at its manual gate
+    (step 1 of `steps`); returns the new image."""
     apply(kube, ns, model("m", 4, canary={"steps": steps}))
     wait_revision(kube, ns, "m", 1)
     new = "ghcr.io/kubemaas/runtime:0.2.0"
     apply(kube, ns, model("m", 4, image=new, canary={"steps": steps}))
     wait_for(lambda: "promote to 2" in (status(kube, ns, "m").get("rollout") or {}).get(
         "message", ""), timeout=60, what="the canary at its manual gate")
+    return new
+
+
+def four_ready_without(kube: Kube, ns: str, image: str) -> bool:
+    """Model m is back on four Ready pods, none of them running `image`."""
+    pods = pods_of(kube, ns, "m")
+    return len(pods) == 4 and all(is_ready(p) and not p["metadata"].get("deletionTimestamp")
+                                  and p["spec"]["containers"][0]["image"] != image
+                                  for p in pods)
+
+
+def test_canary_abort_through_the_spec(kube: Kube, ns: str) -> None:
+    steps = [{"weight": 50}, {"weight": 100}]
+    new = canary_at_its_gate(kube, ns, steps)
     assert sum(p["spec"]["containers"][0]["image"] == new for p in pods_of(kube, ns, "m")) == 2
     apply(kube, ns, model("m", 4, image=new, canary={"steps": steps, "abort": True}))
     st = wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("CanaryAborted")
                            else None)(status(kube, ns, "m")), timeout=30, what="CanaryAborted")
     assert "abort" in condition(st, "Ready")["message"]
-
-    def old_again() -> bool:
-        pods = pods_of(kube, ns, "m")
-        return len(pods) == 4 and all(is_ready(p) and not p["metadata"].get("deletionTimestamp")
-                                      and p["spec"]["containers"][0]["image"] != new
-                                      for p in pods)
-    wait_for(old_again, timeout=60, what="four ready pods of revision 1")
+    wait_for(lambda: four_ready_without(kube, ns, new), timeout=60,
+             what="four ready pods of revision 1")
     wait_for(lambda: kube.kubectl("-n", ns, "get", "deployment", "m-canary",
                                   check=False).returncode != 0, timeout=30,
              what="the canary Deployment gone")
@@ -363,21 +373,11 @@ def test_a_spec_reverted_mid_canary_keeps_replicas_serving(kube: Kube, ns: str) 
     does; it is not deleted at once (4 Ready -> 2)."""
     steps = [{"weight": 50}, {"weight": 100}]
     fill_h100(kube, ns, leave=4)
-    apply(kube, ns, model("m", 4, canary={"steps": steps}))
-    wait_revision(kube, ns, "m", 1)
-    new = "ghcr.io/kubemaas/runtime:0.2.0"
-    apply(kube, ns, model("m", 4, image=new, canary={"steps": steps}))
-    wait_for(lambda: "promote to 2" in (status(kube, ns, "m").get("rollout") or {}).get(
-        "message", ""), timeout=60, what="the canary at its manual gate")
-
-    def old_again() -> bool:
-        pods = pods_of(kube, ns, "m")
-        return len(pods) == 4 and all(is_ready(p) and not p["metadata"].get("deletionTimestamp")
-                                      and p["spec"]["containers"][0]["image"] != new
-                                      for p in pods)
+    new = canary_at_its_gate(kube, ns, steps)
     with Sampler(kube, ns, "m") as sampler:
         apply(kube, ns, model("m", 4, canary={"steps": steps}))
-        wait_for(old_again, timeout=60, what="four ready pods of revision 1")
+        wait_for(lambda: four_ready_without(kube, ns, new), timeout=60,
+                 what="four ready pods of revision 1")
         wait_for(lambda: kube.kubectl("-n", ns, "get", "deployment", "m-canary",
                                       check=False).returncode != 0, timeout=30,
                  what="the canary Deployment gone")
