@@ -237,6 +237,17 @@ def _desired_replicas(spec: ModelDeploymentSpec, live: DeploymentInfo | None) ->
     return spec.desired_replicas
 
 
+async def _settle_children(c: Children, targets: _Targets, spec: ModelDeploymentSpec,
+                           rendered: Rendered) -> None:
+    """After the applies: a canary that gives its replicas back keeps its template (only its
+    replicas change); what is no longer wanted goes; a new Deployment starts at the autoscaling
+    floor."""
+    await children.pin_canary(c, targets.canary_pin)
+    await children.prune(c, targets.plan.canary_replicas is not None,
+                         {child["kind"] for child in rendered.children}, targets.unwanted_routes)
+    await children.hold_floor(c, spec, rendered.autoscaler)
+
+
 async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                     memory: Memory, now: datetime | None = None) -> Outcome:
     meta = snap.body.get("metadata") or {}
@@ -285,10 +296,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         return await _failed(p, outcome, Failure("NameConflict", str(err)), base)
     if refused is not None:
         return await _failed(p, outcome, Failure("Rejected", refused), base)
-    await children.pin_canary(c, targets.canary_pin)
-    await children.prune(c, targets.plan.canary_replicas is not None,
-                         {child["kind"] for child in rendered.children}, targets.unwanted_routes)
-    await children.hold_floor(c, spec, rendered.autoscaler)
+    await _settle_children(c, targets, spec, rendered)
 
     # 7. the status, from what is there now.
     cache = await _status(p, outcome, spec, rendered, targets, c, base, capacity, desired_n,
