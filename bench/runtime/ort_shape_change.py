@@ -34,9 +34,25 @@ CONFIGS: list[tuple[str, dict[str, str], bool]] = [
 ]
 
 
-def main() -> int:
+CUDA = "CUDAExecutionProvider"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    if args:
+        print(f"ort_shape_change: takes no arguments (got {args}); see --help", file=sys.stderr)
+        return 2
     if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
+    if CUDA not in ort.get_available_providers():
+        # onnxruntime would fall back to the CPU and these figures would be the CPU's
+        print(f"ort_shape_change: skipped: onnxruntime {ort.__version__} has no {CUDA} "
+              f"(providers: {', '.join(ort.get_available_providers())}); it needs "
+              "onnxruntime-gpu and a CUDA device", file=sys.stderr)
+        return 2
     path = str(bench_models.ensure_model("resnet18", MODEL_CACHE).onnx)
     rng = np.random.default_rng(0)
     xs = {b: rng.standard_normal((b, 3, 224, 224)).astype(np.float32) for b in range(1, 33)}
@@ -45,8 +61,11 @@ def main() -> int:
         options.intra_op_num_threads = 1
         options.enable_mem_pattern = mem_pattern
         session = ort.InferenceSession(
-            path, options, providers=[("CUDAExecutionProvider", {"use_tf32": "0",
-                                                                 **cuda_options})])
+            path, options, providers=[(CUDA, {"use_tf32": "0", **cuda_options})])
+        if session.get_providers()[0] != CUDA:
+            print(f"ort_shape_change: {label}: the session runs on {session.get_providers()}, "
+                  f"not {CUDA}: stopped", file=sys.stderr)
+            return 2
         for b in range(1, 33):
             session.run(None, {"input": xs[b]})
         fixed = []
