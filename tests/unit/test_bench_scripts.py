@@ -1,13 +1,67 @@
-"""Rot in the benchmarks (bench/): a GPU benchmark refuses to measure the CPU instead."""
+"""Rot in the benchmarks (bench/): a command the docs show beside a figure names only options its
+script still has, and a GPU benchmark refuses to measure the CPU instead."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+SCRIPT = re.compile(r"(bench/[\w/]+\.py)")
+OPTION = re.compile(r"(?<![\w-])(--[a-z][-a-z0-9]*)")
+
+
+def doc_commands() -> list[tuple[str, str, str]]:
+    """(doc, script, the command's arguments) for each `bench/X.py ...` in a code span, an
+    indented block or a fenced block of the docs; arguments stop at a comment or a shell
+    separator."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text().replace("\\\n", " ")
+        spans = re.findall(r"`([^`]+)`", text, flags=re.S)
+        lines = [ln for ln in text.splitlines()
+                 if "bench/" in ln and not ln.lstrip().startswith("|")]
+        for chunk in spans + lines:
+            chunk = " ".join(chunk.split())
+            for m in SCRIPT.finditer(chunk):
+                rest = re.split(r"\s#|&&|\|\||;|\)|`", chunk[m.end():])[0]
+                if SCRIPT.search(rest):
+                    rest = rest[:SCRIPT.search(rest).start()]  # type: ignore[union-attr]
+                found.append((doc.name, m.group(1), rest))
+    return found
+
+
+def script_options(script: Path) -> set[str]:
+    """Every long option the script (or a module of its folder it builds its parser in) adds."""
+    sources = [script.read_text()] + [p.read_text() for p in script.parent.glob("*args*.py")]
+    return {opt for src in sources
+            for opt in re.findall(r"add_argument\(\s*(?:\"-\w\",\s*)?\"(--[a-z][-a-z0-9]*)\"", src)}
+
+
+def test_doc_commands_name_scripts_and_options_that_exist() -> None:
+    commands = doc_commands()
+    assert len(commands) > 50  # the docs' commands were found
+    wrong = []
+    for doc, script, rest in commands:
+        path = ROOT / script
+        if not path.exists():
+            wrong.append(f"{doc}: {script} does not exist")
+            continue
+        unknown = set(OPTION.findall(rest)) - script_options(path) - {"--help"}
+        if unknown:
+            wrong.append(f"{doc}: {script} has no {sorted(unknown)} (`{script}{rest}`)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_option_check_sees_a_renamed_option() -> None:
+    rollout = ROOT / "bench/rollout/bench_rollout.py"
+    assert "--only-rollbacks" in script_options(rollout)
+    assert "--only-rollback" not in script_options(rollout)
+    assert "--concurrency" in script_options(ROOT / "bench/llm/run.py")  # from run_args.py
 
 
 def test_ort_shape_change_refuses_to_time_the_cpu(monkeypatch: pytest.MonkeyPatch,
