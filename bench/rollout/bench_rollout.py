@@ -222,7 +222,7 @@ def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _parse_args() -> argparse.Namespace:
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=100)
@@ -238,13 +238,13 @@ def _parse_args() -> argparse.Namespace:
                         help="time the rollbacks, then stop")
     parser.add_argument("--modes", default="free,none",
                         help="which of free,none to run, in that order (default both)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     asked = set(args.modes.split(","))
     args.modes = [m for m in ("free", "none") if m in asked]
     if not args.modes or asked - {"free", "none"}:
         parser.error("--modes takes free, none or free,none")
-    if max(args.sizes) > args.models:
+    if max(args.sizes) > args.models and not args.only_rollbacks:  # no sizes are run then
         parser.error("a size exceeds --models")
     return args
 
