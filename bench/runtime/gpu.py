@@ -195,6 +195,17 @@ def inprocess_gpu(onnx_path: Path, ts_path: Path, seconds: float) -> dict[str, A
     return result
 
 
+def cuda_missing(ort_providers: list[str], torch_cuda: bool) -> str | None:
+    """Why this machine cannot run the check, or None: without them onnxruntime falls back to
+    the CPU with a warning and torch fails on its first CUDA tensor."""
+    why = []
+    if "CUDAExecutionProvider" not in ort_providers:
+        why.append(f"onnxruntime has no CUDAExecutionProvider ({', '.join(ort_providers)})")
+    if not torch_cuda:
+        why.append("torch.cuda.is_available() is False")
+    return "; ".join(why) or None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -221,6 +232,11 @@ def main() -> int:
     import torch
 
     doc["torch"] = torch.__version__
+    missing = cuda_missing(onnxruntime.get_available_providers(), torch.cuda.is_available())
+    if missing:
+        print(f"runtime/gpu.py: skipped: {missing}; it needs a CUDA device and onnxruntime-gpu",
+              file=sys.stderr)
+        return 2
     resnet = bench_models.ensure_model("resnet18", work)
     ts_path = torchscript_resnet18(work)
     if not args.no_inprocess:

@@ -3,9 +3,11 @@ script still has, and a GPU benchmark refuses to measure the CPU instead."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,20 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 SCRIPT = re.compile(r"(bench/[\w/]+\.py)")
 OPTION = re.compile(r"(?<![\w-])(--[a-z][-a-z0-9]*)")
+
+
+def load(script: str) -> Any:
+    """A bench script as a module of its own name (bench/llm and bench/runtime both have a
+    gpu.py), with its folder on sys.path for its sibling imports."""
+    path = ROOT / script
+    sys.path.insert(0, str(path.parent))
+    name = "bench_" + script.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def doc_commands() -> list[tuple[str, str, str]]:
@@ -68,15 +84,14 @@ def test_ort_shape_change_refuses_to_time_the_cpu(monkeypatch: pytest.MonkeyPatc
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """Without onnxruntime's CUDA provider a session falls back to the CPU with a warning: the
     script printed the CPU's figures under its CUDA configurations' names."""
-    sys.path.insert(0, str(ROOT / "bench" / "runtime"))
-    import ort_shape_change
+    ort_shape_change = load("bench/runtime/ort_shape_change.py")
 
     def no_model(*args: object) -> None:
         raise AssertionError("the model was built: the script went on to measure")
 
-    monkeypatch.setattr(ort_shape_change.ort, "get_available_providers",  # type: ignore[attr-defined]
+    monkeypatch.setattr(ort_shape_change.ort, "get_available_providers",
                         lambda: ["CPUExecutionProvider"])
-    monkeypatch.setattr(ort_shape_change.bench_models,  # type: ignore[attr-defined]
+    monkeypatch.setattr(ort_shape_change.bench_models,
                         "ensure_model", no_model)
     monkeypatch.setattr(sys, "argv", ["ort_shape_change.py"])
     assert ort_shape_change.main() == 2
@@ -89,8 +104,7 @@ def test_ort_shape_change_refuses_to_time_the_cpu(monkeypatch: pytest.MonkeyPatc
 def test_the_rollback_command_of_docs_rollouts_parses(monkeypatch: pytest.MonkeyPatch) -> None:
     """`bench_rollout.py --only-rollbacks --nodes 2 --models 1` (docs/rollouts.md) was refused:
     'a size exceeds --models', for the default --sizes 1,10,100 that --only-rollbacks never runs."""
-    sys.path.insert(0, str(ROOT / "bench" / "rollout"))
-    import bench_rollout
+    bench_rollout = load("bench/rollout/bench_rollout.py")
 
     argv = ["bench_rollout.py", "--only-rollbacks", "--nodes", "2", "--models", "1"]
     monkeypatch.setattr(sys, "argv", argv)
@@ -99,3 +113,23 @@ def test_the_rollback_command_of_docs_rollouts_parses(monkeypatch: pytest.Monkey
     monkeypatch.setattr(sys, "argv", argv[:1] + argv[2:])  # a run of the sizes still checks them
     with pytest.raises(SystemExit):
         bench_rollout._parse_args()
+
+
+def test_the_runtime_gpu_check_stops_without_cuda(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/runtime/gpu.py on a machine without CUDA built its models, then died in a traceback
+    of torch.jit.load(map_location='cuda'); with --no-inprocess it would have served the CPU."""
+    import torch
+
+    runtime_gpu = load("bench/runtime/gpu.py")
+
+    def no_model(*args: object) -> None:
+        raise AssertionError("the model was built: the script went on to measure")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime_gpu.bench_models,
+                        "ensure_model", no_model)
+    monkeypatch.setattr(sys, "argv", ["gpu.py", "--out", str(tmp_path)])
+    assert runtime_gpu.main() == 2
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
