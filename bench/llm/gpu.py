@@ -248,6 +248,12 @@ def _prompt_steps(model: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
     return [*doc["rows"], *({"fresh": True, **r} for r in doc["fresh"]), *layouts]
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -268,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         a.size, a.device, a.dtype, a.threads, a.kv_cache_memory = "tiny", "cpu", "float32", 1, \
             "256Mi"
         a.concurrency = "1,4"
+    elif not _cuda_available():  # every step would fail on its first CUDA tensor
+        print("llm/gpu.py: skipped: torch.cuda.is_available() is False: run it on a GPU machine, "
+              "or with --smoke on the CPU", file=sys.stderr)
+        return 2
     t0 = time.monotonic()
     a.out.mkdir(parents=True, exist_ok=True)
     a.work = a.work or a.out / "work"

@@ -133,3 +133,21 @@ def test_the_runtime_gpu_check_stops_without_cuda(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(sys, "argv", ["gpu.py", "--out", str(tmp_path)])
     assert runtime_gpu.main() == 2
     assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_the_llm_gpu_check_stops_without_cuda(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/llm/gpu.py without --smoke on a machine without CUDA built the 1B model (25 s,
+    several GB on disk), then died in a CalledProcessError traceback of limit.py --device cuda."""
+    import torch
+
+    llm_gpu = load("bench/llm/gpu.py")
+
+    def no_model(*args: object) -> None:
+        raise AssertionError("the model was built: the script went on to measure")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(llm_gpu, "_prepare", no_model)
+    assert llm_gpu.main(["--out", str(tmp_path)]) == 2
+    assert "--smoke" in capsys.readouterr().err
