@@ -118,9 +118,22 @@ def build_llama_cpp_wheel() -> Path | None:
     return found[0] if found else None
 
 
-if __name__ == "__main__":
-    for env_name in sys.argv[1:] or list(ENVS):
+def main(argv: list[str]) -> int:
+    """Build the named venvs (all without names); names are checked before anything is built."""
+    if argv in (["-h"], ["--help"]):
+        print(__doc__ + f"\nnames: {', '.join(ENVS)}")
+        return 0
+    unknown = [name for name in argv if name not in ENVS]
+    if unknown:
+        print(f"envs.py: unknown {', '.join(unknown)}; names: {', '.join(ENVS)}", file=sys.stderr)
+        return 2
+    for env_name in argv or list(ENVS):
         if env_name == "llamacpp" and build_llama_cpp_wheel() is None:
             print(f"{env_name}: the llama-cpp-python wheel did not build (log in {WHEELS})")
             continue
         print(ensure_venv(env_name), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -95,6 +95,9 @@ def main() -> int:
     import envs
 
     runs = [arg.partition("=") for arg in sys.argv[1:]]  # PATH or PATH=LABEL
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if not runs:
         print(__doc__)
         return 2

@@ -44,6 +44,9 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     import envs
 
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     runs = [json.loads(Path(p).read_text()) for p in sys.argv[1:]]
     if not runs:
         print(__doc__)

@@ -50,6 +50,22 @@ def ensure_venv(name: str, requirements: list[str], timeout: float = 1800) -> Ve
                                       + " | ".join(venv.pip_log_tail(5)))
 
 
-if __name__ == "__main__":  # warm the cache: .venv/bin/python bench/runtime/venvs.py [name ...]
-    for peer in sys.argv[1:] or list(PEERS):
-        print(ensure_venv(peer, {**PEERS, **TOOLS}[peer]), flush=True)
+def main(argv: list[str]) -> int:
+    """Warm the cache: ``.venv/bin/python bench/runtime/venvs.py [name ...]`` (every peer without
+    names); names are checked before anything is built."""
+    names = {**PEERS, **TOOLS}
+    if argv in (["-h"], ["--help"]):
+        print(__doc__ + f"\nnames: {', '.join(names)}")
+        return 0
+    unknown = [name for name in argv if name not in names]
+    if unknown:
+        print(f"venvs.py: unknown {', '.join(unknown)}; names: {', '.join(names)}",
+              file=sys.stderr)
+        return 2
+    for peer in argv or list(PEERS):
+        print(ensure_venv(peer, names[peer]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

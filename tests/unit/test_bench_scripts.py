@@ -151,3 +151,31 @@ def test_the_llm_gpu_check_stops_without_cuda(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(llm_gpu, "_prepare", no_model)
     assert llm_gpu.main(["--out", str(tmp_path)]) == 2
     assert "--smoke" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["bench/llm/envs.py", "bench/runtime/venvs.py"])
+def test_venv_scripts_check_names_before_building(script: str, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`envs.py --help` and `venvs.py --help` died in a KeyError traceback ('--help' taken for a
+    venv name), and `envs.py hf-serve typo` built hf-serve from PyPI before that KeyError."""
+    module = load(script)
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a venv was built")
+
+    monkeypatch.setattr(module, "ensure_venv", no_build)
+    assert module.main(["--help"]) == 0
+    assert "names:" in capsys.readouterr().out
+    first = next(iter(getattr(module, "ENVS", None) or module.PEERS))
+    assert module.main([first, "typo"]) == 2
+    assert "unknown typo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["bench/llm/gpu_plot.py", "bench/llm/pooling_plot.py"])
+def test_plot_scripts_answer_help(script: str, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """They read '--help' as a JSON file's path: FileNotFoundError traceback."""
+    module = load(script)
+    monkeypatch.setattr(sys, "argv", [script, "--help"])
+    assert module.main() == 0
+    assert "docs/img/" in capsys.readouterr().out
