@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -166,8 +168,9 @@ def main() -> int:
     from kubemaas_testbed.llm_models import build_llm
 
     os.sched_setaffinity(0, {1})  # the clients' core
-    model_dir = build_llm(Path(tempfile.mkdtemp(prefix="kubemaas-embed-")) / "m",
-                          size=args.size)
+    work = tempfile.mkdtemp(prefix="kubemaas-embed-")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # the small model is 760 MB
+    model_dir = build_llm(Path(work) / "m", size=args.size)
     tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
     tok.padding_side = "right"
     texts = make_inputs(tok, args.requests, args.tokens)

@@ -13,8 +13,10 @@ configurations run in turn ``--repeats`` times and each row is the median. Print
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -91,6 +93,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="kubemaas-lora-bench-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # the model and its adapters
     model_dir = build_llm(work / "model", size=args.size)
     adapters = make_adapters(model_dir, work, args.rank)
     off, _ = engine(model_dir, None, args.batch)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,8 +102,9 @@ def main() -> int:
     from kubemaas_testbed.llm_classifiers import build_encoder
 
     os.sched_setaffinity(0, {1})  # the clients' core
-    model_dir = build_encoder(Path(tempfile.mkdtemp(prefix="kubemaas-rerank-")) / "m", "bert",
-                              size=args.size)
+    work = tempfile.mkdtemp(prefix="kubemaas-rerank-")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    model_dir = build_encoder(Path(work) / "m", "bert", size=args.size)
     tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
     rng = random.Random(0)
     queries = make_texts(tok, args.requests, args.query_tokens, rng)
