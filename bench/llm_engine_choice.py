@@ -65,8 +65,19 @@ def kubemaas_engine(model_dir: Path, ids: list[list[int]]) -> float:
     return took
 
 
+VARIANTS = ("generate-each", "kubemaas", "generate-batch")
+
+
 def main() -> int:
-    which = sys.argv[1:] or ["generate-each", "kubemaas", "generate-batch"]
+    which = sys.argv[1:] or list(VARIANTS)
+    if which in (["-h"], ["--help"]):
+        print(__doc__ + f"\nvariants: {', '.join(VARIANTS)}")
+        return 0
+    unknown = [name for name in which if name not in VARIANTS]
+    if unknown:  # any other name used to run the kubemaas engine under that name
+        print(f"llm_engine_choice.py: unknown {', '.join(unknown)}; variants: "
+              f"{', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
     if os.environ.get("THREADS"):
         torch.set_num_threads(int(os.environ["THREADS"]))
     with tempfile.TemporaryDirectory() as tmp:

@@ -188,3 +188,21 @@ def test_llm_benchmarks_remove_the_models_they_build() -> None:
     leaking = [p.name for p in sorted((ROOT / "bench" / "llm").glob("*.py"))
                if "mkdtemp(" in (text := p.read_text()) and "rmtree" not in text]
     assert not leaking
+
+
+def test_llm_engine_choice_knows_its_variants(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`llm_engine_choice.py --help` (or a misspelt variant) built the model and timed the
+    kubemaas engine, printed under the name '--help'."""
+    module = load("bench/llm_engine_choice.py")
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was built: the script went on to measure")
+
+    monkeypatch.setattr(module, "build_llm", no_model)
+    monkeypatch.setattr(sys, "argv", ["llm_engine_choice.py", "--help"])
+    assert module.main() == 0
+    assert "variants: generate-each" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["llm_engine_choice.py", "kubemass"])
+    assert module.main() == 2
+    assert "unknown kubemass" in capsys.readouterr().err
