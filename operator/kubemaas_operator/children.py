@@ -73,8 +73,9 @@ async def apply(c: Children, pairs: Iterable[Pair], spec: ModelDeploymentSpec,
                                 autoscaler_observed(c.main))
                 if pin is not None:
                     await pin_replicas(c.cluster, c.memory, c.name, c.namespace, pin)
-            applied = await c.cluster.apply(
-                {**child, "spec": {**child["spec"], "replicas": 0}} if at_zero else child)
+            applied = await _apply(
+                c, {**child, "spec": {**child["spec"], "replicas": 0}} if at_zero else child,
+                reason)
             if at_zero:  # the floor keeps 0 when the next apply leaves replicas out (floor.py)
                 applied = await pin_replicas(c.cluster, c.memory, c.name, c.namespace, 0)
         except ApiError as err:
@@ -90,6 +91,21 @@ async def apply(c: Children, pairs: Iterable[Pair], spec: ModelDeploymentSpec,
         what = {"canary": "canary ", "route": f"{child['metadata']['name']} "}.get(role, "")
         c.applied.append(f"{what}{kind} ({reason})")
     return None
+
+
+async def _apply(c: Children, child: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """Server-side apply of the child. A drifted child whose manifest the API server took before
+    (the same spec-hash) and refuses now was made invalid by a hand edit that added a list item
+    beside ours: a Service port's number changed by hand leaves that port (another manager's)
+    and ours of the same name, a duplicate. Its lists are then replaced with ours whole (a merge
+    patch) and the apply is tried again."""
+    try:
+        return await c.cluster.apply(child)
+    except ApiError as err:
+        if not (err.invalid and reason.startswith("drifted")):
+            raise
+    await c.cluster.replace_spec_lists(child)
+    return await c.cluster.apply(child)
 
 
 async def _not_taken(c: Children, child: Mapping[str, Any]) -> None:

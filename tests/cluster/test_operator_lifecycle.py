@@ -122,6 +122,37 @@ def test_drift_is_repaired_on_the_childs_own_watch_event(kube: Kube, namespace: 
         assert operator.fresh_health()["resyncs"] == 0, "a periodic resync ran after all"
 
 
+def _ports(kube: Kube, namespace: str, kind: str, name: str) -> list[tuple[str, int]]:
+    spec = get(kube, namespace, kind, name)["spec"]
+    if kind == "deployment":
+        return [(p["name"], p["containerPort"])
+                for p in spec["template"]["spec"]["containers"][0]["ports"]]
+    return [(p["name"], p["port"]) for p in spec["ports"]]
+
+
+def test_hand_edited_port_numbers_are_put_back_and_the_model_stays_ready(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """A port's number changed by hand: server-side apply keys ports by number, so ours came
+    back beside the edited one of the same name, which the API server refused (a duplicate
+    name); the operator took that for an invalid spec and left the model Failed/Rejected for
+    good. Now the port is put back and the model stays Ready, in a few writes (the
+    Deployment's edit rolls its pods twice: status writes)."""
+    apply(kube, namespace, md("p"))
+    wait_phase(kube, namespace, "p", "Ready", timeout=60)
+    for kind, path in (("service", "/spec/ports/0/port"),
+                       ("deployment", "/spec/template/spec/containers/0/ports/0/containerPort")):
+        want = _ports(kube, namespace, kind, "p")
+        before = operator.writes()
+        kube.kubectl("-n", namespace, "patch", kind, "p", "--type=json", "-p",
+                     json.dumps([{"op": "replace", "path": path, "value": 9999}]))
+        wait_for(lambda k=kind, w=want: _ports(kube, namespace, k, "p") == w, timeout=30,
+                 what=f"the {kind}'s hand-edited port put back")
+        operator.wait_resyncs(2)
+        st = status(kube, namespace, "p")
+        assert st.get("phase") == "Ready", condition(st, "Ready")
+        assert operator.writes() - before <= 25, f"{operator.writes() - before} writes"
+
+
 def _versions(kube: Kube, namespace: str) -> dict[str, str]:
     out = {}
     for kind in ("md", "deployment", "service", "pdb"):

@@ -190,6 +190,16 @@ class Cluster:
                             content_type="application/apply-patch+yaml")
         return result or {}
 
+    def replace_spec_lists(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of the manifest's spec: each list in it replaces the live one whole
+        (server-side apply merges lists by key, so an item another manager added stays)."""
+        meta = manifest["metadata"]
+        path = _path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"),
+                     meta["name"])
+        return self._call("PATCH", path, body={"spec": manifest["spec"]},
+                          query=[("fieldManager", self.field_manager)],
+                          content_type="application/merge-patch+json") or {}
+
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         try:
             self._call("DELETE", _path(api_version, kind, namespace, name),
@@ -283,6 +293,9 @@ class AsyncCluster:
     async def apply(self, manifest: Mapping[str, Any],
                     field_manager: str | None = None) -> dict[str, Any]:
         return await self._run(self.sync.apply, manifest, field_manager)
+
+    async def replace_spec_lists(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._run(self.sync.replace_spec_lists, manifest)
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         await self._run(self.sync.delete, api_version, kind, namespace, name)
