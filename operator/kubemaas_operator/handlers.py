@@ -196,9 +196,17 @@ async def model_event(type: str, namespace: str | None, name: str, **_: Any) -> 
     rt.queue.enqueue(key)
 
 
+def _owner_model(namespace: str | None, body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The ModelDeployment that controls a child whose instance label was removed by hand."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == "ModelDeployment" and namespace:
+            return (namespace, str(ref.get("name")))
+    return None
+
+
 async def _child_event(type: str, body: kopf.Body, namespace: str | None, name: str,
                        labels: Mapping[str, str], **_: Any) -> None:
-    key = child_key(namespace, labels)
+    key = child_key(namespace, labels) or _owner_model(namespace, body)
     if key is None:
         return
     rt = _runtime()

@@ -100,6 +100,13 @@ def named(store: Any, name: str) -> dict[str, Any] | None:
     return None
 
 
+# What an index function returns for an object that belongs in no entry. Not None: kopf keeps an
+# object's earlier entries when its index function returns None (kopf/_core/engines/indexing.py
+# stores only results that are not None), so a child whose instance label was removed by hand, a
+# model no longer blocked or a node that lost its GPUs stayed indexed as it was. An empty mapping
+# replaces them with nothing.
+NOTHING: dict[Any, Any] = {}
+
 CACHE_APP = "kubemaas-model-cache"  # modelcache/render.labels: a ModelCache's own pods
 
 
@@ -127,13 +134,13 @@ async def blocked_index(namespace: str | None, name: str, status: Mapping[str, A
     for c in status.get("conditions") or []:
         if c.get("type") == "Scheduled" and c.get("status") == "False":
             return {(namespace or "", name): True}
-    return None
+    return NOTHING
 
 
 async def _child_index(body: kopf.Body, namespace: str | None, labels: Mapping[str, str],
                        **_: Any) -> Any:
     key = child_key(namespace, labels)
-    return {key: _pack(body)} if key else None
+    return {key: _pack(body)} if key else NOTHING
 
 
 deployment_index = kopf.index(*CHILDREN["Deployment"], labels=OURS, id="deployment_index")(
@@ -178,7 +185,7 @@ async def owed_index(namespace: str | None, name: str, labels: Mapping[str, str]
     pod_spec = (spec.get("template") or {}).get("spec") or {}
     requests = gpu_requests(pod_spec)
     if key is None or not requests or meta.get("deletionTimestamp"):
-        return None  # a Deployment being deleted owes nothing
+        return NOTHING  # a Deployment being deleted owes nothing
     track = "canary" if name == canary_name(key[1]) else "main"
     replicas = spec.get("replicas")
     return {("owed",): (key, track, 1 if replicas is None else int(replicas),
@@ -203,7 +210,7 @@ async def pod_index(body: kopf.Body, namespace: str | None, labels: Mapping[str,
         if requests:
             out[("pending",)] = (key, pending_demand(
                 f"{namespace}/{body.get('metadata', {}).get('name', '')}", spec, requests))
-    return out or None
+    return out
 
 
 @kopf.index("", "v1", "nodes")
@@ -217,7 +224,7 @@ async def node_index(name: str, labels: Mapping[str, str], spec: Mapping[str, An
             except (TypeError, ValueError):
                 continue
     if not allocatable:
-        return None
+        return NOTHING
     return {"nodes": NodeInfo(name=name, labels=dict(labels),
                               taints=tuple(_plain(t) for t in spec.get("taints") or []),
                               allocatable=allocatable,
@@ -226,5 +233,5 @@ async def node_index(name: str, labels: Mapping[str, str], spec: Mapping[str, An
 
 @kopf.index("", "v1", "namespaces")
 async def namespace_index(name: str, status: Mapping[str, Any], **_: Any) -> Any:
-    return {name: True} if status.get("phase") == "Terminating" else None
+    return {name: True} if status.get("phase") == "Terminating" else NOTHING
 

@@ -153,6 +153,22 @@ def test_hand_edited_port_numbers_are_put_back_and_the_model_stays_ready(
         assert operator.writes() - before <= 25, f"{operator.writes() - before} writes"
 
 
+def test_a_childs_instance_label_removed_by_hand_is_put_back(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """`kubectl label service NAME app.kubernetes.io/instance-`: the index function gave None
+    for it, on which kopf keeps the object's earlier entry, so the operator went on seeing the
+    child as it was and never put the label back (0 writes through three resyncs)."""
+    apply(kube, namespace, md("lb", replicas=2))
+    wait_phase(kube, namespace, "lb", "Ready", timeout=60)
+    label = "app.kubernetes.io/instance"
+    for kind in ("service", "deployment", "networkpolicy", "pdb"):
+        kube.kubectl("-n", namespace, "label", kind, "lb", f"{label}-")
+        wait_for(lambda k=kind: get(kube, namespace, k, "lb")["metadata"].get(
+            "labels", {}).get(label) == "lb", timeout=20,
+            what=f"the {kind}'s instance label put back")
+    wait_phase(kube, namespace, "lb", "Ready")
+
+
 def _versions(kube: Kube, namespace: str) -> dict[str, str]:
     out = {}
     for kind in ("md", "deployment", "service", "pdb"):
