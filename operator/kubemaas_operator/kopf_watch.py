@@ -20,6 +20,12 @@ from typing import Any
 import kopf
 from kopf._cogs.structs import references
 
+from .render import HTTPROUTE_API_VERSION
+from .render.autoscaler import SCALEDOBJECT_API_VERSION
+from .render.inference import INFERENCEPOOL_API_VERSION
+from .render.security import CERTIFICATE_API_VERSION
+from .render.wake import INTERCEPTORROUTE_API_VERSION
+
 log = logging.getLogger("kubemaas.handlers")
 
 # Passed to kopf.run: the set of kinds kopf watches, which we read and ask kopf to revise.
@@ -58,12 +64,20 @@ async def ensure_watched(api_version: str, plural: str) -> None:
 
 # How long a watch of a kind that is not served (404) waits before asking again.
 VANISHED_RETRY_S = 5.0
+# The groups of the optional kinds (discovery.OPTIONAL, the Gateway API): the operator serves
+# models without them, so a kind of these it may not list does not stop it.
+OPTIONAL_GROUPS = frozenset(v.rpartition("/")[0] for v in (
+    HTTPROUTE_API_VERSION, SCALEDOBJECT_API_VERSION, INFERENCEPOOL_API_VERSION,
+    CERTIFICATE_API_VERSION, INTERCEPTORROUTE_API_VERSION))
+# An optional kind the operator may not list (403) is asked again after VANISHED_RETRY_S times this.
+FORBIDDEN_BACKOFF = 6
 _installed: list[bool] = []
 
 
 def tolerant(original: Callable[..., AsyncIterator[Any]],
              retry_s: float = VANISHED_RETRY_S) -> Callable[..., AsyncIterator[Any]]:
-    """kopf's watch loop, made to wait and ask again when the kind is not served (404).
+    """kopf's watch loop, made to wait and ask again when the kind is not served (404) or the
+    operator may not list it (403).
 
     When an optional kind's CRD is deleted (cert-manager, the Gateway API, the Inference
     Extension, KEDA uninstalled), the API server ends its watches; kopf's watch loop lists and
@@ -74,8 +88,9 @@ def tolerant(original: Callable[..., AsyncIterator[Any]],
     CRD that comes back is watched again."""
 
     async def watch(**kwargs: Any) -> AsyncIterator[Any]:
-        from kopf._cogs.clients import errors
+        from kopf._cogs.clients import errors, watching
 
+        forbidden_said = False
         while True:
             try:
                 async for event in original(**kwargs):
@@ -85,6 +100,22 @@ def tolerant(original: Callable[..., AsyncIterator[Any]],
                 log.warning("%s is not served (its CRD was deleted?): watching it again in "
                             "%.0f s", kwargs.get("resource"), retry_s)
                 await asyncio.sleep(retry_s)
+            except errors.APIForbiddenError as err:
+                if getattr(kwargs.get("resource"), "group", None) not in OPTIONAL_GROUPS:
+                    raise  # a kind every model needs: the operator cannot work without it
+                # RBAC does not let the operator list or watch this kind (an administrator
+                # removed one optional kind from its ClusterRole). kopf would fail the whole
+                # operator, a crash loop that stops every model. Instead the kind counts as
+                # listed and empty (kopf waits for every index's first listing before it runs
+                # any handler) and is asked again; the models that need it say so in their
+                # status, as the API server refuses their writes too.
+                if not forbidden_said:
+                    log.warning("cannot watch %s: %s; the operator goes on without it and asks "
+                                "again every %.0f s", kwargs.get("resource"), err,
+                                retry_s * FORBIDDEN_BACKOFF)
+                    yield watching.Bookmark.LISTED
+                    forbidden_said = True
+                await asyncio.sleep(retry_s * FORBIDDEN_BACKOFF)
 
     return watch
 

@@ -1,5 +1,5 @@
-"""kopf_watch.tolerant: a watch of a kind that is not served (404) waits and asks again instead
-of failing the operator."""
+"""kopf_watch.tolerant: a watch of a kind that is not served (404), or of an optional kind the
+operator may not list (403), waits and asks again instead of failing the operator."""
 
 from __future__ import annotations
 
@@ -64,3 +64,31 @@ def test_a_cancelled_watcher_stops_while_it_waits() -> None:
             await task
 
     asyncio.run(run())
+
+
+def test_an_optional_kind_the_operator_may_not_list_counts_as_listed_and_is_asked_again() -> None:
+    """RBAC without keda.sh scaledobjects: kopf failed the whole operator on the 403 (a crash
+    loop: 'scaledobjects.keda.sh is forbidden ... cannot list resource'). Now the kind counts
+    as listed (empty) once, so that kopf runs the other handlers, and is asked again."""
+    from kopf._cogs.clients import watching
+    from kopf._cogs.structs import references
+
+    calls: list[int] = []
+
+    async def kopf_loop(**kwargs: Any) -> AsyncIterator[Any]:
+        calls.append(1)
+        if len(calls) < 3:
+            raise errors.APIForbiddenError("forbidden", status=403, headers={})
+        yield "granted"
+
+    keda = references.Resource("keda.sh", "v1alpha1", "scaledobjects")
+    deployments = references.Resource("apps", "v1", "deployments")
+
+    async def collect(resource: references.Resource) -> list[Any]:
+        return [e async for e in tolerant(kopf_loop, retry_s=0.001)(resource=resource)]
+
+    assert asyncio.run(collect(keda)) == [watching.Bookmark.LISTED, "granted"]
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(errors.APIForbiddenError):  # a kind every model needs still stops it
+        asyncio.run(collect(deployments))
