@@ -26,6 +26,11 @@ from .writes import Retry, pin_replicas
 Pair = tuple[dict[str, Any], Mapping[str, Any] | None, str]
 
 
+class Forbidden(Exception):
+    """RBAC does not let the operator write a child (an administrator removed an optional kind
+    from its ClusterRole): retrying at once cannot help, the model says so in its status."""
+
+
 @dataclass
 class Children:
     """One model's children as this pass sees them, updated with what it applies."""
@@ -82,6 +87,12 @@ async def apply(c: Children, pairs: Iterable[Pair], spec: ModelDeploymentSpec,
             if err.invalid:
                 c.memory.reject(child, err.message)
                 return f"the API server rejected the {kind}: {err.message}"
+            if err.status == 403 and not err.namespace_terminating:
+                raise Forbidden(
+                    f"the operator may not write the {kind} {c.namespace}/"
+                    f"{child['metadata']['name']}: {err.message}; give the operator's "
+                    "ClusterRole the verbs on it (operator/kubemaas_operator/rbac/operator.yaml "
+                    "or the chart); it is tried again at each resync") from err
             raise Retry(f"cannot apply the {kind} {c.namespace}/{c.name}: {err}") from err
         c.memory.remember(applied)
         if role == "canary":
