@@ -21,8 +21,11 @@ CPU = {"image": "ghcr.io/kubemaas/runtime:0.1.0", "resources": {"cpu": "1"}}
 
 
 @pytest.fixture
-def without_scaledobjects(kube: Kube) -> Iterator[None]:
-    """KEDA's CRDs served, and the operator's ClusterRole without keda.sh; both undone after."""
+def without_scaledobjects(kube: Kube, operator: Operator) -> Iterator[None]:
+    """KEDA's CRDs served, and the operator's ClusterRole without keda.sh; both undone after,
+    and the operator restarted on the whole ClusterRole (one started while the kind was
+    forbidden waits about a minute on kopf's retries of its listing, reconciling nothing, and
+    then 30 s more before it asks again: the next tests' models would time out)."""
     from kubemaas_testbed import keda
 
     keda.install_crds(kube.kubeconfig)
@@ -35,7 +38,8 @@ def without_scaledobjects(kube: Kube) -> Iterator[None]:
         yield
     finally:
         kube.kubectl("apply", "-f", str(RBAC))
-        kube.kubectl("delete", "crd", *keda.crd_names(), "--wait=false", check=False)
+        kube.kubectl("delete", "crd", *keda.crd_names(), "--timeout=60s", check=False)
+        operator.restart()
 
 
 def test_a_forbidden_optional_kind_is_reported_and_the_rest_served(
