@@ -232,6 +232,22 @@ def test_tls_verified_and_rotated(tiny_onnx: Path, tmp_path: Path) -> None:
         assert server.stop() == 0
 
 
+def _abandoned_stream_is_charged(bob: Any, port: int, ca: CA) -> None:
+    """A stream its client abandons is charged what it generated: the charge used to come with
+    the last chunk only, so closing before it made any number of tokens free."""
+    stream = bob.completions.create(model="tiny", prompt="Hi", max_tokens=120, stream=True,
+                                    extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i == 80:
+            break
+    stream.close()
+
+    def bob_refused() -> bool:  # GET /v1/models costs no tokens: it only reads the debt
+        return request(port, "GET", "/v1/models", headers={"x-api-key": BOB},
+                       tls=ca.client_context())[0] == 429
+    wait_for(bob_refused, 10, "bob's abandoned stream to be charged")
+
+
 def test_openai_client_with_key_tls_and_token_limit(tiny_llama: Path, tmp_path: Path,
                                                      keys_dir: Path) -> None:
     import httpx2 as httpx
@@ -285,19 +301,7 @@ def test_openai_client_with_key_tls_and_token_limit(tiny_llama: Path, tmp_path: 
         assert 'kubemaas_rate_limited_total{key="alice",limit="tokens"} 1' in text
         assert 'kubemaas_rate_limit_tokens_per_minute{key="alice"} 60' in text
         assert 'kubemaas_key_tokens_total{key="alice"}' in text
-        # a stream its client abandons is charged what it generated: the charge used to come
-        # with the last chunk only, so closing before it made any number of tokens free
-        stream = client(BOB).completions.create(model="tiny", prompt="Hi", max_tokens=120,
-                                                stream=True, extra_body={"ignore_eos": True})
-        for i, _ in enumerate(stream):
-            if i == 80:
-                break
-        stream.close()
-
-        def bob_refused() -> bool:  # GET /v1/models costs no tokens: it only reads the debt
-            return request(server.port or 0, "GET", "/v1/models", headers={"x-api-key": BOB},
-                           tls=ca.client_context())[0] == 429
-        wait_for(bob_refused, 10, "bob's abandoned stream to be charged")
+        _abandoned_stream_is_charged(client(BOB), server.port or 0, ca)
         http.close()
     finally:
         assert server.stop() == 0

@@ -297,6 +297,19 @@ def _check_deployment(manifest: dict[str, Any], ctx: RenderContext,
                               "starts")
 
 
+def _render_service(spec: ModelDeploymentSpec, ctx: RenderContext, labels: dict[str, str],
+                    metrics_port: int | None) -> dict[str, Any]:
+    """The model's Service. One whose runtime serves /metrics on a port of its own says so: the
+    chart's ServiceMonitors pick the port to scrape by this label."""
+    svc_labels = {**labels, METRICS_PORT_LABEL: "metrics"} if metrics_port else labels
+    service = _render(builtin_template("service.yaml.j2"), "service template",
+                      ServiceParams(name=ctx.name, namespace=ctx.namespace, labels=svc_labels,
+                                    selector=service_selector(ctx.name),
+                                    port=spec.serving.port, app_protocol=app_protocol(spec),
+                                    metrics_port=metrics_port))
+    return _stamp(service, ctx, svc_labels)
+
+
 def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     """The desired children in apply order: Deployment, Service, then HPA and PDB if wanted."""
     if spec.model.auto_cache is not None:  # the operator renders modelcache.implicit's view
@@ -327,15 +340,7 @@ def render(spec: ModelDeploymentSpec, ctx: RenderContext) -> Rendered:
     pod_meta["labels"] = {**(pod_meta.get("labels") or {}), REVISION: revision}
     children = [_stamp(deployment, ctx, labels, {REVISION: revision})]
 
-    # A Service whose runtime serves /metrics on a port of its own says so: the chart's
-    # ServiceMonitors pick the port to scrape by this label.
-    svc_labels = {**labels, METRICS_PORT_LABEL: "metrics"} if params.metrics_port else labels
-    service = _render(builtin_template("service.yaml.j2"), "service template",
-                      ServiceParams(name=ctx.name, namespace=ctx.namespace, labels=svc_labels,
-                                    selector=service_selector(ctx.name),
-                                    port=spec.serving.port, app_protocol=app_protocol(spec),
-                                    metrics_port=params.metrics_port))
-    children.append(_stamp(service, ctx, svc_labels))
+    children.append(_render_service(spec, ctx, labels, params.metrics_port))
     choice = autoscaler.choice_for(spec, ctx.keda, ctx.prometheus)
     woken = wake.choose(spec.autoscaling, choice, ctx.http_addon, ctx.http_interceptor,
                         ctx.name, ctx.namespace)
