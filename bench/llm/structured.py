@@ -26,13 +26,17 @@ SCHEMA = {"type": "array", "items": {"type": "object", "properties": {
     "required": ["name", "age", "tags"], "additionalProperties": False}}
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=6)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = _args()
 
     import torch
 

@@ -76,6 +76,19 @@ def gone(kube: Kube, namespace: str, kind: str, name: str) -> bool:
     return kube.kubectl("-n", namespace, "get", kind, name, check=False).returncode != 0
 
 
+def _reads_the_node_copy(kube: Kube, namespace: str, model: str, node: str) -> None:
+    """The model's pods mount the cache read-only and run only on the node holding the copy."""
+    pod = deployment(kube, namespace, model)["spec"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "model-files")
+    assert mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["KUBEMAAS_MODEL_URI"] == "file:///var/lib/kubemaas/model-cache"
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert all({"key": "metadata.name", "operator": "In", "values": [node]} in t["matchFields"]
+               for t in terms)
+
+
 def test_created_shared_waited_for_and_collected(kube: Kube, namespace: str,
                                                  operator: Operator) -> None:
     n1, _ = two_nodes(kube)
@@ -115,16 +128,7 @@ def test_created_shared_waited_for_and_collected(kube: Kube, namespace: str,
     # Ready: both models run on it, read-only, on the node with the copy.
     terminate(kube, namespace, fetch, 0, json.dumps(REPORT))
     for model in ("first", "second"):
-        pod = deployment(kube, namespace, model)["spec"]["template"]["spec"]
-        mount = next(m for m in pod["containers"][0]["volumeMounts"]
-                     if m["name"] == "model-files")
-        assert mount["readOnly"] is True
-        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-        assert env["KUBEMAAS_MODEL_URI"] == "file:///var/lib/kubemaas/model-cache"
-        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-            "nodeSelectorTerms"]
-        assert all({"key": "metadata.name", "operator": "In", "values": [n1]} in t["matchFields"]
-                   for t in terms)
+        _reads_the_node_copy(kube, namespace, model, n1)
     wide = kube.kubectl("-n", namespace, "get", "md", "second", "-o", "wide").stdout
     assert name in wide  # the Cache column
 
