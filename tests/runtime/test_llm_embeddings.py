@@ -120,6 +120,26 @@ def test_token_ids_truncation_and_raw_vectors(server: Server, base_model: Any,
     assert "vllm:cache_config_info{" not in metrics  # no KV cache to describe
 
 
+def test_truncate_prompt_tokens_minus_one_is_the_models_length(server: Server, base_model: Any,
+                                                              tiny_llama: Path) -> None:
+    """vLLM's rule: -1 keeps the last --max-model-len tokens; a length over the model's is a
+    400 (it was a 400 for -1, and a silent no-op past the model's length)."""
+    ids = ref.prompt_ids(tiny_llama, "the lazy dog jumps over the fox " * 120)
+    assert len(ids) > 512
+    doc = embed(server, {"input": ids, "truncate_prompt_tokens": -1, "normalize": False})
+    assert doc["usage"]["prompt_tokens"] == 512
+    torch.testing.assert_close(torch.tensor(doc["data"][0]["embedding"]),
+                               expected(base_model, ids[-512:], normalize=False),
+                               rtol=1e-4, atol=1e-4)
+    status, body = server.post_json("/v1/embeddings", {"input": "birds",
+                                                       "truncate_prompt_tokens": 513})
+    assert status == 400 and body["error"]["param"] == "truncate_prompt_tokens", body
+    assert "greater than the model's maximum length (512)" in body["error"]["message"]
+    status, body = server.post_json("/score", {"text_1": "birds", "text_2": "a b",
+                                               "truncate_prompt_tokens": -1})
+    assert status == 200, body
+
+
 def test_a_chat_embedding_request_and_tokenize(server: Server, base_model: Any) -> None:
     """vLLM's: ``messages`` instead of ``input``, rendered by the chat template (without a
     generation prompt unless asked); /tokenize and /detokenize answer on an embedding server

@@ -153,6 +153,9 @@ def test_raw_logits_truncation_and_the_token_types(cross_encoder: Server,
     cut = ok(cross_encoder, "/score", {"text_1": QUERY, "text_2": long_doc,
                                        "truncate_prompt_tokens": 64})
     assert cut["usage"]["prompt_tokens"] == 64
+    whole = ok(cross_encoder, "/score", {"text_1": QUERY, "text_2": long_doc,
+                                         "truncate_prompt_tokens": -1})  # vLLM's: the model's
+    assert whole["usage"]["prompt_tokens"] == 512
     # BERT's pair carries token types 0 then 1: sent as all zeros, the score would differ
     import transformers
 
@@ -271,7 +274,9 @@ def test_an_embedding_model_scores_by_cosine_similarity(models: dict[str, Path])
     ("/score", {"text_1": "a"}, 400, "'text_2' must be a string"),
     ("/score", {"text_1": "a", "text_2": [1]}, 400, "'text_2' must be a string"),
     ("/score", {"text_1": "a", "text_2": "b", "truncate_prompt_tokens": 0}, 400,
-     "'truncate_prompt_tokens' must be at least 1"),
+     "'truncate_prompt_tokens' must be at least 1, or -1"),
+    ("/rerank", {"query": "a", "documents": ["b"], "truncate_prompt_tokens": 513}, 400,
+     "greater than the model's maximum length (512)"),
     ("/score", {"text_1": "a", "text_2": "b", "use_activation": "no"}, 400,
      "'use_activation' must be a boolean"),
     ("/score", {"text_1": "a", "text_2": "b", "model": "other"}, 404, "does not exist"),

@@ -124,10 +124,22 @@ def parse_common(doc: dict[str, Any]) -> tuple[str | None, int | None]:
     if model is not None and not isinstance(model, str):
         raise bad_request("'model' must be a string", "model")
     truncate = optional(doc, "truncate_prompt_tokens", int)
-    if truncate is not None and truncate < 1:
-        raise bad_request("'truncate_prompt_tokens' must be at least 1",
-                          "truncate_prompt_tokens")
+    if truncate is not None and truncate < 1 and truncate != -1:
+        raise bad_request("'truncate_prompt_tokens' must be at least 1, or -1 (the model's "
+                          "maximum length)", "truncate_prompt_tokens")
     return model, truncate
+
+
+def truncation(pooled: Pooled, truncate: int | None) -> int | None:
+    """vLLM's rule for ``truncate_prompt_tokens``: -1 is the model's maximum length, and a
+    length over it is refused (it could never apply)."""
+    if truncate == -1:
+        return pooled.max_model_len
+    if truncate is not None and truncate > pooled.max_model_len:
+        raise bad_request(f"'truncate_prompt_tokens' ({truncate}) is greater than the "
+                          f"model's maximum length ({pooled.max_model_len})",
+                          "truncate_prompt_tokens")
+    return truncate
 
 
 def parse_embedding(doc: Any, vocab: int, chat_ids: list[int] | None = None
@@ -171,6 +183,7 @@ async def tokenize_inputs(pooled: Pooled, texts: list[str] | None,
             None, lambda: [pooled.encode_off_loop(t, special) for t in texts or ()])
     else:
         inputs = [pooled.encode(t, special) for t in texts or ()]
+    truncate = truncation(pooled, truncate)
     if truncate is not None:
         inputs = [ids[-truncate:] for ids in inputs]
     for i, ids in enumerate(inputs):

@@ -33,6 +33,7 @@ from .openai_embeddings import (
     parse_inputs,
     run_pooled,
     tokenize_inputs,
+    truncation,
 )
 from .openai_errors import ApiError, bad_request
 from .openai_request_id import request_id
@@ -126,8 +127,9 @@ async def _pair_ids(pooled: Pooled, req: ScoreRequest, tokenizer_pairs: bool
     used as a reranker (not ``tokenizer_pairs``), the two texts concatenated, as vLLM does."""
     firsts = req.first * len(req.second) if len(req.first) == 1 else req.first
     tokenizer = pooled.tokenizer
-    extra: dict[str, Any] = {"truncation": True, "max_length": req.truncate} \
-        if req.truncate is not None else {}
+    truncate = truncation(pooled, req.truncate)
+    extra: dict[str, Any] = {"truncation": True, "max_length": truncate} \
+        if truncate is not None else {}
 
     def encode() -> Any:
         if not tokenizer_pairs:
