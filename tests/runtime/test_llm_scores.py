@@ -122,6 +122,17 @@ def test_concurrent_requests_do_not_change_any_score(cross_encoder: Server,
         assert [got[i] for i in range(len(docs))] == pytest.approx(want, abs=1e-5)
 
 
+def test_vllms_other_score_field_names(cross_encoder: Server, models: dict[str, Path]) -> None:
+    """vLLM's /score takes queries/documents, queries/items and data_1/data_2 as well as
+    text_1/text_2 (the others were a 400 "'text_1' must be a string")."""
+    want = reference_scores(models["bert"], QUERY, DOCS[:3])
+    for first, second in (("queries", "documents"), ("queries", "items"), ("data_1", "data_2")):
+        got = ok(cross_encoder, "/v1/score", {first: QUERY, second: DOCS[:3]})
+        assert [d["score"] for d in got["data"]] == pytest.approx(want, abs=1e-5)
+    status, body = cross_encoder.post_json("/score", {"queries": QUERY})
+    assert status == 400 and body["error"]["param"] == "documents", body
+
+
 def test_the_cohere_client_reranks(cross_encoder: Server, models: dict[str, Path]) -> None:
     """Cohere's own client (v1 and v2), pointed at the runtime as vLLM documents for its
     /rerank: the same order and scores as the model's forward."""

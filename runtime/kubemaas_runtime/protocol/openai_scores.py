@@ -2,8 +2,9 @@
 
 * ``POST /classify`` (a classifier): ``input`` as for embeddings (or a chat's ``messages``);
   each input's ``label`` (id2label of the best class), ``probs`` and ``num_classes``.
-* ``POST /score`` (``/v1/score``): ``text_1`` and ``text_2``, a string or a list each, paired
-  1:1, 1:N or N:N; each pair's ``score``.
+* ``POST /score`` (``/v1/score``): ``text_1`` and ``text_2`` (or vLLM's other names for them:
+  ``queries`` and ``documents`` or ``items``, ``data_1`` and ``data_2``), a string or a list
+  each, paired 1:1, 1:N or N:N; each pair's ``score``.
 * ``POST /rerank`` (``/v1/rerank``, ``/v2/rerank``: Jina's and Cohere's shape): a ``query`` and
   its ``documents``; the results by relevance, highest first, ``top_n`` of them (0: all).
 
@@ -180,8 +181,20 @@ async def scores_of(pooled: Pooled, req: ScoreRequest, model_name: str
     return await _embedding_scores(pooled, req, model_name)
 
 
+def score_fields(doc: Any) -> tuple[str, str]:
+    """The two sides' field names, as vLLM's score request takes them: ``text_1``/``text_2``,
+    ``queries`` with ``documents`` or ``items``, or ``data_1``/``data_2``."""
+    if not isinstance(doc, dict) or "text_1" in doc or "text_2" in doc:
+        return "text_1", "text_2"
+    if "queries" in doc:
+        return "queries", "items" if "items" in doc and "documents" not in doc else "documents"
+    if "data_1" in doc or "data_2" in doc:
+        return "data_1", "data_2"
+    return "text_1", "text_2"
+
+
 async def score(pooled: Pooled, doc: Any, model_name: str) -> dict[str, Any]:
-    req = parse_score(doc, "text_1", "text_2")
+    req = parse_score(doc, *score_fields(doc))
     values, tokens = await scores_of(pooled, req, model_name)
     return {"id": "score-" + request_id(), "object": "list", "created": int(time.time()),
             "model": model_name,
