@@ -272,6 +272,11 @@ def test_an_embedding_model_scores_by_cosine_similarity(models: dict[str, Path])
         ranked = ok(server, "/rerank", {"query": QUERY, "documents": DOCS, "top_n": 2})
         assert [r["index"] for r in ranked["results"]] == sorted(
             range(len(DOCS)), key=lambda i: -want[i])[:2]
+        # an error names the text in the request's own terms (it said "input 2" here)
+        status, body = server.post_json("/rerank", {"query": "a",
+                                                    "documents": ["b", "word " * 600]})
+        assert status == 400 and body["error"]["param"] == "documents", body
+        assert "documents[1] has 1202 tokens" in body["error"]["message"]
         status, body = server.post_json("/classify", {"input": "a"})
         assert status == 400 and "it answers /v1/embeddings, /score and /rerank; /classify " \
             "needs a classifier" in body["error"]["message"]
@@ -286,6 +291,8 @@ def test_an_embedding_model_scores_by_cosine_similarity(models: dict[str, Path])
     ("/score", {"text_1": "a", "text_2": [1]}, 400, "'text_2' must be a string"),
     ("/score", {"text_1": "a", "text_2": "b", "truncate_prompt_tokens": 0}, 400,
      "'truncate_prompt_tokens' must be at least 1, or -1"),
+    ("/rerank", {"query": "a", "documents": ["b", "word " * 600]}, 400,
+     "pair 1 (query with documents[1]) has"),
     ("/rerank", {"query": "a", "documents": ["b"], "truncate_prompt_tokens": 513}, 400,
      "greater than the model's maximum length (512)"),
     ("/score", {"text_1": "a", "text_2": "b", "use_activation": "no"}, 400,

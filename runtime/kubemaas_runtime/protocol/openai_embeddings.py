@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,11 +172,18 @@ def _check_dimensions(pooled: Pooled, dims: int | None) -> None:
                           "dimensions")
 
 
+def input_label(i: int) -> tuple[str, str]:
+    """How an error names input ``i``, and the parameter it was in."""
+    return f"input {i}", "input"
+
+
 async def tokenize_inputs(pooled: Pooled, texts: list[str] | None,
                           token_ids: list[list[int]] | None, special: bool,
-                          truncate: int | None) -> list[list[int]]:
+                          truncate: int | None,
+                          label: Callable[[int], tuple[str, str]] = input_label
+                          ) -> list[list[int]]:
     """Each input's token ids (``truncate``: its last so many), each checked against the
-    model's length."""
+    model's length (``label``: how an error names the input)."""
     if token_ids is not None:
         inputs = token_ids
     elif sum(len(t) for t in texts or ()) > TOKENIZE_OFF_LOOP_CHARS:
@@ -187,9 +195,10 @@ async def tokenize_inputs(pooled: Pooled, texts: list[str] | None,
     if truncate is not None:
         inputs = [ids[-truncate:] for ids in inputs]
     for i, ids in enumerate(inputs):
+        what, param = label(i)
         if not ids:
-            raise bad_request(f"input {i} has no tokens", "input")
-        check_length(pooled, len(ids), f"input {i}", "input")
+            raise bad_request(f"{what} has no tokens", param)
+        check_length(pooled, len(ids), what, param)
     return inputs
 
 

@@ -89,6 +89,14 @@ class ScoreRequest:
     second: list[str]
     truncate: int | None
     use_activation: bool
+    fields: tuple[str, str] = ("text_1", "text_2")  # the two sides' names in the request
+
+    def label(self, i: int) -> tuple[str, str]:
+        """How an error names text ``i`` of ``first + second``, and its field."""
+        first, second = self.fields
+        if i < len(self.first):
+            return (first if len(self.first) == 1 else f"{first}[{i}]"), first
+        return f"{second}[{i - len(self.first)}]", second
 
 
 def _texts(value: Any, name: str, allow_objects: bool = False) -> list[str]:
@@ -118,7 +126,7 @@ def parse_score(doc: Any, first: str, second: str) -> ScoreRequest:
         raise bad_request(f"'{first}' and '{second}' pair 1:1, 1:N or N:N; got "
                           f"{len(one)}:{len(two)}", first)
     model, truncate = parse_common(doc)
-    return ScoreRequest(model, one, two, truncate, _use_activation(doc))
+    return ScoreRequest(model, one, two, truncate, _use_activation(doc), (first, second))
 
 
 async def _pair_ids(pooled: Pooled, req: ScoreRequest, tokenizer_pairs: bool
@@ -143,7 +151,9 @@ async def _pair_ids(pooled: Pooled, req: ScoreRequest, tokenizer_pairs: bool
         if chars > TOKENIZE_OFF_LOOP_CHARS else encode()
     ids = [list(row) for row in out["input_ids"]]
     for i, row in enumerate(ids):
-        check_length(pooled, len(row), f"pair {i}", "text_1")
+        one = req.label(i if len(req.first) > 1 else 0)[0]
+        check_length(pooled, len(row), f"pair {i} ({one} with "
+                     f"{req.label(len(req.first) + i)[0]})", req.fields[1])
     types = out.get("token_type_ids")
     return ids, [list(row) for row in types] if types is not None else None
 
@@ -165,7 +175,8 @@ async def _cross_scores(pooled: Pooled, req: ScoreRequest, model_name: str
 
 async def _embedding_scores(pooled: Pooled, req: ScoreRequest, model_name: str
                             ) -> tuple[list[float], int]:
-    inputs = await tokenize_inputs(pooled, req.first + req.second, None, True, req.truncate)
+    inputs = await tokenize_inputs(pooled, req.first + req.second, None, True, req.truncate,
+                                   req.label)
     vectors = torch.stack(await run_pooled(pooled, inputs, model_name))
     one, two = vectors[:len(req.first)], vectors[len(req.first):]
     scores = torch.nn.functional.cosine_similarity(one.expand_as(two), two, dim=-1)
