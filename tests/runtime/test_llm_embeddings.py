@@ -159,6 +159,8 @@ def test_a_chat_embedding_request_and_tokenize(server: Server, base_model: Any) 
     assert status == 200 and "the lazy dog" in text["prompt"]
     status, body = server.post_json("/v1/embeddings", {"messages": messages, "input": "a"})
     assert status == 400 and "not both" in body["error"]["message"]
+    # null is absent, as for every other field (it was a 400 "'messages' must be a list")
+    assert embed(server, {"messages": None, "input": "a"})["data"]
 
 
 @pytest.mark.parametrize(("doc", "status", "words"), [

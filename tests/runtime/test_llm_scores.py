@@ -305,6 +305,10 @@ def test_an_embedding_model_scores_by_cosine_similarity(models: dict[str, Path])
     ("/rerank", {"query": "a", "documents": ["b"] * 2049}, 400, "more than 2048"),
     ("/rerank", [1, 2], 400, "JSON object"),
     ("/classify", {"input": []}, 400, "'input' must be"),
+    # no chat template: a pooling server has no /v1/completions to send the text to
+    ("/classify", {"messages": [{"role": "user", "content": "a"}]}, 400,
+     "no chat template: send the text itself ('input'"),
+    ("/classify", {"messages": None, "input": "a"}, 200, ""),  # null is absent
     ("/classify", {"input": "a", "add_special_tokens": 1}, 400, "'add_special_tokens'"),
     # null is the default (the fuzz found a 500 here: None reached the tokenizer)
     ("/classify", {"input": "a", "add_special_tokens": None, "top_n": None}, 200, ""),

@@ -266,7 +266,7 @@ class OpenAIServer:
         try:
             doc = await self._read_json(request)
             chat_ids = None
-            if chat_form and isinstance(doc, dict) and "messages" in doc:
+            if chat_form and isinstance(doc, dict) and doc.get("messages") is not None:
                 # vLLM's chat form: the messages rendered (no generation prompt) are the input
                 chat = parse_tokenize(doc, generation_default=False)
                 chat_ids = await encode_prompt(self.pooled, chat.messages, None,

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .openai_engine import Served
     from .openai_schema import GenerationRequest
 
+# a pooling server has no /v1/completions to send the text to
+_NO_TEMPLATE_POOLING = ("this model has no chat template: send the text itself ('input', or "
+                        "'prompt' to /tokenize) instead of 'messages'")
 TOKENIZE_OFF_LOOP_CHARS = 4096  # longer texts are tokenized in a worker thread
 DECODE_OFF_LOOP_TOKENS = 4096  # longer id lists are decoded in a worker thread
 
@@ -39,7 +42,9 @@ async def encode_prompt(served: Served | Pooled, messages: list[dict[str, Any]] 
     def run(encode: Callable[[str, bool], list[int]]) -> list[int]:
         if messages is not None:
             if not getattr(tok, "chat_template", None):
-                raise ApiError(400, "this model has no chat template; use /v1/completions")
+                raise ApiError(400, _NO_TEMPLATE_POOLING if hasattr(served, "embedder") else
+                               "this model has no chat template; use /v1/completions",
+                               "messages")
             try:
                 rendered = (render or ChatRender()).apply(tok, messages, tools)
             except Exception as exc:  # a template may raise on a message order it refuses
