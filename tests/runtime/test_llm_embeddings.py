@@ -250,6 +250,29 @@ def test_sentence_transformers_pooling_and_matryoshka(matryoshka_dir: Path, base
         assert server.stop() == 0
 
 
+def test_a_sentence_transformers_module_not_served_refuses_to_start(
+        matryoshka_dir: Path, tmp_path: Path) -> None:
+    """A Dense projection after the pooling (LaBSE, sentence-t5, stella) changes every vector:
+    the server served the vectors without it (wrong, with the wrong dimensions); now it
+    refuses to start and names the module."""
+    from .conftest import start_server
+
+    path = tmp_path / "st-dense"
+    shutil.copytree(matryoshka_dir, path)
+    modules = json.loads((path / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense",
+                       "type": "sentence_transformers.models.Dense"})
+    (path / "modules.json").write_text(json.dumps(modules))
+    server = start_server(["--model-uri", str(path), "--format", "hf"], ready=False)
+    try:
+        assert server.proc.wait(60) == 1
+    finally:
+        server.stop()
+    errors = [d["msg"] for d in server.logs() if d.get("level") == "error"]
+    assert errors and "not served: sentence_transformers.models.Dense" in errors[0], \
+        server.lines[-5:]
+
+
 def test_gpt2_pools_its_last_token(tiny_gpt2: Path) -> None:
     import transformers
 

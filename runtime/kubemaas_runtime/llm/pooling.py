@@ -39,6 +39,8 @@ POOLING_TYPES = ("LAST", "MEAN", "CLS")
 # sentence-transformers' Pooling config keys -> vLLM's pooling types
 _ST_MODES = {"pooling_mode_lasttoken": "LAST", "pooling_mode_mean_tokens": "MEAN",
              "pooling_mode_cls_token": "CLS"}
+# the sentence-transformers modules served (a module after these would change the vector)
+_ST_SERVED = ("Transformer", "Pooling", "Normalize")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ def sentence_transformers_pooling(model_dir: Path) -> Pooling | None:
     if not isinstance(modules, list):
         raise StartupError(f"{modules_file} is not a list of modules")
     types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
+    others = [t for t in types if t.rsplit(".", 1)[-1] not in _ST_SERVED]
+    if others:  # a Dense projection, a LayerNorm ...: the vectors would be wrong without it
+        raise StartupError(f"{modules_file} has modules that are not served: "
+                           f"{', '.join(others)}; served: Transformer, Pooling, Normalize")
     normalize = any(t.endswith(".Normalize") for t in types)
     kind = "LAST"
     for module in modules:
