@@ -9,6 +9,7 @@ serving."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -282,6 +283,37 @@ def test_an_embedding_model_scores_by_cosine_similarity(models: dict[str, Path])
             "needs a classifier" in body["error"]["message"]
     finally:
         assert server.stop() == 0
+
+
+def test_sentence_transformers_max_seq_length_is_the_models_length(models: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """sentence_bert_config.json's max_seq_length (all-MiniLM: 256 of BERT's 512 positions) is
+    the model's length, as vLLM derives it: a longer input was embedded whole, a vector the
+    model was never trained to give; now it is a 400, and a --max-model-len over it refuses to
+    start."""
+    path = tmp_path / "st-bert"
+    shutil.copytree(models["bert-embed"], path)
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16,
+                                                                "do_lower_case": False}))
+    server = start_server(["--model-uri", str(path), "--format", "hf", "--name", "tiny",
+                           "--intra-op-threads", "1", "--log-level", "warning"])
+    try:
+        assert server.get_json("/v1/models")[1]["data"][0]["max_model_len"] == 16
+        status, body = server.post_json("/v1/embeddings", {"input": list(range(5, 22))})
+        assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
+        assert "maximum context length is 16 tokens" in body["error"]["message"]
+        assert ok(server, "/v1/embeddings", {"input": list(range(5, 21))})["data"]
+    finally:
+        assert server.stop() == 0
+    server = start_server(["--model-uri", str(path), "--format", "hf", "--max-model-len", "32"],
+                          ready=False)
+    try:
+        assert server.proc.wait(60) == 1
+    finally:
+        server.stop()
+    errors = [d["msg"] for d in server.logs() if d.get("level") == "error"]
+    assert errors and "over the model's limit of 16 (sentence-transformers' max_seq_length)" \
+        in errors[0], server.lines[-5:]
 
 
 @pytest.mark.parametrize(("path", "doc", "status", "words"), [

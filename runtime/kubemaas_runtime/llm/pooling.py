@@ -86,6 +86,21 @@ def sentence_transformers_pooling(model_dir: Path) -> Pooling | None:
     return Pooling(kind, normalize, "modules.json")
 
 
+def sentence_transformers_max_len(model_dir: Path) -> int | None:
+    """``max_seq_length`` of the sentence-transformers config (``sentence_bert_config.json``
+    or its sibling for another family): the length the model was trained to embed, which vLLM
+    takes as the model's length (sentence-transformers cuts a longer text to it)."""
+    for path in sorted(model_dir.glob("sentence_*_config.json")):
+        doc = _json_file(path)
+        value = doc.get("max_seq_length") if isinstance(doc, dict) else None
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise StartupError(f"{path}: max_seq_length must be a positive integer")
+        return value
+    return None
+
+
 def resolve_pooling(model_dir: Path, pooler_config: str | None,
                     default: Pooling | None = None) -> Pooling:
     """--pooler-config (vLLM's JSON: pooling_type, normalize) over the model's own files, over

@@ -36,11 +36,8 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
     elif settings.pooler_config:
         raise StartupError("--pooler-config is for embedding models; a classifier pools as "
                            "its own head does")
-    max_len = settings.max_model_len or model.max_position
-    if max_len > model.max_position:
-        raise StartupError(f"--max-model-len {max_len} is over the model's limit of "
-                           f"{model.max_position} positions")
-    model.max_position = max_len
+    model.max_position = _max_len(settings, path, model.max_position)
+    max_len = model.max_position
     run = classifier_rows(model.model) if pooling is None else \
         pooled_rows(model.model, pooling.kind)
     embedder = Embedder(run, pooling, model.device, settings.max_num_seqs,
@@ -56,6 +53,21 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
         "runner": "pooling", "task": "embed" if pooling else "classify",
         "max_model_len": max_len}})
     return model, embedder
+
+
+def _max_len(settings: Settings, path: Path, positions: int) -> int:
+    """--max-model-len, else the model's: its positions, or less where sentence-transformers'
+    ``max_seq_length`` says so (as vLLM derives it)."""
+    from .pooling import sentence_transformers_max_len
+
+    trained = sentence_transformers_max_len(path)
+    limit, why = (trained, "sentence-transformers' max_seq_length") \
+        if trained is not None and trained < positions else (positions, "positions")
+    max_len = settings.max_model_len or limit
+    if max_len > limit:
+        raise StartupError(f"--max-model-len {max_len} is over the model's limit of {limit} "
+                           f"({why})")
+    return max_len
 
 
 def open_pooling(api: Any, settings: Settings, model: Any, embedder: Any) -> dict[str, Any]:
