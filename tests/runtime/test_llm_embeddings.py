@@ -273,6 +273,28 @@ def test_a_sentence_transformers_module_not_served_refuses_to_start(
         server.lines[-5:]
 
 
+def test_sentence_transformers_do_lower_case(matryoshka_dir: Path, base_model: Any,
+                                             tiny_llama: Path, tmp_path: Path) -> None:
+    """sentence_bert_config.json's do_lower_case: sentence-transformers and vLLM lower-case
+    each text before a cased tokenizer reads it; it was ignored (another vector)."""
+    path = tmp_path / "st-lower"
+    shutil.copytree(matryoshka_dir, path)
+    (path / "sentence_bert_config.json").write_text(json.dumps({"do_lower_case": True}))
+    lower, upper = "the quick brown fox", "The QUICK Brown Fox"
+    assert ref.prompt_ids(tiny_llama, lower) != ref.prompt_ids(tiny_llama, upper)
+    server = start_llm_server(path)
+    try:
+        got = embed(server, {"input": [upper, lower], "encoding_format": "float"})
+        want = expected(base_model, ref.prompt_ids(tiny_llama, lower), "MEAN")
+        for row in got["data"]:
+            torch.testing.assert_close(torch.tensor(row["embedding"]), want, rtol=1e-5,
+                                       atol=1e-5)
+        status, body = server.post_json("/score", {"text_1": upper, "text_2": lower})
+        assert status == 200 and body["data"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    finally:
+        assert server.stop() == 0
+
+
 def test_gpt2_pools_its_last_token(tiny_gpt2: Path) -> None:
     import transformers
 

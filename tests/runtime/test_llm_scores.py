@@ -316,6 +316,24 @@ def test_sentence_transformers_max_seq_length_is_the_models_length(models: dict[
         in errors[0], server.lines[-5:]
 
 
+def test_a_cross_encoder_reads_do_lower_case(models: dict[str, Path], tmp_path: Path) -> None:
+    """XLM-RoBERTa's tokenizer is cased: with sentence-transformers' do_lower_case each pair
+    is lower-cased before it is joined, as vLLM does (it was scored as sent)."""
+    path = tmp_path / "xlmr-lower"
+    shutil.copytree(models["xlm-roberta"], path)
+    (path / "sentence_bert_config.json").write_text(json.dumps({"do_lower_case": True}))
+    want = reference_scores(models["xlm-roberta"], QUERY, DOCS[:3])
+    assert reference_scores(models["xlm-roberta"], QUERY.upper(), [DOCS[0].upper()]) != \
+        pytest.approx(want[:1], abs=1e-5)
+    server = start_llm_server(path)
+    try:
+        got = ok(server, "/score", {"text_1": QUERY.upper(), "text_2": [d.upper()
+                                                                         for d in DOCS[:3]]})
+        assert [d["score"] for d in got["data"]] == pytest.approx(want, abs=1e-5)
+    finally:
+        assert server.stop() == 0
+
+
 @pytest.mark.parametrize(("path", "doc", "status", "words"), [
     ("/score", {"text_1": ["a", "b"], "text_2": ["a", "b", "c"]}, 400, "1:1, 1:N or N:N"),
     ("/score", {"text_1": [], "text_2": "a"}, 400, "at least one text"),

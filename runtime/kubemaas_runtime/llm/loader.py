@@ -268,6 +268,7 @@ class EmbeddingModel:
     encoder: bool          # BERT-like: pools its first (CLS) token by default
     pad_id: int
     classifier: Classifier | None = None
+    lower_case: bool = False  # sentence-transformers' do_lower_case: texts lower-cased first
 
 
 def load_pooling_model(path: Path, device: str = "auto", dtype: str = "auto",

@@ -86,19 +86,36 @@ def sentence_transformers_pooling(model_dir: Path) -> Pooling | None:
     return Pooling(kind, normalize, "modules.json")
 
 
-def sentence_transformers_max_len(model_dir: Path) -> int | None:
-    """``max_seq_length`` of the sentence-transformers config (``sentence_bert_config.json``
-    or its sibling for another family): the length the model was trained to embed, which vLLM
-    takes as the model's length (sentence-transformers cuts a longer text to it)."""
+def _st_config(model_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The sentence-transformers config (``sentence_bert_config.json`` or its sibling for
+    another family) and its path; None without one."""
     for path in sorted(model_dir.glob("sentence_*_config.json")):
         doc = _json_file(path)
-        value = doc.get("max_seq_length") if isinstance(doc, dict) else None
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise StartupError(f"{path}: max_seq_length must be a positive integer")
-        return value
+        if isinstance(doc, dict):
+            return path, doc
     return None
+
+
+def sentence_transformers_max_len(model_dir: Path) -> int | None:
+    """Its ``max_seq_length``: the length the model was trained to embed, which vLLM takes as
+    the model's length (sentence-transformers cuts a longer text to it)."""
+    found = _st_config(model_dir)
+    value = found[1].get("max_seq_length") if found else None
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise StartupError(f"{found and found[0]}: max_seq_length must be a positive integer")
+    return value
+
+
+def sentence_transformers_lower_case(model_dir: Path) -> bool:
+    """Its ``do_lower_case``: sentence-transformers (and vLLM) lower-case each text before the
+    tokenizer reads it."""
+    found = _st_config(model_dir)
+    value = found[1].get("do_lower_case", False) if found else False
+    if not isinstance(value, bool):
+        raise StartupError(f"{found and found[0]}: do_lower_case must be true or false")
+    return value
 
 
 def resolve_pooling(model_dir: Path, pooler_config: str | None,

@@ -21,7 +21,13 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
     """Blocking: the model (a base model or a classifier) and its ``Embedder``."""
     from .classify import classifier_rows
     from .loader import load_pooling_model
-    from .pooling import Embedder, Pooling, pooled_rows, resolve_pooling
+    from .pooling import (
+        Embedder,
+        Pooling,
+        pooled_rows,
+        resolve_pooling,
+        sentence_transformers_lower_case,
+    )
 
     if settings.enable_lora:
         raise StartupError("LoRA adapters are served with generating models, not with "
@@ -37,6 +43,7 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
         raise StartupError("--pooler-config is for embedding models; a classifier pools as "
                            "its own head does")
     model.max_position = _max_len(settings, path, model.max_position)
+    model.lower_case = sentence_transformers_lower_case(path)
     max_len = model.max_position
     run = classifier_rows(model.model) if pooling is None else \
         pooled_rows(model.model, pooling.kind)
@@ -77,7 +84,8 @@ def open_pooling(api: Any, settings: Settings, model: Any, embedder: Any) -> dic
 
     api.pooled = Pooled(embedder, LLMMetrics(settings.model_name, 0, 0, model.max_position),
                         model.tokenizer, model.max_position, model.vocab_size,
-                        model.hidden_size, model.matryoshka, model.classifier)
+                        model.hidden_size, model.matryoshka, model.classifier,
+                        model.lower_case)
     pooling, classifier = embedder.pooling, model.classifier
     if classifier is not None:
         return {"runner": "pooling", "task": "classify", "labels": list(classifier.labels),

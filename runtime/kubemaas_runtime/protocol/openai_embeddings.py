@@ -42,6 +42,7 @@ class Pooled:
     hidden_size: int
     matryoshka: tuple[int, ...] | bool
     classifier: Classifier | None = None  # a classifier (/classify, /score) instead
+    lower_case: bool = False  # sentence-transformers' do_lower_case: texts lower-cased first
     encode: Any = field(init=False)
     encode_off_loop: Any = field(init=False)
 
@@ -184,6 +185,8 @@ async def tokenize_inputs(pooled: Pooled, texts: list[str] | None,
                           ) -> list[list[int]]:
     """Each input's token ids (``truncate``: its last so many), each checked against the
     model's length (``label``: how an error names the input)."""
+    if texts is not None and pooled.lower_case:
+        texts = [t.lower() for t in texts]
     if token_ids is not None:
         inputs = token_ids
     elif sum(len(t) for t in texts or ()) > TOKENIZE_OFF_LOOP_CHARS:

@@ -135,6 +135,9 @@ async def _pair_ids(pooled: Pooled, req: ScoreRequest, tokenizer_pairs: bool
     b </s>``, ...) and its token types when the tokenizer makes them; or, for a language model
     used as a reranker (not ``tokenizer_pairs``), the two texts concatenated, as vLLM does."""
     firsts = req.first * len(req.second) if len(req.first) == 1 else req.first
+    seconds = req.second
+    if pooled.lower_case:  # sentence-transformers' do_lower_case
+        firsts, seconds = [t.lower() for t in firsts], [t.lower() for t in seconds]
     tokenizer = pooled.tokenizer
     truncate = truncation(pooled, req.truncate)
     extra: dict[str, Any] = {"truncation": True, "max_length": truncate} \
@@ -142,11 +145,11 @@ async def _pair_ids(pooled: Pooled, req: ScoreRequest, tokenizer_pairs: bool
 
     def encode() -> Any:
         if not tokenizer_pairs:
-            return tokenizer([a + b for a, b in zip(firsts, req.second, strict=True)],
+            return tokenizer([a + b for a, b in zip(firsts, seconds, strict=True)],
                              add_special_tokens=True, **extra)
-        return tokenizer(firsts, text_pair=req.second, add_special_tokens=True, **extra)
+        return tokenizer(firsts, text_pair=seconds, add_special_tokens=True, **extra)
 
-    chars = sum(map(len, firsts)) + sum(map(len, req.second))
+    chars = sum(map(len, firsts)) + sum(map(len, seconds))
     out = await asyncio.get_running_loop().run_in_executor(None, encode) \
         if chars > TOKENIZE_OFF_LOOP_CHARS else encode()
     ids = [list(row) for row in out["input_ids"]]
