@@ -7,6 +7,8 @@ generated."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -180,3 +182,40 @@ def test_the_stats_records_add_up_to_the_tokens(server: Server) -> None:
     assert all(0 <= r["kv_cache_usage_perc"] <= 100 and r["waiting"] <= 1 and
                r["preemptions"] == 0 for r in records), records
     assert records[-1]["running"] == 0  # the last saw the engine go idle; none came after it
+
+
+def token_counters(server: Server) -> tuple[float, float, float]:
+    text = server.metrics()
+    return (counter(text, "vllm:prompt_tokens_total"),
+            counter(text, "vllm:generation_tokens_total"),
+            counter(text, "vllm:num_requests_running"))
+
+
+def test_token_counters_advance_while_a_request_runs(server: Server) -> None:
+    """vLLM counts a request's prompt once prefilled and its output tokens each step: a long
+    generation shows on a rate() while it runs, a request the client leaves keeps what it
+    generated, and a finished one is counted once."""
+    prompt0, gen0, _ = token_counters(server)
+    assert server.port is not None
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v1/completions", json.dumps({
+        "prompt": "the cat", "max_tokens": 480, "ignore_eos": True, "stream": True}),
+        {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    read = 0
+    while read < 10:
+        read += resp.fp.readline().startswith(b"data: {")
+    prompt1, gen1, running = token_counters(server)
+    assert running == 1, "the generation ended before the scrape"
+    assert prompt1 > prompt0 and gen1 - gen0 >= read  # (was 0 and 0 until its end)
+    conn.close()  # the client goes away
+    deadline = time.monotonic() + 30
+    while (left := token_counters(server))[2] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left[2] == 0
+    assert left[0] == prompt1 and gen1 <= left[1] < gen0 + 480  # kept (was never counted)
+    status, body = server.post_json("/v1/completions", {
+        "prompt": "rain falls", "max_tokens": 7, "ignore_eos": True})
+    assert status == 200, body
+    done = token_counters(server)
+    assert (done[0] - left[0], done[1] - left[1]) == (body["usage"]["prompt_tokens"], 7)

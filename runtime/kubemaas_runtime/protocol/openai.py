@@ -42,7 +42,7 @@ from .openai_lora import ROUTES as LORA_ROUTES
 from .openai_lora import adapter_cards, adapter_id
 from .openai_lora import load as load_adapter
 from .openai_lora import unload as unload_adapter
-from .openai_observe import charge_unfinished, observer
+from .openai_observe import charge_unfinished, count_unfinished, observer
 from .openai_reader import AnswerReader, answer_message, answer_reader
 from .openai_reasoning import prompt_opens_think
 from .openai_request_id import (
@@ -384,6 +384,7 @@ class OpenAIServer:
                 self.live.difference_update(c.stream for c in choices)
                 if not all(c.stream.finished for c in choices):  # the client went away (or
                     served.metrics.success.inc((self.model_name, "abort"))  # a write failed)
+                    count_unfinished(served.metrics, choices)
                     charge_unfinished(choices)
                 for choice in choices:
                     choice.stream.cancel()  # a no-op when finished; frees the blocks when not

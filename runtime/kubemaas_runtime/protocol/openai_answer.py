@@ -28,6 +28,9 @@ class Choice:
     echo_text: str = ""  # with echo: the prompt's text, which the choice's text starts with
     # the output lengths of its prompt's finished choices (one list, shared by its n choices)
     lengths: list[int] = field(default_factory=list)
+    # what the metrics counted of it so far: its output tokens, and (first choice) its prompt
+    counted: int = 0
+    prompt_counted: bool = False
 
 
 def token_text(tokenizer: Any, token: int) -> str:

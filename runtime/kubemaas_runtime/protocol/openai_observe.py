@@ -23,6 +23,7 @@ def observer(m: LLMMetrics, choice: Choice, n: int = 1) -> Callable[[Delta], Non
     trace = current_trace.get()  # the request's log record
 
     def observe(delta: Delta) -> None:
+        count_tokens(m, choice, delta.prompt_tokens, delta.completion_tokens)
         if delta.token_ids and delta.finish_reason != "abort":
             if prev:
                 m.itl.observe(m.label, delta.at - prev[0])
@@ -34,7 +35,6 @@ def observer(m: LLMMetrics, choice: Choice, n: int = 1) -> Callable[[Delta], Non
             prev[:] = [delta.at]
         if delta.finish_reason is None:
             return
-        m.generation_tokens.inc(m.label, delta.completion_tokens)
         choice.lengths.append(delta.completion_tokens)
         if len(choice.lengths) == n:
             m.request_max_generation.observe(m.label, max(choice.lengths))
@@ -47,11 +47,33 @@ def observer(m: LLMMetrics, choice: Choice, n: int = 1) -> Callable[[Delta], Non
                 trace.prompt_tokens, trace.finish_reason = prompt, delta.finish_reason
         if first:
             m.e2e.observe(m.label, delta.at - stream.arrival)
-            m.prompt_tokens.inc(m.label, prompt)
             m.success.inc((m.label[0], delta.finish_reason))
             m.observe_request(delta, first_at[0] if first_at else None, stream.arrival,
                               stream.seq.params.max_tokens, n)
     return observe
+
+
+def count_tokens(m: LLMMetrics, choice: Choice, prompt: int, output: int) -> None:
+    """vLLM's token counters as the choice runs: its prompt once prefilled (its first delta),
+    its output tokens as they come (a rate() shows a long generation while it runs)."""
+    if output > choice.counted:
+        m.generation_tokens.inc(m.label, output - choice.counted)
+        choice.counted = output
+    if choice.first and not choice.prompt_counted:
+        choice.prompt_counted = True
+        m.prompt_tokens.inc(m.label, prompt)
+
+
+def count_unfinished(m: LLMMetrics, choices: list[Choice]) -> None:
+    """The tokens of the choices whose last delta never came (the client went away, a write
+    failed, the drain cut them): what they generated stays counted, their prompt too once it
+    ran."""
+    for choice in choices:
+        if choice.stream.finished:
+            continue
+        seq = choice.stream.seq
+        if seq.output or seq.scheduled_at is not None:
+            count_tokens(m, choice, len(seq.prompt), len(seq.output))
 
 
 def charge_unfinished(choices: list[Choice]) -> None:
