@@ -170,6 +170,27 @@ def test_rate_limit_429(tiny_onnx: Path, keys_dir: Path) -> None:
         assert server.stop() == 0
 
 
+def test_scrapes_and_probes_are_not_rate_limited(tiny_onnx: Path, keys_dir: Path) -> None:
+    """Prometheus' scrapes of /metrics (with a key) and the kubelet's probes take nothing from
+    a key's request budget and are never refused with 429 (a scraper every few seconds ate
+    the budget, and got 429s that left gaps in the metrics)."""
+    server = start_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
+                           "--api-keys-dir", str(keys_dir), "--rate-limit-rps", "0.2",
+                           "--rate-limit-burst", "2"])
+    port = server.port or 0
+    try:
+        for _ in range(4):
+            assert request(port, "GET", "/metrics", headers={"x-api-key": ALICE})[0] == 200
+            assert request(port, "GET", "/v2/health/ready")[0] == 200
+        assert request(port, "GET", "/metrics")[0] == 401  # a key is still required
+        assert infer(server, {"x-api-key": ALICE})[0] == 200  # the budget is whole
+        assert infer(server, {"x-api-key": ALICE})[0] == 200
+        assert infer(server, {"x-api-key": ALICE})[0] == 429
+        assert request(port, "GET", "/metrics", headers={"x-api-key": ALICE})[0] == 200
+    finally:
+        assert server.stop() == 0
+
+
 def _tls_server(args: list[str], ca: CA) -> Server:
     server = start_server(args, ready=False)
     ctx = ca.client_context()

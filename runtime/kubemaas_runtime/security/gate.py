@@ -3,8 +3,8 @@ limits; what passes reaches the protocol handler unchanged.
 
 Open without a key: the kubelet's probes (``/v2/health/live``, ``/v2/health/ready``, ``/health``).
 ``/metrics`` needs a key on the serving port when keys are on (unless ``--metrics-without-key``:
-GET and HEAD are then open there too); ``--metrics-port`` serves it alone,
-without a key, on a port of its own (for Prometheus, which a NetworkPolicy then limits to the
+GET and HEAD are then open there too), and is never rate limited; ``--metrics-port`` serves it
+alone, without a key, on a port of its own (for Prometheus, which a NetworkPolicy then limits to the
 monitoring namespace).
 """
 
@@ -38,6 +38,9 @@ log = logging.getLogger("kubemaas.runtime.security")
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/health"})
+# never rate limited (a key is still needed for /metrics): Prometheus' scrapes and the probes
+# would eat a key's request budget and, refused with 429, leave gaps in the metrics
+UNMETERED_PATHS = OPEN_PATHS | {"/metrics"}
 RELOAD_EVERY_S = 1.0
 ANONYMOUS = "_anonymous"
 # a request body must keep arriving at this average rate, checked every --idle-timeout-s: a body
@@ -189,7 +192,8 @@ class Gate:
         return await self._limit(request, name)
 
     async def _limit(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
-        if self.limiter is None:
+        if self.limiter is None or (request.path in UNMETERED_PATHS and
+                                    request.method in ("GET", "HEAD")):
             return await self.handler(request)
         refusal = self.limiter.admit(name, time.monotonic())
         if refusal is not None:
