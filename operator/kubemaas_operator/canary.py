@@ -98,7 +98,8 @@ class _Seen:
     def state(self, step: int, weight: int, can_n: int, main_n: int,
               traffic: int) -> dict[str, Any]:
         return {"hash": self.desired_hash, "step": step, "steps": len(self.canary.steps),
-                "weight": weight, "canaryReplicas": can_n, "stableReplicas": main_n,
+                "weight": weight, "replicas": self.desired, "canaryReplicas": can_n,
+                "stableReplicas": main_n,
                 "trafficPercent": traffic, "trafficSplit": self.split}
 
 

@@ -24,11 +24,11 @@ restart lives in the status (and in the Deployment itself), so a killed operator
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from .api import CanarySpec, ModelDeploymentSpec
+from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
 from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, wind_down
 from .observed import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, create_failure
 from .pod_life import oom_problem
@@ -216,6 +216,8 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     """
     upd = _ref(previous.get("update"))
     live_hash = dep.revision if dep is not None else ""
+    if spec.rollout.canary is None:
+        desired, spare = _dropped_canary(previous, desired_hash, desired, spare)
     d = _Draft(
         strategy=_strategy(spec, desired, spare, pods, previous,
                            upd is not None and upd["hash"] == desired_hash,
@@ -235,6 +237,22 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         _new_revision(d, spec, raw_spec, dep, pods, desired, spare, previous, now,
                       traffic_split, never)
     return _finish(d, desired)
+
+
+def _dropped_canary(previous: Mapping[str, Any], desired_hash: str, desired: int,
+                    spare: int) -> tuple[int, int]:
+    """(desired, spare) while a canary the spec dropped (for autoscaling) is promoted: the
+    stable Deployment takes over the replicas the canary rollout had (status.rollout.canary
+    .replicas; from a state written without it, the current revision's spec's), whatever the
+    canary gave up so far, and `spare`, the room beyond the autoscaler's count, holds the
+    difference. Otherwise both as they are."""
+    was = previous.get("canary") or {}
+    if was.get("hash") != desired_hash:
+        return desired, spare
+    stable = previous.get("stableSpec")
+    had = int(was.get("replicas") or (
+        stable.get("replicas") if isinstance(stable, Mapping) else 0) or 0)
+    return max(desired, had), max(0, spare - max(0, had - desired))
 
 
 def _strategy(spec: ModelDeploymentSpec, desired: int, spare: int, pods: Sequence[PodInfo],
@@ -322,6 +340,13 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
     canary = spec.rollout.canary
     started = (any(p.track == "canary" for p in pods)
                or (previous.get("canary") or {}).get("hash") == d.desired_hash)
+    # spec.rollout.canary removed while this revision's canary ran (autoscaling switched on,
+    # which a canary does not combine with): the canary is promoted, not deleted at once
+    removed = canary is None and (previous.get("canary") or {}).get("hash") == d.desired_hash
+    if removed:
+        steps = max(1, int((previous.get("canary") or {}).get("steps") or 1))
+        canary = CanarySpec(steps=(CanaryStep(weight=100),) * steps,
+                            promote=int(d.upd["number"]))
     waits = rolling and not applied and d.strategy.name == "Wait" and not never
     # A canary needs replicas to move: at 0 (replicas 0, scaled to 0 mid-canary) it rolls as any
     # revision does (the template changes, no pod starts; a canary Deployment goes). One that
@@ -331,7 +356,7 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
             and d.stable_spec is not None and not (waits and not started)
             and not (applied and not started)):
         _canary(d, spec, canary, raw_spec, dep, pods, desired, spare, previous, now,
-                traffic_split, never, applied)
+                traffic_split, never, applied, removed)
     elif waits:
         d.target = "hold"
         d.blocked_reason, d.blocked_message = "RolloutWaiting", (
@@ -345,11 +370,16 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
 def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
             raw_spec: Mapping[str, Any], dep: DeploymentInfo | None, pods: Sequence[PodInfo],
             desired: int, spare: int, previous: Mapping[str, Any], now: datetime,
-            traffic_split: TrafficSplit, never: str, applied: bool) -> None:
-    """A canary rollout's step, then its rollback or completion."""
+            traffic_split: TrafficSplit, never: str, applied: bool,
+            removed: bool = False) -> None:
+    """A canary rollout's step, then its rollback or completion. `removed`: the spec no longer
+    has a canary while this revision's ran; it ends as a promotion."""
     assert d.upd is not None
     c = canary_step(canary, desired, spare, pods, dict(d.upd), previous.get("canary"),
                     d.desired_hash, d.strategy.max_unavailable, now, traffic_split)
+    if removed:
+        c = replace(c, message="spec.rollout.canary was removed while the canary ran (a canary "
+                    "does not combine with spec.autoscaling), so it is promoted: " + c.message)
     d.upd, d.canary_state = c.update, c.state
     d.canary_weight = c.weight
     d.main_replicas, d.canary_replicas = c.main_replicas, c.canary_replicas
@@ -373,7 +403,8 @@ def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
                     f"no canary replica became Ready for over {deadline}s "
                     "(progressDeadlineSeconds)", now)
     elif c.done and not c.aborted and applied and complete(dep, pods, d.desired_hash, desired):
-        d.complete(f"canary, {len(canary.steps)} step(s)", desired, raw_spec, now)
+        d.complete("canary promoted when spec.rollout.canary was removed" if removed else
+                   f"canary, {len(canary.steps)} step(s)", desired, raw_spec, now)
 
 
 def _roll(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],

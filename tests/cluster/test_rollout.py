@@ -390,6 +390,34 @@ def test_a_spec_reverted_mid_canary_keeps_replicas_serving(kube: Kube, ns: str) 
     assert st["rollout"]["history"][-1]["outcome"] == "Superseded"
 
 
+def test_a_canary_dropped_for_autoscaling_is_promoted(kube: Kube, ns: str) -> None:
+    """Switching to autoscaling while half the replicas run the canary (spec.rollout.canary
+    removed, as a canary does not combine with autoscaling; the same image): the canary is
+    promoted, giving its replicas up only as the stable Deployment's new ones are Ready, and the
+    status says so; it was deleted at once (4 Ready -> 2), without a word."""
+    steps = [{"weight": 50}, {"weight": 100}]
+    fill_h100(kube, ns, leave=4)
+    new = canary_at_its_gate(kube, ns, steps)
+    auto = yaml.safe_load(model("m", 4, image=new))
+    del auto["spec"]["replicas"]
+    auto["spec"]["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1,
+                                   "maxReplicas": 8}
+    with Sampler(kube, ns, "m") as sampler:
+        apply(kube, ns, yaml.safe_dump(auto))
+        wait_revision(kube, ns, "m", 2)
+        wait_for(lambda: kube.kubectl("-n", ns, "get", "deployment", "m-canary",
+                                      check=False).returncode != 0, timeout=30,
+                 what="the canary Deployment gone")
+    ready = [r for _, r, _ in sampler.samples]
+    live = [n for _, _, n in sampler.samples]
+    print(f"to autoscaling: {len(ready)} samples, ready min {min(ready)}, pods max {max(live)}")
+    assert min(ready) >= 3 and max(live) <= 4
+    pods = pods_of(kube, ns, "m")
+    assert len(pods) == 4 and all(p["spec"]["containers"][0]["image"] == new for p in pods)
+    last = status(kube, ns, "m")["rollout"]["history"][-1]
+    assert last["outcome"] == "Complete" and "spec.rollout.canary was removed" in last["message"]
+
+
 def test_paused_canary_holds_its_step_until_resumed(kube: Kube, ns: str) -> None:
     """spec.rollout.canary.paused: the canary stays at its step past the step's pause; setting
     paused back to false lets it go on."""

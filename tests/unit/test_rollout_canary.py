@@ -138,6 +138,36 @@ def test_a_spec_reverted_mid_canary_gives_the_canary_replicas_back_gradually() -
     assert p.canary_replicas is None and p.main_replicas is None
 
 
+def test_a_canary_dropped_for_autoscaling_is_promoted_not_deleted() -> None:
+    """Switching to autoscaling mid-canary (spec.rollout.canary removed, as the CEL rule asks,
+    and spec.autoscaling added; the revision unchanged): the canary's Ready replicas stay until
+    the stable Deployment's new ones are Ready, as a promotion does, and the status says why it
+    ended (it was deleted at once: 10 Ready -> 4, nothing said)."""
+    mid = {**GOOD, "stableSpec": CANARY_RAW, "update": {"number": 2, "hash": "bbb"},
+           "canary": {"hash": "bbb", "step": 2, "steps": 3, "replicas": 10}}
+    auto = {k: v for k, v in CANARY_RAW.items() if k not in ("rollout", "replicas")}
+    auto["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1, "maxReplicas": 12}
+    s = parse_spec(auto)
+    # desired (the autoscaler's: the stable Deployment's 5) is the canary's 10 until it is done
+    # (`spare`, the room beyond the autoscaler's 5, is the canary's: no more pods than GPUs)
+    p = plan(s, auto, "bbb", dep("aaa", 5, 5, 5), canary_pods(5, 5), 5, 5, mid, NOW)
+    assert p.target == "desired" and (p.main_replicas, p.canary_replicas) == (5, 5)
+    assert "spec.rollout.canary was removed" in p.view.strategy_message
+    assert "promoted" in p.status["message"] and p.status["canary"]["step"] == 4
+    handed = [*pods("bbb", 5), *canary_pods(0, 5)]
+    p = plan(s, auto, "bbb", dep("bbb", 5, 5, 5), handed, 5, 0, p.status, NOW)
+    assert (p.main_replicas, p.canary_replicas) == (5, 4)  # one at a time: 9 stay Ready
+    assert p.status["canary"]["replicas"] == 10
+    # the canary gave one up: the stable Deployment grows into it, toward all 10
+    p = plan(s, auto, "bbb", dep("bbb", 5, 5, 5), [*pods("bbb", 5), *canary_pods(0, 4)], 5, 0,
+             p.status, NOW)
+    assert p.main_replicas == 6
+    p = plan(s, auto, "bbb", dep("bbb", 10, 10, 10), pods("bbb", 10), 10, 0, p.status, NOW)
+    assert p.canary_replicas is None and p.main_replicas is None
+    assert p.status["current"]["number"] == 2
+    assert "spec.rollout.canary was removed" in p.status["history"][-1]["message"]
+
+
 def test_canary_spec_validation() -> None:
     with pytest.raises(SpecError, match="weights must increase"):
         parse_spec({**RAW, "rollout": {"canary": {"steps": [{"weight": 50}, {"weight": 10}]}}})

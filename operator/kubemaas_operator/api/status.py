@@ -62,6 +62,7 @@ class CanaryStatus:
     steps: int = field(metadata=json_name("steps"), default=0)
     weight: int = field(metadata=json_name("weight"), default=0)
     step_ready_at: str | None = field(metadata=json_name("stepReadyAt"), default=None)
+    replicas: int = field(metadata=json_name("replicas"), default=0)
     canary_replicas: int = field(metadata=json_name("canaryReplicas"), default=0)
     stable_replicas: int = field(metadata=json_name("stableReplicas"), default=0)
     traffic_percent: int = field(metadata=json_name("trafficPercent"), default=0)
