@@ -19,6 +19,8 @@ Writes into OUT_DIR:
   lambda.keras                               a Lambda layer (not servable)
   unbuilt.keras                              a Sequential saved before it was built (not
                                              servable: its inputs are unknown)
+  words.keras, words_savedmodel/             a string input -> StringLookup -> Embedding -> Dense
+                                             (words_x.npy: its words; words_want.npy: answers)
   unsupported_savedmodel/                    a SavedModel with an op tf2onnx cannot convert
                                              (HistogramFixedWidth)
   mnist_x.npy, text_x.npy                    inputs; *_want.npy: model.predict on them
@@ -67,6 +69,7 @@ def keras3(out: Path) -> None:
         np.save(out / f"{name}_want.npy", model.predict(x, verbose=0))
 
     structured(keras, out)
+    words(keras, out)
 
     @keras.saving.register_keras_serializable(package="demo")
     class Scale(keras.layers.Layer):
@@ -79,6 +82,21 @@ def keras3(out: Path) -> None:
                      ).save(out / "lambda.keras")
     keras.Sequential([keras.layers.Dense(2)]).save(out / "unbuilt.keras")  # no Input, no call
     unsupported(out)
+
+
+def words(keras: Any, out: Path) -> None:
+    """A model of a string input (a StringLookup, which Keras runs only on TensorFlow)."""
+    word = keras.Input((1,), dtype="string", name="word")
+    x = keras.layers.StringLookup(vocabulary=["cat", "dog", "bird"], name="lookup")(word)
+    x = keras.layers.Flatten()(keras.layers.Embedding(4, 3)(x))
+    model = keras.Model(word, keras.layers.Dense(2, name="score")(x), name="words")
+    x = np.array([["cat"], ["fish"], ["bird"], [""]])
+    model.save(out / "words.keras")
+    model.export(str(out / "words_savedmodel"), verbose=False)
+    np.save(out / "words_x.npy", x)
+    import tensorflow as tf  # (predict takes strings as a tf.string tensor)
+
+    np.save(out / "words_want.npy", model.predict(tf.constant(x.tolist()), verbose=0))
 
 
 def structured(keras: Any, out: Path) -> None:

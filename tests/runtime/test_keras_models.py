@@ -101,6 +101,8 @@ def test_answers_equal_tensorflow(runtime_server: Any, keras_dir: Path,
 @pytest.mark.parametrize(("filename", "layer", "words"), [
     ("custom.keras", "scale", "demo>Scale"),
     ("lambda.keras", "plus_one", "Lambda"),
+    # (was Keras's own "Layer StringLookup requires TensorFlow. Install it via pip ...")
+    ("words.keras", "word", "tf-savedmodel, where a string input is a BYTES tensor"),
 ])
 def test_unservable_layer_is_refused_in_one_line(runtime_server: Any, keras_dir: Path,
                                                  filename: str, layer: str,
@@ -113,6 +115,34 @@ def test_unservable_layer_is_refused_in_one_line(runtime_server: Any, keras_dir:
     msg = errors[0]["msg"]
     assert f"layer {layer!r}" in msg and words in msg and "\n" not in msg, msg
     assert "exc" not in errors[0] and not any("Traceback" in ln for ln in server.lines)
+
+
+def test_a_string_input_is_a_bytes_tensor(runtime_server: Any, keras_dir: Path,
+                                          tmp_path: Path) -> None:
+    """A Keras model of a string input (StringLookup), served as its SavedModel: its metadata
+    says BYTES, a BYTES tensor (OIP JSON) and strings (TF Serving v1) reach it and answer as
+    TensorFlow does; another datatype is refused with 400."""
+    x = np.load(keras_dir / "words_x.npy")
+    want = np.load(keras_dir / "words_want.npy")
+    proc = tfconvert(str(keras_dir / "words_savedmodel"), tmp_path / "converted")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    server = runtime_server(["--name", "w", "--model-uri",
+                             str(tmp_path / "converted" / "model.onnx")], timeout=240)
+    (inp,) = server.get_json("/v2/models/w")[1]["inputs"]
+    assert (inp["name"], inp["datatype"], inp["shape"]) == ("word", "BYTES", [-1, 1])
+    status, doc = server.post_json("/v2/models/w/infer", {"inputs": [
+        {"name": "word", "shape": list(x.shape), "datatype": "BYTES",
+         "data": x.reshape(-1).tolist()}]})
+    assert status == 200, doc
+    np.testing.assert_allclose(np.asarray(doc["outputs"][0]["data"], np.float32).reshape(
+        want.shape), want, rtol=1e-5, atol=1e-6)
+    status, doc = server.post_json("/v1/models/w:predict", {"instances": x.tolist()})
+    assert status == 200, doc
+    np.testing.assert_allclose(np.asarray(doc["predictions"], np.float32), want, rtol=1e-5,
+                               atol=1e-6)
+    status, doc = server.post_json("/v2/models/w/infer", {"inputs": [
+        {"name": "word", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]})
+    assert status == 400 and "expects BYTES" in doc["error"], doc
 
 
 def test_tfconvert_caches_by_checksum_and_checks_it(keras_dir: Path,

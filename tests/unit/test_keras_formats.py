@@ -194,3 +194,19 @@ def test_tensorflow_functions_of_tf_keras_are_refused_as_such() -> None:
         "that tf.keras applied to a Keras tensor; Keras 3 cannot run it without TensorFlow: "
         "save the model as a SavedModel and deploy it with format tf-savedmodel, or rebuild it "
         "with Keras layers or keras.ops")
+
+
+def test_string_inputs_and_tensorflow_only_layers_are_refused_with_the_way_to_serve_them(
+        ) -> None:
+    """Keras runs TextVectorization, StringLookup, ... only on TensorFlow, and on torch has no
+    string tensors: a model with them was refused by Keras itself ('Layer StringLookup requires
+    TensorFlow. Install it via `pip install tensorflow`.'), advice no runtime user can follow;
+    now it is named before Keras loads it, with the SavedModel route (BYTES inputs)."""
+    cfg = model(layer("InputLayer", "word", dtype="string", batch_shape=[None, 1]),
+                layer("StringLookup", "lookup"), layer("Embedding", "emb"),
+                layer("TextVectorization", "vec"))
+    found = find_refusals(cfg, BUILTIN | {"StringLookup", "TextVectorization"})
+    assert [(r.layer, r.class_name) for r in found] == [
+        ("word", "InputLayer"), ("lookup", "StringLookup"), ("vec", "TextVectorization")]
+    assert all("tf-savedmodel" in r.message() and "BYTES" in r.message() for r in found)
+    assert find_refusals(model(layer("InputLayer", "x", dtype="int32")), BUILTIN) == []

@@ -8,7 +8,9 @@ What is refused:
 * a layer whose class is not a built-in Keras layer (a custom class: its Python code is not in
   the model file, and the runtime does not import user code);
 * ``Lambda`` layers: they hold marshalled Python bytecode, which the runtime does not execute;
-* ``TFSMLayer`` and other layers that wrap TensorFlow graphs: there is no TensorFlow here.
+* ``TFSMLayer`` and other layers that wrap TensorFlow graphs: there is no TensorFlow here;
+* the layers Keras 3 runs only on TensorFlow (``TextVectorization``, ``StringLookup``, ...) and
+  string inputs: Keras on torch has no string tensors (a SavedModel of the model serves them).
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ _TF_OP = ("it is a TensorFlow function that tf.keras applied to a Keras tensor; 
           "run it without TensorFlow: save the model as a SavedModel and deploy it with format "
           "tf-savedmodel, or rebuild it with Keras layers or keras.ops")
 REFUSED.update({"TFOpLambda": _TF_OP, "SlicingOpLambda": _TF_OP})
+# Keras 3 runs these only on TensorFlow (string tensors, lookup tables): on the torch backend
+# Keras' own error ends "Install it via `pip install tensorflow`", which no runtime user can do
+_TF_ONLY = ("it runs only on TensorFlow (string tensors and lookup tables), and the runtime's "
+            "Keras runs on torch: export the model as a SavedModel (model.export(DIR)) and deploy "
+            "it with format tf-savedmodel, where a string input is a BYTES tensor (tf2onnx "
+            "converts StringLookup, not TextVectorization's regex and split ops)")
+REFUSED.update(dict.fromkeys(("TextVectorization", "StringLookup", "IntegerLookup", "Hashing",
+                              "HashedCrossing"), _TF_ONLY))
+_STRING_INPUT = ("a string input: Keras on torch has no string tensors; export the model as a "
+                 "SavedModel (model.export(DIR)) and deploy it with format tf-savedmodel, "
+                 "where a string input is a BYTES tensor")
 # Model containers: their sub-layers are checked, not the container itself.
 CONTAINERS = {"Sequential", "Functional", "Model"}
 
@@ -147,6 +160,8 @@ def find_refusals(config: dict[str, Any], builtin: Set[str]) -> list[Refusal]:
         foreign = isinstance(module, str) and not module.startswith("keras")
         if cls in REFUSED:
             found.append(Refusal(name, cls, REFUSED[cls]))
+        elif cls == "InputLayer" and layer["config"].get("dtype") == "string":
+            found.append(Refusal(name, cls, _STRING_INPUT))
         elif cls in CONTAINERS and not custom:
             continue
         elif custom or foreign or cls not in builtin:
