@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +37,7 @@ _JSON = "application/json"
 _HEADER_LEN = "Inference-Header-Content-Length"
 _OUTCOME = {200: "ok", 400: "client_error", 404: "not_found", 405: "client_error",
             413: "client_error", 415: "client_error", 500: "server_error", 503: "unavailable"}
+_BodyReader = Callable[[], Awaitable[bytes]]  # reads the request body, counting it
 # the codings aiohttp decodes (any other it passes through as if there were none)
 _CODINGS = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
 
@@ -176,21 +178,16 @@ class RestServer:
 
     async def _infer(self, request: web.BaseRequest, name: str,
                      version: str | None) -> web.StreamResponse:
-        start = time.perf_counter()
-        self.inflight += 1
-        status = 200
-        charged = 0
-        try:
+        async def serve(read: _BodyReader) -> web.Response:
             raw_len = request.headers.get(_HEADER_LEN)
             header_length: int | None = None
             if raw_len is not None:
                 try:
                     header_length = int(raw_len)
                 except ValueError:
-                    status = 400
-                    return _error(400, f"{_HEADER_LEN} must be an integer, got {raw_len!r}")
-            body = await self._read_body(request)
-            charged = len(body)
+                    raise InvalidInput(
+                        f"{_HEADER_LEN} must be an integer, got {raw_len!r}") from None
+            body = await read()
             # the dataplane drops the JSON text once decoded: keep no reference here
             pending = self.dp.infer(name, version, body, header_length)
             del body
@@ -199,6 +196,48 @@ class RestServer:
                 return web.Response(body=out, content_type=_JSON)
             return web.Response(body=out, content_type="application/octet-stream",
                                 headers={_HEADER_LEN: str(out_header_len)})
+
+        return await self._counted(request, name, "infer", serve)
+
+    async def _v1(self, request: web.BaseRequest, method: str,
+                  target: str) -> web.StreamResponse:
+        if target.endswith(":predict"):
+            if method != "POST":
+                return _error(405, "use POST for :predict", allow="POST")
+            name = target[: -len(":predict")]
+
+            async def serve(read: _BodyReader) -> web.Response:
+                body = await read()
+                pending = self.dp.predict_v1(name, body)
+                del body
+                return web.Response(body=await pending, content_type=_JSON)
+
+            return await self._counted(request, name, "predict", serve)
+        if ":" not in target:
+            ready = self.dp.model_ready(target, None)
+            return self._get_only(method) or _json({"name": target, "ready": ready},
+                                                   200 if ready else 503)
+        return _error(404, f"no route for {method} {request.path}")
+
+    async def _counted(self, request: web.BaseRequest, name: str, endpoint: str,
+                       serve: Callable[[_BodyReader], Awaitable[web.Response]]
+                       ) -> web.StreamResponse:
+        """A request with a body: ``serve`` reads it (counted in self.bodies until the request
+        ends) and answers; its errors map to their status, and the request is counted in
+        self.inflight and observed under ``endpoint``."""
+        start = time.perf_counter()
+        self.inflight += 1
+        status = 200
+        charged = 0
+
+        async def read() -> bytes:
+            nonlocal charged
+            body = await self._read_body(request)
+            charged = len(body)
+            return body
+
+        try:
+            return await serve(read)
         except RuntimeErrorBase as exc:
             status = exc.status
             return self._error_response(exc)
@@ -207,48 +246,12 @@ class RestServer:
             raise
         except Exception:
             status = 500
-            log.exception("unexpected error in infer")
+            log.exception("unexpected error in %s", endpoint)
             return _error(500, "internal error; see the server log")
         finally:
             self.inflight -= 1
             self.bodies.release(charged)
-            self._observe(name, "infer", status, start)
-
-    async def _v1(self, request: web.BaseRequest, method: str,
-                  target: str) -> web.StreamResponse:
-        if target.endswith(":predict"):
-            if method != "POST":
-                return _error(405, "use POST for :predict", allow="POST")
-            name = target[: -len(":predict")]
-            start = time.perf_counter()
-            self.inflight += 1
-            status = 200
-            charged = 0
-            try:
-                body = await self._read_body(request)
-                charged = len(body)
-                pending = self.dp.predict_v1(name, body)
-                del body
-                return web.Response(body=await pending, content_type=_JSON)
-            except RuntimeErrorBase as exc:
-                status = exc.status
-                return self._error_response(exc)
-            except (ConnectionResetError, asyncio.CancelledError):  # the client went away
-                status = CLIENT_GONE
-                raise
-            except Exception:
-                status = 500
-                log.exception("unexpected error in predict")
-                return _error(500, "internal error; see the server log")
-            finally:
-                self.inflight -= 1
-                self.bodies.release(charged)
-                self._observe(name, "predict", status, start)
-        if ":" not in target:
-            ready = self.dp.model_ready(target, None)
-            return self._get_only(method) or _json({"name": target, "ready": ready},
-                                                   200 if ready else 503)
-        return _error(404, f"no route for {method} {request.path}")
+            self._observe(name, endpoint, status, start)
 
     def _observe(self, name: str, endpoint: str, status: int, start: float) -> None:
         if name != self.dp.model_name:
