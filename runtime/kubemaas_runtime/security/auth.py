@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StartupError
-from .secretdir import Signature, entries, read_version, signature
-
-log = logging.getLogger("kubemaas.runtime.security")
+from .secretdir import ReloadedDir, Signature, entries, read_version, signature
 
 KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MIN_KEY_CHARS = 16
@@ -98,7 +95,7 @@ def presented_key(authorization: str | None, x_api_key: str | None) -> str | Non
     return None
 
 
-class KeyStore:
+class KeyStore(ReloadedDir):
     """The keys of one directory, reloaded by ``refresh()`` when its files change. A directory
     that turns bad keeps the last good keys (and says so in the log)."""
 
@@ -120,24 +117,12 @@ class KeyStore:
 
     def refresh(self) -> bool:
         """Reload if the files changed; True when new keys were loaded."""
-        try:
-            sig = signature(self.directory)
-        except OSError as exc:
-            sig = ("unreadable", str(exc))
-        if sig == self._sig or sig == self._failed_sig:
-            return False
-        try:
-            keys = load_keys(self.directory)
-            if not keys.digests:
-                raise KeyFileError("no key files")
-        except (OSError, KeyFileError) as exc:
-            self._failed_sig = sig
-            self.reloads["error"] += 1
-            log.error("api keys not reloaded; keeping the previous keys",
-                      extra={"fields": {"dir": str(self.directory), "error": str(exc)}})
-            return False
-        self._sig, self._failed_sig, self.keys = sig, None, keys
-        self.reloads["ok"] += 1
-        log.warning("api keys reloaded", extra={"fields": {
-            "dir": str(self.directory), "keys": ",".join(sorted(keys.digests))}})
-        return True
+        return self._reload("api keys", "the previous keys", self._load_keys,
+                            (OSError, KeyFileError))
+
+    def _load_keys(self) -> dict[str, str]:
+        keys = load_keys(self.directory)
+        if not keys.digests:
+            raise KeyFileError("no key files")
+        self.keys = keys
+        return {"keys": ",".join(sorted(keys.digests))}

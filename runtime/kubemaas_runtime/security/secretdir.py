@@ -9,13 +9,16 @@ kubelet's own and are skipped.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
 Signature = tuple[object, ...]
 T = TypeVar("T")
+
+log = logging.getLogger("kubemaas.runtime.security")
 
 
 def entries(directory: Path) -> list[Path]:
@@ -63,3 +66,40 @@ def read_version(directory: Path, read: Callable[[Path], T]) -> T:
             if version_dir(directory) == base:
                 raise
     return read(version_dir(directory))
+
+
+class ReloadedDir:
+    """A Secret directory re-read when its files change. A version that does not load is logged
+    and counted once (not tried again until the files change again) and the previous one kept.
+    The subclass sets ``directory``, ``_sig`` (the loaded version), ``_failed_sig`` and
+    ``reloads`` ({"ok": 0, "error": 0}) and calls ``_reload``."""
+
+    directory: Path
+    _sig: Signature
+    _failed_sig: Signature | None
+    reloads: dict[str, int]
+
+    def _reload(self, what: str, kept: str, load: Callable[[], Mapping[str, str] | None],
+                errors: tuple[type[Exception], ...]) -> bool:
+        """``load`` the directory if it changed (it raises one of ``errors`` when the version
+        is bad, else returns the log fields that describe it); True when a new version was
+        loaded. ``what`` and ``kept`` name it in the log: "api keys", "the previous keys"."""
+        try:
+            sig = signature(self.directory)
+        except OSError as exc:
+            sig = ("unreadable", str(exc))
+        if sig == self._sig or sig == self._failed_sig:
+            return False
+        try:
+            fields = load()
+        except errors as exc:
+            self._failed_sig = sig
+            self.reloads["error"] += 1
+            log.error(f"{what} not reloaded; keeping {kept}",
+                      extra={"fields": {"dir": str(self.directory), "error": str(exc)}})
+            return False
+        self._sig, self._failed_sig = sig, None
+        self.reloads["ok"] += 1
+        log.warning(f"{what} reloaded",
+                    extra={"fields": {"dir": str(self.directory), **(fields or {})}})
+        return True

@@ -5,14 +5,11 @@ handshakes present the new certificate and established connections keep theirs.
 
 from __future__ import annotations
 
-import logging
 import ssl
 from pathlib import Path
 
 from ..errors import StartupError
-from .secretdir import Signature, read_version, signature
-
-log = logging.getLogger("kubemaas.runtime.security")
+from .secretdir import ReloadedDir, Signature, read_version, signature
 
 
 class EncryptedKeyError(ValueError):
@@ -26,7 +23,7 @@ def _no_pass_phrase() -> bytes:
                             "unencrypted PEM key (openssl pkey -in KEY -out tls.key)")
 
 
-class TLSFiles:
+class TLSFiles(ReloadedDir):
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -55,21 +52,5 @@ class TLSFiles:
     def refresh(self) -> bool:
         """Re-read the pair if the files changed; True when a new certificate was loaded. A pair
         that does not load (half written, key and certificate not matching) keeps the old one."""
-        try:
-            sig = signature(self.directory)
-        except OSError as exc:
-            sig = ("unreadable", str(exc))
-        if sig == self._sig or sig == self._failed_sig:
-            return False
-        try:
-            self._load()
-        except (OSError, ssl.SSLError, EncryptedKeyError) as exc:
-            self._failed_sig = sig
-            self.reloads["error"] += 1
-            log.error("tls certificate not reloaded; keeping the previous one",
-                      extra={"fields": {"dir": str(self.directory), "error": str(exc)}})
-            return False
-        self._sig, self._failed_sig = sig, None
-        self.reloads["ok"] += 1
-        log.warning("tls certificate reloaded", extra={"fields": {"dir": str(self.directory)}})
-        return True
+        return self._reload("tls certificate", "the previous one", self._load,
+                            (OSError, ssl.SSLError, EncryptedKeyError))
