@@ -17,10 +17,13 @@ built by kubemaas_testbed.venvs (hack/), like those of bench/runtime and the tes
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kubemaas_testbed.venvs import BUILD_ERRORS, CachedVenv, VenvResult
 
@@ -96,6 +99,25 @@ def draw(code: str, payload: str, out: Path) -> str | None:
     proc = subprocess.run([str(venv.python), "-c", code, str(out)], input=payload, text=True,
                           capture_output=True, timeout=600)
     return proc.stderr[-2000:] if proc.returncode else None
+
+
+def plot_main(doc: str, code: str, out: Path, data: Callable[[list[str]], Any]) -> int:
+    """The main of a plot script taking its runs' JSON files as arguments: ``--help`` prints
+    ``doc`` (0), no argument prints it too (2); else ``data(arguments)`` is drawn by ``code``
+    (``draw``) into ``out``, whose path is printed (0), or why it failed (1)."""
+    argv = sys.argv[1:]
+    if argv in (["-h"], ["--help"]):
+        print(doc)
+        return 0
+    if not argv:
+        print(doc)
+        return 2
+    error = draw(code, json.dumps(data(argv)), out)
+    if error:
+        print(error, file=sys.stderr)
+        return 1
+    print(out)
+    return 0
 
 
 def build_llama_cpp_wheel() -> Path | None:

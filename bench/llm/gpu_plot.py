@@ -94,22 +94,13 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     import envs
 
-    runs = [arg.partition("=") for arg in sys.argv[1:]]  # PATH or PATH=LABEL
-    if sys.argv[1:] in (["-h"], ["--help"]):
-        print(__doc__)
-        return 0
-    if not runs:
-        print(__doc__)
-        return 2
-    curves = [s for path, _, label in runs
-              for s in series(label or Path(path).stem.split("-")[0],
-                              json.loads(Path(path).read_text()))]
-    error = envs.draw(CODE, json.dumps(curves), OUT)
-    if error:
-        print(error, file=sys.stderr)
-        return 1
-    print(OUT)
-    return 0
+    def curves(args: list[str]) -> list[dict[str, Any]]:
+        runs = [arg.partition("=") for arg in args]  # PATH or PATH=LABEL
+        return [s for path, _, label in runs
+                for s in series(label or Path(path).stem.split("-")[0],
+                                json.loads(Path(path).read_text()))]
+
+    return envs.plot_main(__doc__, CODE, OUT, curves)
 
 
 if __name__ == "__main__":

@@ -44,19 +44,8 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     import envs
 
-    if sys.argv[1:] in (["-h"], ["--help"]):
-        print(__doc__)
-        return 0
-    runs = [json.loads(Path(p).read_text()) for p in sys.argv[1:]]
-    if not runs:
-        print(__doc__)
-        return 2
-    error = envs.draw(CODE, json.dumps(runs), OUT)
-    if error:
-        print(error, file=sys.stderr)
-        return 1
-    print(OUT)
-    return 0
+    return envs.plot_main(__doc__, CODE, OUT,
+                          lambda paths: [json.loads(Path(p).read_text()) for p in paths])
 
 
 if __name__ == "__main__":
