@@ -36,6 +36,19 @@ def _infer(server: Server, name: str, inputs: dict[str, np.ndarray]) -> tuple[in
         for k, v in inputs.items()]})
 
 
+
+def _infer_in_threads(server: Server, n: int) -> tuple[list[threading.Thread],
+                                                       list[tuple[int, Any]]]:
+    """``n`` started threads, each sending model tiny one [1, 4] FP32 row of ones; their
+    (status, document) answers are appended to the list as they come."""
+    results: list[tuple[int, Any]] = []
+    x = np.ones((1, 4), dtype=np.float32)
+    threads = [threading.Thread(target=lambda: results.append(_infer(server, "tiny", {"x": x})))
+               for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads, results
+
 def test_concurrent_requests_are_merged_and_split_back(runtime_server: Any,
                                                        tiny_onnx: Path) -> None:
     server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
@@ -164,12 +177,7 @@ def test_sigterm_drains_in_flight_requests(runtime_server: Any, tiny_onnx: Path)
     # requests wait 1.5 s in the batcher: they are in flight when SIGTERM arrives
     server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
                                      "--max-batch-size", "64", "--max-batch-delay-ms", "2000"])
-    results: list[tuple[int, Any]] = []
-    x = np.ones((1, 4), dtype=np.float32)
-    threads = [threading.Thread(target=lambda: results.append(_infer(server, "tiny", {"x": x})))
-               for _ in range(3)]
-    for t in threads:
-        t.start()
+    threads, results = _infer_in_threads(server, 3)
     deadline = time.monotonic() + 10
     while 'kubemaas_inflight_requests{model="tiny"} 3' not in server.metrics():
         assert time.monotonic() < deadline, "the requests never arrived"
@@ -358,12 +366,7 @@ def test_queue_and_running_gauges_use_vllm_names(runtime_server: Any, tiny_onnx:
     vllm:num_requests_waiting; once answered, waiting and running are back to 0."""
     server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
                                      "--max-batch-size", "64", "--max-batch-delay-ms", "1500"])
-    results: list[tuple[int, Any]] = []
-    x = np.ones((1, 4), dtype=np.float32)
-    threads = [threading.Thread(target=lambda: results.append(_infer(server, "tiny", {"x": x})))
-               for _ in range(3)]
-    for t in threads:
-        t.start()
+    threads, results = _infer_in_threads(server, 3)
     wait_for(lambda: 'vllm:num_requests_waiting{model_name="tiny"} 3' in server.metrics(),
              timeout=10, interval=0.02, what="3 requests waiting in the batcher")
     assert 'vllm:num_requests_running{model_name="tiny"} 0' in server.metrics()

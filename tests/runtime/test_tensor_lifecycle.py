@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import wait_for
 
 from .conftest import Server
-from .test_batching import _infer
+from .test_batching import _infer_in_threads
 
 
 def test_drain_timeout_answers_waiting_requests_503(runtime_server: Any,
@@ -26,12 +26,7 @@ def test_drain_timeout_answers_waiting_requests_503(runtime_server: Any,
     server: Server = runtime_server(["--model-uri", str(tiny_onnx), "--name", "tiny",
                                      "--max-batch-size", "64", "--max-batch-delay-ms", "8000",
                                      "--drain-timeout-s", "0.5"])
-    results: list[tuple[int, Any]] = []
-    x = np.ones((1, 4), dtype=np.float32)
-    threads = [threading.Thread(target=lambda: results.append(_infer(server, "tiny", {"x": x})))
-               for _ in range(3)]
-    for t in threads:
-        t.start()
+    threads, results = _infer_in_threads(server, 3)
     wait_for(lambda: 'kubemaas_inflight_requests{model="tiny"} 3' in server.metrics(),
              timeout=10, interval=0.02, what="three requests waiting in the batcher")
     signalled = time.monotonic()
