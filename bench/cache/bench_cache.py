@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -97,34 +96,14 @@ def curl_cmd(urls: list[str], dest: Path, *extra: str) -> list[str]:
 
 
 @contextmanager
-def moto_server(files: list[Path], base: Path) -> Iterator[str]:
-    from tests.runtime.fetch_helpers import s3_upload
-    from tests.runtime.venvs import MOTO, ensure_venv
+def s3_with_files(files: list[Path], base: Path) -> Iterator[str]:
+    from tests.runtime.fetch_helpers import moto_server, s3_upload
 
-    python = ensure_venv("moto", MOTO)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([str(python), "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto did not start") from None
-                time.sleep(0.2)
+    with moto_server() as (endpoint, python):
         items: list[dict[str, Any]] = [{"bucket_only": True, "bucket": "models"}]
         items += [{"bucket": "models", "key": f"llm/{p.name}", "path": str(p)} for p in files]
         s3_upload(python, endpoint, items)
         yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def measure(name: str, run: Callable[[Path], float], scratch: Path, repeat: int,
@@ -273,7 +252,7 @@ def _measure_s3(files: list[Path], base: Path, scratch: Path, repeat: int, nbyte
     """moto's S3 server: curl with SigV4 one file at a time, the downloader with 1 and 8
     streams."""
     rows = []
-    with moto_server(files, base) as endpoint:
+    with s3_with_files(files, base) as endpoint:
         urls = [f"{endpoint}/models/llm/{f.name}" for f in files]
         s3_env = {**env, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                   "AWS_ENDPOINT_URL_S3": endpoint}

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .venvs import MOTO, ensure_venv
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -136,6 +140,32 @@ def s3_upload(python: Path, endpoint: str, items: list[dict[str, Any]]) -> None:
     subprocess.run([str(python), "-c", UPLOAD, endpoint, json.dumps(items)], check=True,
                    timeout=120)
 
+
+
+@contextmanager
+def moto_server() -> Iterator[tuple[str, Path]]:
+    """moto's S3-compatible server (Flask/werkzeug) on 127.0.0.1, from its cached venv, until
+    the block ends: (its endpoint, the venv's python for s3_upload)."""
+    python = ensure_venv("moto", MOTO)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([str(python), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", python
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 def plant_partial(dest: Path, rel: str, data: bytes, source: str,
                   revision: str | None = None, etag: str | None = None) -> Path:

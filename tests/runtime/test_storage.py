@@ -20,6 +20,7 @@ import pytest
 from kubemaas_runtime.errors import StartupError
 from kubemaas_runtime.storage import S3Config, fetch_model, sigv4_headers
 
+from .fetch_helpers import moto_server
 from .venvs import MOTO, ensure_venv
 
 
@@ -164,27 +165,8 @@ s3.upload_file(path, bucket, key)
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[str]:
     """moto's S3-compatible server (Flask/werkzeug) on 127.0.0.1, from its cached venv."""
-    python = ensure_venv("moto", MOTO)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([str(python), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError("moto server did not start") from None
-                time.sleep(0.1)
+    with moto_server() as (endpoint, _):
         yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def upload(endpoint: str, bucket: str, key: str, path: Path) -> None:
