@@ -65,11 +65,3 @@ def hash_prefix(path: Path, hashes: Hashes, length: int, beat: Any = None) -> No
             left -= len(chunk)
             if beat is not None:
                 beat()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
