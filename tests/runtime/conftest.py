@@ -165,9 +165,19 @@ def runtime_server() -> Iterator[Any]:
 
 
 # -- models ----------------------------------------------------------------------------------
+def save_onnx(graph: Any, path: Path) -> None:
+    """``graph`` (an onnx GraphProto) as a checked opset-17, IR-8 model file at ``path``."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def make_tiny_onnx(path: Path) -> None:
     """x FP32 [batch, 4] -> y = relu(x @ W) [batch, 3], z = x @ W [batch, 3]."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weights = numpy_helper.from_array(
@@ -179,16 +189,12 @@ def make_tiny_onnx(path: Path) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3]),
          helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 3])],
         [weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_onnx(graph, path)
 
 
 def make_seq_onnx(path: Path) -> None:
     """ids INT64 [batch, len] and mask BOOL [batch, len] -> total INT64 [batch, 1]
     (sum of ids where mask is true): a model whose second dimension is dynamic too."""
-    import onnx
     from onnx import TensorProto, helper
 
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
@@ -201,10 +207,7 @@ def make_seq_onnx(path: Path) -> None:
          helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", "len"])],
         [helper.make_tensor_value_info("total", TensorProto.INT64, ["batch", 1])],
         [axes, zero])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_onnx(graph, path)
 
 
 @pytest.fixture(scope="session")
@@ -310,7 +313,6 @@ def ort_run(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
 
 def make_strings_onnx(path: Path) -> None:
     """text STRING [batch] -> same BYTES tensor back (Identity), and its shape as INT64."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -320,10 +322,7 @@ def make_strings_onnx(path: Path) -> None:
         [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
         [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch"]),
          helper.make_tensor_value_info("n", TensorProto.INT64, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_onnx(graph, path)
 
 
 @pytest.fixture(scope="session")

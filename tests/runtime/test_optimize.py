@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .conftest import PY, ort_run
+from .conftest import PY, ort_run, save_onnx
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def make_mlp_onnx(path: Path) -> None:
     """x FP32 [batch, 32] -> relu(x W1 + b1) W2 + b2 = scores FP32 [batch, 10] (seeded)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(7)
@@ -36,10 +35,7 @@ def make_mlp_onnx(path: Path) -> None:
          helper.make_node("Add", ["s0", "b2"], ["scores"])],
         "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_onnx(graph, path)
 
 
 @pytest.fixture(scope="module")
