@@ -143,15 +143,20 @@ def s3_upload(python: Path, endpoint: str, items: list[dict[str, Any]]) -> None:
 
 
 @contextmanager
-def moto_server() -> Iterator[tuple[str, Path]]:
+def moto_server(log: Path | None = None) -> Iterator[tuple[str, Path]]:
     """moto's S3-compatible server (Flask/werkzeug) on 127.0.0.1, from its cached venv, until
-    the block ends: (its endpoint, the venv's python for s3_upload)."""
+    the block ends: (its endpoint, the venv's python for s3_upload). With ``log``, its output
+    (the access log) goes there."""
     python = ensure_venv("moto", MOTO)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([str(python), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [str(python), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    if log is None:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -160,7 +165,8 @@ def moto_server() -> Iterator[tuple[str, Path]]:
                     break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
+                    said = f": {log.read_text()[-2000:]}" if log is not None else ""
+                    raise RuntimeError(f"moto server did not start{said}") from None
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}", python
     finally:

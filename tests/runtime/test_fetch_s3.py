@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_for
-
-from .fetch_helpers import plant_partial, run_fetch, s3_upload
-from .venvs import MOTO, ensure_venv
+from .fetch_helpers import moto_server, plant_partial, run_fetch, s3_upload
 
 MIB = 1 << 20
 
@@ -26,28 +21,9 @@ MIB = 1 << 20
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
     """(endpoint, access log, moto's python)."""
-    python = ensure_venv("moto", MOTO)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     log = tmp_path_factory.mktemp("moto") / "access.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(python), "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"moto exited: {log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return True
-            except OSError:
-                return False
-        wait_for(up, timeout=60, what="moto's S3 server")
-        yield f"http://127.0.0.1:{port}", log, python
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with moto_server(log) as (endpoint, python):
+        yield endpoint, log, python
 
 
 @pytest.fixture(scope="module")
