@@ -12,7 +12,6 @@ store Gateways and HTTPRoutes, nothing routes traffic.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from . import gomodule
@@ -43,8 +42,4 @@ def install(kubeconfig: str | Path, timeout: float = 60.0) -> list[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print(__doc__, file=sys.stderr)
-        sys.exit(2)
-    for crd in install(sys.argv[1]):
-        print(f"installed {crd}")
+    gomodule.install_main(__doc__, install)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import binaries, cluster
@@ -46,3 +47,13 @@ def apply_crds(kubeconfig: str | Path, files: Sequence[Path], names: Sequence[st
                    check=True, capture_output=True, text=True)
     cluster.wait_established(kubeconfig, *names, timeout=timeout)
     return list(names)
+
+
+def install_main(doc: str | None, install: Callable[[str], list[str]]) -> None:
+    """``python -m kubemaas_testbed.<module> KUBECONFIG``: ``install`` the module's CRDs and
+    name each; without exactly one argument, ``doc`` on stderr and exit 2."""
+    if len(sys.argv) != 2:
+        print(doc, file=sys.stderr)
+        sys.exit(2)
+    for crd in install(sys.argv[1]):
+        print(f"installed {crd}")

@@ -13,7 +13,6 @@ lets the API server store InferencePools, nothing routes traffic.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from . import binaries, gomodule
@@ -48,8 +47,4 @@ def uninstall(kubeconfig: str | Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print(__doc__, file=sys.stderr)
-        sys.exit(2)
-    for crd in install(sys.argv[1]):
-        print(f"installed {crd}")
+    gomodule.install_main(__doc__, install)
