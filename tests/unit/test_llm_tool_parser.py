@@ -156,10 +156,13 @@ def test_a_literal_argument_is_sent_whole() -> None:
 
 def test_the_answer_of_a_cut_off_call() -> None:
     tools = Tools(({"type": "function", "function": {"name": "a"}},), "required")
-    # cut before the arguments began: no call, the text as it was
-    message, finish = tool_message(tools, "none", '[{"name": "a", "param', "length")
-    assert (message["content"], finish) == ('[{"name": "a", "param', "length")
-    assert "tool_calls" not in message
+    # cut before the arguments began: no call, and no fragment of the grammar's JSON as content
+    # (empty, as vLLM's)
+    for cut in ('[{"name": "a", "param', '[{"na', "["):
+        message, finish = tool_message(tools, "none", cut, "length")
+        assert (message["content"], finish) == ("", "length")
+        assert "tool_calls" not in message
+        assert streamed_message(tools, "none", cut) == (None, [])
     # cut inside the arguments: the call as far as it went, finish "length" (as OpenAI's)
     message, finish = tool_message(tools, "none", '[{"name": "a", "parameters": {"x": 1', "length")
     assert finish == "length" and message["content"] is None

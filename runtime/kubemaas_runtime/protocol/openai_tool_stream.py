@@ -263,7 +263,7 @@ class ToolCallReader(StepReader):
         if not rest and not final:
             return False
         if rest[:1] != "{":
-            return self._fail(events, self.pos, self.pos)
+            return self._fail(events, self.pos, self.pos, cut=not rest)
         self.pos = len(self.text) - len(rest)
         self.obj = _Object(self.pos, self.pos)
         self.state = "object"
@@ -283,7 +283,7 @@ class ToolCallReader(StepReader):
             self._stream_arguments(events, obj, final)
         if obj.end is None:
             if final and obj.value_start is None:
-                return self._fail(events, obj.start, len(self.text))
+                return self._fail(events, obj.start, len(self.text), cut=True)
             return False
         self.obj = None
         if obj.value_start is None and not self._whole_call(events, obj):
@@ -329,14 +329,15 @@ class ToolCallReader(StepReader):
         if fail_to is not None:
             self.state = fail_to
             return True
-        return self._fail(events, self.pos, self.pos)
+        return self._fail(events, self.pos, self.pos, cut=not rest)
 
-    def _fail(self, events: list[tuple[Any, ...]], at: int, end: int) -> bool:
+    def _fail(self, events: list[tuple[Any, ...]], at: int, end: int, cut: bool = False) -> bool:
         """What was read as calls is not (from ``at`` to ``end``): that text is content, and
         the region's own text before it too when it made no call (a marker, a bracket).
-        Where a grammar held the text to calls (``required``), it can only be a call cut off
-        by the end of the answer after calls were read: dropped."""
-        if self.syntax.held and self.region_calls:
+        Where a grammar held the text to calls (``required``), a call the answer's end cut off
+        (max_tokens, a stop string: ``cut``), or any failure after calls were read, is
+        dropped, not sent as a fragment of JSON (vLLM leaves such content empty)."""
+        if self.syntax.held and (self.region_calls or cut):
             self.pos, self.obj, self.state = len(self.text), None, "content"
             return True
         self._send_content(events, self.text[self.region if not self.region_calls else at:end])
