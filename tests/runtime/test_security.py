@@ -57,7 +57,11 @@ def test_oip_needs_a_key(onnx_with_keys: Server) -> None:
         status, got, doc = infer(server, headers)
         assert status == 401, (headers, doc)
         assert set(doc) == {"error"} and isinstance(doc["error"], str), doc  # OIP's shape
-        assert got["www-authenticate"].startswith("Bearer")
+        # RFC 6750: a refused key is an invalid_token; no key (or not a bearer one) just the
+        # challenge
+        assert got["www-authenticate"] == 'Bearer realm="kubemaas"' + (
+            ', error="invalid_token"' if len(headers) and "Basic" not in str(headers) else ""), \
+            headers
         assert "x-request-id" not in got  # the caller sent none
     # the caller's request id names the refusal too; a malformed one is not echoed
     assert infer(server, {"X-Request-Id": "gw-401"})[1]["x-request-id"] == "gw-401"

@@ -127,13 +127,14 @@ class Gate:
         self.metrics = metrics
 
     def _refuse(self, request: web.BaseRequest, status: int, message: str, code: str,
-                retry_after: int | None = None) -> web.Response:
+                retry_after: int | None = None, invalid_key: bool = False) -> web.Response:
         # every route of the OpenAI server (/v1/..., /tokenize, /rerank, ...) in its shape
         body = _openai_error(status, message, code) if self.openai else \
             _oip_error(status, message)
         resp = web.Response(body=body, status=status, content_type="application/json")
-        if status == 401:
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="kubemaas"'
+        if status == 401:  # RFC 6750: a key presented and refused is an invalid_token
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="kubemaas"' + (
+                ', error="invalid_token"' if invalid_key else "")
         if retry_after is not None:
             resp.headers["Retry-After"] = str(retry_after)
         caller_id = request.headers.get(REQUEST_ID, "")
@@ -181,7 +182,7 @@ class Gate:
                 return self._refuse(request, 401, "a valid API key is required: "
                                     "Authorization: Bearer KEY or x-api-key: KEY"
                                     if outcome == "missing" else "the API key is not valid",
-                                    "invalid_api_key")
+                                    "invalid_api_key", invalid_key=outcome == "invalid")
             name = found
             self.metrics.auth.inc((name, "ok"))
             token = request_context.set({"api_key": name})  # in the request's log records
