@@ -250,27 +250,93 @@ def test_sentence_transformers_pooling_and_matryoshka(matryoshka_dir: Path, base
         assert server.stop() == 0
 
 
-def test_a_sentence_transformers_module_not_served_refuses_to_start(
-        matryoshka_dir: Path, tmp_path: Path) -> None:
-    """A Dense projection after the pooling (LaBSE, sentence-t5, stella) changes every vector:
-    the server served the vectors without it (wrong, with the wrong dimensions); now it
-    refuses to start and names the module."""
-    from .conftest import start_server
-
-    path = tmp_path / "st-dense"
+def _with_modules(matryoshka_dir: Path, path: Path, extra: list[str]) -> None:
+    """The sentence-transformers copy of the tiny Llama with the modules ``extra`` (their
+    type names) between its Pooling and its Normalize."""
     shutil.copytree(matryoshka_dir, path)
     modules = json.loads((path / "modules.json").read_text())
-    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense",
-                       "type": "sentence_transformers.models.Dense"})
+    added = [{"idx": 2 + i, "name": str(2 + i), "path": f"{2 + i}_{kind}",
+              "type": f"sentence_transformers.models.{kind}"} for i, kind in enumerate(extra)]
+    modules[2:2] = added
+    modules[-1] = {**modules[-1], "idx": len(modules) - 1, "path": "Normalize"}
     (path / "modules.json").write_text(json.dumps(modules))
+
+
+def test_sentence_transformers_dense_modules_are_applied(matryoshka_dir: Path,
+                                                         base_model: Any, tiny_llama: Path,
+                                                         tmp_path: Path) -> None:
+    """A Dense projection after the pooling (LaBSE, sentence-t5, stella): the server refused
+    to start; now each Dense (linear, then its activation) is applied to the pooled vector
+    before Normalize, as sentence-transformers does, and the vectors have its out_features.
+    sentence-transformers is not installed here: the reference is the same computation in
+    torch (Dense.forward: activation(linear(sentence_embedding)))."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "st-dense"
+    _with_modules(matryoshka_dir, path, ["Dense", "Dense"])
+    hidden = base_model.config.hidden_size
+    torch.manual_seed(7)
+    first = torch.nn.Linear(hidden, 24)
+    second = torch.nn.Linear(24, 12, bias=False)
+    for name, linear, act, weights in (
+            ("2_Dense", first, "torch.nn.modules.activation.Tanh", "safetensors"),
+            ("3_Dense", second, "torch.nn.modules.linear.Identity", "bin")):
+        (path / name).mkdir()
+        (path / name / "config.json").write_text(json.dumps({
+            "in_features": linear.in_features, "out_features": linear.out_features,
+            "bias": linear.bias is not None, "activation_function": act}))
+        state = {f"linear.{k}": v.detach().clone() for k, v in linear.state_dict().items()}
+        if weights == "safetensors":
+            save_file(state, str(path / name / "model.safetensors"))
+        else:
+            torch.save(state, str(path / name / "pytorch_model.bin"))
+    server = start_llm_server(path)
+    try:
+        assert server.ready_log()["dimensions"] == 12
+        ids = ref.prompt_ids(tiny_llama, "the quick brown fox")
+        got = embed(server, {"input": [ids, ids[:2]], "encoding_format": "float"})
+        pooled = expected(base_model, ids, "MEAN", normalize=False)
+        with torch.inference_mode():
+            want = torch.nn.functional.normalize(second(torch.tanh(first(pooled))), dim=-1)
+        vector = torch.tensor(got["data"][0]["embedding"])
+        assert vector.shape == (12,)
+        torch.testing.assert_close(vector, want, rtol=1e-5, atol=1e-5)
+        status, body = server.post_json("/v1/embeddings", {"input": "a", "dimensions": 20})
+        assert status == 400, body
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize(("extra", "config", "message"), [
+    (["LayerNorm"], None, "not served: sentence_transformers.models.LayerNorm"),
+    (["Dense"], {"in_features": 64, "out_features": 8,
+                 "activation_function": "os.system"},
+     "activation_function 'os.system' is not served"),
+    (["Dense"], {"in_features": 5, "out_features": 8}, "in_features 5 is not the width"),
+    (["Dense"], {"in_features": 64, "out_features": 8}, "has neither model.safetensors"),
+])
+def test_a_sentence_transformers_module_not_served_refuses_to_start(
+        matryoshka_dir: Path, tmp_path: Path, extra: list[str], config: dict[str, Any] | None,
+        message: str) -> None:
+    """A module that would change the vectors and is not served (a LayerNorm), or a Dense
+    that cannot be served as written, refuses to start and says why."""
+    from .conftest import start_server
+
+    path = tmp_path / "st-other"
+    _with_modules(matryoshka_dir, path, extra)
+    if config is not None:
+        hidden = json.loads((path / "config.json").read_text())["hidden_size"]
+        if config["in_features"] == 64:
+            config = {**config, "in_features": hidden}
+        (path / "2_Dense").mkdir()
+        (path / "2_Dense" / "config.json").write_text(json.dumps(config))
     server = start_server(["--model-uri", str(path), "--format", "hf"], ready=False)
     try:
         assert server.proc.wait(60) == 1
     finally:
         server.stop()
     errors = [d["msg"] for d in server.logs() if d.get("level") == "error"]
-    assert errors and "not served: sentence_transformers.models.Dense" in errors[0], \
-        server.lines[-5:]
+    assert errors and message in errors[0], server.lines[-5:]
 
 
 def test_sentence_transformers_do_lower_case(matryoshka_dir: Path, base_model: Any,

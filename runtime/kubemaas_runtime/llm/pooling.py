@@ -40,7 +40,7 @@ POOLING_TYPES = ("LAST", "MEAN", "CLS")
 _ST_MODES = {"pooling_mode_lasttoken": "LAST", "pooling_mode_mean_tokens": "MEAN",
              "pooling_mode_cls_token": "CLS"}
 # the sentence-transformers modules served (a module after these would change the vector)
-_ST_SERVED = ("Transformer", "Pooling", "Normalize")
+_ST_SERVED = ("Transformer", "Pooling", "Dense", "Normalize")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Pooling:
     kind: str = "LAST"
     normalize: bool = True
     source: str = "default"  # where it was read: default, modules.json, --pooler-config
+    dense: tuple[str, ...] = ()  # the Dense modules' directories, in order (st_dense.py)
 
 
 def _json_file(path: Path) -> Any:
@@ -65,25 +66,48 @@ def sentence_transformers_pooling(model_dir: Path) -> Pooling | None:
     modules = _json_file(modules_file)
     if not isinstance(modules, list):
         raise StartupError(f"{modules_file} is not a list of modules")
-    types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
-    others = [t for t in types if t.rsplit(".", 1)[-1] not in _ST_SERVED]
-    if others:  # a Dense projection, a LayerNorm ...: the vectors would be wrong without it
+    types = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules
+             if isinstance(m, dict)]
+    others = [str(m.get("type", "")) for m in modules if isinstance(m, dict)
+              and str(m.get("type", "")).rsplit(".", 1)[-1] not in _ST_SERVED]
+    if others:  # a LayerNorm, a WordWeights ...: the vectors would be wrong without it
         raise StartupError(f"{modules_file} has modules that are not served: "
-                           f"{', '.join(others)}; served: Transformer, Pooling, Normalize")
-    normalize = any(t.endswith(".Normalize") for t in types)
+                           f"{', '.join(others)}; served: Transformer, Pooling, Dense, "
+                           "Normalize")
+    _check_order(modules_file, types)
+    normalize = "Normalize" in types
     kind = "LAST"
+    dense: list[str] = []
     for module in modules:
+        if isinstance(module, dict) and str(module.get("type", "")).endswith(".Dense"):
+            dense.append(str(module.get("path", "")))
         if isinstance(module, dict) and str(module.get("type", "")).endswith(".Pooling"):
-            config = _json_file(model_dir / str(module.get("path", "")) / "config.json")
-            modes = [mode for key, mode in _ST_MODES.items() if config.get(key)]
-            others = [k for k, v in config.items()
-                      if k.startswith("pooling_mode_") and v and k not in _ST_MODES]
-            if len(modes) != 1 or others:
-                raise StartupError(f"{model_dir}: the Pooling module asks for "
-                                   f"{modes + others or 'no mode'}; served: exactly one of "
-                                   "last token, mean of the tokens, first (CLS) token")
-            kind = modes[0]
-    return Pooling(kind, normalize, "modules.json")
+            kind = _pooling_mode(model_dir, str(module.get("path", "")))
+    return Pooling(kind, normalize, "modules.json", tuple(dense))
+
+
+def _check_order(modules_file: Path, types: list[str]) -> None:
+    """The order served: Transformer, Pooling, any Dense, Normalize last (sentence-transformers
+    runs the modules in this order; another would be another vector)."""
+    rank = {"Transformer": 0, "Pooling": 1, "Dense": 2, "Normalize": 3}
+    ranks = [rank[t] for t in types]
+    if ranks != sorted(ranks) or types.count("Pooling") > 1 or types.count("Normalize") > 1 \
+            or ("Dense" in types and "Pooling" not in types):
+        raise StartupError(f"{modules_file}: the modules {', '.join(types)} are not served in "
+                           "that order; served: Transformer, Pooling, then any Dense, then "
+                           "Normalize")
+
+
+def _pooling_mode(model_dir: Path, path: str) -> str:
+    config = _json_file(model_dir / path / "config.json")
+    modes = [mode for key, mode in _ST_MODES.items() if config.get(key)]
+    others = [k for k, v in config.items()
+              if k.startswith("pooling_mode_") and v and k not in _ST_MODES]
+    if len(modes) != 1 or others:
+        raise StartupError(f"{model_dir}: the Pooling module asks for "
+                           f"{modes + others or 'no mode'}; served: exactly one of "
+                           "last token, mean of the tokens, first (CLS) token")
+    return modes[0]
 
 
 def _st_config(model_dir: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -139,7 +163,7 @@ def resolve_pooling(model_dir: Path, pooler_config: str | None,
     normalize = doc.get("normalize", found.normalize)
     if not isinstance(normalize, bool):
         raise StartupError("--pooler-config normalize must be true or false")
-    return Pooling(kind, normalize, "--pooler-config")
+    return Pooling(kind, normalize, "--pooler-config", found.dense)
 
 
 def pool(hidden: torch.Tensor, lengths: list[int], kind: str) -> torch.Tensor:
@@ -153,11 +177,13 @@ def pool(hidden: torch.Tensor, lengths: list[int], kind: str) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def pooled_rows(model: Any, kind: str) -> RowFn:
-    """An embedding model's rows: its last hidden states pooled by ``kind``."""
+def pooled_rows(model: Any, kind: str, dense: torch.nn.Module | None = None) -> RowFn:
+    """An embedding model's rows: its last hidden states pooled by ``kind``, then through
+    ``dense`` (sentence-transformers' Dense modules, float32) when there is one."""
     def run(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None,
             lengths: list[int]) -> torch.Tensor:
-        return pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, lengths, kind)
+        rows = pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, lengths, kind)
+        return rows if dense is None else dense(rows)
 
     return run
 

@@ -45,8 +45,9 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
     model.max_position = _max_len(settings, path, model.max_position)
     model.lower_case = sentence_transformers_lower_case(path)
     max_len = model.max_position
+    dense = _dense(path, pooling, model)
     run = classifier_rows(model.model) if pooling is None else \
-        pooled_rows(model.model, pooling.kind)
+        pooled_rows(model.model, pooling.kind, dense)
     embedder = Embedder(run, pooling, model.device, settings.max_num_seqs,
                         max(settings.max_num_batched_tokens, max_len), settings.max_queue_size,
                         model.pad_id)
@@ -60,6 +61,26 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
         "runner": "pooling", "task": "embed" if pooling else "classify",
         "max_model_len": max_len}})
     return model, embedder
+
+
+def _dense(path: Path, pooling: Any, model: Any) -> Any:
+    """sentence-transformers' Dense modules as one torch module on the model's device (None
+    without any); the model's ``hidden_size`` becomes the last one's out_features (the width
+    of the vectors served)."""
+    if pooling is None or not pooling.dense:
+        return None
+    import torch
+
+    from .pooling import _json_file
+    from .st_dense import load_dense
+
+    layers = []
+    for sub in pooling.dense:
+        layer = load_dense(path / sub, _json_file(path / sub / "config.json"),
+                           model.hidden_size)
+        model.hidden_size = layer[0].out_features
+        layers.append(layer)
+    return torch.nn.Sequential(*layers).to(model.device).eval()
 
 
 def _max_len(settings: Settings, path: Path, positions: int) -> int:
