@@ -85,6 +85,34 @@ def test_truncate_prompt_tokens_keeps_the_last_tokens(server: Server, model: Pat
     assert choice["text"].startswith(ref.load(model)[0].decode(ids[-5:]))
 
 
+def test_truncate_prompt_tokens_minus_one_is_the_models_length(server: Server,
+                                                              model: Path) -> None:
+    """vLLM's -1: as many of the last tokens as max-model-len holds beside max_tokens (it was a
+    400 'must be at least 1'); a length over max-model-len is a 400 naming the field (it was
+    taken, and the prompt refused as too long)."""
+    limit = server.get_json("/v1/models")[1]["data"][0]["max_model_len"]
+    ids = ref.prompt_ids(model, "the lazy dog jumps over the fox " * 120)
+    assert len(ids) > limit
+    body = post(server, "/v1/completions", prompt=ids, max_tokens=4, truncate_prompt_tokens=-1,
+                return_token_ids=True)
+    assert body["choices"][0]["prompt_token_ids"] == ids[-(limit - 4):]
+    assert body["usage"]["prompt_tokens"] == limit - 4
+    chat = post(server, "/v1/chat/completions", messages=USER, max_tokens=2,
+                truncate_prompt_tokens=-1)
+    assert chat["usage"]["prompt_tokens"] < limit
+    for path, doc in (("/v1/completions", {"prompt": "hi"}), ("/v1/chat/completions",
+                                                             {"messages": USER})):
+        status, err = server.post_json(path, {**doc, "max_tokens": 2,
+                                              "truncate_prompt_tokens": limit + 1})
+        assert status == 400 and err["error"]["param"] == "truncate_prompt_tokens", err
+        assert f"({limit + 1}) is greater than the model's maximum length ({limit})" in \
+            err["error"]["message"]
+    status, err = server.post_json("/v1/completions", {"prompt": "hi", "max_tokens": 2,
+                                                       "truncate_prompt_tokens": -2})
+    assert status == 400 and err["error"]["param"] == "truncate_prompt_tokens", err
+    assert server.post_json("/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
+
+
 def test_stop_strings_special_tokens_and_allowed_ids(server: Server, model: Path) -> None:
     plain = post(server, "/v1/completions", prompt="the quick brown fox", max_tokens=24,
                  ignore_eos=True)["choices"][0]["text"]

@@ -36,6 +36,7 @@ from .openai_engine import (
     matchers,
     submit,
     thinks_first,
+    truncated,
 )
 from .openai_errors import ApiError, generation_error
 from .openai_lora import ROUTES as LORA_ROUTES
@@ -366,8 +367,7 @@ class OpenAIServer:
                                "prompt_logprobs")
             check_sequences(served, max(len(req.prompts), 1) * req.n)
             prompts = await prompt_ids(served, req)
-            if req.truncate_prompt_tokens:  # vLLM's: the last k tokens of each prompt
-                prompts = [p[-req.truncate_prompt_tokens:] for p in prompts]
+            prompts = truncated(served, req, prompts)  # vLLM's truncate_prompt_tokens
             bad_words = bad_word_ids(served, req.bad_words)
             params = [fit(served, req, p, bad_words) for p in prompts]
             grammars = await matchers(served, req, prompts)

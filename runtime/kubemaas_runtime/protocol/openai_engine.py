@@ -70,6 +70,26 @@ def fit(served: Served, req: GenerationRequest, prompt: list[int],
     return replace(req.params, max_tokens=wanted, bad_words=bad_words)
 
 
+def truncated(served: Served, req: GenerationRequest, prompts: list[list[int]]
+              ) -> list[list[int]]:
+    """vLLM's ``truncate_prompt_tokens``: each prompt's last k tokens; -1 is as many as
+    max-model-len holds beside max_tokens (vLLM's max_input_tokens); a k over max-model-len is
+    refused (it could never apply)."""
+    keep, limit = req.truncate_prompt_tokens, served.max_model_len
+    if not keep:
+        return prompts
+    if keep == -1:
+        keep = limit - (req.max_tokens or 0)
+        if keep < 1:
+            raise ApiError(400, f"'truncate_prompt_tokens' -1 keeps max-model-len ({limit}) "
+                           f"less max_tokens ({req.max_tokens}) tokens: none",
+                           "truncate_prompt_tokens")
+    elif keep > limit:
+        raise ApiError(400, f"'truncate_prompt_tokens' ({keep}) is greater than the model's "
+                       f"maximum length ({limit})", "truncate_prompt_tokens")
+    return [p[-keep:] for p in prompts]
+
+
 def markers_kept(req: GenerationRequest, tool_parser: str) -> GenerationRequest:
     """Mistral's call markers (``[TOOL_CALLS]``, ``[ARGS]``) are special tokens: with tools
     to read, they stay in the text, as vLLM keeps them for its mistral parser."""

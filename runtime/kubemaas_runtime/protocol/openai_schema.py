@@ -104,6 +104,16 @@ def _int(doc: dict[str, Any], key: str, lo: int | None = None, hi: int | None = 
     return value
 
 
+def _truncation(doc: dict[str, Any]) -> int | None:
+    """vLLM's ``truncate_prompt_tokens``: the prompt's last k tokens, or -1 (as many as leave
+    room for max_tokens within max-model-len: openai_engine.truncated)."""
+    value = _int(doc, "truncate_prompt_tokens")
+    if value is not None and value < 1 and value != -1:
+        raise _bad(f"'truncate_prompt_tokens' must be at least 1, or -1 (the model's maximum "
+                   f"length), got {value}", "truncate_prompt_tokens")
+    return value
+
+
 def _bool(doc: dict[str, Any], key: str, default: bool = False) -> bool:
     value = doc.get(key)
     if value is None:
@@ -396,7 +406,7 @@ def parse_request(doc: Any, chat: bool, vocab: int, tokens_as_ids: bool = False
                              cache_salt=_cache_salt(doc), n=_int(doc, "n", 1, MAX_N) or 1,
                              echo=echo, prompt_logprobs=prompt_logprobs_n is not None,
                              constraint=_constraint(doc, tools), tools=tools, render=render,
-                             truncate_prompt_tokens=_int(doc, "truncate_prompt_tokens", 1),
+                             truncate_prompt_tokens=_truncation(doc),
                              bad_words=_bad_words(doc),
                              include_reasoning=_bool(doc, "include_reasoning", True)
                              and reasoning_effort(doc) != "none",
