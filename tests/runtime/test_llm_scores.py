@@ -168,6 +168,18 @@ def test_raw_logits_truncation_and_the_token_types(cross_encoder: Server,
     whole = ok(cross_encoder, "/score", {"text_1": QUERY, "text_2": long_doc,
                                          "truncate_prompt_tokens": -1})  # vLLM's: the model's
     assert whole["usage"]["prompt_tokens"] == 512
+    # a cut to the pair's special tokens or fewer: scored [CLS][SEP][SEP] alone (3), or not
+    # cut at all (1: the tokenizer warns and keeps the whole pair); now a 400
+    for path, doc in (("/score", {"text_1": QUERY, "text_2": DOCS[0]}),
+                      ("/rerank", {"query": QUERY, "documents": DOCS[:1]})):
+        for tokens in (1, 3):
+            status, body = cross_encoder.post_json(path, {**doc,
+                                                          "truncate_prompt_tokens": tokens})
+            assert status == 400 and body["error"]["param"] == "truncate_prompt_tokens" and \
+                "takes 3 special tokens" in body["error"]["message"], body
+    assert ok(cross_encoder, "/score", {"text_1": QUERY, "text_2": DOCS[0],
+                                        "truncate_prompt_tokens": 4})["usage"][
+        "prompt_tokens"] == 4
     # BERT's pair carries token types 0 then 1: sent as all zeros, the score would differ
     import transformers
 

@@ -142,6 +142,12 @@ async def _pair_ids(pooled: Pooled, req: ScoreRequest, tokenizer_pairs: bool
     truncate = truncation(pooled, req.truncate)
     extra: dict[str, Any] = {"truncation": True, "max_length": truncate} \
         if truncate is not None else {}
+    specials = tokenizer.num_special_tokens_to_add(pair=tokenizer_pairs)
+    if truncate is not None and truncate <= specials:  # the tokenizer would keep only them,
+        raise bad_request(  # or (below them) not cut at all
+            f"'truncate_prompt_tokens' ({truncate}) leaves no room for the texts: this "
+            f"model's pair takes {specials} special tokens, so it must be at least "
+            f"{specials + 1}", "truncate_prompt_tokens")
 
     def encode() -> Any:
         if not tokenizer_pairs:
