@@ -120,6 +120,33 @@ def test_token_ids_truncation_and_raw_vectors(server: Server, base_model: Any,
     assert "vllm:cache_config_info{" not in metrics  # no KV cache to describe
 
 
+def test_vllms_pooling_route_answers_each_inputs_vector(server: Server) -> None:
+    """vLLM's POST /pooling (task embed, or none: the model's): the vector /v1/embeddings
+    answers, as PoolingResponse rows; it was a 404."""
+    want = embed(server, {"input": TEXTS[:3], "encoding_format": "float", "dimensions": None})
+    status, got = server.post_json("/pooling", {"input": TEXTS[:3]})
+    assert status == 200, got
+    assert got["id"].startswith("pool-") and got["object"] == "list" and got["model"] == "tiny"
+    assert [(d["index"], d["object"]) for d in got["data"]] == [(i, "pooling") for i in range(3)]
+    assert [d["data"] for d in got["data"]] == [d["embedding"] for d in want["data"]]
+    assert got["usage"] == want["usage"]
+    packed = server.post_json("/pooling", {"input": TEXTS[0], "task": "embed",
+                                           "encoding_format": "base64", "normalize": False})[1]
+    raw = embed(server, {"input": TEXTS[0], "normalize": False, "encoding_format": "base64"})
+    assert packed["data"][0]["data"] == raw["data"][0]["embedding"]
+    messages = [{"role": "user", "content": "hi"}]
+    chat = server.post_json("/pooling", {"messages": messages})
+    assert chat[0] == 200 and chat[1]["data"][0]["data"] == embed(server, {
+        "messages": messages, "encoding_format": "float"})["data"][0]["embedding"], chat
+    for bad, param in (({"task": "classify"}, "task"), ({"task": "token_embed"}, "task"),
+                       ({"task": 3}, "task"), ({"encoding_format": "bytes"},
+                                               "encoding_format")):
+        status, body = server.post_json("/pooling", {"input": "a", **bad})
+        assert status == 400 and body["error"]["param"] == param, body
+    status, body = server.post_json("/pooling", ["a"])
+    assert status == 400, body
+
+
 def test_truncate_prompt_tokens_minus_one_is_the_models_length(server: Server, base_model: Any,
                                                               tiny_llama: Path) -> None:
     """vLLM's rule: -1 keeps the last --max-model-len tokens; a length over the model's is a

@@ -8,6 +8,7 @@ serving."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -247,6 +249,19 @@ def test_a_decoder_classifier_classifies_each_input_alone(models: dict[str, Path
         with torch.inference_mode():
             chat_probs = torch.softmax(model(torch.tensor([list(ids)])).logits[0], -1)
         assert chat["data"][0]["probs"] == pytest.approx(chat_probs.tolist(), abs=1e-5)
+        pooled = ok(server, "/pooling", {"input": DOCS})  # vLLM's: a row per input
+        assert pooled["object"] == "list" and pooled["id"].startswith("pool-")
+        assert [(d["index"], d["object"]) for d in pooled["data"]] == [
+            (i, "pooling") for i in range(len(DOCS))]
+        assert [d["data"] for d in pooled["data"]] == [d["probs"] for d in got["data"]]
+        assert pooled["usage"] == got["usage"]
+        packed = ok(server, "/pooling", {"input": DOCS[0], "task": "classify",
+                                         "use_activation": False, "encoding_format": "base64"})
+        row = np.frombuffer(base64.b64decode(packed["data"][0]["data"]), dtype="<f4")
+        assert row.tolist() == pytest.approx(want[0].tolist(), abs=1e-5)
+        for task in ("embed", "token_classify"):
+            status, body = server.post_json("/pooling", {"input": "a", "task": task})
+            assert status == 400 and body["error"]["param"] == "task", body
         status, body = server.post_json("/score", {"text_1": "a", "text_2": "b"})
         assert status == 400 and "use /classify" in body["error"]["message"]
         for path in ("/v1/embeddings", "/v1/completions"):  # it answers /classify alone
@@ -408,7 +423,7 @@ classify_docs = st.fixed_dictionaries(
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.tuples(st.just("/score"), score_docs) | st.tuples(st.just("/rerank"), rerank_docs)
-       | st.tuples(st.just("/classify"), classify_docs))
+       | st.tuples(st.sampled_from(["/classify", "/pooling"]), classify_docs))
 def test_fuzz_no_5xx(cross_encoder: Server, case: tuple[str, Any]) -> None:
     path, doc = case
     try:
@@ -426,7 +441,7 @@ def test_a_generating_server_neither_scores_nor_classifies(tiny_llama: Path) -> 
     try:
         for path, doc in (("/score", {"text_1": "a", "text_2": "b"}),
                           ("/rerank", {"query": "a", "documents": ["b"]}),
-                          ("/classify", {"input": "a"})):
+                          ("/classify", {"input": "a"}), ("/pooling", {"input": "a"})):
             status, body = server.post_json(path, doc)
             assert status == 400 and "--runner pooling" in body["error"]["message"], body
     finally:

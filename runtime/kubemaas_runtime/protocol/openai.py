@@ -3,12 +3,12 @@
 ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (the tokenizer's chat
 template), ``POST /v1/responses`` (a chat, answered as a Responses object: openai_responses.py),
 ``stream: true`` as server-sent events, vLLM's ``POST /tokenize`` and
-``POST /detokenize``, for a pooling model ``POST /v1/embeddings``, ``/classify``, ``/score``
-and ``/rerank`` (openai_embeddings.py, openai_scores.py), ``GET /health``, ``GET /metrics``,
-and the OIP health endpoints for probes. Errors are OpenAI's error object with the status that
-fits: 400 bad input, 404 unknown model or route, 413 body too large, 429 queue full
-(Retry-After), 503 loading or draining. A client that goes away is cancelled in the engine
-(its KV blocks are freed).
+``POST /detokenize``, for a pooling model ``POST /v1/embeddings``, ``/classify``, ``/score``,
+``/rerank`` and ``/pooling`` (openai_embeddings.py, openai_scores.py, openai_pooling.py),
+``GET /health``, ``GET /metrics``, and the OIP health endpoints for probes. Errors are
+OpenAI's error object with the status that fits: 400 bad input, 404 unknown model or route,
+413 body too large, 429 queue full (Retry-After), 503 loading or draining. A client that goes
+away is cancelled in the engine (its KV blocks are freed).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from .openai_lora import adapter_cards, adapter_id
 from .openai_lora import load as load_adapter
 from .openai_lora import unload as unload_adapter
 from .openai_observe import charge_unfinished, count_unfinished, observer
+from .openai_pooling import pooling
 from .openai_reader import AnswerReader, answer_message, answer_reader
 from .openai_reasoning import prompt_opens_think
 from .openai_request_id import (
@@ -76,7 +77,8 @@ _GENERATE = {"/v1/completions": "completions", "/v1/chat/completions": "chat",
 # a pooling model's routes -> (the answer, whether a chat's messages may stand for input)
 _POOLING: dict[str, tuple[Callable[..., Awaitable[dict[str, Any]]], bool]] = {
     "/v1/embeddings": (embeddings, True), **{r: (classify, True) for r in CLASSIFY_ROUTES},
-    **{r: (score, False) for r in SCORE_ROUTES}, **{r: (rerank, False) for r in RERANK_ROUTES}}
+    **{r: (score, False) for r in SCORE_ROUTES}, **{r: (rerank, False) for r in RERANK_ROUTES},
+    "/pooling": (pooling, True)}
 
 _JSON = "application/json"
 
