@@ -3,8 +3,9 @@ last hidden states pooled into one vector per input, and classifiers (classify.p
 logits per input.
 
 How a model pools is read as vLLM reads it: from the sentence-transformers files beside the
-weights (``modules.json``: its ``Pooling`` module's ``config.json`` gives the mode; a
-``Normalize`` module, unit length) or ``--pooler-config``; without either, a decoder model's
+weights (``modules.json``: its ``Pooling`` module's ``config.json`` gives the mode; each
+``Dense`` module after it projects the pooled vector, st_dense.py; a ``Normalize`` module,
+unit length) or ``--pooler-config``; without either, a decoder model's
 embedding is its last token's hidden state, normalized (vLLM's default for decoder models:
 Qwen3-Embedding, e5-mistral).
 
