@@ -140,7 +140,8 @@ def test_vllms_pooling_route_answers_each_inputs_vector(server: Server) -> None:
         "messages": messages, "encoding_format": "float"})["data"][0]["embedding"], chat
     for bad, param in (({"task": "classify"}, "task"), ({"task": "token_embed"}, "task"),
                        ({"task": 3}, "task"), ({"encoding_format": "bytes"},
-                                               "encoding_format")):
+                                               "encoding_format"),
+                       ({"use_activation": False}, "use_activation")):
         status, body = server.post_json("/pooling", {"input": "a", **bad})
         assert status == 400 and body["error"]["param"] == param, body
     status, body = server.post_json("/pooling", ["a"])

@@ -262,6 +262,9 @@ def test_a_decoder_classifier_classifies_each_input_alone(models: dict[str, Path
         for task in ("embed", "token_classify"):
             status, body = server.post_json("/pooling", {"input": "a", "task": task})
             assert status == 400 and body["error"]["param"] == "task", body
+        for key, value in (("dimensions", 2), ("normalize", False)):  # embed's, not ignored
+            status, body = server.post_json("/pooling", {"input": "a", key: value})
+            assert status == 400 and body["error"]["param"] == key, body
         status, body = server.post_json("/score", {"text_1": "a", "text_2": "b"})
         assert status == 400 and "use /classify" in body["error"]["message"]
         for path in ("/v1/embeddings", "/v1/completions"):  # it answers /classify alone

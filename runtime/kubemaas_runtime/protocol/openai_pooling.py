@@ -22,6 +22,8 @@ from .openai_errors import ApiError, bad_request
 from .openai_scores import classify
 
 TASKS = ("embed", "classify")
+_PARAMS = {"embed": ("dimensions", "normalize"),
+           "classify": ("use_activation", "activation", "softmax")}
 
 
 def _task(pooled: Pooled, doc: dict[str, Any], model_name: str) -> str:
@@ -40,11 +42,21 @@ def _task(pooled: Pooled, doc: dict[str, Any], model_name: str) -> str:
     return served
 
 
+def _check_params(doc: dict[str, Any], task: str) -> None:
+    """vLLM's rule: a parameter of the other task is refused, not ignored."""
+    others = _PARAMS["classify" if task == "embed" else "embed"]
+    for key in others:
+        if doc.get(key) is not None:
+            raise bad_request(f"task {task} does not take '{key}' (it takes "
+                              f"{', '.join(_PARAMS[task])})", key)
+
+
 async def pooling(pooled: Pooled, doc: Any, model_name: str,
                   chat_ids: list[int] | None = None) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ApiError(400, "the request body must be a JSON object")
     task = _task(pooled, doc, model_name)
+    _check_params(doc, task)
     fmt = doc.get("encoding_format", "float")
     if fmt not in ("float", "base64", None):
         raise bad_request("'encoding_format' must be float or base64", "encoding_format")
