@@ -63,7 +63,8 @@ class Chunk:
     length: int
     offset: int
     blocks: torch.Tensor  # [W] the blocks of the whole context (offset + length tokens)
-    mask: torch.Tensor | None = None  # [length, offset + length]; None: plain causal (offset 0)
+    # [length, offset + length]; None: plain causal (offset 0, no sliding window reached)
+    mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -74,7 +75,8 @@ class ChunkBatch:
 
     rows: torch.Tensor    # [C * L] the packed index of each padded query
     blocks: torch.Tensor  # [C, W] (the scratch block 0 past a chunk's context)
-    mask: torch.Tensor    # [C, 1, L, W * block_size] bool: key j <= the query's position
+    # [C, 1, L, W * block_size] bool: key j <= the query's position p (and j > p - window)
+    mask: torch.Tensor
     real: torch.Tensor    # [n] indexes into C * L of the chunks' own tokens
 
     def to(self, device: torch.device) -> ChunkBatch:

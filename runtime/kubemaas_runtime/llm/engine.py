@@ -321,7 +321,7 @@ class Engine(EngineThread):
             arranged = self.lanes.for_step(decode, groups is not None)
             if arranged is not None:
                 decode, lanes = arranged, self.lanes
-        step = pack(decode, prefill, self.store, self.cfg.block_size, groups)
+        step = pack(decode, prefill, self.store, self.cfg.block_size, groups, self.lm.window)
         if lanes is not None:
             step.paged.lanes = lanes
             step.paged.decode_positions = step.position_ids[0, :len(decode)]

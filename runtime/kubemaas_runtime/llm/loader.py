@@ -51,6 +51,8 @@ class LanguageModel:
     max_position: int
     eos_ids: frozenset[int] = field(default_factory=frozenset)
     chat_template: str | None = None
+    # every layer attends to the last ``window`` keys (a sliding window); None: full-causal
+    window: int | None = None
     stack: StepForward | None = None  # the model's modules called directly (decoder_stack.py)
     loras: LoraSet | None = None  # with LoRA on: the adapters and the layers they change
 
@@ -188,7 +190,10 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
     heads = int(cfg.num_attention_heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    max_position = _served_positions(cfg)
+    window = uniform_window(cfg)
+    max_position = _served_positions(cfg, window)
+    if window is not None and window >= max_position:
+        window = None  # no sequence reaches past it: the full-causal masks, at no cost
     eos: set[int] = set()
     gen = model.generation_config
     for source in (getattr(gen, "eos_token_id", None), cfg.eos_token_id,
@@ -202,17 +207,49 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
         dtype=torch_dtype, num_layers=int(cfg.num_hidden_layers), kv_heads=kv_heads,
         head_dim=head_dim, vocab_size=int(cfg.vocab_size), max_position=max_position,
         eos_ids=frozenset(eos), chat_template=getattr(tokenizer, "chat_template", None),
-        stack=stack_forward(model))
+        window=window, stack=stack_forward(model))
 
 
-def _served_positions(cfg: Any) -> int:
-    """The positions the engine serves exactly as the model's own forward: its
-    ``max_position_embeddings``, capped to a sliding window (the engine's attention mask is
-    full-causal) and to a ``longrope`` model's ``original_max_position_embeddings``."""
-    max_position = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+def layer_windows(cfg: Any) -> list[int | None] | None:
+    """Each layer's sliding window as transformers' model applies it (None: full-causal), or
+    None when the family's use of ``sliding_window`` is not known here. Mistral windows every
+    layer with ``sliding_window``; Qwen2 and Qwen3 window the layers whose ``layer_types``
+    entry is ``sliding_attention`` (their configs derive it from ``use_sliding_window`` and
+    ``max_window_layers``, and set ``sliding_window`` to None when it is off)."""
     window = getattr(cfg, "sliding_window", None)
-    if window and getattr(cfg, "use_sliding_window", True):
-        max_position = min(max_position, int(window))
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
+    types = getattr(cfg, "layer_types", None)
+    if not window:
+        return [None] * layers
+    if cfg.model_type == "mistral":
+        return [int(window)] * layers
+    if cfg.model_type in ("qwen2", "qwen3") and isinstance(types, list):
+        return [int(window) if t == "sliding_attention" else None for t in types]
+    return None
+
+
+def uniform_window(cfg: Any) -> int | None:
+    """The window the engine's masks apply to every layer: the model's when all its layers
+    share it, else None (full-causal)."""
+    windows = layer_windows(cfg)
+    return windows[0] if windows and len(set(windows)) == 1 else None
+
+
+def _served_positions(cfg: Any, window: int | None = None) -> int:
+    """The positions the engine serves exactly as the model's own forward: its
+    ``max_position_embeddings``, capped to a sliding window that the engine's masks do not
+    apply (``window``, the one they do, leaves it whole: a family whose windows are not
+    known, or layers that mix windowed and full attention, where one mask per step cannot
+    serve both past the window) and to a ``longrope`` model's
+    ``original_max_position_embeddings``."""
+    max_position = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+    sliding = getattr(cfg, "sliding_window", None)
+    if sliding and window is None and getattr(cfg, "use_sliding_window", True) and \
+            any(layer_windows(cfg) or [True]):
+        log.warning("sliding window: positions capped to the window, %d (its layers mix "
+                    "windowed and full attention, or the family's window is not known)",
+                    int(sliding))
+        max_position = min(max_position, int(sliding))
     longrope = _longrope_original(cfg)
     if longrope is not None and longrope < max_position:
         log.warning("longrope: positions capped to original_max_position_embeddings %d (the "

@@ -39,17 +39,20 @@ def slots(seq: Sequence, start: int, stop: int, block_size: int) -> torch.Tensor
     return table[pos // block_size] * block_size + pos % block_size
 
 
-def _decode_tables(decode: list[Sequence], block_size: int
+def _decode_tables(decode: list[Sequence], block_size: int, window: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Block tables [B, W] (the scratch block 0 past a row's context), the mask
     [B, 1, 1, W * block_size] and each row's write slot [B]: three small tensors made from
     lists, whatever the batch (this runs every step, and on small models a step is a few
-    milliseconds)."""
+    milliseconds). With a sliding ``window`` a row's token sees its last ``window`` keys."""
     ctx = [s.computed + 1 for s in decode]
     width = -(-max(ctx) // block_size)
     table = torch.tensor([s.blocks[:width] + [0] * (width - min(width, len(s.blocks)))
                           for s in decode], dtype=torch.long)
-    mask = torch.arange(width * block_size) < torch.tensor(ctx)[:, None]
+    keys, ends = torch.arange(width * block_size), torch.tensor(ctx)[:, None]
+    mask = keys < ends
+    if window is not None:  # the token at ctx - 1 sees keys ctx - window .. ctx - 1
+        mask &= keys >= ends - window
     write = torch.tensor([s.blocks[(n - 1) // block_size] * block_size + (n - 1) % block_size
                           for s, n in zip(decode, ctx, strict=True)], dtype=torch.long)
     return table, mask[:, None, None, :], write
@@ -87,8 +90,11 @@ def decode_groups(decode: list[Sequence], block_size: int
 
 
 def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVStore,
-         block_size: int, groups: list[tuple[int, int]] | None = None) -> PackedStep:
-    """The step's tensors; ``groups`` from ``decode_groups`` (the decode rows in its order)."""
+         block_size: int, groups: list[tuple[int, int]] | None = None,
+         window: int | None = None) -> PackedStep:
+    """The step's tensors; ``groups`` from ``decode_groups`` (the decode rows in its order);
+    ``window``: the model's sliding window (each token attends to the keys of positions
+    ``p - window + 1 .. p``, as transformers' ``sliding_window_overlay``), None: full-causal."""
     ids: list[int] = []
     positions: list[int] = []
     writes: list[torch.Tensor] = []
@@ -98,7 +104,7 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
     scored: list[tuple[Sequence, int, int]] = []
     decode_blocks = decode_mask = None
     if decode:
-        decode_blocks, decode_mask, decode_writes = _decode_tables(decode, block_size)
+        decode_blocks, decode_mask, decode_writes = _decode_tables(decode, block_size, window)
         writes.append(decode_writes)
         keep.extend(range(len(decode)))
         sampled.extend(decode)
@@ -111,10 +117,7 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
         positions.extend(range(offset, offset + n))
         writes.append(slots(seq, offset, offset + n, block_size))
         table = torch.tensor(seq.blocks[:-(-(offset + n) // block_size)], dtype=torch.long)
-        mask = None
-        if offset:
-            mask = torch.arange(offset + n)[None, :] <= torch.arange(offset, offset + n)[:, None]
-        chunks.append(Chunk(start, n, offset, table, mask))
+        chunks.append(Chunk(start, n, offset, table, _chunk_mask(offset, n, window)))
         if seq.scoring:
             assert seq.prompt_logprobs is not None
             lo, hi = scored_span(len(seq.prompt_logprobs), len(seq.prompt), offset, n)
@@ -126,10 +129,24 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
             sampled.append(seq)
     paged = PagedStep(store, block_size, torch.cat(writes) if len(writes) > 1 else writes[0],
                       len(decode), decode_blocks, decode_mask, chunks,
-                      _units(chunks, block_size, bool(decode) and store.keys[0].is_cpu), groups)
+                      _units(chunks, block_size, bool(decode) and store.keys[0].is_cpu, window),
+                      groups)
     keep.extend(scoring)
     return PackedStep(torch.tensor([ids]), torch.tensor([positions]),
                       torch.tensor(keep or [len(ids) - 1]), sampled, paged, scored)
+
+
+def _chunk_mask(offset: int, n: int, window: int | None) -> torch.Tensor | None:
+    """A chunk's mask [n, offset + n] (key j seen by the query at position p: j <= p, and
+    j > p - window with a window); None where sdpa's own causal mask is the same (offset 0,
+    the chunk within the window)."""
+    if not offset and (window is None or n <= window):
+        return None
+    keys, queries = torch.arange(offset + n)[None, :], torch.arange(offset, offset + n)[:, None]
+    mask = keys <= queries
+    if window is not None:
+        mask &= keys > queries - window
+    return mask
 
 
 # A chunk this long attends on its own: its call's overhead is small beside its work, and a
@@ -140,20 +157,21 @@ ALONE_FROM = 256
 PADDING_WASTE = 1.5
 
 
-def _units(chunks: list[Chunk], block_size: int, traced: bool
+def _units(chunks: list[Chunk], block_size: int, traced: bool, window: int | None = None
            ) -> list[Chunk | ChunkBatch] | None:
     """``PagedStep.units``. With ``traced`` (decode rows on a CPU), a short chunk alone is a
     batch of one: the same call a run of chunks makes, its layout in tensors, so that a traced
     graph replays such a step (traced_decode.py), where a lone chunk's Python (its offsets,
     causal or masked) would be frozen into the graph. On a GPU it keeps its causal kernel."""
     if len(chunks) > 1:
-        return attention_units(chunks, block_size)
+        return attention_units(chunks, block_size, window)
     if chunks and traced and chunks[0].length < ALONE_FROM:
-        return [batch(chunks, block_size)]
+        return [batch(chunks, block_size, window)]
     return None
 
 
-def attention_units(chunks: list[Chunk], block_size: int) -> list[Chunk | ChunkBatch]:
+def attention_units(chunks: list[Chunk], block_size: int, window: int | None = None
+                    ) -> list[Chunk | ChunkBatch]:
     """The step's chunks as attention calls, in packed order: runs of consecutive short chunks
     of similar size become one ``ChunkBatch`` each. One pass, the run's totals kept as it grows
     (a step may hold as many chunks as --max-num-seqs)."""
@@ -162,7 +180,7 @@ def attention_units(chunks: list[Chunk], block_size: int) -> list[Chunk | ChunkB
     longest = widest = work = 0
 
     def close() -> None:
-        units.extend(run if len(run) == 1 else [batch(run, block_size)])
+        units.extend(run if len(run) == 1 else [batch(run, block_size, window)])
         run.clear()
     for c in chunks:
         if c.length >= ALONE_FROM:
@@ -185,15 +203,19 @@ def attention_units(chunks: list[Chunk], block_size: int) -> list[Chunk | ChunkB
     return units
 
 
-def batch(run: list[Chunk], block_size: int) -> ChunkBatch:
-    """Consecutive chunks as one padded attention call (attention.ChunkBatch)."""
+def batch(run: list[Chunk], block_size: int, window: int | None = None) -> ChunkBatch:
+    """Consecutive chunks as one padded attention call (attention.ChunkBatch); ``window``:
+    as ``pack``'s."""
     width = max(c.blocks.numel() for c in run)
     length = max(c.length for c in run)
     lengths = torch.tensor([c.length for c in run])
     query = torch.minimum(torch.arange(length)[None, :], lengths[:, None] - 1)  # [C, L]
     rows = torch.tensor([c.start for c in run])[:, None] + query
     position = torch.tensor([c.offset for c in run])[:, None] + query
-    mask = torch.arange(width * block_size)[None, None, :] <= position[:, :, None]
+    keys = torch.arange(width * block_size)[None, None, :]
+    mask = keys <= position[:, :, None]
+    if window is not None:
+        mask &= keys > position[:, :, None] - window
     blocks = pad_sequence([c.blocks for c in run], batch_first=True)  # 0: the scratch block
     real = (torch.arange(len(run))[:, None] * length + torch.arange(length)[None, :]
             )[torch.arange(length)[None, :] < lengths[:, None]]

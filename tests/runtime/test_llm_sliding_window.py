@@ -1,0 +1,112 @@
+"""Sliding-window attention: a model whose every layer attends to the last ``sliding_window``
+keys (Mistral; Qwen2 and Qwen3 with all layers sliding) is served over its whole
+``max_position_embeddings``, as vLLM serves it, and answers as transformers' ``generate()``
+token for token with prompts and outputs far longer than the window: one request, several of
+different lengths read in chunks that cross the window's edge, a prompt read in one chunk, a
+prefix-cache hit longer than the window; through the traced decode (with and without decode
+lanes), the eager steps and CUDA graphs' padded inputs (``capture=False``, on the CPU). A
+model whose layers mix windowed and full attention stays capped to its window."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from kubemaas_runtime.llm.cuda_graphs import GraphedDecode
+from kubemaas_runtime.llm.engine import Engine, EngineConfig
+from kubemaas_runtime.llm.loader import LanguageModel, load_hf
+from kubemaas_runtime.llm.sampling import SamplingParams
+from kubemaas_testbed.llm_models import build_llm
+
+WINDOW = 12  # not a multiple of the block size: the window's edge falls inside blocks
+POSITIONS = 2048  # the tiny models' max_position_embeddings
+
+
+def windowed(tmp_path: Path, family: str, **config: Any) -> Path:
+    """A tiny random-weight model of ``family`` (fixed seed) with ``config`` written over its
+    config.json (the weights do not depend on the window)."""
+    model_dir = build_llm(tmp_path / family, family=family)
+    path = model_dir / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    return model_dir
+
+
+SLIDING: dict[str, dict[str, Any]] = {
+    "mistral": {"sliding_window": WINDOW},
+    # every layer from the first windowed (transformers derives layer_types from these)
+    "qwen2": {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 0,
+              "layer_types": None}}
+SLIDING["qwen3"] = SLIDING["qwen2"]
+
+
+def generate(model: Any, prompt: list[int], n: int, eos: frozenset[int]) -> list[int]:
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False)
+    ids = [int(t) for t in out[0, len(prompt):]]
+    return ids[:-1] if ids and ids[-1] in eos else ids  # the engine leaves EOS out
+
+
+def prompts(lengths: list[int], seed: int = 1) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(5, 200, (n,), generator=gen).tolist() for n in lengths]
+
+
+def engine_for(lm: LanguageModel, path: str, batched: int) -> Engine:
+    cfg = EngineConfig(kv_cache_bytes=16 << 20, max_model_len=lm.max_position, max_num_seqs=8,
+                       max_num_batched_tokens=batched, block_size=8,
+                       traced_decode=path in ("traced", "lanes"), decode_lanes=path == "lanes")
+    engine = Engine(lm, cfg)
+    if path == "graphs":
+        assert lm.stack is not None
+        engine._model_step = GraphedDecode(lm.stack, engine.store, cfg.block_size,
+                                           lm.vocab_size, cfg.max_num_seqs, capture=False)
+    return engine
+
+
+@pytest.mark.parametrize(("family", "path"), [("mistral", "lanes"), ("mistral", "traced"),
+                                              ("mistral", "eager"), ("mistral", "graphs"),
+                                              ("qwen2", "lanes"), ("qwen3", "eager")])
+def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    model_dir = windowed(tmp_path, family, **SLIDING[family])
+    lm = load_hf(model_dir, device="cpu")
+    assert lm.max_position == POSITIONS and lm.window == WINDOW  # not capped to the window
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    # several requests of different lengths, their prompts read 16 tokens a step beside the
+    # others' decodes: chunks that start before the window's edge and end past it
+    engine = engine_for(lm, path, batched=16)
+    batch = prompts([3, 11, 29, 57])
+    outs = engine.generate_sync(batch, params)
+    for prompt, out in zip(batch, outs, strict=True):
+        assert out == generate(model, prompt, 40, frozenset()), len(prompt)
+    # one request whose 50-token prompt is read in one chunk
+    engine = engine_for(lm, path, batched=2048)
+    (long,) = prompts([50], seed=2)
+    assert engine.generate_sync([long], params) == [generate(model, long, 40, frozenset())]
+    # the same prompt's blocks again from the prefix cache (40 tokens, past the window), then
+    # its own tail and a continuation read in chunks
+    engine.pool.queried_tokens = engine.pool.hit_tokens = 0
+    longer = long + prompts([20], seed=3)[0]
+    assert engine.generate_sync([longer], params) == [generate(model, longer, 40, frozenset())]
+    assert engine.pool.hit_tokens >= 40
+    assert engine.pool.used == 0
+
+
+def test_mixed_layers_stay_capped_to_the_window(tmp_path: Path) -> None:
+    """Qwen2 with its first two layers full and the others windowed: one mask per step cannot
+    serve both past the window, so it is served up to the window, where they agree."""
+    model_dir = windowed(tmp_path, "qwen2", use_sliding_window=True, sliding_window=WINDOW,
+                         max_window_layers=2, layer_types=None)
+    lm = load_hf(model_dir, device="cpu")
+    assert lm.max_position == WINDOW and lm.window is None
+
+
+def test_no_window_is_full_causal(tmp_path: Path) -> None:
+    lm = load_hf(build_llm(tmp_path / "mistral", family="mistral"), device="cpu")
+    assert lm.max_position == POSITIONS and lm.window is None
