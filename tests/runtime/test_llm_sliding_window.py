@@ -1,11 +1,12 @@
-"""Sliding-window attention: a model whose every layer attends to the last ``sliding_window``
-keys (Mistral; Qwen2 and Qwen3 with all layers sliding) is served over its whole
-``max_position_embeddings``, as vLLM serves it, and answers as transformers' ``generate()``
-token for token with prompts and outputs far longer than the window: one request, several of
-different lengths read in chunks that cross the window's edge, a prompt read in one chunk, a
-prefix-cache hit longer than the window; through the traced decode (with and without decode
-lanes), the eager steps and CUDA graphs' padded inputs (``capture=False``, on the CPU). A
-model whose layers mix windowed and full attention stays capped to its window."""
+"""Sliding-window attention: a model whose layers attend to the last ``sliding_window`` keys
+(Mistral; Qwen2 and Qwen3 with all layers sliding, or only the layers from
+``max_window_layers`` on) is served over its whole ``max_position_embeddings``, as vLLM serves
+it, and answers as transformers' ``generate()`` token for token with prompts and outputs far
+longer than the window: one request, several of different lengths read in chunks that cross
+the window's edge, a prompt read in one chunk, a prefix-cache hit longer than the window;
+through the traced decode (with and without decode lanes), the eager steps and CUDA graphs'
+padded inputs (``capture=False``, on the CPU). A family whose use of ``sliding_window``
+transformers does not apply (Llama) stays capped to the window."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ SLIDING: dict[str, dict[str, Any]] = {
     "qwen2": {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 0,
               "layer_types": None}}
 SLIDING["qwen3"] = SLIDING["qwen2"]
+# the first two of the four layers full-causal, the last two windowed
+MIXED = {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 2,
+         "layer_types": None}
 
 
 def generate(model: Any, prompt: list[int], n: int, eos: frozenset[int]) -> list[int]:
@@ -70,17 +74,23 @@ def engine_for(lm: LanguageModel, path: str, batched: int) -> Engine:
 
 @pytest.mark.parametrize(("family", "path"), [("mistral", "lanes"), ("mistral", "traced"),
                                               ("mistral", "eager"), ("mistral", "graphs"),
-                                              ("qwen2", "lanes"), ("qwen3", "eager")])
+                                              ("qwen2", "lanes"), ("qwen3", "eager"),
+                                              ("qwen2-mixed", "lanes"), ("qwen2-mixed", "eager")])
 def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    model_dir = windowed(tmp_path, family, **SLIDING[family])
+    mixed = family.endswith("-mixed")
+    model_dir = windowed(tmp_path, family.removesuffix("-mixed"),
+                         **(MIXED if mixed else SLIDING[family]))
     lm = load_hf(model_dir, device="cpu")
     assert lm.max_position == POSITIONS and lm.window == WINDOW  # not capped to the window
+    assert lm.sliding == (frozenset({2, 3}) if mixed else frozenset())
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
     # several requests of different lengths, their prompts read 16 tokens a step beside the
     # others' decodes: chunks that start before the window's edge and end past it
     engine = engine_for(lm, path, batched=16)
+    # (mixed layers step eagerly: a recorded graph takes one mask of a kind)
+    assert (engine.traced is not None) == (path in ("traced", "lanes") and not mixed)
     batch = prompts([3, 11, 29, 57])
     outs = engine.generate_sync(batch, params)
     for prompt, out in zip(batch, outs, strict=True):
@@ -98,13 +108,18 @@ def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path)
     assert engine.pool.used == 0
 
 
-def test_mixed_layers_stay_capped_to_the_window(tmp_path: Path) -> None:
-    """Qwen2 with its first two layers full and the others windowed: one mask per step cannot
-    serve both past the window, so it is served up to the window, where they agree."""
-    model_dir = windowed(tmp_path, "qwen2", use_sliding_window=True, sliding_window=WINDOW,
-                         max_window_layers=2, layer_types=None)
-    lm = load_hf(model_dir, device="cpu")
+def test_a_window_transformers_does_not_apply_stays_capped(tmp_path: Path) -> None:
+    """transformers' Llama ignores a config's ``sliding_window``; what the checkpoint meant
+    by it is not known, so it is served up to the window, where both readings agree."""
+    lm = load_hf(windowed(tmp_path, "llama", sliding_window=WINDOW), device="cpu")
     assert lm.max_position == WINDOW and lm.window is None
+
+
+def test_a_qwen2_window_on_no_layer_is_full_causal(tmp_path: Path) -> None:
+    """use_sliding_window with max_window_layers past the last layer windows none of them."""
+    lm = load_hf(windowed(tmp_path, "qwen2", use_sliding_window=True, sliding_window=WINDOW,
+                          max_window_layers=4, layer_types=None), device="cpu")
+    assert lm.max_position == POSITIONS and lm.window is None and not lm.sliding
 
 
 def test_no_window_is_full_causal(tmp_path: Path) -> None:

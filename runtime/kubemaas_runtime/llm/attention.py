@@ -27,6 +27,9 @@ context in the paged cache:
 keys and values into their slots and returns the layer's whole pool, which the attention
 function reads through the step's block tables (it reaches the step through the forward's
 keyword arguments, ``kubemaas_step``, which transformers hands to every attention call).
+A model with a sliding window gets its window in the masks (packing.py: position p sees keys
+p - window + 1 .. p); where its layers mix windowed and full attention, the step carries
+masks of both kinds and ``PagedStep.sliding`` says which layers take the windowed ones.
 
 On CUDA the engine's attention leaves out cuDNN's kernels (``choose_kernels``), torch's first
 choice on Hopper: cuDNN builds an execution plan on the CPU for every new shape, and an engine
@@ -65,6 +68,7 @@ class Chunk:
     blocks: torch.Tensor  # [W] the blocks of the whole context (offset + length tokens)
     # [length, offset + length]; None: plain causal (offset 0, no sliding window reached)
     mask: torch.Tensor | None = None
+    window_mask: torch.Tensor | None = None  # the sliding layers' (PagedStep.sliding), as mask
 
 
 @dataclass
@@ -78,9 +82,12 @@ class ChunkBatch:
     # [C, 1, L, W * block_size] bool: key j <= the query's position p (and j > p - window)
     mask: torch.Tensor
     real: torch.Tensor    # [n] indexes into C * L of the chunks' own tokens
+    window_mask: torch.Tensor | None = None  # the sliding layers' (PagedStep.sliding), as mask
 
     def to(self, device: torch.device) -> ChunkBatch:
-        return ChunkBatch(*(t.to(device) for t in (self.rows, self.blocks, self.mask, self.real)))
+        window = None if self.window_mask is None else self.window_mask.to(device)
+        return ChunkBatch(self.rows.to(device), self.blocks.to(device), self.mask.to(device),
+                          self.real.to(device), window)
 
 
 @dataclass
@@ -102,6 +109,11 @@ class PagedStep:
     lanes: DecodeLanes | None = None
     decode_positions: torch.Tensor | None = None  # [B] with lanes: where each row's token goes
     layer: int = 0  # the layer whose keys and values ``update`` wrote last
+    # a model whose layers mix a sliding window and full attention: the windowed layers, which
+    # attend with the ``window_mask`` masks (the others with the full-causal ``mask`` ones);
+    # empty: every layer attends with ``mask`` (which carries a window every layer shares)
+    sliding: frozenset[int] = frozenset()
+    window_decode_mask: torch.Tensor | None = None  # [B, 1, 1, W * block_size] bool
 
     is_compileable = False
 
@@ -114,14 +126,17 @@ class PagedStep:
             return None if t is None else t.to(device)
 
         def moved(c: Chunk) -> Chunk:
-            return Chunk(c.start, c.length, c.offset, move(c.blocks), move(c.mask))
+            return Chunk(c.start, c.length, c.offset, move(c.blocks), move(c.mask),
+                         move(c.window_mask))
         chunks = [moved(c) for c in self.chunks]
         same = {id(c): m for c, m in zip(self.chunks, chunks, strict=True)}
         units = None if self.units is None else [
             u.to(device) if isinstance(u, ChunkBatch) else same[id(u)] for u in self.units]
         return PagedStep(self.store, self.block_size, move(self.write_slots), self.decode_rows,
                          move(self.decode_blocks), move(self.decode_mask), chunks, units,
-                         self.decode_groups, self.lanes, move(self.decode_positions))
+                         self.decode_groups, self.lanes, move(self.decode_positions),
+                         sliding=self.sliding,
+                         window_decode_mask=move(self.window_decode_mask))
 
     # the part of transformers' Cache that decoder attention layers call
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
@@ -168,6 +183,7 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
     groups = getattr(module, "num_key_value_groups", None)
     gqa = groups != 1 if isinstance(groups, int) else query.shape[1] != key.shape[1]
     bs = step.block_size
+    windowed = step.layer in step.sliding  # (empty unless the layers mix windows)
     parts = []
     if step.decode_rows:
         assert step.decode_blocks is not None
@@ -178,31 +194,30 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
         # the query heads that share a kv head become that head's query rows: [B, kvH, g, d]
         # (8-15 % less time than sdpa's own GQA over [B, H, 1, d]; the mask broadcasts)
         q = query[0, :, :rows].transpose(0, 1).reshape(rows, kv_heads, heads // kv_heads, -1)
+        mask = step.window_decode_mask if windowed else step.decode_mask
         if step.lanes is not None:
-            assert step.decode_mask is not None
-            width = step.decode_mask.shape[-1]
+            assert mask is not None
+            width = mask.shape[-1]
             out = _attend_lanes(q, step.lanes.keys[step.layer][:rows, :, :width],
                                 step.lanes.values[step.layer][:rows, :, :width],
-                                step.decode_mask, scaling)
+                                mask, scaling)
         elif step.decode_groups is None:
-            out = _attend_decodes(q, key, value, step.decode_blocks, step.decode_mask, bs,
-                                  scaling)
+            out = _attend_decodes(q, key, value, step.decode_blocks, mask, bs, scaling)
         else:
-            assert step.decode_mask is not None
+            assert mask is not None
             outs, r = [], 0
             for n, width in step.decode_groups:
                 outs.append(_attend_decodes(q[r:r + n], key, value,
                                             step.decode_blocks[r:r + n, :width],
-                                            step.decode_mask[r:r + n, ..., :width * bs], bs,
-                                            scaling))
+                                            mask[r:r + n, ..., :width * bs], bs, scaling))
                 r += n
             out = torch.cat(outs)
         parts.append(out.reshape(rows, heads, -1))                         # [B, H, d]
     for unit in step.chunks if step.units is None else step.units:
         if isinstance(unit, ChunkBatch):
-            parts.append(_attend_batch(unit, query, key, value, bs, scaling, gqa))
+            parts.append(_attend_batch(unit, query, key, value, bs, scaling, gqa, windowed))
         else:
-            parts.append(_attend_chunk(unit, query, key, value, bs, scaling, gqa))
+            parts.append(_attend_chunk(unit, query, key, value, bs, scaling, gqa, windowed))
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).unsqueeze(0), None
 
 
@@ -232,28 +247,31 @@ def _attend_lanes(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask:
 
 
 def _attend_chunk(c: Chunk, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bs: int,
-                  scaling: float | None, gqa: bool) -> torch.Tensor:
+                  scaling: float | None, gqa: bool, windowed: bool = False) -> torch.Tensor:
     q = query[:, :, c.start:c.start + c.length]                       # [1, H, n, d]
     ctx = c.offset + c.length
     k = _gather(key, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)  # [1, kvH, ctx, d]
     v = _gather(value, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=c.mask, is_causal=c.mask is None,
+    mask = c.window_mask if windowed else c.mask
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                          scale=scaling, enable_gqa=gqa)
     return out[0].transpose(0, 1)                                      # [n, H, d]
 
 
 def _attend_batch(b: ChunkBatch, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  bs: int, scaling: float | None, gqa: bool) -> torch.Tensor:
+                  bs: int, scaling: float | None, gqa: bool, windowed: bool = False
+                  ) -> torch.Tensor:
     chunks, length = b.blocks.shape[0], b.mask.shape[2]
+    mask = b.window_mask if windowed and b.window_mask is not None else b.mask
     heads, dim = query.shape[1], query.shape[3]
     q = query[0].index_select(1, b.rows).view(heads, chunks, length, dim).transpose(0, 1)
     k = _gather(key, b.blocks, bs).transpose(1, 2)                     # [C, kvH, T, d]
     v = _gather(value, b.blocks, bs).transpose(1, 2)
     if gqa and query.device.type in GROUPED_ROWS_ON:
-        out = _grouped_rows(q, k, v, b.mask, scaling)
+        out = _grouped_rows(q, k, v, mask, scaling)
     else:
         # sdpa's own GQA: on CPU, measured against the grouped-rows layout, as fast or faster
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask, scale=scaling,
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
                                              enable_gqa=gqa)            # [C, H, L, d]
     return out.transpose(1, 2).reshape(chunks * length, heads, dim).index_select(0, b.real)
 

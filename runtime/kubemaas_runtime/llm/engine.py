@@ -100,11 +100,16 @@ class Engine(EngineThread):
         self.scheduler.prefill_cap = self.pacer.cap
         self.traced: TracedDecode | None = None
         self.graphed: GraphedDecode | None = None
-        if cfg.traced_decode and lm.stack is not None and traceable(lm.model, lm.stack,
-                                                                    lm.device):
-            self.traced = TracedDecode(lm.model, lm.stack)
-        elif cfg.traced_decode and lm.stack is not None and lm.device.type == "cuda":
-            self.graphed = GraphedDecode(lm.stack, self.store, cfg.block_size, lm.vocab_size,
+        # a model whose layers mix windowed and full attention steps eagerly: its steps carry
+        # masks of both kinds, a recorded graph's inputs one of each
+        stack = lm.stack if cfg.traced_decode and not lm.sliding else None
+        if lm.sliding and cfg.traced_decode:
+            log.info("decode steps run eagerly: the model's layers mix a sliding window and "
+                     "full attention")
+        if stack is not None and traceable(lm.model, stack, lm.device):
+            self.traced = TracedDecode(lm.model, stack)
+        elif stack is not None and lm.device.type == "cuda":
+            self.graphed = GraphedDecode(stack, self.store, cfg.block_size, lm.vocab_size,
                                          cfg.max_num_seqs)
         self.lanes = DecodeLanes(self.store, cfg.block_size, cfg.kv_cache_bytes) \
             if cfg.decode_lanes and lm.device.type == "cpu" else None
@@ -321,7 +326,8 @@ class Engine(EngineThread):
             arranged = self.lanes.for_step(decode, groups is not None)
             if arranged is not None:
                 decode, lanes = arranged, self.lanes
-        step = pack(decode, prefill, self.store, self.cfg.block_size, groups, self.lm.window)
+        step = pack(decode, prefill, self.store, self.cfg.block_size, groups, self.lm.window,
+                    self.lm.sliding)
         if lanes is not None:
             step.paged.lanes = lanes
             step.paged.decode_positions = step.position_ids[0, :len(decode)]

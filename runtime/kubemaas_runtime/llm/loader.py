@@ -51,8 +51,10 @@ class LanguageModel:
     max_position: int
     eos_ids: frozenset[int] = field(default_factory=frozenset)
     chat_template: str | None = None
-    # every layer attends to the last ``window`` keys (a sliding window); None: full-causal
+    # a sliding window: the layers that have it attend to the last ``window`` keys; None:
+    # full-causal. ``sliding``: those layers where others attend full-causal; empty: all
     window: int | None = None
+    sliding: frozenset[int] = frozenset()
     stack: StepForward | None = None  # the model's modules called directly (decoder_stack.py)
     loras: LoraSet | None = None  # with LoRA on: the adapters and the layers they change
 
@@ -190,10 +192,11 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
     heads = int(cfg.num_attention_heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    window = uniform_window(cfg)
+    window, sliding = served_window(cfg)
     max_position = _served_positions(cfg, window)
     if window is not None and window >= max_position:
-        window = None  # no sequence reaches past it: the full-causal masks, at no cost
+        # no sequence reaches past it: the full-causal masks, at no cost
+        window, sliding = None, frozenset()
     eos: set[int] = set()
     gen = model.generation_config
     for source in (getattr(gen, "eos_token_id", None), cfg.eos_token_id,
@@ -207,7 +210,7 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
         dtype=torch_dtype, num_layers=int(cfg.num_hidden_layers), kv_heads=kv_heads,
         head_dim=head_dim, vocab_size=int(cfg.vocab_size), max_position=max_position,
         eos_ids=frozenset(eos), chat_template=getattr(tokenizer, "chat_template", None),
-        window=window, stack=stack_forward(model))
+        window=window, sliding=sliding, stack=stack_forward(model))
 
 
 def layer_windows(cfg: Any) -> list[int | None] | None:
@@ -228,27 +231,31 @@ def layer_windows(cfg: Any) -> list[int | None] | None:
     return None
 
 
-def uniform_window(cfg: Any) -> int | None:
-    """The window the engine's masks apply to every layer: the model's when all its layers
-    share it, else None (full-causal)."""
+def served_window(cfg: Any) -> tuple[int | None, frozenset[int]]:
+    """The window the engine's masks apply (``LanguageModel.window``) and, when some layers
+    attend full-causal, the layers that have it (``LanguageModel.sliding``); (None, empty)
+    for a full-causal model, and for one whose windows are not known or not all of one size
+    (served up to its window: ``_served_positions``)."""
     windows = layer_windows(cfg)
-    return windows[0] if windows and len(set(windows)) == 1 else None
+    sizes = {w for w in windows or () if w is not None}
+    if windows is None or len(sizes) != 1:
+        return None, frozenset()
+    if all(w is not None for w in windows):
+        return sizes.pop(), frozenset()
+    return sizes.pop(), frozenset(i for i, w in enumerate(windows) if w is not None)
 
 
 def _served_positions(cfg: Any, window: int | None = None) -> int:
     """The positions the engine serves exactly as the model's own forward: its
     ``max_position_embeddings``, capped to a sliding window that the engine's masks do not
     apply (``window``, the one they do, leaves it whole: a family whose windows are not
-    known, or layers that mix windowed and full attention, where one mask per step cannot
-    serve both past the window) and to a ``longrope`` model's
-    ``original_max_position_embeddings``."""
+    known) and to a ``longrope`` model's ``original_max_position_embeddings``."""
     max_position = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
     sliding = getattr(cfg, "sliding_window", None)
     if sliding and window is None and getattr(cfg, "use_sliding_window", True) and \
             any(layer_windows(cfg) or [True]):
-        log.warning("sliding window: positions capped to the window, %d (its layers mix "
-                    "windowed and full attention, or the family's window is not known)",
-                    int(sliding))
+        log.warning("sliding window: positions capped to the window, %d (the family's use "
+                    "of it is not known)", int(sliding))
         max_position = min(max_position, int(sliding))
     longrope = _longrope_original(cfg)
     if longrope is not None and longrope < max_position:

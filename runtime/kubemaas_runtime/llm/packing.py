@@ -91,10 +91,13 @@ def decode_groups(decode: list[Sequence], block_size: int
 
 def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVStore,
          block_size: int, groups: list[tuple[int, int]] | None = None,
-         window: int | None = None) -> PackedStep:
+         window: int | None = None, sliding: frozenset[int] = frozenset()) -> PackedStep:
     """The step's tensors; ``groups`` from ``decode_groups`` (the decode rows in its order);
     ``window``: the model's sliding window (each token attends to the keys of positions
-    ``p - window + 1 .. p``, as transformers' ``sliding_window_overlay``), None: full-causal."""
+    ``p - window + 1 .. p``, as transformers' ``sliding_window_overlay``), None: full-causal;
+    ``sliding``: the layers that have it when others attend full-causal (the step then
+    carries both masks: ``PagedStep.sliding``); empty: every layer has it."""
+    full = None if sliding else window  # the window of the step's ``mask`` masks
     ids: list[int] = []
     positions: list[int] = []
     writes: list[torch.Tensor] = []
@@ -102,9 +105,11 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
     sampled: list[Sequence] = []
     scoring: list[int] = []
     scored: list[tuple[Sequence, int, int]] = []
-    decode_blocks = decode_mask = None
+    decode_blocks = decode_mask = window_decode_mask = None
     if decode:
-        decode_blocks, decode_mask, decode_writes = _decode_tables(decode, block_size, window)
+        decode_blocks, decode_mask, decode_writes = _decode_tables(decode, block_size, full)
+        if sliding:
+            window_decode_mask = _decode_tables(decode, block_size, window)[1]
         writes.append(decode_writes)
         keep.extend(range(len(decode)))
         sampled.extend(decode)
@@ -117,7 +122,8 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
         positions.extend(range(offset, offset + n))
         writes.append(slots(seq, offset, offset + n, block_size))
         table = torch.tensor(seq.blocks[:-(-(offset + n) // block_size)], dtype=torch.long)
-        chunks.append(Chunk(start, n, offset, table, _chunk_mask(offset, n, window)))
+        chunks.append(Chunk(start, n, offset, table, _chunk_mask(offset, n, full),
+                            _chunk_mask(offset, n, window) if sliding else None))
         if seq.scoring:
             assert seq.prompt_logprobs is not None
             lo, hi = scored_span(len(seq.prompt_logprobs), len(seq.prompt), offset, n)
@@ -129,8 +135,9 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
             sampled.append(seq)
     paged = PagedStep(store, block_size, torch.cat(writes) if len(writes) > 1 else writes[0],
                       len(decode), decode_blocks, decode_mask, chunks,
-                      _units(chunks, block_size, bool(decode) and store.keys[0].is_cpu, window),
-                      groups)
+                      _units(chunks, block_size, bool(decode) and store.keys[0].is_cpu, window,
+                             bool(sliding)),
+                      groups, sliding=sliding, window_decode_mask=window_decode_mask)
     keep.extend(scoring)
     return PackedStep(torch.tensor([ids]), torch.tensor([positions]),
                       torch.tensor(keep or [len(ids) - 1]), sampled, paged, scored)
@@ -157,21 +164,21 @@ ALONE_FROM = 256
 PADDING_WASTE = 1.5
 
 
-def _units(chunks: list[Chunk], block_size: int, traced: bool, window: int | None = None
-           ) -> list[Chunk | ChunkBatch] | None:
+def _units(chunks: list[Chunk], block_size: int, traced: bool, window: int | None = None,
+           mixed: bool = False) -> list[Chunk | ChunkBatch] | None:
     """``PagedStep.units``. With ``traced`` (decode rows on a CPU), a short chunk alone is a
     batch of one: the same call a run of chunks makes, its layout in tensors, so that a traced
     graph replays such a step (traced_decode.py), where a lone chunk's Python (its offsets,
     causal or masked) would be frozen into the graph. On a GPU it keeps its causal kernel."""
     if len(chunks) > 1:
-        return attention_units(chunks, block_size, window)
+        return attention_units(chunks, block_size, window, mixed)
     if chunks and traced and chunks[0].length < ALONE_FROM:
-        return [batch(chunks, block_size, window)]
+        return [batch(chunks, block_size, window, mixed)]
     return None
 
 
-def attention_units(chunks: list[Chunk], block_size: int, window: int | None = None
-                    ) -> list[Chunk | ChunkBatch]:
+def attention_units(chunks: list[Chunk], block_size: int, window: int | None = None,
+                    mixed: bool = False) -> list[Chunk | ChunkBatch]:
     """The step's chunks as attention calls, in packed order: runs of consecutive short chunks
     of similar size become one ``ChunkBatch`` each. One pass, the run's totals kept as it grows
     (a step may hold as many chunks as --max-num-seqs)."""
@@ -180,7 +187,7 @@ def attention_units(chunks: list[Chunk], block_size: int, window: int | None = N
     longest = widest = work = 0
 
     def close() -> None:
-        units.extend(run if len(run) == 1 else [batch(run, block_size, window)])
+        units.extend(run if len(run) == 1 else [batch(run, block_size, window, mixed)])
         run.clear()
     for c in chunks:
         if c.length >= ALONE_FROM:
@@ -203,9 +210,10 @@ def attention_units(chunks: list[Chunk], block_size: int, window: int | None = N
     return units
 
 
-def batch(run: list[Chunk], block_size: int, window: int | None = None) -> ChunkBatch:
+def batch(run: list[Chunk], block_size: int, window: int | None = None,
+          mixed: bool = False) -> ChunkBatch:
     """Consecutive chunks as one padded attention call (attention.ChunkBatch); ``window``:
-    as ``pack``'s."""
+    as ``pack``'s; ``mixed``: in ``window_mask`` (``mask`` full-causal), else in ``mask``."""
     width = max(c.blocks.numel() for c in run)
     length = max(c.length for c in run)
     lengths = torch.tensor([c.length for c in run])
@@ -214,9 +222,13 @@ def batch(run: list[Chunk], block_size: int, window: int | None = None) -> Chunk
     position = torch.tensor([c.offset for c in run])[:, None] + query
     keys = torch.arange(width * block_size)[None, None, :]
     mask = keys <= position[:, :, None]
+    windowed = None
     if window is not None:
-        mask &= keys > position[:, :, None] - window
+        windowed = mask & (keys > position[:, :, None] - window)
+        if not mixed:
+            mask, windowed = windowed, None
     blocks = pad_sequence([c.blocks for c in run], batch_first=True)  # 0: the scratch block
     real = (torch.arange(len(run))[:, None] * length + torch.arange(length)[None, :]
             )[torch.arange(length)[None, :] < lengths[:, None]]
-    return ChunkBatch(rows.reshape(-1), blocks, mask[:, None], real)
+    return ChunkBatch(rows.reshape(-1), blocks, mask[:, None], real,
+                      None if windowed is None else windowed[:, None])
