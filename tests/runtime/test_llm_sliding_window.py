@@ -4,9 +4,9 @@
 it, and answers as transformers' ``generate()`` token for token with prompts and outputs far
 longer than the window: one request, several of different lengths read in chunks that cross
 the window's edge, a prompt read in one chunk, a prefix-cache hit longer than the window;
-through the traced decode (with and without decode lanes), the eager steps and CUDA graphs'
-padded inputs (``capture=False``, on the CPU). A family whose use of ``sliding_window``
-transformers does not apply (Llama) stays capped to the window."""
+through the traced decode (with and without decode lanes), the eager steps (decode rows in
+width groups) and CUDA graphs' padded inputs (``capture=False``, on the CPU). A family whose
+use of ``sliding_window`` transformers does not apply (Llama) stays capped to the window."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from kubemaas_runtime.llm import engine as engine_module
+from kubemaas_runtime.llm import packing
 from kubemaas_runtime.llm.cuda_graphs import GraphedDecode
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import LanguageModel, load_hf
@@ -76,8 +78,18 @@ def engine_for(lm: LanguageModel, path: str, batched: int) -> Engine:
                                               ("mistral", "eager"), ("mistral", "graphs"),
                                               ("qwen2", "lanes"), ("qwen3", "eager"),
                                               ("qwen2-mixed", "lanes"), ("qwen2-mixed", "eager")])
-def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path) -> None:
+def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
+    grouped = []
+    if path == "eager":  # decode rows attend in groups of similar width (packing.py)
+        monkeypatch.setattr(packing, "GROUP_SAVES_BLOCKS", 1)
+
+        def spied(*args: Any) -> Any:
+            rows, groups = packing.decode_groups(*args)
+            grouped.append(groups is not None)
+            return rows, groups
+        monkeypatch.setattr(engine_module, "decode_groups", spied)
     mixed = family.endswith("-mixed")
     model_dir = windowed(tmp_path, family.removesuffix("-mixed"),
                          **(MIXED if mixed else SLIDING[family]))
@@ -95,6 +107,7 @@ def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path)
     outs = engine.generate_sync(batch, params)
     for prompt, out in zip(batch, outs, strict=True):
         assert out == generate(model, prompt, 40, frozenset()), len(prompt)
+    assert any(grouped) == (path == "eager")
     # one request whose 50-token prompt is read in one chunk
     engine = engine_for(lm, path, batched=2048)
     (long,) = prompts([50], seed=2)
