@@ -109,6 +109,14 @@ class Sampler(Poller):
     reasons: set[str] = field(default_factory=set)
     strategies: set[str] = field(default_factory=set)
     messages: set[str] = field(default_factory=set)  # status.rollout.message
+
+    def extremes(self, what: str) -> tuple[int, int, int]:
+        """(samples, the fewest Ready pods, the most live pods), printed under ``what``."""
+        ready = [r for _, r, _ in self.samples]
+        live = [n for _, _, n in self.samples]
+        print(f"{what}: {len(ready)} samples, ready min {min(ready)}, pods max {max(live)}")
+        return len(ready), min(ready), max(live)
+
     def poll(self) -> None:
         from kubernetes import client
 
@@ -153,13 +161,10 @@ def test_full_cluster_update_completes_by_replacement(kube: Kube, ns: str) -> No
         apply(kube, ns, model("m", 4, image="ghcr.io/kubemaas/runtime:0.2.0"))
         st = wait_revision(kube, ns, "m", 2)
     took = time.monotonic() - started
-    ready = [r for _, r, _ in sampler.samples]
-    live = [n for _, _, n in sampler.samples]
-    print(f"replacement rollout: {took:.1f} s, {len(ready)} samples, ready min {min(ready)}, "
-          f"pods max {max(live)}")
-    assert len(ready) > 10
-    assert min(ready) >= 4 - 1, f"ready replicas fell to {min(ready)} (maxUnavailable 1)"
-    assert max(live) <= 4, f"{max(live)} pods for 4 GPUs"
+    samples, ready, live = sampler.extremes(f"replacement rollout: {took:.1f} s")
+    assert samples > 10
+    assert ready >= 4 - 1, f"ready replicas fell to {ready} (maxUnavailable 1)"
+    assert live <= 4, f"{live} pods for 4 GPUs"
     assert "Replace" in sampler.strategies and "ReplaceRollout" in sampler.reasons
     ro = st["rollout"]
     assert ro["current"]["number"] == 2 and ro["previous"]["number"] == 1
@@ -179,11 +184,9 @@ def test_surge_with_free_gpus_never_drops_below_desired(kube: Kube, ns: str) -> 
     with Sampler(kube, ns, "m") as sampler:
         apply(kube, ns, model("m", 4, image="ghcr.io/kubemaas/runtime:0.2.0", maxSurge=2))
         wait_revision(kube, ns, "m", 2)
-    ready = [r for _, r, _ in sampler.samples]
-    live = [n for _, _, n in sampler.samples]
-    print(f"surge rollout: {len(ready)} samples, ready min {min(ready)}, pods max {max(live)}")
-    assert min(ready) >= 4, f"ready replicas fell to {min(ready)} during a surge"
-    assert max(live) <= 6, f"{max(live)} pods for 6 GPUs"
+    _, ready, live = sampler.extremes("surge rollout")
+    assert ready >= 4, f"ready replicas fell to {ready} during a surge"
+    assert live <= 6, f"{live} pods for 6 GPUs"
     assert "Surge" in sampler.strategies and "SurgeRollout" in sampler.reasons
 
 
@@ -322,11 +325,15 @@ def test_canary_steps_on_a_full_cluster(kube: Kube, ns: str) -> None:
     assert kube.kubectl("-n", ns, "get", "deployment", "m-canary", check=False).returncode != 0
     images = {p["spec"]["containers"][0]["image"] for p in pods_of(kube, ns, "m")}
     assert images == {"ghcr.io/kubemaas/runtime:0.2.0"}
-    ready = [r for _, r, _ in sampler.samples]
-    live = [n for _, _, n in sampler.samples]
-    print(f"canary: {len(ready)} samples, ready min {min(ready)}, pods max {max(live)}")
-    assert max(live) <= 10, f"{max(live)} pods for 10 GPUs"
-    assert min(ready) >= 9
+    _, ready, live = sampler.extremes("canary")
+    assert live <= 10, f"{live} pods for 10 GPUs"
+    assert ready >= 9
+
+
+def wait_canary_gone(kube: Kube, ns: str, name: str = "m") -> None:
+    wait_for(lambda: kube.kubectl("-n", ns, "get", "deployment", f"{name}-canary",
+                                  check=False).returncode != 0, timeout=30,
+             what="the canary Deployment gone")
 
 
 def canary_at_its_gate(kube: Kube, ns: str, steps: list[dict[str, int]]) -> str:
@@ -359,9 +366,7 @@ def test_canary_abort_through_the_spec(kube: Kube, ns: str) -> None:
     assert "abort" in condition(st, "Ready")["message"]
     wait_for(lambda: four_ready_without(kube, ns, new), timeout=60,
              what="four ready pods of revision 1")
-    wait_for(lambda: kube.kubectl("-n", ns, "get", "deployment", "m-canary",
-                                  check=False).returncode != 0, timeout=30,
-             what="the canary Deployment gone")
+    wait_canary_gone(kube, ns)
     # abort: false starts the canary over
     apply(kube, ns, model("m", 4, image=new, canary={"steps": steps, "promote": 2}))
     wait_revision(kube, ns, "m", 2)
@@ -378,13 +383,9 @@ def test_a_spec_reverted_mid_canary_keeps_replicas_serving(kube: Kube, ns: str) 
         apply(kube, ns, model("m", 4, canary={"steps": steps}))
         wait_for(lambda: four_ready_without(kube, ns, new), timeout=60,
                  what="four ready pods of revision 1")
-        wait_for(lambda: kube.kubectl("-n", ns, "get", "deployment", "m-canary",
-                                      check=False).returncode != 0, timeout=30,
-                 what="the canary Deployment gone")
-    ready = [r for _, r, _ in sampler.samples]
-    live = [n for _, _, n in sampler.samples]
-    print(f"revert: {len(ready)} samples, ready min {min(ready)}, pods max {max(live)}")
-    assert min(ready) >= 3 and max(live) <= 4
+        wait_canary_gone(kube, ns)
+    _, ready, live = sampler.extremes("revert")
+    assert ready >= 3 and live <= 4
     st = status(kube, ns, "m")
     assert st["rollout"]["current"]["number"] == 1
     assert st["rollout"]["history"][-1]["outcome"] == "Superseded"
@@ -405,13 +406,9 @@ def test_a_canary_dropped_for_autoscaling_is_promoted(kube: Kube, ns: str) -> No
     with Sampler(kube, ns, "m") as sampler:
         apply(kube, ns, yaml.safe_dump(auto))
         wait_revision(kube, ns, "m", 2)
-        wait_for(lambda: kube.kubectl("-n", ns, "get", "deployment", "m-canary",
-                                      check=False).returncode != 0, timeout=30,
-                 what="the canary Deployment gone")
-    ready = [r for _, r, _ in sampler.samples]
-    live = [n for _, _, n in sampler.samples]
-    print(f"to autoscaling: {len(ready)} samples, ready min {min(ready)}, pods max {max(live)}")
-    assert min(ready) >= 3 and max(live) <= 4
+        wait_canary_gone(kube, ns)
+    _, ready, live = sampler.extremes("to autoscaling")
+    assert ready >= 3 and live <= 4
     pods = pods_of(kube, ns, "m")
     assert len(pods) == 4 and all(p["spec"]["containers"][0]["image"] == new for p in pods)
     last = status(kube, ns, "m")["rollout"]["history"][-1]
