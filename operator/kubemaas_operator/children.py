@@ -26,6 +26,13 @@ from .writes import Retry, pin_replicas
 Pair = tuple[dict[str, Any], Mapping[str, Any] | None, str]
 
 
+class Refused(Exception):
+    """A policy of the cluster refused a child (a ValidatingAdmissionPolicy or webhook denied
+    it, a ResourceQuota or LimitRange does not allow it): not remembered like an invalid
+    manifest, since the policy may change while the manifest does not; the model says so in its
+    status and the child is tried again at the next reconcile."""
+
+
 class Forbidden(Exception):
     """RBAC does not let the operator write a child (an administrator removed an optional kind
     from its ClusterRole): retrying at once cannot help, the model says so in its status."""
@@ -84,6 +91,11 @@ async def apply(c: Children, pairs: Iterable[Pair], spec: ModelDeploymentSpec,
             if at_zero:  # the floor keeps 0 when the next apply leaves replicas out (floor.py)
                 applied = await pin_replicas(c.cluster, c.memory, c.name, c.namespace, 0)
         except ApiError as err:
+            if err.policy_refused:
+                raise Refused(
+                    f"the cluster's policy refused the {kind} {c.namespace}/"
+                    f"{child['metadata']['name']}: {err.message}; it is tried again at each "
+                    "resync") from err
             if err.invalid:
                 c.memory.reject(child, err.message)
                 return f"the API server rejected the {kind}: {err.message}"

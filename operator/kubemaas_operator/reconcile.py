@@ -294,8 +294,9 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         refused = await children.apply(c, targets.pairs, spec, rendered.autoscaler)
     except NameConflict as err:
         return await _failed(p, outcome, Failure("NameConflict", str(err)), base)
-    except children.Forbidden as err:
-        return await _failed(p, outcome, Failure("Forbidden", str(err), phase="Pending"), base)
+    except (children.Forbidden, children.Refused) as err:  # reason Forbidden or Refused
+        return await _failed(p, outcome, Failure(type(err).__name__, str(err), phase="Pending"),
+                             base)
     if refused is not None:
         return await _failed(p, outcome, Failure("Rejected", refused), base)
     await _settle_children(c, targets, spec, rendered)

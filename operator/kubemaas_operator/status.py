@@ -295,11 +295,12 @@ def failed_status(failure: Failure, o: Observed, gpu: str = "-") -> StatusResult
     """phase Failed (or Pending for a wait such as CacheNotReady): the spec must change, or
     the wait end, before the operator can serve it; a wait is Degraded while replicas serve."""
     prev_conds = {c.get("type"): c for c in o.previous.get("conditions") or []}
+    why = ("not attempted: the spec is invalid" if failure.phase == "Failed"
+           else f"not attempted: {failure.reason} (see Ready)")
     conds = [_Cond("Ready", "False", failure.reason, failure.message),
-             _Cond("Scheduled", "Unknown", failure.reason, "not attempted: the spec is invalid"),
-             _Cond("Available", "False", failure.reason, "not attempted: the spec is invalid"),
-             _Cond("RolloutComplete", "Unknown", failure.reason,
-                   "not attempted: the spec is invalid")]
+             _Cond("Scheduled", "Unknown", failure.reason, why),
+             _Cond("Available", "False", failure.reason, why),
+             _Cond("RolloutComplete", "Unknown", failure.reason, why)]
     dep = o.deployment
     # A wait (the cache is being deleted, or went back to Downloading) while replicas still
     # serve: Degraded, and the URL they answer on stays. A spec to fix stays Failed.

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -51,6 +52,11 @@ PLURALS: dict[str, str] = {
 }
 
 
+# What the API server says when a policy, not the object's schema nor RBAC, refused a write.
+_POLICY_SAYS = ("denied request", "denied the request", "exceeded quota", "failed quota")
+_LIMIT_RANGE = re.compile(r"(maximum|minimum) \S+ usage per |ratio to request ")
+
+
 class ApiError(Exception):
     """The API server said no. `status` is the HTTP code, `message` its explanation."""
 
@@ -66,6 +72,17 @@ class ApiError(Exception):
     def namespace_terminating(self) -> bool:
         """Refused because the namespace is being deleted (NamespaceLifecycle admission)."""
         return self.status == 403 and "NamespaceTerminating" in self.causes
+
+    @property
+    def policy_refused(self) -> bool:
+        """Refused by a policy of the cluster, not for the object alone nor for RBAC: a
+        ValidatingAdmissionPolicy or an admission webhook that denied it, a ResourceQuota it
+        would exceed, a LimitRange's bounds. The policy can change while the object does not, so
+        the same object may be taken later."""
+        if self.status not in (400, 403, 422):
+            return False
+        return any(said in self.message for said in _POLICY_SAYS) or (
+            self.status == 403 and _LIMIT_RANGE.search(self.message) is not None)
 
     @property
     def invalid(self) -> bool:
