@@ -225,6 +225,10 @@ async def _ensure_implicit_cache(p: _Pass, implicit: Plan,
     except implicit_apply.CacheNameTaken as err:
         return Failure("CacheNameConflict", str(err))
     except ApiError as err:
+        if err.policy_refused:  # a ResourceQuota on modelcaches, an admission policy
+            return Failure("Refused", f"the cluster's policy refused the model cache "
+                           f"{p.namespace}/{implicit.name}: {err.message}; it is tried again at "
+                           "each resync", phase="Pending")
         raise Retry(f"cannot create or share the model cache {implicit.name}: {err}",
                     1.0 if err.status == 409 else 5.0) from err
     return None

@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from tests.cluster.conftest import Operator
+from tests.cluster.test_implicit_cache import asking, implicit_caches
+from tests.cluster.test_modelcache import two_nodes
 from tests.cluster.test_operator import apply, condition, md, status, wait_phase
 from tests.conftest import Kube
 from tests.helpers import wait_for
@@ -73,3 +75,32 @@ def test_a_deployment_denied_by_an_admission_policy_is_reported_and_retried(
     assert operator.alive()
     kube.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", freeze)
     wait_phase(kube, namespace, "frozen", "Ready", timeout=60)
+
+
+def test_an_implicit_cache_over_the_quota_is_reported_and_created_once_raised(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """A namespace's ResourceQuota allows no ModelCache: the model asking for one (autoCache)
+    got no status at all, the operator logging 'cannot create or share the model cache ...
+    exceeded quota' and asking again every few seconds."""
+    kube.kubectl("-n", namespace, "create", "quota", "caches",
+                 "--hard=count/modelcaches.serving.kubemaas.io=0")
+    wait_for(lambda: kube.kubectl("-n", namespace, "get", "quota", "caches", "-o",
+                                  "jsonpath={.status.hard}", check=False).stdout or None,
+             timeout=30, what="the quota controller to fill in the quota's status")
+    n1, _ = two_nodes(kube)
+    apply(kube, namespace, asking("auto", n1))
+    st = _refused(kube, namespace, "auto")
+    message = condition(st, "Ready")["message"]
+    assert "model cache" in message and "exceeded quota" in message, message
+    assert st["phase"] == "Pending", st
+    before = operator.wait_resyncs(1)
+    after = operator.wait_resyncs(4)
+    writes, passes = (after[k] - before[k] for k in ("apiWrites", "resyncs"))
+    assert writes <= passes + 1, (writes, passes)
+    kube.kubectl("-n", namespace, "patch", "quota", "caches", "--type=merge", "-p",
+                 '{"spec":{"hard":{"count/modelcaches.serving.kubemaas.io":"1"}}}')
+    wait_for(lambda: implicit_caches(kube, namespace) or None, timeout=60,
+             what="the model cache once the quota allows it")
+    wait_for(lambda: (lambda s: s if condition(s, "Ready").get("reason") == "CacheNotReady"
+                      else None)(status(kube, namespace, "auto")), timeout=30,
+             what="model auto waiting for its cache")
