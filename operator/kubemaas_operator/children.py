@@ -19,18 +19,11 @@ from .observed import deployment_info
 from .ownership import NameConflict, conflict_message, foreign_owner
 from .render import CHILD_KINDS, SPEC_HASH, canary_name
 from .render.autoscaler import Choice
-from .writes import Retry, pin_replicas
+from .writes import Refused, Retry, pin_replicas
 
 # (manifest, observed, role): role "main" (the children of CHILD_KINDS), "canary" (the canary
 # Deployment) or "route" (the HTTPRoute split's Services and HTTPRoute, an InferencePool).
 Pair = tuple[dict[str, Any], Mapping[str, Any] | None, str]
-
-
-class Refused(Exception):
-    """A policy of the cluster refused a child (a ValidatingAdmissionPolicy or webhook denied
-    it, a ResourceQuota or LimitRange does not allow it): not remembered like an invalid
-    manifest, since the policy may change while the manifest does not; the model says so in its
-    status and the child is tried again at the next reconcile."""
 
 
 class Forbidden(Exception):
@@ -147,6 +140,9 @@ async def _delete(c: Children, api_version: str, kind: str, name: str, said: str
     try:
         await c.cluster.delete(api_version, kind, c.namespace, name)
     except ApiError as err:
+        if err.policy_refused:
+            raise Refused(f"the cluster's policy refused to delete the {kind} {c.namespace}/"
+                          f"{name}: {err.message}; it is tried again at each resync") from err
         raise Retry(f"cannot delete the {kind} {c.namespace}/{name}: {err}") from err
     c.memory.forget(kind, c.namespace, name)
     c.deleted.append(said)

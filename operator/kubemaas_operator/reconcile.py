@@ -64,7 +64,7 @@ from .scheduling import Capacity, NodeInfo, PendingDemand, check_capacity, gpu_s
 from .sizing import gpu_types
 from .status import Failure, Observed, StatusResult, compute_status, failed_status
 from .timestamps import parse_time
-from .writes import Retry, write_status
+from .writes import Refused, Retry, write_status
 
 log = logging.getLogger("kubemaas.reconcile")
 
@@ -296,14 +296,15 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
     try:
         refused = await children.apply(c, targets.pairs, spec, rendered.autoscaler)
+        if refused is None:
+            await _settle_children(c, targets, spec, rendered)
     except NameConflict as err:
         return await _failed(p, outcome, Failure("NameConflict", str(err)), base)
-    except (children.Forbidden, children.Refused) as err:  # reason Forbidden or Refused
+    except (children.Forbidden, Refused) as err:  # reason Forbidden or Refused
         return await _failed(p, outcome, Failure(type(err).__name__, str(err), phase="Pending"),
                              base)
     if refused is not None:
         return await _failed(p, outcome, Failure("Rejected", refused), base)
-    await _settle_children(c, targets, spec, rendered)
 
     # 7. the status, from what is there now.
     cache = await _status(p, outcome, spec, rendered, targets, c, base, capacity, desired_n,

@@ -26,6 +26,13 @@ class Retry(Exception):
         self.delay = delay
 
 
+class Refused(Exception):
+    """A policy of the cluster refused a child (a ValidatingAdmissionPolicy or webhook denied
+    it, a ResourceQuota or LimitRange does not allow it): not remembered like an invalid
+    manifest, since the policy may change while the manifest does not; the model says so in its
+    status and the write is tried again at the next reconcile."""
+
+
 def _involved(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata") or {}
     return {"apiVersion": API_VERSION, "kind": KIND, "name": meta.get("name"),
@@ -62,6 +69,10 @@ async def pin_replicas(cluster: AsyncCluster, memory: Memory, name: str, namespa
     try:
         applied = await cluster.apply(replicas_manifest(name, namespace, replicas), FLOOR_MANAGER)
     except ApiError as err:
+        if err.policy_refused:
+            raise Refused(f"the cluster's policy refused {replicas} replica(s) for the "
+                          f"Deployment {namespace}/{name}: {err.message}; it is tried again at "
+                          "each resync") from err
         raise Retry(f"cannot set the replicas of the Deployment {namespace}/{name} to the "
                     f"autoscaling floor ({replicas}): {err}") from err
     memory.remember(applied)

@@ -5,6 +5,7 @@ operator writes at most once per resync, and the model recovers by itself once t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -21,17 +22,19 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 CPU = {"image": "ghcr.io/kubemaas/runtime:0.1.0", "resources": {"cpu": "1"}}
 
 
-def _policy(name: str, namespace: str) -> str:
-    """Deny every Deployment created or updated in `namespace`, with reason Forbidden (a 403,
-    like RBAC's) so that the operator must tell the two apart."""
+def _policy(name: str, namespace: str, expression: str = "false",
+            message: str = "no Deployments here during the freeze") -> str:
+    """Deny the Deployments created or updated in `namespace` (and their scale) for which
+    `expression` is false, with reason Forbidden (a 403, like RBAC's) so that the operator must
+    tell the two apart."""
     rules = [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-              "resources": ["deployments"]}]
+              "resources": ["deployments", "deployments/scale"]}]
     return yaml.safe_dump_all([
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
          "metadata": {"name": name},
          "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": rules},
-                  "validations": [{"expression": "false", "reason": "Forbidden",
-                                   "message": "no Deployments here during the freeze"}]}},
+                  "validations": [{"expression": expression, "reason": "Forbidden",
+                                   "message": message}]}},
         {"apiVersion": "admissionregistration.k8s.io/v1",
          "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": name},
          "spec": {"policyName": name, "validationActions": ["Deny"], "matchResources": {
@@ -39,15 +42,26 @@ def _policy(name: str, namespace: str) -> str:
                  "kubernetes.io/metadata.name": namespace}}}}}])
 
 
-@pytest.fixture
-def freeze(kube: Kube, namespace: str) -> Iterator[str]:
-    name = f"freeze-{namespace}"
-    kube.kubectl("apply", "-f", "-", input=_policy(name, namespace))
+@contextmanager
+def _policed(kube: Kube, namespace: str, **policy: str) -> Iterator[str]:
+    name = f"policy-{namespace}"
+    kube.kubectl("apply", "-f", "-", input=_policy(name, namespace, **policy))
     try:
+        # the policy is enforced a moment after it is created
+        wait_for(lambda: kube.kubectl("-n", namespace, "create", "deployment", "probe",
+                                      "--image=x", "--replicas=2", "--dry-run=server",
+                                      check=False).returncode != 0,
+                 timeout=30, what="the admission policy to be enforced")
         yield name
     finally:
         kube.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
                      name, "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def freeze(kube: Kube, namespace: str) -> Iterator[str]:
+    with _policed(kube, namespace) as name:
+        yield name
 
 
 def _refused(kube: Kube, namespace: str, name: str) -> dict[str, object]:
@@ -58,10 +72,6 @@ def _refused(kube: Kube, namespace: str, name: str) -> dict[str, object]:
 
 def test_a_deployment_denied_by_an_admission_policy_is_reported_and_retried(
         kube: Kube, namespace: str, operator: Operator, freeze: str) -> None:
-    # the policy is enforced a moment after it is created
-    wait_for(lambda: kube.kubectl("-n", namespace, "create", "deployment", "probe",
-                                  "--image=x", "--dry-run=server", check=False).returncode != 0,
-             timeout=30, what="the admission policy to be enforced")
     apply(kube, namespace, md("frozen", runtime=CPU))
     st = _refused(kube, namespace, "frozen")
     message = condition(st, "Ready")["message"]
@@ -104,3 +114,25 @@ def test_an_implicit_cache_over_the_quota_is_reported_and_created_once_raised(
     wait_for(lambda: (lambda s: s if condition(s, "Ready").get("reason") == "CacheNotReady"
                       else None)(status(kube, namespace, "auto")), timeout=30,
              what="model auto waiting for its cache")
+
+
+def test_an_autoscaling_floor_denied_by_an_admission_policy_is_reported(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """The Deployment is created (1 replica), the autoscaling floor's pin to minReplicas 2 is
+    denied: the model got no status at all, the operator logging 'cannot set the replicas of the
+    Deployment ... to the autoscaling floor (2)' and asking again every few seconds."""
+    auto = {"signal": "queue", "target": 4, "minReplicas": 2, "maxReplicas": 3}
+    with _policed(kube, namespace, expression="!has(object.spec.replicas) || "
+                  "object.spec.replicas <= 1", message="at most 1 replica here") as name:
+        apply(kube, namespace, md("floored", runtime=CPU, autoscaling=auto))
+        st = _refused(kube, namespace, "floored")
+        message = condition(st, "Ready")["message"]
+        assert "2 replica(s)" in message and "at most 1 replica here" in message, message
+        before = operator.wait_resyncs(1)
+        after = operator.wait_resyncs(4)
+        writes, passes = (after[k] - before[k] for k in ("apiWrites", "resyncs"))
+        assert writes <= passes + 1, (writes, passes)
+        kube.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                     name)
+        wait_for(lambda: (lambda s: s if s.get("readyReplicas") == 2 else None)(
+            status(kube, namespace, "floored")), timeout=60, what="floored at 2 replicas")
