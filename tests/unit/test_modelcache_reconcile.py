@@ -34,6 +34,9 @@ class _FakeCacheApi:
     async def post_event(self, *args: Any) -> None:
         self.calls.append(("event", args[2]))
 
+    async def claim_exists(self, namespace: str, name: str) -> bool:
+        return name != "missing"
+
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any],
                            previous: Any) -> dict[str, Any]:
         self.calls.append(("status", status))
@@ -122,3 +125,22 @@ def test_a_claim_the_api_server_refuses_fails_the_cache() -> None:
     assert "llama-cache" in status["message"] and "spec is immutable" in status["message"]
     assert status["conditions"][0]["reason"] == "ClaimRejected"
     assert not [c for c in fake.calls if c[0] == "apply"]
+
+
+def test_a_deleted_cache_whose_claim_was_never_made_is_not_held_for_ever() -> None:
+    """A pvc cache whose claim a ResourceQuota refused, deleted: its clean-up pod mounted the
+    claim that did not exist and stayed Pending ('persistentvolumeclaim "pc-cache" not
+    found'), and the finalizer with it, for good (seen on the testbed). Now no clean-up pod is
+    made for a claim that is not there, and the finalizer goes."""
+    from kubemaas_operator.modelcache.reconcile import CacheSnapshot, Memory, reconcile_cache
+    body = {"metadata": {"name": "pc", "namespace": "ml", "uid": "u-1", "generation": 1,
+                         "deletionTimestamp": "2026-11-30T19:00:00Z", "resourceVersion": "7",
+                         "finalizers": ["serving.kubemaas.io/model-cache-cleanup"]},
+            "spec": {"source": {"uri": "http://h/m.onnx"}, "storage": {
+                "type": "pvc", "pvc": {"claimName": "missing"}}}}
+    pending = _pod("pc-clean-pvc", "Pending", node=None, role="clean")
+    fake = _FakeCacheApi()
+    asyncio.run(reconcile_cache(CacheSnapshot(body=body, pods=[pending], nodes={}), fake,
+                                Memory()))  # type: ignore[arg-type]
+    assert ("finalizers", []) in fake.calls, fake.calls
+    assert not [c for c in fake.calls if c[0] == "apply"], fake.calls

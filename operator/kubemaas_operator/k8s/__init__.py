@@ -53,7 +53,8 @@ PLURALS: dict[str, str] = {
 
 
 # What the API server says when a policy, not the object's schema nor RBAC, refused a write.
-_POLICY_SAYS = ("denied request", "denied the request", "exceeded quota", "failed quota")
+_POLICY_SAYS = ("denied request", "denied the request", "exceeded quota", "failed quota",
+                "violates PodSecurity")
 _LIMIT_RANGE = re.compile(r"(maximum|minimum) \S+ usage per |ratio to request ")
 
 

@@ -27,6 +27,7 @@ from .render import (
     FINALIZER,
     CacheRef,
     claim,
+    claim_name,
     removal_pod,
     target_id,
 )
@@ -34,6 +35,9 @@ from .status import CachePod, Copy, Decision, cache_status, copy_state
 
 log = logging.getLogger("kubemaas.modelcache")
 LOG_TAIL = 5
+# A claim or pod a policy of the cluster refused (a ResourceQuota, a LimitRange, an admission
+# policy, Pod Security) is asked for again this often, not at once: the policy changes by hand.
+REFUSED_RETRY_S = 30.0
 _UNREADABLE: set[str] = set()  # pods whose log could not be read (said once)
 
 
@@ -165,6 +169,10 @@ async def _clean(snap: CacheSnapshot, api: CacheCluster, ref: CacheRef,
     when it waits (its node gone, its image). A failed one is said once, in an Event on the
     pass that finds none running (the passes before it come every 2 s)."""
     busy, failed = [], []
+    claim_of = claim_name(ref, spec)
+    if claim_of is not None and not await api.claim_exists(ref.namespace, claim_of):
+        return []  # no files: the claim was never made (refused), or is gone; a clean-up pod
+        # would wait for it for ever, and the finalizer with it
     for node in clean_targets(snap, spec):
         clean = next((p for p in snap.pods if p.role == "clean"
                       and p.target == target_id(node)), None)
@@ -272,14 +280,7 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
         status["optimizations"] = optimizing.entries
     decision.create += optimizing.create
     decision.delete += optimizing.delete
-    wanted_claim = claim(ref, spec)
-    if wanted_claim is not None and decision.create and not await _apply_claim(
-            api, wanted_claim, status):
-        decision.create = []  # pods would wait for the claim, or write to the old one
-    # Its own pods first: evictions make room for a download, so one the API server refuses
-    # (its namespace is being deleted: 403) must not evict another cache's copy.
-    if await _apply_pods(api, decision.create, status):
-        await _apply_pods(api, evictions, status, victims=True)
+    await _apply_children(api, claim(ref, spec), decision, evictions, status)
     for name in decision.delete:
         await api.delete_pod(ref.namespace, name)
     await _write(api, memory, body, previous, status)
@@ -293,6 +294,25 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     return min(waits) if waits else None
 
 
+async def _apply_children(api: CacheCluster, wanted_claim: dict[str, Any] | None,
+                          decision: Decision, evictions: list[dict[str, Any]],
+                          status: dict[str, Any]) -> None:
+    """The claim, the cache's own pods, then the evictions. A refused one ends the list and is
+    not asked for again at once (a refused write a second): a policy's refusal in
+    REFUSED_RETRY_S, an invalid one on the next change."""
+    if wanted_claim is not None and decision.create and not await _apply_claim(
+            api, wanted_claim, status):
+        decision.create = []  # pods would wait for the claim, or write to the old one
+    # Its own pods first: evictions make room for a download, so one the API server refuses
+    # (its namespace is being deleted: 403) must not evict another cache's copy.
+    elif await _apply_pods(api, decision.create, status):
+        await _apply_pods(api, evictions, status, victims=True)
+    else:
+        decision.create = []
+    if status.get("reason") == "Refused":
+        decision.requeue_after = REFUSED_RETRY_S
+
+
 async def _apply_claim(api: CacheCluster, manifest: dict[str, Any],
                        status: dict[str, Any]) -> bool:
     """Apply the claim the operator creates; one the API server refuses (a bound claim keeps
@@ -304,6 +324,9 @@ async def _apply_claim(api: CacheCluster, manifest: dict[str, Any],
         if not (err.invalid or err.status == 403):
             raise
         name = manifest["metadata"]["name"]
+        if err.policy_refused:
+            _refused(status, f"the claim {name}", err)
+            return False
         message = (f"the API server refused the claim {name}: {err.message}; a bound claim "
                    "keeps its storage class and cannot shrink: set spec.storage.pvc back, or "
                    "delete the claim and then change the ModelCache's spec")
@@ -312,6 +335,16 @@ async def _apply_claim(api: CacheCluster, manifest: dict[str, Any],
             condition.update(status="False", reason="ClaimRejected", message=message[:1024])
         return False
     return True
+
+
+def _refused(status: dict[str, Any], what: str, err: ApiError) -> None:
+    """A policy of the cluster refused a claim or pod: Pending (not Failed: the same spec is
+    taken once the policy allows it), asked again every REFUSED_RETRY_S."""
+    message = (f"the cluster's policy refused {what}: {err.message}; it is tried again every "
+               f"{REFUSED_RETRY_S:.0f} s")[:2048]
+    status.update(phase="Pending", reason="Refused", message=message)
+    for condition in status.get("conditions") or []:
+        condition.update(status="False", reason="Refused", message=message[:1024])
 
 
 async def _apply_pods(api: CacheCluster, manifests: list[dict[str, Any]],
@@ -327,7 +360,10 @@ async def _apply_pods(api: CacheCluster, manifests: list[dict[str, Any]],
                 log.info("not evicting from %s: its namespace is being deleted",
                          manifest["metadata"]["namespace"])
                 continue
-            if err.invalid or err.status == 403:  # e.g. Pod Security refuses the hostPath
+            if err.policy_refused:  # e.g. a ResourceQuota, Pod Security refuses the hostPath
+                _refused(status, f"the pod {manifest['metadata']['name']}", err)
+                return False
+            if err.invalid or err.status == 403:
                 status.update(phase="Failed", reason="PodRejected", message=(
                     f"the API server refused the pod {manifest['metadata']['name']}: "
                     f"{err.message}"))
