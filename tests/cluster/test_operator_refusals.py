@@ -12,7 +12,7 @@ import yaml
 
 from tests.cluster.conftest import Operator
 from tests.cluster.test_implicit_cache import asking, implicit_caches
-from tests.cluster.test_modelcache import two_nodes
+from tests.cluster.test_modelcache import cache, cache_pods, cache_status, two_nodes
 from tests.cluster.test_operator import apply, condition, md, status, wait_phase
 from tests.conftest import Kube
 from tests.helpers import wait_for
@@ -136,3 +136,26 @@ def test_an_autoscaling_floor_denied_by_an_admission_policy_is_reported(
                      name)
         wait_for(lambda: (lambda s: s if s.get("readyReplicas") == 2 else None)(
             status(kube, namespace, "floored")), timeout=60, what="floored at 2 replicas")
+
+
+def test_a_cache_pod_over_the_quota_is_refused_quietly_and_started_once_raised(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """A ResourceQuota of 0 pods: the cache went Failed/PodRejected and the operator created the
+    refused download pod again every second, for ever."""
+    kube.kubectl("-n", namespace, "create", "quota", "pods", "--hard=pods=0")
+    wait_for(lambda: kube.kubectl("-n", namespace, "get", "quota", "pods", "-o",
+                                  "jsonpath={.status.hard}", check=False).stdout or None,
+             timeout=30, what="the quota controller to fill in the quota's status")
+    n1, _ = two_nodes(kube)
+    apply(kube, namespace, cache("quota", [n1]))
+    st = wait_for(lambda: (lambda s: s if s.get("reason") == "Refused" else None)(
+        cache_status(kube, namespace, "quota")), timeout=30, what="the cache Refused")
+    assert st["phase"] == "Pending" and "exceeded quota" in st["message"], st
+    before = operator.wait_resyncs(1)
+    after = operator.wait_resyncs(4)
+    writes = after["apiWrites"] - before["apiWrites"]
+    assert writes <= 2, writes  # a refused pod every 30 s, not every second
+    kube.kubectl("-n", namespace, "patch", "quota", "pods", "--type=merge", "-p",
+                 '{"spec":{"hard":{"pods":"5"}}}')
+    wait_for(lambda: cache_pods(kube, namespace, "quota") or None, timeout=60,
+             what="the download pod once the quota allows it")
