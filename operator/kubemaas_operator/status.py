@@ -297,14 +297,16 @@ def failed_status(failure: Failure, o: Observed, gpu: str = "-") -> StatusResult
     prev_conds = {c.get("type"): c for c in o.previous.get("conditions") or []}
     why = ("not attempted: the spec is invalid" if failure.phase == "Failed"
            else f"not attempted: {failure.reason} (see Ready)")
-    conds = [_Cond("Ready", "False", failure.reason, failure.message),
-             _Cond("Scheduled", "Unknown", failure.reason, why),
-             _Cond("Available", "False", failure.reason, why),
-             _Cond("RolloutComplete", "Unknown", failure.reason, why)]
     dep = o.deployment
     # A wait (the cache is being deleted, or went back to Downloading) while replicas still
     # serve: Degraded, and the URL they answer on stays. A spec to fix stays Failed.
     serving = failure.phase == "Pending" and dep is not None and dep.ready_replicas > 0
+    conds = [_Cond("Ready", "False", failure.reason, failure.message),
+             _Cond("Scheduled", "Unknown", failure.reason, why),
+             _Cond("Available", "True", "MinimumReplicasReady",
+                   f"{dep.ready_replicas}/{dep.replicas} replicas ready") if serving and dep
+             else _Cond("Available", "False", failure.reason, why),
+             _Cond("RolloutComplete", "Unknown", failure.reason, why)]
     status: dict[str, Any] = {
         "phase": "Degraded" if serving else failure.phase, "observedGeneration": o.generation,
         "replicas": dep.replicas if dep else 0,

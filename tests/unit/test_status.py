@@ -188,6 +188,9 @@ def test_a_wait_while_replicas_serve_is_degraded_with_its_url() -> None:
                                          previous={"url": url})).status
     assert (st["phase"], st["url"]) == ("Degraded", url), st
     assert cond(st, "Ready")["reason"] == "CacheDeleting"
+    # its replicas answer: Available, not 'False, not attempted' (seen with a Refused child)
+    assert (cond(st, "Available")["status"], cond(st, "Available")["message"]) == (
+        "True", "1/2 replicas ready"), st
     idle = failed_status(waiting, observed(url=None, previous={"url": url})).status
     assert idle["phase"] == "Pending" and "url" not in idle
     # a spec to fix stays Failed, serving or not (test_operator's template case)
