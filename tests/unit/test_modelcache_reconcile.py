@@ -34,7 +34,7 @@ class _FakeCacheApi:
     async def post_event(self, *args: Any) -> None:
         self.calls.append(("event", args[2]))
 
-    async def claim_exists(self, namespace: str, name: str) -> bool:
+    async def claim_bound(self, namespace: str, name: str) -> bool:
         return name != "missing"
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any],
@@ -131,7 +131,7 @@ def test_a_deleted_cache_whose_claim_was_never_made_is_not_held_for_ever() -> No
     """A pvc cache whose claim a ResourceQuota refused, deleted: its clean-up pod mounted the
     claim that did not exist and stayed Pending ('persistentvolumeclaim "pc-cache" not
     found'), and the finalizer with it, for good (seen on the testbed). Now no clean-up pod is
-    made for a claim that is not there, and the finalizer goes."""
+    made for a claim that is not there or was never bound, and the finalizer goes."""
     from kubemaas_operator.modelcache.reconcile import CacheSnapshot, Memory, reconcile_cache
     body = {"metadata": {"name": "pc", "namespace": "ml", "uid": "u-1", "generation": 1,
                          "deletionTimestamp": "2026-11-30T19:00:00Z", "resourceVersion": "7",

@@ -124,9 +124,10 @@ class CacheCluster:
     async def delete_cache(self, namespace: str, name: str, resource_version: str) -> None:
         await self._status_pool(_delete_cache, namespace, name, resource_version)
 
-    async def claim_exists(self, namespace: str, name: str) -> bool:
-        return await self.cluster.get_optional("v1", "PersistentVolumeClaim", namespace,
-                                               name) is not None
+    async def claim_bound(self, namespace: str, name: str) -> bool:
+        """Whether the claim exists and was ever bound (an unbound one holds no files)."""
+        claim = await self.cluster.get_optional("v1", "PersistentVolumeClaim", namespace, name)
+        return claim is not None and (claim.get("status") or {}).get("phase") != "Pending"
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         await self.cluster.delete("v1", "Pod", namespace, name)

@@ -170,9 +170,9 @@ async def _clean(snap: CacheSnapshot, api: CacheCluster, ref: CacheRef,
     pass that finds none running (the passes before it come every 2 s)."""
     busy, failed = [], []
     claim_of = claim_name(ref, spec)
-    if claim_of is not None and not await api.claim_exists(ref.namespace, claim_of):
-        return []  # no files: the claim was never made (refused), or is gone; a clean-up pod
-        # would wait for it for ever, and the finalizer with it
+    if claim_of is not None and not await api.claim_bound(ref.namespace, claim_of):
+        return []  # no files: the claim was never made (refused) or bound, or is gone; a
+        # clean-up pod would wait for it for ever, and the finalizer with it
     for node in clean_targets(snap, spec):
         clean = next((p for p in snap.pods if p.role == "clean"
                       and p.target == target_id(node)), None)
