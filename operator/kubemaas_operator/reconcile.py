@@ -252,6 +252,20 @@ async def _settle_children(c: Children, targets: _Targets, spec: ModelDeployment
     await children.hold_floor(c, spec, rendered.autoscaler)
 
 
+async def _apply_children(c: Children, targets: _Targets, spec: ModelDeploymentSpec,
+                          rendered: Rendered) -> Failure | None:
+    """The applies and deletes of step 6; what stopped them, as the model's failure."""
+    try:
+        refused = await children.apply(c, targets.pairs, spec, rendered.autoscaler)
+        if refused is None:
+            await _settle_children(c, targets, spec, rendered)
+    except NameConflict as err:
+        return Failure("NameConflict", str(err))
+    except (children.Forbidden, Refused) as err:  # reason Forbidden or Refused
+        return Failure(type(err).__name__, str(err), phase="Pending")
+    return None if refused is None else Failure("Rejected", refused)
+
+
 async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                     memory: Memory, now: datetime | None = None) -> Outcome:
     meta = snap.body.get("metadata") or {}
@@ -294,17 +308,9 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                              base.previous, capacity, c)
 
     # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
-    try:
-        refused = await children.apply(c, targets.pairs, spec, rendered.autoscaler)
-        if refused is None:
-            await _settle_children(c, targets, spec, rendered)
-    except NameConflict as err:
-        return await _failed(p, outcome, Failure("NameConflict", str(err)), base)
-    except (children.Forbidden, Refused) as err:  # reason Forbidden or Refused
-        return await _failed(p, outcome, Failure(type(err).__name__, str(err), phase="Pending"),
-                             base)
-    if refused is not None:
-        return await _failed(p, outcome, Failure("Rejected", refused), base)
+    failure = await _apply_children(c, targets, spec, rendered)
+    if failure is not None:
+        return await _failed(p, outcome, failure, base)
 
     # 7. the status, from what is there now.
     cache = await _status(p, outcome, spec, rendered, targets, c, base, capacity, desired_n,
