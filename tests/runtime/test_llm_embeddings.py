@@ -6,6 +6,7 @@ bad input is a 400 and the server keeps serving."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 import torch
@@ -138,7 +140,7 @@ def test_vllms_pooling_route_answers_each_inputs_vector(server: Server) -> None:
     chat = server.post_json("/pooling", {"messages": messages})
     assert chat[0] == 200 and chat[1]["data"][0]["data"] == embed(server, {
         "messages": messages, "encoding_format": "float"})["data"][0]["embedding"], chat
-    for bad, param in (({"task": "classify"}, "task"), ({"task": "token_embed"}, "task"),
+    for bad, param in (({"task": "classify"}, "task"), ({"task": "token_classify"}, "task"),
                        ({"task": 3}, "task"), ({"encoding_format": "bytes"},
                                                "encoding_format"),
                        ({"use_activation": False}, "use_activation")):
@@ -146,6 +148,56 @@ def test_vllms_pooling_route_answers_each_inputs_vector(server: Server) -> None:
         assert status == 400 and body["error"]["param"] == param, body
     status, body = server.post_json("/pooling", ["a"])
     assert status == 400, body
+
+
+def token_states(base_model: Any, ids: list[int], normalize: bool = True) -> torch.Tensor:
+    """Each token's last hidden state from the model's forward over this input alone."""
+    with torch.inference_mode():
+        hidden = base_model(torch.tensor([ids])).last_hidden_state[0]
+    return torch.nn.functional.normalize(hidden, dim=-1) if normalize else hidden
+
+
+def test_pooling_token_embed_answers_each_tokens_state(server: Server, base_model: Any,
+                                                       tiny_llama: Path) -> None:
+    """vLLM's task token_embed: per input, each token's hidden state in order, normalized each
+    (it was a 400); batched with other requests' inputs, it equals the input's own forward."""
+    jobs = [TEXTS[i % len(TEXTS)] * (1 + i % 2) for i in range(12)]
+
+    def ask(i: int) -> dict[str, Any]:
+        doc = {"input": [jobs[i], TEXTS[0]], "task": "token_embed"} if i % 3 else \
+            {"input": jobs[i]}  # an embed request batched beside them
+        status, body = server.post_json("/pooling", doc)
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(ask, range(12)))
+    for i, answer in enumerate(answers):
+        ids = ref.prompt_ids(tiny_llama, jobs[i])
+        if i % 3 == 0:
+            torch.testing.assert_close(torch.tensor(answer["data"][0]["data"]),
+                                       expected(base_model, ids), rtol=1e-5, atol=1e-5)
+            continue
+        first = ref.prompt_ids(tiny_llama, TEXTS[0])
+        assert answer["usage"]["prompt_tokens"] == len(ids) + len(first)
+        for row, want in zip(answer["data"], (ids, first), strict=True):
+            torch.testing.assert_close(torch.tensor(row["data"]), token_states(base_model, want),
+                                       rtol=1e-5, atol=1e-5)
+    ids = ref.prompt_ids(tiny_llama, TEXTS[1])
+    status, packed = server.post_json("/pooling", {"input": ids, "task": "token_embed",
+                                                   "encoding_format": "base64",
+                                                   "normalize": False})
+    assert status == 200, packed
+    raw = np.frombuffer(base64.b64decode(packed["data"][0]["data"]), dtype="<f4")
+    torch.testing.assert_close(torch.tensor(raw.reshape(len(ids), -1)),
+                               token_states(base_model, ids, normalize=False),
+                               rtol=1e-5, atol=1e-5)
+    for bad, param in (({"dimensions": 4}, "dimensions"), ({"use_activation": True},
+                                                           "use_activation"),
+                       ({"input": ""}, "input"), ({"input": [[]]}, "input")):
+        status, body = server.post_json("/pooling", {"input": "a", "task": "token_embed",
+                                                     **bad})
+        assert status == 400 and body["error"]["param"] == param, body
 
 
 def test_truncate_prompt_tokens_minus_one_is_the_models_length(server: Server, base_model: Any,
@@ -331,6 +383,12 @@ def test_sentence_transformers_dense_modules_are_applied(matryoshka_dir: Path,
         torch.testing.assert_close(vector, want, rtol=1e-5, atol=1e-5)
         status, body = server.post_json("/v1/embeddings", {"input": "a", "dimensions": 20})
         assert status == 400, body
+        status, tokens = server.post_json("/pooling", {"input": ids, "task": "token_embed"})
+        with torch.inference_mode():  # vLLM's token_embed: each token through the Dense
+            states = second(torch.tanh(first(token_states(base_model, ids, False))))
+        torch.testing.assert_close(torch.tensor(tokens["data"][0]["data"]),
+                                   torch.nn.functional.normalize(states, dim=-1),
+                                   rtol=1e-5, atol=1e-5)
     finally:
         assert server.stop() == 0
 

@@ -233,7 +233,7 @@ def test_a_decoder_classifier_classifies_each_input_alone(models: dict[str, Path
                                          "use_activation": False, "encoding_format": "base64"})
         row = np.frombuffer(base64.b64decode(packed["data"][0]["data"]), dtype="<f4")
         assert row.tolist() == pytest.approx(want[0].tolist(), abs=1e-5)
-        for task in ("embed", "token_classify"):
+        for task in ("embed", "token_embed", "token_classify"):
             status, body = server.post_json("/pooling", {"input": "a", "task": task})
             assert status == 400 and body["error"]["param"] == "task", body
         for key, value in (("dimensions", 2), ("normalize", False)):  # embed's, not ignored

@@ -178,15 +178,32 @@ def pool(hidden: torch.Tensor, lengths: list[int], kind: str) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def pooled_rows(model: Any, kind: str, dense: torch.nn.Module | None = None) -> RowFn:
+class PooledRows:
     """An embedding model's rows: its last hidden states pooled by ``kind``, then through
-    ``dense`` (sentence-transformers' Dense modules, float32) when there is one."""
-    def run(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None,
-            lengths: list[int]) -> torch.Tensor:
-        rows = pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, lengths, kind)
-        return rows if dense is None else dense(rows)
+    ``dense`` (sentence-transformers' Dense modules, float32) when there is one. ``tokens``:
+    the same forward, and for the rows flagged each of its tokens' hidden states (through
+    ``dense``) instead of the pooled vector (vLLM's ``token_embed``)."""
 
-    return run
+    def __init__(self, model: Any, kind: str, dense: torch.nn.Module | None = None) -> None:
+        self.model, self.kind, self.dense = model, kind, dense
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None,
+                 lengths: list[int]) -> torch.Tensor:
+        rows = pool(self.model(input_ids=ids, attention_mask=mask).last_hidden_state, lengths,
+                    self.kind)
+        return rows if self.dense is None else self.dense(rows)
+
+    def tokens(self, ids: torch.Tensor, mask: torch.Tensor, lengths: list[int],
+               flags: list[bool]) -> list[torch.Tensor]:
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        rows = pool(hidden, lengths, self.kind)
+        out = [hidden[i, :n].float() if flag else rows[i]
+               for i, (n, flag) in enumerate(zip(lengths, flags, strict=True))]
+        return out if self.dense is None else [self.dense(row) for row in out]
+
+
+def pooled_rows(model: Any, kind: str, dense: torch.nn.Module | None = None) -> PooledRows:
+    return PooledRows(model, kind, dense)
 
 
 class Overloaded(Exception):
@@ -198,6 +215,7 @@ class _Item:
     ids: list[int]
     types: list[int] | None  # token types (a pair, for an encoder that reads them)
     future: asyncio.Future[torch.Tensor]
+    per_token: bool = False  # each token's row ([tokens, H]) instead of the pooled one
 
 
 class Embedder(EngineThread):
@@ -219,9 +237,15 @@ class Embedder(EngineThread):
     def num_waiting(self) -> int:
         return len(self._queue)
 
-    async def embed(self, inputs: list[list[int]], types: list[list[int]] | None = None
-                    ) -> list[torch.Tensor]:
-        """One vector per input (float32); Overloaded when the queue is full. A request of
+    @property
+    def per_token(self) -> bool:
+        """Whether it can answer each token's row (an embedding model's hidden states)."""
+        return isinstance(self.run, PooledRows)
+
+    async def embed(self, inputs: list[list[int]], types: list[list[int]] | None = None,
+                    per_token: bool = False) -> list[torch.Tensor]:
+        """One vector per input (float32; ``per_token``: one per token, [tokens, H]);
+        Overloaded when the queue is full. A request of
         more inputs than the queue holds is taken when nothing else waits or runs (a rerank of
         many documents is one request: refusing it would refuse it for good)."""
         loop = asyncio.get_running_loop()
@@ -230,7 +254,7 @@ class Embedder(EngineThread):
             if busy and busy + len(inputs) > self.max_queue:
                 raise Overloaded(f"{len(self._queue) + self.num_running} inputs are waiting "
                                  f"or running, the limit is {self.max_queue}")
-            items = [_Item(ids, types[i] if types else None, loop.create_future())
+            items = [_Item(ids, types[i] if types else None, loop.create_future(), per_token)
                      for i, ids in enumerate(inputs)]
             self._queue.extend(items)
             self._wake.notify()
@@ -242,7 +266,9 @@ class Embedder(EngineThread):
 
     def embed_sync(self, inputs: list[list[int]]) -> torch.Tensor:
         """In the calling thread (tests, warm-up): one padded batch."""
-        return self._forward(inputs, [None] * len(inputs))
+        vectors = self._forward(inputs, [None] * len(inputs))
+        assert isinstance(vectors, torch.Tensor)
+        return vectors
 
     def _take(self) -> list[_Item] | None:
         with self._wake:
@@ -281,8 +307,9 @@ class Embedder(EngineThread):
             if not batch:
                 continue
             try:
-                vectors: list[Any] = list(self._forward([item.ids for item in batch],
-                                                        [item.types for item in batch]))
+                vectors: list[Any] = list(self._forward(
+                    [item.ids for item in batch], [item.types for item in batch],
+                    [item.per_token for item in batch]))
             except Exception as exc:  # fail this batch, keep serving
                 log.exception("embedding batch failed")
                 vectors = [exc] * len(batch)
@@ -291,8 +318,8 @@ class Embedder(EngineThread):
                 with contextlib.suppress(RuntimeError):  # the loop closed: exiting
                     self._loop.call_soon_threadsafe(_deliver, batch, vectors)
 
-    def _forward(self, inputs: list[list[int]], row_types: list[list[int] | None]
-                 ) -> torch.Tensor:
+    def _forward(self, inputs: list[list[int]], row_types: list[list[int] | None],
+                 per_token: list[bool] | None = None) -> torch.Tensor | list[torch.Tensor]:
         lengths = [len(ids) for ids in inputs]
         width = max(lengths)
         ids = torch.full((len(inputs), width), self.pad_id, dtype=torch.long)
@@ -306,9 +333,15 @@ class Embedder(EngineThread):
             if types is not None and row_types[i]:
                 types[i, :len(row)] = torch.tensor(row_types[i])
         t0 = time.perf_counter()
+        vectors: torch.Tensor | list[torch.Tensor]
         with torch.inference_mode():
-            vectors = self.run(ids.to(self.device), mask.to(self.device),
-                               None if types is None else types.to(self.device), lengths).cpu()
+            if per_token and any(per_token) and isinstance(self.run, PooledRows):
+                vectors = [row.cpu() for row in self.run.tokens(
+                    ids.to(self.device), mask.to(self.device), lengths, per_token)]
+            else:
+                vectors = self.run(ids.to(self.device), mask.to(self.device),
+                                   None if types is None else types.to(self.device),
+                                   lengths).cpu()
         log.debug("embedding batch", extra={"fields": {
             "rows": len(inputs), "width": width, "ms": round(1e3 * (time.perf_counter() - t0),
                                                              3)}})

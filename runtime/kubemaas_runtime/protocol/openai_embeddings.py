@@ -159,7 +159,7 @@ def parse_embedding(doc: Any, vocab: int, chat_ids: list[int] | None = None
                             optional(doc, "normalize", bool))
 
 
-def _check_dimensions(pooled: Pooled, dims: int | None) -> None:
+def check_dimensions(pooled: Pooled, dims: int | None) -> None:
     if dims is None or dims == pooled.hidden_size:
         return
     cuts = pooled.matryoshka
@@ -219,13 +219,14 @@ def check_model(name: str | None, model_name: str) -> None:
 
 
 async def run_pooled(pooled: Pooled, inputs: list[list[int]], model_name: str,
-                     types: list[list[int]] | None = None) -> list[torch.Tensor]:
-    """The model's row for each input, and the request counted in the metrics and the
-    caller's token usage; a full queue is a 429."""
+                     types: list[list[int]] | None = None, per_token: bool = False
+                     ) -> list[torch.Tensor]:
+    """The model's row for each input (``per_token``: each of its tokens' rows), and the
+    request counted in the metrics and the caller's token usage; a full queue is a 429."""
     arrival = time.monotonic()
     m = pooled.metrics
     try:
-        rows = await pooled.embedder.embed(inputs, types)
+        rows = await pooled.embedder.embed(inputs, types, per_token)
     except Overloaded as exc:
         m.rejected.inc(m.label)
         raise ApiError(429, f"too many requests: {exc}; retry later",
@@ -268,7 +269,7 @@ async def embeddings(pooled: Pooled, doc: Any, model_name: str,
     if pooled.classifier is not None:
         raise ApiError(400, f"the model '{model_name}' is a classifier: it answers "
                        f"{pooled.routes()}, not embeddings")
-    _check_dimensions(pooled, req.dimensions)
+    check_dimensions(pooled, req.dimensions)
     inputs = await tokenize_inputs(pooled, req.texts, req.token_ids, req.add_special_tokens,
                                    req.truncate)
     vectors = await run_pooled(pooled, inputs, model_name)

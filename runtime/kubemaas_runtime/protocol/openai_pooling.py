@@ -4,26 +4,41 @@
 with ``encoding_format`` base64.
 
 ``task`` ``embed`` (an embedding model: the vector /v1/embeddings answers, with its
-``dimensions`` and ``normalize``) or ``classify`` (a classifier: the row /classify answers as
-``probs``, with ``use_activation``); without ``task``, the one the model serves. vLLM's
-per-token tasks (``token_embed``, ``token_classify``: one row per token, its default where the
-model has them) are not served: the pooling engine gives one row per input.
+``dimensions`` and ``normalize``), ``classify`` (a classifier: the row /classify answers as
+``probs``, with ``use_activation``) or ``token_embed`` (an embedding model: each token's
+hidden state, through any Dense modules, cut to ``dimensions`` and normalized each, as vLLM's
+TokenEmbeddingPoolerHead; ``data`` a list of per-token vectors, or base64 of them all, row
+after row); without ``task``, the one per input the model serves (vLLM's default is its
+per-token task: kept out on purpose, /pooling here answers what the model is served for).
+``token_classify`` needs a token-classification model, which is not served: 400.
 """
 
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import numpy as np
+import torch
 
-from .openai_embeddings import Pooled, embeddings
+from .openai_embeddings import (
+    Pooled,
+    check_dimensions,
+    check_model,
+    embeddings,
+    parse_embedding,
+    run_pooled,
+    tokenize_inputs,
+)
 from .openai_errors import ApiError, bad_request
+from .openai_request_id import request_id
 from .openai_scores import classify
 
-TASKS = ("embed", "classify")
+TASKS = ("embed", "classify", "token_embed", "token_classify")
 _PARAMS = {"embed": ("dimensions", "normalize"),
            "classify": ("use_activation", "activation", "softmax")}
+_PARAMS["token_embed"] = _PARAMS["embed"]
 
 
 def _task(pooled: Pooled, doc: dict[str, Any], model_name: str) -> str:
@@ -32,9 +47,13 @@ def _task(pooled: Pooled, doc: dict[str, Any], model_name: str) -> str:
     if task is None:
         return served
     if task not in TASKS:
-        raise bad_request(f"'task' {task!r} is not served: one row per input is (embed for an "
-                          "embedding model, classify for a classifier); per-token outputs "
-                          "(token_embed, token_classify) are not", "task")
+        raise bad_request(f"'task' {task!r} is not one of {', '.join(TASKS)}", "task")
+    if task == "token_classify":
+        raise bad_request("task token_classify needs a token-classification model "
+                          f"(*ForTokenClassification): the model '{model_name}' is not one "
+                          "(such models are not served)", "task")
+    if task == "token_embed" and served == "embed" and pooled.embedder.per_token:
+        return "token_embed"
     if task != served:
         what = "an embedding model" if served == "embed" else "a classifier"
         raise bad_request(f"the model '{model_name}' is {what}: its task is {served}, not "
@@ -44,7 +63,7 @@ def _task(pooled: Pooled, doc: dict[str, Any], model_name: str) -> str:
 
 def _check_params(doc: dict[str, Any], task: str) -> None:
     """vLLM's rule: a parameter of the other task is refused, not ignored."""
-    others = _PARAMS["classify" if task == "embed" else "embed"]
+    others = _PARAMS["embed" if task == "classify" else "classify"]
     for key in others:
         if doc.get(key) is not None:
             raise bad_request(f"task {task} does not take '{key}' (it takes "
@@ -60,7 +79,10 @@ async def pooling(pooled: Pooled, doc: Any, model_name: str,
     fmt = doc.get("encoding_format", "float")
     if fmt not in ("float", "base64", None):
         raise bad_request("'encoding_format' must be float or base64", "encoding_format")
-    if task == "embed":
+    if task == "token_embed":
+        answer = await token_embeddings(pooled, doc, model_name, chat_ids)
+        rows = answer["data"]
+    elif task == "embed":
         answer = await embeddings(pooled, doc, model_name, chat_ids)
         rows = [item["embedding"] for item in answer["data"]]
     else:
@@ -74,3 +96,30 @@ async def pooling(pooled: Pooled, doc: Any, model_name: str,
             "data": [{"index": i, "object": "pooling", "data": row}
                      for i, row in enumerate(rows)],
             "usage": answer["usage"]}
+
+
+async def token_embeddings(pooled: Pooled, doc: dict[str, Any], model_name: str,
+                           chat_ids: list[int] | None) -> dict[str, Any]:
+    """vLLM's ``token_embed``: each input's tokens' hidden states, in order (through any Dense
+    modules), cut to ``dimensions`` and normalized per token as the model's pooling (or
+    ``normalize``) says; one forward, batched with the other inputs waiting."""
+    req = parse_embedding(doc, pooled.vocab_size, chat_ids)
+    check_model(req.model, model_name)
+    check_dimensions(pooled, req.dimensions)
+    inputs = await tokenize_inputs(pooled, req.texts, req.token_ids, req.add_special_tokens,
+                                   req.truncate)
+    states = await run_pooled(pooled, inputs, model_name, per_token=True)
+    assert pooled.embedder.pooling is not None
+    normalize = pooled.embedder.pooling.normalize if req.normalize is None else req.normalize
+    rows: list[Any] = []
+    for tokens in states:
+        if req.dimensions is not None:
+            tokens = tokens[:, :req.dimensions]
+        if normalize:
+            tokens = torch.nn.functional.normalize(tokens, dim=-1)
+        values = tokens.numpy().astype("<f4")
+        rows.append(base64.b64encode(values.tobytes()).decode() if req.base64
+                    else values.tolist())
+    used = sum(map(len, inputs))
+    return {"id": "embd-" + request_id(), "created": int(time.time()), "model": model_name,
+            "data": rows, "usage": {"prompt_tokens": used, "total_tokens": used}}
