@@ -97,3 +97,41 @@ def test_a_cross_encoder_reads_do_lower_case(models: dict[str, Path], tmp_path: 
         assert [d["score"] for d in got["data"]] == pytest.approx(want, abs=1e-5)
     finally:
         assert server.stop() == 0
+
+
+def test_truncation_keeps_an_encoders_special_tokens(models: dict[str, Path]) -> None:
+    """truncate_prompt_tokens on an encoder embedding model cut the tokenized text from the
+    left, special tokens included: 4 kept ``w w w [SEP]`` (no [CLS], which it pools), 1 kept
+    ``[SEP]`` alone. Now, as vLLM's tokenizer call (truncation, max_length, from the left):
+    [CLS], the text's last tokens, [SEP]; a cut to the 2 special tokens or fewer is a 400.
+    Token ids sent are cut as they are (vLLM's)."""
+    import torch
+    import transformers
+
+    path = models["bert-embed"]
+    tok = transformers.AutoTokenizer.from_pretrained(str(path))
+    model = transformers.AutoModel.from_pretrained(str(path)).eval()
+    text = "the quick brown fox jumps over the lazy dog"
+    full = tok(text)["input_ids"]
+    server = start_llm_server(path)
+    try:
+        for keep in (3, 4, 7):
+            got = ok(server, "/v1/embeddings", {"input": text, "truncate_prompt_tokens": keep,
+                                                "normalize": False})
+            ids = [full[0], *full[1:-1][-(keep - 2):], full[-1]]
+            assert got["usage"]["prompt_tokens"] == keep
+            with torch.inference_mode():
+                want = model(torch.tensor([ids])).last_hidden_state[0, 0]
+            torch.testing.assert_close(torch.tensor(got["data"][0]["embedding"]), want,
+                                       rtol=1e-5, atol=1e-5)
+        short = ok(server, "/v1/embeddings", {"input": "fox", "truncate_prompt_tokens": 3})
+        assert short["usage"]["prompt_tokens"] == len(tok("fox")["input_ids"])
+        for keep in (1, 2):
+            status, body = server.post_json("/v1/embeddings", {
+                "input": text, "truncate_prompt_tokens": keep})
+            assert status == 400 and body["error"]["param"] == "truncate_prompt_tokens" and \
+                "takes 2 special tokens" in body["error"]["message"], body
+        raw = ok(server, "/v1/embeddings", {"input": full, "truncate_prompt_tokens": 1})
+        assert raw["usage"]["prompt_tokens"] == 1
+    finally:
+        assert server.stop() == 0

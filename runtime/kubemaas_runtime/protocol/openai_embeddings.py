@@ -183,26 +183,66 @@ async def tokenize_inputs(pooled: Pooled, texts: list[str] | None,
                           truncate: int | None,
                           label: Callable[[int], tuple[str, str]] = input_label
                           ) -> list[list[int]]:
-    """Each input's token ids (``truncate``: its last so many), each checked against the
-    model's length (``label``: how an error names the input)."""
+    """Each input's token ids (``truncate``: its last so many; a text's special tokens kept),
+    each checked against the model's length (``label``: how an error names the input)."""
     if texts is not None and pooled.lower_case:
         texts = [t.lower() for t in texts]
-    if token_ids is not None:
-        inputs = token_ids
-    elif sum(len(t) for t in texts or ()) > TOKENIZE_OFF_LOOP_CHARS:
-        inputs = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: [pooled.encode_off_loop(t, special) for t in texts or ()])
-    else:
-        inputs = [pooled.encode(t, special) for t in texts or ()]
     truncate = truncation(pooled, truncate)
-    if truncate is not None:
-        inputs = [ids[-truncate:] for ids in inputs]
+    if token_ids is not None:
+        inputs = [ids[-truncate:] for ids in token_ids] if truncate else token_ids
+    else:
+        if truncate is not None and special:
+            _check_room(pooled, truncate)
+        inputs = await _encode_texts(pooled, texts or [], special, truncate)
     for i, ids in enumerate(inputs):
         what, param = label(i)
         if not ids:
             raise bad_request(f"{what} has no tokens", param)
         check_length(pooled, len(ids), what, param)
     return inputs
+
+
+def _check_room(pooled: Pooled, truncate: int) -> None:
+    """A cut to the text's special tokens or fewer would keep no token of the text."""
+    specials = pooled.tokenizer.num_special_tokens_to_add(pair=False)
+    if specials and truncate <= specials:
+        raise bad_request(f"'truncate_prompt_tokens' ({truncate}) leaves no room for the text: "
+                          f"this model's input takes {specials} special tokens, so it must be "
+                          f"at least {specials + 1}", "truncate_prompt_tokens")
+
+
+async def _encode_texts(pooled: Pooled, texts: list[str], special: bool, truncate: int | None
+                        ) -> list[list[int]]:
+    """The texts' ids, cut as vLLM's tokenizer call (``truncation``, ``max_length``, from the
+    left) cuts them: the last tokens of the text, between its special tokens."""
+    def run(encode: Callable[[str, bool], list[int]]) -> list[list[int]]:
+        out = []
+        for text in texts:
+            ids = encode(text, special)
+            if truncate is not None and len(ids) > truncate:
+                ids = keep_specials(ids, encode(text, False), truncate) if special else \
+                    ids[-truncate:]
+            out.append(ids)
+        return out
+
+    if sum(map(len, texts)) > TOKENIZE_OFF_LOOP_CHARS:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, run, pooled.encode_off_loop)
+    return run(pooled.encode)
+
+
+def keep_specials(full: list[int], plain: list[int], keep: int) -> list[int]:
+    """``full`` (the text with its special tokens) cut to ``keep`` tokens: its leading and
+    trailing special tokens, and the last tokens of ``plain`` (the text without them)
+    between; ``full[-keep:]`` where ``full`` is not ``plain`` wrapped so."""
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            head, tail = full[:start], full[start + len(plain):]
+            room = keep - len(head) - len(tail)
+            if room > 0:
+                return head + plain[-room:] + tail
+            break
+    return full[-keep:]
 
 
 def check_length(pooled: Pooled, tokens: int, what: str, param: str) -> None:
