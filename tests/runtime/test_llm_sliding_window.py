@@ -138,3 +138,14 @@ def test_a_qwen2_window_on_no_layer_is_full_causal(tmp_path: Path) -> None:
 def test_no_window_is_full_causal(tmp_path: Path) -> None:
     lm = load_hf(build_llm(tmp_path / "mistral", family="mistral"), device="cpu")
     assert lm.max_position == POSITIONS and lm.window is None
+
+
+def test_a_negative_window_refuses_to_start(tmp_path: Path) -> None:
+    """A negative window masked every key of the engine's steps (transformers' own forward
+    does the same, and answers NaN): refused at startup. (transformers' config already refuses
+    a window that is not an integer.)"""
+    from kubemaas_runtime.errors import StartupError
+
+    with pytest.raises(StartupError, match="sliding_window must be a positive integer"):
+        load_hf(windowed(tmp_path, "mistral", sliding_window=-4), device="cpu")
+

@@ -224,6 +224,10 @@ def layer_windows(cfg: Any) -> list[int | None] | None:
     types = getattr(cfg, "layer_types", None)
     if not window:
         return [None] * layers
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        # a negative window masks every key (transformers' own forward answers NaN)
+        raise StartupError(f"config.json: sliding_window must be a positive integer or null, "
+                           f"got {window!r}")
     if cfg.model_type == "mistral":
         return [int(window)] * layers
     if cfg.model_type in ("qwen2", "qwen3") and isinstance(types, list):
