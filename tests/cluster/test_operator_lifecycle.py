@@ -56,10 +56,12 @@ def test_update_scale_and_delete(kube: Kube, namespace: str, operator: Operator)
     kube.kubectl("-n", namespace, "scale", "md", "m", "--replicas=1")
     wait_for(lambda: not exists(kube, namespace, "pdb", "m"), timeout=10, what="the PDB gone")
 
-    # Deleting the model collects its children (ownerReferences + the garbage collector).
+    # Deleting the model collects its children (ownerReferences + the garbage collector; on a
+    # control plane just started, as when this file runs first, its graph may still be
+    # syncing: 30 s were once too few there).
     kube.kubectl("-n", namespace, "delete", "md", "m")
     wait_for(lambda: not exists(kube, namespace, "deployment", "m")
-             and not exists(kube, namespace, "service", "m"), timeout=30,
+             and not exists(kube, namespace, "service", "m"), timeout=90,
              what="the children garbage-collected")
 
 
