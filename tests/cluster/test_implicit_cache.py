@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Operator
-from tests.cluster.test_modelcache import REPORT, _json, cache, cache_pods, terminate, two_nodes
+from tests.cluster.test_modelcache import (
+    REPORT,
+    _json,
+    cache,
+    cache_pods,
+    model_runs_only_on,
+    terminate,
+    two_nodes,
+)
 from tests.cluster.test_operator import apply, md
 from tests.conftest import Kube
 from tests.helpers import wait_for
@@ -76,19 +84,6 @@ def gone(kube: Kube, namespace: str, kind: str, name: str) -> bool:
     return kube.kubectl("-n", namespace, "get", kind, name, check=False).returncode != 0
 
 
-def _reads_the_node_copy(kube: Kube, namespace: str, model: str, node: str) -> None:
-    """The model's pods mount the cache read-only and run only on the node holding the copy."""
-    pod = deployment(kube, namespace, model)["spec"]["template"]["spec"]
-    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "model-files")
-    assert mount["readOnly"] is True
-    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-    assert env["KUBEMAAS_MODEL_URI"] == "file:///var/lib/kubemaas/model-cache"
-    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"]
-    assert all({"key": "metadata.name", "operator": "In", "values": [node]} in t["matchFields"]
-               for t in terms)
-
-
 def test_created_shared_waited_for_and_collected(kube: Kube, namespace: str,
                                                  operator: Operator) -> None:
     n1, _ = two_nodes(kube)
@@ -128,7 +123,7 @@ def test_created_shared_waited_for_and_collected(kube: Kube, namespace: str,
     # Ready: both models run on it, read-only, on the node with the copy.
     terminate(kube, namespace, fetch, 0, json.dumps(REPORT))
     for model in ("first", "second"):
-        _reads_the_node_copy(kube, namespace, model, n1)
+        model_runs_only_on(kube, namespace, n1, model)
     wide = kube.kubectl("-n", namespace, "get", "md", "second", "-o", "wide").stdout
     assert name in wide  # the Cache column
 

@@ -128,7 +128,7 @@ def test_node_cache_end_to_end(kube: Kube, namespace: str, operator: Operator) -
     printed = kube.kubectl("-n", namespace, "get", "mc", "tiny").stdout
     assert "node" in printed and "Downloading" in printed
 
-    _model_runs_only_on(kube, namespace, n1)
+    model_runs_only_on(kube, namespace, n1)
 
     # A stalled download on the other node fails the cache with the downloader's reason.
     terminate(kube, namespace, by_node[n2], 1, json.dumps(
@@ -140,11 +140,12 @@ def test_node_cache_end_to_end(kube: Kube, namespace: str, operator: Operator) -
     _deletion_held_while_in_use_then_cleaned(kube, namespace, n1, n2)
 
 
-def _model_runs_only_on(kube: Kube, namespace: str, node: str) -> None:
+def model_runs_only_on(kube: Kube, namespace: str, node: str, model: str = "uses-cache"
+                       ) -> None:
     """The model now runs, read-only, and only on the node whose copy is Ready."""
     dep = wait_for(lambda: (lambda r: json.loads(r.stdout) if r.returncode == 0 else None)(
-        kube.kubectl("-n", namespace, "get", "deployment", "uses-cache", "-o", "json",
-                     check=False)), timeout=60, what="the model's Deployment")
+        kube.kubectl("-n", namespace, "get", "deployment", model, "-o", "json",
+                     check=False)), timeout=60, what=f"{model}'s Deployment")
     pod = dep["spec"]["template"]["spec"]
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "model-files")
     assert mount["readOnly"] is True
