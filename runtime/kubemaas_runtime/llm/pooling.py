@@ -202,9 +202,6 @@ class PooledRows:
         return out if self.dense is None else [self.dense(row) for row in out]
 
 
-def pooled_rows(model: Any, kind: str, dense: torch.nn.Module | None = None) -> PooledRows:
-    return PooledRows(model, kind, dense)
-
 
 class Overloaded(Exception):
     """The embedder holds as many inputs as it may (the caller answers 429)."""
@@ -219,7 +216,7 @@ class _Item:
 
 
 class Embedder(EngineThread):
-    """``run`` makes a padded batch's rows (pooled_rows, classify.classifier_rows);
+    """``run`` makes a padded batch's rows (PooledRows, classify.classifier_rows);
     ``pooling``: how an embedding model pools (None for a classifier)."""
 
     def __init__(self, run: RowFn, pooling: Pooling | None, device: torch.device,

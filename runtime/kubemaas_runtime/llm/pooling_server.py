@@ -23,8 +23,8 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
     from .loader import load_pooling_model
     from .pooling import (
         Embedder,
+        PooledRows,
         Pooling,
-        pooled_rows,
         resolve_pooling,
         sentence_transformers_lower_case,
     )
@@ -47,7 +47,7 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
     max_len = model.max_position
     dense = _dense(path, pooling, model)
     run = classifier_rows(model.model) if pooling is None else \
-        pooled_rows(model.model, pooling.kind, dense)
+        PooledRows(model.model, pooling.kind, dense)
     embedder = Embedder(run, pooling, model.device, settings.max_num_seqs,
                         max(settings.max_num_batched_tokens, max_len), settings.max_queue_size,
                         model.pad_id)
