@@ -324,6 +324,12 @@ async def api_writes(**_: Any) -> int:
     return _runtime().cluster.writes if _rt is not None else 0
 
 
+@kopf.on.probe(id="apiWritesByNamespace")
+async def api_writes_by_namespace(**_: Any) -> dict[str, int]:
+    """apiWrites by the namespace written to ("" for cluster-scoped objects)."""
+    return _runtime().cluster.writes_by_namespace() if _rt is not None else {}
+
+
 @kopf.on.probe(id="resyncs")
 async def resyncs(**_: Any) -> int:
     """Resync passes so far: a reader knows how many drift checks a write count spans."""

@@ -150,6 +150,21 @@ class Operator:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def writes_during(self, passes: int, namespace: str) -> tuple[int, int]:
+        """The operator's writes to objects in `namespace` through `passes` resync passes that
+        begin once a pass has started after this call (what was under way has landed), and how
+        many passes went by. Counted by namespace: earlier tests' namespaces going away write
+        too, in the session's shared operator."""
+        before = self.wait_resyncs(1)
+        after = self.wait_resyncs(passes)
+        return (writes_to(after, namespace) - writes_to(before, namespace),
+                int(after["resyncs"]) - int(before["resyncs"]))
+
+
+def writes_to(health: dict[str, Any], namespace: str) -> int:
+    """The operator's API writes to objects in `namespace`, from its health document."""
+    return int(health["apiWritesByNamespace"].get(namespace, 0))
+
 
 @contextmanager
 def reconfigured(operator: Operator, **env: str) -> Iterator[Operator]:

@@ -78,10 +78,9 @@ def test_a_deployment_denied_by_an_admission_policy_is_reported_and_retried(
     assert "ValidatingAdmissionPolicy" in message and "during the freeze" in message, message
     assert "ClusterRole" not in message, message  # not RBAC's advice
     assert st["phase"] == "Pending", st
-    before = operator.wait_resyncs(1)
-    after = operator.wait_resyncs(4)
-    writes, passes = (after[k] - before[k] for k in ("apiWrites", "resyncs"))
-    assert writes <= 2 * passes, (writes, passes)  # one refusal a pass (+ earlier tests' leftovers)
+    writes, passes = operator.writes_during(4, namespace)
+    # a refused write a reconcile: each resync pass, and events of the model's own pods
+    assert writes <= 2 * passes, (writes, passes)
     assert operator.alive()
     kube.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", freeze)
     wait_phase(kube, namespace, "frozen", "Ready", timeout=60)
@@ -103,9 +102,7 @@ def test_an_implicit_cache_over_the_quota_is_reported_and_created_once_raised(
     message = condition(st, "Ready")["message"]
     assert "model cache" in message and "exceeded quota" in message, message
     assert st["phase"] == "Pending", st
-    before = operator.wait_resyncs(1)
-    after = operator.wait_resyncs(4)
-    writes, passes = (after[k] - before[k] for k in ("apiWrites", "resyncs"))
+    writes, passes = operator.writes_during(4, namespace)
     assert writes <= 2 * passes, (writes, passes)
     kube.kubectl("-n", namespace, "patch", "quota", "caches", "--type=merge", "-p",
                  '{"spec":{"hard":{"count/modelcaches.serving.kubemaas.io":"1"}}}')
@@ -128,9 +125,7 @@ def test_an_autoscaling_floor_denied_by_an_admission_policy_is_reported(
         st = _refused(kube, namespace, "floored")
         message = condition(st, "Ready")["message"]
         assert "2 replica(s)" in message and "at most 1 replica here" in message, message
-        before = operator.wait_resyncs(1)
-        after = operator.wait_resyncs(4)
-        writes, passes = (after[k] - before[k] for k in ("apiWrites", "resyncs"))
+        writes, passes = operator.writes_during(4, namespace)
         assert writes <= 2 * passes, (writes, passes)
         kube.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
                      name)
@@ -138,21 +133,10 @@ def test_an_autoscaling_floor_denied_by_an_admission_policy_is_reported(
             status(kube, namespace, "floored")), timeout=60, what="floored at 2 replicas")
 
 
-def _quiet(operator: Operator, passes: int = 2, timeout: float = 120) -> None:
-    """Until `passes` resync passes go by without a write: what earlier tests of the session
-    left (namespaces, models and caches going away) no longer counts in a budget of 2."""
-    def silent() -> bool:
-        before = operator.wait_resyncs(1)
-        return operator.wait_resyncs(passes)["apiWrites"] == before["apiWrites"]
-    wait_for(silent, timeout=timeout, interval=0, what="the operator writing nothing for "
-             f"{passes} resync passes")
-
-
 def test_a_cache_pod_over_the_quota_is_refused_quietly_and_started_once_raised(
         kube: Kube, namespace: str, operator: Operator) -> None:
     """A ResourceQuota of 0 pods: the cache went Failed/PodRejected and the operator created the
     refused download pod again every second, for ever."""
-    _quiet(operator)  # in the full suite, earlier tests' leftovers wrote 6 times in the window
     kube.kubectl("-n", namespace, "create", "quota", "pods", "--hard=pods=0")
     wait_for(lambda: kube.kubectl("-n", namespace, "get", "quota", "pods", "-o",
                                   "jsonpath={.status.hard}", check=False).stdout or None,
@@ -162,10 +146,8 @@ def test_a_cache_pod_over_the_quota_is_refused_quietly_and_started_once_raised(
     st = wait_for(lambda: (lambda s: s if s.get("reason") == "Refused" else None)(
         cache_status(kube, namespace, "quota")), timeout=30, what="the cache Refused")
     assert st["phase"] == "Pending" and "exceeded quota" in st["message"], st
-    before = operator.wait_resyncs(1)
-    after = operator.wait_resyncs(4)
-    writes = after["apiWrites"] - before["apiWrites"]
-    assert writes <= 2, writes  # a refused pod every 30 s, not every second
+    writes, passes = operator.writes_during(4, namespace)
+    assert writes <= 2, (writes, passes)  # a refused pod every 30 s, not every second
     kube.kubectl("-n", namespace, "patch", "quota", "pods", "--type=merge", "-p",
                  '{"spec":{"hard":{"pods":"5"}}}')
     wait_for(lambda: cache_pods(kube, namespace, "quota") or None, timeout=60,

@@ -3,7 +3,8 @@ Events, and the one read the indexes cannot answer (an administrator's templates
 
 All calls are blocking (the `kubernetes` client) and run in a bounded thread pool through
 `AsyncCluster`, so the event loop never waits on the network. Every write is counted
-(`Cluster.writes`), which the operator reports on its health endpoint and the benchmark reads.
+(`Cluster.writes`, and by namespace), which the operator reports on its health endpoint and the
+benchmark reads.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ PLURALS: dict[str, str] = {
 # What the API server says when a policy, not the object's schema nor RBAC, refused a write.
 _POLICY_SAYS = ("denied request", "denied the request", "exceeded quota", "failed quota",
                 "violates PodSecurity")
+_NAMESPACE_IN_PATH = re.compile(r"/namespaces/([^/]+)/")
 _LIMIT_RANGE = re.compile(r"(maximum|minimum) \S+ usage per |ratio to request ")
 
 
@@ -148,6 +150,7 @@ class Cluster:
         self.api = api
         self.field_manager = field_manager
         self._write_total = 0
+        self._writes_by_namespace: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -166,9 +169,18 @@ class Cluster:
     def writes(self) -> int:
         return self._write_total
 
-    def _count_write(self) -> None:
+    def writes_by_namespace(self) -> dict[str, int]:
+        """The writes so far by the namespace of their object ("" for cluster-scoped ones): which
+        models an unexpected write was for, where several namespaces share the operator."""
+        with self._lock:
+            return dict(self._writes_by_namespace)
+
+    def _count_write(self, path: str) -> None:
+        found = _NAMESPACE_IN_PATH.search(path)
+        namespace = found.group(1) if found else ""
         with self._lock:
             self._write_total += 1
+            self._writes_by_namespace[namespace] = self._writes_by_namespace.get(namespace, 0) + 1
 
     def _call(self, method: str, path: str, *, body: Any = None,
               query: list[tuple[str, str]] | None = None,
@@ -177,7 +189,7 @@ class Cluster:
         """One API call; a failure raises ApiError and counts in the operator's metrics unless
         its status is `expected` (API discovery of a group that is not installed)."""
         if method != "GET":
-            self._count_write()
+            self._count_write(path)
         serialized = self.api.param_serialize(
             method, path, query_params=query or [],
             header_params={"Content-Type": content_type, "Accept": "application/json"},
@@ -301,6 +313,9 @@ class AsyncCluster:
     @property
     def writes(self) -> int:
         return self.sync.writes
+
+    def writes_by_namespace(self) -> dict[str, int]:
+        return self.sync.writes_by_namespace()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
