@@ -41,6 +41,7 @@ class Memory:
         self._renders: dict[str, tuple[ModelDeploymentSpec, Rendered]] = {}
         self._statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._told: set[tuple[str, str, str]] = set()
+        self._failed_writes: dict[tuple[str, str], int] = {}
 
     def first_time(self, namespace: str, name: str, what: str) -> bool:
         """True once per model and message (for log lines that must not repeat every look)."""
@@ -49,6 +50,16 @@ class Memory:
             return False
         self._told.add(key)
         return True
+
+    def write_failed(self, namespace: str, name: str) -> int:
+        """Counts a reconcile of the model whose write the API server failed; how many in a
+        row now."""
+        key = (namespace, name)
+        self._failed_writes[key] = self._failed_writes.get(key, 0) + 1
+        return self._failed_writes[key]
+
+    def writes_went_through(self, namespace: str, name: str) -> None:
+        self._failed_writes.pop((namespace, name), None)
 
     def wrote_status(self, namespace: str, name: str, response: Mapping[str, Any],
                      status: dict[str, Any]) -> None:
@@ -105,6 +116,7 @@ class Memory:
 
     def forget_all(self, namespace: str, name: str) -> None:
         self._statuses.pop((namespace, name), None)
+        self._failed_writes.pop((namespace, name), None)
         self._told = {t for t in self._told if t[:2] != (namespace, name)}
         self.forget("Deployment", namespace, canary_name(name))
         self.forget("HTTPRoute", namespace, name)

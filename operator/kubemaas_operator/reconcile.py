@@ -29,6 +29,7 @@ from .api import (
     SpecError,
     valid_name,
 )
+from .api_failures import failing_write
 from .canary import HTTP_ROUTE, READY_REPLICAS
 from .children import Children, Pair
 from .config import Settings
@@ -63,6 +64,7 @@ from .rollout import plan as plan_rollout
 from .scheduling import Capacity, NodeInfo, PendingDemand, check_capacity, gpu_summary
 from .sizing import gpu_types
 from .status import Failure, Observed, StatusResult, compute_status, failed_status
+from .template_source import template_source
 from .timestamps import parse_time
 from .writes import Refused, Retry, write_status
 
@@ -100,29 +102,6 @@ class Outcome:
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     requeue_after: float | None = None
-
-
-async def _template(settings: Settings, cluster: AsyncCluster, memory: Memory,
-                    name: str) -> str | None:
-    """The administrator's template source, or None for the built-in one."""
-    if name == BUILTIN_TEMPLATE:
-        return None
-    key = f"{settings.namespace}/{settings.templates_configmap}"
-    hit, data = memory.templates(key, settings.templates_ttl_s)
-    if not hit:
-        try:
-            cm = await cluster.get_configmap(settings.namespace, settings.templates_configmap)
-        except ApiError as err:
-            raise Retry(f"cannot read the templates ConfigMap {key}: {err}") from err
-        data = dict((cm or {}).get("data") or {}) if cm is not None else None
-        memory.cache_templates(key, data)
-    if data is None:
-        raise LookupError(f"template {name!r} not found: the templates ConfigMap {key} does not "
-                          f"exist; use template \"default\" or ask the cluster administrator")
-    if name not in data:
-        known = ", ".join(sorted(["default", *data])) or "default"
-        raise LookupError(f"template {name!r} not found in the ConfigMap {key}; known: {known}")
-    return data[name]
 
 
 def _next_check(pods: Sequence[PodInfo], now: datetime, grace: float) -> float | None:
@@ -229,8 +208,9 @@ async def _ensure_implicit_cache(p: _Pass, implicit: Plan,
             return Failure("Refused", f"the cluster's policy refused the model cache "
                            f"{p.namespace}/{implicit.name}: {err.message}; it is tried again at "
                            "each resync", phase="Pending")
-        raise Retry(f"cannot create or share the model cache {implicit.name}: {err}",
-                    1.0 if err.status == 409 else 5.0) from err
+        return failing_write(p.memory, p.namespace, p.name, Retry(
+            f"cannot create or share the model cache {implicit.name}: {err}",
+            1.0 if err.status == 409 else 5.0))
     return None
 
 
@@ -263,6 +243,8 @@ async def _apply_children(c: Children, targets: _Targets, spec: ModelDeploymentS
         return Failure("NameConflict", str(err))
     except (children.Forbidden, Refused) as err:  # reason Forbidden or Refused
         return Failure(type(err).__name__, str(err), phase="Pending")
+    except Retry as err:  # raised again until it fails a few times in a row
+        return failing_write(c.memory, c.namespace, c.name, err)
     return None if refused is None else Failure("Rejected", refused)
 
 
@@ -313,6 +295,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
         return await _failed(p, outcome, failure, base)
 
     # 7. the status, from what is there now.
+    memory.writes_went_through(p.namespace, p.name)
     cache = await _status(p, outcome, spec, rendered, targets, c, base, capacity, desired_n,
                           raw_spec)
     waits = [w for w in (_next_check(snap.pods, p.now, settings.not_ready_grace_s),
@@ -325,6 +308,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
 async def _failed(p: _Pass, outcome: Outcome, failure: Failure, base: Observed) -> Outcome:
     outcome.failure = failure
     outcome.status = failed_status(failure, base)
+    outcome.requeue_after = failure.retry_after
     await write_status(p.cluster, p.memory, p.snap.body, outcome.status)
     return outcome
 
@@ -337,7 +321,7 @@ async def _parse_and_render(p: _Pass, raw_spec: Mapping[str, Any]) -> tuple[
             raise SpecError("metadata.name", "must be a DNS-1035 label of at most 63 characters "
                             "(it names the Service)")
         template_name = str((raw_spec.get("runtime") or {}).get("template") or BUILTIN_TEMPLATE)
-        source = await _template(p.settings, p.cluster, p.memory, template_name)
+        source = await template_source(p.settings, p.cluster, p.memory, template_name)
         record = await cache_progress.read_shape(p.cluster, p.namespace, raw_spec)
         spec, rendered = p.memory.render(raw_spec, p.context(template_name, source, record),
                                          template_name)
@@ -451,7 +435,7 @@ async def _render_stable(p: _Pass, stable_spec: Mapping[str, Any], raw_spec: Map
     stable_raw.update({k: raw_spec[k] for k in ("replicas", "autoscaling") if k in raw_spec})
     template = str((stable_raw.get("runtime") or {}).get("template") or BUILTIN_TEMPLATE)
     try:
-        source = await _template(p.settings, p.cluster, p.memory, template)
+        source = await template_source(p.settings, p.cluster, p.memory, template)
         _, stable = p.memory.render(stable_raw, p.context(template, source, record), template)
     except (SpecError, LookupError, RenderError) as err:
         _untrusted(p, f"it does not render ({err})")

@@ -68,6 +68,7 @@ class Failure:
     reason: str  # InvalidSpec, TemplateNotFound, TemplateError, Rejected
     message: str
     phase: str = "Failed"  # Pending: waiting, not wrong (CacheNotReady)
+    retry_after: float | None = None  # a failure that passes: look again after this (seconds)
 
 
 @dataclass(frozen=True)

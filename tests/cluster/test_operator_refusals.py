@@ -152,3 +152,47 @@ def test_a_cache_pod_over_the_quota_is_refused_quietly_and_started_once_raised(
                  '{"spec":{"hard":{"pods":"5"}}}')
     wait_for(lambda: cache_pods(kube, namespace, "quota") or None, timeout=60,
              what="the download pod once the quota allows it")
+
+
+def _down_webhook(name: str, namespace: str) -> str:
+    """A validating webhook for the Deployments of `namespace` that nothing answers (a port on
+    127.0.0.1 no one listens on), failurePolicy Fail: the API server fails each write with a
+    500 'failed calling webhook ... connection refused', as when a webhook's pods are down."""
+    return yaml.safe_dump({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "down.webhook.kubemaas.test", "admissionReviewVersions": ["v1"],
+            "sideEffects": "None", "failurePolicy": "Fail", "timeoutSeconds": 3,
+            "clientConfig": {"url": "https://127.0.0.1:1/validate"},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
+                       "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]}]})
+
+
+def test_a_write_a_webhook_keeps_failing_is_reported_and_goes_through_later(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """A webhook that is down failed every apply of the Deployment with a 500: the operator
+    logged a retry every 5 s for ever and the model's status said nothing of it."""
+    apply(kube, namespace, md("hooked", runtime=CPU))
+    wait_phase(kube, namespace, "hooked", "Ready", timeout=60)
+    name = f"down-{namespace}"
+    kube.kubectl("apply", "-f", "-", input=_down_webhook(name, namespace))
+    try:
+        wait_for(lambda: "failed calling webhook" in kube.kubectl(
+            "-n", namespace, "create", "deployment", "probe", "--image=x", "--dry-run=server",
+            check=False).stderr, timeout=30, what="the webhook to be called")
+        apply(kube, namespace, md("hooked", runtime=CPU, replicas=2))
+        st = wait_for(lambda: (lambda s: s if condition(s, "Ready").get("reason") == "ApiError"
+                                else None)(status(kube, namespace, "hooked")), timeout=60,
+                      what="model hooked's status saying the API server fails its writes")
+        message = condition(st, "Ready")["message"]
+        assert "failed calling webhook" in message and "Deployment" in message, message
+        assert st["phase"] == "Degraded" and st["readyReplicas"] == 1, st  # still serving
+        assert condition(st, "Available")["status"] == "True", st
+    finally:
+        kube.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found",
+                     check=False)
+    wait_for(lambda: (lambda s: s if s.get("readyReplicas") == 2 and s.get("phase") == "Ready"
+                      else None)(status(kube, namespace, "hooked")), timeout=90,
+             what="hooked at 2 replicas once the webhook is gone")
