@@ -150,3 +150,37 @@ def build_decoder_classifier(out_dir: Path, family: str = "llama",
     model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
     model.save_pretrained(str(out_dir))
     return out_dir
+
+
+def build_token_classifier(out_dir: Path, family: str = "bert",
+                           labels: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-LOC"),
+                           seed: int = 0, problem_type: str | None = None) -> Path:
+    """A random-weight ``*ForTokenClassification`` model (NER's shape: a linear head over
+    each token's hidden state) of ``labels`` (its ``id2label``): an encoder (``ENCODERS``,
+    with its tokenizer above) or a decoder (llama, qwen2, ...: the repository's BPE
+    tokenizer)."""
+    import torch
+    import transformers
+
+    from .llm_models import _config
+
+    out_dir = Path(out_dir)
+    names = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+             "label2id": {name: i for i, name in enumerate(labels)}}
+    if problem_type is not None:
+        names["problem_type"] = problem_type
+    if family in ENCODERS:
+        build_encoder_tokenizer(out_dir, family)
+        tok = transformers.AutoTokenizer.from_pretrained(str(out_dir))
+        config = _encoder_config(family, "tiny", tok, names)
+    else:
+        build_tokenizer(out_dir)
+        tok = transformers.AutoTokenizer.from_pretrained(str(out_dir))
+        ids = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
+        config = _config(family, "tiny", -(-len(tok) // 64) * 64, ids, "float32")
+        for key, value in names.items():
+            setattr(config, key, value)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForTokenClassification.from_config(config).eval()
+    model.save_pretrained(str(out_dir))
+    return out_dir

@@ -42,6 +42,12 @@ class Classifier:
     score_activation: str
     score_activation_from: str    # config.json's key, or "default"
     tokenizer_pairs: bool = True  # a pair as the tokenizer joins two texts; else concatenated
+    per_token: bool = False       # a token classifier (token_classify.py): a row per token
+
+    @property
+    def task(self) -> str:
+        """vLLM's name of what it is served for."""
+        return "token_classify" if self.per_token else "classify"
 
     @property
     def num_labels(self) -> int:
@@ -56,8 +62,9 @@ def _st_activation(name: str, key: str) -> str:
     return _ST_ACTIVATIONS[short]
 
 
-def classifier_of(config: dict[str, Any]) -> Classifier:
-    """The labels and activations a classifier's config.json gives."""
+def classifier_of(config: dict[str, Any], per_token: bool = False) -> Classifier:
+    """The labels and activations a classifier's config.json gives (``per_token``: a token
+    classifier's, whose activation is the same as vLLM's)."""
     id2label = config.get("id2label") or {}
     num = int(config.get("num_labels") or len(id2label) or 2)
     labels = tuple(str(id2label.get(str(i), f"LABEL_{i}")) for i in range(num))
@@ -73,7 +80,8 @@ def classifier_of(config: dict[str, Any]) -> Classifier:
     elif config.get("sbert_ce_default_activation_function"):
         key = "sbert_ce_default_activation_function"
         score, source = _st_activation(str(config[key]), key), key
-    return Classifier(labels, classify, score, source, bool(config.get("use_pad_token", True)))
+    return Classifier(labels, classify, score, source, bool(config.get("use_pad_token", True)),
+                      per_token)
 
 
 def activate(logits: torch.Tensor, kind: str) -> torch.Tensor:

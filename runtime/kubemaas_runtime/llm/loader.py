@@ -25,6 +25,7 @@ from .classify import Classifier, classifier_of
 from .decoder_stack import StepForward, stack_forward
 from .lm_classifier import from_lm_head, lm_head_method
 from .packed_linear import pack_linears
+from .token_classify import TOKEN_CLASSIFIER_SUFFIX
 
 if TYPE_CHECKING:
     from .lora import LoraSet
@@ -162,7 +163,7 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
     import transformers
 
     classifiers = [a for a in _architectures(_check_dir(path, FAMILIES, overrides))
-                   if a.endswith(CLASSIFIER_SUFFIX)]
+                   if a.endswith((CLASSIFIER_SUFFIX, TOKEN_CLASSIFIER_SUFFIX))]
     if classifiers:
         raise StartupError(f"{path}/config.json names {classifiers[0]}, a classifier: it "
                            "generates nothing; serve it with --runner pooling (or auto)")
@@ -289,14 +290,15 @@ def _longrope_original(cfg: Any) -> int | None:
 def pooling_runner(path: Path, overrides: dict[str, Any] | None = None) -> bool:
     """vLLM's ``--runner auto`` for a model directory: pooling when its config names a base
     model (``LlamaModel``, ``BertModel``, ...: no language-model head) or a classifier
-    (``*ForSequenceClassification``), or when it ships the sentence-transformers files;
-    otherwise generation."""
+    (``*ForSequenceClassification``, ``*ForTokenClassification``), or when it ships the
+    sentence-transformers files; otherwise generation."""
     if (path / "modules.json").is_file():
         return True
     archs = _architectures(_check_dir(path, FAMILIES + ENCODER_FAMILIES, overrides))
     generating = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # vLLM's suffixes
+    heads = (CLASSIFIER_SUFFIX, TOKEN_CLASSIFIER_SUFFIX)
     return bool(archs) and all((a.endswith("Model") and not a.endswith(generating))
-                               or a.endswith(CLASSIFIER_SUFFIX) for a in archs)
+                               or a.endswith(heads) for a in archs)
 
 
 @dataclass
@@ -324,15 +326,18 @@ def load_pooling_model(path: Path, device: str = "auto", dtype: str = "auto",
                        ) -> EmbeddingModel:
     """Load the model directory (blocking): a classifier when its config names a
     ``*ForSequenceClassification`` architecture (a causal LM's output head turned into one
-    when the config asks: lm_classifier.py), otherwise the base model, for embeddings."""
+    when the config asks: lm_classifier.py), a token classifier for a
+    ``*ForTokenClassification`` one, otherwise the base model, for embeddings."""
     import transformers
 
     config = _check_dir(path, FAMILIES + ENCODER_FAMILIES, overrides)
-    classify = any(a.endswith(CLASSIFIER_SUFFIX) for a in _architectures(config))
-    method = lm_head_method(config) if classify else None
+    per_token = any(a.endswith(TOKEN_CLASSIFIER_SUFFIX) for a in _architectures(config))
+    classify = per_token or any(a.endswith(CLASSIFIER_SUFFIX) for a in _architectures(config))
+    method = lm_head_method(config) if classify and not per_token else None
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     auto = transformers.AutoModelForCausalLM if method else \
+        transformers.AutoModelForTokenClassification if per_token else \
         transformers.AutoModelForSequenceClassification if classify else transformers.AutoModel
     tokenizer, model = _from_pretrained(path, auto, torch_dtype, "sdpa", dev, overrides)
     if method is not None:
@@ -350,7 +355,7 @@ def load_pooling_model(path: Path, device: str = "auto", dtype: str = "auto",
         max_position=_positions(cfg), matryoshka=matryoshka,
         encoder=config["model_type"] in ENCODER_FAMILIES,
         pad_id=int(getattr(cfg, "pad_token_id", None) or 0),
-        classifier=classifier_of(config) if classify else None)
+        classifier=classifier_of(config, per_token) if classify else None)
 
 
 def _positions(cfg: Any) -> int:

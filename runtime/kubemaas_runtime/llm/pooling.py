@@ -216,8 +216,9 @@ class _Item:
 
 
 class Embedder(EngineThread):
-    """``run`` makes a padded batch's rows (PooledRows, classify.classifier_rows);
-    ``pooling``: how an embedding model pools (None for a classifier)."""
+    """``run`` makes a padded batch's rows (PooledRows, classify.classifier_rows; each
+    token's with token_classify.TokenRows); ``pooling``: how an embedding model pools (None
+    for a classifier)."""
 
     def __init__(self, run: RowFn, pooling: Pooling | None, device: torch.device,
                  max_num_seqs: int, max_num_batched_tokens: int, max_queue: int,
@@ -332,8 +333,9 @@ class Embedder(EngineThread):
         t0 = time.perf_counter()
         vectors: torch.Tensor | list[torch.Tensor]
         with torch.inference_mode():
-            if per_token and any(per_token) and isinstance(self.run, PooledRows):
-                vectors = [row.cpu() for row in self.run.tokens(
+            tokens = getattr(self.run, "tokens", None)  # PooledRows, token_classify.TokenRows
+            if per_token and any(per_token) and tokens is not None:
+                vectors = [row.cpu() for row in tokens(
                     ids.to(self.device), mask.to(self.device), lengths, per_token)]
             else:
                 vectors = self.run(ids.to(self.device), mask.to(self.device),

@@ -1,7 +1,8 @@
-"""The process around a pooling model (``--runner pooling``): load the embedding model or
-classifier, build the pooling engine, open its endpoints (``/v1/embeddings``, or
-``/classify``; ``/score`` and ``/rerank`` for both) (llm/server.py runs the rest: listening,
-readiness, draining)."""
+"""The process around a pooling model (``--runner pooling``): load the embedding model,
+classifier or token classifier, build the pooling engine, open its endpoints
+(``/v1/embeddings``, or ``/classify``; ``/score`` and ``/rerank`` for both; a token
+classifier ``/pooling`` only) (llm/server.py runs the rest: listening, readiness,
+draining)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,9 @@ log = logging.getLogger("kubemaas.runtime")
 def load_pooling(settings: Settings, path: Path, fetch_s: float,
                  overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """Blocking: the model (a base model or a classifier) and its ``Embedder``."""
-    from .classify import classifier_rows
     from .loader import load_pooling_model
     from .pooling import (
         Embedder,
-        PooledRows,
         Pooling,
         resolve_pooling,
         sentence_transformers_lower_case,
@@ -46,8 +45,7 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
     model.lower_case = sentence_transformers_lower_case(path)
     max_len = model.max_position
     dense = _dense(path, pooling, model)
-    run = classifier_rows(model.model) if pooling is None else \
-        PooledRows(model.model, pooling.kind, dense)
+    run = _rows(model, pooling, dense)
     embedder = Embedder(run, pooling, model.device, settings.max_num_seqs,
                         max(settings.max_num_batched_tokens, max_len), settings.max_queue_size,
                         model.pad_id)
@@ -58,9 +56,22 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
         "path": str(path), "fetch_s": round(fetch_s, 3), "load_s": round(t2 - t1, 3),
         "warmup_s": round(time.perf_counter() - t2, 3), "model_type": model.model_type,
         "dtype": str(model.dtype).replace("torch.", ""), "device": str(model.device),
-        "runner": "pooling", "task": "embed" if pooling else "classify",
+        "runner": "pooling", "task": model.classifier.task if model.classifier else "embed",
         "max_model_len": max_len}})
     return model, embedder
+
+
+def _rows(model: Any, pooling: Any, dense: Any) -> Any:
+    """How the engine turns a padded batch into the model's rows."""
+    from .classify import classifier_rows
+    from .pooling import PooledRows
+    from .token_classify import TokenRows
+
+    if pooling is not None:
+        return PooledRows(model.model, pooling.kind, dense)
+    if model.classifier.per_token:
+        return TokenRows(model.model)
+    return classifier_rows(model.model)
 
 
 def _dense(path: Path, pooling: Any, model: Any) -> Any:
@@ -109,7 +120,7 @@ def open_pooling(api: Any, settings: Settings, model: Any, embedder: Any) -> dic
                         model.lower_case)
     pooling, classifier = embedder.pooling, model.classifier
     if classifier is not None:
-        return {"runner": "pooling", "task": "classify", "labels": list(classifier.labels),
+        return {"runner": "pooling", "task": classifier.task, "labels": list(classifier.labels),
                 "classify_activation": classifier.classify_activation,
                 "score_activation": classifier.score_activation,
                 "score_activation_from": classifier.score_activation_from}

@@ -232,6 +232,8 @@ class OpenAIServer:
         loaded = self.served or self.pooled
         if loaded is not None:
             card["max_model_len"] = loaded.max_model_len
+        if self.pooled is not None:  # what it is served for: embed, classify, token_classify
+            card["task"] = self.pooled.task
         return card
 
     def _check_model(self, name: str | None) -> int:

@@ -46,10 +46,22 @@ class Pooled:
     encode: Any = field(init=False)
     encode_off_loop: Any = field(init=False)
 
+    @property
+    def task(self) -> str:
+        """vLLM's name of what the model is served for: embed, classify, token_classify."""
+        return "embed" if self.classifier is None else self.classifier.task
+
+    def kind(self) -> str:
+        """The model, in words, for errors."""
+        return {"embed": "an embedding model", "classify": "a classifier",
+                "token_classify": "a token classifier"}[self.task]
+
     def routes(self) -> str:
         """The routes this model answers, for the errors of the others."""
         if self.classifier is None:
             return "/v1/embeddings, /score and /rerank"
+        if self.classifier.per_token:
+            return "/pooling (task token_classify) only"
         if self.classifier.num_labels == 1:  # a cross-encoder
             return "/classify, /score and /rerank"
         return "/classify"
@@ -307,8 +319,8 @@ async def embeddings(pooled: Pooled, doc: Any, model_name: str,
     req = parse_embedding(doc, pooled.vocab_size, chat_ids)
     check_model(req.model, model_name)
     if pooled.classifier is not None:
-        raise ApiError(400, f"the model '{model_name}' is a classifier: it answers "
-                       f"{pooled.routes()}, not embeddings")
+        raise ApiError(400, f"the model '{model_name}' is {pooled.kind()}: it answers "
+                       f"{pooled.routes()}, not embeddings (its task is {pooled.task})")
     check_dimensions(pooled, req.dimensions)
     inputs = await tokenize_inputs(pooled, req.texts, req.token_ids, req.add_special_tokens,
                                    req.truncate)

@@ -10,7 +10,11 @@ hidden state, through any Dense modules, cut to ``dimensions`` and normalized ea
 TokenEmbeddingPoolerHead; ``data`` a list of per-token vectors, or base64 of them all, row
 after row); without ``task``, the one per input the model serves (vLLM's default is its
 per-token task: kept out on purpose, /pooling here answers what the model is served for).
-``token_classify`` needs a token-classification model, which is not served: 400.
+``token_classify`` (a token classifier, ``*ForTokenClassification``, llm/token_classify.py,
+and its task without ``task``): ``data`` a list of one row per token the model read (special
+tokens included), its labels' probabilities by the classifier's activation (``use_activation``
+false: the logits), as vLLM's TokenClassifierPoolerHead; base64: all the rows' float32
+values, row after row.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..llm.classify import activate
 from .openai_embeddings import (
     Pooled,
     check_dimensions,
@@ -33,37 +38,35 @@ from .openai_embeddings import (
 )
 from .openai_errors import ApiError, bad_request
 from .openai_request_id import request_id
-from .openai_scores import classify
+from .openai_scores import classify, use_activation
 
 TASKS = ("embed", "classify", "token_embed", "token_classify")
 _PARAMS = {"embed": ("dimensions", "normalize"),
            "classify": ("use_activation", "activation", "softmax")}
 _PARAMS["token_embed"] = _PARAMS["embed"]
+_PARAMS["token_classify"] = _PARAMS["classify"]
 
 
 def _task(pooled: Pooled, doc: dict[str, Any], model_name: str) -> str:
-    served = "embed" if pooled.classifier is None else "classify"
+    served = pooled.task
     task = doc.get("task")
     if task is None:
         return served
     if task not in TASKS:
         raise bad_request(f"'task' {task!r} is not one of {', '.join(TASKS)}", "task")
-    if task == "token_classify":
-        raise bad_request("task token_classify needs a token-classification model "
-                          f"(*ForTokenClassification): the model '{model_name}' is not one "
-                          "(such models are not served)", "task")
     if task == "token_embed" and served == "embed" and pooled.embedder.per_token:
         return "token_embed"
     if task != served:
-        what = "an embedding model" if served == "embed" else "a classifier"
-        raise bad_request(f"the model '{model_name}' is {what}: its task is {served}, not "
-                          f"{task}", "task")
+        needs = " (task token_classify needs a *ForTokenClassification model)" \
+            if task == "token_classify" else ""
+        raise bad_request(f"the model '{model_name}' is {pooled.kind()}: its task is "
+                          f"{served}, not {task}{needs}", "task")
     return served
 
 
 def _check_params(doc: dict[str, Any], task: str) -> None:
     """vLLM's rule: a parameter of the other task is refused, not ignored."""
-    others = _PARAMS["embed" if task == "classify" else "classify"]
+    others = _PARAMS["classify" if task.endswith("embed") else "embed"]
     for key in others:
         if doc.get(key) is not None:
             raise bad_request(f"task {task} does not take '{key}' (it takes "
@@ -79,8 +82,9 @@ async def pooling(pooled: Pooled, doc: Any, model_name: str,
     fmt = doc.get("encoding_format", "float")
     if fmt not in ("float", "base64", None):
         raise bad_request("'encoding_format' must be float or base64", "encoding_format")
-    if task == "token_embed":
-        answer = await token_embeddings(pooled, doc, model_name, chat_ids)
+    if task in ("token_embed", "token_classify"):
+        per_token = token_embeddings if task == "token_embed" else token_classes
+        answer = await per_token(pooled, doc, model_name, chat_ids)
         rows = answer["data"]
     elif task == "embed":
         answer = await embeddings(pooled, doc, model_name, chat_ids)
@@ -122,4 +126,29 @@ async def token_embeddings(pooled: Pooled, doc: dict[str, Any], model_name: str,
                     else values.tolist())
     used = sum(map(len, inputs))
     return {"id": "embd-" + request_id(), "created": int(time.time()), "model": model_name,
+            "data": rows, "usage": {"prompt_tokens": used, "total_tokens": used}}
+
+
+async def token_classes(pooled: Pooled, doc: dict[str, Any], model_name: str,
+                        chat_ids: list[int] | None) -> dict[str, Any]:
+    """vLLM's ``token_classify``: each input's tokens' rows of label probabilities (the
+    classifier's activation; ``use_activation`` false: the logits), in order; one forward,
+    batched with the other inputs waiting."""
+    req = parse_embedding(doc, pooled.vocab_size, chat_ids)
+    check_model(req.model, model_name)
+    classifier = pooled.classifier
+    assert classifier is not None and classifier.per_token
+    activation = use_activation(doc)
+    inputs = await tokenize_inputs(pooled, req.texts, req.token_ids, req.add_special_tokens,
+                                   req.truncate)
+    logits = await run_pooled(pooled, inputs, model_name, per_token=True)
+    rows: list[Any] = []
+    for tokens in logits:
+        if activation:
+            tokens = activate(tokens, classifier.classify_activation)
+        values = tokens.numpy().astype("<f4")
+        rows.append(base64.b64encode(values.tobytes()).decode() if req.base64
+                    else values.tolist())
+    used = sum(map(len, inputs))
+    return {"id": "pool-" + request_id(), "created": int(time.time()), "model": model_name,
             "data": rows, "usage": {"prompt_tokens": used, "total_tokens": used}}

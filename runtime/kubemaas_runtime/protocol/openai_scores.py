@@ -45,7 +45,7 @@ RERANK_ROUTES = ("/rerank", "/v1/rerank", "/v2/rerank")
 CLASSIFY_ROUTES = ("/classify",)
 
 
-def _use_activation(doc: dict[str, Any]) -> bool:
+def use_activation(doc: dict[str, Any]) -> bool:
     """vLLM's ``use_activation`` (its older names ``activation`` and ``softmax``)."""
     for key in ("use_activation", "activation", "softmax"):
         value = optional(doc, key, bool)
@@ -63,16 +63,16 @@ async def classify(pooled: Pooled, doc: Any, model_name: str,
     texts, ids = parse_inputs(doc, pooled.vocab_size, chat_ids)
     model, truncate = parse_common(doc)
     check_model(model, model_name)
-    use_activation = _use_activation(doc)
+    activation = use_activation(doc)
     special = optional(doc, "add_special_tokens", bool, chat_ids is None)
     classifier = pooled.classifier
-    if classifier is None:
-        raise ApiError(400, f"the model '{model_name}' is an embedding model: it answers "
-                       f"{pooled.routes()}; /classify needs a classifier (a "
-                       "*ForSequenceClassification model)")
+    if classifier is None or classifier.per_token:
+        raise ApiError(400, f"the model '{model_name}' is {pooled.kind()} (task "
+                       f"{pooled.task}): it answers {pooled.routes()}; /classify needs a "
+                       "classifier (a *ForSequenceClassification model)")
     inputs = await tokenize_inputs(pooled, texts, ids, special, truncate)
     logits = torch.stack(await run_pooled(pooled, inputs, model_name))
-    probs = activate(logits, classifier.classify_activation) if use_activation else logits
+    probs = activate(logits, classifier.classify_activation) if activation else logits
     best = logits.argmax(-1).tolist()
     data = [{"index": i, "label": classifier.labels[best[i]], "probs": row,
              "num_classes": classifier.num_labels} for i, row in enumerate(probs.tolist())]
@@ -126,7 +126,7 @@ def parse_score(doc: Any, first: str, second: str) -> ScoreRequest:
         raise bad_request(f"'{first}' and '{second}' pair 1:1, 1:N or N:N; got "
                           f"{len(one)}:{len(two)}", first)
     model, truncate = parse_common(doc)
-    return ScoreRequest(model, one, two, truncate, _use_activation(doc), (first, second))
+    return ScoreRequest(model, one, two, truncate, use_activation(doc), (first, second))
 
 
 async def _pair_ids(pooled: Pooled, req: ScoreRequest, tokenizer_pairs: bool
@@ -196,6 +196,10 @@ async def scores_of(pooled: Pooled, req: ScoreRequest, model_name: str
                     ) -> tuple[list[float], int]:
     """Each pair's score, and the tokens the model ran."""
     check_model(req.model, model_name)
+    if pooled.task == "token_classify":
+        raise ApiError(400, f"the model '{model_name}' is a token classifier (task "
+                       f"token_classify): it answers {pooled.routes()}; scores come from a "
+                       "cross-encoder or an embedding model")
     if pooled.classifier is not None:
         return await _cross_scores(pooled, req, model_name)
     return await _embedding_scores(pooled, req, model_name)
