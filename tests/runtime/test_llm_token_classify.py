@@ -8,6 +8,7 @@ serving."""
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,8 +18,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.runtime.test_llm_bad_input import assert_openai_error
+from tests.runtime.test_llm_bad_input import assert_openai_error, json_values, post
 
 from .conftest import Server, start_llm_server
 
@@ -151,3 +154,27 @@ def test_other_routes_tasks_and_parameters_are_refused(server: Server) -> None:
 def test_models_card_names_the_task(server: Server) -> None:
     card = httpx.get(f"{server.base}/v1/models", timeout=30).json()["data"][0]
     assert (card["id"], card["task"]) == ("tiny", "token_classify")
+
+
+pooling_docs = st.fixed_dictionaries(
+    {"input": st.text(max_size=30) | st.lists(st.integers(-3, 1100), max_size=8)
+     | st.lists(st.text(max_size=10), max_size=3) | json_values},
+    optional={"task": st.sampled_from(["token_classify", "classify", "x"]) | json_values,
+              "use_activation": st.booleans() | json_values,
+              "encoding_format": st.sampled_from(["float", "base64"]) | json_values,
+              "truncate_prompt_tokens": st.integers(-2, 8) | json_values,
+              "add_special_tokens": st.booleans() | json_values})
+
+
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(pooling_docs)
+def test_fuzz_no_5xx(server: Server, doc: dict[str, Any]) -> None:
+    try:
+        raw = json.dumps(doc).encode()
+    except ValueError:
+        return  # not expressible as JSON
+    status, _, body = post(server, "/pooling", raw)
+    assert status < 500, body
+    if status != 200:
+        assert_openai_error(status, body, status)
