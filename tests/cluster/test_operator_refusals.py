@@ -154,8 +154,9 @@ def test_a_cache_pod_over_the_quota_is_refused_quietly_and_started_once_raised(
              what="the download pod once the quota allows it")
 
 
-def _down_webhook(name: str, namespace: str) -> str:
-    """A validating webhook for the Deployments of `namespace` that nothing answers (a port on
+def _down_webhook(name: str, namespace: str, group: str = "apps",
+                  resource: str = "deployments") -> str:
+    """A validating webhook for the `resource` of `namespace` that nothing answers (a port on
     127.0.0.1 no one listens on), failurePolicy Fail: the API server fails each write with a
     500 'failed calling webhook ... connection refused', as when a webhook's pods are down."""
     return yaml.safe_dump({
@@ -166,8 +167,8 @@ def _down_webhook(name: str, namespace: str) -> str:
             "sideEffects": "None", "failurePolicy": "Fail", "timeoutSeconds": 3,
             "clientConfig": {"url": "https://127.0.0.1:1/validate"},
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
-                       "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]}]})
+            "rules": [{"apiGroups": [group], "apiVersions": ["v1"],
+                       "operations": ["CREATE", "UPDATE"], "resources": [resource]}]}]})
 
 
 def test_a_write_a_webhook_keeps_failing_is_reported_and_goes_through_later(
@@ -196,3 +197,28 @@ def test_a_write_a_webhook_keeps_failing_is_reported_and_goes_through_later(
     wait_for(lambda: (lambda s: s if s.get("readyReplicas") == 2 and s.get("phase") == "Ready"
                       else None)(status(kube, namespace, "hooked")), timeout=90,
              what="hooked at 2 replicas once the webhook is gone")
+
+
+def test_a_cache_pod_a_webhook_keeps_failing_is_reported_and_started_later(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """A webhook on pods that is down: the ModelCache's download pod could not be created, the
+    operator logged a retry every 5 s for ever and the cache's status said nothing of it."""
+    name = f"down-pods-{namespace}"
+    kube.kubectl("apply", "-f", "-", input=_down_webhook(name, namespace, "", "pods"))
+    try:
+        wait_for(lambda: "failed calling webhook" in kube.kubectl(
+            "-n", namespace, "run", "probe", "--image=x", "--dry-run=server",
+            check=False).stderr, timeout=30, what="the webhook to be called")
+        n1, _ = two_nodes(kube)
+        apply(kube, namespace, cache("hooked", [n1]))
+        st = wait_for(lambda: (lambda s: s if s.get("reason") == "ApiError" else None)(
+            cache_status(kube, namespace, "hooked")), timeout=60,
+            what="the cache's status saying the API server fails its writes")
+        assert "failed calling webhook" in st["message"] and st["phase"] == "Pending", st
+        assert "ApiError" in kube.kubectl("-n", namespace, "get", "events", "-o",
+                                          "jsonpath={.items[*].reason}").stdout
+    finally:
+        kube.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found",
+                     check=False)
+    wait_for(lambda: cache_pods(kube, namespace, "hooked") or None, timeout=90,
+             what="the download pod once the webhook is gone")

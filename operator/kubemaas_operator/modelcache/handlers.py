@@ -21,6 +21,7 @@ from typing import Any
 import kopf
 
 from .. import standby
+from ..api_failures import REPORT_FROM, failing_message, report_delay
 from ..k8s import ApiError
 from ..k8s.modelcache import CacheCluster
 from ..timestamps import parse_time
@@ -31,7 +32,7 @@ from .mount import CacheMount, mount_status
 from .optimize import CONTAINER as OPTIMIZE_CONTAINER
 from .optimize import KEY_LABEL
 from .optimize_watch import cache_wants
-from .reconcile import CacheSnapshot, Memory, reconcile_cache
+from .reconcile import CacheSnapshot, Memory, involved, reconcile_cache, write_status
 from .render import (
     ATTEMPT_ANNOTATION,
     CACHE_LABEL,
@@ -211,12 +212,12 @@ async def _queued(key: Hashable) -> float | None:
     snap = snapshot(*key)
     if snap is None:
         return None
+    memory = _state["memory"]
     try:
-        return await reconcile_cache(snap, _state["api"], _state["memory"])
+        again = await reconcile_cache(snap, _state["api"], memory)
     except ApiError as err:
-        if not err.invalid:  # the API server, a conflict: look again soon
-            log.warning("%s/%s: %s; retrying in 5s", *key, err)
-            return 5.0
+        if not err.invalid:  # the API server, a webhook, a conflict: look again soon
+            return await _failing(key, snap.body, err)
         # it refused what was written: the same again in 5 s would be refused again
         log.error("%s/%s: the API server refused what the operator wrote: %s; retrying in 60s",
                   *key, err)
@@ -224,6 +225,30 @@ async def _queued(key: Hashable) -> float | None:
     except Exception as err:
         log.warning("%s/%s: %s; retrying in 5s", *key, err)
         return 5.0
+    memory.failed_writes.pop(key, None)
+    return again
+
+
+async def _failing(key: tuple[str, str], body: Mapping[str, Any], err: ApiError) -> float:
+    """A write the API server failed: retried in 5 s; from the REPORT_FROM-th in a row the
+    cache's status and a Warning Event say so (api_failures.py), its phase unchanged."""
+    memory = _state["memory"]
+    memory.failed_writes[key] = streak = memory.failed_writes.get(key, 0) + 1
+    delay = report_delay(streak, 5.0)
+    if delay is None:
+        log.warning("%s/%s: %s; retrying in 5s", *key, err)
+        return 5.0
+    previous = memory.previous(body)
+    message = failing_message(str(err))[:2048]
+    status = {**previous, "phase": previous.get("phase") or "Pending", "reason": "ApiError",
+              "message": message}
+    try:
+        await write_status(_state["api"], memory, body, previous, status)
+        if streak == REPORT_FROM:
+            await _state["api"].post_event(involved(body), "Warning", "ApiError", message)
+    except ApiError as again:
+        log.warning("%s/%s: %s; and the status cannot say so: %s", *key, err, again)
+    return delay
 
 
 def _queue() -> Any:

@@ -59,6 +59,7 @@ class Memory:
     def __init__(self) -> None:
         self.statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self.claims: set[tuple[str, str, str]] = set()
+        self.failed_writes: dict[tuple[str, str], int] = {}  # reconciles failed in a row
 
     def previous(self, body: Mapping[str, Any]) -> dict[str, Any]:
         meta = body.get("metadata") or {}
@@ -214,7 +215,7 @@ async def _finalize(snap: CacheSnapshot, api: CacheCluster, memory: Memory) -> f
         # Like a claim's protection: the files stay while a running model reads them.
         where = ", ".join(sorted(n for n in snap.used_on if n)) or "its claim"
         previous = memory.previous(body)
-        await _write(api, memory, body, previous, {
+        await write_status(api, memory, body, previous, {
             **previous, "reason": "InUse", "message": f"deletion waits until no running model "
             f"uses it (model pods on {where}); then its files are removed"})
         return 5.0
@@ -222,7 +223,7 @@ async def _finalize(snap: CacheSnapshot, api: CacheCluster, memory: Memory) -> f
         busy = await _clean(snap, api, ref, spec)
         if busy:  # say so: the status still read Downloading (or Ready) while it waited
             previous = memory.previous(body)
-            await _write(api, memory, body, previous, {
+            await write_status(api, memory, body, previous, {
                 **previous, "reason": "CleaningUp", "message": (
                     "being deleted: waiting for " + "; ".join(busy) + " to remove the files")[
                         :2048]})
@@ -262,7 +263,7 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     except SpecError as err:
         status = {"phase": "Failed", "reason": "InvalidSpec", "message": str(err),
                   "observedGeneration": meta.get("generation") or 0}
-        await _write(api, memory, body, previous, status)
+        await write_status(api, memory, body, previous, status)
         return None
     progress = await _progress(api, ref, snap.pods)
     decision = Decision(status={})
@@ -283,7 +284,7 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     await _apply_children(api, claim(ref, spec), decision, evictions, status)
     for name in decision.delete:
         await api.delete_pod(ref.namespace, name)
-    await _write(api, memory, body, previous, status)
+    await write_status(api, memory, body, previous, status)
     await _post_events(api, body, ref, optimize_events(previous.get("optimizations") or [],
                                                        optimizing.entries))
     waits = [w for w in (decision.requeue_after,) if w is not None]
@@ -381,7 +382,7 @@ async def _post_events(api: CacheCluster, body: Mapping[str, Any], ref: CacheRef
             log.warning("%s/%s: cannot post an Event: %s", ref.namespace, ref.name, err)
 
 
-async def _write(api: CacheCluster, memory: Memory, body: Mapping[str, Any],
+async def write_status(api: CacheCluster, memory: Memory, body: Mapping[str, Any],
                  previous: Mapping[str, Any], status: dict[str, Any]) -> None:
     if status == previous:
         return
