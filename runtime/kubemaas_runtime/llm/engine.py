@@ -81,20 +81,27 @@ class Engine(EngineThread):
         self.cfg = cfg
         num_blocks = kv_blocks_for_budget(lm, cfg.kv_cache_bytes, cfg.block_size)
         self.pool = BlockPool(num_blocks, cfg.block_size, cfg.prefix_caching)
-        if self.pool.blocks_for(cfg.max_model_len) > self.pool.usable:
+        # every layer windowed: a sequence holds the blocks of its window alone (scheduler.py)
+        window = lm.window if not lm.sliding else None
+        self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens,
+                                   priority=cfg.scheduling_policy == "priority",
+                                   max_loras=lm.loras.max_loras if lm.loras else 0,
+                                   window=window)
+        need = self.pool.blocks_for(cfg.max_model_len)
+        if window is not None:
+            need = min(need, self.scheduler.live_blocks)
+        if need > self.pool.usable:
             raise ValueError(
                 f"a KV cache of {cfg.kv_cache_bytes} bytes holds {self.pool.usable} blocks of "
                 f"{cfg.block_size} tokens, fewer than one sequence of max-model-len "
-                f"{cfg.max_model_len} needs; raise the KV cache memory or lower max-model-len")
+                f"{cfg.max_model_len} needs ({need}); raise the KV cache memory or lower "
+                f"max-model-len")
         self.store = KVStore(lm.num_layers, num_blocks, cfg.block_size, lm.kv_heads,
                              lm.head_dim, lm.dtype, lm.device)
         self.loras = lm.loras
         self._retiring = False  # an adapter was unloaded: free its weights, idle or not
         if self.loras is not None:
             self.loras.on_retire = self._retire
-        self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens,
-                                   priority=cfg.scheduling_policy == "priority",
-                                   max_loras=self.loras.max_loras if self.loras else 0)
         self.pacer = PrefillPacer(cfg.prefill_share, floor=cfg.block_size,
                                   ceiling=cfg.max_num_batched_tokens)
         self.scheduler.prefill_cap = self.pacer.cap
@@ -346,6 +353,11 @@ class Engine(EngineThread):
             seq.computed += n
             seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,
                                                 seq.computed, seq.cache_root)
+        if self.scheduler.window is not None:  # (after registering: the freed stay cached)
+            for seq in decode:
+                self.scheduler.slide(seq)
+            for seq, _ in prefill:
+                self.scheduler.slide(seq)
         if lanes is not None:
             lanes.advanced()
         failed = self._score_prompts(step.scored, logits, len(step.sampled), out)

@@ -3,7 +3,8 @@
 Storage is one tensor per layer for keys and one for values, shaped
 ``[num_blocks * block_size, kv_heads, head_dim]`` (a slot is one token's keys or values). Block 0
 is reserved as the scratch block: the decode rows' slot table points there past a row's context
-(masked out of attention). A sequence owns a list of block ids; its token ``i`` lives in slot
+(masked out of attention), as do the places of the blocks a windowed sequence gave back
+(scheduler.Scheduler.slide). A sequence owns a list of block ids; its token ``i`` lives in slot
 ``blocks[i // block_size] * block_size + i % block_size``.
 
 A forward pass reaches the storage through ``attention.PagedStep``, which writes the new tokens'
@@ -105,7 +106,12 @@ class BlockPool:
         return out
 
     def release(self, blocks: list[int]) -> None:
+        """Give back a sequence's blocks (and empty the list); 0s, the scratch block in the
+        places of blocks already given back (a windowed sequence's: Scheduler.slide), are
+        skipped."""
         for block in reversed(blocks):
+            if not block:
+                continue
             self._refs[block] -= 1
             if self._refs[block] == 0:
                 if block in self._hash_of:

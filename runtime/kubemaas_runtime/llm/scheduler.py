@@ -19,6 +19,14 @@ Every engine step the scheduler decides which sequences run and how many of thei
 With LoRA adapters (lora.py), the sequences of one step use at most ``max_loras`` adapters:
 a waiting sequence of another adapter is passed over, and those behind it are admitted.
 
+With a sliding window on every layer (``window``: Mistral-style models), a running sequence
+gives back each block that has slid wholly out of the window (``slide``: the token at position
+q sees keys q - window + 1 .. q, so a block whose last position is at most ``computed - window``
+is never read again); its place in ``Sequence.blocks`` becomes 0, the scratch block, which the
+windowed masks leave out. Such a sequence holds at most ``live_blocks`` blocks (plus the chunk
+it reads), so admission reserves no more than that, and its prompt's blocks are taken chunk
+by chunk (``_room``) as it is read.
+
 With ``priority`` (vLLM's ``--scheduling-policy priority``) the queue is ordered by each
 request's priority (lower first), then by arrival, and the sequence preempted is the running one
 that comes last in that order.
@@ -53,6 +61,7 @@ class Sequence:
     blocks: list[int] = field(default_factory=list)
     computed: int = 0  # tokens whose keys and values are in the cache
     registered: int = 0  # leading full blocks registered in the prefix cache
+    freed: int = 0  # leading blocks given back, slid out of the window (0s in ``blocks``)
     cache_root: bytes = UNSALTED  # where its prefix-cache chain starts (kv_cache.cache_root)
     priority: int = 0  # with priority scheduling: lower is served first (vLLM's)
     lora: int = 0  # the LoRA adapter's id (lora.py); 0: the base model
@@ -109,8 +118,12 @@ def decode_reads(decode: list[Sequence]) -> int:
 
 class Scheduler:
     def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int,
-                 priority: bool = False, max_loras: int = 0) -> None:
+                 priority: bool = False, max_loras: int = 0, window: int | None = None) -> None:
         self.pool = pool
+        # every layer's sliding window (None: some layer sees every key: blocks stay held)
+        self.window = window
+        # the most blocks a windowed sequence holds for a decode: its window's and the next
+        self.live_blocks = pool.blocks_for(window) + 1 if window is not None else 0
         self.max_loras = max_loras  # adapters in the running batch at most (0: no LoRA)
         self.priority = priority  # order by Sequence.rank, not by arrival alone
         self.max_num_seqs = max_num_seqs
@@ -144,9 +157,10 @@ class Scheduler:
             if not self._adapter_fits(seq):
                 passed += 1
                 continue
-            # shared blocks holding a prefix (referenced)
-            cached = [] if seq.scoring else self.pool.lookup(seq.ids, seq.cache_root)
+            cached = self._cached(seq)
             need = self.pool.blocks_for(len(seq.ids) + 1) - len(cached)
+            if self.window is not None:  # the rest of a long prompt: chunk by chunk (_room)
+                need = min(need, self.live_blocks)
             if (need + len(self.running) > self.pool.free and self.running) or \
                     need > self.pool.free:
                 self.pool.release(cached)
@@ -156,11 +170,23 @@ class Scheduler:
             seq.blocks = cached + self.pool.allocate(need)
             seq.registered = len(cached)
             seq.computed = len(cached) * self.pool.block_size
+            seq.freed = cached.count(0)
             if seq.cached_tokens is None:  # a preempted sequence keeps its first count
                 seq.cached_tokens = seq.computed
                 seq.scheduled_at = time.monotonic()
             del self.waiting[passed]
             self.running.append(seq)
+
+    def _cached(self, seq: Sequence) -> list[int]:
+        """Shared blocks holding a prefix of ``seq`` (referenced); with a window, those the
+        prompt's next token no longer sees given back at once (0s in their places)."""
+        cached = [] if seq.scoring else self.pool.lookup(seq.ids, seq.cache_root)
+        if self.window is not None and cached:
+            bs = self.pool.block_size
+            dead = max(0, (len(cached) * bs - self.window + 1) // bs)
+            self.pool.release(cached[:dead])  # (empties that slice's copy, not ``cached``)
+            cached[:dead] = [0] * dead
+        return cached
 
     def _adapter_fits(self, seq: Sequence) -> bool:
         """Its adapter is running already, or there is room for one more."""
@@ -168,6 +194,35 @@ class Scheduler:
             return True
         running = {s.lora for s in self.running if s.lora}
         return seq.lora in running or len(running) < self.max_loras
+
+    def slide(self, seq: Sequence) -> None:
+        """With a window: give back ``seq``'s blocks that no later token reads (the token at
+        ``computed`` sees keys from ``computed - window + 1``); a block registered in the
+        prefix cache stays cached, its keys and values still those of its positions."""
+        if self.window is None:
+            return
+        dead = min((seq.computed - self.window + 1) // self.pool.block_size, len(seq.blocks))
+        if dead <= seq.freed:
+            return
+        gone = seq.blocks[seq.freed:dead]
+        seq.blocks[seq.freed:dead] = [0] * (dead - seq.freed)
+        seq.freed = dead
+        self.pool.release(gone)
+
+    def _room(self, seq: Sequence, n: int) -> int:
+        """With a window: the blocks for ``seq``'s next ``n`` prompt tokens, as many as the
+        pool gives leaving a block for each other running sequence; the tokens they hold (at
+        least one, preempting the newest other sequence if need be; 0: none could be freed,
+        which a lone sequence never meets: the engine checks the pool holds ``live_blocks``)."""
+        bs = self.pool.block_size
+        short = self.pool.blocks_for(seq.computed + n) - len(seq.blocks)
+        if short > 0:
+            spare = self.pool.free - len(self.running) + 1
+            seq.blocks.extend(self.pool.allocate(max(0, min(short, spare))))
+            if len(seq.blocks) * bs <= seq.computed and \
+                    not self._grow(seq, seq.computed + 1):
+                return 0
+        return min(n, len(seq.blocks) * bs - seq.computed)
 
     def _preempt(self, keep: Sequence) -> bool:
         """Free the blocks of the newest running sequence other than ``keep`` (with
@@ -178,7 +233,7 @@ class Scheduler:
         victim = max(others, key=lambda s: s.rank) if self.priority else others[-1]
         self.running.remove(victim)
         self.pool.release(victim.blocks)
-        victim.computed = victim.registered = 0
+        victim.computed = victim.registered = victim.freed = 0
         if self.priority:
             self.add(victim)  # ahead of the later arrivals of its priority
         else:
@@ -216,6 +271,13 @@ class Scheduler:
             if budget <= 0:
                 break
             n = min(seq.remaining, budget)
+            if self.window is not None:
+                n = self._room(seq, n) if seq in self.running else 0
+                if n <= 0:
+                    continue
             prefill.append((seq, n))
             budget -= n
+        if self.window is not None:  # a later chunk's room may have preempted an earlier row
+            decode = [s for s in decode if s in self.running]
+            prefill = [(s, n) for s, n in prefill if s in self.running]
         return Step(decode, prefill)

@@ -1,0 +1,217 @@
+"""A model whose every layer attends to a sliding window holds only its window's KV blocks.
+
+The blocks that slide wholly out of a running sequence's window go back to the pool
+(scheduler.Scheduler.slide), their places in its block table pointing at the scratch block,
+which the windowed masks leave out. Shown here against transformers' ``generate()``, token for
+token: the blocks a long sequence holds stay bounded; a KV cache too small for one full-length
+sequence serves several windowed ones at once with no preemption; the freed blocks, reused by
+other sequences and overwritten between steps with large values (as is the scratch block), are
+never read (eager steps, decode rows in groups, the traced decode with and without decode lanes,
+CUDA graphs' padded inputs on the CPU); prefix-cache hits on blocks that a sequence gave back,
+and misses once they were evicted. A model whose layers mix windowed and full attention keeps
+every block."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from kubemaas_runtime.llm import engine as engine_module
+from kubemaas_runtime.llm import packing
+from kubemaas_runtime.llm.cuda_graphs import GraphedDecode
+from kubemaas_runtime.llm.engine import Engine, EngineConfig
+from kubemaas_runtime.llm.kv_cache import KVStore
+from kubemaas_runtime.llm.loader import LanguageModel, load_hf
+from kubemaas_runtime.llm.sampling import SamplingParams
+from tests.runtime.test_llm_sliding_window import MIXED, prompts, windowed
+
+
+def generate(model: Any, prompt: list[int], n: int, _eos: Any = None) -> list[int]:
+    """transformers' greedy answer of ``n`` tokens, an EOS token not ending it (the engine's
+    ``ignore_eos``)."""
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+    ids = [int(t) for t in out[0, len(prompt):]]
+    assert len(ids) == n
+    return ids
+
+
+def small_engine(lm: LanguageModel, blocks: int, block_size: int, batched: int,
+                 path: str = "eager", max_model_len: int | None = None,
+                 prefix_caching: bool = True) -> Engine:
+    """An engine whose KV cache holds ``blocks`` usable blocks."""
+    per_block = KVStore.bytes_per_block(lm.num_layers, block_size, lm.kv_heads, lm.head_dim,
+                                        lm.dtype)
+    cfg = EngineConfig(kv_cache_bytes=(blocks + 1) * per_block,
+                       max_model_len=max_model_len or lm.max_position, max_num_seqs=8,
+                       max_num_batched_tokens=batched, block_size=block_size,
+                       prefix_caching=prefix_caching,
+                       traced_decode=path in ("traced", "lanes"), decode_lanes=path == "lanes")
+    engine = Engine(lm, cfg)
+    assert engine.pool.usable == blocks
+    if path == "graphs":
+        assert lm.stack is not None
+        engine._model_step = GraphedDecode(lm.stack, engine.store, block_size, lm.vocab_size,
+                                           cfg.max_num_seqs, capture=False)
+    return engine
+
+
+def watch(engine: Engine, poison: bool = False) -> list[int]:
+    """The pool's used blocks after every step; with ``poison``, every block on the free list
+    and the scratch block overwritten with large values after each step (a step that read one
+    of them unmasked would change its logits)."""
+    used: list[int] = []
+    step = engine.step
+    gen = torch.Generator().manual_seed(7)
+
+    def watched() -> Any:
+        out = step()
+        used.append(engine.pool.used)
+        if poison:
+            bs = engine.pool.block_size
+            slots = torch.tensor([b * bs + i for b in [0, *engine.pool._free]
+                                  for i in range(bs)])
+            for pool in engine.store.keys + engine.store.values:
+                pool[slots] = torch.randn(pool[slots].shape, generator=gen) * 1e3
+        return out
+    engine.step = watched  # type: ignore[method-assign]
+    return used
+
+
+@pytest.fixture(scope="module")
+def mistral(tmp_path_factory: pytest.TempPathFactory) -> tuple[LanguageModel, Any]:
+    """A tiny Mistral with a 12-token window: the model served and transformers' own."""
+    model_dir = windowed(tmp_path_factory.mktemp("w12"), "mistral", sliding_window=12)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    model.generation_config.eos_token_id = None
+    return load_hf(model_dir, device="cpu"), model
+
+
+def test_a_long_windowed_sequence_holds_its_window_alone(tmp_path: Path) -> None:
+    """Block size 16, window 32: a 400-token sequence held all of its 25 blocks; now at most
+    the window's and the next (3), and its answer is generate()'s."""
+    torch.set_num_threads(1)
+    model_dir = windowed(tmp_path, "mistral", sliding_window=32)
+    lm = load_hf(model_dir, device="cpu")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    model.generation_config.eos_token_id = None
+    engine = small_engine(lm, 130, 16, batched=2048)
+    used = watch(engine)
+    (prompt,) = prompts([20], seed=4)
+    params = SamplingParams(max_tokens=380, temperature=0.0, ignore_eos=True)
+    assert engine.generate_sync([prompt], params) == [generate(model, prompt, 380, frozenset())]
+    assert max(used[:-1]) <= 3, max(used)
+    assert engine.pool.used == 0
+
+
+@pytest.mark.parametrize("path", ["eager", "grouped", "traced", "lanes", "graphs"])
+def test_freed_blocks_are_never_read(path: str, mistral: tuple[LanguageModel, Any],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four requests of different lengths, prompts and outputs several windows long, their
+    prompts read 16 tokens a step across the window's edge beside the others' decodes, in a
+    cache of 24 blocks of 8 (a full-length sequence of 2048 would need 256): every block given
+    back is reused or overwritten, and the answers stay generate()'s, with no preemption."""
+    torch.set_num_threads(1)
+    lm, model = mistral
+    if path == "grouped":  # decode rows attend in groups of similar width (packing.py)
+        monkeypatch.setattr(packing, "GROUP_SAVES_BLOCKS", 1)
+        grouped: list[bool] = []
+
+        def spied(*args: Any) -> Any:
+            rows, groups = packing.decode_groups(*args)
+            grouped.append(groups is not None)
+            return rows, groups
+        monkeypatch.setattr(engine_module, "decode_groups", spied)
+    engine = small_engine(lm, 24, 8, batched=16, path="eager" if path == "grouped" else path,
+                          prefix_caching=False)
+    if path == "lanes":  # (lanes hold whole contexts: more than this small cache)
+        monkeypatch.setattr("kubemaas_runtime.llm.decode_lanes.LANES_FROM_BYTES", 0)
+        assert engine.lanes is not None
+        engine.lanes.max_bytes = 64 << 20
+    used = watch(engine, poison=True)
+    batch = prompts([5, 29, 44, 61], seed=5)
+    params = SamplingParams(max_tokens=50, temperature=0.0, ignore_eos=True)
+    outs = engine.generate_sync(batch, params)
+    for prompt, out in zip(batch, outs, strict=True):
+        assert out == generate(model, prompt, 50, frozenset()), len(prompt)
+    assert engine.scheduler.preemptions == 0 and engine.peak_running == 4
+    assert max(used) <= 24 and engine.pool.used == 0
+    if path == "grouped":
+        assert any(grouped)
+    if path in ("traced", "lanes"):
+        assert engine.traced is not None and engine.traced.replays > 0
+    if path == "lanes":
+        assert engine.lanes is not None and engine.lanes.filled > 0
+
+
+def test_a_cache_too_small_for_one_full_sequence_serves_several(
+        mistral: tuple[LanguageModel, Any]) -> None:
+    """A cache of 16 blocks of 8 tokens held no sequence of max-model-len 256 (32 blocks: the
+    engine refused to start); a windowed sequence needs 3 (and its prompt chunk's), so four
+    sequences of 100 to 130 tokens (59 blocks in all) run together in it, with no
+    preemption."""
+    torch.set_num_threads(1)
+    lm, model = mistral
+    engine = small_engine(lm, 16, 8, batched=16, max_model_len=256)
+    used = watch(engine, poison=True)
+    batch = prompts([30, 40, 50, 60], seed=6)
+    params = SamplingParams(max_tokens=70, temperature=0.0, ignore_eos=True)
+    outs = engine.generate_sync(batch, params)
+    for prompt, out in zip(batch, outs, strict=True):
+        assert out == generate(model, prompt, 70, frozenset()), len(prompt)
+    assert engine.scheduler.preemptions == 0 and engine.peak_running == 4
+    assert max(used) <= 16
+
+
+def test_prefix_cache_hits_on_given_back_blocks(mistral: tuple[LanguageModel, Any]) -> None:
+    """A sequence's blocks given back stay cached: a request with its prompt (and more) hits
+    them, while it runs and after; once other requests evicted them, a request with that
+    prompt misses and computes it again. Every answer is generate()'s."""
+    torch.set_num_threads(1)
+    lm, model = mistral
+    params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+    engine = small_engine(lm, 24, 8, batched=16)
+    (base,) = prompts([60], seed=8)
+    tail, other = prompts([9, 70], seed=9)
+    # the second arrives after the first read 48 tokens of its prompt (blocks 0..3 given
+    # back, still cached; 4 and 5 held): it shares them all
+    first, second = engine.sequence(base, params), engine.sequence(base + tail, params)
+    engine.scheduler.add(first)
+    for _ in range(3):
+        engine.step()
+    assert first.computed == 48 and first.blocks[:4] == [0] * 4
+    engine.scheduler.add(second)
+    engine.step()
+    assert second.cached_tokens == 48 and engine.pool.hit_tokens == 48
+    while engine._has_work():
+        engine.step()
+    assert [first.output, second.output] == [generate(model, base, 30, frozenset()),
+                                             generate(model, base + tail, 30, frozenset())]
+    engine.pool.hit_tokens = 0
+    assert engine.generate_sync([base + tail[:4]], params) == [
+        generate(model, base + tail[:4], 30, frozenset())]
+    assert engine.pool.hit_tokens >= 48  # its blocks 0..5, given back by both, still cached
+    # a long request that fills the pool evicts them: a miss, the prompt computed again
+    assert engine.generate_sync([other + other + other], params) == [
+        generate(model, other + other + other, 30, frozenset())]
+    engine.pool.hit_tokens = 0
+    assert engine.generate_sync([base], params) == [generate(model, base, 30, frozenset())]
+    assert engine.pool.hit_tokens == 0
+    assert engine.pool.used == 0
+
+
+def test_a_model_with_full_attention_layers_keeps_every_block(tmp_path: Path) -> None:
+    """Qwen2 with its first two layers full-causal: those read every key, so a sequence keeps
+    all of its blocks."""
+    lm = load_hf(windowed(tmp_path, "qwen2", **MIXED), device="cpu")
+    engine = small_engine(lm, 40, 8, batched=2048, max_model_len=320)
+    assert engine.scheduler.window is None
+    used = watch(engine)
+    params = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
+    engine.generate_sync(prompts([20], seed=10), params)
+    assert max(used) == 10  # 80 tokens: every block held
