@@ -5,7 +5,8 @@ it, and answers as transformers' ``generate()`` token for token with prompts and
 longer than the window: one request, several of different lengths read in chunks that cross
 the window's edge, a prompt read in one chunk, a prefix-cache hit longer than the window;
 through the traced decode (with and without decode lanes), the eager steps (decode rows in
-width groups) and CUDA graphs' padded inputs (``capture=False``, on the CPU). A family whose
+width groups) and CUDA graphs' padded inputs (``capture=False``, on the CPU); decode lanes
+only where the layers mix windows (test_llm_window_kv.py: every layer windowed). A family whose
 use of ``sliding_window`` transformers does not apply (Llama) stays capped to the window."""
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path,
     engine = engine_for(lm, path, batched=16)
     # (mixed layers step eagerly: a recorded graph takes one mask of a kind)
     assert (engine.traced is not None) == (path in ("traced", "lanes") and not mixed)
+    # (a model windowed on every layer keeps no lanes: its decode rows read their windows)
+    assert (engine.lanes is not None) == (path == "lanes" and mixed)
     batch = prompts([3, 11, 29, 57])
     outs = engine.generate_sync(batch, params)
     for prompt, out in zip(batch, outs, strict=True):

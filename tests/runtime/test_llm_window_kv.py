@@ -2,14 +2,14 @@
 
 The blocks that slide wholly out of a running sequence's window go back to the pool
 (scheduler.Scheduler.slide), their places in its block table pointing at the scratch block,
-which the windowed masks leave out. Shown here against transformers' ``generate()``, token for
-token: the blocks a long sequence holds stay bounded; a KV cache too small for one full-length
-sequence serves several windowed ones at once with no preemption; the freed blocks, reused by
-other sequences and overwritten between steps with large values (as is the scratch block), are
-never read (eager steps, decode rows in groups, the traced decode with and without decode lanes,
-CUDA graphs' padded inputs on the CPU); prefix-cache hits on blocks that a sequence gave back,
-and misses once they were evicted. A model whose layers mix windowed and full attention keeps
-every block."""
+which the windowed masks leave out; the decode rows' tables start at their windows. Shown here
+against transformers' greedy answers, token for token: the blocks a long sequence holds stay
+bounded; a KV cache too small for one full-length sequence serves several windowed ones at once
+with no preemption; the freed blocks, reused by other sequences and overwritten between steps
+with large values (as is the scratch block), are never read (eager steps, decode rows in groups,
+the traced decode, CUDA graphs' padded inputs on the CPU); prefix-cache hits on blocks that a
+sequence gave back, and misses once they were evicted. A model whose layers mix windowed and
+full attention keeps every block."""
 
 from __future__ import annotations
 
@@ -83,6 +83,20 @@ def watch(engine: Engine, poison: bool = False) -> list[int]:
     return used
 
 
+def watch_tables(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The width in blocks of every step's decode tables."""
+    widths: list[int] = []
+    pack = packing.pack
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        step = pack(*args, **kwargs)
+        if step.paged.decode_blocks is not None:
+            widths.append(step.paged.decode_blocks.shape[1])
+        return step
+    monkeypatch.setattr(engine_module, "pack", spied)
+    return widths
+
+
 @pytest.fixture(scope="module")
 def mistral(tmp_path_factory: pytest.TempPathFactory) -> tuple[LanguageModel, Any]:
     """A tiny Mistral with a 12-token window: the model served and transformers' own."""
@@ -109,7 +123,7 @@ def test_a_long_windowed_sequence_holds_its_window_alone(tmp_path: Path) -> None
     assert engine.pool.used == 0
 
 
-@pytest.mark.parametrize("path", ["eager", "grouped", "traced", "lanes", "graphs"])
+@pytest.mark.parametrize("path", ["eager", "grouped", "traced", "graphs"])
 def test_freed_blocks_are_never_read(path: str, mistral: tuple[LanguageModel, Any],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Four requests of different lengths, prompts and outputs several windows long, their
@@ -129,10 +143,7 @@ def test_freed_blocks_are_never_read(path: str, mistral: tuple[LanguageModel, An
         monkeypatch.setattr(engine_module, "decode_groups", spied)
     engine = small_engine(lm, 24, 8, batched=16, path="eager" if path == "grouped" else path,
                           prefix_caching=False)
-    if path == "lanes":  # (lanes hold whole contexts: more than this small cache)
-        monkeypatch.setattr("kubemaas_runtime.llm.decode_lanes.LANES_FROM_BYTES", 0)
-        assert engine.lanes is not None
-        engine.lanes.max_bytes = 64 << 20
+    tables = watch_tables(monkeypatch)
     used = watch(engine, poison=True)
     batch = prompts([5, 29, 44, 61], seed=5)
     params = SamplingParams(max_tokens=50, temperature=0.0, ignore_eos=True)
@@ -141,12 +152,12 @@ def test_freed_blocks_are_never_read(path: str, mistral: tuple[LanguageModel, An
         assert out == generate(model, prompt, 50, frozenset()), len(prompt)
     assert engine.scheduler.preemptions == 0 and engine.peak_running == 4
     assert max(used) <= 24 and engine.pool.used == 0
+    # the decode rows' tables span their windows: at most 3 blocks (window 12, blocks of 8)
+    assert tables and max(tables) <= 3
     if path == "grouped":
         assert any(grouped)
-    if path in ("traced", "lanes"):
+    if path == "traced":
         assert engine.traced is not None and engine.traced.replays > 0
-    if path == "lanes":
-        assert engine.lanes is not None and engine.lanes.filled > 0
 
 
 def test_a_cache_too_small_for_one_full_sequence_serves_several(

@@ -118,8 +118,10 @@ class Engine(EngineThread):
         elif stack is not None and lm.device.type == "cuda":
             self.graphed = GraphedDecode(stack, self.store, cfg.block_size, lm.vocab_size,
                                          cfg.max_num_seqs)
+        # (not with a window on every layer: a lane holds a row's whole context, while the
+        # rows' tables then start at their windows, packing._decode_tables)
         self.lanes = DecodeLanes(self.store, cfg.block_size, cfg.kv_cache_bytes) \
-            if cfg.decode_lanes and lm.device.type == "cpu" else None
+            if cfg.decode_lanes and lm.device.type == "cpu" and window is None else None
         self._model_step: StepForward = self.traced or self.graphed or lm.forward
         self._ids = itertools.count(1)
         self._decode = decoder(lm.tokenizer)
@@ -334,7 +336,7 @@ class Engine(EngineThread):
             if arranged is not None:
                 decode, lanes = arranged, self.lanes
         step = pack(decode, prefill, self.store, self.cfg.block_size, groups, self.lm.window,
-                    self.lm.sliding)
+                    self.lm.sliding, trim=lanes is None)
         if lanes is not None:
             step.paged.lanes = lanes
             step.paged.decode_positions = step.position_ids[0, :len(decode)]

@@ -39,17 +39,28 @@ def slots(seq: Sequence, start: int, stop: int, block_size: int) -> torch.Tensor
     return table[pos // block_size] * block_size + pos % block_size
 
 
-def _decode_tables(decode: list[Sequence], block_size: int, window: int | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _decode_tables(decode: list[Sequence], block_size: int, window: int | None = None,
+                   trim: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Block tables [B, W] (the scratch block 0 past a row's context), the mask
     [B, 1, 1, W * block_size] and each row's write slot [B]: three small tensors made from
     lists, whatever the batch (this runs every step, and on small models a step is a few
-    milliseconds). With a sliding ``window`` a row's token sees its last ``window`` keys."""
+    milliseconds). With a sliding ``window`` a row's token sees its last ``window`` keys;
+    with ``trim`` too, each row's table starts at the block of its first visible key (the
+    blocks before it, given back or not, are neither gathered nor attended)."""
     ctx = [s.computed + 1 for s in decode]
-    width = -(-max(ctx) // block_size)
-    table = torch.tensor([s.blocks[:width] + [0] * (width - min(width, len(s.blocks)))
-                          for s in decode], dtype=torch.long)
-    keys, ends = torch.arange(width * block_size), torch.tensor(ctx)[:, None]
+    starts = [max(0, n - window) // block_size for n in ctx] if trim and window else None
+    if starts is None:
+        width = -(-max(ctx) // block_size)
+        table = torch.tensor([s.blocks[:width] + [0] * (width - min(width, len(s.blocks)))
+                              for s in decode], dtype=torch.long)
+        keys: torch.Tensor = torch.arange(width * block_size)
+    else:
+        width = max(-(-n // block_size) - first for n, first in zip(ctx, starts, strict=True))
+        rows = [s.blocks[first:first + width] for s, first in zip(decode, starts, strict=True)]
+        table = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+        # each row's slots are its key positions from its first block on
+        keys = torch.arange(width * block_size) + torch.tensor(starts)[:, None] * block_size
+    ends = torch.tensor(ctx)[:, None]
     mask = keys < ends
     if window is not None:  # the token at ctx - 1 sees keys ctx - window .. ctx - 1
         mask &= keys >= ends - window
@@ -91,12 +102,15 @@ def decode_groups(decode: list[Sequence], block_size: int
 
 def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVStore,
          block_size: int, groups: list[tuple[int, int]] | None = None,
-         window: int | None = None, sliding: frozenset[int] = frozenset()) -> PackedStep:
+         window: int | None = None, sliding: frozenset[int] = frozenset(),
+         trim: bool = False) -> PackedStep:
     """The step's tensors; ``groups`` from ``decode_groups`` (the decode rows in its order);
     ``window``: the model's sliding window (each token attends to the keys of positions
     ``p - window + 1 .. p``, as transformers' ``sliding_window_overlay``), None: full-causal;
     ``sliding``: the layers that have it when others attend full-causal (the step then
-    carries both masks: ``PagedStep.sliding``); empty: every layer has it."""
+    carries both masks: ``PagedStep.sliding``); empty: every layer has it; ``trim``: with a
+    window on every layer, the decode rows' tables start at their windows (``_decode_tables``;
+    not when the rows attend over the decode lanes, which hold whole contexts)."""
     full = None if sliding else window  # the window of the step's ``mask`` masks
     ids: list[int] = []
     positions: list[int] = []
@@ -107,7 +121,8 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
     scored: list[tuple[Sequence, int, int]] = []
     decode_blocks = decode_mask = window_decode_mask = None
     if decode:
-        decode_blocks, decode_mask, decode_writes = _decode_tables(decode, block_size, full)
+        decode_blocks, decode_mask, decode_writes = _decode_tables(decode, block_size, full,
+                                                                   trim)
         if sliding:
             window_decode_mask = _decode_tables(decode, block_size, window)[1]
         writes.append(decode_writes)

@@ -101,19 +101,23 @@ class Sequence:
 class Step:
     decode: list[Sequence]
     prefill: list[tuple[Sequence, int]]  # (sequence, tokens fed this step)
+    window: int | None = None  # every layer's sliding window (Scheduler.window)
 
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)
 
     def reads(self) -> int:
         """KV positions the step's rows attend over (before it runs: the pacer's fit)."""
-        return decode_reads(self.decode) + sum(chunk_reads(s.computed, n)
+        return decode_reads(self.decode, self.window) + sum(chunk_reads(s.computed, n)
                                                for s, n in self.prefill)
 
 
-def decode_reads(decode: list[Sequence]) -> int:
-    """KV positions decode rows attend over: each its cached context and itself."""
-    return sum(s.computed + 1 for s in decode)
+def decode_reads(decode: list[Sequence], window: int | None = None) -> int:
+    """KV positions decode rows attend over: each its cached context and itself (with a
+    window on every layer, at most the window: packing._decode_tables)."""
+    if window is None:
+        return sum(s.computed + 1 for s in decode)
+    return sum(min(s.computed + 1, window) for s in decode)
 
 
 class Scheduler:
@@ -262,7 +266,7 @@ class Scheduler:
         reading = [s for s in self.running if s.remaining > 1]
         cap = None
         if decode and reading:
-            cap = self.prefill_cap(len(decode), len(reading), decode_reads(decode),
+            cap = self.prefill_cap(len(decode), len(reading), decode_reads(decode, self.window),
                                    reading[0].computed)
         if cap is not None:
             budget = min(budget, cap)
@@ -280,4 +284,4 @@ class Scheduler:
         if self.window is not None:  # a later chunk's room may have preempted an earlier row
             decode = [s for s in decode if s in self.running]
             prefill = [(s, n) for s, n in prefill if s in self.running]
-        return Step(decode, prefill)
+        return Step(decode, prefill, self.window)

@@ -86,7 +86,10 @@ def _warm(engine: Any, max_num_seqs: int, max_len: int) -> None:
     """Before serving: CUDA graphs of every decode bucket, and two short generations (which
     trace the CPU graphs); the warm-up is not counted as served work."""
     if engine.graphed is not None:
-        engine.graphed.warm(max_num_seqs, engine.pool.blocks_for(max_len))
+        width = engine.pool.blocks_for(max_len)
+        if engine.scheduler.window is not None:  # decode tables span the window alone
+            width = min(width, engine.scheduler.live_blocks)
+        engine.graphed.warm(max_num_seqs, width)
     engine.warm()
     engine.reset_stats()
 
