@@ -75,6 +75,7 @@ def test_each_token_row_is_the_models_own(models: dict[str, Path], family: str) 
     try:
         ready = server.ready_log()
         assert (ready["task"], ready["labels"]) == ("token_classify", list(LABELS))
+        assert "score_activation" not in ready, ready  # it answers neither /score nor /rerank
         got = pool(server, {"model": "tiny", "input": TEXTS})
         assert got["id"].startswith("pool-") and got["object"] == "list"
         assert [(d["index"], d["object"]) for d in got["data"]] == [

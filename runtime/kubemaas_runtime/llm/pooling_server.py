@@ -120,10 +120,12 @@ def open_pooling(api: Any, settings: Settings, model: Any, embedder: Any) -> dic
                         model.lower_case)
     pooling, classifier = embedder.pooling, model.classifier
     if classifier is not None:
-        return {"runner": "pooling", "task": classifier.task, "labels": list(classifier.labels),
-                "classify_activation": classifier.classify_activation,
-                "score_activation": classifier.score_activation,
-                "score_activation_from": classifier.score_activation_from}
+        said = {"runner": "pooling", "task": classifier.task, "labels": list(classifier.labels),
+                "classify_activation": classifier.classify_activation}
+        if not classifier.per_token:  # /score and /rerank's: a token classifier answers neither
+            said.update(score_activation=classifier.score_activation,
+                        score_activation_from=classifier.score_activation_from)
+        return said
     return {"runner": "pooling", "task": "embed", "pooling_type": pooling.kind,
             "normalize": pooling.normalize, "pooling_from": pooling.source,
             "dimensions": model.hidden_size}
