@@ -18,6 +18,19 @@ FAILING_WAIT_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
 # The ReplicaSet cannot create pods until something named in the spec (or the template) exists.
 _NO_PRIORITY_CLASS = re.compile(r"no PriorityClass with name (\S+) was found")
 _NO_SERVICE_ACCOUNT = re.compile(r"serviceaccount \"([^\"]+)\" not found")
+# The namespace's ResourceQuota has no room for another pod (a surge pod, say).
+_EXCEEDED_QUOTA = re.compile(r"exceeded quota: ([^,\s]+)")
+
+
+def quota_refusal(message: str) -> tuple[str, str] | None:
+    """(the ResourceQuota's name, the API server's words) when a ReplicaFailure message says a
+    namespace quota refused the pod, else None."""
+    found = _EXCEEDED_QUOTA.search(message)
+    if not found:
+        return None
+    start = message.find("forbidden")  # without the pod's name: the words stay the same
+    return found.group(1), message[start if start >= 0 else found.start():].strip()
+
 
 def create_failure(message: str) -> tuple[str, str]:
     """The Deployment's ReplicaFailure message -> (reason, message saying what to fix).

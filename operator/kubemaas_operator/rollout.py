@@ -30,9 +30,15 @@ from typing import Any
 
 from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
 from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, wind_down
-from .observed import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, create_failure
+from .observed import (
+    FAILING_WAIT_REASONS,
+    DeploymentInfo,
+    PodInfo,
+    create_failure,
+    quota_refusal,
+)
 from .pod_life import oom_problem
-from .rollout_strategy import Strategy, rollout_reason, sticky_strategy
+from .rollout_strategy import Strategy, remembered_quota, rollout_reason, sticky_strategy
 from .status import RolloutView, plural
 from .timestamps import format_time, parse_time
 
@@ -221,7 +227,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     d = _Draft(
         strategy=_strategy(spec, desired, spare, pods, previous,
                            upd is not None and upd["hash"] == desired_hash,
-                           live_hash == desired_hash),
+                           live_hash == desired_hash, dep),
         desired_hash=desired_hash, cur=_ref(previous.get("current")),
         prev_good=_ref(previous.get("previous")), upd=upd, failed=_ref(previous.get("failed")),
         stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
@@ -256,17 +262,24 @@ def _dropped_canary(previous: Mapping[str, Any], desired_hash: str, desired: int
 
 
 def _strategy(spec: ModelDeploymentSpec, desired: int, spare: int, pods: Sequence[PodInfo],
-              previous: Mapping[str, Any], same_update: bool, applied: bool) -> Strategy:
+              previous: Mapping[str, Any], same_update: bool, applied: bool,
+              dep: DeploymentInfo | None) -> Strategy:
     """The rollout's strategy (rollout_strategy.sticky_strategy), except for a revision applied
     at zero replicas: the Deployment carries it already and the model's pods, as it scales up,
     start on it; there is nothing to wait for (a fresh choice would say 'waiting' without a
-    free GPU)."""
+    free GPU). A surge pod of this revision that the namespace's ResourceQuota refused (the
+    Deployment's ReplicaFailure) counts as no room for a surge; a replacement chosen for that
+    keeps its reason."""
     at_zero = same_update and previous.get("reason") == "NoReplicas"
     if at_zero and applied:
         return Strategy("Replace", 0, 1, "NoReplicas", "replace: applied while no replica ran; "
                         "its pods start as the model scales up")
-    return sticky_strategy(spec, desired, spare, pods, previous.get("strategy")
-                           if same_update and not at_zero else None)
+    chosen = previous.get("strategy") if same_update and not at_zero else None
+    quota = quota_refusal(dep.replica_failure) if (
+        dep is not None and applied and dep.replica_failure) else None
+    if quota is None and chosen == "Replace":
+        quota = remembered_quota(previous)
+    return sticky_strategy(spec, desired, spare, pods, chosen, quota)
 
 
 def _still_rolled_back(d: _Draft, live_hash: str) -> None:
@@ -331,6 +344,9 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
                 and p.ready)
     if ready > int(d.upd.get("ready") or 0):
         d.upd = {**d.upd, "ready": ready, "progressAt": format_time(now)}
+    elif previous.get("strategy") == "Wait" and d.strategy.name != "Wait":
+        # a rollout that waited for room (a GPU, the quota) counts its deadline from now
+        d.upd = {**d.upd, "progressAt": format_time(now)}
     live_hash = dep.revision if dep is not None else ""
     # Something else ran before: this is a rollout, not the first revision.
     rolling = dep is not None and bool(live_hash) and (
@@ -425,7 +441,9 @@ def _roll(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
         d.upd = {k: v for k, v in d.upd.items() if k != "idleSince"} | {
             "progressAt": format_time(now)}
     since = now if idle else parse_time(d.upd.get("progressAt")) or now
-    overdue = applied and (now - since) > timedelta(seconds=deadline)
+    # a surge that waits for room (Wait) is not stalled: it starts once the room is there
+    overdue = applied and d.strategy.name != "Wait" and (
+        now - since) > timedelta(seconds=deadline)
     settle = float(min(spec.rollout.settle_seconds, deadline))
     settled = (now - since).total_seconds() >= settle
     done = applied and complete(dep, pods, d.desired_hash, desired) and settled and not idle
@@ -438,7 +456,12 @@ def _roll(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
         d.complete(f"{d.strategy.name.lower() if rolling else 'first'} rollout", desired,
                    raw_spec, now)
     else:
-        if rolling:
+        if rolling and d.strategy.name == "Wait":  # a surge applied, with no room for it
+            d.moving = True
+            d.blocked_reason, d.blocked_message = "RolloutWaiting", (
+                f"revision {d.upd['number']} ({d.desired_hash}) waits: {d.strategy.message}")
+            d.status = d.state("Wait", d.strategy.reason, d.strategy.message)
+        elif rolling:
             d.moving = True
             d.view_reason, d.view_message = rollout_reason(d.strategy), (
                 f"revision {d.upd['number']} ({d.desired_hash}): {d.strategy.message}; "
@@ -462,8 +485,10 @@ def _finish(d: _Draft, desired: int) -> Plan:
                        strategy_message=d.view_message)
     chosen = None
     if d.moving:
-        chosen = ((d.strategy.max_surge, d.strategy.max_unavailable)
-                  if d.strategy.name != "Wait" else (0, 1))  # going back must not wait
+        chosen = (d.strategy.max_surge, d.strategy.max_unavailable)
+        if d.strategy.name == "Wait" and (d.blocked_reason != "RolloutWaiting"
+                                          or d.strategy.max_surge <= 0):
+            chosen = (0, 1)  # going back must not wait; a surge waiting for room stays
     if d.canary_moving:  # the stable Deployment never surges beside a canary
         chosen = (0, max(1, min(d.strategy.max_unavailable or 1, max(1, desired - 1))))
     return Plan(target=d.target, strategy=d.strategy, status=d.status, view=view,

@@ -9,7 +9,8 @@ replace at once (nothing serves). A rollout keeps the strategy it started with.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,11 +28,14 @@ class Strategy:
     message: str
 
 
-def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int) -> Strategy:
+def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
+                    quota: tuple[str, str] | None = None) -> Strategy:
     """Surge if the free GPUs of matching nodes hold extra replicas, else replace, else wait.
 
     `spare`: how many replicas beyond `desired` fit in the free capacity right now (this model's
-    own pods counted as free: they are the ones being replaced).
+    own pods counted as free: they are the ones being replaced). `quota`: (name, the API
+    server's words) when the namespace's ResourceQuota refused a surge pod: no surge then,
+    whatever the nodes hold.
     """
     ro = spec.rollout
     if desired <= 0:  # nothing runs (replicas 0, or KEDA took it to zero): nothing to keep serving
@@ -39,46 +43,71 @@ def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int) -> Stra
                         "the new template is applied at once; its pods start when the model "
                         "scales up")
     unit = (f"{spec.gpu.count} {spec.gpu.resource}" if spec.gpu is not None else "a replica")
-    if ro.max_surge > 0 and spare > 0:
+    if ro.max_surge > 0 and spare > 0 and quota is None:
         surge = min(ro.max_surge, spare)
         why = (f"free GPUs on matching nodes hold {plural(spare, 'more replica')} of "
                f"{unit}" if spec.gpu is not None else "a CPU model: the scheduler places extras")
         return Strategy("Surge", surge, 0, "FreeGPUs",
                         f"surge: {plural(surge, 'extra replica')} at a time beside the "
                         f"{desired} serving ({why}); ready replicas never drop below {desired}")
-    why = ("no free GPU on matching nodes for an extra replica of " + unit
-           if ro.max_surge > 0 else "rollout.maxSurge is 0")
+    if quota is not None:
+        why = (f"the namespace's ResourceQuota {quota[0]} has no room for a surge pod "
+               f"(the API server said: {quota[1]})")
+        reason, room = "QuotaExceeded", f"raise ResourceQuota {quota[0]} for a surge"
+    else:
+        why = ("no free GPU on matching nodes for an extra replica of " + unit
+               if ro.max_surge > 0 else "rollout.maxSurge is 0")
+        reason, room = "NoFreeGPU", "free a GPU for a surge"
     limit = desired if ro.allow_downtime else desired - 1
     unavailable = max(0, min(ro.max_unavailable, limit))
     if unavailable >= 1:
         floor = desired - unavailable
-        return Strategy("Replace", 0, unavailable, "NoFreeGPU",
+        return Strategy("Replace", 0, unavailable, reason,
                         f"replace: {why}; replacing {plural(unavailable, 'replica')} at a time "
                         f"in place (at least {floor} of {desired} stay ready, never more pods "
                         "than GPUs)")
     if desired <= 1 and not ro.allow_downtime:
         hint = ("set spec.rollout.allowDowntime: true to replace the only replica (downtime), "
-                "or free a GPU for a surge")
+                f"or {room}")
     else:
-        hint = "raise spec.rollout.maxUnavailable, or free a GPU for a surge"
+        hint = f"raise spec.rollout.maxUnavailable, or {room}"
     blocker = ("replacing the only replica would leave none serving" if desired <= 1
                else "rollout.maxUnavailable is 0")
-    return Strategy("Wait", 0, 0, "NoFreeGPU", f"waiting: {why}, and {blocker}; {hint}")
+    # A surge already applied stays pending on the Deployment (maxSurge, never below the
+    # desired ready count): it starts by itself once room appears.
+    return Strategy("Wait", ro.max_surge, 0, reason, f"waiting: {why}, and {blocker}; {hint}")
+
+
+_QUOTA_WORDS = re.compile(r"ResourceQuota (\S+) has no room for a surge pod \(the API server "
+                          r"said: (.*?)\)(?:; replacing|, and )")
+
+
+def remembered_quota(previous: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The quota refusal a rollout's strategy was chosen for (status.rollout.reason
+    QuotaExceeded), from its message: the Deployment's ReplicaFailure goes once a replacement
+    has made room, the reason to replace stays."""
+    if previous.get("reason") != "QuotaExceeded":
+        return None
+    found = _QUOTA_WORDS.search(str(previous.get("message") or ""))
+    return (found.group(1), found.group(2)) if found else None
 
 
 def sticky_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
-                    pods: Sequence[PodInfo], chosen: Any) -> Strategy:
+                    pods: Sequence[PodInfo], chosen: Any,
+                    quota: tuple[str, str] | None = None) -> Strategy:
     """The strategy for this reconcile; a rollout keeps the one it started with.
 
     Free capacity moves while models roll (a replacing model's old pod gives its GPU back for a
     moment): re-deciding at every look would flip Deployments between surge and replace. A
     replacement stays a replacement; a surge stays a surge unless one of the model's pods cannot
-    be scheduled (someone took the free GPUs), and then it becomes a replacement.
+    be scheduled (someone took the free GPUs) or the namespace's ResourceQuota refused the surge
+    pod (`quota`), and then it becomes a replacement (or waits, where none may be replaced).
     """
-    fresh = choose_strategy(spec, desired, spare)
+    fresh = choose_strategy(spec, desired, spare, quota)
     if chosen == "Replace" and fresh.name == "Surge":
         return choose_strategy(spec, desired, 0)
-    if chosen == "Surge" and fresh.name != "Surge" and spec.rollout.max_surge > 0 and not any(
+    if chosen == "Surge" and fresh.name != "Surge" and quota is None and (
+            spec.rollout.max_surge > 0) and not any(
             p.unschedulable_message for p in pods if not p.terminating):
         return choose_strategy(spec, desired, 1)
     return fresh

@@ -1,0 +1,104 @@
+"""rollout.py / rollout_strategy.py: a surge the namespace's ResourceQuota refuses (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from tests.unit.test_rollout import GOOD, NOW, RAW, dep, pods, spec
+
+from kubemaas_operator.api import parse_spec
+from kubemaas_operator.observed import PodInfo, deployment_info, quota_refusal
+from kubemaas_operator.rollout import plan
+from kubemaas_operator.rollout_strategy import choose_strategy
+
+REFUSAL = ('pods "m-6c58475bdb-2wqxx" is forbidden: exceeded quota: gpus, requested: '
+           'requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: '
+           'requests.nvidia.com/gpu=4')
+WORDS = REFUSAL[REFUSAL.index("forbidden"):]
+
+
+def refused(revision: str, **extra: Any) -> Any:
+    return replace(dep(revision, **extra), replica_failure=REFUSAL)
+
+
+def test_a_quota_refusal_is_told_apart_from_other_create_failures() -> None:
+    assert quota_refusal(REFUSAL) == ("gpus", WORDS)  # the pod's name left out: it changes
+    assert quota_refusal('pods "x" is forbidden: exceeded quota: pods, requested: pods=1, '
+                         'used: pods=2, limited: pods=2')[0] == "pods"  # type: ignore[index]
+    assert quota_refusal('no PriorityClass with name gold was found') is None
+    raw = {"metadata": {}, "status": {"conditions": [
+        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+         "message": REFUSAL}]}}
+    assert deployment_info(raw).replica_failure == REFUSAL
+
+
+def test_no_surge_under_a_refusing_quota_whatever_the_free_gpus() -> None:
+    s = choose_strategy(spec(), 4, 5, ("gpus", WORDS))
+    assert (s.name, s.max_surge, s.max_unavailable, s.reason) == (
+        "Replace", 0, 1, "QuotaExceeded")
+    assert "ResourceQuota gpus has no room for a surge pod" in s.message
+    assert WORDS in s.message and "at least 3 of 4 stay ready" in s.message
+    one = parse_spec({**RAW, "replicas": 1})
+    w = choose_strategy(one, 1, 5, ("gpus", WORDS))
+    assert (w.name, w.reason) == ("Wait", "QuotaExceeded")
+    assert "allowDowntime" in w.message and "raise ResourceQuota gpus" in w.message
+    assert "free a GPU" not in w.message
+    # maxUnavailable 0: the hint names it and the quota
+    z = choose_strategy(spec(maxUnavailable=0), 4, 5, ("gpus", WORDS))
+    assert z.name == "Wait" and "raise spec.rollout.maxUnavailable" in z.message
+    assert "raise ResourceQuota gpus" in z.message
+
+
+def test_a_surge_the_quota_refuses_turns_into_a_sticky_replacement() -> None:
+    surging = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 2, GOOD, NOW)
+    assert surging.status["strategy"] == "Surge"
+    # the surge pod was refused: no pod of bbb exists, no pod is unschedulable
+    p = plan(spec(), RAW, "bbb", refused("bbb", updated=0), pods("aaa"), 4, 2,
+             surging.status, NOW)
+    assert p.status["strategy"] == "Replace" and p.deployment_strategy == (0, 1)
+    assert p.status["reason"] == "QuotaExceeded" and WORDS in p.status["message"]
+    assert p.view.strategy_reason == "ReplaceRollout"
+    # the refusal goes once the replacement made room; the reason to replace stays
+    later = plan(spec(), RAW, "bbb", dep("bbb", updated=1), [*pods("aaa", 3), *pods("bbb", 1)],
+                 4, 2, p.status, NOW)
+    assert later.status == {**p.status, "update": later.status["update"]}
+    assert later.deployment_strategy == (0, 1)
+
+
+def test_a_single_replica_under_the_quota_waits_with_its_surge_pending() -> None:
+    one = parse_spec({**RAW, "replicas": 1})
+    raw_one = {**RAW, "replicas": 1}
+    good = {**GOOD, "stableSpec": raw_one}
+    surging = plan(one, raw_one, "bbb", dep("aaa"), pods("aaa", 1), 1, 2, good, NOW)
+    assert surging.deployment_strategy == (1, 0)
+    p = plan(one, raw_one, "bbb", refused("bbb", updated=0), pods("aaa", 1), 1, 2,
+             surging.status, NOW)
+    assert p.status["strategy"] == "Wait" and p.status["reason"] == "QuotaExceeded"
+    # the only replica keeps serving: the pending surge stays, nothing is replaced
+    assert p.deployment_strategy == (1, 0) and p.target == "desired"
+    assert p.view.blocked_reason == "RolloutWaiting"
+    assert "ResourceQuota gpus" in p.view.blocked_message and WORDS in p.view.blocked_message
+    # a wait is not a stall: not rolled back after progressDeadlineSeconds
+    late = NOW + timedelta(seconds=3600)
+    again = plan(one, raw_one, "bbb", refused("bbb", updated=0), pods("aaa", 1), 1, 2,
+                 p.status, late)
+    assert not again.rolled_back and again.status == p.status
+    # the quota raised: the surge pod is created, the rollout goes on, its deadline from now
+    go = plan(one, raw_one, "bbb", dep("bbb", updated=1, ready=1),
+              [*pods("aaa", 1), *pods("bbb", 1, ready=False)], 1, 1, again.status, late)
+    assert go.status["strategy"] == "Surge" and not go.rolled_back
+    assert go.status["update"]["progressAt"] != p.status["update"]["progressAt"]
+
+
+def test_a_bad_revision_under_the_quota_is_still_rolled_back() -> None:
+    one = parse_spec({**RAW, "replicas": 1})
+    raw_one = {**RAW, "replicas": 1}
+    good = {**GOOD, "stableSpec": raw_one}
+    surging = plan(one, raw_one, "bbb", dep("aaa"), pods("aaa", 1), 1, 2, good, NOW)
+    crashing = [*pods("aaa", 1), PodInfo(name="new", phase="Running", revision="bbb",
+                                         waiting_reason="CrashLoopBackOff")]
+    p = plan(one, raw_one, "bbb", refused("bbb", updated=1), crashing, 1, 2,
+             surging.status, NOW)
+    assert p.rolled_back and p.target == "stable" and p.deployment_strategy == (0, 1)
