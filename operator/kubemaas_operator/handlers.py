@@ -166,7 +166,8 @@ async def _queued(key: Hashable) -> float | None:
     try:
         outcome = await _reconcile(key)
     except Retry as err:
-        log.warning("%s/%s: %s; retrying in %.0fs", *key, err, err.delay)
+        log.log(logging.DEBUG if err.quiet else logging.WARNING, "%s/%s: %s; retrying in %.0fs",
+                *key, err, err.delay)
         return err.delay
     if outcome is None:
         return None

@@ -42,6 +42,7 @@ class Memory:
         self._statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._told: set[tuple[str, str, str]] = set()
         self._failed_writes: dict[tuple[str, str], int] = {}
+        self._status_failures: dict[tuple[str, str], int] = {}
 
     def first_time(self, namespace: str, name: str, what: str) -> bool:
         """True once per model and message (for log lines that must not repeat every look)."""
@@ -62,8 +63,16 @@ class Memory:
         self._failed_writes.pop((namespace, name), None)
 
     def wrote_status(self, namespace: str, name: str, response: Mapping[str, Any],
-                     status: dict[str, Any]) -> None:
+                     status: dict[str, Any]) -> int:
+        """Remembers the status written; how many writes of it had failed in a row before."""
         self._statuses[(namespace, name)] = (_rv(response), status)
+        return self._status_failures.pop((namespace, name), 0)
+
+    def status_write_failed(self, namespace: str, name: str) -> int:
+        """Counts a failed write of the model's status; how many in a row now."""
+        key = (namespace, name)
+        self._status_failures[key] = self._status_failures.get(key, 0) + 1
+        return self._status_failures[key]
 
     def previous_status(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The model's status as last written: ours if the watch has not caught up yet."""
@@ -117,6 +126,7 @@ class Memory:
     def forget_all(self, namespace: str, name: str) -> None:
         self._statuses.pop((namespace, name), None)
         self._failed_writes.pop((namespace, name), None)
+        self._status_failures.pop((namespace, name), None)
         self._told = {t for t in self._told if t[:2] != (namespace, name)}
         self.forget("Deployment", namespace, canary_name(name))
         self.forget("HTTPRoute", namespace, name)

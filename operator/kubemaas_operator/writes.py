@@ -19,11 +19,13 @@ log = logging.getLogger("kubemaas.reconcile")
 
 
 class Retry(Exception):
-    """Something transient failed (the API server, a conflict); try again after `delay`."""
+    """Something transient failed (the API server, a conflict); try again after `delay`.
+    `quiet`: said once already (an Event and a log line); the handler logs it at debug level."""
 
-    def __init__(self, message: str, delay: float = 5.0) -> None:
+    def __init__(self, message: str, delay: float = 5.0, quiet: bool = False) -> None:
         super().__init__(message)
         self.delay = delay
+        self.quiet = quiet
 
 
 class Refused(Exception):
@@ -49,18 +51,48 @@ async def write_status(cluster: AsyncCluster, memory: Memory, body: Mapping[str,
         previous = memory.previous_status(body)
         response = await cluster.patch_status(meta["namespace"], meta["name"], result.status,
                                               previous)
-        memory.wrote_status(meta["namespace"], meta["name"], response, result.status)
+        if memory.wrote_status(meta["namespace"], meta["name"], response,
+                               result.status) >= STATUS_REPORT_FROM:
+            log.info("%s/%s: the status is written again", meta["namespace"], meta["name"])
         count_rollouts(previous, result.status)
     except ApiError as err:
         if err.status == 404:
             return  # deleted meanwhile
-        raise Retry(f"cannot write the status: {err}") from err
+        raise await _status_refused(cluster, memory, body, err) from err
     for event in result.events:
         try:
             await cluster.post_event(_involved(body), event.type, event.reason, event.message)
         except ApiError as err:  # an Event is a courtesy; never fail a reconcile on it
             log.warning("cannot post an Event for %s/%s: %s", meta["namespace"], meta["name"],
                         err)
+
+
+STATUS_REPORT_FROM = 3  # failures in a row of a status write that count as more than a blip
+STATUS_MAX_DELAY_S = 60.0
+
+
+async def _status_refused(cluster: AsyncCluster, memory: Memory, body: Mapping[str, Any],
+                          err: ApiError) -> Retry:
+    """A status write the API server refused or failed. The status cannot say so: a Warning
+    Event (reason StatusRefused) and one log line do, at the first failure when a policy, RBAC
+    or the schema refused it, else at the STATUS_REPORT_FROM-th in a row (a blip is retried
+    quietly). After that it is retried quietly, every 5 s doubling up to a minute."""
+    meta = body.get("metadata") or {}
+    key = (meta.get("namespace") or "", meta.get("name") or "")
+    streak = memory.status_write_failed(*key)
+    refused = err.policy_refused or err.invalid or err.status == 403
+    message = (f"cannot write the status of ModelDeployment {key[0]}/{key[1]}: {err}; it is "
+               "tried again (at least once a minute) and written once the API server takes it")
+    report_at = 1 if refused else STATUS_REPORT_FROM
+    delay = min(5.0 * 2.0 ** max(0, streak - report_at), STATUS_MAX_DELAY_S)
+    if streak != report_at:
+        return Retry(message, delay, quiet=streak > report_at)
+    log.warning("%s/%s: %s", *key, message)
+    try:
+        await cluster.post_event(_involved(body), "Warning", "StatusRefused", message)
+    except ApiError as again:
+        log.warning("%s/%s: and no Event can say so: %s", *key, again)
+    return Retry(message, delay, quiet=True)
 
 
 async def pin_replicas(cluster: AsyncCluster, memory: Memory, name: str, namespace: str,

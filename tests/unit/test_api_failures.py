@@ -39,3 +39,58 @@ def test_a_write_that_goes_through_starts_the_count_again() -> None:
     memory.forget_all("ns", "m")
     with pytest.raises(Retry):
         _fail(memory)
+
+
+class _RefusingCluster:
+    """patch_status always fails with `error`; Events are recorded."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.events: list[tuple[str, str, str]] = []
+
+    async def patch_status(self, *args: object) -> dict[str, object]:
+        raise self.error
+
+    async def post_event(self, involved: object, type_: str, reason: str,
+                         message: str) -> None:
+        self.events.append((type_, reason, message))
+
+
+def _write(cluster: _RefusingCluster, memory: Memory) -> Retry:
+    import asyncio
+
+    from kubemaas_operator.status import StatusResult
+    from kubemaas_operator.writes import write_status
+
+    body = {"metadata": {"namespace": "ns", "name": "m", "uid": "u"}}
+    result = StatusResult(status={"phase": "Ready"}, changed=True, events=[])
+    with pytest.raises(Retry) as caught:
+        asyncio.run(write_status(cluster, memory, body, result))  # type: ignore[arg-type]
+    return caught.value
+
+
+def test_a_refused_status_write_is_told_once_by_an_event_then_retried_quietly() -> None:
+    from kubemaas_operator.k8s import ApiError
+
+    said = ("modeldeployments.serving.kubemaas.io \"m\" is forbidden: ValidatingAdmissionPolicy "
+            "'p' with binding 'p' denied request: frozen")
+    cluster, memory = _RefusingCluster(ApiError(403, "Forbidden", said)), Memory()
+    retries = [_write(cluster, memory) for _ in range(6)]
+    assert [r.quiet for r in retries] == [True] * 6  # the first one is said, not by the handler
+    assert [r.delay for r in retries] == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+    assert len(cluster.events) == 1
+    type_, reason, message = cluster.events[0]
+    assert (type_, reason) == ("Warning", "StatusRefused") and "denied request: frozen" in message
+    assert memory.wrote_status("ns", "m", {}, {}) == 6  # a write that goes through: count anew
+    _write(cluster, memory)
+    assert len(cluster.events) == 2  # refused again after that: told again
+
+
+def test_a_failing_status_write_is_a_blip_twice_then_told() -> None:
+    from kubemaas_operator.k8s import ApiError
+
+    cluster, memory = _RefusingCluster(ApiError(503, "ServiceUnavailable", "overloaded")), Memory()
+    retries = [_write(cluster, memory) for _ in range(4)]
+    assert [r.quiet for r in retries] == [False, False, True, True]
+    assert [r.delay for r in retries] == [5.0, 5.0, 5.0, 10.0]
+    assert [e[1] for e in cluster.events] == ["StatusRefused"]
