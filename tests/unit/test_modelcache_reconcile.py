@@ -144,3 +144,34 @@ def test_a_deleted_cache_whose_claim_was_never_made_is_not_held_for_ever() -> No
                                 Memory()))  # type: ignore[arg-type]
     assert ("finalizers", []) in fake.calls, fake.calls
     assert not [c for c in fake.calls if c[0] == "apply"], fake.calls
+
+
+class _NoFinalizerApi(_FakeCacheApi):
+    """A policy refuses every update of the cache: its finalizer."""
+
+    async def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
+                             resource_version: str) -> None:
+        from kubemaas_operator.k8s import ApiError
+
+        self.calls.append(("finalizers", finalizers))
+        raise ApiError(422, "Invalid", 'modelcaches.serving.kubemaas.io "llama" is forbidden: '
+                       "ValidatingAdmissionPolicy 'p' with binding 'p' denied request: frozen")
+
+
+def test_a_refused_finalizer_is_said_in_the_status_once() -> None:
+    """The cleanup finalizer refused by a policy (a 422): the cache had no status and no Event,
+    the operator logging an ERROR every 60 s."""
+    from kubemaas_operator.modelcache.reconcile import CacheSnapshot, Memory, reconcile_cache
+    body = {"metadata": {"name": "llama", "namespace": "ml", "uid": "u-1", "generation": 1,
+                         "resourceVersion": "7"}, "spec": NODE_SPEC}
+    fake, memory = _NoFinalizerApi(), Memory()
+    snap = CacheSnapshot(body=body, pods=[], nodes={"gpu-1": {}})
+    assert asyncio.run(reconcile_cache(snap, fake, memory, NOW)) == 60.0  # type: ignore[arg-type]
+    (status,) = [c[1] for c in fake.calls if c[0] == "status"]
+    assert status["phase"] == "Pending" and status["reason"] == "FinalizerRefused"
+    assert "denied request: frozen" in status["message"], status
+    assert [c[1] for c in fake.calls if c[0] == "event"] == ["FinalizerRefused"]
+    assert not [c for c in fake.calls if c[0] == "apply"]  # nothing starts without it
+    fake.calls.clear()
+    assert asyncio.run(reconcile_cache(snap, fake, memory, NOW)) == 60.0  # type: ignore[arg-type]
+    assert [c[0] for c in fake.calls] == ["finalizers"]  # said once: no status, no Event again

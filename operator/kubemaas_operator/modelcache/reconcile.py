@@ -240,6 +240,27 @@ async def _finalize(snap: CacheSnapshot, api: CacheCluster, memory: Memory) -> f
     return None
 
 
+async def _finalizer_refused(api: CacheCluster, memory: Memory, body: Mapping[str, Any],
+                             err: ApiError) -> float:
+    """The cleanup finalizer refused (a policy, RBAC, the schema): nothing starts without it
+    (the files could not be removed on delete). The status says so, with a Warning Event and a
+    log line once; the finalizer is tried again every minute and at each change."""
+    meta = body.get("metadata") or {}
+    previous = memory.previous(body)
+    message = (f"the API server refused the cleanup finalizer {FINALIZER}: {err}; without it "
+               "the cache's files could not be removed when it is deleted, so nothing starts; "
+               "it is tried again every minute")[:2048]
+    status = {**previous, "phase": previous.get("phase") or "Pending",
+              "reason": "FinalizerRefused", "message": message}
+    if status != previous:
+        log.warning("%s/%s: %s", meta.get("namespace"), meta.get("name"), message)
+        await write_status(api, memory, body, previous, status)
+        if previous.get("phase") == status["phase"]:  # else write_status posted one
+            await _post_events(api, body, _ref(body), [("Warning", "FinalizerRefused",
+                                                        message)])
+    return 60.0
+
+
 async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory,
                           now: datetime | None = None) -> float | None:
     """One pass; returns when to look again (None: on the next event)."""
@@ -256,7 +277,9 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
         except ApiError as err:
             if err.status in (404, 409):
                 return 0.5 if err.status == 409 else None
-            raise
+            if not (err.policy_refused or err.invalid or err.status == 403):
+                raise
+            return await _finalizer_refused(api, memory, body, err)
     previous = memory.previous(body)
     try:
         spec = parse_cache_spec(body.get("spec"))
@@ -397,7 +420,7 @@ async def write_status(api: CacheCluster, memory: Memory, body: Mapping[str, Any
     rv = int((response.get("metadata") or {}).get("resourceVersion") or 0)
     memory.statuses[key] = (rv, status)
     if previous.get("phase") != status.get("phase"):
-        failed = status.get("phase") == "Failed"
+        failed = status.get("phase") == "Failed" or status.get("reason") == "FinalizerRefused"
         try:
             await api.post_event(involved(body), "Warning" if failed else "Normal",
                                  str(status.get("reason") or status.get("phase")),
