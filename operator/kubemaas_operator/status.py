@@ -17,7 +17,7 @@ from typing import Any
 
 from . import autoscaling_status, optimization_status, pod_life
 from .api import ModelDeploymentSpec
-from .observed import DeploymentInfo, PodInfo, create_failure
+from .observed import DeploymentInfo, PodInfo, create_failure, quota_refusal
 from .scheduling import NEVER_FIT_REASONS, Capacity
 from .timestamps import format_time, parse_time
 
@@ -154,6 +154,17 @@ def _wakes(autoscaling: Mapping[str, Any] | None) -> str:
     return f" or on a request to {wake.get('interceptor')} with Host {wake.get('host')}"
 
 
+def _replacing_under_quota(o: Observed) -> bool:
+    """A replacement the namespace's ResourceQuota made (rollout_strategy, reason
+    QuotaExceeded): the ReplicaSet's pod for a replaced one is refused until the quota
+    controller has counted the old one gone, a moment later. Expected, and said by the
+    rollout's message: not a failure to schedule (the model flipped to Degraded and back)."""
+    ro = o.rollout.status if o.rollout is not None else {}
+    return (ro.get("strategy") == "Replace" and ro.get("reason") == "QuotaExceeded"
+            and o.deployment is not None
+            and quota_refusal(o.deployment.replica_failure) is not None)
+
+
 def _scheduled(o: Observed, live: list[PodInfo], desired: int) -> _Cond:
     dep = o.deployment
     unschedulable = [p for p in live if p.unschedulable_message]
@@ -163,7 +174,7 @@ def _scheduled(o: Observed, live: list[PodInfo], desired: int) -> _Cond:
         return _Cond("Scheduled", "False", "Unschedulable",
                      f"{plural(len(unschedulable), 'pod')} cannot be scheduled: "
                      f"{unschedulable[0].unschedulable_message}")
-    if dep is not None and dep.replica_failure:
+    if dep is not None and dep.replica_failure and not _replacing_under_quota(o):
         return _Cond("Scheduled", "False", *create_failure(dep.replica_failure))
     if dep is None:
         return _Cond("Scheduled", "Unknown", "WaitingForDeployment",

@@ -57,6 +57,9 @@ def test_a_surge_the_quota_refuses_becomes_a_replacement(kube: Kube, ns: str) ->
     print(sorted(sampler.messages))
     assert ready >= 3 - 1, f"ready replicas fell to {ready} (maxUnavailable 1)"
     assert "Replace" in sampler.strategies, sampler.strategies
+    # the pod of each replaced replica, refused until the quota controller counts the old one
+    # gone, is part of the plan: no Degraded/FailedCreate in between
+    assert "FailedCreate" not in sampler.reasons, sampler.reasons
     assert any("ResourceQuota gpus" in m and "1 replica at a time" in m
                for m in sampler.messages), sampler.messages
     assert st["rollout"]["history"][-1]["message"] == "3 replicas Ready (replace rollout)"

@@ -102,3 +102,25 @@ def test_a_bad_revision_under_the_quota_is_still_rolled_back() -> None:
     p = plan(one, raw_one, "bbb", refused("bbb", updated=1), crashing, 1, 2,
              surging.status, NOW)
     assert p.rolled_back and p.target == "stable" and p.deployment_strategy == (0, 1)
+
+
+def test_a_replacement_under_the_quota_is_not_degraded_by_its_refused_pod() -> None:
+    """The ReplicaSet's pod for a replaced one is refused until the quota controller counts the
+    old one gone: the model flipped Progressing -> Degraded (FailedCreate) -> Progressing at
+    each replaced replica (seen on the local control plane)."""
+    from tests.unit.test_status import observed
+
+    from kubemaas_operator.status import RolloutView, compute_status
+
+    p = plan(spec(), RAW, "bbb", refused("bbb", updated=0), pods("aaa"), 4, 2,
+             plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 2, GOOD, NOW).status, NOW)
+    view = p.view
+    mid = replace(dep("bbb", ready=3, updated=1), replica_failure=REFUSAL)
+    live = [*pods("aaa", 3), *pods("bbb", 0)]
+    st = compute_status(spec(), observed(deployment=mid, pods=live, rollout=view,
+                                         desired_revision="bbb")).status
+    assert st["phase"] == "Progressing" and st["reason"].startswith("ReplaceRollout"), st
+    # the same refusal outside a quota replacement still says FailedCreate
+    other = compute_status(spec(), observed(deployment=mid, pods=live, rollout=RolloutView(),
+                                            desired_revision="bbb")).status
+    assert other["reason"].startswith("FailedCreate"), other["reason"]
