@@ -30,13 +30,7 @@ from typing import Any
 
 from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
 from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, wind_down
-from .observed import (
-    FAILING_WAIT_REASONS,
-    DeploymentInfo,
-    PodInfo,
-    create_failure,
-    quota_refusal,
-)
+from .observed import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, create_failure, quota_refusal
 from .pod_life import oom_problem
 from .rollout_strategy import Strategy, remembered_quota, rollout_reason, sticky_strategy
 from .status import RolloutView, plural
@@ -165,6 +159,8 @@ class _Draft:
                                "update": self.upd, "failed": self.failed,
                                "history": self.history[-HISTORY:] or None,
                                "stableSpec": self.stable_spec, "canary": self.canary_state}
+        if reason == "QuotaExceeded" and self.strategy.quota is not None:
+            out["quota"] = dict(zip(("name", "message"), self.strategy.quota, strict=True))
         return {k: v for k, v in out.items() if v is not None}
 
     def drop_canary(self) -> None:

@@ -9,7 +9,6 @@ replace at once (nothing serves). A rollout keeps the strategy it started with.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +25,9 @@ class Strategy:
     max_unavailable: int
     reason: str
     message: str
+    # (the ResourceQuota's name, the API server's words): a surge pod it refused made this
+    # strategy (reason QuotaExceeded); kept in status.rollout.quota while the rollout runs
+    quota: tuple[str, str] | None = None
 
 
 def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
@@ -65,7 +67,7 @@ def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
         return Strategy("Replace", 0, unavailable, reason,
                         f"replace: {why}; replacing {plural(unavailable, 'replica')} at a time "
                         f"in place (at least {floor} of {desired} stay ready, never more pods "
-                        "than GPUs)")
+                        "than GPUs)", quota)
     if desired <= 1 and not ro.allow_downtime:
         hint = ("set spec.rollout.allowDowntime: true to replace the only replica (downtime), "
                 f"or {room}")
@@ -75,21 +77,18 @@ def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
                else "rollout.maxUnavailable is 0")
     # A surge already applied stays pending on the Deployment (maxSurge, never below the
     # desired ready count): it starts by itself once room appears.
-    return Strategy("Wait", ro.max_surge, 0, reason, f"waiting: {why}, and {blocker}; {hint}")
-
-
-_QUOTA_WORDS = re.compile(r"ResourceQuota (\S+) has no room for a surge pod \(the API server "
-                          r"said: (.*?)\)(?:; replacing|, and )")
+    return Strategy("Wait", ro.max_surge, 0, reason, f"waiting: {why}, and {blocker}; {hint}",
+                    quota)
 
 
 def remembered_quota(previous: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The quota refusal a rollout's strategy was chosen for (status.rollout.reason
-    QuotaExceeded), from its message: the Deployment's ReplicaFailure goes once a replacement
-    has made room, the reason to replace stays."""
-    if previous.get("reason") != "QuotaExceeded":
+    """The quota refusal a rollout's strategy was chosen for (status.rollout.quota): the
+    Deployment's ReplicaFailure goes once a replacement has made room, the reason to replace
+    stays."""
+    quota = previous.get("quota") if previous.get("reason") == "QuotaExceeded" else None
+    if not isinstance(quota, Mapping) or not quota.get("name"):
         return None
-    found = _QUOTA_WORDS.search(str(previous.get("message") or ""))
-    return (found.group(1), found.group(2)) if found else None
+    return str(quota["name"]), str(quota.get("message") or "")
 
 
 def sticky_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,

@@ -79,6 +79,7 @@ def test_a_single_replica_the_quota_holds_waits_then_rolls_once_raised(
     assert "ResourceQuota gpus" in message and "exceeded quota" in message, message
     assert "allowDowntime" in message and "raise" in message, message
     assert st["rollout"]["strategy"] == "Wait"
+    assert st["rollout"]["quota"]["name"] == "gpus", st["rollout"]  # kept by the CRD's schema
     assert st["readyReplicas"] == 1, st  # the only replica keeps serving
     pods = kube.kubectl("-n", ns, "get", "pods", "-l", "app.kubernetes.io/instance=m",
                         "-o", "name").stdout.split()

@@ -59,12 +59,18 @@ def test_a_surge_the_quota_refuses_turns_into_a_sticky_replacement() -> None:
              surging.status, NOW)
     assert p.status["strategy"] == "Replace" and p.deployment_strategy == (0, 1)
     assert p.status["reason"] == "QuotaExceeded" and WORDS in p.status["message"]
+    assert p.status["quota"] == {"name": "gpus", "message": WORDS}
     assert p.view.strategy_reason == "ReplaceRollout"
     # the refusal goes once the replacement made room; the reason to replace stays
     later = plan(spec(), RAW, "bbb", dep("bbb", updated=1), [*pods("aaa", 3), *pods("bbb", 1)],
                  4, 2, p.status, NOW)
     assert later.status == {**p.status, "update": later.status["update"]}
     assert later.deployment_strategy == (0, 1)
+    # the quota named in status.rollout.quota, not read back from the message's words
+    reworded = {**p.status, "message": "replace in place"}
+    again = plan(spec(), RAW, "bbb", dep("bbb", updated=1), [*pods("aaa", 3), *pods("bbb", 1)],
+                 4, 2, reworded, NOW)
+    assert again.status["quota"] == p.status["quota"] and again.deployment_strategy == (0, 1)
 
 
 def test_a_single_replica_under_the_quota_waits_with_its_surge_pending() -> None:

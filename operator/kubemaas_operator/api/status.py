@@ -70,6 +70,12 @@ class CanaryStatus:
 
 
 @dataclass(frozen=True)
+class QuotaRefusal:
+    name: str = field(metadata=json_name("name"), default="")
+    message: str = field(metadata=json_name("message"), default="")
+
+
+@dataclass(frozen=True)
 class RolloutStatus:
     strategy: str = field(metadata=json_name("strategy"), default="")
     reason: str = field(metadata=json_name("reason"), default="")
@@ -81,6 +87,7 @@ class RolloutStatus:
     history: tuple[RevisionHistoryEntry, ...] = field(metadata=json_name("history"), default=())
     stable_spec: Mapping[str, Any] | None = field(metadata=json_name("stableSpec"), default=None)
     canary: CanaryStatus | None = field(metadata=json_name("canary"), default=None)
+    quota: QuotaRefusal | None = field(metadata=json_name("quota"), default=None)
 
 
 @dataclass(frozen=True)
