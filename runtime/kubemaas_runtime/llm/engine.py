@@ -74,6 +74,20 @@ def kv_blocks_for_budget(lm: LanguageModel, cfg_bytes: int, block_size: int) -> 
     return cfg_bytes // per_block
 
 
+def _check_holds_one_sequence(cfg: EngineConfig, pool: BlockPool, scheduler: Scheduler) -> None:
+    """The KV cache must hold one sequence of max-model-len (a windowed one: its window's
+    blocks, Scheduler.live_blocks)."""
+    need = pool.blocks_for(cfg.max_model_len)
+    if scheduler.window is not None:
+        need = min(need, scheduler.live_blocks)
+    if need > pool.usable:
+        raise ValueError(
+            f"a KV cache of {cfg.kv_cache_bytes} bytes holds {pool.usable} blocks of "
+            f"{cfg.block_size} tokens, fewer than one sequence of max-model-len "
+            f"{cfg.max_model_len} needs ({need}); raise the KV cache memory or lower "
+            f"max-model-len")
+
+
 class Engine(EngineThread):
     def __init__(self, lm: LanguageModel, cfg: EngineConfig) -> None:
         super().__init__("kubemaas-llm-engine")
@@ -87,15 +101,7 @@ class Engine(EngineThread):
                                    priority=cfg.scheduling_policy == "priority",
                                    max_loras=lm.loras.max_loras if lm.loras else 0,
                                    window=window)
-        need = self.pool.blocks_for(cfg.max_model_len)
-        if window is not None:
-            need = min(need, self.scheduler.live_blocks)
-        if need > self.pool.usable:
-            raise ValueError(
-                f"a KV cache of {cfg.kv_cache_bytes} bytes holds {self.pool.usable} blocks of "
-                f"{cfg.block_size} tokens, fewer than one sequence of max-model-len "
-                f"{cfg.max_model_len} needs ({need}); raise the KV cache memory or lower "
-                f"max-model-len")
+        _check_holds_one_sequence(cfg, self.pool, self.scheduler)
         self.store = KVStore(lm.num_layers, num_blocks, cfg.block_size, lm.kv_heads,
                              lm.head_dim, lm.dtype, lm.device)
         self.loras = lm.loras
