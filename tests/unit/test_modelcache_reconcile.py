@@ -175,3 +175,83 @@ def test_a_refused_finalizer_is_said_in_the_status_once() -> None:
     fake.calls.clear()
     assert asyncio.run(reconcile_cache(snap, fake, memory, NOW)) == 60.0  # type: ignore[arg-type]
     assert [c[0] for c in fake.calls] == ["finalizers"]  # said once: no status, no Event again
+
+
+def test_a_refused_pod_is_asked_for_again_when_due_not_at_each_wake() -> None:
+    """A ResourceQuota refused the download pod: every event that woke the cache (any node's
+    labels or status, its own status written) asked for the pod again, a refused write each
+    (8 node events, 8 refused creates, on the testbed). Now the refusal holds until its retry
+    is due (REFUSED_RETRY_S), with no write at all meanwhile; a changed spec asks at once."""
+    from kubemaas_operator.k8s import ApiError
+    from kubemaas_operator.modelcache.reconcile import CacheSnapshot, Memory, reconcile_cache
+    from kubemaas_operator.modelcache.refusals import REFUSED_RETRY_S, Refusals
+
+    class OverQuota(_FakeCacheApi):
+        async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+            self.calls.append(("apply", manifest["metadata"]["name"]))
+            raise ApiError(403, "Forbidden", f'pods "{manifest["metadata"]["name"]}" is '
+                           "forbidden: exceeded quota: pods, requested: pods=1, used: pods=0, "
+                           "limited: pods=0")
+
+    clock = [100.0]
+    memory = Memory()
+    memory.refusals = Refusals(clock=lambda: clock[0])
+    body: dict[str, Any] = {"metadata": {
+        "name": "llama", "namespace": "ml", "uid": "u-1", "generation": 1, "resourceVersion": "7",
+        "finalizers": ["serving.kubemaas.io/model-cache-cleanup"]}, "spec": NODE_SPEC}
+    nodes = {"gpu-1": {"pool": "gpu"}}
+
+    def wake(fake: OverQuota) -> float | None:
+        return asyncio.run(reconcile_cache(CacheSnapshot(body=body, nodes=nodes), fake, memory,
+                                           NOW))  # type: ignore[arg-type]
+
+    fake = OverQuota()
+    assert wake(fake) == REFUSED_RETRY_S
+    (status,) = [c[1] for c in fake.calls if c[0] == "status"]
+    assert (status["phase"], status["reason"]) == ("Pending", "Refused")
+    assert "exceeded quota" in status["message"] and [c[0] for c in fake.calls].count(
+        "apply") == 1
+    body = {**body, "status": status,
+            "metadata": {**body["metadata"], "resourceVersion": "9"}}  # as the watch delivers it
+    for seconds in (1.0, 10.0, REFUSED_RETRY_S - 1):
+        clock[0] = 100.0 + seconds
+        fake = OverQuota()
+        assert wake(fake) == REFUSED_RETRY_S - seconds
+        assert fake.calls == [], (seconds, fake.calls)  # nothing asked, nothing written
+    clock[0] = 100.0 + REFUSED_RETRY_S + 1  # due: asked again, the status unchanged
+    fake = OverQuota()
+    assert wake(fake) == REFUSED_RETRY_S
+    assert [c[0] for c in fake.calls] == ["apply"]
+    clock[0] += 1  # the spec changed: asked at once
+    body = {**body, "metadata": {**body["metadata"], "generation": 2}}
+    fake = OverQuota()
+    wake(fake)
+    assert [c[0] for c in fake.calls][:1] == ["apply"]
+
+
+def test_only_a_node_that_comes_goes_or_is_relabelled_wakes_the_caches(
+        monkeypatch: Any) -> None:
+    """Every node event (a kubelet's status, a heartbeat) woke every cache; a cache reads a
+    node's name and labels only."""
+    from kubemaas_operator.modelcache import handlers
+
+    class Queue:
+        def __init__(self) -> None:
+            self.keys: list[Any] = []
+
+        def enqueue(self, key: Any, delay: float = 0.0) -> None:
+            self.keys.append(key)
+
+    queue = Queue()
+    monkeypatch.setattr(handlers, "_state", {"queue": queue, "cache_index": {("ml", "c"): []}})
+
+    def event(type: str | None, labels: dict[str, str]) -> int:
+        before = len(queue.keys)
+        asyncio.run(handlers.cache_node_event(type=type, name="n1", labels=labels))
+        return len(queue.keys) - before
+
+    assert event(None, {"pool": "gpu"}) == 0  # the initial listing
+    assert event("MODIFIED", {"pool": "gpu"}) == 0  # its status changed
+    assert event("MODIFIED", {"pool": "cpu"}) == 1
+    assert event("DELETED", {"pool": "cpu"}) == 1
+    assert event("ADDED", {"pool": "cpu"}) == 1

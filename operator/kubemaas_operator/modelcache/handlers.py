@@ -308,6 +308,7 @@ async def cache_event(type: str, namespace: str | None, name: str, body: kopf.Bo
     if type == "DELETED":
         queue.forget(key)
         _state["memory"].statuses.pop(key, None)
+        _state["memory"].refusals.forget(key)
     else:
         queue.enqueue(key)
     seen = _state.setdefault("mounts", {})
@@ -328,8 +329,18 @@ async def cache_pod_event(namespace: str | None, labels: Mapping[str, str], **kw
 
 
 @kopf.on.event("", "v1", "nodes")
-async def cache_node_event(type: str, name: str, **kwargs: Any) -> None:
-    """A node that appears (or whose labels change) may be one a node cache selects."""
+async def cache_node_event(type: str, name: str, labels: Mapping[str, str],
+                           **kwargs: Any) -> None:
+    """A node that appears, goes, or whose labels change may be one a node cache selects (its
+    status, a heartbeat, changes nothing a cache reads: each woke every cache)."""
+    seen = _state.setdefault("node_labels", {})
+    now = None if type == "DELETED" else dict(labels)
+    if seen.get(name) == now:
+        return
+    if now is None:
+        seen.pop(name, None)
+    else:
+        seen[name] = now
     if type is None or "cache_index" not in _state:
         return
     for key in list(_state["cache_index"].keys()):

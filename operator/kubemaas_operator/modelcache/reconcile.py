@@ -22,6 +22,7 @@ from .optimize import Want
 from .optimize import events as optimize_events
 from .optimize import plan as plan_optimize
 from .progress import Progress, last_progress
+from .refusals import REFUSED_RETRY_S, Refusals, refusal_message, set_refused
 from .render import (
     CONTAINER,
     FINALIZER,
@@ -35,9 +36,6 @@ from .status import CachePod, Copy, Decision, cache_status, copy_state
 
 log = logging.getLogger("kubemaas.modelcache")
 LOG_TAIL = 5
-# A claim or pod a policy of the cluster refused (a ResourceQuota, a LimitRange, an admission
-# policy, Pod Security) is asked for again this often, not at once: the policy changes by hand.
-REFUSED_RETRY_S = 30.0
 _UNREADABLE: set[str] = set()  # pods whose log could not be read (said once)
 
 
@@ -60,6 +58,7 @@ class Memory:
         self.statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self.claims: set[tuple[str, str, str]] = set()
         self.failed_writes: dict[tuple[str, str], int] = {}  # reconciles failed in a row
+        self.refusals = Refusals()
 
     def previous(self, body: Mapping[str, Any]) -> dict[str, Any]:
         meta = body.get("metadata") or {}
@@ -304,7 +303,8 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
         status["optimizations"] = optimizing.entries
     decision.create += optimizing.create
     decision.delete += optimizing.delete
-    await _apply_children(api, claim(ref, spec), decision, evictions, status)
+    await _apply_children(api, memory, ref, generation, claim(ref, spec), decision, evictions,
+                          status)
     for name in decision.delete:
         await api.delete_pod(ref.namespace, name)
     await write_status(api, memory, body, previous, status)
@@ -318,12 +318,18 @@ async def reconcile_cache(snap: CacheSnapshot, api: CacheCluster, memory: Memory
     return min(waits) if waits else None
 
 
-async def _apply_children(api: CacheCluster, wanted_claim: dict[str, Any] | None,
-                          decision: Decision, evictions: list[dict[str, Any]],
-                          status: dict[str, Any]) -> None:
+async def _apply_children(api: CacheCluster, memory: Memory, ref: CacheRef, generation: int,
+                          wanted_claim: dict[str, Any] | None, decision: Decision,
+                          evictions: list[dict[str, Any]], status: dict[str, Any]) -> None:
     """The claim, the cache's own pods, then the evictions. A refused one ends the list and is
-    not asked for again at once (a refused write a second): a policy's refusal in
-    REFUSED_RETRY_S, an invalid one on the next change."""
+    not asked for again before REFUSED_RETRY_S (refusals.py) unless the spec changes; an invalid
+    one on the next change."""
+    key = (ref.namespace, ref.name)
+    held = memory.refusals.held(key, generation)
+    if held is not None and decision.create:
+        set_refused(status, held[0])
+        decision.create, decision.requeue_after = [], held[1]
+        return
     if wanted_claim is not None and decision.create and not await _apply_claim(
             api, wanted_claim, status):
         decision.create = []  # pods would wait for the claim, or write to the old one
@@ -334,7 +340,10 @@ async def _apply_children(api: CacheCluster, wanted_claim: dict[str, Any] | None
     else:
         decision.create = []
     if status.get("reason") == "Refused":
+        memory.refusals.remember(key, generation, str(status.get("message") or ""))
         decision.requeue_after = REFUSED_RETRY_S
+    elif decision.create:
+        memory.refusals.forget(key)
 
 
 async def _apply_claim(api: CacheCluster, manifest: dict[str, Any],
@@ -362,13 +371,7 @@ async def _apply_claim(api: CacheCluster, manifest: dict[str, Any],
 
 
 def _refused(status: dict[str, Any], what: str, err: ApiError) -> None:
-    """A policy of the cluster refused a claim or pod: Pending (not Failed: the same spec is
-    taken once the policy allows it), asked again every REFUSED_RETRY_S."""
-    message = (f"the cluster's policy refused {what}: {err.message}; it is tried again every "
-               f"{REFUSED_RETRY_S:.0f} s")[:2048]
-    status.update(phase="Pending", reason="Refused", message=message)
-    for condition in status.get("conditions") or []:
-        condition.update(status="False", reason="Refused", message=message[:1024])
+    set_refused(status, refusal_message(what, err))
 
 
 async def _apply_pods(api: CacheCluster, manifests: list[dict[str, Any]],
