@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -74,8 +74,9 @@ FORBIDDEN_BACKOFF = 6
 _installed: list[bool] = []
 
 
-def tolerant(original: Callable[..., AsyncIterator[Any]],
-             retry_s: float = VANISHED_RETRY_S) -> Callable[..., AsyncIterator[Any]]:
+def tolerant(original: Callable[..., AsyncIterator[Any]], retry_s: float = VANISHED_RETRY_S,
+             may_list: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+             ) -> Callable[..., AsyncIterator[Any]]:
     """kopf's watch loop, made to wait and ask again when the kind is not served (404) or the
     operator may not list it (403).
 
@@ -91,8 +92,11 @@ def tolerant(original: Callable[..., AsyncIterator[Any]],
         from kopf._cogs.clients import errors, watching
 
         forbidden_said = False
+        optional = getattr(kwargs.get("resource"), "group", None) in OPTIONAL_GROUPS
         while True:
             try:
+                if optional:
+                    await (may_list or _may_list)(kwargs)
                 async for event in original(**kwargs):
                     yield event
                 return
@@ -101,7 +105,7 @@ def tolerant(original: Callable[..., AsyncIterator[Any]],
                             "%.0f s", kwargs.get("resource"), retry_s)
                 await asyncio.sleep(retry_s)
             except errors.APIForbiddenError as err:
-                if getattr(kwargs.get("resource"), "group", None) not in OPTIONAL_GROUPS:
+                if not optional:
                     raise  # a kind every model needs: the operator cannot work without it
                 # RBAC does not let the operator list or watch this kind (an administrator
                 # removed one optional kind from its ClusterRole). kopf would fail the whole
@@ -118,6 +122,30 @@ def tolerant(original: Callable[..., AsyncIterator[Any]],
                 await asyncio.sleep(retry_s * FORBIDDEN_BACKOFF)
 
     return watch
+
+
+# kopf's request logs each failed attempt as an error; the probe's 403 is said once, below.
+_PROBE_LOG = logging.getLogger("kubemaas.handlers.list_probe")
+_PROBE_LOG.setLevel(logging.CRITICAL)
+
+
+async def _may_list(kwargs: dict[str, Any]) -> None:
+    """One listing of the kind (a single object), not retried: a 403 raises at once. kopf's own
+    listing retries a 403 through its error_backoffs, about a minute, and until a kind's first
+    listing ends no index is ready and no handler runs: an optional kind missing from the
+    ClusterRole held up every model for a minute at each start of the operator."""
+    from kopf._cogs.clients import api, errors
+
+    url = kwargs["resource"].get_url(namespace=kwargs.get("namespace"), params={"limit": "1"})
+    try:
+        response = await api.request("get", url, settings=kwargs["settings"], backoffs=[],
+                                     logger=_PROBE_LOG)
+    except (errors.APIForbiddenError, errors.APINotFoundError):
+        raise
+    except Exception as err:  # a blip (429, 5xx, a timeout): kopf's listing retries those
+        log.debug("listing %s once failed: %s; kopf's own listing goes on", url, err)
+        return
+    response.close()
 
 
 def tolerate_vanished_kinds() -> None:

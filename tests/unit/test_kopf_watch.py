@@ -66,6 +66,10 @@ def test_a_cancelled_watcher_stops_while_it_waits() -> None:
     asyncio.run(run())
 
 
+async def _may(kwargs: dict[str, Any]) -> None:
+    """A listing probe that finds nothing wrong: kopf's own listing decides."""
+
+
 def test_an_optional_kind_the_operator_may_not_list_counts_as_listed_and_is_asked_again() -> None:
     """RBAC without keda.sh scaledobjects: kopf failed the whole operator on the 403 (a crash
     loop: 'scaledobjects.keda.sh is forbidden ... cannot list resource'). Now the kind counts
@@ -85,10 +89,41 @@ def test_an_optional_kind_the_operator_may_not_list_counts_as_listed_and_is_aske
     deployments = references.Resource("apps", "v1", "deployments")
 
     async def collect(resource: references.Resource) -> list[Any]:
-        return [e async for e in tolerant(kopf_loop, retry_s=0.001)(resource=resource)]
+        return [e async for e in tolerant(kopf_loop, retry_s=0.001, may_list=_may)(
+            resource=resource)]
 
     assert asyncio.run(collect(keda)) == [watching.Bookmark.LISTED, "granted"]
     assert len(calls) == 3
     calls.clear()
     with pytest.raises(errors.APIForbiddenError):  # a kind every model needs still stops it
         asyncio.run(collect(deployments))
+
+
+def test_a_forbidden_optional_kind_counts_as_listed_at_once() -> None:
+    """kopf's listing retries a 403 through its error_backoffs (about a minute) before it
+    raises, and no handler runs until every index has listed once: a ClusterRole without
+    keda.sh held up every model for a minute at each start. The kind is now listed once
+    without retries first, so a 403 counts it as listed at once."""
+    from kopf._cogs.clients import watching
+    from kopf._cogs.structs import references
+
+    probes: list[dict[str, Any]] = []
+    loops: list[int] = []
+
+    async def forbidden(kwargs: dict[str, Any]) -> None:
+        probes.append(kwargs)
+        raise errors.APIForbiddenError("forbidden", status=403, headers={})
+
+    async def kopf_loop(**kwargs: Any) -> AsyncIterator[Any]:
+        loops.append(1)  # kopf's own listing: a minute of retries on a 403
+        await asyncio.sleep(60)
+        yield "never"
+
+    keda = references.Resource("keda.sh", "v1alpha1", "scaledobjects")
+
+    async def first() -> Any:
+        stream = tolerant(kopf_loop, retry_s=60, may_list=forbidden)(resource=keda)
+        return await asyncio.wait_for(stream.__anext__(), timeout=1)
+
+    assert asyncio.run(first()) is watching.Bookmark.LISTED
+    assert loops == [] and probes[0]["resource"] is keda
