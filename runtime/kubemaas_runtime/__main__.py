@@ -44,7 +44,7 @@ async def serve(settings: Settings) -> int:
     metrics = Metrics()
     metrics.model_ready.set((settings.model_name,), 0)
     dataplane = DataPlane(settings.model_name, settings.model_version,
-                          settings.request_timeout_s)
+                          settings.request_timeout_s, settings.signature_name)
     rest = RestServer(dataplane, metrics, settings.max_request_bytes,
                       settings.max_inflight_bytes or None, settings.log_requests)
     # handler_cancellation: a client that hangs up cancels its request, which leaves the

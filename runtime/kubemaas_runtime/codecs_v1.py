@@ -10,7 +10,8 @@ Both of TF Serving's request formats:
   ``{"outputs": tensor}`` (one output) or ``{"outputs": {name: tensor, ...}}``. Each tensor is the
   whole batch, its first dimension the rows.
 
-``signature_name`` may be given: the one signature a model serves is ``serving_default``. Binary
+``signature_name`` may be given: the one signature a model serves, ``serving_default`` unless the
+runtime is told another (``--signature-name``: a SavedModel converted from that one). Binary
 strings travel as ``{"b64": "..."}`` in BYTES inputs, and outputs whose name ends in ``_bytes``
 are written that way, as TF Serving does; other BYTES outputs are written as UTF-8 text.
 """
@@ -33,8 +34,10 @@ from .request_json import loads_json
 SIGNATURE = "serving_default"
 
 
-def decode_predict(body: bytes, specs: Sequence[TensorSpec]) -> tuple[dict[str, np.ndarray], bool]:
-    """The request's input arrays, and whether it used the columnar format."""
+def decode_predict(body: bytes, specs: Sequence[TensorSpec], signature: str = SIGNATURE,
+                   ) -> tuple[dict[str, np.ndarray], bool]:
+    """The request's input arrays, and whether it used the columnar format. `signature`: the
+    one signature_name the model serves."""
     try:
         doc = loads_json(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -42,10 +45,9 @@ def decode_predict(body: bytes, specs: Sequence[TensorSpec]) -> tuple[dict[str, 
     if not isinstance(doc, dict) or ("instances" in doc) == ("inputs" in doc):
         raise InvalidInput('the body must be {"instances": [...]} (row format) or '
                            '{"inputs": ...} (columnar format), one of the two')
-    signature = doc.get("signature_name", SIGNATURE)
-    if signature != SIGNATURE:
-        raise InvalidInput(f"unknown signature_name {signature!r}; the model serves "
-                           f"{SIGNATURE!r}")
+    asked = doc.get("signature_name", signature)
+    if asked != signature:
+        raise InvalidInput(f"unknown signature_name {asked!r}; the model serves {signature!r}")
     if "inputs" in doc:
         return columns_to_inputs(doc["inputs"], specs), True
     return instances_to_inputs(doc["instances"], specs), False

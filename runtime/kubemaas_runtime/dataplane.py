@@ -18,7 +18,7 @@ from . import __version__
 from .backends.base import Model, TensorSpec
 from .batching import Batcher, Outputs
 from .codecs import InferRequest, decode_infer_request, encode_infer_response
-from .codecs_v1 import decode_predict, encode_predict
+from .codecs_v1 import SIGNATURE, decode_predict, encode_predict
 from .errors import InvalidInput, ModelNotFound, Unavailable
 
 T = TypeVar("T")
@@ -37,9 +37,11 @@ JSON_BYTES_PER_DATA_BYTE = 4
 
 
 class DataPlane:
-    def __init__(self, model_name: str, model_version: str, request_timeout_s: float) -> None:
+    def __init__(self, model_name: str, model_version: str, request_timeout_s: float,
+                 signature_name: str = SIGNATURE) -> None:
         self.model_name = model_name
         self.model_version = model_version
+        self.signature_name = signature_name  # the one the v1 predict route takes
         self.request_timeout_s = request_timeout_s
         self.model: Model | None = None
         self.batcher: Batcher | None = None
@@ -214,7 +216,8 @@ class DataPlane:
         self.check_model(name, None)
         batcher = self._batcher()
         assert self.model is not None
-        inputs, columnar = await self._codec(len(body), decode_predict, body, self.model.inputs)
+        inputs, columnar = await self._codec(len(body), decode_predict, body, self.model.inputs,
+                                             self.signature_name)
         del body  # as in infer: a waiting request holds only its arrays
         self._validate(inputs, {})
         self._check_shared_dims(inputs)

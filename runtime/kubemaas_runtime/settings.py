@@ -55,6 +55,10 @@ OPTIONS: tuple[Option, ...] = (
            "Model name in the URL paths (/v2/models/NAME)."),
     Option("model_version", "--version", "KUBEMAAS_MODEL_VERSION", "1", str,
            "Model version reported in metadata and accepted in /versions/VERSION."),
+    Option("signature_name", "--signature-name", "KUBEMAAS_SIGNATURE_NAME", "serving_default",
+           str, "The signature_name the TensorFlow Serving v1 predict route takes (a request "
+           "that gives none gets it): a SavedModel converted from another signature "
+           "(tfconvert --signature) is served under that one's name."),
     Option("model_sha256", "--model-sha256", "KUBEMAAS_MODEL_SHA256", None, _optional_str,
            "Expected sha256 (hex) of the model file; a mismatch stops the runtime."),
     Option("cache_dir", "--cache-dir", "KUBEMAAS_CACHE_DIR", None, _optional_str,
@@ -231,6 +235,7 @@ class Settings:
     model_format: str
     model_name: str = "model"
     model_version: str = "1"
+    signature_name: str = "serving_default"
     model_sha256: str | None = None
     cache_dir: str = ""
     host: str = "0.0.0.0"
@@ -390,6 +395,8 @@ def _check_model(values: dict[str, Any], check: Check) -> None:
           f"{values['model_name']!r} must match {_NAME_RE.pattern}")
     check("model_version", bool(_NAME_RE.match(values["model_version"])),
           f"{values['model_version']!r} must match {_NAME_RE.pattern}")
+    check("signature_name", bool(_NAME_RE.match(values["signature_name"])),
+          f"{values['signature_name']!r} must match {_NAME_RE.pattern}")
     if values["model_sha256"] is not None:
         values["model_sha256"] = values["model_sha256"].strip().lower()
         check("model_sha256", bool(_SHA256_RE.match(values["model_sha256"])),

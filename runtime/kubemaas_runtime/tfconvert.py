@@ -1,6 +1,7 @@
 """Convert a TensorFlow SavedModel to ONNX before the runtime starts (format ``tf-savedmodel``).
 
-``python -m kubemaas_runtime.tfconvert --model-uri URI --out DIR [--model-sha256 HEX]``
+``python -m kubemaas_runtime.tfconvert --model-uri URI --out DIR [--model-sha256 HEX]
+[--signature NAME]``
 
 Runs where TensorFlow and tf2onnx are installed: the converter image (runtime/Dockerfile.tfconvert),
 which the operator starts as the runtime pod's init container. The runtime image has no
@@ -39,6 +40,7 @@ from .storage import S3Config, fetch_model, sha256_file
 ARCHIVES = (".tar", ".tar.gz", ".tgz", ".zip")
 OPSET = 17
 SERVING_DEFAULT = "serving_default"
+_SIGNATURE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # as the runtime's names
 # what an archive may unpack to, all files together (its members' declared sizes, which bound
 # what is written): a small archive of zeros must not fill the pod's cache volume or the node
 MAX_UNPACKED_BYTES = 64 * 2**30
@@ -191,30 +193,38 @@ def _one_line(text: str) -> str:
     return (errors or lines or ["no output"])[-1][:400]
 
 
-def _signature_args(saved: Path) -> list[str]:
+def _signature_args(saved: Path, wanted: str | None = None) -> list[str]:
     """TensorFlow Serving answers with serving_default (v1 requests name no other); tf2onnx
     converts the first signature TensorFlow lists unless told, which need not be that one, so
-    it is told; a SavedModel of several signatures but no serving_default is refused (which
-    one to serve is unknown)."""
+    it is told. `wanted` (--signature, spec.model.signature) picks another, which must be
+    there. A SavedModel of several signatures but no serving_default, and none wanted, is
+    refused (which one to serve is unknown)."""
     names = signature_names(saved)
-    served = [n for n in names or [] if not n.startswith("_")]  # __saved_model_init_op
+    served = sorted(n for n in names or [] if not n.startswith("_"))  # __saved_model_init_op
+    if wanted is not None:
+        if names is not None and wanted not in served:
+            raise StartupError(f"{saved.name} has no signature {wanted!r}; it has "
+                               f"{', '.join(served) or 'none'}")
+        return ["--signature_def", wanted]
     if SERVING_DEFAULT in served:
         return ["--signature_def", SERVING_DEFAULT]
     if len(served) > 1:
-        raise StartupError(f"{saved.name} has the signatures {', '.join(sorted(served))} and no "
-                           f"{SERVING_DEFAULT}: which one to serve is unknown; save it with "
+        raise StartupError(f"{saved.name} has the signatures {', '.join(served)} and no "
+                           f"{SERVING_DEFAULT}: which one to serve is unknown; name one in "
+                           f"spec.model.signature (--signature), or save it with "
                            f"signatures={{'{SERVING_DEFAULT}': ...}}")
     return []
 
 
-def convert(saved: Path, dest: Path, opset: int = OPSET, timeout_s: float = 1800) -> None:
+def convert(saved: Path, dest: Path, opset: int = OPSET, timeout_s: float = 1800,
+            signature: str | None = None) -> None:
     """tf2onnx, in a child process (its logging and TensorFlow's stay out of ours); the result
     is written next to ``dest`` and renamed into place."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".onnx", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    chosen = _signature_args(saved)
+    chosen = _signature_args(saved, signature)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved),
@@ -232,14 +242,17 @@ def convert(saved: Path, dest: Path, opset: int = OPSET, timeout_s: float = 1800
 
 
 def run(uri: str, out: Path, sha256: str | None, s3: S3Config, timeout_s: float,
-        max_unpacked: int = MAX_UNPACKED_BYTES) -> Path:
-    """Resolve, convert unless cached, and place ``out/model.onnx``; returns that path."""
+        max_unpacked: int = MAX_UNPACKED_BYTES, signature: str | None = None) -> Path:
+    """Resolve, convert unless cached, and place ``out/model.onnx``; returns that path. A
+    signature other than serving_default is cached apart (one SavedModel, two graphs)."""
     started = time.perf_counter()
     saved, digest = resolve(uri, out / "work", sha256, s3, timeout_s, max_unpacked)
     cached = out / "by-sha256" / digest / "model.onnx"
+    if signature not in (None, SERVING_DEFAULT):
+        cached = out / "by-sha256" / digest / "signatures" / str(signature) / "model.onnx"
     hit = cached.is_file()
     if not hit:
-        convert(saved, cached, timeout_s=timeout_s)
+        convert(saved, cached, timeout_s=timeout_s, signature=signature)
     final = out / "model.onnx"
     tmp = out / f".model.onnx.{os.getpid()}"
     shutil.copyfile(cached, tmp)
@@ -259,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--s3-endpoint", default=os.environ.get("KUBEMAAS_S3_ENDPOINT"))
     parser.add_argument("--s3-credentials-dir",
                         default=os.environ.get("KUBEMAAS_S3_CREDENTIALS_DIR"))
+    parser.add_argument("--signature", default=os.environ.get("KUBEMAAS_SIGNATURE") or None,
+                        help="the SavedModel's signature to convert (default serving_default, "
+                        "or its only one)")
     parser.add_argument("--timeout-s", type=float, default=1800.0,
                         help="bound on the download and on the conversion, each (seconds)")
     parser.add_argument("--max-unpacked-bytes", type=int, default=MAX_UNPACKED_BYTES,
@@ -273,9 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.model_uri or not args.out:
             raise StartupError("--model-uri (KUBEMAAS_MODEL_URI) and --out "
                                "(KUBEMAAS_CONVERT_DIR) are required")
+        if args.signature is not None and not _SIGNATURE_NAME.match(args.signature):
+            raise StartupError(f"--signature {args.signature!r} must match "
+                               f"{_SIGNATURE_NAME.pattern}")
         sha = args.model_sha256.strip().lower() if args.model_sha256 else None
         s3 = S3Config.from_env(os.environ, args.s3_endpoint, args.s3_credentials_dir)
-        run(args.model_uri, Path(args.out), sha, s3, args.timeout_s, args.max_unpacked_bytes)
+        run(args.model_uri, Path(args.out), sha, s3, args.timeout_s, args.max_unpacked_bytes,
+            args.signature)
     except StartupError as exc:
         print(f"tfconvert: error: {exc}", file=sys.stderr)
         return 1

@@ -178,3 +178,46 @@ def test_savedmodel_converted_by_the_rendered_init_container(
                       port) as base:
         assert_answers_as_tensorflow(base, "mnist", np.load(keras_dir / "mnist_x.npy"),
                                      np.load(keras_dir / "mnist_want.npy"))
+
+
+def test_a_named_signature_is_converted_and_served_under_its_name(
+        kube: Kube, namespace: str, operator: Operator, tmp_path: Path) -> None:
+    """A SavedModel saved with signatures predict and classify, no serving_default: the
+    converter refused it ('which one to serve is unknown') and no field could choose.
+    spec.model.signature reaches the converter the operator renders and the runtime's v1 route;
+    the API server refuses the field on another format."""
+    from tests.runtime.test_keras_models import NO_DEFAULT
+
+    refused = kube.kubectl("-n", namespace, "apply", "-f", "-", check=False, input=md(
+        "not-tf", model={"uri": "s3://b/m.onnx", "format": "onnx", "signature": "predict"}))
+    assert refused.returncode != 0 and "it needs model.format tf-savedmodel" in refused.stderr
+    store = tmp_path / "store"
+    made = subprocess.run([str(keras_models.tf_python()), "-c", NO_DEFAULT,
+                           str(store / "no_default")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
+                                            "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert made.returncode == 0, made.stderr[-2000:]
+    port = free_port()
+    kube.kubectl("apply", "-f", "-", input=model_store(namespace))
+    try:
+        apply(kube, namespace, md("two-sigs", model={
+            "uri": "pvc://model-store/no_default", "format": "tf-savedmodel",
+            "signature": "predict", "name": "m"},
+            runtime={"image": "ghcr.io/kubemaas/runtime:0.1.0"}, serving={"port": port}))
+        wait_phase(kube, namespace, "two-sigs", "Ready", timeout=120)
+        pod = get(kube, namespace, "deployment", "two-sigs")["spec"]["template"]["spec"]
+    finally:
+        kube.kubectl("delete", "pv", f"model-store-{namespace}", "--wait=false", check=False)
+    (init,) = pod["initContainers"]
+    (container,) = pod["containers"]
+    local = {"model-store": store, "model-cache": tmp_path / "cache"}
+    local["model-cache"].mkdir()
+    converted = keras_models.tfconvert([], local_env(init, local))
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    env = local_env(container, local)
+    with runtime_from(container, {**base_env(tmp_path), **env}, tmp_path / "runtime.log",
+                      port) as base:
+        for doc in ({"instances": [[1.0, 2.0, 3.0]]},
+                    {"signature_name": "predict", "instances": [[1.0, 2.0, 3.0]]}):
+            status, answer = http_json(f"{base}/v1/models/m:predict", doc)
+            assert (status, answer) == (200, {"predictions": [[100.0, 200.0, 300.0]]}), answer

@@ -245,3 +245,38 @@ def test_a_savedmodel_with_several_signatures_serves_serving_default(tmp_path: P
                                    providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"x": np.ones((2, 3), np.float32)})
     np.testing.assert_array_equal(got, np.full((2, 3), 2.0, np.float32))
+
+
+NO_DEFAULT = SIGNATURES.replace('{"a_other": m.other, "serving_default": m.serve}',
+                                '{"predict": m.other, "classify": m.serve}')
+
+
+def test_a_savedmodel_without_serving_default_serves_the_signature_named(
+        runtime_server: Any, tmp_path: Path) -> None:
+    """A SavedModel whose signatures are predict and classify, no serving_default: it could not
+    be served at all ('which one to serve is unknown'). --signature (spec.model.signature)
+    picks one, and the runtime's v1 route takes that name (--signature-name)."""
+    saved = tmp_path / "no_default"
+    made = subprocess.run([str(keras_models.tf_python()), "-c", NO_DEFAULT, str(saved)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
+                               "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert made.returncode == 0, made.stderr[-2000:]
+    refused = tfconvert(str(saved), tmp_path / "refused")
+    assert refused.returncode == 1 and "spec.model.signature" in refused.stderr, refused.stderr
+    unknown = tfconvert(str(saved), tmp_path / "unknown", "--signature", "nope")
+    assert unknown.returncode == 1, unknown.stderr
+    assert "no signature 'nope'; it has classify, predict" in unknown.stderr, unknown.stderr
+    out = tmp_path / "converted"
+    proc = tfconvert(str(saved), out, "--signature", "predict")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list(out.glob("by-sha256/*/signatures/predict/model.onnx"))  # cached apart
+    server = runtime_server(["--model-uri", str(out / "model.onnx"), "--name", "m",
+                             "--signature-name", "predict"])
+    x = [[1.0, 2.0, 3.0]]
+    for doc in ({"instances": x}, {"signature_name": "predict", "instances": x}):
+        status, answer = server.post_json("/v1/models/m:predict", doc)
+        assert (status, answer) == (200, {"predictions": [[100.0, 200.0, 300.0]]}), doc
+    status, answer = server.post_json("/v1/models/m:predict",
+                                      {"signature_name": "serving_default", "instances": x})
+    assert status == 400 and "'predict'" in answer["error"], answer

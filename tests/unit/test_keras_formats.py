@@ -4,6 +4,7 @@ operator's parsing and rendering (the tfconvert init container)."""
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,25 @@ def test_savedmodel_is_converted_by_an_init_container() -> None:
     assert env["KUBEMAAS_MODEL_URI"] == "file:///var/cache/kubemaas/converted/model.onnx"
     assert env["KUBEMAAS_MODEL_FORMAT"] == "onnx"
     assert "KUBEMAAS_MODEL_SHA256" not in env  # the converter checked the SavedModel's
+
+
+def test_a_named_signature_reaches_the_converter_and_the_v1_route() -> None:
+    """A SavedModel saved without serving_default (signatures predict, classify) could not be
+    served: spec.model.signature names the one to convert, and the runtime's v1 route takes
+    that signature_name."""
+    raw = spec("tf-savedmodel")
+    raw["model"]["signature"] = "predict"
+    pod = pod_of(raw)
+    (init,) = pod["initContainers"]
+    assert env_of(init)["KUBEMAAS_SIGNATURE"] == "predict"
+    assert env_of(pod["containers"][0])["KUBEMAAS_SIGNATURE_NAME"] == "predict"
+    assert "KUBEMAAS_SIGNATURE_NAME" not in env_of(pod_of(spec("tf-savedmodel"))["containers"][0])
+    for fmt, name, words in (("onnx", "predict", "needs format tf-savedmodel"),
+                             ("tf-savedmodel", "../x", "not a valid signature name")):
+        raw = spec(fmt)
+        raw["model"]["signature"] = name
+        with pytest.raises(SpecError, match=rf"spec.model.signature.*{re.escape(words)}"):
+            parse_spec(raw)
 
 
 def test_converter_image_and_gpu_stay_out_of_the_converter() -> None:

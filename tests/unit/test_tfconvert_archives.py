@@ -164,5 +164,13 @@ def test_several_signatures_without_serving_default_are_refused(tmp_path: Path,
     assert main(["--model-uri", str(saved), "--out", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.strip() == (
         "tfconvert: error: two has the signatures a_two, b_one and no serving_default: which "
-        "one to serve is unknown; save it with signatures={'serving_default': ...}")
+        "one to serve is unknown; name one in spec.model.signature (--signature), or save it "
+        "with signatures={'serving_default': ...}")
     assert not (tmp_path / "out" / "model.onnx").exists()
+    assert main(["--model-uri", str(saved), "--out", str(tmp_path / "out"), "--signature",
+                 "c_three"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "tfconvert: error: two has no signature 'c_three'; it has a_two, b_one")
+    assert main(["--model-uri", str(saved), "--out", str(tmp_path / "out"), "--signature",
+                 "../x"]) == 1
+    assert "--signature '../x' must match" in capsys.readouterr().err

@@ -45,6 +45,7 @@ class ModelSource:
     # the model asks for a ModelCache of its uri (api/autocache.py, modelcache/implicit.py)
     auto_cache: AutoCache | None = field(metadata=json_name("autoCache"), default=None)
     shape: ModelShape | None = field(metadata=json_name("shape"), default=None)
+    signature: str | None = field(metadata=json_name("signature"), default=None)  # SavedModel
 
     @property
     def scheme(self) -> str:
@@ -100,6 +101,12 @@ def parse_model(raw: Any) -> ModelSource:
     if sha is not None and fmt == "hf":
         raise SpecError("spec.model.sha256", "is the digest of one file: a format hf model is a "
                         "directory")
+    signature = string(m.get("signature"), "spec.model.signature")
+    if signature is not None and not _SERVED_NAME.match(signature):
+        raise SpecError("spec.model.signature", f"{signature!r} is not a valid signature name")
+    if signature is not None and fmt != "tf-savedmodel":
+        raise SpecError("spec.model.signature", "names a TensorFlow SavedModel's signature: it "
+                        "needs format tf-savedmodel")
     cred = _credentials(m.get("credentialsSecretRef"), uri, auto is not None)
     shape = parse_shape(m.get("shape"))
     if shape is not None and fmt != "hf":
@@ -107,4 +114,4 @@ def parse_model(raw: Any) -> ModelSource:
     return ModelSource(uri=uri, format=fmt, sha256=sha, name=served, version=version,
                        credentials_secret_ref=cred,
                        optimize=parse_optimize(m.get("optimize"), fmt, uri), cache=cache,
-                       shape=shape, auto_cache=auto)
+                       shape=shape, auto_cache=auto, signature=signature)

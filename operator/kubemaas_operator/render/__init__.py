@@ -212,6 +212,8 @@ def runtime_env(spec: ModelDeploymentSpec, name: str, model_uri: str) -> list[di
     ]
     if served.sha256:
         env.append({"name": "KUBEMAAS_MODEL_SHA256", "value": served.sha256})
+    if spec.model.signature:  # the SavedModel's signature converted: the v1 route's name
+        env.append({"name": "KUBEMAAS_SIGNATURE_NAME", "value": spec.model.signature})
     if spec.runtime.batching is not None:
         b = spec.runtime.batching
         delay = int(b.max_delay_ms) if float(b.max_delay_ms).is_integer() else b.max_delay_ms

@@ -64,6 +64,8 @@ def init_containers(spec: ModelDeploymentSpec, model_uri: str, cache_dir: str,
            {"name": "KUBEMAAS_CONVERT_DIR", "value": converted_dir(cache_dir)}]
     if spec.model.sha256:
         env.append({"name": "KUBEMAAS_MODEL_SHA256", "value": spec.model.sha256})
+    if spec.model.signature:
+        env.append({"name": "KUBEMAAS_SIGNATURE", "value": spec.model.signature})
     if credentials_dir is not None:
         env.append({"name": "KUBEMAAS_S3_CREDENTIALS_DIR", "value": credentials_dir})
     env.extend({"name": e.name, "value": e.value} for e in spec.runtime.env)
