@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM
 
 from kubemaas_runtime.llm import engine as engine_module
 from kubemaas_runtime.llm import packing
+from kubemaas_runtime.llm.attention import ChunkBatch
 from kubemaas_runtime.llm.cuda_graphs import GraphedDecode
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.kv_cache import KVStore
@@ -97,6 +98,28 @@ def watch_tables(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return widths
 
 
+def watch_chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """(position, length, keys) of every prompt chunk's attention call: a chunk's own (its
+    offset), or a batch's (its chunks' first offset, longest chunk); keys: the block table's
+    width times the block size, the keys it gathers and scores."""
+    calls: list[tuple[int, int, int]] = []
+    pack = packing.pack
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        step = pack(*args, **kwargs)
+        paged = step.paged
+        bs = paged.block_size
+        for unit in paged.chunks if paged.units is None else paged.units:
+            if isinstance(unit, ChunkBatch):
+                calls.append((int(step.position_ids[0, unit.rows[0]]), unit.mask.shape[2],
+                              unit.blocks.shape[1] * bs))
+            else:
+                calls.append((unit.offset, unit.length, unit.blocks.numel() * bs))
+        return step
+    monkeypatch.setattr(engine_module, "pack", spied)
+    return calls
+
+
 @pytest.fixture(scope="module")
 def mistral(tmp_path_factory: pytest.TempPathFactory) -> tuple[LanguageModel, Any]:
     """A tiny Mistral with a 12-token window: the model served and transformers' own."""
@@ -158,6 +181,39 @@ def test_freed_blocks_are_never_read(path: str, mistral: tuple[LanguageModel, An
         assert any(grouped)
     if path == "traced":
         assert engine.traced is not None and engine.traced.replays > 0
+
+
+@pytest.mark.parametrize("path", ["eager", "traced"])
+def test_a_prompt_chunk_reads_only_what_its_window_sees(path: str,
+                                                        mistral: tuple[LanguageModel, Any],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three prompts 8, 11 and 32 windows long (window 12, blocks of 8) read together 20
+    tokens a step (chunks that start and end inside blocks, across the window's edge) beside
+    the others' decodes, the blocks given back poisoned; then a prompt that shares 200 tokens
+    of the longest from the prefix cache: every chunk's attention reads at most its length +
+    the window + 2 blocks of keys (it read its whole context: 400 keys at the longest's end),
+    and every answer is generate()'s."""
+    torch.set_num_threads(1)
+    lm, model = mistral
+    engine = small_engine(lm, 120, 8, batched=20, path=path)
+    calls = watch_chunks(monkeypatch)
+    watch(engine, poison=True)
+    batch = prompts([100, 133, 390], seed=11)
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    outs = engine.generate_sync(batch, params)
+    for prompt, out in zip(batch, outs, strict=True):
+        assert out == generate(model, prompt, 12), len(prompt)
+    assert engine.scheduler.preemptions == 0 and engine.peak_running == 3
+    (tail,) = prompts([37], seed=12)
+    engine.pool.hit_tokens = 0
+    hit = batch[2][:200] + tail
+    assert engine.generate_sync([hit], params) == [generate(model, hit, 12)]
+    assert engine.pool.hit_tokens == 200 // 8 * 8
+    assert max(position for position, _, _ in calls) >= 360  # 30 windows in
+    for position, length, keys in calls:
+        assert keys <= length + 12 + 2 * 8, (position, length, keys)
+    if path == "traced":
+        assert engine.traced is not None and engine.traced.replays_with_prompts > 0
 
 
 def test_a_cache_too_small_for_one_full_sequence_serves_several(

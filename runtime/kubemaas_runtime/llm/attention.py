@@ -29,7 +29,10 @@ function reads through the step's block tables (it reaches the step through the 
 keyword arguments, ``kubemaas_step``, which transformers hands to every attention call).
 A model with a sliding window gets its window in the masks (packing.py: position p sees keys
 p - window + 1 .. p); where its layers mix windowed and full attention, the step carries
-masks of both kinds and ``PagedStep.sliding`` says which layers take the windowed ones.
+masks of both kinds and ``PagedStep.sliding`` says which layers take the windowed ones. Where
+every layer is windowed, a row reads only the blocks its window can reach (a decode row's
+table, a chunk's ``Chunk.first``): a prompt chunk's work is bounded by ``length x (window +
+length)``, not by how far into a long prompt it is.
 
 On CUDA the engine's attention leaves out cuDNN's kernels (``choose_kernels``), torch's first
 choice on Hopper: cuDNN builds an execution plan on the CPU for every new shape, and an engine
@@ -65,10 +68,15 @@ class Chunk:
     start: int
     length: int
     offset: int
-    blocks: torch.Tensor  # [W] the blocks of the whole context (offset + length tokens)
-    # [length, offset + length]; None: plain causal (offset 0, no sliding window reached)
+    # [W] the blocks of the context from position ``first`` to ``offset + length``
+    blocks: torch.Tensor
+    # [length, offset + length - first]; None: plain causal (offset 0, no window reached)
     mask: torch.Tensor | None = None
     window_mask: torch.Tensor | None = None  # the sliding layers' (PagedStep.sliding), as mask
+    # the first key position in ``blocks`` (a block's first): with a window on every layer,
+    # the block of the first key its first query sees (kv_cache.window_start), so that a
+    # chunk reads ``window + length`` keys at most, however far into its prompt; else 0
+    first: int = 0
 
 
 @dataclass
@@ -78,8 +86,10 @@ class ChunkBatch:
     is empty; ``real`` picks the real rows back out, in packed order."""
 
     rows: torch.Tensor    # [C * L] the packed index of each padded query
-    blocks: torch.Tensor  # [C, W] (the scratch block 0 past a chunk's context)
-    # [C, 1, L, W * block_size] bool: key j <= the query's position p (and j > p - window)
+    # [C, W] each chunk's blocks from its ``Chunk.first`` (the scratch block 0 past its context)
+    blocks: torch.Tensor
+    # [C, 1, L, W * block_size] bool: key j <= the query's position p (and j > p - window),
+    # j counted from the chunk's first key
     mask: torch.Tensor
     real: torch.Tensor    # [n] indexes into C * L of the chunks' own tokens
     window_mask: torch.Tensor | None = None  # the sliding layers' (PagedStep.sliding), as mask
@@ -127,7 +137,7 @@ class PagedStep:
 
         def moved(c: Chunk) -> Chunk:
             return Chunk(c.start, c.length, c.offset, move(c.blocks), move(c.mask),
-                         move(c.window_mask))
+                         move(c.window_mask), c.first)
         chunks = [moved(c) for c in self.chunks]
         same = {id(c): m for c, m in zip(self.chunks, chunks, strict=True)}
         units = None if self.units is None else [
@@ -249,7 +259,7 @@ def _attend_lanes(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask:
 def _attend_chunk(c: Chunk, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bs: int,
                   scaling: float | None, gqa: bool, windowed: bool = False) -> torch.Tensor:
     q = query[:, :, c.start:c.start + c.length]                       # [1, H, n, d]
-    ctx = c.offset + c.length
+    ctx = c.offset + c.length - c.first
     k = _gather(key, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)  # [1, kvH, ctx, d]
     v = _gather(value, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)
     mask = c.window_mask if windowed else c.mask

@@ -37,6 +37,15 @@ def cache_root(salt: str | None, lora: int = 0) -> bytes:
     return root
 
 
+def window_start(position: int, window: int | None, block_size: int) -> int:
+    """The first key position, rounded down to its block's first, that the query at
+    ``position`` and every later one can see: with a sliding ``window`` it sees keys
+    ``position - window + 1 .. position`` (0 without a window)."""
+    if window is None:
+        return 0
+    return max(0, position - window + 1) // block_size * block_size
+
+
 class OutOfBlocks(Exception):
     """The pool has no free block left (the scheduler preempts or waits)."""
 

@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from .attention import Chunk, ChunkBatch, PagedStep
-from .kv_cache import KVStore
+from .kv_cache import KVStore, window_start
 from .prompt_scores import scored_span
 from .scheduler import Sequence
 
@@ -108,9 +108,11 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
     ``window``: the model's sliding window (each token attends to the keys of positions
     ``p - window + 1 .. p``, as transformers' ``sliding_window_overlay``), None: full-causal;
     ``sliding``: the layers that have it when others attend full-causal (the step then
-    carries both masks: ``PagedStep.sliding``); empty: every layer has it; ``trim``: with a
-    window on every layer, the decode rows' tables start at their windows (``_decode_tables``;
-    not when the rows attend over the decode lanes, which hold whole contexts)."""
+    carries both masks: ``PagedStep.sliding``); empty: every layer has it, and each prompt
+    chunk's table starts at the block of the first key its first query sees (``Chunk.first``);
+    ``trim``: with a window on every layer, the decode rows' tables start at their windows
+    too (``_decode_tables``; not when the rows attend over the decode lanes, which hold whole
+    contexts)."""
     full = None if sliding else window  # the window of the step's ``mask`` masks
     ids: list[int] = []
     positions: list[int] = []
@@ -136,9 +138,11 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
         ids.extend(seq.ids[offset:offset + n])
         positions.extend(range(offset, offset + n))
         writes.append(slots(seq, offset, offset + n, block_size))
-        table = torch.tensor(seq.blocks[:-(-(offset + n) // block_size)], dtype=torch.long)
-        chunks.append(Chunk(start, n, offset, table, _chunk_mask(offset, n, full),
-                            _chunk_mask(offset, n, window) if sliding else None))
+        first = window_start(offset, full, block_size)
+        table = torch.tensor(seq.blocks[first // block_size:-(-(offset + n) // block_size)],
+                             dtype=torch.long)
+        chunks.append(Chunk(start, n, offset, table, _chunk_mask(offset, n, full, first),
+                            _chunk_mask(offset, n, window) if sliding else None, first))
         if seq.scoring:
             assert seq.prompt_logprobs is not None
             lo, hi = scored_span(len(seq.prompt_logprobs), len(seq.prompt), offset, n)
@@ -158,13 +162,15 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
                       torch.tensor(keep or [len(ids) - 1]), sampled, paged, scored)
 
 
-def _chunk_mask(offset: int, n: int, window: int | None) -> torch.Tensor | None:
-    """A chunk's mask [n, offset + n] (key j seen by the query at position p: j <= p, and
-    j > p - window with a window); None where sdpa's own causal mask is the same (offset 0,
-    the chunk within the window)."""
+def _chunk_mask(offset: int, n: int, window: int | None, first: int = 0
+                ) -> torch.Tensor | None:
+    """A chunk's mask [n, offset + n - first] over the keys of positions ``first ..``
+    (key j seen by the query at position p: j <= p, and j > p - window with a window); None
+    where sdpa's own causal mask is the same (offset 0, the chunk within the window)."""
     if not offset and (window is None or n <= window):
         return None
-    keys, queries = torch.arange(offset + n)[None, :], torch.arange(offset, offset + n)[:, None]
+    keys = torch.arange(first, offset + n)[None, :]
+    queries = torch.arange(offset, offset + n)[:, None]
     mask = keys <= queries
     if window is not None:
         mask &= keys > queries - window
@@ -236,6 +242,8 @@ def batch(run: list[Chunk], block_size: int, window: int | None = None,
     rows = torch.tensor([c.start for c in run])[:, None] + query
     position = torch.tensor([c.offset for c in run])[:, None] + query
     keys = torch.arange(width * block_size)[None, None, :]
+    if any(c.first for c in run):  # each chunk's keys from its first (Chunk.first)
+        keys = keys + torch.tensor([c.first for c in run])[:, None, None]
     mask = keys <= position[:, :, None]
     windowed = None
     if window is not None:
