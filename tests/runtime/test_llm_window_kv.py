@@ -8,8 +8,10 @@ bounded; a KV cache too small for one full-length sequence serves several window
 with no preemption; the freed blocks, reused by other sequences and overwritten between steps
 with large values (as is the scratch block), are never read (eager steps, decode rows in groups,
 the traced decode, CUDA graphs' padded inputs on the CPU); prefix-cache hits on blocks that a
-sequence gave back, and misses once they were evicted. A model whose layers mix windowed and
-full attention keeps every block."""
+sequence gave back, and misses once they were evicted; a hit on the blocks a continued
+prompt's window sees once its first blocks were evicted (vLLM's windowed lookup); a prompt
+chunk's attention reads only the blocks its window reaches. A model whose layers mix windowed
+and full attention keeps every block."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from kubemaas_runtime.llm import packing
 from kubemaas_runtime.llm.attention import ChunkBatch
 from kubemaas_runtime.llm.cuda_graphs import GraphedDecode
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
-from kubemaas_runtime.llm.kv_cache import KVStore
+from kubemaas_runtime.llm.kv_cache import BlockPool, KVStore
 from kubemaas_runtime.llm.loader import LanguageModel, load_hf
 from kubemaas_runtime.llm.sampling import SamplingParams
 from tests.runtime.test_llm_sliding_window import MIXED, prompts, windowed
@@ -269,6 +271,60 @@ def test_prefix_cache_hits_on_given_back_blocks(mistral: tuple[LanguageModel, An
     engine.pool.hit_tokens = 0
     assert engine.generate_sync([base], params) == [generate(model, base, 30, frozenset())]
     assert engine.pool.hit_tokens == 0
+    assert engine.pool.used == 0
+
+
+def test_a_windowed_prefix_hit_needs_only_the_blocks_its_window_sees() -> None:
+    """vLLM's windowed lookup (SlidingWindowManager.find_longest_cache_hit): the longest prefix
+    whose blocks its next token sees (keys from n x block_size - window + 1, at least its
+    last block) are all cached, 0s before them; against that definition over random holes."""
+    pool = BlockPool(64, 2, prefix_caching=True)  # blocks of 2
+    hit = pool.window_hit
+    assert hit([1, 2, 3, 4, 5], 4) == [1, 2, 3, 4, 5]
+    assert hit([1, 0, 3, 4, 5], 4) == [0, 0, 3, 4, 5]  # the 11th token sees 8, 9 (7 too)
+    assert hit([1, 2, 3, 0, 5], 4) == [1, 2, 3]         # 5 alone: its token sees block 3
+    assert hit([0, 2, 0, 4, 0], 4) == []
+    assert hit([0, 0, 0, 4, 5], 4) == [0, 0, 0, 4, 5]
+    assert hit([0, 0, 3], 1) == [0, 0, 3]               # a window of 1: the last block only
+    assert hit([0, 0, 3], 5) == []                      # the 7th token sees keys 2..6
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(300):
+        n, bs, window = (int(torch.randint(1, hi, (1,), generator=gen)) for hi in (12, 5, 20))
+        pool = BlockPool(64, bs, prefix_caching=True)
+        cached = [int(b) * (i + 1) for i, b in enumerate(torch.randint(0, 2, (n,), generator=gen))]
+        length = first = 0  # the longest hit, and the block of its next token's first key
+        for m in range(n, 0, -1):
+            f = min(max(0, m * bs - window + 1) // bs, m - 1)
+            if all(cached[f:m]):
+                length, first = m, f
+                break
+        got = pool.window_hit(cached, window)
+        zeros = got.count(0)  # leading: blocks not looked at, or missing, before its window
+        assert len(got) == length and zeros <= first, (cached, bs, window, got)
+        assert got == [0] * zeros + cached[zeros:length], (cached, bs, window, got)
+
+
+def test_a_continued_prompt_hits_its_window_once_its_first_blocks_are_evicted(
+        mistral: tuple[LanguageModel, Any]) -> None:
+    """A 70-token prompt (window 12, blocks of 8) read and answered; the first three of its
+    blocks given back, then evicted (its later blocks still cached): a request with its 70
+    tokens and more missed (the chain broken at block 0) and read all of them again; now it
+    takes blocks 6 and 7 from the cache, the only ones its 65th token sees, and reads from
+    token 64. Its answer is generate()'s, the freed blocks poisoned."""
+    torch.set_num_threads(1)
+    lm, model = mistral
+    params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+    engine = small_engine(lm, 40, 8, batched=16)
+    (base,) = prompts([70], seed=13)
+    (tail,) = prompts([21], seed=14)
+    assert engine.generate_sync([base], params) == [generate(model, base, 30)]
+    taken = engine.pool.allocate(len(engine.pool._free) + 3)  # evicts the first released
+    engine.pool.release(taken)
+    assert engine.pool.lookup(base + tail) == []  # block 0 gone: no chain from the start
+    watch(engine, poison=True)
+    engine.pool.hit_tokens = 0
+    assert engine.generate_sync([base + tail], params) == [generate(model, base + tail, 30)]
+    assert engine.pool.hit_tokens == 64
     assert engine.pool.used == 0
 
 

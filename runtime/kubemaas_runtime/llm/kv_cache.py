@@ -65,7 +65,8 @@ class BlockPool:
     so a client could craft a prompt whose blocks hash like another request's and be served
     that request's keys and values, or plant its own for later requests
     (tests/unit/test_llm_prefix_hash.py holds such a pair of blocks). A chain starts at the
-    request's ``cache_root`` (its cache salt).
+    request's ``cache_root`` (its cache salt). With a sliding window on every layer a hit
+    needs only the blocks its next token sees (``window_hit``).
     """
 
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = False) -> None:
@@ -141,24 +142,51 @@ class BlockPool:
             out.append(prev)
         return out
 
-    def lookup(self, prompt: list[int], root: bytes = UNSALTED) -> list[int]:
+    def lookup(self, prompt: list[int], root: bytes = UNSALTED,
+               window: int | None = None) -> list[int]:
         """Cached blocks that hold a prefix of ``prompt`` in the chain that starts at ``root``
         (referenced for the caller). The last prompt token is never covered: its logits are
-        needed."""
+        needed. With a sliding ``window`` on every layer, the longest prefix whose blocks its
+        next token sees are cached (``window_hit``), 0s in the places of those before."""
         if not self.prefix_caching:
             return []
+        hashes = self.chain_hashes(prompt[:len(prompt) - 1], 0, root)
         found: list[int] = []
-        usable_tokens = len(prompt) - 1
-        for h in self.chain_hashes(prompt[:usable_tokens], 0, root):
-            block = self._by_hash.get(h)
-            if block is None:
-                break
-            found.append(block)
+        if window is not None:
+            found = self.window_hit([self._by_hash.get(h, 0) for h in hashes], window)
+        else:
+            for h in hashes:
+                block = self._by_hash.get(h)
+                if block is None:
+                    break
+                found.append(block)
         for block in found:
+            if not block:
+                continue
             if self._refs[block] == 0:
                 del self._evictable[block]
             self._refs[block] += 1
         return found
+
+    def window_hit(self, cached: list[int], window: int) -> list[int]:
+        """Of a prompt's full blocks, ``cached`` (each the cached block of its chain hash, 0
+        where none is), the longest prefix of ``n`` blocks whose token at ``n x block_size``
+        finds every block it sees (keys from ``n x block_size - window + 1``, at least the
+        prefix's last block) cached, with 0s in the places of the blocks before: vLLM's
+        ``SlidingWindowManager.find_longest_cache_hit``. A block's chain hash covers every
+        token before it, so its keys and values are this prefix's whether or not the blocks
+        before it are still cached."""
+        bs = self.block_size
+        run = 0  # cached blocks in a row ending at block i
+        runs = []
+        for block in cached:
+            run = run + 1 if block else 0
+            runs.append(run)
+        for n in range(len(cached), 0, -1):
+            dead = max(0, (n * bs - window + 1) // bs)  # (as Scheduler._cached gives back)
+            if runs[n - 1] >= max(1, n - dead):
+                return [0] * (n - runs[n - 1]) + cached[n - runs[n - 1]:n]
+        return []
 
     def register(self, blocks: list[int], tokens: list[int], done: int, computed: int,
                  root: bytes = UNSALTED) -> int:

@@ -182,9 +182,10 @@ class Scheduler:
             self.running.append(seq)
 
     def _cached(self, seq: Sequence) -> list[int]:
-        """Shared blocks holding a prefix of ``seq`` (referenced); with a window, those the
-        prompt's next token no longer sees given back at once (0s in their places)."""
-        cached = [] if seq.scoring else self.pool.lookup(seq.ids, seq.cache_root)
+        """Shared blocks holding a prefix of ``seq`` (referenced); with a window, the longest
+        prefix whose blocks its next token sees are cached (BlockPool.window_hit), those
+        before given back at once or not found (0s in their places)."""
+        cached = [] if seq.scoring else self.pool.lookup(seq.ids, seq.cache_root, self.window)
         if self.window is not None and cached:
             bs = self.pool.block_size
             dead = max(0, (len(cached) * bs - self.window + 1) // bs)
