@@ -11,6 +11,7 @@ import torch
 
 from kubemaas_runtime.llm.detok import Detokenizer, decoder, encoder
 from kubemaas_runtime.llm.kv_cache import BlockPool, KVStore, OutOfBlocks
+from kubemaas_runtime.llm.pacing import chunk_reads
 from kubemaas_runtime.llm.packing import pack
 from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, penalize, sample
 from kubemaas_runtime.llm.scheduler import Scheduler, Sequence
@@ -85,6 +86,36 @@ def test_prefill_cap_applies_only_beside_decodes() -> None:
     second.computed = 16
     sched.schedule()
     assert asked[-1] == (1, 1, 101, 16)  # the prompt's next chunk starts 16 tokens in
+
+
+def test_a_windowed_prompt_is_paced_by_the_keys_its_chunks_read() -> None:
+    """Window 64, blocks of 16: a chunk 500 tokens into a prompt reads the keys from its
+    window's first block (position 432: packing's Chunk.first), so the pacer is told a prefix
+    of 68 and the step's reads count those (it was told 500: caps that shrank down the prompt
+    while its chunks' cost no longer grows)."""
+    pool = BlockPool(1 + 200, 16)
+    sched = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=256, window=64)
+    asked: list[int] = []
+
+    def cap(decode_rows: int, prompts: int, decode_reads: int, prefix: int) -> int:
+        asked.append(prefix)
+        return 100
+    sched.prefill_cap = cap
+    first, second = seq(1, 10), seq(2, 1000)
+    sched.add(first)
+    sched.schedule()
+    first.computed = 10
+    first.ids.append(7)
+    sched.add(second)
+    while second.computed < 500:
+        step = sched.schedule()
+        for s, n in step.prefill:
+            s.computed += n
+            sched.slide(s)
+    step = sched.schedule()
+    assert second.computed == 500 and step.prefill == [(second, 100)]
+    assert asked[-1] == 500 - 432
+    assert step.reads() == 11 + chunk_reads(68, 100)
 
 
 def test_preemption_frees_the_newest_sequence() -> None:

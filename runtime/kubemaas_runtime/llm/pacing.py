@@ -24,7 +24,8 @@ A late chunk of a long prompt also attends over the part already read: on the sm
 model on CPU the streams' gaps beside a 1,024-token prompt climbed from ~65 to ~88 ms as its
 chunks moved down the prompt under a fit of tokens alone. So the fit has a second term, the
 KV positions a step's rows attend over (``reads``: a decode row its context, a chunk of ``t``
-tokens after ``p`` already read ``t x p + t (t + 1) / 2``): ``a + b x tokens + c x reads``, and
+tokens after ``p`` already read ``t x p + t (t + 1) / 2``, ``p`` counted from its window's
+first block with a window on every layer): ``a + b x tokens + c x reads``, and
 the cap is the chunk whose extra time ``b t + c (t p + t^2 / 2)`` fits in
 ``share x (a + b d + c x decode reads)``. The term is kept only when the window separates it
 from the token count (the two not nearly collinear) and its fitted cost is positive; else the

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .detok import Detokenizer
-from .kv_cache import UNSALTED, BlockPool, OutOfBlocks
+from .kv_cache import UNSALTED, BlockPool, OutOfBlocks, window_start
 from .pacing import chunk_reads
 from .sampling import SampleState, SamplingParams, TokenLogprobs
 
@@ -102,14 +102,23 @@ class Step:
     decode: list[Sequence]
     prefill: list[tuple[Sequence, int]]  # (sequence, tokens fed this step)
     window: int | None = None  # every layer's sliding window (Scheduler.window)
+    block_size: int = 1
 
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)
 
     def reads(self) -> int:
-        """KV positions the step's rows attend over (before it runs: the pacer's fit)."""
-        return decode_reads(self.decode, self.window) + sum(chunk_reads(s.computed, n)
-                                               for s, n in self.prefill)
+        """KV positions the step's rows attend over (before it runs: the pacer's fit); with a
+        window on every layer a chunk's context starts at its window (packing.Chunk.first)."""
+        return decode_reads(self.decode, self.window) + sum(
+            chunk_reads(read_prefix(s.computed, self.window, self.block_size), n)
+            for s, n in self.prefill)
+
+
+def read_prefix(computed: int, window: int | None, block_size: int) -> int:
+    """The cached keys a prompt chunk from position ``computed`` attends over (all of them, or
+    with a window on every layer, those from its window's first block on)."""
+    return computed - window_start(computed, window, block_size)
 
 
 def decode_reads(decode: list[Sequence], window: int | None = None) -> int:
@@ -268,7 +277,8 @@ class Scheduler:
         cap = None
         if decode and reading:
             cap = self.prefill_cap(len(decode), len(reading), decode_reads(decode, self.window),
-                                   reading[0].computed)
+                                   read_prefix(reading[0].computed, self.window,
+                                               self.pool.block_size))
         if cap is not None:
             budget = min(budget, cap)
         prefill: list[tuple[Sequence, int]] = []
@@ -285,4 +295,4 @@ class Scheduler:
         if self.window is not None:  # a later chunk's room may have preempted an earlier row
             decode = [s for s in decode if s in self.running]
             prefill = [(s, n) for s, n in prefill if s in self.running]
-        return Step(decode, prefill, self.window)
+        return Step(decode, prefill, self.window, self.pool.block_size)
