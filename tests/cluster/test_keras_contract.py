@@ -142,6 +142,22 @@ def test_keras_model_is_ready_and_answers_as_tensorflow(
                                          np.load(keras_dir / "mnist_want.npy"))
 
 
+def _ready_savedmodel_pod(kube: Kube, namespace: str, name: str, port: int,
+                         model: dict[str, Any]) -> dict[str, Any]:
+    """A tf-savedmodel ModelDeployment of `model` on the claim model-store, Ready; the pod
+    spec the operator wrote for it."""
+    # a real claim (statically bound PV): the pod is scheduled and kwok runs it to Ready
+    kube.kubectl("apply", "-f", "-", input=model_store(namespace))
+    try:
+        apply(kube, namespace, md(name, model={**model, "format": "tf-savedmodel"},
+                                  runtime={"image": "ghcr.io/kubemaas/runtime:0.1.0"},
+                                  serving={"port": port}))
+        wait_phase(kube, namespace, name, "Ready", timeout=120)
+        return dict(get(kube, namespace, "deployment", name)["spec"]["template"]["spec"])
+    finally:
+        kube.kubectl("delete", "pv", f"model-store-{namespace}", "--wait=false", check=False)
+
+
 def test_savedmodel_converted_by_the_rendered_init_container(
         kube: Kube, namespace: str, operator: Operator, keras_dir: Path,
         tmp_path: Path) -> None:
@@ -149,17 +165,8 @@ def test_savedmodel_converted_by_the_rendered_init_container(
     assert proc.returncode == 0, proc.stderr
     digest = proc.stdout.strip()
     port = free_port()
-    # a real claim (statically bound PV): the pod is scheduled and kwok runs it to Ready
-    kube.kubectl("apply", "-f", "-", input=model_store(namespace))
-    try:
-        apply(kube, namespace, md("mnist-tf", model={
-            "uri": "pvc://model-store/mnist_savedmodel", "format": "tf-savedmodel",
-            "sha256": digest, "name": "mnist"},
-            runtime={"image": "ghcr.io/kubemaas/runtime:0.1.0"}, serving={"port": port}))
-        wait_phase(kube, namespace, "mnist-tf", "Ready", timeout=120)
-        pod = get(kube, namespace, "deployment", "mnist-tf")["spec"]["template"]["spec"]
-    finally:
-        kube.kubectl("delete", "pv", f"model-store-{namespace}", "--wait=false", check=False)
+    pod = _ready_savedmodel_pod(kube, namespace, "mnist-tf", port, {
+        "uri": "pvc://model-store/mnist_savedmodel", "sha256": digest, "name": "mnist"})
     (init,) = pod["initContainers"]
     (container,) = pod["containers"]
     local = {"model-store": keras_dir, "model-cache": tmp_path / "cache"}
@@ -186,28 +193,16 @@ def test_a_named_signature_is_converted_and_served_under_its_name(
     converter refused it ('which one to serve is unknown') and no field could choose.
     spec.model.signature reaches the converter the operator renders and the runtime's v1 route;
     the API server refuses the field on another format."""
-    from tests.runtime.test_keras_models import NO_DEFAULT
+    from tests.runtime.test_keras_models import NO_DEFAULT, save_signatures
 
     refused = kube.kubectl("-n", namespace, "apply", "-f", "-", check=False, input=md(
         "not-tf", model={"uri": "s3://b/m.onnx", "format": "onnx", "signature": "predict"}))
     assert refused.returncode != 0 and "it needs model.format tf-savedmodel" in refused.stderr
     store = tmp_path / "store"
-    made = subprocess.run([str(keras_models.tf_python()), "-c", NO_DEFAULT,
-                           str(store / "no_default")], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
-                                            "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert made.returncode == 0, made.stderr[-2000:]
+    save_signatures(NO_DEFAULT, store / "no_default")
     port = free_port()
-    kube.kubectl("apply", "-f", "-", input=model_store(namespace))
-    try:
-        apply(kube, namespace, md("two-sigs", model={
-            "uri": "pvc://model-store/no_default", "format": "tf-savedmodel",
-            "signature": "predict", "name": "m"},
-            runtime={"image": "ghcr.io/kubemaas/runtime:0.1.0"}, serving={"port": port}))
-        wait_phase(kube, namespace, "two-sigs", "Ready", timeout=120)
-        pod = get(kube, namespace, "deployment", "two-sigs")["spec"]["template"]["spec"]
-    finally:
-        kube.kubectl("delete", "pv", f"model-store-{namespace}", "--wait=false", check=False)
+    pod = _ready_savedmodel_pod(kube, namespace, "two-sigs", port, {
+        "uri": "pvc://model-store/no_default", "signature": "predict", "name": "m"})
     (init,) = pod["initContainers"]
     (container,) = pod["containers"]
     local = {"model-store": store, "model-cache": tmp_path / "cache"}

@@ -226,6 +226,17 @@ print(list(tf.saved_model.load(sys.argv[1]).signatures))
 """
 
 
+def save_signatures(script: str, saved: Path) -> str:
+    """Run a SIGNATURES-like script with the TensorFlow venv: the SavedModel at ``saved``;
+    the signatures TensorFlow lists, as it prints them."""
+    made = subprocess.run([str(keras_models.tf_python()), "-c", script, str(saved)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
+                               "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert made.returncode == 0, made.stderr[-2000:]
+    return made.stdout.split("\n")[-2]
+
+
 def test_a_savedmodel_with_several_signatures_serves_serving_default(tmp_path: Path) -> None:
     """TensorFlow Serving answers with serving_default (and the v1 route takes no other);
     tf2onnx converts the first signature TensorFlow lists unless told, which was another one
@@ -233,12 +244,8 @@ def test_a_savedmodel_with_several_signatures_serves_serving_default(tmp_path: P
     import onnxruntime as ort
 
     saved = tmp_path / "two_signatures"
-    made = subprocess.run([str(keras_models.tf_python()), "-c", SIGNATURES, str(saved)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
-                               "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert made.returncode == 0, made.stderr[-2000:]
-    assert made.stdout.split("\n")[-2] == "['a_other', 'serving_default']"  # another first
+    listed = save_signatures(SIGNATURES, saved)
+    assert listed == "['a_other', 'serving_default']"  # another first
     proc = tfconvert(str(saved), tmp_path / "converted")
     assert proc.returncode == 0, proc.stderr[-2000:]
     session = ort.InferenceSession(str(tmp_path / "converted" / "model.onnx"),
@@ -257,11 +264,7 @@ def test_a_savedmodel_without_serving_default_serves_the_signature_named(
     be served at all ('which one to serve is unknown'). --signature (spec.model.signature)
     picks one, and the runtime's v1 route takes that name (--signature-name)."""
     saved = tmp_path / "no_default"
-    made = subprocess.run([str(keras_models.tf_python()), "-c", NO_DEFAULT, str(saved)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
-                               "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert made.returncode == 0, made.stderr[-2000:]
+    save_signatures(NO_DEFAULT, saved)
     refused = tfconvert(str(saved), tmp_path / "refused")
     assert refused.returncode == 1 and "spec.model.signature" in refused.stderr, refused.stderr
     unknown = tfconvert(str(saved), tmp_path / "unknown", "--signature", "nope")
