@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from .api import ModelDeploymentSpec, parse_spec
@@ -87,12 +88,12 @@ class Memory:
 
     def render(self, raw_spec: Mapping[str, Any], ctx: RenderContext,
                template_name: str) -> tuple[ModelDeploymentSpec, Rendered]:
-        """parse + render, memoized: most reconciles (a pod's event, a resync) change neither."""
-        key = digest([raw_spec, ctx.name, ctx.namespace, ctx.uid, template_name,
-                      ctx.template_source, ctx.default_gateway_namespace,
-                      ctx.monitoring_namespace, repr(ctx.cache), ctx.vllm_image,
-                      ctx.gpu_types, ctx.model_record, ctx.keda, ctx.prometheus,
-                      ctx.http_addon, ctx.http_scaler, ctx.http_interceptor], 32)
+        """parse + render, memoized: most reconciles (a pod's event, a resync) change neither.
+        Keyed by every field of the context (a hand-picked list left out whether InferencePools
+        are served: a keyed model kept its pods without KUBEMAAS_METRICS_WITHOUT_KEY once the
+        Inference Extension's CRDs came, and the picker's scrapes were refused)."""
+        key = digest([raw_spec, template_name,
+                      *(repr(getattr(ctx, f.name)) for f in fields(ctx))], 32)
         hit = self._renders.get(key)
         if hit is None:  # gpu.count auto: sized from the model's shape and the GPU node types
             spec = size_gpus(parse_spec(raw_spec), ctx.gpu_types, ctx.model_record)

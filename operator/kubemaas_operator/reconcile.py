@@ -40,6 +40,7 @@ from .modelcache.implicit import Owner, Plan
 from .modelcache.mount import CacheMount, cache_wait
 from .observed import DeploymentInfo, PodInfo, deployment_info
 from .ownership import NameConflict
+from .picker_peers import picker_pods_of
 from .pod_life import CacheProgress
 from .render import (
     BUILTIN_TEMPLATE,
@@ -176,12 +177,13 @@ class _Pass:
     name: str
     namespace: str
     uid: str
+    picker_pods: Mapping[str, str] | None = None  # picker_peers.py
 
     def context(self, template_name: str, source: str | None,
                 record: ModelShape | None) -> RenderContext:
         return RenderContext(name=self.name, namespace=self.namespace, uid=self.uid,
                              template_name=template_name, template_source=source,
-                             cache=self.snap.cache,
+                             cache=self.snap.cache, picker_pods=self.picker_pods,
                              **_security_context(self.settings, self.snap, record))
 
 
@@ -251,8 +253,10 @@ async def _apply_children(c: Children, targets: _Targets, spec: ModelDeploymentS
 async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                     memory: Memory, now: datetime | None = None) -> Outcome:
     meta = snap.body.get("metadata") or {}
+    pickers = await picker_pods_of(cluster, snap.body.get("spec") or {}, meta["namespace"],
+                                   snap.inference_pools, settings.default_endpoint_picker())
     p = _Pass(snap, settings, cluster, memory, now or datetime.now(UTC), meta["name"],
-              meta["namespace"], str(meta.get("uid", "")))
+              meta["namespace"], str(meta.get("uid", "")), pickers)
     outcome = Outcome()
     main = {kind: memory.freshest(kind, p.namespace, p.name, snap.children.get(kind))
             for _, kind in CHILD_KINDS}

@@ -180,3 +180,34 @@ def test_without_the_crd_a_language_model_falls_back_to_the_split(
             operator.log_text())
     finally:
         extension.install(kube.kubeconfig)
+
+
+def _picker_peers(kube: Kube, ns: str) -> list[Any]:
+    rules = get(kube, ns, "networkpolicy", "llm")["spec"].get("ingress") or []
+    return [peer["podSelector"]["matchLabels"] for rule in rules for peer in rule["from"]
+            if "podSelector" in peer and "namespaceSelector" not in peer]
+
+
+def test_the_pickers_pods_are_admitted_by_the_models_network_policy(
+        kube: Kube, gw_ns: str, inference_extension: None) -> None:
+    """The picker reads each pod's load from /metrics on the serving port; the model's
+    NetworkPolicy, closed by default, refused it unless its pods were listed in
+    networkPolicy.from by hand. The pods the picker's Service selects are admitted, and follow
+    that Service (read at each resync)."""
+    ns = gw_ns
+    apply(kube, ns, llm(gateway=False, picker={"name": "llm-epp", "port": 9002}))
+    wait_for(lambda: exists(kube, ns, "networkpolicy", "llm") or None, timeout=30,
+             what="the model's NetworkPolicy")
+    assert _picker_peers(kube, ns) == []  # no such Service yet: nobody more
+    kube.kubectl("-n", ns, "create", "service", "clusterip", "llm-epp", "--tcp=9002:9002")
+    kube.kubectl("-n", ns, "patch", "service", "llm-epp", "--type=merge", "-p",
+                 '{"spec": {"selector": {"app": "epp", "pool": "llm"}}}')
+    wait_for(lambda: _picker_peers(kube, ns) == [{"app": "epp", "pool": "llm"}] or None,
+             timeout=30, what="the picker's pods admitted")
+    rule = next(r for r in get(kube, ns, "networkpolicy", "llm")["spec"]["ingress"]
+                if {"podSelector": {"matchLabels": {"app": "epp", "pool": "llm"}}} in r["from"])
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    kube.kubectl("-n", ns, "delete", "service", "llm-epp")
+    wait_for(lambda: _picker_peers(kube, ns) == [] or None, timeout=30,
+             what="the picker's rule to go with its Service")
+    kube.kubectl("-n", ns, "delete", "md", "llm", "--wait=true", "--timeout=60s")

@@ -120,3 +120,77 @@ def test_a_picker_reads_metrics_without_a_key_on_a_model_with_keys() -> None:
     assert "KUBEMAAS_METRICS_WITHOUT_KEY" not in runtime_env(own, CTX)
     no_keys = spec(inferencePool={"endpointPicker": {"name": "llm-epp", "port": 9002}})
     assert "KUBEMAAS_METRICS_WITHOUT_KEY" not in runtime_env(no_keys, served)
+
+
+def test_the_memoized_render_follows_whether_pools_are_served() -> None:
+    """Memory.render's key listed the context's fields by hand and left out inference_pools:
+    once the Inference Extension's CRDs came, a model with keys kept the render made before,
+    its pods never told to serve /metrics without a key for the picker."""
+    from kubemaas_operator.memory import Memory
+
+    raw = {"model": {"uri": "s3://models/llama", "format": "hf"}, "runtime": {"image": "img"},
+           "serving": {"auth": {"secretName": "keys"},
+                       "inferencePool": {"endpointPicker": {"name": "llm-epp", "port": 9002}}}}
+    memory = Memory()
+
+    def without_key(ctx: RenderContext) -> bool:
+        _, rendered = memory.render(raw, ctx, "builtin")
+        dep = next(c for c in rendered.children if c["kind"] == "Deployment")
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        return any(e["name"] == "KUBEMAAS_METRICS_WITHOUT_KEY" for e in container["env"])
+
+    assert not without_key(CTX)
+    assert without_key(dataclasses.replace(CTX, inference_pools=True))
+
+
+def test_the_pickers_pods_may_reach_the_serving_port() -> None:
+    """The NetworkPolicy, closed by default, refused the picker's scrapes of /metrics unless
+    its pods were listed in networkPolicy.from by hand: the pods its Service selects (the
+    operator reads them, picker_peers.py) are admitted to the serving port."""
+    s = spec(port=8000, inferencePool={"endpointPicker": {"name": "llm-epp", "port": 9002}})
+
+    def peers(ctx: RenderContext) -> list[Any]:
+        policy = next(c for c in render(s, ctx).children if c["kind"] == "NetworkPolicy")
+        rules = policy["spec"].get("ingress") or []
+        return [(r["ports"], peer) for r in rules for peer in r["from"]]
+
+    picked = dataclasses.replace(CTX, inference_pools=True, picker_pods={"app": "llm-epp"})
+    assert peers(picked) == [([{"port": 8000, "protocol": "TCP"}],
+                              {"podSelector": {"matchLabels": {"app": "llm-epp"}}})]
+    assert peers(dataclasses.replace(CTX, inference_pools=True)) == []  # closed, as before
+
+
+def test_the_pickers_pods_are_its_services_selector() -> None:
+    import asyncio
+
+    from kubemaas_operator.k8s import ApiError
+    from kubemaas_operator.picker_peers import picker_pods
+    from kubemaas_operator.writes import Retry
+
+    class Cluster:
+        def __init__(self, service: Any = None, error: int = 0) -> None:
+            self.service, self.error, self.asked = service, error, []
+
+        async def get_optional(self, api_version: str, kind: str, namespace: str,
+                               name: str) -> Any:
+            self.asked.append((kind, namespace, name))
+            if self.error:
+                raise ApiError(self.error, "InternalError", "etcd timeout")
+            return self.service
+
+    def pods(cluster: Cluster, s: Any, served: bool = True) -> Any:
+        return asyncio.run(picker_pods(cluster, s, "models", served, None))  # type: ignore[arg-type]
+
+    own = spec(inferencePool={"endpointPicker": {"name": "llm-epp", "port": 9002}})
+    epp = Cluster({"spec": {"selector": {"app": "llm-epp"}}})
+    assert pods(epp, own) == {"app": "llm-epp"}
+    assert epp.asked == [("Service", "models", "llm-epp")]
+    assert pods(Cluster(None), own) is None  # no such Service (or not readable)
+    assert pods(Cluster({"spec": {}}), own) is None  # selects nothing: admits nobody more
+    quiet = Cluster({"spec": {"selector": {"app": "x"}}})
+    assert pods(quiet, spec()) is None and pods(quiet, own, served=False) is None
+    closed = spec(inferencePool={"endpointPicker": {"name": "llm-epp", "port": 9002}},
+                  networkPolicy={"enabled": False})
+    assert pods(quiet, closed) is None and quiet.asked == []  # no read when nothing needs it
+    with pytest.raises(Retry):  # a blip keeps the policy as it is
+        pods(Cluster(error=500), own)

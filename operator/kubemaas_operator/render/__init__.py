@@ -393,7 +393,7 @@ def render_security(spec: ModelDeploymentSpec, ctx: RenderContext) -> list[dict[
                 selector=service_selector(ctx.name),
                 ingress=ingress_rules(spec, _gateway_namespace(spec, ctx),
                                       ctx.monitoring_namespace,
-                                      _interceptor_namespace(spec, ctx))))
+                                      _interceptor_namespace(spec, ctx), ctx.picker_pods)))
         out.append(_stamp(policy, ctx, labels))
     tls = spec.serving.tls
     if tls is not None and tls.cert_manager is not None:

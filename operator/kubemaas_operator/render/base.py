@@ -82,6 +82,9 @@ class RenderContext:
     # port, so a model with API keys serves it there without one (render/security.py).
     inference_pools: bool = False
     default_endpoint_picker: EndpointPicker | None = None
+    # the labels of the picker's pods (its Service's selector, picker_peers.py): the
+    # NetworkPolicy admits them to the serving port, where they read /metrics
+    picker_pods: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -102,11 +102,13 @@ def _namespace_peer(namespace: str) -> dict[str, Any]:
 
 
 def ingress_rules(spec: ModelDeploymentSpec, gateway_namespace: str | None,
-                  monitoring_namespace: str,
-                  interceptor_namespace: str | None = None) -> list[dict[str, Any]]:
+                  monitoring_namespace: str, interceptor_namespace: str | None = None,
+                  picker_pods: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The NetworkPolicy's ingress rules. A rule without peers would admit everyone, so a port
     nobody may reach gets no rule at all. `interceptor_namespace`: KEDA's HTTP interceptor, which
-    forwards the requests that wake a model at zero (render/wake.py)."""
+    forwards the requests that wake a model at zero (render/wake.py); `picker_pods`: the labels
+    of an InferencePool's endpoint picker's pods in the model's namespace (picker_peers.py),
+    which read /metrics on the serving port."""
     serving: list[dict[str, Any]] = []
     for peer in spec.serving.network_policy.allow_from:
         pods = {"podSelector": {"matchLabels": dict(peer.pod_labels)}}
@@ -121,6 +123,8 @@ def ingress_rules(spec: ModelDeploymentSpec, gateway_namespace: str | None,
         serving.append(_namespace_peer(gateway_namespace))
     if interceptor_namespace:
         serving.append(_namespace_peer(interceptor_namespace))
+    if picker_pods:
+        serving.append({"podSelector": {"matchLabels": dict(picker_pods)}})
     own_metrics = metrics_port(spec)
     if monitoring_namespace and own_metrics is None:
         serving.append(_namespace_peer(monitoring_namespace))  # /metrics is on this port
