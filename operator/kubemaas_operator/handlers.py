@@ -121,6 +121,7 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
     cache = ((body.get("spec") or {}).get("model") or {}).get("cache")
     return Snapshot(body=body, children={k: v for k, v in children.items() if v is not None},
                     pods=pods, nodes=nodes, used=used, pending=pending,
+                    quotas=list(idx["quota_index"].get(key[0]) or []),
                     gateway_api=_runtime().gateway_api, cert_manager=_runtime().cert_manager,
                     inference_pools=_runtime().inference_pools, keda=_runtime().keda,
                     http_addon=_runtime().http_addon,
@@ -291,7 +292,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
                                                  "interceptorroute_index",
                                                  "owed_index",
                                                  "pod_index", "node_index", "namespace_index",
-                                                 "blocked_index")})
+                                                 "blocked_index", "quota_index")})
     await discovery.at_start(rt)  # before the first reconcile
     rt.queue = WorkQueue(_queued, concurrency=ours.max_concurrent_reconciles,
                          on_add=metrics.QUEUE_ADDS.inc, on_start=metrics.QUEUE_WAIT.observe)

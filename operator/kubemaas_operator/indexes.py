@@ -21,6 +21,9 @@ Indexes (kept in memory by kopf from its watch streams; a reconcile lists nothin
                     for, not yet created) are demand too
   node_index        "nodes" -> NodeInfo of every node with nvidia.com/* allocatable
   namespace_index   name -> True for namespaces being deleted (the operator stands down there)
+  quota_index       namespace -> QuotaInfo of each ResourceQuota there (hard and used, read
+                    ahead by a rollout: quota_room.py); an operator that may not list
+                    resourcequotas sees none (kopf_watch.tolerant) and waits for a refusal
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import kopf
 
 from .observed import pod_info
+from .quota_room import quota_info
 from .render import INSTANCE, MANAGED_BY, MANAGER, NAME, canary_name
 from .scheduling import NodeInfo, pending_demand
 
@@ -235,3 +239,9 @@ async def node_index(name: str, labels: Mapping[str, str], spec: Mapping[str, An
 async def namespace_index(name: str, status: Mapping[str, Any], **_: Any) -> Any:
     return {name: True} if status.get("phase") == "Terminating" else NOTHING
 
+
+
+@kopf.index("", "v1", "resourcequotas")
+async def quota_index(name: str, namespace: str | None, spec: Mapping[str, Any],
+                      status: Mapping[str, Any], **_: Any) -> Any:
+    return {namespace: quota_info(name, spec, status)} if namespace else NOTHING

@@ -69,9 +69,19 @@ VANISHED_RETRY_S = 5.0
 OPTIONAL_GROUPS = frozenset(v.rpartition("/")[0] for v in (
     HTTPROUTE_API_VERSION, SCALEDOBJECT_API_VERSION, INFERENCEPOOL_API_VERSION,
     CERTIFICATE_API_VERSION, INTERCEPTORROUTE_API_VERSION))
+# Core kinds the operator reads but can do without (a rollout reads ResourceQuotas ahead; without
+# them it learns of a full quota from a refused surge pod): (group, plural).
+OPTIONAL_RESOURCES = frozenset({("", "resourcequotas")})
 # An optional kind the operator may not list (403) is asked again after VANISHED_RETRY_S times this.
 FORBIDDEN_BACKOFF = 6
 _installed: list[bool] = []
+
+
+def optional(resource: Any) -> bool:
+    """Whether the operator runs on without `resource` (a kopf Resource)."""
+    group = getattr(resource, "group", None)
+    return group in OPTIONAL_GROUPS or (group, getattr(resource, "plural", None)) in (
+        OPTIONAL_RESOURCES)
 
 
 def tolerant(original: Callable[..., AsyncIterator[Any]], retry_s: float = VANISHED_RETRY_S,
@@ -92,10 +102,10 @@ def tolerant(original: Callable[..., AsyncIterator[Any]], retry_s: float = VANIS
         from kopf._cogs.clients import errors, watching
 
         forbidden_said = False
-        optional = getattr(kwargs.get("resource"), "group", None) in OPTIONAL_GROUPS
+        may_skip = optional(kwargs.get("resource"))
         while True:
             try:
-                if optional:
+                if may_skip:
                     await (may_list or _may_list)(kwargs)
                 async for event in original(**kwargs):
                     yield event
@@ -105,7 +115,7 @@ def tolerant(original: Callable[..., AsyncIterator[Any]], retry_s: float = VANIS
                             "%.0f s", kwargs.get("resource"), retry_s)
                 await asyncio.sleep(retry_s)
             except errors.APIForbiddenError as err:
-                if not optional:
+                if not may_skip:
                     raise  # a kind every model needs: the operator cannot work without it
                 # RBAC does not let the operator list or watch this kind (an administrator
                 # removed one optional kind from its ClusterRole). kopf would fail the whole

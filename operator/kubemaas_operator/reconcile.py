@@ -42,6 +42,7 @@ from .observed import DeploymentInfo, PodInfo, deployment_info
 from .ownership import NameConflict
 from .picker_peers import picker_pods_of
 from .pod_life import CacheProgress
+from .quota_room import QuotaInfo, no_room
 from .render import (
     BUILTIN_TEMPLATE,
     CANARY_TRACK,
@@ -85,6 +86,8 @@ class Snapshot:
     # of the pods other models' Deployments owe (not created yet): demand that the free GPUs of
     # matching nodes serve before a surge (scheduling.PendingDemand).
     pending: Sequence[PendingDemand] = ()
+    # the namespace's ResourceQuotas (hard and used): a rollout reads them ahead (quota_room.py)
+    quotas: Sequence[QuotaInfo] = ()
     gateway_api: bool = False  # the API server serves gateway.networking.k8s.io/v1 HTTPRoute
     cert_manager: bool = False  # the API server serves cert-manager.io/v1 Certificate
     # the API server serves inference.networking.k8s.io/v1 InferencePool
@@ -363,10 +366,12 @@ async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
                     "%s HTTPRoute (are the Gateway API CRDs installed?): no route; a canary "
                     "splits by ready replicas", p.namespace, p.name, spec.serving.gateway.name,
                     HTTPROUTE_API_VERSION)
+    pod_spec = (_kind(rendered, "Deployment").get("spec") or {}).get("template") or {}
     plan = plan_rollout(spec, raw_spec, rendered.revision, live, snap.pods, desired_n,
                         max(0, surge_room.room - desired_n), previous.get("rollout") or {},
                         p.now, HTTP_ROUTE if gateway is not None and not pool else READY_REPLICAS,
-                        never=capacity.message if capacity.never else "")
+                        never=capacity.message if capacity.never else "",
+                        quota_full=no_room(snap.quotas, pod_spec.get("spec") or {}))
     for note in plan.notes:
         # A revision the API server refused leaves no rollout record (the Failed status has
         # none), so each pass "starts" it again without applying anything: say so once.

@@ -206,7 +206,8 @@ class _Draft:
 def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: str,
          dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int, spare: int,
          previous: Mapping[str, Any], now: datetime,
-         traffic_split: TrafficSplit = READY_REPLICAS, never: str = "") -> Plan:
+         traffic_split: TrafficSplit = READY_REPLICAS, never: str = "",
+         quota_full: tuple[str, str] | None = None) -> Plan:
     """Decide the Deployment's template and strategy, and the new status.rollout.
 
     `dep` is the stable (main) Deployment; canary pods are told apart by their track label.
@@ -215,6 +216,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     `never`: why no node could ever hold a replica of the spec's revision (the capacity
     check's GPURequestTooLarge or UnknownGPUProduct message), or empty: such a revision is
     rolled back at once, before the serving revision gives up a replica for it.
+    `quota_full`: (a ResourceQuota's name, what is full): quota_room.no_room, read ahead.
     """
     upd = _ref(previous.get("update"))
     live_hash = dep.revision if dep is not None else ""
@@ -223,7 +225,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     d = _Draft(
         strategy=_strategy(spec, desired, spare, pods, previous,
                            upd is not None and upd["hash"] == desired_hash,
-                           live_hash == desired_hash, dep),
+                           live_hash == desired_hash, dep, quota_full),
         desired_hash=desired_hash, cur=_ref(previous.get("current")),
         prev_good=_ref(previous.get("previous")), upd=upd, failed=_ref(previous.get("failed")),
         stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
@@ -259,22 +261,25 @@ def _dropped_canary(previous: Mapping[str, Any], desired_hash: str, desired: int
 
 def _strategy(spec: ModelDeploymentSpec, desired: int, spare: int, pods: Sequence[PodInfo],
               previous: Mapping[str, Any], same_update: bool, applied: bool,
-              dep: DeploymentInfo | None) -> Strategy:
+              dep: DeploymentInfo | None, quota_full: tuple[str, str] | None) -> Strategy:
     """The rollout's strategy (rollout_strategy.sticky_strategy), except for a revision applied
     at zero replicas: the Deployment carries it already and the model's pods, as it scales up,
     start on it; there is nothing to wait for (a fresh choice would say 'waiting' without a
     free GPU). A surge pod of this revision that the namespace's ResourceQuota refused (the
     Deployment's ReplicaFailure) counts as no room for a surge; a replacement chosen for that
-    keeps its reason."""
+    keeps its reason. So does a quota read ahead without room (`quota_full`), unless a surge
+    is under way: its own pod fills the quota then."""
     at_zero = same_update and previous.get("reason") == "NoReplicas"
     if at_zero and applied:
         return Strategy("Replace", 0, 1, "NoReplicas", "replace: applied while no replica ran; "
                         "its pods start as the model scales up")
     chosen = previous.get("strategy") if same_update and not at_zero else None
-    quota = quota_refusal(dep.replica_failure) if (
-        dep is not None and applied and dep.replica_failure) else None
-    if quota is None and chosen == "Replace":
-        quota = remembered_quota(previous)
+    # a replacement keeps the quota it was chosen for (its words stay, no status write)
+    quota = remembered_quota(previous) if chosen == "Replace" else None
+    if quota is None and dep is not None and applied and dep.replica_failure:
+        quota = quota_refusal(dep.replica_failure)
+    if quota is None and chosen != "Surge":
+        quota = quota_full
     return sticky_strategy(spec, desired, spare, pods, chosen, quota)
 
 

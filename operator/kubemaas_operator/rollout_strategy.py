@@ -26,7 +26,8 @@ class Strategy:
     reason: str
     message: str
     # (the ResourceQuota's name, the API server's words): a surge pod it refused made this
-    # strategy (reason QuotaExceeded); kept in status.rollout.quota while the rollout runs
+    # strategy (reason QuotaExceeded); or (its name, what is full in our words): read ahead, it
+    # had no room for one (quota_room.py); kept in status.rollout.quota while the rollout runs
     quota: tuple[str, str] | None = None
 
 
@@ -36,8 +37,8 @@ def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
 
     `spare`: how many replicas beyond `desired` fit in the free capacity right now (this model's
     own pods counted as free: they are the ones being replaced). `quota`: (name, the API
-    server's words) when the namespace's ResourceQuota refused a surge pod: no surge then,
-    whatever the nodes hold.
+    server's words) when the namespace's ResourceQuota refused a surge pod, or (name, what is
+    full) when it has no room for one, read ahead: no surge then, whatever the nodes hold.
     """
     ro = spec.rollout
     if desired <= 0:  # nothing runs (replicas 0, or KEDA took it to zero): nothing to keep serving
@@ -53,8 +54,9 @@ def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
                         f"surge: {plural(surge, 'extra replica')} at a time beside the "
                         f"{desired} serving ({why}); ready replicas never drop below {desired}")
     if quota is not None:
+        said = "the API server said: " if "exceeded quota" in quota[1] else ""
         why = (f"the namespace's ResourceQuota {quota[0]} has no room for a surge pod "
-               f"(the API server said: {quota[1]})")
+               f"({said}{quota[1]})")
         reason, room = "QuotaExceeded", f"raise ResourceQuota {quota[0]} for a surge"
     else:
         why = ("no free GPU on matching nodes for an extra replica of " + unit

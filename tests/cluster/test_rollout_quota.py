@@ -1,7 +1,8 @@
 """Rollouts under a namespace ResourceQuota that leaves no room for a surge pod, on a cluster
-whose nodes do have free GPUs: the operator surges (free GPUs), the Deployment controller cannot
-create the surge pod (ReplicaFailure, FailedCreate, "exceeded quota"). The rollout stalled there,
-its message saying it surged onto free GPUs."""
+whose nodes do have free GPUs. The operator reads the quota ahead (quota_room.py) and replaces
+in place (or waits) from the start; once it surged anyway, and only switched after the
+Deployment controller failed to create the surge pod (ReplicaFailure, FailedCreate, "exceeded
+quota"); before that the rollout stalled there, its message saying it surged onto free GPUs."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
-from tests.cluster.conftest import Operator
+from tests.cluster.conftest import RBAC, Operator
 from tests.cluster.test_operator import apply, condition, get, status
 from tests.cluster.test_rollout import (  # noqa: F401 (quiet_h100: a fixture)
     FAILURE_LABEL,
@@ -36,9 +38,10 @@ def ns(kube: Kube, namespace: str, operator: Operator,
     delete_namespace_and_its_pods(kube, namespace)
 
 
-def gpu_quota(kube: Kube, namespace: str, gpus: int) -> None:
+def gpu_quota(kube: Kube, namespace: str, gpus: int, *scopes: str) -> None:
     kube.kubectl("-n", namespace, "create", "quota", "gpus",
-                 f"--hard=requests.nvidia.com/gpu={gpus}")
+                 f"--hard=requests.nvidia.com/gpu={gpus}",
+                 *([f"--scopes={','.join(scopes)}"] if scopes else []))
     wait_for(lambda: kube.kubectl("-n", namespace, "get", "quota", "gpus", "-o",
                                   "jsonpath={.status.hard}", check=False).stdout or None,
              timeout=30, what="the quota controller to fill in the quota's status")
@@ -76,7 +79,9 @@ def test_a_single_replica_the_quota_holds_waits_then_rolls_once_raised(
                   what="the rollout to wait on the quota")
     message = condition(st, "Ready")["message"]
     print(message)
-    assert "ResourceQuota gpus" in message and "exceeded quota" in message, message
+    # read ahead: in our words (the API server refused nothing, the template is held)
+    assert "ResourceQuota gpus" in message and "requests.nvidia.com/gpu: 1 of 1 used" in (
+        message), message
     assert "allowDowntime" in message and "raise" in message, message
     assert st["rollout"]["strategy"] == "Wait"
     assert st["rollout"]["quota"]["name"] == "gpus", st["rollout"]  # kept by the CRD's schema
@@ -86,9 +91,13 @@ def test_a_single_replica_the_quota_holds_waits_then_rolls_once_raised(
     assert len(pods) == 1, pods
     writes, passes = operator.writes_during(3, ns)
     assert writes <= passes, (writes, passes)
+    assert get(kube, ns, "deployment", "m")["spec"]["template"]["spec"]["containers"][0][
+        "image"] != NEW  # held: no surge pod for the Deployment controller to fail to create
+    raised = time.monotonic()
     kube.kubectl("-n", ns, "patch", "quota", "gpus", "--type=merge", "-p",
                  '{"spec":{"hard":{"requests.nvidia.com/gpu":"2"}}}')
     st = wait_revision(kube, ns, "m", 2, timeout=120)
+    print(f"complete {time.monotonic() - raised:.1f} s after the quota was raised")
     assert st["rollout"]["history"][-1]["outcome"] == "Complete"
     dep = get(kube, ns, "deployment", "m")
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == NEW
@@ -111,3 +120,94 @@ def test_a_bad_revision_under_the_quota_is_rolled_back(kube: Kube, ns: str) -> N
         return (s.get("readyReplicas") == 2 and FAILURE_LABEL not in dep["spec"]["template"][
             "metadata"]["labels"])
     wait_for(good_again, timeout=60, what="two ready replicas of the good revision")
+
+
+
+def test_a_full_quota_is_read_ahead_no_surge_pod_is_refused(kube: Kube, ns: str,
+                                                            operator: Operator) -> None:
+    """The operator reads the namespace's ResourceQuota before the rollout: a quota with no room
+    for one more pod makes it replace in place from the start, so the Deployment controller
+    never tries (and fails) to create a surge pod."""
+    gpu_quota(kube, ns, 2)
+    apply(kube, ns, model("m", 2))
+    wait_revision(kube, ns, "m", 1)
+    wait_for(lambda: kube.kubectl("-n", ns, "get", "quota", "gpus", "-o",
+                                  "jsonpath={.status.used.requests\\.nvidia\\.com/gpu}",
+                                  check=False).stdout == "2", timeout=30,
+             what="the quota to count both replicas")
+    started = time.monotonic()
+    with Sampler(kube, ns, "m") as sampler:
+        apply(kube, ns, model("m", 2, image=NEW))
+        st = wait_for(lambda: (lambda s: s if (s.get("rollout") or {}).get("strategy") not in (
+            None, "None") else None)(status(kube, ns, "m")), timeout=30,
+            what="the rollout to pick a strategy")
+        print(f"strategy after {time.monotonic() - started:.1f} s: {st['rollout']}")
+        done = wait_revision(kube, ns, "m", 2, timeout=120)
+    print(f"quota-bound rollout complete after {time.monotonic() - started:.1f} s; "
+          f"{sorted(sampler.strategies)} {sorted(sampler.messages)}")
+    # never a surge first: the Deployment controller is never asked for a pod the quota refuses
+    assert "Surge" not in sampler.strategies, sampler.strategies
+    assert st["rollout"]["strategy"] == "Replace", st["rollout"]
+    assert st["rollout"]["reason"] == "QuotaExceeded", st["rollout"]
+    assert st["rollout"]["quota"]["name"] == "gpus", st["rollout"]
+    assert "requests.nvidia.com/gpu" in st["rollout"]["quota"]["message"], st["rollout"]
+    assert "FailedCreate" not in sampler.reasons, sampler.reasons
+    # one message, in our words, through the rollout (a replaced replica's refused pod keeps it)
+    assert not any("API server said" in m for m in sampler.messages), sampler.messages
+    assert done["rollout"]["history"][-1]["message"] == "2 replicas Ready (replace rollout)"
+    writes, passes = operator.writes_during(2, ns)  # the quota's updates write nothing
+    assert writes == 0, (writes, passes)
+
+
+def test_a_scoped_quota_is_not_read_ahead_and_its_refusal_still_turns_the_surge(
+        kube: Kube, ns: str) -> None:
+    """A quota with scopes may not count the pod: no verdict ahead, the rollout surges, and
+    the quota's refusal of the surge pod turns it into a replacement (the API server's words)."""
+    gpu_quota(kube, ns, 2, "NotTerminating")  # a Deployment's pods have no deadline: counted
+    apply(kube, ns, model("m", 2))
+    wait_revision(kube, ns, "m", 1)
+    with Sampler(kube, ns, "m") as sampler:
+        apply(kube, ns, model("m", 2, image=NEW))
+        st = wait_revision(kube, ns, "m", 2, timeout=120)
+    print(sorted(sampler.strategies), sorted(sampler.messages))
+    # the surge may last less than a sample; the API server's words say it was tried, refused
+    assert "Replace" in sampler.strategies, sampler.strategies
+    assert any("the API server said: forbidden: exceeded quota: gpus" in m
+               for m in sampler.messages), sampler.messages
+    assert st["rollout"]["history"][-1]["message"] == "2 replicas Ready (replace rollout)"
+
+
+@pytest.fixture
+def without_resourcequotas(kube: Kube, operator: Operator) -> Iterator[None]:
+    """The operator's ClusterRole without resourcequotas, the operator restarted on it (a
+    running watch outlives the rule); both undone after."""
+    docs = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
+    for d in docs:
+        if d.get("kind") == "ClusterRole":
+            d["rules"] = [r for r in d["rules"] if "resourcequotas" not in r.get("resources", [])]
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    operator.restart()
+    try:
+        yield
+    finally:
+        kube.kubectl("apply", "-f", str(RBAC))
+        operator.restart()
+
+
+@pytest.mark.slow
+def test_an_operator_that_may_not_read_quotas_falls_back_to_the_refusal(
+        kube: Kube, ns: str, operator: Operator, without_resourcequotas: None) -> None:
+    """Without get/list/watch on resourcequotas the operator runs on (no crash loop) and learns
+    of a full quota as before, from the refused surge pod."""
+    gpu_quota(kube, ns, 2)
+    apply(kube, ns, model("m", 2))
+    wait_revision(kube, ns, "m", 1, timeout=150)  # kopf retries the forbidden listing ~1 min
+    with Sampler(kube, ns, "m") as sampler:
+        apply(kube, ns, model("m", 2, image=NEW))
+        st = wait_revision(kube, ns, "m", 2, timeout=120)
+    assert operator.alive()
+    # the surge may last less than a sample; the API server's words say it was tried, refused
+    assert "Replace" in sampler.strategies, sampler.strategies
+    assert any("the API server said: forbidden: exceeded quota: gpus" in m
+               for m in sampler.messages), sampler.messages
+    assert st["rollout"]["history"][-1]["message"] == "2 replicas Ready (replace rollout)"

@@ -97,6 +97,13 @@ def test_an_optional_kind_the_operator_may_not_list_counts_as_listed_and_is_aske
     calls.clear()
     with pytest.raises(errors.APIForbiddenError):  # a kind every model needs still stops it
         asyncio.run(collect(deployments))
+    # ResourceQuotas (core, read ahead by a rollout) are optional too; pods are not
+    calls.clear()
+    quotas = references.Resource("", "v1", "resourcequotas")
+    assert asyncio.run(collect(quotas)) == [watching.Bookmark.LISTED, "granted"]
+    calls.clear()
+    with pytest.raises(errors.APIForbiddenError):
+        asyncio.run(collect(references.Resource("", "v1", "pods")))
 
 
 def test_a_forbidden_optional_kind_counts_as_listed_at_once() -> None:

@@ -130,3 +130,59 @@ def test_a_replacement_under_the_quota_is_not_degraded_by_its_refused_pod() -> N
     other = compute_status(spec(), observed(deployment=mid, pods=live, rollout=RolloutView(),
                                             desired_revision="bbb")).status
     assert other["reason"].startswith("FailedCreate"), other["reason"]
+
+
+AHEAD = ("gpus", "requests.nvidia.com/gpu: 4 of 4 used, one more pod of the new revision needs "
+                 "1 (hard limit minus used, read ahead)")
+
+
+def test_a_full_quota_read_ahead_replaces_from_the_start() -> None:
+    """The namespace's quota has no room for one more pod: the rollout replaces in place from
+    its first pass (no surge the Deployment controller would fail to create), names the quota
+    in our words and keeps doing so."""
+    p = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 2, GOOD, NOW, quota_full=AHEAD)
+    assert p.status["strategy"] == "Replace" and p.deployment_strategy == (0, 1)
+    assert p.status["reason"] == "QuotaExceeded"
+    assert p.status["quota"] == {"name": "gpus", "message": AHEAD[1]}
+    assert "ResourceQuota gpus has no room for a surge pod (requests.nvidia.com/gpu: 4 of 4" in (
+        p.status["message"]) and "API server" not in p.status["message"]
+    # the replacement's own new pod fills the quota again: still a replacement, same words
+    later = plan(spec(), RAW, "bbb", dep("bbb", updated=1), [*pods("aaa", 3), *pods("bbb", 1)],
+                 4, 2, p.status, NOW, quota_full=AHEAD)
+    assert later.status == {**p.status, "update": later.status["update"]}
+    # a replaced replica's new pod refused for a moment: the words read ahead stay (no write)
+    refusal = plan(spec(), RAW, "bbb", refused("bbb", updated=1),
+                   [*pods("aaa", 3), *pods("bbb", 1)], 4, 2, p.status, NOW, quota_full=AHEAD)
+    assert refusal.status == later.status
+    # and once the quota has room the replacement stays one (a rollout keeps its strategy)
+    roomy = plan(spec(), RAW, "bbb", dep("bbb", updated=1), [*pods("aaa", 3), *pods("bbb", 1)],
+                 4, 2, p.status, NOW)
+    assert roomy.deployment_strategy == (0, 1)
+
+
+def test_a_surge_under_way_is_not_undone_by_its_own_pod_in_the_quota() -> None:
+    """A surge started while the quota had room: its surge pod fills the quota, which must not
+    turn it into a replacement (nothing was refused)."""
+    surging = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 2, GOOD, NOW)
+    assert surging.status["strategy"] == "Surge"
+    p = plan(spec(), RAW, "bbb", dep("bbb", updated=1), [*pods("aaa", 4), *pods("bbb", 1)],
+             4, 2, surging.status, NOW, quota_full=AHEAD)
+    assert p.status["strategy"] == "Surge" and p.deployment_strategy == (1, 0)
+
+
+def test_a_single_replica_waits_on_the_quota_read_ahead_without_applying_then_surges() -> None:
+    one = parse_spec({**RAW, "replicas": 1})
+    raw_one = {**RAW, "replicas": 1}
+    good = {**GOOD, "stableSpec": raw_one}
+    w = plan(one, raw_one, "bbb", dep("aaa"), pods("aaa", 1), 1, 2, good, NOW, quota_full=AHEAD)
+    assert w.status["strategy"] == "Wait" and w.status["reason"] == "QuotaExceeded"
+    assert w.target == "hold" and w.view.blocked_reason == "RolloutWaiting"
+    assert "raise ResourceQuota gpus" in w.status["message"]
+    assert w.status["quota"]["name"] == "gpus"
+    again = plan(one, raw_one, "bbb", dep("aaa"), pods("aaa", 1), 1, 2, w.status, NOW,
+                 quota_full=AHEAD)
+    assert again.status == w.status  # steady while it waits: nothing to write
+    # the quota raised: the surge goes ahead on the next look
+    raised = plan(one, raw_one, "bbb", dep("aaa"), pods("aaa", 1), 1, 2, w.status, NOW)
+    assert raised.status["strategy"] == "Surge" and raised.target != "hold"
+    assert raised.deployment_strategy == (1, 0)
