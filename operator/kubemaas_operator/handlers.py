@@ -258,6 +258,7 @@ async def _resync(rt: Runtime) -> None:
         if standby.paused():
             continue
         rt.resyncs += 1
+        metrics.RESYNC_PASSES.inc()
         keys = list(rt.indexes["md_index"].keys())
         for i, key in enumerate(keys):
             rt.queue.enqueue(key, 0.01 + i * min(1.0, rt.settings.resync_s / 2 / max(1, len(keys))))

@@ -1,10 +1,11 @@
 """The operator's own Prometheus metrics (prometheus-client), served on GET /metrics of
 KUBEMAAS_OPERATOR_METRICS_PORT (docs/operator.md lists them).
 
-Counters and histograms are updated where things happen (handlers: reconciles; workqueue: queue
-waits; k8s: API errors; reconcile: rollouts that ended); the gauges of the queue and of the
-models by phase and reason are computed when Prometheus scrapes, from the work queue and the
-in-memory index of ModelDeployments, so they cost nothing between scrapes.
+Counters and histograms are updated where things happen (handlers: reconciles and resync passes;
+workqueue: queue waits; k8s: API writes and errors; reconcile: rollouts that ended); the gauges
+of the queue and of the models by phase and reason are computed when Prometheus scrapes, from
+the work queue and the in-memory index of ModelDeployments, so they cost nothing between
+scrapes.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ QUEUE_WAIT = Histogram("kubemaas_operator_workqueue_wait_seconds",
 API_ERRORS = Counter("kubemaas_operator_api_errors_total",
                      "Kubernetes API calls that failed, by HTTP method and status code (0 = the "
                      "API server could not be reached).", ["method", "code"], registry=REGISTRY)
+API_WRITES = Counter("kubemaas_operator_api_writes_total",
+                     "Kubernetes API write requests (every method but GET, refused ones too), by "
+                     "the namespace of the object written (\"\" for cluster-scoped ones): a "
+                     "steady state writes nothing, so a rate here is write churn.", ["namespace"],
+                     registry=REGISTRY)
+RESYNC_PASSES = Counter("kubemaas_operator_resync_passes_total",
+                        "Periodic resync passes started (each queues a reconcile of every "
+                        "model; none while peering keeps this replica on standby).",
+                        registry=REGISTRY)
 ROLLOUTS = Counter("kubemaas_operator_rollouts_total",
                    "Rollouts that ended, by outcome (Complete, RolledBack, Superseded), as "
                    "entered in status.rollout.history.", ["outcome"], registry=REGISTRY)
@@ -119,6 +129,10 @@ def count_rollouts(previous: Mapping[str, Any], status: Mapping[str, Any]) -> No
 
 def api_error(method: str, code: int) -> None:
     API_ERRORS.labels(method, str(code)).inc()
+
+
+def api_write(namespace: str) -> None:
+    API_WRITES.labels(namespace).inc()
 
 
 def serve(port: int) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubemaas_testbed.cluster import wait_established
 from tests.conftest import Kube
@@ -94,6 +95,8 @@ class Operator:
                                             stdout=out, stderr=subprocess.STDOUT, env=env,
                                             cwd=ROOT)
         wait_for(self.health, timeout=30, what=f"operator health on :{self.port} (log {self.log})")
+        wait_for(self.counters, timeout=30,
+                 what=f"operator metrics on :{self.metrics_port} (log {self.log})")
 
     def stop(self) -> None:
         if self.process is None:
@@ -134,17 +137,37 @@ class Operator:
         return wait_for(fresh, timeout=timeout, interval=0.5,
                         what=f"operator probe results newer than {since:.1f} (log {self.log})")
 
+    def counters(self) -> dict[str, Any]:
+        """The operator's counters under the health document's names, `apiWrites`,
+        `apiWritesByNamespace` ("" for cluster-scoped objects) and `resyncs`, read from its
+        GET /metrics (kubemaas_operator_api_writes_total{namespace},
+        kubemaas_operator_resync_passes_total): computed at each scrape, where /healthz serves
+        kopf's probe results up to 10 s old (fresh_health waits those out)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as response:
+            text = response.read().decode()
+        by_namespace: dict[str, int] = {}
+        resyncs = 0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "kubemaas_operator_api_writes_total":
+                    by_namespace[sample.labels["namespace"]] = int(sample.value)
+                elif sample.name == "kubemaas_operator_resync_passes_total":
+                    resyncs = int(sample.value)
+        return {"apiWrites": sum(by_namespace.values()), "apiWritesByNamespace": by_namespace,
+                "resyncs": resyncs}
+
     def writes(self) -> int:
         """API write requests since the process started, read after this call began."""
-        return int(self.fresh_health()["apiWrites"])
+        return int(self.counters()["apiWrites"])
 
     def wait_resyncs(self, passes: int, timeout: float = 60) -> dict[str, Any]:
         """Until `passes` more periodic resync passes have started than when called (so at
-        least passes - 1 whole resync periods of reconciles lie between); the fresh health
-        document then."""
-        start = int(self.fresh_health()["resyncs"])
-        return wait_for(lambda: (lambda h: h if int(h["resyncs"]) >= start + passes else None)(
-            self.fresh_health()), timeout=timeout, interval=0.5,
+        least passes - 1 whole resync periods of reconciles lie between); the counters then,
+        read within 0.1 s of that pass's start."""
+        start = int(self.counters()["resyncs"])
+        return wait_for(lambda: (lambda c: c if int(c["resyncs"]) >= start + passes else None)(
+            self.counters()), timeout=timeout, interval=0.1,
             what=f"{passes} resync passes of the operator (log {self.log})")
 
     def log_text(self) -> str:
@@ -161,9 +184,9 @@ class Operator:
                 int(after["resyncs"]) - int(before["resyncs"]))
 
 
-def writes_to(health: dict[str, Any], namespace: str) -> int:
-    """The operator's API writes to objects in `namespace`, from its health document."""
-    return int(health["apiWritesByNamespace"].get(namespace, 0))
+def writes_to(counters: dict[str, Any], namespace: str) -> int:
+    """The operator's API writes to objects in `namespace`, from Operator.counters()."""
+    return int(counters["apiWritesByNamespace"].get(namespace, 0))
 
 
 @contextmanager

@@ -252,7 +252,7 @@ def test_invalid_specs_the_api_cannot_catch_reach_failed(kube: Kube, namespace: 
         assert ready["reason"] == reason and words in ready["message"], ready
         assert st["reason"].startswith(reason)
     # No crash, no hot loop: once a resync pass has looked at them, the operator lives and
-    # writes nothing more for them through two more passes (counters from fresh probes).
+    # writes nothing more for them through two more passes (counters from /metrics).
     writes, passes = operator.writes_during(3, namespace)
     assert operator.alive()
     assert writes == 0, f"{writes} write(s) in {passes} resync passes"

@@ -121,7 +121,7 @@ def test_drift_is_repaired_on_the_childs_own_watch_event(kube: Kube, namespace: 
         repairs.append(f"PDB {time.monotonic() - edited:.1f} s")
         wait_phase(kube, namespace, "d", "Ready")
         print("drift repaired on watch events: " + ", ".join(repairs))
-        assert operator.fresh_health()["resyncs"] == 0, "a periodic resync ran after all"
+        assert operator.counters()["resyncs"] == 0, "a periodic resync ran after all"
 
 
 def _ports(kube: Kube, namespace: str, kind: str, name: str) -> list[tuple[str, int]]:
@@ -213,7 +213,7 @@ def test_restart_resumes_without_writes_and_idle_resync_writes_nothing(
 
     operator.restart()
     # Resume (the initial listing reconciles every model) and then at least two whole resync
-    # periods (3 s each here), read from probes taken afterwards (kopf caches them for 10 s).
+    # periods (3 s each here), the counters read from /metrics as the third pass starts.
     state = operator.wait_resyncs(3)
     assert state["apiWrites"] == 0, (
         f"the restarted operator wrote to the API {state['apiWrites']} time(s) while resuming "

@@ -479,7 +479,7 @@ def test_a_blocked_model_is_rechecked_when_a_gpu_pod_ends(kube: Kube, ns: str,
         assert f"{second} 7" in after, after
         kube.kubectl("-n", ns, "delete", "pod", "filler-b1", "--wait=false")
         wait_phase(kube, ns, "big", "Ready", timeout=60)
-        assert operator.fresh_health()["resyncs"] == 0, "a periodic resync ran after all"
+        assert operator.counters()["resyncs"] == 0, "a periodic resync ran after all"
 
 
 @pytest.mark.parametrize(("rollout", "extra", "words"), [

@@ -84,3 +84,81 @@ def test_settings_check_the_monitoring_namespace_and_metrics_port() -> None:
             assert next(iter(env)) in str(err)
         else:
             raise AssertionError(f"{env} was accepted")
+
+
+class _Response:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+
+    def read(self) -> bytes:
+        return self.body
+
+
+class _Api:
+    """Answers every call with `status` (a Status body when it is a refusal)."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+
+    def param_serialize(self, method: str, path: str, **_: object) -> tuple[str, str]:
+        return method, path
+
+    def call_api(self, method: str, path: str, **_: object) -> _Response:
+        if self.status >= 400:
+            return _Response(self.status, json.dumps({
+                "kind": "Status", "code": self.status, "reason": "Forbidden",
+                "message": "denied request: during the freeze"}).encode())
+        return _Response(self.status, b"{}")
+
+
+def _writes(namespace: str) -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "kubemaas_operator_api_writes_total", {"namespace": namespace}) or 0.0
+
+
+def test_api_writes_are_counted_by_namespace_refused_ones_too_reads_not() -> None:
+    from kubemaas_operator.k8s import ApiError, Cluster
+
+    api = _Api()
+    cluster = Cluster(api)  # type: ignore[arg-type]
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"namespace": "w-a", "name": "m"}}
+    before = {ns: _writes(ns) for ns in ("w-a", "w-b", "")}
+    cluster.apply(deployment)
+    cluster.apply({**deployment, "metadata": {"namespace": "w-b", "name": "m"}})
+    cluster.apply({"apiVersion": "serving.kubemaas.io/v1alpha1", "kind": "ModelCache",
+                   "metadata": {"name": "cluster-wide"}})  # no namespace in its path
+    assert cluster.get_configmap("w-a", "templates") == {}  # a GET: not a write
+    api.status = 403
+    try:
+        cluster.apply(deployment)
+    except ApiError as err:
+        assert err.status == 403
+    else:
+        raise AssertionError("a refused apply raised nothing")
+    assert {ns: _writes(ns) - before[ns] for ns in before} == {"w-a": 2, "w-b": 1, "": 1}
+    # the health probes' counters (/healthz apiWrites, apiWritesByNamespace) say the same
+    assert cluster.writes == 4
+    assert cluster.writes_by_namespace() == {"w-a": 2, "w-b": 1, "": 1}
+
+
+def test_api_writes_and_resync_passes_are_served_and_parsed_back() -> None:
+    """What GET /metrics serves, read back with prometheus-client's text parser as the cluster
+    tests' Operator.counters() does: the "" namespace of cluster-scoped writes included."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics.api_write("")
+    metrics.api_write("w-c")
+    metrics.RESYNC_PASSES.inc()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(
+                   generate_latest(metrics.REGISTRY).decode())
+               for s in family.samples}
+    writes = "kubemaas_operator_api_writes_total"
+    assert samples[(writes, (("namespace", ""),))] == _writes("") >= 1
+    assert samples[(writes, (("namespace", "w-c"),))] == _writes("w-c") >= 1
+    passes = samples[("kubemaas_operator_resync_passes_total", ())]
+    assert passes == metrics.REGISTRY.get_sample_value(
+        "kubemaas_operator_resync_passes_total") >= 1

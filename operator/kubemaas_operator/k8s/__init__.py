@@ -25,7 +25,7 @@ from urllib.parse import quote
 import urllib3
 from kubernetes import client, config
 
-from ..metrics import api_error
+from ..metrics import api_error, api_write
 
 log = logging.getLogger("kubemaas.k8s")
 T = TypeVar("T")
@@ -181,6 +181,7 @@ class Cluster:
         with self._lock:
             self._write_total += 1
             self._writes_by_namespace[namespace] = self._writes_by_namespace.get(namespace, 0) + 1
+        api_write(namespace)
 
     def _call(self, method: str, path: str, *, body: Any = None,
               query: list[tuple[str, str]] | None = None,
