@@ -10,6 +10,7 @@ from dataclasses import fields
 from typing import Any
 
 from .api import ModelDeploymentSpec, parse_spec
+from .observed import DeploymentInfo, settled_deployment_info
 from .render import (
     CANARY_TRACK,
     CHILD_KINDS,
@@ -44,6 +45,7 @@ class Memory:
         self._told: set[tuple[str, str, str]] = set()
         self._failed_writes: dict[tuple[str, str], int] = {}
         self._status_failures: dict[tuple[str, str], int] = {}
+        self._settled: dict[tuple[str, str], str] = {}  # Deployment -> spec its status describes
 
     def first_time(self, namespace: str, name: str, what: str) -> bool:
         """True once per model and message (for log lines that must not repeat every look)."""
@@ -123,6 +125,18 @@ class Memory:
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self._applied.pop((kind, namespace, name), None)
+        if kind == "Deployment":
+            self._settled.pop((namespace, name), None)
+
+    def deployment(self, dep: Mapping[str, Any]) -> DeploymentInfo:
+        """The Deployment's info, its generation gap closed when only its metadata moved since
+        its status last described its spec (observed.settled_deployment_info)."""
+        meta = dep.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        info, settled = settled_deployment_info(dep, self._settled.get(key))
+        if settled is not None:
+            self._settled[key] = settled
+        return info
 
     def forget_all(self, namespace: str, name: str) -> None:
         self._statuses.pop((namespace, name), None)

@@ -5,6 +5,9 @@ operator's indexes; no I/O."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -160,3 +163,28 @@ def deployment_info(dep: Mapping[str, Any]) -> DeploymentInfo:
         updated_replicas=status.get("updatedReplicas") or 0,
         available_replicas=status.get("availableReplicas") or 0,
         progress_deadline_exceeded=deadline, replica_failure=failure)
+
+
+def spec_digest(dep: Mapping[str, Any]) -> str:
+    """A digest of a Deployment's spec (what its status describes)."""
+    text = json.dumps(dep.get("spec") or {}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def settled_deployment_info(dep: Mapping[str, Any],
+                            settled: str | None) -> tuple[DeploymentInfo, str | None]:
+    """The Deployment's info, and the digest of the spec its status is known to describe (to
+    pass back as `settled` next time), or None when that is not known.
+
+    A Deployment's generation moves when its annotations change, not only its spec (the API
+    server's deployment strategy): someone annotating a settled Deployment made its status look
+    stale until the controller caught up, and the model went Ready -> Progressing -> Ready (two
+    status writes and two Events each time). When the spec is the one `settled` says the status
+    described, the status still describes it: the generation gap is taken as closed."""
+    info = deployment_info(dep)
+    digest = spec_digest(dep)
+    if info.observed_generation >= info.generation:
+        return info, digest
+    if settled == digest:
+        return dataclasses.replace(info, observed_generation=info.generation), settled
+    return info, None

@@ -38,7 +38,7 @@ from .memory import Memory
 from .modelcache import implicit_apply
 from .modelcache.implicit import Owner, Plan
 from .modelcache.mount import CacheMount, cache_wait
-from .observed import DeploymentInfo, PodInfo, deployment_info
+from .observed import DeploymentInfo, PodInfo
 from .ownership import NameConflict
 from .picker_peers import picker_pods_of
 from .pod_life import CacheProgress
@@ -264,7 +264,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     main = {kind: memory.freshest(kind, p.namespace, p.name, snap.children.get(kind))
             for _, kind in CHILD_KINDS}
     dep_obj = main.get("Deployment")
-    live = deployment_info(dep_obj) if dep_obj else None
+    live = memory.deployment(dep_obj) if dep_obj else None
     base = Observed(
         name=p.name, namespace=p.namespace, generation=meta.get("generation") or 0, now=p.now,
         previous=memory.previous_status(snap.body), deployment=live, pods=snap.pods,
@@ -467,9 +467,9 @@ async def _status(p: _Pass, outcome: Outcome, spec: ModelDeploymentSpec, rendere
                   desired_n: int, raw_spec: Mapping[str, Any]) -> CacheProgress | None:
     """Compute and write the status from what is there now; the model cache's progress."""
     dep_obj = c.main.get("Deployment")
-    dep: DeploymentInfo | None = deployment_info(dep_obj) if dep_obj else None
+    dep: DeploymentInfo | None = p.memory.deployment(dep_obj) if dep_obj else None
     if dep is not None and c.canary is not None:  # the model's replicas are in both
-        can = deployment_info(c.canary)
+        can = p.memory.deployment(c.canary)
         dep = dataclasses.replace(
             dep, replicas=dep.replicas + can.replicas,
             ready_replicas=dep.ready_replicas + can.ready_replicas,

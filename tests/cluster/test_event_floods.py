@@ -1,0 +1,43 @@
+"""Floods of events that change nothing a reconcile reads: a settled or waiting model or cache
+writes nothing for them (at most its documented retry)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.cluster.conftest import Operator, writes_to
+from tests.cluster.test_operator import apply, md, wait_phase
+from tests.conftest import Kube
+
+pytestmark = pytest.mark.cluster
+
+CPU = {"image": "ghcr.io/kubemaas/runtime:0.1.0", "resources": {"cpu": "1"}}
+
+
+def _writes_while(operator: Operator, namespace: str, touch: list[list[str]], kube: Kube,
+                  settle_s: float = 3.0) -> int:
+    """The operator's writes to `namespace` while each kubectl command of `touch` runs, a
+    second apart, and `settle_s` after the last."""
+    before = writes_to(operator.fresh_health(), namespace)
+    for args in touch:
+        kube.kubectl("-n", namespace, *args)
+        time.sleep(1.0)
+    time.sleep(settle_s)
+    return writes_to(operator.fresh_health(), namespace) - before
+
+
+def test_annotating_a_ready_models_deployment_writes_nothing(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """A Deployment's generation moves when its annotations change: each annotation someone
+    put on a Ready model's Deployment flipped the model Ready -> Progressing (RollingOut) ->
+    Ready, two status writes and two Events (24 writes for 6 annotations)."""
+    apply(kube, namespace, md("ok", runtime=CPU))
+    wait_phase(kube, namespace, "ok", "Ready", timeout=60)
+    operator.wait_resyncs(1)
+    touch = [["annotate", "deployment", "ok", f"example.com/touched={i}", "--overwrite"]
+             for i in range(6)]
+    writes = _writes_while(operator, namespace, touch, kube)
+    assert writes == 0, writes
+    assert wait_phase(kube, namespace, "ok", "Ready")["reason"] == "Ready"
