@@ -43,6 +43,7 @@ class Children:
     canary: Mapping[str, Any] | None  # the canary Deployment
     applied: list[str]  # what was written and why, for the log
     deleted: list[str]
+    hold_s: float = 0.0  # a refused child (Refused, Forbidden) is asked again after this long
 
 
 def _why(child: Mapping[str, Any], have: Mapping[str, Any] | None) -> str | None:
@@ -68,6 +69,7 @@ async def apply(c: Children, pairs: Iterable[Pair], spec: ModelDeploymentSpec,
         main_deployment = role == "main" and kind == "Deployment"
         at_zero = main_deployment and have is None and starts_at_zero(spec, engine)
         try:
+            _held(c, child)
             refused = c.memory.rejected(child)
             if refused is not None:  # the same manifest again: do not ask again
                 raise ApiError(422, "Invalid", refused)
@@ -85,19 +87,19 @@ async def apply(c: Children, pairs: Iterable[Pair], spec: ModelDeploymentSpec,
                 applied = await pin_replicas(c.cluster, c.memory, c.name, c.namespace, 0)
         except ApiError as err:
             if err.policy_refused:
-                raise Refused(
+                raise _hold(c, child, Refused(
                     f"the cluster's policy refused the {kind} {c.namespace}/"
                     f"{child['metadata']['name']}: {err.message}; it is tried again at each "
-                    "resync") from err
+                    "resync")) from err
             if err.invalid:
                 c.memory.reject(child, err.message)
                 return f"the API server rejected the {kind}: {err.message}"
             if err.status == 403 and not err.namespace_terminating:
-                raise Forbidden(
+                raise _hold(c, child, Forbidden(
                     f"the operator may not write the {kind} {c.namespace}/"
                     f"{child['metadata']['name']}: {err.message}; give the operator's "
                     "ClusterRole the verbs on it (operator/kubemaas_operator/rbac/operator.yaml "
-                    "or the chart); it is tried again at each resync") from err
+                    "or the chart); it is tried again at each resync")) from err
             raise Retry(f"cannot apply the {kind} {c.namespace}/{c.name}: {err}") from err
         c.memory.remember(applied)
         if role == "canary":
@@ -107,6 +109,21 @@ async def apply(c: Children, pairs: Iterable[Pair], spec: ModelDeploymentSpec,
         what = {"canary": "canary ", "route": f"{child['metadata']['name']} "}.get(role, "")
         c.applied.append(f"{what}{kind} ({reason})")
     return None
+
+
+def _held(c: Children, child: Mapping[str, Any]) -> None:
+    """Raise again what refused exactly this manifest less than c.hold_s ago, asking nothing:
+    each event of the model or of its children (an annotation, a pod's status) used to ask
+    again, a refused write each."""
+    held = c.memory.held_refusal(child, c.hold_s)
+    if held is not None:
+        reason, message = held
+        raise (Forbidden if reason == "Forbidden" else Refused)(message)
+
+
+def _hold(c: Children, child: Mapping[str, Any], err: Refused | Forbidden) -> Exception:
+    c.memory.hold_refusal(child, type(err).__name__, str(err))
+    return err
 
 
 async def _apply(c: Children, child: Mapping[str, Any], reason: str) -> dict[str, Any]:

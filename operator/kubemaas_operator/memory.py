@@ -40,6 +40,8 @@ class Memory:
         self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._templates: dict[str, tuple[float, dict[str, str] | None]] = {}
         self._rejected: dict[tuple[str, str, str], tuple[str, str]] = {}
+        # a child a policy or RBAC refused: its spec-hash, when (monotonic), the reason, message
+        self._refused: dict[tuple[str, str, str], tuple[str, float, str, str]] = {}
         self._renders: dict[str, tuple[ModelDeploymentSpec, Rendered]] = {}
         self._statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._told: set[tuple[str, str, str]] = set()
@@ -118,6 +120,22 @@ class Memory:
         self._rejected[(child["kind"], meta["namespace"], meta["name"])] = (
             meta["annotations"][SPEC_HASH], message)
 
+    def held_refusal(self, child: Mapping[str, Any], hold_s: float) -> tuple[str, str] | None:
+        """(reason, message) of a policy's or RBAC's refusal of exactly this manifest less than
+        `hold_s` ago: not asked again before then, whatever wakes the model (its own events,
+        its children's), since the policy changes by hand, not with them."""
+        meta = child["metadata"]
+        entry = self._refused.get((child["kind"], meta["namespace"], meta["name"]))
+        if (entry is None or entry[0] != meta["annotations"][SPEC_HASH]
+                or time.monotonic() - entry[1] >= hold_s):
+            return None
+        return entry[2], entry[3]
+
+    def hold_refusal(self, child: Mapping[str, Any], reason: str, message: str) -> None:
+        meta = child["metadata"]
+        self._refused[(child["kind"], meta["namespace"], meta["name"])] = (
+            meta["annotations"][SPEC_HASH], time.monotonic(), reason, message)
+
     def remember(self, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         meta.pop("managedFields", None)
@@ -151,6 +169,7 @@ class Memory:
         for _, kind in CHILD_KINDS:
             self.forget(kind, namespace, name)
             self._rejected.pop((kind, namespace, name), None)
+            self._refused.pop((kind, namespace, name), None)
 
     def freshest(self, kind: str, namespace: str, name: str,
                  observed: Mapping[str, Any] | None) -> Mapping[str, Any] | None:

@@ -70,6 +70,10 @@ from .template_source import template_source
 from .timestamps import parse_time
 from .writes import Refused, Retry, write_status
 
+# A child a policy or RBAC refused is asked again at the next resync pass (a pass's reconciles
+# are spread over up to half the period, hence less than a whole period), not at each event.
+REFUSAL_HOLD = 0.75
+
 log = logging.getLogger("kubemaas.reconcile")
 
 
@@ -292,7 +296,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     c = Children(cluster, memory, p.name, p.namespace, main,
                  memory.freshest("Deployment", p.namespace, canary_name(p.name),
                                  snap.children.get("CanaryDeployment")),
-                 outcome.applied, outcome.deleted)
+                 outcome.applied, outcome.deleted, hold_s=REFUSAL_HOLD * settings.resync_s)
     targets = await _targets(p, spec, raw_spec, rendered, record, live, dep_obj, desired_n,
                              base.previous, capacity, c)
 

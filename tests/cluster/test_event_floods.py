@@ -7,9 +7,11 @@ import time
 
 import pytest
 
-from tests.cluster.conftest import Operator, writes_to
-from tests.cluster.test_operator import apply, md, wait_phase
+from tests.cluster.conftest import Operator, reconfigured, writes_to
+from tests.cluster.test_operator import apply, condition, md, status, wait_phase
+from tests.cluster.test_operator_refusals import _policed
 from tests.conftest import Kube
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -41,3 +43,21 @@ def test_annotating_a_ready_models_deployment_writes_nothing(
     writes = _writes_while(operator, namespace, touch, kube)
     assert writes == 0, writes
     assert wait_phase(kube, namespace, "ok", "Ready")["reason"] == "Ready"
+
+
+def test_a_refused_model_is_not_asked_again_at_each_of_its_events(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """A Deployment an admission policy refuses is tried again at each resync (docs/operator.md);
+    each event of the model (a label or annotation someone put on it) asked again too, a refused
+    write each (6 for 6 annotations with no resync in between)."""
+    with _policed(kube, namespace):
+        apply(kube, namespace, md("frozen", runtime=CPU))
+        wait_for(lambda: condition(status(kube, namespace, "frozen"), "Ready").get("reason")
+                 == "Refused", timeout=30, what="model frozen Refused")
+        with reconfigured(operator, KUBEMAAS_OPERATOR_RESYNC_S="120"):
+            time.sleep(3)  # the first look after the restart asks once
+            touch = [["annotate", "md", "frozen", f"example.com/touched={i}", "--overwrite"]
+                     for i in range(6)]
+            writes = _writes_while(operator, namespace, touch, kube)
+            assert writes == 0, writes
+            assert condition(status(kube, namespace, "frozen"), "Ready")["reason"] == "Refused"
