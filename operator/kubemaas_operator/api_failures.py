@@ -8,6 +8,9 @@ after a delay that doubles up to MAX_DELAY_S, until it goes through. For ModelDe
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Hashable
+
 from .memory import Memory
 from .status import Failure
 from .writes import Retry
@@ -29,10 +32,26 @@ def failing_message(error: str) -> str:
             "and it is tried again (at least once a minute)")
 
 
-def failing_write(memory: Memory, namespace: str, name: str, retry: Retry) -> Failure:
+def failing_write(memory: Memory, namespace: str, name: str, retry: Retry,
+                  writing: Hashable = None) -> Failure:
     """The model's failure once the write has failed REPORT_FROM times in a row; before that,
-    `retry` is raised again (a plain retry)."""
+    `retry` is raised again (a plain retry). With `writing` (what the write was: the manifests),
+    the failure is held until its retry is due (held_failure)."""
     delay = report_delay(memory.write_failed(namespace, name), retry.delay)
     if delay is None:
         raise retry
-    return Failure("ApiError", failing_message(str(retry)), phase="Pending", retry_after=delay)
+    failure = Failure("ApiError", failing_message(str(retry)), phase="Pending", retry_after=delay)
+    if writing is not None:
+        memory.hold(namespace, name, writing, delay, failure)
+    return failure
+
+
+def held_failure(memory: Memory, namespace: str, name: str, writing: Hashable) -> Failure | None:
+    """The reported failure of the same write while its retry is not yet due: the model is not
+    asked to write again before then, whatever wakes it (an event of the model or of its
+    children used to, a failing write each, and the delays above meant nothing)."""
+    held = memory.held(namespace, name, writing)
+    if held is None:
+        return None
+    failure, left = held
+    return dataclasses.replace(failure, retry_after=left) if isinstance(failure, Failure) else None

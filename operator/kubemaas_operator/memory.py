@@ -5,7 +5,7 @@ template lookups (a pass that reads a stale index would otherwise write again)."
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -47,6 +47,9 @@ class Memory:
         self._told: set[tuple[str, str, str]] = set()
         self._failed_writes: dict[tuple[str, str], int] = {}
         self._status_failures: dict[tuple[str, str], int] = {}
+        # a failing write waiting for its retry: what it wrote (a key), until (monotonic), what
+        # the reconcile said (api_failures.held_failure)
+        self._holds: dict[tuple[str, str], tuple[Hashable, float, Any]] = {}
         self._settled: dict[tuple[str, str], str] = {}  # Deployment -> spec its status describes
 
     def first_time(self, namespace: str, name: str, what: str) -> bool:
@@ -66,6 +69,19 @@ class Memory:
 
     def writes_went_through(self, namespace: str, name: str) -> None:
         self._failed_writes.pop((namespace, name), None)
+        self._holds.pop((namespace, name), None)
+
+    def hold(self, namespace: str, name: str, key: Hashable, seconds: float, value: Any) -> None:
+        """Keep `value` for the model for `seconds`, while what it is about stays `key`."""
+        self._holds[(namespace, name)] = (key, time.monotonic() + seconds, value)
+
+    def held(self, namespace: str, name: str, key: Hashable) -> tuple[Any, float] | None:
+        """What hold() kept for the model and the seconds left, while `key` is the same."""
+        entry = self._holds.get((namespace, name))
+        if entry is None or entry[0] != key:
+            return None
+        left = entry[1] - time.monotonic()
+        return (entry[2], left) if left > 0 else None
 
     def wrote_status(self, namespace: str, name: str, response: Mapping[str, Any],
                      status: dict[str, Any]) -> int:
@@ -159,6 +175,7 @@ class Memory:
     def forget_all(self, namespace: str, name: str) -> None:
         self._statuses.pop((namespace, name), None)
         self._failed_writes.pop((namespace, name), None)
+        self._holds.pop((namespace, name), None)
         self._status_failures.pop((namespace, name), None)
         self._told = {t for t in self._told if t[:2] != (namespace, name)}
         self.forget("Deployment", namespace, canary_name(name))

@@ -29,7 +29,7 @@ from .api import (
     SpecError,
     valid_name,
 )
-from .api_failures import failing_write
+from .api_failures import failing_write, held_failure
 from .canary import HTTP_ROUTE, READY_REPLICAS
 from .children import Children, Pair
 from .config import Settings
@@ -48,6 +48,7 @@ from .render import (
     CANARY_TRACK,
     CHILD_KINDS,
     HTTPROUTE_API_VERSION,
+    SPEC_HASH,
     STABLE_TRACK,
     RenderContext,
     Rendered,
@@ -244,6 +245,12 @@ async def _settle_children(c: Children, targets: _Targets, spec: ModelDeployment
 async def _apply_children(c: Children, targets: _Targets, spec: ModelDeploymentSpec,
                           rendered: Rendered) -> Failure | None:
     """The applies and deletes of step 6; what stopped them, as the model's failure."""
+    writing = tuple((child["kind"], child["metadata"]["name"],
+                     (child["metadata"].get("annotations") or {}).get(SPEC_HASH, ""))
+                    for child, _, _ in targets.pairs)
+    held = held_failure(c.memory, c.namespace, c.name, writing)
+    if held is not None:
+        return held
     try:
         refused = await children.apply(c, targets.pairs, spec, rendered.autoscaler)
         if refused is None:
@@ -253,7 +260,7 @@ async def _apply_children(c: Children, targets: _Targets, spec: ModelDeploymentS
     except (children.Forbidden, Refused) as err:  # reason Forbidden or Refused
         return Failure(type(err).__name__, str(err), phase="Pending")
     except Retry as err:  # raised again until it fails a few times in a row
-        return failing_write(c.memory, c.namespace, c.name, err)
+        return failing_write(c.memory, c.namespace, c.name, err, writing)
     return None if refused is None else Failure("Rejected", refused)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.cluster.conftest import Operator, reconfigured, writes_to
 from tests.cluster.test_operator import apply, condition, md, status, wait_phase
-from tests.cluster.test_operator_refusals import _policed
+from tests.cluster.test_operator_refusals import _down_webhook, _policed
 from tests.conftest import Kube
 from tests.helpers import wait_for
 
@@ -61,3 +61,28 @@ def test_a_refused_model_is_not_asked_again_at_each_of_its_events(
             writes = _writes_while(operator, namespace, touch, kube)
             assert writes == 0, writes
             assert condition(status(kube, namespace, "frozen"), "Ready")["reason"] == "Refused"
+
+
+def test_a_write_a_webhook_keeps_failing_waits_for_its_retry_whatever_wakes_the_model(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """Once reported (ApiError), a failing write is tried again after 10, 20, 40, then every 60
+    s (docs/operator.md); every event of the model and every resync tried it again instead, a
+    failing write each (an annotation a second: about 15 in 15 s)."""
+    apply(kube, namespace, md("hooked", runtime=CPU))
+    wait_phase(kube, namespace, "hooked", "Ready", timeout=60)
+    name = f"down-{namespace}"
+    kube.kubectl("apply", "-f", "-", input=_down_webhook(name, namespace))
+    try:
+        wait_for(lambda: "failed calling webhook" in kube.kubectl(
+            "-n", namespace, "create", "deployment", "probe", "--image=x", "--dry-run=server",
+            check=False).stderr, timeout=30, what="the webhook to be called")
+        apply(kube, namespace, md("hooked", runtime=CPU, replicas=2))
+        wait_for(lambda: condition(status(kube, namespace, "hooked"), "Ready").get("reason")
+                 == "ApiError", timeout=60, what="model hooked ApiError")
+        touch = [["annotate", "md", "hooked", f"example.com/touched={i}", "--overwrite"]
+                 for i in range(12)]
+        writes = _writes_while(operator, namespace, touch, kube, settle_s=1.0)
+        assert writes <= 2, writes  # the retries after 10 and 20 s at most
+    finally:
+        kube.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found",
+                     check=False)

@@ -94,3 +94,27 @@ def test_a_failing_status_write_is_a_blip_twice_then_told() -> None:
     assert [r.quiet for r in retries] == [False, False, True, True]
     assert [r.delay for r in retries] == [5.0, 5.0, 5.0, 10.0]
     assert [e[1] for e in cluster.events] == ["StatusRefused"]
+
+
+def test_a_reported_failure_is_held_until_its_retry_is_due(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubemaas_operator import memory as memory_module
+    from kubemaas_operator.api_failures import held_failure
+
+    now = [50.0]
+    monkeypatch.setattr(memory_module.time, "monotonic", lambda: now[0])
+    memory = Memory()
+    for _ in range(2):
+        with pytest.raises(Retry):
+            failing_write(memory, "ns", "m", Retry("down", 5.0), ("Deployment", "m", "h1"))
+    failure = failing_write(memory, "ns", "m", Retry("down", 5.0), ("Deployment", "m", "h1"))
+    assert failure.reason == "ApiError" and failure.retry_after == 10.0
+    now[0] += 4.0
+    held = held_failure(memory, "ns", "m", ("Deployment", "m", "h1"))
+    assert held is not None and held.message == failure.message and held.retry_after == 6.0
+    assert held_failure(memory, "ns", "m", ("Deployment", "m", "h2")) is None  # a new manifest
+    now[0] += 6.0
+    assert held_failure(memory, "ns", "m", ("Deployment", "m", "h1")) is None  # due
+    now[0] -= 6.0
+    memory.writes_went_through("ns", "m")
+    assert held_failure(memory, "ns", "m", ("Deployment", "m", "h1")) is None
