@@ -49,7 +49,7 @@ class Memory:
         self._status_failures: dict[tuple[str, str], int] = {}
         # a failing write waiting for its retry: what it wrote (a key), until (monotonic), what
         # the reconcile said (api_failures.held_failure)
-        self._holds: dict[tuple[str, str], tuple[Hashable, float, Any]] = {}
+        self._holds: dict[tuple[str, str, str], tuple[Hashable, float, Any]] = {}
         self._settled: dict[tuple[str, str], str] = {}  # Deployment -> spec its status describes
 
     def first_time(self, namespace: str, name: str, what: str) -> bool:
@@ -69,15 +69,18 @@ class Memory:
 
     def writes_went_through(self, namespace: str, name: str) -> None:
         self._failed_writes.pop((namespace, name), None)
-        self._holds.pop((namespace, name), None)
+        self._holds.pop((namespace, name, "children"), None)
 
-    def hold(self, namespace: str, name: str, key: Hashable, seconds: float, value: Any) -> None:
-        """Keep `value` for the model for `seconds`, while what it is about stays `key`."""
-        self._holds[(namespace, name)] = (key, time.monotonic() + seconds, value)
+    def hold(self, namespace: str, name: str, key: Hashable, seconds: float, value: Any,
+             what: str = "children") -> None:
+        """Keep `value` for the model's `what` write for `seconds`, while what it writes stays
+        `key` (a failing write waiting for its retry)."""
+        self._holds[(namespace, name, what)] = (key, time.monotonic() + seconds, value)
 
-    def held(self, namespace: str, name: str, key: Hashable) -> tuple[Any, float] | None:
+    def held(self, namespace: str, name: str, key: Hashable,
+             what: str = "children") -> tuple[Any, float] | None:
         """What hold() kept for the model and the seconds left, while `key` is the same."""
-        entry = self._holds.get((namespace, name))
+        entry = self._holds.get((namespace, name, what))
         if entry is None or entry[0] != key:
             return None
         left = entry[1] - time.monotonic()
@@ -87,6 +90,7 @@ class Memory:
                      status: dict[str, Any]) -> int:
         """Remembers the status written; how many writes of it had failed in a row before."""
         self._statuses[(namespace, name)] = (_rv(response), status)
+        self._holds.pop((namespace, name, "status"), None)
         return self._status_failures.pop((namespace, name), 0)
 
     def status_write_failed(self, namespace: str, name: str) -> int:
@@ -175,7 +179,8 @@ class Memory:
     def forget_all(self, namespace: str, name: str) -> None:
         self._statuses.pop((namespace, name), None)
         self._failed_writes.pop((namespace, name), None)
-        self._holds.pop((namespace, name), None)
+        for what in ("children", "status"):
+            self._holds.pop((namespace, name, what), None)
         self._status_failures.pop((namespace, name), None)
         self._told = {t for t in self._told if t[:2] != (namespace, name)}
         self.forget("Deployment", namespace, canary_name(name))

@@ -3,6 +3,7 @@ its Events) and the autoscaling floor's replicas; an API error becomes a `Retry`
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -47,6 +48,10 @@ async def write_status(cluster: AsyncCluster, memory: Memory, body: Mapping[str,
     if not result.changed:
         return
     meta = body.get("metadata") or {}
+    writing = _what_it_says(result.status)
+    held = memory.held(meta["namespace"], meta["name"], writing, what="status")
+    if held is not None:  # the same status refused or failed, its retry not yet due
+        raise Retry(str(held[0]), held[1], quiet=True)
     try:
         previous = memory.previous_status(body)
         response = await cluster.patch_status(meta["namespace"], meta["name"], result.status,
@@ -58,13 +63,31 @@ async def write_status(cluster: AsyncCluster, memory: Memory, body: Mapping[str,
     except ApiError as err:
         if err.status == 404:
             return  # deleted meanwhile
-        raise await _status_refused(cluster, memory, body, err) from err
+        retry = await _status_refused(cluster, memory, body, err)
+        memory.hold(meta["namespace"], meta["name"], writing, retry.delay, str(retry),
+                    what="status")
+        raise retry from err
     for event in result.events:
         try:
             await cluster.post_event(_involved(body), event.type, event.reason, event.message)
         except ApiError as err:  # an Event is a courtesy; never fail a reconcile on it
             log.warning("cannot post an Event for %s/%s: %s", meta["namespace"], meta["name"],
                         err)
+
+
+# The times a status carries: a status no write of which went through gets new ones at each pass.
+_TIMES = frozenset({"lastTransitionTime", "time", "startedAt", "progressAt", "idleSince"})
+
+
+def _what_it_says(status: Any) -> str:
+    """The status without its times, as a key (the same status refused again at a later pass)."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: strip(v) for k, v in value.items() if k not in _TIMES}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+    return json.dumps(strip(status), sort_keys=True, default=str)
 
 
 STATUS_REPORT_FROM = 3  # failures in a row of a status write that count as more than a blip

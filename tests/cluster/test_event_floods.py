@@ -10,6 +10,7 @@ import pytest
 from tests.cluster.conftest import Operator, reconfigured, writes_to
 from tests.cluster.test_operator import apply, condition, md, status, wait_phase
 from tests.cluster.test_operator_refusals import _down_webhook, _policed
+from tests.cluster.test_status_refusal import _status_policy
 from tests.conftest import Kube
 from tests.helpers import wait_for
 
@@ -86,3 +87,28 @@ def test_a_write_a_webhook_keeps_failing_waits_for_its_retry_whatever_wakes_the_
     finally:
         kube.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found",
                      check=False)
+
+
+def test_a_refused_status_is_not_written_again_at_each_event_of_the_model(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """A policy refuses the model's status: the write is tried again after 5 s, doubling up to
+    a minute (docs/operator.md); each event of the model wrote the refused status again."""
+    name = f"status-{namespace}"
+    kube.kubectl("apply", "-f", "-", input=_status_policy(name, namespace))
+    try:
+        apply(kube, namespace, md("probe", runtime=CPU))  # enforced once this is refused
+        wait_for(lambda: "denied" in kube.kubectl(
+            "-n", namespace, "patch", "md", "probe", "--subresource=status", "--type=merge",
+            "-p", '{"status":{"phase":"Pending"}}', check=False).stderr,
+            timeout=30, what="the status policy to be enforced")
+        kube.kubectl("-n", namespace, "delete", "md", "probe")
+        apply(kube, namespace, md("frozen", runtime=CPU))
+        time.sleep(20)  # its first writes, and retries after 5, 10 s
+        touch = [["annotate", "md", "frozen", f"example.com/touched={i}", "--overwrite"]
+                 for i in range(8)]
+        writes = _writes_while(operator, namespace, touch, kube, settle_s=1.0)
+        assert writes <= 1, writes  # the retry 20 s after the last
+    finally:
+        kube.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                     name, "--ignore-not-found", check=False)
+    wait_phase(kube, namespace, "frozen", "Ready", timeout=90)

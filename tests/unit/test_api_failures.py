@@ -56,7 +56,28 @@ class _RefusingCluster:
         self.events.append((type_, reason, message))
 
 
+@pytest.fixture(autouse=True)
+def _clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Memory's clock, moved on by _write past each retry's delay (a failing status write is
+    held until then)."""
+    from kubemaas_operator import memory as memory_module
+
+    now = [1000.0]
+    monkeypatch.setattr(memory_module.time, "monotonic", lambda: now[0])
+    _CLOCK[:] = [now]
+    return now
+
+
+_CLOCK: list[list[float]] = []
+
+
 def _write(cluster: _RefusingCluster, memory: Memory) -> Retry:
+    retry = _write_now(cluster, memory)
+    _CLOCK[0][0] += retry.delay  # the retry is due
+    return retry
+
+
+def _write_now(cluster: _RefusingCluster, memory: Memory) -> Retry:
     import asyncio
 
     from kubemaas_operator.status import StatusResult
@@ -118,3 +139,17 @@ def test_a_reported_failure_is_held_until_its_retry_is_due(
     now[0] -= 6.0
     memory.writes_went_through("ns", "m")
     assert held_failure(memory, "ns", "m", ("Deployment", "m", "h1")) is None
+
+
+def test_a_refused_status_write_is_not_asked_again_before_its_retry() -> None:
+    """Each wake of the model (an event of it or of its children) wrote the refused status
+    again; the retry's delay meant nothing."""
+    from kubemaas_operator.k8s import ApiError
+
+    cluster, memory = _RefusingCluster(ApiError(403, "Forbidden", "denied: frozen")), Memory()
+    first = _write_now(cluster, memory)
+    calls = []
+    cluster.patch_status = lambda *a: calls.append(a)  # type: ignore[assignment,method-assign,misc,return-value]
+    again = _write_now(cluster, memory)
+    assert calls == [] and again.quiet and str(again) == str(first)
+    assert 0 < again.delay <= first.delay
