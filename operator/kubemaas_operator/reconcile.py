@@ -15,6 +15,7 @@ Services and an HTTPRoute NAME whose weights rollout.py computes; otherwise they
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,15 +210,22 @@ class _Targets:
 
 async def _ensure_implicit_cache(p: _Pass, implicit: Plan,
                                  cluster: AsyncCluster) -> Failure | None:
+    asking = json.dumps(dataclasses.asdict(implicit), sort_keys=True, default=str)
+    held = p.memory.held(p.namespace, p.name, asking, what="cache")
+    if held is not None and isinstance(held[0], Failure):
+        return held[0]  # refused less than a resync ago: the model's events do not ask again
     try:
         await implicit_apply.ensure(cluster, p.namespace, Owner(p.name, p.uid), implicit)
     except implicit_apply.CacheNameTaken as err:
         return Failure("CacheNameConflict", str(err))
     except ApiError as err:
         if err.policy_refused:  # a ResourceQuota on modelcaches, an admission policy
-            return Failure("Refused", f"the cluster's policy refused the model cache "
-                           f"{p.namespace}/{implicit.name}: {err.message}; it is tried again at "
-                           "each resync", phase="Pending")
+            refused = Failure("Refused", f"the cluster's policy refused the model cache "
+                              f"{p.namespace}/{implicit.name}: {err.message}; it is tried again "
+                              "at each resync", phase="Pending")
+            p.memory.hold(p.namespace, p.name, asking, REFUSAL_HOLD * p.settings.resync_s,
+                          refused, what="cache")
+            return refused
         return failing_write(p.memory, p.namespace, p.name, Retry(
             f"cannot create or share the model cache {implicit.name}: {err}",
             1.0 if err.status == 409 else 5.0))

@@ -8,6 +8,8 @@ import time
 import pytest
 
 from tests.cluster.conftest import Operator, reconfigured, writes_to
+from tests.cluster.test_implicit_cache import asking
+from tests.cluster.test_modelcache import two_nodes
 from tests.cluster.test_operator import apply, condition, md, status, wait_phase
 from tests.cluster.test_operator_refusals import _down_webhook, _policed
 from tests.cluster.test_status_refusal import _status_policy
@@ -112,3 +114,24 @@ def test_a_refused_status_is_not_written_again_at_each_event_of_the_model(
         kube.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
                      name, "--ignore-not-found", check=False)
     wait_phase(kube, namespace, "frozen", "Ready", timeout=90)
+
+
+def test_a_refused_implicit_cache_is_not_asked_again_at_each_event_of_the_model(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """A ResourceQuota allows no ModelCache: the cache autoCache asks for is tried again at each
+    resync (docs/operator.md); each event of the model asked again too, a refused create each."""
+    kube.kubectl("-n", namespace, "create", "quota", "caches",
+                 "--hard=count/modelcaches.serving.kubemaas.io=0")
+    wait_for(lambda: kube.kubectl("-n", namespace, "get", "quota", "caches", "-o",
+                                  "jsonpath={.status.hard}", check=False).stdout or None,
+             timeout=30, what="the quota controller to fill in the quota's status")
+    n1, _ = two_nodes(kube)
+    apply(kube, namespace, asking("auto", n1))
+    wait_for(lambda: condition(status(kube, namespace, "auto"), "Ready").get("reason")
+             == "Refused", timeout=30, what="model auto Refused")
+    with reconfigured(operator, KUBEMAAS_OPERATOR_RESYNC_S="120"):
+        time.sleep(3)  # the first look after the restart asks once
+        touch = [["annotate", "md", "auto", f"example.com/touched={i}", "--overwrite"]
+                 for i in range(6)]
+        writes = _writes_while(operator, namespace, touch, kube)
+        assert writes == 0, writes
