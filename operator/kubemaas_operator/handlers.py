@@ -39,8 +39,9 @@ from .k8s import AsyncCluster, Cluster
 from .memory import Memory
 from .modelcache import handlers as modelcache  # registers the ModelCache handlers with kopf
 from .observed import PodInfo
-from .reconcile import Outcome, Snapshot, gateway_children, reconcile
+from .reconcile import Outcome, Snapshot, reconcile
 from .render import MANAGED_BY, MANAGER, canary_name
+from .routes import gateway_children
 from .scheduling import NodeInfo, PendingDemand, owed_pods
 from .writes import Retry
 

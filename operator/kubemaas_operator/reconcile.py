@@ -46,25 +46,23 @@ from .pod_life import CacheProgress
 from .quota_room import QuotaInfo, no_room
 from .render import (
     BUILTIN_TEMPLATE,
-    CANARY_TRACK,
     CHILD_KINDS,
     HTTPROUTE_API_VERSION,
     SPEC_HASH,
-    STABLE_TRACK,
     RenderContext,
     Rendered,
     RenderError,
     cached_optimization,
     canary_name,
     selector_string,
-    track_service_name,
     url,
     with_strategy,
 )
-from .render.inference import INFERENCEPOOL_API_VERSION, route_manifests, wants_pool
+from .render.inference import route_manifests, wants_pool
 from .render.security import CERTIFICATE_API_VERSION
 from .rollout import Plan as RolloutPlan
 from .rollout import plan as plan_rollout
+from .routes import gateway_children, gateway_for
 from .scheduling import Capacity, NodeInfo, PendingDemand, check_capacity, gpu_summary
 from .sizing import gpu_types
 from .status import Failure, Observed, StatusResult, compute_status, failed_status
@@ -144,25 +142,6 @@ def _security_context(settings: Settings, snap: Snapshot,
             "http_interceptor": settings.http_interceptor,
             "inference_pools": snap.inference_pools,
             "default_endpoint_picker": settings.default_endpoint_picker()}
-
-
-def gateway_children(name: str) -> list[tuple[str, str, str, str]]:
-    """(snapshot key, apiVersion, kind, object name) of the routing children: the Gateway API
-    split's and a language model's InferencePool (render/inference.py)."""
-    return [("StableService", "v1", "Service", track_service_name(name, STABLE_TRACK)),
-            ("CanaryService", "v1", "Service", track_service_name(name, CANARY_TRACK)),
-            ("HTTPRoute", HTTPROUTE_API_VERSION, "HTTPRoute", name),
-            ("InferencePool", INFERENCEPOOL_API_VERSION, "InferencePool", name)]
-
-
-def gateway_for(spec: ModelDeploymentSpec, settings: Settings) -> GatewayRef | None:
-    """The Gateway the model's HTTPRoute attaches to: its own, else the operator's default."""
-    if spec.serving.gateway is not None:
-        return spec.serving.gateway
-    default = settings.default_gateway()
-    if default is None:
-        return None
-    return GatewayRef(name=default[1], namespace=default[0])
 
 
 def _live_strategy(dep: Mapping[str, Any] | None) -> tuple[int, int]:

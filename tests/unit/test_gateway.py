@@ -16,7 +16,6 @@ from kubemaas_operator.api import CanaryStep, GatewayRef, SpecError, parse_spec
 from kubemaas_operator.canary import HTTP_ROUTE, ready_share, route_weight
 from kubemaas_operator.config import Settings, SettingsError
 from kubemaas_operator.drift import drift
-from kubemaas_operator.reconcile import gateway_for
 from kubemaas_operator.render import (
     SPEC_HASH,
     RenderContext,
@@ -25,6 +24,7 @@ from kubemaas_operator.render import (
     track_service_name,
 )
 from kubemaas_operator.rollout import plan
+from kubemaas_operator.routes import gateway_for
 
 STEPS = (CanaryStep(10, 3), CanaryStep(50, 3), CanaryStep(100))
 CTX = RenderContext(name="m", namespace="models", uid="u-1")
