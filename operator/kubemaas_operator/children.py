@@ -186,8 +186,16 @@ async def hold_floor(c: Children, spec: ModelDeploymentSpec, engine: Choice | No
     dep = c.main.get("Deployment")
     floor = raise_to_floor(spec, deployment_info(dep).spec_replicas, engine) if dep else None
     if dep is not None and floor is not None:
-        c.main["Deployment"] = await pin_replicas(c.cluster, c.memory, c.name, c.namespace,
-                                                  floor)
+        # a floor a policy refused is asked again after c.hold_s, not at each event (as _held)
+        held = c.memory.held(c.namespace, c.name, floor, what="floor")
+        if held is not None:
+            raise Refused(str(held[0]))
+        try:
+            c.main["Deployment"] = await pin_replicas(c.cluster, c.memory, c.name, c.namespace,
+                                                      floor)
+        except Refused as err:
+            c.memory.hold(c.namespace, c.name, floor, c.hold_s, str(err), what="floor")
+            raise
         c.applied.append(f"Deployment replicas {floor} (autoscaling floor)")
 
 

@@ -179,7 +179,7 @@ class Memory:
     def forget_all(self, namespace: str, name: str) -> None:
         self._statuses.pop((namespace, name), None)
         self._failed_writes.pop((namespace, name), None)
-        for what in ("children", "status", "cache"):
+        for what in ("children", "status", "cache", "floor"):
             self._holds.pop((namespace, name, what), None)
         self._status_failures.pop((namespace, name), None)
         self._told = {t for t in self._told if t[:2] != (namespace, name)}

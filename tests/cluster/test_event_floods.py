@@ -135,3 +135,24 @@ def test_a_refused_implicit_cache_is_not_asked_again_at_each_event_of_the_model(
                  for i in range(6)]
         writes = _writes_while(operator, namespace, touch, kube)
         assert writes == 0, writes
+
+
+def test_a_refused_autoscaling_floor_is_not_asked_again_at_each_event_of_the_model(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """An admission policy allows at most 1 replica: the autoscaling floor's pin of 2 is tried
+    again at each resync (docs/operator.md); each event of the model asked again too, a
+    refused write each."""
+    auto = {"signal": "queue", "target": 4, "minReplicas": 2, "maxReplicas": 3}
+    with _policed(kube, namespace, expression="!has(object.spec.replicas) || "
+                  "object.spec.replicas <= 1", message="at most 1 replica here"):
+        apply(kube, namespace, md("floored", runtime=CPU, autoscaling=auto))
+        wait_for(lambda: condition(status(kube, namespace, "floored"), "Ready").get("reason")
+                 == "Refused", timeout=30, what="model floored Refused")
+        with reconfigured(operator, KUBEMAAS_OPERATOR_RESYNC_S="120"):
+            time.sleep(3)  # the first look after the restart asks once
+            touch = [["annotate", "md", "floored", f"example.com/touched={i}", "--overwrite"]
+                     for i in range(6)]
+            writes = _writes_while(operator, namespace, touch, kube)
+            assert writes == 0, writes
+            ready = condition(status(kube, namespace, "floored"), "Ready")
+            assert ready["reason"] == "Refused" and "2 replica(s)" in ready["message"], ready
