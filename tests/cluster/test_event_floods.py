@@ -11,8 +11,8 @@ from tests.cluster.conftest import Operator, reconfigured, writes_to
 from tests.cluster.test_implicit_cache import asking
 from tests.cluster.test_modelcache import two_nodes
 from tests.cluster.test_operator import apply, condition, md, status, wait_phase
-from tests.cluster.test_operator_refusals import _down_webhook, _policed
-from tests.cluster.test_status_refusal import _status_policy
+from tests.cluster.test_operator_refusals import _policed, quota, webhook_down
+from tests.cluster.test_status_refusal import status_policed
 from tests.conftest import Kube
 from tests.helpers import wait_for
 
@@ -31,6 +31,19 @@ def _writes_while(operator: Operator, namespace: str, touch: list[list[str]], ku
         time.sleep(1.0)
     time.sleep(settle_s)
     return writes_to(operator.fresh_health(), namespace) - before
+
+
+def _quiet_under_annotations(kube: Kube, namespace: str, operator: Operator,
+                             name: str) -> dict[str, object]:
+    """With resyncs two minutes apart (only events can explain a write), model `name` annotated
+    six times a second apart: the operator writes nothing to the namespace. Its status then."""
+    with reconfigured(operator, KUBEMAAS_OPERATOR_RESYNC_S="120"):
+        time.sleep(3)  # the first look after the restart asks once
+        touch = [["annotate", "md", name, f"example.com/touched={i}", "--overwrite"]
+                 for i in range(6)]
+        writes = _writes_while(operator, namespace, touch, kube)
+        assert writes == 0, writes
+        return status(kube, namespace, name)
 
 
 def test_annotating_a_ready_models_deployment_writes_nothing(
@@ -57,13 +70,8 @@ def test_a_refused_model_is_not_asked_again_at_each_of_its_events(
         apply(kube, namespace, md("frozen", runtime=CPU))
         wait_for(lambda: condition(status(kube, namespace, "frozen"), "Ready").get("reason")
                  == "Refused", timeout=30, what="model frozen Refused")
-        with reconfigured(operator, KUBEMAAS_OPERATOR_RESYNC_S="120"):
-            time.sleep(3)  # the first look after the restart asks once
-            touch = [["annotate", "md", "frozen", f"example.com/touched={i}", "--overwrite"]
-                     for i in range(6)]
-            writes = _writes_while(operator, namespace, touch, kube)
-            assert writes == 0, writes
-            assert condition(status(kube, namespace, "frozen"), "Ready")["reason"] == "Refused"
+        st = _quiet_under_annotations(kube, namespace, operator, "frozen")
+        assert condition(st, "Ready")["reason"] == "Refused"
 
 
 def test_a_write_a_webhook_keeps_failing_waits_for_its_retry_whatever_wakes_the_model(
@@ -73,12 +81,7 @@ def test_a_write_a_webhook_keeps_failing_waits_for_its_retry_whatever_wakes_the_
     failing write each (an annotation a second: about 15 in 15 s)."""
     apply(kube, namespace, md("hooked", runtime=CPU))
     wait_phase(kube, namespace, "hooked", "Ready", timeout=60)
-    name = f"down-{namespace}"
-    kube.kubectl("apply", "-f", "-", input=_down_webhook(name, namespace))
-    try:
-        wait_for(lambda: "failed calling webhook" in kube.kubectl(
-            "-n", namespace, "create", "deployment", "probe", "--image=x", "--dry-run=server",
-            check=False).stderr, timeout=30, what="the webhook to be called")
+    with webhook_down(kube, namespace):
         apply(kube, namespace, md("hooked", runtime=CPU, replicas=2))
         wait_for(lambda: condition(status(kube, namespace, "hooked"), "Ready").get("reason")
                  == "ApiError", timeout=60, what="model hooked ApiError")
@@ -86,23 +89,13 @@ def test_a_write_a_webhook_keeps_failing_waits_for_its_retry_whatever_wakes_the_
                  for i in range(12)]
         writes = _writes_while(operator, namespace, touch, kube, settle_s=1.0)
         assert writes <= 2, writes  # the retries after 10 and 20 s at most
-    finally:
-        kube.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found",
-                     check=False)
 
 
 def test_a_refused_status_is_not_written_again_at_each_event_of_the_model(
         kube: Kube, namespace: str, operator: Operator) -> None:
     """A policy refuses the model's status: the write is tried again after 5 s, doubling up to
     a minute (docs/operator.md); each event of the model wrote the refused status again."""
-    name = f"status-{namespace}"
-    kube.kubectl("apply", "-f", "-", input=_status_policy(name, namespace))
-    try:
-        apply(kube, namespace, md("probe", runtime=CPU))  # enforced once this is refused
-        wait_for(lambda: "denied" in kube.kubectl(
-            "-n", namespace, "patch", "md", "probe", "--subresource=status", "--type=merge",
-            "-p", '{"status":{"phase":"Pending"}}', check=False).stderr,
-            timeout=30, what="the status policy to be enforced")
+    with status_policed(kube, namespace):
         kube.kubectl("-n", namespace, "delete", "md", "probe")
         apply(kube, namespace, md("frozen", runtime=CPU))
         time.sleep(20)  # its first writes, and retries after 5, 10 s
@@ -110,9 +103,6 @@ def test_a_refused_status_is_not_written_again_at_each_event_of_the_model(
                  for i in range(8)]
         writes = _writes_while(operator, namespace, touch, kube, settle_s=1.0)
         assert writes <= 1, writes  # the retry 20 s after the last
-    finally:
-        kube.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
-                     name, "--ignore-not-found", check=False)
     wait_phase(kube, namespace, "frozen", "Ready", timeout=90)
 
 
@@ -120,21 +110,12 @@ def test_a_refused_implicit_cache_is_not_asked_again_at_each_event_of_the_model(
         kube: Kube, namespace: str, operator: Operator) -> None:
     """A ResourceQuota allows no ModelCache: the cache autoCache asks for is tried again at each
     resync (docs/operator.md); each event of the model asked again too, a refused create each."""
-    kube.kubectl("-n", namespace, "create", "quota", "caches",
-                 "--hard=count/modelcaches.serving.kubemaas.io=0")
-    wait_for(lambda: kube.kubectl("-n", namespace, "get", "quota", "caches", "-o",
-                                  "jsonpath={.status.hard}", check=False).stdout or None,
-             timeout=30, what="the quota controller to fill in the quota's status")
+    quota(kube, namespace, "caches", "count/modelcaches.serving.kubemaas.io=0")
     n1, _ = two_nodes(kube)
     apply(kube, namespace, asking("auto", n1))
     wait_for(lambda: condition(status(kube, namespace, "auto"), "Ready").get("reason")
              == "Refused", timeout=30, what="model auto Refused")
-    with reconfigured(operator, KUBEMAAS_OPERATOR_RESYNC_S="120"):
-        time.sleep(3)  # the first look after the restart asks once
-        touch = [["annotate", "md", "auto", f"example.com/touched={i}", "--overwrite"]
-                 for i in range(6)]
-        writes = _writes_while(operator, namespace, touch, kube)
-        assert writes == 0, writes
+    _quiet_under_annotations(kube, namespace, operator, "auto")
 
 
 def test_a_refused_autoscaling_floor_is_not_asked_again_at_each_event_of_the_model(
@@ -148,11 +129,6 @@ def test_a_refused_autoscaling_floor_is_not_asked_again_at_each_event_of_the_mod
         apply(kube, namespace, md("floored", runtime=CPU, autoscaling=auto))
         wait_for(lambda: condition(status(kube, namespace, "floored"), "Ready").get("reason")
                  == "Refused", timeout=30, what="model floored Refused")
-        with reconfigured(operator, KUBEMAAS_OPERATOR_RESYNC_S="120"):
-            time.sleep(3)  # the first look after the restart asks once
-            touch = [["annotate", "md", "floored", f"example.com/touched={i}", "--overwrite"]
-                     for i in range(6)]
-            writes = _writes_while(operator, namespace, touch, kube)
-            assert writes == 0, writes
-            ready = condition(status(kube, namespace, "floored"), "Ready")
-            assert ready["reason"] == "Refused" and "2 replica(s)" in ready["message"], ready
+        ready = condition(_quiet_under_annotations(kube, namespace, operator, "floored"),
+                          "Ready")
+        assert ready["reason"] == "Refused" and "2 replica(s)" in ready["message"], ready

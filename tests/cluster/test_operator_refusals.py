@@ -87,16 +87,21 @@ def test_a_deployment_denied_by_an_admission_policy_is_reported_and_retried(
     wait_phase(kube, namespace, "frozen", "Ready", timeout=60)
 
 
+def quota(kube: Kube, namespace: str, name: str, hard: str) -> None:
+    """A ResourceQuota `name` of `hard` (kubectl's --hard), once the quota controller has
+    filled in its status (before that it is not enforced)."""
+    kube.kubectl("-n", namespace, "create", "quota", name, f"--hard={hard}")
+    wait_for(lambda: kube.kubectl("-n", namespace, "get", "quota", name, "-o",
+                                  "jsonpath={.status.hard}", check=False).stdout or None,
+             timeout=30, what="the quota controller to fill in the quota's status")
+
+
 def test_an_implicit_cache_over_the_quota_is_reported_and_created_once_raised(
         kube: Kube, namespace: str, operator: Operator) -> None:
     """A namespace's ResourceQuota allows no ModelCache: the model asking for one (autoCache)
     got no status at all, the operator logging 'cannot create or share the model cache ...
     exceeded quota' and asking again every few seconds."""
-    kube.kubectl("-n", namespace, "create", "quota", "caches",
-                 "--hard=count/modelcaches.serving.kubemaas.io=0")
-    wait_for(lambda: kube.kubectl("-n", namespace, "get", "quota", "caches", "-o",
-                                  "jsonpath={.status.hard}", check=False).stdout or None,
-             timeout=30, what="the quota controller to fill in the quota's status")
+    quota(kube, namespace, "caches", "count/modelcaches.serving.kubemaas.io=0")
     n1, _ = two_nodes(kube)
     apply(kube, namespace, asking("auto", n1))
     st = _refused(kube, namespace, "auto")
@@ -138,10 +143,7 @@ def test_a_cache_pod_over_the_quota_is_refused_quietly_and_started_once_raised(
         kube: Kube, namespace: str, operator: Operator) -> None:
     """A ResourceQuota of 0 pods: the cache went Failed/PodRejected and the operator created the
     refused download pod again every second, for ever."""
-    kube.kubectl("-n", namespace, "create", "quota", "pods", "--hard=pods=0")
-    wait_for(lambda: kube.kubectl("-n", namespace, "get", "quota", "pods", "-o",
-                                  "jsonpath={.status.hard}", check=False).stdout or None,
-             timeout=30, what="the quota controller to fill in the quota's status")
+    quota(kube, namespace, "pods", "pods=0")
     n1, _ = two_nodes(kube)
     apply(kube, namespace, cache("quota", [n1]))
     st = wait_for(lambda: (lambda s: s if s.get("reason") == "Refused" else None)(
@@ -190,18 +192,29 @@ def _down_webhook(name: str, namespace: str, group: str = "apps",
                        "operations": ["CREATE", "UPDATE"], "resources": [resource]}]}]})
 
 
-def test_a_write_a_webhook_keeps_failing_is_reported_and_goes_through_later(
-        kube: Kube, namespace: str, operator: Operator) -> None:
-    """A webhook that is down failed every apply of the Deployment with a 500: the operator
-    logged a retry every 5 s for ever and the model's status said nothing of it."""
-    apply(kube, namespace, md("hooked", runtime=CPU))
-    wait_phase(kube, namespace, "hooked", "Ready", timeout=60)
+@contextmanager
+def webhook_down(kube: Kube, namespace: str) -> Iterator[None]:
+    """A webhook on the namespace's Deployments that nothing answers (_down_webhook), called,
+    for a block."""
     name = f"down-{namespace}"
     kube.kubectl("apply", "-f", "-", input=_down_webhook(name, namespace))
     try:
         wait_for(lambda: "failed calling webhook" in kube.kubectl(
             "-n", namespace, "create", "deployment", "probe", "--image=x", "--dry-run=server",
             check=False).stderr, timeout=30, what="the webhook to be called")
+        yield
+    finally:
+        kube.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found",
+                     check=False)
+
+
+def test_a_write_a_webhook_keeps_failing_is_reported_and_goes_through_later(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    """A webhook that is down failed every apply of the Deployment with a 500: the operator
+    logged a retry every 5 s for ever and the model's status said nothing of it."""
+    apply(kube, namespace, md("hooked", runtime=CPU))
+    wait_phase(kube, namespace, "hooked", "Ready", timeout=60)
+    with webhook_down(kube, namespace):
         apply(kube, namespace, md("hooked", runtime=CPU, replicas=2))
         st = wait_for(lambda: (lambda s: s if condition(s, "Ready").get("reason") == "ApiError"
                                 else None)(status(kube, namespace, "hooked")), timeout=60,
@@ -210,9 +223,6 @@ def test_a_write_a_webhook_keeps_failing_is_reported_and_goes_through_later(
         assert "failed calling webhook" in message and "Deployment" in message, message
         assert st["phase"] == "Degraded" and st["readyReplicas"] == 1, st  # still serving
         assert condition(st, "Available")["status"] == "True", st
-    finally:
-        kube.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found",
-                     check=False)
     wait_for(lambda: (lambda s: s if s.get("readyReplicas") == 2 and s.get("phase") == "Ready"
                       else None)(status(kube, namespace, "hooked")), timeout=90,
              what="hooked at 2 replicas once the webhook is gone")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -46,8 +48,10 @@ def _events(kube: Kube, namespace: str) -> list[dict[str, object]]:
     return [e for e in json.loads(out)["items"] if e.get("reason") == "StatusRefused"]
 
 
-def test_a_refused_status_write_is_reported_once_by_an_event_and_the_log(
-        kube: Kube, namespace: str, operator: Operator) -> None:
+@contextmanager
+def status_policed(kube: Kube, namespace: str) -> Iterator[None]:
+    """A policy that refuses every status write of the namespace's models, enforced (a probe
+    model's status refused), for a block."""
     name = f"status-{namespace}"
     kube.kubectl("apply", "-f", "-", input=_status_policy(name, namespace))
     try:
@@ -56,6 +60,15 @@ def test_a_refused_status_write_is_reported_once_by_an_event_and_the_log(
             "-n", namespace, "patch", "md", "probe", "--subresource=status", "--type=merge",
             "-p", '{"status":{"phase":"Pending"}}', check=False).stderr,
             timeout=30, what="the status policy to be enforced")
+        yield
+    finally:
+        kube.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                     name, "--ignore-not-found", check=False)
+
+
+def test_a_refused_status_write_is_reported_once_by_an_event_and_the_log(
+        kube: Kube, namespace: str, operator: Operator) -> None:
+    with status_policed(kube, namespace):
         log_start = len(operator.log_text())
         apply(kube, namespace, md("frozen", runtime=CPU))
         event = wait_for(lambda: _events(kube, namespace) or None, timeout=30,
@@ -67,9 +80,6 @@ def test_a_refused_status_write_is_reported_once_by_an_event_and_the_log(
         lines = [ln for ln in operator.log_text()[log_start:].splitlines()
                  if "/frozen" in ln and SAYS in ln]
         assert len(lines) == 1, lines
-    finally:
-        kube.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
-                     name, "--ignore-not-found", check=False)
     wait_phase(kube, namespace, "frozen", "Ready", timeout=90)
 
 
