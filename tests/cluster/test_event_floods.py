@@ -53,6 +53,10 @@ def test_annotating_a_ready_models_deployment_writes_nothing(
     Ready, two status writes and two Events (24 writes for 6 annotations)."""
     apply(kube, namespace, md("ok", runtime=CPU))
     wait_phase(kube, namespace, "ok", "Ready", timeout=60)
+    # its first rollout is entered complete in the status (a write) a few seconds after Ready
+    wait_for(lambda: (lambda r: "current" in r and "update" not in r)(
+        status(kube, namespace, "ok").get("rollout") or {}),
+        timeout=30, what="ok's first rollout complete")
     operator.wait_resyncs(1)
     touch = [["annotate", "deployment", "ok", f"example.com/touched={i}", "--overwrite"]
              for i in range(6)]
