@@ -179,8 +179,7 @@ class Memory:
     def forget_all(self, namespace: str, name: str) -> None:
         self._statuses.pop((namespace, name), None)
         self._failed_writes.pop((namespace, name), None)
-        for what in ("children", "status", "cache", "floor"):
-            self._holds.pop((namespace, name, what), None)
+        self._holds = {k: v for k, v in self._holds.items() if k[:2] != (namespace, name)}
         self._status_failures.pop((namespace, name), None)
         self._told = {t for t in self._told if t[:2] != (namespace, name)}
         self.forget("Deployment", namespace, canary_name(name))

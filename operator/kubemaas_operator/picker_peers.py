@@ -44,7 +44,10 @@ async def picker_pods_of(cluster: AsyncCluster, raw_spec: Mapping[str, Any], nam
                          pools_served: bool,
                          default: EndpointPicker | None) -> Mapping[str, str] | None:
     """picker_pods for a spec as the API server holds it; None for one that does not parse
-    (the reconcile says what is wrong with it)."""
+    (the reconcile says what is wrong with it). Parsed only where pools are served: this runs
+    at every reconcile of every model."""
+    if not pools_served:
+        return None
     try:
         spec = parse_spec(raw_spec)
     except SpecError:
