@@ -18,7 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("llama", "gpt2", "mistral", "qwen2", "qwen3")
+FAMILIES = ("llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+# the sliding window of the tiny windowed families: shorter than the tests' prompts
+TINY_WINDOW = 8
 SIZES = ("tiny", "small", "1b")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -114,6 +116,28 @@ def _config(family: str, size: str, vocab: int, ids: dict[str, int], dtype: str)
     if family == "qwen3":
         return transformers.Qwen3Config(use_sliding_window=False, head_dim=hidden // heads,
                                         **llama_like)
+    return _more_config(family, llama_like, hidden // heads)
+
+
+def _more_config(family: str, llama_like: dict[str, Any], head_dim: int) -> Any:
+    """The families beyond the first five (the windowed ones window every other layer, or
+    three of four, with ``TINY_WINDOW``)."""
+    import transformers
+
+    layers = int(llama_like["num_hidden_layers"])
+    if family == "gemma":
+        return transformers.GemmaConfig(head_dim=head_dim, **llama_like)
+    if family == "gemma2":
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+        return transformers.Gemma2Config(
+            head_dim=head_dim, query_pre_attn_scalar=head_dim // 2, sliding_window=TINY_WINDOW,
+            layer_types=types, attn_logit_softcapping=5.0, final_logit_softcapping=20.0,
+            **llama_like)
+    if family == "gemma3_text":
+        types = ["full_attention" if i % 4 == 3 else "sliding_attention" for i in range(layers)]
+        return transformers.Gemma3TextConfig(
+            head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=TINY_WINDOW,
+            layer_types=types, **llama_like)
     raise ValueError(f"unknown family {family!r}; one of {', '.join(FAMILIES)}")
 
 

@@ -1,8 +1,9 @@
 """Sliding-window attention: a model whose layers attend to the last ``sliding_window`` keys
 (Mistral; Qwen2 and Qwen3 with all layers sliding, or only the layers from
-``max_window_layers`` on) is served over its whole ``max_position_embeddings``, as vLLM serves
-it, and answers as transformers' ``generate()`` token for token with prompts and outputs far
-longer than the window: one request, several of different lengths read in chunks that cross
+``max_window_layers`` on; Gemma 2 and Gemma 3, the layers their ``layer_types`` say) is
+served over its whole ``max_position_embeddings``, as vLLM serves it, and answers as
+transformers' ``generate()`` token for token with prompts and outputs far longer than the
+window: one request, several of different lengths read in chunks that cross
 the window's edge, a prompt read in one chunk, a prefix-cache hit longer than the window;
 through the traced decode (with and without decode lanes), the eager steps (decode rows in
 width groups) and CUDA graphs' padded inputs (``capture=False``, on the CPU); decode lanes
@@ -46,16 +47,23 @@ SLIDING: dict[str, dict[str, Any]] = {
     "qwen2": {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 0,
               "layer_types": None}}
 SLIDING["qwen3"] = SLIDING["qwen2"]
+# Gemma 2 and Gemma 3 window the layers their layer_types say (the tiny models': 0 and 2; 0-2)
+LAYER_TYPED = {"gemma2": frozenset({0, 2}), "gemma3_text": frozenset({0, 1, 2})}
+for _family in LAYER_TYPED:
+    SLIDING[_family] = {"sliding_window": WINDOW}
 # the first two of the four layers full-causal, the last two windowed
 MIXED = {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 2,
          "layer_types": None}
 
 
 def generate(model: Any, prompt: list[int], n: int, eos: frozenset[int]) -> list[int]:
+    """generate()'s greedy answer going on past an EOS, as the engine's with ``ignore_eos``
+    (every call here passes no ``eos``; ``eos_token_id=[]``: none stops it)."""
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False)
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                             eos_token_id=[])
     ids = [int(t) for t in out[0, len(prompt):]]
-    return ids[:-1] if ids and ids[-1] in eos else ids  # the engine leaves EOS out
+    return ids[:-1] if ids and ids[-1] in eos else ids
 
 
 def prompts(lengths: list[int], seed: int = 1) -> list[list[int]]:
@@ -78,7 +86,9 @@ def engine_for(lm: LanguageModel, path: str, batched: int) -> Engine:
 @pytest.mark.parametrize(("family", "path"), [("mistral", "lanes"), ("mistral", "traced"),
                                               ("mistral", "eager"), ("mistral", "graphs"),
                                               ("qwen2", "lanes"), ("qwen3", "eager"),
-                                              ("qwen2-mixed", "lanes"), ("qwen2-mixed", "eager")])
+                                              ("qwen2-mixed", "lanes"), ("qwen2-mixed", "eager"),
+                                              ("gemma2", "lanes"), ("gemma2", "eager"),
+                                              ("gemma3_text", "lanes")])
 def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
@@ -91,12 +101,12 @@ def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path,
             grouped.append(groups is not None)
             return rows, groups
         monkeypatch.setattr(engine_module, "decode_groups", spied)
-    mixed = family.endswith("-mixed")
+    mixed = family.endswith("-mixed") or family in LAYER_TYPED
     model_dir = windowed(tmp_path, family.removesuffix("-mixed"),
-                         **(MIXED if mixed else SLIDING[family]))
+                         **(MIXED if family.endswith("-mixed") else SLIDING[family]))
     lm = load_hf(model_dir, device="cpu")
     assert lm.max_position == POSITIONS and lm.window == WINDOW  # not capped to the window
-    assert lm.sliding == (frozenset({2, 3}) if mixed else frozenset())
+    assert lm.sliding == (LAYER_TYPED.get(family, frozenset({2, 3})) if mixed else frozenset())
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
     # several requests of different lengths, their prompts read 16 tokens a step beside the

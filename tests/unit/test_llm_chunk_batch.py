@@ -57,8 +57,10 @@ def test_short_chunks_of_similar_size_share_a_call_and_long_ones_attend_alone() 
 
 @pytest.mark.parametrize("heads,kv_heads,layout", [(4, 2, "sdpa-gqa"), (4, 4, "sdpa-gqa"),
                                                      (8, 2, "grouped-rows")])
+@pytest.mark.parametrize("softcap", [None, 2.0])  # Gemma 2's soft-capped scores
 def test_a_shared_call_attends_each_chunk_as_its_own_call(
-        heads: int, kv_heads: int, layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        heads: int, kv_heads: int, layout: str, softcap: float | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # grouped-rows: the layout chunk batches take on CUDA (attention.GROUPED_ROWS_ON), here on CPU
     on = {"cpu"} if layout == "grouped-rows" else set()
     monkeypatch.setattr(attention, "GROUPED_ROWS_ON", on)
@@ -77,12 +79,14 @@ def test_a_shared_call_attends_each_chunk_as_its_own_call(
     assert sum(isinstance(u, ChunkBatch) for u in packed.paged.units) >= 2
     query = torch.randn(1, heads, packed.input_ids.shape[1], 8)
 
-    def attend(step: PagedStep) -> torch.Tensor:
+    def attend(step: PagedStep, cap: float | None = softcap) -> torch.Tensor:
         out, _ = paged_attention(None, query, store.keys[0], store.values[0], None,
-                                 scaling=8 ** -0.5, kubemaas_step=step)
+                                 scaling=8 ** -0.5, kubemaas_step=step, softcap=cap)
         return out
 
     alone = attend(dataclasses.replace(packed.paged, units=None))
+    if softcap is not None:  # the cap is applied: it changes the answers
+        assert not torch.allclose(alone, attend(packed.paged, None), rtol=1e-3, atol=1e-3)
     shared = attend(packed.paged)
     assert shared.shape == alone.shape == (1, packed.input_ids.shape[1], heads, 8)
     torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-5)

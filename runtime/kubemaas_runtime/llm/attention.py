@@ -188,6 +188,8 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
     """query [1, heads, N, d]; key/value: the layer's pools [slots, kv_heads, d] (from
     ``PagedStep.update``). Returns [1, N, heads, d] as transformers' attention functions do."""
     step: PagedStep = kwargs[STEP_KWARG]
+    # Gemma 2's attention logit soft-capping: scores -> softcap * tanh(scores / softcap)
+    softcap: float | None = kwargs.get("softcap")
     # grouped-query attention: from the module when it says (a traced graph must not read it
     # from the shapes: a comparison of traced sizes would be frozen into the graph)
     groups = getattr(module, "num_key_value_groups", None)
@@ -210,38 +212,42 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
             width = mask.shape[-1]
             out = _attend_lanes(q, step.lanes.keys[step.layer][:rows, :, :width],
                                 step.lanes.values[step.layer][:rows, :, :width],
-                                mask, scaling)
+                                mask, scaling, softcap)
         elif step.decode_groups is None:
-            out = _attend_decodes(q, key, value, step.decode_blocks, mask, bs, scaling)
+            out = _attend_decodes(q, key, value, step.decode_blocks, mask, bs, scaling,
+                                  softcap)
         else:
             assert mask is not None
             outs, r = [], 0
             for n, width in step.decode_groups:
                 outs.append(_attend_decodes(q[r:r + n], key, value,
                                             step.decode_blocks[r:r + n, :width],
-                                            mask[r:r + n, ..., :width * bs], bs, scaling))
+                                            mask[r:r + n, ..., :width * bs], bs, scaling,
+                                            softcap))
                 r += n
             out = torch.cat(outs)
         parts.append(out.reshape(rows, heads, -1))                         # [B, H, d]
     for unit in step.chunks if step.units is None else step.units:
         if isinstance(unit, ChunkBatch):
-            parts.append(_attend_batch(unit, query, key, value, bs, scaling, gqa, windowed))
+            parts.append(_attend_batch(unit, query, key, value, bs, scaling, gqa, windowed,
+                                       softcap))
         else:
-            parts.append(_attend_chunk(unit, query, key, value, bs, scaling, gqa, windowed))
+            parts.append(_attend_chunk(unit, query, key, value, bs, scaling, gqa, windowed,
+                                       softcap))
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).unsqueeze(0), None
 
 
 def _attend_decodes(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     blocks: torch.Tensor, mask: torch.Tensor | None, bs: int,
-                    scaling: float | None) -> torch.Tensor:
+                    scaling: float | None, softcap: float | None = None) -> torch.Tensor:
     """Decode rows ``q`` [B, kvH, g, d] over their contexts: ``blocks`` [B, W] of the pools."""
     k = _gather(key, blocks, bs).transpose(1, 2)                           # [B, kvH, T, d]
     v = _gather(value, blocks, bs).transpose(1, 2)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+    return sdpa(q, k, v, mask, scaling, softcap)
 
 
 def _attend_lanes(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-                  scaling: float | None) -> torch.Tensor:
+                  scaling: float | None, softcap: float | None = None) -> torch.Tensor:
     """Decode rows ``q`` [B, kvH, g, d] over their lanes ``key``, ``value`` [B, kvH, W, d] as
     two matrix products, keys first: each (row, kv head) is a matrix-vector product with g
     vectors, which sdpa's CPU kernel and ``q @ k^T`` run as general products with g rows at
@@ -249,28 +255,31 @@ def _attend_lanes(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask:
     In 16-bit dtypes sdpa, whose kernel keeps the scores and the softmax in float32 (two
     products would round the scores to 16 bits; measured only in float32)."""
     if key.dtype != torch.float32:
-        return F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+        return sdpa(q, key, value, mask, scaling, softcap)
     scale = q.shape[-1] ** -0.5 if scaling is None else scaling
     scores = torch.matmul(key, q.transpose(-1, -2)).transpose(-1, -2).contiguous()
-    scores.mul_(scale).masked_fill_(mask.logical_not(), float("-inf"))   # [B, kvH, g, W]
+    scores.mul_(scale)
+    if softcap is not None:
+        scores = torch.tanh(scores.div_(softcap)).mul_(softcap)
+    scores.masked_fill_(mask.logical_not(), float("-inf"))   # [B, kvH, g, W]
     return torch.matmul(torch.softmax(scores, dim=-1), value)
 
 
 def _attend_chunk(c: Chunk, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bs: int,
-                  scaling: float | None, gqa: bool, windowed: bool = False) -> torch.Tensor:
+                  scaling: float | None, gqa: bool, windowed: bool = False,
+                  softcap: float | None = None) -> torch.Tensor:
     q = query[:, :, c.start:c.start + c.length]                       # [1, H, n, d]
     ctx = c.offset + c.length - c.first
     k = _gather(key, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)  # [1, kvH, ctx, d]
     v = _gather(value, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)
     mask = c.window_mask if windowed else c.mask
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                         scale=scaling, enable_gqa=gqa)
+    out = sdpa(q, k, v, mask, scaling, softcap, gqa, causal=mask is None)
     return out[0].transpose(0, 1)                                      # [n, H, d]
 
 
 def _attend_batch(b: ChunkBatch, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  bs: int, scaling: float | None, gqa: bool, windowed: bool = False
-                  ) -> torch.Tensor:
+                  bs: int, scaling: float | None, gqa: bool, windowed: bool = False,
+                  softcap: float | None = None) -> torch.Tensor:
     chunks, length = b.blocks.shape[0], b.mask.shape[2]
     mask = b.window_mask if windowed and b.window_mask is not None else b.mask
     heads, dim = query.shape[1], query.shape[3]
@@ -278,11 +287,10 @@ def _attend_batch(b: ChunkBatch, query: torch.Tensor, key: torch.Tensor, value: 
     k = _gather(key, b.blocks, bs).transpose(1, 2)                     # [C, kvH, T, d]
     v = _gather(value, b.blocks, bs).transpose(1, 2)
     if gqa and query.device.type in GROUPED_ROWS_ON:
-        out = _grouped_rows(q, k, v, mask, scaling)
+        out = _grouped_rows(q, k, v, mask, scaling, softcap)
     else:
         # sdpa's own GQA: on CPU, measured against the grouped-rows layout, as fast or faster
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
-                                             enable_gqa=gqa)            # [C, H, L, d]
+        out = sdpa(q, k, v, mask, scaling, softcap, gqa)                 # [C, H, L, d]
     return out.transpose(1, 2).reshape(chunks * length, heads, dim).index_select(0, b.real)
 
 
@@ -294,7 +302,7 @@ GROUPED_ROWS_ON = {"cuda"}
 
 
 def _grouped_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                  scaling: float | None) -> torch.Tensor:
+                  scaling: float | None, softcap: float | None = None) -> torch.Tensor:
     """q [C, H, L, d] over k, v [C, kvH, T, d] with mask [C, 1, L, T], as one attention of
     the query heads that share a KV head stacked as that head's rows ([C, kvH, g * L, d], the
     mask repeated per head of the group). Returns [C, H, L, d]."""
@@ -304,8 +312,32 @@ def _grouped_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     rows = q.reshape(chunks, kv_heads, group * length, dim)
     stacked = mask.expand(chunks, group, length, mask.shape[-1]).reshape(
         chunks, 1, group * length, mask.shape[-1])
-    out = F.scaled_dot_product_attention(rows, k, v, attn_mask=stacked, scale=scaling)
+    out = sdpa(rows, k, v, stacked, scaling, softcap)
     return out.reshape(chunks, heads, length, dim)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+         scaling: float | None, softcap: float | None = None, gqa: bool = False,
+         causal: bool = False) -> torch.Tensor:
+    """torch's scaled-dot-product attention (``causal``: no mask, queries and keys aligned),
+    or with ``softcap`` the same written out, as transformers' eager attention
+    computes it: the scores soft-capped (``softcap * tanh(scores / softcap)``) before the
+    mask, and the softmax in float32 (no fused kernel takes a soft cap)."""
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              scale=scaling, enable_gqa=gqa)
+    if gqa:
+        groups = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(groups, -3), v.repeat_interleave(groups, -3)
+    scale = q.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool,
+                          device=q.device).tril_(k.shape[-2] - q.shape[-2])
+    if mask is not None:
+        scores = scores.masked_fill(mask.logical_not(), float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
 
 
 def choose_kernels(device: torch.device) -> None:

@@ -11,7 +11,8 @@ forwards alternated 400 times, three runs), its served throughput at c=16 10 % h
 of 24 paired points, docs/llm.md); on the 190 M model the step is the linear layers' and the
 difference is within the noise (0.995 and 1.015, 40 alternations).
 
-Any other model (GPT-2's stack has other parts) keeps its own forward.
+Any other model keeps its own forward: GPT-2's stack has other parts; Gemma's, Gemma 2's and
+Gemma 3's top-level forwards scale the embeddings or the logits.
 """
 
 from __future__ import annotations

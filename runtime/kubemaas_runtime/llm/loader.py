@@ -32,8 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kubemaas.runtime.llm")
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "gemma2", "gemma3_text")
 ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "modernbert")  # pooling runner only
+# families whose models transformers runs with no sdpa (Gemma 2: its soft-capped scores)
+EAGER_POOLING = ("gemma2",)
 CLASSIFIER_SUFFIX = "ForSequenceClassification"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -118,6 +120,10 @@ def _check_dir(path: Path, families: tuple[str, ...] = FAMILIES,
         raise StartupError(f"{path}/config.json is not a JSON object")
     config.update(overrides or {})
     model_type = config.get("model_type")
+    if model_type == "gemma3":
+        raise StartupError(f"{path}/config.json is Gemma 3's multimodal model (model_type "
+                           "'gemma3', text and images): only its text-only form is served, "
+                           "model_type 'gemma3_text' (Gemma3ForCausalLM)")
     if model_type not in families:
         pooled = f" (with --runner pooling also {', '.join(ENCODER_FAMILIES)})" if \
             families == FAMILIES else ""
@@ -214,12 +220,17 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
         window=window, sliding=sliding, stack=stack_forward(model))
 
 
+# families whose attention applies ``sliding_window`` to every layer (when it is set)
+EVERY_LAYER_WINDOWED = ("mistral",)
+
+
 def layer_windows(cfg: Any) -> list[int | None] | None:
     """Each layer's sliding window as transformers' model applies it (None: full-causal), or
-    None when the family's use of ``sliding_window`` is not known here. Mistral windows every
-    layer with ``sliding_window``; Qwen2 and Qwen3 window the layers whose ``layer_types``
-    entry is ``sliding_attention`` (their configs derive it from ``use_sliding_window`` and
-    ``max_window_layers``, and set ``sliding_window`` to None when it is off)."""
+    None when the family's use of ``sliding_window`` is not known here. The families of
+    ``EVERY_LAYER_WINDOWED`` window every layer with ``sliding_window``; a config with
+    ``layer_types`` (Qwen2, Qwen3, Gemma 2, Gemma 3: their configs derive it, and set
+    ``sliding_window`` to None when it is off) windows the layers whose entry is
+    ``sliding_attention``."""
     window = getattr(cfg, "sliding_window", None)
     layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
     types = getattr(cfg, "layer_types", None)
@@ -229,9 +240,9 @@ def layer_windows(cfg: Any) -> list[int | None] | None:
         # a negative window masks every key (transformers' own forward answers NaN)
         raise StartupError(f"config.json: sliding_window must be a positive integer or null, "
                            f"got {window!r}")
-    if cfg.model_type == "mistral":
+    if cfg.model_type in EVERY_LAYER_WINDOWED:
         return [int(window)] * layers
-    if cfg.model_type in ("qwen2", "qwen3") and isinstance(types, list):
+    if isinstance(types, list) and len(types) == layers:
         return [int(window) if t == "sliding_attention" else None for t in types]
     return None
 
@@ -339,7 +350,8 @@ def load_pooling_model(path: Path, device: str = "auto", dtype: str = "auto",
     auto = transformers.AutoModelForCausalLM if method else \
         transformers.AutoModelForTokenClassification if per_token else \
         transformers.AutoModelForSequenceClassification if classify else transformers.AutoModel
-    tokenizer, model = _from_pretrained(path, auto, torch_dtype, "sdpa", dev, overrides)
+    attn = "eager" if config["model_type"] in EAGER_POOLING else "sdpa"
+    tokenizer, model = _from_pretrained(path, auto, torch_dtype, attn, dev, overrides)
     if method is not None:
         model = from_lm_head(model, tokenizer, config, method)
     if packed_linear and dev.type == "cpu":
