@@ -18,7 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+FAMILIES = ("llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3",
+            "gemma3_text", "olmo2", "granite")
 # the sliding window of the tiny windowed families: shorter than the tests' prompts
 TINY_WINDOW = 8
 SIZES = ("tiny", "small", "1b")
@@ -138,6 +139,14 @@ def _more_config(family: str, llama_like: dict[str, Any], head_dim: int) -> Any:
         return transformers.Gemma3TextConfig(
             head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=TINY_WINDOW,
             layer_types=types, **llama_like)
+    if family == "phi3":
+        return transformers.Phi3Config(**llama_like)
+    if family == "olmo2":
+        return transformers.Olmo2Config(**llama_like)
+    if family == "granite":
+        return transformers.GraniteConfig(embedding_multiplier=4.0, logits_scaling=0.5,
+                                          residual_multiplier=0.5, attention_multiplier=0.1,
+                                          **llama_like)
     raise ValueError(f"unknown family {family!r}; one of {', '.join(FAMILIES)}")
 
 

@@ -63,7 +63,7 @@ def test_family_greedy_equals_generate(family: str, tmp_path: Path) -> None:
     assert traced == (family in STACK_FAMILIES)
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama", "phi3", "olmo2"])
 def test_the_direct_stack_gives_the_models_own_logits(family: str, tmp_path: Path) -> None:
     """Every step of a batch (prompt chunks and decodes together) through decoder_stack.py's
     forward and through the model's own: the same logits, bit for bit."""
@@ -93,7 +93,7 @@ def test_the_direct_stack_gives_the_models_own_logits(family: str, tmp_path: Pat
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f not in STACK_FAMILIES])
 def test_other_families_keep_their_own_forward(family: str, tmp_path: Path) -> None:
     """GPT-2's stack has other parts; Gemma's scales its embeddings and Gemma 2's caps its
-    logits in the top-level forward."""
+    logits in the top-level forward; Granite's multiplies both."""
     assert load_hf(build_llm(tmp_path / family, family=family), device="cpu").stack is None
 
 

@@ -75,6 +75,27 @@ def test_rope_scaling_answers_as_generate(name: str, base: Path, tmp_path: Path)
         assert out == generate(model, prompt, 10, lm.eos_ids), len(prompt)
 
 
+def test_phi3_longrope_answers_as_generate(tmp_path: Path) -> None:
+    """Phi-3's long-context checkpoints: served up to their original length (as any longrope
+    model), where the engine's answers are generate()'s."""
+    torch.set_num_threads(1)
+    phi3 = build_llm(tmp_path / "phi3", family="phi3")
+    model_dir = scaled(phi3, tmp_path / "longrope", SCALINGS["longrope"])
+    config = json.loads((model_dir / "config.json").read_text())
+    config["original_max_position_embeddings"] = ORIGINAL  # where Phi-3's configs keep it
+    (model_dir / "config.json").write_text(json.dumps(config))
+    lm = load_hf(model_dir, device="cpu")
+    assert lm.max_position == ORIGINAL and lm.stack is not None
+    engine = Engine(lm, EngineConfig(kv_cache_bytes=8 << 20, max_model_len=lm.max_position,
+                                     max_num_seqs=8, max_num_batched_tokens=16))
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(5, 200, (n,), generator=gen).tolist() for n in (4, 16, 20)]
+    outs = engine.generate_sync(prompts, SamplingParams(max_tokens=10, temperature=0.0))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    for prompt, out in zip(prompts, outs, strict=True):
+        assert out == generate(model, prompt, 10, frozenset()), len(prompt)
+
+
 def test_longrope_embeddings_are_capped_too(base: Path, tmp_path: Path) -> None:
     """The pooling runner batches texts of different lengths through the model's own forward:
     past the original length one long text would change every other text's embedding."""

@@ -47,6 +47,8 @@ SLIDING: dict[str, dict[str, Any]] = {
     "qwen2": {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 0,
               "layer_types": None}}
 SLIDING["qwen3"] = SLIDING["qwen2"]
+# every layer, as Mistral's
+SLIDING["phi3"] = {"sliding_window": WINDOW}
 # Gemma 2 and Gemma 3 window the layers their layer_types say (the tiny models': 0 and 2; 0-2)
 LAYER_TYPED = {"gemma2": frozenset({0, 2}), "gemma3_text": frozenset({0, 1, 2})}
 for _family in LAYER_TYPED:
@@ -88,7 +90,7 @@ def engine_for(lm: LanguageModel, path: str, batched: int) -> Engine:
                                               ("qwen2", "lanes"), ("qwen3", "eager"),
                                               ("qwen2-mixed", "lanes"), ("qwen2-mixed", "eager"),
                                               ("gemma2", "lanes"), ("gemma2", "eager"),
-                                              ("gemma3_text", "lanes")])
+                                              ("gemma3_text", "lanes"), ("phi3", "traced")])
 def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)

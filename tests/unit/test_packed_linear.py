@@ -8,7 +8,14 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from kubemaas_runtime.llm import packed_linear
 from kubemaas_runtime.llm.packed_linear import FusedLinears, FusedPart, PackedLinear, pack_linears
@@ -142,3 +149,23 @@ def test_other_families_are_not_fused() -> None:
     model.config.model_type = "not-a-fused-family"
     assert pack_linears(model) == 2 * 7 + 1
     assert isinstance(model.model.layers[0].self_attn.q_proj, PackedLinear)
+
+
+def test_olmo2_siblings_are_fused_and_give_its_logits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OLMo 2 normalizes q and k after their projections, which read one tensor as Llama's."""
+    torch.manual_seed(0)
+    cfg = Olmo2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    model = Olmo2ForCausalLM(cfg).eval()
+    ref = copy.deepcopy(model)
+    pack_linears(model)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert isinstance(attn.q_proj, FusedPart) and attn.q_proj.group is attn.v_proj.group
+    assert isinstance(mlp.gate_proj, FusedPart) and mlp.gate_proj.group is mlp.up_proj.group
+    calls = []
+    real = packed_linear._linear
+    monkeypatch.setattr(packed_linear, "_linear", lambda *a: calls.append(1) or real(*a))
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-4)
+    assert len(calls) == 2 * 4 + 1  # per layer: q/k/v once, o, gate/up once, down; the head

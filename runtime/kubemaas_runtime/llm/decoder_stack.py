@@ -1,18 +1,18 @@
 """An engine step through a decoder-only model's own modules, without its top-level forward.
 
-The Llama, Mistral, Qwen2 and Qwen3 models of transformers are one stack: ``embed_tokens``, the
-rotary embedding, the decoder layers, the final ``norm``, ``lm_head``. Their top-level forwards
-(``...ForCausalLM`` around ``...Model``) add work an engine step does not use: output capture,
-argument checks, attention masks (the engine's paged attention builds its own), the output
-dataclasses. ``stack_forward`` calls the same modules in the same order with the same
-arguments, so the logits are bit-identical (tests/runtime/test_llm_families.py), and skips the
-rest: a batch-16 decode step of the tiny benchmark model 14-18 % shorter (in process, the two
-forwards alternated 400 times, three runs), its served throughput at c=16 10 % higher (median
-of 24 paired points, docs/llm.md); on the 190 M model the step is the linear layers' and the
-difference is within the noise (0.995 and 1.015, 40 alternations).
+The Llama, Mistral, Qwen2, Qwen3, Phi-3 and OLMo 2 models of transformers are one stack:
+``embed_tokens``, the rotary embedding, the decoder layers, the final ``norm``, ``lm_head``.
+Their top-level forwards (``...ForCausalLM`` around ``...Model``) add work an engine step does
+not use: output capture, argument checks, attention masks (the engine's paged attention builds
+its own), the output dataclasses. ``stack_forward`` calls the same modules in the same order
+with the same arguments, so the logits are bit-identical (tests/runtime/test_llm_families.py),
+and skips the rest: a batch-16 decode step of the tiny benchmark model 14-18 % shorter (in
+process, the two forwards alternated 400 times, three runs), its served throughput at c=16 10 %
+higher (median of 24 paired points, docs/llm.md); on the 190 M model the step is the linear
+layers' and the difference is within the noise (0.995 and 1.015, 40 alternations).
 
-Any other model keeps its own forward: GPT-2's stack has other parts; Gemma's, Gemma 2's and
-Gemma 3's top-level forwards scale the embeddings or the logits.
+Any other model keeps its own forward: GPT-2's stack has other parts; Gemma's, Gemma 2's, Gemma
+3's and Granite's top-level forwards scale the embeddings or the logits.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from .attention import STEP_KWARG, PagedStep
 
-STACK_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+STACK_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2")
 # a decoder layer's leading parameters, passed by position (by keyword, transformers' argument
 # wrappers around each layer cost ~4 % more of the tiny model's step)
 LAYER_PARAMS = ("hidden_states", "attention_mask", "position_ids", "cache", "use_cache",

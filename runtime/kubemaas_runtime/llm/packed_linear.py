@@ -38,7 +38,7 @@ BATCH_HINT = 16  # the row count the layout is tuned for (it serves any)
 MIN_WEIGHTS = 512 * 512
 # Families whose attention calls q/k/v, and whose MLP calls gate/up, with the same tensor (their
 # transformers forwards; tests/unit/test_packed_linear.py checks each computes once per group).
-FUSED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FUSED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "olmo2")
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
