@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 FAMILIES = ("llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3",
-            "gemma3_text", "olmo2", "granite")
+            "gemma3_text", "olmo2", "granite", "mixtral", "qwen3_moe")
 # the sliding window of the tiny windowed families: shorter than the tests' prompts
 TINY_WINDOW = 8
 SIZES = ("tiny", "small", "1b")
@@ -147,6 +147,13 @@ def _more_config(family: str, llama_like: dict[str, Any], head_dim: int) -> Any:
         return transformers.GraniteConfig(embedding_multiplier=4.0, logits_scaling=0.5,
                                           residual_multiplier=0.5, attention_multiplier=0.1,
                                           **llama_like)
+    moe = {**llama_like, "intermediate_size": llama_like["intermediate_size"] // 2}
+    if family == "mixtral":
+        return transformers.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **moe)
+    if family == "qwen3_moe":
+        return transformers.Qwen3MoeConfig(num_experts=4, num_experts_per_tok=2,
+                                           moe_intermediate_size=moe["intermediate_size"],
+                                           head_dim=head_dim, norm_topk_prob=True, **moe)
     raise ValueError(f"unknown family {family!r}; one of {', '.join(FAMILIES)}")
 
 

@@ -48,7 +48,8 @@ SLIDING: dict[str, dict[str, Any]] = {
               "layer_types": None}}
 SLIDING["qwen3"] = SLIDING["qwen2"]
 # every layer, as Mistral's
-SLIDING["phi3"] = {"sliding_window": WINDOW}
+SLIDING["phi3"] = SLIDING["mixtral"] = {"sliding_window": WINDOW}
+SLIDING["qwen3_moe"] = {"use_sliding_window": True, "sliding_window": WINDOW}
 # Gemma 2 and Gemma 3 window the layers their layer_types say (the tiny models': 0 and 2; 0-2)
 LAYER_TYPED = {"gemma2": frozenset({0, 2}), "gemma3_text": frozenset({0, 1, 2})}
 for _family in LAYER_TYPED:
@@ -90,7 +91,8 @@ def engine_for(lm: LanguageModel, path: str, batched: int) -> Engine:
                                               ("qwen2", "lanes"), ("qwen3", "eager"),
                                               ("qwen2-mixed", "lanes"), ("qwen2-mixed", "eager"),
                                               ("gemma2", "lanes"), ("gemma2", "eager"),
-                                              ("gemma3_text", "lanes"), ("phi3", "traced")])
+                                              ("gemma3_text", "lanes"), ("phi3", "traced"),
+                                              ("mixtral", "eager"), ("qwen3_moe", "eager")])
 def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)

@@ -12,7 +12,10 @@ higher (median of 24 paired points, docs/llm.md); on the 190 M model the step is
 layers' and the difference is within the noise (0.995 and 1.015, 40 alternations).
 
 Any other model keeps its own forward: GPT-2's stack has other parts; Gemma's, Gemma 2's, Gemma
-3's and Granite's top-level forwards scale the embeddings or the logits.
+3's and Granite's top-level forwards scale the embeddings or the logits; the mixture-of-experts
+families (Mixtral, Qwen3-MoE) pick the experts a step runs in Python from the routing's values,
+which a graph of the stack (traced_decode.py, cuda_graphs.py) would freeze at the step it
+recorded.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubemaas.runtime.llm")
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "gemma2", "phi3",
-            "gemma3_text", "olmo2", "granite")
+            "gemma3_text", "olmo2", "granite", "mixtral", "qwen3_moe")
 ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "modernbert")  # pooling runner only
 # families whose models transformers runs with no sdpa (Gemma 2: its soft-capped scores)
 EAGER_POOLING = ("gemma2",)
@@ -222,7 +222,7 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
 
 
 # families whose attention applies ``sliding_window`` to every layer (when it is set)
-EVERY_LAYER_WINDOWED = ("mistral", "phi3")
+EVERY_LAYER_WINDOWED = ("mistral", "mixtral", "phi3", "qwen3_moe")
 
 
 def layer_windows(cfg: Any) -> list[int | None] | None:
