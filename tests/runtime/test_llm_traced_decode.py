@@ -27,7 +27,7 @@ CONFIG = EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256, max_num_seqs=8,
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["torch-linear", "onednn"])
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama", "phi3", "olmo2"])
 def test_replayed_decode_steps_give_the_eager_logits(family: str, packed: bool, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)

@@ -13,12 +13,20 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
+from kubemaas_runtime.errors import StartupError
 from kubemaas_runtime.llm import packed_linear
 from kubemaas_runtime.llm.kv_cache import UNSALTED, cache_root
 from kubemaas_runtime.llm.lora import AdapterError, LoraLinear, LoraSet
 from kubemaas_runtime.llm.packed_linear import FusedPart, pack_linears
+from kubemaas_testbed.llm_models import build_llm
 
 # PEFT calls an alias transformers deprecated
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -121,6 +129,49 @@ def test_gpt2_conv1d_layers(tmp_path: Path) -> None:
     ids = torch.tensor([[1, 5, 9, 2, 7]])
     loras.set_step([adapter.id] * 5)
     torch.testing.assert_close(logits(served, ids), logits(tuned, ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "phi3", "gemma3_text", "olmo2",
+                                    "granite"])
+def test_the_other_dense_families_get_peft_logits(family: str, tmp_path: Path) -> None:
+    """An adapter of every linear layer (phi3's fused qkv_proj and gate_up_proj too)."""
+    base = AutoModelForCausalLM.from_pretrained(
+        str(build_llm(tmp_path / family, family=family))).eval()
+    tuned = make_adapter(base, tmp_path / "a", r=4, target_modules="all-linear")
+    served, loras, adapter = served_with(base, tmp_path / "a")
+    head = base.get_output_embeddings()
+    assert len(adapter.pairs) == sum(isinstance(m, torch.nn.Linear) and m is not head
+                                     for m in base.modules())
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    assert not torch.allclose(logits(tuned, ids), logits(base, ids), atol=1e-3)
+    loras.set_step([adapter.id] * 5)
+    torch.testing.assert_close(logits(served, ids), logits(tuned, ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+# (PEFT's own notice, making the experts' adapter: its rank for them is not a module's)
+@pytest.mark.filterwarnings("ignore:The following (rank|alpha)_pattern keys:RuntimeWarning")
+def test_a_mixture_of_experts_serves_adapters_of_its_linear_layers_only(
+        family: str, tmp_path: Path) -> None:
+    """Its attention's layers as PEFT; its experts (3-D parameters, which PEFT adapts through
+    target_parameters) are refused with the reason."""
+    base = AutoModelForCausalLM.from_pretrained(
+        str(build_llm(tmp_path / family, family=family))).eval()
+    tuned = make_adapter(base, tmp_path / "attn", r=4, target_modules=["q_proj", "o_proj"])
+    served, loras, adapter = served_with(base, tmp_path / "attn")
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    loras.set_step([adapter.id] * 5)
+    torch.testing.assert_close(logits(served, ids), logits(tuned, ids), rtol=1e-5, atol=1e-5)
+    make_adapter(base, tmp_path / "experts", r=4, target_modules="all-linear")
+    with pytest.raises(AdapterError, match="target_parameters, which is not served"):
+        loras.read("experts", tmp_path / "experts")
+
+
+def test_a_family_whose_layers_are_not_known_refuses_to_start() -> None:
+    model = tiny_llama()
+    model.config.model_type = "not-a-known-family"
+    with pytest.raises(StartupError, match="not served for model_type 'not-a-known-family'"):
+        LoraSet(model, max_loras=1, max_rank=8)
 
 
 def test_rslora_and_alpha_pattern_scale_as_peft(tmp_path: Path) -> None:

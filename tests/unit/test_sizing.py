@@ -21,6 +21,7 @@ Sources of the figures:
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,7 @@ from kubemaas_operator.sizing import (
     size_gpus,
     startup_budget_s,
 )
+from kubemaas_runtime.fetch import shape
 
 LLAMA3_8B = ModelShape(architecture="LlamaForCausalLM", parameters=8_030_261_248,
                        weight_bytes=16_060_522_496, num_layers=32, hidden_size=4096,
@@ -419,3 +421,66 @@ def test_kv_heads_that_do_not_divide_the_heads_are_refused() -> None:
     shape = shape_from_cache({"status": {"model": record}})
     assert shape is not None and shape.num_key_value_heads is None
     assert shape.num_layers == LLAMA3_8B.num_layers
+
+
+# config.json of the other served families (values from the models' own config.json on Hugging
+# Face: google/gemma-7b, google/gemma-2-9b, mistralai/Mixtral-8x7B-v0.1, Qwen/Qwen3-30B-A3B):
+# Gemma's head_dim is not hidden_size / heads, Qwen3's neither
+GEMMA_7B = {"architectures": ["GemmaForCausalLM"], "hidden_size": 3072, "num_hidden_layers": 28,
+            "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 256,
+            "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}
+GEMMA2_9B = {"architectures": ["Gemma2ForCausalLM"], "hidden_size": 3584,
+             "num_hidden_layers": 42, "num_attention_heads": 16, "num_key_value_heads": 8,
+             "head_dim": 256, "max_position_embeddings": 8192, "torch_dtype": "float32"}
+MIXTRAL_8X7B = {"architectures": ["MixtralForCausalLM"], "hidden_size": 4096,
+                "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                "num_key_value_heads": 8, "num_local_experts": 8, "vocab_size": 32000,
+                "max_position_embeddings": 32768, "torch_dtype": "bfloat16"}
+QWEN3_30B_A3B = {"architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 2048,
+                 "moe_intermediate_size": 768, "num_hidden_layers": 48,
+                 "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+                 "num_experts": 128, "vocab_size": 151936, "max_position_embeddings": 40960,
+                 "torch_dtype": "bfloat16"}
+
+
+def _moe_tensors(config: dict[str, Any], experts: int, inter: int) -> list[tuple[str, list[int]]]:
+    """The BF16 tensors' shapes of a mixture-of-experts checkpoint, expert by expert, as its
+    safetensors files hold them (norms of q and k where head_dim is given: Qwen3)."""
+    h, layers = config["hidden_size"], config["num_hidden_layers"]
+    d = config.get("head_dim") or h // config["num_attention_heads"]
+    q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
+    layer = [[q, h], [kv, h], [kv, h], [h, q], [experts, h], [h], [h]]
+    layer += [[d], [d]] if "head_dim" in config else []
+    layer += [[inter, h], [h, inter], [inter, h]] * experts
+    return [("BF16", s) for s in [[config["vocab_size"], h]] * 2 + [[h]] + layer * layers]
+
+
+def _sized(config: dict[str, Any], tensors: list[tuple[str, list[int]]] | None = None) -> Need:
+    """config.json through the shape the model cache records and the operator reads."""
+    record = shape.model_shape(config, tensors or [])
+    if not tensors:
+        record["parameters"] = 1_000_000_000  # (only the KV cache is looked at)
+    found = shape_from_cache({"status": {"model": record}})
+    assert found is not None
+    return need_of(found, max_model_len=1024, max_num_seqs=1)
+
+
+@pytest.mark.parametrize(("config", "per_token"), [
+    (GEMMA_7B, 2 * 28 * 16 * 256 * 2),    # not 2 x 28 x 16 x 192 (3072 / 16) x 2
+    (GEMMA2_9B, 2 * 42 * 8 * 256 * 2),    # not 224 (3584 / 16); served in bfloat16
+    (MIXTRAL_8X7B, 2 * 32 * 8 * 128 * 2),
+    (QWEN3_30B_A3B, 2 * 48 * 4 * 128 * 2)])  # not 64 (2048 / 32)
+def test_the_kv_cache_of_the_other_families_reads_their_head_dim_and_kv_heads(
+        config: dict[str, Any], per_token: int) -> None:
+    assert _sized(config).kv_cache == per_token * 1024
+
+
+@pytest.mark.parametrize(("config", "experts", "inter", "published"), [
+    (MIXTRAL_8X7B, 8, 14336, 46_702_792_704),    # 46.7 B (the model card)
+    (QWEN3_30B_A3B, 128, 768, 30_532_122_624)])  # 30.5 B (the model card)
+def test_a_mixture_of_experts_weighs_all_its_experts(
+        config: dict[str, Any], experts: int, inter: int, published: int) -> None:
+    """Every expert is held in GPU memory, though a token runs only a few of them: the
+    parameters counted from the checkpoint's tensors are the whole model's."""
+    need = _sized(config, _moe_tensors(config, experts, inter))
+    assert need.weights == 2 * published

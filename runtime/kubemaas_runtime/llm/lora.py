@@ -35,6 +35,12 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 PAIR_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
+# the families whose adapters' layers are the model's linear layers, by the model's names
+# (tests/unit/test_llm_lora.py against PEFT). A mixture of experts' experts are
+# [experts, out, in] tensors, not linear layers: PEFT adapts them through
+# ``target_parameters``, which is refused (its attention and shared linear layers are served)
+LORA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "gemma2", "phi3",
+                 "gemma3_text", "olmo2", "granite", "mixtral", "qwen3_moe")
 
 
 class AdapterError(Exception):
@@ -209,6 +215,12 @@ class LoraSet:
     """The adapters a server holds, by name, and the wrapped layers they adapt."""
 
     def __init__(self, model: Any, max_loras: int, max_rank: int) -> None:
+        family = getattr(model.config, "model_type", None)
+        if family not in LORA_FAMILIES:
+            raise StartupError(f"LoRA adapters are not served for model_type {family!r} (its "
+                               "layers are not known to be the linear layers adapters change; "
+                               f"served for {', '.join(LORA_FAMILIES)}): start without "
+                               "--enable-lora")
         self.max_loras = max_loras
         self.max_rank = max_rank
         self.rows = StepRows()
