@@ -17,6 +17,7 @@ from kubemaas_runtime.llm.attention import PagedStep
 from kubemaas_runtime.llm.cuda_graphs import GraphedDecode, bucket, buckets
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import LanguageModel, load_hf
+from kubemaas_testbed.llm_models import build_llm
 
 from .llm_staggered import run_staggered
 
@@ -70,9 +71,12 @@ def test_padded_decode_steps_give_the_eager_logits(tiny_llama: Path) -> None:
     assert set(graphed._buckets) == {(bucket(r), bucket(w)) for r, w in shapes}
 
 
-def test_the_engine_answers_as_eager_through_padded_steps(tiny_llama: Path) -> None:
+@pytest.mark.parametrize("family", ["llama", "phi3", "olmo2"])
+def test_the_engine_answers_as_eager_through_padded_steps(family: str, tiny_llama: Path,
+                                                          tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    lm = load_hf(tiny_llama, device="cpu")
+    model_dir = tiny_llama if family == "llama" else build_llm(tmp_path / family, family=family)
+    lm = load_hf(model_dir, device="cpu")
     want = run_staggered(Engine(lm, CONFIG), lm)
     engine, graphed = graphed_engine(lm)
     assert run_staggered(engine, lm) == want
