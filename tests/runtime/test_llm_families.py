@@ -99,9 +99,10 @@ def test_other_families_keep_their_own_forward(family: str, tmp_path: Path) -> N
     assert load_hf(build_llm(tmp_path / family, family=family), device="cpu").stack is None
 
 
-def test_bfloat16_on_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: 16-bit soft-capped scores
+def test_bfloat16_on_cpu(family: str, tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    model_dir = build_llm(tmp_path / "llama")
+    model_dir = build_llm(tmp_path / family, family=family)
     lm = load_hf(model_dir, device="cpu", dtype="bfloat16")
     assert lm.dtype == torch.bfloat16 and next(lm.model.parameters()).dtype == torch.bfloat16
     engine = Engine(lm, EngineConfig(kv_cache_bytes=4 << 20, max_model_len=256))
