@@ -249,6 +249,18 @@ async def node_event(type: str, status: Mapping[str, Any], **_: Any) -> None:
             rt.queue.enqueue(blocked, 1.0)
 
 
+@kopf.on.event("", "v1", "resourcequotas")
+async def quota_event(type: str, namespace: str | None, **_: Any) -> None:
+    """A ResourceQuota changed (its hard limit, or the quota controller's count of used): the
+    models of its namespace whose rollout waits on a quota look again (quota_wait_index); no
+    other model does, so the quota's status churn wakes nothing in the steady state."""
+    if type is None or not namespace:
+        return  # the initial listing: every model is reconciled at start anyway
+    rt = _runtime()
+    for name in rt.indexes["quota_wait_index"].get(namespace) or []:
+        rt.queue.enqueue((namespace, name))
+
+
 # --------------------------------------------------------------------------------- lifecycle
 
 
@@ -294,7 +306,8 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
                                                  "interceptorroute_index",
                                                  "owed_index",
                                                  "pod_index", "node_index", "namespace_index",
-                                                 "blocked_index", "quota_index")})
+                                                 "blocked_index", "quota_index",
+                                                 "quota_wait_index")})
     await discovery.at_start(rt)  # before the first reconcile
     rt.queue = WorkQueue(_queued, concurrency=ours.max_concurrent_reconciles,
                          on_add=metrics.QUEUE_ADDS.inc, on_start=metrics.QUEUE_WAIT.observe)

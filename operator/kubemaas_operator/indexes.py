@@ -4,6 +4,9 @@ this module; handlers.py builds each model's Snapshot from them.
 Indexes (kept in memory by kopf from its watch streams; a reconcile lists nothing):
   md_index          (namespace, name) -> the ModelDeployment (compact JSON, like the children)
   blocked_index     (namespace, name) -> True while a model is not Scheduled (waits for capacity)
+  quota_wait_index  namespace -> name of each model whose rollout waits on a ResourceQuota there
+                    (status.rollout reason QuotaExceeded, strategy Wait or Canary): a quota's
+                    change wakes those, and only those
   deployment_index, service_index, hpa_index, pdb_index
                     (namespace, instance) -> the child kubemaas applied
   httproute_index   (namespace, instance) -> the HTTPRoute kubemaas applied (Gateway API; kopf
@@ -35,7 +38,7 @@ from typing import Any
 import kopf
 
 from .observed import pod_info
-from .quota_room import quota_info
+from .quota_room import quota_info, waits_on_quota
 from .render import INSTANCE, MANAGED_BY, MANAGER, NAME, canary_name
 from .scheduling import NodeInfo, pending_demand
 
@@ -239,6 +242,16 @@ async def node_index(name: str, labels: Mapping[str, str], spec: Mapping[str, An
 async def namespace_index(name: str, status: Mapping[str, Any], **_: Any) -> Any:
     return {name: True} if status.get("phase") == "Terminating" else NOTHING
 
+
+
+@kopf.index(*MD)
+async def quota_wait_index(namespace: str | None, name: str, status: Mapping[str, Any],
+                           **_: Any) -> Any:
+    """Models whose rollout waits for room in a ResourceQuota of their namespace."""
+    rollout = status.get("rollout") or {}
+    if namespace and waits_on_quota(rollout):
+        return {namespace: name}
+    return NOTHING
 
 
 @kopf.index("", "v1", "resourcequotas")

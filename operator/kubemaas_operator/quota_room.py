@@ -35,6 +35,13 @@ class QuotaInfo:
     scoped: bool = False  # spec.scopes or spec.scopeSelector: it may not count every pod
 
 
+def waits_on_quota(rollout: Mapping[str, Any]) -> bool:
+    """Whether a model's status.rollout waits for room in a quota (a held template, or a canary
+    that grows only as the quota lets it): a change of its namespace's quotas is worth a look."""
+    return (rollout.get("reason") == "QuotaExceeded"
+            and rollout.get("strategy") in ("Wait", "Canary"))
+
+
 def quota_info(name: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> QuotaInfo:
     return QuotaInfo(name=name, hard={str(k): str(v) for k, v in (
                          status.get("hard") or {}).items()},

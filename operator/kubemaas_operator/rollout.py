@@ -378,7 +378,7 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         d.target = "hold"
         d.blocked_reason, d.blocked_message = "RolloutWaiting", (
             f"revision {d.upd['number']} ({d.desired_hash}) waits: {d.strategy.message}")
-        d.requeue = 5.0
+        d.requeue = d.strategy.recheck_s
         d.status = d.state("Wait", d.strategy.reason, d.strategy.message)
     else:
         _roll(d, spec, raw_spec, dep, pods, desired, now, never, ready, rolling, applied)

@@ -17,6 +17,12 @@ from .api import ModelDeploymentSpec
 from .observed import PodInfo
 from .status import plural
 
+# How soon a rollout that waits for room looks again. A GPU freed on a node shows in no event of
+# the model: it is looked for every WAIT_RECHECK_S. A ResourceQuota's change wakes the models that
+# wait on it (handlers.quota_event): QUOTA_RECHECK_S is only a slow safety net.
+WAIT_RECHECK_S = 5.0
+QUOTA_RECHECK_S = 60.0
+
 
 @dataclass(frozen=True)
 class Strategy:
@@ -29,6 +35,11 @@ class Strategy:
     # strategy (reason QuotaExceeded); or (its name, what is full in our words): read ahead, it
     # had no room for one (quota_room.py); kept in status.rollout.quota while the rollout runs
     quota: tuple[str, str] | None = None
+
+    @property
+    def recheck_s(self) -> float:
+        """When a rollout that waits on this strategy looks again, if nothing wakes it before."""
+        return QUOTA_RECHECK_S if self.reason == "QuotaExceeded" else WAIT_RECHECK_S
 
 
 def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,

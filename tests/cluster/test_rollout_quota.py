@@ -6,13 +6,15 @@ quota"); before that the rollout stalled there, its message saying it surged ont
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 import yaml
 
-from tests.cluster.conftest import RBAC, Operator
+from tests.cluster.conftest import RBAC, Operator, reconfigured, writes_to
 from tests.cluster.test_operator import apply, condition, get, status
 from tests.cluster.test_rollout import (  # noqa: F401 (quiet_h100: a fixture)
     FAILURE_LABEL,
@@ -175,6 +177,60 @@ def test_a_scoped_quota_is_not_read_ahead_and_its_refusal_still_turns_the_surge(
     assert any("the API server said: forbidden: exceeded quota: gpus" in m
                for m in sampler.messages), sampler.messages
     assert st["rollout"]["history"][-1]["message"] == "2 replicas Ready (replace rollout)"
+
+
+def queued(operator: Operator) -> int:
+    """Reconciles the operator queued so far (kubemaas_operator_workqueue_adds_total)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics",
+                                timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("kubemaas_operator_workqueue_adds_total "):
+                return int(float(line.split()[1]))
+    raise AssertionError("no kubemaas_operator_workqueue_adds_total on /metrics")
+
+
+def patch_quota(kube: Kube, ns: str, hard: dict[str, str]) -> None:
+    """Patch the quota's spec.hard and wait until the quota controller's status says it."""
+    kube.kubectl("-n", ns, "patch", "quota", "gpus", "--type=merge", "-p",
+                 json.dumps({"spec": {"hard": hard}}))
+    wait_for(lambda: all((get(kube, ns, "quota", "gpus").get("status") or {}).get(
+        "hard", {}).get(k) == v for k, v in hard.items()), timeout=30,
+        what=f"the quota's status.hard to say {hard}")
+
+
+def test_a_raised_quota_wakes_the_rollout_that_waits_on_it(kube: Kube, ns: str,
+                                                            operator: Operator) -> None:
+    """A rollout held by a full quota looks again when a quota of its namespace changes (a
+    watch event), not at its next re-check (a minute, a safety net) nor at a resync (10 min
+    here); a quota's change wakes no model that does not wait on a quota."""
+    gpu_quota(kube, ns, 1)
+    with reconfigured(operator, KUBEMAAS_OPERATOR_RESYNC_S="600"):
+        apply(kube, ns, model("m", 1))
+        wait_revision(kube, ns, "m", 1)
+        apply(kube, ns, model("m", 1, image=NEW))
+        wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("RolloutWaiting")
+                          else None)(status(kube, ns, "m")), timeout=60,
+                 what="the rollout to wait on the quota")
+        writes = writes_to(operator.counters(), ns)
+        patch_quota(kube, ns, {"requests.nvidia.com/gpu": "1", "pods": "50"})  # still no room
+        time.sleep(1)
+        assert writes_to(operator.counters(), ns) == writes  # woken: nothing to write
+        raised = time.monotonic()
+        patch_quota(kube, ns, {"requests.nvidia.com/gpu": "2", "pods": "50"})
+
+        def rolling() -> bool:
+            dep = get(kube, ns, "deployment", "m")
+            return dep["spec"]["template"]["spec"]["containers"][0]["image"] == NEW
+        # the re-check alone would take up to a minute
+        wait_for(rolling, timeout=20, what="the raised quota to start the rollout")
+        print(f"the rollout started {time.monotonic() - raised:.1f} s after the quota was "
+              "raised")
+        wait_revision(kube, ns, "m", 2, timeout=120)
+        time.sleep(2)  # the old pod's last events
+        before = queued(operator)
+        patch_quota(kube, ns, {"requests.nvidia.com/gpu": "3", "pods": "50"})
+        time.sleep(1)
+        assert queued(operator) == before, "a quota change woke a model that does not wait"
 
 
 @pytest.fixture

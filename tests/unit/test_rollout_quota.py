@@ -10,8 +10,9 @@ from tests.unit.test_rollout import GOOD, NOW, RAW, dep, pods, spec
 
 from kubemaas_operator.api import parse_spec
 from kubemaas_operator.observed import PodInfo, deployment_info, quota_refusal
+from kubemaas_operator.quota_room import waits_on_quota
 from kubemaas_operator.rollout import plan
-from kubemaas_operator.rollout_strategy import choose_strategy
+from kubemaas_operator.rollout_strategy import QUOTA_RECHECK_S, WAIT_RECHECK_S, choose_strategy
 
 REFUSAL = ('pods "m-6c58475bdb-2wqxx" is forbidden: exceeded quota: gpus, requested: '
            'requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: '
@@ -186,3 +187,22 @@ def test_a_single_replica_waits_on_the_quota_read_ahead_without_applying_then_su
     raised = plan(one, raw_one, "bbb", dep("aaa"), pods("aaa", 1), 1, 2, w.status, NOW)
     assert raised.status["strategy"] == "Surge" and raised.target != "hold"
     assert raised.deployment_strategy == (1, 0)
+
+
+def test_a_rollout_waiting_on_the_quota_is_woken_by_it_and_only_rechecks_slowly() -> None:
+    """A rollout held by the quota is in quota_wait_index (a quota's change wakes it): its own
+    re-check is a slow safety net. One waiting for a free GPU has no such event: it looks again
+    every few seconds. A model rolling or at rest is not woken by its namespace's quotas."""
+    one = parse_spec({**RAW, "replicas": 1})
+    raw_one = {**RAW, "replicas": 1}
+    good = {**GOOD, "stableSpec": raw_one}
+    w = plan(one, raw_one, "bbb", dep("aaa"), pods("aaa", 1), 1, 2, good, NOW, quota_full=AHEAD)
+    assert waits_on_quota(w.status) and w.requeue_after == QUOTA_RECHECK_S > WAIT_RECHECK_S
+    gpu = plan(one, raw_one, "bbb", dep("aaa"), pods("aaa", 1), 1, 0, good, NOW)
+    assert gpu.status["reason"] == "NoFreeGPU" and gpu.requeue_after == WAIT_RECHECK_S
+    assert not waits_on_quota(gpu.status)
+    replacing = plan(spec(), RAW, "bbb", dep("aaa"), pods("aaa"), 4, 2, GOOD, NOW,
+                     quota_full=AHEAD)
+    assert replacing.status["reason"] == "QuotaExceeded" and not waits_on_quota(
+        replacing.status)  # it goes ahead by itself
+    assert not waits_on_quota({}) and not waits_on_quota(GOOD)
