@@ -176,6 +176,22 @@ def wind_down(pods: Sequence[PodInfo], desired: int, spare: int, back_hash: str,
                            f"{desired} Ready)")
 
 
+def dropped_canary(previous: Mapping[str, Any], desired_hash: str, desired: int,
+                   spare: int) -> tuple[int, int]:
+    """(desired, spare) while a canary the spec dropped (for autoscaling) is promoted: the
+    stable Deployment takes over the replicas the canary rollout had (status.rollout.canary
+    .replicas; from a state written without it, the current revision's spec's), whatever the
+    canary gave up so far, and `spare`, the room beyond the autoscaler's count, holds the
+    difference. Otherwise both as they are."""
+    was = previous.get("canary") or {}
+    if was.get("hash") != desired_hash:
+        return desired, spare
+    stable = previous.get("stableSpec")
+    had = int(was.get("replicas") or (
+        stable.get("replicas") if isinstance(stable, Mapping) else 0) or 0)
+    return max(desired, had), max(0, spare - max(0, had - desired))
+
+
 def _abort(seen: _Seen, upd: dict[str, Any], now: datetime) -> CanaryLook:
     """Back to the current revision: the stable Deployment grows into the GPUs the canary gives
     back, the canary shrinks as the stable replicas become Ready (-1 when full)."""

@@ -29,10 +29,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
-from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, wind_down
-from .observed import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, create_failure, quota_refusal
+from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, dropped_canary, wind_down
+from .observed import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, create_failure
 from .pod_life import oom_problem
-from .rollout_strategy import Strategy, remembered_quota, rollout_reason, sticky_strategy
+from .rollout_strategy import Strategy, canary_quota_note, pick_strategy, rollout_reason
 from .status import RolloutView, plural
 from .timestamps import format_time, parse_time
 
@@ -221,16 +221,18 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     upd = _ref(previous.get("update"))
     live_hash = dep.revision if dep is not None else ""
     if spec.rollout.canary is None:
-        desired, spare = _dropped_canary(previous, desired_hash, desired, spare)
+        desired, spare = dropped_canary(previous, desired_hash, desired, spare)
     d = _Draft(
-        strategy=_strategy(spec, desired, spare, pods, previous,
-                           upd is not None and upd["hash"] == desired_hash,
-                           live_hash == desired_hash, dep, quota_full),
+        strategy=pick_strategy(spec, desired, spare, pods, previous,
+                               upd is not None and upd["hash"] == desired_hash,
+                               live_hash == desired_hash, dep, quota_full),
         desired_hash=desired_hash, cur=_ref(previous.get("current")),
         prev_good=_ref(previous.get("previous")), upd=upd, failed=_ref(previous.get("failed")),
         stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
                                                              Mapping) else None,
         history=[dict(h) for h in previous.get("history") or [] if isinstance(h, Mapping)])
+    if d.strategy.quota is not None:  # no room in the quota for one more pod: a canary moves
+        spare = 0  # replicas within it, as on a cluster without a free GPU (canary.py)
     if d.failed is not None and d.failed["hash"] == desired_hash and d.cur is not None and (
             d.stable_spec is not None):
         _still_rolled_back(d, live_hash)
@@ -241,46 +243,6 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         _new_revision(d, spec, raw_spec, dep, pods, desired, spare, previous, now,
                       traffic_split, never)
     return _finish(d, desired)
-
-
-def _dropped_canary(previous: Mapping[str, Any], desired_hash: str, desired: int,
-                    spare: int) -> tuple[int, int]:
-    """(desired, spare) while a canary the spec dropped (for autoscaling) is promoted: the
-    stable Deployment takes over the replicas the canary rollout had (status.rollout.canary
-    .replicas; from a state written without it, the current revision's spec's), whatever the
-    canary gave up so far, and `spare`, the room beyond the autoscaler's count, holds the
-    difference. Otherwise both as they are."""
-    was = previous.get("canary") or {}
-    if was.get("hash") != desired_hash:
-        return desired, spare
-    stable = previous.get("stableSpec")
-    had = int(was.get("replicas") or (
-        stable.get("replicas") if isinstance(stable, Mapping) else 0) or 0)
-    return max(desired, had), max(0, spare - max(0, had - desired))
-
-
-def _strategy(spec: ModelDeploymentSpec, desired: int, spare: int, pods: Sequence[PodInfo],
-              previous: Mapping[str, Any], same_update: bool, applied: bool,
-              dep: DeploymentInfo | None, quota_full: tuple[str, str] | None) -> Strategy:
-    """The rollout's strategy (rollout_strategy.sticky_strategy), except for a revision applied
-    at zero replicas: the Deployment carries it already and the model's pods, as it scales up,
-    start on it; there is nothing to wait for (a fresh choice would say 'waiting' without a
-    free GPU). A surge pod of this revision that the namespace's ResourceQuota refused (the
-    Deployment's ReplicaFailure) counts as no room for a surge; a replacement chosen for that
-    keeps its reason. So does a quota read ahead without room (`quota_full`), unless a surge
-    is under way: its own pod fills the quota then."""
-    at_zero = same_update and previous.get("reason") == "NoReplicas"
-    if at_zero and applied:
-        return Strategy("Replace", 0, 1, "NoReplicas", "replace: applied while no replica ran; "
-                        "its pods start as the model scales up")
-    chosen = previous.get("strategy") if same_update and not at_zero else None
-    # a replacement keeps the quota it was chosen for (its words stay, no status write)
-    quota = remembered_quota(previous) if chosen == "Replace" else None
-    if quota is None and dep is not None and applied and dep.replica_failure:
-        quota = quota_refusal(dep.replica_failure)
-    if quota is None and chosen != "Surge":
-        quota = quota_full
-    return sticky_strategy(spec, desired, spare, pods, chosen, quota)
 
 
 def _still_rolled_back(d: _Draft, live_hash: str) -> None:
@@ -405,12 +367,13 @@ def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
     d.canary_moving = True
     d.target = c.target
     d.requeue = c.requeue_after
+    message = c.message + canary_quota_note(d.strategy)
     d.view_reason, d.view_message = "CanaryRollout", (
-        f"revision {d.upd['number']} ({d.desired_hash}): {c.message}")
+        f"revision {d.upd['number']} ({d.desired_hash}): {message}")
     if c.aborted:
         d.blocked_reason, d.blocked_message = "CanaryAborted", (
-            f"revision {d.upd['number']} ({d.desired_hash}): {c.message}")
-    d.status = d.state("Canary", "CanarySteps", c.message)
+            f"revision {d.upd['number']} ({d.desired_hash}): {message}")
+    d.status = d.state("Canary", "QuotaExceeded" if d.strategy.quota else "CanarySteps", message)
     problem = failing(pods, d.desired_hash) or blocked(dep, d.desired_hash, never)
     deadline = spec.rollout.progress_deadline_seconds
     since = parse_time(d.upd.get("progressAt")) or now

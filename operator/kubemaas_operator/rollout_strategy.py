@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .api import ModelDeploymentSpec
-from .observed import PodInfo
+from .observed import DeploymentInfo, PodInfo, quota_refusal
 from .status import plural
 
 # How soon a rollout that waits for room looks again. A GPU freed on a node shows in no event of
@@ -94,6 +94,19 @@ def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
                     quota)
 
 
+def canary_quota_note(strategy: Strategy) -> str:
+    """What a canary's message adds when the namespace's quota has no room for one more pod
+    (`strategy.quota`): its pods take the room of stable ones, given up first."""
+    if strategy.quota is None:
+        return ""
+    name, words = strategy.quota
+    said = "the API server said: " if "exceeded quota" in words else ""
+    return (f"; the namespace's ResourceQuota {name} has no room for a canary pod beside the "
+            f"stable ones ({said}{words}): the stable Deployment gives a replica up first, and "
+            f"the canary takes its room (a canary started with room in ResourceQuota {name} runs "
+            "beside them)")
+
+
 def remembered_quota(previous: Mapping[str, Any]) -> tuple[str, str] | None:
     """The quota refusal a rollout's strategy was chosen for (status.rollout.quota): the
     Deployment's ReplicaFailure goes once a replacement has made room, the reason to replace
@@ -123,6 +136,32 @@ def sticky_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
             p.unschedulable_message for p in pods if not p.terminating):
         return choose_strategy(spec, desired, 1)
     return fresh
+
+
+def pick_strategy(spec: ModelDeploymentSpec, desired: int, spare: int, pods: Sequence[PodInfo],
+                  previous: Mapping[str, Any], same_update: bool, applied: bool,
+                  dep: DeploymentInfo | None, quota_full: tuple[str, str] | None) -> Strategy:
+    """The rollout's strategy (rollout_strategy.sticky_strategy), except for a revision applied
+    at zero replicas: the Deployment carries it already and the model's pods, as it scales up,
+    start on it; there is nothing to wait for (a fresh choice would say 'waiting' without a
+    free GPU). A surge pod of this revision that the namespace's ResourceQuota refused (the
+    Deployment's ReplicaFailure) counts as no room for a surge; a replacement chosen for that
+    keeps its reason. So does a quota read ahead without room (`quota_full`), unless a surge
+    is under way: its own pod fills the quota then. A canary chosen under the quota keeps it
+    too: its stable Deployment gave replicas up for the canary's pods (canary.py, no spare)."""
+    at_zero = same_update and previous.get("reason") == "NoReplicas"
+    if at_zero and applied:
+        return Strategy("Replace", 0, 1, "NoReplicas", "replace: applied while no replica ran; "
+                        "its pods start as the model scales up")
+    chosen = previous.get("strategy") if same_update and not at_zero else None
+    # a replacement (or a canary) keeps the quota it was chosen for (its words stay, no status
+    # write; a canary does not flip back to a surge as its stable pods leave room)
+    quota = remembered_quota(previous) if chosen in ("Replace", "Canary") else None
+    if quota is None and dep is not None and applied and dep.replica_failure:
+        quota = quota_refusal(dep.replica_failure)
+    if quota is None and chosen != "Surge":
+        quota = quota_full
+    return sticky_strategy(spec, desired, spare, pods, chosen, quota)
 
 
 def rollout_reason(strategy: Strategy) -> str:

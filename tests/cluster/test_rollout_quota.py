@@ -10,6 +10,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from tests.cluster.test_rollout import (  # noqa: F401 (quiet_h100: a fixture)
     Sampler,
     model,
     quiet_h100,
+    wait_canary_gone,
     wait_revision,
 )
 from tests.conftest import Kube, delete_namespace_and_its_pods
@@ -231,6 +233,39 @@ def test_a_raised_quota_wakes_the_rollout_that_waits_on_it(kube: Kube, ns: str,
         patch_quota(kube, ns, {"requests.nvidia.com/gpu": "3", "pods": "50"})
         time.sleep(1)
         assert queued(operator) == before, "a quota change woke a model that does not wait"
+
+
+def test_a_canary_under_a_full_quota_moves_replicas_within_it(kube: Kube, ns: str) -> None:
+    """A canary's pod under a quota with no room for one more pod: read ahead, the stable
+    Deployment gives a replica up first and the canary grows into its room (reason
+    QuotaExceeded, the quota named), instead of a canary pod beside every stable one that the
+    API server refuses (FailedCreate on the canary's ReplicaSet)."""
+    gpu_quota(kube, ns, 2)
+    apply(kube, ns, model("m", 2))
+    wait_revision(kube, ns, "m", 1)
+    wait_for(lambda: kube.kubectl("-n", ns, "get", "quota", "gpus", "-o",
+                                  "jsonpath={.status.used.requests\\.nvidia\\.com/gpu}",
+                                  check=False).stdout == "2", timeout=30,
+             what="the quota to count both replicas")
+    steps = [{"weight": 50}]  # then a manual gate
+    apply(kube, ns, model("m", 2, image=NEW, canary={"steps": steps}))
+
+    def at_gate() -> dict[str, Any] | None:
+        ro = status(kube, ns, "m").get("rollout") or {}
+        return ro if "waiting for promotion" in ro.get("message", "") else None
+    ro = wait_for(at_gate, timeout=60, what="the canary at its gate, one replica Ready")
+    print(ro["message"])
+    assert ro["strategy"] == "Canary" and ro["reason"] == "QuotaExceeded", ro
+    assert ro["quota"]["name"] == "gpus" and "requests.nvidia.com/gpu: 2 of 2 used" in ro[
+        "quota"]["message"], ro
+    assert ro["canary"]["canaryReplicas"] == 1 and ro["canary"]["stableReplicas"] == 1, ro
+    refused = kube.kubectl("-n", ns, "get", "events", "--field-selector",
+                           "reason=FailedCreate", "-o", "jsonpath={.items[*].message}").stdout
+    assert "exceeded quota" not in refused, refused
+    apply(kube, ns, model("m", 2, image=NEW, canary={"steps": steps, "promote": 2}))
+    done = wait_revision(kube, ns, "m", 2, timeout=120)
+    assert done["rollout"]["history"][-1]["outcome"] == "Complete"
+    wait_canary_gone(kube, ns)
 
 
 @pytest.fixture

@@ -206,3 +206,53 @@ def test_a_rollout_waiting_on_the_quota_is_woken_by_it_and_only_rechecks_slowly(
     assert replacing.status["reason"] == "QuotaExceeded" and not waits_on_quota(
         replacing.status)  # it goes ahead by itself
     assert not waits_on_quota({}) and not waits_on_quota(GOOD)
+
+
+CANARY_RAW = {**RAW, "rollout": {"canary": {"steps": [{"weight": 50}]}}}  # 4 replicas
+
+
+def canary_pods(old: int, new: int, ready: bool = True, **extra: Any) -> list[PodInfo]:
+    return [*pods("aaa", old), *[PodInfo(name=f"c{i}", phase="Running", node="n", ready=ready,
+                                         revision="bbb", track="canary", **extra)
+                                 for i in range(new)]]
+
+
+def test_a_canary_under_a_full_quota_gives_a_stable_replica_up_first() -> None:
+    """Free GPUs, but no room in the quota for one more pod: the canary does not add its pods
+    beside the stable ones (the API server would refuse them); the stable Deployment gives one
+    up first and the canary takes its room, reason QuotaExceeded, the quota named. It keeps
+    doing so while the stable pods it gave up leave room in the quota."""
+    s = parse_spec(CANARY_RAW)
+    good = {**GOOD, "stableSpec": CANARY_RAW}
+    free = plan(s, CANARY_RAW, "bbb", dep("aaa"), pods("aaa"), 4, 2, good, NOW)
+    assert (free.main_replicas, free.canary_replicas) == (4, 2)  # beside: the quota has room
+    assert free.status["reason"] == "CanarySteps" and "quota" not in free.status
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa"), pods("aaa"), 4, 2, good, NOW, quota_full=AHEAD)
+    assert (p.main_replicas, p.canary_replicas) == (3, 0)
+    assert p.status["strategy"] == "Canary" and p.status["reason"] == "QuotaExceeded"
+    assert p.status["quota"] == {"name": "gpus", "message": AHEAD[1]}
+    assert "ResourceQuota gpus has no room for a canary pod beside the stable ones" in (
+        p.status["message"]) and "canary step 1/1" in p.view.strategy_message
+    assert waits_on_quota(p.status)  # a quota's change wakes it
+    # one stable replica gone: the quota has room for one pod now, the canary takes it
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 4, 2, p.status, NOW)
+    assert (p.main_replicas, p.canary_replicas) == (3, 1) and p.status["reason"] == (
+        "QuotaExceeded")
+    p = plan(s, CANARY_RAW, "bbb", dep("aaa", 3, 3, 3), canary_pods(3, 1), 4, 2, p.status, NOW,
+             quota_full=AHEAD)
+    assert (p.main_replicas, p.canary_replicas) == (2, 1)
+    # a canary that crashes under the quota is still rolled back
+    crashed = canary_pods(2, 2, ready=False, waiting_reason="CrashLoopBackOff")
+    back = plan(s, CANARY_RAW, "bbb", dep("aaa", 2, 2, 2), crashed, 4, 2, p.status, NOW)
+    assert back.rolled_back and back.canary_replicas is None and back.target == "stable"
+
+
+def test_a_single_replica_canary_under_a_full_quota_waits_naming_it() -> None:
+    one_raw = {**CANARY_RAW, "replicas": 1}
+    one = parse_spec(one_raw)
+    good = {**GOOD, "stableSpec": one_raw}
+    w = plan(one, one_raw, "bbb", dep("aaa", 1, 1, 1), pods("aaa", 1), 1, 2, good, NOW,
+             quota_full=AHEAD)
+    assert w.target == "hold" and w.canary_replicas is None
+    assert w.status["strategy"] == "Wait" and w.status["reason"] == "QuotaExceeded"
+    assert "raise ResourceQuota gpus" in w.view.blocked_message and waits_on_quota(w.status)
