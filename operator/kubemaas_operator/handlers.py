@@ -261,6 +261,13 @@ async def quota_event(type: str, namespace: str | None, **_: Any) -> None:
         rt.queue.enqueue((namespace, name))
 
 
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_event(type: str, name: str, **_: Any) -> None:
+    """A namespace deleted (gone, not only terminating): its per-namespace write counts go."""
+    if type == "DELETED" and _rt is not None:
+        _rt.cluster.forget_namespace(name)
+
+
 # --------------------------------------------------------------------------------- lifecycle
 
 

@@ -135,6 +135,13 @@ def api_write(namespace: str) -> None:
     API_WRITES.labels(namespace).inc()
 
 
+def forget_namespace(namespace: str) -> None:
+    """Drop the series of a namespace that was deleted (one would stay for every namespace
+    ever written to; none if nothing was written there); a write that comes after starts it
+    again from 0."""
+    API_WRITES.remove(namespace)
+
+
 def serve(port: int) -> Any:
     """Start GET /metrics on `port` (a thread); None when the port is 0 or cannot be bound."""
     if not port:

@@ -62,6 +62,10 @@ class Operator:
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     metrics_port: int = 0  # the operator's GET /metrics
+    # writes per namespace at the last scrape, and those of namespaces whose series went since
+    # (deleted namespaces: metrics.forget_namespace), so that apiWrites never goes back
+    _seen: dict[str, int] = field(default_factory=dict, repr=False)
+    _gone: int = 0
 
     def _kubeconfig(self) -> Path:
         token = self.kube.kubectl("-n", OPERATOR_NAMESPACE, "create", "token",
@@ -81,6 +85,7 @@ class Operator:
         return path
 
     def start(self) -> None:
+        self._seen, self._gone = {}, 0  # a new process counts from 0
         self.port = _free_port()
         self.metrics_port = _free_port()
         env = {**os.environ, **OPERATOR_ENV, **self.env,
@@ -139,7 +144,8 @@ class Operator:
 
     def counters(self) -> dict[str, Any]:
         """The operator's counters under the health document's names, `apiWrites`,
-        `apiWritesByNamespace` ("" for cluster-scoped objects) and `resyncs`, read from its
+        `apiWritesByNamespace` ("" for cluster-scoped objects; a deleted namespace's series
+        goes, its writes stay in apiWrites) and `resyncs`, read from its
         GET /metrics (kubemaas_operator_api_writes_total{namespace},
         kubemaas_operator_resync_passes_total): computed at each scrape, where /healthz serves
         kopf's probe results up to 10 s old (fresh_health waits those out)."""
@@ -154,8 +160,12 @@ class Operator:
                     by_namespace[sample.labels["namespace"]] = int(sample.value)
                 elif sample.name == "kubemaas_operator_resync_passes_total":
                     resyncs = int(sample.value)
-        return {"apiWrites": sum(by_namespace.values()), "apiWritesByNamespace": by_namespace,
-                "resyncs": resyncs}
+        # a series gone (its namespace deleted) or started again from 0 keeps its writes in
+        # the total
+        self._gone += sum(v for ns, v in self._seen.items() if by_namespace.get(ns, 0) < v)
+        self._seen = dict(by_namespace)
+        return {"apiWrites": sum(by_namespace.values()) + self._gone,
+                "apiWritesByNamespace": by_namespace, "resyncs": resyncs}
 
     def writes(self) -> int:
         """API write requests since the process started, read after this call began."""

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.conftest import Operator
 from tests.cluster.test_operator import apply, md, wait_phase
-from tests.conftest import Kube
+from tests.conftest import Kube, delete_namespace_and_its_pods
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -105,3 +105,21 @@ def test_api_errors_are_counted_by_code(kube: Kube, namespace: str,
 
     wait_for(counted, timeout=10, what="the 422 to be counted")
 
+
+
+def test_a_deleted_namespace_leaves_no_api_writes_series(kube: Kube, namespace: str,
+                                                         operator: Operator) -> None:
+    """kubemaas_operator_api_writes_total{namespace} kept one series per namespace ever written
+    to, deleted ones too (a series per test namespace, forever): the namespace's series goes
+    once the namespace itself is deleted."""
+    apply(kube, namespace, md("counted"))
+    wait_phase(kube, namespace, "counted", "Ready")
+    writes = "kubemaas_operator_api_writes_total"
+    assert total(scrape(operator), writes, namespace=namespace) > 0
+    delete_namespace_and_its_pods(kube, namespace)
+    wait_for(lambda: kube.kubectl("get", "namespace", namespace, check=False).returncode != 0,
+             timeout=120, what=f"namespace {namespace} to be deleted")
+    wait_for(lambda: not any(n == writes and dict(ls).get("namespace") == namespace
+                             for n, ls in scrape(operator)), timeout=10,
+             what=f"the {writes} series of namespace {namespace} to go")
+    assert namespace not in operator.counters()["apiWritesByNamespace"]

@@ -162,3 +162,22 @@ def test_api_writes_and_resync_passes_are_served_and_parsed_back() -> None:
     passes = samples[("kubemaas_operator_resync_passes_total", ())]
     assert passes == metrics.REGISTRY.get_sample_value(
         "kubemaas_operator_resync_passes_total") >= 1
+
+
+def test_a_deleted_namespaces_write_counts_go_the_total_stays() -> None:
+    """kubemaas_operator_api_writes_total kept a series for every namespace ever written to;
+    Cluster.forget_namespace (the namespace's DELETED event) drops it, and the probe's count."""
+    from kubemaas_operator.k8s import Cluster
+
+    cluster = Cluster(_Api())  # type: ignore[arg-type]
+    cluster.apply({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"namespace": "w-gone", "name": "m"}})
+    cluster.apply({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"namespace": "w-kept", "name": "m"}})
+    assert _writes("w-gone") >= 1
+    cluster.forget_namespace("w-gone")
+    assert metrics.REGISTRY.get_sample_value(
+        "kubemaas_operator_api_writes_total", {"namespace": "w-gone"}) is None
+    assert cluster.writes_by_namespace() == {"w-kept": 1} and cluster.writes == 2
+    assert _writes("w-kept") >= 1
+    cluster.forget_namespace("never-written")  # nothing to drop: no error

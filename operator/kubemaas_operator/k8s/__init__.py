@@ -25,7 +25,7 @@ from urllib.parse import quote
 import urllib3
 from kubernetes import client, config
 
-from ..metrics import api_error, api_write
+from ..metrics import api_error, api_write, forget_namespace
 
 log = logging.getLogger("kubemaas.k8s")
 T = TypeVar("T")
@@ -175,6 +175,13 @@ class Cluster:
         with self._lock:
             return dict(self._writes_by_namespace)
 
+    def forget_namespace(self, namespace: str) -> None:
+        """The namespace was deleted: its writes leave the per-namespace counts (the probe's
+        and kubemaas_operator_api_writes_total's); the total keeps them."""
+        with self._lock:
+            self._writes_by_namespace.pop(namespace, None)
+        forget_namespace(namespace)
+
     def _count_write(self, path: str) -> None:
         found = _NAMESPACE_IN_PATH.search(path)
         namespace = found.group(1) if found else ""
@@ -317,6 +324,9 @@ class AsyncCluster:
 
     def writes_by_namespace(self) -> dict[str, int]:
         return self.sync.writes_by_namespace()
+
+    def forget_namespace(self, namespace: str) -> None:
+        self.sync.forget_namespace(namespace)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
