@@ -4,11 +4,11 @@ The indexes (kept in memory by kopf from its watch streams; a reconcile lists no
 indexes.py, which this module imports (that registers them with kopf).
 
 Every event of a ModelDeployment (the initial listing included, so a restart resumes), of a child
-or of a runtime pod, a capacity change and the periodic resync enqueue the same reconcile on a
-per-model work queue (level-triggered, like controller-runtime). kopf keeps no per-object handler
-state: no annotations, no extra PATCH per change. A transient error requeues the model after the
-`Retry` delay; a spec that cannot be served is reported as phase Failed and left alone until it
-changes.
+or of a runtime pod, a capacity change, a ResourceQuota's change (for the models whose rollout
+waits on a quota) and the periodic resync enqueue the same reconcile on a per-model work queue
+(level-triggered, like controller-runtime). kopf keeps no per-object handler state: no
+annotations, no extra PATCH per change. A transient error requeues the model after the `Retry`
+delay; a spec that cannot be served is reported as phase Failed and left alone until it changes.
 """
 
 from __future__ import annotations
