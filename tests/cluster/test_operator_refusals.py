@@ -4,7 +4,9 @@ operator writes at most once per resync, and the model recovers by itself once t
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -87,13 +89,32 @@ def test_a_deployment_denied_by_an_admission_policy_is_reported_and_retried(
     wait_phase(kube, namespace, "frozen", "Ready", timeout=60)
 
 
-def quota(kube: Kube, namespace: str, name: str, hard: str) -> None:
-    """A ResourceQuota `name` of `hard` (kubectl's --hard), once the quota controller has
-    filled in its status (before that it is not enforced)."""
-    kube.kubectl("-n", namespace, "create", "quota", name, f"--hard={hard}")
-    wait_for(lambda: kube.kubectl("-n", namespace, "get", "quota", name, "-o",
-                                  "jsonpath={.status.hard}", check=False).stdout or None,
-             timeout=30, what="the quota controller to fill in the quota's status")
+def quota(kube: Kube, namespace: str, name: str, hard: str, *scopes: str) -> None:
+    """A ResourceQuota `name` of `hard` (kubectl's --hard), once the quota controller counts
+    every resource it limits: until then the API server refuses every object of a limited kind
+    ('status unknown for quota'), not only those over the limit. The quota controller counts a
+    custom resource (count/modelcaches.serving.kubemaas.io) once its discovery (every 30 s)
+    has found the kind; a quota made before that is counted at its next full sync (5 min) or
+    when it is made again, as here, on a control plane just started."""
+    def counted() -> bool:
+        got = kube.kubectl("-n", namespace, "get", "quota", name, "-o", "json", check=False)
+        if got.returncode != 0:
+            return False
+        found = json.loads(got.stdout)
+        limited = set((found.get("spec") or {}).get("hard") or {})
+        return bool(limited) and limited <= set((found.get("status") or {}).get("used") or {})
+
+    deadline = time.monotonic() + 90
+    while True:
+        kube.kubectl("-n", namespace, "create", "quota", name, f"--hard={hard}",
+                     *([f"--scopes={','.join(scopes)}"] if scopes else []))
+        try:
+            wait_for(counted, timeout=5, what=f"the quota controller to count quota {name}")
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        kube.kubectl("-n", namespace, "delete", "quota", name, "--wait=true")
 
 
 def test_an_implicit_cache_over_the_quota_is_reported_and_created_once_raised(

@@ -17,6 +17,7 @@ import yaml
 
 from tests.cluster.conftest import RBAC, Operator, reconfigured, writes_to
 from tests.cluster.test_operator import apply, condition, get, status
+from tests.cluster.test_operator_refusals import quota
 from tests.cluster.test_rollout import (  # noqa: F401 (quiet_h100: a fixture)
     FAILURE_LABEL,
     Sampler,
@@ -43,12 +44,7 @@ def ns(kube: Kube, namespace: str, operator: Operator,
 
 
 def gpu_quota(kube: Kube, namespace: str, gpus: int, *scopes: str) -> None:
-    kube.kubectl("-n", namespace, "create", "quota", "gpus",
-                 f"--hard=requests.nvidia.com/gpu={gpus}",
-                 *([f"--scopes={','.join(scopes)}"] if scopes else []))
-    wait_for(lambda: kube.kubectl("-n", namespace, "get", "quota", "gpus", "-o",
-                                  "jsonpath={.status.hard}", check=False).stdout or None,
-             timeout=30, what="the quota controller to fill in the quota's status")
+    quota(kube, namespace, "gpus", f"requests.nvidia.com/gpu={gpus}", *scopes)
 
 
 def wait_quota_used(kube: Kube, namespace: str, gpus: int) -> None:
