@@ -28,11 +28,13 @@ keys and values into their slots and returns the layer's whole pool, which the a
 function reads through the step's block tables (it reaches the step through the forward's
 keyword arguments, ``kubemaas_step``, which transformers hands to every attention call).
 A model with a sliding window gets its window in the masks (packing.py: position p sees keys
-p - window + 1 .. p); where its layers mix windowed and full attention, the step carries
-masks of both kinds and ``PagedStep.sliding`` says which layers take the windowed ones. Where
-every layer is windowed, a row reads only the blocks its window can reach (a decode row's
-table, a chunk's ``Chunk.first``): a prompt chunk's work is bounded by ``length x (window +
-length)``, not by how far into a long prompt it is.
+p - window + 1 .. p). Where every layer is windowed, a row reads only the blocks its window
+can reach (a decode row's table, a chunk's ``Chunk.first``): a prompt chunk's work is bounded
+by ``length x (window + length)``, not by how far into a long prompt it is. Where the layers
+mix windowed and full attention, the step carries tables and masks of both kinds and
+``PagedStep.sliding`` says which layers take the windowed ones: the full layers read the whole
+context, the windowed ones the blocks their window reaches alone, as above (their own decode
+tables, ``PagedStep.window_decode_blocks``; a chunk's ``Chunk.window_first``).
 
 On CUDA the engine's attention leaves out cuDNN's kernels (``choose_kernels``), torch's first
 choice on Hopper: cuDNN builds an execution plan on the CPU for every new shape, and an engine
@@ -72,11 +74,23 @@ class Chunk:
     blocks: torch.Tensor
     # [length, offset + length - first]; None: plain causal (offset 0, no window reached)
     mask: torch.Tensor | None = None
-    window_mask: torch.Tensor | None = None  # the sliding layers' (PagedStep.sliding), as mask
+    # the sliding layers' (PagedStep.sliding) mask, over ``window_blocks`` from
+    # ``window_first``: [length, offset + length - window_first]; None: plain causal
+    window_mask: torch.Tensor | None = None
     # the first key position in ``blocks`` (a block's first): with a window on every layer,
     # the block of the first key its first query sees (kv_cache.window_start), so that a
     # chunk reads ``window + length`` keys at most, however far into its prompt; else 0
     first: int = 0
+    # where the layers mix windows, the sliding layers' blocks, from ``window_first`` (the
+    # block of the first key its first query sees), as ``blocks``/``first`` on every layer
+    window_blocks: torch.Tensor | None = None
+    window_first: int = 0
+
+    def windowed(self) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """The sliding layers' (blocks, first, mask)."""
+        if self.window_blocks is None:
+            return self.blocks, self.first, self.window_mask
+        return self.window_blocks, self.window_first, self.window_mask
 
 
 @dataclass
@@ -92,12 +106,16 @@ class ChunkBatch:
     # j counted from the chunk's first key
     mask: torch.Tensor
     real: torch.Tensor    # [n] indexes into C * L of the chunks' own tokens
-    window_mask: torch.Tensor | None = None  # the sliding layers' (PagedStep.sliding), as mask
+    # where the layers mix windows, the sliding layers' (PagedStep.sliding): [C, Ww] each
+    # chunk's blocks from its ``Chunk.window_first``, and the mask over them [C, 1, L, Ww * bs]
+    window_mask: torch.Tensor | None = None
+    window_blocks: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> ChunkBatch:
-        window = None if self.window_mask is None else self.window_mask.to(device)
+        def move(t: torch.Tensor | None) -> Any:
+            return None if t is None else t.to(device)
         return ChunkBatch(self.rows.to(device), self.blocks.to(device), self.mask.to(device),
-                          self.real.to(device), window)
+                          self.real.to(device), move(self.window_mask), move(self.window_blocks))
 
 
 @dataclass
@@ -120,10 +138,14 @@ class PagedStep:
     decode_positions: torch.Tensor | None = None  # [B] with lanes: where each row's token goes
     layer: int = 0  # the layer whose keys and values ``update`` wrote last
     # a model whose layers mix a sliding window and full attention: the windowed layers, which
-    # attend with the ``window_mask`` masks (the others with the full-causal ``mask`` ones);
+    # attend with the ``window_`` tables and masks (the others with the full-causal ones);
     # empty: every layer attends with ``mask`` (which carries a window every layer shares)
     sliding: frozenset[int] = frozenset()
-    window_decode_mask: torch.Tensor | None = None  # [B, 1, 1, W * block_size] bool
+    # the windowed layers' decode tables [B, Ww], each row's from the block of its first
+    # visible key (packing._decode_tables with ``trim``), and their mask [B, 1, 1, Ww * bs];
+    # they attend in one call (no groups: every row's table spans about a window)
+    window_decode_mask: torch.Tensor | None = None
+    window_decode_blocks: torch.Tensor | None = None
 
     is_compileable = False
 
@@ -137,7 +159,7 @@ class PagedStep:
 
         def moved(c: Chunk) -> Chunk:
             return Chunk(c.start, c.length, c.offset, move(c.blocks), move(c.mask),
-                         move(c.window_mask), c.first)
+                         move(c.window_mask), c.first, move(c.window_blocks), c.window_first)
         chunks = [moved(c) for c in self.chunks]
         same = {id(c): m for c, m in zip(self.chunks, chunks, strict=True)}
         units = None if self.units is None else [
@@ -146,7 +168,8 @@ class PagedStep:
                          move(self.decode_blocks), move(self.decode_mask), chunks, units,
                          self.decode_groups, self.lanes, move(self.decode_positions),
                          sliding=self.sliding,
-                         window_decode_mask=move(self.window_decode_mask))
+                         window_decode_mask=move(self.window_decode_mask),
+                         window_decode_blocks=move(self.window_decode_blocks))
 
     # the part of transformers' Cache that decoder attention layers call
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
@@ -198,35 +221,7 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
     windowed = step.layer in step.sliding  # (empty unless the layers mix windows)
     parts = []
     if step.decode_rows:
-        assert step.decode_blocks is not None
-        # the rows' count from their block table, so that a traced graph (traced_decode.py)
-        # serves every batch size
-        rows = step.decode_blocks.shape[0]
-        heads, kv_heads = query.shape[1], key.shape[1]
-        # the query heads that share a kv head become that head's query rows: [B, kvH, g, d]
-        # (8-15 % less time than sdpa's own GQA over [B, H, 1, d]; the mask broadcasts)
-        q = query[0, :, :rows].transpose(0, 1).reshape(rows, kv_heads, heads // kv_heads, -1)
-        mask = step.window_decode_mask if windowed else step.decode_mask
-        if step.lanes is not None:
-            assert mask is not None
-            width = mask.shape[-1]
-            out = _attend_lanes(q, step.lanes.keys[step.layer][:rows, :, :width],
-                                step.lanes.values[step.layer][:rows, :, :width],
-                                mask, scaling, softcap)
-        elif step.decode_groups is None:
-            out = _attend_decodes(q, key, value, step.decode_blocks, mask, bs, scaling,
-                                  softcap)
-        else:
-            assert mask is not None
-            outs, r = [], 0
-            for n, width in step.decode_groups:
-                outs.append(_attend_decodes(q[r:r + n], key, value,
-                                            step.decode_blocks[r:r + n, :width],
-                                            mask[r:r + n, ..., :width * bs], bs, scaling,
-                                            softcap))
-                r += n
-            out = torch.cat(outs)
-        parts.append(out.reshape(rows, heads, -1))                         # [B, H, d]
+        parts.append(_decode_rows(step, query, key, value, scaling, softcap, windowed))
     for unit in step.chunks if step.units is None else step.units:
         if isinstance(unit, ChunkBatch):
             parts.append(_attend_batch(unit, query, key, value, bs, scaling, gqa, windowed,
@@ -235,6 +230,43 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
             parts.append(_attend_chunk(unit, query, key, value, bs, scaling, gqa, windowed,
                                        softcap))
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).unsqueeze(0), None
+
+
+def _decode_rows(step: PagedStep, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 scaling: float | None, softcap: float | None, windowed: bool) -> torch.Tensor:
+    """The decode rows' attention [B, H, d]: over the lanes, the tables in width groups or
+    whole; a mixed model's windowed layer over its own tables, which span the rows' windows."""
+    assert step.decode_blocks is not None
+    bs = step.block_size
+    # the rows' count from their block table, so that a traced graph (traced_decode.py)
+    # serves every batch size
+    rows = step.decode_blocks.shape[0]
+    heads, kv_heads = query.shape[1], key.shape[1]
+    # the query heads that share a kv head become that head's query rows: [B, kvH, g, d]
+    # (8-15 % less time than sdpa's own GQA over [B, H, 1, d]; the mask broadcasts)
+    q = query[0, :, :rows].transpose(0, 1).reshape(rows, kv_heads, heads // kv_heads, -1)
+    mask = step.window_decode_mask if windowed else step.decode_mask
+    if windowed and step.window_decode_blocks is not None:
+        out = _attend_decodes(q, key, value, step.window_decode_blocks, mask, bs, scaling,
+                              softcap)
+    elif step.lanes is not None:
+        assert mask is not None
+        width = mask.shape[-1]
+        out = _attend_lanes(q, step.lanes.keys[step.layer][:rows, :, :width],
+                            step.lanes.values[step.layer][:rows, :, :width],
+                            mask, scaling, softcap)
+    elif step.decode_groups is None:
+        out = _attend_decodes(q, key, value, step.decode_blocks, mask, bs, scaling, softcap)
+    else:
+        assert mask is not None
+        outs, r = [], 0
+        for n, width in step.decode_groups:
+            outs.append(_attend_decodes(q[r:r + n], key, value,
+                                        step.decode_blocks[r:r + n, :width],
+                                        mask[r:r + n, ..., :width * bs], bs, scaling, softcap))
+            r += n
+        out = torch.cat(outs)
+    return out.reshape(rows, heads, -1)
 
 
 def _attend_decodes(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -269,10 +301,10 @@ def _attend_chunk(c: Chunk, query: torch.Tensor, key: torch.Tensor, value: torch
                   scaling: float | None, gqa: bool, windowed: bool = False,
                   softcap: float | None = None) -> torch.Tensor:
     q = query[:, :, c.start:c.start + c.length]                       # [1, H, n, d]
-    ctx = c.offset + c.length - c.first
-    k = _gather(key, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)  # [1, kvH, ctx, d]
-    v = _gather(value, c.blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)
-    mask = c.window_mask if windowed else c.mask
+    blocks, first, mask = c.windowed() if windowed else (c.blocks, c.first, c.mask)
+    ctx = c.offset + c.length - first
+    k = _gather(key, blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)    # [1, kvH, ctx, d]
+    v = _gather(value, blocks, bs)[:ctx].transpose(0, 1).unsqueeze(0)
     out = sdpa(q, k, v, mask, scaling, softcap, gqa, causal=mask is None)
     return out[0].transpose(0, 1)                                      # [n, H, d]
 
@@ -282,10 +314,11 @@ def _attend_batch(b: ChunkBatch, query: torch.Tensor, key: torch.Tensor, value: 
                   softcap: float | None = None) -> torch.Tensor:
     chunks, length = b.blocks.shape[0], b.mask.shape[2]
     mask = b.window_mask if windowed and b.window_mask is not None else b.mask
+    blocks = b.window_blocks if windowed and b.window_blocks is not None else b.blocks
     heads, dim = query.shape[1], query.shape[3]
     q = query[0].index_select(1, b.rows).view(heads, chunks, length, dim).transpose(0, 1)
-    k = _gather(key, b.blocks, bs).transpose(1, 2)                     # [C, kvH, T, d]
-    v = _gather(value, b.blocks, bs).transpose(1, 2)
+    k = _gather(key, blocks, bs).transpose(1, 2)                       # [C, kvH, T, d]
+    v = _gather(value, blocks, bs).transpose(1, 2)
     if gqa and query.device.type in GROUPED_ROWS_ON:
         out = _grouped_rows(q, k, v, mask, scaling, softcap)
     else:

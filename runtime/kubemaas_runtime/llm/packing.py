@@ -108,11 +108,12 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
     ``window``: the model's sliding window (each token attends to the keys of positions
     ``p - window + 1 .. p``, as transformers' ``sliding_window_overlay``), None: full-causal;
     ``sliding``: the layers that have it when others attend full-causal (the step then
-    carries both masks: ``PagedStep.sliding``); empty: every layer has it, and each prompt
-    chunk's table starts at the block of the first key its first query sees (``Chunk.first``);
-    ``trim``: with a window on every layer, the decode rows' tables start at their windows
-    too (``_decode_tables``; not when the rows attend over the decode lanes, which hold whole
-    contexts)."""
+    carries tables and masks of both kinds: ``PagedStep.sliding``; the windowed layers' decode
+    tables start at each row's window, a chunk's at the block of the first key its first
+    query sees: ``Chunk.window_first``); empty: every layer has it, and each prompt chunk's
+    table starts at that block (``Chunk.first``); ``trim``: with a window on every layer, the
+    decode rows' tables start at their windows too (``_decode_tables``; not when the rows
+    attend over the decode lanes, which hold whole contexts)."""
     full = None if sliding else window  # the window of the step's ``mask`` masks
     ids: list[int] = []
     positions: list[int] = []
@@ -121,12 +122,13 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
     sampled: list[Sequence] = []
     scoring: list[int] = []
     scored: list[tuple[Sequence, int, int]] = []
-    decode_blocks = decode_mask = window_decode_mask = None
+    decode_blocks = decode_mask = window_decode_mask = window_decode_blocks = None
     if decode:
         decode_blocks, decode_mask, decode_writes = _decode_tables(decode, block_size, full,
                                                                    trim)
-        if sliding:
-            window_decode_mask = _decode_tables(decode, block_size, window)[1]
+        if sliding:  # the windowed layers' own tables, from each row's window on
+            window_decode_blocks, window_decode_mask, _ = _decode_tables(
+                decode, block_size, window, trim=True)
         writes.append(decode_writes)
         keep.extend(range(len(decode)))
         sampled.extend(decode)
@@ -138,11 +140,7 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
         ids.extend(seq.ids[offset:offset + n])
         positions.extend(range(offset, offset + n))
         writes.append(slots(seq, offset, offset + n, block_size))
-        first = window_start(offset, full, block_size)
-        table = torch.tensor(seq.blocks[first // block_size:-(-(offset + n) // block_size)],
-                             dtype=torch.long)
-        chunks.append(Chunk(start, n, offset, table, _chunk_mask(offset, n, full, first),
-                            _chunk_mask(offset, n, window) if sliding else None, first))
+        chunks.append(_chunk(seq, start, n, block_size, full, window if sliding else None))
         if seq.scoring:
             assert seq.prompt_logprobs is not None
             lo, hi = scored_span(len(seq.prompt_logprobs), len(seq.prompt), offset, n)
@@ -156,10 +154,30 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
                       len(decode), decode_blocks, decode_mask, chunks,
                       _units(chunks, block_size, bool(decode) and store.keys[0].is_cpu, window,
                              bool(sliding)),
-                      groups, sliding=sliding, window_decode_mask=window_decode_mask)
+                      groups, sliding=sliding, window_decode_mask=window_decode_mask,
+                      window_decode_blocks=window_decode_blocks)
     keep.extend(scoring)
     return PackedStep(torch.tensor([ids]), torch.tensor([positions]),
                       torch.tensor(keep or [len(ids) - 1]), sampled, paged, scored)
+
+
+def _chunk(seq: Sequence, start: int, n: int, block_size: int, window: int | None,
+           sliding: int | None) -> Chunk:
+    """The chunk of ``seq``'s next ``n`` tokens at packed index ``start``: its table from the
+    block of the first key its first query sees under ``window`` (every layer's), and with
+    ``sliding`` (the windowed layers' window where others attend full-causal) their own
+    table and mask, from the block of the first key that window lets it see."""
+    offset = seq.computed
+    end = -(-(offset + n) // block_size)
+    first = window_start(offset, window, block_size)
+    table = torch.tensor(seq.blocks[first // block_size:end], dtype=torch.long)
+    chunk = Chunk(start, n, offset, table, _chunk_mask(offset, n, window, first), first=first)
+    if sliding is not None:
+        chunk.window_first = window_start(offset, sliding, block_size)
+        chunk.window_blocks = torch.tensor(seq.blocks[chunk.window_first // block_size:end],
+                                           dtype=torch.long)
+        chunk.window_mask = _chunk_mask(offset, n, sliding, chunk.window_first)
+    return chunk
 
 
 def _chunk_mask(offset: int, n: int, window: int | None, first: int = 0
@@ -241,17 +259,29 @@ def batch(run: list[Chunk], block_size: int, window: int | None = None,
     query = torch.minimum(torch.arange(length)[None, :], lengths[:, None] - 1)  # [C, L]
     rows = torch.tensor([c.start for c in run])[:, None] + query
     position = torch.tensor([c.offset for c in run])[:, None] + query
-    keys = torch.arange(width * block_size)[None, None, :]
-    if any(c.first for c in run):  # each chunk's keys from its first (Chunk.first)
-        keys = keys + torch.tensor([c.first for c in run])[:, None, None]
-    mask = keys <= position[:, :, None]
-    windowed = None
-    if window is not None:
-        windowed = mask & (keys > position[:, :, None] - window)
-        if not mixed:
-            mask, windowed = windowed, None
+    mask = _batch_mask(run, position, width * block_size, None if mixed else window, False)
+    windowed = window_blocks = None
+    if mixed and window is not None:  # the windowed layers' own tables, from each window on
+        tables = [c.blocks if c.window_blocks is None else c.window_blocks for c in run]
+        window_blocks = pad_sequence(tables, batch_first=True)
+        windowed = _batch_mask(run, position, window_blocks.shape[1] * block_size, window,
+                               True)[:, None]
     blocks = pad_sequence([c.blocks for c in run], batch_first=True)  # 0: the scratch block
     real = (torch.arange(len(run))[:, None] * length + torch.arange(length)[None, :]
             )[torch.arange(length)[None, :] < lengths[:, None]]
-    return ChunkBatch(rows.reshape(-1), blocks, mask[:, None], real,
-                      None if windowed is None else windowed[:, None])
+    return ChunkBatch(rows.reshape(-1), blocks, mask[:, None], real, windowed, window_blocks)
+
+
+def _batch_mask(run: list[Chunk], position: torch.Tensor, keys_wide: int,
+                window: int | None, own: bool) -> torch.Tensor:
+    """[C, L, keys_wide]: key j (counted from each chunk's first key: ``Chunk.window_first``
+    with ``own``, the windowed layers' tables, else ``Chunk.first``) seen by the query at
+    ``position`` [C, L]: j <= p, and j > p - window with a window."""
+    keys = torch.arange(keys_wide)[None, None, :]
+    firsts = [c.window_first if own and c.window_blocks is not None else c.first for c in run]
+    if any(firsts):
+        keys = keys + torch.tensor(firsts)[:, None, None]
+    mask = keys <= position[:, :, None]
+    if window is not None:
+        mask &= keys > position[:, :, None] - window
+    return mask

@@ -1,0 +1,160 @@
+"""A model whose layers mix a sliding window and full attention: its windowed layers read only
+the KV blocks their window reaches.
+
+Qwen2 with ``max_window_layers`` (its last two of four layers windowed), Gemma 2 (layers 0 and
+2) and Gemma 3 (layers 0-2), window 12, blocks of 8: the sequences keep every block (the full
+layers read every key), and the windowed layers' decode tables start at each row's window, a
+prompt chunk's at the block of the first key its first query sees. Shown against transformers'
+greedy answers, token for token: after every step the windowed layers' keys and values of the
+blocks no window reaches any more are overwritten with NaN (read, even masked, a NaN makes the
+step's output NaN: 0 x NaN), and concurrent prompts several windows long, read in chunks that
+cross the window's and the blocks' edges beside the others' decodes, answer as generate() on
+every path (single chunks, chunk batches, decode rows whole, in width groups, beside the decode
+lanes, from the traced graph); every windowed call's table spans at most its length + the
+window + 2 blocks; a prefix-cache hit past the window answers as generate() too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from kubemaas_runtime.llm import engine as engine_module
+from kubemaas_runtime.llm import packing
+from kubemaas_runtime.llm.attention import ChunkBatch
+from kubemaas_runtime.llm.engine import Engine
+from kubemaas_runtime.llm.kv_cache import window_start
+from kubemaas_runtime.llm.loader import LanguageModel, load_hf
+from kubemaas_runtime.llm.sampling import SamplingParams
+from tests.runtime.test_llm_sliding_window import MIXED, SLIDING, WINDOW, prompts, windowed
+from tests.runtime.test_llm_window_kv import generate, small_engine
+
+BLOCK = 8
+FAMILIES = {"qwen2": MIXED, "gemma2": SLIDING["gemma2"], "gemma3_text": SLIDING["gemma3_text"]}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def mixed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> tuple[LanguageModel, Any]:
+    """A tiny model of the family, its layers mixing the window and full attention: the model
+    served and transformers' own."""
+    family: str = request.param
+    model_dir = windowed(tmp_path_factory.mktemp(family), family, **FAMILIES[family])
+    lm = load_hf(model_dir, device="cpu")
+    assert lm.window == WINDOW and lm.sliding and len(lm.sliding) < lm.num_layers
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    model.generation_config.eos_token_id = None
+    return lm, model
+
+
+def poison_out_of_window(engine: Engine) -> None:
+    """After every step, the windowed layers' keys and values in each running sequence's
+    blocks that no later query of it sees (before the block of its next token's first visible
+    key) NaN; a block that left them (its sequence finished) back to finite values."""
+    step, lm = engine.step, engine.lm
+    assert lm.window is not None
+    poisoned: set[int] = set()
+
+    def fill(blocks: set[int], value: float) -> None:
+        if blocks:
+            slots = torch.tensor([b * BLOCK + i for b in sorted(blocks) for i in range(BLOCK)])
+            for layer in lm.sliding:
+                engine.store.keys[layer][slots] = value
+                engine.store.values[layer][slots] = value
+
+    def poisoning() -> Any:
+        out = step()
+        dead = {b for seq in engine.scheduler.running
+                for b in seq.blocks[:window_start(seq.computed, lm.window, BLOCK) // BLOCK]}
+        fill(poisoned - dead, 1e3)
+        fill(dead, float("nan"))
+        poisoned.clear()
+        poisoned.update(dead)
+        return out
+    engine.step = poisoning  # type: ignore[method-assign]
+
+
+def watch_windowed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(queries, keys) of every windowed attention call: a decode table's (1 query), a chunk's
+    or a chunk batch's (its longest chunk); keys: the table's width times the block size."""
+    calls: list[tuple[int, int]] = []
+    pack = packing.pack
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        step = pack(*args, **kwargs)
+        paged = step.paged
+        assert paged.sliding
+        if paged.decode_rows:
+            assert paged.window_decode_blocks is not None
+            calls.append((1, paged.window_decode_blocks.shape[1] * BLOCK))
+        for unit in paged.chunks if paged.units is None else paged.units:
+            if isinstance(unit, ChunkBatch):
+                assert unit.window_blocks is not None
+                calls.append((unit.mask.shape[2], unit.window_blocks.shape[1] * BLOCK))
+            else:
+                assert unit.window_blocks is not None
+                calls.append((unit.length, unit.window_blocks.numel() * BLOCK))
+        return step
+    monkeypatch.setattr(engine_module, "pack", spied)
+    return calls
+
+
+@pytest.mark.parametrize("path", ["eager", "grouped", "lanes"])
+def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[LanguageModel, Any],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four prompts 1 to 11 windows long read 20 tokens a step beside the others' decodes,
+    then 50 tokens each: the windowed layers' keys past every window NaN after each step, the
+    answers are generate()'s (before, those layers read every key, masked: NaN answers)."""
+    torch.set_num_threads(1)
+    lm, model = mixed
+    if path == "grouped":  # decode rows attend in groups of similar width (packing.py)
+        monkeypatch.setattr(packing, "GROUP_SAVES_BLOCKS", 1)
+    engine = small_engine(lm, 80, BLOCK, batched=20, path="lanes" if path == "lanes" else
+                          "eager", max_model_len=400, prefix_caching=False)
+    calls = watch_windowed(monkeypatch)
+    poison_out_of_window(engine)
+    lanes = []
+    if path == "lanes":
+        assert engine.lanes is not None
+        for_step = engine.lanes.for_step
+
+        def spied(*args: Any) -> Any:
+            arranged = for_step(*args)
+            lanes.append(arranged is not None)
+            return arranged
+        monkeypatch.setattr(engine.lanes, "for_step", spied)
+        monkeypatch.setattr("kubemaas_runtime.llm.decode_lanes.LANES_FROM_BYTES", 0)
+    batch = prompts([13, 45, 90, 133], seed=21)
+    params = SamplingParams(max_tokens=50, temperature=0.0, ignore_eos=True)
+    outs = engine.generate_sync(batch, params)
+    for prompt, out in zip(batch, outs, strict=True):
+        assert out == generate(model, prompt, 50), len(prompt)
+    assert engine.scheduler.preemptions == 0 and engine.peak_running == 4
+    assert calls and max(keys for _, keys in calls) <= 20 + WINDOW + 2 * BLOCK
+    for queries, keys in calls:
+        assert keys <= queries + WINDOW + 2 * BLOCK, (queries, keys)
+    if path == "lanes":
+        assert any(lanes)
+
+
+def test_a_prefix_hit_past_the_window(mixed: tuple[LanguageModel, Any],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 150-token prompt read in one chunk and in chunks of 20, then one that shares its
+    first 120 tokens from the prefix cache and reads the rest: every windowed call's table
+    spans its window, and the answers are generate()'s."""
+    torch.set_num_threads(1)
+    lm, model = mixed
+    engine = small_engine(lm, 120, BLOCK, batched=20, max_model_len=400)
+    calls = watch_windowed(monkeypatch)
+    params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+    base, tail = prompts([150, 27], seed=22)
+    assert engine.generate_sync([base], params) == [generate(model, base, 30)]
+    engine.pool.hit_tokens = 0
+    hit = base[:120] + tail
+    assert engine.generate_sync([hit], params) == [generate(model, hit, 30)]
+    assert engine.pool.hit_tokens == 120
+    for queries, keys in calls:
+        assert keys <= queries + WINDOW + 2 * BLOCK, (queries, keys)
+    assert engine.pool.used == 0
