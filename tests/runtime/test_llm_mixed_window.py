@@ -10,8 +10,10 @@ blocks no window reaches any more are overwritten with NaN (read, even masked, a
 step's output NaN: 0 x NaN), and concurrent prompts several windows long, read in chunks that
 cross the window's and the blocks' edges beside the others' decodes, answer as generate() on
 every path (single chunks, chunk batches, decode rows whole, in width groups, beside the decode
-lanes, from the traced graph); every windowed call's table spans at most its length + the
-window + 2 blocks; a prefix-cache hit past the window answers as generate() too."""
+lanes; for Qwen2, on the direct stack, steps of decodes and of decodes with a chunk batch from
+the traced graphs, with and without the lanes); every windowed call's table spans at most
+its length + the window + 2 blocks; a prefix-cache hit past the window answers as generate()
+too."""
 
 from __future__ import annotations
 
@@ -101,7 +103,7 @@ def watch_windowed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return calls
 
 
-@pytest.mark.parametrize("path", ["eager", "grouped", "lanes"])
+@pytest.mark.parametrize("path", ["eager", "grouped", "lanes", "traced"])
 def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[LanguageModel, Any],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Four prompts 1 to 11 windows long read 20 tokens a step beside the others' decodes,
@@ -111,8 +113,13 @@ def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[Languag
     lm, model = mixed
     if path == "grouped":  # decode rows attend in groups of similar width (packing.py)
         monkeypatch.setattr(packing, "GROUP_SAVES_BLOCKS", 1)
-    engine = small_engine(lm, 80, BLOCK, batched=20, path="lanes" if path == "lanes" else
-                          "eager", max_model_len=400, prefix_caching=False)
+    engine = small_engine(lm, 80, BLOCK, batched=20,
+                          path=path if path in ("lanes", "traced") else "eager",
+                          max_model_len=400, prefix_caching=False)
+    # decode steps from the traced graph (with the lanes too) for a model on the direct
+    # stack (Qwen2); Gemma 2 and 3 step eagerly
+    assert (engine.traced is not None) == (path in ("lanes", "traced") and
+                                           lm.stack is not None)
     calls = watch_windowed(monkeypatch)
     poison_out_of_window(engine)
     lanes = []
@@ -137,6 +144,9 @@ def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[Languag
         assert keys <= queries + WINDOW + 2 * BLOCK, (queries, keys)
     if path == "lanes":
         assert any(lanes)
+    if engine.traced is not None:
+        assert not engine.traced.failed and engine.traced.replays_with_prompts > 0
+        assert engine.traced.replays > engine.traced.replays_with_prompts
 
 
 def test_a_prefix_hit_past_the_window(mixed: tuple[LanguageModel, Any],

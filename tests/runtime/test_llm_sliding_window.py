@@ -116,8 +116,9 @@ def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path,
     # several requests of different lengths, their prompts read 16 tokens a step beside the
     # others' decodes: chunks that start before the window's edge and end past it
     engine = engine_for(lm, path, batched=16)
-    # (mixed layers step eagerly: a recorded graph takes one mask of a kind)
-    assert (engine.traced is not None) == (path in ("traced", "lanes") and not mixed)
+    # (a model on the direct stack, mixed layers or not, steps from the traced graph)
+    assert (engine.traced is not None) == (path in ("traced", "lanes") and
+                                           lm.stack is not None)
     # (a model windowed on every layer keeps no lanes: its decode rows read their windows)
     assert (engine.lanes is not None) == (path == "lanes" and mixed)
     batch = prompts([3, 11, 29, 57])
@@ -125,6 +126,8 @@ def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path,
     for prompt, out in zip(batch, outs, strict=True):
         assert out == generate(model, prompt, 40, frozenset()), len(prompt)
     assert any(grouped) == (path == "eager")
+    if engine.traced is not None:
+        assert not engine.traced.failed and engine.traced.replays > 0
     # one request whose 50-token prompt is read in one chunk
     engine = engine_for(lm, path, batched=2048)
     (long,) = prompts([50], seed=2)

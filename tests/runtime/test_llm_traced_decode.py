@@ -21,20 +21,27 @@ from kubemaas_runtime.llm.traced_decode import TracedDecode
 from kubemaas_testbed.llm_models import build_llm
 
 from .llm_staggered import run_staggered
+from .test_llm_sliding_window import MIXED, windowed
 
 CONFIG = EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256, max_num_seqs=8,
                       max_num_batched_tokens=32, block_size=8)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["torch-linear", "onednn"])
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama", "phi3", "olmo2"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama", "phi3", "olmo2",
+                                    "qwen2-mixed"])
 def test_replayed_decode_steps_give_the_eager_logits(family: str, packed: bool, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """(qwen2-mixed: its last two layers windowed, window 12: the graphs take the windowed
+    layers' tables and masks too, narrower than the full layers' past the window.)"""
     torch.set_num_threads(1)
     monkeypatch.setattr(packed_linear, "MIN_WEIGHTS", 0)  # the test models' layers are tiny
-    lm = load_hf(build_llm(tmp_path / family, family=family), device="cpu",
-                 packed_linear=packed)
-    assert lm.stack is not None
+    mixed = family.endswith("-mixed")
+    model_dir = windowed(tmp_path, "qwen2", **MIXED) if mixed else \
+        build_llm(tmp_path / family, family=family)
+    lm = load_hf(model_dir, device="cpu", packed_linear=packed)
+    assert lm.stack is not None and bool(lm.sliding) == mixed
+    narrower: list[bool] = []  # decode steps whose windowed tables were narrower
     assert any(b.is_mkldnn for b in lm.model.buffers()) == packed
     traced = TracedDecode(lm.model, lm.stack)
     decode_steps: list[tuple[int, int]] = []
@@ -50,6 +57,9 @@ def test_replayed_decode_steps_give_the_eager_logits(family: str, packed: bool, 
         if not step.chunks:
             assert step.decode_blocks is not None
             decode_steps.append((step.decode_rows, step.decode_blocks.shape[1]))
+            if mixed:
+                assert step.window_decode_blocks is not None
+                narrower.append(step.window_decode_blocks.shape[1] < step.decode_blocks.shape[1])
         elif step.decode_rows and step.units is not None and len(step.units) == 1 and \
                 isinstance(step.units[0], ChunkBatch):
             prompt_steps.append((step.decode_rows, len(step.chunks),
@@ -67,6 +77,7 @@ def test_replayed_decode_steps_give_the_eager_logits(family: str, packed: bool, 
     assert len({width for _, width in decode_steps}) >= 4  # contexts of many blocks
     assert len({rows for rows, _, _ in prompt_steps}) >= 2, prompt_steps
     assert len({tokens for _, _, tokens in prompt_steps}) >= 3, prompt_steps
+    assert any(narrower) == mixed
 
 
 def test_the_engine_replays_decode_steps_and_answers_as_eager(tiny_llama: Path) -> None:

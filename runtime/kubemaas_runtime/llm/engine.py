@@ -113,14 +113,14 @@ class Engine(EngineThread):
         self.scheduler.prefill_cap = self.pacer.cap
         self.traced: TracedDecode | None = None
         self.graphed: GraphedDecode | None = None
-        # a model whose layers mix windowed and full attention steps eagerly: its steps carry
-        # masks of both kinds, a recorded graph's inputs one of each
-        stack = lm.stack if cfg.traced_decode and not lm.sliding else None
-        if lm.sliding and cfg.traced_decode:
-            log.info("decode steps run eagerly: the model's layers mix a sliding window and "
-                     "full attention")
+        stack = lm.stack if cfg.traced_decode else None
         if stack is not None and traceable(lm.model, stack, lm.device):
             self.traced = TracedDecode(lm.model, stack)
+        elif stack is not None and lm.sliding:
+            # a model whose layers mix windowed and full attention: its steps carry tables
+            # and masks of both kinds, a CUDA graph's inputs one of each
+            log.info("decode steps run eagerly: the model's layers mix a sliding window and "
+                     "full attention")
         elif stack is not None and lm.device.type == "cuda":
             self.graphed = GraphedDecode(stack, self.store, cfg.block_size, lm.vocab_size,
                                          cfg.max_num_seqs)

@@ -15,7 +15,10 @@ stack alternated with it: the tiny benchmark model's batch-16 decode step 0.71 o
 Most of the other steps under load add the prompts that arrived meanwhile to the decodes: on a
 CPU a short chunk, or a run of them, attends as one ``ChunkBatch`` whose layout is in tensors
 (packing.py), so a second graph takes those four tensors too and replays every step of decode
-rows and one such batch, whatever its chunks' number and lengths. Other steps (prompts alone,
+rows and one such batch, whatever its chunks' number and lengths. A model whose layers mix a
+sliding window and full attention (Qwen2/Qwen3 with ``max_window_layers``) gives its graphs the
+windowed layers' tables and masks too (``PagedStep.window_decode_blocks``, a batch's
+``window_blocks``); which layers are windowed is fixed in the graph. Other steps (prompts alone,
 a long chunk, several calls, decode rows in groups, LoRA adapters) run eagerly.
 
 The graphs' inputs are the step's tensors, the KV pools (written in place) and the oneDNN-packed
@@ -82,34 +85,47 @@ class TracedDecode:
 
     def _inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                 step: PagedStep, prompts: ChunkBatch | None) -> tuple[torch.Tensor, ...]:
-        batch = [] if prompts is None else [prompts.rows, prompts.blocks, prompts.mask,
-                                             prompts.real]
+        mixed = bool(step.sliding)  # the windowed layers' tables and masks too
+        extra: list[torch.Tensor | None] = [step.decode_blocks, step.decode_mask]
+        if mixed:
+            extra += [step.window_decode_blocks, step.window_decode_mask]
+        if prompts is not None:
+            extra += [prompts.rows, prompts.blocks, prompts.mask, prompts.real]
+            if mixed:
+                extra += [prompts.window_mask, prompts.window_blocks]
+        given = [t for t in extra if t is not None]
+        if len(given) != len(extra):
+            raise ValueError("a step without the tables its graph takes")
         lanes = [] if step.lanes is None else step.lanes.keys + step.lanes.values
-        return (input_ids, position_ids, keep, step.write_slots, step.decode_blocks,
-                step.decode_mask, *batch, *step.store.keys, *step.store.values, *lanes,
-                *self._opaque)
+        return (input_ids, position_ids, keep, step.write_slots, *given, *step.store.keys,
+                *step.store.values, *lanes, *self._opaque)
 
     def _trace(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                step: PagedStep, batch: ChunkBatch | None) -> torch.Tensor:
         eager = self._stack(input_ids, position_ids, keep, step)
         layers = len(step.store.keys)
         stack, store, block_size, rows = self._stack, step.store, step.block_size, step.decode_rows
-        lanes, prompts = step.lanes, batch is not None
+        lanes, prompts, sliding = step.lanes, batch is not None, step.sliding
+        windows = 2 if sliding else 0  # the windowed layers' decode table and mask
+        per_batch = (6 if sliding else 4) * prompts  # ChunkBatch's fields, in order
 
         def replay(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                    write_slots: torch.Tensor, decode_blocks: torch.Tensor,
                    decode_mask: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-            # rest: the prompt batch's tensors, then the pools, the lanes and the opaque
-            # weights, the very tensors the modules read (the tracer knows them by identity
-            # and makes them inputs)
-            given = ChunkBatch(*rest[:4]) if prompts else None
-            assert len(rest) == 4 * prompts + (2 if lanes is None else 4) * layers \
+            # rest: the windowed layers' decode tensors and the prompt batch's, then the
+            # pools, the lanes and the opaque weights, the very tensors the modules read (the
+            # tracer knows them by identity and makes them inputs)
+            window = rest[:windows] or (None, None)
+            given = ChunkBatch(*rest[windows:windows + per_batch]) if prompts else None
+            assert len(rest) == windows + per_batch + (2 if lanes is None else 4) * layers \
                 + len(self._opaque)
             # (the attention reads the decode rows' count from their block table's shape)
             traced = PagedStep(store, block_size, write_slots, rows, decode_blocks, decode_mask,
                                units=None if given is None else [given], lanes=lanes,
                                decode_positions=None if lanes is None
-                               else position_ids[0, :decode_blocks.shape[0]])
+                               else position_ids[0, :decode_blocks.shape[0]],
+                               sliding=sliding, window_decode_blocks=window[0],
+                               window_decode_mask=window[1])
             return stack(input_ids, position_ids, keep, traced)
 
         try:
