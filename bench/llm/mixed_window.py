@@ -9,8 +9,8 @@ windowed, one KV head; hidden 512, 6 layers, head_dim 128), the engine in proces
 with one torch thread: one prompt of ``--prompt`` tokens read in chunks of ``--chunk``, then
 ``--rows - 1`` more that share all but its last token from the prefix cache, and ``--steps``
 decode steps of the ``--rows`` rows at that context. Prints one JSON line: the first prompt's
-prefill time per token, the median decode step time, the traced graphs' replays and the load
-average. Which code it measures is the
+prefill time per token, the median decode step time, the traced graphs' replays, the decode
+lanes' bytes and the load average. Which code it measures is the
 ``kubemaas_runtime`` on ``PYTHONPATH`` (run it against two checkouts to compare).
 """
 
@@ -102,6 +102,7 @@ def main() -> None:
                       "prefill_us_per_token": round(prefill / args.prompt * 1e6, 1),
                       "decode_step_ms": round(statistics.median(times) * 1e3, 2),
                       "running": len(engine.scheduler.running),
+                      "lanes_mib": round(engine.lanes_bytes / (1 << 20), 1),
                       "loadavg": os.getloadavg()}))
 
 

@@ -130,6 +130,10 @@ def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[Languag
         def spied(*args: Any) -> Any:
             arranged = for_step(*args)
             lanes.append(arranged is not None)
+            if arranged is not None:  # lanes for the full layers alone
+                assert engine.lanes is not None
+                held = {i for i, t in enumerate(engine.lanes.keys) if t.numel()}
+                assert held == set(range(lm.num_layers)) - lm.sliding
             return arranged
         monkeypatch.setattr(engine.lanes, "for_step", spied)
         monkeypatch.setattr("kubemaas_runtime.llm.decode_lanes.LANES_FROM_BYTES", 0)

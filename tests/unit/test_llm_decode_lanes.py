@@ -43,7 +43,7 @@ def _assert_lanes_hold_the_pool(lanes: DecodeLanes, store: KVStore) -> None:
     for i, seq in enumerate(lanes.rows):
         n = seq.computed
         slots = torch.tensor([seq.blocks[p // BLOCK] * BLOCK + p % BLOCK for p in range(n)])
-        for layer in range(LAYERS):
+        for layer in lanes.layers:
             for pool, lane in ((store.keys, lanes.keys), (store.values, lanes.values)):
                 assert torch.equal(lane[layer][i, :, :n], pool[layer][slots].transpose(0, 1))
 
@@ -149,3 +149,25 @@ def test_steps_that_read_little_read_the_pool(monkeypatch: pytest.MonkeyPatch) -
     assert lanes.arrange([*short, long]) is not None
     assert lanes.arrange(short) is None  # the long row left: the lanes are given up
     assert lanes.nbytes == 0
+
+
+def test_lanes_of_some_layers_hold_those_alone() -> None:
+    """A model whose layers mix a sliding window and full attention keeps lanes for its full
+    layers (here layer 1): the other's stay empty, nothing is written to them, and the budget
+    counts the held layers' bytes (three rows of one granule in one layer fit where they
+    would not in two)."""
+    blocks = count(1)
+    store = _store(400)
+    lane_bytes = 2 * KV_HEADS * DIM * 4 * GRANULE  # one row of one granule, one layer
+    lanes = DecodeLanes(store, BLOCK, 3 * lane_bytes, layers=[1])
+    rows = [_decoding(i, 30 + 7 * i, blocks) for i in range(3)]
+    assert lanes.arrange(rows) == rows
+    assert lanes.keys[1].shape == (3, KV_HEADS, GRANULE, DIM)
+    assert lanes.keys[0].numel() == lanes.values[0].numel() == 0
+    assert lanes.nbytes == 3 * lane_bytes
+    _step(lanes, store)
+    assert lanes.arrange([rows[2], rows[0]]) is not None  # row 1 leaves: row 2 moves
+    assert lanes.keys[0].numel() == 0
+    _assert_lanes_hold_the_pool(lanes, store)
+    with pytest.raises(ValueError, match="no layer"):
+        DecodeLanes(store, BLOCK, 1 << 30, layers=[])

@@ -54,16 +54,27 @@ def _round_up(n: int, step: int) -> int:
 
 
 class DecodeLanes:
-    """The lanes of one engine (its engine thread alone uses them)."""
+    """The lanes of one engine (its engine thread alone uses them). ``layers``: the layers
+    whose decode attention reads the lanes (None: every layer); a model whose layers mix a
+    sliding window and full attention keeps lanes for its full layers alone (its windowed
+    layers read their windows' blocks from the pool: attention.PagedStep.window_decode_blocks),
+    the others' entries in ``keys`` and ``values`` empty tensors."""
 
-    def __init__(self, store: KVStore, block_size: int, max_bytes: int) -> None:
+    def __init__(self, store: KVStore, block_size: int, max_bytes: int,
+                 layers: Rows[int] | None = None) -> None:
         self.store = store
         self.block_size = block_size
         self.max_bytes = max_bytes
         self.granule = _round_up(GRANULE, block_size)  # whole blocks: lanes[:, :, :T] exists
         pool = store.keys[0]
-        self.token_bytes = 2 * len(store.keys) * pool.shape[1] * pool.shape[2] \
+        self.layers = list(range(len(store.keys))) if layers is None else sorted(layers)
+        if not self.layers:
+            raise ValueError("decode lanes for no layer")
+        self._held = frozenset(self.layers)
+        self.token_bytes = 2 * len(self.layers) * pool.shape[1] * pool.shape[2] \
             * pool.element_size()
+        # (one empty tensor in the places of the layers not held: a traced graph's inputs)
+        self._none = pool.new_empty(0)
         self.keys: list[torch.Tensor] = []    # per layer [lanes, kv_heads, capacity, d]
         self.values: list[torch.Tensor] = []
         self.rows: list[Any] = []  # lane i holds rows[i]'s first held[i] tokens
@@ -79,7 +90,7 @@ class DecodeLanes:
         holding its row's ``computed`` tokens; None, with the lanes given back, when the rows
         would not fit ``max_bytes`` or would read less than ``LANES_FROM_BYTES`` a layer."""
         tokens = max(s.computed for s in decode) + 1
-        reads = len(decode) * tokens * self.token_bytes // len(self.store.keys)
+        reads = len(decode) * tokens * self.token_bytes // len(self.layers)
         shape = self._shape_for(len(decode), tokens) if reads >= LANES_FROM_BYTES else None
         if shape is None:
             self.clear()
@@ -119,14 +130,20 @@ class DecodeLanes:
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor,
               positions: torch.Tensor) -> None:
-        """The decode rows' new ``keys``/``values`` [B, kv_heads, d] at ``positions`` [B]."""
+        """The decode rows' new ``keys``/``values`` [B, kv_heads, d] at ``positions`` [B]
+        (nothing for a layer whose lanes are not held)."""
+        if layer not in self._held:  # (a Python set: a traced graph reads no size here)
+            return
         rows, heads, dim = keys.shape
         where = positions.view(rows, 1, 1, 1).expand(rows, heads, 1, dim)
         self.keys[layer][:rows].scatter_(2, where, keys.unsqueeze(2))
         self.values[layer][:rows].scatter_(2, where, values.unsqueeze(2))
 
     def _shape(self) -> tuple[int, int]:
-        return (self.keys[0].shape[0], self.keys[0].shape[2]) if self.keys else (0, 0)
+        if not self.keys:
+            return 0, 0
+        held = self.keys[self.layers[0]]
+        return held.shape[0], held.shape[2]
 
     def _shape_for(self, rows: int, tokens: int) -> tuple[int, int] | None:
         """(lanes, capacity) for ``rows`` rows of up to ``tokens`` tokens: the current ones
@@ -152,8 +169,8 @@ class DecodeLanes:
         for hole, mover in zip(holes, movers, strict=True):
             n = self.held[mover]
             for pool in (self.keys, self.values):
-                for lane in pool:
-                    lane[hole, :, :n] = lane[mover, :, :n]
+                for layer in self.layers:
+                    pool[layer][hole, :, :n] = pool[layer][mover, :, :n]
             self.rows[hole], self.held[hole] = self.rows[mover], self.held[mover]
         del self.rows[size:], self.held[size:]
 
@@ -163,13 +180,15 @@ class DecodeLanes:
         pool = self.store.keys[0]
         shape = (lanes, pool.shape[1], capacity, pool.shape[2])
         kept, used = len(self.rows), max(self.held, default=0)
+        held = self._held
         for tensors in (self.keys, self.values):
             for layer in range(len(self.store.keys)):
                 # zeros: attention multiplies the masked positions' values by 0, and a NaN in
                 # uninitialized memory would survive that
-                new = torch.zeros(shape, dtype=pool.dtype, device=pool.device)
+                new = torch.zeros(shape, dtype=pool.dtype, device=pool.device) \
+                    if layer in held else self._none
                 if layer < len(tensors):
-                    if kept:
+                    if kept and layer in held:
                         new[:kept, :, :used] = tensors[layer][:kept, :, :used]
                     tensors[layer] = new
                 else:
@@ -181,7 +200,8 @@ class DecodeLanes:
         if n:
             blocks = torch.tensor(seq.blocks[:-(-n // bs)], dtype=torch.long)
             for pools, lanes in ((self.store.keys, self.keys), (self.store.values, self.values)):
-                for pool, lane_tensor in zip(pools, lanes, strict=True):
+                for layer in self.layers:
+                    pool = pools[layer]
                     rows = pool.view(-1, bs, *pool.shape[1:]).index_select(0, blocks)
-                    lane_tensor[lane, :, :n] = rows.view(-1, *pool.shape[1:])[:n].transpose(0, 1)
+                    lanes[layer][lane, :, :n] = rows.view(-1, *pool.shape[1:])[:n].transpose(0, 1)
         self.filled += 1

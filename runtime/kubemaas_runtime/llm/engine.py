@@ -126,7 +126,10 @@ class Engine(EngineThread):
                                          cfg.max_num_seqs)
         # (not with a window on every layer: a lane holds a row's whole context, while the
         # rows' tables then start at their windows, packing._decode_tables)
-        self.lanes = DecodeLanes(self.store, cfg.block_size, cfg.kv_cache_bytes) \
+        # (a model whose layers mix windows: lanes for its full layers alone, the windowed
+        # ones read their windows from the pool)
+        full = [i for i in range(lm.num_layers) if i not in lm.sliding]
+        self.lanes = DecodeLanes(self.store, cfg.block_size, cfg.kv_cache_bytes, full) \
             if cfg.decode_lanes and lm.device.type == "cpu" and window is None else None
         self._model_step: StepForward = self.traced or self.graphed or lm.forward
         self._ids = itertools.count(1)

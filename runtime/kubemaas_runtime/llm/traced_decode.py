@@ -96,7 +96,8 @@ class TracedDecode:
         given = [t for t in extra if t is not None]
         if len(given) != len(extra):
             raise ValueError("a step without the tables its graph takes")
-        lanes = [] if step.lanes is None else step.lanes.keys + step.lanes.values
+        lanes = [] if step.lanes is None else [
+            t[layer] for t in (step.lanes.keys, step.lanes.values) for layer in step.lanes.layers]
         return (input_ids, position_ids, keep, step.write_slots, *given, *step.store.keys,
                 *step.store.values, *lanes, *self._opaque)
 
@@ -117,8 +118,8 @@ class TracedDecode:
             # tracer knows them by identity and makes them inputs)
             window = rest[:windows] or (None, None)
             given = ChunkBatch(*rest[windows:windows + per_batch]) if prompts else None
-            assert len(rest) == windows + per_batch + (2 if lanes is None else 4) * layers \
-                + len(self._opaque)
+            assert len(rest) == windows + per_batch + 2 * layers + len(self._opaque) + (
+                0 if lanes is None else 2 * len(lanes.layers))
             # (the attention reads the decode rows' count from their block table's shape)
             traced = PagedStep(store, block_size, write_slots, rows, decode_blocks, decode_mask,
                                units=None if given is None else [given], lanes=lanes,
