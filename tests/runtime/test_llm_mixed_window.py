@@ -11,7 +11,8 @@ step's output NaN: 0 x NaN), and concurrent prompts several windows long, read i
 cross the window's and the blocks' edges beside the others' decodes, answer as generate() on
 every path (single chunks, chunk batches, decode rows whole, in width groups, beside the decode
 lanes; for Qwen2, on the direct stack, steps of decodes and of decodes with a chunk batch from
-the traced graphs, with and without the lanes); every windowed call's table spans at most
+the traced graphs, with and without the lanes, and decode steps through CUDA graphs' padded
+inputs on the CPU); every windowed call's table spans at most
 its length + the window + 2 blocks; a prefix-cache hit past the window answers as generate()
 too."""
 
@@ -26,6 +27,7 @@ from transformers import AutoModelForCausalLM
 from kubemaas_runtime.llm import engine as engine_module
 from kubemaas_runtime.llm import packing
 from kubemaas_runtime.llm.attention import ChunkBatch
+from kubemaas_runtime.llm.cuda_graphs import GraphedDecode
 from kubemaas_runtime.llm.engine import Engine
 from kubemaas_runtime.llm.kv_cache import window_start
 from kubemaas_runtime.llm.loader import LanguageModel, load_hf
@@ -103,7 +105,7 @@ def watch_windowed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return calls
 
 
-@pytest.mark.parametrize("path", ["eager", "grouped", "lanes", "traced"])
+@pytest.mark.parametrize("path", ["eager", "grouped", "lanes", "traced", "graphs"])
 def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[LanguageModel, Any],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Four prompts 1 to 11 windows long read 20 tokens a step beside the others' decodes,
@@ -113,8 +115,10 @@ def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[Languag
     lm, model = mixed
     if path == "grouped":  # decode rows attend in groups of similar width (packing.py)
         monkeypatch.setattr(packing, "GROUP_SAVES_BLOCKS", 1)
+    if path == "graphs" and lm.stack is None:
+        pytest.skip("Gemma 2 and Gemma 3 have no direct stack: no CUDA graphs")
     engine = small_engine(lm, 80, BLOCK, batched=20,
-                          path=path if path in ("lanes", "traced") else "eager",
+                          path=path if path in ("lanes", "traced", "graphs") else "eager",
                           max_model_len=400, prefix_caching=False)
     # decode steps from the traced graph (with the lanes too) for a model on the direct
     # stack (Qwen2); Gemma 2 and 3 step eagerly
@@ -148,6 +152,9 @@ def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[Languag
         assert keys <= queries + WINDOW + 2 * BLOCK, (queries, keys)
     if path == "lanes":
         assert any(lanes)
+    if path == "graphs":  # CUDA graphs' padded, fixed-width inputs (capture=False)
+        graphed = engine._model_step
+        assert isinstance(graphed, GraphedDecode) and graphed.replays > 0
     if engine.traced is not None:
         assert not engine.traced.failed and engine.traced.replays_with_prompts > 0
         assert engine.traced.replays > engine.traced.replays_with_prompts

@@ -82,7 +82,8 @@ def engine_for(lm: LanguageModel, path: str, batched: int) -> Engine:
     if path == "graphs":
         assert lm.stack is not None
         engine._model_step = GraphedDecode(lm.stack, engine.store, cfg.block_size,
-                                           lm.vocab_size, cfg.max_num_seqs, capture=False)
+                                           lm.vocab_size, cfg.max_num_seqs, capture=False,
+                                           sliding=lm.sliding, window=lm.window)
     return engine
 
 
@@ -90,6 +91,7 @@ def engine_for(lm: LanguageModel, path: str, batched: int) -> Engine:
                                               ("mistral", "eager"), ("mistral", "graphs"),
                                               ("qwen2", "lanes"), ("qwen3", "eager"),
                                               ("qwen2-mixed", "lanes"), ("qwen2-mixed", "eager"),
+                                              ("qwen2-mixed", "graphs"),
                                               ("gemma2", "lanes"), ("gemma2", "eager"),
                                               ("gemma3_text", "lanes"), ("phi3", "traced"),
                                               ("mixtral", "eager"), ("qwen3_moe", "eager")])
@@ -128,6 +130,9 @@ def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path,
     assert any(grouped) == (path == "eager")
     if engine.traced is not None:
         assert not engine.traced.failed and engine.traced.replays > 0
+    if path == "graphs":
+        assert isinstance(engine._model_step, GraphedDecode)
+        assert engine._model_step.replays > 0
     # one request whose 50-token prompt is read in one chunk
     engine = engine_for(lm, path, batched=2048)
     (long,) = prompts([50], seed=2)

@@ -60,7 +60,8 @@ def small_engine(lm: LanguageModel, blocks: int, block_size: int, batched: int,
     if path == "graphs":
         assert lm.stack is not None
         engine._model_step = GraphedDecode(lm.stack, engine.store, block_size, lm.vocab_size,
-                                           cfg.max_num_seqs, capture=False)
+                                           cfg.max_num_seqs, capture=False,
+                                           sliding=lm.sliding, window=lm.window)
     return engine
 
 

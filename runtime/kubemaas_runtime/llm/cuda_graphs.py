@@ -10,8 +10,10 @@ A graph holds fixed shapes and addresses, so there is one per (rows, context wid
 the next power of two: a step's rows are padded (a padding row decodes token 0 at position 0,
 writes its keys and values to the scratch block's slot 0 and attends to that slot alone; its
 logits are dropped) and its block table widened (scratch block 0, masked out, past each row's
-context, as packing.py already pads shorter rows). Every graph has its own input tensors, the
-step's tensors are copied into them, and all graphs write their logits into one shared tensor
+context, as packing.py already pads shorter rows; a model whose layers mix a sliding window and
+full attention: its windowed layers' tables too, as wide as a window's blocks can be). Every
+graph has its own input tensors, the step's tensors are copied into them, and all graphs
+write their logits into one shared tensor
 and share one memory pool (they never run at once). ``warm`` captures every bucket the engine
 can meet, largest first, at start-up; a bucket met later is captured at its first step. Each
 capture is checked once: its replay must give the logits of the same padded step run eagerly,
@@ -62,16 +64,27 @@ class _Bucket:
     write_slots: torch.Tensor    # [rows]
     blocks: torch.Tensor         # [rows, width]
     mask: torch.Tensor           # [rows, 1, 1, width * block_size]
+    # a model whose layers mix windows: its windowed layers' tables and mask (PagedStep's
+    # window_decode_blocks/_mask), as wide as a window's blocks can be (or the bucket's width)
+    window_blocks: torch.Tensor | None = None  # [rows, window width]
+    window_mask: torch.Tensor | None = None    # [rows, 1, 1, window width * block_size]
     graph: Any = None
 
 
 class GraphedDecode:
     def __init__(self, stack: StepForward, store: KVStore, block_size: int, vocab: int,
-                 max_rows: int, capture: bool = True) -> None:
+                 max_rows: int, capture: bool = True, sliding: frozenset[int] = frozenset(),
+                 window: int | None = None) -> None:
+        """``sliding``, ``window``: a model whose layers mix a sliding window and full
+        attention, its windowed layers and their window (each graph's inputs then carry
+        their tables and mask too, packing._decode_tables trimmed to the window)."""
         self._stack = stack
         self._store = store
         self._bs = block_size
         self._capture = capture
+        self._sliding = sliding
+        # the widest a windowed decode table can be: ceil(window / bs) + 1 blocks
+        self._window_width = -(-window // block_size) + 1 if sliding and window else 0
         keys = store.keys[0]
         slot_bytes = 2 * keys[0].numel() * keys.element_size()  # a slot's keys and values
         self._max_tokens = GATHER_CAP // slot_bytes
@@ -129,11 +142,18 @@ class GraphedDecode:
         def zeros(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dtype, device=self._device)
 
-        mask = zeros(rows, 1, 1, width * self._bs, dtype=torch.bool)
-        mask[:, 0, 0, 0] = True  # a padding row attends to the scratch slot alone
-        return _Bucket(rows, width, zeros(1, rows), zeros(1, rows),
-                       torch.arange(rows, device=self._device), zeros(rows),
-                       zeros(rows, width), mask)
+        def padded_mask(wide: int) -> torch.Tensor:
+            mask = zeros(rows, 1, 1, wide * self._bs, dtype=torch.bool)
+            mask[:, 0, 0, 0] = True  # a padding row attends to the scratch slot alone
+            return mask
+
+        b = _Bucket(rows, width, zeros(1, rows), zeros(1, rows),
+                    torch.arange(rows, device=self._device), zeros(rows),
+                    zeros(rows, width), padded_mask(width))
+        if self._window_width:
+            wide = min(width, self._window_width)
+            b.window_blocks, b.window_mask = zeros(rows, wide), padded_mask(wide)
+        return b
 
     def _fill(self, b: _Bucket, input_ids: torch.Tensor, position_ids: torch.Tensor,
               step: PagedStep) -> None:
@@ -150,10 +170,19 @@ class GraphedDecode:
         b.blocks[:rows, :width].copy_(step.decode_blocks)
         b.mask[:rows].zero_()
         b.mask[:rows, :, :, :width * self._bs].copy_(step.decode_mask)
+        if b.window_blocks is not None and b.window_mask is not None:
+            assert step.window_decode_blocks is not None and step.window_decode_mask is not None
+            wide = step.window_decode_blocks.shape[1]
+            b.window_blocks.zero_()
+            b.window_blocks[:rows, :wide].copy_(step.window_decode_blocks)
+            b.window_mask[:rows].zero_()
+            b.window_mask[:rows, :, :, :wide * self._bs].copy_(step.window_decode_mask)
 
     def _eager(self, b: _Bucket) -> torch.Tensor:
         """The padded step through the model, its logits into the shared tensor."""
-        step = PagedStep(self._store, self._bs, b.write_slots, b.rows, b.blocks, b.mask)
+        step = PagedStep(self._store, self._bs, b.write_slots, b.rows, b.blocks, b.mask,
+                         sliding=self._sliding, window_decode_blocks=b.window_blocks,
+                         window_decode_mask=b.window_mask)
         logits = self._stack(b.input_ids, b.position_ids, b.keep, step)
         return self._logits[:b.rows].copy_(logits)
 

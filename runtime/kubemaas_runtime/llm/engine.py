@@ -116,14 +116,9 @@ class Engine(EngineThread):
         stack = lm.stack if cfg.traced_decode else None
         if stack is not None and traceable(lm.model, stack, lm.device):
             self.traced = TracedDecode(lm.model, stack)
-        elif stack is not None and lm.sliding:
-            # a model whose layers mix windowed and full attention: its steps carry tables
-            # and masks of both kinds, a CUDA graph's inputs one of each
-            log.info("decode steps run eagerly: the model's layers mix a sliding window and "
-                     "full attention")
         elif stack is not None and lm.device.type == "cuda":
             self.graphed = GraphedDecode(stack, self.store, cfg.block_size, lm.vocab_size,
-                                         cfg.max_num_seqs)
+                                         cfg.max_num_seqs, sliding=lm.sliding, window=lm.window)
         # (not with a window on every layer: a lane holds a row's whole context, while the
         # rows' tables then start at their windows, packing._decode_tables)
         # (a model whose layers mix windows: lanes for its full layers alone, the windowed
