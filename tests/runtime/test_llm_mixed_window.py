@@ -168,6 +168,9 @@ def test_a_prefix_hit_past_the_window(mixed: tuple[LanguageModel, Any],
     torch.set_num_threads(1)
     lm, model = mixed
     engine = small_engine(lm, 120, BLOCK, batched=20, max_model_len=400)
+    # the pacer counts the layers' average reads (scheduler.Mixed); every block is kept
+    assert engine.scheduler.mixed == (WINDOW, len(lm.sliding) / lm.num_layers)
+    assert engine.scheduler.window is None
     calls = watch_windowed(monkeypatch)
     params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
     base, tail = prompts([150, 27], seed=22)

@@ -408,3 +408,33 @@ def test_the_stats_record_of_an_interval() -> None:
     assert stats_fields(now, Totals(14.0, 0, 0, 0, 0, 0), 0, 0, 0.0) is None
     waiting_only = stats_fields(now, Totals(14.0, 300, 250, 128, 32, 2), 0, 2, 0.0)
     assert waiting_only is not None and waiting_only["prefix_cache_hit_rate_perc"] is None
+
+
+def test_a_mixed_window_prompt_is_paced_by_the_layers_average_reads() -> None:
+    """Three of four layers windowed (window 64, blocks of 16): those read a chunk's keys from
+    its window's first block and a decode row's last 64 (packing.py), the full layer all of
+    them, so the pacer is told the layers' average (it was told every key: 500 and 201) and
+    the step's reads count that; the sequence keeps every block."""
+    pool = BlockPool(1 + 100, 16)
+    sched = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=256, mixed=(64, 0.75))
+    asked: list[tuple[int, int]] = []
+
+    def cap(decode_rows: int, prompts: int, decode_reads: int, prefix: int) -> int:
+        asked.append((decode_reads, prefix))
+        return 100
+    sched.prefill_cap = cap
+    first, second = seq(1, 200), seq(2, 1000)
+    sched.add(first)
+    sched.schedule()
+    first.computed = 200
+    first.ids.append(7)
+    sched.add(second)
+    while second.computed < 500:
+        for s, n in sched.schedule().prefill:
+            s.computed += n
+    step = sched.schedule()
+    assert second.computed == 500 and step.prefill == [(second, 100)]
+    # decode: 201 keys in one layer, 64 in three; the chunk: 500 and 500 - 432
+    assert asked[-1] == (round(0.25 * 201 + 0.75 * 64), round(0.25 * 500 + 0.75 * 68))
+    assert step.reads() == 98 + chunk_reads(176, 100)
+    assert second.blocks.count(0) == 0

@@ -34,7 +34,7 @@ from .packing import decode_groups, pack
 from .prompt_scores import score
 from .request_stream import Delta, RequestStream
 from .sampling import NotANumber, SamplingParams, TokenLogprobs, UnfollowableOutput, sample
-from .scheduler import Scheduler, Sequence
+from .scheduler import Scheduler, Sequence, mixed
 from .traced_decode import TracedDecode, traceable
 from .worker import EngineThread
 
@@ -100,7 +100,7 @@ class Engine(EngineThread):
         self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens,
                                    priority=cfg.scheduling_policy == "priority",
                                    max_loras=lm.loras.max_loras if lm.loras else 0,
-                                   window=window)
+                                   window=window, mixed=mixed(lm.window, lm.sliding, lm.num_layers))
         _check_holds_one_sequence(cfg, self.pool, self.scheduler)
         self.store = KVStore(lm.num_layers, num_blocks, cfg.block_size, lm.kv_heads,
                              lm.head_dim, lm.dtype, lm.device)

@@ -97,44 +97,73 @@ class Sequence:
         return self.priority, self.arrival, self.rid
 
 
+# a model whose layers mix a sliding window and full attention: (the window, the share of the
+# layers that have it); its windowed layers read only their windows (packing.py), so the
+# positions a row reads are the layers' average
+Mixed = tuple[int, float]
+
+
+def mixed(window: int | None, sliding: frozenset[int], layers: int) -> Mixed | None:
+    """``Mixed`` for a model (loader.LanguageModel's ``window``, ``sliding``); None unless its
+    layers mix the window and full attention."""
+    return (window, len(sliding) / layers) if sliding and window is not None else None
+
+
 @dataclass
 class Step:
     decode: list[Sequence]
     prefill: list[tuple[Sequence, int]]  # (sequence, tokens fed this step)
     window: int | None = None  # every layer's sliding window (Scheduler.window)
     block_size: int = 1
+    mixed: Mixed | None = None  # (Scheduler.mixed)
 
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)
 
     def reads(self) -> int:
         """KV positions the step's rows attend over (before it runs: the pacer's fit); with a
-        window on every layer a chunk's context starts at its window (packing.Chunk.first)."""
-        return decode_reads(self.decode, self.window) + sum(
-            chunk_reads(read_prefix(s.computed, self.window, self.block_size), n)
+        window on every layer a chunk's context starts at its window (packing.Chunk.first);
+        with ``mixed``, the layers' average."""
+        return decode_reads(self.decode, self.window, self.mixed) + sum(
+            chunk_reads(read_prefix(s.computed, self.window, self.block_size, self.mixed), n)
             for s, n in self.prefill)
 
 
-def read_prefix(computed: int, window: int | None, block_size: int) -> int:
+def read_prefix(computed: int, window: int | None, block_size: int,
+                mixed: Mixed | None = None) -> int:
     """The cached keys a prompt chunk from position ``computed`` attends over (all of them, or
-    with a window on every layer, those from its window's first block on)."""
-    return computed - window_start(computed, window, block_size)
+    with a window on every layer, those from its window's first block on; with ``mixed``,
+    the layers' average: ``chunk_reads`` is linear in it)."""
+    prefix = computed - window_start(computed, window, block_size)
+    if mixed is None or window is not None:
+        return prefix
+    size, share = mixed
+    windowed = computed - window_start(computed, size, block_size)
+    return round((1 - share) * prefix + share * windowed)
 
 
-def decode_reads(decode: list[Sequence], window: int | None = None) -> int:
+def decode_reads(decode: list[Sequence], window: int | None = None,
+                 mixed: Mixed | None = None) -> int:
     """KV positions decode rows attend over: each its cached context and itself (with a
-    window on every layer, at most the window: packing._decode_tables)."""
-    if window is None:
-        return sum(s.computed + 1 for s in decode)
-    return sum(min(s.computed + 1, window) for s in decode)
+    window on every layer, at most the window: packing._decode_tables; with ``mixed``, the
+    layers' average)."""
+    if window is not None:
+        return sum(min(s.computed + 1, window) for s in decode)
+    full = sum(s.computed + 1 for s in decode)
+    if mixed is None:
+        return full
+    size, share = mixed
+    return round((1 - share) * full + share * decode_reads(decode, size))
 
 
 class Scheduler:
     def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int,
-                 priority: bool = False, max_loras: int = 0, window: int | None = None) -> None:
+                 priority: bool = False, max_loras: int = 0, window: int | None = None,
+                 mixed: Mixed | None = None) -> None:
         self.pool = pool
         # every layer's sliding window (None: some layer sees every key: blocks stay held)
         self.window = window
+        self.mixed = mixed  # the window of some layers alone, and their share (Mixed)
         # the most blocks a windowed sequence holds for a decode: its window's and the next
         self.live_blocks = pool.blocks_for(window) + 1 if window is not None else 0
         self.max_loras = max_loras  # adapters in the running batch at most (0: no LoRA)
@@ -276,9 +305,10 @@ class Scheduler:
         reading = [s for s in self.running if s.remaining > 1]
         cap = None
         if decode and reading:
-            cap = self.prefill_cap(len(decode), len(reading), decode_reads(decode, self.window),
+            cap = self.prefill_cap(len(decode), len(reading),
+                                   decode_reads(decode, self.window, self.mixed),
                                    read_prefix(reading[0].computed, self.window,
-                                               self.pool.block_size))
+                                               self.pool.block_size, self.mixed))
         if cap is not None:
             budget = min(budget, cap)
         prefill: list[tuple[Sequence, int]] = []
@@ -295,4 +325,4 @@ class Scheduler:
         if self.window is not None:  # a later chunk's room may have preempted an earlier row
             decode = [s for s in decode if s in self.running]
             prefill = [(s, n) for s, n in prefill if s in self.running]
-        return Step(decode, prefill, self.window, self.pool.block_size)
+        return Step(decode, prefill, self.window, self.pool.block_size, self.mixed)
