@@ -14,7 +14,7 @@ from kubemaas_runtime.llm.kv_cache import BlockPool, KVStore, OutOfBlocks
 from kubemaas_runtime.llm.pacing import chunk_reads
 from kubemaas_runtime.llm.packing import pack
 from kubemaas_runtime.llm.sampling import SampleState, SamplingParams, penalize, sample
-from kubemaas_runtime.llm.scheduler import Scheduler, Sequence
+from kubemaas_runtime.llm.scheduler import Scheduler, Sequence, Step
 from kubemaas_runtime.settings import parse_bytes
 
 
@@ -88,33 +88,41 @@ def test_prefill_cap_applies_only_beside_decodes() -> None:
     assert asked[-1] == (1, 1, 101, 16)  # the prompt's next chunk starts 16 tokens in
 
 
+def _paced_500_tokens_in(sched: Scheduler, first_len: int, slide: bool = False
+                         ) -> tuple[list[tuple[int, int]], Sequence, Step]:
+    """A decoding sequence of ``first_len`` tokens beside a 1000-token prompt read in chunks
+    (the pacer caps each at 100) until 500 tokens in: the (decode reads, prefix) the pacer was
+    told at each step, the prompt's sequence, and the next step."""
+    asked: list[tuple[int, int]] = []
+
+    def cap(decode_rows: int, prompts: int, decode_reads: int, prefix: int) -> int:
+        asked.append((decode_reads, prefix))
+        return 100
+    sched.prefill_cap = cap
+    first, second = seq(1, first_len), seq(2, 1000)
+    sched.add(first)
+    sched.schedule()
+    first.computed = first_len
+    first.ids.append(7)
+    sched.add(second)
+    while second.computed < 500:
+        for s, n in sched.schedule().prefill:
+            s.computed += n
+            if slide:
+                sched.slide(s)
+    return asked, second, sched.schedule()
+
+
 def test_a_windowed_prompt_is_paced_by_the_keys_its_chunks_read() -> None:
     """Window 64, blocks of 16: a chunk 500 tokens into a prompt reads the keys from its
     window's first block (position 432: packing's Chunk.first), so the pacer is told a prefix
     of 68 and the step's reads count those (it was told 500: caps that shrank down the prompt
     while its chunks' cost no longer grows)."""
-    pool = BlockPool(1 + 200, 16)
-    sched = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=256, window=64)
-    asked: list[int] = []
-
-    def cap(decode_rows: int, prompts: int, decode_reads: int, prefix: int) -> int:
-        asked.append(prefix)
-        return 100
-    sched.prefill_cap = cap
-    first, second = seq(1, 10), seq(2, 1000)
-    sched.add(first)
-    sched.schedule()
-    first.computed = 10
-    first.ids.append(7)
-    sched.add(second)
-    while second.computed < 500:
-        step = sched.schedule()
-        for s, n in step.prefill:
-            s.computed += n
-            sched.slide(s)
-    step = sched.schedule()
+    sched = Scheduler(BlockPool(1 + 200, 16), max_num_seqs=8, max_num_batched_tokens=256,
+                      window=64)
+    asked, second, step = _paced_500_tokens_in(sched, first_len=10, slide=True)
     assert second.computed == 500 and step.prefill == [(second, 100)]
-    assert asked[-1] == 500 - 432
+    assert asked[-1][1] == 500 - 432
     assert step.reads() == 11 + chunk_reads(68, 100)
 
 
@@ -415,24 +423,9 @@ def test_a_mixed_window_prompt_is_paced_by_the_layers_average_reads() -> None:
     its window's first block and a decode row's last 64 (packing.py), the full layer all of
     them, so the pacer is told the layers' average (it was told every key: 500 and 201) and
     the step's reads count that; the sequence keeps every block."""
-    pool = BlockPool(1 + 100, 16)
-    sched = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=256, mixed=(64, 0.75))
-    asked: list[tuple[int, int]] = []
-
-    def cap(decode_rows: int, prompts: int, decode_reads: int, prefix: int) -> int:
-        asked.append((decode_reads, prefix))
-        return 100
-    sched.prefill_cap = cap
-    first, second = seq(1, 200), seq(2, 1000)
-    sched.add(first)
-    sched.schedule()
-    first.computed = 200
-    first.ids.append(7)
-    sched.add(second)
-    while second.computed < 500:
-        for s, n in sched.schedule().prefill:
-            s.computed += n
-    step = sched.schedule()
+    sched = Scheduler(BlockPool(1 + 100, 16), max_num_seqs=8, max_num_batched_tokens=256,
+                      mixed=(64, 0.75))
+    asked, second, step = _paced_500_tokens_in(sched, first_len=200)
     assert second.computed == 500 and step.prefill == [(second, 100)]
     # decode: 201 keys in one layer, 64 in three; the chunk: 500 and 500 - 432
     assert asked[-1] == (round(0.25 * 201 + 0.75 * 64), round(0.25 * 500 + 0.75 * 68))
