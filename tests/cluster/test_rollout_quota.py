@@ -23,9 +23,9 @@ from tests.cluster.test_rollout import (  # noqa: F401 (quiet_h100: a fixture)
     Sampler,
     model,
     quiet_h100,
-    wait_canary_gone,
     wait_revision,
 )
+from tests.cluster.test_rollout_canary import wait_canary_gone
 from tests.conftest import Kube, delete_namespace_and_its_pods
 from tests.helpers import wait_for
 

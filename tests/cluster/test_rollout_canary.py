@@ -1,0 +1,202 @@
+"""Canary rollouts against the real control plane: steps on a full cluster (the canary takes the
+GPUs the stable Deployment gives back), abort, a spec reverted mid-canary, a canary dropped for
+autoscaling, a paused step, as `kubectl get md -w` would see them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import RESYNC_S, Operator
+from tests.cluster.test_operator import apply, condition, get, status
+from tests.cluster.test_rollout import (  # noqa: F401 (quiet_h100: a fixture)
+    Sampler,
+    fill_h100,
+    is_ready,
+    model,
+    pods_of,
+    quiet_h100,
+    wait_revision,
+)
+from tests.conftest import Kube, delete_namespace_and_its_pods
+from tests.helpers import holds, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def ns(kube: Kube, namespace: str, operator: Operator,
+       request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace whose GPU pods are gone before the next test counts free GPUs."""
+    request.getfixturevalue("quiet_h100")
+    yield namespace
+    delete_namespace_and_its_pods(kube, namespace)
+
+
+def test_canary_steps_on_a_full_cluster(kube: Kube, ns: str) -> None:
+    """10 -> 50 -> 100 with a pause, a manual gate and promotion through the spec, watched with
+    `kubectl get md -w`; the canary takes GPUs the stable Deployment gives back."""
+    import subprocess
+
+    from kubemaas_testbed.binaries import kubectl as kubectl_bin
+
+    steps = [{"weight": 10, "pauseSeconds": 3}, {"weight": 50}, {"weight": 100,
+                                                                 "pauseSeconds": 0}]
+    fill_h100(kube, ns, leave=10)
+    apply(kube, ns, model("m", 10, canary={"steps": steps}))
+    wait_revision(kube, ns, "m", 1)
+    watch = subprocess.Popen([kubectl_bin(), f"--kubeconfig={kube.kubeconfig}", "-n", ns, "get",
+                              "md", "m", "-w"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    seen: list[tuple[int, int, int, int]] = []  # step, weight, canary replicas, traffic
+
+    def at_manual_gate() -> dict[str, Any] | None:
+        st = status(kube, ns, "m")
+        c = (st.get("rollout") or {}).get("canary") or {}
+        if c:
+            seen.append((c["step"], c["weight"], c["canaryReplicas"], c["trafficPercent"]))
+        return st if c.get("step") == 2 and c.get("trafficPercent") == 50 and (
+            "promote to 2" in st["rollout"]["message"]) else None
+
+    try:
+        with Sampler(kube, ns, "m") as sampler:
+            apply(kube, ns, model("m", 10, image="ghcr.io/kubemaas/runtime:0.2.0",
+                                  canary={"steps": steps}))
+            st = wait_for(at_manual_gate, timeout=60, interval=0.1,
+                          what="the canary at step 2 (50%), waiting for promotion")
+            assert get(kube, ns, "deployment", "m-canary")["spec"]["replicas"] == 5
+            assert get(kube, ns, "deployment", "m")["spec"]["replicas"] == 5
+            assert st["reason"].startswith("CanaryRollout")
+            # A manual gate holds: watched for two resync periods and a second (longer than
+            # step 1's pause too), the canary stays at step 2.
+            holds(lambda: status(kube, ns, "m")["rollout"]["canary"]["step"] == 2,
+                  2 * RESYNC_S + 1, "the manual gate at step 2")
+            apply(kube, ns, model("m", 10, image="ghcr.io/kubemaas/runtime:0.2.0",
+                                  canary={"steps": steps, "promote": 2}))
+            st = wait_revision(kube, ns, "m", 2)
+    finally:
+        watch.terminate()
+        out, _ = watch.communicate(timeout=10)
+    print(out)
+    assert (1, 10, 1, 10) in seen, seen
+    assert "canary step 1/3: 10%" in out and "canary step 2/3: 50%" in out
+    assert st["rollout"]["history"][-1]["outcome"] == "Complete"
+    assert kube.kubectl("-n", ns, "get", "deployment", "m-canary", check=False).returncode != 0
+    images = {p["spec"]["containers"][0]["image"] for p in pods_of(kube, ns, "m")}
+    assert images == {"ghcr.io/kubemaas/runtime:0.2.0"}
+    _, ready, live = sampler.extremes("canary")
+    assert live <= 10, f"{live} pods for 10 GPUs"
+    assert ready >= 9
+
+
+def wait_canary_gone(kube: Kube, ns: str, name: str = "m") -> None:
+    wait_for(lambda: kube.kubectl("-n", ns, "get", "deployment", f"{name}-canary",
+                                  check=False).returncode != 0, timeout=30,
+             what="the canary Deployment gone")
+
+
+def canary_at_its_gate(kube: Kube, ns: str, steps: list[dict[str, int]]) -> str:
+    """Model m on 4 replicas of revision 1, then a new image's canary waiting at its manual gate
+    (step 1 of `steps`); returns the new image."""
+    apply(kube, ns, model("m", 4, canary={"steps": steps}))
+    wait_revision(kube, ns, "m", 1)
+    new = "ghcr.io/kubemaas/runtime:0.2.0"
+    apply(kube, ns, model("m", 4, image=new, canary={"steps": steps}))
+    wait_for(lambda: "promote to 2" in (status(kube, ns, "m").get("rollout") or {}).get(
+        "message", ""), timeout=60, what="the canary at its manual gate")
+    return new
+
+
+def four_ready_without(kube: Kube, ns: str, image: str) -> bool:
+    """Model m is back on four Ready pods, none of them running `image`."""
+    pods = pods_of(kube, ns, "m")
+    return len(pods) == 4 and all(is_ready(p) and not p["metadata"].get("deletionTimestamp")
+                                  and p["spec"]["containers"][0]["image"] != image
+                                  for p in pods)
+
+
+def test_canary_abort_through_the_spec(kube: Kube, ns: str) -> None:
+    steps = [{"weight": 50}, {"weight": 100}]
+    new = canary_at_its_gate(kube, ns, steps)
+    assert sum(p["spec"]["containers"][0]["image"] == new for p in pods_of(kube, ns, "m")) == 2
+    apply(kube, ns, model("m", 4, image=new, canary={"steps": steps, "abort": True}))
+    st = wait_for(lambda: (lambda s: s if s.get("reason", "").startswith("CanaryAborted")
+                           else None)(status(kube, ns, "m")), timeout=30, what="CanaryAborted")
+    assert "abort" in condition(st, "Ready")["message"]
+    wait_for(lambda: four_ready_without(kube, ns, new), timeout=60,
+             what="four ready pods of revision 1")
+    wait_canary_gone(kube, ns)
+    # abort: false starts the canary over
+    apply(kube, ns, model("m", 4, image=new, canary={"steps": steps, "promote": 2}))
+    wait_revision(kube, ns, "m", 2)
+
+
+def test_a_spec_reverted_mid_canary_keeps_replicas_serving(kube: Kube, ns: str) -> None:
+    """Going back to the old image while half the replicas run the canary (a full cluster): the
+    canary gives its replicas back one at a time as the stable ones come back Ready, as an abort
+    does; it is not deleted at once (4 Ready -> 2)."""
+    steps = [{"weight": 50}, {"weight": 100}]
+    fill_h100(kube, ns, leave=4)
+    new = canary_at_its_gate(kube, ns, steps)
+    with Sampler(kube, ns, "m") as sampler:
+        apply(kube, ns, model("m", 4, canary={"steps": steps}))
+        wait_for(lambda: four_ready_without(kube, ns, new), timeout=60,
+                 what="four ready pods of revision 1")
+        wait_canary_gone(kube, ns)
+    _, ready, live = sampler.extremes("revert")
+    assert ready >= 3 and live <= 4
+    st = status(kube, ns, "m")
+    assert st["rollout"]["current"]["number"] == 1
+    assert st["rollout"]["history"][-1]["outcome"] == "Superseded"
+
+
+def test_a_canary_dropped_for_autoscaling_is_promoted(kube: Kube, ns: str) -> None:
+    """Switching to autoscaling while half the replicas run the canary (spec.rollout.canary
+    removed, as a canary does not combine with autoscaling; the same image): the canary is
+    promoted, giving its replicas up only as the stable Deployment's new ones are Ready, and the
+    status says so; it was deleted at once (4 Ready -> 2), without a word."""
+    steps = [{"weight": 50}, {"weight": 100}]
+    fill_h100(kube, ns, leave=4)
+    new = canary_at_its_gate(kube, ns, steps)
+    auto = yaml.safe_load(model("m", 4, image=new))
+    del auto["spec"]["replicas"]
+    auto["spec"]["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1,
+                                   "maxReplicas": 8}
+    with Sampler(kube, ns, "m") as sampler:
+        apply(kube, ns, yaml.safe_dump(auto))
+        wait_revision(kube, ns, "m", 2)
+        wait_canary_gone(kube, ns)
+    _, ready, live = sampler.extremes("to autoscaling")
+    assert ready >= 3 and live <= 4
+    pods = pods_of(kube, ns, "m")
+    assert len(pods) == 4 and all(p["spec"]["containers"][0]["image"] == new for p in pods)
+    last = status(kube, ns, "m")["rollout"]["history"][-1]
+    assert last["outcome"] == "Complete" and "spec.rollout.canary was removed" in last["message"]
+
+
+def test_paused_canary_holds_its_step_until_resumed(kube: Kube, ns: str) -> None:
+    """spec.rollout.canary.paused: the canary stays at its step past the step's pause; setting
+    paused back to false lets it go on."""
+    steps = [{"weight": 50, "pauseSeconds": 1}, {"weight": 100, "pauseSeconds": 0}]
+    new = "ghcr.io/kubemaas/runtime:0.2.0"
+    apply(kube, ns, model("m", 2, canary={"steps": steps}))
+    wait_revision(kube, ns, "m", 1)
+    apply(kube, ns, model("m", 2, image=new, canary={"steps": steps, "paused": True}))
+
+    def paused_at_step_1() -> bool:
+        ro = status(kube, ns, "m").get("rollout") or {}
+        return ((ro.get("canary") or {}).get("step") == 1
+                and "paused (spec.rollout.canary.paused)" in ro.get("message", ""))
+    wait_for(paused_at_step_1, timeout=60, what="the canary paused at step 1, its replica Ready")
+    assert get(kube, ns, "deployment", "m-canary")["spec"]["replicas"] == 1
+    # Step 1's pause is 1 s: watched for two resync periods and a second (far longer than the
+    # pause, and two looks of the periodic resync), the canary stays where it is.
+    holds(paused_at_step_1, 2 * RESYNC_S + 1, "the paused canary at step 1")
+    assert {p["spec"]["containers"][0]["image"] for p in pods_of(kube, ns, "m")} == {
+        "ghcr.io/kubemaas/runtime:0.1.0", new}
+    apply(kube, ns, model("m", 2, image=new, canary={"steps": steps, "paused": False}))
+    st = wait_revision(kube, ns, "m", 2)
+    assert st["rollout"]["history"][-1]["outcome"] == "Complete"
