@@ -3,8 +3,8 @@
     PYTHONPATH=runtime:hack taskset -c 0 .venv/bin/python bench/llm/mixed_window.py \\
         --prompt 8192 --window 1024 --rows 4
 
-A Gemma 3 text model, or with ``--family qwen2`` a Qwen2 (on the direct stack: its decode
-steps traced unless ``--traced-decode false``), with random weights (five of six layers
+A Gemma 3 text model, or with ``--family qwen2`` a Qwen2 (both on the direct stack: their
+decode steps traced unless ``--traced-decode false``), with random weights (five of six layers
 windowed, one KV head; hidden 512, 6 layers, head_dim 128), the engine in process on CPU
 with one torch thread: one prompt of ``--prompt`` tokens read in chunks of ``--chunk``, then
 ``--rows - 1`` more that share all but its last token from the prefix cache, and ``--steps``
@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--family", choices=("gemma3_text", "qwen2"), default="gemma3_text")
     parser.add_argument("--traced-decode", choices=("true", "false"), default="true",
-                        help="Qwen2 is on the direct stack: its decode steps may be traced")
+                        help="both families are on the direct stack: their decode steps may be "
+                             "traced")
     args = parser.parse_args()
     from kubemaas_runtime.llm.engine import Engine, EngineConfig
     from kubemaas_runtime.llm.loader import load_hf

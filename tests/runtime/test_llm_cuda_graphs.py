@@ -31,7 +31,8 @@ def graphed_engine(lm: LanguageModel, capture: bool = False) -> tuple[Engine, Gr
     assert lm.stack is not None
     engine = Engine(lm, CONFIG)
     graphed = GraphedDecode(lm.stack, engine.store, CONFIG.block_size, lm.vocab_size,
-                            CONFIG.max_num_seqs, capture=capture)
+                            CONFIG.max_num_seqs, capture=capture, sliding=lm.sliding,
+                            window=lm.window)  # (as the engine builds it on a GPU)
     engine._model_step = graphed
     return engine, graphed
 
@@ -71,7 +72,8 @@ def test_padded_decode_steps_give_the_eager_logits(tiny_llama: Path) -> None:
     assert set(graphed._buckets) == {(bucket(r), bucket(w)) for r, w in shapes}
 
 
-@pytest.mark.parametrize("family", ["llama", "phi3", "olmo2"])
+@pytest.mark.parametrize("family", ["llama", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text",
+                                    "granite"])
 def test_the_engine_answers_as_eager_through_padded_steps(family: str, tiny_llama: Path,
                                                           tmp_path: Path) -> None:
     torch.set_num_threads(1)

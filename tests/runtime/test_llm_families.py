@@ -63,10 +63,12 @@ def test_family_greedy_equals_generate(family: str, tmp_path: Path) -> None:
     assert traced == (family in STACK_FAMILIES)
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama", "phi3", "olmo2"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama", "phi3", "olmo2",
+                                    "gemma", "gemma2", "gemma3_text", "granite"])
 def test_the_direct_stack_gives_the_models_own_logits(family: str, tmp_path: Path) -> None:
     """Every step of a batch (prompt chunks and decodes together) through decoder_stack.py's
-    forward and through the model's own: the same logits, bit for bit."""
+    forward and through the model's own: the same logits, bit for bit (Gemma 2 and 3: their
+    logits soft-capped, Gemma 3: its two rotary bases; Granite: its multipliers)."""
     torch.set_num_threads(1)
     lm = load_hf(build_llm(tmp_path / family, family=family), device="cpu")
     assert lm.stack is not None
@@ -92,10 +94,9 @@ def test_the_direct_stack_gives_the_models_own_logits(family: str, tmp_path: Pat
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f not in STACK_FAMILIES])
 def test_other_families_keep_their_own_forward(family: str, tmp_path: Path) -> None:
-    """GPT-2's stack has other parts; Gemma's scales its embeddings and Gemma 2's caps its
-    logits in the top-level forward; Granite's multiplies both; the mixture-of-experts
-    families (Mixtral, Qwen3-MoE) pick their experts in Python from the routing's values,
-    which a traced or CUDA graph of the stack would freeze at the step it recorded."""
+    """GPT-2's stack has other parts; the mixture-of-experts families (Mixtral, Qwen3-MoE)
+    pick their experts in Python from the routing's values, which a traced or CUDA graph of
+    the stack would freeze at the step it recorded."""
     assert load_hf(build_llm(tmp_path / family, family=family), device="cpu").stack is None
 
 

@@ -10,7 +10,7 @@ blocks no window reaches any more are overwritten with NaN (read, even masked, a
 step's output NaN: 0 x NaN), and concurrent prompts several windows long, read in chunks that
 cross the window's and the blocks' edges beside the others' decodes, answer as generate() on
 every path (single chunks, chunk batches, decode rows whole, in width groups, beside the decode
-lanes; for Qwen2, on the direct stack, steps of decodes and of decodes with a chunk batch from
+lanes; on the direct stack, steps of decodes and of decodes with a chunk batch from
 the traced graphs, with and without the lanes, and decode steps through CUDA graphs' padded
 inputs on the CPU); every windowed call's table spans at most
 its length + the window + 2 blocks; a prefix-cache hit past the window answers as generate()
@@ -115,15 +115,12 @@ def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[Languag
     lm, model = mixed
     if path == "grouped":  # decode rows attend in groups of similar width (packing.py)
         monkeypatch.setattr(packing, "GROUP_SAVES_BLOCKS", 1)
-    if path == "graphs" and lm.stack is None:
-        pytest.skip("Gemma 2 and Gemma 3 have no direct stack: no CUDA graphs")
     engine = small_engine(lm, 80, BLOCK, batched=20,
                           path=path if path in ("lanes", "traced", "graphs") else "eager",
                           max_model_len=400, prefix_caching=False)
-    # decode steps from the traced graph (with the lanes too) for a model on the direct
-    # stack (Qwen2); Gemma 2 and 3 step eagerly
-    assert (engine.traced is not None) == (path in ("lanes", "traced") and
-                                           lm.stack is not None)
+    # decode steps from the traced graph (with the lanes too): the three are on the direct stack
+    assert lm.stack is not None
+    assert (engine.traced is not None) == (path in ("lanes", "traced"))
     calls = watch_windowed(monkeypatch)
     poison_out_of_window(engine)
     lanes = []

@@ -29,16 +29,19 @@ CONFIG = EngineConfig(kv_cache_bytes=8 << 20, max_model_len=256, max_num_seqs=8,
 
 @pytest.mark.parametrize("packed", [False, True], ids=["torch-linear", "onednn"])
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama", "phi3", "olmo2",
+                                    "gemma", "gemma2", "gemma3_text", "granite",
                                     "qwen2-mixed"])
 def test_replayed_decode_steps_give_the_eager_logits(family: str, packed: bool, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """(qwen2-mixed: its last two layers windowed, window 12: the graphs take the windowed
-    layers' tables and masks too, narrower than the full layers' past the window.)"""
+    """(qwen2-mixed: its last two layers windowed, window 12, and Gemma 2 and 3, some of their
+    layers windowed: the graphs take the windowed layers' tables and masks too, narrower than
+    the full layers' past the window.)"""
     torch.set_num_threads(1)
     monkeypatch.setattr(packed_linear, "MIN_WEIGHTS", 0)  # the test models' layers are tiny
-    mixed = family.endswith("-mixed")
-    model_dir = windowed(tmp_path, "qwen2", **MIXED) if mixed else \
+    model_dir = windowed(tmp_path, "qwen2", **MIXED) if family.endswith("-mixed") else \
         build_llm(tmp_path / family, family=family)
+    # (the tiny Gemma 2 and Gemma 3 window some of their layers too)
+    mixed = family.endswith("-mixed") or family in ("gemma2", "gemma3_text")
     lm = load_hf(model_dir, device="cpu", packed_linear=packed)
     assert lm.stack is not None and bool(lm.sliding) == mixed
     narrower: list[bool] = []  # decode steps whose windowed tables were narrower
