@@ -10,6 +10,13 @@ heads across them):
   `maxModelLen` tokens x `MIN_SEQUENCES` sequences (fewer if `maxNumSeqs` is lower) — the least
   that lets a few requests of the longest length run at once (vLLM refuses to start when one
   sequence of `maxModelLen` does not fit; a serving replica needs more than one);
+- a layer that attends within a sliding window (`slidingWindow`, on `slidingWindowLayers` of
+  the layers) holds, where the engine keeps only the window, min(window + KV_BLOCK,
+  `maxModelLen`) positions per sequence instead of `maxModelLen`: vLLM always does (its hybrid
+  KV-cache manager frees the blocks that slid out of the window); engine kubemaas does where
+  every layer is windowed, and holds every layer's whole context where the layers mix windowed
+  and full attention (KUBEMAAS_WINDOWS_MIXED_LAYERS, the one switch to turn when it keeps only
+  the window there too);
 - OVERHEAD_PER_GPU: the CUDA context, NCCL buffers, CUDA graphs and the activations of the
   engine's profiling step (measured by vLLM's startup at 1-3 GiB for 8B-70B models; 2 GiB here);
 - utilization: `spec.runtime.llm.gpuMemoryUtilization` (0.9), the share the engine may take.
@@ -35,6 +42,7 @@ from typing import Any
 from .api import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     SHAPE_KEYS,
+    WINDOW_KEYS,
     GPUSizing,
     GPUSpec,
     ModelDeploymentSpec,
@@ -49,6 +57,11 @@ MiB = 1024**2
 OVERHEAD_PER_GPU = 2 * GiB
 MIN_SEQUENCES = 4
 MAX_GPUS = 16  # spec.gpu.count's maximum
+KV_BLOCK = 16  # positions per KV-cache block: vLLM's and the kubemaas runtime's default
+# Does engine kubemaas keep only the window of a windowed layer in a model whose layers mix
+# windowed and full attention (Gemma 2 and 3, Qwen2 with max_window_layers)? Not yet: it holds
+# every layer's whole context there (it keeps only the window where every layer is windowed).
+KUBEMAAS_WINDOWS_MIXED_LAYERS = False
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -84,6 +97,9 @@ class Need:
     heads: int | None
     kv_heads: int
     utilization: float
+    windowed_layers: int = 0  # layers whose KV is counted for `window_positions` only
+    window_positions: int = 0
+    layers: int = 0
 
     @property
     def total(self) -> int:
@@ -110,6 +126,9 @@ class Need:
                     f"{_gib(self.total + t * OVERHEAD_PER_GPU)}")
         cache = f"KV cache {_gib(self.kv_cache)} for {self.sequences} x {self.max_model_len} " \
             "tokens" if self.sequences else "no KV cache: a pooling model"
+        if self.windowed_layers:
+            cache += (f", {self.windowed_layers} of {self.layers} layers' sliding window "
+                      f"counted at {self.window_positions} positions")
         return (f"needs {_gib(self.total)} per replica (weights {_gib(self.weights)} + {cache}"
                 f"{tail}), within {self.utilization:g} of each GPU's memory")
 
@@ -137,10 +156,21 @@ def pools(architecture: str | None) -> bool:
         architecture.endswith("Model") and not architecture.endswith(generating))
 
 
+def holds_window_only(engine: str | None, windowed_layers: int, layers: int) -> bool:
+    """Does `engine` keep only the window of a windowed layer (rather than its whole context)?
+    An unknown engine (None) is sized for the whole context."""
+    if engine == "vllm":
+        return True
+    if engine == "kubemaas":
+        return windowed_layers >= layers or KUBEMAAS_WINDOWS_MIXED_LAYERS
+    return False
+
+
 def need_of(shape: ModelShape, *, max_model_len: int | None = None,
             max_num_seqs: int | None = None, dtype: str | None = None,
-            utilization: float | None = None) -> Need:
-    """The memory a replica needs, or SpecError saying which part of the shape is missing."""
+            utilization: float | None = None, engine: str | None = None) -> Need:
+    """The memory a replica needs on `engine` (None: sized as if no layer were windowed), or
+    SpecError saying which part of the shape is missing."""
     path = "spec.model.shape"
     serving = _serving_dtype(shape, dtype)
     width = DTYPE_BYTES[serving]
@@ -174,10 +204,17 @@ def need_of(shape: ModelShape, *, max_model_len: int | None = None,
         raise SpecError("spec.runtime.llm.maxModelLen", "is needed to size the KV cache (the "
                         "shape has no maxPositionEmbeddings)")
     sequences = min(MIN_SEQUENCES, max_num_seqs or MIN_SEQUENCES)
-    per_token = 2 * shape.num_layers * kv_heads * head_dim * width
-    return Need(weights=weights, kv_cache=per_token * length * sequences, sequences=sequences,
+    layers = shape.num_layers
+    windowed = min(shape.sliding_window_layers or 0, layers) if shape.sliding_window else 0
+    positions = min((shape.sliding_window or 0) + KV_BLOCK, length)
+    if not windowed or positions >= length or not holds_window_only(engine, windowed, layers):
+        windowed, positions = 0, 0
+    per_layer_token = 2 * kv_heads * head_dim * width
+    kv_cache = per_layer_token * sequences * ((layers - windowed) * length + windowed * positions)
+    return Need(weights=weights, kv_cache=kv_cache, sequences=sequences,
                 max_model_len=length, heads=heads, kv_heads=kv_heads,
-                utilization=utilization or DEFAULT_GPU_MEMORY_UTILIZATION)
+                utilization=utilization or DEFAULT_GPU_MEMORY_UTILIZATION,
+                windowed_layers=windowed, window_positions=positions, layers=layers)
 
 
 def gpu_types(nodes: Iterable[NodeInfo]) -> tuple[GPUType, ...]:
@@ -288,20 +325,27 @@ def shape_from_cache(cache: Mapping[str, Any] | None) -> ModelShape | None:
         return None
     usable: dict[str, Any] = {}
     for key in SHAPE_KEYS:
-        if key not in record:
+        together = WINDOW_KEYS if key in WINDOW_KEYS else (key,)  # the window: both or neither
+        if any(k not in record for k in together):
             continue
         try:
-            parse_shape({key: record[key]}, "status.model")
+            parse_shape({k: record[k] for k in together}, "status.model")
         except SpecError:
             continue
         usable[key] = record[key]
     if not usable:
         return None
-    try:
-        return parse_shape(usable, "status.model")
-    except SpecError:  # KV heads that do not divide the heads: the heads stand in for them
-        usable.pop("numKeyValueHeads", None)
-        return parse_shape(usable, "status.model")
+    while True:
+        try:
+            return parse_shape(usable, "status.model")
+        except SpecError as err:
+            # KV heads that do not divide the heads: the heads stand in for them; a window on
+            # more layers than the model has: no window (the whole context is counted)
+            dropped = WINDOW_KEYS if err.path.endswith(WINDOW_KEYS) else ("numKeyValueHeads",)
+            if not any(k in usable for k in dropped):
+                raise
+            for k in dropped:
+                usable.pop(k, None)
 
 
 def model_shape(spec: ModelDeploymentSpec, recorded: ModelShape | None) -> ModelShape | None:
@@ -336,7 +380,8 @@ def size_gpus(spec: ModelDeploymentSpec, types: Iterable[GPUType],
         need = need_of(shape, max_model_len=llm.max_model_len if llm else None,
                        max_num_seqs=llm.max_num_seqs if llm else None,
                        dtype=llm.dtype if llm else None,
-                       utilization=llm.gpu_memory_utilization if llm else None)
+                       utilization=llm.gpu_memory_utilization if llm else None,
+                       engine=spec.engine)
     except SpecError as err:
         if recorded is None and spec.model.cache is None and spec.model.auto_cache is None:
             # no cache will ever record the shape: the spec must be fixed (InvalidSpec), not

@@ -174,6 +174,12 @@ def test_a_405b_shaped_model_is_refused_at_once_with_numbers(kube: Kube, llm_ns:
      "runtime.image is required for the kubemaas engine"),
     ({"model": {"uri": "s3://b/m.onnx", "format": "onnx", "shape": {"numLayers": 2}},
       "runtime": {"image": "img"}}, "model.shape describes a language model"),
+    ({"model": {"uri": "pvc://s/m", "format": "hf", "shape": {"slidingWindow": 4096}},
+      "runtime": {}, "gpu": {"count": 1}},
+     "set slidingWindow and slidingWindowLayers together, or neither"),
+    ({"model": {"uri": "pvc://s/m", "format": "hf", "shape": {
+        "numLayers": 32, "slidingWindow": 4096, "slidingWindowLayers": 33}},
+      "runtime": {}, "gpu": {"count": 1}}, "slidingWindowLayers must be at most numLayers"),
     ({"model": {"uri": "pvc://s/m", "format": "hf"}, "runtime": {},
       "gpu": {"count": 1}, "serving": {"auth": {"secretName": "k"}}},
      "serving.auth and serving.tls are served by the kubemaas runtime"),

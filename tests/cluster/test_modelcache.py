@@ -28,7 +28,8 @@ REPORT = {"phase": "Ready", "reason": "Ready", "message": "2 files verified",
           "model": {"architecture": "LlamaForCausalLM", "parameters": 700000,
                     "weightBytes": 2800000, "numLayers": 2, "hiddenSize": 64,
                     "numAttentionHeads": 4, "numKeyValueHeads": 2, "headDim": 16,
-                    "maxPositionEmbeddings": 256, "dtype": "float32"}}
+                    "maxPositionEmbeddings": 256, "dtype": "float32",
+                    "slidingWindow": 64, "slidingWindowLayers": 2}}
 
 
 def cache(name: str, nodes: list[str], **spec: Any) -> str:
@@ -124,6 +125,7 @@ def test_node_cache_end_to_end(kube: Kube, namespace: str, operator: Operator) -
     assert sorted(p["metadata"]["name"] for p in cache_pods(kube, namespace, "tiny")) == sorted(
         p["metadata"]["name"] for p in pods)
     assert st["phase"] == "Downloading" and st["model"]["numKeyValueHeads"] == 2
+    assert (st["model"]["slidingWindow"], st["model"]["slidingWindowLayers"]) == (64, 2)
     assert [f["sha256"] for f in st["files"]] == ["a" * 64, "b" * 64]
     printed = kube.kubectl("-n", namespace, "get", "mc", "tiny").stdout
     assert "node" in printed and "Downloading" in printed

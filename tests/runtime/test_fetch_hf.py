@@ -142,3 +142,54 @@ def test_the_endpoint_is_what_huggingface_hub_expects(tiny_llama: Path, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     for path in tiny_llama.iterdir():
         assert (tmp_path / "snap" / path.name).read_bytes() == path.read_bytes()
+
+
+def _saved_configs(root: Path) -> dict[str, Path]:
+    """config.json as transformers' config classes write it (save_pretrained), small shapes."""
+    from transformers import (
+        Gemma2Config,
+        Gemma3Config,
+        LlamaConfig,
+        MistralConfig,
+        Qwen2Config,
+    )
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 16}
+    configs = {
+        "mistral": MistralConfig(num_hidden_layers=4, sliding_window=256, **small),
+        "gemma2": Gemma2Config(num_hidden_layers=6, sliding_window=256, **small),
+        "gemma3": Gemma3Config(text_config={"num_hidden_layers": 12, "sliding_window": 512,
+                                            **small}),
+        "qwen2": Qwen2Config(num_hidden_layers=8, use_sliding_window=True, sliding_window=128,
+                             max_window_layers=5, **small),
+        "qwen2-off": Qwen2Config(num_hidden_layers=8, **small),
+        "llama": LlamaConfig(num_hidden_layers=4, sliding_window=256, **small),
+    }
+    dirs = {}
+    for name, config in configs.items():
+        config.save_pretrained(root / name)
+        dirs[name] = root / name
+    return dirs
+
+
+def test_the_cache_pod_records_the_sliding_window(tmp_path: Path) -> None:
+    """The window and the layers within it, as transformers defines them: every layer for
+    Mistral, every other for Gemma 2, 5 of 6 for Gemma 3 (its text_config), Qwen2's layers from
+    max_window_layers on when use_sliding_window; none for a Llama config's sliding_window."""
+    from kubemaas_runtime.fetch.shape import read_shape
+
+    dirs = _saved_configs(tmp_path / "models")
+    want = {"mistral": (256, 4), "gemma2": (256, 3), "gemma3": (512, 10), "qwen2": (128, 3),
+            "qwen2-off": None, "llama": None}
+    for name, window in want.items():
+        got = read_shape(dirs[name], ["config.json"])
+        assert got is not None, name
+        recorded = (got.get("slidingWindow"), got.get("slidingWindowLayers"))
+        assert recorded == (window or (None, None)), (name, got)
+    # and through the cache pod's own process, from an hf:// endpoint
+    with HfEndpoint(dirs["gemma3"], "kubemaas/tiny-gemma3") as ep:
+        rc, report, fetch = run_fetch(["--source", "hf://kubemaas/tiny-gemma3", "--dest",
+                                       str(tmp_path / "dest")], hf_env(ep, tmp_path))
+    assert rc == 0, fetch.stderr
+    assert (report["shape"]["slidingWindow"], report["shape"]["slidingWindowLayers"]) == (512, 10)
+    assert report["shape"]["numLayers"] == 12

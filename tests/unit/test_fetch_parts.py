@@ -200,3 +200,50 @@ def test_command_line(tmp_path: Path) -> None:
         parse_args(["--source", "s3://b/", "--dest", "d", "--parallel", "0"])
     with pytest.raises(SystemExit):
         parse_args(["--source", "s3://b/", "--dest", "d", "--retries", "-1"])
+
+
+MISTRAL_V01 = {"model_type": "mistral", "num_hidden_layers": 32, "sliding_window": 4096}
+
+
+@pytest.mark.parametrize(("config", "window"), [
+    (MISTRAL_V01, (4096, 32)),  # every layer
+    ({**MISTRAL_V01, "sliding_window": None}, None),  # Mistral 7B v0.2/v0.3
+    ({"model_type": "mixtral", "num_hidden_layers": 32, "sliding_window": 4096}, (4096, 32)),
+    ({"model_type": "phi3", "num_hidden_layers": 32, "sliding_window": 2047}, (2047, 32)),
+    ({"model_type": "qwen3_moe", "num_hidden_layers": 48, "sliding_window": 4096,
+      "use_sliding_window": True}, (4096, 48)),
+    # Llama does not apply the sliding_window its config may carry
+    ({"model_type": "llama", "num_hidden_layers": 32, "sliding_window": 4096}, None),
+    # Gemma 2 and 3 as transformers writes them (layer_types) and as older configs are (none)
+    ({"model_type": "gemma2", "num_hidden_layers": 42, "sliding_window": 4096,
+      "layer_types": ["sliding_attention", "full_attention"] * 21}, (4096, 21)),
+    ({"model_type": "gemma2", "num_hidden_layers": 42, "sliding_window": 4096}, (4096, 21)),
+    ({"model_type": "gemma3_text", "num_hidden_layers": 62, "sliding_window": 1024,
+      "sliding_window_pattern": 6}, (1024, 52)),
+    # Qwen2: off unless use_sliding_window; then the layers from max_window_layers on
+    ({"model_type": "qwen2", "num_hidden_layers": 28, "sliding_window": 131072,
+      "use_sliding_window": False, "max_window_layers": 21}, None),
+    ({"model_type": "qwen2", "num_hidden_layers": 28, "sliding_window": 4096,
+      "use_sliding_window": True, "max_window_layers": 21}, (4096, 7)),
+    ({"model_type": "qwen2", "num_hidden_layers": 28, "sliding_window": 4096,
+      "use_sliding_window": True, "max_window_layers": 28}, None),
+    ({"model_type": "mistral", "num_hidden_layers": 32, "sliding_window": 0}, None),
+    ({"model_type": "gemma3_text", "num_hidden_layers": 4, "sliding_window": 512,
+      "layer_types": ["full_attention"] * 4}, None),
+])
+def test_the_shape_records_the_sliding_window(config: dict[str, object],
+                                              window: tuple[int, int] | None) -> None:
+    got = model_shape(config, [])
+    recorded = (got["slidingWindow"], got["slidingWindowLayers"]) if "slidingWindow" in got \
+        else None
+    assert recorded == window
+    assert ("slidingWindowLayers" in got) == ("slidingWindow" in got)
+
+
+def test_a_nested_text_config_gives_its_window() -> None:
+    gemma3 = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+              "text_config": {"model_type": "gemma3_text", "num_hidden_layers": 12,
+                              "sliding_window": 1024,
+                              "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 2}}
+    got = model_shape(gemma3, [])
+    assert (got["slidingWindow"], got["slidingWindowLayers"]) == (1024, 10)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from tests.unit.test_api_schema import _compare
 
+from kubemaas_operator.api import SHAPE_KEYS
 from kubemaas_operator.api.fields import SpecError
 from kubemaas_operator.modelcache import api
 from kubemaas_operator.modelcache.evict import Resident, choose_evictions
@@ -22,7 +23,7 @@ from kubemaas_operator.modelcache.mount import (
     mount_cache,
     mount_status,
 )
-from kubemaas_operator.modelcache.progress import last_progress, parse_report
+from kubemaas_operator.modelcache.progress import MODEL_KEYS, last_progress, parse_report
 from kubemaas_operator.modelcache.render import CacheRef, download_pod, removal_pod, spec_hash
 from kubemaas_operator.modelcache.status import (
     CachePod,
@@ -64,7 +65,8 @@ def test_status_model_keys_are_what_gpu_sizing_reads() -> None:
     keys = set(_schema()["properties"]["status"]["properties"]["model"]["properties"])
     assert keys == {"architecture", "parameters", "weightBytes", "numLayers", "hiddenSize",
                     "numAttentionHeads", "numKeyValueHeads", "headDim", "maxPositionEmbeddings",
-                    "dtype"}
+                    "dtype", "slidingWindow", "slidingWindowLayers"}
+    assert keys == set(SHAPE_KEYS) == set(MODEL_KEYS)
 
 
 @pytest.mark.parametrize(("raw", "says"), [
@@ -439,3 +441,16 @@ def test_new_files_in_the_cache_roll_the_model() -> None:
     old, new = template("1111"), template("2222")
     assert old["metadata"]["annotations"] == {"serving.kubemaas.io/model-cache-files": "1111"}
     assert old != new and old["spec"] == new["spec"]
+
+
+def test_the_window_a_cache_pod_reports_reaches_the_status_model() -> None:
+    from kubemaas_operator.modelcache.progress import model_shape
+
+    report = {**REPORT, "model": {**REPORT["model"], "slidingWindow": 4096,
+                                  "slidingWindowLayers": 2}}
+    r = parse_report(json.dumps(report), 0)
+    assert r is not None
+    assert (r.model["slidingWindow"], r.model["slidingWindowLayers"]) == (4096, 2)
+    # below the CRD's minimum of 1 (the API server would refuse the whole status): dropped
+    assert model_shape({"slidingWindow": 0, "slidingWindowLayers": 0, "numLayers": 2}) == {
+        "numLayers": 2}

@@ -33,6 +33,7 @@ from .llm import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     ENGINES,
     SHAPE_KEYS,
+    WINDOW_KEYS,
     LLMSettings,
     ModelShape,
     default_engine,
@@ -82,7 +83,7 @@ from .status import (
 __all__ = [
     "API_VERSION", "CONDITION_TYPES", "DEFAULT_CONVERTER_IMAGE", "DEFAULT_GPU_MEMORY_UTILIZATION",
     "ENGINES", "FORMATS", "GROUP", "KIND", "PHASES", "PLURAL", "RESERVED_LABEL_PREFIXES",
-    "SHAPE_KEYS", "VERSION",
+    "SHAPE_KEYS", "VERSION", "WINDOW_KEYS",
     "Autoscaling", "Batching", "CanarySpec", "CanaryStatus", "CanaryStep", "Condition",
     "EndpointPicker", "EnvVar", "FailedRevision", "GPUSizing", "GPUSpec", "GatewayRef",
     "InferencePoolSpec", "LLMSettings", "ModelDeploymentSpec", "ModelDeploymentStatus",

@@ -27,7 +27,9 @@ _SERVED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,127}$")
 # spec.model.shape's keys (camelCase) — the same keys a ModelCache records in status.model.
 SHAPE_KEYS = ("architecture", "parameters", "weightBytes", "numLayers", "hiddenSize",
               "numAttentionHeads", "numKeyValueHeads", "headDim", "maxPositionEmbeddings",
-              "dtype")
+              "dtype", "slidingWindow", "slidingWindowLayers")
+# The keys that only mean something together: a window, and how many layers attend within it.
+WINDOW_KEYS = ("slidingWindow", "slidingWindowLayers")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class ModelShape:
     max_position_embeddings: int | None = field(metadata=json_name("maxPositionEmbeddings"),
                                                 default=None)
     dtype: str | None = field(metadata=json_name("dtype"), default=None)
+    # config.json sliding_window, and how many layers attend within it (the others attend to
+    # the whole context); both or neither
+    sliding_window: int | None = field(metadata=json_name("slidingWindow"), default=None)
+    sliding_window_layers: int | None = field(metadata=json_name("slidingWindowLayers"),
+                                              default=None)
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,11 @@ def parse_shape(raw: Any, path: str = "spec.model.shape") -> ModelShape | None:
         head_dim=integer(s.get("headDim"), f"{path}.headDim", 1, 100_000),
         max_position_embeddings=integer(s.get("maxPositionEmbeddings"),
                                         f"{path}.maxPositionEmbeddings", 1, 100_000_000),
-        dtype=dtype)
+        dtype=dtype,
+        sliding_window=integer(s.get("slidingWindow"), f"{path}.slidingWindow", 1, 100_000_000),
+        sliding_window_layers=integer(s.get("slidingWindowLayers"),
+                                      f"{path}.slidingWindowLayers", 1, 100_000))
+    _check_window(shape, path)
     heads, kv = shape.num_attention_heads, shape.num_key_value_heads
     if heads is not None and kv is not None and heads % kv:
         # grouped-query attention: each KV head serves heads / kv query heads (a typo here
@@ -90,6 +101,21 @@ def parse_shape(raw: Any, path: str = "spec.model.shape") -> ModelShape | None:
         raise SpecError(f"{path}.numKeyValueHeads", f"{kv} does not divide numAttentionHeads "
                         f"({heads}): config.json's num_key_value_heads does")
     return shape
+
+
+def _check_window(shape: ModelShape, path: str) -> None:
+    """A window needs the count of layers that attend within it, and no more layers than the
+    model has (one without the other would size the KV cache for a guess)."""
+    window, windowed = shape.sliding_window, shape.sliding_window_layers
+    if window is not None and windowed is None:
+        raise SpecError(f"{path}.slidingWindowLayers", "is needed with slidingWindow: how many "
+                        "layers attend within the window (numLayers when every layer does)")
+    if windowed is not None and window is None:
+        raise SpecError(f"{path}.slidingWindow", "is needed with slidingWindowLayers: the "
+                        "window those layers attend within (config.json sliding_window)")
+    if windowed is not None and shape.num_layers is not None and windowed > shape.num_layers:
+        raise SpecError(f"{path}.slidingWindowLayers", f"{windowed} is more than numLayers "
+                        f"({shape.num_layers})")
 
 
 def parse_engine(raw: Any) -> str | None:

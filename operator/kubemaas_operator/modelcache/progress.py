@@ -20,7 +20,7 @@ INT64_MAX = 2**63 - 1  # the status' integers are int64: the API server refuses 
 MODEL_KEYS: dict[str, type] = {
     "architecture": str, "parameters": int, "weightBytes": int, "numLayers": int,
     "hiddenSize": int, "numAttentionHeads": int, "numKeyValueHeads": int, "headDim": int,
-    "maxPositionEmbeddings": int, "dtype": str}
+    "maxPositionEmbeddings": int, "dtype": str, "slidingWindow": int, "slidingWindowLayers": int}
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,9 @@ def model_shape(raw: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, kind in MODEL_KEYS.items():
         value = raw.get(key)
+        least = 1 if key.startswith("slidingWindow") else 0  # the CRD's minimum
         if kind is int and isinstance(value, int) and not isinstance(value, bool) and (
-                0 <= value <= INT64_MAX):
+                least <= value <= INT64_MAX):
             out[key] = value
         elif kind is str and isinstance(value, str) and value:
             out[key] = value[:128]

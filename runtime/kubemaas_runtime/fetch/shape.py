@@ -2,7 +2,9 @@
 headers (8-byte length + JSON: each tensor's dtype and shape; no weights are read).
 
 Keys (camelCase, read by the operator): architecture, parameters, weightBytes, numLayers,
-hiddenSize, numAttentionHeads, numKeyValueHeads, headDim, maxPositionEmbeddings, dtype."""
+hiddenSize, numAttentionHeads, numKeyValueHeads, headDim, maxPositionEmbeddings, dtype, and, for a
+model whose layers attend within a sliding window, slidingWindow (the window, in positions) and
+slidingWindowLayers (how many layers attend within it)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,42 @@ _ALIASES = {
 }
 
 
+# Families whose every layer attends within config.json's sliding_window when it is set (and
+# whose configs carry no layer_types). A family not named here and without layer_types windows
+# nothing: transformers' Llama, for one, ignores a sliding_window its config carries.
+_EVERY_LAYER_WINDOWED = ("mistral", "mixtral", "phi3", "qwen3_moe")
+# Families that window layers by index; transformers derives their layer_types as below when
+# config.json has none (configs written before layer_types existed).
+_QWEN = ("qwen2", "qwen3")
+
+
+def sliding_window(config: Mapping[str, Any], layers: int | None) -> tuple[int | None, int]:
+    """Pure: (window, how many layers attend within it) as transformers' config classes define
+    them, or (None, 0) when no layer is windowed."""
+    window = _first_int(config, ("sliding_window",))
+    if window is None or window <= 0 or config.get("use_sliding_window") is False:
+        return None, 0
+    kinds = config.get("layer_types")
+    family = config.get("model_type")
+    if isinstance(kinds, list) and kinds:
+        count = sum(kind == "sliding_attention" for kind in kinds)
+    elif layers is None:
+        return None, 0
+    elif family in _QWEN:  # layers from max_window_layers on (transformers' Qwen2/Qwen3)
+        first = _first_int(config, ("max_window_layers",))
+        count = layers - min(first, layers) if first is not None else 0
+    elif family == "gemma2":  # every other layer, from the first
+        count = (layers + 1) // 2
+    elif family in ("gemma3", "gemma3_text"):  # all but every sliding_window_pattern-th
+        pattern = _first_int(config, ("sliding_window_pattern",)) or 6
+        count = layers - layers // pattern if pattern > 0 else layers
+    elif family in _EVERY_LAYER_WINDOWED:
+        count = layers
+    else:
+        return None, 0
+    return (window, count) if count > 0 else (None, 0)
+
+
 def _first_int(config: Mapping[str, Any], names: Iterable[str]) -> int | None:
     for name in names:
         value = config.get(name)
@@ -56,6 +94,9 @@ def model_shape(config: Mapping[str, Any], tensors: Iterable[tuple[str, list[int
         out[key] = _first_int(merged, names)
     if out["numKeyValueHeads"] is None:
         out["numKeyValueHeads"] = out["numAttentionHeads"]
+    window, windowed = sliding_window(merged, out["numLayers"])
+    if window is not None:
+        out["slidingWindow"], out["slidingWindowLayers"] = window, windowed
     if out["headDim"] is None and out["hiddenSize"] and out["numAttentionHeads"]:
         out["headDim"] = out["hiddenSize"] // out["numAttentionHeads"]
     params, nbytes, kinds = 0, 0, Counter[str]()
