@@ -210,15 +210,24 @@ class BlockPool:
 
 
 class KVStore:
-    """The tensors behind the pool: keys and values of every layer."""
+    """The tensors behind the pool: keys and values of every layer. With ``window_layers``
+    (a model whose layers mix a sliding window and full attention: kv_groups.py), those layers
+    hold ``window_blocks`` blocks, the blocks of their own group's pool, and the others
+    ``num_blocks``."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int,
-                 head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
-        slots = num_blocks * block_size
-        self.keys = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device)
-                     for _ in range(num_layers)]
-        self.values = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device)
-                       for _ in range(num_layers)]
+                 head_dim: int, dtype: torch.dtype, device: torch.device,
+                 window_layers: frozenset[int] = frozenset(), window_blocks: int = 0) -> None:
+        def slots(layer: int) -> int:
+            return (window_blocks if layer in window_layers else num_blocks) * block_size
+        self.keys = [torch.zeros(slots(i), kv_heads, head_dim, dtype=dtype, device=device)
+                     for i in range(num_layers)]
+        self.values = [torch.zeros(slots(i), kv_heads, head_dim, dtype=dtype, device=device)
+                       for i in range(num_layers)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.keys + self.values)
 
     @staticmethod
     def bytes_per_block(num_layers: int, block_size: int, kv_heads: int, head_dim: int,
