@@ -32,6 +32,7 @@ from kubemaas_runtime.llm.engine import Engine
 from kubemaas_runtime.llm.kv_cache import window_start
 from kubemaas_runtime.llm.loader import LanguageModel, load_hf
 from kubemaas_runtime.llm.sampling import SamplingParams
+from kubemaas_runtime.llm.scheduler import Sequence
 from tests.runtime.test_llm_sliding_window import MIXED, SLIDING, WINDOW, prompts, windowed
 from tests.runtime.test_llm_window_kv import generate, small_engine
 
@@ -70,14 +71,56 @@ def poison_out_of_window(engine: Engine) -> None:
 
     def poisoning() -> Any:
         out = step()
+        assert lm.window is not None
         dead = {b for seq in engine.scheduler.running
-                for b in seq.blocks[:window_start(seq.computed, lm.window, BLOCK) // BLOCK]}
+                for b in windowed_blocks(seq)[:window_start(seq.computed, lm.window, BLOCK)
+                                              // BLOCK]} - {0}
         fill(poisoned - dead, 1e3)
         fill(dead, float("nan"))
         poisoned.clear()
         poisoned.update(dead)
+        if engine.window_pool is not None:  # the windowed group's given-back blocks: finite
+            fill(set(engine.window_pool._free) | {0}, 1e3)  # (masked reads: 0 x 1e3 is 0)
         return out
     engine.step = poisoning  # type: ignore[method-assign]
+
+
+def windowed_blocks(seq: Sequence) -> list[int]:
+    """The blocks the windowed layers' keys and values of ``seq`` are in (two KV groups:
+    the windowed group's, 0s where given back)."""
+    return seq.blocks if seq.window_blocks is None else seq.window_blocks
+
+
+def watch_reuse(engine: Engine) -> set[int]:
+    """The windowed group's blocks that one sequence gave back and another running sequence
+    took while the first was still running (filled after every step)."""
+    step, reused = engine.step, set[int]()
+    gave: dict[int, Sequence] = {}  # block -> the running sequence that gave it back
+
+    def watched() -> Any:
+        out = step()
+        running = engine.scheduler.running
+        held = {b: s for s in running for b in windowed_blocks(s) if b}
+        reused.update(b for b, s in held.items() if b in gave and gave[b] is not s
+                      and gave[b] in running)
+        for s in running:
+            for b in windowed_blocks(s)[:s.window_freed]:
+                assert b == 0
+        for b, s in list(gave.items()):
+            if s not in running or b in held:
+                del gave[b]
+        assert engine.window_pool is not None
+        free = set(engine.window_pool._free)
+        for s in running:
+            for b in last_windowed.get(s.rid, []):
+                if b and b in free:
+                    gave[b] = s
+        last_windowed.clear()
+        last_windowed.update({s.rid: list(windowed_blocks(s)) for s in running})
+        return out
+    last_windowed: dict[int, list[int]] = {}
+    engine.step = watched  # type: ignore[method-assign]
+    return reused
 
 
 def watch_windowed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
@@ -105,19 +148,26 @@ def watch_windowed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return calls
 
 
+@pytest.mark.parametrize("kv_groups", [False, True], ids=["one-pool", "kv-groups"])
 @pytest.mark.parametrize("path", ["eager", "grouped", "lanes", "traced", "graphs"])
-def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[LanguageModel, Any],
+def test_windowed_layers_read_only_their_windows(path: str, kv_groups: bool,
+                                                 mixed: tuple[LanguageModel, Any],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Four prompts 1 to 11 windows long read 20 tokens a step beside the others' decodes,
     then 50 tokens each: the windowed layers' keys past every window NaN after each step, the
-    answers are generate()'s (before, those layers read every key, masked: NaN answers)."""
+    answers are generate()'s (before, those layers read every key, masked: NaN answers).
+    With two KV groups, the windowed blocks given back are reused by the other sequences
+    while the first still decode (free blocks: large finite values after every step)."""
     torch.set_num_threads(1)
     lm, model = mixed
     if path == "grouped":  # decode rows attend in groups of similar width (packing.py)
         monkeypatch.setattr(packing, "GROUP_SAVES_BLOCKS", 1)
-    engine = small_engine(lm, 80, BLOCK, batched=20,
+    engine = small_engine(lm, 120 if kv_groups else 80, BLOCK, batched=20,
                           path=path if path in ("lanes", "traced", "graphs") else "eager",
-                          max_model_len=400, prefix_caching=False)
+                          max_model_len=200 if kv_groups else 400, prefix_caching=False,
+                          kv_groups=kv_groups)
+    assert (engine.window_pool is not None) == kv_groups
+    reused = watch_reuse(engine) if kv_groups else set()
     # decode steps from the traced graph (with the lanes too): the three are on the direct stack
     assert lm.stack is not None
     assert (engine.traced is not None) == (path in ("lanes", "traced"))
@@ -147,6 +197,8 @@ def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[Languag
     assert calls and max(keys for _, keys in calls) <= 20 + WINDOW + 2 * BLOCK
     for queries, keys in calls:
         assert keys <= queries + WINDOW + 2 * BLOCK, (queries, keys)
+    if kv_groups:  # a windowed block given back was taken by another running sequence
+        assert reused
     if path == "lanes":
         assert any(lanes)
     if path == "graphs":  # CUDA graphs' padded, fixed-width inputs (capture=False)
@@ -157,14 +209,15 @@ def test_windowed_layers_read_only_their_windows(path: str, mixed: tuple[Languag
         assert engine.traced.replays > engine.traced.replays_with_prompts
 
 
-def test_a_prefix_hit_past_the_window(mixed: tuple[LanguageModel, Any],
+@pytest.mark.parametrize("kv_groups", [False, True], ids=["one-pool", "kv-groups"])
+def test_a_prefix_hit_past_the_window(kv_groups: bool, mixed: tuple[LanguageModel, Any],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A 150-token prompt read in one chunk and in chunks of 20, then one that shares its
     first 120 tokens from the prefix cache and reads the rest: every windowed call's table
     spans its window, and the answers are generate()'s."""
     torch.set_num_threads(1)
     lm, model = mixed
-    engine = small_engine(lm, 120, BLOCK, batched=20, max_model_len=400)
+    engine = small_engine(lm, 120, BLOCK, batched=20, max_model_len=400, kv_groups=kv_groups)
     # the pacer counts the layers' average reads (scheduler.Mixed); every block is kept
     assert engine.scheduler.mixed == (WINDOW, len(lm.sliding) / lm.num_layers)
     assert engine.scheduler.window is None
@@ -179,3 +232,4 @@ def test_a_prefix_hit_past_the_window(mixed: tuple[LanguageModel, Any],
     for queries, keys in calls:
         assert keys <= queries + WINDOW + 2 * BLOCK, (queries, keys)
     assert engine.pool.used == 0
+    assert engine.window_pool is None or engine.window_pool.used == 0

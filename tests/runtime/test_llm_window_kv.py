@@ -46,22 +46,26 @@ def generate(model: Any, prompt: list[int], n: int, _eos: Any = None) -> list[in
 
 def small_engine(lm: LanguageModel, blocks: int, block_size: int, batched: int,
                  path: str = "eager", max_model_len: int | None = None,
-                 prefix_caching: bool = True) -> Engine:
-    """An engine whose KV cache holds ``blocks`` usable blocks."""
+                 prefix_caching: bool = True, kv_groups: bool = False) -> Engine:
+    """An engine whose KV cache holds ``blocks`` usable blocks (with ``kv_groups``, a mixed
+    model's: the bytes of that many blocks of every layer, split between its two groups)."""
     per_block = KVStore.bytes_per_block(lm.num_layers, block_size, lm.kv_heads, lm.head_dim,
                                         lm.dtype)
     cfg = EngineConfig(kv_cache_bytes=(blocks + 1) * per_block,
                        max_model_len=max_model_len or lm.max_position, max_num_seqs=8,
                        max_num_batched_tokens=batched, block_size=block_size,
                        prefix_caching=prefix_caching,
-                       traced_decode=path in ("traced", "lanes"), decode_lanes=path == "lanes")
+                       traced_decode=path in ("traced", "lanes"), decode_lanes=path == "lanes",
+                       kv_groups=kv_groups)
     engine = Engine(lm, cfg)
-    assert engine.pool.usable == blocks
+    # (a model whose layers mix windows: two KV groups split those bytes, kv_groups.py)
+    assert engine.pool.usable == blocks or engine.window_pool is not None
     if path == "graphs":
         assert lm.stack is not None
         engine._model_step = GraphedDecode(lm.stack, engine.store, block_size, lm.vocab_size,
                                            cfg.max_num_seqs, capture=False,
-                                           sliding=lm.sliding, window=lm.window)
+                                           sliding=lm.sliding, window=lm.window,
+                                           grouped=engine.window_pool is not None)
     return engine
 
 
@@ -339,3 +343,98 @@ def test_a_model_with_full_attention_layers_keeps_every_block(tmp_path: Path) ->
     params = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
     engine.generate_sync(prompts([20], seed=10), params)
     assert max(used) == 10  # 80 tokens: every block held
+
+
+@pytest.fixture(scope="module")
+def qwen_mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[LanguageModel, Any]:
+    """A tiny Qwen2 whose first two of four layers are full-causal, the others windowed."""
+    model_dir = windowed(tmp_path_factory.mktemp("mixed"), "qwen2", **MIXED)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    model.generation_config.eos_token_id = None
+    return load_hf(model_dir, device="cpu"), model
+
+
+def watch_groups(engine: Engine) -> list[tuple[int, int, float]]:
+    """(full group's used blocks, windowed group's, the published KV usage) after each step."""
+    seen: list[tuple[int, int, float]] = []
+    step = engine.step
+
+    def watched() -> Any:
+        out = step()
+        assert engine.window_pool is not None
+        seen.append((engine.pool.used, engine.window_pool.used, engine.kv_usage))
+        return out
+    engine.step = watched  # type: ignore[method-assign]
+    return seen
+
+
+def test_with_kv_groups_a_mixed_sequence_gives_back_its_windowed_blocks(
+        qwen_mixed: tuple[LanguageModel, Any]) -> None:
+    """Two KV groups: a 400-token sequence (300 prompt tokens read 16 a step) holds its full
+    group's 25 blocks of 16, and in the windowed group its window's (12 tokens) and the
+    next's, 3 at most; the KV usage published is the fuller group's."""
+    torch.set_num_threads(1)
+    lm, model = qwen_mixed
+    engine = small_engine(lm, 60, 16, batched=16, max_model_len=400, kv_groups=True)
+    seen = watch_groups(engine)
+    prompt = prompts([300], seed=31)[0]
+    params = SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True)
+    assert engine.generate_sync([prompt], params) == [generate(model, prompt, 100)]
+    assert max(full for full, _, _ in seen[:-1]) == 25
+    assert max(win for _, win, _ in seen) <= 3
+    assert engine.window_pool is not None
+    for full, win, usage in seen:
+        assert usage == max(full / engine.pool.usable, win / engine.window_pool.usable)
+
+
+@pytest.mark.parametrize("kv_groups", [False, True], ids=["one-pool", "kv-groups"])
+def test_kv_groups_admit_more_long_mixed_sequences(
+        kv_groups: bool, qwen_mixed: tuple[LanguageModel, Any]) -> None:
+    """The bytes of 100 blocks of 8 for every layer: one pool holds two of four 300-token
+    sequences (38 blocks each) at a time; split into two groups (kv_groups.py), all four run
+    together. Answers are generate()'s either way."""
+    torch.set_num_threads(1)
+    lm, model = qwen_mixed
+    engine = small_engine(lm, 100, 8, batched=64, max_model_len=320, kv_groups=kv_groups)
+    batch = prompts([280, 281, 282, 283], seed=32)
+    params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+    outs = engine.generate_sync(batch, params)
+    for prompt, out in zip(batch, outs, strict=True):
+        assert out == generate(model, prompt, 20), len(prompt)
+    assert engine.peak_running == (4 if kv_groups else 2)
+    assert engine.pool.used == 0
+    assert engine.window_pool is None or engine.window_pool.used == 0
+
+
+def test_kv_groups_preempt_when_the_windowed_group_runs_short(
+        qwen_mixed: tuple[LanguageModel, Any]) -> None:
+    """Two groups whose windowed one holds 6 blocks of 8: sequences of prompts of 5 to 7
+    tokens are admitted with one windowed block each, three of them, and each needs 3 as
+    it decodes 60 tokens: the windowed group runs short, the newest are preempted and read
+    again, never past the budget, and every answer is generate()'s; a prefix hit then takes
+    the full group's blocks from block 0 and the windowed group's its window sees."""
+    torch.set_num_threads(1)
+    lm, model = qwen_mixed
+    engine = small_engine(lm, 40, 8, batched=256, max_model_len=320, kv_groups=True)
+    assert engine.window_pool is not None and engine.window_pool.usable == 6
+    seen = watch_groups(engine)
+    batch = prompts([5, 6, 7, 5, 6, 7], seed=33)
+    params = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
+    outs = engine.generate_sync(batch, params)
+    for prompt, out in zip(batch, outs, strict=True):
+        assert out == generate(model, prompt, 60), len(prompt)
+    assert engine.scheduler.preemptions > 0
+    assert max(win for _, win, _ in seen) <= engine.window_pool.usable
+    base, tail = prompts([100, 9], seed=34)
+    one = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    assert engine.generate_sync([base], one) == [generate(model, base, 1)]
+    engine.pool.hit_tokens = 0
+    hit = base[:96] + tail
+    assert engine.generate_sync([hit], params) == [generate(model, hit, 60)]
+    assert engine.pool.hit_tokens == 96
+    # decoding 60 tokens more, the base's windowed blocks at 96 are evicted: no hit, though
+    # the full group still holds its blocks
+    assert engine.generate_sync([base], params) == [generate(model, base, 60)]
+    engine.pool.hit_tokens = 0
+    assert engine.generate_sync([hit], one) == [generate(model, hit, 1)]
+    assert engine.pool.hit_tokens == 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kubemaas_runtime.llm.kv_cache import KVStore
+from kubemaas_runtime.llm.kv_cache import BlockPool, KVStore
 from kubemaas_runtime.llm.kv_groups import (
     GroupBlocks,
     grouped_store,
@@ -14,6 +14,8 @@ from kubemaas_runtime.llm.kv_groups import (
     sequences_that_fit,
     split_budget,
 )
+from kubemaas_runtime.llm.sampling import SamplingParams
+from kubemaas_runtime.llm.scheduler import Scheduler, Sequence
 
 GIB = 1 << 30
 # Gemma 3 4B's attention: 34 layers, every sixth full (5), the others windowed over 1024
@@ -69,3 +71,26 @@ def test_the_store_sizes_each_layer_by_its_group_within_the_budget() -> None:
     assert store.nbytes == (5 * groups.window + groups.full) * layer_block
     plain = KVStore(6, 7, BS, 2, 8, torch.float32, torch.device("cpu"))
     assert {k.shape[0] for k in plain.keys} == {7 * BS}
+
+
+def _admitted(pool: BlockPool, window_pool: BlockPool | None) -> int:
+    """How many of 80 waiting 8,191-token prompts the scheduler admits at once."""
+    mixed = (WINDOW, (LAYERS - FULL) / LAYERS) if window_pool is not None else None
+    scheduler = Scheduler(pool, 256, 8192, mixed=mixed, window_pool=window_pool)
+    for i in range(80):
+        scheduler.add(Sequence(i, [1] * 8191, SamplingParams(max_tokens=1), sink=print,
+                               detok=None))  # type: ignore[arg-type]
+    scheduler.schedule()
+    return len(scheduler.running)
+
+
+def test_the_scheduler_admits_as_many_8k_prompts_as_the_split_holds() -> None:
+    """Gemma 3 4B-shaped, 16 GiB: the scheduler admits 15 prompts of 8,191 tokens in one
+    pool, 58 with two groups (each group keeping a free block per running sequence)."""
+    one = BlockPool(16 * GIB // KVStore.bytes_per_block(LAYERS, BS, KV_HEADS, DIM,
+                                                        torch.bfloat16), BS)
+    groups = split_budget(16 * GIB, LAYERS, LAYERS - FULL,
+                          KVStore.bytes_per_block(1, BS, KV_HEADS, DIM, torch.bfloat16),
+                          8192, WINDOW, BS)
+    assert _admitted(one, None) == 15
+    assert _admitted(BlockPool(groups.full, BS), BlockPool(groups.window, BS)) == 58

@@ -146,6 +146,9 @@ class PagedStep:
     # they attend in one call (no groups: every row's table spans about a window)
     window_decode_mask: torch.Tensor | None = None
     window_decode_blocks: torch.Tensor | None = None
+    # with two KV groups (kv_groups.py): the packed tokens' slots in the windowed layers' own
+    # blocks, which every ``window_`` table and ``Chunk.window_blocks`` index; None: one group
+    window_write_slots: torch.Tensor | None = None
 
     is_compileable = False
 
@@ -169,7 +172,8 @@ class PagedStep:
                          self.decode_groups, self.lanes, move(self.decode_positions),
                          sliding=self.sliding,
                          window_decode_mask=move(self.window_decode_mask),
-                         window_decode_blocks=move(self.window_decode_blocks))
+                         window_decode_blocks=move(self.window_decode_blocks),
+                         window_write_slots=move(self.window_write_slots))
 
     # the part of transformers' Cache that decoder attention layers call
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
@@ -182,8 +186,11 @@ class PagedStep:
         key_states.nan_to_num_(0.0, 0.0, 0.0)
         value_states.nan_to_num_(0.0, 0.0, 0.0)
         k_pool, v_pool = self.store.keys[layer_idx], self.store.values[layer_idx]
-        k_pool.index_copy_(0, self.write_slots, key_states[0].transpose(0, 1))
-        v_pool.index_copy_(0, self.write_slots, value_states[0].transpose(0, 1))
+        slots = self.write_slots
+        if self.window_write_slots is not None and layer_idx in self.sliding:
+            slots = self.window_write_slots
+        k_pool.index_copy_(0, slots, key_states[0].transpose(0, 1))
+        v_pool.index_copy_(0, slots, value_states[0].transpose(0, 1))
         self.layer = layer_idx
         if self.lanes is not None:
             assert self.decode_positions is not None

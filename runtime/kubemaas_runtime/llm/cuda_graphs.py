@@ -68,16 +68,20 @@ class _Bucket:
     # window_decode_blocks/_mask), as wide as a window's blocks can be (or the bucket's width)
     window_blocks: torch.Tensor | None = None  # [rows, window width]
     window_mask: torch.Tensor | None = None    # [rows, 1, 1, window width * block_size]
+    # with two KV groups (kv_groups.py): the rows' slots in the windowed layers' blocks
+    window_write_slots: torch.Tensor | None = None  # [rows]
     graph: Any = None
 
 
 class GraphedDecode:
     def __init__(self, stack: StepForward, store: KVStore, block_size: int, vocab: int,
                  max_rows: int, capture: bool = True, sliding: frozenset[int] = frozenset(),
-                 window: int | None = None) -> None:
+                 window: int | None = None, grouped: bool = False) -> None:
         """``sliding``, ``window``: a model whose layers mix a sliding window and full
         attention, its windowed layers and their window (each graph's inputs then carry
-        their tables and mask too, packing._decode_tables trimmed to the window)."""
+        their tables and mask too, packing._decode_tables trimmed to the window);
+        ``grouped``: two KV groups, the windowed layers' write slots too."""
+        self._grouped = grouped and bool(sliding)
         self._stack = stack
         self._store = store
         self._bs = block_size
@@ -153,6 +157,8 @@ class GraphedDecode:
         if self._window_width:
             wide = min(width, self._window_width)
             b.window_blocks, b.window_mask = zeros(rows, wide), padded_mask(wide)
+            if self._grouped:
+                b.window_write_slots = zeros(rows)
         return b
 
     def _fill(self, b: _Bucket, input_ids: torch.Tensor, position_ids: torch.Tensor,
@@ -177,12 +183,17 @@ class GraphedDecode:
             b.window_blocks[:rows, :wide].copy_(step.window_decode_blocks)
             b.window_mask[:rows].zero_()
             b.window_mask[:rows, :, :, :wide * self._bs].copy_(step.window_decode_mask)
+        if b.window_write_slots is not None:
+            assert step.window_write_slots is not None
+            b.window_write_slots[:rows].copy_(step.window_write_slots)
+            b.window_write_slots[rows:].zero_()
 
     def _eager(self, b: _Bucket) -> torch.Tensor:
         """The padded step through the model, its logits into the shared tensor."""
         step = PagedStep(self._store, self._bs, b.write_slots, b.rows, b.blocks, b.mask,
                          sliding=self._sliding, window_decode_blocks=b.window_blocks,
-                         window_decode_mask=b.window_mask)
+                         window_decode_mask=b.window_mask,
+                         window_write_slots=b.window_write_slots)
         logits = self._stack(b.input_ids, b.position_ids, b.keep, step)
         return self._logits[:b.rows].copy_(logits)
 

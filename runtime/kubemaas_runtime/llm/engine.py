@@ -26,7 +26,8 @@ from .cuda_graphs import GraphedDecode
 from .decode_lanes import DecodeLanes
 from .decoder_stack import StepForward
 from .detok import Detokenizer, decoder
-from .kv_cache import BlockPool, KVStore, cache_root
+from .kv_cache import cache_root
+from .kv_groups import check_holds_one_sequence, kv_pools, kv_store
 from .loader import LanguageModel
 from .lora import AdapterError, in_use
 from .pacing import PrefillPacer
@@ -66,26 +67,9 @@ class EngineConfig:
     # bytes as the KV cache (decode_lanes.py)
     decode_lanes: bool = True
     scheduling_policy: str = "fcfs"  # or "priority": requests' priorities order the queue
-
-
-def kv_blocks_for_budget(lm: LanguageModel, cfg_bytes: int, block_size: int) -> int:
-    per_block = KVStore.bytes_per_block(lm.num_layers, block_size, lm.kv_heads, lm.head_dim,
-                                        lm.dtype)
-    return cfg_bytes // per_block
-
-
-def _check_holds_one_sequence(cfg: EngineConfig, pool: BlockPool, scheduler: Scheduler) -> None:
-    """The KV cache must hold one sequence of max-model-len (a windowed one: its window's
-    blocks, Scheduler.live_blocks)."""
-    need = pool.blocks_for(cfg.max_model_len)
-    if scheduler.window is not None:
-        need = min(need, scheduler.live_blocks)
-    if need > pool.usable:
-        raise ValueError(
-            f"a KV cache of {cfg.kv_cache_bytes} bytes holds {pool.usable} blocks of "
-            f"{cfg.block_size} tokens, fewer than one sequence of max-model-len "
-            f"{cfg.max_model_len} needs ({need}); raise the KV cache memory or lower "
-            f"max-model-len")
+    # a model whose layers mix a sliding window and full attention: two KV groups, the
+    # windowed layers' blocks given back as they leave the window (kv_groups.py)
+    kv_groups: bool = False
 
 
 class Engine(EngineThread):
@@ -93,17 +77,19 @@ class Engine(EngineThread):
         super().__init__("kubemaas-llm-engine")
         self.lm = lm
         self.cfg = cfg
-        num_blocks = kv_blocks_for_budget(lm, cfg.kv_cache_bytes, cfg.block_size)
-        self.pool = BlockPool(num_blocks, cfg.block_size, cfg.prefix_caching)
+        # layers that mix a window and full attention, with kv_groups: two KV groups
+        self.pool, self.window_pool, groups = kv_pools(
+            lm, cfg.kv_cache_bytes, cfg.block_size, cfg.max_model_len, cfg.prefix_caching,
+            cfg.kv_groups)
         # every layer windowed: a sequence holds the blocks of its window alone (scheduler.py)
         window = lm.window if not lm.sliding else None
         self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens,
                                    priority=cfg.scheduling_policy == "priority",
                                    max_loras=lm.loras.max_loras if lm.loras else 0,
-                                   window=window, mixed=mixed(lm.window, lm.sliding, lm.num_layers))
-        _check_holds_one_sequence(cfg, self.pool, self.scheduler)
-        self.store = KVStore(lm.num_layers, num_blocks, cfg.block_size, lm.kv_heads,
-                             lm.head_dim, lm.dtype, lm.device)
+                                   window=window, mixed=mixed(lm.window, lm.sliding, lm.num_layers),
+                                   window_pool=self.window_pool)
+        check_holds_one_sequence(cfg.kv_cache_bytes, cfg.max_model_len, self.scheduler)
+        self.store = kv_store(lm, self.pool, groups)
         self.loras = lm.loras
         self._retiring = False  # an adapter was unloaded: free its weights, idle or not
         if self.loras is not None:
@@ -118,7 +104,8 @@ class Engine(EngineThread):
             self.traced = TracedDecode(lm.model, stack)
         elif stack is not None and lm.device.type == "cuda":
             self.graphed = GraphedDecode(stack, self.store, cfg.block_size, lm.vocab_size,
-                                         cfg.max_num_seqs, sliding=lm.sliding, window=lm.window)
+                                         cfg.max_num_seqs, sliding=lm.sliding, window=lm.window,
+                                         grouped=groups is not None)
         # (not with a window on every layer: a lane holds a row's whole context, while the
         # rows' tables then start at their windows, packing._decode_tables)
         # (a model whose layers mix windows: lanes for its full layers alone, the windowed
@@ -298,7 +285,9 @@ class Engine(EngineThread):
         self.num_waiting = len(self.scheduler.waiting)
         self.num_running = len(self.scheduler.running)
         self.peak_running = max(self.peak_running, self.num_running)
-        self.kv_usage = self.pool.usage()
+        # two KV groups: the fuller group's (a request waits when either is short)
+        self.kv_usage = max(self.pool.usage(), self.window_pool.usage()) \
+            if self.window_pool is not None else self.pool.usage()
         if self.lanes is not None:
             if not self.scheduler.running:  # idle: the lanes' memory goes back
                 self.lanes.clear()
@@ -359,7 +348,12 @@ class Engine(EngineThread):
             seq.computed += n
             seq.registered = self.pool.register(seq.blocks, seq.ids, seq.registered,
                                                 seq.computed, seq.cache_root)
-        if self.scheduler.window is not None:  # (after registering: the freed stay cached)
+            if self.window_pool is not None and seq.window_blocks is not None:
+                seq.window_registered = self.window_pool.register(
+                    seq.window_blocks, seq.ids, seq.window_registered, seq.computed,
+                    seq.cache_root)
+        if self.scheduler.window is not None or self.window_pool is not None:
+            # (after registering: the freed stay cached)
             for seq in decode:
                 self.scheduler.slide(seq)
             for seq, _ in prefill:

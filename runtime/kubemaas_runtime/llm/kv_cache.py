@@ -143,14 +143,15 @@ class BlockPool:
         return out
 
     def lookup(self, prompt: list[int], root: bytes = UNSALTED,
-               window: int | None = None) -> list[int]:
+               window: int | None = None, limit: int | None = None) -> list[int]:
         """Cached blocks that hold a prefix of ``prompt`` in the chain that starts at ``root``
         (referenced for the caller). The last prompt token is never covered: its logits are
         needed. With a sliding ``window`` on every layer, the longest prefix whose blocks its
-        next token sees are cached (``window_hit``), 0s in the places of those before."""
+        next token sees are cached (``window_hit``), 0s in the places of those before;
+        ``limit``: at most that many blocks (another KV group's hit)."""
         if not self.prefix_caching:
             return []
-        hashes = self.chain_hashes(prompt[:len(prompt) - 1], 0, root)
+        hashes = self.chain_hashes(prompt[:len(prompt) - 1], 0, root)[:limit]
         found: list[int] = []
         if window is not None:
             found = self.window_hit([self._by_hash.get(h, 0) for h in hashes], window)

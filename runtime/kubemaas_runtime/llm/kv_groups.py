@@ -20,10 +20,15 @@ them: the split serves long contexts, which is where the single pool ran short.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .kv_cache import KVStore
+from .kv_cache import BlockPool, KVStore
+
+if TYPE_CHECKING:
+    from .loader import LanguageModel
+    from .scheduler import Scheduler
 
 
 @dataclass(frozen=True)
@@ -70,3 +75,63 @@ def sequences_that_fit(groups: GroupBlocks, tokens: int, window: int, block_size
     """How many sequences of ``tokens`` the two groups hold at once (each at its most)."""
     full, windowed = sequence_blocks(tokens, window, block_size)
     return min((groups.full - 1) // full, (groups.window - 1) // windowed)
+
+
+def model_groups(num_layers: int, sliding: frozenset[int], window: int | None,
+                 kv_heads: int, head_dim: int, dtype: torch.dtype, budget: int,
+                 block_size: int, max_model_len: int) -> GroupBlocks | None:
+    """The two groups of a model whose layers mix a sliding window and full attention (its
+    ``sliding`` layers, their ``window``); None for any other model (one pool)."""
+    if not sliding or window is None or len(sliding) >= num_layers:
+        return None
+    layer_block = KVStore.bytes_per_block(1, block_size, kv_heads, head_dim, dtype)
+    return split_budget(budget, num_layers, len(sliding), layer_block, max_model_len, window,
+                        block_size)
+
+
+def kv_pools(lm: LanguageModel, budget: int, block_size: int, max_model_len: int,
+             prefix_caching: bool, grouped: bool
+             ) -> tuple[BlockPool, BlockPool | None, GroupBlocks | None]:
+    """The engine's pool, and with ``grouped`` (a model whose layers mix windows) the windowed
+    group's pool and the split; one pool of every layer's blocks otherwise."""
+    groups = model_groups(lm.num_layers, lm.sliding, lm.window, lm.kv_heads, lm.head_dim,
+                          lm.dtype, budget, block_size, max_model_len) if grouped else None
+    if groups is None:
+        per_block = KVStore.bytes_per_block(lm.num_layers, block_size, lm.kv_heads,
+                                            lm.head_dim, lm.dtype)
+        return BlockPool(budget // per_block, block_size, prefix_caching), None, None
+    if groups.window < 2:
+        raise ValueError(f"a KV cache of {budget} bytes leaves no block for the windowed "
+                         f"layers; raise the KV cache memory")
+    return (BlockPool(groups.full, block_size, prefix_caching),
+            BlockPool(groups.window, block_size, prefix_caching), groups)
+
+
+def kv_store(lm: LanguageModel, pool: BlockPool, groups: GroupBlocks | None) -> KVStore:
+    """The tensors behind ``kv_pools``' pools."""
+    if groups is None:
+        return KVStore(lm.num_layers, pool.num_blocks, pool.block_size, lm.kv_heads,
+                       lm.head_dim, lm.dtype, lm.device)
+    return grouped_store(lm.num_layers, lm.sliding, groups, pool.block_size, lm.kv_heads,
+                         lm.head_dim, lm.dtype, lm.device)
+
+
+def check_holds_one_sequence(budget: int, max_model_len: int, scheduler: Scheduler) -> None:
+    """The KV cache must hold one sequence of max-model-len (a windowed one: its window's
+    blocks, Scheduler.live_blocks; with two groups, the windowed group its window's too)."""
+    pool = scheduler.pool
+    need = pool.blocks_for(max_model_len)
+    if scheduler.window is not None:
+        need = min(need, scheduler.live_blocks)
+    windowed = scheduler.window_pool
+    if windowed is not None and min(need, scheduler.window_live) > windowed.usable:
+        raise ValueError(
+            f"a KV cache of {budget} bytes holds {windowed.usable} blocks of "
+            f"{pool.block_size} tokens for the windowed layers, fewer than one sequence's "
+            f"window needs ({min(need, scheduler.window_live)}); raise the KV cache memory")
+    if need > pool.usable:
+        raise ValueError(
+            f"a KV cache of {budget} bytes holds {pool.usable} blocks of "
+            f"{pool.block_size} tokens, fewer than one sequence of max-model-len "
+            f"{max_model_len} needs ({need}); raise the KV cache memory or lower "
+            f"max-model-len")

@@ -32,31 +32,43 @@ class PackedStep:
     scored: list[tuple[Sequence, int, int]] = field(default_factory=list)
 
 
-def slots(seq: Sequence, start: int, stop: int, block_size: int) -> torch.Tensor:
-    """KV slots of the sequence's positions ``start .. stop``."""
+def slots(seq: Sequence, start: int, stop: int, block_size: int,
+          windowed: bool = False) -> torch.Tensor:
+    """KV slots of the sequence's positions ``start .. stop`` (``windowed``: in the windowed
+    group's blocks, ``Sequence.window_blocks``)."""
     pos = torch.arange(start, stop)
-    table = torch.tensor(seq.blocks[:-(-stop // block_size)], dtype=torch.long)
+    table = torch.tensor(_blocks(seq, windowed)[:-(-stop // block_size)], dtype=torch.long)
     return table[pos // block_size] * block_size + pos % block_size
 
 
+def _blocks(seq: Sequence, windowed: bool) -> list[int]:
+    """The sequence's blocks, or with ``windowed`` and two KV groups, its windowed group's."""
+    if windowed and seq.window_blocks is not None:
+        return seq.window_blocks
+    return seq.blocks
+
+
 def _decode_tables(decode: list[Sequence], block_size: int, window: int | None = None,
-                   trim: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   trim: bool = False, windowed: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Block tables [B, W] (the scratch block 0 past a row's context), the mask
     [B, 1, 1, W * block_size] and each row's write slot [B]: three small tensors made from
     lists, whatever the batch (this runs every step, and on small models a step is a few
     milliseconds). With a sliding ``window`` a row's token sees its last ``window`` keys;
     with ``trim`` too, each row's table starts at the block of its first visible key (the
-    blocks before it, given back or not, are neither gathered nor attended)."""
+    blocks before it, given back or not, are neither gathered nor attended); ``windowed``:
+    over the windowed group's blocks where there are two KV groups."""
     ctx = [s.computed + 1 for s in decode]
+    held = [_blocks(s, windowed) for s in decode]
     starts = [max(0, n - window) // block_size for n in ctx] if trim and window else None
     if starts is None:
         width = -(-max(ctx) // block_size)
-        table = torch.tensor([s.blocks[:width] + [0] * (width - min(width, len(s.blocks)))
-                              for s in decode], dtype=torch.long)
+        table = torch.tensor([b[:width] + [0] * (width - min(width, len(b))) for b in held],
+                             dtype=torch.long)
         keys: torch.Tensor = torch.arange(width * block_size)
     else:
         width = max(-(-n // block_size) - first for n, first in zip(ctx, starts, strict=True))
-        rows = [s.blocks[first:first + width] for s, first in zip(decode, starts, strict=True)]
+        rows = [b[first:first + width] for b, first in zip(held, starts, strict=True)]
         table = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
         # each row's slots are its key positions from its first block on
         keys = torch.arange(width * block_size) + torch.tensor(starts)[:, None] * block_size
@@ -64,8 +76,8 @@ def _decode_tables(decode: list[Sequence], block_size: int, window: int | None =
     mask = keys < ends
     if window is not None:  # the token at ctx - 1 sees keys ctx - window .. ctx - 1
         mask &= keys >= ends - window
-    write = torch.tensor([s.blocks[(n - 1) // block_size] * block_size + (n - 1) % block_size
-                          for s, n in zip(decode, ctx, strict=True)], dtype=torch.long)
+    write = torch.tensor([b[(n - 1) // block_size] * block_size + (n - 1) % block_size
+                          for b, n in zip(held, ctx, strict=True)], dtype=torch.long)
     return table, mask[:, None, None, :], write
 
 
@@ -123,12 +135,17 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
     scoring: list[int] = []
     scored: list[tuple[Sequence, int, int]] = []
     decode_blocks = decode_mask = window_decode_mask = window_decode_blocks = None
+    # two KV groups: the windowed layers write their own group's slots
+    grouped = bool(sliding) and any(s.window_blocks is not None
+                                    for s in decode + [s for s, _ in prefill])
+    window_writes: list[torch.Tensor] = []
     if decode:
         decode_blocks, decode_mask, decode_writes = _decode_tables(decode, block_size, full,
                                                                    trim)
         if sliding:  # the windowed layers' own tables, from each row's window on
-            window_decode_blocks, window_decode_mask, _ = _decode_tables(
-                decode, block_size, window, trim=True)
+            window_decode_blocks, window_decode_mask, window_decode_writes = _decode_tables(
+                decode, block_size, window, trim=True, windowed=True)
+            window_writes.append(window_decode_writes)
         writes.append(decode_writes)
         keep.extend(range(len(decode)))
         sampled.extend(decode)
@@ -140,6 +157,8 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
         ids.extend(seq.ids[offset:offset + n])
         positions.extend(range(offset, offset + n))
         writes.append(slots(seq, offset, offset + n, block_size))
+        if grouped:
+            window_writes.append(slots(seq, offset, offset + n, block_size, windowed=True))
         chunks.append(_chunk(seq, start, n, block_size, full, window if sliding else None))
         if seq.scoring:
             assert seq.prompt_logprobs is not None
@@ -155,7 +174,8 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
                       _units(chunks, block_size, bool(decode) and store.keys[0].is_cpu, window,
                              bool(sliding)),
                       groups, sliding=sliding, window_decode_mask=window_decode_mask,
-                      window_decode_blocks=window_decode_blocks)
+                      window_decode_blocks=window_decode_blocks,
+                      window_write_slots=torch.cat(window_writes) if grouped else None)
     keep.extend(scoring)
     return PackedStep(torch.tensor([ids]), torch.tensor([positions]),
                       torch.tensor(keep or [len(ids) - 1]), sampled, paged, scored)
@@ -174,8 +194,8 @@ def _chunk(seq: Sequence, start: int, n: int, block_size: int, window: int | Non
     chunk = Chunk(start, n, offset, table, _chunk_mask(offset, n, window, first), first=first)
     if sliding is not None:
         chunk.window_first = window_start(offset, sliding, block_size)
-        chunk.window_blocks = torch.tensor(seq.blocks[chunk.window_first // block_size:end],
-                                           dtype=torch.long)
+        chunk.window_blocks = torch.tensor(
+            _blocks(seq, True)[chunk.window_first // block_size:end], dtype=torch.long)
         chunk.window_mask = _chunk_mask(offset, n, sliding, chunk.window_first)
     return chunk
 

@@ -27,6 +27,13 @@ windowed masks leave out. Such a sequence holds at most ``live_blocks`` blocks (
 it reads), so admission reserves no more than that, and its prompt's blocks are taken chunk
 by chunk (``_room``) as it is read.
 
+With two KV groups (a model whose layers mix a window and full attention, --hybrid-kv-cache:
+kv_groups.py), ``pool`` is the full layers' and ``window_pool`` the windowed layers': a
+sequence holds its whole context in the first and its window's blocks in the second
+(``Sequence.window_blocks``, given back by ``slide`` as above, its prompt's taken chunk by
+chunk); admission waits when either group is short, growth preempts when either is empty,
+and a prefix hit is the longest that both groups hold.
+
 With ``priority`` (vLLM's ``--scheduling-policy priority``) the queue is ordered by each
 request's priority (lower first), then by arrival, and the sequence preempted is the running one
 that comes last in that order.
@@ -62,6 +69,11 @@ class Sequence:
     computed: int = 0  # tokens whose keys and values are in the cache
     registered: int = 0  # leading full blocks registered in the prefix cache
     freed: int = 0  # leading blocks given back, slid out of the window (0s in ``blocks``)
+    # with two KV groups (a mixed-window model: kv_groups.py), the windowed layers' blocks
+    # (``blocks`` then the full layers'), and as above, the registered and the given back
+    window_blocks: list[int] | None = None
+    window_registered: int = 0
+    window_freed: int = 0
     cache_root: bytes = UNSALTED  # where its prefix-cache chain starts (kv_cache.cache_root)
     priority: int = 0  # with priority scheduling: lower is served first (vLLM's)
     lora: int = 0  # the LoRA adapter's id (lora.py); 0: the base model
@@ -159,8 +171,14 @@ def decode_reads(decode: list[Sequence], window: int | None = None,
 class Scheduler:
     def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int,
                  priority: bool = False, max_loras: int = 0, window: int | None = None,
-                 mixed: Mixed | None = None) -> None:
+                 mixed: Mixed | None = None, window_pool: BlockPool | None = None) -> None:
         self.pool = pool
+        # two KV groups: the windowed layers' own pool (``mixed``'s window), whose blocks a
+        # sequence gives back as they slide out of it; ``pool`` is then the full layers'
+        self.window_pool = window_pool
+        self.group_window = mixed[0] if window_pool is not None and mixed else None
+        self.window_live = window_pool.blocks_for(self.group_window) + 1 \
+            if window_pool is not None and self.group_window is not None else 0
         # every layer's sliding window (None: some layer sees every key: blocks stay held)
         self.window = window
         self.mixed = mixed  # the window of some layers alone, and their share (Mixed)
@@ -190,7 +208,13 @@ class Scheduler:
         else:
             with contextlib.suppress(ValueError):
                 self.waiting.remove(seq)
+        self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        """Give back every block ``seq`` holds, in both groups."""
         self.pool.release(seq.blocks)
+        if self.window_pool is not None and seq.window_blocks is not None:
+            self.window_pool.release(seq.window_blocks)
 
     def _admit(self) -> None:
         passed = 0  # sequences at the head left waiting for an adapter slot
@@ -199,17 +223,25 @@ class Scheduler:
             if not self._adapter_fits(seq):
                 passed += 1
                 continue
-            cached = self._cached(seq)
+            cached, window_cached = self._cached(seq)
             need = self.pool.blocks_for(len(seq.ids) + 1) - len(cached)
             if self.window is not None:  # the rest of a long prompt: chunk by chunk (_room)
                 need = min(need, self.live_blocks)
-            if (need + len(self.running) > self.pool.free and self.running) or \
-                    need > self.pool.free:
+            window_need = min(self.pool.blocks_for(len(seq.ids) + 1) - len(cached),
+                              self.window_live)
+            if self._short(self.pool, need) or (self.window_pool is not None and
+                                                 self._short(self.window_pool, window_need)):
                 self.pool.release(cached)
-                return  # wait for blocks: never overcommit the cache
+                if self.window_pool is not None:
+                    self.window_pool.release(window_cached)
+                return  # wait for blocks: never overcommit the cache (either group)
             self.pool.queried_tokens += len(seq.ids)
             self.pool.hit_tokens += len(cached) * self.pool.block_size
             seq.blocks = cached + self.pool.allocate(need)
+            if self.window_pool is not None:
+                seq.window_blocks = window_cached + self.window_pool.allocate(window_need)
+                seq.window_registered = len(window_cached)
+                seq.window_freed = window_cached.count(0)
             seq.registered = len(cached)
             seq.computed = len(cached) * self.pool.block_size
             seq.freed = cached.count(0)
@@ -219,17 +251,25 @@ class Scheduler:
             del self.waiting[passed]
             self.running.append(seq)
 
-    def _cached(self, seq: Sequence) -> list[int]:
+    def _short(self, pool: BlockPool, need: int) -> bool:
+        """``pool`` lacks ``need`` blocks, leaving one for each running sequence."""
+        return (need + len(self.running) > pool.free and bool(self.running)) or \
+            need > pool.free
+
+    def _cached(self, seq: Sequence) -> tuple[list[int], list[int]]:
         """Shared blocks holding a prefix of ``seq`` (referenced); with a window, the longest
         prefix whose blocks its next token sees are cached (BlockPool.window_hit), those
-        before given back at once or not found (0s in their places)."""
+        before given back at once or not found (0s in their places). With two KV groups, the
+        hit is the longest prefix that both hold: the full group from block 0, the windowed
+        one the blocks its next token sees (the second list; empty with one group)."""
         cached = [] if seq.scoring else self.pool.lookup(seq.ids, seq.cache_root, self.window)
-        if self.window is not None and cached:
-            bs = self.pool.block_size
-            dead = max(0, (len(cached) * bs - self.window + 1) // bs)
-            self.pool.release(cached[:dead])  # (empties that slice's copy, not ``cached``)
-            cached[:dead] = [0] * dead
-        return cached
+        cached = _slid(self.pool, cached, self.window)
+        if self.window_pool is None or not cached:
+            return cached, []
+        found = _slid(self.window_pool, self.window_pool.lookup(
+            seq.ids, seq.cache_root, self.group_window, limit=len(cached)), self.group_window)
+        self.pool.release(cached[len(found):])  # (a copy: ``cached`` keeps its blocks)
+        return cached[:len(found)], found
 
     def _adapter_fits(self, seq: Sequence) -> bool:
         """Its adapter is running already, or there is room for one more."""
@@ -242,30 +282,30 @@ class Scheduler:
         """With a window: give back ``seq``'s blocks that no later token reads (the token at
         ``computed`` sees keys from ``computed - window + 1``); a block registered in the
         prefix cache stays cached, its keys and values still those of its positions."""
-        if self.window is None:
-            return
-        dead = min((seq.computed - self.window + 1) // self.pool.block_size, len(seq.blocks))
-        if dead <= seq.freed:
-            return
-        gone = seq.blocks[seq.freed:dead]
-        seq.blocks[seq.freed:dead] = [0] * (dead - seq.freed)
-        seq.freed = dead
-        self.pool.release(gone)
+        if self.window is not None:
+            seq.freed = _give_back(self.pool, seq.blocks, seq.freed, seq.computed, self.window)
+        elif self.window_pool is not None and self.group_window is not None and \
+                seq.window_blocks is not None:
+            seq.window_freed = _give_back(self.window_pool, seq.window_blocks, seq.window_freed,
+                                          seq.computed, self.group_window)
 
     def _room(self, seq: Sequence, n: int) -> int:
         """With a window: the blocks for ``seq``'s next ``n`` prompt tokens, as many as the
         pool gives leaving a block for each other running sequence; the tokens they hold (at
         least one, preempting the newest other sequence if need be; 0: none could be freed,
         which a lone sequence never meets: the engine checks the pool holds ``live_blocks``)."""
-        bs = self.pool.block_size
-        short = self.pool.blocks_for(seq.computed + n) - len(seq.blocks)
+        pool, blocks = self.pool, seq.blocks
+        if self.window_pool is not None and seq.window_blocks is not None:
+            pool, blocks = self.window_pool, seq.window_blocks  # (the full group holds all)
+        bs = pool.block_size
+        short = pool.blocks_for(seq.computed + n) - len(blocks)
         if short > 0:
-            spare = self.pool.free - len(self.running) + 1
-            seq.blocks.extend(self.pool.allocate(max(0, min(short, spare))))
-            if len(seq.blocks) * bs <= seq.computed and \
+            spare = pool.free - len(self.running) + 1
+            blocks.extend(pool.allocate(max(0, min(short, spare))))
+            if len(blocks) * bs <= seq.computed and \
                     not self._grow(seq, seq.computed + 1):
                 return 0
-        return min(n, len(seq.blocks) * bs - seq.computed)
+        return min(n, len(blocks) * bs - seq.computed)
 
     def _preempt(self, keep: Sequence) -> bool:
         """Free the blocks of the newest running sequence other than ``keep`` (with
@@ -275,8 +315,10 @@ class Scheduler:
             return False
         victim = max(others, key=lambda s: s.rank) if self.priority else others[-1]
         self.running.remove(victim)
-        self.pool.release(victim.blocks)
+        self._release(victim)
         victim.computed = victim.registered = victim.freed = 0
+        victim.window_registered = victim.window_freed = 0
+        victim.window_blocks = None
         if self.priority:
             self.add(victim)  # ahead of the later arrivals of its priority
         else:
@@ -285,14 +327,22 @@ class Scheduler:
         return True
 
     def _grow(self, seq: Sequence, tokens: int) -> bool:
-        """Make room for ``tokens`` cached tokens; False when ``seq`` itself was preempted."""
-        while self.pool.blocks_for(tokens) > len(seq.blocks):
-            try:
-                seq.blocks.extend(self.pool.allocate(1))
-            except OutOfBlocks:
-                if not self._preempt(seq):
-                    return False
+        """Make room for ``tokens`` cached tokens (in both KV groups); False when ``seq``
+        itself was preempted."""
+        for pool, blocks in self._groups(seq):
+            while pool.blocks_for(tokens) > len(blocks):
+                try:
+                    blocks.extend(pool.allocate(1))
+                except OutOfBlocks:
+                    if not self._preempt(seq):
+                        return False
         return True
+
+    def _groups(self, seq: Sequence) -> list[tuple[BlockPool, list[int]]]:
+        """Each KV group's pool and ``seq``'s blocks in it."""
+        if self.window_pool is None or seq.window_blocks is None:
+            return [(self.pool, seq.blocks)]
+        return [(self.pool, seq.blocks), (self.window_pool, seq.window_blocks)]
 
     def schedule(self) -> Step:
         self._admit()
@@ -316,13 +366,37 @@ class Scheduler:
             if budget <= 0:
                 break
             n = min(seq.remaining, budget)
-            if self.window is not None:
+            if self.window is not None or self.window_pool is not None:
                 n = self._room(seq, n) if seq in self.running else 0
                 if n <= 0:
                     continue
             prefill.append((seq, n))
             budget -= n
-        if self.window is not None:  # a later chunk's room may have preempted an earlier row
+        if self.window is not None or self.window_pool is not None:
+            # a later chunk's room may have preempted an earlier row
             decode = [s for s in decode if s in self.running]
             prefill = [(s, n) for s, n in prefill if s in self.running]
         return Step(decode, prefill, self.window, self.pool.block_size, self.mixed)
+
+
+def _slid(pool: BlockPool, cached: list[int], window: int | None) -> list[int]:
+    """A prefix hit's blocks with those before its next token's window given back at once
+    (0s in their places)."""
+    if window is not None and cached:
+        dead = max(0, (len(cached) * pool.block_size - window + 1) // pool.block_size)
+        pool.release(cached[:dead])  # (empties that slice's copy, not ``cached``)
+        cached[:dead] = [0] * dead
+    return cached
+
+
+def _give_back(pool: BlockPool, blocks: list[int], freed: int, computed: int,
+               window: int) -> int:
+    """Give back ``blocks`` that no later token reads under ``window`` (the token at
+    ``computed`` sees keys from ``computed - window + 1``); the new count given back."""
+    dead = min((computed - window + 1) // pool.block_size, len(blocks))
+    if dead <= freed:
+        return freed
+    gone = blocks[freed:dead]
+    blocks[freed:dead] = [0] * (dead - freed)
+    pool.release(gone)
+    return dead

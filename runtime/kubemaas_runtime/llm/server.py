@@ -77,7 +77,8 @@ def _engine(settings: Settings, lm: Any, max_len: int) -> Any:
             prefix_caching=settings.prefix_caching, prefill_share=settings.prefill_share,
             arrival_window=settings.arrival_window_ms / 1e3,
             traced_decode=settings.traced_decode, decode_lanes=settings.decode_lanes,
-            scheduling_policy=settings.scheduling_policy))
+            scheduling_policy=settings.scheduling_policy,
+            kv_groups=settings.hybrid_kv_cache))
     except ValueError as exc:
         raise StartupError(str(exc)) from None
 
@@ -134,6 +135,8 @@ def _load(settings: Settings) -> tuple[Any, Any]:
         "warmup_s": round(time.perf_counter() - t2, 3), "model_type": lm.model_type,
         "dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device),
         "kv_blocks": engine.pool.usable, "block_size": engine.pool.block_size,
+        # with --hybrid-kv-cache, the windowed layers' group's (kv_blocks: the full layers')
+        "kv_window_blocks": engine.window_pool.usable if engine.window_pool else 0,
         "max_model_len": max_len,
         # the most bytes the decode rows' second copy may take (decode_lanes.py); 0: none
         "decode_lanes_max_bytes": engine.lanes.max_bytes if engine.lanes is not None else 0}})

@@ -89,6 +89,8 @@ class TracedDecode:
         extra: list[torch.Tensor | None] = [step.decode_blocks, step.decode_mask]
         if mixed:
             extra += [step.window_decode_blocks, step.window_decode_mask]
+            if step.window_write_slots is not None:  # two KV groups (kv_groups.py)
+                extra.append(step.window_write_slots)
         if prompts is not None:
             extra += [prompts.rows, prompts.blocks, prompts.mask, prompts.real]
             if mixed:
@@ -107,7 +109,9 @@ class TracedDecode:
         layers = len(step.store.keys)
         stack, store, block_size, rows = self._stack, step.store, step.block_size, step.decode_rows
         lanes, prompts, sliding = step.lanes, batch is not None, step.sliding
-        windows = 2 if sliding else 0  # the windowed layers' decode table and mask
+        # the windowed layers' decode table and mask, and with two KV groups their slots
+        grouped = step.window_write_slots is not None
+        windows = (3 if grouped else 2) if sliding else 0
         per_batch = (6 if sliding else 4) * prompts  # ChunkBatch's fields, in order
 
         def replay(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
@@ -116,7 +120,7 @@ class TracedDecode:
             # rest: the windowed layers' decode tensors and the prompt batch's, then the
             # pools, the lanes and the opaque weights, the very tensors the modules read (the
             # tracer knows them by identity and makes them inputs)
-            window = rest[:windows] or (None, None)
+            window = rest[:windows] or (None, None, None)
             given = ChunkBatch(*rest[windows:windows + per_batch]) if prompts else None
             assert len(rest) == windows + per_batch + 2 * layers + len(self._opaque) + (
                 0 if lanes is None else 2 * len(lanes.layers))
@@ -126,7 +130,8 @@ class TracedDecode:
                                decode_positions=None if lanes is None
                                else position_ids[0, :decode_blocks.shape[0]],
                                sliding=sliding, window_decode_blocks=window[0],
-                               window_decode_mask=window[1])
+                               window_decode_mask=window[1],
+                               window_write_slots=window[2] if grouped else None)
             return stack(input_ids, position_ids, keep, traced)
 
         try:
