@@ -23,7 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubemaas_testbed.cluster import wait_established
-from tests.conftest import Kube
+from tests.conftest import Kube, delete_namespace_and_its_pods
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -248,3 +248,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.sections.append((f"operator log ({log}, last 150 lines)",
                                 "\n".join(lines[-150:])))
     return report
+
+
+@pytest.fixture
+def quiet_h100(kube: Kube) -> None:
+    """Wait until earlier tests' GPU pods are gone, so free capacity is what this test makes."""
+    def settled() -> bool:
+        pods = json.loads(kube.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
+        return not any(p["metadata"].get("deletionTimestamp") for p in pods)
+    wait_for(settled, timeout=60, what="terminating pods of earlier tests to be gone")
+
+
+@pytest.fixture
+def ns(kube: Kube, namespace: str, operator: Operator, quiet_h100: None) -> Iterator[str]:
+    """A namespace whose GPU pods are gone before the next test counts free GPUs (the rollout
+    tests': they fill and count the kwok H100s)."""
+    yield namespace
+    delete_namespace_and_its_pods(kube, namespace)

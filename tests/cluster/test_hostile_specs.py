@@ -23,7 +23,6 @@ from tests.cluster.test_modelcache import (
     two_nodes,
 )
 from tests.cluster.test_operator import apply, condition, get, md, status, wait_phase
-from tests.cluster.test_rollout import ns, quiet_h100  # noqa: F401
 from tests.cluster.test_rollout_gateway import gateway_api, gw_model, gw_ns  # noqa: F401
 from tests.conftest import Kube
 from tests.helpers import wait_for
@@ -158,7 +157,7 @@ def test_a_failed_cache_is_tried_again_once_its_download_settings_are_fixed(
 
 
 def test_a_stable_spec_edited_in_the_status_is_not_rolled_back_to(
-        kube: Kube, ns: str, operator: Operator) -> None:  # noqa: F811
+        kube: Kube, ns: str, operator: Operator) -> None:
     from tests.cluster.test_rollout import FAILURE_LABEL, model, wait_revision
 
     apply(kube, ns, model("ro1", 1, progressDeadlineSeconds=10))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +15,7 @@ import yaml
 
 from tests.cluster.conftest import RESYNC_S, Operator, reconfigured
 from tests.cluster.test_operator import H100, apply, condition, get, status, wait_phase
-from tests.conftest import Kube, delete_namespace_and_its_pods
+from tests.conftest import Kube
 from tests.helpers import Poller, holds, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -89,15 +88,6 @@ def fill_h100(kube: Kube, namespace: str, leave: int) -> None:
                          "-o", "json").stdout)["items"]), timeout=30, what="filler pods Running")
 
 
-@pytest.fixture
-def quiet_h100(kube: Kube) -> None:
-    """Wait until earlier tests' GPU pods are gone, so free capacity is what this test makes."""
-    def settled() -> bool:
-        pods = json.loads(kube.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
-        return not any(p["metadata"].get("deletionTimestamp") for p in pods)
-    wait_for(settled, timeout=60, what="terminating pods of earlier tests to be gone")
-
-
 @dataclass
 class Sampler(Poller):
     """Samples the model's pods and status through the API server until stopped."""
@@ -141,13 +131,6 @@ def wait_revision(kube: Kube, namespace: str, name: str, number: int,
         cur = (st.get("rollout") or {}).get("current") or {}
         return st if cur.get("number") == number and st.get("phase") == "Ready" else None
     return wait_for(done, timeout=timeout, what=f"{namespace}/{name} at revision {number}")
-
-
-@pytest.fixture
-def ns(kube: Kube, namespace: str, operator: Operator, quiet_h100: None) -> Iterator[str]:
-    """A namespace whose GPU pods are gone before the next test counts free GPUs."""
-    yield namespace
-    delete_namespace_and_its_pods(kube, namespace)
 
 
 def test_full_cluster_update_completes_by_replacement(kube: Kube, ns: str) -> None:

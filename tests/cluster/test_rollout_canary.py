@@ -4,36 +4,25 @@ autoscaling, a paused step, as `kubectl get md -w` would see them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.cluster.conftest import RESYNC_S, Operator
+from tests.cluster.conftest import RESYNC_S
 from tests.cluster.test_operator import apply, condition, get, status
-from tests.cluster.test_rollout import (  # noqa: F401 (quiet_h100: a fixture)
+from tests.cluster.test_rollout import (
     Sampler,
     fill_h100,
     is_ready,
     model,
     pods_of,
-    quiet_h100,
     wait_revision,
 )
-from tests.conftest import Kube, delete_namespace_and_its_pods
+from tests.conftest import Kube
 from tests.helpers import holds, wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def ns(kube: Kube, namespace: str, operator: Operator,
-       request: pytest.FixtureRequest) -> Iterator[str]:
-    """A namespace whose GPU pods are gone before the next test counts free GPUs."""
-    request.getfixturevalue("quiet_h100")
-    yield namespace
-    delete_namespace_and_its_pods(kube, namespace)
 
 
 def test_canary_steps_on_a_full_cluster(kube: Kube, ns: str) -> None:

@@ -18,29 +18,19 @@ import yaml
 from tests.cluster.conftest import RBAC, Operator, reconfigured, writes_to
 from tests.cluster.test_operator import apply, condition, get, status
 from tests.cluster.test_operator_refusals import quota
-from tests.cluster.test_rollout import (  # noqa: F401 (quiet_h100: a fixture)
+from tests.cluster.test_rollout import (
     FAILURE_LABEL,
     Sampler,
     model,
-    quiet_h100,
     wait_revision,
 )
 from tests.cluster.test_rollout_canary import wait_canary_gone
-from tests.conftest import Kube, delete_namespace_and_its_pods
+from tests.conftest import Kube
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
 
 NEW = "ghcr.io/kubemaas/runtime:0.2.0"
-
-
-@pytest.fixture
-def ns(kube: Kube, namespace: str, operator: Operator,
-       request: pytest.FixtureRequest) -> Iterator[str]:
-    """A namespace whose GPU pods are gone before the next test counts free GPUs."""
-    request.getfixturevalue("quiet_h100")
-    yield namespace
-    delete_namespace_and_its_pods(kube, namespace)
 
 
 def gpu_quota(kube: Kube, namespace: str, gpus: int, *scopes: str) -> None:

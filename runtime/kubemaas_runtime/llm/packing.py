@@ -127,11 +127,12 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
     decode rows' tables start at their windows too (``_decode_tables``; not when the rows
     attend over the decode lanes, which hold whole contexts)."""
     full = None if sliding else window  # the window of the step's ``mask`` masks
-    ids: list[int] = []
-    positions: list[int] = []
+    # the decode rows first: a token each, at the position after its context
+    ids = [seq.ids[seq.computed] for seq in decode]
+    positions = [seq.computed for seq in decode]
+    keep = list(range(len(decode)))
+    sampled = list(decode)
     writes: list[torch.Tensor] = []
-    keep: list[int] = []
-    sampled: list[Sequence] = []
     scoring: list[int] = []
     scored: list[tuple[Sequence, int, int]] = []
     decode_blocks = decode_mask = window_decode_mask = window_decode_blocks = None
@@ -147,10 +148,6 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
                 decode, block_size, window, trim=True, windowed=True)
             window_writes.append(window_decode_writes)
         writes.append(decode_writes)
-        keep.extend(range(len(decode)))
-        sampled.extend(decode)
-        ids.extend(seq.ids[seq.computed] for seq in decode)
-        positions.extend(seq.computed for seq in decode)
     chunks = []
     for seq, n in prefill:
         start, offset = len(ids), seq.computed
@@ -161,11 +158,7 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
             window_writes.append(slots(seq, offset, offset + n, block_size, windowed=True))
         chunks.append(_chunk(seq, start, n, block_size, full, window if sliding else None))
         if seq.scoring:
-            assert seq.prompt_logprobs is not None
-            lo, hi = scored_span(len(seq.prompt_logprobs), len(seq.prompt), offset, n)
-            if lo < hi:
-                scoring.extend(range(start + lo - offset, start + hi - offset))
-                scored.append((seq, lo, hi - lo))
+            _score_rows(seq, start, n, scoring, scored)
         if offset + n == len(seq.ids):
             keep.append(len(ids) - 1)
             sampled.append(seq)
@@ -179,6 +172,19 @@ def pack(decode: list[Sequence], prefill: list[tuple[Sequence, int]], store: KVS
     keep.extend(scoring)
     return PackedStep(torch.tensor([ids]), torch.tensor([positions]),
                       torch.tensor(keep or [len(ids) - 1]), sampled, paged, scored)
+
+
+def _score_rows(seq: Sequence, start: int, n: int, scoring: list[int],
+                scored: list[tuple[Sequence, int, int]]) -> None:
+    """A scored prompt's chunk of ``n`` tokens at packed index ``start``: the packed rows
+    whose logits score its prompt's tokens (``scoring``) and the span they cover
+    (``scored``: the sequence, its first scored token, how many)."""
+    assert seq.prompt_logprobs is not None
+    offset = seq.computed
+    lo, hi = scored_span(len(seq.prompt_logprobs), len(seq.prompt), offset, n)
+    if lo < hi:
+        scoring.extend(range(start + lo - offset, start + hi - offset))
+        scored.append((seq, lo, hi - lo))
 
 
 def _chunk(seq: Sequence, start: int, n: int, block_size: int, window: int | None,
