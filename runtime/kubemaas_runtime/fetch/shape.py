@@ -37,9 +37,10 @@ _ALIASES = {
 
 
 # Families whose every layer attends within config.json's sliding_window when it is set (and
-# whose configs carry no layer_types). A family not named here and without layer_types windows
-# nothing: transformers' Llama, for one, ignores a sliding_window its config carries.
-_EVERY_LAYER_WINDOWED = ("mistral", "mixtral", "phi3", "qwen3_moe")
+# whose configs carry no layer_types; the LLM engine's loader reads it too). A family not named
+# here and without layer_types windows nothing: transformers' Llama, for one, ignores a
+# sliding_window its config carries.
+EVERY_LAYER_WINDOWED = ("mistral", "mixtral", "phi3", "qwen3_moe")
 # Families that window layers by index; transformers derives their layer_types as below when
 # config.json has none (configs written before layer_types existed).
 _QWEN = ("qwen2", "qwen3")
@@ -65,7 +66,7 @@ def sliding_window(config: Mapping[str, Any], layers: int | None) -> tuple[int |
     elif family in ("gemma3", "gemma3_text"):  # all but every sliding_window_pattern-th
         pattern = _first_int(config, ("sliding_window_pattern",)) or 6
         count = layers - layers // pattern if pattern > 0 else layers
-    elif family in _EVERY_LAYER_WINDOWED:
+    elif family in EVERY_LAYER_WINDOWED:
         count = layers
     else:
         return None, 0

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import StartupError
+from ..fetch.shape import EVERY_LAYER_WINDOWED
 from . import attention, heap, quantized
 from .attention import PagedStep
 from .classify import Classifier, classifier_of
@@ -219,10 +220,6 @@ def load_hf(path: Path, device: str = "auto", dtype: str = "auto", packed_linear
         head_dim=head_dim, vocab_size=int(cfg.vocab_size), max_position=max_position,
         eos_ids=frozenset(eos), chat_template=getattr(tokenizer, "chat_template", None),
         window=window, sliding=sliding, stack=stack_forward(model))
-
-
-# families whose attention applies ``sliding_window`` to every layer (when it is set)
-EVERY_LAYER_WINDOWED = ("mistral", "mixtral", "phi3", "qwen3_moe")
 
 
 def layer_windows(cfg: Any) -> list[int | None] | None:
