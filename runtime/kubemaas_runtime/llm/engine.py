@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from . import longrope
 from .cuda_graphs import GraphedDecode
 from .decode_lanes import DecodeLanes
 from .decoder_stack import StepForward
@@ -77,6 +78,7 @@ class Engine(EngineThread):
         super().__init__("kubemaas-llm-engine")
         self.lm = lm
         self.cfg = cfg
+        longrope.pin(lm.model, cfg.max_model_len)  # before any graph records its frequencies
         # layers that mix a window and full attention, with kv_groups: two KV groups
         self.pool, self.window_pool, groups = kv_pools(
             lm, cfg.kv_cache_bytes, cfg.block_size, cfg.max_model_len, cfg.prefix_caching,

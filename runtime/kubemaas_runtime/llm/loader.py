@@ -263,7 +263,8 @@ def _served_positions(cfg: Any, window: int | None = None) -> int:
     """The positions the engine serves exactly as the model's own forward: its
     ``max_position_embeddings``, capped to a sliding window that the engine's masks do not
     apply (``window``, the one they do, leaves it whole: a family whose windows are not
-    known) and to a ``longrope`` model's ``original_max_position_embeddings``."""
+    known). A ``longrope`` model is served over all of them, with the one set of rotary
+    frequencies that the served length chooses (longrope.pin), as vLLM serves it."""
     max_position = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
     sliding = getattr(cfg, "sliding_window", None)
     if sliding and window is None and getattr(cfg, "use_sliding_window", True) and \
@@ -271,29 +272,7 @@ def _served_positions(cfg: Any, window: int | None = None) -> int:
         log.warning("sliding window: positions capped to the window, %d (the family's use "
                     "of it is not known)", int(sliding))
         max_position = min(max_position, int(sliding))
-    longrope = _longrope_original(cfg)
-    if longrope is not None and longrope < max_position:
-        log.warning("longrope: positions capped to original_max_position_embeddings %d (the "
-                    "model's rotary frequencies change with the longest sequence of a forward, "
-                    "which a batched, chunked engine cannot follow past it)", longrope)
-        max_position = longrope
     return max_position
-
-
-def _longrope_original(cfg: Any) -> int | None:
-    """A ``longrope`` model's ``original_max_position_embeddings`` (transformers switches
-    every position of a forward to the long factors once its longest sequence passes it, so
-    one prompt's answer would depend on its batch and on its prefill's chunks), else None."""
-    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None)
-    if not isinstance(params, dict):
-        return None
-    found = [p for p in (params, *params.values()) if isinstance(p, dict) and
-             p.get("rope_type", p.get("type")) == "longrope"]
-    if not found:
-        return None
-    originals = [p.get("original_max_position_embeddings") or
-                 getattr(cfg, "original_max_position_embeddings", None) for p in found]
-    return min(int(o) for o in originals if o) if any(originals) else None
 
 
 def pooling_runner(path: Path, overrides: dict[str, Any] | None = None) -> bool:
@@ -374,5 +353,4 @@ def _positions(cfg: Any) -> int:
     positions = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
     if cfg.model_type in ("roberta", "xlm-roberta"):
         positions -= int(getattr(cfg, "pad_token_id", None) or 0) + 1
-    longrope = _longrope_original(cfg)  # a batch's longest text would change the others'
-    return positions if longrope is None else min(positions, longrope)
+    return positions

@@ -21,6 +21,7 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
                  overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """Blocking: the model (a base model or a classifier) and its ``Embedder``."""
     from .loader import load_pooling_model
+    from .longrope import pin
     from .pooling import (
         Embedder,
         Pooling,
@@ -44,6 +45,7 @@ def load_pooling(settings: Settings, path: Path, fetch_s: float,
     model.max_position = _max_len(settings, path, model.max_position)
     model.lower_case = sentence_transformers_lower_case(path)
     max_len = model.max_position
+    pin(model.model, max_len)  # one set of frequencies, whatever a batch holds
     dense = _dense(path, pooling, model)
     run = _rows(model, pooling, dense)
     embedder = Embedder(run, pooling, model.device, settings.max_num_seqs,
