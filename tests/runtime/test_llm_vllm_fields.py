@@ -15,10 +15,11 @@ import pytest
 from . import llm_reference as ref
 from .conftest import Server, start_llm_server, with_chat_template
 
-# the test template, with a variable only chat_template_kwargs sets
+# the test template, with a variable only chat_template_kwargs sets, and the speakers' names
 TEMPLATE = (
     "{{ bos_token }}{% if greeting is defined %}<|system|>\n{{ greeting }}{{ eos_token }}\n"
-    "{% endif %}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+    "{% endif %}{% for m in messages %}<|{{ m['role'] }}|>"
+    "{{ ' ' + m['name'] if m['name'] is defined else '' }}\n{{ m['content'] }}"
     "{% if not (loop.last and continue_final_message) %}{{ eos_token }}\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
@@ -73,6 +74,20 @@ def test_the_chat_template_fields(server: Server, model: Path) -> None:
     status, body = server.post_json("/v1/completions", {"prompt": "hi",
                                                         "add_generation_prompt": False})
     assert status == 400 and body["error"]["param"] == "add_generation_prompt"
+
+
+def test_a_messages_name_reaches_the_chat_template(server: Server, model: Path) -> None:
+    """vLLM hands a message's ``name`` to the template (multi-speaker templates write it); the
+    server dropped it, so the prompt lost who spoke. A name that is not a string is a 400."""
+    named = [{"role": "system", "content": "be kind"},
+             {"role": "user", "name": "alice", "content": "the lazy dog"}]
+    assert "<|user|> alice\nthe lazy dog" in rendered(server, model, messages=named)
+    tokenized = post(server, "/tokenize", messages=named)
+    assert "<|user|> alice\n" in ref.load(model)[0].decode(tokenized["tokens"])
+    assert "<|system|>\nbe kind" in rendered(server, model, messages=named)
+    status, body = server.post_json("/v1/chat/completions", {
+        "messages": [{"role": "user", "name": 5, "content": "hi"}]})
+    assert status == 400 and body["error"]["param"] == "messages[0].name", body
 
 
 def test_truncate_prompt_tokens_keeps_the_last_tokens(server: Server, model: Path) -> None:

@@ -227,6 +227,10 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
             message["reasoning_content"] = reasoning  # Qwen3's template reads it
         if role == "tool" and isinstance(msg.get("tool_call_id"), str):
             message["tool_call_id"] = msg["tool_call_id"]
+        if msg.get("name") is not None:  # the speaker: vLLM hands it to the template too
+            if not isinstance(msg["name"], str):
+                raise _bad(f"{where}.name must be a string", f"{where}.name")
+            message["name"] = msg["name"]
         out.append(message)
     return out
 

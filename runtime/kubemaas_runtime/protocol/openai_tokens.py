@@ -68,9 +68,10 @@ def _calls_chars(message: dict[str, Any]) -> int:
 
 
 def _optional_chars(messages: list[dict[str, Any]] | None, render: ChatRender | None) -> int:
-    """What a template may write too, or leave out (earlier reasoning, documents): not
-    refused for its size, but tokenized off the event loop when long."""
-    reasoning = sum(len(m.get("reasoning_content") or "") for m in messages or ())
+    """What a template may write too, or leave out (earlier reasoning, speakers' names,
+    documents): not refused for its size, but tokenized off the event loop when long."""
+    reasoning = sum(len(m.get("reasoning_content") or "") + len(m.get("name") or "")
+                    for m in messages or ())
     return reasoning + (len(json.dumps(render.template_kwargs)) if render is not None and
                         render.template_kwargs else 0)
 
