@@ -2,9 +2,12 @@
 
 Steps move replicas from the stable Deployment (old template) to the canary (new template); the
 canary grows only into GPUs the stable one has given back or that are free, so the two never
-hold more pods than desired + free. After the last step the stable Deployment takes the new
-template and the canary shrinks as the stable's new replicas become Ready. rollout.plan() calls
-canary_step() and keeps the revision bookkeeping (rollback, completion) to itself.
+hold more pods than desired + free. When no GPU is free and a canary pod asks for more GPUs than
+a stable replica frees (gpu_ratio.py), the stable side gives up ceil(new / old) replicas per
+canary pod (its `ratio`), within maxUnavailable. After the last step the stable Deployment takes
+the new template and the canary shrinks as the stable's new replicas become Ready.
+rollout.plan() calls canary_step() and keeps the revision bookkeeping (rollback, completion) to
+itself.
 """
 
 from __future__ import annotations
@@ -86,10 +89,22 @@ class _Seen:
     main_ready: int
     main_ready_new: int
     can_ready: int
+    ratio: int = 1  # stable replicas one canary pod needs the GPUs of (gpu_ratio.py)
+    units: int = 0  # the stable revision's replicas (stableSpec), the GPUs it held
 
     @property
     def budget(self) -> int:
         return self.desired + self.spare
+
+    @property
+    def r(self) -> int:
+        """The ratio that counts: 1 while free GPUs hold the canary."""
+        return self.ratio if self.spare <= 0 else 1
+
+    @property
+    def room_units(self) -> int:
+        """What the two sides may hold, in stable replicas."""
+        return self.budget if self.r == 1 else max(self.desired, self.units)
 
     @property
     def by(self) -> str:
@@ -105,11 +120,14 @@ class _Seen:
 
 def canary_step(canary: CanarySpec, desired: int, spare: int, pods: Sequence[PodInfo],
                 upd: dict[str, Any], previous: Any, desired_hash: str, max_unavailable: int,
-                now: datetime, split: TrafficSplit = READY_REPLICAS) -> CanaryLook:
+                now: datetime, split: TrafficSplit = READY_REPLICAS, ratio: int = 1,
+                units: int = 0) -> CanaryLook:
     """One look at a canary rollout of `desired_hash` (see the module's docstring).
 
     `previous`: the canary state written last time (status.rollout.canary); `upd`: the update
-    revision's record, returned with progressAt moved on when waiting is not a stall.
+    revision's record, returned with progressAt moved on when waiting is not a stall. `ratio`:
+    stable replicas per canary pod (gpu_ratio.GpuRatio.ratio); `units`: the stable revision's
+    replicas.
     """
     main = [p for p in pods if p.track != "canary"]
     can = [p for p in pods if p.track == "canary"]
@@ -120,7 +138,7 @@ def canary_step(canary: CanarySpec, desired: int, spare: int, pods: Sequence[Pod
         main_ready_new=sum(1 for p in main if p.ready and not p.terminating
                            and p.revision == desired_hash),
         can_ready=sum(1 for p in can if p.ready and not p.terminating
-                      and p.revision == desired_hash))
+                      and p.revision == desired_hash), ratio=max(1, ratio), units=units)
     if canary.abort:
         return _abort(seen, upd, now)
     prev = dict(previous) if isinstance(previous, Mapping) and previous.get(
@@ -137,30 +155,46 @@ def canary_step(canary: CanarySpec, desired: int, spare: int, pods: Sequence[Pod
 
 def _slack(seen: _Seen) -> int:
     """How many replicas short the stable side may run while no GPU is free."""
-    return slack(seen.desired, seen.spare, seen.max_unavailable)
+    return slack(seen.desired, seen.spare, seen.max_unavailable, seen.ratio)
 
 
-def slack(desired: int, spare: int, max_unavailable: int) -> int:
-    """How many replicas short the stable side may run while no GPU is free."""
+def slack(desired: int, spare: int, max_unavailable: int, ratio: int = 1) -> int:
+    """How many replicas short the stable side may run while no GPU is free: one (or up to
+    maxUnavailable, never every replica), or the `ratio` a canary pod needs where
+    `max_unavailable` (the strategy's: with allowDowntime, up to every replica) allows it."""
     if spare > 0:
         return 0
-    return max(1, min(max_unavailable, max(1, desired - 1)))
+    base = max(1, min(max_unavailable, max(1, desired - 1)))
+    return ratio if base < ratio <= min(max_unavailable, desired) else base
+
+
+def first_room(desired: int, spare: int, max_unavailable: int, ratio: int, units: int) -> int:
+    """The stable replicas' worth of GPUs the first canary pod finds (given up within the slack,
+    or held by stable replicas beyond `desired`); `ratio` or more: it fits."""
+    if spare > 0 or ratio <= 1:
+        return ratio
+    have = max(desired, units)
+    return have - min(desired, have - slack(desired, spare, max_unavailable, ratio))
 
 
 def give_back(desired: int, spare: int, canary_pods: int, back_ready: int,
-              max_unavailable: int) -> tuple[int, int]:
+              max_unavailable: int, ratio: int = 1, units: int = 0) -> tuple[int, int]:
     """(stable, canary) replicas while a canary gives its replicas back (an abort, or the spec
     gone back to the current revision): the stable Deployment grows into the GPUs the canary
-    gives back, the canary (`canary_pods` pods) shrinks as the stable replicas of the revision
-    gone back to (`back_ready` Ready) become Ready."""
-    main_n = max(0, min(desired, desired + spare - canary_pods))
+    gives back (`ratio` stable replicas per canary pod when no GPU is free), the canary
+    (`canary_pods` pods) shrinks as the stable replicas of the revision gone back to
+    (`back_ready` Ready) become Ready."""
+    r = ratio if spare <= 0 else 1
+    have = desired + spare if r == 1 else max(desired, units)
+    main_n = max(0, min(desired, have - r * canary_pods))
     can_n = max(0, min(canary_pods, desired - back_ready
-                       - slack(desired, spare, max_unavailable)))
+                       - slack(desired, spare, max_unavailable, r)))
     return main_n, can_n
 
 
 def wind_down(pods: Sequence[PodInfo], desired: int, spare: int, back_hash: str,
-              max_unavailable: int, back: str) -> tuple[int, int, str] | None:
+              max_unavailable: int, back: str, ratio: int = 1,
+              units: int = 0) -> tuple[int, int, str] | None:
     """(stable, canary replicas, message) when the spec went back to the current revision
     (`back_hash`, named `back`) while a canary ran, else None: as an abort does, the canary
     gives its replicas back only as the stable Deployment's come back Ready (deleting it at once
@@ -170,7 +204,8 @@ def wind_down(pods: Sequence[PodInfo], desired: int, spare: int, back_hash: str,
         return None
     back_ready = sum(1 for p in pods if p.track != "canary" and p.ready and not p.terminating
                      and p.revision == back_hash)
-    main_n, can_n = give_back(desired, spare, len(can), back_ready, max_unavailable)
+    main_n, can_n = give_back(desired, spare, len(can), back_ready, max_unavailable, ratio,
+                              units)
     return main_n, can_n, (f"the spec went back to {back}: the canary gives its {len(can)} "
                            f"replica(s) back as the stable ones become Ready ({back_ready} of "
                            f"{desired} Ready)")
@@ -198,7 +233,7 @@ def _abort(seen: _Seen, upd: dict[str, Any], now: datetime) -> CanaryLook:
     old_ready = sum(1 for p in seen.main if p.ready and not p.terminating
                     and p.revision != seen.desired_hash)
     main_n, can_n = give_back(seen.desired, seen.spare, len(seen.can), old_ready,
-                              seen.max_unavailable)
+                              seen.max_unavailable, seen.ratio, seen.units)
     # The route sends nothing to the canary from now on.
     traffic = 0 if seen.split == HTTP_ROUTE else ready_share(seen.can_ready, seen.main_ready)
     upd = {**upd, "progressAt": format_time(now)}  # an abort is not a stall
@@ -217,9 +252,12 @@ def _at_step(seen: _Seen, step: int, step_ready_at: datetime | None, upd: dict[s
     weight = steps[step - 1].weight
     want = step_replicas(desired, weight)
     # The stable Deployment gives replicas up only as canary replicas become Ready (at most
-    # maxUnavailable short when no GPU is free), the canary grows into what is given up.
-    main_n = max(desired - want, min(desired, desired - seen.can_ready - _slack(seen)))
-    can_n = min(want, max(len(seen.can), seen.budget - len(seen.main)))
+    # maxUnavailable short when no GPU is free), the canary grows into what is given up: `r`
+    # stable replicas per canary pod when a canary pod needs more GPUs than a stable one frees.
+    r, have = seen.r, seen.room_units
+    main_n = max(max(0, min(desired - want, have - r * want)),
+                 min(desired, have - r * seen.can_ready - _slack(seen)))
+    can_n = min(want, max(len(seen.can), (have - len(seen.main)) // r))
     reached = seen.can_ready >= want and len(seen.main) <= main_n
     pause = steps[step - 1].pause_seconds
     gate = ""

@@ -36,10 +36,12 @@ class QuotaInfo:
 
 
 def waits_on_quota(rollout: Mapping[str, Any]) -> bool:
-    """Whether a model's status.rollout waits for room in a quota (a held template, or a canary
-    that grows only as the quota lets it): a change of its namespace's quotas is worth a look."""
-    return (rollout.get("reason") == "QuotaExceeded"
-            and rollout.get("strategy") in ("Wait", "Canary"))
+    """Whether a model's status.rollout waits for room in a quota (a held template, a canary
+    that grows only as the quota lets it, or one whose pod needs more GPUs than the stable side
+    may give up): a change of its namespace's quotas is worth a look."""
+    return ((rollout.get("reason") == "QuotaExceeded"
+             and rollout.get("strategy") in ("Wait", "Canary"))
+            or (rollout.get("reason") == "CanaryNeedsGPUs" and rollout.get("strategy") == "Wait"))
 
 
 def quota_info(name: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> QuotaInfo:

@@ -34,6 +34,7 @@ from .api_failures import failing_write, held_failure
 from .canary import HTTP_ROUTE, READY_REPLICAS
 from .children import Children, Pair
 from .config import Settings
+from .gpu_ratio import rollout_gpus
 from .k8s import ApiError, AsyncCluster
 from .memory import Memory
 from .modelcache import implicit_apply
@@ -369,7 +370,10 @@ async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
                         max(0, surge_room.room - desired_n), previous.get("rollout") or {},
                         p.now, HTTP_ROUTE if gateway is not None and not pool else READY_REPLICAS,
                         never=capacity.message if capacity.never else "",
-                        quota_full=no_room(snap.quotas, pod_spec.get("spec") or {}))
+                        quota_full=no_room(snap.quotas, pod_spec.get("spec") or {}),
+                        gpu=rollout_gpus(spec.gpu.resource if spec.gpu else None,
+                                         pod_spec.get("spec"), rendered.revision == (
+                                             live.revision if live else ""), dep_obj, c.canary))
     for note in plan.notes:
         # A revision the API server refused leaves no rollout record (the Failed status has
         # none), so each pass "starts" it again without applying anything: say so once.

@@ -30,6 +30,7 @@ from typing import Any
 
 from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
 from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, dropped_canary, wind_down
+from .gpu_ratio import ONE, GpuRatio, canary_short
 from .observed import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, create_failure
 from .pod_life import oom_problem
 from .rollout_strategy import Strategy, canary_quota_note, pick_strategy, rollout_reason
@@ -135,6 +136,7 @@ class _Draft:
     failed: dict[str, Any] | None
     stable_spec: Mapping[str, Any] | None
     history: list[dict[str, Any]]
+    gpu: GpuRatio = ONE  # GPUs of a canary-side pod and of a stable-side one
     target: Target = "desired"
     requeue: float | None = None
     moving: bool = False  # the Deployment is (to be) changing template: the strategy matters
@@ -162,6 +164,11 @@ class _Draft:
         if reason == "QuotaExceeded" and self.strategy.quota is not None:
             out["quota"] = dict(zip(("name", "message"), self.strategy.quota, strict=True))
         return {k: v for k, v in out.items() if v is not None}
+
+    @property
+    def units(self) -> int:
+        """The stable revision's replicas (its spec's): the GPUs a canary may move into."""
+        return int((self.stable_spec or {}).get("replicas") or 0)
 
     def drop_canary(self) -> None:
         self.canary_state = None
@@ -207,7 +214,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
          dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int, spare: int,
          previous: Mapping[str, Any], now: datetime,
          traffic_split: TrafficSplit = READY_REPLICAS, never: str = "",
-         quota_full: tuple[str, str] | None = None) -> Plan:
+         quota_full: tuple[str, str] | None = None, gpu: GpuRatio = ONE) -> Plan:
     """Decide the Deployment's template and strategy, and the new status.rollout.
 
     `dep` is the stable (main) Deployment; canary pods are told apart by their track label.
@@ -217,6 +224,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     check's GPURequestTooLarge or UnknownGPUProduct message), or empty: such a revision is
     rolled back at once, before the serving revision gives up a replica for it.
     `quota_full`: (a ResourceQuota's name, what is full): quota_room.no_room, read ahead.
+    `gpu`: the GPUs of one canary-side pod and one stable-side pod (gpu_ratio.py).
     """
     upd = _ref(previous.get("update"))
     live_hash = dep.revision if dep is not None else ""
@@ -230,7 +238,8 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         prev_good=_ref(previous.get("previous")), upd=upd, failed=_ref(previous.get("failed")),
         stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
                                                              Mapping) else None,
-        history=[dict(h) for h in previous.get("history") or [] if isinstance(h, Mapping)])
+        history=[dict(h) for h in previous.get("history") or [] if isinstance(h, Mapping)],
+        gpu=gpu)
     if d.strategy.quota is not None:  # no room in the quota for one more pod: a canary moves
         spare = 0  # replicas within it, as on a cluster without a free GPU (canary.py)
     if d.failed is not None and d.failed["hash"] == desired_hash and d.cur is not None and (
@@ -279,7 +288,8 @@ def _give_canary_back(d: _Draft, pods: Sequence[PodInfo], desired: int, spare: i
     """The spec went back to the current revision while a canary ran (canary.wind_down)."""
     assert d.cur is not None
     back = wind_down(pods, desired, spare, d.desired_hash, d.strategy.max_unavailable,
-                     f"revision {d.cur.get('number')} ({d.desired_hash})")
+                     f"revision {d.cur.get('number')} ({d.desired_hash})", d.gpu.ratio,
+                     d.units)
     if back is not None:
         d.main_replicas, d.canary_replicas, d.view_message = back
         d.canary_moving = d.hold_canary = True
@@ -326,7 +336,12 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         steps = max(1, int((previous.get("canary") or {}).get("steps") or 1))
         canary = CanarySpec(steps=(CanaryStep(weight=100),) * steps,
                             promote=int(d.upd["number"]))
-    waits = rolling and not applied and d.strategy.name == "Wait" and not never
+    # a canary pod that needs the GPUs of more stable replicas than may go waits as well
+    short = (canary_short(d.gpu, desired, spare, d.strategy.max_unavailable, d.units,
+                          spec.rollout)
+             if canary is not None and d.cur is not None and not started
+             and d.strategy.name != "Wait" else "")
+    waits = rolling and not applied and (d.strategy.name == "Wait" or bool(short)) and not never
     # A canary needs replicas to move: at 0 (replicas 0, scaled to 0 mid-canary) it rolls as any
     # revision does (the template changes, no pod starts; a canary Deployment goes). One that
     # has not started waits as any rollout does when no GPU is free and no stable replica may go
@@ -337,13 +352,20 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         _canary(d, spec, canary, raw_spec, dep, pods, desired, spare, previous, now,
                 traffic_split, never, applied, removed)
     elif waits:
-        d.target = "hold"
-        d.blocked_reason, d.blocked_message = "RolloutWaiting", (
-            f"revision {d.upd['number']} ({d.desired_hash}) waits: {d.strategy.message}")
-        d.requeue = d.strategy.recheck_s
-        d.status = d.state("Wait", d.strategy.reason, d.strategy.message)
+        _wait(d, short)
     else:
         _roll(d, spec, raw_spec, dep, pods, desired, now, never, ready, rolling, applied)
+
+
+def _wait(d: _Draft, short: str) -> None:
+    """The Deployment keeps its template until there is room (`short`: a canary pod's GPUs)."""
+    assert d.upd is not None
+    why = short or d.strategy.message
+    d.target = "hold"
+    d.blocked_reason, d.blocked_message = "RolloutWaiting", (
+        f"revision {d.upd['number']} ({d.desired_hash}) waits: {why}")
+    d.requeue = d.strategy.recheck_s
+    d.status = d.state("Wait", "CanaryNeedsGPUs" if short else d.strategy.reason, why)
 
 
 def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
@@ -355,7 +377,8 @@ def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
     has a canary while this revision's ran; it ends as a promotion."""
     assert d.upd is not None
     c = canary_step(canary, desired, spare, pods, dict(d.upd), previous.get("canary"),
-                    d.desired_hash, d.strategy.max_unavailable, now, traffic_split)
+                    d.desired_hash, d.strategy.max_unavailable, now, traffic_split,
+                    d.gpu.ratio, d.units)
     if removed:
         c = replace(c, message="spec.rollout.canary was removed while the canary ran (a canary "
                     "does not combine with spec.autoscaling), so it is promoted: " + c.message)
@@ -367,7 +390,7 @@ def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
     d.canary_moving = True
     d.target = c.target
     d.requeue = c.requeue_after
-    message = c.message + canary_quota_note(d.strategy)
+    message = c.message + canary_quota_note(d.strategy, d.gpu.ratio)
     d.view_reason, d.view_message = "CanaryRollout", (
         f"revision {d.upd['number']} ({d.desired_hash}): {message}")
     if c.aborted:

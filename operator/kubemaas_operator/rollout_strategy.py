@@ -94,15 +94,17 @@ def choose_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
                     quota)
 
 
-def canary_quota_note(strategy: Strategy) -> str:
+def canary_quota_note(strategy: Strategy, ratio: int = 1) -> str:
     """What a canary's message adds when the namespace's quota has no room for one more pod
-    (`strategy.quota`): its pods take the room of stable ones, given up first."""
+    (`strategy.quota`): its pods take the room of stable ones (`ratio` per canary pod), given
+    up first."""
     if strategy.quota is None:
         return ""
     name, words = strategy.quota
     said = "the API server said: " if "exceeded quota" in words else ""
+    given = "a replica" if ratio <= 1 else f"{ratio} replicas per canary pod"
     return (f"; the namespace's ResourceQuota {name} has no room for a canary pod beside the "
-            f"stable ones ({said}{words}): the stable Deployment gives a replica up first, and "
+            f"stable ones ({said}{words}): the stable Deployment gives {given} up first, and "
             f"the canary takes its room (a canary started with room in ResourceQuota {name} runs "
             "beside them)")
 

@@ -189,3 +189,46 @@ def test_paused_canary_holds_its_step_until_resumed(kube: Kube, ns: str) -> None
     apply(kube, ns, model("m", 2, image=new, canary={"steps": steps, "paused": False}))
     st = wait_revision(kube, ns, "m", 2)
     assert st["rollout"]["history"][-1]["outcome"] == "Complete"
+
+
+def test_a_canary_of_larger_pods_takes_as_many_stable_replicas_as_it_needs(
+        kube: Kube, ns: str) -> None:
+    """1 -> 2 GPUs per replica with 3 replicas on exactly 3 free GPUs: with maxUnavailable 1
+    the canary waits and says what is missing (it stalled Pending and was rolled back at its
+    deadline); with 2 the stable Deployment gives up 2 replicas and the canary pod runs; an
+    abort gives its 2 GPUs back to 2 stable replicas."""
+    steps = [{"weight": 33}, {"weight": 100}]
+
+    def two_gpus(canary: dict[str, Any] | None = None, **rollout: Any) -> str:
+        doc = yaml.safe_load(model("m", 3, canary=canary or {"steps": steps}, **rollout))
+        doc["spec"]["gpu"]["count"] = 2
+        return yaml.safe_dump(doc)
+
+    fill_h100(kube, ns, leave=3)
+    apply(kube, ns, model("m", 3, canary={"steps": steps}))
+    wait_revision(kube, ns, "m", 1)
+    apply(kube, ns, two_gpus(progressDeadlineSeconds=10))
+    st = wait_for(lambda: (lambda s: s if (s.get("rollout") or {}).get("reason") == (
+        "CanaryNeedsGPUs") else None)(status(kube, ns, "m")), timeout=30, what="CanaryNeedsGPUs")
+    assert "a canary pod needs 2 nvidia.com/gpu and a stable replica frees 1" in (
+        st["rollout"]["message"]) and "maxUnavailable to 2" in st["rollout"]["message"]
+    assert st["reason"].startswith("RolloutWaiting")
+    # waiting is no stall: past its 10 s deadline nothing is rolled back, no canary pod runs
+    holds(lambda: status(kube, ns, "m")["rollout"]["reason"] == "CanaryNeedsGPUs"
+          and len(pods_of(kube, ns, "m")) == 3, 12, "the canary waiting for maxUnavailable")
+    apply(kube, ns, two_gpus(progressDeadlineSeconds=10, maxUnavailable=2))
+
+    def at_gate() -> list[dict[str, Any]] | None:
+        pods = pods_of(kube, ns, "m")
+        ro = status(kube, ns, "m").get("rollout") or {}
+        return pods if "promote to 2" in ro.get("message", "") and len(pods) == 2 else None
+    pods = wait_for(at_gate, timeout=40, what="the 2-GPU canary pod Ready beside 1 stable one")
+    gpus = sorted(p["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"]
+                  for p in pods)
+    assert gpus == ["1", "2"] and all(is_ready(p) for p in pods)
+    apply(kube, ns, two_gpus(maxUnavailable=2, canary={"steps": steps, "abort": True}))
+    wait_for(lambda: (lambda ps: len(ps) == 3 and all(
+        is_ready(p) and p["spec"]["containers"][0]["resources"]["requests"][
+            "nvidia.com/gpu"] == "1" for p in ps))(pods_of(kube, ns, "m")), timeout=40,
+             what="three 1-GPU stable replicas Ready again")
+    wait_canary_gone(kube, ns)

@@ -1,0 +1,104 @@
+"""PURE: how many stable replicas one canary pod needs the GPUs of, when the new revision's pods
+ask for more GPUs each than the stable revision's (a larger tensor parallelism, a larger
+spec.gpu.count, a model re-sized by sizing.py).
+
+Read from the rendered pod specs' requests (quota_room.pod_amount, the way the scheduler and a
+ResourceQuota count a pod): a canary pod of 2 GPUs where a stable replica frees 1 takes the room
+of 2 stable replicas. canary.py moves replicas in these units when no GPU is free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .api import RolloutSpec
+from .canary import first_room
+from .quantity import QuantityError
+from .quota_room import pod_amount
+
+
+@dataclass(frozen=True)
+class GpuRatio:
+    """GPUs one canary-side pod and one stable-side pod request (of `resource`)."""
+
+    resource: str = "nvidia.com/gpu"
+    new: int = 0
+    old: int = 0
+
+    @property
+    def ratio(self) -> int:
+        """Stable replicas one canary pod needs the GPUs of: ceil(new / old), at least 1."""
+        if self.old <= 0 or self.new <= self.old:
+            return 1
+        return -(-self.new // self.old)
+
+
+ONE = GpuRatio()
+
+
+def _gpus(pod_spec: Mapping[str, Any] | None, resource: str) -> int:
+    if not pod_spec:
+        return 0
+    try:
+        amount = pod_amount(pod_spec, "requests", resource)
+    except QuantityError:
+        return 0
+    return int(amount) if amount is not None else 0
+
+
+def template_spec(deployment: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """A Deployment's pod spec (spec.template.spec), or None."""
+    if not deployment:
+        return None
+    spec = ((deployment.get("spec") or {}).get("template") or {}).get("spec")
+    return spec if isinstance(spec, Mapping) else None
+
+
+def gpu_ratio(canary_pod: Mapping[str, Any] | None, stable_pod: Mapping[str, Any] | None,
+              resource: str | None) -> GpuRatio:
+    """The ratio between a canary-side pod spec and a stable-side one (ONE without a GPU)."""
+    if not resource:
+        return ONE
+    return GpuRatio(resource, _gpus(canary_pod, resource), _gpus(stable_pod, resource))
+
+
+def rollout_gpus(resource: str | None, new_pod: Mapping[str, Any] | None, applied: bool,
+                 stable_dep: Mapping[str, Any] | None,
+                 canary_dep: Mapping[str, Any] | None) -> GpuRatio:
+    """The GPUs of a canary-side pod (the spec's revision, `new_pod`; once the stable
+    Deployment carries it (`applied`: a promotion, or the spec gone back to the stable
+    revision), the canary Deployment's own) and of a stable-side pod (the stable
+    Deployment's)."""
+    if applied and canary_dep is not None:
+        new_pod = template_spec(canary_dep)
+    return gpu_ratio(new_pod, template_spec(stable_dep), resource)
+
+
+def canary_short(ratio: GpuRatio, desired: int, spare: int, strategy_unavailable: int,
+                 units: int, rollout: RolloutSpec) -> str:
+    """Why the first canary pod cannot fit in what the stable side may give up (canary
+    .first_room, in stable replicas; `strategy_unavailable`: the rollout strategy's
+    maxUnavailable), or "" when it can."""
+    need = ratio.ratio
+    room = first_room(desired, spare, strategy_unavailable, need, units)
+    if room >= need or desired <= 0:
+        return ""
+    max_unavailable, allow_downtime = rollout.max_unavailable, rollout.allow_downtime
+    limit = desired if allow_downtime else desired - 1
+    if need <= limit:
+        fix = f"raise spec.rollout.maxUnavailable to {need}"
+    elif need <= desired:
+        fix = (f"set spec.rollout.allowDowntime: true and spec.rollout.maxUnavailable: {need} "
+               f"(all {desired} stable replicas would go for it)")
+    else:
+        fix = f"raise spec.replicas (the stable side has {desired})"
+    missing = (need - room) * ratio.old
+    return (f"a canary pod needs {ratio.new} {ratio.resource} and a stable replica frees "
+            f"{ratio.old}: the stable Deployment must give up {need} replicas for it, but with "
+            f"no free GPU it may run only {room} short (spec.rollout.maxUnavailable "
+            f"{max_unavailable}, {desired} replica(s)"
+            + ("" if allow_downtime else ", one kept serving without spec.rollout.allowDowntime")
+            + f"); {fix}, or free {missing} more {ratio.resource} on matching nodes (and in the "
+            "namespace's ResourceQuota)")

@@ -1,0 +1,177 @@
+"""A canary whose pods need more GPUs each than the stable revision's (1 -> 2 GPUs per replica)
+when no GPU is free: the stable side gives up ceil(new / old) replicas per canary pod, within
+maxUnavailable, or the rollout waits and says what is missing (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from tests.unit.test_rollout import GOOD, NOW, dep, pods
+from tests.unit.test_rollout_canary import CANARY_RAW, canary_pods
+
+from kubemaas_operator.api import parse_spec
+from kubemaas_operator.canary import first_room, give_back, slack
+from kubemaas_operator.gpu_ratio import GpuRatio, gpu_ratio, rollout_gpus
+from kubemaas_operator.quota_room import waits_on_quota
+from kubemaas_operator.rollout import plan
+
+TWO = GpuRatio("nvidia.com/gpu", new=2, old=1)
+STEPS = {"steps": [{"weight": 33}, {"weight": 100}]}
+
+
+def pod_spec(gpus: int | None, resource: str = "nvidia.com/gpu") -> dict[str, Any]:
+    res = {"limits": {resource: str(gpus)}} if gpus is not None else {}
+    return {"containers": [{"name": "c", "resources": res}]}
+
+
+def raw(replicas: int, **rollout: Any) -> dict[str, Any]:
+    return {**CANARY_RAW, "replicas": replicas, "gpu": {**CANARY_RAW["gpu"], "count": 2},
+            "rollout": {"canary": STEPS, **rollout}}
+
+
+def stable(replicas: int) -> dict[str, Any]:
+    return {**GOOD, "stableSpec": {**CANARY_RAW, "replicas": replicas,
+                                   "rollout": {"canary": STEPS}}}
+
+
+def test_the_ratio_comes_from_the_pod_specs_gpu_requests() -> None:
+    assert gpu_ratio(pod_spec(2), pod_spec(1), "nvidia.com/gpu").ratio == 2
+    assert gpu_ratio(pod_spec(3), pod_spec(2), "nvidia.com/gpu").ratio == 2  # rounded up
+    assert gpu_ratio(pod_spec(8), pod_spec(2), "nvidia.com/gpu").ratio == 4
+    assert gpu_ratio(pod_spec(1), pod_spec(2), "nvidia.com/gpu").ratio == 1  # smaller: 1
+    assert gpu_ratio(pod_spec(2), pod_spec(None), "nvidia.com/gpu").ratio == 1  # none before
+    assert gpu_ratio(pod_spec(2), None, "nvidia.com/gpu").ratio == 1
+    assert gpu_ratio(pod_spec(2), pod_spec(1), None).ratio == 1  # a CPU model
+    mig = "nvidia.com/mig-1g.10gb"
+    assert gpu_ratio(pod_spec(2, mig), pod_spec(1, mig), mig).ratio == 2
+    # once the stable Deployment carries the spec's revision (the spec went back to it, or a
+    # promotion), the canary side is the canary Deployment's own pods
+    canary_dep = {"spec": {"template": {"spec": pod_spec(2)}}}
+    stable_dep = {"spec": {"template": {"spec": pod_spec(1)}}}
+    assert rollout_gpus("nvidia.com/gpu", pod_spec(1), True, stable_dep, canary_dep).ratio == 2
+    assert rollout_gpus("nvidia.com/gpu", pod_spec(2), False, stable_dep, None).ratio == 2
+
+
+def test_slack_first_room_and_give_back_with_a_ratio() -> None:
+    # no free GPU: the stable side may run maxUnavailable short, up to the ratio it allows
+    assert slack(3, 0, 2, ratio=2) == 2 and slack(3, 0, 1, ratio=2) == 1
+    assert slack(2, 0, 2, ratio=2) == 2  # the strategy's maxUnavailable 2: allowDowntime
+    assert slack(2, 0, 1, ratio=2) == 1 and slack(4, 2, 1, ratio=2) == 0  # free GPUs: none
+    assert slack(10, 0, 3, ratio=2) == 3  # a larger maxUnavailable is kept
+    assert first_room(3, 0, 2, 2, 3) == 2  # 2 stable replicas go: a canary pod fits
+    assert first_room(3, 0, 1, 2, 3) == 1  # only 1 may: it does not
+    assert first_room(2, 0, 1, 2, 4) == 2  # 4 stable replicas scaled to 2 left their GPUs
+    assert first_room(2, 0, 1, 2, 2) == 1
+    # an abort: the stable side grows into 2 replicas per canary pod the canary gives back
+    assert give_back(3, 0, 1, 1, 2, ratio=2, units=3) == (1, 0)
+    assert give_back(3, 0, 0, 1, 2, ratio=2, units=3) == (3, 0)
+    assert give_back(5, 0, 2, 1, 2, ratio=2, units=5) == (1, 2)  # 1 Ready: both stay
+    assert give_back(5, 0, 2, 3, 2, ratio=2, units=5) == (1, 0)
+    assert give_back(4, 0, 1, 3, 1) == (3, 0)  # ratio 1 as before
+
+
+def test_a_canary_pod_of_two_gpus_takes_two_stable_replicas_when_none_is_free() -> None:
+    r = raw(3, maxUnavailable=2)
+    s, good = parse_spec(r), stable(3)
+    p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, good, NOW, gpu=TWO)
+    assert p.target == "stable" and (p.main_replicas, p.canary_replicas) == (1, 0)
+    assert p.status["reason"] == "CanarySteps"
+    p = plan(s, r, "bbb", dep("aaa", 2, 2, 2), pods("aaa", 2), 3, 0, p.status, NOW, gpu=TWO)
+    assert (p.main_replicas, p.canary_replicas) == (1, 0)  # 1 GPU back: not enough yet
+    p = plan(s, r, "bbb", dep("aaa", 1, 1, 1), pods("aaa", 1), 3, 0, p.status, NOW, gpu=TWO)
+    assert (p.main_replicas, p.canary_replicas) == (1, 1)  # 2 GPUs back: the canary pod
+    p = plan(s, r, "bbb", dep("aaa", 1, 1, 1), canary_pods(1, 1), 3, 0, p.status, NOW,
+             gpu=TWO)
+    assert (p.main_replicas, p.canary_replicas) == (1, 1)
+    assert "waiting for promotion" in p.status["message"]
+    # the same canary with free GPUs for it: 1:1 as before (the stable side keeps 2)
+    p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 2, good, NOW, gpu=TWO)
+    assert (p.main_replicas, p.canary_replicas) == (3, 1)
+    # a crashing canary is still rolled back
+    crashed = [*pods("aaa", 1), replace(canary_pods(0, 1, new_ready=False)[0],
+                                        waiting_reason="CrashLoopBackOff")]
+    back = plan(s, r, "bbb", dep("aaa", 1, 1, 1), crashed, 3, 0, p.status, NOW, gpu=TWO)
+    assert back.rolled_back and back.canary_replicas is None and back.target == "stable"
+
+
+def test_an_aborted_canary_gives_the_gpus_back_in_the_ratio() -> None:
+    r = raw(3, maxUnavailable=2)
+    aborted = parse_spec({**r, "rollout": {**r["rollout"], "canary": {**STEPS, "abort": True}}})
+    p = plan(aborted, r, "bbb", dep("aaa", 1, 1, 1), canary_pods(1, 1), 3, 0, stable(3), NOW,
+             gpu=TWO)
+    assert p.view.blocked_reason == "CanaryAborted"
+    assert (p.main_replicas, p.canary_replicas) == (1, 0)  # the 2-GPU pod goes first
+    p = plan(aborted, r, "bbb", dep("aaa", 1, 1, 1), pods("aaa", 1), 3, 0, p.status, NOW,
+             gpu=TWO)
+    assert (p.main_replicas, p.canary_replicas) == (3, None)  # then 2 stable replicas back
+
+
+def test_a_spec_gone_back_mid_canary_gives_the_gpus_back_in_the_ratio() -> None:
+    r = {**stable(5)["stableSpec"], "rollout": {"maxUnavailable": 2, "canary": STEPS}}
+    mid = {**stable(5), "stableSpec": r, "update": {"number": 2, "hash": "bbb"},
+           "canary": {"hash": "bbb", "step": 1, "steps": 2}}
+    p = plan(parse_spec(r), r, "aaa", dep("aaa", 1, 1, 1), canary_pods(1, 2), 5, 0, mid, NOW,
+             gpu=TWO)
+    assert p.status["reason"] == "CanaryGivesBack" and (p.main_replicas, p.canary_replicas) == (
+        1, 2)
+    p = plan(parse_spec(r), r, "aaa", dep("aaa", 1, 1, 1), canary_pods(1, 1), 5, 0, p.status,
+             NOW, gpu=TWO)
+    assert (p.main_replicas, p.canary_replicas) == (3, 1)
+
+
+def test_a_canary_pod_that_needs_more_than_max_unavailable_allows_waits_saying_why() -> None:
+    r = raw(3)  # maxUnavailable 1: one stable replica frees 1 GPU, the canary pod needs 2
+    s, good = parse_spec(r), stable(3)
+    p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, good, NOW, gpu=TWO)
+    assert p.target == "hold" and p.main_replicas is None and p.canary_replicas is None
+    assert p.status["strategy"] == "Wait" and p.status["reason"] == "CanaryNeedsGPUs"
+    assert p.view.blocked_reason == "RolloutWaiting"
+    msg = p.status["message"]
+    assert "a canary pod needs 2 nvidia.com/gpu and a stable replica frees 1" in msg
+    assert "raise spec.rollout.maxUnavailable to 2" in msg and "free 1 more" in msg
+    assert waits_on_quota(p.status) and p.requeue_after is not None
+    later = NOW.replace(minute=30)  # waiting is not a stall: no rollback at the deadline
+    p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, p.status, later, gpu=TWO)
+    assert p.target == "hold" and not p.rolled_back
+    # maxUnavailable raised: the canary starts, its deadline counted from now
+    r2 = raw(3, maxUnavailable=2)
+    p = plan(parse_spec(r2), r2, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, p.status,
+             later, gpu=TWO)
+    assert (p.main_replicas, p.canary_replicas) == (1, 0) and p.status["reason"] == (
+        "CanarySteps")
+    assert p.status["update"]["progressAt"] == later.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # two replicas: only downtime (both stable replicas) or a free GPU makes room
+    two = raw(2)
+    p = plan(parse_spec(two), two, "bbb", dep("aaa", 2, 2, 2), pods("aaa", 2), 2, 0,
+             stable(2), NOW, gpu=TWO)
+    assert "set spec.rollout.allowDowntime: true and spec.rollout.maxUnavailable: 2" in (
+        p.status["message"])
+    down = raw(2, maxUnavailable=2, allowDowntime=True)
+    p = plan(parse_spec(down), down, "bbb", dep("aaa", 2, 2, 2), pods("aaa", 2), 2, 0,
+             stable(2), NOW, gpu=TWO)
+    assert (p.main_replicas, p.canary_replicas) == (0, 0) and p.target == "stable"
+
+
+def test_replicas_lowered_with_the_gpus_raised_need_no_wait() -> None:
+    """4 x 1 GPU -> 2 x 2 GPUs: the two stable replicas the spec drops free the canary pod's
+    GPUs, as the canary did before the ratio was counted."""
+    r = raw(2)
+    p = plan(parse_spec(r), r, "bbb", dep("aaa", 4, 4, 4), pods("aaa", 4), 2, 0, stable(4), NOW,
+             gpu=TWO)
+    assert p.target == "stable" and p.main_replicas == 2
+    p = plan(parse_spec(r), r, "bbb", dep("aaa", 2, 2, 2), pods("aaa", 2), 2, 0, p.status, NOW,
+             gpu=TWO)
+    assert p.canary_replicas == 1
+
+
+def test_a_full_quota_counts_the_ratio_too() -> None:
+    """Free GPUs on the nodes but no room in the quota (read ahead): the stable side gives up
+    2 replicas per canary pod, and the message says so."""
+    r = raw(3, maxUnavailable=2)
+    full = ("gpus", "requests.nvidia.com/gpu: 3 of 3 used")
+    p = plan(parse_spec(r), r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 2, stable(3), NOW,
+             quota_full=full, gpu=TWO)
+    assert (p.main_replicas, p.canary_replicas) == (1, 0) and p.status["reason"] == (
+        "QuotaExceeded")
+    assert "gives 2 replicas per canary pod up first" in p.status["message"]
