@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from .api import CanarySpec, CanaryStep
 from .observed import PodInfo
+from .rollout_strategy import WAIT_RECHECK_S
 from .timestamps import format_time, parse_time
 
 Target = Literal["desired", "stable", "hold"]
@@ -73,6 +74,7 @@ class CanaryLook:
     done: bool = False
     aborted: bool = False
     weight: int = 0  # the canary's HTTPRoute weight (HTTPRoute split)
+    short: bool = False  # the next canary pod needs more GPUs than the stable side may give
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class _Seen:
     main_ready_new: int
     can_ready: int
     ratio: int = 1  # stable replicas one canary pod needs the GPUs of (gpu_ratio.py)
-    units: int = 0  # the stable revision's replicas (stableSpec), the GPUs it held
+    units: int = 0  # stable-size replicas the GPUs held or free hold (gpu_ratio.py)
 
     @property
     def budget(self) -> int:
@@ -126,8 +128,8 @@ def canary_step(canary: CanarySpec, desired: int, spare: int, pods: Sequence[Pod
 
     `previous`: the canary state written last time (status.rollout.canary); `upd`: the update
     revision's record, returned with progressAt moved on when waiting is not a stall. `ratio`:
-    stable replicas per canary pod (gpu_ratio.GpuRatio.ratio); `units`: the stable revision's
-    replicas.
+    stable replicas per canary pod (gpu_ratio.GpuRatio.ratio); `units`: stable-size replicas
+    the model's GPUs and the free ones hold (at least the stable revision's replicas).
     """
     main = [p for p in pods if p.track != "canary"]
     can = [p for p in pods if p.track == "canary"]
@@ -170,11 +172,11 @@ def slack(desired: int, spare: int, max_unavailable: int, ratio: int = 1) -> int
 
 def first_room(desired: int, spare: int, max_unavailable: int, ratio: int, units: int) -> int:
     """The stable replicas' worth of GPUs the first canary pod finds (given up within the slack,
-    or held by stable replicas beyond `desired`); `ratio` or more: it fits."""
+    free, or held by stable replicas beyond `desired`: `units` is what the matching nodes hold
+    in stable replicas); `ratio` or more: it fits."""
     if spare > 0 or ratio <= 1:
         return ratio
-    have = max(desired, units)
-    return have - min(desired, have - slack(desired, spare, max_unavailable, ratio))
+    return max(desired, units) - max(0, desired - slack(desired, spare, max_unavailable, ratio))
 
 
 def give_back(desired: int, spare: int, canary_pods: int, back_ready: int,
@@ -256,9 +258,12 @@ def _at_step(seen: _Seen, step: int, step_ready_at: datetime | None, upd: dict[s
     # stable replicas per canary pod when a canary pod needs more GPUs than a stable one frees.
     r, have = seen.r, seen.room_units
     main_n = max(max(0, min(desired - want, have - r * want)),
-                 min(desired, have - r * seen.can_ready - _slack(seen)))
+                 min(desired, desired - seen.can_ready - _slack(seen)))
     can_n = min(want, max(len(seen.can), (have - len(seen.main)) // r))
     reached = seen.can_ready >= want and len(seen.main) <= main_n
+    short = not reached and _short(seen, want, main_n, can_n)
+    if short:  # waiting for room maxUnavailable does not give is not a stall
+        upd = {**upd, "progressAt": format_time(now)}
     pause = steps[step - 1].pause_seconds
     gate = ""
     requeue: float | None = None
@@ -284,13 +289,28 @@ def _at_step(seen: _Seen, step: int, step_ready_at: datetime | None, upd: dict[s
     traffic = route if seen.split == HTTP_ROUTE else ready_share(seen.can_ready, seen.main_ready)
     message = (f"canary step {shown}/{len(steps)}: {weight}% = {want} of {desired} "
                f"replica(s) on the new revision ({seen.can_ready} Ready), traffic "
-               f"{traffic}% {seen.by}{gate}")
+               f"{traffic}% {seen.by}{gate}") + (_short_note(seen) if short else "")
     if step > len(steps):
         return None, upd
     state = seen.state(step, weight, can_n, main_n, traffic)
     if step_ready_at is not None:
         state["stepReadyAt"] = format_time(step_ready_at)
-    return CanaryLook("stable", main_n, can_n, upd, state, message, requeue, weight=route), upd
+    return CanaryLook("stable", main_n, can_n, upd, state, message,
+                      WAIT_RECHECK_S if short else requeue, weight=route, short=short), upd
+
+
+def _short(seen: _Seen, want: int, main_n: int, can_n: int) -> bool:
+    """A canary of larger pods that cannot grow: every canary pod is Ready, the stable side is
+    down to what maxUnavailable allows, and the GPUs given up do not hold one more canary pod."""
+    return (seen.r > 1 and len(seen.can) < want and can_n <= len(seen.can)
+            and seen.can_ready >= len(seen.can) and len(seen.main) <= main_n)
+
+
+def _short_note(seen: _Seen) -> str:
+    return (f"; the next canary pod needs the GPUs of {seen.r} stable replicas, and "
+            f"spec.rollout.maxUnavailable ({seen.max_unavailable} with no free GPU) lets the "
+            "stable Deployment give up no more while the canary's are Ready: raise it, or free "
+            "GPUs on matching nodes; it waits (no rollback)")
 
 
 def _promoted(seen: _Seen, upd: dict[str, Any]) -> CanaryLook:

@@ -9,14 +9,15 @@ of 2 stable replicas. canary.py moves replicas in these units when no GPU is fre
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .api import RolloutSpec
+from .api import ModelDeploymentSpec, RolloutSpec
 from .canary import first_room
 from .quantity import QuantityError
 from .quota_room import pod_amount
+from .scheduling import NodeInfo, PendingDemand, check_capacity
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class GpuRatio:
     resource: str = "nvidia.com/gpu"
     new: int = 0
     old: int = 0
+    # stable-size replicas the matching nodes hold, this model's pods counted as free (its own
+    # GPUs and the free ones; held_by_nodes); 0: not counted
+    held: int = 0
 
     @property
     def ratio(self) -> int:
@@ -74,6 +78,18 @@ def rollout_gpus(resource: str | None, new_pod: Mapping[str, Any] | None, applie
     if applied and canary_dep is not None:
         new_pod = template_spec(canary_dep)
     return gpu_ratio(new_pod, template_spec(stable_dep), resource)
+
+
+def held_by_nodes(ratio: GpuRatio, spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
+                  used: Mapping[str, Mapping[str, int]],
+                  pending: Iterable[PendingDemand]) -> GpuRatio:
+    """`ratio` with what the matching nodes hold in stable-size replicas (scheduling
+    .check_capacity at the stable pod's GPU count), where a canary pod needs more than one
+    stable replica's GPUs."""
+    if ratio.ratio <= 1 or spec.gpu is None:
+        return ratio
+    stable = replace(spec, gpu=replace(spec.gpu, count=ratio.old, sizing=None))
+    return replace(ratio, held=check_capacity(stable, nodes, used, 1, pending=pending).room)
 
 
 def canary_short(ratio: GpuRatio, desired: int, spare: int, strategy_unavailable: int,

@@ -41,7 +41,8 @@ def waits_on_quota(rollout: Mapping[str, Any]) -> bool:
     may give up): a change of its namespace's quotas is worth a look."""
     return ((rollout.get("reason") == "QuotaExceeded"
              and rollout.get("strategy") in ("Wait", "Canary"))
-            or (rollout.get("reason") == "CanaryNeedsGPUs" and rollout.get("strategy") == "Wait"))
+            or (rollout.get("reason") == "CanaryNeedsGPUs"
+                and rollout.get("strategy") in ("Wait", "Canary")))
 
 
 def quota_info(name: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> QuotaInfo:

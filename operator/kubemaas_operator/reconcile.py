@@ -34,7 +34,7 @@ from .api_failures import failing_write, held_failure
 from .canary import HTTP_ROUTE, READY_REPLICAS
 from .children import Children, Pair
 from .config import Settings
-from .gpu_ratio import rollout_gpus
+from .gpu_ratio import held_by_nodes, rollout_gpus
 from .k8s import ApiError, AsyncCluster
 from .memory import Memory
 from .modelcache import implicit_apply
@@ -371,9 +371,10 @@ async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
                         p.now, HTTP_ROUTE if gateway is not None and not pool else READY_REPLICAS,
                         never=capacity.message if capacity.never else "",
                         quota_full=no_room(snap.quotas, pod_spec.get("spec") or {}),
-                        gpu=rollout_gpus(spec.gpu.resource if spec.gpu else None,
-                                         pod_spec.get("spec"), rendered.revision == (
-                                             live.revision if live else ""), dep_obj, c.canary))
+                        gpu=held_by_nodes(rollout_gpus(
+                            spec.gpu.resource if spec.gpu else None, pod_spec.get("spec"),
+                            rendered.revision == (live.revision if live else ""), dep_obj,
+                            c.canary), spec, snap.nodes, snap.used, snap.pending))
     for note in plan.notes:
         # A revision the API server refused leaves no rollout record (the Failed status has
         # none), so each pass "starts" it again without applying anything: say so once.

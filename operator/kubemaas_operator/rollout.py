@@ -167,8 +167,10 @@ class _Draft:
 
     @property
     def units(self) -> int:
-        """The stable revision's replicas (its spec's): the GPUs a canary may move into."""
-        return int((self.stable_spec or {}).get("replicas") or 0)
+        """Stable-size replicas a canary of larger pods moves within: the stable revision's
+        (its spec's), or what the matching nodes hold (gpu.held) unless a quota is the limit."""
+        stable = int((self.stable_spec or {}).get("replicas") or 0)
+        return stable if self.strategy.quota is not None else max(stable, self.gpu.held)
 
     def drop_canary(self) -> None:
         self.canary_state = None
@@ -396,7 +398,8 @@ def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
     if c.aborted:
         d.blocked_reason, d.blocked_message = "CanaryAborted", (
             f"revision {d.upd['number']} ({d.desired_hash}): {message}")
-    d.status = d.state("Canary", "QuotaExceeded" if d.strategy.quota else "CanarySteps", message)
+    d.status = d.state("Canary", "QuotaExceeded" if d.strategy.quota else (
+        "CanaryNeedsGPUs" if c.short else "CanarySteps"), message)
     problem = failing(pods, d.desired_hash) or blocked(dep, d.desired_hash, never)
     deadline = spec.rollout.progress_deadline_seconds
     since = parse_time(d.upd.get("progressAt")) or now

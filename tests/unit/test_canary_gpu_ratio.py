@@ -12,9 +12,13 @@ from tests.unit.test_rollout_canary import CANARY_RAW, canary_pods
 
 from kubemaas_operator.api import parse_spec
 from kubemaas_operator.canary import first_room, give_back, slack
-from kubemaas_operator.gpu_ratio import GpuRatio, gpu_ratio, rollout_gpus
+from kubemaas_operator.gpu_ratio import GpuRatio, gpu_ratio, held_by_nodes, rollout_gpus
 from kubemaas_operator.quota_room import waits_on_quota
 from kubemaas_operator.rollout import plan
+from kubemaas_operator.scheduling import NodeInfo
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+TAINT = ({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},)
 
 TWO = GpuRatio("nvidia.com/gpu", new=2, old=1)
 STEPS = {"steps": [{"weight": 33}, {"weight": 100}]}
@@ -61,7 +65,8 @@ def test_slack_first_room_and_give_back_with_a_ratio() -> None:
     assert slack(10, 0, 3, ratio=2) == 3  # a larger maxUnavailable is kept
     assert first_room(3, 0, 2, 2, 3) == 2  # 2 stable replicas go: a canary pod fits
     assert first_room(3, 0, 1, 2, 3) == 1  # only 1 may: it does not
-    assert first_room(2, 0, 1, 2, 4) == 2  # 4 stable replicas scaled to 2 left their GPUs
+    assert first_room(2, 0, 1, 2, 4) == 3  # 4 stable replicas scaled to 2 left their GPUs
+    assert first_room(3, 0, 1, 2, 4) == 2  # a free GPU and one stable replica's
     assert first_room(2, 0, 1, 2, 2) == 1
     # an abort: the stable side grows into 2 replicas per canary pod the canary gives back
     assert give_back(3, 0, 1, 1, 2, ratio=2, units=3) == (1, 0)
@@ -159,10 +164,58 @@ def test_replicas_lowered_with_the_gpus_raised_need_no_wait() -> None:
     r = raw(2)
     p = plan(parse_spec(r), r, "bbb", dep("aaa", 4, 4, 4), pods("aaa", 4), 2, 0, stable(4), NOW,
              gpu=TWO)
-    assert p.target == "stable" and p.main_replicas == 2
+    assert p.target == "stable" and p.main_replicas == 1  # one short, as with any canary
     p = plan(parse_spec(r), r, "bbb", dep("aaa", 2, 2, 2), pods("aaa", 2), 2, 0, p.status, NOW,
              gpu=TWO)
+    assert p.canary_replicas == 1  # the two replicas dropped left room for it
+
+
+def test_a_free_gpu_counts_toward_the_canary_pod() -> None:
+    """3 x 1 GPU and one free GPU (too few for a whole 2-GPU pod beside the stable ones, so no
+    spare): one stable replica (maxUnavailable 1) and the free GPU hold the canary pod. The free
+    GPUs come from the nodes (held_by_nodes: 4 one-GPU replicas fit, this model's counted)."""
+    r = raw(3)
+    s = parse_spec(r)
+    nodes = [NodeInfo(name="n", labels={"nvidia.com/gpu.product": H100}, taints=TAINT,
+                      allocatable={"nvidia.com/gpu": 8})]
+    held = held_by_nodes(TWO, s, nodes, {"n": {"nvidia.com/gpu": 4}}, [])
+    assert held.held == 4 and held_by_nodes(GpuRatio(new=1, old=1), s, nodes, {}, []).held == 0
+    p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW, gpu=held)
+    assert p.status["reason"] == "CanarySteps" and (p.main_replicas, p.canary_replicas) == (2, 0)
+    p = plan(s, r, "bbb", dep("aaa", 2, 2, 2), pods("aaa", 2), 3, 0, p.status, NOW, gpu=held)
     assert p.canary_replicas == 1
+    # the same under a full quota: the nodes' free GPUs do not count, it waits
+    full = ("gpus", "requests.nvidia.com/gpu: 3 of 3 used")
+    p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW,
+             quota_full=full, gpu=held)
+    assert p.target == "hold" and p.status["reason"] == "CanaryNeedsGPUs"
+
+
+def test_a_canary_that_cannot_grow_within_max_unavailable_waits_saying_why() -> None:
+    """5 x 1 GPU, maxUnavailable 2, a 40% step (2 canary pods of 2 GPUs): the first canary pod
+    runs Ready beside 2 stable replicas; the second would need one more stable replica gone (3
+    short): the canary waits with CanaryNeedsGPUs instead of being rolled back at its deadline."""
+    r = {**raw(5, maxUnavailable=2), "rollout": {"maxUnavailable": 2, "canary": {
+        "steps": [{"weight": 40}, {"weight": 100}]}}}
+    s = parse_spec(r)
+    p = plan(s, r, "bbb", dep("aaa", 5, 5, 5), pods("aaa", 5), 5, 0, stable(5), NOW, gpu=TWO)
+    assert (p.main_replicas, p.canary_replicas) == (3, 0)
+    p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 5, 0, p.status, NOW, gpu=TWO)
+    assert p.canary_replicas == 1
+    p = plan(s, r, "bbb", dep("aaa", 2, 2, 2), canary_pods(2, 1), 5, 0, p.status, NOW, gpu=TWO)
+    assert (p.main_replicas, p.canary_replicas) == (2, 1)
+    assert p.status["strategy"] == "Canary" and p.status["reason"] == "CanaryNeedsGPUs"
+    assert "the next canary pod needs the GPUs of 2 stable replicas" in p.status["message"]
+    assert waits_on_quota(p.status) and p.requeue_after == 5.0
+    later = NOW.replace(minute=30)
+    p = plan(s, r, "bbb", dep("aaa", 2, 2, 2), canary_pods(2, 1), 5, 0, p.status, later,
+             gpu=TWO)
+    assert not p.rolled_back and p.status["update"]["progressAt"] == later.strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    # a canary pod that is not Ready is no wait: the deadline still applies
+    p = plan(s, r, "bbb", dep("aaa", 2, 2, 2), canary_pods(2, 1, new_ready=False), 5, 0,
+             p.status, later.replace(minute=59), gpu=TWO)
+    assert p.rolled_back
 
 
 def test_a_full_quota_counts_the_ratio_too() -> None:
