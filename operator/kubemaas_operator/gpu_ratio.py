@@ -15,8 +15,9 @@ from typing import Any
 
 from .api import ModelDeploymentSpec, RolloutSpec
 from .canary import first_room
+from .observed import PodInfo
 from .quantity import QuantityError
-from .quota_room import pod_amount
+from .quota_room import QuotaInfo, free_in_quotas, pod_amount
 from .scheduling import NodeInfo, PendingDemand, check_capacity
 
 
@@ -30,6 +31,19 @@ class GpuRatio:
     # stable-size replicas the matching nodes hold, this model's pods counted as free (its own
     # GPUs and the free ones; held_by_nodes); 0: not counted
     held: int = 0
+    # what the namespace's tightest quota has left of the resource (hard minus used), or None
+    quota_free: int | None = None
+
+    def within_quota(self, stable: int, pods: Iterable[PodInfo]) -> int:
+        """Stable-size replicas under a full quota: what the quota has left plus what this
+        model's live `pods` hold of it, in stable replicas (at least the stable revision's
+        `stable`, at most what the nodes hold, when counted)."""
+        if self.quota_free is None or self.old <= 0:
+            return stable
+        own = sum(self.new if p.track == "canary" else self.old for p in pods
+                  if p.phase not in ("Failed", "Succeeded"))
+        units = max(stable, (self.quota_free + own) // self.old)
+        return min(units, max(stable, self.held)) if self.held else units
 
     @property
     def ratio(self) -> int:
@@ -81,15 +95,16 @@ def rollout_gpus(resource: str | None, new_pod: Mapping[str, Any] | None, applie
 
 
 def held_by_nodes(ratio: GpuRatio, spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
-                  used: Mapping[str, Mapping[str, int]],
-                  pending: Iterable[PendingDemand]) -> GpuRatio:
+                  used: Mapping[str, Mapping[str, int]], pending: Iterable[PendingDemand],
+                  quotas: Iterable[QuotaInfo] = ()) -> GpuRatio:
     """`ratio` with what the matching nodes hold in stable-size replicas (scheduling
-    .check_capacity at the stable pod's GPU count), where a canary pod needs more than one
-    stable replica's GPUs."""
+    .check_capacity at the stable pod's GPU count) and what the namespace's quotas have left,
+    where a canary pod needs more than one stable replica's GPUs."""
     if ratio.ratio <= 1 or spec.gpu is None:
         return ratio
     stable = replace(spec, gpu=replace(spec.gpu, count=ratio.old, sizing=None))
-    return replace(ratio, held=check_capacity(stable, nodes, used, 1, pending=pending).room)
+    return replace(ratio, held=check_capacity(stable, nodes, used, 1, pending=pending).room,
+                   quota_free=free_in_quotas(quotas, ratio.resource))
 
 
 def canary_short(ratio: GpuRatio, desired: int, spare: int, strategy_unavailable: int,

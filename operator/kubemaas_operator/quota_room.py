@@ -124,3 +124,19 @@ def _full_items(quota: QuotaInfo, pod_spec: Mapping[str, Any]) -> Sequence[str]:
             out.append(f"{key}: {quota.used.get(key, '0')} of {quota.hard[key]} used, one more "
                        f"pod of the new revision needs {_show(need)}")
     return out
+
+
+def free_in_quotas(quotas: Iterable[QuotaInfo], resource: str) -> int | None:
+    """How much of extended resource `resource` (GPUs) the tightest quota that counts every pod
+    has left (hard minus used, of requests.<resource>), or None when no such quota limits it."""
+    frees = []
+    for quota in quotas:
+        key = f"requests.{resource}"
+        if quota.scoped or key not in quota.hard:
+            continue
+        try:
+            free = parse_quantity(quota.hard[key]) - parse_quantity(quota.used.get(key, "0"))
+        except QuantityError:
+            continue
+        frees.append(max(0, int(free)))
+    return min(frees) if frees else None

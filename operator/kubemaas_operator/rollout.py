@@ -137,6 +137,7 @@ class _Draft:
     stable_spec: Mapping[str, Any] | None
     history: list[dict[str, Any]]
     gpu: GpuRatio = ONE  # GPUs of a canary-side pod and of a stable-side one
+    pods: Sequence[PodInfo] = ()  # the model's pods
     target: Target = "desired"
     requeue: float | None = None
     moving: bool = False  # the Deployment is (to be) changing template: the strategy matters
@@ -167,10 +168,13 @@ class _Draft:
 
     @property
     def units(self) -> int:
-        """Stable-size replicas a canary of larger pods moves within: the stable revision's
-        (its spec's), or what the matching nodes hold (gpu.held) unless a quota is the limit."""
+        """Stable-size replicas a canary of larger pods moves within: what the matching nodes
+        hold (gpu.held), or under a full quota the stable revision's and what the quota has
+        left; at least the stable revision's replicas (its spec's)."""
         stable = int((self.stable_spec or {}).get("replicas") or 0)
-        return stable if self.strategy.quota is not None else max(stable, self.gpu.held)
+        if self.strategy.quota is not None:
+            return self.gpu.within_quota(stable, self.pods)
+        return max(stable, self.gpu.held)
 
     def drop_canary(self) -> None:
         self.canary_state = None
@@ -241,7 +245,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
                                                              Mapping) else None,
         history=[dict(h) for h in previous.get("history") or [] if isinstance(h, Mapping)],
-        gpu=gpu)
+        gpu=gpu, pods=pods)
     if d.strategy.quota is not None:  # no room in the quota for one more pod: a canary moves
         spare = 0  # replicas within it, as on a cluster without a free GPU (canary.py)
     if d.failed is not None and d.failed["hash"] == desired_hash and d.cur is not None and (

@@ -13,7 +13,7 @@ from tests.unit.test_rollout_canary import CANARY_RAW, canary_pods
 from kubemaas_operator.api import parse_spec
 from kubemaas_operator.canary import first_room, give_back, slack
 from kubemaas_operator.gpu_ratio import GpuRatio, gpu_ratio, held_by_nodes, rollout_gpus
-from kubemaas_operator.quota_room import waits_on_quota
+from kubemaas_operator.quota_room import QuotaInfo, free_in_quotas, waits_on_quota
 from kubemaas_operator.rollout import plan
 from kubemaas_operator.scheduling import NodeInfo
 
@@ -189,6 +189,23 @@ def test_a_free_gpu_counts_toward_the_canary_pod() -> None:
     p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW,
              quota_full=full, gpu=held)
     assert p.target == "hold" and p.status["reason"] == "CanaryNeedsGPUs"
+    # a quota with one GPU left counts it as the nodes' free GPU does (hard 4, 3 used)
+    quotas = [QuotaInfo("gpus", {"requests.nvidia.com/gpu": "4"},
+                        {"requests.nvidia.com/gpu": "3"}),
+              QuotaInfo("scoped", {"requests.nvidia.com/gpu": "0"}, {}, scoped=True)]
+    assert free_in_quotas(quotas, "nvidia.com/gpu") == 1
+    assert free_in_quotas(quotas[1:], "nvidia.com/gpu") is None
+    held = held_by_nodes(TWO, s, nodes, {"n": {"nvidia.com/gpu": 4}}, [], quotas)
+    p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW,
+             quota_full=full, gpu=held)
+    assert p.status["reason"] == "QuotaExceeded" and (p.main_replicas, p.canary_replicas) == (
+        2, 0)
+    # one stable replica gone: the quota has 2 left, the canary pod takes them
+    two_left = held_by_nodes(TWO, s, nodes, {"n": {"nvidia.com/gpu": 4}}, [], [QuotaInfo(
+        "gpus", {"requests.nvidia.com/gpu": "4"}, {"requests.nvidia.com/gpu": "2"})])
+    p = plan(s, r, "bbb", dep("aaa", 2, 2, 2), pods("aaa", 2), 3, 0, p.status, NOW,
+             quota_full=full, gpu=two_left)
+    assert (p.main_replicas, p.canary_replicas) == (2, 1)
 
 
 def test_a_canary_that_cannot_grow_within_max_unavailable_waits_saying_why() -> None:
