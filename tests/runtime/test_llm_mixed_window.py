@@ -34,7 +34,7 @@ from kubemaas_runtime.llm.loader import LanguageModel, load_hf
 from kubemaas_runtime.llm.sampling import SamplingParams
 from kubemaas_runtime.llm.scheduler import Sequence
 from tests.runtime.test_llm_sliding_window import MIXED, SLIDING, WINDOW, prompts, windowed
-from tests.runtime.test_llm_window_kv import generate, small_engine
+from tests.runtime.test_llm_window_kv import generate, run_bounded, small_engine
 
 BLOCK = 8
 FAMILIES = {"qwen2": MIXED, "gemma2": SLIDING["gemma2"], "gemma3_text": SLIDING["gemma3_text"]}
@@ -233,3 +233,33 @@ def test_a_prefix_hit_past_the_window(kv_groups: bool, mixed: tuple[LanguageMode
         assert keys <= queries + WINDOW + 2 * BLOCK, (queries, keys)
     assert engine.pool.used == 0
     assert engine.window_pool is None or engine.window_pool.used == 0
+
+
+def test_a_prefix_hit_in_the_smallest_kv_groups_is_admitted(
+        mixed: tuple[LanguageModel, Any]) -> None:
+    """Two KV groups in the smallest budget the engine takes for max-model-len 256 (the
+    windowed group: 3 or 4 blocks of 8, window 12): a prompt that goes on three blocks past a
+    cached one hits its window's 2 windowed blocks; admission asked for 3 more besides them and,
+    with nothing running, the request waited forever (a beam search over the server hung so).
+    Now the hit counts towards the window's blocks, and the answer is generate()'s."""
+    torch.set_num_threads(1)
+    lm, model = mixed
+    engine = next(e for e in (_engine_or_none(lm, blocks) for blocks in range(1, 64)) if e)
+    assert engine.window_pool is not None and engine.window_pool.usable < 5
+    base, tail = prompts([90, 20], seed=23)
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    run_bounded(engine, base, SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True))
+    engine.pool.hit_tokens = 0
+    assert run_bounded(engine, base + tail, params) == generate(model, base + tail, 8)
+    assert engine.pool.hit_tokens == 88
+    assert engine.pool.used == 0 and engine.window_pool.used == 0
+
+
+def _engine_or_none(lm: LanguageModel, blocks: int) -> Engine | None:
+    """Two KV groups in the bytes of ``blocks`` blocks of every layer, or None when the
+    engine refuses them (too small for one sequence of max-model-len 256)."""
+    try:
+        return small_engine(lm, blocks, BLOCK, batched=2048, max_model_len=256,
+                            kv_groups=True)
+    except ValueError:
+        return None

@@ -242,6 +242,39 @@ def test_a_cache_too_small_for_one_full_sequence_serves_several(
     assert max(used) <= 16
 
 
+def run_bounded(engine: Engine, prompt: list[int], params: SamplingParams,
+                steps: int = 100) -> list[int]:
+    """The engine's answer to ``prompt``, stepped here at most ``steps`` times (a request that
+    waits forever fails the test instead of hanging it)."""
+    seq = engine.sequence(prompt, params)
+    engine.scheduler.add(seq)
+    for _ in range(steps):
+        if not engine._has_work():
+            return seq.output
+        engine.step()
+    raise AssertionError(f"not done in {steps} steps: {len(engine.scheduler.waiting)} "
+                         f"waiting, {len(engine.scheduler.running)} running")
+
+
+def test_a_prefix_hit_in_a_cache_of_one_window_is_admitted(
+        mistral: tuple[LanguageModel, Any]) -> None:
+    """A cache of 3 blocks of 8, what one sequence of window 12 holds: a prompt that goes on
+    two blocks past a cached one hits its window's 2 blocks; admission asked for 2 more besides
+    them (4 > 3) and, with nothing running, the request waited forever (0 running, 1 waiting).
+    Now the hit counts towards the blocks a windowed sequence holds, and the answer is
+    generate()'s."""
+    torch.set_num_threads(1)
+    lm, model = mistral
+    engine = small_engine(lm, 3, 8, batched=2048, max_model_len=256)
+    assert engine.scheduler.live_blocks == 3
+    base, tail = prompts([90, 20], seed=23)
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    run_bounded(engine, base, SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True))
+    engine.pool.hit_tokens = 0
+    assert run_bounded(engine, base + tail, params) == generate(model, base + tail, 8)
+    assert engine.pool.hit_tokens == 88 and engine.pool.used == 0
+
+
 def test_prefix_cache_hits_on_given_back_blocks(mistral: tuple[LanguageModel, Any]) -> None:
     """A sequence's blocks given back stay cached: a request with its prompt (and more) hits
     them, while it runs and after; once other requests evicted them, a request with that

@@ -224,11 +224,13 @@ class Scheduler:
                 passed += 1
                 continue
             cached, window_cached = self._cached(seq)
-            need = self.pool.blocks_for(len(seq.ids) + 1) - len(cached)
-            if self.window is not None:  # the rest of a long prompt: chunk by chunk (_room)
-                need = min(need, self.live_blocks)
-            window_need = min(self.pool.blocks_for(len(seq.ids) + 1) - len(cached),
-                              self.window_live)
+            need = fresh = self.pool.blocks_for(len(seq.ids) + 1) - len(cached)
+            # with a window, at most the blocks it holds for a decode, the hit's counted
+            # (they fit in a pool that holds one sequence: the rest of a long prompt is taken
+            # chunk by chunk, _room)
+            if self.window is not None:
+                need = min(need, self.live_blocks - _held(cached))
+            window_need = min(fresh, self.window_live - _held(window_cached))
             if self._short(self.pool, need) or (self.window_pool is not None and
                                                  self._short(self.window_pool, window_need)):
                 self.pool.release(cached)
@@ -377,6 +379,11 @@ class Scheduler:
             decode = [s for s in decode if s in self.running]
             prefill = [(s, n) for s, n in prefill if s in self.running]
         return Step(decode, prefill, self.window, self.pool.block_size, self.mixed)
+
+
+def _held(blocks: list[int]) -> int:
+    """The blocks of a prefix hit that are held (not 0s: given back before its window)."""
+    return len(blocks) - blocks.count(0)
 
 
 def _slid(pool: BlockPool, cached: list[int], window: int | None) -> list[int]:
