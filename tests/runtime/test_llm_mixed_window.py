@@ -14,7 +14,8 @@ lanes; on the direct stack, steps of decodes and of decodes with a chunk batch f
 the traced graphs, with and without the lanes, and decode steps through CUDA graphs' padded
 inputs on the CPU); every windowed call's table spans at most
 its length + the window + 2 blocks; a prefix-cache hit past the window answers as generate()
-too."""
+too. With two KV groups: a prefix hit in the smallest budget is admitted, and requests that
+go away midway (queued, reading, decoding, preempted) leave every block of both groups free."""
 
 from __future__ import annotations
 
@@ -263,3 +264,43 @@ def _engine_or_none(lm: LanguageModel, blocks: int) -> Engine | None:
                             kv_groups=True)
     except ValueError:
         return None
+
+
+def test_requests_gone_midway_leave_no_block_in_either_group(
+        mixed: tuple[LanguageModel, Any]) -> None:
+    """Two KV groups in a small budget: ten requests sharing a prefix longer than the window
+    (prefix hits in both groups), read 24 tokens a step, several preempted and read again;
+    at steps 5, 17, 29 and 41 the newest request still waiting or running goes away
+    (mid-prompt, mid-decode, preempted or queued). The others answer as generate(), and
+    afterwards every block of both groups is free again, none still referenced."""
+    torch.set_num_threads(1)
+    lm, model = mixed
+    # (the budget that preempts: Gemma 3's windowed group, 3 layers of 4, takes more of it)
+    blocks = 11 if model.config.model_type == "gemma3_text" else 14
+    engine = small_engine(lm, blocks, BLOCK, batched=24, max_model_len=128, kv_groups=True)
+    assert engine.window_pool is not None
+    (base,) = prompts([60], seed=41)
+    tails = prompts([3 + 4 * i for i in range(10)], seed=42)
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    seqs = [engine.sequence(base[:20 + 4 * i] + tail, params) for i, tail in enumerate(tails)]
+    gone = set()
+    for step in range(400):
+        if step % 2 == 0 and step // 2 < len(seqs):  # one arrives every other step
+            engine.scheduler.add(seqs[step // 2])
+        if step in (5, 17, 29, 41):
+            live = [*engine.scheduler.running, *engine.scheduler.waiting]
+            if live:
+                victim = max(live, key=lambda s: s.rid)
+                gone.add(victim.rid)
+                engine._apply([("abort", victim)])
+        if not engine._has_work() and step // 2 >= len(seqs):
+            break
+        engine.step()
+    assert not engine._has_work()
+    assert len(gone) == 4 and engine.scheduler.preemptions > 0
+    assert engine.pool.hit_tokens > 0
+    for seq in seqs:
+        if seq.rid not in gone:
+            assert seq.output == generate(model, seq.prompt, 24), len(seq.prompt)
+    for pool in (engine.pool, engine.window_pool):
+        assert pool.free == pool.usable and not any(pool._refs)
