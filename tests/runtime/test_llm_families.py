@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from kubemaas_runtime.errors import StartupError
 from kubemaas_runtime.llm.attention import PagedStep
-from kubemaas_runtime.llm.decoder_stack import STACK_FAMILIES
+from kubemaas_runtime.llm.decoder_stack import STACK_FAMILIES, experts_in_one_graph, stack_forward
 from kubemaas_runtime.llm.engine import Engine, EngineConfig
 from kubemaas_runtime.llm.loader import load_hf, load_pooling_model
 from kubemaas_runtime.llm.sampling import SamplingParams
@@ -64,11 +64,13 @@ def test_family_greedy_equals_generate(family: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "llama", "phi3", "olmo2",
-                                    "gemma", "gemma2", "gemma3_text", "granite"])
+                                    "gemma", "gemma2", "gemma3_text", "granite", "mixtral",
+                                    "qwen3_moe"])
 def test_the_direct_stack_gives_the_models_own_logits(family: str, tmp_path: Path) -> None:
     """Every step of a batch (prompt chunks and decodes together) through decoder_stack.py's
     forward and through the model's own: the same logits, bit for bit (Gemma 2 and 3: their
-    logits soft-capped, Gemma 3: its two rotary bases; Granite: its multipliers)."""
+    logits soft-capped, Gemma 3: its two rotary bases; Granite: its multipliers; Mixtral and
+    Qwen3-MoE: their experts, Mixtral's layers' arguments in their order)."""
     torch.set_num_threads(1)
     lm = load_hf(build_llm(tmp_path / family, family=family), device="cpu")
     assert lm.stack is not None
@@ -94,10 +96,23 @@ def test_the_direct_stack_gives_the_models_own_logits(family: str, tmp_path: Pat
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f not in STACK_FAMILIES])
 def test_other_families_keep_their_own_forward(family: str, tmp_path: Path) -> None:
-    """GPT-2's stack has other parts; the mixture-of-experts families (Mixtral, Qwen3-MoE)
-    pick their experts in Python from the routing's values, which a traced or CUDA graph of
-    the stack would freeze at the step it recorded."""
+    """GPT-2's stack has other parts."""
     assert load_hf(build_llm(tmp_path / family, family=family), device="cpu").stack is None
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+def test_experts_looped_in_python_keep_their_own_forward(family: str, tmp_path: Path) -> None:
+    """transformers' eager experts loop in Python over the experts a step's routing hit, which
+    a traced or CUDA graph of the stack would freeze at the step it recorded: with those, a
+    mixture of experts keeps its own forward; with grouped_mm (transformers' default here) or
+    batched_mm it takes the stack."""
+    lm = load_hf(build_llm(tmp_path / family, family=family), device="cpu")
+    assert lm.model.config._experts_implementation == "grouped_mm"
+    assert lm.stack is not None and experts_in_one_graph(lm.model)
+    lm.model.config._experts_implementation = "eager"
+    assert stack_forward(lm.model) is None
+    lm.model.config._experts_implementation = "batched_mm"
+    assert stack_forward(lm.model) is not None
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: 16-bit soft-capped scores

@@ -94,7 +94,8 @@ def engine_for(lm: LanguageModel, path: str, batched: int) -> Engine:
                                               ("qwen2-mixed", "graphs"),
                                               ("gemma2", "lanes"), ("gemma2", "eager"),
                                               ("gemma3_text", "lanes"), ("phi3", "traced"),
-                                              ("mixtral", "eager"), ("qwen3_moe", "eager")])
+                                              ("mixtral", "eager"), ("qwen3_moe", "eager"),
+                                              ("qwen3_moe", "traced")])
 def test_windowed_answers_equal_generate(family: str, path: str, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)

@@ -19,10 +19,16 @@ the logits (``final_logit_softcapping``); Gemma 3 rotates each layer by its laye
 base (global or local); Granite multiplies the embeddings (``embedding_multiplier``) and divides
 the logits (``logits_scaling``), its residual and attention multipliers are inside its layers.
 
-Any other model keeps its own forward: GPT-2's stack has other parts; the mixture-of-experts
-families (Mixtral, Qwen3-MoE) pick the experts a step runs in Python from the routing's values,
-which a graph of the stack (traced_decode.py, cuda_graphs.py) would freeze at the step it
-recorded.
+The mixtures of experts (Mixtral, Qwen3-MoE) are such stacks too (Mixtral's layers take the
+position embeddings second) where transformers runs their experts as fixed tensor operations:
+its ``grouped_mm`` experts (its default where torch has the kernel) sort the step's tokens by
+expert and multiply each group by its expert's slice of one 3-D weight, the routing a tensor,
+so a recorded graph of the stack (traced_decode.py, cuda_graphs.py) replays any routing. Its
+``eager`` experts loop in Python over the experts a step's routing hit, which a graph would
+freeze at the step it recorded: with those (or grouped_mm's fallback, a Python loop too, where
+the kernel cannot run), such a model keeps its own forward.
+
+Any other model keeps its own forward: GPT-2's stack has other parts.
 """
 
 from __future__ import annotations
@@ -126,7 +132,11 @@ FAMILIES: dict[str, Family] = {
     "gemma3_text": Family(layer_params=GEMMA2.layer_params, rotary=_rotary_by_layer_type,
                           call_layer=_call_gemma2_layer, head=_softcapped),
     "granite": Family(embed=_granite_embed, head=_granite_head),
+    "mixtral": Family(layer_params=GEMMA2.layer_params, call_layer=_call_gemma2_layer),
+    "qwen3_moe": PLAIN,
 }
+# their experts must run as one computation for any routing (experts_in_one_graph)
+MIXTURES = ("mixtral", "qwen3_moe")
 STACK_FAMILIES = tuple(FAMILIES)
 # the plain stack's layer parameters
 LAYER_PARAMS = PLAIN.layer_params
@@ -135,8 +145,9 @@ LAYER_PARAMS = PLAIN.layer_params
 def stack_forward(model: Any) -> StepForward | None:
     """The step function over ``model``'s modules, or None when it is not such a stack. The
     modules are looked up at each call, so one replaced after loading is the one that runs."""
-    family = FAMILIES.get(getattr(model.config, "model_type", None) or "")
-    if family is None:
+    model_type = getattr(model.config, "model_type", None) or ""
+    family = FAMILIES.get(model_type)
+    if family is None or (model_type in MIXTURES and not experts_in_one_graph(model)):
         return None
     inner: Any = getattr(model, "model", None)
     if not hasattr(model, "lm_head") or any(
@@ -163,6 +174,30 @@ def stack_forward(model: Any) -> StepForward | None:
         return head(model.config, model.lm_head(stack.norm(hidden)[:, keep]))[0]
 
     return forward
+
+
+def experts_in_one_graph(model: Any) -> bool:
+    """Whether a mixture of experts runs its experts as fixed tensor operations for any
+    routing: transformers' ``batched_mm`` experts, or its ``grouped_mm`` ones where torch's
+    grouped matrix product takes the model's expert weights (else they fall back to a loop in
+    Python over the experts hit)."""
+    how = getattr(model.config, "_experts_implementation", None)
+    if how == "batched_mm":
+        return True
+    if how != "grouped_mm":
+        return False
+    try:
+        from transformers.integrations.moe import _can_use_grouped_mm
+    except ImportError:  # another transformers: its grouped_mm is not known here
+        return False
+    experts = [m for m in model.modules() if isinstance(
+        getattr(m, "gate_up_proj", None), torch.Tensor) and getattr(m, "num_experts", None)]
+    if not experts:
+        return False
+    weight: torch.Tensor = experts[0].gate_up_proj
+    probe = torch.zeros(1, weight.shape[-1], dtype=weight.dtype, device=weight.device)
+    offsets = torch.ones(weight.shape[0], dtype=torch.int32, device=weight.device)
+    return bool(_can_use_grouped_mm(probe, weight.transpose(-2, -1), offsets))
 
 
 def _leading_params(layer: Any, count: int) -> tuple[str, ...]:
