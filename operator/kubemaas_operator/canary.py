@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from fractions import Fraction
+from math import ceil, floor
 from typing import Any, Literal
 
 from .api import CanarySpec, CanaryStep
@@ -91,8 +93,13 @@ class _Seen:
     main_ready: int
     main_ready_new: int
     can_ready: int
-    ratio: int = 1  # stable replicas one canary pod needs the GPUs of (gpu_ratio.py)
+    per: Fraction = Fraction(1)  # stable replicas' GPUs in one canary pod (3 / 2: 1.5)
     units: int = 0  # stable-size replicas the GPUs held or free hold (gpu_ratio.py)
+
+    @property
+    def ratio(self) -> int:
+        """Stable replicas one canary pod needs the GPUs of (gpu_ratio.py), rounded up."""
+        return ceil(self.per)
 
     @property
     def budget(self) -> int:
@@ -102,6 +109,11 @@ class _Seen:
     def r(self) -> int:
         """The ratio that counts: 1 while free GPUs hold the canary."""
         return self.ratio if self.spare <= 0 else 1
+
+    @property
+    def p(self) -> Fraction:
+        """`r` unrounded: what a canary pod takes of the room, in stable replicas."""
+        return self.per if self.spare <= 0 else Fraction(1)
 
     @property
     def room_units(self) -> int:
@@ -122,13 +134,14 @@ class _Seen:
 
 def canary_step(canary: CanarySpec, desired: int, spare: int, pods: Sequence[PodInfo],
                 upd: dict[str, Any], previous: Any, desired_hash: str, max_unavailable: int,
-                now: datetime, split: TrafficSplit = READY_REPLICAS, ratio: int = 1,
-                units: int = 0) -> CanaryLook:
+                now: datetime, split: TrafficSplit = READY_REPLICAS,
+                ratio: int | Fraction = 1, units: int = 0) -> CanaryLook:
     """One look at a canary rollout of `desired_hash` (see the module's docstring).
 
     `previous`: the canary state written last time (status.rollout.canary); `upd`: the update
     revision's record, returned with progressAt moved on when waiting is not a stall. `ratio`:
-    stable replicas per canary pod (gpu_ratio.GpuRatio.ratio); `units`: stable-size replicas
+    stable replicas' GPUs per canary pod (gpu_ratio.GpuRatio.per: 3 GPUs for 2 is 3/2, rounded
+    up only where whole stable replicas must go); `units`: stable-size replicas
     the model's GPUs and the free ones hold (at least the stable revision's replicas).
     """
     main = [p for p in pods if p.track != "canary"]
@@ -140,7 +153,8 @@ def canary_step(canary: CanarySpec, desired: int, spare: int, pods: Sequence[Pod
         main_ready_new=sum(1 for p in main if p.ready and not p.terminating
                            and p.revision == desired_hash),
         can_ready=sum(1 for p in can if p.ready and not p.terminating
-                      and p.revision == desired_hash), ratio=max(1, ratio), units=units)
+                      and p.revision == desired_hash), per=max(Fraction(1), Fraction(ratio)),
+        units=units)
     if canary.abort:
         return _abort(seen, upd, now)
     prev = dict(previous) if isinstance(previous, Mapping) and previous.get(
@@ -180,22 +194,23 @@ def first_room(desired: int, spare: int, max_unavailable: int, ratio: int, units
 
 
 def give_back(desired: int, spare: int, canary_pods: int, back_ready: int,
-              max_unavailable: int, ratio: int = 1, units: int = 0) -> tuple[int, int]:
+              max_unavailable: int, ratio: int | Fraction = 1,
+              units: int = 0) -> tuple[int, int]:
     """(stable, canary) replicas while a canary gives its replicas back (an abort, or the spec
     gone back to the current revision): the stable Deployment grows into the GPUs the canary
     gives back (`ratio` stable replicas per canary pod when no GPU is free), the canary
     (`canary_pods` pods) shrinks as the stable replicas of the revision gone back to
     (`back_ready` Ready) become Ready."""
-    r = ratio if spare <= 0 else 1
-    have = desired + spare if r == 1 else max(desired, units)
-    main_n = max(0, min(desired, have - r * canary_pods))
+    per = max(Fraction(1), Fraction(ratio)) if spare <= 0 else Fraction(1)
+    have = desired + spare if per == 1 else max(desired, units)
+    main_n = max(0, min(desired, floor(have - per * canary_pods)))
     can_n = max(0, min(canary_pods, desired - back_ready
-                       - slack(desired, spare, max_unavailable, r)))
+                       - slack(desired, spare, max_unavailable, ceil(per))))
     return main_n, can_n
 
 
 def wind_down(pods: Sequence[PodInfo], desired: int, spare: int, back_hash: str,
-              max_unavailable: int, back: str, ratio: int = 1,
+              max_unavailable: int, back: str, ratio: int | Fraction = 1,
               units: int = 0) -> tuple[int, int, str] | None:
     """(stable, canary replicas, message) when the spec went back to the current revision
     (`back_hash`, named `back`) while a canary ran, else None: as an abort does, the canary
@@ -235,7 +250,7 @@ def _abort(seen: _Seen, upd: dict[str, Any], now: datetime) -> CanaryLook:
     old_ready = sum(1 for p in seen.main if p.ready and not p.terminating
                     and p.revision != seen.desired_hash)
     main_n, can_n = give_back(seen.desired, seen.spare, len(seen.can), old_ready,
-                              seen.max_unavailable, seen.ratio, seen.units)
+                              seen.max_unavailable, seen.per, seen.units)
     # The route sends nothing to the canary from now on.
     traffic = 0 if seen.split == HTTP_ROUTE else ready_share(seen.can_ready, seen.main_ready)
     upd = {**upd, "progressAt": format_time(now)}  # an abort is not a stall
@@ -255,11 +270,12 @@ def _at_step(seen: _Seen, step: int, step_ready_at: datetime | None, upd: dict[s
     want = step_replicas(desired, weight)
     # The stable Deployment gives replicas up only as canary replicas become Ready (at most
     # maxUnavailable short when no GPU is free), the canary grows into what is given up: `r`
-    # stable replicas per canary pod when a canary pod needs more GPUs than a stable one frees.
-    r, have = seen.r, seen.room_units
-    main_n = max(max(0, min(desired - want, have - r * want)),
+    # stable replicas per canary pod when a canary pod needs more GPUs than a stable one frees
+    # (counted in GPUs: a 3-GPU pod takes 1.5 stable replicas of 2 GPUs).
+    p, have = seen.p, seen.room_units
+    main_n = max(max(0, min(desired - want, floor(have - p * want))),
                  min(desired, desired - seen.can_ready - _slack(seen)))
-    can_n = min(want, max(len(seen.can), (have - len(seen.main)) // r))
+    can_n = min(want, max(len(seen.can), floor((have - len(seen.main)) / p)))
     reached = seen.can_ready >= want and len(seen.main) <= main_n
     short = not reached and _short(seen, want, main_n, can_n)
     if short:  # waiting for room maxUnavailable does not give is not a stall

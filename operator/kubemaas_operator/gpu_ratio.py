@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Any
 
 from .api import ModelDeploymentSpec, RolloutSpec
@@ -44,6 +45,14 @@ class GpuRatio:
                   if p.phase not in ("Failed", "Succeeded"))
         units = max(stable, (self.quota_free + own) // self.old)
         return min(units, max(stable, self.held)) if self.held else units
+
+    @property
+    def per(self) -> Fraction:
+        """Stable replicas' GPUs in one canary pod, unrounded (3 GPUs for 2: 3/2), at least 1:
+        what a canary pod takes of the room the stable side and free GPUs leave."""
+        if self.old <= 0 or self.new <= self.old:
+            return Fraction(1)
+        return Fraction(self.new, self.old)
 
     @property
     def ratio(self) -> int:

@@ -294,7 +294,7 @@ def _give_canary_back(d: _Draft, pods: Sequence[PodInfo], desired: int, spare: i
     """The spec went back to the current revision while a canary ran (canary.wind_down)."""
     assert d.cur is not None
     back = wind_down(pods, desired, spare, d.desired_hash, d.strategy.max_unavailable,
-                     f"revision {d.cur.get('number')} ({d.desired_hash})", d.gpu.ratio,
+                     f"revision {d.cur.get('number')} ({d.desired_hash})", d.gpu.per,
                      d.units)
     if back is not None:
         d.main_replicas, d.canary_replicas, d.view_message = back
@@ -384,7 +384,7 @@ def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
     assert d.upd is not None
     c = canary_step(canary, desired, spare, pods, dict(d.upd), previous.get("canary"),
                     d.desired_hash, d.strategy.max_unavailable, now, traffic_split,
-                    d.gpu.ratio, d.units)
+                    d.gpu.per, d.units)
     if removed:
         c = replace(c, message="spec.rollout.canary was removed while the canary ran (a canary "
                     "does not combine with spec.autoscaling), so it is promoted: " + c.message)

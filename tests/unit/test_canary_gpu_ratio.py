@@ -245,3 +245,35 @@ def test_a_full_quota_counts_the_ratio_too() -> None:
     assert (p.main_replicas, p.canary_replicas) == (1, 0) and p.status["reason"] == (
         "QuotaExceeded")
     assert "gives 2 replicas per canary pod up first" in p.status["message"]
+
+
+def test_a_ratio_that_does_not_divide_counts_gpus_not_whole_replicas() -> None:
+    """2 x 2 GPUs -> 2 x 3 GPUs on 6 GPUs, maxUnavailable 1: the first canary pod took one
+    stable replica's 2 GPUs and the free 2, the last stable replica went as it became Ready;
+    the second 3-GPU pod fits in the 3 GPUs left. Counted as ceil(3 / 2) = 2 stable replicas
+    per canary pod (4 GPUs), it never did: the canary sat with no stable replica at 1 of 2
+    Ready, saying "raise maxUnavailable"."""
+    three = GpuRatio("nvidia.com/gpu", new=3, old=2, held=3)  # the nodes hold 3 x 2 GPUs
+    r = {**CANARY_RAW, "replicas": 2, "gpu": {**CANARY_RAW["gpu"], "count": 3},
+         "rollout": {"canary": STEPS}}
+    s = parse_spec(r)
+    old = {**GOOD, "stableSpec": {**CANARY_RAW, "replicas": 2, "gpu": {
+        **CANARY_RAW["gpu"], "count": 2}, "rollout": {"canary": STEPS}}}
+    p = plan(s, r, "bbb", dep("aaa", 2, 2, 2), pods("aaa", 2), 2, 0, old, NOW, gpu=three)
+    assert (p.main_replicas, p.canary_replicas) == (1, 0)
+    p = plan(s, r, "bbb", dep("aaa", 1, 1, 1), pods("aaa", 1), 2, 0, p.status, NOW, gpu=three)
+    assert p.canary_replicas == 1  # 2 GPUs given up and 2 free hold one 3-GPU pod
+    step2 = {**p.status, "canary": {**p.status["canary"], "step": 2}}
+    p = plan(s, r, "bbb", dep("aaa", 1, 1, 1), canary_pods(1, 1), 2, 0, step2, NOW, gpu=three)
+    assert (p.main_replicas, p.canary_replicas) == (0, 1)  # 1 of 2 Ready: maxUnavailable 1
+    p = plan(s, r, "bbb", dep("aaa", 0, 0, 0), canary_pods(0, 1), 2, 0, step2, NOW, gpu=three)
+    assert (p.main_replicas, p.canary_replicas) == (0, 2)  # 3 GPUs left: the second pod
+    assert p.status["reason"] == "CanarySteps"
+    # an abort gives 3 GPUs back per canary pod: one 2-GPU stable replica beside the pod
+    aborted = parse_spec({**r, "rollout": {"canary": {**STEPS, "abort": True}}})
+    p = plan(aborted, r, "bbb", dep("aaa", 0, 0, 0), canary_pods(0, 2), 2, 0, step2, NOW,
+             gpu=three)
+    assert p.main_replicas == 0  # 2 x 3 GPUs hold all 6
+    p = plan(aborted, r, "bbb", dep("aaa", 0, 0, 0), canary_pods(0, 1), 2, 0, step2, NOW,
+             gpu=three)
+    assert p.main_replicas == 1
