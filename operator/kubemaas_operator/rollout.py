@@ -358,16 +358,20 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         _canary(d, spec, canary, raw_spec, dep, pods, desired, spare, previous, now,
                 traffic_split, never, applied, removed)
     elif waits:
-        _wait(d, short)
+        _wait(d, short, gave_up=live_hash == (d.cur or {}).get("hash") and (
+            previous.get("canary") or {}).get("hash") not in (None, d.desired_hash))
     else:
         _roll(d, spec, raw_spec, dep, pods, desired, now, never, ready, rolling, applied)
 
 
-def _wait(d: _Draft, short: str) -> None:
-    """The Deployment keeps its template until there is room (`short`: a canary pod's GPUs)."""
+def _wait(d: _Draft, short: str, gave_up: bool = False) -> None:
+    """The Deployment keeps its template until there is room (`short`: a canary pod's GPUs).
+    `gave_up`: a canary of a revision the spec left had the stable Deployment (still on the
+    current revision) give replicas up; it is rendered again at the spec's replicas, not held
+    short for a canary that is gone."""
     assert d.upd is not None
     why = short or d.strategy.message
-    d.target = "hold"
+    d.target = "stable" if gave_up and d.stable_spec is not None else "hold"
     d.blocked_reason, d.blocked_message = "RolloutWaiting", (
         f"revision {d.upd['number']} ({d.desired_hash}) waits: {why}")
     d.requeue = d.strategy.recheck_s

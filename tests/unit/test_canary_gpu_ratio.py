@@ -277,3 +277,25 @@ def test_a_ratio_that_does_not_divide_counts_gpus_not_whole_replicas() -> None:
     p = plan(aborted, r, "bbb", dep("aaa", 0, 0, 0), canary_pods(0, 1), 2, 0, step2, NOW,
              gpu=three)
     assert p.main_replicas == 1
+
+
+def test_a_revision_that_waits_after_a_superseded_canary_gets_the_stable_replicas_back() -> None:
+    """4 x 1 GPU, maxUnavailable 2: a canary of 2-GPU pods has the stable Deployment down to 2
+    replicas for its first pod; the spec changes again, to 4 GPUs per pod, which must wait
+    (CanaryNeedsGPUs). The wait held the Deployment as it was: 2 of 4 replicas, 2 GPUs idle for
+    a canary that no longer exists, for as long as it waited. Now the stable Deployment is
+    rendered again at the spec's replicas while the new revision waits."""
+    r = {**raw(4, maxUnavailable=2), "rollout": {"maxUnavailable": 2, "canary": STEPS}}
+    p = plan(parse_spec(r), r, "bbb", dep("aaa", 4, 4, 4), pods("aaa", 4), 4, 0, stable(4), NOW,
+             gpu=GpuRatio("nvidia.com/gpu", new=2, old=1, held=4))
+    assert (p.main_replicas, p.canary_replicas) == (2, 0)
+    four = {**r, "gpu": {**r["gpu"], "count": 4}}
+    p = plan(parse_spec(four), four, "ccc", dep("aaa", 2, 2, 2), pods("aaa", 2), 4, 0, p.status,
+             NOW, gpu=GpuRatio("nvidia.com/gpu", new=4, old=1, held=4))
+    assert p.status["strategy"] == "Wait" and p.status["reason"] == "CanaryNeedsGPUs"
+    assert p.view.blocked_reason == "RolloutWaiting" and p.canary_replicas is None
+    assert p.target == "stable" and p.main_replicas in (None, 4)
+    # a plain wait with no canary before it still holds the Deployment as it is
+    p = plan(parse_spec(four), four, "ccc", dep("aaa", 4, 4, 4), pods("aaa", 4), 4, 0, stable(4),
+             NOW, gpu=GpuRatio("nvidia.com/gpu", new=4, old=1, held=4))
+    assert p.target == "hold" and p.status["reason"] == "CanaryNeedsGPUs"
