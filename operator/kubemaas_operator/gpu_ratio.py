@@ -34,6 +34,16 @@ class GpuRatio:
     held: int = 0
     # what the namespace's tightest quota has left of the resource (hard minus used), or None
     quota_free: int | None = None
+    # GPUs of a canary pod of a revision the spec left (the live canary Deployment's, while it
+    # runs another revision than the spec's and the stable one); 0: none
+    was: int = 0
+
+    @property
+    def was_per(self) -> Fraction:
+        """Stable replicas' GPUs in one superseded canary pod (`was`), at least 1."""
+        if self.old <= 0 or self.was <= self.old:
+            return Fraction(1)
+        return Fraction(self.was, self.old)
 
     def within_quota(self, stable: int, pods: Iterable[PodInfo]) -> int:
         """Stable-size replicas under a full quota: what the quota has left plus what this
@@ -63,6 +73,7 @@ class GpuRatio:
 
 
 ONE = GpuRatio()
+REVISION_ANNOTATION = "serving.kubemaas.io/revision"  # on a Deployment (render.py)
 
 
 def _gpus(pod_spec: Mapping[str, Any] | None, resource: str) -> int:
@@ -93,14 +104,20 @@ def gpu_ratio(canary_pod: Mapping[str, Any] | None, stable_pod: Mapping[str, Any
 
 def rollout_gpus(resource: str | None, new_pod: Mapping[str, Any] | None, applied: bool,
                  stable_dep: Mapping[str, Any] | None,
-                 canary_dep: Mapping[str, Any] | None) -> GpuRatio:
+                 canary_dep: Mapping[str, Any] | None, revision: str = "") -> GpuRatio:
     """The GPUs of a canary-side pod (the spec's revision, `new_pod`; once the stable
     Deployment carries it (`applied`: a promotion, or the spec gone back to the stable
     revision), the canary Deployment's own) and of a stable-side pod (the stable
-    Deployment's)."""
+    Deployment's); and `was`, a canary Deployment's of another revision than the spec's
+    (`revision`: a canary the spec changed again under)."""
     if applied and canary_dep is not None:
         new_pod = template_spec(canary_dep)
-    return gpu_ratio(new_pod, template_spec(stable_dep), resource)
+    ratio = gpu_ratio(new_pod, template_spec(stable_dep), resource)
+    running = ((canary_dep or {}).get("metadata") or {}).get("annotations") or {}
+    superseded = running.get(REVISION_ANNOTATION, "") not in ("", revision)
+    if ratio is ONE or applied or not revision or not superseded:
+        return ratio
+    return replace(ratio, was=_gpus(template_spec(canary_dep), ratio.resource))
 
 
 def held_by_nodes(ratio: GpuRatio, spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
@@ -109,7 +126,7 @@ def held_by_nodes(ratio: GpuRatio, spec: ModelDeploymentSpec, nodes: Iterable[No
     """`ratio` with what the matching nodes hold in stable-size replicas (scheduling
     .check_capacity at the stable pod's GPU count) and what the namespace's quotas have left,
     where a canary pod needs more than one stable replica's GPUs."""
-    if ratio.ratio <= 1 or spec.gpu is None:
+    if (ratio.ratio <= 1 and ratio.was <= ratio.old) or spec.gpu is None:
         return ratio
     stable = replace(spec, gpu=replace(spec.gpu, count=ratio.old, sizing=None))
     return replace(ratio, held=check_capacity(stable, nodes, used, 1, pending=pending).room,

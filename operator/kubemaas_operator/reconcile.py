@@ -374,7 +374,8 @@ async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
                         gpu=held_by_nodes(rollout_gpus(
                             spec.gpu.resource if spec.gpu else None, pod_spec.get("spec"),
                             rendered.revision == (live.revision if live else ""), dep_obj,
-                            c.canary), spec, snap.nodes, snap.used, snap.pending, snap.quotas))
+                            c.canary, rendered.revision), spec, snap.nodes, snap.used,
+                            snap.pending, snap.quotas))
     for note in plan.notes:
         # A revision the API server refused leaves no rollout record (the Failed status has
         # none), so each pass "starts" it again without applying anything: say so once.

@@ -31,8 +31,8 @@ from typing import Any
 from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
 from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, dropped_canary, wind_down
 from .gpu_ratio import ONE, GpuRatio, canary_short
-from .observed import FAILING_WAIT_REASONS, DeploymentInfo, PodInfo, create_failure
-from .pod_life import oom_problem
+from .observed import DeploymentInfo, PodInfo
+from .rollout_checks import blocked, complete, failing
 from .rollout_strategy import Strategy, canary_quota_note, pick_strategy, rollout_reason
 from .status import RolloutView, plural
 from .timestamps import format_time, parse_time
@@ -65,52 +65,6 @@ class Plan:
     # The canary Deployment keeps its pods' template, only its replicas change (canary_replicas):
     # the spec went back to the current revision while a canary ran, and it gives them back.
     hold_canary_template: bool = False
-
-
-def failing(pods: Sequence[PodInfo], revision: str) -> tuple[str, str] | None:
-    """A pod of `revision` that cannot become Ready by waiting: out of GPU memory, crash loop,
-    image pull, ..."""
-    oom = oom_problem([p for p in pods if p.revision == revision], named=True)
-    if oom is not None:  # whether it waits in CrashLoopBackOff or runs again: it will die again
-        return oom
-    for p in pods:
-        if p.terminating or p.revision != revision:
-            continue
-        if p.waiting_reason in FAILING_WAIT_REASONS:
-            last = f"; last exit: {p.last_terminated}" if p.last_terminated else ""
-            detail = p.waiting_message or p.waiting_reason
-            return p.waiting_reason, f"pod {p.name}: {p.waiting_reason} ({detail}){last}"
-        if p.phase == "Failed":
-            return "ContainerFailed", f"pod {p.name} failed: {p.last_terminated or 'exited'}"
-    return None
-
-
-def blocked(dep: DeploymentInfo | None, revision: str, never: str = "") -> tuple[str, str] | None:
-    """A revision that waiting cannot bring up: no node could ever hold one of its replicas
-    (`never`, the capacity check's message), or the Deployment cannot create its pods because
-    a PriorityClass or ServiceAccount it names does not exist."""
-    if never:
-        return "NeverFits", never
-    if dep is not None and dep.revision == revision and dep.replica_failure:
-        reason, message = create_failure(dep.replica_failure)
-        if reason != "FailedCreate":
-            return reason, message
-    return None
-
-
-def complete(dep: DeploymentInfo | None, pods: Sequence[PodInfo], revision: str,
-             desired: int) -> bool:
-    """Every replica runs `revision` and is Ready, and the Deployment agrees. Pods that ended
-    (phase Failed or Succeeded: a failed revision's, an evicted one) are records, not replicas:
-    they stay until someone deletes them and must not hold a good revision back."""
-    if dep is None or dep.revision != revision or dep.observed_generation < dep.generation:
-        return False
-    live = [p for p in pods if not p.terminating and p.phase not in ("Failed", "Succeeded")]
-    if any(p.revision != revision for p in live):
-        return False
-    ready = sum(1 for p in live if p.ready)
-    return (ready >= desired and dep.updated_replicas >= desired
-            and dep.replicas <= dep.updated_replicas and dep.ready_replicas >= desired)
 
 
 def _ref(obj: Any) -> dict[str, Any] | None:
@@ -290,17 +244,32 @@ def _steady(d: _Draft, raw_spec: Mapping[str, Any], live_hash: str, now: datetim
                            f"({d.desired_hash}) is the current revision")
 
 
-def _give_canary_back(d: _Draft, pods: Sequence[PodInfo], desired: int, spare: int) -> None:
-    """The spec went back to the current revision while a canary ran (canary.wind_down)."""
+def _give_canary_back(d: _Draft, pods: Sequence[PodInfo], desired: int, spare: int,
+                      now: datetime | None = None) -> bool:
+    """The spec went back to the current revision while a canary ran (canary.wind_down), or
+    (`now`: the update revision's progress time) moved on to a revision whose pods are of
+    another size than the canary's that ran: its pods give their GPUs back first, as they
+    cannot be replaced in place by pods of another size."""
     assert d.cur is not None
-    back = wind_down(pods, desired, spare, d.desired_hash, d.strategy.max_unavailable,
-                     f"revision {d.cur.get('number')} ({d.desired_hash})", d.gpu.per,
-                     d.units)
-    if back is not None:
-        d.main_replicas, d.canary_replicas, d.view_message = back
-        d.canary_moving = d.hold_canary = True
-        d.view_reason = "CanaryRollout"
-        d.status = d.state("Canary", "CanaryGivesBack", d.view_message)
+    back = wind_down(pods, desired, spare, d.cur["hash"], d.strategy.max_unavailable,
+                     f"revision {d.cur.get('number')} ({d.desired_hash})",
+                     d.gpu.per if now is None else d.gpu.was_per, d.units)
+    if back is None:
+        return False
+    d.main_replicas, d.canary_replicas, d.view_message = back
+    if now is not None and d.upd is not None:  # not a stall: its canary has not started
+        d.target, d.upd = "stable", {**d.upd, "progressAt": format_time(now)}
+        ready = d.view_message.rsplit("(", 1)[-1]
+        d.view_message = (
+            f"revision {d.upd['number']} ({d.desired_hash}) asks for {d.gpu.new} "
+            f"{d.gpu.resource} per pod, the canary that ran for {d.gpu.was}: its "
+            f"{plural(len([p for p in pods if p.track == 'canary']), 'pod')} give their GPUs "
+            f"back to the stable Deployment first (revision {d.cur.get('number')}, {ready}, "
+            f"then revision {d.upd['number']}'s canary starts")
+    d.canary_moving = d.hold_canary = True
+    d.view_reason = "CanaryRollout"
+    d.status = d.state("Canary", "CanaryGivesBack", d.view_message)
+    return True
 
 
 def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
@@ -342,6 +311,10 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         steps = max(1, int((previous.get("canary") or {}).get("steps") or 1))
         canary = CanarySpec(steps=(CanaryStep(weight=100),) * steps,
                             promote=int(d.upd["number"]))
+    if (canary is not None and rolling and not applied and d.stable_spec is not None
+            and d.gpu.was not in (0, d.gpu.new)
+            and _give_canary_back(d, pods, desired, spare, now)):
+        return  # a superseded canary of another pod size goes first
     # a canary pod that needs the GPUs of more stable replicas than may go waits as well
     short = (canary_short(d.gpu, desired, spare, d.strategy.max_unavailable, d.units,
                           spec.rollout)
@@ -359,7 +332,8 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
                 traffic_split, never, applied, removed)
     elif waits:
         _wait(d, short, gave_up=live_hash == (d.cur or {}).get("hash") and (
-            previous.get("canary") or {}).get("hash") not in (None, d.desired_hash))
+            (previous.get("canary") or {}).get("hash") not in (None, d.desired_hash)
+            or previous.get("reason") == "CanaryGivesBack"))
     else:
         _roll(d, spec, raw_spec, dep, pods, desired, now, never, ready, rolling, applied)
 

@@ -299,3 +299,44 @@ def test_a_revision_that_waits_after_a_superseded_canary_gets_the_stable_replica
     p = plan(parse_spec(four), four, "ccc", dep("aaa", 4, 4, 4), pods("aaa", 4), 4, 0, stable(4),
              NOW, gpu=GpuRatio("nvidia.com/gpu", new=4, old=1, held=4))
     assert p.target == "hold" and p.status["reason"] == "CanaryNeedsGPUs"
+
+
+def test_a_third_revision_of_another_pod_size_takes_the_superseded_canary_back_first() -> None:
+    """4 x 1 GPU on 4 GPUs, maxUnavailable 2: a canary of 2-GPU pods runs one Ready pod beside 2
+    stable replicas; the spec changes to 1 GPU per pod. The canary Deployment was given the new
+    template at 2 replicas: it created a 1-GPU pod beside its 2-GPU one (maxSurge 0,
+    maxUnavailable 1 keep the Ready one), which stayed Pending on no free GPU until the healthy
+    revision was rolled back at its progressDeadlineSeconds. Now the superseded canary's pods
+    give their GPUs back to the stable Deployment first (the canary Deployment keeps their
+    template), and the new revision's canary starts from there."""
+    r = {**raw(4, maxUnavailable=2), "rollout": {"maxUnavailable": 2, "canary": STEPS}}
+    p = plan(parse_spec(r), r, "bbb", dep("aaa", 4, 4, 4), pods("aaa", 4), 4, 0, stable(4), NOW,
+             gpu=GpuRatio("nvidia.com/gpu", new=2, old=1, held=4))
+    mid = p.status
+    one = {**r, "gpu": {**r["gpu"], "count": 1}}
+    was = GpuRatio("nvidia.com/gpu", new=1, old=1, was=2)
+    p = plan(parse_spec(one), one, "ccc", dep("aaa", 2, 2, 2), canary_pods(2, 1), 4, 0, mid, NOW,
+             gpu=was)
+    assert p.hold_canary_template and p.status["reason"] == "CanaryGivesBack"
+    assert (p.main_replicas, p.canary_replicas) == (2, 0) and p.target == "stable"
+    assert "revision 3" in p.status["message"] and not p.rolled_back
+    p = plan(parse_spec(one), one, "ccc", dep("aaa", 2, 2, 2), pods("aaa", 2), 4, 0, p.status,
+             NOW, gpu=GpuRatio("nvidia.com/gpu", new=1, old=1))
+    assert not p.hold_canary_template and p.status["reason"] == "CanarySteps"
+    assert (p.main_replicas, p.canary_replicas) == (2, 2)  # 1:1 from here
+    # a third revision of the same pod size rolls the canary's pods in place, as before
+    same = GpuRatio("nvidia.com/gpu", new=2, old=1, held=4, was=2)
+    two = {**r, "runtime": {"image": "img:3"}}
+    p = plan(parse_spec(two), two, "ccc", dep("aaa", 2, 2, 2), canary_pods(2, 1), 4, 0, mid, NOW,
+             gpu=same)
+    assert not p.hold_canary_template and p.canary_replicas == 1
+
+
+def test_the_superseded_canary_pod_size_is_read_from_the_canary_deployment() -> None:
+    stable_dep = {"spec": {"template": {"spec": pod_spec(1)}}}
+    canary_dep = {"metadata": {"annotations": {"serving.kubemaas.io/revision": "bbb"}},
+                  "spec": {"template": {"spec": pod_spec(2)}}}
+    g = rollout_gpus("nvidia.com/gpu", pod_spec(1), False, stable_dep, canary_dep, "ccc")
+    assert (g.new, g.old, g.was) == (1, 1, 2)
+    g = rollout_gpus("nvidia.com/gpu", pod_spec(1), False, stable_dep, canary_dep, "bbb")
+    assert g.was == 0  # the canary Deployment runs the spec's revision

@@ -9,7 +9,8 @@ import pytest
 
 PURE = ["kubemaas_operator.api", "kubemaas_operator.render", "kubemaas_operator.scheduling",
         "kubemaas_operator.rollout", "kubemaas_operator.rollout_strategy",
-        "kubemaas_operator.canary", "kubemaas_operator.gpu_ratio", "kubemaas_operator.floor",
+        "kubemaas_operator.canary", "kubemaas_operator.gpu_ratio",
+        "kubemaas_operator.rollout_checks", "kubemaas_operator.floor",
         "kubemaas_operator.render.base", "kubemaas_operator.render.tracks",
         "kubemaas_operator.status", "kubemaas_operator.observed", "kubemaas_operator.drift",
         "kubemaas_operator.quantity",
