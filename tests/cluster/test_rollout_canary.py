@@ -232,3 +232,35 @@ def test_a_canary_of_larger_pods_takes_as_many_stable_replicas_as_it_needs(
             "nvidia.com/gpu"] == "1" for p in ps))(pods_of(kube, ns, "m")), timeout=40,
              what="three 1-GPU stable replicas Ready again")
     wait_canary_gone(kube, ns)
+
+
+def test_a_third_revision_of_smaller_pods_mid_canary_takes_the_larger_canary_pod_back_first(
+        kube: Kube, ns: str) -> None:
+    """4 x 1 GPU on exactly 4 free GPUs, maxUnavailable 2: a 2-GPU canary pod (a 25% step) runs
+    Ready beside 2 stable replicas; the spec changes to a new image at 1 GPU per pod and a 50%
+    step. The canary Deployment got the new template at 2 replicas in place: its 1-GPU pod
+    stayed Pending beside the Ready 2-GPU one until the new revision was rolled back at its
+    deadline. Now the 2-GPU pod goes first and the new canary runs 1:1 (2 x 1 GPU beside 2
+    stable replicas)."""
+    def doc(gpus: int, image: str, first: int) -> str:
+        d = yaml.safe_load(model("m", 4, image=image, canary={"steps": [
+            {"weight": first}, {"weight": 100}]}, maxUnavailable=2, progressDeadlineSeconds=15))
+        d["spec"]["gpu"]["count"] = gpus
+        return yaml.safe_dump(d)
+
+    fill_h100(kube, ns, leave=4)
+    apply(kube, ns, doc(1, "ghcr.io/kubemaas/runtime:0.1.0", 25))
+    wait_revision(kube, ns, "m", 1)
+    apply(kube, ns, doc(2, "ghcr.io/kubemaas/runtime:0.1.0", 25))
+    wait_for(lambda: "promote to 2" in (status(kube, ns, "m").get("rollout") or {}).get(
+        "message", ""), timeout=40, what="the 2-GPU canary pod Ready at its gate")
+    apply(kube, ns, doc(1, "ghcr.io/kubemaas/runtime:0.2.0", 50))
+
+    def at_gate() -> list[dict[str, Any]] | None:
+        ro = status(kube, ns, "m").get("rollout") or {}
+        assert ro.get("reason") != "RolledBack", ro.get("message")
+        pods = [p for p in pods_of(kube, ns, "m") if is_ready(p)]
+        return pods if "promote to 3" in ro.get("message", "") and len(pods) == 4 else None
+    pods = wait_for(at_gate, timeout=45, what="revision 3's canary at its gate, 4 pods Ready")
+    assert sorted(p["spec"]["containers"][0]["image"] for p in pods) == [
+        "ghcr.io/kubemaas/runtime:0.1.0"] * 2 + ["ghcr.io/kubemaas/runtime:0.2.0"] * 2
