@@ -272,11 +272,10 @@ def _give_canary_back(d: _Draft, pods: Sequence[PodInfo], desired: int, spare: i
     return True
 
 
-def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
-                  dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int,
-                  spare: int, previous: Mapping[str, Any], now: datetime,
-                  traffic_split: TrafficSplit, never: str) -> None:
-    """A new revision (or the first one): start its record, then canary, wait or roll."""
+def _record(d: _Draft, pods: Sequence[PodInfo], previous: Mapping[str, Any],
+            now: datetime) -> int:
+    """Start the record of a new revision (the one it supersedes goes to the history), move
+    its progress on as its pods become Ready; the Ready pods of the revision."""
     if d.upd is None or d.upd["hash"] != d.desired_hash:
         if d.upd is not None:
             d.history.append(_entry(d.upd, "Superseded", "the spec changed again before it "
@@ -295,6 +294,16 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
     elif previous.get("strategy") == "Wait" and d.strategy.name != "Wait":
         # a rollout that waited for room (a GPU, the quota) counts its deadline from now
         d.upd = {**d.upd, "progressAt": format_time(now)}
+    return ready
+
+
+def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
+                  dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int,
+                  spare: int, previous: Mapping[str, Any], now: datetime,
+                  traffic_split: TrafficSplit, never: str) -> None:
+    """A new revision (or the first one): start its record, then canary, wait or roll."""
+    ready = _record(d, pods, previous, now)
+    assert d.upd is not None
     live_hash = dep.revision if dep is not None else ""
     # Something else ran before: this is a rollout, not the first revision.
     rolling = dep is not None and bool(live_hash) and (
