@@ -111,6 +111,8 @@ def test_openai_request_validation() -> None:
                        ({"prompt": "hi", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
                        ({"prompt": "hi", "allowed_token_ids": [100]}, "allowed_token_ids"),
                        ({"prompt": "hi", "bad_words": "x"}, "bad_words"),
+                       ({"prompt": "hi", "stop": ["x", ""]}, "stop"),  # vLLM's 400
+                       ({"prompt": "hi", "stop": ""}, "stop"),
                        ({"prompt": "hi", "guided_json": 5}, "guided_json"),
                        ({"prompt": "hi", "n": 0}, "n"), ({"prompt": "hi", "n": 33}, "n")):
         with pytest.raises(ApiError) as err:

@@ -133,7 +133,9 @@ def _stop(doc: dict[str, Any]) -> tuple[str, ...]:
         raise _bad("'stop' must be a string or a list of strings", "stop")
     if len(value) > MAX_STOP:
         raise _bad(f"'stop' holds at most {MAX_STOP} strings", "stop")
-    return tuple(s for s in value if s)
+    if not all(value):  # vLLM's SamplingParams refuses it too: "" would match everywhere
+        raise _bad("'stop' cannot contain an empty string", "stop")
+    return tuple(value)
 
 
 def _token_ids(value: Any, key: str, vocab: int) -> list[int]:
