@@ -85,14 +85,16 @@ def complete(server: Server, model: str, prompt: list[int], max_tokens: int) -> 
     return doc  # type: ignore[no-any-return]
 
 
-def test_the_adapters_are_models_of_their_own(server: Server, adapters: dict[str, Any]) -> None:
+def test_the_adapters_are_models_of_their_own(server: Server, adapters: dict[str, Any],
+                                              tiny_llama: Path) -> None:
     status, doc = server.get_json("/v1/models")
     assert status == 200
     cards = {card["id"]: card for card in doc["data"]}
     assert sorted(cards) == ["chat", "sql", "tiny"]
     assert cards["sql"]["parent"] == "tiny" and cards["sql"]["root"] == str(
         adapters["root"] / "sql")
-    assert "parent" not in cards["tiny"]
+    # vLLM's base card: its root the model it was started with, no parent
+    assert cards["tiny"]["root"] == str(tiny_llama) and cards["tiny"]["parent"] is None
     assert server.get_json("/v1/models/chat") == (200, cards["chat"])
     status, doc = server.post_json("/v1/completions", {"model": "nope", "prompt": "a"})
     assert status == 404 and "'chat', 'sql'" in doc["error"]["message"]

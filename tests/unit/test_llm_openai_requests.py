@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from kubemaas_runtime.protocol.openai_errors import ApiError
+from kubemaas_runtime.protocol.openai_lora import shown_uri
 from kubemaas_runtime.protocol.openai_responses import parse_responses
 from kubemaas_runtime.protocol.openai_schema import Prompt, parse_request
 from kubemaas_runtime.protocol.openai_stream import ChunkFormat, sse
@@ -136,3 +137,12 @@ def test_logit_bias_keys_naming_one_token_are_one_entry() -> None:
     # logit whose order CUDA does not define
     doc = {"prompt": "a", "logit_bias": {"5": 10, "05": -10, "7": 1}}
     assert parse_request(doc, False, 100).params.logit_bias == ((5, -10.0), (7, 1.0))
+
+
+def test_a_model_cards_root_shows_no_credentials() -> None:
+    """/v1/models shows where the model came from (vLLM's root), never a secret in the URI."""
+    assert shown_uri("/models/tiny") == "/models/tiny"
+    assert shown_uri("s3://bucket/llm/") == "s3://bucket/llm/"
+    assert shown_uri("https://user:pw@host:8443/llm/?X-Amz-Signature=abc#f") == \
+        "https://host:8443/llm/"
+    assert shown_uri("http://token@host/m?x=1") == "http://host/m"

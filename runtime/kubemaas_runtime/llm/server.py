@@ -173,6 +173,7 @@ def _open(api: Any, settings: Settings, lm: Any, engine: Any) -> dict[str, Any]:
 async def serve_llm(settings: Settings) -> int:
     from ..metrics import Metrics
     from ..protocol.openai import OpenAIServer
+    from ..protocol.openai_lora import shown_uri
     from ..security.gate import Security
     from ..serving import serve_until_stopped
 
@@ -184,7 +185,8 @@ async def serve_llm(settings: Settings) -> int:
     api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20),
                        log_requests=settings.log_requests,
                        tokens_as_ids=settings.return_tokens_as_token_ids,
-                       max_inflight_bytes=settings.max_inflight_bytes)
+                       max_inflight_bytes=settings.max_inflight_bytes,
+                       model_root=shown_uri(settings.model_uri))
     security = Security(settings, metrics, api.handle, openai=True, handler_cancellation=True)
 
     stats: list[asyncio.Task[None]] = []  # the periodic stats record's task

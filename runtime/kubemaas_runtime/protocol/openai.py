@@ -113,8 +113,9 @@ class OpenAIServer:
     def __init__(self, model_name: str, metrics: Metrics, max_request_bytes: int,
                  tool_call_parser: str = "none", reasoning_parser: str = "none",
                  log_requests: bool = False, tokens_as_ids: bool = False,
-                 max_inflight_bytes: int = 0) -> None:
+                 max_inflight_bytes: int = 0, model_root: str | None = None) -> None:
         self.model_name = model_name
+        self.model_root = model_root  # the base card's root: --model-uri, credentials shed
         self.tokens_as_ids = tokens_as_ids  # return_tokens_as_token_ids' default
         self.log_requests = log_requests  # a record per request (openai_request_id.py)
         self.tool_call_parser = tool_call_parser  # reads tool_choice auto's calls (or none)
@@ -228,7 +229,8 @@ class OpenAIServer:
 
     def _model_card(self) -> dict[str, Any]:
         card: dict[str, Any] = {"id": self.model_name, "object": "model",
-                                "created": self.created, "owned_by": "kubemaas"}
+                                "created": self.created, "owned_by": "kubemaas",
+                                "root": self.model_root, "parent": None}  # vLLM's
         loaded = self.served or self.pooled
         if loaded is not None:
             card["max_model_len"] = loaded.max_model_len

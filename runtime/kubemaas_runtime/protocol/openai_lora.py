@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,22 @@ log = logging.getLogger("kubemaas.runtime.llm")
 ROUTES = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 
 
+def shown_uri(uri: str) -> str:
+    """Where a model came from, as a model card's ``root`` shows it: a URL loses its userinfo,
+    query and fragment (a presigned URL's signature, a token), a path stays as it is."""
+    parts = urllib.parse.urlsplit(uri)
+    if "://" not in uri or not parts.scheme:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def adapter_cards(loras: LoraSet | None, base: str, created: int, max_model_len: int
                   ) -> list[dict[str, Any]]:
     if loras is None:
         return []
     return [{"id": a.name, "object": "model", "created": created, "owned_by": "kubemaas",
-             "root": a.path, "parent": base, "max_model_len": max_model_len}
+             "root": shown_uri(a.path), "parent": base, "max_model_len": max_model_len}
             for a in list(loras.by_name.values())]
 
 
