@@ -116,3 +116,26 @@ def test_where_a_template_is_looked_for(tmp_path: Path, monkeypatch: pytest.Monk
     assert read_chat_template("{{ messages }}", model) == "{{ messages }}"  # inline
     with pytest.raises(StartupError, match="neither a template nor a file"):
         read_chat_template("missing.jinja", model)
+
+
+def test_a_template_that_refuses_system_names_the_developer_message(tiny_llama: Path) -> None:
+    """A developer message reaches the template as a system one; when the template refuses
+    that (Gemma's: 'System role not supported'), the 400 says so, naming the role sent."""
+    server = start_llm_server(
+        tiny_llama, "--chat-template",
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    try:
+        chat = [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}]
+        for path, doc in (("/v1/chat/completions", {"messages": chat, "max_tokens": 2}),
+                          ("/tokenize", {"messages": chat})):
+            status, answer = server.post_json(path, doc)
+            message = answer["error"]["message"]
+            assert status == 400 and "System role not supported" in message, answer
+            assert "'developer'" in message, answer
+        status, answer = server.post_json("/v1/chat/completions", {
+            "messages": [{"role": "system", "content": "x"}, *chat[1:]], "max_tokens": 2})
+        assert status == 400 and "developer" not in answer["error"]["message"], answer
+    finally:
+        assert server.stop() == 0

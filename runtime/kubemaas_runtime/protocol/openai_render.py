@@ -39,6 +39,19 @@ class ChatRender:
             **self.template_kwargs))
 
 
+class DeveloperMessage(dict[str, Any]):
+    """A ``developer`` message, handed to the template as a ``system`` one (what OpenAI means by
+    it, and what templates know); marked so that a template's refusal names the role sent."""
+
+
+def refused(exc: Exception, messages: list[dict[str, Any]]) -> str:
+    """The 400's text when the template raised ``exc`` on ``messages``."""
+    text = f"the chat template refused the messages: {exc}"
+    if any(isinstance(m, DeveloperMessage) for m in messages):
+        text += " (a 'developer' message is handed to the template as a 'system' message)"
+    return text
+
+
 def template_text(chat_template: Any) -> str:
     """A tokenizer's chat template as one text (some have several, named)."""
     templates = chat_template.values() if isinstance(chat_template, dict) else [chat_template]

@@ -17,7 +17,7 @@ from ..llm.structured import Constraint
 from .openai_beam import BeamOptions, parse_beam
 from .openai_errors import ApiError
 from .openai_errors import bad_request as _bad
-from .openai_render import ChatRender, parse_render, reasoning_effort
+from .openai_render import ChatRender, DeveloperMessage, parse_render, reasoning_effort
 from .openai_structured import output_constraint
 from .openai_tools import Tools, message_tool_calls, parse_tools, tool_constraint
 
@@ -220,8 +220,8 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(content, str):
             raise _bad(f"{where}.content must be a string or a list of text parts",
                        f"{where}.content")
-        message: dict[str, Any] = {"role": "system" if role == "developer" else role,
-                                   "content": content}
+        message: dict[str, Any] = DeveloperMessage(role="system", content=content) \
+            if role == "developer" else {"role": role, "content": content}
         if calls:
             message["tool_calls"] = calls
         reasoning = msg.get("reasoning_content", msg.get("reasoning"))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..security.prompt import prompt_char_limit
 from .openai_errors import ApiError
-from .openai_render import ChatRender
+from .openai_render import ChatRender, refused
 
 if TYPE_CHECKING:
     from .openai_embeddings import Pooled
@@ -48,8 +48,7 @@ async def encode_prompt(served: Served | Pooled, messages: list[dict[str, Any]] 
             try:
                 rendered = (render or ChatRender()).apply(tok, messages, tools)
             except Exception as exc:  # a template may raise on a message order it refuses
-                raise ApiError(400, f"the chat template refused the messages: {exc}",
-                               "messages") from None
+                raise ApiError(400, refused(exc, messages), "messages") from None
             return encode(rendered, special)
         return encode(text or "", special)
 
