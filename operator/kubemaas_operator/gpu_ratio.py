@@ -18,8 +18,9 @@ from .api import ModelDeploymentSpec, RolloutSpec
 from .canary import first_room
 from .observed import PodInfo
 from .quantity import QuantityError
-from .quota_room import QuotaInfo, free_in_quotas, pod_amount
-from .scheduling import NodeInfo, PendingDemand, check_capacity
+from .quota_room import QuotaInfo, free_in_quotas, hard_in_quotas, pod_amount
+from .scheduling import NodeInfo, PendingDemand, check_capacity, most_held
+from .status import plural
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,12 @@ class GpuRatio:
     # GPUs of a canary pod of a revision the spec left (the live canary Deployment's, while it
     # runs another revision than the spec's and the stable one); 0: none
     was: int = 0
+    # the new revision's pods the matching nodes hold were nothing else on them, and their GPUs
+    # (scheduling.most_held); 0: not counted
+    nodes_hold: int = 0
+    nodes_gpus: int = 0
+    # the tightest quota's name and hard limit of the resource, or None
+    quota_hard: tuple[str, int] | None = None
 
     @property
     def was_per(self) -> Fraction:
@@ -128,9 +135,43 @@ def held_by_nodes(ratio: GpuRatio, spec: ModelDeploymentSpec, nodes: Iterable[No
     where a canary pod needs more than one stable replica's GPUs."""
     if (ratio.ratio <= 1 and ratio.was <= ratio.old) or spec.gpu is None:
         return ratio
+    nodes = list(nodes)
     stable = replace(spec, gpu=replace(spec.gpu, count=ratio.old, sizing=None))
+    hold, gpus = most_held(replace(spec, gpu=replace(spec.gpu, count=ratio.new, sizing=None)),
+                           nodes) if ratio.new > ratio.old else (0, 0)
+    quotas = list(quotas)
     return replace(ratio, held=check_capacity(stable, nodes, used, 1, pending=pending).room,
-                   quota_free=free_in_quotas(quotas, ratio.resource))
+                   quota_free=free_in_quotas(quotas, ratio.resource), nodes_hold=hold,
+                   nodes_gpus=gpus, quota_hard=hard_in_quotas(quotas, ratio.resource))
+
+
+def never_all(ratio: GpuRatio, desired: int) -> str:
+    """Why the new revision's `desired` replicas, of larger pods than the stable revision's,
+    could not all run even with every stable replica gone (more GPUs in all than the matching
+    nodes hold, were nothing else on them, or than the namespace's quota allows), or "" when
+    they could (or it is not counted)."""
+    if desired <= 0 or ratio.new <= ratio.old:
+        return ""
+    need = desired * ratio.new
+    most, where, fixes = desired, [], [f"ask for fewer {ratio.resource} per pod (spec.gpu.count)"]
+    if 0 < ratio.nodes_hold < desired:
+        most = ratio.nodes_hold
+        where.append(f"the matching nodes have {ratio.nodes_gpus} (room for "
+                     f"{plural(ratio.nodes_hold, 'such pod')} were nothing else on them)")
+        fixes.append("add matching nodes")
+    if ratio.quota_hard is not None and ratio.quota_hard[1] < need:
+        most = min(most, ratio.quota_hard[1] // ratio.new)
+        where.append(f"the namespace's ResourceQuota {ratio.quota_hard[0]} allows "
+                     f"{ratio.quota_hard[1]}")
+        fixes.append(f"raise {ratio.quota_hard[0]}'s requests.{ratio.resource}")
+    if not where:
+        return ""
+    if most > 0:
+        fixes.insert(0, f"set spec.replicas to {most} or fewer")
+    return (f"its {plural(desired, 'replica')} need {need} {ratio.resource} in all "
+            f"({ratio.new} per pod, the stable revision's {ratio.old}), but "
+            f"{' and '.join(where)}: they could not all run even with every stable replica "
+            f"gone; {', '.join(fixes[:-1])} or {fixes[-1]}")
 
 
 def canary_short(ratio: GpuRatio, desired: int, spare: int, strategy_unavailable: int,

@@ -140,3 +140,18 @@ def free_in_quotas(quotas: Iterable[QuotaInfo], resource: str) -> int | None:
             continue
         frees.append(max(0, int(free)))
     return min(frees) if frees else None
+
+
+def hard_in_quotas(quotas: Iterable[QuotaInfo], resource: str) -> tuple[str, int] | None:
+    """The tightest quota that counts every pod and limits `resource` (requests.<resource>):
+    (its name, its hard limit), or None."""
+    hards = []
+    for quota in quotas:
+        key = f"requests.{resource}"
+        if quota.scoped or key not in quota.hard:
+            continue
+        try:
+            hards.append((int(parse_quantity(quota.hard[key])), quota.name))
+        except QuantityError:
+            continue
+    return (min(hards)[1], min(hards)[0]) if hards else None

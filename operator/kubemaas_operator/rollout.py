@@ -30,7 +30,7 @@ from typing import Any
 
 from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
 from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, dropped_canary, wind_down
-from .gpu_ratio import ONE, GpuRatio, canary_short
+from .gpu_ratio import ONE, GpuRatio, canary_short, never_all
 from .observed import DeploymentInfo, PodInfo
 from .rollout_checks import blocked, complete, failing
 from .rollout_strategy import Strategy, canary_quota_note, pick_strategy, rollout_reason
@@ -182,7 +182,8 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     Plan.canary_weight is the weight to write) or the ready replicas behind one Service.
     `never`: why no node could ever hold a replica of the spec's revision (the capacity
     check's GPURequestTooLarge or UnknownGPUProduct message), or empty: such a revision is
-    rolled back at once, before the serving revision gives up a replica for it.
+    rolled back at once, before the serving revision gives up a replica for it; so is one of
+    larger pods whose replicas could not all fit were every stable one gone (gpu_ratio.never_all).
     `quota_full`: (a ResourceQuota's name, what is full): quota_room.no_room, read ahead.
     `gpu`: the GPUs of one canary-side pod and one stable-side pod (gpu_ratio.py).
     """
@@ -310,6 +311,8 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         d.cur is not None or live_hash != d.desired_hash
         or any(p.revision != d.desired_hash for p in pods if not p.terminating))
     applied = live_hash == d.desired_hash
+    if rolling and not applied and d.cur is not None:  # larger pods than all the GPUs hold
+        never = never or never_all(d.gpu, desired)
     canary = spec.rollout.canary
     started = (any(p.track == "canary" for p in pods)
                or (previous.get("canary") or {}).get("hash") == d.desired_hash)

@@ -391,6 +391,19 @@ def _never_fits(spec: ModelDeploymentSpec, nodes: list[NodeInfo], place: Placeme
                             f"node has {most} ({name})")
 
 
+def most_held(spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo]) -> tuple[int, int]:
+    """(replicas, GPUs): how many replicas of `spec` the matching nodes could hold were nothing
+    else on them (each node's allocatable in whole replicas; a cordoned node counts: it may come
+    back), and the GPUs they have; (0, 0) for a CPU model or no matching node."""
+    gpu = spec.gpu
+    if gpu is None or gpu.count <= 0:
+        return 0, 0
+    place = placement(spec)
+    sizes = [n.allocatable.get(gpu.resource, 0) for n in nodes
+             if n.allocatable.get(gpu.resource, 0) > 0 and _matches(n, spec, place, True)]
+    return sum(s // gpu.count for s in sizes), sum(sizes)
+
+
 def gpu_summary(spec: ModelDeploymentSpec, placed_products: Iterable[str] = ()) -> str:
     """The GPU column: '1xNVIDIA-H100-80GB-HBM3', '2xmig-1g.10gb', '-' for CPU."""
     gpu = spec.gpu

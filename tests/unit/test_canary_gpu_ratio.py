@@ -189,9 +189,10 @@ def test_a_free_gpu_counts_toward_the_canary_pod() -> None:
     p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW,
              quota_full=full, gpu=held)
     assert p.target == "hold" and p.status["reason"] == "CanaryNeedsGPUs"
-    # a quota with one GPU left counts it as the nodes' free GPU does (hard 4, 3 used)
-    quotas = [QuotaInfo("gpus", {"requests.nvidia.com/gpu": "4"},
-                        {"requests.nvidia.com/gpu": "3"}),
+    # a quota with one GPU left counts it as the nodes' free GPU does (hard 6: the revision's
+    # 3 x 2 GPUs fit in it; 5 used, by this model's 3 and others' 2)
+    quotas = [QuotaInfo("gpus", {"requests.nvidia.com/gpu": "6"},
+                        {"requests.nvidia.com/gpu": "5"}),
               QuotaInfo("scoped", {"requests.nvidia.com/gpu": "0"}, {}, scoped=True)]
     assert free_in_quotas(quotas, "nvidia.com/gpu") == 1
     assert free_in_quotas(quotas[1:], "nvidia.com/gpu") is None
@@ -202,7 +203,7 @@ def test_a_free_gpu_counts_toward_the_canary_pod() -> None:
         2, 0)
     # one stable replica gone: the quota has 2 left, the canary pod takes them
     two_left = held_by_nodes(TWO, s, nodes, {"n": {"nvidia.com/gpu": 4}}, [], [QuotaInfo(
-        "gpus", {"requests.nvidia.com/gpu": "4"}, {"requests.nvidia.com/gpu": "2"})])
+        "gpus", {"requests.nvidia.com/gpu": "6"}, {"requests.nvidia.com/gpu": "4"})])
     p = plan(s, r, "bbb", dep("aaa", 2, 2, 2), pods("aaa", 2), 3, 0, p.status, NOW,
              quota_full=full, gpu=two_left)
     assert (p.main_replicas, p.canary_replicas) == (2, 1)
@@ -340,3 +341,43 @@ def test_the_superseded_canary_pod_size_is_read_from_the_canary_deployment() -> 
     assert (g.new, g.old, g.was) == (1, 1, 2)
     g = rollout_gpus("nvidia.com/gpu", pod_spec(1), False, stable_dep, canary_dep, "bbb")
     assert g.was == 0  # the canary Deployment runs the spec's revision
+
+
+def test_a_revision_whose_replicas_cannot_all_fit_is_rolled_back_at_once() -> None:
+    """3 x 1 GPU -> 3 x 2 GPUs on one node of 3 GPUs: the 6 GPUs the new revision needs are
+    more than the node has, whatever the stable side gives up. The canary waited forever
+    (CanaryNeedsGPUs, "raise spec.rollout.maxUnavailable to 2", which could not help), or with
+    maxUnavailable 2 took 2 stable replicas down for a canary that could never complete. Now it
+    is rolled back as a pod that fits no node is (NeverFits), the stable side untouched, and
+    the message says what it needs, what the nodes hold and what to change."""
+    nodes = [NodeInfo(name="n", labels={"nvidia.com/gpu.product": H100}, taints=TAINT,
+                      allocatable={"nvidia.com/gpu": 3})]
+    for unavailable in (1, 2):
+        r = raw(3, maxUnavailable=unavailable)
+        s = parse_spec(r)
+        held = held_by_nodes(TWO, s, nodes, {}, [])
+        assert (held.nodes_hold, held.nodes_gpus) == (1, 3)
+        p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW,
+                 gpu=held)
+        assert p.rolled_back and p.target == "stable" and p.status["reason"] == "RolledBack"
+        assert p.main_replicas is None and p.canary_replicas is None  # nothing given up
+        msg = p.status["message"]
+        assert "its 3 replicas need 6 nvidia.com/gpu in all" in msg
+        assert "the matching nodes have 3 (room for 1 such pod" in msg
+        assert "set spec.replicas to 1 or fewer" in msg and "add matching nodes" in msg
+        assert "maxUnavailable" not in msg
+    # a quota that allows fewer GPUs than the revision needs in all: the same
+    r = raw(3, maxUnavailable=2)
+    s = parse_spec(r)
+    big = [replace(nodes[0], allocatable={"nvidia.com/gpu": 8})]
+    quota = [QuotaInfo("gpus", {"requests.nvidia.com/gpu": "4"},
+                       {"requests.nvidia.com/gpu": "3"})]
+    p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW,
+             gpu=held_by_nodes(TWO, s, big, {"n": {"nvidia.com/gpu": 5}}, [], quota))
+    assert p.rolled_back and "the namespace's ResourceQuota gpus allows 4" in (
+        p.status["message"])
+    assert "set spec.replicas to 2 or fewer" in p.status["message"]
+    # room for all 3 on the nodes (8 GPUs, 5 of them others'): it waits or grows as before
+    p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW,
+             gpu=held_by_nodes(TWO, s, big, {"n": {"nvidia.com/gpu": 5}}, []))
+    assert not p.rolled_back and (p.main_replicas, p.canary_replicas) == (1, 0)
