@@ -132,8 +132,9 @@ def held_by_nodes(ratio: GpuRatio, spec: ModelDeploymentSpec, nodes: Iterable[No
                   quotas: Iterable[QuotaInfo] = ()) -> GpuRatio:
     """`ratio` with what the matching nodes hold in stable-size replicas (scheduling
     .check_capacity at the stable pod's GPU count) and what the namespace's quotas have left,
-    where a canary pod needs more than one stable replica's GPUs."""
-    if (ratio.ratio <= 1 and ratio.was <= ratio.old) or spec.gpu is None:
+    where a canary pod needs more or fewer GPUs than a stable replica's."""
+    if (ratio.ratio <= 1 and ratio.was <= ratio.old and ratio.new >= ratio.old) or (
+            spec.gpu is None):
         return ratio
     nodes = list(nodes)
     stable = replace(spec, gpu=replace(spec.gpu, count=ratio.old, sizing=None))
@@ -172,6 +173,18 @@ def never_all(ratio: GpuRatio, desired: int) -> str:
             f"({ratio.new} per pod, the stable revision's {ratio.old}), but "
             f"{' and '.join(where)}: they could not all run even with every stable replica "
             f"gone; {', '.join(fixes[:-1])} or {fixes[-1]}")
+
+
+def spare_in_gpus(ratio: GpuRatio, desired: int, spare: int) -> int:
+    """`spare` (new-revision pods the free GPUs hold beyond the `desired` replicas, counted as
+    the capacity check counts them: as if this model's pods were all of the new size) in
+    stable-size replicas where the new pods are smaller (2 -> 1 GPU per pod: the stable
+    replicas hold more than counted, and a 2-GPU replica's GPUs are no room for two more
+    1-GPU pods beside it): what the matching nodes hold of them (`held`) beyond `desired`, so
+    a canary pod is asked for only where its GPUs are free. Unchanged when they are not."""
+    if ratio.new <= 0 or ratio.old <= ratio.new:
+        return spare
+    return max(0, min(spare, ratio.held - desired))
 
 
 def canary_short(ratio: GpuRatio, desired: int, spare: int, strategy_unavailable: int,

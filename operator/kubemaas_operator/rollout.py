@@ -30,7 +30,7 @@ from typing import Any
 
 from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
 from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, dropped_canary, wind_down
-from .gpu_ratio import ONE, GpuRatio, canary_short, never_all
+from .gpu_ratio import ONE, GpuRatio, canary_short, never_all, spare_in_gpus
 from .observed import DeploymentInfo, PodInfo
 from .rollout_checks import blocked, complete, failing
 from .rollout_strategy import Strategy, canary_quota_note, pick_strategy, rollout_reason
@@ -191,6 +191,8 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     live_hash = dep.revision if dep is not None else ""
     if spec.rollout.canary is None:
         desired, spare = dropped_canary(previous, desired_hash, desired, spare)
+    if live_hash != desired_hash:  # smaller pods: the stable ones hold more than counted
+        spare = spare_in_gpus(gpu, desired, spare)
     d = _Draft(
         strategy=pick_strategy(spec, desired, spare, pods, previous,
                                upd is not None and upd["hash"] == desired_hash,

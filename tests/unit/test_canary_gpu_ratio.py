@@ -12,7 +12,13 @@ from tests.unit.test_rollout_canary import CANARY_RAW, canary_pods
 
 from kubemaas_operator.api import parse_spec
 from kubemaas_operator.canary import first_room, give_back, slack
-from kubemaas_operator.gpu_ratio import GpuRatio, gpu_ratio, held_by_nodes, rollout_gpus
+from kubemaas_operator.gpu_ratio import (
+    GpuRatio,
+    gpu_ratio,
+    held_by_nodes,
+    rollout_gpus,
+    spare_in_gpus,
+)
 from kubemaas_operator.quota_room import QuotaInfo, free_in_quotas, waits_on_quota
 from kubemaas_operator.rollout import plan
 from kubemaas_operator.scheduling import NodeInfo
@@ -381,3 +387,34 @@ def test_a_revision_whose_replicas_cannot_all_fit_is_rolled_back_at_once() -> No
     p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW,
              gpu=held_by_nodes(TWO, s, big, {"n": {"nvidia.com/gpu": 5}}, []))
     assert not p.rolled_back and (p.main_replicas, p.canary_replicas) == (1, 0)
+
+
+def test_a_canary_of_smaller_pods_is_asked_for_only_where_its_gpus_are_free() -> None:
+    """2 x 2 GPUs -> 2 x 1 GPU on a node of 4 GPUs. The capacity check counts this model's own
+    GPUs as room at the new pod size (4 one-GPU pods, 2 beyond the replicas), though the two
+    stable replicas hold all 4: the canary counted 2 free and asked for its pod beside both
+    stable replicas, where it stayed Pending (no stable replica gave a GPU up while it was not
+    Ready) until the rollout was rolled back at its deadline. Now the room is counted in
+    stable-size replicas (what the nodes hold of them beyond the replicas): none is free, one
+    stable replica goes first, and the canary pod takes its GPUs."""
+    r = {**CANARY_RAW, "replicas": 2, "gpu": {**CANARY_RAW["gpu"], "count": 1},
+         "rollout": {"canary": STEPS}}
+    s = parse_spec(r)
+    old = {**GOOD, "stableSpec": {**CANARY_RAW, "replicas": 2, "gpu": {
+        **CANARY_RAW["gpu"], "count": 2}, "rollout": {"canary": STEPS}}}
+    nodes = [NodeInfo(name="n", labels={"nvidia.com/gpu.product": H100}, taints=TAINT,
+                      allocatable={"nvidia.com/gpu": 4})]
+    half = held_by_nodes(GpuRatio("nvidia.com/gpu", new=1, old=2), s, nodes, {}, [])
+    assert half.held == 2
+    p = plan(s, r, "bbb", dep("aaa", 2, 2, 2), pods("aaa", 2), 2, 2, old, NOW, gpu=half)
+    assert (p.main_replicas, p.canary_replicas) == (1, 0)  # was (2, 1): a Pending pod
+    p = plan(s, r, "bbb", dep("aaa", 1, 1, 1), pods("aaa", 1), 2, 2, p.status, NOW, gpu=half)
+    assert (p.main_replicas, p.canary_replicas) == (1, 1)
+    # two GPUs really free (6 on the node): the canary pod runs beside both stable replicas
+    six = [replace(nodes[0], allocatable={"nvidia.com/gpu": 6})]
+    free = held_by_nodes(GpuRatio("nvidia.com/gpu", new=1, old=2), s, six, {}, [])
+    p = plan(s, r, "bbb", dep("aaa", 2, 2, 2), pods("aaa", 2), 2, 4, old, NOW, gpu=free)
+    assert (p.main_replicas, p.canary_replicas) == (2, 1)
+    # pods of the same size (1:1) count as before
+    assert spare_in_gpus(GpuRatio("nvidia.com/gpu", new=1, old=1), 2, 2) == 2
+    assert spare_in_gpus(GpuRatio("nvidia.com/gpu", new=2, old=1, held=2), 2, 1) == 1
