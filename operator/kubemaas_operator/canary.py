@@ -13,7 +13,7 @@ itself.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from fractions import Fraction
 from math import ceil, floor
@@ -77,6 +77,7 @@ class CanaryLook:
     aborted: bool = False
     weight: int = 0  # the canary's HTTPRoute weight (HTTPRoute split)
     short: bool = False  # the next canary pod needs more GPUs than the stable side may give
+    strategy: tuple[int, int] = (0, 1)  # the canary Deployment's (swap_strategy)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class _Seen:
     can_ready: int
     per: Fraction = Fraction(1)  # stable replicas' GPUs in one canary pod (3 / 2: 1.5)
     units: int = 0  # stable-size replicas the GPUs held or free hold (gpu_ratio.py)
+    kept: int = 0  # canary pods its Deployment keeps (a surge pod of an in-place swap is not)
 
     @property
     def ratio(self) -> int:
@@ -146,6 +148,9 @@ def canary_step(canary: CanarySpec, desired: int, spare: int, pods: Sequence[Pod
     """
     main = [p for p in pods if p.track != "canary"]
     can = [p for p in pods if p.track == "canary"]
+    asked = previous.get("canaryReplicas") if isinstance(previous, Mapping) and previous.get(
+        "hash") == desired_hash else None
+    swapping = any(p.revision != desired_hash and not p.terminating for p in can)
     seen = _Seen(
         canary=canary, desired=desired, spare=spare, max_unavailable=max_unavailable,
         desired_hash=desired_hash, split=split, main=main, can=can,
@@ -154,7 +159,16 @@ def canary_step(canary: CanarySpec, desired: int, spare: int, pods: Sequence[Pod
                            and p.revision == desired_hash),
         can_ready=sum(1 for p in can if p.ready and not p.terminating
                       and p.revision == desired_hash), per=max(Fraction(1), Fraction(ratio)),
-        units=units)
+        units=units, kept=min(len(can), int(asked)) if swapping and asked is not None
+        else len(can))
+    look = _look(seen, canary, upd, previous, desired_hash, now)
+    return replace(look, strategy=swap_strategy(pods, desired_hash, desired, max_unavailable,
+                                                seen.ratio))
+
+
+def _look(seen: _Seen, canary: CanarySpec, upd: dict[str, Any], previous: Any,
+          desired_hash: str, now: datetime) -> CanaryLook:
+    """canary_step's look: an abort, a step, or the promotion."""
     if canary.abort:
         return _abort(seen, upd, now)
     prev = dict(previous) if isinstance(previous, Mapping) and previous.get(
@@ -182,6 +196,22 @@ def slack(desired: int, spare: int, max_unavailable: int, ratio: int = 1) -> int
         return 0
     base = max(1, min(max_unavailable, max(1, desired - 1)))
     return ratio if base < ratio <= min(max_unavailable, desired) else base
+
+
+def swap_strategy(pods: Sequence[PodInfo], desired_hash: str, desired: int,
+                  max_unavailable: int, ratio: int = 1) -> tuple[int, int]:
+    """The canary Deployment's (maxSurge, maxUnavailable). (0, 1) as a rule: never more canary
+    pods than it was given GPUs for. While it replaces, in place, pods of a revision the spec
+    left (a third revision of the same pod size mid-canary), one of its Ready pods may go only
+    while the model's Ready replicas stand above the floor the rollout keeps (`desired` less
+    the slack maxUnavailable gives, as the stable side counts it); at the floor (a stable
+    replica just given up for the next canary pod, or not Ready) the new pod comes first
+    (1, 0), into GPUs that are free, and the old one goes once it is Ready."""
+    if not any(p.track == "canary" and p.revision != desired_hash and not p.terminating
+               for p in pods):
+        return 0, 1
+    ready = sum(1 for p in pods if p.ready and not p.terminating)
+    return (0, 1) if ready > desired - slack(desired, 0, max_unavailable, ratio) else (1, 0)
 
 
 def first_room(desired: int, spare: int, max_unavailable: int, ratio: int, units: int) -> int:
@@ -275,7 +305,7 @@ def _at_step(seen: _Seen, step: int, step_ready_at: datetime | None, upd: dict[s
     p, have = seen.p, seen.room_units
     main_n = max(max(0, min(desired - want, floor(have - p * want))),
                  min(desired, desired - seen.can_ready - _slack(seen)))
-    can_n = min(want, max(len(seen.can), floor((have - len(seen.main)) / p)))
+    can_n = min(want, max(seen.kept, floor((have - len(seen.main)) / p)))
     reached = seen.can_ready >= want and len(seen.main) <= main_n
     short = not reached and _short(seen, want, main_n, can_n)
     if short:  # waiting for room maxUnavailable does not give is not a stall

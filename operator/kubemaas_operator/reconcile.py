@@ -403,7 +403,7 @@ async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         pairs.append((child, c.main.get(child["kind"]), "main"))
     if plan.canary_replicas is not None and not plan.hold_canary_template:
         # the canary Deployment runs the spec's revision
-        pairs.append((with_strategy(_kind(rendered, "Deployment"), 0, 1,
+        pairs.append((with_strategy(_kind(rendered, "Deployment"), *plan.canary_strategy,
                                     replicas=plan.canary_replicas, canary=True),
                       c.canary, "canary"))
     unwanted = _route_pairs(p, spec, gateway, pool, plan.canary_weight, pairs)

@@ -65,6 +65,8 @@ class Plan:
     # The canary Deployment keeps its pods' template, only its replicas change (canary_replicas):
     # the spec went back to the current revision while a canary ran, and it gives them back.
     hold_canary_template: bool = False
+    # The canary Deployment's (maxSurge, maxUnavailable) (canary.swap_strategy).
+    canary_strategy: tuple[int, int] = (0, 1)
 
 
 def _ref(obj: Any) -> dict[str, Any] | None:
@@ -102,6 +104,7 @@ class _Draft:
     canary_state: dict[str, Any] | None = None
     canary_moving: bool = False
     hold_canary: bool = False
+    canary_strategy: tuple[int, int] = (0, 1)
     canary_weight: int = 0
     view_reason: str = ""
     view_message: str = ""
@@ -386,6 +389,7 @@ def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
     if c.aborted and c.done:  # every replica is back: the canary Deployment goes
         d.canary_replicas = None
     d.canary_moving = True
+    d.canary_strategy = c.strategy
     d.target = c.target
     d.requeue = c.requeue_after
     message = c.message + canary_quota_note(d.strategy, d.gpu.ratio)
@@ -482,4 +486,4 @@ def _finish(d: _Draft, desired: int) -> Plan:
                 deployment_strategy=chosen, main_replicas=d.main_replicas,
                 canary_replicas=d.canary_replicas, requeue_after=d.requeue,
                 rolled_back=d.rolled_back, notes=d.notes, canary_weight=d.canary_weight,
-                hold_canary_template=d.hold_canary)
+                hold_canary_template=d.hold_canary, canary_strategy=d.canary_strategy)
