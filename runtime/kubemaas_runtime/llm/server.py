@@ -170,10 +170,20 @@ def _open(api: Any, settings: Settings, lm: Any, engine: Any) -> dict[str, Any]:
             "lora_adapters": sorted(lm.loras.by_name) if lm.loras else None}
 
 
-async def serve_llm(settings: Settings) -> int:
-    from ..metrics import Metrics
+def _api(settings: Settings, metrics: Any) -> Any:
+    """The OpenAI endpoints, before a model is loaded."""
     from ..protocol.openai import OpenAIServer
     from ..protocol.openai_lora import shown_uri
+
+    return OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20),
+                        log_requests=settings.log_requests,
+                        tokens_as_ids=settings.return_tokens_as_token_ids,
+                        max_inflight_bytes=settings.max_inflight_bytes,
+                        model_root=shown_uri(settings.model_uri))
+
+
+async def serve_llm(settings: Settings) -> int:
+    from ..metrics import Metrics
     from ..security.gate import Security
     from ..serving import serve_until_stopped
 
@@ -182,11 +192,7 @@ async def serve_llm(settings: Settings) -> int:
     metrics = Metrics()
     label = (settings.model_name,)
     metrics.model_ready.set(label, 0)
-    api = OpenAIServer(settings.model_name, metrics, min(settings.max_request_bytes, 16 << 20),
-                       log_requests=settings.log_requests,
-                       tokens_as_ids=settings.return_tokens_as_token_ids,
-                       max_inflight_bytes=settings.max_inflight_bytes,
-                       model_root=shown_uri(settings.model_uri))
+    api = _api(settings, metrics)
     security = Security(settings, metrics, api.handle, openai=True, handler_cancellation=True)
 
     stats: list[asyncio.Task[None]] = []  # the periodic stats record's task
