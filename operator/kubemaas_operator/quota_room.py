@@ -37,11 +37,12 @@ class QuotaInfo:
 
 def waits_on_quota(rollout: Mapping[str, Any]) -> bool:
     """Whether a model's status.rollout waits for room in a quota (a held template, a canary
-    that grows only as the quota lets it, or one whose pod needs more GPUs than the stable side
-    may give up): a change of its namespace's quotas is worth a look."""
+    that grows only as the quota lets it, one whose pod needs more GPUs than the stable side
+    may give up, or a revision that needs more GPUs in all than the quota allows): a change of
+    its namespace's quotas is worth a look."""
     return ((rollout.get("reason") == "QuotaExceeded"
              and rollout.get("strategy") in ("Wait", "Canary"))
-            or (rollout.get("reason") == "CanaryNeedsGPUs"
+            or (rollout.get("reason") in ("CanaryNeedsGPUs", "InsufficientGPU")
                 and rollout.get("strategy") in ("Wait", "Canary")))
 
 

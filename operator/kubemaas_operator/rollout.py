@@ -185,8 +185,9 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     Plan.canary_weight is the weight to write) or the ready replicas behind one Service.
     `never`: why no node could ever hold a replica of the spec's revision (the capacity
     check's GPURequestTooLarge or UnknownGPUProduct message), or empty: such a revision is
-    rolled back at once, before the serving revision gives up a replica for it; so is one of
-    larger pods whose replicas could not all fit were every stable one gone (gpu_ratio.never_all).
+    rolled back at once, before the serving revision gives up a replica for it. One of larger
+    pods whose replicas could not all fit were every stable one gone waits, the serving
+    revision untouched, until nodes or the quota hold it (gpu_ratio.never_all).
     `quota_full`: (a ResourceQuota's name, what is full): quota_room.no_room, read ahead.
     `gpu`: the GPUs of one canary-side pod and one stable-side pod (gpu_ratio.py).
     """
@@ -316,8 +317,9 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         d.cur is not None or live_hash != d.desired_hash
         or any(p.revision != d.desired_hash for p in pods if not p.terminating))
     applied = live_hash == d.desired_hash
-    if rolling and not applied and d.cur is not None:  # larger pods than all the GPUs hold
-        never = never or never_all(d.gpu, desired)
+    # larger pods than all the matching GPUs (or the quota) hold: it waits for more
+    too_large = never_all(d.gpu, desired) if rolling and not applied and d.cur is not None \
+        else ""
     canary = spec.rollout.canary
     started = (any(p.track == "canary" for p in pods)
                or (previous.get("canary") or {}).get("hash") == d.desired_hash)
@@ -333,10 +335,10 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
             and _give_canary_back(d, pods, desired, spare, now)):
         return  # a superseded canary of another pod size goes first
     # a canary pod that needs the GPUs of more stable replicas than may go waits as well
-    short = (canary_short(d.gpu, desired, spare, d.strategy.max_unavailable, d.units,
-                          spec.rollout)
-             if canary is not None and d.cur is not None and not started
-             and d.strategy.name != "Wait" else "")
+    short = too_large or (canary_short(d.gpu, desired, spare, d.strategy.max_unavailable,
+                                       d.units, spec.rollout)
+                          if canary is not None and d.cur is not None and not started
+                          and d.strategy.name != "Wait" else "")
     waits = rolling and not applied and (d.strategy.name == "Wait" or bool(short)) and not never
     # A canary needs replicas to move: at 0 (replicas 0, scaled to 0 mid-canary) it rolls as any
     # revision does (the template changes, no pod starts; a canary Deployment goes). One that
@@ -348,15 +350,17 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         _canary(d, spec, canary, raw_spec, dep, pods, desired, spare, previous, now,
                 traffic_split, never, applied, removed)
     elif waits:
-        _wait(d, short, gave_up=live_hash == (d.cur or {}).get("hash") and (
+        _wait(d, short, "InsufficientGPU" if too_large else "CanaryNeedsGPUs",
+              gave_up=live_hash == (d.cur or {}).get("hash") and (
             (previous.get("canary") or {}).get("hash") not in (None, d.desired_hash)
             or previous.get("reason") == "CanaryGivesBack"))
     else:
         _roll(d, spec, raw_spec, dep, pods, desired, now, never, ready, rolling, applied)
 
 
-def _wait(d: _Draft, short: str, gave_up: bool = False) -> None:
-    """The Deployment keeps its template until there is room (`short`: a canary pod's GPUs).
+def _wait(d: _Draft, short: str, short_reason: str, gave_up: bool = False) -> None:
+    """The Deployment keeps its template until there is room (`short`, for `short_reason`: a
+    canary pod's GPUs, or the revision's in all).
     `gave_up`: a canary of a revision the spec left had the stable Deployment (still on the
     current revision) give replicas up; it is rendered again at the spec's replicas, not held
     short for a canary that is gone."""
@@ -366,7 +370,7 @@ def _wait(d: _Draft, short: str, gave_up: bool = False) -> None:
     d.blocked_reason, d.blocked_message = "RolloutWaiting", (
         f"revision {d.upd['number']} ({d.desired_hash}) waits: {why}")
     d.requeue = d.strategy.recheck_s
-    d.status = d.state("Wait", "CanaryNeedsGPUs" if short else d.strategy.reason, why)
+    d.status = d.state("Wait", short_reason if short else d.strategy.reason, why)
 
 
 def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,

@@ -349,13 +349,14 @@ def test_the_superseded_canary_pod_size_is_read_from_the_canary_deployment() -> 
     assert g.was == 0  # the canary Deployment runs the spec's revision
 
 
-def test_a_revision_whose_replicas_cannot_all_fit_is_rolled_back_at_once() -> None:
+def test_a_revision_whose_replicas_cannot_all_fit_waits_untouched() -> None:
     """3 x 1 GPU -> 3 x 2 GPUs on one node of 3 GPUs: the 6 GPUs the new revision needs are
     more than the node has, whatever the stable side gives up. The canary waited forever
     (CanaryNeedsGPUs, "raise spec.rollout.maxUnavailable to 2", which could not help), or with
     maxUnavailable 2 took 2 stable replicas down for a canary that could never complete. Now it
-    is rolled back as a pod that fits no node is (NeverFits), the stable side untouched, and
-    the message says what it needs, what the nodes hold and what to change."""
+    waits (reason InsufficientGPU: more nodes or a higher quota bring it up, as a model short
+    of GPUs waits), the stable side untouched, and the message says what it needs, what the
+    nodes hold and what to change."""
     nodes = [NodeInfo(name="n", labels={"nvidia.com/gpu.product": H100}, taints=TAINT,
                       allocatable={"nvidia.com/gpu": 3})]
     for unavailable in (1, 2):
@@ -365,7 +366,8 @@ def test_a_revision_whose_replicas_cannot_all_fit_is_rolled_back_at_once() -> No
         assert (held.nodes_hold, held.nodes_gpus) == (1, 3)
         p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW,
                  gpu=held)
-        assert p.rolled_back and p.target == "stable" and p.status["reason"] == "RolledBack"
+        assert not p.rolled_back and p.target == "hold"
+        assert (p.status["strategy"], p.status["reason"]) == ("Wait", "InsufficientGPU")
         assert p.main_replicas is None and p.canary_replicas is None  # nothing given up
         msg = p.status["message"]
         assert "its 3 replicas need 6 nvidia.com/gpu in all" in msg
@@ -380,8 +382,9 @@ def test_a_revision_whose_replicas_cannot_all_fit_is_rolled_back_at_once() -> No
                        {"requests.nvidia.com/gpu": "3"})]
     p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW,
              gpu=held_by_nodes(TWO, s, big, {"n": {"nvidia.com/gpu": 5}}, [], quota))
-    assert p.rolled_back and "the namespace's ResourceQuota gpus allows 4" in (
+    assert not p.rolled_back and "the namespace's ResourceQuota gpus allows 4" in (
         p.status["message"])
+    assert waits_on_quota(p.status)  # the quota's change wakes it
     assert "set spec.replicas to 2 or fewer" in p.status["message"]
     # room for all 3 on the nodes (8 GPUs, 5 of them others'): it waits or grows as before
     p = plan(s, r, "bbb", dep("aaa", 3, 3, 3), pods("aaa", 3), 3, 0, stable(3), NOW,
