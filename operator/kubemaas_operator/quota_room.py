@@ -127,32 +127,32 @@ def _full_items(quota: QuotaInfo, pod_spec: Mapping[str, Any]) -> Sequence[str]:
     return out
 
 
-def free_in_quotas(quotas: Iterable[QuotaInfo], resource: str) -> int | None:
-    """How much of extended resource `resource` (GPUs) the tightest quota that counts every pod
-    has left (hard minus used, of requests.<resource>), or None when no such quota limits it."""
-    frees = []
+def _limits(quotas: Iterable[QuotaInfo], resource: str) -> list[tuple[str, int, int]]:
+    """(name, hard, used) of `resource` (requests.<resource>) in each quota that counts every
+    pod and limits it; a quantity that does not parse leaves its quota out."""
+    key = f"requests.{resource}"
+    out = []
     for quota in quotas:
-        key = f"requests.{resource}"
         if quota.scoped or key not in quota.hard:
             continue
         try:
-            free = parse_quantity(quota.hard[key]) - parse_quantity(quota.used.get(key, "0"))
+            hard = parse_quantity(quota.hard[key])
+            used = parse_quantity(quota.used.get(key, "0"))
         except QuantityError:
             continue
-        frees.append(max(0, int(free)))
+        out.append((quota.name, int(hard), int(used)))
+    return out
+
+
+def free_in_quotas(quotas: Iterable[QuotaInfo], resource: str) -> int | None:
+    """How much of extended resource `resource` (GPUs) the tightest quota that counts every pod
+    has left (hard minus used, of requests.<resource>), or None when no such quota limits it."""
+    frees = [max(0, hard - used) for _, hard, used in _limits(quotas, resource)]
     return min(frees) if frees else None
 
 
 def hard_in_quotas(quotas: Iterable[QuotaInfo], resource: str) -> tuple[str, int] | None:
     """The tightest quota that counts every pod and limits `resource` (requests.<resource>):
     (its name, its hard limit), or None."""
-    hards = []
-    for quota in quotas:
-        key = f"requests.{resource}"
-        if quota.scoped or key not in quota.hard:
-            continue
-        try:
-            hards.append((int(parse_quantity(quota.hard[key])), quota.name))
-        except QuantityError:
-            continue
-    return (min(hards)[1], min(hards)[0]) if hards else None
+    hards = sorted((hard, name) for name, hard, _ in _limits(quotas, resource))
+    return (hards[0][1], hards[0][0]) if hards else None
