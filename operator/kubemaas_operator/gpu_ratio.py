@@ -16,7 +16,7 @@ from typing import Any
 
 from .api import ModelDeploymentSpec, RolloutSpec
 from .canary import first_room
-from .observed import PodInfo
+from .observed import PodInfo, deployment_info
 from .quantity import QuantityError
 from .quota_room import QuotaInfo, free_in_quotas, hard_in_quotas, pod_amount
 from .scheduling import NodeInfo, PendingDemand, check_capacity, most_held
@@ -80,7 +80,6 @@ class GpuRatio:
 
 
 ONE = GpuRatio()
-REVISION_ANNOTATION = "serving.kubemaas.io/revision"  # on a Deployment (render.py)
 
 
 def _gpus(pod_spec: Mapping[str, Any] | None, resource: str) -> int:
@@ -120,9 +119,8 @@ def rollout_gpus(resource: str | None, new_pod: Mapping[str, Any] | None, applie
     if applied and canary_dep is not None:
         new_pod = template_spec(canary_dep)
     ratio = gpu_ratio(new_pod, template_spec(stable_dep), resource)
-    running = ((canary_dep or {}).get("metadata") or {}).get("annotations") or {}
-    superseded = running.get(REVISION_ANNOTATION, "") not in ("", revision)
-    if ratio is ONE or applied or not revision or not superseded:
+    running = deployment_info(canary_dep).revision if canary_dep is not None else ""
+    if ratio is ONE or applied or not revision or running in ("", revision):
         return ratio
     return replace(ratio, was=_gpus(template_spec(canary_dep), ratio.resource))
 
