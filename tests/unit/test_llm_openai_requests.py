@@ -58,6 +58,44 @@ def test_a_messages_text_parts_are_joined_by_newlines_as_vllm_joins_them() -> No
     assert parse_responses({"input": items}).chat["messages"] == chat.messages
 
 
+# bad requests and the field each 400 names
+BAD_REQUESTS = (
+    ({"prompt": "hi", "cache_salt": ""}, "cache_salt"),
+    ({"prompt": "hi", "cache_salt": 7}, "cache_salt"),
+    ({"prompt": "hi", "max_tokens": True}, "max_tokens"),
+    ({"prompt": "hi", "seed": "1"}, "seed"),
+    ({"prompt": [1, 200]}, "prompt"),
+    ({"prompt": "hi", "stop_token_ids": [-1]}, "stop_token_ids"),
+    ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),  # 0: with echo
+    ({"prompt": "hi", "echo": True, "max_tokens": -1}, "max_tokens"),
+    ({"prompt": ["hi", [1]]}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": [[1], []]}, "prompt"),
+    ({"prompt": "hi", "prompt_logprobs": 21}, "prompt_logprobs"),
+    ({"prompt": "hi", "presence_penalty": 2.5}, "presence_penalty"),
+    ({"prompt": "hi", "frequency_penalty": "1"}, "frequency_penalty"),
+    ({"prompt": "hi", "repetition_penalty": 0}, "repetition_penalty"),
+    ({"prompt": "hi", "repetition_penalty": 1e-300}, "repetition_penalty"),
+    ({"prompt": "hi", "min_p": 1.5}, "min_p"),
+    ({"prompt": "hi", "min_tokens": 5, "max_tokens": 4}, "min_tokens"),
+    ({"prompt": "hi", "min_tokens": -1}, "min_tokens"),
+    ({"prompt": "hi", "use_beam_search": 1}, "use_beam_search"),
+    ({"prompt": "hi", "use_beam_search": True, "stop": "x"}, "stop"),
+    ({"prompt": "hi", "use_beam_search": True, "min_tokens": 1}, "min_tokens"),
+    ({"prompt": "hi", "length_penalty": 2}, "length_penalty"),
+    ({"prompt": "hi", "skip_special_tokens": 0}, "skip_special_tokens"),
+    ({"prompt": "hi", "spaces_between_special_tokens": False}, "spaces_between_special_tokens"),
+    ({"prompt": "hi", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+    ({"prompt": "hi", "allowed_token_ids": [100]}, "allowed_token_ids"),
+    ({"prompt": "hi", "bad_words": "x"}, "bad_words"),
+    ({"prompt": "hi", "stop": ["x", ""]}, "stop"),  # vLLM's 400
+    ({"prompt": "hi", "stop": ""}, "stop"),
+    ({"prompt": "hi", "guided_json": 5}, "guided_json"),
+    ({"prompt": "hi", "n": 0}, "n"),
+    ({"prompt": "hi", "n": 33}, "n"),
+)
+
+
 def test_openai_request_validation() -> None:
     req = parse({"prompt": "hi"})
     assert req.params.max_tokens == 16 and req.params.temperature == 1.0 and not req.stream
@@ -82,44 +120,14 @@ def test_openai_request_validation() -> None:
     mins = parse({"prompt": "hi", "min_p": 0.1, "min_tokens": 4, "max_tokens": 4}).params
     assert (mins.min_p, mins.min_tokens) == (0.1, 4)
     assert parse({"prompt": "hi", "skip_special_tokens": True, "bad_words": []}).params
-    for bad, param in (({"prompt": "hi", "cache_salt": ""}, "cache_salt"),
-                       ({"prompt": "hi", "cache_salt": 7}, "cache_salt"),
-                       ({"prompt": "hi", "max_tokens": True}, "max_tokens"),
-                       ({"prompt": "hi", "seed": "1"}, "seed"),
-                       ({"prompt": [1, 200]}, "prompt"),
-                       ({"prompt": "hi", "stop_token_ids": [-1]}, "stop_token_ids"),
-                       ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),  # 0: with echo
-                       ({"prompt": "hi", "echo": True, "max_tokens": -1}, "max_tokens"),
-                       ({"prompt": ["hi", [1]]}, "prompt"),
-                       ({"prompt": []}, "prompt"),
-                       ({"prompt": [[1], []]}, "prompt"),
-                       ({"prompt": "hi", "prompt_logprobs": 21}, "prompt_logprobs"),
-                       ({"prompt": "hi", "presence_penalty": 2.5}, "presence_penalty"),
-                       ({"prompt": "hi", "frequency_penalty": "1"}, "frequency_penalty"),
-                       ({"prompt": "hi", "repetition_penalty": 0}, "repetition_penalty"),
-                       ({"prompt": "hi", "repetition_penalty": 1e-300}, "repetition_penalty"),
-                       ({"prompt": "hi", "min_p": 1.5}, "min_p"),
-                       ({"prompt": "hi", "min_tokens": 5, "max_tokens": 4}, "min_tokens"),
-                       ({"prompt": "hi", "min_tokens": -1}, "min_tokens"),
-                       ({"prompt": "hi", "use_beam_search": 1}, "use_beam_search"),
-                       ({"prompt": "hi", "use_beam_search": True, "stop": "x"}, "stop"),
-                       ({"prompt": "hi", "use_beam_search": True, "min_tokens": 1},
-                        "min_tokens"),
-                       ({"prompt": "hi", "length_penalty": 2}, "length_penalty"),
-                       ({"prompt": "hi", "skip_special_tokens": 0}, "skip_special_tokens"),
-                       ({"prompt": "hi", "spaces_between_special_tokens": False},
-                        "spaces_between_special_tokens"),
-                       ({"prompt": "hi", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
-                       ({"prompt": "hi", "allowed_token_ids": [100]}, "allowed_token_ids"),
-                       ({"prompt": "hi", "bad_words": "x"}, "bad_words"),
-                       ({"prompt": "hi", "stop": ["x", ""]}, "stop"),  # vLLM's 400
-                       ({"prompt": "hi", "stop": ""}, "stop"),
-                       ({"prompt": "hi", "guided_json": 5}, "guided_json"),
-                       ({"prompt": "hi", "n": 0}, "n"), ({"prompt": "hi", "n": 33}, "n")):
-        with pytest.raises(ApiError) as err:
-            parse(bad)
-        assert err.value.status == 400 and err.value.param == param
     assert ApiError(429, "busy").body()["error"]["type"] == "rate_limit_error"
+
+
+@pytest.mark.parametrize(("bad", "param"), BAD_REQUESTS)
+def test_a_bad_request_is_a_400_naming_its_field(bad: dict[str, Any], param: str) -> None:
+    with pytest.raises(ApiError) as err:
+        parse(bad)
+    assert err.value.status == 400 and err.value.param == param
 
 
 def test_the_server_default_of_return_tokens_as_token_ids() -> None:
