@@ -206,9 +206,13 @@ def swap_strategy(pods: Sequence[PodInfo], desired_hash: str, desired: int,
     while the model's Ready replicas stand above the floor the rollout keeps (`desired` less
     the slack maxUnavailable gives, as the stable side counts it); at the floor (a stable
     replica just given up for the next canary pod, or not Ready) the new pod comes first
-    (1, 0), into GPUs that are free, and the old one goes once it is Ready."""
-    if not any(p.track == "canary" and p.revision != desired_hash and not p.terminating
-               for p in pods):
+    (1, 0), into GPUs that are free, and the old one goes once it is Ready. A pod of the
+    revision left that is not Ready serves nothing: it goes first, also at the floor (the
+    Deployment controller keeps it while a surged pod is unavailable, and with no GPU free
+    that pod would wait behind it until the revision's deadline)."""
+    leaving = [p for p in pods
+               if p.track == "canary" and p.revision != desired_hash and not p.terminating]
+    if not leaving or any(not p.ready for p in leaving):
         return 0, 1
     ready = sum(1 for p in pods if p.ready and not p.terminating)
     return (0, 1) if ready > desired - slack(desired, 0, max_unavailable, ratio) else (1, 0)

@@ -26,6 +26,7 @@ class Pod:
     gpus: int
     bound: bool = False
     ready: bool = False
+    broken: bool = False  # never Ready (a crash loop, a failing probe)
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Cluster:
         pods bound last time become Ready, Pending ones bind where GPUs are free."""
         self.lowest = min(self.lowest, sum(1 for p in self.pods if p.ready))
         for p in self.pods:
-            p.ready = p.ready or p.bound
+            p.ready = p.ready or (p.bound and not p.broken)
         for p in self.pods:
             free = self.gpus - sum(q.gpus for q in self.pods if q.bound)
             if not p.bound and p.gpus <= free:
@@ -134,6 +135,32 @@ def test_a_third_revision_of_the_same_pod_size_keeps_the_ready_floor() -> None:
     assert [q.revision for q in c.pods if q.track == "canary" and q.ready] == ["ccc"]
 
 
+def test_a_pod_of_the_revision_left_that_is_never_ready_makes_way() -> None:
+    """As above, but the first canary's pod never becomes Ready, and a fix of the same pod size
+    comes while the model sits at its floor with no 2 GPUs free. A new pod first (maxSurge 1,
+    maxUnavailable 0) waited Pending behind the broken pod, which the Deployment controller
+    keeps while the new one is unavailable, until the revision's deadline rolled it back. The
+    broken pod serves nothing: it goes first, and the new pod takes its GPUs."""
+    r = {**raw(5), "rollout": {"maxUnavailable": 2, "canary": {
+        "steps": [{"weight": 40}, {"weight": 100}]}}}
+    c = Cluster(gpus=5)
+    c.scale("main", "aaa", 1, 5)
+    c.settle()
+    c.settle()
+    p = drive(c, r, "bbb", TWO, stable(5), 3)
+    for q in c.pods:
+        q.broken = q.track == "canary"
+        q.ready = q.ready and not q.broken
+    p = drive(c, r, "bbb", TWO, p.status, 3)
+    assert [q.revision for q in c.pods if q.track == "canary" and not q.ready] == ["bbb"]
+    c.lowest = sum(1 for q in c.pods if q.ready)
+    fixed = {**r, "runtime": {**r.get("runtime", {}), "image": "img:3"}}
+    same = GpuRatio("nvidia.com/gpu", new=2, old=1, was=2)
+    p = drive(c, fixed, "ccc", same, p.status, 8)
+    assert [(q.revision, q.ready) for q in c.pods if q.track == "canary"] == [("ccc", True)]
+    assert c.lowest == 3 and not p.rolled_back  # the floor (5 - 2) held throughout
+
+
 def test_the_swap_strategy() -> None:
     def pod(track: str, revision: str, ready: bool = True) -> PodInfo:
         return PodInfo(name="p", phase="Running", node="n", ready=ready, revision=revision,
@@ -143,3 +170,5 @@ def test_the_swap_strategy() -> None:
     at = [pod("main", "aaa")] * 2 + [pod("main", "aaa", False), pod("canary", "bbb")]
     assert swap_strategy(at, "ccc", 4, 1) == (1, 0)  # a stable replica not Ready: 3 Ready
     assert swap_strategy(at, "bbb", 4, 1) == (0, 1)  # no pod of a revision the spec left
+    broken = [pod("main", "aaa")] * 3 + [pod("canary", "bbb", False)]
+    assert swap_strategy(broken, "ccc", 4, 1) == (0, 1)  # at the floor, but it serves nothing
