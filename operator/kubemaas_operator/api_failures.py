@@ -13,10 +13,10 @@ from collections.abc import Hashable
 
 from .memory import Memory
 from .status import Failure
-from .writes import Retry
+from .writes import MAX_DELAY_S, REPORT_FROM, Retry, doubling_delay
 
-REPORT_FROM = 3
-MAX_DELAY_S = 60.0
+__all__ = ["MAX_DELAY_S", "REPORT_FROM", "failing_message", "failing_write", "held_failure",
+           "report_delay"]
 
 
 def report_delay(streak: int, delay: float) -> float | None:
@@ -24,7 +24,7 @@ def report_delay(streak: int, delay: float) -> float | None:
     is a blip (retry after `delay`, say nothing), else when to try again (reported)."""
     if streak < REPORT_FROM:
         return None
-    return min(delay * 2.0 ** (streak - REPORT_FROM + 1), MAX_DELAY_S)
+    return doubling_delay(2.0 * delay, streak, REPORT_FROM)
 
 
 def failing_message(error: str) -> str:

@@ -57,7 +57,7 @@ async def write_status(cluster: AsyncCluster, memory: Memory, body: Mapping[str,
         response = await cluster.patch_status(meta["namespace"], meta["name"], result.status,
                                               previous)
         if memory.wrote_status(meta["namespace"], meta["name"], response,
-                               result.status) >= STATUS_REPORT_FROM:
+                               result.status) >= REPORT_FROM:
             log.info("%s/%s: the status is written again", meta["namespace"], meta["name"])
         count_rollouts(previous, result.status)
     except ApiError as err:
@@ -90,15 +90,23 @@ def _what_it_says(status: Any) -> str:
     return json.dumps(strip(status), sort_keys=True, default=str)
 
 
-STATUS_REPORT_FROM = 3  # failures in a row of a status write that count as more than a blip
-STATUS_MAX_DELAY_S = 60.0
+# Failures in a row of a write (a child's, a status) that count as more than a blip; from
+# there it is tried again after a delay that doubles up to MAX_DELAY_S (doubling_delay).
+REPORT_FROM = 3
+MAX_DELAY_S = 60.0
+
+
+def doubling_delay(first: float, streak: int, from_streak: int) -> float:
+    """`first` at the `from_streak`-th failure in a row (and before), doubling with each
+    failure after it, up to MAX_DELAY_S: the one back-off of failing writes."""
+    return min(first * 2.0 ** max(0, streak - from_streak), MAX_DELAY_S)
 
 
 async def _status_refused(cluster: AsyncCluster, memory: Memory, body: Mapping[str, Any],
                           err: ApiError) -> Retry:
     """A status write the API server refused or failed. The status cannot say so: a Warning
     Event (reason StatusRefused) and one log line do, at the first failure when a policy, RBAC
-    or the schema refused it, else at the STATUS_REPORT_FROM-th in a row (a blip is retried
+    or the schema refused it, else at the REPORT_FROM-th in a row (a blip is retried
     quietly). After that it is retried quietly, every 5 s doubling up to a minute."""
     meta = body.get("metadata") or {}
     key = (meta.get("namespace") or "", meta.get("name") or "")
@@ -106,8 +114,8 @@ async def _status_refused(cluster: AsyncCluster, memory: Memory, body: Mapping[s
     refused = err.policy_refused or err.invalid or err.status == 403
     message = (f"cannot write the status of ModelDeployment {key[0]}/{key[1]}: {err}; it is "
                "tried again (at least once a minute) and written once the API server takes it")
-    report_at = 1 if refused else STATUS_REPORT_FROM
-    delay = min(5.0 * 2.0 ** max(0, streak - report_at), STATUS_MAX_DELAY_S)
+    report_at = 1 if refused else REPORT_FROM
+    delay = doubling_delay(5.0, streak, report_at)
     if streak != report_at:
         return Retry(message, delay, quiet=streak > report_at)
     log.warning("%s/%s: %s", *key, message)
