@@ -5,7 +5,8 @@ pods, and the periodic drift check. What it observes comes from the operator's i
 (a `Snapshot`, built by handlers.py); the pure modules decide; `k8s/` writes, through children.py
 (the children: applied only when missing, changed or drifted) and writes.py (the status, patched
 only when it changed): a steady-state resync writes nothing. reconcile() sequences the steps;
-the larger ones are functions of their own below it.
+the larger ones are functions of their own below it, step 5 (the rollout's plan and the
+children it wants) in reconcile_targets.py.
 
 When the API server serves Gateway API HTTPRoutes and the model names a Gateway (or the operator
 has a default one), the children also include the HTTPRoute split: NAME-stable and NAME-canary
@@ -23,85 +24,47 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import autoscaling_status, cache_progress, children
-from .api import (
-    GatewayRef,
-    ModelDeploymentSpec,
-    ModelShape,
-    SpecError,
-    valid_name,
-)
+from .api import ModelDeploymentSpec, ModelShape, SpecError, valid_name
 from .api_failures import failing_write, held_failure
-from .canary import HTTP_ROUTE, READY_REPLICAS
-from .children import Children, Pair
+from .children import Children
 from .config import Settings
-from .gpu_ratio import held_by_nodes, rollout_gpus
 from .k8s import ApiError, AsyncCluster
 from .memory import Memory
 from .modelcache import implicit_apply
 from .modelcache.implicit import Owner, Plan
-from .modelcache.mount import CacheMount, cache_wait
+from .modelcache.mount import cache_wait
 from .observed import DeploymentInfo, PodInfo
 from .ownership import NameConflict
 from .picker_peers import picker_pods_of
 from .pod_life import CacheProgress
-from .quota_room import QuotaInfo, no_room
+from .reconcile_pass import Pass, Snapshot
+from .reconcile_targets import Targets
+from .reconcile_targets import targets as plan_targets
 from .render import (
     BUILTIN_TEMPLATE,
     CHILD_KINDS,
-    HTTPROUTE_API_VERSION,
     SPEC_HASH,
-    RenderContext,
     Rendered,
     RenderError,
     cached_optimization,
     canary_name,
     selector_string,
     url,
-    with_strategy,
 )
-from .render.inference import route_manifests, wants_pool
 from .render.security import CERTIFICATE_API_VERSION
-from .rollout import Plan as RolloutPlan
-from .rollout import plan as plan_rollout
-from .routes import gateway_children, gateway_for
-from .scheduling import Capacity, NodeInfo, PendingDemand, check_capacity, gpu_summary
-from .sizing import gpu_types
+from .scheduling import Capacity, check_capacity, gpu_summary
 from .status import Failure, Observed, StatusResult, compute_status, failed_status
 from .template_source import template_source
 from .timestamps import parse_time
 from .writes import Refused, Retry, write_status
+
+__all__ = ["Outcome", "Snapshot", "reconcile"]
 
 # A child a policy or RBAC refused is asked again at the next resync pass (a pass's reconciles
 # are spread over up to half the period, hence less than a whole period), not at each event.
 REFUSAL_HOLD = 0.75
 
 log = logging.getLogger("kubemaas.reconcile")
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What the indexes know about one ModelDeployment and its surroundings."""
-
-    body: Mapping[str, Any]  # the ModelDeployment: metadata, spec, status
-    children: Mapping[str, Mapping[str, Any]]  # kind -> the observed child object
-    pods: Sequence[PodInfo] = ()
-    nodes: Sequence[NodeInfo] = ()
-    used: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # others' pods
-    # GPU requests of unscheduled pods (Pending, no node yet) of other models and workloads, and
-    # of the pods other models' Deployments owe (not created yet): demand that the free GPUs of
-    # matching nodes serve before a surge (scheduling.PendingDemand).
-    pending: Sequence[PendingDemand] = ()
-    # the namespace's ResourceQuotas (hard and used): a rollout reads them ahead (quota_room.py)
-    quotas: Sequence[QuotaInfo] = ()
-    gateway_api: bool = False  # the API server serves gateway.networking.k8s.io/v1 HTTPRoute
-    cert_manager: bool = False  # the API server serves cert-manager.io/v1 Certificate
-    # the API server serves inference.networking.k8s.io/v1 InferencePool
-    inference_pools: bool = False
-    cache: CacheMount | None = None  # the ModelCache spec.model.cache names (modelcache/)
-    keda: bool = False  # the API server serves keda.sh/v1alpha1 ScaledObject
-    http_addon: bool = False  # the API server serves http.keda.sh/v1beta1 InterceptorRoute
-    # spec.model.autoCache: the cache to create/adopt/release (body's spec already names it)
-    implicit: Plan | None = None
 
 
 @dataclass
@@ -127,68 +90,7 @@ def _next_check(pods: Sequence[PodInfo], now: datetime, grace: float) -> float |
     return min(waits) if waits else None
 
 
-def _security_context(settings: Settings, snap: Snapshot,
-                      record: ModelShape | None) -> dict[str, Any]:
-    """The RenderContext fields the NetworkPolicy takes from the operator's settings, those of
-    language models (the vLLM image, the GPU node types, the model cache's shape) and of
-    autoscaling (whether KEDA is served, the Prometheus its triggers read; whether KEDA's HTTP
-    add-on is, and where its scaler and interceptor listen), and of InferencePools (whether
-    the CRD is served, the default endpoint picker)."""
-    default = settings.default_gateway()
-    return {"default_gateway_namespace": default[0] if default else None,
-            "monitoring_namespace": settings.monitoring_namespace,
-            "vllm_image": settings.vllm_image, "gpu_types": gpu_types(snap.nodes),
-            "model_record": record, "keda": snap.keda, "prometheus": settings.prometheus,
-            "http_addon": snap.http_addon, "http_scaler": settings.http_scaler,
-            "http_interceptor": settings.http_interceptor,
-            "inference_pools": snap.inference_pools,
-            "default_endpoint_picker": settings.default_endpoint_picker()}
-
-
-def _live_strategy(dep: Mapping[str, Any] | None) -> tuple[int, int]:
-    """The rolling-update numbers the live Deployment has (ours), else replace one at a time."""
-    rolling = (((dep or {}).get("spec") or {}).get("strategy") or {}).get("rollingUpdate") or {}
-    surge, unavailable = rolling.get("maxSurge"), rolling.get("maxUnavailable")
-    if isinstance(surge, int) and isinstance(unavailable, int) and (surge or unavailable):
-        return surge, unavailable
-    return 0, 1
-
-
-@dataclass(frozen=True)
-class _Pass:
-    """One reconcile pass's inputs."""
-
-    snap: Snapshot
-    settings: Settings
-    cluster: AsyncCluster
-    memory: Memory
-    now: datetime
-    name: str
-    namespace: str
-    uid: str
-    picker_pods: Mapping[str, str] | None = None  # picker_peers.py
-
-    def context(self, template_name: str, source: str | None,
-                record: ModelShape | None) -> RenderContext:
-        return RenderContext(name=self.name, namespace=self.namespace, uid=self.uid,
-                             template_name=template_name, template_source=source,
-                             cache=self.snap.cache, picker_pods=self.picker_pods,
-                             **_security_context(self.settings, self.snap, record))
-
-
-@dataclass
-class _Targets:
-    """What step 5 decided: the rollout's plan, the revision the main Deployment carries, and
-    every child to converge (with what is observed of it)."""
-
-    plan: RolloutPlan
-    revision: str
-    pairs: list[Pair]
-    unwanted_routes: list[tuple[str, str, str, bool]]
-    canary_pin: int | None = None  # the canary Deployment's replicas alone (its template held)
-
-
-async def _ensure_implicit_cache(p: _Pass, implicit: Plan,
+async def _ensure_implicit_cache(p: Pass, implicit: Plan,
                                  cluster: AsyncCluster) -> Failure | None:
     asking = json.dumps(dataclasses.asdict(implicit), sort_keys=True, default=str)
     held = p.memory.held(p.namespace, p.name, asking, what="cache")
@@ -219,7 +121,7 @@ def _desired_replicas(spec: ModelDeploymentSpec, live: DeploymentInfo | None) ->
     return spec.desired_replicas
 
 
-async def _settle_children(c: Children, targets: _Targets, spec: ModelDeploymentSpec,
+async def _settle_children(c: Children, targets: Targets, spec: ModelDeploymentSpec,
                            rendered: Rendered) -> None:
     """After the applies: a canary that gives its replicas back keeps its template (only its
     replicas change); what is no longer wanted goes; a new Deployment starts at the autoscaling
@@ -230,7 +132,7 @@ async def _settle_children(c: Children, targets: _Targets, spec: ModelDeployment
     await children.hold_floor(c, spec, rendered.autoscaler)
 
 
-async def _apply_children(c: Children, targets: _Targets, spec: ModelDeploymentSpec,
+async def _apply_children(c: Children, targets: Targets, spec: ModelDeploymentSpec,
                           rendered: Rendered) -> Failure | None:
     """The applies and deletes of step 6; what stopped them, as the model's failure."""
     writing = tuple((child["kind"], child["metadata"]["name"],
@@ -257,7 +159,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     meta = snap.body.get("metadata") or {}
     pickers = await picker_pods_of(cluster, snap.body.get("spec") or {}, meta["namespace"],
                                    snap.inference_pools, settings.default_endpoint_picker())
-    p = _Pass(snap, settings, cluster, memory, now or datetime.now(UTC), meta["name"],
+    p = Pass(snap, settings, cluster, memory, now or datetime.now(UTC), meta["name"],
               meta["namespace"], str(meta.get("uid", "")), pickers)
     outcome = Outcome()
     main = {kind: memory.freshest(kind, p.namespace, p.name, snap.children.get(kind))
@@ -292,7 +194,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
                  memory.freshest("Deployment", p.namespace, canary_name(p.name),
                                  snap.children.get("CanaryDeployment")),
                  outcome.applied, outcome.deleted, hold_s=REFUSAL_HOLD * settings.resync_s)
-    targets = await _targets(p, spec, raw_spec, rendered, record, live, dep_obj, desired_n,
+    targets = await plan_targets(p, spec, raw_spec, rendered, record, live, dep_obj, desired_n,
                              base.previous, capacity, c)
 
     # 6. apply what is missing, changed or drifted; delete what is no longer wanted.
@@ -311,7 +213,7 @@ async def reconcile(snap: Snapshot, settings: Settings, cluster: AsyncCluster,
     return outcome
 
 
-async def _failed(p: _Pass, outcome: Outcome, failure: Failure, base: Observed) -> Outcome:
+async def _failed(p: Pass, outcome: Outcome, failure: Failure, base: Observed) -> Outcome:
     outcome.failure = failure
     outcome.status = failed_status(failure, base)
     outcome.requeue_after = failure.retry_after
@@ -319,7 +221,7 @@ async def _failed(p: _Pass, outcome: Outcome, failure: Failure, base: Observed) 
     return outcome
 
 
-async def _parse_and_render(p: _Pass, raw_spec: Mapping[str, Any]) -> tuple[
+async def _parse_and_render(p: Pass, raw_spec: Mapping[str, Any]) -> tuple[
         ModelDeploymentSpec, Rendered, ModelShape | None] | Failure:
     """The parsed spec, its render and the model cache's shape record, or why not."""
     try:
@@ -349,125 +251,8 @@ async def _parse_and_render(p: _Pass, raw_spec: Mapping[str, Any]) -> tuple[
     return failure if failure is not None else (spec, rendered, record)
 
 
-async def _targets(p: _Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
-                   rendered: Rendered, record: ModelShape | None, live: DeploymentInfo | None,
-                   dep_obj: Mapping[str, Any] | None, desired_n: int,
-                   previous: Mapping[str, Any], capacity: Capacity,
-                   c: Children) -> _Targets:
-    snap = p.snap
-    surge_room = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
-                                pending=snap.pending)
-    gateway = gateway_for(spec, p.settings) if snap.gateway_api else None
-    pool = wants_pool(spec, snap.inference_pools)  # then the picker chooses, not weights
-    if spec.serving.gateway is not None and not snap.gateway_api and p.memory.first_time(
-            p.namespace, p.name, "no-httproute"):
-        log.warning("%s/%s: spec.serving.gateway names %s, but the API server does not serve "
-                    "%s HTTPRoute (are the Gateway API CRDs installed?): no route; a canary "
-                    "splits by ready replicas", p.namespace, p.name, spec.serving.gateway.name,
-                    HTTPROUTE_API_VERSION)
-    pod_spec = (_kind(rendered, "Deployment").get("spec") or {}).get("template") or {}
-    plan = plan_rollout(spec, raw_spec, rendered.revision, live, snap.pods, desired_n,
-                        max(0, surge_room.room - desired_n), previous.get("rollout") or {},
-                        p.now, HTTP_ROUTE if gateway is not None and not pool else READY_REPLICAS,
-                        never=capacity.message if capacity.never else "",
-                        quota_full=no_room(snap.quotas, pod_spec.get("spec") or {}),
-                        gpu=held_by_nodes(rollout_gpus(
-                            spec.gpu.resource if spec.gpu else None, pod_spec.get("spec"),
-                            rendered.revision == (live.revision if live else ""), dep_obj,
-                            c.canary, rendered.revision), spec, snap.nodes, snap.used,
-                            snap.pending, snap.quotas))
-    for note in plan.notes:
-        # A revision the API server refused leaves no rollout record (the Failed status has
-        # none), so each pass "starts" it again without applying anything: say so once.
-        if note.endswith(" starts") and not p.memory.first_time(p.namespace, p.name, note):
-            continue
-        log.info("%s/%s: %s", p.namespace, p.name, note)
-    revision = rendered.revision
-    deployment: dict[str, Any] | None = _kind(rendered, "Deployment")
-    if plan.target == "hold" and live is not None:
-        revision, deployment = live.revision, None
-    elif plan.target == "stable" and plan.stable_spec is not None:
-        stable = await _render_stable(p, plan.stable_spec, raw_spec, record,
-                                      str((plan.status.get("current") or {}).get("hash") or ""))
-        if stable is not None:
-            revision, deployment = stable.revision, _kind(stable, "Deployment")
-        else:  # not the revision the operator recorded: the Deployment is left as it is
-            revision, deployment = (live.revision if live is not None else ""), None
-    surge_unavailable = plan.deployment_strategy or _live_strategy(dep_obj)
-    pairs: list[Pair] = []
-    for child in rendered.children:
-        if child["kind"] == "Deployment":
-            if deployment is None:  # held: the Deployment is left as it is
-                continue
-            child = with_strategy(deployment, *surge_unavailable, replicas=plan.main_replicas)
-        pairs.append((child, c.main.get(child["kind"]), "main"))
-    if plan.canary_replicas is not None and not plan.hold_canary_template:
-        # the canary Deployment runs the spec's revision
-        pairs.append((with_strategy(_kind(rendered, "Deployment"), *plan.canary_strategy,
-                                    replicas=plan.canary_replicas, canary=True),
-                      c.canary, "canary"))
-    unwanted = _route_pairs(p, spec, gateway, pool, plan.canary_weight, pairs)
-    return _Targets(plan, revision, pairs, unwanted,
-                    plan.canary_replicas if plan.hold_canary_template else None)
-
-
-def _route_pairs(p: _Pass, spec: ModelDeploymentSpec, gateway: GatewayRef | None, pool: bool,
-                 canary_weight: int, pairs: list[Pair]) -> list[tuple[str, str, str, bool]]:
-    """The routing children the spec wants, appended to ``pairs``; returns every routing
-    child as (apiVersion, kind, name, whether it exists and is no longer wanted)."""
-    route_children = {key: p.memory.freshest(kind, p.namespace, obj_name,
-                                             p.snap.children.get(key))
-                      for key, _, kind, obj_name in gateway_children(p.name)}
-    wanted_routes: set[str] = set()
-    try:
-        for manifest in route_manifests(spec, RenderContext(
-                name=p.name, namespace=p.namespace, uid=p.uid), gateway, pool,
-                p.settings.default_endpoint_picker(), canary_weight):
-            key = next(k for k, _, kind, obj_name in gateway_children(p.name)
-                       if kind == manifest["kind"] and obj_name == manifest["metadata"]["name"])
-            wanted_routes.add(key)
-            pairs.append((manifest, route_children[key], "route"))
-    except RenderError as err:  # cannot happen for a parsed spec; say so if it does
-        raise Retry(f"cannot render the model's routes: {err}", 30.0) from err
-    return [(api_version, kind, obj_name,
-             key not in wanted_routes and route_children.get(key) is not None)
-            for key, api_version, kind, obj_name in gateway_children(p.name)]
-
-
-def _kind(rendered: Rendered, kind: str) -> dict[str, Any]:
-    return next(c for c in rendered.children if c["kind"] == kind)
-
-
-async def _render_stable(p: _Pass, stable_spec: Mapping[str, Any], raw_spec: Mapping[str, Any],
-                         record: ModelShape | None, recorded: str) -> Rendered | None:
-    """The last good revision (a rollback's target), with today's replicas and autoscaling;
-    None when status.rollout.stableSpec does not render to the revision the operator recorded
-    (`recorded`, status.rollout.current.hash): the status is writable by others, and a
-    stableSpec edited there must not choose the pods' image and model."""
-    stable_raw = {k: v for k, v in stable_spec.items() if k not in ("replicas", "autoscaling")}
-    stable_raw.update({k: raw_spec[k] for k in ("replicas", "autoscaling") if k in raw_spec})
-    template = str((stable_raw.get("runtime") or {}).get("template") or BUILTIN_TEMPLATE)
-    try:
-        source = await template_source(p.settings, p.cluster, p.memory, template)
-        _, stable = p.memory.render(stable_raw, p.context(template, source, record), template)
-    except (SpecError, LookupError, RenderError) as err:
-        _untrusted(p, f"it does not render ({err})")
-        return None
-    if stable.revision != recorded:
-        _untrusted(p, f"it renders revision {stable.revision}, not the recorded "
-                   f"{recorded or '(none)'}")
-        return None
-    return stable
-
-
-def _untrusted(p: _Pass, why: str) -> None:
-    if p.memory.first_time(p.namespace, p.name, f"untrusted-stable:{why}"):
-        log.warning("%s/%s: status.rollout.stableSpec is not rolled back to: %s; the "
-                    "Deployment is left as it is", p.namespace, p.name, why)
-
-
-async def _status(p: _Pass, outcome: Outcome, spec: ModelDeploymentSpec, rendered: Rendered,
-                  targets: _Targets, c: Children, base: Observed, capacity: Capacity,
+async def _status(p: Pass, outcome: Outcome, spec: ModelDeploymentSpec, rendered: Rendered,
+                  targets: Targets, c: Children, base: Observed, capacity: Capacity,
                   desired_n: int, raw_spec: Mapping[str, Any]) -> CacheProgress | None:
     """Compute and write the status from what is there now; the model cache's progress."""
     dep_obj = c.main.get("Deployment")
