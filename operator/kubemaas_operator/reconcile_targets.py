@@ -26,8 +26,8 @@ from .render import (
     with_strategy,
 )
 from .render.inference import route_manifests, wants_pool
-from .rollout import Plan as RolloutPlan
 from .rollout import plan as plan_rollout
+from .rollout_draft import Plan as RolloutPlan
 from .routes import gateway_children, gateway_for
 from .scheduling import Capacity, check_capacity
 from .template_source import template_source

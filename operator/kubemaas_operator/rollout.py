@@ -24,153 +24,24 @@ restart lives in the status (and in the Deployment itself), so a killed operator
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
-from .canary import READY_REPLICAS, Target, TrafficSplit, canary_step, dropped_canary, wind_down
+from .canary import READY_REPLICAS, TrafficSplit, canary_step, dropped_canary, wind_down
 from .gpu_ratio import ONE, GpuRatio, canary_short, never_all, spare_in_gpus
 from .observed import DeploymentInfo, PodInfo
 from .rollout_checks import blocked, complete, failing
-from .rollout_strategy import Strategy, canary_quota_note, pick_strategy, rollout_reason
+from .rollout_draft import Draft, Plan, entry, ref
+from .rollout_strategy import canary_quota_note, pick_strategy, rollout_reason
 from .status import RolloutView, plural
 from .timestamps import format_time, parse_time
 
-HISTORY = 10
 # A revision counts as complete once every replica has run it Ready for spec.rollout.settleSeconds
 # (the rendered Deployment's minReadySeconds, so the Deployment controller removes old replicas
 # only for new ones that stayed Ready that long): a runtime that crashes right after its first
 # Ready is still rolled back, and the serving revision's pods are still there to roll back to.
-
-
-@dataclass(frozen=True)
-class Plan:
-    target: Target  # which pod template the Deployment gets
-    strategy: Strategy
-    status: dict[str, Any]  # the new status.rollout
-    view: RolloutView  # what compute_status needs to know
-    stable_spec: Mapping[str, Any] | None = None  # the raw spec to render for target "stable"
-    # (maxSurge, maxUnavailable) for the Deployment while it changes template; None = keep the
-    # live Deployment's (a strategy that follows free capacity must not rewrite steady models).
-    deployment_strategy: tuple[int, int] | None = None
-    main_replicas: int | None = None  # None: the spec's (a canary moves replicas between the two)
-    canary_replicas: int | None = None  # the canary Deployment's; None: there is none
-    requeue_after: float | None = None
-    rolled_back: bool = False  # this reconcile decided a rollback
-    notes: list[str] = field(default_factory=list)  # for the log
-    # The canary's share of the HTTPRoute's weights (0..100; the stable Service gets the rest).
-    # 0 whenever no canary serves: 100/0, stable only.
-    canary_weight: int = 0
-    # The canary Deployment keeps its pods' template, only its replicas change (canary_replicas):
-    # the spec went back to the current revision while a canary ran, and it gives them back.
-    hold_canary_template: bool = False
-    # The canary Deployment's (maxSurge, maxUnavailable) (canary.swap_strategy).
-    canary_strategy: tuple[int, int] = (0, 1)
-
-
-def _ref(obj: Any) -> dict[str, Any] | None:
-    if not isinstance(obj, Mapping) or not obj.get("hash"):
-        return None
-    return dict(obj)
-
-
-def _entry(ref: Mapping[str, Any], outcome: str, message: str, now: datetime) -> dict[str, Any]:
-    return {"number": int(ref.get("number") or 0), "hash": str(ref.get("hash") or ""),
-            "outcome": outcome, "message": message, "time": format_time(now)}
-
-
-@dataclass
-class _Draft:
-    """What plan() is deciding, as it decides it: the status.rollout records and the Plan's
-    fields. Each branch of plan() moves it on; plan() turns it into the Plan at the end."""
-    strategy: Strategy
-    desired_hash: str
-    cur: dict[str, Any] | None
-    prev_good: dict[str, Any] | None
-    upd: dict[str, Any] | None
-    failed: dict[str, Any] | None
-    stable_spec: Mapping[str, Any] | None
-    history: list[dict[str, Any]]
-    gpu: GpuRatio = ONE  # GPUs of a canary-side pod and of a stable-side one
-    pods: Sequence[PodInfo] = ()  # the model's pods
-    target: Target = "desired"
-    requeue: float | None = None
-    moving: bool = False  # the Deployment is (to be) changing template: the strategy matters
-    rolled_back: bool = False
-    notes: list[str] = field(default_factory=list)
-    main_replicas: int | None = None
-    canary_replicas: int | None = None
-    canary_state: dict[str, Any] | None = None
-    canary_moving: bool = False
-    hold_canary: bool = False
-    canary_strategy: tuple[int, int] = (0, 1)
-    canary_weight: int = 0
-    view_reason: str = ""
-    view_message: str = ""
-    blocked_reason: str = ""
-    blocked_message: str = ""
-    status: dict[str, Any] = field(default_factory=dict)
-
-    def state(self, strategy_name: str, reason: str, message: str) -> dict[str, Any]:
-        """The status.rollout to write, from the records as they stand now."""
-        out: dict[str, Any] = {"strategy": strategy_name, "reason": reason, "message": message,
-                               "current": self.cur, "previous": self.prev_good,
-                               "update": self.upd, "failed": self.failed,
-                               "history": self.history[-HISTORY:] or None,
-                               "stableSpec": self.stable_spec, "canary": self.canary_state}
-        if reason == "QuotaExceeded" and self.strategy.quota is not None:
-            out["quota"] = dict(zip(("name", "message"), self.strategy.quota, strict=True))
-        return {k: v for k, v in out.items() if v is not None}
-
-    @property
-    def units(self) -> int:
-        """Stable-size replicas a canary of larger pods moves within: what the matching nodes
-        hold (gpu.held), or under a full quota the stable revision's and what the quota has
-        left; at least the stable revision's replicas (its spec's)."""
-        stable = int((self.stable_spec or {}).get("replicas") or 0)
-        if self.strategy.quota is not None:
-            return self.gpu.within_quota(stable, self.pods)
-        return max(stable, self.gpu.held)
-
-    def drop_canary(self) -> None:
-        self.canary_state = None
-        self.main_replicas = self.canary_replicas = None
-        self.canary_weight = 0
-        self.view_reason = self.view_message = ""
-
-    def roll_back(self, why: str, now: datetime) -> None:
-        """The update revision failed: back to the current one until the spec changes."""
-        assert self.upd is not None and self.cur is not None
-        self.failed = {"number": self.upd["number"], "hash": self.desired_hash, "message": why}
-        self.history.append(_entry(self.upd, "RolledBack", why, now))
-        self.upd = None
-        self.drop_canary()
-        self.target = "stable"
-        self.rolled_back = True
-        self.blocked_reason = "RolledBack"
-        self.blocked_message = (f"revision {self.failed['number']} ({self.desired_hash}) was "
-                                f"rolled back to revision {self.cur.get('number')} "
-                                f"({self.cur['hash']}): {why}; change the spec to try again")
-        self.status = self.state(self.strategy.name, "RolledBack", self.blocked_message)
-        self.notes.append(self.blocked_message)
-
-    def complete(self, how: str, desired: int, raw_spec: Mapping[str, Any],
-                 now: datetime) -> None:
-        """The update revision is complete: it becomes the current one."""
-        assert self.upd is not None
-        self.history.append(_entry(self.upd, "Complete",
-                                   f"{plural(desired, 'replica')} Ready ({how})", now))
-        if self.cur is not None and self.cur["hash"] != self.desired_hash:
-            self.prev_good = self.cur
-        self.cur = {"number": self.upd["number"], "hash": self.desired_hash}
-        self.upd = None
-        self.drop_canary()
-        self.stable_spec = dict(raw_spec)
-        self.status = self.state("None", "UpToDate", f"revision {self.cur['number']} "
-                                 f"({self.desired_hash}) is the current revision")
-        self.notes.append(f"revision {self.cur['number']} ({self.desired_hash}) complete"
-                          + (" (canary)" if how.startswith("canary") else ""))
 
 
 def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: str,
@@ -191,18 +62,18 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     `quota_full`: (a ResourceQuota's name, what is full): quota_room.no_room, read ahead.
     `gpu`: the GPUs of one canary-side pod and one stable-side pod (gpu_ratio.py).
     """
-    upd = _ref(previous.get("update"))
+    upd = ref(previous.get("update"))
     live_hash = dep.revision if dep is not None else ""
     if spec.rollout.canary is None:
         desired, spare = dropped_canary(previous, desired_hash, desired, spare)
     if live_hash != desired_hash:  # smaller pods: the stable ones hold more than counted
         spare = spare_in_gpus(gpu, desired, spare)
-    d = _Draft(
+    d = Draft(
         strategy=pick_strategy(spec, desired, spare, pods, previous,
                                upd is not None and upd["hash"] == desired_hash,
                                live_hash == desired_hash, dep, quota_full),
-        desired_hash=desired_hash, cur=_ref(previous.get("current")),
-        prev_good=_ref(previous.get("previous")), upd=upd, failed=_ref(previous.get("failed")),
+        desired_hash=desired_hash, cur=ref(previous.get("current")),
+        prev_good=ref(previous.get("previous")), upd=upd, failed=ref(previous.get("failed")),
         stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
                                                              Mapping) else None,
         history=[dict(h) for h in previous.get("history") or [] if isinstance(h, Mapping)],
@@ -221,7 +92,7 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     return _finish(d, desired)
 
 
-def _still_rolled_back(d: _Draft, live_hash: str) -> None:
+def _still_rolled_back(d: Draft, live_hash: str) -> None:
     """A revision that was rolled back: keep the last good one until the spec changes."""
     assert d.failed is not None and d.cur is not None
     d.target = "stable"
@@ -233,11 +104,11 @@ def _still_rolled_back(d: _Draft, live_hash: str) -> None:
     d.status = d.state(d.strategy.name if d.moving else "None", "RolledBack", d.blocked_message)
 
 
-def _steady(d: _Draft, raw_spec: Mapping[str, Any], live_hash: str, now: datetime) -> None:
+def _steady(d: Draft, raw_spec: Mapping[str, Any], live_hash: str, now: datetime) -> None:
     """Steady state (or the spec went back to the good revision while another rolled out)."""
     assert d.cur is not None
     if d.upd is not None and d.upd["hash"] != d.desired_hash:
-        d.history.append(_entry(d.upd, "Superseded", f"the spec went back to revision "
+        d.history.append(entry(d.upd, "Superseded", f"the spec went back to revision "
                                 f"{d.cur.get('number')}", now))
         d.upd = None
     d.failed = None
@@ -251,7 +122,7 @@ def _steady(d: _Draft, raw_spec: Mapping[str, Any], live_hash: str, now: datetim
                            f"({d.desired_hash}) is the current revision")
 
 
-def _give_canary_back(d: _Draft, pods: Sequence[PodInfo], desired: int, spare: int,
+def _give_canary_back(d: Draft, pods: Sequence[PodInfo], desired: int, spare: int,
                       now: datetime | None = None) -> bool:
     """The spec went back to the current revision while a canary ran (canary.wind_down), or
     (`now`: the update revision's progress time) moved on to a revision whose pods are of
@@ -279,13 +150,13 @@ def _give_canary_back(d: _Draft, pods: Sequence[PodInfo], desired: int, spare: i
     return True
 
 
-def _record(d: _Draft, pods: Sequence[PodInfo], previous: Mapping[str, Any],
+def _record(d: Draft, pods: Sequence[PodInfo], previous: Mapping[str, Any],
             now: datetime) -> int:
     """Start the record of a new revision (the one it supersedes goes to the history), move
     its progress on as its pods become Ready; the Ready pods of the revision."""
     if d.upd is None or d.upd["hash"] != d.desired_hash:
         if d.upd is not None:
-            d.history.append(_entry(d.upd, "Superseded", "the spec changed again before it "
+            d.history.append(entry(d.upd, "Superseded", "the spec changed again before it "
                                     "completed", now))
         numbers = [int(r.get("number") or 0) for r in (
             d.cur, d.prev_good, d.upd, d.failed, *d.history) if r]
@@ -304,7 +175,7 @@ def _record(d: _Draft, pods: Sequence[PodInfo], previous: Mapping[str, Any],
     return ready
 
 
-def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
+def _new_revision(d: Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
                   dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int,
                   spare: int, previous: Mapping[str, Any], now: datetime,
                   traffic_split: TrafficSplit, never: str) -> None:
@@ -358,7 +229,7 @@ def _new_revision(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, A
         _roll(d, spec, raw_spec, dep, pods, desired, now, never, ready, rolling, applied)
 
 
-def _wait(d: _Draft, short: str, short_reason: str, gave_up: bool = False) -> None:
+def _wait(d: Draft, short: str, short_reason: str, gave_up: bool = False) -> None:
     """The Deployment keeps its template until there is room (`short`, for `short_reason`: a
     canary pod's GPUs, or the revision's in all).
     `gave_up`: a canary of a revision the spec left had the stable Deployment (still on the
@@ -373,7 +244,7 @@ def _wait(d: _Draft, short: str, short_reason: str, gave_up: bool = False) -> No
     d.status = d.state("Wait", short_reason if short else d.strategy.reason, why)
 
 
-def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
+def _canary(d: Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
             raw_spec: Mapping[str, Any], dep: DeploymentInfo | None, pods: Sequence[PodInfo],
             desired: int, spare: int, previous: Mapping[str, Any], now: datetime,
             traffic_split: TrafficSplit, never: str, applied: bool,
@@ -417,7 +288,7 @@ def _canary(d: _Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
                    f"canary, {len(canary.steps)} step(s)", desired, raw_spec, now)
 
 
-def _roll(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
+def _roll(d: Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
           dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int, now: datetime,
           never: str, ready: int, rolling: bool, applied: bool) -> None:
     """A surge or replace rollout (or the first revision): progress, rollback or completion."""
@@ -472,7 +343,7 @@ def _roll(d: _Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any],
             d.requeue = max(0.5, deadline - (now - since).total_seconds() + 0.5)
 
 
-def _finish(d: _Draft, desired: int) -> Plan:
+def _finish(d: Draft, desired: int) -> Plan:
     """The Plan from the finished draft: the Deployment's strategy while it changes template."""
     view = RolloutView(status=d.status, blocked_reason=d.blocked_reason,
                        blocked_message=d.blocked_message, strategy_reason=d.view_reason,
