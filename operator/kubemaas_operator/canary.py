@@ -263,14 +263,15 @@ def wind_down(pods: Sequence[PodInfo], desired: int, spare: int, back_hash: str,
 
 
 def dropped_canary(previous: Mapping[str, Any], desired_hash: str, desired: int,
-                   spare: int) -> tuple[int, int]:
-    """(desired, spare) while a canary the spec dropped (for autoscaling) is promoted: the
+                   spare: int, canary_pods: bool = False) -> tuple[int, int]:
+    """(desired, spare) while a canary the spec dropped (for autoscaling) is promoted, or
+    (`canary_pods` still running, of a revision the spec left) gives its replicas back: the
     stable Deployment takes over the replicas the canary rollout had (status.rollout.canary
     .replicas; from a state written without it, the current revision's spec's), whatever the
     canary gave up so far, and `spare`, the room beyond the autoscaler's count, holds the
     difference. Otherwise both as they are."""
     was = previous.get("canary") or {}
-    if was.get("hash") != desired_hash:
+    if not was or (was.get("hash") != desired_hash and not canary_pods):
         return desired, spare
     stable = previous.get("stableSpec")
     had = int(was.get("replicas") or (

@@ -65,7 +65,8 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     upd = ref(previous.get("update"))
     live_hash = dep.revision if dep is not None else ""
     if spec.rollout.canary is None:
-        desired, spare = dropped_canary(previous, desired_hash, desired, spare)
+        desired, spare = dropped_canary(previous, desired_hash, desired, spare,
+                                        any(p.track == "canary" for p in pods))
     if live_hash != desired_hash:  # smaller pods: the stable ones hold more than counted
         spare = spare_in_gpus(gpu, desired, spare)
     d = Draft(
@@ -85,7 +86,10 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         _still_rolled_back(d, live_hash)
     elif d.cur is not None and desired_hash == d.cur["hash"]:
         _steady(d, raw_spec, live_hash, now)
-        _give_canary_back(d, pods, desired, spare)
+        if spec.rollout.canary is None:  # a canary dropped for autoscaling keeps its record
+            d.canary_state = previous.get("canary")  # while it gives back (dropped_canary)
+        if not _give_canary_back(d, pods, desired, spare):
+            d.canary_state = None
     else:
         _new_revision(d, spec, raw_spec, dep, pods, desired, spare, previous, now,
                       traffic_split, never)
@@ -150,6 +154,26 @@ def _give_canary_back(d: Draft, pods: Sequence[PodInfo], desired: int, spare: in
     return True
 
 
+def _dropped_and_superseded(d: Draft, previous: Mapping[str, Any], desired: int) -> None:
+    """The spec dropped spec.rollout.canary (autoscaling switched on) and moved on to another
+    revision in the same edit: the canary that ran gives its replicas back to the stable
+    Deployment as a revert does, keeping its record (the replicas the rollout had, which
+    dropped_canary reads), then the new revision rolls as any revision without a canary."""
+    assert d.cur is not None and d.upd is not None
+    was = previous.get("canary") or {}
+    d.canary_state = dict(was)
+    ready = sum(1 for p in d.pods if p.track != "canary" and p.ready and not p.terminating
+                and p.revision == d.cur["hash"])
+    d.view_message = (
+        f"spec.rollout.canary was removed (a canary does not combine with spec.autoscaling) "
+        f"while revision {was.get('hash', '?')}'s canary ran, and revision {d.upd['number']} "
+        f"({d.desired_hash}) is asked for: the canary's "
+        f"{plural(len([p for p in d.pods if p.track == 'canary']), 'pod')} give their replicas "
+        f"back to the stable Deployment first (revision {d.cur.get('number')}, {ready} of "
+        f"{desired} Ready), then revision {d.upd['number']} rolls")
+    d.status = d.state("Canary", "CanaryGivesBack", d.view_message)
+
+
 def _record(d: Draft, pods: Sequence[PodInfo], previous: Mapping[str, Any],
             now: datetime) -> int:
     """Start the record of a new revision (the one it supersedes goes to the history), move
@@ -205,6 +229,10 @@ def _new_revision(d: Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, An
             and d.gpu.was not in (0, d.gpu.new)
             and _give_canary_back(d, pods, desired, spare, now)):
         return  # a superseded canary of another pod size goes first
+    if (canary is None and rolling and not applied and d.stable_spec is not None
+            and previous.get("canary") and _give_canary_back(d, pods, desired, spare, now)):
+        _dropped_and_superseded(d, previous, desired)
+        return  # a canary the spec dropped and left (autoscaling, a new revision) goes first
     # a canary pod that needs the GPUs of more stable replicas than may go waits as well
     short = too_large or (canary_short(d.gpu, desired, spare, d.strategy.max_unavailable,
                                        d.units, spec.rollout)

@@ -168,6 +168,49 @@ def test_a_canary_dropped_for_autoscaling_is_promoted_not_deleted() -> None:
     assert "spec.rollout.canary was removed" in p.status["history"][-1]["message"]
 
 
+def test_a_canary_dropped_for_autoscaling_with_a_new_revision_gives_its_replicas_back() -> None:
+    """Switching to autoscaling mid-canary in the same edit as a change of the pods (revision
+    ccc): the canary of bbb, which the spec left, gave its Ready replicas up at once (10 Ready
+    -> 5) as ccc rolled over the stable Deployment. Now it gives them back as a revert does,
+    one at a time as the stable revision's replicas come back Ready, then ccc rolls."""
+    mid = {**GOOD, "stableSpec": CANARY_RAW, "update": {"number": 2, "hash": "bbb"},
+           "canary": {"hash": "bbb", "step": 2, "steps": 3, "replicas": 10}}
+    auto = {k: v for k, v in CANARY_RAW.items() if k not in ("rollout", "replicas")}
+    auto["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1, "maxReplicas": 12}
+    s = parse_spec(auto)
+    p = plan(s, auto, "ccc", dep("aaa", 5, 5, 5), canary_pods(5, 5), 5, 5, mid, NOW)
+    assert p.target == "stable" and (p.main_replicas, p.canary_replicas) == (5, 4)
+    assert p.hold_canary_template and p.status["reason"] == "CanaryGivesBack"
+    assert "spec.rollout.canary was removed" in p.status["message"]
+    assert "(revision 1, 5 of 10 Ready), then revision 3 rolls" in p.status["message"]
+    p = plan(s, auto, "ccc", dep("aaa", 5, 5, 5), canary_pods(5, 4), 5, 5, p.status, NOW)
+    assert (p.main_replicas, p.canary_replicas) == (6, 4)  # into the GPU given back
+    p = plan(s, auto, "ccc", dep("aaa", 6, 6, 6), canary_pods(6, 4), 6, 4, p.status, NOW)
+    assert (p.main_replicas, p.canary_replicas) == (6, 3)  # 9 Ready: maxUnavailable 1
+    p = plan(s, auto, "ccc", dep("aaa", 10, 10, 10), pods("aaa", 10), 10, 0, p.status, NOW)
+    assert p.target == "desired" and p.canary_replicas is None and p.main_replicas is None
+    assert p.status["update"] == {**p.status["update"], "number": 3, "hash": "ccc"}
+    assert "canary" not in p.status  # the autoscaler's count is the stable side's again
+
+
+def test_a_canary_dropped_for_autoscaling_and_reverted_gives_its_replicas_back() -> None:
+    """The same switch to autoscaling, with the pods back to the current revision (aaa): the
+    stable Deployment's 5 were the autoscaler's whole count, so the canary's 5 Ready replicas
+    went at once (10 Ready -> 5). They now go one at a time, as the stable ones come back."""
+    mid = {**GOOD, "stableSpec": CANARY_RAW, "update": {"number": 2, "hash": "bbb"},
+           "canary": {"hash": "bbb", "step": 2, "steps": 3, "replicas": 10}}
+    auto = {k: v for k, v in CANARY_RAW.items() if k not in ("rollout", "replicas")}
+    auto["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1, "maxReplicas": 12}
+    s = parse_spec(auto)
+    p = plan(s, auto, "aaa", dep("aaa", 5, 5, 5), canary_pods(5, 5), 5, 5, mid, NOW)
+    assert (p.main_replicas, p.canary_replicas) == (5, 4) and p.hold_canary_template
+    p = plan(s, auto, "aaa", dep("aaa", 5, 5, 5), canary_pods(5, 4), 5, 5, p.status, NOW)
+    assert (p.main_replicas, p.canary_replicas) == (6, 4)
+    p = plan(s, auto, "aaa", dep("aaa", 10, 10, 10), pods("aaa", 10), 10, 0, p.status, NOW)
+    assert p.canary_replicas is None and p.status["reason"] == "UpToDate"
+    assert "canary" not in p.status
+
+
 def test_canary_spec_validation() -> None:
     with pytest.raises(SpecError, match="weights must increase"):
         parse_spec({**RAW, "rollout": {"canary": {"steps": [{"weight": 50}, {"weight": 10}]}}})
