@@ -1,6 +1,7 @@
 """Canary rollouts against the real control plane: steps on a full cluster (the canary takes the
 GPUs the stable Deployment gives back), abort, a spec reverted mid-canary, a canary dropped for
-autoscaling, a paused step, as `kubectl get md -w` would see them."""
+autoscaling (with the same pods, or a new image), a paused step, as `kubectl get md -w` would
+see them."""
 
 from __future__ import annotations
 
@@ -164,6 +165,31 @@ def test_a_canary_dropped_for_autoscaling_is_promoted(kube: Kube, ns: str) -> No
     assert len(pods) == 4 and all(p["spec"]["containers"][0]["image"] == new for p in pods)
     last = status(kube, ns, "m")["rollout"]["history"][-1]
     assert last["outcome"] == "Complete" and "spec.rollout.canary was removed" in last["message"]
+
+
+def test_a_canary_dropped_for_autoscaling_with_a_new_image_gives_its_replicas_back(
+        kube: Kube, ns: str) -> None:
+    """The same switch to autoscaling in the same edit as a third image: the canary of the
+    image the spec left gives its replicas back one at a time as the stable ones come back
+    Ready, then the third image rolls over the stable Deployment; it was deleted at once
+    (4 Ready -> 2)."""
+    steps = [{"weight": 50}, {"weight": 100}]
+    fill_h100(kube, ns, leave=4)
+    canary_at_its_gate(kube, ns, steps)
+    third = "ghcr.io/kubemaas/runtime:0.3.0"
+    auto = yaml.safe_load(model("m", 4, image=third))
+    del auto["spec"]["replicas"]
+    auto["spec"]["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1,
+                                   "maxReplicas": 8}
+    with Sampler(kube, ns, "m") as sampler:
+        apply(kube, ns, yaml.safe_dump(auto))
+        wait_revision(kube, ns, "m", 3, timeout=120)
+    _, ready, live = sampler.extremes("to autoscaling and a third image")
+    assert ready >= 3 and live <= 4
+    pods = pods_of(kube, ns, "m")
+    assert len(pods) == 4 and all(p["spec"]["containers"][0]["image"] == third for p in pods)
+    history = status(kube, ns, "m")["rollout"]["history"]
+    assert [h["outcome"] for h in history[-2:]] == ["Superseded", "Complete"]
 
 
 def test_paused_canary_holds_its_step_until_resumed(kube: Kube, ns: str) -> None:
