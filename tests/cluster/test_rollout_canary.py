@@ -143,6 +143,15 @@ def test_a_spec_reverted_mid_canary_keeps_replicas_serving(kube: Kube, ns: str) 
     assert st["rollout"]["history"][-1]["outcome"] == "Superseded"
 
 
+def autoscaled(image: str) -> str:
+    """Model m with `image`, its canary removed and autoscaling added (as the CEL rule asks)."""
+    auto = yaml.safe_load(model("m", 4, image=image))
+    del auto["spec"]["replicas"]
+    auto["spec"]["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1,
+                                   "maxReplicas": 8}
+    return str(yaml.safe_dump(auto))
+
+
 def test_a_canary_dropped_for_autoscaling_is_promoted(kube: Kube, ns: str) -> None:
     """Switching to autoscaling while half the replicas run the canary (spec.rollout.canary
     removed, as a canary does not combine with autoscaling; the same image): the canary is
@@ -151,12 +160,8 @@ def test_a_canary_dropped_for_autoscaling_is_promoted(kube: Kube, ns: str) -> No
     steps = [{"weight": 50}, {"weight": 100}]
     fill_h100(kube, ns, leave=4)
     new = canary_at_its_gate(kube, ns, steps)
-    auto = yaml.safe_load(model("m", 4, image=new))
-    del auto["spec"]["replicas"]
-    auto["spec"]["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1,
-                                   "maxReplicas": 8}
     with Sampler(kube, ns, "m") as sampler:
-        apply(kube, ns, yaml.safe_dump(auto))
+        apply(kube, ns, autoscaled(new))
         wait_revision(kube, ns, "m", 2)
         wait_canary_gone(kube, ns)
     _, ready, live = sampler.extremes("to autoscaling")
@@ -177,12 +182,8 @@ def test_a_canary_dropped_for_autoscaling_with_a_new_image_gives_its_replicas_ba
     fill_h100(kube, ns, leave=4)
     canary_at_its_gate(kube, ns, steps)
     third = "ghcr.io/kubemaas/runtime:0.3.0"
-    auto = yaml.safe_load(model("m", 4, image=third))
-    del auto["spec"]["replicas"]
-    auto["spec"]["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1,
-                                   "maxReplicas": 8}
     with Sampler(kube, ns, "m") as sampler:
-        apply(kube, ns, yaml.safe_dump(auto))
+        apply(kube, ns, autoscaled(third))
         wait_revision(kube, ns, "m", 3, timeout=120)
     _, ready, live = sampler.extremes("to autoscaling and a third image")
     assert ready >= 3 and live <= 4

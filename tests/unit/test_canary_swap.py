@@ -110,18 +110,24 @@ def drive(c: Cluster, spec: dict[str, Any], revision: str, gpu: GpuRatio, status
     return out
 
 
-def test_a_third_revision_of_the_same_pod_size_keeps_the_ready_floor() -> None:
-    """5 x 1 GPU on 5 GPUs, maxUnavailable 2, a 40% step of 2-GPU canary pods: one canary pod
-    runs Ready beside 2 stable replicas (3 Ready: the floor, 5 - 2), the second cannot fit.
-    A new image of the same 2-GPU pods: the canary Deployment (maxSurge 0, maxUnavailable 1)
-    took its Ready pod away at once, 2 Ready. Now at the floor its new pod comes first: the
-    stable side gets a replica back into the free GPU, then the old canary pod goes."""
+def five_on_five() -> tuple[dict[str, Any], Cluster]:
+    """5 x 1 GPU Ready on 5 GPUs; a spec of 2-GPU pods, maxUnavailable 2, a 40 % canary step."""
     r = {**raw(5), "rollout": {"maxUnavailable": 2, "canary": {
         "steps": [{"weight": 40}, {"weight": 100}]}}}
     c = Cluster(gpus=5)
     c.scale("main", "aaa", 1, 5)
     c.settle()
     c.settle()
+    return r, c
+
+
+def test_a_third_revision_of_the_same_pod_size_keeps_the_ready_floor() -> None:
+    """5 x 1 GPU on 5 GPUs, maxUnavailable 2, a 40% step of 2-GPU canary pods: one canary pod
+    runs Ready beside 2 stable replicas (3 Ready: the floor, 5 - 2), the second cannot fit.
+    A new image of the same 2-GPU pods: the canary Deployment (maxSurge 0, maxUnavailable 1)
+    took its Ready pod away at once, 2 Ready. Now at the floor its new pod comes first: the
+    stable side gets a replica back into the free GPU, then the old canary pod goes."""
+    r, c = five_on_five()
     c.lowest = 5
     p = drive(c, r, "bbb", TWO, stable(5), 6)
     assert p.status["reason"] == "CanaryNeedsGPUs" and c.lowest == 3
@@ -141,12 +147,7 @@ def test_a_pod_of_the_revision_left_that_is_never_ready_makes_way() -> None:
     maxUnavailable 0) waited Pending behind the broken pod, which the Deployment controller
     keeps while the new one is unavailable, until the revision's deadline rolled it back. The
     broken pod serves nothing: it goes first, and the new pod takes its GPUs."""
-    r = {**raw(5), "rollout": {"maxUnavailable": 2, "canary": {
-        "steps": [{"weight": 40}, {"weight": 100}]}}}
-    c = Cluster(gpus=5)
-    c.scale("main", "aaa", 1, 5)
-    c.settle()
-    c.settle()
+    r, c = five_on_five()
     p = drive(c, r, "bbb", TWO, stable(5), 3)
     for q in c.pods:
         q.broken = q.track == "canary"

@@ -4,11 +4,12 @@ without a free GPU, and a spec reverted mid-canary (pure)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from tests.unit.test_rollout import GOOD, NOW, RAW, dep, pods
 
-from kubemaas_operator.api import SpecError, parse_spec
+from kubemaas_operator.api import ModelDeploymentSpec, SpecError, parse_spec
 from kubemaas_operator.observed import PodInfo
 from kubemaas_operator.rollout import plan
 
@@ -20,6 +21,16 @@ def canary_pods(old: int, new: int, new_ready: bool = True) -> list[PodInfo]:
     return [*pods("aaa", old), *[PodInfo(name=f"c{i}", phase="Running", node="n",
                                          ready=new_ready, revision="bbb", track="canary")
                                  for i in range(new)]]
+
+
+def switched_to_autoscaling() -> tuple[dict[str, Any], dict[str, Any], ModelDeploymentSpec]:
+    """The status mid-canary (bbb's canary at step 2 of 3, the rollout at 10 replicas), and a
+    spec with spec.rollout.canary removed and spec.autoscaling added (raw and parsed)."""
+    mid = {**GOOD, "stableSpec": CANARY_RAW, "update": {"number": 2, "hash": "bbb"},
+           "canary": {"hash": "bbb", "step": 2, "steps": 3, "replicas": 10}}
+    auto = {k: v for k, v in CANARY_RAW.items() if k not in ("rollout", "replicas")}
+    auto["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1, "maxReplicas": 12}
+    return mid, auto, parse_spec(auto)
 
 
 def test_canary_steps_move_replicas_and_wait_for_promotion() -> None:
@@ -143,11 +154,7 @@ def test_a_canary_dropped_for_autoscaling_is_promoted_not_deleted() -> None:
     and spec.autoscaling added; the revision unchanged): the canary's Ready replicas stay until
     the stable Deployment's new ones are Ready, as a promotion does, and the status says why it
     ended (it was deleted at once: 10 Ready -> 4, nothing said)."""
-    mid = {**GOOD, "stableSpec": CANARY_RAW, "update": {"number": 2, "hash": "bbb"},
-           "canary": {"hash": "bbb", "step": 2, "steps": 3, "replicas": 10}}
-    auto = {k: v for k, v in CANARY_RAW.items() if k not in ("rollout", "replicas")}
-    auto["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1, "maxReplicas": 12}
-    s = parse_spec(auto)
+    mid, auto, s = switched_to_autoscaling()
     # desired (the autoscaler's: the stable Deployment's 5) is the canary's 10 until it is done
     # (`spare`, the room beyond the autoscaler's 5, is the canary's: no more pods than GPUs)
     p = plan(s, auto, "bbb", dep("aaa", 5, 5, 5), canary_pods(5, 5), 5, 5, mid, NOW)
@@ -173,11 +180,7 @@ def test_a_canary_dropped_for_autoscaling_with_a_new_revision_gives_its_replicas
     ccc): the canary of bbb, which the spec left, gave its Ready replicas up at once (10 Ready
     -> 5) as ccc rolled over the stable Deployment. Now it gives them back as a revert does,
     one at a time as the stable revision's replicas come back Ready, then ccc rolls."""
-    mid = {**GOOD, "stableSpec": CANARY_RAW, "update": {"number": 2, "hash": "bbb"},
-           "canary": {"hash": "bbb", "step": 2, "steps": 3, "replicas": 10}}
-    auto = {k: v for k, v in CANARY_RAW.items() if k not in ("rollout", "replicas")}
-    auto["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1, "maxReplicas": 12}
-    s = parse_spec(auto)
+    mid, auto, s = switched_to_autoscaling()
     p = plan(s, auto, "ccc", dep("aaa", 5, 5, 5), canary_pods(5, 5), 5, 5, mid, NOW)
     assert p.target == "stable" and (p.main_replicas, p.canary_replicas) == (5, 4)
     assert p.hold_canary_template and p.status["reason"] == "CanaryGivesBack"
@@ -197,11 +200,7 @@ def test_a_canary_dropped_for_autoscaling_and_reverted_gives_its_replicas_back()
     """The same switch to autoscaling, with the pods back to the current revision (aaa): the
     stable Deployment's 5 were the autoscaler's whole count, so the canary's 5 Ready replicas
     went at once (10 Ready -> 5). They now go one at a time, as the stable ones come back."""
-    mid = {**GOOD, "stableSpec": CANARY_RAW, "update": {"number": 2, "hash": "bbb"},
-           "canary": {"hash": "bbb", "step": 2, "steps": 3, "replicas": 10}}
-    auto = {k: v for k, v in CANARY_RAW.items() if k not in ("rollout", "replicas")}
-    auto["autoscaling"] = {"signal": "queue", "target": 4, "minReplicas": 1, "maxReplicas": 12}
-    s = parse_spec(auto)
+    mid, auto, s = switched_to_autoscaling()
     p = plan(s, auto, "aaa", dep("aaa", 5, 5, 5), canary_pods(5, 5), 5, 5, mid, NOW)
     assert (p.main_replicas, p.canary_replicas) == (5, 4) and p.hold_canary_template
     p = plan(s, auto, "aaa", dep("aaa", 5, 5, 5), canary_pods(5, 4), 5, 5, p.status, NOW)
