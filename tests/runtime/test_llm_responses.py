@@ -199,7 +199,7 @@ def test_text_format_and_logprobs(server: Server) -> None:
     ({"input": []}, "input"),
     ({"input": [{"role": "bot", "content": "hi"}]}, "input[0].role"),
     ({"reasoning": {"summary": "brief"}}, "reasoning"),
-    ({"reasoning": {"effort": "huge"}}, "reasoning_effort"),
+    ({"reasoning": {"effort": "huge"}}, "reasoning.effort"),  # was the chat's reasoning_effort
     ({"truncation": "auto"}, "truncation"),
     ({"include": ["file_search_call.results"]}, "include"),
     ({"tools": [FLAT_WEATHER], "include": ["message.output_text.logprobs"]}, "include"),
@@ -226,3 +226,29 @@ def test_what_is_not_served_is_a_clear_400(server: Server, doc: dict[str, Any],
     assert status in (400, 404) and body["error"]["param"] == param, body
     assert "function\": {" not in body["error"]["message"]  # no chat shape in the advice
     assert respond(server, input="hi", max_output_tokens=2)["status"] == "incomplete"
+
+
+@pytest.mark.parametrize(("doc", "param", "said"), [
+    # the prompt too long: the chat's 'messages' and 'max_tokens' were named, and "with
+    # max_tokens 0" said of a request that set no limit
+    ({"input": "the lazy dog " * 200}, "input", "Shorten the prompt or lower max_output_tokens"),
+    ({"input": "hi", "max_output_tokens": 600}, "input", "600 for the completion"),
+    # the schema that does not compile: was 'response_format'
+    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "strng"}}}},
+     "text.format", "does not compile"),
+    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": 5}}},
+     "text.format.schema", "'text.format.schema'"),
+    # a flat tool's field: the message said tools[0].function.parameters
+    ({"tools": [{"type": "function", "name": "f", "parameters": 5}]}, "tools[0]",
+     "tools[0].parameters must be"),
+])
+def test_errors_name_the_responses_fields(server: Server, client: openai.OpenAI,
+                                          doc: dict[str, Any], param: str, said: str) -> None:
+    """An error of the chat path a response is served by names the Responses request's own
+    fields, read by the openai client as it reads OpenAI's."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="tiny", **{"input": "hi", **doc})
+    error = caught.value
+    assert error.status_code == 400 and error.param == param, error.body
+    assert said in error.message and "max_tokens" not in error.message
+    assert "messages" not in error.message and ".function." not in error.message

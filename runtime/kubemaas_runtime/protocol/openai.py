@@ -57,7 +57,7 @@ from .openai_request_id import (
     request_id,
     tag,
 )
-from .openai_responses import ResponsesRequest, parse_responses
+from .openai_responses import ResponsesRequest, parse_responses, responses_names
 from .openai_responses_stream import complete_response
 from .openai_responses_stream import stream_response as stream_responses
 from .openai_schema import (
@@ -354,46 +354,47 @@ class OpenAIServer:
         try:
             doc = await self._read_json(request)
             responses = parse_responses(doc) if kind == "responses" else None
-            req = parse_request(doc if responses is None else responses.chat,
-                                kind != "completions", served.vocab_size, self.tokens_as_ids)
-            lora = self._check_model(req.model)
-            trace = current_trace.get()
-            if trace is not None:
-                trace.model, trace.stream = req.model or self.model_name, req.stream
-            if req.tools is not None and req.tools.choice == "auto" and \
-                    self.tool_call_parser == "none":
-                raise ApiError(400, "tool_choice \"auto\" (the default when tools are given) "
-                               "needs a tool-call parser, and this model's chat template "
-                               "writes calls in none of the formats the server reads: start "
-                               "it with --tool-call-parser, or send \"required\", a named "
-                               "function or \"none\"", "tool_choice")
-            req = markers_kept(req, self.tool_call_parser)
-            if req.stream and req.prompt_logprobs:
-                raise ApiError(400, "'prompt_logprobs' is not available with 'stream': true",
-                               "prompt_logprobs")
-            check_sequences(served, max(len(req.prompts), 1) * req.n)
-            prompts = await prompt_ids(served, req)
-            prompts = truncated(served, req, prompts)  # vLLM's truncate_prompt_tokens
-            bad_words = bad_word_ids(served, req.bad_words)
-            params = [fit(served, req, p, bad_words) for p in prompts]
-            grammars = await matchers(served, req, prompts)
-            choices = submit(served, req, prompts, params,
-                             await echo_texts(served, req, prompts), grammars, lora)
-            self._hold(choices)
-            try:
-                if responses is not None:
-                    return await self._respond(request, served, req, responses, choices[0])
-                if req.stream:
-                    return await self._stream(request, served, req, choices)
-                return _json(await _whole(self._complete(served, req, choices, prompts)))
-            finally:
-                self.live.difference_update(c.stream for c in choices)
-                if not all(c.stream.finished for c in choices):  # the client went away (or
-                    served.metrics.success.inc((self.model_name, "abort"))  # a write failed)
-                    count_unfinished(served.metrics, choices)
-                    charge_unfinished(choices)
-                for choice in choices:
-                    choice.stream.cancel()  # a no-op when finished; frees the blocks when not
+            with responses_names(responses):  # its errors name its own fields
+                req = parse_request(doc if responses is None else responses.chat,
+                                    kind != "completions", served.vocab_size, self.tokens_as_ids)
+                lora = self._check_model(req.model)
+                trace = current_trace.get()
+                if trace is not None:
+                    trace.model, trace.stream = req.model or self.model_name, req.stream
+                if req.tools is not None and req.tools.choice == "auto" and \
+                        self.tool_call_parser == "none":
+                    raise ApiError(400, "tool_choice \"auto\" (the default when tools are given) "
+                                   "needs a tool-call parser, and this model's chat template "
+                                   "writes calls in none of the formats the server reads: start "
+                                   "it with --tool-call-parser, or send \"required\", a named "
+                                   "function or \"none\"", "tool_choice")
+                req = markers_kept(req, self.tool_call_parser)
+                if req.stream and req.prompt_logprobs:
+                    raise ApiError(400, "'prompt_logprobs' is not available with 'stream': true",
+                                   "prompt_logprobs")
+                check_sequences(served, max(len(req.prompts), 1) * req.n)
+                prompts = await prompt_ids(served, req)
+                prompts = truncated(served, req, prompts)  # vLLM's truncate_prompt_tokens
+                bad_words = bad_word_ids(served, req.bad_words)
+                params = [fit(served, req, p, bad_words) for p in prompts]
+                grammars = await matchers(served, req, prompts)
+                choices = submit(served, req, prompts, params,
+                                 await echo_texts(served, req, prompts), grammars, lora)
+                self._hold(choices)
+                try:
+                    if responses is not None:
+                        return await self._respond(request, served, req, responses, choices[0])
+                    if req.stream:
+                        return await self._stream(request, served, req, choices)
+                    return _json(await _whole(self._complete(served, req, choices, prompts)))
+                finally:
+                    self.live.difference_update(c.stream for c in choices)
+                    if not all(c.stream.finished for c in choices):  # the client went away (or
+                        served.metrics.success.inc((self.model_name, "abort"))  # a write failed)
+                        count_unfinished(served.metrics, choices)
+                        charge_unfinished(choices)
+                    for choice in choices:
+                        choice.stream.cancel()  # a no-op when finished; frees the blocks when not
         finally:
             self.inflight -= 1
 

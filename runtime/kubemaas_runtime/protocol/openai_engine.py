@@ -58,8 +58,9 @@ def fit(served: Served, req: GenerationRequest, prompt: list[int],
         raise ApiError(400, "the prompt is empty", "prompt")
     wanted = req.max_tokens if req.max_tokens is not None else max(limit - len(prompt), 0)
     if len(prompt) + max(wanted, 1) > limit:
-        room = f"{wanted} for the completion" if wanted else \
-            "1 for the completion: with max_tokens 0 a prompt must still leave room for one"
+        room = f"{wanted} for the completion" if wanted else "1 for the completion" + (
+            ": with max_tokens 0 a prompt must still leave room for one"
+            if req.max_tokens == 0 else "")  # (none asked: as many as fit, at least one)
         raise ApiError(400, f"This model's maximum context length is {limit} tokens. "
                        f"However, you requested {len(prompt) + max(wanted, 1)} tokens "
                        f"({len(prompt)} in the prompt, {room}). "

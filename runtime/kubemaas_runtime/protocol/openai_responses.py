@@ -14,8 +14,11 @@ server keeps nothing: a response's ``store`` is false.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,6 +207,9 @@ def _format(doc: dict[str, Any]) -> dict[str, Any] | None:
     if kind == "json_object":
         return {"type": "json_object"}
     if kind == "json_schema":
+        if not isinstance(fmt.get("schema", {}), dict):
+            raise _bad("'text.format.schema' must be a JSON schema (an object)",
+                       "text.format.schema")
         return {"type": "json_schema", "json_schema": {
             k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}}
     raise _bad("'text.format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
@@ -279,6 +285,37 @@ def parse_responses(doc: Any) -> ResponsesRequest:
                           "summary": doc["reasoning"].get("summary")}
             if doc.get("reasoning") else None}
     return ResponsesRequest(chat, echo, logprobs)
+
+
+# the chat body's names in the errors of the chat path, as a Responses request spells them
+_PARAM_NAMES = ((re.compile(r"^messages\b.*"), "input"),
+                (re.compile(r"^max_tokens$"), "max_output_tokens"),
+                (re.compile(r"^response_format\b"), "text.format"),
+                (re.compile(r"^reasoning_effort$"), "reasoning.effort"))
+_TEXT_NAMES = ((re.compile(r"\bmax_tokens\b"), "max_output_tokens"),
+               (re.compile(r"'reasoning_effort'"), "'reasoning.effort'"),
+               (re.compile(r"\b(tools\[\d+\])\.function\b"), r"\1"))
+
+
+def _renamed(text: str, names: tuple[tuple[re.Pattern[str], str], ...]) -> str:
+    for pattern, name in names:
+        text = pattern.sub(name, text)
+    return text
+
+
+@contextmanager
+def responses_names(rreq: ResponsesRequest | None) -> Iterator[None]:
+    """A Responses request's errors from the chat path it is served by name its own fields
+    (``input``, ``max_output_tokens``, ``text.format``, ``tools[0].parameters``), not the
+    chat body's it became (``messages``, ``max_tokens``, ``response_format``, ...)."""
+    try:
+        yield
+    except ApiError as exc:
+        if rreq is None:
+            raise
+        param = _renamed(exc.param, _PARAM_NAMES) if exc.param is not None else None
+        raise ApiError(exc.status, _renamed(exc.message, _TEXT_NAMES), param, exc.code,
+                       exc.retry_after, exc.close, exc.allow) from None
 
 
 def new_id(prefix: str) -> str:
