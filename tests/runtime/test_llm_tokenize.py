@@ -54,6 +54,9 @@ def test_detokenize_gives_the_text_back(server: Server, tiny_llama: Path) -> Non
     ("/tokenize", {"prompt": "hi", "model": "other"}, 404, "model"),
     ("/tokenize", {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "x"}]},
      400, "tools[0]"),
+    # a template of the request's own was ignored: the ids of the model's template came back
+    ("/tokenize", {"messages": [{"role": "user", "content": "hi"}],
+                   "chat_template": "{{ messages[0]['content'] }}"}, 400, "chat_template"),
     ("/detokenize", {"tokens": [1, 99999]}, 400, "tokens"),
     ("/detokenize", {"tokens": "1 2"}, 400, "tokens"),
 ])

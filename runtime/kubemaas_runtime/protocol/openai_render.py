@@ -81,6 +81,8 @@ def _reserved() -> frozenset[str]:
 def parse_render(doc: dict[str, Any], generation_default: bool = True) -> ChatRender:
     """``generation_default``: add_generation_prompt's default (vLLM's pooling requests render
     the chat as it stands: false)."""
+    if doc.get("chat_template") is not None:  # a template is code: the server runs its own
+        raise ApiError(400, "'chat_template' is not supported (leave it out)", "chat_template")
     generation = _flag(doc, "add_generation_prompt", generation_default)
     continue_final = _flag(doc, "continue_final_message", False)
     if generation and continue_final:
