@@ -252,3 +252,18 @@ def test_errors_name_the_responses_fields(server: Server, client: openai.OpenAI,
     assert error.status_code == 400 and error.param == param, error.body
     assert said in error.message and "max_tokens" not in error.message
     assert "messages" not in error.message and ".function." not in error.message
+
+
+def test_the_sampling_settings_are_repeated(server: Server, client: openai.OpenAI) -> None:
+    """A response says the temperature and top_p it was sampled with: 1.0 when the request
+    sent none, as OpenAI and vLLM say (it said null), whole and streamed."""
+    plain = client.responses.create(model="tiny", input="hi", max_output_tokens=2)
+    assert (plain.temperature, plain.top_p) == (1.0, 1.0)
+    given = client.responses.create(model="tiny", input="hi", max_output_tokens=2,
+                                    temperature=0.5, top_p=0.9)
+    assert (given.temperature, given.top_p) == (0.5, 0.9)
+    events = list(client.responses.create(model="tiny", input="hi", max_output_tokens=2,
+                                          stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.incomplete"
+    assert all((e.response.temperature, e.response.top_p) == (1.0, 1.0)
+               for e in (events[0], events[-1]))

@@ -57,7 +57,7 @@ from .openai_request_id import (
     request_id,
     tag,
 )
-from .openai_responses import ResponsesRequest, parse_responses, responses_names
+from .openai_responses import ResponsesRequest, parse_responses, responses_names, sampled_with
 from .openai_responses_stream import complete_response
 from .openai_responses_stream import stream_response as stream_responses
 from .openai_schema import (
@@ -451,6 +451,7 @@ class OpenAIServer:
     async def _respond(self, request: web.BaseRequest, served: Served, req: GenerationRequest,
                        responses: ResponsesRequest, choice: Choice) -> web.StreamResponse:
         head = ("resp_" + request_id(), int(time.time()), req.model or self.model_name)
+        responses = sampled_with(responses, req.params)
         reader = self._reader(served, req, choice.prompt, named=True)
         args = (head, responses, req, choice, observer(served.metrics, choice), reader,
                 served.tokenizer)

@@ -19,10 +19,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..llm.request_stream import Delta
+from ..llm.sampling import SamplingParams
 from ..request_json import parse_json
 from .openai_errors import ApiError
 from .openai_errors import bad_request as _bad
@@ -316,6 +317,13 @@ def responses_names(rreq: ResponsesRequest | None) -> Iterator[None]:
         param = _renamed(exc.param, _PARAM_NAMES) if exc.param is not None else None
         raise ApiError(exc.status, _renamed(exc.message, _TEXT_NAMES), param, exc.code,
                        exc.retry_after, exc.close, exc.allow) from None
+
+
+def sampled_with(rreq: ResponsesRequest, params: SamplingParams) -> ResponsesRequest:
+    """The response repeats the temperature and top_p its answer is sampled with, 1.0 when
+    the request sent none (as OpenAI and vLLM do), not null."""
+    return replace(rreq, echo={**rreq.echo, "temperature": params.temperature,
+                               "top_p": params.top_p})
 
 
 def new_id(prefix: str) -> str:
