@@ -6,10 +6,11 @@ messages, ``instructions`` into a system message first, flat function tools into
 extra sampling fields pass through), generated as a chat, and its answer written as a
 ``response`` object: a ``message`` item with the text, a ``function_call`` item per call.
 
-What needs state or OpenAI's hosted services is refused with a 400 that says so, as vLLM does
-without its store: ``previous_response_id`` and ``conversation`` (send the whole conversation in
-``input``), ``background``, hosted tools (web or file search, MCP, …), images and files. The
-server keeps nothing: a response's ``store`` is false.
+What needs state or OpenAI's hosted services is refused with a 400 that says so (vLLM without
+its store answers a ``previous_response_id`` 404, not found): ``previous_response_id`` and
+``conversation`` (send the whole conversation in ``input``), ``background``, hosted tools (web
+or file search, MCP, …), images and files. The server keeps nothing: a response's ``store`` is
+false.
 """
 
 from __future__ import annotations
