@@ -267,3 +267,25 @@ def test_the_sampling_settings_are_repeated(server: Server, client: openai.OpenA
     assert events[0].type == "response.created" and events[-1].type == "response.incomplete"
     assert all((e.response.temperature, e.response.top_p) == (1.0, 1.0)
                for e in (events[0], events[-1]))
+
+
+def test_an_answer_cut_off_and_sent_back_is_continued(server: Server,
+                                                      client: openai.OpenAI) -> None:
+    """As vLLM does, an assistant message sent back last with status incomplete (or
+    in_progress) is continued, not followed by a new turn (it was: the template opened
+    another assistant turn after it); one that is completed still opens a new turn."""
+    first = client.responses.create(model="tiny", input=USER, max_output_tokens=6,
+                                    temperature=0)
+    assert first.status == "incomplete" and first.output[0].status == "incomplete"
+    items: Any = [item.model_dump(exclude_none=True) for item in first.output]
+    again = client.responses.create(model="tiny", input=[*USER, *items], max_output_tokens=6,
+                                    temperature=0)
+    said = [*USER, {"role": "assistant", "content": first.output_text}]
+    left_open = {"continue_final_message": True, "add_generation_prompt": False}
+    assert again.output_text == chat_text(server, said, max_tokens=6, **left_open)
+    _, tokens = server.post_json("/tokenize", {"messages": said, **left_open})
+    assert again.usage is not None and again.usage.input_tokens == tokens["count"]
+    items[0]["status"] = "completed"
+    turn = client.responses.create(model="tiny", input=[*USER, *items], max_output_tokens=2)
+    _, tokens = server.post_json("/tokenize", {"messages": said})
+    assert turn.usage is not None and turn.usage.input_tokens == tokens["count"]

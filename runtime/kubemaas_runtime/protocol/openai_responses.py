@@ -160,6 +160,16 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
+def _partial(raw: Any) -> bool:
+    """Whether the last input item is an assistant message or reasoning item left
+    ``in_progress`` or ``incomplete`` (an answer cut by ``max_output_tokens``, sent back)."""
+    last = raw[-1] if isinstance(raw, list) else None
+    if not isinstance(last, dict) or last.get("status") not in ("in_progress", "incomplete"):
+        return False
+    kind = last.get("type", "message")
+    return kind == "reasoning" or (kind == "message" and last.get("role") == "assistant")
+
+
 def _tools(doc: dict[str, Any]) -> dict[str, Any]:
     """Flat function tools and their tool_choice, in the chat body's shape."""
     out: dict[str, Any] = {}
@@ -256,6 +266,8 @@ def parse_responses(doc: Any) -> ResponsesRequest:
         raise _bad(f"'include' may only hold {LOGPROBS!r} and {ENCRYPTED!r} here", "include")
     chat = {k: v for k, v in doc.items() if k not in _OWN}
     chat["messages"] = _messages(doc)
+    if _partial(doc["input"]):  # vLLM's: an answer cut off, sent back last, is continued
+        chat.update(continue_final_message=True, add_generation_prompt=False)
     chat.update(_tools(doc))
     limit = doc.get("max_output_tokens")
     if limit is not None:
