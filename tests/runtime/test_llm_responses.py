@@ -289,3 +289,14 @@ def test_an_answer_cut_off_and_sent_back_is_continued(server: Server,
     turn = client.responses.create(model="tiny", input=[*USER, *items], max_output_tokens=2)
     _, tokens = server.post_json("/tokenize", {"messages": said})
     assert turn.usage is not None and turn.usage.input_tokens == tokens["count"]
+
+
+def test_truncation_auto_names_what_does_it(server: Server) -> None:
+    """truncation: auto stays a 400 (a conversation is never cut silently), and its message
+    names vLLM's field that keeps the prompt's last tokens, which a Responses request
+    passes to the chat path: it answers where the untruncated conversation is a 400."""
+    long = "the lazy dog " * 200
+    status, body = server.post_json("/v1/responses", {"input": long, "truncation": "auto"})
+    assert status == 400 and "'truncate_prompt_tokens': -1" in body["error"]["message"]
+    assert respond(server, input=long, max_output_tokens=4,
+                   truncate_prompt_tokens=-1)["usage"]["input_tokens"] == 512 - 4

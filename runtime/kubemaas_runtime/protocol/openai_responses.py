@@ -237,7 +237,9 @@ def _refuse(doc: dict[str, Any]) -> None:
                    "for a long one)", "background")
     if doc.get("truncation") not in (None, "disabled"):
         raise _bad("'truncation' must be \"disabled\": a conversation longer than the "
-                   "model's context is a 400, never cut silently", "truncation")
+                   "model's context is a 400, never cut silently (vLLM's "
+                   "'truncate_prompt_tokens': -1 keeps the prompt's last tokens that fit)",
+                   "truncation")
     reasoning = doc.get("reasoning")
     if reasoning is not None and (not isinstance(reasoning, dict) or
                                   set(reasoning) - {"effort", "summary", "generate_summary"} or
