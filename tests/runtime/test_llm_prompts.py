@@ -173,7 +173,7 @@ def test_a_batch_the_queue_cannot_take_whole_leaves_nothing(tiny_llama: Path) ->
     served = Served(engine, LLMMetrics("tiny", 16, 100), lm.tokenizer, 256,
                     lm.model.config.vocab_size)
     req = parse_request({"prompt": [[5, 6], [7, 8]], "n": 2}, False, served.vocab_size)
-    engine.held = 6
+    engine.room.held = 6
     with pytest.raises(ApiError) as refused:
         submit(served, req, [[5, 6], [7, 8]], [req.params] * 2, ["", ""])
     assert refused.value.status == 429

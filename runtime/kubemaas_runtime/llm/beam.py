@@ -11,6 +11,10 @@ caching), so a step reads only the tokens since the last full block.
 
 Each answer arrives whole, as one delta, when the search ends (streamed, it comes in one
 chunk, as vLLM's does). The search is deterministic: sampling settings do not change it.
+
+Against the queue limit a search counts as its width (queue_room.py): it reserves that many
+places when admitted (Overloaded at once when they are not free), its steps' requests go in
+within them, and they are given back when it ends, fails or is cancelled.
 """
 
 from __future__ import annotations
@@ -20,12 +24,10 @@ import math
 import time
 from dataclasses import dataclass
 
-from .engine import Engine, Overloaded
+from .engine import Engine
 from .lora import AdapterError
 from .request_stream import Delta, RequestStream
 from .sampling import SamplingParams
-
-QUEUE_FULL_WAIT_S = 0.01  # a step's request waits this long for room in the engine's queue
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,6 @@ class BeamSearch:
     def __init__(self, engine: Engine, prompt: list[int], params: SamplingParams, width: int,
                  length_penalty: float = 1.0, cache_salt: str | None = None,
                  priority: int = 0, lora: int = 0) -> None:
-        engine.check_room()
         self.engine, self.prompt, self.params = engine, list(prompt), params
         self.width, self.length_penalty = width, length_penalty
         self.cache_salt, self.priority, self.lora = cache_salt, priority, lora
@@ -68,12 +69,15 @@ class BeamSearch:
         self.answers = [BeamAnswer(self, engine, self.prompt, params) for _ in range(width)]
         self.scheduled_at: float | None = None
         loras = engine.loras if lora else None
-        if lora:  # its steps are new requests: an unload (or a replacement) must wait for it
-            if loras is None or not loras.serves(lora):
-                raise AdapterError("the LoRA adapter was unloaded")
+        if lora and (loras is None or not loras.serves(lora)):
+            raise AdapterError("the LoRA adapter was unloaded")
+        self.room = engine.reserve(width)  # (Overloaded: nothing taken)
+        if loras is not None:  # its steps are new requests: an unload must wait for it
             loras.pin(lora)
         self._task = asyncio.get_running_loop().create_task(self._run())
-        if loras is not None:  # (a done callback runs even for a task cancelled unstarted)
+        # (a done callback runs even for a task cancelled unstarted)
+        self._task.add_done_callback(lambda _: self.room.release())
+        if loras is not None:
             self._task.add_done_callback(lambda _: loras.unpin(lora))
 
     def cancel(self) -> None:
@@ -114,14 +118,9 @@ class BeamSearch:
 
     async def _next_tokens(self, beam: Beam) -> tuple[tuple[int, float], ...]:
         """The most likely next tokens after the beam, with their logprobs."""
-        while True:
-            try:
-                stream = self.engine.submit(self.prompt + list(beam.tokens), self.step_params,
-                                            self.cache_salt, None, self.priority,
-                                            self.lora, pinned=True)
-                break
-            except Overloaded:  # wait for room, as a request in the queue would
-                await asyncio.sleep(QUEUE_FULL_WAIT_S)
+        stream = self.engine.submit(self.prompt + list(beam.tokens), self.step_params,
+                                    self.cache_salt, None, self.priority, self.lora,
+                                    pinned=True, within=self.room)
         last: Delta | None = None
         try:
             async for delta in stream:

@@ -34,6 +34,7 @@ from .lora import AdapterError, in_use
 from .pacing import PrefillPacer
 from .packing import decode_groups, pack
 from .prompt_scores import score
+from .queue_room import QueueRoom, Reservation
 from .request_stream import Delta, RequestStream
 from .sampling import NotANumber, SamplingParams, TokenLogprobs, UnfollowableOutput, sample
 from .scheduler import Scheduler, Sequence, mixed
@@ -43,10 +44,6 @@ from .worker import EngineThread
 log = logging.getLogger("kubemaas.runtime.llm")
 
 
-class Overloaded(Exception):
-    """The engine holds as many requests as it may (the caller answers 429)."""
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     kv_cache_bytes: int
@@ -54,7 +51,8 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     block_size: int = 16
-    max_queue: int = 256  # requests held (waiting + running) before new ones are refused
+    # requests held (waiting + running; a beam search: its width) before new ones are refused
+    max_queue: int = 256
     prefix_caching: bool = True
     prefill_share: float = 1.0  # > 0: a mixed step's prefill may take this share of a decode step
     # An idle engine that receives a request waits until requests stop arriving (no new one for
@@ -120,7 +118,7 @@ class Engine(EngineThread):
         self._decode = decoder(lm.tokenizer)
         self._decode_special = decoder(lm.tokenizer, skip_special=False)
         self._inbox: deque[tuple[str, Sequence]] = deque()
-        self.held = 0  # requests submitted and not finished (event loop's count)
+        self.room = QueueRoom(cfg.max_queue)  # the queue limit (event loop's count)
         # read by /metrics (plain numbers, written by the engine thread)
         self.num_waiting = 0
         self.num_running = 0
@@ -138,13 +136,17 @@ class Engine(EngineThread):
     # ---- event-loop side -------------------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams,
                cache_salt: str | None = None, matcher: Any = None,
-               priority: int = 0, lora: int = 0, pinned: bool = False) -> RequestStream:
+               priority: int = 0, lora: int = 0, pinned: bool = False,
+               within: Reservation | None = None) -> RequestStream:
         """A new request; ``cache_salt``: it shares cached prompt blocks only with requests
         that carry the same salt; ``matcher``: the grammar its output follows (structured.py;
         one per sequence); ``priority``: its place in a priority-scheduled queue; ``lora``:
         the id of the LoRA adapter it runs with (0: the base model); ``pinned``: a request
-        that holds the adapter (LoraSet.pin) goes on with it, unloaded since or not."""
-        self.check_room()
+        that holds the adapter (LoraSet.pin) goes on with it, unloaded since or not;
+        ``within``: a beam search's reservation the request goes in under (never refused
+        for room, not counted again)."""
+        if within is None:
+            self.room.check()
         if lora and (self.loras is None or not (
                 self.loras.present(lora) if pinned else self.loras.serves(lora))):
             raise AdapterError("the LoRA adapter was unloaded")
@@ -152,17 +154,18 @@ class Engine(EngineThread):
         seq.cache_root = cache_root(cache_salt, lora)
         seq.priority = priority
         seq.lora = lora
+        seq.counted = within is None
+        assert within is None or not within.released, "a step after its search ended"
         stream = RequestStream(self, seq)
         seq.sink = stream.put
-        self.held += 1
+        if seq.counted:
+            self.room.take()
         self._post("add", seq)
         return stream
 
-    def check_room(self) -> None:
-        """Overloaded when the queue holds as many requests as it may."""
-        if self.held >= self.cfg.max_queue:
-            raise Overloaded(f"{self.held} requests are waiting or running, the limit is "
-                             f"{self.cfg.max_queue}")
+    def reserve(self, count: int) -> Reservation:
+        """A beam search's places in the queue (Overloaded when they are not free)."""
+        return self.room.reserve(count)
 
     def sequence(self, prompt: list[int], params: SamplingParams, matcher: Any = None
                  ) -> Sequence:
@@ -196,8 +199,9 @@ class Engine(EngineThread):
 
     def _deliver(self, items: list[tuple[Sequence, Delta | BaseException]]) -> None:
         for seq, item in items:
-            if isinstance(item, BaseException) or item.finish_reason is not None:
-                self.held -= 1
+            if seq.counted and (isinstance(item, BaseException) or
+                                item.finish_reason is not None):
+                self.room.give()
             seq.sink(item)
 
     # ---- engine thread ---------------------------------------------------------------------

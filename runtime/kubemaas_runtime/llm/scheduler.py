@@ -77,6 +77,7 @@ class Sequence:
     cache_root: bytes = UNSALTED  # where its prefix-cache chain starts (kv_cache.cache_root)
     priority: int = 0  # with priority scheduling: lower is served first (vLLM's)
     lora: int = 0  # the LoRA adapter's id (lora.py); 0: the base model
+    counted: bool = True  # takes a place in the queue (not a beam search's step: queue_room.py)
     cached_tokens: int | None = None  # prompt tokens found in the cache when first admitted
     sample_state: SampleState | None = None
     # with params.prompt_logprobs: the logprobs of prompt tokens 1.. (prompt_scores.py)

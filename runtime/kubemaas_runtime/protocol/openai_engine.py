@@ -12,8 +12,9 @@ from typing import Any
 
 from ..llm.beam import BeamSearch
 from ..llm.detok import encoder
-from ..llm.engine import Engine, Overloaded
+from ..llm.engine import Engine
 from ..llm.lora import AdapterError, LoraSet
+from ..llm.queue_room import Overloaded
 from ..llm.sampling import SamplingParams
 from ..llm.structured import AfterThinking, Grammars, InvalidConstraint
 from ..metrics import LLMMetrics
