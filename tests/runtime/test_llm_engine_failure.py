@@ -105,7 +105,11 @@ def test_a_failing_model_is_reported_and_the_engine_recovers(tiny_llama: Path) -
                 lm.model.lm_head = torch.nn.Linear(3, lm.vocab_size)  # wrong shape: it raises
                 await chat_and_completion_fail(http, base, doc)
                 await responses_fail(http, base)
+                async with http.post(f"{base}/v1/completions", json={
+                        **doc, "n": 2, "use_beam_search": True}) as resp:
+                    assert resp.status == 500, await resp.text()
                 assert engine.pool.used == 0 and engine.num_running == 0
+                assert engine.room.taken == 0  # the failed search gave its 2 places back
 
                 lm.model.lm_head = good  # mended: the same engine serves again
                 async with http.post(f"{base}/v1/completions", json=doc) as resp:
