@@ -31,12 +31,13 @@ from .kv_cache import cache_root
 from .kv_groups import check_holds_one_sequence, kv_pools, kv_store
 from .loader import LanguageModel
 from .lora import AdapterError, in_use
+from .outcome import advance, fail_sequence, prompt_only
 from .pacing import PrefillPacer
 from .packing import decode_groups, pack
 from .prompt_scores import score
 from .queue_room import QueueRoom, Reservation
 from .request_stream import Delta, RequestStream
-from .sampling import NotANumber, SamplingParams, TokenLogprobs, UnfollowableOutput, sample
+from .sampling import SamplingParams, sample
 from .scheduler import Scheduler, Sequence, mixed
 from .traced_decode import TracedDecode, traceable
 from .worker import EngineThread
@@ -377,12 +378,17 @@ class Engine(EngineThread):
             error = sampled.failed.get(i)
             if seq in failed:
                 continue
+            item: Delta | BaseException
             if error is not None:
-                out.append((seq, self._fail(seq, error)))
+                item = fail_sequence(seq, error)
             elif seq.params.max_tokens == 0:  # the prompt alone was asked for (its logprobs)
-                out.append((seq, self._finish_prompt_only(seq, now)))
+                item = prompt_only(seq, now)
             else:
-                out.append((seq, self._advance(seq, sampled.tokens[i], sampled.infos[i], now)))
+                item = advance(seq, sampled.tokens[i], sampled.infos[i], now, self.lm.eos_ids,
+                               self.cfg.max_model_len)
+            if isinstance(item, BaseException) or item.finish_reason is not None:
+                self.scheduler.remove(seq)  # its blocks are free for the next step
+            out.append((seq, item))
 
     def _score_prompts(self, scored: list[tuple[Sequence, int, int]], logits: torch.Tensor,
                        row: int, out: list[tuple[Sequence, Delta | BaseException]]
@@ -402,66 +408,9 @@ class Engine(EngineThread):
             row += count
         return failed
 
-    def _finish_prompt_only(self, seq: Sequence, now: float) -> Delta:
-        seq.finish_reason = "length"
-        self.scheduler.remove(seq)
-        return Delta("", (), (), "length", len(seq.prompt), 0, now, seq.cached_tokens or 0,
-                     self._prompt_logprobs(seq), seq.scheduled_at)
-
-    @staticmethod
-    def _grammar_done(seq: Sequence) -> bool:
-        """A structured output whose grammar is complete: nothing more may follow."""
-        matcher = seq.sample_state.matcher if seq.sample_state is not None else None
-        return matcher is not None and bool(matcher.is_stopped())
-
-    @staticmethod
-    def _prompt_logprobs(seq: Sequence) -> tuple[TokenLogprobs, ...] | None:
-        return None if seq.prompt_logprobs is None else tuple(seq.prompt_logprobs)
-
     def _fail(self, seq: Sequence, error: Exception) -> Exception:
-        """One sequence whose sampling failed: it ends with the error, the others go on (a
-        request whose own limits left it no token is the client's doing: no traceback)."""
-        if isinstance(error, UnfollowableOutput):
-            log.info("a request's limits left it no token: %s", error)
-        elif isinstance(error, NotANumber):
-            log.error("sampling failed for one request: %s", error)
-        else:
-            log.error("sampling failed for one request", exc_info=error)
-        seq.finish_reason = "error"
         self.scheduler.remove(seq)
-        return error
-
-    def _advance(self, seq: Sequence, token: int, info: TokenLogprobs | None,
-                 now: float) -> Delta:
-        params = seq.params
-        seq.first_token_at = seq.first_token_at or now
-        seq.last_token_at = now
-        reason: str | None = None
-        stop_reason: int | str | None = None
-        text = ""
-        if (token in self.lm.eos_ids and not params.ignore_eos) or \
-                token in params.stop_token_ids:
-            reason = "stop"
-            if token in params.stop_token_ids and token not in self.lm.eos_ids:
-                stop_reason = token
-            seq.output.append(token)  # counted and returned (token_ids), never in the text
-        else:
-            seq.output.append(token)
-            seq.ids.append(token)
-            text, stopped = seq.detok.add(token, stops=len(seq.output) >= params.min_tokens)
-            if stopped or self._grammar_done(seq):
-                reason, stop_reason = "stop", seq.detok.stopped_by
-            elif len(seq.output) >= params.max_tokens or \
-                    len(seq.ids) >= self.cfg.max_model_len:
-                reason = "length"
-        if reason is not None:
-            text += seq.detok.flush()
-            seq.finish_reason = reason
-            self.scheduler.remove(seq)
-        return Delta(text, (token,), (info,) if info is not None else (), reason,
-                     len(seq.prompt), len(seq.output), now, seq.cached_tokens or 0,
-                     self._prompt_logprobs(seq) if len(seq.output) == 1 else None,
-                     seq.scheduled_at if reason is not None else None, stop_reason)
+        return fail_sequence(seq, error)
 
     def warm(self) -> None:
         """Before serving, in the calling thread: a short generation that a second prompt
