@@ -368,13 +368,18 @@ class Engine(EngineThread):
         if lanes is not None:
             lanes.advanced()
         failed = self._score_prompts(step.scored, logits, len(step.sampled), out)
-        if not step.sampled:
-            return
-        states = [s.sample_state for s in step.sampled]
-        sampled = sample(logits[:len(step.sampled)], states)  # type: ignore[arg-type]
-        self.sampled_tokens += len(step.sampled)
+        if step.sampled:
+            self._sample(step.sampled, logits, failed, out)
+
+    def _sample(self, rows: list[Sequence], logits: torch.Tensor, failed: set[Sequence],
+                out: list[tuple[Sequence, Delta | BaseException]]) -> None:
+        """The step's sampled rows (their logits first): each sequence's next token, or its
+        end (llm/outcome.py); an ended one leaves the scheduler."""
+        states = [s.sample_state for s in rows]
+        sampled = sample(logits[:len(rows)], states)  # type: ignore[arg-type]
+        self.sampled_tokens += len(rows)
         now = time.monotonic()
-        for i, seq in enumerate(step.sampled):
+        for i, seq in enumerate(rows):
             error = sampled.failed.get(i)
             if seq in failed:
                 continue
