@@ -234,9 +234,15 @@ def give_back(desired: int, spare: int, canary_pods: int, back_ready: int,
     gone back to the current revision): the stable Deployment grows into the GPUs the canary
     gives back (`ratio` stable replicas per canary pod when no GPU is free), the canary
     (`canary_pods` pods) shrinks as the stable replicas of the revision gone back to
-    (`back_ready` Ready) become Ready."""
-    per = max(Fraction(1), Fraction(ratio)) if spare <= 0 else Fraction(1)
-    have = desired + spare if per == 1 else max(desired, units)
+    (`back_ready` Ready) become Ready. Free room (`spare`) too small for the canary's larger
+    pods beside every stable replica counts as none: the pods hold `ratio` stable replicas'
+    GPUs each, and the canary goes within the slack first (else each side waits on the other).
+    """
+    per = max(Fraction(1), Fraction(ratio))
+    if per == 1 or spare >= per * canary_pods:  # the stable side grows as the canary shrinks
+        have = desired + spare if per == 1 else desired + canary_pods * per
+    else:  # no room (or too little) for both: the canary goes within the slack first
+        have, spare = max(desired + max(0, spare), units), 0
     main_n = max(0, min(desired, floor(have - per * canary_pods)))
     can_n = max(0, min(canary_pods, desired - back_ready
                        - slack(desired, spare, max_unavailable, ceil(per))))
@@ -263,15 +269,15 @@ def wind_down(pods: Sequence[PodInfo], desired: int, spare: int, back_hash: str,
 
 
 def dropped_canary(previous: Mapping[str, Any], desired_hash: str, desired: int,
-                   spare: int, canary_pods: bool = False) -> tuple[int, int]:
+                   spare: int) -> tuple[int, int]:
     """(desired, spare) while a canary the spec dropped (for autoscaling) is promoted, or
-    (`canary_pods` still running, of a revision the spec left) gives its replicas back: the
+    (of a revision the spec left) gives its replicas back, up to the pass its record goes: the
     stable Deployment takes over the replicas the canary rollout had (status.rollout.canary
     .replicas; from a state written without it, the current revision's spec's), whatever the
     canary gave up so far, and `spare`, the room beyond the autoscaler's count, holds the
     difference. Otherwise both as they are."""
     was = previous.get("canary") or {}
-    if not was or (was.get("hash") != desired_hash and not canary_pods):
+    if not was:
         return desired, spare
     stable = previous.get("stableSpec")
     had = int(was.get("replicas") or (

@@ -64,9 +64,9 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     """
     upd = ref(previous.get("update"))
     live_hash = dep.revision if dep is not None else ""
+    asked = desired  # the spec's, or the autoscaler's count
     if spec.rollout.canary is None:
-        desired, spare = dropped_canary(previous, desired_hash, desired, spare,
-                                        any(p.track == "canary" for p in pods))
+        desired, spare = dropped_canary(previous, desired_hash, desired, spare)
     if live_hash != desired_hash:  # smaller pods: the stable ones hold more than counted
         spare = spare_in_gpus(gpu, desired, spare)
     d = Draft(
@@ -88,11 +88,17 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         _steady(d, raw_spec, live_hash, now)
         if spec.rollout.canary is None:  # a canary dropped for autoscaling keeps its record
             d.canary_state = previous.get("canary")  # while it gives back (dropped_canary)
-        if not _give_canary_back(d, pods, desired, spare):
+        if not _give_canary_back(d, pods, desired, spare,
+                                 allowed=spec.rollout.max_unavailable):
             d.canary_state = None
     else:
         _new_revision(d, spec, raw_spec, dep, pods, desired, spare, previous, now,
                       traffic_split, never)
+    if (spec.rollout.canary is None and previous.get("canary") and d.canary_state is None
+            and d.main_replicas is None and desired > asked):
+        # a dropped canary's record goes: the stable Deployment gets the rollout's replicas,
+        # the autoscaler's count from now on (not what the canary's give-back left it at)
+        d.main_replicas = desired
     return _finish(d, desired)
 
 
@@ -127,13 +133,16 @@ def _steady(d: Draft, raw_spec: Mapping[str, Any], live_hash: str, now: datetime
 
 
 def _give_canary_back(d: Draft, pods: Sequence[PodInfo], desired: int, spare: int,
-                      now: datetime | None = None) -> bool:
+                      now: datetime | None = None, allowed: int = 0) -> bool:
     """The spec went back to the current revision while a canary ran (canary.wind_down), or
     (`now`: the update revision's progress time) moved on to a revision whose pods are of
     another size than the canary's that ran: its pods give their GPUs back first, as they
-    cannot be replaced in place by pods of another size."""
+    cannot be replaced in place by pods of another size. `allowed`: spec.rollout
+    .maxUnavailable, the slack where free GPUs (a surge strategy's 0) are too few for the
+    canary's larger pods beside every stable replica (canary.give_back)."""
     assert d.cur is not None
-    back = wind_down(pods, desired, spare, d.cur["hash"], d.strategy.max_unavailable,
+    back = wind_down(pods, desired, spare, d.cur["hash"],
+                     max(d.strategy.max_unavailable, allowed),
                      f"revision {d.cur.get('number')} ({d.desired_hash})",
                      d.gpu.per if now is None else d.gpu.was_per, d.units)
     if back is None:
@@ -227,10 +236,12 @@ def _new_revision(d: Draft, spec: ModelDeploymentSpec, raw_spec: Mapping[str, An
                             promote=int(d.upd["number"]))
     if (canary is not None and rolling and not applied and d.stable_spec is not None
             and d.gpu.was not in (0, d.gpu.new)
-            and _give_canary_back(d, pods, desired, spare, now)):
+            and _give_canary_back(d, pods, desired, spare, now,
+                                  spec.rollout.max_unavailable)):
         return  # a superseded canary of another pod size goes first
     if (canary is None and rolling and not applied and d.stable_spec is not None
-            and previous.get("canary") and _give_canary_back(d, pods, desired, spare, now)):
+            and previous.get("canary")
+            and _give_canary_back(d, pods, desired, spare, now, spec.rollout.max_unavailable)):
         _dropped_and_superseded(d, previous, desired)
         return  # a canary the spec dropped and left (autoscaling, a new revision) goes first
     # a canary pod that needs the GPUs of more stable replicas than may go waits as well
