@@ -316,6 +316,10 @@ def _at_step(seen: _Seen, step: int, step_ready_at: datetime | None, upd: dict[s
     p, have = seen.p, seen.room_units
     main_n = max(max(0, min(desired - want, floor(have - p * want))),
                  min(desired, desired - seen.can_ready - _slack(seen)))
+    if any(c.revision != seen.desired_hash and not c.terminating for c in seen.can):
+        # an in-place swap: the canary's pods hold their GPUs while they are replaced; the
+        # stable side grows only beside them (else its pods take the GPUs the new one needs)
+        main_n = min(main_n, max(0, floor(have - p * seen.kept)))
     can_n = min(want, max(seen.kept, floor((have - len(seen.main)) / p)))
     reached = seen.can_ready >= want and len(seen.main) <= main_n
     short = not reached and _short(seen, want, main_n, can_n)

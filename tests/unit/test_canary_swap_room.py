@@ -1,0 +1,66 @@
+"""A third revision of the same pod size mid-canary, replaced in place (canary.swap_strategy):
+the stable side grows back only beside the canary's pods, which hold their GPUs while they are
+replaced. Pure: rollout.plan driven over passes against tests/unit/rollout_sim.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.unit.rollout_sim import Sim
+from tests.unit.test_rollout_canary import CANARY_RAW
+
+
+def spec(replicas: int, max_unavailable: int, gpus: int, image: str) -> dict[str, Any]:
+    return {**CANARY_RAW, "replicas": replicas, "gpu": {**CANARY_RAW["gpu"], "count": gpus},
+            "runtime": {"image": image}, "rollout": {
+                "maxUnavailable": max_unavailable, "progressDeadlineSeconds": 60,
+                "canary": {"steps": [{"weight": 50}, {"weight": 90}, {"weight": 100}]}}}
+
+
+def third_revision(replicas: int, max_unavailable: int, gpus: int, free: int,
+                   passes: int) -> tuple[Sim, dict[str, Any], int]:
+    """bbb's canary runs `passes` passes (x 1 GPU stable replicas, `gpus` per canary pod), then
+    ccc, of the same pod size, for 30: the Sim, the last status and the fewest Ready seen."""
+    s = Sim(gpus=replicas + free, sizes={"aaa": 1, "bbb": gpus, "ccc": gpus}, main_n=replicas)
+    s.scale("main", "aaa", replicas)
+    s.settle()
+    s.settle()
+    status: dict[str, Any] = {"current": {"number": 1, "hash": "aaa"},
+                              "stableSpec": spec(replicas, max_unavailable, 1, "img:1")}
+    for revision, image, n in (("bbb", "img:2", passes), ("ccc", "img:3", 30)):
+        raw = spec(replicas, max_unavailable, gpus, image)
+        lowest = s.ready()
+        for _ in range(n):
+            p = s.look(raw, revision, replicas, status)
+            status = p.status
+            s.apply(p, revision, replicas)
+            lowest = min(lowest, s.ready())
+            s.settle()
+            assert sum(q.gpus for q in s.pods if q.bound) <= s.gpus
+        if revision == "bbb":
+            assert {q.revision for q in s.pods if q.track == "canary"} == {"bbb"}
+    return s, status, lowest
+
+
+def test_the_stable_side_grows_only_beside_the_canary_pods_being_replaced() -> None:
+    """10 x 1 GPU on 10 GPUs, maxUnavailable 3, canary pods of 2 GPUs: 5 stable replicas and 2
+    canary pods Ready (9 GPUs), the canary short of GPUs. A fix of the same pod size: the
+    stable Deployment was asked for 7 replicas (the floor 10 - 3, the new canary's pods not
+    Ready yet) into the one free GPU and those the old canary pods gave up one at a time, so
+    the new 2-GPU pod stayed Pending until the revision's deadline rolled it back."""
+    s, status, lowest = third_revision(10, 3, 2, 0, 9)
+    assert not status.get("failed"), status.get("message")
+    assert {(q.revision, q.ready) for q in s.pods if q.track == "canary"} == {("ccc", True)}
+    assert lowest >= 7
+
+
+def test_free_gpus_beside_a_canary_being_replaced_do_not_bring_every_stable_replica_back() -> (
+        None):
+    """9 x 1 GPU on 11 GPUs, maxUnavailable 1, a canary of 1-GPU pods at 5 beside 4 stable
+    replicas: a fix came and the stable Deployment was asked for all 9 (the 2 free GPUs made it
+    keep every replica the new canary did not serve), beside the 5 old canary pods: 14 pods on
+    11 GPUs, the new canary pod Pending until the deadline rolled the fix back."""
+    s, status, lowest = third_revision(9, 1, 1, 2, 10)
+    assert not status.get("failed"), status.get("message")
+    assert {(q.revision, q.ready) for q in s.pods if q.track == "canary"} == {("ccc", True)}
+    assert lowest >= 8
