@@ -148,12 +148,15 @@ def _kind(rendered: Rendered, kind: str) -> dict[str, Any]:
 
 async def _render_stable(p: Pass, stable_spec: Mapping[str, Any], raw_spec: Mapping[str, Any],
                          record: ModelShape | None, recorded: str) -> Rendered | None:
-    """The last good revision (a rollback's target), with today's replicas and autoscaling;
-    None when status.rollout.stableSpec does not render to the revision the operator recorded
-    (`recorded`, status.rollout.current.hash): the status is writable by others, and a
-    stableSpec edited there must not choose the pods' image and model."""
-    stable_raw = {k: v for k, v in stable_spec.items() if k not in ("replicas", "autoscaling")}
-    stable_raw.update({k: raw_spec[k] for k in ("replicas", "autoscaling") if k in raw_spec})
+    """The last good revision (a rollback's target), with today's replicas, autoscaling and
+    rollout settings (none of them the pods': a stableSpec recorded with a canary does not
+    combine with autoscaling switched on since); None when status.rollout.stableSpec does not
+    render to the revision the operator recorded (`recorded`, status.rollout.current.hash):
+    the status is writable by others, and a stableSpec edited there must not choose the pods'
+    image and model."""
+    today = ("replicas", "autoscaling", "rollout")
+    stable_raw = {k: v for k, v in stable_spec.items() if k not in today}
+    stable_raw.update({k: raw_spec[k] for k in today if k in raw_spec})
     template = str((stable_raw.get("runtime") or {}).get("template") or BUILTIN_TEMPLATE)
     try:
         source = await template_source(p.settings, p.cluster, p.memory, template)
