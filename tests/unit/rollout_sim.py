@@ -143,6 +143,21 @@ class Sim:
     def ready(self) -> int:
         return sum(1 for p in self.pods if p.ready)
 
+    def run(self, raw: dict[str, Any], revision: str, desired: int | None,
+            status: dict[str, Any], passes: int) -> tuple[dict[str, Any], int]:
+        """Passes of plan -> apply -> scheduler/kubelet: the last status and the fewest Ready
+        seen. `desired` None: the autoscaler's, the stable Deployment's replicas (reconcile)."""
+        lowest = self.ready()
+        for _ in range(passes):
+            want = self.main_n if desired is None else desired
+            p = self.look(raw, revision, want, status)
+            status = p.status
+            self.apply(p, revision, want)
+            lowest = min(lowest, self.ready())
+            self.settle()
+            assert sum(q.gpus for q in self.pods if q.bound) <= self.gpus
+        return status, lowest
+
     def look(self, raw: dict[str, Any], desired_hash: str, desired: int,
              status: dict[str, Any]) -> Plan:
         return plan(parse_spec(raw), raw, desired_hash, self.dep(), self.info(), desired,

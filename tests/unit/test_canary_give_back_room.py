@@ -34,18 +34,8 @@ def mid_canary() -> Sim:
 
 def drive(s: Sim, raw: dict[str, Any], revision: str, desired: int | None,
           passes: int = 30, status: dict[str, Any] = MID) -> tuple[dict[str, Any], int]:
-    """Passes of plan -> apply -> scheduler/kubelet; the status and the fewest Ready seen.
-    `desired` None: the autoscaler's, the stable Deployment's replicas (reconcile)."""
-    lowest = s.ready()
-    for _ in range(passes):
-        want = s.main_n if desired is None else desired
-        p = s.look(raw, revision, want, status)
-        status = p.status
-        s.apply(p, revision, want)
-        lowest = min(lowest, s.ready())
-        s.settle()
-        assert sum(q.gpus for q in s.pods if q.bound) <= s.gpus
-    return status, lowest
+    """Sim.run with this file's mid-canary status by default."""
+    return s.run(raw, revision, desired, status, passes)
 
 
 def test_give_back_counts_the_free_room_in_canary_pods() -> None:

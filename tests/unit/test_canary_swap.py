@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.unit.rollout_sim import Pod
 from tests.unit.test_canary_gpu_ratio import TWO, raw, stable
 from tests.unit.test_rollout import NOW, dep
 
@@ -16,17 +17,6 @@ from kubemaas_operator.canary import swap_strategy
 from kubemaas_operator.gpu_ratio import GpuRatio
 from kubemaas_operator.observed import PodInfo
 from kubemaas_operator.rollout import Plan, plan
-
-
-@dataclass
-class Pod:
-    name: str
-    track: str
-    revision: str
-    gpus: int
-    bound: bool = False
-    ready: bool = False
-    broken: bool = False  # never Ready (a crash loop, a failing probe)
 
 
 @dataclass

@@ -28,15 +28,8 @@ def third_revision(replicas: int, max_unavailable: int, gpus: int, free: int,
     status: dict[str, Any] = {"current": {"number": 1, "hash": "aaa"},
                               "stableSpec": spec(replicas, max_unavailable, 1, "img:1")}
     for revision, image, n in (("bbb", "img:2", passes), ("ccc", "img:3", 30)):
-        raw = spec(replicas, max_unavailable, gpus, image)
-        lowest = s.ready()
-        for _ in range(n):
-            p = s.look(raw, revision, replicas, status)
-            status = p.status
-            s.apply(p, revision, replicas)
-            lowest = min(lowest, s.ready())
-            s.settle()
-            assert sum(q.gpus for q in s.pods if q.bound) <= s.gpus
+        status, lowest = s.run(spec(replicas, max_unavailable, gpus, image), revision,
+                               replicas, status, n)
         if revision == "bbb":
             assert {q.revision for q in s.pods if q.track == "canary"} == {"bbb"}
     return s, status, lowest
