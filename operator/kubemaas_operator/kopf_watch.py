@@ -101,18 +101,27 @@ def tolerant(original: Callable[..., AsyncIterator[Any]], retry_s: float = VANIS
     async def watch(**kwargs: Any) -> AsyncIterator[Any]:
         from kopf._cogs.clients import errors, watching
 
-        forbidden_said = False
+        forbidden_said = listed = False
         may_skip = optional(kwargs.get("resource"))
         while True:
             try:
                 if may_skip:
                     await (may_list or _may_list)(kwargs)
                 async for event in original(**kwargs):
+                    listed = listed or event is watching.Bookmark.LISTED
                     yield event
                 return
             except errors.APINotFoundError:
                 log.warning("%s is not served (its CRD was deleted?): watching it again in "
                             "%.0f s", kwargs.get("resource"), retry_s)
+                if not listed:
+                    # A kind not served has nothing to list: it counts as listed (empty). kopf
+                    # runs no handler of any kind until every indexed kind has listed once, and
+                    # its watcher of a kind whose CRD went during the operator's start is not
+                    # always stopped: the operator stopped reconciling models for good (seen
+                    # on the testbed when KEDA's CRDs went seconds after a restart).
+                    yield watching.Bookmark.LISTED
+                    listed = True
                 await asyncio.sleep(retry_s)
             except errors.APIForbiddenError as err:
                 if not may_skip:
@@ -128,7 +137,7 @@ def tolerant(original: Callable[..., AsyncIterator[Any]], retry_s: float = VANIS
                                 "again every %.0f s", kwargs.get("resource"), err,
                                 retry_s * FORBIDDEN_BACKOFF)
                     yield watching.Bookmark.LISTED
-                    forbidden_said = True
+                    forbidden_said = listed = True
                 await asyncio.sleep(retry_s * FORBIDDEN_BACKOFF)
 
     return watch

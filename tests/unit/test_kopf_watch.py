@@ -18,22 +18,69 @@ def _not_found() -> errors.APINotFoundError:
 
 
 def test_a_404_waits_and_watches_again_with_the_same_arguments() -> None:
-    calls: list[dict[str, Any]] = []
+    from kopf._cogs.clients import watching
 
-    async def kopf_loop(**kwargs: Any) -> AsyncIterator[str]:
+    calls: list[dict[str, Any]] = []
+    listed = watching.Bookmark.LISTED
+
+    async def kopf_loop(**kwargs: Any) -> AsyncIterator[Any]:
         calls.append(kwargs)
         if len(calls) == 1:
+            yield listed
             yield "first"
             raise _not_found()  # the CRD went while watching
         if len(calls) == 2:
             raise _not_found()  # still gone
+        yield listed
         yield "back"
 
-    async def collect() -> list[str]:
+    async def collect() -> list[Any]:
         return [e async for e in tolerant(kopf_loop, retry_s=0.01)(resource="r", namespace=None)]
 
-    assert asyncio.run(collect()) == ["first", "back"]
+    assert asyncio.run(collect()) == [listed, "first", listed, "back"]  # no listing made up
     assert calls == [{"resource": "r", "namespace": None}] * 3
+
+
+def test_a_kind_gone_before_its_first_listing_counts_as_listed_for_kopf() -> None:
+    """KEDA's CRDs went seconds after the operator restarted: the watch of interceptorroutes got
+    404 before it had listed once, and kopf, which runs no handler until every indexed kind has
+    listed, ran none again (models stayed at 1/3 Ready for minutes; only the resync timer ran).
+    Driven through kopf's own watcher and readiness toggles: they turn ready at once now."""
+    from kopf._cogs.aiokits import aiotoggles
+    from kopf._cogs.clients import watching
+    from kopf._cogs.configs import configuration
+    from kopf._cogs.structs import references
+    from kopf._core.reactor import queueing
+
+    async def gone(**kwargs: Any) -> AsyncIterator[Any]:
+        raise _not_found()
+        yield "never"
+
+    async def run() -> bool:
+        operator_indexed = aiotoggles.ToggleSet(all)
+        resource_indexed = await operator_indexed.make_toggle(name="interceptorroutes")
+        original = watching.infinite_watch
+        watching.infinite_watch = tolerant(gone, retry_s=60, may_list=_may)
+        try:
+            task = asyncio.create_task(queueing.watcher(
+                namespace=None, settings=configuration.OperatorSettings(),
+                resource=references.Resource("http.keda.sh", "v1beta1", "interceptorroutes"),
+                processor=_never_called, operator_indexed=operator_indexed,
+                resource_indexed=resource_indexed))
+            try:
+                await asyncio.wait_for(operator_indexed.wait_for(True), timeout=5)
+                return operator_indexed.is_on()
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        finally:
+            watching.infinite_watch = original
+
+    assert asyncio.run(run())
+
+
+async def _never_called(**kwargs: Any) -> None:
+    raise AssertionError(f"a kind that is not served has no events: {kwargs}")
 
 
 def test_other_errors_still_end_the_watch() -> None:
