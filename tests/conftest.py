@@ -131,17 +131,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for hack/test's two workers (pytest-xdist, --dist loadgroup): the cluster tier
+    shares one testbed, so all of it runs on one worker, in order; every other test file is a
+    group of its own (its module fixtures start one server, on one worker)."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        group = "cluster" if path.is_relative_to(root / "cluster") else str(path.relative_to(root))
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _still_running() -> list[str]:
+    return [f"pid {proc.pid}: {proc.args!r}, started at\n{origin}"
+            for proc, origin in list(_STARTED_AT.items()) if proc.poll() is None]
+
+
+_WORKERS_LEFT: list[str] = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A worker of hack/test's (pytest-xdist) hands its leftovers to the main process, which
+    alone prints a summary."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["still_running"] = _still_running()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _WORKERS_LEFT.extend(getattr(node, "workeroutput", {}).get("still_running", []))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The child processes still running, and where they were started; after a golden update
     run (KUBEMAAS_UPDATE_GOLDEN=1), the golden files it touched."""
     from tests.goldens import summary
 
-    running = [(proc, origin) for proc, origin in list(_STARTED_AT.items())
-               if proc.poll() is None]
+    running = _still_running() + _WORKERS_LEFT
     if running:
         terminalreporter.section("child processes still running")
-        for proc, origin in running:
-            terminalreporter.write_line(f"pid {proc.pid}: {proc.args!r}, started at\n{origin}")
+        for line in running:
+            terminalreporter.write_line(line)
 
     lines = summary(Path(__file__).resolve().parents[1])
     if lines:
