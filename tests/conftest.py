@@ -131,15 +131,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for hack/test's two workers (pytest-xdist, --dist loadgroup): the cluster tier
-    shares one testbed, so all of it runs on one worker, in order; every other test file is a
-    group of its own (its module fixtures start one server, on one worker)."""
-    root = Path(__file__).resolve().parent
-    for item in items:
-        path = Path(str(item.path)).resolve()
-        group = "cluster" if path.is_relative_to(root / "cluster") else str(path.relative_to(root))
-        item.add_marker(pytest.mark.xdist_group(group))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """hack/test's two workers (pytest-xdist, --dist loadscope): the cluster tier shares one
+    testbed, so all of it runs on one worker, in order; every other test file is a unit of its
+    own (its module fixtures start once, on one worker). xdist's own loadgroup would do this
+    from markers, but under pytest 9 it loses the group names it adds to the test ids."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TierScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/cluster" if path.startswith("tests/cluster/") else path
+
+    return TierScheduling(config, log)
 
 
 def _still_running() -> list[str]:
