@@ -167,10 +167,35 @@ async def _may_list(kwargs: dict[str, Any]) -> None:
     response.close()
 
 
+def releasing(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """kopf's watcher of a kind, made to give up its hold on the operator's readiness when it
+    ends. kopf runs no handler until every indexed kind has listed once, and its watcher drops
+    its kind's readiness toggle only on that first listing. A watcher kopf stops before then
+    (the kind's CRD went while its listing was under way: an add-on installed and removed at
+    once, or uninstalled as the operator started) kept the toggle, and no handler of any model
+    ran again until the operator restarted. A kind no longer watched has nothing to wait for."""
+
+    async def watcher(**kwargs: Any) -> None:
+        try:
+            await original(**kwargs)
+        finally:
+            indexed, toggle = kwargs.get("operator_indexed"), kwargs.get("resource_indexed")
+            if indexed is not None and toggle is not None and toggle in indexed:
+                log.info("%s stopped before it listed once: the operator does not wait for it",
+                         kwargs.get("resource"))
+                # Shielded: the watcher ends by cancellation, and the drop must still happen.
+                await asyncio.shield(indexed.drop_toggle(toggle))
+
+    return watcher
+
+
 def tolerate_vanished_kinds() -> None:
-    """Install `tolerant` in kopf (once): its watcher looks the loop up on the module."""
+    """Install `tolerant` and `releasing` in kopf (once): its orchestrator looks the watcher up
+    on its module, and the watcher looks up the watch loop on its own."""
     from kopf._cogs.clients import watching
+    from kopf._core.reactor import queueing
 
     if not _installed:
         watching.infinite_watch = tolerant(watching.infinite_watch)
+        queueing.watcher = releasing(queueing.watcher)  # type: ignore[assignment]
         _installed.append(True)

@@ -4,13 +4,14 @@ operator may not list (403), waits and asks again instead of failing the operato
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from kopf._cogs.clients import errors
 
-from kubemaas_operator.kopf_watch import tolerant
+from kubemaas_operator.kopf_watch import releasing, tolerant
 
 
 def _not_found() -> errors.APINotFoundError:
@@ -181,3 +182,44 @@ def test_a_forbidden_optional_kind_counts_as_listed_at_once() -> None:
 
     assert asyncio.run(first()) is watching.Bookmark.LISTED
     assert loops == [] and probes[0]["resource"] is keda
+
+
+def test_a_watcher_stopped_before_its_first_listing_does_not_hold_kopf_back() -> None:
+    """kopf runs no handler until every indexed kind has listed once, and a watcher it stops
+    (the kind's CRD went) keeps its kind's readiness toggle. One stopped while its first
+    listing was still under way held every handler of the operator for good. Driven through
+    kopf's own watcher, readiness toggles and task stopping (orchestration's path when a CRD
+    goes): with the watcher as the operator installs it, readiness turns on once it stops."""
+    from kopf._cogs.aiokits import aiotasks, aiotoggles
+    from kopf._cogs.clients import watching
+    from kopf._cogs.configs import configuration
+    from kopf._cogs.structs import references
+    from kopf._core.reactor import queueing
+
+    async def listing_under_way(**kwargs: Any) -> AsyncIterator[Any]:
+        await asyncio.Event().wait()  # the API server has not answered the listing yet
+        yield "never"
+
+    async def run(watcher: Any) -> bool:
+        operator_indexed = aiotoggles.ToggleSet(all)
+        resource_indexed = await operator_indexed.make_toggle(name="interceptorroutes")
+        original = watching.infinite_watch
+        watching.infinite_watch = listing_under_way
+        try:
+            task = asyncio.create_task(watcher(
+                namespace=None, settings=configuration.OperatorSettings(),
+                resource=references.Resource("http.keda.sh", "v1beta1", "interceptorroutes"),
+                processor=_never_called, operator_indexed=operator_indexed,
+                resource_indexed=resource_indexed))
+            await asyncio.sleep(0.05)
+            await aiotasks.stop([task], title="streaming", logger=logging.getLogger("t"),
+                                interval=10, quiet=True)
+            await asyncio.wait_for(operator_indexed.wait_for(True), timeout=2)
+            return operator_indexed.is_on()
+        except TimeoutError:
+            return False
+        finally:
+            watching.infinite_watch = original
+
+    assert not asyncio.run(run(queueing.watcher))  # kopf's own watcher holds readiness back
+    assert asyncio.run(run(releasing(queueing.watcher)))
