@@ -101,11 +101,10 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
         "name") == canary_name(key[1])), None)
     nodes: list[NodeInfo] = list(idx["node_index"].get("nodes") or [])
     used: dict[str, dict[str, int]] = {}
+    own: dict[str, dict[str, int]] = {}
     for node in nodes:
         for owner, requests in idx["pod_index"].get(("gpu", node.name)) or []:
-            if owner == key:
-                continue
-            per = used.setdefault(node.name, {})
+            per = (own if owner == key else used).setdefault(node.name, {})
             for resource, count in requests.items():
                 per[resource] = per.get(resource, 0) + count
     pods: list[PodInfo] = list(idx["pod_index"].get(("pod", *key)) or [])
@@ -121,7 +120,7 @@ def snapshot(key: tuple[str, str], body: Mapping[str, Any] | None = None) -> Sna
     body, implicit_plan, implicit_mount = modelcache.implicit_view(body)
     cache = ((body.get("spec") or {}).get("model") or {}).get("cache")
     return Snapshot(body=body, children={k: v for k, v in children.items() if v is not None},
-                    pods=pods, nodes=nodes, used=used, pending=pending,
+                    pods=pods, nodes=nodes, used=used, own=own, pending=pending,
                     quotas=list(idx["quota_index"].get(key[0]) or []),
                     gateway_api=_runtime().gateway_api, cert_manager=_runtime().cert_manager,
                     inference_pools=_runtime().inference_pools, keda=_runtime().keda,

@@ -32,6 +32,9 @@ class Snapshot:
     pods: Sequence[PodInfo] = ()
     nodes: Sequence[NodeInfo] = ()
     used: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # others' pods
+    # the model's own bound pods' GPU requests per node: a surge counts them held
+    # (rollout_room.surge_room); the capacity check counts them free
+    own: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     # GPU requests of unscheduled pods (Pending, no node yet) of other models and workloads, and
     # of the pods other models' Deployments owe (not created yet): demand that the free GPUs of
     # matching nodes serve before a surge (scheduling.PendingDemand).

@@ -28,6 +28,7 @@ from .render import (
 from .render.inference import route_manifests, wants_pool
 from .rollout import plan as plan_rollout
 from .rollout_draft import Plan as RolloutPlan
+from .rollout_room import surge_room
 from .routes import gateway_children, gateway_for
 from .scheduling import Capacity, check_capacity
 from .template_source import template_source
@@ -63,7 +64,9 @@ async def targets(p: Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any
                    previous: Mapping[str, Any], capacity: Capacity,
                    c: Children) -> Targets:
     snap = p.snap
-    surge_room = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
+    # the model's own pods counted as free: the room were they all gone (the pool a surge
+    # could ever use); rollout_room.surge_room counts them held
+    every = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
                                 pending=snap.pending)
     gateway = gateway_for(spec, p.settings) if snap.gateway_api else None
     pool = wants_pool(spec, snap.inference_pools)  # then the picker chooses, not weights
@@ -75,7 +78,7 @@ async def targets(p: Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any
                     HTTPROUTE_API_VERSION)
     pod_spec = (_kind(rendered, "Deployment").get("spec") or {}).get("template") or {}
     plan = plan_rollout(spec, raw_spec, rendered.revision, live, snap.pods, desired_n,
-                        max(0, surge_room.room - desired_n), previous.get("rollout") or {},
+                        max(0, every.room - desired_n), previous.get("rollout") or {},
                         p.now, HTTP_ROUTE if gateway is not None and not pool else READY_REPLICAS,
                         never=capacity.message if capacity.never else "",
                         quota_full=no_room(snap.quotas, pod_spec.get("spec") or {}),
@@ -83,7 +86,9 @@ async def targets(p: Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any
                             spec.gpu.resource if spec.gpu else None, pod_spec.get("spec"),
                             rendered.revision == (live.revision if live else ""), dep_obj,
                             c.canary, rendered.revision), spec, snap.nodes, snap.used,
-                            snap.pending, snap.quotas))
+                            snap.pending, snap.quotas),
+                        room=surge_room(spec, snap.nodes, snap.used, snap.own, snap.pending,
+                                        snap.pods, desired_n))
     for note in plan.notes:
         # A revision the API server refused leaves no rollout record (the Failed status has
         # none), so each pass "starts" it again without applying anything: say so once.

@@ -34,6 +34,7 @@ from .gpu_ratio import ONE, GpuRatio, canary_short, never_all, spare_in_gpus
 from .observed import DeploymentInfo, PodInfo
 from .rollout_checks import blocked, complete, failing
 from .rollout_draft import Draft, Plan, entry, ref
+from .rollout_room import plain
 from .rollout_strategy import canary_quota_note, pick_strategy, rollout_reason
 from .status import RolloutView, plural
 from .timestamps import format_time, parse_time
@@ -48,7 +49,8 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
          dep: DeploymentInfo | None, pods: Sequence[PodInfo], desired: int, spare: int,
          previous: Mapping[str, Any], now: datetime,
          traffic_split: TrafficSplit = READY_REPLICAS, never: str = "",
-         quota_full: tuple[str, str] | None = None, gpu: GpuRatio = ONE) -> Plan:
+         quota_full: tuple[str, str] | None = None, gpu: GpuRatio = ONE,
+         room: int | None = None) -> Plan:
     """Decide the Deployment's template and strategy, and the new status.rollout.
 
     `dep` is the stable (main) Deployment; canary pods are told apart by their track label.
@@ -61,6 +63,8 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     revision untouched, until nodes or the quota hold it (gpu_ratio.never_all).
     `quota_full`: (a ResourceQuota's name, what is full): quota_room.no_room, read ahead.
     `gpu`: the GPUs of one canary-side pod and one stable-side pod (gpu_ratio.py).
+    `room`: a plain rollout's surge room, at the revision's pod size with the model's own pods
+    held (rollout_room.surge_room); None: not counted, `spare` stands for it.
     """
     upd = ref(previous.get("update"))
     live_hash = dep.revision if dep is not None else ""
@@ -69,10 +73,12 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         desired, spare = dropped_canary(previous, desired_hash, desired, spare)
     if live_hash != desired_hash:  # smaller pods: the stable ones hold more than counted
         spare = spare_in_gpus(gpu, desired, spare)
+    counted = room is not None and plain(spec, pods, previous)
     d = Draft(
-        strategy=pick_strategy(spec, desired, spare, pods, previous,
-                               upd is not None and upd["hash"] == desired_hash,
-                               live_hash == desired_hash, dep, quota_full),
+        strategy=pick_strategy(spec, desired, room if counted and room is not None else spare,
+                               pods, previous, upd is not None and upd["hash"] == desired_hash,
+                               live_hash == desired_hash, dep, quota_full,
+                               pool=spare if counted else None),
         desired_hash=desired_hash, cur=ref(previous.get("current")),
         prev_good=ref(previous.get("previous")), upd=upd, failed=ref(previous.get("failed")),
         stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),

@@ -121,7 +121,7 @@ def remembered_quota(previous: Mapping[str, Any]) -> tuple[str, str] | None:
 
 def sticky_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
                     pods: Sequence[PodInfo], chosen: Any,
-                    quota: tuple[str, str] | None = None) -> Strategy:
+                    quota: tuple[str, str] | None = None, pool: int | None = None) -> Strategy:
     """The strategy for this reconcile; a rollout keeps the one it started with.
 
     Free capacity moves while models roll (a replacing model's old pod gives its GPU back for a
@@ -129,11 +129,16 @@ def sticky_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
     replacement stays a replacement; a surge stays a surge unless one of the model's pods cannot
     be scheduled (someone took the free GPUs) or the namespace's ResourceQuota refused the surge
     pod (`quota`), and then it becomes a replacement (or waits, where none may be replaced).
+    So it does when the GPUs free or held by the model hold no pod beside the desired count
+    (`pool`: spare counted with the model's own pods as free; 0, say, once the autoscaler
+    raised the count to fill every GPU): no surge pod could ever bind, and the in-place
+    replacement within maxUnavailable is what moves the rollout on.
     """
     fresh = choose_strategy(spec, desired, spare, quota)
     if chosen == "Replace" and fresh.name == "Surge":
         return choose_strategy(spec, desired, 0)
     if chosen == "Surge" and fresh.name != "Surge" and quota is None and (
+            pool is None or pool > 0) and (
             spec.rollout.max_surge > 0) and not any(
             p.unschedulable_message for p in pods if not p.terminating):
         return choose_strategy(spec, desired, 1)
@@ -142,7 +147,8 @@ def sticky_strategy(spec: ModelDeploymentSpec, desired: int, spare: int,
 
 def pick_strategy(spec: ModelDeploymentSpec, desired: int, spare: int, pods: Sequence[PodInfo],
                   previous: Mapping[str, Any], same_update: bool, applied: bool,
-                  dep: DeploymentInfo | None, quota_full: tuple[str, str] | None) -> Strategy:
+                  dep: DeploymentInfo | None, quota_full: tuple[str, str] | None,
+                  pool: int | None = None) -> Strategy:
     """The rollout's strategy (rollout_strategy.sticky_strategy), except for a revision applied
     at zero replicas: the Deployment carries it already and the model's pods, as it scales up,
     start on it; there is nothing to wait for (a fresh choice would say 'waiting' without a
@@ -150,7 +156,8 @@ def pick_strategy(spec: ModelDeploymentSpec, desired: int, spare: int, pods: Seq
     Deployment's ReplicaFailure) counts as no room for a surge; a replacement chosen for that
     keeps its reason. So does a quota read ahead without room (`quota_full`), unless a surge
     is under way: its own pod fills the quota then. A canary chosen under the quota keeps it
-    too: its stable Deployment gave replicas up for the canary's pods (canary.py, no spare)."""
+    too: its stable Deployment gave replicas up for the canary's pods (canary.py, no spare).
+    `pool`: sticky_strategy's."""
     at_zero = same_update and previous.get("reason") == "NoReplicas"
     if at_zero and applied:
         return Strategy("Replace", 0, 1, "NoReplicas", "replace: applied while no replica ran; "
@@ -163,7 +170,7 @@ def pick_strategy(spec: ModelDeploymentSpec, desired: int, spare: int, pods: Seq
         quota = quota_refusal(dep.replica_failure)
     if quota is None and chosen != "Surge":
         quota = quota_full
-    return sticky_strategy(spec, desired, spare, pods, chosen, quota)
+    return sticky_strategy(spec, desired, spare, pods, chosen, quota, pool)
 
 
 def rollout_reason(strategy: Strategy) -> str:

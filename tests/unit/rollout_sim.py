@@ -13,6 +13,13 @@ from kubemaas_operator.api import parse_spec
 from kubemaas_operator.gpu_ratio import GpuRatio
 from kubemaas_operator.observed import DeploymentInfo, PodInfo
 from kubemaas_operator.rollout import Plan, plan
+from kubemaas_operator.rollout_room import surge_room
+from kubemaas_operator.scheduling import PRODUCT_LABEL, NodeInfo
+
+H100 = "NVIDIA-H100-80GB-HBM3"  # the product the tests' specs ask for
+
+
+GPU = "nvidia.com/gpu"
 
 
 @dataclass
@@ -40,6 +47,7 @@ class Sim:
     main_strategy: tuple[int, int] = (0, 1)
     now: Any = NOW
     log: list[str] = field(default_factory=list)
+    others: int = 0  # GPUs that other workloads' pods hold (the index's `used`)
 
     def info(self) -> list[PodInfo]:
         return [PodInfo(name=p.name, phase="Running" if p.bound else "Pending",
@@ -96,17 +104,19 @@ class Sim:
                               available_replicas=ready)
 
     def free(self) -> int:
-        return self.gpus - sum(p.gpus for p in self.pods)
+        return self.gpus - self.others - sum(p.gpus for p in self.pods)
 
     def ratio(self, desired_hash: str, status: dict[str, Any]) -> GpuRatio:
         cur = (status.get("current") or {}).get("hash", "aaa")
         can = {p.revision for p in self.mine("canary")}
+        if not can and not status.get("canary"):  # plain: the stable Deployment's template's
+            cur = self.main_tpl  # pods are the stable side's (rollout_gpus)
         was = next((self.sizes[r] for r in can if r not in (desired_hash, cur)), 0)
         new = self.sizes[desired_hash]
         if self.main_tpl == desired_hash and can:  # applied: the canary Deployment's (rollout_gpus)
             new, was = self.sizes[sorted(can)[0]], 0
         return GpuRatio("nvidia.com/gpu", new=new, old=self.sizes[cur],
-                        was=was, held=self.gpus // self.sizes[cur])
+                        was=was, held=(self.gpus - self.others) // self.sizes[cur])
 
     def apply(self, p: Plan, desired_hash: str, desired: int) -> None:
         cur = (p.status.get("current") or {}).get("hash", self.main_tpl)
@@ -135,7 +145,7 @@ class Sim:
                     p.ready = True
                 p.late -= 1
         for p in self.pods:
-            free = self.gpus - sum(q.gpus for q in self.pods if q.bound)
+            free = self.gpus - self.others - sum(q.gpus for q in self.pods if q.bound)
             if not p.bound and p.gpus <= free:
                 p.bound = True
         self.now += timedelta(seconds=5)
@@ -155,16 +165,29 @@ class Sim:
             self.apply(p, revision, want)
             lowest = min(lowest, self.ready())
             self.settle()
-            assert sum(q.gpus for q in self.pods if q.bound) <= self.gpus
+            assert sum(q.gpus for q in self.pods if q.bound) <= self.gpus - self.others
         return status, lowest
 
     def look(self, raw: dict[str, Any], desired_hash: str, desired: int,
              status: dict[str, Any]) -> Plan:
-        return plan(parse_spec(raw), raw, desired_hash, self.dep(), self.info(), desired,
+        spec = parse_spec(raw)
+        return plan(spec, raw, desired_hash, self.dep(), self.info(), desired,
                     self.spare(desired_hash, desired), status, self.now,
-                    gpu=self.ratio(desired_hash, status))
+                    gpu=self.ratio(desired_hash, status),
+                    room=surge_room(spec, [self.node()], {"n": {GPU: self.others}},
+                                    {"n": {GPU: self.held()}}, (),
+                                    self.info(), desired))
+
+    def node(self) -> NodeInfo:
+        """The one pool of GPUs, as a node of the product the tests' specs ask for."""
+        return NodeInfo("n", labels={PRODUCT_LABEL: H100}, allocatable={GPU: self.gpus})
+
+    def held(self) -> int:
+        """GPUs the model's bound pods hold (the operator's index of bound pods)."""
+        return sum(p.gpus for p in self.pods if p.bound)
 
     def spare(self, desired_hash: str, desired: int) -> int:
         """As reconcile_targets counts it: the pods of the spec's size the GPUs hold, the
-        model's own counted as free, beyond `desired`."""
-        return max(0, self.gpus // self.sizes[desired_hash] - desired)
+        model's own counted as free, beyond `desired` (the room a plain rollout's surge has is
+        rollout_room.surge_room's, in look)."""
+        return max(0, (self.gpus - self.others) // self.sizes[desired_hash] - desired)

@@ -1,0 +1,57 @@
+"""PURE: the room a plain rollout (no canary) has for surge pods, counted at the new revision's
+pod size with the model's own pods holding the GPUs they hold.
+
+The capacity check (scheduling.check_capacity) counts this model's own pods as free: right for
+"could the spec's replicas ever run", wrong for a surge, where no old pod goes before a new one
+is available (maxUnavailable 0). Counted that way, a 1-GPU revision arriving while 2-GPU pods
+held every GPU saw room for surge pods that could not bind (the Deployment kept every old pod
+for them until the progress deadline rolled the revision back), and a 2-GPU revision beside a
+1-GPU replica saw no room (3 GPUs: one 2-GPU pod "per" replica) with 2 GPUs free for it.
+
+Here the GPUs the model's pods hold stay held; the surge room is the pods bound now plus the
+new-size pods the free GPUs hold, beyond the desired count. Pods already surged beside the
+desired ones count as room (they hold it), so the number stays put while a surge runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from .api import ModelDeploymentSpec
+from .observed import PodInfo
+from .scheduling import NodeInfo, PendingDemand, check_capacity
+
+
+def with_own(used: Mapping[str, Mapping[str, int]],
+             own: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Others' GPU requests per node (`used`) plus the model's own bound pods' (`own`)."""
+    out = {node: dict(per) for node, per in used.items()}
+    for node, per in own.items():
+        mine = out.setdefault(node, {})
+        for resource, count in per.items():
+            mine[resource] = mine.get(resource, 0) + count
+    return out
+
+
+def surge_room(spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
+               used: Mapping[str, Mapping[str, int]], own: Mapping[str, Mapping[str, int]],
+               pending: Iterable[PendingDemand], pods: Sequence[PodInfo],
+               desired: int) -> int | None:
+    """Pods of the spec's revision that can run beyond `desired` with no pod of the model
+    deleted first: the model's bound pods (any revision, any size; not terminating) plus the
+    spec-size pods that the GPUs free of others' and of the model's own pods hold (after the
+    waiting demand of others), less `desired`. None for a model without GPUs (the scheduler
+    places a CPU model's extras) or at zero replicas (nothing to surge beside)."""
+    if spec.gpu is None or desired <= 0:
+        return None
+    free = check_capacity(spec, nodes, with_own(used, own), 1, pending=pending).room
+    bound = sum(1 for p in pods if p.node and not p.terminating
+                and p.phase not in ("Failed", "Succeeded"))
+    return max(0, bound + free - desired)
+
+
+def plain(spec: ModelDeploymentSpec, pods: Sequence[PodInfo],
+          previous: Mapping[str, object]) -> bool:
+    """A rollout without a canary: none in the spec, none running, none on record."""
+    return (spec.rollout.canary is None and not previous.get("canary")
+            and not any(p.track == "canary" for p in pods))
