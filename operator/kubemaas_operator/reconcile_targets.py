@@ -67,7 +67,7 @@ async def targets(p: Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any
     # the model's own pods counted as free: the room were they all gone (the pool a surge
     # could ever use); rollout_room.surge_room counts them held
     every = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
-                                pending=snap.pending)
+                           pending=snap.pending)
     gateway = gateway_for(spec, p.settings) if snap.gateway_api else None
     pool = wants_pool(spec, snap.inference_pools)  # then the picker chooses, not weights
     if spec.serving.gateway is not None and not snap.gateway_api and p.memory.first_time(

@@ -396,9 +396,12 @@ def _finish(d: Draft, desired: int) -> Plan:
     chosen = None
     if d.moving:
         chosen = (d.strategy.max_surge, d.strategy.max_unavailable)
-        if d.strategy.name == "Wait" and (d.blocked_reason != "RolloutWaiting"
-                                          or d.strategy.max_surge <= 0):
-            chosen = (0, 1)  # going back must not wait; a surge waiting for room stays
+        if d.strategy.name == "Wait" and d.blocked_reason != "RolloutWaiting":
+            chosen = (0, 1)  # going back must not wait
+        elif d.strategy.name == "Wait":  # a surge waiting for room stays; a revision applied
+            # before the count fell to one replica (the autoscaler) waits with one pod pending
+            # beside it (maxSurge 0 too): maxUnavailable 1 took the only replica down
+            chosen = (max(1, d.strategy.max_surge), 0)
     if d.canary_moving:  # the stable Deployment never surges beside a canary
         chosen = (0, max(1, min(d.strategy.max_unavailable or 1, max(1, desired - 1))))
     return Plan(target=d.target, strategy=d.strategy, status=d.status, view=view,

@@ -93,6 +93,22 @@ def test_the_autoscaler_filling_every_gpu_mid_surge_turns_it_into_a_replacement(
     assert lowest >= 2
 
 
+def test_a_count_fallen_to_one_replica_after_the_revision_was_applied_keeps_it_serving() -> None:
+    """3 x 2 GPU on 7 GPUs replace in place (maxSurge 0, maxUnavailable 1); after one pass
+    the autoscaler takes the count to 1. A single replica without allowDowntime waits, but the
+    Deployment carried the new template already, and the wait gave it maxUnavailable 1: it took
+    the only replica down (0 Ready). It waits with one pod beside it instead (maxSurge 1,
+    maxUnavailable 0), which starts where a GPU is free."""
+    s, status = running(7, {"aaa": 2, "bbb": 2}, 3, spec(None, 2, "img:1"))
+    raw = spec(None, 2, "img:2", maxSurge=0, maxUnavailable=1)
+    status, _ = s.run(raw, "bbb", 3, status, 1)
+    assert s.main_tpl == "bbb"
+    status, lowest = s.run(raw, "bbb", 1, status, 30)
+    assert lowest >= 1
+    assert [(q.revision, q.ready) for q in s.pods] == [("bbb", True)]
+    assert status["reason"] == "UpToDate", status.get("message")
+
+
 def test_surge_room_counts_the_model_s_pods_as_held() -> None:
     node = NodeInfo("n", labels={PRODUCT_LABEL: "NVIDIA-H100-80GB-HBM3"},
                     allocatable={"nvidia.com/gpu": 8})
