@@ -32,6 +32,7 @@ class Pod:
     ready: bool = False
     broken: bool = False  # never Ready (a crash loop, a failing probe)
     late: int = 0  # passes bound before Ready
+    tried: bool = False  # the scheduler looked and found no room (PodScheduled=False)
 
 
 @dataclass
@@ -48,11 +49,14 @@ class Sim:
     now: Any = NOW
     log: list[str] = field(default_factory=list)
     others: int = 0  # GPUs that other workloads' pods hold (the index's `used`)
+    unschedulable: bool = False  # Pending pods report Unschedulable, as the scheduler's do
 
     def info(self) -> list[PodInfo]:
         return [PodInfo(name=p.name, phase="Running" if p.bound else "Pending",
                         node="n" if p.bound else "", ready=p.ready, revision=p.revision,
-                        track=p.track) for p in self.pods]
+                        track=p.track, unschedulable_message=(
+                            "0/1 nodes are available: 1 Insufficient nvidia.com/gpu"
+                            if p.tried and not p.bound else "")) for p in self.pods]
 
     def mine(self, track: str) -> list[Pod]:
         return [p for p in self.pods if p.track == track]
@@ -148,6 +152,7 @@ class Sim:
             free = self.gpus - self.others - sum(q.gpus for q in self.pods if q.bound)
             if not p.bound and p.gpus <= free:
                 p.bound = True
+            p.tried = self.unschedulable
         self.now += timedelta(seconds=5)
 
     def ready(self) -> int:

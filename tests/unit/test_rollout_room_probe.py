@@ -2,7 +2,8 @@
 driven over passes against tests/unit/rollout_sim.py: 1 or 2 GPUs per pod for each of three
 revisions, replicas 1-6, 0-3 GPUs free and 0-2 held by another workload, maxSurge 0-2,
 maxUnavailable 0-2, allowDowntime or not, pods Ready late, a second revision arriving mid-rollout,
-an autoscaler count raised or lowered mid-rollout. Never more GPUs bound than there are; the
+an autoscaler count raised or lowered mid-rollout, Pending pods reporting Unschedulable (as the
+scheduler's do) or not. Never more GPUs bound than there are; the
 rollout completes, or waits (RolloutWaiting, NoFreeGPU) only where no pod of its size fits beside
 the serving ones and none may go; a healthy revision is never rolled back; Ready never falls
 below the floor the strategy promises (the count less maxUnavailable, one kept serving without
@@ -30,7 +31,8 @@ def _setup(rnd: random.Random) -> tuple[Sim, dict[str, Any], dict[str, Any]]:
              "allowDowntime": rnd.random() < 0.2}
     if knobs["maxSurge"] == 0 and knobs["maxUnavailable"] == 0:
         knobs["maxUnavailable"] = 1
-    s = Sim(gpus=gpus, sizes=sizes, main_n=n, late=rnd.choice([0, 0, 1]), others=others)
+    s = Sim(gpus=gpus, sizes=sizes, main_n=n, late=rnd.choice([0, 0, 1]), others=others,
+            unschedulable=rnd.random() < 0.5)
     s.scale("main", "aaa", n)
     for _ in range(3):
         s.settle()
