@@ -45,8 +45,9 @@ def test_a_one_gpu_revision_mid_rollout_does_not_surge_into_held_gpus() -> None:
     """2 x 2 GPU on 4 GPUs roll to 1-GPU pods (bbb) in place; another workload takes the GPU
     the smaller pods left free, and a third revision of 1-GPU pods (ccc) comes. Counted with
     the model's pods as free (4 one-GPU pods beside 2 replicas), it surged: maxUnavailable 0,
-    its pod Pending for good beside the Ready ones, and the deadline rolled a healthy revision
-    back. No GPU is free for it: it replaces in place."""
+    its pod Pending beside the Ready ones (for good here, where no pod reports Unschedulable),
+    and the deadline rolled a healthy revision back. No GPU is free for it: it replaces in
+    place."""
     s, status = running(4, {"aaa": 2, "bbb": 1, "ccc": 1}, 2, spec(2, 2, "img:1"))
     status, _ = s.run(spec(2, 1, "img:2"), "bbb", 2, status, 3)
     assert s.main_tpl == "bbb" and "aaa" in {q.revision for q in s.pods}
