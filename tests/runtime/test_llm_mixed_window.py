@@ -81,7 +81,7 @@ def poison_out_of_window(engine: Engine) -> None:
         poisoned.clear()
         poisoned.update(dead)
         if engine.window_pool is not None:  # the windowed group's given-back blocks: finite
-            fill(set(engine.window_pool._free) | {0}, 1e3)  # (masked reads: 0 x 1e3 is 0)
+            fill(set(engine.window_pool.unused()) | {0}, 1e3)  # (masked reads: 0 x 1e3 is 0)
         return out
     engine.step = poisoning  # type: ignore[method-assign]
 
@@ -111,7 +111,7 @@ def watch_reuse(engine: Engine) -> set[int]:
             if s not in running or b in held:
                 del gave[b]
         assert engine.window_pool is not None
-        free = set(engine.window_pool._free)
+        free = set(engine.window_pool.unused())
         for s in running:
             for b in last_windowed.get(s.rid, []):
                 if b and b in free:
@@ -236,8 +236,9 @@ def test_a_prefix_hit_past_the_window(kv_groups: bool, mixed: tuple[LanguageMode
     assert engine.window_pool is None or engine.window_pool.used == 0
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["split", "shared-pages"])
 def test_a_prefix_hit_in_the_smallest_kv_groups_is_admitted(
-        mixed: tuple[LanguageModel, Any]) -> None:
+        shared: bool, mixed: tuple[LanguageModel, Any]) -> None:
     """Two KV groups in the smallest budget the engine takes for max-model-len 256 (the
     windowed group: 3 or 4 blocks of 8, window 12): a prompt that goes on three blocks past a
     cached one hits its window's 2 windowed blocks; admission asked for 3 more besides them and,
@@ -245,8 +246,12 @@ def test_a_prefix_hit_in_the_smallest_kv_groups_is_admitted(
     Now the hit counts towards the window's blocks, and the answer is generate()'s."""
     torch.set_num_threads(1)
     lm, model = mixed
-    engine = next(e for e in (_engine_or_none(lm, blocks) for blocks in range(1, 64)) if e)
-    assert engine.window_pool is not None and engine.window_pool.usable < 5
+    engine = next(e for e in (_engine_or_none(lm, blocks, shared) for blocks in range(1, 64))
+                  if e)
+    assert engine.window_pool is not None
+    # (the split's windowed group: a few blocks; one pool of pages: the bytes of a few more
+    # blocks of every layer than one sequence's window and context)
+    assert shared or engine.window_pool.usable < 5
     base, tail = prompts([90, 20], seed=23)
     params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     run_bounded(engine, base, SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True))
@@ -256,12 +261,12 @@ def test_a_prefix_hit_in_the_smallest_kv_groups_is_admitted(
     assert engine.pool.used == 0 and engine.window_pool.used == 0
 
 
-def _engine_or_none(lm: LanguageModel, blocks: int) -> Engine | None:
+def _engine_or_none(lm: LanguageModel, blocks: int, shared: bool = False) -> Engine | None:
     """Two KV groups in the bytes of ``blocks`` blocks of every layer, or None when the
     engine refuses them (too small for one sequence of max-model-len 256)."""
     try:
         return small_engine(lm, blocks, BLOCK, batched=2048, max_model_len=256,
-                            kv_groups=True)
+                            kv_groups=True, kv_shared=shared)
     except ValueError:
         return None
 

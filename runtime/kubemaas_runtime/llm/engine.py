@@ -70,6 +70,9 @@ class EngineConfig:
     # a model whose layers mix a sliding window and full attention: two KV groups, the
     # windowed layers' blocks given back as they leave the window (kv_groups.py)
     kv_groups: bool = False
+    # with kv_groups: both groups' blocks from one pool of pages (kv_shared.py); False: the
+    # budget split between them once, at start
+    kv_shared: bool = True
 
 
 class Engine(EngineThread):
@@ -81,7 +84,7 @@ class Engine(EngineThread):
         # layers that mix a window and full attention, with kv_groups: two KV groups
         self.pool, self.window_pool, groups = kv_pools(
             lm, cfg.kv_cache_bytes, cfg.block_size, cfg.max_model_len, cfg.prefix_caching,
-            cfg.kv_groups)
+            cfg.kv_groups, cfg.kv_shared)
         # every layer windowed: a sequence holds the blocks of its window alone (scheduler.py)
         window = lm.window if not lm.sliding else None
         self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_num_batched_tokens,

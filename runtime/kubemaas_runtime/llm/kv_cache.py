@@ -69,6 +69,10 @@ class BlockPool:
     needs only the blocks its next token sees (``window_hit``).
     """
 
+    # the blocks' units are shared with another KV group (kv_shared.GroupPool): having room in
+    # each of two groups is not having room in both at once
+    shares_pages = False
+
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = False) -> None:
         if num_blocks < 2:
             raise ValueError("the KV cache needs at least 2 blocks")
@@ -98,6 +102,19 @@ class BlockPool:
     def usage(self) -> float:
         return self.used / self.usable
 
+    def unused(self) -> list[int]:
+        """The blocks that hold nothing (neither referenced nor cached)."""
+        return list(self._free)
+
+    def drop_cached(self) -> int:
+        """Forget every cached block nobody references (they become empty); how many."""
+        dropped = list(self._evictable)
+        for block in dropped:
+            del self._by_hash[self._hash_of.pop(block)]
+            self._free.append(block)
+        self._evictable.clear()
+        return len(dropped)
+
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
 
@@ -124,11 +141,19 @@ class BlockPool:
                 continue
             self._refs[block] -= 1
             if self._refs[block] == 0:
-                if block in self._hash_of:
-                    self._evictable[block] = None
-                else:
-                    self._free.append(block)
+                self._retire(block)
         blocks.clear()
+
+    def _retire(self, block: int) -> None:
+        """``block`` is referenced no more: cached (evictable) if registered, else free."""
+        if block in self._hash_of:
+            self._evictable[block] = None
+        else:
+            self._free.append(block)
+
+    def _revive(self, block: int) -> None:
+        """A cached ``block`` nobody referenced is referenced again (a prefix hit)."""
+        del self._evictable[block]
 
     def chain_hashes(self, tokens: list[int], start: int, prev: bytes) -> list[bytes]:
         """Chain hashes of the full blocks of ``tokens`` from block index ``start``, after the
@@ -165,7 +190,7 @@ class BlockPool:
             if not block:
                 continue
             if self._refs[block] == 0:
-                del self._evictable[block]
+                self._revive(block)
             self._refs[block] += 1
         return found
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .kv_cache import BlockPool, KVStore
+from .kv_shared import GroupPool, SharedPages, SharedStore, shared_pages
 
 if TYPE_CHECKING:
     from .loader import LanguageModel
@@ -89,13 +90,22 @@ def model_groups(num_layers: int, sliding: frozenset[int], window: int | None,
                         block_size)
 
 
+Layout = GroupBlocks | SharedPages | None
+
+
 def kv_pools(lm: LanguageModel, budget: int, block_size: int, max_model_len: int,
-             prefix_caching: bool, grouped: bool
-             ) -> tuple[BlockPool, BlockPool | None, GroupBlocks | None]:
+             prefix_caching: bool, grouped: bool, shared: bool = True
+             ) -> tuple[BlockPool, BlockPool | None, Layout]:
     """The engine's pool, and with ``grouped`` (a model whose layers mix windows) the windowed
-    group's pool and the split; one pool of every layer's blocks otherwise."""
+    group's pool and their layout: with ``shared`` one line of pages for both (kv_shared.py),
+    else the fixed split; one pool of every layer's blocks otherwise."""
     groups = model_groups(lm.num_layers, lm.sliding, lm.window, lm.kv_heads, lm.head_dim,
                           lm.dtype, budget, block_size, max_model_len) if grouped else None
+    if groups is not None and shared:
+        pages = shared_pages(budget, lm.num_layers, len(lm.sliding),
+                             KVStore.bytes_per_block(1, block_size, lm.kv_heads, lm.head_dim,
+                                                     lm.dtype), block_size, prefix_caching)
+        return pages.full, pages.window, pages
     if groups is None:
         per_block = KVStore.bytes_per_block(lm.num_layers, block_size, lm.kv_heads,
                                             lm.head_dim, lm.dtype)
@@ -107,8 +117,11 @@ def kv_pools(lm: LanguageModel, budget: int, block_size: int, max_model_len: int
             BlockPool(groups.window, block_size, prefix_caching), groups)
 
 
-def kv_store(lm: LanguageModel, pool: BlockPool, groups: GroupBlocks | None) -> KVStore:
+def kv_store(lm: LanguageModel, pool: BlockPool, groups: Layout) -> KVStore:
     """The tensors behind ``kv_pools``' pools."""
+    if isinstance(groups, SharedPages):
+        return SharedStore(lm.num_layers, lm.sliding, groups, pool.block_size, lm.kv_heads,
+                           lm.head_dim, lm.dtype, lm.device)
     if groups is None:
         return KVStore(lm.num_layers, pool.num_blocks, pool.block_size, lm.kv_heads,
                        lm.head_dim, lm.dtype, lm.device)
@@ -124,6 +137,16 @@ def check_holds_one_sequence(budget: int, max_model_len: int, scheduler: Schedul
     if scheduler.window is not None:
         need = min(need, scheduler.live_blocks)
     windowed = scheduler.window_pool
+    if isinstance(windowed, GroupPool):
+        window_need = min(need, scheduler.window_live)
+        if not windowed.pages.holds(need, window_need):
+            raise ValueError(
+                f"a KV cache of {budget} bytes holds {windowed.pages.usable} layer-blocks of "
+                f"{pool.block_size} tokens, fewer than one sequence of max-model-len "
+                f"{max_model_len} needs ({need} blocks of the full layers, {window_need} of "
+                f"the windowed ones, and one spare of each); raise the KV cache memory or "
+                f"lower max-model-len")
+        return
     if windowed is not None and min(need, scheduler.window_live) > windowed.usable:
         raise ValueError(
             f"a KV cache of {budget} bytes holds {windowed.usable} blocks of "

@@ -32,7 +32,10 @@ kv_groups.py), ``pool`` is the full layers' and ``window_pool`` the windowed lay
 sequence holds its whole context in the first and its window's blocks in the second
 (``Sequence.window_blocks``, given back by ``slide`` as above, its prompt's taken chunk by
 chunk); admission waits when either group is short, growth preempts when either is empty,
-and a prefix hit is the longest that both groups hold.
+and a prefix hit is the longest that both groups hold. When the two groups share one pool of
+pages (kv_shared.py), each may have room and not both: admission then waits (``_take``), and
+a sequence that finds no room alone, its own blocks in the way, is read again with the
+prefix cache dropped and the blocks packed at the line's two ends (``_unpin``).
 
 With ``priority`` (vLLM's ``--scheduling-policy priority``) the queue is ordered by each
 request's priority (lower first), then by arrival, and the sequence preempted is the running one
@@ -219,6 +222,7 @@ class Scheduler:
 
     def _admit(self) -> None:
         passed = 0  # sequences at the head left waiting for an adapter slot
+        unpinned = False
         while len(self.waiting) > passed and len(self.running) < self.max_num_seqs:
             seq = self.waiting[passed]
             if not self._adapter_fits(seq):
@@ -232,17 +236,22 @@ class Scheduler:
             if self.window is not None:
                 need = min(need, self.live_blocks - _held(cached))
             window_need = min(fresh, self.window_live - _held(window_cached))
-            if self._short(self.pool, need) or (self.window_pool is not None and
-                                                 self._short(self.window_pool, window_need)):
+            short = self._short(self.pool, need) or (
+                self.window_pool is not None and self._short(self.window_pool, window_need))
+            taken = None if short else self._take(need, window_need)
+            if taken is None:
                 self.pool.release(cached)
                 if self.window_pool is not None:
                     self.window_pool.release(window_cached)
+                if not short and not self.running and not unpinned and self._unpin():
+                    unpinned = True
+                    continue  # (cached blocks stood between the two groups' ends)
                 return  # wait for blocks: never overcommit the cache (either group)
             self.pool.queried_tokens += len(seq.ids)
             self.pool.hit_tokens += len(cached) * self.pool.block_size
-            seq.blocks = cached + self.pool.allocate(need)
+            seq.blocks = cached + taken[0]
             if self.window_pool is not None:
-                seq.window_blocks = window_cached + self.window_pool.allocate(window_need)
+                seq.window_blocks = window_cached + taken[1]
                 seq.window_registered = len(window_cached)
                 seq.window_freed = window_cached.count(0)
             seq.registered = len(cached)
@@ -253,6 +262,33 @@ class Scheduler:
                 seq.scheduled_at = time.monotonic()
             del self.waiting[passed]
             self.running.append(seq)
+
+    def _take(self, need: int, window_need: int) -> tuple[list[int], list[int]] | None:
+        """``need`` new blocks of the full group and ``window_need`` of the windowed one;
+        None when the groups share pages (kv_shared.py) and had room each, not both."""
+        blocks = self.pool.allocate(need)
+        if self.window_pool is None:
+            return blocks, []
+        try:
+            return blocks, self.window_pool.allocate(window_need)
+        except OutOfBlocks:
+            self.pool.release(blocks)
+            return None
+
+    def _unpin(self) -> bool:
+        """With groups over one pool of pages and nothing running: drop the prefix cache and
+        take blocks nearest each group's end from now on (kv_shared.SharedPages.compact), so
+        a lone sequence's blocks are packed at the two ends; False when nothing changed."""
+        pages = getattr(self.window_pool, "pages", None)
+        if pages is None:
+            return False
+        changed = self._drop_cached() > 0 or not pages.compact
+        pages.compact = True
+        return changed
+
+    def _drop_cached(self) -> int:
+        dropped = self.pool.drop_cached()
+        return dropped + (self.window_pool.drop_cached() if self.window_pool else 0)
 
     def _short(self, pool: BlockPool, need: int) -> bool:
         """``pool`` lacks ``need`` blocks, leaving one for each running sequence."""
@@ -316,7 +352,11 @@ class Scheduler:
         others = [s for s in self.running if s is not keep]
         if not others:
             return False
-        victim = max(others, key=lambda s: s.rank) if self.priority else others[-1]
+        self._requeue(max(others, key=lambda s: s.rank) if self.priority else others[-1])
+        return True
+
+    def _requeue(self, victim: Sequence) -> None:
+        """``victim`` gives its blocks back and waits again (recompute)."""
         self.running.remove(victim)
         self._release(victim)
         victim.computed = victim.registered = victim.freed = 0
@@ -327,7 +367,6 @@ class Scheduler:
         else:
             self.waiting.appendleft(victim)
         self.preemptions += 1
-        return True
 
     def _grow(self, seq: Sequence, tokens: int) -> bool:
         """Make room for ``tokens`` cached tokens (in both KV groups); False when ``seq``
@@ -337,8 +376,14 @@ class Scheduler:
                 try:
                     blocks.extend(pool.allocate(1))
                 except OutOfBlocks:
-                    if not self._preempt(seq):
-                        return False
+                    if self._preempt(seq):
+                        continue
+                    if getattr(pool, "shares_pages", False):
+                        # alone, yet no room: its own blocks lie between the two groups'
+                        # ends (kv_shared.py); read it again, packed from the ends
+                        self._requeue(seq)
+                        self._unpin()
+                    return False
         return True
 
     def _groups(self, seq: Sequence) -> list[tuple[BlockPool, list[int]]]:
