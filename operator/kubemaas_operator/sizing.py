@@ -13,10 +13,9 @@ heads across them):
 - a layer that attends within a sliding window (`slidingWindow`, on `slidingWindowLayers` of
   the layers) holds, where the engine keeps only the window, min(window + KV_BLOCK,
   `maxModelLen`) positions per sequence instead of `maxModelLen`: vLLM always does (its hybrid
-  KV-cache manager frees the blocks that slid out of the window); engine kubemaas does where
-  every layer is windowed, and holds every layer's whole context where the layers mix windowed
-  and full attention (KUBEMAAS_WINDOWS_MIXED_LAYERS, the one switch to turn when it keeps only
-  the window there too);
+  KV-cache manager frees the blocks that slid out of the window); engine kubemaas does too
+  (where the layers mix windowed and full attention, through the runtime's --hybrid-kv-cache,
+  on by default: KUBEMAAS_WINDOWS_MIXED_LAYERS);
 - OVERHEAD_PER_GPU: the CUDA context, NCCL buffers, CUDA graphs and the activations of the
   engine's profiling step (measured by vLLM's startup at 1-3 GiB for 8B-70B models; 2 GiB here);
 - utilization: `spec.runtime.llm.gpuMemoryUtilization` (0.9), the share the engine may take.
@@ -59,9 +58,10 @@ MIN_SEQUENCES = 4
 MAX_GPUS = 16  # spec.gpu.count's maximum
 KV_BLOCK = 16  # positions per KV-cache block: vLLM's and the kubemaas runtime's default
 # Does engine kubemaas keep only the window of a windowed layer in a model whose layers mix
-# windowed and full attention (Gemma 2 and 3, Qwen2 with max_window_layers)? Not yet: it holds
-# every layer's whole context there (it keeps only the window where every layer is windowed).
-KUBEMAAS_WINDOWS_MIXED_LAYERS = False
+# windowed and full attention (Gemma 2 and 3, Qwen2 with max_window_layers)? Yes: the runtime's
+# --hybrid-kv-cache (on by default) gives those layers' blocks back as they leave the window,
+# its two KV groups sharing one pool of pages (as it does where every layer is windowed).
+KUBEMAAS_WINDOWS_MIXED_LAYERS = True
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GPU_RESOURCE = "nvidia.com/gpu"
 

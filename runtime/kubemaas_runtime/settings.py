@@ -172,12 +172,12 @@ OPTIONS: tuple[Option, ...] = (
            "one lane per sequence, in up to as many bytes as --kv-cache-memory, so that a "
            "decode step's attention reads them in place instead of gathering cache blocks "
            "(2.7x less time per layer at long contexts); false: no second copy."),
-    Option("hybrid_kv_cache", "--hybrid-kv-cache", "KUBEMAAS_HYBRID_KV_CACHE", False, _bool,
+    Option("hybrid_kv_cache", "--hybrid-kv-cache", "KUBEMAAS_HYBRID_KV_CACHE", True, _bool,
            "hf models whose layers mix a sliding window and full attention (Gemma 2, Gemma 3, "
-           "Qwen2/Qwen3 with max_window_layers): two KV groups, the windowed layers' blocks "
-           "given back as they leave a sequence's window, --kv-cache-memory split between "
-           "the groups for sequences of --max-model-len (more long sequences at once, fewer "
-           "sequences shorter than the window); false: one pool, every block kept."),
+           "Qwen2/Qwen3 with max_window_layers): two KV groups over one pool of pages, the "
+           "windowed layers' blocks given back as they leave a sequence's window (more long "
+           "sequences at once, as many short ones as one pool); false: one pool of every "
+           "layer's blocks, every block kept."),
     Option("runner", "--runner", "KUBEMAAS_RUNNER", "auto", str,
            "hf models: auto | generate | pooling (vLLM's). pooling serves an embedding model "
            "(/v1/embeddings, /score, /rerank) or a *ForSequenceClassification classifier "
@@ -278,7 +278,7 @@ class Settings:
     packed_linear: bool = True
     traced_decode: bool = True
     decode_lanes: bool = True
-    hybrid_kv_cache: bool = False
+    hybrid_kv_cache: bool = True
     scheduling_policy: str = "fcfs"
     runner: str = "auto"
     pooler_config: str | None = None
