@@ -64,6 +64,9 @@ def main() -> None:
     parser.add_argument("--traced-decode", choices=("true", "false"), default="true",
                         help="both families are on the direct stack: their decode steps may be "
                              "traced")
+    parser.add_argument("--kv-layout", choices=("one-pool", "split", "shared"),
+                        default="one-pool", help="one pool of every layer's blocks, or two KV "
+                        "groups (--hybrid-kv-cache): the fixed split or one pool of pages")
     args = parser.parse_args()
     from kubemaas_runtime.llm.engine import Engine, EngineConfig
     from kubemaas_runtime.llm.loader import load_hf
@@ -77,7 +80,9 @@ def main() -> None:
     engine = Engine(lm, EngineConfig(kv_cache_bytes=1 << 30, max_model_len=2 * args.prompt,
                                      max_num_seqs=args.rows,
                                      max_num_batched_tokens=args.chunk, prefill_share=0.0,
-                                     traced_decode=args.traced_decode == "true"))
+                                     traced_decode=args.traced_decode == "true",
+                                     kv_groups=args.kv_layout != "one-pool",
+                                     kv_shared=args.kv_layout == "shared"))
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(5, 1000, (args.prompt,), generator=gen).tolist()
     params = SamplingParams(max_tokens=args.steps + 8, temperature=0.0, ignore_eos=True)
@@ -98,7 +103,8 @@ def main() -> None:
         engine.step()
         times.append(time.perf_counter() - t0)
     traced = engine.traced
-    print(json.dumps({"family": args.family, "prompt": args.prompt, "window": args.window,
+    print(json.dumps({"family": args.family, "kv_layout": args.kv_layout,
+                      "prompt": args.prompt, "window": args.window,
                       "rows": args.rows, "traced_replays": traced and traced.replays,
                       "prefill_us_per_token": round(prefill / args.prompt * 1e6, 1),
                       "decode_step_ms": round(statistics.median(times) * 1e3, 2),

@@ -14,7 +14,10 @@ max-model-len as it can: each group gets blocks in proportion to what one such s
 holds in it (every block of its context in the full group; its window's blocks and the next
 in the windowed one, ``Scheduler.live_blocks``). Sequences shorter than the window hold as
 many blocks in each group, so under such a split the windowed group is the scarcer one for
-them: the split serves long contexts, which is where the single pool ran short.
+them: the split serves long contexts, which is where the single pool ran short. The engine
+shares one pool of pages between the groups instead (kv_shared.py: as many short sequences
+as one pool, as many long ones as the split); the split stays for comparison
+(EngineConfig.kv_shared=False).
 """
 
 from __future__ import annotations
