@@ -47,14 +47,17 @@ def _json(kube: Kube, *args: str) -> Any:
 
 
 def cache_pods(kube: Kube, namespace: str, name: str, role: str = "fetch") -> list[dict[str, Any]]:
-    items = _json(kube, "-n", namespace, "get", "pods", "-l",
-                  f"serving.kubemaas.io/model-cache={name},serving.kubemaas.io/cache-role={role}"
-                  )["items"]
+    items = kube.read(f"/api/v1/namespaces/{namespace}/pods", selector=(
+        f"serving.kubemaas.io/model-cache={name},serving.kubemaas.io/cache-role={role}"))["items"]
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
 
+def cache_path(namespace: str, name: str) -> str:
+    return f"/apis/serving.kubemaas.io/v1alpha1/namespaces/{namespace}/modelcaches/{name}"
+
+
 def cache_status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    return dict(_json(kube, "-n", namespace, "get", "modelcache", name).get("status") or {})
+    return dict(kube.read(cache_path(namespace, name)).get("status") or {})
 
 
 def started(kube: Kube, namespace: str, pod: dict[str, Any]) -> None:
@@ -187,8 +190,7 @@ def _deletion_held_while_in_use_then_cleaned(kube: Kube, namespace: str, n1: str
                         check=False).returncode == 0  # held by the finalizer
     for p in cleaners:
         terminate(kube, namespace, p, 0, "")
-    wait_for(lambda: kube.kubectl("-n", namespace, "get", "modelcache", "tiny",
-                                  check=False).returncode != 0, timeout=60,
+    wait_for(lambda: kube.gone(cache_path(namespace, "tiny")), timeout=60,
              what="the ModelCache gone")
     wait_for(lambda: not cache_pods(kube, namespace, "tiny") and not cache_pods(
         kube, namespace, "tiny", "clean"), timeout=90, what="its pods garbage-collected")
@@ -241,8 +243,8 @@ def other_namespace(kube: Kube, name: str) -> Iterator[str]:
         yield name
     finally:
         kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
-    wait_for(lambda: kube.kubectl("get", "namespace", name, check=False).returncode != 0,
-             timeout=90, what=f"namespace {name} gone")
+    wait_for(lambda: kube.gone(f"/api/v1/namespaces/{name}"), timeout=90,
+             what=f"namespace {name} gone")
 
 
 def test_a_cache_whose_namespace_goes_evicts_nothing(kube: Kube, namespace: str,
@@ -389,6 +391,5 @@ def test_a_cache_deleted_mid_download_waits_for_its_clean_pod(kube: Kube, namesp
     assert kube.kubectl("-n", namespace, "get", "modelcache", "going",
                         check=False).returncode == 0, "the finalizer went before the clean-up"
     terminate(kube, namespace, clean, 0, "")
-    wait_for(lambda: kube.kubectl("-n", namespace, "get", "modelcache", "going",
-                                  check=False).returncode != 0, timeout=60,
+    wait_for(lambda: kube.gone(cache_path(namespace, "going")), timeout=60,
              what="the ModelCache gone once cleaned")

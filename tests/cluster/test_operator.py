@@ -35,7 +35,15 @@ def apply(kube: Kube, namespace: str, text: str) -> None:
     kube.kubectl("-n", namespace, "apply", "-f", "-", input=text)
 
 
+# The kinds the tests poll most, read in process (Kube.read); any other through kubectl.
+API_PATHS = {"md": "/apis/serving.kubemaas.io/v1alpha1", "deployment": "/apis/apps/v1",
+             "service": "/api/v1"}
+PLURALS = {"md": "modeldeployments", "deployment": "deployments", "service": "services"}
+
+
 def get(kube: Kube, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    if kind in API_PATHS:
+        return kube.read(f"{API_PATHS[kind]}/namespaces/{namespace}/{PLURALS[kind]}/{name}")
     return dict(json.loads(kube.kubectl("-n", namespace, "get", kind, name, "-o", "json",
                                         "--show-managed-fields").stdout))
 
@@ -75,9 +83,8 @@ def node_products(kube: Kube) -> dict[str, str]:
 
 
 def pod_nodes(kube: Kube, namespace: str, instance: str) -> list[str]:
-    pods = json.loads(kube.kubectl("-n", namespace, "get", "pods", "-l",
-                                   f"app.kubernetes.io/instance={instance}", "-o",
-                                   "json").stdout)["items"]
+    pods = kube.read(f"/api/v1/namespaces/{namespace}/pods",
+                     selector=f"app.kubernetes.io/instance={instance}")["items"]
     return [p["spec"].get("nodeName", "") for p in pods]
 
 

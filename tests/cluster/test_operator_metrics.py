@@ -117,8 +117,8 @@ def test_a_deleted_namespace_leaves_no_api_writes_series(kube: Kube, namespace: 
     writes = "kubemaas_operator_api_writes_total"
     assert total(scrape(operator), writes, namespace=namespace) > 0
     delete_namespace_and_its_pods(kube, namespace)
-    wait_for(lambda: kube.kubectl("get", "namespace", namespace, check=False).returncode != 0,
-             timeout=120, what=f"namespace {namespace} to be deleted")
+    wait_for(lambda: kube.gone(f"/api/v1/namespaces/{namespace}"), timeout=120,
+             what=f"namespace {namespace} to be deleted")
     wait_for(lambda: not any(n == writes and dict(ls).get("namespace") == namespace
                              for n, ls in scrape(operator)), timeout=10,
              what=f"the {writes} series of namespace {namespace} to go")

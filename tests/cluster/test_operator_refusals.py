@@ -4,7 +4,6 @@ operator writes at most once per resync, and the model recovers by itself once t
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -97,10 +96,7 @@ def quota(kube: Kube, namespace: str, name: str, hard: str, *scopes: str) -> Non
     has found the kind; a quota made before that is counted at its next full sync (5 min) or
     when it is made again, as here, on a control plane just started."""
     def counted() -> bool:
-        got = kube.kubectl("-n", namespace, "get", "quota", name, "-o", "json", check=False)
-        if got.returncode != 0:
-            return False
-        found = json.loads(got.stdout)
+        found = kube.read(f"/api/v1/namespaces/{namespace}/resourcequotas/{name}")
         limited = set((found.get("spec") or {}).get("hard") or {})
         return bool(limited) and limited <= set((found.get("status") or {}).get("used") or {})
 
