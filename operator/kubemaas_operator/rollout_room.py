@@ -38,15 +38,16 @@ def surge_room(spec: ModelDeploymentSpec, nodes: Iterable[NodeInfo],
                pending: Iterable[PendingDemand], pods: Sequence[PodInfo],
                desired: int) -> int | None:
     """Pods of the spec's revision that can run beyond `desired` with no pod of the model
-    deleted first: the model's bound pods (any revision, any size; not terminating) plus the
+    deleted first: the model's bound pods (any revision, any size; terminating ones too) plus the
     spec-size pods that the GPUs free of others' and of the model's own pods hold (after the
     waiting demand of others), less `desired`. None for a model without GPUs (the scheduler
     places a CPU model's extras) or at zero replicas (nothing to surge beside)."""
     if spec.gpu is None or desired <= 0:
         return None
     free = check_capacity(spec, nodes, with_own(used, own), 1, pending=pending).room
-    bound = sum(1 for p in pods if p.node and not p.terminating
-                and p.phase not in ("Failed", "Succeeded"))
+    # terminating pods too: `own` counts their GPUs held until they are gone, and left out
+    # here their GPUs counted nowhere (the room fell each time an old pod was deleted)
+    bound = sum(1 for p in pods if p.node and p.phase not in ("Failed", "Succeeded"))
     return max(0, bound + free - desired)
 
 
@@ -55,3 +56,12 @@ def plain(spec: ModelDeploymentSpec, pods: Sequence[PodInfo],
     """A rollout without a canary: none in the spec, none running, none on record."""
     return (spec.rollout.canary is None and not previous.get("canary")
             and not any(p.track == "canary" for p in pods))
+
+
+def old_left(pods: Sequence[PodInfo], desired_hash: str) -> bool:
+    """Pods of another revision still serving (not terminating): what a surge that the pool
+    cannot hold would have to replace in place. None left, the surge is done but for its last
+    pods' settle; turning it into a replacement (or, for one replica, a wait) then replaces
+    nothing, and where the new pods are larger than the old (1 x 1 GPU -> 2 GPUs on 3: a pool
+    of no 2-GPU pod beside the replica) it recorded a completed surge as a "wait rollout"."""
+    return any(p.revision != desired_hash and not p.terminating for p in pods)

@@ -33,6 +33,8 @@ class Pod:
     broken: bool = False  # never Ready (a crash loop, a failing probe)
     late: int = 0  # passes bound before Ready
     tried: bool = False  # the scheduler looked and found no room (PodScheduled=False)
+    terminating: bool = False  # deleted, still holding its GPUs (Sim.linger)
+    stopped: bool = False  # terminating through a settle: gone at the next
 
 
 @dataclass
@@ -50,16 +52,19 @@ class Sim:
     log: list[str] = field(default_factory=list)
     others: int = 0  # GPUs that other workloads' pods hold (the index's `used`)
     unschedulable: bool = False  # Pending pods report Unschedulable, as the scheduler's do
+    # a deleted pod stays, terminating and holding its GPUs, for the next look (a kubelet's
+    # graceful stop; the Deployment controller counts it gone at once)
+    linger: bool = False
 
     def info(self) -> list[PodInfo]:
         return [PodInfo(name=p.name, phase="Running" if p.bound else "Pending",
                         node="n" if p.bound else "", ready=p.ready, revision=p.revision,
-                        track=p.track, unschedulable_message=(
+                        track=p.track, terminating=p.terminating, unschedulable_message=(
                             "0/1 nodes are available: 1 Insufficient nvidia.com/gpu"
                             if p.tried and not p.bound else "")) for p in self.pods]
 
     def mine(self, track: str) -> list[Pod]:
-        return [p for p in self.pods if p.track == track]
+        return [p for p in self.pods if p.track == track and not p.terminating]
 
     def add(self, track: str, revision: str) -> None:
         self.made += 1
@@ -68,7 +73,10 @@ class Sim:
 
     def drop(self, victims: list[Pod], n: int) -> None:
         for p in sorted(victims, key=lambda p: (p.ready, p.bound))[:max(0, n)]:
-            self.pods.remove(p)
+            if self.linger and p.bound:
+                p.terminating, p.ready = True, False
+            else:
+                self.pods.remove(p)
 
     def scale(self, track: str, revision: str, replicas: int) -> None:
         mine = self.mine(track)
@@ -142,7 +150,10 @@ class Sim:
 
     def settle(self) -> None:
         """The scheduler and kubelet: pods bound for `late` passes become Ready, Pending ones
-        bind where GPUs are free."""
+        bind where GPUs are free; pods that a look saw terminating are gone."""
+        self.pods = [p for p in self.pods if not p.stopped]
+        for p in self.pods:
+            p.stopped = p.terminating  # the next look sees it terminating, then it is gone
         for p in self.pods:
             if p.bound and not p.broken and not p.ready:
                 if p.late <= 0:
@@ -156,7 +167,7 @@ class Sim:
         self.now += timedelta(seconds=5)
 
     def ready(self) -> int:
-        return sum(1 for p in self.pods if p.ready)
+        return sum(1 for p in self.pods if p.ready and not p.terminating)
 
     def run(self, raw: dict[str, Any], revision: str, desired: int | None,
             status: dict[str, Any], passes: int) -> tuple[dict[str, Any], int]:

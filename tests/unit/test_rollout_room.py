@@ -63,6 +63,7 @@ def test_a_one_gpu_revision_mid_rollout_does_not_surge_into_held_gpus() -> None:
     (3, {"aaa": 1, "bbb": 2}, 1, 1),  # 1 x 1 GPU, 2 free: one 2-GPU pod fits beside it
     (7, {"aaa": 1, "bbb": 2}, 3, 0),  # 3 x 1 GPU, 4 free; maxUnavailable 0
     (3, {"aaa": 2, "bbb": 1}, 1, 1),  # 1 x 2 GPU, 1 free: one 1-GPU pod fits beside it
+    (5, {"aaa": 1, "bbb": 2}, 2, 1),  # 2 x 1 GPU, 3 free: one 2-GPU pod fits beside them
 ])
 def test_a_revision_of_another_pod_size_surges_into_the_gpus_free_for_it(
         gpus: int, sizes: dict[str, int], replicas: int, unavailable: int) -> None:
@@ -77,6 +78,9 @@ def test_a_revision_of_another_pod_size_surges_into_the_gpus_free_for_it(
     assert status["reason"] == "UpToDate", status.get("message")
     assert sorted((q.revision, q.ready) for q in s.pods) == [("bbb", True)] * replicas
     assert lowest >= replicas
+    # recorded as what ran: the last pass (every pod new, the room theirs) is no wait
+    # (1 x 1 GPU -> 2 GPUs on 3: "wait rollout", on the testbed too) nor a replacement
+    assert status["history"][-1]["message"].endswith("(surge rollout)"), status["history"]
 
 
 def test_the_autoscaler_filling_every_gpu_mid_surge_turns_it_into_a_replacement() -> None:
@@ -123,9 +127,34 @@ def test_surge_room_counts_the_model_s_pods_as_held() -> None:
     assert surge_room(one, [node], {}, held, (), pods, 2) == 4  # 4 free GPUs: 4 one-GPU pods
     assert surge_room(two, [node], {}, held, (), pods, 2) == 2
     assert surge_room(two, [node], {"n": {"nvidia.com/gpu": 3}}, held, (), pods, 2) == 0
-    # a pending pod holds nothing; a terminating one is no replica
+    # a pending pod holds nothing
     assert surge_room(two, [node], {}, held, (), [*pods, pod(2, False)], 2) == 2
-    assert surge_room(two, [node], {}, held, (), [pod(0), pod(1, terminating=True)], 2) == 1
+    # a terminating pod's GPUs are held (the index counts them) and it counts with the
+    # model's pods: the room does not drop while the Deployment controller replaces one
+    assert surge_room(two, [node], {}, held, (), [pod(0), pod(1, terminating=True)], 2) == 2
     assert surge_room(two, [node], {}, held, (), pods, 0) is None  # nothing to surge beside
     assert surge_room(parse_spec({k: v for k, v in RAW.items() if k != "gpu"}), [node], {},
                       held, (), pods, 2) is None  # a CPU model: the scheduler places extras
+
+
+def test_a_surge_to_larger_pods_stays_a_surge_while_an_old_pod_terminates() -> None:
+    """2 x 1 GPU on 5 GPUs surge to 2-GPU pods (room for one beside them). When the Deployment
+    controller deletes an old pod for an available new one, the old pod holds its GPU until it
+    is gone (the operator's index counts it held) but was not counted among the model's pods:
+    the room fell to 0, and with the pool at the new size empty (5 // 2 = 2 pods for 2
+    replicas) the surge became a Replace (maxUnavailable 1) that took the other old replica
+    down before the next new pod was available: 1 Ready. (1 x 1 GPU on 3 GPUs flipped to a
+    Wait the same way on the testbed, tests/cluster/test_rollout_sizes.py; here that rollout
+    completes in the same look.) A terminating pod counts with the model's pods."""
+    s, status = running(5, {"aaa": 1, "bbb": 2}, 2, spec(2, 1, "img:1"))
+    s.linger = True
+    seen, lowest, lingered = [], 2, 0
+    for _ in range(12):
+        status, low = s.run(spec(2, 2, "img:2"), "bbb", 2, status, 1)
+        seen.append(status.get("strategy"))
+        lowest, lingered = min(lowest, low), lingered + any(q.terminating for q in s.pods)
+    assert lingered >= 2  # each old pod was seen terminating by a look
+    assert "Surge" in seen and "Wait" not in seen and "Replace" not in seen, seen
+    assert lowest >= 2
+    assert status["reason"] == "UpToDate", status.get("message")
+    assert sorted((q.revision, q.ready) for q in s.pods) == [("bbb", True)] * 2
