@@ -134,9 +134,10 @@ def test_a_one_gpu_revision_mid_rollout_replaces_in_place_where_no_gpu_is_free(
     """2 x 2 GPUs on exactly 4 free GPUs roll in place to 1-GPU pods (revision 2); mid-way
     (one 2-GPU pod left) another workload takes the GPU the 1-GPU pod left free, and a third
     revision of 1-GPU pods comes. No GPU is free: it replaces in place (maxSurge 0, 1 at a
-    time), Ready never under 1, never a third pod. Before the fix the pool (4 - 1 GPUs counted
-    with the model's pods as free: 3 one-GPU pods, 1 beside 2) made it a surge whose pod could
-    not bind, until the scheduler's Unschedulable turned it into a replacement."""
+    time), Ready never under 1, never a third pod. Before the fix (c527cb9) the pool (4 - 1
+    GPUs counted with the model's pods as free: 3 one-GPU pods, 1 beside 2) made it a surge
+    whose pod could not bind; its Unschedulable did not turn it (a fresh look at the pool said
+    "surge" again), and the deadline rolled the healthy revision back (0 of 2 Ready)."""
     fill_h100(kube, ns, leave=4)
     apply(kube, ns, doc(2, 2))
     wait_revision(kube, ns, "m", 1)
