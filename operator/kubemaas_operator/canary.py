@@ -148,9 +148,12 @@ def canary_step(canary: CanarySpec, desired: int, spare: int, pods: Sequence[Pod
     """
     main = [p for p in pods if p.track != "canary"]
     can = [p for p in pods if p.track == "canary"]
-    asked = previous.get("canaryReplicas") if isinstance(previous, Mapping) and previous.get(
-        "hash") == desired_hash else None
     swapping = any(p.revision != desired_hash and not p.terminating for p in can)
+    # The canary Deployment's replicas as last written: an in-place swap keeps them, so the
+    # state of the revision it replaces tells them too (the first pass of a swap, or one
+    # whose status write was lost); never the pods, which count its surge pod.
+    asked = previous.get("canaryReplicas") if isinstance(previous, Mapping) and (
+        swapping or previous.get("hash") == desired_hash) else None
     seen = _Seen(
         canary=canary, desired=desired, spare=spare, max_unavailable=max_unavailable,
         desired_hash=desired_hash, split=split, main=main, can=can,

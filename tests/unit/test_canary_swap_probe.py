@@ -1,10 +1,11 @@
 """Generated, seeded cases of a third revision of the same pod size arriving mid-canary (the
 in-place swap, canary.swap_strategy), driven over passes against tests/unit/rollout_sim.py:
 replicas 1-10, maxUnavailable 0-3, 1 or 2 GPUs per canary pod, 0-3 GPUs free, old or new canary
-pods that never become Ready, pods Ready late, a canary pod deleted by hand. The plan settles,
-never more GPUs bound than there are, the canary ends all on the new revision (or the new
-revision, when its pods crash, is rolled back with the canary gone), and without a crash or a
-hand deletion the model's Ready replicas stay at or above the floor. Pure."""
+pods that never become Ready, pods Ready late, a canary pod deleted by hand, status writes lost
+(one pass in ten: the next reads the status before it, as after a failed write). The plan
+settles, never more GPUs bound than there are, the canary ends all on the new revision (or the
+new revision, when its pods crash, is rolled back with the canary gone), and without a crash or
+a hand deletion the model's Ready replicas stay at or above the floor. Pure."""
 
 from __future__ import annotations
 
@@ -49,12 +50,14 @@ def _case(seed: int) -> list[str]:
     new = spec(replicas, unavailable, gpus, "img:3")
     floor = min(replicas - slack(replicas, 0, unavailable, gpus), s.ready())
     lowest, seen = s.ready(), []
+    lost = random.Random(f"lost {seed}")  # its own stream: the cases stay those drawn before
     for i in range(60):
         if i == delete_at and [q for q in s.pods if q.track == "canary"]:
             s.pods.remove(rnd.choice([q for q in s.pods if q.track == "canary"]))
         p = s.look(new, "ccc", replicas, status)
-        status = p.status
-        seen.append((p.target, p.main_replicas, p.canary_replicas, status.get("reason"),
+        if lost.random() >= 0.1:  # else the write is lost: the next pass reads `status`
+            status = p.status
+        seen.append((p.target, p.main_replicas, p.canary_replicas, p.status.get("reason"),
                      sorted((q.track, q.revision, q.ready) for q in s.pods)))
         s.apply(p, "ccc", replicas)
         lowest = min(lowest, s.ready())

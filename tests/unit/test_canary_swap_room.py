@@ -57,3 +57,27 @@ def test_free_gpus_beside_a_canary_being_replaced_do_not_bring_every_stable_repl
     assert not status.get("failed"), status.get("message")
     assert {(q.revision, q.ready) for q in s.pods if q.track == "canary"} == {("ccc", True)}
     assert lowest >= 8
+
+
+def test_a_lost_status_write_on_the_swaps_first_pass_rolls_nothing_back() -> None:
+    """3 x 1 GPU on 3 GPUs, maxUnavailable 2, a canary of one 2-GPU pod: a fix of the same pod
+    size came, and the status its first pass wrote was lost (a conflict, the API server
+    away). The next pass read the old canary's state, so it did not know the canary
+    Deployment's replicas and counted the surge pod the swap had made as one to keep: the
+    canary grew to 2 pods, the stable side went to 0, the new pods stayed Pending behind the
+    old Ready one and the fix was rolled back at its deadline (no canary replica Ready)."""
+    replicas, gpus = 3, 2
+    s = Sim(gpus=replicas, sizes={"aaa": 1, "bbb": gpus, "ccc": gpus}, main_n=replicas)
+    s.scale("main", "aaa", replicas)
+    s.settle()
+    s.settle()
+    status: dict[str, Any] = {"current": {"number": 1, "hash": "aaa"},
+                              "stableSpec": spec(replicas, 2, 1, "img:1")}
+    status, _ = s.run(spec(replicas, 2, gpus, "img:2"), "bbb", replicas, status, 5)
+    new = spec(replicas, 2, gpus, "img:3")
+    p = s.look(new, "ccc", replicas, status)  # its status write is lost: `status` stays
+    s.apply(p, "ccc", replicas)
+    s.settle()
+    status, _ = s.run(new, "ccc", replicas, status, 30)
+    assert not status.get("failed"), status.get("message")
+    assert {(q.revision, q.ready) for q in s.pods if q.track == "canary"} == {("ccc", True)}
