@@ -32,7 +32,7 @@ from .api import CanarySpec, CanaryStep, ModelDeploymentSpec
 from .canary import READY_REPLICAS, TrafficSplit, canary_step, dropped_canary, wind_down
 from .gpu_ratio import ONE, GpuRatio, canary_short, never_all, spare_in_gpus
 from .observed import DeploymentInfo, PodInfo
-from .rollout_checks import blocked, complete, failing
+from .rollout_checks import awaits_a_node, blocked, complete, failing
 from .rollout_draft import Draft, Plan, entry, ref
 from .rollout_room import old_left, plain
 from .rollout_strategy import canary_quota_note, pick_strategy, rollout_reason
@@ -304,6 +304,8 @@ def _canary(d: Draft, spec: ModelDeploymentSpec, canary: CanarySpec,
         c = replace(c, message="spec.rollout.canary was removed while the canary ran (a canary "
                     "does not combine with spec.autoscaling), so it is promoted: " + c.message)
     d.upd, d.canary_state = c.update, c.state
+    if awaits_a_node(pods, d.desired_hash):  # waiting for room is not a stall
+        d.upd = {**d.upd, "progressAt": format_time(now)}
     d.canary_weight = c.weight
     d.main_replicas, d.canary_replicas = c.main_replicas, c.canary_replicas
     if c.aborted and c.done:  # every replica is back: the canary Deployment goes

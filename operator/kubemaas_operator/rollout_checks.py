@@ -54,3 +54,12 @@ def complete(dep: DeploymentInfo | None, pods: Sequence[PodInfo], revision: str,
     ready = sum(1 for p in live if p.ready)
     return (ready >= desired and dep.updated_replicas >= desired
             and dep.replicas <= dep.updated_replicas and dep.ready_replicas >= desired)
+
+
+def awaits_a_node(pods: Sequence[PodInfo], revision: str) -> bool:
+    """A canary pod of `revision` waits for a node (for room: the GPUs a swap keeps at the
+    floor, those the stable side has not given up yet) and none of its others runs unready:
+    the revision has not been given its chance, and its deadline waits with it."""
+    mine = [p for p in pods if p.track == "canary" and p.revision == revision
+            and not p.terminating]
+    return any(not p.node for p in mine) and not any(p.node and not p.ready for p in mine)

@@ -81,3 +81,25 @@ def test_a_lost_status_write_on_the_swaps_first_pass_rolls_nothing_back() -> Non
     status, _ = s.run(new, "ccc", replicas, status, 30)
     assert not status.get("failed"), status.get("message")
     assert {(q.revision, q.ready) for q in s.pods if q.track == "canary"} == {("ccc", True)}
+
+
+def test_a_swap_pod_waiting_for_room_is_not_a_stall() -> None:
+    """8 x 1 GPU on 8 GPUs, maxUnavailable 2, canary pods of 2 GPUs, pods Ready 30 s after
+    they start: a fix of the same pod size came while a stable replica was still starting, so
+    the model stood at the floor (6 Ready) and the new canary pod waited, Pending, for the old
+    one's GPUs (canary.swap_strategy). The deadline ran while it waited: it got its node 45 s
+    in, needed 35 s more, and the fix was rolled back at 60 s with no canary replica Ready.
+    Now the deadline of a canary whose pods wait for a node waits with them."""
+    replicas, gpus = 8, 2
+    s = Sim(gpus=replicas, sizes={"aaa": 1, "bbb": gpus, "ccc": gpus}, main_n=replicas,
+            late=6)
+    s.scale("main", "aaa", replicas)
+    for _ in range(4):
+        s.settle()
+    status: dict[str, Any] = {"current": {"number": 1, "hash": "aaa"},
+                              "stableSpec": spec(replicas, 2, 1, "img:1")}
+    status, _ = s.run(spec(replicas, 2, gpus, "img:2"), "bbb", replicas, status, 10)
+    status, lowest = s.run(spec(replicas, 2, gpus, "img:3"), "ccc", replicas, status, 40)
+    assert not status.get("failed"), status.get("message")
+    assert {(q.revision, q.ready) for q in s.pods if q.track == "canary"} == {("ccc", True)}
+    assert lowest >= replicas - 2
