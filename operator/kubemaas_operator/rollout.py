@@ -34,7 +34,7 @@ from .gpu_ratio import ONE, GpuRatio, canary_short, never_all, spare_in_gpus
 from .observed import DeploymentInfo, PodInfo
 from .rollout_checks import awaits_a_node, blocked, complete, failing
 from .rollout_draft import Draft, Plan, entry, ref
-from .rollout_room import old_left, plain
+from .rollout_room import old_left, plain, whole_surge
 from .rollout_strategy import canary_quota_note, pick_strategy, rollout_reason
 from .status import RolloutView, plural
 from .timestamps import format_time, parse_time
@@ -74,11 +74,12 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
     if live_hash != desired_hash:  # smaller pods: the stable ones hold more than counted
         spare = spare_in_gpus(gpu, desired, spare)
     counted = room is not None and plain(spec, pods, previous)
+    strategy = pick_strategy(spec, desired, room if counted and room is not None else spare,
+                             pods, previous, upd is not None and upd["hash"] == desired_hash,
+                             live_hash == desired_hash, dep, quota_full,
+                             pool=spare if counted and old_left(pods, desired_hash) else None)
     d = Draft(
-        strategy=pick_strategy(spec, desired, room if counted and room is not None else spare,
-                               pods, previous, upd is not None and upd["hash"] == desired_hash,
-                               live_hash == desired_hash, dep, quota_full,
-                               pool=spare if counted and old_left(pods, desired_hash) else None),
+        strategy=whole_surge(strategy, spec, desired, gpu, counted and live_hash != desired_hash),
         desired_hash=desired_hash, cur=ref(previous.get("current")),
         prev_good=ref(previous.get("previous")), upd=upd, failed=ref(previous.get("failed")),
         stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),

@@ -18,8 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from .api import ModelDeploymentSpec
+from .gpu_ratio import GpuRatio
 from .observed import PodInfo
+from .rollout_strategy import Strategy, choose_strategy
 from .scheduling import NodeInfo, PendingDemand, check_capacity
+from .status import plural
 
 
 def with_own(used: Mapping[str, Mapping[str, int]],
@@ -65,3 +68,39 @@ def old_left(pods: Sequence[PodInfo], desired_hash: str) -> bool:
     nothing, and where the new pods are larger than the old (1 x 1 GPU -> 2 GPUs on 3: a pool
     of no 2-GPU pod beside the replica) it recorded a completed surge as a "wait rollout"."""
     return any(p.revision != desired_hash and not p.terminating for p in pods)
+
+
+def surge_finishes(gpu: GpuRatio, desired: int) -> bool:
+    """Whether a surge of pods larger than the serving ones has room for its last pod, which
+    binds beside `desired` - 1 new pods and the last serving one (it goes only once that pod is
+    Ready): the GPUs free or held by the model (`gpu.held`, in serving-size pods) hold
+    `desired` new pods and one serving pod. Room for the next surge pod (surge_room) is not
+    room for the last: each serving pod given up frees less than the new one takes. `held` is
+    rounded down: up to `old` - 1 GPUs more may be there, and they count (a surge that might
+    finish starts, as before). True where the pods are not larger or nothing is counted."""
+    if desired <= 0 or gpu.old <= 0 or gpu.new <= gpu.old or gpu.held <= 0:
+        return True
+    return gpu.held * gpu.old + gpu.old - 1 >= desired * gpu.new + gpu.old
+
+
+def whole_surge(strategy: Strategy, spec: ModelDeploymentSpec, desired: int, gpu: GpuRatio,
+                plain_unapplied: bool) -> Strategy:
+    """`strategy`, unless it is the surge of a plain rollout not applied yet
+    (`plain_unapplied`) that could not finish (surge_finishes) where no replica may be
+    replaced in place (maxUnavailable 0, or a single replica without allowDowntime): that one
+    waits before it starts, the serving revision untouched, rather than stall halfway with
+    its last pod Pending for good."""
+    if not plain_unapplied or strategy.name != "Surge" or surge_finishes(gpu, desired):
+        return strategy
+    fallback = choose_strategy(spec, desired, 0)
+    if fallback.name != "Wait":  # a surge that runs out of room turns into a replacement
+        return strategy
+    need = desired * gpu.new + gpu.old
+    blocker = ("replacing the only replica would leave none serving" if desired <= 1
+               else "rollout.maxUnavailable is 0")
+    return Strategy("Wait", strategy.max_surge, 0, "NoFreeGPU", (
+        f"waiting: a surge could not finish: its last pod of {gpu.new} {gpu.resource} binds "
+        f"beside {plural(desired - 1, 'new replica')} and the last serving one ({gpu.old}), "
+        f"{need} {gpu.resource} in all, and the GPUs free or held by this model on matching "
+        f"nodes hold {plural(gpu.held, 'serving pod')}; {blocker}; raise "
+        f"spec.rollout.maxUnavailable, or free {gpu.resource} on matching nodes"))

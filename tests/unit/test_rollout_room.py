@@ -158,3 +158,22 @@ def test_a_surge_to_larger_pods_stays_a_surge_while_an_old_pod_terminates() -> N
     assert lowest >= 2
     assert status["reason"] == "UpToDate", status.get("message")
     assert sorted((q.revision, q.ready) for q in s.pods) == [("bbb", True)] * 2
+
+
+def test_a_surge_of_larger_pods_that_could_not_finish_waits_before_it_starts() -> None:
+    """3 x 1 GPU roll to 2-GPU pods on 6 GPUs, maxUnavailable 0: room for the next surge pod
+    (3 GPUs free) made it surge, and its last pod, beside 2 new pods and the last 1-GPU one
+    (7 GPUs), stayed Pending for good: 2 of 3 replicas on the new revision, RolloutWaiting
+    for ever (no pod reports Unschedulable here; where one does, maxUnavailable 0 leaves no
+    replacement either). Now it waits before it starts, the serving revision untouched, and
+    says why; on 7 GPUs the surge finishes."""
+    s, status = running(6, {"aaa": 1, "bbb": 2}, 3, spec(3, 1, "img:1", maxUnavailable=0))
+    status, lowest = s.run(spec(3, 2, "img:2", maxUnavailable=0), "bbb", 3, status, 30)
+    assert sorted((q.revision, q.ready) for q in s.pods) == [("aaa", True)] * 3
+    assert (status["strategy"], status["reason"]) == ("Wait", "NoFreeGPU")
+    assert "a surge could not finish" in status["message"] and "7 nvidia.com/gpu" in (
+        status["message"])
+    s, status = running(7, {"aaa": 1, "bbb": 2}, 3, spec(3, 1, "img:1", maxUnavailable=0))
+    status, lowest = s.run(spec(3, 2, "img:2", maxUnavailable=0), "bbb", 3, status, 30)
+    assert sorted((q.revision, q.ready) for q in s.pods) == [("bbb", True)] * 3
+    assert status["reason"] == "UpToDate" and lowest >= 3
