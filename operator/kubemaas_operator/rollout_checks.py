@@ -57,9 +57,18 @@ def complete(dep: DeploymentInfo | None, pods: Sequence[PodInfo], revision: str,
 
 
 def awaits_a_node(pods: Sequence[PodInfo], revision: str) -> bool:
-    """A canary pod of `revision` waits for a node (for room: the GPUs a swap keeps at the
+    """A canary pod of `revision` waits for room on a node (the GPUs a swap keeps at the
     floor, those the stable side has not given up yet) and none of its others runs unready:
-    the revision has not been given its chance, and its deadline waits with it."""
+    the revision has not been given its chance, and its deadline waits with it. A pod the
+    scheduler found no node for but for room (a node selector nothing matches, a claim never
+    bound, a taint) is no such wait: the deadline rolls that revision back."""
     mine = [p for p in pods if p.track == "canary" and p.revision == revision
             and not p.terminating]
-    return any(not p.node for p in mine) and not any(p.node and not p.ready for p in mine)
+    return any(not p.node and waits_for_room(p) for p in mine) and not any(
+        p.node and not p.ready for p in mine)
+
+
+def waits_for_room(pod: PodInfo) -> bool:
+    """Not scheduled yet, or unschedulable for want of resources on some node (the
+    scheduler's 'Insufficient nvidia.com/gpu'; its other reasons say no node would do)."""
+    return not pod.unschedulable_message or "Insufficient " in pod.unschedulable_message

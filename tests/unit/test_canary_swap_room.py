@@ -103,3 +103,25 @@ def test_a_swap_pod_waiting_for_room_is_not_a_stall() -> None:
     assert not status.get("failed"), status.get("message")
     assert {(q.revision, q.ready) for q in s.pods if q.track == "canary"} == {("ccc", True)}
     assert lowest >= replicas - 2
+
+
+def test_only_a_canary_pod_waiting_for_room_holds_its_deadline() -> None:
+    """A canary pod without a node holds its revision's deadline only while it waits for room
+    (not judged yet, or 'Insufficient nvidia.com/gpu'); one no node would take (a selector
+    nothing matches, a claim never bound) is rolled back at the deadline as before."""
+    from kubemaas_operator.observed import PodInfo
+    from kubemaas_operator.rollout_checks import awaits_a_node
+
+    def pending(message: str) -> list[PodInfo]:
+        return [PodInfo(name="c", phase="Pending", revision="bbb", track="canary",
+                        unschedulable_message=message),
+                PodInfo(name="s", phase="Running", node="n", ready=True, revision="aaa")]
+
+    assert awaits_a_node(pending(""), "bbb")
+    assert awaits_a_node(pending("0/4 nodes are available: 2 Insufficient nvidia.com/gpu, 2 "
+                                 "node(s) didn't match Pod's node affinity/selector."), "bbb")
+    assert not awaits_a_node(pending("0/4 nodes are available: 4 node(s) didn't match Pod's "
+                                     "node affinity/selector."), "bbb")
+    assert not awaits_a_node(pending("0/4 nodes are available: pod has unbound immediate "
+                                     "PersistentVolumeClaims."), "bbb")
+    assert not awaits_a_node(pending(""), "ccc")  # another revision's canary
