@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .api import GatewayRef, ModelDeploymentSpec, ModelShape, SpecError
-from .canary import HTTP_ROUTE, READY_REPLICAS
+from .canary import HTTP_ROUTE, READY_REPLICAS, TrafficSplit
 from .children import Children, Pair
 from .gpu_ratio import held_by_nodes, rollout_gpus
 from .observed import DeploymentInfo
@@ -64,10 +64,6 @@ async def targets(p: Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any
                    previous: Mapping[str, Any], capacity: Capacity,
                    c: Children) -> Targets:
     snap = p.snap
-    # the model's own pods counted as free: the room were they all gone (the pool a surge
-    # could ever use); rollout_room.surge_room counts them held
-    every = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
-                           pending=snap.pending)
     gateway = gateway_for(spec, p.settings) if snap.gateway_api else None
     pool = wants_pool(spec, snap.inference_pools)  # then the picker chooses, not weights
     if spec.serving.gateway is not None and not snap.gateway_api and p.memory.first_time(
@@ -76,25 +72,8 @@ async def targets(p: Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any
                     "%s HTTPRoute (are the Gateway API CRDs installed?): no route; a canary "
                     "splits by ready replicas", p.namespace, p.name, spec.serving.gateway.name,
                     HTTPROUTE_API_VERSION)
-    pod_spec = (_kind(rendered, "Deployment").get("spec") or {}).get("template") or {}
-    plan = plan_rollout(spec, raw_spec, rendered.revision, live, snap.pods, desired_n,
-                        max(0, every.room - desired_n), previous.get("rollout") or {},
-                        p.now, HTTP_ROUTE if gateway is not None and not pool else READY_REPLICAS,
-                        never=capacity.message if capacity.never else "",
-                        quota_full=no_room(snap.quotas, pod_spec.get("spec") or {}),
-                        gpu=held_by_nodes(rollout_gpus(
-                            spec.gpu.resource if spec.gpu else None, pod_spec.get("spec"),
-                            rendered.revision == (live.revision if live else ""), dep_obj,
-                            c.canary, rendered.revision), spec, snap.nodes, snap.used,
-                            snap.pending, snap.quotas),
-                        room=surge_room(spec, snap.nodes, snap.used, snap.own, snap.pending,
-                                        snap.pods, desired_n))
-    for note in plan.notes:
-        # A revision the API server refused leaves no rollout record (the Failed status has
-        # none), so each pass "starts" it again without applying anything: say so once.
-        if note.endswith(" starts") and not p.memory.first_time(p.namespace, p.name, note):
-            continue
-        log.info("%s/%s: %s", p.namespace, p.name, note)
+    plan = _plan(p, spec, raw_spec, rendered, live, dep_obj, desired_n, previous, capacity,
+                 c, HTTP_ROUTE if gateway is not None and not pool else READY_REPLICAS)
     revision = rendered.revision
     deployment: dict[str, Any] | None = _kind(rendered, "Deployment")
     if plan.target == "hold" and live is not None:
@@ -122,6 +101,38 @@ async def targets(p: Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any
     unwanted = _route_pairs(p, spec, gateway, pool, plan.canary_weight, pairs)
     return Targets(plan, revision, pairs, unwanted,
                     plan.canary_replicas if plan.hold_canary_template else None)
+
+
+def _plan(p: Pass, spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], rendered: Rendered,
+          live: DeploymentInfo | None, dep_obj: Mapping[str, Any] | None, desired_n: int,
+          previous: Mapping[str, Any], capacity: Capacity, c: Children,
+          split: TrafficSplit) -> RolloutPlan:
+    """rollout.plan with what this pass counted (its notes logged)."""
+    snap = p.snap
+    # the model's own pods counted as free: the room were they all gone (the pool a surge
+    # could ever use); rollout_room.surge_room counts them held
+    every = check_capacity(spec, snap.nodes, snap.used, desired_n + spec.rollout.max_surge,
+                           pending=snap.pending)
+    pod_spec = (_kind(rendered, "Deployment").get("spec") or {}).get("template") or {}
+    plan = plan_rollout(spec, raw_spec, rendered.revision, live, snap.pods, desired_n,
+                        max(0, every.room - desired_n), previous.get("rollout") or {},
+                        p.now, split,
+                        never=capacity.message if capacity.never else "",
+                        quota_full=no_room(snap.quotas, pod_spec.get("spec") or {}),
+                        gpu=held_by_nodes(rollout_gpus(
+                            spec.gpu.resource if spec.gpu else None, pod_spec.get("spec"),
+                            rendered.revision == (live.revision if live else ""), dep_obj,
+                            c.canary, rendered.revision), spec, snap.nodes, snap.used,
+                            snap.pending, snap.quotas),
+                        room=surge_room(spec, snap.nodes, snap.used, snap.own, snap.pending,
+                                        snap.pods, desired_n))
+    for note in plan.notes:
+        # A revision the API server refused leaves no rollout record (the Failed status has
+        # none), so each pass "starts" it again without applying anything: say so once.
+        if note.endswith(" starts") and not p.memory.first_time(p.namespace, p.name, note):
+            continue
+        log.info("%s/%s: %s", p.namespace, p.name, note)
+    return plan
 
 
 def _route_pairs(p: Pass, spec: ModelDeploymentSpec, gateway: GatewayRef | None, pool: bool,

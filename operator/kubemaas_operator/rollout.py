@@ -35,7 +35,7 @@ from .observed import DeploymentInfo, PodInfo
 from .rollout_checks import awaits_a_node, blocked, complete, failing
 from .rollout_draft import Draft, Plan, entry, ref
 from .rollout_room import old_left, plain, whole_surge
-from .rollout_strategy import canary_quota_note, pick_strategy, rollout_reason
+from .rollout_strategy import Strategy, canary_quota_note, pick_strategy, rollout_reason
 from .status import RolloutView, plural
 from .timestamps import format_time, parse_time
 
@@ -73,13 +73,9 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         desired, spare = dropped_canary(previous, desired_hash, desired, spare)
     if live_hash != desired_hash:  # smaller pods: the stable ones hold more than counted
         spare = spare_in_gpus(gpu, desired, spare)
-    counted = room is not None and plain(spec, pods, previous)
-    strategy = pick_strategy(spec, desired, room if counted and room is not None else spare,
-                             pods, previous, upd is not None and upd["hash"] == desired_hash,
-                             live_hash == desired_hash, dep, quota_full,
-                             pool=spare if counted and old_left(pods, desired_hash) else None)
     d = Draft(
-        strategy=whole_surge(strategy, spec, desired, gpu, counted and live_hash != desired_hash),
+        strategy=_strategy(spec, desired_hash, dep, pods, desired, spare, previous, quota_full,
+                           gpu, room),
         desired_hash=desired_hash, cur=ref(previous.get("current")),
         prev_good=ref(previous.get("previous")), upd=upd, failed=ref(previous.get("failed")),
         stable_spec=previous.get("stableSpec") if isinstance(previous.get("stableSpec"),
@@ -107,6 +103,22 @@ def plan(spec: ModelDeploymentSpec, raw_spec: Mapping[str, Any], desired_hash: s
         # the autoscaler's count from now on (not what the canary's give-back left it at)
         d.main_replicas = desired
     return _finish(d, desired)
+
+
+def _strategy(spec: ModelDeploymentSpec, desired_hash: str, dep: DeploymentInfo | None,
+              pods: Sequence[PodInfo], desired: int, spare: int, previous: Mapping[str, Any],
+              quota_full: tuple[str, str] | None, gpu: GpuRatio, room: int | None) -> Strategy:
+    """The rollout's strategy (rollout_strategy.pick_strategy): a plain rollout's surge room
+    counted at its pod size (`room`, rollout_room.py) and its pool only while old pods serve;
+    a plain surge that could not finish waits before it starts (whole_surge)."""
+    upd = ref(previous.get("update"))
+    live_hash = dep.revision if dep is not None else ""
+    counted = room is not None and plain(spec, pods, previous)
+    strategy = pick_strategy(spec, desired, room if counted and room is not None else spare,
+                             pods, previous, upd is not None and upd["hash"] == desired_hash,
+                             live_hash == desired_hash, dep, quota_full,
+                             pool=spare if counted and old_left(pods, desired_hash) else None)
+    return whole_surge(strategy, spec, desired, gpu, counted and live_hash != desired_hash)
 
 
 def _still_rolled_back(d: Draft, live_hash: str) -> None:
