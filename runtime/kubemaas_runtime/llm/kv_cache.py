@@ -110,10 +110,14 @@ class BlockPool:
         """Forget every cached block nobody references (they become empty); how many."""
         dropped = list(self._evictable)
         for block in dropped:
-            del self._by_hash[self._hash_of.pop(block)]
-            self._free.append(block)
-        self._evictable.clear()
+            self.evict(block)
         return len(dropped)
+
+    def evict(self, block: int) -> None:
+        """Forget cached ``block`` (referenced by no one): it is empty again."""
+        del self._evictable[block]
+        del self._by_hash[self._hash_of.pop(block)]
+        self._free.append(block)
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)

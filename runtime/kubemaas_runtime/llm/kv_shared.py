@@ -133,12 +133,6 @@ class GroupPool(BlockPool):
         del self._by_hash[self._hash_of.pop(block)]
         self.pages.clear(self, block)
 
-    def drop_cached(self) -> int:
-        dropped = list(self._evictable)
-        for block in dropped:
-            self.evict(block)
-        return len(dropped)
-
 
 class SharedPages:
     """The line of ``units`` units and its two groups: ``full`` (``full_width`` layers, from

@@ -378,7 +378,7 @@ class Scheduler:
                 except OutOfBlocks:
                     if self._preempt(seq):
                         continue
-                    if getattr(pool, "shares_pages", False):
+                    if pool.shares_pages:
                         # alone, yet no room: its own blocks lie between the two groups'
                         # ends (kv_shared.py); read it again, packed from the ends
                         self._requeue(seq)
